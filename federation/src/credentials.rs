@@ -1,0 +1,462 @@
+//! The three credential types of a fedgate federation, and issuing and presenting them.
+//!
+//! Credentials are VC Data Model 2.0 documents. They are secured in one of two formats:
+//! - Data Integrity, `eddsa-rdfc-2022` (or `ecdsa-rdfc-2019` for P-256 keys), embedded proof;
+//! - VC-JOSE: a compact JWS whose payload is the credential (`typ: vc+jwt`).
+//!
+//! Presentations are signed by the holder and bound to the verifier's challenge (nonce) and
+//! domain (the verifier's DID), so a presentation captured by one gateway is useless at
+//! another and useless twice.
+
+use std::fmt;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use ssi::claims::data_integrity::{AnySuite, CryptographicSuite, ProofOptions};
+use ssi::claims::SignatureEnvironment;
+use ssi::verification_methods::{AnyMethod, ProofPurpose, ReferenceOrOwned, SingleSecretSigner};
+
+use crate::context::{CREDENTIALS_V2, FEDGATE_V1};
+use crate::did::StaticDids;
+use crate::keys::{KeyAlgorithm, KeyPair};
+
+/// The credential types fedgate knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+pub enum CredentialKind {
+    #[serde(rename = "ClinicianPrivilegeCredential")]
+    ClinicianPrivilege,
+    #[serde(rename = "PatientConsentCredential")]
+    PatientConsent,
+    #[serde(rename = "ResearchStudyCredential")]
+    ResearchStudy,
+}
+
+impl CredentialKind {
+    pub const ALL: [CredentialKind; 3] = [
+        CredentialKind::ClinicianPrivilege,
+        CredentialKind::PatientConsent,
+        CredentialKind::ResearchStudy,
+    ];
+
+    pub fn type_name(self) -> &'static str {
+        match self {
+            CredentialKind::ClinicianPrivilege => "ClinicianPrivilegeCredential",
+            CredentialKind::PatientConsent => "PatientConsentCredential",
+            CredentialKind::ResearchStudy => "ResearchStudyCredential",
+        }
+    }
+
+    pub fn from_type_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.type_name() == name)
+    }
+
+    /// The kind named by a credential's `type` (exactly one fedgate type must be present).
+    pub fn of_credential(credential: &Value) -> Result<Self, String> {
+        let types: Vec<&str> = match credential.get("type") {
+            Some(Value::String(s)) => vec![s.as_str()],
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+            _ => return Err("credential has no type".into()),
+        };
+        if !types.contains(&"VerifiableCredential") {
+            return Err("type does not include VerifiableCredential".into());
+        }
+        let kinds: Vec<CredentialKind> = types
+            .iter()
+            .filter_map(|t| Self::from_type_name(t))
+            .collect();
+        match kinds.as_slice() {
+            [k] => Ok(*k),
+            [] => Err(format!(
+                "unknown credential type {:?}; expected one of ClinicianPrivilegeCredential, PatientConsentCredential, ResearchStudyCredential",
+                types
+            )),
+            _ => Err("a credential must have exactly one fedgate type".into()),
+        }
+    }
+}
+
+impl fmt::Display for CredentialKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.type_name())
+    }
+}
+
+/// How a credential or presentation is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProofFormat {
+    /// VC Data Model 2.0 with an embedded Data Integrity proof.
+    #[default]
+    DataIntegrity,
+    /// VC-JOSE: a compact JWS over the credential.
+    Jwt,
+}
+
+impl std::str::FromStr for ProofFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "data-integrity" | "di" | "ldp" => Ok(ProofFormat::DataIntegrity),
+            "jwt" | "vc+jwt" | "jose" => Ok(ProofFormat::Jwt),
+            other => Err(format!(
+                "unknown proof format {other:?} (data-integrity or jwt)"
+            )),
+        }
+    }
+}
+
+/// Data domains a gateway shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Domain {
+    Clinical,
+    Billing,
+    Research,
+}
+
+impl Domain {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Domain::Clinical => "clinical",
+            Domain::Billing => "billing",
+            Domain::Research => "research",
+        }
+    }
+}
+
+impl std::str::FromStr for Domain {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "clinical" => Ok(Domain::Clinical),
+            "billing" => Ok(Domain::Billing),
+            "research" => Ok(Domain::Research),
+            other => Err(format!(
+                "unknown domain {other:?} (clinical, billing or research)"
+            )),
+        }
+    }
+}
+
+/// One facility where a clinician holds privileges.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Privilege {
+    pub facility: String,
+    pub domains: Vec<Domain>,
+    pub actions: Vec<String>,
+}
+
+/// Subject of a ClinicianPrivilegeCredential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivilegeSubject {
+    pub id: String,
+    pub name: String,
+    pub npi: String,
+    pub role: String,
+    pub specialty: String,
+    pub organization: String,
+    pub privileges: Vec<Privilege>,
+}
+
+/// The patient's identifier at one custodian.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatientIdentifier {
+    pub custodian: String,
+    pub system: String,
+    pub value: String,
+}
+
+/// Who a consent is granted to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grantee {
+    pub id: String,
+    /// `clinician`, `organization` or `study`.
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Period {
+    pub start: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+}
+
+/// Subject of a PatientConsentCredential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConsentSubject {
+    pub id: String,
+    pub patient_identifiers: Vec<PatientIdentifier>,
+    pub custodians: Vec<String>,
+    pub grantee: Grantee,
+    /// `permit` or `deny`.
+    pub provision: String,
+    pub domains: Vec<Domain>,
+    pub purposes: Vec<String>,
+    pub data_classes: Vec<String>,
+    pub period: Period,
+}
+
+/// Subject of a ResearchStudyCredential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StudySubject {
+    pub id: String,
+    pub title: String,
+    pub sponsor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub irb: Option<String>,
+    pub purposes: Vec<String>,
+    pub data_classes: Vec<String>,
+    pub aggregate_only: bool,
+    pub min_cell_size: u32,
+}
+
+/// A `credentialStatus` entry (W3C Bitstring Status List).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusEntry {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status_purpose: String,
+    pub status_list_index: String,
+    pub status_list_credential: String,
+}
+
+impl StatusEntry {
+    pub fn revocation(list_url: &str, index: usize) -> Self {
+        StatusEntry {
+            id: format!("{list_url}#{index}"),
+            type_: "BitstringStatusListEntry".into(),
+            status_purpose: "revocation".into(),
+            status_list_index: index.to_string(),
+            status_list_credential: list_url.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error("the credential is not valid for its type: {0}")]
+    Schema(String),
+    #[error("{0}")]
+    Type(String),
+    #[error("the issuer {issuer:?} is not the signing key's DID {key:?}")]
+    IssuerMismatch { issuer: String, key: String },
+    #[error("signing failed: {0}")]
+    Sign(String),
+}
+
+/// Builds an unsigned credential of `kind` (contexts, types, id, validity).
+pub fn unsigned_credential(
+    kind: CredentialKind,
+    issuer: &str,
+    subject: Value,
+    valid_from: DateTime<Utc>,
+    valid_until: Option<DateTime<Utc>>,
+    status: Option<&StatusEntry>,
+) -> Value {
+    let mut vc = json!({
+        "@context": [CREDENTIALS_V2, FEDGATE_V1],
+        "id": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+        "type": ["VerifiableCredential", kind.type_name()],
+        "issuer": issuer,
+        "validFrom": crate::time::rfc3339(valid_from),
+        "credentialSubject": subject,
+    });
+    if let Some(until) = valid_until {
+        vc["validUntil"] = json!(crate::time::rfc3339(until));
+    }
+    if let Some(status) = status {
+        vc["credentialStatus"] = json!(status);
+    }
+    vc
+}
+
+/// Signs an unsigned credential in `format`, after checking its type, its schema and that
+/// the key belongs to its issuer. Returns the credential as it travels: an object (Data
+/// Integrity) or a string (JWT).
+pub async fn issue(
+    credential: Value,
+    key: &KeyPair,
+    format: ProofFormat,
+) -> Result<Value, IssueError> {
+    let kind = CredentialKind::of_credential(&credential).map_err(IssueError::Type)?;
+    crate::schema::check(kind, &credential).map_err(IssueError::Schema)?;
+    let issuer = credential
+        .get("issuer")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if issuer != key.did() {
+        return Err(IssueError::IssuerMismatch {
+            issuer: issuer.to_string(),
+            key: key.did().to_string(),
+        });
+    }
+    sign_document(credential, key, format, None).await
+}
+
+/// Signs any credential-shaped document (also status lists) without type checks.
+pub(crate) async fn sign_document(
+    document: Value,
+    key: &KeyPair,
+    format: ProofFormat,
+    typ: Option<&str>,
+) -> Result<Value, IssueError> {
+    match format {
+        ProofFormat::Jwt => crate::jose::sign(&document, key, typ.unwrap_or("vc+jwt"))
+            .map(Value::String)
+            .map_err(|e| IssueError::Sign(e.to_string())),
+        ProofFormat::DataIntegrity => sign_data_integrity(document, key, None).await,
+    }
+}
+
+fn suite_for(alg: KeyAlgorithm) -> AnySuite {
+    match alg {
+        KeyAlgorithm::Ed25519 => AnySuite::EdDsaRdfc2022,
+        KeyAlgorithm::P256 => AnySuite::EcdsaRdfc2019,
+    }
+}
+
+/// Creates a Data Integrity proof over `doc` (a credential, or a presentation when
+/// `binding` is given). RDF canonicalization is CPU-heavy and ssi's futures are not `Send`,
+/// so the work runs on the blocking pool with a local executor.
+async fn sign_data_integrity(
+    doc: Value,
+    key: &KeyPair,
+    binding: Option<(&str, &str)>,
+) -> Result<Value, IssueError> {
+    let own_doc = crate::did::document_for_key(key)
+        .await
+        .map_err(|e| IssueError::Sign(e.to_string()))?;
+    let vm = iref::IriBuf::new(key.verification_method().to_string())
+        .map_err(|e| IssueError::Sign(format!("bad verification method: {e}")))?;
+    let suite = suite_for(key.algorithm());
+    let jwk = key.jwk().clone();
+    let binding = binding.map(|(c, d)| (c.to_string(), d.to_string()));
+    let task = move || -> Result<Value, IssueError> {
+        let sign_err = |e: &dyn std::fmt::Display| IssueError::Sign(e.to_string());
+        let resolver =
+            ssi::dids::VerificationMethodDIDResolver::<_, AnyMethod>::new(StaticDids::new([
+                &own_doc,
+            ]));
+        let mut options = ProofOptions::from_method(ReferenceOrOwned::Reference(vm));
+        let env = SignatureEnvironment {
+            json_ld_loader: crate::context::loader(),
+            eip712_loader: (),
+        };
+        let signer = SingleSecretSigner::new(jwk).into_local();
+        match binding {
+            None => {
+                options.proof_purpose = ProofPurpose::Assertion;
+                let doc: ssi::claims::vc::v2::JsonCredential =
+                    serde_json::from_value(doc).map_err(|e| sign_err(&e))?;
+                let signed = futures::executor::block_on(suite.sign_with(
+                    env,
+                    doc,
+                    resolver,
+                    signer,
+                    options,
+                    Default::default(),
+                ))
+                .map_err(|e| sign_err(&e))?;
+                serde_json::to_value(&signed).map_err(|e| sign_err(&e))
+            }
+            Some((challenge, domain)) => {
+                options.proof_purpose = ProofPurpose::Authentication;
+                options.challenge = Some(challenge);
+                options.domains = vec![domain];
+                let doc: ssi::claims::vc::v2::syntax::JsonPresentation<Value> =
+                    serde_json::from_value(doc).map_err(|e| sign_err(&e))?;
+                let signed = futures::executor::block_on(suite.sign_with(
+                    env,
+                    doc,
+                    resolver,
+                    signer,
+                    options,
+                    Default::default(),
+                ))
+                .map_err(|e| sign_err(&e))?;
+                serde_json::to_value(&signed).map_err(|e| sign_err(&e))
+            }
+        }
+    };
+    tokio::task::spawn_blocking(task)
+        .await
+        .map_err(|e| IssueError::Sign(e.to_string()))?
+}
+
+/// What a verifier asked for: its challenge and its DID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresentationBinding {
+    pub challenge: String,
+    pub domain: String,
+}
+
+/// Signs a presentation of `credentials` (each as it travels: object or JWT string) by
+/// `holder`, bound to the verifier's challenge and DID.
+pub async fn present(
+    credentials: &[Value],
+    holder: &KeyPair,
+    binding: &PresentationBinding,
+    format: ProofFormat,
+) -> Result<Value, IssueError> {
+    let embedded: Vec<Value> = credentials.iter().map(embed_credential).collect();
+    let mut vp = json!({
+        "@context": [CREDENTIALS_V2],
+        "id": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+        "type": ["VerifiablePresentation"],
+        "holder": holder.did(),
+        "verifiableCredential": embedded,
+    });
+    match format {
+        ProofFormat::Jwt => {
+            let now = Utc::now();
+            vp["nonce"] = json!(binding.challenge);
+            vp["aud"] = json!(binding.domain);
+            vp["iat"] = json!(now.timestamp());
+            vp["exp"] = json!((now + Duration::minutes(5)).timestamp());
+            crate::jose::sign(&vp, holder, "vp+jwt")
+                .map(Value::String)
+                .map_err(|e| IssueError::Sign(e.to_string()))
+        }
+        ProofFormat::DataIntegrity => {
+            sign_data_integrity(vp, holder, Some((&binding.challenge, &binding.domain))).await
+        }
+    }
+}
+
+/// A JWT credential travels inside a presentation as an `EnvelopedVerifiableCredential`.
+pub fn embed_credential(credential: &Value) -> Value {
+    match credential {
+        Value::String(jwt) => json!({
+            "@context": CREDENTIALS_V2,
+            "id": format!("data:application/vc+jwt,{jwt}"),
+            "type": "EnvelopedVerifiableCredential",
+        }),
+        other => other.clone(),
+    }
+}
+
+/// The inverse of [`embed_credential`]: a JWT string for an enveloped credential.
+pub fn unwrap_enveloped(credential: &Value) -> Option<&str> {
+    let ty = credential.get("type")?;
+    let is_enveloped = ty == "EnvelopedVerifiableCredential"
+        || ty
+            .as_array()
+            .is_some_and(|a| a.iter().any(|t| t == "EnvelopedVerifiableCredential"));
+    if !is_enveloped {
+        return None;
+    }
+    credential
+        .get("id")?
+        .as_str()?
+        .strip_prefix("data:application/vc+jwt,")
+}

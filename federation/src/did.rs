@@ -1,0 +1,462 @@
+//! DID resolution that never fetches an arbitrary URL.
+//!
+//! - did:key is decoded locally.
+//! - did:web is resolved only through an allow-map (DID → base URL), filled from
+//!   configuration and, once there is one, from the federation's signed registry. A DID that
+//!   is not in the map is refused before any network I/O: a credential must not be able to
+//!   make a gateway connect to an address of the credential author's choosing.
+//! - Every other method is refused.
+//!
+//! ssi's verifiers take a resolver; we never hand them a network-capable one. The pipeline
+//! resolves every DID it needs first (here), then gives ssi a [`StaticDids`] holding only
+//! those documents.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use ssi::dids::{DIDResolver, DID};
+use ssi::jwk::JWK;
+
+/// Largest DID document we are willing to read.
+const MAX_DID_DOCUMENT_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DidError {
+    #[error("{0:?} is not a DID")]
+    NotADid(String),
+    #[error("DID method of {0:?} is not accepted (did:key and did:web only)")]
+    UnsupportedMethod(String),
+    #[error("invalid did:key {did:?}: {reason}")]
+    InvalidDidKey { did: String, reason: String },
+    #[error("did:web {0:?} is not in the federation's allow-map; it is never fetched")]
+    NotAllowed(String),
+    #[error("could not fetch the DID document of {did:?}: {reason}")]
+    Fetch { did: String, reason: String },
+    #[error("DID document of {did:?} is invalid: {reason}")]
+    InvalidDocument { did: String, reason: String },
+    #[error("verification method {0:?} is not in its DID document")]
+    UnknownVerificationMethod(String),
+    #[error("verification method {vm:?} is not authorized for {relationship}")]
+    NotAuthorized { vm: String, relationship: String },
+    #[error("verification method {vm:?} has no usable public key: {reason}")]
+    BadKey { vm: String, reason: String },
+}
+
+/// How a verification method may be used (DID Core verification relationships).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relationship {
+    /// Issuing credentials.
+    AssertionMethod,
+    /// Signing presentations (proving control of the DID).
+    Authentication,
+}
+
+impl Relationship {
+    fn property(self) -> &'static str {
+        match self {
+            Relationship::AssertionMethod => "assertionMethod",
+            Relationship::Authentication => "authentication",
+        }
+    }
+}
+
+/// The DID part of a DID URL (`did:x:y#frag` → `did:x:y`).
+pub fn did_of(did_url: &str) -> &str {
+    did_url.split(['#', '?']).next().unwrap_or(did_url)
+}
+
+/// Resolves did:key locally and did:web only through its allow-map.
+pub struct DidResolver {
+    web_allow: RwLock<HashMap<String, reqwest::Url>>,
+    /// Documents known without fetching (e.g. this service's own DID).
+    pinned: RwLock<HashMap<String, Arc<Value>>>,
+    cache: Mutex<HashMap<String, (Instant, Arc<Value>)>>,
+    ttl: Duration,
+    dev_mode: bool,
+    client: reqwest::Client,
+}
+
+impl DidResolver {
+    /// `dev_mode` allows plain http to loopback addresses (tests and the demo).
+    pub fn new(dev_mode: bool) -> Self {
+        DidResolver {
+            web_allow: RwLock::new(HashMap::new()),
+            pinned: RwLock::new(HashMap::new()),
+            cache: Mutex::new(HashMap::new()),
+            ttl: Duration::from_secs(300),
+            dev_mode,
+            client: crate::http::http_client(),
+        }
+    }
+
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Replaces the did:web allow-map (DID → base URL of its `/.well-known/did.json`).
+    pub fn set_web_allow_map(&self, map: HashMap<String, reqwest::Url>) {
+        if let Ok(mut guard) = self.web_allow.write() {
+            *guard = map;
+        }
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.clear();
+        }
+    }
+
+    pub fn allow_web(&self, did: &str, base: reqwest::Url) {
+        if let Ok(mut guard) = self.web_allow.write() {
+            guard.insert(did.to_string(), base);
+        }
+    }
+
+    /// The registered base URL of a did:web member, if any.
+    pub fn web_base(&self, did: &str) -> Option<reqwest::Url> {
+        self.web_allow.read().ok()?.get(did_of(did)).cloned()
+    }
+
+    /// Makes a document known without fetching it (a service's own DID).
+    pub fn pin(&self, doc: Value) {
+        if let Some(id) = doc.get("id").and_then(Value::as_str) {
+            if let Ok(mut guard) = self.pinned.write() {
+                guard.insert(id.to_string(), Arc::new(doc.clone()));
+            }
+        }
+    }
+
+    /// Resolves a DID to its document (JSON).
+    pub async fn resolve(&self, did: &str) -> Result<Arc<Value>, DidError> {
+        let did = did_of(did);
+        let mut parts = did.splitn(3, ':');
+        let (scheme, method) = (parts.next(), parts.next());
+        if scheme != Some("did") || parts.next().is_none() {
+            return Err(DidError::NotADid(did.to_string()));
+        }
+        if let Some(doc) = self.pinned.read().ok().and_then(|p| p.get(did).cloned()) {
+            return Ok(doc);
+        }
+        match method {
+            Some("key") => resolve_did_key(did).await.map(Arc::new),
+            Some("web") => self.resolve_web(did).await,
+            _ => Err(DidError::UnsupportedMethod(did.to_string())),
+        }
+    }
+
+    async fn resolve_web(&self, did: &str) -> Result<Arc<Value>, DidError> {
+        let base = self
+            .web_allow
+            .read()
+            .ok()
+            .and_then(|m| m.get(did).cloned())
+            .ok_or_else(|| DidError::NotAllowed(did.to_string()))?;
+        if let Some(doc) = self.cached(did) {
+            return Ok(doc);
+        }
+        let url = base
+            .join(".well-known/did.json")
+            .map_err(|e| DidError::Fetch {
+                did: did.to_string(),
+                reason: e.to_string(),
+            })?;
+        crate::http::loopback_only_http(&url, self.dev_mode).map_err(|e| DidError::Fetch {
+            did: did.to_string(),
+            reason: e.to_string(),
+        })?;
+        let fetch_err = |reason: String| DidError::Fetch {
+            did: did.to_string(),
+            reason,
+        };
+        let mut resp = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| fetch_err(e.without_url().to_string()))?;
+        if !resp.status().is_success() {
+            return Err(fetch_err(format!("HTTP {}", resp.status())));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| fetch_err(e.without_url().to_string()))?
+        {
+            if body.len() + chunk.len() > MAX_DID_DOCUMENT_BYTES {
+                return Err(fetch_err("document too large".into()));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let doc: Value = serde_json::from_slice(&body).map_err(|e| DidError::InvalidDocument {
+            did: did.to_string(),
+            reason: e.to_string(),
+        })?;
+        if doc.get("id").and_then(Value::as_str) != Some(did) {
+            return Err(DidError::InvalidDocument {
+                did: did.to_string(),
+                reason: "its id is not the DID that was asked for".into(),
+            });
+        }
+        let doc = Arc::new(doc);
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(did.to_string(), (Instant::now(), doc.clone()));
+        }
+        Ok(doc)
+    }
+
+    fn cached(&self, did: &str) -> Option<Arc<Value>> {
+        let cache = self.cache.lock().ok()?;
+        let (at, doc) = cache.get(did)?;
+        (at.elapsed() < self.ttl).then(|| doc.clone())
+    }
+
+    /// Resolves the DID of `vm` and returns the method's public key, after checking the
+    /// method is listed for `relationship`. ssi does not check relationships; we must.
+    pub async fn public_key(
+        &self,
+        vm: &str,
+        relationship: Relationship,
+    ) -> Result<(JWK, Arc<Value>), DidError> {
+        let doc = self.resolve(did_of(vm)).await?;
+        let method = find_verification_method(&doc, vm)
+            .ok_or_else(|| DidError::UnknownVerificationMethod(vm.to_string()))?;
+        if !has_relationship(&doc, vm, relationship) {
+            return Err(DidError::NotAuthorized {
+                vm: vm.to_string(),
+                relationship: relationship.property().to_string(),
+            });
+        }
+        let jwk = method_public_jwk(vm, method)?;
+        Ok((jwk, doc))
+    }
+}
+
+async fn resolve_did_key(did: &str) -> Result<Value, DidError> {
+    let invalid = |reason: String| DidError::InvalidDidKey {
+        did: did.to_string(),
+        reason,
+    };
+    let parsed = DID::new(did.as_bytes()).map_err(|_| invalid("not a valid DID".into()))?;
+    // ssi decodes any multicodec into a document; accept only the two key types we verify,
+    // with keys that parse (a valid curve point of the right length).
+    let msid = did.strip_prefix("did:key:").unwrap_or_default();
+    if !msid.starts_with('z') {
+        return Err(invalid("not base58btc multibase".into()));
+    }
+    let (_, bytes) = multibase::decode(msid).map_err(|e| invalid(e.to_string()))?;
+    let encoded = ssi::multicodec::MultiEncoded::new(&bytes).map_err(|e| invalid(e.to_string()))?;
+    match (encoded.codec(), encoded.data().len()) {
+        (ssi::multicodec::ED25519_PUB, 32) | (ssi::multicodec::P256_PUB, 33) => {}
+        (codec, len) => {
+            return Err(invalid(format!(
+                "multicodec 0x{codec:x} with {len} bytes is not an Ed25519 or P-256 public key"
+            )))
+        }
+    }
+    JWK::from_multicodec(encoded).map_err(|e| invalid(e.to_string()))?;
+    let out = ssi::dids::DIDKey
+        .resolve_representation(parsed, Default::default())
+        .await
+        .map_err(|e| invalid(e.to_string()))?;
+    serde_json::from_slice(&out.document).map_err(|e| invalid(e.to_string()))
+}
+
+/// The DID document of a key's own DID: decoded for did:key, built for did:web.
+pub async fn document_for_key(key: &crate::keys::KeyPair) -> Result<Value, DidError> {
+    if key.did().starts_with("did:key:") {
+        resolve_did_key(key.did()).await
+    } else {
+        key.did_document().map_err(|e| DidError::InvalidDocument {
+            did: key.did().to_string(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+fn absolute_id(doc: &Value, id: &str) -> String {
+    if let Some(frag) = id.strip_prefix('#') {
+        let did = doc.get("id").and_then(Value::as_str).unwrap_or_default();
+        format!("{did}#{frag}")
+    } else {
+        id.to_string()
+    }
+}
+
+fn method_id(doc: &Value, m: &Value) -> Option<String> {
+    match m {
+        Value::String(s) => Some(absolute_id(doc, s)),
+        Value::Object(o) => o
+            .get("id")
+            .and_then(Value::as_str)
+            .map(|s| absolute_id(doc, s)),
+        _ => None,
+    }
+}
+
+/// The verification method object with this id, looked up in `verificationMethod` and in
+/// embedded methods of the relationships.
+pub fn find_verification_method<'a>(doc: &'a Value, vm: &str) -> Option<&'a Value> {
+    let lists = [
+        "verificationMethod",
+        "assertionMethod",
+        "authentication",
+        "keyAgreement",
+    ];
+    lists
+        .iter()
+        .filter_map(|l| doc.get(*l).and_then(Value::as_array))
+        .flatten()
+        .filter(|m| m.is_object())
+        .find(|m| method_id(doc, m).as_deref() == Some(vm))
+}
+
+/// Whether `vm` is listed (by reference or embedded) under `relationship`.
+pub fn has_relationship(doc: &Value, vm: &str, relationship: Relationship) -> bool {
+    doc.get(relationship.property())
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .any(|m| method_id(doc, m).as_deref() == Some(vm))
+        })
+        .unwrap_or(false)
+}
+
+/// The public key of a Multikey or JsonWebKey2020 verification method.
+pub fn method_public_jwk(vm: &str, method: &Value) -> Result<JWK, DidError> {
+    let bad = |reason: String| DidError::BadKey {
+        vm: vm.to_string(),
+        reason,
+    };
+    let controller = method.get("controller").and_then(Value::as_str);
+    if controller.is_some_and(|c| c != did_of(vm)) {
+        return Err(bad("its controller is another DID".into()));
+    }
+    let mut jwk = if let Some(mb) = method.get("publicKeyMultibase").and_then(Value::as_str) {
+        let (_, bytes) = multibase::decode(mb).map_err(|e| bad(e.to_string()))?;
+        let encoded = ssi::multicodec::MultiEncoded::new(&bytes).map_err(|e| bad(e.to_string()))?;
+        JWK::from_multicodec(encoded).map_err(|e| bad(e.to_string()))?
+    } else if let Some(j) = method.get("publicKeyJwk") {
+        serde_json::from_value::<JWK>(j.clone()).map_err(|e| bad(e.to_string()))?
+    } else {
+        return Err(bad("neither publicKeyMultibase nor publicKeyJwk".into()));
+    };
+    // A published key must never carry private material; drop anything that is not public.
+    jwk = jwk.to_public();
+    match &jwk.params {
+        ssi::jwk::Params::OKP(p) if p.curve == "Ed25519" => {}
+        ssi::jwk::Params::EC(p) if p.curve.as_deref() == Some("P-256") => {}
+        _ => return Err(bad("only Ed25519 and P-256 keys are accepted".into())),
+    }
+    Ok(jwk)
+}
+
+/// An in-memory resolver over documents the pipeline has already resolved, handed to ssi
+/// so that ssi can never reach the network.
+#[derive(Clone, Default)]
+pub struct StaticDids(Arc<HashMap<String, Vec<u8>>>);
+
+impl StaticDids {
+    pub fn new<'a>(docs: impl IntoIterator<Item = &'a Value>) -> Self {
+        let map = docs
+            .into_iter()
+            .filter_map(|d| {
+                let id = d.get("id")?.as_str()?.to_string();
+                Some((id, serde_json::to_vec(d).ok()?))
+            })
+            .collect();
+        StaticDids(Arc::new(map))
+    }
+}
+
+impl DIDResolver for StaticDids {
+    async fn resolve_representation<'a>(
+        &'a self,
+        did: &'a DID,
+        _options: ssi::dids::resolution::Options,
+    ) -> Result<ssi::dids::resolution::Output<Vec<u8>>, ssi::dids::resolution::Error> {
+        match self.0.get(did.as_str()) {
+            Some(bytes) => Ok(ssi::dids::resolution::Output::from_content(
+                bytes.clone(),
+                Some("application/did+ld+json".to_string()),
+            )),
+            None => Err(ssi::dids::resolution::Error::NotFound),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{KeyAlgorithm, KeyPair};
+
+    #[tokio::test]
+    async fn did_key_resolves_locally_with_relationships() {
+        let key = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+        let r = DidResolver::new(false);
+        let (jwk, doc) = r
+            .public_key(key.verification_method(), Relationship::AssertionMethod)
+            .await
+            .unwrap();
+        assert_eq!(jwk, key.public_jwk().to_public_with_kid_none());
+        assert_eq!(doc["id"], key.did());
+    }
+
+    #[tokio::test]
+    async fn bad_did_keys_are_refused() {
+        let r = DidResolver::new(false);
+        // Wrong multicodec prefix (0x12 0x00 is not a key codec).
+        let bogus = format!(
+            "did:key:{}",
+            multibase::encode(multibase::Base::Base58Btc, [0x12u8, 0x00, 1, 2, 3])
+        );
+        assert!(matches!(
+            r.resolve(&bogus).await,
+            Err(DidError::InvalidDidKey { .. })
+        ));
+        assert!(matches!(
+            r.resolve("did:example:123").await,
+            Err(DidError::UnsupportedMethod(_))
+        ));
+        assert!(matches!(r.resolve("nope").await, Err(DidError::NotADid(_))));
+    }
+
+    #[tokio::test]
+    async fn unlisted_did_web_is_refused_without_io() {
+        let r = DidResolver::new(true);
+        // 169.254.169.254 would be a cloud metadata service: never contacted.
+        let err = r.resolve("did:web:169.254.169.254").await.unwrap_err();
+        assert_eq!(err, DidError::NotAllowed("did:web:169.254.169.254".into()));
+    }
+
+    #[test]
+    fn relationship_check_reads_the_document() {
+        let doc = serde_json::json!({
+            "id": "did:web:a",
+            "verificationMethod": [{"id": "#k1", "type": "Multikey", "controller": "did:web:a", "publicKeyMultibase": "z"}],
+            "authentication": ["#k1"]
+        });
+        assert!(has_relationship(
+            &doc,
+            "did:web:a#k1",
+            Relationship::Authentication
+        ));
+        assert!(!has_relationship(
+            &doc,
+            "did:web:a#k1",
+            Relationship::AssertionMethod
+        ));
+        assert!(find_verification_method(&doc, "did:web:a#k1").is_some());
+    }
+
+    trait NoKid {
+        fn to_public_with_kid_none(&self) -> JWK;
+    }
+    impl NoKid for JWK {
+        fn to_public_with_kid_none(&self) -> JWK {
+            let mut j = self.to_public();
+            j.key_id = None;
+            j
+        }
+    }
+}

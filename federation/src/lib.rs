@@ -1,0 +1,39 @@
+//! The shared contract of a fedgate federation.
+//!
+//! Every participant (credentialing office, gateway, wallet, visibility layer) links this
+//! crate, so that there is exactly one definition of what a credential is and one way to
+//! decide whether it is valid.
+//!
+//! Map of the modules:
+//! - [`keys`]: key pairs, key files (0600, refused when readable by others), the crypto inventory.
+//! - [`did`]: DID resolution. did:key locally; did:web only through an explicit allow-map,
+//!   never an arbitrary URL. Also the in-memory resolver handed to ssi.
+//! - [`context`]: the bundled JSON-LD contexts (nothing is fetched).
+//! - [`schema`]: the JSON Schemas of the credential types, checked on issue and on verify.
+//! - [`credentials`]: the three credential types, issuing in both proof formats, presenting.
+//! - [`jose`]: the compact JWS handling for VC-JOSE credentials and presentations.
+//! - [`status`]: Bitstring Status Lists, on the issuer side and as a verifier's cache.
+//! - [`trust`]: which issuers are trusted for which credential type.
+//! - [`verify`]: the one verification pipeline, naming the check that failed.
+//! - [`fhir_consent`]: PatientConsentCredential to and from FHIR R4 `Consent`.
+//! - [`http`]: problem+json, strict JSON bodies, limits, TLS/loopback serving.
+//! - [`time`]: clock helpers shared by issuing and verifying.
+
+pub mod context;
+pub mod credentials;
+pub mod did;
+pub mod fhir_consent;
+pub mod http;
+pub mod jose;
+pub mod keys;
+pub mod schema;
+pub mod status;
+pub mod time;
+pub mod trust;
+pub mod verify;
+
+#[cfg(test)]
+mod schema_examples;
+
+pub use credentials::CredentialKind;
+pub use verify::{Check, VerifyError};

@@ -1,0 +1,57 @@
+//! Which issuers are trusted for which credential type.
+//!
+//! The verification pipeline asks a [`TrustSource`]; the federation's signed registry is
+//! one, a static map from configuration is another. A patient's consent is special: the
+//! patient may issue it to themselves (issuer == subject), so a self-issued consent is
+//! trusted without being listed, and only for that patient.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::RwLock;
+
+use crate::credentials::CredentialKind;
+
+pub trait TrustSource: Send + Sync {
+    /// Whether `issuer` may issue credentials of `kind`.
+    fn is_trusted(&self, kind: CredentialKind, issuer: &str) -> bool;
+}
+
+/// Trust from configuration: a list of issuer DIDs per credential type.
+#[derive(Default)]
+pub struct StaticTrust {
+    issuers: RwLock<HashMap<CredentialKind, HashSet<String>>>,
+}
+
+impl StaticTrust {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn trust(self, kind: CredentialKind, issuer: &str) -> Self {
+        self.add(kind, issuer);
+        self
+    }
+
+    pub fn add(&self, kind: CredentialKind, issuer: &str) {
+        if let Ok(mut map) = self.issuers.write() {
+            map.entry(kind).or_default().insert(issuer.to_string());
+        }
+    }
+
+    pub fn remove(&self, kind: CredentialKind, issuer: &str) {
+        if let Ok(mut map) = self.issuers.write() {
+            if let Some(set) = map.get_mut(&kind) {
+                set.remove(issuer);
+            }
+        }
+    }
+}
+
+impl TrustSource for StaticTrust {
+    fn is_trusted(&self, kind: CredentialKind, issuer: &str) -> bool {
+        // A poisoned lock means a writer panicked mid-update: trust nothing (fail closed).
+        self.issuers
+            .read()
+            .map(|m| m.get(&kind).is_some_and(|s| s.contains(issuer)))
+            .unwrap_or(false)
+    }
+}
