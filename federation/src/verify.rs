@@ -35,6 +35,9 @@ use crate::trust::TrustSource;
 /// Most credentials one presentation may carry.
 pub const MAX_EMBEDDED_CREDENTIALS: usize = 16;
 
+/// `validFrom` and `validUntil` as read from a credential.
+type ValidityPeriod = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// The checks of the pipeline, named in every failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -408,10 +411,7 @@ impl Verifier {
         Ok(credential)
     }
 
-    fn check_validity(
-        &self,
-        credential: &Value,
-    ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), VerifyError> {
+    fn check_validity(&self, credential: &Value) -> Result<ValidityPeriod, VerifyError> {
         let now = Utc::now();
         let parse = |key: &str| -> Result<Option<DateTime<Utc>>, VerifyError> {
             match credential.get(key) {

@@ -234,9 +234,14 @@ async fn presentation_binding_failures_are_named() {
     let other = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
     for format in FORMATS {
         let (privilege, _) = privilege(&fed.office, clinician.did(), ProofFormat::Jwt).await;
-        let vp = credentials::present(&[privilege.clone()], &clinician, &binding(), format)
-            .await
-            .unwrap();
+        let vp = credentials::present(
+            std::slice::from_ref(&privilege),
+            &clinician,
+            &binding(),
+            format,
+        )
+        .await
+        .unwrap();
         let wrong_challenge = PresentationBinding {
             challenge: "another".into(),
             ..binding()
