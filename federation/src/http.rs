@@ -974,6 +974,9 @@ pub fn http_client_builder() -> reqwest::ClientBuilder {
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(15))
         .redirect(reqwest::redirect::Policy::none())
+        // Peers are contacted directly: an ambient HTTP(S)_PROXY would see every request
+        // and would make the loopback and allow-map rules meaningless.
+        .no_proxy()
         .user_agent(concat!("fedgate/", env!("CARGO_PKG_VERSION")))
 }
 

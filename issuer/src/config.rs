@@ -1,0 +1,138 @@
+//! `issuer.toml`: one file, serde defaults, validated at load with a message naming the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use federation::credentials::{CredentialKind, ProofFormat};
+use federation::http::{HttpLimits, ListenConfig};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Address, and optional TLS certificate and key.
+    #[serde(flatten)]
+    pub listen: ListenConfig,
+    /// The organization's did:web. Its base URL comes from `public_url`.
+    pub did: String,
+    /// Where this service is reachable; defaults to `http://<bound address>/` on loopback.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// The organization's signing key (created 0600 on first start if missing).
+    pub key_file: PathBuf,
+    /// Embedded storage.
+    pub data_dir: PathBuf,
+    /// File holding the admin bearer token (0600). Without it every admin call is refused:
+    /// there is no default credential.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
+    /// Allows plain http to loopback peers (tests and the demo only).
+    #[serde(default)]
+    pub dev_mode: bool,
+    /// Credential types this office issues.
+    #[serde(default = "all_kinds")]
+    pub issues: Vec<CredentialKind>,
+    #[serde(default)]
+    pub default_format: ProofFormat,
+    #[serde(default = "default_validity_days")]
+    pub credential_validity_days: i64,
+    /// How long a signed status list stays valid (verifiers cache it for at most this).
+    #[serde(default = "default_status_ttl")]
+    pub status_list_ttl_secs: u64,
+    /// Issuers trusted per type, for the verify endpoints.
+    #[serde(default)]
+    pub trust: BTreeMap<CredentialKind, Vec<String>>,
+    /// did:web allow-map (DID → base URL) for the verify endpoints.
+    #[serde(default)]
+    pub did_web: BTreeMap<String, String>,
+    #[serde(default)]
+    pub limits: HttpLimits,
+}
+
+fn all_kinds() -> Vec<CredentialKind> {
+    CredentialKind::ALL.to_vec()
+}
+fn default_validity_days() -> i64 {
+    365
+}
+fn default_status_ttl() -> u64 {
+    300
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: `{key}` {message}")]
+    Invalid {
+        path: String,
+        key: &'static str,
+        message: String,
+    },
+}
+
+impl IssuerConfig {
+    /// Reads and validates a config file. Relative paths are taken from the file's folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        let mut cfg: IssuerConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: p.clone(),
+            message: e.message().to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for f in [&mut cfg.key_file, &mut cfg.data_dir] {
+            if f.is_relative() {
+                *f = base.join(&*f);
+            }
+        }
+        if let Some(t) = cfg.admin_token_file.as_mut() {
+            if t.is_relative() {
+                *t = base.join(&*t);
+            }
+        }
+        cfg.validate(&p)?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| ConfigError::Invalid {
+            path: path.to_string(),
+            key,
+            message: message.to_string(),
+        };
+        if !self.did.starts_with("did:web:") {
+            return Err(invalid("did", "must be a did:web"));
+        }
+        if let Some(u) = &self.public_url {
+            let url = reqwest::Url::parse(u).map_err(|e| invalid("public_url", &e.to_string()))?;
+            if url.scheme() != "https" && !(self.dev_mode && url.scheme() == "http") {
+                return Err(invalid(
+                    "public_url",
+                    "must be https (http only in dev_mode)",
+                ));
+            }
+        }
+        if self.credential_validity_days < 1 {
+            return Err(invalid("credential_validity_days", "must be at least 1"));
+        }
+        if self.status_list_ttl_secs < 1 {
+            return Err(invalid("status_list_ttl_secs", "must be at least 1"));
+        }
+        for (did, url) in &self.did_web {
+            if !did.starts_with("did:web:") {
+                return Err(invalid("did_web", &format!("{did} is not a did:web")));
+            }
+            reqwest::Url::parse(url).map_err(|e| invalid("did_web", &format!("{did}: {e}")))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,72 @@
+//! Errors of the issuer service, and their one mapping to RFC 9457 problem+json.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use federation::http::Problem;
+use federation::VerifyError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IssuerError {
+    #[error("admin credentials required")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("verification failed: {0}")]
+    Verification(#[from] VerifyError),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("signing: {0}")]
+    Signing(String),
+}
+
+impl From<sled::Error> for IssuerError {
+    fn from(e: sled::Error) -> Self {
+        IssuerError::Storage(e.to_string())
+    }
+}
+
+impl From<federation::credentials::IssueError> for IssuerError {
+    fn from(e: federation::credentials::IssueError) -> Self {
+        use federation::credentials::IssueError::*;
+        match e {
+            Schema(_) | Type(_) | IssuerMismatch { .. } => {
+                IssuerError::Unprocessable(e.to_string())
+            }
+            Sign(m) => IssuerError::Signing(m),
+        }
+    }
+}
+
+impl IntoResponse for IssuerError {
+    fn into_response(self) -> Response {
+        let problem = match &self {
+            IssuerError::Unauthorized => federation::http::unauthorized(
+                "this endpoint needs the issuer's admin bearer token",
+            ),
+            IssuerError::BadRequest(m) => federation::http::bad_request("bad-request", m),
+            IssuerError::Unprocessable(m) => {
+                federation::http::unprocessable("invalid-credential", m)
+            }
+            IssuerError::Verification(v) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "verification-failed",
+                "Verification failed",
+                v.to_string(),
+            )
+            .with("check", serde_json::json!(v.check))
+            .with("credential", serde_json::json!(v.credential)),
+            IssuerError::NotFound(m) => federation::http::not_found(format!("{m} not found")),
+            IssuerError::Conflict(m) => {
+                Problem::new(StatusCode::CONFLICT, "conflict", "Conflict", m)
+            }
+            IssuerError::Storage(m) | IssuerError::Signing(m) => federation::http::internal(m),
+        };
+        problem.into_response()
+    }
+}

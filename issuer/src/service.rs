@@ -1,0 +1,586 @@
+//! The issuer's HTTP service: state, router and handlers.
+//!
+//! Public: the DID document, the W3C VC API verify endpoints, the status list, revocation
+//! events, the key inventory and health. Admin (bearer token): issue, and the privilege
+//! lifecycle (joiner, mover, leaver, list by subject).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use federation::credentials::{
+    self, CredentialKind, PresentationBinding, Privilege, PrivilegeSubject, ProofFormat,
+    StatusEntry,
+};
+use federation::did::DidResolver;
+use federation::http::StrictJson;
+use federation::keys::KeyPair;
+use federation::status::StatusCache;
+use federation::trust::StaticTrust;
+use federation::verify::Verifier;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
+
+use crate::config::IssuerConfig;
+use crate::error::IssuerError;
+use crate::store::{Record, Store};
+
+/// Path of the one revocation list this issuer publishes.
+pub const STATUS_LIST_PATH: &str = "status/revocation";
+
+pub struct IssuerState {
+    pub config: IssuerConfig,
+    pub key: KeyPair,
+    pub store: Store,
+    pub verifier: Verifier,
+    pub public_url: reqwest::Url,
+    admin_token_digest: Option<[u8; 32]>,
+    events: broadcast::Sender<String>,
+    signed_list: Mutex<Option<(u64, Instant, String)>>,
+}
+
+impl IssuerState {
+    /// Builds the state: loads (or creates) the key, opens storage, reads the admin token.
+    pub fn new(config: IssuerConfig, public_url: reqwest::Url) -> Result<Arc<Self>, String> {
+        let key = KeyPair::load_or_create(&config.key_file, || {
+            KeyPair::generate_did_web(&config.did, Default::default())
+                .map(|k| k.with_purpose("issuer assertion"))
+        })
+        .map_err(|e| e.to_string())?;
+        if key.did() != config.did {
+            return Err(format!(
+                "key_file belongs to {}, not to the configured did {}",
+                key.did(),
+                config.did
+            ));
+        }
+        let admin_token_digest = match &config.admin_token_file {
+            Some(path) => Some(read_admin_token(path)?),
+            None => {
+                tracing::warn!("no admin_token_file: admin endpoints will refuse every call");
+                None
+            }
+        };
+        let store = Store::open(&config.data_dir.join("issuer.sled")).map_err(|e| e.to_string())?;
+
+        let resolver = Arc::new(DidResolver::new(config.dev_mode));
+        let mut allow = HashMap::new();
+        for (did, url) in &config.did_web {
+            let url = reqwest::Url::parse(url).map_err(|e| format!("did_web {did}: {e}"))?;
+            allow.insert(did.clone(), url);
+        }
+        allow.insert(config.did.clone(), public_url.clone());
+        resolver.set_web_allow_map(allow);
+        resolver.pin(key.did_document().map_err(|e| e.to_string())?);
+        let trust = StaticTrust::new();
+        for (kind, issuers) in &config.trust {
+            for issuer in issuers {
+                trust.add(*kind, issuer);
+            }
+        }
+        for kind in &config.issues {
+            trust.add(*kind, &config.did);
+        }
+        let status = Arc::new(StatusCache::new(
+            resolver.clone(),
+            Duration::from_secs(config.status_list_ttl_secs.min(60)),
+            config.dev_mode,
+        ));
+        let verifier = Verifier::new(resolver, Arc::new(trust), status);
+        let (events, _) = broadcast::channel(256);
+        Ok(Arc::new(IssuerState {
+            config,
+            key,
+            store,
+            verifier,
+            public_url,
+            admin_token_digest,
+            events,
+            signed_list: Mutex::new(None),
+        }))
+    }
+
+    pub fn status_list_url(&self) -> String {
+        format!("{}{}", self.public_url, STATUS_LIST_PATH)
+    }
+
+    fn require_admin(&self, headers: &HeaderMap) -> Result<(), IssuerError> {
+        let expected = self.admin_token_digest.ok_or(IssuerError::Unauthorized)?;
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(IssuerError::Unauthorized)?;
+        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
+        // Comparing digests keeps the comparison's timing independent of the token.
+        let diff = digest
+            .iter()
+            .zip(expected.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if diff == 0 {
+            Ok(())
+        } else {
+            Err(IssuerError::Unauthorized)
+        }
+    }
+
+    /// Completes, checks, signs and records a credential. Every issue path goes through here.
+    pub async fn issue(
+        &self,
+        mut credential: Value,
+        format: ProofFormat,
+        replaces: Option<&str>,
+    ) -> Result<Record, IssuerError> {
+        let obj = credential
+            .as_object_mut()
+            .ok_or_else(|| IssuerError::BadRequest("credential must be a JSON object".into()))?;
+        match obj.get("issuer") {
+            None => {
+                obj.insert("issuer".into(), json!(self.config.did));
+            }
+            Some(Value::String(s)) if s == &self.config.did => {}
+            Some(_) => {
+                return Err(IssuerError::Unprocessable(format!(
+                    "issuer must be {} (this office)",
+                    self.config.did
+                )))
+            }
+        }
+        if obj.contains_key("credentialStatus") {
+            return Err(IssuerError::Unprocessable(
+                "credentialStatus is assigned by the issuer".into(),
+            ));
+        }
+        let id = match obj.get("id") {
+            Some(Value::String(s)) => s.clone(),
+            Some(_) => return Err(IssuerError::Unprocessable("id must be a string".into())),
+            None => {
+                let id = format!("urn:uuid:{}", uuid::Uuid::new_v4());
+                obj.insert("id".into(), json!(id));
+                id
+            }
+        };
+        let now = Utc::now();
+        obj.entry("validFrom")
+            .or_insert_with(|| json!(federation::time::rfc3339(now)));
+        obj.entry("validUntil").or_insert_with(|| {
+            json!(federation::time::rfc3339(
+                now + chrono::Duration::days(self.config.credential_validity_days)
+            ))
+        });
+        let kind =
+            CredentialKind::of_credential(&credential).map_err(IssuerError::Unprocessable)?;
+        if !self.config.issues.contains(&kind) {
+            return Err(IssuerError::Unprocessable(format!(
+                "this office does not issue {kind}"
+            )));
+        }
+        if self.store.get(&id).is_ok() {
+            return Err(IssuerError::Conflict(format!("credential {id} exists")));
+        }
+        // Check the schema before reserving a status index for it.
+        federation::schema::check(kind, &credential).map_err(IssuerError::Unprocessable)?;
+        let index = self.store.allocate_index(&id)?;
+        let entry = StatusEntry::revocation(&self.status_list_url(), index as usize);
+        credential["credentialStatus"] = json!(entry);
+        let subject = credential["credentialSubject"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let signed = credentials::issue(credential, &self.key, format).await?;
+        let record = Record {
+            id,
+            kind,
+            subject,
+            format,
+            status_index: index,
+            issued_at: now,
+            revoked_at: None,
+            replaced_by: None,
+            replaces: replaces.map(str::to_string),
+            credential: signed,
+        };
+        match replaces {
+            Some(old) => {
+                self.store.revoke(old, Some(&record))?;
+                self.announce_revocation(old);
+            }
+            None => self.store.insert(&record)?,
+        }
+        Ok(record)
+    }
+
+    pub fn revoke(&self, id: &str) -> Result<Record, IssuerError> {
+        let rec = self.store.revoke(id, None)?;
+        self.announce_revocation(id);
+        Ok(rec)
+    }
+
+    fn announce_revocation(&self, id: &str) {
+        tracing::info!(credential = id, "credential revoked");
+        if let Ok(mut list) = self.signed_list.lock() {
+            *list = None;
+        }
+        // The verify endpoints of this office must see its own revocations at once.
+        self.verifier.status.invalidate(&self.status_list_url());
+        let event = json!({"statusListCredential": self.status_list_url()}).to_string();
+        // No subscriber is fine: verifiers then rely on the list's TTL.
+        let _ = self.events.send(event);
+    }
+
+    /// The signed status list, re-signed when a revocation happened or half its life passed.
+    pub fn signed_status_list(&self) -> Result<String, IssuerError> {
+        let ttl = Duration::from_secs(self.config.status_list_ttl_secs);
+        let (bits, generation) = self.store.bits()?;
+        if let Ok(guard) = self.signed_list.lock() {
+            if let Some((g, at, jwt)) = guard.as_ref() {
+                if *g == generation && at.elapsed() < ttl / 2 {
+                    return Ok(jwt.clone());
+                }
+            }
+        }
+        let list = federation::status::list_credential(
+            &self.config.did,
+            &self.status_list_url(),
+            &bits,
+            chrono::Duration::seconds(self.config.status_list_ttl_secs as i64),
+        )
+        .map_err(|e| IssuerError::Signing(e.to_string()))?;
+        let jwt = federation::status::sign_list(&list, &self.key)
+            .map_err(|e| IssuerError::Signing(e.to_string()))?;
+        if let Ok(mut guard) = self.signed_list.lock() {
+            *guard = Some((generation, Instant::now(), jwt.clone()));
+        }
+        Ok(jwt)
+    }
+}
+
+fn read_admin_token(path: &std::path::Path) -> Result<[u8; 32], String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| format!("admin_token_file {}: {e}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "admin_token_file {} is readable by others; run: chmod 600 {}",
+                path.display(),
+                path.display()
+            ));
+        }
+    }
+    let token = std::fs::read_to_string(path)
+        .map_err(|e| format!("admin_token_file {}: {e}", path.display()))?;
+    let token = token.trim();
+    if token.len() < 16 {
+        return Err("the admin token must be at least 16 characters".into());
+    }
+    Ok(Sha256::digest(token.as_bytes()).into())
+}
+
+type AppState = State<Arc<IssuerState>>;
+
+pub fn router(state: Arc<IssuerState>) -> Router {
+    let limits = state.config.limits.clone();
+    let router = Router::new()
+        .route("/.well-known/did.json", get(did_document))
+        .route("/credentials/issue", post(issue))
+        .route("/credentials/verify", post(verify_credential))
+        .route("/presentations/verify", post(verify_presentation))
+        .route("/v1/privileges", post(joiner))
+        .route("/v1/privileges/{id}/move", post(mover))
+        .route("/v1/credentials/{id}/revoke", post(leaver))
+        .route("/v1/credentials/{id}", get(get_credential))
+        .route("/v1/subjects/{did}/credentials", get(by_subject))
+        .route(&format!("/{STATUS_LIST_PATH}"), get(status_list))
+        .route("/v1/status/events", get(status_events))
+        .route("/v1/keys", get(inventory))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(federation::http::problem_fallback)
+        .with_state(state);
+    federation::http::common_layers(router, &limits)
+}
+
+async fn did_document(State(s): AppState) -> Result<Json<Value>, IssuerError> {
+    s.key
+        .did_document()
+        .map(Json)
+        .map_err(|e| IssuerError::Signing(e.to_string()))
+}
+
+async fn inventory(State(s): AppState) -> Json<Value> {
+    Json(json!({ "keys": [s.key.info()] }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueRequest {
+    credential: Value,
+    #[serde(default)]
+    options: IssueOptions,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct IssueOptions {
+    #[serde(default)]
+    format: Option<ProofFormat>,
+}
+
+async fn issue(
+    State(s): AppState,
+    headers: HeaderMap,
+    StrictJson(req): StrictJson<IssueRequest>,
+) -> Result<Response, IssuerError> {
+    s.require_admin(&headers)?;
+    let format = req.options.format.unwrap_or(s.config.default_format);
+    let rec = s.issue(req.credential, format, None).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "verifiableCredential": rec.credential })),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VerifyCredentialRequest {
+    verifiable_credential: Value,
+    #[serde(default)]
+    #[allow(dead_code)]
+    options: Option<Value>,
+}
+
+async fn verify_credential(
+    State(s): AppState,
+    StrictJson(req): StrictJson<VerifyCredentialRequest>,
+) -> Result<Json<Value>, IssuerError> {
+    let v = s
+        .verifier
+        .verify_credential(&req.verifiable_credential)
+        .await?;
+    Ok(Json(json!({
+        "checks": v.checks,
+        "warnings": [],
+        "errors": [],
+        "credential": v,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VerifyPresentationRequest {
+    verifiable_presentation: Value,
+    options: PresentationOptions,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresentationOptions {
+    challenge: String,
+    domain: String,
+}
+
+async fn verify_presentation(
+    State(s): AppState,
+    StrictJson(req): StrictJson<VerifyPresentationRequest>,
+) -> Result<Json<Value>, IssuerError> {
+    let binding = PresentationBinding {
+        challenge: req.options.challenge,
+        domain: req.options.domain,
+    };
+    let v = s
+        .verifier
+        .verify_presentation(&req.verifiable_presentation, &binding)
+        .await?;
+    Ok(Json(json!({
+        "checks": v.checks,
+        "warnings": [],
+        "errors": [],
+        "presentation": v,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct JoinerRequest {
+    subject: PrivilegeSubject,
+    #[serde(default)]
+    valid_until: Option<String>,
+    #[serde(default)]
+    format: Option<ProofFormat>,
+}
+
+fn privilege_credential(
+    s: &IssuerState,
+    subject: &PrivilegeSubject,
+    valid_until: Option<&str>,
+) -> Result<Value, IssuerError> {
+    let until = match valid_until {
+        Some(t) => Some(federation::time::parse(t).ok_or_else(|| {
+            IssuerError::BadRequest("validUntil is not an RFC 3339 date-time".into())
+        })?),
+        None => None,
+    };
+    let subject =
+        serde_json::to_value(subject).map_err(|e| IssuerError::BadRequest(e.to_string()))?;
+    let mut vc = credentials::unsigned_credential(
+        CredentialKind::ClinicianPrivilege,
+        &s.config.did,
+        subject,
+        Utc::now(),
+        until,
+        None,
+    );
+    if until.is_none() {
+        if let Some(obj) = vc.as_object_mut() {
+            obj.remove("validUntil");
+        }
+    }
+    Ok(vc)
+}
+
+fn issued(rec: &Record) -> Response {
+    (
+        StatusCode::CREATED,
+        Json(json!({
+            "id": rec.id,
+            "replaces": rec.replaces,
+            "statusListIndex": rec.status_index,
+            "verifiableCredential": rec.credential,
+        })),
+    )
+        .into_response()
+}
+
+/// Joiner: a new privilege credential.
+async fn joiner(
+    State(s): AppState,
+    headers: HeaderMap,
+    StrictJson(req): StrictJson<JoinerRequest>,
+) -> Result<Response, IssuerError> {
+    s.require_admin(&headers)?;
+    let vc = privilege_credential(&s, &req.subject, req.valid_until.as_deref())?;
+    let rec = s
+        .issue(vc, req.format.unwrap_or(s.config.default_format), None)
+        .await?;
+    Ok(issued(&rec))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct MoverRequest {
+    privileges: Vec<Privilege>,
+    #[serde(default)]
+    organization: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    valid_until: Option<String>,
+    #[serde(default)]
+    format: Option<ProofFormat>,
+}
+
+/// Mover: re-issue with changed privileges; the old credential is revoked atomically.
+async fn mover(
+    State(s): AppState,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    StrictJson(req): StrictJson<MoverRequest>,
+) -> Result<Response, IssuerError> {
+    s.require_admin(&headers)?;
+    let old = s.store.get(&id)?;
+    if old.kind != CredentialKind::ClinicianPrivilege {
+        return Err(IssuerError::Unprocessable(format!(
+            "{id} is not a privilege credential"
+        )));
+    }
+    if old.revoked_at.is_some() {
+        return Err(IssuerError::Conflict(format!("{id} is already revoked")));
+    }
+    let old_vc = match &old.credential {
+        Value::String(jwt) => federation::jose::decode(jwt)
+            .map(|d| d.payload)
+            .map_err(|e| IssuerError::Storage(e.to_string()))?,
+        other => other.clone(),
+    };
+    let mut subject: PrivilegeSubject = serde_json::from_value(old_vc["credentialSubject"].clone())
+        .map_err(|e| IssuerError::Storage(e.to_string()))?;
+    subject.privileges = req.privileges;
+    if let Some(org) = req.organization {
+        subject.organization = org;
+    }
+    if let Some(role) = req.role {
+        subject.role = role;
+    }
+    let vc = privilege_credential(&s, &subject, req.valid_until.as_deref())?;
+    let rec = s
+        .issue(vc, req.format.unwrap_or(old.format), Some(&id))
+        .await?;
+    Ok(issued(&rec))
+}
+
+/// Leaver: revoke.
+async fn leaver(
+    State(s): AppState,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, IssuerError> {
+    s.require_admin(&headers)?;
+    let rec = s.revoke(&id)?;
+    Ok(Json(json!({
+        "id": rec.id,
+        "revokedAt": rec.revoked_at,
+        "statusListCredential": s.status_list_url(),
+        "statusListIndex": rec.status_index,
+    })))
+}
+
+async fn get_credential(
+    State(s): AppState,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Record>, IssuerError> {
+    s.require_admin(&headers)?;
+    Ok(Json(s.store.get(&id)?))
+}
+
+async fn by_subject(
+    State(s): AppState,
+    headers: HeaderMap,
+    Path(did): Path<String>,
+) -> Result<Json<Value>, IssuerError> {
+    s.require_admin(&headers)?;
+    Ok(Json(json!({ "credentials": s.store.by_subject(&did)? })))
+}
+
+async fn status_list(State(s): AppState) -> Result<Response, IssuerError> {
+    let jwt = s.signed_status_list()?;
+    Ok(([(header::CONTENT_TYPE, "application/vc+jwt")], jwt).into_response())
+}
+
+/// Server-sent revocation events: `{"statusListCredential": url}` per revocation.
+async fn status_events(
+    State(s): AppState,
+) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
+    use futures::StreamExt;
+    let rx = s.events.subscribe();
+    let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|msg| async move {
+        // A lagging subscriber gets a generic event: it must drop its cached lists.
+        let data = msg.unwrap_or_else(|_| json!({"statusListCredential": null}).to_string());
+        Some(Ok(Event::default().event("revocation").data(data)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}

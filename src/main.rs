@@ -1,0 +1,287 @@
+//! `fedgate`: one command line for every role in a federation.
+//!
+//! This file only parses arguments, loads configuration and calls the crates. Errors are
+//! printed as one line on stderr with a non-zero exit status.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+mod demo;
+
+use clap::{Parser, Subcommand};
+use federation::keys::{KeyAlgorithm, KeyPair};
+
+#[derive(Parser)]
+#[command(
+    name = "fedgate",
+    version,
+    about = "Federation gateway for healthcare data exchange"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Keys and the crypto inventory.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Start a federation on loopback and run the scenarios against it.
+    Demo {
+        /// Keep the data here instead of a fresh temporary folder.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print the results as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The credentialing office's issuer service.
+    Issuer {
+        #[command(subcommand)]
+        command: IssuerCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key file (0600): a did:key, or a key for an organization's did:web.
+    Generate {
+        /// Where to write the key file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Ed25519 (default) or P-256.
+        #[arg(long, default_value = "Ed25519")]
+        alg: String,
+        /// Make a key for this did:web instead of a new did:key.
+        #[arg(long)]
+        did_web: Option<String>,
+        /// What the key is for (shown in the inventory).
+        #[arg(long, default_value = "")]
+        purpose: String,
+    },
+    /// List every key in the given key files or folders: DID, method, algorithm, dates.
+    Inventory {
+        /// Key files, or folders searched for `*.key.json` and `*key*.json`.
+        paths: Vec<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum IssuerCommand {
+    /// Run the issuer service.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Write a starter issuer.toml, a key and an admin token (0600) into a folder.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The office's did:web, e.g. did:web:credentialing.hospital-a.example
+        #[arg(long)]
+        did: String,
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:8400")]
+        listen: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("fedgate: {message}");
+    ExitCode::FAILURE
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FEDGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Keys { command } => keys(command),
+        Command::Issuer { command } => issuer_cmd(command).await,
+        Command::Demo { dir, json } => match demo::run(dir, json).await? {
+            true => Ok(()),
+            false => Err("some scenarios did not go as expected".into()),
+        },
+    }
+}
+
+fn keys(command: KeysCommand) -> Result<(), String> {
+    match command {
+        KeysCommand::Generate {
+            out,
+            alg,
+            did_web,
+            purpose,
+        } => {
+            let alg: KeyAlgorithm = alg.parse().map_err(|e| format!("{e}"))?;
+            let key = match did_web {
+                Some(did) => KeyPair::generate_did_web(&did, alg),
+                None => KeyPair::generate_did_key(alg),
+            }
+            .map_err(|e| e.to_string())?
+            .with_purpose(&purpose);
+            key.save(&out).map_err(|e| e.to_string())?;
+            println!("{}", key.did());
+            Ok(())
+        }
+        KeysCommand::Inventory { paths, json } => {
+            let mut infos = Vec::new();
+            for path in &paths {
+                collect_keys(path, &mut infos)?;
+            }
+            if json {
+                let out = serde_json::json!({ "keys": infos });
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+                );
+            } else {
+                println!(
+                    "{:<10} {:<25} {:<12} {:<20} VERIFICATION METHOD",
+                    "ALG", "CREATED", "EXPIRES", "PURPOSE"
+                );
+                for k in &infos {
+                    println!(
+                        "{:<10} {:<25} {:<12} {:<20} {}",
+                        k.algorithm.to_string(),
+                        federation::time::rfc3339(k.created),
+                        k.expires
+                            .map(|e| e.format("%Y-%m-%d").to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        if k.purpose.is_empty() {
+                            "-"
+                        } else {
+                            &k.purpose
+                        },
+                        k.verification_method
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn collect_keys(path: &Path, out: &mut Vec<federation::keys::KeyInfo>) -> Result<(), String> {
+    if path.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for p in entries {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if p.is_dir() || (name.ends_with(".json") && name.contains("key")) {
+                collect_keys(&p, out)?;
+            }
+        }
+        Ok(())
+    } else {
+        let key = KeyPair::load(path).map_err(|e| e.to_string())?;
+        out.push(key.info().clone());
+        Ok(())
+    }
+}
+
+async fn issuer_cmd(command: IssuerCommand) -> Result<(), String> {
+    match command {
+        IssuerCommand::Serve { config } => {
+            let cfg = issuer::IssuerConfig::load(&config).map_err(|e| e.to_string())?;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                if let Ok(addr) = rx.await {
+                    // The one line scripts and tests read to find the service.
+                    println!("issuer listening on {addr}");
+                }
+            });
+            issuer::run(cfg, shutdown_signal(), Some(tx)).await
+        }
+        IssuerCommand::Init { dir, did, listen } => {
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let key_path = dir.join("issuer.key.json");
+            KeyPair::generate_did_web(&did, KeyAlgorithm::Ed25519)
+                .map_err(|e| e.to_string())?
+                .with_purpose("issuer assertion")
+                .save(&key_path)
+                .map_err(|e| e.to_string())?;
+            let token = federation::http::random_token();
+            write_secret(&dir.join("admin-token"), &token)?;
+            let config = format!(
+                "listen = \"{listen}\"\n# tls_cert = \"cert.pem\"\n# tls_key = \"key.pem\"\ndid = \"{did}\"\nkey_file = \"issuer.key.json\"\ndata_dir = \"data\"\nadmin_token_file = \"admin-token\"\n"
+            );
+            let cfg_path = dir.join("issuer.toml");
+            if cfg_path.exists() {
+                return Err(format!("{} exists; not overwriting", cfg_path.display()));
+            }
+            std::fs::write(&cfg_path, config).map_err(|e| e.to_string())?;
+            println!(
+                "wrote {} (admin token in {})",
+                cfg_path.display(),
+                dir.join("admin-token").display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn write_secret(path: &Path, secret: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(secret.as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,492 @@
+//! The issuer service as a separate process: VC API round trips in both formats, the
+//! joiner/mover/leaver lifecycle, revocation push, and bad input.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{start, write_secret, Service};
+
+const OFFICE: &str = "did:web:credentialing.test";
+const TOKEN: &str = "test-admin-token-0123456789abcdef";
+const HOSPITAL_A: &str = "did:web:hospital-a.test";
+const HOSPITAL_B: &str = "did:web:hospital-b.test";
+const HOSPITAL_C: &str = "did:web:hospital-c.test";
+
+struct Office {
+    svc: Service,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+fn start_office() -> Office {
+    let dir = tempfile::tempdir().unwrap();
+    write_secret(&dir.path().join("admin-token"), TOKEN);
+    let config = format!(
+        r#"
+listen = "127.0.0.1:0"
+did = "{OFFICE}"
+key_file = "office.key.json"
+data_dir = "data"
+admin_token_file = "admin-token"
+dev_mode = true
+status_list_ttl_secs = 30
+[limits]
+max_body_bytes = 65536
+"#
+    );
+    let path = dir.path().join("issuer.toml");
+    std::fs::write(&path, config).unwrap();
+    let svc = start(&["issuer", "serve", "--config", path.to_str().unwrap()]);
+    Office {
+        svc,
+        http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        _dir: dir,
+    }
+}
+
+impl Office {
+    async fn post(&self, path: &str, body: &Value, admin: bool) -> (u16, Value) {
+        let mut req = self.http.post(self.svc.url(path)).json(body);
+        if admin {
+            req = req.bearer_auth(TOKEN);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if status >= 400 {
+            assert_eq!(ct, "application/problem+json", "{path}: {body}");
+        }
+        (status, body)
+    }
+
+    async fn raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(self.svc.url(path))
+            .header("content-type", content_type)
+            .bearer_auth(TOKEN)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn verify(&self, vc: &Value) -> (u16, Value) {
+        self.post(
+            "/credentials/verify",
+            &json!({"verifiableCredential": vc}),
+            false,
+        )
+        .await
+    }
+}
+
+fn privilege_subject(clinician: &str, facility: &str) -> Value {
+    json!({
+        "id": clinician,
+        "name": "Dr. Ada Test",
+        "npi": "1234567893",
+        "role": "physician",
+        "specialty": "207R00000X",
+        "organization": HOSPITAL_A,
+        "privileges": [{"facility": facility, "domains": ["clinical"], "actions": ["read"]}]
+    })
+}
+
+fn credential(kind: &str, subject: Value) -> Value {
+    json!({
+        "@context": ["https://www.w3.org/ns/credentials/v2", "https://w3id.org/fedgate/v1"],
+        "type": ["VerifiableCredential", kind],
+        "credentialSubject": subject,
+    })
+}
+
+fn subjects() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "ClinicianPrivilegeCredential",
+            privilege_subject(
+                "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK",
+                HOSPITAL_B,
+            ),
+        ),
+        (
+            "PatientConsentCredential",
+            json!({
+                "id": "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK",
+                "patientIdentifiers": [{"custodian": HOSPITAL_B, "system": "urn:oid:1.2.3", "value": "MRN-1"}],
+                "custodians": [HOSPITAL_B],
+                "grantee": {"id": HOSPITAL_A, "kind": "organization"},
+                "provision": "permit",
+                "domains": ["clinical"],
+                "purposes": ["TREAT"],
+                "dataClasses": ["Observation"],
+                "period": {"start": "2026-01-01T00:00:00Z"}
+            }),
+        ),
+        (
+            "ResearchStudyCredential",
+            json!({
+                "id": "urn:fedgate:study:s1",
+                "title": "Study",
+                "sponsor": "did:web:research.test",
+                "purposes": ["HRESCH"],
+                "dataClasses": ["Condition"],
+                "aggregateOnly": true,
+                "minCellSize": 11
+            }),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn issue_and_verify_every_type_in_both_formats_over_http() {
+    let office = start_office();
+    let (status, doc) = {
+        let r = office
+            .http
+            .get(office.svc.url("/.well-known/did.json"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(status, 200);
+    assert_eq!(doc["id"], OFFICE);
+
+    for (kind, subject) in subjects() {
+        for format in ["jwt", "data-integrity"] {
+            let (status, body) = office
+                .post(
+                    "/credentials/issue",
+                    &json!({"credential": credential(kind, subject.clone()), "options": {"format": format}}),
+                    true,
+                )
+                .await;
+            assert_eq!(status, 201, "{kind} {format}: {body}");
+            let vc = &body["verifiableCredential"];
+            assert_eq!(vc.is_string(), format == "jwt");
+            let (status, verified) = office.verify(vc).await;
+            assert_eq!(status, 200, "{kind} {format}: {verified}");
+            assert!(verified["checks"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("status")));
+            assert_eq!(verified["credential"]["kind"], kind);
+        }
+    }
+}
+
+#[tokio::test]
+async fn admin_endpoints_need_the_token() {
+    let office = start_office();
+    let body =
+        json!({"credential": credential("ClinicianPrivilegeCredential", subjects()[0].1.clone())});
+    let (status, problem) = office.post("/credentials/issue", &body, false).await;
+    assert_eq!(status, 401);
+    assert_eq!(problem["status"], 401);
+    let resp = office
+        .http
+        .post(office.svc.url("/credentials/issue"))
+        .bearer_auth("wrong-token-wrong-token")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    assert!(resp.headers().contains_key("www-authenticate"));
+    for path in [
+        "/v1/privileges",
+        "/v1/credentials/urn:uuid:x/revoke",
+        "/v1/privileges/urn:uuid:x/move",
+    ] {
+        let (status, _) = office.post(path, &json!({}), false).await;
+        assert!(status == 401 || status == 422, "{path}: {status}");
+    }
+    let resp = office
+        .http
+        .get(
+            office
+                .svc
+                .url(&format!("/v1/subjects/{HOSPITAL_A}/credentials")),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+}
+
+#[tokio::test]
+async fn joiner_mover_leaver_with_revocation_push() {
+    let office = start_office();
+    let clinician = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK";
+
+    // Subscribe to revocation events first.
+    let mut events = office
+        .http
+        .get(office.svc.url("/v1/status/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status().as_u16(), 200);
+
+    // Joiner.
+    let (status, joined) = office
+        .post(
+            "/v1/privileges",
+            &json!({"subject": privilege_subject(clinician, HOSPITAL_B), "format": "jwt"}),
+            true,
+        )
+        .await;
+    assert_eq!(status, 201, "{joined}");
+    let old_id = joined["id"].as_str().unwrap().to_string();
+    let old_vc = joined["verifiableCredential"].clone();
+    assert_eq!(office.verify(&old_vc).await.0, 200);
+
+    // Mover: B -> C. The old one is revoked in the same step.
+    let (status, moved) = office
+        .post(
+            &format!("/v1/privileges/{old_id}/move"),
+            &json!({"privileges": [{"facility": HOSPITAL_C, "domains": ["clinical"], "actions": ["read"]}]}),
+            true,
+        )
+        .await;
+    assert_eq!(status, 201, "{moved}");
+    assert_eq!(moved["replaces"], old_id.as_str());
+    let new_vc = moved["verifiableCredential"].clone();
+    let (status, problem) = office.verify(&old_vc).await;
+    assert_eq!(status, 422);
+    assert_eq!(problem["check"], "status");
+    let (status, verified) = office.verify(&new_vc).await;
+    assert_eq!(status, 200, "{verified}");
+    assert_eq!(
+        verified["credential"]["subject"]["privileges"][0]["facility"],
+        HOSPITAL_C
+    );
+
+    // The push event for the mover arrived.
+    let chunk = tokio::time::timeout(Duration::from_secs(5), events.chunk())
+        .await
+        .expect("revocation event in time")
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&chunk);
+    assert!(text.contains("statusListCredential"), "{text}");
+
+    // Listing by subject shows both, the old one revoked and replaced.
+    let list: Value = office
+        .http
+        .get(
+            office
+                .svc
+                .url(&format!("/v1/subjects/{clinician}/credentials")),
+        )
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let creds = list["credentials"].as_array().unwrap();
+    assert_eq!(creds.len(), 2);
+    let old = creds.iter().find(|c| c["id"] == old_id.as_str()).unwrap();
+    assert!(old["revokedAt"].is_string());
+    assert_eq!(old["replacedBy"], moved["id"]);
+
+    // Leaver.
+    let new_id = moved["id"].as_str().unwrap();
+    let (status, revoked) = office
+        .post(
+            &format!("/v1/credentials/{new_id}/revoke"),
+            &json!({}),
+            true,
+        )
+        .await;
+    assert_eq!(status, 200, "{revoked}");
+    let (status, problem) = office.verify(&new_vc).await;
+    assert_eq!(status, 422);
+    assert_eq!(problem["check"], "status");
+    // Revoking twice is a conflict.
+    let (status, _) = office
+        .post(
+            &format!("/v1/credentials/{new_id}/revoke"),
+            &json!({}),
+            true,
+        )
+        .await;
+    assert_eq!(status, 409);
+}
+
+#[tokio::test]
+async fn presentations_verify_endpoint_checks_the_binding() {
+    use federation::credentials::{present, PresentationBinding, ProofFormat};
+    use federation::keys::{KeyAlgorithm, KeyPair};
+    let office = start_office();
+    let holder = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+    let (_, joined) = office
+        .post(
+            "/v1/privileges",
+            &json!({"subject": privilege_subject(holder.did(), HOSPITAL_B)}),
+            true,
+        )
+        .await;
+    let binding = PresentationBinding {
+        challenge: "c-0123456789abcdef".into(),
+        domain: HOSPITAL_B.into(),
+    };
+    for format in [ProofFormat::Jwt, ProofFormat::DataIntegrity] {
+        let vp = present(
+            &[joined["verifiableCredential"].clone()],
+            &holder,
+            &binding,
+            format,
+        )
+        .await
+        .unwrap();
+        let ok = json!({"verifiablePresentation": vp, "options": {"challenge": binding.challenge, "domain": binding.domain}});
+        let (status, body) = office.post("/presentations/verify", &ok, false).await;
+        assert_eq!(status, 200, "{body}");
+        let wrong = json!({"verifiablePresentation": vp, "options": {"challenge": "other-challenge", "domain": binding.domain}});
+        let (status, body) = office.post("/presentations/verify", &wrong, false).await;
+        assert_eq!(status, 422);
+        assert_eq!(body["check"], "challenge");
+        let wrong = json!({"verifiablePresentation": vp, "options": {"challenge": binding.challenge, "domain": HOSPITAL_A}});
+        let (status, body) = office.post("/presentations/verify", &wrong, false).await;
+        assert_eq!(status, 422);
+        assert_eq!(body["check"], "domain");
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_4xx() {
+    use base64::Engine;
+    let office = start_office();
+    let b64 = |v: &Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+    };
+    // Malformed JSON.
+    let (status, body) = office
+        .raw(
+            "/credentials/issue",
+            "application/json",
+            b"{\"credential\": ".to_vec(),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["type"].as_str().unwrap().ends_with("malformed-json"));
+    // Not JSON at all.
+    let (status, _) = office
+        .raw("/credentials/issue", "text/plain", b"hello".to_vec())
+        .await;
+    assert_eq!(status, 415);
+    // Deeply nested.
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let (status, body) = office
+        .raw("/credentials/verify", "application/json", deep.into_bytes())
+        .await;
+    assert_eq!(status, 400, "{body}");
+    // Oversized (limit 64 KiB in this config).
+    let big = json!({"credential": {"pad": "x".repeat(200_000)}});
+    let (status, body) = office
+        .raw(
+            "/credentials/issue",
+            "application/json",
+            serde_json::to_vec(&big).unwrap(),
+        )
+        .await;
+    assert_eq!(status, 413, "{body}");
+    // Unknown credential type.
+    let (status, body) = office
+        .post(
+            "/credentials/issue",
+            &json!({"credential": credential("DriverLicenseCredential", json!({"id": "did:key:z"}))}),
+            true,
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("unknown credential type"));
+    // Claims that violate the schema: the detail names the field.
+    let mut subject = subjects()[0].1.clone();
+    subject["role"] = json!("wizard");
+    let (status, body) = office
+        .post(
+            "/credentials/issue",
+            &json!({"credential": credential("ClinicianPrivilegeCredential", subject)}),
+            true,
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("/credentialSubject/role"));
+    // Unknown option / proof format.
+    let (status, _) = office
+        .post(
+            "/credentials/issue",
+            &json!({"credential": credential("ClinicianPrivilegeCredential", subjects()[0].1.clone()), "options": {"format": "ldp_vc_zkp"}}),
+            true,
+        )
+        .await;
+    assert_eq!(status, 422);
+    // alg: none, HS256 and an embedded jwk on verify.
+    let payload = b64(&json!({"issuer": OFFICE}));
+    for header in [
+        json!({"alg": "none", "kid": format!("{OFFICE}#key-1")}),
+        json!({"alg": "HS256", "kid": format!("{OFFICE}#key-1")}),
+        json!({"alg": "EdDSA", "kid": format!("{OFFICE}#key-1"), "jwk": {"kty": "OKP"}}),
+    ] {
+        let jwt = format!("{}.{payload}.AAAA", b64(&header));
+        let (status, body) = office.verify(&json!(jwt)).await;
+        assert_eq!(status, 422, "{header}: {body}");
+        assert_eq!(body["check"], "proof", "{header}: {body}");
+    }
+    // An unsupported Data Integrity suite.
+    let mut vc = credential("ClinicianPrivilegeCredential", subjects()[0].1.clone());
+    vc["issuer"] = json!(OFFICE);
+    vc["proof"] = json!({"type": "Ed25519Signature2018", "proofPurpose": "assertionMethod", "verificationMethod": format!("{OFFICE}#key-1")});
+    let (status, body) = office.verify(&vc).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["check"], "proof");
+    // The service is still serving.
+    let resp = office
+        .http
+        .get(office.svc.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn key_inventory_lists_the_office_key() {
+    let office = start_office();
+    let inv: Value = office
+        .http
+        .get(office.svc.url("/v1/keys"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = &inv["keys"][0];
+    assert_eq!(key["did"], OFFICE);
+    assert_eq!(key["verificationMethod"], format!("{OFFICE}#key-1"));
+    assert_eq!(key["algorithm"], "Ed25519");
+    assert!(key["created"].is_string());
+    assert!(key.get("jwk").is_none() && key.get("privateJwk").is_none());
+}
