@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod cli;
 mod demo;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,11 @@ enum Command {
         /// Print the results as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// The federation's signed manifest: members, trusted issuers, contracts.
+    Federation {
+        #[command(subcommand)]
+        command: cli::federation::FederationCommand,
     },
     /// The credentialing office's issuer service.
     Issuer {
@@ -123,6 +129,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Keys { command } => keys(command),
         Command::Issuer { command } => issuer_cmd(command).await,
+        Command::Federation { command } => cli::federation::run(command),
         Command::Demo { dir, json } => match demo::run(dir, json).await? {
             true => Ok(()),
             false => Err("some scenarios did not go as expected".into()),

@@ -338,6 +338,98 @@ impl KeyPair {
     }
 }
 
+/// Key agreement (ECDH-ES) keys for encrypting to a DID's holder.
+///
+/// An Ed25519 did:key has no key-agreement key of its own; the did:key spec derives the
+/// X25519 key from it (Edwards → Montgomery). A P-256 key is used for ECDH as it is.
+pub mod agreement {
+    use super::*;
+    use base64::Engine;
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    fn okp_x25519(x: &[u8], d: Option<&[u8]>) -> serde_json::Value {
+        let mut jwk = serde_json::json!({"kty": "OKP", "crv": "X25519", "x": b64(x)});
+        if let Some(d) = d {
+            jwk["d"] = serde_json::json!(b64(d));
+        }
+        jwk
+    }
+
+    fn ec_p256(params: &ssi::jwk::ECParams, private: bool) -> Option<serde_json::Value> {
+        let mut jwk = serde_json::json!({
+            "kty": "EC", "crv": "P-256",
+            "x": b64(&params.x_coordinate.as_ref()?.0),
+            "y": b64(&params.y_coordinate.as_ref()?.0),
+        });
+        if private {
+            jwk["d"] = serde_json::json!(b64(&params.ecc_private_key.as_ref()?.0));
+        }
+        Some(jwk)
+    }
+
+    /// The public key-agreement JWK (josekit form) of a did:key holder.
+    pub fn public_jwk_for_did(did: &str) -> Result<serde_json::Value, KeyError> {
+        let bad = |r: &str| KeyError::Generate(format!("no key-agreement key for {did}: {r}"));
+        let msid = did
+            .strip_prefix("did:key:")
+            .ok_or_else(|| bad("only did:key holders can receive encrypted responses"))?;
+        let (_, bytes) = multibase::decode(msid).map_err(|e| bad(&e.to_string()))?;
+        let encoded =
+            ssi::multicodec::MultiEncoded::new(&bytes).map_err(|e| bad(&e.to_string()))?;
+        let jwk = JWK::from_multicodec(encoded).map_err(|e| bad(&e.to_string()))?;
+        match &jwk.params {
+            ssi::jwk::Params::OKP(p) if p.curve == "Ed25519" => {
+                let raw: [u8; 32] = p
+                    .public_key
+                    .0
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| bad("bad Ed25519 key length"))?;
+                let vk = ed25519_dalek::VerifyingKey::from_bytes(&raw)
+                    .map_err(|e| bad(&e.to_string()))?;
+                if vk.is_weak() {
+                    return Err(bad("weak key"));
+                }
+                Ok(okp_x25519(&vk.to_montgomery().to_bytes(), None))
+            }
+            ssi::jwk::Params::EC(p) => ec_p256(p, false).ok_or_else(|| bad("incomplete P-256 key")),
+            _ => Err(bad("unsupported key type")),
+        }
+    }
+
+    impl KeyPair {
+        /// The private key-agreement JWK matching [`public_jwk_for_did`] (for decrypting).
+        pub fn agreement_private_jwk(&self) -> Result<serde_json::Value, KeyError> {
+            let bad = |r: &str| KeyError::Generate(format!("no key-agreement key: {r}"));
+            match &self.jwk.params {
+                ssi::jwk::Params::OKP(p) if p.curve == "Ed25519" => {
+                    let seed: [u8; 32] = p
+                        .private_key
+                        .as_ref()
+                        .ok_or_else(|| bad("no private key"))?
+                        .0
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| bad("bad Ed25519 key length"))?;
+                    let sk = ed25519_dalek::SigningKey::from_bytes(&seed);
+                    let secret = zeroize::Zeroizing::new(sk.to_scalar_bytes());
+                    Ok(okp_x25519(
+                        &sk.verifying_key().to_montgomery().to_bytes(),
+                        Some(secret.as_slice()),
+                    ))
+                }
+                ssi::jwk::Params::EC(p) => {
+                    ec_p256(p, true).ok_or_else(|| bad("incomplete P-256 key"))
+                }
+                _ => Err(bad("unsupported key type")),
+            }
+        }
+    }
+}
+
 fn is_private(jwk: &JWK) -> bool {
     match &jwk.params {
         ssi::jwk::Params::OKP(p) => p.private_key.is_some(),

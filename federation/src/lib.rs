@@ -14,7 +14,9 @@
 //! - [`jose`]: the compact JWS handling for VC-JOSE credentials and presentations.
 //! - [`status`]: Bitstring Status Lists, on the issuer side and as a verifier's cache.
 //! - [`trust`]: which issuers are trusted for which credential type.
+//! - [`registry`]: the governance-signed federation manifest: members, trusted issuers, contracts.
 //! - [`verify`]: the one verification pipeline, naming the check that failed.
+//! - [`events`]: access events, the only thing a federation centralizes (no PHI).
 //! - [`fhir_consent`]: PatientConsentCredential to and from FHIR R4 `Consent`.
 //! - [`http`]: problem+json, strict JSON bodies, limits, TLS/loopback serving.
 //! - [`time`]: clock helpers shared by issuing and verifying.
@@ -22,10 +24,12 @@
 pub mod context;
 pub mod credentials;
 pub mod did;
+pub mod events;
 pub mod fhir_consent;
 pub mod http;
 pub mod jose;
 pub mod keys;
+pub mod registry;
 pub mod schema;
 pub mod status;
 pub mod time;

@@ -1,0 +1,232 @@
+//! `gateway.toml`: one file, serde defaults, validated at load with a message naming the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use federation::credentials::CredentialKind;
+use federation::http::{HttpLimits, ListenConfig};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    #[serde(flatten)]
+    pub listen: ListenConfig,
+    /// The organization's did:web (the custodian and the presentations' domain).
+    pub did: String,
+    /// Where this gateway is reachable; defaults to `http://<bound address>/` on loopback.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// The organization's key (created 0600 on first start if missing).
+    pub key_file: PathBuf,
+    /// 32-byte secret for pseudonyms and the token vault (created 0600 if missing).
+    pub secret_file: PathBuf,
+    /// Embedded storage (nonces, outbox, consents, vault, and the embedded record store).
+    pub data_dir: PathBuf,
+    /// Folder of Rego policies.
+    pub policies: PathBuf,
+    #[serde(default)]
+    pub dev_mode: bool,
+    #[serde(default = "default_challenge_ttl")]
+    pub challenge_ttl_secs: u64,
+    #[serde(default = "default_outbox_max")]
+    pub outbox_max_events: usize,
+    #[serde(default)]
+    pub records: RecordsConfig,
+    #[serde(default)]
+    pub custodian: CustodianSettings,
+    /// Issuers trusted per type, when no signed registry is configured.
+    #[serde(default)]
+    pub trust: BTreeMap<CredentialKind, Vec<String>>,
+    /// did:web allow-map (DID → base URL) when no signed registry is configured.
+    #[serde(default)]
+    pub did_web: BTreeMap<String, String>,
+    /// Data-sharing contracts when no signed registry is configured.
+    #[serde(default)]
+    pub contracts: Vec<serde_json::Value>,
+    /// Issuers' revocation event streams to subscribe to.
+    #[serde(default)]
+    pub status_push: Vec<String>,
+    #[serde(default = "default_status_ttl")]
+    pub status_cache_ttl_secs: u64,
+    #[serde(default)]
+    pub limits: HttpLimits,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, tag = "source", rename_all = "lowercase")]
+pub enum RecordsConfig {
+    /// The sled FHIR store in `data_dir/records` (`fedgate records import`).
+    #[default]
+    Embedded,
+    /// The organization's own FHIR R4 server.
+    Fhir { url: String },
+}
+
+/// The custodian's own settings, passed to policy as `input.custodian`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustodianSettings {
+    #[serde(default)]
+    pub shifts: Vec<Shift>,
+    #[serde(default = "default_break_glass")]
+    pub break_glass_minutes: u32,
+    #[serde(default = "default_min_cell")]
+    pub min_cell_size: u32,
+    #[serde(default = "default_max_records")]
+    pub max_records: u32,
+    /// Offset of the custodian's local time from UTC, for shift windows.
+    #[serde(default)]
+    pub utc_offset_minutes: i32,
+}
+
+impl Default for CustodianSettings {
+    fn default() -> Self {
+        CustodianSettings {
+            shifts: Vec::new(),
+            break_glass_minutes: default_break_glass(),
+            min_cell_size: default_min_cell(),
+            max_records: default_max_records(),
+            utc_offset_minutes: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shift {
+    pub roles: Vec<String>,
+    pub days: Vec<String>,
+    pub from_minute: u32,
+    pub to_minute: u32,
+}
+
+fn default_challenge_ttl() -> u64 {
+    120
+}
+fn default_outbox_max() -> usize {
+    100_000
+}
+fn default_status_ttl() -> u64 {
+    300
+}
+fn default_break_glass() -> u32 {
+    60
+}
+fn default_min_cell() -> u32 {
+    11
+}
+fn default_max_records() -> u32 {
+    5000
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: `{key}` {message}")]
+    Invalid {
+        path: String,
+        key: &'static str,
+        message: String,
+    },
+}
+
+impl GatewayConfig {
+    /// Reads and validates a config file. Relative paths are taken from the file's folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        let mut cfg: GatewayConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: p.clone(),
+            message: e.message().to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for f in [
+            &mut cfg.key_file,
+            &mut cfg.secret_file,
+            &mut cfg.data_dir,
+            &mut cfg.policies,
+        ] {
+            if f.is_relative() {
+                *f = base.join(&*f);
+            }
+        }
+        cfg.validate(&p)?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| ConfigError::Invalid {
+            path: path.to_string(),
+            key,
+            message: message.to_string(),
+        };
+        if !self.did.starts_with("did:web:") {
+            return Err(invalid("did", "must be a did:web"));
+        }
+        if self.challenge_ttl_secs == 0 || self.challenge_ttl_secs > 3600 {
+            return Err(invalid("challenge_ttl_secs", "must be between 1 and 3600"));
+        }
+        if self.outbox_max_events == 0 {
+            return Err(invalid("outbox_max_events", "must be at least 1"));
+        }
+        if self.custodian.min_cell_size == 0 {
+            return Err(invalid("custodian.min_cell_size", "must be at least 1"));
+        }
+        for s in &self.custodian.shifts {
+            if s.from_minute >= 24 * 60 || s.to_minute > 24 * 60 || s.from_minute >= s.to_minute {
+                return Err(invalid(
+                    "custodian.shifts",
+                    "from_minute < to_minute, both within a day",
+                ));
+            }
+        }
+        let url_ok = |u: &str| {
+            reqwest::Url::parse(u)
+                .map(|url| url.scheme() == "https" || (self.dev_mode && url.scheme() == "http"))
+                .unwrap_or(false)
+        };
+        if let Some(u) = &self.public_url {
+            if !url_ok(u) {
+                return Err(invalid(
+                    "public_url",
+                    "must be an https URL (http only in dev_mode)",
+                ));
+            }
+        }
+        if let RecordsConfig::Fhir { url } = &self.records {
+            if !url_ok(url) {
+                return Err(invalid(
+                    "records.url",
+                    "must be an https URL (http only in dev_mode)",
+                ));
+            }
+        }
+        for (did, url) in &self.did_web {
+            if !did.starts_with("did:web:") || !url_ok(url) {
+                return Err(invalid(
+                    "did_web",
+                    &format!("{did}: a did:web and an https URL"),
+                ));
+            }
+        }
+        for u in &self.status_push {
+            if !url_ok(u) {
+                return Err(invalid("status_push", &format!("{u} is not an https URL")));
+            }
+        }
+        self.limits
+            .validate()
+            .map_err(|e| invalid("limits", &e.to_string()))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,146 @@
+//! The durable access-event outbox.
+//!
+//! Every decision's event is written here, and fsynced, before the response leaves: an
+//! access that cannot be recorded is not served. Writes are group-committed by one task:
+//! concurrent requests share a single fsync, and none is acknowledged before it.
+//! When the outbox holds its configured maximum, new exchanges are refused (503) rather
+//! than served unrecorded; it drains as the shipper delivers events.
+
+use federation::events::AccessEvent;
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OutboxError {
+    #[error("the access-event outbox is full; refusing to serve unrecorded access")]
+    Full,
+    #[error("the access-event outbox is unavailable: {0}")]
+    Storage(String),
+}
+
+type Pending = (AccessEvent, oneshot::Sender<Result<(), OutboxError>>);
+
+#[derive(Clone)]
+pub struct Outbox {
+    tree: sled::Tree,
+    max_events: usize,
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Outbox {
+    /// Opens the outbox and starts its committer task (needs a tokio runtime).
+    pub fn start(db: &sled::Db, max_events: usize) -> Result<Self, OutboxError> {
+        let tree = db
+            .open_tree("outbox")
+            .map_err(|e| OutboxError::Storage(e.to_string()))?;
+        let (tx, rx) = mpsc::channel::<Pending>(4096);
+        tokio::spawn(committer(db.clone(), tree.clone(), rx));
+        Ok(Outbox {
+            tree,
+            max_events,
+            tx,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+
+    /// Whether a new exchange may start (there is room for its event).
+    pub fn has_room(&self) -> bool {
+        self.tree.len() < self.max_events
+    }
+
+    /// Appends an event; returns once it is on disk.
+    pub async fn append(&self, event: AccessEvent) -> Result<(), OutboxError> {
+        if !self.has_room() {
+            return Err(OutboxError::Full);
+        }
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send((event, done))
+            .await
+            .map_err(|_| OutboxError::Storage("committer stopped".into()))?;
+        wait.await
+            .map_err(|_| OutboxError::Storage("committer stopped".into()))?
+    }
+
+    /// The oldest `limit` events, in id (time) order.
+    pub fn pending(&self, limit: usize) -> Vec<AccessEvent> {
+        self.tree
+            .iter()
+            .values()
+            .flatten()
+            .filter_map(|v| serde_json::from_slice(&v).ok())
+            .take(limit)
+            .collect()
+    }
+
+    pub fn get(&self, id: &str) -> Option<AccessEvent> {
+        let v = self.tree.get(id.as_bytes()).ok()??;
+        serde_json::from_slice(&v).ok()
+    }
+
+    /// Removes delivered events.
+    pub async fn acknowledge(&self, ids: &[String]) -> Result<(), OutboxError> {
+        let mut batch = sled::Batch::default();
+        for id in ids {
+            batch.remove(id.as_bytes());
+        }
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| OutboxError::Storage(e.to_string()))?;
+        self.tree
+            .flush_async()
+            .await
+            .map_err(|e| OutboxError::Storage(e.to_string()))?;
+        Ok(())
+    }
+}
+
+async fn committer(db: sled::Db, tree: sled::Tree, mut rx: mpsc::Receiver<Pending>) {
+    let mut batch_waiters = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch_waiters.clear();
+        let mut batch = sled::Batch::default();
+        let push =
+            |(event, done): Pending, batch: &mut sled::Batch| match serde_json::to_vec(&event) {
+                Ok(bytes) => {
+                    batch.insert(event.id.as_bytes(), bytes);
+                    Some(done)
+                }
+                Err(e) => {
+                    let _ = done.send(Err(OutboxError::Storage(e.to_string())));
+                    None
+                }
+            };
+        batch_waiters.extend(push(first, &mut batch));
+        // Take whatever else is already waiting: one fsync for all of it.
+        while batch_waiters.len() < 1024 {
+            match rx.try_recv() {
+                Ok(p) => batch_waiters.extend(push(p, &mut batch)),
+                Err(_) => break,
+            }
+        }
+        let result = tree
+            .apply_batch(batch)
+            .map_err(|e| OutboxError::Storage(e.to_string()));
+        let result = match result {
+            Ok(()) => db
+                .flush_async()
+                .await
+                .map(|_| ())
+                .map_err(|e| OutboxError::Storage(e.to_string())),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "outbox write failed");
+        }
+        for done in batch_waiters.drain(..) {
+            let _ = done.send(result.clone());
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! Subcommands that live beside `main.rs`: each file parses its own arguments and calls
+//! the crates.
+
+pub mod federation;
