@@ -44,6 +44,14 @@ enum Command {
         #[command(subcommand)]
         command: cli::federation::FederationCommand,
     },
+    /// A clinician's or patient's wallet: keys, credentials, presentations, consent.
+    Wallet {
+        /// Machine-readable output.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: cli::wallet::WalletCommand,
+    },
     /// The credentialing office's issuer service.
     Issuer {
         #[command(subcommand)]
@@ -130,6 +138,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Keys { command } => keys(command),
         Command::Issuer { command } => issuer_cmd(command).await,
         Command::Federation { command } => cli::federation::run(command),
+        Command::Wallet { json, command } => cli::wallet::run(command, json).await,
         Command::Demo { dir, json } => match demo::run(dir, json).await? {
             true => Ok(()),
             false => Err("some scenarios did not go as expected".into()),

@@ -2,3 +2,4 @@
 //! the crates.
 
 pub mod federation;
+pub mod wallet;

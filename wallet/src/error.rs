@@ -1,0 +1,120 @@
+//! The wallet's errors. Each message is one line that says what to do next.
+
+use federation::credentials::IssueError;
+use federation::http::HttpError;
+use federation::keys::KeyError;
+use federation::VerifyError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalletError {
+    #[error("{0}")]
+    Key(#[from] KeyError),
+
+    #[error("no wallet in {path}: run `fedgate wallet init --dir {path}` first")]
+    NotInitialized { path: String },
+
+    #[error("cannot prepare the wallet folder {path}: {reason}")]
+    Folder { path: String, reason: String },
+
+    #[error("wallet store {path}: {reason}")]
+    Storage { path: String, reason: String },
+
+    #[error("the store in {path} belongs to {store_holder}, not to the key's DID {key_holder}; use the key file this wallet was created with")]
+    HolderMismatch {
+        path: String,
+        store_holder: String,
+        key_holder: String,
+    },
+
+    #[error("credential rejected, {0}")]
+    Rejected(VerifyError),
+
+    #[error("credential rejected: {0}")]
+    NotAddressed(String),
+
+    #[error("a different credential with id {id} is already stored; remove it first (`fedgate wallet remove {id}`)")]
+    IdConflict { id: String },
+
+    #[error("no credential {id} in this wallet (see `fedgate wallet list`)")]
+    NotFound { id: String },
+
+    #[error("no privilege in this wallet covers domain {domain} at {facility}; import one from your credentialing office (`fedgate wallet import`)")]
+    NoMatchingPrivilege { facility: String, domain: String },
+
+    #[error("no active consent of patient {patient} permits {domain} data for purpose {purpose} at {facility}; ask the patient for one and import it")]
+    NoMatchingConsent {
+        patient: String,
+        facility: String,
+        domain: String,
+        purpose: String,
+    },
+
+    #[error("no privilege and no research study credential in this wallet covers purpose {purpose} at {facility}; import the study credential issued to your network")]
+    NoMatchingStudy { facility: String, purpose: String },
+
+    #[error("a presentation carries at most {max} credentials; this one would carry {count}")]
+    TooManyCredentials { count: usize, max: usize },
+
+    #[error("invalid presentation request: {0}")]
+    InvalidRequest(String),
+
+    #[error("refusing to contact the gateway: {0}")]
+    Outbound(#[from] HttpError),
+
+    #[error("gateway {url} is unreachable: {reason}")]
+    GatewayUnreachable { url: String, reason: String },
+
+    #[error("gateway {url} answered with something other than the protocol: {reason}")]
+    GatewayProtocol { url: String, reason: String },
+
+    #[error("gateway refused ({status} {title}): {detail}")]
+    GatewayError {
+        status: u16,
+        title: String,
+        detail: String,
+    },
+
+    #[error("gateway sent an unusable challenge ({0}); nothing was signed")]
+    BadChallenge(String),
+
+    #[error("the gateway answered as {got}, but the request is for {expected}; nothing was signed (check --gateway and --facility)")]
+    WrongGateway { expected: String, got: String },
+
+    #[error("cannot sign: {0}")]
+    Sign(#[from] IssueError),
+
+    #[error("invalid consent: {0}")]
+    InvalidConsent(String),
+
+    #[error("credential {id} is a {kind}, not a consent (see `fedgate wallet consent list`)")]
+    NotAConsent { id: String, kind: String },
+
+    #[error("consent {id} was not granted by this wallet's holder; only the patient can register or withdraw it")]
+    NotOwnConsent { id: String },
+
+    #[error(
+        "consent {id} has been withdrawn; it is never presented again (grant a new one if needed)"
+    )]
+    Withdrawn { id: String },
+
+    #[error("gateway {gateway} is not a custodian of consent {id} (custodians: {custodians}); nothing was signed")]
+    NotACustodian {
+        id: String,
+        gateway: String,
+        custodians: String,
+    },
+
+    #[error("trust file {path}: {reason}")]
+    TrustConfig { path: String, reason: String },
+}
+
+pub type Result<T, E = WalletError> = std::result::Result<T, E>;
+
+impl WalletError {
+    pub(crate) fn storage(path: &std::path::Path, e: impl std::fmt::Display) -> Self {
+        WalletError::Storage {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        }
+    }
+}

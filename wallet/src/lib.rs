@@ -1,0 +1,53 @@
+//! A holder's wallet: a clinician's, a research network's or a patient's.
+//!
+//! The wallet keeps the holder's key and the credentials issued to the holder, and signs
+//! presentations bound to a gateway's challenge. It only keeps what verifies and what is
+//! addressed to its holder, and it never signs for a gateway that does not speak as the
+//! facility asked for.
+//!
+//! Map of the modules:
+//! - [`holder`]: the [`Wallet`] (a folder with the holder key and the store): init, open,
+//!   import, list, show, remove, present.
+//! - [`store`]: the sled credential store and [`StoredCredential`].
+//! - [`addressing`]: whether a credential is addressed to this holder.
+//! - [`request`]: [`PresentationRequest`] and picking what a presentation must carry.
+//! - [`gateway`]: [`GatewayClient`]: challenges, consent registration and withdrawal.
+//! - [`consent`]: the patient's side: granting, registering, withdrawing consents.
+//! - [`trust_config`]: the trust file a wallet verifies imports with.
+//! - [`error`]: the errors, [`WalletError`], each a one-line actionable message.
+
+pub mod addressing;
+pub mod consent;
+pub mod error;
+pub mod gateway;
+pub mod holder;
+pub mod request;
+pub mod store;
+pub mod trust_config;
+
+pub use consent::{ConsentGrant, Provision};
+pub use error::{Result, WalletError};
+pub use gateway::{Challenge, GatewayClient};
+pub use holder::Wallet;
+pub use request::PresentationRequest;
+pub use store::StoredCredential;
+pub use trust_config::TrustConfig;
+
+/// Parses a time given on a command line: `now`, an RFC 3339 date-time, or a date
+/// (`2026-01-31`, read as midnight UTC).
+pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("now") {
+        return Ok(chrono::Utc::now());
+    }
+    if let Some(t) = federation::time::parse(text) {
+        return Ok(t);
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .ok_or_else(|| {
+            format!("{text:?} is not `now`, a date (YYYY-MM-DD) or an RFC 3339 date-time")
+        })
+}

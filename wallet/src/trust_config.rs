@@ -1,0 +1,235 @@
+//! The wallet's verifier for `import`, built from a trust file.
+//!
+//! Until the federation publishes a signed manifest, a wallet learns whom to trust from a
+//! file (JSON, or TOML with the same keys when the name ends in `.toml`):
+//!
+//! ```json
+//! {
+//!   "trustedIssuers": {
+//!     "ClinicianPrivilegeCredential": ["did:web:credentialing.hospital-a.example"],
+//!     "ResearchStudyCredential": ["did:web:irb.university.example"]
+//!   },
+//!   "didWeb": {
+//!     "did:web:credentialing.hospital-a.example": "https://credentialing.hospital-a.example/"
+//!   },
+//!   "devMode": false
+//! }
+//! ```
+//!
+//! - `trustedIssuers`: issuer DIDs per credential type. A patient's self-issued consent
+//!   needs no entry.
+//! - `didWeb`: the did:web allow-map (DID → base URL serving `/.well-known/did.json` and
+//!   the status lists). Every did:web issuer must be listed; no other DID is ever fetched.
+//! - `devMode`: allows plain http to loopback base URLs (tests and the demo only).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use federation::credentials::CredentialKind;
+use federation::did::DidResolver;
+use federation::http::{loopback_only_http, parse_strict_json};
+use federation::status::StatusCache;
+use federation::trust::StaticTrust;
+use federation::verify::Verifier;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, WalletError};
+use crate::gateway::is_did;
+
+/// Largest trust file read.
+const MAX_TRUST_FILE_BYTES: u64 = 1024 * 1024;
+/// How long a fetched status list is trusted before it is fetched again.
+const STATUS_TTL: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrustConfig {
+    #[serde(default)]
+    pub trusted_issuers: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub did_web: BTreeMap<String, String>,
+    #[serde(default)]
+    pub dev_mode: bool,
+}
+
+/// A validated trust configuration, ready to build verifiers from.
+struct Checked {
+    trust: Vec<(CredentialKind, String)>,
+    web: Vec<(String, reqwest::Url)>,
+}
+
+impl TrustConfig {
+    /// Reads and validates a trust file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let fail = |reason: String| WalletError::TrustConfig {
+            path: path.display().to_string(),
+            reason,
+        };
+        let size = std::fs::metadata(path)
+            .map_err(|e| fail(e.to_string()))?
+            .len();
+        if size > MAX_TRUST_FILE_BYTES {
+            return Err(fail("larger than 1 MiB".into()));
+        }
+        let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+        let is_toml = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("toml"));
+        let config = if is_toml {
+            Self::from_toml(&bytes)
+        } else {
+            Self::from_json(&bytes)
+        }
+        .map_err(fail)?;
+        config.check().map_err(fail)?;
+        Ok(config)
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
+        let value = parse_strict_json(bytes).map_err(|p| p.detail.clone())?;
+        serde_json::from_value(value).map_err(|e| e.to_string())
+    }
+
+    pub fn from_toml(bytes: &[u8]) -> Result<Self, String> {
+        let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
+        toml::from_str(text).map_err(|e| e.message().to_string())
+    }
+
+    fn check(&self) -> Result<Checked, String> {
+        let mut web = Vec::new();
+        for (did, base) in &self.did_web {
+            if !did.starts_with("did:web:") || !is_did(did) {
+                return Err(format!("didWeb key {did:?} is not a did:web"));
+            }
+            let mut url = reqwest::Url::parse(base)
+                .map_err(|e| format!("didWeb {did}: {base:?} is not a URL ({e})"))?;
+            loopback_only_http(&url, self.dev_mode).map_err(|e| format!("didWeb {did}: {e}"))?;
+            // The resolver joins `.well-known/did.json` below the base path.
+            if !url.path().ends_with('/') {
+                let path = format!("{}/", url.path());
+                url.set_path(&path);
+            }
+            web.push((did.clone(), url));
+        }
+        let mut trust = Vec::new();
+        for (type_name, issuers) in &self.trusted_issuers {
+            let kind = CredentialKind::from_type_name(type_name).ok_or_else(|| {
+                format!("unknown credential type {type_name:?} in trustedIssuers (ClinicianPrivilegeCredential, PatientConsentCredential or ResearchStudyCredential)")
+            })?;
+            for issuer in issuers {
+                let method_ok = issuer.starts_with("did:key:") || issuer.starts_with("did:web:");
+                if !method_ok || !is_did(issuer) {
+                    return Err(format!(
+                        "trusted issuer {issuer:?} is not a did:key or did:web"
+                    ));
+                }
+                if issuer.starts_with("did:web:") && !self.did_web.contains_key(issuer) {
+                    return Err(format!(
+                        "trusted issuer {issuer} has no didWeb entry; add its base URL"
+                    ));
+                }
+                trust.push((kind, issuer.clone()));
+            }
+        }
+        Ok(Checked { trust, web })
+    }
+
+    /// A verifier that trusts exactly this configuration.
+    pub fn verifier(&self) -> Result<Verifier> {
+        let checked = self.check().map_err(|reason| WalletError::TrustConfig {
+            path: "(trust configuration)".into(),
+            reason,
+        })?;
+        let resolver = Arc::new(DidResolver::new(self.dev_mode));
+        for (did, url) in checked.web {
+            resolver.allow_web(&did, url);
+        }
+        let trust = StaticTrust::new();
+        for (kind, issuer) in &checked.trust {
+            trust.add(*kind, issuer);
+        }
+        let status = Arc::new(StatusCache::new(
+            resolver.clone(),
+            STATUS_TTL,
+            self.dev_mode,
+        ));
+        Ok(Verifier::new(resolver, Arc::new(trust), status))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_and_toml_read_the_same() {
+        let json = br#"{
+            "trustedIssuers": {"ClinicianPrivilegeCredential": ["did:web:office.example"]},
+            "didWeb": {"did:web:office.example": "https://office.example/base"},
+            "devMode": false
+        }"#;
+        let toml = br#"
+            devMode = false
+            [trustedIssuers]
+            ClinicianPrivilegeCredential = ["did:web:office.example"]
+            [didWeb]
+            "did:web:office.example" = "https://office.example/base"
+        "#;
+        let a = TrustConfig::from_json(json).unwrap();
+        let b = TrustConfig::from_toml(toml).unwrap();
+        assert_eq!(a, b);
+        let v = a.verifier().unwrap();
+        assert!(v
+            .trust
+            .is_trusted(CredentialKind::ClinicianPrivilege, "did:web:office.example"));
+        assert!(!v
+            .trust
+            .is_trusted(CredentialKind::ResearchStudy, "did:web:office.example"));
+        assert_eq!(
+            v.resolver
+                .web_base("did:web:office.example")
+                .unwrap()
+                .as_str(),
+            "https://office.example/base/"
+        );
+    }
+
+    #[test]
+    fn bad_configurations_are_named() {
+        let cases: [(&[u8], &str); 6] = [
+            (
+                br#"{"trustedIssuers": {"Nope": []}}"#,
+                "unknown credential type",
+            ),
+            (
+                br#"{"trustedIssuers": {"ResearchStudyCredential": ["did:web:irb.example"]}}"#,
+                "no didWeb entry",
+            ),
+            (
+                br#"{"trustedIssuers": {"ResearchStudyCredential": ["did:example:x"]}}"#,
+                "not a did:key or did:web",
+            ),
+            (
+                br#"{"didWeb": {"did:web:a.example": "http://a.example/"}}"#,
+                "only https",
+            ),
+            (
+                br#"{"didWeb": {"did:key:z6Mk": "https://a.example/"}}"#,
+                "not a did:web",
+            ),
+            (br#"{"trustedIssuer": {}}"#, "unknown field"),
+        ];
+        for (json, expected) in cases {
+            let err = TrustConfig::from_json(json)
+                .and_then(|c| c.check().map(|_| ()))
+                .unwrap_err();
+            assert!(err.contains(expected), "{err}");
+        }
+        // Loopback http is accepted in dev mode only.
+        let dev = br#"{"didWeb": {"did:web:a.test": "http://127.0.0.1:9/"}, "devMode": true}"#;
+        assert!(TrustConfig::from_json(dev).unwrap().verifier().is_ok());
+        assert!(TrustConfig::from_json(br#"{"a":1,"a":1}"#).is_err());
+    }
+}
