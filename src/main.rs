@@ -52,6 +52,21 @@ enum Command {
         #[command(subcommand)]
         command: cli::wallet::WalletCommand,
     },
+    /// Rego policies: run their tests, or evaluate one input.
+    Policy {
+        #[command(subcommand)]
+        command: cli::policy::PolicyCommand,
+    },
+    /// The organization's gateway.
+    Gateway {
+        #[command(subcommand)]
+        command: GatewayCommand,
+    },
+    /// The gateway's embedded FHIR record store.
+    Records {
+        #[command(subcommand)]
+        command: cli::records::RecordsCommand,
+    },
     /// The credentialing office's issuer service.
     Issuer {
         #[command(subcommand)]
@@ -83,6 +98,15 @@ enum KeysCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum GatewayCommand {
+    /// Run the gateway.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -138,6 +162,20 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Keys { command } => keys(command),
         Command::Issuer { command } => issuer_cmd(command).await,
         Command::Federation { command } => cli::federation::run(command),
+        Command::Policy { command } => cli::policy::run(command),
+        Command::Records { command } => cli::records::run(command),
+        Command::Gateway {
+            command: GatewayCommand::Serve { config },
+        } => {
+            let cfg = gateway::GatewayConfig::load(&config).map_err(|e| e.to_string())?;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                if let Ok(addr) = rx.await {
+                    println!("gateway listening on {addr}");
+                }
+            });
+            gateway::run(cfg, shutdown_signal(), Some(tx)).await
+        }
         Command::Wallet { json, command } => cli::wallet::run(command, json).await,
         Command::Demo { dir, json } => match demo::run(dir, json).await? {
             true => Ok(()),

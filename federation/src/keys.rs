@@ -216,6 +216,19 @@ impl KeyPair {
         self.jwk.to_public()
     }
 
+    /// The raw Ed25519 signing key, for signers outside JOSE (checkpoint notes); `None` for
+    /// P-256 keys.
+    pub fn ed25519_signing_key(&self) -> Option<ed25519_dalek::SigningKey> {
+        match &self.jwk.params {
+            ssi::jwk::Params::OKP(p) if p.curve == "Ed25519" => {
+                let seed: zeroize::Zeroizing<[u8; 32]> =
+                    zeroize::Zeroizing::new(p.private_key.as_ref()?.0.as_slice().try_into().ok()?);
+                Some(ed25519_dalek::SigningKey::from_bytes(&seed))
+            }
+            _ => None,
+        }
+    }
+
     /// `publicKeyMultibase` of this key (a Multikey), as used in DID documents.
     pub fn public_key_multibase(&self) -> Result<String, KeyError> {
         let encoded = self

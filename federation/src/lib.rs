@@ -17,10 +17,13 @@
 //! - [`registry`]: the governance-signed federation manifest: members, trusted issuers, contracts.
 //! - [`verify`]: the one verification pipeline, naming the check that failed.
 //! - [`events`]: access events, the only thing a federation centralizes (no PHI).
+//! - [`log`]: the visibility log, an RFC 6962 Merkle tree in sled, and its proof verifiers.
+//! - [`checkpoint`]: C2SP tlog-checkpoint signed notes of the log's tree heads.
 //! - [`fhir_consent`]: PatientConsentCredential to and from FHIR R4 `Consent`.
 //! - [`http`]: problem+json, strict JSON bodies, limits, TLS/loopback serving.
 //! - [`time`]: clock helpers shared by issuing and verifying.
 
+pub mod checkpoint;
 pub mod context;
 pub mod credentials;
 pub mod did;
@@ -29,6 +32,7 @@ pub mod fhir_consent;
 pub mod http;
 pub mod jose;
 pub mod keys;
+pub mod log;
 pub mod registry;
 pub mod schema;
 pub mod status;

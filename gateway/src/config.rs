@@ -35,6 +35,10 @@ pub struct GatewayConfig {
     pub records: RecordsConfig,
     #[serde(default)]
     pub custodian: CustodianSettings,
+    /// The federation's signed manifest: trusted issuers, members (the did:web allow-map)
+    /// and contracts. When set, `trust`, `did_web` and `contracts` below are not used.
+    #[serde(default)]
+    pub registry: Option<RegistryConfig>,
     /// Issuers trusted per type, when no signed registry is configured.
     #[serde(default)]
     pub trust: BTreeMap<CredentialKind, Vec<String>>,
@@ -61,6 +65,21 @@ pub enum RecordsConfig {
     Embedded,
     /// The organization's own FHIR R4 server.
     Fhir { url: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// A file path or an https URL of the signed manifest.
+    pub signed: String,
+    /// The governance this gateway pins: k of these keys must sign a manifest.
+    pub governance: federation::registry::Governance,
+    #[serde(default = "default_poll")]
+    pub poll_secs: u64,
+}
+
+fn default_poll() -> u64 {
+    10
 }
 
 /// The custodian's own settings, passed to policy as `input.custodian`.
@@ -150,6 +169,11 @@ impl GatewayConfig {
             message: e.message().to_string(),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(r) = cfg.registry.as_mut() {
+            if !r.signed.starts_with("http") && Path::new(&r.signed).is_relative() {
+                r.signed = base.join(&r.signed).display().to_string();
+            }
+        }
         for f in [
             &mut cfg.key_file,
             &mut cfg.secret_file,
@@ -222,6 +246,14 @@ impl GatewayConfig {
         for u in &self.status_push {
             if !url_ok(u) {
                 return Err(invalid("status_push", &format!("{u} is not an https URL")));
+            }
+        }
+        if let Some(r) = &self.registry {
+            r.governance
+                .validate()
+                .map_err(|e| invalid("registry.governance", &e.to_string()))?;
+            if r.signed.starts_with("http") && !url_ok(&r.signed) {
+                return Err(invalid("registry.signed", "must be a file or an https URL"));
             }
         }
         self.limits

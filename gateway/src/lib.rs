@@ -18,6 +18,85 @@
 pub mod config;
 pub mod consents;
 pub mod error;
+pub mod exchange;
 pub mod jwe;
 pub mod nonce;
 pub mod outbox;
+pub mod policy;
+pub mod records;
+pub mod research;
+pub mod service;
+pub mod tokenize;
+pub mod vault;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use config::GatewayConfig;
+pub use service::{router, GatewayState};
+
+/// Runs the gateway until `shutdown` resolves. Binding happens first so that a port of 0
+/// works and the public URL names the real port.
+pub async fn run(
+    config: GatewayConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> Result<(), String> {
+    let listener = federation::http::bind(&config.listen).map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let scheme = if config.listen.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut config = config;
+    let public = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("{scheme}://{addr}/"));
+    config.public_url = Some(public.clone());
+    let public_url = reqwest::Url::parse(&public).map_err(|e| format!("public_url: {e}"))?;
+    // One recorder per process; a second gateway in the same process shares it.
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .or_else(|_| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .build_recorder()
+                .handle()
+                .pipe_ok()
+        })?;
+    let state = GatewayState::new(config.clone(), public_url, metrics).await?;
+    match state.policy.current_digest() {
+        Some(d) => tracing::info!(policy = %d, "policies loaded"),
+        None => tracing::error!("policies failed to load: every request will be denied"),
+    }
+    if let Err(e) = state.policy.spawn_watch(Duration::from_secs(2)) {
+        tracing::warn!(error = %e, "policy reload watcher not started");
+    }
+    let nonces = state.nonces.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            nonces.purge_expired();
+        }
+    });
+    let app = router(state);
+    federation::http::serve_on(
+        listener,
+        app,
+        &config.listen,
+        &config.limits,
+        shutdown,
+        ready,
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+trait PipeOk: Sized {
+    fn pipe_ok(self) -> Result<Self, String> {
+        Ok(self)
+    }
+}
+impl<T> PipeOk for T {}

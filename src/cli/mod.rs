@@ -2,4 +2,6 @@
 //! the crates.
 
 pub mod federation;
+pub mod policy;
+pub mod records;
 pub mod wallet;

@@ -1,0 +1,223 @@
+//! Decision latency per domain, beside raw regorus on the same prepared engine.
+//!
+//! First a fixed run per domain (20,000 evaluations, interleaved) prints p50/p99 of
+//! - `decision`: `PolicyBundle::evaluate` (clone, input conversion, eval, decoding, checks),
+//! - `raw`: a fresh clone of the same prepared engine, `set_input` of an already converted
+//!   input, `eval_rule` of the same rule,
+//! - `rvm`: the same rule compiled for regorus' VM (strict builtins, instruction limit,
+//!   timer), with the number of inputs on which it disagrees with the interpreter,
+//!
+//! then criterion measures `decision` and `raw` again. `FEDGATE_BENCH_N` changes the count.
+
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use gateway::policy::{decision_rule, sample_input, PolicyBundle, DOMAINS};
+use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::RegoVM;
+use regorus::utils::limits::ExecutionTimerConfig;
+use regorus::{Rc, Value};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// The VM for one domain's rule, configured like the engine's interpreter.
+fn vm_for(bundle: &PolicyBundle, domain: &str) -> Result<RegoVM, String> {
+    let rule = decision_rule(domain);
+    let mut engine = bundle.prepared_engine();
+    let compiled = engine
+        .compile_with_entrypoint(&Rc::from(rule.as_str()))
+        .map_err(|e| e.to_string())?;
+    let program =
+        Compiler::compile_from_policy(&compiled, &[rule.as_str()]).map_err(|e| e.to_string())?;
+    let mut vm = RegoVM::new();
+    vm.load_program(program);
+    vm.set_data(Value::new_object())
+        .map_err(|e| e.to_string())?;
+    vm.set_strict_builtin_errors(true);
+    vm.set_max_instructions(1_000_000);
+    vm.set_execution_timer_config(Some(ExecutionTimerConfig {
+        limit: Duration::from_millis(50),
+        check_interval: NonZeroU32::MIN.saturating_add(15),
+    }));
+    Ok(vm)
+}
+
+/// Inputs that take the allow path and some deny paths of each domain.
+fn inputs(domain: &str) -> Vec<serde_json::Value> {
+    let base = sample_input(domain);
+    let mut out = vec![base.clone()];
+    let mut no_consent = base.clone();
+    no_consent["consents"] = serde_json::json!([]);
+    out.push(no_consent);
+    let mut other_org = base.clone();
+    other_org["request"]["requester_org"] = serde_json::json!("did:web:other.example");
+    out.push(other_org);
+    let mut emergency = base.clone();
+    emergency["consents"] = serde_json::json!([]);
+    emergency["request"]["purpose"] = serde_json::json!("ETREAT");
+    emergency["request"]["justification"] =
+        serde_json::json!("unconscious patient, no consent on file");
+    out.push(emergency);
+    out
+}
+
+fn fixed_run(bundle: &PolicyBundle, n: usize) {
+    println!("decision latency, {n} evaluations per domain (sample allow input), µs");
+    println!(
+        "{:<11} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>9} {:>10}",
+        "domain",
+        "dec p50",
+        "dec p99",
+        "raw p50",
+        "raw p99",
+        "ratio",
+        "rvm p50",
+        "rvm p99",
+        "rvm agrees"
+    );
+    for domain in DOMAINS {
+        let input = sample_input(domain);
+        let converted = Value::from(input.clone());
+        let rule = decision_rule(domain);
+        let prepared = bundle.prepared_engine();
+        let mut vm = vm_for(bundle, domain);
+
+        let mut dec = Vec::with_capacity(n);
+        let mut raw = Vec::with_capacity(n);
+        let mut rvm = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            black_box(bundle.evaluate(domain, black_box(&input)));
+            dec.push(t.elapsed());
+
+            let t = Instant::now();
+            let mut e = prepared.clone();
+            e.set_input(converted.clone());
+            let _ = black_box(e.eval_rule(rule.clone()));
+            raw.push(t.elapsed());
+
+            if let Ok(vm) = vm.as_mut() {
+                let t = Instant::now();
+                vm.set_input(converted.clone());
+                let _ = black_box(vm.execute());
+                rvm.push(t.elapsed());
+            }
+        }
+        dec.sort();
+        raw.sort();
+        rvm.sort();
+
+        // Where the VM and the interpreter disagree, the VM is not a drop-in replacement.
+        let agrees = match vm.as_mut() {
+            Ok(vm) => {
+                let cases = inputs(domain);
+                let same = cases
+                    .iter()
+                    .filter(|c| {
+                        let v = Value::from((*c).clone());
+                        let mut e = prepared.clone();
+                        e.set_input(v.clone());
+                        let interp = e.eval_rule(rule.clone()).ok();
+                        vm.set_input(v);
+                        let compiled = vm.execute().ok();
+                        interp.is_some() && interp == compiled
+                    })
+                    .count();
+                format!("{same}/{}", cases.len())
+            }
+            Err(e) => format!("no: {}", e.chars().take(40).collect::<String>()),
+        };
+        let (d50, d99, r50, r99) = (
+            percentile(&dec, 0.5),
+            percentile(&dec, 0.99),
+            percentile(&raw, 0.5),
+            percentile(&raw, 0.99),
+        );
+        println!(
+            "{:<11} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6.2}x {:>9.1} {:>9.1} {:>10}",
+            domain,
+            us(d50),
+            us(d99),
+            us(r50),
+            us(r99),
+            us(d50) / us(r50).max(f64::MIN_POSITIVE),
+            us(percentile(&rvm, 0.5)),
+            us(percentile(&rvm, 0.99)),
+            agrees,
+        );
+    }
+    println!("targets: decision p50 <= 20 µs and <= 1.2x raw regorus");
+}
+
+/// p50 of raw evaluations of single rules on the clinical sample: where the time goes.
+fn rule_costs(bundle: &PolicyBundle, rules: &str, n: usize) {
+    let converted = Value::from(sample_input("clinical"));
+    let prepared = bundle.prepared_engine();
+    for rule in rules.split(',') {
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            let mut e = prepared.clone();
+            e.set_input(converted.clone());
+            let _ = black_box(e.eval_rule(rule.to_string()));
+            times.push(t.elapsed());
+        }
+        times.sort();
+        println!("{rule:<45} p50 {:>8.1} µs", us(percentile(&times, 0.5)));
+    }
+}
+
+fn main() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let bundle = match PolicyBundle::load(&dir) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("cannot load {}: {e}", dir.display());
+            std::process::exit(1);
+        }
+    };
+    let n = std::env::var("FEDGATE_BENCH_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
+    if let Ok(rules) = std::env::var("FEDGATE_BENCH_RULES") {
+        rule_costs(&bundle, &rules, n);
+        return;
+    }
+    fixed_run(&bundle, n);
+
+    let mut c = Criterion::default()
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args();
+    for domain in DOMAINS {
+        let input = sample_input(domain);
+        let converted = Value::from(input.clone());
+        let rule = decision_rule(domain);
+        let prepared = bundle.prepared_engine();
+        c.bench_function(&format!("decision/{domain}"), |b| {
+            b.iter(|| bundle.evaluate(domain, black_box(&input)))
+        });
+        c.bench_function(&format!("raw-regorus/{domain}"), |b| {
+            b.iter(|| {
+                let mut e = prepared.clone();
+                e.set_input(converted.clone());
+                e.eval_rule(rule.clone())
+            })
+        });
+    }
+    c.final_summary();
+}

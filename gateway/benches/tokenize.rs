@@ -1,0 +1,87 @@
+//! Tokenization of one hospital-a patient's full record (Della Hettinger: 252 resources,
+//! its Provenance dropped on the way) under the clinical TREAT obligations, the fail-closed
+//! default, and the research (Safe Harbor) obligations. Tokens are reused from the vault
+//! after the first iteration, as for a recipient that fetches the same record again.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::Utc;
+use criterion::{BatchSize, Criterion};
+use gateway::records::SledStore;
+use gateway::tokenize::{apply, Obligations, TokenizeContext};
+use gateway::vault::Vault;
+use serde_json::{json, Value};
+
+type Error = Box<dyn std::error::Error>;
+
+/// The record, from a fresh store in `dir`.
+fn record(dir: &Path) -> Result<Vec<Value>, Error> {
+    let store = SledStore::open(&dir.join("records"))?;
+    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/data/fhir/hospital-a/Della_Hettinger_8386e1d9.json");
+    store.import_file(&file)?;
+    let types: Vec<String> = store.count_by_type()?.into_keys().collect();
+    let pid = store.patient_ids()?.pop().ok_or("no patient imported")?;
+    Ok(store.patient_resources(&pid, &types)?)
+}
+
+fn run() -> Result<(), Error> {
+    let dir = tempfile::tempdir()?;
+    let record = record(dir.path())?;
+    let db = sled::open(dir.path().join("gateway"))?;
+    let vault = Vault::open(db.open_tree("vault")?, [9u8; 32]);
+    let key = [7u8; 32];
+    let ctx = TokenizeContext {
+        recipient_org: "did:web:hospital-b.example",
+        domain: "clinical",
+        pseudonym_key: &key,
+        vault: &vault,
+        now: Utc::now(),
+    };
+    let treat: Obligations = serde_json::from_value(json!({
+        "reveal": ["address", "birth-date", "mrn", "name", "telecom"],
+        "tokenize": ["drivers-license", "other-identifiers", "passport", "ssn"],
+        "pseudonymize": ["patient-id", "resource-ids"],
+        "max_records": 5000
+    }))?;
+    let research: Obligations = serde_json::from_value(json!({
+        "pseudonymize": ["patient-id", "resource-ids"],
+        "generalize": ["address", "birth-date", "dates"],
+        "redact": ["attachments", "narrative"]
+    }))?;
+    // Fail early rather than measure an error path.
+    apply(record.clone(), &treat, &ctx)?;
+
+    let mut c = Criterion::default()
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(5))
+        .configure_from_args();
+    for (name, obligations) in [
+        ("treat", treat),
+        ("fail-closed-default", Obligations::default()),
+        ("research-safe-harbor", research),
+    ] {
+        c.bench_function(
+            &format!("tokenize/{}-resources/{name}", record.len()),
+            |b| {
+                // The clone is setup, not measured.
+                b.iter_batched(
+                    || record.clone(),
+                    |r| apply(black_box(r), &obligations, &ctx),
+                    BatchSize::LargeInput,
+                )
+            },
+        );
+    }
+    c.final_summary();
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("tokenize bench: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,758 @@
+//! Rego policies per data domain (regorus), hot reload, and the `policy test` runner.
+//!
+//! A bundle is every `*.rego` file of one folder that is not a `*_test.rego`. Each domain
+//! has a complete rule `data.fedgate.<domain>.decision` that yields the decision document
+//! of `docs/gateway-contract.md` §2. Anything else — an evaluation error, a timeout, an
+//! undefined or malformed decision, an unknown domain, a bundle that failed to load — is a
+//! deny with a reason that never carries the input.
+//!
+//! Engine: the regorus interpreter, not its compiled VM. The VM is about twice as fast on
+//! these policies (`benches/decision.rs`) but reports some failures (rule conflicts, type
+//! errors outside builtins) as Undefined instead of an error, and under `not` an Undefined
+//! becomes true: a policy bug could then silently skip a deny consent or a shift check. With
+//! the interpreter and strict builtins every error fails the decision, which denies.
+//!
+//! Stack: the interpreter recurses over the policy's syntax tree. Recursive Rego functions
+//! are rejected at load (regorus accepts them, and a deep one overflows the stack and aborts
+//! the process); the remaining depth is small but callers should still evaluate on threads
+//! with big stacks: the gateway calls [`PolicyHolder::evaluate`] inside
+//! `tokio::task::spawn_blocking` on a runtime configured with 16 MiB thread stacks, and the
+//! loader and test runner here use their own 16 MiB threads.
+
+mod ast;
+
+use std::collections::BTreeSet;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use regorus::utils::limits::ExecutionTimerConfig;
+use regorus::{Engine, LimitError, Value};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Domains with a decision rule; a bundle must define all of them.
+pub const DOMAINS: [&str; 4] = ["clinical", "billing", "research", "detokenize"];
+
+/// Default wall-clock limit of one decision.
+pub const DEFAULT_TIME_LIMIT: Duration = Duration::from_millis(50);
+
+/// Stack size of the threads this module starts (see the module docs).
+pub const EVAL_STACK_BYTES: usize = 16 * 1024 * 1024;
+
+/// Limit of the load-time checks, which include preparing the engine.
+const LOAD_TIME_LIMIT: Duration = Duration::from_secs(5);
+
+/// Per-test limit of the test runner: tests evaluate several decisions each.
+const TEST_TIME_LIMIT: Duration = Duration::from_secs(5);
+
+/// Identifier classes of the tokenizer (docs/gateway-contract.md §3).
+pub const IDENTIFIER_CLASSES: [&str; 14] = [
+    "name",
+    "mrn",
+    "ssn",
+    "passport",
+    "drivers-license",
+    "other-identifiers",
+    "telecom",
+    "address",
+    "birth-date",
+    "dates",
+    "patient-id",
+    "resource-ids",
+    "narrative",
+    "attachments",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policies at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no policy files in {0}")]
+    Empty(PathBuf),
+    #[error("{file}: {message}")]
+    Syntax { file: String, message: String },
+    #[error("recursion is not allowed in policies: {0}")]
+    Recursion(String),
+    #[error("the {domain} decision fails on a sample input: {message}")]
+    Check { domain: String, message: String },
+    #[error("policy engine: {0}")]
+    Engine(String),
+}
+
+/// Identifier obligations and limits of an allowed decision (contract §2).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Obligations {
+    pub reveal: Vec<String>,
+    pub tokenize: Vec<String>,
+    pub pseudonymize: Vec<String>,
+    pub generalize: Vec<String>,
+    pub redact: Vec<String>,
+    pub aggregate_only: bool,
+    pub min_cell_size: Option<u32>,
+    pub max_records: Option<u32>,
+}
+
+/// The decision document of `data.fedgate.<domain>.decision` (contract §2), plus the
+/// digest of the bundle that made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    pub allow: bool,
+    pub reasons: Vec<String>,
+    pub data_classes: Vec<String>,
+    pub obligations: Obligations,
+    pub break_glass: bool,
+    pub review_required: bool,
+    pub expires_at: Option<String>,
+    /// Filled by the engine, never by the policy.
+    #[serde(default, skip_deserializing)]
+    pub policy_digest: String,
+}
+
+impl Decision {
+    /// A deny with one reason and no digest.
+    pub fn deny(reason: impl Into<String>) -> Decision {
+        Decision {
+            allow: false,
+            reasons: vec![reason.into()],
+            data_classes: Vec::new(),
+            obligations: Obligations::default(),
+            break_glass: false,
+            review_required: false,
+            expires_at: None,
+            policy_digest: String::new(),
+        }
+    }
+
+    fn with_digest(mut self, digest: &str) -> Decision {
+        self.policy_digest = digest.to_string();
+        self
+    }
+}
+
+/// Engine settings.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyOptions {
+    /// Wall-clock limit of one decision.
+    pub time_limit: Duration,
+}
+
+impl Default for PolicyOptions {
+    fn default() -> Self {
+        PolicyOptions {
+            time_limit: DEFAULT_TIME_LIMIT,
+        }
+    }
+}
+
+/// One policy file as read from disk.
+struct PolicyFile {
+    name: String,
+    content: String,
+}
+
+/// A loaded, checked and prepared set of policies.
+#[derive(Clone)]
+pub struct PolicyBundle {
+    /// Prepared once (the load-time checks evaluate it), then cloned per decision: a clone
+    /// shares the parsed modules and the schedule.
+    engine: Engine,
+    digest: String,
+    files: Vec<String>,
+}
+
+impl std::fmt::Debug for PolicyBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyBundle")
+            .field("digest", &self.digest)
+            .field("files", &self.files)
+            .finish()
+    }
+}
+
+impl PolicyBundle {
+    /// Loads the bundle of `dir` with the default options.
+    pub fn load(dir: &Path) -> Result<PolicyBundle, PolicyError> {
+        PolicyBundle::load_with(dir, PolicyOptions::default())
+    }
+
+    /// Loads every `*.rego` that is not a `*_test.rego`, in file-name order, rejects
+    /// recursion, and evaluates each domain's decision on a sample input so that unknown
+    /// builtins and unsafe variables fail the load instead of the first request.
+    pub fn load_with(dir: &Path, options: PolicyOptions) -> Result<PolicyBundle, PolicyError> {
+        let files = read_policy_files(dir, false)?;
+        let digest = digest_of(&files);
+        on_big_stack(move || {
+            // The first evaluation also prepares the engine (analysis, scheduling): give the
+            // checks room, then arm the per-decision limit that clones inherit.
+            let mut engine = engine_with(&files, LOAD_TIME_LIMIT.max(options.time_limit))?;
+            for domain in DOMAINS {
+                check_domain(&mut engine, domain)?;
+            }
+            set_time_limit(&mut engine, options.time_limit);
+            Ok(PolicyBundle {
+                engine,
+                digest,
+                files: files.into_iter().map(|f| f.name).collect(),
+            })
+        })?
+    }
+
+    /// sha256 hex over each file's name, NUL, content, NUL, in file-name order.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The file names of the bundle, sorted.
+    pub fn files(&self) -> &[String] {
+        &self.files
+    }
+
+    /// The decision of `domain` for `input`; never fails, every failure is a deny.
+    pub fn evaluate(&self, domain: &str, input: &serde_json::Value) -> Decision {
+        self.decide(domain, input).with_digest(&self.digest)
+    }
+
+    fn decide(&self, domain: &str, input: &serde_json::Value) -> Decision {
+        if !DOMAINS.contains(&domain) {
+            return Decision::deny("no policy for this domain");
+        }
+        // Deserialising from the borrowed document spares a deep clone of it.
+        let Ok(converted) = Value::deserialize(input) else {
+            return Decision::deny("policy evaluation failed: unusable input");
+        };
+        let mut engine = self.engine.clone();
+        engine.set_input(converted);
+        let result = engine.eval_rule(decision_rule(domain));
+        match result {
+            Ok(value) => match decision_from_value(&value) {
+                Ok(d) => check_decision(d, input),
+                Err(why) => {
+                    tracing::warn!(domain, why, "policy produced an unusable decision");
+                    Decision::deny(format!("policy evaluation failed: {why}"))
+                }
+            },
+            Err(e) if is_limit_error(&e) => {
+                tracing::warn!(domain, "policy evaluation timed out");
+                Decision::deny("policy evaluation failed: timeout")
+            }
+            Err(e) => {
+                // Only where it failed: regorus messages can quote values from the input.
+                tracing::warn!(domain, at = %error_location(&e), "policy evaluation error");
+                Decision::deny("policy evaluation failed: error")
+            }
+        }
+    }
+
+    /// A clone of the prepared engine, for measuring the engine against raw regorus.
+    #[doc(hidden)]
+    pub fn prepared_engine(&self) -> Engine {
+        self.engine.clone()
+    }
+}
+
+/// `data.fedgate.<domain>.decision`.
+pub fn decision_rule(domain: &str) -> String {
+    format!("data.fedgate.{domain}.decision")
+}
+
+fn decision_from_value(value: &Value) -> Result<Decision, &'static str> {
+    if *value == Value::Undefined {
+        return Err("undefined decision");
+    }
+    let json = serde_json::to_value(value).map_err(|_| "malformed decision")?;
+    serde_json::from_value(json).map_err(|_| "malformed decision")
+}
+
+/// Invariants no policy may break, whatever it says: an allow names only known identifier
+/// classes and never returns a type that was not asked for.
+fn check_decision(d: Decision, input: &serde_json::Value) -> Decision {
+    if !d.allow {
+        if d.reasons.is_empty() {
+            return Decision::deny("denied by policy");
+        }
+        return d;
+    }
+    let o = &d.obligations;
+    let mut classes = o
+        .reveal
+        .iter()
+        .chain(&o.tokenize)
+        .chain(&o.pseudonymize)
+        .chain(&o.generalize)
+        .chain(&o.redact);
+    if classes.any(|c| !IDENTIFIER_CLASSES.contains(&c.as_str())) {
+        return Decision::deny("policy evaluation failed: unknown identifier class in obligations");
+    }
+    let requested: BTreeSet<&str> = input["request"]["data_classes"]
+        .as_array()
+        .map(|a| a.iter().filter_map(serde_json::Value::as_str).collect())
+        .unwrap_or_default();
+    if d.data_classes
+        .iter()
+        .any(|c| !requested.contains(c.as_str()))
+    {
+        return Decision::deny(
+            "policy evaluation failed: decision widens the requested data classes",
+        );
+    }
+    if d.break_glass && d.expires_at.is_none() {
+        return Decision::deny("policy evaluation failed: break-glass without an expiry");
+    }
+    d
+}
+
+fn is_limit_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<LimitError>().is_some())
+}
+
+/// The first line of a regorus error (`file:line:col: error: message`), without the quoted
+/// source lines that follow it.
+fn first_line(e: &anyhow::Error) -> String {
+    let text = e.to_string();
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    line.chars().take(300).collect()
+}
+
+/// `file:line:col` of a regorus error: its message can quote values from the input.
+fn error_location(e: &anyhow::Error) -> String {
+    let line = first_line(e);
+    let mut parts = line.splitn(4, ':');
+    let located: Vec<&str> = parts.by_ref().take(3).collect();
+    located.join(":")
+}
+
+/// Runs `f` on a thread with a 16 MiB stack and waits for it.
+fn on_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T, PolicyError> {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("fedgate-policy".into())
+            .stack_size(EVAL_STACK_BYTES)
+            .spawn_scoped(scope, f)
+            .map_err(|e| PolicyError::Engine(format!("cannot start a policy thread: {e}")))?
+            .join()
+            .map_err(|_| PolicyError::Engine("the policy thread panicked".into()))
+    })
+}
+
+fn read_policy_files(dir: &Path, with_tests: bool) -> Result<Vec<PolicyFile>, PolicyError> {
+    let io = |source| PolicyError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".rego") || (!with_tests && name.ends_with("_test.rego")) {
+            continue;
+        }
+        if !entry.file_type().map_err(io)?.is_file() {
+            continue;
+        }
+        let path = entry.path();
+        let content =
+            std::fs::read_to_string(&path).map_err(|source| PolicyError::Io { path, source })?;
+        files.push(PolicyFile { name, content });
+    }
+    if files.is_empty() {
+        return Err(PolicyError::Empty(dir.to_path_buf()));
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(files)
+}
+
+fn digest_of(files: &[PolicyFile]) -> String {
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.name.as_bytes());
+        h.update([0]);
+        h.update(f.content.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Names, modification times, sizes and contents of the bundle's files, hashed: what the
+/// watcher compares between polls. An unreadable folder has a fingerprint of its own, so
+/// that losing the folder also triggers a (failing, hence fail-closed) reload.
+fn fingerprint(dir: &Path) -> String {
+    let mut h = Sha256::new();
+    match read_policy_files(dir, false) {
+        Ok(files) => {
+            for f in &files {
+                let modified = std::fs::metadata(dir.join(&f.name))
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_nanos())
+                    .unwrap_or_default();
+                h.update(f.name.as_bytes());
+                h.update([0]);
+                h.update(modified.to_le_bytes());
+                h.update(f.content.as_bytes());
+                h.update([0]);
+            }
+        }
+        Err(e) => h.update(format!("unreadable: {e}").as_bytes()),
+    }
+    hex::encode(h.finalize())
+}
+
+fn engine_with(files: &[PolicyFile], time_limit: Duration) -> Result<Engine, PolicyError> {
+    let mut engine = Engine::new();
+    // The default already, stated because the opposite turns `not f(bad)` into true.
+    engine.set_strict_builtin_errors(true);
+    set_time_limit(&mut engine, time_limit);
+    for f in files {
+        engine
+            .add_policy(f.name.clone(), f.content.clone())
+            .map_err(|e| PolicyError::Syntax {
+                file: f.name.clone(),
+                message: first_line(&e),
+            })?;
+    }
+    if let Some(cycle) = ast::find_cycle(engine.get_modules()) {
+        return Err(PolicyError::Recursion(cycle));
+    }
+    Ok(engine)
+}
+
+fn set_time_limit(engine: &mut Engine, limit: Duration) {
+    engine.set_execution_timer_config(ExecutionTimerConfig {
+        limit,
+        check_interval: TIMER_CHECK_INTERVAL,
+    });
+}
+
+/// Work units between two clock reads of the execution timer.
+const TIMER_CHECK_INTERVAL: NonZeroU32 = match NonZeroU32::new(16) {
+    Some(n) => n,
+    None => NonZeroU32::MIN,
+};
+
+/// Evaluates a domain's decision on a sample input: this prepares the engine (so clones
+/// start prepared) and surfaces unknown builtins, unsafe variables and missing rules now.
+fn check_domain(engine: &mut Engine, domain: &str) -> Result<(), PolicyError> {
+    let fail = |message: String| PolicyError::Check {
+        domain: domain.to_string(),
+        message,
+    };
+    engine.set_input(Value::from(sample_input(domain)));
+    let value = engine.eval_rule(decision_rule(domain)).map_err(|e| {
+        if is_limit_error(&e) {
+            fail("timeout".into())
+        } else {
+            fail(first_line(&e))
+        }
+    })?;
+    decision_from_value(&value).map_err(|why| fail(why.into()))?;
+    engine.set_input(Value::new_object());
+    Ok(())
+}
+
+/// A well-formed request of `domain` that reaches the allow path of the shipped policies.
+pub fn sample_input(domain: &str) -> serde_json::Value {
+    let purpose = match domain {
+        "billing" => "HPAYMT",
+        "research" => "HRESCH",
+        _ => "TREAT",
+    };
+    let classes = match domain {
+        "billing" => serde_json::json!(["Claim", "Coverage"]),
+        "detokenize" => serde_json::json!([]),
+        _ => serde_json::json!(["Observation", "Condition"]),
+    };
+    let custodian = "did:web:hospital-b.example";
+    let org = "did:web:hospital-a.example";
+    let clinician = "did:key:z6MkSampleClinician";
+    serde_json::json!({
+        "request": {
+            "domain": domain, "purpose": purpose, "data_classes": classes,
+            "patient_found": true, "justification": "",
+            "time": "2026-11-27T10:00:00Z", "weekday": "Fri", "minute_of_day": 600,
+            "requester": if domain == "research" { org } else { clinician },
+            "requester_org": org,
+        },
+        "privilege": if domain == "research" { serde_json::Value::Null } else { serde_json::json!({
+            "issuer": "did:web:credentialing.example", "id": "urn:uuid:sample-privilege",
+            "subject": {
+                "id": clinician, "role": if domain == "billing" { "billing-specialist" } else { "physician" },
+                "specialty": "207R00000X", "organization": org,
+                "privileges": [{ "facility": custodian, "domains": ["clinical", "billing"],
+                                 "actions": ["read", "detokenize"] }],
+            },
+        })},
+        "consents": [{
+            "issuer": "did:key:z6MkSamplePatient", "id": "urn:uuid:sample-consent", "self_issued": true,
+            "subject": {
+                "id": "did:key:z6MkSamplePatient", "custodians": [custodian],
+                "grantee": { "id": org, "kind": "organization" }, "provision": "permit",
+                "domains": ["clinical", "billing"], "purposes": [purpose],
+                "dataClasses": ["Observation", "Condition", "Claim", "Coverage"],
+                "period": { "start": "2026-01-01T00:00:00Z", "end": "2027-01-01T00:00:00Z" },
+            },
+        }],
+        "study": if domain == "research" { serde_json::json!({
+            "issuer": "did:web:irb.example", "id": "urn:uuid:sample-study",
+            "subject": {
+                "id": "urn:fedgate:study:sample", "title": "Sample", "sponsor": org,
+                "purposes": ["HRESCH"], "dataClasses": ["Observation", "Condition"],
+                "aggregateOnly": true, "minCellSize": 5,
+            },
+        })} else { serde_json::Value::Null },
+        "contracts": [{
+            "custodian": custodian, "requester": org,
+            "domains": ["clinical", "billing", "research"],
+            "purposes": ["TREAT", "ETREAT", "BTG", "HPAYMT", "HRESCH"], "expires": null,
+        }],
+        "custodian": {
+            "did": custodian,
+            "shifts": [{ "roles": ["nurse"], "days": ["Mon", "Tue", "Wed", "Thu", "Fri"],
+                         "from_minute": 420, "to_minute": 1140 }],
+            "break_glass_minutes": 60, "min_cell_size": 11, "max_records": 5000,
+            "utc_offset_minutes": 0,
+        },
+        "token": if domain == "detokenize" {
+            serde_json::json!({ "recipient": org, "domain": "clinical", "class": "ssn" })
+        } else { serde_json::Value::Null },
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Holder: the bundle in service, hot reload, fail closed
+// ---------------------------------------------------------------------------------------
+
+enum State {
+    Loaded(Box<PolicyBundle>),
+    Broken(String),
+}
+
+/// The bundle in service. A bundle that fails to load (at start or on reload) leaves the
+/// holder Broken: every decision is then a deny naming the load error, until a reload
+/// succeeds.
+pub struct PolicyHolder {
+    dir: PathBuf,
+    options: PolicyOptions,
+    state: RwLock<Arc<State>>,
+    /// Fingerprint of the files at the last load attempt; also serialises reloads.
+    seen: std::sync::Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for PolicyHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyHolder")
+            .field("dir", &self.dir)
+            .field("digest", &self.current_digest())
+            .finish()
+    }
+}
+
+impl PolicyHolder {
+    /// Loads `dir` now; a failure gives a Broken holder, not an error.
+    pub fn new(dir: &Path) -> PolicyHolder {
+        PolicyHolder::with_options(dir, PolicyOptions::default())
+    }
+
+    pub fn with_options(dir: &Path, options: PolicyOptions) -> PolicyHolder {
+        let holder = PolicyHolder {
+            dir: dir.to_path_buf(),
+            options,
+            state: RwLock::new(Arc::new(State::Broken(
+                "policy bundle not loaded yet".into(),
+            ))),
+            seen: std::sync::Mutex::new(None),
+        };
+        if let Err(e) = holder.reload() {
+            tracing::error!(dir = %dir.display(), error = %e, "policy bundle failed to load; denying everything");
+        }
+        holder
+    }
+
+    /// Loads the folder again and swaps the result in atomically. A failure switches the
+    /// holder to Broken (fail closed) and returns the error.
+    pub fn reload(&self) -> Result<String, PolicyError> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        *seen = Some(fingerprint(&self.dir));
+        let (state, result) = match PolicyBundle::load_with(&self.dir, self.options) {
+            Ok(bundle) => {
+                let digest = bundle.digest().to_string();
+                tracing::info!(digest, files = bundle.files().len(), "policy bundle loaded");
+                (State::Loaded(Box::new(bundle)), Ok(digest))
+            }
+            Err(e) => (State::Broken(e.to_string()), Err(e)),
+        };
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
+        result
+    }
+
+    /// Reloads when the folder's fingerprint differs from the last attempt's.
+    pub fn reload_if_changed(&self) -> Option<Result<String, PolicyError>> {
+        let now = fingerprint(&self.dir);
+        let changed = {
+            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.as_deref() != Some(now.as_str())
+        };
+        if !changed {
+            return None;
+        }
+        let result = self.reload();
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "policy reload failed; denying everything until a good reload");
+        }
+        Some(result)
+    }
+
+    /// Polls the folder every `interval` and reloads on change, until the holder is dropped.
+    pub fn spawn_watch(
+        self: &Arc<Self>,
+        interval: Duration,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let weak: Weak<PolicyHolder> = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("fedgate-policy-watch".into())
+            .stack_size(EVAL_STACK_BYTES)
+            .spawn(move || loop {
+                std::thread::sleep(interval);
+                let Some(holder) = weak.upgrade() else { return };
+                holder.reload_if_changed();
+            })
+    }
+
+    fn state(&self) -> Arc<State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The digest of the bundle in service; None while Broken.
+    pub fn current_digest(&self) -> Option<String> {
+        match self.state().as_ref() {
+            State::Loaded(b) => Some(b.digest().to_string()),
+            State::Broken(_) => None,
+        }
+    }
+
+    /// Why the holder is Broken, if it is.
+    pub fn broken_reason(&self) -> Option<String> {
+        match self.state().as_ref() {
+            State::Loaded(_) => None,
+            State::Broken(why) => Some(why.clone()),
+        }
+    }
+
+    /// The decision of the bundle in service; a deny while Broken.
+    pub fn evaluate(&self, domain: &str, input: &serde_json::Value) -> Decision {
+        match self.state().as_ref() {
+            State::Loaded(b) => b.evaluate(domain, input),
+            State::Broken(why) => Decision::deny(format!("policy bundle failed to load: {why}")),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Test runner (`fedgate policy test`)
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TestOutcome {
+    Pass,
+    /// The rule was not `true`: what it was instead.
+    Fail(String),
+    /// Evaluation failed: the error.
+    Error(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct TestResult {
+    /// Full rule path, e.g. `data.fedgate.clinical_test.test_treat_allowed`.
+    pub name: String,
+    pub outcome: TestOutcome,
+    pub duration: Duration,
+    /// `print()` output of the test.
+    pub prints: Vec<String>,
+}
+
+/// Results sorted by rule path.
+#[derive(Debug, Clone, Default)]
+pub struct TestReport {
+    pub results: Vec<TestResult>,
+}
+
+impl TestReport {
+    pub fn passed(&self) -> usize {
+        self.results
+            .iter()
+            .filter(|r| r.outcome == TestOutcome::Pass)
+            .count()
+    }
+
+    /// Failures and errors.
+    pub fn failed(&self) -> usize {
+        self.results.len() - self.passed()
+    }
+
+    /// At least one test, and no failure or error.
+    pub fn is_success(&self) -> bool {
+        !self.results.is_empty() && self.failed() == 0
+    }
+
+    /// `N passed, M failed`.
+    pub fn summary(&self) -> String {
+        format!("{} passed, {} failed", self.passed(), self.failed())
+    }
+}
+
+/// Loads every `*.rego` of `dir`, tests included, and evaluates each rule whose name starts
+/// with `test_`: `true` passes, anything else fails, an error is an error.
+pub fn run_tests(dir: &Path) -> Result<TestReport, PolicyError> {
+    let files = read_policy_files(dir, true)?;
+    on_big_stack(move || {
+        let mut engine = engine_with(&files, TEST_TIME_LIMIT)?;
+        engine.set_gather_prints(true);
+        let tests: Vec<String> = ast::rule_paths(engine.get_modules())
+            .into_iter()
+            .filter(|p| p.rsplit('.').next().is_some_and(|n| n.starts_with("test_")))
+            .collect();
+        let mut results = Vec::with_capacity(tests.len());
+        for name in tests {
+            let started = Instant::now();
+            let outcome = match engine.eval_rule(name.clone()) {
+                Ok(Value::Bool(true)) => TestOutcome::Pass,
+                Ok(Value::Undefined) => TestOutcome::Fail("undefined".into()),
+                Ok(other) => TestOutcome::Fail(format!("got {}", short_json(&other))),
+                Err(e) if is_limit_error(&e) => TestOutcome::Error("timeout".into()),
+                Err(e) => TestOutcome::Error(first_line(&e)),
+            };
+            let prints = engine.take_prints().unwrap_or_default();
+            results.push(TestResult {
+                name,
+                outcome,
+                duration: started.elapsed(),
+                prints,
+            });
+        }
+        Ok(TestReport { results })
+    })?
+}
+
+fn short_json(v: &Value) -> String {
+    let s = v.to_json_str().unwrap_or_else(|_| "<unprintable>".into());
+    if s.chars().count() > 200 {
+        let cut: String = s.chars().take(200).collect();
+        format!("{cut}…")
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests;

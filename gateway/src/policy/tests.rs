@@ -1,0 +1,547 @@
+use super::*;
+use serde_json::json;
+use std::collections::BTreeMap;
+
+fn policies_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
+/// A copy of the shipped policies (without tests) in a fresh temporary folder.
+fn policy_copy() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(policies_dir()).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".rego") && !name.ends_with("_test.rego") {
+            std::fs::copy(entry.path(), tmp.path().join(&name)).unwrap();
+        }
+    }
+    tmp
+}
+
+/// Debug builds on a busy machine can exceed the 50 ms production limit; the limit itself
+/// is tested with the looping bundle.
+fn slow_ok() -> PolicyOptions {
+    PolicyOptions {
+        time_limit: Duration::from_secs(2),
+    }
+}
+
+fn holder(dir: &Path) -> PolicyHolder {
+    PolicyHolder::with_options(dir, slow_ok())
+}
+
+fn reasons(d: &Decision) -> String {
+    d.reasons.join(" | ")
+}
+
+#[test]
+fn policy_each_domain_allows_the_sample_request() {
+    let holder = holder(&policies_dir());
+    let digest = holder.current_digest().expect("shipped policies load");
+    for domain in DOMAINS {
+        let d = holder.evaluate(domain, &sample_input(domain));
+        assert!(d.allow, "{domain}: {}", reasons(&d));
+        assert_eq!(d.policy_digest, digest, "{domain}");
+        assert_eq!(d.obligations.max_records, Some(5000), "{domain}");
+    }
+}
+
+#[test]
+fn policy_clinical_treatment_decision() {
+    let holder = holder(&policies_dir());
+    let d = holder.evaluate("clinical", &sample_input("clinical"));
+    assert_eq!(d.data_classes, ["Condition", "Observation"]);
+    assert_eq!(
+        d.obligations.reveal,
+        ["address", "birth-date", "mrn", "name", "telecom"]
+    );
+    assert_eq!(
+        d.obligations.tokenize,
+        ["drivers-license", "other-identifiers", "passport", "ssn"]
+    );
+    assert!(!d.break_glass && !d.review_required && d.expires_at.is_none());
+}
+
+#[test]
+fn policy_clinical_without_consent_is_denied() {
+    let holder = holder(&policies_dir());
+    let mut input = sample_input("clinical");
+    input["consents"] = json!([]);
+    let d = holder.evaluate("clinical", &input);
+    assert!(!d.allow);
+    assert!(
+        reasons(&d).contains("no consent permits clinical/TREAT"),
+        "{}",
+        reasons(&d)
+    );
+    assert!(d.data_classes.is_empty());
+    assert!(!d.policy_digest.is_empty());
+}
+
+#[test]
+fn policy_clinical_break_glass() {
+    let holder = holder(&policies_dir());
+    let mut input = sample_input("clinical");
+    input["consents"] = json!([]);
+    input["request"]["purpose"] = json!("ETREAT");
+    input["request"]["justification"] = json!("patient unconscious after a road accident");
+    let d = holder.evaluate("clinical", &input);
+    assert!(d.allow, "{}", reasons(&d));
+    assert!(d.break_glass && d.review_required);
+    assert_eq!(d.expires_at.as_deref(), Some("2026-11-27T11:00:00Z"));
+    assert_eq!(d.obligations.reveal, ["name"]);
+
+    input["request"]["justification"] = json!("urgent");
+    let d = holder.evaluate("clinical", &input);
+    assert!(!d.allow);
+    assert!(reasons(&d).contains("justification of at least 20 characters"));
+}
+
+#[test]
+fn policy_billing_allows_payment_and_denies_treatment() {
+    let holder = holder(&policies_dir());
+    let d = holder.evaluate("billing", &sample_input("billing"));
+    assert!(d.allow);
+    assert_eq!(d.data_classes, ["Claim", "Coverage"]);
+    assert!(d.obligations.redact.contains(&"narrative".to_string()));
+
+    let mut input = sample_input("billing");
+    input["request"]["purpose"] = json!("TREAT");
+    let d = holder.evaluate("billing", &input);
+    assert!(!d.allow);
+    assert!(reasons(&d).contains("not a billing purpose"));
+}
+
+#[test]
+fn policy_research_requires_the_sponsor() {
+    let holder = holder(&policies_dir());
+    let d = holder.evaluate("research", &sample_input("research"));
+    assert!(d.allow);
+    assert!(d.obligations.aggregate_only);
+    assert_eq!(d.obligations.min_cell_size, Some(11));
+
+    let mut input = sample_input("research");
+    input["request"]["requester_org"] = json!("did:web:someone-else.example");
+    let d = holder.evaluate("research", &input);
+    assert!(!d.allow);
+    assert!(reasons(&d).contains("not the study's sponsor"));
+}
+
+#[test]
+fn policy_detokenize_requires_the_recipient() {
+    let holder = holder(&policies_dir());
+    let d = holder.evaluate("detokenize", &sample_input("detokenize"));
+    assert!(d.allow);
+    assert_eq!(d.obligations.reveal, ["ssn"]);
+
+    let mut input = sample_input("detokenize");
+    input["token"]["recipient"] = json!("did:web:someone-else.example");
+    let d = holder.evaluate("detokenize", &input);
+    assert!(!d.allow);
+    assert!(reasons(&d).contains("not issued to the requester's organization"));
+}
+
+#[test]
+fn policy_unknown_domain_is_denied() {
+    let holder = holder(&policies_dir());
+    let d = holder.evaluate("pharmacy", &sample_input("clinical"));
+    assert!(!d.allow);
+    assert_eq!(d.reasons, ["no policy for this domain"]);
+    assert_eq!(Some(d.policy_digest), holder.current_digest());
+}
+
+#[test]
+fn policy_evaluation_error_is_a_deny_without_the_input() {
+    let holder = holder(&policies_dir());
+    let mut input = sample_input("clinical");
+    input["request"]["time"] = json!("MRN-4711 at noon");
+    let d = holder.evaluate("clinical", &input);
+    assert!(!d.allow);
+    assert_eq!(d.reasons, ["policy evaluation failed: error"]);
+}
+
+#[test]
+fn policy_reasons_never_quote_patient_identifiers() {
+    let holder = holder(&policies_dir());
+    let mut input = sample_input("clinical");
+    input["consents"][0]["subject"]["patientIdentifiers"] = json!([{"custodian": "did:web:hospital-b.example", "system": "urn:mrn", "value": "MRN-4711"}]);
+    for purpose in ["TREAT", "HPAYMT", "ETREAT"] {
+        input["request"]["purpose"] = json!(purpose);
+        let d = holder.evaluate("clinical", &input);
+        let all = reasons(&d);
+        assert!(
+            !all.contains("MRN-4711") && !all.contains("SamplePatient"),
+            "{all}"
+        );
+    }
+}
+
+#[test]
+fn policy_digest_covers_bundle_files_only() {
+    let tmp = policy_copy();
+    let a = PolicyBundle::load(tmp.path()).unwrap();
+    std::fs::write(
+        tmp.path().join("extra_test.rego"),
+        "package x_test\n\ntest_y if true\n",
+    )
+    .unwrap();
+    let b = PolicyBundle::load(tmp.path()).unwrap();
+    assert_eq!(
+        a.digest(),
+        b.digest(),
+        "test files are not part of the bundle"
+    );
+    assert_eq!(a.digest().len(), 64);
+    let path = tmp.path().join("common.rego");
+    let src = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{src}\n# changed\n")).unwrap();
+    let c = PolicyBundle::load(tmp.path()).unwrap();
+    assert_ne!(a.digest(), c.digest());
+}
+
+#[test]
+fn policy_broken_file_denies_everything_until_a_good_reload() {
+    let tmp = policy_copy();
+    let holder = holder(tmp.path());
+    let good = holder.current_digest().expect("copy loads");
+    assert!(holder.evaluate("clinical", &sample_input("clinical")).allow);
+
+    let path = tmp.path().join("billing.rego");
+    let original = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!("{original}\nsecret_marker := {{ unbalanced\n"),
+    )
+    .unwrap();
+    let err = holder.reload().unwrap_err();
+    assert!(matches!(err, PolicyError::Syntax { .. }), "{err}");
+    assert_eq!(holder.current_digest(), None);
+    for domain in DOMAINS {
+        let d = holder.evaluate(domain, &sample_input(domain));
+        assert!(!d.allow, "{domain}");
+        assert_eq!(d.reasons.len(), 1);
+        assert!(
+            d.reasons[0].starts_with("policy bundle failed to load: billing.rego"),
+            "{}",
+            d.reasons[0]
+        );
+        assert!(!d.reasons[0].contains("secret_marker"), "{}", d.reasons[0]);
+    }
+
+    std::fs::write(&path, original).unwrap();
+    assert_eq!(holder.reload().unwrap(), good);
+    assert!(holder.evaluate("billing", &sample_input("billing")).allow);
+    assert_eq!(holder.broken_reason(), None);
+}
+
+#[test]
+fn policy_missing_folder_gives_a_broken_holder() {
+    let holder = PolicyHolder::new(Path::new("/nonexistent/fedgate/policies"));
+    assert_eq!(holder.current_digest(), None);
+    let d = holder.evaluate("clinical", &sample_input("clinical"));
+    assert!(!d.allow);
+    assert!(d.reasons[0].starts_with("policy bundle failed to load: cannot read policies"));
+}
+
+#[test]
+fn policy_missing_domain_fails_the_load() {
+    let tmp = policy_copy();
+    std::fs::remove_file(tmp.path().join("research.rego")).unwrap();
+    let err = PolicyBundle::load(tmp.path()).unwrap_err();
+    assert!(
+        matches!(&err, PolicyError::Check { domain, .. } if domain == "research"),
+        "{err}"
+    );
+}
+
+#[test]
+fn policy_unknown_builtin_fails_the_load() {
+    let tmp = policy_copy();
+    let path = tmp.path().join("detokenize.rego");
+    let src = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        src.replace("token := input.token", "token := crypto.nope(input.token)"),
+    )
+    .unwrap();
+    let err = PolicyBundle::load(tmp.path()).unwrap_err();
+    assert!(
+        matches!(&err, PolicyError::Check { domain, .. } if domain == "detokenize"),
+        "{err}"
+    );
+}
+
+#[test]
+fn policy_recursion_is_rejected_at_load() {
+    let tmp = policy_copy();
+    std::fs::write(
+        tmp.path().join("zz_loop.rego"),
+        "package fedgate.zz\n\nimport data.fedgate.zz as self\n\nf(n) := g(n + 1)\n\ng(n) := self.f(n)\n",
+    )
+    .unwrap();
+    let err = PolicyBundle::load(tmp.path()).unwrap_err();
+    match &err {
+        PolicyError::Recursion(cycle) => assert!(cycle.contains("data.fedgate.zz.f"), "{cycle}"),
+        other => panic!("expected recursion, got {other}"),
+    }
+    let holder = PolicyHolder::new(tmp.path());
+    assert!(holder
+        .broken_reason()
+        .is_some_and(|r| r.contains("recursion")));
+}
+
+/// The clinical decision of `policies/` replaced by one that loops on request.
+fn looping_bundle() -> tempfile::TempDir {
+    let tmp = policy_copy();
+    std::fs::write(
+        tmp.path().join("clinical.rego"),
+        r#"package fedgate.clinical
+
+default decision := {"allow": false, "reasons": ["default"], "data_classes": [],
+  "obligations": {"reveal": [], "tokenize": [], "pseudonymize": [], "generalize": [], "redact": [],
+    "aggregate_only": false, "min_cell_size": null, "max_records": null},
+  "break_glass": false, "review_required": false, "expires_at": null}
+
+# Eight billion iterations, each in small builtin calls the timer can interrupt.
+decision := {"allow": true, "reasons": [sprintf("%d", [n])], "data_classes": [],
+  "obligations": {"reveal": [], "tokenize": [], "pseudonymize": [], "generalize": [], "redact": [],
+    "aggregate_only": false, "min_cell_size": null, "max_records": null},
+  "break_glass": false, "review_required": false, "expires_at": null} if {
+	input.request.justification == "loop"
+	n := count([1 |
+		some i in numbers.range(1, 2000)
+		some j in numbers.range(1, 2000)
+		some k in numbers.range(1, 2000)
+	])
+}
+"#,
+    )
+    .unwrap();
+    tmp
+}
+
+#[test]
+fn policy_runaway_evaluation_is_stopped_by_the_timer() {
+    let tmp = looping_bundle();
+    let holder = PolicyHolder::new(tmp.path());
+    assert!(
+        holder.current_digest().is_some(),
+        "{:?}",
+        holder.broken_reason()
+    );
+    let mut input = sample_input("clinical");
+    input["request"]["justification"] = json!("loop");
+    let started = Instant::now();
+    let d = holder.evaluate("clinical", &input);
+    let took = started.elapsed();
+    assert!(!d.allow);
+    assert_eq!(d.reasons, ["policy evaluation failed: timeout"]);
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    // The other domains are unaffected.
+    assert!(holder.evaluate("billing", &sample_input("billing")).allow);
+}
+
+#[test]
+fn policy_time_limit_comes_from_the_options() {
+    let tmp = looping_bundle();
+    let options = PolicyOptions {
+        time_limit: Duration::from_millis(5),
+    };
+    let holder = PolicyHolder::with_options(tmp.path(), options);
+    let mut input = sample_input("clinical");
+    input["request"]["justification"] = json!("loop");
+    let started = Instant::now();
+    let d = holder.evaluate("clinical", &input);
+    assert_eq!(d.reasons, ["policy evaluation failed: timeout"]);
+    assert!(started.elapsed() < Duration::from_millis(500));
+}
+
+#[test]
+fn policy_decision_may_not_widen_the_request() {
+    let tmp = policy_copy();
+    let path = tmp.path().join("clinical.rego");
+    let src = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        src.replace(
+            "granted := consent_granted if not break_glass",
+            "granted := consent_granted | {\"Everything\"} if not break_glass",
+        ),
+    )
+    .unwrap();
+    let bundle = PolicyBundle::load_with(tmp.path(), slow_ok()).unwrap();
+    let d = bundle.evaluate("clinical", &sample_input("clinical"));
+    assert!(!d.allow);
+    assert_eq!(
+        d.reasons,
+        ["policy evaluation failed: decision widens the requested data classes"]
+    );
+}
+
+#[test]
+fn policy_malformed_decision_is_a_deny() {
+    let tmp = policy_copy();
+    std::fs::write(
+        tmp.path().join("detokenize.rego"),
+        "package fedgate.detokenize\n\ndecision := {\"allow\": true}\n",
+    )
+    .unwrap();
+    // A malformed decision on the sample input fails the load ...
+    assert!(matches!(
+        PolicyBundle::load(tmp.path()),
+        Err(PolicyError::Check { .. })
+    ));
+    // ... and at run time, when only some inputs produce it, it is a deny.
+    std::fs::write(
+        tmp.path().join("detokenize.rego"),
+        "package fedgate.detokenize\n\ndefault decision := {\"allow\": false, \"reasons\": [\"x\"], \"data_classes\": [], \"obligations\": {\"reveal\": [], \"tokenize\": [], \"pseudonymize\": [], \"generalize\": [], \"redact\": [], \"aggregate_only\": false, \"min_cell_size\": null, \"max_records\": null}, \"break_glass\": false, \"review_required\": false, \"expires_at\": null}\n\ndecision := {\"allow\": true} if input.request.purpose == \"ETREAT\"\n",
+    )
+    .unwrap();
+    let bundle = PolicyBundle::load_with(tmp.path(), slow_ok()).unwrap();
+    let mut input = sample_input("detokenize");
+    input["request"]["purpose"] = json!("ETREAT");
+    let d = bundle.evaluate("detokenize", &input);
+    assert!(!d.allow);
+    assert_eq!(d.reasons, ["policy evaluation failed: malformed decision"]);
+}
+
+#[test]
+fn policy_watch_reloads_on_change() {
+    let tmp = policy_copy();
+    let holder = Arc::new(holder(tmp.path()));
+    let first = holder.current_digest().unwrap();
+    let _watch = holder.spawn_watch(Duration::from_millis(20)).unwrap();
+    let path = tmp.path().join("research.rego");
+    let src = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{src}\n# reviewed\n")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while holder.current_digest().as_deref() == Some(first.as_str()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = holder.current_digest().expect("still loaded");
+    assert_ne!(first, second);
+
+    std::fs::write(&path, "package fedgate.research\n\ndecision := {").unwrap();
+    while holder.current_digest().is_some() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!holder.evaluate("research", &sample_input("research")).allow);
+    assert!(
+        holder.reload_if_changed().is_none(),
+        "unchanged files are not reloaded again"
+    );
+}
+
+/// The shipped policy tests, as `fedgate policy test policies/` runs them.
+#[test]
+fn policy_shipped_rego_tests_pass() {
+    let report = run_tests(&policies_dir()).unwrap();
+    for r in &report.results {
+        if r.outcome != TestOutcome::Pass {
+            eprintln!("{} {:?} {:?}", r.name, r.outcome, r.prints);
+        }
+    }
+    eprintln!("{}", report.summary());
+    assert!(report.passed() >= 100, "{}", report.summary());
+    assert_eq!(report.failed(), 0, "{}", report.summary());
+    assert!(report.is_success());
+    let names: Vec<&str> = report.results.iter().map(|r| r.name.as_str()).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+    assert!(names.contains(&"data.fedgate.clinical_test.test_break_glass_allowed"));
+}
+
+#[test]
+fn policy_runner_reports_failures_and_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("a_test.rego"),
+        "package a_test\n\ntest_ok if 1 == 1\n\ntest_false if 1 == 2\n\ntest_value := 3\n\n\
+         test_error if time.parse_rfc3339_ns(\"not a time\") > 0\n\nhelper := 1\n",
+    )
+    .unwrap();
+    let report = run_tests(tmp.path()).unwrap();
+    let by_name: BTreeMap<&str, &TestOutcome> = report
+        .results
+        .iter()
+        .map(|r| (r.name.as_str(), &r.outcome))
+        .collect();
+    assert_eq!(by_name.len(), 4, "{by_name:?}");
+    assert_eq!(by_name["data.a_test.test_ok"], &TestOutcome::Pass);
+    assert_eq!(
+        by_name["data.a_test.test_false"],
+        &TestOutcome::Fail("undefined".into())
+    );
+    assert_eq!(
+        by_name["data.a_test.test_value"],
+        &TestOutcome::Fail("got 3".into())
+    );
+    assert!(matches!(
+        by_name["data.a_test.test_error"],
+        TestOutcome::Error(_)
+    ));
+    assert_eq!(report.summary(), "1 passed, 3 failed");
+    assert!(!report.is_success());
+}
+
+#[test]
+fn policy_runner_with_no_tests_is_not_a_success() {
+    let tmp = policy_copy();
+    let report = run_tests(tmp.path()).unwrap();
+    assert!(report.results.is_empty());
+    assert!(!report.is_success());
+    assert!(matches!(
+        run_tests(Path::new("/nonexistent/x")),
+        Err(PolicyError::Io { .. })
+    ));
+}
+
+#[test]
+fn policy_types_are_shareable() {
+    fn is<T: Send + Sync>() {}
+    is::<PolicyBundle>();
+    is::<PolicyHolder>();
+}
+
+fn schema(name: &str) -> jsonschema::Validator {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../schemas")
+        .join(name);
+    let value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    jsonschema::draft202012::new(&value).unwrap()
+}
+
+#[test]
+fn policy_sample_inputs_and_decisions_match_the_schemas() {
+    let input_schema = schema("policy-input.schema.json");
+    let decision_schema = schema("decision.schema.json");
+    let holder = holder(&policies_dir());
+    for domain in DOMAINS {
+        let input = sample_input(domain);
+        let errors: Vec<String> = input_schema
+            .iter_errors(&input)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{domain}: {errors:?}");
+        let mut denied = input.clone();
+        denied["request"]["purpose"] = json!("PUBHLTH");
+        for d in [
+            holder.evaluate(domain, &input),
+            holder.evaluate(domain, &denied),
+            Decision::deny("x"),
+        ] {
+            let v = serde_json::to_value(&d).unwrap();
+            let errors: Vec<String> = decision_schema
+                .iter_errors(&v)
+                .map(|e| e.to_string())
+                .collect();
+            assert!(errors.is_empty(), "{domain}: {errors:?} in {v}");
+        }
+    }
+    let mut bad = sample_input("clinical");
+    bad["request"]["surprise"] = json!(1);
+    assert!(!input_schema.is_valid(&bad));
+}

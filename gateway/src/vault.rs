@@ -1,0 +1,478 @@
+//! The token vault: identifier values replaced by `tok_…` tokens in responses, kept here
+//! AES-256-GCM-encrypted so that a later, separately authorized detokenize request can
+//! reveal them to the organization they were issued to, and to nobody else.
+//!
+//! Layout of the sled tree (owned by this module):
+//! - `t:<token>` → [`Sealed`] (metadata in clear for the policy, value encrypted);
+//! - `i:<HMAC(index key, recipient, domain, class, value)>` → token, so the same value sent
+//!   to the same recipient again reuses its token instead of growing the vault.
+//!
+//! Both keys are derived from the gateway secret with HMAC-SHA256 and distinct labels; the
+//! secret itself is not kept, and the derived keys are zeroized on drop.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use aes_gcm::aead::{Aead, KeyInit as _, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use rand::RngCore as _;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use zeroize::{Zeroize, Zeroizing};
+
+type HmacSha256 = Hmac<Sha256>;
+
+const TOKEN_PREFIX: &str = "tok_";
+const TOKEN_KEY: &[u8] = b"t:";
+const INDEX_KEY: &[u8] = b"i:";
+const ENC_LABEL: &[u8] = b"fedgate/vault/encryption/v1";
+const INDEX_LABEL: &[u8] = b"fedgate/vault/index/v1";
+/// Longest token accepted on lookup: ours are 26 characters.
+const MAX_TOKEN_LEN: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("unknown token")]
+    UnknownToken,
+    #[error("the token was not issued to this organization")]
+    WrongRecipient,
+    #[error("vault entry is corrupt or was tampered with")]
+    Corrupt,
+    #[error("invalid vault input: {0}")]
+    Invalid(&'static str),
+    #[error("vault encryption failed")]
+    Crypto,
+    #[error("vault storage: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("secret file {path}: {reason}")]
+    KeyFile { path: String, reason: String },
+}
+
+/// What the policy may know about a token before deciding: never the value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub recipient_org: String,
+    pub domain: String,
+    pub class: String,
+}
+
+/// One stored token. Metadata is in clear (the policy needs it) but bound into the AAD,
+/// so an edited entry no longer decrypts.
+#[derive(Serialize, Deserialize)]
+struct Sealed {
+    recipient_org: String,
+    domain: String,
+    class: String,
+    nonce: String,
+    ciphertext: String,
+    created: i64,
+}
+
+pub struct Vault {
+    tree: sled::Tree,
+    enc_key: Zeroizing<[u8; 32]>,
+    index_key: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault").finish_non_exhaustive()
+    }
+}
+
+/// HMAC-SHA256 over `parts` joined by 0x00, so that no two part lists give the same input
+/// as long as no part but the last contains a NUL byte.
+pub(crate) fn hmac_sha256(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
+    // A 32-byte HMAC key is zero-padded to the block size by the algorithm; doing it here
+    // makes the constructor infallible.
+    let mut block = Zeroizing::new([0u8; 64]);
+    block[..32].copy_from_slice(key);
+    let mut mac = <HmacSha256 as Mac>::new(&(*block).into());
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            mac.update(&[0]);
+        }
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn unb64(s: &str) -> Result<Vec<u8>, VaultError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| VaultError::Corrupt)
+}
+
+fn aad(token: &str, recipient_org: &str, domain: &str, class: &str) -> Vec<u8> {
+    [token, recipient_org, domain, class]
+        .join("\0")
+        .into_bytes()
+}
+
+fn check_field(value: &str, what: &'static str) -> Result<(), VaultError> {
+    if value.is_empty() || value.len() > 512 || value.contains('\0') {
+        return Err(VaultError::Invalid(what));
+    }
+    Ok(())
+}
+
+impl Vault {
+    /// Opens the vault in `tree` with keys derived from the gateway secret `key`.
+    pub fn open(tree: sled::Tree, key: [u8; 32]) -> Vault {
+        let mut key = key;
+        let vault = Vault {
+            tree,
+            enc_key: Zeroizing::new(hmac_sha256(&key, &[ENC_LABEL])),
+            index_key: Zeroizing::new(hmac_sha256(&key, &[INDEX_LABEL])),
+        };
+        key.zeroize();
+        vault
+    }
+
+    /// Stores `value` for `recipient_org` in `domain` and returns its token. The same value
+    /// for the same recipient, domain and class gets the same token back.
+    pub fn put(
+        &self,
+        value: &str,
+        class: &str,
+        recipient_org: &str,
+        domain: &str,
+    ) -> Result<String, VaultError> {
+        self.put_tracked(value, class, recipient_org, domain)
+            .map(|(token, _)| token)
+    }
+
+    /// [`Vault::put`], also telling whether a new entry was written (so callers can flush
+    /// once per batch).
+    pub(crate) fn put_tracked(
+        &self,
+        value: &str,
+        class: &str,
+        recipient_org: &str,
+        domain: &str,
+    ) -> Result<(String, bool), VaultError> {
+        check_field(class, "class")?;
+        check_field(recipient_org, "recipient organization")?;
+        check_field(domain, "domain")?;
+        let digest = hmac_sha256(
+            &self.index_key,
+            &[
+                recipient_org.as_bytes(),
+                domain.as_bytes(),
+                class.as_bytes(),
+                value.as_bytes(),
+            ],
+        );
+        let index_key = [INDEX_KEY, &digest[..]].concat();
+        let previous = self.tree.get(&index_key)?;
+        if let Some(existing) = &previous {
+            if let Ok(token) = std::str::from_utf8(existing) {
+                let same = self.sealed(token).ok().is_some_and(|s| {
+                    s.recipient_org == recipient_org && s.domain == domain && s.class == class
+                });
+                if same {
+                    return Ok((token.to_string(), false));
+                }
+            }
+        }
+
+        let mut raw = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut raw);
+        let token = format!("{TOKEN_PREFIX}{}", b64(&raw));
+        let mut nonce = [0u8; 12];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let cipher = Aes256Gcm::new(&(*self.enc_key).into());
+        let aad = aad(&token, recipient_org, domain, class);
+        let ciphertext = cipher
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: value.as_bytes(),
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| VaultError::Crypto)?;
+        let sealed = Sealed {
+            recipient_org: recipient_org.to_string(),
+            domain: domain.to_string(),
+            class: class.to_string(),
+            nonce: b64(&nonce),
+            ciphertext: b64(&ciphertext),
+            created: chrono::Utc::now().timestamp(),
+        };
+        let body = serde_json::to_vec(&sealed).map_err(|_| VaultError::Crypto)?;
+        let token_key = [TOKEN_KEY, token.as_bytes()].concat();
+        self.tree.insert(&token_key, body)?;
+        // Two concurrent puts of one value: the first index entry wins and the loser's
+        // entry is removed, so the value keeps a single token.
+        match self
+            .tree
+            .compare_and_swap(&index_key, previous, Some(token.as_bytes()))?
+        {
+            Ok(()) => Ok((token, true)),
+            Err(conflict) => {
+                self.tree.remove(&token_key)?;
+                match conflict
+                    .current
+                    .and_then(|c| String::from_utf8(c.to_vec()).ok())
+                {
+                    Some(winner) => Ok((winner, false)),
+                    None => Err(VaultError::Corrupt),
+                }
+            }
+        }
+    }
+
+    fn sealed(&self, token: &str) -> Result<Sealed, VaultError> {
+        if !token.starts_with(TOKEN_PREFIX) || token.len() > MAX_TOKEN_LEN {
+            return Err(VaultError::UnknownToken);
+        }
+        let key = [TOKEN_KEY, token.as_bytes()].concat();
+        let body = self.tree.get(key)?.ok_or(VaultError::UnknownToken)?;
+        serde_json::from_slice(&body).map_err(|_| VaultError::Corrupt)
+    }
+
+    /// The token's metadata, for the detokenize policy. Never the value.
+    pub fn get(&self, token: &str) -> Result<TokenInfo, VaultError> {
+        let s = self.sealed(token)?;
+        Ok(TokenInfo {
+            recipient_org: s.recipient_org,
+            domain: s.domain,
+            class: s.class,
+        })
+    }
+
+    /// The value behind `token`, only for the organization it was issued to.
+    pub fn reveal(&self, token: &str, recipient_org: &str) -> Result<String, VaultError> {
+        let s = self.sealed(token)?;
+        if s.recipient_org != recipient_org {
+            return Err(VaultError::WrongRecipient);
+        }
+        let nonce: [u8; 12] = unb64(&s.nonce)?
+            .try_into()
+            .map_err(|_| VaultError::Corrupt)?;
+        let ciphertext = unb64(&s.ciphertext)?;
+        let cipher = Aes256Gcm::new(&(*self.enc_key).into());
+        let aad = aad(token, &s.recipient_org, &s.domain, &s.class);
+        let plain = cipher
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: &ciphertext,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| VaultError::Corrupt)?;
+        String::from_utf8(plain).map_err(|_| VaultError::Corrupt)
+    }
+
+    /// Number of tokens held.
+    pub fn len(&self) -> usize {
+        self.tree.scan_prefix(TOKEN_KEY).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Makes issued tokens durable: a token that left in a response must stay revealable.
+    pub fn flush(&self) -> Result<(), VaultError> {
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    /// Loads the 32-byte gateway secret from `path` (64 hex digits, or 32 raw bytes),
+    /// creating it with mode 0600 if missing. A file that group or others can access is
+    /// refused.
+    pub fn key_from_file(path: &Path) -> Result<[u8; 32], VaultError> {
+        let err = |reason: String| VaultError::KeyFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        if !path.exists() {
+            let mut secret = Zeroizing::new([0u8; 32]);
+            rand::rngs::OsRng.fill_bytes(&mut secret[..]);
+            let text = Zeroizing::new(format!("{}\n", hex::encode(&secret[..])));
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| err(e.to_string()))?;
+            }
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt as _;
+                options.mode(0o600);
+            }
+            match options.open(path) {
+                Ok(mut file) => {
+                    file.write_all(text.as_bytes())
+                        .and_then(|()| file.sync_all())
+                        .map_err(|e| err(e.to_string()))?;
+                    return Ok(*secret);
+                }
+                // Another process created it first: load theirs.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(err(e.to_string())),
+            }
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(path)
+                .map_err(|e| err(e.to_string()))?
+                .permissions()
+                .mode()
+                & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(err(format!(
+                    "mode {mode:o} lets group or others read it; chmod 600"
+                )));
+            }
+        }
+        let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| err(e.to_string()))?);
+        let mut secret = [0u8; 32];
+        if bytes.len() == 32 {
+            secret.copy_from_slice(&bytes);
+            return Ok(secret);
+        }
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| err("not 64 hex digits nor 32 raw bytes".into()))?
+            .trim();
+        hex::decode_to_slice(text, &mut secret)
+            .map_err(|_| err("not 64 hex digits nor 32 raw bytes".into()))?;
+        Ok(secret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vault() -> (tempfile::TempDir, Vault) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let v = Vault::open(db.open_tree("vault").unwrap(), [7u8; 32]);
+        (dir, v)
+    }
+
+    #[test]
+    fn put_reveal_roundtrip_and_recipient_binding() {
+        let (_d, v) = vault();
+        let t = v
+            .put("999-60-4067", "ssn", "did:web:a", "clinical")
+            .unwrap();
+        assert!(t.starts_with("tok_") && t.len() == 26, "{t}");
+        assert_eq!(v.reveal(&t, "did:web:a").unwrap(), "999-60-4067");
+        assert!(matches!(
+            v.reveal(&t, "did:web:b"),
+            Err(VaultError::WrongRecipient)
+        ));
+        let info = v.get(&t).unwrap();
+        assert_eq!(info.recipient_org, "did:web:a");
+        assert_eq!(info.domain, "clinical");
+        assert_eq!(info.class, "ssn");
+        assert!(matches!(v.get("tok_nope"), Err(VaultError::UnknownToken)));
+        assert!(matches!(v.get("nope"), Err(VaultError::UnknownToken)));
+    }
+
+    #[test]
+    fn value_is_not_stored_in_clear() {
+        let (_d, v) = vault();
+        v.put("VERY-SECRET-VALUE", "ssn", "did:web:a", "clinical")
+            .unwrap();
+        for entry in v.tree.iter() {
+            let (k, val) = entry.unwrap();
+            let hay = [k.to_vec(), val.to_vec()].concat();
+            assert!(!hay.windows(17).any(|w| w == b"VERY-SECRET-VALUE"));
+        }
+    }
+
+    #[test]
+    fn tokens_are_reused_per_recipient_domain_class() {
+        let (_d, v) = vault();
+        let a1 = v.put("x", "ssn", "did:web:a", "clinical").unwrap();
+        let a2 = v.put("x", "ssn", "did:web:a", "clinical").unwrap();
+        let b = v.put("x", "ssn", "did:web:b", "clinical").unwrap();
+        let c = v.put("x", "passport", "did:web:a", "clinical").unwrap();
+        let d = v.put("x", "ssn", "did:web:a", "billing").unwrap();
+        assert_eq!(a1, a2);
+        assert_ne!(a1, b);
+        assert_ne!(a1, c);
+        assert_ne!(a1, d);
+        assert_eq!(v.len(), 4);
+    }
+
+    #[test]
+    fn tampered_metadata_does_not_decrypt() {
+        let (_d, v) = vault();
+        let t = v.put("secret", "ssn", "did:web:a", "clinical").unwrap();
+        let key = [TOKEN_KEY, t.as_bytes()].concat();
+        let mut s: Sealed = serde_json::from_slice(&v.tree.get(&key).unwrap().unwrap()).unwrap();
+        s.domain = "billing".into();
+        v.tree
+            .insert(&key, serde_json::to_vec(&s).unwrap())
+            .unwrap();
+        assert!(matches!(
+            v.reveal(&t, "did:web:a"),
+            Err(VaultError::Corrupt)
+        ));
+        v.tree.insert(&key, b"garbage".to_vec()).unwrap();
+        assert!(matches!(v.get(&t), Err(VaultError::Corrupt)));
+    }
+
+    #[test]
+    fn another_key_cannot_reveal() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let t = Vault::open(db.open_tree("v").unwrap(), [1u8; 32])
+            .put("secret", "ssn", "did:web:a", "clinical")
+            .unwrap();
+        let other = Vault::open(db.open_tree("v").unwrap(), [2u8; 32]);
+        assert!(matches!(
+            other.reveal(&t, "did:web:a"),
+            Err(VaultError::Corrupt)
+        ));
+    }
+
+    #[test]
+    fn rejects_nul_in_metadata() {
+        let (_d, v) = vault();
+        assert!(v.put("x", "ssn", "did:web:a\0b", "clinical").is_err());
+        assert!(v.put("x", "", "did:web:a", "clinical").is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn key_file_is_created_0600_and_reloaded() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/secret.key");
+        let k1 = Vault::key_from_file(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let k2 = Vault::key_from_file(&path).unwrap();
+        assert_eq!(k1, k2);
+        assert_ne!(k1, [0u8; 32]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn world_readable_key_file_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.key");
+        std::fs::write(&path, [3u8; 32]).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(Vault::key_from_file(&path).is_err());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(Vault::key_from_file(&path).unwrap(), [3u8; 32]);
+        std::fs::write(&path, b"short").unwrap();
+        assert!(Vault::key_from_file(&path).is_err());
+    }
+}

@@ -1,0 +1,563 @@
+//! Obligations applied to every hospital-a patient's full record: nothing identifying
+//! leaves in clear unless revealed, pseudonyms and tokens behave per recipient, and the
+//! references of the output hold together.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use gateway::records::SledStore;
+use gateway::tokenize::{apply, Obligations, TokenizeContext, TokenizeError, AGE_BAND_EXTENSION};
+use gateway::vault::{Vault, VaultError};
+use serde_json::{json, Value};
+
+const KEY: [u8; 32] = [42u8; 32];
+const ORG_A: &str = "did:web:hospital-b.example";
+const ORG_B: &str = "did:web:clinic-c.example";
+
+fn now() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-28T10:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn fixture_files() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data/fhir/hospital-a");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    store: SledStore,
+    vault: Vault,
+    types: Vec<String>,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(&dir.path().join("records")).unwrap();
+    for f in fixture_files() {
+        store.import_file(&f).unwrap();
+    }
+    let db = sled::open(dir.path().join("gateway")).unwrap();
+    let vault = Vault::open(db.open_tree("vault").unwrap(), KEY);
+    let types = store.count_by_type().unwrap().into_keys().collect();
+    Env {
+        _dir: dir,
+        store,
+        vault,
+        types,
+    }
+}
+
+fn ctx<'a>(env: &'a Env, recipient: &'a str) -> TokenizeContext<'a> {
+    TokenizeContext {
+        recipient_org: recipient,
+        domain: "clinical",
+        pseudonym_key: &KEY,
+        vault: &env.vault,
+        now: now(),
+    }
+}
+
+/// `treatment_obligations` of policies/common.rego.
+fn treat() -> Obligations {
+    serde_json::from_value(json!({
+        "reveal": ["address", "birth-date", "mrn", "name", "telecom"],
+        "tokenize": ["drivers-license", "other-identifiers", "passport", "ssn"],
+        "pseudonymize": ["patient-id", "resource-ids"],
+        "generalize": [], "redact": [],
+        "aggregate_only": false, "min_cell_size": null, "max_records": 5000
+    }))
+    .unwrap()
+}
+
+/// An identifying value of the source Patient, with the class it belongs to.
+struct Secret {
+    class: &'static str,
+    value: String,
+}
+
+/// Every identifying value of the bundle's Patient, read straight from the JSON.
+fn secrets(patient: &Value) -> Vec<Secret> {
+    let mut out = Vec::new();
+    let mut add = |class: &'static str, v: &Value| {
+        if let Some(s) = v.as_str() {
+            out.push(Secret {
+                class,
+                value: s.to_string(),
+            });
+        }
+    };
+    add("patient-id", &patient["id"]);
+    for i in patient["identifier"].as_array().unwrap() {
+        let code = i["type"]["coding"][0]["code"].as_str().unwrap_or("");
+        let class = match code {
+            "MR" => "mrn",
+            "SS" => "ssn",
+            "PPN" => "passport",
+            "DL" => "drivers-license",
+            _ => "other-identifiers",
+        };
+        add(class, &i["value"]);
+    }
+    for n in patient["name"].as_array().unwrap() {
+        add("name", &n["family"]);
+        for g in n["given"].as_array().unwrap() {
+            add("name", g);
+        }
+    }
+    for t in patient["telecom"].as_array().unwrap() {
+        add("telecom", &t["value"]);
+    }
+    for a in patient["address"].as_array().unwrap() {
+        for l in a["line"].as_array().unwrap() {
+            add("address", l);
+        }
+        add("address", &a["city"]);
+        add("address", &a["postalCode"]);
+    }
+    out
+}
+
+/// The serialized output plus the decoded text of every attachment in it.
+fn haystack(output: &[Value]) -> String {
+    fn attachments(v: &Value, out: &mut String) {
+        match v {
+            Value::Object(o) => {
+                if let Some(d) = o.get("data").and_then(Value::as_str) {
+                    let bytes = base64::engine::general_purpose::STANDARD.decode(d).unwrap();
+                    out.push_str(&String::from_utf8_lossy(&bytes));
+                    out.push('\n');
+                }
+                o.values().for_each(|c| attachments(c, out));
+            }
+            Value::Array(a) => a.iter().for_each(|c| attachments(c, out)),
+            _ => {}
+        }
+    }
+    let mut hay = serde_json::to_string(output).unwrap();
+    output.iter().for_each(|r| attachments(r, &mut hay));
+    hay
+}
+
+/// Whether `needle` occurs in `hay` as a whole word, ignoring ASCII case.
+fn contains_word(hay: &str, needle: &str) -> bool {
+    let (h, n) = (hay.to_ascii_lowercase(), needle.to_ascii_lowercase());
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric());
+    h.match_indices(&n)
+        .any(|(i, _)| !word(h[..i].chars().next_back()) && !word(h[i + n.len()..].chars().next()))
+}
+
+fn fixture(path: &Path) -> (Value, Value) {
+    let bundle: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let patient = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"].clone())
+        .find(|r| r["resourceType"] == "Patient")
+        .unwrap();
+    (bundle, patient)
+}
+
+/// Every reference resolves to a resource of the output (or to a contained one).
+fn assert_references_resolve(output: &[Value]) {
+    let ids: HashSet<String> = output
+        .iter()
+        .filter_map(|r| {
+            Some(format!(
+                "{}/{}",
+                r["resourceType"].as_str()?,
+                r["id"].as_str()?
+            ))
+        })
+        .collect();
+    fn walk(v: &Value, ids: &HashSet<String>) {
+        match v {
+            Value::Object(o) => {
+                for (k, c) in o {
+                    if k == "reference" {
+                        let r = c.as_str().unwrap();
+                        assert!(
+                            r.starts_with('#') || ids.contains(r),
+                            "dangling reference {r}"
+                        );
+                    } else {
+                        walk(c, ids);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|c| walk(c, ids)),
+            _ => {}
+        }
+    }
+    output.iter().for_each(|r| walk(r, &ids));
+}
+
+fn patient_out(output: &[Value]) -> &Value {
+    assert_eq!(output[0]["resourceType"], "Patient");
+    &output[0]
+}
+
+#[test]
+fn no_identifier_leaves_in_clear_unless_revealed() {
+    let env = env();
+    let revealed_by_treat = ["name", "mrn", "telecom", "address"];
+    for file in fixture_files() {
+        let (_, patient) = fixture(&file);
+        let pid = patient["id"].as_str().unwrap();
+        let record = env.store.patient_resources(pid, &env.types).unwrap();
+        assert!(record.len() > 100);
+        let secrets = secrets(&patient);
+        assert!(secrets.len() >= 10);
+        // The scan is not vacuous: it finds every value in the record as stored.
+        let source = haystack(&record);
+        assert!(secrets.iter().all(|s| contains_word(&source, &s.value)));
+
+        for (label, obligations, revealed) in [
+            ("treat", treat(), &revealed_by_treat[..]),
+            ("fail-closed default", Obligations::default(), &[][..]),
+        ] {
+            let out = apply(record.clone(), &obligations, &ctx(&env, ORG_A)).unwrap();
+            let hay = haystack(&out);
+            for s in &secrets {
+                let found = contains_word(&hay, &s.value);
+                if revealed.contains(&s.class) {
+                    assert!(found, "{label}: revealed {} value missing", s.class);
+                } else {
+                    assert!(
+                        !found,
+                        "{label}: {} value {:?} left in clear ({})",
+                        s.class,
+                        s.value,
+                        file.display()
+                    );
+                }
+            }
+            assert!(out.iter().all(|r| r["resourceType"] != "Provenance"));
+            assert!(out.iter().all(|r| r["meta"]["source"].is_null()));
+            assert_references_resolve(&out);
+            // Practitioner names are not the patient's: kept.
+            let staff = out
+                .iter()
+                .filter(|r| r["resourceType"] == "Practitioner")
+                .count();
+            assert!(staff > 0);
+            assert!(out
+                .iter()
+                .filter(|r| r["resourceType"] == "Practitioner")
+                .all(|r| r["name"][0]["family"].is_string()));
+        }
+    }
+}
+
+#[test]
+fn clinical_treat_shape() {
+    let env = env();
+    let (_, patient) = fixture(&fixture_files()[0]);
+    let pid = patient["id"].as_str().unwrap();
+    let record = env.store.patient_resources(pid, &env.types).unwrap();
+    let out = apply(record.clone(), &treat(), &ctx(&env, ORG_A)).unwrap();
+    let p = patient_out(&out);
+    assert_eq!(p["name"], patient["name"]);
+    assert_eq!(p["birthDate"], patient["birthDate"]);
+    assert_eq!(p["address"], patient["address"]);
+    let idents = p["identifier"].as_array().unwrap();
+    assert_eq!(
+        idents.len(),
+        patient["identifier"].as_array().unwrap().len()
+    );
+    for (o, i) in idents.iter().zip(patient["identifier"].as_array().unwrap()) {
+        // The kind of identifier stays visible.
+        assert_eq!(o["system"], i["system"]);
+        assert_eq!(o["type"], i["type"]);
+        if i["type"]["coding"][0]["code"] == "MR" {
+            assert_eq!(o["value"], i["value"]);
+        } else {
+            assert!(o["value"].as_str().unwrap().starts_with("tok_"));
+        }
+    }
+    assert!(p["id"].as_str().unwrap().starts_with("p-"));
+    // Encounter.subject.display is the patient's name: revealed here.
+    let enc = out
+        .iter()
+        .find(|r| r["resourceType"] == "Encounter")
+        .unwrap();
+    assert_eq!(
+        enc["subject"]["reference"],
+        format!("Patient/{}", p["id"].as_str().unwrap())
+    );
+    assert!(enc["subject"]["display"].is_string());
+
+    let default = apply(record, &Obligations::default(), &ctx(&env, ORG_A)).unwrap();
+    let p = patient_out(&default);
+    for k in [
+        "id",
+        "name",
+        "identifier",
+        "telecom",
+        "address",
+        "birthDate",
+    ] {
+        assert!(p.get(k).is_none(), "{k} redacted by default");
+    }
+    let enc = default
+        .iter()
+        .find(|r| r["resourceType"] == "Encounter")
+        .unwrap();
+    assert!(
+        enc.get("subject").is_none(),
+        "the reference and display of a redacted patient go"
+    );
+    assert_eq!(p["gender"], patient["gender"]);
+}
+
+#[test]
+fn pseudonyms_and_tokens_are_per_recipient() {
+    let env = env();
+    let (_, patient) = fixture(&fixture_files()[0]);
+    let pid = patient["id"].as_str().unwrap();
+    let record = env.store.patient_resources(pid, &env.types).unwrap();
+    let a1 = apply(record.clone(), &treat(), &ctx(&env, ORG_A)).unwrap();
+    let a2 = apply(record.clone(), &treat(), &ctx(&env, ORG_A)).unwrap();
+    let b = apply(record.clone(), &treat(), &ctx(&env, ORG_B)).unwrap();
+    assert_eq!(a1, a2, "same recipient: same pseudonyms and reused tokens");
+    let id = |o: &[Value]| patient_out(o)["id"].as_str().unwrap().to_string();
+    assert_ne!(id(&a1), id(&b));
+    let ids = |o: &[Value]| {
+        o.iter()
+            .filter_map(|r| r["id"].as_str().map(str::to_string))
+            .collect::<BTreeSet<_>>()
+    };
+    assert!(
+        ids(&a1).is_disjoint(&ids(&b)),
+        "no id links the two recipients' copies"
+    );
+
+    let mut billing = ctx(&env, ORG_A);
+    billing.domain = "billing";
+    let a_billing = apply(record, &treat(), &billing).unwrap();
+    assert_ne!(id(&a1), id(&a_billing), "pseudonyms differ per domain");
+
+    let ssn = |o: &[Value]| {
+        patient_out(o)["identifier"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["type"]["coding"][0]["code"] == "SS")
+            .unwrap()["value"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let source_ssn = patient["identifier"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["type"]["coding"][0]["code"] == "SS")
+        .unwrap()["value"]
+        .as_str()
+        .unwrap();
+    let (ta, tb) = (ssn(&a1), ssn(&b));
+    assert_ne!(ta, tb);
+    assert_eq!(env.vault.reveal(&ta, ORG_A).unwrap(), source_ssn);
+    assert_eq!(env.vault.reveal(&tb, ORG_B).unwrap(), source_ssn);
+    assert!(matches!(
+        env.vault.reveal(&ta, ORG_B),
+        Err(VaultError::WrongRecipient)
+    ));
+    let info = env.vault.get(&ta).unwrap();
+    assert_eq!(
+        (
+            info.recipient_org.as_str(),
+            info.domain.as_str(),
+            info.class.as_str()
+        ),
+        (ORG_A, "clinical", "ssn")
+    );
+}
+
+#[test]
+fn generalize_is_safe_harbor() {
+    let env = env();
+    let research: Obligations = serde_json::from_value(json!({
+        "pseudonymize": ["patient-id", "resource-ids"],
+        "generalize": ["address", "birth-date", "dates"],
+        "redact": ["attachments", "narrative", "name", "telecom", "mrn", "ssn", "passport",
+                   "other-identifiers", "drivers-license"]
+    }))
+    .unwrap();
+    for file in fixture_files() {
+        let (_, patient) = fixture(&file);
+        let pid = patient["id"].as_str().unwrap();
+        let record = env.store.patient_resources(pid, &env.types).unwrap();
+        let out = apply(record, &research, &ctx(&env, ORG_A)).unwrap();
+        let p = patient_out(&out);
+        assert_eq!(p["birthDate"], &patient["birthDate"].as_str().unwrap()[..4]);
+        let zip3 = &patient["address"][0]["postalCode"].as_str().unwrap()[..3];
+        assert_eq!(
+            p["address"][0],
+            json!({"state": patient["address"][0]["state"], "postalCode": zip3, "country": "US", "use": "home"})
+        );
+        let text = serde_json::to_string(&out).unwrap();
+        // No month or day of any date is left.
+        let full_date = text.as_bytes().windows(8).any(|w| {
+            w[0] == b'"'
+                && w[1..5].iter().all(u8::is_ascii_digit)
+                && w[5] == b'-'
+                && w[6..8].iter().all(u8::is_ascii_digit)
+        });
+        assert!(!full_date, "a full date left in {}", file.display());
+        assert!(!text.contains("\"data\""));
+    }
+
+    // A patient born in 1920, living in a restricted ZIP3 area.
+    let old = json!({
+        "resourceType": "Patient", "id": "old", "birthDate": "1920-03-04",
+        "address": [{"line": ["1 Main St"], "city": "Lebanon", "state": "NH", "postalCode": "03601",
+                     "extension": [{"url": "http://hl7.org/fhir/StructureDefinition/geolocation"}]}],
+        "extension": [{"url": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex", "valueCode": "F"}]
+    });
+    let out = apply(vec![old], &research, &ctx(&env, ORG_A)).unwrap();
+    let p = &out[0];
+    assert!(p.get("birthDate").is_none());
+    assert_eq!(p["address"][0], json!({"state": "NH", "postalCode": "000"}));
+    let exts = p["extension"].as_array().unwrap();
+    assert!(exts.contains(&json!({"url": AGE_BAND_EXTENSION, "valueString": "90+"})));
+    assert_eq!(exts.len(), 2);
+}
+
+#[test]
+fn unknown_obligation_class_is_an_error() {
+    let err =
+        serde_json::from_value::<Obligations>(json!({"reveal": ["name", "ssn-typo"]})).unwrap_err();
+    assert!(err.to_string().contains("ssn-typo"));
+    assert!(serde_json::from_value::<Obligations>(json!({"hide": ["name"]})).is_err());
+
+    let env = env();
+    let built = Obligations {
+        redact: vec!["everything".into()],
+        ..Obligations::default()
+    };
+    let r = apply(
+        vec![json!({"resourceType": "Patient", "id": "x"})],
+        &built,
+        &ctx(&env, ORG_A),
+    );
+    assert!(matches!(r, Err(TokenizeError::UnknownClass(c)) if c == "everything"));
+}
+
+#[test]
+fn max_records_keeps_the_patient_first() {
+    let env = env();
+    let (_, patient) = fixture(&fixture_files()[0]);
+    let mut record = env
+        .store
+        .patient_resources(patient["id"].as_str().unwrap(), &env.types)
+        .unwrap();
+    record.reverse();
+    let mut o = treat();
+    o.max_records = Some(3);
+    let out = apply(record, &o, &ctx(&env, ORG_A)).unwrap();
+    assert_eq!(out.len(), 3);
+    assert_eq!(out[0]["resourceType"], "Patient");
+}
+
+#[test]
+fn free_text_and_references_of_a_hand_made_record() {
+    let env = env();
+    let record = vec![
+        json!({"resourceType": "Patient", "id": "pat-1",
+               "meta": {"source": "#internal-feed"},
+               "text": {"status": "generated", "div": "<div>Zelda Quimby, MRN 12345678</div>"},
+               "identifier": [{"type": {"coding": [{"code": "MR"}]}, "system": "urn:mrn", "value": "12345678"},
+                              {"type": {"coding": [{"code": "DL"}]}, "system": "urn:dl", "value": "D1234567"}],
+               "name": [{"family": "Quimby", "given": ["Zelda"]}],
+               "_birthDate": {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime",
+                                              "valueDateTime": "1980-01-02T03:04:05Z"}]},
+               "birthDate": "1980-01-02",
+               "photo": [{"contentType": "image/jpeg", "data": "AAAA"}],
+               "contact": [{"name": {"family": "Quimby", "given": ["Otto"]}, "telecom": [{"system": "phone", "value": "555-000-1111"}]}]}),
+        json!({"resourceType": "Observation", "id": "obs-1", "status": "final",
+               "subject": {"reference": "Patient/pat-1", "display": "Zelda Quimby"},
+               "performer": [{"reference": "Practitioner/doc-1", "display": "Dr. Ada Lovelace"}],
+               "note": [{"text": "Zelda said her number 555-000-1111 changed"}],
+               "valueString": "Quimby family history",
+               "effectiveDateTime": "2024-05-06T07:08:09Z"}),
+        json!({"resourceType": "DocumentReference", "id": "doc-1", "status": "current",
+               "subject": {"reference": "https://fhir.hospital.example/r4/Patient/pat-1/_history/3"},
+               "content": [{"attachment": {"contentType": "text/plain",
+                   "data": base64::engine::general_purpose::STANDARD.encode("Patient Zelda QUIMBY, DL D1234567.")}}]}),
+        json!({"resourceType": "Practitioner", "id": "doc-1", "name": [{"family": "Lovelace", "given": ["Ada"]}]}),
+        json!({"resourceType": "Provenance", "id": "prov", "target": [{"reference": "Patient/pat-1"}]}),
+        json!({"resourceType": "Claim", "id": "c1", "patient": {"identifier": {"system": "urn:mrn", "value": "12345678",
+               "type": {"coding": [{"code": "MR"}]}}}, "provider": {"reference": "Patient?identifier=urn:mrn|12345678"}}),
+    ];
+    // Names revealed, everything else by default; narrative and attachments unnamed.
+    let o: Obligations =
+        serde_json::from_value(json!({"reveal": ["name"], "pseudonymize": ["patient-id"]}))
+            .unwrap();
+    let out = apply(record.clone(), &o, &ctx(&env, ORG_A)).unwrap();
+    let hay = haystack(&out);
+    for gone in [
+        "12345678",
+        "D1234567",
+        "555-000-1111",
+        "1980-01-02",
+        "#internal-feed",
+        "pat-1",
+        "T03:04:05",
+    ] {
+        assert!(!hay.contains(gone), "{gone} left in {hay}");
+    }
+    for kept in [
+        "Zelda",
+        "Quimby",
+        "Otto",
+        "Lovelace",
+        "Dr. Ada Lovelace",
+        "2024-05-06T07:08:09Z",
+    ] {
+        assert!(hay.contains(kept), "{kept} missing");
+    }
+    assert_eq!(out.len(), 5);
+    assert!(out[0].get("photo").is_none() || o.reveal.contains(&"name".to_string()));
+    let pid = out[0]["id"].as_str().unwrap();
+    assert_eq!(out[2]["subject"]["reference"], format!("Patient/{pid}"));
+    assert!(
+        out[4].get("patient").is_none(),
+        "a logical MRN reference follows the mrn class"
+    );
+    assert!(
+        out[4].get("provider").is_none(),
+        "a search reference cannot be kept"
+    );
+    assert_references_resolve(&out);
+
+    // Nothing revealed: free text loses the names too, references to the patient go.
+    let out = apply(record, &Obligations::default(), &ctx(&env, ORG_A)).unwrap();
+    let hay = haystack(&out);
+    for gone in [
+        "Zelda",
+        "Quimby",
+        "Otto",
+        "12345678",
+        "D1234567",
+        "555-000-1111",
+        "pat-1",
+    ] {
+        assert!(!contains_word(&hay, gone), "{gone} left in {hay}");
+    }
+    assert!(hay.contains("Lovelace"));
+    assert!(out[0].get("photo").is_none());
+    assert!(out[1]["subject"].is_null());
+    assert_eq!(out[1]["performer"][0]["display"], "Dr. Ada Lovelace");
+    assert_references_resolve(&out);
+}

@@ -1,0 +1,105 @@
+# Billing domain: payment, coverage and claim attachments. No break-glass here.
+package fedgate.billing
+
+import data.fedgate.common
+
+domain := "billing"
+
+default decision := {
+	"allow": false,
+	"reasons": ["denied by default: no billing rule applied"],
+	"data_classes": [],
+	"obligations": {
+		"reveal": [], "tokenize": [], "pseudonymize": [], "generalize": [], "redact": [],
+		"aggregate_only": false, "min_cell_size": null, "max_records": null,
+	},
+	"break_glass": false,
+	"review_required": false,
+	"expires_at": null,
+}
+
+decision := common.deny(denials) if count(denials) > 0
+
+decision := common.allow(
+	array.concat([sprintf("consent permits %s for %s", [common.purpose, concat(", ", sort(granted))])], dropped),
+	granted,
+	common.billing_obligations(common.max_records),
+) if {
+	count(denials) == 0
+}
+
+# Billing never returns clinical resource types, whatever the role table says.
+role_allowed := common.role_allowed(domain) & common.billing_classes
+
+consented := common.permitted_classes(domain)
+
+role_granted := common.requested & role_allowed
+
+granted := role_granted & consented
+
+dropped := sort({msg |
+	some c in common.requested - role_allowed
+	msg := sprintf("%s dropped: not a billing class for role %s", [c, common.role])
+} | {msg |
+	some c in role_granted - consented
+	msg := sprintf("%s dropped: no consent covers it", [c])
+})
+
+denials contains msg if {
+	not common.purpose_in_domain(domain)
+	msg := sprintf("purpose %v is not a billing purpose", [common.purpose])
+}
+
+denials contains "the patient is not known at this custodian" if {
+	input.request.patient_found == false
+}
+
+denials contains "no clinician privilege credential of the requester was presented" if {
+	not common.has_privilege_credential
+}
+
+denials contains "the privilege credential names another organization than the requester's" if {
+	common.has_privilege_credential
+	not common.privilege_org_matches
+}
+
+denials contains msg if {
+	common.has_privilege_credential
+	not common.has_privilege(domain, "read")
+	msg := sprintf("no billing read privilege at %s", [input.custodian.did])
+}
+
+denials contains msg if {
+	common.has_privilege_credential
+	count(role_allowed) == 0
+	msg := sprintf("role %v has no access to the billing domain", [common.role])
+}
+
+denials contains msg if {
+	count(role_allowed) > 0
+	count(role_granted) == 0
+	msg := sprintf("no requested data class is a billing class allowed for role %v", [common.role])
+}
+
+denials contains msg if {
+	not common.has_contract(domain, common.purpose)
+	msg := sprintf(
+		"no registry contract between %s and %v covers billing/%v",
+		[input.custodian.did, input.request.requester_org, common.purpose],
+	)
+}
+
+denials contains msg if {
+	common.explicit_deny(domain)
+	msg := sprintf("an explicit deny consent for billing/%v applies and wins over any permit", [common.purpose])
+}
+
+denials contains msg if {
+	count(role_granted) > 0
+	count(granted) == 0
+	msg := sprintf("no consent permits billing/%v for the requested data classes", [common.purpose])
+}
+
+denials contains "outside the requester's shift at this custodian" if {
+	not common.shift_ok
+}

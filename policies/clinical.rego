@@ -1,0 +1,156 @@
+# Clinical domain: treatment, emergency treatment, break-the-glass and care management.
+package fedgate.clinical
+
+import data.fedgate.common
+
+domain := "clinical"
+
+default decision := {
+	"allow": false,
+	"reasons": ["denied by default: no clinical rule applied"],
+	"data_classes": [],
+	"obligations": {
+		"reveal": [], "tokenize": [], "pseudonymize": [], "generalize": [], "redact": [],
+		"aggregate_only": false, "min_cell_size": null, "max_records": null,
+	},
+	"break_glass": false,
+	"review_required": false,
+	"expires_at": null,
+}
+
+decision := common.deny(denials) if count(denials) > 0
+
+decision := common.allow(
+	array.concat([sprintf("consent permits %s for %s", [common.purpose, concat(", ", sort(granted))])], dropped),
+	granted,
+	common.treatment_obligations(common.max_records),
+) if {
+	count(denials) == 0
+	not break_glass
+}
+
+decision := common.break_glass_allow(
+	array.concat(
+		[sprintf(
+			"break-glass %s without consent for %s; review required",
+			[common.purpose, concat(", ", sort(granted))],
+		)],
+		dropped,
+	),
+	granted,
+	common.break_glass_obligations(common.max_records),
+	common.break_glass_expires_at,
+) if {
+	count(denials) == 0
+	break_glass
+}
+
+# ---------------------------------------------------------------------------------------
+# What may be returned
+# ---------------------------------------------------------------------------------------
+
+role_allowed := common.role_allowed(domain)
+
+consented := common.permitted_classes(domain)
+
+# Requested types the role may see.
+role_granted := common.requested & role_allowed
+
+# Requested types both the role and a consent allow.
+consent_granted := role_granted & consented
+
+# No permit matches, the purpose is an emergency one, and the clinician said why.
+break_glass if {
+	common.purpose in common.break_glass_purposes
+	count(consent_granted) == 0
+	common.justified
+}
+
+granted := role_granted if break_glass
+
+granted := consent_granted if not break_glass
+
+dropped := sort({msg |
+	some c in common.requested - role_allowed
+	msg := sprintf("%s dropped: not allowed for role %s", [c, common.role])
+} | {msg |
+	not break_glass
+	some c in role_granted - consented
+	msg := sprintf("%s dropped: no consent covers it", [c])
+})
+
+# ---------------------------------------------------------------------------------------
+# Why not
+# ---------------------------------------------------------------------------------------
+
+denials contains msg if {
+	not common.purpose_in_domain(domain)
+	msg := sprintf("purpose %v is not a clinical purpose", [common.purpose])
+}
+
+denials contains "the patient is not known at this custodian" if {
+	input.request.patient_found == false
+}
+
+denials contains "no clinician privilege credential of the requester was presented" if {
+	not common.has_privilege_credential
+}
+
+denials contains "the privilege credential names another organization than the requester's" if {
+	common.has_privilege_credential
+	not common.privilege_org_matches
+}
+
+denials contains msg if {
+	common.has_privilege_credential
+	not common.has_privilege(domain, "read")
+	msg := sprintf("no clinical read privilege at %s", [input.custodian.did])
+}
+
+denials contains msg if {
+	common.has_privilege_credential
+	count(role_allowed) == 0
+	msg := sprintf("role %v has no access to the clinical domain", [common.role])
+}
+
+denials contains msg if {
+	count(role_allowed) > 0
+	count(role_granted) == 0
+	msg := sprintf("no requested data class is allowed for role %v", [common.role])
+}
+
+denials contains msg if {
+	not common.has_contract(domain, common.purpose)
+	msg := sprintf(
+		"no registry contract between %s and %v covers clinical/%v",
+		[input.custodian.did, input.request.requester_org, common.purpose],
+	)
+}
+
+denials contains msg if {
+	common.explicit_deny(domain)
+	msg := sprintf("an explicit deny consent for clinical/%v applies and wins over any permit", [common.purpose])
+}
+
+denials contains msg if {
+	count(role_granted) > 0
+	count(consent_granted) == 0
+	not common.purpose in common.break_glass_purposes
+	msg := sprintf("no consent permits clinical/%v for the requested data classes", [common.purpose])
+}
+
+denials contains msg if {
+	count(role_granted) > 0
+	count(consent_granted) == 0
+	common.purpose in common.break_glass_purposes
+	not common.justified
+	msg := sprintf(
+		"no consent permits clinical/%v and break-glass needs a justification of at least %d characters",
+		[common.purpose, common.break_glass_min_justification],
+	)
+}
+
+denials contains "outside the requester's shift at this custodian" if {
+	not break_glass
+	not common.shift_ok
+}

@@ -1,0 +1,341 @@
+# Shared tables and helpers of the fedgate domain policies.
+#
+# The tables are the policy: who may see which FHIR resource types, which purposes belong
+# to which domain, and which identifier obligations apply in each situation. They live
+# here, not in data.json, so that a change to them is reviewed, tested and digested like
+# any other rule.
+package fedgate.common
+
+# ---------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------
+
+# FHIR R4 resource types the clinical domain serves.
+clinical_classes := {
+	"AllergyIntolerance", "CarePlan", "CareTeam", "Condition", "DiagnosticReport",
+	"DocumentReference", "Encounter", "Immunization", "MedicationRequest",
+	"MedicationStatement", "Observation", "Patient", "Procedure",
+}
+
+# FHIR R4 resource types the billing domain serves; Patient only when asked for.
+billing_classes := {"Claim", "Coverage", "ExplanationOfBenefit", "Patient"}
+
+# HL7 v3 PurposeOfUse codes accepted per domain.
+domain_purposes := {
+	"clinical": {"TREAT", "ETREAT", "BTG", "CAREMGT"},
+	"billing": {"HPAYMT", "COVERAGE", "CLMATTCH"},
+	"research": {"HRESCH"},
+	"detokenize": {"TREAT", "ETREAT"},
+}
+
+# Purposes under which access without a matching consent can be forced (break-glass).
+break_glass_purposes := {"ETREAT", "BTG"}
+
+# Shortest accepted break-glass justification, in characters after trimming.
+break_glass_min_justification := 20
+
+# Role -> domain -> FHIR resource types. A role absent from a domain sees nothing there.
+# Researchers get nothing here: research runs at the organization level on a study
+# credential (see research.rego), never on a clinician's privilege.
+role_classes := {
+	"physician": {"clinical": clinical_classes},
+	"nurse-practitioner": {"clinical": clinical_classes},
+	"physician-assistant": {"clinical": clinical_classes},
+	# Clinical notes and scanned documents stay with the prescribing roles.
+	"nurse": {"clinical": clinical_classes - {"DocumentReference"}},
+	"pharmacist": {"clinical": {
+		"AllergyIntolerance", "Condition", "MedicationRequest", "MedicationStatement",
+		"Observation", "Patient",
+	}},
+	"care-coordinator": {"clinical": {"CarePlan", "CareTeam", "Encounter", "Patient"}},
+	"billing-specialist": {"billing": billing_classes},
+	"researcher": {},
+	"auditor": {},
+}
+
+# NUCC taxonomy code -> domain -> extra FHIR resource types. Additive only, and only in a
+# domain where the role already has access: a specialty never opens a domain by itself.
+specialty_classes := {
+	# Psychiatry: psychotherapy and assessment notes live in DocumentReference.
+	"2084P0800X": {"clinical": {"DocumentReference"}},
+	# Psychiatric/mental health registered nurse: same notes as the psychiatrist.
+	"163WP0808X": {"clinical": {"DocumentReference"}},
+	# Pharmacotherapy pharmacist: lab reports and procedures drive dosing decisions.
+	"1835P0018X": {"clinical": {"DiagnosticReport", "Procedure"}},
+}
+
+# Roles that may exchange a vault token for its value (with a "detokenize" privilege).
+detokenize_roles := {"physician", "nurse-practitioner", "physician-assistant", "nurse"}
+
+# Identifier classes of the tokenizer (docs/gateway-contract.md section 3).
+identifier_classes := {
+	"name", "mrn", "ssn", "passport", "drivers-license", "other-identifiers", "telecom",
+	"address", "birth-date", "dates", "patient-id", "resource-ids", "narrative", "attachments",
+}
+
+# ---------------------------------------------------------------------------------------
+# Obligation sets (see policies/README.md for the reasoning)
+# ---------------------------------------------------------------------------------------
+
+# Treatment with the patient's consent: the treating team needs to identify and reach the
+# patient; government and foreign identifiers go to the vault; ids are pseudonymous per
+# recipient so repeated fetches link up without exposing the custodian's keys.
+treatment_obligations(limit) := {
+	"reveal": ["address", "birth-date", "mrn", "name", "telecom"],
+	"tokenize": ["drivers-license", "other-identifiers", "passport", "ssn"],
+	"pseudonymize": ["patient-id", "resource-ids"],
+	"generalize": [],
+	"redact": [],
+	"aggregate_only": false,
+	"min_cell_size": null,
+	"max_records": limit,
+}
+
+# Break-glass: only the name in clear; every other direct identifier is a token that can be
+# detokenized, one recorded request at a time, if the emergency needs it.
+break_glass_obligations(limit) := {
+	"reveal": ["name"],
+	"tokenize": [
+		"address", "birth-date", "drivers-license", "mrn", "other-identifiers", "passport",
+		"ssn", "telecom",
+	],
+	"pseudonymize": ["patient-id", "resource-ids"],
+	"generalize": [],
+	"redact": [],
+	"aggregate_only": false,
+	"min_cell_size": null,
+	"max_records": limit,
+}
+
+# Payment and coverage: payers match on name and birth date; clinical free text and
+# attachments never leave for billing; the address is cut to state and ZIP3.
+billing_obligations(limit) := {
+	"reveal": ["birth-date", "name"],
+	"tokenize": ["drivers-license", "mrn", "other-identifiers", "passport", "ssn"],
+	"pseudonymize": ["patient-id", "resource-ids"],
+	"generalize": ["address"],
+	"redact": ["attachments", "narrative", "telecom"],
+	"aggregate_only": false,
+	"min_cell_size": null,
+	"max_records": limit,
+}
+
+# Research: HIPAA Safe Harbor. Names and numbers are removed, dates cut to the year,
+# addresses to state and ZIP3, and only aggregates leave.
+research_obligations(min_cell, limit) := {
+	"reveal": [],
+	"tokenize": [],
+	"pseudonymize": ["patient-id", "resource-ids"],
+	"generalize": ["address", "birth-date", "dates"],
+	"redact": [
+		"attachments", "drivers-license", "mrn", "name", "narrative", "other-identifiers",
+		"passport", "ssn", "telecom",
+	],
+	"aggregate_only": true,
+	"min_cell_size": min_cell,
+	"max_records": limit,
+}
+
+# Detokenize: the one class of the token, nothing else.
+detokenize_obligations(class, limit) := {
+	"reveal": [class],
+	"tokenize": [],
+	"pseudonymize": [],
+	"generalize": [],
+	"redact": [],
+	"aggregate_only": false,
+	"min_cell_size": null,
+	"max_records": limit,
+}
+
+no_obligations := {
+	"reveal": [],
+	"tokenize": [],
+	"pseudonymize": [],
+	"generalize": [],
+	"redact": [],
+	"aggregate_only": false,
+	"min_cell_size": null,
+	"max_records": null,
+}
+
+# ---------------------------------------------------------------------------------------
+# Decision documents
+# ---------------------------------------------------------------------------------------
+
+# A deny: every reason, sorted, and nothing else.
+deny(reasons) := {
+	"allow": false,
+	"reasons": sort(reasons),
+	"data_classes": [],
+	"obligations": no_obligations,
+	"break_glass": false,
+	"review_required": false,
+	"expires_at": null,
+}
+
+allow(reasons, classes, obligations) := {
+	"allow": true,
+	"reasons": reasons,
+	"data_classes": sort(classes),
+	"obligations": obligations,
+	"break_glass": false,
+	"review_required": false,
+	"expires_at": null,
+}
+
+break_glass_allow(reasons, classes, obligations, expires_at) := {
+	"allow": true,
+	"reasons": reasons,
+	"data_classes": sort(classes),
+	"obligations": obligations,
+	"break_glass": true,
+	"review_required": true,
+	"expires_at": expires_at,
+}
+
+# ---------------------------------------------------------------------------------------
+# Request facts
+# ---------------------------------------------------------------------------------------
+
+purpose := input.request.purpose
+
+requested := {c | some c in input.request.data_classes}
+
+# Decision time; a malformed time is a builtin error, which the engine turns into a deny.
+now_ns := time.parse_rfc3339_ns(input.request.time)
+
+role := input.privilege.subject.role
+
+max_records := input.custodian.max_records
+
+purpose_in_domain(domain) if purpose in domain_purposes[domain]
+
+# The break-glass grant ends this many minutes after the decision time.
+break_glass_expires_at := time.format(now_ns + (input.custodian.break_glass_minutes * 60000000000))
+
+justified if {
+	count(trim_space(input.request.justification)) >= break_glass_min_justification
+}
+
+# ---------------------------------------------------------------------------------------
+# Privilege, role and shifts
+# ---------------------------------------------------------------------------------------
+
+has_privilege_credential if input.privilege.subject.id == input.request.requester
+
+# The clinician's employer is the organization the request is made for.
+privilege_org_matches if input.privilege.subject.organization == input.request.requester_org
+
+# Some privilege entry holds at this facility, for the domain and the action.
+has_privilege(domain, action) if {
+	some p in input.privilege.subject.privileges
+	p.facility == input.custodian.did
+	domain in p.domains
+	action in p.actions
+}
+
+# Resource types the role (plus its specialty) may see in a domain; empty when none.
+role_allowed(domain) := base | extra if {
+	base := object.get(object.get(role_classes, role, {}), domain, set())
+	count(base) > 0
+	extra := object.get(
+		object.get(specialty_classes, object.get(input.privilege.subject, "specialty", ""), {}),
+		domain,
+		set(),
+	)
+} else := set()
+
+# Some shift window at this custodian names the requester's role.
+shift_applies if {
+	some s in input.custodian.shifts
+	role in s.roles
+}
+
+in_shift if {
+	some s in input.custodian.shifts
+	role in s.roles
+	input.request.weekday in s.days
+	in_window(s.from_minute, s.to_minute, input.request.minute_of_day)
+}
+
+# A window whose end is before its start wraps past midnight (a night shift).
+in_window(from, to, m) if {
+	from <= to
+	from <= m
+	m < to
+}
+
+in_window(from, to, m) if {
+	from > to
+	m >= from
+}
+
+in_window(from, to, m) if {
+	from > to
+	m < to
+}
+
+shift_ok if not shift_applies
+
+shift_ok if in_shift
+
+# ---------------------------------------------------------------------------------------
+# Contracts
+# ---------------------------------------------------------------------------------------
+
+has_contract(domain, contract_purpose) if {
+	some c in input.contracts
+	c.custodian == input.custodian.did
+	c.requester == input.request.requester_org
+	domain in c.domains
+	contract_purpose in c.purposes
+	not_expired(object.get(c, "expires", null))
+}
+
+not_expired(t) if t == null
+
+not_expired(t) if {
+	is_string(t)
+	time.parse_rfc3339_ns(t) > now_ns
+}
+
+# ---------------------------------------------------------------------------------------
+# Consents
+# ---------------------------------------------------------------------------------------
+
+grantee_matches(s) if s.grantee.id == input.request.requester
+
+grantee_matches(s) if s.grantee.id == input.request.requester_org
+
+period_covers(p) if {
+	time.parse_rfc3339_ns(p.start) <= now_ns
+	not_expired(object.get(p, "end", null))
+}
+
+# The consent speaks about this requester, custodian, domain and purpose, now.
+consent_applies(s, domain) if {
+	grantee_matches(s)
+	input.custodian.did in s.custodians
+	domain in s.domains
+	purpose in s.purposes
+	period_covers(s.period)
+}
+
+# Resource types some applicable permit covers.
+permitted_classes(domain) := {k |
+	some c in input.consents
+	c.subject.provision == "permit"
+	consent_applies(c.subject, domain)
+	some k in c.subject.dataClasses
+}
+
+# An applicable deny covering any requested type refuses the whole request, whatever
+# the permits say.
+explicit_deny(domain) if {
+	some c in input.consents
+	c.subject.provision == "deny"
+	consent_applies(c.subject, domain)
+	some k in c.subject.dataClasses
+	k in requested
+}

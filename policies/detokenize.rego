@@ -1,0 +1,93 @@
+# Detokenize: exchanging a vault token for the identifier it stands for. Only the
+# organization the token was issued to, for treatment, by a clinician privileged to
+# detokenize at this facility.
+package fedgate.detokenize
+
+import data.fedgate.common
+
+domain := "detokenize"
+
+default decision := {
+	"allow": false,
+	"reasons": ["denied by default: no detokenize rule applied"],
+	"data_classes": [],
+	"obligations": {
+		"reveal": [], "tokenize": [], "pseudonymize": [], "generalize": [], "redact": [],
+		"aggregate_only": false, "min_cell_size": null, "max_records": null,
+	},
+	"break_glass": false,
+	"review_required": false,
+	"expires_at": null,
+}
+
+decision := common.deny(denials) if count(denials) > 0
+
+decision := common.allow(
+	[sprintf("%s token of the %s domain may be detokenized for %s", [token.class, token.domain, common.purpose])],
+	[],
+	common.detokenize_obligations(token.class, common.max_records),
+) if {
+	count(denials) == 0
+}
+
+token := input.token
+
+has_token if is_object(token)
+
+denials contains msg if {
+	not common.purpose_in_domain(domain)
+	msg := sprintf("purpose %v does not allow detokenization", [common.purpose])
+}
+
+denials contains "unknown token" if not has_token
+
+denials contains "the token was not issued to the requester's organization" if {
+	has_token
+	token.recipient != input.request.requester_org
+}
+
+# Tokens come out of clinical exchanges; billing tokens stay tokens.
+denials contains "only tokens of the clinical domain can be detokenized" if {
+	has_token
+	token.domain != "clinical"
+}
+
+denials contains "the token's class is not an identifier class" if {
+	has_token
+	not token.class in common.identifier_classes
+}
+
+denials contains "no clinician privilege credential of the requester was presented" if {
+	not common.has_privilege_credential
+}
+
+denials contains "the privilege credential names another organization than the requester's" if {
+	common.has_privilege_credential
+	not common.privilege_org_matches
+}
+
+denials contains msg if {
+	has_token
+	common.has_privilege_credential
+	not common.has_privilege(token.domain, "detokenize")
+	msg := sprintf("no detokenize privilege for %v at %s", [token.domain, input.custodian.did])
+}
+
+denials contains msg if {
+	common.has_privilege_credential
+	not common.role in common.detokenize_roles
+	msg := sprintf("role %v may not detokenize", [common.role])
+}
+
+denials contains msg if {
+	has_token
+	not common.has_contract(token.domain, common.purpose)
+	msg := sprintf(
+		"no registry contract between %s and %v covers %v/%v",
+		[input.custodian.did, input.request.requester_org, token.domain, common.purpose],
+	)
+}
+
+denials contains "outside the requester's shift at this custodian" if {
+	not common.shift_ok
+}

@@ -1,0 +1,74 @@
+//! `fedgate policy`: run the Rego policy tests (like `opa test`) and evaluate a decision.
+
+use std::path::PathBuf;
+
+use gateway::policy::{self, PolicyBundle, TestOutcome};
+
+#[derive(clap::Subcommand)]
+pub enum PolicyCommand {
+    /// Run every `test_*` rule of the folder's `.rego` files; fails on any failure or error,
+    /// and when no test is found.
+    Test {
+        /// Folder of policies and their `*_test.rego` files.
+        dir: PathBuf,
+        /// Also print durations and the `print()` output of each test.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Evaluate one domain's decision for an input document (docs/gateway-contract.md §1).
+    Eval {
+        /// Folder of policies.
+        dir: PathBuf,
+        /// clinical, billing, research or detokenize.
+        #[arg(long)]
+        domain: String,
+        /// JSON file holding the policy input.
+        #[arg(long)]
+        input: PathBuf,
+    },
+}
+
+pub fn run(cmd: PolicyCommand) -> Result<(), String> {
+    match cmd {
+        PolicyCommand::Test { dir, verbose } => test(&dir, verbose),
+        PolicyCommand::Eval { dir, domain, input } => eval(&dir, &domain, &input),
+    }
+}
+
+fn test(dir: &std::path::Path, verbose: bool) -> Result<(), String> {
+    let report = policy::run_tests(dir).map_err(|e| e.to_string())?;
+    for r in &report.results {
+        let line = match &r.outcome {
+            TestOutcome::Pass => format!("PASS {}", r.name),
+            TestOutcome::Fail(got) => format!("FAIL {} ({got})", r.name),
+            TestOutcome::Error(e) => format!("ERROR {}: {e}", r.name),
+        };
+        if verbose {
+            println!("{line} [{:.1} ms]", r.duration.as_secs_f64() * 1000.0);
+            for p in &r.prints {
+                println!("    {p}");
+            }
+        } else {
+            println!("{line}");
+        }
+    }
+    println!("{}", report.summary());
+    if report.results.is_empty() {
+        return Err(format!("no test_* rules found in {}", dir.display()));
+    }
+    if !report.is_success() {
+        return Err(format!("{} policy test(s) failed", report.failed()));
+    }
+    Ok(())
+}
+
+fn eval(dir: &std::path::Path, domain: &str, input: &std::path::Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(input).map_err(|e| format!("{}: {e}", input.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", input.display()))?;
+    let bundle = PolicyBundle::load(dir).map_err(|e| e.to_string())?;
+    let decision = bundle.evaluate(domain, &value);
+    let out = serde_json::to_string_pretty(&decision).map_err(|e| e.to_string())?;
+    println!("{out}");
+    Ok(())
+}

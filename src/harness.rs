@@ -1,0 +1,329 @@
+//! Starting a federation of real `fedgate` processes on loopback: used by `fedgate demo`
+//! and by the end-to-end tests, so that both exercise exactly the same setup.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// A running `fedgate` process, killed when dropped.
+pub struct Process {
+    child: Child,
+    pub addr: String,
+}
+
+impl Process {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Kills the process and waits for it (its storage is then free to open).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts `exe ARGS` and waits for its "listening on ADDR" line.
+pub fn spawn(exe: &Path, args: &[&str]) -> Result<Process, String> {
+    let mut child = Command::new(exe)
+        .args(args)
+        .env(
+            "FEDGATE_LOG",
+            std::env::var("FEDGATE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start {args:?}: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout from child")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split(" listening on ").nth(1) {
+                let _ = tx.send(addr.trim().to_string());
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(addr) => Ok(Process { child, addr }),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!("{args:?} did not start within 60 s"))
+        }
+    }
+}
+
+/// Runs `exe ARGS` to completion, returning stdout; a failure carries stderr.
+pub fn run(exe: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(exe)
+        .args(args)
+        .env("FEDGATE_LOG", "warn")
+        .output()
+        .map_err(|e| format!("cannot run {args:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    } else {
+        Err(format!(
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+pub fn write_secret(path: &Path, secret: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(secret.as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn mkdir(path: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn client() -> reqwest::Client {
+    federation::http::http_client()
+}
+
+async fn post(url: &str, body: &Value, token: Option<&str>) -> Result<(u16, Value), String> {
+    let mut req = client().post(url).json(body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.map_err(|e| format!("{url}: {e}"))?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.json().await.unwrap_or(Value::Null)))
+}
+
+/// A credentialing office (or IRB) running `fedgate issuer serve`.
+pub struct Office {
+    pub process: Process,
+    pub did: String,
+    pub token: String,
+    pub dir: PathBuf,
+}
+
+impl Office {
+    pub fn start(exe: &Path, dir: &Path, did: &str) -> Result<Office, String> {
+        mkdir(dir)?;
+        let token_path = dir.join("admin-token");
+        if !token_path.exists() {
+            write_secret(&token_path, &federation::http::random_token())?;
+        }
+        let token = std::fs::read_to_string(&token_path)
+            .map_err(|e| e.to_string())?
+            .trim()
+            .to_string();
+        let config = format!(
+            "listen = \"127.0.0.1:0\"\ndid = \"{did}\"\nkey_file = \"issuer.key.json\"\ndata_dir = \"data\"\nadmin_token_file = \"admin-token\"\ndev_mode = true\nstatus_list_ttl_secs = 300\n"
+        );
+        let path = dir.join("issuer.toml");
+        write(&path, &config)?;
+        let process = spawn(
+            exe,
+            &["issuer", "serve", "--config", &path.to_string_lossy()],
+        )?;
+        Ok(Office {
+            process,
+            did: did.to_string(),
+            token,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}/", self.process.url())
+    }
+
+    pub async fn admin(&self, path: &str, body: &Value) -> Result<(u16, Value), String> {
+        post(
+            &format!("{}{path}", self.process.url()),
+            body,
+            Some(&self.token),
+        )
+        .await
+    }
+
+    /// Issues any credential (W3C VC API), returning it as it travels.
+    pub async fn issue(&self, credential: Value, format: &str) -> Result<Value, String> {
+        let (status, body) = self
+            .admin(
+                "/credentials/issue",
+                &json!({"credential": credential, "options": {"format": format}}),
+            )
+            .await?;
+        if status != 201 {
+            return Err(format!("issue failed ({status}): {body}"));
+        }
+        Ok(body["verifiableCredential"].clone())
+    }
+
+    /// Joiner: a privilege credential; returns (record id, credential).
+    pub async fn joiner(&self, subject: &Value, format: &str) -> Result<(String, Value), String> {
+        let (status, body) = self
+            .admin(
+                "/v1/privileges",
+                &json!({"subject": subject, "format": format}),
+            )
+            .await?;
+        if status != 201 {
+            return Err(format!("joiner failed ({status}): {body}"));
+        }
+        Ok((
+            body["id"].as_str().unwrap_or_default().to_string(),
+            body["verifiableCredential"].clone(),
+        ))
+    }
+
+    pub async fn mover(&self, id: &str, privileges: &Value) -> Result<(String, Value), String> {
+        let (status, body) = self
+            .admin(
+                &format!("/v1/privileges/{id}/move"),
+                &json!({"privileges": privileges}),
+            )
+            .await?;
+        if status != 201 {
+            return Err(format!("mover failed ({status}): {body}"));
+        }
+        Ok((
+            body["id"].as_str().unwrap_or_default().to_string(),
+            body["verifiableCredential"].clone(),
+        ))
+    }
+
+    pub async fn revoke(&self, id: &str) -> Result<(), String> {
+        let (status, body) = self
+            .admin(&format!("/v1/credentials/{id}/revoke"), &json!({}))
+            .await?;
+        if status != 200 {
+            return Err(format!("revoke failed ({status}): {body}"));
+        }
+        Ok(())
+    }
+}
+
+/// What a gateway is configured with.
+pub struct GatewaySpec {
+    pub did: String,
+    /// FHIR transaction Bundles imported into the embedded store before start.
+    pub records: Vec<PathBuf>,
+    pub policies: PathBuf,
+    /// Extra TOML appended to the generated config (trust, did_web, contracts, custodian...).
+    pub extra_toml: String,
+}
+
+/// A gateway running `fedgate gateway serve`.
+pub struct Gateway {
+    pub process: Process,
+    pub did: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Gateway {
+    pub fn start(exe: &Path, dir: &Path, spec: &GatewaySpec) -> Result<Gateway, String> {
+        mkdir(dir)?;
+        let store = dir.join("data").join("records");
+        if !spec.records.is_empty() && !store.exists() {
+            let mut args = vec![
+                "records".to_string(),
+                "import".to_string(),
+                "--store".to_string(),
+                store.to_string_lossy().to_string(),
+            ];
+            args.extend(spec.records.iter().map(|p| p.to_string_lossy().to_string()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run(exe, &args)?;
+        }
+        let config = format!(
+            "listen = \"127.0.0.1:0\"\ndid = \"{}\"\nkey_file = \"gateway.key.json\"\nsecret_file = \"gateway.secret\"\ndata_dir = \"data\"\npolicies = \"{}\"\ndev_mode = true\n{}\n",
+            spec.did,
+            spec.policies.display(),
+            spec.extra_toml
+        );
+        let path = dir.join("gateway.toml");
+        write(&path, &config)?;
+        Gateway::restart(exe, dir, &spec.did, &path)
+    }
+
+    /// Starts (again) from an existing config.
+    pub fn restart(exe: &Path, dir: &Path, did: &str, config: &Path) -> Result<Gateway, String> {
+        let process = spawn(
+            exe,
+            &["gateway", "serve", "--config", &config.to_string_lossy()],
+        )?;
+        Ok(Gateway {
+            process,
+            did: did.to_string(),
+            dir: dir.to_path_buf(),
+            config: config.to_path_buf(),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}/", self.process.url())
+    }
+
+    pub async fn challenge(&self) -> Result<federation::credentials::PresentationBinding, String> {
+        let (status, body) = post(
+            &format!("{}/v1/challenges", self.process.url()),
+            &json!({}),
+            None,
+        )
+        .await?;
+        match (status, body["challenge"].as_str(), body["domain"].as_str()) {
+            (200, Some(c), Some(d)) => Ok(federation::credentials::PresentationBinding {
+                challenge: c.to_string(),
+                domain: d.to_string(),
+            }),
+            _ => Err(format!("challenge failed ({status}): {body}")),
+        }
+    }
+
+    /// POSTs JSON to the gateway; returns status, headers and the raw body.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: &Value,
+        accept: Option<&str>,
+    ) -> Result<(u16, reqwest::header::HeaderMap, Vec<u8>), String> {
+        let mut req = client()
+            .post(format!("{}{path}", self.process.url()))
+            .json(body);
+        if let Some(a) = accept {
+            req = req.header("accept", a);
+        }
+        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.map_err(|e| e.to_string())?.to_vec();
+        Ok((status, headers, bytes))
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), String> {
+        post(&format!("{}{path}", self.process.url()), body, None).await
+    }
+}
