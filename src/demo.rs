@@ -1,24 +1,29 @@
-//! `fedgate demo`: starts real services on loopback and runs scenarios against them over
-//! HTTP, printing what was expected, what happened, and whether they agree.
+//! `fedgate demo`: starts a federation of real processes on loopback and runs the scenarios
+//! against them over HTTP, printing what was expected, what happened, and whether they
+//! agree. Exit status is non-zero if any scenario differs from what was expected.
 //!
-//! Today it covers the credentialing office: issuing in both proof formats, verifying,
-//! presentations bound to a verifier, joiner/mover/leaver with revocation, and forged or
-//! mis-bound credentials rejected with the failing check named.
+//! Cast: a credentialing office and an IRB (`fedgate issuer serve`), hospital A's gateway
+//! holding the `hospital-a` fixtures (the custodian asked), hospital B's gateway holding the
+//! `hospital-b` fixtures (where the requesting clinicians work), a research network, and
+//! patients with wallets.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use federation::credentials::{present, PresentationBinding, ProofFormat};
+use federation::credentials::{self, CredentialKind, ProofFormat};
 use federation::keys::{KeyAlgorithm, KeyPair};
+use fedgate::harness::{Gateway, GatewaySpec, Office};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-const OFFICE_DID: &str = "did:web:credentialing.demo.fedgate";
+const OFFICE: &str = "did:web:credentialing.demo.fedgate";
+const IRB: &str = "did:web:irb.demo.fedgate";
 const HOSPITAL_A: &str = "did:web:hospital-a.demo.fedgate";
 const HOSPITAL_B: &str = "did:web:hospital-b.demo.fedgate";
-const HOSPITAL_C: &str = "did:web:hospital-c.demo.fedgate";
+const MRN_SYSTEM: &str = "http://hospital.smarthealthit.org";
+const HOSPITAL_B_ID_SYSTEM: &str = "urn:uuid:6f2a1d3e-9c47-5b8a-a1f0-2d4e6c8b0a17";
+const HOSPITAL_B_PATIENT: &str = "BC909B9D";
+const JUSTIFICATION: &str = "unresponsive patient in the emergency department; no consent on file";
 
 #[derive(Serialize)]
 pub struct Outcome {
@@ -26,302 +31,638 @@ pub struct Outcome {
     pub expected: String,
     pub outcome: String,
     pub ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub decision_id: Option<String>,
 }
 
-struct Process {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `fedgate ARGS` as a child process and waits for its "listening on" line.
-fn spawn_service(args: &[&str]) -> Result<Process, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find fedgate itself: {e}"))?;
-    let mut child = Command::new(exe)
-        .args(args)
-        .env("FEDGATE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("cannot start {args:?}: {e}"))?;
-    let stdout = child.stdout.take().ok_or("no stdout from child")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split(" listening on ").nth(1) {
-                let _ = tx.send(addr.trim().to_string());
-            }
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(addr) => Ok(Process { child, addr }),
-        Err(_) => {
-            let _ = child.kill();
-            Err(format!("{args:?} did not start within 30 s"))
-        }
-    }
-}
-
-fn write_secret(path: &Path, secret: &str) -> Result<(), String> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut f = options
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(secret.as_bytes())
-        .map_err(|e| format!("{}: {e}", path.display()))
-}
-
 struct Demo {
-    http: reqwest::Client,
-    office: String,
-    token: String,
     results: Vec<Outcome>,
 }
 
 impl Demo {
-    async fn post(&self, path: &str, body: &Value, admin: bool) -> Result<(u16, Value), String> {
-        let mut req = self.http.post(format!("{}{path}", self.office)).json(body);
-        if admin {
-            req = req.bearer_auth(&self.token);
-        }
-        let resp = req.send().await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let body = resp.json().await.unwrap_or(Value::Null);
-        Ok((status, body))
-    }
-
-    fn record(&mut self, scenario: &str, expected: &str, outcome: String, ok: bool) {
+    fn record(
+        &mut self,
+        scenario: &str,
+        expected: &str,
+        outcome: String,
+        ok: bool,
+        decision_id: Option<String>,
+    ) {
         self.results.push(Outcome {
             scenario: scenario.into(),
             expected: expected.into(),
             outcome,
             ok,
-            decision_id: None,
+            decision_id,
         });
-    }
-
-    async fn verify(&self, vc: &Value) -> Result<(u16, Value), String> {
-        self.post(
-            "/credentials/verify",
-            &json!({"verifiableCredential": vc}),
-            false,
-        )
-        .await
     }
 }
 
-fn privilege_subject(clinician: &str, facility: &str) -> Value {
+/// The repository's data and policies: next to the executable's workspace, or the current
+/// directory (a fresh clone running `cargo run -- demo`).
+fn repo_root() -> Result<PathBuf, String> {
+    let candidates = [
+        std::env::current_dir().ok(),
+        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR"))),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.join("policies").is_dir() && p.join("examples/data/fhir").is_dir())
+        .ok_or_else(|| {
+            "run the demo from the fedgate repository (policies/ and examples/data/ are needed)"
+                .into()
+        })
+}
+
+fn json_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// MRN of the first Patient in a fixture bundle.
+fn fixture_mrn(file: &Path) -> Result<String, String> {
+    let bundle: Value = serde_json::from_slice(&std::fs::read(file).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| &e["resource"])
+        .filter(|r| r["resourceType"] == "Patient")
+        .flat_map(|r| r["identifier"].as_array().into_iter().flatten())
+        .find(|i| i["system"] == MRN_SYSTEM)
+        .and_then(|i| i["value"].as_str())
+        .map(str::to_string)
+        .ok_or_else(|| format!("{} has no MRN", file.display()))
+}
+
+fn privilege(clinician: &str, role: &str, facility: &str, domain: &str) -> Value {
     json!({
         "id": clinician,
         "name": "Dr. Demo Clinician",
         "npi": "1234567893",
-        "role": "physician",
+        "role": role,
         "specialty": "207R00000X",
-        "organization": HOSPITAL_A,
-        "privileges": [{"facility": facility, "domains": ["clinical"], "actions": ["read"]}]
+        "organization": HOSPITAL_B,
+        "privileges": [{"facility": facility, "domains": [domain], "actions": ["read", "detokenize"]}]
     })
 }
 
-fn check_of(body: &Value) -> String {
-    body.get("check")
-        .and_then(Value::as_str)
+async fn consent(
+    patient: &KeyPair,
+    mrn: &str,
+    grantee: &Value,
+    domains: &[&str],
+    purposes: &[&str],
+) -> Result<Value, String> {
+    consent_at(
+        HOSPITAL_A, MRN_SYSTEM, patient, mrn, grantee, domains, purposes,
+    )
+    .await
+}
+
+async fn consent_at(
+    custodian: &str,
+    system: &str,
+    patient: &KeyPair,
+    mrn: &str,
+    grantee: &Value,
+    domains: &[&str],
+    purposes: &[&str],
+) -> Result<Value, String> {
+    let subject = json!({
+        "id": patient.did(),
+        "patientIdentifiers": [{"custodian": custodian, "system": system, "value": mrn}],
+        "custodians": [custodian],
+        "grantee": grantee,
+        "provision": "permit",
+        "domains": domains,
+        "purposes": purposes,
+        "dataClasses": ["Patient", "Observation", "Condition", "Encounter", "Claim", "Coverage", "ExplanationOfBenefit"],
+        "period": {"start": "2026-01-01T00:00:00Z", "end": "2031-01-01T00:00:00Z"}
+    });
+    let vc = credentials::unsigned_credential(
+        CredentialKind::PatientConsent,
+        patient.did(),
+        subject,
+        chrono::Utc::now() - chrono::Duration::minutes(1),
+        None,
+        None,
+    );
+    credentials::issue(vc, patient, ProofFormat::Jwt)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn present(gw: &Gateway, holder: &KeyPair, creds: &[Value]) -> Result<Value, String> {
+    let binding = gw.challenge().await?;
+    credentials::present(creds, holder, &binding, ProofFormat::Jwt)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// POSTs an exchange; returns (status, decision id, body as JSON or problem).
+async fn exchange(
+    gw: &Gateway,
+    domain: &str,
+    purpose: &str,
+    mrn: &str,
+    classes: &[&str],
+    vp: &Value,
+    justification: Option<&str>,
+) -> Result<(u16, Option<String>, Value, reqwest::header::HeaderMap), String> {
+    exchange_as(
+        gw,
+        MRN_SYSTEM,
+        domain,
+        purpose,
+        mrn,
+        classes,
+        vp,
+        justification,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn exchange_as(
+    gw: &Gateway,
+    system: &str,
+    domain: &str,
+    purpose: &str,
+    mrn: &str,
+    classes: &[&str],
+    vp: &Value,
+    justification: Option<&str>,
+) -> Result<(u16, Option<String>, Value, reqwest::header::HeaderMap), String> {
+    let mut body = json!({
+        "purpose": purpose,
+        "patient": {"system": system, "value": mrn},
+        "data_classes": classes,
+        "presentation": vp,
+    });
+    if let Some(j) = justification {
+        body["justification"] = json!(j);
+    }
+    let (status, headers, bytes) = gw
+        .post_raw(&format!("/v1/exchange/{domain}"), &body, None)
+        .await?;
+    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let id = headers
+        .get("fedgate-decision-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| value["decision_id"].as_str().map(str::to_string));
+    Ok((status, id, value, headers))
+}
+
+fn types(bundle: &Value) -> Vec<String> {
+    let mut t: Vec<String> = bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["resource"]["resourceType"].as_str().map(str::to_string))
+        .collect();
+    t.sort();
+    t.dedup();
+    t
+}
+
+fn reason(problem: &Value) -> String {
+    problem["reasons"][0]
+        .as_str()
+        .or_else(|| problem["detail"].as_str())
         .unwrap_or("-")
-        .to_string()
+        .chars()
+        .take(110)
+        .collect()
 }
 
 pub async fn run(dir: Option<PathBuf>, json_out: bool) -> Result<bool, String> {
     let started = Instant::now();
-    let tmp;
+    let root = repo_root()?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find fedgate itself: {e}"))?;
     let dir = match dir {
         Some(d) => d,
-        None => {
-            tmp = std::env::temp_dir().join(format!("fedgate-demo-{}", uuid::Uuid::new_v4()));
-            tmp
-        }
+        None => std::env::temp_dir().join(format!("fedgate-demo-{}", uuid::Uuid::new_v4())),
     };
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let office_dir = dir.join("credentialing-office");
-    std::fs::create_dir_all(&office_dir).map_err(|e| e.to_string())?;
-    let token = federation::http::random_token();
-    let token_path = office_dir.join("admin-token");
-    if !token_path.exists() {
-        write_secret(&token_path, &token)?;
-    }
-    let token = std::fs::read_to_string(&token_path).map_err(|e| e.to_string())?;
-    let config = format!(
-        "listen = \"127.0.0.1:0\"\ndid = \"{OFFICE_DID}\"\nkey_file = \"office.key.json\"\ndata_dir = \"data\"\nadmin_token_file = \"admin-token\"\ndev_mode = true\nstatus_list_ttl_secs = 60\n"
+    let say = |s: String| {
+        if !json_out {
+            eprintln!("{s}");
+        }
+    };
+
+    let office = Office::start(&exe, &dir.join("credentialing-office"), OFFICE)?;
+    let irb = Office::start(&exe, &dir.join("irb"), IRB)?;
+    let network = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+    let extra = format!(
+        r#"
+status_push = ["{office}v1/status/events"]
+[trust]
+ClinicianPrivilegeCredential = ["{OFFICE}"]
+ResearchStudyCredential = ["{IRB}"]
+[did_web]
+"{OFFICE}" = "{office}"
+"{IRB}" = "{irb}"
+[custodian]
+break_glass_minutes = 30
+min_cell_size = 3
+[[contracts]]
+custodian = "{HOSPITAL_A}"
+requester = "{HOSPITAL_B}"
+domains = ["clinical", "billing", "detokenize"]
+purposes = ["TREAT", "ETREAT", "BTG", "HPAYMT"]
+[[contracts]]
+custodian = "{HOSPITAL_A}"
+requester = "{network}"
+domains = ["research"]
+purposes = ["HRESCH"]
+"#,
+        office = office.url(),
+        irb = irb.url(),
+        network = network.did(),
     );
-    let config_path = office_dir.join("issuer.toml");
-    std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
-    let config_arg = config_path.to_string_lossy().to_string();
-    let office = spawn_service(&["issuer", "serve", "--config", &config_arg])?;
+    let fixtures_a = json_files(&root.join("examples/data/fhir/hospital-a"))?;
+    let gw_a = Gateway::start(
+        &exe,
+        &dir.join("hospital-a"),
+        &GatewaySpec {
+            did: HOSPITAL_A.into(),
+            records: fixtures_a.clone(),
+            policies: root.join("policies"),
+            extra_toml: extra.clone(),
+        },
+    )?;
+    let gw_b = Gateway::start(
+        &exe,
+        &dir.join("hospital-b"),
+        &GatewaySpec {
+            did: HOSPITAL_B.into(),
+            records: json_files(&root.join("examples/data/fhir/hospital-b"))?,
+            policies: root.join("policies"),
+            extra_toml: format!(
+                "status_push = [\"{office}v1/status/events\"]\n[trust]\nClinicianPrivilegeCredential = [\"{OFFICE}\"]\n[did_web]\n\"{OFFICE}\" = \"{office}\"\n[[contracts]]\ncustodian = \"{HOSPITAL_B}\"\nrequester = \"{HOSPITAL_B}\"\ndomains = [\"clinical\"]\npurposes = [\"TREAT\"]\n",
+                office = office.url()
+            ),
+        },
+    )?;
+    say(format!(
+        "federation up in {} ms: credentialing office {}, IRB {}, hospital A gateway {}, hospital B gateway {}\n",
+        started.elapsed().as_millis(),
+        office.process.addr,
+        irb.process.addr,
+        gw_a.process.addr,
+        gw_b.process.addr
+    ));
+
     let mut demo = Demo {
-        http: federation::http::http_client(),
-        office: format!("http://{}", office.addr),
-        token: token.trim().to_string(),
         results: Vec::new(),
     };
-    if !json_out {
-        println!(
-            "credentialing office {OFFICE_DID} listening on {} (started in {} ms)\n",
-            office.addr,
-            started.elapsed().as_millis()
-        );
-    }
-
+    let mrn = fixture_mrn(&fixtures_a[1])?;
     let clinician = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
-
-    // 1. Joiner in both formats, each verified by the office's VC API.
-    let mut privilege_jwt = Value::Null;
-    let mut privilege_id = String::new();
-    for format in ["jwt", "data-integrity"] {
-        let (status, joined) = demo
-            .post(
-                "/v1/privileges",
-                &json!({"subject": privilege_subject(clinician.did(), HOSPITAL_B), "format": format}),
-                true,
-            )
-            .await?;
-        let vc = joined["verifiableCredential"].clone();
-        let (vstatus, verified) = demo.verify(&vc).await?;
-        let checks = verified["checks"].as_array().map(|c| c.len()).unwrap_or(0);
-        demo.record(
-            &format!("joiner: privilege issued as {format} and verified"),
-            "issued (201), verified (200)",
-            format!("issued ({status}), verified ({vstatus}, {checks} checks passed)"),
-            status == 201 && vstatus == 200,
-        );
-        if format == "jwt" {
-            privilege_jwt = vc;
-            privilege_id = joined["id"].as_str().unwrap_or_default().to_string();
-        }
-    }
-
-    // 2. A presentation bound to hospital B's challenge; replayed at hospital A.
-    let binding = PresentationBinding {
-        challenge: federation::http::random_token(),
-        domain: HOSPITAL_B.into(),
-    };
-    let vp = present(
-        std::slice::from_ref(&privilege_jwt),
-        &clinician,
-        &binding,
-        ProofFormat::Jwt,
+    let (priv_id, priv_vc) = office
+        .joiner(
+            &privilege(clinician.did(), "physician", HOSPITAL_A, "clinical"),
+            "jwt",
+        )
+        .await?;
+    let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+    let treat = consent(
+        &patient,
+        &mrn,
+        &json!({"id": clinician.did(), "kind": "clinician"}),
+        &["clinical"],
+        &["TREAT"],
     )
-    .await
-    .map_err(|e| e.to_string())?;
-    let (status, _) = demo
-        .post(
-            "/presentations/verify",
-            &json!({"verifiablePresentation": vp, "options": {"challenge": binding.challenge, "domain": HOSPITAL_B}}),
-            false,
-        )
-        .await?;
+    .await?;
+
+    // 1. Consented clinical exchange.
+    let vp = present(&gw_a, &clinician, &[priv_vc.clone(), treat.clone()]).await?;
+    let (status, id, bundle, _) = exchange(
+        &gw_a,
+        "clinical",
+        "TREAT",
+        &mrn,
+        &["Patient", "Observation", "Condition"],
+        &vp,
+        None,
+    )
+    .await?;
+    let text = bundle.to_string();
+    let ssn_clear = text.contains("999-");
     demo.record(
-        "presentation to hospital B with its challenge",
-        "accepted",
-        if status == 200 {
-            "accepted".into()
-        } else {
-            format!("refused ({status})")
-        },
-        status == 200,
+        "1. clinician at B, with privilege and the patient's consent, asks A for clinical records",
+        "allowed; SSN tokenized",
+        format!(
+            "HTTP {status}; {} resources of {:?}; SSN in clear: {ssn_clear}",
+            bundle["total"],
+            types(&bundle)
+        ),
+        status == 200 && !ssn_clear,
+        id,
     );
-    let (status, body) = demo
-        .post(
-            "/presentations/verify",
-            &json!({"verifiablePresentation": vp, "options": {"challenge": binding.challenge, "domain": HOSPITAL_A}}),
-            false,
-        )
-        .await?;
+    let replay = vp;
+
+    // 2. Without consent.
+    let vp = present(&gw_a, &clinician, std::slice::from_ref(&priv_vc)).await?;
+    let (status, id, problem, _) = exchange(
+        &gw_a,
+        "clinical",
+        "TREAT",
+        &mrn,
+        &["Observation"],
+        &vp,
+        None,
+    )
+    .await?;
     demo.record(
-        "the same presentation replayed at hospital A",
-        "refused, check domain",
-        format!("refused ({status}), check {}", check_of(&body)),
-        status == 422 && check_of(&body) == "domain",
+        "2. the same request without consent",
+        "denied",
+        format!("HTTP {status}: {}", reason(&problem)),
+        status == 403,
+        id,
     );
 
-    // 3. A forged privilege: signed by a key that is not the office's.
+    // 3. Break-glass.
+    let vp = present(&gw_a, &clinician, std::slice::from_ref(&priv_vc)).await?;
+    let (status, id, _, headers) = exchange(
+        &gw_a,
+        "clinical",
+        "ETREAT",
+        &mrn,
+        &["Patient", "Observation"],
+        &vp,
+        Some(JUSTIFICATION),
+    )
+    .await?;
+    let expires = headers
+        .get("fedgate-access-expires")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    demo.record(
+        "3. break-glass: ETREAT with a justification, no consent",
+        "allowed, time-limited, flagged for review",
+        format!("HTTP {status}; break-glass until {expires}"),
+        status == 200 && headers.contains_key("fedgate-break-glass"),
+        id,
+    );
+
+    // 8. Replay (before the leaver, so the only failing check is the challenge).
+    let (status, id, problem, _) = exchange(
+        &gw_a,
+        "clinical",
+        "TREAT",
+        &mrn,
+        &["Patient"],
+        &replay,
+        None,
+    )
+    .await?;
+    demo.record(
+        "8. replay of a used presentation",
+        "denied, check challenge",
+        format!(
+            "HTTP {status}, check {}",
+            problem["check"].as_str().unwrap_or("-")
+        ),
+        status == 403 && problem["check"] == "challenge",
+        id,
+    );
+
+    // 9. Forged privilege: the office's name, another key.
     let forger = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
-    let mut forged = federation::credentials::unsigned_credential(
-        federation::CredentialKind::ClinicianPrivilege,
-        forger.did(),
-        privilege_subject(clinician.did(), HOSPITAL_B),
+    let mut forged = credentials::unsigned_credential(
+        CredentialKind::ClinicianPrivilege,
+        OFFICE,
+        privilege(clinician.did(), "physician", HOSPITAL_A, "clinical"),
         chrono::Utc::now(),
         None,
+        Some(&credentials::StatusEntry::revocation(
+            &format!("{}status/revocation", office.url()),
+            1,
+        )),
+    );
+    forged["issuer"] = json!(OFFICE);
+    let forged = federation::jose::sign(&forged, &forger, "vc+jwt").map_err(|e| e.to_string())?;
+    let vp = present(&gw_a, &clinician, &[json!(forged), treat.clone()]).await?;
+    let (status, id, problem, _) =
+        exchange(&gw_a, "clinical", "TREAT", &mrn, &["Patient"], &vp, None).await?;
+    demo.record(
+        "9. a forged privilege (the office's name, another key)",
+        "denied, failing check named",
+        format!(
+            "HTTP {status}, check {}",
+            problem["check"].as_str().unwrap_or("-")
+        ),
+        status == 403 && problem["check"] == "proof",
+        id,
+    );
+
+    // 6. Billing.
+    let biller = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+    let (_, bill_vc) = office
+        .joiner(
+            &privilege(biller.did(), "billing-specialist", HOSPITAL_A, "billing"),
+            "jwt",
+        )
+        .await?;
+    let pay = consent(
+        &patient,
+        &mrn,
+        &json!({"id": HOSPITAL_B, "kind": "organization"}),
+        &["billing"],
+        &["HPAYMT"],
+    )
+    .await?;
+    let vp = present(&gw_a, &biller, &[bill_vc, pay]).await?;
+    let (status, id, bundle, _) = exchange(
+        &gw_a,
+        "billing",
+        "HPAYMT",
+        &mrn,
+        &["Claim", "Coverage", "ExplanationOfBenefit", "Observation"],
+        &vp,
         None,
-    );
-    forged["issuer"] = json!(forger.did());
-    let forged = federation::credentials::issue(forged, &forger, ProofFormat::Jwt)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (status, body) = demo.verify(&forged).await?;
+    )
+    .await?;
+    let t = types(&bundle);
+    let only_billing = !t.is_empty()
+        && t.iter().all(|x| {
+            ["Claim", "Coverage", "ExplanationOfBenefit", "Patient"].contains(&x.as_str())
+        });
     demo.record(
-        "a privilege issued by an untrusted key",
-        "refused, check issuer-trust",
-        format!("refused ({status}), check {}", check_of(&body)),
-        status == 422 && check_of(&body) == "issuer-trust",
+        "6. billing specialist with HPAYMT",
+        "Claim/Coverage/EOB only, clinical content withheld",
+        format!("HTTP {status}; types {t:?}"),
+        status == 200 && only_billing,
+        id,
     );
 
-    // 4. Mover: B -> C; the old privilege is revoked in the same step.
-    let (status, moved) = demo
-        .post(
-            &format!("/v1/privileges/{privilege_id}/move"),
-            &json!({"privileges": [{"facility": HOSPITAL_C, "domains": ["clinical"], "actions": ["read"]}]}),
-            true,
+    // 7. Research.
+    let study_id = "urn:fedgate:study:demo-pediatrics";
+    for f in fixtures_a.iter().take(4) {
+        let m = fixture_mrn(f)?;
+        let p = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+        let c = consent(
+            &p,
+            &m,
+            &json!({"id": study_id, "kind": "study"}),
+            &["research"],
+            &["HRESCH"],
         )
         .await?;
-    let (old_status, old_body) = demo.verify(&privilege_jwt).await?;
-    let new_vc = moved["verifiableCredential"].clone();
-    let (new_status, _) = demo.verify(&new_vc).await?;
+        let vp = present(&gw_a, &p, &[c]).await?;
+        let (status, body) = gw_a
+            .post("/v1/consents", &json!({"presentation": vp}))
+            .await?;
+        if status != 201 {
+            return Err(format!("registering a research consent failed: {body}"));
+        }
+    }
+    let study = irb
+        .issue(
+            json!({
+                "@context": ["https://www.w3.org/ns/credentials/v2", "https://w3id.org/fedgate/v1"],
+                "type": ["VerifiableCredential", "ResearchStudyCredential"],
+                "credentialSubject": {
+                    "id": study_id, "title": "Pediatric growth", "sponsor": network.did(),
+                    "purposes": ["HRESCH"], "dataClasses": ["Condition", "Observation", "Patient"],
+                    "aggregateOnly": true, "minCellSize": 3
+                },
+                "validUntil": "2030-01-01T00:00:00Z"
+            }),
+            "jwt",
+        )
+        .await?;
+    let vp = present(&gw_a, &network, std::slice::from_ref(&study)).await?;
+    let (status, body) = gw_a
+        .post("/v1/research/queries", &json!({"purpose": "HRESCH", "query": {"conditions": [], "age_bands": [[0, 2], [3, 200]]}, "presentation": vp}))
+        .await?;
+    let text = body["result"].to_string();
     demo.record(
-        "mover: privileges moved from hospital B to hospital C",
-        "new verifies, old refused with check status",
+        "7. research network with an IRB study credential",
+        "aggregates only; 4 of 6 patients consented; small cells suppressed",
         format!(
-            "moved ({status}); new {new_status}; old {old_status} check {}",
-            check_of(&old_body)
+            "HTTP {status}; {}",
+            text.chars().take(160).collect::<String>()
         ),
-        status == 201 && new_status == 200 && old_status == 422 && check_of(&old_body) == "status",
+        status == 200 && text.contains("\"suppressed\":true") && !text.contains(&mrn),
+        body["decisionId"].as_str().map(str::to_string),
     );
 
-    // 5. Leaver: revoke, measure revocation to first refusal.
-    let new_id = moved["id"].as_str().unwrap_or_default().to_string();
+    // 5. Mover: privileges from A to B's own facility.
+    let (_, moved_vc) = office
+        .mover(
+            &priv_id,
+            &json!([{"facility": HOSPITAL_B, "domains": ["clinical"], "actions": ["read"]}]),
+        )
+        .await?;
+    let mut old_denied = false;
+    for _ in 0..40 {
+        let vp = present(&gw_a, &clinician, &[priv_vc.clone(), treat.clone()]).await?;
+        let (status, _, _, _) =
+            exchange(&gw_a, "clinical", "TREAT", &mrn, &["Patient"], &vp, None).await?;
+        if status == 403 {
+            old_denied = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let vp = present(&gw_a, &clinician, &[moved_vc.clone(), treat.clone()]).await?;
+    let (a_status, _, _, _) =
+        exchange(&gw_a, "clinical", "TREAT", &mrn, &["Patient"], &vp, None).await?;
+    // At B: one of B's own patients (hospital-b fixtures), with her consent.
+    let b_patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+    let b_consent = consent_at(
+        HOSPITAL_B,
+        HOSPITAL_B_ID_SYSTEM,
+        &b_patient,
+        HOSPITAL_B_PATIENT,
+        &json!({"id": clinician.did(), "kind": "clinician"}),
+        &["clinical"],
+        &["TREAT"],
+    )
+    .await?;
+    let vp = present(&gw_b, &clinician, &[moved_vc.clone(), b_consent]).await?;
+    let (b_status, id, _, _) = exchange_as(
+        &gw_b,
+        HOSPITAL_B_ID_SYSTEM,
+        "clinical",
+        "TREAT",
+        HOSPITAL_B_PATIENT,
+        &["Patient", "Observation"],
+        &vp,
+        None,
+    )
+    .await?;
+    demo.record(
+        "5. mover: privileges move from hospital A to hospital B",
+        "old facility (A) denied; new facility (B) allowed",
+        format!("old credential at A denied: {old_denied}; new credential at A HTTP {a_status}; at B HTTP {b_status}"),
+        old_denied && a_status == 403 && b_status == 200,
+        id,
+    );
+
+    // 4. Leaver: revoke and measure revocation to first deny.
+    let (_, leaver_vc) = office
+        .joiner(
+            &privilege(clinician.did(), "physician", HOSPITAL_A, "clinical"),
+            "jwt",
+        )
+        .await?;
+    let leaver_id = {
+        // The newest privilege of the clinician: the one just issued.
+        let vp = present(&gw_a, &clinician, &[leaver_vc.clone(), treat.clone()]).await?;
+        let (status, _, _, _) =
+            exchange(&gw_a, "clinical", "TREAT", &mrn, &["Patient"], &vp, None).await?;
+        if status != 200 {
+            return Err(format!(
+                "the leaver's privilege did not work before revocation ({status})"
+            ));
+        }
+        federation::jose::decode(leaver_vc.as_str().unwrap_or_default())
+            .map(|d| d.payload["id"].as_str().unwrap_or_default().to_string())
+            .map_err(|e| e.to_string())?
+    };
     let t0 = Instant::now();
-    let (status, _) = demo
-        .post(
-            &format!("/v1/credentials/{new_id}/revoke"),
-            &json!({}),
-            true,
-        )
-        .await?;
-    let (vstatus, body) = demo.verify(&new_vc).await?;
-    let elapsed = t0.elapsed();
+    office.revoke(&leaver_id).await?;
+    let mut first_deny = None;
+    let mut last_id = None;
+    while t0.elapsed() < std::time::Duration::from_secs(10) {
+        let vp = present(&gw_a, &clinician, &[leaver_vc.clone(), treat.clone()]).await?;
+        let (status, id, problem, _) =
+            exchange(&gw_a, "clinical", "TREAT", &mrn, &["Patient"], &vp, None).await?;
+        last_id = id;
+        if status == 403 && problem["check"] == "status" {
+            first_deny = Some(t0.elapsed());
+            break;
+        }
+    }
     demo.record(
-        "leaver: the office revokes the clinician",
-        "next verification refused with check status",
-        format!(
-            "revoked ({status}); refused ({vstatus}) check {} after {} ms",
-            check_of(&body),
-            elapsed.as_millis()
-        ),
-        status == 200 && vstatus == 422 && check_of(&body) == "status",
+        "4. leaver: the credentialing office revokes the clinician",
+        "next request denied (check status); time from revocation to first deny",
+        match first_deny {
+            Some(d) => format!("denied {} ms after revocation", d.as_millis()),
+            None => "still allowed after 10 s".into(),
+        },
+        first_deny.is_some(),
+        last_id,
     );
 
+    demo.results.sort_by_key(|r| {
+        r.scenario
+            .split('.')
+            .next()
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .unwrap_or(99)
+    });
     let all_ok = demo.results.iter().all(|r| r.ok);
     if json_out {
         println!(
@@ -329,23 +670,23 @@ pub async fn run(dir: Option<PathBuf>, json_out: bool) -> Result<bool, String> {
             serde_json::to_string_pretty(&demo.results).map_err(|e| e.to_string())?
         );
     } else {
-        for (i, r) in demo.results.iter().enumerate() {
+        for r in &demo.results {
             println!(
-                "{:>2}. [{}] {}\n      expected: {}\n      happened: {}",
-                i + 1,
+                "[{}] {}\n       expected: {}\n       happened: {}\n       decision: {}\n",
                 if r.ok { " ok " } else { "FAIL" },
                 r.scenario,
                 r.expected,
-                r.outcome
+                r.outcome,
+                r.decision_id.as_deref().unwrap_or("-")
             );
         }
         println!(
-            "\n{} of {} scenarios as expected; data in {}",
+            "{} of {} scenarios as expected in {:.1} s; data in {}",
             demo.results.iter().filter(|r| r.ok).count(),
             demo.results.len(),
+            started.elapsed().as_secs_f64(),
             dir.display()
         );
     }
-    drop(office);
     Ok(all_ok)
 }
