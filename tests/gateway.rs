@@ -1194,3 +1194,149 @@ async fn research_queries_return_suppressed_aggregates_of_consented_patients() {
         .unwrap();
     assert_eq!(status, 403);
 }
+
+#[tokio::test]
+async fn gateway_follows_the_signed_federation_manifest() {
+    use federation::registry::{Contract, Governance, Manifest, Member, Role, SignedManifest};
+    let dir = tempfile::tempdir().unwrap();
+    let office = Office::start(&exe(), &dir.path().join("office"), OFFICE).unwrap();
+    let governors: Vec<KeyPair> = (0..3)
+        .map(|_| KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap())
+        .collect();
+    let governance = Governance {
+        threshold: 2,
+        keys: governors
+            .iter()
+            .map(|k| k.verification_method().to_string())
+            .collect(),
+    };
+    let member = |did: &str, role: Role, base: &str| Member {
+        did: did.into(),
+        name: did.into(),
+        roles: vec![role],
+        endpoints: Default::default(),
+        base_url: base.into(),
+    };
+    let mut manifest = Manifest::new("test federation", governance.clone());
+    manifest.members = vec![
+        member(OFFICE, Role::CredentialingOffice, &office.url()),
+        member(CUSTODIAN, Role::Custodian, "http://127.0.0.1:9/"),
+        member(REQUESTER_ORG, Role::Requester, "http://127.0.0.1:9/"),
+    ];
+    manifest
+        .trusted_issuers
+        .insert(CredentialKind::ClinicianPrivilege, vec![OFFICE.into()]);
+    manifest.contracts = vec![Contract {
+        custodian: CUSTODIAN.into(),
+        requester: REQUESTER_ORG.into(),
+        domains: vec![federation::credentials::Domain::Clinical],
+        purposes: vec!["TREAT".into()],
+        expires: None,
+    }];
+    let signed_path = dir.path().join("federation.signed.json");
+    SignedManifest::sign(&manifest, &[&governors[0], &governors[1]])
+        .unwrap()
+        .save(&signed_path)
+        .unwrap();
+    let keys: Vec<String> = governance.keys.iter().map(|k| format!("\"{k}\"")).collect();
+    let extra = format!(
+        "status_push = [\"{}v1/status/events\"]\n[registry]\nsigned = \"{}\"\npoll_secs = 1\ngovernance = {{ threshold = 2, keys = [{}] }}\n",
+        office.url(),
+        signed_path.display(),
+        keys.join(", ")
+    );
+    let gateway = Gateway::start(
+        &exe(),
+        &dir.path().join("gateway"),
+        &GatewaySpec {
+            did: CUSTODIAN.into(),
+            records: fixtures(),
+            policies: repo("policies"),
+            extra_toml: extra,
+        },
+    )
+    .unwrap();
+    let fed = Fed {
+        _dir: dir,
+        office,
+        gateway,
+    };
+    let p = fixture_patient(&fixtures()[5]);
+    let doc = clinician(
+        &fed,
+        "physician",
+        CUSTODIAN,
+        &["clinical"],
+        &["read"],
+        REQUESTER_ORG,
+    )
+    .await;
+    let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+    let c = consent(
+        &patient,
+        &p.mrn,
+        doc.key.did(),
+        "permit",
+        &["TREAT"],
+        &["clinical"],
+    )
+    .await;
+    let ask = |v: Value| body_of(&v, &p.mrn);
+    let (v, _) = vp(&fed.gateway, &doc.key, &[doc.credential.clone(), c.clone()]).await;
+    let (status, body) = fed
+        .gateway
+        .post("/v1/exchange/clinical", &ask(v))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "trust and contract from the manifest: {body}");
+
+    // v2 drops the contract, signed by two other governors: picked up live.
+    let mut v2 = manifest.clone();
+    v2.version = 2;
+    v2.contracts.clear();
+    SignedManifest::sign(&v2, &[&governors[1], &governors[2]])
+        .unwrap()
+        .save(&signed_path)
+        .unwrap();
+    let mut denied = false;
+    for _ in 0..60 {
+        let (v, _) = vp(&fed.gateway, &doc.key, &[doc.credential.clone(), c.clone()]).await;
+        let (status, problem) = fed
+            .gateway
+            .post("/v1/exchange/clinical", &ask(v))
+            .await
+            .unwrap();
+        if status == 403 {
+            assert!(
+                problem["reasons"].to_string().contains("contract"),
+                "{problem}"
+            );
+            denied = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(denied, "the newer manifest was never picked up");
+
+    // An under-signed v3 (1 of 3) restoring the contract, and a rollback to v1: both
+    // refused; v2 stays in force.
+    let mut v3 = manifest.clone();
+    v3.version = 3;
+    for bad in [
+        SignedManifest::sign(&v3, &[&governors[0]]).unwrap(),
+        SignedManifest::sign(&manifest, &[&governors[0], &governors[1]]).unwrap(),
+    ] {
+        bad.save(&signed_path).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        let (v, _) = vp(&fed.gateway, &doc.key, &[doc.credential.clone(), c.clone()]).await;
+        let (status, _) = fed
+            .gateway
+            .post("/v1/exchange/clinical", &ask(v))
+            .await
+            .unwrap();
+        assert_eq!(
+            status, 403,
+            "a refused manifest changed what the gateway allows"
+        );
+    }
+}
