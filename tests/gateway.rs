@@ -305,6 +305,7 @@ async fn clinical_exchange_allowed_with_consent_and_tokenized() {
     let text = String::from_utf8_lossy(&bytes).to_string();
     assert_eq!(status, 200, "{text}");
     let decision_id = headers["fedgate-decision-id"].to_str().unwrap().to_string();
+    assert_eq!(headers["fedgate-policy-digest"].len(), 64);
     let bundle: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(bundle["resourceType"], "Bundle");
     assert_eq!(bundle["type"], "searchset");
@@ -930,6 +931,32 @@ async fn every_decision_leaves_an_event_in_the_outbox() {
     assert_eq!(status, 403);
     ids.push(problem["decision_id"].as_str().unwrap().to_string());
 
+    // The OpenAPI document lists every route.
+    let api: Value = reqwest::get(format!("{}openapi.json", fed.gateway.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/v1/challenges",
+        "/v1/exchange/{domain}",
+        "/v1/research/queries",
+        "/v1/consents",
+        "/v1/consents/withdrawals",
+        "/v1/detokenize",
+        "/credentials/verify",
+        "/presentations/verify",
+        "/.well-known/did.json",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(
+            api["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
     // Metrics count them.
     let metrics = reqwest::get(format!("{}metrics", fed.gateway.url()))
         .await

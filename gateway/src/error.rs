@@ -20,6 +20,8 @@ pub enum GatewayError {
         decision_id: String,
         reasons: Vec<String>,
         check: Option<String>,
+        /// Digest of the policy bundle that decided (none when verification refused).
+        policy: Option<String>,
     },
     #[error("{0} not found")]
     NotFound(String),
@@ -53,6 +55,7 @@ impl IntoResponse for GatewayError {
                 decision_id,
                 reasons,
                 check,
+                policy,
             } => {
                 let detail = reasons
                     .first()
@@ -68,6 +71,9 @@ impl IntoResponse for GatewayError {
                 .with("reasons", serde_json::json!(reasons));
                 if let Some(check) = check {
                     p = p.with("check", check);
+                }
+                if let Some(policy) = policy.filter(|d| !d.is_empty()) {
+                    p = p.with("policy_digest", policy);
                 }
                 p
             }

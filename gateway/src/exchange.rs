@@ -173,6 +173,7 @@ impl GatewayState {
             decision_id: ledger.decision_id.clone(),
             reasons: vec![reason],
             check: Some(check.to_string()),
+            policy: None,
         }
     }
 
@@ -432,6 +433,7 @@ pub async fn exchange(
             decision_id: ledger.decision_id.clone(),
             reasons: decision.reasons.clone(),
             check: None,
+            policy: Some(decision.policy_digest.clone()),
         });
     };
 
@@ -509,6 +511,9 @@ pub fn respond(
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&ledger.decision_id) {
         h.insert("fedgate-decision-id", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&decision.policy_digest) {
+        h.insert("fedgate-policy-digest", v);
     }
     if decision.break_glass {
         h.insert("fedgate-break-glass", HeaderValue::from_static("true"));

@@ -338,6 +338,7 @@ async fn research_handler(
             decision_id: ledger.decision_id.clone(),
             reasons: decision.reasons.clone(),
             check: None,
+            policy: Some(decision.policy_digest.clone()),
         });
     }
     let study_id = study.subject["id"].as_str().unwrap_or_default();
@@ -532,6 +533,7 @@ async fn detokenize_handler(
             decision_id: ledger.decision_id.clone(),
             reasons: decision.reasons.clone(),
             check: None,
+            policy: Some(decision.policy_digest.clone()),
         }),
     }
 }
