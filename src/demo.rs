@@ -293,6 +293,7 @@ purposes = ["HRESCH"]
         &exe,
         &dir.join("hospital-a"),
         &GatewaySpec {
+            port: 0,
             did: HOSPITAL_A.into(),
             records: fixtures_a.clone(),
             policies: root.join("policies"),
@@ -303,6 +304,7 @@ purposes = ["HRESCH"]
         &exe,
         &dir.join("hospital-b"),
         &GatewaySpec {
+            port: 0,
             did: HOSPITAL_B.into(),
             records: json_files(&root.join("examples/data/fhir/hospital-b"))?,
             policies: root.join("policies"),

@@ -225,9 +225,62 @@ impl Office {
     }
 }
 
+/// A free loopback port, for services whose address must be known before they start
+/// (another service's configuration names it).
+pub fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+/// The federation's visibility service running `fedgate visibility serve`.
+pub struct Visibility {
+    pub process: Process,
+    pub did: String,
+    pub config: PathBuf,
+}
+
+impl Visibility {
+    /// `extra_toml` holds `[members]`, `auditors`, `[trust]` (or `[registry]`).
+    pub fn start(
+        exe: &Path,
+        dir: &Path,
+        did: &str,
+        port: u16,
+        extra_toml: &str,
+    ) -> Result<Visibility, String> {
+        mkdir(dir)?;
+        let config = format!(
+            "listen = \"127.0.0.1:{port}\"\ndid = \"{did}\"\nkey_file = \"visibility.key.json\"\ndata_dir = \"data\"\ndev_mode = true\n{extra_toml}\n"
+        );
+        let path = dir.join("visibility.toml");
+        write(&path, &config)?;
+        Visibility::restart(exe, did, &path)
+    }
+
+    pub fn restart(exe: &Path, did: &str, config: &Path) -> Result<Visibility, String> {
+        let process = spawn(
+            exe,
+            &["visibility", "serve", "--config", &config.to_string_lossy()],
+        )?;
+        Ok(Visibility {
+            process,
+            did: did.to_string(),
+            config: config.to_path_buf(),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}/", self.process.url())
+    }
+}
+
 /// What a gateway is configured with.
 pub struct GatewaySpec {
     pub did: String,
+    /// A fixed port (when others must know the address in advance); 0 picks one.
+    pub port: u16,
     /// FHIR transaction Bundles imported into the embedded store before start.
     pub records: Vec<PathBuf>,
     pub policies: PathBuf,
@@ -259,7 +312,8 @@ impl Gateway {
             run(exe, &args)?;
         }
         let config = format!(
-            "listen = \"127.0.0.1:0\"\ndid = \"{}\"\nkey_file = \"gateway.key.json\"\nsecret_file = \"gateway.secret\"\ndata_dir = \"data\"\npolicies = \"{}\"\ndev_mode = true\n{}\n",
+            "listen = \"127.0.0.1:{}\"\ndid = \"{}\"\nkey_file = \"gateway.key.json\"\nsecret_file = \"gateway.secret\"\ndata_dir = \"data\"\npolicies = \"{}\"\ndev_mode = true\n{}\n",
+            spec.port,
             spec.did,
             spec.policies.display(),
             spec.extra_toml

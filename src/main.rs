@@ -67,6 +67,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::records::RecordsCommand,
     },
+    /// The federation's shared visibility layer (access-event log).
+    Visibility {
+        #[command(subcommand)]
+        command: cli::visibility::VisibilityCommand,
+    },
     /// The credentialing office's issuer service.
     Issuer {
         #[command(subcommand)]
@@ -164,6 +169,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Federation { command } => cli::federation::run(command),
         Command::Policy { command } => cli::policy::run(command),
         Command::Records { command } => cli::records::run(command),
+        Command::Visibility { command } => cli::visibility::run(command).await,
         Command::Gateway {
             command: GatewayCommand::Serve { config },
         } => {

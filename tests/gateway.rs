@@ -123,6 +123,7 @@ async fn federation_with(policies: PathBuf, more_toml: &str) -> Fed {
     let dir = tempfile::tempdir().unwrap();
     let office = Office::start(&exe(), &dir.path().join("office"), OFFICE).unwrap();
     let spec = GatewaySpec {
+        port: 0,
         did: CUSTODIAN.into(),
         records: fixtures(),
         policies,
@@ -1276,6 +1277,7 @@ async fn gateway_follows_the_signed_federation_manifest() {
         &exe(),
         &dir.path().join("gateway"),
         &GatewaySpec {
+            port: 0,
             did: CUSTODIAN.into(),
             records: fixtures(),
             policies: repo("policies"),

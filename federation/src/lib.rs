@@ -19,6 +19,7 @@
 //! - [`events`]: access events, the only thing a federation centralizes (no PHI).
 //! - [`log`]: the visibility log, an RFC 6962 Merkle tree in sled, and its proof verifiers.
 //! - [`checkpoint`]: C2SP tlog-checkpoint signed notes of the log's tree heads.
+//! - [`visibility`]: the visibility service: signed event batches in, receipts, checkpoints, proofs, auditor and patient queries out.
 //! - [`fhir_consent`]: PatientConsentCredential to and from FHIR R4 `Consent`.
 //! - [`http`]: problem+json, strict JSON bodies, limits, TLS/loopback serving.
 //! - [`time`]: clock helpers shared by issuing and verifying.
@@ -39,6 +40,7 @@ pub mod status;
 pub mod time;
 pub mod trust;
 pub mod verify;
+pub mod visibility;
 
 #[cfg(test)]
 mod schema_examples;

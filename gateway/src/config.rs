@@ -48,6 +48,9 @@ pub struct GatewayConfig {
     /// Data-sharing contracts when no signed registry is configured.
     #[serde(default)]
     pub contracts: Vec<serde_json::Value>,
+    /// The federation's visibility log; without it events stay in the outbox.
+    #[serde(default)]
+    pub visibility: Option<crate::shipper::VisibilityConfig>,
     /// Issuers' revocation event streams to subscribe to.
     #[serde(default)]
     pub status_push: Vec<String>,
@@ -246,6 +249,23 @@ impl GatewayConfig {
         for u in &self.status_push {
             if !url_ok(u) {
                 return Err(invalid("status_push", &format!("{u} is not an https URL")));
+            }
+        }
+        if let Some(v) = &self.visibility {
+            if !url_ok(&v.endpoint) {
+                return Err(invalid(
+                    "visibility.endpoint",
+                    "must be an https URL (http only in dev_mode)",
+                ));
+            }
+            if !v.did.starts_with("did:web:") {
+                return Err(invalid("visibility.did", "must be a did:web"));
+            }
+            if v.batch_size == 0 || v.batch_size > 1000 {
+                return Err(invalid(
+                    "visibility.batch_size",
+                    "must be between 1 and 1000",
+                ));
             }
         }
         if let Some(r) = &self.registry {

@@ -12,6 +12,7 @@
 //! - [`consents`]: consents registered by patients, and their withdrawals.
 //! - [`outbox`]: the durable access-event outbox, written before any response.
 //! - [`jwe`]: response encryption to the requester's key-agreement key.
+//! - [`shipper`]: delivers the outbox to the visibility log and checks the log's consistency.
 //! - [`service`]: shared state, router and the handlers; [`exchange`]: the request flow.
 //! - [`error`]: the crate's error enum, mapped to problem+json once.
 
@@ -26,6 +27,7 @@ pub mod policy;
 pub mod records;
 pub mod research;
 pub mod service;
+pub mod shipper;
 pub mod tokenize;
 pub mod vault;
 
@@ -81,6 +83,18 @@ pub async fn run(
             nonces.purge_expired();
         }
     });
+    if let Some(vis) = config.visibility.clone() {
+        let shipper = shipper::Shipper::new(
+            &state.db,
+            state.outbox.clone(),
+            state.key.clone(),
+            vis,
+            state.verifier.resolver.clone(),
+            config.dev_mode,
+        )
+        .map_err(|e| e.to_string())?;
+        std::sync::Arc::new(shipper).spawn();
+    }
     let app = router(state);
     federation::http::serve_on(
         listener,

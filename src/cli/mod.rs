@@ -4,4 +4,5 @@
 pub mod federation;
 pub mod policy;
 pub mod records;
+pub mod visibility;
 pub mod wallet;

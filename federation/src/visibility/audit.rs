@@ -1,0 +1,624 @@
+//! Who may read the log's contents, and how.
+//!
+//! - Challenges: single-use, short-lived, consumed by an atomic remove after the
+//!   presentation answering one verified (a forged presentation cannot burn somebody
+//!   else's challenge; of two replays exactly one gets through).
+//! - Auditor sessions: a presentation by a holder with a verified privilege credential of
+//!   role `auditor` at an auditor organization opens a bearer session. Sessions live in
+//!   memory only (a restart logs auditors out) and are looked up by the token's digest.
+//! - Queries walk an index when a patient or custodian is given, newest first.
+//! - Break-glass reviews: resolving one appends a `review` leaf carrying the note's digest;
+//!   the note itself is kept beside the log, for auditors.
+//! - Patients: a presentation by the patient's DID returns the events naming it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::credentials::{CredentialKind, PresentationBinding};
+use crate::events::{AccessEvent, Outcome};
+use crate::http::StrictJson;
+use crate::verify::VerifiedPresentation;
+
+use super::store::{Index, StoreError};
+use super::{leaf_bytes, LogEntry, VisibilityError, VisibilityState};
+
+/// Most events one query returns.
+pub const MAX_LIMIT: usize = 1000;
+const DEFAULT_LIMIT: usize = 100;
+/// Most leaves one query examines; past this it returns a cursor to continue from.
+const MAX_SCAN: usize = 100_000;
+/// Open sessions held at once; beyond it, new ones are refused until some expire.
+const MAX_SESSIONS: usize = 10_000;
+const MAX_NOTE_CHARS: usize = 4000;
+const AUDITOR_ROLE: &str = "auditor";
+
+type AppState = State<Arc<VisibilityState>>;
+
+// ---------------------------------------------------------------------------------------
+// Challenges
+// ---------------------------------------------------------------------------------------
+
+#[derive(Clone)]
+pub struct Challenges {
+    tree: sled::Tree,
+    ttl: Duration,
+}
+
+impl Challenges {
+    pub fn new(tree: sled::Tree, ttl: Duration) -> Self {
+        Challenges { tree, ttl }
+    }
+
+    /// Issues a fresh challenge and its expiry.
+    pub fn issue(&self) -> Result<(String, DateTime<Utc>), VisibilityError> {
+        let challenge = crate::http::random_token();
+        let expires = Utc::now()
+            + chrono::Duration::from_std(self.ttl)
+                .unwrap_or_else(|_| chrono::Duration::seconds(120));
+        self.tree.insert(
+            challenge.as_bytes(),
+            &expires.timestamp_millis().to_be_bytes(),
+        )?;
+        Ok((challenge, expires))
+    }
+
+    /// Whether `challenge` is outstanding (checked before the costly verification).
+    pub fn is_outstanding(&self, challenge: &str) -> Result<bool, VisibilityError> {
+        Ok(self.tree.contains_key(challenge.as_bytes())?)
+    }
+
+    /// Consumes a challenge: succeeds once, and only before it expires.
+    pub fn consume(&self, challenge: &str) -> Result<(), VisibilityError> {
+        let unknown = || VisibilityError::Unauthorized("unknown or already used challenge".into());
+        let old = self
+            .tree
+            .remove(challenge.as_bytes())?
+            .ok_or_else(unknown)?;
+        let expires = <[u8; 8]>::try_from(old.as_ref())
+            .map(i64::from_be_bytes)
+            .map_err(|_| unknown())?;
+        if expires < Utc::now().timestamp_millis() {
+            return Err(VisibilityError::Unauthorized(
+                "the challenge has expired".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Drops expired challenges.
+    pub fn purge_expired(&self) -> usize {
+        let now = Utc::now().timestamp_millis();
+        let mut removed = 0;
+        for (key, value) in self.tree.iter().flatten() {
+            let expired = <[u8; 8]>::try_from(value.as_ref())
+                .map(i64::from_be_bytes)
+                .map(|e| e < now)
+                .unwrap_or(true);
+            if expired && self.tree.remove(key).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
+
+/// The challenge a presentation claims to answer (JWT `nonce`, DI `proof.challenge`).
+pub fn claimed_challenge(presentation: &Value) -> Option<String> {
+    match presentation {
+        Value::String(jwt) => crate::jose::decode(jwt)
+            .ok()?
+            .payload
+            .get("nonce")?
+            .as_str()
+            .map(str::to_string),
+        Value::Object(_) => presentation
+            .get("proof")?
+            .get("challenge")?
+            .as_str()
+            .map(str::to_string),
+        _ => None,
+    }
+}
+
+impl VisibilityState {
+    /// Verifies a presentation bound to one of this service's challenges, then consumes
+    /// the challenge.
+    pub async fn verify_bound_presentation(
+        &self,
+        presentation: &Value,
+    ) -> Result<VerifiedPresentation, VisibilityError> {
+        let challenge = claimed_challenge(presentation).ok_or_else(|| {
+            VisibilityError::Unauthorized("the presentation answers no challenge".into())
+        })?;
+        if !self.challenges.is_outstanding(&challenge)? {
+            return Err(VisibilityError::Unauthorized(
+                "unknown or already used challenge".into(),
+            ));
+        }
+        let binding = PresentationBinding {
+            challenge: challenge.clone(),
+            domain: self.config.did.clone(),
+        };
+        let verified = self
+            .verifier
+            .verify_presentation(presentation, &binding)
+            .await?;
+        self.challenges.consume(&challenge)?;
+        Ok(verified)
+    }
+}
+
+/// `POST /v1/challenges`.
+pub(crate) async fn challenge(State(s): AppState) -> Result<Json<Value>, VisibilityError> {
+    let (challenge, expires) = s.challenges.issue()?;
+    Ok(Json(json!({
+        "challenge": challenge,
+        "domain": s.config.did,
+        "expiresAt": crate::time::rfc3339(expires),
+    })))
+}
+
+// ---------------------------------------------------------------------------------------
+// Sessions
+// ---------------------------------------------------------------------------------------
+
+/// An auditor's session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub auditor: String,
+    pub organization: String,
+    pub expires: DateTime<Utc>,
+}
+
+pub struct Sessions {
+    by_digest: Mutex<HashMap<[u8; 32], Session>>,
+    ttl: Duration,
+}
+
+fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl Sessions {
+    pub fn new(ttl: Duration) -> Self {
+        Sessions {
+            by_digest: Mutex::new(HashMap::new()),
+            ttl,
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Session>> {
+        // Entries are inserted and removed whole, so a poisoned map is still consistent.
+        self.by_digest.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Opens a session and returns its bearer token and expiry.
+    pub fn open(
+        &self,
+        auditor: &str,
+        organization: &str,
+    ) -> Result<(String, DateTime<Utc>), VisibilityError> {
+        let now = Utc::now();
+        let expires = now
+            + chrono::Duration::from_std(self.ttl).unwrap_or_else(|_| chrono::Duration::hours(1));
+        let token = crate::http::random_token();
+        let mut map = self.map();
+        if map.len() >= MAX_SESSIONS {
+            map.retain(|_, s| s.expires > now);
+            if map.len() >= MAX_SESSIONS {
+                return Err(VisibilityError::Unavailable(
+                    "too many open sessions; try again later".into(),
+                ));
+            }
+        }
+        map.insert(
+            token_digest(&token),
+            Session {
+                auditor: auditor.to_string(),
+                organization: organization.to_string(),
+                expires,
+            },
+        );
+        Ok((token, expires))
+    }
+
+    /// The session a request's `Authorization: Bearer` token opens.
+    pub fn check(&self, headers: &HeaderMap) -> Result<Session, VisibilityError> {
+        let unauthorized =
+            || VisibilityError::Unauthorized("an auditor session token is required".into());
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(unauthorized)?;
+        let digest = token_digest(token);
+        let mut map = self.map();
+        let session = map.get(&digest).cloned().ok_or_else(unauthorized)?;
+        if session.expires <= Utc::now() {
+            map.remove(&digest);
+            return Err(VisibilityError::Unauthorized(
+                "the session has expired".into(),
+            ));
+        }
+        Ok(session)
+    }
+
+    pub fn purge_expired(&self) {
+        let now = Utc::now();
+        self.map().retain(|_, s| s.expires > now);
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PresentationRequest {
+    presentation: Value,
+}
+
+/// `POST /v1/audit/sessions`.
+pub(crate) async fn open_session(
+    State(s): AppState,
+    StrictJson(req): StrictJson<PresentationRequest>,
+) -> Result<Json<Value>, VisibilityError> {
+    let vp = s.verify_bound_presentation(&req.presentation).await?;
+    let organization = vp
+        .of_kind(CredentialKind::ClinicianPrivilege)
+        .filter(|c| c.subject.get("id").and_then(Value::as_str) == Some(vp.holder.as_str()))
+        .filter(|c| c.subject.get("role").and_then(Value::as_str) == Some(AUDITOR_ROLE))
+        .filter_map(|c| c.subject.get("organization").and_then(Value::as_str))
+        .find(|org| s.is_auditor_org(org))
+        .ok_or_else(|| {
+            VisibilityError::forbidden(
+                "not-an-auditor",
+                "the presentation carries no auditor privilege at an auditor organization",
+            )
+        })?
+        .to_string();
+    let (token, expires) = s.sessions.open(&vp.holder, &organization)?;
+    tracing::info!(organization = %organization, "auditor session opened");
+    Ok(Json(json!({
+        "token": token,
+        "expiresAt": crate::time::rfc3339(expires),
+    })))
+}
+
+// ---------------------------------------------------------------------------------------
+// Queries
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EventsQuery {
+    patient_ref: Option<String>,
+    patient_did_digest: Option<String>,
+    custodian: Option<String>,
+    requester: Option<String>,
+    purpose: Option<String>,
+    decision: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<usize>,
+    /// Cursor: only leaves below this index (the `next` of a previous answer).
+    before: Option<u64>,
+}
+
+/// The filters of an events query, parsed.
+#[derive(Debug, Default)]
+struct Filter {
+    patient_ref: Option<String>,
+    patient_did_digest: Option<String>,
+    custodian: Option<String>,
+    requester: Option<String>,
+    purpose: Option<String>,
+    decision: Option<Outcome>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+}
+
+impl Filter {
+    fn parse(q: EventsQuery) -> Result<(Self, usize, u64), VisibilityError> {
+        let time =
+            |name: &str, v: Option<String>| -> Result<Option<DateTime<Utc>>, VisibilityError> {
+                v.map(|t| {
+                    crate::time::parse(&t).ok_or_else(|| {
+                        VisibilityError::bad_request(
+                            "invalid-query",
+                            format!("{name} must be an RFC 3339 date-time"),
+                        )
+                    })
+                })
+                .transpose()
+            };
+        let decision = match q.decision.as_deref() {
+            None => None,
+            Some("allow") => Some(Outcome::Allow),
+            Some("deny") => Some(Outcome::Deny),
+            Some(_) => {
+                return Err(VisibilityError::bad_request(
+                    "invalid-query",
+                    "decision must be allow or deny",
+                ))
+            }
+        };
+        let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(VisibilityError::bad_request(
+                "invalid-query",
+                format!("limit must be between 1 and {MAX_LIMIT}"),
+            ));
+        }
+        let filter = Filter {
+            from: time("from", q.from)?,
+            to: time("to", q.to)?,
+            patient_ref: q.patient_ref,
+            patient_did_digest: q.patient_did_digest,
+            custodian: q.custodian,
+            requester: q.requester,
+            purpose: q.purpose,
+            decision,
+        };
+        Ok((filter, limit, q.before.unwrap_or(u64::MAX)))
+    }
+
+    fn matches(&self, e: &AccessEvent) -> bool {
+        let eq = |want: &Option<String>, have: Option<&String>| {
+            want.as_ref().is_none_or(|w| have == Some(w))
+        };
+        eq(&self.custodian, Some(&e.custodian))
+            && eq(&self.patient_ref, e.patient_ref.as_ref())
+            && self
+                .patient_did_digest
+                .as_ref()
+                .is_none_or(|d| e.patient_did_digests.contains(d))
+            && self.requester.as_ref().is_none_or(|r| {
+                e.requester.as_ref() == Some(r) || e.requester_org.as_ref() == Some(r)
+            })
+            && eq(&self.purpose, Some(&e.purpose))
+            && self.decision.is_none_or(|d| e.decision == d)
+            && self.from.is_none_or(|f| e.time >= f)
+            && self.to.is_none_or(|t| e.time <= t)
+    }
+}
+
+/// Events matching `filter`, newest first, and the cursor to continue from when the
+/// answer was cut by `limit` or by the scan bound.
+fn find_events(
+    s: &VisibilityState,
+    filter: &Filter,
+    limit: usize,
+    before: u64,
+) -> Result<(Vec<Value>, Option<u64>), VisibilityError> {
+    let candidates: Box<dyn Iterator<Item = Result<u64, StoreError>>> =
+        if let Some(d) = &filter.patient_did_digest {
+            Box::new(s.store.lookup(Index::PatientDid, d, before))
+        } else if let Some(r) = &filter.patient_ref {
+            Box::new(s.store.lookup(Index::PatientRef, r, before))
+        } else if let Some(c) = &filter.custodian {
+            Box::new(s.store.lookup(Index::Custodian, c, before))
+        } else {
+            let size = s.store.size()?;
+            Box::new((0..size.min(before)).rev().map(Ok))
+        };
+    let mut found = Vec::new();
+    for (scanned, index) in candidates.enumerate() {
+        let index = index?;
+        if scanned >= MAX_SCAN {
+            return Ok((found, Some(index + 1)));
+        }
+        if let LogEntry::Access { event } = s.store.entry(index)? {
+            if filter.matches(&event) {
+                found.push(json!({"leafIndex": index, "event": event}));
+                if found.len() == limit {
+                    return Ok((found, Some(index)));
+                }
+            }
+        }
+    }
+    Ok((found, None))
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, VisibilityError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| VisibilityError::bad_request("invalid-query", e.body_text()))
+}
+
+/// `GET /v1/audit/events`.
+pub(crate) async fn events(
+    State(s): AppState,
+    headers: HeaderMap,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Json<Value>, VisibilityError> {
+    s.sessions.check(&headers)?;
+    let (filter, limit, before) = Filter::parse(query(q)?)?;
+    let (events, next) = find_events(&s, &filter, limit, before)?;
+    Ok(Json(json!({"events": events, "next": next})))
+}
+
+/// `GET /v1/audit/reviews`: break-glass events awaiting review, oldest first.
+pub(crate) async fn reviews(
+    State(s): AppState,
+    headers: HeaderMap,
+) -> Result<Json<Value>, VisibilityError> {
+    s.sessions.check(&headers)?;
+    let mut out = Vec::new();
+    for index in s.store.review_queue(MAX_LIMIT)? {
+        if let LogEntry::Access { event } = s.store.entry(index)? {
+            out.push(json!({"leafIndex": index, "event": event}));
+        }
+    }
+    Ok(Json(json!({ "reviews": out })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResolveRequest {
+    note: String,
+}
+
+/// `POST /v1/audit/reviews/{event_id}/resolve`.
+pub(crate) async fn resolve(
+    State(s): AppState,
+    headers: HeaderMap,
+    Path(event_id): Path<String>,
+    StrictJson(req): StrictJson<ResolveRequest>,
+) -> Result<Json<Value>, VisibilityError> {
+    let session = s.sessions.check(&headers)?;
+    let note = req.note.trim();
+    if note.is_empty() || note.chars().count() > MAX_NOTE_CHARS {
+        return Err(VisibilityError::unprocessable(
+            "invalid-note",
+            format!("the note must have 1 to {MAX_NOTE_CHARS} characters"),
+        ));
+    }
+    let note_digest = hex::encode(Sha256::digest(note.as_bytes()));
+    let time = Utc::now();
+    let guard = s.lock_writer().await;
+    if !s.store.is_queued(&event_id)? {
+        return Err(VisibilityError::NotFound(
+            "no break-glass event awaiting review has this id".into(),
+        ));
+    }
+    // The note is stored first: a review leaf never lacks its note.
+    s.store.put_note(
+        &event_id,
+        &note_digest,
+        &json!({
+            "eventId": event_id,
+            "note": note,
+            "noteDigest": note_digest,
+            "resolvedBy": session.auditor,
+            // Serialized as in the leaf, so the review leaf can be recomputed from it.
+            "time": time,
+        }),
+    )?;
+    let entry = LogEntry::Review {
+        event_id: event_id.clone(),
+        resolved_by: session.auditor.clone(),
+        note_digest: note_digest.clone(),
+        time,
+    };
+    let leaf = leaf_bytes(&entry);
+    let range = s.store.append(&[entry], &[leaf])?;
+    let published = s.publish(&guard).await?;
+    drop(guard);
+    tracing::info!(organization = %session.organization, "break-glass review resolved");
+    Ok(Json(json!({
+        "eventId": event_id,
+        "leafIndex": range.start,
+        "noteDigest": note_digest,
+        "resolvedBy": session.auditor,
+        "time": time,
+        "treeSize": published.size,
+        "checkpoint": published.note,
+    })))
+}
+
+/// `GET /v1/audit/reviews/{event_id}/notes`: the notes kept for a resolved review.
+pub(crate) async fn notes(
+    State(s): AppState,
+    headers: HeaderMap,
+    Path(event_id): Path<String>,
+) -> Result<Json<Value>, VisibilityError> {
+    s.sessions.check(&headers)?;
+    Ok(Json(json!({ "notes": s.store.notes(&event_id)? })))
+}
+
+// ---------------------------------------------------------------------------------------
+// Patients
+// ---------------------------------------------------------------------------------------
+
+/// `POST /v1/patients/history`: the events naming the presenting patient's DID, newest
+/// first (at most [`MAX_LIMIT`]; `truncated` says when there are more).
+pub(crate) async fn patient_history(
+    State(s): AppState,
+    StrictJson(req): StrictJson<PresentationRequest>,
+) -> Result<Json<Value>, VisibilityError> {
+    let vp = s.verify_bound_presentation(&req.presentation).await?;
+    let digest = crate::events::patient_did_digest(&vp.holder);
+    let filter = Filter {
+        patient_did_digest: Some(digest),
+        ..Filter::default()
+    };
+    let (events, next) = find_events(&s, &filter, MAX_LIMIT, u64::MAX)?;
+    Ok(Json(json!({
+        "events": events,
+        "truncated": next.is_some(),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_challenge_is_used_once_and_expires() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let c = Challenges::new(db.open_tree("n").unwrap(), Duration::from_secs(60));
+        let (challenge, _) = c.issue().unwrap();
+        assert!(c.is_outstanding(&challenge).unwrap());
+        c.consume(&challenge).unwrap();
+        assert!(c.consume(&challenge).is_err());
+        assert!(c.consume("never-issued").is_err());
+        let short = Challenges::new(db.open_tree("s").unwrap(), Duration::from_millis(0));
+        let (challenge, _) = short.issue().unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(short.consume(&challenge).is_err());
+        short.issue().unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(short.purge_expired(), 1);
+    }
+
+    #[test]
+    fn sessions_need_a_known_unexpired_bearer_token() {
+        let sessions = Sessions::new(Duration::from_secs(60));
+        let (token, _) = sessions.open("did:key:zA", "did:web:auditor.test").unwrap();
+        let mut headers = HeaderMap::new();
+        assert!(sessions.check(&headers).is_err());
+        headers.insert(header::AUTHORIZATION, "Bearer nope".parse().unwrap());
+        assert!(sessions.check(&headers).is_err());
+        headers.insert(
+            header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        assert_eq!(sessions.check(&headers).unwrap().auditor, "did:key:zA");
+        let expired = Sessions::new(Duration::from_millis(0));
+        let (token, _) = expired.open("did:key:zA", "did:web:auditor.test").unwrap();
+        headers.insert(
+            header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(expired.check(&headers).is_err());
+    }
+
+    #[test]
+    fn query_parameters_are_checked() {
+        let parse = |q: &str| {
+            let q: EventsQuery = serde_urlencoded_like(q);
+            Filter::parse(q)
+        };
+        assert!(parse("limit=0").is_err());
+        assert!(parse("limit=1001").is_err());
+        assert!(parse("decision=maybe").is_err());
+        assert!(parse("from=yesterday").is_err());
+        let (f, limit, before) = parse("decision=deny&limit=5&before=9").unwrap();
+        assert_eq!((f.decision, limit, before), (Some(Outcome::Deny), 5, 9));
+    }
+
+    fn serde_urlencoded_like(q: &str) -> EventsQuery {
+        let uri: axum::http::Uri = format!("/x?{q}").parse().unwrap();
+        Query::<EventsQuery>::try_from_uri(&uri).unwrap().0
+    }
+}

@@ -1,0 +1,322 @@
+//! `visibility.toml`: one file, serde defaults, validated at load with a message naming the key.
+//!
+//! Membership comes either from the federation's signed registry (`[registry]`) or, for
+//! small deployments and tests, from static tables (`members`, `auditors`, `trust`); never
+//! from both, so that there is exactly one answer to "who may report events".
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::credentials::CredentialKind;
+use crate::http::{HttpLimits, ListenConfig};
+use crate::registry::Governance;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisibilityConfig {
+    /// Address, and optional TLS certificate and key.
+    #[serde(flatten)]
+    pub listen: ListenConfig,
+    /// The service's did:web: the checkpoint origin, the note key name and the domain that
+    /// presentations are bound to.
+    pub did: String,
+    /// The service's Ed25519 key (created 0600 on first start if missing).
+    pub key_file: PathBuf,
+    /// Embedded storage: the log, its indexes, challenges.
+    pub data_dir: PathBuf,
+    /// Allows plain http to loopback peers (tests and the demo only).
+    #[serde(default)]
+    pub dev_mode: bool,
+    /// The federation's signed manifest. When set, `members`, `auditors` and `trust` must
+    /// be empty.
+    #[serde(default)]
+    pub registry: Option<RegistryConfig>,
+    /// Static membership: member did:web → base URL of its DID document.
+    #[serde(default)]
+    pub members: BTreeMap<String, String>,
+    /// Static membership: organizations whose staff may open auditor sessions.
+    #[serde(default)]
+    pub auditors: Vec<String>,
+    /// Static trust: issuers trusted per credential type.
+    #[serde(default)]
+    pub trust: BTreeMap<CredentialKind, Vec<String>>,
+    #[serde(default = "default_challenge_ttl")]
+    pub challenge_ttl_secs: u64,
+    #[serde(default = "default_session_ttl")]
+    pub session_ttl_secs: u64,
+    /// How often the background task looks for an unsigned tree size.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval_ms: u64,
+    #[serde(default = "default_status_ttl")]
+    pub status_cache_ttl_secs: u64,
+    #[serde(default)]
+    pub limits: HttpLimits,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// A file path (relative to the config file) or an https URL of the signed manifest.
+    pub signed: String,
+    /// The governance this service pins: k of these keys must sign a manifest.
+    pub governance: Governance,
+    #[serde(default = "default_poll")]
+    pub poll_secs: u64,
+}
+
+impl RegistryConfig {
+    /// Whether `signed` names a URL rather than a file.
+    pub fn is_url(&self) -> bool {
+        self.signed.starts_with("https://") || self.signed.starts_with("http://")
+    }
+}
+
+fn default_poll() -> u64 {
+    10
+}
+fn default_challenge_ttl() -> u64 {
+    120
+}
+fn default_session_ttl() -> u64 {
+    3600
+}
+fn default_checkpoint_interval() -> u64 {
+    1000
+}
+fn default_status_ttl() -> u64 {
+    300
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: `{key}` {message}")]
+    Invalid {
+        path: String,
+        key: &'static str,
+        message: String,
+    },
+}
+
+impl VisibilityConfig {
+    /// Reads and validates a config file. Relative paths are taken from the file's folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        let mut cfg = Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: p.clone(),
+            message,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        cfg.validate(&p)?;
+        Ok(cfg)
+    }
+
+    /// Parses without validating or resolving paths.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.message().to_string())
+    }
+
+    /// Makes relative file paths relative to `base` (the config file's folder).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let mut paths = vec![&mut self.key_file, &mut self.data_dir];
+        if let Some(cert) = self.listen.tls_cert.as_mut() {
+            paths.push(cert);
+        }
+        if let Some(key) = self.listen.tls_key.as_mut() {
+            paths.push(key);
+        }
+        for f in paths {
+            if f.is_relative() {
+                *f = base.join(&*f);
+            }
+        }
+        if let Some(reg) = self.registry.as_mut() {
+            if !reg.is_url() && Path::new(&reg.signed).is_relative() {
+                reg.signed = base.join(&reg.signed).display().to_string();
+            }
+        }
+    }
+
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| ConfigError::Invalid {
+            path: path.to_string(),
+            key,
+            message,
+        };
+        if !self.did.starts_with("did:web:") || self.did.len() <= "did:web:".len() {
+            return Err(invalid("did", "must be a did:web".into()));
+        }
+        // The DID is the note key name: it must fit on a signature line.
+        if self
+            .did
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '+')
+        {
+            return Err(invalid(
+                "did",
+                "must not contain spaces, control characters or '+'".into(),
+            ));
+        }
+        let url_rule = |key, url: &str| -> Result<(), ConfigError> {
+            let parsed =
+                reqwest::Url::parse(url).map_err(|e| invalid(key, format!("{url}: {e}")))?;
+            crate::http::loopback_only_http(&parsed, self.dev_mode)
+                .map_err(|e| invalid(key, e.to_string()))
+        };
+        match &self.registry {
+            Some(reg) => {
+                if !self.members.is_empty() || !self.auditors.is_empty() || !self.trust.is_empty() {
+                    return Err(invalid(
+                        "registry",
+                        "is set: `members`, `auditors` and `trust` come from the manifest and must be left out".into(),
+                    ));
+                }
+                reg.governance
+                    .validate()
+                    .map_err(|e| invalid("registry.governance", e.to_string()))?;
+                if reg.poll_secs == 0 {
+                    return Err(invalid("registry.poll_secs", "must be at least 1".into()));
+                }
+                if reg.is_url() {
+                    url_rule("registry.signed", &reg.signed)?;
+                }
+            }
+            None => {
+                for (did, url) in &self.members {
+                    if !did.starts_with("did:web:") {
+                        return Err(invalid("members", format!("{did} is not a did:web")));
+                    }
+                    url_rule("members", url)?;
+                }
+                for did in &self.auditors {
+                    if !did.starts_with("did:") {
+                        return Err(invalid("auditors", format!("{did} is not a DID")));
+                    }
+                }
+                for issuers in self.trust.values() {
+                    if let Some(bad) = issuers.iter().find(|d| !d.starts_with("did:")) {
+                        return Err(invalid("trust", format!("{bad} is not a DID")));
+                    }
+                }
+            }
+        }
+        if !(1..=3600).contains(&self.challenge_ttl_secs) {
+            return Err(invalid(
+                "challenge_ttl_secs",
+                "must be between 1 and 3600".into(),
+            ));
+        }
+        if !(1..=86_400).contains(&self.session_ttl_secs) {
+            return Err(invalid(
+                "session_ttl_secs",
+                "must be between 1 and 86400".into(),
+            ));
+        }
+        if !(10..=60_000).contains(&self.checkpoint_interval_ms) {
+            return Err(invalid(
+                "checkpoint_interval_ms",
+                "must be between 10 and 60000 (at least one checkpoint a minute)".into(),
+            ));
+        }
+        if self.status_cache_ttl_secs == 0 {
+            return Err(invalid(
+                "status_cache_ttl_secs",
+                "must be at least 1".into(),
+            ));
+        }
+        self.limits
+            .validate()
+            .map_err(|e| invalid("limits", e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+listen = "127.0.0.1:0"
+did = "did:web:visibility.test"
+key_file = "visibility.key.json"
+data_dir = "data"
+dev_mode = true
+"#;
+
+    fn check(extra: &str) -> Result<VisibilityConfig, String> {
+        let mut cfg = VisibilityConfig::from_toml(&format!("{BASE}{extra}"))?;
+        cfg.resolve_paths(Path::new("/etc/fedgate"));
+        cfg.validate("visibility.toml").map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn static_membership_and_relative_paths() {
+        let cfg = check(
+            r#"
+auditors = ["did:web:auditor.test"]
+[members]
+"did:web:hospital-a.test" = "http://127.0.0.1:9000/"
+[trust]
+ClinicianPrivilegeCredential = ["did:web:office.test"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.key_file, Path::new("/etc/fedgate/visibility.key.json"));
+        assert_eq!(cfg.data_dir, Path::new("/etc/fedgate/data"));
+        assert_eq!(cfg.members.len(), 1);
+        assert_eq!(cfg.challenge_ttl_secs, 120);
+        assert_eq!(cfg.checkpoint_interval_ms, 1000);
+    }
+
+    #[test]
+    fn refusals_name_the_key() {
+        let err = |extra: &str| check(extra).unwrap_err();
+        assert!(err("colour = \"red\"\n").contains("colour"));
+        assert!(err("challenge_ttl_secs = 0\n").contains("challenge_ttl_secs"));
+        assert!(err("[members]\n\"did:key:z6Mk\" = \"http://127.0.0.1:1/\"\n").contains("members"));
+        assert!(
+            err("[members]\n\"did:web:x.test\" = \"http://example.org/\"\n").contains("members")
+        );
+        let both = r#"
+auditors = ["did:web:auditor.test"]
+[registry]
+signed = "manifest.signed.json"
+governance = { threshold = 1, keys = ["did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK#z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"] }
+"#;
+        assert!(err(both).contains("registry"));
+        let mut cfg = VisibilityConfig::from_toml(BASE).unwrap();
+        cfg.did = "did:web:has space".into();
+        assert!(cfg.validate("v").is_err());
+        cfg.did = "did:key:z6Mk".into();
+        assert!(cfg.validate("v").is_err());
+    }
+
+    #[test]
+    fn registry_file_is_relative_to_the_config() {
+        let cfg = check(
+            r#"
+[registry]
+signed = "manifest.signed.json"
+governance = { threshold = 1, keys = ["did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK#z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"] }
+"#,
+        )
+        .unwrap();
+        let reg = cfg.registry.unwrap();
+        assert_eq!(reg.signed, "/etc/fedgate/manifest.signed.json");
+        assert_eq!(reg.poll_secs, 10);
+    }
+}

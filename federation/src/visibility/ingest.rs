@@ -1,0 +1,327 @@
+//! `POST /v1/batches`: a member organization reports its access events.
+//!
+//! The batch is a compact JWS (`typ` `fedgate-batch+jwt`) by a key under the member's
+//! `assertionMethod`, over `{"custodian": <member DID>, "events": [...]}`. An organization
+//! reports only its own accesses: the signer, the batch's custodian and every event's
+//! custodian must be one DID. Any violation refuses the whole batch before anything is
+//! appended. Each event is logged exactly once: an event already in the log is answered
+//! with its existing leaf index.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::did::{did_of, DidError, Relationship};
+use crate::events::AccessEvent;
+use crate::http::StrictJson;
+use crate::jose::{self, JoseError};
+
+use super::{leaf_bytes, LogEntry, VisibilityError, VisibilityState};
+
+/// The JWS `typ` of a batch.
+pub const BATCH_TYP: &str = "fedgate-batch+jwt";
+/// Most events one batch may carry.
+pub const MAX_BATCH_EVENTS: usize = 1000;
+
+const MAX_ID_BYTES: usize = 128;
+const MAX_PATIENT_REF_BYTES: usize = 256;
+const MAX_DIGESTS: usize = 16;
+/// Serde messages may quote input; they are cut before being echoed.
+const MAX_ECHO_CHARS: usize = 200;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    pub batch: String,
+}
+
+/// The signed content of a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchPayload {
+    pub custodian: String,
+    pub events: Vec<AccessEvent>,
+}
+
+/// What a reporter gets back for one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Receipt {
+    pub event_id: String,
+    pub leaf_index: u64,
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchResponse {
+    pub receipts: Vec<Receipt>,
+    pub tree_size: u64,
+    pub checkpoint: String,
+}
+
+fn echo(text: &str) -> String {
+    match text.char_indices().nth(MAX_ECHO_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+/// Reads the payload and applies the rules that need no key: size, shape, custodians,
+/// field bounds.
+pub fn check_payload(signer_did: &str, payload: Value) -> Result<BatchPayload, VisibilityError> {
+    // The count is checked before the events are parsed, so an oversized batch costs little.
+    let count = payload
+        .get("events")
+        .and_then(Value::as_array)
+        .map(Vec::len)
+        .unwrap_or(0);
+    if count > MAX_BATCH_EVENTS {
+        return Err(VisibilityError::TooLarge(format!(
+            "a batch carries at most {MAX_BATCH_EVENTS} events, this one {count}"
+        )));
+    }
+    let batch: BatchPayload = serde_json::from_value(payload).map_err(|e| {
+        VisibilityError::unprocessable("invalid-batch", echo(&format!("batch payload: {e}")))
+    })?;
+    if batch.custodian != signer_did {
+        return Err(VisibilityError::forbidden(
+            "custodian-mismatch",
+            "the batch's custodian is not the organization that signed it",
+        ));
+    }
+    for (i, event) in batch.events.iter().enumerate() {
+        if event.custodian != batch.custodian {
+            return Err(VisibilityError::forbidden(
+                "custodian-mismatch",
+                format!("event #{i}: an organization reports only its own accesses"),
+            ));
+        }
+        check_event(event).map_err(|reason| {
+            VisibilityError::unprocessable("invalid-event", format!("event #{i}: {reason}"))
+        })?;
+    }
+    Ok(batch)
+}
+
+fn check_event(event: &AccessEvent) -> Result<(), &'static str> {
+    if event.id.is_empty() || event.id.len() > MAX_ID_BYTES {
+        return Err("id must have 1 to 128 bytes");
+    }
+    if event.id.chars().any(char::is_control) {
+        return Err("id must not contain control characters");
+    }
+    if event
+        .patient_ref
+        .as_ref()
+        .is_some_and(|r| r.is_empty() || r.len() > MAX_PATIENT_REF_BYTES)
+    {
+        return Err("patientRef must have 1 to 256 bytes");
+    }
+    if event.patient_did_digests.len() > MAX_DIGESTS {
+        return Err("at most 16 patientDidDigests");
+    }
+    let is_digest = |d: &String| {
+        d.len() == 64
+            && d.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if !event.patient_did_digests.iter().all(is_digest) {
+        return Err("patientDidDigests must be lowercase hex SHA-256 digests");
+    }
+    Ok(())
+}
+
+/// Verifies a batch JWS completely: format, type, membership, key, signature, payload.
+pub async fn verify_batch(
+    state: &VisibilityState,
+    jws: &str,
+) -> Result<BatchPayload, VisibilityError> {
+    let decoded = jose::decode(jws).map_err(|e| match e {
+        JoseError::TooLarge => VisibilityError::TooLarge(format!(
+            "a batch JWS is at most {} bytes; send smaller batches",
+            jose::MAX_JWS_BYTES
+        )),
+        other => VisibilityError::bad_request("invalid-batch", other.to_string()),
+    })?;
+    if decoded.typ.as_deref() != Some(BATCH_TYP) {
+        return Err(VisibilityError::bad_request(
+            "invalid-batch",
+            format!("the JWS typ must be {BATCH_TYP}"),
+        ));
+    }
+    let signer = did_of(&decoded.kid).to_string();
+    if !state.is_member(&signer) {
+        return Err(VisibilityError::forbidden(
+            "not-a-member",
+            format!("{signer} is not a member of the federation"),
+        ));
+    }
+    let (key, _) = state
+        .verifier
+        .resolver
+        .public_key(&decoded.kid, Relationship::AssertionMethod)
+        .await
+        .map_err(|e| match e {
+            DidError::Fetch { .. } => VisibilityError::Unavailable(e.to_string()),
+            DidError::NotAllowed(_) => VisibilityError::forbidden("not-a-member", e.to_string()),
+            other => VisibilityError::forbidden("bad-signature", other.to_string()),
+        })?;
+    decoded
+        .verify(&key)
+        .map_err(|e| VisibilityError::forbidden("bad-signature", e.to_string()))?;
+    check_payload(&signer, decoded.payload)
+}
+
+/// Where a receipt's leaf is: already in the log, or at a position of this append.
+enum Slot {
+    Logged(u64),
+    New(usize),
+}
+
+/// Appends the events not yet logged and returns one receipt per event, in order, with the
+/// checkpoint covering them. Durable before it returns.
+pub async fn append_events(
+    state: &VisibilityState,
+    custodian: &str,
+    events: Vec<AccessEvent>,
+) -> Result<BatchResponse, VisibilityError> {
+    let guard = state.lock_writer().await;
+    let mut slots: Vec<(String, Slot, bool)> = Vec::with_capacity(events.len());
+    let mut entries = Vec::new();
+    let mut leaves: Vec<Vec<u8>> = Vec::new();
+    let mut in_batch: HashMap<String, usize> = HashMap::new();
+    for event in events {
+        let id = event.id.clone();
+        let entry = LogEntry::Access { event };
+        let leaf = leaf_bytes(&entry);
+        let same_content = |held: &[u8]| {
+            if held == leaf.as_slice() {
+                Ok(())
+            } else {
+                Err(VisibilityError::Conflict(format!(
+                    "event {} is already logged with other content",
+                    echo(&id)
+                )))
+            }
+        };
+        if let Some(index) = state.store.existing(custodian, &id)? {
+            same_content(&state.store.log.leaf(index)?)?;
+            slots.push((id, Slot::Logged(index), true));
+        } else if let Some(&pos) = in_batch.get(&id) {
+            same_content(&leaves[pos])?;
+            slots.push((id, Slot::New(pos), true));
+        } else {
+            in_batch.insert(id.clone(), leaves.len());
+            slots.push((id, Slot::New(leaves.len()), false));
+            entries.push(entry);
+            leaves.push(leaf);
+        }
+    }
+    let start = if leaves.is_empty() {
+        0
+    } else {
+        state.store.append(&entries, &leaves)?.start
+    };
+    let published = state.publish(&guard).await?;
+    drop(guard);
+    if !leaves.is_empty() {
+        tracing::info!(
+            custodian,
+            appended = leaves.len(),
+            tree_size = published.size,
+            "batch appended"
+        );
+    }
+    let receipts = slots
+        .into_iter()
+        .map(|(event_id, slot, duplicate)| Receipt {
+            event_id,
+            leaf_index: match slot {
+                Slot::Logged(index) => index,
+                Slot::New(pos) => start + pos as u64,
+            },
+            duplicate,
+        })
+        .collect();
+    Ok(BatchResponse {
+        receipts,
+        tree_size: published.size,
+        checkpoint: published.note.clone(),
+    })
+}
+
+/// `POST /v1/batches`.
+pub(crate) async fn post_batch(
+    State(s): State<Arc<VisibilityState>>,
+    StrictJson(req): StrictJson<BatchRequest>,
+) -> Result<Json<BatchResponse>, VisibilityError> {
+    let batch = verify_batch(&s, &req.batch).await?;
+    append_events(&s, &batch.custodian, batch.events)
+        .await
+        .map(Json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(custodian: &str) -> Value {
+        json!({
+            "id": AccessEvent::new_id(),
+            "time": "2026-03-01T10:00:00Z",
+            "custodian": custodian,
+            "domain": "clinical",
+            "purpose": "TREAT",
+            "decision": "allow",
+            "decisionId": "d-1",
+        })
+    }
+
+    fn status(e: VisibilityError) -> u16 {
+        use axum::response::IntoResponse;
+        e.into_response().status().as_u16()
+    }
+
+    #[test]
+    fn payload_rules() {
+        let a = "did:web:a.test";
+        let ok = check_payload(a, json!({"custodian": a, "events": [event(a), event(a)]})).unwrap();
+        assert_eq!(ok.events.len(), 2);
+
+        let too_many: Vec<Value> = (0..=MAX_BATCH_EVENTS).map(|_| event(a)).collect();
+        let err = check_payload(a, json!({"custodian": a, "events": too_many})).unwrap_err();
+        assert_eq!(status(err), 413);
+        let max: Vec<Value> = (0..MAX_BATCH_EVENTS).map(|_| event(a)).collect();
+        assert!(check_payload(a, json!({"custodian": a, "events": max})).is_ok());
+
+        let err = check_payload(a, json!({"custodian": "did:web:b.test", "events": []}));
+        assert_eq!(status(err.unwrap_err()), 403);
+        let err = check_payload(
+            a,
+            json!({"custodian": a, "events": [event("did:web:b.test")]}),
+        );
+        assert_eq!(status(err.unwrap_err()), 403);
+
+        let mut unknown = event(a);
+        unknown["colour"] = json!("red");
+        let err = check_payload(a, json!({"custodian": a, "events": [unknown]}));
+        assert_eq!(status(err.unwrap_err()), 422);
+        let err = check_payload(a, json!({"custodian": a, "events": [], "extra": 1}));
+        assert_eq!(status(err.unwrap_err()), 422);
+
+        let mut bad_digest = event(a);
+        bad_digest["patientDidDigests"] = json!(["ABC"]);
+        let err = check_payload(a, json!({"custodian": a, "events": [bad_digest]}));
+        assert_eq!(status(err.unwrap_err()), 422);
+        let mut empty_id = event(a);
+        empty_id["id"] = json!("");
+        let err = check_payload(a, json!({"custodian": a, "events": [empty_id]}));
+        assert_eq!(status(err.unwrap_err()), 422);
+    }
+}
