@@ -12,12 +12,14 @@ use std::time::Instant;
 
 use federation::credentials::{self, CredentialKind, ProofFormat};
 use federation::keys::{KeyAlgorithm, KeyPair};
-use fedgate::harness::{Gateway, GatewaySpec, Office};
+use fedgate::harness::{free_port, Gateway, GatewaySpec, Office, Visibility};
 use serde::Serialize;
 use serde_json::{json, Value};
 
 const OFFICE: &str = "did:web:credentialing.demo.fedgate";
 const IRB: &str = "did:web:irb.demo.fedgate";
+const VISIBILITY: &str = "did:web:visibility.demo.fedgate";
+const AUDITORS: &str = "did:web:audit.demo.fedgate";
 const HOSPITAL_A: &str = "did:web:hospital-a.demo.fedgate";
 const HOSPITAL_B: &str = "did:web:hospital-b.demo.fedgate";
 const MRN_SYSTEM: &str = "http://hospital.smarthealthit.org";
@@ -32,6 +34,9 @@ pub struct Outcome {
     pub outcome: String,
     pub ok: bool,
     pub decision_id: Option<String>,
+    /// Where the decision's access event sits in the visibility log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<String>,
 }
 
 struct Demo {
@@ -53,6 +58,7 @@ impl Demo {
             outcome,
             ok,
             decision_id,
+            receipt: None,
         });
     }
 }
@@ -261,6 +267,21 @@ pub async fn run(dir: Option<PathBuf>, json_out: bool) -> Result<bool, String> {
     let office = Office::start(&exe, &dir.join("credentialing-office"), OFFICE)?;
     let irb = Office::start(&exe, &dir.join("irb"), IRB)?;
     let network = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+    let (port_a, port_b, port_v) = (free_port()?, free_port()?, free_port()?);
+    let visibility = Visibility::start(
+        &exe,
+        &dir.join("visibility"),
+        VISIBILITY,
+        port_v,
+        &format!(
+            "auditors = [\"{AUDITORS}\"]\n[members]\n\"{HOSPITAL_A}\" = \"http://127.0.0.1:{port_a}/\"\n\"{HOSPITAL_B}\" = \"http://127.0.0.1:{port_b}/\"\n\"{OFFICE}\" = \"{}\"\n[trust]\nClinicianPrivilegeCredential = [\"{OFFICE}\"]\n",
+            office.url()
+        ),
+    )?;
+    let shipping = format!(
+        "[visibility]\nendpoint = \"{}\"\ndid = \"{VISIBILITY}\"\ninterval_ms = 100\n",
+        visibility.url()
+    );
     let extra = format!(
         r#"
 status_push = ["{office}v1/status/events"]
@@ -270,6 +291,8 @@ ResearchStudyCredential = ["{IRB}"]
 [did_web]
 "{OFFICE}" = "{office}"
 "{IRB}" = "{irb}"
+"{VISIBILITY}" = "{vis}"
+{shipping}
 [custodian]
 break_glass_minutes = 30
 min_cell_size = 3
@@ -286,6 +309,7 @@ purposes = ["HRESCH"]
 "#,
         office = office.url(),
         irb = irb.url(),
+        vis = visibility.url(),
         network = network.did(),
     );
     let fixtures_a = json_files(&root.join("examples/data/fhir/hospital-a"))?;
@@ -293,7 +317,7 @@ purposes = ["HRESCH"]
         &exe,
         &dir.join("hospital-a"),
         &GatewaySpec {
-            port: 0,
+            port: port_a,
             did: HOSPITAL_A.into(),
             records: fixtures_a.clone(),
             policies: root.join("policies"),
@@ -304,23 +328,25 @@ purposes = ["HRESCH"]
         &exe,
         &dir.join("hospital-b"),
         &GatewaySpec {
-            port: 0,
+            port: port_b,
             did: HOSPITAL_B.into(),
             records: json_files(&root.join("examples/data/fhir/hospital-b"))?,
             policies: root.join("policies"),
             extra_toml: format!(
-                "status_push = [\"{office}v1/status/events\"]\n[trust]\nClinicianPrivilegeCredential = [\"{OFFICE}\"]\n[did_web]\n\"{OFFICE}\" = \"{office}\"\n[[contracts]]\ncustodian = \"{HOSPITAL_B}\"\nrequester = \"{HOSPITAL_B}\"\ndomains = [\"clinical\"]\npurposes = [\"TREAT\"]\n",
-                office = office.url()
+                "status_push = [\"{office}v1/status/events\"]\n[trust]\nClinicianPrivilegeCredential = [\"{OFFICE}\"]\n[did_web]\n\"{OFFICE}\" = \"{office}\"\n\"{VISIBILITY}\" = \"{vis}\"\n{shipping}\n[[contracts]]\ncustodian = \"{HOSPITAL_B}\"\nrequester = \"{HOSPITAL_B}\"\ndomains = [\"clinical\"]\npurposes = [\"TREAT\"]\n",
+                office = office.url(),
+                vis = visibility.url(),
             ),
         },
     )?;
     say(format!(
-        "federation up in {} ms: credentialing office {}, IRB {}, hospital A gateway {}, hospital B gateway {}\n",
+        "federation up in {} ms: credentialing office {}, IRB {}, hospital A gateway {}, hospital B gateway {}, visibility {}\n",
         started.elapsed().as_millis(),
         office.process.addr,
         irb.process.addr,
         gw_a.process.addr,
-        gw_b.process.addr
+        gw_b.process.addr,
+        visibility.process.addr
     ));
 
     let mut demo = Demo {
@@ -343,6 +369,15 @@ purposes = ["HRESCH"]
         &["TREAT"],
     )
     .await?;
+    // The patient registers the consent with hospital A: from then on A can tie every
+    // access to this record, consented or not, to the patient's DID (digest only).
+    let vp = present(&gw_a, &patient, std::slice::from_ref(&treat)).await?;
+    let (status, body) = gw_a
+        .post("/v1/consents", &json!({"presentation": vp}))
+        .await?;
+    if status != 201 || body["registered"][0]["patientKnown"] != true {
+        return Err(format!("registering the patient's consent failed: {body}"));
+    }
 
     // 1. Consented clinical exchange.
     let vp = present(&gw_a, &clinician, &[priv_vc.clone(), treat.clone()]).await?;
@@ -658,6 +693,78 @@ purposes = ["HRESCH"]
         last_id,
     );
 
+    // Every access reaches the visibility log; each decision gets its receipt.
+    for gw in [&gw_a, &gw_b] {
+        if !gw.drained(std::time::Duration::from_secs(30)).await {
+            return Err("access events did not reach the visibility log within 30 s".into());
+        }
+    }
+    let auditor = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+    let (_, audit_vc) = office
+        .joiner(
+            &json!({
+                "id": auditor.did(), "name": "Federation Auditor", "npi": "1234567893", "role": "auditor",
+                "specialty": "207R00000X", "organization": AUDITORS,
+                "privileges": [{"facility": VISIBILITY, "domains": ["clinical"], "actions": ["query"]}]
+            }),
+            "jwt",
+        )
+        .await?;
+    let token = visibility.auditor_session(&auditor, &[audit_vc]).await?;
+    let cp = visibility.checkpoint().await?;
+    let mut logged = visibility.events_of(&token, HOSPITAL_A).await?;
+    logged.extend(visibility.events_of(&token, HOSPITAL_B).await?);
+    for r in demo.results.iter_mut() {
+        let Some(id) = r.decision_id.clone() else {
+            continue;
+        };
+        let hits: Vec<&(u64, federation::events::AccessEvent)> =
+            logged.iter().filter(|(_, e)| e.decision_id == id).collect();
+        r.receipt = Some(match hits.as_slice() {
+            [(index, event)] => match visibility.verify_inclusion(&cp, *index, event).await {
+                Ok(()) => format!(
+                    "leaf {index} of {}, inclusion verified against the signed checkpoint",
+                    cp.size
+                ),
+                Err(e) => {
+                    r.ok = false;
+                    format!("leaf {index}: inclusion proof FAILED: {e}")
+                }
+            },
+            [] => {
+                r.ok = false;
+                "not in the log".into()
+            }
+            more => {
+                r.ok = false;
+                format!("logged {} times", more.len())
+            }
+        });
+    }
+
+    // 10. The patient's own history, across the federation.
+    let history = visibility
+        .patient_history(&patient, std::slice::from_ref(&treat))
+        .await?;
+    let wanted: Vec<String> = demo
+        .results
+        .iter()
+        .filter(|r| ["1.", "2.", "3."].iter().any(|p| r.scenario.starts_with(p)))
+        .filter_map(|r| r.decision_id.clone())
+        .collect();
+    let seen = wanted
+        .iter()
+        .filter(|id| history.iter().any(|e| &e.decision_id == *id))
+        .count();
+    let break_glass = history.iter().filter(|e| e.break_glass).count();
+    demo.record(
+        "10. the patient fetches their own access history from the visibility layer",
+        "sees scenarios 1-3 (including the break-glass access)",
+        format!("{} events in their history; scenarios 1-3 found: {seen} of 3; break-glass: {break_glass}", history.len()),
+        seen == 3 && wanted.len() == 3 && break_glass >= 1,
+        None,
+    );
+
     demo.results.sort_by_key(|r| {
         r.scenario
             .split('.')
@@ -674,12 +781,13 @@ purposes = ["HRESCH"]
     } else {
         for r in &demo.results {
             println!(
-                "[{}] {}\n       expected: {}\n       happened: {}\n       decision: {}\n",
+                "[{}] {}\n       expected: {}\n       happened: {}\n       decision: {}\n       log:      {}\n",
                 if r.ok { " ok " } else { "FAIL" },
                 r.scenario,
                 r.expected,
                 r.outcome,
-                r.decision_id.as_deref().unwrap_or("-")
+                r.decision_id.as_deref().unwrap_or("-"),
+                r.receipt.as_deref().unwrap_or("-")
             );
         }
         println!(

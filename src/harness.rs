@@ -381,3 +381,224 @@ impl Gateway {
         post(&format!("{}{path}", self.process.url()), body, None).await
     }
 }
+
+impl Visibility {
+    async fn challenge(&self) -> Result<federation::credentials::PresentationBinding, String> {
+        let (status, body) =
+            post(&format!("{}v1/challenges", self.url()), &json!({}), None).await?;
+        match (status, body["challenge"].as_str(), body["domain"].as_str()) {
+            (200, Some(c), Some(d)) => Ok(federation::credentials::PresentationBinding {
+                challenge: c.to_string(),
+                domain: d.to_string(),
+            }),
+            _ => Err(format!("visibility challenge failed ({status}): {body}")),
+        }
+    }
+
+    /// Opens an auditor session with `credentials` presented by `holder`.
+    pub async fn auditor_session(
+        &self,
+        holder: &federation::keys::KeyPair,
+        credentials: &[Value],
+    ) -> Result<String, String> {
+        let binding = self.challenge().await?;
+        let vp = federation::credentials::present(
+            credentials,
+            holder,
+            &binding,
+            federation::credentials::ProofFormat::Jwt,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let (status, body) = post(
+            &format!("{}v1/audit/sessions", self.url()),
+            &json!({"presentation": vp}),
+            None,
+        )
+        .await?;
+        body["token"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("auditor session refused ({status}): {body}"))
+    }
+
+    /// A patient's own history: the holder proves control of the patient DID.
+    pub async fn patient_history(
+        &self,
+        patient: &federation::keys::KeyPair,
+        credentials: &[Value],
+    ) -> Result<Vec<federation::events::AccessEvent>, String> {
+        let binding = self.challenge().await?;
+        let vp = federation::credentials::present(
+            credentials,
+            patient,
+            &binding,
+            federation::credentials::ProofFormat::Jwt,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let (status, body) = post(
+            &format!("{}v1/patients/history", self.url()),
+            &json!({"presentation": vp}),
+            None,
+        )
+        .await?;
+        if status != 200 {
+            return Err(format!("history refused ({status}): {body}"));
+        }
+        let events = body["events"]
+            .as_array()
+            .ok_or_else(|| format!("history answer without events: {body}"))?;
+        Ok(events
+            .iter()
+            .filter_map(|e| {
+                serde_json::from_value(e.get("event").cloned().unwrap_or_else(|| e.clone())).ok()
+            })
+            .collect())
+    }
+
+    /// Every logged access event of `custodian`, with its leaf index (auditor session).
+    pub async fn events_of(
+        &self,
+        token: &str,
+        custodian: &str,
+    ) -> Result<Vec<(u64, federation::events::AccessEvent)>, String> {
+        let mut out = Vec::new();
+        let mut before: Option<u64> = None;
+        loop {
+            let mut url = format!(
+                "{}v1/audit/events?custodian={custodian}&limit=1000",
+                self.url()
+            );
+            if let Some(b) = before {
+                url.push_str(&format!("&before={b}"));
+            }
+            let page: Value = client()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            for e in page["events"].as_array().into_iter().flatten() {
+                if let (Some(i), Ok(ev)) = (
+                    e["leafIndex"].as_u64(),
+                    serde_json::from_value(e["event"].clone()),
+                ) {
+                    out.push((i, ev));
+                }
+            }
+            match page["next"].as_u64() {
+                Some(n) => before = Some(n),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The latest checkpoint, verified with the key of the service's DID document.
+    pub async fn checkpoint(&self) -> Result<federation::checkpoint::Checkpoint, String> {
+        let doc: Value = client()
+            .get(format!("{}.well-known/did.json", self.url()))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let vm = doc["verificationMethod"][0].clone();
+        let vm_id = vm["id"].as_str().unwrap_or_default().to_string();
+        let jwk = federation::did::method_public_jwk(&vm_id, &vm).map_err(|e| e.to_string())?;
+        let x = serde_json::to_value(&jwk).map_err(|e| e.to_string())?["x"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        use base64::Engine;
+        let raw: [u8; 32] = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(x)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or("the log's key is not Ed25519")?;
+        let verifier =
+            federation::checkpoint::NoteVerifier::new(&self.did, raw).map_err(|e| e.to_string())?;
+        let note = client()
+            .get(format!("{}v1/checkpoint", self.url()))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .text()
+            .await
+            .map_err(|e| e.to_string())?;
+        federation::checkpoint::open(&note, &[verifier]).map_err(|e| e.to_string())
+    }
+
+    /// Verifies that `event` sits at `index` under the checkpoint `cp`.
+    pub async fn verify_inclusion(
+        &self,
+        cp: &federation::checkpoint::Checkpoint,
+        index: u64,
+        event: &federation::events::AccessEvent,
+    ) -> Result<(), String> {
+        let proof: Value = client()
+            .get(format!(
+                "{}v1/proofs/inclusion?index={index}&size={}",
+                self.url(),
+                cp.size
+            ))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let hashes: Vec<federation::log::Hash> = proof["proof"]
+            .as_array()
+            .ok_or("no proof")?
+            .iter()
+            .map(|h| {
+                hex::decode(h.as_str().unwrap_or_default())
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| "bad proof hash".to_string())
+            })
+            .collect::<Result<_, _>>()?;
+        let leaf = federation::log::leaf_hash(&federation::visibility::leaf_bytes(
+            &federation::visibility::LogEntry::Access {
+                event: event.clone(),
+            },
+        ));
+        federation::log::verify_inclusion(&leaf, index, cp.size, &hashes, &cp.root)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Gateway {
+    /// Events waiting in the outbox (from `/readyz`).
+    pub async fn outbox_pending(&self) -> Option<u64> {
+        let v: Value = client()
+            .get(format!("{}readyz", self.url()))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        v["outbox"]["pending"]
+            .as_u64()
+            .or_else(|| v["state"]["outbox"]["pending"].as_u64())
+    }
+
+    /// Waits until the outbox is empty (every event has a receipt).
+    pub async fn drained(&self, within: Duration) -> bool {
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < within {
+            if self.outbox_pending().await == Some(0) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+}

@@ -110,6 +110,24 @@ impl ConsentStore {
             .collect()
     }
 
+    /// DIDs of the patient behind a custodian patient id, from consents registered here
+    /// (withdrawn ones included: the history is still theirs).
+    pub fn dids_for_patient(&self, patient_id: &str) -> Vec<String> {
+        let mut dids: Vec<String> = self
+            .consents
+            .iter()
+            .values()
+            .flatten()
+            .filter_map(|v| serde_json::from_slice::<StoredConsent>(&v).ok())
+            .filter(|c| c.patient_id.as_deref() == Some(patient_id))
+            .map(|c| c.patient_did)
+            .filter(|d| !d.is_empty())
+            .collect();
+        dids.sort();
+        dids.dedup();
+        dids
+    }
+
     /// Patients (custodian ids) whose registered consent permits `purpose` in the research
     /// domain to this study or its sponsor now, unless any registered deny for them matches.
     pub fn research_cohort(

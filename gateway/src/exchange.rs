@@ -403,10 +403,19 @@ pub async fn exchange(
                 .is_withdrawn(c.id.as_deref().unwrap_or(&c.digest))
         })
         .collect();
+    // The patient's DIDs: from the consents presented, and from consents the patient
+    // registered here, so that they find this access in their history even when it was
+    // made without their consent (break-glass, denials).
+    let registered = patient_id
+        .as_deref()
+        .map(|pid| state.consents.dids_for_patient(pid))
+        .unwrap_or_default();
     ledger.patient_did_digests = consents
         .iter()
         .filter_map(|c| c.subject["id"].as_str())
-        .map(federation::events::patient_did_digest)
+        .map(str::to_string)
+        .chain(registered)
+        .map(|d| federation::events::patient_did_digest(&d))
         .collect();
     ledger.patient_did_digests.sort();
     ledger.patient_did_digests.dedup();
