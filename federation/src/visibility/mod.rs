@@ -16,10 +16,13 @@
 //!   checkpoint and proof endpoints.
 //! - [`audit`]: challenges, auditor sessions, event queries, the break-glass review queue,
 //!   and patients' history.
+//! - [`dashboard`]: the auditor web dashboard (`GET /dashboard`), a static page on the
+//!   auditor API.
 //! - [`error`]: the module's error enum, mapped to problem+json once.
 
 pub mod audit;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod ingest;
 pub mod proofs;
@@ -272,6 +275,9 @@ pub fn router(state: Arc<VisibilityState>) -> Router {
         .route("/v1/audit/reviews/{event_id}/resolve", post(audit::resolve))
         .route("/v1/audit/reviews/{event_id}/notes", get(audit::notes))
         .route("/v1/patients/history", post(audit::patient_history))
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/app.css", get(dashboard::style))
         .fallback(crate::http::problem_fallback)
         .with_state(state);
     crate::http::common_layers(router, &limits)
