@@ -427,3 +427,102 @@ async fn outage_loses_nothing_and_a_full_outbox_fails_closed() {
         verify_inclusion(&s, &cp, hits[0].0, &hits[0].1).await;
     }
 }
+
+/// Rewrites history in a stopped visibility service's database the way an operator with
+/// write access could without the service noticing at start: leaf 0 gets other content,
+/// every stored subtree hash is recomputed from the leaves, and the stored checkpoint is
+/// deleted so that the service signs the rewritten tree afresh.
+fn rewrite_history(visibility_dir: &Path) {
+    let db = sled::open(visibility_dir.join("data").join("visibility.sled")).unwrap();
+    let leaves = db.open_tree("fedgate.log/visibility/leaves").unwrap();
+    let nodes = db.open_tree("fedgate.log/visibility/nodes").unwrap();
+    let meta = db.open_tree("visibility/meta").unwrap();
+
+    let first = 0u64.to_be_bytes();
+    let mut entry: LogEntry = serde_json::from_slice(&leaves.get(first).unwrap().unwrap()).unwrap();
+    match &mut entry {
+        LogEntry::Access { event } => event.purpose = "RESEARCH".into(),
+        other => panic!("leaf 0 is not an access event: {other:?}"),
+    }
+    leaves.insert(first, leaf_bytes(&entry)).unwrap();
+
+    // Every complete subtree, level by level, in tiles of 256 hashes (see federation::log).
+    let mut level_hashes: Vec<log::Hash> = leaves
+        .iter()
+        .values()
+        .map(|v| log::leaf_hash(&v.unwrap()))
+        .collect();
+    assert!(!level_hashes.is_empty());
+    nodes.clear().unwrap();
+    let mut level = 0u8;
+    while !level_hashes.is_empty() {
+        for (tile, chunk) in (0u64..).zip(level_hashes.chunks(log::TILE_WIDTH as usize)) {
+            let mut key = vec![level];
+            key.extend_from_slice(&tile.to_be_bytes());
+            nodes.insert(key, chunk.concat()).unwrap();
+        }
+        level_hashes = level_hashes
+            .chunks_exact(2)
+            .map(|pair| log::node_hash(&pair[0], &pair[1]))
+            .collect();
+        level += 1;
+    }
+    assert!(meta.remove(b"checkpoint").unwrap().is_some());
+    db.flush().unwrap();
+}
+
+async fn inconsistency_alarms(s: &Setup) -> f64 {
+    let text = reqwest::get(format!("{}metrics", s.gateway.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("fedgate_log_inconsistency_total"))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_rewritten_log_raises_the_alarm_and_keeps_the_event() {
+    let mut s = setup(10_000).await;
+    let r = requester(&s).await;
+    for _ in 0..3 {
+        let (status, _) = exchange(&s, &r, true).await;
+        assert_eq!(status, 200);
+        wait_drained(&s).await;
+    }
+    // The outbox drained: the gateway accepted a checkpoint covering these events.
+    let accepted = checkpoint_of(&s).await;
+    assert!(accepted.size >= 3);
+    assert_eq!(inconsistency_alarms(&s).await, 0.0);
+
+    // The operator rewrites leaf 0 and everything above it, then restarts the service.
+    s.visibility.process.stop();
+    rewrite_history(&s.dir.path().join("visibility"));
+    s.visibility = Visibility::restart(&exe(), VISIBILITY, &s.visibility.config.clone()).unwrap();
+    let forged = checkpoint_of(&s).await;
+    assert_eq!(forged.size, accepted.size);
+    assert_ne!(
+        forged.root, accepted.root,
+        "the tampering must change the served root"
+    );
+
+    // The next event's checkpoint does not extend the accepted one: alarm, no ack.
+    let (status, _) = exchange(&s, &r, true).await;
+    assert_eq!(status, 200);
+    let t0 = Instant::now();
+    while inconsistency_alarms(&s).await < 1.0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the gateway never noticed the rewritten log"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(outbox_pending(&s).await >= 1);
+    // It keeps refusing: the event is never acknowledged against this log.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(outbox_pending(&s).await >= 1);
+    assert!(inconsistency_alarms(&s).await >= 1.0);
+}

@@ -18,7 +18,8 @@ pub const MAX_JWS_BYTES: usize = 256 * 1024;
 pub enum JoseError {
     #[error("not a compact JWS (three base64url parts)")]
     NotCompact,
-    #[error("JWS is larger than {MAX_JWS_BYTES} bytes")]
+    /// Larger than the limit the caller decoded with ([`MAX_JWS_BYTES`] for [`decode`]).
+    #[error("JWS is larger than the accepted size")]
     TooLarge,
     #[error("JWS header is not valid: {0}")]
     BadHeader(String),
@@ -53,9 +54,17 @@ fn b64(s: &str) -> Result<Vec<u8>, JoseError> {
         .map_err(|_| JoseError::NotCompact)
 }
 
-/// Splits and decodes a compact JWS, enforcing the header rules above.
+/// Splits and decodes a compact JWS, enforcing the header rules above and the
+/// [`MAX_JWS_BYTES`] size limit.
 pub fn decode(jws: &str) -> Result<DecodedJws, JoseError> {
-    if jws.len() > MAX_JWS_BYTES {
+    decode_with_limit(jws, MAX_JWS_BYTES)
+}
+
+/// As [`decode`], for callers whose tokens are legitimately larger (or must be smaller)
+/// than [`MAX_JWS_BYTES`]: a token longer than `max_bytes` is refused with
+/// [`JoseError::TooLarge`] before anything is decoded.
+pub fn decode_with_limit(jws: &str, max_bytes: usize) -> Result<DecodedJws, JoseError> {
+    if jws.len() > max_bytes {
         return Err(JoseError::TooLarge);
     }
     let mut parts = jws.split('.');
@@ -219,6 +228,34 @@ mod tests {
         );
         assert_eq!(decode("a.b").unwrap_err(), JoseError::NotCompact);
         assert_eq!(decode("a.b.c.d").unwrap_err(), JoseError::NotCompact);
+    }
+
+    #[test]
+    fn size_limit_is_the_callers() {
+        let key = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+        let filler = "x".repeat(MAX_JWS_BYTES);
+        let big = sign(&serde_json::json!({ "filler": filler }), &key, "vc+jwt").unwrap();
+        assert!(big.len() > MAX_JWS_BYTES);
+        // The default limit refuses it; a larger one accepts it and it still verifies.
+        assert_eq!(decode(&big).unwrap_err(), JoseError::TooLarge);
+        let d = decode_with_limit(&big, 4 * MAX_JWS_BYTES).unwrap();
+        d.verify(&key.public_jwk()).unwrap();
+        // The limit is inclusive, and checked before anything is parsed.
+        assert!(decode_with_limit(&big, big.len()).is_ok());
+        assert_eq!(
+            decode_with_limit(&big, big.len() - 1).unwrap_err(),
+            JoseError::TooLarge
+        );
+        assert_eq!(
+            decode_with_limit("not-a-jws", 3).unwrap_err(),
+            JoseError::TooLarge
+        );
+        // A small token under a small limit decodes like `decode` does.
+        let small = sign(&serde_json::json!({"a": 1}), &key, "vc+jwt").unwrap();
+        assert_eq!(
+            decode_with_limit(&small, small.len()).unwrap().digest(),
+            decode(&small).unwrap().digest()
+        );
     }
 
     #[test]

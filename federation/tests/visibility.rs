@@ -418,10 +418,15 @@ async fn visibility_refused_batches_append_nothing() {
     )
     .unwrap();
     problem(post_batch(&svc.base, &jws).await, 422).await;
-    // 1,001 events.
+    // 1,001 events: small enough in bytes, refused by the count check.
     let many: Vec<AccessEvent> = (0..1001).map(|_| event(a)).collect();
     let jws = sign_batch(&orgs.a.key, a, &many);
-    problem(post_batch(&svc.base, &jws).await, 413).await;
+    assert!(jws.len() < federation::visibility::ingest::MAX_BATCH_JWS_BYTES);
+    let p = problem(post_batch(&svc.base, &jws).await, 413).await;
+    assert!(
+        p["detail"].as_str().unwrap().contains("this one 1001"),
+        "{p}"
+    );
     // Bodies that are not a batch request.
     let resp = client()
         .post(format!("{}/v1/batches", svc.base))

@@ -33,9 +33,10 @@ pub struct VisibilityConfig {
     pub interval_ms: u64,
 }
 
-/// Events per batch: a signed batch must stay under the JWS size limit (~256 KiB).
+/// Events per batch: the visibility service's maximum (1,000 events per batch; a batch JWS
+/// may be up to 4 MiB, far more than 1,000 typical events need).
 fn default_batch() -> usize {
-    200
+    1000
 }
 fn default_interval() -> u64 {
     200

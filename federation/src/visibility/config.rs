@@ -51,8 +51,52 @@ pub struct VisibilityConfig {
     pub checkpoint_interval_ms: u64,
     #[serde(default = "default_status_ttl")]
     pub status_cache_ttl_secs: u64,
-    #[serde(default)]
+    /// HTTP limits. Unlike the other services, `max_body_bytes` defaults to
+    /// [`DEFAULT_MAX_BODY_BYTES`] (8 MiB), whether `[limits]` is absent or leaves it out:
+    /// a batch JWS may be up to 4 MiB.
+    #[serde(default = "default_limits", deserialize_with = "limits_with_defaults")]
     pub limits: HttpLimits,
+}
+
+/// The visibility service's default request body limit: room for the largest batch
+/// ([`super::ingest::MAX_BATCH_JWS_BYTES`]) in its JSON envelope.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+fn default_limits() -> HttpLimits {
+    HttpLimits {
+        max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        ..HttpLimits::default()
+    }
+}
+
+/// `[limits]` as written: keys left out take this service's defaults ([`default_limits`]),
+/// not [`HttpLimits::default`], which `HttpLimits`' own `#[serde(default)]` would use.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartialLimits {
+    max_body_bytes: Option<usize>,
+    request_timeout_secs: Option<u64>,
+    max_concurrent: Option<usize>,
+    header_read_timeout_secs: Option<u64>,
+}
+
+fn limits_with_defaults<'de, D>(deserializer: D) -> Result<HttpLimits, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let written = PartialLimits::deserialize(deserializer)?;
+    let d = default_limits();
+    // No `..`: a field added to HttpLimits must be added here too.
+    Ok(HttpLimits {
+        max_body_bytes: written.max_body_bytes.unwrap_or(d.max_body_bytes),
+        request_timeout_secs: written
+            .request_timeout_secs
+            .unwrap_or(d.request_timeout_secs),
+        max_concurrent: written.max_concurrent.unwrap_or(d.max_concurrent),
+        header_read_timeout_secs: written
+            .header_read_timeout_secs
+            .unwrap_or(d.header_read_timeout_secs),
+    })
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -280,6 +324,32 @@ ClinicianPrivilegeCredential = ["did:web:office.test"]
         assert_eq!(cfg.members.len(), 1);
         assert_eq!(cfg.challenge_ttl_secs, 120);
         assert_eq!(cfg.checkpoint_interval_ms, 1000);
+        assert_eq!(cfg.limits.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(
+            cfg.limits.max_concurrent,
+            HttpLimits::default().max_concurrent
+        );
+    }
+
+    #[test]
+    fn limits_default_to_room_for_the_largest_batch() {
+        const { assert!(DEFAULT_MAX_BODY_BYTES > super::super::ingest::MAX_BATCH_JWS_BYTES) };
+        // A [limits] table that leaves max_body_bytes out still gets this service's default.
+        let cfg = check("[limits]\nrequest_timeout_secs = 5\n").unwrap();
+        assert_eq!(cfg.limits.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(cfg.limits.request_timeout_secs, 5);
+        assert_eq!(
+            cfg.limits.header_read_timeout_secs,
+            HttpLimits::default().header_read_timeout_secs
+        );
+        let cfg = check("[limits]\nmax_body_bytes = 65536\n").unwrap();
+        assert_eq!(cfg.limits.max_body_bytes, 65536);
+        assert!(check("[limits]\nmax_body = 1\n")
+            .unwrap_err()
+            .contains("max_body"));
+        assert!(check("[limits]\nmax_body_bytes = 0\n")
+            .unwrap_err()
+            .contains("limits"));
     }
 
     #[test]

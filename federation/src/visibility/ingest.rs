@@ -26,6 +26,11 @@ use super::{leaf_bytes, LogEntry, VisibilityError, VisibilityState};
 pub const BATCH_TYP: &str = "fedgate-batch+jwt";
 /// Most events one batch may carry.
 pub const MAX_BATCH_EVENTS: usize = 1000;
+/// Largest batch JWS accepted (larger than [`jose::MAX_JWS_BYTES`], which is sized for
+/// credentials): a batch of [`MAX_BATCH_EVENTS`] typical events (~1 KiB each once signed)
+/// fits with room to spare, so an over-count batch is refused by the count check, which
+/// names the count. The service's body limit (`limits.max_body_bytes`) must stay above it.
+pub const MAX_BATCH_JWS_BYTES: usize = 4 * 1024 * 1024;
 
 const MAX_ID_BYTES: usize = 128;
 const MAX_PATIENT_REF_BYTES: usize = 256;
@@ -141,10 +146,9 @@ pub async fn verify_batch(
     state: &VisibilityState,
     jws: &str,
 ) -> Result<BatchPayload, VisibilityError> {
-    let decoded = jose::decode(jws).map_err(|e| match e {
+    let decoded = jose::decode_with_limit(jws, MAX_BATCH_JWS_BYTES).map_err(|e| match e {
         JoseError::TooLarge => VisibilityError::TooLarge(format!(
-            "a batch JWS is at most {} bytes; send smaller batches",
-            jose::MAX_JWS_BYTES
+            "a batch JWS is at most {MAX_BATCH_JWS_BYTES} bytes; send smaller batches"
         )),
         other => VisibilityError::bad_request("invalid-batch", other.to_string()),
     })?;
