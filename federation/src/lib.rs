@@ -21,10 +21,12 @@
 //! - [`checkpoint`]: C2SP tlog-checkpoint signed notes of the log's tree heads.
 //! - [`visibility`]: the visibility service: signed event batches in, receipts, checkpoints, proofs, auditor and patient queries out.
 //! - [`fhir_consent`]: PatientConsentCredential to and from FHIR R4 `Consent`.
+//! - [`config`]: loading a service's TOML configuration (one error type, relative paths).
 //! - [`http`]: problem+json, strict JSON bodies, limits, TLS/loopback serving.
 //! - [`time`]: clock helpers shared by issuing and verifying.
 
 pub mod checkpoint;
+pub mod config;
 pub mod context;
 pub mod credentials;
 pub mod did;

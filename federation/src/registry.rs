@@ -1677,3 +1677,33 @@ mod tests {
         server.abort();
     }
 }
+
+/// How a service follows the federation's manifest (the `[registry]` table of its config).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// A file path (relative to the config file) or an https URL of the signed manifest.
+    pub signed: String,
+    /// The governance this service pins: k of these keys must sign a manifest.
+    pub governance: Governance,
+    #[serde(default = "default_poll_secs")]
+    pub poll_secs: u64,
+}
+
+fn default_poll_secs() -> u64 {
+    10
+}
+
+impl RegistryConfig {
+    /// Whether `signed` names a URL rather than a file.
+    pub fn is_url(&self) -> bool {
+        self.signed.starts_with("https://") || self.signed.starts_with("http://")
+    }
+
+    /// Makes a relative manifest path relative to `base` (the config file's folder).
+    pub fn resolve_path(&mut self, base: &Path) {
+        if !self.is_url() && Path::new(&self.signed).is_relative() {
+            self.signed = base.join(&self.signed).display().to_string();
+        }
+    }
+}

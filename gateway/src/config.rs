@@ -70,20 +70,7 @@ pub enum RecordsConfig {
     Fhir { url: String },
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegistryConfig {
-    /// A file path or an https URL of the signed manifest.
-    pub signed: String,
-    /// The governance this gateway pins: k of these keys must sign a manifest.
-    pub governance: federation::registry::Governance,
-    #[serde(default = "default_poll")]
-    pub poll_secs: u64,
-}
-
-fn default_poll() -> u64 {
-    10
-}
+pub use federation::registry::RegistryConfig;
 
 /// The custodian's own settings, passed to policy as `input.custodian`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -142,56 +129,33 @@ fn default_max_records() -> u32 {
     5000
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: String, message: String },
-    #[error("{path}: `{key}` {message}")]
-    Invalid {
-        path: String,
-        key: &'static str,
-        message: String,
-    },
-}
+pub use federation::config::ConfigError;
 
 impl GatewayConfig {
     /// Reads and validates a config file. Relative paths are taken from the file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: p.clone(),
-            source,
-        })?;
-        let mut cfg: GatewayConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: p.clone(),
-            message: e.message().to_string(),
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        if let Some(r) = cfg.registry.as_mut() {
-            if !r.signed.starts_with("http") && Path::new(&r.signed).is_relative() {
-                r.signed = base.join(&r.signed).display().to_string();
-            }
+        federation::config::load(path)
+    }
+}
+
+impl federation::config::ServiceConfig for GatewayConfig {
+    fn resolve_paths(&mut self, base: &Path) {
+        use federation::config::resolve;
+        if let Some(r) = self.registry.as_mut() {
+            r.resolve_path(base);
         }
         for f in [
-            &mut cfg.key_file,
-            &mut cfg.secret_file,
-            &mut cfg.data_dir,
-            &mut cfg.policies,
+            &mut self.key_file,
+            &mut self.secret_file,
+            &mut self.data_dir,
+            &mut self.policies,
         ] {
-            if f.is_relative() {
-                *f = base.join(&*f);
-            }
+            resolve(base, f);
         }
-        cfg.validate(&p)?;
-        Ok(cfg)
+        federation::config::resolve_listen(base, &mut self.listen);
     }
 
-    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+    fn validate(&self, path: &str) -> Result<(), ConfigError> {
         let invalid = |key, message: &str| ConfigError::Invalid {
             path: path.to_string(),
             key,
@@ -272,7 +236,7 @@ impl GatewayConfig {
             r.governance
                 .validate()
                 .map_err(|e| invalid("registry.governance", &e.to_string()))?;
-            if r.signed.starts_with("http") && !url_ok(&r.signed) {
+            if r.is_url() && !url_ok(&r.signed) {
                 return Err(invalid("registry.signed", "must be a file or an https URL"));
             }
         }

@@ -107,7 +107,7 @@ impl GatewayState {
         let (trust, trust_mode): (Arc<dyn TrustSource>, TrustMode) = match &config.registry {
             Some(rc) => {
                 let registry = Arc::new(Registry::new(rc.governance.clone(), config.dev_mode));
-                let source = if rc.signed.starts_with("http") {
+                let source = if rc.is_url() {
                     ManifestSource::Url(
                         reqwest::Url::parse(&rc.signed)
                             .map_err(|e| format!("registry.signed: {e}"))?,

@@ -59,51 +59,27 @@ fn default_status_ttl() -> u64 {
     300
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: String, message: String },
-    #[error("{path}: `{key}` {message}")]
-    Invalid {
-        path: String,
-        key: &'static str,
-        message: String,
-    },
-}
+pub use federation::config::ConfigError;
 
 impl IssuerConfig {
     /// Reads and validates a config file. Relative paths are taken from the file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: p.clone(),
-            source,
-        })?;
-        let mut cfg: IssuerConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: p.clone(),
-            message: e.message().to_string(),
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        for f in [&mut cfg.key_file, &mut cfg.data_dir] {
-            if f.is_relative() {
-                *f = base.join(&*f);
-            }
+        federation::config::load(path)
+    }
+}
+
+impl federation::config::ServiceConfig for IssuerConfig {
+    fn resolve_paths(&mut self, base: &Path) {
+        use federation::config::resolve;
+        resolve(base, &mut self.key_file);
+        resolve(base, &mut self.data_dir);
+        if let Some(t) = self.admin_token_file.as_mut() {
+            resolve(base, t);
         }
-        if let Some(t) = cfg.admin_token_file.as_mut() {
-            if t.is_relative() {
-                *t = base.join(&*t);
-            }
-        }
-        cfg.validate(&p)?;
-        Ok(cfg)
+        federation::config::resolve_listen(base, &mut self.listen);
     }
 
-    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+    fn validate(&self, path: &str) -> Result<(), ConfigError> {
         let invalid = |key, message: &str| ConfigError::Invalid {
             path: path.to_string(),
             key,

@@ -11,7 +11,6 @@ use serde::Deserialize;
 
 use crate::credentials::CredentialKind;
 use crate::http::{HttpLimits, ListenConfig};
-use crate::registry::Governance;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -99,27 +98,8 @@ where
     })
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegistryConfig {
-    /// A file path (relative to the config file) or an https URL of the signed manifest.
-    pub signed: String,
-    /// The governance this service pins: k of these keys must sign a manifest.
-    pub governance: Governance,
-    #[serde(default = "default_poll")]
-    pub poll_secs: u64,
-}
+pub use crate::registry::RegistryConfig;
 
-impl RegistryConfig {
-    /// Whether `signed` names a URL rather than a file.
-    pub fn is_url(&self) -> bool {
-        self.signed.starts_with("https://") || self.signed.starts_with("http://")
-    }
-}
-
-fn default_poll() -> u64 {
-    10
-}
 fn default_challenge_ttl() -> u64 {
     120
 }
@@ -133,39 +113,12 @@ fn default_status_ttl() -> u64 {
     300
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: String, message: String },
-    #[error("{path}: `{key}` {message}")]
-    Invalid {
-        path: String,
-        key: &'static str,
-        message: String,
-    },
-}
+pub use crate::config::ConfigError;
 
 impl VisibilityConfig {
     /// Reads and validates a config file. Relative paths are taken from the file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: p.clone(),
-            source,
-        })?;
-        let mut cfg = Self::from_toml(&text).map_err(|message| ConfigError::Parse {
-            path: p.clone(),
-            message,
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        cfg.resolve_paths(base);
-        cfg.validate(&p)?;
-        Ok(cfg)
+        crate::config::load(path)
     }
 
     /// Parses without validating or resolving paths.
@@ -175,26 +128,25 @@ impl VisibilityConfig {
 
     /// Makes relative file paths relative to `base` (the config file's folder).
     pub fn resolve_paths(&mut self, base: &Path) {
-        let mut paths = vec![&mut self.key_file, &mut self.data_dir];
-        if let Some(cert) = self.listen.tls_cert.as_mut() {
-            paths.push(cert);
-        }
-        if let Some(key) = self.listen.tls_key.as_mut() {
-            paths.push(key);
-        }
-        for f in paths {
-            if f.is_relative() {
-                *f = base.join(&*f);
-            }
-        }
-        if let Some(reg) = self.registry.as_mut() {
-            if !reg.is_url() && Path::new(&reg.signed).is_relative() {
-                reg.signed = base.join(&reg.signed).display().to_string();
-            }
-        }
+        <Self as crate::config::ServiceConfig>::resolve_paths(self, base)
     }
 
     pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        <Self as crate::config::ServiceConfig>::validate(self, path)
+    }
+}
+
+impl crate::config::ServiceConfig for VisibilityConfig {
+    fn resolve_paths(&mut self, base: &Path) {
+        crate::config::resolve(base, &mut self.key_file);
+        crate::config::resolve(base, &mut self.data_dir);
+        crate::config::resolve_listen(base, &mut self.listen);
+        if let Some(reg) = self.registry.as_mut() {
+            reg.resolve_path(base);
+        }
+    }
+
+    fn validate(&self, path: &str) -> Result<(), ConfigError> {
         let invalid = |key, message: String| ConfigError::Invalid {
             path: path.to_string(),
             key,
