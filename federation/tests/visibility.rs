@@ -637,7 +637,7 @@ async fn visibility_auditors_query_events_and_resolve_break_glass_reviews() {
     accepted(&svc.base, &orgs.b.key, std::slice::from_ref(&b1), &verifier).await;
 
     // No session, or a made-up one: 401.
-    for path in ["/v1/audit/events", "/v1/audit/reviews"] {
+    for path in ["/v1/audit/events", "/v1/audit/reviews", "/v1/audit/export"] {
         problem(audit_get(&svc.base, None, path).await, 401).await;
         problem(audit_get(&svc.base, Some("made-up"), path).await, 401).await;
     }
@@ -760,6 +760,10 @@ async fn visibility_auditors_query_events_and_resolve_break_glass_reviews() {
     let none =
         ok_json(audit_get(&svc.base, t, &format!("/v1/audit/events?from={future}")).await).await;
     assert!(none["events"].as_array().unwrap().is_empty());
+    let none =
+        ok_json(audit_get(&svc.base, t, &format!("/v1/audit/export?from={future}")).await).await;
+    assert_eq!(none["resourceType"], "Bundle");
+    assert!(none.get("entry").is_none(), "FHIR JSON has no empty arrays");
     for bad in [
         "limit=1001",
         "limit=0",
@@ -773,6 +777,68 @@ async fn visibility_auditors_query_events_and_resolve_break_glass_reviews() {
         )
         .await;
     }
+
+    // The same queries as a FHIR Bundle of AuditEvents.
+    let resp = audit_get(&svc.base, t, &format!("/v1/audit/export?custodian={a}")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "application/fhir+json"
+    );
+    let bundle: Value = resp.json().await.unwrap();
+    assert_eq!(bundle["resourceType"], "Bundle");
+    assert_eq!(bundle["type"], "collection");
+    assert!(bundle.get("link").is_none());
+    let entries = bundle["entry"].as_array().unwrap();
+    let expected = [&glass, &a2, &a1];
+    assert_eq!(entries.len(), expected.len());
+    for (entry, e) in entries.iter().zip(expected) {
+        assert_eq!(entry["fullUrl"], format!("urn:uuid:{}", e.id));
+        let ae = &entry["resource"];
+        assert_eq!(ae["resourceType"], "AuditEvent");
+        assert_eq!(ae["id"], e.id.as_str());
+        assert!(ae["type"]["system"].is_string() && ae["type"]["code"].is_string());
+        assert!(ae["recorded"].is_string());
+        let agents = ae["agent"].as_array().unwrap();
+        assert!(agents.iter().all(|x| x["requestor"].is_boolean()));
+        assert!(agents.iter().any(|x| x["requestor"] == true));
+        assert_eq!(ae["source"]["observer"]["identifier"]["value"], a);
+        assert_eq!(
+            ae["outcome"],
+            if e.decision == Outcome::Allow {
+                "0"
+            } else {
+                "4"
+            }
+        );
+        assert_eq!(
+            ae["entity"][0]["what"]["identifier"]["value"],
+            e.patient_ref.as_deref().unwrap()
+        );
+        assert!(!ae.to_string().contains("unconscious"), "no justification");
+    }
+    let glass_ae = &entries[0]["resource"];
+    assert_eq!(glass_ae["purposeOfEvent"][1]["coding"][0]["code"], "BTG");
+    // Filters and paging as for /v1/audit/events; the next link carries the cursor.
+    let page: Value = audit_get(&svc.base, t, "/v1/audit/export?decision=allow&limit=1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["entry"].as_array().unwrap().len(), 1);
+    assert_eq!(page["entry"][0]["fullUrl"], format!("urn:uuid:{}", b1.id));
+    let next = page["link"][0]["url"].as_str().unwrap();
+    assert!(next.starts_with("/v1/audit/export?decision=allow&limit=1&before="));
+    let rest: Value = audit_get(&svc.base, t, next).await.json().await.unwrap();
+    assert_eq!(
+        rest["entry"][0]["fullUrl"],
+        format!("urn:uuid:{}", glass.id)
+    );
+    problem(
+        audit_get(&svc.base, t, "/v1/audit/export?decision=maybe").await,
+        400,
+    )
+    .await;
 
     // The break-glass event waits for review; resolving it appends a review leaf.
     let queue = ok_json(audit_get(&svc.base, t, "/v1/audit/reviews").await).await;

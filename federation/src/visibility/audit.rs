@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, Uri};
+use axum::response::IntoResponse;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -444,6 +445,59 @@ pub(crate) async fn events(
     let (filter, limit, before) = Filter::parse(query(q)?)?;
     let (events, next) = find_events(&s, &filter, limit, before)?;
     Ok(Json(json!({"events": events, "next": next})))
+}
+
+/// `GET /v1/audit/export`: the events `/v1/audit/events` would return (same filters, same
+/// paging), as a FHIR R4 Bundle of type `collection` of AuditEvents
+/// ([`crate::events::to_fhir_audit_event`]), newest first. When the answer was cut, the
+/// Bundle's `next` link repeats the query with the cursor.
+pub(crate) async fn export(
+    State(s): AppState,
+    headers: HeaderMap,
+    uri: Uri,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, VisibilityError> {
+    s.sessions.check(&headers)?;
+    let (filter, limit, before) = Filter::parse(query(q)?)?;
+    let (events, next) = find_events(&s, &filter, limit, before)?;
+    let entries: Vec<Value> = events
+        .iter()
+        // find_events serialized these AccessEvents itself, so reading them back succeeds.
+        .filter_map(|found| serde_json::from_value::<AccessEvent>(found["event"].clone()).ok())
+        .map(|e| {
+            json!({
+                "fullUrl": format!("urn:uuid:{}", e.id),
+                "resource": crate::events::to_fhir_audit_event(&e),
+            })
+        })
+        .collect();
+    let mut bundle = json!({
+        "resourceType": "Bundle",
+        "type": "collection",
+        "timestamp": crate::time::rfc3339(Utc::now()),
+    });
+    // FHIR JSON has no empty arrays: no match, no `entry`.
+    if !entries.is_empty() {
+        bundle["entry"] = json!(entries);
+    }
+    if let Some(next) = next {
+        let mut params: Vec<&str> = uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty() && !p.starts_with("before="))
+            .collect();
+        let cursor = format!("before={next}");
+        params.push(&cursor);
+        bundle["link"] = json!([{
+            "relation": "next",
+            "url": format!("{}?{}", uri.path(), params.join("&")),
+        }]);
+    }
+    Ok((
+        [(header::CONTENT_TYPE, "application/fhir+json")],
+        Json(bundle),
+    ))
 }
 
 /// `GET /v1/audit/reviews`: break-glass events awaiting review, oldest first.

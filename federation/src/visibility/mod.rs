@@ -271,6 +271,7 @@ pub fn router(state: Arc<VisibilityState>) -> Router {
         .route("/v1/challenges", post(audit::challenge))
         .route("/v1/audit/sessions", post(audit::open_session))
         .route("/v1/audit/events", get(audit::events))
+        .route("/v1/audit/export", get(audit::export))
         .route("/v1/audit/reviews", get(audit::reviews))
         .route("/v1/audit/reviews/{event_id}/resolve", post(audit::resolve))
         .route("/v1/audit/reviews/{event_id}/notes", get(audit::notes))
