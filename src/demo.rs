@@ -249,7 +249,7 @@ fn reason(problem: &Value) -> String {
         .collect()
 }
 
-pub async fn run(dir: Option<PathBuf>, json_out: bool) -> Result<bool, String> {
+pub async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Result<bool, String> {
     let started = Instant::now();
     let root = repo_root()?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find fedgate itself: {e}"))?;
@@ -797,6 +797,21 @@ purposes = ["HRESCH"]
             started.elapsed().as_secs_f64(),
             dir.display()
         );
+    }
+    if serve {
+        // Everything stays up for a person to explore; the auditor token is the one the
+        // report used (it expires in an hour).
+        eprintln!(
+            "\nthe federation keeps running (Ctrl-C stops it):\n  credentialing office  {}\n  IRB                   {}\n  hospital A gateway    {}  (OpenAPI: {}openapi.json)\n  hospital B gateway    {}\n  visibility layer      {}\n  auditor dashboard     {}dashboard#token={token}",
+            office.url(),
+            irb.url(),
+            gw_a.url(),
+            gw_a.url(),
+            gw_b.url(),
+            visibility.url(),
+            visibility.url(),
+        );
+        let _ = tokio::signal::ctrl_c().await;
     }
     Ok(all_ok)
 }

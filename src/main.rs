@@ -38,6 +38,9 @@ enum Command {
         /// Print the results as JSON.
         #[arg(long)]
         json: bool,
+        /// Keep the federation running after the scenarios (Ctrl-C stops it).
+        #[arg(long)]
+        serve: bool,
     },
     /// The federation's signed manifest: members, trusted issuers, contracts.
     Federation {
@@ -183,7 +186,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             gateway::run(cfg, shutdown_signal(), Some(tx)).await
         }
         Command::Wallet { json, command } => cli::wallet::run(command, json).await,
-        Command::Demo { dir, json } => match demo::run(dir, json).await? {
+        Command::Demo { dir, json, serve } => match demo::run(dir, json, serve).await? {
             true => Ok(()),
             false => Err("some scenarios did not go as expected".into()),
         },
