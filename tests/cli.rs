@@ -139,7 +139,7 @@ fn demo_reports_every_scenario_as_json() {
     let report: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
     let rows = report.as_array().unwrap();
-    assert!(rows.len() >= 10);
+    assert!(rows.len() >= 11);
     assert!(rows.iter().filter(|r| r["receipt"].is_string()).count() >= 9);
     for row in rows {
         assert!(row["scenario"].is_string() && row["expected"].is_string());
