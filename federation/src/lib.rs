@@ -21,6 +21,7 @@
 //! - [`checkpoint`]: C2SP tlog-checkpoint signed notes of the log's tree heads.
 //! - [`visibility`]: the visibility service: signed event batches in, receipts, checkpoints, proofs, auditor and patient queries out.
 //! - [`fhir_consent`]: PatientConsentCredential to and from FHIR R4 `Consent`.
+//! - [`nonce`]: single-use challenges (sled), the replay defence of presentations.
 //! - [`config`]: loading a service's TOML configuration (one error type, relative paths).
 //! - [`http`]: problem+json, strict JSON bodies, limits, TLS/loopback serving.
 //! - [`time`]: clock helpers shared by issuing and verifying.
@@ -36,6 +37,7 @@ pub mod http;
 pub mod jose;
 pub mod keys;
 pub mod log;
+pub mod nonce;
 pub mod registry;
 pub mod schema;
 pub mod status;

@@ -138,23 +138,7 @@ pub fn requester_org(vp: &VerifiedPresentation) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The challenge a presentation claims to answer (JWT `nonce`, DI `proof.challenge`).
-pub fn claimed_challenge(presentation: &Value) -> Option<String> {
-    match presentation {
-        Value::String(jwt) => federation::jose::decode(jwt)
-            .ok()?
-            .payload
-            .get("nonce")?
-            .as_str()
-            .map(str::to_string),
-        Value::Object(_) => presentation
-            .get("proof")?
-            .get("challenge")?
-            .as_str()
-            .map(str::to_string),
-        _ => None,
-    }
-}
+pub use federation::credentials::claimed_challenge;
 
 impl GatewayState {
     /// Records a refusal that happened before policy, then returns the 403 to send.

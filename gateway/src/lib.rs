@@ -3,7 +3,7 @@
 //!
 //! Map of the modules, in the order a request meets them:
 //! - [`config`]: `gateway.toml`, validated at load.
-//! - [`nonce`]: single-use challenges (sled), the replay defence of presentations.
+//! - [`nonce`]: single-use challenges (`federation::nonce`), the replay defence of presentations.
 //! - [`policy`]: Rego policies per domain (regorus), hot reload, `policy test` runner.
 //! - [`records`]: the local FHIR store (sled) or the organization's FHIR server.
 //! - [`tokenize`]: obligations applied to FHIR JSON (reveal, tokenize, pseudonymize,
@@ -17,11 +17,11 @@
 //! - [`error`]: the crate's error enum, mapped to problem+json once.
 
 pub mod config;
+pub use federation::nonce;
 pub mod consents;
 pub mod error;
 pub mod exchange;
 pub mod jwe;
-pub mod nonce;
 pub mod outbox;
 pub mod policy;
 pub mod records;

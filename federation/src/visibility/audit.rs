@@ -49,87 +49,10 @@ type AppState = State<Arc<VisibilityState>>;
 // Challenges
 // ---------------------------------------------------------------------------------------
 
-#[derive(Clone)]
-pub struct Challenges {
-    tree: sled::Tree,
-    ttl: Duration,
-}
+/// Single-use challenges, shared with the gateway.
+pub use crate::nonce::Nonces as Challenges;
 
-impl Challenges {
-    pub fn new(tree: sled::Tree, ttl: Duration) -> Self {
-        Challenges { tree, ttl }
-    }
-
-    /// Issues a fresh challenge and its expiry.
-    pub fn issue(&self) -> Result<(String, DateTime<Utc>), VisibilityError> {
-        let challenge = crate::http::random_token();
-        let expires = Utc::now()
-            + chrono::Duration::from_std(self.ttl)
-                .unwrap_or_else(|_| chrono::Duration::seconds(120));
-        self.tree.insert(
-            challenge.as_bytes(),
-            &expires.timestamp_millis().to_be_bytes(),
-        )?;
-        Ok((challenge, expires))
-    }
-
-    /// Whether `challenge` is outstanding (checked before the costly verification).
-    pub fn is_outstanding(&self, challenge: &str) -> Result<bool, VisibilityError> {
-        Ok(self.tree.contains_key(challenge.as_bytes())?)
-    }
-
-    /// Consumes a challenge: succeeds once, and only before it expires.
-    pub fn consume(&self, challenge: &str) -> Result<(), VisibilityError> {
-        let unknown = || VisibilityError::Unauthorized("unknown or already used challenge".into());
-        let old = self
-            .tree
-            .remove(challenge.as_bytes())?
-            .ok_or_else(unknown)?;
-        let expires = <[u8; 8]>::try_from(old.as_ref())
-            .map(i64::from_be_bytes)
-            .map_err(|_| unknown())?;
-        if expires < Utc::now().timestamp_millis() {
-            return Err(VisibilityError::Unauthorized(
-                "the challenge has expired".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Drops expired challenges.
-    pub fn purge_expired(&self) -> usize {
-        let now = Utc::now().timestamp_millis();
-        let mut removed = 0;
-        for (key, value) in self.tree.iter().flatten() {
-            let expired = <[u8; 8]>::try_from(value.as_ref())
-                .map(i64::from_be_bytes)
-                .map(|e| e < now)
-                .unwrap_or(true);
-            if expired && self.tree.remove(key).is_ok() {
-                removed += 1;
-            }
-        }
-        removed
-    }
-}
-
-/// The challenge a presentation claims to answer (JWT `nonce`, DI `proof.challenge`).
-pub fn claimed_challenge(presentation: &Value) -> Option<String> {
-    match presentation {
-        Value::String(jwt) => crate::jose::decode(jwt)
-            .ok()?
-            .payload
-            .get("nonce")?
-            .as_str()
-            .map(str::to_string),
-        Value::Object(_) => presentation
-            .get("proof")?
-            .get("challenge")?
-            .as_str()
-            .map(str::to_string),
-        _ => None,
-    }
-}
+pub use crate::credentials::claimed_challenge;
 
 impl VisibilityState {
     /// Verifies a presentation bound to one of this service's challenges, then consumes
@@ -615,24 +538,6 @@ pub(crate) async fn patient_history(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_challenge_is_used_once_and_expires() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let c = Challenges::new(db.open_tree("n").unwrap(), Duration::from_secs(60));
-        let (challenge, _) = c.issue().unwrap();
-        assert!(c.is_outstanding(&challenge).unwrap());
-        c.consume(&challenge).unwrap();
-        assert!(c.consume(&challenge).is_err());
-        assert!(c.consume("never-issued").is_err());
-        let short = Challenges::new(db.open_tree("s").unwrap(), Duration::from_millis(0));
-        let (challenge, _) = short.issue().unwrap();
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(short.consume(&challenge).is_err());
-        short.issue().unwrap();
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(short.purge_expired(), 1);
-    }
 
     #[test]
     fn sessions_need_a_known_unexpired_bearer_token() {

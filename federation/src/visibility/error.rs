@@ -63,6 +63,15 @@ impl VisibilityError {
     }
 }
 
+impl From<crate::nonce::NonceError> for VisibilityError {
+    fn from(e: crate::nonce::NonceError) -> Self {
+        match e {
+            crate::nonce::NonceError::Storage(m) => VisibilityError::Storage(m),
+            other => VisibilityError::Unauthorized(other.to_string()),
+        }
+    }
+}
+
 impl From<sled::Error> for VisibilityError {
     fn from(e: sled::Error) -> Self {
         VisibilityError::Storage(e.to_string())

@@ -1,4 +1,4 @@
-//! Single-use challenges for presentations.
+//! Single-use challenges for presentations, for every verifier (gateway, visibility).
 //!
 //! A challenge is random, lives for a short time, and is consumed by an atomic remove: of
 //! two requests replaying one presentation, exactly one can ever succeed.
@@ -30,7 +30,7 @@ impl Nonces {
 
     /// Issues a fresh challenge and its expiry.
     pub fn issue(&self) -> Result<(String, DateTime<Utc>), NonceError> {
-        let challenge = federation::http::random_token();
+        let challenge = crate::http::random_token();
         let expires = Utc::now()
             + chrono::Duration::from_std(self.ttl)
                 .unwrap_or_else(|_| chrono::Duration::seconds(120));
@@ -41,6 +41,13 @@ impl Nonces {
             )
             .map_err(|e| NonceError::Storage(e.to_string()))?;
         Ok((challenge, expires))
+    }
+
+    /// Whether `challenge` is outstanding (a cheap check before costly verification).
+    pub fn is_outstanding(&self, challenge: &str) -> Result<bool, NonceError> {
+        self.tree
+            .contains_key(challenge.as_bytes())
+            .map_err(|e| NonceError::Storage(e.to_string()))
     }
 
     /// Consumes a challenge: succeeds once, and only before it expires.
@@ -86,6 +93,7 @@ mod tests {
         let n = Nonces::new(db.open_tree("n").unwrap(), Duration::from_secs(60));
         let (c, _) = n.issue().unwrap();
         assert!(c.len() >= 32);
+        assert_eq!(n.is_outstanding(&c), Ok(true));
         assert_eq!(n.consume(&c), Ok(()));
         assert_eq!(n.consume(&c), Err(NonceError::Unknown));
         assert_eq!(n.consume("never-issued"), Err(NonceError::Unknown));
