@@ -41,7 +41,13 @@ max_body_bytes = 65536
     let svc = start(&["issuer", "serve", "--config", path.to_str().unwrap()]);
     Office {
         svc,
-        http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        // No connection reuse: a server that refuses an oversized body closes that
+        // connection, and a pooled client would otherwise send the next request into it.
+        http: reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap(),
         _dir: dir,
     }
 }
