@@ -1,8 +1,12 @@
 //! The visibility layer with real processes: a gateway's access events reach the log with
 //! inclusion proofs against a signed checkpoint; an outage of the log loses nothing and
 //! duplicates nothing; a full outbox fails closed (503) and recovers by itself.
+//!
+//! Each guarantee is shown on both event paths: HTTPS straight to the service, and NATS
+//! JetStream with a real `nats-server -js` on loopback (Debian package `nats-server`).
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use federation::checkpoint::{self, NoteVerifier};
@@ -49,16 +53,98 @@ fn fixture() -> (PathBuf, String) {
     (file, mrn)
 }
 
+/// A real `nats-server -js` on a loopback port, with its store in a folder that outlives
+/// restarts; killed when dropped.
+struct NatsServer {
+    child: Child,
+    port: u16,
+    store: PathBuf,
+}
+
+impl NatsServer {
+    fn start(store: &Path) -> NatsServer {
+        let port = free_port().unwrap();
+        NatsServer::start_on(store, port)
+    }
+
+    fn start_on(store: &Path, port: u16) -> NatsServer {
+        std::fs::create_dir_all(store).unwrap();
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "nats-server is needed for the NATS path (apt-get install -y nats-server): {e}"
+                )
+            });
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "nats-server did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        NatsServer {
+            child,
+            port,
+            store: store.to_path_buf(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        *self = NatsServer::start_on(&self.store.clone(), self.port);
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Which path the gateway's events take to the log.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum EventPath {
+    Https,
+    Nats,
+}
+
 struct Setup {
     dir: tempfile::TempDir,
     office: Office,
     visibility: Visibility,
     gateway: Gateway,
+    nats: Option<NatsServer>,
     mrn: String,
 }
 
-async fn setup(outbox_max: usize) -> Setup {
+async fn setup(outbox_max: usize, path: EventPath) -> Setup {
     let dir = tempfile::tempdir().unwrap();
+    let nats = (path == EventPath::Nats).then(|| NatsServer::start(&dir.path().join("nats")));
+    let (vis_nats, gw_nats) = match &nats {
+        Some(n) => (
+            format!("[nats]\nurl = \"{}\"\n", n.url()),
+            format!(
+                "transport = \"nats\"\n[visibility.nats]\nurl = \"{}\"\n",
+                n.url()
+            ),
+        ),
+        None => (String::new(), String::new()),
+    };
     let office = Office::start(&exe(), &dir.path().join("office"), OFFICE).unwrap();
     let gw_port = free_port().unwrap();
     let vis_port = free_port().unwrap();
@@ -68,7 +154,7 @@ async fn setup(outbox_max: usize) -> Setup {
         VISIBILITY,
         vis_port,
         &format!(
-            "auditors = [\"{AUDITOR_ORG}\"]\n[members]\n\"{CUSTODIAN}\" = \"http://127.0.0.1:{gw_port}/\"\n\"{OFFICE}\" = \"{}\"\n[trust]\nClinicianPrivilegeCredential = [\"{OFFICE}\"]\n",
+            "auditors = [\"{AUDITOR_ORG}\"]\n[members]\n\"{CUSTODIAN}\" = \"http://127.0.0.1:{gw_port}/\"\n\"{OFFICE}\" = \"{}\"\n[trust]\nClinicianPrivilegeCredential = [\"{OFFICE}\"]\n{vis_nats}",
             office.url()
         ),
     )
@@ -81,6 +167,7 @@ outbox_max_events = {outbox_max}
 endpoint = "{vis}"
 did = "{VISIBILITY}"
 interval_ms = 100
+{gw_nats}
 [trust]
 ClinicianPrivilegeCredential = ["{OFFICE}"]
 [did_web]
@@ -112,6 +199,7 @@ purposes = ["TREAT"]
         office,
         visibility,
         gateway,
+        nats,
         mrn,
     }
 }
@@ -192,28 +280,52 @@ async fn exchange(s: &Setup, r: &Requester, with_consent: bool) -> (u16, Option<
     (status, id)
 }
 
-async fn outbox_pending(s: &Setup) -> u64 {
+/// The gateway's outbox counters from `/readyz` (also served with a 503).
+async fn outbox_state(s: &Setup) -> Value {
     let v: Value = reqwest::get(format!("{}readyz", s.gateway.url()))
         .await
         .unwrap()
         .json()
         .await
         .unwrap_or(Value::Null);
-    v["outbox"]["pending"]
+    if v["outbox"].is_object() {
+        v["outbox"].clone()
+    } else {
+        v["state"]["outbox"].clone()
+    }
+}
+
+/// Events without a receipt, in either stage.
+async fn outbox_pending(s: &Setup) -> u64 {
+    outbox_state(s).await["pending"]
         .as_u64()
-        .or_else(|| v["state"]["outbox"]["pending"].as_u64())
         .unwrap_or(u64::MAX)
 }
 
 async fn wait_drained(s: &Setup) {
+    wait_drained_within(s, Duration::from_secs(30)).await
+}
+
+async fn wait_drained_within(s: &Setup, limit: Duration) {
     let t0 = Instant::now();
     while outbox_pending(s).await != 0 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "the outbox never drained"
-        );
+        assert!(t0.elapsed() < limit, "the outbox never drained");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A counter from the gateway's /metrics (0 when not yet emitted).
+async fn gateway_counter(s: &Setup, name: &str) -> f64 {
+    let text = reqwest::get(format!("{}metrics", s.gateway.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.split_whitespace().next() == Some(name))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// An auditor session on the visibility service.
@@ -354,9 +466,25 @@ async fn verify_inclusion(
     log::verify_inclusion(&leaf, index, cp.size, &hashes, &cp.root).unwrap();
 }
 
-#[tokio::test]
-async fn events_reach_the_log_with_inclusion_proofs() {
-    let s = setup(10_000).await;
+/// Every id appears exactly once in the log, with a valid inclusion proof against the
+/// current signed checkpoint.
+async fn assert_logged_once(s: &Setup, ids: &[String]) {
+    let token = auditor_token(s).await;
+    let events = logged(s, &token).await;
+    let cp = checkpoint_of(s).await;
+    assert!(cp.size >= ids.len() as u64);
+    for id in ids {
+        let hits: Vec<_> = events
+            .iter()
+            .filter(|(_, e)| &e.decision_id == id)
+            .collect();
+        assert_eq!(hits.len(), 1, "decision {id} logged {} times", hits.len());
+        verify_inclusion(s, &cp, hits[0].0, &hits[0].1).await;
+    }
+}
+
+async fn events_reach_the_log(path: EventPath) {
+    let s = setup(10_000, path).await;
     let r = requester(&s).await;
     let mut ids = Vec::new();
     for i in 0..6 {
@@ -365,24 +493,27 @@ async fn events_reach_the_log_with_inclusion_proofs() {
         ids.push(id.unwrap());
     }
     wait_drained(&s).await;
-    let token = auditor_token(&s).await;
-    let events = logged(&s, &token).await;
-    let cp = checkpoint_of(&s).await;
-    assert!(cp.size >= 6);
-    for id in &ids {
-        let hits: Vec<_> = events
-            .iter()
-            .filter(|(_, e)| &e.decision_id == id)
-            .collect();
-        assert_eq!(hits.len(), 1, "decision {id} logged {} times", hits.len());
-        verify_inclusion(&s, &cp, hits[0].0, &hits[0].1).await;
+    assert_logged_once(&s, &ids).await;
+    let published = gateway_counter(&s, "fedgate_events_published_total").await;
+    match path {
+        EventPath::Nats => assert!(published >= 6.0, "events went through JetStream"),
+        EventPath::Https => assert_eq!(published, 0.0),
     }
-    let _ = &s.dir;
+}
+
+#[tokio::test]
+async fn events_reach_the_log_with_inclusion_proofs() {
+    events_reach_the_log(EventPath::Https).await
+}
+
+#[tokio::test]
+async fn events_reach_the_log_through_nats_jetstream() {
+    events_reach_the_log(EventPath::Nats).await
 }
 
 #[tokio::test]
 async fn outage_loses_nothing_and_a_full_outbox_fails_closed() {
-    let mut s = setup(4).await;
+    let mut s = setup(4, EventPath::Https).await;
     let r = requester(&s).await;
     let mut ids = Vec::new();
     let (status, id) = exchange(&s, &r, true).await;
@@ -414,18 +545,72 @@ async fn outage_loses_nothing_and_a_full_outbox_fails_closed() {
     assert_eq!(status, 200);
     ids.push(id.unwrap());
     wait_drained(&s).await;
+    assert_logged_once(&s, &ids).await;
+}
 
-    let token = auditor_token(&s).await;
-    let events = logged(&s, &token).await;
-    let cp = checkpoint_of(&s).await;
-    for id in &ids {
-        let hits: Vec<_> = events
-            .iter()
-            .filter(|(_, e)| &e.decision_id == id)
-            .collect();
-        assert_eq!(hits.len(), 1, "decision {id} logged {} times", hits.len());
-        verify_inclusion(&s, &cp, hits[0].0, &hits[0].1).await;
+#[tokio::test]
+async fn nats_outages_lose_nothing_and_a_full_outbox_fails_closed() {
+    let mut s = setup(4, EventPath::Nats).await;
+    let r = requester(&s).await;
+    let mut ids = Vec::new();
+    let (status, id) = exchange(&s, &r, true).await;
+    assert_eq!(status, 200);
+    ids.push(id.unwrap());
+    wait_drained(&s).await;
+
+    // The log goes away. Events still leave the outbox for the stream, which records
+    // them, so more exchanges than the outbox holds are served.
+    s.visibility.process.stop();
+    for _ in 0..8 {
+        let (status, id) = exchange(&s, &r, true).await;
+        assert_eq!(
+            status, 200,
+            "the stream records events while the log is away"
+        );
+        ids.push(id.unwrap());
     }
+    let t0 = Instant::now();
+    loop {
+        let state = outbox_state(&s).await;
+        if state["unpublished"] == 0 && state["awaitingReceipt"].as_u64() >= Some(8) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "not published: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The log comes back: it reads the stream, every event gets its receipt.
+    s.visibility = Visibility::restart(&exe(), VISIBILITY, &s.visibility.config.clone()).unwrap();
+    wait_drained(&s).await;
+
+    // The stream goes away: nothing can record new events, the outbox fills, and the
+    // gateway fails closed.
+    s.nats.as_mut().unwrap().stop();
+    let mut refused = false;
+    for _ in 0..10 {
+        let (status, id) = exchange(&s, &r, true).await;
+        match status {
+            200 => ids.push(id.unwrap()),
+            503 => {
+                refused = true;
+                break;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(refused, "a full outbox must refuse new exchanges");
+
+    // The stream comes back on its store: the gateway reconnects and drains by itself.
+    s.nats.as_mut().unwrap().restart();
+    wait_drained_within(&s, Duration::from_secs(60)).await;
+    let (status, id) = exchange(&s, &r, true).await;
+    assert_eq!(status, 200);
+    ids.push(id.unwrap());
+    wait_drained(&s).await;
+    assert_logged_once(&s, &ids).await;
 }
 
 /// Rewrites history in a stopped visibility service's database the way an operator with
@@ -472,21 +657,11 @@ fn rewrite_history(visibility_dir: &Path) {
 }
 
 async fn inconsistency_alarms(s: &Setup) -> f64 {
-    let text = reqwest::get(format!("{}metrics", s.gateway.url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("fedgate_log_inconsistency_total"))
-        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-        .sum()
+    gateway_counter(s, "fedgate_log_inconsistency_total").await
 }
 
-#[tokio::test]
-async fn a_rewritten_log_raises_the_alarm_and_keeps_the_event() {
-    let mut s = setup(10_000).await;
+async fn a_rewritten_log_raises_the_alarm(path: EventPath) {
+    let mut s = setup(10_000, path).await;
     let r = requester(&s).await;
     for _ in 0..3 {
         let (status, _) = exchange(&s, &r, true).await;
@@ -525,4 +700,106 @@ async fn a_rewritten_log_raises_the_alarm_and_keeps_the_event() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(outbox_pending(&s).await >= 1);
     assert!(inconsistency_alarms(&s).await >= 1.0);
+}
+
+#[tokio::test]
+async fn a_rewritten_log_raises_the_alarm_and_keeps_the_event() {
+    a_rewritten_log_raises_the_alarm(EventPath::Https).await
+}
+
+#[tokio::test]
+async fn a_rewritten_log_raises_the_alarm_on_the_nats_path() {
+    a_rewritten_log_raises_the_alarm(EventPath::Nats).await
+}
+
+/// Messages on the stream are verified exactly as HTTPS batches are: garbage, a
+/// non-member's batch and a member's batch about another custodian are refused with
+/// nothing appended; one event published three times (twice under one message id, once
+/// under another) is logged once.
+#[tokio::test]
+async fn nats_messages_are_verified_like_batches_and_logged_once() {
+    use federation::eventbus::{publish_all, NatsConfig};
+
+    let s = setup(10_000, EventPath::Nats).await;
+    let r = requester(&s).await;
+    let (status, id) = exchange(&s, &r, true).await;
+    assert_eq!(status, 200);
+    wait_drained(&s).await;
+    let before = checkpoint_of(&s).await.size;
+
+    let nats: NatsConfig =
+        toml::from_str(&format!("url = \"{}\"", s.nats.as_ref().unwrap().url())).unwrap();
+    let js = nats.connect().await.unwrap();
+    let subject = nats.subject_for(CUSTODIAN);
+    let custodian_key = KeyPair::load(&s.dir.path().join("gateway/gateway.key.json")).unwrap();
+    let stranger = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+    let batch = |key: &KeyPair, custodian: &str, event: &Value| {
+        federation::jose::sign(
+            &json!({"custodian": custodian, "events": [event]}),
+            key,
+            federation::visibility::ingest::BATCH_TYP,
+        )
+        .unwrap()
+    };
+    // A fresh, valid event of this custodian, as its gateway would report it.
+    let mut event = serde_json::to_value(&logged(&s, &auditor_token(&s).await).await[0].1).unwrap();
+    event["id"] = json!(federation::events::AccessEvent::new_id());
+    event["decisionId"] = json!("d-nats-direct");
+    let mut foreign = event.clone();
+    foreign["id"] = json!(federation::events::AccessEvent::new_id());
+    foreign["custodian"] = json!(REQUESTER_ORG);
+
+    let sent = publish_all(
+        &js,
+        &subject,
+        vec![
+            ("garbage".into(), "not a jws".into()),
+            ("stranger".into(), batch(&stranger, stranger.did(), &event)),
+            ("foreign".into(), batch(&custodian_key, CUSTODIAN, &foreign)),
+            (
+                event["id"].as_str().unwrap().into(),
+                batch(&custodian_key, CUSTODIAN, &event),
+            ),
+            (
+                event["id"].as_str().unwrap().into(),
+                batch(&custodian_key, CUSTODIAN, &event),
+            ),
+            (
+                "same-event-other-id".into(),
+                batch(&custodian_key, CUSTODIAN, &event),
+            ),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(sent.len(), 6, "the stream takes every message");
+
+    // Wait until the visibility service has handled every message.
+    let stream = nats.ensure_stream(&js).await.unwrap();
+    let mut consumer = nats.consumer(&stream).await.unwrap();
+    let t0 = Instant::now();
+    loop {
+        let info = consumer.info().await.unwrap();
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "{info:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = checkpoint_of(&s).await;
+    assert_eq!(
+        after.size,
+        before + 1,
+        "exactly one leaf for the one valid event"
+    );
+    let events = logged(&s, &auditor_token(&s).await).await;
+    let hits = events
+        .iter()
+        .filter(|(_, e)| e.decision_id == "d-nats-direct")
+        .count();
+    assert_eq!(hits, 1);
+    assert!(events.iter().all(|(_, e)| e.custodian == CUSTODIAN));
+    assert!(events
+        .iter()
+        .any(|(_, e)| Some(&e.decision_id) == id.as_ref()));
 }

@@ -19,6 +19,7 @@
 //! - [`events`]: access events, the only thing a federation centralizes (no PHI).
 //! - [`log`]: the visibility log, an RFC 6962 Merkle tree in sled, and its proof verifiers.
 //! - [`checkpoint`]: C2SP tlog-checkpoint signed notes of the log's tree heads.
+//! - [`eventbus`]: the optional NATS JetStream path for access events (publish, stream, consumer).
 //! - [`visibility`]: the visibility service: signed event batches in, receipts, checkpoints, proofs, auditor and patient queries out.
 //! - [`fhir_consent`]: PatientConsentCredential to and from FHIR R4 `Consent`.
 //! - [`nonce`]: single-use challenges (sled), the replay defence of presentations.
@@ -31,6 +32,7 @@ pub mod config;
 pub mod context;
 pub mod credentials;
 pub mod did;
+pub mod eventbus;
 pub mod events;
 pub mod fhir_consent;
 pub mod http;

@@ -231,6 +231,24 @@ impl federation::config::ServiceConfig for GatewayConfig {
                     "must be between 1 and 1000",
                 ));
             }
+            match (&v.transport, &v.nats) {
+                (crate::shipper::Transport::Nats, Some(n)) => n
+                    .validate("visibility.nats", self.dev_mode)
+                    .map_err(|e| invalid("visibility.nats", &e))?,
+                (crate::shipper::Transport::Nats, None) => {
+                    return Err(invalid(
+                        "visibility.nats",
+                        "is required with transport = \"nats\"",
+                    ))
+                }
+                (crate::shipper::Transport::Https, Some(_)) => {
+                    return Err(invalid(
+                        "visibility.transport",
+                        "must be \"nats\" when [visibility.nats] is set",
+                    ))
+                }
+                (crate::shipper::Transport::Https, None) => {}
+            }
         }
         if let Some(r) = &self.registry {
             r.governance

@@ -93,7 +93,7 @@ pub async fn run(
             config.dev_mode,
         )
         .map_err(|e| e.to_string())?;
-        std::sync::Arc::new(shipper).spawn();
+        let _loops = std::sync::Arc::new(shipper).spawn();
     }
     let app = router(state);
     federation::http::serve_on(

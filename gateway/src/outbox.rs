@@ -5,6 +5,10 @@
 //! concurrent requests share a single fsync, and none is acknowledged before it.
 //! When the outbox holds its configured maximum, new exchanges are refused (503) rather
 //! than served unrecorded; it drains as the shipper delivers events.
+//!
+//! On the NATS path an event goes through a second stage: once the stream has stored it,
+//! it moves to the `published` tree (it is recorded, so it no longer counts against the
+//! bound) and stays there until the log's receipt for it is kept.
 
 use federation::events::AccessEvent;
 use tokio::sync::{mpsc, oneshot};
@@ -22,6 +26,8 @@ type Pending = (AccessEvent, oneshot::Sender<Result<(), OutboxError>>);
 #[derive(Clone)]
 pub struct Outbox {
     tree: sled::Tree,
+    /// Handed to NATS JetStream, waiting for the log's receipt.
+    published: sled::Tree,
     max_events: usize,
     tx: mpsc::Sender<Pending>,
 }
@@ -32,10 +38,14 @@ impl Outbox {
         let tree = db
             .open_tree("outbox")
             .map_err(|e| OutboxError::Storage(e.to_string()))?;
+        let published = db
+            .open_tree("outbox_published")
+            .map_err(|e| OutboxError::Storage(e.to_string()))?;
         let (tx, rx) = mpsc::channel::<Pending>(4096);
         tokio::spawn(committer(db.clone(), tree.clone(), rx));
         Ok(Outbox {
             tree,
+            published,
             max_events,
             tx,
         })
@@ -47,6 +57,16 @@ impl Outbox {
 
     pub fn is_empty(&self) -> bool {
         self.tree.is_empty()
+    }
+
+    /// Events handed to NATS that have no receipt yet.
+    pub fn awaiting_len(&self) -> usize {
+        self.published.len()
+    }
+
+    /// Events without a receipt, wherever they wait.
+    pub fn unconfirmed_len(&self) -> usize {
+        self.len() + self.awaiting_len()
     }
 
     /// Whether a new exchange may start (there is room for its event).
@@ -70,13 +90,34 @@ impl Outbox {
 
     /// The oldest `limit` events, in id (time) order.
     pub fn pending(&self, limit: usize) -> Vec<AccessEvent> {
-        self.tree
-            .iter()
-            .values()
-            .flatten()
-            .filter_map(|v| serde_json::from_slice(&v).ok())
-            .take(limit)
-            .collect()
+        oldest(&self.tree, limit)
+    }
+
+    /// The oldest `limit` published events still waiting for a receipt.
+    pub fn awaiting(&self, limit: usize) -> Vec<AccessEvent> {
+        oldest(&self.published, limit)
+    }
+
+    /// Moves events the stream has stored to the published stage. The copy is on disk
+    /// before the original goes, so a crash in between leaves the event in both stages:
+    /// it is published again, and the stream and the log both drop the duplicate.
+    pub async fn mark_published(&self, events: &[AccessEvent]) -> Result<(), OutboxError> {
+        let storage = |e: sled::Error| OutboxError::Storage(e.to_string());
+        let mut copy = sled::Batch::default();
+        for event in events {
+            let bytes =
+                serde_json::to_vec(event).map_err(|e| OutboxError::Storage(e.to_string()))?;
+            copy.insert(event.id.as_bytes(), bytes);
+        }
+        self.published.apply_batch(copy).map_err(storage)?;
+        self.published.flush_async().await.map_err(storage)?;
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        self.acknowledge(&ids).await
+    }
+
+    /// Removes published events whose receipts are kept.
+    pub async fn confirm(&self, ids: &[String]) -> Result<(), OutboxError> {
+        remove(&self.published, ids).await
     }
 
     pub fn get(&self, id: &str) -> Option<AccessEvent> {
@@ -86,19 +127,30 @@ impl Outbox {
 
     /// Removes delivered events.
     pub async fn acknowledge(&self, ids: &[String]) -> Result<(), OutboxError> {
-        let mut batch = sled::Batch::default();
-        for id in ids {
-            batch.remove(id.as_bytes());
-        }
-        self.tree
-            .apply_batch(batch)
-            .map_err(|e| OutboxError::Storage(e.to_string()))?;
-        self.tree
-            .flush_async()
-            .await
-            .map_err(|e| OutboxError::Storage(e.to_string()))?;
-        Ok(())
+        remove(&self.tree, ids).await
     }
+}
+
+fn oldest(tree: &sled::Tree, limit: usize) -> Vec<AccessEvent> {
+    tree.iter()
+        .values()
+        .flatten()
+        .filter_map(|v| serde_json::from_slice(&v).ok())
+        .take(limit)
+        .collect()
+}
+
+async fn remove(tree: &sled::Tree, ids: &[String]) -> Result<(), OutboxError> {
+    let mut batch = sled::Batch::default();
+    for id in ids {
+        batch.remove(id.as_bytes());
+    }
+    tree.apply_batch(batch)
+        .map_err(|e| OutboxError::Storage(e.to_string()))?;
+    tree.flush_async()
+        .await
+        .map_err(|e| OutboxError::Storage(e.to_string()))?;
+    Ok(())
 }
 
 async fn committer(db: sled::Db, tree: sled::Tree, mut rx: mpsc::Receiver<Pending>) {

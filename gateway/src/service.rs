@@ -592,7 +592,13 @@ async fn readyz(State(s): AppState) -> Response {
     let outbox_ok = s.outbox.has_room();
     let body = json!({
         "policy": policy,
-        "outbox": {"pending": s.outbox.len(), "max": s.config.outbox_max_events},
+        // `pending`: events without a receipt; `unpublished` counts against `max`.
+        "outbox": {
+            "pending": s.outbox.unconfirmed_len(),
+            "unpublished": s.outbox.len(),
+            "awaitingReceipt": s.outbox.awaiting_len(),
+            "max": s.config.outbox_max_events,
+        },
     });
     if policy.is_some() && outbox_ok {
         (StatusCode::OK, Json(body)).into_response()
@@ -609,6 +615,7 @@ async fn readyz(State(s): AppState) -> Response {
 
 async fn metrics_handler(State(s): AppState) -> Response {
     metrics::gauge!("fedgate_outbox_pending").set(s.outbox.len() as f64);
+    metrics::gauge!("fedgate_outbox_awaiting_receipt").set(s.outbox.awaiting_len() as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),

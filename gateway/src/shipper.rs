@@ -5,15 +5,24 @@
 //! stored. Each new checkpoint must be consistent with the last one this gateway accepted
 //! (RFC 6962 consistency proof): a log that rewrote history is an alarm — a metric and an
 //! error line — and its checkpoint is not adopted.
+//!
+//! Two transports (`[visibility] transport`): `https` posts batches to the service, whose
+//! answer carries the receipts; `nats` publishes each event to JetStream (see
+//! [`federation::eventbus`]), moves it to the outbox's published stage once the stream has
+//! it, and a second loop then collects its receipt from `POST /v1/receipts`. Both end the
+//! same way: a receipt checked against a consistent checkpoint, kept on disk.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use federation::checkpoint::{self, NoteVerifier};
 use federation::did::{DidResolver, Relationship};
+use federation::eventbus::{self, NatsConfig};
 use federation::events::AccessEvent;
 use federation::keys::KeyPair;
 use federation::log;
+use federation::visibility::ingest::{self, BatchResponse, ReceiptsResponse, BATCH_TYP};
 use federation::visibility::{leaf_bytes, LogEntry};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -23,7 +32,8 @@ use crate::outbox::Outbox;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VisibilityConfig {
-    /// Base URL of the visibility service.
+    /// Base URL of the visibility service (batches on the HTTPS path; receipts and proofs
+    /// on both).
     pub endpoint: String,
     /// Its DID: a federation member, whose key signs the log's checkpoints.
     pub did: String,
@@ -31,6 +41,20 @@ pub struct VisibilityConfig {
     pub batch_size: usize,
     #[serde(default = "default_interval")]
     pub interval_ms: u64,
+    /// How events travel: `https` (the default, straight to the service) or `nats`.
+    #[serde(default)]
+    pub transport: Transport,
+    /// The JetStream server and stream, with `transport = "nats"`.
+    #[serde(default)]
+    pub nats: Option<NatsConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    #[default]
+    Https,
+    Nats,
 }
 
 /// Events per batch: the visibility service's maximum (1,000 events per batch; a batch JWS
@@ -75,6 +99,30 @@ pub struct Shipper {
     receipts: sled::Tree,
     state: sled::Tree,
     dev_mode: bool,
+    bus: Option<Bus>,
+}
+
+/// The NATS side of the shipper: a lazily (re)connected JetStream context, and when each
+/// waiting event was last published (kept in memory: after a restart, the clock starts
+/// again, so a lost publication is repeated at most one period later).
+struct Bus {
+    config: NatsConfig,
+    subject: String,
+    js: tokio::sync::Mutex<Option<async_nats::jetstream::Context>>,
+    published_at: std::sync::Mutex<HashMap<String, Instant>>,
+}
+
+/// A published event still without a receipt after this long is published again: the
+/// stream drops it if it still remembers the id, and the log keeps one leaf either way.
+const REPUBLISH_AFTER: Duration = Duration::from_secs(30);
+
+/// The loops the shipper runs: one on the HTTPS path, two on the NATS path (handing events
+/// to the stream does not wait on the log's receipts).
+#[derive(Clone, Copy, Debug)]
+enum Stage {
+    Ship,
+    Publish,
+    Confirm,
 }
 
 const LAST_CHECKPOINT: &[u8] = b"last_checkpoint";
@@ -95,6 +143,20 @@ impl Shipper {
         dev_mode: bool,
     ) -> Result<Self, ShipError> {
         let storage = |e: sled::Error| ShipError::Storage(e.to_string());
+        let bus = match (config.transport, &config.nats) {
+            (Transport::Nats, Some(n)) => Some(Bus {
+                subject: n.subject_for(key.did()),
+                config: n.clone(),
+                js: tokio::sync::Mutex::new(None),
+                published_at: std::sync::Mutex::new(HashMap::new()),
+            }),
+            (Transport::Nats, None) => {
+                return Err(ShipError::Storage(
+                    "transport = \"nats\" needs [visibility.nats]".into(),
+                ))
+            }
+            (Transport::Https, _) => None,
+        };
         Ok(Shipper {
             receipts: db.open_tree("receipts").map_err(storage)?,
             state: db.open_tree("log_state").map_err(storage)?,
@@ -104,6 +166,7 @@ impl Shipper {
             resolver,
             client: federation::http::http_client(),
             dev_mode,
+            bus,
         })
     }
 
@@ -117,31 +180,46 @@ impl Shipper {
     }
 
     /// Runs forever: ships, backs off on failure, recovers by itself.
-    pub fn spawn(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let idle = Duration::from_millis(self.config.interval_ms);
-            let mut backoff = idle;
-            loop {
-                match self.ship_once().await {
-                    Ok(0) => {
-                        backoff = idle;
-                        tokio::time::sleep(idle).await;
+    pub fn spawn(self: Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        let stages = if self.bus.is_some() {
+            vec![Stage::Publish, Stage::Confirm]
+        } else {
+            vec![Stage::Ship]
+        };
+        stages
+            .into_iter()
+            .map(|stage| tokio::spawn(self.clone().run(stage)))
+            .collect()
+    }
+
+    async fn run(self: Arc<Self>, stage: Stage) {
+        let idle = Duration::from_millis(self.config.interval_ms);
+        let mut backoff = idle;
+        loop {
+            let result = match stage {
+                Stage::Ship => self.ship_once().await,
+                Stage::Publish => self.publish_once().await,
+                Stage::Confirm => self.confirm_once().await,
+            };
+            match result {
+                Ok(0) => {
+                    backoff = idle;
+                    tokio::time::sleep(idle).await;
+                }
+                Ok(_) => backoff = idle,
+                Err(e) => {
+                    metrics::counter!("fedgate_shipper_failures_total").increment(1);
+                    if let ShipError::Inconsistent(_) = e {
+                        metrics::counter!("fedgate_log_inconsistency_total").increment(1);
+                        tracing::error!(error = %e, "ALARM: visibility log inconsistent");
+                    } else {
+                        tracing::warn!(error = %e, ?stage, "shipping access events failed; will retry");
                     }
-                    Ok(_) => backoff = idle,
-                    Err(e) => {
-                        metrics::counter!("fedgate_shipper_failures_total").increment(1);
-                        if let ShipError::Inconsistent(_) = e {
-                            metrics::counter!("fedgate_log_inconsistency_total").increment(1);
-                            tracing::error!(error = %e, "ALARM: visibility log inconsistent");
-                        } else {
-                            tracing::warn!(error = %e, "shipping access events failed; will retry");
-                        }
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
-        })
+        }
     }
 
     fn url(&self, path: &str) -> Result<reqwest::Url, ShipError> {
@@ -185,6 +263,37 @@ impl Shipper {
             .map_err(|e| ShipError::BadAnswer(e.without_url().to_string()))
     }
 
+    /// POSTs JSON to the service; anything but 200 is a refusal naming its detail.
+    async fn post_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<T, ShipError> {
+        let resp = self
+            .client
+            .post(self.url(path)?)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| ShipError::Unreachable(e.without_url().to_string()))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            return Err(ShipError::Refused {
+                status,
+                detail: body["detail"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(200)
+                    .collect(),
+            });
+        }
+        resp.json()
+            .await
+            .map_err(|e| ShipError::BadAnswer(e.without_url().to_string()))
+    }
+
     fn hashes(v: &Value) -> Result<Vec<log::Hash>, ShipError> {
         v["proof"]
             .as_array()
@@ -199,82 +308,26 @@ impl Shipper {
             .collect()
     }
 
-    /// Ships one batch; returns how many events left the outbox.
+    /// A batch signed with the organization's key, as the service takes it.
+    fn sign_batch(&self, events: &[AccessEvent]) -> Result<String, ShipError> {
+        let payload = json!({"custodian": self.key.did(), "events": events});
+        federation::jose::sign(&payload, &self.key, BATCH_TYP)
+            .map_err(|e| ShipError::Storage(e.to_string()))
+    }
+
+    /// HTTPS path: ships one batch; returns how many events left the outbox.
     pub async fn ship_once(&self) -> Result<usize, ShipError> {
         let events: Vec<AccessEvent> = self.outbox.pending(self.config.batch_size);
         if events.is_empty() {
             return Ok(0);
         }
-        let payload = json!({"custodian": self.key.did(), "events": events});
-        let jws = federation::jose::sign(&payload, &self.key, "fedgate-batch+jwt")
-            .map_err(|e| ShipError::Storage(e.to_string()))?;
-        let resp = self
-            .client
-            .post(self.url("v1/batches")?)
-            .json(&json!({"batch": jws}))
-            .send()
-            .await
-            .map_err(|e| ShipError::Unreachable(e.without_url().to_string()))?;
-        let status = resp.status().as_u16();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        if status != 200 {
-            return Err(ShipError::Refused {
-                status,
-                detail: body["detail"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .chars()
-                    .take(200)
-                    .collect(),
-            });
-        }
-        let note = body["checkpoint"]
-            .as_str()
-            .ok_or_else(|| ShipError::BadAnswer("no checkpoint".into()))?
-            .to_string();
-        let verifier = self.note_verifier().await?;
-        let cp = checkpoint::open(&note, std::slice::from_ref(&verifier))
-            .map_err(|e| ShipError::BadAnswer(format!("checkpoint: {e}")))?;
-        self.check_consistency(cp.size, &cp.root).await?;
-
-        let receipts = body["receipts"]
-            .as_array()
-            .ok_or_else(|| ShipError::BadAnswer("no receipts".into()))?;
-        let mut stored = Vec::new();
-        for (i, r) in receipts.iter().enumerate() {
-            let (Some(id), Some(index)) = (r["eventId"].as_str(), r["leafIndex"].as_u64()) else {
-                return Err(ShipError::BadAnswer("malformed receipt".into()));
-            };
-            let Some(event) = events.iter().find(|e| e.id == id) else {
-                return Err(ShipError::BadAnswer("receipt for an event not sent".into()));
-            };
-            // Spot-check inclusion of the first and last event of every batch.
-            if i == 0 || i + 1 == receipts.len() {
-                let proof = self
-                    .get_json(&format!(
-                        "v1/proofs/inclusion?index={index}&size={}",
-                        cp.size
-                    ))
-                    .await?;
-                let leaf = log::leaf_hash(&leaf_bytes(&LogEntry::Access {
-                    event: event.clone(),
-                }));
-                log::verify_inclusion(&leaf, index, cp.size, &Self::hashes(&proof)?, &cp.root)
-                    .map_err(|e| ShipError::Inconsistent(format!("inclusion of {id}: {e}")))?;
-            }
-            let receipt = Receipt {
-                event_id: id.to_string(),
-                leaf_index: index,
-                tree_size: cp.size,
-                checkpoint: note.clone(),
-            };
-            let bytes =
-                serde_json::to_vec(&receipt).map_err(|e| ShipError::Storage(e.to_string()))?;
-            self.receipts
-                .insert(id.as_bytes(), bytes)
-                .map_err(|e| ShipError::Storage(e.to_string()))?;
-            stored.push(id.to_string());
-        }
+        let batch = self.sign_batch(&events)?;
+        let answer: BatchResponse = self
+            .post_json("v1/batches", &json!({"batch": batch}))
+            .await?;
+        let stored = self
+            .keep_receipts(&events, &answer.checkpoint, &answer.receipts)
+            .await?;
         if stored.len() != events.len() {
             return Err(ShipError::BadAnswer(format!(
                 "{} receipts for {} events",
@@ -282,16 +335,203 @@ impl Shipper {
                 events.len()
             )));
         }
-        self.receipts
-            .flush_async()
-            .await
-            .map_err(|e| ShipError::Storage(e.to_string()))?;
         self.outbox
             .acknowledge(&stored)
             .await
             .map_err(|e| ShipError::Storage(e.to_string()))?;
         metrics::counter!("fedgate_events_shipped_total").increment(stored.len() as u64);
         Ok(stored.len())
+    }
+
+    /// NATS path, first stage: hands outbox events to the stream, each a signed batch of
+    /// one with its id as the message id. Returns how many the stream stored.
+    pub async fn publish_once(&self) -> Result<usize, ShipError> {
+        let events = self.outbox.pending(self.config.batch_size);
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let stored = self.publish(&events).await?;
+        let moved: Vec<AccessEvent> = events
+            .into_iter()
+            .filter(|e| stored.contains(&e.id))
+            .collect();
+        self.outbox
+            .mark_published(&moved)
+            .await
+            .map_err(|e| ShipError::Storage(e.to_string()))?;
+        metrics::counter!("fedgate_events_published_total").increment(moved.len() as u64);
+        Ok(moved.len())
+    }
+
+    async fn publish(&self, events: &[AccessEvent]) -> Result<HashSet<String>, ShipError> {
+        let Some(bus) = &self.bus else {
+            return Err(ShipError::Unreachable(
+                "no nats transport configured".into(),
+            ));
+        };
+        let messages = events
+            .iter()
+            .map(|e| Ok((e.id.clone(), self.sign_batch(std::slice::from_ref(e))?)))
+            .collect::<Result<Vec<_>, ShipError>>()?;
+        let mut js = bus.js.lock().await;
+        if js.is_none() {
+            *js = Some(
+                bus.config
+                    .connect()
+                    .await
+                    .map_err(|e| ShipError::Unreachable(e.to_string()))?,
+            );
+        }
+        let Some(context) = js.as_ref() else {
+            return Err(ShipError::Unreachable("nats not connected".into()));
+        };
+        let stored = eventbus::publish_all(context, &bus.subject, messages)
+            .await
+            .map_err(|e| ShipError::Unreachable(e.to_string()))?;
+        let now = Instant::now();
+        if let Ok(mut at) = bus.published_at.lock() {
+            for id in &stored {
+                at.insert(id.clone(), now);
+            }
+        }
+        Ok(stored.into_iter().collect())
+    }
+
+    /// NATS path, second stage: asks the log where the published events sit, checks the
+    /// answer like a batch answer, keeps the receipts. Events still missing after
+    /// [`REPUBLISH_AFTER`] are published again. Returns how many were confirmed.
+    pub async fn confirm_once(&self) -> Result<usize, ShipError> {
+        let events = self.outbox.awaiting(self.config.batch_size);
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let queries: Vec<Value> = events
+            .iter()
+            .map(|e| {
+                let leaf = log::leaf_hash(&leaf_bytes(&LogEntry::Access { event: e.clone() }));
+                json!({"id": e.id, "leafHash": hex::encode(leaf)})
+            })
+            .collect();
+        let answer: ReceiptsResponse = self
+            .post_json(
+                "v1/receipts",
+                &json!({"custodian": self.key.did(), "events": queries}),
+            )
+            .await?;
+        if !answer.conflicts.is_empty() {
+            return Err(ShipError::Inconsistent(format!(
+                "{} event(s) logged with content this gateway did not send",
+                answer.conflicts.len()
+            )));
+        }
+        let stored = self
+            .keep_receipts(&events, &answer.checkpoint, &answer.receipts)
+            .await?;
+        self.outbox
+            .confirm(&stored)
+            .await
+            .map_err(|e| ShipError::Storage(e.to_string()))?;
+        metrics::counter!("fedgate_events_shipped_total").increment(stored.len() as u64);
+        self.republish_stale(&events, &stored).await;
+        Ok(stored.len())
+    }
+
+    async fn republish_stale(&self, events: &[AccessEvent], confirmed: &[String]) {
+        let Some(bus) = &self.bus else { return };
+        let confirmed: HashSet<&String> = confirmed.iter().collect();
+        let stale: Vec<AccessEvent> = {
+            let Ok(mut at) = bus.published_at.lock() else {
+                return;
+            };
+            for id in &confirmed {
+                at.remove(*id);
+            }
+            let now = Instant::now();
+            events
+                .iter()
+                .filter(|e| !confirmed.contains(&e.id))
+                .filter(|e| {
+                    now.duration_since(*at.entry(e.id.clone()).or_insert(now)) >= REPUBLISH_AFTER
+                })
+                .cloned()
+                .collect()
+        };
+        if stale.is_empty() {
+            return;
+        }
+        match self.publish(&stale).await {
+            Ok(n) => tracing::warn!(
+                events = n.len(),
+                "published events still without a receipt were published again"
+            ),
+            Err(e) => tracing::warn!(error = %e, "publishing again failed; will retry"),
+        }
+    }
+
+    /// Checks an answer from the log and keeps its receipts: the checkpoint's signature,
+    /// its consistency with the last accepted one, each receipt naming an event that was
+    /// sent and lying inside the checkpoint, and the inclusion of the first and last
+    /// receipt. Returns the ids whose receipts are now on disk.
+    async fn keep_receipts(
+        &self,
+        sent: &[AccessEvent],
+        note: &str,
+        receipts: &[ingest::Receipt],
+    ) -> Result<Vec<String>, ShipError> {
+        let verifier = self.note_verifier().await?;
+        let cp = checkpoint::open(note, std::slice::from_ref(&verifier))
+            .map_err(|e| ShipError::BadAnswer(format!("checkpoint: {e}")))?;
+        self.check_consistency(cp.size, &cp.root).await?;
+
+        let by_id: HashMap<&str, &AccessEvent> = sent.iter().map(|e| (e.id.as_str(), e)).collect();
+        let mut stored = Vec::with_capacity(receipts.len());
+        for (i, r) in receipts.iter().enumerate() {
+            let Some(event) = by_id.get(r.event_id.as_str()) else {
+                return Err(ShipError::BadAnswer("receipt for an event not sent".into()));
+            };
+            if r.leaf_index >= cp.size {
+                return Err(ShipError::BadAnswer("receipt beyond its checkpoint".into()));
+            }
+            // Spot-check inclusion of the first and last event of every answer.
+            if i == 0 || i + 1 == receipts.len() {
+                let proof = self
+                    .get_json(&format!(
+                        "v1/proofs/inclusion?index={}&size={}",
+                        r.leaf_index, cp.size
+                    ))
+                    .await?;
+                let leaf = log::leaf_hash(&leaf_bytes(&LogEntry::Access {
+                    event: (*event).clone(),
+                }));
+                log::verify_inclusion(
+                    &leaf,
+                    r.leaf_index,
+                    cp.size,
+                    &Self::hashes(&proof)?,
+                    &cp.root,
+                )
+                .map_err(|e| {
+                    ShipError::Inconsistent(format!("inclusion of {}: {e}", r.event_id))
+                })?;
+            }
+            let receipt = Receipt {
+                event_id: r.event_id.clone(),
+                leaf_index: r.leaf_index,
+                tree_size: cp.size,
+                checkpoint: note.to_string(),
+            };
+            let bytes =
+                serde_json::to_vec(&receipt).map_err(|e| ShipError::Storage(e.to_string()))?;
+            self.receipts
+                .insert(r.event_id.as_bytes(), bytes)
+                .map_err(|e| ShipError::Storage(e.to_string()))?;
+            stored.push(r.event_id.clone());
+        }
+        self.receipts
+            .flush_async()
+            .await
+            .map_err(|e| ShipError::Storage(e.to_string()))?;
+        Ok(stored)
     }
 
     /// Accepts a checkpoint only if it extends the last accepted one.

@@ -55,6 +55,10 @@ pub struct VisibilityConfig {
     /// a batch JWS may be up to 4 MiB.
     #[serde(default = "default_limits", deserialize_with = "limits_with_defaults")]
     pub limits: HttpLimits,
+    /// Also read access events from NATS JetStream (the stream is created if missing).
+    /// `POST /v1/batches` keeps working beside it.
+    #[serde(default)]
+    pub nats: Option<crate::eventbus::NatsConfig>,
 }
 
 /// The visibility service's default request body limit: room for the largest batch
@@ -208,6 +212,10 @@ impl crate::config::ServiceConfig for VisibilityConfig {
                     }
                 }
             }
+        }
+        if let Some(nats) = &self.nats {
+            nats.validate("nats", self.dev_mode)
+                .map_err(|e| invalid("nats", e))?;
         }
         if !(1..=3600).contains(&self.challenge_ttl_secs) {
             return Err(invalid(

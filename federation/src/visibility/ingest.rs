@@ -259,6 +259,87 @@ pub async fn append_events(
     })
 }
 
+/// `POST /v1/receipts`: where a custodian's events sit in the log, for reporters whose
+/// events arrive by another path (NATS) and so got no receipt in an HTTP answer.
+///
+/// Each asked-for event names its id and its leaf hash; an index is given only when the
+/// stored leaf has exactly that hash. The answer thus tells nothing to someone who does not
+/// already hold the event, and needs no signature.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptsRequest {
+    pub custodian: String,
+    pub events: Vec<ReceiptQuery>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReceiptQuery {
+    pub id: String,
+    /// Hex SHA-256 RFC 6962 leaf hash of the event's log entry.
+    pub leaf_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceiptsResponse {
+    /// Events found, each at an index below `treeSize`.
+    pub receipts: Vec<Receipt>,
+    /// Ids logged with a different leaf: the log disagrees with the reporter.
+    pub conflicts: Vec<String>,
+    pub tree_size: u64,
+    pub checkpoint: String,
+}
+
+/// `POST /v1/receipts`.
+pub(crate) async fn post_receipts(
+    State(s): State<Arc<VisibilityState>>,
+    StrictJson(req): StrictJson<ReceiptsRequest>,
+) -> Result<Json<ReceiptsResponse>, VisibilityError> {
+    if req.events.len() > MAX_BATCH_EVENTS {
+        return Err(VisibilityError::TooLarge(format!(
+            "ask for at most {MAX_BATCH_EVENTS} receipts at once"
+        )));
+    }
+    let mut found = Vec::new();
+    let mut conflicts = Vec::new();
+    for q in &req.events {
+        let hash: crate::log::Hash = hex::decode(&q.leaf_hash)
+            .ok()
+            .and_then(|b| b.as_slice().try_into().ok())
+            .ok_or_else(|| {
+                VisibilityError::unprocessable("invalid-hash", "leafHash must be 64 hex digits")
+            })?;
+        let Some(index) = s.store.existing(&req.custodian, &q.id)? else {
+            continue;
+        };
+        if crate::log::leaf_hash(&s.store.log.leaf(index)?) == hash {
+            found.push((q.id.clone(), index));
+        } else {
+            conflicts.push(q.id.clone());
+        }
+    }
+    // Taken after the lookups: checkpoints only grow, so this one is the newest and covers
+    // every leaf published before it; a leaf appended but not yet covered is left out and
+    // asked for again.
+    let published = s.latest();
+    let receipts = found
+        .into_iter()
+        .filter(|(_, index)| *index < published.size)
+        .map(|(event_id, leaf_index)| Receipt {
+            event_id,
+            leaf_index,
+            duplicate: true,
+        })
+        .collect();
+    Ok(Json(ReceiptsResponse {
+        receipts,
+        conflicts,
+        tree_size: published.size,
+        checkpoint: published.note.clone(),
+    }))
+}
+
 /// `POST /v1/batches`.
 pub(crate) async fn post_batch(
     State(s): State<Arc<VisibilityState>>,

@@ -11,7 +11,8 @@
 //! - [`store`]: the sled database: the Merkle log, the indexes over it (rebuilt from the
 //!   log when behind), the latest checkpoint, review notes.
 //! - [`ingest`]: `POST /v1/batches`: signature, membership and custodian checks, exactly
-//!   once appends.
+//!   once appends; `POST /v1/receipts`: where already-logged events sit.
+//! - [`bus`]: the same batches read from NATS JetStream, when `[nats]` is configured.
 //! - [`proofs`]: checkpoint signing (after every append and in the background), the
 //!   checkpoint and proof endpoints.
 //! - [`audit`]: challenges, auditor sessions, event queries, the break-glass review queue,
@@ -21,6 +22,7 @@
 //! - [`error`]: the module's error enum, mapped to problem+json once.
 
 pub mod audit;
+pub mod bus;
 pub mod config;
 pub mod dashboard;
 pub mod error;
@@ -216,6 +218,7 @@ impl VisibilityState {
             Arc::downgrade(self),
             Duration::from_millis(self.config.checkpoint_interval_ms),
         ))];
+        tasks.extend(bus::spawn(self));
         if let (Membership::Registry(registry), Some(rc)) =
             (&self.membership, &self.config.registry)
         {
@@ -265,6 +268,7 @@ pub fn router(state: Arc<VisibilityState>) -> Router {
         .route("/v1/keys", get(inventory))
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/batches", post(ingest::post_batch))
+        .route("/v1/receipts", post(ingest::post_receipts))
         .route("/v1/checkpoint", get(proofs::get_checkpoint))
         .route("/v1/proofs/inclusion", get(proofs::inclusion))
         .route("/v1/proofs/consistency", get(proofs::consistency))

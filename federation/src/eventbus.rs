@@ -1,0 +1,246 @@
+//! The optional distributed path for access events: NATS JetStream.
+//!
+//! Gateways publish each access event as its own message, a signed batch of one (the same
+//! `fedgate-batch+jwt` JWS that `POST /v1/batches` takes), with the event id as the
+//! `Nats-Msg-Id`, so the stream itself drops a re-publication inside its duplicate window.
+//! Visibility instances read the stream through a durable pull consumer and acknowledge a
+//! message only after its event is on disk in the log; the log's own exactly-once rule
+//! (one leaf per custodian and event id) covers redeliveries the window does not.
+//!
+//! NATS is a carrier, not a trust anchor: every message is verified exactly as an HTTPS
+//! batch is, so a publisher that can reach the server cannot log anything it could not
+//! log over HTTPS. The default deployment (HTTPS straight to the service) needs none of
+//! this.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer, message::PublishMessage, stream};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// `[nats]` (visibility service) and `[visibility.nats]` (gateway).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// `tls://host:port`; plain `nats://` only to a loopback address in dev mode.
+    pub url: String,
+    /// The JetStream stream holding access events.
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    /// Subjects are `<prefix>.<custodian token>`; the stream takes `<prefix>.>`.
+    #[serde(default = "default_prefix")]
+    pub subject_prefix: String,
+    /// How long the stream remembers message ids to drop duplicates (the log drops any
+    /// that arrive later).
+    #[serde(default = "default_duplicate_window")]
+    pub duplicate_window_secs: u64,
+    /// The durable consumer the visibility service reads with.
+    #[serde(default = "default_consumer")]
+    pub consumer: String,
+}
+
+fn default_stream() -> String {
+    "FEDGATE_EVENTS".into()
+}
+fn default_prefix() -> String {
+    "fedgate.events".into()
+}
+fn default_duplicate_window() -> u64 {
+    600
+}
+fn default_consumer() -> String {
+    "visibility".into()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("nats configuration: {0}")]
+    Config(String),
+    #[error("nats server unreachable: {0}")]
+    Connect(String),
+    #[error("jetstream: {0}")]
+    JetStream(String),
+}
+
+impl NatsConfig {
+    /// Checks names and the transport rule; `what` names the table in messages.
+    pub fn validate(&self, what: &str, dev_mode: bool) -> Result<(), String> {
+        let token_ok = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if !token_ok(&self.stream) {
+            return Err(format!("{what}.stream: letters, digits, '-' and '_' only"));
+        }
+        if !token_ok(&self.consumer) {
+            return Err(format!(
+                "{what}.consumer: letters, digits, '-' and '_' only"
+            ));
+        }
+        if self.subject_prefix.is_empty() || !self.subject_prefix.split('.').all(token_ok) {
+            return Err(format!(
+                "{what}.subject_prefix: dot-separated tokens of letters, digits, '-' and '_'"
+            ));
+        }
+        if self.duplicate_window_secs == 0 {
+            return Err(format!("{what}.duplicate_window_secs must be at least 1"));
+        }
+        let (scheme, rest) = self
+            .url
+            .split_once("://")
+            .ok_or_else(|| format!("{what}.url: expected tls://host:port or nats://host:port"))?;
+        let host = rest
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(rest)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        match scheme {
+            "tls" => Ok(()),
+            "nats" if loopback && dev_mode => Ok(()),
+            "nats" => Err(format!(
+                "{what}.url: plain nats:// is allowed only to loopback in dev_mode; use tls://"
+            )),
+            other => Err(format!("{what}.url: unknown scheme {other}")),
+        }
+    }
+
+    /// The subject a custodian publishes on. DIDs hold '.' and ':', which NATS subjects
+    /// reserve, so the token is a digest of the DID.
+    pub fn subject_for(&self, custodian: &str) -> String {
+        let digest = Sha256::digest(custodian.as_bytes());
+        format!("{}.{}", self.subject_prefix, hex::encode(&digest[..16]))
+    }
+
+    /// Connects and returns a JetStream context. The client reconnects by itself after a
+    /// later outage; callers retry a failed first connection.
+    pub async fn connect(&self) -> Result<jetstream::Context, BusError> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(self.url.as_str())
+            .await
+            .map_err(|e| BusError::Connect(e.to_string()))?;
+        Ok(jetstream::new(client))
+    }
+
+    /// Creates the stream if missing: file storage, every custodian's subject, the
+    /// configured duplicate window. The visibility service owns it; gateways only publish
+    /// (a publish before it exists fails, and is retried).
+    pub async fn ensure_stream(&self, js: &jetstream::Context) -> Result<stream::Stream, BusError> {
+        js.get_or_create_stream(stream::Config {
+            name: self.stream.clone(),
+            subjects: vec![format!("{}.>", self.subject_prefix)],
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(self.duplicate_window_secs),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| BusError::JetStream(e.to_string()))
+    }
+
+    /// The durable pull consumer: explicit acknowledgement, redelivery after 30 s.
+    pub async fn consumer(&self, stream: &stream::Stream) -> Result<PullConsumer, BusError> {
+        stream
+            .get_or_create_consumer(
+                &self.consumer,
+                jetstream::consumer::pull::Config {
+                    durable_name: Some(self.consumer.clone()),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    max_ack_pending: 20_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| BusError::JetStream(e.to_string()))
+    }
+}
+
+/// Publishes signed single-event batches, all in flight at once, and waits for the
+/// stream's acknowledgements. Returns the ids the stream holds (newly or as duplicates);
+/// an id missing from the answer was not stored and stays with the caller.
+pub async fn publish_all(
+    js: &jetstream::Context,
+    subject: &str,
+    messages: Vec<(String, String)>,
+) -> Result<Vec<String>, BusError> {
+    let mut pending = Vec::with_capacity(messages.len());
+    let mut first_error = None;
+    for (id, jws) in messages {
+        let publish = PublishMessage::build()
+            .message_id(&id)
+            .payload(jws.into_bytes().into());
+        match js.send_publish(subject.to_string(), publish).await {
+            Ok(ack) => pending.push((id, ack)),
+            Err(e) => {
+                first_error.get_or_insert_with(|| e.to_string());
+                break;
+            }
+        }
+    }
+    let mut stored = Vec::with_capacity(pending.len());
+    for (id, ack) in pending {
+        match ack.await {
+            Ok(_) => stored.push(id),
+            Err(e) => {
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    match (stored.is_empty(), first_error) {
+        (true, Some(e)) => Err(BusError::JetStream(e)),
+        _ => Ok(stored),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: &str) -> NatsConfig {
+        toml::from_str(&format!("url = \"{url}\"")).unwrap()
+    }
+
+    #[test]
+    fn transport_rule() {
+        assert!(config("nats://127.0.0.1:4222")
+            .validate("nats", true)
+            .is_ok());
+        assert!(config("nats://localhost:4222")
+            .validate("nats", true)
+            .is_ok());
+        assert!(config("nats://127.0.0.1:4222")
+            .validate("nats", false)
+            .is_err());
+        assert!(config("nats://10.0.0.5:4222")
+            .validate("nats", true)
+            .is_err());
+        assert!(config("tls://nats.example:4222")
+            .validate("nats", false)
+            .is_ok());
+        assert!(config("http://127.0.0.1:4222")
+            .validate("nats", true)
+            .is_err());
+        assert!(config("127.0.0.1:4222").validate("nats", true).is_err());
+    }
+
+    #[test]
+    fn names_are_checked_and_subjects_hide_the_did() {
+        let mut c = config("nats://127.0.0.1:4222");
+        let s = c.subject_for("did:web:hospital-a.example");
+        assert!(s.starts_with("fedgate.events."));
+        assert!(!s.contains("hospital"));
+        assert_eq!(s, c.subject_for("did:web:hospital-a.example"));
+        assert_ne!(s, c.subject_for("did:web:hospital-b.example"));
+        c.subject_prefix = "a.>".into();
+        assert!(c.validate("nats", true).is_err());
+        c.subject_prefix = "fedgate.events".into();
+        c.stream = "has space".into();
+        assert!(c.validate("nats", true).is_err());
+    }
+}
