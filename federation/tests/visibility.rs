@@ -321,7 +321,7 @@ async fn visibility_receipts_verify_against_the_signed_checkpoint_and_events_are
         &sign_batch(
             &orgs.a.key,
             orgs.a.key.did(),
-            &[event(orgs.a.key.did()), altered],
+            &[event(orgs.a.key.did()), altered.clone()],
         ),
     )
     .await;
@@ -334,6 +334,68 @@ async fn visibility_receipts_verify_against_the_signed_checkpoint_and_events_are
     let (body, _) = accepted(&svc.base, &orgs.b.key, &[same_id], &verifier).await;
     assert_eq!(body["receipts"][0]["leafIndex"], 4);
     assert_eq!(body["receipts"][0]["duplicate"], false);
+
+    // Receipts by leaf hash, for events that came by another path: found only with the
+    // exact content, a different leaf is a conflict, unknown ids are left out.
+    let leaf_hex = |e: &AccessEvent| hex::encode(log::leaf_hash(&leaf_bytes(&access(e))));
+    let receipts_of = |body: Value| {
+        let base = svc.base.clone();
+        async move {
+            client()
+                .post(format!("{base}/v1/receipts"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let unknown = event(orgs.a.key.did());
+    let body = ok_json(
+        receipts_of(json!({"custodian": orgs.a.key.did(), "events": [
+            {"id": events[2].id, "leafHash": leaf_hex(&events[2])},
+            {"id": events[0].id, "leafHash": leaf_hex(&altered)},
+            {"id": unknown.id, "leafHash": leaf_hex(&unknown)},
+        ]}))
+        .await,
+    )
+    .await;
+    assert_eq!(body["receipts"].as_array().unwrap().len(), 1);
+    assert_eq!(body["receipts"][0]["eventId"], events[2].id.as_str());
+    assert_eq!(body["receipts"][0]["leafIndex"], 2);
+    assert_eq!(body["conflicts"], json!([events[0].id]));
+    let cp = checkpoint::open(
+        body["checkpoint"].as_str().unwrap(),
+        std::slice::from_ref(&verifier),
+    )
+    .unwrap();
+    assert_eq!(body["treeSize"], cp.size);
+    assert_included(&svc.base, &access(&events[2]), 2, &cp).await;
+    // Another custodian's view of the same id finds B's event, not A's.
+    let body = ok_json(
+        receipts_of(json!({"custodian": orgs.b.key.did(), "events": [
+            {"id": events[2].id, "leafHash": leaf_hex(&events[2])},
+        ]}))
+        .await,
+    )
+    .await;
+    assert_eq!(body["receipts"], json!([]));
+    // Bad requests: a malformed hash, unknown fields, too many at once.
+    let bad = receipts_of(json!({"custodian": orgs.a.key.did(), "events": [
+        {"id": events[2].id, "leafHash": "xyz"},
+    ]}))
+    .await;
+    problem(bad, 422).await;
+    let bad = receipts_of(json!({"custodian": orgs.a.key.did(), "events": [], "extra": 1})).await;
+    assert!(bad.status().is_client_error());
+    let many: Vec<Value> = (0..1001)
+        .map(|i| json!({"id": format!("e{i}"), "leafHash": leaf_hex(&events[0])}))
+        .collect();
+    problem(
+        receipts_of(json!({"custodian": orgs.a.key.did(), "events": many})).await,
+        413,
+    )
+    .await;
+    assert_eq!(current_checkpoint(&svc.base, &verifier).await.size, 5);
 
     let keys = ok_json(
         client()
