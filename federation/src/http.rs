@@ -860,33 +860,25 @@ async fn serve_plain(
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<(), HttpError> {
-    let listener = tokio::net::TcpListener::from_std(listener)
-        .map_err(|source| HttpError::Bind { addr, source })?;
-    announce(addr, false, ready);
-
-    // One shutdown signal feeds both the graceful drain and the deadline that ends it.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // The same server as for TLS, so that the header read timeout (slow clients) holds
+    // on plain HTTP too; axum::serve would not apply it.
+    let handle = axum_server::Handle::new();
+    let mut server = axum_server::from_tcp(listener).handle(handle.clone());
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout());
+    let grace = limits.request_timeout();
     tokio::spawn(async move {
         shutdown.await;
-        let _ = stop_tx.send(true);
+        handle.graceful_shutdown(Some(grace));
     });
-    let mut drain_rx = stop_rx.clone();
-    let mut deadline_rx = stop_rx;
-    let grace = limits.request_timeout();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        let _ = drain_rx.wait_for(|stop| *stop).await;
-    });
-    let deadline = async move {
-        let _ = deadline_rx.wait_for(|stop| *stop).await;
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        result = server => result.map_err(HttpError::Serve),
-        () = deadline => {
-            tracing::warn!(%addr, "shutdown grace period elapsed; dropping open connections");
-            Ok(())
-        }
-    }
+    announce(addr, false, ready);
+    server
+        .serve(router.into_make_service())
+        .await
+        .map_err(HttpError::Serve)
 }
 
 #[allow(clippy::too_many_arguments)]

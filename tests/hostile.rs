@@ -1,0 +1,240 @@
+//! Transport-level hostility against the three running services (issuer, gateway,
+//! visibility), each a real `fedgate` process with small limits: slow headers, slow bodies,
+//! connection floods, oversized, deeply nested, duplicate-key and non-UTF-8 bodies. Each
+//! gets a clean problem+json (or a closed connection where no request was ever made), the
+//! security headers are on every answer, CORS stays closed, and the service keeps serving.
+//! Credential-level attacks (alg none, key confusion, replay, ...) are in tests/gateway.rs
+//! and federation/tests/pipeline.rs.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fedgate::harness::{free_port, spawn, Gateway, GatewaySpec, Office, Process, Visibility};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const LIMITS: &str = "[limits]\nmax_body_bytes = 65536\nrequest_timeout_secs = 2\nheader_read_timeout_secs = 1\nmax_concurrent = 16\n";
+
+fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_fedgate"))
+}
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// One raw HTTP/1.1 exchange on a fresh connection; returns the whole answer as text.
+/// The request is written while the answer is read: a server may answer (413) and close
+/// before taking a large body, and that answer is what is checked.
+async fn raw(addr: &str, request: &[u8]) -> String {
+    let s = TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let request = request.to_vec();
+    let writer = tokio::spawn(async move {
+        // The server may stop reading and close; that is allowed.
+        let _ = wr.write_all(&request).await;
+        wr
+    });
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        match tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    writer.abort();
+    String::from_utf8_lossy(&out).to_string()
+}
+
+fn post(path: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+fn status_of(answer: &str) -> u16 {
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn assert_problem(answer: &str, status: u16, what: &str) {
+    assert_eq!(status_of(answer), status, "{what}: {answer:.300}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("content-type: application/problem+json"),
+        "{what}: not problem+json: {answer:.300}"
+    );
+}
+
+async fn healthy(addr: &str) {
+    let answer = raw(
+        addr,
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&answer), 200, "the service stopped serving");
+}
+
+/// Everything this file throws at one service; `post_path` takes a JSON body.
+async fn attack(name: &str, addr: &str, post_path: &str) {
+    // Security headers on a success and on an error; CORS closed even when asked.
+    for request in [
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nOrigin: https://evil.example\r\nConnection: close\r\n\r\n",
+        "GET /no-such-route HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        "OPTIONS /healthz HTTP/1.1\r\nHost: localhost\r\nOrigin: https://evil.example\r\nAccess-Control-Request-Method: POST\r\nConnection: close\r\n\r\n",
+    ] {
+        let answer = raw(addr, request.as_bytes()).await.to_ascii_lowercase();
+        assert!(answer.contains("x-content-type-options: nosniff"), "{name}: {answer:.400}");
+        assert!(answer.contains("referrer-policy: no-referrer"), "{name}");
+        assert!(answer.contains("content-security-policy:"), "{name}");
+        assert!(answer.contains("x-request-id:"), "{name}: request ids on every answer");
+        assert!(
+            !answer.contains("access-control-allow-origin"),
+            "{name}: CORS must stay closed"
+        );
+    }
+
+    // Bodies: too large (declared, and chunked without a length), nested 10,000 deep,
+    // duplicate keys, not UTF-8.
+    let big = vec![b' '; 10 * 1024 * 1024];
+    let answer = raw(addr, &post(post_path, &big)).await;
+    assert_problem(&answer, 413, &format!("{name}: 10 MB body"));
+    let mut chunked = format!(
+        "POST {post_path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for _ in 0..160 {
+        chunked.extend_from_slice(b"10000\r\n");
+        chunked.extend_from_slice(&[b' '; 0x10000]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let answer = raw(addr, &chunked).await;
+    assert_problem(&answer, 413, &format!("{name}: 10 MB chunked body"));
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let answer = raw(addr, &post(post_path, deep.as_bytes())).await;
+    assert_problem(&answer, 400, &format!("{name}: nested 10,000 deep"));
+    let answer = raw(addr, &post(post_path, br#"{"a": 1, "a": 2}"#)).await;
+    assert_problem(&answer, 400, &format!("{name}: duplicate keys"));
+    let answer = raw(addr, &post(post_path, b"{\"a\": \"\xff\xfe\"}")).await;
+    assert_problem(&answer, 400, &format!("{name}: invalid UTF-8"));
+
+    // A slow body: the headers promise 100 bytes, ten arrive, then nothing.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {post_path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{{\"slow\": 1"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let answer = String::from_utf8_lossy(&out);
+    assert_problem(&answer, 408, &format!("{name}: slow body"));
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "{name}: slow body held too long"
+    );
+
+    // Slow headers (slowloris): the connection is closed without an answer in about the
+    // header timeout.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(8), s.read_to_end(&mut out)).await;
+    assert!(
+        closed.is_ok(),
+        "{name}: a connection that never finishes its headers must be closed"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(8));
+
+    // A flood: 300 idle connections and 40 slow requests at once; a plain request still
+    // gets through, and the flood is shed by the header timeout.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        if let Ok(s) = TcpStream::connect(addr).await {
+            idle.push(s);
+        }
+    }
+    let mut slow = Vec::new();
+    for _ in 0..40 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        slow.push(s);
+    }
+    let t0 = Instant::now();
+    healthy(addr).await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(6),
+        "{name}: a plain request waited {:?} behind the flood",
+        t0.elapsed()
+    );
+    drop(idle);
+    drop(slow);
+    healthy(addr).await;
+}
+
+/// Starts a process from a config written here (the harness's own writers leave out
+/// `[limits]`).
+fn start_with_limits(kind: &str, config: &Path) -> Process {
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(config, format!("{text}\n{LIMITS}")).unwrap();
+    spawn(
+        &exe(),
+        &[kind, "serve", "--config", &config.to_string_lossy()],
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn every_service_withstands_transport_level_abuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut office =
+        Office::start(&exe(), &dir.path().join("office"), "did:web:office.test").unwrap();
+    office.process.stop();
+    let office_process = start_with_limits("issuer", &office.dir.join("issuer.toml"));
+
+    let mut visibility = Visibility::start(
+        &exe(),
+        &dir.path().join("visibility"),
+        "did:web:visibility.test",
+        free_port().unwrap(),
+        "",
+    )
+    .unwrap();
+    visibility.process.stop();
+    let visibility_process = start_with_limits("visibility", &visibility.config);
+
+    let mut gateway = Gateway::start(
+        &exe(),
+        &dir.path().join("gateway"),
+        &GatewaySpec {
+            did: "did:web:hospital-a.test".into(),
+            port: 0,
+            records: vec![],
+            policies: repo("policies"),
+            extra_toml: String::new(),
+        },
+    )
+    .unwrap();
+    gateway.process.stop();
+    let gateway_process = start_with_limits("gateway", &gateway.config);
+
+    tokio::join!(
+        attack("issuer", &office_process.addr, "/credentials/verify"),
+        attack("visibility", &visibility_process.addr, "/v1/batches"),
+        attack("gateway", &gateway_process.addr, "/v1/exchange/clinical"),
+    );
+}
