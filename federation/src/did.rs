@@ -21,6 +21,10 @@ use ssi::jwk::JWK;
 
 /// Largest DID document we are willing to read.
 const MAX_DID_DOCUMENT_BYTES: usize = 64 * 1024;
+/// Most did:key documents kept decoded. A did:key document is a pure function of the DID,
+/// so it never goes stale; the bound only stops a stream of fresh holders from growing the
+/// map without end.
+const MAX_CACHED_DID_KEYS: usize = 4096;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum DidError {
@@ -72,7 +76,10 @@ pub struct DidResolver {
     web_allow: RwLock<HashMap<String, reqwest::Url>>,
     /// Documents known without fetching (e.g. this service's own DID).
     pinned: RwLock<HashMap<String, Arc<Value>>>,
+    /// did:web documents fetched, with when: each is used for `ttl`, then fetched again.
     cache: Mutex<HashMap<String, (Instant, Arc<Value>)>>,
+    /// did:key documents already decoded (no TTL: they cannot change).
+    key_docs: Mutex<HashMap<String, Arc<Value>>>,
     ttl: Duration,
     dev_mode: bool,
     client: reqwest::Client,
@@ -85,6 +92,7 @@ impl DidResolver {
             web_allow: RwLock::new(HashMap::new()),
             pinned: RwLock::new(HashMap::new()),
             cache: Mutex::new(HashMap::new()),
+            key_docs: Mutex::new(HashMap::new()),
             ttl: Duration::from_secs(300),
             dev_mode,
             client: crate::http::http_client(),
@@ -109,6 +117,10 @@ impl DidResolver {
     pub fn allow_web(&self, did: &str, base: reqwest::Url) {
         if let Ok(mut guard) = self.web_allow.write() {
             guard.insert(did.to_string(), base);
+        }
+        // A document fetched from the old address must not outlive the change.
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.remove(did);
         }
     }
 
@@ -138,10 +150,34 @@ impl DidResolver {
             return Ok(doc);
         }
         match method {
-            Some("key") => resolve_did_key(did).await.map(Arc::new),
+            Some("key") => self.resolve_key(did).await,
             Some("web") => self.resolve_web(did).await,
             _ => Err(DidError::UnsupportedMethod(did.to_string())),
         }
+    }
+
+    /// Decodes a did:key once; later resolutions of the same DID share the document, which
+    /// spares the hot path a multicodec decode and a JSON round trip per holder and
+    /// self-issued consent.
+    async fn resolve_key(&self, did: &str) -> Result<Arc<Value>, DidError> {
+        if let Some(doc) = self.key_docs.lock().ok().and_then(|m| m.get(did).cloned()) {
+            return Ok(doc);
+        }
+        // Only documents that decoded are kept: a refused DID is refused again every time.
+        let doc = Arc::new(resolve_did_key(did).await?);
+        if let Ok(mut docs) = self.key_docs.lock() {
+            if docs.len() >= MAX_CACHED_DID_KEYS {
+                // Starting over is cheap (decoding is local) and keeps the bound strict.
+                docs.clear();
+            }
+            docs.insert(did.to_string(), doc.clone());
+        }
+        Ok(doc)
+    }
+
+    /// How long a fetched did:web document is used before it is fetched again.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     async fn resolve_web(&self, did: &str) -> Result<Arc<Value>, DidError> {
@@ -447,6 +483,52 @@ mod tests {
             Relationship::AssertionMethod
         ));
         assert!(find_verification_method(&doc, "did:web:a#k1").is_some());
+    }
+
+    #[tokio::test]
+    async fn did_key_documents_are_decoded_once() {
+        let key = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+        let r = DidResolver::new(false);
+        let a = r.resolve(key.did()).await.unwrap();
+        let b = r.resolve(key.verification_method()).await.unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+    }
+
+    #[tokio::test]
+    async fn did_web_documents_are_cached_for_the_ttl() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let key = KeyPair::generate_did_web("did:web:cached.test", KeyAlgorithm::Ed25519).unwrap();
+        let doc = key.did_document().unwrap();
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let counter = fetches.clone();
+        let app = axum::Router::new().route(
+            "/.well-known/did.json",
+            axum::routing::get(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let doc = doc.clone();
+                async move { axum::Json(doc) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let r = DidResolver::new(true).with_ttl(Duration::from_millis(300));
+        r.allow_web(key.did(), reqwest::Url::parse(&base).unwrap());
+        let first = r.resolve(key.did()).await.unwrap();
+        let second = r.resolve(key.did()).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &second));
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        r.resolve(key.did()).await.unwrap();
+        assert_eq!(
+            fetches.load(Ordering::SeqCst),
+            2,
+            "fetched again after the TTL"
+        );
+        // A new address for the DID drops what came from the old one.
+        r.allow_web(key.did(), reqwest::Url::parse(&base).unwrap());
+        r.resolve(key.did()).await.unwrap();
+        assert_eq!(fetches.load(Ordering::SeqCst), 3);
     }
 
     trait NoKid {

@@ -17,9 +17,20 @@
 //!
 //! Every embedded credential goes through the full credential pipeline; an error then also
 //! names the credential's position in the presentation.
+//!
+//! A [`ProofCache`] remembers credentials whose proof and schema already checked out, keyed
+//! by the SHA-256 of the credential exactly as received: a clinician presents the same
+//! privilege on every request, and its signature (for Data Integrity, its RDF
+//! canonicalization) is the most expensive part of the pipeline. Everything that can change
+//! between two requests is checked every time: validity period, issuer trust, status,
+//! holder binding, and whether the signer's DID document is still the one the proof was
+//! checked against.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -153,17 +164,165 @@ pub struct Verifier {
     pub trust: Arc<dyn TrustSource>,
     pub status: Arc<StatusCache>,
     pub skew: chrono::Duration,
+    /// Credentials whose proof and schema already checked out.
+    pub proofs: ProofCache,
 }
 
 const DI_SUITES: [&str; 2] = ["eddsa-rdfc-2022", "ecdsa-rdfc-2019"];
 
-fn digest_of(v: &Value) -> String {
+/// SHA-256 of a credential or presentation as received: the compact JWS string, or the
+/// JSON serialization of the object (what the Data Integrity check itself verifies).
+fn sha256_of(v: &Value) -> [u8; 32] {
     use sha2::{Digest, Sha256};
-    let bytes = match v {
-        Value::String(s) => s.as_bytes().to_vec(),
-        other => serde_json::to_vec(other).unwrap_or_default(),
-    };
-    hex::encode(Sha256::digest(bytes))
+    match v {
+        Value::String(s) => Sha256::digest(s.as_bytes()).into(),
+        other => Sha256::digest(serde_json::to_vec(other).unwrap_or_default()).into(),
+    }
+}
+
+fn digest_of(v: &Value) -> String {
+    hex::encode(sha256_of(v))
+}
+
+/// Entries a [`ProofCache`] holds by default: two credentials for each of a few thousand
+/// active holders, at a few KiB each.
+pub const DEFAULT_PROOF_CACHE_ENTRIES: usize = 4096;
+/// How long a cached proof is trusted by default before it is checked again in full.
+pub const DEFAULT_PROOF_CACHE_TTL: Duration = Duration::from_secs(300);
+
+/// What a checked proof established: the credential (without its proof) is what the
+/// issuer signed, with a key its DID document lists under `assertionMethod`, and it is
+/// valid against its type's schema.
+struct Proven {
+    format: ProofFormat,
+    credential: Value,
+    /// The verification method that signed, and the DID document it was found in.
+    signer: String,
+    signer_doc: Arc<Value>,
+    at: Instant,
+}
+
+/// A bounded cache of proven credentials, keyed by the SHA-256 of the credential as
+/// received, with a TTL.
+///
+/// Only a credential that passed every credential check is ever inserted, so no failure
+/// can be remembered as a success; a credential that differs in a single byte has another
+/// key and is checked in full. Eviction keeps two generations: lookups promote entries
+/// into the current one, and when it is full the older generation is dropped whole. That
+/// bounds the size at `capacity` with O(1) work per operation and keeps whatever is in
+/// use.
+pub struct ProofCache {
+    generations: Mutex<Generations>,
+    capacity: usize,
+    ttl: Duration,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    proof_checks: AtomicU64,
+}
+
+#[derive(Default)]
+struct Generations {
+    current: HashMap<[u8; 32], Arc<Proven>>,
+    previous: HashMap<[u8; 32], Arc<Proven>>,
+}
+
+/// Counters of a [`ProofCache`], for metrics, benches and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProofCacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    /// Credential proofs checked in full (signature work done).
+    pub proof_checks: u64,
+    pub entries: usize,
+}
+
+impl ProofCache {
+    /// A cache of at most `capacity` credentials, each trusted for at most `ttl`.
+    /// A capacity of 0 disables caching (every proof is checked in full).
+    pub fn new(capacity: usize, ttl: Duration) -> Self {
+        ProofCache {
+            generations: Mutex::new(Generations::default()),
+            capacity,
+            ttl,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            proof_checks: AtomicU64::new(0),
+        }
+    }
+
+    /// No caching: every credential's proof is checked in full.
+    pub fn disabled() -> Self {
+        Self::new(0, Duration::ZERO)
+    }
+
+    pub fn stats(&self) -> ProofCacheStats {
+        ProofCacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            proof_checks: self.proof_checks.load(Ordering::Relaxed),
+            entries: self
+                .generations
+                .lock()
+                .map(|g| g.current.len() + g.previous.len())
+                .unwrap_or(0),
+        }
+    }
+
+    /// Forgets every proof (e.g. after a change of trust configuration).
+    pub fn clear(&self) {
+        if let Ok(mut g) = self.generations.lock() {
+            *g = Generations::default();
+        }
+    }
+
+    fn generation_size(&self) -> usize {
+        (self.capacity / 2).max(1)
+    }
+
+    fn get(&self, key: &[u8; 32]) -> Option<Arc<Proven>> {
+        if self.capacity == 0 {
+            return None;
+        }
+        // A poisoned lock means a panic mid-update: behave as a miss (full check).
+        let mut g = self.generations.lock().ok()?;
+        let fresh = |p: &Arc<Proven>| p.at.elapsed() < self.ttl;
+        if let Some(p) = g.current.get(key) {
+            if fresh(p) {
+                return Some(p.clone());
+            }
+            g.current.remove(key);
+            return None;
+        }
+        let p = g.previous.remove(key)?;
+        if !fresh(&p) {
+            return None;
+        }
+        self.insert_locked(&mut g, *key, p.clone());
+        Some(p)
+    }
+
+    fn insert(&self, key: [u8; 32], proven: Arc<Proven>) {
+        if self.capacity == 0 {
+            return;
+        }
+        if let Ok(mut g) = self.generations.lock() {
+            self.insert_locked(&mut g, key, proven);
+        }
+    }
+
+    fn insert_locked(&self, g: &mut Generations, key: [u8; 32], proven: Arc<Proven>) {
+        if g.current.len() >= self.generation_size() && !g.current.contains_key(&key) {
+            g.previous = std::mem::take(&mut g.current);
+        }
+        g.current.insert(key, proven);
+    }
+}
+
+impl Default for ProofCache {
+    fn default() -> Self {
+        Self::new(DEFAULT_PROOF_CACHE_ENTRIES, DEFAULT_PROOF_CACHE_TTL)
+    }
 }
 
 fn jose_check(e: &crate::jose::JoseError) -> Check {
@@ -262,21 +421,29 @@ impl Verifier {
         trust: Arc<dyn TrustSource>,
         status: Arc<StatusCache>,
     ) -> Self {
+        // The proof cache never trusts a proof for longer than the resolver trusts the
+        // DID document it was checked against.
+        let ttl = DEFAULT_PROOF_CACHE_TTL.min(resolver.ttl());
         Verifier {
             resolver,
             trust,
             status,
             skew: chrono::Duration::seconds(crate::time::DEFAULT_SKEW_SECS),
+            proofs: ProofCache::new(DEFAULT_PROOF_CACHE_ENTRIES, ttl),
         }
     }
 
-    /// Verifies one credential as it travels (JWT string, enveloped JWT, or DI object).
-    pub async fn verify_credential(
-        &self,
-        input: &Value,
-    ) -> Result<VerifiedCredential, VerifyError> {
-        let digest = digest_of(input);
-        let (format, credential) = match input {
+    /// Replaces the proof cache (size, TTL, or [`ProofCache::disabled`]).
+    pub fn with_proof_cache(mut self, cache: ProofCache) -> Self {
+        self.proofs = cache;
+        self
+    }
+
+    /// Checks the proof of a credential as it travels (JWT string, enveloped JWT, or DI
+    /// object): format, algorithm or suite, the key's place in the issuer's DID document,
+    /// signature.
+    async fn prove(&self, input: &Value) -> Result<Proven, VerifyError> {
+        let (format, (credential, signer, signer_doc)) = match input {
             Value::String(jwt) => (ProofFormat::Jwt, self.check_jwt_credential(jwt).await?),
             Value::Object(_) => match unwrap_enveloped(input) {
                 Some(jwt) => (ProofFormat::Jwt, self.check_jwt_credential(jwt).await?),
@@ -292,17 +459,62 @@ impl Verifier {
                 ))
             }
         };
+        Ok(Proven {
+            format,
+            credential,
+            signer,
+            signer_doc,
+            at: Instant::now(),
+        })
+    }
+
+    /// A cached proof still holds if the signer's DID resolves, right now, to the very
+    /// document the proof was checked against: a rotated or withdrawn key, a did:web
+    /// dropped from the allow-map or a refetched document that changed all make it a miss,
+    /// and the full check then reports what is wrong.
+    async fn still_proven(&self, key: &[u8; 32]) -> Option<Arc<Proven>> {
+        let proven = self.proofs.get(key)?;
+        let doc = self.resolver.resolve(did_of(&proven.signer)).await.ok()?;
+        (Arc::ptr_eq(&doc, &proven.signer_doc) || doc == proven.signer_doc).then_some(proven)
+    }
+
+    /// Verifies one credential as it travels (JWT string, enveloped JWT, or DI object).
+    pub async fn verify_credential(
+        &self,
+        input: &Value,
+    ) -> Result<VerifiedCredential, VerifyError> {
+        let key = sha256_of(input);
+        let digest = hex::encode(key);
+        let cached = self.still_proven(&key).await;
+        let hit = cached.is_some();
+        let proven = match cached {
+            Some(p) => {
+                self.proofs.hits.fetch_add(1, Ordering::Relaxed);
+                p
+            }
+            None => {
+                self.proofs.misses.fetch_add(1, Ordering::Relaxed);
+                Arc::new(self.prove(input).await?)
+            }
+        };
+        let format = proven.format;
+        let credential = &proven.credential;
         let mut checks = vec![Check::Format, Check::Proof];
-        let kind = CredentialKind::of_credential(&credential)
+        let kind = CredentialKind::of_credential(credential)
             .map_err(|e| VerifyError::new(Check::Format, e))?;
-        let issuer = str_field(&credential, "issuer")
+        let issuer = str_field(credential, "issuer")
             .unwrap_or_default()
             .to_string();
 
-        let (valid_from, valid_until) = self.check_validity(&credential)?;
+        let (valid_from, valid_until) = self.check_validity(credential)?;
         checks.push(Check::Validity);
 
-        crate::schema::check(kind, &credential).map_err(|e| VerifyError::new(Check::Schema, e))?;
+        // The schema result depends only on the credential's bytes and the schemas built
+        // into this binary, so a cached proof also stands for it.
+        if !hit {
+            crate::schema::check(kind, credential)
+                .map_err(|e| VerifyError::new(Check::Schema, e))?;
+        }
         checks.push(Check::Schema);
 
         let subject = credential
@@ -343,8 +555,13 @@ impl Verifier {
             None => {}
         }
 
+        // Remembered only now that every check passed: a failure is never cached, and
+        // credentials nobody trusts cannot crowd out the ones in use.
+        if !hit {
+            self.proofs.insert(key, proven.clone());
+        }
         Ok(VerifiedCredential {
-            id: str_field(&credential, "id").map(str::to_string),
+            id: str_field(credential, "id").map(str::to_string),
             kind,
             format,
             issuer,
@@ -357,7 +574,11 @@ impl Verifier {
         })
     }
 
-    async fn check_jwt_credential(&self, jwt: &str) -> Result<Value, VerifyError> {
+    /// Returns the payload, the signing method and the DID document it was found in.
+    async fn check_jwt_credential(
+        &self,
+        jwt: &str,
+    ) -> Result<(Value, String, Arc<Value>), VerifyError> {
         let decoded = crate::jose::decode(jwt)
             .map_err(|e| VerifyError::new(jose_check(&e), e.to_string()))?;
         if let Some(typ) = decoded.typ.as_deref() {
@@ -376,18 +597,23 @@ impl Verifier {
                 "signed with a key that does not belong to the issuer",
             ));
         }
-        let (key, _) = self
+        let (key, did_doc) = self
             .resolver
             .public_key(&decoded.kid, Relationship::AssertionMethod)
             .await
             .map_err(|e| VerifyError::new(Check::Proof, e.to_string()))?;
+        self.proofs.proof_checks.fetch_add(1, Ordering::Relaxed);
         decoded
             .verify(&key)
             .map_err(|e| VerifyError::new(Check::Proof, e.to_string()))?;
-        Ok(decoded.payload)
+        Ok((decoded.payload, decoded.kid, did_doc))
     }
 
-    async fn check_di_credential(&self, doc: &Value) -> Result<Value, VerifyError> {
+    /// Returns the credential without its proof, the signing method and its DID document.
+    async fn check_di_credential(
+        &self,
+        doc: &Value,
+    ) -> Result<(Value, String, Arc<Value>), VerifyError> {
         let proof = di_proof(doc, "assertionMethod")?;
         let issuer = str_field(doc, "issuer")
             .ok_or_else(|| VerifyError::new(Check::Format, "issuer must be a DID string"))?;
@@ -403,12 +629,13 @@ impl Verifier {
             .public_key(vm, Relationship::AssertionMethod)
             .await
             .map_err(|e| VerifyError::new(Check::Proof, e.to_string()))?;
-        verify_di(doc, did_doc, false).await?;
+        self.proofs.proof_checks.fetch_add(1, Ordering::Relaxed);
+        verify_di(doc, did_doc.clone(), false).await?;
         let mut credential = doc.clone();
         if let Some(obj) = credential.as_object_mut() {
             obj.remove("proof");
         }
-        Ok(credential)
+        Ok((credential, vm.to_string(), did_doc))
     }
 
     fn check_validity(&self, credential: &Value) -> Result<ValidityPeriod, VerifyError> {
@@ -708,5 +935,308 @@ fn check_holder_binding(
 impl From<StatusError> for VerifyError {
     fn from(e: StatusError) -> Self {
         VerifyError::new(Check::Status, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::{self, StatusEntry};
+    use crate::keys::{KeyAlgorithm, KeyPair};
+    use crate::status::Bitstring;
+    use crate::trust::StaticTrust;
+    use serde_json::json;
+
+    const OFFICE: &str = "did:web:office.cache.test";
+
+    /// A credentialing office on loopback (DID document and signed status list) and a
+    /// verifier that trusts it for privileges.
+    struct Fixture {
+        office: KeyPair,
+        list_url: String,
+        bits: Arc<Mutex<Bitstring>>,
+        trust: Arc<StaticTrust>,
+        verifier: Verifier,
+    }
+
+    async fn fixture() -> Fixture {
+        let office = KeyPair::generate_did_web(OFFICE, KeyAlgorithm::Ed25519).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base =
+            reqwest::Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+        let list_url = format!("{base}status/revocation");
+        let bits = Arc::new(Mutex::new(Bitstring::new()));
+        let (key, url, served) = (office.clone(), list_url.clone(), bits.clone());
+        let doc = office.did_document().unwrap();
+        let app = axum::Router::new()
+            .route(
+                "/.well-known/did.json",
+                axum::routing::get(move || {
+                    let doc = doc.clone();
+                    async move { axum::Json(doc) }
+                }),
+            )
+            .route(
+                "/status/revocation",
+                axum::routing::get(move || {
+                    let bits = served.lock().unwrap().clone();
+                    let list = crate::status::list_credential(
+                        key.did(),
+                        &url,
+                        &bits,
+                        chrono::Duration::minutes(5),
+                    )
+                    .unwrap();
+                    let signed = crate::status::sign_list(&list, &key).unwrap();
+                    async move { signed }
+                }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let resolver = Arc::new(DidResolver::new(true));
+        resolver.allow_web(OFFICE, base);
+        let trust = Arc::new(StaticTrust::new().trust(CredentialKind::ClinicianPrivilege, OFFICE));
+        let status = Arc::new(StatusCache::new(
+            resolver.clone(),
+            std::time::Duration::from_secs(60),
+            true,
+        ));
+        let verifier = Verifier::new(resolver, trust.clone(), status);
+        Fixture {
+            office,
+            list_url,
+            bits,
+            trust,
+            verifier,
+        }
+    }
+
+    impl Fixture {
+        /// A privilege for `clinician` at status index `index`, valid until `until`.
+        async fn privilege(
+            &self,
+            index: usize,
+            until: DateTime<Utc>,
+            format: ProofFormat,
+        ) -> (Value, StatusEntry) {
+            let status = StatusEntry::revocation(&self.list_url, index);
+            let clinician = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+            let vc = credentials::unsigned_credential(
+                CredentialKind::ClinicianPrivilege,
+                OFFICE,
+                json!({
+                    "id": clinician.did(),
+                    "name": "Dr. Cache",
+                    "npi": "1234567893",
+                    "role": "physician",
+                    "specialty": "207R00000X",
+                    "organization": "did:web:hospital-a.test",
+                    "privileges": [{"facility": "did:web:hospital-b.test", "domains": ["clinical"], "actions": ["read"]}]
+                }),
+                Utc::now() - chrono::Duration::hours(2),
+                Some(until),
+                Some(&status),
+            );
+            let vc = credentials::issue(vc, &self.office, format).await.unwrap();
+            (vc, status)
+        }
+
+        fn checks(&self) -> u64 {
+            self.verifier.proofs.stats().proof_checks
+        }
+    }
+
+    fn in_a_month() -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::days(30)
+    }
+
+    #[tokio::test]
+    async fn a_hit_skips_the_signature_work() {
+        let f = fixture().await;
+        for (i, format) in [ProofFormat::Jwt, ProofFormat::DataIntegrity]
+            .into_iter()
+            .enumerate()
+        {
+            let (vc, _) = f.privilege(10 + i, in_a_month(), format).await;
+            let before = f.checks();
+            let first = f.verifier.verify_credential(&vc).await.unwrap();
+            assert_eq!(f.checks(), before + 1);
+            let second = f.verifier.verify_credential(&vc).await.unwrap();
+            assert_eq!(
+                f.checks(),
+                before + 1,
+                "{format:?}: signature checked again"
+            );
+            assert_eq!(first.subject, second.subject);
+            assert_eq!(first.digest, second.digest);
+            assert_eq!(first.checks, second.checks);
+        }
+        let stats = f.verifier.proofs.stats();
+        assert_eq!((stats.hits, stats.misses, stats.entries), (2, 2, 2));
+    }
+
+    #[tokio::test]
+    async fn a_tampered_credential_misses_and_its_failure_is_not_cached() {
+        let f = fixture().await;
+        let (vc, _) = f.privilege(20, in_a_month(), ProofFormat::Jwt).await;
+        f.verifier.verify_credential(&vc).await.unwrap();
+        let jwt = vc.as_str().unwrap();
+        // Another payload under the same signature.
+        let (head, rest) = jwt.split_once('.').unwrap();
+        let (payload, sig) = rest.split_once('.').unwrap();
+        let mut claims: Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+                .unwrap(),
+        )
+        .unwrap();
+        claims["credentialSubject"]["role"] = json!("administrator");
+        let forged = Value::String(format!(
+            "{head}.{}.{sig}",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                serde_json::to_vec(&claims).unwrap()
+            )
+        ));
+        for attempt in 1..=2 {
+            let before = f.checks();
+            let err = f.verifier.verify_credential(&forged).await.unwrap_err();
+            assert_eq!(err.check, Check::Proof, "attempt {attempt}");
+            assert_eq!(f.checks(), before + 1, "attempt {attempt} was not checked");
+        }
+
+        let (di, _) = f
+            .privilege(21, in_a_month(), ProofFormat::DataIntegrity)
+            .await;
+        f.verifier.verify_credential(&di).await.unwrap();
+        let mut forged = di.clone();
+        forged["credentialSubject"]["role"] = json!("administrator");
+        let before = f.checks();
+        let err = f.verifier.verify_credential(&forged).await.unwrap_err();
+        assert_eq!(err.check, Check::Proof);
+        assert_eq!(f.checks(), before + 1);
+    }
+
+    #[tokio::test]
+    async fn an_expired_credential_is_refused_even_when_cached() {
+        let mut f = fixture().await;
+        let (vc, _) = f
+            .privilege(
+                30,
+                Utc::now() - chrono::Duration::minutes(10),
+                ProofFormat::Jwt,
+            )
+            .await;
+        // Within a generous clock skew it is still valid, and gets cached.
+        f.verifier.skew = chrono::Duration::hours(1);
+        f.verifier.verify_credential(&vc).await.unwrap();
+        let before = f.checks();
+        f.verifier.skew = chrono::Duration::seconds(60);
+        let err = f.verifier.verify_credential(&vc).await.unwrap_err();
+        assert_eq!(
+            (err.check, err.detail.as_str()),
+            (Check::Validity, "expired")
+        );
+        assert_eq!(f.checks(), before, "the refusal came from the cached proof");
+    }
+
+    #[tokio::test]
+    async fn a_revoked_credential_is_refused_even_when_cached() {
+        let f = fixture().await;
+        let (vc, status) = f.privilege(40, in_a_month(), ProofFormat::Jwt).await;
+        f.verifier.verify_credential(&vc).await.unwrap();
+        let before = f.checks();
+        f.bits.lock().unwrap().set(40, true);
+        // What a revocation push does: the list is fetched again on the next check.
+        f.verifier.status.invalidate(&status.status_list_credential);
+        let err = f.verifier.verify_credential(&vc).await.unwrap_err();
+        assert_eq!(err.check, Check::Status);
+        assert_eq!(f.checks(), before);
+    }
+
+    #[tokio::test]
+    async fn an_issuer_removed_from_trust_is_refused_even_when_cached() {
+        let f = fixture().await;
+        let (vc, _) = f.privilege(50, in_a_month(), ProofFormat::Jwt).await;
+        f.verifier.verify_credential(&vc).await.unwrap();
+        let before = f.checks();
+        f.trust.remove(CredentialKind::ClinicianPrivilege, OFFICE);
+        let err = f.verifier.verify_credential(&vc).await.unwrap_err();
+        assert_eq!(err.check, Check::IssuerTrust);
+        assert_eq!(f.checks(), before);
+        // Trusted again: still served from the cache.
+        f.trust.add(CredentialKind::ClinicianPrivilege, OFFICE);
+        f.verifier.verify_credential(&vc).await.unwrap();
+        assert_eq!(f.checks(), before);
+    }
+
+    #[tokio::test]
+    async fn a_changed_issuer_document_invalidates_the_cached_proof() {
+        let f = fixture().await;
+        let (vc, _) = f.privilege(60, in_a_month(), ProofFormat::Jwt).await;
+        f.verifier.verify_credential(&vc).await.unwrap();
+        // The office rotates its key: the old one is no longer in its document.
+        let rotated = KeyPair::generate_did_web(OFFICE, KeyAlgorithm::Ed25519).unwrap();
+        f.verifier.resolver.pin(rotated.did_document().unwrap());
+        let before = f.checks();
+        let err = f.verifier.verify_credential(&vc).await.unwrap_err();
+        assert_eq!(err.check, Check::Proof);
+        assert_eq!(
+            f.checks(),
+            before + 1,
+            "checked in full against the new document"
+        );
+    }
+
+    #[tokio::test]
+    async fn proofs_expire_after_the_ttl_and_a_disabled_cache_checks_every_time() {
+        let f = fixture().await;
+        let (vc, _) = f.privilege(70, in_a_month(), ProofFormat::Jwt).await;
+        let verifier = Verifier::new(
+            f.verifier.resolver.clone(),
+            f.trust.clone(),
+            f.verifier.status.clone(),
+        )
+        .with_proof_cache(ProofCache::new(16, Duration::from_millis(100)));
+        verifier.verify_credential(&vc).await.unwrap();
+        verifier.verify_credential(&vc).await.unwrap();
+        assert_eq!(verifier.proofs.stats().proof_checks, 1);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        verifier.verify_credential(&vc).await.unwrap();
+        assert_eq!(verifier.proofs.stats().proof_checks, 2);
+
+        let uncached = Verifier::new(
+            f.verifier.resolver.clone(),
+            f.trust.clone(),
+            f.verifier.status.clone(),
+        )
+        .with_proof_cache(ProofCache::disabled());
+        for _ in 0..3 {
+            uncached.verify_credential(&vc).await.unwrap();
+        }
+        assert_eq!(uncached.proofs.stats().proof_checks, 3);
+        assert_eq!(uncached.proofs.stats().entries, 0);
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_capacity_and_keeps_what_is_used() {
+        let cache = ProofCache::new(8, Duration::from_secs(60));
+        let proven = || {
+            Arc::new(Proven {
+                format: ProofFormat::Jwt,
+                credential: Value::Null,
+                signer: "did:key:z#z".into(),
+                signer_doc: Arc::new(Value::Null),
+                at: Instant::now(),
+            })
+        };
+        let hot = [0xffu8; 32];
+        cache.insert(hot, proven());
+        for i in 0..100u8 {
+            cache.insert([i; 32], proven());
+            assert!(cache.stats().entries <= 8);
+            // The hot entry is used between inserts, so it is never evicted.
+            assert!(cache.get(&hot).is_some(), "hot entry evicted at {i}");
+        }
+        assert!(cache.get(&[0u8; 32]).is_none(), "old entry kept");
+        assert!(cache.get(&[99u8; 32]).is_some());
     }
 }
