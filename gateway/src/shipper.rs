@@ -100,6 +100,8 @@ pub struct Shipper {
     state: sled::Tree,
     dev_mode: bool,
     bus: Option<Bus>,
+    /// The last inconsistency reported, so that one incident is counted once.
+    last_alarm: std::sync::Mutex<Option<String>>,
 }
 
 /// The NATS side of the shipper: a lazily (re)connected JetStream context, and when each
@@ -167,6 +169,7 @@ impl Shipper {
             client: federation::http::http_client(),
             dev_mode,
             bus,
+            last_alarm: std::sync::Mutex::new(None),
         })
     }
 
@@ -209,8 +212,17 @@ impl Shipper {
                 Ok(_) => backoff = idle,
                 Err(e) => {
                     metrics::counter!("fedgate_shipper_failures_total").increment(1);
-                    if let ShipError::Inconsistent(_) = e {
-                        metrics::counter!("fedgate_log_inconsistency_total").increment(1);
+                    if let ShipError::Inconsistent(detail) = &e {
+                        // The gauge stays up while the log disagrees; the counter counts
+                        // incidents (a new disagreement), not the retries of one.
+                        metrics::gauge!("fedgate_log_inconsistent").set(1.0);
+                        let new_incident = match self.last_alarm.lock() {
+                            Ok(mut last) => last.replace(detail.clone()).as_ref() != Some(detail),
+                            Err(_) => true,
+                        };
+                        if new_incident {
+                            metrics::counter!("fedgate_log_inconsistency_total").increment(1);
+                        }
                         tracing::error!(error = %e, "ALARM: visibility log inconsistent");
                     } else {
                         tracing::warn!(error = %e, ?stage, "shipping access events failed; will retry");
@@ -566,6 +578,10 @@ impl Shipper {
                 log::verify_consistency(last.size, size, &old_root, root, &Self::hashes(&proof)?)
                     .map_err(|e| ShipError::Inconsistent(e.to_string()))?;
             }
+        }
+        metrics::gauge!("fedgate_log_inconsistent").set(0.0);
+        if let Ok(mut last) = self.last_alarm.lock() {
+            *last = None;
         }
         let accepted = serde_json::to_vec(&Accepted {
             size,
