@@ -1,7 +1,10 @@
 //! The command line: one-line errors with a non-zero exit, key files and the inventory, and
-//! the demo's machine-readable report.
+//! the demo's machine-readable report, with no patient identifier in any log line of it.
 
 mod support;
+
+use std::collections::HashSet;
+use std::path::Path;
 
 use serde_json::Value;
 use support::fedgate;
@@ -128,12 +131,197 @@ fn bad_config_is_a_one_line_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
 }
 
+/// Our own crates log at debug (every request line, with its request id); other crates at
+/// info, because their debug output (sled's log offsets and sequence numbers) is full of
+/// numbers that could equal a seven-digit MRN by chance.
+const DEMO_LOG: &str =
+    "info,fedgate=debug,federation=debug,gateway=debug,issuer=debug,wallet=debug";
+
+/// One direct identifier of a fixture patient, and where it comes from.
+struct Phi {
+    value: String,
+    what: String,
+}
+
+/// Every direct identifier of every Patient in the fixture bundles under `dir`: ids,
+/// identifier values (MRN, SSN, passport and the rest), names, phone numbers and emails,
+/// address lines, birth dates.
+fn fixture_phi(dir: &Path) -> Vec<Phi> {
+    let mut out = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no fixtures in {}", dir.display());
+    for file in files {
+        let bundle: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        let mut add = |value: &Value, what: &str| {
+            if let Some(v) = value.as_str().filter(|v| !v.trim().is_empty()) {
+                out.push(Phi {
+                    value: v.to_string(),
+                    what: format!("{what} of the patient in {name}"),
+                });
+            }
+        };
+        for entry in bundle["entry"].as_array().unwrap() {
+            let patient = &entry["resource"];
+            if patient["resourceType"] != "Patient" {
+                continue;
+            }
+            add(&patient["id"], "resource id");
+            if let Some(uuid) = entry["fullUrl"]
+                .as_str()
+                .and_then(|u| u.strip_prefix("urn:uuid:"))
+            {
+                add(&Value::from(uuid), "fullUrl");
+            }
+            for ident in patient["identifier"].as_array().into_iter().flatten() {
+                let system = ident["system"].as_str().unwrap_or("identifier");
+                add(&ident["value"], &format!("identifier {system}"));
+            }
+            for n in patient["name"].as_array().into_iter().flatten() {
+                add(&n["family"], "family name");
+                for given in n["given"].as_array().into_iter().flatten() {
+                    add(given, "given name");
+                }
+            }
+            for t in patient["telecom"].as_array().into_iter().flatten() {
+                add(&t["value"], t["system"].as_str().unwrap_or("telecom"));
+            }
+            for a in patient["address"].as_array().into_iter().flatten() {
+                for line in a["line"].as_array().into_iter().flatten() {
+                    add(line, "address line");
+                }
+            }
+            add(&patient["birthDate"], "birth date");
+        }
+    }
+    out
+}
+
+/// A log line without terminal colours and without its own leading timestamp (which is
+/// the log's, not a patient's, and could otherwise equal a birth date).
+fn plain(line: &str) -> String {
+    let mut text = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            text.push(c);
+        }
+    }
+    let trimmed = text.trim_start();
+    match trimmed.split_once(' ') {
+        Some((first, rest)) if first.len() >= 20 && first.as_bytes()[4] == b'-' => rest.to_string(),
+        _ => trimmed.to_string(),
+    }
+}
+
+/// Whether `value` occurs in `line`. Short values (names, seven-digit MRNs, eight-character
+/// ids) count only as whole words, so that they are not found inside request ids or
+/// digests; longer ones count anywhere.
+fn occurs(line: &str, value: &str) -> bool {
+    if value.chars().count() >= 10 {
+        return line.contains(value);
+    }
+    let word = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    line.match_indices(value).any(|(at, _)| {
+        !word(line[..at].chars().next_back()) && !word(line[at + value.len()..].chars().next())
+    })
+}
+
+/// Checks every log line of the demo for every fixture identifier, and that the logs are
+/// substantial enough for that to mean something.
+fn assert_no_phi_in(logs: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/fhir");
+    let mut phi = fixture_phi(&root.join("hospital-a"));
+    phi.extend(fixture_phi(&root.join("hospital-b")));
+    assert!(phi.len() >= 100, "only {} identifiers read", phi.len());
+    for kind in ["us-ssn", "passportNumber", "phone", "email", "birth date"] {
+        assert!(
+            phi.iter().any(|p| p.what.contains(kind)),
+            "no {kind} among the fixture identifiers"
+        );
+    }
+
+    // The matcher finds each identifier where a leaking log line would carry it.
+    for p in &phi {
+        let leak = format!(
+            "\u{1b}[2m2026-01-01T00:00:00.000000Z\u{1b}[0m DEBUG x: patient=\"{}\"",
+            p.value
+        );
+        assert!(occurs(&plain(&leak), &p.value), "{leak}");
+    }
+
+    let lines: Vec<String> = logs.lines().map(plain).collect();
+    for line in &lines {
+        for p in &phi {
+            assert!(
+                !occurs(line, &p.value),
+                "a log line carries the {} ({:?}): {line}",
+                p.what,
+                p.value
+            );
+        }
+    }
+
+    // Not vacuous: every service logged, every request line names its request.
+    assert!(lines.len() >= 100, "only {} log lines", lines.len());
+    assert!(
+        lines.iter().filter(|l| l.contains(" listening ")).count() >= 5,
+        "not every service logged its start"
+    );
+    let requests: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("request finished"))
+        .collect();
+    let mut ids = HashSet::new();
+    for line in &requests {
+        let id = line
+            .split("request_id=")
+            .nth(1)
+            .and_then(|rest| rest.split([' ', '}']).next())
+            .unwrap_or_else(|| panic!("a request line without a request id: {line}"));
+        assert!(
+            id.len() >= 16 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+            "{line}"
+        );
+        ids.insert(id.to_string());
+    }
+    assert!(ids.len() >= 50, "only {} requests logged", ids.len());
+    for route in [
+        "/v1/exchange/{domain}",
+        "/v1/consents",
+        "/v1/research/queries",
+        "/v1/batches",
+        "/v1/audit/events",
+        "/v1/patients/history",
+        "/v1/privileges",
+    ] {
+        assert!(
+            requests
+                .iter()
+                .any(|l| l.contains(&format!("route={route}"))),
+            "no request to {route} was logged"
+        );
+    }
+}
+
 #[test]
 fn demo_reports_every_scenario_as_json() {
     let dir = tempfile::tempdir().unwrap();
+    // Every service is a child of the demo and writes its log to the demo's stderr.
     let out = fedgate()
         .args(["demo", "--json", "--dir", dir.path().to_str().unwrap()])
-        .env("FEDGATE_LOG", "warn")
+        .env("FEDGATE_LOG", DEMO_LOG)
         .output()
         .unwrap();
     let report: Value = serde_json::from_slice(&out.stdout)
@@ -146,4 +334,5 @@ fn demo_reports_every_scenario_as_json() {
         assert_eq!(row["ok"], true, "{row}");
     }
     assert!(out.status.success());
+    assert_no_phi_in(&String::from_utf8_lossy(&out.stderr));
 }
