@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use federation::checkpoint::{self, NoteVerifier};
+use federation::checkpoint;
 use federation::credentials::{self, CredentialKind, ProofFormat};
 use federation::keys::{KeyAlgorithm, KeyPair};
 use federation::log;
@@ -297,9 +297,7 @@ async fn outbox_state(s: &Setup) -> Value {
 
 /// Events without a receipt, in either stage.
 async fn outbox_pending(s: &Setup) -> u64 {
-    outbox_state(s).await["pending"]
-        .as_u64()
-        .unwrap_or(u64::MAX)
+    s.gateway.outbox_pending().await.unwrap_or(u64::MAX)
 }
 
 async fn wait_drained(s: &Setup) {
@@ -307,11 +305,7 @@ async fn wait_drained(s: &Setup) {
 }
 
 async fn wait_drained_within(s: &Setup, limit: Duration) {
-    let t0 = Instant::now();
-    while outbox_pending(s).await != 0 {
-        assert!(t0.elapsed() < limit, "the outbox never drained");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(s.gateway.drained(limit).await, "the outbox never drained");
 }
 
 /// A counter from the gateway's /metrics (0 when not yet emitted).
@@ -343,127 +337,19 @@ async fn auditor_token(s: &Setup) -> String {
         )
         .await
         .unwrap();
-    let http = reqwest::Client::new();
-    let ch: Value = http
-        .post(format!("{}v1/challenges", s.visibility.url()))
-        .json(&json!({}))
-        .send()
+    s.visibility
+        .auditor_session(&key, &[privilege])
         .await
         .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let binding = credentials::PresentationBinding {
-        challenge: ch["challenge"].as_str().unwrap().into(),
-        domain: ch["domain"].as_str().unwrap().into(),
-    };
-    let vp = credentials::present(&[privilege], &key, &binding, ProofFormat::Jwt)
-        .await
-        .unwrap();
-    let session: Value = http
-        .post(format!("{}v1/audit/sessions", s.visibility.url()))
-        .json(&json!({"presentation": vp}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    session["token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{session}"))
-        .to_string()
 }
 
-/// The log's events for the custodian (all pages), as (leaf index, event).
+/// The log's events for the custodian, as (leaf index, event).
 async fn logged(s: &Setup, token: &str) -> Vec<(u64, federation::events::AccessEvent)> {
-    let http = reqwest::Client::new();
-    let mut out = Vec::new();
-    let mut before: Option<String> = None;
-    loop {
-        let mut url = format!(
-            "{}v1/audit/events?custodian={CUSTODIAN}&limit=1000",
-            s.visibility.url()
-        );
-        if let Some(b) = &before {
-            url.push_str(&format!("&before={b}"));
-        }
-        let page: Value = http
-            .get(url)
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for e in page["events"].as_array().unwrap() {
-            out.push((
-                e["leafIndex"].as_u64().unwrap(),
-                serde_json::from_value(e["event"].clone()).unwrap(),
-            ));
-        }
-        match page["next"].as_u64() {
-            Some(n) => before = Some(n.to_string()),
-            None => break,
-        }
-    }
-    out
+    s.visibility.events_of(token, CUSTODIAN).await.unwrap()
 }
 
 async fn checkpoint_of(s: &Setup) -> checkpoint::Checkpoint {
-    let doc: Value = reqwest::get(format!("{}.well-known/did.json", s.visibility.url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mb = doc["verificationMethod"][0]["publicKeyMultibase"]
-        .as_str()
-        .unwrap();
-    let (_, bytes) = multibase::decode(mb).unwrap();
-    let pk: [u8; 32] = bytes[2..].try_into().unwrap();
-    let verifier = NoteVerifier::new(VISIBILITY, pk).unwrap();
-    let note = reqwest::get(format!("{}v1/checkpoint", s.visibility.url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    checkpoint::open(&note, &[verifier]).unwrap()
-}
-
-async fn verify_inclusion(
-    s: &Setup,
-    cp: &checkpoint::Checkpoint,
-    index: u64,
-    event: &federation::events::AccessEvent,
-) {
-    let proof: Value = reqwest::get(format!(
-        "{}v1/proofs/inclusion?index={index}&size={}",
-        s.visibility.url(),
-        cp.size
-    ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let hashes: Vec<log::Hash> = proof["proof"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            hex::decode(h.as_str().unwrap())
-                .unwrap()
-                .try_into()
-                .unwrap()
-        })
-        .collect();
-    let leaf = log::leaf_hash(&leaf_bytes(&LogEntry::Access {
-        event: event.clone(),
-    }));
-    log::verify_inclusion(&leaf, index, cp.size, &hashes, &cp.root).unwrap();
+    s.visibility.checkpoint().await.unwrap()
 }
 
 /// Every id appears exactly once in the log, with a valid inclusion proof against the
@@ -479,7 +365,10 @@ async fn assert_logged_once(s: &Setup, ids: &[String]) {
             .filter(|(_, e)| &e.decision_id == id)
             .collect();
         assert_eq!(hits.len(), 1, "decision {id} logged {} times", hits.len());
-        verify_inclusion(s, &cp, hits[0].0, &hits[0].1).await;
+        s.visibility
+            .verify_inclusion(&cp, hits[0].0, &hits[0].1)
+            .await
+            .unwrap();
     }
 }
 
