@@ -539,6 +539,7 @@ impl Shipper {
                 .map_err(|e| ShipError::Storage(e.to_string()))?;
             stored.push(r.event_id.clone());
         }
+        self.adopt(cp.size, &cp.root)?;
         self.receipts
             .flush_async()
             .await
@@ -546,7 +547,7 @@ impl Shipper {
         Ok(stored)
     }
 
-    /// Accepts a checkpoint only if it extends the last accepted one.
+    /// Checks that a checkpoint extends the last adopted one (it is adopted separately).
     async fn check_consistency(&self, size: u64, root: &log::Hash) -> Result<(), ShipError> {
         let last: Option<Accepted> = self
             .state
@@ -579,6 +580,12 @@ impl Shipper {
                     .map_err(|e| ShipError::Inconsistent(e.to_string()))?;
             }
         }
+        Ok(())
+    }
+
+    /// Makes a checked checkpoint the one later ones must extend; called only once the
+    /// whole answer carrying it has passed its checks.
+    fn adopt(&self, size: u64, root: &log::Hash) -> Result<(), ShipError> {
         metrics::gauge!("fedgate_log_inconsistent").set(0.0);
         if let Ok(mut last) = self.last_alarm.lock() {
             *last = None;
