@@ -80,6 +80,11 @@ enum Command {
         #[command(subcommand)]
         command: IssuerCommand,
     },
+    /// Load tools: clinical exchange, research queries, visibility ingest.
+    Bench {
+        #[command(subcommand)]
+        command: cli::bench::BenchCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -186,6 +191,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             gateway::run(cfg, shutdown_signal(), Some(tx)).await
         }
         Command::Wallet { json, command } => cli::wallet::run(command, json).await,
+        Command::Bench { command } => cli::bench::run(command).await,
         Command::Demo { dir, json, serve } => match demo::run(dir, json, serve).await? {
             true => Ok(()),
             false => Err("some scenarios did not go as expected".into()),

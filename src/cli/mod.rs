@@ -1,6 +1,7 @@
 //! Subcommands that live beside `main.rs`: each file parses its own arguments and calls
 //! the crates.
 
+pub mod bench;
 pub mod federation;
 pub mod policy;
 pub mod records;

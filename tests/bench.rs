@@ -1,0 +1,124 @@
+//! `fedgate bench`: a tiny run of each load tool against the federation it starts itself,
+//! checking the report's shape and that every request succeeded. The figures themselves
+//! are measured on a release build (docs/performance.md); here only the plumbing counts.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn bench(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_fedgate"))
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("FEDGATE_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fedgate bench {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn assert_common_shape(report: &Value, scenario: &str, requests: u64) {
+    assert_eq!(report["scenario"], scenario, "{report}");
+    assert_eq!(report["requests"], requests, "{report}");
+    assert_eq!(report["ok"], requests, "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    assert!(report["requests_per_second"].as_f64().unwrap() > 0.0);
+    let l = &report["latency_ms"];
+    let (p50, p90, p99, max) = (
+        l["p50"].as_f64().unwrap(),
+        l["p90"].as_f64().unwrap(),
+        l["p99"].as_f64().unwrap(),
+        l["max"].as_f64().unwrap(),
+    );
+    assert!(0.0 < p50 && p50 <= p90 && p90 <= p99 && p99 <= max, "{l}");
+    let server = &report["server"];
+    assert!(server["pid"].as_u64().unwrap() > 0);
+    let peak = server["peak_rss_mb"].as_f64().unwrap();
+    assert!(peak > 1.0 && peak >= server["rss_mb"].as_f64().unwrap() - 0.01);
+    let floor = &report["floor"];
+    assert!(floor["per_request_us"].as_f64().unwrap() > 0.0);
+    assert!(floor["ratio"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn exchange_with_two_holders() {
+    let report = bench(&["exchange", "--holders", "2", "--requests", "20"]);
+    assert_common_shape(&report, "exchange", 20);
+    assert_eq!(report["concurrency"], 2);
+    assert!(report["challenge_latency_ms"]["p50"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["server"]["name"], "gateway");
+    assert!(
+        report["floor"]["parts_us"]["ed25519_verify"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(
+        report["floor"]["parts_us"]["clinical_decision"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+}
+
+#[test]
+fn research_with_two_networks() {
+    let report = bench(&["research", "--holders", "2", "--requests", "6"]);
+    assert_common_shape(&report, "research", 6);
+    assert!(
+        report["floor"]["parts_us"]["research_decision"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+}
+
+#[test]
+fn ingest_of_signed_batches() {
+    let report = bench(&[
+        "ingest",
+        "--senders",
+        "2",
+        "--requests",
+        "4",
+        "--batch",
+        "50",
+    ]);
+    assert_common_shape(&report, "ingest", 4);
+    let ingest = &report["ingest"];
+    assert_eq!(ingest["events_appended"], 200);
+    // The warm-up batch came first: 50 more leaves than the measured ones.
+    assert_eq!(ingest["tree_size"], 250);
+    assert!(ingest["checkpoints"].as_u64().unwrap() >= 1);
+    assert_eq!(report["server"]["name"], "visibility");
+}
+
+#[test]
+fn bad_arguments_are_one_line_errors() {
+    for args in [
+        vec!["exchange", "--holders", "0"],
+        vec!["exchange", "--format", "paper"],
+        vec!["exchange", "--data-classes", "patient"],
+        vec!["exchange", "--gateway", "http://127.0.0.1:9/"],
+        vec!["ingest", "--batch", "1001"],
+        vec!["ingest", "--visibility", "http://127.0.0.1:9/"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_fedgate"))
+            .arg("bench")
+            .args(&args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("fedgate: "), "{args:?}: {err}");
+    }
+}
