@@ -607,3 +607,145 @@ impl Gateway {
         false
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Fixtures and credentials for the federation's roles, shared by the demo, the load tool
+// and the end-to-end tests.
+// ---------------------------------------------------------------------------------------
+
+/// The identifier system of the fixtures' medical record numbers.
+pub const MRN_SYSTEM: &str = "http://hospital.smarthealthit.org";
+
+/// MRN of the first Patient in a fixture bundle.
+pub fn fixture_mrn(file: &Path) -> Result<String, String> {
+    let bundle: Value = serde_json::from_slice(&std::fs::read(file).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| &e["resource"])
+        .filter(|r| r["resourceType"] == "Patient")
+        .flat_map(|r| r["identifier"].as_array().into_iter().flatten())
+        .find(|i| i["system"] == MRN_SYSTEM)
+        .and_then(|i| i["value"].as_str())
+        .map(str::to_string)
+        .ok_or_else(|| format!("{} has no MRN", file.display()))
+}
+
+/// Who a privilege credential is for, and what it allows.
+pub struct Staff<'a> {
+    pub holder: &'a str,
+    pub role: &'a str,
+    pub organization: &'a str,
+    pub facility: &'a str,
+    pub domains: &'a [&'a str],
+    pub actions: &'a [&'a str],
+}
+
+impl Staff<'_> {
+    /// The ClinicianPrivilegeCredential subject an office issues for this staff member.
+    pub fn subject(&self) -> Value {
+        json!({
+            "id": self.holder,
+            "name": format!("Test {}", self.role),
+            "npi": "1234567893",
+            "role": self.role,
+            "specialty": "207R00000X",
+            "organization": self.organization,
+            "privileges": [{
+                "facility": self.facility,
+                "domains": self.domains,
+                "actions": self.actions,
+            }]
+        })
+    }
+}
+
+/// What a patient's consent permits.
+pub struct ConsentSpec<'a> {
+    pub custodian: &'a str,
+    /// Identifier system and value of the patient at the custodian.
+    pub system: &'a str,
+    pub value: &'a str,
+    /// `{"id": <DID>, "kind": "clinician" | "organization" | ...}`.
+    pub grantee: Value,
+    pub domains: &'a [&'a str],
+    pub purposes: &'a [&'a str],
+    pub data_classes: &'a [&'a str],
+}
+
+/// A patient's self-issued consent (a `vc+jwt`), valid from a minute ago until 2031.
+pub async fn patient_consent(
+    patient: &federation::keys::KeyPair,
+    spec: &ConsentSpec<'_>,
+) -> Result<Value, String> {
+    let subject = json!({
+        "id": patient.did(),
+        "patientIdentifiers": [{"custodian": spec.custodian, "system": spec.system, "value": spec.value}],
+        "custodians": [spec.custodian],
+        "grantee": spec.grantee,
+        "provision": "permit",
+        "domains": spec.domains,
+        "purposes": spec.purposes,
+        "dataClasses": spec.data_classes,
+        "period": {"start": "2026-01-01T00:00:00Z", "end": "2031-01-01T00:00:00Z"}
+    });
+    let vc = federation::credentials::unsigned_credential(
+        federation::CredentialKind::PatientConsent,
+        patient.did(),
+        subject,
+        chrono::Utc::now() - chrono::Duration::minutes(1),
+        None,
+        None,
+    );
+    federation::credentials::issue(vc, patient, federation::credentials::ProofFormat::Jwt)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+impl Office {
+    /// A new holder key and the privilege this office issues for it (`vc+jwt`).
+    pub async fn staff(
+        &self,
+        role: &str,
+        organization: &str,
+        facility: &str,
+        domains: &[&str],
+        actions: &[&str],
+    ) -> Result<(federation::keys::KeyPair, Value), String> {
+        let key =
+            federation::keys::KeyPair::generate_did_key(federation::keys::KeyAlgorithm::Ed25519)
+                .map_err(|e| e.to_string())?;
+        let staff = Staff {
+            holder: key.did(),
+            role,
+            organization,
+            facility,
+            domains,
+            actions,
+        };
+        let (_, vc) = self.joiner(&staff.subject(), "jwt").await?;
+        Ok((key, vc))
+    }
+}
+
+impl Visibility {
+    /// Opens a session as a new auditor of `organization`, credentialed by `office`.
+    pub async fn auditor_login(
+        &self,
+        office: &Office,
+        organization: &str,
+    ) -> Result<String, String> {
+        let (key, vc) = office
+            .staff(
+                "auditor",
+                organization,
+                &self.did,
+                &["clinical"],
+                &["query"],
+            )
+            .await?;
+        self.auditor_session(&key, &[vc]).await
+    }
+}

@@ -11,8 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use federation::credentials::{self, ProofFormat};
-use federation::keys::{KeyAlgorithm, KeyPair};
-use fedgate::harness::{free_port, Gateway, GatewaySpec, Office, Visibility};
+use fedgate::harness::{
+    fixture_mrn, free_port, Gateway, GatewaySpec, Office, Visibility, MRN_SYSTEM,
+};
 use serde_json::{json, Value};
 
 const OFFICE: &str = "did:web:credentialing.test";
@@ -20,7 +21,6 @@ const CUSTODIAN: &str = "did:web:hospital-a.test";
 const REQUESTER_ORG: &str = "did:web:hospital-b.test";
 const AUDITOR_ORG: &str = "did:web:auditor.test";
 const VISIBILITY: &str = "did:web:visibility.test";
-const MRN_SYSTEM: &str = "http://hospital.smarthealthit.org";
 const JUSTIFICATION: &str = "unconscious patient in the emergency department, no consent on file";
 
 fn exe() -> PathBuf {
@@ -33,22 +33,7 @@ fn repo(path: &str) -> PathBuf {
 
 fn fixture() -> (PathBuf, String) {
     let file = repo("examples/data/fhir/hospital-a/Della_Hettinger_8386e1d9.json");
-    let bundle: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-    let mrn = bundle["entry"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|e| {
-            e["resource"]["identifier"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .find(|i| i["system"] == MRN_SYSTEM)
-        .unwrap()["value"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let mrn = fixture_mrn(&file).unwrap();
     (file, mrn)
 }
 
@@ -122,16 +107,14 @@ purposes = ["TREAT", "ETREAT"]
 
 /// One break-glass exchange (ETREAT, justified, no consent); returns its decision id.
 async fn break_glass(s: &Setup) -> String {
-    let key = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
-    let (_, privilege) = s
+    let (key, privilege) = s
         .office
-        .joiner(
-            &json!({
-                "id": key.did(), "name": "Dr. Test", "npi": "1234567893", "role": "physician",
-                "specialty": "207R00000X", "organization": REQUESTER_ORG,
-                "privileges": [{"facility": CUSTODIAN, "domains": ["clinical"], "actions": ["read"]}]
-            }),
-            "jwt",
+        .staff(
+            "physician",
+            REQUESTER_ORG,
+            CUSTODIAN,
+            &["clinical"],
+            &["read"],
         )
         .await
         .unwrap();
@@ -158,49 +141,10 @@ async fn break_glass(s: &Setup) -> String {
 
 /// An auditor session on the visibility service.
 async fn auditor_token(s: &Setup) -> String {
-    let key = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
-    let (_, privilege) = s
-        .office
-        .joiner(
-            &json!({
-                "id": key.did(), "name": "Auditor", "npi": "1234567893", "role": "auditor",
-                "specialty": "207R00000X", "organization": AUDITOR_ORG,
-                "privileges": [{"facility": VISIBILITY, "domains": ["clinical"], "actions": ["query"]}]
-            }),
-            "jwt",
-        )
-        .await
-        .unwrap();
-    let http = reqwest::Client::new();
-    let ch: Value = http
-        .post(format!("{}v1/challenges", s.visibility.url()))
-        .json(&json!({}))
-        .send()
+    s.visibility
+        .auditor_login(&s.office, AUDITOR_ORG)
         .await
         .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let binding = credentials::PresentationBinding {
-        challenge: ch["challenge"].as_str().unwrap().into(),
-        domain: ch["domain"].as_str().unwrap().into(),
-    };
-    let vp = credentials::present(&[privilege], &key, &binding, ProofFormat::Jwt)
-        .await
-        .unwrap();
-    let session: Value = http
-        .post(format!("{}v1/audit/sessions", s.visibility.url()))
-        .json(&json!({"presentation": vp}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    session["token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{session}"))
-        .to_string()
 }
 
 async fn reviews(s: &Setup, token: &str) -> Vec<Value> {

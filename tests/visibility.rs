@@ -10,11 +10,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use federation::checkpoint;
-use federation::credentials::{self, CredentialKind, ProofFormat};
+use federation::credentials::{self, ProofFormat};
 use federation::keys::{KeyAlgorithm, KeyPair};
 use federation::log;
 use federation::visibility::{leaf_bytes, LogEntry};
-use fedgate::harness::{free_port, Gateway, GatewaySpec, Office, Visibility};
+use fedgate::harness::{
+    fixture_mrn, free_port, patient_consent, ConsentSpec, Gateway, GatewaySpec, Office, Visibility,
+    MRN_SYSTEM,
+};
 use serde_json::{json, Value};
 
 const OFFICE: &str = "did:web:credentialing.test";
@@ -22,7 +25,6 @@ const CUSTODIAN: &str = "did:web:hospital-a.test";
 const REQUESTER_ORG: &str = "did:web:hospital-b.test";
 const AUDITOR_ORG: &str = "did:web:auditor.test";
 const VISIBILITY: &str = "did:web:visibility.test";
-const MRN_SYSTEM: &str = "http://hospital.smarthealthit.org";
 
 fn exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_fedgate"))
@@ -34,22 +36,7 @@ fn repo(path: &str) -> PathBuf {
 
 fn fixture() -> (PathBuf, String) {
     let file = repo("examples/data/fhir/hospital-a/Della_Hettinger_8386e1d9.json");
-    let bundle: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-    let mrn = bundle["entry"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|e| {
-            e["resource"]["identifier"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .find(|i| i["system"] == MRN_SYSTEM)
-        .unwrap()["value"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let mrn = fixture_mrn(&file).unwrap();
     (file, mrn)
 }
 
@@ -210,39 +197,32 @@ struct Requester {
 }
 
 async fn requester(s: &Setup) -> Requester {
-    let key = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
-    let (_, privilege) = s
+    let (key, privilege) = s
         .office
-        .joiner(
-            &json!({
-                "id": key.did(), "name": "Dr. Test", "npi": "1234567893", "role": "physician",
-                "specialty": "207R00000X", "organization": REQUESTER_ORG,
-                "privileges": [{"facility": CUSTODIAN, "domains": ["clinical"], "actions": ["read"]}]
-            }),
-            "jwt",
+        .staff(
+            "physician",
+            REQUESTER_ORG,
+            CUSTODIAN,
+            &["clinical"],
+            &["read"],
         )
         .await
         .unwrap();
     let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
-    let consent = credentials::unsigned_credential(
-        CredentialKind::PatientConsent,
-        patient.did(),
-        json!({
-            "id": patient.did(),
-            "patientIdentifiers": [{"custodian": CUSTODIAN, "system": MRN_SYSTEM, "value": s.mrn}],
-            "custodians": [CUSTODIAN],
-            "grantee": {"id": key.did(), "kind": "clinician"},
-            "provision": "permit", "domains": ["clinical"], "purposes": ["TREAT"],
-            "dataClasses": ["Patient", "Observation"],
-            "period": {"start": "2026-01-01T00:00:00Z"}
-        }),
-        chrono::Utc::now() - chrono::Duration::minutes(1),
-        None,
-        None,
-    );
-    let consent = credentials::issue(consent, &patient, ProofFormat::Jwt)
-        .await
-        .unwrap();
+    let consent = patient_consent(
+        &patient,
+        &ConsentSpec {
+            custodian: CUSTODIAN,
+            system: MRN_SYSTEM,
+            value: &s.mrn,
+            grantee: json!({"id": key.did(), "kind": "clinician"}),
+            domains: &["clinical"],
+            purposes: &["TREAT"],
+            data_classes: &["Patient", "Observation"],
+        },
+    )
+    .await
+    .unwrap();
     Requester {
         key,
         credentials: vec![privilege, consent],
@@ -324,21 +304,8 @@ async fn gateway_counter(s: &Setup, name: &str) -> f64 {
 
 /// An auditor session on the visibility service.
 async fn auditor_token(s: &Setup) -> String {
-    let key = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
-    let (_, privilege) = s
-        .office
-        .joiner(
-            &json!({
-                "id": key.did(), "name": "Auditor", "npi": "1234567893", "role": "auditor",
-                "specialty": "207R00000X", "organization": AUDITOR_ORG,
-                "privileges": [{"facility": VISIBILITY, "domains": ["clinical"], "actions": ["query"]}]
-            }),
-            "jwt",
-        )
-        .await
-        .unwrap();
     s.visibility
-        .auditor_session(&key, &[privilege])
+        .auditor_login(&s.office, AUDITOR_ORG)
         .await
         .unwrap()
 }
