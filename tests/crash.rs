@@ -19,12 +19,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use federation::checkpoint::{self, Checkpoint, NoteVerifier};
-use federation::credentials::{self, CredentialKind, PresentationBinding, ProofFormat};
+use federation::credentials::{self, PresentationBinding, ProofFormat};
 use federation::events::{AccessEvent, Outcome};
 use federation::keys::{KeyAlgorithm, KeyPair};
 use federation::log::{self, Hash};
 use federation::visibility::{leaf_bytes, LogEntry};
-use fedgate::harness::{free_port, Gateway, GatewaySpec, Office, Visibility};
+use fedgate::harness::{
+    fixture_mrn, free_port, patient_consent, ConsentSpec, Gateway, GatewaySpec, Office, Visibility,
+    MRN_SYSTEM,
+};
 use gateway::shipper::Receipt;
 use serde_json::{json, Value};
 
@@ -34,7 +37,6 @@ const HOSPITAL_B: &str = "did:web:hospital-b.test";
 const REQUESTER_ORG: &str = "did:web:clinic-r.test";
 const AUDITOR_ORG: &str = "did:web:auditor.test";
 const VISIBILITY: &str = "did:web:visibility.test";
-const MRN_SYSTEM: &str = "http://hospital.smarthealthit.org";
 
 /// Kills per test: each one lands at another moment of the load.
 const ROUNDS: usize = 3;
@@ -87,18 +89,7 @@ impl Jitter {
 /// The MRN of the first fixture patient, whose records the consented exchanges read.
 fn fixture() -> (PathBuf, String) {
     let file = repo("examples/data/fhir/hospital-a/Della_Hettinger_8386e1d9.json");
-    let bundle: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-    let mrn = bundle["entry"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["resource"]["resourceType"] == "Patient")
-        .flat_map(|e| e["resource"]["identifier"].as_array().unwrap().clone())
-        .find(|i| i["system"] == MRN_SYSTEM)
-        .unwrap()["value"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let mrn = fixture_mrn(&file).unwrap();
     (file, mrn)
 }
 
@@ -186,38 +177,31 @@ struct Requester {
 }
 
 async fn requester(office: &Office, custodian: &str, mrn: &str) -> Requester {
-    let key = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
-    let (_, privilege) = office
-        .joiner(
-            &json!({
-                "id": key.did(), "name": "Dr. Test", "npi": "1234567893", "role": "physician",
-                "specialty": "207R00000X", "organization": REQUESTER_ORG,
-                "privileges": [{"facility": custodian, "domains": ["clinical"], "actions": ["read"]}]
-            }),
-            "jwt",
+    let (key, privilege) = office
+        .staff(
+            "physician",
+            REQUESTER_ORG,
+            custodian,
+            &["clinical"],
+            &["read"],
         )
         .await
         .unwrap();
     let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
-    let consent = credentials::unsigned_credential(
-        CredentialKind::PatientConsent,
-        patient.did(),
-        json!({
-            "id": patient.did(),
-            "patientIdentifiers": [{"custodian": custodian, "system": MRN_SYSTEM, "value": mrn}],
-            "custodians": [custodian],
-            "grantee": {"id": key.did(), "kind": "clinician"},
-            "provision": "permit", "domains": ["clinical"], "purposes": ["TREAT"],
-            "dataClasses": ["Patient", "Observation"],
-            "period": {"start": "2026-01-01T00:00:00Z"}
-        }),
-        chrono::Utc::now() - chrono::Duration::minutes(1),
-        None,
-        None,
-    );
-    let consent = credentials::issue(consent, &patient, ProofFormat::Jwt)
-        .await
-        .unwrap();
+    let consent = patient_consent(
+        &patient,
+        &ConsentSpec {
+            custodian,
+            system: MRN_SYSTEM,
+            value: mrn,
+            grantee: json!({"id": key.did(), "kind": "clinician"}),
+            domains: &["clinical"],
+            purposes: &["TREAT"],
+            data_classes: &["Patient", "Observation"],
+        },
+    )
+    .await
+    .unwrap();
     Requester {
         key,
         credentials: vec![privilege, consent],
@@ -457,19 +441,7 @@ async fn inconsistency_alarms(gw: &Gateway) -> f64 {
 }
 
 async fn auditor_token(office: &Office, vis: &Visibility) -> String {
-    let key = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
-    let (_, privilege) = office
-        .joiner(
-            &json!({
-                "id": key.did(), "name": "Auditor", "npi": "1234567893", "role": "auditor",
-                "specialty": "207R00000X", "organization": AUDITOR_ORG,
-                "privileges": [{"facility": VISIBILITY, "domains": ["clinical"], "actions": ["query"]}]
-            }),
-            "jwt",
-        )
-        .await
-        .unwrap();
-    vis.auditor_session(&key, &[privilege]).await.unwrap()
+    vis.auditor_login(office, AUDITOR_ORG).await.unwrap()
 }
 
 /// The verifier of the log's checkpoints, from the service's DID document.
