@@ -12,7 +12,10 @@ use std::time::Instant;
 
 use federation::credentials::{self, CredentialKind, ProofFormat};
 use federation::keys::{KeyAlgorithm, KeyPair};
-use fedgate::harness::{free_port, Gateway, GatewaySpec, Office, Visibility};
+use fedgate::harness::{
+    fixture_mrn, free_port, patient_consent, ConsentSpec, Gateway, GatewaySpec, Office, Staff,
+    Visibility, MRN_SYSTEM,
+};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -22,7 +25,6 @@ const VISIBILITY: &str = "did:web:visibility.demo.fedgate";
 const AUDITORS: &str = "did:web:audit.demo.fedgate";
 const HOSPITAL_A: &str = "did:web:hospital-a.demo.fedgate";
 const HOSPITAL_B: &str = "did:web:hospital-b.demo.fedgate";
-const MRN_SYSTEM: &str = "http://hospital.smarthealthit.org";
 const HOSPITAL_B_ID_SYSTEM: &str = "urn:uuid:6f2a1d3e-9c47-5b8a-a1f0-2d4e6c8b0a17";
 const HOSPITAL_B_PATIENT: &str = "BC909B9D";
 const JUSTIFICATION: &str = "unresponsive patient in the emergency department; no consent on file";
@@ -90,33 +92,16 @@ fn json_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
-/// MRN of the first Patient in a fixture bundle.
-fn fixture_mrn(file: &Path) -> Result<String, String> {
-    let bundle: Value = serde_json::from_slice(&std::fs::read(file).map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
-    bundle["entry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| &e["resource"])
-        .filter(|r| r["resourceType"] == "Patient")
-        .flat_map(|r| r["identifier"].as_array().into_iter().flatten())
-        .find(|i| i["system"] == MRN_SYSTEM)
-        .and_then(|i| i["value"].as_str())
-        .map(str::to_string)
-        .ok_or_else(|| format!("{} has no MRN", file.display()))
-}
-
 fn privilege(clinician: &str, role: &str, facility: &str, domain: &str) -> Value {
-    json!({
-        "id": clinician,
-        "name": "Dr. Demo Clinician",
-        "npi": "1234567893",
-        "role": role,
-        "specialty": "207R00000X",
-        "organization": HOSPITAL_B,
-        "privileges": [{"facility": facility, "domains": [domain], "actions": ["read", "detokenize"]}]
-    })
+    Staff {
+        holder: clinician,
+        role,
+        organization: HOSPITAL_B,
+        facility,
+        domains: &[domain],
+        actions: &["read", "detokenize"],
+    }
+    .subject()
 }
 
 async fn consent(
@@ -141,28 +126,24 @@ async fn consent_at(
     domains: &[&str],
     purposes: &[&str],
 ) -> Result<Value, String> {
-    let subject = json!({
-        "id": patient.did(),
-        "patientIdentifiers": [{"custodian": custodian, "system": system, "value": mrn}],
-        "custodians": [custodian],
-        "grantee": grantee,
-        "provision": "permit",
-        "domains": domains,
-        "purposes": purposes,
-        "dataClasses": ["Patient", "Observation", "Condition", "Encounter", "Claim", "Coverage", "ExplanationOfBenefit"],
-        "period": {"start": "2026-01-01T00:00:00Z", "end": "2031-01-01T00:00:00Z"}
-    });
-    let vc = credentials::unsigned_credential(
-        CredentialKind::PatientConsent,
-        patient.did(),
-        subject,
-        chrono::Utc::now() - chrono::Duration::minutes(1),
-        None,
-        None,
-    );
-    credentials::issue(vc, patient, ProofFormat::Jwt)
-        .await
-        .map_err(|e| e.to_string())
+    let spec = ConsentSpec {
+        custodian,
+        system,
+        value: mrn,
+        grantee: grantee.clone(),
+        domains,
+        purposes,
+        data_classes: &[
+            "Patient",
+            "Observation",
+            "Condition",
+            "Encounter",
+            "Claim",
+            "Coverage",
+            "ExplanationOfBenefit",
+        ],
+    };
+    patient_consent(patient, &spec).await
 }
 
 async fn present(gw: &Gateway, holder: &KeyPair, creds: &[Value]) -> Result<Value, String> {
@@ -699,18 +680,7 @@ purposes = ["HRESCH"]
             return Err("access events did not reach the visibility log within 30 s".into());
         }
     }
-    let auditor = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
-    let (_, audit_vc) = office
-        .joiner(
-            &json!({
-                "id": auditor.did(), "name": "Federation Auditor", "npi": "1234567893", "role": "auditor",
-                "specialty": "207R00000X", "organization": AUDITORS,
-                "privileges": [{"facility": VISIBILITY, "domains": ["clinical"], "actions": ["query"]}]
-            }),
-            "jwt",
-        )
-        .await?;
-    let token = visibility.auditor_session(&auditor, &[audit_vc]).await?;
+    let token = visibility.auditor_login(&office, AUDITORS).await?;
     let cp = visibility.checkpoint().await?;
     let mut logged = visibility.events_of(&token, HOSPITAL_A).await?;
     logged.extend(visibility.events_of(&token, HOSPITAL_B).await?);
