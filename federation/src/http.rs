@@ -852,6 +852,25 @@ fn check_listen(cfg: &ListenConfig, addr: SocketAddr) -> Result<(), HttpError> {
     }
 }
 
+/// What both listeners share: the header read timeout (slow clients are dropped), and a
+/// graceful shutdown that drains requests for at most the request timeout.
+fn slow_client_and_shutdown_rules(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    handle: axum_server::Handle,
+    limits: &HttpLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout());
+    let grace = limits.request_timeout();
+    tokio::spawn(async move {
+        shutdown.await;
+        handle.graceful_shutdown(Some(grace));
+    });
+}
+
 async fn serve_plain(
     listener: std::net::TcpListener,
     addr: SocketAddr,
@@ -864,16 +883,7 @@ async fn serve_plain(
     // on plain HTTP too; axum::serve would not apply it.
     let handle = axum_server::Handle::new();
     let mut server = axum_server::from_tcp(listener).handle(handle.clone());
-    server
-        .http_builder()
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout());
-    let grace = limits.request_timeout();
-    tokio::spawn(async move {
-        shutdown.await;
-        handle.graceful_shutdown(Some(grace));
-    });
+    slow_client_and_shutdown_rules(server.http_builder(), handle, limits, shutdown);
     announce(addr, false, ready);
     server
         .serve(router.into_make_service())
@@ -902,16 +912,7 @@ async fn serve_tls(
         })?;
     let handle = axum_server::Handle::new();
     let mut server = axum_server::from_tcp_rustls(listener, tls).handle(handle.clone());
-    server
-        .http_builder()
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout());
-    let grace = limits.request_timeout();
-    tokio::spawn(async move {
-        shutdown.await;
-        handle.graceful_shutdown(Some(grace));
-    });
+    slow_client_and_shutdown_rules(server.http_builder(), handle, limits, shutdown);
     announce(addr, true, ready);
     server
         .serve(router.into_make_service())
