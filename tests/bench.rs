@@ -101,6 +101,16 @@ fn ingest_of_signed_batches() {
 }
 
 #[test]
+fn revocation_is_timed_until_the_first_deny() {
+    let report = bench(&["revocation", "--samples", "2"]);
+    assert_eq!(report["scenario"], "revocation", "{report}");
+    assert_eq!(report["samples"], 2);
+    let l = &report["revocation_to_deny_ms"];
+    assert!(l["p50"].as_f64().unwrap() > 0.0 && l["p50"].as_f64() <= l["max"].as_f64());
+    assert!(report["one_request_ms"]["p50"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
 fn bad_arguments_are_one_line_errors() {
     for args in [
         vec!["exchange", "--holders", "0"],
@@ -109,6 +119,7 @@ fn bad_arguments_are_one_line_errors() {
         vec!["exchange", "--gateway", "http://127.0.0.1:9/"],
         vec!["ingest", "--batch", "1001"],
         vec!["ingest", "--visibility", "http://127.0.0.1:9/"],
+        vec!["revocation", "--samples", "0"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_fedgate"))
             .arg("bench")

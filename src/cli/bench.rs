@@ -40,6 +40,9 @@ pub enum BenchCommand {
     Research(ResearchArgs),
     /// Signed event batches straight to the visibility service (`POST /v1/batches`).
     Ingest(IngestArgs),
+    /// Time from revoking a clinician's privilege at the office to the gateway's first
+    /// deny (check `status`), with the revocation pushed to the gateway.
+    Revocation(RevocationArgs),
 }
 
 #[derive(Args, Clone)]
@@ -122,26 +125,52 @@ pub struct IngestArgs {
     pid: Option<u32>,
 }
 
+#[derive(Args)]
+pub struct RevocationArgs {
+    /// Revocations to time, one clinician each.
+    #[arg(long, default_value_t = 20)]
+    samples: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Keep the started federation's data in this folder.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
 pub async fn run(command: BenchCommand) -> Result<(), String> {
-    let report = match command {
+    let printed = match command {
         BenchCommand::Exchange(args) => exchange(args).await?,
         BenchCommand::Research(args) => research(args).await?,
         BenchCommand::Ingest(args) => ingest(args).await?,
+        BenchCommand::Revocation(args) => revocation(args).await?,
     };
-    if report.json {
+    if printed.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&report.report).map_err(|e| e.to_string())?
+            serde_json::to_string_pretty(&printed.value).map_err(|e| e.to_string())?
         );
     } else {
-        print!("{}", report.report.text());
+        print!("{}", printed.text);
     }
     Ok(())
 }
 
+/// A finished report, as JSON and as text.
 struct Printed {
-    report: Report,
+    value: Value,
+    text: String,
     json: bool,
+}
+
+impl Printed {
+    fn of(report: &Report, json: bool) -> Result<Printed, String> {
+        Ok(Printed {
+            value: serde_json::to_value(report).map_err(|e| e.to_string())?,
+            text: report.text(),
+            json,
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -170,6 +199,9 @@ pub struct Report {
     /// The server process under load.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerUsage>,
+    /// Cores this load generator kept busy in the window: on a small machine it competes
+    /// with the server for them.
+    pub load_generator_cores_busy: f64,
     pub floor: Floor,
 }
 
@@ -218,6 +250,10 @@ pub struct IngestFigures {
 pub struct ServerUsage {
     pub name: String,
     pub pid: u32,
+    /// Resident set once the service was up, before any holder was set up (fixtures
+    /// loaded, nothing asked yet); absent for a service the bench did not start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_rss_mb: Option<f64>,
     /// VmHWM: the process's peak resident set since it started.
     pub peak_rss_mb: f64,
     pub rss_mb: f64,
@@ -286,8 +322,14 @@ impl Report {
         out.push_str(&format!("  errors       {errors}\n"));
         if let Some(s) = &self.server {
             out.push_str(&format!(
-                "  {} (pid {})  peak RSS {:.1} MB, RSS {:.1} MB, {:.2} cores busy\n",
-                s.name, s.pid, s.peak_rss_mb, s.rss_mb, s.cores_busy
+                "  {} (pid {})  peak RSS {:.1} MB (idle {}), RSS {:.1} MB, {:.2} cores busy (load generator: {:.2})\n",
+                s.name,
+                s.pid,
+                s.peak_rss_mb,
+                s.idle_rss_mb.map(|m| format!("{m:.1} MB")).unwrap_or_else(|| "-".into()),
+                s.rss_mb,
+                s.cores_busy,
+                self.load_generator_cores_busy
             ));
         }
         let f = &self.floor;
@@ -326,15 +368,17 @@ struct Watched {
     name: String,
     pid: u32,
     cpu_at_start: f64,
+    idle_rss_mb: Option<f64>,
 }
 
 impl Watched {
-    fn start(name: &str, pid: Option<u32>) -> Option<Watched> {
+    fn start(name: &str, pid: Option<u32>, idle_rss_mb: Option<f64>) -> Option<Watched> {
         let pid = pid?;
         Some(Watched {
             name: name.to_string(),
             pid,
             cpu_at_start: proc_cpu_seconds(pid).unwrap_or(0.0),
+            idle_rss_mb,
         })
     }
 
@@ -343,6 +387,7 @@ impl Watched {
         ServerUsage {
             name: self.name,
             pid: self.pid,
+            idle_rss_mb: self.idle_rss_mb,
             peak_rss_mb: proc_status_mb(self.pid, "VmHWM:").unwrap_or(0.0),
             rss_mb: proc_status_mb(self.pid, "VmRSS:").unwrap_or(0.0),
             cpu_seconds: cpu,
@@ -529,10 +574,11 @@ fn fixture_mrns(files: &[PathBuf]) -> Result<Vec<String>, String> {
 }
 
 /// An office, the visibility service and hospital A's gateway, started by the harness.
+// Fields drop in order: the gateway stops before the services it talks to.
 struct Federation {
-    office: Office,
-    _visibility: Visibility,
     gateway: Gateway,
+    _visibility: Visibility,
+    office: Office,
 }
 
 fn start_federation(
@@ -594,9 +640,9 @@ min_cell_size = 3
         gateway.process.pid()
     ));
     Ok(Federation {
-        office,
-        _visibility: visibility,
         gateway,
+        _visibility: visibility,
+        office,
     })
 }
 
@@ -798,6 +844,7 @@ struct Target {
     format: ProofFormat,
     /// The gateway's process, for memory and CPU.
     pid: Option<u32>,
+    idle_rss_mb: Option<f64>,
 }
 
 /// Warms every holder up with one request (which must succeed), then runs all of them
@@ -807,14 +854,15 @@ async fn drive(
     target: &Target,
     holders: Vec<Holder>,
     run: &RunArgs,
-) -> Result<(Tally, f64, Option<ServerUsage>), String> {
+) -> Result<(Tally, f64, Option<ServerUsage>, f64), String> {
     let (base, path, format) = (target.base.as_str(), target.path, target.format);
     for (i, h) in holders.iter().enumerate() {
         one_request(http, base, path, h, format, None)
             .await
             .map_err(|e| format!("holder {i}: the warm-up request failed: {e}"))?;
     }
-    let watched = Watched::start("gateway", target.pid);
+    let watched = Watched::start("gateway", target.pid, target.idle_rss_mb);
+    let me = Watched::start("load generator", Some(std::process::id()), None);
     let stop = Arc::new(Stop {
         deadline: Instant::now() + Duration::from_secs_f64(run.duration),
         limit: run.requests,
@@ -843,7 +891,8 @@ async fn drive(
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    Ok((total, seconds, watched.map(|w| w.finish(seconds))))
+    let load = me.map(|m| m.finish(seconds).cores_busy).unwrap_or(0.0);
+    Ok((total, seconds, watched.map(|w| w.finish(seconds)), load))
 }
 
 fn report_of(
@@ -867,6 +916,7 @@ fn report_of(
         challenge_latency_ms: Some(Latency::of(tally.challenges)),
         ingest: None,
         server,
+        load_generator_cores_busy: 0.0,
         floor,
     }
 }
@@ -985,6 +1035,7 @@ async fn exchange(args: ExchangeArgs) -> Result<Printed, String> {
     let http = Http::new(args.holders * 2)?;
 
     // Where the load goes: our own federation, or the one named on the command line.
+    let mut idle_rss = None;
     let (fed, base, office_url, token, org, pid) = match &args.gateway {
         None => {
             let fed = start_federation(&scratch.path, &root, &format!(
@@ -994,6 +1045,7 @@ async fn exchange(args: ExchangeArgs) -> Result<Printed, String> {
             let office = fed.office.url();
             let token = fed.office.token.clone();
             let pid = fed.gateway.process.pid();
+            idle_rss = proc_status_mb(pid, "VmRSS:");
             (
                 Some(fed),
                 base,
@@ -1085,19 +1137,18 @@ async fn exchange(args: ExchangeArgs) -> Result<Printed, String> {
         path: "v1/exchange/clinical",
         format,
         pid,
+        idle_rss_mb: idle_rss,
     };
-    let (tally, seconds, server) = drive(&http, &target, holders, &args.run).await?;
+    let (tally, seconds, server, load) = drive(&http, &target, holders, &args.run).await?;
     let rps = tally.latencies.len() as f64 / seconds.max(f64::MIN_POSITIVE);
     // With the proof cache warm, the gateway checks one signature per request: the
     // holder's, over the presentation that answers the fresh challenge.
     let floor = request_floor(&root.join("policies"), "clinical", 1, rps).await?;
-    let report = report_of("exchange", args.holders, tally, seconds, server, floor);
+    let mut report = report_of("exchange", args.holders, tally, seconds, server, floor);
+    report.load_generator_cores_busy = load;
     drop(fed);
     drop(scratch);
-    Ok(Printed {
-        report,
-        json: args.run.json,
-    })
+    Printed::of(&report, args.run.json)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1126,6 +1177,7 @@ async fn research(args: ResearchArgs) -> Result<Printed, String> {
         })
         .collect();
     let fed = start_federation(&scratch.path, &root, &contracts, &say)?;
+    let idle_rss = proc_status_mb(fed.gateway.process.pid(), "VmRSS:");
     let base = fed.gateway.url();
     let started = Instant::now();
     // Every fixture patient consents to the study.
@@ -1183,17 +1235,16 @@ async fn research(args: ResearchArgs) -> Result<Printed, String> {
         path: "v1/research/queries",
         format: ProofFormat::Jwt,
         pid: Some(fed.gateway.process.pid()),
+        idle_rss_mb: idle_rss,
     };
-    let (tally, seconds, server) = drive(&http, &target, holders, &args.run).await?;
+    let (tally, seconds, server, load) = drive(&http, &target, holders, &args.run).await?;
     let rps = tally.latencies.len() as f64 / seconds.max(f64::MIN_POSITIVE);
     let floor = request_floor(&root.join("policies"), "research", 1, rps).await?;
-    let report = report_of("research", args.holders, tally, seconds, server, floor);
+    let mut report = report_of("research", args.holders, tally, seconds, server, floor);
+    report.load_generator_cores_busy = load;
     drop(fed);
     drop(scratch);
-    Ok(Printed {
-        report,
-        json: args.run.json,
-    })
+    Printed::of(&report, args.run.json)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1269,6 +1320,7 @@ async fn ingest(args: IngestArgs) -> Result<Printed, String> {
     let scratch = Scratch::new(args.run.dir.clone())?;
     let http = Http::new(args.senders * 2)?;
 
+    let mut idle_rss = None;
     // The member whose batches we send: the office of our own federation (its DID
     // document is served by the office itself), or the key given with --visibility.
     let (processes, base, key, pid) = match &args.visibility {
@@ -1287,12 +1339,13 @@ async fn ingest(args: IngestArgs) -> Result<Printed, String> {
                 .map_err(|e| e.to_string())?;
             let base = visibility.url();
             let pid = visibility.process.pid();
+            idle_rss = proc_status_mb(pid, "VmRSS:");
             say(format!(
                 "visibility service {} (pid {pid}), member {}",
                 visibility.process.addr,
                 key.did()
             ));
-            (Some((office, visibility)), base, key, Some(pid))
+            (Some((visibility, office)), base, key, Some(pid))
         }
         Some(url) => {
             let file = args
@@ -1312,7 +1365,8 @@ async fn ingest(args: IngestArgs) -> Result<Printed, String> {
 
     let key = Arc::new(key);
     let template = Arc::new(template);
-    let watched = Watched::start("visibility", pid);
+    let watched = Watched::start("visibility", pid, idle_rss);
+    let me = Watched::start("load generator", Some(std::process::id()), None);
     let stop = Arc::new(Stop {
         deadline: Instant::now() + Duration::from_secs_f64(args.run.duration),
         limit: args.run.requests,
@@ -1375,6 +1429,7 @@ async fn ingest(args: IngestArgs) -> Result<Printed, String> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let server = watched.map(|w| w.finish(seconds));
+    let load = me.map(|m| m.finish(seconds).cores_busy).unwrap_or(0.0);
 
     // New tree heads in the order they were seen; the gaps between them, from the start
     // of the window to its end.
@@ -1453,14 +1508,12 @@ async fn ingest(args: IngestArgs) -> Result<Printed, String> {
             tree_size: last_size,
         }),
         server,
+        load_generator_cores_busy: load,
         floor,
     };
     drop(processes);
     drop(scratch);
-    Ok(Printed {
-        report,
-        json: args.run.json,
-    })
+    Printed::of(&report, args.run.json)
 }
 
 /// One small write and fsync in `dir`, µs: the durability every append pays.
@@ -1474,4 +1527,177 @@ fn fsync_us(dir: &Path) -> Result<f64, String> {
     });
     let _ = std::fs::remove_file(&path);
     us
+}
+
+// ---------------------------------------------------------------------------------------
+// revocation
+// ---------------------------------------------------------------------------------------
+
+#[derive(Serialize)]
+pub struct RevocationReport {
+    pub scenario: String,
+    pub samples: usize,
+    /// From the office's revocation call to the gateway's first deny with check
+    /// `status`, ms.
+    pub revocation_to_deny_ms: Latency,
+    /// Requests that were still allowed after the revocation was requested.
+    pub allowed_after_revocation: u64,
+    /// The floor: one request round (challenge + exchange) just before each revocation,
+    /// since a deny cannot be seen sooner than the next request; ms.
+    pub one_request_ms: Latency,
+    /// Floor p50 ÷ measured p50.
+    pub ratio: f64,
+}
+
+impl RevocationReport {
+    fn text(&self) -> String {
+        let l = &self.revocation_to_deny_ms;
+        format!(
+            "fedgate bench revocation: {} revocations\n  revocation → first deny ms  p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}\n  allowed after revocation     {}\n  floor (one request) ms       p50 {:.1}; measured p50 is {:.1}× it ({:.3} of the floor's speed)\n",
+            self.samples,
+            l.p50,
+            l.p90,
+            l.p99,
+            l.max,
+            self.allowed_after_revocation,
+            self.one_request_ms.p50,
+            l.p50 / self.one_request_ms.p50.max(f64::MIN_POSITIVE),
+            self.ratio
+        )
+    }
+}
+
+/// One exchange round by `holder`: its status and the problem's `check`, if any.
+async fn exchange_once(
+    http: &Http,
+    base: &str,
+    holder: &Holder,
+) -> Result<(u16, Option<String>), String> {
+    let binding = http
+        .challenge(base)
+        .await
+        .map_err(|_| "no challenge from the gateway".to_string())?;
+    let vp = credentials::present(&holder.credentials, &holder.key, &binding, ProofFormat::Jwt)
+        .await
+        .map_err(|e| format!("presenting: {e}"))?;
+    let mut body = holder.body.clone();
+    body["presentation"] = vp;
+    match http
+        .post(&format!("{base}v1/exchange/clinical"), &body, None)
+        .await
+    {
+        Answer::Status(s, v) => Ok((s, v["check"].as_str().map(str::to_string))),
+        Answer::Transport(e) => Err(e),
+    }
+}
+
+async fn revocation(args: RevocationArgs) -> Result<Printed, String> {
+    if args.samples == 0 {
+        return Err("--samples must be at least 1".into());
+    }
+    let say = say_fn(args.json);
+    let root = repo_root()?;
+    let scratch = Scratch::new(args.dir.clone())?;
+    let http = Http::new(4)?;
+    let fed = start_federation(&scratch.path, &root, &format!(
+        "[[contracts]]\ncustodian = \"{HOSPITAL_A}\"\nrequester = \"{REQUESTER_ORG}\"\ndomains = [\"clinical\"]\npurposes = [\"TREAT\"]\n"
+    ), &say)?;
+    let base = fed.gateway.url();
+    let office = fed.office.url();
+    let mrns = fixture_mrns(&fixture_files(&root)?)?;
+    let mut to_deny = Vec::with_capacity(args.samples);
+    let mut rounds = Vec::with_capacity(args.samples);
+    let mut allowed_after = 0u64;
+    for i in 0..args.samples {
+        let clinician =
+            KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+        let answer = http
+            .expect(
+                "issuing a privilege",
+                &format!("{office}v1/privileges"),
+                &json!({"subject": privilege_subject(clinician.did(), HOSPITAL_A, REQUESTER_ORG), "format": "jwt"}),
+                Some(&fed.office.token),
+                201,
+            )
+            .await?;
+        let privilege = answer["verifiableCredential"].clone();
+        let credential_id = federation::jose::decode(privilege.as_str().unwrap_or_default())
+            .ok()
+            .and_then(|d| d.payload["id"].as_str().map(str::to_string))
+            .ok_or("the office issued a privilege without an id")?;
+        let patient =
+            KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+        let mrn = &mrns[i % mrns.len()];
+        let consent = self_issued_consent(
+            &patient,
+            HOSPITAL_A,
+            mrn,
+            json!({"id": clinician.did(), "kind": "clinician"}),
+            "clinical",
+            "TREAT",
+            ProofFormat::Jwt,
+        )
+        .await?;
+        register_consent(&http, &base, &patient, &consent, ProofFormat::Jwt).await?;
+        let holder = Holder {
+            key: clinician,
+            credentials: vec![privilege, consent],
+            body: json!({
+                "purpose": "TREAT",
+                "patient": {"system": MRN_SYSTEM, "value": mrn},
+                "data_classes": ["Patient"],
+            }),
+        };
+        // Allowed before: the proof and the status list are cached, as in steady state.
+        let t = Instant::now();
+        match exchange_once(&http, &base, &holder).await? {
+            (200, _) => rounds.push(t.elapsed()),
+            (s, check) => {
+                return Err(format!(
+                "sample {i}: allowed request refused before revocation (HTTP {s}, check {check:?})"
+            ))
+            }
+        }
+        let t0 = Instant::now();
+        http.expect(
+            "revoking",
+            &format!("{office}v1/credentials/{credential_id}/revoke"),
+            &json!({}),
+            Some(&fed.office.token),
+            200,
+        )
+        .await?;
+        let denied = loop {
+            if t0.elapsed() > Duration::from_secs(10) {
+                break None;
+            }
+            match exchange_once(&http, &base, &holder).await? {
+                (403, Some(check)) if check == "status" => break Some(t0.elapsed()),
+                (200, _) => allowed_after += 1,
+                (s, check) => {
+                    return Err(format!(
+                        "sample {i}: unexpected answer after revocation (HTTP {s}, check {check:?})"
+                    ))
+                }
+            }
+        };
+        to_deny.push(denied.ok_or(format!("sample {i}: still allowed 10 s after revocation"))?);
+    }
+    let one = Latency::of(rounds);
+    let measured = Latency::of(to_deny);
+    let report = RevocationReport {
+        scenario: "revocation".into(),
+        samples: args.samples,
+        ratio: one.p50 / measured.p50.max(f64::MIN_POSITIVE),
+        revocation_to_deny_ms: measured,
+        allowed_after_revocation: allowed_after,
+        one_request_ms: one,
+    };
+    drop(fed);
+    drop(scratch);
+    Ok(Printed {
+        value: serde_json::to_value(&report).map_err(|e| e.to_string())?,
+        text: report.text(),
+        json: args.json,
+    })
 }
