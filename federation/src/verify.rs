@@ -374,6 +374,82 @@ fn di_proof<'a>(doc: &'a Value, purpose: &str) -> Result<&'a Value, VerifyError>
     Ok(proof)
 }
 
+/// Whether the bytes `s` stands for, once its `%XX` escapes are decoded, are UTF-8.
+fn percent_decodes_to_utf8(s: &str) -> bool {
+    if !s.contains('%') {
+        return true;
+    }
+    let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+    let bytes = s.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            if let (Some(hi), Some(lo)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+                decoded.push((hi * 16 + lo) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        decoded.push(bytes[i]);
+        i += 1;
+    }
+    std::str::from_utf8(&decoded).is_ok()
+}
+
+/// Refuses what ssi cannot take without panicking:
+/// - a string whose percent-encoded octets are not UTF-8: iref panics when it compares such
+///   an IRI (an `@context` entry, say) with another;
+/// - a number without a decimal point that is not a 64-bit integer (`1e3`,
+///   `18446744073709551616`): json-number cannot write it back when ssi converts the
+///   document for JSON-LD.
+fn check_json_for_ssi(v: &Value) -> Result<(), VerifyError> {
+    let refuse = |what: &str| Err(VerifyError::new(Check::Format, what.to_string()));
+    match v {
+        Value::String(s) if !percent_decodes_to_utf8(s) => {
+            refuse("a string percent-encodes bytes that are not UTF-8")
+        }
+        Value::Number(n) if !(n.is_i64() || n.is_u64() || n.to_string().contains('.')) => {
+            refuse("a number is neither a 64-bit integer nor written with a decimal point")
+        }
+        Value::Array(items) => items.iter().try_for_each(check_json_for_ssi),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            if percent_decodes_to_utf8(k) {
+                check_json_for_ssi(v)
+            } else {
+                refuse("a key percent-encodes bytes that are not UTF-8")
+            }
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses date-times that ssi would read with xsd-types before the pipeline checks them:
+/// xsd-types panics on some forms its grammar admits (a year of fewer than four digits),
+/// and the pipeline accepts RFC 3339 only in any case.
+fn check_dates(document: &Value) -> Result<(), VerifyError> {
+    let proof = document.get("proof");
+    let fields = [
+        (Some(document), "validFrom"),
+        (Some(document), "validUntil"),
+        (proof, "created"),
+        (proof, "expires"),
+    ];
+    for (holder, key) in fields {
+        match holder.and_then(|h| h.get(key)) {
+            None => {}
+            Some(Value::String(s)) if crate::time::parse(s).is_some() => {}
+            Some(_) => {
+                return Err(VerifyError::new(
+                    Check::Validity,
+                    format!("{key} is not an RFC 3339 date-time"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Verifies a Data Integrity document with ssi, off the async runtime (RDF canonicalization
 /// costs milliseconds of CPU) and with a resolver that knows only `did_doc`.
 async fn verify_di(
@@ -382,6 +458,10 @@ async fn verify_di(
     presentation: bool,
 ) -> Result<(), VerifyError> {
     use ssi::claims::data_integrity::{AnySuite, DataIntegrity};
+    // ssi panics on these inputs (caught by the blocking pool, but a panic on input all
+    // the same): they are refused first.
+    check_json_for_ssi(document)?;
+    check_dates(document)?;
     let json =
         serde_json::to_vec(document).map_err(|e| VerifyError::new(Check::Format, e.to_string()))?;
     let task = move || -> Result<(), VerifyError> {
@@ -1238,5 +1318,72 @@ mod tests {
         }
         assert!(cache.get(&[0u8; 32]).is_none(), "old entry kept");
         assert!(cache.get(&[99u8; 32]).is_some());
+    }
+
+    #[test]
+    fn percent_encoding_must_decode_to_utf8() {
+        for ok in [
+            "plain",
+            "50% off",
+            "%",
+            "a%2",
+            "%20",
+            "caf%C3%A9",
+            "%zz",
+            "%E2%80%94",
+        ] {
+            assert!(percent_decodes_to_utf8(ok), "{ok}");
+        }
+        for bad in ["cr%dentials", "%C3", "%FF", "%C3%28", "ok%80"] {
+            assert!(!percent_decodes_to_utf8(bad), "{bad}");
+        }
+        let doc = json!({"@context": ["https://www.w3.org/ns/cr%dentials/v2"]});
+        assert_eq!(check_json_for_ssi(&doc).unwrap_err().check, Check::Format);
+        let key = json!({"credentialSubject": {"%FF": 1}});
+        assert_eq!(check_json_for_ssi(&key).unwrap_err().check, Check::Format);
+    }
+
+    #[test]
+    fn numbers_must_be_64_bit_integers_or_decimals() {
+        let parse = |n: &str| serde_json::from_str::<Value>(&format!("{{\"n\": {n}}}")).unwrap();
+        for ok in [
+            "0",
+            "-1",
+            "11",
+            "18446744073709551615",
+            "-9223372036854775808",
+            "1.5",
+            "1.5e3",
+        ] {
+            assert!(check_json_for_ssi(&parse(ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            "1e3",
+            "2E0",
+            "1e-7",
+            "18446744073709551616",
+            "-9223372036854775809",
+        ] {
+            assert!(check_json_for_ssi(&parse(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dates_ssi_reads_must_be_rfc3339() {
+        let good = json!({"validFrom": "2025-01-01T00:00:00Z", "proof": {"created": "2025-01-01T00:00:00.5+01:00"}});
+        assert!(check_dates(&good).is_ok());
+        for (key, bad) in [
+            ("validFrom", json!({"validFrom": "1-11-29T00:00:00Z"})),
+            ("validUntil", json!({"validUntil": 20250101})),
+            (
+                "created",
+                json!({"proof": {"created": "-1-11-29T05:10:00Z"}}),
+            ),
+            ("expires", json!({"proof": {"expires": "2025-01-01"}})),
+        ] {
+            let e = check_dates(&bad).unwrap_err();
+            assert_eq!(e.check, Check::Validity);
+            assert!(e.detail.starts_with(key), "{e}");
+        }
     }
 }
