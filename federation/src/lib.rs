@@ -35,6 +35,8 @@ pub mod did;
 pub mod eventbus;
 pub mod events;
 pub mod fhir_consent;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod jose;
 pub mod keys;

@@ -21,6 +21,8 @@ pub use federation::nonce;
 pub mod consents;
 pub mod error;
 pub mod exchange;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod jwe;
 pub mod outbox;
 pub mod policy;
