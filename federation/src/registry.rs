@@ -1165,6 +1165,9 @@ mod tests {
     fn manifest(version: u64, gov: Governance) -> Manifest {
         let mut m = Manifest::new("test federation", gov);
         m.version = version;
+        // Fixed, so that two manifests built for one version are the same document even
+        // when a second ticks between them.
+        m.issued_at = "2026-03-01T10:00:00Z".into();
         m.members = vec![
             member(OFFICE, &[Role::CredentialingOffice]),
             member(HOSPITAL_A, &[Role::Custodian, Role::Requester]),
