@@ -166,7 +166,12 @@ pub struct Verifier {
     pub skew: chrono::Duration,
     /// Credentials whose proof and schema already checked out.
     pub proofs: ProofCache,
+    /// Ed25519 public keys already decompressed, by their bytes.
+    ed25519_keys: Mutex<HashMap<[u8; 32], ed25519_dalek::VerifyingKey>>,
 }
+
+/// Most parsed Ed25519 keys a verifier keeps (holders' and issuers' keys).
+const MAX_PARSED_KEYS: usize = 4096;
 
 const DI_SUITES: [&str; 2] = ["eddsa-rdfc-2022", "ecdsa-rdfc-2019"];
 
@@ -510,7 +515,86 @@ impl Verifier {
             status,
             skew: chrono::Duration::seconds(crate::time::DEFAULT_SKEW_SECS),
             proofs: ProofCache::new(DEFAULT_PROOF_CACHE_ENTRIES, ttl),
+            ed25519_keys: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Checks the signature of a compact JWS that `decoded` came from, with `key`.
+    ///
+    /// EdDSA over an Ed25519 key is checked here with the key parsed once per verifier:
+    /// decompressing the public key costs about a quarter of a verification, and the same
+    /// holders and issuers sign request after request. The check is the one ssi makes
+    /// (ed25519-dalek's `verify`). Every other key type goes through [`DecodedJws::verify`].
+    ///
+    /// [`DecodedJws::verify`]: crate::jose::DecodedJws::verify
+    fn verify_jws(
+        &self,
+        jwt: &str,
+        decoded: &crate::jose::DecodedJws,
+        key: &ssi::jwk::JWK,
+    ) -> Result<(), VerifyError> {
+        use ed25519_dalek::Verifier as _;
+        let proof_err = |detail: &str| VerifyError::new(Check::Proof, detail.to_string());
+        let okp = match &key.params {
+            ssi::jwk::Params::OKP(p)
+                if p.curve == "Ed25519"
+                    && decoded.alg == ssi::jwk::Algorithm::EdDSA
+                    && key
+                        .algorithm
+                        .is_none_or(|a| a == ssi::jwk::Algorithm::EdDSA) =>
+            {
+                p
+            }
+            _ => {
+                return decoded
+                    .verify(key)
+                    .map_err(|e| VerifyError::new(Check::Proof, e.to_string()))
+            }
+        };
+        let key_bytes: [u8; 32] = okp
+            .public_key
+            .0
+            .as_slice()
+            .try_into()
+            .map_err(|_| proof_err("an Ed25519 public key has 32 bytes"))?;
+        let cached = self
+            .ed25519_keys
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key_bytes).copied());
+        let verifying = match cached {
+            Some(k) => k,
+            None => {
+                let k = ed25519_dalek::VerifyingKey::from_bytes(&key_bytes)
+                    .map_err(|_| proof_err("the Ed25519 public key is not a curve point"))?;
+                if let Ok(mut m) = self.ed25519_keys.lock() {
+                    if m.len() >= MAX_PARSED_KEYS {
+                        m.clear();
+                    }
+                    m.insert(key_bytes, k);
+                }
+                k
+            }
+        };
+        // `decoded` came from this very string, so its last dot separates the signing
+        // input from the signature.
+        let (signing_input, signature) = jwt
+            .rsplit_once('.')
+            .ok_or_else(|| proof_err("not a compact JWS"))?;
+        let signature: [u8; 64] = {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(signature)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| proof_err("an Ed25519 signature has 64 bytes"))?
+        };
+        verifying
+            .verify(
+                signing_input.as_bytes(),
+                &ed25519_dalek::Signature::from_bytes(&signature),
+            )
+            .map_err(|_| proof_err("JWS signature does not verify"))
     }
 
     /// Replaces the proof cache (size, TTL, or [`ProofCache::disabled`]).
@@ -683,9 +767,7 @@ impl Verifier {
             .await
             .map_err(|e| VerifyError::new(Check::Proof, e.to_string()))?;
         self.proofs.proof_checks.fetch_add(1, Ordering::Relaxed);
-        decoded
-            .verify(&key)
-            .map_err(|e| VerifyError::new(Check::Proof, e.to_string()))?;
+        self.verify_jws(jwt, &decoded, &key)?;
         Ok((decoded.payload, decoded.kid, did_doc))
     }
 
@@ -824,14 +906,14 @@ impl Verifier {
         if !matches!(decoded.typ.as_deref(), Some("vp+jwt" | "vp-ld+jwt")) {
             return Err(VerifyError::new(Check::Format, "typ must be vp+jwt"));
         }
-        let vp = decoded.payload.clone();
-        if !has_type(&vp, "VerifiablePresentation") {
+        let vp = &decoded.payload;
+        if !has_type(vp, "VerifiablePresentation") {
             return Err(VerifyError::new(
                 Check::Format,
                 "not a VerifiablePresentation",
             ));
         }
-        let holder = str_field(&vp, "holder")
+        let holder = str_field(vp, "holder")
             .ok_or_else(|| VerifyError::new(Check::Format, "holder must be a DID string"))?;
         if did_of(&decoded.kid) != holder {
             return Err(VerifyError::new(
@@ -844,9 +926,7 @@ impl Verifier {
             .public_key(&decoded.kid, Relationship::Authentication)
             .await
             .map_err(|e| VerifyError::new(Check::Proof, e.to_string()))?;
-        decoded
-            .verify(&key)
-            .map_err(|e| VerifyError::new(Check::Proof, e.to_string()))?;
+        self.verify_jws(jwt, &decoded, &key)?;
         let now = Utc::now().timestamp();
         let skew = self.skew.num_seconds();
         match vp.get("exp").and_then(Value::as_i64) {
@@ -864,7 +944,7 @@ impl Verifier {
                 "presentation issued in the future",
             ));
         }
-        if str_field(&vp, "nonce") != Some(binding.challenge.as_str()) {
+        if str_field(vp, "nonce") != Some(binding.challenge.as_str()) {
             return Err(VerifyError::new(
                 Check::Challenge,
                 "nonce is not this verifier's challenge",
@@ -881,7 +961,7 @@ impl Verifier {
                 "aud is not this verifier's DID",
             ));
         }
-        Ok(vp)
+        Ok(decoded.payload)
     }
 
     async fn check_di_presentation(
@@ -1294,6 +1374,53 @@ mod tests {
         }
         assert_eq!(uncached.proofs.stats().proof_checks, 3);
         assert_eq!(uncached.proofs.stats().entries, 0);
+    }
+
+    #[tokio::test]
+    async fn jws_signatures_are_checked_with_parsed_keys_and_other_keys_fall_back() {
+        let f = fixture().await;
+        for alg in [KeyAlgorithm::Ed25519, KeyAlgorithm::P256] {
+            let signer = KeyPair::generate_did_key(alg).unwrap();
+            let other = KeyPair::generate_did_key(alg).unwrap();
+            let jws = crate::jose::sign(&json!({"a": 1}), &signer, "vc+jwt").unwrap();
+            let decoded = crate::jose::decode(&jws).unwrap();
+            // Twice: the second time with the key already parsed.
+            for _ in 0..2 {
+                f.verifier
+                    .verify_jws(&jws, &decoded, &signer.public_jwk())
+                    .unwrap();
+            }
+            let err = f
+                .verifier
+                .verify_jws(&jws, &decoded, &other.public_jwk())
+                .unwrap_err();
+            assert_eq!(err.check, Check::Proof, "{alg:?}");
+            // The signature of another token over the same header and payload.
+            let forged = format!(
+                "{}.{}",
+                jws.rsplit_once('.').unwrap().0,
+                crate::jose::sign(&json!({"a": 2}), &signer, "vc+jwt")
+                    .unwrap()
+                    .rsplit_once('.')
+                    .unwrap()
+                    .1
+            );
+            let forged_decoded = crate::jose::decode(&forged).unwrap();
+            let err = f
+                .verifier
+                .verify_jws(&forged, &forged_decoded, &signer.public_jwk())
+                .unwrap_err();
+            assert_eq!(err.check, Check::Proof, "{alg:?}");
+        }
+        // An EdDSA token is never checked against a P-256 key.
+        let ed = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+        let p256 = KeyPair::generate_did_key(KeyAlgorithm::P256).unwrap();
+        let jws = crate::jose::sign(&json!({"a": 1}), &ed, "vc+jwt").unwrap();
+        let decoded = crate::jose::decode(&jws).unwrap();
+        assert!(f
+            .verifier
+            .verify_jws(&jws, &decoded, &p256.public_jwk())
+            .is_err());
     }
 
     #[test]
