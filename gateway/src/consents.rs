@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use federation::verify::VerifiedCredential;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sled::Transactional;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -26,6 +27,23 @@ pub struct StoredConsent {
 pub struct ConsentStore {
     consents: sled::Tree,
     withdrawn: sled::Tree,
+    /// `patient key ‖ consent id` → patient DID: every exchange looks up the DIDs of its
+    /// patient, and a scan of every registered consent per request does not scale.
+    by_patient: sled::Tree,
+}
+
+/// The index key prefix of a custodian patient id: its length first, so that no id is a
+/// prefix of another's key.
+fn patient_prefix(patient_id: &str) -> Vec<u8> {
+    let mut k = (patient_id.len() as u32).to_be_bytes().to_vec();
+    k.extend_from_slice(patient_id.as_bytes());
+    k
+}
+
+fn index_key(patient_id: &str, consent_id: &str) -> Vec<u8> {
+    let mut k = patient_prefix(patient_id);
+    k.extend_from_slice(consent_id.as_bytes());
+    k
 }
 
 fn storage(e: impl std::fmt::Display) -> String {
@@ -54,10 +72,34 @@ pub fn period_covers(subject: &Value, now: DateTime<Utc>) -> bool {
 
 impl ConsentStore {
     pub fn open(db: &sled::Db) -> Result<Self, String> {
-        Ok(ConsentStore {
+        let store = ConsentStore {
             consents: db.open_tree("consents").map_err(storage)?,
             withdrawn: db.open_tree("consent_withdrawals").map_err(storage)?,
-        })
+            by_patient: db.open_tree("consents_by_patient").map_err(storage)?,
+        };
+        store.reindex_if_missing()?;
+        Ok(store)
+    }
+
+    /// Builds the patient index of a store written before it existed (or rebuilt after
+    /// an interrupted write): a consent with a patient id but no index entry.
+    fn reindex_if_missing(&self) -> Result<(), String> {
+        for entry in self.consents.iter().values() {
+            let stored: StoredConsent = match serde_json::from_slice(&entry.map_err(storage)?) {
+                Ok(c) => c,
+                Err(_) => continue,
+            };
+            if let Some(pid) = &stored.patient_id {
+                let key = index_key(pid, &stored.id);
+                if !self.by_patient.contains_key(&key).map_err(storage)? {
+                    self.by_patient
+                        .insert(key, stored.patient_did.as_bytes())
+                        .map_err(storage)?;
+                }
+            }
+        }
+        self.by_patient.flush().map_err(storage)?;
+        Ok(())
     }
 
     pub fn register(
@@ -75,9 +117,23 @@ impl ConsentStore {
             registered_at: Utc::now(),
         };
         let bytes = serde_json::to_vec(&stored).map_err(storage)?;
-        self.consents
-            .insert(id.as_bytes(), bytes)
-            .map_err(storage)?;
+        // The consent and its index entry change together (one sled transaction), and a
+        // re-registration that resolved to another patient drops the old entry.
+        (&self.consents, &self.by_patient)
+            .transaction(|(consents, by_patient)| {
+                if let Some(old) = consents.insert(id.as_bytes(), bytes.as_slice())? {
+                    if let Ok(old) = serde_json::from_slice::<StoredConsent>(&old) {
+                        if let Some(pid) = &old.patient_id {
+                            by_patient.remove(index_key(pid, &id))?;
+                        }
+                    }
+                }
+                if let Some(pid) = &stored.patient_id {
+                    by_patient.insert(index_key(pid, &id), stored.patient_did.as_bytes())?;
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| storage(format!("{e:?}")))?;
         self.consents.flush().map_err(storage)?;
         Ok(stored)
     }
@@ -114,13 +170,11 @@ impl ConsentStore {
     /// (withdrawn ones included: the history is still theirs).
     pub fn dids_for_patient(&self, patient_id: &str) -> Vec<String> {
         let mut dids: Vec<String> = self
-            .consents
-            .iter()
+            .by_patient
+            .scan_prefix(patient_prefix(patient_id))
             .values()
             .flatten()
-            .filter_map(|v| serde_json::from_slice::<StoredConsent>(&v).ok())
-            .filter(|c| c.patient_id.as_deref() == Some(patient_id))
-            .map(|c| c.patient_did)
+            .filter_map(|v| String::from_utf8(v.to_vec()).ok())
             .filter(|d| !d.is_empty())
             .collect();
         dids.sort();
@@ -159,5 +213,79 @@ impl ConsentStore {
         out.sort();
         out.dedup();
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use federation::credentials::{CredentialKind, ProofFormat};
+    use serde_json::json;
+
+    fn consent(id: &str, patient_did: &str) -> VerifiedCredential {
+        VerifiedCredential {
+            id: Some(id.to_string()),
+            kind: CredentialKind::PatientConsent,
+            format: ProofFormat::Jwt,
+            issuer: patient_did.to_string(),
+            subject: json!({"id": patient_did, "provision": "permit"}),
+            valid_from: None,
+            valid_until: None,
+            status: None,
+            digest: format!("digest-{id}"),
+            checks: vec![],
+        }
+    }
+
+    #[test]
+    fn patient_dids_come_from_the_index_and_follow_re_registration() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let store = ConsentStore::open(&db).unwrap();
+        store
+            .register(&consent("urn:c:1", "did:key:a1"), Some("p1".into()))
+            .unwrap();
+        store
+            .register(&consent("urn:c:2", "did:key:a2"), Some("p1".into()))
+            .unwrap();
+        store
+            .register(&consent("urn:c:3", "did:key:b"), Some("p10".into()))
+            .unwrap();
+        store
+            .register(&consent("urn:c:4", "did:key:none"), None)
+            .unwrap();
+        assert_eq!(store.dids_for_patient("p1"), ["did:key:a1", "did:key:a2"]);
+        // "p1" is a prefix of "p10" as a string, never as an index key.
+        assert_eq!(store.dids_for_patient("p10"), ["did:key:b"]);
+        assert!(store.dids_for_patient("p").is_empty());
+
+        // The same consent registered again resolves to another patient: it moves.
+        store
+            .register(&consent("urn:c:2", "did:key:a2"), Some("p10".into()))
+            .unwrap();
+        assert_eq!(store.dids_for_patient("p1"), ["did:key:a1"]);
+        assert_eq!(store.dids_for_patient("p10"), ["did:key:a2", "did:key:b"]);
+
+        // Withdrawn consents still name the patient: the history is still theirs.
+        store.withdraw("urn:c:1").unwrap();
+        assert_eq!(store.dids_for_patient("p1"), ["did:key:a1"]);
+    }
+
+    #[test]
+    fn a_store_without_the_index_is_reindexed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let store = ConsentStore::open(&db).unwrap();
+            store
+                .register(&consent("urn:c:1", "did:key:a1"), Some("p1".into()))
+                .unwrap();
+            // As written before the index existed.
+            db.drop_tree("consents_by_patient").unwrap();
+            db.flush().unwrap();
+        }
+        let db = sled::open(dir.path()).unwrap();
+        let store = ConsentStore::open(&db).unwrap();
+        assert_eq!(store.dids_for_patient("p1"), ["did:key:a1"]);
     }
 }

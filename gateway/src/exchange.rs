@@ -217,6 +217,34 @@ impl GatewayState {
         decision
     }
 
+    /// Tokenizes what leaves, on the blocking pool: it hashes, encrypts and writes new
+    /// tokens to the vault with one flush, none of which may stall the async workers.
+    pub async fn tokenize(
+        &self,
+        resources: Vec<Value>,
+        obligations: crate::tokenize::Obligations,
+        recipient_org: String,
+        domain: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Value>, GatewayError> {
+        let vault = self.vault.clone();
+        let key = self.secret;
+        let domain = domain.to_string();
+        tokio::task::spawn_blocking(move || {
+            let ctx = crate::tokenize::TokenizeContext {
+                recipient_org: &recipient_org,
+                domain: &domain,
+                pseudonym_key: &key,
+                vault: &vault,
+                now,
+            };
+            crate::tokenize::apply(resources, &obligations, &ctx)
+        })
+        .await
+        .map_err(|e| GatewayError::Internal(format!("tokenization aborted: {e}")))?
+        .map_err(|e| GatewayError::Internal(format!("tokenization failed: {e}")))
+    }
+
     /// Records the decision's event (fsynced) — before any response is sent.
     pub async fn record(
         &self,
@@ -441,16 +469,15 @@ pub async fn exchange(
     let obligations: crate::tokenize::Obligations =
         serde_json::from_value(serde_json::to_value(&decision.obligations).unwrap_or(json!({})))
             .map_err(|e| GatewayError::Internal(format!("policy obligations unusable: {e}")))?;
-    let requester_org = ledger.requester_org.clone().unwrap_or_default();
-    let ctx = crate::tokenize::TokenizeContext {
-        recipient_org: &requester_org,
-        domain,
-        pseudonym_key: &state.secret,
-        vault: &state.vault,
-        now: ledger.time,
-    };
-    let resources = crate::tokenize::apply(resources, &obligations, &ctx)
-        .map_err(|e| GatewayError::Internal(format!("tokenization failed: {e}")))?;
+    let resources = state
+        .tokenize(
+            resources,
+            obligations,
+            ledger.requester_org.clone().unwrap_or_default(),
+            domain,
+            ledger.time,
+        )
+        .await?;
 
     // record
     state

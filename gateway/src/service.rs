@@ -41,7 +41,8 @@ pub struct GatewayState {
     pub consents: ConsentStore,
     pub policy: Arc<PolicyHolder>,
     pub records: RecordSource,
-    pub vault: Vault,
+    /// Shared with tokenization on the blocking pool.
+    pub vault: Arc<Vault>,
     pub secret: [u8; 32],
     pub db: sled::Db,
     trust_mode: TrustMode,
@@ -85,7 +86,10 @@ impl GatewayState {
         );
         let outbox = Outbox::start(&db, config.outbox_max_events).map_err(|e| e.to_string())?;
         let consents = ConsentStore::open(&db)?;
-        let vault = Vault::open(db.open_tree("vault").map_err(|e| e.to_string())?, secret);
+        let vault = Arc::new(Vault::open(
+            db.open_tree("vault").map_err(|e| e.to_string())?,
+            secret,
+        ));
         let records = match &config.records {
             RecordsConfig::Embedded => RecordSource::embedded(&config.data_dir.join("records"))
                 .map_err(|e| e.to_string())?,
