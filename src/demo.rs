@@ -7,14 +7,14 @@
 //! `hospital-b` fixtures (where the requesting clinicians work), a research network, and
 //! patients with wallets.
 
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use federation::credentials::{self, CredentialKind, ProofFormat};
 use federation::keys::{KeyAlgorithm, KeyPair};
 use fedgate::harness::{
-    fixture_mrn, free_port, patient_consent, ConsentSpec, Gateway, GatewaySpec, Office, Staff,
-    Visibility, MRN_SYSTEM,
+    contract, fixture_mrn, fixture_patient, fixtures, patient_consent, ConsentSpec, Custodian,
+    Federation, Gateway, Office, Staff, MRN_SYSTEM,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -63,33 +63,6 @@ impl Demo {
             receipt: None,
         });
     }
-}
-
-/// The repository's data and policies: next to the executable's workspace, or the current
-/// directory (a fresh clone running `cargo run -- demo`).
-fn repo_root() -> Result<PathBuf, String> {
-    let candidates = [
-        std::env::current_dir().ok(),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR"))),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.join("policies").is_dir() && p.join("examples/data/fhir").is_dir())
-        .ok_or_else(|| {
-            "run the demo from the fedgate repository (policies/ and examples/data/ are needed)"
-                .into()
-        })
-}
-
-fn json_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    Ok(files)
 }
 
 fn privilege(clinician: &str, role: &str, facility: &str, domain: &str) -> Value {
@@ -232,7 +205,6 @@ fn reason(problem: &Value) -> String {
 
 pub async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Result<bool, String> {
     let started = Instant::now();
-    let root = repo_root()?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find fedgate itself: {e}"))?;
     let dir = match dir {
         Some(d) => d,
@@ -245,81 +217,39 @@ pub async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Result<bo
         }
     };
 
-    let office = Office::start(&exe, &dir.join("credentialing-office"), OFFICE)?;
     let irb = Office::start(&exe, &dir.join("irb"), IRB)?;
     let network = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
-    let (port_a, port_b, port_v) = (free_port()?, free_port()?, free_port()?);
-    let visibility = Visibility::start(
-        &exe,
-        &dir.join("visibility"),
-        VISIBILITY,
-        port_v,
-        &format!(
-            "auditors = [\"{AUDITORS}\"]\n[members]\n\"{HOSPITAL_A}\" = \"http://127.0.0.1:{port_a}/\"\n\"{HOSPITAL_B}\" = \"http://127.0.0.1:{port_b}/\"\n\"{OFFICE}\" = \"{}\"\n[trust]\nClinicianPrivilegeCredential = [\"{OFFICE}\"]\n",
-            office.url()
-        ),
-    )?;
-    let shipping = format!(
-        "[visibility]\nendpoint = \"{}\"\ndid = \"{VISIBILITY}\"\ninterval_ms = 100\n",
-        visibility.url()
-    );
-    let extra = format!(
-        r#"
-status_push = ["{office}v1/status/events"]
-[trust]
-ClinicianPrivilegeCredential = ["{OFFICE}"]
-ResearchStudyCredential = ["{IRB}"]
-[did_web]
-"{OFFICE}" = "{office}"
-"{IRB}" = "{irb}"
-"{VISIBILITY}" = "{vis}"
-{shipping}
-[custodian]
-break_glass_minutes = 30
-min_cell_size = 3
-[[contracts]]
-custodian = "{HOSPITAL_A}"
-requester = "{HOSPITAL_B}"
-domains = ["clinical", "billing", "detokenize"]
-purposes = ["TREAT", "ETREAT", "BTG", "HPAYMT"]
-[[contracts]]
-custodian = "{HOSPITAL_A}"
-requester = "{network}"
-domains = ["research"]
-purposes = ["HRESCH"]
-"#,
-        office = office.url(),
-        irb = irb.url(),
-        vis = visibility.url(),
-        network = network.did(),
-    );
-    let fixtures_a = json_files(&root.join("examples/data/fhir/hospital-a"))?;
-    let gw_a = Gateway::start(
-        &exe,
-        &dir.join("hospital-a"),
-        &GatewaySpec {
-            port: port_a,
-            did: HOSPITAL_A.into(),
-            records: fixtures_a.clone(),
-            policies: root.join("policies"),
-            extra_toml: extra.clone(),
-        },
-    )?;
-    let gw_b = Gateway::start(
-        &exe,
-        &dir.join("hospital-b"),
-        &GatewaySpec {
-            port: port_b,
-            did: HOSPITAL_B.into(),
-            records: json_files(&root.join("examples/data/fhir/hospital-b"))?,
-            policies: root.join("policies"),
-            extra_toml: format!(
-                "status_push = [\"{office}v1/status/events\"]\n[trust]\nClinicianPrivilegeCredential = [\"{OFFICE}\"]\n[did_web]\n\"{OFFICE}\" = \"{office}\"\n\"{VISIBILITY}\" = \"{vis}\"\n{shipping}\n[[contracts]]\ncustodian = \"{HOSPITAL_B}\"\nrequester = \"{HOSPITAL_B}\"\ndomains = [\"clinical\"]\npurposes = [\"TREAT\"]\n",
-                office = office.url(),
-                vis = visibility.url(),
-            ),
-        },
-    )?;
+    let fixtures_a = fixtures("hospital-a")?;
+    let fed = Federation::builder(&exe, &dir, OFFICE, VISIBILITY)
+        .auditors(AUDITORS)
+        .irb(&irb)
+        .status_push()
+        .ship_every(Duration::from_millis(100))
+        .gateway(
+            Custodian::new(HOSPITAL_A)
+                .records(fixtures_a.clone())
+                .config("[custodian]\nbreak_glass_minutes = 30\nmin_cell_size = 3\n")
+                .config(&contract(
+                    HOSPITAL_A,
+                    HOSPITAL_B,
+                    &["clinical", "billing", "detokenize"],
+                    &["TREAT", "ETREAT", "BTG", "HPAYMT"],
+                ))
+                .config(&contract(
+                    HOSPITAL_A,
+                    network.did(),
+                    &["research"],
+                    &["HRESCH"],
+                )),
+        )
+        .gateway(
+            Custodian::new(HOSPITAL_B)
+                .records(fixtures("hospital-b")?)
+                .config(&contract(HOSPITAL_B, HOSPITAL_B, &["clinical"], &["TREAT"])),
+        )
+        .start()?;
+    let (office, visibility) = (&fed.office, &fed.visibility);
+    let (gw_a, gw_b) = (fed.gateway(HOSPITAL_A)?, fed.gateway(HOSPITAL_B)?);
     say(format!(
         "federation up in {} ms: credentialing office {}, IRB {}, hospital A gateway {}, hospital B gateway {}, visibility {}\n",
         started.elapsed().as_millis(),
@@ -333,7 +263,7 @@ purposes = ["HRESCH"]
     let mut demo = Demo {
         results: Vec::new(),
     };
-    let mrn = fixture_mrn(&fixtures_a[1])?;
+    let (_, mrn) = fixture_patient()?;
     let clinician = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
     let (priv_id, priv_vc) = office
         .joiner(
@@ -352,7 +282,7 @@ purposes = ["HRESCH"]
     .await?;
     // The patient registers the consent with hospital A: from then on A can tie every
     // access to this record, consented or not, to the patient's DID (digest only).
-    let vp = present(&gw_a, &patient, std::slice::from_ref(&treat)).await?;
+    let vp = present(gw_a, &patient, std::slice::from_ref(&treat)).await?;
     let (status, body) = gw_a
         .post("/v1/consents", &json!({"presentation": vp}))
         .await?;
@@ -361,9 +291,9 @@ purposes = ["HRESCH"]
     }
 
     // 1. Consented clinical exchange.
-    let vp = present(&gw_a, &clinician, &[priv_vc.clone(), treat.clone()]).await?;
+    let vp = present(gw_a, &clinician, &[priv_vc.clone(), treat.clone()]).await?;
     let (status, id, bundle, _) = exchange(
-        &gw_a,
+        gw_a,
         "clinical",
         "TREAT",
         &mrn,
@@ -388,17 +318,9 @@ purposes = ["HRESCH"]
     let replay = vp;
 
     // 2. Without consent.
-    let vp = present(&gw_a, &clinician, std::slice::from_ref(&priv_vc)).await?;
-    let (status, id, problem, _) = exchange(
-        &gw_a,
-        "clinical",
-        "TREAT",
-        &mrn,
-        &["Observation"],
-        &vp,
-        None,
-    )
-    .await?;
+    let vp = present(gw_a, &clinician, std::slice::from_ref(&priv_vc)).await?;
+    let (status, id, problem, _) =
+        exchange(gw_a, "clinical", "TREAT", &mrn, &["Observation"], &vp, None).await?;
     demo.record(
         "2. the same request without consent",
         "denied",
@@ -408,9 +330,9 @@ purposes = ["HRESCH"]
     );
 
     // 3. Break-glass.
-    let vp = present(&gw_a, &clinician, std::slice::from_ref(&priv_vc)).await?;
+    let vp = present(gw_a, &clinician, std::slice::from_ref(&priv_vc)).await?;
     let (status, id, _, headers) = exchange(
-        &gw_a,
+        gw_a,
         "clinical",
         "ETREAT",
         &mrn,
@@ -433,16 +355,8 @@ purposes = ["HRESCH"]
     );
 
     // 8. Replay (before the leaver, so the only failing check is the challenge).
-    let (status, id, problem, _) = exchange(
-        &gw_a,
-        "clinical",
-        "TREAT",
-        &mrn,
-        &["Patient"],
-        &replay,
-        None,
-    )
-    .await?;
+    let (status, id, problem, _) =
+        exchange(gw_a, "clinical", "TREAT", &mrn, &["Patient"], &replay, None).await?;
     demo.record(
         "8. replay of a used presentation",
         "denied, check challenge",
@@ -469,9 +383,9 @@ purposes = ["HRESCH"]
     );
     forged["issuer"] = json!(OFFICE);
     let forged = federation::jose::sign(&forged, &forger, "vc+jwt").map_err(|e| e.to_string())?;
-    let vp = present(&gw_a, &clinician, &[json!(forged), treat.clone()]).await?;
+    let vp = present(gw_a, &clinician, &[json!(forged), treat.clone()]).await?;
     let (status, id, problem, _) =
-        exchange(&gw_a, "clinical", "TREAT", &mrn, &["Patient"], &vp, None).await?;
+        exchange(gw_a, "clinical", "TREAT", &mrn, &["Patient"], &vp, None).await?;
     demo.record(
         "9. a forged privilege (the office's name, another key)",
         "denied, failing check named",
@@ -499,9 +413,9 @@ purposes = ["HRESCH"]
         &["HPAYMT"],
     )
     .await?;
-    let vp = present(&gw_a, &biller, &[bill_vc, pay]).await?;
+    let vp = present(gw_a, &biller, &[bill_vc, pay]).await?;
     let (status, id, bundle, _) = exchange(
-        &gw_a,
+        gw_a,
         "billing",
         "HPAYMT",
         &mrn,
@@ -536,7 +450,7 @@ purposes = ["HRESCH"]
             &["HRESCH"],
         )
         .await?;
-        let vp = present(&gw_a, &p, &[c]).await?;
+        let vp = present(gw_a, &p, &[c]).await?;
         let (status, body) = gw_a
             .post("/v1/consents", &json!({"presentation": vp}))
             .await?;
@@ -559,7 +473,7 @@ purposes = ["HRESCH"]
             "jwt",
         )
         .await?;
-    let vp = present(&gw_a, &network, std::slice::from_ref(&study)).await?;
+    let vp = present(gw_a, &network, std::slice::from_ref(&study)).await?;
     let (status, body) = gw_a
         .post("/v1/research/queries", &json!({"purpose": "HRESCH", "query": {"conditions": [], "age_bands": [[0, 2], [3, 200]]}, "presentation": vp}))
         .await?;
@@ -584,18 +498,18 @@ purposes = ["HRESCH"]
         .await?;
     let mut old_denied = false;
     for _ in 0..40 {
-        let vp = present(&gw_a, &clinician, &[priv_vc.clone(), treat.clone()]).await?;
+        let vp = present(gw_a, &clinician, &[priv_vc.clone(), treat.clone()]).await?;
         let (status, _, _, _) =
-            exchange(&gw_a, "clinical", "TREAT", &mrn, &["Patient"], &vp, None).await?;
+            exchange(gw_a, "clinical", "TREAT", &mrn, &["Patient"], &vp, None).await?;
         if status == 403 {
             old_denied = true;
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let vp = present(&gw_a, &clinician, &[moved_vc.clone(), treat.clone()]).await?;
+    let vp = present(gw_a, &clinician, &[moved_vc.clone(), treat.clone()]).await?;
     let (a_status, _, _, _) =
-        exchange(&gw_a, "clinical", "TREAT", &mrn, &["Patient"], &vp, None).await?;
+        exchange(gw_a, "clinical", "TREAT", &mrn, &["Patient"], &vp, None).await?;
     // At B: one of B's own patients (hospital-b fixtures), with her consent.
     let b_patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
     let b_consent = consent_at(
@@ -608,9 +522,9 @@ purposes = ["HRESCH"]
         &["TREAT"],
     )
     .await?;
-    let vp = present(&gw_b, &clinician, &[moved_vc.clone(), b_consent]).await?;
+    let vp = present(gw_b, &clinician, &[moved_vc.clone(), b_consent]).await?;
     let (b_status, id, _, _) = exchange_as(
-        &gw_b,
+        gw_b,
         HOSPITAL_B_ID_SYSTEM,
         "clinical",
         "TREAT",
@@ -637,9 +551,9 @@ purposes = ["HRESCH"]
         .await?;
     let leaver_id = {
         // The newest privilege of the clinician: the one just issued.
-        let vp = present(&gw_a, &clinician, &[leaver_vc.clone(), treat.clone()]).await?;
+        let vp = present(gw_a, &clinician, &[leaver_vc.clone(), treat.clone()]).await?;
         let (status, _, _, _) =
-            exchange(&gw_a, "clinical", "TREAT", &mrn, &["Patient"], &vp, None).await?;
+            exchange(gw_a, "clinical", "TREAT", &mrn, &["Patient"], &vp, None).await?;
         if status != 200 {
             return Err(format!(
                 "the leaver's privilege did not work before revocation ({status})"
@@ -653,10 +567,10 @@ purposes = ["HRESCH"]
     office.revoke(&leaver_id).await?;
     let mut first_deny = None;
     let mut last_id = None;
-    while t0.elapsed() < std::time::Duration::from_secs(10) {
-        let vp = present(&gw_a, &clinician, &[leaver_vc.clone(), treat.clone()]).await?;
+    while t0.elapsed() < Duration::from_secs(10) {
+        let vp = present(gw_a, &clinician, &[leaver_vc.clone(), treat.clone()]).await?;
         let (status, id, problem, _) =
-            exchange(&gw_a, "clinical", "TREAT", &mrn, &["Patient"], &vp, None).await?;
+            exchange(gw_a, "clinical", "TREAT", &mrn, &["Patient"], &vp, None).await?;
         last_id = id;
         if status == 403 && problem["check"] == "status" {
             first_deny = Some(t0.elapsed());
@@ -675,12 +589,12 @@ purposes = ["HRESCH"]
     );
 
     // Every access reaches the visibility log; each decision gets its receipt.
-    for gw in [&gw_a, &gw_b] {
-        if !gw.drained(std::time::Duration::from_secs(30)).await {
+    for gw in [gw_a, gw_b] {
+        if !gw.drained(Duration::from_secs(30)).await {
             return Err("access events did not reach the visibility log within 30 s".into());
         }
     }
-    let token = visibility.auditor_login(&office, AUDITORS).await?;
+    let token = visibility.auditor_login(office, AUDITORS).await?;
     let cp = visibility.checkpoint().await?;
     let mut logged = visibility.events_of(&token, HOSPITAL_A).await?;
     logged.extend(visibility.events_of(&token, HOSPITAL_B).await?);
@@ -738,24 +652,9 @@ purposes = ["HRESCH"]
     // 11. Every gateway checked each new checkpoint against the last one it accepted.
     let mut alarms = 0u64;
     let mut shipped = 0u64;
-    for gw in [&gw_a, &gw_b] {
-        let metrics = federation::http::http_client()
-            .get(format!("{}metrics", gw.url()))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .text()
-            .await
-            .map_err(|e| e.to_string())?;
-        let counter = |name: &str| -> u64 {
-            metrics
-                .lines()
-                .filter(|l| l.starts_with(name))
-                .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-                .sum::<f64>() as u64
-        };
-        alarms += counter("fedgate_log_inconsistency_total");
-        shipped += counter("fedgate_events_shipped_total");
+    for gw in [gw_a, gw_b] {
+        alarms += gw.metric("fedgate_log_inconsistency_total").await? as u64;
+        shipped += gw.metric("fedgate_events_shipped_total").await? as u64;
     }
     demo.record(
         "11. the visibility log stays consistent across the whole run",

@@ -1,5 +1,9 @@
-//! Starting a federation of real `fedgate` processes on loopback: used by `fedgate demo`
-//! and by the end-to-end tests, so that both exercise exactly the same setup.
+//! Starting a federation of real `fedgate` processes on loopback: used by `fedgate demo`,
+//! `fedgate bench` and the end-to-end tests, so that all of them exercise the same setup.
+
+mod builder;
+
+pub use builder::{contract, Custodian, Federation, FederationBuilder};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -580,6 +584,23 @@ impl Visibility {
 }
 
 impl Gateway {
+    /// The sum of a counter or gauge from `/metrics` (0 when not yet emitted).
+    pub async fn metric(&self, name: &str) -> Result<f64, String> {
+        let text = client()
+            .get(format!("{}metrics", self.url()))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .text()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(text
+            .lines()
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .sum())
+    }
+
     /// Events waiting in the outbox (from `/readyz`).
     pub async fn outbox_pending(&self) -> Option<u64> {
         let v: Value = client()
@@ -612,6 +633,40 @@ impl Gateway {
 // Fixtures and credentials for the federation's roles, shared by the demo, the load tool
 // and the end-to-end tests.
 // ---------------------------------------------------------------------------------------
+
+/// The repository's policies and fixtures: from the current directory (a checkout running
+/// `cargo run -- ...`) or the one this binary was built from.
+pub fn repo_root() -> Result<PathBuf, String> {
+    [
+        std::env::current_dir().ok(),
+        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR"))),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|p| p.join("policies").is_dir() && p.join("examples/data/fhir/hospital-a").is_dir())
+    .ok_or_else(|| {
+        "run from the fedgate repository (policies/ and examples/data/ are needed)".into()
+    })
+}
+
+/// The FHIR Bundles of a synthetic site (`hospital-a`, `hospital-b`), in name order.
+pub fn fixtures(site: &str) -> Result<Vec<PathBuf>, String> {
+    let dir = repo_root()?.join("examples/data/fhir").join(site);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The patient the scenarios ask hospital A about: her Bundle and her MRN.
+pub fn fixture_patient() -> Result<(PathBuf, String), String> {
+    let file = repo_root()?.join("examples/data/fhir/hospital-a/Della_Hettinger_8386e1d9.json");
+    let mrn = fixture_mrn(&file)?;
+    Ok((file, mrn))
+}
 
 /// The identifier system of the fixtures' medical record numbers.
 pub const MRN_SYSTEM: &str = "http://hospital.smarthealthit.org";
@@ -727,6 +782,54 @@ impl Office {
         };
         let (_, vc) = self.joiner(&staff.subject(), "jwt").await?;
         Ok((key, vc))
+    }
+}
+
+/// A clinician's key and the credentials they present.
+pub struct Requester {
+    pub key: federation::keys::KeyPair,
+    pub credentials: Vec<Value>,
+}
+
+impl Office {
+    /// A physician of `organization` who may read clinical records at `custodian`, with the
+    /// consent of the patient behind `mrn` there (a new did:key) for treatment: privilege
+    /// first, consent second.
+    pub async fn consented_physician(
+        &self,
+        organization: &str,
+        custodian: &str,
+        mrn: &str,
+    ) -> Result<Requester, String> {
+        let (key, privilege) = self
+            .staff(
+                "physician",
+                organization,
+                custodian,
+                &["clinical"],
+                &["read"],
+            )
+            .await?;
+        let patient =
+            federation::keys::KeyPair::generate_did_key(federation::keys::KeyAlgorithm::Ed25519)
+                .map_err(|e| e.to_string())?;
+        let consent = patient_consent(
+            &patient,
+            &ConsentSpec {
+                custodian,
+                system: MRN_SYSTEM,
+                value: mrn,
+                grantee: json!({"id": key.did(), "kind": "clinician"}),
+                domains: &["clinical"],
+                purposes: &["TREAT"],
+                data_classes: &["Patient", "Observation"],
+            },
+        )
+        .await?;
+        Ok(Requester {
+            key,
+            credentials: vec![privilege, consent],
+        })
     }
 }
 

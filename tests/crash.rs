@@ -12,6 +12,8 @@
 //! The kill moments are drawn from a seed printed at the start (`FEDGATE_CRASH_SEED`
 //! sets it, to repeat the same delays).
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,22 +23,19 @@ use std::time::{Duration, Instant};
 use federation::checkpoint::{self, Checkpoint, NoteVerifier};
 use federation::credentials::{self, PresentationBinding, ProofFormat};
 use federation::events::{AccessEvent, Outcome};
-use federation::keys::{KeyAlgorithm, KeyPair};
 use federation::log::{self, Hash};
 use federation::visibility::{leaf_bytes, LogEntry};
 use fedgate::harness::{
-    fixture_mrn, free_port, patient_consent, ConsentSpec, Gateway, GatewaySpec, Office, Visibility,
-    MRN_SYSTEM,
+    contract, fixture_patient, Custodian, FederationBuilder, Gateway, Office, Requester,
+    Visibility, MRN_SYSTEM,
 };
 use gateway::shipper::Receipt;
 use serde_json::{json, Value};
+use support::{exe, AUDITOR_ORG, VISIBILITY};
 
-const OFFICE: &str = "did:web:credentialing.test";
 const HOSPITAL_A: &str = "did:web:hospital-a.test";
 const HOSPITAL_B: &str = "did:web:hospital-b.test";
 const REQUESTER_ORG: &str = "did:web:clinic-r.test";
-const AUDITOR_ORG: &str = "did:web:auditor.test";
-const VISIBILITY: &str = "did:web:visibility.test";
 
 /// Kills per test: each one lands at another moment of the load.
 const ROUNDS: usize = 3;
@@ -44,14 +43,6 @@ const ROUNDS: usize = 3;
 const MIN_ANSWERED_PER_ROUND: usize = 8;
 /// Every wait for the federation is bounded by this; exceeding it fails the test.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_fedgate"))
-}
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
 
 /// Kill delays: xorshift64 from a seed, so that a failing run can be repeated with the same
 /// delays (the scheduling of the processes still varies).
@@ -86,126 +77,18 @@ impl Jitter {
     }
 }
 
-/// The MRN of the first fixture patient, whose records the consented exchanges read.
-fn fixture() -> (PathBuf, String) {
-    let file = repo("examples/data/fhir/hospital-a/Della_Hettinger_8386e1d9.json");
-    let mrn = fixture_mrn(&file).unwrap();
-    (file, mrn)
-}
-
-/// An office, the visibility service and one gateway per custodian, shipping to it.
-struct Federation {
-    office: Office,
-    visibility: Visibility,
-    gateways: Vec<Gateway>,
-    /// Last, so that it is removed after the processes using it are killed.
-    _dir: tempfile::TempDir,
-}
-
-async fn federation(custodians: &[&str], records: Vec<PathBuf>, shipping: &str) -> Federation {
-    let dir = tempfile::tempdir().unwrap();
-    let office = Office::start(&exe(), &dir.path().join("office"), OFFICE).unwrap();
-    let vis_port = free_port().unwrap();
-    let ports: Vec<u16> = custodians.iter().map(|_| free_port().unwrap()).collect();
-    let members: String = custodians
+/// An office, the visibility service and one gateway per custodian, each with a contract
+/// for the requesting organization.
+fn federation(dir: &Path, custodians: &[&str], records: Vec<PathBuf>) -> FederationBuilder {
+    custodians
         .iter()
-        .zip(&ports)
-        .map(|(did, port)| format!("\"{did}\" = \"http://127.0.0.1:{port}/\"\n"))
-        .collect();
-    let visibility = Visibility::start(
-        &exe(),
-        &dir.path().join("visibility"),
-        VISIBILITY,
-        vis_port,
-        &format!(
-            "auditors = [\"{AUDITOR_ORG}\"]\n[members]\n{members}\"{OFFICE}\" = \"{}\"\n[trust]\nClinicianPrivilegeCredential = [\"{OFFICE}\"]\n",
-            office.url()
-        ),
-    )
-    .unwrap();
-    let mut gateways = Vec::new();
-    for (did, port) in custodians.iter().zip(&ports) {
-        let extra = format!(
-            r#"
-[visibility]
-endpoint = "{vis}"
-did = "{VISIBILITY}"
-{shipping}
-[trust]
-ClinicianPrivilegeCredential = ["{OFFICE}"]
-[did_web]
-"{OFFICE}" = "{office}"
-"{VISIBILITY}" = "{vis}"
-[[contracts]]
-custodian = "{did}"
-requester = "{REQUESTER_ORG}"
-domains = ["clinical"]
-purposes = ["TREAT"]
-"#,
-            vis = visibility.url(),
-            office = office.url()
-        );
-        let name = did.trim_start_matches("did:web:");
-        gateways.push(
-            Gateway::start(
-                &exe(),
-                &dir.path().join(name),
-                &GatewaySpec {
-                    did: did.to_string(),
-                    port: *port,
-                    records: records.clone(),
-                    policies: repo("policies"),
-                    extra_toml: extra,
-                },
+        .fold(support::federation(dir), |builder, did| {
+            builder.gateway(
+                Custodian::new(did)
+                    .records(records.clone())
+                    .config(&contract(did, REQUESTER_ORG, &["clinical"], &["TREAT"])),
             )
-            .unwrap(),
-        );
-    }
-    Federation {
-        office,
-        visibility,
-        gateways,
-        _dir: dir,
-    }
-}
-
-/// A clinician of the requesting organization with a privilege at `custodian`, and the
-/// fixture patient's consent for them.
-struct Requester {
-    key: KeyPair,
-    credentials: Vec<Value>,
-}
-
-async fn requester(office: &Office, custodian: &str, mrn: &str) -> Requester {
-    let (key, privilege) = office
-        .staff(
-            "physician",
-            REQUESTER_ORG,
-            custodian,
-            &["clinical"],
-            &["read"],
-        )
-        .await
-        .unwrap();
-    let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
-    let consent = patient_consent(
-        &patient,
-        &ConsentSpec {
-            custodian,
-            system: MRN_SYSTEM,
-            value: mrn,
-            grantee: json!({"id": key.did(), "kind": "clinician"}),
-            domains: &["clinical"],
-            purposes: &["TREAT"],
-            data_classes: &["Patient", "Observation"],
-        },
-    )
-    .await
-    .unwrap();
-    Requester {
-        key,
-        credentials: vec![privilege, consent],
-    }
+        })
 }
 
 /// What a worker sends.
@@ -426,18 +309,7 @@ async fn drained(gw: &Gateway, what: &str) {
 }
 
 async fn inconsistency_alarms(gw: &Gateway) -> f64 {
-    let text = federation::http::http_client()
-        .get(format!("{}metrics", gw.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("fedgate_log_inconsistency_total"))
-        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-        .sum()
+    gw.metric("fedgate_log_inconsistency_total").await.unwrap()
 }
 
 async fn auditor_token(office: &Office, vis: &Visibility) -> String {
@@ -617,9 +489,18 @@ async fn verify_log(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_killed_under_load_loses_no_answered_exchange() {
     let mut jitter = Jitter::new("gateway");
-    let (file, mrn) = fixture();
-    let mut fed = federation(&[HOSPITAL_A], vec![file], "interval_ms = 50").await;
-    let who = Arc::new(requester(&fed.office, HOSPITAL_A, &mrn).await);
+    let dir = tempfile::tempdir().unwrap();
+    let (file, mrn) = fixture_patient().unwrap();
+    let mut fed = federation(dir.path(), &[HOSPITAL_A], vec![file])
+        .ship_every(Duration::from_millis(50))
+        .start()
+        .unwrap();
+    let who = Arc::new(
+        fed.office
+            .consented_physician(REQUESTER_ORG, HOSPITAL_A, &mrn)
+            .await
+            .unwrap(),
+    );
     let kinds = [
         Kind::Consented,
         Kind::Unbound,
@@ -733,7 +614,12 @@ async fn the_log_killed_while_batches_ship_loses_no_receipt() {
     let mut jitter = Jitter::new("visibility");
     let custodians = [HOSPITAL_A, HOSPITAL_B];
     // Small batches shipped as fast as events come: a kill lands inside one.
-    let mut fed = federation(&custodians, Vec::new(), "interval_ms = 20\nbatch_size = 16").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut fed = federation(dir.path(), &custodians, Vec::new())
+        .ship_every(Duration::from_millis(20))
+        .ship_batches_of(16)
+        .start()
+        .unwrap();
     let board = Arc::new(Board::default());
     let tasks: Vec<_> = fed
         .gateways

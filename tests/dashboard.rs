@@ -6,102 +6,59 @@
 //! The browser is required: without `chromium` and `chromedriver` the test fails, it does
 //! not skip (`.ci/run` installs both). `CHROMIUM` and `CHROMEDRIVER` override the paths.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use federation::credentials::{self, ProofFormat};
 use fedgate::harness::{
-    fixture_mrn, free_port, Gateway, GatewaySpec, Office, Visibility, MRN_SYSTEM,
+    contract, fixture_patient, free_port, Custodian, Federation, Gateway, Office, Visibility,
+    MRN_SYSTEM,
 };
 use serde_json::{json, Value};
+use support::{AUDITOR_ORG, CUSTODIAN, REQUESTER_ORG};
 
-const OFFICE: &str = "did:web:credentialing.test";
-const CUSTODIAN: &str = "did:web:hospital-a.test";
-const REQUESTER_ORG: &str = "did:web:hospital-b.test";
-const AUDITOR_ORG: &str = "did:web:auditor.test";
-const VISIBILITY: &str = "did:web:visibility.test";
 const JUSTIFICATION: &str = "unconscious patient in the emergency department, no consent on file";
 
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_fedgate"))
-}
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn fixture() -> (PathBuf, String) {
-    let file = repo("examples/data/fhir/hospital-a/Della_Hettinger_8386e1d9.json");
-    let mrn = fixture_mrn(&file).unwrap();
-    (file, mrn)
-}
-
 struct Setup {
-    _dir: tempfile::TempDir,
     office: Office,
     visibility: Visibility,
     gateway: Gateway,
     mrn: String,
+    _dir: tempfile::TempDir,
 }
 
 async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let office = Office::start(&exe(), &dir.path().join("office"), OFFICE).unwrap();
-    let gw_port = free_port().unwrap();
-    let vis_port = free_port().unwrap();
-    let visibility = Visibility::start(
-        &exe(),
-        &dir.path().join("visibility"),
-        VISIBILITY,
-        vis_port,
-        &format!(
-            "auditors = [\"{AUDITOR_ORG}\"]\n[members]\n\"{CUSTODIAN}\" = \"http://127.0.0.1:{gw_port}/\"\n\"{OFFICE}\" = \"{}\"\n[trust]\nClinicianPrivilegeCredential = [\"{OFFICE}\"]\n",
-            office.url()
-        ),
-    )
-    .unwrap();
-    let (file, mrn) = fixture();
-    let extra = format!(
-        r#"
-[visibility]
-endpoint = "{vis}"
-did = "{VISIBILITY}"
-interval_ms = 100
-[trust]
-ClinicianPrivilegeCredential = ["{OFFICE}"]
-[did_web]
-"{OFFICE}" = "{office}"
-"{VISIBILITY}" = "{vis}"
-[custodian]
-break_glass_minutes = 30
-[[contracts]]
-custodian = "{CUSTODIAN}"
-requester = "{REQUESTER_ORG}"
-domains = ["clinical"]
-purposes = ["TREAT", "ETREAT"]
-"#,
-        vis = visibility.url(),
-        office = office.url()
-    );
-    let gateway = Gateway::start(
-        &exe(),
-        &dir.path().join("gateway"),
-        &GatewaySpec {
-            did: CUSTODIAN.into(),
-            port: gw_port,
-            records: vec![file],
-            policies: repo("policies"),
-            extra_toml: extra,
-        },
-    )
-    .unwrap();
+    let (file, mrn) = fixture_patient().unwrap();
+    let Federation {
+        mut gateways,
+        visibility,
+        office,
+    } = support::federation(dir.path())
+        .gateway(
+            Custodian::new(CUSTODIAN)
+                .records(vec![file])
+                .config(&format!(
+                    "[custodian]\nbreak_glass_minutes = 30\n{}",
+                    contract(
+                        CUSTODIAN,
+                        REQUESTER_ORG,
+                        &["clinical"],
+                        &["TREAT", "ETREAT"]
+                    )
+                )),
+        )
+        .start()
+        .unwrap();
     Setup {
-        _dir: dir,
         office,
         visibility,
-        gateway,
+        gateway: gateways.remove(0),
         mrn,
+        _dir: dir,
     }
 }
 

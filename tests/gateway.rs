@@ -3,34 +3,20 @@
 //! tokenization checked against the source identifiers, JWE, detokenize, replay, and the
 //! outbox holding an event for every decision.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 
 use federation::credentials::{self, CredentialKind, PresentationBinding, ProofFormat};
 use federation::keys::{KeyAlgorithm, KeyPair};
-use fedgate::harness::{Gateway, GatewaySpec, Office};
+use fedgate::harness::{contract, Gateway, GatewaySpec, Office, MRN_SYSTEM};
 use serde_json::{json, Value};
+use support::{exe, repo, CUSTODIAN, OFFICE, REQUESTER_ORG};
 
-const OFFICE: &str = "did:web:credentialing.test";
-const CUSTODIAN: &str = "did:web:hospital-a.test";
-const REQUESTER_ORG: &str = "did:web:hospital-b.test";
 const OTHER_ORG: &str = "did:web:clinic-c.test";
-const MRN_SYSTEM: &str = "http://hospital.smarthealthit.org";
-
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_fedgate"))
-}
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
 
 fn fixtures() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(repo("examples/data/fhir/hospital-a"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files
+    fedgate::harness::fixtures("hospital-a").unwrap()
 }
 
 /// A fixture patient: MRN and every direct identifier value of the source record.
@@ -108,14 +94,15 @@ ResearchStudyCredential = ["{OFFICE}"]
 break_glass_minutes = 30
 min_cell_size = 3
 shifts = [{{ roles = ["pharmacist"], days = [], from_minute = 0, to_minute = 1 }}]
-[[contracts]]
-custodian = "{CUSTODIAN}"
-requester = "{REQUESTER_ORG}"
-domains = ["clinical", "billing", "research", "detokenize"]
-purposes = ["TREAT", "ETREAT", "BTG", "HPAYMT", "HRESCH"]
-# {policies_note}
+{contract}# {policies_note}
 "#,
-        office = office.url()
+        office = office.url(),
+        contract = contract(
+            CUSTODIAN,
+            REQUESTER_ORG,
+            &["clinical", "billing", "research", "detokenize"],
+            &["TREAT", "ETREAT", "BTG", "HPAYMT", "HRESCH"]
+        )
     )
 }
 
@@ -1105,10 +1092,7 @@ async fn broken_policy_denies_everything_until_a_good_reload() {
 async fn research_queries_return_suppressed_aggregates_of_consented_patients() {
     // The research network's agent key, and a research contract for it.
     let network = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
-    let contract = format!(
-        "[[contracts]]\ncustodian = \"{CUSTODIAN}\"\nrequester = \"{}\"\ndomains = [\"research\"]\npurposes = [\"HRESCH\"]\n",
-        network.did()
-    );
+    let contract = contract(CUSTODIAN, network.did(), &["research"], &["HRESCH"]);
     let fed = federation_with(repo("policies"), &contract).await;
     let files = fixtures();
     // Four of the six fixture patients register research consent for the study; two do not.

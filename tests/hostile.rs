@@ -6,22 +6,17 @@
 //! Credential-level attacks (alg none, key confusion, replay, ...) are in tests/gateway.rs
 //! and federation/tests/pipeline.rs.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fedgate::harness::{free_port, spawn, Gateway, GatewaySpec, Office, Process, Visibility};
+use support::{exe, repo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const LIMITS: &str = "[limits]\nmax_body_bytes = 65536\nrequest_timeout_secs = 2\nheader_read_timeout_secs = 1\nmax_concurrent = 16\n";
-
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_fedgate"))
-}
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
 
 /// One raw HTTP/1.1 exchange on a fresh connection; returns the whole answer as text.
 /// The request is written while the answer is read: a server may answer (413) and close

@@ -5,6 +5,8 @@
 //! Each guarantee is shown on both event paths: HTTPS straight to the service, and NATS
 //! JetStream with a real `nats-server -js` on loopback (Debian package `nats-server`).
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,30 +17,11 @@ use federation::keys::{KeyAlgorithm, KeyPair};
 use federation::log;
 use federation::visibility::{leaf_bytes, LogEntry};
 use fedgate::harness::{
-    fixture_mrn, free_port, patient_consent, ConsentSpec, Gateway, GatewaySpec, Office, Visibility,
-    MRN_SYSTEM,
+    contract, fixture_patient, free_port, Custodian, Federation, Gateway, Office, Requester,
+    Visibility, MRN_SYSTEM,
 };
 use serde_json::{json, Value};
-
-const OFFICE: &str = "did:web:credentialing.test";
-const CUSTODIAN: &str = "did:web:hospital-a.test";
-const REQUESTER_ORG: &str = "did:web:hospital-b.test";
-const AUDITOR_ORG: &str = "did:web:auditor.test";
-const VISIBILITY: &str = "did:web:visibility.test";
-
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_fedgate"))
-}
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn fixture() -> (PathBuf, String) {
-    let file = repo("examples/data/fhir/hospital-a/Della_Hettinger_8386e1d9.json");
-    let mrn = fixture_mrn(&file).unwrap();
-    (file, mrn)
-}
+use support::{exe, AUDITOR_ORG, CUSTODIAN, REQUESTER_ORG, VISIBILITY};
 
 /// A real `nats-server -js` on a loopback port, with its store in a folder that outlives
 /// restarts; killed when dropped.
@@ -111,122 +94,52 @@ enum EventPath {
 }
 
 struct Setup {
-    dir: tempfile::TempDir,
     office: Office,
     visibility: Visibility,
     gateway: Gateway,
     nats: Option<NatsServer>,
     mrn: String,
+    dir: tempfile::TempDir,
 }
 
 async fn setup(outbox_max: usize, path: EventPath) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let nats = (path == EventPath::Nats).then(|| NatsServer::start(&dir.path().join("nats")));
-    let (vis_nats, gw_nats) = match &nats {
-        Some(n) => (
-            format!("[nats]\nurl = \"{}\"\n", n.url()),
-            format!(
-                "transport = \"nats\"\n[visibility.nats]\nurl = \"{}\"\n",
-                n.url()
-            ),
-        ),
-        None => (String::new(), String::new()),
-    };
-    let office = Office::start(&exe(), &dir.path().join("office"), OFFICE).unwrap();
-    let gw_port = free_port().unwrap();
-    let vis_port = free_port().unwrap();
-    let visibility = Visibility::start(
-        &exe(),
-        &dir.path().join("visibility"),
-        VISIBILITY,
-        vis_port,
-        &format!(
-            "auditors = [\"{AUDITOR_ORG}\"]\n[members]\n\"{CUSTODIAN}\" = \"http://127.0.0.1:{gw_port}/\"\n\"{OFFICE}\" = \"{}\"\n[trust]\nClinicianPrivilegeCredential = [\"{OFFICE}\"]\n{vis_nats}",
-            office.url()
-        ),
-    )
-    .unwrap();
-    let (file, mrn) = fixture();
-    let extra = format!(
-        r#"
-outbox_max_events = {outbox_max}
-[visibility]
-endpoint = "{vis}"
-did = "{VISIBILITY}"
-interval_ms = 100
-{gw_nats}
-[trust]
-ClinicianPrivilegeCredential = ["{OFFICE}"]
-[did_web]
-"{OFFICE}" = "{office}"
-"{VISIBILITY}" = "{vis}"
-[[contracts]]
-custodian = "{CUSTODIAN}"
-requester = "{REQUESTER_ORG}"
-domains = ["clinical"]
-purposes = ["TREAT"]
-"#,
-        vis = visibility.url(),
-        office = office.url()
+    let (file, mrn) = fixture_patient().unwrap();
+    let mut federation = support::federation(dir.path()).gateway(
+        Custodian::new(CUSTODIAN)
+            .records(vec![file])
+            .outbox_max_events(outbox_max)
+            .config(&contract(
+                CUSTODIAN,
+                REQUESTER_ORG,
+                &["clinical"],
+                &["TREAT"],
+            )),
     );
-    let gateway = Gateway::start(
-        &exe(),
-        &dir.path().join("gateway"),
-        &GatewaySpec {
-            did: CUSTODIAN.into(),
-            port: gw_port,
-            records: vec![file],
-            policies: repo("policies"),
-            extra_toml: extra,
-        },
-    )
-    .unwrap();
+    if let Some(n) = &nats {
+        federation = federation.nats(&n.url());
+    }
+    let Federation {
+        mut gateways,
+        visibility,
+        office,
+    } = federation.start().unwrap();
     Setup {
-        dir,
         office,
         visibility,
-        gateway,
+        gateway: gateways.remove(0),
         nats,
         mrn,
+        dir,
     }
-}
-
-struct Requester {
-    key: KeyPair,
-    credentials: Vec<Value>,
 }
 
 async fn requester(s: &Setup) -> Requester {
-    let (key, privilege) = s
-        .office
-        .staff(
-            "physician",
-            REQUESTER_ORG,
-            CUSTODIAN,
-            &["clinical"],
-            &["read"],
-        )
+    s.office
+        .consented_physician(REQUESTER_ORG, CUSTODIAN, &s.mrn)
         .await
-        .unwrap();
-    let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
-    let consent = patient_consent(
-        &patient,
-        &ConsentSpec {
-            custodian: CUSTODIAN,
-            system: MRN_SYSTEM,
-            value: &s.mrn,
-            grantee: json!({"id": key.did(), "kind": "clinician"}),
-            domains: &["clinical"],
-            purposes: &["TREAT"],
-            data_classes: &["Patient", "Observation"],
-        },
-    )
-    .await
-    .unwrap();
-    Requester {
-        key,
-        credentials: vec![privilege, consent],
-    }
+        .unwrap()
 }
 
 /// One exchange; returns (status, decision id).
@@ -288,18 +201,8 @@ async fn wait_drained_within(s: &Setup, limit: Duration) {
     assert!(s.gateway.drained(limit).await, "the outbox never drained");
 }
 
-/// A counter from the gateway's /metrics (0 when not yet emitted).
 async fn gateway_counter(s: &Setup, name: &str) -> f64 {
-    let text = reqwest::get(format!("{}metrics", s.gateway.url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.split_whitespace().next() == Some(name))
-        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-        .sum()
+    s.gateway.metric(name).await.unwrap()
 }
 
 /// An auditor session on the visibility service.
@@ -590,7 +493,7 @@ async fn nats_messages_are_verified_like_batches_and_logged_once() {
         toml::from_str(&format!("url = \"{}\"", s.nats.as_ref().unwrap().url())).unwrap();
     let js = nats.connect().await.unwrap();
     let subject = nats.subject_for(CUSTODIAN);
-    let custodian_key = KeyPair::load(&s.dir.path().join("gateway/gateway.key.json")).unwrap();
+    let custodian_key = KeyPair::load(&s.gateway.dir.join("gateway.key.json")).unwrap();
     let stranger = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
     let batch = |key: &KeyPair, custodian: &str, event: &Value| {
         federation::jose::sign(

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 use federation::credentials::{self, CredentialKind, PresentationBinding, ProofFormat};
 use federation::keys::{KeyAlgorithm, KeyPair};
-use fedgate::harness::{free_port, Gateway, GatewaySpec, Office, Visibility};
+use fedgate::harness::{
+    contract, fixture_mrn, fixtures, repo_root, Custodian, Federation, MRN_SYSTEM,
+};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -24,7 +26,6 @@ const OFFICE: &str = "did:web:credentialing.bench.fedgate";
 const VISIBILITY: &str = "did:web:visibility.bench.fedgate";
 const HOSPITAL_A: &str = "did:web:hospital-a.bench.fedgate";
 const REQUESTER_ORG: &str = "did:web:hospital-b.bench.fedgate";
-const MRN_SYSTEM: &str = "http://hospital.smarthealthit.org";
 const STUDY_ID: &str = "urn:fedgate:study:bench";
 /// Linux reports process CPU time in clock ticks of 1/100 s on every architecture fedgate
 /// runs on (USER_HZ).
@@ -521,129 +522,46 @@ impl Drop for Scratch {
     }
 }
 
-/// The repository's policies and fixtures: from the current directory (a checkout running
-/// `cargo run -- bench ...`) or the one this binary was built from.
-fn repo_root() -> Result<PathBuf, String> {
-    [
-        std::env::current_dir().ok(),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR"))),
-    ]
-    .into_iter()
-    .flatten()
-    .find(|p| p.join("policies").is_dir() && p.join("examples/data/fhir/hospital-a").is_dir())
-    .ok_or_else(|| {
-        "run from the fedgate repository (policies/ and examples/data/ are needed)".into()
-    })
-}
-
-fn fixture_files(root: &Path) -> Result<Vec<PathBuf>, String> {
-    let dir = root.join("examples/data/fhir/hospital-a");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+/// The MRN of the Patient in each of hospital A's fixture bundles.
+fn fixture_mrns() -> Result<Vec<String>, String> {
+    let mrns: Vec<String> = fixtures("hospital-a")?
+        .iter()
+        .filter_map(|file| fixture_mrn(file).ok())
         .collect();
-    files.sort();
-    Ok(files)
-}
-
-/// The MRN of the Patient in each fixture bundle.
-fn fixture_mrns(files: &[PathBuf]) -> Result<Vec<String>, String> {
-    let mut mrns = Vec::new();
-    for file in files {
-        let bundle: Value =
-            serde_json::from_slice(&std::fs::read(file).map_err(|e| e.to_string())?)
-                .map_err(|e| format!("{}: {e}", file.display()))?;
-        let mrn = bundle["entry"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|e| &e["resource"])
-            .filter(|r| r["resourceType"] == "Patient")
-            .flat_map(|r| r["identifier"].as_array().into_iter().flatten())
-            .find(|i| i["system"] == MRN_SYSTEM)
-            .and_then(|i| i["value"].as_str());
-        if let Some(m) = mrn {
-            mrns.push(m.to_string());
-        }
-    }
     if mrns.is_empty() {
         return Err("no fixture patient with an MRN".into());
     }
     Ok(mrns)
 }
 
-/// An office, the visibility service and hospital A's gateway, started by the harness.
-// Fields drop in order: the gateway stops before the services it talks to.
-struct Federation {
-    gateway: Gateway,
-    _visibility: Visibility,
-    office: Office,
-}
-
+/// An office, the visibility service and hospital A's gateway with `contracts`.
 fn start_federation(
     dir: &Path,
-    root: &Path,
     contracts: &str,
     say: &dyn Fn(String),
 ) -> Result<Federation, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find fedgate itself: {e}"))?;
     let started = Instant::now();
-    let office = Office::start(&exe, &dir.join("office"), OFFICE)?;
-    let (port_gw, port_v) = (free_port()?, free_port()?);
-    let visibility = Visibility::start(
-        &exe,
-        &dir.join("visibility"),
-        VISIBILITY,
-        port_v,
-        &format!(
-            "[members]\n\"{HOSPITAL_A}\" = \"http://127.0.0.1:{port_gw}/\"\n\"{OFFICE}\" = \"{}\"\n",
-            office.url()
-        ),
-    )?;
-    let extra = format!(
-        r#"
-status_push = ["{office}v1/status/events"]
-[trust]
-ClinicianPrivilegeCredential = ["{OFFICE}"]
-ResearchStudyCredential = ["{OFFICE}"]
-[did_web]
-"{OFFICE}" = "{office}"
-"{VISIBILITY}" = "{vis}"
-[visibility]
-endpoint = "{vis}"
-did = "{VISIBILITY}"
-[custodian]
-min_cell_size = 3
-{contracts}
-"#,
-        office = office.url(),
-        vis = visibility.url(),
-    );
-    let gateway = Gateway::start(
-        &exe,
-        &dir.join("hospital-a"),
-        &GatewaySpec {
-            did: HOSPITAL_A.into(),
-            port: port_gw,
-            records: fixture_files(root)?,
-            policies: root.join("policies"),
-            extra_toml: extra,
-        },
-    )?;
+    // Events ship at the gateway's default pace, as in the figures of docs/performance.md.
+    let fed = Federation::builder(&exe, dir, OFFICE, VISIBILITY)
+        .status_push()
+        .gateway(
+            Custodian::new(HOSPITAL_A)
+                .records(fixtures("hospital-a")?)
+                .config("[custodian]\nmin_cell_size = 3\n")
+                .config(contracts),
+        )
+        .start()?;
+    let gateway = fed.gateway(HOSPITAL_A)?;
     say(format!(
         "federation up in {:.1} s: office {}, visibility {}, gateway {} (pid {})",
         started.elapsed().as_secs_f64(),
-        office.process.addr,
-        visibility.process.addr,
+        fed.office.process.addr,
+        fed.visibility.process.addr,
         gateway.process.addr,
         gateway.process.pid()
     ));
-    Ok(Federation {
-        gateway,
-        _visibility: visibility,
-        office,
-    })
+    Ok(fed)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1038,13 +956,16 @@ async fn exchange(args: ExchangeArgs) -> Result<Printed, String> {
     let mut idle_rss = None;
     let (fed, base, office_url, token, org, pid) = match &args.gateway {
         None => {
-            let fed = start_federation(&scratch.path, &root, &format!(
-                "[[contracts]]\ncustodian = \"{HOSPITAL_A}\"\nrequester = \"{REQUESTER_ORG}\"\ndomains = [\"clinical\"]\npurposes = [\"TREAT\"]\n"
-            ), &say)?;
-            let base = fed.gateway.url();
+            let fed = start_federation(
+                &scratch.path,
+                &contract(HOSPITAL_A, REQUESTER_ORG, &["clinical"], &["TREAT"]),
+                &say,
+            )?;
+            let gateway = fed.gateway(HOSPITAL_A)?;
+            let base = gateway.url();
             let office = fed.office.url();
             let token = fed.office.token.clone();
-            let pid = fed.gateway.process.pid();
+            let pid = gateway.process.pid();
             idle_rss = proc_status_mb(pid, "VmRSS:");
             (
                 Some(fed),
@@ -1078,7 +999,7 @@ async fn exchange(args: ExchangeArgs) -> Result<Printed, String> {
         .await
         .map_err(|_| format!("{base}: no challenge from the gateway"))?
         .domain;
-    let mrns = fixture_mrns(&fixture_files(&root)?)?;
+    let mrns = fixture_mrns()?;
 
     let started = Instant::now();
     let mut holders = Vec::with_capacity(args.holders);
@@ -1169,19 +1090,15 @@ async fn research(args: ResearchArgs) -> Result<Printed, String> {
         .map_err(|e| e.to_string())?;
     let contracts: String = networks
         .iter()
-        .map(|n| {
-            format!(
-                "[[contracts]]\ncustodian = \"{HOSPITAL_A}\"\nrequester = \"{}\"\ndomains = [\"research\"]\npurposes = [\"HRESCH\"]\n",
-                n.did()
-            )
-        })
+        .map(|n| contract(HOSPITAL_A, n.did(), &["research"], &["HRESCH"]))
         .collect();
-    let fed = start_federation(&scratch.path, &root, &contracts, &say)?;
-    let idle_rss = proc_status_mb(fed.gateway.process.pid(), "VmRSS:");
-    let base = fed.gateway.url();
+    let fed = start_federation(&scratch.path, &contracts, &say)?;
+    let gateway = fed.gateway(HOSPITAL_A)?;
+    let idle_rss = proc_status_mb(gateway.process.pid(), "VmRSS:");
+    let base = gateway.url();
     let started = Instant::now();
     // Every fixture patient consents to the study.
-    for mrn in fixture_mrns(&fixture_files(&root)?)? {
+    for mrn in fixture_mrns()? {
         let patient =
             KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
         let consent = self_issued_consent(
@@ -1234,7 +1151,7 @@ async fn research(args: ResearchArgs) -> Result<Printed, String> {
         base,
         path: "v1/research/queries",
         format: ProofFormat::Jwt,
-        pid: Some(fed.gateway.process.pid()),
+        pid: Some(gateway.process.pid()),
         idle_rss_mb: idle_rss,
     };
     let (tally, seconds, server, load) = drive(&http, &target, holders, &args.run).await?;
@@ -1327,25 +1244,18 @@ async fn ingest(args: IngestArgs) -> Result<Printed, String> {
         None => {
             let exe =
                 std::env::current_exe().map_err(|e| format!("cannot find fedgate itself: {e}"))?;
-            let office = Office::start(&exe, &scratch.path.join("office"), OFFICE)?;
-            let visibility = Visibility::start(
-                &exe,
-                &scratch.path.join("visibility"),
-                VISIBILITY,
-                free_port()?,
-                &format!("[members]\n\"{OFFICE}\" = \"{}\"\n", office.url()),
-            )?;
-            let key = KeyPair::load(&scratch.path.join("office").join("issuer.key.json"))
+            let fed = Federation::builder(&exe, &scratch.path, OFFICE, VISIBILITY).start()?;
+            let key = KeyPair::load(&fed.office.dir.join("issuer.key.json"))
                 .map_err(|e| e.to_string())?;
-            let base = visibility.url();
-            let pid = visibility.process.pid();
+            let base = fed.visibility.url();
+            let pid = fed.visibility.process.pid();
             idle_rss = proc_status_mb(pid, "VmRSS:");
             say(format!(
                 "visibility service {} (pid {pid}), member {}",
-                visibility.process.addr,
+                fed.visibility.process.addr,
                 key.did()
             ));
-            (Some((visibility, office)), base, key, Some(pid))
+            (Some(fed), base, key, Some(pid))
         }
         Some(url) => {
             let file = args
@@ -1596,15 +1506,16 @@ async fn revocation(args: RevocationArgs) -> Result<Printed, String> {
         return Err("--samples must be at least 1".into());
     }
     let say = say_fn(args.json);
-    let root = repo_root()?;
     let scratch = Scratch::new(args.dir.clone())?;
     let http = Http::new(4)?;
-    let fed = start_federation(&scratch.path, &root, &format!(
-        "[[contracts]]\ncustodian = \"{HOSPITAL_A}\"\nrequester = \"{REQUESTER_ORG}\"\ndomains = [\"clinical\"]\npurposes = [\"TREAT\"]\n"
-    ), &say)?;
-    let base = fed.gateway.url();
+    let fed = start_federation(
+        &scratch.path,
+        &contract(HOSPITAL_A, REQUESTER_ORG, &["clinical"], &["TREAT"]),
+        &say,
+    )?;
+    let base = fed.gateway(HOSPITAL_A)?.url();
     let office = fed.office.url();
-    let mrns = fixture_mrns(&fixture_files(&root)?)?;
+    let mrns = fixture_mrns()?;
     let mut to_deny = Vec::with_capacity(args.samples);
     let mut rounds = Vec::with_capacity(args.samples);
     let mut allowed_after = 0u64;

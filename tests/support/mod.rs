@@ -4,10 +4,33 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+use fedgate::harness::{Federation, FederationBuilder};
+
+pub const OFFICE: &str = "did:web:credentialing.test";
+pub const CUSTODIAN: &str = "did:web:hospital-a.test";
+pub const REQUESTER_ORG: &str = "did:web:hospital-b.test";
+pub const AUDITOR_ORG: &str = "did:web:auditor.test";
+pub const VISIBILITY: &str = "did:web:visibility.test";
+
+pub fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_fedgate"))
+}
+
+pub fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// The tests' federation in `dir`: auditors may log in, and receipts come quickly.
+pub fn federation(dir: &Path) -> FederationBuilder {
+    Federation::builder(&exe(), dir, OFFICE, VISIBILITY)
+        .auditors(AUDITOR_ORG)
+        .ship_every(Duration::from_millis(100))
+}
 
 /// A running `fedgate` process, killed when dropped.
 pub struct Service {

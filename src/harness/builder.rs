@@ -1,0 +1,271 @@
+//! A whole federation in one call: the credentialing office, the visibility service and
+//! the gateways, each configured to know the others.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{free_port, repo_root, Gateway, GatewaySpec, Office, Visibility};
+
+/// A running federation. Fields drop in order: the gateways stop before the services they
+/// talk to.
+pub struct Federation {
+    pub gateways: Vec<Gateway>,
+    pub visibility: Visibility,
+    pub office: Office,
+}
+
+impl Federation {
+    /// Starts nothing yet: `dir` gets a folder per service (`office`, `visibility`, and one
+    /// per gateway named after the first label of its did:web).
+    pub fn builder(exe: &Path, dir: &Path, office: &str, visibility: &str) -> FederationBuilder {
+        FederationBuilder {
+            exe: exe.to_path_buf(),
+            dir: dir.to_path_buf(),
+            office: office.to_string(),
+            visibility: visibility.to_string(),
+            auditors: None,
+            irb: None,
+            status_push: false,
+            ship_every: None,
+            ship_batches_of: None,
+            nats: None,
+            gateways: Vec::new(),
+        }
+    }
+
+    pub fn gateway(&self, did: &str) -> Result<&Gateway, String> {
+        self.gateways
+            .iter()
+            .find(|g| g.did == did)
+            .ok_or_else(|| format!("no gateway {did} in this federation"))
+    }
+}
+
+/// A gateway to start in a [`Federation`], with what is particular to its custodian.
+pub struct Custodian {
+    did: String,
+    records: Vec<PathBuf>,
+    outbox_max_events: Option<usize>,
+    config: String,
+}
+
+impl Custodian {
+    pub fn new(did: &str) -> Custodian {
+        Custodian {
+            did: did.to_string(),
+            records: Vec::new(),
+            outbox_max_events: None,
+            config: String::new(),
+        }
+    }
+
+    /// FHIR transaction Bundles imported into its store before it starts.
+    pub fn records(mut self, files: Vec<PathBuf>) -> Custodian {
+        self.records = files;
+        self
+    }
+
+    pub fn outbox_max_events(mut self, n: usize) -> Custodian {
+        self.outbox_max_events = Some(n);
+        self
+    }
+
+    /// TOML tables of its own (`[custodian]`, `[[contracts]]`: see [`contract`]). They come
+    /// after the federation's tables, so top-level keys cannot go here.
+    pub fn config(mut self, toml: &str) -> Custodian {
+        self.config.push_str(toml);
+        self
+    }
+}
+
+/// A `[[contracts]]` table: `requester` may ask `custodian` for `domains` for `purposes`.
+pub fn contract(custodian: &str, requester: &str, domains: &[&str], purposes: &[&str]) -> String {
+    let list = |items: &[&str]| {
+        let quoted: Vec<String> = items.iter().map(|i| format!("\"{i}\"")).collect();
+        format!("[{}]", quoted.join(", "))
+    };
+    format!(
+        "[[contracts]]\ncustodian = \"{custodian}\"\nrequester = \"{requester}\"\ndomains = {}\npurposes = {}\n",
+        list(domains),
+        list(purposes)
+    )
+}
+
+pub struct FederationBuilder {
+    exe: PathBuf,
+    dir: PathBuf,
+    office: String,
+    visibility: String,
+    auditors: Option<String>,
+    irb: Option<(String, String)>,
+    status_push: bool,
+    ship_every: Option<Duration>,
+    ship_batches_of: Option<usize>,
+    nats: Option<String>,
+    gateways: Vec<Custodian>,
+}
+
+impl FederationBuilder {
+    /// The organization whose staff, credentialed by the office, may open auditor sessions.
+    pub fn auditors(mut self, organization: &str) -> Self {
+        self.auditors = Some(organization.to_string());
+        self
+    }
+
+    /// An IRB whose research study credentials the gateways trust; without one they trust
+    /// the office's.
+    pub fn irb(mut self, irb: &Office) -> Self {
+        self.irb = Some((irb.did.clone(), irb.url()));
+        self
+    }
+
+    /// Gateways subscribe to the office's revocations, so that a revoked privilege is
+    /// denied at once instead of when the cached status list expires.
+    pub fn status_push(mut self) -> Self {
+        self.status_push = true;
+        self
+    }
+
+    /// How often gateways ship their events (the gateway's default otherwise).
+    pub fn ship_every(mut self, interval: Duration) -> Self {
+        self.ship_every = Some(interval);
+        self
+    }
+
+    pub fn ship_batches_of(mut self, events: usize) -> Self {
+        self.ship_batches_of = Some(events);
+        self
+    }
+
+    /// Events travel through this NATS JetStream server instead of straight to the log.
+    pub fn nats(mut self, url: &str) -> Self {
+        self.nats = Some(url.to_string());
+        self
+    }
+
+    pub fn gateway(mut self, custodian: Custodian) -> Self {
+        self.gateways.push(custodian);
+        self
+    }
+
+    pub fn start(self) -> Result<Federation, String> {
+        let policies = repo_root()?.join("policies");
+        let office = Office::start(&self.exe, &self.dir.join("office"), &self.office)?;
+        // The visibility service names the gateways as members before they run.
+        let mut ports = Vec::new();
+        for custodian in &self.gateways {
+            ports.push((custodian, free_port()?));
+        }
+        let visibility = Visibility::start(
+            &self.exe,
+            &self.dir.join("visibility"),
+            &self.visibility,
+            free_port()?,
+            &self.visibility_toml(&office, &ports),
+        )?;
+        let mut gateways = Vec::new();
+        for (custodian, port) in ports {
+            let folder = custodian
+                .did
+                .trim_start_matches("did:web:")
+                .split(['.', ':', '%'])
+                .next()
+                .filter(|f| !f.is_empty())
+                .ok_or_else(|| format!("{}: not a did:web", custodian.did))?;
+            if gateways.iter().any(|g: &Gateway| g.dir.ends_with(folder)) {
+                return Err(format!("two gateways would share the folder {folder}"));
+            }
+            gateways.push(Gateway::start(
+                &self.exe,
+                &self.dir.join(folder),
+                &GatewaySpec {
+                    did: custodian.did.clone(),
+                    port,
+                    records: custodian.records.clone(),
+                    policies: policies.clone(),
+                    extra_toml: self.gateway_toml(&office, &visibility, custodian),
+                },
+            )?);
+        }
+        Ok(Federation {
+            gateways,
+            visibility,
+            office,
+        })
+    }
+
+    fn visibility_toml(&self, office: &Office, gateways: &[(&Custodian, u16)]) -> String {
+        let mut toml = String::new();
+        if let Some(org) = &self.auditors {
+            toml.push_str(&format!("auditors = [\"{org}\"]\n"));
+        }
+        toml.push_str("[members]\n");
+        for (custodian, port) in gateways {
+            toml.push_str(&format!(
+                "\"{}\" = \"http://127.0.0.1:{port}/\"\n",
+                custodian.did
+            ));
+        }
+        toml.push_str(&format!(
+            "\"{}\" = \"{}\"\n[trust]\nClinicianPrivilegeCredential = [\"{}\"]\n",
+            office.did,
+            office.url(),
+            office.did
+        ));
+        if let Some(url) = &self.nats {
+            toml.push_str(&format!("[nats]\nurl = \"{url}\"\n"));
+        }
+        toml
+    }
+
+    fn gateway_toml(
+        &self,
+        office: &Office,
+        visibility: &Visibility,
+        custodian: &Custodian,
+    ) -> String {
+        let mut toml = String::new();
+        if self.status_push {
+            toml.push_str(&format!(
+                "status_push = [\"{}v1/status/events\"]\n",
+                office.url()
+            ));
+        }
+        if let Some(n) = custodian.outbox_max_events {
+            toml.push_str(&format!("outbox_max_events = {n}\n"));
+        }
+        toml.push_str(&format!(
+            "[visibility]\nendpoint = \"{}\"\ndid = \"{}\"\n",
+            visibility.url(),
+            visibility.did
+        ));
+        if let Some(interval) = self.ship_every {
+            toml.push_str(&format!("interval_ms = {}\n", interval.as_millis()));
+        }
+        if let Some(n) = self.ship_batches_of {
+            toml.push_str(&format!("batch_size = {n}\n"));
+        }
+        if let Some(url) = &self.nats {
+            toml.push_str(&format!(
+                "transport = \"nats\"\n[visibility.nats]\nurl = \"{url}\"\n"
+            ));
+        }
+        let studies = self.irb.as_ref().map_or(&office.did, |(did, _)| did);
+        toml.push_str(&format!(
+            "[trust]\nClinicianPrivilegeCredential = [\"{}\"]\nResearchStudyCredential = [\"{studies}\"]\n[did_web]\n\"{}\" = \"{}\"\n",
+            office.did,
+            office.did,
+            office.url()
+        ));
+        if let Some((did, url)) = &self.irb {
+            toml.push_str(&format!("\"{did}\" = \"{url}\"\n"));
+        }
+        toml.push_str(&format!(
+            "\"{}\" = \"{}\"\n{}",
+            visibility.did,
+            visibility.url(),
+            custodian.config
+        ));
+        toml
+    }
+}
