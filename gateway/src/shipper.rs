@@ -13,6 +13,7 @@
 //! same way: a receipt checked against a consistent checkpoint, kept on disk.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -100,8 +101,11 @@ pub struct Shipper {
     state: sled::Tree,
     dev_mode: bool,
     bus: Option<Bus>,
-    /// The last inconsistency reported, so that one incident is counted once.
-    last_alarm: std::sync::Mutex<Option<String>>,
+    /// Whether the log disagrees with us since the last adopted checkpoint: one incident
+    /// lasts until a checkpoint passes every check again, however many retries, and
+    /// whatever each retry finds wrong (a forged root first, a bad proof after the next
+    /// append).
+    in_incident: AtomicBool,
 }
 
 /// The NATS side of the shipper: a lazily (re)connected JetStream context, and when each
@@ -169,7 +173,7 @@ impl Shipper {
             client: federation::http::http_client(),
             dev_mode,
             bus,
-            last_alarm: std::sync::Mutex::new(None),
+            in_incident: AtomicBool::new(false),
         })
     }
 
@@ -212,15 +216,11 @@ impl Shipper {
                 Ok(_) => backoff = idle,
                 Err(e) => {
                     metrics::counter!("fedgate_shipper_failures_total").increment(1);
-                    if let ShipError::Inconsistent(detail) = &e {
+                    if let ShipError::Inconsistent(_) = &e {
                         // The gauge stays up while the log disagrees; the counter counts
-                        // incidents (a new disagreement), not the retries of one.
+                        // incidents, not the retries of one.
                         metrics::gauge!("fedgate_log_inconsistent").set(1.0);
-                        let new_incident = match self.last_alarm.lock() {
-                            Ok(mut last) => last.replace(detail.clone()).as_ref() != Some(detail),
-                            Err(_) => true,
-                        };
-                        if new_incident {
+                        if !self.in_incident.swap(true, Ordering::SeqCst) {
                             metrics::counter!("fedgate_log_inconsistency_total").increment(1);
                         }
                         tracing::error!(error = %e, "ALARM: visibility log inconsistent");
@@ -587,9 +587,7 @@ impl Shipper {
     /// whole answer carrying it has passed its checks.
     fn adopt(&self, size: u64, root: &log::Hash) -> Result<(), ShipError> {
         metrics::gauge!("fedgate_log_inconsistent").set(0.0);
-        if let Ok(mut last) = self.last_alarm.lock() {
-            *last = None;
-        }
+        self.in_incident.store(false, Ordering::SeqCst);
         let accepted = serde_json::to_vec(&Accepted {
             size,
             root: hex::encode(root),
