@@ -392,7 +392,7 @@ struct Candidate {
 impl SledStore {
     /// Opens (or creates) the store in directory `dir`.
     pub fn open(dir: &Path) -> Result<SledStore, RecordError> {
-        SledStore::with_db(sled::open(dir)?)
+        SledStore::with_db(federation::db::open(dir)?)
     }
 
     /// The store's trees inside an existing database.
@@ -635,18 +635,16 @@ impl SledStore {
         if wanted.contains("Patient") {
             record.extend(self.get("Patient", patient_id)?);
         }
-        let prefix = [patient_id.as_bytes(), &[0]].concat();
-        for item in self.members.scan_prefix(&prefix) {
-            let (key, _) = item?;
-            let rest = &key[prefix.len()..];
-            let Some(sep) = rest.iter().position(|&b| b == 0) else {
-                continue;
-            };
-            let (ty, id) = (&rest[..sep], &rest[sep + 1..]);
-            let (Ok(ty), Ok(id)) = (std::str::from_utf8(ty), std::str::from_utf8(id)) else {
-                continue;
-            };
-            if wanted.contains(ty) {
+        // One range scan per type asked for (`patient \0 type \0`), in type order: a
+        // request for two classes must not walk a record of hundreds of resources.
+        let ordered: BTreeSet<&str> = wanted.iter().copied().collect();
+        for ty in ordered {
+            let prefix = member_key(patient_id, ty, "");
+            for item in self.members.scan_prefix(&prefix) {
+                let (key, _) = item?;
+                let Ok(id) = std::str::from_utf8(&key[prefix.len()..]) else {
+                    continue;
+                };
                 record.extend(self.get(ty, id)?);
             }
         }
