@@ -22,6 +22,7 @@
 //! - [`eventbus`]: the optional NATS JetStream path for access events (publish, stream, consumer).
 //! - [`visibility`]: the visibility service: signed event batches in, receipts, checkpoints, proofs, auditor and patient queries out.
 //! - [`fhir_consent`]: PatientConsentCredential to and from FHIR R4 `Consent`.
+//! - [`db`]: opening the embedded sled databases (one bounded cache size for all).
 //! - [`nonce`]: single-use challenges (sled), the replay defence of presentations.
 //! - [`config`]: loading a service's TOML configuration (one error type, relative paths).
 //! - [`http`]: problem+json, strict JSON bodies, limits, TLS/loopback serving.
@@ -31,6 +32,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod context;
 pub mod credentials;
+pub mod db;
 pub mod did;
 pub mod eventbus;
 pub mod events;

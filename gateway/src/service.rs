@@ -79,7 +79,8 @@ impl GatewayState {
         let secret = Vault::key_from_file(&config.secret_file).map_err(|e| e.to_string())?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
-        let db = sled::open(config.data_dir.join("gateway.sled")).map_err(|e| e.to_string())?;
+        let db = federation::db::open(&config.data_dir.join("gateway.sled"))
+            .map_err(|e| e.to_string())?;
         let nonces = Nonces::new(
             db.open_tree("nonces").map_err(|e| e.to_string())?,
             Duration::from_secs(config.challenge_ttl_secs),

@@ -116,7 +116,7 @@ pub struct Store {
 impl Store {
     /// Opens the database and brings the indexes up to the log.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::open(path)?;
+        let db = crate::db::open(path)?;
         let store = Store {
             log: MerkleLog::open(&db, LOG_NAME)?,
             index: db.open_tree("visibility/index")?,
