@@ -143,10 +143,23 @@ enum IssuerCommand {
     },
 }
 
+/// Upper bound of the runtime's blocking pool.
+const MAX_BLOCKING_THREADS: usize = 16;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Policy evaluation recurses over the policy's syntax tree on the blocking pool: big
+    // stacks (virtual memory; only what is touched is resident). The blocking pool does
+    // CPU work (policy, tokenization, record reads) and waits on fsync; tokio's default
+    // of 512 threads would only add stacks, allocator arenas and context switches on a
+    // small machine (docs/performance.md).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(gateway::policy::EVAL_STACK_BYTES)
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
