@@ -1021,7 +1021,7 @@ mod tests {
         let validator = jsonschema::validator_for(&schema).expect("schema compiles");
         validator
             .iter_errors(instance)
-            .map(|e| format!("{}: {e}", e.instance_path))
+            .map(|e| format!("{}: {e}", e.instance_path()))
             .collect()
     }
 

@@ -53,7 +53,7 @@ pub fn check(kind: CredentialKind, credential: &Value) -> Result<(), String> {
         .iter_errors(credential)
         .take(5)
         .map(|e| {
-            let path = e.instance_path.to_string();
+            let path = e.instance_path().to_string();
             let path = if path.is_empty() {
                 "/".to_string()
             } else {
