@@ -117,6 +117,18 @@ fn client() -> reqwest::Client {
     federation::http::http_client()
 }
 
+/// The body of a GET as text.
+async fn get_text(url: &str) -> Result<String, String> {
+    client()
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .text()
+        .await
+        .map_err(|e| e.to_string())
+}
+
 async fn post(url: &str, body: &Value, token: Option<&str>) -> Result<(u16, Value), String> {
     let mut req = client().post(url).json(body);
     if let Some(t) = token {
@@ -532,14 +544,7 @@ impl Visibility {
             .ok_or("the log's key is not Ed25519")?;
         let verifier =
             federation::checkpoint::NoteVerifier::new(&self.did, raw).map_err(|e| e.to_string())?;
-        let note = client()
-            .get(format!("{}v1/checkpoint", self.url()))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .text()
-            .await
-            .map_err(|e| e.to_string())?;
+        let note = get_text(&format!("{}v1/checkpoint", self.url())).await?;
         federation::checkpoint::open(&note, &[verifier]).map_err(|e| e.to_string())
     }
 
@@ -586,14 +591,7 @@ impl Visibility {
 impl Gateway {
     /// The sum of a counter or gauge from `/metrics` (0 when not yet emitted).
     pub async fn metric(&self, name: &str) -> Result<f64, String> {
-        let text = client()
-            .get(format!("{}metrics", self.url()))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .text()
-            .await
-            .map_err(|e| e.to_string())?;
+        let text = get_text(&format!("{}metrics", self.url())).await?;
         Ok(text
             .lines()
             .filter(|l| l.split(['{', ' ']).next() == Some(name))
