@@ -102,7 +102,8 @@ impl ConsentStore {
         Ok(())
     }
 
-    pub fn register(
+    /// Stores a consent; durable (flushed off the async workers) when this returns.
+    pub async fn register(
         &self,
         vc: &VerifiedCredential,
         patient_id: Option<String>,
@@ -134,15 +135,16 @@ impl ConsentStore {
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| storage(format!("{e:?}")))?;
-        self.consents.flush().map_err(storage)?;
+        self.consents.flush_async().await.map_err(storage)?;
         Ok(stored)
     }
 
-    pub fn withdraw(&self, id: &str) -> Result<(), String> {
+    /// Remembers a withdrawal; durable when this returns.
+    pub async fn withdraw(&self, id: &str) -> Result<(), String> {
         self.withdrawn
             .insert(id.as_bytes(), Utc::now().to_rfc3339().as_bytes())
             .map_err(storage)?;
-        self.withdrawn.flush().map_err(storage)?;
+        self.withdrawn.flush_async().await.map_err(storage)?;
         Ok(())
     }
 
@@ -237,22 +239,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn patient_dids_come_from_the_index_and_follow_re_registration() {
+    #[tokio::test]
+    async fn patient_dids_come_from_the_index_and_follow_re_registration() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let store = ConsentStore::open(&db).unwrap();
         store
             .register(&consent("urn:c:1", "did:key:a1"), Some("p1".into()))
+            .await
             .unwrap();
         store
             .register(&consent("urn:c:2", "did:key:a2"), Some("p1".into()))
+            .await
             .unwrap();
         store
             .register(&consent("urn:c:3", "did:key:b"), Some("p10".into()))
+            .await
             .unwrap();
         store
             .register(&consent("urn:c:4", "did:key:none"), None)
+            .await
             .unwrap();
         assert_eq!(store.dids_for_patient("p1"), ["did:key:a1", "did:key:a2"]);
         // "p1" is a prefix of "p10" as a string, never as an index key.
@@ -262,23 +268,25 @@ mod tests {
         // The same consent registered again resolves to another patient: it moves.
         store
             .register(&consent("urn:c:2", "did:key:a2"), Some("p10".into()))
+            .await
             .unwrap();
         assert_eq!(store.dids_for_patient("p1"), ["did:key:a1"]);
         assert_eq!(store.dids_for_patient("p10"), ["did:key:a2", "did:key:b"]);
 
         // Withdrawn consents still name the patient: the history is still theirs.
-        store.withdraw("urn:c:1").unwrap();
+        store.withdraw("urn:c:1").await.unwrap();
         assert_eq!(store.dids_for_patient("p1"), ["did:key:a1"]);
     }
 
-    #[test]
-    fn a_store_without_the_index_is_reindexed_at_open() {
+    #[tokio::test]
+    async fn a_store_without_the_index_is_reindexed_at_open() {
         let dir = tempfile::tempdir().unwrap();
         {
             let db = sled::open(dir.path()).unwrap();
             let store = ConsentStore::open(&db).unwrap();
             store
                 .register(&consent("urn:c:1", "did:key:a1"), Some("p1".into()))
+                .await
                 .unwrap();
             // As written before the index existed.
             db.drop_tree("consents_by_patient").unwrap();

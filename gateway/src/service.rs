@@ -423,6 +423,7 @@ async fn register_consents(
         let stored = s
             .consents
             .register(c, patient_id.clone())
+            .await
             .map_err(GatewayError::Internal)?;
         registered.push(json!({"id": stored.id, "patientKnown": patient_id.is_some()}));
     }
@@ -445,7 +446,10 @@ async fn withdraw_consents(
     let mut withdrawn = Vec::new();
     for c in own_consents(&vp, &s.config.did) {
         let id = c.id.clone().unwrap_or_else(|| c.digest.clone());
-        s.consents.withdraw(&id).map_err(GatewayError::Internal)?;
+        s.consents
+            .withdraw(&id)
+            .await
+            .map_err(GatewayError::Internal)?;
         withdrawn.push(id);
     }
     if withdrawn.is_empty() {
