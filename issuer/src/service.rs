@@ -212,16 +212,16 @@ impl IssuerState {
         };
         match replaces {
             Some(old) => {
-                self.store.revoke(old, Some(&record))?;
+                self.store.revoke(old, Some(&record)).await?;
                 self.announce_revocation(old);
             }
-            None => self.store.insert(&record)?,
+            None => self.store.insert(&record).await?,
         }
         Ok(record)
     }
 
-    pub fn revoke(&self, id: &str) -> Result<Record, IssuerError> {
-        let rec = self.store.revoke(id, None)?;
+    pub async fn revoke(&self, id: &str) -> Result<Record, IssuerError> {
+        let rec = self.store.revoke(id, None).await?;
         self.announce_revocation(id);
         Ok(rec)
     }
@@ -539,7 +539,7 @@ async fn leaver(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, IssuerError> {
     s.require_admin(&headers)?;
-    let rec = s.revoke(&id)?;
+    let rec = s.revoke(&id).await?;
     Ok(Json(json!({
         "id": rec.id,
         "revokedAt": rec.revoked_at,

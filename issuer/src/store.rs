@@ -107,7 +107,9 @@ impl Store {
         ))
     }
 
-    pub fn insert(&self, rec: &Record) -> Result<(), IssuerError> {
+    /// Stores a new credential's record; durable when this returns (flushed without
+    /// holding an async worker).
+    pub async fn insert(&self, rec: &Record) -> Result<(), IssuerError> {
         let value = encode(rec)?;
         (&self.credentials, &self.by_subject)
             .transaction(|(creds, subjects)| {
@@ -116,7 +118,7 @@ impl Store {
                 Ok::<_, ConflictableTransactionError<IssuerError>>(())
             })
             .map_err(tx_err)?;
-        self.db.flush()?;
+        self.db.flush_async().await?;
         Ok(())
     }
 
@@ -129,7 +131,11 @@ impl Store {
     }
 
     /// Revokes `id` and, when `replacement` is given, stores it in the same transaction.
-    pub fn revoke(&self, id: &str, replacement: Option<&Record>) -> Result<Record, IssuerError> {
+    pub async fn revoke(
+        &self,
+        id: &str,
+        replacement: Option<&Record>,
+    ) -> Result<Record, IssuerError> {
         let new_value = replacement.map(encode).transpose()?;
         let out = (&self.credentials, &self.by_subject, &self.status)
             .transaction(|(creds, subjects, status)| {
@@ -165,7 +171,7 @@ impl Store {
                 Ok(rec)
             })
             .map_err(tx_err)?;
-        self.db.flush()?;
+        self.db.flush_async().await?;
         Ok(out)
     }
 
@@ -217,16 +223,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn mover_revokes_old_and_stores_new_atomically() {
+    #[tokio::test]
+    async fn mover_revokes_old_and_stores_new_atomically() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let i1 = store.allocate_index("a").unwrap();
-        store.insert(&rec("a", "did:key:z1", i1)).unwrap();
+        store.insert(&rec("a", "did:key:z1", i1)).await.unwrap();
         let i2 = store.allocate_index("b").unwrap();
         assert_ne!(i1, i2);
         let old = store
             .revoke("a", Some(&rec("b", "did:key:z1", i2)))
+            .await
             .unwrap();
         assert_eq!(old.replaced_by.as_deref(), Some("b"));
         let (bits, gen) = store.bits().unwrap();
@@ -237,11 +244,11 @@ mod tests {
         assert_eq!(all.len(), 2);
         // Revoking twice is a conflict, and a missing credential is not found.
         assert!(matches!(
-            store.revoke("a", None),
+            store.revoke("a", None).await,
             Err(IssuerError::Conflict(_))
         ));
         assert!(matches!(
-            store.revoke("zz", None),
+            store.revoke("zz", None).await,
             Err(IssuerError::NotFound(_))
         ));
     }
