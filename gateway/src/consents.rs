@@ -27,23 +27,32 @@ pub struct StoredConsent {
 pub struct ConsentStore {
     consents: sled::Tree,
     withdrawn: sled::Tree,
-    /// `patient key ‖ consent id` → patient DID: every exchange looks up the DIDs of its
+    /// `patient id ‖ consent id` → patient DID: every exchange looks up the DIDs of its
     /// patient, and a scan of every registered consent per request does not scale.
     by_patient: sled::Tree,
+    /// `grantee ‖ consent id` → (): a research query forms its cohort from the consents
+    /// granted to its study or sponsor, not from every consent held.
+    by_grantee: sled::Tree,
 }
 
-/// The index key prefix of a custodian patient id: its length first, so that no id is a
-/// prefix of another's key.
-fn patient_prefix(patient_id: &str) -> Vec<u8> {
-    let mut k = (patient_id.len() as u32).to_be_bytes().to_vec();
-    k.extend_from_slice(patient_id.as_bytes());
+/// The index key prefix of a value (a patient id, a grantee): its length first, so that
+/// no value is a prefix of another's key.
+fn index_prefix(value: &str) -> Vec<u8> {
+    let mut k = (value.len() as u32).to_be_bytes().to_vec();
+    k.extend_from_slice(value.as_bytes());
     k
 }
 
-fn index_key(patient_id: &str, consent_id: &str) -> Vec<u8> {
-    let mut k = patient_prefix(patient_id);
+fn index_key(value: &str, consent_id: &str) -> Vec<u8> {
+    let mut k = index_prefix(value);
     k.extend_from_slice(consent_id.as_bytes());
     k
+}
+
+fn grantee_of(c: &StoredConsent) -> Option<&str> {
+    c.subject["grantee"]["id"]
+        .as_str()
+        .filter(|g| !g.is_empty())
 }
 
 fn storage(e: impl std::fmt::Display) -> String {
@@ -76,13 +85,14 @@ impl ConsentStore {
             consents: db.open_tree("consents").map_err(storage)?,
             withdrawn: db.open_tree("consent_withdrawals").map_err(storage)?,
             by_patient: db.open_tree("consents_by_patient").map_err(storage)?,
+            by_grantee: db.open_tree("consents_by_grantee").map_err(storage)?,
         };
         store.reindex_if_missing()?;
         Ok(store)
     }
 
-    /// Builds the patient index of a store written before it existed (or rebuilt after
-    /// an interrupted write): a consent with a patient id but no index entry.
+    /// Builds the indexes of a store written before they existed: a consent without its
+    /// index entries gets them.
     fn reindex_if_missing(&self) -> Result<(), String> {
         for entry in self.consents.iter().values() {
             let stored: StoredConsent = match serde_json::from_slice(&entry.map_err(storage)?) {
@@ -95,6 +105,12 @@ impl ConsentStore {
                     self.by_patient
                         .insert(key, stored.patient_did.as_bytes())
                         .map_err(storage)?;
+                }
+            }
+            if let Some(grantee) = grantee_of(&stored) {
+                let key = index_key(grantee, &stored.id);
+                if !self.by_grantee.contains_key(&key).map_err(storage)? {
+                    self.by_grantee.insert(key, &[]).map_err(storage)?;
                 }
             }
         }
@@ -118,19 +134,25 @@ impl ConsentStore {
             registered_at: Utc::now(),
         };
         let bytes = serde_json::to_vec(&stored).map_err(storage)?;
-        // The consent and its index entry change together (one sled transaction), and a
-        // re-registration that resolved to another patient drops the old entry.
-        (&self.consents, &self.by_patient)
-            .transaction(|(consents, by_patient)| {
+        // The consent and its index entries change together (one sled transaction), and
+        // a re-registration that resolved to another patient drops the old entries.
+        (&self.consents, &self.by_patient, &self.by_grantee)
+            .transaction(|(consents, by_patient, by_grantee)| {
                 if let Some(old) = consents.insert(id.as_bytes(), bytes.as_slice())? {
                     if let Ok(old) = serde_json::from_slice::<StoredConsent>(&old) {
                         if let Some(pid) = &old.patient_id {
                             by_patient.remove(index_key(pid, &id))?;
                         }
+                        if let Some(grantee) = grantee_of(&old) {
+                            by_grantee.remove(index_key(grantee, &id))?;
+                        }
                     }
                 }
                 if let Some(pid) = &stored.patient_id {
                     by_patient.insert(index_key(pid, &id), stored.patient_did.as_bytes())?;
+                }
+                if let Some(grantee) = grantee_of(&stored) {
+                    by_grantee.insert(index_key(grantee, &id), &[])?;
                 }
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
@@ -158,13 +180,21 @@ impl ConsentStore {
         serde_json::from_slice(&v).ok()
     }
 
-    pub fn all(&self) -> Vec<StoredConsent> {
-        self.consents
-            .iter()
-            .values()
-            .flatten()
-            .filter_map(|v| serde_json::from_slice(&v).ok())
-            .filter(|c: &StoredConsent| !self.is_withdrawn(&c.id))
+    /// Consents (not withdrawn) granted to any of `grantees`, from the grantee index.
+    fn granted_to(&self, grantees: &[&str]) -> Vec<StoredConsent> {
+        let mut ids: Vec<Vec<u8>> = Vec::new();
+        for grantee in grantees.iter().filter(|g| !g.is_empty()) {
+            let prefix = index_prefix(grantee);
+            for key in self.by_grantee.scan_prefix(&prefix).keys().flatten() {
+                ids.push(key[prefix.len()..].to_vec());
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        ids.into_iter()
+            .filter_map(|id| String::from_utf8(id).ok())
+            .filter_map(|id| self.get(&id))
+            .filter(|c| !self.is_withdrawn(&c.id))
             .collect()
     }
 
@@ -173,7 +203,7 @@ impl ConsentStore {
     pub fn dids_for_patient(&self, patient_id: &str) -> Vec<String> {
         let mut dids: Vec<String> = self
             .by_patient
-            .scan_prefix(patient_prefix(patient_id))
+            .scan_prefix(index_prefix(patient_id))
             .values()
             .flatten()
             .filter_map(|v| String::from_utf8(v.to_vec()).ok())
@@ -193,7 +223,7 @@ impl ConsentStore {
         purpose: &str,
         now: DateTime<Utc>,
     ) -> Vec<String> {
-        let all = self.all();
+        let all = self.granted_to(&[study_id, sponsor]);
         let matches = |c: &StoredConsent| {
             let grantee = c.subject["grantee"]["id"].as_str().unwrap_or_default();
             (grantee == study_id || grantee == sponsor)
@@ -295,5 +325,71 @@ mod tests {
         let db = sled::open(dir.path()).unwrap();
         let store = ConsentStore::open(&db).unwrap();
         assert_eq!(store.dids_for_patient("p1"), ["did:key:a1"]);
+    }
+
+    fn research(
+        id: &str,
+        patient: &str,
+        grantee: &str,
+        domain: &str,
+        provision: &str,
+    ) -> VerifiedCredential {
+        let mut c = consent(id, &format!("did:key:{patient}"));
+        c.subject = json!({
+            "id": format!("did:key:{patient}"),
+            "provision": provision,
+            "grantee": {"id": grantee},
+            "domains": [domain],
+            "purposes": ["HRESCH"],
+            "period": {"start": "2026-01-01T00:00:00Z"},
+        });
+        c
+    }
+
+    #[tokio::test]
+    async fn research_cohorts_come_from_the_grantee_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let store = ConsentStore::open(&db).unwrap();
+        let now = "2026-06-01T00:00:00Z".parse().unwrap();
+        let cases = [
+            ("urn:r:1", "p1", "urn:study:s", "research", "permit"),
+            ("urn:r:2", "p2", "did:web:sponsor", "research", "permit"),
+            ("urn:r:3", "p3", "urn:study:t", "research", "permit"),
+            ("urn:r:4", "p4", "urn:study:s", "clinical", "permit"),
+            ("urn:r:5", "p5", "urn:study:s", "research", "permit"),
+            ("urn:r:6", "p5", "urn:study:s", "research", "deny"),
+            ("urn:r:7", "p6", "urn:study:s", "research", "permit"),
+            ("urn:r:8", "p7", "urn:study:t", "research", "permit"),
+        ];
+        for (id, patient, grantee, domain, provision) in cases {
+            store
+                .register(
+                    &research(id, patient, grantee, domain, provision),
+                    Some(patient.into()),
+                )
+                .await
+                .unwrap();
+        }
+        store.withdraw("urn:r:7").await.unwrap();
+        // Registered again, now granted to the study: it moves in the index.
+        store
+            .register(
+                &research("urn:r:8", "p7", "urn:study:s", "research", "permit"),
+                Some("p7".into()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.research_cohort("urn:study:s", "did:web:sponsor", "HRESCH", now),
+            ["p1", "p2", "p7"]
+        );
+        assert_eq!(
+            store.research_cohort("urn:study:t", "did:web:nobody", "HRESCH", now),
+            ["p3"]
+        );
+        assert!(store
+            .research_cohort("urn:study:s", "did:web:sponsor", "PUBHLTH", now)
+            .is_empty());
     }
 }
