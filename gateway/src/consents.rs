@@ -274,22 +274,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let store = ConsentStore::open(&db).unwrap();
-        store
-            .register(&consent("urn:c:1", "did:key:a1"), Some("p1".into()))
-            .await
-            .unwrap();
-        store
-            .register(&consent("urn:c:2", "did:key:a2"), Some("p1".into()))
-            .await
-            .unwrap();
-        store
-            .register(&consent("urn:c:3", "did:key:b"), Some("p10".into()))
-            .await
-            .unwrap();
-        store
-            .register(&consent("urn:c:4", "did:key:none"), None)
-            .await
-            .unwrap();
+        for (id, did, patient) in [
+            ("urn:c:1", "did:key:a1", Some("p1")),
+            ("urn:c:2", "did:key:a2", Some("p1")),
+            ("urn:c:3", "did:key:b", Some("p10")),
+            ("urn:c:4", "did:key:none", None),
+        ] {
+            store
+                .register(&consent(id, did), patient.map(str::to_string))
+                .await
+                .unwrap();
+        }
         assert_eq!(store.dids_for_patient("p1"), ["did:key:a1", "did:key:a2"]);
         // "p1" is a prefix of "p10" as a string, never as an index key.
         assert_eq!(store.dids_for_patient("p10"), ["did:key:b"]);
