@@ -74,6 +74,17 @@ impl NatsServer {
         let _ = self.child.wait();
     }
 
+    /// The server stops answering (as a hung process does) with requests in flight, then
+    /// dies: whatever a client asked just before is never answered.
+    fn hang_then_die(&mut self) {
+        let pid = self.child.id().to_string();
+        let frozen = Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+        assert!(frozen.success(), "could not freeze nats-server");
+        // The visibility service polls every 50 ms: some of its requests now wait.
+        std::thread::sleep(Duration::from_millis(500));
+        self.stop();
+    }
+
     fn restart(&mut self) {
         self.stop();
         *self = NatsServer::start_on(&self.store.clone(), self.port);
@@ -345,9 +356,9 @@ async fn nats_outages_lose_nothing_and_a_full_outbox_fails_closed() {
     s.visibility = Visibility::restart(&exe(), VISIBILITY, &s.visibility.config.clone()).unwrap();
     wait_drained(&s).await;
 
-    // The stream goes away: nothing can record new events, the outbox fills, and the
-    // gateway fails closed.
-    s.nats.as_mut().unwrap().stop();
+    // The stream hangs, then goes away: nothing can record new events, the outbox fills,
+    // and the gateway fails closed.
+    s.nats.as_mut().unwrap().hang_then_die();
     let mut refused = false;
     for _ in 0..10 {
         let (status, id) = exchange(&s, &r, true).await;

@@ -26,6 +26,12 @@ use super::{VisibilityError, VisibilityState};
 const FETCH: usize = 1000;
 /// Redelivery delay for a message that failed for a passing reason.
 const RETRY_LATER: Duration = Duration::from_secs(2);
+/// How long one fetch may take. A fetch asks for what is waiting without waiting for
+/// more, so it normally answers within milliseconds; but if the server goes away after
+/// taking the request, its answer never comes and the client's fetch has no deadline of
+/// its own. Past this, the connection is dropped and made again (messages handed out and
+/// not acknowledged are redelivered after the consumer's ack wait).
+const FETCH_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Runs until the state is dropped: (re)connects with backoff and consumes.
 pub async fn consume(state: Weak<VisibilityState>, config: NatsConfig) {
@@ -77,16 +83,9 @@ pub async fn consume_once(
     state: &VisibilityState,
     consumer: &PullConsumer,
 ) -> Result<usize, BusError> {
-    let mut fetched = consumer
-        .fetch()
-        .max_messages(FETCH)
-        .messages()
+    let messages = tokio::time::timeout(FETCH_DEADLINE, fetch(consumer))
         .await
-        .map_err(|e| BusError::JetStream(e.to_string()))?;
-    let mut messages: Vec<Message> = Vec::new();
-    while let Some(m) = fetched.next().await {
-        messages.push(m.map_err(|e| BusError::JetStream(e.to_string()))?);
-    }
+        .map_err(|_| BusError::JetStream("fetch got no answer; reconnecting".into()))??;
     if messages.is_empty() {
         return Ok(0);
     }
@@ -146,6 +145,20 @@ pub async fn consume_once(
         }
     }
     Ok(count)
+}
+
+async fn fetch(consumer: &PullConsumer) -> Result<Vec<Message>, BusError> {
+    let mut fetched = consumer
+        .fetch()
+        .max_messages(FETCH)
+        .messages()
+        .await
+        .map_err(|e| BusError::JetStream(e.to_string()))?;
+    let mut messages: Vec<Message> = Vec::new();
+    while let Some(m) = fetched.next().await {
+        messages.push(m.map_err(|e| BusError::JetStream(e.to_string()))?);
+    }
+    Ok(messages)
 }
 
 fn fate_of(e: &VisibilityError) -> Fate {
