@@ -29,19 +29,38 @@ struct NatsServer {
     child: Child,
     port: u16,
     store: PathBuf,
+    /// An `authorization { users = [...] }` block, when clients must authenticate.
+    authorization: Option<String>,
 }
 
 impl NatsServer {
     fn start(store: &Path) -> NatsServer {
         let port = free_port().unwrap();
-        NatsServer::start_on(store, port)
+        NatsServer::start_on(store, port, None)
     }
 
-    fn start_on(store: &Path, port: u16) -> NatsServer {
+    /// Clients must authenticate as one of `users` (nats-server's own syntax).
+    fn start_with_users(store: &Path, users: &str) -> NatsServer {
+        let port = free_port().unwrap();
+        NatsServer::start_on(store, port, Some(users.to_string()))
+    }
+
+    fn start_on(store: &Path, port: u16, authorization: Option<String>) -> NatsServer {
         std::fs::create_dir_all(store).unwrap();
-        let child = Command::new("nats-server")
+        let mut command = Command::new("nats-server");
+        command
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(store)
+            .arg(store);
+        if let Some(users) = &authorization {
+            let file = store.join("server.conf");
+            std::fs::write(
+                &file,
+                format!("authorization {{\n  users = [\n{users}\n  ]\n}}\n"),
+            )
+            .unwrap();
+            command.arg("-c").arg(&file);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -62,6 +81,7 @@ impl NatsServer {
             child,
             port,
             store: store.to_path_buf(),
+            authorization,
         }
     }
 
@@ -87,7 +107,7 @@ impl NatsServer {
 
     fn restart(&mut self) {
         self.stop();
-        *self = NatsServer::start_on(&self.store.clone(), self.port);
+        *self = NatsServer::start_on(&self.store.clone(), self.port, self.authorization.take());
     }
 }
 
@@ -102,6 +122,50 @@ impl Drop for NatsServer {
 enum EventPath {
     Https,
     Nats,
+    /// NATS, where every client authenticates with its user nkey and may do only its part.
+    NatsWithUsers,
+}
+
+/// The NATS users of a [`EventPath::NatsWithUsers`] setup.
+struct NatsUsers {
+    visibility_seed_file: PathBuf,
+    gateway_seed_file: PathBuf,
+    gateway_seed: String,
+}
+
+/// The subject a custodian's events go to (a digest of its DID).
+fn subject_of(custodian: &str) -> String {
+    let config: federation::eventbus::NatsConfig =
+        toml::from_str("url = \"nats://127.0.0.1:4222\"").unwrap();
+    config.subject_for(custodian)
+}
+
+/// Keys for the visibility service and the gateway, and the server's users with the
+/// permissions `docs/nats.md` recommends: the log manages the stream and reads it, a
+/// gateway publishes on its own subject and hears the acknowledgements.
+fn nats_users(dir: &Path) -> (NatsUsers, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let write_seed = |name: &str, key: &nkeys::KeyPair| {
+        let path = dir.join(name);
+        std::fs::write(&path, key.seed().unwrap()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    };
+    let visibility = nkeys::KeyPair::new_user();
+    let gateway = nkeys::KeyPair::new_user();
+    let block = format!(
+        r#"    {{ nkey: "{}", permissions: {{ publish: ["$JS.API.>", "$JS.ACK.FEDGATE_EVENTS.>"], subscribe: ["_INBOX.>"] }} }}
+    {{ nkey: "{}", permissions: {{ publish: ["{}"], subscribe: ["_INBOX.>"] }} }}"#,
+        visibility.public_key(),
+        gateway.public_key(),
+        subject_of(CUSTODIAN),
+    );
+    let users = NatsUsers {
+        visibility_seed_file: write_seed("visibility.nkey", &visibility),
+        gateway_seed_file: write_seed("gateway.nkey", &gateway),
+        gateway_seed: gateway.seed().unwrap(),
+    };
+    (users, block)
 }
 
 struct Setup {
@@ -109,27 +173,44 @@ struct Setup {
     visibility: Visibility,
     gateway: Gateway,
     nats: Option<NatsServer>,
+    nats_users: Option<NatsUsers>,
     mrn: String,
     dir: tempfile::TempDir,
 }
 
 async fn setup(outbox_max: usize, path: EventPath) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let nats = (path == EventPath::Nats).then(|| NatsServer::start(&dir.path().join("nats")));
+    let store = dir.path().join("nats");
+    let (nats, nats_users) = match path {
+        EventPath::Https => (None, None),
+        EventPath::Nats => (Some(NatsServer::start(&store)), None),
+        EventPath::NatsWithUsers => {
+            let (users, block) = nats_users(dir.path());
+            (
+                Some(NatsServer::start_with_users(&store, &block)),
+                Some(users),
+            )
+        }
+    };
     let (file, mrn) = fixture_patient().unwrap();
-    let mut federation = support::federation(dir.path()).gateway(
-        Custodian::new(CUSTODIAN)
-            .records(vec![file])
-            .outbox_max_events(outbox_max)
-            .config(&contract(
-                CUSTODIAN,
-                REQUESTER_ORG,
-                &["clinical"],
-                &["TREAT"],
-            )),
-    );
+    let mut custodian = Custodian::new(CUSTODIAN)
+        .records(vec![file])
+        .outbox_max_events(outbox_max)
+        .config(&contract(
+            CUSTODIAN,
+            REQUESTER_ORG,
+            &["clinical"],
+            &["TREAT"],
+        ));
+    if let Some(users) = &nats_users {
+        custodian = custodian.nats_seed_file(&users.gateway_seed_file);
+    }
+    let mut federation = support::federation(dir.path()).gateway(custodian);
     if let Some(n) = &nats {
         federation = federation.nats(&n.url());
+    }
+    if let Some(users) = &nats_users {
+        federation = federation.nats_seed_file(&users.visibility_seed_file);
     }
     let Federation {
         mut gateways,
@@ -141,6 +222,7 @@ async fn setup(outbox_max: usize, path: EventPath) -> Setup {
         visibility,
         gateway: gateways.remove(0),
         nats,
+        nats_users,
         mrn,
         dir,
     }
@@ -266,7 +348,9 @@ async fn events_reach_the_log(path: EventPath) {
     assert_logged_once(&s, &ids).await;
     let published = gateway_counter(&s, "fedgate_events_published_total").await;
     match path {
-        EventPath::Nats => assert!(published >= 6.0, "events went through JetStream"),
+        EventPath::Nats | EventPath::NatsWithUsers => {
+            assert!(published >= 6.0, "events went through JetStream")
+        }
         EventPath::Https => assert_eq!(published, 0.0),
     }
 }
@@ -379,6 +463,77 @@ async fn nats_outages_lose_nothing_and_a_full_outbox_fails_closed() {
     let (status, id) = exchange(&s, &r, true).await;
     assert_eq!(status, 200);
     ids.push(id.unwrap());
+    wait_drained(&s).await;
+    assert_logged_once(&s, &ids).await;
+}
+
+#[tokio::test]
+async fn nats_clients_authenticate_and_a_gateway_publishes_only_its_own_events() {
+    let s = setup(10_000, EventPath::NatsWithUsers).await;
+    let r = requester(&s).await;
+    let mut ids = Vec::new();
+    let (status, id) = exchange(&s, &r, true).await;
+    assert_eq!(status, 200);
+    ids.push(id.unwrap());
+    wait_drained(&s).await;
+
+    // Nobody gets in without a key the server knows.
+    let url = s.nats.as_ref().unwrap().url();
+    assert!(
+        async_nats::connect(&url).await.is_err(),
+        "an anonymous client was let in"
+    );
+    let stranger = nkeys::KeyPair::new_user().seed().unwrap();
+    assert!(
+        async_nats::ConnectOptions::with_nkey(stranger)
+            .connect(&url)
+            .await
+            .is_err(),
+        "an unknown key was let in"
+    );
+
+    // A gateway's key can publish its own events and do nothing else: not speak for
+    // another custodian, not read, not delete the stream.
+    let users = s.nats_users.as_ref().unwrap();
+    // Refusals come as silence: requests and acknowledgements time out.
+    let client = async_nats::ConnectOptions::with_nkey(users.gateway_seed.clone())
+        .request_timeout(Some(Duration::from_secs(2)))
+        .connect(&url)
+        .await
+        .unwrap();
+    let mut js = async_nats::jetstream::new(client);
+    js.set_timeout(Duration::from_secs(2));
+    let forged = match js
+        .publish(subject_of("did:web:other-hospital.example"), "x".into())
+        .await
+    {
+        Ok(ack) => ack.await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(
+        !forged,
+        "the stream took a message on another custodian's subject"
+    );
+    assert!(js.get_stream("FEDGATE_EVENTS").await.is_err());
+    assert!(js.delete_stream("FEDGATE_EVENTS").await.is_err());
+    // The same question from the log's key is answered: the refusals above are the
+    // server's permissions, not a wrong name.
+    let seed = std::fs::read_to_string(&users.visibility_seed_file).unwrap();
+    let log_client = async_nats::ConnectOptions::with_nkey(seed)
+        .connect(&url)
+        .await
+        .unwrap();
+    let stream = async_nats::jetstream::new(log_client)
+        .get_stream("FEDGATE_EVENTS")
+        .await;
+    assert!(stream.is_ok(), "the log's key could not read its stream");
+
+    // The stream is intact and keeps carrying the gateway's events, each logged once.
+    for _ in 0..3 {
+        let (status, id) = exchange(&s, &r, true).await;
+        assert_eq!(status, 200);
+        ids.push(id.unwrap());
+    }
     wait_drained(&s).await;
     assert_logged_once(&s, &ids).await;
 }

@@ -9,9 +9,13 @@
 //!
 //! NATS is a carrier, not a trust anchor: every message is verified exactly as an HTTPS
 //! batch is, so a publisher that can reach the server cannot log anything it could not
-//! log over HTTPS. The default deployment (HTTPS straight to the service) needs none of
-//! this.
+//! log over HTTPS. It is still a shared store that can be flooded or have its stream
+//! deleted, so outside dev mode every client authenticates (a user nkey seed or a `.creds`
+//! file) and the server's permissions keep each gateway to publishing on its own subject
+//! (see `docs/nats.md`). The default deployment (HTTPS straight to the service) needs none
+//! of this.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer, message::PublishMessage, stream};
@@ -37,6 +41,22 @@ pub struct NatsConfig {
     /// The durable consumer the visibility service reads with.
     #[serde(default = "default_consumer")]
     pub consumer: String,
+    /// A file holding this client's NATS user nkey seed (`SU…`), mode 0600: the server
+    /// knows the user by its public key (`nkey` in its `authorization` block).
+    #[serde(default)]
+    pub nkey_seed_file: Option<PathBuf>,
+    /// A NATS `.creds` file (user JWT and seed, as `nsc` writes it), mode 0600, for servers
+    /// run in operator mode.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+}
+
+/// How a client proves who it is to the NATS server.
+enum Auth {
+    /// Only to loopback in dev mode.
+    Anonymous,
+    Nkey(zeroize::Zeroizing<String>),
+    Credentials(zeroize::Zeroizing<String>),
 }
 
 fn default_stream() -> String {
@@ -101,12 +121,77 @@ impl NatsConfig {
                 .parse::<std::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback());
         match scheme {
-            "tls" => Ok(()),
-            "nats" if loopback && dev_mode => Ok(()),
-            "nats" => Err(format!(
-                "{what}.url: plain nats:// is allowed only to loopback in dev_mode; use tls://"
+            "tls" => {}
+            "nats" if loopback && dev_mode => {}
+            "nats" => {
+                return Err(format!(
+                    "{what}.url: plain nats:// is allowed only to loopback in dev_mode; use tls://"
+                ))
+            }
+            other => return Err(format!("{what}.url: unknown scheme {other}")),
+        }
+        // Read now, so that a missing, open or malformed secret stops the start.
+        match self.auth(what)? {
+            Auth::Anonymous if !dev_mode => Err(format!(
+                "{what}: a NATS client must authenticate outside dev_mode; set nkey_seed_file or credentials_file"
             )),
-            other => Err(format!("{what}.url: unknown scheme {other}")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes relative secret paths relative to `base` (the config file's folder).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        for path in [&mut self.nkey_seed_file, &mut self.credentials_file]
+            .into_iter()
+            .flatten()
+        {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+    }
+
+    /// Reads the configured secret; never puts its content in an error.
+    fn auth(&self, what: &str) -> Result<Auth, String> {
+        let read = |key: &str, path: &Path| -> Result<zeroize::Zeroizing<String>, String> {
+            let bytes =
+                crate::keys::read_private(path).map_err(|e| format!("{what}.{key}: {e}"))?;
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| format!("{what}.{key}: {} is not text", path.display()))?;
+            Ok(zeroize::Zeroizing::new(text.to_string()))
+        };
+        match (&self.nkey_seed_file, &self.credentials_file) {
+            (Some(_), Some(_)) => Err(format!(
+                "{what}: set nkey_seed_file or credentials_file, not both"
+            )),
+            (Some(path), None) => {
+                let seed =
+                    zeroize::Zeroizing::new(read("nkey_seed_file", path)?.trim().to_string());
+                if !seed.starts_with("SU") || seed.lines().count() != 1 {
+                    return Err(format!(
+                        "{what}.nkey_seed_file: {} does not hold one NATS user seed (SU…)",
+                        path.display()
+                    ));
+                }
+                nkeys::KeyPair::from_seed(&seed).map_err(|_| {
+                    format!(
+                        "{what}.nkey_seed_file: {} holds no valid NATS user seed",
+                        path.display()
+                    )
+                })?;
+                Ok(Auth::Nkey(seed))
+            }
+            (None, Some(path)) => {
+                let creds = read("credentials_file", path)?;
+                async_nats::ConnectOptions::with_credentials(&creds).map_err(|_| {
+                    format!(
+                        "{what}.credentials_file: {} is not a NATS .creds file (user JWT and seed)",
+                        path.display()
+                    )
+                })?;
+                Ok(Auth::Credentials(creds))
+            }
+            (None, None) => Ok(Auth::Anonymous),
         }
     }
 
@@ -120,7 +205,13 @@ impl NatsConfig {
     /// Connects and returns a JetStream context. The client reconnects by itself after a
     /// later outage; callers retry a failed first connection.
     pub async fn connect(&self) -> Result<jetstream::Context, BusError> {
-        let client = async_nats::ConnectOptions::new()
+        let options = match self.auth("nats").map_err(BusError::Config)? {
+            Auth::Anonymous => async_nats::ConnectOptions::new(),
+            Auth::Nkey(seed) => async_nats::ConnectOptions::with_nkey(seed.to_string()),
+            Auth::Credentials(creds) => async_nats::ConnectOptions::with_credentials(&creds)
+                .map_err(|_| BusError::Config("the credentials file is not valid".into()))?,
+        };
+        let client = options
             .connection_timeout(Duration::from_secs(5))
             .connect(self.url.as_str())
             .await
@@ -220,13 +311,74 @@ mod tests {
         assert!(config("nats://10.0.0.5:4222")
             .validate("nats", true)
             .is_err());
-        assert!(config("tls://nats.example:4222")
-            .validate("nats", false)
-            .is_ok());
         assert!(config("http://127.0.0.1:4222")
             .validate("nats", true)
             .is_err());
         assert!(config("127.0.0.1:4222").validate("nats", true).is_err());
+    }
+
+    /// Writes `content` to a file of `dir` with `mode`.
+    fn secret(dir: &Path, name: &str, content: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn clients_authenticate_outside_dev_mode_with_a_closed_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let user = nkeys::KeyPair::new_user();
+        let seed = user.seed().unwrap();
+
+        let mut c = config("tls://nats.example:4222");
+        let err = c.validate("nats", false).unwrap_err();
+        assert!(err.contains("must authenticate"), "{err}");
+
+        c.nkey_seed_file = Some(secret(dir.path(), "seed", &format!("{seed}\n"), 0o600));
+        c.validate("nats", false).unwrap();
+
+        // Readable by others: refused, and the seed never appears in the message.
+        c.nkey_seed_file = Some(secret(dir.path(), "open", &seed, 0o644));
+        let err = c.validate("nats", false).unwrap_err();
+        assert!(err.contains("chmod 600") && !err.contains(&seed), "{err}");
+
+        c.nkey_seed_file = Some(secret(dir.path(), "bad", "SUnot-a-seed", 0o600));
+        let err = c.validate("nats", false).unwrap_err();
+        assert!(err.contains("no valid NATS user seed"), "{err}");
+        c.nkey_seed_file = Some(dir.path().join("missing"));
+        assert!(c.validate("nats", false).is_err());
+
+        // An account or server seed is not a user's.
+        let account = nkeys::KeyPair::new_account().seed().unwrap();
+        c.nkey_seed_file = Some(secret(dir.path(), "account", &account, 0o600));
+        assert!(c.validate("nats", false).is_err());
+
+        let creds = format!(
+            "-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.e30.sig\n------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        );
+        c.nkey_seed_file = None;
+        c.credentials_file = Some(secret(dir.path(), "user.creds", &creds, 0o600));
+        c.validate("nats", false).unwrap();
+        c.credentials_file = Some(secret(dir.path(), "junk.creds", "hello", 0o600));
+        let err = c.validate("nats", false).unwrap_err();
+        assert!(err.contains("not a NATS .creds file"), "{err}");
+
+        c.credentials_file = Some(secret(dir.path(), "both.creds", &creds, 0o600));
+        c.nkey_seed_file = Some(secret(dir.path(), "seed2", &seed, 0o600));
+        let err = c.validate("nats", false).unwrap_err();
+        assert!(err.contains("not both"), "{err}");
+
+        // Relative paths are the config file's.
+        let mut r: NatsConfig =
+            toml::from_str("url = \"tls://n:4222\"\nnkey_seed_file = \"seed\"").unwrap();
+        r.resolve_paths(dir.path());
+        assert_eq!(
+            r.nkey_seed_file.as_deref(),
+            Some(dir.path().join("seed").as_path())
+        );
+        r.validate("nats", false).unwrap();
     }
 
     #[test]

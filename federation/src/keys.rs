@@ -84,6 +84,29 @@ pub enum KeyError {
     BadWebHost(String),
 }
 
+/// Reads a secret file (a key, a seed, credentials), refusing one that group or others
+/// can read or write: such a file may already have leaked, and starting with it would
+/// hide that. The bytes are wiped from memory when dropped.
+pub fn read_private(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, KeyError> {
+    let display = path.display().to_string();
+    let io = |source| KeyError::Io {
+        path: display.clone(),
+        source,
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::TooOpen {
+                path: display,
+                mode,
+            });
+        }
+    }
+    Ok(zeroize::Zeroizing::new(std::fs::read(path).map_err(io)?))
+}
+
 /// One private key and the DID verification method it stands for.
 #[derive(Clone)]
 pub struct KeyPair {
@@ -299,25 +322,7 @@ impl KeyPair {
     /// Loads a key file, refusing one that group or others can read or write.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
         let display = path.display().to_string();
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let meta = std::fs::metadata(path).map_err(|source| KeyError::Io {
-                path: display.clone(),
-                source,
-            })?;
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(KeyError::TooOpen {
-                    path: display,
-                    mode,
-                });
-            }
-        }
-        let bytes = std::fs::read(path).map_err(|source| KeyError::Io {
-            path: display.clone(),
-            source,
-        })?;
+        let bytes = read_private(path)?;
         let file: KeyFile = serde_json::from_slice(&bytes).map_err(|e| KeyError::Malformed {
             path: display.clone(),
             reason: e.to_string(),

@@ -144,6 +144,9 @@ impl federation::config::ServiceConfig for GatewayConfig {
         if let Some(r) = self.registry.as_mut() {
             r.resolve_path(base);
         }
+        if let Some(nats) = self.visibility.as_mut().and_then(|v| v.nats.as_mut()) {
+            nats.resolve_paths(base);
+        }
         for f in [
             &mut self.key_file,
             &mut self.secret_file,

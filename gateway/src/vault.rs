@@ -321,21 +321,8 @@ impl Vault {
                 Err(e) => return Err(err(e.to_string())),
             }
         }
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            let mode = std::fs::metadata(path)
-                .map_err(|e| err(e.to_string()))?
-                .permissions()
-                .mode()
-                & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(err(format!(
-                    "mode {mode:o} lets group or others read it; chmod 600"
-                )));
-            }
-        }
-        let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| err(e.to_string()))?);
+        // Refused when group or others can access it.
+        let bytes = federation::keys::read_private(path).map_err(|e| err(e.to_string()))?;
         let mut secret = [0u8; 32];
         if bytes.len() == 32 {
             secret.copy_from_slice(&bytes);

@@ -29,6 +29,7 @@ impl Federation {
             ship_every: None,
             ship_batches_of: None,
             nats: None,
+            nats_seed_file: None,
             gateways: Vec::new(),
         }
     }
@@ -46,6 +47,7 @@ pub struct Custodian {
     did: String,
     records: Vec<PathBuf>,
     outbox_max_events: Option<usize>,
+    nats_seed_file: Option<PathBuf>,
     config: String,
 }
 
@@ -55,8 +57,15 @@ impl Custodian {
             did: did.to_string(),
             records: Vec::new(),
             outbox_max_events: None,
+            nats_seed_file: None,
             config: String::new(),
         }
+    }
+
+    /// The NATS user seed it publishes with (see [`FederationBuilder::nats`]).
+    pub fn nats_seed_file(mut self, path: &Path) -> Custodian {
+        self.nats_seed_file = Some(path.to_path_buf());
+        self
     }
 
     /// FHIR transaction Bundles imported into its store before it starts.
@@ -102,6 +111,7 @@ pub struct FederationBuilder {
     ship_every: Option<Duration>,
     ship_batches_of: Option<usize>,
     nats: Option<String>,
+    nats_seed_file: Option<PathBuf>,
     gateways: Vec<Custodian>,
 }
 
@@ -140,6 +150,12 @@ impl FederationBuilder {
     /// Events travel through this NATS JetStream server instead of straight to the log.
     pub fn nats(mut self, url: &str) -> Self {
         self.nats = Some(url.to_string());
+        self
+    }
+
+    /// The NATS user seed the visibility service reads the stream with.
+    pub fn nats_seed_file(mut self, path: &Path) -> Self {
+        self.nats_seed_file = Some(path.to_path_buf());
         self
     }
 
@@ -214,6 +230,9 @@ impl FederationBuilder {
         ));
         if let Some(url) = &self.nats {
             toml.push_str(&format!("[nats]\nurl = \"{url}\"\n"));
+            if let Some(seed) = &self.nats_seed_file {
+                toml.push_str(&format!("nkey_seed_file = {}\n", toml_path(seed)));
+            }
         }
         toml
     }
@@ -249,6 +268,9 @@ impl FederationBuilder {
             toml.push_str(&format!(
                 "transport = \"nats\"\n[visibility.nats]\nurl = \"{url}\"\n"
             ));
+            if let Some(seed) = &custodian.nats_seed_file {
+                toml.push_str(&format!("nkey_seed_file = {}\n", toml_path(seed)));
+            }
         }
         let studies = self.irb.as_ref().map_or(&office.did, |(did, _)| did);
         toml.push_str(&format!(
@@ -268,4 +290,9 @@ impl FederationBuilder {
         ));
         toml
     }
+}
+
+/// A path as a TOML basic string (JSON's escapes are TOML's).
+fn toml_path(path: &Path) -> String {
+    serde_json::Value::String(path.display().to_string()).to_string()
 }

@@ -148,6 +148,9 @@ impl crate::config::ServiceConfig for VisibilityConfig {
         if let Some(reg) = self.registry.as_mut() {
             reg.resolve_path(base);
         }
+        if let Some(nats) = self.nats.as_mut() {
+            nats.resolve_paths(base);
+        }
     }
 
     fn validate(&self, path: &str) -> Result<(), ConfigError> {
