@@ -266,6 +266,13 @@ async fn exchange(s: &Setup, r: &Requester, with_consent: bool) -> (u16, Option<
     (status, id)
 }
 
+/// One consented exchange, which must be served; returns its decision id.
+async fn served(s: &Setup, r: &Requester) -> String {
+    let (status, id) = exchange(s, r, true).await;
+    assert_eq!(status, 200);
+    id.unwrap()
+}
+
 /// The gateway's outbox counters from `/readyz` (also served with a 503).
 async fn outbox_state(s: &Setup) -> Value {
     let v: Value = reqwest::get(format!("{}readyz", s.gateway.url()))
@@ -370,9 +377,7 @@ async fn outage_loses_nothing_and_a_full_outbox_fails_closed() {
     let mut s = setup(4, EventPath::Https).await;
     let r = requester(&s).await;
     let mut ids = Vec::new();
-    let (status, id) = exchange(&s, &r, true).await;
-    assert_eq!(status, 200);
-    ids.push(id.unwrap());
+    ids.push(served(&s, &r).await);
     wait_drained(&s).await;
 
     // The log goes away; exchanges go on until the outbox is full, then fail closed.
@@ -395,9 +400,7 @@ async fn outage_loses_nothing_and_a_full_outbox_fails_closed() {
     // The log comes back on the same data: the outbox drains by itself, service resumes.
     s.visibility = Visibility::restart(&exe(), VISIBILITY, &s.visibility.config.clone()).unwrap();
     wait_drained(&s).await;
-    let (status, id) = exchange(&s, &r, true).await;
-    assert_eq!(status, 200);
-    ids.push(id.unwrap());
+    ids.push(served(&s, &r).await);
     wait_drained(&s).await;
     assert_logged_once(&s, &ids).await;
 }
@@ -407,9 +410,7 @@ async fn nats_outages_lose_nothing_and_a_full_outbox_fails_closed() {
     let mut s = setup(4, EventPath::Nats).await;
     let r = requester(&s).await;
     let mut ids = Vec::new();
-    let (status, id) = exchange(&s, &r, true).await;
-    assert_eq!(status, 200);
-    ids.push(id.unwrap());
+    ids.push(served(&s, &r).await);
     wait_drained(&s).await;
 
     // The log goes away. Events still leave the outbox for the stream, which records
@@ -460,9 +461,7 @@ async fn nats_outages_lose_nothing_and_a_full_outbox_fails_closed() {
     // The stream comes back on its store: the gateway reconnects and drains by itself.
     s.nats.as_mut().unwrap().restart();
     wait_drained_within(&s, Duration::from_secs(60)).await;
-    let (status, id) = exchange(&s, &r, true).await;
-    assert_eq!(status, 200);
-    ids.push(id.unwrap());
+    ids.push(served(&s, &r).await);
     wait_drained(&s).await;
     assert_logged_once(&s, &ids).await;
 }
@@ -472,9 +471,7 @@ async fn nats_clients_authenticate_and_a_gateway_publishes_only_its_own_events()
     let s = setup(10_000, EventPath::NatsWithUsers).await;
     let r = requester(&s).await;
     let mut ids = Vec::new();
-    let (status, id) = exchange(&s, &r, true).await;
-    assert_eq!(status, 200);
-    ids.push(id.unwrap());
+    ids.push(served(&s, &r).await);
     wait_drained(&s).await;
 
     // Nobody gets in without a key the server knows.
@@ -530,9 +527,7 @@ async fn nats_clients_authenticate_and_a_gateway_publishes_only_its_own_events()
 
     // The stream is intact and keeps carrying the gateway's events, each logged once.
     for _ in 0..3 {
-        let (status, id) = exchange(&s, &r, true).await;
-        assert_eq!(status, 200);
-        ids.push(id.unwrap());
+        ids.push(served(&s, &r).await);
     }
     wait_drained(&s).await;
     assert_logged_once(&s, &ids).await;

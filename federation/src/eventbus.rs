@@ -167,29 +167,26 @@ impl NatsConfig {
             (Some(path), None) => {
                 let seed =
                     zeroize::Zeroizing::new(read("nkey_seed_file", path)?.trim().to_string());
-                if !seed.starts_with("SU") || seed.lines().count() != 1 {
-                    return Err(format!(
-                        "{what}.nkey_seed_file: {} does not hold one NATS user seed (SU…)",
-                        path.display()
-                    ));
-                }
-                nkeys::KeyPair::from_seed(&seed).map_err(|_| {
+                // One user seed (SU…) on one line; account and server seeds are refused.
+                let valid = seed.starts_with("SU")
+                    && seed.lines().count() == 1
+                    && nkeys::KeyPair::from_seed(&seed).is_ok();
+                valid.then_some(Auth::Nkey(seed)).ok_or_else(|| {
                     format!(
-                        "{what}.nkey_seed_file: {} holds no valid NATS user seed",
+                        "{what}.nkey_seed_file: {} holds no valid NATS user seed (SU…)",
                         path.display()
                     )
-                })?;
-                Ok(Auth::Nkey(seed))
+                })
             }
             (None, Some(path)) => {
                 let creds = read("credentials_file", path)?;
-                async_nats::ConnectOptions::with_credentials(&creds).map_err(|_| {
+                let valid = async_nats::ConnectOptions::with_credentials(&creds).is_ok();
+                valid.then_some(Auth::Credentials(creds)).ok_or_else(|| {
                     format!(
                         "{what}.credentials_file: {} is not a NATS .creds file (user JWT and seed)",
                         path.display()
                     )
-                })?;
-                Ok(Auth::Credentials(creds))
+                })
             }
             (None, None) => Ok(Auth::Anonymous),
         }
