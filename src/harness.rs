@@ -118,7 +118,7 @@ fn client() -> reqwest::Client {
 }
 
 /// The body of a GET as text.
-async fn get_text(url: &str) -> Result<String, String> {
+pub async fn get_text(url: &str) -> Result<String, String> {
     client()
         .get(url)
         .send()
@@ -590,11 +590,19 @@ impl Visibility {
 
 impl Gateway {
     /// The sum of a counter or gauge from `/metrics` (0 when not yet emitted).
+    /// A metric summed over its labels; `name{label="value"}` picks one series.
     pub async fn metric(&self, name: &str) -> Result<f64, String> {
         let text = get_text(&format!("{}metrics", self.url())).await?;
+        let series = |l: &str| {
+            if name.contains('{') {
+                l.split(' ').next() == Some(name)
+            } else {
+                l.split(['{', ' ']).next() == Some(name)
+            }
+        };
         Ok(text
             .lines()
-            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter(|l| series(l))
             .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
             .sum())
     }

@@ -936,6 +936,7 @@ async fn every_decision_leaves_an_event_in_the_outbox() {
         "/credentials/verify",
         "/presentations/verify",
         "/.well-known/did.json",
+        "/v1/log/checkpoint",
         "/healthz",
         "/readyz",
         "/metrics",

@@ -17,8 +17,8 @@ use federation::keys::{KeyAlgorithm, KeyPair};
 use federation::log;
 use federation::visibility::{leaf_bytes, LogEntry};
 use fedgate::harness::{
-    contract, fixture_patient, free_port, Custodian, Federation, Gateway, Office, Requester,
-    Visibility, MRN_SYSTEM,
+    contract, fixture_patient, free_port, get_text, Custodian, Federation, Gateway, Office,
+    Requester, Visibility, MRN_SYSTEM,
 };
 use serde_json::{json, Value};
 use support::{exe, AUDITOR_ORG, CUSTODIAN, REQUESTER_ORG, VISIBILITY};
@@ -531,6 +531,179 @@ async fn nats_clients_authenticate_and_a_gateway_publishes_only_its_own_events()
     }
     wait_drained(&s).await;
     assert_logged_once(&s, &ids).await;
+}
+
+/// A consented exchange at `gateway` that must be served and then reach the log.
+async fn served_and_logged(office: &Office, gateway: &Gateway, mrn: &str) {
+    let r = office
+        .consented_physician(REQUESTER_ORG, &gateway.did, mrn)
+        .await
+        .unwrap();
+    let binding = gateway.challenge().await.unwrap();
+    let vp = credentials::present(&r.credentials, &r.key, &binding, ProofFormat::Jwt)
+        .await
+        .unwrap();
+    let body = json!({
+        "purpose": "TREAT",
+        "patient": {"system": MRN_SYSTEM, "value": mrn},
+        "data_classes": ["Patient"],
+        "presentation": vp,
+    });
+    let (status, _, _) = gateway
+        .post_raw("/v1/exchange/clinical", &body, None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(gateway.drained(Duration::from_secs(30)).await);
+}
+
+/// A "peer gateway" that answers every request with `note` as its adopted checkpoint.
+async fn fake_peer(note: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let note = note.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{note}",
+                    note.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+/// Waits until `metric` of `gateway` reaches `at_least`.
+async fn wait_metric(gateway: &Gateway, metric: &str, at_least: f64, within: Duration) -> f64 {
+    let t0 = Instant::now();
+    loop {
+        let v = gateway.metric(metric).await.unwrap_or(0.0);
+        if v >= at_least || t0.elapsed() > within {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn gateways_comparing_checkpoints_catch_a_log_that_shows_them_different_histories() {
+    const OTHER_CUSTODIAN: &str = "did:web:hospital-c.test";
+    let dir = tempfile::tempdir().unwrap();
+    let (file, mrn) = fixture_patient().unwrap();
+    // A peer that passes on a checkpoint the log never signed (same origin, another key):
+    // taken at its word, it would look like a split view.
+    let forger = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let forged = checkpoint::Checkpoint::new(VISIBILITY, 1, [9; 32])
+        .sign(VISIBILITY, &forger)
+        .unwrap();
+    let forging_peer = fake_peer(forged).await;
+    let custodian = |did: &str| {
+        Custodian::new(did)
+            .records(vec![file.clone()])
+            .config(&contract(did, REQUESTER_ORG, &["clinical"], &["TREAT"]))
+    };
+    let Federation {
+        mut gateways,
+        visibility,
+        office,
+    } = support::federation(dir.path())
+        .gossip_every(Duration::from_millis(300))
+        .gossip_also_with(&forging_peer)
+        .gateway(custodian(CUSTODIAN))
+        .gateway(custodian(OTHER_CUSTODIAN))
+        .start()
+        .unwrap();
+    // One honest log: both gateways adopt its checkpoints, and find each other's consistent.
+    served_and_logged(&office, &gateways[0], &mrn).await;
+    served_and_logged(&office, &gateways[1], &mrn).await;
+    served_and_logged(&office, &gateways[0], &mrn).await;
+    let consistent = "fedgate_gossip_checks_total{result=\"consistent\"}";
+    let failed = "fedgate_gossip_checks_total{result=\"failed\"}";
+    for g in &gateways {
+        assert!(wait_metric(g, consistent, 1.0, Duration::from_secs(15)).await >= 1.0);
+        assert!(
+            wait_metric(g, failed, 1.0, Duration::from_secs(15)).await >= 1.0,
+            "the forged checkpoint was not refused"
+        );
+        assert_eq!(g.metric("fedgate_log_split_view_total").await.unwrap(), 0.0);
+        let note = get_text(&format!("{}v1/log/checkpoint", g.url()))
+            .await
+            .unwrap();
+        assert!(note.starts_with(VISIBILITY), "{note}");
+    }
+
+    // The operator forks the log: a copy of the same database, with the same key, on
+    // another port; hospital C is sent to the copy. Each history goes on growing, and each
+    // is consistent in itself, so neither gateway's own checks can see anything wrong.
+    let mut visibility = visibility;
+    visibility.process.stop();
+    let fork_dir = dir.path().join("visibility-fork");
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(dir.path().join("visibility"))
+        .arg(&fork_dir)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let honest_url = visibility.url();
+    let honest = Visibility::restart(&exe(), VISIBILITY, &visibility.config).unwrap();
+    let fork_port = free_port().unwrap();
+    let fork_config = fork_dir.join("visibility.toml");
+    let text = std::fs::read_to_string(&fork_config).unwrap();
+    let listen = text.lines().find(|l| l.starts_with("listen = ")).unwrap();
+    std::fs::write(
+        &fork_config,
+        text.replace(listen, &format!("listen = \"127.0.0.1:{fork_port}\"")),
+    )
+    .unwrap();
+    let fork = Visibility::restart(&exe(), VISIBILITY, &fork_config).unwrap();
+    let c = gateways.pop().unwrap();
+    let c_config = c.config.clone();
+    let c_dir = c.dir.clone();
+    drop(c);
+    let text = std::fs::read_to_string(&c_config).unwrap();
+    let endpoint = format!("endpoint = \"{honest_url}\"");
+    assert!(text.contains(&endpoint));
+    std::fs::write(
+        &c_config,
+        text.replace(&endpoint, &format!("endpoint = \"{}\"", fork.url())),
+    )
+    .unwrap();
+    gateways.push(Gateway::restart(&exe(), &c_dir, OTHER_CUSTODIAN, &c_config).unwrap());
+
+    served_and_logged(&office, &gateways[0], &mrn).await;
+    served_and_logged(&office, &gateways[1], &mrn).await;
+    for g in &gateways {
+        assert!(
+            wait_metric(
+                g,
+                "fedgate_log_split_view_total",
+                1.0,
+                Duration::from_secs(20)
+            )
+            .await
+                >= 1.0,
+            "{} did not catch the split view",
+            g.did
+        );
+        assert_eq!(
+            g.metric("fedgate_log_inconsistency_total").await.unwrap(),
+            0.0,
+            "each history is consistent in itself"
+        );
+    }
+    // One split is one incident, however many rounds see it again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for g in &gateways {
+        assert_eq!(g.metric("fedgate_log_split_view_total").await.unwrap(), 1.0);
+    }
+    drop((fork, honest));
 }
 
 /// Rewrites history in a stopped visibility service's database the way an operator with

@@ -234,6 +234,30 @@ impl federation::config::ServiceConfig for GatewayConfig {
                     "must be between 1 and 1000",
                 ));
             }
+            for peer in &v.peers {
+                let url = reqwest::Url::parse(peer)
+                    .map_err(|e| invalid("visibility.peers", &format!("{peer}: {e}")))?;
+                federation::http::loopback_only_http(&url, self.dev_mode).map_err(|_| {
+                    invalid(
+                        "visibility.peers",
+                        &format!(
+                            "{peer}: must be an https URL (http only to loopback in dev_mode)"
+                        ),
+                    )
+                })?;
+                if !peer.ends_with('/') {
+                    return Err(invalid(
+                        "visibility.peers",
+                        &format!("{peer}: must end with /"),
+                    ));
+                }
+            }
+            if v.gossip_interval_ms < 100 {
+                return Err(invalid(
+                    "visibility.gossip_interval_ms",
+                    "must be at least 100",
+                ));
+            }
             match (&v.transport, &v.nats) {
                 (crate::shipper::Transport::Nats, Some(n)) => n
                     .validate("visibility.nats", self.dev_mode)
@@ -265,5 +289,41 @@ impl federation::config::ServiceConfig for GatewayConfig {
             .validate()
             .map_err(|e| invalid("limits", &e.to_string()))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use federation::config::ServiceConfig;
+
+    fn with_visibility(dev_mode: bool, table: &str) -> Result<(), String> {
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\ndid = \"did:web:hospital-a.example\"\nkey_file = \"k\"\nsecret_file = \"s\"\ndata_dir = \"d\"\npolicies = \"p\"\ndev_mode = {dev_mode}\n[visibility]\nendpoint = \"https://visibility.example/\"\ndid = \"did:web:visibility.example\"\n{table}"
+        );
+        let config: GatewayConfig = toml::from_str(&text).map_err(|e| e.to_string())?;
+        config.validate("gateway.toml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn gossip_peers_are_gateways_over_https() {
+        with_visibility(false, "peers = [\"https://gw-b.example/\"]").unwrap();
+        with_visibility(true, "peers = [\"http://127.0.0.1:8080/\"]").unwrap();
+        for (dev_mode, bad) in [
+            (false, "peers = [\"http://gw-b.example/\"]"),
+            (true, "peers = [\"http://10.0.0.7/\"]"),
+            (false, "peers = [\"not a url\"]"),
+            (false, "peers = [\"https://gw-b.example/base\"]"),
+            (
+                false,
+                "peers = [\"https://gw-b.example/\"]\ngossip_interval_ms = 5",
+            ),
+        ] {
+            let err = with_visibility(dev_mode, bad).unwrap_err();
+            assert!(
+                err.contains("visibility.peers") || err.contains("gossip"),
+                "{bad}: {err}"
+            );
+        }
     }
 }

@@ -12,7 +12,8 @@
 //! - [`consents`]: consents registered by patients, and their withdrawals.
 //! - [`outbox`]: the durable access-event outbox, written before any response.
 //! - [`jwe`]: response encryption to the requester's key-agreement key.
-//! - [`shipper`]: delivers the outbox to the visibility log and checks the log's consistency.
+//! - [`shipper`]: delivers the outbox to the visibility log and checks the log's consistency;
+//!   [`gossip`]: compares the adopted checkpoint with peer gateways' (split views).
 //! - [`service`]: shared state, router and the handlers; [`exchange`]: the request flow.
 //! - [`error`]: the crate's error enum, mapped to problem+json once.
 
@@ -23,6 +24,7 @@ pub mod error;
 pub mod exchange;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod gossip;
 pub mod jwe;
 pub mod outbox;
 pub mod policy;
@@ -90,12 +92,23 @@ pub async fn run(
             &state.db,
             state.outbox.clone(),
             state.key.clone(),
-            vis,
+            vis.clone(),
             state.verifier.resolver.clone(),
             config.dev_mode,
         )
         .map_err(|e| e.to_string())?;
-        let _loops = std::sync::Arc::new(shipper).spawn();
+        let shipper = std::sync::Arc::new(shipper);
+        let _loops = shipper.clone().spawn();
+        if !vis.peers.is_empty() {
+            gossip::Gossip::new(
+                &state.db,
+                shipper,
+                &vis.peers,
+                Duration::from_millis(vis.gossip_interval_ms),
+            )
+            .map_err(|e| e.to_string())?
+            .spawn();
+        }
     }
     let app = router(state);
     federation::http::serve_on(

@@ -226,6 +226,7 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .route("/credentials/verify", post(verify_credential))
         .route("/presentations/verify", post(verify_presentation))
         .route("/v1/keys", get(inventory))
+        .route("/v1/log/checkpoint", get(adopted_checkpoint))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
@@ -246,6 +247,28 @@ async fn did_document(State(s): AppState) -> Result<Json<Value>, GatewayError> {
         "serviceEndpoint": s.config.public_url.clone().unwrap_or_default(),
     }]);
     Ok(Json(doc))
+}
+
+/// The log checkpoint this gateway adopted last, as the log signed it (a C2SP signed
+/// note): what peer gateways compare with theirs (see `gossip`). Public: a tree size and a
+/// root hash, nothing about any patient.
+async fn adopted_checkpoint(State(s): AppState) -> Result<Response, GatewayError> {
+    let state =
+        s.db.open_tree(crate::shipper::LOG_STATE)
+            .map_err(|e| GatewayError::Unavailable(e.to_string()))?;
+    let adopted = crate::shipper::Adopted::load(&state)
+        .map_err(|e| GatewayError::Unavailable(e.to_string()))?;
+    match adopted.and_then(|a| a.note) {
+        Some(note) => Ok((
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            )],
+            note,
+        )
+            .into_response()),
+        None => Err(GatewayError::NotFound("an adopted log checkpoint".into())),
+    }
 }
 
 async fn inventory(State(s): AppState) -> Json<Value> {

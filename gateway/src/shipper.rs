@@ -48,6 +48,12 @@ pub struct VisibilityConfig {
     /// The JetStream server and stream, with `transport = "nats"`.
     #[serde(default)]
     pub nats: Option<NatsConfig>,
+    /// Other gateways (base URLs) whose last adopted checkpoint this one compares with its
+    /// own, to catch a log that shows members different histories (see `gossip`).
+    #[serde(default)]
+    pub peers: Vec<String>,
+    #[serde(default = "default_gossip_interval")]
+    pub gossip_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -66,6 +72,9 @@ fn default_batch() -> usize {
 fn default_interval() -> u64 {
     200
 }
+fn default_gossip_interval() -> u64 {
+    60_000
+}
 
 /// A receipt: where an event sits in the log, and the checkpoint that covers it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -81,7 +90,7 @@ pub struct Receipt {
 pub enum ShipError {
     #[error("visibility service unreachable: {0}")]
     Unreachable(String),
-    #[error("visibility service refused the batch ({status}): {detail}")]
+    #[error("visibility service refused ({status}): {detail}")]
     Refused { status: u16, detail: String },
     #[error("visibility answer unusable: {0}")]
     BadAnswer(String),
@@ -131,12 +140,36 @@ enum Stage {
     Confirm,
 }
 
+/// The sled tree of the shipper's log state, and its key for the adopted checkpoint.
+pub const LOG_STATE: &str = "log_state";
 const LAST_CHECKPOINT: &[u8] = b"last_checkpoint";
 
-#[derive(Serialize, Deserialize)]
-struct Accepted {
-    size: u64,
-    root: String,
+/// The checkpoint later ones must extend: the last one whose whole answer passed every
+/// check. The signed note is what peers compare (see [`crate::gossip`]); stores written
+/// before it was kept have none until the next adoption.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Adopted {
+    pub size: u64,
+    pub root: String,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+impl Adopted {
+    /// Reads it from the gateway's `log_state` tree.
+    pub fn load(state: &sled::Tree) -> Result<Option<Adopted>, ShipError> {
+        let bytes = state
+            .get(LAST_CHECKPOINT)
+            .map_err(|e| ShipError::Storage(e.to_string()))?;
+        Ok(bytes.and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    pub fn root_hash(&self) -> Result<log::Hash, ShipError> {
+        hex::decode(&self.root)
+            .ok()
+            .and_then(|b| b.as_slice().try_into().ok())
+            .ok_or_else(|| ShipError::Storage("stored checkpoint unreadable".into()))
+    }
 }
 
 impl Shipper {
@@ -165,7 +198,7 @@ impl Shipper {
         };
         Ok(Shipper {
             receipts: db.open_tree("receipts").map_err(storage)?,
-            state: db.open_tree("log_state").map_err(storage)?,
+            state: db.open_tree(LOG_STATE).map_err(storage)?,
             outbox,
             key,
             config,
@@ -245,7 +278,7 @@ impl Shipper {
         Ok(url)
     }
 
-    async fn note_verifier(&self) -> Result<NoteVerifier, ShipError> {
+    pub(crate) async fn note_verifier(&self) -> Result<NoteVerifier, ShipError> {
         let vm = format!("{}#key-1", self.config.did);
         let (jwk, _) = self
             .resolver
@@ -265,10 +298,10 @@ impl Shipper {
             .await
             .map_err(|e| ShipError::Unreachable(e.without_url().to_string()))?;
         if !resp.status().is_success() {
-            return Err(ShipError::BadAnswer(format!(
-                "{path}: HTTP {}",
-                resp.status()
-            )));
+            return Err(ShipError::Refused {
+                status: resp.status().as_u16(),
+                detail: path.split('?').next().unwrap_or_default().to_string(),
+            });
         }
         resp.json()
             .await
@@ -539,7 +572,7 @@ impl Shipper {
                 .map_err(|e| ShipError::Storage(e.to_string()))?;
             stored.push(r.event_id.clone());
         }
-        self.adopt(cp.size, &cp.root)?;
+        self.adopt(cp.size, &cp.root, note)?;
         self.receipts
             .flush_async()
             .await
@@ -549,52 +582,70 @@ impl Shipper {
 
     /// Checks that a checkpoint extends the last adopted one (it is adopted separately).
     async fn check_consistency(&self, size: u64, root: &log::Hash) -> Result<(), ShipError> {
-        let last: Option<Accepted> = self
-            .state
-            .get(LAST_CHECKPOINT)
-            .map_err(|e| ShipError::Storage(e.to_string()))?
-            .and_then(|v| serde_json::from_slice(&v).ok());
-        if let Some(last) = last {
-            let old_root: log::Hash = hex::decode(&last.root)
-                .ok()
-                .and_then(|b| b.as_slice().try_into().ok())
-                .ok_or_else(|| ShipError::Storage("stored checkpoint unreadable".into()))?;
-            if size < last.size {
-                return Err(ShipError::Inconsistent(format!(
-                    "the log shrank from {} to {size}",
-                    last.size
-                )));
+        match Adopted::load(&self.state)? {
+            Some(last) => {
+                self.prove_extends(last.size, &last.root_hash()?, size, root)
+                    .await
             }
-            if size == last.size {
-                if &old_root != root {
-                    return Err(ShipError::Inconsistent("same size, different root".into()));
-                }
-            } else if last.size > 0 {
-                let proof = self
-                    .get_json(&format!(
-                        "v1/proofs/consistency?old={}&new={size}",
-                        last.size
-                    ))
-                    .await?;
-                log::verify_consistency(last.size, size, &old_root, root, &Self::hashes(&proof)?)
-                    .map_err(|e| ShipError::Inconsistent(e.to_string()))?;
+            None => Ok(()),
+        }
+    }
+
+    /// Asks the log to prove that the tree of `new_size` leaves with `new_root` extends the
+    /// one of `old_size` with `old_root` (RFC 6962 consistency); any disagreement is
+    /// [`ShipError::Inconsistent`].
+    pub(crate) async fn prove_extends(
+        &self,
+        old_size: u64,
+        old_root: &log::Hash,
+        new_size: u64,
+        new_root: &log::Hash,
+    ) -> Result<(), ShipError> {
+        if new_size < old_size {
+            return Err(ShipError::Inconsistent(format!(
+                "the log shrank from {old_size} to {new_size}"
+            )));
+        }
+        if new_size == old_size {
+            if old_root != new_root {
+                return Err(ShipError::Inconsistent("same size, different root".into()));
             }
+        } else if old_size > 0 {
+            let proof = self
+                .get_json(&format!(
+                    "v1/proofs/consistency?old={old_size}&new={new_size}"
+                ))
+                .await?;
+            log::verify_consistency(
+                old_size,
+                new_size,
+                old_root,
+                new_root,
+                &Self::hashes(&proof)?,
+            )
+            .map_err(|e| ShipError::Inconsistent(e.to_string()))?;
         }
         Ok(())
     }
 
+    /// The checkpoint adopted last, if any.
+    pub(crate) fn adopted(&self) -> Result<Option<Adopted>, ShipError> {
+        Adopted::load(&self.state)
+    }
+
     /// Makes a checked checkpoint the one later ones must extend; called only once the
     /// whole answer carrying it has passed its checks.
-    fn adopt(&self, size: u64, root: &log::Hash) -> Result<(), ShipError> {
+    fn adopt(&self, size: u64, root: &log::Hash, note: &str) -> Result<(), ShipError> {
         metrics::gauge!("fedgate_log_inconsistent").set(0.0);
         self.in_incident.store(false, Ordering::SeqCst);
-        let accepted = serde_json::to_vec(&Accepted {
+        let adopted = serde_json::to_vec(&Adopted {
             size,
             root: hex::encode(root),
+            note: Some(note.to_string()),
         })
         .map_err(|e| ShipError::Storage(e.to_string()))?;
         self.state
-            .insert(LAST_CHECKPOINT, accepted)
+            .insert(LAST_CHECKPOINT, adopted)
             .map_err(|e| ShipError::Storage(e.to_string()))?;
         Ok(())
     }

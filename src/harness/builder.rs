@@ -30,6 +30,8 @@ impl Federation {
             ship_batches_of: None,
             nats: None,
             nats_seed_file: None,
+            gossip_every: None,
+            extra_peers: Vec::new(),
             gateways: Vec::new(),
         }
     }
@@ -112,6 +114,8 @@ pub struct FederationBuilder {
     ship_batches_of: Option<usize>,
     nats: Option<String>,
     nats_seed_file: Option<PathBuf>,
+    gossip_every: Option<Duration>,
+    extra_peers: Vec<String>,
     gateways: Vec<Custodian>,
 }
 
@@ -153,6 +157,18 @@ impl FederationBuilder {
         self
     }
 
+    /// Every gateway compares its adopted log checkpoint with every other's this often.
+    pub fn gossip_every(mut self, interval: Duration) -> Self {
+        self.gossip_every = Some(interval);
+        self
+    }
+
+    /// A peer (base URL) every gateway gossips with besides the others.
+    pub fn gossip_also_with(mut self, url: &str) -> Self {
+        self.extra_peers.push(url.to_string());
+        self
+    }
+
     /// The NATS user seed the visibility service reads the stream with.
     pub fn nats_seed_file(mut self, path: &Path) -> Self {
         self.nats_seed_file = Some(path.to_path_buf());
@@ -179,8 +195,10 @@ impl FederationBuilder {
             free_port()?,
             &self.visibility_toml(&office, &ports),
         )?;
+        let all_ports: Vec<u16> = ports.iter().map(|(_, port)| *port).collect();
         let mut gateways = Vec::new();
         for (custodian, port) in ports {
+            let peers: Vec<u16> = all_ports.iter().copied().filter(|p| *p != port).collect();
             let folder = custodian
                 .did
                 .trim_start_matches("did:web:")
@@ -199,7 +217,7 @@ impl FederationBuilder {
                     port,
                     records: custodian.records.clone(),
                     policies: policies.clone(),
-                    extra_toml: self.gateway_toml(&office, &visibility, custodian),
+                    extra_toml: self.gateway_toml(&office, &visibility, custodian, &peers),
                 },
             )?);
         }
@@ -242,6 +260,7 @@ impl FederationBuilder {
         office: &Office,
         visibility: &Visibility,
         custodian: &Custodian,
+        peers: &[u16],
     ) -> String {
         let mut toml = String::new();
         if self.status_push {
@@ -263,6 +282,19 @@ impl FederationBuilder {
         }
         if let Some(n) = self.ship_batches_of {
             toml.push_str(&format!("batch_size = {n}\n"));
+        }
+        if let Some(every) = self.gossip_every {
+            let urls: Vec<String> = peers
+                .iter()
+                .map(|p| format!("http://127.0.0.1:{p}/"))
+                .chain(self.extra_peers.iter().cloned())
+                .map(|u| format!("\"{u}\""))
+                .collect();
+            toml.push_str(&format!(
+                "peers = [{}]\ngossip_interval_ms = {}\n",
+                urls.join(", "),
+                every.as_millis()
+            ));
         }
         if let Some(url) = &self.nats {
             toml.push_str(&format!(
