@@ -544,6 +544,9 @@ pub struct HttpLimits {
     pub request_timeout_secs: u64,
     pub max_concurrent: usize,
     pub header_read_timeout_secs: u64,
+    /// How long a client may take to send its whole body. Bodies are read before the
+    /// request takes a `max_concurrent` slot, so a slow one holds a connection, not a slot.
+    pub body_read_timeout_secs: u64,
 }
 
 impl Default for HttpLimits {
@@ -553,6 +556,7 @@ impl Default for HttpLimits {
             request_timeout_secs: 30,
             max_concurrent: 512,
             header_read_timeout_secs: 10,
+            body_read_timeout_secs: 10,
         }
     }
 }
@@ -566,6 +570,10 @@ impl HttpLimits {
         Duration::from_secs(self.header_read_timeout_secs)
     }
 
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_read_timeout_secs)
+    }
+
     /// Zero for any limit would either refuse everything or hang every request.
     pub fn validate(&self) -> Result<(), HttpError> {
         let zero = [
@@ -576,6 +584,7 @@ impl HttpLimits {
                 "header_read_timeout_secs",
                 self.header_read_timeout_secs == 0,
             ),
+            ("body_read_timeout_secs", self.body_read_timeout_secs == 0),
         ];
         match zero.iter().find(|(_, is_zero)| *is_zero) {
             Some((name, _)) => Err(HttpError::InvalidLimits(format!("{name} must be > 0"))),
@@ -590,8 +599,8 @@ pub struct RequestId(pub String);
 
 /// Applies the stack every fedgate service runs behind, outermost first: request id and
 /// tracing span, security headers, problem+json for bare errors, request timeout (408),
-/// concurrency limit (excess requests queue, and the timeout bounds the wait), body limit
-/// (413). No CORS: browsers get no cross-origin access. Routes and fallbacks must be added
+/// the whole body read within its own deadline (408) and size (413), concurrency limit
+/// (excess requests queue, and the timeout bounds the wait), body limit (413). No CORS: browsers get no cross-origin access. Routes and fallbacks must be added
 /// before calling this; unknown routes and wrong methods become 404/405 problems.
 pub fn common_layers(router: Router, cfg: &HttpLimits) -> Router {
     // Separate Router::layer calls (innermost first) rather than one ServiceBuilder: each
@@ -601,12 +610,58 @@ pub fn common_layers(router: Router, cfg: &HttpLimits) -> Router {
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         // Global, not per instance: Router::layer wraps each route separately.
         .layer(GlobalConcurrencyLimitLayer::new(cfg.max_concurrent.max(1)))
+        .layer(middleware::from_fn_with_state(
+            BodyRules {
+                max_bytes: cfg.max_body_bytes,
+                deadline: cfg.body_read_timeout().max(Duration::from_millis(1)),
+            },
+            read_body_first,
+        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             cfg.request_timeout().max(Duration::from_millis(1)),
         ))
         .layer(middleware::from_fn(problem_for_empty_errors))
         .layer(middleware::from_fn(request_context))
+}
+
+#[derive(Clone, Copy)]
+struct BodyRules {
+    max_bytes: usize,
+    deadline: Duration,
+}
+
+/// Reads the whole request body, within its deadline and size, before the request takes
+/// one of the `max_concurrent` slots: a client that trickles its body, or never sends it,
+/// holds its connection, not a slot that a prompt client needs, and gets a 408.
+async fn read_body_first(
+    axum::extract::State(rules): axum::extract::State<BodyRules>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > rules.max_bytes as u64) {
+        return Problem::for_status(StatusCode::PAYLOAD_TOO_LARGE).into_response();
+    }
+    match tokio::time::timeout(rules.deadline, axum::body::to_bytes(body, rules.max_bytes)).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(e)) => {
+            if e.into_inner().is::<http_body_util::LengthLimitError>() {
+                Problem::for_status(StatusCode::PAYLOAD_TOO_LARGE).into_response()
+            } else {
+                bad_request("unreadable-body", "the request body could not be read").into_response()
+            }
+        }
+        Err(_) => Problem::for_status(StatusCode::REQUEST_TIMEOUT).into_response(),
+    }
 }
 
 /// Fallback handler for unknown routes: a 404 problem.

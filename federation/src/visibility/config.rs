@@ -81,6 +81,7 @@ struct PartialLimits {
     request_timeout_secs: Option<u64>,
     max_concurrent: Option<usize>,
     header_read_timeout_secs: Option<u64>,
+    body_read_timeout_secs: Option<u64>,
 }
 
 fn limits_with_defaults<'de, D>(deserializer: D) -> Result<HttpLimits, D::Error>
@@ -99,6 +100,9 @@ where
         header_read_timeout_secs: written
             .header_read_timeout_secs
             .unwrap_or(d.header_read_timeout_secs),
+        body_read_timeout_secs: written
+            .body_read_timeout_secs
+            .unwrap_or(d.body_read_timeout_secs),
     })
 }
 
