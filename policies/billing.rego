@@ -100,6 +100,12 @@ denials contains msg if {
 	msg := sprintf("no consent permits billing/%v for the requested data classes", [common.purpose])
 }
 
+denials contains "a self-issued consent was presented under a DID this custodian has not linked to the patient" if {
+	count(role_granted) > 0
+	count(granted) == 0
+	common.unlinked_permit(domain)
+}
+
 denials contains "outside the requester's shift at this custodian" if {
 	not common.shift_ok
 }

@@ -121,3 +121,10 @@ test_shift_of_billing_specialist_allowed if {
 	d := billing.decision with input as object.union(base, {"custodian": {"shifts": shifts}})
 	d.allow
 }
+
+test_unlinked_self_issued_consent_grants_nothing if {
+	consent := f.unlinked(f.billing_input.consents[0])
+	d := billing.decision with input as object.union(f.billing_input, {"consents": [consent]})
+	not d.allow
+	f.has_reason(d, "not linked to the patient")
+}

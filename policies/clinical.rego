@@ -139,6 +139,13 @@ denials contains msg if {
 	msg := sprintf("no consent permits clinical/%v for the requested data classes", [common.purpose])
 }
 
+denials contains "a self-issued consent was presented under a DID this custodian has not linked to the patient" if {
+	count(role_granted) > 0
+	count(consent_granted) == 0
+	not common.purpose in common.break_glass_purposes
+	common.unlinked_permit(domain)
+}
+
 denials contains msg if {
 	count(role_granted) > 0
 	count(consent_granted) == 0

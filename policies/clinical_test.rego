@@ -412,3 +412,58 @@ test_etreat_with_consent_is_not_break_glass if {
 	not d.break_glass
 	d.obligations.reveal == ["address", "birth-date", "mrn", "name", "telecom"]
 }
+
+# --- whose consent ------------------------------------------------------------------------
+
+unlinked_reason := "a self-issued consent was presented under a DID this custodian has not linked to the patient"
+
+# Anyone can make a DID and sign a consent naming any patient: until the custodian has
+# linked the DID to the patient, such a consent grants nothing.
+test_unlinked_self_issued_consent_grants_nothing if {
+	d := clinical.decision with input as object.union(base, {"consents": [f.unlinked(f.clinical_permit)]})
+	not d.allow
+	f.has_reason(d, unlinked_reason)
+	f.has_reason(d, "no consent permits clinical/TREAT")
+	f.phi_free(d)
+}
+
+# A consent from an issuer trusted for consents vouches for the patient itself.
+test_trusted_issuer_consent_needs_no_link if {
+	vouched := object.union(f.unlinked(f.clinical_permit), {"self_issued": false, "issuer": "did:web:consent-office.example"})
+	d := clinical.decision with input as object.union(base, {"consents": [vouched]})
+	d.allow
+}
+
+# A custodian that turned links off trusts the consent's identifiers.
+test_links_can_be_turned_off if {
+	settings := object.union(f.custodian_settings, {"require_patient_links": false})
+	d := clinical.decision with input as object.union(base, {"consents": [f.unlinked(f.clinical_permit)], "custodian": settings})
+	d.allow
+}
+
+# Without the setting at all, links are required (fail closed).
+test_links_required_when_the_setting_is_missing if {
+	settings := object.remove(f.custodian_settings, ["require_patient_links"])
+	d := clinical.decision with input as object.union(base, {"consents": [f.unlinked(f.clinical_permit)], "custodian": settings})
+	not d.allow
+}
+
+# A deny refuses whoever issued it.
+test_unlinked_deny_still_refuses if {
+	deny := f.unlinked(f.consent("deny", f.org, ["clinical"], ["TREAT"], ["Condition"]))
+	d := clinical.decision with input as object.union(base, {"consents": [f.clinical_permit, deny]})
+	not d.allow
+	f.has_reason(d, "explicit deny")
+}
+
+# Break-glass is untouched: an unlinked consent neither blocks nor replaces it.
+test_break_glass_with_an_unlinked_consent if {
+	inp := object.union(
+		f.with_request(base, {"purpose": "ETREAT", "justification": justification}),
+		{"consents": [f.unlinked(f.clinical_permit)]},
+	)
+	d := clinical.decision with input as inp
+	d.allow
+	d.break_glass
+	d.review_required
+}

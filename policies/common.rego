@@ -322,16 +322,35 @@ consent_applies(s, domain) if {
 	period_covers(s.period)
 }
 
+# Whether a consent speaks for the patient: one from a trusted issuer does (the issuer
+# vouches for the patient), one the patient issued themselves only once this custodian has
+# linked its DID to the patient (unless the custodian turned that requirement off).
+speaks_for_patient(c) if not c.self_issued
+
+speaks_for_patient(c) if c.patient_linked == true
+
+speaks_for_patient(_) if input.custodian.require_patient_links == false
+
 # Resource types some applicable permit covers.
 permitted_classes(domain) := {k |
 	some c in input.consents
 	c.subject.provision == "permit"
+	speaks_for_patient(c)
 	consent_applies(c.subject, domain)
 	some k in c.subject.dataClasses
 }
 
+# An applicable permit was presented that does not speak for the patient (a self-issued
+# consent under a DID this custodian has not linked to them).
+unlinked_permit(domain) if {
+	some c in input.consents
+	c.subject.provision == "permit"
+	not speaks_for_patient(c)
+	consent_applies(c.subject, domain)
+}
+
 # An applicable deny covering any requested type refuses the whole request, whatever
-# the permits say.
+# the permits say, and whoever issued it: refusing fails closed.
 explicit_deny(domain) if {
 	some c in input.consents
 	c.subject.provision == "deny"

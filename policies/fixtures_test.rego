@@ -31,10 +31,12 @@ privilege(role, specialty, facility, domains, actions) := {
 
 physician := privilege("physician", "207R00000X", custodian, ["clinical"], ["read", "detokenize"])
 
+# Self-issued by the patient, under a DID the custodian has linked to them.
 consent(provision, grantee, domains, purposes, classes) := {
 	"issuer": patient,
 	"id": "urn:uuid:5d1c-consent",
 	"self_issued": true,
+	"patient_linked": true,
 	"subject": {
 		"id": patient,
 		"patientIdentifiers": [{"custodian": custodian, "system": "urn:oid:2.16.840.1.113883.3.1", "value": patient_mrn}],
@@ -71,6 +73,7 @@ custodian_settings := {
 	"min_cell_size": 11,
 	"max_records": 5000,
 	"utc_offset_minutes": 0,
+	"require_patient_links": true,
 }
 
 request(domain, purpose, classes) := {
@@ -147,6 +150,9 @@ detokenize_input := {
 	"custodian": custodian_settings,
 	"token": {"recipient": org, "domain": "clinical", "class": "ssn"},
 }
+
+# The same consent, under a DID the custodian has not linked to the patient.
+unlinked(c) := object.union(c, {"patient_linked": false})
 
 # Changes to the request part of an input.
 with_request(inp, patch) := object.union(inp, {"request": patch})

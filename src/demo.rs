@@ -273,6 +273,9 @@ pub async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Result<bo
         )
         .await?;
     let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+    // Hospital A's registration desk links the patient's wallet DID to her record: only
+    // then do consents she signs herself speak for her there.
+    gw_a.link_patient(&mrn, patient.did()).await?;
     let treat = consent(
         &patient,
         &mrn,
@@ -398,6 +401,31 @@ pub async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Result<bo
         id,
     );
 
+    // 12. A consent signed by a stranger, naming the patient: anyone can make a DID and
+    // sign a consent for any MRN, so hospital A honours a self-issued consent only under
+    // a DID it has linked to the patient.
+    let stranger = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+    let fake = consent(
+        &stranger,
+        &mrn,
+        &json!({"id": clinician.did(), "kind": "clinician"}),
+        &["clinical"],
+        &["TREAT"],
+    )
+    .await?;
+    let vp = present(gw_a, &clinician, &[priv_vc.clone(), fake.clone()]).await?;
+    let (status, id, problem, _) =
+        exchange(gw_a, "clinical", "TREAT", &mrn, &["Patient"], &vp, None).await?;
+    let unlinked = problem["reasons"].to_string().contains("not linked");
+    demo.record(
+        "12. a consent signed by a stranger's DID, naming the patient",
+        "denied: the DID is not linked to the patient at hospital A",
+        format!("HTTP {status}; reason names the missing link: {unlinked}"),
+        status == 403 && unlinked,
+        id,
+    );
+    let stranger_consent = fake;
+
     // 6. Billing.
     let biller = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
     let (_, bill_vc) = office
@@ -443,6 +471,7 @@ pub async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Result<bo
     for f in fixtures_a.iter().take(4) {
         let m = fixture_mrn(f)?;
         let p = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+        gw_a.link_patient(&m, p.did()).await?;
         let c = consent(
             &p,
             &m,
@@ -513,6 +542,8 @@ pub async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Result<bo
         exchange(gw_a, "clinical", "TREAT", &mrn, &["Patient"], &vp, None).await?;
     // At B: one of B's own patients (hospital-b fixtures), with her consent.
     let b_patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+    gw_b.link_patient_by(HOSPITAL_B_ID_SYSTEM, HOSPITAL_B_PATIENT, b_patient.did())
+        .await?;
     let b_consent = consent_at(
         HOSPITAL_B,
         HOSPITAL_B_ID_SYSTEM,
@@ -634,7 +665,11 @@ pub async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Result<bo
     let wanted: Vec<String> = demo
         .results
         .iter()
-        .filter(|r| ["1.", "2.", "3."].iter().any(|p| r.scenario.starts_with(p)))
+        .filter(|r| {
+            ["1.", "2.", "3.", "12."]
+                .iter()
+                .any(|p| r.scenario.starts_with(p))
+        })
         .filter_map(|r| r.decision_id.clone())
         .collect();
     let seen = wanted
@@ -642,11 +677,19 @@ pub async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Result<bo
         .filter(|id| history.iter().any(|e| &e.decision_id == *id))
         .count();
     let break_glass = history.iter().filter(|e| e.break_glass).count();
+    // The stranger's DID proves nothing about the patient: it opens no history.
+    let strangers = visibility
+        .patient_history(&stranger, std::slice::from_ref(&stranger_consent))
+        .await?;
     demo.record(
         "10. the patient fetches their own access history from the visibility layer",
-        "sees scenarios 1-3 (including the break-glass access)",
-        format!("{} events in their history; scenarios 1-3 found: {seen} of 3; break-glass: {break_glass}", history.len()),
-        seen == 3 && wanted.len() == 3 && break_glass >= 1,
+        "sees scenarios 1-3 and 12 (the break-glass access, the stranger's attempt); the stranger's DID sees nothing",
+        format!(
+            "{} events in their history; scenarios 1-3 and 12 found: {seen} of 4; break-glass: {break_glass}; events for the stranger's DID: {}",
+            history.len(),
+            strangers.len()
+        ),
+        seen == 4 && wanted.len() == 4 && break_glass >= 1 && strangers.is_empty(),
         None,
     );
 

@@ -332,8 +332,12 @@ impl Gateway {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             run(exe, &args)?;
         }
+        let token_path = dir.join("admin-token");
+        if !token_path.exists() {
+            write_secret(&token_path, &federation::http::random_token())?;
+        }
         let config = format!(
-            "listen = \"127.0.0.1:{}\"\ndid = \"{}\"\nkey_file = \"gateway.key.json\"\nsecret_file = \"gateway.secret\"\ndata_dir = \"data\"\npolicies = \"{}\"\ndev_mode = true\n{}\n",
+            "listen = \"127.0.0.1:{}\"\ndid = \"{}\"\nkey_file = \"gateway.key.json\"\nsecret_file = \"gateway.secret\"\ndata_dir = \"data\"\npolicies = \"{}\"\nadmin_token_file = \"admin-token\"\ndev_mode = true\n{}\n",
             spec.port,
             spec.did,
             spec.policies.display(),
@@ -590,6 +594,50 @@ impl Visibility {
 
 impl Gateway {
     /// The sum of a counter or gauge from `/metrics` (0 when not yet emitted).
+    /// The custodian confirms that `did` belongs to its patient `mrn` (admin token).
+    pub async fn link_patient(&self, mrn: &str, did: &str) -> Result<(), String> {
+        self.link_patient_by(MRN_SYSTEM, mrn, did).await
+    }
+
+    /// [`Gateway::link_patient`] for a patient known by another identifier system.
+    pub async fn link_patient_by(
+        &self,
+        system: &str,
+        value: &str,
+        did: &str,
+    ) -> Result<(), String> {
+        let token = std::fs::read_to_string(self.dir.join("admin-token"))
+            .map_err(|e| format!("admin token: {e}"))?;
+        let (status, body) = post(
+            &format!("{}v1/patient-links", self.url()),
+            &serde_json::json!({"patient": {"system": system, "value": value}, "did": did}),
+            Some(token.trim()),
+        )
+        .await?;
+        if status == 200 {
+            Ok(())
+        } else {
+            Err(format!("linking a patient DID: {status} {body}"))
+        }
+    }
+
+    /// A physician of `organization`, credentialed by `office`, with the consent of
+    /// patient `mrn`, whose DID this custodian has linked to the patient.
+    pub async fn consented_physician(
+        &self,
+        office: &Office,
+        organization: &str,
+        mrn: &str,
+    ) -> Result<Requester, String> {
+        let requester = office
+            .consented_physician(organization, &self.did, mrn)
+            .await?;
+        if let Some(patient) = &requester.patient {
+            self.link_patient(mrn, patient.did()).await?;
+        }
+        Ok(requester)
+    }
+
     /// A metric summed over its labels; `name{label="value"}` picks one series.
     pub async fn metric(&self, name: &str) -> Result<f64, String> {
         let text = get_text(&format!("{}metrics", self.url())).await?;
@@ -795,6 +843,8 @@ impl Office {
 pub struct Requester {
     pub key: federation::keys::KeyPair,
     pub credentials: Vec<Value>,
+    /// The patient whose consent is among the credentials, if any (their wallet key).
+    pub patient: Option<federation::keys::KeyPair>,
 }
 
 impl Office {
@@ -835,6 +885,7 @@ impl Office {
         Ok(Requester {
             key,
             credentials: vec![privilege, consent],
+            patient: Some(patient),
         })
     }
 }

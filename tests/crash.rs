@@ -496,8 +496,9 @@ async fn a_gateway_killed_under_load_loses_no_answered_exchange() {
         .start()
         .unwrap();
     let who = Arc::new(
-        fed.office
-            .consented_physician(REQUESTER_ORG, HOSPITAL_A, &mrn)
+        fed.gateway(HOSPITAL_A)
+            .unwrap()
+            .consented_physician(&fed.office, REQUESTER_ORG, &mrn)
             .await
             .unwrap(),
     );

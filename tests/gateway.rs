@@ -179,6 +179,21 @@ async fn consent(
         .unwrap()
 }
 
+/// A consent self-issued by `patient`, whose DID the gateway's custodian first links to
+/// the patient `mrn` (as its registration desk would).
+async fn linked_consent(
+    gw: &Gateway,
+    patient: &KeyPair,
+    mrn: &str,
+    grantee: &str,
+    provision: &str,
+    purposes: &[&str],
+    domains: &[&str],
+) -> Value {
+    gw.link_patient(mrn, patient.did()).await.unwrap();
+    consent(patient, mrn, grantee, provision, purposes, domains).await
+}
+
 async fn vp(gw: &Gateway, holder: &KeyPair, creds: &[Value]) -> (Value, PresentationBinding) {
     let binding = gw.challenge().await.unwrap();
     assert_eq!(binding.domain, CUSTODIAN);
@@ -268,7 +283,8 @@ async fn clinical_exchange_allowed_with_consent_and_tokenized() {
     )
     .await;
     let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
-    let c = consent(
+    let c = linked_consent(
+        &fed.gateway,
         &patient,
         &p.mrn,
         doc.key.did(),
@@ -403,7 +419,8 @@ async fn pseudonyms_differ_across_recipients_and_jwe_reaches_only_the_requester(
     )
     .await;
     let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
-    let consent_a = consent(
+    let consent_a = linked_consent(
+        &fed.gateway,
         &patient,
         &p.mrn,
         a.key.did(),
@@ -442,7 +459,8 @@ async fn pseudonyms_differ_across_recipients_and_jwe_reaches_only_the_requester(
         OTHER_ORG,
     )
     .await;
-    let consent_c = consent(
+    let consent_c = linked_consent(
+        &fed.gateway,
         &patient,
         &p.mrn,
         c.key.did(),
@@ -502,7 +520,8 @@ async fn policy_denials_over_http() {
     );
 
     // Explicit deny beside a permit: the deny wins.
-    let permit = consent(
+    let permit = linked_consent(
+        &fed.gateway,
         &patient,
         &p.mrn,
         doc.key.did(),
@@ -511,7 +530,8 @@ async fn policy_denials_over_http() {
         &["clinical"],
     )
     .await;
-    let deny = consent(
+    let deny = linked_consent(
+        &fed.gateway,
         &patient,
         &p.mrn,
         doc.key.did(),
@@ -544,7 +564,8 @@ async fn policy_denials_over_http() {
         REQUESTER_ORG,
     )
     .await;
-    let permit_e = consent(
+    let permit_e = linked_consent(
+        &fed.gateway,
         &patient,
         &p.mrn,
         elsewhere.key.did(),
@@ -571,7 +592,8 @@ async fn policy_denials_over_http() {
     );
 
     // Consent for another purpose → denied; consent for another patient → denied.
-    let other_purpose = consent(
+    let other_purpose = linked_consent(
+        &fed.gateway,
         &patient,
         &p.mrn,
         doc.key.did(),
@@ -609,7 +631,8 @@ async fn policy_denials_over_http() {
         REQUESTER_ORG,
     )
     .await;
-    let permit_n = consent(
+    let permit_n = linked_consent(
+        &fed.gateway,
         &patient,
         &p.mrn,
         nurse.key.did(),
@@ -644,7 +667,8 @@ async fn policy_denials_over_http() {
         REQUESTER_ORG,
     )
     .await;
-    let permit_p = consent(
+    let permit_p = linked_consent(
+        &fed.gateway,
         &patient,
         &p.mrn,
         pharm.key.did(),
@@ -791,7 +815,8 @@ async fn break_glass_billing_and_revocation() {
     )
     .await;
     let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
-    let c = consent(
+    let c = linked_consent(
+        &fed.gateway,
         &patient,
         &p.mrn,
         REQUESTER_ORG,
@@ -877,7 +902,8 @@ async fn every_decision_leaves_an_event_in_the_outbox() {
     )
     .await;
     let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
-    let c = consent(
+    let c = linked_consent(
+        &fed.gateway,
         &patient,
         &p.mrn,
         doc.key.did(),
@@ -932,6 +958,8 @@ async fn every_decision_leaves_an_event_in_the_outbox() {
         "/v1/research/queries",
         "/v1/consents",
         "/v1/consents/withdrawals",
+        "/v1/patient-links",
+        "/v1/patient-links/removals",
         "/v1/detokenize",
         "/credentials/verify",
         "/presentations/verify",
@@ -1018,7 +1046,8 @@ async fn broken_policy_denies_everything_until_a_good_reload() {
     )
     .await;
     let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
-    let c = consent(
+    let c = linked_consent(
+        &fed.gateway,
         &patient,
         &p.mrn,
         doc.key.did(),
@@ -1096,11 +1125,21 @@ async fn research_queries_return_suppressed_aggregates_of_consented_patients() {
     let contract = contract(CUSTODIAN, network.did(), &["research"], &["HRESCH"]);
     let fed = federation_with(repo("policies"), &contract).await;
     let files = fixtures();
-    // Four of the six fixture patients register research consent for the study; two do not.
+    // Five of the six fixture patients register research consent for the study, from
+    // their own wallets; the custodian has linked the DIDs of four of them. The fifth
+    // consent speaks for nobody (anyone can sign a consent naming any patient), so the
+    // cohort is four.
     let study_id = "urn:fedgate:study:cohort-1";
-    for f in files.iter().take(4) {
+    for (i, f) in files.iter().take(5).enumerate() {
         let p = fixture_patient(f);
         let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+        let linked = i < 4;
+        if linked {
+            fed.gateway
+                .link_patient(&p.mrn, patient.did())
+                .await
+                .unwrap();
+        }
         let subject = json!({
             "id": patient.did(),
             "patientIdentifiers": [{"custodian": CUSTODIAN, "system": MRN_SYSTEM, "value": p.mrn}],
@@ -1131,6 +1170,7 @@ async fn research_queries_return_suppressed_aggregates_of_consented_patients() {
             .unwrap();
         assert_eq!(status, 201, "{body}");
         assert_eq!(body["registered"][0]["patientKnown"], true);
+        assert_eq!(body["registered"][0]["speaksForPatient"], linked);
     }
     let study = json!({
         "@context": ["https://www.w3.org/ns/credentials/v2", "https://w3id.org/fedgate/v1"],
@@ -1146,7 +1186,7 @@ async fn research_queries_return_suppressed_aggregates_of_consented_patients() {
     let ask =
         |query: Value, v: Value| json!({"purpose": "HRESCH", "query": query, "presentation": v});
 
-    // One band over everyone: the four consented patients, not six.
+    // One band over everyone: the four consented and linked patients, not five or six.
     let (v, _) = vp(&fed.gateway, &network, std::slice::from_ref(&study_vc)).await;
     let (status, body) = fed
         .gateway
@@ -1286,7 +1326,8 @@ async fn gateway_follows_the_signed_federation_manifest() {
     )
     .await;
     let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
-    let c = consent(
+    let c = linked_consent(
+        &fed.gateway,
         &patient,
         &p.mrn,
         doc.key.did(),
@@ -1353,4 +1394,102 @@ async fn gateway_follows_the_signed_federation_manifest() {
             "a refused manifest changed what the gateway allows"
         );
     }
+}
+
+#[tokio::test]
+async fn patient_links_are_the_custodians_to_make_and_unmake() {
+    let fed = federation().await;
+    let p = fixture_patient(&fixtures()[1]);
+    let doc = clinician(
+        &fed,
+        "physician",
+        CUSTODIAN,
+        &["clinical"],
+        &["read"],
+        REQUESTER_ORG,
+    )
+    .await;
+    let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+    let c = consent(
+        &patient,
+        &p.mrn,
+        doc.key.did(),
+        "permit",
+        &["TREAT"],
+        &["clinical"],
+    )
+    .await;
+    let ask = || async {
+        let (v, _) = vp(&fed.gateway, &doc.key, &[doc.credential.clone(), c.clone()]).await;
+        fed.gateway
+            .post("/v1/exchange/clinical", &body_of(&v, &p.mrn))
+            .await
+            .unwrap()
+    };
+    let (status, problem) = ask().await;
+    assert_eq!(status, 403);
+    assert!(
+        problem["reasons"].to_string().contains("not linked"),
+        "{problem}"
+    );
+
+    // Only the custodian links: no token, a wrong token, an unknown patient, no DID.
+    let url = format!("{}v1/patient-links", fed.gateway.url());
+    let link = json!({"patient": {"system": MRN_SYSTEM, "value": p.mrn}, "did": patient.did()});
+    let http = reqwest::Client::new();
+    for token in [None, Some("not-the-admin-token-at-all")] {
+        let mut req = http.post(&url).json(&link);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 401);
+        assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    }
+    let token = std::fs::read_to_string(fed.gateway.dir.join("admin-token")).unwrap();
+    for (body, want) in [
+        (
+            json!({"patient": {"system": MRN_SYSTEM, "value": "0000000"}, "did": patient.did()}),
+            404,
+        ),
+        (
+            json!({"patient": {"system": MRN_SYSTEM, "value": p.mrn}, "did": "nobody"}),
+            400,
+        ),
+        (
+            json!({"patient": {"system": MRN_SYSTEM, "value": p.mrn}}),
+            422,
+        ),
+    ] {
+        let resp = http
+            .post(&url)
+            .bearer_auth(token.trim())
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), want, "{body}");
+        let problem: Value = resp.json().await.unwrap();
+        assert!(
+            !problem.to_string().contains(&p.mrn),
+            "the answer echoed the MRN"
+        );
+    }
+
+    // Linked: the patient's own consent now speaks for them. Unlinked: no more.
+    fed.gateway
+        .link_patient(&p.mrn, patient.did())
+        .await
+        .unwrap();
+    assert_eq!(ask().await.0, 200);
+    let resp = http
+        .post(format!("{url}/removals"))
+        .bearer_auth(token.trim())
+        .json(&link)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap()["removed"], true);
+    assert_eq!(ask().await.0, 403);
 }

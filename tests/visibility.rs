@@ -229,8 +229,8 @@ async fn setup(outbox_max: usize, path: EventPath) -> Setup {
 }
 
 async fn requester(s: &Setup) -> Requester {
-    s.office
-        .consented_physician(REQUESTER_ORG, CUSTODIAN, &s.mrn)
+    s.gateway
+        .consented_physician(&s.office, REQUESTER_ORG, &s.mrn)
         .await
         .unwrap()
 }
@@ -533,10 +533,80 @@ async fn nats_clients_authenticate_and_a_gateway_publishes_only_its_own_events()
     assert_logged_once(&s, &ids).await;
 }
 
+#[tokio::test]
+async fn a_consent_signed_by_a_stranger_grants_nothing_and_opens_no_history() {
+    let s = setup(10_000, EventPath::Https).await;
+    // The patient's DID is linked by the custodian; their physician is served.
+    let patient_side = requester(&s).await;
+    let served_id = served(&s, &patient_side).await;
+    // A stranger makes a DID and signs a consent naming the same patient: denied, and
+    // the reason says why.
+    let stranger_side = s
+        .office
+        .consented_physician(REQUESTER_ORG, CUSTODIAN, &s.mrn)
+        .await
+        .unwrap();
+    let binding = s.gateway.challenge().await.unwrap();
+    let vp = credentials::present(
+        &stranger_side.credentials,
+        &stranger_side.key,
+        &binding,
+        ProofFormat::Jwt,
+    )
+    .await
+    .unwrap();
+    let body = json!({
+        "purpose": "TREAT",
+        "patient": {"system": MRN_SYSTEM, "value": s.mrn},
+        "data_classes": ["Patient"],
+        "presentation": vp,
+    });
+    let (status, problem) = s
+        .gateway
+        .post("/v1/exchange/clinical", &body)
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "{problem}");
+    assert!(
+        problem["reasons"]
+            .to_string()
+            .contains("not linked to the patient"),
+        "{problem}"
+    );
+    let denied_id = problem["decision_id"].as_str().unwrap().to_string();
+    wait_drained(&s).await;
+
+    // The patient sees both accesses to their records, the stranger's attempt included;
+    // the stranger's DID opens nobody's history.
+    let patient = patient_side.patient.as_ref().unwrap();
+    let history = s
+        .visibility
+        .patient_history(patient, &patient_side.credentials[1..])
+        .await
+        .unwrap();
+    for id in [&served_id, &denied_id] {
+        assert!(
+            history.iter().any(|e| &e.decision_id == id),
+            "{id} missing from the patient's history"
+        );
+    }
+    let stranger = stranger_side.patient.as_ref().unwrap();
+    let theirs = s
+        .visibility
+        .patient_history(stranger, &stranger_side.credentials[1..])
+        .await
+        .unwrap();
+    assert!(
+        theirs.is_empty(),
+        "a stranger's DID opened {} events",
+        theirs.len()
+    );
+}
+
 /// A consented exchange at `gateway` that must be served and then reach the log.
 async fn served_and_logged(office: &Office, gateway: &Gateway, mrn: &str) {
-    let r = office
-        .consented_physician(REQUESTER_ORG, &gateway.did, mrn)
+    let r = gateway
+        .consented_physician(office, REQUESTER_ORG, mrn)
         .await
         .unwrap();
     let binding = gateway.challenge().await.unwrap();

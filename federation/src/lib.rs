@@ -26,8 +26,10 @@
 //! - [`nonce`]: single-use challenges (sled), the replay defence of presentations.
 //! - [`config`]: loading a service's TOML configuration (one error type, relative paths).
 //! - [`http`]: problem+json, strict JSON bodies, limits, TLS/loopback serving.
+//! - [`admin`]: admin bearer tokens (0600 file, compared by digest; no default).
 //! - [`time`]: clock helpers shared by issuing and verifying.
 
+pub mod admin;
 pub mod checkpoint;
 pub mod config;
 pub mod context;

@@ -25,6 +25,10 @@ pub struct GatewayConfig {
     pub data_dir: PathBuf,
     /// Folder of Rego policies.
     pub policies: PathBuf,
+    /// Bearer token (0600, at least 16 characters) for the admin endpoints (patient
+    /// links). Without it those endpoints refuse every call; there is no default.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
     #[serde(default)]
     pub dev_mode: bool,
     #[serde(default = "default_challenge_ttl")]
@@ -87,6 +91,17 @@ pub struct CustodianSettings {
     /// Offset of the custodian's local time from UTC, for shift windows.
     #[serde(default)]
     pub utc_offset_minutes: i32,
+    /// A consent the patient issued themselves (issuer = subject DID) speaks for the
+    /// patient only once this custodian has linked that DID to the patient
+    /// (`POST /v1/patient-links`, e.g. at portal registration); until then it grants
+    /// nothing, enrols nobody in research, and opens no access history. Turning this off
+    /// trusts the identifiers in the consent on the patient's word.
+    #[serde(default = "default_true")]
+    pub require_patient_links: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for CustodianSettings {
@@ -97,6 +112,7 @@ impl Default for CustodianSettings {
             min_cell_size: default_min_cell(),
             max_records: default_max_records(),
             utc_offset_minutes: 0,
+            require_patient_links: true,
         }
     }
 }
@@ -146,6 +162,9 @@ impl federation::config::ServiceConfig for GatewayConfig {
         }
         if let Some(nats) = self.visibility.as_mut().and_then(|v| v.nats.as_mut()) {
             nats.resolve_paths(base);
+        }
+        if let Some(t) = self.admin_token_file.as_mut() {
+            resolve(base, t);
         }
         for f in [
             &mut self.key_file,

@@ -33,6 +33,9 @@ pub struct ConsentStore {
     /// `grantee ‖ consent id` → (): a research query forms its cohort from the consents
     /// granted to its study or sponsor, not from every consent held.
     by_grantee: sled::Tree,
+    /// `patient id ‖ DID` → when linked: the DIDs this custodian has confirmed belong to
+    /// the patient. A self-issued consent speaks for the patient only through a link.
+    links: sled::Tree,
 }
 
 /// The index key prefix of a value (a patient id, a grantee): its length first, so that
@@ -86,6 +89,7 @@ impl ConsentStore {
             withdrawn: db.open_tree("consent_withdrawals").map_err(storage)?,
             by_patient: db.open_tree("consents_by_patient").map_err(storage)?,
             by_grantee: db.open_tree("consents_by_grantee").map_err(storage)?,
+            links: db.open_tree("patient_links").map_err(storage)?,
         };
         store.reindex_if_missing()?;
         Ok(store)
@@ -198,17 +202,74 @@ impl ConsentStore {
             .collect()
     }
 
-    /// DIDs of the patient behind a custodian patient id, from consents registered here
-    /// (withdrawn ones included: the history is still theirs).
-    pub fn dids_for_patient(&self, patient_id: &str) -> Vec<String> {
-        let mut dids: Vec<String> = self
-            .by_patient
-            .scan_prefix(index_prefix(patient_id))
-            .values()
+    /// Links `did` to the custodian's patient `patient_id`: from now on the patient's
+    /// self-issued consents under that DID speak for them. Durable when it returns.
+    pub async fn link(&self, patient_id: &str, did: &str) -> Result<(), String> {
+        self.links
+            .insert(
+                index_key(patient_id, did),
+                Utc::now().to_rfc3339().as_bytes(),
+            )
+            .map_err(storage)?;
+        self.links.flush_async().await.map_err(storage)?;
+        Ok(())
+    }
+
+    /// Removes a link; returns whether there was one.
+    pub async fn unlink(&self, patient_id: &str, did: &str) -> Result<bool, String> {
+        let had = self
+            .links
+            .remove(index_key(patient_id, did))
+            .map_err(storage)?
+            .is_some();
+        self.links.flush_async().await.map_err(storage)?;
+        Ok(had)
+    }
+
+    /// Whether this custodian has linked `did` to `patient_id` (a storage error: no).
+    pub fn is_linked(&self, patient_id: &str, did: &str) -> bool {
+        self.links
+            .contains_key(index_key(patient_id, did))
+            .unwrap_or(false)
+    }
+
+    /// Whether a consent's DID speaks for `patient_id`: it is linked, or the consent comes
+    /// from an issuer other than the patient (trusted for consents, so it vouches for the
+    /// link), or links are not required.
+    pub fn speaks_for(
+        &self,
+        patient_id: &str,
+        did: &str,
+        issuer: &str,
+        require_links: bool,
+    ) -> bool {
+        !require_links || issuer != did || self.is_linked(patient_id, did)
+    }
+
+    /// DIDs of the patient behind a custodian patient id: linked ones, and those of
+    /// consents registered here that speak for the patient (withdrawn ones included: the
+    /// history is still theirs).
+    pub fn dids_for_patient(&self, patient_id: &str, require_links: bool) -> Vec<String> {
+        let prefix = index_prefix(patient_id);
+        let linked = self
+            .links
+            .scan_prefix(&prefix)
+            .keys()
             .flatten()
-            .filter_map(|v| String::from_utf8(v.to_vec()).ok())
-            .filter(|d| !d.is_empty())
-            .collect();
+            .filter_map(|k| String::from_utf8(k[prefix.len()..].to_vec()).ok());
+        let registered = self
+            .by_patient
+            .scan_prefix(&prefix)
+            .keys()
+            .flatten()
+            .filter_map(|k| String::from_utf8(k[prefix.len()..].to_vec()).ok())
+            .filter_map(|consent_id| self.get(&consent_id))
+            .filter(|c| {
+                !c.patient_did.is_empty()
+                    && self.speaks_for(patient_id, &c.patient_did, &c.issuer, require_links)
+            })
+            .map(|c| c.patient_did);
+        let mut dids: Vec<String> = linked.chain(registered).collect();
         dids.sort();
         dids.dedup();
         dids
@@ -216,12 +277,15 @@ impl ConsentStore {
 
     /// Patients (custodian ids) whose registered consent permits `purpose` in the research
     /// domain to this study or its sponsor now, unless any registered deny for them matches.
+    /// A self-issued permit counts only when it speaks for its patient (see
+    /// [`ConsentStore::speaks_for`]); any registered deny counts.
     pub fn research_cohort(
         &self,
         study_id: &str,
         sponsor: &str,
         purpose: &str,
         now: DateTime<Utc>,
+        require_links: bool,
     ) -> Vec<String> {
         let all = self.granted_to(&[study_id, sponsor]);
         let matches = |c: &StoredConsent| {
@@ -239,6 +303,11 @@ impl ConsentStore {
         let mut out: Vec<String> = all
             .iter()
             .filter(|c| c.subject["provision"] == "permit" && matches(c))
+            .filter(|c| {
+                c.patient_id.as_deref().is_some_and(|pid| {
+                    self.speaks_for(pid, &c.patient_did, &c.issuer, require_links)
+                })
+            })
             .filter_map(|c| c.patient_id.clone())
             .filter(|p| !denied.contains(&p.as_str()))
             .collect();
@@ -285,22 +354,47 @@ mod tests {
                 .await
                 .unwrap();
         }
-        assert_eq!(store.dids_for_patient("p1"), ["did:key:a1", "did:key:a2"]);
+        assert_eq!(
+            store.dids_for_patient("p1", false),
+            ["did:key:a1", "did:key:a2"]
+        );
         // "p1" is a prefix of "p10" as a string, never as an index key.
-        assert_eq!(store.dids_for_patient("p10"), ["did:key:b"]);
-        assert!(store.dids_for_patient("p").is_empty());
+        assert_eq!(store.dids_for_patient("p10", false), ["did:key:b"]);
+        assert!(store.dids_for_patient("p", false).is_empty());
 
         // The same consent registered again resolves to another patient: it moves.
         store
             .register(&consent("urn:c:2", "did:key:a2"), Some("p10".into()))
             .await
             .unwrap();
-        assert_eq!(store.dids_for_patient("p1"), ["did:key:a1"]);
-        assert_eq!(store.dids_for_patient("p10"), ["did:key:a2", "did:key:b"]);
+        assert_eq!(store.dids_for_patient("p1", false), ["did:key:a1"]);
+        assert_eq!(
+            store.dids_for_patient("p10", false),
+            ["did:key:a2", "did:key:b"]
+        );
 
         // Withdrawn consents still name the patient: the history is still theirs.
         store.withdraw("urn:c:1").await.unwrap();
-        assert_eq!(store.dids_for_patient("p1"), ["did:key:a1"]);
+        assert_eq!(store.dids_for_patient("p1", false), ["did:key:a1"]);
+
+        // When links are required, a self-issued consent's DID counts only once linked;
+        // a linked DID counts without any consent.
+        assert!(store.dids_for_patient("p1", true).is_empty());
+        store.link("p1", "did:key:a1").await.unwrap();
+        store.link("p1", "did:key:portal").await.unwrap();
+        assert_eq!(
+            store.dids_for_patient("p1", true),
+            ["did:key:a1", "did:key:portal"]
+        );
+        assert!(store.is_linked("p1", "did:key:a1") && !store.is_linked("p10", "did:key:a1"));
+        assert!(store.unlink("p1", "did:key:portal").await.unwrap());
+        assert!(!store.unlink("p1", "did:key:portal").await.unwrap());
+        assert_eq!(store.dids_for_patient("p1", true), ["did:key:a1"]);
+        // A consent from another issuer vouches for its DID.
+        let mut vouched = consent("urn:c:5", "did:key:c");
+        vouched.issuer = "did:web:consent-office.example".into();
+        store.register(&vouched, Some("p10".into())).await.unwrap();
+        assert_eq!(store.dids_for_patient("p10", true), ["did:key:c"]);
     }
 
     #[tokio::test]
@@ -319,7 +413,7 @@ mod tests {
         }
         let db = sled::open(dir.path()).unwrap();
         let store = ConsentStore::open(&db).unwrap();
-        assert_eq!(store.dids_for_patient("p1"), ["did:key:a1"]);
+        assert_eq!(store.dids_for_patient("p1", false), ["did:key:a1"]);
     }
 
     fn research(
@@ -376,15 +470,31 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            store.research_cohort("urn:study:s", "did:web:sponsor", "HRESCH", now),
+            store.research_cohort("urn:study:s", "did:web:sponsor", "HRESCH", now, false),
             ["p1", "p2", "p7"]
         );
         assert_eq!(
-            store.research_cohort("urn:study:t", "did:web:nobody", "HRESCH", now),
+            store.research_cohort("urn:study:t", "did:web:nobody", "HRESCH", now, false),
             ["p3"]
         );
         assert!(store
-            .research_cohort("urn:study:s", "did:web:sponsor", "PUBHLTH", now)
+            .research_cohort("urn:study:s", "did:web:sponsor", "PUBHLTH", now, false)
             .is_empty());
+
+        // When links are required, a self-issued permit enrols its patient only once the
+        // custodian has linked the DID; a registered deny counts either way.
+        assert!(store
+            .research_cohort("urn:study:s", "did:web:sponsor", "HRESCH", now, true)
+            .is_empty());
+        for patient in ["p2", "p5"] {
+            store
+                .link(patient, &format!("did:key:{patient}"))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            store.research_cohort("urn:study:s", "did:web:sponsor", "HRESCH", now, true),
+            ["p2"]
+        );
     }
 }

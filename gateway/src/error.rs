@@ -25,6 +25,9 @@ pub enum GatewayError {
     },
     #[error("{0} not found")]
     NotFound(String),
+    /// An admin endpoint without the admin token (401).
+    #[error("the gateway's admin token is required")]
+    Unauthorized,
     /// Fail closed: the gateway cannot record or decide right now (503).
     #[error("{0}")]
     Unavailable(String),
@@ -80,6 +83,9 @@ impl IntoResponse for GatewayError {
             GatewayError::NotFound(what) => {
                 federation::http::not_found(format!("{what} not found"))
             }
+            GatewayError::Unauthorized => federation::http::unauthorized(
+                "this endpoint needs the gateway's admin token (admin_token_file) as a Bearer token",
+            ),
             GatewayError::Unavailable(d) => federation::http::service_unavailable(d),
             GatewayError::Internal(d) => federation::http::internal(d),
         };

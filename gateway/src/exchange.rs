@@ -322,8 +322,13 @@ fn credential_input(c: &VerifiedCredential) -> Value {
         "issuer": c.issuer,
         "id": c.id,
         "subject": c.subject,
-        "self_issued": c.subject["id"] == c.issuer.as_str(),
+        "self_issued": is_self_issued(c),
     })
+}
+
+/// Issued by its own subject (a patient's consent from their wallet).
+fn is_self_issued(c: &VerifiedCredential) -> bool {
+    c.subject["id"] == c.issuer.as_str()
 }
 
 /// Whether a consent names this patient at this custodian.
@@ -415,16 +420,32 @@ pub async fn exchange(
                 .is_withdrawn(c.id.as_deref().unwrap_or(&c.digest))
         })
         .collect();
-    // The patient's DIDs: from the consents presented, and from consents the patient
-    // registered here, so that they find this access in their history even when it was
-    // made without their consent (break-glass, denials).
+    // Whether each consent's DID speaks for this patient: a self-issued consent does only
+    // once the custodian has linked its DID to the patient (policy decides what an
+    // unlinked one is worth; `require_patient_links` is in `input.custodian`).
+    let require_links = state.config.custodian.require_patient_links;
+    let linked: Vec<bool> = consents
+        .iter()
+        .map(|c| {
+            let did = c.subject["id"].as_str().unwrap_or_default();
+            patient_id
+                .as_deref()
+                .is_some_and(|pid| state.consents.is_linked(pid, did))
+        })
+        .collect();
+    // The patient's DIDs: from the consents presented that speak for the patient, and
+    // from this custodian's links and registered consents, so that they find this access
+    // in their history even when it was made without their consent (break-glass, denials).
+    // A DID that does not speak for the patient never sees their history.
     let registered = patient_id
         .as_deref()
-        .map(|pid| state.consents.dids_for_patient(pid))
+        .map(|pid| state.consents.dids_for_patient(pid, require_links))
         .unwrap_or_default();
     ledger.patient_did_digests = consents
         .iter()
-        .filter_map(|c| c.subject["id"].as_str())
+        .zip(&linked)
+        .filter(|(c, linked)| !require_links || **linked || !is_self_issued(c))
+        .filter_map(|(c, _)| c.subject["id"].as_str())
         .map(str::to_string)
         .chain(registered)
         .map(|d| federation::events::patient_did_digest(&d))
@@ -438,7 +459,15 @@ pub async fn exchange(
     let input = json!({
         "request": state.request_input(&ledger, patient_id.is_some()),
         "privilege": privilege,
-        "consents": consents.iter().map(|c| credential_input(c)).collect::<Vec<_>>(),
+        "consents": consents
+            .iter()
+            .zip(&linked)
+            .map(|(c, linked)| {
+                let mut input = credential_input(c);
+                input["patient_linked"] = json!(linked);
+                input
+            })
+            .collect::<Vec<_>>(),
         "study": null,
         "contracts": state.contracts_between(custodian, ledger.requester_org.as_deref().unwrap_or_default()),
         "custodian": state.custodian_input(),

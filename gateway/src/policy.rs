@@ -495,6 +495,7 @@ pub fn sample_input(domain: &str) -> serde_json::Value {
         })},
         "consents": [{
             "issuer": "did:key:z6MkSamplePatient", "id": "urn:uuid:sample-consent", "self_issued": true,
+            "patient_linked": true,
             "subject": {
                 "id": "did:key:z6MkSamplePatient", "custodians": [custodian],
                 "grantee": { "id": org, "kind": "organization" }, "provision": "permit",
@@ -521,7 +522,7 @@ pub fn sample_input(domain: &str) -> serde_json::Value {
             "shifts": [{ "roles": ["nurse"], "days": ["Mon", "Tue", "Wed", "Thu", "Fri"],
                          "from_minute": 420, "to_minute": 1140 }],
             "break_glass_minutes": 60, "min_cell_size": 11, "max_records": 5000,
-            "utc_offset_minutes": 0,
+            "utc_offset_minutes": 0, "require_patient_links": true,
         },
         "token": if domain == "detokenize" {
             serde_json::json!({ "recipient": org, "domain": "clinical", "class": "ssn" })

@@ -45,6 +45,8 @@ pub struct GatewayState {
     pub vault: Arc<Vault>,
     pub secret: [u8; 32],
     pub db: sled::Db,
+    /// The admin endpoints' token; without one they refuse every call.
+    admin: Option<federation::admin::AdminToken>,
     trust_mode: TrustMode,
     metrics: PrometheusHandle,
 }
@@ -64,6 +66,10 @@ impl GatewayState {
         public_url: reqwest::Url,
         metrics: PrometheusHandle,
     ) -> Result<Arc<Self>, String> {
+        let admin = match &config.admin_token_file {
+            Some(path) => Some(federation::admin::AdminToken::load(path)?),
+            None => None,
+        };
         let key = KeyPair::load_or_create(&config.key_file, || {
             KeyPair::generate_did_web(&config.did, Default::default())
                 .map(|k| k.with_purpose("gateway organization key"))
@@ -174,6 +180,7 @@ impl GatewayState {
             vault,
             secret,
             db,
+            admin,
             metrics,
         }))
     }
@@ -222,6 +229,8 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .route("/v1/research/queries", post(research_handler))
         .route("/v1/consents", post(register_consents))
         .route("/v1/consents/withdrawals", post(withdraw_consents))
+        .route("/v1/patient-links", post(link_patient))
+        .route("/v1/patient-links/removals", post(unlink_patient))
         .route("/v1/detokenize", post(detokenize_handler))
         .route("/credentials/verify", post(verify_credential))
         .route("/presentations/verify", post(verify_presentation))
@@ -370,9 +379,13 @@ async fn research_handler(
         });
     }
     let study_id = study.subject["id"].as_str().unwrap_or_default();
-    let cohort = s
-        .consents
-        .research_cohort(study_id, &vp.holder, &req.purpose, ledger.time);
+    let cohort = s.consents.research_cohort(
+        study_id,
+        &vp.holder,
+        &req.purpose,
+        ledger.time,
+        s.config.custodian.require_patient_links,
+    );
     let min_cell = decision
         .obligations
         .min_cell_size
@@ -409,6 +422,74 @@ fn own_consents<'a>(
                 .as_array()
                 .is_some_and(|a| a.iter().any(|d| d == custodian))
         })
+}
+
+/// `POST /v1/patient-links` and `/removals`: the custodian (its registration desk or
+/// patient portal, holding the admin token) confirms that a DID belongs to one of its
+/// patients, or withdraws that.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatientLinkBody {
+    patient: crate::exchange::PatientRef,
+    did: String,
+}
+
+impl GatewayState {
+    fn require_admin(&self, headers: &HeaderMap) -> Result<(), GatewayError> {
+        match &self.admin {
+            Some(token) if token.admits(headers) => Ok(()),
+            _ => Err(GatewayError::Unauthorized),
+        }
+    }
+
+    /// Checks an admin link request and finds its patient (never echoed: PHI).
+    async fn link_target(
+        &self,
+        headers: &HeaderMap,
+        body: &PatientLinkBody,
+    ) -> Result<String, GatewayError> {
+        self.require_admin(headers)?;
+        if !body.did.starts_with("did:") || body.did.len() > 2048 {
+            return Err(GatewayError::bad_request(
+                "invalid-did",
+                "did must be a DID",
+            ));
+        }
+        self.records
+            .find_patient(&body.patient.system, &body.patient.value)
+            .await
+            .map_err(|e| GatewayError::Unavailable(format!("record store: {e}")))?
+            .ok_or_else(|| GatewayError::NotFound("a patient with this identifier".into()))
+    }
+}
+
+async fn link_patient(
+    State(s): AppState,
+    headers: HeaderMap,
+    StrictJson(body): StrictJson<PatientLinkBody>,
+) -> Result<Response, GatewayError> {
+    let patient_id = s.link_target(&headers, &body).await?;
+    s.consents
+        .link(&patient_id, &body.did)
+        .await
+        .map_err(GatewayError::Unavailable)?;
+    tracing::info!(patient = %s.patient_ref(&patient_id), did_digest = %federation::events::patient_did_digest(&body.did), "patient DID linked");
+    Ok(Json(json!({"did": body.did, "linked": true})).into_response())
+}
+
+async fn unlink_patient(
+    State(s): AppState,
+    headers: HeaderMap,
+    StrictJson(body): StrictJson<PatientLinkBody>,
+) -> Result<Response, GatewayError> {
+    let patient_id = s.link_target(&headers, &body).await?;
+    let removed = s
+        .consents
+        .unlink(&patient_id, &body.did)
+        .await
+        .map_err(GatewayError::Unavailable)?;
+    tracing::info!(patient = %s.patient_ref(&patient_id), did_digest = %federation::events::patient_did_digest(&body.did), removed, "patient DID unlinked");
+    Ok(Json(json!({"did": body.did, "linked": false, "removed": removed})).into_response())
 }
 
 async fn register_consents(
@@ -448,7 +529,20 @@ async fn register_consents(
             .register(c, patient_id.clone())
             .await
             .map_err(GatewayError::Internal)?;
-        registered.push(json!({"id": stored.id, "patientKnown": patient_id.is_some()}));
+        // Whether it speaks for the patient yet (a self-issued one needs a link).
+        let speaks = patient_id.as_deref().is_some_and(|pid| {
+            s.consents.speaks_for(
+                pid,
+                &stored.patient_did,
+                &stored.issuer,
+                s.config.custodian.require_patient_links,
+            )
+        });
+        registered.push(json!({
+            "id": stored.id,
+            "patientKnown": patient_id.is_some(),
+            "speaksForPatient": speaks,
+        }));
     }
     if registered.is_empty() {
         return Err(GatewayError::Unprocessable(

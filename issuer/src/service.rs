@@ -28,7 +28,6 @@ use federation::trust::StaticTrust;
 use federation::verify::Verifier;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 
 use crate::config::IssuerConfig;
@@ -44,7 +43,7 @@ pub struct IssuerState {
     pub store: Store,
     pub verifier: Verifier,
     pub public_url: reqwest::Url,
-    admin_token_digest: Option<[u8; 32]>,
+    admin_token: Option<federation::admin::AdminToken>,
     events: broadcast::Sender<String>,
     signed_list: Mutex<Option<(u64, Instant, String)>>,
 }
@@ -64,8 +63,8 @@ impl IssuerState {
                 config.did
             ));
         }
-        let admin_token_digest = match &config.admin_token_file {
-            Some(path) => Some(read_admin_token(path)?),
+        let admin_token = match &config.admin_token_file {
+            Some(path) => Some(federation::admin::AdminToken::load(path)?),
             None => {
                 tracing::warn!("no admin_token_file: admin endpoints will refuse every call");
                 None
@@ -104,7 +103,7 @@ impl IssuerState {
             store,
             verifier,
             public_url,
-            admin_token_digest,
+            admin_token,
             events,
             signed_list: Mutex::new(None),
         }))
@@ -115,22 +114,9 @@ impl IssuerState {
     }
 
     fn require_admin(&self, headers: &HeaderMap) -> Result<(), IssuerError> {
-        let expected = self.admin_token_digest.ok_or(IssuerError::Unauthorized)?;
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(IssuerError::Unauthorized)?;
-        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
-        // Comparing digests keeps the comparison's timing independent of the token.
-        let diff = digest
-            .iter()
-            .zip(expected.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if diff == 0 {
-            Ok(())
-        } else {
-            Err(IssuerError::Unauthorized)
+        match &self.admin_token {
+            Some(token) if token.admits(headers) => Ok(()),
+            _ => Err(IssuerError::Unauthorized),
         }
     }
 
@@ -263,31 +249,6 @@ impl IssuerState {
         }
         Ok(jwt)
     }
-}
-
-fn read_admin_token(path: &std::path::Path) -> Result<[u8; 32], String> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .map_err(|e| format!("admin_token_file {}: {e}", path.display()))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            return Err(format!(
-                "admin_token_file {} is readable by others; run: chmod 600 {}",
-                path.display(),
-                path.display()
-            ));
-        }
-    }
-    let token = std::fs::read_to_string(path)
-        .map_err(|e| format!("admin_token_file {}: {e}", path.display()))?;
-    let token = token.trim();
-    if token.len() < 16 {
-        return Err("the admin token must be at least 16 characters".into());
-    }
-    Ok(Sha256::digest(token.as_bytes()).into())
 }
 
 type AppState = State<Arc<IssuerState>>;

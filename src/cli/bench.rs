@@ -87,6 +87,11 @@ pub struct ExchangeArgs {
     /// File holding the office's admin token (with --gateway).
     #[arg(long)]
     office_token_file: Option<PathBuf>,
+    /// File holding the gateway's admin token, to link each holder's patient DID to the
+    /// patient's record (with --gateway; without it the gateway must accept unlinked
+    /// self-issued consents, `require_patient_links = false`).
+    #[arg(long)]
+    gateway_token_file: Option<PathBuf>,
     /// The requesting organization named in the privileges (with --gateway).
     #[arg(long, default_value = REQUESTER_ORG)]
     org: String,
@@ -899,14 +904,37 @@ async fn self_issued_consent(
         .map_err(|e| format!("issuing a consent: {e}"))
 }
 
-/// The patient registers the consent with the custodian (a presentation of their own).
+fn read_token(path: &Path) -> Result<String, String> {
+    Ok(std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .trim()
+        .to_string())
+}
+
+/// The custodian's admin token, and the MRN whose patient a consent's DID is linked to.
+type Link<'a> = Option<(&'a str, &'a str)>;
+
+/// The custodian links the patient's DID to their record (when `link` is given: its admin
+/// token and the MRN), then the patient registers the consent with the custodian (a
+/// presentation of their own).
 async fn register_consent(
     http: &Http,
     base: &str,
     patient: &KeyPair,
     consent: &Value,
     format: ProofFormat,
+    link: Link<'_>,
 ) -> Result<(), String> {
+    if let Some((token, mrn)) = link {
+        http.expect(
+            "linking a patient DID",
+            &format!("{base}v1/patient-links"),
+            &json!({"patient": {"system": MRN_SYSTEM, "value": mrn}, "did": patient.did()}),
+            Some(token),
+            200,
+        )
+        .await?;
+    }
     let binding = http
         .challenge(base)
         .await
@@ -954,7 +982,7 @@ async fn exchange(args: ExchangeArgs) -> Result<Printed, String> {
 
     // Where the load goes: our own federation, or the one named on the command line.
     let mut idle_rss = None;
-    let (fed, base, office_url, token, org, pid) = match &args.gateway {
+    let (fed, base, office_url, token, org, pid, gateway_token) = match &args.gateway {
         None => {
             let fed = start_federation(
                 &scratch.path,
@@ -966,6 +994,7 @@ async fn exchange(args: ExchangeArgs) -> Result<Printed, String> {
             let office = fed.office.url();
             let token = fed.office.token.clone();
             let pid = gateway.process.pid();
+            let gateway_token = read_token(&gateway.dir.join("admin-token"))?;
             idle_rss = proc_status_mb(pid, "VmRSS:");
             (
                 Some(fed),
@@ -974,16 +1003,19 @@ async fn exchange(args: ExchangeArgs) -> Result<Printed, String> {
                 token,
                 REQUESTER_ORG.to_string(),
                 Some(pid),
+                Some(gateway_token),
             )
         }
         Some(gw) => {
             let (Some(office), Some(token_file)) = (&args.office, &args.office_token_file) else {
                 return Err("--gateway needs --office and --office-token-file".into());
             };
-            let token = std::fs::read_to_string(token_file)
-                .map_err(|e| format!("{}: {e}", token_file.display()))?
-                .trim()
-                .to_string();
+            let token = read_token(token_file)?;
+            let gateway_token = args
+                .gateway_token_file
+                .as_deref()
+                .map(read_token)
+                .transpose()?;
             (
                 None,
                 with_slash(gw),
@@ -991,6 +1023,7 @@ async fn exchange(args: ExchangeArgs) -> Result<Printed, String> {
                 token,
                 args.org.clone(),
                 args.pid,
+                gateway_token,
             )
         }
     };
@@ -1032,7 +1065,8 @@ async fn exchange(args: ExchangeArgs) -> Result<Printed, String> {
             format,
         )
         .await?;
-        register_consent(&http, &base, &patient, &consent, format).await?;
+        let link = gateway_token.as_deref().map(|t| (t, mrn.as_str()));
+        register_consent(&http, &base, &patient, &consent, format, link).await?;
         holders.push(Holder {
             key: clinician,
             credentials: vec![privilege, consent],
@@ -1096,6 +1130,7 @@ async fn research(args: ResearchArgs) -> Result<Printed, String> {
     let gateway = fed.gateway(HOSPITAL_A)?;
     let idle_rss = proc_status_mb(gateway.process.pid(), "VmRSS:");
     let base = gateway.url();
+    let gateway_token = read_token(&gateway.dir.join("admin-token"))?;
     let started = Instant::now();
     // Every fixture patient consents to the study.
     for mrn in fixture_mrns()? {
@@ -1111,7 +1146,8 @@ async fn research(args: ResearchArgs) -> Result<Printed, String> {
             ProofFormat::Jwt,
         )
         .await?;
-        register_consent(&http, &base, &patient, &consent, ProofFormat::Jwt).await?;
+        let link = Some((gateway_token.as_str(), mrn.as_str()));
+        register_consent(&http, &base, &patient, &consent, ProofFormat::Jwt, link).await?;
     }
     let mut holders = Vec::with_capacity(args.holders);
     for network in networks {
@@ -1514,6 +1550,7 @@ async fn revocation(args: RevocationArgs) -> Result<Printed, String> {
         &say,
     )?;
     let base = fed.gateway(HOSPITAL_A)?.url();
+    let gateway_token = read_token(&fed.gateway(HOSPITAL_A)?.dir.join("admin-token"))?;
     let office = fed.office.url();
     let mrns = fixture_mrns()?;
     let mut to_deny = Vec::with_capacity(args.samples);
@@ -1549,7 +1586,8 @@ async fn revocation(args: RevocationArgs) -> Result<Printed, String> {
             ProofFormat::Jwt,
         )
         .await?;
-        register_consent(&http, &base, &patient, &consent, ProofFormat::Jwt).await?;
+        let link = Some((gateway_token.as_str(), mrn.as_str()));
+        register_consent(&http, &base, &patient, &consent, ProofFormat::Jwt, link).await?;
         let holder = Holder {
             key: clinician,
             credentials: vec![privilege, consent],

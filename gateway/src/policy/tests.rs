@@ -406,6 +406,14 @@ fn policy_malformed_decision_is_a_deny() {
     assert_eq!(d.reasons, ["policy evaluation failed: malformed decision"]);
 }
 
+/// Replaces a file at once (write beside it, then rename), so that a watcher never reads
+/// it half written.
+fn replace_file(path: &std::path::Path, content: &str) {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
 #[test]
 fn policy_watch_reloads_on_change() {
     let tmp = policy_copy();
@@ -414,7 +422,7 @@ fn policy_watch_reloads_on_change() {
     let _watch = holder.spawn_watch(Duration::from_millis(20)).unwrap();
     let path = tmp.path().join("research.rego");
     let src = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, format!("{src}\n# reviewed\n")).unwrap();
+    replace_file(&path, &format!("{src}\n# reviewed\n"));
     let deadline = Instant::now() + Duration::from_secs(10);
     while holder.current_digest().as_deref() == Some(first.as_str()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -422,7 +430,7 @@ fn policy_watch_reloads_on_change() {
     let second = holder.current_digest().expect("still loaded");
     assert_ne!(first, second);
 
-    std::fs::write(&path, "package fedgate.research\n\ndecision := {").unwrap();
+    replace_file(&path, "package fedgate.research\n\ndecision := {");
     while holder.current_digest().is_some() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
