@@ -12,6 +12,10 @@
 //! of peers disagreeing now), with both signed notes kept on disk as evidence that anyone
 //! can check without trusting this gateway.
 //!
+//! Peers are the `[visibility] peers` of the configuration and, with a signed federation
+//! manifest, the gateway endpoint of every other custodian member, read again each round
+//! so that members who join or leave are followed.
+//!
 //! A peer cannot frame the log: a checkpoint that is not signed by the log's key is the
 //! peer's fault, logged and ignored. Nor does a peer learn anything private: a checkpoint
 //! is a tree size and a root hash.
@@ -61,9 +65,32 @@ struct Evidence<'a> {
     found_at: String,
 }
 
+/// Peers that change at run time (the manifest's custodian members).
+pub type PeerSource = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+
+/// The gateway base URLs of a manifest's members other than `own`, each ending in `/`.
+pub fn gateway_peers(members: &[federation::registry::Member], own: &str) -> Vec<String> {
+    let mut peers: Vec<String> = members
+        .iter()
+        .filter(|m| m.did != own)
+        .filter_map(|m| m.endpoints.gateway.clone())
+        .map(|mut url| {
+            if !url.ends_with('/') {
+                url.push('/');
+            }
+            url
+        })
+        .collect();
+    peers.sort();
+    peers.dedup();
+    peers
+}
+
 pub struct Gossip {
     shipper: Arc<Shipper>,
     peers: Vec<reqwest::Url>,
+    more_peers: Option<PeerSource>,
+    dev_mode: bool,
     client: reqwest::Client,
     /// The first pair of notes of each incident, for whoever investigates.
     evidence: sled::Tree,
@@ -74,12 +101,15 @@ pub struct Gossip {
 }
 
 impl Gossip {
-    /// `peers` are other gateways' base URLs, checked when the config was loaded.
+    /// `peers` are other gateways' base URLs, checked when the config was loaded;
+    /// `more_peers` are read each round and checked then.
     pub fn new(
         db: &sled::Db,
         shipper: Arc<Shipper>,
         peers: &[String],
+        more_peers: Option<PeerSource>,
         interval: Duration,
+        dev_mode: bool,
     ) -> Result<Gossip, ShipError> {
         let peers = peers
             .iter()
@@ -88,6 +118,8 @@ impl Gossip {
         Ok(Gossip {
             shipper,
             peers,
+            more_peers,
+            dev_mode,
             client: federation::http::http_client(),
             evidence: db
                 .open_tree("log_evidence")
@@ -101,10 +133,30 @@ impl Gossip {
         tokio::spawn(self.run())
     }
 
+    /// This round's peers: the configured ones and the current dynamic ones that are
+    /// usable URLs (https; http only to loopback in dev mode).
+    fn round_peers(&self) -> Vec<reqwest::Url> {
+        let mut peers = self.peers.clone();
+        for peer in self.more_peers.as_ref().map(|f| f()).unwrap_or_default() {
+            match reqwest::Url::parse(&peer)
+                .map_err(|e| e.to_string())
+                .and_then(|url| {
+                    federation::http::loopback_only_http(&url, self.dev_mode)
+                        .map(|()| url)
+                        .map_err(|e| e.to_string())
+                }) {
+                Ok(url) if !peers.contains(&url) => peers.push(url),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(peer = %peer, error = %e, "gossip peer skipped"),
+            }
+        }
+        peers
+    }
+
     async fn run(self) {
         loop {
             tokio::time::sleep(self.interval).await;
-            for peer in &self.peers {
+            for peer in &self.round_peers() {
                 match self.check(peer).await {
                     Ok(outcome) => {
                         let result = match outcome {
@@ -257,5 +309,39 @@ impl Gossip {
             .await
             .map_err(|e| ShipError::Storage(e.to_string()))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use federation::registry::{Endpoints, Member, Role};
+
+    #[test]
+    fn manifest_peers_are_the_other_members_gateways() {
+        let member = |did: &str, gateway: Option<&str>| Member {
+            did: did.into(),
+            name: did.into(),
+            roles: vec![Role::Custodian],
+            endpoints: Endpoints {
+                gateway: gateway.map(str::to_string),
+                ..Default::default()
+            },
+            base_url: format!("https://{did}/"),
+        };
+        let members = [
+            member("did:web:a.example", Some("https://gw.a.example/")),
+            member("did:web:b.example", Some("https://gw.b.example")),
+            member("did:web:c.example", None),
+            member("did:web:d.example", Some("https://gw.b.example/")),
+        ];
+        assert_eq!(
+            gateway_peers(&members, "did:web:a.example"),
+            ["https://gw.b.example/"]
+        );
+        assert_eq!(
+            gateway_peers(&members, "did:web:z.example"),
+            ["https://gw.a.example/", "https://gw.b.example/"]
+        );
     }
 }

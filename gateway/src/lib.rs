@@ -99,12 +99,24 @@ pub async fn run(
         .map_err(|e| e.to_string())?;
         let shipper = std::sync::Arc::new(shipper);
         let _loops = shipper.clone().spawn();
-        if !vis.peers.is_empty() {
+        // With a signed manifest, every other custodian's gateway is a peer too.
+        let more_peers = state.registry().map(|registry| {
+            let own = config.did.clone();
+            std::sync::Arc::new(move || {
+                gossip::gateway_peers(
+                    &registry.members_with_role(federation::registry::Role::Custodian),
+                    &own,
+                )
+            }) as gossip::PeerSource
+        });
+        if !vis.peers.is_empty() || more_peers.is_some() {
             gossip::Gossip::new(
                 &state.db,
                 shipper,
                 &vis.peers,
+                more_peers,
                 Duration::from_millis(vis.gossip_interval_ms),
+                config.dev_mode,
             )
             .map_err(|e| e.to_string())?
             .spawn();

@@ -185,6 +185,14 @@ impl GatewayState {
         }))
     }
 
+    /// The signed federation manifest in force, when the gateway follows one.
+    pub fn registry(&self) -> Option<Arc<Registry>> {
+        match &self.trust_mode {
+            TrustMode::Registry(r) => Some(r.clone()),
+            TrustMode::Static { .. } => None,
+        }
+    }
+
     /// Registry contracts from custodian to requester that have not expired.
     pub fn contracts_between(&self, custodian: &str, requester: &str) -> Vec<Value> {
         let now = chrono::Utc::now();
