@@ -383,10 +383,32 @@ async fn consent(cmd: ConsentCommand, json: bool) -> Result<(), String> {
             if json {
                 print_json(&json!({ "id": id, "registered": true, "gateway": answer }))
             } else {
-                print_line(&format!("registered {id} with {}", client.base()))
+                print_line(&format!("registered {id} with {}", client.base()))?;
+                for note in registration_notes(&answer) {
+                    print_line(&format!("note: {note}"))?;
+                }
+                Ok(())
             }
         }
     }
+}
+
+/// What a patient should know about a registration the custodian accepted but cannot
+/// act on yet.
+fn registration_notes(answer: &Value) -> Vec<&'static str> {
+    let mut notes = Vec::new();
+    for r in answer["registered"].as_array().into_iter().flatten() {
+        if r["patientKnown"] == false {
+            notes.push("the custodian found no patient with the identifiers in this consent");
+        } else if r["speaksForPatient"] == false {
+            notes.push(
+                "the custodian has not linked this wallet's DID to your record yet; until it does, \
+                 this consent grants nothing there (ask its registration desk or patient portal)",
+            );
+        }
+    }
+    notes.dedup();
+    notes
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -533,4 +555,23 @@ fn write_private(path: &Path, text: &str) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", path.display()))?;
     f.write_all(text.as_bytes())
         .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registration_the_custodian_cannot_act_on_is_explained() {
+        let linked =
+            json!({"registered": [{"id": "a", "patientKnown": true, "speaksForPatient": true}]});
+        assert!(registration_notes(&linked).is_empty());
+        let unlinked =
+            json!({"registered": [{"id": "a", "patientKnown": true, "speaksForPatient": false}]});
+        assert!(registration_notes(&unlinked)[0].contains("not linked"));
+        let unknown =
+            json!({"registered": [{"id": "a", "patientKnown": false, "speaksForPatient": false}]});
+        assert!(registration_notes(&unknown)[0].contains("no patient"));
+        assert!(registration_notes(&json!({})).is_empty());
+    }
 }
