@@ -72,6 +72,8 @@ pub enum RegistryError {
     Fetch(String),
     #[error("the registry state is unavailable")]
     Poisoned,
+    #[error("the manifest journal could not be written: {0}")]
+    Journal(String),
 }
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> RegistryError {
@@ -841,6 +843,10 @@ pub struct Registry {
     /// in force when it is swapped in.
     install_lock: Mutex<()>,
     dev_mode: bool,
+    /// Every manifest installed (version → signed JSON), replayed at start: a restart
+    /// keeps the governance adopted since the configuration was written, and the version
+    /// floor that refuses rollbacks.
+    journal: Option<sled::Tree>,
 }
 
 impl Registry {
@@ -855,6 +861,41 @@ impl Registry {
             }),
             install_lock: Mutex::new(()),
             dev_mode,
+            journal: None,
+        }
+    }
+
+    /// [`Registry::new`] that keeps every installed manifest in `journal` and first
+    /// replays what it holds, in version order, each verified under the governance in
+    /// force at its turn (starting from the configured one): nothing in the journal is
+    /// trusted for being there. Replay stops at the first entry that does not verify.
+    pub fn with_journal(governance: Governance, dev_mode: bool, journal: sled::Tree) -> Self {
+        let registry = Registry::new(governance, dev_mode);
+        let mut replayed = 0u32;
+        for entry in journal.iter().values() {
+            let verdict = entry
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| {
+                    serde_json::from_slice::<SignedManifest>(&bytes).map_err(|e| e.to_string())
+                })
+                .and_then(|signed| registry.install(&signed).map_err(|e| e.to_string()));
+            match verdict {
+                Ok(_) => replayed += 1,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a journaled federation manifest was refused; replay stops there");
+                    break;
+                }
+            }
+        }
+        if replayed > 0 {
+            tracing::info!(
+                manifests = replayed,
+                "federation manifests replayed from the journal"
+            );
+        }
+        Registry {
+            journal: Some(journal),
+            ..registry
         }
     }
 
@@ -909,6 +950,15 @@ impl Registry {
             }
         }
         let version = manifest.version;
+        // Journaled before it is in force: a manifest acted on is one a restart replays.
+        if let Some(journal) = &self.journal {
+            let bytes =
+                serde_json::to_vec(signed).map_err(|e| RegistryError::Journal(e.to_string()))?;
+            journal
+                .insert(version.to_be_bytes(), bytes)
+                .and_then(|_| journal.flush())
+                .map_err(|e| RegistryError::Journal(e.to_string()))?;
+        }
         let mut state = self.state.write().map_err(|_| RegistryError::Poisoned)?;
         state.governance = manifest.governance.clone();
         state.manifest = Some(Arc::new(manifest));

@@ -168,3 +168,49 @@ async fn url_watcher_installs_newer_manifests_and_keeps_the_last_good_one() {
     assert!(wait_for(2).await, "v2 was not picked up");
     task.abort();
 }
+
+#[test]
+fn a_restart_keeps_rotated_governance_and_the_version_floor() {
+    let (old_keys, old_governance) = governors();
+    let (new_keys, new_governance) = governors();
+    // Version 1, signed by the configured governance, hands over to new keys; version 2
+    // is signed by the new keys only.
+    let mut v1 = Manifest::new("test federation", new_governance.clone());
+    v1.version = 1;
+    let v1 = SignedManifest::sign(&v1, &[&old_keys[0], &old_keys[1]]).unwrap();
+    let mut v2 = Manifest::new("test federation", new_governance.clone());
+    v2.version = 2;
+    let v2 = SignedManifest::sign(&v2, &[&new_keys[1], &new_keys[2]]).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let journal = || db.open_tree("manifest_journal").unwrap();
+    let registry = Registry::with_journal(old_governance.clone(), true, journal());
+    registry.install(&v1).unwrap();
+    registry.install(&v2).unwrap();
+
+    // Without the journal, a restart from the configuration can no longer verify what is
+    // in force: the service would trust nobody.
+    assert!(Registry::new(old_governance.clone(), true)
+        .install(&v2)
+        .is_err());
+
+    // With it, the restart replays v1 under the configured keys, adopts the new ones, and
+    // replays v2: same state, and v1 offered again is a rollback.
+    let restarted = Registry::with_journal(old_governance.clone(), true, journal());
+    assert_eq!(restarted.current().map(|m| m.version), Some(2));
+    assert_eq!(restarted.governance(), Some(new_governance.clone()));
+    assert!(restarted.install(&v1).is_err());
+
+    // The journal is not trusted for being there: an entry signed by strangers stops the
+    // replay, and what verified before it stays in force.
+    let (strange_keys, _) = governors();
+    let mut v3 = Manifest::new("test federation", new_governance);
+    v3.version = 3;
+    let v3 = SignedManifest::sign(&v3, &[&strange_keys[0], &strange_keys[1]]).unwrap();
+    journal()
+        .insert(3u64.to_be_bytes(), serde_json::to_vec(&v3).unwrap())
+        .unwrap();
+    let restarted = Registry::with_journal(old_governance, true, journal());
+    assert_eq!(restarted.current().map(|m| m.version), Some(2));
+}

@@ -147,7 +147,15 @@ impl VisibilityState {
         let resolver = Arc::new(DidResolver::new(config.dev_mode));
         let (trust, membership): (Arc<dyn TrustSource>, Membership) = match &config.registry {
             Some(rc) => {
-                let registry = Arc::new(Registry::new(rc.governance.clone(), config.dev_mode));
+                let journal = store
+                    .db
+                    .open_tree("manifest_journal")
+                    .map_err(|e| format!("manifest journal: {e}"))?;
+                let registry = Arc::new(Registry::with_journal(
+                    rc.governance.clone(),
+                    config.dev_mode,
+                    journal,
+                ));
                 if !rc.is_url() {
                     // A bad manifest on disk is logged: the service then admits nobody
                     // until a good one arrives.
