@@ -865,6 +865,18 @@ impl Registry {
         }
     }
 
+    /// [`Registry::with_journal`] on the `manifest_journal` tree of a service's database.
+    pub fn journaled_in(
+        db: &sled::Db,
+        governance: Governance,
+        dev_mode: bool,
+    ) -> Result<Self, String> {
+        let journal = db
+            .open_tree("manifest_journal")
+            .map_err(|e| format!("manifest journal: {e}"))?;
+        Ok(Registry::with_journal(governance, dev_mode, journal))
+    }
+
     /// [`Registry::new`] that keeps every installed manifest in `journal` and first
     /// replays what it holds, in version order, each verified under the governance in
     /// force at its turn (starting from the configured one): nothing in the journal is

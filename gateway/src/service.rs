@@ -117,14 +117,11 @@ impl GatewayState {
         resolver.pin(key.did_document().map_err(|e| e.to_string())?);
         let (trust, trust_mode): (Arc<dyn TrustSource>, TrustMode) = match &config.registry {
             Some(rc) => {
-                let journal = db
-                    .open_tree("manifest_journal")
-                    .map_err(|e| format!("manifest journal: {e}"))?;
-                let registry = Arc::new(Registry::with_journal(
+                let registry = Arc::new(Registry::journaled_in(
+                    &db,
                     rc.governance.clone(),
                     config.dev_mode,
-                    journal,
-                ));
+                )?);
                 let source = if rc.is_url() {
                     ManifestSource::Url(
                         reqwest::Url::parse(&rc.signed)

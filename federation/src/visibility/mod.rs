@@ -147,15 +147,11 @@ impl VisibilityState {
         let resolver = Arc::new(DidResolver::new(config.dev_mode));
         let (trust, membership): (Arc<dyn TrustSource>, Membership) = match &config.registry {
             Some(rc) => {
-                let journal = store
-                    .db
-                    .open_tree("manifest_journal")
-                    .map_err(|e| format!("manifest journal: {e}"))?;
-                let registry = Arc::new(Registry::with_journal(
+                let registry = Arc::new(Registry::journaled_in(
+                    &store.db,
                     rc.governance.clone(),
                     config.dev_mode,
-                    journal,
-                ));
+                )?);
                 if !rc.is_url() {
                     // A bad manifest on disk is logged: the service then admits nobody
                     // until a good one arrives.
