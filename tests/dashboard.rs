@@ -1,10 +1,10 @@
 //! The auditor dashboard in a real browser: a federation of real processes produces a
 //! break-glass access, and headless Chromium, driven over WebDriver (Debian's
-//! `chromium-driver`, spoken to with plain HTTP through reqwest), shows the event, resolves
+//! `chromium-driver`, through fantoccini), shows the event, resolves
 //! its review, and sees the log grow consistently.
 //!
 //! The browser is required: without `chromium` and `chromedriver` the test fails, it does
-//! not skip (`.ci/run` installs both). `CHROMIUM` and `CHROMEDRIVER` override the paths.
+//! not skip (`scripts/test` installs both). `CHROMIUM` and `CHROMEDRIVER` override the paths.
 
 mod support;
 
@@ -118,10 +118,8 @@ async fn reviews(s: &Setup, token: &str) -> Vec<Value> {
 }
 
 // ---------------------------------------------------------------------------------------
-// A minimal WebDriver client (W3C WebDriver over HTTP, to chromedriver).
+// The browser: chromedriver (a process of ours) driven with fantoccini.
 // ---------------------------------------------------------------------------------------
-
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 fn tool(env: &str, default: &str, package: &str) -> PathBuf {
     let path = PathBuf::from(std::env::var(env).unwrap_or_else(|_| default.to_string()));
@@ -129,145 +127,102 @@ fn tool(env: &str, default: &str, package: &str) -> PathBuf {
         path.exists(),
         "{} not found: the dashboard test needs headless Chromium and chromedriver. \
          Install them with `apt-get install -y chromium chromium-driver` (package {package}; \
-         .ci/run does this), or point {env} at the binary.",
+         scripts/test does this), or point {env} at the binary.",
         path.display()
     );
     path
 }
 
 struct Browser {
-    http: reqwest::Client,
-    base: String,
-    session: String,
+    client: fantoccini::Client,
     driver: Child,
     _profile: tempfile::TempDir,
 }
 
 impl Browser {
     async fn start() -> Browser {
+        use std::os::unix::process::CommandExt as _;
         let chromium = tool("CHROMIUM", "/usr/bin/chromium", "chromium");
         let chromedriver = tool("CHROMEDRIVER", "/usr/bin/chromedriver", "chromium-driver");
         let port = free_port().unwrap();
+        // A process group of its own, so that Chromium, which chromedriver starts, goes
+        // with it when the test ends, also on a failed assertion.
         let driver = Command::new(&chromedriver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
+            .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", chromedriver.display()));
         let profile = tempfile::tempdir().unwrap();
-        let http = reqwest::Client::new();
-        let base = format!("http://127.0.0.1:{port}");
-        let mut browser = Browser {
-            http,
-            base,
-            session: String::new(),
-            driver,
-            _profile: profile,
-        };
-        let t0 = Instant::now();
-        loop {
-            let ready = browser
-                .http
-                .get(format!("{}/status", browser.base))
-                .send()
-                .await
-                .ok()
-                .map(|r| r.status().is_success())
-                .unwrap_or(false);
-            if ready {
-                break;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "chromedriver did not come up"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let profile_arg = format!("--user-data-dir={}", browser._profile.path().display());
-        let caps = json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {
+        let mut caps = serde_json::Map::new();
+        caps.insert("browserName".into(), json!("chrome"));
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
                 "binary": chromium.to_string_lossy(),
                 "args": [
                     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                     "--no-first-run", "--disable-background-networking",
                     "--disable-component-update", "--disable-sync",
-                    "--disable-dev-shm-usage", profile_arg,
+                    "--disable-dev-shm-usage",
+                    format!("--user-data-dir={}", profile.path().display()),
                 ],
-            },
-        }}});
-        let created = browser.call("POST", "/session", caps).await;
-        browser.session = created["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no WebDriver session: {created}"))
-            .to_string();
-        browser
-    }
-
-    /// One WebDriver command; returns its `value`, panicking on a WebDriver error.
-    async fn call(&self, method: &str, path: &str, body: Value) -> Value {
-        let url = format!("{}{path}", self.base);
-        let req = match method {
-            "GET" => self.http.get(url),
-            "DELETE" => self.http.delete(url),
-            _ => self.http.post(url).json(&body),
+            }),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        let t0 = Instant::now();
+        let client = loop {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match fantoccini::ClientBuilder::new(connector)
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(client) => break client,
+                // chromedriver is still starting.
+                Err(_) if t0.elapsed() < Duration::from_secs(20) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("no WebDriver session with chromedriver: {e}"),
+            }
         };
-        let res = req.send().await.unwrap();
-        let status = res.status();
-        let v: Value = res.json().await.unwrap();
-        assert!(status.is_success(), "WebDriver {method} {path}: {v}");
-        v["value"].clone()
-    }
-
-    async fn session(&self, method: &str, path: &str, body: Value) -> Value {
-        self.call(method, &format!("/session/{}{path}", self.session), body)
-            .await
+        Browser {
+            client,
+            driver,
+            _profile: profile,
+        }
     }
 
     async fn goto(&self, url: &str) {
-        self.session("POST", "/url", json!({ "url": url })).await;
+        self.client.goto(url).await.unwrap();
     }
 
     async fn js(&self, script: &str, args: Value) -> Value {
-        self.session(
-            "POST",
-            "/execute/sync",
-            json!({"script": script, "args": args}),
-        )
-        .await
+        let args = match args {
+            Value::Array(a) => a,
+            other => vec![other],
+        };
+        self.client.execute(script, args).await.unwrap()
     }
 
-    async fn find(&self, css: &str) -> String {
-        let v = self
-            .session(
-                "POST",
-                "/element",
-                json!({"using": "css selector", "value": css}),
-            )
-            .await;
-        v[ELEMENT]
-            .as_str()
-            .unwrap_or_else(|| panic!("no element {css}: {v}"))
-            .to_string()
+    async fn find(&self, css: &str) -> fantoccini::elements::Element {
+        self.client
+            .find(fantoccini::Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no element {css}: {e}"))
     }
 
     async fn type_into(&self, css: &str, text: &str) {
-        let el = self.find(css).await;
-        self.session(
-            "POST",
-            &format!("/element/{el}/value"),
-            json!({ "text": text }),
-        )
-        .await;
+        self.find(css).await.send_keys(text).await.unwrap();
     }
 
     async fn click(&self, css: &str) {
-        let el = self.find(css).await;
-        self.session("POST", &format!("/element/{el}/click"), json!({}))
-            .await;
+        self.find(css).await.click().await.unwrap();
     }
 
-    /// The text of the first element matching `css` ("" when there is none).
+    /// The text of the first element matching `css` ("" when there is none), as the DOM
+    /// has it (hidden elements included, unlike WebDriver's rendered text).
     async fn text(&self, css: &str) -> String {
         self.js(
             "const e = document.querySelector(arguments[0]); return e ? e.textContent : '';",
@@ -295,39 +250,16 @@ impl Browser {
         }
     }
 
-    async fn quit(mut self) {
-        let path = format!("/session/{}", self.session);
-        self.call("DELETE", &path, Value::Null).await;
-        self.session.clear();
+    async fn quit(self) {
+        self.client.clone().close().await.unwrap();
     }
 }
 
 impl Drop for Browser {
-    /// Also on a failed assertion: the session is deleted first (chromedriver then closes
-    /// Chromium, which killing chromedriver alone would leave running), with a plain
-    /// blocking request since `drop` cannot await.
+    /// Ends chromedriver and the Chromium it started (the whole process group).
     fn drop(&mut self) {
-        if !self.session.is_empty() {
-            let addr = self.base.trim_start_matches("http://").to_string();
-            if let Ok(mut stream) = std::net::TcpStream::connect(&addr) {
-                use std::io::{Read, Write};
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                let _ = write!(
-                    stream,
-                    "DELETE /session/{} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n",
-                    self.session
-                );
-                // chromedriver keeps the connection open: read until the JSON body ends.
-                let (mut got, mut buf) = (Vec::new(), [0u8; 1024]);
-                while let Ok(n @ 1..) = stream.read(&mut buf) {
-                    got.extend_from_slice(&buf[..n]);
-                    if got.trim_ascii_end().ends_with(b"}") {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = self.driver.kill();
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.driver.wait();
     }
 }
