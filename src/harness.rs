@@ -114,7 +114,7 @@ fn mkdir(path: &Path) -> Result<(), String> {
 }
 
 fn client() -> reqwest::Client {
-    federation::http::http_client()
+    federation::client::http_client()
 }
 
 /// The body of a GET as text.
@@ -152,7 +152,7 @@ impl Office {
         mkdir(dir)?;
         let token_path = dir.join("admin-token");
         if !token_path.exists() {
-            write_secret(&token_path, &federation::http::random_token())?;
+            write_secret(&token_path, &federation::client::random_token())?;
         }
         let token = std::fs::read_to_string(&token_path)
             .map_err(|e| e.to_string())?
@@ -334,7 +334,7 @@ impl Gateway {
         }
         let token_path = dir.join("admin-token");
         if !token_path.exists() {
-            write_secret(&token_path, &federation::http::random_token())?;
+            write_secret(&token_path, &federation::client::random_token())?;
         }
         let config = format!(
             "listen = \"127.0.0.1:{}\"\ndid = \"{}\"\nkey_file = \"gateway.key.json\"\nsecret_file = \"gateway.secret\"\ndata_dir = \"data\"\npolicies = \"{}\"\nadmin_token_file = \"admin-token\"\ndev_mode = true\n{}\n",
@@ -582,8 +582,8 @@ impl Visibility {
                     .ok_or_else(|| "bad proof hash".to_string())
             })
             .collect::<Result<_, _>>()?;
-        let leaf = federation::log::leaf_hash(&federation::visibility::leaf_bytes(
-            &federation::visibility::LogEntry::Access {
+        let leaf = federation::log::leaf_hash(&federation::wire::leaf_bytes(
+            &federation::wire::LogEntry::Access {
                 event: event.clone(),
             },
         ));

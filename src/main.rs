@@ -6,8 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-mod cli;
 mod demo;
+
+use fedgate::cli;
 
 use clap::{Parser, Subcommand};
 use federation::keys::{KeyAlgorithm, KeyPair};
@@ -314,7 +315,7 @@ async fn issuer_cmd(command: IssuerCommand) -> Result<(), String> {
                 .with_purpose("issuer assertion")
                 .save(&key_path)
                 .map_err(|e| e.to_string())?;
-            let token = federation::http::random_token();
+            let token = federation::client::random_token();
             write_secret(&dir.join("admin-token"), &token)?;
             let config = format!(
                 "listen = \"{listen}\"\n# tls_cert = \"cert.pem\"\n# tls_key = \"key.pem\"\ndid = \"{did}\"\nkey_file = \"issuer.key.json\"\ndata_dir = \"data\"\nadmin_token_file = \"admin-token\"\n"

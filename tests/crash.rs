@@ -24,7 +24,7 @@ use federation::checkpoint::{self, Checkpoint, NoteVerifier};
 use federation::credentials::{self, PresentationBinding, ProofFormat};
 use federation::events::{AccessEvent, Outcome};
 use federation::log::{self, Hash};
-use federation::visibility::{leaf_bytes, LogEntry};
+use federation::wire::{leaf_bytes, LogEntry};
 use fedgate::harness::{
     contract, fixture_patient, Custodian, FederationBuilder, Gateway, Office, Requester,
     Visibility, MRN_SYSTEM,
@@ -190,7 +190,7 @@ async fn worker(
     pause: Duration,
 ) -> Result<(), String> {
     // A client per round: pooled connections do not outlive the process they went to.
-    let client = federation::http::http_client();
+    let client = federation::client::http_client();
     for kind in kinds.iter().cycle() {
         if board.stop.load(Ordering::SeqCst) {
             break;
@@ -318,7 +318,7 @@ async fn auditor_token(office: &Office, vis: &Visibility) -> String {
 
 /// The verifier of the log's checkpoints, from the service's DID document.
 async fn note_verifier(vis: &Visibility) -> NoteVerifier {
-    let doc: Value = federation::http::http_client()
+    let doc: Value = federation::client::http_client()
         .get(format!("{}.well-known/did.json", vis.url()))
         .send()
         .await
@@ -350,7 +350,7 @@ async fn assert_consistent(vis: &Visibility, old: &Checkpoint, new: &Checkpoint,
         );
         return;
     }
-    let proof: Value = federation::http::http_client()
+    let proof: Value = federation::client::http_client()
         .get(format!(
             "{}v1/proofs/consistency?old={}&new={}",
             vis.url(),

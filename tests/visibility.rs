@@ -15,7 +15,7 @@ use federation::checkpoint;
 use federation::credentials::{self, ProofFormat};
 use federation::keys::{KeyAlgorithm, KeyPair};
 use federation::log;
-use federation::visibility::{leaf_bytes, LogEntry};
+use federation::wire::{leaf_bytes, LogEntry};
 use fedgate::harness::{
     contract, fixture_patient, free_port, get_text, Custodian, Federation, Gateway, Office,
     Requester, Visibility, MRN_SYSTEM,
@@ -135,7 +135,7 @@ struct NatsUsers {
 
 /// The subject a custodian's events go to (a digest of its DID).
 fn subject_of(custodian: &str) -> String {
-    let config: federation::eventbus::NatsConfig =
+    let config: service::eventbus::NatsConfig =
         toml::from_str("url = \"nats://127.0.0.1:4222\"").unwrap();
     config.subject_for(custodian)
 }
@@ -804,7 +804,9 @@ fn rewrite_history(visibility_dir: &Path) {
     nodes.clear().unwrap();
     let mut level = 0u8;
     while !level_hashes.is_empty() {
-        for (tile, chunk) in (0u64..).zip(level_hashes.chunks(log::TILE_WIDTH as usize)) {
+        for (tile, chunk) in
+            (0u64..).zip(level_hashes.chunks(visibility::merkle::TILE_WIDTH as usize))
+        {
             let mut key = vec![level];
             key.extend_from_slice(&tile.to_be_bytes());
             nodes.insert(key, chunk.concat()).unwrap();
@@ -884,7 +886,7 @@ async fn a_rewritten_log_raises_the_alarm_on_the_nats_path() {
 /// under another) is logged once.
 #[tokio::test]
 async fn nats_messages_are_verified_like_batches_and_logged_once() {
-    use federation::eventbus::{publish_all, NatsConfig};
+    use service::eventbus::{publish_all, NatsConfig};
 
     let s = setup(10_000, EventPath::Nats).await;
     let r = requester(&s).await;
@@ -903,7 +905,7 @@ async fn nats_messages_are_verified_like_batches_and_logged_once() {
         federation::jose::sign(
             &json!({"custodian": custodian, "events": [event]}),
             key,
-            federation::visibility::ingest::BATCH_TYP,
+            federation::wire::BATCH_TYP,
         )
         .unwrap()
     };

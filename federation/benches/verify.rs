@@ -9,9 +9,6 @@
 //! machine weighs on the floor and the operations alike. The status list is served by a
 //! real loopback server and cached, as in a running gateway.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -74,32 +71,32 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let fed = rt.block_on(common::federation());
+    let fed = rt.block_on(test_support::federation());
     let clinician = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).expect("key");
     let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).expect("key");
-    let (jwt_vc, _) = rt.block_on(common::privilege(
+    let (jwt_vc, _) = rt.block_on(test_support::privilege(
         &fed.office,
         clinician.did(),
         ProofFormat::Jwt,
     ));
-    let (di_vc, _) = rt.block_on(common::privilege(
+    let (di_vc, _) = rt.block_on(test_support::privilege(
         &fed.office,
         clinician.did(),
         ProofFormat::DataIntegrity,
     ));
-    let consent = rt.block_on(common::self_issued_consent(
+    let consent = rt.block_on(test_support::self_issued_consent(
         &patient,
         clinician.did(),
         ProofFormat::Jwt,
     ));
-    let consent_di = rt.block_on(common::self_issued_consent(
+    let consent_di = rt.block_on(test_support::self_issued_consent(
         &patient,
         clinician.did(),
         ProofFormat::DataIntegrity,
     ));
     let binding = PresentationBinding {
         challenge: "bench".into(),
-        domain: common::HOSPITAL_B.into(),
+        domain: test_support::HOSPITAL_B.into(),
     };
     let vp = rt
         .block_on(credentials::present(

@@ -95,7 +95,7 @@ impl DidResolver {
             key_docs: Mutex::new(HashMap::new()),
             ttl: Duration::from_secs(300),
             dev_mode,
-            client: crate::http::http_client(),
+            client: crate::client::http_client(),
         }
     }
 
@@ -196,7 +196,7 @@ impl DidResolver {
                 did: did.to_string(),
                 reason: e.to_string(),
             })?;
-        crate::http::loopback_only_http(&url, self.dev_mode).map_err(|e| DidError::Fetch {
+        crate::client::loopback_only_http(&url, self.dev_mode).map_err(|e| DidError::Fetch {
             did: did.to_string(),
             reason: e.to_string(),
         })?;

@@ -134,7 +134,7 @@ fn harness() -> &'static Harness {
 /// A presentation or credential as a service receives it: a JSON value (the `presentation`
 /// member of a request, an object or a string), or a bare compact JWS.
 fn json_or_compact(data: &[u8]) -> Option<Value> {
-    match crate::http::parse_strict_json(data) {
+    match crate::json::parse_strict(data) {
         Ok(value) => Some(value),
         Err(_) => std::str::from_utf8(data)
             .ok()

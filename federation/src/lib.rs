@@ -11,48 +11,40 @@
 //! - [`context`]: the bundled JSON-LD contexts (nothing is fetched).
 //! - [`schema`]: the JSON Schemas of the credential types, checked on issue and on verify.
 //! - [`credentials`]: the three credential types, issuing in both proof formats, presenting.
+//! - [`json`]: the one strict JSON reader (duplicate keys, depth, UTF-8) for all input.
 //! - [`jose`]: the compact JWS handling for VC-JOSE credentials and presentations.
 //! - [`status`]: Bitstring Status Lists, on the issuer side and as a verifier's cache.
 //! - [`trust`]: which issuers are trusted for which credential type.
 //! - [`registry`]: the governance-signed federation manifest: members, trusted issuers, contracts.
 //! - [`verify`]: the one verification pipeline, naming the check that failed.
 //! - [`events`]: access events, the only thing a federation centralizes (no PHI).
-//! - [`log`]: the visibility log, an RFC 6962 Merkle tree in sled, and its proof verifiers.
+//! - [`log`]: RFC 6962 hashing and the verifiers of the log's inclusion and consistency proofs.
 //! - [`checkpoint`]: C2SP tlog-checkpoint signed notes of the log's tree heads.
-//! - [`eventbus`]: the optional NATS JetStream path for access events (publish, stream, consumer).
-//! - [`visibility`]: the visibility service: signed event batches in, receipts, checkpoints, proofs, auditor and patient queries out.
+//! - [`wire`]: the visibility log's wire types: signed event batches, receipts, log leaves.
 //! - [`fhir_consent`]: PatientConsentCredential to and from FHIR R4 `Consent`.
-//! - [`db`]: opening the embedded sled databases (one bounded cache size for all).
-//! - [`nonce`]: single-use challenges (sled), the replay defence of presentations.
-//! - [`config`]: loading a service's TOML configuration (one error type, relative paths).
-//! - [`http`]: problem+json, strict JSON bodies, limits, TLS/loopback serving.
-//! - [`admin`]: admin bearer tokens (0600 file, compared by digest; no default).
+//! - [`client`]: the outbound HTTP client policy (https only, no proxy, no redirects).
 //! - [`time`]: clock helpers shared by issuing and verifying.
 
-pub mod admin;
 pub mod checkpoint;
-pub mod config;
+pub mod client;
 pub mod context;
 pub mod credentials;
-pub mod db;
 pub mod did;
-pub mod eventbus;
 pub mod events;
 pub mod fhir_consent;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod http;
 pub mod jose;
+pub mod json;
 pub mod keys;
 pub mod log;
-pub mod nonce;
 pub mod registry;
 pub mod schema;
 pub mod status;
 pub mod time;
 pub mod trust;
 pub mod verify;
-pub mod visibility;
+pub mod wire;
 
 #[cfg(test)]
 mod schema_examples;

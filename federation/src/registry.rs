@@ -316,8 +316,8 @@ impl Manifest {
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(RegistryError::TooLarge);
         }
-        let value = crate::http::parse_strict_json(bytes)
-            .map_err(|p| RegistryError::Malformed(p.detail.clone()))?;
+        let value = crate::json::parse_strict(bytes)
+            .map_err(|e| RegistryError::Malformed(e.to_string()))?;
         serde_json::from_value(value).map_err(|e| RegistryError::Malformed(e.to_string()))
     }
 
@@ -460,7 +460,7 @@ fn check_url(s: &str, dev_mode: bool) -> Result<(), String> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err(format!("{s:?} must not carry credentials"));
     }
-    crate::http::loopback_only_http(&url, dev_mode).map_err(|_| {
+    crate::client::loopback_only_http(&url, dev_mode).map_err(|_| {
         format!("{s:?} must be https (plain http only to a loopback host in dev mode)")
     })
 }
@@ -554,7 +554,7 @@ pub struct VerifiedManifest {
 fn read_protected(index: usize, protected: &str) -> Result<(Algorithm, String), RegistryError> {
     let bad = |reason: String| RegistryError::BadHeader { index, reason };
     let bytes = unb64(protected).ok_or_else(|| bad("not base64url".into()))?;
-    let header = crate::http::parse_strict_json(&bytes).map_err(|p| bad(p.detail.clone()))?;
+    let header = crate::json::parse_strict(&bytes).map_err(|e| bad(e.to_string()))?;
     let header = header
         .as_object()
         .ok_or_else(|| bad("not a JSON object".into()))?;
@@ -728,8 +728,8 @@ impl SignedManifest {
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(RegistryError::TooLarge);
         }
-        let value = crate::http::parse_strict_json(bytes)
-            .map_err(|p| RegistryError::MalformedJws(p.detail.clone()))?;
+        let value = crate::json::parse_strict(bytes)
+            .map_err(|e| RegistryError::MalformedJws(e.to_string()))?;
         serde_json::from_value(value).map_err(|e| RegistryError::MalformedJws(e.to_string()))
     }
 
@@ -1065,7 +1065,7 @@ async fn watch(
     resolver: Option<Arc<DidResolver>>,
 ) {
     let client = match &source {
-        ManifestSource::Url(_) => Some(crate::http::http_client()),
+        ManifestSource::Url(_) => Some(crate::client::http_client()),
         ManifestSource::File(_) => None,
     };
     let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(10)));
@@ -1143,7 +1143,7 @@ async fn fetch_url(
     url: &reqwest::Url,
     dev_mode: bool,
 ) -> Result<Vec<u8>, RegistryError> {
-    crate::http::loopback_only_http(url, dev_mode)
+    crate::client::loopback_only_http(url, dev_mode)
         .map_err(|e| RegistryError::Fetch(e.to_string()))?;
     let fetch = |e: reqwest::Error| RegistryError::Fetch(e.without_url().to_string());
     let mut resp = client.get(url.clone()).send().await.map_err(fetch)?;

@@ -170,7 +170,7 @@ impl StatusCache {
     pub fn new(resolver: Arc<DidResolver>, ttl: Duration, dev_mode: bool) -> Self {
         StatusCache {
             resolver,
-            client: crate::http::http_client(),
+            client: crate::client::http_client(),
             ttl,
             dev_mode,
             lists: Mutex::new(HashMap::new()),
@@ -271,7 +271,7 @@ impl StatusCache {
                 "status list URL is not on the issuer's registered origin".into(),
             ));
         }
-        crate::http::loopback_only_http(&parsed, self.dev_mode)
+        crate::client::loopback_only_http(&parsed, self.dev_mode)
             .map_err(|e| StatusError::Invalid(e.to_string()))?;
         self.fetches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -365,7 +365,7 @@ impl StatusCache {
                 .unwrap_or_default();
             let mut backoff = Duration::from_millis(200);
             loop {
-                if crate::http::loopback_only_http(&events_url, cache.dev_mode).is_err() {
+                if crate::client::loopback_only_http(&events_url, cache.dev_mode).is_err() {
                     tracing::warn!("status push URL refused; not subscribing");
                     return;
                 }

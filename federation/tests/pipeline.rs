@@ -1,13 +1,11 @@
 //! The verification pipeline, through the library, against real status-list servers.
 
-mod common;
-
 use chrono::Utc;
-use common::*;
 use federation::credentials::{self, CredentialKind, PresentationBinding, ProofFormat};
 use federation::keys::{KeyAlgorithm, KeyPair};
 use federation::Check;
 use serde_json::{json, Value};
+use test_support::*;
 
 const FORMATS: [ProofFormat; 2] = [ProofFormat::Jwt, ProofFormat::DataIntegrity];
 
@@ -277,7 +275,7 @@ async fn presentation_binding_failures_are_named() {
 
         // A forged privilege inside an honestly signed presentation.
         let (mut forged, _) =
-            common::privilege(&fed.office, clinician.did(), ProofFormat::DataIntegrity).await;
+            test_support::privilege(&fed.office, clinician.did(), ProofFormat::DataIntegrity).await;
         forged["credentialSubject"]["privileges"][0]["domains"] = json!(["clinical", "billing"]);
         let vp = credentials::present(&[forged], &clinician, &binding(), format)
             .await

@@ -1,14 +1,11 @@
 //! The signed federation registry as the verifier's trust source, and its URL watcher.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
-use common::*;
 use federation::credentials::{CredentialKind, ProofFormat};
 use federation::keys::{KeyAlgorithm, KeyPair};
 use federation::registry::{
@@ -17,6 +14,7 @@ use federation::registry::{
 use federation::trust::TrustSource;
 use federation::verify::Verifier;
 use federation::Check;
+use test_support::*;
 
 fn governors() -> (Vec<KeyPair>, Governance) {
     let keys: Vec<KeyPair> = (0..3)

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use federation::credentials::CredentialKind;
-use federation::http::{HttpLimits, ListenConfig};
 use serde::{Deserialize, Serialize};
+use service::http::{HttpLimits, ListenConfig};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,18 +145,18 @@ fn default_max_records() -> u32 {
     5000
 }
 
-pub use federation::config::ConfigError;
+pub use service::config::ConfigError;
 
 impl GatewayConfig {
     /// Reads and validates a config file. Relative paths are taken from the file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        federation::config::load(path)
+        service::config::load(path)
     }
 }
 
-impl federation::config::ServiceConfig for GatewayConfig {
+impl service::config::ServiceConfig for GatewayConfig {
     fn resolve_paths(&mut self, base: &Path) {
-        use federation::config::resolve;
+        use service::config::resolve;
         if let Some(r) = self.registry.as_mut() {
             r.resolve_path(base);
         }
@@ -174,7 +174,7 @@ impl federation::config::ServiceConfig for GatewayConfig {
         ] {
             resolve(base, f);
         }
-        federation::config::resolve_listen(base, &mut self.listen);
+        service::config::resolve_listen(base, &mut self.listen);
     }
 
     fn validate(&self, path: &str) -> Result<(), ConfigError> {
@@ -256,7 +256,7 @@ impl federation::config::ServiceConfig for GatewayConfig {
             for peer in &v.peers {
                 let url = reqwest::Url::parse(peer)
                     .map_err(|e| invalid("visibility.peers", &format!("{peer}: {e}")))?;
-                federation::http::loopback_only_http(&url, self.dev_mode).map_err(|_| {
+                federation::client::loopback_only_http(&url, self.dev_mode).map_err(|_| {
                     invalid(
                         "visibility.peers",
                         &format!(
@@ -314,7 +314,7 @@ impl federation::config::ServiceConfig for GatewayConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use federation::config::ServiceConfig;
+    use service::config::ServiceConfig;
 
     fn with_visibility(dev_mode: bool, table: &str) -> Result<(), String> {
         let text = format!(

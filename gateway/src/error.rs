@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use federation::http::Problem;
+use service::http::Problem;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -48,10 +48,10 @@ impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let problem = match self {
             GatewayError::BadRequest { slug, detail } => {
-                federation::http::bad_request(slug, detail)
+                service::http::bad_request(slug, detail)
             }
-            GatewayError::Unprocessable(d) => federation::http::unprocessable("invalid-request", d),
-            GatewayError::UnknownDomain(d) => federation::http::not_found(format!(
+            GatewayError::Unprocessable(d) => service::http::unprocessable("invalid-request", d),
+            GatewayError::UnknownDomain(d) => service::http::not_found(format!(
                 "unknown data domain {d:?} (clinical or billing)"
             )),
             GatewayError::Denied {
@@ -81,13 +81,13 @@ impl IntoResponse for GatewayError {
                 p
             }
             GatewayError::NotFound(what) => {
-                federation::http::not_found(format!("{what} not found"))
+                service::http::not_found(format!("{what} not found"))
             }
-            GatewayError::Unauthorized => federation::http::unauthorized(
+            GatewayError::Unauthorized => service::http::unauthorized(
                 "this endpoint needs the gateway's admin token (admin_token_file) as a Bearer token",
             ),
-            GatewayError::Unavailable(d) => federation::http::service_unavailable(d),
-            GatewayError::Internal(d) => federation::http::internal(d),
+            GatewayError::Unavailable(d) => service::http::service_unavailable(d),
+            GatewayError::Internal(d) => service::http::internal(d),
         };
         problem.into_response()
     }

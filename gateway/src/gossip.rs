@@ -120,7 +120,7 @@ impl Gossip {
             peers,
             more_peers,
             dev_mode,
-            client: federation::http::http_client(),
+            client: federation::client::http_client(),
             evidence: db
                 .open_tree("log_evidence")
                 .map_err(|e| ShipError::Storage(e.to_string()))?,
@@ -141,7 +141,7 @@ impl Gossip {
             match reqwest::Url::parse(&peer)
                 .map_err(|e| e.to_string())
                 .and_then(|url| {
-                    federation::http::loopback_only_http(&url, self.dev_mode)
+                    federation::client::loopback_only_http(&url, self.dev_mode)
                         .map(|()| url)
                         .map_err(|e| e.to_string())
                 }) {

@@ -3,7 +3,7 @@
 //!
 //! Map of the modules, in the order a request meets them:
 //! - [`config`]: `gateway.toml`, validated at load.
-//! - [`nonce`]: single-use challenges (`federation::nonce`), the replay defence of presentations.
+//! - `nonce`: single-use challenges (`service::nonce`), the replay defence of presentations.
 //! - [`policy`]: Rego policies per domain (regorus), hot reload, `policy test` runner.
 //! - [`records`]: the local FHIR store (sled) or the organization's FHIR server.
 //! - [`tokenize`]: obligations applied to FHIR JSON (reveal, tokenize, pseudonymize,
@@ -14,11 +14,10 @@
 //! - [`jwe`]: response encryption to the requester's key-agreement key.
 //! - [`shipper`]: delivers the outbox to the visibility log and checks the log's consistency;
 //!   [`gossip`]: compares the adopted checkpoint with peer gateways' (split views).
-//! - [`service`]: shared state, router and the handlers; [`exchange`]: the request flow.
+//! - [`routes`]: shared state, router and the handlers; [`exchange`]: the request flow.
 //! - [`error`]: the crate's error enum, mapped to problem+json once.
 
 pub mod config;
-pub use federation::nonce;
 pub mod consents;
 pub mod error;
 pub mod exchange;
@@ -30,7 +29,7 @@ pub mod outbox;
 pub mod policy;
 pub mod records;
 pub mod research;
-pub mod service;
+pub mod routes;
 pub mod shipper;
 pub mod tokenize;
 pub mod vault;
@@ -40,7 +39,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use config::GatewayConfig;
-pub use service::{router, GatewayState};
+pub use routes::{router, GatewayState};
 
 /// Runs the gateway until `shutdown` resolves. Binding happens first so that a port of 0
 /// works and the public URL names the real port.
@@ -49,7 +48,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<(), String> {
-    let listener = federation::http::bind(&config.listen).map_err(|e| e.to_string())?;
+    let listener = service::http::bind(&config.listen).map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let scheme = if config.listen.tls_cert.is_some() {
         "https"
@@ -123,7 +122,7 @@ pub async fn run(
         }
     }
     let app = router(state);
-    federation::http::serve_on(
+    service::http::serve_on(
         listener,
         app,
         &config.listen,

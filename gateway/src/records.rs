@@ -57,7 +57,7 @@ pub enum RecordError {
     #[error("FHIR server URL: {0}")]
     Url(String),
     #[error(transparent)]
-    Outbound(#[from] federation::http::HttpError),
+    Outbound(#[from] federation::client::ClientError),
     #[error("FHIR server request ({what}) failed: {detail}")]
     Request { what: &'static str, detail: String },
     #[error("FHIR server answered HTTP {status} to the {what}")]
@@ -392,7 +392,7 @@ struct Candidate {
 impl SledStore {
     /// Opens (or creates) the store in directory `dir`.
     pub fn open(dir: &Path) -> Result<SledStore, RecordError> {
-        SledStore::with_db(federation::db::open(dir)?)
+        SledStore::with_db(service::db::open(dir)?)
     }
 
     /// The store's trees inside an existing database.
@@ -983,7 +983,7 @@ pub struct FhirServer {
 impl FhirServer {
     pub fn new(base: &str, dev_mode: bool) -> Result<FhirServer, RecordError> {
         let mut base = reqwest::Url::parse(base).map_err(|e| RecordError::Url(e.to_string()))?;
-        federation::http::loopback_only_http(&base, dev_mode)?;
+        federation::client::loopback_only_http(&base, dev_mode)?;
         if base.query().is_some() || base.fragment().is_some() {
             return Err(RecordError::Url(
                 "the base URL has a query or fragment".into(),
@@ -995,7 +995,7 @@ impl FhirServer {
         }
         Ok(FhirServer {
             base,
-            client: federation::http::http_client(),
+            client: federation::client::http_client(),
             dev_mode,
             max_pages: 100,
             max_response_bytes: 32 * 1024 * 1024,
@@ -1021,7 +1021,7 @@ impl FhirServer {
         url: &reqwest::Url,
         what: &'static str,
     ) -> Result<Option<Value>, RecordError> {
-        federation::http::loopback_only_http(url, self.dev_mode)?;
+        federation::client::loopback_only_http(url, self.dev_mode)?;
         // reqwest errors name the URL, whose query may hold an identifier: drop it.
         let req_err = |e: reqwest::Error| RecordError::Request {
             what,

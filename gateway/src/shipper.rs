@@ -8,7 +8,7 @@
 //!
 //! Two transports (`[visibility] transport`): `https` posts batches to the service, whose
 //! answer carries the receipts; `nats` publishes each event to JetStream (see
-//! [`federation::eventbus`]), moves it to the outbox's published stage once the stream has
+//! [`service::eventbus`]), moves it to the outbox's published stage once the stream has
 //! it, and a second loop then collects its receipt from `POST /v1/receipts`. Both end the
 //! same way: a receipt checked against a consistent checkpoint, kept on disk.
 
@@ -19,14 +19,13 @@ use std::time::{Duration, Instant};
 
 use federation::checkpoint::{self, NoteVerifier};
 use federation::did::{DidResolver, Relationship};
-use federation::eventbus::{self, NatsConfig};
 use federation::events::AccessEvent;
 use federation::keys::KeyPair;
 use federation::log;
-use federation::visibility::ingest::{self, BatchResponse, ReceiptsResponse, BATCH_TYP};
-use federation::visibility::{leaf_bytes, LogEntry};
+use federation::wire::{self, leaf_bytes, BatchResponse, LogEntry, ReceiptsResponse, BATCH_TYP};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use service::eventbus::{self, NatsConfig};
 
 use crate::outbox::Outbox;
 
@@ -203,7 +202,7 @@ impl Shipper {
             key,
             config,
             resolver,
-            client: federation::http::http_client(),
+            client: federation::client::http_client(),
             dev_mode,
             bus,
             in_incident: AtomicBool::new(false),
@@ -273,7 +272,7 @@ impl Shipper {
         let url = base
             .join(path)
             .map_err(|e| ShipError::Unreachable(e.to_string()))?;
-        federation::http::loopback_only_http(&url, self.dev_mode)
+        federation::client::loopback_only_http(&url, self.dev_mode)
             .map_err(|e| ShipError::Unreachable(e.to_string()))?;
         Ok(url)
     }
@@ -521,7 +520,7 @@ impl Shipper {
         &self,
         sent: &[AccessEvent],
         note: &str,
-        receipts: &[ingest::Receipt],
+        receipts: &[wire::Receipt],
     ) -> Result<Vec<String>, ShipError> {
         let verifier = self.note_verifier().await?;
         let cp = checkpoint::open(note, std::slice::from_ref(&verifier))

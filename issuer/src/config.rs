@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use federation::credentials::{CredentialKind, ProofFormat};
-use federation::http::{HttpLimits, ListenConfig};
 use serde::Deserialize;
+use service::http::{HttpLimits, ListenConfig};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,24 +59,24 @@ fn default_status_ttl() -> u64 {
     300
 }
 
-pub use federation::config::ConfigError;
+pub use service::config::ConfigError;
 
 impl IssuerConfig {
     /// Reads and validates a config file. Relative paths are taken from the file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        federation::config::load(path)
+        service::config::load(path)
     }
 }
 
-impl federation::config::ServiceConfig for IssuerConfig {
+impl service::config::ServiceConfig for IssuerConfig {
     fn resolve_paths(&mut self, base: &Path) {
-        use federation::config::resolve;
+        use service::config::resolve;
         resolve(base, &mut self.key_file);
         resolve(base, &mut self.data_dir);
         if let Some(t) = self.admin_token_file.as_mut() {
             resolve(base, t);
         }
-        federation::config::resolve_listen(base, &mut self.listen);
+        service::config::resolve_listen(base, &mut self.listen);
     }
 
     fn validate(&self, path: &str) -> Result<(), ConfigError> {

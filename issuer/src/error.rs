@@ -2,8 +2,8 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use federation::http::Problem;
 use federation::VerifyError;
+use service::http::Problem;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IssuerError {
@@ -46,13 +46,11 @@ impl From<federation::credentials::IssueError> for IssuerError {
 impl IntoResponse for IssuerError {
     fn into_response(self) -> Response {
         let problem = match &self {
-            IssuerError::Unauthorized => federation::http::unauthorized(
-                "this endpoint needs the issuer's admin bearer token",
-            ),
-            IssuerError::BadRequest(m) => federation::http::bad_request("bad-request", m),
-            IssuerError::Unprocessable(m) => {
-                federation::http::unprocessable("invalid-credential", m)
+            IssuerError::Unauthorized => {
+                service::http::unauthorized("this endpoint needs the issuer's admin bearer token")
             }
+            IssuerError::BadRequest(m) => service::http::bad_request("bad-request", m),
+            IssuerError::Unprocessable(m) => service::http::unprocessable("invalid-credential", m),
             IssuerError::Verification(v) => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "verification-failed",
@@ -61,11 +59,11 @@ impl IntoResponse for IssuerError {
             )
             .with("check", serde_json::json!(v.check))
             .with("credential", serde_json::json!(v.credential)),
-            IssuerError::NotFound(m) => federation::http::not_found(format!("{m} not found")),
+            IssuerError::NotFound(m) => service::http::not_found(format!("{m} not found")),
             IssuerError::Conflict(m) => {
                 Problem::new(StatusCode::CONFLICT, "conflict", "Conflict", m)
             }
-            IssuerError::Storage(m) | IssuerError::Signing(m) => federation::http::internal(m),
+            IssuerError::Storage(m) | IssuerError::Signing(m) => service::http::internal(m),
         };
         problem.into_response()
     }

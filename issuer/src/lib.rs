@@ -4,17 +4,17 @@
 //! - [`config`]: `issuer.toml`, validated at load.
 //! - [`store`]: sled storage of issued credentials and the revocation bitstring. It owns
 //!   its trees; transactions make a mover's "issue new, revoke old" atomic.
-//! - [`service`]: shared state, the router, and the handlers (W3C VC API, lifecycle,
+//! - [`routes`]: shared state, the router, and the handlers (W3C VC API, lifecycle,
 //!   status list, revocation push, DID document, key inventory).
 //! - [`error`]: the crate's error enum, mapped to problem+json once.
 
 pub mod config;
 pub mod error;
-pub mod service;
+pub mod routes;
 pub mod store;
 
 pub use config::IssuerConfig;
-pub use service::{router, IssuerState};
+pub use routes::{router, IssuerState};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,7 +26,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<(), String> {
-    let listener = federation::http::bind(&config.listen).map_err(|e| e.to_string())?;
+    let listener = service::http::bind(&config.listen).map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let scheme = if config.listen.tls_cert.is_some() {
         "https"
@@ -43,7 +43,7 @@ pub async fn run(
     }
     let state = IssuerState::new(config.clone(), public_url)?;
     let app = router(state);
-    federation::http::serve_on(
+    service::http::serve_on(
         listener,
         app,
         &config.listen,

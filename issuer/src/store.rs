@@ -74,7 +74,7 @@ fn tx_err(e: TransactionError<IssuerError>) -> IssuerError {
 
 impl Store {
     pub fn open(path: &std::path::Path) -> Result<Self, IssuerError> {
-        let db = federation::db::open(path)?;
+        let db = service::db::open(path)?;
         Ok(Store {
             credentials: db.open_tree("credentials")?,
             by_subject: db.open_tree("by_subject")?,

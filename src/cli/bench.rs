@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::harness::{
+    contract, fixture_mrn, fixtures, repo_root, Custodian, Federation, MRN_SYSTEM,
+};
 use clap::{Args, Subcommand};
 use federation::credentials::{self, CredentialKind, PresentationBinding, ProofFormat};
 use federation::keys::{KeyAlgorithm, KeyPair};
-use fedgate::harness::{
-    contract, fixture_mrn, fixtures, repo_root, Custodian, Federation, MRN_SYSTEM,
-};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -586,7 +586,7 @@ enum Answer {
 
 impl Http {
     fn new(connections: usize) -> Result<Http, String> {
-        let client = federation::http::http_client_builder()
+        let client = federation::client::http_client_builder()
             .pool_max_idle_per_host(connections.max(1))
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
@@ -1216,8 +1216,7 @@ fn signed_batch(key: &KeyPair, template: &Value, n: usize) -> Result<String, Str
         })
         .collect();
     let payload = json!({"custodian": key.did(), "events": events});
-    federation::jose::sign(&payload, key, federation::visibility::ingest::BATCH_TYP)
-        .map_err(|e| e.to_string())
+    federation::jose::sign(&payload, key, federation::wire::BATCH_TYP).map_err(|e| e.to_string())
 }
 
 /// A typical allowed clinical access event of `custodian` (no PHI, as always).
@@ -1265,7 +1264,7 @@ struct IngestTally {
 
 async fn ingest(args: IngestArgs) -> Result<Printed, String> {
     check_run(&args.run, args.senders, "senders")?;
-    let max = federation::visibility::ingest::MAX_BATCH_EVENTS;
+    let max = federation::wire::MAX_BATCH_EVENTS;
     if args.batch == 0 || args.batch > max {
         return Err(format!("--batch must be 1 to {max} events"));
     }
@@ -1406,8 +1405,7 @@ async fn ingest(args: IngestArgs) -> Result<Printed, String> {
     let verify = ed25519_verify_us(sample.len())?;
     let event: federation::events::AccessEvent =
         serde_json::from_value((*template).clone()).map_err(|e| e.to_string())?;
-    let leaf =
-        federation::visibility::leaf_bytes(&federation::visibility::LogEntry::Access { event });
+    let leaf = federation::wire::leaf_bytes(&federation::wire::LogEntry::Access { event });
     let leaf_hash = mean_us(Duration::from_millis(300), || {
         std::hint::black_box(federation::log::leaf_hash(std::hint::black_box(&leaf)));
         true

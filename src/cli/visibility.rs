@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use federation::visibility::{self, VisibilityConfig};
+use visibility::VisibilityConfig;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum VisibilityCommand {

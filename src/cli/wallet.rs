@@ -515,7 +515,7 @@ fn read_credential(file: &Path) -> Result<Value, String> {
         .map_err(|_| format!("{}: not UTF-8 text", file.display()))?
         .trim();
     if text.starts_with('{') || text.starts_with('"') {
-        federation::http::parse_strict_json(text.as_bytes())
+        service::http::parse_strict_json(text.as_bytes())
             .map_err(|p| format!("{}: not a credential: {}", file.display(), p.detail))
     } else {
         Ok(Value::String(text.to_string()))

@@ -1,7 +1,7 @@
 //! The wallet's errors. Each message is one line that says what to do next.
 
+use federation::client::ClientError;
 use federation::credentials::IssueError;
-use federation::http::HttpError;
 use federation::keys::KeyError;
 use federation::VerifyError;
 
@@ -59,7 +59,7 @@ pub enum WalletError {
     InvalidRequest(String),
 
     #[error("refusing to contact the gateway: {0}")]
-    Outbound(#[from] HttpError),
+    Outbound(#[from] ClientError),
 
     #[error("gateway {url} is unreachable: {reason}")]
     GatewayUnreachable { url: String, reason: String },

@@ -7,8 +7,9 @@
 //! stripped of control characters so that a gateway cannot rewrite the user's terminal.
 
 use chrono::{DateTime, Utc};
+use federation::client::{loopback_only_http, try_http_client};
 use federation::credentials::PresentationBinding;
-use federation::http::{loopback_only_http, parse_strict_json, try_http_client};
+use federation::json::parse_strict as parse_strict_json;
 use reqwest::header::{HeaderValue, ACCEPT};
 use reqwest::StatusCode;
 use serde::Serialize;
@@ -231,7 +232,7 @@ impl GatewayClient {
                 return Ok(Value::Null);
             }
             return parse_strict_json(&bytes)
-                .map_err(|p| self.protocol(&url, &format!("the body is not JSON: {}", p.detail)));
+                .map_err(|p| self.protocol(&url, &format!("the body is not JSON: {p}")));
         }
         if status.is_success() {
             return Err(self.protocol(&url, &format!("expected {expected}, got {status}")));

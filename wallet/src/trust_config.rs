@@ -27,9 +27,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use federation::client::loopback_only_http;
 use federation::credentials::CredentialKind;
 use federation::did::DidResolver;
-use federation::http::{loopback_only_http, parse_strict_json};
+use federation::json::parse_strict as parse_strict_json;
 use federation::status::StatusCache;
 use federation::trust::StaticTrust;
 use federation::verify::Verifier;
@@ -88,7 +89,7 @@ impl TrustConfig {
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
-        let value = parse_strict_json(bytes).map_err(|p| p.detail.clone())?;
+        let value = parse_strict_json(bytes).map_err(|e| e.to_string())?;
         serde_json::from_value(value).map_err(|e| e.to_string())
     }
 

@@ -1,19 +1,15 @@
 //! The wallet against the test federation (a credentialing office with a real status-list
 //! server) and a stub gateway on loopback.
 
-#[path = "../../federation/tests/common/mod.rs"]
-mod common;
-mod stub;
-
 use std::path::Path;
 
 use chrono::Utc;
-use common::*;
 use federation::credentials::{CredentialKind, Domain, Grantee, PatientIdentifier, ProofFormat};
 use federation::keys::{KeyAlgorithm, KeyPair};
 use federation::Check;
 use serde_json::json;
-use stub::{start_stub, Mode};
+use test_support::stub::{start_stub, Mode};
+use test_support::*;
 use wallet::{
     ConsentGrant, GatewayClient, PresentationRequest, Provision, StoredCredential, Wallet,
     WalletError,

@@ -1,4 +1,4 @@
-//! A stub gateway on loopback: issues challenges as `common::HOSPITAL_B`, and verifies the
+//! A stub gateway on loopback: issues challenges as `HOSPITAL_B`, and verifies the
 //! presentations posted to its consent endpoints with the test federation's verifier.
 
 #![allow(dead_code)]
@@ -17,7 +17,7 @@ use federation::verify::Verifier;
 use serde_json::{json, Value};
 use wallet::GatewayClient;
 
-use crate::common::{Fed, HOSPITAL_A, HOSPITAL_B};
+use crate::{Fed, HOSPITAL_A, HOSPITAL_B};
 
 /// How the stub answers `POST /v1/challenges`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +80,7 @@ async fn challenges(State(s): State<Arc<StubState>>) -> Response {
     let challenge = match mode {
         Mode::ShortChallenge => "abc".to_string(),
         Mode::BadCharacters => "has spaces and <b>markup</b> in it".to_string(),
-        _ => federation::http::random_token(),
+        _ => federation::client::random_token(),
     };
     let domain = match mode {
         Mode::OtherDomain => HOSPITAL_A.to_string(),

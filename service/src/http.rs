@@ -1,8 +1,7 @@
-//! Shared HTTP plumbing for every fedgate service: RFC 9457 problem details, a strict JSON
-//! body extractor, the common middleware stack (limits, timeouts, security headers, request
-//! ids), TLS/loopback serving, and the outbound client policy.
+//! HTTP serving for every fedgate service: RFC 9457 problem details, a strict JSON body
+//! extractor, the common middleware stack (limits, timeouts, security headers, request ids),
+//! and TLS/loopback serving. The outbound client policy is `federation::client`'s.
 
-use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -21,7 +20,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use serde::de::{self, DeserializeOwned, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tower::limit::GlobalConcurrencyLimitLayer;
@@ -380,156 +379,20 @@ fn is_json_content_type(headers: &HeaderMap) -> bool {
     })
 }
 
-/// Parses a JSON document with the checks every fedgate input gets: valid UTF-8, at most
-/// [`MAX_JSON_DEPTH`] levels of nesting, no duplicate object keys at any depth, no
-/// trailing data. Errors are 400 problems with slugs `invalid-utf8`, `too-deep`,
-/// `duplicate-key` or `malformed-json`.
+/// Parses a JSON document with the checks every fedgate input gets
+/// ([`federation::json::parse_strict`]). Errors are 400 problems with slugs
+/// `invalid-utf8`, `too-deep`, `duplicate-key` or `malformed-json`.
 pub fn parse_strict_json(bytes: &[u8]) -> Result<Value, Problem> {
-    if let Err(err) = std::str::from_utf8(bytes) {
-        return Err(bad_request(
-            "invalid-utf8",
-            format!(
-                "the document is not valid UTF-8 (byte {})",
-                err.valid_up_to()
-            ),
-        ));
-    }
-    check_depth(bytes)?;
-
-    // Checked in a pass of its own, then parsed by serde_json proper: building the Value
-    // here would have to mimic serde_json's internals (e.g. with `arbitrary_precision`,
-    // numbers arrive as private single-key maps).
-    let duplicate = RefCell::new(None);
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let checked = UniqueKeys {
-        duplicate: &duplicate,
-    }
-    .deserialize(&mut deserializer)
-    .and_then(|()| deserializer.end());
-    let malformed = |err: serde_json::Error| {
-        bad_request(
-            "malformed-json",
-            truncate_chars(&err.to_string(), MAX_ECHOED_CHARS),
-        )
-    };
-    if let Err(err) = checked {
-        return Err(match duplicate.into_inner() {
-            Some(key) => bad_request(
-                "duplicate-key",
-                format!(
-                    "duplicate object key \"{}\"",
-                    truncate_chars(&key, MAX_ECHOED_CHARS)
-                ),
-            ),
-            None => malformed(err),
-        });
-    }
-    serde_json::from_slice(bytes).map_err(malformed)
-}
-
-/// Iterative scan, so a hostile document cannot exhaust the stack before the parser (which
-/// recurses) ever sees it. Structure errors are left to the parser.
-fn check_depth(bytes: &[u8]) -> Result<(), Problem> {
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &byte in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if byte == b'\\' {
-                escaped = true;
-            } else if byte == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > MAX_JSON_DEPTH {
-                    return Err(bad_request(
-                        "too-deep",
-                        format!("JSON nesting exceeds {MAX_JSON_DEPTH} levels"),
-                    ));
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// Walks a document, recording the first object key repeated within one object. Recursion
-/// here is bounded by [`check_depth`], which has already run.
-#[derive(Clone, Copy)]
-struct UniqueKeys<'a> {
-    duplicate: &'a RefCell<Option<String>>,
-}
-
-impl<'de> DeserializeSeed<'de> for UniqueKeys<'_> {
-    type Value = ();
-
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for UniqueKeys<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_none<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(self)?.is_some() {}
-        Ok(())
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut keys = std::collections::HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if keys.contains(&key) {
-                let message = format!("duplicate key {key}");
-                *self.duplicate.borrow_mut() = Some(key);
-                return Err(de::Error::custom(message));
-            }
-            map.next_value_seed(self)?;
-            keys.insert(key);
-        }
-        Ok(())
-    }
+    use federation::json::StrictJsonError as E;
+    federation::json::parse_strict(bytes).map_err(|err| {
+        let slug = match &err {
+            E::InvalidUtf8 { .. } => "invalid-utf8",
+            E::TooDeep => "too-deep",
+            E::DuplicateKey { .. } => "duplicate-key",
+            E::Malformed(_) => "malformed-json",
+        };
+        bad_request(slug, err.to_string())
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -816,10 +679,6 @@ pub enum HttpError {
     Serve(#[source] io::Error),
     #[error("invalid HTTP limits: {0}")]
     InvalidLimits(String),
-    #[error("refusing {scheme} request to host `{host}`: only https is allowed (http only to a loopback host in dev mode)")]
-    OutboundNotAllowed { scheme: String, host: String },
-    #[error("cannot build HTTP client: {0}")]
-    Client(#[source] reqwest::Error),
 }
 
 fn is_loopback(ip: IpAddr) -> bool {
@@ -975,91 +834,12 @@ async fn serve_tls(
         .map_err(HttpError::Serve)
 }
 
-/// A fresh 256-bit secret, base64url without padding (e.g. an admin bearer token).
-pub fn random_token() -> String {
-    use base64::Engine as _;
-    use rand::RngCore as _;
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-// ---------------------------------------------------------------------------------------
-// Outbound
-// ---------------------------------------------------------------------------------------
-
-/// The outbound rule every client applies before sending: https always; plain http only
-/// in dev mode and only to a loopback IP or `localhost`.
-pub fn loopback_only_http(url: &reqwest::Url, dev_mode: bool) -> Result<(), HttpError> {
-    let host = url.host_str().unwrap_or_default();
-    match url.scheme() {
-        "https" if !host.is_empty() => Ok(()),
-        "http" if dev_mode && is_loopback_host(host) => Ok(()),
-        scheme => Err(HttpError::OutboundNotAllowed {
-            scheme: scheme.to_owned(),
-            host: host.to_owned(),
-        }),
-    }
-}
-
-fn is_loopback_host(host: &str) -> bool {
-    let bare = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    match bare.parse::<IpAddr>() {
-        Ok(ip) => is_loopback(ip),
-        Err(_) => bare.eq_ignore_ascii_case("localhost"),
-    }
-}
-
-/// The client configuration every fedgate client starts from: rustls, connect timeout
-/// 5 s, total timeout 15 s, no redirects (a redirect could lead outside an allow-map),
-/// user agent `fedgate/<version>`. Callers may add trust roots before building.
-pub fn http_client_builder() -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
-        .tls_backend_rustls()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(15))
-        .redirect(reqwest::redirect::Policy::none())
-        // Peers are contacted directly: an ambient HTTP(S)_PROXY would see every request
-        // and would make the loopback and allow-map rules meaningless.
-        .no_proxy()
-        .user_agent(concat!("fedgate/", env!("CARGO_PKG_VERSION")))
-}
-
-/// [`http_client_builder`], built; for callers that can propagate the error.
-pub fn try_http_client() -> Result<reqwest::Client, HttpError> {
-    http_client_builder().build().map_err(HttpError::Client)
-}
-
-/// [`http_client_builder`], built. If that fails (e.g. a malformed proxy variable or an
-/// unusable system trust store) the result fails closed: no proxy and no trust roots, so
-/// every https request is refused at the handshake instead of running with weaker rules.
-pub fn http_client() -> reqwest::Client {
-    match try_http_client() {
-        Ok(client) => client,
-        Err(err) => {
-            tracing::error!(%err, "cannot build the HTTP client; outbound https will fail");
-            match http_client_builder()
-                .no_proxy()
-                .tls_certs_only(std::iter::empty())
-                .build()
-            {
-                Ok(client) => client,
-                // This configuration depends on nothing from the host, so it cannot fail
-                // short of a broken TLS library; there is then no safe client to return.
-                Err(err) => panic!("no usable TLS stack for outbound HTTP: {err}"),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::routing::{get, post};
     use axum::Json;
+    use federation::client::{http_client, http_client_builder, try_http_client};
     use tokio::sync::oneshot;
 
     #[derive(Debug, Deserialize, Serialize)]
@@ -1617,17 +1397,6 @@ mod tests {
     }
 
     #[test]
-    fn random_tokens() {
-        let a = random_token();
-        let b = random_token();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 43);
-        assert!(a
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
-    }
-
-    #[test]
     fn loopback_ipv6_and_mapped_are_allowed() {
         assert!(is_loopback("::1".parse().unwrap()));
         assert!(is_loopback("127.5.6.7".parse().unwrap()));
@@ -1713,32 +1482,6 @@ mod tests {
             format!("fedgate/{}", env!("CARGO_PKG_VERSION"))
         );
         srv.stop().await;
-    }
-
-    #[test]
-    fn loopback_only_http_rules() {
-        let ok = |u: &str, dev| loopback_only_http(&reqwest::Url::parse(u).unwrap(), dev);
-        assert!(ok("https://issuer.example.org/x", false).is_ok());
-        assert!(ok("https://127.0.0.1/x", false).is_ok());
-        assert!(ok("http://127.0.0.1:8080/x", true).is_ok());
-        assert!(ok("http://127.9.9.9/x", true).is_ok());
-        assert!(ok("http://[::1]:9000/x", true).is_ok());
-        assert!(ok("http://localhost:9000/x", true).is_ok());
-        assert!(ok("http://LOCALHOST/x", true).is_ok());
-        assert!(ok("http://127.0.0.1/x", false).is_err());
-        assert!(ok("http://localhost/x", false).is_err());
-        assert!(ok("http://[::]/x", true).is_err());
-        assert!(ok("http://0.0.0.0/x", true).is_err());
-        assert!(ok("http://localhost.evil.example/x", true).is_err());
-        assert!(ok("http://127.0.0.1.nip.io/x", true).is_err());
-        assert!(ok("ftp://127.0.0.1/x", true).is_err());
-        assert!(ok("file:///etc/passwd", true).is_err());
-        match ok("http://registry.example.org/x", true) {
-            Err(err @ HttpError::OutboundNotAllowed { .. }) => {
-                assert!(err.to_string().contains("registry.example.org"), "{err}");
-            }
-            other => panic!("{other:?}"),
-        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! A small federation for library tests: a credentialing office with a did:web and a real
-//! HTTP server publishing its DID document and signed status list on loopback.
+//! Test support shared by the crates' tests: a small federation for library tests (a
+//! credentialing office with a did:web and a real HTTP server publishing its DID document
+//! and signed status list on loopback) and a stub gateway for the wallet's tests.
 
-#![allow(dead_code)]
+pub mod stub;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -3,9 +3,9 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::http::Problem;
-use crate::log::LogError;
-use crate::verify::VerifyError;
+use crate::merkle::LogError;
+use federation::verify::VerifyError;
+use service::http::Problem;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VisibilityError {
@@ -63,10 +63,10 @@ impl VisibilityError {
     }
 }
 
-impl From<crate::nonce::NonceError> for VisibilityError {
-    fn from(e: crate::nonce::NonceError) -> Self {
+impl From<service::nonce::NonceError> for VisibilityError {
+    fn from(e: service::nonce::NonceError) -> Self {
         match e {
-            crate::nonce::NonceError::Storage(m) => VisibilityError::Storage(m),
+            service::nonce::NonceError::Storage(m) => VisibilityError::Storage(m),
             other => VisibilityError::Unauthorized(other.to_string()),
         }
     }
@@ -93,8 +93,8 @@ impl From<LogError> for VisibilityError {
     }
 }
 
-impl From<crate::checkpoint::NoteError> for VisibilityError {
-    fn from(e: crate::checkpoint::NoteError) -> Self {
+impl From<federation::checkpoint::NoteError> for VisibilityError {
+    fn from(e: federation::checkpoint::NoteError) -> Self {
         VisibilityError::Signing(e.to_string())
     }
 }
@@ -102,22 +102,24 @@ impl From<crate::checkpoint::NoteError> for VisibilityError {
 impl IntoResponse for VisibilityError {
     fn into_response(self) -> Response {
         let problem = match &self {
-            VisibilityError::BadRequest { slug, detail } => crate::http::bad_request(slug, detail),
-            VisibilityError::Unauthorized(m) => crate::http::unauthorized(m),
-            VisibilityError::Verification(v) => crate::http::unauthorized(v.to_string())
+            VisibilityError::BadRequest { slug, detail } => {
+                service::http::bad_request(slug, detail)
+            }
+            VisibilityError::Unauthorized(m) => service::http::unauthorized(m),
+            VisibilityError::Verification(v) => service::http::unauthorized(v.to_string())
                 .with("check", serde_json::json!(v.check))
                 .with("credential", serde_json::json!(v.credential)),
-            VisibilityError::Forbidden { slug, detail } => crate::http::forbidden(slug, detail),
-            VisibilityError::NotFound(m) => crate::http::not_found(m),
+            VisibilityError::Forbidden { slug, detail } => service::http::forbidden(slug, detail),
+            VisibilityError::NotFound(m) => service::http::not_found(m),
             VisibilityError::Conflict(m) => {
                 Problem::new(StatusCode::CONFLICT, "conflict", "Conflict", m)
             }
-            VisibilityError::TooLarge(m) => crate::http::payload_too_large(m),
+            VisibilityError::TooLarge(m) => service::http::payload_too_large(m),
             VisibilityError::Unprocessable { slug, detail } => {
-                crate::http::unprocessable(slug, detail)
+                service::http::unprocessable(slug, detail)
             }
-            VisibilityError::Unavailable(m) => crate::http::service_unavailable(m),
-            VisibilityError::Storage(m) | VisibilityError::Signing(m) => crate::http::internal(m),
+            VisibilityError::Unavailable(m) => service::http::service_unavailable(m),
+            VisibilityError::Storage(m) | VisibilityError::Signing(m) => service::http::internal(m),
         };
         problem.into_response()
     }

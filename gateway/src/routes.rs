@@ -12,7 +12,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use federation::credentials::{CredentialKind, PresentationBinding};
 use federation::did::DidResolver;
-use federation::http::StrictJson;
 use federation::keys::KeyPair;
 use federation::registry::{ManifestSource, Registry, SignedManifest};
 use federation::status::StatusCache;
@@ -21,16 +20,17 @@ use federation::verify::Verifier;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use service::http::StrictJson;
 
 use crate::config::{GatewayConfig, RecordsConfig};
 use crate::consents::ConsentStore;
 use crate::error::GatewayError;
 use crate::exchange::{self, ExchangeRequest, Ledger};
-use crate::nonce::Nonces;
 use crate::outbox::Outbox;
 use crate::policy::PolicyHolder;
 use crate::records::RecordSource;
 use crate::vault::Vault;
+use service::nonce::Nonces;
 
 pub struct GatewayState {
     pub config: GatewayConfig,
@@ -46,7 +46,7 @@ pub struct GatewayState {
     pub secret: [u8; 32],
     pub db: sled::Db,
     /// The admin endpoints' token; without one they refuse every call.
-    admin: Option<federation::admin::AdminToken>,
+    admin: Option<service::admin::AdminToken>,
     trust_mode: TrustMode,
     metrics: PrometheusHandle,
 }
@@ -67,7 +67,7 @@ impl GatewayState {
         metrics: PrometheusHandle,
     ) -> Result<Arc<Self>, String> {
         let admin = match &config.admin_token_file {
-            Some(path) => Some(federation::admin::AdminToken::load(path)?),
+            Some(path) => Some(service::admin::AdminToken::load(path)?),
             None => None,
         };
         let key = KeyPair::load_or_create(&config.key_file, || {
@@ -85,8 +85,8 @@ impl GatewayState {
         let secret = Vault::key_from_file(&config.secret_file).map_err(|e| e.to_string())?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
-        let db = federation::db::open(&config.data_dir.join("gateway.sled"))
-            .map_err(|e| e.to_string())?;
+        let db =
+            service::db::open(&config.data_dir.join("gateway.sled")).map_err(|e| e.to_string())?;
         let nonces = Nonces::new(
             db.open_tree("nonces").map_err(|e| e.to_string())?,
             Duration::from_secs(config.challenge_ttl_secs),
@@ -252,9 +252,9 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
         .route("/openapi.json", get(openapi))
-        .fallback(federation::http::problem_fallback)
+        .fallback(service::http::problem_fallback)
         .with_state(state);
-    federation::http::common_layers(router, &limits)
+    service::http::common_layers(router, &limits)
 }
 
 async fn did_document(State(s): AppState) -> Result<Json<Value>, GatewayError> {
@@ -741,7 +741,7 @@ async fn readyz(State(s): AppState) -> Response {
     if policy.is_some() && outbox_ok {
         (StatusCode::OK, Json(body)).into_response()
     } else {
-        federation::http::service_unavailable(if policy.is_none() {
+        service::http::service_unavailable(if policy.is_none() {
             "policies failed to load; every request is denied"
         } else {
             "the access-event outbox is full"

@@ -1,20 +1,15 @@
 //! The `fedgate wallet` command line (src/cli/wallet.rs), parsed and run in-process against
 //! the test federation and the stub gateway.
 
-#[path = "../../src/cli/wallet.rs"]
-#[allow(dead_code)]
-mod cli;
-#[path = "../../federation/tests/common/mod.rs"]
-mod common;
-mod stub;
+use fedgate::cli::wallet as cli;
 
 use std::path::Path;
 
 use clap::{CommandFactory, Parser};
-use common::*;
 use federation::credentials::{CredentialKind, ProofFormat};
 use serde_json::{json, Value};
-use stub::start_stub;
+use test_support::stub::start_stub;
+use test_support::*;
 use wallet::Wallet;
 
 /// Stands in for `fedgate wallet`, which main.rs provides.

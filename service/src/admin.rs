@@ -29,7 +29,7 @@ impl std::fmt::Debug for AdminToken {
 impl AdminToken {
     /// Reads the token file, refusing one that group or others can read.
     pub fn load(path: &Path) -> Result<AdminToken, String> {
-        let bytes = crate::keys::read_private(path)
+        let bytes = federation::keys::read_private(path)
             .map_err(|e| format!("admin_token_file {}: {e}", path.display()))?;
         let token = std::str::from_utf8(&bytes)
             .map_err(|_| format!("admin_token_file {}: not text", path.display()))?

@@ -15,7 +15,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use ed25519_dalek::SigningKey;
 use federation::checkpoint::{self, Checkpoint, NoteVerifier};
 use federation::events::{AccessEvent, Outcome};
-use federation::log::{leaf_hash, verify_consistency, verify_inclusion, MerkleLog};
+use federation::log::{leaf_hash, verify_consistency, verify_inclusion};
+use visibility::merkle::MerkleLog;
 
 const BATCH: usize = 1_000;
 const BIG: u64 = 1_000_000;

@@ -12,6 +12,7 @@
 //!   log when behind), the latest checkpoint, review notes.
 //! - [`ingest`]: `POST /v1/batches`: signature, membership and custodian checks, exactly
 //!   once appends; `POST /v1/receipts`: where already-logged events sit.
+//! - [`merkle`]: the RFC 6962 Merkle tree in sled that holds the log.
 //! - [`bus`]: the same batches read from NATS JetStream, when `[nats]` is configured.
 //! - [`proofs`]: checkpoint signing (after every append and in the background), the
 //!   checkpoint and proof endpoints.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod dashboard;
 pub mod error;
 pub mod ingest;
+pub mod merkle;
 pub mod proofs;
 pub mod store;
 
@@ -42,48 +44,20 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
 use ed25519_dalek::SigningKey;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::checkpoint::NoteVerifier;
-use crate::did::DidResolver;
-use crate::events::AccessEvent;
-use crate::keys::{KeyAlgorithm, KeyPair};
-use crate::registry::{ManifestSource, Registry, Role, SignedManifest};
-use crate::status::StatusCache;
-use crate::trust::{StaticTrust, TrustSource};
-use crate::verify::Verifier;
+use federation::checkpoint::NoteVerifier;
+use federation::did::DidResolver;
+use federation::keys::{KeyAlgorithm, KeyPair};
+use federation::registry::{ManifestSource, Registry, Role, SignedManifest};
+use federation::status::StatusCache;
+use federation::trust::{StaticTrust, TrustSource};
+use federation::verify::Verifier;
 
+use federation::wire::{leaf_bytes, LogEntry};
 use proofs::Published;
 use store::Store;
-
-/// One leaf of the log.
-// Unboxed: gateways build `Access { event }` themselves to recompute their leaves, and
-// entries are short-lived, so the size difference costs nothing worth a Box.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum LogEntry {
-    /// An access decision reported by its custodian.
-    Access { event: AccessEvent },
-    /// An auditor resolved a break-glass review; the note itself stays off the log.
-    Review {
-        event_id: String,
-        resolved_by: String,
-        note_digest: String,
-        time: DateTime<Utc>,
-    },
-}
-
-/// The leaf data of an entry: its JSON, fields in declaration order, so that a gateway can
-/// recompute the leaf of its own event and check its inclusion.
-pub fn leaf_bytes(entry: &LogEntry) -> Vec<u8> {
-    // Serializing these plain structs cannot fail (string keys, no non-finite floats);
-    // an empty leaf would only ever fail inclusion checks, never pass one.
-    serde_json::to_vec(entry).unwrap_or_default()
-}
 
 /// Who belongs to the federation.
 enum Membership {
@@ -287,9 +261,9 @@ pub fn router(state: Arc<VisibilityState>) -> Router {
         .route("/dashboard", get(dashboard::page))
         .route("/dashboard/app.js", get(dashboard::script))
         .route("/dashboard/app.css", get(dashboard::style))
-        .fallback(crate::http::problem_fallback)
+        .fallback(service::http::problem_fallback)
         .with_state(state);
-    crate::http::common_layers(router, &limits)
+    service::http::common_layers(router, &limits)
 }
 
 async fn did_document(State(s): AppState) -> Result<Json<Value>, VisibilityError> {
@@ -313,13 +287,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<(), String> {
-    let listener = crate::http::bind(&config.listen).map_err(|e| e.to_string())?;
+    let listener = service::http::bind(&config.listen).map_err(|e| e.to_string())?;
     let listen = config.listen.clone();
     let limits = config.limits.clone();
     let state = VisibilityState::open(config)?;
     let tasks = state.spawn_tasks();
     let app = router(state.clone());
-    let served = crate::http::serve_on(listener, app, &listen, &limits, shutdown, ready)
+    let served = service::http::serve_on(listener, app, &listen, &limits, shutdown, ready)
         .await
         .map_err(|e| e.to_string());
     for task in tasks {
@@ -332,56 +306,4 @@ pub async fn run(
     drop(state);
     served?;
     flushed.map_err(|e| e.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::events::Outcome;
-
-    #[test]
-    fn leaf_bytes_are_tagged_struct_ordered_json() {
-        let time = "2026-03-01T10:00:00Z".parse().unwrap();
-        let review = LogEntry::Review {
-            event_id: "e1".into(),
-            resolved_by: "did:key:zA".into(),
-            note_digest: "ab".into(),
-            time,
-        };
-        assert_eq!(
-            String::from_utf8(leaf_bytes(&review)).unwrap(),
-            r#"{"kind":"review","event_id":"e1","resolved_by":"did:key:zA","note_digest":"ab","time":"2026-03-01T10:00:00Z"}"#
-        );
-        let event = AccessEvent {
-            id: "0190".into(),
-            time,
-            custodian: "did:web:b.test".into(),
-            requester_org: None,
-            requester: None,
-            patient_ref: None,
-            patient_did_digests: vec![],
-            domain: "clinical".into(),
-            purpose: "TREAT".into(),
-            data_classes: vec![],
-            record_count: 0,
-            decision: Outcome::Deny,
-            decision_id: "d".into(),
-            reasons: vec![],
-            policy_digest: String::new(),
-            credential_ids: vec![],
-            failed_check: None,
-            break_glass: false,
-            justification: None,
-            review_required: false,
-            expires_at: None,
-        };
-        let entry = LogEntry::Access { event };
-        let bytes = leaf_bytes(&entry);
-        assert!(String::from_utf8(bytes.clone())
-            .unwrap()
-            .starts_with(r#"{"kind":"access","event":{"id":"0190","time":"2026-03-01T10:00:00Z","custodian":"did:web:b.test","domain""#));
-        // What a gateway recomputes from the parsed leaf is the same bytes.
-        let back: LogEntry = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(leaf_bytes(&back), bytes);
-    }
 }

@@ -155,7 +155,7 @@ impl NatsConfig {
     fn auth(&self, what: &str) -> Result<Auth, String> {
         let read = |key: &str, path: &Path| -> Result<zeroize::Zeroizing<String>, String> {
             let bytes =
-                crate::keys::read_private(path).map_err(|e| format!("{what}.{key}: {e}"))?;
+                federation::keys::read_private(path).map_err(|e| format!("{what}.{key}: {e}"))?;
             let text = std::str::from_utf8(&bytes)
                 .map_err(|_| format!("{what}.{key}: {} is not text", path.display()))?;
             Ok(zeroize::Zeroizing::new(text.to_string()))

@@ -17,9 +17,9 @@ use std::collections::HashSet;
 use std::ops::Range;
 use std::path::Path;
 
-use crate::log::{LogError, MerkleLog};
+use crate::merkle::{LogError, MerkleLog};
 
-use super::LogEntry;
+use crate::LogEntry;
 
 const LOG_NAME: &str = "visibility";
 const INDEXED_KEY: &[u8] = b"n";
@@ -44,11 +44,11 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-impl From<StoreError> for super::VisibilityError {
+impl From<StoreError> for crate::VisibilityError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Log(e) => e.into(),
-            other => super::VisibilityError::Storage(other.to_string()),
+            other => crate::VisibilityError::Storage(other.to_string()),
         }
     }
 }
@@ -116,7 +116,7 @@ pub struct Store {
 impl Store {
     /// Opens the database and brings the indexes up to the log.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = crate::db::open(path)?;
+        let db = service::db::open(path)?;
         let store = Store {
             log: MerkleLog::open(&db, LOG_NAME)?,
             index: db.open_tree("visibility/index")?,
@@ -323,7 +323,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{AccessEvent, Outcome};
+    use federation::events::{AccessEvent, Outcome};
 
     fn event(custodian: &str, patient: &str, break_glass: bool) -> AccessEvent {
         AccessEvent {
@@ -333,7 +333,7 @@ mod tests {
             requester_org: None,
             requester: Some("did:key:z6Mkrequester".into()),
             patient_ref: Some(patient.into()),
-            patient_did_digests: vec![crate::events::patient_did_digest("did:key:zpatient")],
+            patient_did_digests: vec![federation::events::patient_did_digest("did:key:zpatient")],
             domain: "clinical".into(),
             purpose: "TREAT".into(),
             data_classes: vec![],
@@ -352,7 +352,7 @@ mod tests {
     }
 
     fn append(store: &Store, entries: Vec<LogEntry>) -> Range<u64> {
-        let leaves: Vec<Vec<u8>> = entries.iter().map(super::super::leaf_bytes).collect();
+        let leaves: Vec<Vec<u8>> = entries.iter().map(crate::leaf_bytes).collect();
         store.append(&entries, &leaves).unwrap()
     }
 
@@ -380,7 +380,7 @@ mod tests {
             let entry = LogEntry::Access { event: c.clone() };
             store
                 .log
-                .append_batch(&[super::super::leaf_bytes(&entry)])
+                .append_batch(&[crate::leaf_bytes(&entry)])
                 .unwrap();
             store.db.flush().unwrap();
         }

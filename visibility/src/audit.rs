@@ -25,13 +25,13 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::credentials::{CredentialKind, PresentationBinding};
-use crate::events::{AccessEvent, Outcome};
-use crate::http::StrictJson;
-use crate::verify::VerifiedPresentation;
+use federation::credentials::{CredentialKind, PresentationBinding};
+use federation::events::{AccessEvent, Outcome};
+use federation::verify::VerifiedPresentation;
+use service::http::StrictJson;
 
-use super::store::{Index, StoreError};
-use super::{leaf_bytes, LogEntry, VisibilityError, VisibilityState};
+use crate::store::{Index, StoreError};
+use crate::{leaf_bytes, LogEntry, VisibilityError, VisibilityState};
 
 /// Most events one query returns.
 pub const MAX_LIMIT: usize = 1000;
@@ -50,9 +50,9 @@ type AppState = State<Arc<VisibilityState>>;
 // ---------------------------------------------------------------------------------------
 
 /// Single-use challenges, shared with the gateway.
-pub use crate::nonce::Nonces as Challenges;
+pub use service::nonce::Nonces as Challenges;
 
-pub use crate::credentials::claimed_challenge;
+pub use federation::credentials::claimed_challenge;
 
 impl VisibilityState {
     /// Verifies a presentation bound to one of this service's challenges, then consumes
@@ -88,7 +88,7 @@ pub(crate) async fn challenge(State(s): AppState) -> Result<Json<Value>, Visibil
     Ok(Json(json!({
         "challenge": challenge,
         "domain": s.config.did,
-        "expiresAt": crate::time::rfc3339(expires),
+        "expiresAt": federation::time::rfc3339(expires),
     })))
 }
 
@@ -135,7 +135,7 @@ impl Sessions {
         let now = Utc::now();
         let expires = now
             + chrono::Duration::from_std(self.ttl).unwrap_or_else(|_| chrono::Duration::hours(1));
-        let token = crate::http::random_token();
+        let token = federation::client::random_token();
         let mut map = self.map();
         if map.len() >= MAX_SESSIONS {
             map.retain(|_, s| s.expires > now);
@@ -214,7 +214,7 @@ pub(crate) async fn open_session(
     tracing::info!(organization = %organization, "auditor session opened");
     Ok(Json(json!({
         "token": token,
-        "expiresAt": crate::time::rfc3339(expires),
+        "expiresAt": federation::time::rfc3339(expires),
     })))
 }
 
@@ -256,7 +256,7 @@ impl Filter {
         let time =
             |name: &str, v: Option<String>| -> Result<Option<DateTime<Utc>>, VisibilityError> {
                 v.map(|t| {
-                    crate::time::parse(&t).ok_or_else(|| {
+                    federation::time::parse(&t).ok_or_else(|| {
                         VisibilityError::bad_request(
                             "invalid-query",
                             format!("{name} must be an RFC 3339 date-time"),
@@ -372,7 +372,7 @@ pub(crate) async fn events(
 
 /// `GET /v1/audit/export`: the events `/v1/audit/events` would return (same filters, same
 /// paging), as a FHIR R4 Bundle of type `collection` of AuditEvents
-/// ([`crate::events::to_fhir_audit_event`]), newest first. When the answer was cut, the
+/// ([`federation::events::to_fhir_audit_event`]), newest first. When the answer was cut, the
 /// Bundle's `next` link repeats the query with the cursor.
 pub(crate) async fn export(
     State(s): AppState,
@@ -390,14 +390,14 @@ pub(crate) async fn export(
         .map(|e| {
             json!({
                 "fullUrl": format!("urn:uuid:{}", e.id),
-                "resource": crate::events::to_fhir_audit_event(&e),
+                "resource": federation::events::to_fhir_audit_event(&e),
             })
         })
         .collect();
     let mut bundle = json!({
         "resourceType": "Bundle",
         "type": "collection",
-        "timestamp": crate::time::rfc3339(Utc::now()),
+        "timestamp": federation::time::rfc3339(Utc::now()),
     });
     // FHIR JSON has no empty arrays: no match, no `entry`.
     if !entries.is_empty() {
@@ -523,7 +523,7 @@ pub(crate) async fn patient_history(
     StrictJson(req): StrictJson<PresentationRequest>,
 ) -> Result<Json<Value>, VisibilityError> {
     let vp = s.verify_bound_presentation(&req.presentation).await?;
-    let digest = crate::events::patient_did_digest(&vp.holder);
+    let digest = federation::events::patient_did_digest(&vp.holder);
     let filter = Filter {
         patient_did_digest: Some(digest),
         ..Filter::default()

@@ -21,13 +21,13 @@ use federation::credentials::{
     StatusEntry,
 };
 use federation::did::DidResolver;
-use federation::http::StrictJson;
 use federation::keys::KeyPair;
 use federation::status::StatusCache;
 use federation::trust::StaticTrust;
 use federation::verify::Verifier;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use service::http::StrictJson;
 use tokio::sync::broadcast;
 
 use crate::config::IssuerConfig;
@@ -43,7 +43,7 @@ pub struct IssuerState {
     pub store: Store,
     pub verifier: Verifier,
     pub public_url: reqwest::Url,
-    admin_token: Option<federation::admin::AdminToken>,
+    admin_token: Option<service::admin::AdminToken>,
     events: broadcast::Sender<String>,
     signed_list: Mutex<Option<(u64, Instant, String)>>,
 }
@@ -64,7 +64,7 @@ impl IssuerState {
             ));
         }
         let admin_token = match &config.admin_token_file {
-            Some(path) => Some(federation::admin::AdminToken::load(path)?),
+            Some(path) => Some(service::admin::AdminToken::load(path)?),
             None => {
                 tracing::warn!("no admin_token_file: admin endpoints will refuse every call");
                 None
@@ -269,9 +269,9 @@ pub fn router(state: Arc<IssuerState>) -> Router {
         .route("/v1/status/events", get(status_events))
         .route("/v1/keys", get(inventory))
         .route("/healthz", get(|| async { "ok" }))
-        .fallback(federation::http::problem_fallback)
+        .fallback(service::http::problem_fallback)
         .with_state(state);
-    federation::http::common_layers(router, &limits)
+    service::http::common_layers(router, &limits)
 }
 
 async fn did_document(State(s): AppState) -> Result<Json<Value>, IssuerError> {

@@ -1,4 +1,4 @@
-//! Reading access events from NATS JetStream (see [`crate::eventbus`]).
+//! Reading access events from NATS JetStream (see [`service::eventbus`]).
 //!
 //! Each message is a signed batch, verified exactly as `POST /v1/batches` verifies one.
 //! A fetched group of messages is appended per custodian in one log transaction each, and
@@ -16,11 +16,11 @@ use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt;
 
-use crate::eventbus::{BusError, NatsConfig};
-use crate::events::AccessEvent;
+use federation::events::AccessEvent;
+use service::eventbus::{BusError, NatsConfig};
 
-use super::ingest::{append_events, verify_batch};
-use super::{VisibilityError, VisibilityState};
+use crate::ingest::{append_events, verify_batch};
+use crate::{VisibilityError, VisibilityState};
 
 /// Messages taken per fetch.
 const FETCH: usize = 1000;

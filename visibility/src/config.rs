@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::credentials::CredentialKind;
-use crate::http::{HttpLimits, ListenConfig};
+use federation::credentials::CredentialKind;
+use service::http::{HttpLimits, ListenConfig};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,11 +58,11 @@ pub struct VisibilityConfig {
     /// Also read access events from NATS JetStream (the stream is created if missing).
     /// `POST /v1/batches` keeps working beside it.
     #[serde(default)]
-    pub nats: Option<crate::eventbus::NatsConfig>,
+    pub nats: Option<service::eventbus::NatsConfig>,
 }
 
 /// The visibility service's default request body limit: room for the largest batch
-/// ([`super::ingest::MAX_BATCH_JWS_BYTES`]) in its JSON envelope.
+/// ([`federation::wire::MAX_BATCH_JWS_BYTES`]) in its JSON envelope.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 fn default_limits() -> HttpLimits {
@@ -106,7 +106,7 @@ where
     })
 }
 
-pub use crate::registry::RegistryConfig;
+pub use federation::registry::RegistryConfig;
 
 fn default_challenge_ttl() -> u64 {
     120
@@ -121,12 +121,12 @@ fn default_status_ttl() -> u64 {
     300
 }
 
-pub use crate::config::ConfigError;
+pub use service::config::ConfigError;
 
 impl VisibilityConfig {
     /// Reads and validates a config file. Relative paths are taken from the file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        crate::config::load(path)
+        service::config::load(path)
     }
 
     /// Parses without validating or resolving paths.
@@ -136,19 +136,19 @@ impl VisibilityConfig {
 
     /// Makes relative file paths relative to `base` (the config file's folder).
     pub fn resolve_paths(&mut self, base: &Path) {
-        <Self as crate::config::ServiceConfig>::resolve_paths(self, base)
+        <Self as service::config::ServiceConfig>::resolve_paths(self, base)
     }
 
     pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
-        <Self as crate::config::ServiceConfig>::validate(self, path)
+        <Self as service::config::ServiceConfig>::validate(self, path)
     }
 }
 
-impl crate::config::ServiceConfig for VisibilityConfig {
+impl service::config::ServiceConfig for VisibilityConfig {
     fn resolve_paths(&mut self, base: &Path) {
-        crate::config::resolve(base, &mut self.key_file);
-        crate::config::resolve(base, &mut self.data_dir);
-        crate::config::resolve_listen(base, &mut self.listen);
+        service::config::resolve(base, &mut self.key_file);
+        service::config::resolve(base, &mut self.data_dir);
+        service::config::resolve_listen(base, &mut self.listen);
         if let Some(reg) = self.registry.as_mut() {
             reg.resolve_path(base);
         }
@@ -180,7 +180,7 @@ impl crate::config::ServiceConfig for VisibilityConfig {
         let url_rule = |key, url: &str| -> Result<(), ConfigError> {
             let parsed =
                 reqwest::Url::parse(url).map_err(|e| invalid(key, format!("{url}: {e}")))?;
-            crate::http::loopback_only_http(&parsed, self.dev_mode)
+            federation::client::loopback_only_http(&parsed, self.dev_mode)
                 .map_err(|e| invalid(key, e.to_string()))
         };
         match &self.registry {
@@ -300,7 +300,7 @@ ClinicianPrivilegeCredential = ["did:web:office.test"]
 
     #[test]
     fn limits_default_to_room_for_the_largest_batch() {
-        const { assert!(DEFAULT_MAX_BODY_BYTES > super::super::ingest::MAX_BATCH_JWS_BYTES) };
+        const { assert!(DEFAULT_MAX_BODY_BYTES > federation::wire::MAX_BATCH_JWS_BYTES) };
         // A [limits] table that leaves max_body_bytes out still gets this service's default.
         let cfg = check("[limits]\nrequest_timeout_secs = 5\n").unwrap();
         assert_eq!(cfg.limits.max_body_bytes, DEFAULT_MAX_BODY_BYTES);

@@ -1,23 +1,22 @@
 //! The visibility service in-process on loopback: signed batches, receipts and proofs,
 //! refusals, restarts, auditor sessions and reviews, patients' history.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
 use chrono::Utc;
-use common::*;
 use federation::checkpoint::{self, Checkpoint, NoteVerifier};
 use federation::credentials::{self, CredentialKind, PresentationBinding, ProofFormat};
 use federation::events::{patient_did_digest, AccessEvent, Outcome};
 use federation::keys::{KeyAlgorithm, KeyPair};
 use federation::log::{self, Hash};
 use federation::registry::{Governance, Manifest, Member, Role, SignedManifest};
-use federation::visibility::{self, leaf_bytes, LogEntry, VisibilityConfig};
+use federation::wire::{leaf_bytes, LogEntry};
 use serde_json::{json, Value};
+use test_support::*;
 use tokio::sync::oneshot;
+use visibility::VisibilityConfig;
 
 const SERVICE_DID: &str = "did:web:visibility.test";
 const AUDITOR_ORG: &str = "did:web:auditor.test";
@@ -99,7 +98,7 @@ async fn start(cfg: VisibilityConfig) -> Service {
 }
 
 fn client() -> reqwest::Client {
-    federation::http::http_client()
+    federation::client::http_client()
 }
 
 fn event(custodian: &str) -> AccessEvent {
@@ -155,10 +154,7 @@ async fn ok_json(resp: reqwest::Response) -> Value {
 
 async fn problem(resp: reqwest::Response, status: u16) -> Value {
     assert_eq!(resp.status(), status);
-    assert_eq!(
-        resp.headers()["content-type"],
-        federation::http::PROBLEM_JSON
-    );
+    assert_eq!(resp.headers()["content-type"], service::http::PROBLEM_JSON);
     resp.json().await.unwrap()
 }
 
@@ -483,7 +479,7 @@ async fn visibility_refused_batches_append_nothing() {
     // 1,001 events: small enough in bytes, refused by the count check.
     let many: Vec<AccessEvent> = (0..1001).map(|_| event(a)).collect();
     let jws = sign_batch(&orgs.a.key, a, &many);
-    assert!(jws.len() < federation::visibility::ingest::MAX_BATCH_JWS_BYTES);
+    assert!(jws.len() < federation::wire::MAX_BATCH_JWS_BYTES);
     let p = problem(post_batch(&svc.base, &jws).await, 413).await;
     assert!(
         p["detail"].as_str().unwrap().contains("this one 1001"),

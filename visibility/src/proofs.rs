@@ -17,11 +17,11 @@ use ed25519_dalek::SigningKey;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::checkpoint::{self, Checkpoint, NoteError, NoteVerifier};
-use crate::log::Hash;
+use federation::checkpoint::{self, Checkpoint, NoteError, NoteVerifier};
+use federation::log::Hash;
 
-use super::store::Store;
-use super::{AppState, VisibilityError, VisibilityState};
+use crate::store::Store;
+use crate::{AppState, VisibilityError, VisibilityState};
 
 /// The checkpoint in force: the largest size signed and durable.
 #[derive(Debug, Clone, PartialEq, Eq)]

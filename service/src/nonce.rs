@@ -30,7 +30,7 @@ impl Nonces {
 
     /// Issues a fresh challenge and its expiry.
     pub fn issue(&self) -> Result<(String, DateTime<Utc>), NonceError> {
-        let challenge = crate::http::random_token();
+        let challenge = federation::client::random_token();
         let expires = Utc::now()
             + chrono::Duration::from_std(self.ttl)
                 .unwrap_or_else(|_| chrono::Duration::seconds(120));

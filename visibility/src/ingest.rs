@@ -12,62 +12,25 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::Json;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::did::{did_of, DidError, Relationship};
-use crate::events::AccessEvent;
-use crate::http::StrictJson;
-use crate::jose::{self, JoseError};
+use federation::did::{did_of, DidError, Relationship};
+use federation::events::AccessEvent;
+use federation::jose::{self, JoseError};
+use service::http::StrictJson;
 
-use super::{leaf_bytes, LogEntry, VisibilityError, VisibilityState};
+use federation::wire::{
+    leaf_bytes, BatchPayload, BatchRequest, BatchResponse, LogEntry, Receipt, ReceiptsRequest,
+    ReceiptsResponse, BATCH_TYP, MAX_BATCH_EVENTS, MAX_BATCH_JWS_BYTES,
+};
 
-/// The JWS `typ` of a batch.
-pub const BATCH_TYP: &str = "fedgate-batch+jwt";
-/// Most events one batch may carry.
-pub const MAX_BATCH_EVENTS: usize = 1000;
-/// Largest batch JWS accepted (larger than [`jose::MAX_JWS_BYTES`], which is sized for
-/// credentials): a batch of [`MAX_BATCH_EVENTS`] typical events (~1 KiB each once signed)
-/// fits with room to spare, so an over-count batch is refused by the count check, which
-/// names the count. The service's body limit (`limits.max_body_bytes`) must stay above it.
-pub const MAX_BATCH_JWS_BYTES: usize = 4 * 1024 * 1024;
+use crate::{VisibilityError, VisibilityState};
 
 const MAX_ID_BYTES: usize = 128;
 const MAX_PATIENT_REF_BYTES: usize = 256;
 const MAX_DIGESTS: usize = 16;
 /// Serde messages may quote input; they are cut before being echoed.
 const MAX_ECHO_CHARS: usize = 200;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BatchRequest {
-    pub batch: String,
-}
-
-/// The signed content of a batch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BatchPayload {
-    pub custodian: String,
-    pub events: Vec<AccessEvent>,
-}
-
-/// What a reporter gets back for one event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Receipt {
-    pub event_id: String,
-    pub leaf_index: u64,
-    pub duplicate: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BatchResponse {
-    pub receipts: Vec<Receipt>,
-    pub tree_size: u64,
-    pub checkpoint: String,
-}
 
 fn echo(text: &str) -> String {
     match text.char_indices().nth(MAX_ECHO_CHARS) {
@@ -262,35 +225,6 @@ pub async fn append_events(
 /// `POST /v1/receipts`: where a custodian's events sit in the log, for reporters whose
 /// events arrive by another path (NATS) and so got no receipt in an HTTP answer.
 ///
-/// Each asked-for event names its id and its leaf hash; an index is given only when the
-/// stored leaf has exactly that hash. The answer thus tells nothing to someone who does not
-/// already hold the event, and needs no signature.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReceiptsRequest {
-    pub custodian: String,
-    pub events: Vec<ReceiptQuery>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ReceiptQuery {
-    pub id: String,
-    /// Hex SHA-256 RFC 6962 leaf hash of the event's log entry.
-    pub leaf_hash: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ReceiptsResponse {
-    /// Events found, each at an index below `treeSize`.
-    pub receipts: Vec<Receipt>,
-    /// Ids logged with a different leaf: the log disagrees with the reporter.
-    pub conflicts: Vec<String>,
-    pub tree_size: u64,
-    pub checkpoint: String,
-}
-
 /// `POST /v1/receipts`.
 pub(crate) async fn post_receipts(
     State(s): State<Arc<VisibilityState>>,
@@ -304,7 +238,7 @@ pub(crate) async fn post_receipts(
     let mut found = Vec::new();
     let mut conflicts = Vec::new();
     for q in &req.events {
-        let hash: crate::log::Hash = hex::decode(&q.leaf_hash)
+        let hash: federation::log::Hash = hex::decode(&q.leaf_hash)
             .ok()
             .and_then(|b| b.as_slice().try_into().ok())
             .ok_or_else(|| {
@@ -313,7 +247,7 @@ pub(crate) async fn post_receipts(
         let Some(index) = s.store.existing(&req.custodian, &q.id)? else {
             continue;
         };
-        if crate::log::leaf_hash(&s.store.log.leaf(index)?) == hash {
+        if federation::log::leaf_hash(&s.store.log.leaf(index)?) == hash {
             found.push((q.id.clone(), index));
         } else {
             conflicts.push(q.id.clone());
