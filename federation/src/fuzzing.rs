@@ -1,4 +1,4 @@
-//! Fuzz target bodies, shared by the cargo-fuzz targets in `federation/fuzz/` and by the
+//! Fuzz target bodies, shared by the cargo-fuzz targets in `fuzz/` and by the
 //! corpus smoke tests that `cargo test` runs (`tests/fuzz_smoke.rs`), plus the seeded
 //! mutator and runner those tests use.
 //!
@@ -8,7 +8,7 @@
 //! whether the input was accepted, so that a test can check that real inputs still are.
 //!
 //! The fixtures (keys, challenge, verifier DID, governance) are fixed so that the
-//! committed seed corpus under `federation/fuzz/corpus/<target>/` stays valid: seeds
+//! committed seed corpus under `fuzz/corpus/<target>/` stays valid: seeds
 //! signed with these keys keep verifying. Nothing here touches the network: did:key is
 //! resolved locally, no did:web is in the allow-map, and no status list origin is
 //! registered.

@@ -10,6 +10,7 @@
 //!   never an arbitrary URL. Also the in-memory resolver handed to ssi.
 //! - [`context`]: the bundled JSON-LD contexts (nothing is fetched).
 //! - [`schema`]: the JSON Schemas of the credential types, checked on issue and on verify.
+//! - [`kind`]: the credential types fedgate knows, by their VC `type` names.
 //! - [`credentials`]: the three credential types, issuing in both proof formats, presenting.
 //! - [`json`]: the one strict JSON reader (duplicate keys, depth, UTF-8) for all input.
 //! - [`jose`]: the compact JWS handling for VC-JOSE credentials and presentations.
@@ -37,6 +38,7 @@ pub mod fuzzing;
 pub mod jose;
 pub mod json;
 pub mod keys;
+pub mod kind;
 pub mod log;
 pub mod registry;
 pub mod schema;

@@ -4,7 +4,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use crate::credentials::CredentialKind;
+use crate::kind::CredentialKind;
 
 const PRIVILEGE: &str = include_str!("../../schemas/clinician-privilege.schema.json");
 const CONSENT: &str = include_str!("../../schemas/patient-consent.schema.json");

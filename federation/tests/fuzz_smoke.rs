@@ -1,5 +1,5 @@
 //! A short run of each fuzz target inside `cargo test`: the bodies in
-//! `federation::fuzzing` (the same ones the cargo-fuzz targets in `federation/fuzz` call)
+//! `federation::fuzzing` (the same ones the cargo-fuzz targets in `fuzz` call)
 //! over the committed seed corpus and a few thousand seeded mutations of each seed. Every
 //! seed must give the outcome its file name states, and no input may make a body panic.
 //!
@@ -29,7 +29,7 @@ const SIGNED: usize = 250;
 
 fn corpus_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
+        .join("../fuzz/corpus")
         .join(target)
 }
 

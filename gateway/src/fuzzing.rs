@@ -1,5 +1,5 @@
 //! The FHIR tokenizer's fuzz target body, shared by the cargo-fuzz target `tokenize` in
-//! `federation/fuzz/` and by the corpus smoke test that `cargo test` runs
+//! `fuzz/` and by the corpus smoke test that `cargo test` runs
 //! (`tests/fuzz_smoke.rs`).
 //!
 //! The input is read as JSON: a FHIR Bundle (its entries' resources), an array of

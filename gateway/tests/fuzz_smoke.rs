@@ -1,6 +1,6 @@
 //! A short run of the `tokenize` fuzz target inside `cargo test`: the body in
 //! `gateway::fuzzing` (the one the cargo-fuzz target calls) over the committed seeds in
-//! `federation/fuzz/corpus/tokenize/` and seeded mutations of each. The seeds are real
+//! `fuzz/corpus/tokenize/` and seeded mutations of each. The seeds are real
 //! records cut from `examples/data/fhir/`;
 //! `cargo test -p gateway --test fuzz_smoke -- --ignored write_corpus` rewrites them.
 
@@ -19,7 +19,7 @@ fn repo() -> PathBuf {
 }
 
 fn corpus_dir() -> PathBuf {
-    repo().join("federation/fuzz/corpus/tokenize")
+    repo().join("fuzz/corpus/tokenize")
 }
 
 #[test]
