@@ -8,7 +8,6 @@
 //! domain (the verifier's DID), so a presentation captured by one gateway is useless at
 //! another and useless twice.
 
-
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};

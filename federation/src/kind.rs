@@ -65,4 +65,3 @@ impl fmt::Display for CredentialKind {
         f.write_str(self.type_name())
     }
 }
-
