@@ -54,7 +54,11 @@ fn crates_depend_only_on_what_the_map_allows() {
             );
         }
     }
-    assert_eq!(members.len(), allowed.len(), "every crate on the map exists");
+    assert_eq!(
+        members.len(),
+        allowed.len(),
+        "every crate on the map exists"
+    );
 }
 
 /// The file a module path names inside `src`, if it is a file of its own.
@@ -106,7 +110,11 @@ fn file_imports(src: &Path, file: &Path) -> BTreeSet<PathBuf> {
                 let path: Vec<&str> = group
                     .split("::")
                     .map(|s| s.trim_matches(|c: char| !(c.is_alphanumeric() || c == '_')))
-                    .take_while(|s| !s.is_empty() && s.chars().all(|c| c.is_lowercase() || c == '_' || c.is_ascii_digit()))
+                    .take_while(|s| {
+                        !s.is_empty()
+                            && s.chars()
+                                .all(|c| c.is_lowercase() || c == '_' || c.is_ascii_digit())
+                    })
                     .collect();
                 if let Some(target) = module_file(src, &path) {
                     if target != file {
@@ -122,7 +130,14 @@ fn file_imports(src: &Path, file: &Path) -> BTreeSet<PathBuf> {
 
 #[test]
 fn no_file_imports_another_that_imports_it_back() {
-    let crates = ["federation", "service", "issuer", "wallet", "gateway", "visibility"];
+    let crates = [
+        "federation",
+        "service",
+        "issuer",
+        "wallet",
+        "gateway",
+        "visibility",
+    ];
     let mut loops = Vec::new();
     for krate in crates {
         let src = root().join(krate).join("src");
@@ -153,5 +168,9 @@ fn no_file_imports_another_that_imports_it_back() {
             }
         }
     }
-    assert!(loops.is_empty(), "import loops between files:\n{}", loops.join("\n"));
+    assert!(
+        loops.is_empty(),
+        "import loops between files:\n{}",
+        loops.join("\n")
+    );
 }

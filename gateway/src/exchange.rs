@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::error::GatewayError;
 use crate::policy::Decision;
-use crate::routes::GatewayState;
+use crate::state::GatewayState;
 
 /// HL7 v3 PurposeOfUse codes this gateway understands; anything else is a client error.
 pub const PURPOSES: [&str; 12] = [

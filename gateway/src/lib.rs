@@ -14,7 +14,8 @@
 //! - [`jwe`]: response encryption to the requester's key-agreement key.
 //! - [`shipper`]: delivers the outbox to the visibility log and checks the log's consistency;
 //!   [`gossip`]: compares the adopted checkpoint with peer gateways' (split views).
-//! - [`routes`]: shared state, router and the handlers; [`exchange`]: the request flow.
+//! - [`state`]: the shared state; [`routes`]: the router and the handlers; [`exchange`]: the
+//!   request flow.
 //! - [`error`]: the crate's error enum, mapped to problem+json once.
 
 pub mod config;
@@ -31,6 +32,7 @@ pub mod records;
 pub mod research;
 pub mod routes;
 pub mod shipper;
+pub mod state;
 pub mod tokenize;
 pub mod vault;
 
@@ -39,7 +41,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use config::GatewayConfig;
-pub use routes::{router, GatewayState};
+pub use routes::router;
+pub use state::GatewayState;
 
 /// Runs the gateway until `shutdown` resolves. Binding happens first so that a port of 0
 /// works and the public URL names the real port.

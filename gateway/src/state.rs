@@ -1,0 +1,221 @@
+//! The gateway's shared state: configuration, keys, verifier, policy, record source,
+//! consents, vault, outbox and metrics, built once at start and shared by every handler.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use federation::did::DidResolver;
+use federation::keys::KeyPair;
+use federation::registry::{ManifestSource, Registry, SignedManifest};
+use federation::status::StatusCache;
+use federation::trust::{StaticTrust, TrustSource};
+use federation::verify::Verifier;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::Value;
+
+use crate::config::{GatewayConfig, RecordsConfig};
+use crate::consents::ConsentStore;
+use crate::outbox::Outbox;
+use crate::policy::PolicyHolder;
+use crate::records::RecordSource;
+use crate::vault::Vault;
+use service::nonce::Nonces;
+
+pub struct GatewayState {
+    pub config: GatewayConfig,
+    pub key: KeyPair,
+    pub verifier: Verifier,
+    pub nonces: Nonces,
+    pub outbox: Outbox,
+    pub consents: ConsentStore,
+    pub policy: Arc<PolicyHolder>,
+    pub records: RecordSource,
+    /// Shared with tokenization on the blocking pool.
+    pub vault: Arc<Vault>,
+    pub secret: [u8; 32],
+    pub db: sled::Db,
+    /// The admin endpoints' token; without one they refuse every call.
+    pub(crate) admin: Option<service::admin::AdminToken>,
+    trust_mode: TrustMode,
+    pub(crate) metrics: PrometheusHandle,
+}
+
+/// Where trust, the allow-map and contracts come from.
+enum TrustMode {
+    /// From this gateway's configuration (a single organization trying fedgate out).
+    Static { contracts: Vec<Value> },
+    /// From the federation's signed manifest, followed live.
+    Registry(Arc<Registry>),
+}
+
+impl GatewayState {
+    /// Builds the state: keys, storage, policies, record source, verifier.
+    pub async fn new(
+        config: GatewayConfig,
+        public_url: reqwest::Url,
+        metrics: PrometheusHandle,
+    ) -> Result<Arc<Self>, String> {
+        let admin = match &config.admin_token_file {
+            Some(path) => Some(service::admin::AdminToken::load(path)?),
+            None => None,
+        };
+        let key = KeyPair::load_or_create(&config.key_file, || {
+            KeyPair::generate_did_web(&config.did, Default::default())
+                .map(|k| k.with_purpose("gateway organization key"))
+        })
+        .map_err(|e| e.to_string())?;
+        if key.did() != config.did {
+            return Err(format!(
+                "key_file belongs to {}, not to the configured did {}",
+                key.did(),
+                config.did
+            ));
+        }
+        let secret = Vault::key_from_file(&config.secret_file).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
+        let db =
+            service::db::open(&config.data_dir.join("gateway.sled")).map_err(|e| e.to_string())?;
+        let nonces = Nonces::new(
+            db.open_tree("nonces").map_err(|e| e.to_string())?,
+            Duration::from_secs(config.challenge_ttl_secs),
+        );
+        let outbox = Outbox::start(&db, config.outbox_max_events).map_err(|e| e.to_string())?;
+        let consents = ConsentStore::open(&db)?;
+        let vault = Arc::new(Vault::open(
+            db.open_tree("vault").map_err(|e| e.to_string())?,
+            secret,
+        ));
+        let records = match &config.records {
+            RecordsConfig::Embedded => RecordSource::embedded(&config.data_dir.join("records"))
+                .map_err(|e| e.to_string())?,
+            RecordsConfig::Fhir { url } => {
+                RecordSource::fhir_server(url, config.dev_mode).map_err(|e| e.to_string())?
+            }
+        };
+        let policy = Arc::new(PolicyHolder::new(&config.policies));
+
+        let resolver = Arc::new(DidResolver::new(config.dev_mode));
+        let mut allow = HashMap::new();
+        for (did, url) in &config.did_web {
+            let url = reqwest::Url::parse(url).map_err(|e| format!("did_web {did}: {e}"))?;
+            allow.insert(did.clone(), url);
+        }
+        allow.insert(config.did.clone(), public_url);
+        resolver.set_web_allow_map(allow);
+        resolver.pin(key.did_document().map_err(|e| e.to_string())?);
+        let (trust, trust_mode): (Arc<dyn TrustSource>, TrustMode) = match &config.registry {
+            Some(rc) => {
+                let registry = Arc::new(Registry::journaled_in(
+                    &db,
+                    rc.governance.clone(),
+                    config.dev_mode,
+                )?);
+                let source = if rc.is_url() {
+                    ManifestSource::Url(
+                        reqwest::Url::parse(&rc.signed)
+                            .map_err(|e| format!("registry.signed: {e}"))?,
+                    )
+                } else {
+                    let path = std::path::PathBuf::from(&rc.signed);
+                    // Start with the manifest in force when it is on disk; a bad one is
+                    // logged and the gateway trusts nobody until a good one arrives.
+                    match SignedManifest::load(&path).and_then(|m| registry.install(&m)) {
+                        Ok(outcome) => tracing::info!(?outcome, "federation manifest installed"),
+                        Err(e) => tracing::warn!(error = %e, "federation manifest refused"),
+                    }
+                    ManifestSource::File(path)
+                };
+                registry.apply_to(&resolver);
+                registry.spawn_watch(
+                    source,
+                    Duration::from_secs(rc.poll_secs),
+                    Some(resolver.clone()),
+                );
+                (registry.clone(), TrustMode::Registry(registry))
+            }
+            None => {
+                let trust = StaticTrust::new();
+                for (kind, issuers) in &config.trust {
+                    for issuer in issuers {
+                        trust.add(*kind, issuer);
+                    }
+                }
+                (
+                    Arc::new(trust),
+                    TrustMode::Static {
+                        contracts: config.contracts.clone(),
+                    },
+                )
+            }
+        };
+        let status = Arc::new(StatusCache::new(
+            resolver.clone(),
+            Duration::from_secs(config.status_cache_ttl_secs),
+            config.dev_mode,
+        ));
+        for url in &config.status_push {
+            if let Ok(url) = reqwest::Url::parse(url) {
+                status.spawn_push_listener(url);
+            }
+        }
+        let verifier = Verifier::new(resolver, trust, status);
+        Ok(Arc::new(GatewayState {
+            trust_mode,
+            config,
+            key,
+            verifier,
+            nonces,
+            outbox,
+            consents,
+            policy,
+            records,
+            vault,
+            secret,
+            db,
+            admin,
+            metrics,
+        }))
+    }
+
+    /// The signed federation manifest in force, when the gateway follows one.
+    pub fn registry(&self) -> Option<Arc<Registry>> {
+        match &self.trust_mode {
+            TrustMode::Registry(r) => Some(r.clone()),
+            TrustMode::Static { .. } => None,
+        }
+    }
+
+    /// Registry contracts from custodian to requester that have not expired.
+    pub fn contracts_between(&self, custodian: &str, requester: &str) -> Vec<Value> {
+        let now = chrono::Utc::now();
+        let contracts = match &self.trust_mode {
+            TrustMode::Registry(r) => {
+                return r
+                    .contracts_between(custodian, requester)
+                    .iter()
+                    .filter_map(|c| serde_json::to_value(c).ok())
+                    .collect()
+            }
+            TrustMode::Static { contracts } => contracts,
+        };
+        contracts
+            .iter()
+            .filter(|c| c["custodian"] == custodian && c["requester"] == requester)
+            .filter(|c| {
+                c["expires"]
+                    .as_str()
+                    .and_then(federation::time::parse)
+                    .is_none_or(|e| e > now)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The pseudonym of a patient in access events: keyed by this custodian's secret, so
+    /// only the custodian can map it back (by recomputing it over its own patients).
+    pub fn patient_ref(&self, patient_id: &str) -> String {
+        crate::tokenize::keyed_pseudonym(&self.secret, "patient-ref", patient_id)
+    }
+}
