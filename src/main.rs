@@ -336,18 +336,7 @@ async fn issuer_cmd(command: IssuerCommand) -> Result<(), String> {
 }
 
 fn write_secret(path: &Path, secret: &str) -> Result<(), String> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut f = options
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(secret.as_bytes())
+    federation::keys::write_private(path, secret.as_bytes())
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 

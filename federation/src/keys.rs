@@ -5,7 +5,6 @@
 //! copied is not a key this process should sign with.
 
 use std::fmt;
-use std::io::Write;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -82,6 +81,22 @@ pub enum KeyError {
     Exists(String),
     #[error("{0} is not a valid did:web host")]
     BadWebHost(String),
+}
+
+/// Writes a new secret file (a key, a token, a presentation) readable by its owner only
+/// (0600), and syncs it to disk. An existing file is never overwritten: `AlreadyExists`.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 /// Reads a secret file (a key, a seed, credentials), refusing one that group or others
@@ -306,17 +321,7 @@ impl KeyPair {
             path: display.clone(),
             reason: e.to_string(),
         })?;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(path).map_err(io)?;
-        file.write_all(&body).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        Ok(())
+        write_private(path, &body).map_err(io)
     }
 
     /// Loads a key file, refusing one that group or others can read or write.

@@ -914,40 +914,47 @@ pub fn expand_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>, RecordError> {
     Ok(out)
 }
 
-/// `fedgate records import`: every bundle of `paths` into `store`, with a progress bar on
-/// stderr (hidden when stderr is not a terminal). A file that cannot be read or parsed is
-/// listed in `failed` and the others go on; only a storage failure stops the import.
+/// How an import goes, for a caller that shows it (the CLI draws a progress bar).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportProgress<'a> {
+    /// Before the first file: how many files and bytes there are.
+    Started { files: usize, bytes: u64 },
+    /// File `index` (from 0) is being read.
+    File { index: usize, name: &'a str },
+    /// A file is done (imported or failed): its size in bytes.
+    Done { bytes: u64 },
+    /// The import stopped on a storage failure.
+    Abandoned,
+}
+
+/// `fedgate records import`: every bundle of `paths` into `store`. A file that cannot be
+/// read or parsed is listed in `failed` and the others go on; only a storage failure stops
+/// the import.
 pub fn import_paths(store: &SledStore, paths: &[PathBuf]) -> Result<ImportReport, RecordError> {
-    use std::io::IsTerminal as _;
+    import_paths_with(store, paths, |_| {})
+}
+
+/// [`import_paths`], telling `progress` how it goes.
+pub fn import_paths_with(
+    store: &SledStore,
+    paths: &[PathBuf],
+    mut progress: impl FnMut(ImportProgress<'_>),
+) -> Result<ImportReport, RecordError> {
     let files = expand_paths(paths)?;
-    let total: u64 = files
-        .iter()
-        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
-        .sum();
-    let bar = if std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::with_draw_target(
-            Some(total),
-            indicatif::ProgressDrawTarget::stderr(),
-        );
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{spinner} [{bar:30}] {bytes}/{total_bytes}{wide_msg}",
-        ) {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let size = |f: &PathBuf| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+    progress(ImportProgress::Started {
+        files: files.len(),
+        bytes: files.iter().map(size).sum(),
+    });
     let mut report = ImportReport::default();
-    for (i, file) in files.iter().enumerate() {
+    for (index, file) in files.iter().enumerate() {
         let name = file.display().to_string();
-        bar.set_message(format!(" {}/{} {name}", i + 1, files.len()));
-        let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+        progress(ImportProgress::File { index, name: &name });
         let result = read_bundle(file).and_then(|bundle| store.import_bundle_from(&name, &bundle));
         match result {
             Ok(r) => report.merge(r),
             Err(RecordError::Storage(e)) => {
-                bar.abandon();
+                progress(ImportProgress::Abandoned);
                 return Err(RecordError::Storage(e));
             }
             Err(e) => report.failed.push(FailedFile {
@@ -958,9 +965,8 @@ pub fn import_paths(store: &SledStore, paths: &[PathBuf]) -> Result<ImportReport
                 },
             }),
         }
-        bar.inc(size);
+        progress(ImportProgress::Done { bytes: size(file) });
     }
-    bar.finish_and_clear();
     Ok(report)
 }
 

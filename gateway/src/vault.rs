@@ -10,7 +10,6 @@
 //! Both keys are derived from the gateway secret with HMAC-SHA256 and distinct labels; the
 //! secret itself is not kept, and the derived keys are zeroized on drop.
 
-use std::io::Write as _;
 use std::path::Path;
 
 use aes_gcm::aead::{Aead, KeyInit as _, Payload};
@@ -302,20 +301,8 @@ impl Vault {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent).map_err(|e| err(e.to_string()))?;
             }
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt as _;
-                options.mode(0o600);
-            }
-            match options.open(path) {
-                Ok(mut file) => {
-                    file.write_all(text.as_bytes())
-                        .and_then(|()| file.sync_all())
-                        .map_err(|e| err(e.to_string()))?;
-                    return Ok(*secret);
-                }
+            match federation::keys::write_private(path, text.as_bytes()) {
+                Ok(()) => return Ok(*secret),
                 // Another process created it first: load theirs.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(err(e.to_string())),

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use gateway::records::{import_paths, ImportReport, SledStore};
+use gateway::records::{import_paths_with, ImportProgress, ImportReport, SledStore};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum RecordsCommand {
@@ -35,7 +35,10 @@ pub fn run(command: RecordsCommand) -> Result<(), String> {
 pub fn import(args: ImportArgs) -> Result<(), String> {
     let store =
         SledStore::open(&args.store).map_err(|e| format!("{}: {e}", args.store.display()))?;
-    let report = import_paths(&store, &args.files).map_err(|e| e.to_string())?;
+    let bar = ProgressBar::new();
+    let report =
+        import_paths_with(&store, &args.files, |p| bar.show(p)).map_err(|e| e.to_string())?;
+    bar.0.finish_and_clear();
     print!("{}", render(&report, &args.store.display().to_string()));
     if report.failed.is_empty() {
         Ok(())
@@ -50,6 +53,43 @@ pub fn import(args: ImportArgs) -> Result<(), String> {
                 .collect::<Vec<_>>()
                 .join(", ")
         ))
+    }
+}
+
+/// A progress bar on stderr, hidden when stderr is not a terminal.
+struct ProgressBar(indicatif::ProgressBar, std::cell::Cell<usize>);
+
+impl ProgressBar {
+    fn new() -> Self {
+        use std::io::IsTerminal as _;
+        if !std::io::stderr().is_terminal() {
+            return ProgressBar(indicatif::ProgressBar::hidden(), Default::default());
+        }
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(0),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} [{bar:30}] {bytes}/{total_bytes}{wide_msg}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        ProgressBar(bar, Default::default())
+    }
+
+    fn show(&self, progress: ImportProgress<'_>) {
+        match progress {
+            ImportProgress::Started { files, bytes } => {
+                self.0.set_length(bytes);
+                self.1.set(files);
+            }
+            ImportProgress::File { index, name } => {
+                let files = self.1.get();
+                self.0.set_message(format!(" {}/{files} {name}", index + 1));
+            }
+            ImportProgress::Done { bytes } => self.0.inc(bytes),
+            ImportProgress::Abandoned => self.0.abandon(),
+        }
     }
 }
 

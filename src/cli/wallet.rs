@@ -543,17 +543,7 @@ fn parse_identifier(text: &str) -> Result<PatientIdentifier, String> {
 /// Writes a presentation readable by its owner only: until its challenge is used, whoever
 /// holds it can hand it to that gateway.
 fn write_private(path: &Path, text: &str) -> Result<(), String> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut f = options
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(text.as_bytes())
+    federation::keys::write_private(path, text.as_bytes())
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
