@@ -16,7 +16,7 @@ use support::{exe, repo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const LIMITS: &str = "[limits]\nmax_body_bytes = 65536\nrequest_timeout_secs = 3\nheader_read_timeout_secs = 1\nbody_read_timeout_secs = 1\nmax_concurrent = 16\n";
+const LIMITS: &str = "[limits]\nmax_body_bytes = 65536\nrequest_timeout_secs = 3\nheader_read_timeout_secs = 1\nbody_read_timeout_secs = 1\nmax_concurrent = 16\nmax_connections = 1000\nidle_timeout_secs = 2\nmax_requests_per_connection = 100\n";
 
 /// One raw HTTP/1.1 exchange on a fresh connection; returns the whole answer as text.
 /// The request is written while the answer is read: a server may answer (413) and close
@@ -41,6 +41,22 @@ async fn raw(addr: &str, request: &[u8]) -> String {
     }
     writer.abort();
     String::from_utf8_lossy(&out).to_string()
+}
+
+/// Reads whatever the server sends until it closes the connection (EOF or reset): the
+/// bytes, and how long that took, or None if the connection is still open after `limit`.
+async fn until_closed(mut s: TcpStream, limit: Duration) -> (Vec<u8>, Option<Duration>) {
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = limit.saturating_sub(t0.elapsed());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (out, Some(t0.elapsed())),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (out, None),
+        }
+    }
 }
 
 fn post(path: &str, body: &[u8]) -> Vec<u8> {
@@ -158,6 +174,21 @@ async fn attack(name: &str, addr: &str, post_path: &str) {
     );
     assert!(t0.elapsed() < Duration::from_secs(8));
 
+    // A connection that sends nothing, and one that stops inside the HTTP/2 preface (so
+    // that neither HTTP version is known yet): closed in about the header timeout too.
+    let silent = TcpStream::connect(addr).await.unwrap();
+    let mut preface = TcpStream::connect(addr).await.unwrap();
+    preface.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let limit = Duration::from_secs(4);
+    let ((_, silent), (_, preface)) =
+        tokio::join!(until_closed(silent, limit), until_closed(preface, limit));
+    for (what, closed) in [("silent", silent), ("partial HTTP/2 preface", preface)] {
+        assert!(
+            closed.is_some_and(|t| t < Duration::from_millis(2500)),
+            "{name}: a {what} connection must be closed after the header timeout (1 s), was {closed:?}"
+        );
+    }
+
     // A flood: 300 idle connections, and slow bodies on more connections than there are
     // request slots (16). Bodies are read before a request takes a slot, so a plain
     // request gets through at once, well inside the body deadline that ends the flood.
@@ -237,4 +268,130 @@ async fn every_service_withstands_transport_level_abuse() {
         attack("visibility", &visibility_process.addr, "/v1/batches"),
         attack("gateway", &gateway_process.addr, "/v1/exchange/clinical"),
     );
+}
+
+/// The sockets a process holds open (Linux: its descriptors that are sockets).
+fn open_sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+        })
+        .count()
+}
+
+/// More silent connections than the cap: the gateway holds no more than the cap, a prompt
+/// client (`/healthz`, a challenge) is served at once by taking the place of the
+/// connection idle longest, and every idle connection is closed by the server. Then the
+/// idle timeout between requests and the keep-alive limit.
+#[tokio::test]
+async fn a_full_connection_cap_still_serves_and_closes_idle_connections() {
+    const CAP: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gateway = Gateway::start(
+        &exe(),
+        &dir.path().join("gateway"),
+        &GatewaySpec {
+            did: "did:web:hospital-a.test".into(),
+            port: 0,
+            records: vec![],
+            policies: repo("policies"),
+            extra_toml: String::new(),
+        },
+    )
+    .unwrap();
+    gateway.process.stop();
+    let config = std::fs::read_to_string(&gateway.config).unwrap();
+    std::fs::write(
+        &gateway.config,
+        format!(
+            "{config}\n[limits]\nmax_connections = {CAP}\nheader_read_timeout_secs = 3\nidle_timeout_secs = 1\nmax_requests_per_connection = 3\nrequest_timeout_secs = 5\n"
+        ),
+    )
+    .unwrap();
+    let process = spawn(
+        &exe(),
+        &[
+            "gateway",
+            "serve",
+            "--config",
+            &gateway.config.to_string_lossy(),
+        ],
+    )
+    .unwrap();
+    let addr = process.addr.clone();
+    healthy(&addr).await;
+    let baseline = open_sockets(process.pid());
+
+    // Twelve times the cap, sending nothing.
+    let opened = Instant::now();
+    let mut idle = Vec::new();
+    for _ in 0..12 * CAP {
+        idle.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = open_sockets(process.pid());
+    assert!(
+        held <= baseline + CAP + 1,
+        "{held} sockets open ({baseline} before): the cap of {CAP} connections does not hold"
+    );
+
+    // Served without waiting for the header timeout (3 s) to free a slot.
+    let t0 = Instant::now();
+    healthy(&addr).await;
+    let answer = raw(&addr, &post("/v1/challenges", b"{}")).await;
+    assert_eq!(status_of(&answer), 200, "{answer:.300}");
+    assert!(answer.contains("\"challenge\""), "{answer:.300}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "prompt requests waited {:?} at the cap",
+        t0.elapsed()
+    );
+
+    // Every idle connection is closed by the server: evicted for a newer one, or at the
+    // header timeout (3 s after its accept).
+    let waits: Vec<_> = idle
+        .into_iter()
+        .map(|s| tokio::spawn(until_closed(s, Duration::from_secs(6))))
+        .collect();
+    let mut still_open = 0;
+    for wait in waits {
+        if wait.await.unwrap().1.is_none() {
+            still_open += 1;
+        }
+    }
+    assert_eq!(still_open, 0, "idle connections left open by the server");
+    assert!(
+        opened.elapsed() < Duration::from_secs(5),
+        "idle connections closed only after {:?}",
+        opened.elapsed()
+    );
+
+    // Between requests: closed after the idle timeout (1 s), not the header timeout.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, closed) = until_closed(s, Duration::from_secs(5)).await;
+    assert_eq!(status_of(&String::from_utf8_lossy(&answer)), 200);
+    assert!(
+        closed.is_some_and(|t| t < Duration::from_millis(2500)),
+        "an idle keep-alive connection was closed after {closed:?}"
+    );
+
+    // Three requests per connection: four pipelined get three answers, the last one
+    // saying `connection: close`, and the connection ends.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(&b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(4))
+        .await
+        .unwrap();
+    let (answers, closed) = until_closed(s, Duration::from_secs(5)).await;
+    let answers = String::from_utf8_lossy(&answers).to_ascii_lowercase();
+    assert!(closed.is_some(), "the connection outlived its requests");
+    assert_eq!(answers.matches("http/1.1 200").count(), 3, "{answers}");
+    assert_eq!(answers.matches("connection: close").count(), 1, "{answers}");
+
+    healthy(&addr).await;
 }

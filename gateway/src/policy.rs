@@ -187,7 +187,15 @@ impl PolicyBundle {
     /// recursion, and evaluates each domain's decision on a sample input so that unknown
     /// builtins and unsafe variables fail the load instead of the first request.
     pub fn load_with(dir: &Path, options: PolicyOptions) -> Result<PolicyBundle, PolicyError> {
-        let files = read_policy_files(dir, false)?;
+        PolicyBundle::from_files(read_policy_files(dir, false)?, options)
+    }
+
+    /// The bundle of files already read: every load reads each file once, and nothing
+    /// after that touches the disk.
+    fn from_files(
+        files: Vec<PolicyFile>,
+        options: PolicyOptions,
+    ) -> Result<PolicyBundle, PolicyError> {
         let digest = digest_of(&files);
         on_big_stack(move || {
             // The first evaluation also prepares the engine (analysis, scheduling): give the
@@ -383,30 +391,72 @@ fn digest_of(files: &[PolicyFile]) -> String {
     hex::encode(h.finalize())
 }
 
-/// Names, modification times, sizes and contents of the bundle's files, hashed: what the
-/// watcher compares between polls. An unreadable folder has a fingerprint of its own, so
-/// that losing the folder also triggers a (failing, hence fail-closed) reload.
-fn fingerprint(dir: &Path) -> String {
+/// What the watcher compares between polls: the name, size, inode and modification and
+/// change times of each bundle file, hashed. Taken from the folder listing and `stat`,
+/// without opening a file, so that a process short of descriptors can still poll (the
+/// listing itself needs one, briefly). A missing folder has a fingerprint of its own, so
+/// that losing it triggers a (failing, hence fail-closed) reload; any other error means
+/// the folder could not be looked at, which is no news about the policies.
+fn fingerprint(dir: &Path) -> std::io::Result<String> {
     let mut h = Sha256::new();
-    match read_policy_files(dir, false) {
-        Ok(files) => {
-            for f in &files {
-                let modified = std::fs::metadata(dir.join(&f.name))
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map(|d| d.as_nanos())
-                    .unwrap_or_default();
-                h.update(f.name.as_bytes());
-                h.update([0]);
-                h.update(modified.to_le_bytes());
-                h.update(f.content.as_bytes());
-                h.update([0]);
-            }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok("missing".into()),
+        Err(e) => return Err(e),
+    };
+    let mut stamps = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".rego") || name.ends_with("_test.rego") {
+            continue;
         }
-        Err(e) => h.update(format!("unreadable: {e}").as_bytes()),
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            // Removed since the listing: the next poll sees it gone.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        stamps.push((name, file_stamp(&meta)));
     }
-    hex::encode(h.finalize())
+    stamps.sort();
+    for (name, stamp) in stamps {
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update(stamp.as_bytes());
+        h.update([0]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Size and modification time; on Unix also the inode and change time, which a replace
+/// by rename or an edit that keeps size and mtime still changes.
+fn file_stamp(meta: &std::fs::Metadata) -> String {
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        format!(
+            "{} {modified} {} {} {}.{}",
+            meta.len(),
+            meta.dev(),
+            meta.ino(),
+            meta.ctime(),
+            meta.ctime_nsec()
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        format!("{} {modified}", meta.len())
+    }
 }
 
 fn engine_with(files: &[PolicyFile], time_limit: Duration) -> Result<Engine, PolicyError> {
@@ -541,7 +591,8 @@ enum State {
 
 /// The bundle in service. A bundle that fails to load (at start or on reload) leaves the
 /// holder Broken: every decision is then a deny naming the load error, until a reload
-/// succeeds.
+/// succeeds. A reload that cannot read the files keeps the bundle in service (see
+/// [`PolicyHolder::reload`]).
 pub struct PolicyHolder {
     dir: PathBuf,
     options: PolicyOptions,
@@ -580,26 +631,71 @@ impl PolicyHolder {
         holder
     }
 
-    /// Loads the folder again and swaps the result in atomically. A failure switches the
-    /// holder to Broken (fail closed) and returns the error.
+    /// Loads the folder again and swaps the result in atomically. Files that load badly,
+    /// a folder that is gone or holds no policy, switch the holder to Broken (fail closed)
+    /// and return the error. Files that cannot be read (out of file descriptors, an I/O
+    /// error) say nothing about the policies: the bundle in service stays, the error is
+    /// logged and counted (`fedgate_policy_reload_failures_total{cause="unreadable"}`), and
+    /// the watcher tries again at its next poll. At start there is no bundle to keep, so
+    /// the holder is Broken then.
     pub fn reload(&self) -> Result<String, PolicyError> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        *seen = Some(fingerprint(&self.dir));
-        let (state, result) = match PolicyBundle::load_with(&self.dir, self.options) {
+        // Before reading: a change made while the files are read shows at the next poll.
+        let print = fingerprint(&self.dir).ok();
+        let result = read_policy_files(&self.dir, false)
+            .and_then(|files| PolicyBundle::from_files(files, self.options));
+        let err = match result {
             Ok(bundle) => {
                 let digest = bundle.digest().to_string();
                 tracing::info!(digest, files = bundle.files().len(), "policy bundle loaded");
-                (State::Loaded(Box::new(bundle)), Ok(digest))
+                *seen = print;
+                self.set_state(State::Loaded(Box::new(bundle)));
+                return Ok(digest);
             }
-            Err(e) => (State::Broken(e.to_string()), Err(e)),
+            Err(e) => e,
         };
-        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
-        result
+        if self.is_read_failure(&err) && self.current_digest().is_some() {
+            metrics::counter!("fedgate_policy_reload_failures_total", "cause" => "unreadable")
+                .increment(1);
+            tracing::error!(error = %err, "cannot read the policy files; the bundle in service stays");
+            // `seen` keeps the last load's fingerprint, so the next poll tries again.
+            return Err(err);
+        }
+        metrics::counter!("fedgate_policy_reload_failures_total", "cause" => "invalid")
+            .increment(1);
+        *seen = print;
+        self.set_state(State::Broken(err.to_string()));
+        Err(err)
     }
 
-    /// Reloads when the folder's fingerprint differs from the last attempt's.
+    fn set_state(&self, state: State) {
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
+    }
+
+    /// A failure to read the files, rather than files that are wrong: every I/O error
+    /// but a missing folder (the operator removed it) and content that is not UTF-8.
+    fn is_read_failure(&self, e: &PolicyError) -> bool {
+        use std::io::ErrorKind;
+        match e {
+            PolicyError::Io { path, source } => match source.kind() {
+                ErrorKind::InvalidData => false,
+                ErrorKind::NotFound => path != &self.dir,
+                _ => true,
+            },
+            _ => false,
+        }
+    }
+
+    /// Reloads when the folder's fingerprint differs from the last attempt's. A folder
+    /// that cannot be looked at now (out of file descriptors) is no change.
     pub fn reload_if_changed(&self) -> Option<Result<String, PolicyError>> {
-        let now = fingerprint(&self.dir);
+        let now = match fingerprint(&self.dir) {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check the policy folder for changes; the bundle in service stays");
+                return None;
+            }
+        };
         let changed = {
             let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             seen.as_deref() != Some(now.as_str())
@@ -609,7 +705,9 @@ impl PolicyHolder {
         }
         let result = self.reload();
         if let Err(e) = &result {
-            tracing::error!(error = %e, "policy reload failed; denying everything until a good reload");
+            if self.current_digest().is_none() {
+                tracing::error!(error = %e, "policy reload failed; denying everything until a good reload");
+            }
         }
         Some(result)
     }

@@ -109,6 +109,10 @@ impl service::config::ServiceConfig for IssuerConfig {
             }
             reqwest::Url::parse(url).map_err(|e| invalid("did_web", &format!("{did}: {e}")))?;
         }
+        // As the other services do: a bad limit is a config error at load, not at serve.
+        self.limits
+            .validate()
+            .map_err(|e| invalid("limits", &e.to_string()))?;
         Ok(())
     }
 }

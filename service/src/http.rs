@@ -28,6 +28,10 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tracing::Instrument;
 
+mod conn;
+
+pub use conn::fd_headroom;
+
 /// Base URI of fedgate problem types; a slug is appended.
 pub const PROBLEM_TYPE_BASE: &str = "https://w3id.org/fedgate/problems/";
 
@@ -406,10 +410,25 @@ pub struct HttpLimits {
     pub max_body_bytes: usize,
     pub request_timeout_secs: u64,
     pub max_concurrent: usize,
+    /// How long a client may take to send a request's headers. The first request of a
+    /// connection must also arrive within it, counted from the accept (TLS handshake
+    /// included), so a connection that sends nothing is closed after this long.
     pub header_read_timeout_secs: u64,
     /// How long a client may take to send its whole body. Bodies are read before the
     /// request takes a `max_concurrent` slot, so a slow one holds a connection, not a slot.
     pub body_read_timeout_secs: u64,
+    /// Open connections at most. At the cap the connection idle longest is closed to make
+    /// room; only when every connection has a request in flight do new ones wait in the
+    /// kernel's listen backlog. Lowered at start when the file-descriptor limit cannot
+    /// hold it (see [`fd_headroom`]).
+    pub max_connections: usize,
+    /// A keep-alive connection with no request in flight is closed after this long. On
+    /// HTTP/1.1 the next request's headers must also arrive within the header read
+    /// timeout, so there the shorter of the two applies; this one bounds HTTP/2.
+    pub idle_timeout_secs: u64,
+    /// Requests served on one connection before it is closed (HTTP/1.1 answers the last
+    /// one with `connection: close`, HTTP/2 sends GOAWAY).
+    pub max_requests_per_connection: u64,
 }
 
 impl Default for HttpLimits {
@@ -420,9 +439,16 @@ impl Default for HttpLimits {
             max_concurrent: 512,
             header_read_timeout_secs: 10,
             body_read_timeout_secs: 10,
+            max_connections: 1024,
+            idle_timeout_secs: 10,
+            max_requests_per_connection: 1000,
         }
     }
 }
+
+/// The most `max_connections` accepted: far beyond any descriptor limit in use, and small
+/// enough to count in a `u32` (the drain at shutdown waits for every slot at once).
+pub const MAX_CONNECTIONS_LIMIT: usize = 1 << 20;
 
 impl HttpLimits {
     pub fn request_timeout(&self) -> Duration {
@@ -437,6 +463,10 @@ impl HttpLimits {
         Duration::from_secs(self.body_read_timeout_secs)
     }
 
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
     /// Zero for any limit would either refuse everything or hang every request.
     pub fn validate(&self) -> Result<(), HttpError> {
         let zero = [
@@ -448,11 +478,22 @@ impl HttpLimits {
                 self.header_read_timeout_secs == 0,
             ),
             ("body_read_timeout_secs", self.body_read_timeout_secs == 0),
+            ("max_connections", self.max_connections == 0),
+            ("idle_timeout_secs", self.idle_timeout_secs == 0),
+            (
+                "max_requests_per_connection",
+                self.max_requests_per_connection == 0,
+            ),
         ];
-        match zero.iter().find(|(_, is_zero)| *is_zero) {
-            Some((name, _)) => Err(HttpError::InvalidLimits(format!("{name} must be > 0"))),
-            None => Ok(()),
+        if let Some((name, _)) = zero.iter().find(|(_, is_zero)| *is_zero) {
+            return Err(HttpError::InvalidLimits(format!("{name} must be > 0")));
         }
+        if self.max_connections > MAX_CONNECTIONS_LIMIT {
+            return Err(HttpError::InvalidLimits(format!(
+                "max_connections must be at most {MAX_CONNECTIONS_LIMIT}"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -711,7 +752,7 @@ pub fn bind(cfg: &ListenConfig) -> Result<std::net::TcpListener, HttpError> {
         source,
     };
     let listener = std::net::TcpListener::bind(cfg.listen).map_err(bind_err)?;
-    // Required by tokio and axum_server, which take the listener over.
+    // Required by tokio, which takes the listener over.
     listener.set_nonblocking(true).map_err(bind_err)?;
     Ok(listener)
 }
@@ -733,11 +774,12 @@ pub async fn serve_on(
     })?;
     // Checked again on the real address: the listener may not come from `bind`.
     check_listen(cfg, addr)?;
+    let rules = conn::Rules::new(limits, fd_headroom(limits.max_connections));
     match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(cert), Some(key)) => {
-            serve_tls(listener, addr, router, cert, key, limits, shutdown, ready).await
+            serve_tls(listener, addr, router, cert, key, rules, shutdown, ready).await
         }
-        _ => serve_plain(listener, addr, router, limits, shutdown, ready).await,
+        _ => serve_plain(listener, addr, router, rules, shutdown, ready).await,
     }
 }
 
@@ -766,43 +808,21 @@ fn check_listen(cfg: &ListenConfig, addr: SocketAddr) -> Result<(), HttpError> {
     }
 }
 
-/// What both listeners share: the header read timeout (slow clients are dropped), and a
-/// graceful shutdown that drains requests for at most the request timeout.
-fn slow_client_and_shutdown_rules(
-    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
-    handle: axum_server::Handle,
-    limits: &HttpLimits,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) {
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout());
-    let grace = limits.request_timeout();
-    tokio::spawn(async move {
-        shutdown.await;
-        handle.graceful_shutdown(Some(grace));
-    });
-}
-
+/// Plain HTTP and TLS share one server ([`conn`]): the connection cap, the first-request,
+/// header and idle deadlines, the keep-alive limit, and a graceful shutdown that drains
+/// requests for at most the request timeout.
 async fn serve_plain(
     listener: std::net::TcpListener,
     addr: SocketAddr,
     router: Router,
-    limits: &HttpLimits,
+    rules: conn::Rules,
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<(), HttpError> {
-    // The same server as for TLS, so that the header read timeout (slow clients) holds
-    // on plain HTTP too; axum::serve would not apply it.
-    let handle = axum_server::Handle::new();
-    let mut server = axum_server::from_tcp(listener).handle(handle.clone());
-    slow_client_and_shutdown_rules(server.http_builder(), handle, limits, shutdown);
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(HttpError::Serve)?;
     announce(addr, false, ready);
-    server
-        .serve(router.into_make_service())
-        .await
-        .map_err(HttpError::Serve)
+    conn::serve(listener, router, rules, None, shutdown).await;
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -812,26 +832,20 @@ async fn serve_tls(
     router: Router,
     cert: &std::path::Path,
     key: &std::path::Path,
-    limits: &HttpLimits,
+    rules: conn::Rules,
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<(), HttpError> {
     install_crypto_provider();
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-        .await
-        .map_err(|source| HttpError::Tls {
-            cert: cert.to_owned(),
-            key: key.to_owned(),
-            source,
-        })?;
-    let handle = axum_server::Handle::new();
-    let mut server = axum_server::from_tcp_rustls(listener, tls).handle(handle.clone());
-    slow_client_and_shutdown_rules(server.http_builder(), handle, limits, shutdown);
+    let tls = conn::tls_acceptor(cert, key).map_err(|source| HttpError::Tls {
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+        source,
+    })?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(HttpError::Serve)?;
     announce(addr, true, ready);
-    server
-        .serve(router.into_make_service())
-        .await
-        .map_err(HttpError::Serve)
+    conn::serve(listener, router, rules, Some(tls), shutdown).await;
+    Ok(())
 }
 
 #[cfg(test)]

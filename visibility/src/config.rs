@@ -82,6 +82,9 @@ struct PartialLimits {
     max_concurrent: Option<usize>,
     header_read_timeout_secs: Option<u64>,
     body_read_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    idle_timeout_secs: Option<u64>,
+    max_requests_per_connection: Option<u64>,
 }
 
 fn limits_with_defaults<'de, D>(deserializer: D) -> Result<HttpLimits, D::Error>
@@ -103,6 +106,11 @@ where
         body_read_timeout_secs: written
             .body_read_timeout_secs
             .unwrap_or(d.body_read_timeout_secs),
+        max_connections: written.max_connections.unwrap_or(d.max_connections),
+        idle_timeout_secs: written.idle_timeout_secs.unwrap_or(d.idle_timeout_secs),
+        max_requests_per_connection: written
+            .max_requests_per_connection
+            .unwrap_or(d.max_requests_per_connection),
     })
 }
 

@@ -553,3 +553,85 @@ fn policy_sample_inputs_and_decisions_match_the_schemas() {
     bad["request"]["surprise"] = json!(1);
     assert!(!input_schema.is_valid(&bad));
 }
+
+/// Set in the child process of [`policy_unreadable_files_keep_the_last_good_bundle`].
+const CHILD_ENV: &str = "FEDGATE_POLICY_TEST_CHILD";
+
+/// Running out of file descriptors (a connection flood) makes the policy files unreadable
+/// for a while: the bundle in service must stay, and the edit waiting on disk loads once
+/// descriptors are back. The descriptor limit is the whole process's, so the test runs in
+/// a process of its own.
+#[test]
+fn policy_unreadable_files_keep_the_last_good_bundle() {
+    let child = "policy::tests::policy_unreadable_files_keep_the_last_good_bundle_in_child";
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            child,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("1 passed"),
+        "the child test did not run: {stdout}"
+    );
+}
+
+#[test]
+#[ignore = "run in a process of its own by policy_unreadable_files_keep_the_last_good_bundle"]
+fn policy_unreadable_files_keep_the_last_good_bundle_in_child() {
+    assert!(
+        std::env::var_os(CHILD_ENV).is_some(),
+        "lowers the process's descriptor limit: run it through its parent test"
+    );
+    let tmp = policy_copy();
+    let holder = holder(tmp.path());
+    let good = holder.current_digest().expect("copy loads");
+    // An operator's edit, waiting to be loaded.
+    let path = tmp.path().join("research.rego");
+    let src = std::fs::read_to_string(&path).unwrap();
+    replace_file(&path, &format!("{src}\n# reviewed\n"));
+
+    let (_, hard) = rlimit::Resource::NOFILE.get().unwrap();
+    rlimit::Resource::NOFILE.set(64, hard).unwrap();
+    let mut hog = Vec::new();
+    let exhausted = loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => hog.push(f),
+            Err(e) => break e,
+        }
+    };
+    let reload = holder.reload();
+    let poll = holder.reload_if_changed();
+    let digest = holder.current_digest();
+    let decision = holder.evaluate("clinical", &sample_input("clinical"));
+    drop(hog);
+
+    assert_eq!(exhausted.raw_os_error(), Some(24), "EMFILE: {exhausted}");
+    let err = reload.unwrap_err();
+    assert!(
+        matches!(&err, PolicyError::Io { source, .. } if source.raw_os_error() == Some(24)),
+        "{err}"
+    );
+    assert!(poll.is_none(), "an unreadable folder is no change");
+    assert_eq!(
+        digest.as_deref(),
+        Some(good.as_str()),
+        "the bundle in service stays"
+    );
+    assert!(decision.allow, "{}", reasons(&decision));
+
+    let reloaded = holder
+        .reload_if_changed()
+        .expect("the edit is still to be loaded")
+        .unwrap();
+    assert_ne!(reloaded, good);
+    assert!(holder.evaluate("research", &sample_input("research")).allow);
+}
