@@ -1,0 +1,205 @@
+//! The issuer's router driven in-process (no socket, no process): the error paths of its
+//! handlers and of the common layers, each answered as problem+json.
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt as _;
+use issuer::{router, IssuerConfig, IssuerState};
+use serde_json::{json, Value};
+use tower::ServiceExt as _;
+
+const TOKEN: &str = "an-admin-token-of-enough-length";
+
+struct Issuer {
+    app: Router,
+    _dir: tempfile::TempDir,
+}
+
+fn issuer() -> Issuer {
+    let dir = tempfile::tempdir().unwrap();
+    federation::keys::write_private(&dir.path().join("admin-token"), TOKEN.as_bytes()).unwrap();
+    std::fs::write(
+        dir.path().join("issuer.toml"),
+        "listen = \"127.0.0.1:0\"\ndid = \"did:web:office.test\"\nkey_file = \"issuer.key.json\"\n\
+         data_dir = \"data\"\nadmin_token_file = \"admin-token\"\ndev_mode = true\n\
+         [limits]\nmax_body_bytes = 4096\n",
+    )
+    .unwrap();
+    let config = IssuerConfig::load(&dir.path().join("issuer.toml")).unwrap();
+    let url = reqwest::Url::parse("http://127.0.0.1:1/").unwrap();
+    let state = IssuerState::new(config, url).unwrap();
+    Issuer {
+        app: router(state),
+        _dir: dir,
+    }
+}
+
+/// Sends one request; returns the status, the content type and the body as JSON.
+async fn send(app: &Router, request: Request<Body>) -> (StatusCode, String, Value) {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, content_type, body)
+}
+
+fn post(path: &str, content_type: &str, body: impl Into<Body>, admin: bool) -> Request<Body> {
+    let mut builder = Request::post(path).header(header::CONTENT_TYPE, content_type);
+    if admin {
+        builder = builder.header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+    }
+    builder.body(body.into()).unwrap()
+}
+
+fn assert_problem(got: &(StatusCode, String, Value), status: StatusCode) {
+    assert_eq!(got.0, status, "{}", got.2);
+    assert_eq!(got.1, "application/problem+json", "{}", got.2);
+    assert_eq!(got.2["status"], status.as_u16(), "{}", got.2);
+    assert!(got.2["type"].as_str().is_some_and(|t| !t.is_empty()));
+}
+
+fn privilege_request() -> Value {
+    json!({
+        "credential": {
+            "@context": ["https://www.w3.org/ns/credentials/v2"],
+            "type": ["VerifiableCredential", "ClinicianPrivilegeCredential"],
+            "credentialSubject": {"id": "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"},
+        }
+    })
+}
+
+#[tokio::test]
+async fn unknown_routes_and_wrong_methods_are_problems() {
+    let s = issuer();
+    let got = send(
+        &s.app,
+        Request::get("/nowhere").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_problem(&got, StatusCode::NOT_FOUND);
+    let got = send(
+        &s.app,
+        Request::get("/credentials/issue")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&got, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn admin_calls_need_the_token() {
+    let s = issuer();
+    let body = privilege_request().to_string();
+    let got = send(
+        &s.app,
+        post(
+            "/credentials/issue",
+            "application/json",
+            body.clone(),
+            false,
+        ),
+    )
+    .await;
+    assert_problem(&got, StatusCode::UNAUTHORIZED);
+    let mut wrong = post("/credentials/issue", "application/json", body, false);
+    wrong.headers_mut().insert(
+        header::AUTHORIZATION,
+        "Bearer not-the-token-at-all-really".parse().unwrap(),
+    );
+    assert_problem(&send(&s.app, wrong).await, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn bodies_that_are_not_strict_json_are_refused_before_any_handler() {
+    let s = issuer();
+    let cases: [(&str, &str, StatusCode, &str); 4] = [
+        ("text/plain", "{}", StatusCode::UNSUPPORTED_MEDIA_TYPE, ""),
+        (
+            "application/json",
+            "{\"credential\":",
+            StatusCode::BAD_REQUEST,
+            "malformed-json",
+        ),
+        (
+            "application/json",
+            "{\"credential\": {}, \"credential\": {}}",
+            StatusCode::BAD_REQUEST,
+            "duplicate-key",
+        ),
+        (
+            "application/json",
+            "{\"credential\": {}, \"unknown\": 1}",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "",
+        ),
+    ];
+    for (content_type, body, status, slug) in cases {
+        let got = send(&s.app, post("/credentials/issue", content_type, body, true)).await;
+        assert_problem(&got, status);
+        if !slug.is_empty() {
+            assert!(
+                got.2["type"].as_str().unwrap().ends_with(slug),
+                "{body}: {}",
+                got.2
+            );
+        }
+    }
+    let huge = format!("{{\"credential\": \"{}\"}}", "x".repeat(8192));
+    let got = send(
+        &s.app,
+        post("/credentials/issue", "application/json", huge, true),
+    )
+    .await;
+    assert_problem(&got, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn lifecycle_calls_on_unknown_credentials_are_not_found() {
+    let s = issuer();
+    let got = send(
+        &s.app,
+        post(
+            "/v1/credentials/urn:uuid:6f1c2d3e-0000-4000-8000-000000000000/revoke",
+            "application/json",
+            "{}",
+            true,
+        ),
+    )
+    .await;
+    assert_problem(&got, StatusCode::NOT_FOUND);
+    let got = send(
+        &s.app,
+        Request::get("/v1/credentials/urn:uuid:6f1c2d3e-0000-4000-8000-000000000000")
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&got, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_credential_of_a_type_the_office_does_not_issue_is_unprocessable() {
+    let s = issuer();
+    let mut request = privilege_request();
+    request["credential"]["type"] = json!(["VerifiableCredential", "DriverLicence"]);
+    let got = send(
+        &s.app,
+        post(
+            "/credentials/issue",
+            "application/json",
+            request.to_string(),
+            true,
+        ),
+    )
+    .await;
+    assert_problem(&got, StatusCode::UNPROCESSABLE_ENTITY);
+}
