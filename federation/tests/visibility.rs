@@ -117,7 +117,7 @@ fn event(custodian: &str) -> AccessEvent {
         record_count: 3,
         decision: Outcome::Allow,
         decision_id: uuid::Uuid::new_v4().to_string(),
-        reasons: vec!["contract and consent".into()],
+        reasons: vec!["consent permits TREAT for Observation".into()],
         policy_digest: "0".repeat(64),
         credential_ids: vec![],
         failed_check: None,
@@ -479,6 +479,26 @@ async fn visibility_refused_batches_append_nothing() {
         "fedgate-batch+jwt",
     )
     .unwrap();
+    problem(post_batch(&svc.base, &jws).await, 422).await;
+    // Identifier-shaped free text: an SSN in a reason, a phone number in a justification.
+    // The whole batch is refused, naming the event; the value is not echoed.
+    let mut ssn = event(a);
+    ssn.reasons = vec!["patient 123-45-6789 is not known at this custodian".into()];
+    let jws = sign_batch(&orgs.a.key, a, &[event(a), ssn.clone()]);
+    let p = problem(post_batch(&svc.base, &jws).await, 422).await;
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.contains(&ssn.id), "{p}");
+    assert!(detail.contains("reasons[0]"), "{p}");
+    assert!(!p.to_string().contains("6789"), "{p}");
+    let mut glass = event(a);
+    glass.break_glass = true;
+    glass.justification = Some("unconscious; wife at 555-201-7788".into());
+    let jws = sign_batch(&orgs.a.key, a, &[glass]);
+    problem(post_batch(&svc.base, &jws).await, 422).await;
+    // Free text outside the event vocabulary, even without any identifier in it.
+    let mut chatty = event(a);
+    chatty.reasons = vec!["Jane Doe asked for it".into()];
+    let jws = sign_batch(&orgs.a.key, a, &[chatty]);
     problem(post_batch(&svc.base, &jws).await, 422).await;
     // 1,001 events: small enough in bytes, refused by the count check.
     let many: Vec<AccessEvent> = (0..1001).map(|_| event(a)).collect();
