@@ -705,6 +705,19 @@ async fn policy_denials_over_http() {
         .await
         .unwrap();
     assert_eq!(status, 404);
+    // A domain that is no name at all is malformed: 400, naming the parameter.
+    for bad in ["..%2f..%2fetc", "Clinical", "clinical%00"] {
+        let (status, problem) = fed
+            .gateway
+            .post(
+                &format!("/v1/exchange/{bad}"),
+                &body_of(&json!("x"), &p.mrn),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{bad}: {problem}");
+        assert_eq!(problem["parameter"], "domain", "{problem}");
+    }
     let (status, _) = fed
         .gateway
         .post(

@@ -26,6 +26,7 @@
 //! - [`nonce`]: single-use challenges (sled), the replay defence of presentations.
 //! - [`config`]: loading a service's TOML configuration (one error type, relative paths).
 //! - [`http`]: problem+json, strict JSON bodies, limits, TLS/loopback serving.
+//! - [`params`]: path parameters checked against their formats (400 naming the parameter).
 //! - [`admin`]: admin bearer tokens (0600 file, compared by digest; no default).
 //! - [`time`]: clock helpers shared by issuing and verifying.
 
@@ -46,6 +47,7 @@ pub mod jose;
 pub mod keys;
 pub mod log;
 pub mod nonce;
+pub mod params;
 pub mod registry;
 pub mod schema;
 pub mod status;

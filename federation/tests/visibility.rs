@@ -974,8 +974,34 @@ async fn visibility_auditors_query_events_and_resolve_break_glass_reviews() {
     .await;
     assert_eq!(notes["notes"][0]["note"], note);
     assert_eq!(notes["notes"][0]["resolvedBy"], auditor.did());
-    // Resolved already, or never queued: 404.
-    for id in [glass.id.as_str(), a1.id.as_str()] {
+    // The event id in a review's path is a UUID: anything else is a 400 naming the
+    // parameter, a UUID that is no break-glass review a 404.
+    for bad in ["..%2f..%2fetc", "not-an-id", "0190"] {
+        let p = problem(
+            audit_get(&svc.base, t, &format!("/v1/audit/reviews/{bad}/notes")).await,
+            400,
+        )
+        .await;
+        assert_eq!(p["parameter"], "event_id", "{p}");
+        let resp = client()
+            .post(format!("{}/v1/audit/reviews/{bad}/resolve", svc.base))
+            .bearer_auth(&token)
+            .json(&json!({ "note": "fine" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(problem(resp, 400).await["parameter"], "event_id");
+    }
+    let unknown = AccessEvent::new_id();
+    for id in [unknown.as_str(), a1.id.as_str()] {
+        problem(
+            audit_get(&svc.base, t, &format!("/v1/audit/reviews/{id}/notes")).await,
+            404,
+        )
+        .await;
+    }
+    // Resolved already, never queued, or unknown: 404.
+    for id in [glass.id.as_str(), a1.id.as_str(), unknown.as_str()] {
         let resp = client()
             .post(format!("{}/v1/audit/reviews/{id}/resolve", svc.base))
             .bearer_auth(&token)

@@ -28,6 +28,9 @@ pub enum VisibilityError {
     Conflict(String),
     #[error("{0}")]
     TooLarge(String),
+    /// A path parameter without its format (400, naming the parameter).
+    #[error(transparent)]
+    Param(#[from] crate::params::ParamError),
     /// Well-formed but invalid content (422).
     #[error("{detail}")]
     Unprocessable { slug: &'static str, detail: String },
@@ -103,6 +106,7 @@ impl IntoResponse for VisibilityError {
     fn into_response(self) -> Response {
         let problem = match &self {
             VisibilityError::BadRequest { slug, detail } => crate::http::bad_request(slug, detail),
+            VisibilityError::Param(e) => e.problem(),
             VisibilityError::Unauthorized(m) => crate::http::unauthorized(m),
             VisibilityError::Verification(v) => crate::http::unauthorized(v.to_string())
                 .with("check", serde_json::json!(v.check))
