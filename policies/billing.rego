@@ -37,12 +37,15 @@ role_granted := common.requested & role_allowed
 
 granted := role_granted & consented
 
+# One reason per cause, listing the classes (see clinical.rego).
 dropped := sort({msg |
-	some c in common.requested - role_allowed
-	msg := sprintf("%s dropped: not a billing class for role %s", [c, common.role])
+	not_billing := common.requested - role_allowed
+	count(not_billing) > 0
+	msg := sprintf("%s dropped: not a billing class for role %s", [concat(", ", sort(not_billing)), common.role])
 } | {msg |
-	some c in role_granted - consented
-	msg := sprintf("%s dropped: no consent covers it", [c])
+	unconsented := role_granted - consented
+	count(unconsented) > 0
+	msg := sprintf("%s dropped: no consent covers it", [concat(", ", sort(unconsented))])
 })
 
 denials contains msg if {
@@ -66,7 +69,7 @@ denials contains "the privilege credential names another organization than the r
 denials contains msg if {
 	common.has_privilege_credential
 	not common.has_privilege(domain, "read")
-	msg := sprintf("no billing read privilege at %s", [input.custodian.did])
+	msg := "no billing read privilege at this custodian"
 }
 
 denials contains msg if {
@@ -84,8 +87,8 @@ denials contains msg if {
 denials contains msg if {
 	not common.has_contract(domain, common.purpose)
 	msg := sprintf(
-		"no registry contract between %s and %v covers billing/%v",
-		[input.custodian.did, input.request.requester_org, common.purpose],
+		"no registry contract between this custodian and the requester's organization covers billing/%v",
+		[common.purpose],
 	)
 }
 

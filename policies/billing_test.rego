@@ -75,7 +75,7 @@ test_privilege_for_clinical_only_denied if {
 	p := f.privilege("billing-specialist", "207R00000X", f.custodian, ["clinical"], ["read"])
 	d := billing.decision with input as object.union(base, {"privilege": p})
 	not d.allow
-	f.has_reason(d, "no billing read privilege at did:web:hospital-b.example")
+	f.has_reason(d, "no billing read privilege at this custodian")
 }
 
 test_no_privilege_denied if {

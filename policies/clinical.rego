@@ -70,13 +70,17 @@ granted := role_granted if break_glass
 
 granted := consent_granted if not break_glass
 
+# One reason per cause, listing the classes: the count of reasons stays bounded whatever
+# the request lists (access events carry at most 32).
 dropped := sort({msg |
-	some c in common.requested - role_allowed
-	msg := sprintf("%s dropped: not allowed for role %s", [c, common.role])
+	not_for_role := common.requested - role_allowed
+	count(not_for_role) > 0
+	msg := sprintf("%s dropped: not allowed for role %s", [concat(", ", sort(not_for_role)), common.role])
 } | {msg |
 	not break_glass
-	some c in role_granted - consented
-	msg := sprintf("%s dropped: no consent covers it", [c])
+	unconsented := role_granted - consented
+	count(unconsented) > 0
+	msg := sprintf("%s dropped: no consent covers it", [concat(", ", sort(unconsented))])
 })
 
 # ---------------------------------------------------------------------------------------
@@ -104,7 +108,7 @@ denials contains "the privilege credential names another organization than the r
 denials contains msg if {
 	common.has_privilege_credential
 	not common.has_privilege(domain, "read")
-	msg := sprintf("no clinical read privilege at %s", [input.custodian.did])
+	msg := "no clinical read privilege at this custodian"
 }
 
 denials contains msg if {
@@ -122,8 +126,8 @@ denials contains msg if {
 denials contains msg if {
 	not common.has_contract(domain, common.purpose)
 	msg := sprintf(
-		"no registry contract between %s and %v covers clinical/%v",
-		[input.custodian.did, input.request.requester_org, common.purpose],
+		"no registry contract between this custodian and the requester's organization covers clinical/%v",
+		[common.purpose],
 	)
 }
 

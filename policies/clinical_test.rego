@@ -70,6 +70,21 @@ test_nurse_document_reference_dropped if {
 	f.has_reason(d, "DocumentReference dropped: not allowed for role nurse")
 }
 
+# Several classes dropped for one cause make one reason that lists them.
+test_classes_dropped_for_one_cause_make_one_reason if {
+	coordinator := f.privilege("care-coordinator", "171M00000X", f.custodian, ["clinical"], ["read"])
+	inp := object.union(
+		f.with_request(base, {"data_classes": ["Observation", "Patient", "Condition"]}),
+		{"privilege": coordinator},
+	)
+	d := clinical.decision with input as inp
+	d.allow
+	d.data_classes == ["Patient"]
+	f.has_reason(d, "Condition, Observation dropped: not allowed for role care-coordinator")
+	count([r | some r in d.reasons; contains(r, "dropped: not allowed")]) == 1
+	f.phi_free(d)
+}
+
 test_nurse_only_document_reference_denied if {
 	inp := object.union(f.with_request(base, {"data_classes": ["DocumentReference"]}), {"privilege": nurse})
 	d := clinical.decision with input as inp
@@ -137,7 +152,7 @@ test_privilege_at_other_facility_denied if {
 	elsewhere := f.privilege("physician", "207R00000X", f.other_org, ["clinical"], ["read"])
 	d := clinical.decision with input as object.union(base, {"privilege": elsewhere})
 	not d.allow
-	f.has_reason(d, "no clinical read privilege at did:web:hospital-b.example")
+	f.has_reason(d, "no clinical read privilege at this custodian")
 }
 
 test_privilege_without_read_denied if {
@@ -251,7 +266,8 @@ test_deny_for_other_purpose_does_not_block if {
 test_no_contract_denied if {
 	d := clinical.decision with input as object.union(base, {"contracts": []})
 	not d.allow
-	f.has_reason(d, "no registry contract between did:web:hospital-b.example and did:web:hospital-a.example covers clinical/TREAT")
+	f.has_reason(d, "no registry contract between this custodian and the requester's organization covers clinical/TREAT")
+	f.phi_free(d)
 }
 
 test_contract_for_other_purpose_denied if {

@@ -70,7 +70,7 @@ denials contains msg if {
 	has_token
 	common.has_privilege_credential
 	not common.has_privilege(token.domain, "detokenize")
-	msg := sprintf("no detokenize privilege for %v at %s", [token.domain, input.custodian.did])
+	msg := sprintf("no detokenize privilege for %v at this custodian", [token.domain])
 }
 
 denials contains msg if {
@@ -83,8 +83,8 @@ denials contains msg if {
 	has_token
 	not common.has_contract(token.domain, common.purpose)
 	msg := sprintf(
-		"no registry contract between %s and %v covers %v/%v",
-		[input.custodian.did, input.request.requester_org, token.domain, common.purpose],
+		"no registry contract between this custodian and the requester's organization covers %v/%v",
+		[token.domain, common.purpose],
 	)
 }
 

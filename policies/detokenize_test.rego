@@ -51,7 +51,7 @@ test_read_only_privilege_denied if {
 	p := f.privilege("physician", "207R00000X", f.custodian, ["clinical"], ["read"])
 	d := detokenize.decision with input as object.union(base, {"privilege": p})
 	not d.allow
-	f.has_reason(d, "no detokenize privilege for clinical at did:web:hospital-b.example")
+	f.has_reason(d, "no detokenize privilege for clinical at this custodian")
 }
 
 test_privilege_at_other_facility_denied if {

@@ -163,10 +163,13 @@ has_reason(d, fragment) if {
 	contains(r, fragment)
 }
 
-# No reason quotes the patient's DID or identifier.
+# No reason quotes the patient's DID or identifier, nor any DID: reasons interpolate only
+# values of closed sets (purposes, domains, roles, classes), see REASON_TEMPLATES in
+# federation/src/events.rs.
 phi_free(d) if {
 	every r in d.reasons {
 		not contains(r, patient_mrn)
 		not contains(r, patient)
+		not contains(r, "did:")
 	}
 }

@@ -23,7 +23,9 @@ default decision := {
 decision := common.deny(denials) if count(denials) > 0
 
 decision := common.allow(
-	[sprintf("study %s may query %s in aggregate", [study.id, concat(", ", sort(common.requested))])],
+	# The study's id is not interpolated: its format is open (urn:fedgate:study:<any>), and
+	# the event names the study credential among its credential ids.
+	[sprintf("the study may query %s in aggregate", [concat(", ", sort(common.requested))])],
 	common.requested,
 	common.research_obligations(min_cell_size, common.max_records),
 ) if {
@@ -69,8 +71,5 @@ denials contains msg if {
 
 denials contains msg if {
 	not common.has_contract(domain, "HRESCH")
-	msg := sprintf(
-		"no registry contract between %s and %v covers research/HRESCH",
-		[input.custodian.did, input.request.requester_org],
-	)
+	msg := "no registry contract between this custodian and the requester's organization covers research/HRESCH"
 }

@@ -9,7 +9,7 @@ test_sponsor_query_allowed if {
 	d := research.decision with input as base
 	d.allow
 	d.data_classes == ["Condition", "Observation"]
-	f.has_reason(d, "study urn:fedgate:study:diabetes-2026 may query Condition, Observation in aggregate")
+	f.has_reason(d, "the study may query Condition, Observation in aggregate")
 }
 
 test_safe_harbor_obligations if {

@@ -705,6 +705,19 @@ async fn policy_denials_over_http() {
         .await
         .unwrap();
     assert_eq!(status, 404);
+    // A domain that is no name at all is malformed: 400, naming the parameter.
+    for bad in ["..%2f..%2fetc", "Clinical", "clinical%00"] {
+        let (status, problem) = fed
+            .gateway
+            .post(
+                &format!("/v1/exchange/{bad}"),
+                &body_of(&json!("x"), &p.mrn),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{bad}: {problem}");
+        assert_eq!(problem["parameter"], "domain", "{problem}");
+    }
     let (status, _) = fed
         .gateway
         .post(
@@ -944,6 +957,38 @@ async fn every_decision_leaves_an_event_in_the_outbox() {
         .unwrap();
     assert_eq!(status, 403);
     ids.push(problem["decision_id"].as_str().unwrap().to_string());
+    // verification refusal whose detail quotes the credential: a self-signed privilege
+    // whose NPI is an SSN fails the schema check, and the schema error quotes the value.
+    let ssn = "123-45-6789";
+    let mut subject = privilege(
+        doc.key.did(),
+        "physician",
+        CUSTODIAN,
+        &["clinical"],
+        &["read"],
+        REQUESTER_ORG,
+    );
+    subject["npi"] = json!(ssn);
+    let unsigned = credentials::unsigned_credential(
+        CredentialKind::ClinicianPrivilege,
+        doc.key.did(),
+        subject,
+        chrono::Utc::now() - chrono::Duration::minutes(1),
+        None,
+        None,
+    );
+    let forged = Value::String(federation::jose::sign(&unsigned, &doc.key, "vc+jwt").unwrap());
+    let (v, _) = vp(&fed.gateway, &doc.key, &[forged]).await;
+    let (status, problem) = fed
+        .gateway
+        .post("/v1/exchange/clinical", &body_of(&v, &p.mrn))
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "{problem}");
+    assert_eq!(problem["check"], "schema", "{problem}");
+    // The requester, who sent the value, is told the detail.
+    assert!(problem["reasons"].to_string().contains(ssn), "{problem}");
+    ids.push(problem["decision_id"].as_str().unwrap().to_string());
 
     // The OpenAPI document lists every route.
     let api: Value = reqwest::get(format!("{}openapi.json", fed.gateway.url()))
@@ -1013,6 +1058,19 @@ async fn every_decision_leaves_an_event_in_the_outbox() {
             .unwrap()["failedCheck"],
         "challenge"
     );
+    // The schema refusal is recorded with the check's fixed text, not the detail.
+    let schema = events
+        .iter()
+        .find(|e| e["decisionId"] == ids[3].as_str())
+        .unwrap();
+    assert_eq!(schema["failedCheck"], "schema");
+    assert_eq!(schema["reasons"], json!(["verification failed: schema"]));
+    assert!(!schema.to_string().contains("6789"), "{schema}");
+    // Every recorded event is one the visibility service takes.
+    for e in &events {
+        let e: federation::events::AccessEvent = serde_json::from_value(e.clone()).unwrap();
+        federation::events::check_free_text(&e).unwrap();
+    }
     // No PHI in any event.
     let all = serde_json::to_string(&events).unwrap();
     for s in p

@@ -334,6 +334,84 @@ async fn joiner_mover_leaver_with_revocation_push() {
 }
 
 #[tokio::test]
+async fn path_parameters_are_checked_malformed_400_unknown_404() {
+    let office = start_office();
+    let clinician = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK";
+    let stranger = "did:key:z6MkpTHR8VNsBxYAAWHut2Geadd9jSwuBV8xRoAnwWsdvktH";
+    let (status, joined) = office
+        .post(
+            "/v1/privileges",
+            &json!({"subject": privilege_subject(clinician, HOSPITAL_B), "format": "jwt"}),
+            true,
+        )
+        .await;
+    assert_eq!(status, 201, "{joined}");
+    let id = joined["id"].as_str().unwrap().to_string();
+    let get = |path: String| {
+        let req = office.http.get(office.svc.url(&path)).bearer_auth(TOKEN);
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+
+    // Malformed: 400, naming the parameter, never echoing the value.
+    for bad in [
+        "..%2f..%2fetc",
+        "did:web:..%2f..%2fetc",
+        "did:key:abc",
+        "did:example:x",
+    ] {
+        let (status, problem) = get(format!("/v1/subjects/{bad}/credentials")).await;
+        assert_eq!(status, 400, "{bad}: {problem}");
+        assert_eq!(problem["parameter"], "did", "{problem}");
+        assert!(!problem.to_string().contains("etc"), "{problem}");
+    }
+    for bad in ["..%2f..%2fetc", "no-scheme", "urn:a%20b"] {
+        let (status, problem) = get(format!("/v1/credentials/{bad}")).await;
+        assert_eq!(status, 400, "{bad}: {problem}");
+        assert_eq!(problem["parameter"], "id", "{problem}");
+        let (status, _) = office
+            .post(&format!("/v1/credentials/{bad}/revoke"), &json!({}), true)
+            .await;
+        assert_eq!(status, 400, "{bad}");
+        let (status, _) = office
+            .post(
+                &format!("/v1/privileges/{bad}/move"),
+                &json!({"privileges": [{"facility": HOSPITAL_C, "domains": ["clinical"], "actions": ["read"]}]}),
+                true,
+            )
+            .await;
+        assert_eq!(status, 400, "{bad}");
+    }
+
+    // Well-formed but unknown: 404.
+    let (status, _) = get(format!("/v1/subjects/{stranger}/credentials")).await;
+    assert_eq!(status, 404);
+    let (status, _) = get("/v1/subjects/did:web:nobody.test/credentials".into()).await;
+    assert_eq!(status, 404);
+    let unknown = format!("urn:uuid:{}", uuid::Uuid::new_v4());
+    let (status, _) = get(format!("/v1/credentials/{unknown}")).await;
+    assert_eq!(status, 404);
+    let (status, _) = office
+        .post(
+            &format!("/v1/credentials/{unknown}/revoke"),
+            &json!({}),
+            true,
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // Known: 200.
+    let (status, list) = get(format!("/v1/subjects/{clinician}/credentials")).await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["credentials"][0]["id"], id.as_str());
+    let (status, record) = get(format!("/v1/credentials/{id}")).await;
+    assert_eq!(status, 200, "{record}");
+}
+
+#[tokio::test]
 async fn presentations_verify_endpoint_checks_the_binding() {
     use federation::credentials::{present, PresentationBinding, ProofFormat};
     use federation::keys::{KeyAlgorithm, KeyPair};

@@ -916,6 +916,10 @@ async fn nats_messages_are_verified_like_batches_and_logged_once() {
     let mut foreign = event.clone();
     foreign["id"] = json!(federation::events::AccessEvent::new_id());
     foreign["custodian"] = json!(REQUESTER_ORG);
+    // Signed by the custodian, but with an SSN in its free text: never logged.
+    let mut ssn = event.clone();
+    ssn["id"] = json!(federation::events::AccessEvent::new_id());
+    ssn["reasons"] = json!(["patient 123-45-6789 is not known"]);
 
     let sent = publish_all(
         &js,
@@ -924,6 +928,7 @@ async fn nats_messages_are_verified_like_batches_and_logged_once() {
             ("garbage".into(), "not a jws".into()),
             ("stranger".into(), batch(&stranger, stranger.did(), &event)),
             ("foreign".into(), batch(&custodian_key, CUSTODIAN, &foreign)),
+            ("ssn".into(), batch(&custodian_key, CUSTODIAN, &ssn)),
             (
                 event["id"].as_str().unwrap().into(),
                 batch(&custodian_key, CUSTODIAN, &event),
@@ -940,7 +945,7 @@ async fn nats_messages_are_verified_like_batches_and_logged_once() {
     )
     .await
     .unwrap();
-    assert_eq!(sent.len(), 6, "the stream takes every message");
+    assert_eq!(sent.len(), 7, "the stream takes every message");
 
     // Wait until the visibility service has handled every message.
     let stream = nats.ensure_stream(&js).await.unwrap();
@@ -967,6 +972,8 @@ async fn nats_messages_are_verified_like_batches_and_logged_once() {
         .count();
     assert_eq!(hits, 1);
     assert!(events.iter().all(|(_, e)| e.custodian == CUSTODIAN));
+    assert!(events.iter().all(|(_, e)| e.id != ssn["id"]));
+    assert!(!serde_json::to_string(&events).unwrap().contains("6789"));
     assert!(events
         .iter()
         .any(|(_, e)| Some(&e.decision_id) == id.as_ref()));

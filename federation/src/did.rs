@@ -268,12 +268,63 @@ impl DidResolver {
     }
 }
 
-async fn resolve_did_key(did: &str) -> Result<Value, DidError> {
+/// Parses a DID as the federation accepts one, without I/O: DID syntax, and either a
+/// did:key holding an Ed25519 or P-256 public key that decodes, or a did:web whose
+/// method-specific id is a host name (with an optional `%3A` port) and path segments, as
+/// the did:web specification defines it. Anything else can never resolve here.
+pub fn parse_did(did: &str) -> Result<(), DidError> {
+    if DID::new(did.as_bytes()).is_err() {
+        return Err(DidError::NotADid(did.to_string()));
+    }
+    if did.starts_with("did:key:") {
+        decode_did_key(did).map(|_| ())
+    } else if let Some(msid) = did.strip_prefix("did:web:") {
+        if is_did_web_id(msid) {
+            Ok(())
+        } else {
+            Err(DidError::NotADid(did.to_string()))
+        }
+    } else {
+        Err(DidError::UnsupportedMethod(did.to_string()))
+    }
+}
+
+/// `host[%3Aport](:segment)*`, each host label alphanumeric with inner hyphens, each path
+/// segment unreserved characters and never `.` or `..`.
+fn is_did_web_id(msid: &str) -> bool {
+    let mut segments = msid.split(':');
+    let host = segments.next().unwrap_or_default();
+    let (name, port) = match host.find("%3A").or_else(|| host.find("%3a")) {
+        Some(i) => (&host[..i], Some(&host[i + 3..])),
+        None => (host, None),
+    };
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let port_ok =
+        port.is_none_or(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()));
+    let segment_ok = |s: &str| {
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+    };
+    (1..=253).contains(&name.len())
+        && name.split('.').all(label_ok)
+        && port_ok
+        && segments.all(segment_ok)
+}
+
+/// The multicodec bytes of a did:key that holds a key we verify with.
+fn decode_did_key(did: &str) -> Result<Vec<u8>, DidError> {
     let invalid = |reason: String| DidError::InvalidDidKey {
         did: did.to_string(),
         reason,
     };
-    let parsed = DID::new(did.as_bytes()).map_err(|_| invalid("not a valid DID".into()))?;
     // ssi decodes any multicodec into a document; accept only the two key types we verify,
     // with keys that parse (a valid curve point of the right length).
     let msid = did.strip_prefix("did:key:").unwrap_or_default();
@@ -291,6 +342,16 @@ async fn resolve_did_key(did: &str) -> Result<Value, DidError> {
         }
     }
     JWK::from_multicodec(encoded).map_err(|e| invalid(e.to_string()))?;
+    Ok(bytes)
+}
+
+async fn resolve_did_key(did: &str) -> Result<Value, DidError> {
+    let invalid = |reason: String| DidError::InvalidDidKey {
+        did: did.to_string(),
+        reason,
+    };
+    let parsed = DID::new(did.as_bytes()).map_err(|_| invalid("not a valid DID".into()))?;
+    decode_did_key(did)?;
     let out = ssi::dids::DIDKey
         .resolve_representation(parsed, Default::default())
         .await
@@ -436,6 +497,48 @@ mod tests {
             .unwrap();
         assert_eq!(jwk, key.public_jwk().to_public_with_kid_none());
         assert_eq!(doc["id"], key.did());
+    }
+
+    #[test]
+    fn dids_parse_without_io() {
+        let key = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+        for ok in [
+            key.did(),
+            "did:web:hospital-a.example",
+            "did:web:localhost%3A8443",
+            "did:web:example.com:org:unit-1",
+        ] {
+            assert_eq!(parse_did(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "../../etc",
+            "..%2f..%2fetc",
+            "did:",
+            "did:web:",
+            "did:web:..%2f..%2fetc",
+            "did:web:a..b",
+            "did:web:-a.example",
+            "did:web:a.example:..",
+            "did:web:a.example%3Ahttp",
+            "did:key:zNotBase58IlO0",
+            "did:key:abc",
+            "did:web:a.example/x",
+            "did:web:a.example#frag",
+        ] {
+            assert!(
+                matches!(
+                    parse_did(bad),
+                    Err(DidError::NotADid(_) | DidError::InvalidDidKey { .. })
+                ),
+                "{bad}: {:?}",
+                parse_did(bad)
+            );
+        }
+        assert!(matches!(
+            parse_did("did:example:123"),
+            Err(DidError::UnsupportedMethod(_))
+        ));
     }
 
     #[tokio::test]

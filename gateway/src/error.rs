@@ -9,6 +9,9 @@ pub enum GatewayError {
     /// The client's request is malformed (400).
     #[error("{detail}")]
     BadRequest { slug: &'static str, detail: String },
+    /// A path parameter without its format (400, naming the parameter).
+    #[error(transparent)]
+    Param(#[from] service::params::ParamError),
     /// Well-formed but not processable (422).
     #[error("{0}")]
     Unprocessable(String),
@@ -50,6 +53,7 @@ impl IntoResponse for GatewayError {
             GatewayError::BadRequest { slug, detail } => {
                 service::http::bad_request(slug, detail)
             }
+            GatewayError::Param(e) => e.problem(),
             GatewayError::Unprocessable(d) => service::http::unprocessable("invalid-request", d),
             GatewayError::UnknownDomain(d) => service::http::not_found(format!(
                 "unknown data domain {d:?} (clinical or billing)"

@@ -142,10 +142,14 @@ pub use federation::credentials::claimed_challenge;
 
 impl GatewayState {
     /// Records a refusal that happened before policy, then returns the 403 to send.
+    ///
+    /// The event names the failed check in fixed text only: `reason`'s detail can quote
+    /// the presentation (a schema error quotes the field it refuses), which its sender may
+    /// read in the answer but the federation's log must never keep.
     pub async fn refuse(&self, ledger: &Ledger, check: &str, reason: String) -> GatewayError {
         let mut event = ledger.event(&self.config.did, Outcome::Deny);
         event.failed_check = Some(check.to_string());
-        event.reasons = vec![reason.clone()];
+        event.reasons = vec![federation::events::verification_reason(check)];
         metrics::counter!("fedgate_verification_failures_total", "check" => check.to_string())
             .increment(1);
         metrics::counter!("fedgate_decisions_total", "domain" => ledger.domain.clone(), "outcome" => "deny")

@@ -19,6 +19,10 @@ pub enum OutboxError {
     Full,
     #[error("the access-event outbox is unavailable: {0}")]
     Storage(String),
+    /// The event's free text is outside what events may carry; it is not recorded, so
+    /// the access is not served.
+    #[error("the access event cannot be recorded: {0}")]
+    Invalid(federation::events::EventTextError),
 }
 
 type Pending = (AccessEvent, oneshot::Sender<Result<(), OutboxError>>);
@@ -75,10 +79,25 @@ impl Outbox {
     }
 
     /// Appends an event; returns once it is on disk.
-    pub async fn append(&self, event: AccessEvent) -> Result<(), OutboxError> {
+    ///
+    /// Every event passes here, so this is where its free text is brought inside the
+    /// event vocabulary (reasons outside it withheld, the justification scrubbed of
+    /// identifier-shaped text) and checked exactly as the visibility service will check
+    /// it: an event the log would refuse is never recorded, and never blocks a batch.
+    pub async fn append(&self, mut event: AccessEvent) -> Result<(), OutboxError> {
         if !self.has_room() {
             return Err(OutboxError::Full);
         }
+        let changed = federation::events::confine_free_text(&mut event);
+        if changed > 0 {
+            // Counts only: what was withheld is exactly what must not be logged.
+            tracing::warn!(
+                decision_id = %event.decision_id,
+                changed,
+                "access-event free text withheld or scrubbed to fit the event vocabulary"
+            );
+        }
+        federation::events::check_free_text(&event).map_err(OutboxError::Invalid)?;
         let (done, wait) = oneshot::channel();
         self.tx
             .send((event, done))
@@ -193,6 +212,53 @@ async fn committer(db: sled::Db, tree: sled::Tree, mut rx: mpsc::Receiver<Pendin
         }
         for done in batch_waiters.drain(..) {
             let _ = done.send(result.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod vocabulary_tests {
+    use federation::events;
+
+    /// What the gateway accepts and decides on is what its events may carry: a purpose,
+    /// domain or identifier class the gateway knows but the event vocabulary does not would
+    /// make every such event unrecordable (the exchange fails closed, 503).
+    #[test]
+    fn the_gateways_closed_sets_are_inside_the_event_vocabulary() {
+        for p in crate::exchange::PURPOSES {
+            assert!(events::PURPOSES.contains(&p), "{p}");
+        }
+        for d in crate::policy::DOMAINS {
+            assert!(events::DOMAINS.contains(&d), "{d}");
+        }
+        let mut gateway = crate::policy::IDENTIFIER_CLASSES.to_vec();
+        let mut event = events::IDENTIFIER_CLASSES.to_vec();
+        gateway.sort_unstable();
+        event.sort_unstable();
+        assert_eq!(gateway, event);
+        // Exhaustive: a new check does not compile here until it is listed below.
+        let _listed = |c: federation::Check| {
+            use federation::Check::*;
+            match c {
+                Format | Proof | Validity | Challenge | Domain | Schema | IssuerTrust | Status
+                | HolderBinding => (),
+            }
+        };
+        for check in [
+            federation::Check::Format,
+            federation::Check::Proof,
+            federation::Check::Validity,
+            federation::Check::Challenge,
+            federation::Check::Domain,
+            federation::Check::Schema,
+            federation::Check::IssuerTrust,
+            federation::Check::Status,
+            federation::Check::HolderBinding,
+        ] {
+            assert!(
+                events::VERIFICATION_CHECKS.contains(&check.as_str()),
+                "{check}"
+            );
         }
     }
 }

@@ -105,6 +105,9 @@ async fn exchange_handler(
     headers: HeaderMap,
     StrictJson(req): StrictJson<ExchangeRequest>,
 ) -> Result<Response, GatewayError> {
+    // A domain is a lowercase name; anything else is malformed (400), a name that is no
+    // exchange domain is unknown (404, in `exchange`).
+    service::params::domain("domain", &domain)?;
     exchange::exchange(&s, &domain, req, &headers).await
 }
 

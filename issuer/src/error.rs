@@ -11,6 +11,9 @@ pub enum IssuerError {
     Unauthorized,
     #[error("{0}")]
     BadRequest(String),
+    /// A path parameter without its format (400, naming the parameter).
+    #[error(transparent)]
+    Param(#[from] service::params::ParamError),
     #[error("{0}")]
     Unprocessable(String),
     #[error("verification failed: {0}")]
@@ -50,6 +53,7 @@ impl IntoResponse for IssuerError {
                 service::http::unauthorized("this endpoint needs the issuer's admin bearer token")
             }
             IssuerError::BadRequest(m) => service::http::bad_request("bad-request", m),
+            IssuerError::Param(e) => e.problem(),
             IssuerError::Unprocessable(m) => service::http::unprocessable("invalid-credential", m),
             IssuerError::Verification(v) => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -28,6 +28,7 @@ use federation::verify::Verifier;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use service::http::StrictJson;
+use service::params;
 use tokio::sync::broadcast;
 
 use crate::config::IssuerConfig;
@@ -462,6 +463,7 @@ async fn mover(
     StrictJson(req): StrictJson<MoverRequest>,
 ) -> Result<Response, IssuerError> {
     s.require_admin(&headers)?;
+    params::credential_id("id", &id)?;
     let old = s.store.get(&id)?;
     if old.kind != CredentialKind::ClinicianPrivilege {
         return Err(IssuerError::Unprocessable(format!(
@@ -500,6 +502,7 @@ async fn leaver(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, IssuerError> {
     s.require_admin(&headers)?;
+    params::credential_id("id", &id)?;
     let rec = s.revoke(&id).await?;
     Ok(Json(json!({
         "id": rec.id,
@@ -515,16 +518,24 @@ async fn get_credential(
     Path(id): Path<String>,
 ) -> Result<Json<Record>, IssuerError> {
     s.require_admin(&headers)?;
+    params::credential_id("id", &id)?;
     Ok(Json(s.store.get(&id)?))
 }
 
+/// The credentials issued to a subject. A subject this office never issued to is a 404:
+/// an empty list would read as a subject whose credentials are all gone.
 async fn by_subject(
     State(s): AppState,
     headers: HeaderMap,
     Path(did): Path<String>,
 ) -> Result<Json<Value>, IssuerError> {
     s.require_admin(&headers)?;
-    Ok(Json(json!({ "credentials": s.store.by_subject(&did)? })))
+    params::subject("did", &did)?;
+    let credentials = s.store.by_subject(&did)?;
+    if credentials.is_empty() {
+        return Err(IssuerError::NotFound("credentials of this subject".into()));
+    }
+    Ok(Json(json!({ "credentials": credentials })))
 }
 
 async fn status_list(State(s): AppState) -> Result<Response, IssuerError> {

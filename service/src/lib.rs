@@ -8,6 +8,7 @@
 //! - [`db`]: opening the embedded databases (one bounded cache size for all).
 //! - [`eventbus`]: the optional NATS JetStream path for access events (publish, stream,
 //!   consumer), shared by the gateways that publish and the visibility service that reads.
+//! - [`params`]: path parameters checked against their formats (400 naming the parameter).
 //! - [`nonce`]: single-use challenges, the replay defence of presentations and logins.
 //!
 //! The wallet never links this crate: it has no server parts.
@@ -18,3 +19,4 @@ pub mod db;
 pub mod eventbus;
 pub mod http;
 pub mod nonce;
+pub mod params;

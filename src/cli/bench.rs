@@ -1237,7 +1237,7 @@ fn event_template(custodian: &str) -> Result<Value, String> {
         record_count: 12,
         decision: federation::events::Outcome::Allow,
         decision_id: String::new(),
-        reasons: vec!["consented treatment access".into()],
+        reasons: vec!["consent permits TREAT for Condition, Patient".into()],
         policy_digest: hex::encode([9u8; 32]),
         credential_ids: vec![
             format!("urn:uuid:{}", uuid::Uuid::new_v4()),

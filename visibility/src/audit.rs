@@ -452,6 +452,7 @@ pub(crate) async fn resolve(
     StrictJson(req): StrictJson<ResolveRequest>,
 ) -> Result<Json<Value>, VisibilityError> {
     let session = s.sessions.check(&headers)?;
+    service::params::event_id("event_id", &event_id)?;
     let note = req.note.trim();
     if note.is_empty() || note.chars().count() > MAX_NOTE_CHARS {
         return Err(VisibilityError::unprocessable(
@@ -502,14 +503,23 @@ pub(crate) async fn resolve(
     })))
 }
 
-/// `GET /v1/audit/reviews/{event_id}/notes`: the notes kept for a resolved review.
+/// `GET /v1/audit/reviews/{event_id}/notes`: the notes kept for a review, resolved or
+/// awaiting. An id that is no review (never break-glass, or unknown) is a 404: an empty
+/// list would say the review exists.
 pub(crate) async fn notes(
     State(s): AppState,
     headers: HeaderMap,
     Path(event_id): Path<String>,
 ) -> Result<Json<Value>, VisibilityError> {
     s.sessions.check(&headers)?;
-    Ok(Json(json!({ "notes": s.store.notes(&event_id)? })))
+    service::params::event_id("event_id", &event_id)?;
+    let notes = s.store.notes(&event_id)?;
+    if notes.is_empty() && !s.store.is_queued(&event_id)? {
+        return Err(VisibilityError::NotFound(
+            "no break-glass review has this event id".into(),
+        ));
+    }
+    Ok(Json(json!({ "notes": notes })))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -28,6 +28,9 @@ pub enum VisibilityError {
     Conflict(String),
     #[error("{0}")]
     TooLarge(String),
+    /// A path parameter without its format (400, naming the parameter).
+    #[error(transparent)]
+    Param(#[from] service::params::ParamError),
     /// Well-formed but invalid content (422).
     #[error("{detail}")]
     Unprocessable { slug: &'static str, detail: String },
@@ -105,6 +108,7 @@ impl IntoResponse for VisibilityError {
             VisibilityError::BadRequest { slug, detail } => {
                 service::http::bad_request(slug, detail)
             }
+            VisibilityError::Param(e) => e.problem(),
             VisibilityError::Unauthorized(m) => service::http::unauthorized(m),
             VisibilityError::Verification(v) => service::http::unauthorized(v.to_string())
                 .with("check", serde_json::json!(v.check))

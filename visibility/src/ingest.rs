@@ -3,9 +3,12 @@
 //! The batch is a compact JWS (`typ` `fedgate-batch+jwt`) by a key under the member's
 //! `assertionMethod`, over `{"custodian": <member DID>, "events": [...]}`. An organization
 //! reports only its own accesses: the signer, the batch's custodian and every event's
-//! custodian must be one DID. Any violation refuses the whole batch before anything is
-//! appended. Each event is logged exactly once: an event already in the log is answered
-//! with its existing leaf index.
+//! custodian must be one DID; every event's id must be a UUID and its free text must pass
+//! [`federation::events::check_free_text`] (reasons from the closed vocabulary, nothing
+//! identifier-shaped). Any violation refuses the whole batch before anything is appended,
+//! naming the first offending event by position (and by id once the id is known to be a
+//! UUID, safe to echo). Each event is logged exactly once: an event already in the log is
+//! answered with its existing leaf index.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,7 +29,6 @@ use federation::wire::{
 
 use crate::{VisibilityError, VisibilityState};
 
-const MAX_ID_BYTES: usize = 128;
 const MAX_PATIENT_REF_BYTES: usize = 256;
 const MAX_DIGESTS: usize = 16;
 /// Serde messages may quote input; they are cut before being echoed.
@@ -72,16 +74,22 @@ pub fn check_payload(signer_did: &str, payload: Value) -> Result<BatchPayload, V
         check_event(event).map_err(|reason| {
             VisibilityError::unprocessable("invalid-event", format!("event #{i}: {reason}"))
         })?;
+        // The id is a UUID by now: safe to name, so the reporter finds the event.
+        federation::events::check_free_text(event).map_err(|reason| {
+            VisibilityError::unprocessable(
+                "invalid-event",
+                format!("event #{i} ({}): {reason}", event.id),
+            )
+        })?;
     }
     Ok(batch)
 }
 
 fn check_event(event: &AccessEvent) -> Result<(), &'static str> {
-    if event.id.is_empty() || event.id.len() > MAX_ID_BYTES {
-        return Err("id must have 1 to 128 bytes");
-    }
-    if event.id.chars().any(char::is_control) {
-        return Err("id must not contain control characters");
+    // Ids are UUIDs (the gateway's are v7): a refusal can name one without echoing
+    // arbitrary input, and the reviews' paths can address every logged event.
+    if !federation::events::is_event_id(&event.id) {
+        return Err("id must be a UUID (8-4-4-4-12 hex digits)");
     }
     if event
         .patient_ref
@@ -342,5 +350,36 @@ mod tests {
         empty_id["id"] = json!("");
         let err = check_payload(a, json!({"custodian": a, "events": [empty_id]}));
         assert_eq!(status(err.unwrap_err()), 422);
+        let mut path_id = event(a);
+        path_id["id"] = json!("../../etc");
+        let err = check_payload(a, json!({"custodian": a, "events": [path_id]}));
+        assert_eq!(status(err.unwrap_err()), 422);
+    }
+
+    #[test]
+    fn events_with_identifier_shaped_free_text_refuse_the_batch() {
+        let a = "did:web:a.test";
+        let mut ssn = event(a);
+        ssn["reasons"] = json!(["denied by policy", "patient 123-45-6789 unknown"]);
+        let id = ssn["id"].as_str().unwrap().to_string();
+        let err = check_payload(a, json!({"custodian": a, "events": [event(a), ssn]})).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(&format!("event #1 ({id})")), "{text}");
+        assert!(text.contains("reasons[1]"), "{text}");
+        assert!(
+            !text.contains("6789"),
+            "the refusal echoes the value: {text}"
+        );
+        assert_eq!(status(err), 422);
+
+        let mut glass = event(a);
+        glass["justification"] = json!("call his wife at 555-123-4567");
+        let err = check_payload(a, json!({"custodian": a, "events": [glass]}));
+        assert_eq!(status(err.unwrap_err()), 422);
+
+        let mut fine = event(a);
+        fine["reasons"] = json!(["consent permits TREAT for Observation"]);
+        fine["justification"] = json!("unconscious patient in the ED");
+        assert!(check_payload(a, json!({"custodian": a, "events": [fine]})).is_ok());
     }
 }

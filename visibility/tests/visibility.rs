@@ -116,7 +116,7 @@ fn event(custodian: &str) -> AccessEvent {
         record_count: 3,
         decision: Outcome::Allow,
         decision_id: uuid::Uuid::new_v4().to_string(),
-        reasons: vec!["contract and consent".into()],
+        reasons: vec!["consent permits TREAT for Observation".into()],
         policy_digest: "0".repeat(64),
         credential_ids: vec![],
         failed_check: None,
@@ -475,6 +475,26 @@ async fn visibility_refused_batches_append_nothing() {
         "fedgate-batch+jwt",
     )
     .unwrap();
+    problem(post_batch(&svc.base, &jws).await, 422).await;
+    // Identifier-shaped free text: an SSN in a reason, a phone number in a justification.
+    // The whole batch is refused, naming the event; the value is not echoed.
+    let mut ssn = event(a);
+    ssn.reasons = vec!["patient 123-45-6789 is not known at this custodian".into()];
+    let jws = sign_batch(&orgs.a.key, a, &[event(a), ssn.clone()]);
+    let p = problem(post_batch(&svc.base, &jws).await, 422).await;
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.contains(&ssn.id), "{p}");
+    assert!(detail.contains("reasons[0]"), "{p}");
+    assert!(!p.to_string().contains("6789"), "{p}");
+    let mut glass = event(a);
+    glass.break_glass = true;
+    glass.justification = Some("unconscious; wife at 555-201-7788".into());
+    let jws = sign_batch(&orgs.a.key, a, &[glass]);
+    problem(post_batch(&svc.base, &jws).await, 422).await;
+    // Free text outside the event vocabulary, even without any identifier in it.
+    let mut chatty = event(a);
+    chatty.reasons = vec!["Jane Doe asked for it".into()];
+    let jws = sign_batch(&orgs.a.key, a, &[chatty]);
     problem(post_batch(&svc.base, &jws).await, 422).await;
     // 1,001 events: small enough in bytes, refused by the count check.
     let many: Vec<AccessEvent> = (0..1001).map(|_| event(a)).collect();
@@ -950,8 +970,34 @@ async fn visibility_auditors_query_events_and_resolve_break_glass_reviews() {
     .await;
     assert_eq!(notes["notes"][0]["note"], note);
     assert_eq!(notes["notes"][0]["resolvedBy"], auditor.did());
-    // Resolved already, or never queued: 404.
-    for id in [glass.id.as_str(), a1.id.as_str()] {
+    // The event id in a review's path is a UUID: anything else is a 400 naming the
+    // parameter, a UUID that is no break-glass review a 404.
+    for bad in ["..%2f..%2fetc", "not-an-id", "0190"] {
+        let p = problem(
+            audit_get(&svc.base, t, &format!("/v1/audit/reviews/{bad}/notes")).await,
+            400,
+        )
+        .await;
+        assert_eq!(p["parameter"], "event_id", "{p}");
+        let resp = client()
+            .post(format!("{}/v1/audit/reviews/{bad}/resolve", svc.base))
+            .bearer_auth(&token)
+            .json(&json!({ "note": "fine" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(problem(resp, 400).await["parameter"], "event_id");
+    }
+    let unknown = AccessEvent::new_id();
+    for id in [unknown.as_str(), a1.id.as_str()] {
+        problem(
+            audit_get(&svc.base, t, &format!("/v1/audit/reviews/{id}/notes")).await,
+            404,
+        )
+        .await;
+    }
+    // Resolved already, never queued, or unknown: 404.
+    for id in [glass.id.as_str(), a1.id.as_str(), unknown.as_str()] {
         let resp = client()
             .post(format!("{}/v1/audit/reviews/{id}/resolve", svc.base))
             .bearer_auth(&token)
