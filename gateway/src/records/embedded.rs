@@ -1,0 +1,615 @@
+//! The embedded store: FHIR resources in sled, filled by `fedgate records import`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+use super::*;
+
+/// The embedded FHIR store. Trees (all owned here): `records.resources` (`Type/id` →
+/// JSON), `records.identifiers` (`system 0 value` → Patient ids), `records.members`
+/// (`patient 0 Type 0 id`).
+#[derive(Clone)]
+pub struct SledStore {
+    db: sled::Db,
+    resources: sled::Tree,
+    identifiers: sled::Tree,
+    members: sled::Tree,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore").finish_non_exhaustive()
+    }
+}
+
+/// An entry that passed the structural checks of an import.
+struct Candidate {
+    entry: usize,
+    ty: String,
+    id: String,
+    resource: Value,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in directory `dir`.
+    pub fn open(dir: &Path) -> Result<SledStore, RecordError> {
+        SledStore::with_db(service::db::open(dir)?)
+    }
+
+    /// The store's trees inside an existing database.
+    pub fn with_db(db: sled::Db) -> Result<SledStore, RecordError> {
+        Ok(SledStore {
+            resources: db.open_tree(RESOURCES_TREE)?,
+            identifiers: db.open_tree(IDENTIFIERS_TREE)?,
+            members: db.open_tree(MEMBERS_TREE)?,
+            db,
+        })
+    }
+
+    /// Imports a transaction, batch or collection Bundle; see [`SledStore::import_bundle_from`].
+    pub fn import_bundle(&self, bundle: &Value) -> Result<ImportReport, RecordError> {
+        self.import_bundle_from("", bundle)
+    }
+
+    /// Imports `bundle` (read from `file`, named in the report). Entries get an id if they
+    /// have none (their `urn:uuid:` fullUrl, else a digest of their content, so that a
+    /// re-import is idempotent), `urn:uuid:` references become `Type/id`, and malformed
+    /// entries are skipped with the reason. Errors are for the bundle as a whole and for
+    /// storage failures.
+    pub fn import_bundle_from(
+        &self,
+        file: &str,
+        bundle: &Value,
+    ) -> Result<ImportReport, RecordError> {
+        let kind = bundle_type(bundle)?;
+        let entries: &[Value] = match bundle.get("entry") {
+            None => &[],
+            Some(Value::Array(items)) => items,
+            Some(_) => return Err(RecordError::NotABundle("entry is not an array".into())),
+        };
+        let mut report = ImportReport {
+            bundles: 1,
+            ..ImportReport::default()
+        };
+        let mut skip = |entry: usize, ty: Option<&str>, reason: String| {
+            report.skipped.push(Skipped {
+                file: file.to_string(),
+                entry,
+                resource_type: ty.map(str::to_string),
+                reason,
+            });
+        };
+
+        // 1. Structure, ids, fullUrls.
+        let mut candidates: Vec<Candidate> = Vec::new();
+        let mut full_urls: HashMap<String, usize> = HashMap::new();
+        let mut keys: HashSet<String> = HashSet::new();
+        // fullUrls of entries skipped here, so that references to them say so.
+        let mut skipped_urls: HashMap<String, usize> = HashMap::new();
+        for (i, entry) in entries.iter().enumerate() {
+            match check_entry(entry, kind) {
+                Err((ty, reason)) => {
+                    if let Some(u) = entry.get("fullUrl").and_then(Value::as_str) {
+                        skipped_urls.entry(u.to_string()).or_insert(i);
+                    }
+                    skip(i, ty.as_deref(), reason);
+                }
+                Ok(c) => {
+                    let key = format!("{}/{}", c.ty, c.id);
+                    let full_url = entry.get("fullUrl").and_then(Value::as_str);
+                    if full_url.is_some_and(|u| full_urls.contains_key(u)) {
+                        skip(i, Some(&c.ty), "duplicate fullUrl in the bundle".into());
+                        continue;
+                    }
+                    if !keys.insert(key) {
+                        skip(
+                            i,
+                            Some(&c.ty),
+                            "duplicate resource type and id in the bundle".into(),
+                        );
+                        continue;
+                    }
+                    if let Some(u) = full_url {
+                        full_urls.insert(u.to_string(), candidates.len());
+                    }
+                    candidates.push(Candidate {
+                        entry: i,
+                        ty: c.ty,
+                        id: c.id,
+                        resource: c.resource,
+                    });
+                }
+            }
+        }
+
+        // 2. References: an entry pointing to a fullUrl the bundle does not hold, or to a
+        //    skipped entry, is skipped in turn (until nothing changes).
+        let mut valid = vec![true; candidates.len()];
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for ci in 0..candidates.len() {
+                if !valid[ci] {
+                    continue;
+                }
+                let c = &candidates[ci];
+                let known = Known {
+                    full_urls: &full_urls,
+                    skipped_urls: &skipped_urls,
+                    valid: &valid,
+                    candidates: &candidates,
+                };
+                if let Some(reason) = find_unresolved(&c.resource, &mut Vec::new(), &known) {
+                    valid[ci] = false;
+                    changed = true;
+                    skip(c.entry, Some(&c.ty), reason);
+                }
+            }
+        }
+        report.skipped.sort_by_key(|s| s.entry);
+
+        // 3. Rewrite and store.
+        let targets: HashMap<&str, String> = full_urls
+            .iter()
+            .map(|(u, &ci)| {
+                (
+                    u.as_str(),
+                    format!("{}/{}", candidates[ci].ty, candidates[ci].id),
+                )
+            })
+            .collect();
+        for (ci, c) in candidates.iter().enumerate() {
+            if !valid[ci] {
+                continue;
+            }
+            let mut resource = c.resource.clone();
+            rewrite_references(&mut resource, &targets);
+            resource["id"] = Value::String(c.id.clone());
+            self.put(&c.ty, &c.id, &resource)?;
+            *report.imported.entry(c.ty.clone()).or_default() += 1;
+        }
+        self.db.flush()?;
+        Ok(report)
+    }
+
+    /// Reads and imports one bundle file.
+    pub fn import_file(&self, path: &Path) -> Result<ImportReport, RecordError> {
+        let name = path.display().to_string();
+        let bundle = read_bundle(path)?;
+        self.import_bundle_from(&name, &bundle)
+    }
+
+    /// Stores one resource and its index entries, replacing those of a previous version.
+    fn put(&self, ty: &str, id: &str, resource: &Value) -> Result<(), RecordError> {
+        let key = format!("{ty}/{id}");
+        let body = serde_json::to_vec(resource).map_err(|_| RecordError::Corrupt(key.clone()))?;
+        if let Some(old) = self.resources.insert(key.as_bytes(), body)? {
+            if let Ok(old) = serde_json::from_slice::<Value>(&old) {
+                self.unindex(ty, id, &old)?;
+            }
+        }
+        self.index(ty, id, resource)
+    }
+
+    fn index(&self, ty: &str, id: &str, resource: &Value) -> Result<(), RecordError> {
+        if ty == "Patient" {
+            for (system, value) in patient_identifiers(resource) {
+                let key = identifier_key(system, value);
+                let mut ids = self.identifier_ids(&key)?;
+                if !ids.iter().any(|i| i == id) {
+                    ids.push(id.to_string());
+                    let body = serde_json::to_vec(&ids)
+                        .map_err(|_| RecordError::Corrupt("identifier index".into()))?;
+                    self.identifiers.insert(key, body)?;
+                }
+            }
+        } else {
+            for patient in compartment_patients(resource) {
+                self.members.insert(member_key(&patient, ty, id), &[])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn unindex(&self, ty: &str, id: &str, old: &Value) -> Result<(), RecordError> {
+        if ty == "Patient" {
+            for (system, value) in patient_identifiers(old) {
+                let key = identifier_key(system, value);
+                let mut ids = self.identifier_ids(&key)?;
+                ids.retain(|i| i != id);
+                if ids.is_empty() {
+                    self.identifiers.remove(key)?;
+                } else {
+                    let body = serde_json::to_vec(&ids)
+                        .map_err(|_| RecordError::Corrupt("identifier index".into()))?;
+                    self.identifiers.insert(key, body)?;
+                }
+            }
+        } else {
+            for patient in compartment_patients(old) {
+                self.members.remove(member_key(&patient, ty, id))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn identifier_ids(&self, key: &[u8]) -> Result<Vec<String>, RecordError> {
+        match self.identifiers.get(key)? {
+            None => Ok(Vec::new()),
+            Some(v) => serde_json::from_slice(&v)
+                .map_err(|_| RecordError::Corrupt("identifier index".into())),
+        }
+    }
+
+    /// One stored resource.
+    pub fn get(&self, ty: &str, id: &str) -> Result<Option<Value>, RecordError> {
+        if !is_type_name(ty) || !is_fhir_id(id) {
+            return Ok(None);
+        }
+        let key = format!("{ty}/{id}");
+        match self.resources.get(key.as_bytes())? {
+            None => Ok(None),
+            Some(body) => serde_json::from_slice(&body)
+                .map(Some)
+                .map_err(|_| RecordError::Corrupt(key)),
+        }
+    }
+
+    pub fn find_patient(&self, system: &str, value: &str) -> Result<Option<String>, RecordError> {
+        let ids = self.identifier_ids(&identifier_key(system, value))?;
+        match ids.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(one.clone())),
+            _ => Err(RecordError::Ambiguous),
+        }
+    }
+
+    pub fn patient_resources(
+        &self,
+        patient_id: &str,
+        types: &[String],
+    ) -> Result<Vec<Value>, RecordError> {
+        check_patient_id(patient_id)?;
+        check_types(types)?;
+        let wanted: HashSet<&str> = types.iter().map(String::as_str).collect();
+        let mut record = Vec::new();
+        if wanted.contains("Patient") {
+            record.extend(self.get("Patient", patient_id)?);
+        }
+        // One range scan per type asked for (`patient \0 type \0`), in type order: a
+        // request for two classes must not walk a record of hundreds of resources.
+        let ordered: BTreeSet<&str> = wanted.iter().copied().collect();
+        for ty in ordered {
+            let prefix = member_key(patient_id, ty, "");
+            for item in self.members.scan_prefix(&prefix) {
+                let (key, _) = item?;
+                let Ok(id) = std::str::from_utf8(&key[prefix.len()..]) else {
+                    continue;
+                };
+                record.extend(self.get(ty, id)?);
+            }
+        }
+        add_referenced(patient_id, &wanted, &mut record, |t, i| self.get(t, i))?;
+        Ok(record)
+    }
+
+    pub fn patient_ids(&self) -> Result<Vec<String>, RecordError> {
+        let mut ids = Vec::new();
+        for item in self.resources.scan_prefix(b"Patient/") {
+            let (key, _) = item?;
+            if let Ok(k) = std::str::from_utf8(&key[b"Patient/".len()..]) {
+                ids.push(k.to_string());
+            }
+        }
+        Ok(ids)
+    }
+
+    pub fn count(&self) -> Result<usize, RecordError> {
+        Ok(self.resources.len())
+    }
+
+    /// Resources held, per type.
+    pub fn count_by_type(&self) -> Result<BTreeMap<String, usize>, RecordError> {
+        let mut out = BTreeMap::new();
+        for item in self.resources.iter() {
+            let (key, _) = item?;
+            let key = String::from_utf8_lossy(&key);
+            if let Some((ty, _)) = key.split_once('/') {
+                *out.entry(ty.to_string()).or_default() += 1;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `(system, value)` of each Patient.identifier that has both.
+pub(crate) fn patient_identifiers(patient: &Value) -> Vec<(&str, &str)> {
+    patient["identifier"]
+        .as_array()
+        .map(|ids| {
+            ids.iter()
+                .filter_map(|i| Some((i["system"].as_str()?, i["value"].as_str()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub(crate) fn bundle_type(bundle: &Value) -> Result<&str, RecordError> {
+    if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        return Err(RecordError::NotABundle("resourceType is not Bundle".into()));
+    }
+    match bundle.get("type").and_then(Value::as_str) {
+        Some(t @ ("transaction" | "batch" | "collection" | "searchset")) => Ok(t),
+        Some(other) => Err(RecordError::NotABundle(format!(
+            "bundle type {:?} is not transaction, batch or collection",
+            other.chars().take(32).collect::<String>()
+        ))),
+        None => Err(RecordError::NotABundle("bundle type is missing".into())),
+    }
+}
+
+struct Checked {
+    ty: String,
+    id: String,
+    resource: Value,
+}
+
+/// The structural checks of one entry; on failure, the type (if known) and the reason.
+fn check_entry(entry: &Value, kind: &str) -> Result<Checked, (Option<String>, String)> {
+    let Some(resource) = entry.get("resource") else {
+        return Err((None, "entry has no resource".into()));
+    };
+    if !resource.is_object() {
+        return Err((None, "resource is not a JSON object".into()));
+    }
+    let ty = match resource.get("resourceType").and_then(Value::as_str) {
+        Some(t) if is_type_name(t) => t.to_string(),
+        Some(_) => return Err((None, "resourceType is not a FHIR type name".into())),
+        None => return Err((None, "resource has no resourceType".into())),
+    };
+    let fail = |reason: &str| Err((Some(ty.clone()), reason.to_string()));
+    if ty == "Bundle" {
+        return fail("nested Bundle resources are not imported");
+    }
+    let size = serde_json::to_vec(resource)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_RESOURCE_BYTES {
+        return fail("resource larger than 1 MiB");
+    }
+    if kind == "transaction" || kind == "batch" {
+        let method = entry["request"]["method"].as_str().unwrap_or("POST");
+        if !matches!(method, "POST" | "PUT") {
+            return fail("only POST and PUT entries carry a resource to store");
+        }
+    }
+    let id = match resource.get("id") {
+        Some(Value::String(id)) if is_fhir_id(id) => id.clone(),
+        Some(_) => return fail("id has illegal characters or length"),
+        None => assign_id(entry, &ty, resource),
+    };
+    Ok(Checked {
+        ty,
+        id,
+        resource: resource.clone(),
+    })
+}
+
+/// An id for a resource that has none: its `urn:uuid:` fullUrl, the id of a `PUT Type/id`
+/// or of an absolute fullUrl, else a digest of its content (stable across re-imports).
+pub(crate) fn assign_id(entry: &Value, ty: &str, resource: &Value) -> String {
+    let full_url = entry
+        .get("fullUrl")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if let Some(uuid) = full_url.strip_prefix("urn:uuid:") {
+        if is_fhir_id(uuid) {
+            return uuid.to_ascii_lowercase();
+        }
+    }
+    for candidate in [
+        full_url,
+        entry["request"]["url"].as_str().unwrap_or_default(),
+    ] {
+        if let Some((t, id)) = reference_target(candidate) {
+            if t == ty {
+                return id.to_string();
+            }
+        }
+    }
+    let digest = Sha256::digest(serde_json::to_vec(resource).unwrap_or_default());
+    hex::encode(&digest[..16])
+}
+
+/// What the reference check of an import knows about the bundle.
+struct Known<'a> {
+    full_urls: &'a HashMap<String, usize>,
+    skipped_urls: &'a HashMap<String, usize>,
+    valid: &'a [bool],
+    candidates: &'a [Candidate],
+}
+
+/// The reason a resource cannot be stored because of one of its references, if any.
+fn find_unresolved(v: &Value, path: &mut Vec<String>, known: &Known<'_>) -> Option<String> {
+    match v {
+        Value::Object(o) => {
+            for (k, child) in o {
+                if k == "reference" {
+                    let at = || join_path(path, k);
+                    let Some(r) = child.as_str() else {
+                        return Some(format!("reference at {} is not a string", at()));
+                    };
+                    let skipped = match known.full_urls.get(r) {
+                        Some(&ci) if !known.valid[ci] => Some(known.candidates[ci].entry),
+                        Some(_) => None,
+                        None => known.skipped_urls.get(r).copied(),
+                    };
+                    if let Some(entry) = skipped {
+                        return Some(format!(
+                            "reference at {} points to skipped entry {entry}",
+                            at()
+                        ));
+                    }
+                    if r.starts_with("urn:") && !known.full_urls.contains_key(r) {
+                        return Some(format!("reference at {} has no target in the bundle", at()));
+                    }
+                } else {
+                    path.push(k.clone());
+                    let found = find_unresolved(child, path, known);
+                    path.pop();
+                    if found.is_some() {
+                        return found;
+                    }
+                }
+            }
+            None
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                path.push(format!("[{i}]"));
+                let found = find_unresolved(child, path, known);
+                path.pop();
+                if found.is_some() {
+                    return found;
+                }
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+pub(crate) fn join_path(path: &[String], last: &str) -> String {
+    let mut out = String::new();
+    for p in path.iter().map(String::as_str).chain([last]) {
+        if !out.is_empty() && !p.starts_with('[') {
+            out.push('.');
+        }
+        out.push_str(p);
+    }
+    out
+}
+
+pub(crate) fn rewrite_references(v: &mut Value, targets: &HashMap<&str, String>) {
+    match v {
+        Value::Object(o) => {
+            for (k, child) in o.iter_mut() {
+                if k == "reference" {
+                    if let Some(new) = child.as_str().and_then(|r| targets.get(r)) {
+                        *child = Value::String(new.clone());
+                    }
+                } else {
+                    rewrite_references(child, targets);
+                }
+            }
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|c| rewrite_references(c, targets)),
+        _ => {}
+    }
+}
+
+pub(crate) fn read_bundle(path: &Path) -> Result<Value, RecordError> {
+    let file = path.display().to_string();
+    let fail = |reason: String| RecordError::File {
+        file: file.clone(),
+        reason,
+    };
+    let size = std::fs::metadata(path)
+        .map_err(|e| fail(e.to_string()))?
+        .len();
+    if size > MAX_FILE_BYTES {
+        return Err(fail(format!("larger than {MAX_FILE_BYTES} bytes")));
+    }
+    let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    // serde_json's error names only a line and column, never content.
+    serde_json::from_slice(&bytes).map_err(|e| fail(format!("not JSON: {e}")))
+}
+
+/// Files to import from `paths`: files as given, directories as their `*.json` files
+/// (sorted, not recursive).
+pub fn expand_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>, RecordError> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let read = std::fs::read_dir(p).map_err(|e| RecordError::File {
+                file: p.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            let mut files: Vec<PathBuf> = read
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|f| {
+                    f.is_file()
+                        && f.extension()
+                            .is_some_and(|x| x.eq_ignore_ascii_case("json"))
+                })
+                .collect();
+            files.sort();
+            out.extend(files);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// How an import goes, for a caller that shows it (the CLI draws a progress bar).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportProgress<'a> {
+    /// Before the first file: how many files and bytes there are.
+    Started { files: usize, bytes: u64 },
+    /// File `index` (from 0) is being read.
+    File { index: usize, name: &'a str },
+    /// A file is done (imported or failed): its size in bytes.
+    Done { bytes: u64 },
+    /// The import stopped on a storage failure.
+    Abandoned,
+}
+
+/// `fedgate records import`: every bundle of `paths` into `store`. A file that cannot be
+/// read or parsed is listed in `failed` and the others go on; only a storage failure stops
+/// the import.
+pub fn import_paths(store: &SledStore, paths: &[PathBuf]) -> Result<ImportReport, RecordError> {
+    import_paths_with(store, paths, |_| {})
+}
+
+/// [`import_paths`], telling `progress` how it goes.
+pub fn import_paths_with(
+    store: &SledStore,
+    paths: &[PathBuf],
+    mut progress: impl FnMut(ImportProgress<'_>),
+) -> Result<ImportReport, RecordError> {
+    let files = expand_paths(paths)?;
+    let size = |f: &PathBuf| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+    progress(ImportProgress::Started {
+        files: files.len(),
+        bytes: files.iter().map(size).sum(),
+    });
+    let mut report = ImportReport::default();
+    for (index, file) in files.iter().enumerate() {
+        let name = file.display().to_string();
+        progress(ImportProgress::File { index, name: &name });
+        let result = read_bundle(file).and_then(|bundle| store.import_bundle_from(&name, &bundle));
+        match result {
+            Ok(r) => report.merge(r),
+            Err(RecordError::Storage(e)) => {
+                progress(ImportProgress::Abandoned);
+                return Err(RecordError::Storage(e));
+            }
+            Err(e) => report.failed.push(FailedFile {
+                file: name,
+                reason: match e {
+                    RecordError::File { reason, .. } => reason,
+                    other => other.to_string(),
+                },
+            }),
+        }
+        progress(ImportProgress::Done { bytes: size(file) });
+    }
+    Ok(report)
+}

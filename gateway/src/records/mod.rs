@@ -1,0 +1,215 @@
+//! Where the gateway reads the organization's FHIR R4 records: the embedded sled store
+//! ([`SledStore`], filled by `fedgate records import`) or the organization's own FHIR
+//! server ([`FhirServer`]). Both answer the same questions through [`RecordSource`].
+//!
+//! A patient's record is the Patient, the resources whose `subject`, `patient` or
+//! `beneficiary` (Provenance: `target`) points to it, and the shared resources they refer
+//! to (practitioners, organizations, locations...) when their type is asked for. A
+//! resource that points to another patient is never part of it.
+//!
+//! Nothing this module reports (import reports, errors) carries record content or
+//! identifier values.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+mod embedded;
+mod fhir;
+mod import;
+mod server;
+
+pub use embedded::*;
+pub use fhir::*;
+pub use import::*;
+pub use server::*;
+
+/// Largest resource accepted on import.
+pub const MAX_RESOURCE_BYTES: usize = 1024 * 1024;
+/// Largest bundle file read by [`import_paths`].
+pub const MAX_FILE_BYTES: u64 = 512 * 1024 * 1024;
+
+const RESOURCES_TREE: &str = "records.resources";
+const IDENTIFIERS_TREE: &str = "records.identifiers";
+const MEMBERS_TREE: &str = "records.members";
+
+/// Types that no patient compartment holds: searched by id, never by `?patient=`.
+const SHARED_TYPES: [&str; 9] = [
+    "Practitioner",
+    "PractitionerRole",
+    "Organization",
+    "Location",
+    "HealthcareService",
+    "Endpoint",
+    "Medication",
+    "Substance",
+    "InsurancePlan",
+];
+
+/// Upper bound of shared resources pulled into one record by reference.
+const MAX_REFERENCED: usize = 2000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("record store: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("stored resource {0} is corrupt")]
+    Corrupt(String),
+    #[error("invalid {what}: {detail}")]
+    Invalid { what: &'static str, detail: String },
+    #[error("not an importable Bundle: {0}")]
+    NotABundle(String),
+    #[error("{file}: {reason}")]
+    File { file: String, reason: String },
+    #[error("FHIR server URL: {0}")]
+    Url(String),
+    #[error(transparent)]
+    Outbound(#[from] federation::client::ClientError),
+    #[error("FHIR server request ({what}) failed: {detail}")]
+    Request { what: &'static str, detail: String },
+    #[error("FHIR server answered HTTP {status} to the {what}")]
+    Status { status: u16, what: &'static str },
+    #[error("FHIR server response to the {what} exceeds {limit} bytes")]
+    TooLarge { what: &'static str, limit: usize },
+    #[error("FHIR server response to the {what} is not valid: {detail}")]
+    Malformed { what: &'static str, detail: String },
+    #[error("FHIR server paging: {0}")]
+    Paging(String),
+    #[error("the identifier matches more than one patient")]
+    Ambiguous,
+    #[error("record store task failed: {0}")]
+    Task(String),
+}
+
+// ---------------------------------------------------------------------------------------
+// The source
+// ---------------------------------------------------------------------------------------
+
+/// The gateway's record source.
+#[derive(Debug, Clone)]
+pub enum RecordSource {
+    Embedded(SledStore),
+    Fhir(FhirServer),
+}
+
+impl RecordSource {
+    /// The embedded store in `dir` (created if missing).
+    pub fn embedded(dir: &Path) -> Result<RecordSource, RecordError> {
+        Ok(RecordSource::Embedded(SledStore::open(dir)?))
+    }
+
+    /// The organization's FHIR server at `base` (https; http only to loopback in dev mode).
+    pub fn fhir_server(base: &str, dev_mode: bool) -> Result<RecordSource, RecordError> {
+        Ok(RecordSource::Fhir(FhirServer::new(base, dev_mode)?))
+    }
+
+    /// The id of the Patient holding identifier `system|value`, if any.
+    pub async fn find_patient(
+        &self,
+        system: &str,
+        value: &str,
+    ) -> Result<Option<String>, RecordError> {
+        match self {
+            RecordSource::Embedded(s) => {
+                let (s, system, value) = (s.clone(), system.to_string(), value.to_string());
+                blocking(move || s.find_patient(&system, &value)).await
+            }
+            RecordSource::Fhir(f) => f.find_patient(system, value).await,
+        }
+    }
+
+    /// The patient's resources of the given types (see the module documentation).
+    pub async fn patient_resources(
+        &self,
+        patient_id: &str,
+        types: &[String],
+    ) -> Result<Vec<Value>, RecordError> {
+        match self {
+            RecordSource::Embedded(s) => {
+                let (s, id, types) = (s.clone(), patient_id.to_string(), types.to_vec());
+                blocking(move || s.patient_resources(&id, &types)).await
+            }
+            RecordSource::Fhir(f) => f.patient_resources(patient_id, types).await,
+        }
+    }
+
+    /// Ids of every Patient.
+    pub async fn patient_ids(&self) -> Result<Vec<String>, RecordError> {
+        match self {
+            RecordSource::Embedded(s) => {
+                let s = s.clone();
+                blocking(move || s.patient_ids()).await
+            }
+            RecordSource::Fhir(f) => f.patient_ids().await,
+        }
+    }
+
+    /// Resources held by the embedded store; for a FHIR server, the Patients it reports
+    /// (FHIR has no standard whole-server count).
+    pub async fn count(&self) -> Result<usize, RecordError> {
+        match self {
+            RecordSource::Embedded(s) => {
+                let s = s.clone();
+                blocking(move || s.count()).await
+            }
+            RecordSource::Fhir(f) => f.count().await,
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RecordError> + Send + 'static,
+) -> Result<T, RecordError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RecordError::Task(e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn reference_targets() {
+        assert_eq!(reference_target("Patient/abc"), Some(("Patient", "abc")));
+        assert_eq!(
+            reference_target("https://x/fhir/Patient/abc/_history/2"),
+            Some(("Patient", "abc"))
+        );
+        assert_eq!(reference_target("urn:uuid:abc"), None);
+        assert_eq!(reference_target("Patient?identifier=x"), None);
+        assert_eq!(reference_target("patient/abc"), None);
+        assert_eq!(reference_target("Patient/a_b"), None);
+    }
+
+    #[test]
+    fn compartments() {
+        let obs = json!({"resourceType": "Observation", "subject": {"reference": "Patient/p1"}});
+        assert_eq!(
+            compartment_patients(&obs),
+            BTreeSet::from(["p1".to_string()])
+        );
+        let cov = json!({"resourceType": "Coverage", "beneficiary": {"reference": "Patient/p2"}, "payor": [{"reference": "Organization/o"}]});
+        assert_eq!(
+            compartment_patients(&cov),
+            BTreeSet::from(["p2".to_string()])
+        );
+        let prac = json!({"resourceType": "Practitioner", "id": "x"});
+        assert!(compartment_patients(&prac).is_empty());
+    }
+
+    #[test]
+    fn token_escaping() {
+        assert_eq!(escape_token(r"a|b,c$d\e"), r"a\|b\,c\$d\\e");
+    }
+
+    #[test]
+    fn paths_in_reasons() {
+        assert_eq!(
+            join_path(&["result".into(), "[2]".into()], "reference"),
+            "result[2].reference"
+        );
+    }
+}
