@@ -1,670 +1,21 @@
-//! `fedgate bench exchange|research|ingest`: load against a federation, with the figures
-//! the performance issue asks for: requests/s, latency percentiles, errors by status, the
-//! server's peak RSS and CPU, and the floor of the same work measured in the same run.
-//!
-//! With no target URL the command starts its own federation of real processes on loopback
-//! (the same harness as `fedgate demo`): a credentialing office, the visibility service
-//! and hospital A's gateway over `examples/data/fhir/hospital-a`. Every holder has its own
-//! did:key and its own credentials, and every request answers a fresh challenge.
+//! Holders and the load loop.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::harness::{
-    contract, fixture_mrn, fixtures, repo_root, Custodian, Federation, MRN_SYSTEM,
-};
-use clap::{Args, Subcommand};
-use federation::credentials::{self, CredentialKind, PresentationBinding, ProofFormat};
+use crate::harness::{contract, repo_root, Federation, MRN_SYSTEM};
+use federation::credentials::{self, CredentialKind, ProofFormat};
 use federation::keys::{KeyAlgorithm, KeyPair};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-const OFFICE: &str = "did:web:credentialing.bench.fedgate";
-const VISIBILITY: &str = "did:web:visibility.bench.fedgate";
-const HOSPITAL_A: &str = "did:web:hospital-a.bench.fedgate";
-const REQUESTER_ORG: &str = "did:web:hospital-b.bench.fedgate";
-const STUDY_ID: &str = "urn:fedgate:study:bench";
-/// Linux reports process CPU time in clock ticks of 1/100 s on every architecture fedgate
-/// runs on (USER_HZ).
-const TICKS_PER_SECOND: f64 = 100.0;
-
-#[derive(Subcommand)]
-pub enum BenchCommand {
-    /// Clinical exchanges (`POST /v1/exchange/clinical`) by concurrent clinicians, each with
-    /// a privilege and a patient's consent, a fresh challenge per request.
-    Exchange(ExchangeArgs),
-    /// Research queries (`POST /v1/research/queries`) by concurrent research networks, each
-    /// with its own IRB study credential, a fresh challenge per request.
-    Research(ResearchArgs),
-    /// Signed event batches straight to the visibility service (`POST /v1/batches`).
-    Ingest(IngestArgs),
-    /// Time from revoking a clinician's privilege at the office to the gateway's first
-    /// deny (check `status`), with the revocation pushed to the gateway.
-    Revocation(RevocationArgs),
-}
-
-#[derive(Args, Clone)]
-pub struct RunArgs {
-    /// How long to measure, in seconds (after one warm-up request per holder).
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
-    /// Stop after this many requests (all holders together) instead of after --duration.
-    #[arg(long)]
-    requests: Option<u64>,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
-    /// Keep the started federation's data in this folder (default: a temporary folder,
-    /// removed afterwards).
-    #[arg(long)]
-    dir: Option<PathBuf>,
-}
-
-#[derive(Args)]
-pub struct ExchangeArgs {
-    #[command(flatten)]
-    run: RunArgs,
-    /// Concurrent holders (clinicians), each with its own DID, privilege and consent.
-    #[arg(long, default_value_t = 50)]
-    holders: usize,
-    /// FHIR resource types asked for in every request.
-    #[arg(long, value_delimiter = ',', default_value = "Patient,Condition")]
-    data_classes: Vec<String>,
-    /// Proof format of credentials and presentations: jwt or di (Data Integrity).
-    #[arg(long, default_value = "jwt")]
-    format: String,
-    /// A running gateway to load instead of starting a federation (needs --office and
-    /// --office-token-file; the gateway must trust that office, hold the hospital-a
-    /// fixtures and have a clinical TREAT contract with --org).
-    #[arg(long)]
-    gateway: Option<String>,
-    /// The credentialing office that issues the holders' privileges (with --gateway).
-    #[arg(long)]
-    office: Option<String>,
-    /// File holding the office's admin token (with --gateway).
-    #[arg(long)]
-    office_token_file: Option<PathBuf>,
-    /// File holding the gateway's admin token, to link each holder's patient DID to the
-    /// patient's record (with --gateway; without it the gateway must accept unlinked
-    /// self-issued consents, `require_patient_links = false`).
-    #[arg(long)]
-    gateway_token_file: Option<PathBuf>,
-    /// The requesting organization named in the privileges (with --gateway).
-    #[arg(long, default_value = REQUESTER_ORG)]
-    org: String,
-    /// Process id of the gateway, for its memory and CPU figures (with --gateway).
-    #[arg(long)]
-    pid: Option<u32>,
-}
-
-#[derive(Args)]
-pub struct ResearchArgs {
-    #[command(flatten)]
-    run: RunArgs,
-    /// Concurrent holders (research networks), each with its own DID, study credential and
-    /// research contract.
-    #[arg(long, default_value_t = 50)]
-    holders: usize,
-}
-
-#[derive(Args)]
-pub struct IngestArgs {
-    #[command(flatten)]
-    run: RunArgs,
-    /// Concurrent senders of batches.
-    #[arg(long, default_value_t = 4)]
-    senders: usize,
-    /// Events per batch (the service accepts at most 1,000).
-    #[arg(long, default_value_t = 1000)]
-    batch: usize,
-    /// A running visibility service instead of starting one (needs --key).
-    #[arg(long)]
-    visibility: Option<String>,
-    /// Key file of a member organization of that service (with --visibility).
-    #[arg(long)]
-    key: Option<PathBuf>,
-    /// Process id of the visibility service, for its memory and CPU figures.
-    #[arg(long)]
-    pid: Option<u32>,
-}
-
-#[derive(Args)]
-pub struct RevocationArgs {
-    /// Revocations to time, one clinician each.
-    #[arg(long, default_value_t = 20)]
-    samples: usize,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
-    /// Keep the started federation's data in this folder.
-    #[arg(long)]
-    dir: Option<PathBuf>,
-}
-
-pub async fn run(command: BenchCommand) -> Result<(), String> {
-    let printed = match command {
-        BenchCommand::Exchange(args) => exchange(args).await?,
-        BenchCommand::Research(args) => research(args).await?,
-        BenchCommand::Ingest(args) => ingest(args).await?,
-        BenchCommand::Revocation(args) => revocation(args).await?,
-    };
-    if printed.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&printed.value).map_err(|e| e.to_string())?
-        );
-    } else {
-        print!("{}", printed.text);
-    }
-    Ok(())
-}
-
-/// A finished report, as JSON and as text.
-struct Printed {
-    value: Value,
-    text: String,
-    json: bool,
-}
-
-impl Printed {
-    fn of(report: &Report, json: bool) -> Result<Printed, String> {
-        Ok(Printed {
-            value: serde_json::to_value(report).map_err(|e| e.to_string())?,
-            text: report.text(),
-            json,
-        })
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// The report
-// ---------------------------------------------------------------------------------------
-
-#[derive(Serialize)]
-pub struct Report {
-    pub scenario: String,
-    /// Concurrent holders (or senders).
-    pub concurrency: usize,
-    /// Requests completed in the measured window, successful or not.
-    pub requests: u64,
-    pub ok: u64,
-    /// Failed requests by HTTP status, or `transport` when no answer came.
-    pub errors: BTreeMap<String, u64>,
-    pub seconds: f64,
-    pub requests_per_second: f64,
-    /// Latency of the measured request alone (not the challenge before it), ms.
-    pub latency_ms: Latency,
-    /// Latency of fetching the challenge, ms (exchange and research).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub challenge_latency_ms: Option<Latency>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ingest: Option<IngestFigures>,
-    /// The server process under load.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub server: Option<ServerUsage>,
-    /// Cores this load generator kept busy in the window: on a small machine it competes
-    /// with the server for them.
-    pub load_generator_cores_busy: f64,
-    pub floor: Floor,
-}
-
-#[derive(Serialize, Default, Clone, Copy)]
-pub struct Latency {
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub max: f64,
-    pub mean: f64,
-}
-
-impl Latency {
-    fn of(mut samples: Vec<Duration>) -> Latency {
-        if samples.is_empty() {
-            return Latency::default();
-        }
-        samples.sort();
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let at = |p: f64| ms(samples[((samples.len() - 1) as f64 * p).round() as usize]);
-        let total: Duration = samples.iter().sum();
-        Latency {
-            p50: at(0.50),
-            p90: at(0.90),
-            p99: at(0.99),
-            max: at(1.0),
-            mean: ms(total) / samples.len() as f64,
-        }
-    }
-}
-
-#[derive(Serialize)]
-pub struct IngestFigures {
-    pub events_per_batch: usize,
-    pub events_appended: u64,
-    pub events_per_second: f64,
-    /// New checkpoints (tree heads) seen in the answers during the window.
-    pub checkpoints: u64,
-    pub checkpoints_per_second: f64,
-    /// Longest time between two successive new checkpoints, ms.
-    pub max_checkpoint_interval_ms: f64,
-    pub tree_size: u64,
-}
-
-#[derive(Serialize)]
-pub struct ServerUsage {
-    pub name: String,
-    pub pid: u32,
-    /// Resident set once the service was up, before any holder was set up (fixtures
-    /// loaded, nothing asked yet); absent for a service the bench did not start.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub idle_rss_mb: Option<f64>,
-    /// VmHWM: the process's peak resident set since it started.
-    pub peak_rss_mb: f64,
-    pub rss_mb: f64,
-    /// CPU time the process used during the measured window.
-    pub cpu_seconds: f64,
-    /// `cpu_seconds` per second of the window: cores the server kept busy.
-    pub cores_busy: f64,
-}
-
-/// The least work the measured operation needs, measured in this process in this run.
-#[derive(Serialize)]
-pub struct Floor {
-    /// What the floor is made of, in words.
-    pub made_of: String,
-    pub per_request_us: f64,
-    /// The floor's throughput on `cores` cores.
-    pub cores: usize,
-    pub per_second: f64,
-    /// Measured throughput ÷ the floor's.
-    pub ratio: f64,
-    /// The parts, µs each.
-    pub parts_us: BTreeMap<String, f64>,
-}
-
-impl Report {
-    fn text(&self) -> String {
-        let mut out = String::new();
-        let l = &self.latency_ms;
-        out.push_str(&format!(
-            "fedgate bench {}: {} concurrent, {} requests in {:.1} s\n",
-            self.scenario, self.concurrency, self.requests, self.seconds
-        ));
-        out.push_str(&format!(
-            "  throughput   {:>10.0} requests/s ({} ok)\n",
-            self.requests_per_second, self.ok
-        ));
-        out.push_str(&format!(
-            "  latency ms   p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}  mean {:.2}\n",
-            l.p50, l.p90, l.p99, l.max, l.mean
-        ));
-        if let Some(c) = &self.challenge_latency_ms {
-            out.push_str(&format!(
-                "  challenge ms p50 {:.2}  p99 {:.2}\n",
-                c.p50, c.p99
-            ));
-        }
-        if let Some(i) = &self.ingest {
-            out.push_str(&format!(
-                "  events       {:>10.0} events/s appended ({} events, {} per batch), tree size {}\n",
-                i.events_per_second, i.events_appended, i.events_per_batch, i.tree_size
-            ));
-            out.push_str(&format!(
-                "  checkpoints  {} ({:.1}/s), longest interval {:.0} ms\n",
-                i.checkpoints, i.checkpoints_per_second, i.max_checkpoint_interval_ms
-            ));
-        }
-        let errors = if self.errors.is_empty() {
-            "none".to_string()
-        } else {
-            self.errors
-                .iter()
-                .map(|(k, v)| format!("{k}: {v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        out.push_str(&format!("  errors       {errors}\n"));
-        if let Some(s) = &self.server {
-            out.push_str(&format!(
-                "  {} (pid {})  peak RSS {:.1} MB (idle {}), RSS {:.1} MB, {:.2} cores busy (load generator: {:.2})\n",
-                s.name,
-                s.pid,
-                s.peak_rss_mb,
-                s.idle_rss_mb.map(|m| format!("{m:.1} MB")).unwrap_or_else(|| "-".into()),
-                s.rss_mb,
-                s.cores_busy,
-                self.load_generator_cores_busy
-            ));
-        }
-        let f = &self.floor;
-        out.push_str(&format!(
-            "  floor        {:.1} µs per request ({}) = {:.0}/s on {} cores; measured is {:.3} of it\n",
-            f.per_request_us, f.made_of, f.per_second, f.cores, f.ratio
-        ));
-        out
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Processes: memory and CPU from /proc
-// ---------------------------------------------------------------------------------------
-
-/// A `kB` field of `/proc/PID/status` (VmHWM, VmRSS), in MB.
-fn proc_status_mb(pid: u32, field: &str) -> Option<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text.lines().find(|l| l.starts_with(field))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
-/// User + system CPU seconds of a process so far.
-fn proc_cpu_seconds(pid: u32) -> Option<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces: fields count from after it.
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / TICKS_PER_SECOND)
-}
-
-struct Watched {
-    name: String,
-    pid: u32,
-    cpu_at_start: f64,
-    idle_rss_mb: Option<f64>,
-}
-
-impl Watched {
-    fn start(name: &str, pid: Option<u32>, idle_rss_mb: Option<f64>) -> Option<Watched> {
-        let pid = pid?;
-        Some(Watched {
-            name: name.to_string(),
-            pid,
-            cpu_at_start: proc_cpu_seconds(pid).unwrap_or(0.0),
-            idle_rss_mb,
-        })
-    }
-
-    fn finish(self, seconds: f64) -> ServerUsage {
-        let cpu = proc_cpu_seconds(self.pid).unwrap_or(0.0) - self.cpu_at_start;
-        ServerUsage {
-            name: self.name,
-            pid: self.pid,
-            idle_rss_mb: self.idle_rss_mb,
-            peak_rss_mb: proc_status_mb(self.pid, "VmHWM:").unwrap_or(0.0),
-            rss_mb: proc_status_mb(self.pid, "VmRSS:").unwrap_or(0.0),
-            cpu_seconds: cpu,
-            cores_busy: cpu / seconds.max(f64::MIN_POSITIVE),
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Floors, measured here
-// ---------------------------------------------------------------------------------------
-
-fn cores() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
-
-/// Mean time of `f` over about `budget`, after one warm-up call, µs.
-fn mean_us(budget: Duration, mut f: impl FnMut() -> bool) -> Result<f64, String> {
-    if !f() {
-        return Err("a floor measurement failed".into());
-    }
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < budget {
-        if !f() {
-            return Err("a floor measurement failed".into());
-        }
-        n += 1;
-    }
-    Ok(start.elapsed().as_secs_f64() * 1e6 / n.max(1) as f64)
-}
-
-/// One Ed25519 verification (ed25519-dalek, key already parsed) over `message_len`
-/// bytes, µs.
-fn ed25519_verify_us(message_len: usize) -> Result<f64, String> {
-    use base64::Engine;
-    let key = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
-    let signing = key
-        .ed25519_signing_key()
-        .ok_or("no Ed25519 signing key for the floor")?;
-    let payload = json!({ "pad": "x".repeat(message_len.saturating_sub(40)) });
-    let jws = federation::jose::sign(&payload, &key, "floor").map_err(|e| e.to_string())?;
-    let (input, sig) = jws.rsplit_once('.').ok_or("malformed JWS for the floor")?;
-    let sig_bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(sig)
-        .map_err(|e| e.to_string())?;
-    let signature = TryFrom::try_from(sig_bytes.as_slice())
-        .ok()
-        .ok_or("malformed signature for the floor")?;
-    let verifying = signing.verifying_key();
-    let message = input.as_bytes();
-    mean_us(Duration::from_millis(500), || {
-        verifying.verify_strict(message, &signature).is_ok()
-    })
-}
-
-/// One policy decision of `domain` on the gateway's sample input with the repository's
-/// policies, µs.
-async fn decision_us(policies: &Path, domain: &'static str) -> Result<f64, String> {
-    let bundle =
-        gateway::policy::PolicyBundle::load(policies).map_err(|e| format!("policies: {e}"))?;
-    tokio::task::spawn_blocking(move || {
-        let input = gateway::policy::sample_input(domain);
-        mean_us(Duration::from_millis(500), || {
-            bundle.evaluate(domain, &input).allow
-        })
-    })
-    .await
-    .map_err(|e| e.to_string())?
-}
-
-/// The floor of a request that needs `signatures` signature checks and one decision.
-async fn request_floor(
-    policies: &Path,
-    domain: &'static str,
-    signatures: usize,
-    measured_per_second: f64,
-) -> Result<Floor, String> {
-    let sig = ed25519_verify_us(1024)?;
-    let decision = decision_us(policies, domain).await?;
-    let per_request = signatures as f64 * sig + decision;
-    let cores = cores();
-    let per_second = cores as f64 * 1e6 / per_request;
-    Ok(Floor {
-        made_of: format!(
-            "{signatures} Ed25519 verification{} + one {domain} decision",
-            if signatures == 1 { "" } else { "s" }
-        ),
-        per_request_us: per_request,
-        cores,
-        per_second,
-        ratio: measured_per_second / per_second,
-        parts_us: BTreeMap::from([
-            ("ed25519_verify".to_string(), sig),
-            (format!("{domain}_decision"), decision),
-        ]),
-    })
-}
-
-// ---------------------------------------------------------------------------------------
-// The federation under test
-// ---------------------------------------------------------------------------------------
-
-/// The data folder: removed when the bench made it, kept when the user named it.
-struct Scratch {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl Scratch {
-    fn new(dir: Option<PathBuf>) -> Result<Scratch, String> {
-        let (path, keep) = match dir {
-            Some(d) => (d, true),
-            None => (
-                std::env::temp_dir().join(format!("fedgate-bench-{}", uuid::Uuid::new_v4())),
-                false,
-            ),
-        };
-        std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(Scratch { path, keep })
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
-}
-
-/// The MRN of the Patient in each of hospital A's fixture bundles.
-fn fixture_mrns() -> Result<Vec<String>, String> {
-    let mrns: Vec<String> = fixtures("hospital-a")?
-        .iter()
-        .filter_map(|file| fixture_mrn(file).ok())
-        .collect();
-    if mrns.is_empty() {
-        return Err("no fixture patient with an MRN".into());
-    }
-    Ok(mrns)
-}
-
-/// An office, the visibility service and hospital A's gateway with `contracts`.
-fn start_federation(
-    dir: &Path,
-    contracts: &str,
-    say: &dyn Fn(String),
-) -> Result<Federation, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find fedgate itself: {e}"))?;
-    let started = Instant::now();
-    // Events ship at the gateway's default pace, as in the figures of docs/performance.md.
-    let fed = Federation::builder(&exe, dir, OFFICE, VISIBILITY)
-        .status_push()
-        .gateway(
-            Custodian::new(HOSPITAL_A)
-                .records(fixtures("hospital-a")?)
-                .config("[custodian]\nmin_cell_size = 3\n")
-                .config(contracts),
-        )
-        .start()?;
-    let gateway = fed.gateway(HOSPITAL_A)?;
-    say(format!(
-        "federation up in {:.1} s: office {}, visibility {}, gateway {} (pid {})",
-        started.elapsed().as_secs_f64(),
-        fed.office.process.addr,
-        fed.visibility.process.addr,
-        gateway.process.addr,
-        gateway.process.pid()
-    ));
-    Ok(fed)
-}
-
-// ---------------------------------------------------------------------------------------
-// HTTP with one shared client (connections are reused, as a real requester would)
-// ---------------------------------------------------------------------------------------
-
-#[derive(Clone)]
-struct Http {
-    client: reqwest::Client,
-}
-
-/// An answer: status, or no answer at all.
-enum Answer {
-    Status(u16, Value),
-    Transport(String),
-}
-
-impl Http {
-    fn new(connections: usize) -> Result<Http, String> {
-        let client = federation::client::http_client_builder()
-            .pool_max_idle_per_host(connections.max(1))
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
-        Ok(Http { client })
-    }
-
-    async fn post(&self, url: &str, body: &Value, token: Option<&str>) -> Answer {
-        let mut req = self.client.post(url).json(body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        match req.send().await {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                match resp.bytes().await {
-                    Ok(bytes) => Answer::Status(
-                        status,
-                        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-                    ),
-                    Err(e) => Answer::Transport(e.without_url().to_string()),
-                }
-            }
-            Err(e) => Answer::Transport(e.without_url().to_string()),
-        }
-    }
-
-    /// POSTs and insists on `expected`; any other answer is an error naming `what`.
-    async fn expect(
-        &self,
-        what: &str,
-        url: &str,
-        body: &Value,
-        token: Option<&str>,
-        expected: u16,
-    ) -> Result<Value, String> {
-        match self.post(url, body, token).await {
-            Answer::Status(s, v) if s == expected => Ok(v),
-            Answer::Status(s, v) => Err(format!(
-                "{what}: HTTP {s}: {}",
-                v.to_string().chars().take(300).collect::<String>()
-            )),
-            Answer::Transport(e) => Err(format!("{what}: {e}")),
-        }
-    }
-
-    async fn challenge(&self, base: &str) -> Result<PresentationBinding, Answer> {
-        match self
-            .post(&format!("{base}v1/challenges"), &json!({}), None)
-            .await
-        {
-            Answer::Status(200, body) => {
-                match (body["challenge"].as_str(), body["domain"].as_str()) {
-                    (Some(c), Some(d)) => Ok(PresentationBinding {
-                        challenge: c.to_string(),
-                        domain: d.to_string(),
-                    }),
-                    _ => Err(Answer::Status(200, body)),
-                }
-            }
-            other => Err(other),
-        }
-    }
-}
-
-fn with_slash(url: &str) -> String {
-    if url.ends_with('/') {
-        url.to_string()
-    } else {
-        format!("{url}/")
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Holders and the load loop
-// ---------------------------------------------------------------------------------------
+use super::*;
 
 /// One holder: a key, the credentials it presents and the request body it sends.
-struct Holder {
+pub(super) struct Holder {
     key: KeyPair,
     credentials: Vec<Value>,
     /// The request without its presentation.
@@ -673,7 +24,7 @@ struct Holder {
 
 /// What one holder measured.
 #[derive(Default)]
-struct Tally {
+pub(super) struct Tally {
     latencies: Vec<Duration>,
     challenges: Vec<Duration>,
     ok: u64,
@@ -681,13 +32,13 @@ struct Tally {
 }
 
 impl Tally {
-    fn error(&mut self, key: String) {
+    pub(super) fn error(&mut self, key: String) {
         *self.errors.entry(key).or_default() += 1;
     }
 }
 
 /// When the measured window ends: after a duration, or after a number of requests.
-struct Stop {
+pub(super) struct Stop {
     deadline: Instant,
     limit: Option<u64>,
     issued: AtomicU64,
@@ -695,7 +46,7 @@ struct Stop {
 
 impl Stop {
     /// Whether another request may start.
-    fn next(&self) -> bool {
+    pub(super) fn next(&self) -> bool {
         match self.limit {
             Some(limit) => self.issued.fetch_add(1, Ordering::Relaxed) < limit,
             None => Instant::now() < self.deadline,
@@ -704,7 +55,7 @@ impl Stop {
 }
 
 /// One request of one holder: challenge, presentation, the measured POST.
-async fn one_request(
+pub(super) async fn one_request(
     http: &Http,
     base: &str,
     path: &str,
@@ -759,7 +110,7 @@ async fn one_request(
 }
 
 /// Where the load goes.
-struct Target {
+pub(super) struct Target {
     /// The gateway's base URL, with a trailing slash.
     base: String,
     /// The measured request's path under it.
@@ -772,7 +123,7 @@ struct Target {
 
 /// Warms every holder up with one request (which must succeed), then runs all of them
 /// concurrently until `stop`, and returns the merged tally and the window's length.
-async fn drive(
+pub(super) async fn drive(
     http: &Http,
     target: &Target,
     holders: Vec<Holder>,
@@ -818,7 +169,7 @@ async fn drive(
     Ok((total, seconds, watched.map(|w| w.finish(seconds)), load))
 }
 
-fn report_of(
+pub(super) fn report_of(
     scenario: &str,
     concurrency: usize,
     tally: Tally,
@@ -844,7 +195,7 @@ fn report_of(
     }
 }
 
-fn check_run(run: &RunArgs, concurrency: usize, what: &str) -> Result<(), String> {
+pub(super) fn check_run(run: &RunArgs, concurrency: usize, what: &str) -> Result<(), String> {
     if concurrency == 0 {
         return Err(format!("--{what} must be at least 1"));
     }
@@ -857,7 +208,7 @@ fn check_run(run: &RunArgs, concurrency: usize, what: &str) -> Result<(), String
     Ok(())
 }
 
-fn privilege_subject(clinician: &str, facility: &str, org: &str) -> Value {
+pub(super) fn privilege_subject(clinician: &str, facility: &str, org: &str) -> Value {
     json!({
         "id": clinician,
         "name": "Dr. Bench Clinician",
@@ -870,7 +221,7 @@ fn privilege_subject(clinician: &str, facility: &str, org: &str) -> Value {
 }
 
 /// A consent the patient issues to themselves, for their record at `custodian`.
-async fn self_issued_consent(
+pub(super) async fn self_issued_consent(
     patient: &KeyPair,
     custodian: &str,
     mrn: &str,
@@ -904,7 +255,7 @@ async fn self_issued_consent(
         .map_err(|e| format!("issuing a consent: {e}"))
 }
 
-fn read_token(path: &Path) -> Result<String, String> {
+pub(super) fn read_token(path: &Path) -> Result<String, String> {
     Ok(std::fs::read_to_string(path)
         .map_err(|e| format!("{}: {e}", path.display()))?
         .trim()
@@ -917,7 +268,7 @@ type Link<'a> = Option<(&'a str, &'a str)>;
 /// The custodian links the patient's DID to their record (when `link` is given: its admin
 /// token and the MRN), then the patient registers the consent with the custodian (a
 /// presentation of their own).
-async fn register_consent(
+pub(super) async fn register_consent(
     http: &Http,
     base: &str,
     patient: &KeyPair,
@@ -953,7 +304,7 @@ async fn register_consent(
     .map(|_| ())
 }
 
-fn say_fn(json_out: bool) -> impl Fn(String) {
+pub(super) fn say_fn(json_out: bool) -> impl Fn(String) {
     move |s: String| {
         if !json_out {
             eprintln!("{s}");
@@ -965,7 +316,7 @@ fn say_fn(json_out: bool) -> impl Fn(String) {
 // exchange
 // ---------------------------------------------------------------------------------------
 
-async fn exchange(args: ExchangeArgs) -> Result<Printed, String> {
+pub(super) async fn exchange(args: ExchangeArgs) -> Result<Printed, String> {
     check_run(&args.run, args.holders, "holders")?;
     let format: ProofFormat = args.format.parse()?;
     if let Some(c) = args
@@ -1110,7 +461,7 @@ async fn exchange(args: ExchangeArgs) -> Result<Printed, String> {
 // research
 // ---------------------------------------------------------------------------------------
 
-async fn research(args: ResearchArgs) -> Result<Printed, String> {
+pub(super) async fn research(args: ResearchArgs) -> Result<Printed, String> {
     check_run(&args.run, args.holders, "holders")?;
     let say = say_fn(args.run.json);
     let root = repo_root()?;
@@ -1205,7 +556,7 @@ async fn research(args: ResearchArgs) -> Result<Printed, String> {
 // ---------------------------------------------------------------------------------------
 
 /// A batch of `n` fresh events of `custodian`, signed as the service expects.
-fn signed_batch(key: &KeyPair, template: &Value, n: usize) -> Result<String, String> {
+pub(super) fn signed_batch(key: &KeyPair, template: &Value, n: usize) -> Result<String, String> {
     let events: Vec<Value> = (0..n)
         .map(|_| {
             let mut e = template.clone();
@@ -1220,7 +571,7 @@ fn signed_batch(key: &KeyPair, template: &Value, n: usize) -> Result<String, Str
 }
 
 /// A typical allowed clinical access event of `custodian` (no PHI, as always).
-fn event_template(custodian: &str) -> Result<Value, String> {
+pub(super) fn event_template(custodian: &str) -> Result<Value, String> {
     let event = federation::events::AccessEvent {
         id: String::new(),
         time: chrono::Utc::now(),
@@ -1254,7 +605,7 @@ fn event_template(custodian: &str) -> Result<Value, String> {
 
 /// What the senders saw: time and tree size of every answer.
 #[derive(Default)]
-struct IngestTally {
+pub(super) struct IngestTally {
     latencies: Vec<Duration>,
     heads: Vec<(Instant, u64)>,
     appended: u64,
@@ -1262,7 +613,7 @@ struct IngestTally {
     errors: BTreeMap<String, u64>,
 }
 
-async fn ingest(args: IngestArgs) -> Result<Printed, String> {
+pub(super) async fn ingest(args: IngestArgs) -> Result<Printed, String> {
     check_run(&args.run, args.senders, "senders")?;
     let max = federation::wire::MAX_BATCH_EVENTS;
     if args.batch == 0 || args.batch > max {
@@ -1461,7 +812,7 @@ async fn ingest(args: IngestArgs) -> Result<Printed, String> {
 }
 
 /// One small write and fsync in `dir`, µs: the durability every append pays.
-fn fsync_us(dir: &Path) -> Result<f64, String> {
+pub(super) fn fsync_us(dir: &Path) -> Result<f64, String> {
     use std::io::Write;
     let path = dir.join("fsync-floor");
     let mut file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -1494,7 +845,7 @@ pub struct RevocationReport {
 }
 
 impl RevocationReport {
-    fn text(&self) -> String {
+    pub(super) fn text(&self) -> String {
         let l = &self.revocation_to_deny_ms;
         format!(
             "fedgate bench revocation: {} revocations\n  revocation → first deny ms  p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}\n  allowed after revocation     {}\n  floor (one request) ms       p50 {:.1}; measured p50 is {:.1}× it ({:.3} of the floor's speed)\n",
@@ -1512,7 +863,7 @@ impl RevocationReport {
 }
 
 /// One exchange round by `holder`: its status and the problem's `check`, if any.
-async fn exchange_once(
+pub(super) async fn exchange_once(
     http: &Http,
     base: &str,
     holder: &Holder,
@@ -1535,7 +886,7 @@ async fn exchange_once(
     }
 }
 
-async fn revocation(args: RevocationArgs) -> Result<Printed, String> {
+pub(super) async fn revocation(args: RevocationArgs) -> Result<Printed, String> {
     if args.samples == 0 {
         return Err("--samples must be at least 1".into());
     }

@@ -1,0 +1,99 @@
+//! The floor of each scenario (the cryptography it cannot avoid), measured in the same run.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use federation::keys::{KeyAlgorithm, KeyPair};
+use serde_json::json;
+
+use super::*;
+
+pub(super) fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Mean time of `f` over about `budget`, after one warm-up call, µs.
+pub(super) fn mean_us(budget: Duration, mut f: impl FnMut() -> bool) -> Result<f64, String> {
+    if !f() {
+        return Err("a floor measurement failed".into());
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < budget {
+        if !f() {
+            return Err("a floor measurement failed".into());
+        }
+        n += 1;
+    }
+    Ok(start.elapsed().as_secs_f64() * 1e6 / n.max(1) as f64)
+}
+
+/// One Ed25519 verification (ed25519-dalek, key already parsed) over `message_len`
+/// bytes, µs.
+pub(super) fn ed25519_verify_us(message_len: usize) -> Result<f64, String> {
+    use base64::Engine;
+    let key = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+    let signing = key
+        .ed25519_signing_key()
+        .ok_or("no Ed25519 signing key for the floor")?;
+    let payload = json!({ "pad": "x".repeat(message_len.saturating_sub(40)) });
+    let jws = federation::jose::sign(&payload, &key, "floor").map_err(|e| e.to_string())?;
+    let (input, sig) = jws.rsplit_once('.').ok_or("malformed JWS for the floor")?;
+    let sig_bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig)
+        .map_err(|e| e.to_string())?;
+    let signature = TryFrom::try_from(sig_bytes.as_slice())
+        .ok()
+        .ok_or("malformed signature for the floor")?;
+    let verifying = signing.verifying_key();
+    let message = input.as_bytes();
+    mean_us(Duration::from_millis(500), || {
+        verifying.verify_strict(message, &signature).is_ok()
+    })
+}
+
+/// One policy decision of `domain` on the gateway's sample input with the repository's
+/// policies, µs.
+pub(super) async fn decision_us(policies: &Path, domain: &'static str) -> Result<f64, String> {
+    let bundle =
+        gateway::policy::PolicyBundle::load(policies).map_err(|e| format!("policies: {e}"))?;
+    tokio::task::spawn_blocking(move || {
+        let input = gateway::policy::sample_input(domain);
+        mean_us(Duration::from_millis(500), || {
+            bundle.evaluate(domain, &input).allow
+        })
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// The floor of a request that needs `signatures` signature checks and one decision.
+pub(super) async fn request_floor(
+    policies: &Path,
+    domain: &'static str,
+    signatures: usize,
+    measured_per_second: f64,
+) -> Result<Floor, String> {
+    let sig = ed25519_verify_us(1024)?;
+    let decision = decision_us(policies, domain).await?;
+    let per_request = signatures as f64 * sig + decision;
+    let cores = cores();
+    let per_second = cores as f64 * 1e6 / per_request;
+    Ok(Floor {
+        made_of: format!(
+            "{signatures} Ed25519 verification{} + one {domain} decision",
+            if signatures == 1 { "" } else { "s" }
+        ),
+        per_request_us: per_request,
+        cores,
+        per_second,
+        ratio: measured_per_second / per_second,
+        parts_us: BTreeMap::from([
+            ("ed25519_verify".to_string(), sig),
+            (format!("{domain}_decision"), decision),
+        ]),
+    })
+}

@@ -1,0 +1,90 @@
+//! HTTP with one shared client (connections are reused, as a real requester would).
+
+use federation::credentials::PresentationBinding;
+use serde_json::{json, Value};
+
+#[derive(Clone)]
+pub(super) struct Http {
+    client: reqwest::Client,
+}
+
+/// An answer: status, or no answer at all.
+pub(super) enum Answer {
+    Status(u16, Value),
+    Transport(String),
+}
+
+impl Http {
+    pub(super) fn new(connections: usize) -> Result<Http, String> {
+        let client = federation::client::http_client_builder()
+            .pool_max_idle_per_host(connections.max(1))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(Http { client })
+    }
+
+    pub(super) async fn post(&self, url: &str, body: &Value, token: Option<&str>) -> Answer {
+        let mut req = self.client.post(url).json(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        match req.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                match resp.bytes().await {
+                    Ok(bytes) => Answer::Status(
+                        status,
+                        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                    ),
+                    Err(e) => Answer::Transport(e.without_url().to_string()),
+                }
+            }
+            Err(e) => Answer::Transport(e.without_url().to_string()),
+        }
+    }
+
+    /// POSTs and insists on `expected`; any other answer is an error naming `what`.
+    pub(super) async fn expect(
+        &self,
+        what: &str,
+        url: &str,
+        body: &Value,
+        token: Option<&str>,
+        expected: u16,
+    ) -> Result<Value, String> {
+        match self.post(url, body, token).await {
+            Answer::Status(s, v) if s == expected => Ok(v),
+            Answer::Status(s, v) => Err(format!(
+                "{what}: HTTP {s}: {}",
+                v.to_string().chars().take(300).collect::<String>()
+            )),
+            Answer::Transport(e) => Err(format!("{what}: {e}")),
+        }
+    }
+
+    pub(super) async fn challenge(&self, base: &str) -> Result<PresentationBinding, Answer> {
+        match self
+            .post(&format!("{base}v1/challenges"), &json!({}), None)
+            .await
+        {
+            Answer::Status(200, body) => {
+                match (body["challenge"].as_str(), body["domain"].as_str()) {
+                    (Some(c), Some(d)) => Ok(PresentationBinding {
+                        challenge: c.to_string(),
+                        domain: d.to_string(),
+                    }),
+                    _ => Err(Answer::Status(200, body)),
+                }
+            }
+            other => Err(other),
+        }
+    }
+}
+
+pub(super) fn with_slash(url: &str) -> String {
+    if url.ends_with('/') {
+        url.to_string()
+    } else {
+        format!("{url}/")
+    }
+}

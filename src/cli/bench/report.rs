@@ -1,0 +1,170 @@
+//! The report of a bench run: figures, floors and ratios, as text and JSON.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+#[derive(Serialize)]
+pub struct Report {
+    pub scenario: String,
+    /// Concurrent holders (or senders).
+    pub concurrency: usize,
+    /// Requests completed in the measured window, successful or not.
+    pub requests: u64,
+    pub ok: u64,
+    /// Failed requests by HTTP status, or `transport` when no answer came.
+    pub errors: BTreeMap<String, u64>,
+    pub seconds: f64,
+    pub requests_per_second: f64,
+    /// Latency of the measured request alone (not the challenge before it), ms.
+    pub latency_ms: Latency,
+    /// Latency of fetching the challenge, ms (exchange and research).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub challenge_latency_ms: Option<Latency>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingest: Option<IngestFigures>,
+    /// The server process under load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerUsage>,
+    /// Cores this load generator kept busy in the window: on a small machine it competes
+    /// with the server for them.
+    pub load_generator_cores_busy: f64,
+    pub floor: Floor,
+}
+
+#[derive(Serialize, Default, Clone, Copy)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl Latency {
+    pub(super) fn of(mut samples: Vec<Duration>) -> Latency {
+        if samples.is_empty() {
+            return Latency::default();
+        }
+        samples.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let at = |p: f64| ms(samples[((samples.len() - 1) as f64 * p).round() as usize]);
+        let total: Duration = samples.iter().sum();
+        Latency {
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+            max: at(1.0),
+            mean: ms(total) / samples.len() as f64,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct IngestFigures {
+    pub events_per_batch: usize,
+    pub events_appended: u64,
+    pub events_per_second: f64,
+    /// New checkpoints (tree heads) seen in the answers during the window.
+    pub checkpoints: u64,
+    pub checkpoints_per_second: f64,
+    /// Longest time between two successive new checkpoints, ms.
+    pub max_checkpoint_interval_ms: f64,
+    pub tree_size: u64,
+}
+
+#[derive(Serialize)]
+pub struct ServerUsage {
+    pub name: String,
+    pub pid: u32,
+    /// Resident set once the service was up, before any holder was set up (fixtures
+    /// loaded, nothing asked yet); absent for a service the bench did not start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_rss_mb: Option<f64>,
+    /// VmHWM: the process's peak resident set since it started.
+    pub peak_rss_mb: f64,
+    pub rss_mb: f64,
+    /// CPU time the process used during the measured window.
+    pub cpu_seconds: f64,
+    /// `cpu_seconds` per second of the window: cores the server kept busy.
+    pub cores_busy: f64,
+}
+
+/// The least work the measured operation needs, measured in this process in this run.
+#[derive(Serialize)]
+pub struct Floor {
+    /// What the floor is made of, in words.
+    pub made_of: String,
+    pub per_request_us: f64,
+    /// The floor's throughput on `cores` cores.
+    pub cores: usize,
+    pub per_second: f64,
+    /// Measured throughput ÷ the floor's.
+    pub ratio: f64,
+    /// The parts, µs each.
+    pub parts_us: BTreeMap<String, f64>,
+}
+
+impl Report {
+    pub(super) fn text(&self) -> String {
+        let mut out = String::new();
+        let l = &self.latency_ms;
+        out.push_str(&format!(
+            "fedgate bench {}: {} concurrent, {} requests in {:.1} s\n",
+            self.scenario, self.concurrency, self.requests, self.seconds
+        ));
+        out.push_str(&format!(
+            "  throughput   {:>10.0} requests/s ({} ok)\n",
+            self.requests_per_second, self.ok
+        ));
+        out.push_str(&format!(
+            "  latency ms   p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}  mean {:.2}\n",
+            l.p50, l.p90, l.p99, l.max, l.mean
+        ));
+        if let Some(c) = &self.challenge_latency_ms {
+            out.push_str(&format!(
+                "  challenge ms p50 {:.2}  p99 {:.2}\n",
+                c.p50, c.p99
+            ));
+        }
+        if let Some(i) = &self.ingest {
+            out.push_str(&format!(
+                "  events       {:>10.0} events/s appended ({} events, {} per batch), tree size {}\n",
+                i.events_per_second, i.events_appended, i.events_per_batch, i.tree_size
+            ));
+            out.push_str(&format!(
+                "  checkpoints  {} ({:.1}/s), longest interval {:.0} ms\n",
+                i.checkpoints, i.checkpoints_per_second, i.max_checkpoint_interval_ms
+            ));
+        }
+        let errors = if self.errors.is_empty() {
+            "none".to_string()
+        } else {
+            self.errors
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push_str(&format!("  errors       {errors}\n"));
+        if let Some(s) = &self.server {
+            out.push_str(&format!(
+                "  {} (pid {})  peak RSS {:.1} MB (idle {}), RSS {:.1} MB, {:.2} cores busy (load generator: {:.2})\n",
+                s.name,
+                s.pid,
+                s.peak_rss_mb,
+                s.idle_rss_mb.map(|m| format!("{m:.1} MB")).unwrap_or_else(|| "-".into()),
+                s.rss_mb,
+                s.cores_busy,
+                self.load_generator_cores_busy
+            ));
+        }
+        let f = &self.floor;
+        out.push_str(&format!(
+            "  floor        {:.1} µs per request ({}) = {:.0}/s on {} cores; measured is {:.3} of it\n",
+            f.per_request_us, f.made_of, f.per_second, f.cores, f.ratio
+        ));
+        out
+    }
+}

@@ -1,0 +1,78 @@
+//! The federation under test: started here on loopback, or reached at a given URL.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::harness::{fixture_mrn, fixtures, Custodian, Federation};
+
+use super::*;
+
+/// The data folder: removed when the bench made it, kept when the user named it.
+pub(super) struct Scratch {
+    pub(super) path: PathBuf,
+    keep: bool,
+}
+
+impl Scratch {
+    pub(super) fn new(dir: Option<PathBuf>) -> Result<Scratch, String> {
+        let (path, keep) = match dir {
+            Some(d) => (d, true),
+            None => (
+                std::env::temp_dir().join(format!("fedgate-bench-{}", uuid::Uuid::new_v4())),
+                false,
+            ),
+        };
+        std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Scratch { path, keep })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// The MRN of the Patient in each of hospital A's fixture bundles.
+pub(super) fn fixture_mrns() -> Result<Vec<String>, String> {
+    let mrns: Vec<String> = fixtures("hospital-a")?
+        .iter()
+        .filter_map(|file| fixture_mrn(file).ok())
+        .collect();
+    if mrns.is_empty() {
+        return Err("no fixture patient with an MRN".into());
+    }
+    Ok(mrns)
+}
+
+/// An office, the visibility service and hospital A's gateway with `contracts`.
+pub(super) fn start_federation(
+    dir: &Path,
+    contracts: &str,
+    say: &dyn Fn(String),
+) -> Result<Federation, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find fedgate itself: {e}"))?;
+    let started = Instant::now();
+    // Events ship at the gateway's default pace, as in the figures of docs/performance.md.
+    let fed = Federation::builder(&exe, dir, OFFICE, VISIBILITY)
+        .status_push()
+        .gateway(
+            Custodian::new(HOSPITAL_A)
+                .records(fixtures("hospital-a")?)
+                .config("[custodian]\nmin_cell_size = 3\n")
+                .config(contracts),
+        )
+        .start()?;
+    let gateway = fed.gateway(HOSPITAL_A)?;
+    say(format!(
+        "federation up in {:.1} s: office {}, visibility {}, gateway {} (pid {})",
+        started.elapsed().as_secs_f64(),
+        fed.office.process.addr,
+        fed.visibility.process.addr,
+        gateway.process.addr,
+        gateway.process.pid()
+    ));
+    Ok(fed)
+}
