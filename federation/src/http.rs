@@ -2,7 +2,6 @@
 //! body extractor, the common middleware stack (limits, timeouts, security headers, request
 //! ids), TLS/loopback serving, and the outbound client policy.
 
-use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -21,13 +20,15 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use serde::de::{self, DeserializeOwned, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tracing::Instrument;
+
+use crate::json::StrictJsonError;
 
 /// Base URI of fedgate problem types; a slug is appended.
 pub const PROBLEM_TYPE_BASE: &str = "https://w3id.org/fedgate/problems/";
@@ -36,7 +37,7 @@ pub const PROBLEM_TYPE_BASE: &str = "https://w3id.org/fedgate/problems/";
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// Maximum nesting of arrays/objects accepted by [`parse_strict_json`].
-pub const MAX_JSON_DEPTH: usize = 64;
+pub use crate::json::MAX_JSON_DEPTH;
 
 /// Header carrying the per-request correlation id.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -380,156 +381,20 @@ fn is_json_content_type(headers: &HeaderMap) -> bool {
     })
 }
 
-/// Parses a JSON document with the checks every fedgate input gets: valid UTF-8, at most
-/// [`MAX_JSON_DEPTH`] levels of nesting, no duplicate object keys at any depth, no
-/// trailing data. Errors are 400 problems with slugs `invalid-utf8`, `too-deep`,
-/// `duplicate-key` or `malformed-json`.
+/// Parses a JSON document with the checks every fedgate input gets (see [`crate::json`]):
+/// valid UTF-8, at most [`MAX_JSON_DEPTH`] levels of nesting, no duplicate object keys at
+/// any depth, no lone surrogate escapes, no trailing data. Errors are 400 problems with
+/// slugs `invalid-utf8`, `too-deep`, `duplicate-key` or `malformed-json`.
 pub fn parse_strict_json(bytes: &[u8]) -> Result<Value, Problem> {
-    if let Err(err) = std::str::from_utf8(bytes) {
-        return Err(bad_request(
-            "invalid-utf8",
-            format!(
-                "the document is not valid UTF-8 (byte {})",
-                err.valid_up_to()
-            ),
-        ));
-    }
-    check_depth(bytes)?;
-
-    // Checked in a pass of its own, then parsed by serde_json proper: building the Value
-    // here would have to mimic serde_json's internals (e.g. with `arbitrary_precision`,
-    // numbers arrive as private single-key maps).
-    let duplicate = RefCell::new(None);
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let checked = UniqueKeys {
-        duplicate: &duplicate,
-    }
-    .deserialize(&mut deserializer)
-    .and_then(|()| deserializer.end());
-    let malformed = |err: serde_json::Error| {
-        bad_request(
-            "malformed-json",
-            truncate_chars(&err.to_string(), MAX_ECHOED_CHARS),
-        )
-    };
-    if let Err(err) = checked {
-        return Err(match duplicate.into_inner() {
-            Some(key) => bad_request(
-                "duplicate-key",
-                format!(
-                    "duplicate object key \"{}\"",
-                    truncate_chars(&key, MAX_ECHOED_CHARS)
-                ),
-            ),
-            None => malformed(err),
-        });
-    }
-    serde_json::from_slice(bytes).map_err(malformed)
-}
-
-/// Iterative scan, so a hostile document cannot exhaust the stack before the parser (which
-/// recurses) ever sees it. Structure errors are left to the parser.
-fn check_depth(bytes: &[u8]) -> Result<(), Problem> {
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &byte in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if byte == b'\\' {
-                escaped = true;
-            } else if byte == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > MAX_JSON_DEPTH {
-                    return Err(bad_request(
-                        "too-deep",
-                        format!("JSON nesting exceeds {MAX_JSON_DEPTH} levels"),
-                    ));
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// Walks a document, recording the first object key repeated within one object. Recursion
-/// here is bounded by [`check_depth`], which has already run.
-#[derive(Clone, Copy)]
-struct UniqueKeys<'a> {
-    duplicate: &'a RefCell<Option<String>>,
-}
-
-impl<'de> DeserializeSeed<'de> for UniqueKeys<'_> {
-    type Value = ();
-
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for UniqueKeys<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_none<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(self)?.is_some() {}
-        Ok(())
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut keys = std::collections::HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if keys.contains(&key) {
-                let message = format!("duplicate key {key}");
-                *self.duplicate.borrow_mut() = Some(key);
-                return Err(de::Error::custom(message));
-            }
-            map.next_value_seed(self)?;
-            keys.insert(key);
-        }
-        Ok(())
-    }
+    crate::json::parse_strict(bytes).map_err(|err| {
+        let slug = match &err {
+            StrictJsonError::InvalidUtf8 { .. } => "invalid-utf8",
+            StrictJsonError::TooDeep => "too-deep",
+            StrictJsonError::DuplicateKey { .. } => "duplicate-key",
+            StrictJsonError::LoneSurrogate | StrictJsonError::Malformed(_) => "malformed-json",
+        };
+        bad_request(slug, err.to_string())
+    })
 }
 
 // ---------------------------------------------------------------------------------------

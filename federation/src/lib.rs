@@ -25,6 +25,8 @@
 //! - [`db`]: opening the embedded sled databases (one bounded cache size for all).
 //! - [`nonce`]: single-use challenges (sled), the replay defence of presentations.
 //! - [`config`]: loading a service's TOML configuration (one error type, relative paths).
+//! - [`json`]: the one strict JSON reader (duplicate keys, UTF-8, surrogates, depth) for
+//!   request bodies and every signed byte string.
 //! - [`http`]: problem+json, strict JSON bodies, limits, TLS/loopback serving.
 //! - [`admin`]: admin bearer tokens (0600 file, compared by digest; no default).
 //! - [`time`]: clock helpers shared by issuing and verifying.
@@ -43,6 +45,7 @@ pub mod fhir_consent;
 pub mod fuzzing;
 pub mod http;
 pub mod jose;
+pub mod json;
 pub mod keys;
 pub mod log;
 pub mod nonce;
