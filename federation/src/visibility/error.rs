@@ -5,13 +5,18 @@ use axum::response::{IntoResponse, Response};
 
 use crate::http::Problem;
 use crate::log::LogError;
-use crate::verify::VerifyError;
+use crate::verify::{Check, VerifyError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VisibilityError {
     /// A malformed request (400).
     #[error("{detail}")]
     BadRequest { slug: &'static str, detail: String },
+    /// A signed batch refused before its signature is checked (400 `invalid-batch`),
+    /// naming the check as the verification pipeline would: `format` for bytes that are
+    /// not a compact JWS over strict JSON, `proof` for a hostile header.
+    #[error("{detail}")]
+    BadBatch { check: Check, detail: String },
     /// No or no valid session (401).
     #[error("{0}")]
     Unauthorized(String),
@@ -103,6 +108,10 @@ impl IntoResponse for VisibilityError {
     fn into_response(self) -> Response {
         let problem = match &self {
             VisibilityError::BadRequest { slug, detail } => crate::http::bad_request(slug, detail),
+            VisibilityError::BadBatch { check, detail } => {
+                crate::http::bad_request("invalid-batch", detail)
+                    .with("check", serde_json::json!(check))
+            }
             VisibilityError::Unauthorized(m) => crate::http::unauthorized(m),
             VisibilityError::Verification(v) => crate::http::unauthorized(v.to_string())
                 .with("check", serde_json::json!(v.check))

@@ -19,6 +19,7 @@ use crate::did::{did_of, DidError, Relationship};
 use crate::events::AccessEvent;
 use crate::http::StrictJson;
 use crate::jose::{self, JoseError};
+use crate::verify::Check;
 
 use super::{leaf_bytes, LogEntry, VisibilityError, VisibilityState};
 
@@ -150,7 +151,16 @@ pub async fn verify_batch(
         JoseError::TooLarge => VisibilityError::TooLarge(format!(
             "a batch JWS is at most {MAX_BATCH_JWS_BYTES} bytes; send smaller batches"
         )),
-        other => VisibilityError::bad_request("invalid-batch", other.to_string()),
+        // Header and payload were read with the strict JSON reader: a batch whose events
+        // another reader could see differently is refused here, before any is looked at.
+        other => VisibilityError::BadBatch {
+            check: if other.is_malformed() {
+                Check::Format
+            } else {
+                Check::Proof
+            },
+            detail: other.to_string(),
+        },
     })?;
     if decoded.typ.as_deref() != Some(BATCH_TYP) {
         return Err(VisibilityError::bad_request(
