@@ -364,6 +364,40 @@ fn status_error(e: StatusError) -> VerifyError {
     VerifyError::new(check, e.to_string())
 }
 
+/// The challenge a presentation claims to answer (JWT `nonce`, Data Integrity
+/// `proof.challenge`), read before the signature is checked so that a verifier can look it
+/// up among its own.
+///
+/// It is read only after the checks [`Verifier::verify_presentation`] makes first: the
+/// JWS is decoded with the header rules every credential gets and its `typ` checked, a
+/// Data Integrity presentation's type and proof entry are checked. A hostile header (`alg:
+/// none`, an embedded key, a path as `kid`) thus fails `proof`, a malformed presentation
+/// `format`, exactly as verification would name them; only a presentation that passes
+/// these and names no challenge fails `challenge`.
+pub fn claimed_challenge(presentation: &Value) -> Result<String, VerifyError> {
+    let none = || VerifyError::new(Check::Challenge, "the presentation answers no challenge");
+    match presentation {
+        Value::String(jwt) => {
+            let decoded = crate::jose::decode(jwt).map_err(jose_error)?;
+            check_vp_typ(decoded.typ.as_deref())?;
+            str_field(&decoded.payload, "nonce")
+                .map(str::to_string)
+                .ok_or_else(none)
+        }
+        Value::Object(_) => {
+            check_vp_type(presentation)?;
+            let proof = di_proof(presentation, "authentication")?;
+            str_field(proof, "challenge")
+                .map(str::to_string)
+                .ok_or_else(none)
+        }
+        _ => Err(VerifyError::new(
+            Check::Format,
+            "a presentation is a JWT string or a JSON object",
+        )),
+    }
+}
+
 /// A credential or presentation as it travels, from bytes (a file, a message): a compact
 /// JWS, or a JSON document (a Data Integrity object, or a JSON string holding a JWT) read
 /// with the strict JSON reader. Bytes that are neither fail `format`, before any value in

@@ -92,6 +92,8 @@ async fn a_presentation_signed_over_ambiguous_json_fails_format() {
             .unwrap_err();
         assert_eq!(err.check, Check::Format, "{case}: {err}");
         assert_eq!(err.credential, None);
+        // Reading the challenge refuses it the same way.
+        assert_eq!(credentials::claimed_challenge(&jws).unwrap_err(), err);
     }
 }
 
