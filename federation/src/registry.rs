@@ -1159,7 +1159,10 @@ async fn watch(
                 let message = err.to_string();
                 // Logged once per distinct refusal, not on every poll.
                 if last_error.as_deref() != Some(message.as_str()) {
-                    tracing::warn!(%source, error = %message, "federation manifest refused");
+                    // The check is named as for a refused credential (`format` for
+                    // bytes that are not strict JSON, `proof` for a bad signature).
+                    let check = err.check().map_or("none", Check::as_str);
+                    tracing::warn!(%source, check, error = %message, "federation manifest refused");
                     last_error = Some(message);
                 }
             }
