@@ -4,15 +4,24 @@
 //! gets a clean problem+json (or a closed connection where no request was ever made), the
 //! security headers are on every answer, CORS stays closed, and the service keeps serving.
 //! Credential-level attacks (alg none, key confusion, replay, ...) are in tests/gateway.rs
-//! and federation/tests/pipeline.rs.
+//! and federation/tests/pipeline.rs; here, against a whole federation, two that must be
+//! named right where auditors look (answer, access event, metric): a consent validly
+//! signed over JSON with a key twice, and presentations with forged JWS headers.
 
 mod support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use fedgate::harness::{free_port, spawn, Gateway, GatewaySpec, Office, Process, Visibility};
-use support::{exe, repo};
+use base64::Engine;
+use federation::credentials::{self, ProofFormat};
+use federation::keys::KeyPair;
+use fedgate::harness::{
+    contract, fixture_patient, free_port, spawn, Custodian, Federation, Gateway, GatewaySpec,
+    Office, Process, Requester, Visibility, MRN_SYSTEM,
+};
+use serde_json::{json, Value};
+use support::{exe, repo, AUDITOR_ORG, CUSTODIAN, REQUESTER_ORG};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -394,4 +403,195 @@ async fn a_full_connection_cap_still_serves_and_closes_idle_connections() {
     assert_eq!(answers.matches("connection: close").count(), 1, "{answers}");
 
     healthy(&addr).await;
+
+// ---------------------------------------------------------------------------------------
+// Signed-content attacks through a whole federation
+// ---------------------------------------------------------------------------------------
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// A federation whose custodian holds the fixture patient and lets the requester's
+/// organization read clinical records for treatment; and that patient's MRN.
+fn clinical_federation(dir: &Path) -> (Federation, String) {
+    let (file, mrn) = fixture_patient().unwrap();
+    let federation = support::federation(dir)
+        .gateway(
+            Custodian::new(CUSTODIAN)
+                .records(vec![file])
+                .config(&contract(
+                    CUSTODIAN,
+                    REQUESTER_ORG,
+                    &["clinical"],
+                    &["TREAT"],
+                )),
+        )
+        .start()
+        .unwrap();
+    (federation, mrn)
+}
+
+/// A compact JWS over exactly these bytes, validly signed by `key` (Ed25519).
+fn sign_raw(header: &[u8], payload: &[u8], key: &KeyPair) -> String {
+    use ed25519_dalek::Signer;
+    let input = format!("{}.{}", B64.encode(header), B64.encode(payload));
+    let signature = key.ed25519_signing_key().unwrap().sign(input.as_bytes());
+    format!("{input}.{}", B64.encode(signature.to_bytes()))
+}
+
+/// The header and payload bytes of a compact JWS.
+fn parts(jws: &Value) -> (Vec<u8>, Vec<u8>) {
+    let mut parts = jws.as_str().unwrap().split('.');
+    let header = B64.decode(parts.next().unwrap()).unwrap();
+    let payload = B64.decode(parts.next().unwrap()).unwrap();
+    (header, payload)
+}
+
+/// Re-signs a presentation's payload bytes as a whole new compact JWS.
+type Resign<'a> = &'a dyn Fn(&[u8]) -> String;
+
+/// Asks the gateway for the patient's records with `credentials` presented by `holder`,
+/// the presentation's JWS rebuilt over its payload by `resign` when given.
+async fn exchange(
+    gateway: &Gateway,
+    mrn: &str,
+    holder: &KeyPair,
+    credentials: &[Value],
+    resign: Option<Resign<'_>>,
+) -> (u16, Value) {
+    let binding = gateway.challenge().await.unwrap();
+    let mut vp = credentials::present(credentials, holder, &binding, ProofFormat::Jwt)
+        .await
+        .unwrap();
+    if let Some(resign) = resign {
+        let (_, payload) = parts(&vp);
+        vp = json!(resign(&payload));
+    }
+    let body = json!({
+        "purpose": "TREAT",
+        "patient": {"system": MRN_SYSTEM, "value": mrn},
+        "data_classes": ["Patient"],
+        "presentation": vp,
+    });
+    let (status, _, bytes) = gateway
+        .post_raw("/v1/exchange/clinical", &body, None)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// The patient's wallet wrote `"provision": "deny"` and then `"provision": "permit"`, and
+/// the patient signed it. A last-wins reader applies it as a permit and releases the
+/// records; the gateway refuses it before reading any of it, with the check `format`.
+#[tokio::test]
+async fn a_consent_signed_over_a_duplicated_key_is_refused_as_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fed, mrn) = clinical_federation(dir.path());
+    let gateway = fed.gateway(CUSTODIAN).unwrap();
+    let Requester {
+        key,
+        credentials,
+        patient,
+    } = gateway
+        .consented_physician(&fed.office, REQUESTER_ORG, &mrn)
+        .await
+        .unwrap();
+    let patient = patient.unwrap();
+    // As issued, the consent releases the records.
+    let (status, answer) = exchange(gateway, &mrn, &key, &credentials, None).await;
+    assert_eq!(status, 200, "{answer}");
+
+    let (header, payload) = parts(&credentials[1]);
+    let text = String::from_utf8(payload).unwrap();
+    assert!(text.contains(r#""provision":"permit""#), "{text}");
+    let ambiguous = text.replacen(
+        r#""provision":"permit""#,
+        r#""provision":"deny","provision":"permit""#,
+        1,
+    );
+    let forged = json!(sign_raw(&header, ambiguous.as_bytes(), &patient));
+    let (status, problem) =
+        exchange(gateway, &mrn, &key, &[credentials[0].clone(), forged], None).await;
+    assert_eq!(status, 403, "{problem}");
+    assert_eq!(problem["check"], "format", "{problem}");
+    let reasons = problem["reasons"].to_string();
+    assert!(reasons.contains("credential #1"), "{problem}");
+    assert!(reasons.contains("not strict JSON"), "{problem}");
+    assert_eq!(
+        gateway
+            .metric(r#"fedgate_verification_failures_total{check="format"}"#)
+            .await
+            .unwrap(),
+        1.0
+    );
+}
+
+/// Presentations whose own JWS header is hostile are forgeries, refused as `proof` in the
+/// answer, in the access event the visibility log holds and in the failure metric, never
+/// as `challenge` (a replay).
+#[tokio::test]
+async fn hostile_presentation_headers_are_named_proof_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fed, mrn) = clinical_federation(dir.path());
+    let gateway = fed.gateway(CUSTODIAN).unwrap();
+    let requester = gateway
+        .consented_physician(&fed.office, REQUESTER_ORG, &mrn)
+        .await
+        .unwrap();
+    let kid = requester.key.verification_method().to_string();
+    let jwk = serde_json::to_value(requester.key.public_jwk()).unwrap();
+    let headers = [
+        json!({"alg": "none", "kid": kid, "typ": "vp+jwt"}),
+        json!({"alg": "HS256", "kid": kid, "typ": "vp+jwt"}),
+        json!({"alg": "EdDSA", "kid": kid, "typ": "vp+jwt", "jwk": jwk}),
+        json!({"alg": "EdDSA", "kid": kid, "typ": "vp+jwt", "jku": "https://evil.example/jwks"}),
+        json!({"alg": "EdDSA", "kid": kid, "typ": "vp+jwt", "x5u": "https://evil.example/x509"}),
+        json!({"alg": "EdDSA", "kid": kid, "typ": "vp+jwt", "x5c": ["MIIBkTCB+wIJAK"]}),
+        json!({"alg": "EdDSA", "kid": "../../../../etc/passwd", "typ": "vp+jwt"}),
+    ];
+    let mut decisions = Vec::new();
+    for header in &headers {
+        let key = requester.key.clone();
+        let header_bytes = serde_json::to_vec(header).unwrap();
+        let resign = move |payload: &[u8]| sign_raw(&header_bytes, payload, &key);
+        let (status, problem) = exchange(
+            gateway,
+            &mrn,
+            &requester.key,
+            &requester.credentials,
+            Some(&resign),
+        )
+        .await;
+        assert_eq!(status, 403, "{header}: {problem}");
+        assert_eq!(problem["check"], "proof", "{header}: {problem}");
+        decisions.push(problem["decision_id"].as_str().unwrap().to_string());
+    }
+
+    let metric = |check: &str| format!(r#"fedgate_verification_failures_total{{check="{check}"}}"#);
+    assert_eq!(gateway.metric(&metric("proof")).await.unwrap(), 7.0);
+    assert_eq!(gateway.metric(&metric("challenge")).await.unwrap(), 0.0);
+
+    // The access events, as the visibility log holds them.
+    assert!(gateway.drained(Duration::from_secs(30)).await);
+    let token = fed
+        .visibility
+        .auditor_login(&fed.office, AUDITOR_ORG)
+        .await
+        .unwrap();
+    let events = fed.visibility.events_of(&token, CUSTODIAN).await.unwrap();
+    for id in &decisions {
+        let (_, event) = events
+            .iter()
+            .find(|(_, e)| &e.decision_id == id)
+            .unwrap_or_else(|| panic!("no logged event for decision {id}"));
+        assert_eq!(event.failed_check.as_deref(), Some("proof"), "{event:?}");
+    }
+    assert!(
+        events
+            .iter()
+            .all(|(_, e)| e.failed_check.as_deref() != Some("challenge")),
+        "a forgery was logged as a replay"
+    );
 }

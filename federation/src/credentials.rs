@@ -339,24 +339,9 @@ pub struct PresentationBinding {
     pub domain: String,
 }
 
-/// The challenge a presentation claims to answer (JWT `nonce`, Data Integrity
-/// `proof.challenge`), read before verification so a verifier can check it is one of its own.
-pub fn claimed_challenge(presentation: &Value) -> Option<String> {
-    match presentation {
-        Value::String(jwt) => crate::jose::decode(jwt)
-            .ok()?
-            .payload
-            .get("nonce")?
-            .as_str()
-            .map(str::to_string),
-        Value::Object(_) => presentation
-            .get("proof")?
-            .get("challenge")?
-            .as_str()
-            .map(str::to_string),
-        _ => None,
-    }
-}
+/// The challenge a presentation claims to answer, read with the checks verification makes
+/// first (see [`crate::verify::claimed_challenge`]).
+pub use crate::verify::claimed_challenge;
 
 /// Signs a presentation of `credentials` (each as it travels: object or JWT string) by
 /// `holder`, bound to the verifier's challenge and DID.

@@ -40,6 +40,13 @@ pub enum DidError {
     Fetch { did: String, reason: String },
     #[error("DID document of {did:?} is invalid: {reason}")]
     InvalidDocument { did: String, reason: String },
+    /// The fetched document is not strict JSON ([`crate::json`]): its keys could be read
+    /// differently by another resolver. Named without quoting the document.
+    #[error("DID document of {did:?} is not strict JSON: {}", .source.summary())]
+    NotStrictJson {
+        did: String,
+        source: crate::json::StrictJsonError,
+    },
     #[error("verification method {0:?} is not in its DID document")]
     UnknownVerificationMethod(String),
     #[error("verification method {vm:?} is not authorized for {relationship}")]
@@ -224,9 +231,9 @@ impl DidResolver {
             }
             body.extend_from_slice(&chunk);
         }
-        let doc: Value = serde_json::from_slice(&body).map_err(|e| DidError::InvalidDocument {
+        let doc = crate::json::parse_strict(&body).map_err(|source| DidError::NotStrictJson {
             did: did.to_string(),
-            reason: e.to_string(),
+            source,
         })?;
         if doc.get("id").and_then(Value::as_str) != Some(did) {
             return Err(DidError::InvalidDocument {

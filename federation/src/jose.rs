@@ -4,11 +4,17 @@
 //! accepted: `alg` must be EdDSA or ES256 (never `none`, never an HMAC), the key is named by
 //! `kid` only (a DID URL), and headers that would let the token carry or point at its own key
 //! (`jwk`, `jku`, `x5u`, `x5c`) or change how it is processed (`crit`, `b64`) are refused.
+//! Header and payload are read with the strict JSON reader ([`crate::json`]): a signed
+//! document with a key twice, a lone surrogate or invalid UTF-8 means different things to
+//! different readers, and is refused before anything in it is read.
+
+use std::fmt;
 
 use base64::Engine;
 use serde_json::Value;
 use ssi::jwk::{Algorithm, JWK};
 
+use crate::json::StrictJsonError;
 use crate::keys::KeyPair;
 
 /// Largest compact JWS accepted (credentials are small; status lists are ~22 KB encoded).
@@ -23,6 +29,13 @@ pub enum JoseError {
     TooLarge,
     #[error("JWS header is not valid: {0}")]
     BadHeader(String),
+    /// The protected header or the payload is not strict JSON (see [`crate::json`]). The
+    /// message names what is wrong without quoting the input.
+    #[error("JWS {part} is not strict JSON: {}", .source.summary())]
+    Json {
+        part: JwsPart,
+        source: StrictJsonError,
+    },
     #[error("JWS alg {0:?} is not accepted (EdDSA or ES256 only)")]
     AlgorithmNotAccepted(String),
     #[error("JWS header {0:?} is not accepted")]
@@ -37,6 +50,38 @@ pub enum JoseError {
     Sign(String),
 }
 
+impl JoseError {
+    /// Whether the token is malformed (not a compact JWS, or its header or payload is not
+    /// a strict JSON object), as opposed to well-formed but refused (a hostile header, a
+    /// bad signature).
+    pub fn is_malformed(&self) -> bool {
+        matches!(
+            self,
+            JoseError::NotCompact
+                | JoseError::TooLarge
+                | JoseError::BadHeader(_)
+                | JoseError::Json { .. }
+                | JoseError::BadPayload(_)
+        )
+    }
+}
+
+/// The two JSON parts of a JWS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwsPart {
+    Header,
+    Payload,
+}
+
+impl fmt::Display for JwsPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            JwsPart::Header => "protected header",
+            JwsPart::Payload => "payload",
+        })
+    }
+}
+
 /// A compact JWS split and decoded, not yet verified.
 #[derive(Debug, Clone)]
 pub struct DecodedJws {
@@ -48,41 +93,44 @@ pub struct DecodedJws {
     signature: Vec<u8>,
 }
 
+/// A protected header that passed [`read_protected_header`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtectedHeader {
+    pub alg: Algorithm,
+    /// A DID URL (`did:...#...`).
+    pub kid: String,
+    pub typ: Option<String>,
+}
+
 fn b64(s: &str) -> Result<Vec<u8>, JoseError> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(s)
         .map_err(|_| JoseError::NotCompact)
 }
 
-/// Splits and decodes a compact JWS, enforcing the header rules above and the
-/// [`MAX_JWS_BYTES`] size limit.
-pub fn decode(jws: &str) -> Result<DecodedJws, JoseError> {
-    decode_with_limit(jws, MAX_JWS_BYTES)
-}
+/// Header names every caller accepts; `alg` and `kid` are also required.
+const REQUIRED_HEADERS: [&str; 2] = ["alg", "kid"];
 
-/// As [`decode`], for callers whose tokens are legitimately larger (or must be smaller)
-/// than [`MAX_JWS_BYTES`]: a token longer than `max_bytes` is refused with
-/// [`JoseError::TooLarge`] before anything is decoded.
-pub fn decode_with_limit(jws: &str, max_bytes: usize) -> Result<DecodedJws, JoseError> {
-    if jws.len() > max_bytes {
-        return Err(JoseError::TooLarge);
-    }
-    let mut parts = jws.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(JoseError::NotCompact);
-    };
-    let header: Value =
-        serde_json::from_slice(&b64(h)?).map_err(|e| JoseError::BadHeader(e.to_string()))?;
+/// Reads a base64url protected header with the rules of this module: strict JSON, an
+/// object, only `alg`, `kid` and the names in `optional` (so never `jwk`, `jku`, `x5u`,
+/// `x5c`, `crit` or `b64`), `alg` EdDSA or ES256, `kid` a DID URL. The one header check of
+/// fedgate: credentials, presentations, status lists and batches through [`decode`], and
+/// the federation manifest's signatures (with no optional names) directly.
+pub fn read_protected_header(
+    encoded: &str,
+    optional: &[&str],
+) -> Result<ProtectedHeader, JoseError> {
+    let header = crate::json::parse_strict(&b64(encoded)?).map_err(|source| JoseError::Json {
+        part: JwsPart::Header,
+        source,
+    })?;
     let header = header
         .as_object()
         .ok_or_else(|| JoseError::BadHeader("not an object".into()))?;
-    for (name, _) in header {
-        match name.as_str() {
-            "alg" | "kid" | "typ" | "cty" => {}
-            other => return Err(JoseError::ForbiddenHeader(other.to_string())),
-        }
+    if let Some(other) = header.keys().find(|name| {
+        !REQUIRED_HEADERS.contains(&name.as_str()) && !optional.contains(&name.as_str())
+    }) {
+        return Err(JoseError::ForbiddenHeader(other.to_string()));
     }
     let alg_name = header.get("alg").and_then(Value::as_str).unwrap_or("");
     let alg = match alg_name {
@@ -100,8 +148,36 @@ pub fn decode_with_limit(jws: &str, max_bytes: usize) -> Result<DecodedJws, Jose
         .get("typ")
         .and_then(Value::as_str)
         .map(str::to_string);
-    let payload: Value =
-        serde_json::from_slice(&b64(p)?).map_err(|e| JoseError::BadPayload(e.to_string()))?;
+    Ok(ProtectedHeader { alg, kid, typ })
+}
+
+/// Splits and decodes a compact JWS, enforcing the header rules above and the
+/// [`MAX_JWS_BYTES`] size limit.
+pub fn decode(jws: &str) -> Result<DecodedJws, JoseError> {
+    decode_with_limit(jws, MAX_JWS_BYTES)
+}
+
+/// As [`decode`], for callers whose tokens are legitimately larger (or must be smaller)
+/// than [`MAX_JWS_BYTES`]: a token longer than `max_bytes` is refused with
+/// [`JoseError::TooLarge`] before anything is decoded.
+///
+/// Header and payload are both read with [`crate::json::parse_strict`] before any value
+/// in them is looked at.
+pub fn decode_with_limit(jws: &str, max_bytes: usize) -> Result<DecodedJws, JoseError> {
+    if jws.len() > max_bytes {
+        return Err(JoseError::TooLarge);
+    }
+    let mut parts = jws.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JoseError::NotCompact);
+    };
+    let ProtectedHeader { alg, kid, typ } = read_protected_header(h, &["typ", "cty"])?;
+    let payload = crate::json::parse_strict(&b64(p)?).map_err(|source| JoseError::Json {
+        part: JwsPart::Payload,
+        source,
+    })?;
     if !payload.is_object() {
         return Err(JoseError::BadPayload("not an object".into()));
     }
@@ -228,6 +304,77 @@ mod tests {
         );
         assert_eq!(decode("a.b").unwrap_err(), JoseError::NotCompact);
         assert_eq!(decode("a.b.c.d").unwrap_err(), JoseError::NotCompact);
+    }
+
+    /// A token whose key signed exactly these header and payload bytes.
+    fn signed_raw(header: &[u8], payload: &[u8], key: &KeyPair) -> String {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let input = format!("{}.{}", b64(header), b64(payload));
+        let sig = ssi::claims::jws::sign_bytes(
+            key.algorithm().jws_algorithm(),
+            input.as_bytes(),
+            key.jwk(),
+        )
+        .unwrap();
+        format!("{input}.{}", b64(&sig))
+    }
+
+    #[test]
+    fn header_and_payload_are_read_strictly() {
+        let key = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+        let kid = key.verification_method();
+        let header = format!(r#"{{"alg":"EdDSA","kid":"{kid}","typ":"vc+jwt"}}"#);
+        let ok = signed_raw(header.as_bytes(), br#"{"role":"nurse"}"#, &key);
+        decode(&ok).unwrap().verify(&key.public_jwk()).unwrap();
+
+        let payload_error =
+            |payload: &[u8]| match decode(&signed_raw(header.as_bytes(), payload, &key))
+                .unwrap_err()
+            {
+                JoseError::Json {
+                    part: JwsPart::Payload,
+                    source,
+                } => source,
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(
+            payload_error(br#"{"role":"nurse","role":"physician"}"#),
+            StrictJsonError::DuplicateKey { key: "role".into() }
+        );
+        assert!(matches!(
+            payload_error(b"{\"role\":\"nurse\xff\"}"),
+            StrictJsonError::InvalidUtf8 { .. }
+        ));
+        assert_eq!(
+            payload_error(br#"{"role":"\ud800"}"#),
+            StrictJsonError::LoneSurrogate
+        );
+        let deep = format!(r#"{{"a":{}1{}}}"#, "[".repeat(70), "]".repeat(70));
+        assert_eq!(payload_error(deep.as_bytes()), StrictJsonError::TooDeep);
+
+        // The header: `alg` twice reads as "none" to a first-wins reader.
+        let twice = format!(r#"{{"alg":"none","alg":"EdDSA","kid":"{kid}"}}"#);
+        let err = decode(&signed_raw(twice.as_bytes(), b"{}", &key)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                JoseError::Json {
+                    part: JwsPart::Header,
+                    source: StrictJsonError::DuplicateKey { .. }
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.is_malformed());
+        // The message names the problem without quoting the document.
+        assert_eq!(
+            err.to_string(),
+            "JWS protected header is not strict JSON: an object key appears twice"
+        );
+        // Hostile but well-formed headers are not "malformed": they fail as forgeries.
+        assert!(!JoseError::AlgorithmNotAccepted("none".into()).is_malformed());
+        assert!(!JoseError::ForbiddenHeader("jwk".into()).is_malformed());
+        assert!(!JoseError::MissingKid.is_malformed());
     }
 
     #[test]

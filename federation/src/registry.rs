@@ -27,8 +27,10 @@ use ssi::jwk::{Algorithm, JWK};
 
 use crate::credentials::{CredentialKind, Domain};
 use crate::did::DidResolver;
+use crate::jose::{self, JoseError};
 use crate::keys::{KeyAlgorithm, KeyPair};
 use crate::trust::TrustSource;
+use crate::verify::Check;
 
 /// Largest signed manifest read from a file or fetched from a URL.
 pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
@@ -44,6 +46,13 @@ pub enum RegistryError {
     Malformed(String),
     #[error("not a signed federation manifest: {0}")]
     MalformedJws(String),
+    /// Bytes of the signed manifest (its file, its payload, a protected header) that are
+    /// not strict JSON ([`crate::json`]): refused before anything in them is read.
+    #[error("{part} is not strict JSON: {source}")]
+    NotStrictJson {
+        part: ManifestPart,
+        source: crate::json::StrictJsonError,
+    },
     #[error("signature #{index}: protected header refused: {reason}")]
     BadHeader { index: usize, reason: String },
     #[error("manifest is signed by {0}, which is not a governance key; refusing it")]
@@ -80,6 +89,47 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> RegistryError
     RegistryError::Invalid {
         field: field.into(),
         reason: reason.into(),
+    }
+}
+
+/// Which bytes of a signed manifest a [`RegistryError::NotStrictJson`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestPart {
+    /// The JWS JSON serialization as stored or fetched.
+    SignedFile,
+    /// The manifest itself (the signed payload).
+    Manifest,
+    /// The protected header of signature #n.
+    Header(usize),
+}
+
+impl fmt::Display for ManifestPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ManifestPart::SignedFile => f.write_str("the signed manifest"),
+            ManifestPart::Manifest => f.write_str("the manifest"),
+            ManifestPart::Header(i) => write!(f, "the protected header of signature #{i}"),
+        }
+    }
+}
+
+impl RegistryError {
+    /// The check of the verification pipeline ([`crate::verify`]) a refused manifest
+    /// failed, named as a refused credential's would be; `None` for what is no
+    /// verification failure (I/O, rollback, journal).
+    pub fn check(&self) -> Option<Check> {
+        match self {
+            RegistryError::Malformed(_)
+            | RegistryError::MalformedJws(_)
+            | RegistryError::NotStrictJson { .. }
+            | RegistryError::TooLarge => Some(Check::Format),
+            RegistryError::BadHeader { .. }
+            | RegistryError::UnknownSigner(_)
+            | RegistryError::BadSignature { .. }
+            | RegistryError::BelowThreshold { .. } => Some(Check::Proof),
+            RegistryError::Invalid { .. } => Some(Check::Schema),
+            _ => None,
+        }
     }
 }
 
@@ -316,8 +366,11 @@ impl Manifest {
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(RegistryError::TooLarge);
         }
-        let value = crate::json::parse_strict(bytes)
-            .map_err(|e| RegistryError::Malformed(e.to_string()))?;
+        let value =
+            crate::json::parse_strict(bytes).map_err(|source| RegistryError::NotStrictJson {
+                part: ManifestPart::Manifest,
+                source,
+            })?;
         serde_json::from_value(value).map_err(|e| RegistryError::Malformed(e.to_string()))
     }
 
@@ -548,35 +601,25 @@ pub struct VerifiedManifest {
     pub signers: Vec<String>,
 }
 
-/// Reads a protected header: `alg` (EdDSA or ES256) and `kid` (a did:key method), nothing
-/// else. Headers that would let a signature bring its own key (`jwk`, `jku`, `x5u`, `x5c`)
-/// or change processing (`crit`, `b64`) are refused along with anything unexpected.
+/// Reads a protected header with the header check of every JWS ([`jose::read_protected_header`]):
+/// strict JSON, `alg` EdDSA or ES256, `kid` a DID URL, and here nothing else, not even
+/// `typ`. Headers that would let a signature bring its own key (`jwk`, `jku`, `x5u`, `x5c`)
+/// or change processing (`crit`, `b64`) are refused along with anything unexpected. A
+/// governance key is moreover a did:key.
 fn read_protected(index: usize, protected: &str) -> Result<(Algorithm, String), RegistryError> {
     let bad = |reason: String| RegistryError::BadHeader { index, reason };
-    let bytes = unb64(protected).ok_or_else(|| bad("not base64url".into()))?;
-    let header = crate::json::parse_strict(&bytes).map_err(|e| bad(e.to_string()))?;
-    let header = header
-        .as_object()
-        .ok_or_else(|| bad("not a JSON object".into()))?;
-    if let Some(name) = header.keys().find(|k| !matches!(k.as_str(), "alg" | "kid")) {
-        return Err(bad(format!("header {name:?} is not accepted")));
+    let header = jose::read_protected_header(protected, &[]).map_err(|e| match e {
+        JoseError::Json { source, .. } => RegistryError::NotStrictJson {
+            part: ManifestPart::Header(index),
+            source,
+        },
+        JoseError::NotCompact => bad("not base64url".into()),
+        other => bad(other.to_string()),
+    })?;
+    if !header.kid.starts_with("did:key:") {
+        return Err(bad("no kid naming a did:key verification method".into()));
     }
-    let alg = match header.get("alg").and_then(Value::as_str) {
-        Some("EdDSA") => Algorithm::EdDSA,
-        Some("ES256") => Algorithm::ES256,
-        other => {
-            return Err(bad(format!(
-                "alg {:?} is not accepted (EdDSA or ES256 only)",
-                other.unwrap_or("")
-            )))
-        }
-    };
-    let kid = header
-        .get("kid")
-        .and_then(Value::as_str)
-        .filter(|k| k.starts_with("did:key:") && k.contains('#'))
-        .ok_or_else(|| bad("no kid naming a did:key verification method".into()))?;
-    Ok((alg, kid.to_string()))
+    Ok((header.alg, header.kid))
 }
 
 fn jws_alg_name(alg: KeyAlgorithm) -> &'static str {
@@ -728,8 +771,11 @@ impl SignedManifest {
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(RegistryError::TooLarge);
         }
-        let value = crate::json::parse_strict(bytes)
-            .map_err(|e| RegistryError::MalformedJws(e.to_string()))?;
+        let value =
+            crate::json::parse_strict(bytes).map_err(|source| RegistryError::NotStrictJson {
+                part: ManifestPart::SignedFile,
+                source,
+            })?;
         serde_json::from_value(value).map_err(|e| RegistryError::MalformedJws(e.to_string()))
     }
 
@@ -887,9 +933,8 @@ impl Registry {
         for entry in journal.iter().values() {
             let verdict = entry
                 .map_err(|e| e.to_string())
-                .and_then(|bytes| {
-                    serde_json::from_slice::<SignedManifest>(&bytes).map_err(|e| e.to_string())
-                })
+                // Read as a fetched manifest is: strict JSON, size-limited.
+                .and_then(|bytes| SignedManifest::from_json(&bytes).map_err(|e| e.to_string()))
                 .and_then(|signed| registry.install(&signed).map_err(|e| e.to_string()));
             match verdict {
                 Ok(_) => replayed += 1,
@@ -1114,7 +1159,10 @@ async fn watch(
                 let message = err.to_string();
                 // Logged once per distinct refusal, not on every poll.
                 if last_error.as_deref() != Some(message.as_str()) {
-                    tracing::warn!(%source, error = %message, "federation manifest refused");
+                    // The check is named as for a refused credential (`format` for
+                    // bytes that are not strict JSON, `proof` for a bad signature).
+                    let check = err.check().map_or("none", Check::as_str);
+                    tracing::warn!(%source, check, error = %message, "federation manifest refused");
                     last_error = Some(message);
                 }
             }
@@ -1402,6 +1450,126 @@ mod tests {
             SignedManifest::from_json(&serde_json::to_vec(&raw).unwrap()).unwrap_err(),
             RegistryError::MalformedJws(_)
         ));
+    }
+
+    /// A manifest whose governance key signed exactly these bytes.
+    fn signed_over(header: &[u8], payload: &[u8], key: &KeyPair) -> SignedManifest {
+        let protected = b64(header);
+        let payload = b64(payload);
+        let input = format!("{protected}.{payload}");
+        let signature = ssi::claims::jws::sign_bytes(
+            key.algorithm().jws_algorithm(),
+            input.as_bytes(),
+            key.jwk(),
+        )
+        .unwrap();
+        SignedManifest {
+            payload,
+            signatures: vec![JwsSignature {
+                protected,
+                signature: b64(&signature),
+            }],
+        }
+    }
+
+    /// `doc` with `key` twice (`first` first), invalid UTF-8, a lone surrogate, or
+    /// nesting beyond the limit.
+    fn ambiguous(doc: &[u8], key: &str, first: &str) -> Vec<(&'static str, Vec<u8>)> {
+        let text = std::str::from_utf8(doc).unwrap();
+        let needle = format!("\"{key}\":");
+        let at = text.find(&needle).unwrap();
+        let member = |value: &[u8]| [b"{\"note\":", value, b",", &doc[1..]].concat();
+        let deep = format!("{}{}", "[".repeat(80), "]".repeat(80));
+        vec![
+            (
+                "duplicate key",
+                format!("{}{needle}{first},{}", &text[..at], &text[at..]).into_bytes(),
+            ),
+            ("invalid UTF-8", member(b"\"\xff\"")),
+            ("lone surrogate", member(br#""\udfff""#)),
+            ("too deep", member(deep.as_bytes())),
+        ]
+    }
+
+    #[test]
+    fn manifests_signed_over_ambiguous_json_are_refused_as_format() {
+        let k = keys(1);
+        let gov = governance(1, &k);
+        let payload = manifest(1, gov.clone()).canonical_bytes().unwrap();
+        let kid = k[0].verification_method();
+        let header = format!(r#"{{"alg":"EdDSA","kid":"{kid}"}}"#);
+        // The same bytes, signed the same way, verify: what fails below is the JSON.
+        signed_over(header.as_bytes(), &payload, &k[0])
+            .verify(&gov)
+            .unwrap();
+
+        // "No contracts" first, the contracts second: a last-wins reader sees contracts.
+        for (case, hostile) in ambiguous(&payload, "contracts", "[]") {
+            let err = signed_over(header.as_bytes(), &hostile, &k[0])
+                .verify(&gov)
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    RegistryError::NotStrictJson {
+                        part: ManifestPart::Manifest,
+                        ..
+                    }
+                ),
+                "{case}: {err}"
+            );
+            assert_eq!(err.check(), Some(Check::Format), "{case}");
+        }
+        // The protected header, read with the same check as every JWS header.
+        for (case, hostile) in ambiguous(header.as_bytes(), "alg", "\"none\"") {
+            let err = signed_over(&hostile, &payload, &k[0])
+                .verify(&gov)
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    RegistryError::NotStrictJson {
+                        part: ManifestPart::Header(0),
+                        ..
+                    }
+                ),
+                "{case}: {err}"
+            );
+            assert_eq!(err.check(), Some(Check::Format), "{case}");
+        }
+        // The signed file as stored or fetched.
+        let file = signed_over(header.as_bytes(), &payload, &k[0])
+            .to_json_pretty()
+            .unwrap();
+        let file = String::from_utf8(file).unwrap().replacen(
+            "\"payload\":",
+            "\"payload\": \"e30\",\n  \"payload\":",
+            1,
+        );
+        let err = SignedManifest::from_json(file.as_bytes()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RegistryError::NotStrictJson {
+                    part: ManifestPart::SignedFile,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // A hostile header that is well-formed is a proof failure, as for credentials.
+        let err = signed_over(
+            format!(r#"{{"alg":"EdDSA","kid":"{kid}","jwk":{{}}}}"#).as_bytes(),
+            &payload,
+            &k[0],
+        )
+        .verify(&gov)
+        .unwrap_err();
+        assert!(
+            matches!(err, RegistryError::BadHeader { index: 0, .. }),
+            "{err}"
+        );
+        assert_eq!(err.check(), Some(Check::Proof));
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub enum StatusError {
     Unavailable(String),
     #[error("status list invalid: {0}")]
     Invalid(String),
+    /// The list credential's header or payload is not strict JSON ([`crate::json`]).
+    #[error("status list credential is not strict JSON: {}", .0.summary())]
+    NotStrictJson(crate::json::StrictJsonError),
 }
 
 impl Default for Bitstring {
@@ -302,7 +305,10 @@ impl StatusCache {
 
     async fn verify_list(&self, jws: &str, url: &str) -> Result<CachedList, StatusError> {
         let invalid = |e: String| StatusError::Invalid(e);
-        let decoded = crate::jose::decode(jws).map_err(|e| invalid(e.to_string()))?;
+        let decoded = crate::jose::decode(jws).map_err(|e| match e {
+            crate::jose::JoseError::Json { source, .. } => StatusError::NotStrictJson(source),
+            other => invalid(other.to_string()),
+        })?;
         let list = &decoded.payload;
         let issuer = list
             .get("issuer")

@@ -5,7 +5,7 @@
 //!
 //! | check            | credential                                              | presentation                      |
 //! |------------------|---------------------------------------------------------|-----------------------------------|
-//! | `format`         | a JWT, an enveloped JWT or a Data Integrity document     | same                              |
+//! | `format`         | a JWT, an enveloped JWT or a Data Integrity document; strict JSON (also its status list, its signer's did:web document) | same |
 //! | `proof`          | accepted alg/suite; key is the issuer's, listed under `assertionMethod`; signature | key is the holder's, under `authentication`; signature |
 //! | `validity`       | validFrom / validUntil with clock skew                   | JWT `exp`/`iat`, proof `expires`  |
 //! | `challenge`      |                                                          | nonce / proof.challenge           |
@@ -330,11 +330,109 @@ impl Default for ProofCache {
     }
 }
 
+/// A malformed token (not a compact JWS; header or payload not a strict JSON object) fails
+/// `format`; a well-formed one with a hostile header or a bad signature fails `proof`.
 fn jose_check(e: &crate::jose::JoseError) -> Check {
-    use crate::jose::JoseError::*;
-    match e {
-        NotCompact | TooLarge | BadPayload(_) => Check::Format,
+    if e.is_malformed() {
+        Check::Format
+    } else {
+        Check::Proof
+    }
+}
+
+fn jose_error(e: crate::jose::JoseError) -> VerifyError {
+    VerifyError::new(jose_check(&e), e.to_string())
+}
+
+/// The signer's key could not be established: `proof`, unless its DID document is not
+/// strict JSON, which is refused as every signed document is, with `format`.
+fn did_error(e: crate::did::DidError) -> VerifyError {
+    let check = match e {
+        crate::did::DidError::NotStrictJson { .. } => Check::Format,
         _ => Check::Proof,
+    };
+    VerifyError::new(check, e.to_string())
+}
+
+/// The status could not be established: `status`, unless the list credential is not
+/// strict JSON, which is refused as every signed document is, with `format`.
+fn status_error(e: StatusError) -> VerifyError {
+    let check = match e {
+        StatusError::NotStrictJson(_) => Check::Format,
+        _ => Check::Status,
+    };
+    VerifyError::new(check, e.to_string())
+}
+
+/// The challenge a presentation claims to answer (JWT `nonce`, Data Integrity
+/// `proof.challenge`), read before the signature is checked so that a verifier can look it
+/// up among its own.
+///
+/// It is read only after the checks [`Verifier::verify_presentation`] makes first: the
+/// JWS is decoded with the header rules every credential gets and its `typ` checked, a
+/// Data Integrity presentation's type and proof entry are checked. A hostile header (`alg:
+/// none`, an embedded key, a path as `kid`) thus fails `proof`, a malformed presentation
+/// `format`, exactly as verification would name them; only a presentation that passes
+/// these and names no challenge fails `challenge`.
+pub fn claimed_challenge(presentation: &Value) -> Result<String, VerifyError> {
+    let none = || VerifyError::new(Check::Challenge, "the presentation answers no challenge");
+    match presentation {
+        Value::String(jwt) => {
+            let decoded = crate::jose::decode(jwt).map_err(jose_error)?;
+            check_vp_typ(decoded.typ.as_deref())?;
+            str_field(&decoded.payload, "nonce")
+                .map(str::to_string)
+                .ok_or_else(none)
+        }
+        Value::Object(_) => {
+            check_vp_type(presentation)?;
+            let proof = di_proof(presentation, "authentication")?;
+            str_field(proof, "challenge")
+                .map(str::to_string)
+                .ok_or_else(none)
+        }
+        _ => Err(VerifyError::new(
+            Check::Format,
+            "a presentation is a JWT string or a JSON object",
+        )),
+    }
+}
+
+/// A credential or presentation as it travels, from bytes (a file, a message): a compact
+/// JWS, or a JSON document (a Data Integrity object, or a JSON string holding a JWT) read
+/// with the strict JSON reader. Bytes that are neither fail `format`, before any value in
+/// them is read; what is returned goes to [`Verifier::verify_credential`] or
+/// [`Verifier::verify_presentation`].
+pub fn read_secured(bytes: &[u8]) -> Result<Value, VerifyError> {
+    let format = |detail: String| VerifyError::new(Check::Format, detail);
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| format("a credential is UTF-8 text".into()))?
+        .trim();
+    if text.starts_with('{') || text.starts_with('"') {
+        crate::json::parse_strict(text.as_bytes())
+            .map_err(|e| format(format!("not strict JSON: {}", e.summary())))
+    } else {
+        // A compact JWS, read strictly when it is verified.
+        Ok(Value::String(text.to_string()))
+    }
+}
+
+fn check_vp_typ(typ: Option<&str>) -> Result<(), VerifyError> {
+    if matches!(typ, Some("vp+jwt" | "vp-ld+jwt")) {
+        Ok(())
+    } else {
+        Err(VerifyError::new(Check::Format, "typ must be vp+jwt"))
+    }
+}
+
+fn check_vp_type(vp: &Value) -> Result<(), VerifyError> {
+    if has_type(vp, "VerifiablePresentation") {
+        Ok(())
+    } else {
+        Err(VerifyError::new(
+            Check::Format,
+            "not a VerifiablePresentation",
+        ))
     }
 }
 
@@ -707,7 +805,7 @@ impl Verifier {
                 self.status
                     .check(entry, &issuer)
                     .await
-                    .map_err(|e| VerifyError::new(Check::Status, e.to_string()))?;
+                    .map_err(status_error)?;
                 checks.push(Check::Status);
             }
             None if kind == CredentialKind::ClinicianPrivilege => {
@@ -743,8 +841,7 @@ impl Verifier {
         &self,
         jwt: &str,
     ) -> Result<(Value, String, Arc<Value>), VerifyError> {
-        let decoded = crate::jose::decode(jwt)
-            .map_err(|e| VerifyError::new(jose_check(&e), e.to_string()))?;
+        let decoded = crate::jose::decode(jwt).map_err(jose_error)?;
         if let Some(typ) = decoded.typ.as_deref() {
             if !matches!(typ, "vc+jwt" | "vc-ld+jwt") {
                 return Err(VerifyError::new(
@@ -765,7 +862,7 @@ impl Verifier {
             .resolver
             .public_key(&decoded.kid, Relationship::AssertionMethod)
             .await
-            .map_err(|e| VerifyError::new(Check::Proof, e.to_string()))?;
+            .map_err(did_error)?;
         self.proofs.proof_checks.fetch_add(1, Ordering::Relaxed);
         self.verify_jws(jwt, &decoded, &key)?;
         Ok((decoded.payload, decoded.kid, did_doc))
@@ -790,7 +887,7 @@ impl Verifier {
             .resolver
             .public_key(vm, Relationship::AssertionMethod)
             .await
-            .map_err(|e| VerifyError::new(Check::Proof, e.to_string()))?;
+            .map_err(did_error)?;
         self.proofs.proof_checks.fetch_add(1, Ordering::Relaxed);
         verify_di(doc, did_doc.clone(), false).await?;
         let mut credential = doc.clone();
@@ -901,18 +998,10 @@ impl Verifier {
         jwt: &str,
         binding: &PresentationBinding,
     ) -> Result<Value, VerifyError> {
-        let decoded = crate::jose::decode(jwt)
-            .map_err(|e| VerifyError::new(jose_check(&e), e.to_string()))?;
-        if !matches!(decoded.typ.as_deref(), Some("vp+jwt" | "vp-ld+jwt")) {
-            return Err(VerifyError::new(Check::Format, "typ must be vp+jwt"));
-        }
+        let decoded = crate::jose::decode(jwt).map_err(jose_error)?;
+        check_vp_typ(decoded.typ.as_deref())?;
         let vp = &decoded.payload;
-        if !has_type(vp, "VerifiablePresentation") {
-            return Err(VerifyError::new(
-                Check::Format,
-                "not a VerifiablePresentation",
-            ));
-        }
+        check_vp_type(vp)?;
         let holder = str_field(vp, "holder")
             .ok_or_else(|| VerifyError::new(Check::Format, "holder must be a DID string"))?;
         if did_of(&decoded.kid) != holder {
@@ -925,7 +1014,7 @@ impl Verifier {
             .resolver
             .public_key(&decoded.kid, Relationship::Authentication)
             .await
-            .map_err(|e| VerifyError::new(Check::Proof, e.to_string()))?;
+            .map_err(did_error)?;
         self.verify_jws(jwt, &decoded, &key)?;
         let now = Utc::now().timestamp();
         let skew = self.skew.num_seconds();
@@ -969,12 +1058,7 @@ impl Verifier {
         vp: &Value,
         binding: &PresentationBinding,
     ) -> Result<Value, VerifyError> {
-        if !has_type(vp, "VerifiablePresentation") {
-            return Err(VerifyError::new(
-                Check::Format,
-                "not a VerifiablePresentation",
-            ));
-        }
+        check_vp_type(vp)?;
         let proof = di_proof(vp, "authentication")?;
         let holder = str_field(vp, "holder")
             .ok_or_else(|| VerifyError::new(Check::Format, "holder must be a DID string"))?;
@@ -989,7 +1073,7 @@ impl Verifier {
             .resolver
             .public_key(vm, Relationship::Authentication)
             .await
-            .map_err(|e| VerifyError::new(Check::Proof, e.to_string()))?;
+            .map_err(did_error)?;
         verify_di(vp, did_doc, true).await?;
         if let Some(expires) = str_field(proof, "expires") {
             let t = crate::time::parse(expires).ok_or_else(|| {
@@ -1094,7 +1178,7 @@ fn check_holder_binding(
 
 impl From<StatusError> for VerifyError {
     fn from(e: StatusError) -> Self {
-        VerifyError::new(Check::Status, e.to_string())
+        status_error(e)
     }
 }
 

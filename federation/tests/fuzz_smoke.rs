@@ -343,8 +343,8 @@ async fn write_corpus() {
     let vp_research = present(&[study_jwt.clone(), study_consent], &sponsor, jwt).await;
     let vp_clinician = present(&[privilege_jwt.clone(), clinician_consent], &clinician, jwt).await;
     assert_eq!(
-        credentials::claimed_challenge(&vp_patient_di).as_deref(),
-        Some(CHALLENGE)
+        credentials::claimed_challenge(&vp_patient_di).unwrap(),
+        CHALLENGE
     );
     write_json("presentation", "ok-patient-vp-jwt", &vp_patient_jwt);
     write_json("presentation", "ok-patient-data-integrity", &vp_patient_di);

@@ -1,9 +1,12 @@
 //! The verification pipeline, through the library, against real status-list servers.
 
+mod forge;
+
 use chrono::Utc;
 use federation::credentials::{self, CredentialKind, PresentationBinding, ProofFormat};
 use federation::keys::{KeyAlgorithm, KeyPair};
 use federation::Check;
+use forge::*;
 use serde_json::{json, Value};
 use test_support::*;
 
@@ -362,4 +365,76 @@ async fn garbage_is_a_format_error() {
         .await
         .unwrap_err();
     assert_eq!(err.check, Check::Format);
+}
+
+/// The challenge is read with the checks verification makes first: a presentation with a
+/// hostile header is refused as `proof`, as verification refuses it, never as `challenge`
+/// (which would log a forgery attempt as a replay).
+#[tokio::test]
+async fn reading_the_challenge_names_a_hostile_header_proof() {
+    let fed = federation().await;
+    let clinician = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+    let (privilege, _) = privilege(&fed.office, clinician.did(), ProofFormat::Jwt).await;
+    let vp = credentials::present(&[privilege], &clinician, &binding(), ProofFormat::Jwt)
+        .await
+        .unwrap();
+    assert_eq!(
+        credentials::claimed_challenge(&vp).unwrap(),
+        binding().challenge
+    );
+    let (_, payload) = jws_parts(vp.as_str().unwrap());
+    let kid = clinician.verification_method();
+    let jwk = serde_json::to_value(clinician.public_jwk()).unwrap();
+    for header in [
+        json!({"alg": "none", "kid": kid, "typ": "vp+jwt"}),
+        json!({"alg": "HS256", "kid": kid, "typ": "vp+jwt"}),
+        json!({"alg": "EdDSA", "kid": kid, "typ": "vp+jwt", "jwk": jwk}),
+        json!({"alg": "EdDSA", "kid": kid, "typ": "vp+jwt", "jku": "https://evil.example/k"}),
+        json!({"alg": "EdDSA", "kid": kid, "typ": "vp+jwt", "x5u": "https://evil.example/c"}),
+        json!({"alg": "EdDSA", "kid": kid, "typ": "vp+jwt", "x5c": ["MIIB"]}),
+        json!({"alg": "EdDSA", "kid": "../../../etc/passwd", "typ": "vp+jwt"}),
+    ] {
+        let jws = json!(sign_raw_jws(
+            &serde_json::to_vec(&header).unwrap(),
+            &payload,
+            &clinician
+        ));
+        let early = credentials::claimed_challenge(&jws).unwrap_err();
+        assert_eq!(early.check, Check::Proof, "{header}: {early}");
+        let err = fed
+            .verifier
+            .verify_presentation(&jws, &binding())
+            .await
+            .unwrap_err();
+        assert_eq!(err, early, "{header}");
+    }
+    // Malformed is `format`; well-formed without a challenge is `challenge`.
+    for (malformed, check) in [
+        (json!("not.a.jws"), Check::Format),
+        (json!(42), Check::Format),
+        (json!({"type": "VerifiablePresentation"}), Check::Format),
+        (
+            json!({"type": "VerifiablePresentation", "proof": [{}, {}]}),
+            Check::Proof,
+        ),
+        (
+            json!({"type": "VerifiablePresentation", "proof": {
+                "type": "DataIntegrityProof", "cryptosuite": "eddsa-rdfc-2022",
+                "proofPurpose": "authentication"}}),
+            Check::Challenge,
+        ),
+    ] {
+        let err = credentials::claimed_challenge(&malformed).unwrap_err();
+        assert_eq!(err.check, check, "{malformed}: {err}");
+    }
+    let mut no_nonce: Value = serde_json::from_slice(&payload).unwrap();
+    no_nonce.as_object_mut().unwrap().remove("nonce");
+    let header = format!(r#"{{"alg":"EdDSA","kid":"{kid}","typ":"vp+jwt"}}"#);
+    let jws = json!(sign_raw_jws(
+        header.as_bytes(),
+        &serde_json::to_vec(&no_nonce).unwrap(),
+        &clinician
+    ));
+    let err = credentials::claimed_challenge(&jws).unwrap_err();
+    assert_eq!(err.check, Check::Challenge, "{err}");
 }

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Datelike, Utc};
 use federation::credentials::{CredentialKind, PresentationBinding};
 use federation::events::{AccessEvent, Outcome};
-use federation::verify::{VerifiedCredential, VerifiedPresentation};
+use federation::verify::{VerifiedCredential, VerifiedPresentation, VerifyError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -165,20 +165,28 @@ impl GatewayState {
         }
     }
 
+    /// Records a failed verification under the check that failed.
+    async fn refuse_verification(&self, ledger: &Ledger, e: &VerifyError) -> GatewayError {
+        let reason = match e.credential {
+            Some(i) => format!("credential #{i}: {}", e.check),
+            None => format!("presentation: {}", e.check),
+        };
+        let reason = format!("{reason} check failed: {}", e.detail);
+        self.refuse(ledger, e.check.as_str(), reason).await
+    }
+
     /// Verifies a presentation bound to one of our challenges and consumes the challenge.
     pub async fn verify_presentation(
         &self,
         ledger: &mut Ledger,
         presentation: &Value,
     ) -> Result<VerifiedPresentation, GatewayError> {
-        let Some(challenge) = claimed_challenge(presentation) else {
-            return Err(self
-                .refuse(
-                    ledger,
-                    "challenge",
-                    "the presentation answers no challenge".into(),
-                )
-                .await);
+        // The challenge is read only once the presentation passed the checks verification
+        // makes first (its JWS header is held to a credential's rules), so a forged header
+        // is refused as `proof`, never reported as a replay.
+        let challenge = match claimed_challenge(presentation) {
+            Ok(challenge) => challenge,
+            Err(e) => return Err(self.refuse_verification(ledger, &e).await),
         };
         let binding = PresentationBinding {
             challenge: challenge.clone(),
@@ -190,14 +198,7 @@ impl GatewayState {
             .await
         {
             Ok(vp) => vp,
-            Err(e) => {
-                let reason = match e.credential {
-                    Some(i) => format!("credential #{i}: {}", e.check),
-                    None => format!("presentation: {}", e.check),
-                };
-                let reason = format!("{reason} check failed: {}", e.detail);
-                return Err(self.refuse(ledger, e.check.as_str(), reason).await);
-            }
+            Err(e) => return Err(self.refuse_verification(ledger, &e).await),
         };
         ledger.note_presentation(&vp);
         // Consumed only after the proof verified: a forged presentation cannot burn

@@ -139,6 +139,32 @@ enum Stage {
     Confirm,
 }
 
+/// Largest answer read from the visibility service: receipts for a full batch and their
+/// checkpoint, or a proof, are far smaller.
+const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
+
+/// Reads an answer of the visibility service with the strict JSON reader: the receipts,
+/// checkpoints and proofs in it decide which events leave the outbox, so they must mean
+/// one thing only (no duplicate keys, valid UTF-8, no lone surrogates, bounded depth).
+async fn read_strict_json<T: serde::de::DeserializeOwned>(
+    mut resp: reqwest::Response,
+) -> Result<T, ShipError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| ShipError::BadAnswer(e.without_url().to_string()))?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(ShipError::BadAnswer("answer too large".into()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let value = federation::json::parse_strict(&body)
+        .map_err(|e| ShipError::BadAnswer(format!("not strict JSON: {}", e.summary())))?;
+    serde_json::from_value(value).map_err(|e| ShipError::BadAnswer(e.to_string()))
+}
+
 /// The sled tree of the shipper's log state, and its key for the adopted checkpoint.
 pub const LOG_STATE: &str = "log_state";
 const LAST_CHECKPOINT: &[u8] = b"last_checkpoint";
@@ -302,9 +328,7 @@ impl Shipper {
                 detail: path.split('?').next().unwrap_or_default().to_string(),
             });
         }
-        resp.json()
-            .await
-            .map_err(|e| ShipError::BadAnswer(e.without_url().to_string()))
+        read_strict_json(resp).await
     }
 
     /// POSTs JSON to the service; anything but 200 is a refusal naming its detail.
@@ -322,7 +346,7 @@ impl Shipper {
             .map_err(|e| ShipError::Unreachable(e.without_url().to_string()))?;
         let status = resp.status().as_u16();
         if status != 200 {
-            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            let body: Value = read_strict_json(resp).await.unwrap_or(Value::Null);
             return Err(ShipError::Refused {
                 status,
                 detail: body["detail"]
@@ -333,9 +357,7 @@ impl Shipper {
                     .collect(),
             });
         }
-        resp.json()
-            .await
-            .map_err(|e| ShipError::BadAnswer(e.without_url().to_string()))
+        read_strict_json(resp).await
     }
 
     fn hashes(v: &Value) -> Result<Vec<log::Hash>, ShipError> {

@@ -31,6 +31,7 @@ use tracing::Instrument;
 mod conn;
 
 pub use conn::fd_headroom;
+use federation::json::StrictJsonError;
 
 /// Base URI of fedgate problem types; a slug is appended.
 pub const PROBLEM_TYPE_BASE: &str = "https://w3id.org/fedgate/problems/";
@@ -39,7 +40,7 @@ pub const PROBLEM_TYPE_BASE: &str = "https://w3id.org/fedgate/problems/";
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// Maximum nesting of arrays/objects accepted by [`parse_strict_json`].
-pub const MAX_JSON_DEPTH: usize = 64;
+pub use federation::json::MAX_JSON_DEPTH;
 
 /// Header carrying the per-request correlation id.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -383,17 +384,17 @@ fn is_json_content_type(headers: &HeaderMap) -> bool {
     })
 }
 
-/// Parses a JSON document with the checks every fedgate input gets
-/// ([`federation::json::parse_strict`]). Errors are 400 problems with slugs
-/// `invalid-utf8`, `too-deep`, `duplicate-key` or `malformed-json`.
+/// Parses a JSON document with the checks every fedgate input gets (see [`federation::json`]):
+/// valid UTF-8, at most [`federation::json::MAX_JSON_DEPTH`] levels of nesting, no duplicate object keys at
+/// any depth, no lone surrogate escapes, no trailing data. Errors are 400 problems with
+/// slugs `invalid-utf8`, `too-deep`, `duplicate-key` or `malformed-json`.
 pub fn parse_strict_json(bytes: &[u8]) -> Result<Value, Problem> {
-    use federation::json::StrictJsonError as E;
     federation::json::parse_strict(bytes).map_err(|err| {
         let slug = match &err {
-            E::InvalidUtf8 { .. } => "invalid-utf8",
-            E::TooDeep => "too-deep",
-            E::DuplicateKey { .. } => "duplicate-key",
-            E::Malformed(_) => "malformed-json",
+            StrictJsonError::InvalidUtf8 { .. } => "invalid-utf8",
+            StrictJsonError::TooDeep => "too-deep",
+            StrictJsonError::DuplicateKey { .. } => "duplicate-key",
+            StrictJsonError::LoneSurrogate | StrictJsonError::Malformed(_) => "malformed-json",
         };
         bad_request(slug, err.to_string())
     })

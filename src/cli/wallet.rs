@@ -511,15 +511,8 @@ fn read_credential(file: &Path) -> Result<Value, String> {
     if bytes.len() as u64 > MAX_CREDENTIAL_BYTES {
         return Err(format!("{}: larger than 1 MiB", file.display()));
     }
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|_| format!("{}: not UTF-8 text", file.display()))?
-        .trim();
-    if text.starts_with('{') || text.starts_with('"') {
-        service::http::parse_strict_json(text.as_bytes())
-            .map_err(|p| format!("{}: not a credential: {}", file.display(), p.detail))
-    } else {
-        Ok(Value::String(text.to_string()))
-    }
+    federation::verify::read_secured(&bytes)
+        .map_err(|e| format!("{}: not a credential: {e}", file.display()))
 }
 
 fn parse_identifier(text: &str) -> Result<PatientIdentifier, String> {

@@ -61,9 +61,9 @@ impl VisibilityState {
         &self,
         presentation: &Value,
     ) -> Result<VerifiedPresentation, VisibilityError> {
-        let challenge = claimed_challenge(presentation).ok_or_else(|| {
-            VisibilityError::Unauthorized("the presentation answers no challenge".into())
-        })?;
+        // A presentation that fails the checks made before its challenge is read is
+        // refused naming the check verification would name (`proof` for a hostile header).
+        let challenge = claimed_challenge(presentation)?;
         if !self.challenges.is_outstanding(&challenge)? {
             return Err(VisibilityError::Unauthorized(
                 "unknown or already used challenge".into(),

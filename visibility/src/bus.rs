@@ -96,10 +96,11 @@ pub async fn consume_once(
     for (i, m) in messages.iter().enumerate() {
         let verified = match std::str::from_utf8(&m.payload) {
             Ok(jws) => verify_batch(state, jws).await,
-            Err(_) => Err(VisibilityError::bad_request(
-                "invalid-batch",
-                "message is not UTF-8",
-            )),
+            // A compact JWS is ASCII; anything else is no batch (and no JSON to read).
+            Err(_) => Err(VisibilityError::BadBatch {
+                check: crate::verify::Check::Format,
+                detail: "message is not UTF-8".into(),
+            }),
         };
         match verified {
             Ok(batch) => {

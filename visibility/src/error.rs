@@ -4,7 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use crate::merkle::LogError;
-use federation::verify::VerifyError;
+use federation::verify::{Check, VerifyError};
 use service::http::Problem;
 
 #[derive(Debug, thiserror::Error)]
@@ -12,6 +12,11 @@ pub enum VisibilityError {
     /// A malformed request (400).
     #[error("{detail}")]
     BadRequest { slug: &'static str, detail: String },
+    /// A signed batch refused before its signature is checked (400 `invalid-batch`),
+    /// naming the check as the verification pipeline would: `format` for bytes that are
+    /// not a compact JWS over strict JSON, `proof` for a hostile header.
+    #[error("{detail}")]
+    BadBatch { check: Check, detail: String },
     /// No or no valid session (401).
     #[error("{0}")]
     Unauthorized(String),
@@ -105,10 +110,12 @@ impl From<federation::checkpoint::NoteError> for VisibilityError {
 impl IntoResponse for VisibilityError {
     fn into_response(self) -> Response {
         let problem = match &self {
-            VisibilityError::BadRequest { slug, detail } => {
-                service::http::bad_request(slug, detail)
-            }
+            VisibilityError::BadRequest { slug, detail } => service::http::bad_request(slug, detail),
             VisibilityError::Param(e) => e.problem(),
+            VisibilityError::BadBatch { check, detail } => {
+                service::http::bad_request("invalid-batch", detail)
+                    .with("check", serde_json::json!(check))
+            }
             VisibilityError::Unauthorized(m) => service::http::unauthorized(m),
             VisibilityError::Verification(v) => service::http::unauthorized(v.to_string())
                 .with("check", serde_json::json!(v.check))

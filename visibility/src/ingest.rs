@@ -21,6 +21,7 @@ use federation::did::{did_of, DidError, Relationship};
 use federation::events::AccessEvent;
 use federation::jose::{self, JoseError};
 use service::http::StrictJson;
+use federation::verify::Check;
 
 use federation::wire::{
     leaf_bytes, BatchPayload, BatchRequest, BatchResponse, LogEntry, Receipt, ReceiptsRequest,
@@ -121,7 +122,16 @@ pub async fn verify_batch(
         JoseError::TooLarge => VisibilityError::TooLarge(format!(
             "a batch JWS is at most {MAX_BATCH_JWS_BYTES} bytes; send smaller batches"
         )),
-        other => VisibilityError::bad_request("invalid-batch", other.to_string()),
+        // Header and payload were read with the strict JSON reader: a batch whose events
+        // another reader could see differently is refused here, before any is looked at.
+        other => VisibilityError::BadBatch {
+            check: if other.is_malformed() {
+                Check::Format
+            } else {
+                Check::Proof
+            },
+            detail: other.to_string(),
+        },
     })?;
     if decoded.typ.as_deref() != Some(BATCH_TYP) {
         return Err(VisibilityError::bad_request(
