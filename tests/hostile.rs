@@ -403,6 +403,7 @@ async fn a_full_connection_cap_still_serves_and_closes_idle_connections() {
     assert_eq!(answers.matches("connection: close").count(), 1, "{answers}");
 
     healthy(&addr).await;
+}
 
 // ---------------------------------------------------------------------------------------
 // Signed-content attacks through a whole federation

@@ -1,13 +1,11 @@
 //! The verification pipeline, through the library, against real status-list servers.
 
-mod forge;
-
 use chrono::Utc;
 use federation::credentials::{self, CredentialKind, PresentationBinding, ProofFormat};
 use federation::keys::{KeyAlgorithm, KeyPair};
 use federation::Check;
-use forge::*;
 use serde_json::{json, Value};
+use test_support::forge::*;
 use test_support::*;
 
 const FORMATS: [ProofFormat; 2] = [ProofFormat::Jwt, ProofFormat::DataIntegrity];

@@ -98,7 +98,7 @@ pub async fn consume_once(
             Ok(jws) => verify_batch(state, jws).await,
             // A compact JWS is ASCII; anything else is no batch (and no JSON to read).
             Err(_) => Err(VisibilityError::BadBatch {
-                check: crate::verify::Check::Format,
+                check: federation::verify::Check::Format,
                 detail: "message is not UTF-8".into(),
             }),
         };

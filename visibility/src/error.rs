@@ -110,7 +110,9 @@ impl From<federation::checkpoint::NoteError> for VisibilityError {
 impl IntoResponse for VisibilityError {
     fn into_response(self) -> Response {
         let problem = match &self {
-            VisibilityError::BadRequest { slug, detail } => service::http::bad_request(slug, detail),
+            VisibilityError::BadRequest { slug, detail } => {
+                service::http::bad_request(slug, detail)
+            }
             VisibilityError::Param(e) => e.problem(),
             VisibilityError::BadBatch { check, detail } => {
                 service::http::bad_request("invalid-batch", detail)

@@ -20,8 +20,8 @@ use serde_json::Value;
 use federation::did::{did_of, DidError, Relationship};
 use federation::events::AccessEvent;
 use federation::jose::{self, JoseError};
-use service::http::StrictJson;
 use federation::verify::Check;
+use service::http::StrictJson;
 
 use federation::wire::{
     leaf_bytes, BatchPayload, BatchRequest, BatchResponse, LogEntry, Receipt, ReceiptsRequest,

@@ -1,8 +1,6 @@
 //! Signed documents as a signer whose software writes hostile JSON would produce them:
 //! exactly the given bytes, with a valid signature.
 
-#![allow(dead_code)]
-
 use federation::keys::KeyPair;
 
 /// A compact JWS over exactly these header and payload bytes, signed by `key` (Ed25519):

@@ -2,10 +2,7 @@
 //! list credential, a did:web document, an event batch and a Data Integrity document given
 //! as bytes, each validly signed (or served) but with a key twice, invalid UTF-8, a lone
 //! surrogate or nesting beyond the limit, are refused with the check `format` before
-//! anything in them is acted on. (The manifest's cases are in `registry.rs`'s unit tests.)
-
-mod common;
-mod forge;
+//! anything in them is acted on. (The manifest's cases are in federation's `registry.rs` unit tests.)
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,7 +11,6 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
 use chrono::Utc;
-use common::*;
 use federation::credentials::{self, CredentialKind, PresentationBinding, ProofFormat};
 use federation::did::DidResolver;
 use federation::keys::{KeyAlgorithm, KeyPair};
@@ -22,8 +18,9 @@ use federation::status::{Bitstring, StatusCache};
 use federation::trust::StaticTrust;
 use federation::verify::Verifier;
 use federation::Check;
-use forge::*;
 use serde_json::{json, Value};
+use test_support::forge::*;
+use test_support::*;
 
 fn binding() -> PresentationBinding {
     PresentationBinding {
@@ -233,12 +230,12 @@ async fn visibility_for(
         member.key.did(),
         member.base
     );
-    let mut cfg = federation::visibility::VisibilityConfig::from_toml(&text).unwrap();
+    let mut cfg = visibility::VisibilityConfig::from_toml(&text).unwrap();
     cfg.resolve_paths(dir);
     cfg.validate("visibility.toml").unwrap();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(federation::visibility::run(
+    tokio::spawn(visibility::run(
         cfg,
         async move {
             let _ = stop_rx.await;
@@ -271,7 +268,7 @@ async fn an_event_batch_signed_over_ambiguous_json_fails_format_and_appends_noth
     let dir = tempfile::tempdir().unwrap();
     let a = start_office("hospital-a.test").await;
     let (base, _stop) = visibility_for(dir.path(), &a).await;
-    let client = federation::http::http_client();
+    let client = federation::client::http_client();
     let post = |jws: String| {
         let request = client
             .post(format!("{base}/v1/batches"))
