@@ -687,6 +687,55 @@ fn policy_input_from_verified_claims_matches_the_schema_and_leaves_the_rest_out(
     assert_eq!(d.data_classes, ["Observation"]);
 }
 
+/// Typed claims of a presentation: the holder's privilege gives the organization, and a
+/// subject that does not read as its type's claims is an error naming only the type (a
+/// consent skipped might have been a deny).
+#[test]
+fn policy_claims_of_a_presentation_are_typed_and_fail_whole() {
+    use federation::credentials::ConsentSubject;
+    use federation::verify::VerifiedPresentation;
+    use federation::CredentialKind;
+    let org = "did:web:hospital-a.example";
+    let clinician = "did:key:z6MkSampleClinician";
+    let privilege = verified(
+        CredentialKind::ClinicianPrivilege,
+        "did:web:credentialing.example",
+        json!({
+            "id": clinician, "name": "N", "npi": "1234567893", "role": "nurse",
+            "specialty": "163W00000X", "organization": org,
+            "privileges": [{"facility": org, "domains": ["clinical"], "actions": ["read"]}],
+        }),
+    );
+    let mut vp = VerifiedPresentation {
+        id: None,
+        holder: clinician.into(),
+        format: Default::default(),
+        credentials: vec![privilege],
+        checks: Vec::new(),
+        digest: String::new(),
+    };
+    assert_eq!(requester_org(&vp).as_deref(), Some(org));
+    let own = holder_privilege(&vp).unwrap().unwrap();
+    assert_eq!(own.claims.role, "nurse");
+    assert!(
+        claims_of::<ConsentSubject>(&vp, CredentialKind::PatientConsent)
+            .unwrap()
+            .is_empty()
+    );
+
+    vp.credentials.push(verified(
+        CredentialKind::PatientConsent,
+        "did:key:z6MkSamplePatient",
+        json!({"id": "did:key:z6MkSamplePatient", "provision": "deny", "mrn": "MRN-4711"}),
+    ));
+    let err = claims_of::<ConsentSubject>(&vp, CredentialKind::PatientConsent).unwrap_err();
+    assert_eq!(err, UnreadableClaims(CredentialKind::PatientConsent));
+    assert!(!err.to_string().contains("MRN-4711"), "{err}");
+    // Somebody else's privilege is not the holder's.
+    vp.holder = "did:key:z6MkSomebodyElse".into();
+    assert_eq!(holder_privilege(&vp).unwrap().map(|c| c.claims.id), None);
+}
+
 /// `policy eval` reads the same type: a document in the gateway's shape round-trips, and
 /// a field the gateway never sends is refused rather than silently ignored.
 #[test]
