@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use gateway::policy::{decision_rule, sample_input, PolicyBundle, DOMAINS};
+use gateway::policy::{decision_rule, sample_input, PolicyBundle, PolicyInput, DOMAINS};
 use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::RegoVM;
 use regorus::utils::limits::ExecutionTimerConfig;
@@ -56,22 +56,26 @@ fn vm_for(bundle: &PolicyBundle, domain: &str) -> Result<RegoVM, String> {
 }
 
 /// Inputs that take the allow path and some deny paths of each domain.
-fn inputs(domain: &str) -> Vec<serde_json::Value> {
+fn inputs(domain: &str) -> Vec<PolicyInput> {
     let base = sample_input(domain);
     let mut out = vec![base.clone()];
     let mut no_consent = base.clone();
-    no_consent["consents"] = serde_json::json!([]);
+    no_consent.consents.clear();
     out.push(no_consent);
     let mut other_org = base.clone();
-    other_org["request"]["requester_org"] = serde_json::json!("did:web:other.example");
+    other_org.request.requester_org = Some("did:web:other.example".into());
     out.push(other_org);
     let mut emergency = base.clone();
-    emergency["consents"] = serde_json::json!([]);
-    emergency["request"]["purpose"] = serde_json::json!("ETREAT");
-    emergency["request"]["justification"] =
-        serde_json::json!("unconscious patient, no consent on file");
+    emergency.consents.clear();
+    emergency.request.purpose = "ETREAT".into();
+    emergency.request.justification = "unconscious patient, no consent on file".into();
     out.push(emergency);
     out
+}
+
+/// The input as raw regorus takes it, converted once outside the measurement.
+fn engine_value(input: &PolicyInput) -> Value {
+    Value::from(serde_json::to_value(input).unwrap_or_default())
 }
 
 fn fixed_run(bundle: &PolicyBundle, n: usize) {
@@ -90,7 +94,7 @@ fn fixed_run(bundle: &PolicyBundle, n: usize) {
     );
     for domain in DOMAINS {
         let input = sample_input(domain);
-        let converted = Value::from(input.clone());
+        let converted = engine_value(&input);
         let rule = decision_rule(domain);
         let prepared = bundle.prepared_engine();
         let mut vm = vm_for(bundle, domain);
@@ -127,7 +131,7 @@ fn fixed_run(bundle: &PolicyBundle, n: usize) {
                 let same = cases
                     .iter()
                     .filter(|c| {
-                        let v = Value::from((*c).clone());
+                        let v = engine_value(c);
                         let mut e = prepared.clone();
                         e.set_input(v.clone());
                         let interp = e.eval_rule(rule.clone()).ok();
@@ -164,7 +168,7 @@ fn fixed_run(bundle: &PolicyBundle, n: usize) {
 
 /// p50 of raw evaluations of single rules on the clinical sample: where the time goes.
 fn rule_costs(bundle: &PolicyBundle, rules: &str, n: usize) {
-    let converted = Value::from(sample_input("clinical"));
+    let converted = engine_value(&sample_input("clinical"));
     let prepared = bundle.prepared_engine();
     for rule in rules.split(',') {
         let mut times = Vec::with_capacity(n);
@@ -205,7 +209,7 @@ fn main() {
         .configure_from_args();
     for domain in DOMAINS {
         let input = sample_input(domain);
-        let converted = Value::from(input.clone());
+        let converted = engine_value(&input);
         let rule = decision_rule(domain);
         let prepared = bundle.prepared_engine();
         c.bench_function(&format!("decision/{domain}"), |b| {

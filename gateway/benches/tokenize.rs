@@ -12,7 +12,7 @@ use criterion::{BatchSize, Criterion};
 use gateway::records::SledStore;
 use gateway::tokenize::{apply, Obligations, TokenizeContext};
 use gateway::vault::Vault;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 type Error = Box<dyn std::error::Error>;
 
@@ -40,17 +40,20 @@ fn run() -> Result<(), Error> {
         vault: &vault,
         now: Utc::now(),
     };
-    let treat: Obligations = serde_json::from_value(json!({
-        "reveal": ["address", "birth-date", "mrn", "name", "telecom"],
-        "tokenize": ["drivers-license", "other-identifiers", "passport", "ssn"],
-        "pseudonymize": ["patient-id", "resource-ids"],
-        "max_records": 5000
-    }))?;
-    let research: Obligations = serde_json::from_value(json!({
-        "pseudonymize": ["patient-id", "resource-ids"],
-        "generalize": ["address", "birth-date", "dates"],
-        "redact": ["attachments", "narrative"]
-    }))?;
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let treat = Obligations {
+        reveal: strings(&["address", "birth-date", "mrn", "name", "telecom"]),
+        tokenize: strings(&["drivers-license", "other-identifiers", "passport", "ssn"]),
+        pseudonymize: strings(&["patient-id", "resource-ids"]),
+        max_records: Some(5000),
+        ..Obligations::default()
+    };
+    let research = Obligations {
+        pseudonymize: strings(&["patient-id", "resource-ids"]),
+        generalize: strings(&["address", "birth-date", "dates"]),
+        redact: strings(&["attachments", "narrative"]),
+        ..Obligations::default()
+    };
     // Fail early rather than measure an error path.
     apply(record.clone(), &treat, &ctx)?;
 

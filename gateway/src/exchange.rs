@@ -9,14 +9,17 @@ use std::time::Instant;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Datelike, Utc};
-use federation::credentials::{CredentialKind, PresentationBinding};
+use federation::credentials::{ConsentSubject, CredentialKind, PresentationBinding};
 use federation::events::{AccessEvent, Outcome};
-use federation::verify::{VerifiedCredential, VerifiedPresentation, VerifyError};
+use federation::verify::{VerifiedPresentation, VerifyError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::GatewayError;
-use crate::policy::Decision;
+use crate::policy::{
+    claims_of, holder_privilege, ConsentInput, CredentialInput, CustodianInput, Decision,
+    Obligations, PolicyInput, PrivilegeFacts, RequestInput,
+};
 use crate::state::GatewayState;
 
 /// HL7 v3 PurposeOfUse codes this gateway understands; anything else is a client error.
@@ -125,18 +128,7 @@ impl Ledger {
     }
 }
 
-/// The requester's organization: the employer named by the holder's verified privilege, or
-/// the sponsor of a verified study the holder presented.
-pub fn requester_org(vp: &VerifiedPresentation) -> Option<String> {
-    vp.of_kind(CredentialKind::ClinicianPrivilege)
-        .find(|c| c.subject["id"] == vp.holder.as_str())
-        .and_then(|c| c.subject["organization"].as_str())
-        .or_else(|| {
-            vp.of_kind(CredentialKind::ResearchStudy)
-                .find_map(|c| c.subject["sponsor"].as_str())
-        })
-        .map(str::to_string)
-}
+pub use crate::policy::requester_org;
 
 pub use federation::credentials::claimed_challenge;
 
@@ -210,7 +202,7 @@ impl GatewayState {
     }
 
     /// Evaluates policy on the blocking pool (big stacks; the engine has its own timer).
-    pub async fn decide(&self, domain: &str, input: Value) -> Decision {
+    pub async fn decide(&self, domain: &str, input: PolicyInput) -> Decision {
         let policy = self.policy.clone();
         let domain_owned = domain.to_string();
         let started = Instant::now();
@@ -227,7 +219,7 @@ impl GatewayState {
     pub async fn tokenize(
         &self,
         resources: Vec<Value>,
-        obligations: crate::tokenize::Obligations,
+        obligations: Obligations,
         recipient_org: String,
         domain: &str,
         now: DateTime<Utc>,
@@ -287,9 +279,11 @@ impl GatewayState {
             .map_err(|e| GatewayError::Unavailable(e.to_string()))
     }
 
-    /// The policy input's `request` and `custodian` parts.
-    pub fn request_input(&self, ledger: &Ledger, patient_found: bool) -> Value {
-        let offset = chrono::Duration::minutes(self.config.custodian.utc_offset_minutes as i64);
+    /// The policy input of the request in `ledger` with its `request`, `contracts` and
+    /// `custodian` parts; the credentials and the token are the caller's to add.
+    pub fn policy_input(&self, ledger: &Ledger, patient_found: bool) -> PolicyInput {
+        let custodian = &self.config.custodian;
+        let offset = chrono::Duration::minutes(i64::from(custodian.utc_offset_minutes));
         let local = ledger.time + offset;
         let weekday = match local.weekday() {
             chrono::Weekday::Mon => "Mon",
@@ -301,50 +295,53 @@ impl GatewayState {
             chrono::Weekday::Sun => "Sun",
         };
         use chrono::Timelike;
-        json!({
-            "domain": ledger.domain,
-            "purpose": ledger.purpose,
-            "data_classes": ledger.data_classes,
-            "patient_found": patient_found,
-            "justification": ledger.justification.clone().unwrap_or_default(),
-            "time": federation::time::rfc3339(ledger.time),
-            "weekday": weekday,
-            "minute_of_day": local.hour() * 60 + local.minute(),
-            "requester": ledger.requester,
-            "requester_org": ledger.requester_org,
+        PolicyInput {
+            request: RequestInput {
+                domain: ledger.domain.clone(),
+                purpose: ledger.purpose.clone(),
+                data_classes: ledger.data_classes.clone(),
+                patient_found,
+                justification: ledger.justification.clone().unwrap_or_default(),
+                time: federation::time::rfc3339(ledger.time),
+                weekday: weekday.to_string(),
+                minute_of_day: local.hour() * 60 + local.minute(),
+                requester: ledger.requester.clone(),
+                requester_org: ledger.requester_org.clone(),
+            },
+            privilege: None,
+            consents: Vec::new(),
+            study: None,
+            contracts: self.contracts_between(
+                &self.config.did,
+                ledger.requester_org.as_deref().unwrap_or_default(),
+            ),
+            custodian: CustodianInput::new(&self.config.did, custodian),
+            token: None,
+        }
+    }
+
+    /// Records a deny made before policy could be asked, and returns the error to send.
+    pub async fn deny_unasked(
+        &self,
+        ledger: &Ledger,
+        reason: String,
+    ) -> Result<GatewayError, GatewayError> {
+        let decision = Decision::deny(reason);
+        self.record(ledger, &decision, 0).await?;
+        Ok(GatewayError::Denied {
+            decision_id: ledger.decision_id.clone(),
+            reasons: decision.reasons,
+            check: None,
+            policy: None,
         })
     }
-
-    pub fn custodian_input(&self) -> Value {
-        let mut c = serde_json::to_value(&self.config.custodian).unwrap_or(json!({}));
-        c["did"] = json!(self.config.did);
-        c
-    }
-}
-
-fn credential_input(c: &VerifiedCredential) -> Value {
-    json!({
-        "issuer": c.issuer,
-        "id": c.id,
-        "subject": c.subject,
-        "self_issued": is_self_issued(c),
-    })
-}
-
-/// Issued by its own subject (a patient's consent from their wallet).
-fn is_self_issued(c: &VerifiedCredential) -> bool {
-    c.subject["id"] == c.issuer.as_str()
 }
 
 /// Whether a consent names this patient at this custodian.
-fn consent_is_about(c: &Value, custodian: &str, patient: &PatientRef) -> bool {
-    c["patientIdentifiers"].as_array().is_some_and(|ids| {
-        ids.iter().any(|i| {
-            i["custodian"] == custodian
-                && i["system"] == patient.system.as_str()
-                && i["value"] == patient.value.as_str()
-        })
-    })
+fn consent_is_about(c: &ConsentSubject, custodian: &str, patient: &PatientRef) -> bool {
+    c.patient_identifiers
+        .iter()
+        .any(|i| i.custodian == custodian && i.system == patient.system && i.value == patient.value)
 }
 
 /// `POST /v1/exchange/{domain}`.
@@ -416,68 +413,58 @@ pub async fn exchange(
         ledger.patient_ref = Some(state.patient_ref(pid));
     }
     let custodian = state.config.did.as_str();
-    let consents: Vec<&VerifiedCredential> = vp
-        .of_kind(CredentialKind::PatientConsent)
-        .filter(|c| consent_is_about(&c.subject, custodian, &req.patient))
+    let require_links = state.config.custodian.require_patient_links;
+    // The patient's DIDs this custodian knows (links and registered consents), so that
+    // they find this access in their history even when it was made without their consent
+    // (break-glass, denials).
+    let registered = patient_id
+        .as_deref()
+        .map(|pid| state.consents.dids_for_patient(pid, require_links))
+        .unwrap_or_default();
+    let claims = claims_of::<ConsentSubject>(&vp, CredentialKind::PatientConsent)
+        .and_then(|consents| Ok((consents, holder_privilege(&vp)?)));
+    let (consents, privilege) = match claims {
+        Ok(claims) => claims,
+        Err(e) => {
+            ledger.patient_did_digests = did_digests(registered);
+            return Err(state.deny_unasked(&ledger, e.to_string()).await?);
+        }
+    };
+    let consents: Vec<_> = consents
+        .into_iter()
+        .filter(|c| consent_is_about(&c.claims, custodian, &req.patient))
         .filter(|c| {
+            let credential = c.credential;
             !state
                 .consents
-                .is_withdrawn(c.id.as_deref().unwrap_or(&c.digest))
+                .is_withdrawn(credential.id.as_deref().unwrap_or(&credential.digest))
         })
         .collect();
     // Whether each consent's DID speaks for this patient: a self-issued consent does only
     // once the custodian has linked its DID to the patient (policy decides what an
     // unlinked one is worth; `require_patient_links` is in `input.custodian`).
-    let require_links = state.config.custodian.require_patient_links;
-    let linked: Vec<bool> = consents
+    let consents: Vec<ConsentInput> = consents
         .iter()
         .map(|c| {
-            let did = c.subject["id"].as_str().unwrap_or_default();
-            patient_id
+            let linked = patient_id
                 .as_deref()
-                .is_some_and(|pid| state.consents.is_linked(pid, did))
+                .is_some_and(|pid| state.consents.is_linked(pid, &c.claims.id));
+            ConsentInput::new(c.credential, &c.claims, linked)
         })
         .collect();
-    // The patient's DIDs: from the consents presented that speak for the patient, and
-    // from this custodian's links and registered consents, so that they find this access
-    // in their history even when it was made without their consent (break-glass, denials).
-    // A DID that does not speak for the patient never sees their history.
-    let registered = patient_id
-        .as_deref()
-        .map(|pid| state.consents.dids_for_patient(pid, require_links))
-        .unwrap_or_default();
-    ledger.patient_did_digests = consents
-        .iter()
-        .zip(&linked)
-        .filter(|(c, linked)| !require_links || **linked || !is_self_issued(c))
-        .filter_map(|(c, _)| c.subject["id"].as_str())
-        .map(str::to_string)
-        .chain(registered)
-        .map(|d| federation::events::patient_did_digest(&d))
-        .collect();
-    ledger.patient_did_digests.sort();
-    ledger.patient_did_digests.dedup();
-    let privilege = vp
-        .of_kind(CredentialKind::ClinicianPrivilege)
-        .find(|c| c.subject["id"] == vp.holder.as_str())
-        .map(credential_input);
-    let input = json!({
-        "request": state.request_input(&ledger, patient_id.is_some()),
-        "privilege": privilege,
-        "consents": consents
+    // Besides the registered DIDs, those of the consents presented that speak for the
+    // patient: a DID that does not never sees their history.
+    ledger.patient_did_digests = did_digests(
+        consents
             .iter()
-            .zip(&linked)
-            .map(|(c, linked)| {
-                let mut input = credential_input(c);
-                input["patient_linked"] = json!(linked);
-                input
-            })
-            .collect::<Vec<_>>(),
-        "study": null,
-        "contracts": state.contracts_between(custodian, ledger.requester_org.as_deref().unwrap_or_default()),
-        "custodian": state.custodian_input(),
-        "token": null,
-    });
+            .filter(|c| !require_links || c.patient_linked || !c.self_issued)
+            .map(|c| c.subject.id.clone())
+            .chain(registered),
+    );
+    let mut input = state.policy_input(&ledger, patient_id.is_some());
+    input.privilege =
+        privilege.map(|p| CredentialInput::new(p.credential, PrivilegeFacts::from(&p.claims)));
+    input.consents = consents;
     let mut decision = state.decide(domain, input).await;
     if decision.allow && patient_id.is_none() {
         decision = Decision::deny("the patient is not known at this custodian");
@@ -500,13 +487,10 @@ pub async fn exchange(
         .map_err(|e| GatewayError::Unavailable(format!("record store: {e}")))?;
 
     // tokenize
-    let obligations: crate::tokenize::Obligations =
-        serde_json::from_value(serde_json::to_value(&decision.obligations).unwrap_or(json!({})))
-            .map_err(|e| GatewayError::Internal(format!("policy obligations unusable: {e}")))?;
     let resources = state
         .tokenize(
             resources,
-            obligations,
+            decision.obligations.clone(),
             ledger.requester_org.clone().unwrap_or_default(),
             domain,
             ledger.time,
@@ -533,6 +517,17 @@ pub async fn exchange(
         bundle,
         wants_jwe.then_some(vp.holder.as_str()),
     )
+}
+
+/// Sorted, distinct access-event digests of patient DIDs.
+fn did_digests(dids: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut digests: Vec<String> = dids
+        .into_iter()
+        .map(|d| federation::events::patient_did_digest(&d))
+        .collect();
+    digests.sort();
+    digests.dedup();
+    digests
 }
 
 /// Serializes an allowed answer, encrypting it to `encrypt_to` when asked.

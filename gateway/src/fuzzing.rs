@@ -37,7 +37,14 @@ const DIRECT_FIELDS: [&str; 7] = [
 /// The obligation sets of `policies/common.rego` (break-glass, billing, research) and the
 /// fail-closed default of a decision that names no class, with the domain each is for.
 fn obligation_sets() -> Result<Vec<(&'static str, &'static str, Obligations)>, String> {
-    let parse = |v: Value| serde_json::from_value::<Obligations>(v).map_err(|e| e.to_string());
+    // The lists given over the fail-closed default: a decision names every field.
+    let parse = |partial: Value| {
+        let mut doc = serde_json::to_value(Obligations::default()).map_err(|e| e.to_string())?;
+        if let (Some(doc), Some(partial)) = (doc.as_object_mut(), partial.as_object()) {
+            doc.extend(partial.clone());
+        }
+        serde_json::from_value::<Obligations>(doc).map_err(|e| e.to_string())
+    };
     Ok(vec![
         (
             "break-glass",

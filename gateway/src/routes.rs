@@ -15,6 +15,7 @@ use service::http::StrictJson;
 
 use crate::error::GatewayError;
 use crate::exchange::{self, ExchangeRequest, Ledger};
+use crate::policy::{CredentialInput, PrivilegeFacts, StudyFacts, TokenInput};
 use crate::state::GatewayState;
 
 type AppState = State<Arc<GatewayState>>;
@@ -138,10 +139,11 @@ async fn research_handler(
     let vp = s
         .verify_presentation(&mut ledger, &req.presentation)
         .await?;
-    let Some(study) = vp
-        .of_kind(CredentialKind::ResearchStudy)
-        .find(|c| c.subject["sponsor"] == vp.holder.as_str())
-    else {
+    let study = match crate::policy::holder_study(&vp) {
+        Ok(study) => study,
+        Err(e) => return Err(s.deny_unasked(&ledger, e.to_string()).await?),
+    };
+    let Some(study) = study else {
         return Err(s
             .refuse(
                 &ledger,
@@ -150,26 +152,12 @@ async fn research_handler(
             )
             .await);
     };
-    let classes: Vec<String> = study.subject["dataClasses"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
-    ledger.data_classes = classes;
-    let study_input = json!({"issuer": study.issuer, "id": study.id, "subject": study.subject});
-    let input = json!({
-        "request": s.request_input(&ledger, true),
-        "privilege": null,
-        "consents": [],
-        "study": study_input,
-        "contracts": s.contracts_between(&s.config.did, ledger.requester_org.as_deref().unwrap_or_default()),
-        "custodian": s.custodian_input(),
-        "token": null,
-    });
+    ledger.data_classes = study.claims.data_classes.clone();
+    let mut input = s.policy_input(&ledger, true);
+    input.study = Some(CredentialInput::new(
+        study.credential,
+        StudyFacts::from(&study.claims),
+    ));
     let decision = s.decide("research", input).await;
     if !decision.allow {
         s.record(&ledger, &decision, 0).await?;
@@ -180,7 +168,7 @@ async fn research_handler(
             policy: Some(decision.policy_digest.clone()),
         });
     }
-    let study_id = study.subject["id"].as_str().unwrap_or_default();
+    let study_id = study.claims.id.as_str();
     let cohort = s.consents.research_cohort(
         study_id,
         &vp.holder,
@@ -410,21 +398,17 @@ async fn detokenize_handler(
         .verify_presentation(&mut ledger, &req.presentation)
         .await?;
     let info = s.vault.get(&req.token).ok();
-    let token_input = info
-        .as_ref()
-        .map(|i| json!({"recipient": i.recipient_org, "domain": i.domain, "class": i.class}));
-    let privilege = vp
-        .of_kind(CredentialKind::ClinicianPrivilege)
-        .find(|c| c.subject["id"] == vp.holder.as_str())
-        .map(|c| json!({"issuer": c.issuer, "id": c.id, "subject": c.subject}));
-    let input = json!({
-        "request": s.request_input(&ledger, info.is_some()),
-        "privilege": privilege,
-        "consents": [],
-        "study": null,
-        "contracts": s.contracts_between(&s.config.did, ledger.requester_org.as_deref().unwrap_or_default()),
-        "custodian": s.custodian_input(),
-        "token": token_input,
+    let privilege = match crate::policy::holder_privilege(&vp) {
+        Ok(privilege) => privilege,
+        Err(e) => return Err(s.deny_unasked(&ledger, e.to_string()).await?),
+    };
+    let mut input = s.policy_input(&ledger, info.is_some());
+    input.privilege =
+        privilege.map(|p| CredentialInput::new(p.credential, PrivilegeFacts::from(&p.claims)));
+    input.token = info.as_ref().map(|i| TokenInput {
+        recipient: i.recipient_org.clone(),
+        domain: i.domain.clone(),
+        class: i.class.clone(),
     });
     let mut decision = s.decide("detokenize", input).await;
     if decision.allow && info.is_none() {

@@ -12,12 +12,13 @@ use federation::status::StatusCache;
 use federation::trust::{StaticTrust, TrustSource};
 use federation::verify::Verifier;
 use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::{GatewayConfig, RecordsConfig};
 use crate::consents::ConsentStore;
 use crate::outbox::Outbox;
-use crate::policy::PolicyHolder;
+use crate::policy::{ContractInput, PolicyHolder};
 use crate::records::RecordSource;
 use crate::vault::Vault;
 use service::nonce::Nonces;
@@ -188,14 +189,14 @@ impl GatewayState {
     }
 
     /// Registry contracts from custodian to requester that have not expired.
-    pub fn contracts_between(&self, custodian: &str, requester: &str) -> Vec<Value> {
+    pub fn contracts_between(&self, custodian: &str, requester: &str) -> Vec<ContractInput> {
         let now = chrono::Utc::now();
         let contracts = match &self.trust_mode {
             TrustMode::Registry(r) => {
                 return r
                     .contracts_between(custodian, requester)
                     .iter()
-                    .filter_map(|c| serde_json::to_value(c).ok())
+                    .map(ContractInput::from)
                     .collect()
             }
             TrustMode::Static { contracts } => contracts,
@@ -209,7 +210,16 @@ impl GatewayState {
                     .and_then(federation::time::parse)
                     .is_none_or(|e| e > now)
             })
-            .cloned()
+            // A contract only grants: one that does not read as a contract grants nothing.
+            .filter_map(|c| match ContractInput::deserialize(c) {
+                Ok(contract) => Some(contract),
+                Err(_) => {
+                    tracing::warn!(
+                        "a [[contracts]] entry of the configuration is not a contract; ignored"
+                    );
+                    None
+                }
+            })
             .collect()
     }
 

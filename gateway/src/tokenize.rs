@@ -19,7 +19,6 @@ use std::collections::{HashMap, HashSet};
 
 use base64::Engine as _;
 use chrono::{DateTime, Datelike, Utc};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::records::{is_fhir_id, is_type_name};
@@ -156,71 +155,10 @@ pub enum Action {
     Redact,
 }
 
-/// Identifier obligations and limits of an allowed decision (contract §2). Parsing fails
-/// on an unknown class name, so that a typo in a policy fails closed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "RawObligations")]
-pub struct Obligations {
-    pub reveal: Vec<String>,
-    pub tokenize: Vec<String>,
-    pub pseudonymize: Vec<String>,
-    pub generalize: Vec<String>,
-    pub redact: Vec<String>,
-    pub aggregate_only: bool,
-    pub min_cell_size: Option<u32>,
-    pub max_records: Option<u32>,
-}
-
-#[derive(Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawObligations {
-    reveal: Vec<String>,
-    tokenize: Vec<String>,
-    pseudonymize: Vec<String>,
-    generalize: Vec<String>,
-    redact: Vec<String>,
-    aggregate_only: bool,
-    min_cell_size: Option<u32>,
-    max_records: Option<u32>,
-}
-
-impl TryFrom<RawObligations> for Obligations {
-    type Error = TokenizeError;
-
-    fn try_from(raw: RawObligations) -> Result<Self, Self::Error> {
-        let o = Obligations {
-            reveal: raw.reveal,
-            tokenize: raw.tokenize,
-            pseudonymize: raw.pseudonymize,
-            generalize: raw.generalize,
-            redact: raw.redact,
-            aggregate_only: raw.aggregate_only,
-            min_cell_size: raw.min_cell_size,
-            max_records: raw.max_records,
-        };
-        o.validate()?;
-        Ok(o)
-    }
-}
+/// The tokenizer applies a decision's obligations as the policy engine read them.
+pub use crate::policy::Obligations;
 
 impl Obligations {
-    /// Every class name must belong to the vocabulary.
-    pub fn validate(&self) -> Result<(), TokenizeError> {
-        for name in self
-            .reveal
-            .iter()
-            .chain(&self.tokenize)
-            .chain(&self.pseudonymize)
-            .chain(&self.generalize)
-            .chain(&self.redact)
-        {
-            if IdentifierClass::parse(name).is_none() {
-                return Err(TokenizeError::UnknownClass(name.clone()));
-            }
-        }
-        Ok(())
-    }
-
     /// The action for `class`: the first list naming it in precedence order, else redact
     /// for a direct identifier and keep for the others.
     pub fn action(&self, class: IdentifierClass) -> Action {
@@ -318,7 +256,9 @@ pub fn apply(
     obligations: &Obligations,
     ctx: &TokenizeContext<'_>,
 ) -> Result<Vec<Value>, TokenizeError> {
-    obligations.validate()?;
+    obligations
+        .validate()
+        .map_err(|e| TokenizeError::UnknownClass(e.0))?;
     let mut resources: Vec<Value> = resources
         .into_iter()
         .filter(|r| {
@@ -1468,11 +1408,13 @@ mod tests {
 
     #[test]
     fn precedence_and_fail_closed_default() {
-        let o: Obligations = serde_json::from_value(json!({
-            "reveal": ["name"], "tokenize": ["name", "ssn"], "pseudonymize": ["ssn"],
-            "generalize": ["dates"]
-        }))
-        .unwrap();
+        let o = Obligations {
+            reveal: vec!["name".into()],
+            tokenize: vec!["name".into(), "ssn".into()],
+            pseudonymize: vec!["ssn".into()],
+            generalize: vec!["dates".into()],
+            ..Obligations::default()
+        };
         assert_eq!(o.action(IdentifierClass::Name), Action::Reveal);
         assert_eq!(o.action(IdentifierClass::Ssn), Action::Tokenize);
         assert_eq!(o.action(IdentifierClass::Dates), Action::Generalize);
@@ -1483,10 +1425,21 @@ mod tests {
     }
 
     #[test]
-    fn unknown_class_and_field_fail_parsing() {
-        assert!(serde_json::from_value::<Obligations>(json!({"reveal": ["nmae"]})).is_err());
-        assert!(serde_json::from_value::<Obligations>(json!({"revael": []})).is_err());
-        assert!(serde_json::from_value::<Obligations>(json!({})).is_ok());
+    fn unknown_class_fails_validation_and_unknown_field_parsing() {
+        let typo = Obligations {
+            reveal: vec!["nmae".into()],
+            ..Obligations::default()
+        };
+        assert_eq!(
+            typo.validate(),
+            Err(crate::policy::UnknownClass("nmae".into()))
+        );
+        let mut doc = serde_json::to_value(Obligations::default()).unwrap();
+        assert!(serde_json::from_value::<Obligations>(doc.clone()).is_ok());
+        doc["revael"] = json!([]);
+        assert!(serde_json::from_value::<Obligations>(doc).is_err());
+        // A decision that leaves a list out is malformed, not one that names nothing.
+        assert!(serde_json::from_value::<Obligations>(json!({})).is_err());
     }
 
     #[test]
@@ -1561,8 +1514,10 @@ mod tests {
                            "telecom": [{"system": "phone", "value": "555-123-4567"}]}],
             "performer": [{"reference": "#rp", "display": "Irena Kowalczyk"}],
             "extension": [{"url": "x", "valueReference": {"reference": "Patient/zz", "display": "Kowalczyk"}}]});
-        let o: Obligations =
-            serde_json::from_value(json!({"pseudonymize": ["resource-ids"]})).unwrap();
+        let o = Obligations {
+            pseudonymize: vec!["resource-ids".into()],
+            ..Obligations::default()
+        };
         let out = apply(vec![obs], &o, &ctx).unwrap();
         let text = serde_json::to_string(&out).unwrap();
         assert!(

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use gateway::policy::{self, PolicyBundle, TestOutcome};
+use gateway::policy::{self, PolicyBundle, PolicyInput, TestOutcome};
 
 #[derive(clap::Subcommand)]
 pub enum PolicyCommand {
@@ -64,8 +64,10 @@ fn test(dir: &std::path::Path, verbose: bool) -> Result<(), String> {
 
 fn eval(dir: &std::path::Path, domain: &str, input: &std::path::Path) -> Result<(), String> {
     let text = std::fs::read_to_string(input).map_err(|e| format!("{}: {e}", input.display()))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", input.display()))?;
+    // Read as the gateway's own input type: a document the gateway could not have sent
+    // (a missing part, a field it never sets) is an error here, not a decision.
+    let value: PolicyInput = serde_json::from_str(&text)
+        .map_err(|e| format!("{}: not a policy input: {e}", input.display()))?;
     let bundle = PolicyBundle::load(dir).map_err(|e| e.to_string())?;
     let decision = bundle.evaluate(domain, &value);
     let out = serde_json::to_string_pretty(&decision).map_err(|e| e.to_string())?;

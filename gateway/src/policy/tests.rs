@@ -1,6 +1,9 @@
 use super::*;
 use serde_json::json;
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 fn policies_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
@@ -67,7 +70,7 @@ fn policy_clinical_treatment_decision() {
 fn policy_clinical_without_consent_is_denied() {
     let holder = holder(&policies_dir());
     let mut input = sample_input("clinical");
-    input["consents"] = json!([]);
+    input.consents.clear();
     let d = holder.evaluate("clinical", &input);
     assert!(!d.allow);
     assert!(
@@ -83,16 +86,16 @@ fn policy_clinical_without_consent_is_denied() {
 fn policy_clinical_break_glass() {
     let holder = holder(&policies_dir());
     let mut input = sample_input("clinical");
-    input["consents"] = json!([]);
-    input["request"]["purpose"] = json!("ETREAT");
-    input["request"]["justification"] = json!("patient unconscious after a road accident");
+    input.consents.clear();
+    input.request.purpose = "ETREAT".into();
+    input.request.justification = "patient unconscious after a road accident".into();
     let d = holder.evaluate("clinical", &input);
     assert!(d.allow, "{}", reasons(&d));
     assert!(d.break_glass && d.review_required);
     assert_eq!(d.expires_at.as_deref(), Some("2026-11-27T11:00:00Z"));
     assert_eq!(d.obligations.reveal, ["name"]);
 
-    input["request"]["justification"] = json!("urgent");
+    input.request.justification = "urgent".into();
     let d = holder.evaluate("clinical", &input);
     assert!(!d.allow);
     assert!(reasons(&d).contains("justification of at least 20 characters"));
@@ -107,7 +110,7 @@ fn policy_billing_allows_payment_and_denies_treatment() {
     assert!(d.obligations.redact.contains(&"narrative".to_string()));
 
     let mut input = sample_input("billing");
-    input["request"]["purpose"] = json!("TREAT");
+    input.request.purpose = "TREAT".into();
     let d = holder.evaluate("billing", &input);
     assert!(!d.allow);
     assert!(reasons(&d).contains("not a billing purpose"));
@@ -122,7 +125,7 @@ fn policy_research_requires_the_sponsor() {
     assert_eq!(d.obligations.min_cell_size, Some(11));
 
     let mut input = sample_input("research");
-    input["request"]["requester_org"] = json!("did:web:someone-else.example");
+    input.request.requester_org = Some("did:web:someone-else.example".into());
     let d = holder.evaluate("research", &input);
     assert!(!d.allow);
     assert!(reasons(&d).contains("not the study's sponsor"));
@@ -136,7 +139,9 @@ fn policy_detokenize_requires_the_recipient() {
     assert_eq!(d.obligations.reveal, ["ssn"]);
 
     let mut input = sample_input("detokenize");
-    input["token"]["recipient"] = json!("did:web:someone-else.example");
+    if let Some(token) = input.token.as_mut() {
+        token.recipient = "did:web:someone-else.example".into();
+    }
     let d = holder.evaluate("detokenize", &input);
     assert!(!d.allow);
     assert!(reasons(&d).contains("not issued to the requester's organization"));
@@ -155,7 +160,7 @@ fn policy_unknown_domain_is_denied() {
 fn policy_evaluation_error_is_a_deny_without_the_input() {
     let holder = holder(&policies_dir());
     let mut input = sample_input("clinical");
-    input["request"]["time"] = json!("MRN-4711 at noon");
+    input.request.time = "MRN-4711 at noon".into();
     let d = holder.evaluate("clinical", &input);
     assert!(!d.allow);
     assert_eq!(d.reasons, ["policy evaluation failed: error"]);
@@ -165,9 +170,8 @@ fn policy_evaluation_error_is_a_deny_without_the_input() {
 fn policy_reasons_never_quote_patient_identifiers() {
     let holder = holder(&policies_dir());
     let mut input = sample_input("clinical");
-    input["consents"][0]["subject"]["patientIdentifiers"] = json!([{"custodian": "did:web:hospital-b.example", "system": "urn:mrn", "value": "MRN-4711"}]);
     for purpose in ["TREAT", "HPAYMT", "ETREAT"] {
-        input["request"]["purpose"] = json!(purpose);
+        input.request.purpose = purpose.into();
         let d = holder.evaluate("clinical", &input);
         let all = reasons(&d);
         assert!(
@@ -331,7 +335,7 @@ fn policy_runaway_evaluation_is_stopped_by_the_timer() {
         holder.broken_reason()
     );
     let mut input = sample_input("clinical");
-    input["request"]["justification"] = json!("loop");
+    input.request.justification = "loop".into();
     let started = Instant::now();
     let d = holder.evaluate("clinical", &input);
     let took = started.elapsed();
@@ -350,7 +354,7 @@ fn policy_time_limit_comes_from_the_options() {
     };
     let holder = PolicyHolder::with_options(tmp.path(), options);
     let mut input = sample_input("clinical");
-    input["request"]["justification"] = json!("loop");
+    input.request.justification = "loop".into();
     let started = Instant::now();
     let d = holder.evaluate("clinical", &input);
     assert_eq!(d.reasons, ["policy evaluation failed: timeout"]);
@@ -400,7 +404,7 @@ fn policy_malformed_decision_is_a_deny() {
     .unwrap();
     let bundle = PolicyBundle::load_with(tmp.path(), slow_ok()).unwrap();
     let mut input = sample_input("detokenize");
-    input["request"]["purpose"] = json!("ETREAT");
+    input.request.purpose = "ETREAT".into();
     let d = bundle.evaluate("detokenize", &input);
     assert!(!d.allow);
     assert_eq!(d.reasons, ["policy evaluation failed: malformed decision"]);
@@ -522,6 +526,13 @@ fn schema(name: &str) -> jsonschema::Validator {
     jsonschema::draft202012::new(&value).unwrap()
 }
 
+fn schema_errors(schema: &jsonschema::Validator, value: &serde_json::Value) -> Vec<String> {
+    schema.iter_errors(value).map(|e| e.to_string()).collect()
+}
+
+/// The sample input is the production type: what the schema says of it holds for the
+/// gateway's inputs, and the decisions the shipped policies make on it (allow, deny,
+/// break-glass) are what the decision schema describes.
 #[test]
 fn policy_sample_inputs_and_decisions_match_the_schemas() {
     let input_schema = schema("policy-input.schema.json");
@@ -529,29 +540,215 @@ fn policy_sample_inputs_and_decisions_match_the_schemas() {
     let holder = holder(&policies_dir());
     for domain in DOMAINS {
         let input = sample_input(domain);
-        let errors: Vec<String> = input_schema
-            .iter_errors(&input)
-            .map(|e| e.to_string())
-            .collect();
+        let value = serde_json::to_value(&input).unwrap();
+        let errors = schema_errors(&input_schema, &value);
         assert!(errors.is_empty(), "{domain}: {errors:?}");
         let mut denied = input.clone();
-        denied["request"]["purpose"] = json!("PUBHLTH");
-        for d in [
+        denied.request.purpose = "PUBHLTH".into();
+        let mut emergency = input.clone();
+        emergency.consents.clear();
+        emergency.request.purpose = "ETREAT".into();
+        emergency.request.justification = "patient unconscious after a road accident".into();
+        let decisions = [
             holder.evaluate(domain, &input),
             holder.evaluate(domain, &denied),
+            holder.evaluate(domain, &emergency),
             Decision::deny("x"),
-        ] {
+        ];
+        assert!(decisions[0].allow && !decisions[1].allow, "{domain}");
+        if domain == "clinical" {
+            assert!(decisions[2].allow && decisions[2].break_glass);
+        }
+        for d in decisions {
             let v = serde_json::to_value(&d).unwrap();
-            let errors: Vec<String> = decision_schema
-                .iter_errors(&v)
-                .map(|e| e.to_string())
-                .collect();
+            let errors = schema_errors(&decision_schema, &v);
             assert!(errors.is_empty(), "{domain}: {errors:?} in {v}");
         }
     }
-    let mut bad = sample_input("clinical");
+    let mut bad = serde_json::to_value(sample_input("clinical")).unwrap();
     bad["request"]["surprise"] = json!(1);
     assert!(!input_schema.is_valid(&bad));
+}
+
+/// A verified credential of `kind` with `subject`, as the verifier hands it on.
+fn verified(
+    kind: federation::CredentialKind,
+    issuer: &str,
+    subject: serde_json::Value,
+) -> federation::verify::VerifiedCredential {
+    federation::verify::VerifiedCredential {
+        id: Some(format!("urn:uuid:{}", kind.type_name())),
+        kind,
+        format: Default::default(),
+        issuer: issuer.into(),
+        subject,
+        valid_from: None,
+        valid_until: None,
+        status: None,
+        digest: "00".repeat(32),
+        checks: Vec::new(),
+    }
+}
+
+/// Built from full verified subjects, the input carries what the policies read and the
+/// schema allows, and nothing else: no patient identifier, no clinician name or NPI.
+#[test]
+fn policy_input_from_verified_claims_matches_the_schema_and_leaves_the_rest_out() {
+    use federation::credentials::{ConsentSubject, PrivilegeSubject, StudySubject};
+    use federation::CredentialKind;
+    let custodian = "did:web:hospital-b.example";
+    let org = "did:web:hospital-a.example";
+    let privilege = verified(
+        CredentialKind::ClinicianPrivilege,
+        "did:web:credentialing.example",
+        json!({
+            "id": "did:key:z6MkSampleClinician", "name": "Dr. Irena Kowalczyk",
+            "npi": "1234567893", "role": "physician", "specialty": "207R00000X",
+            "organization": org,
+            "privileges": [{"facility": custodian, "domains": ["clinical"], "actions": ["read"]}],
+        }),
+    );
+    let patient = "did:key:z6MkSamplePatient";
+    let consent = verified(
+        CredentialKind::PatientConsent,
+        patient,
+        json!({
+            "id": patient,
+            "patientIdentifiers": [{"custodian": custodian, "system": "urn:mrn", "value": "MRN-4711"}],
+            "custodians": [custodian],
+            "grantee": {"id": org, "kind": "organization"},
+            "provision": "permit", "domains": ["clinical"], "purposes": ["TREAT"],
+            "dataClasses": ["Observation"], "period": {"start": "2026-01-01T00:00:00Z"},
+        }),
+    );
+    let study = verified(
+        CredentialKind::ResearchStudy,
+        "did:web:irb.example",
+        json!({
+            "id": "urn:fedgate:study:s1", "title": "Secret title", "sponsor": org,
+            "irb": "IRB-2026-17", "purposes": ["HRESCH"], "dataClasses": ["Observation"],
+            "aggregateOnly": true, "minCellSize": 11,
+        }),
+    );
+    let privilege_claims: PrivilegeSubject =
+        serde_json::from_value(privilege.subject.clone()).unwrap();
+    let consent_claims: ConsentSubject = serde_json::from_value(consent.subject.clone()).unwrap();
+    let study_claims: StudySubject = serde_json::from_value(study.subject.clone()).unwrap();
+
+    let mut input = sample_input("clinical");
+    input.privilege = Some(CredentialInput::new(
+        &privilege,
+        PrivilegeFacts::from(&privilege_claims),
+    ));
+    input.consents = vec![ConsentInput::new(&consent, &consent_claims, false)];
+    input.study = Some(CredentialInput::new(
+        &study,
+        StudyFacts::from(&study_claims),
+    ));
+    let value = serde_json::to_value(&input).unwrap();
+    let errors = schema_errors(&schema("policy-input.schema.json"), &value);
+    assert!(errors.is_empty(), "{errors:?}");
+    let text = value.to_string();
+    for gone in [
+        "MRN-4711",
+        "patientIdentifiers",
+        "Kowalczyk",
+        "1234567893",
+        "Secret title",
+        "IRB-2026-17",
+    ] {
+        assert!(!text.contains(gone), "{gone} in {text}");
+    }
+    assert_eq!(value["consents"][0]["self_issued"], true);
+    assert_eq!(value["consents"][0]["patient_linked"], false);
+    assert_eq!(
+        value["consents"][0]["subject"]["dataClasses"],
+        json!(["Observation"])
+    );
+    assert_eq!(value["study"]["subject"]["minCellSize"], 11);
+    assert_eq!(value["privilege"]["subject"]["specialty"], "207R00000X");
+    // The open-ended period has no end, rather than a null one the schema would refuse.
+    assert!(value["consents"][0]["subject"]["period"]
+        .get("end")
+        .is_none());
+
+    // And the policies read it as before: an unlinked self-issued consent grants nothing.
+    let holder = holder(&policies_dir());
+    let d = holder.evaluate("clinical", &input);
+    assert!(!d.allow);
+    assert!(
+        reasons(&d).contains("has not linked to the patient"),
+        "{}",
+        reasons(&d)
+    );
+    input.consents[0].patient_linked = true;
+    let d = holder.evaluate("clinical", &input);
+    assert!(d.allow, "{}", reasons(&d));
+    assert_eq!(d.data_classes, ["Observation"]);
+}
+
+/// Typed claims of a presentation: the holder's privilege gives the organization, and a
+/// subject that does not read as its type's claims is an error naming only the type (a
+/// consent skipped might have been a deny).
+#[test]
+fn policy_claims_of_a_presentation_are_typed_and_fail_whole() {
+    use federation::credentials::ConsentSubject;
+    use federation::verify::VerifiedPresentation;
+    use federation::CredentialKind;
+    let org = "did:web:hospital-a.example";
+    let clinician = "did:key:z6MkSampleClinician";
+    let privilege = verified(
+        CredentialKind::ClinicianPrivilege,
+        "did:web:credentialing.example",
+        json!({
+            "id": clinician, "name": "N", "npi": "1234567893", "role": "nurse",
+            "specialty": "163W00000X", "organization": org,
+            "privileges": [{"facility": org, "domains": ["clinical"], "actions": ["read"]}],
+        }),
+    );
+    let mut vp = VerifiedPresentation {
+        id: None,
+        holder: clinician.into(),
+        format: Default::default(),
+        credentials: vec![privilege],
+        checks: Vec::new(),
+        digest: String::new(),
+    };
+    assert_eq!(requester_org(&vp).as_deref(), Some(org));
+    let own = holder_privilege(&vp).unwrap().unwrap();
+    assert_eq!(own.claims.role, "nurse");
+    assert!(
+        claims_of::<ConsentSubject>(&vp, CredentialKind::PatientConsent)
+            .unwrap()
+            .is_empty()
+    );
+
+    vp.credentials.push(verified(
+        CredentialKind::PatientConsent,
+        "did:key:z6MkSamplePatient",
+        json!({"id": "did:key:z6MkSamplePatient", "provision": "deny", "mrn": "MRN-4711"}),
+    ));
+    let err = claims_of::<ConsentSubject>(&vp, CredentialKind::PatientConsent).unwrap_err();
+    assert_eq!(err, UnreadableClaims(CredentialKind::PatientConsent));
+    assert!(!err.to_string().contains("MRN-4711"), "{err}");
+    // Somebody else's privilege is not the holder's.
+    vp.holder = "did:key:z6MkSomebodyElse".into();
+    assert_eq!(holder_privilege(&vp).unwrap().map(|c| c.claims.id), None);
+}
+
+/// `policy eval` reads the same type: a document in the gateway's shape round-trips, and
+/// a field the gateway never sends is refused rather than silently ignored.
+#[test]
+fn policy_input_reads_back_and_refuses_unknown_fields() {
+    for domain in DOMAINS {
+        let input = sample_input(domain);
+        let value = serde_json::to_value(&input).unwrap();
+        let back: PolicyInput = serde_json::from_value(value).unwrap();
+        assert_eq!(back, input);
+    }
+    let mut value = serde_json::to_value(sample_input("clinical")).unwrap();
+    value["consents"][0]["subject"]["patientIdentifiers"] = json!([]);
+    assert!(serde_json::from_value::<PolicyInput>(value).is_err());
 }
 
 /// Set in the child process of [`policy_unreadable_files_keep_the_last_good_bundle`].

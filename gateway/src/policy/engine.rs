@@ -1,4 +1,5 @@
-//! Rego policies per data domain (regorus), hot reload, and the `policy test` runner.
+//! The Rego engine (regorus): loading and checking bundles, hot reload, limits, evaluation,
+//! and the `policy test` runner.
 //!
 //! A bundle is every `*.rego` file of one folder that is not a `*_test.rego`. Each domain
 //! has a complete rule `data.fedgate.<domain>.decision` that yields the decision document
@@ -19,8 +20,6 @@
 //! `tokio::task::spawn_blocking` on a runtime configured with 16 MiB thread stacks, and the
 //! loader and test runner here use their own 16 MiB threads.
 
-mod ast;
-
 use std::collections::BTreeSet;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -29,8 +28,11 @@ use std::time::{Duration, Instant};
 
 use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{Engine, LimitError, Value};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use super::ast;
+use super::decision::Decision;
+use super::input::{sample_input, PolicyInput};
 
 /// Domains with a decision rule; a bundle must define all of them.
 pub const DOMAINS: [&str; 4] = ["clinical", "billing", "research", "detokenize"];
@@ -46,24 +48,6 @@ const LOAD_TIME_LIMIT: Duration = Duration::from_secs(5);
 
 /// Per-test limit of the test runner: tests evaluate several decisions each.
 const TEST_TIME_LIMIT: Duration = Duration::from_secs(5);
-
-/// Identifier classes of the tokenizer (docs/gateway-contract.md §3).
-pub const IDENTIFIER_CLASSES: [&str; 14] = [
-    "name",
-    "mrn",
-    "ssn",
-    "passport",
-    "drivers-license",
-    "other-identifiers",
-    "telecom",
-    "address",
-    "birth-date",
-    "dates",
-    "patient-id",
-    "resource-ids",
-    "narrative",
-    "attachments",
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -83,58 +67,6 @@ pub enum PolicyError {
     Check { domain: String, message: String },
     #[error("policy engine: {0}")]
     Engine(String),
-}
-
-/// Identifier obligations and limits of an allowed decision (contract §2).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Obligations {
-    pub reveal: Vec<String>,
-    pub tokenize: Vec<String>,
-    pub pseudonymize: Vec<String>,
-    pub generalize: Vec<String>,
-    pub redact: Vec<String>,
-    pub aggregate_only: bool,
-    pub min_cell_size: Option<u32>,
-    pub max_records: Option<u32>,
-}
-
-/// The decision document of `data.fedgate.<domain>.decision` (contract §2), plus the
-/// digest of the bundle that made it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Decision {
-    pub allow: bool,
-    pub reasons: Vec<String>,
-    pub data_classes: Vec<String>,
-    pub obligations: Obligations,
-    pub break_glass: bool,
-    pub review_required: bool,
-    pub expires_at: Option<String>,
-    /// Filled by the engine, never by the policy.
-    #[serde(default, skip_deserializing)]
-    pub policy_digest: String,
-}
-
-impl Decision {
-    /// A deny with one reason and no digest.
-    pub fn deny(reason: impl Into<String>) -> Decision {
-        Decision {
-            allow: false,
-            reasons: vec![reason.into()],
-            data_classes: Vec::new(),
-            obligations: Obligations::default(),
-            break_glass: false,
-            review_required: false,
-            expires_at: None,
-            policy_digest: String::new(),
-        }
-    }
-
-    fn with_digest(mut self, digest: &str) -> Decision {
-        self.policy_digest = digest.to_string();
-        self
-    }
 }
 
 /// Engine settings.
@@ -224,16 +156,15 @@ impl PolicyBundle {
     }
 
     /// The decision of `domain` for `input`; never fails, every failure is a deny.
-    pub fn evaluate(&self, domain: &str, input: &serde_json::Value) -> Decision {
+    pub fn evaluate(&self, domain: &str, input: &PolicyInput) -> Decision {
         self.decide(domain, input).with_digest(&self.digest)
     }
 
-    fn decide(&self, domain: &str, input: &serde_json::Value) -> Decision {
+    fn decide(&self, domain: &str, input: &PolicyInput) -> Decision {
         if !DOMAINS.contains(&domain) {
             return Decision::deny("no policy for this domain");
         }
-        // Deserialising from the borrowed document spares a deep clone of it.
-        let Ok(converted) = Value::deserialize(input) else {
+        let Some(converted) = engine_input(input) else {
             return Decision::deny("policy evaluation failed: unusable input");
         };
         let mut engine = self.engine.clone();
@@ -266,6 +197,11 @@ impl PolicyBundle {
     }
 }
 
+/// The input as the engine holds it: serialized once, here and nowhere else.
+fn engine_input(input: &PolicyInput) -> Option<Value> {
+    serde_json::to_value(input).ok().map(Value::from)
+}
+
 /// `data.fedgate.<domain>.decision`.
 pub fn decision_rule(domain: &str) -> String {
     format!("data.fedgate.{domain}.decision")
@@ -281,28 +217,22 @@ fn decision_from_value(value: &Value) -> Result<Decision, &'static str> {
 
 /// Invariants no policy may break, whatever it says: an allow names only known identifier
 /// classes and never returns a type that was not asked for.
-fn check_decision(d: Decision, input: &serde_json::Value) -> Decision {
+fn check_decision(d: Decision, input: &PolicyInput) -> Decision {
     if !d.allow {
         if d.reasons.is_empty() {
             return Decision::deny("denied by policy");
         }
         return d;
     }
-    let o = &d.obligations;
-    let mut classes = o
-        .reveal
-        .iter()
-        .chain(&o.tokenize)
-        .chain(&o.pseudonymize)
-        .chain(&o.generalize)
-        .chain(&o.redact);
-    if classes.any(|c| !IDENTIFIER_CLASSES.contains(&c.as_str())) {
+    if d.obligations.validate().is_err() {
         return Decision::deny("policy evaluation failed: unknown identifier class in obligations");
     }
-    let requested: BTreeSet<&str> = input["request"]["data_classes"]
-        .as_array()
-        .map(|a| a.iter().filter_map(serde_json::Value::as_str).collect())
-        .unwrap_or_default();
+    let requested: BTreeSet<&str> = input
+        .request
+        .data_classes
+        .iter()
+        .map(String::as_str)
+        .collect();
     if d.data_classes
         .iter()
         .any(|c| !requested.contains(c.as_str()))
@@ -498,7 +428,9 @@ fn check_domain(engine: &mut Engine, domain: &str) -> Result<(), PolicyError> {
         domain: domain.to_string(),
         message,
     };
-    engine.set_input(Value::from(sample_input(domain)));
+    let input = engine_input(&sample_input(domain))
+        .ok_or_else(|| fail("the sample input does not serialize".into()))?;
+    engine.set_input(input);
     let value = engine.eval_rule(decision_rule(domain)).map_err(|e| {
         if is_limit_error(&e) {
             fail("timeout".into())
@@ -509,75 +441,6 @@ fn check_domain(engine: &mut Engine, domain: &str) -> Result<(), PolicyError> {
     decision_from_value(&value).map_err(|why| fail(why.into()))?;
     engine.set_input(Value::new_object());
     Ok(())
-}
-
-/// A well-formed request of `domain` that reaches the allow path of the shipped policies.
-pub fn sample_input(domain: &str) -> serde_json::Value {
-    let purpose = match domain {
-        "billing" => "HPAYMT",
-        "research" => "HRESCH",
-        _ => "TREAT",
-    };
-    let classes = match domain {
-        "billing" => serde_json::json!(["Claim", "Coverage"]),
-        "detokenize" => serde_json::json!([]),
-        _ => serde_json::json!(["Observation", "Condition"]),
-    };
-    let custodian = "did:web:hospital-b.example";
-    let org = "did:web:hospital-a.example";
-    let clinician = "did:key:z6MkSampleClinician";
-    serde_json::json!({
-        "request": {
-            "domain": domain, "purpose": purpose, "data_classes": classes,
-            "patient_found": true, "justification": "",
-            "time": "2026-11-27T10:00:00Z", "weekday": "Fri", "minute_of_day": 600,
-            "requester": if domain == "research" { org } else { clinician },
-            "requester_org": org,
-        },
-        "privilege": if domain == "research" { serde_json::Value::Null } else { serde_json::json!({
-            "issuer": "did:web:credentialing.example", "id": "urn:uuid:sample-privilege",
-            "subject": {
-                "id": clinician, "role": if domain == "billing" { "billing-specialist" } else { "physician" },
-                "specialty": "207R00000X", "organization": org,
-                "privileges": [{ "facility": custodian, "domains": ["clinical", "billing"],
-                                 "actions": ["read", "detokenize"] }],
-            },
-        })},
-        "consents": [{
-            "issuer": "did:key:z6MkSamplePatient", "id": "urn:uuid:sample-consent", "self_issued": true,
-            "patient_linked": true,
-            "subject": {
-                "id": "did:key:z6MkSamplePatient", "custodians": [custodian],
-                "grantee": { "id": org, "kind": "organization" }, "provision": "permit",
-                "domains": ["clinical", "billing"], "purposes": [purpose],
-                "dataClasses": ["Observation", "Condition", "Claim", "Coverage"],
-                "period": { "start": "2026-01-01T00:00:00Z", "end": "2027-01-01T00:00:00Z" },
-            },
-        }],
-        "study": if domain == "research" { serde_json::json!({
-            "issuer": "did:web:irb.example", "id": "urn:uuid:sample-study",
-            "subject": {
-                "id": "urn:fedgate:study:sample", "title": "Sample", "sponsor": org,
-                "purposes": ["HRESCH"], "dataClasses": ["Observation", "Condition"],
-                "aggregateOnly": true, "minCellSize": 5,
-            },
-        })} else { serde_json::Value::Null },
-        "contracts": [{
-            "custodian": custodian, "requester": org,
-            "domains": ["clinical", "billing", "research"],
-            "purposes": ["TREAT", "ETREAT", "BTG", "HPAYMT", "HRESCH"], "expires": null,
-        }],
-        "custodian": {
-            "did": custodian,
-            "shifts": [{ "roles": ["nurse"], "days": ["Mon", "Tue", "Wed", "Thu", "Fri"],
-                         "from_minute": 420, "to_minute": 1140 }],
-            "break_glass_minutes": 60, "min_cell_size": 11, "max_records": 5000,
-            "utc_offset_minutes": 0, "require_patient_links": true,
-        },
-        "token": if domain == "detokenize" {
-            serde_json::json!({ "recipient": org, "domain": "clinical", "class": "ssn" })
-        } else { serde_json::Value::Null },
-    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -749,7 +612,7 @@ impl PolicyHolder {
     }
 
     /// The decision of the bundle in service; a deny while Broken.
-    pub fn evaluate(&self, domain: &str, input: &serde_json::Value) -> Decision {
+    pub fn evaluate(&self, domain: &str, input: &PolicyInput) -> Decision {
         match self.state().as_ref() {
             State::Loaded(b) => b.evaluate(domain, input),
             State::Broken(why) => Decision::deny(format!("policy bundle failed to load: {why}")),
@@ -852,6 +715,3 @@ fn short_json(v: &Value) -> String {
         s
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,0 +1,27 @@
+//! Rego policies per data domain (regorus), their input and their decision.
+//!
+//! - [`engine`](PolicyBundle): loading, checking and evaluating a bundle, hot reload
+//!   ([`PolicyHolder`]), limits, and the `policy test` runner.
+//! - [`PolicyInput`]: the one typed input every decision is made on, built from verified
+//!   claims only (docs/gateway-contract.md §1, `schemas/policy-input.schema.json`).
+//! - [`Decision`] and its [`Obligations`]: what a policy answers (§2,
+//!   `schemas/decision.schema.json`), used as they are by the tokenizer.
+
+mod ast;
+mod decision;
+mod engine;
+mod input;
+
+pub use decision::{Decision, Obligations, UnknownClass, IDENTIFIER_CLASSES};
+pub use engine::{
+    decision_rule, run_tests, PolicyBundle, PolicyError, PolicyHolder, PolicyOptions, TestOutcome,
+    TestReport, TestResult, DEFAULT_TIME_LIMIT, DOMAINS, EVAL_STACK_BYTES,
+};
+pub use input::{
+    claims_of, holder_privilege, holder_study, is_self_issued, requester_org, sample_input,
+    Claimed, ConsentFacts, ConsentInput, ContractInput, CredentialInput, CustodianInput,
+    PolicyInput, PrivilegeFacts, RequestInput, StudyFacts, TokenInput, UnreadableClaims,
+};
+
+#[cfg(test)]
+mod tests;
