@@ -339,10 +339,6 @@ pub struct PresentationBinding {
     pub domain: String,
 }
 
-/// The challenge a presentation claims to answer, read with the checks verification makes
-/// first (see [`crate::verify::claimed_challenge`]).
-pub use crate::verify::claimed_challenge;
-
 /// Signs a presentation of `credentials` (each as it travels: object or JWT string) by
 /// `holder`, bound to the verifier's challenge and DID.
 pub async fn present(

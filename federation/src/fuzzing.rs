@@ -161,7 +161,7 @@ fn no_panic_in_task(e: VerifyError) -> String {
 /// credential are verified.
 pub fn presentation(data: &[u8]) -> Result<(), String> {
     let input = json_or_compact(data).ok_or("neither JSON nor UTF-8")?;
-    let claimed = credentials::claimed_challenge(&input);
+    let claimed = crate::verify::claimed_challenge(&input);
     let h = harness();
     let verified = block_on(h.verifier.verify_presentation(&input, &binding()));
     // Reading the challenge makes the checks verification makes first, so a refusal there

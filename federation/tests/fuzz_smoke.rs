@@ -343,7 +343,7 @@ async fn write_corpus() {
     let vp_research = present(&[study_jwt.clone(), study_consent], &sponsor, jwt).await;
     let vp_clinician = present(&[privilege_jwt.clone(), clinician_consent], &clinician, jwt).await;
     assert_eq!(
-        credentials::claimed_challenge(&vp_patient_di).unwrap(),
+        federation::verify::claimed_challenge(&vp_patient_di).unwrap(),
         CHALLENGE
     );
     write_json("presentation", "ok-patient-vp-jwt", &vp_patient_jwt);

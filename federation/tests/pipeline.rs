@@ -377,7 +377,7 @@ async fn reading_the_challenge_names_a_hostile_header_proof() {
         .await
         .unwrap();
     assert_eq!(
-        credentials::claimed_challenge(&vp).unwrap(),
+        federation::verify::claimed_challenge(&vp).unwrap(),
         binding().challenge
     );
     let (_, payload) = jws_parts(vp.as_str().unwrap());
@@ -397,7 +397,7 @@ async fn reading_the_challenge_names_a_hostile_header_proof() {
             &payload,
             &clinician
         ));
-        let early = credentials::claimed_challenge(&jws).unwrap_err();
+        let early = federation::verify::claimed_challenge(&jws).unwrap_err();
         assert_eq!(early.check, Check::Proof, "{header}: {early}");
         let err = fed
             .verifier
@@ -422,7 +422,7 @@ async fn reading_the_challenge_names_a_hostile_header_proof() {
             Check::Challenge,
         ),
     ] {
-        let err = credentials::claimed_challenge(&malformed).unwrap_err();
+        let err = federation::verify::claimed_challenge(&malformed).unwrap_err();
         assert_eq!(err.check, check, "{malformed}: {err}");
     }
     let mut no_nonce: Value = serde_json::from_slice(&payload).unwrap();
@@ -433,6 +433,6 @@ async fn reading_the_challenge_names_a_hostile_header_proof() {
         &serde_json::to_vec(&no_nonce).unwrap(),
         &clinician
     ));
-    let err = credentials::claimed_challenge(&jws).unwrap_err();
+    let err = federation::verify::claimed_challenge(&jws).unwrap_err();
     assert_eq!(err.check, Check::Challenge, "{err}");
 }

@@ -130,7 +130,7 @@ impl Ledger {
 
 pub use crate::policy::requester_org;
 
-pub use federation::credentials::claimed_challenge;
+pub use federation::verify::claimed_challenge;
 
 impl GatewayState {
     /// Records a refusal that happened before policy, then returns the 403 to send.

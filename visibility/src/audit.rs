@@ -52,7 +52,7 @@ type AppState = State<Arc<VisibilityState>>;
 /// Single-use challenges, shared with the gateway.
 pub use service::nonce::Nonces as Challenges;
 
-pub use federation::credentials::claimed_challenge;
+pub use federation::verify::claimed_challenge;
 
 impl VisibilityState {
     /// Verifies a presentation bound to one of this service's challenges, then consumes

@@ -90,7 +90,10 @@ async fn a_presentation_signed_over_ambiguous_json_fails_format() {
         assert_eq!(err.check, Check::Format, "{case}: {err}");
         assert_eq!(err.credential, None);
         // Reading the challenge refuses it the same way.
-        assert_eq!(credentials::claimed_challenge(&jws).unwrap_err(), err);
+        assert_eq!(
+            federation::verify::claimed_challenge(&jws).unwrap_err(),
+            err
+        );
     }
 }
 
