@@ -1350,10 +1350,27 @@ mod tests {
             }
         }
         let deny = Regex::new(r#"Decision::deny\(\s*"([^"\\]*)""#).unwrap();
-        for file in ["policy.rs", "service.rs", "exchange.rs"] {
-            let text = std::fs::read_to_string(root.join("gateway/src").join(file)).unwrap();
-            for c in deny.captures_iter(&text) {
-                messages.push((file.to_string(), c[1].to_string()));
+        let mut sources = vec![root.join("gateway/src")];
+        let mut files = Vec::new();
+        while let Some(dir) = sources.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    sources.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("tests.rs")
+                {
+                    files.push(path);
+                }
+            }
+        }
+        assert!(files.len() > 10, "the gateway's sources were not found");
+        for path in files {
+            let file = path.display().to_string();
+            let text = std::fs::read_to_string(&path).unwrap();
+            // Production code only: a test may deny with any text.
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for c in deny.captures_iter(code) {
+                messages.push((file.clone(), c[1].to_string()));
             }
         }
         assert!(messages.len() > 40, "found only {messages:?}");
