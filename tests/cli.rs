@@ -135,7 +135,7 @@ fn bad_config_is_a_one_line_error() {
 /// info, because their debug output (sled's log offsets and sequence numbers) is full of
 /// numbers that could equal a seven-digit MRN by chance.
 const DEMO_LOG: &str =
-    "info,fedgate=debug,federation=debug,gateway=debug,issuer=debug,wallet=debug";
+    "info,fedgate=debug,federation=debug,service=debug,gateway=debug,issuer=debug,wallet=debug,visibility=debug";
 
 /// One direct identifier of a fixture patient, and where it comes from.
 struct Phi {
