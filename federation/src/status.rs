@@ -11,6 +11,7 @@ use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use backon::BackoffBuilder as _;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -369,7 +370,12 @@ impl StatusCache {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap_or_default();
-            let mut backoff = Duration::from_millis(200);
+            let retry = backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(10))
+                .with_jitter()
+                .without_max_times();
+            let mut backoff = retry.build();
             loop {
                 if crate::client::loopback_only_http(&events_url, cache.dev_mode).is_err() {
                     tracing::warn!("status push URL refused; not subscribing");
@@ -378,7 +384,7 @@ impl StatusCache {
                 match client.get(events_url.clone()).send().await {
                     Ok(mut resp) if resp.status().is_success() => {
                         cache.invalidate_all();
-                        backoff = Duration::from_millis(200);
+                        backoff = retry.build();
                         let mut pending = String::new();
                         while let Ok(Some(chunk)) = resp.chunk().await {
                             pending.push_str(&String::from_utf8_lossy(&chunk));
@@ -398,8 +404,8 @@ impl StatusCache {
                     }
                     Err(e) => tracing::debug!(error = %e.without_url(), "status push unavailable"),
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                tokio::time::sleep(delay).await;
             }
         })
     }

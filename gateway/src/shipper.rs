@@ -12,6 +12,7 @@
 //! it, and a second loop then collects its receipt from `POST /v1/receipts`. Both end the
 //! same way: a receipt checked against a consistent checkpoint, kept on disk.
 
+use backon::BackoffBuilder as _;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -259,7 +260,14 @@ impl Shipper {
 
     async fn run(self: Arc<Self>, stage: Stage) {
         let idle = Duration::from_millis(self.config.interval_ms);
-        let mut backoff = idle;
+        // After a failure, wait longer each time (with jitter, so that gateways that lost
+        // the log together do not come back together), up to 10 s; any success resets it.
+        let retry = backon::ExponentialBuilder::default()
+            .with_min_delay(idle)
+            .with_max_delay(Duration::from_secs(10))
+            .with_jitter()
+            .without_max_times();
+        let mut backoff = retry.build();
         loop {
             let result = match stage {
                 Stage::Ship => self.ship_once().await,
@@ -268,10 +276,10 @@ impl Shipper {
             };
             match result {
                 Ok(0) => {
-                    backoff = idle;
+                    backoff = retry.build();
                     tokio::time::sleep(idle).await;
                 }
-                Ok(_) => backoff = idle,
+                Ok(_) => backoff = retry.build(),
                 Err(e) => {
                     metrics::counter!("fedgate_shipper_failures_total").increment(1);
                     if let ShipError::Inconsistent(_) = &e {
@@ -285,8 +293,8 @@ impl Shipper {
                     } else {
                         tracing::warn!(error = %e, ?stage, "shipping access events failed; will retry");
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                    tokio::time::sleep(delay).await;
                 }
             }
         }

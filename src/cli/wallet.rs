@@ -88,6 +88,9 @@ pub enum WalletCommand {
         #[command(flatten)]
         wallet: WalletDir,
         id: String,
+        /// A consent as a FHIR R4 Consent resource instead of the credential.
+        #[arg(long)]
+        fhir: bool,
     },
     /// Remove a stored credential.
     Remove {
@@ -240,8 +243,11 @@ pub async fn run(cmd: WalletCommand, json: bool) -> Result<(), String> {
             let w = Wallet::open(&wallet.dir).map_err(err)?;
             print_list(&w.list().map_err(err)?, json)
         }
-        WalletCommand::Show { wallet, id } => {
+        WalletCommand::Show { wallet, id, fhir } => {
             let w = Wallet::open(&wallet.dir).map_err(err)?;
+            if fhir {
+                return print_json(&w.consent_fhir(&id).map_err(err)?);
+            }
             let stored = w.show(&id).map_err(err)?;
             print_json(&serde_json::to_value(&stored).map_err(err)?)
         }

@@ -8,6 +8,7 @@
 //! logged without their content; ones that failed for a passing reason (a member's DID
 //! document unreachable, storage) are redelivered later.
 
+use backon::BackoffBuilder as _;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -35,18 +36,23 @@ const FETCH_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Runs until the state is dropped: (re)connects with backoff and consumes.
 pub async fn consume(state: Weak<VisibilityState>, config: NatsConfig) {
-    let mut backoff = Duration::from_millis(200);
+    let retry = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times();
+    let mut backoff = retry.build();
     loop {
         let consumer = match connect(&config).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "nats consumer not ready; will retry");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                tokio::time::sleep(delay).await;
                 continue;
             }
         };
-        backoff = Duration::from_millis(200);
+        backoff = retry.build();
         tracing::info!(stream = %config.stream, consumer = %config.consumer, "consuming access events from nats");
         loop {
             let Some(state) = state.upgrade() else { return };

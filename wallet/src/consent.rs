@@ -164,6 +164,29 @@ impl Wallet {
             .collect())
     }
 
+    /// A consent in this wallet as a FHIR R4 `Consent` resource (docs/consent-mapping.md),
+    /// for a patient portal or an EHR that keeps consents as FHIR. The credential was
+    /// verified when it entered the wallet; its proof is not part of the resource.
+    pub fn consent_fhir(&self, id: &str) -> Result<Value> {
+        let stored = self.show(id)?;
+        if stored.kind != CredentialKind::PatientConsent {
+            return Err(WalletError::NotAConsent {
+                id: id.to_string(),
+                kind: stored.kind.to_string(),
+            });
+        }
+        let document = match &stored.credential {
+            Value::String(jwt) => {
+                federation::jose::decode(jwt)
+                    .map_err(|e| WalletError::ConsentMapping(e.to_string()))?
+                    .payload
+            }
+            other => other.clone(),
+        };
+        federation::fhir_consent::consent_credential_to_fhir(&document)
+            .map_err(|e| WalletError::ConsentMapping(e.to_string()))
+    }
+
     /// Presents the consent (holder = the patient) to `POST /v1/consents` of a custodian.
     pub async fn consent_register(&self, id: &str, gateway: &GatewayClient) -> Result<Value> {
         let mut record = self.own_consent(id)?;

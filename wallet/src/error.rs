@@ -38,6 +38,9 @@ pub enum WalletError {
     #[error("no credential {id} in this wallet (see `fedgate wallet list`)")]
     NotFound { id: String },
 
+    #[error("the consent cannot be written as FHIR: {0}")]
+    ConsentMapping(String),
+
     #[error("no privilege in this wallet covers domain {domain} at {facility}; import one from your credentialing office (`fedgate wallet import`)")]
     NoMatchingPrivilege { facility: String, domain: String },
 

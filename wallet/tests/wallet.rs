@@ -582,3 +582,35 @@ async fn only_the_patient_registers_or_withdraws_a_consent() {
     ));
     assert_eq!(patient.consent_list().unwrap().len(), 1);
 }
+
+/// A consent in the wallet reads as a FHIR R4 Consent in both proof formats, and maps back
+/// to the same terms; a credential that is not a consent is refused by name.
+#[tokio::test]
+async fn a_consent_reads_as_a_fhir_consent_in_both_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let patient = new_wallet(dir.path(), KeyAlgorithm::Ed25519);
+    for format in [ProofFormat::DataIntegrity, ProofFormat::Jwt] {
+        let credential = patient
+            .consent_grant(grant("did:web:hospital-a.example", "organization", format))
+            .await
+            .unwrap();
+        let stored = patient
+            .consent_list()
+            .unwrap()
+            .into_iter()
+            .find(|c| c.credential == credential)
+            .unwrap();
+        let fhir = patient.consent_fhir(&stored.id).unwrap();
+        assert_eq!(fhir["resourceType"], "Consent", "{fhir}");
+        assert_eq!(fhir["status"], "active", "{fhir}");
+        assert_eq!(fhir["provision"]["type"], "permit", "{fhir}");
+        let subject = federation::fhir_consent::fhir_to_consent_subject(&fhir).unwrap();
+        assert_eq!(subject["provision"], "permit");
+        assert_eq!(subject["grantee"]["id"], "did:web:hospital-a.example");
+        assert_eq!(subject["domains"], json!(["clinical"]));
+        assert_eq!(subject["purposes"], json!(["TREAT"]));
+        assert_eq!(subject["dataClasses"], json!(["Observation", "Condition"]));
+    }
+    let err = patient.consent_fhir("urn:uuid:not-here").unwrap_err();
+    assert!(err.to_string().contains("no credential"), "{err}");
+}
