@@ -66,7 +66,7 @@ ClinicianPrivilegeCredential = ["{}"]
 struct Service {
     base: String,
     stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), String>>,
+    task: tokio::task::JoinHandle<Result<(), visibility::RunError>>,
 }
 
 impl Service {
