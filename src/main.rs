@@ -205,7 +205,9 @@ async fn run(cli: Cli) -> Result<(), String> {
                     println!("gateway listening on {addr}");
                 }
             });
-            gateway::run(cfg, shutdown_signal(), Some(tx)).await
+            gateway::run(cfg, shutdown_signal(), Some(tx))
+                .await
+                .map_err(|e| e.to_string())
         }
         Command::Wallet { json, command } => cli::wallet::run(command, json).await,
         Command::Bench { command } => cli::bench::run(command).await,
@@ -305,7 +307,9 @@ async fn issuer_cmd(command: IssuerCommand) -> Result<(), String> {
                     println!("issuer listening on {addr}");
                 }
             });
-            issuer::run(cfg, shutdown_signal(), Some(tx)).await
+            issuer::run(cfg, shutdown_signal(), Some(tx))
+                .await
+                .map_err(|e| e.to_string())
         }
         IssuerCommand::Init { dir, did, listen } => {
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -61,7 +61,7 @@ async fn until_closed(mut s: TcpStream, limit: Duration) -> (Vec<u8>, Option<Dur
     loop {
         let left = limit.saturating_sub(t0.elapsed());
         match tokio::time::timeout(left, s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return (out, Some(t0.elapsed())),
+            Ok(Ok(0) | Err(_)) => return (out, Some(t0.elapsed())),
             Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
             Err(_) => return (out, None),
         }

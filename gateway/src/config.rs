@@ -280,7 +280,7 @@ impl service::config::ServiceConfig for GatewayConfig {
             match (&v.transport, &v.nats) {
                 (crate::shipper::Transport::Nats, Some(n)) => n
                     .validate("visibility.nats", self.dev_mode)
-                    .map_err(|e| invalid("visibility.nats", &e))?,
+                    .map_err(|e| invalid("visibility.nats", &e.to_string()))?,
                 (crate::shipper::Transport::Nats, None) => {
                     return Err(invalid(
                         "visibility.nats",

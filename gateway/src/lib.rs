@@ -44,37 +44,43 @@ pub use config::GatewayConfig;
 pub use routes::router;
 pub use state::GatewayState;
 
-/// Runs the gateway until `shutdown` resolves. Binding happens first so that a port of 0
-/// works and the public URL names the real port.
+/// Why [`run`] failed: at start, or while serving.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Start(#[from] service::start::StartError),
+    /// Keys, storage, policies, record source or trust could not be set up (the message
+    /// names the key or file).
+    #[error("{0}")]
+    State(String),
+    #[error("visibility log shipping: {0}")]
+    Shipping(#[from] shipper::ShipError),
+}
+
+/// Runs the gateway until `shutdown` resolves. The public URL names the port actually
+/// bound (see [`service::start`]).
 pub async fn run(
     config: GatewayConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
-) -> Result<(), String> {
-    let listener = service::http::bind(&config.listen).map_err(|e| e.to_string())?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let scheme = if config.listen.tls_cert.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+) -> Result<(), RunError> {
+    let bound = service::start::Bound::bind(&config.listen, config.public_url.as_deref())?;
     let mut config = config;
-    let public = config
+    // The DID document's service endpoint: as configured, else the bound address.
+    config
         .public_url
-        .clone()
-        .unwrap_or_else(|| format!("{scheme}://{addr}/"));
-    config.public_url = Some(public.clone());
-    let public_url = reqwest::Url::parse(&public).map_err(|e| format!("public_url: {e}"))?;
-    // One recorder per process; a second gateway in the same process shares it.
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .or_else(|_| {
-            metrics_exporter_prometheus::PrometheusBuilder::new()
-                .build_recorder()
-                .handle()
-                .pipe_ok()
-        })?;
-    let state = GatewayState::new(config.clone(), public_url, metrics).await?;
+        .get_or_insert_with(|| bound.public_url().to_string());
+    // One recorder per process; a second gateway in the same process (tests) gets a handle
+    // of its own.
+    let metrics = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => handle,
+        Err(_) => metrics_exporter_prometheus::PrometheusBuilder::new()
+            .build_recorder()
+            .handle(),
+    };
+    let state = GatewayState::new(config.clone(), bound.public_url().clone(), metrics)
+        .await
+        .map_err(RunError::State)?;
     match state.policy.current_digest() {
         Some(d) => tracing::info!(policy = %d, "policies loaded"),
         None => tracing::error!("policies failed to load: every request will be denied"),
@@ -97,8 +103,7 @@ pub async fn run(
             vis.clone(),
             state.verifier.resolver.clone(),
             config.dev_mode,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         let shipper = std::sync::Arc::new(shipper);
         let _loops = shipper.clone().spawn();
         // With a signed manifest, every other custodian's gateway is a peer too.
@@ -119,27 +124,12 @@ pub async fn run(
                 more_peers,
                 Duration::from_millis(vis.gossip_interval_ms),
                 config.dev_mode,
-            )
-            .map_err(|e| e.to_string())?
+            )?
             .spawn();
         }
     }
-    let app = router(state);
-    service::http::serve_on(
-        listener,
-        app,
-        &config.listen,
-        &config.limits,
-        shutdown,
-        ready,
-    )
-    .await
-    .map_err(|e| e.to_string())
+    bound
+        .serve(router(state), &config.limits, shutdown, ready)
+        .await?;
+    Ok(())
 }
-
-trait PipeOk: Sized {
-    fn pipe_ok(self) -> Result<Self, String> {
-        Ok(self)
-    }
-}
-impl<T> PipeOk for T {}

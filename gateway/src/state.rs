@@ -58,7 +58,7 @@ impl GatewayState {
         metrics: PrometheusHandle,
     ) -> Result<Arc<Self>, String> {
         let admin = match &config.admin_token_file {
-            Some(path) => Some(service::admin::AdminToken::load(path)?),
+            Some(path) => Some(service::admin::AdminToken::load(path).map_err(|e| e.to_string())?),
             None => None,
         };
         let key = KeyPair::load_or_create(&config.key_file, || {

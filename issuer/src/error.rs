@@ -28,6 +28,30 @@ pub enum IssuerError {
     Signing(String),
 }
 
+/// Why the issuer could not start, or stopped serving. One line, naming the key or file.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Serve(#[from] service::start::StartError),
+    /// The key file (named in the message) is missing, open or malformed.
+    #[error(transparent)]
+    Key(federation::keys::KeyError),
+    #[error("key_file belongs to {found}, not to the configured did {configured}")]
+    KeyMismatch { found: String, configured: String },
+    #[error(transparent)]
+    AdminToken(#[from] service::admin::AdminTokenError),
+    #[error("data_dir: {0}")]
+    Store(#[source] IssuerError),
+    #[error("did_web {did}: {source}")]
+    DidWeb {
+        did: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("the issuer's DID document: {0}")]
+    DidDocument(#[source] federation::keys::KeyError),
+}
+
 impl From<sled::Error> for IssuerError {
     fn from(e: sled::Error) -> Self {
         IssuerError::Storage(e.to_string())

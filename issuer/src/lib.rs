@@ -19,38 +19,19 @@ pub use routes::{router, IssuerState};
 use std::future::Future;
 use std::net::SocketAddr;
 
-/// Runs the issuer until `shutdown` resolves. Binding happens first so that a port of 0
-/// works and the public URL (and so the status list URL) names the real port.
+pub use error::StartError;
+
+/// Runs the issuer until `shutdown` resolves. The public URL (and so the status list URL)
+/// names the port actually bound (see [`service::start`]).
 pub async fn run(
     config: IssuerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
-) -> Result<(), String> {
-    let listener = service::http::bind(&config.listen).map_err(|e| e.to_string())?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let scheme = if config.listen.tls_cert.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let public = config
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("{scheme}://{addr}/"));
-    let mut public_url = reqwest::Url::parse(&public).map_err(|e| format!("public_url: {e}"))?;
-    if !public_url.path().ends_with('/') {
-        public_url.set_path(&format!("{}/", public_url.path()));
-    }
-    let state = IssuerState::new(config.clone(), public_url)?;
-    let app = router(state);
-    service::http::serve_on(
-        listener,
-        app,
-        &config.listen,
-        &config.limits,
-        shutdown,
-        ready,
-    )
-    .await
-    .map_err(|e| e.to_string())
+) -> Result<(), StartError> {
+    let bound = service::start::Bound::bind(&config.listen, config.public_url.as_deref())?;
+    let state = IssuerState::new(config.clone(), bound.public_url().clone())?;
+    bound
+        .serve(router(state), &config.limits, shutdown, ready)
+        .await?;
+    Ok(())
 }

@@ -32,7 +32,7 @@ use service::params;
 use tokio::sync::broadcast;
 
 use crate::config::IssuerConfig;
-use crate::error::IssuerError;
+use crate::error::{IssuerError, StartError};
 use crate::store::{Record, Store};
 
 /// Path of the one revocation list this issuer publishes.
@@ -51,18 +51,17 @@ pub struct IssuerState {
 
 impl IssuerState {
     /// Builds the state: loads (or creates) the key, opens storage, reads the admin token.
-    pub fn new(config: IssuerConfig, public_url: reqwest::Url) -> Result<Arc<Self>, String> {
+    pub fn new(config: IssuerConfig, public_url: reqwest::Url) -> Result<Arc<Self>, StartError> {
         let key = KeyPair::load_or_create(&config.key_file, || {
             KeyPair::generate_did_web(&config.did, Default::default())
                 .map(|k| k.with_purpose("issuer assertion"))
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(StartError::Key)?;
         if key.did() != config.did {
-            return Err(format!(
-                "key_file belongs to {}, not to the configured did {}",
-                key.did(),
-                config.did
-            ));
+            return Err(StartError::KeyMismatch {
+                found: key.did().to_string(),
+                configured: config.did.clone(),
+            });
         }
         let admin_token = match &config.admin_token_file {
             Some(path) => Some(service::admin::AdminToken::load(path)?),
@@ -71,17 +70,20 @@ impl IssuerState {
                 None
             }
         };
-        let store = Store::open(&config.data_dir.join("issuer.sled")).map_err(|e| e.to_string())?;
+        let store = Store::open(&config.data_dir.join("issuer.sled")).map_err(StartError::Store)?;
 
         let resolver = Arc::new(DidResolver::new(config.dev_mode));
         let mut allow = HashMap::new();
         for (did, url) in &config.did_web {
-            let url = reqwest::Url::parse(url).map_err(|e| format!("did_web {did}: {e}"))?;
+            let url = reqwest::Url::parse(url).map_err(|source| StartError::DidWeb {
+                did: did.clone(),
+                source,
+            })?;
             allow.insert(did.clone(), url);
         }
         allow.insert(config.did.clone(), public_url.clone());
         resolver.set_web_allow_map(allow);
-        resolver.pin(key.did_document().map_err(|e| e.to_string())?);
+        resolver.pin(key.did_document().map_err(StartError::DidDocument)?);
         let trust = StaticTrust::new();
         for (kind, issuers) in &config.trust {
             for issuer in issuers {
@@ -172,8 +174,12 @@ impl IssuerState {
                 "this office does not issue {kind}"
             )));
         }
-        if self.store.get(&id).is_ok() {
-            return Err(IssuerError::Conflict(format!("credential {id} exists")));
+        match self.store.get(&id) {
+            Ok(_) => return Err(IssuerError::Conflict(format!("credential {id} exists"))),
+            Err(IssuerError::NotFound(_)) => {}
+            // A storage or decoding failure is not "no such credential": issuing then
+            // could overwrite a record that only failed to read.
+            Err(e) => return Err(e),
         }
         // Check the schema before reserving a status index for it.
         federation::schema::check(kind, &credential).map_err(IssuerError::Unprocessable)?;

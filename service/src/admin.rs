@@ -19,6 +19,24 @@ pub struct AdminToken {
     digest: [u8; 32],
 }
 
+/// Why an admin token file was refused. Messages name the file, never its content.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminTokenError {
+    /// Missing, unreadable, or open to group or others.
+    #[error("admin_token_file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: federation::keys::KeyError,
+    },
+    #[error("admin_token_file {path}: not text")]
+    NotText { path: String },
+    #[error(
+        "admin_token_file {path}: the admin token must be at least {MIN_TOKEN_CHARS} characters"
+    )]
+    TooShort { path: String },
+}
+
 /// Shows nothing of the token, not even its digest.
 impl std::fmt::Debug for AdminToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -28,16 +46,18 @@ impl std::fmt::Debug for AdminToken {
 
 impl AdminToken {
     /// Reads the token file, refusing one that group or others can read.
-    pub fn load(path: &Path) -> Result<AdminToken, String> {
-        let bytes = federation::keys::read_private(path)
-            .map_err(|e| format!("admin_token_file {}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<AdminToken, AdminTokenError> {
+        let shown = || path.display().to_string();
+        let bytes =
+            federation::keys::read_private(path).map_err(|source| AdminTokenError::Read {
+                path: shown(),
+                source,
+            })?;
         let token = std::str::from_utf8(&bytes)
-            .map_err(|_| format!("admin_token_file {}: not text", path.display()))?
+            .map_err(|_| AdminTokenError::NotText { path: shown() })?
             .trim();
         if token.chars().count() < MIN_TOKEN_CHARS {
-            return Err(format!(
-                "the admin token must be at least {MIN_TOKEN_CHARS} characters"
-            ));
+            return Err(AdminTokenError::TooShort { path: shown() });
         }
         Ok(AdminToken {
             digest: Sha256::digest(token.as_bytes()).into(),
@@ -88,13 +108,17 @@ mod tests {
         }
 
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(AdminToken::load(&path).unwrap_err().contains("chmod 600"));
+        let err = AdminToken::load(&path).unwrap_err();
+        assert!(matches!(err, AdminTokenError::Read { .. }), "{err}");
+        assert!(err.to_string().contains("chmod 600"), "{err}");
         std::fs::write(dir.path().join("short"), "short").unwrap();
         std::fs::set_permissions(
             dir.path().join("short"),
             std::fs::Permissions::from_mode(0o600),
         )
         .unwrap();
-        assert!(AdminToken::load(&dir.path().join("short")).is_err());
+        let err = AdminToken::load(&dir.path().join("short")).unwrap_err();
+        assert!(matches!(err, AdminTokenError::TooShort { .. }), "{err}");
+        assert!(err.to_string().contains("at least 16 characters"), "{err}");
     }
 }

@@ -75,41 +75,82 @@ fn default_consumer() -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error("nats configuration: {0}")]
-    Config(String),
+    Config(#[from] NatsConfigError),
     #[error("nats server unreachable: {0}")]
     Connect(String),
     #[error("jetstream: {0}")]
     JetStream(String),
 }
 
+/// A refused `[nats]` table. `what` names the table (`nats`, `visibility.nats`); messages
+/// name the key and never show a secret's content.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsConfigError {
+    /// A stream, consumer or subject name, or a number, outside its rule.
+    #[error("{what}.{key}: {rule}")]
+    Invalid {
+        what: String,
+        key: &'static str,
+        rule: &'static str,
+    },
+    #[error("{what}.url: unknown scheme {scheme}")]
+    UnknownScheme { what: String, scheme: String },
+    /// Missing, unreadable, or open to group or others.
+    #[error("{what}.{key}: {source}")]
+    SecretUnreadable {
+        what: String,
+        key: &'static str,
+        #[source]
+        source: federation::keys::KeyError,
+    },
+    #[error("{what}.{key}: {} is not text", .path.display())]
+    SecretNotText {
+        what: String,
+        key: &'static str,
+        path: PathBuf,
+    },
+    #[error("{what}.nkey_seed_file: {} holds no valid NATS user seed (SU…)", .path.display())]
+    BadSeed { what: String, path: PathBuf },
+    #[error("{what}.credentials_file: {} is not a NATS .creds file (user JWT and seed)", .path.display())]
+    BadCredentials { what: String, path: PathBuf },
+    #[error("{what}: set nkey_seed_file or credentials_file, not both")]
+    TwoSecrets { what: String },
+    #[error("{what}: a NATS client must authenticate outside dev_mode; set nkey_seed_file or credentials_file")]
+    Unauthenticated { what: String },
+}
+
 impl NatsConfig {
     /// Checks names and the transport rule; `what` names the table in messages.
-    pub fn validate(&self, what: &str, dev_mode: bool) -> Result<(), String> {
+    pub fn validate(&self, what: &str, dev_mode: bool) -> Result<(), NatsConfigError> {
+        let invalid = |key, rule| NatsConfigError::Invalid {
+            what: what.to_string(),
+            key,
+            rule,
+        };
         let token_ok = |s: &str| {
             !s.is_empty()
                 && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         };
         if !token_ok(&self.stream) {
-            return Err(format!("{what}.stream: letters, digits, '-' and '_' only"));
+            return Err(invalid("stream", "letters, digits, '-' and '_' only"));
         }
         if !token_ok(&self.consumer) {
-            return Err(format!(
-                "{what}.consumer: letters, digits, '-' and '_' only"
-            ));
+            return Err(invalid("consumer", "letters, digits, '-' and '_' only"));
         }
         if self.subject_prefix.is_empty() || !self.subject_prefix.split('.').all(token_ok) {
-            return Err(format!(
-                "{what}.subject_prefix: dot-separated tokens of letters, digits, '-' and '_'"
+            return Err(invalid(
+                "subject_prefix",
+                "dot-separated tokens of letters, digits, '-' and '_'",
             ));
         }
         if self.duplicate_window_secs == 0 {
-            return Err(format!("{what}.duplicate_window_secs must be at least 1"));
+            return Err(invalid("duplicate_window_secs", "must be at least 1"));
         }
         let (scheme, rest) = self
             .url
             .split_once("://")
-            .ok_or_else(|| format!("{what}.url: expected tls://host:port or nats://host:port"))?;
+            .ok_or_else(|| invalid("url", "expected tls://host:port or nats://host:port"))?;
         let host = rest
             .rsplit_once(':')
             .map(|(h, _)| h)
@@ -124,17 +165,23 @@ impl NatsConfig {
             "tls" => {}
             "nats" if loopback && dev_mode => {}
             "nats" => {
-                return Err(format!(
-                    "{what}.url: plain nats:// is allowed only to loopback in dev_mode; use tls://"
+                return Err(invalid(
+                    "url",
+                    "plain nats:// is allowed only to loopback in dev_mode; use tls://",
                 ))
             }
-            other => return Err(format!("{what}.url: unknown scheme {other}")),
+            other => {
+                return Err(NatsConfigError::UnknownScheme {
+                    what: what.to_string(),
+                    scheme: other.to_string(),
+                })
+            }
         }
         // Read now, so that a missing, open or malformed secret stops the start.
         match self.auth(what)? {
-            Auth::Anonymous if !dev_mode => Err(format!(
-                "{what}: a NATS client must authenticate outside dev_mode; set nkey_seed_file or credentials_file"
-            )),
+            Auth::Anonymous if !dev_mode => Err(NatsConfigError::Unauthenticated {
+                what: what.to_string(),
+            }),
             _ => Ok(()),
         }
     }
@@ -152,18 +199,26 @@ impl NatsConfig {
     }
 
     /// Reads the configured secret; never puts its content in an error.
-    fn auth(&self, what: &str) -> Result<Auth, String> {
-        let read = |key: &str, path: &Path| -> Result<zeroize::Zeroizing<String>, String> {
-            let bytes =
-                federation::keys::read_private(path).map_err(|e| format!("{what}.{key}: {e}"))?;
-            let text = std::str::from_utf8(&bytes)
-                .map_err(|_| format!("{what}.{key}: {} is not text", path.display()))?;
+    fn auth(&self, what: &str) -> Result<Auth, NatsConfigError> {
+        let read = |key: &'static str, path: &Path| {
+            let bytes = federation::keys::read_private(path).map_err(|source| {
+                NatsConfigError::SecretUnreadable {
+                    what: what.to_string(),
+                    key,
+                    source,
+                }
+            })?;
+            let text = std::str::from_utf8(&bytes).map_err(|_| NatsConfigError::SecretNotText {
+                what: what.to_string(),
+                key,
+                path: path.to_path_buf(),
+            })?;
             Ok(zeroize::Zeroizing::new(text.to_string()))
         };
         match (&self.nkey_seed_file, &self.credentials_file) {
-            (Some(_), Some(_)) => Err(format!(
-                "{what}: set nkey_seed_file or credentials_file, not both"
-            )),
+            (Some(_), Some(_)) => Err(NatsConfigError::TwoSecrets {
+                what: what.to_string(),
+            }),
             (Some(path), None) => {
                 let seed =
                     zeroize::Zeroizing::new(read("nkey_seed_file", path)?.trim().to_string());
@@ -171,21 +226,21 @@ impl NatsConfig {
                 let valid = seed.starts_with("SU")
                     && seed.lines().count() == 1
                     && nkeys::KeyPair::from_seed(&seed).is_ok();
-                valid.then_some(Auth::Nkey(seed)).ok_or_else(|| {
-                    format!(
-                        "{what}.nkey_seed_file: {} holds no valid NATS user seed (SU…)",
-                        path.display()
-                    )
-                })
+                valid
+                    .then_some(Auth::Nkey(seed))
+                    .ok_or_else(|| NatsConfigError::BadSeed {
+                        what: what.to_string(),
+                        path: path.clone(),
+                    })
             }
             (None, Some(path)) => {
                 let creds = read("credentials_file", path)?;
                 let valid = async_nats::ConnectOptions::with_credentials(&creds).is_ok();
                 valid.then_some(Auth::Credentials(creds)).ok_or_else(|| {
-                    format!(
-                        "{what}.credentials_file: {} is not a NATS .creds file (user JWT and seed)",
-                        path.display()
-                    )
+                    NatsConfigError::BadCredentials {
+                        what: what.to_string(),
+                        path: path.clone(),
+                    }
                 })
             }
             (None, None) => Ok(Auth::Anonymous),
@@ -202,11 +257,16 @@ impl NatsConfig {
     /// Connects and returns a JetStream context. The client reconnects by itself after a
     /// later outage; callers retry a failed first connection.
     pub async fn connect(&self) -> Result<jetstream::Context, BusError> {
-        let options = match self.auth("nats").map_err(BusError::Config)? {
+        let options = match self.auth("nats")? {
             Auth::Anonymous => async_nats::ConnectOptions::new(),
             Auth::Nkey(seed) => async_nats::ConnectOptions::with_nkey(seed.to_string()),
             Auth::Credentials(creds) => async_nats::ConnectOptions::with_credentials(&creds)
-                .map_err(|_| BusError::Config("the credentials file is not valid".into()))?,
+                .map_err(|_| {
+                    BusError::Config(NatsConfigError::BadCredentials {
+                        what: "nats".into(),
+                        path: self.credentials_file.clone().unwrap_or_default(),
+                    })
+                })?,
         };
         let client = options
             .connection_timeout(Duration::from_secs(5))
@@ -331,18 +391,22 @@ mod tests {
 
         let mut c = config("tls://nats.example:4222");
         let err = c.validate("nats", false).unwrap_err();
-        assert!(err.contains("must authenticate"), "{err}");
+        assert!(
+            matches!(err, NatsConfigError::Unauthenticated { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("must authenticate"), "{err}");
 
         c.nkey_seed_file = Some(secret(dir.path(), "seed", &format!("{seed}\n"), 0o600));
         c.validate("nats", false).unwrap();
 
         // Readable by others: refused, and the seed never appears in the message.
         c.nkey_seed_file = Some(secret(dir.path(), "open", &seed, 0o644));
-        let err = c.validate("nats", false).unwrap_err();
+        let err = c.validate("nats", false).unwrap_err().to_string();
         assert!(err.contains("chmod 600") && !err.contains(&seed), "{err}");
 
         c.nkey_seed_file = Some(secret(dir.path(), "bad", "SUnot-a-seed", 0o600));
-        let err = c.validate("nats", false).unwrap_err();
+        let err = c.validate("nats", false).unwrap_err().to_string();
         assert!(err.contains("no valid NATS user seed"), "{err}");
         c.nkey_seed_file = Some(dir.path().join("missing"));
         assert!(c.validate("nats", false).is_err());
@@ -359,12 +423,12 @@ mod tests {
         c.credentials_file = Some(secret(dir.path(), "user.creds", &creds, 0o600));
         c.validate("nats", false).unwrap();
         c.credentials_file = Some(secret(dir.path(), "junk.creds", "hello", 0o600));
-        let err = c.validate("nats", false).unwrap_err();
+        let err = c.validate("nats", false).unwrap_err().to_string();
         assert!(err.contains("not a NATS .creds file"), "{err}");
 
         c.credentials_file = Some(secret(dir.path(), "both.creds", &creds, 0o600));
         c.nkey_seed_file = Some(secret(dir.path(), "seed2", &seed, 0o600));
-        let err = c.validate("nats", false).unwrap_err();
+        let err = c.validate("nats", false).unwrap_err().to_string();
         assert!(err.contains("not both"), "{err}");
 
         // Relative paths are the config file's.
@@ -387,7 +451,8 @@ mod tests {
         assert_eq!(s, c.subject_for("did:web:hospital-a.example"));
         assert_ne!(s, c.subject_for("did:web:hospital-b.example"));
         c.subject_prefix = "a.>".into();
-        assert!(c.validate("nats", true).is_err());
+        let err = c.validate("nats", true).unwrap_err().to_string();
+        assert!(err.starts_with("nats.subject_prefix: "), "{err}");
         c.subject_prefix = "fedgate.events".into();
         c.stream = "has space".into();
         assert!(c.validate("nats", true).is_err());

@@ -10,6 +10,7 @@
 //!   consumer), shared by the gateways that publish and the visibility service that reads.
 //! - [`params`]: path parameters checked against their formats (400 naming the parameter).
 //! - [`nonce`]: single-use challenges, the replay defence of presentations and logins.
+//! - [`start`]: start-up: bind, derive the public URL from the bound address, serve.
 //!
 //! The wallet never links this crate: it has no server parts.
 
@@ -20,3 +21,4 @@ pub mod eventbus;
 pub mod http;
 pub mod nonce;
 pub mod params;
+pub mod start;

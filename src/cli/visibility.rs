@@ -24,7 +24,9 @@ pub async fn run(cmd: VisibilityCommand) -> Result<(), String> {
                     println!("visibility listening on {addr}");
                 }
             });
-            visibility::run(cfg, shutdown_signal(), Some(tx)).await
+            visibility::run(cfg, shutdown_signal(), Some(tx))
+                .await
+                .map_err(|e| e.to_string())
         }
     }
 }

@@ -383,17 +383,25 @@ pub(crate) async fn export(
     s.sessions.check(&headers)?;
     let (filter, limit, before) = Filter::parse(query(q)?)?;
     let (events, next) = find_events(&s, &filter, limit, before)?;
-    let entries: Vec<Value> = events
+    // find_events serialized these AccessEvents itself, so reading them back succeeds; if
+    // it ever did not, the export fails rather than leave an event out of an audit.
+    let entries = events
         .iter()
-        // find_events serialized these AccessEvents itself, so reading them back succeeds.
-        .filter_map(|found| serde_json::from_value::<AccessEvent>(found["event"].clone()).ok())
-        .map(|e| {
-            json!({
+        .map(|found| {
+            let e = serde_json::from_value::<AccessEvent>(found["event"].clone())
+                // The category only: serde's message may quote the event's values.
+                .map_err(|e| {
+                    VisibilityError::Storage(format!(
+                        "an event in the log does not read back ({:?})",
+                        e.classify()
+                    ))
+                })?;
+            Ok(json!({
                 "fullUrl": format!("urn:uuid:{}", e.id),
                 "resource": federation::events::to_fhir_audit_event(&e),
-            })
+            }))
         })
-        .collect();
+        .collect::<Result<Vec<Value>, VisibilityError>>()?;
     let mut bundle = json!({
         "resourceType": "Bundle",
         "type": "collection",

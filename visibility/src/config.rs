@@ -138,8 +138,8 @@ impl VisibilityConfig {
     }
 
     /// Parses without validating or resolving paths.
-    pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.message().to_string())
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
     }
 
     /// Makes relative file paths relative to `base` (the config file's folder).
@@ -230,7 +230,7 @@ impl service::config::ServiceConfig for VisibilityConfig {
         }
         if let Some(nats) = &self.nats {
             nats.validate("nats", self.dev_mode)
-                .map_err(|e| invalid("nats", e))?;
+                .map_err(|e| invalid("nats", e.to_string()))?;
         }
         if !(1..=3600).contains(&self.challenge_ttl_secs) {
             return Err(invalid(
@@ -276,7 +276,8 @@ dev_mode = true
 "#;
 
     fn check(extra: &str) -> Result<VisibilityConfig, String> {
-        let mut cfg = VisibilityConfig::from_toml(&format!("{BASE}{extra}"))?;
+        let mut cfg =
+            VisibilityConfig::from_toml(&format!("{BASE}{extra}")).map_err(|e| e.to_string())?;
         cfg.resolve_paths(Path::new("/etc/fedgate"));
         cfg.validate("visibility.toml").map_err(|e| e.to_string())?;
         Ok(cfg)

@@ -117,7 +117,7 @@ const PAGE: &str = r#"<!doctype html>
 </html>
 "#;
 
-const STYLE: &str = r#"body { font: 14px/1.4 system-ui, sans-serif; margin: 0 1.5em 2em; color: #1b1b1b; }
+const STYLE: &str = r"body { font: 14px/1.4 system-ui, sans-serif; margin: 0 1.5em 2em; color: #1b1b1b; }
 h1 { font-size: 1.4em; }
 h2 { font-size: 1.1em; margin-top: 1.5em; }
 header form { display: flex; gap: .5em; align-items: center; }
@@ -136,7 +136,7 @@ dd { margin: 0; }
 .good { color: #070; }
 .hint, .count { color: #666; font-weight: normal; font-size: .9em; }
 #status.error { color: #a00; }
-"#;
+";
 
 const SCRIPT: &str = r#""use strict";
 (() => {

@@ -3,7 +3,12 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use std::path::PathBuf;
+
 use crate::merkle::LogError;
+use crate::store::StoreError;
+use federation::checkpoint::NoteError;
+use federation::keys::KeyError;
 use federation::verify::{Check, VerifyError};
 use service::http::Problem;
 
@@ -46,6 +51,81 @@ pub enum VisibilityError {
     Storage(String),
     #[error("signing: {0}")]
     Signing(String),
+}
+
+/// Why the service's state could not be opened at start. One line, naming the key or file.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Config(#[from] service::config::ConfigError),
+    /// The key file (named in the message) is missing, open or malformed.
+    #[error(transparent)]
+    Key(KeyError),
+    #[error("key_file belongs to {found}, not to the configured did {configured}")]
+    KeyMismatch { found: String, configured: String },
+    #[error("the visibility key must be an Ed25519 key (checkpoints are Ed25519 notes)")]
+    NotEd25519,
+    #[error("checkpoint verifier: {0}")]
+    Note(#[from] NoteError),
+    #[error("data_dir {}: {source}", .path.display())]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("registry: {0}")]
+    Registry(String),
+    #[error("members {did}: {source}")]
+    Member {
+        did: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("the service's DID document: {0}")]
+    DidDocument(#[source] KeyError),
+}
+
+/// Why the log's last checkpoint cannot be served at start: serving the log as it is
+/// would fork it.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the log holds {size} leaves but its last checkpoint names {checkpoint}: refusing to serve a log that lost entries")]
+    LostEntries { size: u64, checkpoint: u64 },
+    #[error("the log's root at size {size} differs from its last checkpoint: refusing to serve a rewritten log")]
+    Rewritten { size: u64 },
+    #[error("stored checkpoint: {0}")]
+    Unreadable(#[source] NoteError),
+    #[error("signing a checkpoint: {0}")]
+    Sign(#[source] VisibilityError),
+}
+
+impl From<LogError> for CheckpointError {
+    fn from(e: LogError) -> Self {
+        CheckpointError::Store(e.into())
+    }
+}
+
+impl From<sled::Error> for CheckpointError {
+    fn from(e: sled::Error) -> Self {
+        CheckpointError::Store(e.into())
+    }
+}
+
+/// Why [`crate::run`] failed: at start, while serving, or flushing at the end.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Start(#[from] service::start::StartError),
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error("flushing the database at shutdown: {0}")]
+    Flush(#[source] sled::Error),
 }
 
 impl VisibilityError {

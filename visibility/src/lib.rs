@@ -33,7 +33,7 @@ pub mod proofs;
 pub mod store;
 
 pub use config::VisibilityConfig;
-pub use error::VisibilityError;
+pub use error::{OpenError, RunError, VisibilityError};
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -90,42 +90,35 @@ impl VisibilityState {
     /// Loads (or creates) the key, opens storage, installs the registry's manifest and
     /// makes sure a checkpoint for the current size is signed. Background tasks are
     /// started by [`VisibilityState::spawn_tasks`].
-    pub fn open(config: VisibilityConfig) -> Result<Arc<Self>, String> {
-        config
-            .validate("visibility config")
-            .map_err(|e| e.to_string())?;
+    pub fn open(config: VisibilityConfig) -> Result<Arc<Self>, OpenError> {
+        config.validate("visibility config")?;
         let key = KeyPair::load_or_create(&config.key_file, || {
             KeyPair::generate_did_web(&config.did, KeyAlgorithm::Ed25519)
                 .map(|k| k.with_purpose("visibility checkpoints"))
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(OpenError::Key)?;
         if key.did() != config.did {
-            return Err(format!(
-                "key_file belongs to {}, not to the configured did {}",
-                key.did(),
-                config.did
-            ));
+            return Err(OpenError::KeyMismatch {
+                found: key.did().to_string(),
+                configured: config.did.clone(),
+            });
         }
-        let signing_key = key
-            .ed25519_signing_key()
-            .ok_or("the visibility key must be an Ed25519 key (checkpoints are Ed25519 notes)")?;
-        let note_verifier =
-            NoteVerifier::from_signing_key(&config.did, &signing_key).map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| format!("data_dir {}: {e}", config.data_dir.display()))?;
-        let store =
-            Store::open(&config.data_dir.join("visibility.sled")).map_err(|e| e.to_string())?;
-        let latest = proofs::initial_checkpoint(&store, &config.did, &signing_key, &note_verifier)
-            .map_err(|e| e.to_string())?;
+        let signing_key = key.ed25519_signing_key().ok_or(OpenError::NotEd25519)?;
+        let note_verifier = NoteVerifier::from_signing_key(&config.did, &signing_key)?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| OpenError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let store = Store::open(&config.data_dir.join("visibility.sled"))?;
+        let latest = proofs::initial_checkpoint(&store, &config.did, &signing_key, &note_verifier)?;
 
         let resolver = Arc::new(DidResolver::new(config.dev_mode));
         let (trust, membership): (Arc<dyn TrustSource>, Membership) = match &config.registry {
             Some(rc) => {
-                let registry = Arc::new(Registry::journaled_in(
-                    &store.db,
-                    rc.governance.clone(),
-                    config.dev_mode,
-                )?);
+                let registry = Arc::new(
+                    Registry::journaled_in(&store.db, rc.governance.clone(), config.dev_mode)
+                        .map_err(|e| OpenError::Registry(e.to_string()))?,
+                );
                 if !rc.is_url() {
                     // A bad manifest on disk is logged: the service then admits nobody
                     // until a good one arrives.
@@ -142,8 +135,10 @@ impl VisibilityState {
             None => {
                 let mut allow = HashMap::new();
                 for (did, url) in &config.members {
-                    let url =
-                        reqwest::Url::parse(url).map_err(|e| format!("members {did}: {e}"))?;
+                    let url = reqwest::Url::parse(url).map_err(|source| OpenError::Member {
+                        did: did.clone(),
+                        source,
+                    })?;
                     allow.insert(did.clone(), url);
                 }
                 resolver.set_web_allow_map(allow);
@@ -162,7 +157,7 @@ impl VisibilityState {
                 )
             }
         };
-        resolver.pin(key.did_document().map_err(|e| e.to_string())?);
+        resolver.pin(key.did_document().map_err(OpenError::DidDocument)?);
         let status = Arc::new(StatusCache::new(
             resolver.clone(),
             Duration::from_secs(config.status_cache_ttl_secs),
@@ -280,30 +275,31 @@ async fn inventory(State(s): AppState) -> Json<Value> {
     }))
 }
 
-/// Runs the service until `shutdown` resolves. Binding happens first so that a port of 0
-/// works; the bound address is sent on `ready` once the service answers.
+/// Runs the service until `shutdown` resolves. Binding happens first (see
+/// [`service::start`]); the bound address is sent on `ready` once the service answers.
+/// Background tasks are stopped and the database flushed before returning, whether
+/// serving ended well or not.
 pub async fn run(
     config: VisibilityConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
-) -> Result<(), String> {
-    let listener = service::http::bind(&config.listen).map_err(|e| e.to_string())?;
-    let listen = config.listen.clone();
+) -> Result<(), RunError> {
+    let bound = service::start::Bound::bind(&config.listen, None)?;
     let limits = config.limits.clone();
     let state = VisibilityState::open(config)?;
     let tasks = state.spawn_tasks();
-    let app = router(state.clone());
-    let served = service::http::serve_on(listener, app, &listen, &limits, shutdown, ready)
-        .await
-        .map_err(|e| e.to_string());
+    let served = bound
+        .serve(router(state.clone()), &limits, shutdown, ready)
+        .await;
     for task in tasks {
         task.abort();
         // An aborted task reports a cancellation; nothing else can come back.
         let _ = task.await;
     }
     // Whatever is still in memory reaches the disk before the database is closed.
-    let flushed = state.store.db.flush_async().await.map(|_| ());
+    let flushed = state.store.db.flush_async().await;
     drop(state);
     served?;
-    flushed.map_err(|e| e.to_string())
+    flushed.map_err(RunError::Flush)?;
+    Ok(())
 }

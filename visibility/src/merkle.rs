@@ -681,7 +681,7 @@ mod tests {
 
     #[test]
     fn out_of_range_requests_are_typed_errors() {
-        let (_dir, _db, log, _all, _roots) = build(10);
+        let (_dir, db, log, _all, _roots) = build(10);
         assert!(matches!(
             log.inclusion_proof(10, 10),
             Err(LogError::IndexOutOfRange {
@@ -720,10 +720,7 @@ mod tests {
         assert!(log.consistency_proof(4, 4).unwrap().is_empty());
         assert!(log.consistency_proof(u64::MAX, u64::MAX).is_err());
         assert!(log.inclusion_proof(u64::MAX, u64::MAX).is_err());
-        assert!(matches!(
-            MerkleLog::open(&_db, ""),
-            Err(LogError::EmptyName)
-        ));
+        assert!(matches!(MerkleLog::open(&db, ""), Err(LogError::EmptyName)));
         // An empty batch appends nothing.
         assert_eq!(log.append_batch(&[]).unwrap(), 10..10);
         assert_eq!(log.size().unwrap(), 10);

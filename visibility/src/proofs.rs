@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use federation::checkpoint::{self, Checkpoint, NoteError, NoteVerifier};
 use federation::log::Hash;
 
+use crate::error::CheckpointError;
 use crate::store::Store;
 use crate::{AppState, VisibilityError, VisibilityState};
 
@@ -44,25 +45,22 @@ pub(crate) fn initial_checkpoint(
     did: &str,
     key: &SigningKey,
     verifier: &NoteVerifier,
-) -> Result<Published, String> {
-    let size = store.size().map_err(|e| e.to_string())?;
-    if let Some(note) = store.checkpoint().map_err(|e| e.to_string())? {
+) -> Result<Published, CheckpointError> {
+    let size = store.size()?;
+    if let Some(note) = store.checkpoint()? {
         match checkpoint::open(&note, std::slice::from_ref(verifier)) {
             Ok(cp) => {
                 if cp.origin != did {
                     tracing::warn!("stored checkpoint has another origin; signing anew");
                 } else if cp.size > size {
-                    return Err(format!(
-                        "the log holds {size} leaves but its last checkpoint names {}: refusing to serve a log that lost entries",
-                        cp.size
-                    ));
+                    return Err(CheckpointError::LostEntries {
+                        size,
+                        checkpoint: cp.size,
+                    });
                 } else {
-                    let root = store.log.root(cp.size).map_err(|e| e.to_string())?;
+                    let root = store.log.root(cp.size)?;
                     if root != cp.root {
-                        return Err(format!(
-                            "the log's root at size {} differs from its last checkpoint: refusing to serve a rewritten log",
-                            cp.size
-                        ));
+                        return Err(CheckpointError::Rewritten { size: cp.size });
                     }
                     if cp.size == size {
                         return Ok(Published { size, root, note });
@@ -72,14 +70,12 @@ pub(crate) fn initial_checkpoint(
             Err(NoteError::NoKnownSignature | NoteError::BadSignature { .. }) => {
                 tracing::warn!("stored checkpoint is signed by another key; signing anew");
             }
-            Err(e) => return Err(format!("stored checkpoint: {e}")),
+            Err(e) => return Err(CheckpointError::Unreadable(e)),
         }
     }
-    let published = sign(store, did, key, size).map_err(|e| e.to_string())?;
-    store
-        .put_checkpoint(&published.note)
-        .map_err(|e| e.to_string())?;
-    store.db.flush().map_err(|e| e.to_string())?;
+    let published = sign(store, did, key, size).map_err(CheckpointError::Sign)?;
+    store.put_checkpoint(&published.note)?;
+    store.db.flush()?;
     Ok(published)
 }
 
@@ -272,14 +268,28 @@ mod tests {
         mark_indexed(&shorter);
         shorter.put_checkpoint(&first.note).unwrap();
         let err = initial_checkpoint(&shorter, did, &key, &verifier).unwrap_err();
-        assert!(err.contains("lost entries"), "{err}");
+        assert!(
+            matches!(
+                err,
+                CheckpointError::LostEntries {
+                    size: 2,
+                    checkpoint: 3
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("lost entries"), "{err}");
 
         let dir = tempfile::tempdir().unwrap();
         let rewritten = store_with(dir.path(), &[b"a", b"x", b"c", b"d"]);
         mark_indexed(&rewritten);
         rewritten.put_checkpoint(&first.note).unwrap();
         let err = initial_checkpoint(&rewritten, did, &key, &verifier).unwrap_err();
-        assert!(err.contains("rewritten"), "{err}");
+        assert!(
+            matches!(err, CheckpointError::Rewritten { size: 3 }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("rewritten"), "{err}");
 
         // A log that grew past its checkpoint gets a new one.
         let dir = tempfile::tempdir().unwrap();

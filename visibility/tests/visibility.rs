@@ -66,7 +66,7 @@ ClinicianPrivilegeCredential = ["{}"]
 struct Service {
     base: String,
     stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), String>>,
+    task: tokio::task::JoinHandle<Result<(), visibility::RunError>>,
 }
 
 impl Service {
@@ -86,9 +86,8 @@ async fn start(cfg: VisibilityConfig) -> Service {
         },
         Some(ready_tx),
     ));
-    let addr = match ready_rx.await {
-        Ok(addr) => addr,
-        Err(_) => panic!("the service did not start: {:?}", task.await),
+    let Ok(addr) = ready_rx.await else {
+        panic!("the service did not start: {:?}", task.await)
     };
     Service {
         base: format!("http://{addr}"),

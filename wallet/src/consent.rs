@@ -45,13 +45,18 @@ impl Provision {
     }
 }
 
+/// A provision other than `permit` or `deny` (on a command line).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown provision {0:?} (permit or deny)")]
+pub struct UnknownProvision(pub String);
+
 impl std::str::FromStr for Provision {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownProvision;
+    fn from_str(s: &str) -> Result<Self, UnknownProvision> {
         match s {
             "permit" => Ok(Provision::Permit),
             "deny" => Ok(Provision::Deny),
-            other => Err(format!("unknown provision {other:?} (permit or deny)")),
+            other => Err(UnknownProvision(other.to_string())),
         }
     }
 }

@@ -108,7 +108,53 @@ pub enum WalletError {
     },
 
     #[error("trust file {path}: {reason}")]
-    TrustConfig { path: String, reason: String },
+    TrustConfig {
+        path: String,
+        #[source]
+        reason: TrustFileError,
+    },
+
+    #[error("{0:?} is not `now`, a date (YYYY-MM-DD) or an RFC 3339 date-time")]
+    BadTime(String),
+}
+
+/// What is wrong with a trust file (see [`crate::trust_config`]); shown after its path.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustFileError {
+    #[error("{0}")]
+    Read(#[from] std::io::Error),
+    #[error("larger than 1 MiB")]
+    TooLarge,
+    #[error("{0}")]
+    Json(#[from] federation::json::StrictJsonError),
+    #[error("{0}")]
+    Shape(#[from] serde_json::Error),
+    #[error("not UTF-8")]
+    NotUtf8,
+    /// The message only: TOML's own rendering spans several lines.
+    #[error("{}", .0.message())]
+    Toml(#[from] toml::de::Error),
+    #[error("didWeb key {0:?} is not a did:web")]
+    NotDidWeb(String),
+    #[error("didWeb {did}: {base:?} is not a URL ({source})")]
+    BadBase {
+        did: String,
+        base: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("didWeb {did}: {source}")]
+    Transport {
+        did: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("unknown credential type {0:?} in trustedIssuers (ClinicianPrivilegeCredential, PatientConsentCredential or ResearchStudyCredential)")]
+    UnknownType(String),
+    #[error("trusted issuer {0:?} is not a did:key or did:web")]
+    BadIssuer(String),
+    #[error("trusted issuer {0} has no didWeb entry; add its base URL")]
+    NoDidWebEntry(String),
 }
 
 pub type Result<T, E = WalletError> = std::result::Result<T, E>;

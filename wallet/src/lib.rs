@@ -26,7 +26,7 @@ pub mod store;
 pub mod trust_config;
 
 pub use consent::{ConsentGrant, Provision};
-pub use error::{Result, WalletError};
+pub use error::{Result, TrustFileError, WalletError};
 pub use gateway::{Challenge, GatewayClient};
 pub use holder::Wallet;
 pub use request::PresentationRequest;
@@ -35,7 +35,7 @@ pub use trust_config::TrustConfig;
 
 /// Parses a time given on a command line: `now`, an RFC 3339 date-time, or a date
 /// (`2026-01-31`, read as midnight UTC).
-pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>> {
     let text = text.trim();
     if text.eq_ignore_ascii_case("now") {
         return Ok(chrono::Utc::now());
@@ -47,7 +47,41 @@ pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
         .ok()
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .map(|t| t.and_utc())
-        .ok_or_else(|| {
-            format!("{text:?} is not `now`, a date (YYYY-MM-DD) or an RFC 3339 date-time")
-        })
+        .ok_or_else(|| WalletError::BadTime(text.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_now_dates_or_rfc3339_and_anything_else_is_named() {
+        assert_eq!(
+            parse_time("2026-01-31").unwrap().to_rfc3339(),
+            "2026-01-31T00:00:00+00:00"
+        );
+        assert_eq!(
+            parse_time(" 2026-01-31T08:30:00Z ").unwrap().to_rfc3339(),
+            "2026-01-31T08:30:00+00:00"
+        );
+        assert!(parse_time("NOW").is_ok());
+        let err = parse_time("31/01/2026").unwrap_err();
+        assert!(
+            matches!(&err, WalletError::BadTime(t) if t == "31/01/2026"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("YYYY-MM-DD"), "{err}");
+    }
+
+    #[test]
+    fn provisions_parse_and_refuse_by_name() {
+        assert_eq!("permit".parse::<Provision>().unwrap(), Provision::Permit);
+        assert_eq!("deny".parse::<Provision>().unwrap(), Provision::Deny);
+        let err = "allow".parse::<Provision>().unwrap_err();
+        assert_eq!(err, consent::UnknownProvision("allow".into()));
+        assert_eq!(
+            err.to_string(),
+            "unknown provision \"allow\" (permit or deny)"
+        );
+    }
 }

@@ -36,7 +36,7 @@ use federation::trust::StaticTrust;
 use federation::verify::Verifier;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, WalletError};
+use crate::error::{Result, TrustFileError, WalletError};
 use crate::gateway::is_did;
 
 /// Largest trust file read.
@@ -64,17 +64,15 @@ struct Checked {
 impl TrustConfig {
     /// Reads and validates a trust file.
     pub fn load(path: &Path) -> Result<Self> {
-        let fail = |reason: String| WalletError::TrustConfig {
+        let fail = |reason: TrustFileError| WalletError::TrustConfig {
             path: path.display().to_string(),
             reason,
         };
-        let size = std::fs::metadata(path)
-            .map_err(|e| fail(e.to_string()))?
-            .len();
+        let size = std::fs::metadata(path).map_err(|e| fail(e.into()))?.len();
         if size > MAX_TRUST_FILE_BYTES {
-            return Err(fail("larger than 1 MiB".into()));
+            return Err(fail(TrustFileError::TooLarge));
         }
-        let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+        let bytes = std::fs::read(path).map_err(|e| fail(e.into()))?;
         let is_toml = path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("toml"));
@@ -88,25 +86,33 @@ impl TrustConfig {
         Ok(config)
     }
 
-    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
-        let value = parse_strict_json(bytes).map_err(|e| e.to_string())?;
-        serde_json::from_value(value).map_err(|e| e.to_string())
+    pub fn from_json(bytes: &[u8]) -> Result<Self, TrustFileError> {
+        let value = parse_strict_json(bytes)?;
+        Ok(serde_json::from_value(value)?)
     }
 
-    pub fn from_toml(bytes: &[u8]) -> Result<Self, String> {
-        let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
-        toml::from_str(text).map_err(|e| e.message().to_string())
+    pub fn from_toml(bytes: &[u8]) -> Result<Self, TrustFileError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| TrustFileError::NotUtf8)?;
+        Ok(toml::from_str(text)?)
     }
 
-    fn check(&self) -> Result<Checked, String> {
+    fn check(&self) -> Result<Checked, TrustFileError> {
         let mut web = Vec::new();
         for (did, base) in &self.did_web {
             if !did.starts_with("did:web:") || !is_did(did) {
-                return Err(format!("didWeb key {did:?} is not a did:web"));
+                return Err(TrustFileError::NotDidWeb(did.clone()));
             }
-            let mut url = reqwest::Url::parse(base)
-                .map_err(|e| format!("didWeb {did}: {base:?} is not a URL ({e})"))?;
-            loopback_only_http(&url, self.dev_mode).map_err(|e| format!("didWeb {did}: {e}"))?;
+            let mut url = reqwest::Url::parse(base).map_err(|source| TrustFileError::BadBase {
+                did: did.clone(),
+                base: base.clone(),
+                source,
+            })?;
+            loopback_only_http(&url, self.dev_mode).map_err(|source| {
+                TrustFileError::Transport {
+                    did: did.clone(),
+                    source,
+                }
+            })?;
             // The resolver joins `.well-known/did.json` below the base path.
             if !url.path().ends_with('/') {
                 let path = format!("{}/", url.path());
@@ -116,20 +122,15 @@ impl TrustConfig {
         }
         let mut trust = Vec::new();
         for (type_name, issuers) in &self.trusted_issuers {
-            let kind = CredentialKind::from_type_name(type_name).ok_or_else(|| {
-                format!("unknown credential type {type_name:?} in trustedIssuers (ClinicianPrivilegeCredential, PatientConsentCredential or ResearchStudyCredential)")
-            })?;
+            let kind = CredentialKind::from_type_name(type_name)
+                .ok_or_else(|| TrustFileError::UnknownType(type_name.clone()))?;
             for issuer in issuers {
                 let method_ok = issuer.starts_with("did:key:") || issuer.starts_with("did:web:");
                 if !method_ok || !is_did(issuer) {
-                    return Err(format!(
-                        "trusted issuer {issuer:?} is not a did:key or did:web"
-                    ));
+                    return Err(TrustFileError::BadIssuer(issuer.clone()));
                 }
                 if issuer.starts_with("did:web:") && !self.did_web.contains_key(issuer) {
-                    return Err(format!(
-                        "trusted issuer {issuer} has no didWeb entry; add its base URL"
-                    ));
+                    return Err(TrustFileError::NoDidWebEntry(issuer.clone()));
                 }
                 trust.push((kind, issuer.clone()));
             }
@@ -225,12 +226,60 @@ mod tests {
         for (json, expected) in cases {
             let err = TrustConfig::from_json(json)
                 .and_then(|c| c.check().map(|_| ()))
-                .unwrap_err();
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(expected), "{err}");
         }
         // Loopback http is accepted in dev mode only.
         let dev = br#"{"didWeb": {"did:web:a.test": "http://127.0.0.1:9/"}, "devMode": true}"#;
         assert!(TrustConfig::from_json(dev).unwrap().verifier().is_ok());
         assert!(TrustConfig::from_json(br#"{"a":1,"a":1}"#).is_err());
+    }
+
+    #[test]
+    fn a_bad_file_is_one_line_naming_the_file_and_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trust.toml");
+        std::fs::write(&path, "devMode = false\ntrustedIssuer = {}\n").unwrap();
+        let err = TrustConfig::load(&path).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                WalletError::TrustConfig {
+                    reason: TrustFileError::Toml(_),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(!text.contains('\n'), "{text}");
+        assert!(
+            text.starts_with(&format!("trust file {}: ", path.display())),
+            "{text}"
+        );
+        assert!(text.contains("trustedIssuer"), "{text}");
+
+        let path = dir.path().join("trust.json");
+        std::fs::write(&path, br#"{"didWeb": {"did:web:a.example": "not a url"}}"#).unwrap();
+        let err = TrustConfig::load(&path).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                WalletError::TrustConfig {
+                    reason: TrustFileError::BadBase { did, .. },
+                    ..
+                } if did == "did:web:a.example"
+            ),
+            "{err}"
+        );
+        let missing = dir.path().join("missing.json");
+        assert!(matches!(
+            TrustConfig::load(&missing),
+            Err(WalletError::TrustConfig {
+                reason: TrustFileError::Read(_),
+                ..
+            })
+        ));
     }
 }

@@ -621,7 +621,7 @@ mod tests {
         let mut buf = [0u8; 1024];
         loop {
             match tokio::time::timeout(limit.saturating_sub(t0.elapsed()), s.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return Some(t0.elapsed()),
+                Ok(Ok(0) | Err(_)) => return Some(t0.elapsed()),
                 Ok(Ok(_)) => continue,
                 Err(_) => return None,
             }
