@@ -121,11 +121,10 @@ impl VisibilityState {
         let resolver = Arc::new(DidResolver::new(config.dev_mode));
         let (trust, membership): (Arc<dyn TrustSource>, Membership) = match &config.registry {
             Some(rc) => {
-                let registry = Arc::new(Registry::journaled_in(
-                    &store.db,
-                    rc.governance.clone(),
-                    config.dev_mode,
-                )?);
+                let registry = Arc::new(
+                    Registry::journaled_in(&store.db, rc.governance.clone(), config.dev_mode)
+                        .map_err(|e| e.to_string())?,
+                );
                 if !rc.is_url() {
                     // A bad manifest on disk is logged: the service then admits nobody
                     // until a good one arrives.
