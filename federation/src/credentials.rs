@@ -17,9 +17,12 @@ use ssi::verification_methods::{AnyMethod, ProofPurpose, ReferenceOrOwned, Singl
 
 use crate::context::{CREDENTIALS_V2, FEDGATE_V1};
 use crate::did::StaticDids;
+use crate::error::ParseError;
 use crate::keys::{KeyAlgorithm, KeyPair};
 
 pub use crate::kind::CredentialKind;
+use crate::kind::KindError;
+use crate::schema::SchemaError;
 
 /// How a credential or presentation is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, Hash)]
@@ -33,13 +36,15 @@ pub enum ProofFormat {
 }
 
 impl std::str::FromStr for ProofFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
         match s {
             "data-integrity" | "di" | "ldp" => Ok(ProofFormat::DataIntegrity),
             "jwt" | "vc+jwt" | "jose" => Ok(ProofFormat::Jwt),
-            other => Err(format!(
-                "unknown proof format {other:?} (data-integrity or jwt)"
+            other => Err(ParseError::new(
+                "proof format",
+                other,
+                "data-integrity or jwt",
             )),
         }
     }
@@ -65,14 +70,16 @@ impl Domain {
 }
 
 impl std::str::FromStr for Domain {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
         match s {
             "clinical" => Ok(Domain::Clinical),
             "billing" => Ok(Domain::Billing),
             "research" => Ok(Domain::Research),
-            other => Err(format!(
-                "unknown domain {other:?} (clinical, billing or research)"
+            other => Err(ParseError::new(
+                "domain",
+                other,
+                "clinical, billing or research",
             )),
         }
     }
@@ -184,9 +191,9 @@ impl StatusEntry {
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
     #[error("the credential is not valid for its type: {0}")]
-    Schema(String),
-    #[error("{0}")]
-    Type(String),
+    Schema(#[from] SchemaError),
+    #[error(transparent)]
+    Type(#[from] KindError),
     #[error("the issuer {issuer:?} is not the signing key's DID {key:?}")]
     IssuerMismatch { issuer: String, key: String },
     #[error("signing failed: {0}")]
@@ -227,8 +234,8 @@ pub async fn issue(
     key: &KeyPair,
     format: ProofFormat,
 ) -> Result<Value, IssueError> {
-    let kind = CredentialKind::of_credential(&credential).map_err(IssueError::Type)?;
-    crate::schema::check(kind, &credential).map_err(IssueError::Schema)?;
+    let kind = CredentialKind::of_credential(&credential)?;
+    crate::schema::check(kind, &credential)?;
     let issuer = credential
         .get("issuer")
         .and_then(Value::as_str)

@@ -25,12 +25,14 @@
 //! - [`fhir_consent`]: PatientConsentCredential to and from FHIR R4 `Consent`.
 //! - [`client`]: the outbound HTTP client policy (https only, no proxy, no redirects).
 //! - [`time`]: clock helpers shared by issuing and verifying.
+//! - [`error`]: errors shared by several modules (an unknown name in a closed set).
 
 pub mod checkpoint;
 pub mod client;
 pub mod context;
 pub mod credentials;
 pub mod did;
+pub mod error;
 pub mod events;
 pub mod fhir_consent;
 #[doc(hidden)]

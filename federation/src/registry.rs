@@ -27,6 +27,7 @@ use ssi::jwk::{Algorithm, JWK};
 
 use crate::credentials::{CredentialKind, Domain};
 use crate::did::DidResolver;
+use crate::error::ParseError;
 use crate::jose::{self, JoseError};
 use crate::keys::{KeyAlgorithm, KeyPair};
 use crate::trust::TrustSource;
@@ -83,13 +84,39 @@ pub enum RegistryError {
     Poisoned,
     #[error("the manifest journal could not be written: {0}")]
     Journal(String),
+    #[error("the manifest journal could not be opened: {0}")]
+    JournalOpen(#[source] sled::Error),
+    #[error("the manifest journal could not be read: {0}")]
+    JournalRead(#[source] sled::Error),
 }
 
-fn invalid(field: impl Into<String>, reason: impl Into<String>) -> RegistryError {
+fn invalid(field: impl Into<String>, reason: impl fmt::Display) -> RegistryError {
     RegistryError::Invalid {
         field: field.into(),
-        reason: reason.into(),
+        reason: reason.to_string(),
     }
+}
+
+/// Why one value of a manifest (a member's DID, a URL, a governance key) is refused; the
+/// manifest error names the field it was found in.
+#[derive(Debug, thiserror::Error)]
+enum ValueError {
+    #[error("{0:?} is not a did:web")]
+    NotDidWeb(String),
+    #[error("{0:?} is not a valid did:web")]
+    BadDidWeb(String),
+    #[error("{url:?} is not a URL: {reason}")]
+    NotUrl { url: String, reason: String },
+    #[error("{0:?} must not carry credentials")]
+    UrlCredentials(String),
+    #[error("{0:?} must be https (plain http only to a loopback host in dev mode)")]
+    NotHttps(String),
+    #[error("{0:?} is not a did:key verification method (did:key:z…#z…)")]
+    NotDidKeyMethod(String),
+    #[error("{method:?}: {reason}")]
+    BadKey { method: String, reason: String },
+    #[error("{0:?} is not an Ed25519 or P-256 key")]
+    KeyType(String),
 }
 
 /// Which bytes of a signed manifest a [`RegistryError::NotStrictJson`] is about.
@@ -184,14 +211,14 @@ impl fmt::Display for Role {
 }
 
 impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
         Role::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
             .ok_or_else(|| {
                 let names: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
-                format!("unknown role {s:?} (one of {})", names.join(", "))
+                ParseError::new("role", s, format!("one of {}", names.join(", ")))
             })
     }
 }
@@ -492,9 +519,9 @@ fn sorted(value: Value) -> Value {
     }
 }
 
-fn check_did_web(did: &str) -> Result<(), String> {
+fn check_did_web(did: &str) -> Result<(), ValueError> {
     let Some(rest) = did.strip_prefix("did:web:") else {
-        return Err(format!("{did:?} is not a did:web"));
+        return Err(ValueError::NotDidWeb(did.to_string()));
     };
     let ok_segment = |s: &str| {
         !s.is_empty()
@@ -504,18 +531,20 @@ fn check_did_web(did: &str) -> Result<(), String> {
     if rest.split(':').all(ok_segment) {
         Ok(())
     } else {
-        Err(format!("{did:?} is not a valid did:web"))
+        Err(ValueError::BadDidWeb(did.to_string()))
     }
 }
 
-fn check_url(s: &str, dev_mode: bool) -> Result<(), String> {
-    let url = reqwest::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+fn check_url(s: &str, dev_mode: bool) -> Result<(), ValueError> {
+    let url = reqwest::Url::parse(s).map_err(|e| ValueError::NotUrl {
+        url: s.to_string(),
+        reason: e.to_string(),
+    })?;
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!("{s:?} must not carry credentials"));
+        return Err(ValueError::UrlCredentials(s.to_string()));
     }
-    crate::client::loopback_only_http(&url, dev_mode).map_err(|_| {
-        format!("{s:?} must be https (plain http only to a loopback host in dev mode)")
-    })
+    crate::client::loopback_only_http(&url, dev_mode)
+        .map_err(|_| ValueError::NotHttps(s.to_string()))
 }
 
 fn is_purpose_code(p: &str) -> bool {
@@ -527,27 +556,26 @@ fn is_purpose_code(p: &str) -> bool {
 
 /// The public key of a governance key, decoded locally from its did:key method id
 /// (`did:key:z…#z…`). Only Ed25519 and P-256 keys are accepted.
-fn governance_key_jwk(vm: &str) -> Result<JWK, String> {
-    let (did, fragment) = vm
-        .split_once('#')
-        .ok_or_else(|| format!("{vm:?} is not a did:key verification method (did:key:z…#z…)"))?;
-    let msid = did
-        .strip_prefix("did:key:")
-        .ok_or_else(|| format!("{vm:?} is not a did:key verification method"))?;
+fn governance_key_jwk(vm: &str) -> Result<JWK, ValueError> {
+    let not_did_key = || ValueError::NotDidKeyMethod(vm.to_string());
+    let bad_key = |e: &dyn fmt::Display| ValueError::BadKey {
+        method: vm.to_string(),
+        reason: e.to_string(),
+    };
+    let (did, fragment) = vm.split_once('#').ok_or_else(not_did_key)?;
+    let msid = did.strip_prefix("did:key:").ok_or_else(not_did_key)?;
     // A did:key has exactly one method, named by the key itself; refusing other fragments
     // keeps one key from being counted under two names.
     if fragment != msid || !msid.starts_with('z') {
-        return Err(format!(
-            "{vm:?} is not a did:key verification method (did:key:z…#z…)"
-        ));
+        return Err(not_did_key());
     }
-    let (_, bytes) = multibase::decode(msid).map_err(|e| format!("{vm:?}: {e}"))?;
-    let encoded = ssi::multicodec::MultiEncoded::new(&bytes).map_err(|e| format!("{vm:?}: {e}"))?;
+    let (_, bytes) = multibase::decode(msid).map_err(|e| bad_key(&e))?;
+    let encoded = ssi::multicodec::MultiEncoded::new(&bytes).map_err(|e| bad_key(&e))?;
     match (encoded.codec(), encoded.data().len()) {
         (ssi::multicodec::ED25519_PUB, 32) | (ssi::multicodec::P256_PUB, 33) => {}
-        _ => return Err(format!("{vm:?} is not an Ed25519 or P-256 key")),
+        _ => return Err(ValueError::KeyType(vm.to_string())),
     }
-    JWK::from_multicodec(encoded).map_err(|e| format!("{vm:?}: {e}"))
+    JWK::from_multicodec(encoded).map_err(|e| bad_key(&e))
 }
 
 /// The verification method id of a governance key given as a did:key DID or method id.
@@ -735,7 +763,7 @@ impl SignedManifest {
                 kid: kid.clone(),
                 reason,
             };
-            let key = governance_key_jwk(&kid).map_err(bad)?;
+            let key = governance_key_jwk(&kid).map_err(|e| bad(e.to_string()))?;
             let key_alg = match &key.params {
                 ssi::jwk::Params::OKP(_) => Algorithm::EdDSA,
                 _ => Algorithm::ES256,
@@ -916,10 +944,10 @@ impl Registry {
         db: &sled::Db,
         governance: Governance,
         dev_mode: bool,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, RegistryError> {
         let journal = db
             .open_tree("manifest_journal")
-            .map_err(|e| format!("manifest journal: {e}"))?;
+            .map_err(RegistryError::JournalOpen)?;
         Ok(Registry::with_journal(governance, dev_mode, journal))
     }
 
@@ -932,10 +960,10 @@ impl Registry {
         let mut replayed = 0u32;
         for entry in journal.iter().values() {
             let verdict = entry
-                .map_err(|e| e.to_string())
+                .map_err(RegistryError::JournalRead)
                 // Read as a fetched manifest is: strict JSON, size-limited.
-                .and_then(|bytes| SignedManifest::from_json(&bytes).map_err(|e| e.to_string()))
-                .and_then(|signed| registry.install(&signed).map_err(|e| e.to_string()));
+                .and_then(|bytes| SignedManifest::from_json(&bytes))
+                .and_then(|signed| registry.install(&signed));
             match verdict {
                 Ok(_) => replayed += 1,
                 Err(e) => {
@@ -1230,6 +1258,26 @@ mod tests {
     use super::*;
     use crate::did::DidError;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn roles_parse_by_name_and_an_unknown_one_lists_them_all() {
+        assert_eq!("irb".parse::<Role>(), Ok(Role::Irb));
+        let err = "janitor".parse::<Role>().unwrap_err();
+        assert_eq!(err.value, "janitor");
+        assert_eq!(
+            err.to_string(),
+            "unknown role \"janitor\" (one of custodian, requester, credentialing-office, \
+             consent-registry, irb, research-network, auditor, visibility)"
+        );
+        assert!("jwt".parse::<crate::credentials::ProofFormat>().is_ok());
+        assert_eq!(
+            "cbor"
+                .parse::<crate::credentials::ProofFormat>()
+                .unwrap_err()
+                .to_string(),
+            "unknown proof format \"cbor\" (data-integrity or jwt)"
+        );
+    }
 
     const OFFICE: &str = "did:web:office.test";
     const HOSPITAL_A: &str = "did:web:hospital-a.test";

@@ -16,19 +16,63 @@ struct Compiled {
     study: jsonschema::Validator,
 }
 
-fn compile(src: &str) -> Result<jsonschema::Validator, String> {
-    let schema: Value = serde_json::from_str(src).map_err(|e| e.to_string())?;
-    jsonschema::validator_for(&schema).map_err(|e| e.to_string())
+/// Why a credential does not pass the schema of its type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchemaError {
+    /// A built-in schema did not compile (a build defect: every credential is refused).
+    #[error("schemas failed to load: {0}")]
+    Unavailable(#[from] LoadError),
+    /// The first violations found (at most [`MAX_VIOLATIONS`]), each with its JSON pointer.
+    #[error("{}", Violation::list(.0))]
+    Invalid(Vec<Violation>),
 }
 
-fn compiled() -> Result<&'static Compiled, String> {
-    static COMPILED: OnceLock<Result<Compiled, String>> = OnceLock::new();
+/// A built-in schema that is not JSON or not a valid JSON Schema.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{schema}: {reason}")]
+pub struct LoadError {
+    pub schema: &'static str,
+    pub reason: String,
+}
+
+/// One place where a credential breaks its schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// JSON pointer into the credential (`/` for the document itself).
+    pub pointer: String,
+    pub message: String,
+}
+
+impl Violation {
+    fn list(violations: &[Violation]) -> String {
+        violations
+            .iter()
+            .map(|v| format!("{}: {}", v.pointer, v.message))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// Most violations one error lists: enough to fix a document, short enough to read.
+pub const MAX_VIOLATIONS: usize = 5;
+
+fn compile(name: &'static str, src: &str) -> Result<jsonschema::Validator, LoadError> {
+    let fail = |reason: String| LoadError {
+        schema: name,
+        reason,
+    };
+    let schema: Value = serde_json::from_str(src).map_err(|e| fail(e.to_string()))?;
+    jsonschema::validator_for(&schema).map_err(|e| fail(e.to_string()))
+}
+
+fn compiled() -> Result<&'static Compiled, LoadError> {
+    static COMPILED: OnceLock<Result<Compiled, LoadError>> = OnceLock::new();
     COMPILED
         .get_or_init(|| {
             Ok(Compiled {
-                privilege: compile(PRIVILEGE)?,
-                consent: compile(CONSENT)?,
-                study: compile(STUDY)?,
+                privilege: compile("clinician-privilege", PRIVILEGE)?,
+                consent: compile("patient-consent", CONSENT)?,
+                study: compile("research-study", STUDY)?,
             })
         })
         .as_ref()
@@ -37,8 +81,8 @@ fn compiled() -> Result<&'static Compiled, String> {
 
 /// Checks a credential (without regard to its proof) against the schema of its type.
 /// The error lists at most five violations, each with its JSON pointer.
-pub fn check(kind: CredentialKind, credential: &Value) -> Result<(), String> {
-    let compiled = compiled().map_err(|e| format!("schemas failed to load: {e}"))?;
+pub fn check(kind: CredentialKind, credential: &Value) -> Result<(), SchemaError> {
+    let compiled = compiled()?;
     let validator = match kind {
         CredentialKind::ClinicianPrivilege => &compiled.privilege,
         CredentialKind::PatientConsent => &compiled.consent,
@@ -49,30 +93,66 @@ pub fn check(kind: CredentialKind, credential: &Value) -> Result<(), String> {
     if validator.is_valid(credential) {
         return Ok(());
     }
-    let errors: Vec<String> = validator
+    let violations: Vec<Violation> = validator
         .iter_errors(credential)
-        .take(5)
+        .take(MAX_VIOLATIONS)
         .map(|e| {
-            let path = e.instance_path().to_string();
-            let path = if path.is_empty() {
+            let pointer = e.instance_path().to_string();
+            let pointer = if pointer.is_empty() {
                 "/".to_string()
             } else {
-                path
+                pointer
             };
-            format!("{path}: {e}")
+            Violation {
+                pointer,
+                message: e.to_string(),
+            }
         })
         .collect();
-    if errors.is_empty() {
+    if violations.is_empty() {
         Ok(())
     } else {
-        Err(errors.join("; "))
+        Err(SchemaError::Invalid(violations))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::schema_examples::clinician_privilege_example;
+
     #[test]
     fn all_schemas_compile() {
         assert!(super::compiled().is_ok());
+    }
+
+    #[test]
+    fn violations_are_listed_with_their_pointers_at_most_five() {
+        let kind = CredentialKind::ClinicianPrivilege;
+        assert_eq!(check(kind, &clinician_privilege_example()), Ok(()));
+
+        let mut vc = clinician_privilege_example();
+        let subject = vc["credentialSubject"].as_object_mut().unwrap();
+        for field in ["name", "npi", "role", "specialty", "organization"] {
+            subject.insert(field.into(), serde_json::json!(7));
+        }
+        subject.insert("privileges".into(), serde_json::json!("all"));
+        let Err(SchemaError::Invalid(violations)) = check(kind, &vc) else {
+            panic!("six wrong fields must be refused");
+        };
+        assert_eq!(violations.len(), MAX_VIOLATIONS);
+        assert!(violations
+            .iter()
+            .all(|v| v.pointer.starts_with("/credentialSubject/")));
+        let message = SchemaError::Invalid(violations.clone()).to_string();
+        assert_eq!(message.matches("; ").count(), MAX_VIOLATIONS - 1);
+        assert!(message.starts_with(&format!("{}: ", violations[0].pointer)));
+
+        // A violation of the document itself is at `/`.
+        let mut vc = clinician_privilege_example();
+        vc.as_object_mut().unwrap().remove("issuer");
+        let err = check(kind, &vc).unwrap_err();
+        assert!(err.to_string().starts_with("/: "), "{err}");
+        assert!(err.to_string().contains("issuer"), "{err}");
     }
 }

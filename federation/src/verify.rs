@@ -763,7 +763,7 @@ impl Verifier {
         let credential = &proven.credential;
         let mut checks = vec![Check::Format, Check::Proof];
         let kind = CredentialKind::of_credential(credential)
-            .map_err(|e| VerifyError::new(Check::Format, e))?;
+            .map_err(|e| VerifyError::new(Check::Format, e.to_string()))?;
         let issuer = str_field(credential, "issuer")
             .unwrap_or_default()
             .to_string();
@@ -775,7 +775,7 @@ impl Verifier {
         // into this binary, so a cached proof also stands for it.
         if !hit {
             crate::schema::check(kind, credential)
-                .map_err(|e| VerifyError::new(Check::Schema, e))?;
+                .map_err(|e| VerifyError::new(Check::Schema, e.to_string()))?;
         }
         checks.push(Check::Schema);
 

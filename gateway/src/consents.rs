@@ -58,8 +58,25 @@ fn grantee_of(c: &StoredConsent) -> Option<&str> {
         .filter(|g| !g.is_empty())
 }
 
-fn storage(e: impl std::fmt::Display) -> String {
-    format!("consent store: {e}")
+/// Why the consent store could not answer or remember.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsentStoreError {
+    #[error("consent store: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("consent store: a consent could not be encoded or decoded: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// A transaction gave up without a storage error (no caller aborts one today).
+    #[error("consent store: the transaction was aborted")]
+    Aborted,
+}
+
+impl From<sled::transaction::TransactionError<()>> for ConsentStoreError {
+    fn from(e: sled::transaction::TransactionError<()>) -> Self {
+        match e {
+            sled::transaction::TransactionError::Storage(e) => ConsentStoreError::Storage(e),
+            sled::transaction::TransactionError::Abort(()) => ConsentStoreError::Aborted,
+        }
+    }
 }
 
 fn strs(v: &Value, key: &str) -> Vec<String> {
@@ -83,13 +100,13 @@ pub fn period_covers(subject: &Value, now: DateTime<Utc>) -> bool {
 }
 
 impl ConsentStore {
-    pub fn open(db: &sled::Db) -> Result<Self, String> {
+    pub fn open(db: &sled::Db) -> Result<Self, ConsentStoreError> {
         let store = ConsentStore {
-            consents: db.open_tree("consents").map_err(storage)?,
-            withdrawn: db.open_tree("consent_withdrawals").map_err(storage)?,
-            by_patient: db.open_tree("consents_by_patient").map_err(storage)?,
-            by_grantee: db.open_tree("consents_by_grantee").map_err(storage)?,
-            links: db.open_tree("patient_links").map_err(storage)?,
+            consents: db.open_tree("consents")?,
+            withdrawn: db.open_tree("consent_withdrawals")?,
+            by_patient: db.open_tree("consents_by_patient")?,
+            by_grantee: db.open_tree("consents_by_grantee")?,
+            links: db.open_tree("patient_links")?,
         };
         store.reindex_if_missing()?;
         Ok(store)
@@ -97,28 +114,26 @@ impl ConsentStore {
 
     /// Builds the indexes of a store written before they existed: a consent without its
     /// index entries gets them.
-    fn reindex_if_missing(&self) -> Result<(), String> {
+    fn reindex_if_missing(&self) -> Result<(), ConsentStoreError> {
         for entry in self.consents.iter().values() {
-            let stored: StoredConsent = match serde_json::from_slice(&entry.map_err(storage)?) {
+            let stored: StoredConsent = match serde_json::from_slice(&entry?) {
                 Ok(c) => c,
                 Err(_) => continue,
             };
             if let Some(pid) = &stored.patient_id {
                 let key = index_key(pid, &stored.id);
-                if !self.by_patient.contains_key(&key).map_err(storage)? {
-                    self.by_patient
-                        .insert(key, stored.patient_did.as_bytes())
-                        .map_err(storage)?;
+                if !self.by_patient.contains_key(&key)? {
+                    self.by_patient.insert(key, stored.patient_did.as_bytes())?;
                 }
             }
             if let Some(grantee) = grantee_of(&stored) {
                 let key = index_key(grantee, &stored.id);
-                if !self.by_grantee.contains_key(&key).map_err(storage)? {
-                    self.by_grantee.insert(key, &[]).map_err(storage)?;
+                if !self.by_grantee.contains_key(&key)? {
+                    self.by_grantee.insert(key, &[])?;
                 }
             }
         }
-        self.by_patient.flush().map_err(storage)?;
+        self.by_patient.flush()?;
         Ok(())
     }
 
@@ -127,7 +142,7 @@ impl ConsentStore {
         &self,
         vc: &VerifiedCredential,
         patient_id: Option<String>,
-    ) -> Result<StoredConsent, String> {
+    ) -> Result<StoredConsent, ConsentStoreError> {
         let id = vc.id.clone().unwrap_or_else(|| vc.digest.clone());
         let stored = StoredConsent {
             id: id.clone(),
@@ -137,11 +152,11 @@ impl ConsentStore {
             subject: vc.subject.clone(),
             registered_at: Utc::now(),
         };
-        let bytes = serde_json::to_vec(&stored).map_err(storage)?;
+        let bytes = serde_json::to_vec(&stored)?;
         // The consent and its index entries change together (one sled transaction), and
         // a re-registration that resolved to another patient drops the old entries.
-        (&self.consents, &self.by_patient, &self.by_grantee)
-            .transaction(|(consents, by_patient, by_grantee)| {
+        (&self.consents, &self.by_patient, &self.by_grantee).transaction(
+            |(consents, by_patient, by_grantee)| {
                 if let Some(old) = consents.insert(id.as_bytes(), bytes.as_slice())? {
                     if let Ok(old) = serde_json::from_slice::<StoredConsent>(&old) {
                         if let Some(pid) = &old.patient_id {
@@ -159,18 +174,17 @@ impl ConsentStore {
                     by_grantee.insert(index_key(grantee, &id), &[])?;
                 }
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| storage(format!("{e:?}")))?;
-        self.consents.flush_async().await.map_err(storage)?;
+            },
+        )?;
+        self.consents.flush_async().await?;
         Ok(stored)
     }
 
     /// Remembers a withdrawal; durable when this returns.
-    pub async fn withdraw(&self, id: &str) -> Result<(), String> {
+    pub async fn withdraw(&self, id: &str) -> Result<(), ConsentStoreError> {
         self.withdrawn
-            .insert(id.as_bytes(), Utc::now().to_rfc3339().as_bytes())
-            .map_err(storage)?;
-        self.withdrawn.flush_async().await.map_err(storage)?;
+            .insert(id.as_bytes(), Utc::now().to_rfc3339().as_bytes())?;
+        self.withdrawn.flush_async().await?;
         Ok(())
     }
 
@@ -179,50 +193,65 @@ impl ConsentStore {
         self.withdrawn.contains_key(id.as_bytes()).unwrap_or(true)
     }
 
-    pub fn get(&self, id: &str) -> Option<StoredConsent> {
-        let v = self.consents.get(id.as_bytes()).ok()??;
-        serde_json::from_slice(&v).ok()
+    /// The consent registered under `id`. A storage failure or an entry that does not
+    /// decode is an error, not "no consent": a registered deny that cannot be read must
+    /// not let its patient into a cohort.
+    pub fn get(&self, id: &str) -> Result<Option<StoredConsent>, ConsentStoreError> {
+        match self.consents.get(id.as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The suffixes (consent ids, DIDs) of the index entries under `prefix`.
+    fn index_suffixes(tree: &sled::Tree, prefix: &[u8]) -> Result<Vec<String>, ConsentStoreError> {
+        let mut out = Vec::new();
+        for key in tree.scan_prefix(prefix).keys() {
+            // Suffixes are written from strings; one that is not UTF-8 names nothing.
+            if let Ok(suffix) = String::from_utf8(key?[prefix.len()..].to_vec()) {
+                out.push(suffix);
+            }
+        }
+        Ok(out)
     }
 
     /// Consents (not withdrawn) granted to any of `grantees`, from the grantee index.
-    fn granted_to(&self, grantees: &[&str]) -> Vec<StoredConsent> {
-        let mut ids: Vec<Vec<u8>> = Vec::new();
+    fn granted_to(&self, grantees: &[&str]) -> Result<Vec<StoredConsent>, ConsentStoreError> {
+        let mut ids: Vec<String> = Vec::new();
         for grantee in grantees.iter().filter(|g| !g.is_empty()) {
-            let prefix = index_prefix(grantee);
-            for key in self.by_grantee.scan_prefix(&prefix).keys().flatten() {
-                ids.push(key[prefix.len()..].to_vec());
-            }
+            ids.extend(Self::index_suffixes(
+                &self.by_grantee,
+                &index_prefix(grantee),
+            )?);
         }
         ids.sort();
         ids.dedup();
-        ids.into_iter()
-            .filter_map(|id| String::from_utf8(id).ok())
-            .filter_map(|id| self.get(&id))
-            .filter(|c| !self.is_withdrawn(&c.id))
-            .collect()
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(c) = self.get(&id)? {
+                if !self.is_withdrawn(&c.id) {
+                    out.push(c);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Links `did` to the custodian's patient `patient_id`: from now on the patient's
     /// self-issued consents under that DID speak for them. Durable when it returns.
-    pub async fn link(&self, patient_id: &str, did: &str) -> Result<(), String> {
-        self.links
-            .insert(
-                index_key(patient_id, did),
-                Utc::now().to_rfc3339().as_bytes(),
-            )
-            .map_err(storage)?;
-        self.links.flush_async().await.map_err(storage)?;
+    pub async fn link(&self, patient_id: &str, did: &str) -> Result<(), ConsentStoreError> {
+        self.links.insert(
+            index_key(patient_id, did),
+            Utc::now().to_rfc3339().as_bytes(),
+        )?;
+        self.links.flush_async().await?;
         Ok(())
     }
 
     /// Removes a link; returns whether there was one.
-    pub async fn unlink(&self, patient_id: &str, did: &str) -> Result<bool, String> {
-        let had = self
-            .links
-            .remove(index_key(patient_id, did))
-            .map_err(storage)?
-            .is_some();
-        self.links.flush_async().await.map_err(storage)?;
+    pub async fn unlink(&self, patient_id: &str, did: &str) -> Result<bool, ConsentStoreError> {
+        let had = self.links.remove(index_key(patient_id, did))?.is_some();
+        self.links.flush_async().await?;
         Ok(had)
     }
 
@@ -249,30 +278,28 @@ impl ConsentStore {
     /// DIDs of the patient behind a custodian patient id: linked ones, and those of
     /// consents registered here that speak for the patient (withdrawn ones included: the
     /// history is still theirs).
-    pub fn dids_for_patient(&self, patient_id: &str, require_links: bool) -> Vec<String> {
+    /// A storage failure is an error: an access the patient cannot find in their history
+    /// is not a plausible answer.
+    pub fn dids_for_patient(
+        &self,
+        patient_id: &str,
+        require_links: bool,
+    ) -> Result<Vec<String>, ConsentStoreError> {
         let prefix = index_prefix(patient_id);
-        let linked = self
-            .links
-            .scan_prefix(&prefix)
-            .keys()
-            .flatten()
-            .filter_map(|k| String::from_utf8(k[prefix.len()..].to_vec()).ok());
-        let registered = self
-            .by_patient
-            .scan_prefix(&prefix)
-            .keys()
-            .flatten()
-            .filter_map(|k| String::from_utf8(k[prefix.len()..].to_vec()).ok())
-            .filter_map(|consent_id| self.get(&consent_id))
-            .filter(|c| {
-                !c.patient_did.is_empty()
-                    && self.speaks_for(patient_id, &c.patient_did, &c.issuer, require_links)
-            })
-            .map(|c| c.patient_did);
-        let mut dids: Vec<String> = linked.chain(registered).collect();
+        let mut dids = Self::index_suffixes(&self.links, &prefix)?;
+        for consent_id in Self::index_suffixes(&self.by_patient, &prefix)? {
+            let Some(c) = self.get(&consent_id)? else {
+                continue;
+            };
+            if !c.patient_did.is_empty()
+                && self.speaks_for(patient_id, &c.patient_did, &c.issuer, require_links)
+            {
+                dids.push(c.patient_did);
+            }
+        }
         dids.sort();
         dids.dedup();
-        dids
+        Ok(dids)
     }
 
     /// Patients (custodian ids) whose registered consent permits `purpose` in the research
@@ -286,8 +313,8 @@ impl ConsentStore {
         purpose: &str,
         now: DateTime<Utc>,
         require_links: bool,
-    ) -> Vec<String> {
-        let all = self.granted_to(&[study_id, sponsor]);
+    ) -> Result<Vec<String>, ConsentStoreError> {
+        let all = self.granted_to(&[study_id, sponsor])?;
         let matches = |c: &StoredConsent| {
             let grantee = c.subject["grantee"]["id"].as_str().unwrap_or_default();
             (grantee == study_id || grantee == sponsor)
@@ -313,7 +340,7 @@ impl ConsentStore {
             .collect();
         out.sort();
         out.dedup();
-        out
+        Ok(out)
     }
 }
 
@@ -355,46 +382,46 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(
-            store.dids_for_patient("p1", false),
+            store.dids_for_patient("p1", false).unwrap(),
             ["did:key:a1", "did:key:a2"]
         );
         // "p1" is a prefix of "p10" as a string, never as an index key.
-        assert_eq!(store.dids_for_patient("p10", false), ["did:key:b"]);
-        assert!(store.dids_for_patient("p", false).is_empty());
+        assert_eq!(store.dids_for_patient("p10", false).unwrap(), ["did:key:b"]);
+        assert!(store.dids_for_patient("p", false).unwrap().is_empty());
 
         // The same consent registered again resolves to another patient: it moves.
         store
             .register(&consent("urn:c:2", "did:key:a2"), Some("p10".into()))
             .await
             .unwrap();
-        assert_eq!(store.dids_for_patient("p1", false), ["did:key:a1"]);
+        assert_eq!(store.dids_for_patient("p1", false).unwrap(), ["did:key:a1"]);
         assert_eq!(
-            store.dids_for_patient("p10", false),
+            store.dids_for_patient("p10", false).unwrap(),
             ["did:key:a2", "did:key:b"]
         );
 
         // Withdrawn consents still name the patient: the history is still theirs.
         store.withdraw("urn:c:1").await.unwrap();
-        assert_eq!(store.dids_for_patient("p1", false), ["did:key:a1"]);
+        assert_eq!(store.dids_for_patient("p1", false).unwrap(), ["did:key:a1"]);
 
         // When links are required, a self-issued consent's DID counts only once linked;
         // a linked DID counts without any consent.
-        assert!(store.dids_for_patient("p1", true).is_empty());
+        assert!(store.dids_for_patient("p1", true).unwrap().is_empty());
         store.link("p1", "did:key:a1").await.unwrap();
         store.link("p1", "did:key:portal").await.unwrap();
         assert_eq!(
-            store.dids_for_patient("p1", true),
+            store.dids_for_patient("p1", true).unwrap(),
             ["did:key:a1", "did:key:portal"]
         );
         assert!(store.is_linked("p1", "did:key:a1") && !store.is_linked("p10", "did:key:a1"));
         assert!(store.unlink("p1", "did:key:portal").await.unwrap());
         assert!(!store.unlink("p1", "did:key:portal").await.unwrap());
-        assert_eq!(store.dids_for_patient("p1", true), ["did:key:a1"]);
+        assert_eq!(store.dids_for_patient("p1", true).unwrap(), ["did:key:a1"]);
         // A consent from another issuer vouches for its DID.
         let mut vouched = consent("urn:c:5", "did:key:c");
         vouched.issuer = "did:web:consent-office.example".into();
         store.register(&vouched, Some("p10".into())).await.unwrap();
-        assert_eq!(store.dids_for_patient("p10", true), ["did:key:c"]);
+        assert_eq!(store.dids_for_patient("p10", true).unwrap(), ["did:key:c"]);
     }
 
     #[tokio::test]
@@ -413,7 +440,7 @@ mod tests {
         }
         let db = sled::open(dir.path()).unwrap();
         let store = ConsentStore::open(&db).unwrap();
-        assert_eq!(store.dids_for_patient("p1", false), ["did:key:a1"]);
+        assert_eq!(store.dids_for_patient("p1", false).unwrap(), ["did:key:a1"]);
     }
 
     fn research(
@@ -470,21 +497,27 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            store.research_cohort("urn:study:s", "did:web:sponsor", "HRESCH", now, false),
+            store
+                .research_cohort("urn:study:s", "did:web:sponsor", "HRESCH", now, false)
+                .unwrap(),
             ["p1", "p2", "p7"]
         );
         assert_eq!(
-            store.research_cohort("urn:study:t", "did:web:nobody", "HRESCH", now, false),
+            store
+                .research_cohort("urn:study:t", "did:web:nobody", "HRESCH", now, false)
+                .unwrap(),
             ["p3"]
         );
         assert!(store
             .research_cohort("urn:study:s", "did:web:sponsor", "PUBHLTH", now, false)
+            .unwrap()
             .is_empty());
 
         // When links are required, a self-issued permit enrols its patient only once the
         // custodian has linked the DID; a registered deny counts either way.
         assert!(store
             .research_cohort("urn:study:s", "did:web:sponsor", "HRESCH", now, true)
+            .unwrap()
             .is_empty());
         for patient in ["p2", "p5"] {
             store
@@ -493,7 +526,9 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(
-            store.research_cohort("urn:study:s", "did:web:sponsor", "HRESCH", now, true),
+            store
+                .research_cohort("urn:study:s", "did:web:sponsor", "HRESCH", now, true)
+                .unwrap(),
             ["p2"]
         );
     }

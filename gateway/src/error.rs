@@ -4,6 +4,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use service::http::Problem;
 
+use crate::consents::ConsentStoreError;
+use crate::vault::VaultError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     /// The client's request is malformed (400).
@@ -34,6 +37,13 @@ pub enum GatewayError {
     /// Fail closed: the gateway cannot record or decide right now (503).
     #[error("{0}")]
     Unavailable(String),
+    /// The consent store failed: storage is 503 (try again), an encoding defect 500.
+    #[error(transparent)]
+    Consents(#[from] ConsentStoreError),
+    /// The token vault failed: storage is 503, a corrupt entry 500. Never a 4xx: a vault
+    /// that cannot answer says nothing about the token asked for.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
     #[error("{0}")]
     Internal(String),
 }
@@ -91,8 +101,122 @@ impl IntoResponse for GatewayError {
                 "this endpoint needs the gateway's admin token (admin_token_file) as a Bearer token",
             ),
             GatewayError::Unavailable(d) => service::http::service_unavailable(d),
+            GatewayError::Consents(e) => match e {
+                ConsentStoreError::Storage(_) | ConsentStoreError::Aborted => {
+                    service::http::service_unavailable(e.to_string())
+                }
+                ConsentStoreError::Encode(_) => service::http::internal(e),
+            },
+            GatewayError::Vault(e) => match e {
+                VaultError::Storage(_) => service::http::service_unavailable(e.to_string()),
+                _ => service::http::internal(e),
+            },
             GatewayError::Internal(d) => service::http::internal(d),
         };
         problem.into_response()
+    }
+}
+
+/// Why the gateway could not start: its keys, storage, record source or federation
+/// registry could not be set up from the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("admin_token_file: {0}")]
+    AdminToken(String),
+    #[error("key_file: {0}")]
+    Key(#[source] federation::keys::KeyError),
+    #[error("key_file belongs to {found}, not to the configured did {configured}")]
+    WrongKey { found: String, configured: String },
+    #[error("the gateway's DID document: {0}")]
+    DidDocument(#[source] federation::keys::KeyError),
+    #[error(transparent)]
+    Secret(VaultError),
+    #[error("{path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("gateway database: {0}")]
+    Storage(#[from] sled::Error),
+    #[error(transparent)]
+    Outbox(#[from] crate::outbox::OutboxError),
+    #[error(transparent)]
+    Consents(#[from] ConsentStoreError),
+    #[error("records: {0}")]
+    Records(#[from] crate::records::RecordError),
+    /// A URL in the configuration (`setting` names where) that does not parse.
+    #[error("{setting}: {reason}")]
+    Url { setting: String, reason: String },
+    #[error(transparent)]
+    Registry(#[from] federation::registry::RegistryError),
+}
+
+/// Lets [`crate::run`], which still reports start-up failures as text, use `?` on
+/// [`StartError`]; goes away when `run` returns a typed error.
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consents::ConsentStore;
+    use crate::vault::Vault;
+
+    fn status(e: impl Into<GatewayError>) -> StatusCode {
+        e.into().into_response().status()
+    }
+
+    fn db() -> sled::Db {
+        sled::Config::new().temporary(true).open().unwrap()
+    }
+
+    /// The vault's tree is dropped under it: every read is a storage error, the way a
+    /// failing disk or a closed database would answer.
+    #[test]
+    fn a_vault_that_cannot_read_is_503_not_an_unknown_token() {
+        let db = db();
+        let vault = Vault::open(db.open_tree("vault").unwrap(), [7; 32]);
+        let token = vault.put("MRN-1", "mrn", "did:web:b", "clinical").unwrap();
+        assert_eq!(vault.find("tok_never-issued").unwrap(), None);
+        assert!(vault.find(&token).unwrap().is_some());
+
+        db.drop_tree("vault").unwrap();
+        let err = vault.find(&token).unwrap_err();
+        assert!(matches!(err, VaultError::Storage(_)), "{err:?}");
+        assert_eq!(status(err), StatusCode::SERVICE_UNAVAILABLE);
+        let err = vault.reveal(&token, "did:web:b").unwrap_err();
+        assert_eq!(status(err), StatusCode::SERVICE_UNAVAILABLE);
+        // Nor is a value tokenized again under a fresh token while storage fails.
+        assert!(matches!(
+            vault.put("MRN-1", "mrn", "did:web:b", "clinical"),
+            Err(VaultError::Storage(_))
+        ));
+    }
+
+    #[test]
+    fn other_vault_failures_are_500_never_4xx() {
+        assert_eq!(
+            status(VaultError::Corrupt),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+
+    #[test]
+    fn a_consent_store_that_cannot_read_fails_the_cohort_with_503() {
+        let db = db();
+        let store = ConsentStore::open(&db).unwrap();
+        let now = chrono::Utc::now();
+        assert_eq!(
+            store
+                .research_cohort("urn:study:s", "did:web:sponsor", "HRESCH", now, false)
+                .unwrap(),
+            Vec::<String>::new()
+        );
+        db.drop_tree("consents_by_grantee").unwrap();
+        let err = store
+            .research_cohort("urn:study:s", "did:web:sponsor", "HRESCH", now, false)
+            .unwrap_err();
+        assert_eq!(status(err), StatusCode::SERVICE_UNAVAILABLE);
+        db.drop_tree("patient_links").unwrap();
+        let err = store.dids_for_patient("p1", false).unwrap_err();
+        assert_eq!(status(err), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

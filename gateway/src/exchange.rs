@@ -420,6 +420,7 @@ pub async fn exchange(
     let registered = patient_id
         .as_deref()
         .map(|pid| state.consents.dids_for_patient(pid, require_links))
+        .transpose()?
         .unwrap_or_default();
     let claims = claims_of::<ConsentSubject>(&vp, CredentialKind::PatientConsent)
         .and_then(|consents| Ok((consents, holder_privilege(&vp)?)));

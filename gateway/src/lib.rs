@@ -51,8 +51,8 @@ pub enum RunError {
     Start(#[from] service::start::StartError),
     /// Keys, storage, policies, record source or trust could not be set up (the message
     /// names the key or file).
-    #[error("{0}")]
-    State(String),
+    #[error(transparent)]
+    State(#[from] crate::error::StartError),
     #[error("visibility log shipping: {0}")]
     Shipping(#[from] shipper::ShipError),
 }

@@ -17,6 +17,7 @@ use crate::error::GatewayError;
 use crate::exchange::{self, ExchangeRequest, Ledger};
 use crate::policy::{CredentialInput, PrivilegeFacts, StudyFacts, TokenInput};
 use crate::state::GatewayState;
+use crate::vault::VaultError;
 
 type AppState = State<Arc<GatewayState>>;
 
@@ -175,7 +176,7 @@ async fn research_handler(
         &req.purpose,
         ledger.time,
         s.config.custodian.require_patient_links,
-    );
+    )?;
     let min_cell = decision
         .obligations
         .min_cell_size
@@ -259,10 +260,7 @@ async fn link_patient(
     StrictJson(body): StrictJson<PatientLinkBody>,
 ) -> Result<Response, GatewayError> {
     let patient_id = s.link_target(&headers, &body).await?;
-    s.consents
-        .link(&patient_id, &body.did)
-        .await
-        .map_err(GatewayError::Unavailable)?;
+    s.consents.link(&patient_id, &body.did).await?;
     tracing::info!(patient = %s.patient_ref(&patient_id), did_digest = %federation::events::patient_did_digest(&body.did), "patient DID linked");
     Ok(Json(json!({"did": body.did, "linked": true})).into_response())
 }
@@ -273,11 +271,7 @@ async fn unlink_patient(
     StrictJson(body): StrictJson<PatientLinkBody>,
 ) -> Result<Response, GatewayError> {
     let patient_id = s.link_target(&headers, &body).await?;
-    let removed = s
-        .consents
-        .unlink(&patient_id, &body.did)
-        .await
-        .map_err(GatewayError::Unavailable)?;
+    let removed = s.consents.unlink(&patient_id, &body.did).await?;
     tracing::info!(patient = %s.patient_ref(&patient_id), did_digest = %federation::events::patient_did_digest(&body.did), removed, "patient DID unlinked");
     Ok(Json(json!({"did": body.did, "linked": false, "removed": removed})).into_response())
 }
@@ -314,11 +308,7 @@ async fn register_consents(
                 break;
             }
         }
-        let stored = s
-            .consents
-            .register(c, patient_id.clone())
-            .await
-            .map_err(GatewayError::Internal)?;
+        let stored = s.consents.register(c, patient_id.clone()).await?;
         // Whether it speaks for the patient yet (a self-issued one needs a link).
         let speaks = patient_id.as_deref().is_some_and(|pid| {
             s.consents.speaks_for(
@@ -353,10 +343,7 @@ async fn withdraw_consents(
     let mut withdrawn = Vec::new();
     for c in own_consents(&vp, &s.config.did) {
         let id = c.id.clone().unwrap_or_else(|| c.digest.clone());
-        s.consents
-            .withdraw(&id)
-            .await
-            .map_err(GatewayError::Internal)?;
+        s.consents.withdraw(&id).await?;
         withdrawn.push(id);
     }
     if withdrawn.is_empty() {
@@ -397,7 +384,8 @@ async fn detokenize_handler(
     let vp = s
         .verify_presentation(&mut ledger, &req.presentation)
         .await?;
-    let info = s.vault.get(&req.token).ok();
+    // A vault that cannot answer is a 503: the token may well exist.
+    let info = s.vault.find(&req.token)?;
     let privilege = match crate::policy::holder_privilege(&vp) {
         Ok(privilege) => privilege,
         Err(e) => return Err(s.deny_unasked(&ledger, e.to_string()).await?),
@@ -420,11 +408,17 @@ async fn detokenize_handler(
             ledger.requester_org.as_deref().unwrap_or_default(),
         ) {
             Ok(v) => Some(v),
-            Err(_) => {
+            Err(VaultError::WrongRecipient) => {
                 decision =
                     crate::policy::Decision::deny("the token was not issued to this organization");
                 None
             }
+            Err(VaultError::UnknownToken) => {
+                decision = crate::policy::Decision::deny("unknown token");
+                None
+            }
+            // Storage (503) or a corrupt entry (500): nothing about the token or the caller.
+            Err(e) => return Err(e.into()),
         }
     } else {
         None

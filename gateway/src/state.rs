@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use crate::config::{GatewayConfig, RecordsConfig};
 use crate::consents::ConsentStore;
+use crate::error::StartError;
 use crate::outbox::Outbox;
 use crate::policy::{ContractInput, PolicyHolder};
 use crate::records::RecordSource;
@@ -56,56 +57,56 @@ impl GatewayState {
         config: GatewayConfig,
         public_url: reqwest::Url,
         metrics: PrometheusHandle,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, StartError> {
         let admin = match &config.admin_token_file {
-            Some(path) => Some(service::admin::AdminToken::load(path).map_err(|e| e.to_string())?),
+            Some(path) => Some(
+                service::admin::AdminToken::load(path)
+                    .map_err(|e| StartError::AdminToken(e.to_string()))?,
+            ),
             None => None,
         };
         let key = KeyPair::load_or_create(&config.key_file, || {
             KeyPair::generate_did_web(&config.did, Default::default())
                 .map(|k| k.with_purpose("gateway organization key"))
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(StartError::Key)?;
         if key.did() != config.did {
-            return Err(format!(
-                "key_file belongs to {}, not to the configured did {}",
-                key.did(),
-                config.did
-            ));
+            return Err(StartError::WrongKey {
+                found: key.did().to_string(),
+                configured: config.did.clone(),
+            });
         }
-        let secret = Vault::key_from_file(&config.secret_file).map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
-        let db =
-            service::db::open(&config.data_dir.join("gateway.sled")).map_err(|e| e.to_string())?;
+        let secret = Vault::key_from_file(&config.secret_file).map_err(StartError::Secret)?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
+        let db = service::db::open(&config.data_dir.join("gateway.sled"))?;
         let nonces = Nonces::new(
-            db.open_tree("nonces").map_err(|e| e.to_string())?,
+            db.open_tree("nonces")?,
             Duration::from_secs(config.challenge_ttl_secs),
         );
-        let outbox = Outbox::start(&db, config.outbox_max_events).map_err(|e| e.to_string())?;
+        let outbox = Outbox::start(&db, config.outbox_max_events)?;
         let consents = ConsentStore::open(&db)?;
-        let vault = Arc::new(Vault::open(
-            db.open_tree("vault").map_err(|e| e.to_string())?,
-            secret,
-        ));
+        let vault = Arc::new(Vault::open(db.open_tree("vault")?, secret));
         let records = match &config.records {
-            RecordsConfig::Embedded => RecordSource::embedded(&config.data_dir.join("records"))
-                .map_err(|e| e.to_string())?,
-            RecordsConfig::Fhir { url } => {
-                RecordSource::fhir_server(url, config.dev_mode).map_err(|e| e.to_string())?
-            }
+            RecordsConfig::Embedded => RecordSource::embedded(&config.data_dir.join("records"))?,
+            RecordsConfig::Fhir { url } => RecordSource::fhir_server(url, config.dev_mode)?,
         };
         let policy = Arc::new(PolicyHolder::new(&config.policies));
 
         let resolver = Arc::new(DidResolver::new(config.dev_mode));
         let mut allow = HashMap::new();
         for (did, url) in &config.did_web {
-            let url = reqwest::Url::parse(url).map_err(|e| format!("did_web {did}: {e}"))?;
+            let url = reqwest::Url::parse(url).map_err(|e| StartError::Url {
+                setting: format!("did_web {did}"),
+                reason: e.to_string(),
+            })?;
             allow.insert(did.clone(), url);
         }
         allow.insert(config.did.clone(), public_url);
         resolver.set_web_allow_map(allow);
-        resolver.pin(key.did_document().map_err(|e| e.to_string())?);
+        resolver.pin(key.did_document().map_err(StartError::DidDocument)?);
         let (trust, trust_mode): (Arc<dyn TrustSource>, TrustMode) = match &config.registry {
             Some(rc) => {
                 let registry = Arc::new(Registry::journaled_in(
@@ -114,10 +115,12 @@ impl GatewayState {
                     config.dev_mode,
                 )?);
                 let source = if rc.is_url() {
-                    ManifestSource::Url(
-                        reqwest::Url::parse(&rc.signed)
-                            .map_err(|e| format!("registry.signed: {e}"))?,
-                    )
+                    ManifestSource::Url(reqwest::Url::parse(&rc.signed).map_err(|e| {
+                        StartError::Url {
+                            setting: "registry.signed".into(),
+                            reason: e.to_string(),
+                        }
+                    })?)
                 } else {
                     let path = std::path::PathBuf::from(&rc.signed);
                     // Start with the manifest in force when it is on disk; a bad one is

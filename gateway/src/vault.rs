@@ -172,9 +172,15 @@ impl Vault {
         let previous = self.tree.get(&index_key)?;
         if let Some(existing) = &previous {
             if let Ok(token) = std::str::from_utf8(existing) {
-                let same = self.sealed(token).ok().is_some_and(|s| {
-                    s.recipient_org == recipient_org && s.domain == domain && s.class == class
-                });
+                // A storage failure is not an index entry to repair: minting a second
+                // token for the same value would only hide it.
+                let same = match self.sealed(token) {
+                    Ok(s) => {
+                        s.recipient_org == recipient_org && s.domain == domain && s.class == class
+                    }
+                    Err(VaultError::Storage(e)) => return Err(VaultError::Storage(e)),
+                    Err(_) => false,
+                };
                 if same {
                     return Ok((token.to_string(), false));
                 }
@@ -248,6 +254,16 @@ impl Vault {
     }
 
     /// The value behind `token`, only for the organization it was issued to.
+    /// [`Vault::get`], with an unknown token as `None`: every other failure (storage, a
+    /// corrupt entry) stays an error, so that it is never answered as "unknown token".
+    pub fn find(&self, token: &str) -> Result<Option<TokenInfo>, VaultError> {
+        match self.get(token) {
+            Ok(info) => Ok(Some(info)),
+            Err(VaultError::UnknownToken) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn reveal(&self, token: &str, recipient_org: &str) -> Result<String, VaultError> {
         let s = self.sealed(token)?;
         if s.recipient_org != recipient_org {

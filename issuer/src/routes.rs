@@ -167,8 +167,8 @@ impl IssuerState {
                 now + chrono::Duration::days(self.config.credential_validity_days)
             ))
         });
-        let kind =
-            CredentialKind::of_credential(&credential).map_err(IssuerError::Unprocessable)?;
+        let kind = CredentialKind::of_credential(&credential)
+            .map_err(|e| IssuerError::Unprocessable(e.to_string()))?;
         if !self.config.issues.contains(&kind) {
             return Err(IssuerError::Unprocessable(format!(
                 "this office does not issue {kind}"
@@ -182,7 +182,8 @@ impl IssuerState {
             Err(e) => return Err(e),
         }
         // Check the schema before reserving a status index for it.
-        federation::schema::check(kind, &credential).map_err(IssuerError::Unprocessable)?;
+        federation::schema::check(kind, &credential)
+            .map_err(|e| IssuerError::Unprocessable(e.to_string()))?;
         let index = self.store.allocate_index(&id)?;
         let entry = StatusEntry::revocation(&self.status_list_url(), index as usize);
         credential["credentialStatus"] = json!(entry);

@@ -146,7 +146,7 @@ impl Wallet {
         let credential = credentials::issue(unsigned, self.key(), grant.format)
             .await
             .map_err(|e| match e {
-                IssueError::Schema(detail) => WalletError::InvalidConsent(detail),
+                IssueError::Schema(detail) => WalletError::InvalidConsent(detail.to_string()),
                 other => WalletError::Sign(other),
             })?;
         let verified = local_verifier()

@@ -318,7 +318,7 @@ pub(super) fn say_fn(json_out: bool) -> impl Fn(String) {
 
 pub(super) async fn exchange(args: ExchangeArgs) -> Result<Printed, String> {
     check_run(&args.run, args.holders, "holders")?;
-    let format: ProofFormat = args.format.parse()?;
+    let format: ProofFormat = args.format.parse().map_err(|e| format!("{e}"))?;
     if let Some(c) = args
         .data_classes
         .iter()
