@@ -8,18 +8,22 @@
 //! - [`records`]: the local FHIR store (sled) or the organization's FHIR server.
 //! - [`tokenize`]: obligations applied to FHIR JSON (reveal, tokenize, pseudonymize,
 //!   generalize, redact); [`vault`]: the encrypted token vault.
-//! - [`research`]: aggregate-only cohort queries with small-cell suppression.
+//! - [`research`]: aggregate-only cohort queries with small-cell suppression, and their
+//!   request (`POST /v1/research/queries`).
+//! - `detokenize`: `POST /v1/detokenize`, a token revealed under policy.
+//! - `registration`: consents registered and withdrawn, DIDs linked to patients.
 //! - [`consents`]: consents registered by patients, and their withdrawals.
 //! - [`outbox`]: the durable access-event outbox, written before any response.
 //! - [`jwe`]: response encryption to the requester's key-agreement key.
 //! - [`shipper`]: delivers the outbox to the visibility log and checks the log's consistency;
 //!   [`gossip`]: compares the adopted checkpoint with peer gateways' (split views).
-//! - [`state`]: the shared state; [`routes`]: the router and the handlers; [`exchange`]: the
+//! - [`state`]: the shared state; [`routes`]: the router (and its small handlers); [`exchange`]: the
 //!   request flow.
 //! - [`error`]: the crate's error enum, mapped to problem+json once.
 
 pub mod config;
 pub mod consents;
+mod detokenize;
 pub mod error;
 pub mod exchange;
 #[doc(hidden)]
@@ -29,6 +33,7 @@ pub mod jwe;
 pub mod outbox;
 pub mod policy;
 pub mod records;
+mod registration;
 pub mod research;
 pub mod routes;
 pub mod shipper;

@@ -2,13 +2,11 @@
 //! patients who registered research consent, with small-cell and complementary
 //! suppression. No record-level value or identifier is ever part of a result.
 
-use std::collections::{BTreeSet, HashSet};
-
+use crate::records::{is_fhir_id, RecordError, RecordSource};
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-use crate::records::{is_fhir_id, RecordError, RecordSource};
+use std::collections::{BTreeSet, HashSet};
 
 pub const MAX_CODES: usize = 50;
 pub const MAX_BANDS: usize = 20;
@@ -382,6 +380,111 @@ fn tabulate(
         cells,
         total,
         min_cell_size: k,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The request: `POST /v1/research/queries`
+// ---------------------------------------------------------------------------------------
+
+pub(crate) use request::research_handler;
+
+mod request {
+    use axum::extract::State;
+    use std::sync::Arc;
+
+    use crate::error::GatewayError;
+    use crate::exchange::{self, Ledger};
+    use crate::policy::{CredentialInput, StudyFacts};
+    use crate::state::GatewayState;
+    use axum::response::Response;
+    use serde::Deserialize;
+    use serde_json::{json, Value};
+    use service::http::StrictJson;
+
+    type AppState = State<Arc<GatewayState>>;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(crate) struct ResearchRequest {
+        purpose: String,
+        query: crate::research::CohortQuery,
+        presentation: Value,
+    }
+
+    pub(crate) async fn research_handler(
+        State(s): AppState,
+        StrictJson(req): StrictJson<ResearchRequest>,
+    ) -> Result<Response, GatewayError> {
+        if req.purpose != "HRESCH" {
+            return Err(GatewayError::bad_request(
+                "unknown-purpose",
+                "research queries use purpose HRESCH",
+            ));
+        }
+        if !s.outbox.has_room() {
+            return Err(GatewayError::Unavailable(
+                "the access-event outbox is full".into(),
+            ));
+        }
+        let mut ledger = Ledger::new("research", &req.purpose, &[]);
+        let vp = s
+            .verify_presentation(&mut ledger, &req.presentation)
+            .await?;
+        let study = match crate::policy::holder_study(&vp) {
+            Ok(study) => study,
+            Err(e) => return Err(s.deny_unasked(&ledger, e.to_string()).await?),
+        };
+        let Some(study) = study else {
+            return Err(s
+                .refuse(
+                    &ledger,
+                    "holder-binding",
+                    "no study credential of the presenter".into(),
+                )
+                .await);
+        };
+        ledger.data_classes = study.claims.data_classes.clone();
+        let mut input = s.policy_input(&ledger, true);
+        input.study = Some(CredentialInput::new(
+            study.credential,
+            StudyFacts::from(&study.claims),
+        ));
+        let decision = s.decide("research", input).await;
+        if !decision.allow {
+            s.record(&ledger, &decision, 0).await?;
+            return Err(GatewayError::Denied {
+                decision_id: ledger.decision_id.clone(),
+                reasons: decision.reasons.clone(),
+                check: None,
+                policy: Some(decision.policy_digest.clone()),
+            });
+        }
+        let study_id = study.claims.id.as_str();
+        let cohort = s.consents.research_cohort(
+            study_id,
+            &vp.holder,
+            &req.purpose,
+            ledger.time,
+            s.config.custodian.require_patient_links,
+        )?;
+        let min_cell = decision
+            .obligations
+            .min_cell_size
+            .unwrap_or(s.config.custodian.min_cell_size)
+            .max(s.config.custodian.min_cell_size);
+        let result =
+            crate::research::aggregate(&s.records, &cohort, &req.query, min_cell, ledger.time)
+                .await
+                .map_err(|e| GatewayError::Unprocessable(e.to_string()))?;
+        s.record(&ledger, &decision, cohort.len() as u64).await?;
+        let body = json!({
+            "decisionId": ledger.decision_id,
+            "study": study_id,
+            "minCellSize": min_cell,
+            "result": result,
+        });
+        exchange::respond(&ledger, &decision, body, None)
     }
 }
 
