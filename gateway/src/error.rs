@@ -151,9 +151,6 @@ pub enum StartError {
     Registry(#[from] federation::registry::RegistryError),
 }
 
-/// Lets [`crate::run`], which still reports start-up failures as text, use `?` on
-/// [`StartError`]; goes away when `run` returns a typed error.
-
 #[cfg(test)]
 mod tests {
     use super::*;
