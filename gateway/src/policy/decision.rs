@@ -4,23 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Identifier classes of the tokenizer (docs/gateway-contract.md §3).
-pub const IDENTIFIER_CLASSES: [&str; 14] = [
-    "name",
-    "mrn",
-    "ssn",
-    "passport",
-    "drivers-license",
-    "other-identifiers",
-    "telecom",
-    "address",
-    "birth-date",
-    "dates",
-    "patient-id",
-    "resource-ids",
-    "narrative",
-    "attachments",
-];
+/// Identifier classes of the tokenizer (docs/gateway-contract.md §3): the access events'
+/// vocabulary and the obligations name the same classes.
+pub use federation::events::IDENTIFIER_CLASSES;
 
 /// Identifier obligations and limits of an allowed decision (contract §2).
 ///
