@@ -35,8 +35,6 @@ pub mod did;
 pub mod error;
 pub mod events;
 pub mod fhir_consent;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod jose;
 pub mod json;
 pub mod keys;

@@ -1,5 +1,5 @@
 //! A short run of each fuzz target inside `cargo test`: the bodies in
-//! `federation::fuzzing` (the same ones the cargo-fuzz targets in `fuzz` call)
+//! `test_support::fuzzing` (the same ones the cargo-fuzz targets in `fuzz` call)
 //! over the committed seed corpus and a few thousand seeded mutations of each seed. Every
 //! seed must give the outcome its file name states, and no input may make a body panic.
 //!
@@ -12,7 +12,6 @@ use base64::Engine as _;
 use chrono::{TimeZone, Utc};
 use federation::checkpoint::Checkpoint;
 use federation::credentials::{self, CredentialKind, ProofFormat, StatusEntry};
-use federation::fuzzing::{self, binding, CHALLENGE, LOG_NAME};
 use federation::keys::{KeyAlgorithm, KeyPair};
 use federation::log::{empty_root, leaf_hash, node_hash, split_point, Hash};
 use federation::registry::{
@@ -20,6 +19,7 @@ use federation::registry::{
 };
 use federation::status::Bitstring;
 use serde_json::{json, Value};
+use test_support::fuzzing::{self, binding, CHALLENGE, LOG_NAME};
 
 /// Mutations per seed. Each body runs real signature checks, and debug builds of the
 /// curve arithmetic take milliseconds per verification: the counts keep every target near

@@ -1,5 +1,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = federation::fuzzing::jwt(data);
+    let _ = test_support::fuzzing::jwt(data);
 });

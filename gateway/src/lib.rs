@@ -26,8 +26,6 @@ pub mod consents;
 mod detokenize;
 pub mod error;
 pub mod exchange;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod gossip;
 pub mod jwe;
 pub mod outbox;

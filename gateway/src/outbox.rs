@@ -154,7 +154,14 @@ fn oldest(tree: &sled::Tree, limit: usize) -> Vec<AccessEvent> {
     tree.iter()
         .values()
         .flatten()
-        .filter_map(|v| serde_json::from_slice(&v).ok())
+        .filter_map(|v| serde_json::from_slice::<AccessEvent>(&v).ok())
+        // An event queued before the event vocabulary existed would be refused by the log
+        // every time it is sent, and the outbox would fill: it is brought inside the
+        // vocabulary as it leaves, the same way every time, so its leaf stays one.
+        .map(|mut event| {
+            federation::events::confine_free_text(&mut event);
+            event
+        })
         .take(limit)
         .collect()
 }
@@ -219,6 +226,40 @@ async fn committer(db: sled::Db, tree: sled::Tree, mut rx: mpsc::Receiver<Pendin
 #[cfg(test)]
 mod vocabulary_tests {
     use federation::events;
+
+    /// An event written before the vocabulary existed (a verification detail quoting an
+    /// identifier) leaves the outbox inside the vocabulary, and the same at every read.
+    #[tokio::test]
+    async fn events_queued_before_the_vocabulary_leave_inside_it() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let outbox = super::Outbox::start(&db, 10).unwrap();
+        let mut event: super::AccessEvent = serde_json::from_value(serde_json::json!({
+            "id": "0190c3a0-0000-7000-8000-000000000001",
+            "time": "2026-11-01T10:00:00Z",
+            "custodian": "did:web:hospital-a.example",
+            "domain": "clinical",
+            "purpose": "TREAT",
+            "decision": "deny",
+            "decisionId": "0190c3a0-0000-7000-8000-000000000001",
+        }))
+        .unwrap();
+        event.reasons =
+            vec!["presentation: schema check failed: \"999-77-0001\" is not valid".into()];
+        assert!(events::check_free_text(&event).is_err());
+        outbox
+            .tree
+            .insert(event.id.as_bytes(), serde_json::to_vec(&event).unwrap())
+            .unwrap();
+        let first = outbox.pending(10);
+        assert_eq!(first.len(), 1);
+        assert_eq!(events::check_free_text(&first[0]), Ok(()));
+        assert!(
+            !first[0].reasons.concat().contains("999"),
+            "{:?}",
+            first[0].reasons
+        );
+        assert_eq!(first, outbox.pending(10));
+    }
 
     /// What the gateway accepts and decides on is what its events may carry: a purpose,
     /// domain or identifier class the gateway knows but the event vocabulary does not would

@@ -1,5 +1,5 @@
 //! A short run of the `tokenize` fuzz target inside `cargo test`: the body in
-//! `gateway::fuzzing` (the one the cargo-fuzz target calls) over the committed seeds in
+//! `test_support::fuzzing::gateway` (the one the cargo-fuzz target calls) over the committed seeds in
 //! `fuzz/corpus/tokenize/` and seeded mutations of each. The seeds are real
 //! records cut from `examples/data/fhir/`;
 //! `cargo test -p gateway --test fuzz_smoke -- --ignored write_corpus` rewrites them.
@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use federation::fuzzing;
-use gateway::fuzzing::Tokenizer;
 use serde_json::{json, Value};
+use test_support::fuzzing;
+use test_support::fuzzing::gateway::Tokenizer;
 
 /// Mutations per seed, bounded by the time a debug build takes on a whole record.
 const PER_SEED: usize = 300;

@@ -3,6 +3,7 @@
 //! and signed status list on loopback) and a stub gateway for the wallet's tests.
 
 pub mod forge;
+pub mod fuzzing;
 pub mod stub;
 
 use std::sync::{Arc, Mutex};

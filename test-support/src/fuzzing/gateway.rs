@@ -14,8 +14,8 @@ use std::sync::OnceLock;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use crate::tokenize::{apply, Obligations, TokenizeContext};
-use crate::vault::Vault;
+use gateway::tokenize::{apply, Obligations, TokenizeContext};
+use gateway::vault::Vault;
 
 /// The requesting organization the output is for.
 pub const RECIPIENT: &str = "did:web:hospital-b.fuzz.example";

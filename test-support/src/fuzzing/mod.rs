@@ -13,6 +13,8 @@
 //! resolved locally, no did:web is in the allow-map, and no status list origin is
 //! registered.
 
+pub mod gateway;
+
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -21,14 +23,14 @@ use base64::Engine as _;
 use ed25519_dalek::SigningKey;
 use serde_json::Value;
 
-use crate::checkpoint::{self, Checkpoint, NoteVerifier};
-use crate::credentials::{self, CredentialKind, PresentationBinding};
-use crate::did::{DidResolver, Relationship};
-use crate::jose::{self, JoseError};
-use crate::registry::{Governance, Manifest, Registry, SignedManifest, MAX_MANIFEST_BYTES};
-use crate::status::{Bitstring, StatusCache};
-use crate::trust::TrustSource;
-use crate::verify::{Check, Verifier, VerifyError, MAX_EMBEDDED_CREDENTIALS};
+use federation::checkpoint::{self, Checkpoint, NoteVerifier};
+use federation::credentials::{self, CredentialKind, PresentationBinding};
+use federation::did::{DidResolver, Relationship};
+use federation::jose::{self, JoseError};
+use federation::registry::{Governance, Manifest, Registry, SignedManifest, MAX_MANIFEST_BYTES};
+use federation::status::{Bitstring, StatusCache};
+use federation::trust::TrustSource;
+use federation::verify::{Check, Verifier, VerifyError, MAX_EMBEDDED_CREDENTIALS};
 
 /// The challenge every presentation seed answers.
 pub const CHALLENGE: &str = "fuzz-challenge-5c0b7e21";
@@ -134,7 +136,7 @@ fn harness() -> &'static Harness {
 /// A presentation or credential as a service receives it: a JSON value (the `presentation`
 /// member of a request, an object or a string), or a bare compact JWS.
 fn json_or_compact(data: &[u8]) -> Option<Value> {
-    match crate::json::parse_strict(data) {
+    match federation::json::parse_strict(data) {
         Ok(value) => Some(value),
         Err(_) => std::str::from_utf8(data)
             .ok()
@@ -161,7 +163,7 @@ fn no_panic_in_task(e: VerifyError) -> String {
 /// credential are verified.
 pub fn presentation(data: &[u8]) -> Result<(), String> {
     let input = json_or_compact(data).ok_or("neither JSON nor UTF-8")?;
-    let claimed = crate::verify::claimed_challenge(&input);
+    let claimed = federation::verify::claimed_challenge(&input);
     let h = harness();
     let verified = block_on(h.verifier.verify_presentation(&input, &binding()));
     // Reading the challenge makes the checks verification makes first, so a refusal there
