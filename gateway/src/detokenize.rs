@@ -2,7 +2,8 @@
 //! given, under a presentation and the detokenize policy; every answer leaves an event.
 
 use crate::error::GatewayError;
-use crate::exchange::{self, Ledger};
+use crate::exchange;
+use crate::ledger::Ledger;
 use crate::policy::{CredentialInput, PrivilegeFacts, TokenInput};
 use crate::state::GatewayState;
 use crate::vault::VaultError;

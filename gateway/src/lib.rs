@@ -17,8 +17,10 @@
 //! - [`jwe`]: response encryption to the requester's key-agreement key.
 //! - [`shipper`]: delivers the outbox to the visibility log and checks the log's consistency;
 //!   [`gossip`]: compares the adopted checkpoint with peer gateways' (split views).
-//! - [`state`]: the shared state; [`routes`]: the router (and its small handlers); [`exchange`]: the
-//!   request flow.
+//! - [`ledger`]: what one request's access event is made of, filled in as it goes.
+//! - [`state`]: the shared state and the steps every request takes (verify, decide,
+//!   tokenize, record); [`routes`]: the router and its small handlers; [`exchange`]: the
+//!   clinical and billing request, top to bottom.
 //! - [`error`]: the crate's error enum, mapped to problem+json once.
 
 pub mod config;
@@ -28,6 +30,7 @@ pub mod error;
 pub mod exchange;
 pub mod gossip;
 pub mod jwe;
+pub mod ledger;
 pub mod outbox;
 pub mod policy;
 pub mod records;

@@ -3,7 +3,7 @@
 //! patient (`POST /v1/patient-links`, `/v1/patient-links/removals`, admin token).
 
 use crate::error::GatewayError;
-use crate::exchange::Ledger;
+use crate::ledger::Ledger;
 use crate::state::GatewayState;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};

@@ -394,7 +394,8 @@ mod request {
     use std::sync::Arc;
 
     use crate::error::GatewayError;
-    use crate::exchange::{self, Ledger};
+    use crate::exchange;
+    use crate::ledger::Ledger;
     use crate::policy::{CredentialInput, StudyFacts};
     use crate::state::GatewayState;
     use axum::response::Response;

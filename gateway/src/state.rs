@@ -1,28 +1,35 @@
 //! The gateway's shared state: configuration, keys, verifier, policy, record source,
-//! consents, vault, outbox and metrics, built once at start and shared by every handler.
+//! consents, vault, outbox and metrics, built once at start and shared by every handler;
+//! and the steps every request kind takes with it (verify, decide, tokenize, record).
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Datelike, Utc};
+use federation::credentials::PresentationBinding;
 use federation::did::DidResolver;
+use federation::events::Outcome;
 use federation::keys::KeyPair;
 use federation::registry::{ManifestSource, Registry, SignedManifest};
 use federation::status::StatusCache;
 use federation::trust::{StaticTrust, TrustSource};
-use federation::verify::Verifier;
+use federation::verify::{VerifiedPresentation, Verifier, VerifyError};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::Value;
+use service::nonce::Nonces;
 
 use crate::config::{GatewayConfig, RecordsConfig};
 use crate::consents::ConsentStore;
-use crate::error::StartError;
+use crate::error::{GatewayError, StartError};
+use crate::ledger::Ledger;
 use crate::outbox::Outbox;
-use crate::policy::{ContractInput, PolicyHolder};
+use crate::policy::{
+    ContractInput, CustodianInput, Decision, Obligations, PolicyHolder, PolicyInput, RequestInput,
+};
 use crate::records::RecordSource;
 use crate::vault::Vault;
-use service::nonce::Nonces;
 
 pub struct GatewayState {
     pub config: GatewayConfig,
@@ -230,5 +237,214 @@ impl GatewayState {
     /// only the custodian can map it back (by recomputing it over its own patients).
     pub fn patient_ref(&self, patient_id: &str) -> String {
         crate::tokenize::keyed_pseudonym(&self.secret, "patient-ref", patient_id)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The steps every request kind takes: verify, decide, tokenize, record
+// ---------------------------------------------------------------------------------------
+
+impl GatewayState {
+    /// Records a refusal that happened before policy, then returns the 403 to send.
+    ///
+    /// The event names the failed check in fixed text only: `reason`'s detail can quote
+    /// the presentation (a schema error quotes the field it refuses), which its sender may
+    /// read in the answer but the federation's log must never keep.
+    pub async fn refuse(&self, ledger: &Ledger, check: &str, reason: String) -> GatewayError {
+        let mut event = ledger.event(&self.config.did, Outcome::Deny);
+        event.failed_check = Some(check.to_string());
+        event.reasons = vec![federation::events::verification_reason(check)];
+        metrics::counter!("fedgate_verification_failures_total", "check" => check.to_string())
+            .increment(1);
+        metrics::counter!("fedgate_decisions_total", "domain" => ledger.domain.clone(), "outcome" => "deny")
+            .increment(1);
+        if let Err(e) = self.outbox.append(event).await {
+            return GatewayError::Unavailable(e.to_string());
+        }
+        GatewayError::Denied {
+            decision_id: ledger.decision_id.clone(),
+            reasons: vec![reason],
+            check: Some(check.to_string()),
+            policy: None,
+        }
+    }
+
+    /// Records a failed verification under the check that failed.
+    async fn refuse_verification(&self, ledger: &Ledger, e: &VerifyError) -> GatewayError {
+        let reason = match e.credential {
+            Some(i) => format!("credential #{i}: {}", e.check),
+            None => format!("presentation: {}", e.check),
+        };
+        let reason = format!("{reason} check failed: {}", e.detail);
+        self.refuse(ledger, e.check.as_str(), reason).await
+    }
+
+    /// Verifies a presentation bound to one of our challenges and consumes the challenge.
+    pub async fn verify_presentation(
+        &self,
+        ledger: &mut Ledger,
+        presentation: &Value,
+    ) -> Result<VerifiedPresentation, GatewayError> {
+        // The challenge is read only once the presentation passed the checks verification
+        // makes first (its JWS header is held to a credential's rules), so a forged header
+        // is refused as `proof`, never reported as a replay.
+        let challenge = match federation::verify::claimed_challenge(presentation) {
+            Ok(challenge) => challenge,
+            Err(e) => return Err(self.refuse_verification(ledger, &e).await),
+        };
+        let binding = PresentationBinding {
+            challenge: challenge.clone(),
+            domain: self.config.did.clone(),
+        };
+        let vp = match self
+            .verifier
+            .verify_presentation(presentation, &binding)
+            .await
+        {
+            Ok(vp) => vp,
+            Err(e) => return Err(self.refuse_verification(ledger, &e).await),
+        };
+        ledger.note_presentation(&vp);
+        // Consumed only after the proof verified: a forged presentation cannot burn
+        // somebody else's challenge, and of two replays exactly one gets through.
+        if let Err(e) = self.nonces.consume(&challenge) {
+            return Err(self.refuse(ledger, "challenge", e.to_string()).await);
+        }
+        Ok(vp)
+    }
+
+    /// Evaluates policy on the blocking pool (big stacks; the engine has its own timer).
+    pub async fn decide(&self, domain: &str, input: PolicyInput) -> Decision {
+        let policy = self.policy.clone();
+        let domain_owned = domain.to_string();
+        let started = Instant::now();
+        let decision = tokio::task::spawn_blocking(move || policy.evaluate(&domain_owned, &input))
+            .await
+            .unwrap_or_else(|_| Decision::deny("policy evaluation aborted"));
+        metrics::histogram!("fedgate_decision_seconds", "domain" => domain.to_string())
+            .record(started.elapsed().as_secs_f64());
+        decision
+    }
+
+    /// Tokenizes what leaves, on the blocking pool: it hashes, encrypts and writes new
+    /// tokens to the vault with one flush, none of which may stall the async workers.
+    pub async fn tokenize(
+        &self,
+        resources: Vec<Value>,
+        obligations: Obligations,
+        recipient_org: String,
+        domain: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Value>, GatewayError> {
+        let vault = self.vault.clone();
+        let key = self.secret;
+        let domain = domain.to_string();
+        tokio::task::spawn_blocking(move || {
+            let ctx = crate::tokenize::TokenizeContext {
+                recipient_org: &recipient_org,
+                domain: &domain,
+                pseudonym_key: &key,
+                vault: &vault,
+                now,
+            };
+            crate::tokenize::apply(resources, &obligations, &ctx)
+        })
+        .await
+        .map_err(|e| GatewayError::Internal(format!("tokenization aborted: {e}")))?
+        .map_err(|e| GatewayError::Internal(format!("tokenization failed: {e}")))
+    }
+
+    /// Records the decision's event (fsynced) — before any response is sent.
+    pub async fn record(
+        &self,
+        ledger: &Ledger,
+        decision: &Decision,
+        record_count: u64,
+    ) -> Result<(), GatewayError> {
+        let outcome = if decision.allow {
+            Outcome::Allow
+        } else {
+            Outcome::Deny
+        };
+        let mut event = ledger.event(&self.config.did, outcome);
+        event.reasons = decision.reasons.clone();
+        event.policy_digest = decision.policy_digest.clone();
+        event.break_glass = decision.break_glass;
+        event.review_required = decision.review_required;
+        event.expires_at = decision
+            .expires_at
+            .as_deref()
+            .and_then(federation::time::parse);
+        event.record_count = record_count;
+        if decision.allow {
+            event.data_classes = decision.data_classes.clone();
+        }
+        metrics::counter!(
+            "fedgate_decisions_total",
+            "domain" => ledger.domain.clone(),
+            "outcome" => if decision.allow { "allow" } else { "deny" }
+        )
+        .increment(1);
+        self.outbox
+            .append(event)
+            .await
+            .map_err(|e| GatewayError::Unavailable(e.to_string()))
+    }
+
+    /// The policy input of the request in `ledger` with its `request`, `contracts` and
+    /// `custodian` parts; the credentials and the token are the caller's to add.
+    pub fn policy_input(&self, ledger: &Ledger, patient_found: bool) -> PolicyInput {
+        let custodian = &self.config.custodian;
+        let offset = chrono::Duration::minutes(i64::from(custodian.utc_offset_minutes));
+        let local = ledger.time + offset;
+        let weekday = match local.weekday() {
+            chrono::Weekday::Mon => "Mon",
+            chrono::Weekday::Tue => "Tue",
+            chrono::Weekday::Wed => "Wed",
+            chrono::Weekday::Thu => "Thu",
+            chrono::Weekday::Fri => "Fri",
+            chrono::Weekday::Sat => "Sat",
+            chrono::Weekday::Sun => "Sun",
+        };
+        use chrono::Timelike;
+        PolicyInput {
+            request: RequestInput {
+                domain: ledger.domain.clone(),
+                purpose: ledger.purpose.clone(),
+                data_classes: ledger.data_classes.clone(),
+                patient_found,
+                justification: ledger.justification.clone().unwrap_or_default(),
+                time: federation::time::rfc3339(ledger.time),
+                weekday: weekday.to_string(),
+                minute_of_day: local.hour() * 60 + local.minute(),
+                requester: ledger.requester.clone(),
+                requester_org: ledger.requester_org.clone(),
+            },
+            privilege: None,
+            consents: Vec::new(),
+            study: None,
+            contracts: self.contracts_between(
+                &self.config.did,
+                ledger.requester_org.as_deref().unwrap_or_default(),
+            ),
+            custodian: CustodianInput::new(&self.config.did, custodian),
+            token: None,
+        }
+    }
+
+    /// Records a deny made before policy could be asked, and returns the error to send.
+    pub async fn deny_unasked(
+        &self,
+        ledger: &Ledger,
+        reason: String,
+    ) -> Result<GatewayError, GatewayError> {
+        let decision = Decision::deny(reason);
+        self.record(ledger, &decision, 0).await?;
+        Ok(GatewayError::Denied {
+            decision_id: ledger.decision_id.clone(),
+            reasons: decision.reasons,
+            check: None,
+            policy: None,
+        })
     }
 }

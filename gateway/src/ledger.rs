@@ -1,0 +1,82 @@
+//! The ledger of one request: what its access event is made of, filled in as the request
+//! goes, so that every way out of a request (refused, denied, allowed, failed) records
+//! the same event.
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use federation::events::{AccessEvent, Outcome};
+use federation::verify::VerifiedPresentation;
+
+use crate::policy::requester_org;
+
+/// What the event of a decision is made of, filled in as the request goes.
+pub struct Ledger {
+    pub decision_id: String,
+    pub started: Instant,
+    pub time: DateTime<Utc>,
+    pub domain: String,
+    pub purpose: String,
+    pub data_classes: Vec<String>,
+    pub requester: Option<String>,
+    pub requester_org: Option<String>,
+    pub patient_ref: Option<String>,
+    pub patient_did_digests: Vec<String>,
+    pub credential_ids: Vec<String>,
+    pub justification: Option<String>,
+}
+
+impl Ledger {
+    pub fn new(domain: &str, purpose: &str, data_classes: &[String]) -> Self {
+        Ledger {
+            decision_id: AccessEvent::new_id(),
+            started: Instant::now(),
+            time: Utc::now(),
+            domain: domain.to_string(),
+            purpose: purpose.to_string(),
+            data_classes: data_classes.to_vec(),
+            requester: None,
+            requester_org: None,
+            patient_ref: None,
+            patient_did_digests: Vec::new(),
+            credential_ids: Vec::new(),
+            justification: None,
+        }
+    }
+
+    pub fn note_presentation(&mut self, vp: &VerifiedPresentation) {
+        self.requester = Some(vp.holder.clone());
+        self.requester_org = requester_org(vp);
+        self.credential_ids = vp
+            .credentials
+            .iter()
+            .map(|c| c.id.clone().unwrap_or_else(|| c.digest.clone()))
+            .collect();
+    }
+
+    pub(crate) fn event(&self, custodian: &str, outcome: Outcome) -> AccessEvent {
+        AccessEvent {
+            id: self.decision_id.clone(),
+            time: self.time,
+            custodian: custodian.to_string(),
+            requester_org: self.requester_org.clone(),
+            requester: self.requester.clone(),
+            patient_ref: self.patient_ref.clone(),
+            patient_did_digests: self.patient_did_digests.clone(),
+            domain: self.domain.clone(),
+            purpose: self.purpose.clone(),
+            data_classes: self.data_classes.clone(),
+            record_count: 0,
+            decision: outcome,
+            decision_id: self.decision_id.clone(),
+            reasons: Vec::new(),
+            policy_digest: String::new(),
+            credential_ids: self.credential_ids.clone(),
+            failed_check: None,
+            break_glass: false,
+            justification: self.justification.clone(),
+            review_required: false,
+            expires_at: None,
+        }
+    }
+}
