@@ -47,33 +47,24 @@ pub(crate) struct PatientLinkBody {
     did: String,
 }
 
-impl GatewayState {
-    fn require_admin(&self, headers: &HeaderMap) -> Result<(), GatewayError> {
-        match &self.admin {
-            Some(token) if token.admits(headers) => Ok(()),
-            _ => Err(GatewayError::Unauthorized),
-        }
+/// Checks an admin link request and finds its patient (never echoed: PHI).
+async fn link_target(
+    s: &GatewayState,
+    headers: &HeaderMap,
+    body: &PatientLinkBody,
+) -> Result<String, GatewayError> {
+    s.require_admin(headers)?;
+    if !body.did.starts_with("did:") || body.did.len() > 2048 {
+        return Err(GatewayError::bad_request(
+            "invalid-did",
+            "did must be a DID",
+        ));
     }
-
-    /// Checks an admin link request and finds its patient (never echoed: PHI).
-    async fn link_target(
-        &self,
-        headers: &HeaderMap,
-        body: &PatientLinkBody,
-    ) -> Result<String, GatewayError> {
-        self.require_admin(headers)?;
-        if !body.did.starts_with("did:") || body.did.len() > 2048 {
-            return Err(GatewayError::bad_request(
-                "invalid-did",
-                "did must be a DID",
-            ));
-        }
-        self.records
-            .find_patient(&body.patient.system, &body.patient.value)
-            .await
-            .map_err(|e| GatewayError::Unavailable(format!("record store: {e}")))?
-            .ok_or_else(|| GatewayError::NotFound("a patient with this identifier".into()))
-    }
+    s.records
+        .find_patient(&body.patient.system, &body.patient.value)
+        .await
+        .map_err(|e| GatewayError::Unavailable(format!("record store: {e}")))?
+        .ok_or_else(|| GatewayError::NotFound("a patient with this identifier".into()))
 }
 
 pub(crate) async fn link_patient(
@@ -81,7 +72,7 @@ pub(crate) async fn link_patient(
     headers: HeaderMap,
     StrictJson(body): StrictJson<PatientLinkBody>,
 ) -> Result<Response, GatewayError> {
-    let patient_id = s.link_target(&headers, &body).await?;
+    let patient_id = link_target(&s, &headers, &body).await?;
     s.consents.link(&patient_id, &body.did).await?;
     tracing::info!(patient = %s.patient_ref(&patient_id), did_digest = %federation::events::patient_did_digest(&body.did), "patient DID linked");
     Ok(Json(json!({"did": body.did, "linked": true})).into_response())
@@ -92,7 +83,7 @@ pub(crate) async fn unlink_patient(
     headers: HeaderMap,
     StrictJson(body): StrictJson<PatientLinkBody>,
 ) -> Result<Response, GatewayError> {
-    let patient_id = s.link_target(&headers, &body).await?;
+    let patient_id = link_target(&s, &headers, &body).await?;
     let removed = s.consents.unlink(&patient_id, &body.did).await?;
     tracing::info!(patient = %s.patient_ref(&patient_id), did_digest = %federation::events::patient_did_digest(&body.did), removed, "patient DID unlinked");
     Ok(Json(json!({"did": body.did, "linked": false, "removed": removed})).into_response())

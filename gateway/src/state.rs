@@ -233,6 +233,18 @@ impl GatewayState {
             .collect()
     }
 
+    /// Admits a call that carries the gateway's admin token (patient links); there is no
+    /// default token, so without `admin_token_file` every such call is refused.
+    pub(crate) fn require_admin(
+        &self,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<(), GatewayError> {
+        match &self.admin {
+            Some(token) if token.admits(headers) => Ok(()),
+            _ => Err(GatewayError::Unauthorized),
+        }
+    }
+
     /// The pseudonym of a patient in access events: keyed by this custodian's secret, so
     /// only the custodian can map it back (by recomputing it over its own patients).
     pub fn patient_ref(&self, patient_id: &str) -> String {
