@@ -438,7 +438,18 @@ mod tests {
             db.drop_tree("consents_by_patient").unwrap();
             db.flush().unwrap();
         }
-        let db = sled::open(dir.path()).unwrap();
+        // sled's background threads release the file lock a moment after the last handle
+        // is dropped: wait for it (bounded) rather than race it.
+        let started = std::time::Instant::now();
+        let db = loop {
+            match sled::open(dir.path()) {
+                Ok(db) => break db,
+                Err(_) if started.elapsed() < std::time::Duration::from_secs(10) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("the store could not be reopened: {e}"),
+            }
+        };
         let store = ConsentStore::open(&db).unwrap();
         assert_eq!(store.dids_for_patient("p1", false).unwrap(), ["did:key:a1"]);
     }
