@@ -105,21 +105,8 @@ pub const MAX_JUSTIFICATION_CHARS: usize = 1000;
 /// Most data classes one event may name.
 pub const MAX_DATA_CLASSES: usize = 64;
 
-/// The HL7 v3 PurposeOfUse codes of the federation.
-pub const PURPOSES: [&str; 12] = [
-    "TREAT",
-    "ETREAT",
-    "BTG",
-    "HPAYMT",
-    "HOPERAT",
-    "HRESCH",
-    "CAREMGT",
-    "PUBHLTH",
-    "HSYSADMIN",
-    "PATRQT",
-    "COVERAGE",
-    "CLMATTCH",
-];
+/// The HL7 v3 PurposeOfUse codes of the federation (the ones a consent may name).
+pub use crate::fhir_consent::PURPOSES;
 
 /// The gateways' policy domains.
 pub const DOMAINS: [&str; 5] = ["clinical", "billing", "research", "consent", "detokenize"];

@@ -18,21 +18,9 @@ use crate::policy::{
 };
 use crate::state::GatewayState;
 
-/// HL7 v3 PurposeOfUse codes this gateway understands; anything else is a client error.
-pub const PURPOSES: [&str; 12] = [
-    "TREAT",
-    "ETREAT",
-    "BTG",
-    "CAREMGT",
-    "HPAYMT",
-    "COVERAGE",
-    "CLMATTCH",
-    "HOPERAT",
-    "HRESCH",
-    "PUBHLTH",
-    "HSYSADMIN",
-    "PATRQT",
-];
+/// HL7 v3 PurposeOfUse codes this gateway understands (the federation's); anything else is
+/// a client error.
+pub use federation::events::PURPOSES;
 
 /// The patient, named by the identifier the custodian knows them by.
 #[derive(Debug, Clone, Deserialize)]

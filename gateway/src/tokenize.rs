@@ -42,19 +42,10 @@ const RESTRICTED_ZIP3: [&str; 17] = [
     "879", "884", "890", "893",
 ];
 
-/// Resource types that are about the organization and its staff, not about the patient:
-/// their names and identifiers are kept and their text is not scrubbed.
-const SHARED_TYPES: [&str; 9] = [
-    "Practitioner",
-    "PractitionerRole",
-    "Organization",
-    "Location",
-    "HealthcareService",
-    "Endpoint",
-    "Medication",
-    "Substance",
-    "InsurancePlan",
-];
+/// Resource types that are about the organization and its staff, not about the patient
+/// (the records' shared types): their names and identifiers are kept and their text is
+/// not scrubbed.
+use crate::records::SHARED_TYPES;
 
 /// Resource types whose names, telecoms, addresses and identifiers are a person's direct
 /// identifiers.

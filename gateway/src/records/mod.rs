@@ -34,7 +34,7 @@ const IDENTIFIERS_TREE: &str = "records.identifiers";
 const MEMBERS_TREE: &str = "records.members";
 
 /// Types that no patient compartment holds: searched by id, never by `?patient=`.
-const SHARED_TYPES: [&str; 9] = [
+pub(crate) const SHARED_TYPES: [&str; 9] = [
     "Practitioner",
     "PractitionerRole",
     "Organization",
