@@ -30,7 +30,8 @@ use serde_json::Value;
 pub use record::RESOURCE_TYPES;
 
 /// Identifier system of the medical record numbers the generator issues.
-pub const MRN_SYSTEM: &str = "urn:oid:2.16.840.1.113883.19.5.99999.1";
+/// The medical record number system (the one Synthea-style records use).
+pub const MRN_SYSTEM: &str = "http://hospital.smarthealthit.org";
 pub const SSN_SYSTEM: &str = "http://hl7.org/fhir/sid/us-ssn";
 pub const PASSPORT_SYSTEM: &str =
     "http://standardhealthrecord.org/fhir/StructureDefinition/passportNumber";
