@@ -186,6 +186,7 @@ fn types(bundle: &Value) -> Vec<String> {
         .as_array()
         .into_iter()
         .flatten()
+        .filter(|e| e["search"]["mode"] != "outcome")
         .filter_map(|e| e["resource"]["resourceType"].as_str().map(str::to_string))
         .collect();
     t.sort();

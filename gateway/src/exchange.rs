@@ -326,15 +326,27 @@ async fn answer(
     // tokenize (the page is already cut to size)
     let mut obligations = decision.obligations.clone();
     obligations.max_records = None;
-    let resources = state
+    let recipient = ledger.requester_org.clone().unwrap_or_default();
+    let mut resources = state
         .tokenize(
             resources,
             obligations,
-            ledger.requester_org.clone().unwrap_or_default(),
+            recipient.clone(),
             &ledger.domain,
             ledger.time,
         )
         .await?;
+    if decision.obligations.shift_dates {
+        let days = crate::dates::offset_days(&state.secret, patient_id, &recipient);
+        crate::dates::shift(&mut resources, days);
+        notes.push(outcome::Note {
+            code: "informational",
+            diagnostics: "every date is shifted by one offset for this patient and recipient: \
+                          intervals are exact, calendar dates are not"
+                .into(),
+            expression: None,
+        });
+    }
 
     // record
     state
