@@ -16,7 +16,19 @@ pub(super) enum Answer {
 
 impl Http {
     pub(super) fn new(connections: usize) -> Result<Http, String> {
-        let client = federation::client::http_client_builder()
+        Http::with_builder(federation::client::http_client_builder(), connections)
+    }
+
+    /// A client that waits up to `timeout` for an answer (large answers, slow builds).
+    pub(super) fn patient(timeout: std::time::Duration) -> Result<Http, String> {
+        Http::with_builder(
+            federation::client::http_client_builder().timeout(timeout),
+            1,
+        )
+    }
+
+    fn with_builder(builder: reqwest::ClientBuilder, connections: usize) -> Result<Http, String> {
+        let client = builder
             .pool_max_idle_per_host(connections.max(1))
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
@@ -41,6 +53,23 @@ impl Http {
             }
             Err(e) => Answer::Transport(e.without_url().to_string()),
         }
+    }
+
+    /// POSTs and returns the status and the body as it came.
+    pub(super) async fn post_raw(&self, url: &str, body: &Value) -> Result<(u16, Vec<u8>), String> {
+        let resp = self
+            .client
+            .post(url)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
+        Ok((status, bytes.to_vec()))
     }
 
     /// POSTs and insists on `expected`; any other answer is an error naming `what`.

@@ -16,10 +16,10 @@ use super::*;
 
 /// One holder: a key, the credentials it presents and the request body it sends.
 pub(super) struct Holder {
-    key: KeyPair,
-    credentials: Vec<Value>,
+    pub(super) key: KeyPair,
+    pub(super) credentials: Vec<Value>,
     /// The request without its presentation.
-    body: Value,
+    pub(super) body: Value,
 }
 
 /// What one holder measured.
@@ -220,6 +220,19 @@ pub(super) fn privilege_subject(clinician: &str, facility: &str, org: &str) -> V
     })
 }
 
+/// The resource types the bench's consents cover.
+pub(super) const CONSENTED_CLASSES: [&str; 9] = [
+    "Patient",
+    "Observation",
+    "Condition",
+    "Encounter",
+    "Procedure",
+    "MedicationRequest",
+    "Immunization",
+    "DiagnosticReport",
+    "AllergyIntolerance",
+];
+
 /// A consent the patient issues to themselves, for their record at `custodian`.
 pub(super) async fn self_issued_consent(
     patient: &KeyPair,
@@ -230,6 +243,35 @@ pub(super) async fn self_issued_consent(
     purpose: &str,
     format: ProofFormat,
 ) -> Result<Value, String> {
+    let scope = Scope {
+        domain,
+        purpose,
+        classes: &CONSENTED_CLASSES,
+    };
+    consent_for(patient, custodian, mrn, grantee, &scope, format).await
+}
+
+/// What a consent permits.
+pub(super) struct Scope<'a> {
+    pub(super) domain: &'a str,
+    pub(super) purpose: &'a str,
+    pub(super) classes: &'a [&'a str],
+}
+
+/// A consent the patient issues to themselves for `scope`, for their record at `custodian`.
+pub(super) async fn consent_for(
+    patient: &KeyPair,
+    custodian: &str,
+    mrn: &str,
+    grantee: Value,
+    scope: &Scope<'_>,
+    format: ProofFormat,
+) -> Result<Value, String> {
+    let Scope {
+        domain,
+        purpose,
+        classes,
+    } = *scope;
     let subject = json!({
         "id": patient.did(),
         "patientIdentifiers": [{"custodian": custodian, "system": MRN_SYSTEM, "value": mrn}],
@@ -238,8 +280,7 @@ pub(super) async fn self_issued_consent(
         "provision": "permit",
         "domains": [domain],
         "purposes": [purpose],
-        "dataClasses": ["Patient", "Observation", "Condition", "Encounter", "Procedure",
-                        "MedicationRequest", "Immunization", "DiagnosticReport", "AllergyIntolerance"],
+        "dataClasses": classes,
         "period": {"start": "2026-01-01T00:00:00Z"}
     });
     let vc = credentials::unsigned_credential(
@@ -338,6 +379,7 @@ pub(super) async fn exchange(args: ExchangeArgs) -> Result<Printed, String> {
             let fed = start_federation(
                 &scratch.path,
                 &contract(HOSPITAL_A, REQUESTER_ORG, &["clinical"], &["TREAT"]),
+                Vec::new(),
                 &say,
             )?;
             let gateway = fed.gateway(HOSPITAL_A)?;
@@ -477,7 +519,7 @@ pub(super) async fn research(args: ResearchArgs) -> Result<Printed, String> {
         .iter()
         .map(|n| contract(HOSPITAL_A, n.did(), &["research"], &["HRESCH"]))
         .collect();
-    let fed = start_federation(&scratch.path, &contracts, &say)?;
+    let fed = start_federation(&scratch.path, &contracts, Vec::new(), &say)?;
     let gateway = fed.gateway(HOSPITAL_A)?;
     let idle_rss = proc_status_mb(gateway.process.pid(), "VmRSS:");
     let base = gateway.url();
@@ -896,6 +938,7 @@ pub(super) async fn revocation(args: RevocationArgs) -> Result<Printed, String> 
     let fed = start_federation(
         &scratch.path,
         &contract(HOSPITAL_A, REQUESTER_ORG, &["clinical"], &["TREAT"]),
+        Vec::new(),
         &say,
     )?;
     let base = fed.gateway(HOSPITAL_A)?.url();

@@ -15,6 +15,7 @@ use serde_json::Value;
 mod floors;
 mod http;
 mod load;
+mod memory;
 mod procs;
 mod report;
 mod setup;
@@ -22,6 +23,7 @@ mod setup;
 use floors::*;
 use http::*;
 use load::*;
+use memory::*;
 use procs::*;
 use report::*;
 use setup::*;
@@ -48,6 +50,9 @@ pub enum BenchCommand {
     /// Time from revoking a clinician's privilege at the office to the gateway's first
     /// deny (check `status`), with the revocation pushed to the gateway.
     Revocation(RevocationArgs),
+    /// The gateway's memory (RSS and peak) across large clinical exchanges: synthetic
+    /// patients of 3,000 to 6,600 resources each, every answer a full page.
+    Memory(MemoryArgs),
 }
 
 #[derive(Args, Clone)]
@@ -154,6 +159,7 @@ pub async fn run(command: BenchCommand) -> Result<(), String> {
         BenchCommand::Research(args) => research(args).await?,
         BenchCommand::Ingest(args) => ingest(args).await?,
         BenchCommand::Revocation(args) => revocation(args).await?,
+        BenchCommand::Memory(args) => memory(args).await?,
     };
     if printed.json {
         println!(

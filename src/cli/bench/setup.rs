@@ -47,10 +47,12 @@ pub(super) fn fixture_mrns() -> Result<Vec<String>, String> {
     Ok(mrns)
 }
 
-/// An office, the visibility service and hospital A's gateway with `contracts`.
+/// An office, the visibility service and hospital A's gateway with `contracts`, holding
+/// the fixtures and the bundles in `more_records`.
 pub(super) fn start_federation(
     dir: &Path,
     contracts: &str,
+    more_records: Vec<PathBuf>,
     say: &dyn Fn(String),
 ) -> Result<Federation, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find fedgate itself: {e}"))?;
@@ -60,7 +62,12 @@ pub(super) fn start_federation(
         .status_push()
         .gateway(
             Custodian::new(HOSPITAL_A)
-                .records(fixtures("hospital-a")?)
+                .records(
+                    fixtures("hospital-a")?
+                        .into_iter()
+                        .chain(more_records)
+                        .collect(),
+                )
                 .config("[custodian]\nmin_cell_size = 3\n")
                 .config(contracts),
         )
