@@ -371,32 +371,34 @@ async fn answer(
             links.push(json!({"relation": "next", "url": page_url(number + 1)}));
         }
     }
-    let mut entries: Vec<Value> = resources
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| {
-            // The patient heads every page; on later pages it is there for context.
-            let mode = if i < patients && number > 1 {
-                "include"
-            } else {
-                "match"
-            };
-            json!({"resource": r, "search": {"mode": mode}})
-        })
-        .collect();
-    entries.extend(outcome::entry(&notes));
     let mut bundle = json!({
         "resourceType": "Bundle",
         "type": "searchset",
         "identifier": {"system": "urn:fedgate:decision", "value": ledger.decision_id},
         "meta": {"lastUpdated": federation::time::rfc3339(Utc::now())},
         "total": total,
-        "entry": entries,
+        "entry": [],
     });
     if !links.is_empty() {
         bundle["link"] = json!(links);
     }
-    respond(ledger, decision, bundle, wants_jwe.then_some(holder))
+    // The entries are written one at a time, each resource dropped once written: the
+    // page and its JSON text are never held whole together.
+    let bundle_error = |e: crate::bundle::BundleError| GatewayError::Internal(e.to_string());
+    let mut body = crate::bundle::BundleWriter::new(&bundle, 0).map_err(bundle_error)?;
+    for (i, r) in resources.into_iter().enumerate() {
+        // The patient heads every page; on later pages it is there for context.
+        let mode = if i < patients && number > 1 {
+            "include"
+        } else {
+            "match"
+        };
+        body.resource(&r, mode).map_err(bundle_error)?;
+    }
+    if let Some(entry) = outcome::entry(&notes) {
+        body.entry(&entry).map_err(bundle_error)?;
+    }
+    respond_bytes(ledger, decision, body.finish(), wants_jwe.then_some(holder))
 }
 
 /// Order of the resources across pages: by type, then id (stable between fetches).
@@ -434,11 +436,23 @@ pub fn respond(
     encrypt_to: Option<&str>,
 ) -> Result<Response, GatewayError> {
     let bytes = serde_json::to_vec(&body).map_err(|e| GatewayError::Internal(e.to_string()))?;
+    drop(body);
+    respond_bytes(ledger, decision, bytes, encrypt_to)
+}
+
+/// [`respond`] for an answer already serialized.
+pub fn respond_bytes(
+    ledger: &Ledger,
+    decision: &Decision,
+    bytes: Vec<u8>,
+    encrypt_to: Option<&str>,
+) -> Result<Response, GatewayError> {
     let mut response = match encrypt_to {
         Some(did) => {
             let jwe = crate::jwe::encrypt_for(did, &bytes).map_err(|e| {
                 GatewayError::Unprocessable(format!("cannot encrypt the response: {e}"))
             })?;
+            drop(bytes);
             (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "application/jose")],

@@ -26,6 +26,7 @@
 //!   clinical and billing request, top to bottom.
 //! - [`error`]: the crate's error enum, mapped to problem+json once.
 
+pub mod bundle;
 pub mod config;
 pub mod consents;
 pub mod dates;
