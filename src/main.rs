@@ -8,6 +8,12 @@ use std::process::ExitCode;
 
 mod demo;
 
+/// jemalloc rather than glibc's malloc: it returns freed memory to the system, so that the
+/// gateway's RSS falls back after large answers instead of staying at its peak.
+#[cfg(all(target_os = "linux", not(target_env = "msvc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use fedgate::cli;
 
 use clap::{Parser, Subcommand};
