@@ -120,6 +120,10 @@ fn bad_arguments_are_one_line_errors() {
         vec!["ingest", "--batch", "1001"],
         vec!["ingest", "--visibility", "http://127.0.0.1:9/"],
         vec!["revocation", "--samples", "0"],
+        vec!["memory", "--exchanges", "0"],
+        vec!["memory", "--synth-patients", "0"],
+        vec!["memory", "--idle", "NaN"],
+        vec!["memory", "--data-classes", "patient"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_fedgate"))
             .arg("bench")
