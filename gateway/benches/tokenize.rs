@@ -72,7 +72,7 @@ fn run() -> Result<(), Error> {
                 // The clone is setup, not measured.
                 b.iter_batched(
                     || record.clone(),
-                    |r| apply(black_box(r), &obligations, &ctx),
+                    |r| apply(black_box(r), &obligations, &ctx).map(|t| t.resources),
                     BatchSize::LargeInput,
                 )
             },

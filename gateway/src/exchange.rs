@@ -196,7 +196,7 @@ pub async fn exchange(
         .map_err(|e| GatewayError::Unavailable(format!("record store: {e}")))?;
 
     // tokenize
-    let resources = state
+    let tokenized = state
         .tokenize(
             resources,
             decision.obligations.clone(),
@@ -205,6 +205,7 @@ pub async fn exchange(
             ledger.time,
         )
         .await?;
+    let resources = tokenized.resources;
 
     // record
     state

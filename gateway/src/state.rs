@@ -347,7 +347,7 @@ impl GatewayState {
         recipient_org: String,
         domain: &str,
         now: DateTime<Utc>,
-    ) -> Result<Vec<Value>, GatewayError> {
+    ) -> Result<crate::tokenize::Tokenized, GatewayError> {
         let vault = self.vault.clone();
         let key = self.secret;
         let domain = domain.to_string();

@@ -1,22 +1,29 @@
 //! The engine's state for one response: the actions, the resource ids, the identifying
 //! values of the patient to scrub from free text, and the transforms of one value.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
 use super::classes::{classify_identifier, Action, IdentifierClass};
-use super::{pseudonym, Obligations, TokenizeContext, TokenizeError, PERSON_TYPES};
+use super::scrub::{Generic, Scrubber, Secrets};
+use super::{pseudonym, Obligations, TokenizeContext, TokenizeError, Withheld, PERSON_TYPES};
 
 pub(super) struct Engine<'a, 'c> {
     pub(super) ctx: &'a TokenizeContext<'c>,
     pub(super) actions: HashMap<IdentifierClass, Action>,
     /// Resource id → type, to resolve `urn:uuid:` references.
     pub(super) id_types: HashMap<String, String>,
-    /// Values of the patient's direct identifiers that are not revealed, lowercase-free:
-    /// matched ASCII-case-insensitively on word boundaries in free text.
-    pub(super) scrub: Vec<String>,
+    /// The values of the patient's direct identifiers that are not revealed, and the
+    /// generic shapes of the classes that are not: removed from every string that leaves.
+    pub(super) scrubber: Scrubber,
     pub(super) created_tokens: bool,
+    /// What was withheld, for the response's OperationOutcome.
+    pub(super) withheld: Vec<Withheld>,
+    /// The top-level resource being walked: its type and its id as it leaves.
+    pub(super) current: (String, Option<String>),
+    /// The element path being walked, from the top-level resource (`Type.a[0].b`).
+    pub(super) path: String,
 }
 
 impl<'a, 'c> Engine<'a, 'c> {
@@ -33,21 +40,38 @@ impl<'a, 'c> Engine<'a, 'c> {
             ctx,
             actions,
             id_types: HashMap::new(),
-            scrub: Vec::new(),
+            scrubber: Scrubber::new(Secrets::default(), Generic::default()),
             created_tokens: false,
+            withheld: Vec::new(),
+            current: (String::new(), None),
+            path: String::new(),
         };
-        let mut scrub = HashSet::new();
+        let mut secrets = Secrets::default();
         for r in resources {
             if let (Some(t), Some(id)) = (r["resourceType"].as_str(), r["id"].as_str()) {
                 engine.id_types.insert(id.to_string(), t.to_string());
             }
-            engine.collect_secrets(r, &mut scrub);
+            engine.collect_secrets(r, &mut secrets);
         }
-        let mut scrub: Vec<String> = scrub.into_iter().collect();
-        // Longest first, so a full line is replaced before a word inside it.
-        scrub.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
-        engine.scrub = scrub;
+        let generic = Generic {
+            ssn: engine.hidden(IdentifierClass::Ssn),
+            telecom: engine.hidden(IdentifierClass::Telecom),
+            urls: engine.hidden(IdentifierClass::OtherIdentifiers),
+        };
+        // One automaton per response (one patient), whatever the number of strings.
+        engine.scrubber = Scrubber::new(secrets, generic);
         engine
+    }
+
+    /// Notes that the element at the current path (and `suffix`) was withheld.
+    pub(super) fn withhold(&mut self, suffix: &str, reason: &'static str) {
+        let (resource_type, resource_id) = self.current.clone();
+        self.withheld.push(Withheld {
+            resource_type,
+            resource_id,
+            path: format!("{}{suffix}", self.path),
+            reason,
+        });
     }
 
     pub(super) fn action(&self, class: IdentifierClass) -> Action {
@@ -56,7 +80,7 @@ impl<'a, 'c> Engine<'a, 'c> {
 
     /// Gathers the identifying values of every person (top level or contained) whose class
     /// is not revealed.
-    pub(super) fn collect_secrets(&self, value: &Value, out: &mut HashSet<String>) {
+    pub(super) fn collect_secrets(&self, value: &Value, out: &mut Secrets) {
         match value {
             Value::Object(obj) => {
                 let ty = obj.get("resourceType").and_then(Value::as_str);
@@ -64,9 +88,9 @@ impl<'a, 'c> Engine<'a, 'c> {
                     self.person_secrets(ty, obj, out);
                 }
                 if ty == Some("Coverage") && self.hidden(IdentifierClass::OtherIdentifiers) {
-                    add_secret(out, obj.get("subscriberId"));
+                    out.value(obj.get("subscriberId"));
                     for i in array(obj.get("identifier")) {
-                        add_secret(out, i.get("value"));
+                        out.value(i.get("value"));
                     }
                 }
                 for v in obj.values() {
@@ -86,22 +110,17 @@ impl<'a, 'c> Engine<'a, 'c> {
         !matches!(self.action(class), Action::Reveal | Action::Keep)
     }
 
-    pub(super) fn person_secrets(
-        &self,
-        ty: &str,
-        obj: &Map<String, Value>,
-        out: &mut HashSet<String>,
-    ) {
+    pub(super) fn person_secrets(&self, ty: &str, obj: &Map<String, Value>, out: &mut Secrets) {
         if ty == "Patient" && self.hidden(IdentifierClass::PatientId) {
-            add_secret(out, obj.get("id"));
+            out.value(obj.get("id"));
         }
         for ident in array(obj.get("identifier")) {
             if self.hidden(classify_identifier(ident)) {
-                add_secret(out, ident.get("value"));
+                out.value(ident.get("value"));
             }
         }
         if self.hidden(IdentifierClass::BirthDate) {
-            add_secret(out, obj.get("birthDate"));
+            out.birth_date(obj.get("birthDate"));
         }
         let mut names: Vec<&Value> = array(obj.get("name")).collect();
         let mut telecoms: Vec<&Value> = array(obj.get("telecom")).collect();
@@ -119,30 +138,34 @@ impl<'a, 'c> Engine<'a, 'c> {
                 names.push(n);
             }
             if is_name_extension(&ext["url"]) && self.hidden(IdentifierClass::Name) {
-                add_secret(out, ext.get("valueString"));
+                out.name(ext.get("valueString"));
             }
         }
         if self.hidden(IdentifierClass::Name) {
             for n in names {
-                add_secret(out, n.get("family"));
-                add_secret(out, n.get("text"));
+                out.name(n.get("family"));
+                out.name(n.get("text"));
                 for g in array(n.get("given")) {
-                    add_secret(out, Some(g));
+                    out.name(Some(g));
                 }
             }
         }
         if self.hidden(IdentifierClass::Telecom) {
             for t in telecoms {
-                add_secret(out, t.get("value"));
+                match t.get("system").and_then(Value::as_str) {
+                    Some("phone" | "fax" | "sms" | "pager") => out.phone(t.get("value")),
+                    _ => out.value(t.get("value")),
+                }
             }
         }
         if self.hidden(IdentifierClass::Address) {
             for a in addresses {
-                for key in ["city", "district", "postalCode", "text"] {
-                    add_secret(out, a.get(key));
+                for key in ["city", "district", "text"] {
+                    out.value(a.get(key));
                 }
+                out.postal_code(a.get("postalCode"));
                 for l in array(a.get("line")) {
-                    add_secret(out, Some(l));
+                    out.value(Some(l));
                 }
             }
         }
@@ -259,16 +282,6 @@ pub(super) fn as_objects(v: &mut Value) -> Vec<&mut Map<String, Value>> {
         Value::Object(o) => vec![o],
         Value::Array(items) => items.iter_mut().filter_map(Value::as_object_mut).collect(),
         _ => Vec::new(),
-    }
-}
-
-pub(super) fn add_secret(out: &mut HashSet<String>, v: Option<&Value>) {
-    if let Some(s) = v.and_then(Value::as_str) {
-        let s = s.trim();
-        // Single letters (initials) would blank out every such letter in free text.
-        if s.chars().count() >= 2 {
-            out.insert(s.to_string());
-        }
     }
 }
 

@@ -120,6 +120,27 @@ pub fn keyed_pseudonym(key: &[u8; 32], purpose: &str, value: &str) -> String {
     format!("{PSEUDONYM_PREFIX}{}", b64url(&mac))
 }
 
+/// An element withheld from a response, for the OperationOutcome that says so. It names
+/// the resource as it leaves (its type and output id), the element's path from the resource
+/// (`DocumentReference.content[0].attachment.data`) and a reason code; never a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Withheld {
+    pub resource_type: String,
+    /// The id as it leaves (a pseudonym, or none when ids are redacted).
+    pub resource_id: Option<String>,
+    pub path: String,
+    /// `attachment-not-scannable`, `attachment-undecodable`, `attachment-url-not-scanned`
+    /// or `attachments-redacted`.
+    pub reason: &'static str,
+}
+
+/// What the tokenizer lets leave, and what it withheld.
+#[derive(Debug, Default)]
+pub struct Tokenized {
+    pub resources: Vec<Value>,
+    pub withheld: Vec<Withheld>,
+}
+
 /// Applies `obligations` to the resources of one response. Provenance resources and
 /// `meta.source` are always removed; with `max_records` the output is cut to that many
 /// resources, Patient first.
@@ -127,7 +148,7 @@ pub fn apply(
     resources: Vec<Value>,
     obligations: &Obligations,
     ctx: &TokenizeContext<'_>,
-) -> Result<Vec<Value>, TokenizeError> {
+) -> Result<Tokenized, TokenizeError> {
     obligations
         .validate()
         .map_err(|e| TokenizeError::UnknownClass(e.0))?;
@@ -149,6 +170,13 @@ pub fn apply(
     let mut engine = Engine::new(obligations, ctx, &resources);
     for resource in &mut resources {
         if let Value::Object(obj) = resource {
+            let ty = obj
+                .get("resourceType")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            engine.path.clear();
+            engine.path.push_str(ty);
+            engine.current = (ty.to_string(), None);
             engine.resource(obj, false)?;
             prune(obj);
         }
@@ -156,5 +184,8 @@ pub fn apply(
     if engine.created_tokens {
         ctx.vault.flush()?;
     }
-    Ok(resources)
+    Ok(Tokenized {
+        resources,
+        withheld: engine.withheld,
+    })
 }

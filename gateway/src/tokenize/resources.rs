@@ -39,6 +39,7 @@ impl Engine<'_, '_> {
                 Some(Value::String(id)) => self.map_id(&ty, id),
                 _ => None,
             };
+            self.current.1.clone_from(&new);
             match new {
                 Some(new) => {
                     obj.insert("id".into(), Value::String(new));
@@ -57,6 +58,10 @@ impl Engine<'_, '_> {
             self.identifiers(obj, |_| IdentifierClass::OtherIdentifiers)?;
         } else if !SHARED_TYPES.contains(&ty.as_str()) {
             self.resource_identifiers(obj);
+        }
+        if ty == "Binary" {
+            // A Binary is an attachment of its own (contentType, data).
+            self.attachment(obj, self.action(IdentifierClass::Attachments));
         }
         let shared = SHARED_TYPES.contains(&ty.as_str());
         self.walk_object(obj, &ty, shared)

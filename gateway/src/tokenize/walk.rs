@@ -5,7 +5,6 @@ use serde_json::{Map, Value};
 
 use super::classes::{classify_identifier, Action, IdentifierClass};
 use super::engine::Engine;
-use super::scrub::scrub_text;
 use super::{TokenizeError, PERSON_TYPES, SHARED_TYPES};
 use crate::records::{is_fhir_id, is_type_name};
 
@@ -27,65 +26,95 @@ impl Engine<'_, '_> {
             let Some(value) = obj.get_mut(&key) else {
                 continue;
             };
+            let parent = self.path.len();
+            self.path.push('.');
+            self.path.push_str(&key);
             if is_free_text(&key, value) && !matches!(narrative, Action::Reveal | Action::Keep) {
                 obj.remove(&key);
-                continue;
-            }
-            if key == "presentedForm" && !matches!(attachments, Action::Reveal | Action::Keep) {
+            } else if key == "presentedForm"
+                && !matches!(attachments, Action::Reveal | Action::Keep)
+            {
                 obj.remove(&key);
-                continue;
+                self.withhold("", "attachments-redacted");
+            } else {
+                self.walk_entry(obj, &key, ty, shared, attachments, dates)?;
             }
-            match value {
-                Value::Object(child) => {
-                    if child.get("resourceType").and_then(Value::as_str).is_some() {
-                        // A contained (or nested) resource gets the full treatment.
-                        self.resource(child, true)?;
-                        continue;
-                    }
-                    if is_attachment_key(&key, ty) {
-                        self.attachment(child, attachments);
-                    }
-                    self.walk_object(child, ty, shared)?;
-                }
-                Value::Array(items) => {
-                    let attachment = is_attachment_key(&key, ty) || key == "presentedForm";
-                    for item in items.iter_mut() {
-                        self.walk_item(item, &key, ty, shared, attachment, attachments, dates)?;
-                    }
-                }
-                Value::String(_) => {
-                    if key == "birthDate" {
-                        continue;
-                    }
-                    if is_date_key(&key) {
-                        if let Some(Value::String(s)) = obj.get(&key) {
-                            if looks_like_date(s) {
-                                match date_action(dates) {
-                                    DateOp::Keep => {}
-                                    DateOp::Year => {
-                                        let year = s[..4].to_string();
-                                        obj.insert(key.clone(), Value::String(year));
-                                    }
-                                    DateOp::Remove => {
-                                        obj.remove(&key);
-                                    }
-                                }
-                                continue;
-                            }
-                        }
-                    }
-                    if !shared && !skip_scrub(&key) {
-                        if let Some(Value::String(s)) = obj.get_mut(&key) {
-                            if let Some(clean) = scrub_text(s, &self.scrub) {
-                                *s = clean;
-                            }
-                        }
-                    }
-                }
-                _ => {}
-            }
+            self.path.truncate(parent);
         }
         Ok(())
+    }
+
+    /// The element `obj[key]`, its path already in `self.path`.
+    fn walk_entry(
+        &mut self,
+        obj: &mut Map<String, Value>,
+        key: &str,
+        ty: &str,
+        shared: bool,
+        attachments: Action,
+        dates: Action,
+    ) -> Result<(), TokenizeError> {
+        let Some(value) = obj.get_mut(key) else {
+            return Ok(());
+        };
+        match value {
+            Value::Object(child) => {
+                if child.get("resourceType").and_then(Value::as_str).is_some() {
+                    // A contained (or nested) resource gets the full treatment.
+                    return self.resource(child, true);
+                }
+                if is_attachment_key(key, ty) || looks_like_attachment(child) {
+                    self.attachment(child, attachments);
+                }
+                self.walk_object(child, ty, shared)
+            }
+            Value::Array(items) => {
+                let attachment = is_attachment_key(key, ty) || key == "presentedForm";
+                for (i, item) in items.iter_mut().enumerate() {
+                    let parent = self.path.len();
+                    self.path.push_str(&format!("[{i}]"));
+                    let walked =
+                        self.walk_item(item, key, ty, shared, attachment, attachments, dates);
+                    self.path.truncate(parent);
+                    walked?;
+                }
+                Ok(())
+            }
+            Value::String(s) => {
+                if key == "birthDate" {
+                    return Ok(());
+                }
+                if is_date_key(key) && looks_like_date(s) {
+                    match date_action(dates) {
+                        DateOp::Keep => {}
+                        DateOp::Year => {
+                            let year = s[..4].to_string();
+                            *s = year;
+                        }
+                        DateOp::Remove => {
+                            obj.remove(key);
+                        }
+                    }
+                    return Ok(());
+                }
+                if !shared {
+                    self.scrub_string(key, s);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A string that leaves, scrubbed of the patient's values (and, unless it is a code of
+    /// a closed vocabulary, of generic identifier shapes).
+    fn scrub_string(&self, key: &str, s: &mut String) {
+        if skip_scrub(key) {
+            return;
+        }
+        if let Some(clean) = self.scrubber.scrub(s, !is_vocabulary(key)) {
+            *s = clean;
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -104,7 +133,7 @@ impl Engine<'_, '_> {
                 if child.get("resourceType").and_then(Value::as_str).is_some() {
                     return self.resource(child, true);
                 }
-                if attachment {
+                if attachment || looks_like_attachment(child) {
                     self.attachment(child, attachments);
                 }
                 self.walk_object(child, ty, shared)
@@ -123,10 +152,8 @@ impl Engine<'_, '_> {
                         // Removed from the array by `prune`.
                         DateOp::Remove => *item = Value::Null,
                     }
-                } else if !shared && !skip_scrub(key) {
-                    if let Some(clean) = scrub_text(s, &self.scrub) {
-                        *s = clean;
-                    }
+                } else if !shared {
+                    self.scrub_string(key, s);
                 }
                 Ok(())
             }
@@ -301,25 +328,30 @@ pub(super) fn looks_like_date(s: &str) -> bool {
             .all(|c| c.is_ascii_digit() || b"-:T.+Z".contains(c))
 }
 
-/// Keys whose strings are structure, not text: codes, systems, ids and references (the
-/// latter two are rewritten separately).
+/// Keys whose strings are structure, not text: ids and references (rewritten
+/// separately), systems, profiles, content types, and attachment data (decoded and scrubbed
+/// by [`Engine::attachment`]).
 pub(super) fn skip_scrub(key: &str) -> bool {
     matches!(
         key,
-        "reference"
-            | "id"
-            | "system"
-            | "code"
-            | "unit"
-            | "status"
-            | "use"
-            | "resourceType"
-            | "gender"
-            | "language"
-            | "contentType"
-            | "profile"
-            | "data"
+        "reference" | "id" | "system" | "resourceType" | "contentType" | "profile" | "data"
     )
+}
+
+/// Keys whose strings are codes of a closed vocabulary: scrubbed of the patient's values
+/// (a code has no business holding one) but not of generic shapes, which codes may have.
+fn is_vocabulary(key: &str) -> bool {
+    matches!(
+        key,
+        "code" | "unit" | "status" | "use" | "gender" | "language" | "version"
+    )
+}
+
+/// An Attachment wherever it sits (`Consent.sourceAttachment`, `Signature.data`, ...): an
+/// object with data, or a url with a content type.
+fn looks_like_attachment(obj: &Map<String, Value>) -> bool {
+    obj.get("data").is_some_and(Value::is_string)
+        || (obj.contains_key("contentType") && obj.get("url").is_some_and(Value::is_string))
 }
 
 /// Removes nulls and the objects and arrays left empty by removals (FHIR forbids empty
