@@ -205,6 +205,7 @@ pub async fn exchange(
             ledger.time,
         )
         .await?;
+    let outcome = crate::outcome::withheld_entry(&tokenized.withheld);
     let resources = tokenized.resources;
 
     // record
@@ -219,7 +220,7 @@ pub async fn exchange(
         "identifier": {"system": "urn:fedgate:decision", "value": ledger.decision_id},
         "meta": {"lastUpdated": federation::time::rfc3339(Utc::now())},
         "total": resources.len(),
-        "entry": resources.into_iter().map(|r| json!({"resource": r, "search": {"mode": "match"}})).collect::<Vec<_>>(),
+        "entry": resources.into_iter().map(|r| json!({"resource": r, "search": {"mode": "match"}})).chain(outcome).collect::<Vec<_>>(),
     });
     respond(
         &ledger,

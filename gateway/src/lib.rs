@@ -32,6 +32,7 @@ pub mod gossip;
 pub mod jwe;
 pub mod ledger;
 pub mod outbox;
+pub mod outcome;
 pub mod policy;
 pub mod records;
 mod registration;
