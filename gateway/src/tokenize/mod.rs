@@ -129,8 +129,9 @@ pub struct Withheld {
     /// The id as it leaves (a pseudonym, or none when ids are redacted).
     pub resource_id: Option<String>,
     pub path: String,
-    /// `attachment-not-scannable`, `attachment-undecodable`, `attachment-url-not-scanned`
-    /// or `attachments-redacted`.
+    /// `attachment-not-scannable`, `attachment-undecodable`, `attachment-url-not-scanned`,
+    /// `attachments-redacted`, or `date-is-birth-date` (a date that would give away a
+    /// birth date that is not revealed).
     pub reason: &'static str,
 }
 

@@ -529,6 +529,14 @@ impl Scrubber {
         }
     }
 
+    /// Whether the date (or date-time) `s` falls on a birth date that is not revealed.
+    pub(super) fn is_birth_date(&self, s: &str) -> bool {
+        !self.births.is_empty()
+            && s.get(..10)
+                .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+                .is_some_and(|d| self.births.contains(&d))
+    }
+
     fn has_patient_values(&self) -> bool {
         self.words.is_some() || self.compact.is_some() || !self.births.is_empty()
     }
@@ -582,7 +590,11 @@ impl Scrubber {
                 });
                 if !decimal && on_boundaries(v, s, e) {
                     // The bracket or plus that opens a phone number goes with it.
-                    let s = if v[..s].ends_with(['(', '+']) { s - 1 } else { s };
+                    let s = if v[..s].ends_with(['(', '+']) {
+                        s - 1
+                    } else {
+                        s
+                    };
                     found.push((s, e));
                 }
             }

@@ -86,6 +86,12 @@ impl Engine<'_, '_> {
                 }
                 if is_date_key(key) && looks_like_date(s) {
                     match date_action(dates) {
+                        // A date that is the hidden birth date (a condition recorded at
+                        // birth) would give it away.
+                        DateOp::Keep if self.scrubber.is_birth_date(s) => {
+                            obj.remove(key);
+                            self.withhold("", "date-is-birth-date");
+                        }
                         DateOp::Keep => {}
                         DateOp::Year => {
                             let year = s[..4].to_string();
@@ -147,6 +153,10 @@ impl Engine<'_, '_> {
             Value::String(s) => {
                 if is_date_key(key) && looks_like_date(s) {
                     match date_action(dates) {
+                        DateOp::Keep if self.scrubber.is_birth_date(s) => {
+                            *item = Value::Null;
+                            self.withhold("", "date-is-birth-date");
+                        }
                         DateOp::Keep => {}
                         DateOp::Year => *s = s[..4].to_string(),
                         // Removed from the array by `prune`.
