@@ -79,10 +79,13 @@ fn is_separator(c: char) -> bool {
     c == ' ' || matches!(c, '-' | '.' | '(' | ')' | '/' | '+' | '_')
 }
 
-/// Letters without a decomposition that are still a base letter with a mark, and the
-/// letters whose case folding is more than one character.
+/// Letters without a decomposition that are still a base letter with a mark, the letters
+/// whose case folding is more than one character, and the typographic dashes and
+/// apostrophes people (and word processors) write for `-` and `'`.
 fn fold_special(c: char) -> Option<&'static str> {
     Some(match c {
+        '\u{2010}' | '\u{2011}' | '\u{2012}' | '\u{2013}' | '\u{2014}' | '\u{2212}' => "-",
+        '\u{2018}' | '\u{2019}' | '\u{02bc}' | '`' | '\u{00b4}' => "'",
         'ß' | 'ẞ' => "ss",
         'ø' | 'Ø' => "o",
         'ł' | 'Ł' => "l",

@@ -231,6 +231,8 @@ mod scrubbing {
             },
             Generic::default(),
         );
+        let o = scrubber(|x| x.name(v("O'Brien")), Generic::default());
+        assert_eq!(out(&o, "Mrs O\u{2019}BRIEN"), "Mrs [redacted]");
         assert_eq!(
             out(&s, "Seen: GARCIA, Jose; Sra. Vega called. la paz de todos"),
             "Seen: [redacted], [redacted]; Sra. [redacted] called. la paz de todos"
@@ -262,6 +264,8 @@ mod scrubbing {
             let text = format!("ref: {form}, ok");
             assert_eq!(out(&s, &text), "ref: [redacted], ok", "{form}");
         }
+        // Typographic dashes are dashes.
+        assert_eq!(out(&s, "tel 555\u{2013}770\u{2013}0001"), "tel [redacted]");
         // Inside a longer number it is another number.
         assert_eq!(s.scrub("acct 19997700012", true), None);
         assert_eq!(s.scrub("55577000019", true), None);
