@@ -588,6 +588,45 @@ mod attachments {
     }
 
     #[test]
+    fn attachments_are_found_by_shape_and_waveforms_are_not_attachments() {
+        let consent = json!({"resourceType": "Consent", "id": "c1",
+            "sourceAttachment": {"data": b64(b"scanned form")}});
+        let obs = json!({"resourceType": "Observation", "id": "o1",
+            "valueSampledData": {"origin": {"value": 0}, "period": 10, "dimensions": 1,
+                                 "data": "1 2 3 4 5 6 7 8"},
+            "extension": [{"url": "x", "valueSignature": {"sigFormat": "image/png",
+                           "data": b64(b"\x89PNG")}}],
+            "component": [{"valueAttachment": {"contentType": "text/plain",
+                           "url": "https://custodian.example/Binary/1"}}]});
+        let out = run(treat(), vec![patient(), consent, obs]);
+        let c = &out.resources[1];
+        let o = &out.resources[2];
+        assert!(c.get("sourceAttachment").is_none());
+        assert_eq!(o["valueSampledData"]["data"], "1 2 3 4 5 6 7 8");
+        assert!(o["extension"][0]["valueSignature"].get("data").is_none());
+        assert!(o["component"][0]["valueAttachment"].get("url").is_none());
+        let reasons: Vec<(&str, &str)> = out
+            .withheld
+            .iter()
+            .map(|w| (w.path.as_str(), w.reason))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("Consent.sourceAttachment.data", "attachment-not-scannable"),
+                (
+                    "Observation.extension[0].valueSignature.data",
+                    "attachment-not-scannable"
+                ),
+                (
+                    "Observation.component[0].valueAttachment.url",
+                    "attachment-url-not-scanned"
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn narrative_and_every_field_are_scrubbed() {
         let obs = json!({"resourceType": "Observation", "id": "o1",
             "text": {"status": "generated",

@@ -296,7 +296,12 @@ pub(super) fn is_free_text(key: &str, value: &Value) -> bool {
 pub(super) fn is_attachment_key(key: &str, ty: &str) -> bool {
     matches!(
         key,
-        "attachment" | "valueAttachment" | "contentAttachment" | "photo"
+        "attachment"
+            | "valueAttachment"
+            | "contentAttachment"
+            | "sourceAttachment"
+            | "legallyBindingAttachment"
+            | "photo"
     ) || (ty == "Media" && key == "content")
 }
 
@@ -357,11 +362,13 @@ fn is_vocabulary(key: &str) -> bool {
     )
 }
 
-/// An Attachment wherever it sits (`Consent.sourceAttachment`, `Signature.data`, ...): an
-/// object with data, or a url with a content type.
+/// An Attachment under a key not listed in [`is_attachment_key`]: data or a url with a
+/// content type, or a Signature's data (which may be the image of a signature).
+/// `SampledData.data` (waveforms, no content type) is not one.
 fn looks_like_attachment(obj: &Map<String, Value>) -> bool {
-    obj.get("data").is_some_and(Value::is_string)
-        || (obj.contains_key("contentType") && obj.get("url").is_some_and(Value::is_string))
+    let content = obj.get("data").is_some_and(Value::is_string)
+        || obj.get("url").is_some_and(Value::is_string);
+    content && (obj.contains_key("contentType") || obj.contains_key("sigFormat"))
 }
 
 /// Removes nulls and the objects and arrays left empty by removals (FHIR forbids empty
