@@ -215,7 +215,13 @@ pub async fn next_page(
         .and_then(|v| v.to_str().ok());
     let grant = state
         .pages
-        .redeem(state, cursor, number, proof)
+        .redeem(
+            &state.verifier.resolver,
+            &state.config.did,
+            cursor,
+            number,
+            proof,
+        )
         .await
         .map_err(GatewayError::Page)?;
     if grant.domain != domain {
