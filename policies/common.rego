@@ -105,6 +105,9 @@ break_glass_obligations(limit) := {
 	"aggregate_only": false,
 	"min_cell_size": null,
 	"max_records": limit,
+	# The birth date is a token: a date recorded at birth, or any exact date, must not
+	# give it back. Intervals stay true.
+	"shift_dates": true,
 }
 
 # Payment and coverage: payers match on name and birth date; clinical free text and

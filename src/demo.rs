@@ -186,6 +186,7 @@ fn types(bundle: &Value) -> Vec<String> {
         .as_array()
         .into_iter()
         .flatten()
+        .filter(|e| e["search"]["mode"] != "outcome")
         .filter_map(|e| e["resource"]["resourceType"].as_str().map(str::to_string))
         .collect();
     t.sort();
@@ -335,12 +336,12 @@ pub async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Result<bo
 
     // 3. Break-glass.
     let vp = present(gw_a, &clinician, std::slice::from_ref(&priv_vc)).await?;
-    let (status, id, _, headers) = exchange(
+    let (status, id, bundle, headers) = exchange(
         gw_a,
         "clinical",
         "ETREAT",
         &mrn,
-        &["Patient", "Observation"],
+        &["Patient", "Observation", "Condition"],
         &vp,
         Some(JUSTIFICATION),
     )
@@ -350,11 +351,21 @@ pub async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Result<bo
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
         .to_string();
+    // The birth date is a token and every date moves by one offset for this patient and
+    // requester: a condition recorded at birth does not give the birth date back.
+    let shifted = bundle.to_string().contains("every date is shifted");
+    let birth_in_clear = bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| e["resource"]["birthDate"].is_string());
     demo.record(
         "3. break-glass: ETREAT with a justification, no consent",
-        "allowed, time-limited, flagged for review",
-        format!("HTTP {status}; break-glass until {expires}"),
-        status == 200 && headers.contains_key("fedgate-break-glass"),
+        "allowed, time-limited, flagged for review; birth date a token, dates shifted",
+        format!(
+            "HTTP {status}; break-glass until {expires}; dates shifted: {shifted}; birth date in clear: {birth_in_clear}"
+        ),
+        status == 200 && headers.contains_key("fedgate-break-glass") && shifted && !birth_in_clear,
         id,
     );
 

@@ -228,11 +228,13 @@ fn exchange_body(
     b
 }
 
+/// The resources of an answer (not its OperationOutcome).
 fn entries(bundle: &Value) -> Vec<&Value> {
     bundle["entry"]
         .as_array()
         .unwrap()
         .iter()
+        .filter(|e| e["search"]["mode"] != "outcome")
         .map(|e| &e["resource"])
         .collect()
 }
@@ -1847,4 +1849,116 @@ async fn unknown_and_unconsented_patients_get_the_same_answer() {
         "{}",
         answers[1]
     );
+}
+
+/// Break-glass tokenizes the birth date, and moves every date by one offset for this
+/// patient and requester: a condition recorded at birth no longer gives the birth date,
+/// intervals stay exact, and the answer says so.
+#[tokio::test]
+async fn break_glass_shifts_every_date_by_one_offset() {
+    let record = synth::Generator::new(synth::Options {
+        seed: 77,
+        min_resources: 150,
+        max_resources: 150,
+        ..synth::Options::default()
+    })
+    .patient();
+    let who = &record.identity;
+    let fed = federation_holding(std::slice::from_ref(&record), "").await;
+    let doc = clinician(
+        &fed,
+        "physician",
+        CUSTODIAN,
+        &["clinical"],
+        &["read"],
+        REQUESTER_ORG,
+    )
+    .await;
+    let ask = |v: Value| {
+        exchange_body(
+            "ETREAT",
+            &who.mrn,
+            &["Patient", "Condition", "Encounter", "DocumentReference"],
+            &v,
+            Some("unconscious patient in the emergency department, no consent on file"),
+        )
+    };
+    let (v, _) = vp(
+        &fed.gateway,
+        &doc.key,
+        std::slice::from_ref(&doc.credential),
+    )
+    .await;
+    let (status, bundle) = fed
+        .gateway
+        .post("/v1/exchange/clinical", &ask(v))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{bundle}");
+
+    let source_starts = |ty: &str, field: &str| -> Vec<chrono::NaiveDate> {
+        let mut d: Vec<_> = record.bundle["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["resource"])
+            .filter(|r| r["resourceType"] == ty)
+            .filter_map(|r| r.pointer(field)?.as_str().map(|s| s[..10].parse().unwrap()))
+            .collect();
+        d.sort();
+        d
+    };
+    let answer_starts = |b: &Value, ty: &str, field: &str| -> Vec<chrono::NaiveDate> {
+        let mut d: Vec<_> = entries(b)
+            .into_iter()
+            .filter(|r| r["resourceType"] == ty)
+            .filter_map(|r| r.pointer(field)?.as_str().map(|s| s[..10].parse().unwrap()))
+            .collect();
+        d.sort();
+        d
+    };
+    let before = source_starts("Encounter", "/period/start");
+    let after = answer_starts(&bundle, "Encounter", "/period/start");
+    assert_eq!(before.len(), after.len());
+    let offset = (after[0] - before[0]).num_days();
+    assert!(offset != 0 && offset.abs() <= 365, "{offset}");
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!((*a - *b).num_days(), offset, "one offset for every date");
+    }
+    let onsets = answer_starts(&bundle, "Condition", "/onsetDateTime");
+    assert_eq!(
+        onsets[0] - (who.birth_date + chrono::Duration::days(offset)),
+        chrono::Duration::zero()
+    );
+    // Neither the birth date nor the real calendar dates leave, in any form.
+    let text = bundle.to_string();
+    for form in who.forms().iter().filter(|f| f.class == "birth_date") {
+        assert!(
+            !text.contains(&form.text),
+            "birth date {:?} left",
+            form.text
+        );
+    }
+    for d in &before {
+        assert!(
+            !text.contains(&d.format("%Y-%m-%dT").to_string()),
+            "an exact visit date left"
+        );
+    }
+    assert!(text.contains("every date is shifted"), "the answer says so");
+
+    // The same requester again: the same offset (the pages and later answers agree).
+    let (v, _) = vp(
+        &fed.gateway,
+        &doc.key,
+        std::slice::from_ref(&doc.credential),
+    )
+    .await;
+    let (status, again) = fed
+        .gateway
+        .post("/v1/exchange/clinical", &ask(v))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(answer_starts(&again, "Encounter", "/period/start"), after);
 }

@@ -215,7 +215,13 @@ pub async fn next_page(
         .and_then(|v| v.to_str().ok());
     let grant = state
         .pages
-        .redeem(state, cursor, number, proof)
+        .redeem(
+            &state.verifier.resolver,
+            &state.config.did,
+            cursor,
+            number,
+            proof,
+        )
         .await
         .map_err(GatewayError::Page)?;
     if grant.domain != domain {
@@ -326,17 +332,29 @@ async fn answer(
     // tokenize (the page is already cut to size)
     let mut obligations = decision.obligations.clone();
     obligations.max_records = None;
+    let recipient = ledger.requester_org.clone().unwrap_or_default();
     let tokenized = state
         .tokenize(
             resources,
             obligations,
-            ledger.requester_org.clone().unwrap_or_default(),
+            recipient.clone(),
             &ledger.domain,
             ledger.time,
         )
         .await?;
     notes.extend(outcome::withheld(&tokenized.withheld));
-    let resources = tokenized.resources;
+    let mut resources = tokenized.resources;
+    if decision.obligations.shift_dates {
+        let days = crate::dates::offset_days(&state.secret, patient_id, &recipient);
+        crate::dates::shift(&mut resources, days);
+        notes.push(outcome::Note {
+            code: "informational",
+            diagnostics: "every date is shifted by one offset for this patient and recipient: \
+                          intervals are exact, calendar dates are not"
+                .into(),
+            expression: None,
+        });
+    }
 
     // record
     state

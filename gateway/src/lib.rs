@@ -13,6 +13,7 @@
 //! - `detokenize`: `POST /v1/detokenize`, a token revealed under policy.
 //! - `registration`: consents registered and withdrawn, DIDs linked to patients.
 //! - [`consents`]: consents registered by patients, and their withdrawals.
+//! - [`dates`]: the `shift_dates` obligation, one offset per patient and recipient.
 //! - [`paging`]: cursors of answers larger than `max_records`, and their page proofs;
 //!   [`outcome`]: the OperationOutcome that says what an answer left out and why.
 //! - [`outbox`]: the durable access-event outbox, written before any response.
@@ -27,6 +28,7 @@
 
 pub mod config;
 pub mod consents;
+pub mod dates;
 mod detokenize;
 pub mod error;
 pub mod exchange;

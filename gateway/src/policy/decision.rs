@@ -26,6 +26,10 @@ pub struct Obligations {
     pub aggregate_only: bool,
     pub min_cell_size: Option<u32>,
     pub max_records: Option<u32>,
+    /// Move every date of the answer by one offset per patient and recipient
+    /// ([`crate::dates`]); for domains that do not reveal the birth date. Absent is false.
+    #[serde(default)]
+    pub shift_dates: bool,
 }
 
 /// A class name outside [`IDENTIFIER_CLASSES`].
