@@ -327,6 +327,8 @@ fn run_env() -> Run {
     Run { _dir: dir, vault }
 }
 
+/// What an exchange does to the record before it leaves: the tokenizer, then the date shift
+/// where the decision asks for it.
 fn tokenize(run: &Run, domain: &str, obligations: &Obligations, record: Vec<Value>) -> Tokenized {
     let ctx = TokenizeContext {
         recipient_org: RECIPIENT,
@@ -337,7 +339,12 @@ fn tokenize(run: &Run, domain: &str, obligations: &Obligations, record: Vec<Valu
     };
     let mut o = obligations.clone();
     o.max_records = None;
-    apply(record, &o, &ctx).unwrap()
+    let mut out = apply(record, &o, &ctx).unwrap();
+    if o.shift_dates {
+        let days = gateway::dates::offset_days(&KEY, "patient", RECIPIENT);
+        gateway::dates::shift(&mut out.resources, days);
+    }
+    out
 }
 
 /// A generated record with the forms copied into every string field of its first 40

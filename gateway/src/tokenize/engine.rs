@@ -18,6 +18,9 @@ pub(super) struct Engine<'a, 'c> {
     /// generic shapes of the classes that are not: removed from every string that leaves.
     pub(super) scrubber: Scrubber,
     pub(super) created_tokens: bool,
+    /// The decision shifts every date after tokenization (`shift_dates`): a date that
+    /// falls on the birth date then gives nothing away and stays.
+    pub(super) dates_shifted: bool,
     /// What was withheld, for the response's OperationOutcome.
     pub(super) withheld: Vec<Withheld>,
     /// The top-level resource being walked: its type and its id as it leaves.
@@ -42,6 +45,7 @@ impl<'a, 'c> Engine<'a, 'c> {
             id_types: HashMap::new(),
             scrubber: Scrubber::new(Secrets::default(), Generic::default()),
             created_tokens: false,
+            dates_shifted: obligations.shift_dates,
             withheld: Vec::new(),
             current: (String::new(), None),
             path: String::new(),

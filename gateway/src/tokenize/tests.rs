@@ -627,6 +627,30 @@ mod attachments {
     }
 
     #[test]
+    fn a_date_on_the_hidden_birth_date_goes_unless_dates_are_shifted() {
+        let condition = json!({"resourceType": "Condition", "id": "c1",
+            "onsetDateTime": "1931-02-14T08:13:00+00:00",
+            "recordedDate": "2024-03-05"});
+        let out = run(treat(), vec![patient(), condition.clone()]);
+        let c = &out.resources[1];
+        assert!(c.get("onsetDateTime").is_none());
+        assert_eq!(c["recordedDate"], "2024-03-05");
+        assert_eq!(out.withheld[0].path, "Condition.onsetDateTime");
+        assert_eq!(out.withheld[0].reason, "date-is-birth-date");
+
+        let shifted = Obligations {
+            shift_dates: true,
+            ..treat()
+        };
+        let out = run(shifted, vec![patient(), condition]);
+        assert_eq!(
+            out.resources[1]["onsetDateTime"],
+            "1931-02-14T08:13:00+00:00"
+        );
+        assert!(out.withheld.is_empty());
+    }
+
+    #[test]
     fn narrative_and_every_field_are_scrubbed() {
         let obs = json!({"resourceType": "Observation", "id": "o1",
             "text": {"status": "generated",

@@ -88,7 +88,7 @@ impl Engine<'_, '_> {
                     match date_action(dates) {
                         // A date that is the hidden birth date (a condition recorded at
                         // birth) would give it away.
-                        DateOp::Keep if self.scrubber.is_birth_date(s) => {
+                        DateOp::Keep if !self.dates_shifted && self.scrubber.is_birth_date(s) => {
                             obj.remove(key);
                             self.withhold("", "date-is-birth-date");
                         }
@@ -153,7 +153,7 @@ impl Engine<'_, '_> {
             Value::String(s) => {
                 if is_date_key(key) && looks_like_date(s) {
                     match date_action(dates) {
-                        DateOp::Keep if self.scrubber.is_birth_date(s) => {
+                        DateOp::Keep if !self.dates_shifted && self.scrubber.is_birth_date(s) => {
                             *item = Value::Null;
                             self.withhold("", "date-is-birth-date");
                         }
