@@ -268,11 +268,12 @@ impl Secrets {
         }
     }
 
-    /// The compact form of a number-like value (at least 5 digits, letters and separators
-    /// only besides).
+    /// The compact form of a number-like value (at least 6 digits, letters and separators
+    /// only besides). Shorter numbers are matched as written only: with any separators,
+    /// a 5-digit postal code would be found in a LOINC code such as `8480-6`.
     fn add_compact(&mut self, s: &str) {
         let compact = fold(s).1.text;
-        if !compact.contains('|') && compact.chars().filter(char::is_ascii_digit).count() >= 5 {
+        if !compact.contains('|') && compact.chars().filter(char::is_ascii_digit).count() >= 6 {
             self.compact.insert(compact);
         }
     }
@@ -320,7 +321,7 @@ impl Secrets {
         }
     }
 
-    /// A postal code; a ZIP+4 also as its five digits.
+    /// A postal code; a ZIP+4 also as its five digits (as a word).
     pub(super) fn postal_code(&mut self, v: Option<&Value>) {
         let Some(s) = Self::text_value(v) else {
             return;
@@ -328,7 +329,7 @@ impl Secrets {
         self.value(v);
         let digits: String = s.chars().filter(char::is_ascii_digit).collect();
         if digits.len() == 9 && s.len() <= 10 {
-            self.add_compact(&digits[..5]);
+            self.add_word(&digits[..5]);
         }
     }
 

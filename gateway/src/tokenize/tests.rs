@@ -290,6 +290,13 @@ mod scrubbing {
             out(&s, "zip 02139 / 021394307"),
             "zip [redacted] / [redacted]"
         );
+        let z = scrubber(|x| x.postal_code(v("84806")), Generic::default());
+        assert_eq!(
+            z.scrub("LOINC 8480-6", true),
+            None,
+            "a code is not a postal code"
+        );
+        assert_eq!(out(&z, "zip 84806"), "zip [redacted]");
         assert_eq!(
             out(&s, "Ｓａｎ　Ｊｏｓé"),
             "[redacted]",
