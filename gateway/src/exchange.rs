@@ -121,7 +121,7 @@ pub async fn exchange(
         Ok(id) => id,
         Err(e) => {
             // Verified, but no decision could be made: recorded as a deny that says why.
-            let error = GatewayError::Unavailable(format!("record source: {e}"));
+            let error = GatewayError::record_source(e);
             let why = NotServed::RecordSource;
             return Err(state
                 .record_not_served(&ledger, &Decision::deny(why.reason()), why, error)
@@ -295,7 +295,7 @@ async fn answer(
     {
         Ok(fetched) => fetched,
         Err(e) => {
-            let error = GatewayError::Unavailable(format!("record source: {e}"));
+            let error = GatewayError::record_source(e);
             return Err(state
                 .record_not_served(ledger, decision, NotServed::RecordSource, error)
                 .await);
