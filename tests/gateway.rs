@@ -1962,3 +1962,134 @@ async fn break_glass_shifts_every_date_by_one_offset() {
     assert_eq!(status, 200);
     assert_eq!(answer_starts(&again, "Encounter", "/period/start"), after);
 }
+
+/// A FHIR server that knows one patient and fails every other request (or every
+/// request, with `fail_all`).
+async fn failing_fhir_server(mrn: &str, fail_all: bool) -> String {
+    use axum::extract::Path as UrlPath;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let patient = json!({"resourceType": "Patient", "id": "p1",
+        "identifier": [{"system": MRN_SYSTEM, "value": mrn}]});
+    let app = axum::Router::new()
+        .route(
+            "/fhir/{ty}",
+            get(move |UrlPath(ty): UrlPath<String>| {
+                let patient = patient.clone();
+                async move {
+                    if ty == "Patient" && !fail_all {
+                        axum::Json(json!({"resourceType": "Bundle", "type": "searchset",
+                            "entry": [{"resource": patient}]}))
+                        .into_response()
+                    } else {
+                        StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                    }
+                }
+            }),
+        )
+        .route(
+            "/fhir/{ty}/{id}",
+            get(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
+        );
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    format!("{origin}/fhir")
+}
+
+/// When the record source fails, before or after the decision, the requester gets 503
+/// (try again) and the access still leaves exactly one event saying it was not served.
+#[tokio::test]
+async fn record_source_failures_are_503_and_recorded() {
+    let mrn = "7700001";
+    let after = failing_fhir_server(mrn, false).await;
+    let before = failing_fhir_server(mrn, true).await;
+    for (url, allowed) in [(after, true), (before, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let office = Office::start(&exe(), &dir.path().join("office"), OFFICE).unwrap();
+        let spec = GatewaySpec {
+            port: 0,
+            did: CUSTODIAN.into(),
+            records: Vec::new(),
+            policies: repo("policies"),
+            extra_toml: format!(
+                "{}\n[records]\nsource = \"fhir\"\nurl = \"{url}\"\n",
+                extra_toml(&office, "test")
+            ),
+        };
+        let gateway = Gateway::start(&exe(), &dir.path().join("gateway"), &spec).unwrap();
+        let mut fed = Fed {
+            _dir: dir,
+            office,
+            gateway,
+        };
+        let doc = clinician(
+            &fed,
+            "physician",
+            CUSTODIAN,
+            &["clinical"],
+            &["read"],
+            REQUESTER_ORG,
+        )
+        .await;
+        let (v, _) = vp(
+            &fed.gateway,
+            &doc.key,
+            std::slice::from_ref(&doc.credential),
+        )
+        .await;
+        let body = exchange_body(
+            "ETREAT",
+            mrn,
+            &["Patient", "Observation"],
+            &v,
+            Some("unconscious patient in the emergency department, no consent on file"),
+        );
+        let (status, problem) = fed
+            .gateway
+            .post("/v1/exchange/clinical", &body)
+            .await
+            .unwrap();
+        assert_eq!(status, 503, "{problem}");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("record source"),
+            "{problem}"
+        );
+        let not_served = fed
+            .gateway
+            .metric("fedgate_not_served_total")
+            .await
+            .unwrap();
+        assert_eq!(not_served, 1.0);
+        let decisions = fed.gateway.metric("fedgate_decisions_total").await.unwrap();
+        assert_eq!(decisions, 1.0, "one decision recorded");
+
+        fed.gateway.process.stop();
+        let db = sled::open(fed.gateway.dir.join("data").join("gateway.sled")).unwrap();
+        let events: Vec<Value> = db
+            .open_tree("outbox")
+            .unwrap()
+            .iter()
+            .values()
+            .map(|v| serde_json::from_slice(&v.unwrap()).unwrap())
+            .collect();
+        assert_eq!(events.len(), 1, "{events:?}");
+        let e = &events[0];
+        assert_eq!(e["decision"], if allowed { "allow" } else { "deny" }, "{e}");
+        assert_eq!(e["recordCount"], 0);
+        assert!(
+            e["reasons"]
+                .to_string()
+                .contains("not served: the record source failed"),
+            "{e}"
+        );
+        let parsed: federation::events::AccessEvent = serde_json::from_value(e.clone()).unwrap();
+        federation::events::check_free_text(&parsed).unwrap();
+    }
+}

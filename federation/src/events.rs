@@ -178,6 +178,9 @@ pub const REASON_TEMPLATES: &[&str] = &[
     "policy evaluation failed: decision widens the requested data classes",
     "policy evaluation failed: break-glass without an expiry",
     "policy bundle failed to load",
+    // After an allow, when the data could not be served (the decision stands, nothing left).
+    "not served: the record source failed",
+    "not served: the answer could not be prepared",
     "no policy for this domain",
     "denied by policy",
     "unknown token",

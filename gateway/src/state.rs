@@ -54,6 +54,32 @@ pub struct GatewayState {
     pub pages: crate::paging::Pages,
 }
 
+/// Why an allowed decision's data did not leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotServed {
+    /// The record store or the organization's FHIR server failed.
+    RecordSource,
+    /// Tokenization or serialization failed.
+    Preparation,
+}
+
+impl NotServed {
+    fn kind(self) -> &'static str {
+        match self {
+            NotServed::RecordSource => "record-source",
+            NotServed::Preparation => "preparation",
+        }
+    }
+
+    /// The event's reason (in the federation's reason vocabulary).
+    pub fn reason(self) -> &'static str {
+        match self {
+            NotServed::RecordSource => "not served: the record source failed",
+            NotServed::Preparation => "not served: the answer could not be prepared",
+        }
+    }
+}
+
 /// Where trust, the allow-map and contracts come from.
 enum TrustMode {
     /// From this gateway's configuration (a single organization trying fedgate out).
@@ -407,6 +433,28 @@ impl GatewayState {
             .append(event)
             .await
             .map_err(|e| GatewayError::Unavailable(e.to_string()))
+    }
+
+    /// Records an allowed decision whose data could not be served (the record source
+    /// failed, or the answer could not be prepared), and returns the error to send: every
+    /// request that reaches a decision leaves exactly one event, whatever happens after.
+    pub async fn record_not_served(
+        &self,
+        ledger: &Ledger,
+        decision: &Decision,
+        why: NotServed,
+        error: GatewayError,
+    ) -> GatewayError {
+        metrics::counter!("fedgate_not_served_total", "kind" => why.kind()).increment(1);
+        tracing::warn!(decision_id = %ledger.decision_id, kind = why.kind(), error = %error, "allowed access not served");
+        let mut decision = decision.clone();
+        if !decision.reasons.iter().any(|r| r == why.reason()) {
+            decision.reasons.push(why.reason().to_string());
+        }
+        match self.record(ledger, &decision, 0).await {
+            Ok(()) => error,
+            Err(e) => e,
+        }
     }
 
     /// The policy input of the request in `ledger` with its `request`, `contracts` and
