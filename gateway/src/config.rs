@@ -62,6 +62,11 @@ pub struct GatewayConfig {
     pub status_cache_ttl_secs: u64,
     #[serde(default)]
     pub limits: HttpLimits,
+    /// Wall-clock limit of one policy decision, in milliseconds (1 to 10,000): a policy
+    /// that runs longer is a deny. The default (50) suits a dedicated machine; a shared or
+    /// starved one may need more.
+    #[serde(default = "default_policy_time_limit")]
+    pub policy_time_limit_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -126,6 +131,9 @@ pub struct Shift {
     pub to_minute: u32,
 }
 
+fn default_policy_time_limit() -> u64 {
+    u64::try_from(crate::policy::DEFAULT_TIME_LIMIT.as_millis()).unwrap_or(50)
+}
 fn default_challenge_ttl() -> u64 {
     120
 }
@@ -188,6 +196,12 @@ impl service::config::ServiceConfig for GatewayConfig {
         }
         if self.challenge_ttl_secs == 0 || self.challenge_ttl_secs > 3600 {
             return Err(invalid("challenge_ttl_secs", "must be between 1 and 3600"));
+        }
+        if !(1..=10_000).contains(&self.policy_time_limit_ms) {
+            return Err(invalid(
+                "policy_time_limit_ms",
+                "must be between 1 and 10000",
+            ));
         }
         if self.outbox_max_events == 0 {
             return Err(invalid("outbox_max_events", "must be at least 1"));

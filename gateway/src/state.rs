@@ -130,7 +130,12 @@ impl GatewayState {
             RecordsConfig::Embedded => RecordSource::embedded(&config.data_dir.join("records"))?,
             RecordsConfig::Fhir { url } => RecordSource::fhir_server(url, config.dev_mode)?,
         };
-        let policy = Arc::new(PolicyHolder::new(&config.policies));
+        let policy = Arc::new(PolicyHolder::with_options(
+            &config.policies,
+            crate::policy::PolicyOptions {
+                time_limit: Duration::from_millis(config.policy_time_limit_ms),
+            },
+        ));
 
         let resolver = Arc::new(DidResolver::new(config.dev_mode));
         let mut allow = HashMap::new();

@@ -8,7 +8,7 @@
 //! field of a sample of its resources, and one document with an attachment of each
 //! scannable content type holding every form.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use chrono::{DateTime, Datelike, Utc};
@@ -514,7 +514,7 @@ fn clinical_content_stays_under_treatment() {
 }
 
 #[test]
-fn a_large_record_is_scrubbed_fast() {
+fn a_large_record_leaves_nothing_hidden() {
     let decisions = decisions();
     let (_, domain, etreat) = &decisions[1];
     let run = run_env();
@@ -529,15 +529,11 @@ fn a_large_record_is_scrubbed_fast() {
     let forms = forms(who);
     let record = record_with_forms(who, &patient.bundle, &forms);
     assert!(record.len() > 5000);
-    let started = Instant::now();
     let out = tokenize(&run, domain, etreat, record);
-    let elapsed = started.elapsed();
-    eprintln!("ETREAT over {} resources: {elapsed:?}", out.resources.len());
+    assert!(out.resources.len() > 5000);
     let hay = fold(&haystack(&out.resources));
     for form in forms.iter().filter(|f| hidden(etreat, f.class)) {
         assert_eq!(find(&hay, &form.text), None, "{:?}", form.text);
     }
-    // One automaton for the record, not one per string: a debug build on a shared machine
-    // stays well under this (a release build takes a fraction of a second).
-    assert!(elapsed < Duration::from_secs(30), "{elapsed:?}");
+    // Its speed is measured by the tokenize benchmark (gateway/benches), not here.
 }
