@@ -599,6 +599,7 @@ pub(super) fn event_template(custodian: &str) -> Result<Value, String> {
         justification: None,
         review_required: false,
         expires_at: None,
+        privacy: None,
     };
     serde_json::to_value(event).map_err(|e| e.to_string())
 }
