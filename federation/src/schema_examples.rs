@@ -316,6 +316,29 @@ fn invalid_research_studies_fail() {
     assert_rejected(src, &ex, "a wildcard data class", |v| {
         v["credentialSubject"]["dataClasses"] = json!(["*"]);
     });
+    for (what, eps) in [
+        ("an epsilonBudget of 0", json!(0)),
+        ("a negative epsilonBudget", json!(-1)),
+        ("an epsilonBudget over 100", json!(1000)),
+        ("an epsilonBudget as a string", json!("2")),
+    ] {
+        assert_rejected(src, &ex, what, |v| {
+            v["credentialSubject"]["epsilonBudget"] = eps;
+        });
+    }
+}
+
+#[test]
+fn a_study_may_cap_its_privacy_budget() {
+    let mut study = research_study_example();
+    study["credentialSubject"]["epsilonBudget"] = json!(2.5);
+    assert_eq!(
+        errors(&validator(RESEARCH_STUDY_SCHEMA), &study),
+        Vec::<String>::new()
+    );
+    let subject: crate::credentials::StudySubject =
+        serde_json::from_value(study["credentialSubject"].clone()).unwrap();
+    assert_eq!(subject.epsilon_budget, Some(2.5));
 }
 
 #[test]
