@@ -505,14 +505,16 @@ pub async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Result<bo
         .await?;
     let vp = present(gw_a, &network, std::slice::from_ref(&study)).await?;
     let (status, body) = gw_a
-        .post("/v1/research/queries", &json!({"purpose": "HRESCH", "query": {"conditions": [], "age_bands": [[0, 2], [3, 200]]}, "presentation": vp}))
+        .post("/v1/research/queries", &json!({"purpose": "HRESCH", "query": {"conditions": [], "epsilon": 0.5}, "presentation": vp}))
         .await?;
     let text = body["result"].to_string();
     demo.record(
         "7. research network with an IRB study credential",
-        "aggregates only; 4 of 6 patients consented; small cells suppressed",
+        "noisy aggregates only (epsilon-DP); 4 of 6 patients consented; small cells suppressed",
         format!(
-            "HTTP {status}; {}",
+            "HTTP {status}; epsilon spent {}, left {}; {}",
+            body["privacy"]["epsilonSpent"],
+            body["privacy"]["budgetLeft"],
             text.chars().take(160).collect::<String>()
         ),
         status == 200 && text.contains("\"suppressed\":true") && !text.contains(&mrn),
