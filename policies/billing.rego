@@ -53,9 +53,10 @@ denials contains msg if {
 	msg := sprintf("purpose %v is not a billing purpose", [common.purpose])
 }
 
-denials contains "the patient is not known at this custodian" if {
-	input.request.patient_found == false
-}
+# Whether the patient is known here is not a reason: a requester without a permitting
+# consent must get the same answer either way, or every denial is an oracle for MRNs. The
+# gateway answers "not known" only after an allow (input.request.patient_found stays in
+# the input for the record).
 
 denials contains "no clinician privilege credential of the requester was presented" if {
 	not common.has_privilege_credential

@@ -49,10 +49,17 @@ test_research_purpose_denied if {
 	f.has_reason(d, "not a clinical purpose")
 }
 
-test_unknown_patient_denied if {
-	d := clinical.decision with input as f.with_request(base, {"patient_found": false})
-	not d.allow
-	f.has_reason(d, "the patient is not known at this custodian")
+# An unknown patient is decided as a known one: the decision is the same document, so
+# that a denial does not tell whether the MRN exists here.
+test_unknown_patient_decided_as_known if {
+	unknown := clinical.decision with input as f.with_request(base, {"patient_found": false})
+	known := clinical.decision with input as base
+	unknown == known
+	no_consent := object.union(base, {"consents": []})
+	unknown_denied := clinical.decision with input as f.with_request(no_consent, {"patient_found": false})
+	known_denied := clinical.decision with input as no_consent
+	not known_denied.allow
+	unknown_denied == known_denied
 }
 
 # --- role and specialty -------------------------------------------------------------------

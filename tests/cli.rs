@@ -336,3 +336,71 @@ fn demo_reports_every_scenario_as_json() {
     assert!(out.status.success());
     assert_no_phi_in(&String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn synthetic_patients_are_written_and_import_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("patients");
+    let store = dir.path().join("store");
+    let run = |args: &[&str]| {
+        let out = fedgate().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let said = run(&[
+        "records",
+        "synth",
+        "--out",
+        out.to_str().unwrap(),
+        "--patients",
+        "12",
+        "--seed",
+        "9",
+    ]);
+    assert!(said.contains("wrote 12 synthetic patients"), "{said}");
+    let files = std::fs::read_dir(&out).unwrap().count();
+    assert_eq!(files, 12);
+    let mut expected = 0;
+    let mut generator = synth::Generator::new(synth::Options {
+        seed: 9,
+        ..synth::Options::default()
+    });
+    for i in 0..12 {
+        let patient = generator.patient();
+        expected += patient.len();
+        let written: Value = serde_json::from_slice(
+            &std::fs::read(out.join(format!("patient-{i:04}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(written, patient.bundle, "the seed fixes the patients");
+    }
+    let report = run(&[
+        "records",
+        "import",
+        "--store",
+        store.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        report.starts_with(&format!("imported {expected} resources from 12 bundle(s)")),
+        "{report}"
+    );
+    assert!(!report.contains("skipped"), "{report}");
+
+    let bad = fedgate()
+        .args([
+            "records",
+            "synth",
+            "--out",
+            out.to_str().unwrap(),
+            "--patients",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}

@@ -81,6 +81,11 @@ struct Fed {
 }
 
 fn extra_toml(office: &Office, policies_note: &str) -> String {
+    extra_toml_with(office, policies_note, "")
+}
+
+/// As [`extra_toml`], with more `[custodian]` settings.
+fn extra_toml_with(office: &Office, policies_note: &str, custodian: &str) -> String {
     format!(
         r#"
 challenge_ttl_secs = 120
@@ -94,6 +99,7 @@ ResearchStudyCredential = ["{OFFICE}"]
 break_glass_minutes = 30
 min_cell_size = 3
 shifts = [{{ roles = ["pharmacist"], days = [], from_minute = 0, to_minute = 1 }}]
+{custodian}
 {contract}# {policies_note}
 "#,
         office = office.url(),
@@ -1685,4 +1691,295 @@ async fn patient_links_are_the_custodians_to_make_and_unmake() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.json::<Value>().await.unwrap()["removed"], true);
     assert_eq!(ask().await.0, 403);
+}
+
+/// A gateway whose custodian holds the hospital-a fixtures and `patients` more, with
+/// `custodian` settings.
+async fn federation_holding(patients: &[synth::Patient], custodian: &str) -> Fed {
+    let dir = tempfile::tempdir().unwrap();
+    let office = Office::start(&exe(), &dir.path().join("office"), OFFICE).unwrap();
+    let mut records = fixtures();
+    for (i, p) in patients.iter().enumerate() {
+        let path = dir.path().join(format!("synth-{i}.json"));
+        std::fs::write(&path, serde_json::to_vec(&p.bundle).unwrap()).unwrap();
+        records.push(path);
+    }
+    let spec = GatewaySpec {
+        port: 0,
+        did: CUSTODIAN.into(),
+        records,
+        policies: repo("policies"),
+        extra_toml: extra_toml_with(&office, "test", custodian),
+    };
+    let gateway = Gateway::start(&exe(), &dir.path().join("gateway"), &spec).unwrap();
+    Fed {
+        _dir: dir,
+        office,
+        gateway,
+    }
+}
+
+async fn get_page(url: &str, proof: Option<&str>) -> (u16, Value) {
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(p) = proof {
+        req = req.header("fedgate-page-proof", p);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+fn next_link(bundle: &Value) -> Option<String> {
+    bundle["link"]
+        .as_array()?
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .and_then(|l| l["url"].as_str())
+        .map(str::to_string)
+}
+
+/// The cursor and page number of a page link.
+fn cursor_of(url: &str) -> (String, u32) {
+    let (path, query) = url.split_once('?').unwrap();
+    let cursor = path.rsplit('/').next().unwrap().to_string();
+    (
+        cursor,
+        query.strip_prefix("page=").unwrap().parse().unwrap(),
+    )
+}
+
+/// An answer larger than `max_records` comes in pages, each fetched by the requester
+/// alone without a new presentation and each recorded; what policy withholds is said in
+/// an OperationOutcome; references to what stays behind say so.
+#[tokio::test]
+async fn large_answers_come_in_pages_that_say_what_they_leave_out() {
+    let patient_record = synth::Generator::new(synth::Options {
+        seed: 41,
+        min_resources: 700,
+        max_resources: 700,
+        ..synth::Options::default()
+    })
+    .patient();
+    let mrn = patient_record.identity.mrn.clone();
+    let mut fed =
+        federation_holding(std::slice::from_ref(&patient_record), "max_records = 100").await;
+    let doc = clinician(
+        &fed,
+        "physician",
+        CUSTODIAN,
+        &["clinical"],
+        &["read"],
+        REQUESTER_ORG,
+    )
+    .await;
+    let other = clinician(
+        &fed,
+        "physician",
+        CUSTODIAN,
+        &["clinical"],
+        &["read"],
+        REQUESTER_ORG,
+    )
+    .await;
+    let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+    let c = linked_consent(
+        &fed.gateway,
+        &patient,
+        &mrn,
+        doc.key.did(),
+        "permit",
+        &["TREAT"],
+        &["clinical"],
+    )
+    .await;
+    let (v, _) = vp(&fed.gateway, &doc.key, &[doc.credential.clone(), c]).await;
+    let classes = [
+        "Patient",
+        "Observation",
+        "Condition",
+        "Encounter",
+        "DocumentReference",
+        "ImagingStudy",
+    ];
+    let (status, first) = fed
+        .gateway
+        .post(
+            "/v1/exchange/clinical",
+            &exchange_body("TREAT", &mrn, &classes, &v, None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{first}");
+    let granted = [
+        "Patient",
+        "Observation",
+        "Condition",
+        "Encounter",
+        "DocumentReference",
+    ];
+    let expected: usize = granted.iter().map(|t| patient_record.count(t)).sum();
+    assert!(expected > 300, "{expected}");
+    assert_eq!(first["total"], expected, "total counts the whole answer");
+    let decision_id = first["identifier"]["value"].as_str().unwrap().to_string();
+
+    // The OperationOutcome says what was withheld, without a value from the record.
+    let outcome = |b: &Value| -> String {
+        let e: Vec<&Value> = b["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["search"]["mode"] == "outcome")
+            .collect();
+        assert_eq!(e.len(), 1, "one OperationOutcome per page");
+        assert_eq!(e[0]["resource"]["resourceType"], "OperationOutcome");
+        e[0]["resource"].to_string()
+    };
+    let said = outcome(&first);
+    assert!(said.contains("ImagingStudy withheld"), "{said}");
+    assert!(
+        said.contains("reference(s) to Practitioner withheld"),
+        "{said}"
+    );
+    assert!(
+        !said.contains(&mrn) && !said.contains(&patient_record.identity.family),
+        "{said}"
+    );
+    let masked = first
+        .to_string()
+        .matches("\"valueCode\":\"masked\"")
+        .count();
+    assert!(masked > 0, "references to withheld targets are marked");
+
+    // Pages: 100 resources each (the patient heads each), the requester's proof each time.
+    let mut seen = std::collections::HashSet::new();
+    let mut bundle = first.clone();
+    let mut pages: u32 = 0;
+    loop {
+        pages += 1;
+        let matches: Vec<&Value> = bundle["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["search"]["mode"] != "outcome")
+            .collect();
+        assert!(matches.len() <= 100, "page {pages} has {}", matches.len());
+        assert_eq!(matches[0]["resource"]["resourceType"], "Patient");
+        for e in &matches[1..] {
+            let r = &e["resource"];
+            assert!(
+                seen.insert(format!("{}/{}", r["resourceType"], r["id"])),
+                "{r} twice"
+            );
+        }
+        assert_eq!(bundle["identifier"]["value"], decision_id.as_str());
+        let Some(next) = next_link(&bundle) else {
+            break;
+        };
+        let (cursor, n) = cursor_of(&next);
+        assert_eq!(n, pages + 1);
+        if pages == 1 {
+            // No proof, a proof by another clinician, a forged cursor, a page past the
+            // end, a stale proof, a malformed page number: refused, nothing served.
+            assert_eq!(get_page(&next, None).await.0, 401);
+            let theirs = gateway::paging::sign_proof(&other.key, CUSTODIAN, &cursor, n).unwrap();
+            let (status, problem) = get_page(&next, Some(&theirs)).await;
+            assert_eq!(status, 403, "{problem}");
+            assert_eq!(
+                problem["type"]
+                    .as_str()
+                    .map(|t| t.ends_with("page-requester")),
+                Some(true),
+                "{problem}"
+            );
+            let forged = next.replace(&cursor, &"A".repeat(cursor.len()));
+            let proof =
+                gateway::paging::sign_proof(&doc.key, CUSTODIAN, &"A".repeat(cursor.len()), n)
+                    .unwrap();
+            assert_eq!(get_page(&forged, Some(&proof)).await.0, 404);
+            let far = next.replace(&format!("page={n}"), "page=999");
+            let proof = gateway::paging::sign_proof(&doc.key, CUSTODIAN, &cursor, 999).unwrap();
+            assert_eq!(get_page(&far, Some(&proof)).await.0, 404);
+            let wrong_page =
+                gateway::paging::sign_proof(&doc.key, CUSTODIAN, &cursor, n + 1).unwrap();
+            assert_eq!(get_page(&next, Some(&wrong_page)).await.0, 401);
+            let bad = next.replace(&format!("page={n}"), "page=two");
+            assert_eq!(get_page(&bad, Some(&wrong_page)).await.0, 400);
+        }
+        let proof = gateway::paging::sign_proof(&doc.key, CUSTODIAN, &cursor, n).unwrap();
+        let (status, page) = get_page(&next, Some(&proof)).await;
+        assert_eq!(status, 200, "{page}");
+        assert!(outcome(&page).contains("ImagingStudy withheld"));
+        bundle = page;
+    }
+    assert_eq!(
+        seen.len() + 1,
+        expected,
+        "every resource exactly once over the pages"
+    );
+    assert_eq!(pages as usize, (expected - 1).div_ceil(99), "{pages} pages");
+
+    // Every page was recorded as an event of the decision.
+    fed.gateway.process.stop();
+    let db = sled::open(fed.gateway.dir.join("data").join("gateway.sled")).unwrap();
+    let outbox = db.open_tree("outbox").unwrap();
+    let events: Vec<Value> = outbox
+        .iter()
+        .values()
+        .map(|v| serde_json::from_slice(&v.unwrap()).unwrap())
+        .filter(|e: &Value| e["decisionId"] == decision_id.as_str())
+        .collect();
+    assert_eq!(events.len(), pages as usize, "one event per page");
+    let served: u64 = events
+        .iter()
+        .map(|e| e["recordCount"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        served as usize,
+        expected + pages as usize - 1,
+        "the patient heads each page"
+    );
+    let event_ids: std::collections::HashSet<&str> =
+        events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(event_ids.len(), pages as usize);
+}
+
+/// Without a permitting consent, a patient who is not known here and one who is get the
+/// same answer: a denial is no oracle for MRNs.
+#[tokio::test]
+async fn unknown_and_unconsented_patients_get_the_same_answer() {
+    let fed = federation().await;
+    let p = fixture_patient(&fixtures()[1]);
+    let doc = clinician(
+        &fed,
+        "physician",
+        CUSTODIAN,
+        &["clinical"],
+        &["read"],
+        REQUESTER_ORG,
+    )
+    .await;
+    let mut answers = Vec::new();
+    for mrn in [p.mrn.as_str(), "0000000404"] {
+        let (v, _) = vp(
+            &fed.gateway,
+            &doc.key,
+            std::slice::from_ref(&doc.credential),
+        )
+        .await;
+        let (status, mut problem) = fed
+            .gateway
+            .post("/v1/exchange/clinical", &body_of(&v, mrn))
+            .await
+            .unwrap();
+        assert_eq!(status, 403, "{problem}");
+        problem.as_object_mut().unwrap().remove("decision_id");
+        problem.as_object_mut().unwrap().remove("instance");
+        answers.push(problem);
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert!(
+        !answers[1].to_string().contains("not known"),
+        "{}",
+        answers[1]
+    );
 }

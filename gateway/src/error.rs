@@ -31,6 +31,9 @@ pub enum GatewayError {
     },
     #[error("{0} not found")]
     NotFound(String),
+    /// A later page of a paged answer could not be served (401, 403 or 404).
+    #[error(transparent)]
+    Page(crate::paging::PageError),
     /// An admin endpoint without the admin token (401).
     #[error("the gateway's admin token is required")]
     Unauthorized,
@@ -93,6 +96,21 @@ impl IntoResponse for GatewayError {
                     p = p.with("policy_digest", policy);
                 }
                 p
+            }
+            GatewayError::Page(e) => {
+                use crate::paging::PageError;
+                let (status, slug, title) = match &e {
+                    PageError::MissingProof | PageError::BadProof(_) => {
+                        (StatusCode::UNAUTHORIZED, "page-proof", "Page proof required")
+                    }
+                    PageError::WrongRequester => {
+                        (StatusCode::FORBIDDEN, "page-requester", "Another requester's cursor")
+                    }
+                    PageError::UnknownCursor | PageError::NoSuchPage(_) => {
+                        (StatusCode::NOT_FOUND, "page-cursor", "Unknown or expired cursor")
+                    }
+                };
+                Problem::new(status, slug, title, e.to_string())
             }
             GatewayError::NotFound(what) => {
                 service::http::not_found(format!("{what} not found"))

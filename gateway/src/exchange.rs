@@ -1,5 +1,8 @@
 //! One request through the gateway, top to bottom:
-//! verify → decide → fetch → tokenize → record → respond.
+//! verify → decide → fetch → page → tokenize → record → respond.
+//!
+//! An answer says what it leaves out (an OperationOutcome entry, [`crate::outcome`]), and
+//! one larger than the decision's `max_records` comes in pages ([`crate::paging`]).
 //!
 //! Every request that names a domain and carries a presentation gets a decision id and an
 //! access event, whether it is allowed, denied by policy, or refused by verification.
@@ -13,6 +16,7 @@ use serde_json::{json, Value};
 
 use crate::error::GatewayError;
 use crate::ledger::Ledger;
+use crate::outcome;
 use crate::policy::{
     claims_of, holder_privilege, ConsentInput, CredentialInput, Decision, PrivilegeFacts,
 };
@@ -92,10 +96,7 @@ pub async fn exchange(
             "justification over 1000 characters",
         ));
     }
-    let wants_jwe = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("application/jose"));
+    let wants_jwe = accepts_jose(headers);
     // Fail closed before doing any work if the access could not be recorded.
     if !state.outbox.has_room() {
         return Err(GatewayError::Unavailable(
@@ -188,44 +189,218 @@ pub async fn exchange(
         });
     };
 
+    // fetch → tokenize → record → respond, one page at a time
+    let page = Page {
+        ledger: &ledger,
+        decision: &decision,
+        patient_id: &patient_id,
+        holder: &vp.holder,
+        number: 1,
+        cursor: None,
+    };
+    answer(state, page, wants_jwe).await
+}
+
+/// `GET /v1/exchange/{domain}/pages/{cursor}?page=N`: a later page of a paged answer,
+/// without a new presentation (see [`crate::paging`]).
+pub async fn next_page(
+    state: &GatewayState,
+    domain: &str,
+    cursor: &str,
+    number: u32,
+    headers: &HeaderMap,
+) -> Result<Response, GatewayError> {
+    let proof = headers
+        .get(crate::paging::PROOF_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let grant = state
+        .pages
+        .redeem(state, cursor, number, proof)
+        .await
+        .map_err(GatewayError::Page)?;
+    if grant.domain != domain {
+        return Err(GatewayError::Page(crate::paging::PageError::UnknownCursor));
+    }
+    if !state.outbox.has_room() {
+        return Err(GatewayError::Unavailable(
+            "the access-event outbox is full; refusing to serve unrecorded access".into(),
+        ));
+    }
+    let ledger = grant.ledger.follow_up();
+    let page = Page {
+        ledger: &ledger,
+        decision: &grant.decision,
+        patient_id: &grant.patient_id,
+        holder: &grant.holder,
+        number,
+        cursor: Some(cursor),
+    };
+    answer(state, page, accepts_jose(headers)).await
+}
+
+/// One page of an allowed decision's answer.
+struct Page<'a> {
+    ledger: &'a Ledger,
+    decision: &'a Decision,
+    patient_id: &'a str,
+    holder: &'a str,
+    /// From 1.
+    number: u32,
+    /// The decision's cursor, once issued (on page 1 it is issued here if more follow).
+    cursor: Option<&'a str>,
+}
+
+/// Resources of one page besides the patient's own: `max_records` less the Patient.
+fn per_page(max_records: Option<u32>, with_patient: bool) -> usize {
+    let max = max_records.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
+    max.saturating_sub(usize::from(with_patient)).max(1)
+}
+
+/// fetch → (page) → tokenize → record → respond, for one page of an allowed decision.
+async fn answer(
+    state: &GatewayState,
+    page: Page<'_>,
+    wants_jwe: bool,
+) -> Result<Response, GatewayError> {
+    let Page {
+        ledger,
+        decision,
+        patient_id,
+        holder,
+        number,
+        cursor,
+    } = page;
+
     // fetch
-    let resources = state
+    let fetched = state
         .records
-        .patient_resources(&patient_id, &decision.data_classes)
+        .patient_resources(patient_id, &decision.data_classes)
         .await
         .map_err(|e| GatewayError::Unavailable(format!("record store: {e}")))?;
+    let mut notes = outcome::dropped_classes(&ledger.data_classes, &decision.data_classes);
+    let provenance = fetched
+        .iter()
+        .filter(|r| r["resourceType"] == "Provenance")
+        .count();
+    if provenance > 0 {
+        notes.push(outcome::Note::suppressed(format!(
+            "{provenance} Provenance resource(s) withheld: provenance never leaves this gateway"
+        )));
+    }
+    let (patient, mut rest): (Vec<Value>, Vec<Value>) = fetched
+        .into_iter()
+        .filter(|r| r["resourceType"] != "Provenance")
+        .partition(|r| r["resourceType"] == "Patient");
+    rest.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
+    let present = outcome::present(&patient)
+        .into_iter()
+        .chain(outcome::present(&rest))
+        .collect();
+    let total = patient.len() + rest.len();
 
-    // tokenize
+    // page
+    let size = per_page(decision.obligations.max_records, !patient.is_empty());
+    let pages = u32::try_from(rest.len().div_ceil(size).max(1)).unwrap_or(u32::MAX);
+    let start = usize::try_from(number - 1)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(size);
+    let mut resources = patient;
+    let patients = resources.len();
+    resources.extend(rest.drain(start.min(rest.len())..).take(size));
+    drop(rest);
+    let cursor = match cursor {
+        Some(c) => Some(c.to_string()),
+        None if pages > 1 => Some(
+            state
+                .pages
+                .issue(ledger, decision, patient_id, holder, pages),
+        ),
+        None => None,
+    };
+    notes.extend(outcome::mark_withheld_references(
+        &mut resources,
+        &present,
+        patient_id,
+    ));
+
+    // tokenize (the page is already cut to size)
+    let mut obligations = decision.obligations.clone();
+    obligations.max_records = None;
     let resources = state
         .tokenize(
             resources,
-            decision.obligations.clone(),
+            obligations,
             ledger.requester_org.clone().unwrap_or_default(),
-            domain,
+            &ledger.domain,
             ledger.time,
         )
         .await?;
 
     // record
     state
-        .record(&ledger, &decision, resources.len() as u64)
+        .record(ledger, decision, resources.len() as u64)
         .await?;
 
     // respond
-    let bundle = json!({
+    let mut links = Vec::new();
+    let page_url = |n: u32| -> String {
+        let mut url = state.public_url.clone();
+        url.set_path(&format!(
+            "/v1/exchange/{}/pages/{}",
+            ledger.domain,
+            cursor.as_deref().unwrap_or_default()
+        ));
+        url.set_query(Some(&format!("page={n}")));
+        url.to_string()
+    };
+    if cursor.is_some() {
+        links.push(json!({"relation": "self", "url": page_url(number)}));
+        if number < pages {
+            links.push(json!({"relation": "next", "url": page_url(number + 1)}));
+        }
+    }
+    let mut entries: Vec<Value> = resources
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            // The patient heads every page; on later pages it is there for context.
+            let mode = if i < patients && number > 1 {
+                "include"
+            } else {
+                "match"
+            };
+            json!({"resource": r, "search": {"mode": mode}})
+        })
+        .collect();
+    entries.extend(outcome::entry(&notes));
+    let mut bundle = json!({
         "resourceType": "Bundle",
         "type": "searchset",
         "identifier": {"system": "urn:fedgate:decision", "value": ledger.decision_id},
         "meta": {"lastUpdated": federation::time::rfc3339(Utc::now())},
-        "total": resources.len(),
-        "entry": resources.into_iter().map(|r| json!({"resource": r, "search": {"mode": "match"}})).collect::<Vec<_>>(),
+        "total": total,
+        "entry": entries,
     });
-    respond(
-        &ledger,
-        &decision,
-        bundle,
-        wants_jwe.then_some(vp.holder.as_str()),
+    if !links.is_empty() {
+        bundle["link"] = json!(links);
+    }
+    respond(ledger, decision, bundle, wants_jwe.then_some(holder))
+}
+
+/// Order of the resources across pages: by type, then id (stable between fetches).
+fn sort_key(r: &Value) -> (&str, &str) {
+    (
+        r["resourceType"].as_str().unwrap_or_default(),
+        r["id"].as_str().unwrap_or_default(),
     )
+}
+
+/// Whether the requester asked for an encrypted answer.
+fn accepts_jose(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/jose"))
 }
 
 /// Sorted, distinct access-event digests of patient DIDs.

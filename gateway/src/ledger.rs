@@ -11,8 +11,12 @@ use federation::verify::VerifiedPresentation;
 use crate::policy::requester_org;
 
 /// What the event of a decision is made of, filled in as the request goes.
+#[derive(Clone)]
 pub struct Ledger {
     pub decision_id: String,
+    /// The event's own id when it is not the decision's first (a later page of a paged
+    /// answer is recorded as another event of the same decision).
+    pub event_id: Option<String>,
     pub started: Instant,
     pub time: DateTime<Utc>,
     pub domain: String,
@@ -32,6 +36,7 @@ impl Ledger {
     pub fn new(domain: &str, purpose: &str, data_classes: &[String]) -> Self {
         Ledger {
             decision_id: AccessEvent::new_id(),
+            event_id: None,
             started: Instant::now(),
             time: Utc::now(),
             domain: domain.to_string(),
@@ -47,6 +52,16 @@ impl Ledger {
         }
     }
 
+    /// The ledger of a later event of the same decision (a page fetched later), at now.
+    pub fn follow_up(&self) -> Ledger {
+        Ledger {
+            event_id: Some(AccessEvent::new_id()),
+            started: Instant::now(),
+            time: Utc::now(),
+            ..self.clone()
+        }
+    }
+
     pub fn note_presentation(&mut self, vp: &VerifiedPresentation) {
         self.requester = Some(vp.holder.clone());
         self.requester_org = requester_org(vp);
@@ -59,7 +74,10 @@ impl Ledger {
 
     pub(crate) fn event(&self, custodian: &str, outcome: Outcome) -> AccessEvent {
         AccessEvent {
-            id: self.decision_id.clone(),
+            id: self
+                .event_id
+                .clone()
+                .unwrap_or_else(|| self.decision_id.clone()),
             time: self.time,
             custodian: custodian.to_string(),
             requester_org: self.requester_org.clone(),

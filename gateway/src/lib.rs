@@ -13,6 +13,8 @@
 //! - `detokenize`: `POST /v1/detokenize`, a token revealed under policy.
 //! - `registration`: consents registered and withdrawn, DIDs linked to patients.
 //! - [`consents`]: consents registered by patients, and their withdrawals.
+//! - [`paging`]: cursors of answers larger than `max_records`, and their page proofs;
+//!   [`outcome`]: the OperationOutcome that says what an answer left out and why.
 //! - [`outbox`]: the durable access-event outbox, written before any response.
 //! - [`jwe`]: response encryption to the requester's key-agreement key.
 //! - [`shipper`]: delivers the outbox to the visibility log and checks the log's consistency;
@@ -32,6 +34,8 @@ pub mod gossip;
 pub mod jwe;
 pub mod ledger;
 pub mod outbox;
+pub mod outcome;
+pub mod paging;
 pub mod policy;
 pub mod records;
 mod registration;

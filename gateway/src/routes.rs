@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -28,6 +28,7 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .route("/.well-known/did.json", get(did_document))
         .route("/v1/challenges", post(challenge))
         .route("/v1/exchange/{domain}", post(exchange_handler))
+        .route("/v1/exchange/{domain}/pages/{cursor}", get(page_handler))
         .route("/v1/research/queries", post(research_handler))
         .route("/v1/consents", post(register_consents))
         .route("/v1/consents/withdrawals", post(withdraw_consents))
@@ -112,6 +113,27 @@ async fn exchange_handler(
     // exchange domain is unknown (404, in `exchange`).
     service::params::domain("domain", &domain)?;
     exchange::exchange(&s, &domain, req, &headers).await
+}
+
+async fn page_handler(
+    State(s): AppState,
+    Path((domain, cursor)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, GatewayError> {
+    service::params::domain("domain", &domain)?;
+    if cursor.len() > 128 {
+        return Err(GatewayError::Page(crate::paging::PageError::UnknownCursor));
+    }
+    // The query is exactly `page=N` (N from 2): the next links say so.
+    let page = query
+        .as_deref()
+        .and_then(|q| q.strip_prefix("page="))
+        .and_then(|n| n.parse::<u32>().ok())
+        .ok_or_else(|| {
+            GatewayError::bad_request("invalid-page", "the query must be page=N, N a number")
+        })?;
+    exchange::next_page(&s, &domain, &cursor, page, &headers).await
 }
 
 #[derive(Deserialize)]

@@ -50,6 +50,10 @@ pub struct GatewayState {
     pub(crate) admin: Option<service::admin::AdminToken>,
     trust_mode: TrustMode,
     pub(crate) metrics: PrometheusHandle,
+    /// Where requesters reach this gateway (for the links of paged answers).
+    pub public_url: reqwest::Url,
+    /// Cursors of paged answers.
+    pub pages: crate::paging::Pages,
 }
 
 /// Where trust, the allow-map and contracts come from.
@@ -114,7 +118,7 @@ impl GatewayState {
             })?;
             allow.insert(did.clone(), url);
         }
-        allow.insert(config.did.clone(), public_url);
+        allow.insert(config.did.clone(), public_url.clone());
         resolver.set_web_allow_map(allow);
         resolver.pin(key.did_document().map_err(StartError::DidDocument)?);
         let (trust, trust_mode): (Arc<dyn TrustSource>, TrustMode) = match &config.registry {
@@ -191,6 +195,8 @@ impl GatewayState {
             db,
             admin,
             metrics,
+            public_url,
+            pages: crate::paging::Pages::default(),
         }))
     }
 

@@ -13,6 +13,25 @@ use gateway::records::{import_paths_with, ImportProgress, ImportReport, SledStor
 pub enum RecordsCommand {
     /// Import FHIR R4 Bundles into the embedded store (idempotent).
     Import(ImportArgs),
+    /// Write synthetic patients (no real person) as one transaction Bundle per file, with
+    /// their identifiers also in free text and attachments: for trying a gateway, tests and
+    /// benchmarks.
+    Synth(SynthArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SynthArgs {
+    /// Directory to write `patient-NNNN.json` files into (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub patients: u32,
+    /// The same seed writes the same patients.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Records the size of an elderly patient's history (3,000 to 6,600 resources each).
+    #[arg(long)]
+    pub large: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -29,7 +48,35 @@ pub struct ImportArgs {
 pub fn run(command: RecordsCommand) -> Result<(), String> {
     match command {
         RecordsCommand::Import(args) => import(args),
+        RecordsCommand::Synth(args) => synth(args),
     }
+}
+
+pub fn synth(args: SynthArgs) -> Result<(), String> {
+    let options = if args.large {
+        synth::Options::large(args.seed)
+    } else {
+        synth::Options {
+            seed: args.seed,
+            ..synth::Options::default()
+        }
+    };
+    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    let mut generator = synth::Generator::new(options);
+    let mut resources = 0;
+    for i in 0..args.patients {
+        let patient = generator.patient();
+        resources += patient.len();
+        let path = args.out.join(format!("patient-{i:04}.json"));
+        let bytes = serde_json::to_vec(&patient.bundle).map_err(|e| e.to_string())?;
+        std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    println!(
+        "wrote {} synthetic patients ({resources} resources) to {}",
+        args.patients,
+        args.out.display()
+    );
+    Ok(())
 }
 
 pub fn import(args: ImportArgs) -> Result<(), String> {

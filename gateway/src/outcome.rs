@@ -1,0 +1,212 @@
+//! What an answer leaves out, said in the answer: one `OperationOutcome` entry
+//! (`search.mode = outcome`) listing every requested class that policy withheld, every
+//! kind of reference whose target stays behind, and anything else removed on the way out.
+//! A requester who gets fewer resources than the record holds can tell why, and a
+//! reference that leads nowhere says so in itself (a `data-absent-reason` of `masked`).
+//!
+//! Notes name resource types, element paths and counts only: never a value from a record.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde_json::{json, Map, Value};
+
+use crate::records::reference_target;
+
+/// The FHIR extension that marks an element whose value is withheld.
+pub const DATA_ABSENT_REASON: &str = "http://hl7.org/fhir/StructureDefinition/data-absent-reason";
+
+/// One thing left out of an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// FHIR IssueType: `suppressed` (withheld by policy), `too-costly` (left to a later
+    /// page), `informational`.
+    pub code: &'static str,
+    pub diagnostics: String,
+    /// FHIRPath of the element the note is about, when it is one element.
+    pub expression: Option<String>,
+}
+
+impl Note {
+    pub fn suppressed(diagnostics: impl Into<String>) -> Note {
+        Note {
+            code: "suppressed",
+            diagnostics: diagnostics.into(),
+            expression: None,
+        }
+    }
+}
+
+/// The Bundle entry of `notes`, or `None` when nothing was left out.
+pub fn entry(notes: &[Note]) -> Option<Value> {
+    if notes.is_empty() {
+        return None;
+    }
+    let issues: Vec<Value> = notes
+        .iter()
+        .map(|n| {
+            let mut issue = json!({
+                "severity": "information",
+                "code": n.code,
+                "diagnostics": n.diagnostics,
+            });
+            if let Some(e) = &n.expression {
+                issue["expression"] = json!([e]);
+            }
+            issue
+        })
+        .collect();
+    Some(json!({
+        "resource": {"resourceType": "OperationOutcome", "issue": issues},
+        "search": {"mode": "outcome"},
+    }))
+}
+
+/// Requested classes the decision did not grant, one note each.
+pub fn dropped_classes(requested: &[String], granted: &[String]) -> Vec<Note> {
+    let granted: HashSet<&str> = granted.iter().map(String::as_str).collect();
+    let mut seen = HashSet::new();
+    requested
+        .iter()
+        .filter(|c| !granted.contains(c.as_str()) && seen.insert(c.as_str()))
+        .map(|c| Note {
+            code: "suppressed",
+            diagnostics: format!("{c} withheld: the decision does not grant this data class"),
+            expression: Some(c.clone()),
+        })
+        .collect()
+}
+
+/// Marks every literal reference in `resources` whose target is not in `present` (and is
+/// not the patient the answer is about) with a `data-absent-reason` of `masked`, and
+/// returns one note per target type with the number of such references.
+pub fn mark_withheld_references(
+    resources: &mut [Value],
+    present: &HashSet<(String, String)>,
+    patient_id: &str,
+) -> Vec<Note> {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for r in resources.iter_mut() {
+        mark(r, present, patient_id, &mut counts);
+    }
+    counts
+        .into_iter()
+        .map(|(ty, n)| {
+            Note::suppressed(format!(
+                "{n} reference(s) to {ty} withheld: the target is outside the granted data classes"
+            ))
+        })
+        .collect()
+}
+
+fn mark(
+    v: &mut Value,
+    present: &HashSet<(String, String)>,
+    patient_id: &str,
+    counts: &mut BTreeMap<String, usize>,
+) {
+    match v {
+        Value::Object(o) => {
+            if let Some(ty) = withheld_target(o, present, patient_id) {
+                *counts.entry(ty).or_default() += 1;
+                add_absent_reason(o);
+            }
+            for (k, child) in o.iter_mut() {
+                if k != "extension" {
+                    mark(child, present, patient_id, counts);
+                }
+            }
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|i| mark(i, present, patient_id, counts)),
+        _ => {}
+    }
+}
+
+fn withheld_target(
+    o: &Map<String, Value>,
+    present: &HashSet<(String, String)>,
+    patient_id: &str,
+) -> Option<String> {
+    let (ty, id) = reference_target(o.get("reference")?.as_str()?)?;
+    if ty == "Patient" && id == patient_id {
+        return None;
+    }
+    (!present.contains(&(ty.to_string(), id.to_string()))).then(|| ty.to_string())
+}
+
+fn add_absent_reason(o: &mut Map<String, Value>) {
+    let ext = json!({"url": DATA_ABSENT_REASON, "valueCode": "masked"});
+    match o.get_mut("extension") {
+        Some(Value::Array(list)) => list.push(ext),
+        _ => {
+            o.insert("extension".into(), json!([ext]));
+        }
+    }
+}
+
+/// `(type, id)` of every resource in `resources`.
+pub fn present(resources: &[Value]) -> HashSet<(String, String)> {
+    resources
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r["resourceType"].as_str()?.to_string(),
+                r["id"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_classes_are_named_once() {
+        let notes = dropped_classes(
+            &[
+                "Condition".into(),
+                "ImagingStudy".into(),
+                "ImagingStudy".into(),
+                "Goal".into(),
+            ],
+            &["Condition".into()],
+        );
+        let text: Vec<&str> = notes.iter().map(|n| n.diagnostics.as_str()).collect();
+        assert_eq!(notes.len(), 2, "{text:?}");
+        assert!(text[0].starts_with("ImagingStudy withheld"));
+        assert!(text[1].starts_with("Goal withheld"));
+        assert!(dropped_classes(&["Condition".into()], &["Condition".into()]).is_empty());
+    }
+
+    #[test]
+    fn references_to_what_stays_behind_say_so() {
+        let mut resources = vec![
+            json!({"resourceType": "DiagnosticReport", "id": "r1",
+                   "subject": {"reference": "Patient/p1"},
+                   "result": [{"reference": "Observation/o1"}, {"reference": "Observation/o2"}],
+                   "performer": [{"reference": "Practitioner/x", "extension": [{"url": "u"}]}]}),
+            json!({"resourceType": "Observation", "id": "o1", "subject": {"reference": "Patient/p1"}}),
+        ];
+        let present = present(&resources);
+        let notes = mark_withheld_references(&mut resources, &present, "p1");
+        let text: Vec<&str> = notes.iter().map(|n| n.diagnostics.as_str()).collect();
+        assert_eq!(
+            text,
+            [
+                "1 reference(s) to Observation withheld: the target is outside the granted data classes",
+                "1 reference(s) to Practitioner withheld: the target is outside the granted data classes"
+            ]
+        );
+        let r = &resources[0];
+        assert!(r["subject"].get("extension").is_none());
+        assert!(r["result"][0].get("extension").is_none());
+        assert_eq!(r["result"][1]["extension"][0]["valueCode"], "masked");
+        assert_eq!(r["performer"][0]["extension"][1]["url"], DATA_ABSENT_REASON);
+        let e = entry(&notes).unwrap();
+        assert_eq!(e["search"]["mode"], "outcome");
+        assert_eq!(e["resource"]["issue"].as_array().unwrap().len(), 2);
+        assert!(entry(&[]).is_none());
+    }
+}
