@@ -177,6 +177,17 @@ fn default_max_declared_bound() -> f64 {
     10_000.0
 }
 
+/// Most age bands a custodian may configure.
+pub const MAX_AGE_BANDS: usize = 20;
+
+/// A code as queries name them: 1 to 64 of ASCII letters, digits, `.`, `-`, `_`.
+pub fn is_code(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
+}
+
 impl ResearchSettings {
     /// The first problem with these settings: the key and what is wrong.
     pub fn problem(&self) -> Option<(&'static str, String)> {
@@ -201,7 +212,7 @@ impl ResearchSettings {
         }
         let b = &self.age_bands;
         if b.first() != Some(&0)
-            || b.len() > crate::research::dp::MAX_BANDS
+            || b.len() > MAX_AGE_BANDS
             || b.windows(2).any(|w| w[0] >= w[1])
             || b.last().is_some_and(|&top| top > 90)
         {
@@ -214,7 +225,7 @@ impl ResearchSettings {
             return Some(("research.max_declared_bound", "a positive number".into()));
         }
         for (code, (lo, hi)) in &self.observation_bounds {
-            if !(crate::research::is_code(code) && lo.is_finite() && hi.is_finite() && lo < hi) {
+            if !(is_code(code) && lo.is_finite() && hi.is_finite() && lo < hi) {
                 return Some((
                     "research.observation_bounds",
                     format!("{code}: a code, and finite bounds, lower below upper"),

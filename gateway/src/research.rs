@@ -10,7 +10,7 @@
 pub mod budget;
 pub mod dp;
 
-use crate::config::ResearchSettings;
+use crate::config::{is_code, ResearchSettings, MAX_AGE_BANDS};
 use crate::records::{is_fhir_id, RecordError, RecordSource};
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -64,8 +64,9 @@ struct RawCohortQuery {
     observation: Option<ObservationFilter>,
     #[serde(default)]
     sex: Option<String>,
+    /// Read as any JSON value, so that a string or a null says what is wrong with it.
     #[serde(default)]
-    epsilon: Option<f64>,
+    epsilon: Option<Value>,
     // Named only to be refused with a clear message.
     #[serde(default)]
     age_bands: Option<Value>,
@@ -93,22 +94,24 @@ impl TryFrom<RawCohortQuery> for CohortQuery {
                     .into(),
             ));
         }
+        let epsilon = match raw.epsilon {
+            None => None,
+            Some(Value::Number(n)) => n.as_f64(),
+            Some(_) => {
+                return Err(ResearchError::Invalid(
+                    "epsilon must be a positive number".into(),
+                ))
+            }
+        };
         let q = CohortQuery {
             conditions: raw.conditions,
             observation: raw.observation,
             sex: raw.sex,
-            epsilon: raw.epsilon,
+            epsilon,
         };
         q.validate()?;
         Ok(q)
     }
-}
-
-pub(crate) fn is_code(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
 }
 
 impl CohortQuery {
@@ -166,7 +169,7 @@ impl AgeBands {
     /// From validated settings (`ResearchSettings::problem`).
     pub fn new(starts: &[u32]) -> Result<Self, ResearchError> {
         let ok = starts.first() == Some(&0)
-            && starts.len() <= dp::MAX_BANDS
+            && starts.len() <= MAX_AGE_BANDS.min(dp::MAX_BANDS)
             && starts.windows(2).all(|w| w[0] < w[1])
             && starts.last().is_some_and(|&top| top <= 90);
         if !ok {
@@ -842,13 +845,12 @@ mod tests {
             let err = parse(v).unwrap_err().to_string();
             assert!(err.contains("never by a query"), "{err}");
         }
-        for e in [json!(0), json!(-1), json!(-0.0), json!("0.5"), json!(null)] {
-            let r = parse(json!({ "epsilon": e }));
-            if e.is_null() {
-                assert!(r.is_ok());
-            } else {
-                assert!(r.is_err(), "{e}");
-            }
+        for e in [json!(0), json!(-1), json!(-0.0), json!("0.5"), json!("NaN")] {
+            let err = parse(json!({ "epsilon": e })).unwrap_err().to_string();
+            assert!(
+                err.contains("epsilon must be a positive number"),
+                "{e}: {err}"
+            );
         }
         // NaN and infinity cannot be written in JSON; should one arrive by another way,
         // validation refuses it too.
