@@ -1302,6 +1302,78 @@ mod tests {
         assert_eq!(got.len(), 12);
     }
 
+    /// Hundreds of generated patients, a fifth over 89 and a fifth deceased: each counts
+    /// in the band of its age at death (or today), every age over 89 in the one top band,
+    /// and the released answer is useful yet noisy.
+    #[tokio::test]
+    async fn a_generated_cohort_with_the_very_old_and_the_dead() {
+        let mut generator = synth::Generator::new(synth::Options {
+            seed: 14,
+            min_resources: 5,
+            max_resources: 12,
+            over_89: 0.2,
+            deceased: 0.2,
+            ..synth::Options::default()
+        });
+        let today = generator.options().today;
+        let patients = generator.patients(300);
+        let dir = tempfile::tempdir().unwrap();
+        let bundles = dir.path().join("bundles");
+        std::fs::create_dir_all(&bundles).unwrap();
+        for (i, p) in patients.iter().enumerate() {
+            let bytes = serde_json::to_vec(&p.bundle).unwrap();
+            std::fs::write(bundles.join(format!("p{i}.json")), bytes).unwrap();
+        }
+        let store = SledStore::open(&dir.path().join("r")).unwrap();
+        import_paths(&store, &[bundles]).unwrap();
+        let src = RecordSource::Embedded(store);
+        let now = today.and_hms_opt(12, 0, 0).unwrap().and_utc();
+        let ids: Vec<String> = patients
+            .iter()
+            .map(|p| p.identity.patient_id.clone())
+            .collect();
+
+        let b = bands();
+        let mut want = vec![0u32; b.len()];
+        for p in &patients {
+            want[b.band_of(p.identity.age_on(today))] += 1;
+        }
+        let got = contributions(&src, &ids, &CohortQuery::default(), &b, now)
+            .await
+            .unwrap();
+        let counts: Vec<u32> = tally(&got).iter().map(|c| c.0).collect();
+        assert_eq!(counts, want);
+        // The generator did make the cases that matter: people who would be over 89 today
+        // but died younger, and people over 89.
+        let died_young = patients.iter().filter(|p| {
+            p.identity.deceased.is_some()
+                && p.identity.age_on(today) < 90
+                && age_at(&p.identity.birth_date.to_string(), now).unwrap() >= 90
+        });
+        assert!(died_young.count() > 0);
+        assert!(want[4] > 10, "{want:?}");
+
+        // What leaves: noisy, most bands shown at k = 11, ε as planned.
+        let plan = dp::plan(b.len(), None, 500_000).unwrap();
+        assert_eq!(plan.charge_micro, 500_000);
+        let r = present(&release(&plan, &got).unwrap(), &plan, &b, 11);
+        assert!(
+            r.cells.iter().filter(|c| !c.suppressed).count() >= 4,
+            "{r:?}"
+        );
+        for (cell, n) in r.cells.iter().zip(&want) {
+            if let (Some(c), Some([lo, hi])) = (cell.count, cell.count_ci95) {
+                // Scale 2: the 95% interval is a few units wide.
+                assert!(
+                    hi - lo <= 20 && (c - i64::from(*n)).abs() <= 40,
+                    "{cell:?} vs {n}"
+                );
+            }
+        }
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(ids.iter().all(|id| !text.contains(id.as_str())));
+    }
+
     #[test]
     fn ages() {
         let now = DateTime::parse_from_rfc3339("2026-03-01T00:00:00Z")

@@ -303,6 +303,16 @@ mod tests {
     }
 
     #[test]
+    fn the_smallest_and_largest_queries_plan() {
+        // One micro-ε (the bench's queries): a scale of a million, charged one micro-ε.
+        let p = plan(5, None, 1).unwrap();
+        assert_eq!(p.charge_micro, 1);
+        assert!(p.count_scale > 999_000.0, "{}", p.count_scale);
+        let p = plan(20, Some((-1e4, 1e4)), 1_000_000).unwrap();
+        assert!(p.charge_micro <= 1_000_000);
+    }
+
+    #[test]
     fn degenerate_parameters_are_refused() {
         assert!(matches!(plan(5, None, 0), Err(DpError::Degenerate)));
         assert!(plan(0, None, 1000).is_err());
