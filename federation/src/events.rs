@@ -191,6 +191,11 @@ pub const WITHHELD_REASON: &str = "reason withheld: outside the event vocabulary
 pub const PRIVACY_BUDGET_REASON: &str =
     "the study's privacy budget at this custodian does not cover the query's epsilon";
 
+/// The reason of a research query whose noisy release failed after its epsilon was debited:
+/// nothing was released, and the epsilon stays spent.
+pub const PRIVACY_MECHANISM_REASON: &str =
+    "the privacy mechanism failed after the query's epsilon was spent; nothing was released";
+
 /// Every reason an event may carry: fixed texts, and templates whose slots take values of
 /// closed sets only. Slots: `{purpose}` ([`PURPOSES`]), `{domain}` ([`DOMAINS`]), `{role}`
 /// ([`ROLES`]), `{identifier-class}` ([`IDENTIFIER_CLASSES`]), `{check}`
@@ -248,6 +253,7 @@ pub const REASON_TEMPLATES: &[&str] = &[
     "requested classes outside the study's approved classes: {classes}",
     // Research, the gateway: the study's privacy budget.
     PRIVACY_BUDGET_REASON,
+    PRIVACY_MECHANISM_REASON,
     // Detokenize.
     "{identifier-class} token of the {domain} domain may be detokenized for {purpose}",
     "purpose {purpose} does not allow detokenization",

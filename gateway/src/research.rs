@@ -617,7 +617,7 @@ mod request {
     use crate::policy::{CredentialInput, Decision, StudyFacts};
     use crate::state::GatewayState;
     use axum::response::Response;
-    use federation::events::{PrivacySpend, PRIVACY_BUDGET_REASON};
+    use federation::events::{PrivacySpend, PRIVACY_BUDGET_REASON, PRIVACY_MECHANISM_REASON};
     use serde::Deserialize;
     use serde_json::{json, Value};
     use service::http::StrictJson;
@@ -757,19 +757,29 @@ mod request {
                 });
             }
         };
-        let released = {
-            let plan = plan.clone();
-            tokio::task::spawn_blocking(move || super::release(&plan, &contributions))
-                .await
-                .map_err(|e| GatewayError::Internal(format!("the privacy mechanism aborted: {e}")))?
-                .map_err(dp_error)?
-        };
-        let result = super::present(&released, &plan, &bands, min_cell);
         ledger.privacy = Some(PrivacySpend {
             study: study_id.clone(),
             epsilon_micro: plan.charge_micro,
             budget_left_micro: left,
         });
+        let outcome = {
+            let plan = plan.clone();
+            tokio::task::spawn_blocking(move || super::release(&plan, &contributions))
+                .await
+                .map_err(|e| GatewayError::Internal(format!("the privacy mechanism aborted: {e}")))
+                .and_then(|r| r.map_err(dp_error))
+        };
+        let released = match outcome {
+            Ok(released) => released,
+            Err(e) => {
+                // Spent and recorded as spent: the budget is never given back.
+                let mut failure = Decision::deny(PRIVACY_MECHANISM_REASON);
+                failure.policy_digest = decision.policy_digest.clone();
+                s.record(&ledger, &failure, 0).await?;
+                return Err(e);
+            }
+        };
+        let result = super::present(&released, &plan, &bands, min_cell);
         // An aggregate releases no records: the event's count stays 0, and the cohort's
         // exact size is not written anywhere that leaves.
         s.record(&ledger, &decision, 0).await?;
