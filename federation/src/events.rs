@@ -85,15 +85,19 @@ pub struct PrivacySpend {
     pub budget_left_micro: u64,
 }
 
-/// A study id as study credentials carry it: `urn:fedgate:study:` and 1 to 128 of
-/// `[A-Za-z0-9._-]`.
+/// The longest study id, in characters (the study credential's schema says the same).
+pub const MAX_STUDY_ID_CHARS: usize = 256;
+
+/// A study id as study credentials carry it: `urn:fedgate:study:` then `[A-Za-z0-9._-]`,
+/// at most [`MAX_STUDY_ID_CHARS`] in all.
 pub fn is_study_id(s: &str) -> bool {
-    s.strip_prefix("urn:fedgate:study:").is_some_and(|id| {
-        (1..=128).contains(&id.len())
-            && id
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
-    })
+    s.len() <= MAX_STUDY_ID_CHARS
+        && s.strip_prefix("urn:fedgate:study:").is_some_and(|id| {
+            !id.is_empty()
+                && id
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        })
 }
 
 /// An event id as events carry it and paths name it: a UUID, hyphenated (8-4-4-4-12).
@@ -921,6 +925,13 @@ mod tests {
         let mut bad = e.clone();
         bad.privacy.as_mut().unwrap().study = "Jane Doe 1931-02-14".into();
         assert!(check_free_text(&bad).is_err());
+        bad.privacy.as_mut().unwrap().study = format!("urn:fedgate:study:{}", "a".repeat(300));
+        assert!(check_free_text(&bad).is_err());
+        assert!(is_study_id(&format!(
+            "urn:fedgate:study:{}",
+            "a".repeat(238)
+        )));
+        assert!(!is_study_id("urn:fedgate:study:"));
         let validator = schema();
         for (k, x) in [
             ("epsilonMicro", json!(-1)),

@@ -310,6 +310,9 @@ fn invalid_research_studies_fail() {
     assert_rejected(src, &ex, "a study id outside urn:fedgate:study:", |v| {
         v["credentialSubject"]["id"] = json!("urn:uuid:9e0d4a52-61f3-4d0b-8f6c-7b3f2a1e5c88");
     });
+    assert_rejected(src, &ex, "a study id over 256 characters", |v| {
+        v["credentialSubject"]["id"] = json!(format!("urn:fedgate:study:{}", "x".repeat(239)));
+    });
     assert_rejected(src, &ex, "aggregateOnly as a string", |v| {
         v["credentialSubject"]["aggregateOnly"] = json!("true");
     });
