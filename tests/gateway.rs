@@ -871,7 +871,17 @@ async fn break_glass_billing_and_revocation() {
     let got = types(&bundle);
     assert!(got.contains("Claim"), "{got:?}");
     // The OperationOutcome says what was withheld; nothing clinical comes.
-    assert!(got.iter().all(|t| ["Claim", "Coverage", "ExplanationOfBenefit", "Patient", "OperationOutcome"].contains(&t.as_str())), "{got:?}");
+    assert!(
+        got.iter().all(|t| [
+            "Claim",
+            "Coverage",
+            "ExplanationOfBenefit",
+            "Patient",
+            "OperationOutcome"
+        ]
+        .contains(&t.as_str())),
+        "{got:?}"
+    );
 
     // Leaver: the office revokes the clinician; the push makes the next request fail.
     fed.office.revoke(&doc.id).await.unwrap();
