@@ -872,7 +872,18 @@ async fn break_glass_billing_and_revocation() {
     let bundle: Value = serde_json::from_slice(&bytes).unwrap();
     let got = types(&bundle);
     assert!(got.contains("Claim"), "{got:?}");
-    assert!(got.iter().all(|t| ["Claim", "Coverage", "ExplanationOfBenefit", "Patient"].contains(&t.as_str())), "{got:?}");
+    // The OperationOutcome says what was withheld; nothing clinical comes.
+    assert!(
+        got.iter().all(|t| [
+            "Claim",
+            "Coverage",
+            "ExplanationOfBenefit",
+            "Patient",
+            "OperationOutcome"
+        ]
+        .contains(&t.as_str())),
+        "{got:?}"
+    );
 
     // Leaver: the office revokes the clinician; the push makes the next request fail.
     fed.office.revoke(&doc.id).await.unwrap();
@@ -1185,11 +1196,11 @@ async fn broken_policy_denies_everything_until_a_good_reload() {
 }
 
 #[tokio::test]
-async fn research_queries_return_suppressed_aggregates_of_consented_patients() {
+async fn research_answers_are_noisy_and_charged_to_the_study_budget_until_it_runs_out() {
     // The research network's agent key, and a research contract for it.
     let network = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
     let contract = contract(CUSTODIAN, network.did(), &["research"], &["HRESCH"]);
-    let fed = federation_with(repo("policies"), &contract).await;
+    let mut fed = federation_with(repo("policies"), &contract).await;
     let files = fixtures();
     // Five of the six fixture patients register research consent for the study, from
     // their own wallets; the custodian has linked the DIDs of four of them. The fifth
@@ -1244,7 +1255,7 @@ async fn research_queries_return_suppressed_aggregates_of_consented_patients() {
         "credentialSubject": {
             "id": study_id, "title": "Cohort", "sponsor": network.did(),
             "purposes": ["HRESCH"], "dataClasses": ["Condition", "Observation", "Patient"],
-            "aggregateOnly": true, "minCellSize": 3
+            "aggregateOnly": true, "minCellSize": 3, "epsilonBudget": 4.0
         },
         "validUntil": "2030-01-01T00:00:00Z"
     });
@@ -1252,19 +1263,42 @@ async fn research_queries_return_suppressed_aggregates_of_consented_patients() {
     let ask =
         |query: Value, v: Value| json!({"purpose": "HRESCH", "query": query, "presentation": v});
 
-    // One band over everyone: the four consented and linked patients, not five or six.
-    let (v, _) = vp(&fed.gateway, &network, std::slice::from_ref(&study_vc)).await;
-    let (status, body) = fed
-        .gateway
-        .post(
-            "/v1/research/queries",
-            &ask(json!({"conditions": [], "age_bands": [[0, 200]]}), v),
-        )
-        .await
-        .unwrap();
+    let query = |q: Value| {
+        let (gateway, network, study_vc) = (&fed.gateway, &network, &study_vc);
+        async move {
+            let (v, _) = vp(gateway, network, std::slice::from_ref(study_vc)).await;
+            gateway
+                .post("/v1/research/queries", &ask(q, v))
+                .await
+                .unwrap()
+        }
+    };
+    let mut decisions: Vec<(String, u16)> = Vec::new();
+
+    // The custodian's bands, noisy counts, what it cost and what is left. The custodian's
+    // default budget is 5 epsilon (0.5 per query, at most 1); the IRB capped the study at 4.
+    let (status, body) = query(json!({"conditions": []})).await;
     assert_eq!(status, 200, "{body}");
+    decisions.push((body["decisionId"].as_str().unwrap().into(), status));
+    assert_eq!(body["privacy"]["epsilonSpentMicro"], 500_000, "{body}");
+    assert_eq!(body["privacy"]["budgetLeftMicro"], 3_500_000, "{body}");
+    assert_eq!(body["privacy"]["budget"], 4.0, "{body}");
+    assert!(body["privacy"]["countNoiseScale"].as_f64().unwrap() > 1.0);
+    let cells = body["result"]["cells"].as_array().unwrap();
+    let bands: Vec<&str> = cells
+        .iter()
+        .map(|c| c["age_band"].as_str().unwrap())
+        .collect();
+    assert_eq!(bands, ["0-17", "18-44", "45-64", "65-89", "90+"]);
+    assert!(body["result"].get("total").is_none(), "{body}");
+    for c in cells {
+        // A shown count is at least the cell size (3 here) and comes with its interval.
+        match c["count"].as_i64() {
+            Some(n) => assert!(n >= 3 && c["count_ci95"].is_array(), "{c}"),
+            None => assert_eq!(c["suppressed"], true),
+        }
+    }
     let text = body.to_string();
-    assert!(text.contains("\"count\":4"), "{text}");
     for f in &files {
         let p = fixture_patient(f);
         assert!(
@@ -1272,23 +1306,84 @@ async fn research_queries_return_suppressed_aggregates_of_consented_patients() {
             "record-level data left"
         );
     }
-    // Split by age (1-2 and 3-4 year olds: two each): every cell is below 3, suppressed.
+
+    // Bad input: refused with a problem, before anything is read or spent.
+    for (q, says) in [
+        (
+            json!({"age_bands": [[0, 98], [99, 200]]}),
+            "fixed by the custodian",
+        ),
+        (json!({"budget": 100}), "never by a query"),
+        (json!({"epsilon_budget": 100}), "never by a query"),
+        (json!({"epsilon": 0}), "positive"),
+        (json!({"epsilon": -1}), "positive"),
+        (json!({"epsilon": "NaN"}), "epsilon"),
+        (json!({"epsilon": 1.5}), "most per query"),
+        (json!({"epsilon": 1e300}), "most per query"),
+        (json!({"epsilon": 1e-9}), "at least"),
+        (json!({"observation": {"code": "8302-2"}}), "bounds"),
+        (
+            json!({"observation": {"code": "8302-2", "bounds": [0, 1e9]}}),
+            "bounds",
+        ),
+    ] {
+        let (status, body) = query(q.clone()).await;
+        assert_eq!(status, 422, "{q}: {body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains(says),
+            "{q}: {body}"
+        );
+        assert!(body.get("privacy").is_none());
+    }
     let (v, _) = vp(&fed.gateway, &network, std::slice::from_ref(&study_vc)).await;
     let (status, body) = fed
         .gateway
         .post(
             "/v1/research/queries",
-            &ask(
-                json!({"conditions": [], "age_bands": [[0, 2], [3, 200]]}),
-                v,
-            ),
+            &json!({"purpose": "HRESCH", "query": {}, "budget": 9, "presentation": v}),
         )
         .await
         .unwrap();
+    assert_eq!(status, 422, "{body}");
+
+    // Three queries of 1 epsilon (one a mean of heights clamped to declared bounds): what
+    // is left shows the refusals above spent nothing.
+    for i in 0..3 {
+        let q = if i == 0 {
+            json!({"epsilon": 1.0, "observation": {"code": "8302-2", "bounds": [40, 200]}})
+        } else {
+            json!({"epsilon": 1.0})
+        };
+        let (status, body) = query(q).await;
+        assert_eq!(status, 200, "{body}");
+        decisions.push((body["decisionId"].as_str().unwrap().into(), status));
+        assert_eq!(
+            body["privacy"]["budgetLeftMicro"],
+            2_500_000 - i * 1_000_000
+        );
+        if i == 0 {
+            assert_eq!(body["privacy"]["bounds"], json!([40.0, 200.0]), "{body}");
+            assert!(body["privacy"]["sumNoiseScale"].as_f64().unwrap() > 100.0);
+        }
+    }
+    // 0.5 left: a query of 1 is refused with the reason, and spends nothing.
+    let (status, body) = query(json!({"epsilon": 1.0})).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("privacy budget"),
+        "{body}"
+    );
+    decisions.push((body["decision_id"].as_str().unwrap().into(), status));
+    let (status, body) = query(json!({"epsilon": 0.5})).await;
     assert_eq!(status, 200, "{body}");
-    let text = body.to_string();
-    assert!(text.contains("\"suppressed\":true"), "{text}");
-    assert!(!text.contains("\"count\":2"), "{text}");
+    assert_eq!(body["privacy"]["budgetLeftMicro"], 0);
+    decisions.push((body["decisionId"].as_str().unwrap().into(), status));
+    // Spent: every later query is refused.
+    for q in [json!({}), json!({"epsilon": 0.000001})] {
+        let (status, body) = query(q).await;
+        assert_eq!(status, 403, "{body}");
+        decisions.push((body["decision_id"].as_str().unwrap().into(), status));
+    }
 
     // A clinician's privilege is no study: refused.
     let doc = clinician(
@@ -1312,6 +1407,57 @@ async fn research_queries_return_suppressed_aggregates_of_consented_patients() {
         .await
         .unwrap();
     assert_eq!(status, 403);
+
+    // On disk: the study spent exactly its budget, and every query's event says what it
+    // spent or that it was refused for want of budget.
+    fed.gateway.process.stop();
+    let db = loop {
+        match sled::open(fed.gateway.dir.join("data").join("gateway.sled")) {
+            Ok(db) => break db,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    };
+    let spent = db
+        .open_tree("research_budget")
+        .unwrap()
+        .get(study_id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        u64::from_be_bytes(spent.as_ref().try_into().unwrap()),
+        4_000_000
+    );
+    let events: Vec<federation::events::AccessEvent> = db
+        .open_tree("outbox")
+        .unwrap()
+        .iter()
+        .values()
+        .map(|v| serde_json::from_slice(&v.unwrap()).unwrap())
+        .collect();
+    let mut total = 0;
+    for (id, status) in &decisions {
+        let e = events
+            .iter()
+            .find(|e| &e.decision_id == id)
+            .unwrap_or_else(|| panic!("no event for {id}"));
+        federation::events::check_free_text(e).unwrap();
+        let p = e
+            .privacy
+            .as_ref()
+            .expect("a research event says what it spent");
+        assert_eq!(p.study, study_id);
+        assert_eq!(e.record_count, 0);
+        if *status == 200 {
+            assert_eq!(e.decision, federation::events::Outcome::Allow);
+            assert!(p.epsilon_micro > 0);
+        } else {
+            assert_eq!(e.decision, federation::events::Outcome::Deny);
+            assert_eq!(p.epsilon_micro, 0);
+            assert_eq!(e.reasons, [federation::events::PRIVACY_BUDGET_REASON]);
+        }
+        total += p.epsilon_micro;
+    }
+    assert_eq!(total, 4_000_000);
 }
 
 #[tokio::test]

@@ -42,6 +42,8 @@ pub struct GatewayState {
     pub records: RecordSource,
     /// Shared with tokenization on the blocking pool.
     pub vault: Arc<Vault>,
+    /// What each study has spent of its privacy budget here (research).
+    pub research_budget: crate::research::budget::BudgetStore,
     pub secret: [u8; 32],
     pub db: sled::Db,
     /// The admin endpoints' token; without one they refuse every call.
@@ -126,6 +128,7 @@ impl GatewayState {
         let outbox = Outbox::start(&db, config.outbox_max_events)?;
         let consents = ConsentStore::open(&db)?;
         let vault = Arc::new(Vault::open(db.open_tree("vault")?, secret));
+        let research_budget = crate::research::budget::BudgetStore::open(&db)?;
         let records = match &config.records {
             RecordsConfig::Embedded => RecordSource::embedded(&config.data_dir.join("records"))?,
             RecordsConfig::Fhir { url } => RecordSource::fhir_server(url, config.dev_mode)?,
@@ -218,6 +221,7 @@ impl GatewayState {
             policy,
             records,
             vault,
+            research_budget,
             secret,
             db,
             admin,
