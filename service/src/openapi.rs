@@ -233,7 +233,8 @@ fn problem(description: &str) -> RefOr<utoipa::openapi::Response> {
     )
 }
 
-fn problems(list: &[(u16, &str)]) -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+/// Problem responses by status, for a service's own sets (`impl IntoResponses`).
+pub fn problems(list: &[(u16, &str)]) -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
     list.iter()
         .map(|(status, description)| (status.to_string(), problem(description)))
         .collect()
