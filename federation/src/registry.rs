@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
-use base64::Engine as _;
+use crate::b64::encode as b64;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -595,14 +595,8 @@ pub fn governance_key_id(key: &str) -> Result<String, RegistryError> {
 // The signed manifest (JWS General JSON Serialization)
 // ---------------------------------------------------------------------------------------
 
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
 fn unb64(s: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(s)
-        .ok()
+    crate::b64::decode(s).ok()
 }
 
 /// One signature of a [`SignedManifest`]. Unprotected headers are not accepted.
