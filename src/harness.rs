@@ -529,9 +529,7 @@ impl Visibility {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        use base64::Engine;
-        let raw: [u8; 32] = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(x)
+        let raw: [u8; 32] = federation::b64::decode(&x)
             .ok()
             .and_then(|b| b.try_into().ok())
             .ok_or("the log's key is not Ed25519")?;

@@ -1009,35 +1009,6 @@ async fn every_decision_leaves_an_event_in_the_outbox() {
     assert!(problem["reasons"].to_string().contains(ssn), "{problem}");
     ids.push(problem["decision_id"].as_str().unwrap().to_string());
 
-    // The OpenAPI document lists every route.
-    let api: Value = reqwest::get(format!("{}openapi.json", fed.gateway.url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    for path in [
-        "/v1/challenges",
-        "/v1/exchange/{domain}",
-        "/v1/research/queries",
-        "/v1/consents",
-        "/v1/consents/withdrawals",
-        "/v1/patient-links",
-        "/v1/patient-links/removals",
-        "/v1/detokenize",
-        "/credentials/verify",
-        "/presentations/verify",
-        "/.well-known/did.json",
-        "/v1/log/checkpoint",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-    ] {
-        assert!(
-            api["paths"][path].is_object(),
-            "{path} missing from the OpenAPI document"
-        );
-    }
     // Metrics count them.
     let metrics = reqwest::get(format!("{}metrics", fed.gateway.url()))
         .await

@@ -189,6 +189,20 @@ pub enum StartError {
     Registry(#[from] federation::registry::RegistryError),
 }
 
+/// The OpenAPI responses of [`GatewayError::Denied`]: access refused (403), always recorded;
+/// the problem carries the decision id, the reasons and the failed check.
+pub(crate) struct Denied;
+
+impl utoipa::IntoResponses for Denied {
+    fn responses(
+    ) -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+        service::openapi::problems(&[(
+            403,
+            "Access denied (recorded): decision_id, reasons, the failed check",
+        )])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,14 +27,14 @@ use crate::state::{GatewayState, NotServed};
 pub use federation::events::PURPOSES;
 
 /// The patient, named by the identifier the custodian knows them by.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatientRef {
     pub system: String,
     pub value: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExchangeRequest {
     pub purpose: String,

@@ -603,9 +603,7 @@ pub fn present(
 // The request: `POST /v1/research/queries`
 // ---------------------------------------------------------------------------------------
 
-pub(crate) use request::research_handler;
-
-mod request {
+pub(crate) mod request {
     use axum::extract::State;
     use std::sync::Arc;
 
@@ -624,11 +622,18 @@ mod request {
 
     type AppState = State<Arc<GatewayState>>;
 
-    #[derive(Deserialize)]
+    /// A cohort query under a research presentation.
+    #[derive(Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub(crate) struct ResearchRequest {
+        /// Always `HRESCH`.
         purpose: String,
+        /// The cohort (conditions, an observation with its bounds, sex) and the ε the
+        /// query spends; the age bands are the custodian's.
+        #[schema(value_type = Object)]
         query: crate::research::CohortQuery,
+        /// A VP: a compact JWS (`vp+jwt`) or a Data Integrity JSON object.
+        #[schema(value_type = Object)]
         presentation: Value,
     }
 
@@ -647,6 +652,12 @@ mod request {
         GatewayError::Internal(e.to_string())
     }
 
+    /// Aggregate cohort counts and means per age band, with differential privacy charged to
+    /// the study's budget at this custodian; no record-level data (docs/privacy.md).
+    #[utoipa::path(post, path = "/v1/research/queries", tag = "research",
+        request_body = ResearchRequest,
+        responses((status = 200, description = "Noisy aggregates, with ε spent and left", body = Object),
+            crate::error::Denied, service::openapi::JsonBodyErrors, service::openapi::Unavailable))]
     pub(crate) async fn research_handler(
         State(s): AppState,
         StrictJson(req): StrictJson<ResearchRequest>,

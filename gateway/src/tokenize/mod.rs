@@ -34,7 +34,6 @@ mod scrub;
 mod tests;
 mod walk;
 
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
@@ -88,10 +87,6 @@ pub struct TokenizeContext<'a> {
     pub now: DateTime<Utc>,
 }
 
-fn b64url(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
 /// HMAC-SHA256(key, recipient ‖ 0 ‖ domain ‖ 0 ‖ class ‖ 0 ‖ value), base64url, prefixed
 /// `p-`: stable for one recipient and domain, unlinkable across them.
 pub fn pseudonym(
@@ -110,14 +105,14 @@ pub fn pseudonym(
             value.as_bytes(),
         ],
     );
-    format!("{PSEUDONYM_PREFIX}{}", b64url(&mac))
+    format!("{PSEUDONYM_PREFIX}{}", federation::b64::encode(&mac))
 }
 
 /// A pseudonym only the key holder can recompute, for the custodian's own records (e.g.
 /// the patient reference in access events): HMAC(key, purpose ‖ 0 ‖ value), prefixed `p-`.
 pub fn keyed_pseudonym(key: &[u8; 32], purpose: &str, value: &str) -> String {
     let mac = hmac_sha256(key, &[purpose.as_bytes(), value.as_bytes()]);
-    format!("{PSEUDONYM_PREFIX}{}", b64url(&mac))
+    format!("{PSEUDONYM_PREFIX}{}", federation::b64::encode(&mac))
 }
 
 /// An element withheld from a response, for the OperationOutcome that says so. It names
