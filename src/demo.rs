@@ -3,7 +3,8 @@
 //! agree. Exit status is non-zero if any scenario differs from what was expected.
 //!
 //! Cast: a credentialing office and an IRB (`fedgate issuer serve`), hospital A's gateway
-//! holding the `hospital-a` fixtures (the custodian asked), hospital B's gateway holding the
+//! holding the `hospital-a` fixtures (the custodian asked) and 300 synthetic patients (the
+//! research cohort), hospital B's gateway holding the
 //! `hospital-b` fixtures (where the requesting clinicians work), a research network, and
 //! patients with wallets.
 
@@ -13,8 +14,8 @@ use std::time::{Duration, Instant};
 use federation::credentials::{self, CredentialKind, ProofFormat};
 use federation::keys::{KeyAlgorithm, KeyPair};
 use fedgate::harness::{
-    contract, fixture_mrn, fixture_patient, fixtures, patient_consent, ConsentSpec, Custodian,
-    Federation, Gateway, Office, Staff, MRN_SYSTEM,
+    contract, fixture_patient, fixtures, patient_consent, ConsentSpec, Custodian, Federation,
+    Gateway, Office, Staff, MRN_SYSTEM,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -28,6 +29,59 @@ const HOSPITAL_B: &str = "did:web:hospital-b.demo.fedgate";
 const HOSPITAL_B_ID_SYSTEM: &str = "urn:uuid:6f2a1d3e-9c47-5b8a-a1f0-2d4e6c8b0a17";
 const HOSPITAL_B_PATIENT: &str = "BC909B9D";
 const JUSTIFICATION: &str = "unresponsive patient in the emergency department; no consent on file";
+
+/// Hospital A's terms for research (the study's IRB sets its budget lower, 1.5); HbA1c
+/// values are clamped to 4-14 % for means.
+const RESEARCH_TERMS: &str = "[research]\nepsilon_budget = 5.0\nepsilon_per_query = 0.5\nepsilon_per_query_max = 1.0\n[research.observation_bounds]\n\"4548-4\" = [4.0, 14.0]\n";
+
+/// Registers each patient's research consent for `study_id` from their own wallet, once
+/// the registration desk has linked it.
+async fn enrol(gw: &Gateway, patients: &[(PathBuf, String)], study_id: &str) -> Result<(), String> {
+    for (_, mrn) in patients {
+        let p = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+        gw.link_patient(mrn, p.did()).await?;
+        let c = consent(
+            &p,
+            mrn,
+            &json!({"id": study_id, "kind": "study"}),
+            &["research"],
+            &["HRESCH"],
+        )
+        .await?;
+        let vp = present(gw, &p, &[c]).await?;
+        let (status, body) = gw
+            .post("/v1/consents", &json!({"presentation": vp}))
+            .await?;
+        if status != 201 {
+            return Err(format!("registering a research consent failed: {body}"));
+        }
+    }
+    Ok(())
+}
+
+/// Patients in the research scenario's cohort.
+const COHORT: usize = 300;
+
+/// Writes `COHORT` synthetic patients (small records) as bundles into `dir`: their files
+/// and MRNs.
+fn synth_cohort(dir: &std::path::Path) -> Result<Vec<(PathBuf, String)>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut generator = synth::Generator::new(synth::Options {
+        seed: 2026,
+        min_resources: 10,
+        max_resources: 30,
+        ..synth::Options::default()
+    });
+    let mut out = Vec::with_capacity(COHORT);
+    for i in 0..COHORT {
+        let patient = generator.patient();
+        let path = dir.join(format!("patient-{i:04}.json"));
+        let bytes = serde_json::to_vec(&patient.bundle).map_err(|e| e.to_string())?;
+        std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        out.push((path, patient.identity.mrn));
+    }
+    Ok(out)
+}
 
 #[derive(Serialize)]
 pub struct Outcome {
@@ -221,6 +275,11 @@ pub async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Result<bo
     let irb = Office::start(&exe, &dir.join("irb"), IRB)?;
     let network = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
     let fixtures_a = fixtures("hospital-a")?;
+    // Hospital A also holds a few hundred synthetic patients (no real person): a cohort
+    // large enough for differentially private answers to say something.
+    let cohort = synth_cohort(&dir.join("synth-a"))?;
+    let mut records_a = fixtures_a.clone();
+    records_a.extend(cohort.iter().map(|(path, _)| path.clone()));
     let fed = Federation::builder(&exe, &dir, OFFICE, VISIBILITY)
         .auditors(AUDITORS)
         .irb(&irb)
@@ -229,8 +288,9 @@ pub async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Result<bo
         .gossip_every(Duration::from_millis(500))
         .gateway(
             Custodian::new(HOSPITAL_A)
-                .records(fixtures_a.clone())
+                .records(records_a)
                 .config("[custodian]\nbreak_glass_minutes = 30\nmin_cell_size = 3\n")
+                .config(RESEARCH_TERMS)
                 .config(&contract(
                     HOSPITAL_A,
                     HOSPITAL_B,
@@ -336,12 +396,12 @@ pub async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Result<bo
 
     // 3. Break-glass.
     let vp = present(gw_a, &clinician, std::slice::from_ref(&priv_vc)).await?;
-    let (status, id, _, headers) = exchange(
+    let (status, id, bundle, headers) = exchange(
         gw_a,
         "clinical",
         "ETREAT",
         &mrn,
-        &["Patient", "Observation"],
+        &["Patient", "Observation", "Condition"],
         &vp,
         Some(JUSTIFICATION),
     )
@@ -351,11 +411,21 @@ pub async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Result<bo
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
         .to_string();
+    // The birth date is a token and every date moves by one offset for this patient and
+    // requester: a condition recorded at birth does not give the birth date back.
+    let shifted = bundle.to_string().contains("every date is shifted");
+    let birth_in_clear = bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| e["resource"]["birthDate"].is_string());
     demo.record(
         "3. break-glass: ETREAT with a justification, no consent",
-        "allowed, time-limited, flagged for review",
-        format!("HTTP {status}; break-glass until {expires}"),
-        status == 200 && headers.contains_key("fedgate-break-glass"),
+        "allowed, time-limited, flagged for review; birth date a token, dates shifted",
+        format!(
+            "HTTP {status}; break-glass until {expires}; dates shifted: {shifted}; birth date in clear: {birth_in_clear}"
+        ),
+        status == 200 && headers.contains_key("fedgate-break-glass") && shifted && !birth_in_clear,
         id,
     );
 
@@ -457,7 +527,14 @@ pub async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Result<bo
     let t = types(&bundle);
     let only_billing = !t.is_empty()
         && t.iter().all(|x| {
-            ["Claim", "Coverage", "ExplanationOfBenefit", "Patient"].contains(&x.as_str())
+            [
+                "Claim",
+                "Coverage",
+                "ExplanationOfBenefit",
+                "Patient",
+                "OperationOutcome",
+            ]
+            .contains(&x.as_str())
         });
     demo.record(
         "6. billing specialist with HPAYMT",
@@ -467,56 +544,85 @@ pub async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Result<bo
         id,
     );
 
-    // 7. Research.
-    let study_id = "urn:fedgate:study:demo-pediatrics";
-    for f in fixtures_a.iter().take(4) {
-        let m = fixture_mrn(f)?;
-        let p = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
-        gw_a.link_patient(&m, p.did()).await?;
-        let c = consent(
-            &p,
-            &m,
-            &json!({"id": study_id, "kind": "study"}),
-            &["research"],
-            &["HRESCH"],
-        )
-        .await?;
-        let vp = present(gw_a, &p, &[c]).await?;
-        let (status, body) = gw_a
-            .post("/v1/consents", &json!({"presentation": vp}))
-            .await?;
-        if status != 201 {
-            return Err(format!("registering a research consent failed: {body}"));
-        }
-    }
+    // 7. Research: every synthetic patient consents to the study from their own wallet,
+    // once the registration desk has linked it; the network asks for mean HbA1c per band.
+    let study_id = "urn:fedgate:study:demo-hba1c";
+    // Four enrolment desks at once: each patient is a link, a challenge and a registration.
+    let quarter = cohort.len().div_ceil(4);
+    let mut desks = cohort.chunks(quarter);
+    let mut next = || desks.next().unwrap_or_default();
+    tokio::try_join!(
+        enrol(gw_a, next(), study_id),
+        enrol(gw_a, next(), study_id),
+        enrol(gw_a, next(), study_id),
+        enrol(gw_a, next(), study_id),
+    )?;
     let study = irb
         .issue(
             json!({
                 "@context": ["https://www.w3.org/ns/credentials/v2", "https://w3id.org/fedgate/v1"],
                 "type": ["VerifiableCredential", "ResearchStudyCredential"],
                 "credentialSubject": {
-                    "id": study_id, "title": "Pediatric growth", "sponsor": network.did(),
+                    "id": study_id, "title": "HbA1c by age", "sponsor": network.did(),
                     "purposes": ["HRESCH"], "dataClasses": ["Condition", "Observation", "Patient"],
-                    "aggregateOnly": true, "minCellSize": 3
+                    "aggregateOnly": true, "minCellSize": 11, "epsilonBudget": 1.5
                 },
                 "validUntil": "2030-01-01T00:00:00Z"
             }),
             "jwt",
         )
         .await?;
+    let hba1c = json!({"observation": {"code": "4548-4"}, "epsilon": 1.0});
     let vp = present(gw_a, &network, std::slice::from_ref(&study)).await?;
     let (status, body) = gw_a
-        .post("/v1/research/queries", &json!({"purpose": "HRESCH", "query": {"conditions": [], "age_bands": [[0, 2], [3, 200]]}, "presentation": vp}))
+        .post(
+            "/v1/research/queries",
+            &json!({"purpose": "HRESCH", "query": hba1c, "presentation": vp}),
+        )
         .await?;
-    let text = body["result"].to_string();
+    // The same again: the study's 1.5 epsilon cannot pay for a second query of 1.
+    let vp = present(gw_a, &network, std::slice::from_ref(&study)).await?;
+    let (again, refusal) = gw_a
+        .post(
+            "/v1/research/queries",
+            &json!({"purpose": "HRESCH", "query": hba1c, "presentation": vp}),
+        )
+        .await?;
+    let cells: Vec<String> = body["result"]["cells"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| match (c["count"].as_i64(), c["mean"].as_f64()) {
+            (Some(n), Some(m)) => {
+                format!("{} n≈{n} HbA1c≈{m}%", c["age_band"].as_str().unwrap_or("?"))
+            }
+            _ => format!("{} suppressed", c["age_band"].as_str().unwrap_or("?")),
+        })
+        .collect();
+    let useful = body["result"]["cells"]
+        .as_array()
+        .is_some_and(|c| c.iter().filter(|c| c["mean"].is_number()).count() >= 2);
+    let text = body.to_string();
     demo.record(
         "7. research network with an IRB study credential",
-        "aggregates only; 4 of 6 patients consented; small cells suppressed",
-        format!(
-            "HTTP {status}; {}",
-            text.chars().take(160).collect::<String>()
+        &format!(
+            "noisy counts and mean HbA1c per age band over {} consenting patients (epsilon-DP), \
+             epsilon spent and left; the next query past the study's budget refused",
+            cohort.len()
         ),
-        status == 200 && text.contains("\"suppressed\":true") && !text.contains(&mrn),
+        format!(
+            "HTTP {status}; epsilon spent {}, left {} of {}; {}; then HTTP {again}: {}",
+            body["privacy"]["epsilonSpent"],
+            body["privacy"]["budgetLeft"],
+            body["privacy"]["budget"],
+            cells.join(", "),
+            reason(&refusal)
+        ),
+        status == 200
+            && useful
+            && again == 403
+            && cohort.iter().all(|(_, m)| !text.contains(m.as_str()))
+            && !text.contains(&mrn),
         body["decisionId"].as_str().map(str::to_string),
     );
 

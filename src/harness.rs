@@ -326,7 +326,7 @@ impl Gateway {
             write_secret(&token_path, &federation::client::random_token())?;
         }
         let config = format!(
-            "listen = \"127.0.0.1:{}\"\ndid = \"{}\"\nkey_file = \"gateway.key.json\"\nsecret_file = \"gateway.secret\"\ndata_dir = \"data\"\npolicies = \"{}\"\nadmin_token_file = \"admin-token\"\ndev_mode = true\n{}\n",
+            "listen = \"127.0.0.1:{}\"\ndid = \"{}\"\nkey_file = \"gateway.key.json\"\nsecret_file = \"gateway.secret\"\ndata_dir = \"data\"\npolicies = \"{}\"\nadmin_token_file = \"admin-token\"\ndev_mode = true\n# Test machines run many gateways at once: a starved one must not turn slow\n# decisions into denials.\npolicy_time_limit_ms = 2000\n{}\n",
             spec.port,
             spec.did,
             spec.policies.display(),
@@ -529,9 +529,7 @@ impl Visibility {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        use base64::Engine;
-        let raw: [u8; 32] = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(x)
+        let raw: [u8; 32] = federation::b64::decode(&x)
             .ok()
             .and_then(|b| b.try_into().ok())
             .ok_or("the log's key is not Ed25519")?;

@@ -872,7 +872,18 @@ async fn break_glass_billing_and_revocation() {
     let bundle: Value = serde_json::from_slice(&bytes).unwrap();
     let got = types(&bundle);
     assert!(got.contains("Claim"), "{got:?}");
-    assert!(got.iter().all(|t| ["Claim", "Coverage", "ExplanationOfBenefit", "Patient"].contains(&t.as_str())), "{got:?}");
+    // The OperationOutcome says what was withheld; nothing clinical comes.
+    assert!(
+        got.iter().all(|t| [
+            "Claim",
+            "Coverage",
+            "ExplanationOfBenefit",
+            "Patient",
+            "OperationOutcome"
+        ]
+        .contains(&t.as_str())),
+        "{got:?}"
+    );
 
     // Leaver: the office revokes the clinician; the push makes the next request fail.
     fed.office.revoke(&doc.id).await.unwrap();
@@ -998,35 +1009,6 @@ async fn every_decision_leaves_an_event_in_the_outbox() {
     assert!(problem["reasons"].to_string().contains(ssn), "{problem}");
     ids.push(problem["decision_id"].as_str().unwrap().to_string());
 
-    // The OpenAPI document lists every route.
-    let api: Value = reqwest::get(format!("{}openapi.json", fed.gateway.url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    for path in [
-        "/v1/challenges",
-        "/v1/exchange/{domain}",
-        "/v1/research/queries",
-        "/v1/consents",
-        "/v1/consents/withdrawals",
-        "/v1/patient-links",
-        "/v1/patient-links/removals",
-        "/v1/detokenize",
-        "/credentials/verify",
-        "/presentations/verify",
-        "/.well-known/did.json",
-        "/v1/log/checkpoint",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-    ] {
-        assert!(
-            api["paths"][path].is_object(),
-            "{path} missing from the OpenAPI document"
-        );
-    }
     // Metrics count them.
     let metrics = reqwest::get(format!("{}metrics", fed.gateway.url()))
         .await
@@ -1185,11 +1167,11 @@ async fn broken_policy_denies_everything_until_a_good_reload() {
 }
 
 #[tokio::test]
-async fn research_queries_return_suppressed_aggregates_of_consented_patients() {
+async fn research_answers_are_noisy_and_charged_to_the_study_budget_until_it_runs_out() {
     // The research network's agent key, and a research contract for it.
     let network = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
     let contract = contract(CUSTODIAN, network.did(), &["research"], &["HRESCH"]);
-    let fed = federation_with(repo("policies"), &contract).await;
+    let mut fed = federation_with(repo("policies"), &contract).await;
     let files = fixtures();
     // Five of the six fixture patients register research consent for the study, from
     // their own wallets; the custodian has linked the DIDs of four of them. The fifth
@@ -1244,7 +1226,7 @@ async fn research_queries_return_suppressed_aggregates_of_consented_patients() {
         "credentialSubject": {
             "id": study_id, "title": "Cohort", "sponsor": network.did(),
             "purposes": ["HRESCH"], "dataClasses": ["Condition", "Observation", "Patient"],
-            "aggregateOnly": true, "minCellSize": 3
+            "aggregateOnly": true, "minCellSize": 3, "epsilonBudget": 4.0
         },
         "validUntil": "2030-01-01T00:00:00Z"
     });
@@ -1252,19 +1234,42 @@ async fn research_queries_return_suppressed_aggregates_of_consented_patients() {
     let ask =
         |query: Value, v: Value| json!({"purpose": "HRESCH", "query": query, "presentation": v});
 
-    // One band over everyone: the four consented and linked patients, not five or six.
-    let (v, _) = vp(&fed.gateway, &network, std::slice::from_ref(&study_vc)).await;
-    let (status, body) = fed
-        .gateway
-        .post(
-            "/v1/research/queries",
-            &ask(json!({"conditions": [], "age_bands": [[0, 200]]}), v),
-        )
-        .await
-        .unwrap();
+    let query = |q: Value| {
+        let (gateway, network, study_vc) = (&fed.gateway, &network, &study_vc);
+        async move {
+            let (v, _) = vp(gateway, network, std::slice::from_ref(study_vc)).await;
+            gateway
+                .post("/v1/research/queries", &ask(q, v))
+                .await
+                .unwrap()
+        }
+    };
+    let mut decisions: Vec<(String, u16)> = Vec::new();
+
+    // The custodian's bands, noisy counts, what it cost and what is left. The custodian's
+    // default budget is 5 epsilon (0.5 per query, at most 1); the IRB capped the study at 4.
+    let (status, body) = query(json!({"conditions": []})).await;
     assert_eq!(status, 200, "{body}");
+    decisions.push((body["decisionId"].as_str().unwrap().into(), status));
+    assert_eq!(body["privacy"]["epsilonSpentMicro"], 500_000, "{body}");
+    assert_eq!(body["privacy"]["budgetLeftMicro"], 3_500_000, "{body}");
+    assert_eq!(body["privacy"]["budget"], 4.0, "{body}");
+    assert!(body["privacy"]["countNoiseScale"].as_f64().unwrap() > 1.0);
+    let cells = body["result"]["cells"].as_array().unwrap();
+    let bands: Vec<&str> = cells
+        .iter()
+        .map(|c| c["age_band"].as_str().unwrap())
+        .collect();
+    assert_eq!(bands, ["0-17", "18-44", "45-64", "65-89", "90+"]);
+    assert!(body["result"].get("total").is_none(), "{body}");
+    for c in cells {
+        // A shown count is at least the cell size (3 here) and comes with its interval.
+        match c["count"].as_i64() {
+            Some(n) => assert!(n >= 3 && c["count_ci95"].is_array(), "{c}"),
+            None => assert_eq!(c["suppressed"], true),
+        }
+    }
     let text = body.to_string();
-    assert!(text.contains("\"count\":4"), "{text}");
     for f in &files {
         let p = fixture_patient(f);
         assert!(
@@ -1272,23 +1277,84 @@ async fn research_queries_return_suppressed_aggregates_of_consented_patients() {
             "record-level data left"
         );
     }
-    // Split by age (1-2 and 3-4 year olds: two each): every cell is below 3, suppressed.
+
+    // Bad input: refused with a problem, before anything is read or spent.
+    for (q, says) in [
+        (
+            json!({"age_bands": [[0, 98], [99, 200]]}),
+            "fixed by the custodian",
+        ),
+        (json!({"budget": 100}), "never by a query"),
+        (json!({"epsilon_budget": 100}), "never by a query"),
+        (json!({"epsilon": 0}), "positive"),
+        (json!({"epsilon": -1}), "positive"),
+        (json!({"epsilon": "NaN"}), "epsilon"),
+        (json!({"epsilon": 1.5}), "most per query"),
+        (json!({"epsilon": 1e300}), "most per query"),
+        (json!({"epsilon": 1e-9}), "at least"),
+        (json!({"observation": {"code": "8302-2"}}), "bounds"),
+        (
+            json!({"observation": {"code": "8302-2", "bounds": [0, 1e9]}}),
+            "bounds",
+        ),
+    ] {
+        let (status, body) = query(q.clone()).await;
+        assert_eq!(status, 422, "{q}: {body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains(says),
+            "{q}: {body}"
+        );
+        assert!(body.get("privacy").is_none());
+    }
     let (v, _) = vp(&fed.gateway, &network, std::slice::from_ref(&study_vc)).await;
     let (status, body) = fed
         .gateway
         .post(
             "/v1/research/queries",
-            &ask(
-                json!({"conditions": [], "age_bands": [[0, 2], [3, 200]]}),
-                v,
-            ),
+            &json!({"purpose": "HRESCH", "query": {}, "budget": 9, "presentation": v}),
         )
         .await
         .unwrap();
+    assert_eq!(status, 422, "{body}");
+
+    // Three queries of 1 epsilon (one a mean of heights clamped to declared bounds): what
+    // is left shows the refusals above spent nothing.
+    for i in 0..3 {
+        let q = if i == 0 {
+            json!({"epsilon": 1.0, "observation": {"code": "8302-2", "bounds": [40, 200]}})
+        } else {
+            json!({"epsilon": 1.0})
+        };
+        let (status, body) = query(q).await;
+        assert_eq!(status, 200, "{body}");
+        decisions.push((body["decisionId"].as_str().unwrap().into(), status));
+        assert_eq!(
+            body["privacy"]["budgetLeftMicro"],
+            2_500_000 - i * 1_000_000
+        );
+        if i == 0 {
+            assert_eq!(body["privacy"]["bounds"], json!([40.0, 200.0]), "{body}");
+            assert!(body["privacy"]["sumNoiseScale"].as_f64().unwrap() > 100.0);
+        }
+    }
+    // 0.5 left: a query of 1 is refused with the reason, and spends nothing.
+    let (status, body) = query(json!({"epsilon": 1.0})).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("privacy budget"),
+        "{body}"
+    );
+    decisions.push((body["decision_id"].as_str().unwrap().into(), status));
+    let (status, body) = query(json!({"epsilon": 0.5})).await;
     assert_eq!(status, 200, "{body}");
-    let text = body.to_string();
-    assert!(text.contains("\"suppressed\":true"), "{text}");
-    assert!(!text.contains("\"count\":2"), "{text}");
+    assert_eq!(body["privacy"]["budgetLeftMicro"], 0);
+    decisions.push((body["decisionId"].as_str().unwrap().into(), status));
+    // Spent: every later query is refused.
+    for q in [json!({}), json!({"epsilon": 0.000001})] {
+        let (status, body) = query(q).await;
+        assert_eq!(status, 403, "{body}");
+        decisions.push((body["decision_id"].as_str().unwrap().into(), status));
+    }
 
     // A clinician's privilege is no study: refused.
     let doc = clinician(
@@ -1312,6 +1378,57 @@ async fn research_queries_return_suppressed_aggregates_of_consented_patients() {
         .await
         .unwrap();
     assert_eq!(status, 403);
+
+    // On disk: the study spent exactly its budget, and every query's event says what it
+    // spent or that it was refused for want of budget.
+    fed.gateway.process.stop();
+    let db = loop {
+        match sled::open(fed.gateway.dir.join("data").join("gateway.sled")) {
+            Ok(db) => break db,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    };
+    let spent = db
+        .open_tree("research_budget")
+        .unwrap()
+        .get(study_id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        u64::from_be_bytes(spent.as_ref().try_into().unwrap()),
+        4_000_000
+    );
+    let events: Vec<federation::events::AccessEvent> = db
+        .open_tree("outbox")
+        .unwrap()
+        .iter()
+        .values()
+        .map(|v| serde_json::from_slice(&v.unwrap()).unwrap())
+        .collect();
+    let mut total = 0;
+    for (id, status) in &decisions {
+        let e = events
+            .iter()
+            .find(|e| &e.decision_id == id)
+            .unwrap_or_else(|| panic!("no event for {id}"));
+        federation::events::check_free_text(e).unwrap();
+        let p = e
+            .privacy
+            .as_ref()
+            .expect("a research event says what it spent");
+        assert_eq!(p.study, study_id);
+        assert_eq!(e.record_count, 0);
+        if *status == 200 {
+            assert_eq!(e.decision, federation::events::Outcome::Allow);
+            assert!(p.epsilon_micro > 0);
+        } else {
+            assert_eq!(e.decision, federation::events::Outcome::Deny);
+            assert_eq!(p.epsilon_micro, 0);
+            assert_eq!(e.reasons, [federation::events::PRIVACY_BUDGET_REASON]);
+        }
+        total += p.epsilon_micro;
+    }
+    assert_eq!(total, 4_000_000);
 }
 
 #[tokio::test]
@@ -1961,4 +2078,135 @@ async fn break_glass_shifts_every_date_by_one_offset() {
         .unwrap();
     assert_eq!(status, 200);
     assert_eq!(answer_starts(&again, "Encounter", "/period/start"), after);
+}
+
+/// A FHIR server that knows one patient and fails every other request (or every
+/// request, with `fail_all`).
+async fn failing_fhir_server(mrn: &str, fail_all: bool) -> String {
+    use axum::extract::Path as UrlPath;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let patient = json!({"resourceType": "Patient", "id": "p1",
+        "identifier": [{"system": MRN_SYSTEM, "value": mrn}]});
+    let app = axum::Router::new()
+        .route(
+            "/fhir/{ty}",
+            get(move |UrlPath(ty): UrlPath<String>| {
+                let patient = patient.clone();
+                async move {
+                    if ty == "Patient" && !fail_all {
+                        axum::Json(json!({"resourceType": "Bundle", "type": "searchset",
+                            "entry": [{"resource": patient}]}))
+                        .into_response()
+                    } else {
+                        StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                    }
+                }
+            }),
+        )
+        .route(
+            "/fhir/{ty}/{id}",
+            get(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
+        );
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    format!("{origin}/fhir")
+}
+
+/// When the record source fails, before or after the decision, the requester gets 503
+/// (try again) and the access still leaves exactly one event saying it was not served.
+#[tokio::test]
+async fn record_source_failures_are_503_and_recorded() {
+    let mrn = "7700001";
+    let after = failing_fhir_server(mrn, false).await;
+    let before = failing_fhir_server(mrn, true).await;
+    for (url, allowed) in [(after, true), (before, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let office = Office::start(&exe(), &dir.path().join("office"), OFFICE).unwrap();
+        let spec = GatewaySpec {
+            port: 0,
+            did: CUSTODIAN.into(),
+            records: Vec::new(),
+            policies: repo("policies"),
+            extra_toml: format!(
+                "{}\n[records]\nsource = \"fhir\"\nurl = \"{url}\"\n",
+                extra_toml(&office, "test")
+            ),
+        };
+        let gateway = Gateway::start(&exe(), &dir.path().join("gateway"), &spec).unwrap();
+        let mut fed = Fed {
+            _dir: dir,
+            office,
+            gateway,
+        };
+        let doc = clinician(
+            &fed,
+            "physician",
+            CUSTODIAN,
+            &["clinical"],
+            &["read"],
+            REQUESTER_ORG,
+        )
+        .await;
+        let (v, _) = vp(
+            &fed.gateway,
+            &doc.key,
+            std::slice::from_ref(&doc.credential),
+        )
+        .await;
+        let body = exchange_body(
+            "ETREAT",
+            mrn,
+            &["Patient", "Observation"],
+            &v,
+            Some("unconscious patient in the emergency department, no consent on file"),
+        );
+        let (status, problem) = fed
+            .gateway
+            .post("/v1/exchange/clinical", &body)
+            .await
+            .unwrap();
+        assert_eq!(status, 503, "{problem}");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("record source"),
+            "{problem}"
+        );
+        let not_served = fed
+            .gateway
+            .metric("fedgate_not_served_total")
+            .await
+            .unwrap();
+        assert_eq!(not_served, 1.0);
+        let decisions = fed.gateway.metric("fedgate_decisions_total").await.unwrap();
+        assert_eq!(decisions, 1.0, "one decision recorded");
+
+        fed.gateway.process.stop();
+        let db = sled::open(fed.gateway.dir.join("data").join("gateway.sled")).unwrap();
+        let events: Vec<Value> = db
+            .open_tree("outbox")
+            .unwrap()
+            .iter()
+            .values()
+            .map(|v| serde_json::from_slice(&v.unwrap()).unwrap())
+            .collect();
+        assert_eq!(events.len(), 1, "{events:?}");
+        let e = &events[0];
+        assert_eq!(e["decision"], if allowed { "allow" } else { "deny" }, "{e}");
+        assert_eq!(e["recordCount"], 0);
+        assert!(
+            e["reasons"]
+                .to_string()
+                .contains("not served: the record source failed"),
+            "{e}"
+        );
+        let parsed: federation::events::AccessEvent = serde_json::from_value(e.clone()).unwrap();
+        federation::events::check_free_text(&parsed).unwrap();
+    }
 }

@@ -18,11 +18,10 @@ fn is_loopback(ip: IpAddr) -> bool {
 
 /// A fresh 256-bit secret, base64url without padding (e.g. an admin bearer token).
 pub fn random_token() -> String {
-    use base64::Engine as _;
     use rand::RngCore as _;
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    crate::b64::encode(&bytes)
 }
 
 /// The outbound rule every client applies before sending: https always; plain http only

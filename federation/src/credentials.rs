@@ -150,7 +150,7 @@ pub struct ConsentSubject {
 }
 
 /// Subject of a ResearchStudyCredential.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StudySubject {
     pub id: String,
@@ -162,6 +162,10 @@ pub struct StudySubject {
     pub data_classes: Vec<String>,
     pub aggregate_only: bool,
     pub min_cell_size: u32,
+    /// The IRB's cap on the ε the study may spend at each custodian (docs/privacy.md);
+    /// without it, each custodian's own budget applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon_budget: Option<f64>,
 }
 
 /// A `credentialStatus` entry (W3C Bitstring Status List).

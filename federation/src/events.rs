@@ -66,6 +66,38 @@ pub struct AccessEvent {
     pub review_required: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// The differential-privacy budget a research query spent (or was refused), absent for
+    /// every other request and in events written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<PrivacySpend>,
+}
+
+/// What a research query cost: the study's privacy budget at the custodian, in whole
+/// micro-ε (1 ε = 1,000,000), so that the log holds exact integers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrivacySpend {
+    /// The study (`urn:fedgate:study:<id>`) whose budget this is.
+    pub study: String,
+    /// ε this query spent; 0 when it was refused.
+    pub epsilon_micro: u64,
+    /// What is left of the study's budget at this custodian after the query.
+    pub budget_left_micro: u64,
+}
+
+/// The longest study id, in characters (the study credential's schema says the same).
+pub const MAX_STUDY_ID_CHARS: usize = 256;
+
+/// A study id as study credentials carry it: `urn:fedgate:study:` then `[A-Za-z0-9._-]`,
+/// at most [`MAX_STUDY_ID_CHARS`] in all.
+pub fn is_study_id(s: &str) -> bool {
+    s.len() <= MAX_STUDY_ID_CHARS
+        && s.strip_prefix("urn:fedgate:study:").is_some_and(|id| {
+            !id.is_empty()
+                && id
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        })
 }
 
 /// An event id as events carry it and paths name it: a UUID, hyphenated (8-4-4-4-12).
@@ -158,6 +190,16 @@ pub const VERIFICATION_CHECKS: [&str; 9] = [
 /// What a reason that is not in the vocabulary becomes before the gateway records it.
 pub const WITHHELD_REASON: &str = "reason withheld: outside the event vocabulary";
 
+/// The reason of a research query refused because the study's privacy budget at the
+/// custodian does not cover its ε.
+pub const PRIVACY_BUDGET_REASON: &str =
+    "the study's privacy budget at this custodian does not cover the query's epsilon";
+
+/// The reason of a research query whose noisy release failed after its epsilon was debited:
+/// nothing was released, and the epsilon stays spent.
+pub const PRIVACY_MECHANISM_REASON: &str =
+    "the privacy mechanism failed after the query's epsilon was spent; nothing was released";
+
 /// Every reason an event may carry: fixed texts, and templates whose slots take values of
 /// closed sets only. Slots: `{purpose}` ([`PURPOSES`]), `{domain}` ([`DOMAINS`]), `{role}`
 /// ([`ROLES`]), `{identifier-class}` ([`IDENTIFIER_CLASSES`]), `{check}`
@@ -178,6 +220,9 @@ pub const REASON_TEMPLATES: &[&str] = &[
     "policy evaluation failed: decision widens the requested data classes",
     "policy evaluation failed: break-glass without an expiry",
     "policy bundle failed to load",
+    // After an allow, when the data could not be served (the decision stands, nothing left).
+    "not served: the record source failed",
+    "not served: the answer could not be prepared",
     "no policy for this domain",
     "denied by policy",
     "unknown token",
@@ -213,6 +258,9 @@ pub const REASON_TEMPLATES: &[&str] = &[
     "the study is not approved for {purpose}",
     "no data classes were requested",
     "requested classes outside the study's approved classes: {classes}",
+    // Research, the gateway: the study's privacy budget.
+    PRIVACY_BUDGET_REASON,
+    PRIVACY_MECHANISM_REASON,
     // Detokenize.
     "{identifier-class} token of the {domain} domain may be detokenized for {purpose}",
     "purpose {purpose} does not allow detokenization",
@@ -454,6 +502,13 @@ pub fn check_free_text(event: &AccessEvent) -> Result<(), EventTextError> {
     }
     if let Some(j) = &event.justification {
         check_text("justification".into(), j, MAX_JUSTIFICATION_CHARS)?;
+    }
+    if let Some(p) = &event.privacy {
+        if !is_study_id(&p.study) {
+            return Err(EventTextError::OutsideVocabulary {
+                field: "privacy.study".into(),
+            });
+        }
     }
     Ok(())
 }
@@ -697,6 +752,11 @@ pub fn to_fhir_audit_event(e: &AccessEvent) -> Value {
     if e.review_required {
         details.push(detail("review-required", "true"));
     }
+    if let Some(p) = &e.privacy {
+        details.push(detail("study", p.study.as_str()));
+        details.push(detail("epsilon-micro", p.epsilon_micro.to_string()));
+        details.push(detail("budget-left-micro", p.budget_left_micro.to_string()));
+    }
     entities.push(json!({
         "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
         "role": {"system": OBJECT_ROLE, "code": "4", "display": "Domain Resource"},
@@ -756,6 +816,7 @@ mod tests {
             justification: Some("unconscious patient Jane Doe in the ED".into()),
             review_required: true,
             expires_at: Some("2025-03-01T11:15:30Z".parse().unwrap()),
+            privacy: None,
         }
     }
 
@@ -783,6 +844,29 @@ mod tests {
             justification: None,
             review_required: false,
             expires_at: None,
+            privacy: None,
+        }
+    }
+
+    /// A research query: what it spent of the study's privacy budget.
+    fn research_event() -> AccessEvent {
+        AccessEvent {
+            domain: "research".into(),
+            purpose: "HRESCH".into(),
+            patient_ref: None,
+            patient_did_digests: vec![],
+            record_count: 0,
+            reasons: vec!["the study may query Observation, Patient in aggregate".into()],
+            justification: None,
+            break_glass: false,
+            review_required: false,
+            expires_at: None,
+            privacy: Some(PrivacySpend {
+                study: "urn:fedgate:study:cohort-1".into(),
+                epsilon_micro: 500_000,
+                budget_left_micro: 2_500_000,
+            }),
+            ..allow_event()
         }
     }
 
@@ -794,7 +878,7 @@ mod tests {
     #[test]
     fn serialized_events_validate_against_the_schema() {
         let v = schema();
-        for e in [allow_event(), deny_event()] {
+        for e in [allow_event(), deny_event(), research_event()] {
             let instance = serde_json::to_value(&e).unwrap();
             let errors: Vec<String> = v.iter_errors(&instance).map(|e| e.to_string()).collect();
             assert!(errors.is_empty(), "{instance}: {errors:?}");
@@ -802,17 +886,70 @@ mod tests {
         // Every member the struct serializes is a property of the schema, and back.
         let schema: Value = serde_json::from_str(ACCESS_EVENT_SCHEMA).unwrap();
         let props: BTreeSet<&String> = schema["properties"].as_object().unwrap().keys().collect();
-        let (allow, deny) = (
+        let (allow, deny, research) = (
             serde_json::to_value(allow_event()).unwrap(),
             serde_json::to_value(deny_event()).unwrap(),
+            serde_json::to_value(research_event()).unwrap(),
         );
         let members: BTreeSet<&String> = allow
             .as_object()
             .unwrap()
             .keys()
             .chain(deny.as_object().unwrap().keys())
+            .chain(research.as_object().unwrap().keys())
             .collect();
         assert_eq!(props, members);
+    }
+
+    #[test]
+    fn privacy_spend_is_optional_exact_and_checked() {
+        // Events written before the member existed still read, and write back without it.
+        let mut old = serde_json::to_value(allow_event()).unwrap();
+        assert!(old.get("privacy").is_none());
+        old.as_object_mut().unwrap().remove("privacy");
+        let back: AccessEvent = serde_json::from_value(old).unwrap();
+        assert_eq!(back.privacy, None);
+        // A research event round-trips, passes the free-text check and says what it spent.
+        let e = research_event();
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            v["privacy"],
+            json!({"study": "urn:fedgate:study:cohort-1", "epsilonMicro": 500000,
+                "budgetLeftMicro": 2500000})
+        );
+        assert_eq!(serde_json::from_value::<AccessEvent>(v.clone()).unwrap(), e);
+        check_free_text(&e).unwrap();
+        let ae = to_fhir_audit_event(&e).to_string();
+        assert!(
+            ae.contains("epsilon-micro") && ae.contains("500000"),
+            "{ae}"
+        );
+        // A study that is not a study id, a negative or fractional spend, an extra member.
+        let mut bad = e.clone();
+        bad.privacy.as_mut().unwrap().study = "Jane Doe 1931-02-14".into();
+        assert!(check_free_text(&bad).is_err());
+        bad.privacy.as_mut().unwrap().study = format!("urn:fedgate:study:{}", "a".repeat(300));
+        assert!(check_free_text(&bad).is_err());
+        assert!(is_study_id(&format!(
+            "urn:fedgate:study:{}",
+            "a".repeat(238)
+        )));
+        assert!(!is_study_id("urn:fedgate:study:"));
+        let validator = schema();
+        for (k, x) in [
+            ("epsilonMicro", json!(-1)),
+            ("epsilonMicro", json!(0.5)),
+            ("budgetLeftMicro", json!("1")),
+            ("study", json!("patient-42")),
+            ("extra", json!(1)),
+        ] {
+            let mut bad = v.clone();
+            bad["privacy"][k] = x;
+            assert!(!validator.is_valid(&bad), "{k}");
+        }
+        let mut bad = v;
+        bad["privacy"]["extra"] = json!(1);
+        assert!(serde_json::from_value::<AccessEvent>(bad).is_err());
     }
 
     #[test]

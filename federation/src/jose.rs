@@ -10,7 +10,6 @@
 
 use std::fmt;
 
-use base64::Engine;
 use serde_json::Value;
 use ssi::jwk::{Algorithm, JWK};
 
@@ -103,9 +102,7 @@ pub struct ProtectedHeader {
 }
 
 fn b64(s: &str) -> Result<Vec<u8>, JoseError> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|_| JoseError::NotCompact)
+    crate::b64::decode(s).map_err(|_| JoseError::NotCompact)
 }
 
 /// Header names every caller accepts; `alg` and `kid` are also required.
@@ -236,7 +233,7 @@ pub fn sign(payload: &Value, key: &KeyPair, typ: &str) -> Result<String, JoseErr
     });
     let enc = |v: &Value| -> Result<String, JoseError> {
         let bytes = serde_json::to_vec(v).map_err(|e| JoseError::Sign(e.to_string()))?;
-        Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+        Ok(crate::b64::encode(&bytes))
     };
     let signing_input = format!("{}.{}", enc(&header)?, enc(payload)?);
     let sig = ssi::claims::jws::sign_bytes(
@@ -245,10 +242,7 @@ pub fn sign(payload: &Value, key: &KeyPair, typ: &str) -> Result<String, JoseErr
         key.jwk(),
     )
     .map_err(|e| JoseError::Sign(e.to_string()))?;
-    Ok(format!(
-        "{signing_input}.{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig)
-    ))
+    Ok(format!("{signing_input}.{}", crate::b64::encode(&sig)))
 }
 
 #[cfg(test)]
@@ -257,7 +251,7 @@ mod tests {
     use crate::keys::KeyAlgorithm;
 
     fn enc(v: &Value) -> String {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+        crate::b64::encode(&serde_json::to_vec(v).unwrap())
     }
 
     #[test]
@@ -308,7 +302,7 @@ mod tests {
 
     /// A token whose key signed exactly these header and payload bytes.
     fn signed_raw(header: &[u8], payload: &[u8], key: &KeyPair) -> String {
-        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let b64 = |b: &[u8]| crate::b64::encode(b);
         let input = format!("{}.{}", b64(header), b64(payload));
         let sig = ssi::claims::jws::sign_bytes(
             key.algorithm().jws_algorithm(),

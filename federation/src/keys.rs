@@ -367,11 +367,7 @@ impl KeyPair {
 /// X25519 key from it (Edwards → Montgomery). A P-256 key is used for ECDH as it is.
 pub mod agreement {
     use super::*;
-    use base64::Engine;
-
-    fn b64(bytes: &[u8]) -> String {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    }
+    use crate::b64::encode as b64;
 
     fn okp_x25519(x: &[u8], d: Option<&[u8]>) -> serde_json::Value {
         let mut jwk = serde_json::json!({"kty": "OKP", "crv": "X25519", "x": b64(x)});

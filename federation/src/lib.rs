@@ -5,6 +5,7 @@
 //! decide whether it is valid.
 //!
 //! Map of the modules:
+//! - [`b64`]: base64url without padding, the one encoding of JOSE, for every module.
 //! - [`keys`]: key pairs, key files (0600, refused when readable by others), the crypto inventory.
 //! - [`did`]: DID resolution. did:key locally; did:web only through an explicit allow-map,
 //!   never an arbitrary URL. Also the in-memory resolver handed to ssi.
@@ -27,6 +28,7 @@
 //! - [`time`]: clock helpers shared by issuing and verifying.
 //! - [`error`]: errors shared by several modules (an unknown name in a closed set).
 
+pub mod b64;
 pub mod checkpoint;
 pub mod client;
 pub mod context;

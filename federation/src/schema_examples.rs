@@ -310,12 +310,38 @@ fn invalid_research_studies_fail() {
     assert_rejected(src, &ex, "a study id outside urn:fedgate:study:", |v| {
         v["credentialSubject"]["id"] = json!("urn:uuid:9e0d4a52-61f3-4d0b-8f6c-7b3f2a1e5c88");
     });
+    assert_rejected(src, &ex, "a study id over 256 characters", |v| {
+        v["credentialSubject"]["id"] = json!(format!("urn:fedgate:study:{}", "x".repeat(239)));
+    });
     assert_rejected(src, &ex, "aggregateOnly as a string", |v| {
         v["credentialSubject"]["aggregateOnly"] = json!("true");
     });
     assert_rejected(src, &ex, "a wildcard data class", |v| {
         v["credentialSubject"]["dataClasses"] = json!(["*"]);
     });
+    for (what, eps) in [
+        ("an epsilonBudget of 0", json!(0)),
+        ("a negative epsilonBudget", json!(-1)),
+        ("an epsilonBudget over 100", json!(1000)),
+        ("an epsilonBudget as a string", json!("2")),
+    ] {
+        assert_rejected(src, &ex, what, |v| {
+            v["credentialSubject"]["epsilonBudget"] = eps;
+        });
+    }
+}
+
+#[test]
+fn a_study_may_cap_its_privacy_budget() {
+    let mut study = research_study_example();
+    study["credentialSubject"]["epsilonBudget"] = json!(2.5);
+    assert_eq!(
+        errors(&validator(RESEARCH_STUDY_SCHEMA), &study),
+        Vec::<String>::new()
+    );
+    let subject: crate::credentials::StudySubject =
+        serde_json::from_value(study["credentialSubject"].clone()).unwrap();
+    assert_eq!(subject.epsilon_budget, Some(2.5));
 }
 
 #[test]

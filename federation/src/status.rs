@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder as _;
-use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
@@ -94,12 +93,7 @@ impl Bitstring {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(&self.0)
             .and_then(|_| gz.finish())
-            .map(|bytes| {
-                format!(
-                    "u{}",
-                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-                )
-            })
+            .map(|bytes| format!("u{}", crate::b64::encode(&bytes)))
             .map_err(|e| StatusError::Invalid(e.to_string()))
     }
 
@@ -108,8 +102,7 @@ impl Bitstring {
         let b64 = encoded
             .strip_prefix('u')
             .ok_or_else(|| StatusError::Invalid("encodedList is not multibase base64url".into()))?;
-        let gz = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(b64)
+        let gz = crate::b64::decode(b64)
             .map_err(|_| StatusError::Invalid("encodedList is not base64url".into()))?;
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(gz.as_slice())

@@ -680,9 +680,7 @@ impl Verifier {
             .rsplit_once('.')
             .ok_or_else(|| proof_err("not a compact JWS"))?;
         let signature: [u8; 64] = {
-            use base64::Engine;
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(signature)
+            crate::b64::decode(signature)
                 .ok()
                 .and_then(|b| b.try_into().ok())
                 .ok_or_else(|| proof_err("an Ed25519 signature has 64 bytes"))?
@@ -1327,18 +1325,12 @@ mod tests {
         // Another payload under the same signature.
         let (head, rest) = jwt.split_once('.').unwrap();
         let (payload, sig) = rest.split_once('.').unwrap();
-        let mut claims: Value = serde_json::from_slice(
-            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
-                .unwrap(),
-        )
-        .unwrap();
+        let mut claims: Value =
+            serde_json::from_slice(&crate::b64::decode(payload).unwrap()).unwrap();
         claims["credentialSubject"]["role"] = json!("administrator");
         let forged = Value::String(format!(
             "{head}.{}.{sig}",
-            base64::Engine::encode(
-                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-                serde_json::to_vec(&claims).unwrap()
-            )
+            crate::b64::encode(&serde_json::to_vec(&claims).unwrap())
         ));
         for attempt in 1..=2 {
             let before = f.checks();

@@ -144,6 +144,7 @@ mod tests {
             justification: None,
             review_required: false,
             expires_at: None,
+            privacy: None,
         };
         let entry = LogEntry::Access { event };
         let bytes = leaf_bytes(&entry);

@@ -39,6 +39,9 @@ pub struct GatewayConfig {
     pub records: RecordsConfig,
     #[serde(default)]
     pub custodian: CustodianSettings,
+    /// Differential privacy of research aggregates: budgets, age bands, value bounds.
+    #[serde(default)]
+    pub research: ResearchSettings,
     /// The federation's signed manifest: trusted issuers, members (the did:web allow-map)
     /// and contracts. When set, `trust`, `did_web` and `contracts` below are not used.
     #[serde(default)]
@@ -62,6 +65,11 @@ pub struct GatewayConfig {
     pub status_cache_ttl_secs: u64,
     #[serde(default)]
     pub limits: HttpLimits,
+    /// Wall-clock limit of one policy decision, in milliseconds (1 to 10,000): a policy
+    /// that runs longer is a deny. The default (50) suits a dedicated machine; a shared or
+    /// starved one may need more.
+    #[serde(default = "default_policy_time_limit")]
+    pub policy_time_limit_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -117,6 +125,122 @@ impl Default for CustodianSettings {
     }
 }
 
+/// `[research]`: how research aggregates are released (docs/privacy.md). Every ε is per
+/// study at this custodian; a study credential's `epsilonBudget` can only lower the total.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResearchSettings {
+    /// Total ε a study may spend here (sequential composition of its queries).
+    #[serde(default = "default_epsilon_budget")]
+    pub epsilon_budget: f64,
+    /// ε charged to a query that states none.
+    #[serde(default = "default_epsilon_per_query")]
+    pub epsilon_per_query: f64,
+    /// Most ε one query may state.
+    #[serde(default = "default_epsilon_per_query_max")]
+    pub epsilon_per_query_max: f64,
+    /// Lower bounds of the age bands, ascending from 0; the last band is open ("90+" by
+    /// default) and starts at 90 at the latest, so that ages over 89 are top-coded.
+    #[serde(default = "default_age_bands")]
+    pub age_bands: Vec<u32>,
+    /// Clamping bounds per LOINC code, for the mean of an observation. A query may narrow
+    /// them, not widen them.
+    #[serde(default)]
+    pub observation_bounds: BTreeMap<String, (f64, f64)>,
+    /// For a code without bounds above, the query declares its own, each within
+    /// ±`max_declared_bound`.
+    #[serde(default = "default_max_declared_bound")]
+    pub max_declared_bound: f64,
+}
+
+impl Default for ResearchSettings {
+    fn default() -> Self {
+        ResearchSettings {
+            epsilon_budget: default_epsilon_budget(),
+            epsilon_per_query: default_epsilon_per_query(),
+            epsilon_per_query_max: default_epsilon_per_query_max(),
+            age_bands: default_age_bands(),
+            observation_bounds: BTreeMap::new(),
+            max_declared_bound: default_max_declared_bound(),
+        }
+    }
+}
+
+fn default_epsilon_budget() -> f64 {
+    5.0
+}
+fn default_epsilon_per_query() -> f64 {
+    0.5
+}
+fn default_epsilon_per_query_max() -> f64 {
+    1.0
+}
+fn default_age_bands() -> Vec<u32> {
+    vec![0, 18, 45, 65, 90]
+}
+fn default_max_declared_bound() -> f64 {
+    10_000.0
+}
+
+/// Most age bands a custodian may configure.
+pub const MAX_AGE_BANDS: usize = 20;
+
+/// A code as queries name them: 1 to 64 of ASCII letters, digits, `.`, `-`, `_`.
+pub fn is_code(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
+}
+
+impl ResearchSettings {
+    /// The first problem with these settings: the key and what is wrong.
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        let eps_ok = |e: f64| (1e-6..=1e6).contains(&e);
+        if !eps_ok(self.epsilon_budget) {
+            return Some((
+                "research.epsilon_budget",
+                "a positive number of at least 0.000001".into(),
+            ));
+        }
+        if !eps_ok(self.epsilon_per_query_max) || self.epsilon_per_query_max > self.epsilon_budget {
+            return Some((
+                "research.epsilon_per_query_max",
+                "a positive number, at most epsilon_budget".into(),
+            ));
+        }
+        if !eps_ok(self.epsilon_per_query) || self.epsilon_per_query > self.epsilon_per_query_max {
+            return Some((
+                "research.epsilon_per_query",
+                "a positive number, at most epsilon_per_query_max".into(),
+            ));
+        }
+        let b = &self.age_bands;
+        if b.first() != Some(&0)
+            || b.len() > MAX_AGE_BANDS
+            || b.windows(2).any(|w| w[0] >= w[1])
+            || b.last().is_some_and(|&top| top > 90)
+        {
+            return Some((
+                "research.age_bands",
+                "1 to 20 ascending lower bounds, the first 0, the last at most 90".into(),
+            ));
+        }
+        if !(self.max_declared_bound.is_finite() && self.max_declared_bound > 0.0) {
+            return Some(("research.max_declared_bound", "a positive number".into()));
+        }
+        for (code, (lo, hi)) in &self.observation_bounds {
+            if !(is_code(code) && lo.is_finite() && hi.is_finite() && lo < hi) {
+                return Some((
+                    "research.observation_bounds",
+                    format!("{code}: a code, and finite bounds, lower below upper"),
+                ));
+            }
+        }
+        None
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Shift {
@@ -126,6 +250,9 @@ pub struct Shift {
     pub to_minute: u32,
 }
 
+fn default_policy_time_limit() -> u64 {
+    u64::try_from(crate::policy::DEFAULT_TIME_LIMIT.as_millis()).unwrap_or(50)
+}
 fn default_challenge_ttl() -> u64 {
     120
 }
@@ -189,8 +316,17 @@ impl service::config::ServiceConfig for GatewayConfig {
         if self.challenge_ttl_secs == 0 || self.challenge_ttl_secs > 3600 {
             return Err(invalid("challenge_ttl_secs", "must be between 1 and 3600"));
         }
+        if !(1..=10_000).contains(&self.policy_time_limit_ms) {
+            return Err(invalid(
+                "policy_time_limit_ms",
+                "must be between 1 and 10000",
+            ));
+        }
         if self.outbox_max_events == 0 {
             return Err(invalid("outbox_max_events", "must be at least 1"));
+        }
+        if let Some((key, message)) = self.research.problem() {
+            return Err(invalid(key, &message));
         }
         if self.custodian.min_cell_size == 0 {
             return Err(invalid("custodian.min_cell_size", "must be at least 1"));

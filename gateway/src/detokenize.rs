@@ -12,18 +12,28 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use service::http::StrictJson;
+use service::openapi::{JsonBodyErrors, Unavailable};
 use std::sync::Arc;
 
 type AppState = State<Arc<GatewayState>>;
 
-#[derive(Deserialize)]
+/// A token to reveal, the purpose, and the requester's presentation.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DetokenizeRequest {
+    /// A vault token this organization was given (at most 128 characters).
     token: String,
+    /// HL7 v3 PurposeOfUse.
     purpose: String,
+    /// A VP: a compact JWS (`vp+jwt`) or a Data Integrity JSON object.
     presentation: Value,
 }
 
+/// Re-identify one vault token (policy-gated, recorded).
+#[utoipa::path(post, path = "/v1/detokenize", tag = "exchange",
+    request_body = DetokenizeRequest,
+    responses((status = 200, description = "The value", body = Object),
+        crate::error::Denied, JsonBodyErrors, Unavailable))]
 pub(crate) async fn detokenize_handler(
     State(s): AppState,
     StrictJson(req): StrictJson<DetokenizeRequest>,

@@ -40,6 +40,9 @@ pub enum GatewayError {
     /// Fail closed: the gateway cannot record or decide right now (503).
     #[error("{0}")]
     Unavailable(String),
+    /// The record source did not answer in time (504).
+    #[error("{0}")]
+    SourceTimeout(String),
     /// The consent store failed: storage is 503 (try again), an encoding defect 500.
     #[error(transparent)]
     Consents(#[from] ConsentStoreError),
@@ -52,6 +55,17 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
+    /// A failure of the record source: 504 when it did not answer in time, else 503 (try
+    /// again later). Never a 4xx: it is not the requester's mistake.
+    pub fn record_source(e: crate::records::RecordError) -> Self {
+        match e {
+            crate::records::RecordError::Timeout(_) => {
+                GatewayError::SourceTimeout(format!("record source: {e}"))
+            }
+            e => GatewayError::Unavailable(format!("record source: {e}")),
+        }
+    }
+
     pub fn bad_request(slug: &'static str, detail: impl Into<String>) -> Self {
         GatewayError::BadRequest {
             slug,
@@ -119,6 +133,12 @@ impl IntoResponse for GatewayError {
                 "this endpoint needs the gateway's admin token (admin_token_file) as a Bearer token",
             ),
             GatewayError::Unavailable(d) => service::http::service_unavailable(d),
+            GatewayError::SourceTimeout(d) => Problem::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "record-source-timeout",
+                "Record source timeout",
+                d,
+            ),
             GatewayError::Consents(e) => match e {
                 ConsentStoreError::Storage(_) | ConsentStoreError::Aborted => {
                     service::http::service_unavailable(e.to_string())
@@ -167,6 +187,20 @@ pub enum StartError {
     Url { setting: String, reason: String },
     #[error(transparent)]
     Registry(#[from] federation::registry::RegistryError),
+}
+
+/// The OpenAPI responses of [`GatewayError::Denied`]: access refused (403), always recorded;
+/// the problem carries the decision id, the reasons and the failed check.
+pub(crate) struct Denied;
+
+impl utoipa::IntoResponses for Denied {
+    fn responses(
+    ) -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+        service::openapi::problems(&[(
+            403,
+            "Access denied (recorded): decision_id, reasons, the failed check",
+        )])
+    }
 }
 
 #[cfg(test)]

@@ -20,21 +20,21 @@ use crate::outcome;
 use crate::policy::{
     claims_of, holder_privilege, ConsentInput, CredentialInput, Decision, PrivilegeFacts,
 };
-use crate::state::GatewayState;
+use crate::state::{GatewayState, NotServed};
 
 /// HL7 v3 PurposeOfUse codes this gateway understands (the federation's); anything else is
 /// a client error.
 pub use federation::events::PURPOSES;
 
 /// The patient, named by the identifier the custodian knows them by.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatientRef {
     pub system: String,
     pub value: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExchangeRequest {
     pub purpose: String,
@@ -116,8 +116,18 @@ pub async fn exchange(
     let patient_id = state
         .records
         .find_patient(&req.patient.system, &req.patient.value)
-        .await
-        .map_err(|e| GatewayError::Unavailable(format!("record store: {e}")))?;
+        .await;
+    let patient_id = match patient_id {
+        Ok(id) => id,
+        Err(e) => {
+            // Verified, but no decision could be made: recorded as a deny that says why.
+            let error = GatewayError::record_source(e);
+            let why = NotServed::RecordSource;
+            return Err(state
+                .record_not_served(&ledger, &Decision::deny(why.reason()), why, error)
+                .await);
+        }
+    };
     if let Some(pid) = &patient_id {
         ledger.patient_ref = Some(state.patient_ref(pid));
     }
@@ -215,7 +225,13 @@ pub async fn next_page(
         .and_then(|v| v.to_str().ok());
     let grant = state
         .pages
-        .redeem(state, cursor, number, proof)
+        .redeem(
+            &state.verifier.resolver,
+            &state.config.did,
+            cursor,
+            number,
+            proof,
+        )
         .await
         .map_err(GatewayError::Page)?;
     if grant.domain != domain {
@@ -272,11 +288,19 @@ async fn answer(
     } = page;
 
     // fetch
-    let fetched = state
+    let fetched = match state
         .records
         .patient_resources(patient_id, &decision.data_classes)
         .await
-        .map_err(|e| GatewayError::Unavailable(format!("record store: {e}")))?;
+    {
+        Ok(fetched) => fetched,
+        Err(e) => {
+            let error = GatewayError::record_source(e);
+            return Err(state
+                .record_not_served(ledger, decision, NotServed::RecordSource, error)
+                .await);
+        }
+    };
     let mut notes = outcome::dropped_classes(&ledger.data_classes, &decision.data_classes);
     let provenance = fetched
         .iter()
@@ -327,7 +351,7 @@ async fn answer(
     let mut obligations = decision.obligations.clone();
     obligations.max_records = None;
     let recipient = ledger.requester_org.clone().unwrap_or_default();
-    let mut resources = state
+    let tokenized = state
         .tokenize(
             resources,
             obligations,
@@ -335,7 +359,17 @@ async fn answer(
             &ledger.domain,
             ledger.time,
         )
-        .await?;
+        .await;
+    let tokenized = match tokenized {
+        Ok(tokenized) => tokenized,
+        Err(error) => {
+            return Err(state
+                .record_not_served(ledger, decision, NotServed::Preparation, error)
+                .await)
+        }
+    };
+    notes.extend(outcome::withheld(&tokenized.withheld));
+    let mut resources = tokenized.resources;
     if decision.obligations.shift_dates {
         let days = crate::dates::offset_days(&state.secret, patient_id, &recipient);
         crate::dates::shift(&mut resources, days);

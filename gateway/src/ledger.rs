@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use federation::events::{AccessEvent, Outcome};
+use federation::events::{AccessEvent, Outcome, PrivacySpend};
 use federation::verify::VerifiedPresentation;
 
 use crate::policy::requester_org;
@@ -28,6 +28,8 @@ pub struct Ledger {
     pub patient_did_digests: Vec<String>,
     pub credential_ids: Vec<String>,
     pub justification: Option<String>,
+    /// What a research query spent of its study's privacy budget.
+    pub privacy: Option<PrivacySpend>,
 }
 
 impl Ledger {
@@ -46,6 +48,7 @@ impl Ledger {
             patient_did_digests: Vec::new(),
             credential_ids: Vec::new(),
             justification: None,
+            privacy: None,
         }
     }
 
@@ -95,6 +98,7 @@ impl Ledger {
             justification: self.justification.clone(),
             review_required: false,
             expires_at: None,
+            privacy: self.privacy.clone(),
         }
     }
 }

@@ -7,7 +7,8 @@
 //! - [`policy`]: Rego policies per domain (regorus), hot reload, `policy test` runner.
 //! - [`records`]: the local FHIR store (sled) or the organization's FHIR server.
 //! - [`tokenize`]: obligations applied to FHIR JSON (reveal, tokenize, pseudonymize,
-//!   generalize, redact); [`vault`]: the encrypted token vault.
+//!   generalize, redact), the patient's identifiers scrubbed from every string and text
+//!   attachment, unscannable attachments withheld; [`vault`]: the encrypted token vault.
 //! - [`research`]: aggregate-only cohort queries with small-cell suppression, and their
 //!   request (`POST /v1/research/queries`).
 //! - `detokenize`: `POST /v1/detokenize`, a token revealed under policy.

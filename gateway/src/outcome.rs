@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde_json::{json, Map, Value};
 
 use crate::records::reference_target;
+use crate::tokenize::Withheld;
 
 /// The FHIR extension that marks an element whose value is withheld.
 pub const DATA_ABSENT_REASON: &str = "http://hl7.org/fhir/StructureDefinition/data-absent-reason";
@@ -59,6 +60,25 @@ pub fn entry(notes: &[Note]) -> Option<Value> {
         "resource": {"resourceType": "OperationOutcome", "issue": issues},
         "search": {"mode": "outcome"},
     }))
+}
+
+/// Elements the tokenizer withheld (attachments it could not scan, or that the decision
+/// redacts), one note each: the resource as it leaves, the element's path, the reason code.
+pub fn withheld(items: &[Withheld]) -> Vec<Note> {
+    items
+        .iter()
+        .map(|w| {
+            let resource = match &w.resource_id {
+                Some(id) => format!("{}/{id}", w.resource_type),
+                None => w.resource_type.clone(),
+            };
+            Note {
+                code: "suppressed",
+                diagnostics: format!("{resource}: {} withheld ({})", w.path, w.reason),
+                expression: Some(w.path.clone()),
+            }
+        })
+        .collect()
 }
 
 /// Requested classes the decision did not grant, one note each.
@@ -178,6 +198,42 @@ mod tests {
         assert!(text[0].starts_with("ImagingStudy withheld"));
         assert!(text[1].starts_with("Goal withheld"));
         assert!(dropped_classes(&["Condition".into()], &["Condition".into()]).is_empty());
+    }
+
+    #[test]
+    fn withheld_attachments_are_named_by_path_and_reason() {
+        let notes = withheld(&[
+            Withheld {
+                resource_type: "DocumentReference".into(),
+                resource_id: Some("p-abc".into()),
+                path: "DocumentReference.content[0].attachment.data".into(),
+                reason: "attachment-not-scannable",
+            },
+            Withheld {
+                resource_type: "Media".into(),
+                resource_id: None,
+                path: "Media.content.url".into(),
+                reason: "attachment-url-not-scanned",
+            },
+        ]);
+        let e = entry(&notes).unwrap();
+        assert_eq!(e["search"]["mode"], "outcome");
+        let issues = e["resource"]["issue"].as_array().unwrap();
+        assert_eq!(issues.len(), 2);
+        assert_eq!(issues[0]["severity"], "information");
+        assert_eq!(issues[0]["code"], "suppressed");
+        assert_eq!(
+            issues[0]["diagnostics"],
+            "DocumentReference/p-abc: DocumentReference.content[0].attachment.data withheld (attachment-not-scannable)"
+        );
+        assert_eq!(
+            issues[0]["expression"],
+            json!(["DocumentReference.content[0].attachment.data"])
+        );
+        assert_eq!(
+            issues[1]["diagnostics"],
+            "Media: Media.content.url withheld (attachment-url-not-scanned)"
+        );
     }
 
     #[test]

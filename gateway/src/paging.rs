@@ -20,12 +20,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use federation::did::{did_of, Relationship};
+use federation::did::{did_of, DidResolver, Relationship};
 use serde::Deserialize;
 
 use crate::ledger::Ledger;
 use crate::policy::Decision;
-use crate::state::GatewayState;
 
 /// How long a cursor lasts, at most.
 pub const CURSOR_TTL: Duration = Duration::from_secs(600);
@@ -118,10 +117,12 @@ impl Pages {
     }
 
     /// The grant of `cursor` for page `page`, when it is live and `proof` is the
-    /// requester's, for this gateway, this cursor and this page.
+    /// requester's (a key of theirs that `resolver` finds), for `gateway`, this cursor and
+    /// this page.
     pub async fn redeem(
         &self,
-        state: &GatewayState,
+        resolver: &DidResolver,
+        gateway: &str,
         cursor: &str,
         page: u32,
         proof: Option<&str>,
@@ -135,7 +136,7 @@ impl Pages {
                 .ok_or(PageError::UnknownCursor)?
         };
         let proof = proof.ok_or(PageError::MissingProof)?;
-        let signer = check_proof(state, proof, cursor, page).await?;
+        let signer = check_proof(resolver, gateway, proof, cursor, page).await?;
         if signer != grant.holder {
             return Err(PageError::WrongRequester);
         }
@@ -157,7 +158,8 @@ struct ProofClaims {
 
 /// Verifies a page proof and returns the DID that signed it.
 async fn check_proof(
-    state: &GatewayState,
+    resolver: &DidResolver,
+    gateway: &str,
     proof: &str,
     cursor: &str,
     page: u32,
@@ -170,7 +172,7 @@ async fn check_proof(
     }
     let claims: ProofClaims = serde_json::from_value(jws.payload.clone())
         .map_err(|_| bad("claims must be exactly aud, cursor, page and iat"))?;
-    if claims.aud != state.config.did {
+    if claims.aud != gateway {
         return Err(bad("aud is not this gateway"));
     }
     if claims.cursor != cursor || claims.page != page {
@@ -180,9 +182,7 @@ async fn check_proof(
         return Err(bad("iat is not within two minutes of now"));
     }
     let kid = jws.kid.as_str();
-    let (key, _) = state
-        .verifier
-        .resolver
+    let (key, _) = resolver
         .public_key(kid, Relationship::Authentication)
         .await
         .map_err(|e| PageError::BadProof(e.to_string()))?;

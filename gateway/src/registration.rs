@@ -13,13 +13,16 @@ use federation::credentials::CredentialKind;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use service::http::StrictJson;
+use service::openapi::{AdminErrors, JsonBodyErrors, NotFound};
 use std::sync::Arc;
 
 type AppState = State<Arc<GatewayState>>;
 
-#[derive(Deserialize)]
+/// A patient's presentation of their consents.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PresentationBody {
+    /// A VP: a compact JWS (`vp+jwt`) or a Data Integrity JSON object.
     presentation: Value,
 }
 
@@ -40,10 +43,11 @@ fn own_consents<'a>(
 /// `POST /v1/patient-links` and `/removals`: the custodian (its registration desk or
 /// patient portal, holding the admin token) confirms that a DID belongs to one of its
 /// patients, or withdraws that.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PatientLinkBody {
     patient: crate::exchange::PatientRef,
+    /// The patient's DID (at most 2,048 characters).
     did: String,
 }
 
@@ -67,6 +71,11 @@ async fn link_target(
         .ok_or_else(|| GatewayError::NotFound("a patient with this identifier".into()))
 }
 
+/// Link a DID to a patient of this custodian (admin).
+#[utoipa::path(post, path = "/v1/patient-links", tag = "patients",
+    request_body = PatientLinkBody, security(("adminToken" = [])),
+    responses((status = 200, description = "`{did, linked: true}`", body = Object),
+        JsonBodyErrors, AdminErrors, NotFound))]
 pub(crate) async fn link_patient(
     State(s): AppState,
     headers: HeaderMap,
@@ -78,6 +87,11 @@ pub(crate) async fn link_patient(
     Ok(Json(json!({"did": body.did, "linked": true})).into_response())
 }
 
+/// Remove a patient link (admin).
+#[utoipa::path(post, path = "/v1/patient-links/removals", tag = "patients",
+    request_body = PatientLinkBody, security(("adminToken" = [])),
+    responses((status = 200, description = "`{did, linked: false, removed}`", body = Object),
+        JsonBodyErrors, AdminErrors, NotFound))]
 pub(crate) async fn unlink_patient(
     State(s): AppState,
     headers: HeaderMap,
@@ -89,6 +103,11 @@ pub(crate) async fn unlink_patient(
     Ok(Json(json!({"did": body.did, "linked": false, "removed": removed})).into_response())
 }
 
+/// A patient registers consents (presentation by the patient).
+#[utoipa::path(post, path = "/v1/consents", tag = "patients",
+    request_body = PresentationBody,
+    responses((status = 201, description = "`{registered: [{id, patientKnown, speaksForPatient}]}`", body = Object),
+        crate::error::Denied, JsonBodyErrors))]
 pub(crate) async fn register_consents(
     State(s): AppState,
     StrictJson(req): StrictJson<PresentationBody>,
@@ -145,6 +164,11 @@ pub(crate) async fn register_consents(
     Ok((StatusCode::CREATED, Json(json!({"registered": registered}))).into_response())
 }
 
+/// A patient withdraws consents.
+#[utoipa::path(post, path = "/v1/consents/withdrawals", tag = "patients",
+    request_body = PresentationBody,
+    responses((status = 200, description = "`{withdrawn: [id]}`", body = Object),
+        crate::error::Denied, JsonBodyErrors))]
 pub(crate) async fn withdraw_consents(
     State(s): AppState,
     StrictJson(req): StrictJson<PresentationBody>,

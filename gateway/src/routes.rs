@@ -1,53 +1,89 @@
-//! The gateway's HTTP service: shared state, the router, and thin handlers that hand each
-//! request to the flow in [`crate::exchange`].
+//! The gateway's HTTP service: the router, and thin handlers that hand each request to the
+//! flow in [`crate::exchange`]. The router and the OpenAPI document served at
+//! `/openapi.json` are both built from [`routes`].
 
 use std::sync::Arc;
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use federation::credentials::PresentationBinding;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use service::http::StrictJson;
+use service::openapi::{JsonBodyErrors, NotFound, Unavailable};
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
-use crate::detokenize::detokenize_handler;
+use crate::detokenize;
+use crate::error::Denied;
 use crate::error::GatewayError;
 use crate::exchange::{self, ExchangeRequest};
-use crate::registration::{link_patient, register_consents, unlink_patient, withdraw_consents};
-use crate::research::research_handler;
+use crate::registration;
 use crate::state::GatewayState;
 
 type AppState = State<Arc<GatewayState>>;
 
+/// Every route of the gateway, each with its OpenAPI operation: the router and the document
+/// at `/openapi.json` are both built from this list.
+pub fn routes() -> service::openapi::Routes<Arc<GatewayState>> {
+    vec![
+        routes!(did_document),
+        routes!(challenge),
+        routes!(exchange_handler),
+        routes!(page_handler),
+        routes!(crate::research::request::research_handler),
+        routes!(registration::register_consents),
+        routes!(registration::withdraw_consents),
+        routes!(registration::link_patient),
+        routes!(registration::unlink_patient),
+        routes!(detokenize::detokenize_handler),
+        routes!(verify_credential),
+        routes!(verify_presentation),
+        routes!(inventory),
+        routes!(adopted_checkpoint),
+        routes!(healthz),
+        routes!(readyz),
+        routes!(metrics_handler),
+    ]
+}
+
+/// The gateway's OpenAPI document (without the state it is served with).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    service::openapi::document(base_document(), routes()).1
+}
+
+fn base_document() -> utoipa::openapi::OpenApi {
+    service::openapi::base(
+        "fedgate gateway",
+        env!("CARGO_PKG_VERSION"),
+        "An organization's gateway: every request is verified (W3C Verifiable Presentations \
+         bound to a challenge and this gateway's DID), decided by Rego policy for its data \
+         domain, fetched locally, tokenized, recorded as an access event, and only then \
+         answered. Errors are RFC 9457 problem+json.",
+    )
+}
+
 pub fn router(state: Arc<GatewayState>) -> Router {
     let limits = state.config.limits.clone();
-    let router = Router::new()
-        .route("/.well-known/did.json", get(did_document))
-        .route("/v1/challenges", post(challenge))
-        .route("/v1/exchange/{domain}", post(exchange_handler))
-        .route("/v1/exchange/{domain}/pages/{cursor}", get(page_handler))
-        .route("/v1/research/queries", post(research_handler))
-        .route("/v1/consents", post(register_consents))
-        .route("/v1/consents/withdrawals", post(withdraw_consents))
-        .route("/v1/patient-links", post(link_patient))
-        .route("/v1/patient-links/removals", post(unlink_patient))
-        .route("/v1/detokenize", post(detokenize_handler))
-        .route("/credentials/verify", post(verify_credential))
-        .route("/presentations/verify", post(verify_presentation))
-        .route("/v1/keys", get(inventory))
-        .route("/v1/log/checkpoint", get(adopted_checkpoint))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_handler))
-        .route("/openapi.json", get(openapi))
+    let (router, _) = service::openapi::document(base_document(), routes());
+    let router = router
         .fallback(service::http::problem_fallback)
         .with_state(state);
     service::http::common_layers(router, &limits)
 }
 
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is up", body = String, content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// This organization's DID document, with its gateway service endpoint.
+#[utoipa::path(get, path = "/.well-known/did.json", tag = "identity",
+    responses((status = 200, description = "DID document", body = Object)))]
 async fn did_document(State(s): AppState) -> Result<Json<Value>, GatewayError> {
     let mut doc = s
         .key
@@ -64,6 +100,9 @@ async fn did_document(State(s): AppState) -> Result<Json<Value>, GatewayError> {
 /// The log checkpoint this gateway adopted last, as the log signed it (a C2SP signed
 /// note): what peer gateways compare with theirs (see `gossip`). Public: a tree size and a
 /// root hash, nothing about any patient.
+#[utoipa::path(get, path = "/v1/log/checkpoint", tag = "visibility",
+    responses((status = 200, description = "A C2SP signed note by the log's key", body = String,
+        content_type = "text/plain"), NotFound, Unavailable))]
 async fn adopted_checkpoint(State(s): AppState) -> Result<Response, GatewayError> {
     let state =
         s.db.open_tree(crate::shipper::LOG_STATE)
@@ -83,10 +122,27 @@ async fn adopted_checkpoint(State(s): AppState) -> Result<Response, GatewayError
     }
 }
 
+/// This gateway's keys: ids, algorithms and purposes (never private material).
+#[utoipa::path(get, path = "/v1/keys", tag = "identity",
+    responses((status = 200, description = "`{keys}`", body = Object)))]
 async fn inventory(State(s): AppState) -> Json<Value> {
     Json(json!({ "keys": [s.key.info()] }))
 }
 
+/// A single-use challenge, to be bound into a presentation with this gateway's DID.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct Challenge {
+    challenge: String,
+    /// This gateway's DID: the presentation's domain (`aud`).
+    domain: String,
+    /// RFC 3339 date-time.
+    expires_at: String,
+}
+
+/// A single-use challenge for a presentation.
+#[utoipa::path(post, path = "/v1/challenges", tag = "exchange",
+    responses((status = 200, description = "Challenge", body = Challenge), Unavailable))]
 async fn challenge(State(s): AppState) -> Result<Response, GatewayError> {
     let (challenge, expires) = s
         .nonces
@@ -94,15 +150,28 @@ async fn challenge(State(s): AppState) -> Result<Response, GatewayError> {
         .map_err(|e| GatewayError::Unavailable(e.to_string()))?;
     Ok((
         StatusCode::OK,
-        Json(json!({
-            "challenge": challenge,
-            "domain": s.config.did,
-            "expiresAt": federation::time::rfc3339(expires),
-        })),
+        Json(Challenge {
+            challenge,
+            domain: s.config.did.clone(),
+            expires_at: federation::time::rfc3339(expires),
+        }),
     )
         .into_response())
 }
 
+/// Clinical or billing records of one patient, tokenized per policy.
+#[utoipa::path(post, path = "/v1/exchange/{domain}", tag = "exchange",
+    params(("domain" = String, Path, description = "`clinical` or `billing`"),
+        ("Accept" = Option<String>, Header,
+            description = "`application/jose` for the Bundle as a JWE to the presentation's holder")),
+    request_body = ExchangeRequest,
+    responses(
+        (status = 200, description = "A FHIR R4 searchset Bundle, or a compact JWE (ECDH-ES, A256GCM)",
+            headers(("Fedgate-Decision-Id" = String, description = "The decision, as recorded"),
+                ("Fedgate-Break-Glass" = String, description = "Present when access was by break-glass"),
+                ("Fedgate-Access-Expires" = String, description = "RFC 3339: when the grant ends")),
+            content((Object = "application/fhir+json"), (String = "application/jose"))),
+        Denied, JsonBodyErrors, NotFound, Unavailable))]
 async fn exchange_handler(
     State(s): AppState,
     Path(domain): Path<String>,
@@ -115,6 +184,23 @@ async fn exchange_handler(
     exchange::exchange(&s, &domain, req, &headers).await
 }
 
+/// A later page of a paged answer, without a new presentation (docs/gateway-contract.md §4).
+#[utoipa::path(get, path = "/v1/exchange/{domain}/pages/{cursor}", tag = "exchange",
+    params(("domain" = String, Path, description = "`clinical` or `billing`"),
+        ("cursor" = String, Path, description = "The cursor of the answer's `next` link"),
+        ("page" = u32, Query, description = "The page, from 2"),
+        ("fedgate-page-proof" = String, Header,
+            description = "A compact JWS (`fedgate-page+jwt`) by the requester's DID over `{aud, cursor, page, iat}`"),
+        ("Accept" = Option<String>, Header,
+            description = "`application/jose` for the Bundle as a JWE to the requester")),
+    responses(
+        (status = 200, description = "The page: a FHIR R4 searchset Bundle, or a compact JWE",
+            content((Object = "application/fhir+json"), (String = "application/jose"))),
+        (status = 400, description = "The query is not `page=N`"),
+        (status = 401, description = "No page proof, or one that does not verify"),
+        (status = 403, description = "The cursor was issued to another requester"),
+        (status = 404, description = "Unknown, expired or forged cursor, or a page past the end"),
+        Unavailable))]
 async fn page_handler(
     State(s): AppState,
     Path((domain, cursor)): Path<(String, String)>,
@@ -136,12 +222,17 @@ async fn page_handler(
     exchange::next_page(&s, &domain, &cursor, page, &headers).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct VerifyCredentialRequest {
     verifiable_credential: Value,
 }
 
+/// W3C VC API: verify a credential.
+#[utoipa::path(post, path = "/credentials/verify", tag = "credentials",
+    request_body = VerifyCredentialRequest,
+    responses((status = 200, description = "`{checks, warnings, errors, credential}`", body = Object),
+        JsonBodyErrors))]
 async fn verify_credential(
     State(s): AppState,
     StrictJson(req): StrictJson<VerifyCredentialRequest>,
@@ -158,13 +249,20 @@ async fn verify_credential(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct VerifyPresentationRequest {
     verifiable_presentation: Value,
+    /// `{challenge, domain}` the presentation must be bound to.
+    #[schema(value_type = Object)]
     options: PresentationBinding,
 }
 
+/// W3C VC API: verify a presentation.
+#[utoipa::path(post, path = "/presentations/verify", tag = "credentials",
+    request_body = VerifyPresentationRequest,
+    responses((status = 200, description = "`{checks, warnings, errors, presentation}`", body = Object),
+        JsonBodyErrors))]
 async fn verify_presentation(
     State(s): AppState,
     StrictJson(req): StrictJson<VerifyPresentationRequest>,
@@ -185,6 +283,9 @@ fn verification_problem(e: federation::VerifyError) -> GatewayError {
     GatewayError::Unprocessable(e.to_string())
 }
 
+/// Readiness: policies loaded, and the outbox has room.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "`{policy, outbox}`", body = Object), Unavailable))]
 async fn readyz(State(s): AppState) -> Response {
     let policy = s.policy.current_digest();
     let outbox_ok = s.outbox.has_room();
@@ -211,20 +312,16 @@ async fn readyz(State(s): AppState) -> Response {
     }
 }
 
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Metrics (text exposition format 0.0.4)", body = String,
+        content_type = "text/plain")))]
 async fn metrics_handler(State(s): AppState) -> Response {
     metrics::gauge!("fedgate_outbox_pending").set(s.outbox.len() as f64);
     metrics::gauge!("fedgate_outbox_awaiting_receipt").set(s.outbox.awaiting_len() as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),
-    )
-        .into_response()
-}
-
-async fn openapi() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        include_str!("../openapi.json"),
     )
         .into_response()
 }

@@ -42,6 +42,8 @@ pub struct GatewayState {
     pub records: RecordSource,
     /// Shared with tokenization on the blocking pool.
     pub vault: Arc<Vault>,
+    /// What each study has spent of its privacy budget here (research).
+    pub research_budget: crate::research::budget::BudgetStore,
     pub secret: [u8; 32],
     pub db: sled::Db,
     /// The admin endpoints' token; without one they refuse every call.
@@ -52,6 +54,32 @@ pub struct GatewayState {
     pub public_url: reqwest::Url,
     /// Cursors of paged answers.
     pub pages: crate::paging::Pages,
+}
+
+/// Why an allowed decision's data did not leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotServed {
+    /// The record store or the organization's FHIR server failed.
+    RecordSource,
+    /// Tokenization or serialization failed.
+    Preparation,
+}
+
+impl NotServed {
+    fn kind(self) -> &'static str {
+        match self {
+            NotServed::RecordSource => "record-source",
+            NotServed::Preparation => "preparation",
+        }
+    }
+
+    /// The event's reason (in the federation's reason vocabulary).
+    pub fn reason(self) -> &'static str {
+        match self {
+            NotServed::RecordSource => "not served: the record source failed",
+            NotServed::Preparation => "not served: the answer could not be prepared",
+        }
+    }
 }
 
 /// Where trust, the allow-map and contracts come from.
@@ -100,11 +128,17 @@ impl GatewayState {
         let outbox = Outbox::start(&db, config.outbox_max_events)?;
         let consents = ConsentStore::open(&db)?;
         let vault = Arc::new(Vault::open(db.open_tree("vault")?, secret));
+        let research_budget = crate::research::budget::BudgetStore::open(&db)?;
         let records = match &config.records {
             RecordsConfig::Embedded => RecordSource::embedded(&config.data_dir.join("records"))?,
             RecordsConfig::Fhir { url } => RecordSource::fhir_server(url, config.dev_mode)?,
         };
-        let policy = Arc::new(PolicyHolder::new(&config.policies));
+        let policy = Arc::new(PolicyHolder::with_options(
+            &config.policies,
+            crate::policy::PolicyOptions {
+                time_limit: Duration::from_millis(config.policy_time_limit_ms),
+            },
+        ));
 
         let resolver = Arc::new(DidResolver::new(config.dev_mode));
         let mut allow = HashMap::new();
@@ -187,6 +221,7 @@ impl GatewayState {
             policy,
             records,
             vault,
+            research_budget,
             secret,
             db,
             admin,
@@ -353,7 +388,7 @@ impl GatewayState {
         recipient_org: String,
         domain: &str,
         now: DateTime<Utc>,
-    ) -> Result<Vec<Value>, GatewayError> {
+    ) -> Result<crate::tokenize::Tokenized, GatewayError> {
         let vault = self.vault.clone();
         let key = self.secret;
         let domain = domain.to_string();
@@ -407,6 +442,28 @@ impl GatewayState {
             .append(event)
             .await
             .map_err(|e| GatewayError::Unavailable(e.to_string()))
+    }
+
+    /// Records an allowed decision whose data could not be served (the record source
+    /// failed, or the answer could not be prepared), and returns the error to send: every
+    /// request that reaches a decision leaves exactly one event, whatever happens after.
+    pub async fn record_not_served(
+        &self,
+        ledger: &Ledger,
+        decision: &Decision,
+        why: NotServed,
+        error: GatewayError,
+    ) -> GatewayError {
+        metrics::counter!("fedgate_not_served_total", "kind" => why.kind()).increment(1);
+        tracing::warn!(decision_id = %ledger.decision_id, kind = why.kind(), error = %error, "allowed access not served");
+        let mut decision = decision.clone();
+        if !decision.reasons.iter().any(|r| r == why.reason()) {
+            decision.reasons.push(why.reason().to_string());
+        }
+        match self.record(ledger, &decision, 0).await {
+            Ok(()) => error,
+            Err(e) => e,
+        }
     }
 
     /// The policy input of the request in `ledger` with its `request`, `contracts` and

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use aes_gcm::aead::{Aead, KeyInit as _, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
-use base64::Engine as _;
+use federation::b64::encode as b64;
 use hmac::{Hmac, Mac};
 use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
@@ -98,14 +98,8 @@ pub(crate) fn hmac_sha256(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
 fn unb64(s: &str) -> Result<Vec<u8>, VaultError> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|_| VaultError::Corrupt)
+    federation::b64::decode(s).map_err(|_| VaultError::Corrupt)
 }
 
 fn aad(token: &str, recipient_org: &str, domain: &str, class: &str) -> Vec<u8> {

@@ -669,3 +669,103 @@ async fn fhir_server_limits_fail_closed() {
     assert!(RecordSource::fhir_server("https://fhir.example.org/r4", false).is_ok());
     assert!(RecordSource::fhir_server("not a url", true).is_err());
 }
+
+/// A FHIR server that answers each test patient in one wrong way.
+async fn start_misbehaving() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let busy = Arc::new(AtomicUsize::new(0));
+    let origin2 = origin.clone();
+    let search = move |UrlPath(ty): UrlPath<String>, Query(q): Query<HashMap<String, String>>| {
+        let busy = busy.clone();
+        let origin = origin2.clone();
+        async move {
+            let patient = q.get("patient").cloned().unwrap_or_default();
+            if q.get("_count").map(String::as_str) != Some("1000") {
+                return StatusCode::BAD_REQUEST.into_response();
+            }
+            let obs = |who: &str, i: usize| json!({"resourceType": ty, "id": format!("o{i}"), "subject": {"reference": format!("Patient/{who}")}});
+            match patient.as_str() {
+                "mixed" => {
+                    searchset(vec![obs("mixed", 1), obs("someone-else", 2)], None).into_response()
+                }
+                "busy" => {
+                    if busy.fetch_add(1, Ordering::SeqCst) < 2 {
+                        (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "0")]).into_response()
+                    } else {
+                        searchset(vec![obs("busy", 1)], None).into_response()
+                    }
+                }
+                "slow" => {
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    searchset(vec![], None).into_response()
+                }
+                "endless" => {
+                    // Every page full and a next link to itself.
+                    let page = (0..500).map(|i| obs("endless", i)).collect();
+                    let next = format!("{origin}/fhir/{ty}?patient=endless&_count=1000");
+                    searchset(page, Some(next)).into_response()
+                }
+                _ => searchset(vec![obs(&patient, 1)], None).into_response(),
+            }
+        }
+    };
+    let read = |UrlPath((ty, id)): UrlPath<(String, String)>| async move {
+        // Asked for one patient, answers with another.
+        let id = if id == "swapped" {
+            "p2".to_string()
+        } else {
+            id
+        };
+        Json(json!({"resourceType": ty, "id": id})).into_response()
+    };
+    let app = Router::new()
+        .route("/fhir/{ty}", get(search))
+        .route("/fhir/{ty}/{id}", get(read));
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    format!("{origin}/fhir")
+}
+
+/// What the server answers that contradicts the request fails closed; a busy server is
+/// asked again; a slow one runs into the deadline; an endless one into the budget.
+#[tokio::test]
+async fn fhir_server_answers_are_checked_retried_and_bounded() {
+    let base = start_misbehaving().await;
+    let server = gateway::records::FhirServer::new(&base, true)
+        .unwrap()
+        .with_budget(64 << 20, 2_000, std::time::Duration::from_secs(2));
+    let obs = vec!["Observation".to_string()];
+    let with_patient = vec!["Patient".to_string(), "Observation".to_string()];
+
+    // Searches ask for _count (the stub refuses a search without it).
+    assert_eq!(
+        server.patient_resources("fine", &obs).await.unwrap().len(),
+        1
+    );
+    assert!(matches!(
+        server.patient_resources("swapped", &with_patient).await,
+        Err(RecordError::Inconsistent { .. })
+    ));
+    assert!(matches!(
+        server.patient_resources("mixed", &obs).await,
+        Err(RecordError::Inconsistent { .. })
+    ));
+    // 503 twice with Retry-After: 0, then an answer.
+    assert_eq!(
+        server.patient_resources("busy", &obs).await.unwrap().len(),
+        1
+    );
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        server.patient_resources("slow", &obs).await,
+        Err(RecordError::Timeout(2))
+    ));
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+    assert!(matches!(
+        server.patient_resources("endless", &obs).await,
+        Err(RecordError::Budget(_))
+    ));
+}

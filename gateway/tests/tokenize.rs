@@ -235,7 +235,9 @@ fn no_identifier_leaves_in_clear_unless_revealed() {
             ("treat", treat(), &revealed_by_treat[..]),
             ("fail-closed default", Obligations::default(), &[][..]),
         ] {
-            let out = apply(record.clone(), &obligations, &ctx(&env, ORG_A)).unwrap();
+            let out = apply(record.clone(), &obligations, &ctx(&env, ORG_A))
+                .unwrap()
+                .resources;
             let hay = haystack(&out);
             for s in &secrets {
                 let found = contains_word(&hay, &s.value);
@@ -274,7 +276,9 @@ fn clinical_treat_shape() {
     let (_, patient) = fixture(&fixture_files()[0]);
     let pid = patient["id"].as_str().unwrap();
     let record = env.store.patient_resources(pid, &env.types).unwrap();
-    let out = apply(record.clone(), &treat(), &ctx(&env, ORG_A)).unwrap();
+    let out = apply(record.clone(), &treat(), &ctx(&env, ORG_A))
+        .unwrap()
+        .resources;
     let p = patient_out(&out);
     assert_eq!(p["name"], patient["name"]);
     assert_eq!(p["birthDate"], patient["birthDate"]);
@@ -306,7 +310,9 @@ fn clinical_treat_shape() {
     );
     assert!(enc["subject"]["display"].is_string());
 
-    let default = apply(record, &Obligations::default(), &ctx(&env, ORG_A)).unwrap();
+    let default = apply(record, &Obligations::default(), &ctx(&env, ORG_A))
+        .unwrap()
+        .resources;
     let p = patient_out(&default);
     for k in [
         "id",
@@ -335,9 +341,15 @@ fn pseudonyms_and_tokens_are_per_recipient() {
     let (_, patient) = fixture(&fixture_files()[0]);
     let pid = patient["id"].as_str().unwrap();
     let record = env.store.patient_resources(pid, &env.types).unwrap();
-    let a1 = apply(record.clone(), &treat(), &ctx(&env, ORG_A)).unwrap();
-    let a2 = apply(record.clone(), &treat(), &ctx(&env, ORG_A)).unwrap();
-    let b = apply(record.clone(), &treat(), &ctx(&env, ORG_B)).unwrap();
+    let a1 = apply(record.clone(), &treat(), &ctx(&env, ORG_A))
+        .unwrap()
+        .resources;
+    let a2 = apply(record.clone(), &treat(), &ctx(&env, ORG_A))
+        .unwrap()
+        .resources;
+    let b = apply(record.clone(), &treat(), &ctx(&env, ORG_B))
+        .unwrap()
+        .resources;
     assert_eq!(a1, a2, "same recipient: same pseudonyms and reused tokens");
     let id = |o: &[Value]| patient_out(o)["id"].as_str().unwrap().to_string();
     assert_ne!(id(&a1), id(&b));
@@ -353,7 +365,7 @@ fn pseudonyms_and_tokens_are_per_recipient() {
 
     let mut billing = ctx(&env, ORG_A);
     billing.domain = "billing";
-    let a_billing = apply(record, &treat(), &billing).unwrap();
+    let a_billing = apply(record, &treat(), &billing).unwrap().resources;
     assert_ne!(id(&a1), id(&a_billing), "pseudonyms differ per domain");
 
     let ssn = |o: &[Value]| {
@@ -407,7 +419,9 @@ fn generalize_is_safe_harbor() {
         let (_, patient) = fixture(&file);
         let pid = patient["id"].as_str().unwrap();
         let record = env.store.patient_resources(pid, &env.types).unwrap();
-        let out = apply(record, &research, &ctx(&env, ORG_A)).unwrap();
+        let out = apply(record, &research, &ctx(&env, ORG_A))
+            .unwrap()
+            .resources;
         let p = patient_out(&out);
         assert_eq!(p["birthDate"], &patient["birthDate"].as_str().unwrap()[..4]);
         let zip3 = &patient["address"][0]["postalCode"].as_str().unwrap()[..3];
@@ -434,7 +448,9 @@ fn generalize_is_safe_harbor() {
                      "extension": [{"url": "http://hl7.org/fhir/StructureDefinition/geolocation"}]}],
         "extension": [{"url": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex", "valueCode": "F"}]
     });
-    let out = apply(vec![old], &research, &ctx(&env, ORG_A)).unwrap();
+    let out = apply(vec![old], &research, &ctx(&env, ORG_A))
+        .unwrap()
+        .resources;
     let p = &out[0];
     assert!(p.get("birthDate").is_none());
     assert_eq!(p["address"][0], json!({"state": "NH", "postalCode": "000"}));
@@ -476,7 +492,7 @@ fn max_records_keeps_the_patient_first() {
     record.reverse();
     let mut o = treat();
     o.max_records = Some(3);
-    let out = apply(record, &o, &ctx(&env, ORG_A)).unwrap();
+    let out = apply(record, &o, &ctx(&env, ORG_A)).unwrap().resources;
     assert_eq!(out.len(), 3);
     assert_eq!(out[0]["resourceType"], "Patient");
 }
@@ -513,7 +529,9 @@ fn free_text_and_references_of_a_hand_made_record() {
     ];
     // Names revealed, everything else by default; narrative and attachments unnamed.
     let o = obligations(json!({"reveal": ["name"], "pseudonymize": ["patient-id"]}));
-    let out = apply(record.clone(), &o, &ctx(&env, ORG_A)).unwrap();
+    let out = apply(record.clone(), &o, &ctx(&env, ORG_A))
+        .unwrap()
+        .resources;
     let hay = haystack(&out);
     for gone in [
         "12345678",
@@ -551,7 +569,9 @@ fn free_text_and_references_of_a_hand_made_record() {
     assert_references_resolve(&out);
 
     // Nothing revealed: free text loses the names too, references to the patient go.
-    let out = apply(record, &Obligations::default(), &ctx(&env, ORG_A)).unwrap();
+    let out = apply(record, &Obligations::default(), &ctx(&env, ORG_A))
+        .unwrap()
+        .resources;
     let hay = haystack(&out);
     for gone in [
         "Zelda",

@@ -13,7 +13,6 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use federation::credentials::{
@@ -28,8 +27,11 @@ use federation::verify::Verifier;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use service::http::StrictJson;
+use service::openapi::{AdminErrors, BadParameter, JsonBodyErrors, NotFound};
 use service::params;
 use tokio::sync::broadcast;
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use crate::config::IssuerConfig;
 use crate::error::{IssuerError, StartError};
@@ -261,26 +263,61 @@ impl IssuerState {
 
 type AppState = State<Arc<IssuerState>>;
 
+/// Every route of the issuer, each with its OpenAPI operation: the router and the document
+/// at `/openapi.json` are both built from this list.
+pub fn routes() -> service::openapi::Routes<Arc<IssuerState>> {
+    vec![
+        routes!(did_document),
+        routes!(issue),
+        routes!(verify_credential),
+        routes!(verify_presentation),
+        routes!(joiner),
+        routes!(mover),
+        routes!(leaver),
+        routes!(get_credential),
+        routes!(by_subject),
+        routes!(status_list),
+        routes!(status_events),
+        routes!(inventory),
+        routes!(healthz),
+    ]
+}
+
+/// The issuer's OpenAPI document (without the state it is served with).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    service::openapi::document(base_document(), routes()).1
+}
+
+fn base_document() -> utoipa::openapi::OpenApi {
+    service::openapi::base(
+        "fedgate issuer",
+        env!("CARGO_PKG_VERSION"),
+        "A credentialing office, IRB or consent registry: issues W3C Verifiable Credentials \
+         (admin token), runs the privilege lifecycle (joiner, mover, leaver), publishes its \
+         revocation status list and pushes revocation events. Errors are RFC 9457 \
+         problem+json.",
+    )
+}
+
 pub fn router(state: Arc<IssuerState>) -> Router {
     let limits = state.config.limits.clone();
-    let router = Router::new()
-        .route("/.well-known/did.json", get(did_document))
-        .route("/credentials/issue", post(issue))
-        .route("/credentials/verify", post(verify_credential))
-        .route("/presentations/verify", post(verify_presentation))
-        .route("/v1/privileges", post(joiner))
-        .route("/v1/privileges/{id}/move", post(mover))
-        .route("/v1/credentials/{id}/revoke", post(leaver))
-        .route("/v1/credentials/{id}", get(get_credential))
-        .route("/v1/subjects/{did}/credentials", get(by_subject))
-        .route(&format!("/{STATUS_LIST_PATH}"), get(status_list))
-        .route("/v1/status/events", get(status_events))
-        .route("/v1/keys", get(inventory))
-        .route("/healthz", get(|| async { "ok" }))
+    let (router, _) = service::openapi::document(base_document(), routes());
+    let router = router
         .fallback(service::http::problem_fallback)
         .with_state(state);
     service::http::common_layers(router, &limits)
 }
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is up", body = String, content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// This issuer's DID document (did:web).
+#[utoipa::path(get, path = "/.well-known/did.json", tag = "identity",
+    responses((status = 200, description = "DID document", body = Object)))]
 
 async fn did_document(State(s): AppState) -> Result<Json<Value>, IssuerError> {
     s.key
@@ -289,25 +326,39 @@ async fn did_document(State(s): AppState) -> Result<Json<Value>, IssuerError> {
         .map_err(|e| IssuerError::Signing(e.to_string()))
 }
 
+/// This issuer's keys: their ids, algorithms and purposes (no private material).
+#[utoipa::path(get, path = "/v1/keys", tag = "identity",
+    responses((status = 200, description = "Key inventory", body = Object)))]
 async fn inventory(State(s): AppState) -> Json<Value> {
     Json(json!({ "keys": [s.key.info()] }))
 }
 
-#[derive(Deserialize)]
+/// A credential to complete, sign and record.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct IssueRequest {
+    /// The unsigned credential; the issuer assigns `issuer`, `id`, validity and status.
     credential: Value,
     #[serde(default)]
     options: IssueOptions,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct IssueOptions {
+    /// The proof format (default: the configured one).
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     format: Option<ProofFormat>,
 }
 
+/// W3C VC API: issue a credential of a type this office issues.
+#[utoipa::path(post, path = "/credentials/issue", tag = "credentials",
+    request_body = IssueRequest, security(("adminToken" = [])),
+    responses((status = 201, description = "`{verifiableCredential}`", body = Object),
+        (status = 409, description = "A credential with this id exists", body = service::openapi::ProblemDoc,
+            content_type = "application/problem+json"),
+        JsonBodyErrors, AdminErrors))]
 async fn issue(
     State(s): AppState,
     headers: HeaderMap,
@@ -323,7 +374,7 @@ async fn issue(
         .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct VerifyCredentialRequest {
     verifiable_credential: Value,
@@ -332,6 +383,11 @@ struct VerifyCredentialRequest {
     options: Option<Value>,
 }
 
+/// W3C VC API: verify a credential (proof, validity, schema, trusted issuer, status).
+#[utoipa::path(post, path = "/credentials/verify", tag = "credentials",
+    request_body = VerifyCredentialRequest,
+    responses((status = 200, description = "`{checks, warnings, errors, credential}`", body = Object),
+        JsonBodyErrors))]
 async fn verify_credential(
     State(s): AppState,
     StrictJson(req): StrictJson<VerifyCredentialRequest>,
@@ -348,20 +404,26 @@ async fn verify_credential(
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct VerifyPresentationRequest {
     verifiable_presentation: Value,
     options: PresentationOptions,
 }
 
-#[derive(Deserialize)]
+/// What the presentation must be bound to.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PresentationOptions {
     challenge: String,
     domain: String,
 }
 
+/// W3C VC API: verify a presentation bound to a challenge and domain, and its credentials.
+#[utoipa::path(post, path = "/presentations/verify", tag = "credentials",
+    request_body = VerifyPresentationRequest,
+    responses((status = 200, description = "`{checks, warnings, errors, presentation}`", body = Object),
+        JsonBodyErrors))]
 async fn verify_presentation(
     State(s): AppState,
     StrictJson(req): StrictJson<VerifyPresentationRequest>,
@@ -382,13 +444,17 @@ async fn verify_presentation(
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct JoinerRequest {
+    /// The clinician privilege credential's subject.
+    #[schema(value_type = Object)]
     subject: PrivilegeSubject,
+    /// RFC 3339 date-time; none: no expiry.
     #[serde(default)]
     valid_until: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     format: Option<ProofFormat>,
 }
 
@@ -435,6 +501,10 @@ fn issued(rec: &Record) -> Response {
 }
 
 /// Joiner: a new privilege credential.
+#[utoipa::path(post, path = "/v1/privileges", tag = "lifecycle",
+    request_body = JoinerRequest, security(("adminToken" = [])),
+    responses((status = 201, description = "`{id, replaces, statusListIndex, verifiableCredential}`", body = Object),
+        JsonBodyErrors, AdminErrors))]
 async fn joiner(
     State(s): AppState,
     headers: HeaderMap,
@@ -448,9 +518,11 @@ async fn joiner(
     Ok(issued(&rec))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct MoverRequest {
+    /// The new privileges (replacing the old ones).
+    #[schema(value_type = Vec<Object>)]
     privileges: Vec<Privilege>,
     #[serde(default)]
     organization: Option<String>,
@@ -459,10 +531,18 @@ struct MoverRequest {
     #[serde(default)]
     valid_until: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     format: Option<ProofFormat>,
 }
 
 /// Mover: re-issue with changed privileges; the old credential is revoked atomically.
+#[utoipa::path(post, path = "/v1/privileges/{id}/move", tag = "lifecycle",
+    params(("id" = String, Path, description = "The privilege credential's id")),
+    request_body = MoverRequest, security(("adminToken" = [])),
+    responses((status = 201, description = "`{id, replaces, statusListIndex, verifiableCredential}`", body = Object),
+        (status = 409, description = "Already revoked", body = service::openapi::ProblemDoc,
+            content_type = "application/problem+json"),
+        JsonBodyErrors, AdminErrors, NotFound))]
 async fn mover(
     State(s): AppState,
     headers: HeaderMap,
@@ -503,6 +583,11 @@ async fn mover(
 }
 
 /// Leaver: revoke.
+#[utoipa::path(post, path = "/v1/credentials/{id}/revoke", tag = "lifecycle",
+    params(("id" = String, Path, description = "The credential's id")),
+    security(("adminToken" = [])),
+    responses((status = 200, description = "`{id, revokedAt, statusListCredential, statusListIndex}`", body = Object),
+        BadParameter, AdminErrors, NotFound))]
 async fn leaver(
     State(s): AppState,
     headers: HeaderMap,
@@ -519,6 +604,12 @@ async fn leaver(
     })))
 }
 
+/// One issued credential and its record (status index, revocation, replacement).
+#[utoipa::path(get, path = "/v1/credentials/{id}", tag = "lifecycle",
+    params(("id" = String, Path, description = "The credential's id")),
+    security(("adminToken" = [])),
+    responses((status = 200, description = "The record", body = Object),
+        BadParameter, AdminErrors, NotFound))]
 async fn get_credential(
     State(s): AppState,
     headers: HeaderMap,
@@ -531,6 +622,11 @@ async fn get_credential(
 
 /// The credentials issued to a subject. A subject this office never issued to is a 404:
 /// an empty list would read as a subject whose credentials are all gone.
+#[utoipa::path(get, path = "/v1/subjects/{did}/credentials", tag = "lifecycle",
+    params(("did" = String, Path, description = "The subject's DID")),
+    security(("adminToken" = [])),
+    responses((status = 200, description = "`{credentials}`", body = Object),
+        BadParameter, AdminErrors, NotFound))]
 async fn by_subject(
     State(s): AppState,
     headers: HeaderMap,
@@ -545,12 +641,20 @@ async fn by_subject(
     Ok(Json(json!({ "credentials": credentials })))
 }
 
+/// The signed revocation status list (Bitstring Status List, `vc+jwt`); served at
+/// `/` + [`STATUS_LIST_PATH`].
+#[utoipa::path(get, path = "/status/revocation", tag = "status",
+    responses((status = 200, description = "The status list credential", body = String,
+        content_type = "application/vc+jwt")))]
 async fn status_list(State(s): AppState) -> Result<Response, IssuerError> {
     let jwt = s.signed_status_list()?;
     Ok(([(header::CONTENT_TYPE, "application/vc+jwt")], jwt).into_response())
 }
 
 /// Server-sent revocation events: `{"statusListCredential": url}` per revocation.
+#[utoipa::path(get, path = "/v1/status/events", tag = "status",
+    responses((status = 200, description = "Server-sent events named `revocation`", body = String,
+        content_type = "text/event-stream")))]
 async fn status_events(
     State(s): AppState,
 ) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {

@@ -203,3 +203,62 @@ async fn a_credential_of_a_type_the_office_does_not_issue_is_unprocessable() {
     .await;
     assert_problem(&got, StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+#[tokio::test]
+async fn every_route_is_documented_and_every_documented_route_is_served() {
+    let s = issuer();
+    let listed = service::openapi::route_operations(&issuer::routes::routes());
+    assert!(listed.len() >= 13, "{listed:?}");
+    let disagreements = service::openapi::disagreements(&s.app, &listed).await;
+    assert!(disagreements.is_empty(), "{disagreements:#?}");
+    // The status list is documented where the router serves it.
+    let status_list = format!("/{}", issuer::routes::STATUS_LIST_PATH);
+    assert!(listed.contains(&(axum::http::Method::GET, status_list)));
+
+    let got = send(
+        &s.app,
+        Request::get("/openapi.json").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(got.0, StatusCode::OK);
+    assert_eq!(got.1, "application/json");
+    let issue = &got.2["paths"]["/credentials/issue"]["post"];
+    assert_eq!(issue["security"][0]["adminToken"], json!([]), "{issue}");
+    for status in ["201", "400", "401", "413", "415", "422"] {
+        assert!(issue["responses"][status].is_object(), "{status}: {issue}");
+    }
+    // Unknown members are refused, and the document says so.
+    let request = &got.2["components"]["schemas"]["IssueRequest"];
+    assert_eq!(request["additionalProperties"], json!(false), "{request}");
+}
+
+#[tokio::test]
+async fn the_docs_page_renders_the_document_under_its_own_policy() {
+    let s = issuer();
+    let response = s
+        .app
+        .clone()
+        .oneshot(Request::get("/docs").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "text/html; charset=utf-8"
+    );
+    assert_eq!(
+        response.headers()[header::CONTENT_SECURITY_POLICY],
+        service::openapi::DOCS_CSP
+    );
+    // Every other response keeps the strict default policy.
+    let response = s
+        .app
+        .clone()
+        .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()[header::CONTENT_SECURITY_POLICY],
+        "default-src 'none'; frame-ancestors 'none'"
+    );
+}

@@ -8,6 +8,8 @@
 //! - [`db`]: opening the embedded databases (one bounded cache size for all).
 //! - [`eventbus`]: the optional NATS JetStream path for access events (publish, stream,
 //!   consumer), shared by the gateways that publish and the visibility service that reads.
+//! - [`openapi`]: the OpenAPI document generated from the handlers, `/openapi.json` and the
+//!   `/docs` page.
 //! - [`params`]: path parameters checked against their formats (400 naming the parameter).
 //! - [`nonce`]: single-use challenges, the replay defence of presentations and logins.
 //! - [`start`]: start-up: bind, derive the public URL from the bound address, serve.
@@ -20,5 +22,6 @@ pub mod db;
 pub mod eventbus;
 pub mod http;
 pub mod nonce;
+pub mod openapi;
 pub mod params;
 pub mod start;

@@ -6,21 +6,19 @@ use federation::keys::KeyPair;
 /// A compact JWS over exactly these header and payload bytes, signed by `key` (Ed25519):
 /// what a signer whose software writes hostile JSON produces, with a valid signature.
 pub fn sign_raw_jws(header: &[u8], payload: &[u8], key: &KeyPair) -> String {
-    use base64::Engine;
     use ed25519_dalek::Signer;
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let input = format!("{}.{}", b64.encode(header), b64.encode(payload));
+    use federation::b64;
+    let input = format!("{}.{}", b64::encode(header), b64::encode(payload));
     let signature = key.ed25519_signing_key().unwrap().sign(input.as_bytes());
-    format!("{input}.{}", b64.encode(signature.to_bytes()))
+    format!("{input}.{}", b64::encode(&signature.to_bytes()))
 }
 
 /// The header and payload bytes of a compact JWS.
 pub fn jws_parts(jws: &str) -> (Vec<u8>, Vec<u8>) {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use federation::b64;
     let mut parts = jws.split('.');
-    let header = b64.decode(parts.next().unwrap()).unwrap();
-    let payload = b64.decode(parts.next().unwrap()).unwrap();
+    let header = b64::decode(parts.next().unwrap()).unwrap();
+    let payload = b64::decode(parts.next().unwrap()).unwrap();
     (header, payload)
 }
 

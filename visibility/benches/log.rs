@@ -61,6 +61,7 @@ fn event(i: u64) -> Res<Vec<u8>> {
         justification: None,
         review_required: false,
         expires_at: None,
+        privacy: None,
     };
     Ok(serde_json::to_vec(&ev)?)
 }

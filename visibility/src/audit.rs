@@ -82,7 +82,10 @@ impl VisibilityState {
     }
 }
 
-/// `POST /v1/challenges`.
+/// `POST /v1/challenges`: a single-use challenge for an auditor's or a patient's presentation.
+#[utoipa::path(post, path = "/v1/challenges", tag = "audit",
+    responses((status = 200, description = "`{challenge, domain, expiresAt}`", body = Object),
+        service::openapi::Unavailable))]
 pub(crate) async fn challenge(State(s): AppState) -> Result<Json<Value>, VisibilityError> {
     let (challenge, expires) = s.challenges.issue()?;
     Ok(Json(json!({
@@ -185,13 +188,22 @@ impl Sessions {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// A presentation bound to a challenge of this service.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PresentationRequest {
+    /// A VP: a compact JWS (`vp+jwt`) or a Data Integrity JSON object.
     presentation: Value,
 }
 
-/// `POST /v1/audit/sessions`.
+/// `POST /v1/audit/sessions`: an auditor opens a session (privilege at an auditor
+/// organization).
+#[utoipa::path(post, path = "/v1/audit/sessions", tag = "audit",
+    request_body = PresentationRequest,
+    responses((status = 200, description = "`{token, expiresAt}`", body = Object),
+        (status = 403, description = "Not an auditor", body = service::openapi::ProblemDoc,
+            content_type = "application/problem+json"),
+        service::openapi::JsonBodyErrors))]
 pub(crate) async fn open_session(
     State(s): AppState,
     StrictJson(req): StrictJson<PresentationRequest>,
@@ -222,8 +234,9 @@ pub(crate) async fn open_session(
 // Queries
 // ---------------------------------------------------------------------------------------
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct EventsQuery {
     patient_ref: Option<String>,
     patient_did_digest: Option<String>,
@@ -359,6 +372,14 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, VisibilityError> {
 }
 
 /// `GET /v1/audit/events`.
+/// Access events, newest first, filtered (auditor session).
+#[utoipa::path(get, path = "/v1/audit/events", tag = "audit", params(EventsQuery),
+    security(("auditorSession" = [])),
+    responses((status = 200, description = "`{events, next}`", body = Object),
+        (status = 400, description = "Malformed parameters", body = service::openapi::ProblemDoc,
+            content_type = "application/problem+json"),
+        (status = 401, description = "No auditor session", body = service::openapi::ProblemDoc,
+            content_type = "application/problem+json")))]
 pub(crate) async fn events(
     State(s): AppState,
     headers: HeaderMap,
@@ -374,6 +395,15 @@ pub(crate) async fn events(
 /// paging), as a FHIR R4 Bundle of type `collection` of AuditEvents
 /// ([`federation::events::to_fhir_audit_event`]), newest first. When the answer was cut, the
 /// Bundle's `next` link repeats the query with the cursor.
+/// The same events as a FHIR R4 collection Bundle of AuditEvents (auditor session).
+#[utoipa::path(get, path = "/v1/audit/export", tag = "audit", params(EventsQuery),
+    security(("auditorSession" = [])),
+    responses((status = 200, description = "FHIR Bundle (collection)", body = Object,
+            content_type = "application/fhir+json"),
+        (status = 400, description = "Malformed parameters", body = service::openapi::ProblemDoc,
+            content_type = "application/problem+json"),
+        (status = 401, description = "No auditor session", body = service::openapi::ProblemDoc,
+            content_type = "application/problem+json")))]
 pub(crate) async fn export(
     State(s): AppState,
     headers: HeaderMap,
@@ -432,6 +462,12 @@ pub(crate) async fn export(
 }
 
 /// `GET /v1/audit/reviews`: break-glass events awaiting review, oldest first.
+/// Break-glass events awaiting review (auditor session).
+#[utoipa::path(get, path = "/v1/audit/reviews", tag = "audit",
+    security(("auditorSession" = [])),
+    responses((status = 200, description = "`{reviews: [{leafIndex, event}]}`", body = Object),
+        (status = 401, description = "No auditor session", body = service::openapi::ProblemDoc,
+            content_type = "application/problem+json")))]
 pub(crate) async fn reviews(
     State(s): AppState,
     headers: HeaderMap,
@@ -446,11 +482,22 @@ pub(crate) async fn reviews(
     Ok(Json(json!({ "reviews": out })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ResolveRequest {
+    /// The reviewer's note (kept here; its digest goes into the log).
     note: String,
 }
+
+/// Resolve a break-glass review with a note (auditor session); the resolution is logged.
+#[utoipa::path(post, path = "/v1/audit/reviews/{event_id}/resolve", tag = "audit",
+    params(("event_id" = String, Path, description = "The break-glass event's id")),
+    request_body = ResolveRequest, security(("auditorSession" = [])),
+    responses((status = 200, description = "`{eventId, leafIndex, noteDigest, resolvedBy, time, treeSize, checkpoint}`",
+            body = Object),
+        (status = 401, description = "No auditor session", body = service::openapi::ProblemDoc,
+            content_type = "application/problem+json"),
+        service::openapi::JsonBodyErrors, service::openapi::NotFound))]
 
 /// `POST /v1/audit/reviews/{event_id}/resolve`.
 pub(crate) async fn resolve(
@@ -514,6 +561,13 @@ pub(crate) async fn resolve(
 /// `GET /v1/audit/reviews/{event_id}/notes`: the notes kept for a review, resolved or
 /// awaiting. An id that is no review (never break-glass, or unknown) is a 404: an empty
 /// list would say the review exists.
+#[utoipa::path(get, path = "/v1/audit/reviews/{event_id}/notes", tag = "audit",
+    params(("event_id" = String, Path, description = "The break-glass event's id")),
+    security(("auditorSession" = [])),
+    responses((status = 200, description = "`{notes}`", body = Object),
+        (status = 401, description = "No auditor session", body = service::openapi::ProblemDoc,
+            content_type = "application/problem+json"),
+        service::openapi::BadParameter, service::openapi::NotFound))]
 pub(crate) async fn notes(
     State(s): AppState,
     headers: HeaderMap,
@@ -536,6 +590,10 @@ pub(crate) async fn notes(
 
 /// `POST /v1/patients/history`: the events naming the presenting patient's DID, newest
 /// first (at most [`MAX_LIMIT`]; `truncated` says when there are more).
+#[utoipa::path(post, path = "/v1/patients/history", tag = "patients",
+    request_body = PresentationRequest,
+    responses((status = 200, description = "`{events, truncated}`", body = Object),
+        service::openapi::JsonBodyErrors))]
 pub(crate) async fn patient_history(
     State(s): AppState,
     StrictJson(req): StrictJson<PresentationRequest>,

@@ -34,16 +34,25 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 /// `GET /dashboard`.
+/// The auditor dashboard.
+#[utoipa::path(get, path = "/dashboard", tag = "dashboard",
+    responses((status = 200, description = "HTML page", body = String, content_type = "text/html")))]
 pub(crate) async fn page() -> Response {
     asset("text/html; charset=utf-8", PAGE)
 }
 
 /// `GET /dashboard/app.js`.
+/// The dashboard's script.
+#[utoipa::path(get, path = "/dashboard/app.js", tag = "dashboard",
+    responses((status = 200, description = "JavaScript", body = String, content_type = "text/javascript")))]
 pub(crate) async fn script() -> Response {
     asset("text/javascript; charset=utf-8", SCRIPT)
 }
 
 /// `GET /dashboard/app.css`.
+/// The dashboard's style sheet.
+#[utoipa::path(get, path = "/dashboard/app.css", tag = "dashboard",
+    responses((status = 200, description = "CSS", body = String, content_type = "text/css")))]
 pub(crate) async fn style() -> Response {
     asset("text/css; charset=utf-8", STYLE)
 }

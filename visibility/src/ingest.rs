@@ -244,6 +244,10 @@ pub async fn append_events(
 /// events arrive by another path (NATS) and so got no receipt in an HTTP answer.
 ///
 /// `POST /v1/receipts`.
+#[utoipa::path(post, path = "/v1/receipts", tag = "log",
+    request_body(content = Object, description = "`{custodian, events: [{id, leafHash}]}` (federation::wire)"),
+    responses((status = 200, description = "`{receipts, conflicts, treeSize, checkpoint}`", body = Object),
+        service::openapi::JsonBodyErrors))]
 pub(crate) async fn post_receipts(
     State(s): State<Arc<VisibilityState>>,
     StrictJson(req): StrictJson<ReceiptsRequest>,
@@ -292,7 +296,13 @@ pub(crate) async fn post_receipts(
     }))
 }
 
-/// `POST /v1/batches`.
+/// `POST /v1/batches`: a custodian's signed batch of access events, appended exactly once.
+#[utoipa::path(post, path = "/v1/batches", tag = "log",
+    request_body(content = Object, description = "`{batch}`: a batch signed by a member custodian (federation::wire)"),
+    responses((status = 200, description = "A receipt per event and a signed checkpoint", body = Object),
+        (status = 403, description = "Not a member custodian, or a bad signature", body = service::openapi::ProblemDoc,
+            content_type = "application/problem+json"),
+        service::openapi::JsonBodyErrors, service::openapi::Unavailable))]
 pub(crate) async fn post_batch(
     State(s): State<Arc<VisibilityState>>,
     StrictJson(req): StrictJson<BatchRequest>,

@@ -42,10 +42,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use ed25519_dalek::SigningKey;
 use serde_json::{json, Value};
+use utoipa_axum::routes;
 
 use federation::checkpoint::NoteVerifier;
 use federation::did::DidResolver;
@@ -234,33 +234,78 @@ impl VisibilityState {
 
 type AppState = State<Arc<VisibilityState>>;
 
+/// Every route of the visibility service, each with its OpenAPI operation: the router and
+/// the document at `/openapi.json` are both built from this list.
+pub fn routes() -> service::openapi::Routes<Arc<VisibilityState>> {
+    vec![
+        routes!(did_document),
+        routes!(inventory),
+        routes!(healthz),
+        routes!(ingest::post_batch),
+        routes!(ingest::post_receipts),
+        routes!(proofs::get_checkpoint),
+        routes!(proofs::inclusion),
+        routes!(proofs::consistency),
+        routes!(audit::challenge),
+        routes!(audit::open_session),
+        routes!(audit::events),
+        routes!(audit::export),
+        routes!(audit::reviews),
+        routes!(audit::resolve),
+        routes!(audit::notes),
+        routes!(audit::patient_history),
+        routes!(dashboard::page),
+        routes!(dashboard::script),
+        routes!(dashboard::style),
+    ]
+}
+
+/// The security scheme of the auditor endpoints: the bearer token of an auditor session
+/// (`POST /v1/audit/sessions`).
+pub const AUDITOR_SESSION: &str = "auditorSession";
+
+/// The visibility service's OpenAPI document (without the state it is served with).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    service::openapi::document(base_document(), routes()).1
+}
+
+fn base_document() -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+    let mut doc = service::openapi::base(
+        "fedgate visibility",
+        env!("CARGO_PKG_VERSION"),
+        "The federation's visibility service: an append-only RFC 6962 log of every access \
+         decision, with signed checkpoints and proofs, the auditor API and dashboard, and \
+         patients' own history. Errors are RFC 9457 problem+json.",
+    );
+    if let Some(components) = doc.components.as_mut() {
+        components.add_security_scheme(
+            AUDITOR_SESSION,
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+    doc
+}
+
 pub fn router(state: Arc<VisibilityState>) -> Router {
     let limits = state.config.limits.clone();
-    let router = Router::new()
-        .route("/.well-known/did.json", get(did_document))
-        .route("/v1/keys", get(inventory))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/v1/batches", post(ingest::post_batch))
-        .route("/v1/receipts", post(ingest::post_receipts))
-        .route("/v1/checkpoint", get(proofs::get_checkpoint))
-        .route("/v1/proofs/inclusion", get(proofs::inclusion))
-        .route("/v1/proofs/consistency", get(proofs::consistency))
-        .route("/v1/challenges", post(audit::challenge))
-        .route("/v1/audit/sessions", post(audit::open_session))
-        .route("/v1/audit/events", get(audit::events))
-        .route("/v1/audit/export", get(audit::export))
-        .route("/v1/audit/reviews", get(audit::reviews))
-        .route("/v1/audit/reviews/{event_id}/resolve", post(audit::resolve))
-        .route("/v1/audit/reviews/{event_id}/notes", get(audit::notes))
-        .route("/v1/patients/history", post(audit::patient_history))
-        .route("/dashboard", get(dashboard::page))
-        .route("/dashboard/app.js", get(dashboard::script))
-        .route("/dashboard/app.css", get(dashboard::style))
+    let (router, _) = service::openapi::document(base_document(), routes());
+    let router = router
         .fallback(service::http::problem_fallback)
         .with_state(state);
     service::http::common_layers(router, &limits)
 }
 
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is up", body = String, content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// This service's DID document (did:web).
+#[utoipa::path(get, path = "/.well-known/did.json", tag = "identity",
+    responses((status = 200, description = "DID document", body = Object)))]
 async fn did_document(State(s): AppState) -> Result<Json<Value>, VisibilityError> {
     s.key
         .did_document()
@@ -268,6 +313,9 @@ async fn did_document(State(s): AppState) -> Result<Json<Value>, VisibilityError
         .map_err(|e| VisibilityError::Signing(e.to_string()))
 }
 
+/// This service's keys, and the checkpoint verifier key (C2SP note verifier).
+#[utoipa::path(get, path = "/v1/keys", tag = "identity",
+    responses((status = 200, description = "`{keys, checkpointVerifierKey}`", body = Object)))]
 async fn inventory(State(s): AppState) -> Json<Value> {
     Json(json!({
         "keys": [s.key.info()],

@@ -168,6 +168,8 @@ pub(crate) async fn checkpointer(state: Weak<VisibilityState>, interval: Duratio
 }
 
 /// `GET /v1/checkpoint`: the signed note in force.
+#[utoipa::path(get, path = "/v1/checkpoint", tag = "log",
+    responses((status = 200, description = "A C2SP signed note", body = String, content_type = "text/plain")))]
 pub(crate) async fn get_checkpoint(State(s): AppState) -> Response {
     let latest = s.latest();
     (
@@ -177,17 +179,23 @@ pub(crate) async fn get_checkpoint(State(s): AppState) -> Response {
         .into_response()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct InclusionQuery {
+    /// The leaf's index.
     index: u64,
+    /// The tree size the proof is for.
     size: u64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ConsistencyQuery {
+    /// The older tree size.
     old: u64,
+    /// The newer tree size.
     new: u64,
 }
 
@@ -201,6 +209,10 @@ fn hex_path(proof: &[Hash]) -> Vec<String> {
 }
 
 /// `GET /v1/proofs/inclusion?index=I&size=S`.
+#[utoipa::path(get, path = "/v1/proofs/inclusion", tag = "log", params(InclusionQuery),
+    responses((status = 200, description = "`{index, size, proof}` (hex hashes)", body = Object),
+        (status = 400, description = "Missing or malformed parameters, or beyond the tree",
+            body = service::openapi::ProblemDoc, content_type = "application/problem+json")))]
 pub(crate) async fn inclusion(
     State(s): AppState,
     q: Result<Query<InclusionQuery>, QueryRejection>,
@@ -215,6 +227,10 @@ pub(crate) async fn inclusion(
 }
 
 /// `GET /v1/proofs/consistency?old=A&new=B`.
+#[utoipa::path(get, path = "/v1/proofs/consistency", tag = "log", params(ConsistencyQuery),
+    responses((status = 200, description = "`{old, new, proof}` (hex hashes)", body = Object),
+        (status = 400, description = "Missing or malformed parameters, or beyond the tree",
+            body = service::openapi::ProblemDoc, content_type = "application/problem+json")))]
 pub(crate) async fn consistency(
     State(s): AppState,
     q: Result<Query<ConsistencyQuery>, QueryRejection>,

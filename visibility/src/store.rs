@@ -348,6 +348,7 @@ mod tests {
             justification: None,
             review_required: break_glass,
             expires_at: None,
+            privacy: None,
         }
     }
 

@@ -123,6 +123,7 @@ fn event(custodian: &str) -> AccessEvent {
         justification: None,
         review_required: false,
         expires_at: None,
+        privacy: None,
     }
 }
 

@@ -77,6 +77,16 @@ pub enum RecordError {
     Paging(String),
     #[error("the identifier matches more than one patient")]
     Ambiguous,
+    /// The server's answer contradicts the request (another patient's resources, another
+    /// resource than the one read): nothing of it is served.
+    #[error("FHIR server answer to the {what} is inconsistent: {detail}")]
+    Inconsistent { what: &'static str, detail: String },
+    /// One exchange's reads together went past the byte or resource budget.
+    #[error("the record exceeds the per-exchange budget of {0}")]
+    Budget(String),
+    /// The record source did not answer within the fetch deadline.
+    #[error("the FHIR server did not answer within {0} s")]
+    Timeout(u64),
     #[error("record store task failed: {0}")]
     Task(String),
 }

@@ -1,10 +1,38 @@
 //! The organization's own FHIR server as the record source.
+//!
+//! What it asks: `?patient=` searches per type with `_count` (the server may answer with
+//! fewer per page), a few types at a time, following `next` links on the server's own
+//! origin. What it bounds: the pages per search, the bytes of one response, and across
+//! all of one exchange's reads a byte and a resource budget and a deadline below the
+//! service's request timeout. What it retries: a read answered 429 or 503, twice, after
+//! the server's `Retry-After` (at most 5 s) or a short backoff. What it refuses, failing
+//! closed: a Patient read that returns another patient or resource, a compartment search
+//! that returns another patient's resource or another type.
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
+use futures::StreamExt as _;
 use serde_json::Value;
 
 use super::*;
+
+/// Resources asked for per search page (`_count`).
+pub const DEFAULT_PAGE_SIZE: usize = 1000;
+/// Bytes of all responses of one exchange together.
+pub const DEFAULT_BUDGET_BYTES: usize = 256 * 1024 * 1024;
+/// Resources of one exchange together.
+pub const DEFAULT_BUDGET_RESOURCES: usize = 100_000;
+/// Type searches in flight at once for one exchange.
+pub const SEARCH_CONCURRENCY: usize = 4;
+/// How long one exchange's reads may take together (the service's request timeout is 30 s
+/// by default: the requester must get a 504 from us, not a timeout of its own).
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(20);
+/// Retries of a read answered 429 or 503.
+const RETRIES: usize = 2;
+/// Longest `Retry-After` honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// A FHIR R4 server reached over HTTP(S) with the fedgate client rules (no redirects,
 /// timeouts, https only but for loopback in dev mode). `next` links are followed only to
@@ -16,6 +44,35 @@ pub struct FhirServer {
     dev_mode: bool,
     max_pages: usize,
     max_response_bytes: usize,
+    page_size: usize,
+    budget_bytes: usize,
+    budget_resources: usize,
+    deadline: Duration,
+}
+
+/// What one exchange's reads have used so far (shared by its concurrent searches).
+struct Budget {
+    bytes: AtomicUsize,
+    resources: AtomicUsize,
+    max_bytes: usize,
+    max_resources: usize,
+}
+
+impl Budget {
+    fn spend(&self, bytes: usize, resources: usize) -> Result<(), RecordError> {
+        let b = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let r = self.resources.fetch_add(resources, Ordering::Relaxed) + resources;
+        if b > self.max_bytes {
+            return Err(RecordError::Budget(format!("{} bytes", self.max_bytes)));
+        }
+        if r > self.max_resources {
+            return Err(RecordError::Budget(format!(
+                "{} resources",
+                self.max_resources
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl FhirServer {
@@ -37,7 +94,34 @@ impl FhirServer {
             dev_mode,
             max_pages: 100,
             max_response_bytes: 32 * 1024 * 1024,
+            page_size: DEFAULT_PAGE_SIZE,
+            budget_bytes: DEFAULT_BUDGET_BYTES,
+            budget_resources: DEFAULT_BUDGET_RESOURCES,
+            deadline: DEFAULT_DEADLINE,
         })
+    }
+
+    /// Changes the per-exchange budget (bytes and resources over all reads) and deadline.
+    pub fn with_budget(mut self, bytes: usize, resources: usize, deadline: Duration) -> FhirServer {
+        self.budget_bytes = bytes;
+        self.budget_resources = resources;
+        self.deadline = deadline;
+        self
+    }
+
+    /// Changes `_count` of searches.
+    pub fn with_page_size(mut self, page_size: usize) -> FhirServer {
+        self.page_size = page_size.clamp(1, 10_000);
+        self
+    }
+
+    fn budget(&self) -> Budget {
+        Budget {
+            bytes: AtomicUsize::new(0),
+            resources: AtomicUsize::new(0),
+            max_bytes: self.budget_bytes,
+            max_resources: self.budget_resources,
+        }
     }
 
     /// Changes the page cap and the per-response size limit.
@@ -53,17 +137,46 @@ impl FhirServer {
             .map_err(|e| RecordError::Url(e.to_string()))
     }
 
-    /// GET `url` as FHIR JSON; `Ok(None)` on 404 and 410.
+    /// GET `url` as FHIR JSON; `Ok(None)` on 404 and 410. A 429 or 503 is tried again
+    /// after the server's `Retry-After` (capped) or a short backoff.
     async fn get(
         &self,
         url: &reqwest::Url,
         what: &'static str,
+        budget: Option<&Budget>,
     ) -> Result<Option<Value>, RecordError> {
-        federation::client::loopback_only_http(url, self.dev_mode)?;
+        use backon::BackoffBuilder as _;
+        let mut delays = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_times(RETRIES)
+            .build();
+        loop {
+            match self.get_once(url, what, budget).await {
+                Ok(found) => return Ok(found),
+                Err(Fetch::Fail(e)) => return Err(e),
+                Err(Fetch::Retry { status, after }) => match delays.next() {
+                    Some(backoff) => tokio::time::sleep(after.unwrap_or(backoff)).await,
+                    None => return Err(RecordError::Status { status, what }),
+                },
+            }
+        }
+    }
+
+    /// One GET: `Err(Fetch::Retry)` when the server asks to be asked again later.
+    async fn get_once(
+        &self,
+        url: &reqwest::Url,
+        what: &'static str,
+        budget: Option<&Budget>,
+    ) -> Result<Option<Value>, Fetch> {
+        federation::client::loopback_only_http(url, self.dev_mode)
+            .map_err(|e| Fetch::Fail(e.into()))?;
         // reqwest errors name the URL, whose query may hold an identifier: drop it.
-        let req_err = |e: reqwest::Error| RecordError::Request {
-            what,
-            detail: e.without_url().to_string(),
+        let req_err = |e: reqwest::Error| {
+            Fetch::Fail(RecordError::Request {
+                what,
+                detail: e.without_url().to_string(),
+            })
         };
         let mut resp = self
             .client
@@ -79,29 +192,47 @@ impl FhirServer {
         if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::GONE {
             return Ok(None);
         }
-        if !status.is_success() {
-            return Err(RecordError::Status {
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS
+            || status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+        {
+            let after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|secs| Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+            return Err(Fetch::Retry {
                 status: status.as_u16(),
-                what,
+                after,
             });
         }
+        if !status.is_success() {
+            return Err(Fetch::Fail(RecordError::Status {
+                status: status.as_u16(),
+                what,
+            }));
+        }
         let limit = self.max_response_bytes;
+        let too_large = || Fetch::Fail(RecordError::TooLarge { what, limit });
         if resp.content_length().is_some_and(|n| n > limit as u64) {
-            return Err(RecordError::TooLarge { what, limit });
+            return Err(too_large());
         }
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(req_err)? {
             if body.len() + chunk.len() > limit {
-                return Err(RecordError::TooLarge { what, limit });
+                return Err(too_large());
+            }
+            if let Some(b) = budget {
+                b.spend(chunk.len(), 0).map_err(Fetch::Fail)?;
             }
             body.extend_from_slice(&chunk);
         }
-        serde_json::from_slice(&body)
-            .map(Some)
-            .map_err(|e| RecordError::Malformed {
+        serde_json::from_slice(&body).map(Some).map_err(|e| {
+            Fetch::Fail(RecordError::Malformed {
                 what,
                 detail: e.to_string(),
             })
+        })
     }
 
     /// Every resource of a search, following `next` links on the same origin.
@@ -109,11 +240,12 @@ impl FhirServer {
         &self,
         first: reqwest::Url,
         what: &'static str,
+        budget: Option<&Budget>,
     ) -> Result<Vec<Value>, RecordError> {
         let mut out = Vec::new();
         let mut url = first;
         for _ in 0..self.max_pages {
-            let Some(bundle) = self.get(&url, what).await? else {
+            let Some(bundle) = self.get(&url, what, budget).await? else {
                 return Ok(out);
             };
             if bundle["resourceType"] != "Bundle" {
@@ -122,16 +254,21 @@ impl FhirServer {
                     detail: "not a Bundle".into(),
                 });
             }
+            let before = out.len();
             for entry in bundle["entry"].as_array().into_iter().flatten() {
+                // Outcomes are the server's notes, includes what we did not ask for.
                 if entry["search"]["mode"]
                     .as_str()
-                    .is_some_and(|m| m == "outcome")
+                    .is_some_and(|m| m == "outcome" || m == "include")
                 {
                     continue;
                 }
                 if entry["resource"].is_object() {
                     out.push(entry["resource"].clone());
                 }
+            }
+            if let Some(b) = budget {
+                b.spend(0, out.len() - before)?;
             }
             let next = bundle["link"]
                 .as_array()
@@ -168,7 +305,7 @@ impl FhirServer {
             "identifier",
             &format!("{}|{}", escape_token(system), escape_token(value)),
         );
-        let found = self.search(url, "patient search").await?;
+        let found = self.search(url, "patient search", None).await?;
         let ids: BTreeSet<&str> = found
             .iter()
             .filter(|r| r["resourceType"] == "Patient")
@@ -184,15 +321,33 @@ impl FhirServer {
         }
     }
 
-    async fn read(&self, ty: &str, id: &str) -> Result<Option<Value>, RecordError> {
+    /// `ty/id`, or `None` when the server has none. An answer that is another resource
+    /// fails closed.
+    async fn read(
+        &self,
+        ty: &str,
+        id: &str,
+        budget: &Budget,
+    ) -> Result<Option<Value>, RecordError> {
         if !is_type_name(ty) || !is_fhir_id(id) {
             return Ok(None);
         }
         let url = self.url(&format!("{ty}/{id}"))?;
-        let resource = self.get(&url, "resource read").await?;
-        Ok(resource.filter(|r| r["resourceType"] == ty && r["id"] == id))
+        let Some(resource) = self.get(&url, "resource read", Some(budget)).await? else {
+            return Ok(None);
+        };
+        budget.spend(0, 1)?;
+        if resource["resourceType"] != ty || resource["id"] != id {
+            return Err(RecordError::Inconsistent {
+                what: "resource read",
+                detail: format!("a read of a {ty} returned another resource"),
+            });
+        }
+        Ok(Some(resource))
     }
 
+    /// The patient's resources of `types` (see the module documentation), within the
+    /// deadline and budget of one exchange.
     pub async fn patient_resources(
         &self,
         patient_id: &str,
@@ -200,31 +355,67 @@ impl FhirServer {
     ) -> Result<Vec<Value>, RecordError> {
         check_patient_id(patient_id)?;
         check_types(types)?;
+        let budget = self.budget();
+        tokio::time::timeout(self.deadline, self.fetch_record(patient_id, types, &budget))
+            .await
+            .map_err(|_| RecordError::Timeout(self.deadline.as_secs()))?
+    }
+
+    async fn fetch_record(
+        &self,
+        patient_id: &str,
+        types: &[String],
+        budget: &Budget,
+    ) -> Result<Vec<Value>, RecordError> {
         let wanted: HashSet<&str> = types.iter().map(String::as_str).collect();
         let mut record = Vec::new();
         let mut seen = HashSet::new();
         if wanted.contains("Patient") {
-            record.extend(self.read("Patient", patient_id).await?);
+            record.extend(self.read("Patient", patient_id, budget).await?);
         }
-        let mut searched = BTreeSet::new();
-        for ty in types {
-            if ty == "Patient" || SHARED_TYPES.contains(&ty.as_str()) || !searched.insert(ty) {
-                continue;
-            }
+        let searched: BTreeSet<&str> = types
+            .iter()
+            .map(String::as_str)
+            .filter(|ty| *ty != "Patient" && !SHARED_TYPES.contains(ty))
+            .collect();
+        let mut urls = Vec::new();
+        for ty in &searched {
             let mut url = self.url(ty)?;
-            url.query_pairs_mut().append_pair("patient", patient_id);
-            for r in self.search(url, "compartment search").await? {
-                // Only what really is in this patient's compartment, once.
-                let in_compartment = r["resourceType"] == ty.as_str()
-                    && compartment_patients(&r).contains(patient_id)
-                    && r["id"]
-                        .as_str()
-                        .is_some_and(|id| seen.insert(format!("{ty}/{id}")));
-                if in_compartment {
+            url.query_pairs_mut()
+                .append_pair("patient", patient_id)
+                .append_pair("_count", &self.page_size.to_string());
+            urls.push((ty.to_string(), url));
+        }
+        let mut results = futures::stream::iter(urls)
+            .map(|(ty, url): (String, reqwest::Url)| async move {
+                let found = self.search(url, "compartment search", Some(budget)).await;
+                (ty, found)
+            })
+            .buffered(SEARCH_CONCURRENCY);
+        while let Some((ty, found)) = results.next().await {
+            for r in found? {
+                // A search for this patient's resources of this type returns exactly
+                // those: anything else means the server answered another question.
+                if r["resourceType"] != ty.as_str()
+                    || !compartment_patients(&r).contains(patient_id)
+                {
+                    return Err(RecordError::Inconsistent {
+                        what: "compartment search",
+                        detail: format!(
+                            "a {ty} search returned a resource of another type or patient"
+                        ),
+                    });
+                }
+                let Some(id) = r["id"].as_str() else {
+                    continue;
+                };
+                // Pages may overlap while the server's data changes: once each.
+                if seen.insert(format!("{ty}/{id}")) {
                     record.push(r);
                 }
             }
         }
+        drop(results);
         // Shared resources by reference, read one by one (as `add_referenced` does).
         let mut seen_refs: HashSet<(String, String)> = record
             .iter()
@@ -248,7 +439,7 @@ impl FhirServer {
                 {
                     continue;
                 }
-                let Some(resource) = self.read(&ty, &id).await? else {
+                let Some(resource) = self.read(&ty, &id, budget).await? else {
                     continue;
                 };
                 let owners = compartment_patients(&resource);
@@ -266,7 +457,7 @@ impl FhirServer {
         url.query_pairs_mut()
             .append_pair("_elements", "id")
             .append_pair("_count", "500");
-        let found = self.search(url, "patient list").await?;
+        let found = self.search(url, "patient list", None).await?;
         Ok(found
             .iter()
             .filter(|r| r["resourceType"] == "Patient")
@@ -278,7 +469,7 @@ impl FhirServer {
         let mut url = self.url("Patient")?;
         url.query_pairs_mut().append_pair("_summary", "count");
         let bundle = self
-            .get(&url, "patient count")
+            .get(&url, "patient count", None)
             .await?
             .unwrap_or(Value::Null);
         bundle["total"]
@@ -289,6 +480,16 @@ impl FhirServer {
                 detail: "no total".into(),
             })
     }
+}
+
+/// How one GET ended other than with an answer.
+enum Fetch {
+    /// 429 or 503: ask again, after `after` when the server said.
+    Retry {
+        status: u16,
+        after: Option<Duration>,
+    },
+    Fail(RecordError),
 }
 
 /// FHIR token search escaping of `|`, `,`, `$` and `\`.

@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
-use super::HttpLimits;
+use crate::http::config::{HttpLimits, MAX_CONNECTIONS_LIMIT};
 
 /// Descriptors kept for everything but client connections: databases, policy and key
 /// files, outbound clients, logs.
@@ -110,7 +110,7 @@ impl Rules {
     pub(super) fn new(limits: &HttpLimits, max_connections: usize) -> Rules {
         let at_least = |d: Duration| d.max(Duration::from_millis(1));
         Rules {
-            max_connections: max_connections.clamp(1, super::MAX_CONNECTIONS_LIMIT),
+            max_connections: max_connections.clamp(1, MAX_CONNECTIONS_LIMIT),
             first_request: at_least(limits.header_read_timeout()),
             header_read: at_least(limits.header_read_timeout()),
             idle: at_least(limits.idle_timeout()),
@@ -632,7 +632,7 @@ mod tests {
     /// handshake and then sends nothing, are both closed after the header timeout.
     #[tokio::test]
     async fn tls_connections_that_send_nothing_are_closed() {
-        super::super::install_crypto_provider();
+        crate::http::serve::install_crypto_provider();
         let key = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let cert_path = dir.path().join("cert.pem");

@@ -34,7 +34,6 @@ pub(super) fn mean_us(budget: Duration, mut f: impl FnMut() -> bool) -> Result<f
 /// One Ed25519 verification (ed25519-dalek, key already parsed) over `message_len`
 /// bytes, µs.
 pub(super) fn ed25519_verify_us(message_len: usize) -> Result<f64, String> {
-    use base64::Engine;
     let key = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
     let signing = key
         .ed25519_signing_key()
@@ -42,9 +41,7 @@ pub(super) fn ed25519_verify_us(message_len: usize) -> Result<f64, String> {
     let payload = json!({ "pad": "x".repeat(message_len.saturating_sub(40)) });
     let jws = federation::jose::sign(&payload, &key, "floor").map_err(|e| e.to_string())?;
     let (input, sig) = jws.rsplit_once('.').ok_or("malformed JWS for the floor")?;
-    let sig_bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(sig)
-        .map_err(|e| e.to_string())?;
+    let sig_bytes = federation::b64::decode(sig).map_err(|e| e.to_string())?;
     let signature = TryFrom::try_from(sig_bytes.as_slice())
         .ok()
         .ok_or("malformed signature for the floor")?;

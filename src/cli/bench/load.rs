@@ -567,7 +567,9 @@ pub(super) async fn research(args: ResearchArgs) -> Result<Printed, String> {
             credentials: vec![answer["verifiableCredential"].clone()],
             body: json!({
                 "purpose": "HRESCH",
-                "query": {"conditions": [], "age_bands": [[0, 17], [18, 200]]},
+                // The study's privacy budget is shared by every holder: one micro-epsilon
+                // per query keeps a long run inside the custodian's default budget.
+                "query": {"conditions": [], "epsilon": 0.000001},
             }),
         });
     }
@@ -641,6 +643,7 @@ pub(super) fn event_template(custodian: &str) -> Result<Value, String> {
         justification: None,
         review_required: false,
         expires_at: None,
+        privacy: None,
     };
     serde_json::to_value(event).map_err(|e| e.to_string())
 }

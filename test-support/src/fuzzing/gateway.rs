@@ -140,7 +140,7 @@ impl Tokenizer {
                 now: self.now,
             };
             match apply(resources.clone(), obligations, &ctx) {
-                Ok(out) => check_output(name, obligations, eligible, &out),
+                Ok(out) => check_output(name, obligations, eligible, &out.resources),
                 Err(e) => {
                     if outcome.is_ok() {
                         outcome = Err(format!("{name}: {e}"));

@@ -1,0 +1,187 @@
+//! Obligations of a decision applied to the FHIR resources that leave the gateway
+//! (docs/gateway-contract.md §3): each identifier class is revealed, tokenized (vault),
+//! pseudonymized (HMAC per recipient and domain), generalized (HIPAA Safe Harbor) or
+//! redacted, with the precedence reveal > tokenize > pseudonymize > generalize > redact.
+//!
+//! Fail closed: a direct-identifier class that no obligation names is redacted. Classes
+//! without a meaningful form of an operation fall to the stricter one: `generalize` of a
+//! name, number, telecom or id is a redaction, `tokenize`/`pseudonymize` of dates,
+//! narrative or attachments is a redaction, and `tokenize` of ids is a pseudonym (ids must
+//! stay consistent across the references of a response, and the custodian can recompute
+//! them).
+//!
+//! Besides the structured fields, every free-text string that leaves (narratives, notes,
+//! displays, text attachments) is scrubbed of the values of the patient's direct
+//! identifiers that are not revealed: a value copied into free text is not protected by
+//! transforming only its structured field.
+//!
+//! | file | holds |
+//! |---|---|
+//! | `mod.rs` | the entry point [`apply`], the context, pseudonyms |
+//! | `classes.rs` | the identifier classes, actions and their precedence |
+//! | `engine.rs` | the engine's state: the patient's identifying values, value transforms |
+//! | `resources.rs` | per-resource rules: persons, identifiers, names, telecoms, addresses, birth dates |
+//! | `walk.rs` | the generic walk: references, dates, free text, pruning |
+//! | `attachments.rs` | attachments: decoded, scrubbed or removed |
+//! | `scrub.rs` | free-text scrubbing |
+
+mod attachments;
+mod classes;
+mod engine;
+mod resources;
+mod scrub;
+#[cfg(test)]
+mod tests;
+mod walk;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::vault::{hmac_sha256, Vault, VaultError};
+
+pub use classes::{classify_identifier, Action, IdentifierClass};
+use engine::Engine;
+use walk::prune;
+
+/// Extension put on a Patient whose age is over 89 when the birth date is generalized.
+pub const AGE_BAND_EXTENSION: &str = "https://w3id.org/fedgate/fhir/StructureDefinition/age-band";
+/// Primitive extension holding the vault token of a tokenized date (`_birthDate`).
+pub const TOKEN_EXTENSION: &str = "https://w3id.org/fedgate/fhir/StructureDefinition/token";
+/// Primitive extension holding the pseudonym of a pseudonymized date.
+pub const PSEUDONYM_EXTENSION: &str = "https://w3id.org/fedgate/fhir/StructureDefinition/pseudonym";
+
+/// What replaces an identifier value found in free text.
+pub const REDACTED: &str = "[redacted]";
+const PSEUDONYM_PREFIX: &str = "p-";
+const TOKEN_PREFIX: &str = "tok_";
+
+/// Resource types that are about the organization and its staff, not about the patient
+/// (the records' shared types): their names and identifiers are kept and their text is
+/// not scrubbed.
+use crate::records::SHARED_TYPES;
+
+/// Resource types whose names, telecoms, addresses and identifiers are a person's direct
+/// identifiers.
+const PERSON_TYPES: [&str; 2] = ["Patient", "RelatedPerson"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizeError {
+    #[error("unknown identifier class {0:?} in obligations")]
+    UnknownClass(String),
+    #[error("token vault: {0}")]
+    Vault(#[from] VaultError),
+}
+
+/// The tokenizer applies a decision's obligations as the policy engine read them.
+pub use crate::policy::Obligations;
+
+/// Who the output is for, and the keys that protect it.
+pub struct TokenizeContext<'a> {
+    /// The requesting organization's DID: pseudonyms and tokens are bound to it.
+    pub recipient_org: &'a str,
+    /// The data domain of the request (clinical, billing, research).
+    pub domain: &'a str,
+    pub pseudonym_key: &'a [u8; 32],
+    pub vault: &'a Vault,
+    /// The decision time: ages for the 90+ rule are computed at this instant.
+    pub now: DateTime<Utc>,
+}
+
+/// HMAC-SHA256(key, recipient ‖ 0 ‖ domain ‖ 0 ‖ class ‖ 0 ‖ value), base64url, prefixed
+/// `p-`: stable for one recipient and domain, unlinkable across them.
+pub fn pseudonym(
+    key: &[u8; 32],
+    recipient_org: &str,
+    domain: &str,
+    class: &str,
+    value: &str,
+) -> String {
+    let mac = hmac_sha256(
+        key,
+        &[
+            recipient_org.as_bytes(),
+            domain.as_bytes(),
+            class.as_bytes(),
+            value.as_bytes(),
+        ],
+    );
+    format!("{PSEUDONYM_PREFIX}{}", federation::b64::encode(&mac))
+}
+
+/// A pseudonym only the key holder can recompute, for the custodian's own records (e.g.
+/// the patient reference in access events): HMAC(key, purpose ‖ 0 ‖ value), prefixed `p-`.
+pub fn keyed_pseudonym(key: &[u8; 32], purpose: &str, value: &str) -> String {
+    let mac = hmac_sha256(key, &[purpose.as_bytes(), value.as_bytes()]);
+    format!("{PSEUDONYM_PREFIX}{}", federation::b64::encode(&mac))
+}
+
+/// An element withheld from a response, for the OperationOutcome that says so. It names
+/// the resource as it leaves (its type and output id), the element's path from the resource
+/// (`DocumentReference.content[0].attachment.data`) and a reason code; never a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Withheld {
+    pub resource_type: String,
+    /// The id as it leaves (a pseudonym, or none when ids are redacted).
+    pub resource_id: Option<String>,
+    pub path: String,
+    /// `attachment-not-scannable`, `attachment-undecodable`, `attachment-url-not-scanned`,
+    /// `attachments-redacted`, or `date-is-birth-date` (a date that would give away a
+    /// birth date that is not revealed).
+    pub reason: &'static str,
+}
+
+/// What the tokenizer lets leave, and what it withheld.
+#[derive(Debug, Default)]
+pub struct Tokenized {
+    pub resources: Vec<Value>,
+    pub withheld: Vec<Withheld>,
+}
+
+/// Applies `obligations` to the resources of one response. Provenance resources and
+/// `meta.source` are always removed; with `max_records` the output is cut to that many
+/// resources, Patient first.
+pub fn apply(
+    resources: Vec<Value>,
+    obligations: &Obligations,
+    ctx: &TokenizeContext<'_>,
+) -> Result<Tokenized, TokenizeError> {
+    obligations
+        .validate()
+        .map_err(|e| TokenizeError::UnknownClass(e.0))?;
+    let mut resources: Vec<Value> = resources
+        .into_iter()
+        .filter(|r| {
+            r.as_object().is_some_and(|o| {
+                o.get("resourceType")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| t != "Provenance")
+            })
+        })
+        .collect();
+    resources.sort_by_key(|r| r["resourceType"] != "Patient");
+    if let Some(max) = obligations.max_records {
+        resources.truncate(usize::try_from(max).unwrap_or(usize::MAX));
+    }
+
+    let mut engine = Engine::new(obligations, ctx, &resources);
+    for resource in &mut resources {
+        if let Value::Object(obj) = resource {
+            let ty = obj
+                .get("resourceType")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            engine.path.clear();
+            engine.path.push_str(ty);
+            engine.current = (ty.to_string(), None);
+            engine.resource(obj, false)?;
+            prune(obj);
+        }
+    }
+    if engine.created_tokens {
+        ctx.vault.flush()?;
+    }
+    Ok(Tokenized {
+        resources,
+        withheld: engine.withheld,
+    })
+}

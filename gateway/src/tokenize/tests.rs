@@ -1,0 +1,685 @@
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use super::classes::{classify_identifier, Action, IdentifierClass};
+use super::engine::Engine;
+use super::resources::{age_over_89, generalize_address};
+use super::{apply, Obligations, TokenizeContext};
+use crate::vault::Vault;
+
+#[test]
+fn precedence_and_fail_closed_default() {
+    let o = Obligations {
+        reveal: vec!["name".into()],
+        tokenize: vec!["name".into(), "ssn".into()],
+        pseudonymize: vec!["ssn".into()],
+        generalize: vec!["dates".into()],
+        ..Obligations::default()
+    };
+    assert_eq!(o.action(IdentifierClass::Name), Action::Reveal);
+    assert_eq!(o.action(IdentifierClass::Ssn), Action::Tokenize);
+    assert_eq!(o.action(IdentifierClass::Dates), Action::Generalize);
+    assert_eq!(o.action(IdentifierClass::Mrn), Action::Redact);
+    assert_eq!(o.action(IdentifierClass::PatientId), Action::Redact);
+    assert_eq!(o.action(IdentifierClass::Narrative), Action::Keep);
+    assert_eq!(o.action(IdentifierClass::ResourceIds), Action::Keep);
+}
+
+#[test]
+fn unknown_class_fails_validation_and_unknown_field_parsing() {
+    let typo = Obligations {
+        reveal: vec!["nmae".into()],
+        ..Obligations::default()
+    };
+    assert_eq!(
+        typo.validate(),
+        Err(crate::policy::UnknownClass("nmae".into()))
+    );
+    let mut doc = serde_json::to_value(Obligations::default()).unwrap();
+    assert!(serde_json::from_value::<Obligations>(doc.clone()).is_ok());
+    doc["revael"] = json!([]);
+    assert!(serde_json::from_value::<Obligations>(doc).is_err());
+    // A decision that leaves a list out is malformed, not one that names nothing.
+    assert!(serde_json::from_value::<Obligations>(json!({})).is_err());
+}
+
+#[test]
+fn identifier_classes() {
+    let mk = |code: &str, system: &str| json!({"type": {"coding": [{"code": code}]}, "system": system, "value": "x"});
+    assert_eq!(
+        classify_identifier(&mk("MR", "urn:a")),
+        IdentifierClass::Mrn
+    );
+    assert_eq!(
+        classify_identifier(&mk("", "http://hl7.org/fhir/sid/us-ssn")),
+        IdentifierClass::Ssn
+    );
+    assert_eq!(
+        classify_identifier(&mk("PPN", "urn:a")),
+        IdentifierClass::Passport
+    );
+    assert_eq!(
+        classify_identifier(&mk("", "http://example.org/passportNumber")),
+        IdentifierClass::Passport
+    );
+    assert_eq!(
+        classify_identifier(&mk("DL", "urn:a")),
+        IdentifierClass::DriversLicense
+    );
+    assert_eq!(
+        classify_identifier(&json!({"value": "1"})),
+        IdentifierClass::OtherIdentifiers
+    );
+}
+
+#[test]
+fn ages_and_zip3() {
+    let now = DateTime::parse_from_rfc3339("2026-11-28T10:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    assert_eq!(age_over_89("1936-11-29", now), Some(false));
+    assert_eq!(age_over_89("1936-11-28", now), Some(true));
+    assert_eq!(age_over_89("1937", now), Some(false));
+    assert_eq!(age_over_89("1936", now), Some(true));
+    assert_eq!(age_over_89("garbage", now), None);
+    let mut a = json!({"line": ["1 Main"], "city": "X", "state": "NH", "postalCode": "03601-1234",
+        "extension": [{"url": "geo"}], "text": "t", "district": "d"});
+    generalize_address(a.as_object_mut().unwrap());
+    assert_eq!(a, json!({"state": "NH", "postalCode": "000"}));
+    let mut a = json!({"state": "MA", "postalCode": "02139"});
+    generalize_address(a.as_object_mut().unwrap());
+    assert_eq!(a, json!({"state": "MA", "postalCode": "021"}));
+}
+
+fn context_parts() -> (tempfile::TempDir, Vault) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let vault = Vault::open(db.open_tree("v").unwrap(), [1u8; 32]);
+    (dir, vault)
+}
+
+#[test]
+fn contained_resources_keep_local_ids_and_lose_names() {
+    let (_d, vault) = context_parts();
+    let key = [0u8; 32];
+    let ctx = TokenizeContext {
+        recipient_org: "did:web:b",
+        domain: "clinical",
+        pseudonym_key: &key,
+        vault: &vault,
+        now: Utc::now(),
+    };
+    let obs = json!({"resourceType": "Observation", "id": "o1",
+        "contained": [{"resourceType": "RelatedPerson", "id": "rp",
+                       "name": [{"family": "Kowalczyk", "given": ["Irena"]}],
+                       "telecom": [{"system": "phone", "value": "555-123-4567"}]}],
+        "performer": [{"reference": "#rp", "display": "Irena Kowalczyk"}],
+        "extension": [{"url": "x", "valueReference": {"reference": "Patient/zz", "display": "Kowalczyk"}}]});
+    let o = Obligations {
+        pseudonymize: vec!["resource-ids".into()],
+        ..Obligations::default()
+    };
+    let out = apply(vec![obs], &o, &ctx).unwrap().resources;
+    let text = serde_json::to_string(&out).unwrap();
+    assert!(
+        !text.contains("Kowalczyk") && !text.contains("Irena") && !text.contains("555-123"),
+        "{text}"
+    );
+    assert_eq!(out[0]["contained"][0]["id"], "rp");
+    assert_eq!(out[0]["performer"][0]["reference"], "#rp");
+    assert!(out[0]["id"].as_str().unwrap().starts_with("p-"));
+    assert_eq!(
+        out[0]["extension"],
+        json!([{"url": "x"}]),
+        "patient-id redacted: the reference goes"
+    );
+}
+
+#[test]
+fn reference_forms() {
+    let engine_ctx_key = [0u8; 32];
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let vault = Vault::open(db.open_tree("v").unwrap(), [1u8; 32]);
+    let ctx = TokenizeContext {
+        recipient_org: "did:web:b",
+        domain: "clinical",
+        pseudonym_key: &engine_ctx_key,
+        vault: &vault,
+        now: Utc::now(),
+    };
+    let o = Obligations::default();
+    let resources = vec![json!({"resourceType": "Patient", "id": "p1"})];
+    let e = Engine::new(&o, &ctx, &resources);
+    assert_eq!(
+        e.parse_reference("Patient/p1"),
+        Some(("Patient".into(), "p1".into()))
+    );
+    assert_eq!(
+        e.parse_reference("urn:uuid:p1"),
+        Some(("Patient".into(), "p1".into()))
+    );
+    assert_eq!(
+        e.parse_reference("https://fhir.example/r4/Observation/o1/_history/3"),
+        Some(("Observation".into(), "o1".into()))
+    );
+    assert_eq!(e.parse_reference("Patient?identifier=a|b"), None);
+    assert_eq!(e.parse_reference("urn:uuid:unknown"), None);
+    assert_eq!(e.parse_reference("garbage"), None);
+}
+
+// ---------------------------------------------------------------------------------------
+// Free text: the patient's values in every form, generic shapes, clinical content kept
+// ---------------------------------------------------------------------------------------
+
+mod scrubbing {
+    use serde_json::{json, Value};
+
+    use crate::tokenize::scrub::{Generic, Scrubber, Secrets};
+    use crate::tokenize::REDACTED;
+
+    const ALL: Generic = Generic {
+        ssn: true,
+        telecom: true,
+        urls: true,
+    };
+
+    fn scrubber(build: impl FnOnce(&mut Secrets), generic: Generic) -> Scrubber {
+        let mut secrets = Secrets::default();
+        build(&mut secrets);
+        Scrubber::new(secrets, generic)
+    }
+
+    fn v(s: &str) -> Option<&Value> {
+        // Leaked for the test's lifetime: Secrets reads `Option<&Value>` like the engine.
+        Some(Box::leak(Box::new(json!(s))))
+    }
+
+    fn out(s: &Scrubber, text: &str) -> String {
+        s.scrub(text, true).unwrap_or_else(|| text.to_string())
+    }
+
+    #[test]
+    fn words_respect_boundaries_case_and_marks() {
+        let s = scrubber(
+            |x| {
+                x.name(v("Della"));
+                x.name(v("Luz"));
+                x.name(v("Aragón"));
+                x.postal_code(v("00000"));
+            },
+            Generic::default(),
+        );
+        assert_eq!(
+            out(&s, "Della is here; della! DELLA."),
+            "[redacted] is here; [redacted]! [redacted]."
+        );
+        assert_eq!(s.scrub("Dellas", true), None);
+        assert_eq!(s.scrub("100000", true), None);
+        assert_eq!(out(&s, "zip 00000."), "zip [redacted].");
+        assert_eq!(s.scrub("Luzón", true), None, "a word inside a longer one");
+        assert_eq!(out(&s, "née ARAGON x"), "née [redacted] x");
+        assert_eq!(out(&s, "<p>Arag&oacute;n</p>"), "<p>[redacted]</p>");
+    }
+
+    #[test]
+    fn names_are_matched_by_part() {
+        let s = scrubber(
+            |x| {
+                x.name(v("García-Márquez de la Vega"));
+                x.name(v("José"));
+            },
+            Generic::default(),
+        );
+        let o = scrubber(|x| x.name(v("O'Brien")), Generic::default());
+        assert_eq!(out(&o, "Mrs O\u{2019}BRIEN"), "Mrs [redacted]");
+        assert_eq!(
+            out(&s, "Seen: GARCIA, Jose; Sra. Vega called. la paz de todos"),
+            "Seen: [redacted], [redacted]; Sra. [redacted] called. la paz de todos"
+        );
+    }
+
+    #[test]
+    fn numbers_in_any_writing() {
+        let s = scrubber(
+            |x| {
+                x.value(v("999-77-0001"));
+                x.phone(v("555-770-0001"));
+            },
+            Generic::default(),
+        );
+        for form in [
+            "999770001",
+            "999-77-0001",
+            "999 77 0001",
+            "999.77.0001",
+            "(555) 770-0001",
+            "555.770.0001",
+            "555-770-0001",
+            "5557700001",
+            "+1 555 770 0001",
+            "+15557700001",
+            "1-555-770-0001",
+        ] {
+            let text = format!("ref: {form}, ok");
+            assert_eq!(out(&s, &text), "ref: [redacted], ok", "{form}");
+        }
+        // Typographic dashes are dashes.
+        assert_eq!(out(&s, "tel 555\u{2013}770\u{2013}0001"), "tel [redacted]");
+        // Inside a longer number it is another number.
+        assert_eq!(s.scrub("acct 19997700012", true), None);
+        assert_eq!(s.scrub("55577000019", true), None);
+    }
+
+    #[test]
+    fn addresses_fold_case_marks_and_whitespace() {
+        let s = scrubber(
+            |x| {
+                x.value(v("12 Calle Nandu"));
+                x.value(v("San José"));
+                x.postal_code(v("02139-4307"));
+            },
+            Generic::default(),
+        );
+        assert_eq!(out(&s, "lives at 12 CALLE ÑANDÚ."), "lives at [redacted].");
+        assert_eq!(
+            out(&s, "12   calle\n\tñandú, SAN JOSE"),
+            "[redacted], [redacted]"
+        );
+        assert_eq!(
+            out(&s, "zip 02139 / 021394307"),
+            "zip [redacted] / [redacted]"
+        );
+        let z = scrubber(|x| x.postal_code(v("84806")), Generic::default());
+        assert_eq!(
+            z.scrub("LOINC 8480-6", true),
+            None,
+            "a code is not a postal code"
+        );
+        assert_eq!(out(&z, "zip 84806"), "zip [redacted]");
+        assert_eq!(
+            out(&s, "Ｓａｎ　Ｊｏｓé"),
+            "[redacted]",
+            "full-width compatibility forms"
+        );
+    }
+
+    #[test]
+    fn birth_date_in_every_writing_and_other_dates_kept() {
+        let s = scrubber(|x| x.birth_date(v("1931-02-14")), Generic::default());
+        for form in [
+            "1931-02-14",
+            "1931-02-14T08:30:00Z",
+            "2/14/1931",
+            "02/14/1931",
+            "02/14/31",
+            "2-14-1931",
+            "14.2.1931",
+            "14.02.1931",
+            "14/02/1931",
+            "February 14, 1931",
+            "february 14 1931",
+            "Feb. 14th, 1931",
+            "14 Feb 1931",
+            "14th of February 1931",
+            "14-FEB-1931",
+            "19310214",
+            "02141931",
+        ] {
+            let text = format!("born {form} at home");
+            let got = out(&s, &text);
+            assert!(
+                got.starts_with("born [redacted]") && !got.contains("1931"),
+                "{form}: {got}"
+            );
+        }
+        for other in [
+            "seen 2024-02-14",
+            "seen 02/15/1931",
+            "Feb 14, 1932",
+            "14 March 1931",
+            "visit on 3/4/2024",
+            "1931",
+        ] {
+            assert_eq!(s.scrub(other, true), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn generic_shapes_go_and_clinical_content_stays() {
+        let s = scrubber(|_| {}, ALL);
+        assert_eq!(
+            out(&s, "SSN 123-45-6789; ssn: 123456789."),
+            format!("SSN {REDACTED}; ssn: {REDACTED}.")
+        );
+        assert_eq!(
+            out(&s, "call (617) 555-0100 or +44 20 7946 0958, x@y.org"),
+            format!("call {REDACTED} or {REDACTED}, {REDACTED}")
+        );
+        assert_eq!(
+            out(
+                &s,
+                "see https://portal.example/chart?mrn=12345678 and https://hl7.org/fhir"
+            ),
+            format!("see {REDACTED} and https://hl7.org/fhir")
+        );
+        for clinical in [
+            "LOINC 8480-6 systolic 120 mmHg",
+            "metformin 500 mg twice daily, 98.6 F",
+            "ref 550e8400-e29b-41d4-a716-446655440000",
+            "Observation/obs-123-45-6789x",
+            "oid 2.16.840.1.113883.555.770.0001",
+            "visit 2024-03-05 at 10:30, next 03/12/2024",
+            "NDC 0002-3227-30, lot 2024.11.0005",
+            "http://snomed.info/sct 38341003",
+        ] {
+            assert_eq!(s.scrub(clinical, true), None, "{clinical}");
+        }
+        // Codes of closed vocabularies are not read for generic shapes.
+        assert_eq!(s.scrub("123-45-6789", false), None);
+    }
+
+    #[test]
+    fn revealed_classes_keep_their_generic_shapes() {
+        let s = scrubber(
+            |_| {},
+            Generic {
+                ssn: true,
+                telecom: false,
+                urls: false,
+            },
+        );
+        assert_eq!(s.scrub("call (617) 555-0100, x@y.org", true), None);
+        assert_eq!(out(&s, "123-45-6789"), REDACTED);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Attachments
+// ---------------------------------------------------------------------------------------
+
+mod attachments {
+    use base64::Engine as _;
+    use chrono::Utc;
+    use serde_json::{json, Value};
+
+    use super::context_parts;
+    use crate::tokenize::attachments::{attachment_hash, scannable, Charset};
+    use crate::tokenize::{apply, Obligations, TokenizeContext, Tokenized};
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    fn unb64(v: &Value) -> Vec<u8> {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap()
+    }
+
+    fn patient() -> Value {
+        json!({"resourceType": "Patient", "id": "pat1",
+            "identifier": [{"type": {"coding": [{"code": "SS"}]}, "value": "999-77-0001"}],
+            "name": [{"family": "Ñandú", "given": ["Della"]}],
+            "birthDate": "1931-02-14"})
+    }
+
+    fn document(attachments: Vec<Value>) -> Value {
+        let content: Vec<Value> = attachments
+            .into_iter()
+            .map(|a| json!({"attachment": a}))
+            .collect();
+        json!({"resourceType": "DocumentReference", "id": "doc1",
+            "subject": {"reference": "Patient/pat1"}, "content": content})
+    }
+
+    fn run(obligations: Obligations, resources: Vec<Value>) -> Tokenized {
+        let (_d, vault) = context_parts();
+        let key = [0u8; 32];
+        let ctx = TokenizeContext {
+            recipient_org: "did:web:b",
+            domain: "clinical",
+            pseudonym_key: &key,
+            vault: &vault,
+            now: Utc::now(),
+        };
+        apply(resources, &obligations, &ctx).unwrap()
+    }
+
+    fn treat() -> Obligations {
+        Obligations {
+            reveal: vec!["name".into()],
+            tokenize: vec!["ssn".into()],
+            pseudonymize: vec!["patient-id".into(), "resource-ids".into()],
+            ..Obligations::default()
+        }
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(scannable("text/plain"), Some(Charset::Utf8));
+        assert_eq!(
+            scannable("Text/HTML; charset=\"ISO-8859-1\""),
+            Some(Charset::Latin1)
+        );
+        assert_eq!(
+            scannable("application/fhir+json;charset=utf-8"),
+            Some(Charset::Utf8)
+        );
+        assert_eq!(scannable("text/markdown"), Some(Charset::Utf8));
+        assert_eq!(scannable("text/plain; charset=utf-16"), None);
+        assert_eq!(scannable("application/pdf"), None);
+        assert_eq!(scannable("image/jpeg"), None);
+        assert_eq!(scannable("application/dicom"), None);
+        assert_eq!(scannable(""), None);
+    }
+
+    #[test]
+    fn text_is_scrubbed_and_size_and_hash_made_true() {
+        let note = "Della Nandu, SSN 999770001, DOB 02/14/1931. BP 120/80, LOINC 8480-6.";
+        let latin1: Vec<u8> = "Sra. ÑANDÚ 999 77 0001".chars().map(|c| c as u8).collect();
+        let out = run(
+            Obligations {
+                reveal: vec![],
+                ..treat()
+            },
+            vec![
+                patient(),
+                document(vec![
+                    json!({"contentType": "text/plain", "data": b64(note.as_bytes()),
+                        "size": note.len(), "hash": attachment_hash(note.as_bytes())}),
+                    json!({"contentType": "text/plain; charset=iso-8859-1", "data": b64(&latin1)}),
+                ]),
+            ],
+        );
+        let doc = &out.resources[1];
+        let a = &doc["content"][0]["attachment"];
+        let text = String::from_utf8(unb64(&a["data"])).unwrap();
+        assert_eq!(
+            text,
+            "[redacted] [redacted], SSN [redacted], DOB [redacted]. BP 120/80, LOINC 8480-6."
+        );
+        assert_eq!(a["size"], text.len());
+        assert_eq!(a["hash"], attachment_hash(text.as_bytes()));
+        let l = &doc["content"][1]["attachment"];
+        assert_eq!(unb64(&l["data"]), b"Sra. [redacted] [redacted]");
+        assert!(out.withheld.is_empty(), "{:?}", out.withheld);
+    }
+
+    #[test]
+    fn unscannable_content_is_withheld_and_reported() {
+        let pdf = b"%PDF-1.4 Della Nandu 999-77-0001";
+        let out = run(
+            treat(),
+            vec![
+                patient(),
+                document(vec![
+                    json!({"contentType": "application/pdf", "data": b64(pdf), "size": 33,
+                        "hash": attachment_hash(pdf), "title": "Note"}),
+                    json!({"data": b64(b"undeclared")}),
+                    json!({"contentType": "text/plain", "data": b64(&[0xff, 0xfe, 0x00])}),
+                    json!({"contentType": "text/plain", "url": "Binary/abc"}),
+                ]),
+            ],
+        );
+        let doc = &out.resources[1];
+        let text = serde_json::to_string(doc).unwrap();
+        assert!(!text.contains("\"data\"") && !text.contains("\"url\"") && !text.contains("hash"));
+        assert_eq!(doc["content"][0]["attachment"]["title"], "Note");
+        let id = doc["id"].as_str().unwrap();
+        let notes: Vec<(String, &str)> = out
+            .withheld
+            .iter()
+            .map(|w| {
+                assert_eq!(w.resource_type, "DocumentReference");
+                assert_eq!(w.resource_id.as_deref(), Some(id));
+                (w.path.clone(), w.reason)
+            })
+            .collect();
+        assert_eq!(
+            notes,
+            [
+                (
+                    "DocumentReference.content[0].attachment.data".to_string(),
+                    "attachment-not-scannable"
+                ),
+                (
+                    "DocumentReference.content[1].attachment.data".to_string(),
+                    "attachment-not-scannable"
+                ),
+                (
+                    "DocumentReference.content[2].attachment.data".to_string(),
+                    "attachment-undecodable"
+                ),
+                (
+                    "DocumentReference.content[3].attachment.url".to_string(),
+                    "attachment-url-not-scanned"
+                ),
+            ]
+        );
+        let notes = format!("{:?}", out.withheld);
+        assert!(!notes.contains("Della") && !notes.contains("999") && !notes.contains("doc1"));
+    }
+
+    #[test]
+    fn revealed_attachments_keep_binary_content_and_redacted_ones_are_reported() {
+        let pdf = b"%PDF-1.4";
+        let doc = document(vec![
+            json!({"contentType": "application/pdf", "data": b64(pdf), "url": "Binary/b1"}),
+        ]);
+        let out = run(
+            Obligations {
+                reveal: vec!["name".into(), "attachments".into()],
+                ..treat()
+            },
+            vec![patient(), doc.clone()],
+        );
+        assert_eq!(out.resources[1]["content"], doc["content"]);
+        assert!(out.withheld.is_empty());
+
+        let out = run(
+            Obligations {
+                redact: vec!["attachments".into()],
+                ..treat()
+            },
+            vec![patient(), doc],
+        );
+        let a = &out.resources[1]["content"][0]["attachment"];
+        assert_eq!(a, &json!({"contentType": "application/pdf"}));
+        assert_eq!(out.withheld.len(), 1);
+        assert_eq!(out.withheld[0].reason, "attachments-redacted");
+        assert_eq!(
+            out.withheld[0].path,
+            "DocumentReference.content[0].attachment"
+        );
+    }
+
+    #[test]
+    fn attachments_are_found_by_shape_and_waveforms_are_not_attachments() {
+        let consent = json!({"resourceType": "Consent", "id": "c1",
+            "sourceAttachment": {"data": b64(b"scanned form")}});
+        let obs = json!({"resourceType": "Observation", "id": "o1",
+            "valueSampledData": {"origin": {"value": 0}, "period": 10, "dimensions": 1,
+                                 "data": "1 2 3 4 5 6 7 8"},
+            "extension": [{"url": "x", "valueSignature": {"sigFormat": "image/png",
+                           "data": b64(b"\x89PNG")}}],
+            "component": [{"valueAttachment": {"contentType": "text/plain",
+                           "url": "https://custodian.example/Binary/1"}}]});
+        let out = run(treat(), vec![patient(), consent, obs]);
+        let c = &out.resources[1];
+        let o = &out.resources[2];
+        assert!(c.get("sourceAttachment").is_none());
+        assert_eq!(o["valueSampledData"]["data"], "1 2 3 4 5 6 7 8");
+        assert!(o["extension"][0]["valueSignature"].get("data").is_none());
+        assert!(o["component"][0]["valueAttachment"].get("url").is_none());
+        let reasons: Vec<(&str, &str)> = out
+            .withheld
+            .iter()
+            .map(|w| (w.path.as_str(), w.reason))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("Consent.sourceAttachment.data", "attachment-not-scannable"),
+                (
+                    "Observation.extension[0].valueSignature.data",
+                    "attachment-not-scannable"
+                ),
+                (
+                    "Observation.component[0].valueAttachment.url",
+                    "attachment-url-not-scanned"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_date_on_the_hidden_birth_date_goes_unless_dates_are_shifted() {
+        let condition = json!({"resourceType": "Condition", "id": "c1",
+            "onsetDateTime": "1931-02-14T08:13:00+00:00",
+            "recordedDate": "2024-03-05"});
+        let out = run(treat(), vec![patient(), condition.clone()]);
+        let c = &out.resources[1];
+        assert!(c.get("onsetDateTime").is_none());
+        assert_eq!(c["recordedDate"], "2024-03-05");
+        assert_eq!(out.withheld[0].path, "Condition.onsetDateTime");
+        assert_eq!(out.withheld[0].reason, "date-is-birth-date");
+
+        let shifted = Obligations {
+            shift_dates: true,
+            ..treat()
+        };
+        let out = run(shifted, vec![patient(), condition]);
+        assert_eq!(
+            out.resources[1]["onsetDateTime"],
+            "1931-02-14T08:13:00+00:00"
+        );
+        assert!(out.withheld.is_empty());
+    }
+
+    #[test]
+    fn narrative_and_every_field_are_scrubbed() {
+        let obs = json!({"resourceType": "Observation", "id": "o1",
+            "text": {"status": "generated",
+                     "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Della &Ntilde;and&uacute; (555) 770-0001</div>"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}], "text": "BP"},
+            "valueString": "12 CALLE ÑANDÚ, born February 14, 1931",
+            "note": [{"text": "SSN 999 77 0001, seen 2024-03-05, 500 mg"}]});
+        let mut p = patient();
+        p["telecom"] = json!([{"system": "phone", "value": "555-770-0001"}]);
+        p["address"] = json!([{"line": ["12 Calle Ñandú"], "city": "Springfield"}]);
+        let out = run(treat(), vec![p, obs]);
+        let o = &out.resources[1];
+        assert_eq!(
+            o["text"]["div"],
+            "<div xmlns=\"http://www.w3.org/1999/xhtml\">Della &Ntilde;and&uacute; [redacted]</div>",
+            "name revealed; phone hidden"
+        );
+        assert_eq!(o["valueString"], "[redacted], born [redacted]");
+        assert_eq!(
+            o["note"][0]["text"],
+            "SSN [redacted], seen 2024-03-05, 500 mg"
+        );
+        assert_eq!(o["code"]["coding"][0]["code"], "8480-6");
+    }
+}
