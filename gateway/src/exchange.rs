@@ -302,6 +302,7 @@ async fn answer(
         }
     };
     let mut notes = outcome::dropped_classes(&ledger.data_classes, &decision.data_classes);
+    notes.extend(outcome::redacted_classes(&decision.obligations.redact));
     let provenance = fetched
         .iter()
         .filter(|r| r["resourceType"] == "Provenance")

@@ -96,6 +96,24 @@ pub fn dropped_classes(requested: &[String], granted: &[String]) -> Vec<Note> {
         .collect()
 }
 
+/// The classes the decision redacts that remove whole elements (narrative, attachments),
+/// one note each: what an answer lacks because of them is not noted element by element.
+pub fn redacted_classes(redact: &[String]) -> Vec<Note> {
+    redact
+        .iter()
+        .filter_map(|c| {
+            let what = match c.as_str() {
+                "narrative" => "narrative text (text.div, notes and comments)",
+                "attachments" => "attachments (their data and urls)",
+                _ => return None,
+            };
+            Some(Note::suppressed(format!(
+                "{what} removed: the decision redacts {c}"
+            )))
+        })
+        .collect()
+}
+
 /// Marks every literal reference in `resources` whose target is not in `present` (and is
 /// not the patient the answer is about) with a `data-absent-reason` of `masked`, and
 /// returns one note per target type with the number of such references.
@@ -181,6 +199,14 @@ pub fn present(resources: &[Value]) -> HashSet<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacted_narrative_and_attachments_are_said() {
+        let notes = redacted_classes(&["name".into(), "narrative".into(), "attachments".into()]);
+        assert_eq!(notes.len(), 2);
+        assert!(notes[0].diagnostics.starts_with("narrative text"));
+        assert!(notes[1].diagnostics.ends_with("redacts attachments"));
+    }
 
     #[test]
     fn dropped_classes_are_named_once() {

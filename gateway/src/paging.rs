@@ -209,3 +209,56 @@ pub fn sign_proof(
         PROOF_TYP,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(expires_at: Option<String>) -> Decision {
+        let mut d = Decision::deny("x");
+        d.allow = true;
+        d.expires_at = expires_at;
+        d
+    }
+
+    #[tokio::test]
+    async fn a_cursor_past_its_grant_is_unknown_and_the_oldest_make_room() {
+        let pages = Pages::default();
+        let ledger = Ledger::new("clinical", "ETREAT", &[]);
+        let resolver = DidResolver::new(true);
+        // A break-glass grant that already ended: its cursor is dead on arrival.
+        let past = federation::time::rfc3339(Utc::now() - chrono::Duration::minutes(1));
+        let dead = pages.issue(&ledger, &decision(Some(past)), "p1", "did:key:z", 3);
+        let live = pages.issue(&ledger, &decision(None), "p1", "did:key:z", 3);
+        assert_eq!(
+            pages
+                .redeem(&resolver, "did:web:g", &dead, 2, Some("x"))
+                .await
+                .err(),
+            Some(PageError::UnknownCursor)
+        );
+        // A live cursor without a proof, or with a malformed one, is refused as such.
+        assert_eq!(
+            pages
+                .redeem(&resolver, "did:web:g", &live, 2, None)
+                .await
+                .err(),
+            Some(PageError::MissingProof)
+        );
+        assert!(matches!(
+            pages
+                .redeem(&resolver, "did:web:g", &live, 2, Some("a.b.c"))
+                .await,
+            Err(PageError::BadProof(_))
+        ));
+        assert_eq!(
+            pages
+                .redeem(&resolver, "did:web:g", "forged", 2, Some("x"))
+                .await
+                .err(),
+            Some(PageError::UnknownCursor)
+        );
+        assert_ne!(dead, live);
+        assert!(live.len() >= 43, "256 random bits");
+    }
+}

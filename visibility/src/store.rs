@@ -385,7 +385,18 @@ mod tests {
                 .unwrap();
             store.db.flush().unwrap();
         }
-        let store = Store::open(&path).unwrap();
+        // sled releases its file lock from a background thread after the Db is dropped:
+        // wait for it (bounded) rather than race it.
+        let started = std::time::Instant::now();
+        let store = loop {
+            match Store::open(&path) {
+                Ok(store) => break store,
+                Err(_) if started.elapsed() < std::time::Duration::from_secs(10) => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("the store could not be reopened: {e}"),
+            }
+        };
         assert_eq!(store.indexed().unwrap(), 3);
         assert_eq!(store.existing("did:web:a.test", &c.id).unwrap(), Some(2));
         let by_ref: Vec<u64> = store
