@@ -75,9 +75,10 @@ fn fixture_patient(file: &Path) -> FixturePatient {
 }
 
 struct Fed {
-    _dir: tempfile::TempDir,
     office: Office,
     gateway: Gateway,
+    /// Last: fields drop in order, and the processes stop before their data goes.
+    _dir: tempfile::TempDir,
 }
 
 fn extra_toml(office: &Office, policies_note: &str) -> String {

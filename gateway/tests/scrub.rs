@@ -316,8 +316,10 @@ fn find(hay_folded: &str, form: &str) -> Option<String> {
 }
 
 struct Run {
-    _dir: tempfile::TempDir,
     vault: Vault,
+    /// Last: fields drop in order, and a sled database whose directory is removed
+    /// before it is closed can hang in its final flush.
+    _dir: tempfile::TempDir,
 }
 
 fn run_env() -> Run {

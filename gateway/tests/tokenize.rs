@@ -33,10 +33,12 @@ fn fixture_files() -> Vec<PathBuf> {
 }
 
 struct Env {
-    _dir: tempfile::TempDir,
     store: SledStore,
     vault: Vault,
     types: Vec<String>,
+    /// Last: fields drop in order, and a sled database whose directory is removed
+    /// before it is closed can hang in its final flush.
+    _dir: tempfile::TempDir,
 }
 
 fn env() -> Env {

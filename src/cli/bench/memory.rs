@@ -27,6 +27,13 @@ pub struct MemoryArgs {
     /// Seed of the synthetic records (the same seed makes the same patients).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Fewest resources per synthetic record.
+    #[arg(long, default_value_t = 3000)]
+    min_resources: usize,
+    /// Most resources per synthetic record (at about 7,200, the clinical classes alone
+    /// fill a 5,000-resource page).
+    #[arg(long, default_value_t = 6600)]
+    max_resources: usize,
     /// Exchanges in all, one after another, going round the synthetic patients.
     #[arg(long, default_value_t = 20)]
     exchanges: usize,
@@ -138,7 +145,14 @@ pub(super) async fn memory(args: MemoryArgs) -> Result<Printed, String> {
     let started = Instant::now();
     let records = scratch.path.join("synth");
     std::fs::create_dir_all(&records).map_err(|e| format!("{}: {e}", records.display()))?;
-    let mut generator = synth::Generator::new(synth::Options::large(args.seed));
+    if args.min_resources == 0 || args.min_resources > args.max_resources {
+        return Err("--min-resources must be at least 1 and at most --max-resources".into());
+    }
+    let mut generator = synth::Generator::new(synth::Options {
+        min_resources: args.min_resources,
+        max_resources: args.max_resources,
+        ..synth::Options::large(args.seed)
+    });
     let mut files = Vec::new();
     let mut patients = Vec::new();
     for i in 0..args.synth_patients {
