@@ -120,7 +120,10 @@ impl GatewayState {
             path: config.data_dir.display().to_string(),
             source,
         })?;
-        let db = service::db::open(&config.data_dir.join("gateway.sled"))?;
+        let db = service::db::open_with_cache(
+            &config.data_dir.join("gateway.sled"),
+            service::db::GATEWAY_CACHE_BYTES,
+        )?;
         let nonces = Nonces::new(
             db.open_tree("nonces")?,
             Duration::from_secs(config.challenge_ttl_secs),

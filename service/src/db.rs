@@ -10,10 +10,20 @@ use std::path::Path;
 /// Bytes of sled's page cache per database.
 pub const CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
+/// The gateway's: a gateway reading large records filled both of its databases' caches at
+/// 32 MiB and kept them; at 8 MiB the exchange's time did not change (docs/performance.md,
+/// "Memory across large exchanges").
+pub const GATEWAY_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
 /// Opens (creating if needed) the sled database at `path` with a bounded cache.
 pub fn open(path: &Path) -> sled::Result<sled::Db> {
+    open_with_cache(path, CACHE_BYTES)
+}
+
+/// As [`open`], with a cache of `cache_bytes`.
+pub fn open_with_cache(path: &Path, cache_bytes: u64) -> sled::Result<sled::Db> {
     sled::Config::new()
         .path(path)
-        .cache_capacity(CACHE_BYTES)
+        .cache_capacity(cache_bytes)
         .open()
 }

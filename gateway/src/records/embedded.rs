@@ -36,7 +36,10 @@ struct Candidate {
 impl SledStore {
     /// Opens (or creates) the store in directory `dir`.
     pub fn open(dir: &Path) -> Result<SledStore, RecordError> {
-        SledStore::with_db(service::db::open(dir)?)
+        SledStore::with_db(service::db::open_with_cache(
+            dir,
+            service::db::GATEWAY_CACHE_BYTES,
+        )?)
     }
 
     /// The store's trees inside an existing database.
