@@ -9,14 +9,16 @@
 //! - [`tokenize`]: obligations applied to FHIR JSON (reveal, tokenize, pseudonymize,
 //!   generalize, redact), the patient's identifiers scrubbed from every string and text
 //!   attachment, unscannable attachments withheld; [`vault`]: the encrypted token vault.
-//! - [`research`]: aggregate-only cohort queries with small-cell suppression, and their
-//!   request (`POST /v1/research/queries`).
+//! - [`research`]: aggregate-only cohort queries, released with differential privacy
+//!   (OpenDP) against each study's durable budget, and their request
+//!   (`POST /v1/research/queries`).
 //! - `detokenize`: `POST /v1/detokenize`, a token revealed under policy.
 //! - `registration`: consents registered and withdrawn, DIDs linked to patients.
 //! - [`consents`]: consents registered by patients, and their withdrawals.
 //! - [`dates`]: the `shift_dates` obligation, one offset per patient and recipient.
 //! - [`paging`]: cursors of answers larger than `max_records`, and their page proofs;
 //!   [`outcome`]: the OperationOutcome that says what an answer left out and why.
+//! - [`bundle`]: the answer's searchset Bundle, written one entry at a time.
 //! - [`outbox`]: the durable access-event outbox, written before any response.
 //! - [`jwe`]: response encryption to the requester's key-agreement key.
 //! - [`shipper`]: delivers the outbox to the visibility log and checks the log's consistency;
