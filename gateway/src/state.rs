@@ -136,6 +136,16 @@ impl GatewayState {
             RecordsConfig::Embedded => RecordSource::embedded(&config.data_dir.join("records"))?,
             RecordsConfig::Fhir { url } => RecordSource::fhir_server(url, config.dev_mode)?,
         };
+        if let RecordSource::Fhir(server) = &records {
+            // Read and log what the server supports now, not at the first exchange; a
+            // server that is down is asked again then.
+            let server = server.clone();
+            tokio::spawn(async move {
+                if let Err(e) = server.capabilities().await {
+                    tracing::warn!(error = %e, "FHIR server capabilities not read");
+                }
+            });
+        }
         let policy = Arc::new(PolicyHolder::with_options(
             &config.policies,
             crate::policy::PolicyOptions {

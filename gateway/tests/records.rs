@@ -418,6 +418,11 @@ const PAGE: usize = 7;
 struct Stub {
     resources: Vec<Value>,
     origin: String,
+    /// Declares and answers `Patient/{id}/$everything`.
+    everything: bool,
+    /// Requests seen: `$everything` and type searches by `?patient=`.
+    everything_calls: std::sync::atomic::AtomicUsize,
+    type_searches: std::sync::atomic::AtomicUsize,
 }
 
 /// The fixtures as a FHIR server would hold them: ids from the fullUrls, references as
@@ -493,6 +498,8 @@ async fn search(
     let Some(patient) = q.get("patient") else {
         return StatusCode::BAD_REQUEST.into_response();
     };
+    s.type_searches
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let target = format!("Patient/{patient}");
     let matching: Vec<Value> = of_type
         .filter(|r| {
@@ -543,20 +550,104 @@ async fn read(
 }
 
 async fn start_stub() -> String {
+    start_stub_with(false).await.0
+}
+
+/// `$everything` as a server that declares it answers: the patient, their compartment
+/// and the shared resources (marked `include`), of the `_type`s asked, in pages. For
+/// patient `leaky`, another patient's Observation too.
+async fn everything(
+    State(s): State<Arc<Stub>>,
+    UrlPath(id): UrlPath<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    s.everything_calls
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let Some(types) = q.get("_type") else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let types: BTreeSet<&str> = types.split(',').collect();
+    let target = format!("Patient/{id}");
+    let mut found: Vec<(Value, &str)> = s
+        .resources
+        .iter()
+        .filter(|r| types.contains(r["resourceType"].as_str().unwrap()))
+        .filter_map(|r| {
+            let ty = r["resourceType"].as_str().unwrap();
+            if ty == "Patient" {
+                (r["id"] == id.as_str()).then_some((r.clone(), "match"))
+            } else if ["subject", "patient", "beneficiary"]
+                .iter()
+                .any(|f| r[*f]["reference"] == target.as_str())
+            {
+                Some((r.clone(), "match"))
+            } else if ty == "Practitioner" || ty == "Organization" {
+                Some((r.clone(), "include"))
+            } else {
+                None
+            }
+        })
+        .collect();
+    if id == "leaky" {
+        found.push((
+            json!({"resourceType": "Observation", "id": "x1", "subject": {"reference": "Patient/someone-else"}}),
+            "match",
+        ));
+    }
+    let page: usize = q.get("_page").and_then(|p| p.parse().ok()).unwrap_or(0);
+    let chunk: Vec<Value> = found
+        .iter()
+        .skip(page * PAGE)
+        .take(PAGE)
+        .map(|(r, mode)| json!({"resource": r, "search": {"mode": mode}}))
+        .collect();
+    let mut b = json!({"resourceType": "Bundle", "type": "searchset", "entry": chunk});
+    if (page + 1) * PAGE < found.len() {
+        let next = format!(
+            "{}/fhir/Patient/{id}/$everything?_type={}&_page={}",
+            s.origin,
+            q["_type"],
+            page + 1
+        );
+        b["link"] = json!([{"relation": "next", "url": next}]);
+    }
+    Json(b).into_response()
+}
+
+async fn start_stub_with(declares_everything: bool) -> (String, Arc<Stub>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let origin = format!("http://{}", listener.local_addr().unwrap());
     let stub = Arc::new(Stub {
         resources: stub_resources(),
         origin: origin.clone(),
+        everything: declares_everything,
+        everything_calls: Default::default(),
+        type_searches: Default::default(),
     });
+    let metadata = |State(s): State<Arc<Stub>>| async move {
+        let ops = if s.everything {
+            json!([{"name": "everything",
+                "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}])
+        } else {
+            json!([])
+        };
+        Json(
+            json!({"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1",
+            "rest": [{"mode": "server", "resource": [
+                {"type": "Patient", "interaction": [{"code": "read"}, {"code": "search-type"}],
+                 "operation": ops}]}]}),
+        )
+    };
     let app = Router::new()
+        .route("/fhir/metadata", get(metadata))
         .route("/fhir/{ty}", get(search))
         .route("/fhir/{ty}/{id}", get(read))
-        .with_state(stub);
+        .route("/fhir/Patient/{id}/$everything", get(everything))
+        .with_state(stub.clone());
     tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();
     });
-    format!("{origin}/fhir")
+    (format!("{origin}/fhir"), stub)
 }
 
 fn sorted(mut v: Vec<Value>) -> Vec<Value> {
@@ -622,6 +713,74 @@ async fn fhir_server_source_matches_the_embedded_store() {
     ids.sort();
     ids2.sort();
     assert_eq!(ids, ids2);
+}
+
+/// A server that declares `$everything` is asked with it (in pages, with `_type`), and
+/// gives the same records as type searches and the embedded store; an answer holding
+/// another patient's resource fails closed.
+#[tokio::test]
+async fn fhir_server_everything_matches_the_embedded_store() {
+    use std::sync::atomic::Ordering;
+    let (base, stub) = start_stub_with(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sled = SledStore::open(&dir.path().join("r")).unwrap();
+    import_paths(&sled, &[fixtures("hospital-b")]).unwrap();
+    let embedded = RecordSource::Embedded(sled);
+    let server = gateway::records::FhirServer::new(&base, true).unwrap();
+    let caps = server.capabilities().await.unwrap();
+    assert!(caps.everything);
+    assert_eq!(caps.fhir_version.as_deref(), Some("4.0.1"));
+    let types: Vec<String> = [
+        "Patient",
+        "Encounter",
+        "Observation",
+        "Condition",
+        "Practitioner",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut compared = 0;
+    for (_, b) in bundles("hospital-b") {
+        let pid = fixture_id(
+            entries(&b)
+                .iter()
+                .find(|e| e["resource"]["resourceType"] == "Patient")
+                .unwrap(),
+        );
+        let a = sorted(server.patient_resources(&pid, &types).await.unwrap());
+        let want = sorted(embedded.patient_resources(&pid, &types).await.unwrap());
+        assert_eq!(a, want);
+        compared += a.len();
+    }
+    assert!(compared > 100, "{compared}");
+    assert!(
+        stub.everything_calls.load(Ordering::SeqCst) > 12,
+        "pages followed"
+    );
+    assert_eq!(stub.type_searches.load(Ordering::SeqCst), 0);
+    assert!(matches!(
+        server.patient_resources("leaky", &types).await,
+        Err(RecordError::Inconsistent { .. })
+    ));
+
+    // Told not to, the same server is asked by type searches.
+    let searches = gateway::records::FhirServer::new(&base, true)
+        .unwrap()
+        .without_everything();
+    let calls = stub.everything_calls.load(Ordering::SeqCst);
+    let pid = fixture_id(
+        entries(&bundles("hospital-b")[0].1)
+            .iter()
+            .find(|e| e["resource"]["resourceType"] == "Patient")
+            .unwrap(),
+    );
+    let a = sorted(searches.patient_resources(&pid, &types).await.unwrap());
+    assert_eq!(
+        a,
+        sorted(embedded.patient_resources(&pid, &types).await.unwrap())
+    );
+    assert_eq!(stub.everything_calls.load(Ordering::SeqCst), calls);
+    assert!(stub.type_searches.load(Ordering::SeqCst) > 0);
 }
 
 #[tokio::test]

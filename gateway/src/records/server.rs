@@ -1,16 +1,19 @@
 //! The organization's own FHIR server as the record source.
 //!
-//! What it asks: `?patient=` searches per type with `_count` (the server may answer with
-//! fewer per page), a few types at a time, following `next` links on the server's own
-//! origin. What it bounds: the pages per search, the bytes of one response, and across
+//! What it asks: the server's CapabilityStatement once (`metadata`, logged); then
+//! `Patient/{id}/$everything` with `_type` and `_count` when the server declares that
+//! operation, or else `?patient=` searches per type with `_count` (the server may answer
+//! with fewer per page), a few types at a time, following `next` links on the server's
+//! own origin. What it bounds: the pages per search, the bytes of one response, and across
 //! all of one exchange's reads a byte and a resource budget and a deadline below the
 //! service's request timeout. What it retries: a read answered 429 or 503, twice, after
 //! the server's `Retry-After` (at most 5 s) or a short backoff. What it refuses, failing
 //! closed: a Patient read that returns another patient or resource, a compartment search
 //! that returns another patient's resource or another type.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -48,6 +51,79 @@ pub struct FhirServer {
     budget_bytes: usize,
     budget_resources: usize,
     deadline: Duration,
+    /// Whether to use `$everything` when the server declares it.
+    use_everything: bool,
+    /// What the server declared, read once (again after a failed read).
+    capabilities: Arc<tokio::sync::OnceCell<Capabilities>>,
+}
+
+/// What a FHIR server's CapabilityStatement says that the record reads can use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `fhirVersion`, e.g. `4.0.1`.
+    pub fhir_version: Option<String>,
+    /// `software.name` and `software.version`.
+    pub software: Option<String>,
+    /// The server declares Patient `$everything`.
+    pub everything: bool,
+    /// Types the server declares a `search-type` interaction for.
+    pub searchable: BTreeSet<String>,
+}
+
+impl Capabilities {
+    /// Reads a CapabilityStatement; anything missing is "not declared".
+    pub fn from_statement(statement: &Value) -> Capabilities {
+        let rest = statement["rest"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["mode"] == "server");
+        let resources: Vec<&Value> = rest
+            .map(|r| r["resource"].as_array().into_iter().flatten().collect())
+            .unwrap_or_default();
+        let is_everything = |op: &Value| {
+            op["name"].as_str().map(|n| n.trim_start_matches('$')) == Some("everything")
+                || op["definition"]
+                    .as_str()
+                    .is_some_and(|d| d.ends_with("/Patient-everything"))
+        };
+        let patient_ops = resources
+            .iter()
+            .filter(|r| r["type"] == "Patient")
+            .flat_map(|r| r["operation"].as_array().into_iter().flatten());
+        let system_ops = rest
+            .into_iter()
+            .flat_map(|r| r["operation"].as_array().into_iter().flatten())
+            .filter(|op| {
+                op["definition"]
+                    .as_str()
+                    .is_some_and(|d| d.ends_with("/Patient-everything"))
+            });
+        let everything = patient_ops.chain(system_ops).any(is_everything);
+        let searchable = resources
+            .iter()
+            .filter(|r| {
+                r["interaction"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|i| i["code"] == "search-type")
+            })
+            .filter_map(|r| r["type"].as_str().map(str::to_string))
+            .collect();
+        let software = statement["software"]["name"].as_str().map(|name| {
+            match statement["software"]["version"].as_str() {
+                Some(v) => format!("{name} {v}"),
+                None => name.to_string(),
+            }
+        });
+        Capabilities {
+            fhir_version: statement["fhirVersion"].as_str().map(str::to_string),
+            software,
+            everything,
+            searchable,
+        }
+    }
 }
 
 /// What one exchange's reads have used so far (shared by its concurrent searches).
@@ -98,7 +174,58 @@ impl FhirServer {
             budget_bytes: DEFAULT_BUDGET_BYTES,
             budget_resources: DEFAULT_BUDGET_RESOURCES,
             deadline: DEFAULT_DEADLINE,
+            use_everything: true,
+            capabilities: Arc::new(tokio::sync::OnceCell::new()),
         })
+    }
+
+    /// Never uses `$everything`, even where the server declares it (type searches only).
+    pub fn without_everything(mut self) -> FhirServer {
+        self.use_everything = false;
+        self
+    }
+
+    /// The server's CapabilityStatement, read once and logged. A server that does not
+    /// answer is asked again next time; until then nothing optional is used.
+    pub async fn capabilities(&self) -> Result<Capabilities, RecordError> {
+        self.capabilities
+            .get_or_try_init(|| async {
+                let url = self.url("metadata")?;
+                // Only a failed read is asked again: a server without a statement
+                // declares nothing optional, and that will not change.
+                let statement = self
+                    .get(&url, "capability statement", None)
+                    .await?
+                    .filter(|s| s["resourceType"] == "CapabilityStatement");
+                let Some(statement) = statement else {
+                    tracing::warn!(
+                        "the FHIR server has no CapabilityStatement at metadata; \
+                         using type searches only"
+                    );
+                    return Ok(Capabilities::default());
+                };
+                let caps = Capabilities::from_statement(&statement);
+                if caps
+                    .fhir_version
+                    .as_deref()
+                    .is_some_and(|v| !v.starts_with("4.0"))
+                {
+                    tracing::warn!(
+                        fhir_version = caps.fhir_version.as_deref(),
+                        "the FHIR server declares another FHIR version than R4 (4.0.x)"
+                    );
+                }
+                tracing::info!(
+                    software = caps.software.as_deref(),
+                    fhir_version = caps.fhir_version.as_deref(),
+                    everything = caps.everything,
+                    searchable_types = caps.searchable.len(),
+                    "FHIR server capabilities"
+                );
+                Ok(caps)
+            })
+            .await
+            .cloned()
     }
 
     /// Changes the per-exchange budget (bytes and resources over all reads) and deadline.
@@ -242,6 +369,17 @@ impl FhirServer {
         what: &'static str,
         budget: Option<&Budget>,
     ) -> Result<Vec<Value>, RecordError> {
+        self.search_keeping(first, what, budget, false).await
+    }
+
+    /// [`Self::search`], keeping entries marked `include` when `includes`.
+    async fn search_keeping(
+        &self,
+        first: reqwest::Url,
+        what: &'static str,
+        budget: Option<&Budget>,
+        includes: bool,
+    ) -> Result<Vec<Value>, RecordError> {
         let mut out = Vec::new();
         let mut url = first;
         for _ in 0..self.max_pages {
@@ -256,11 +394,10 @@ impl FhirServer {
             }
             let before = out.len();
             for entry in bundle["entry"].as_array().into_iter().flatten() {
-                // Outcomes are the server's notes, includes what we did not ask for.
-                if entry["search"]["mode"]
-                    .as_str()
-                    .is_some_and(|m| m == "outcome" || m == "include")
-                {
+                // Outcomes are the server's notes; includes are what we did not ask for,
+                // but for `$everything`, which may mark what it adds as included.
+                let mode = entry["search"]["mode"].as_str();
+                if mode == Some("outcome") || (mode == Some("include") && !includes) {
                     continue;
                 }
                 if entry["resource"].is_object() {
@@ -368,6 +505,85 @@ impl FhirServer {
         budget: &Budget,
     ) -> Result<Vec<Value>, RecordError> {
         let wanted: HashSet<&str> = types.iter().map(String::as_str).collect();
+        let everything =
+            self.use_everything && self.capabilities().await.is_ok_and(|c| c.everything);
+        let (record, shared) = if everything {
+            self.everything(patient_id, &wanted, budget).await?
+        } else {
+            let record = self
+                .type_searches(patient_id, types, &wanted, budget)
+                .await?;
+            (record, HashMap::new())
+        };
+        self.add_referenced(record, shared, patient_id, &wanted, budget)
+            .await
+    }
+
+    /// The patient's compartment by `Patient/{id}/$everything?_type=…`: every resource
+    /// must be the patient or belong to them; shared resources come back aside, to be
+    /// kept only where the record refers to them.
+    async fn everything(
+        &self,
+        patient_id: &str,
+        wanted: &HashSet<&str>,
+        budget: &Budget,
+    ) -> Result<(Vec<Value>, HashMap<(String, String), Value>), RecordError> {
+        let mut url = self.url(&format!("Patient/{patient_id}/$everything"))?;
+        let mut types: Vec<&str> = wanted.iter().copied().collect();
+        types.sort_unstable();
+        url.query_pairs_mut()
+            .append_pair("_type", &types.join(","))
+            .append_pair("_count", &self.page_size.to_string());
+        let found = self
+            .search_keeping(url, "patient $everything", Some(budget), true)
+            .await?;
+        let mut record = Vec::new();
+        let mut shared = HashMap::new();
+        let mut seen = HashSet::new();
+        for r in found {
+            let (Some(ty), Some(id)) = (r["resourceType"].as_str(), r["id"].as_str()) else {
+                continue;
+            };
+            // `_type` is a request; what was not asked for is not kept.
+            if !wanted.contains(ty) || !seen.insert((ty.to_string(), id.to_string())) {
+                continue;
+            }
+            if ty == "Patient" {
+                if id != patient_id {
+                    return Err(RecordError::Inconsistent {
+                        what: "patient $everything",
+                        detail: "the answer holds another Patient".into(),
+                    });
+                }
+                record.push(r);
+            } else if SHARED_TYPES.contains(&ty) {
+                shared.insert((ty.to_string(), id.to_string()), r);
+            } else {
+                let owners = compartment_patients(&r);
+                if owners.contains(patient_id) {
+                    record.push(r);
+                } else if !owners.is_empty() {
+                    return Err(RecordError::Inconsistent {
+                        what: "patient $everything",
+                        detail: format!("the answer holds a {ty} of another patient"),
+                    });
+                }
+                // In the compartment only by a link this gateway does not count (a
+                // performer, an author): not part of the record, as in the embedded
+                // store.
+            }
+        }
+        Ok((record, shared))
+    }
+
+    /// The patient's resources by `?patient=` searches, a few types at a time.
+    async fn type_searches(
+        &self,
+        patient_id: &str,
+        types: &[String],
+        wanted: &HashSet<&str>,
+        budget: &Budget,
+    ) -> Result<Vec<Value>, RecordError> {
         let mut record = Vec::new();
         let mut seen = HashSet::new();
         if wanted.contains("Patient") {
@@ -416,7 +632,19 @@ impl FhirServer {
             }
         }
         drop(results);
-        // Shared resources by reference, read one by one (as `add_referenced` does).
+        Ok(record)
+    }
+
+    /// Shared resources the record refers to, of the types asked for: from `shared` when
+    /// the server sent them already, else read one by one (as the embedded store does).
+    async fn add_referenced(
+        &self,
+        mut record: Vec<Value>,
+        mut shared: HashMap<(String, String), Value>,
+        patient_id: &str,
+        wanted: &HashSet<&str>,
+        budget: &Budget,
+    ) -> Result<Vec<Value>, RecordError> {
         let mut seen_refs: HashSet<(String, String)> = record
             .iter()
             .filter_map(|r| {
@@ -439,8 +667,12 @@ impl FhirServer {
                 {
                     continue;
                 }
-                let Some(resource) = self.read(&ty, &id, budget).await? else {
-                    continue;
+                let resource = match shared.remove(&(ty.clone(), id.clone())) {
+                    Some(r) => r,
+                    None => match self.read(&ty, &id, budget).await? {
+                        Some(r) => r,
+                        None => continue,
+                    },
                 };
                 let owners = compartment_patients(&resource);
                 if owners.is_empty() || owners.contains(patient_id) {
@@ -502,4 +734,47 @@ pub(crate) fn escape_token(s: &str) -> String {
         out.push(c);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn capability_statements() {
+        let hapi_like = json!({
+            "resourceType": "CapabilityStatement", "fhirVersion": "4.0.1",
+            "software": {"name": "Example FHIR", "version": "8.1"},
+            "rest": [{"mode": "server", "resource": [
+                {"type": "Patient", "interaction": [{"code": "read"}, {"code": "search-type"}],
+                 "operation": [{"name": "everything",
+                   "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}]},
+                {"type": "Observation", "interaction": [{"code": "search-type"}]},
+                {"type": "Binary", "interaction": [{"code": "read"}]}
+            ]}]
+        });
+        let caps = Capabilities::from_statement(&hapi_like);
+        assert!(caps.everything);
+        assert_eq!(caps.fhir_version.as_deref(), Some("4.0.1"));
+        assert_eq!(caps.software.as_deref(), Some("Example FHIR 8.1"));
+        assert_eq!(
+            caps.searchable,
+            BTreeSet::from(["Patient".to_string(), "Observation".to_string()])
+        );
+        // Declared at the system level only, by its canonical definition.
+        let system_level = json!({"resourceType": "CapabilityStatement", "rest": [{"mode": "server",
+            "operation": [{"name": "patient-everything",
+              "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}]}]});
+        assert!(Capabilities::from_statement(&system_level).everything);
+        // Another resource's `everything` (Encounter) and client-mode rests do not count.
+        let other = json!({"resourceType": "CapabilityStatement", "rest": [
+            {"mode": "client", "resource": [{"type": "Patient", "operation": [{"name": "everything"}]}]},
+            {"mode": "server", "resource": [{"type": "Encounter", "operation": [{"name": "everything"}]}]}]});
+        assert!(!Capabilities::from_statement(&other).everything);
+        assert_eq!(
+            Capabilities::from_statement(&json!({})),
+            Capabilities::default()
+        );
+    }
 }
