@@ -5,6 +5,9 @@
 
 mod support;
 
+#[path = "gateway/fhir_source.rs"]
+mod fhir_source;
+
 use std::path::{Path, PathBuf};
 
 use federation::credentials::{self, CredentialKind, PresentationBinding, ProofFormat};

@@ -2,6 +2,7 @@
 //! credentialing office with a did:web and a real HTTP server publishing its DID document
 //! and signed status list on loopback) and a stub gateway for the wallet's tests.
 
+pub mod fhir_server;
 pub mod forge;
 pub mod fuzzing;
 pub mod stub;

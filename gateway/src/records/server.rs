@@ -36,6 +36,8 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(20);
 const RETRIES: usize = 2;
 /// Longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// How long one request may take, all of its body included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A FHIR R4 server reached over HTTP(S) with the fedgate client rules (no redirects,
 /// timeouts, https only but for loopback in dev mode). `next` links are followed only to
@@ -298,8 +300,12 @@ impl FhirServer {
     ) -> Result<Option<Value>, Fetch> {
         federation::client::loopback_only_http(url, self.dev_mode)
             .map_err(|e| Fetch::Fail(e.into()))?;
-        // reqwest errors name the URL, whose query may hold an identifier: drop it.
+        // reqwest errors name the URL, whose query may hold an identifier: drop it. A
+        // server that does not answer in time is a timeout (504), not a failure (503).
         let req_err = |e: reqwest::Error| {
+            if e.is_timeout() {
+                return Fetch::Fail(RecordError::Timeout(REQUEST_TIMEOUT.as_secs()));
+            }
             Fetch::Fail(RecordError::Request {
                 what,
                 detail: e.without_url().to_string(),
@@ -308,6 +314,7 @@ impl FhirServer {
         let mut resp = self
             .client
             .get(url.clone())
+            .timeout(REQUEST_TIMEOUT)
             .header(
                 reqwest::header::ACCEPT,
                 "application/fhir+json, application/json",
