@@ -110,6 +110,32 @@ fn revocation_is_timed_until_the_first_deny() {
     assert!(report["one_request_ms"]["p50"].as_f64().unwrap() > 0.0);
 }
 
+/// The same patient's exchanges timed with the records on a real FHIR server and in the
+/// embedded store: both answer the same resources.
+#[test]
+fn fhir_source_against_the_embedded_store() {
+    let fhir = test_support::fhir_server::FhirServer::start(&[]).unwrap_or_else(|e| panic!("{e}"));
+    let report = bench(&[
+        "fhir-source",
+        "--fhir-url",
+        &fhir.base,
+        "--resources",
+        "300",
+        "--exchanges",
+        "2",
+    ]);
+    assert_eq!(report["scenario"], "fhir-source", "{report}");
+    assert_eq!(report["record_resources"], 300);
+    let sources = report["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), 2);
+    assert!(sources[0]["resources_per_answer"].as_u64().unwrap() > 50);
+    assert_eq!(
+        sources[0]["resources_per_answer"],
+        sources[1]["resources_per_answer"]
+    );
+    assert!(report["ratio"].as_f64().unwrap() > 0.0);
+}
+
 #[test]
 fn bad_arguments_are_one_line_errors() {
     for args in [
@@ -124,6 +150,15 @@ fn bad_arguments_are_one_line_errors() {
         vec!["memory", "--synth-patients", "0"],
         vec!["memory", "--idle", "NaN"],
         vec!["memory", "--data-classes", "patient"],
+        vec!["fhir-source", "--fhir-url", "not a url"],
+        vec![
+            "fhir-source",
+            "--fhir-url",
+            "http://127.0.0.1:9",
+            "--exchanges",
+            "0",
+        ],
+        vec!["fhir-source", "--fhir-url", "http://127.0.0.1:9"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_fedgate"))
             .arg("bench")

@@ -72,6 +72,29 @@ impl Http {
         Ok((status, bytes.to_vec()))
     }
 
+    /// POSTs `body` as `content_type`; returns the status and the raw answer.
+    pub(super) async fn post_raw_with_type(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<(u16, Vec<u8>), String> {
+        let resp = self
+            .client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
+        Ok((status, bytes.to_vec()))
+    }
+
     /// POSTs and insists on `expected`; any other answer is an error naming `what`.
     pub(super) async fn expect(
         &self,

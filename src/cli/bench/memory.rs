@@ -179,50 +179,8 @@ pub(super) async fn memory(args: MemoryArgs) -> Result<Printed, String> {
     let gateway = fed.gateway(HOSPITAL_A)?;
     let base = gateway.url();
     let pid = gateway.process.pid();
-    let gateway_token = read_token(&gateway.dir.join("admin-token"))?;
-    let office = fed.office.url();
 
-    // One clinician per patient, with a privilege and the patient's consent.
-    let classes: Vec<&str> = args.data_classes.iter().map(String::as_str).collect();
-    let scope = Scope {
-        domain: "clinical",
-        purpose: "TREAT",
-        classes: &classes,
-    };
-    let mut holders = Vec::with_capacity(patients.len());
-    for (mrn, _) in &patients {
-        let clinician =
-            KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
-        let answer = http
-            .expect(
-                "issuing a privilege",
-                &format!("{office}v1/privileges"),
-                &json!({
-                    "subject": privilege_subject(clinician.did(), HOSPITAL_A, REQUESTER_ORG),
-                    "format": "jwt",
-                }),
-                Some(&fed.office.token),
-                201,
-            )
-            .await?;
-        let patient =
-            KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
-        let grantee = json!({"id": clinician.did(), "kind": "clinician"});
-        let consent =
-            consent_for(&patient, HOSPITAL_A, mrn, grantee, &scope, ProofFormat::Jwt).await?;
-        let link = Some((gateway_token.as_str(), mrn.as_str()));
-        register_consent(&http, &base, &patient, &consent, ProofFormat::Jwt, link).await?;
-        holders.push(Holder {
-            key: clinician,
-            credentials: vec![answer["verifiableCredential"].clone(), consent],
-            body: json!({
-                "purpose": "TREAT",
-                "patient": {"system": MRN_SYSTEM, "value": mrn},
-                "data_classes": args.data_classes,
-            }),
-        });
-    }
-
+    let holders = clinicians_with_consent(&http, &fed, &patients, &args.data_classes).await?;
     let reading = |exchanges: usize, when: String| Reading {
         exchanges,
         when,
@@ -290,15 +248,15 @@ pub(super) async fn memory(args: MemoryArgs) -> Result<Printed, String> {
 }
 
 /// What one exchange answered.
-struct Answered {
+pub(super) struct Answered {
     /// Resources in the Bundle (entries besides the OperationOutcome).
-    resources: usize,
-    bytes: usize,
+    pub(super) resources: usize,
+    pub(super) bytes: usize,
 }
 
 /// One exchange by `holder` (challenge, presentation, POST), which must be answered with a
 /// Bundle; the time is that of the POST alone.
-async fn exchange_body(
+pub(super) async fn exchange_body(
     http: &Http,
     base: &str,
     holder: &Holder,
@@ -344,4 +302,59 @@ async fn exchange_body(
         },
         took,
     ))
+}
+
+/// One clinician per patient (MRN, record size) at the federation's gateway, each with a
+/// privilege and the patient's consent to `data_classes`, the patient linked to the
+/// consent's DID.
+pub(super) async fn clinicians_with_consent(
+    http: &Http,
+    fed: &crate::harness::Federation,
+    patients: &[(String, usize)],
+    data_classes: &[String],
+) -> Result<Vec<Holder>, String> {
+    let gateway = fed.gateway(HOSPITAL_A)?;
+    let base = gateway.url();
+    let gateway_token = read_token(&gateway.dir.join("admin-token"))?;
+    let office = fed.office.url();
+    let classes: Vec<&str> = data_classes.iter().map(String::as_str).collect();
+    let scope = Scope {
+        domain: "clinical",
+        purpose: "TREAT",
+        classes: &classes,
+    };
+    let mut holders = Vec::with_capacity(patients.len());
+    for (mrn, _) in patients {
+        let clinician =
+            KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+        let answer = http
+            .expect(
+                "issuing a privilege",
+                &format!("{office}v1/privileges"),
+                &json!({
+                    "subject": privilege_subject(clinician.did(), HOSPITAL_A, REQUESTER_ORG),
+                    "format": "jwt",
+                }),
+                Some(&fed.office.token),
+                201,
+            )
+            .await?;
+        let patient =
+            KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+        let grantee = json!({"id": clinician.did(), "kind": "clinician"});
+        let consent =
+            consent_for(&patient, HOSPITAL_A, mrn, grantee, &scope, ProofFormat::Jwt).await?;
+        let link = Some((gateway_token.as_str(), mrn.as_str()));
+        register_consent(http, &base, &patient, &consent, ProofFormat::Jwt, link).await?;
+        holders.push(Holder {
+            key: clinician,
+            credentials: vec![answer["verifiableCredential"].clone(), consent],
+            body: json!({
+                "purpose": "TREAT",
+                "patient": {"system": MRN_SYSTEM, "value": mrn},
+                "data_classes": data_classes,
+            }),
+        });
+    }
+    Ok(holders)
 }

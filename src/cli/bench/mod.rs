@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
+mod fhir_source;
 mod floors;
 mod http;
 mod load;
@@ -53,6 +54,9 @@ pub enum BenchCommand {
     /// The gateway's memory (RSS and peak) across large clinical exchanges: synthetic
     /// patients of 3,000 to 6,600 resources each, every answer a full page.
     Memory(MemoryArgs),
+    /// Exchange latency for one large patient with the records on a FHIR server against
+    /// the embedded store, in one run.
+    FhirSource(fhir_source::FhirSourceArgs),
 }
 
 #[derive(Args, Clone)]
@@ -160,6 +164,7 @@ pub async fn run(command: BenchCommand) -> Result<(), String> {
         BenchCommand::Ingest(args) => ingest(args).await?,
         BenchCommand::Revocation(args) => revocation(args).await?,
         BenchCommand::Memory(args) => memory(args).await?,
+        BenchCommand::FhirSource(args) => fhir_source::fhir_source(args).await?,
     };
     if printed.json {
         println!(

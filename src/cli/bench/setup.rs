@@ -55,6 +55,17 @@ pub(super) fn start_federation(
     more_records: Vec<PathBuf>,
     say: &dyn Fn(String),
 ) -> Result<Federation, String> {
+    start_federation_with(dir, contracts, more_records, "", say)
+}
+
+/// [`start_federation`], with more gateway configuration (TOML).
+pub(super) fn start_federation_with(
+    dir: &Path,
+    contracts: &str,
+    more_records: Vec<PathBuf>,
+    more_config: &str,
+    say: &dyn Fn(String),
+) -> Result<Federation, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find fedgate itself: {e}"))?;
     let started = Instant::now();
     // Events ship at the gateway's default pace, as in the figures of docs/performance.md.
@@ -69,7 +80,8 @@ pub(super) fn start_federation(
                         .collect(),
                 )
                 .config("[custodian]\nmin_cell_size = 3\n")
-                .config(contracts),
+                .config(contracts)
+                .config(more_config),
         )
         .start()?;
     let gateway = fed.gateway(HOSPITAL_A)?;
