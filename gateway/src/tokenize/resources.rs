@@ -31,9 +31,7 @@ impl Engine<'_, '_> {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        if let Some(Value::Object(meta)) = obj.get_mut("meta") {
-            meta.remove("source");
-        }
+        self.meta(obj, &ty, contained);
         if !contained {
             let new = match obj.get("id") {
                 Some(Value::String(id)) => self.map_id(&ty, id),
