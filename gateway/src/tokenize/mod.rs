@@ -21,7 +21,7 @@
 //! | `mod.rs` | the entry point [`apply`], the context, pseudonyms |
 //! | `classes.rs` | the identifier classes, actions and their precedence |
 //! | `engine.rs` | the engine's state: the patient's identifying values, value transforms |
-//! | `resources.rs` | per-resource rules: persons, identifiers, names, telecoms, addresses, birth dates |
+//! | `resources.rs` | per-resource rules: persons, identifiers (also in extensions, DICOM UIDs), names, telecoms, addresses, birth dates |
 //! | `meta.rs` | a resource's `meta`: what of the server's record keeping leaves |
 //! | `walk.rs` | the generic walk: references, dates, free text, pruning |
 //! | `attachments.rs` | attachments: decoded, scrubbed or removed |

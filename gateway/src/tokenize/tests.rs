@@ -932,3 +932,151 @@ mod meta {
         assert_eq!(out[1]["meta"]["versionId"], "3");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Identifiers outside `identifier`: extension values and DICOM UIDs
+// ---------------------------------------------------------------------------------------
+
+mod other_identifiers {
+    use chrono::Utc;
+    use serde_json::{json, Value};
+
+    use super::context_parts;
+    use crate::tokenize::{apply, Obligations, TokenizeContext};
+
+    fn run_for(o: &Obligations, resources: Vec<Value>, recipient: &str) -> Vec<Value> {
+        let (_d, vault) = context_parts();
+        let key = [9u8; 32];
+        let ctx = TokenizeContext {
+            recipient_org: recipient,
+            domain: "clinical",
+            pseudonym_key: &key,
+            vault: &vault,
+            now: Utc::now(),
+        };
+        apply(resources, o, &ctx).unwrap().resources
+    }
+
+    fn pseudonymized() -> Obligations {
+        Obligations {
+            tokenize: vec!["ssn".into()],
+            pseudonymize: vec!["patient-id".into(), "resource-ids".into()],
+            ..Obligations::default()
+        }
+    }
+
+    fn observation() -> Value {
+        json!({"resourceType": "Observation", "id": "o1", "status": "final",
+        "extension": [
+            {"url": "https://riverside.example/fhir/StructureDefinition/lab-order",
+             "valueIdentifier": {"system": "urn:oid:1.2.840.99999.4", "value": "ORD-7781-22"}},
+            {"url": "https://riverside.example/fhir/StructureDefinition/specimen-uuid",
+             "valueUuid": "urn:uuid:2f1c0b8e-8d3a-4c55-9d0e-0b9f3f7c6a11"},
+            {"url": "https://riverside.example/fhir/StructureDefinition/analyzer-oid",
+             "valueOid": "urn:oid:1.2.840.99999.7.7781"},
+            {"url": "https://riverside.example/fhir/StructureDefinition/run",
+             "valueId": "run-7781"},
+            {"url": "https://riverside.example/fhir/StructureDefinition/ssn-on-order",
+             "valueIdentifier": {"type": {"coding": [{"code": "SS"}]}, "value": "999-77-0001"}},
+        ]})
+    }
+
+    #[test]
+    fn extension_identifiers_go_with_their_class() {
+        let out = run_for(&pseudonymized(), vec![observation()], "did:web:b");
+        let ext = &out[0]["extension"];
+        let order = ext[0]["valueIdentifier"]["value"].as_str().unwrap();
+        assert!(order.starts_with("p-"), "{order}");
+        assert_eq!(
+            ext[0]["valueIdentifier"]["system"],
+            "urn:oid:1.2.840.99999.4"
+        );
+        let other = run_for(&pseudonymized(), vec![observation()], "did:web:c");
+        assert_ne!(
+            other[0]["extension"][0]["valueIdentifier"]["value"],
+            json!(order)
+        );
+        for (i, key) in [(1, "valueUuid"), (2, "valueOid"), (3, "valueId")] {
+            assert!(
+                ext[i].get(key).is_none(),
+                "{key} has no pseudonym of its type"
+            );
+            assert!(ext[i]["url"].is_string());
+        }
+        let ssn = ext[4]["valueIdentifier"]["value"].as_str().unwrap();
+        assert!(
+            ssn.starts_with("tok_"),
+            "typed as an SSN it follows ssn: {ssn}"
+        );
+
+        // Resource ids unnamed: kept as the resource's own identifiers are; the SSN is
+        // redacted by default.
+        let out = run_for(&Obligations::default(), vec![observation()], "did:web:b");
+        let ext = &out[0]["extension"];
+        assert_eq!(ext[0]["valueIdentifier"]["value"], "ORD-7781-22");
+        assert_eq!(ext[3]["valueId"], "run-7781");
+        assert!(ext[4].get("valueIdentifier").is_none());
+        let text = serde_json::to_string(&out).unwrap();
+        assert!(!text.contains("0001"), "{text}");
+
+        // On a Patient an untyped one is the patient's (`other-identifiers`).
+        let patient = json!({"resourceType": "Patient", "id": "p1", "extension": [
+            {"url": "https://registry.example/fhir/StructureDefinition/registry-id",
+             "valueIdentifier": {"system": "https://registry.example", "value": "R-5512"}}]});
+        let o = Obligations {
+            pseudonymize: vec!["resource-ids".into()],
+            ..Obligations::default()
+        };
+        let out = run_for(&o, vec![patient], "did:web:b");
+        assert!(
+            out[0]["extension"][0].get("valueIdentifier").is_none(),
+            "{}",
+            out[0]
+        );
+    }
+
+    fn study() -> Value {
+        json!({"resourceType": "ImagingStudy", "id": "s1", "status": "available",
+            "series": [{"uid": "1.2.840.99999.927563", "number": 1,
+                        "instance": [{"uid": "1.2.840.99999.927563.1", "number": 1},
+                                     {"uid": "1.2.840.99999.927563.2", "number": 2}]}]})
+    }
+
+    #[test]
+    fn dicom_uids_are_pseudonymized_as_uids() {
+        let out = run_for(&pseudonymized(), vec![study()], "did:web:b");
+        let series = &out[0]["series"][0];
+        let uids: Vec<&str> = std::iter::once(&series["uid"])
+            .chain(
+                series["instance"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| &i["uid"]),
+            )
+            .map(|u| u.as_str().unwrap())
+            .collect();
+        for uid in &uids {
+            assert!(uid.starts_with("2.25.") && uid.len() <= 64, "{uid}");
+            assert!(uid[5..].bytes().all(|b| b.is_ascii_digit()), "{uid}");
+            assert!(crate::records::is_fhir_id(uid));
+        }
+        assert_eq!(
+            uids.iter().collect::<std::collections::HashSet<_>>().len(),
+            3
+        );
+        let again = run_for(&pseudonymized(), vec![study()], "did:web:b");
+        assert_eq!(again[0]["series"], out[0]["series"], "stable");
+        let other = run_for(&pseudonymized(), vec![study()], "did:web:c");
+        assert_ne!(other[0]["series"][0]["uid"], out[0]["series"][0]["uid"]);
+
+        let kept = run_for(&Obligations::default(), vec![study()], "did:web:b");
+        assert_eq!(kept[0]["series"], study()["series"]);
+        let o = Obligations {
+            redact: vec!["resource-ids".into()],
+            ..Obligations::default()
+        };
+        let redacted = run_for(&o, vec![study()], "did:web:b");
+        assert!(!serde_json::to_string(&redacted).unwrap().contains("99999"));
+    }
+}
