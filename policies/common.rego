@@ -71,6 +71,7 @@ detokenize_roles := {"physician", "nurse-practitioner", "physician-assistant", "
 identifier_classes := {
 	"name", "mrn", "ssn", "passport", "drivers-license", "other-identifiers", "telecom",
 	"address", "birth-date", "dates", "patient-id", "resource-ids", "narrative", "attachments",
+	"meta",
 }
 
 # ---------------------------------------------------------------------------------------

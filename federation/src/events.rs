@@ -157,7 +157,7 @@ pub const ROLES: [&str; 9] = [
 ];
 
 /// The tokenizer's identifier classes (docs/gateway-contract.md section 3).
-pub const IDENTIFIER_CLASSES: [&str; 14] = [
+pub const IDENTIFIER_CLASSES: [&str; 15] = [
     "name",
     "mrn",
     "ssn",
@@ -172,6 +172,7 @@ pub const IDENTIFIER_CLASSES: [&str; 14] = [
     "resource-ids",
     "narrative",
     "attachments",
+    "meta",
 ];
 
 /// The checks of the verification pipeline (`federation::verify::Check`).

@@ -7,8 +7,11 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
+use gateway::policy::{sample_input, PolicyHolder, PolicyOptions};
 use gateway::records::SledStore;
-use gateway::tokenize::{apply, Obligations, TokenizeContext, TokenizeError, AGE_BAND_EXTENSION};
+use gateway::tokenize::{
+    apply, Action, IdentifierClass, Obligations, TokenizeContext, TokenizeError, AGE_BAND_EXTENSION,
+};
 use gateway::vault::{Vault, VaultError};
 use serde_json::{json, Value};
 
@@ -591,4 +594,305 @@ fn free_text_and_references_of_a_hand_made_record() {
     assert!(out[1]["subject"].is_null());
     assert_eq!(out[1]["performer"][0]["display"], "Dr. Ada Lovelace");
     assert_references_resolve(&out);
+}
+
+// ---------------------------------------------------------------------------------------
+// Linking: two answers about one patient, for other recipients or domains
+// ---------------------------------------------------------------------------------------
+
+/// The obligations the shipped policies decide for TREAT (clinical) and HPAYMT (billing).
+fn shipped_decisions() -> (Obligations, Obligations) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let holder = PolicyHolder::with_options(
+        &dir,
+        PolicyOptions {
+            time_limit: std::time::Duration::from_secs(5),
+        },
+    );
+    let treat = holder.evaluate("clinical", &sample_input("clinical"));
+    let hpaymt = holder.evaluate("billing", &sample_input("billing"));
+    assert!(treat.allow && hpaymt.allow);
+    (treat.obligations, hpaymt.obligations)
+}
+
+/// Where a string sits in an answer: the resource type, the element path without indices
+/// (`Observation.code.coding.display`) and the object that holds it.
+struct Place {
+    ty: String,
+    path: String,
+    parent: Value,
+}
+
+/// Every string leaf of `answer`, with where it sits.
+fn string_leaves(answer: &[Value]) -> Vec<(String, Place)> {
+    fn walk(v: &Value, ty: &str, path: &str, parent: &Value, out: &mut Vec<(String, Place)>) {
+        match v {
+            Value::String(s) => out.push((
+                s.clone(),
+                Place {
+                    ty: ty.to_string(),
+                    path: path.to_string(),
+                    parent: parent.clone(),
+                },
+            )),
+            Value::Array(items) => items.iter().for_each(|i| walk(i, ty, path, parent, out)),
+            Value::Object(o) => {
+                for (k, c) in o {
+                    walk(c, ty, &format!("{path}.{k}"), v, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for r in answer {
+        let ty = r["resourceType"].as_str().unwrap();
+        walk(r, ty, ty, &Value::Null, &mut out);
+    }
+    out
+}
+
+fn keeps(o: &Obligations, class: IdentifierClass) -> bool {
+    matches!(o.action(class), Action::Reveal | Action::Keep)
+}
+
+/// Why a string two answers share at `place` does not link them, or `None`. Deliberately
+/// narrow: a value is let through only for what it is where it sits, never for looking
+/// harmless.
+///
+/// - **The same for every patient**: the resource type; `system`, `code`, `unit`,
+///   `currency` and the status-like codes of closed vocabularies; a code's `display` and a
+///   CodeableConcept's `text` (the terminology's words); extension URLs and profiles
+///   (canonical URLs: what shape the resource has); HL7 security labels (`system` and
+///   `code`, covered above).
+/// - **About the organization and its staff** (Organization, Practitioner, PractitionerRole,
+///   Location): the same in every patient's answer, except their ids and `meta`.
+/// - **What both decisions release**, class by class: the patient's name, birth date,
+///   address, telecom and MRN when both reveal them (state, country and the ZIP3 also when
+///   both generalize the address); dates when both keep them as they are and neither
+///   shifts them; narrative and attachments when both keep them; and the clinical content
+///   of the resources asked for (a result written as text, a dosage instruction, a goal's
+///   description, a document's title).
+///
+/// Never: ids, references, pseudonyms, tokens, and nothing under `meta` but profiles and
+/// HL7 labels: `meta` is governed by its own class, which the shipped policies do not name.
+fn not_linking(place: &Place, x: &Obligations, y: &Obligations) -> Option<&'static str> {
+    use IdentifierClass::*;
+    let both = |c: IdentifierClass| keeps(x, c) && keeps(y, c);
+    let path = place.path.as_str();
+    let key = path.rsplit('.').next().unwrap_or_default();
+    let rest = path.split_once('.').map_or("", |(_, rest)| rest);
+    let person = place.ty == "Patient" || place.ty == "RelatedPerson";
+    if key == "id" || key == "reference" {
+        return None;
+    }
+    if rest.starts_with("meta.") {
+        return match rest {
+            "meta.profile" => Some("a profile's canonical URL"),
+            "meta.security.system" | "meta.security.code" => Some("an HL7 security label"),
+            _ => None,
+        };
+    }
+    if matches!(
+        key,
+        "resourceType"
+            | "system"
+            | "code"
+            | "unit"
+            | "currency"
+            | "status"
+            | "intent"
+            | "use"
+            | "gender"
+            | "lifecycleStatus"
+            | "outcome"
+            | "contentType"
+    ) || path.ends_with("coding.display")
+        || path.ends_with("extension.url")
+        || (key == "text" && place.parent.get("coding").is_some())
+    {
+        return Some("structure or a closed vocabulary");
+    }
+    if [
+        "Organization",
+        "Practitioner",
+        "PractitionerRole",
+        "Location",
+    ]
+    .contains(&place.ty.as_str())
+    {
+        return Some("the organization and its staff");
+    }
+    // A reference's display (a code's was taken above) is a person's name.
+    if (person && rest.starts_with("name.")) || key == "display" {
+        return both(Name).then_some("a name both decisions reveal");
+    }
+    if person && rest == "birthDate" {
+        return both(BirthDate).then_some("a birth date both decisions reveal");
+    }
+    if person && rest.starts_with("address.") {
+        let coarse =
+            |o: &Obligations| matches!(o.action(Address), Action::Reveal | Action::Generalize);
+        let safe_harbor = matches!(key, "state" | "country" | "postalCode");
+        return if both(Address) || (safe_harbor && coarse(x) && coarse(y)) {
+            Some("an address part both decisions release")
+        } else {
+            None
+        };
+    }
+    if person && rest == "telecom.value" {
+        return both(Telecom).then_some("a telecom both decisions reveal");
+    }
+    if person && rest == "identifier.value" {
+        let mrn = place.parent["type"]["coding"][0]["code"] == "MR";
+        return (mrn && both(Mrn)).then_some("an MRN both decisions reveal");
+    }
+    let date = place.parent[key]
+        .as_str()
+        .is_some_and(|s| s.len() >= 10 && s.as_bytes()[4] == b'-' && s.as_bytes()[7] == b'-');
+    if date {
+        let unshifted = !x.shift_dates && !y.shift_dates;
+        return (both(Dates) && unshifted).then_some("a date both decisions keep as it is");
+    }
+    if rest.starts_with("text.")
+        || rest.starts_with("note.")
+        || matches!(key, "description" | "conclusion" | "comment")
+    {
+        return both(Narrative).then_some("narrative both decisions keep");
+    }
+    if matches!(
+        path,
+        "Observation.valueString"
+            | "MedicationRequest.dosageInstruction.text"
+            | "Goal.description.text"
+            | "DocumentReference.content.attachment.title"
+    ) {
+        return Some("clinical content of the resource");
+    }
+    if rest.starts_with("content.attachment.") || rest.starts_with("presentedForm.") {
+        return both(Attachments).then_some("an attachment both decisions keep");
+    }
+    None
+}
+
+/// The same synthetic patient, its resources stored by a server with their `meta`
+/// (versions, instants, the request that wrote them, sync tags and jobs), answered for two
+/// recipients in two domains under the shipped policies' obligations, every resource in
+/// every answer (the strongest case: each resource in both answers of every pair). Any two
+/// answers share only values that link nothing (see [`not_linking`]); the server's record
+/// keeping leaves none at all.
+#[test]
+fn answers_for_other_recipients_or_domains_share_nothing_that_links_them() {
+    let (treat, hpaymt) = shipped_decisions();
+    let patient = synth::Generator::new(synth::Options {
+        seed: 23,
+        min_resources: 160,
+        max_resources: 160,
+        ..synth::Options::default()
+    })
+    .patient();
+    let record: Vec<Value> = patient.bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"].clone())
+        .collect();
+    assert!(record.iter().all(|r| r["meta"]["versionId"].is_string()));
+    let env = env();
+    let answers: Vec<(&str, &str, &Obligations, Vec<Value>)> = [
+        (ORG_A, "clinical", &treat),
+        (ORG_B, "clinical", &treat),
+        (ORG_A, "billing", &hpaymt),
+        (ORG_B, "billing", &hpaymt),
+    ]
+    .into_iter()
+    .map(|(recipient, domain, obligations)| {
+        let ctx = TokenizeContext {
+            recipient_org: recipient,
+            domain,
+            pseudonym_key: &KEY,
+            vault: &env.vault,
+            now: now(),
+        };
+        let mut o = obligations.clone();
+        o.max_records = None;
+        let mut out = apply(record.clone(), &o, &ctx).unwrap().resources;
+        if o.shift_dates {
+            let days = gateway::dates::offset_days(&KEY, &patient.identity.patient_id, recipient);
+            gateway::dates::shift(&mut out, days);
+        }
+        assert_eq!(out.len(), record.len() - patient.count("Provenance"));
+        (recipient, domain, obligations, out)
+    })
+    .collect();
+
+    // The server's record keeping is gone from every answer: no version, instant, source,
+    // tag or job; profiles and HL7 labels only.
+    let source_meta: BTreeSet<String> = record
+        .iter()
+        .flat_map(|r| {
+            let m = &r["meta"];
+            [
+                m["lastUpdated"].as_str(),
+                m["source"].as_str(),
+                m["tag"][0]["code"].as_str(),
+                m["extension"][0]["valueString"].as_str(),
+            ]
+        })
+        .flatten()
+        .map(str::to_string)
+        .collect();
+    assert!(source_meta.len() > record.len());
+    for (recipient, domain, _, out) in &answers {
+        let text = serde_json::to_string(out).unwrap();
+        for v in &source_meta {
+            assert!(!text.contains(v.as_str()), "{recipient} {domain}: {v} left");
+        }
+        for r in out {
+            let meta = r["meta"].as_object().unwrap();
+            assert!(
+                meta.keys().all(|k| k == "profile" || k == "security"),
+                "{recipient} {domain}: {r}"
+            );
+            assert_eq!(r["meta"]["security"][0].as_object().unwrap().len(), 2);
+        }
+    }
+
+    // Pairwise: every string both answers hold links nothing.
+    let leaves: Vec<Vec<(String, Place)>> = answers.iter().map(|a| string_leaves(&a.3)).collect();
+    let mut shared_checked = 0;
+    let mut failures = Vec::new();
+    for i in 0..answers.len() {
+        for j in i + 1..answers.len() {
+            let (xr, xd, xo, _) = &answers[i];
+            let (yr, yd, yo, _) = &answers[j];
+            let values =
+                |n: usize| -> HashSet<&str> { leaves[n].iter().map(|(v, _)| v.as_str()).collect() };
+            let (vx, vy) = (values(i), values(j));
+            let shared: HashSet<&str> = vx.intersection(&vy).copied().collect();
+            assert!(!shared.is_empty());
+            let mut linking = BTreeSet::new();
+            for n in [i, j] {
+                for (v, place) in &leaves[n] {
+                    if !shared.contains(v.as_str()) {
+                        continue;
+                    }
+                    if v.starts_with("p-") || v.starts_with("tok_") {
+                        linking.insert(format!("{} = {v:?} (a pseudonym or token)", place.path));
+                    } else if not_linking(place, xo, yo).is_none() {
+                        linking.insert(format!("{} = {v:?}", place.path));
+                    }
+                    shared_checked += 1;
+                }
+            }
+            if !linking.is_empty() {
+                failures.push(format!(
+                    "{xr} {xd} and {yr} {yd} share values that link them:\n{}",
+                    linking.into_iter().collect::<Vec<_>>().join("\n")
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(shared_checked > 1000, "{shared_checked}");
 }

@@ -265,7 +265,11 @@ impl Generator {
         let n = self.rng.gen_range(
             self.options.min_resources..=self.options.max_resources.max(self.options.min_resources),
         );
-        let bundle = record::bundle(&mut self.rng, &identity, n, self.options.today);
+        // `meta` from a source of its own: the records are the same with or without it.
+        let meta_rng = StdRng::seed_from_u64(
+            self.options.seed.rotate_left(17) ^ self.serial.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        );
+        let bundle = record::bundle(&mut self.rng, meta_rng, &identity, n, self.options.today);
         Patient { identity, bundle }
     }
 
@@ -460,6 +464,37 @@ mod tests {
             Value::Array(a) => a.iter().for_each(|v| attachments(v, out)),
             _ => {}
         }
+    }
+
+    /// Every resource carries the record keeping a server writes, as values that link
+    /// its copies: a version, an instant, the request that wrote it, a sync batch and job.
+    #[test]
+    fn every_resource_has_a_servers_meta() {
+        let p = Generator::new(Options::default()).patient();
+        let mut requests = std::collections::HashSet::new();
+        for e in p.bundle["entry"].as_array().unwrap() {
+            let r = &e["resource"];
+            let meta = &r["meta"];
+            let ty = r["resourceType"].as_str().unwrap();
+            assert!(meta["versionId"].as_str().unwrap().parse::<u32>().unwrap() >= 1);
+            let t = meta["lastUpdated"].as_str().unwrap();
+            assert!(chrono::DateTime::parse_from_rfc3339(t).is_ok(), "{t}");
+            let source = meta["source"].as_str().unwrap();
+            let (_, request) = source.split_once('#').unwrap();
+            assert_eq!(request.len(), 16);
+            requests.insert(request.to_string());
+            assert_eq!(meta["security"][0]["code"].as_str().unwrap().len(), 1);
+            assert!(meta["tag"][0]["code"]
+                .as_str()
+                .unwrap()
+                .starts_with("batch-"));
+            assert!(meta["extension"][0]["valueString"].is_string());
+            if ty == "Patient" || ty == "Encounter" {
+                assert!(meta["profile"][0].as_str().unwrap().contains("us-core"));
+            }
+        }
+        // One request per transaction: the head, then one per encounter.
+        assert_eq!(requests.len(), 1 + p.count("Encounter"), "{requests:?}");
     }
 
     #[test]

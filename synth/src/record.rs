@@ -3,6 +3,12 @@
 //! holding every written form of their identifiers) and then encounters, each with the
 //! resources it produced, until the record has the size asked for. References only point
 //! backwards, so cutting the last encounter short leaves none dangling.
+//!
+//! Every resource carries the `meta` a FHIR server writes ([`meta`]): a version, the
+//! instant it was stored, the feed and request that wrote it (`source`), US Core profiles,
+//! a confidentiality label, the sync batch as a tag and the interface job as an extension.
+//! It is drawn from a random source of its own, so that the rest of a record is the same
+//! for a seed with or without it.
 
 use chrono::{Duration, NaiveDate, NaiveDateTime};
 use rand::rngs::StdRng;
@@ -87,8 +93,115 @@ const PROCEDURES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The interface feed that loaded the patient's demographics and who treats them.
+const ADT_FEED: &str = "https://ehr.riverside.example/interfaces/adt";
+/// The hospital's own tag and extension for its EHR sync (what real servers carry:
+/// batch names, job ids).
+const SYNC_TAGS: &str = "https://riverside.example/fhir/CodeSystem/ehr-sync";
+const SYNC_JOB: &str = "https://riverside.example/fhir/StructureDefinition/ehr-sync-job";
+const CONFIDENTIALITY: &str = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality";
+const COMMON_TAGS: &str = "http://terminology.hl7.org/CodeSystem/common-tags";
+
+/// The profile a US server declares for a resource type.
+fn profile(ty: &str) -> Option<&'static str> {
+    Some(match ty {
+        "Patient" => "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient",
+        "Organization" => "http://hl7.org/fhir/us/core/StructureDefinition/us-core-organization",
+        "Practitioner" => "http://hl7.org/fhir/us/core/StructureDefinition/us-core-practitioner",
+        "PractitionerRole" => {
+            "http://hl7.org/fhir/us/core/StructureDefinition/us-core-practitionerrole"
+        }
+        "Location" => "http://hl7.org/fhir/us/core/StructureDefinition/us-core-location",
+        "Encounter" => "http://hl7.org/fhir/us/core/StructureDefinition/us-core-encounter",
+        "Condition" => "http://hl7.org/fhir/us/core/StructureDefinition/us-core-condition",
+        "Observation" => "http://hl7.org/fhir/StructureDefinition/vitalsigns",
+        "DiagnosticReport" => {
+            "http://hl7.org/fhir/us/core/StructureDefinition/us-core-diagnosticreport-lab"
+        }
+        "DocumentReference" => {
+            "http://hl7.org/fhir/us/core/StructureDefinition/us-core-documentreference"
+        }
+        "Procedure" => "http://hl7.org/fhir/us/core/StructureDefinition/us-core-procedure",
+        "Immunization" => "http://hl7.org/fhir/us/core/StructureDefinition/us-core-immunization",
+        "MedicationRequest" => {
+            "http://hl7.org/fhir/us/core/StructureDefinition/us-core-medicationrequest"
+        }
+        "AllergyIntolerance" => {
+            "http://hl7.org/fhir/us/core/StructureDefinition/us-core-allergyintolerance"
+        }
+        "Goal" => "http://hl7.org/fhir/us/core/StructureDefinition/us-core-goal",
+        "CarePlan" => "http://hl7.org/fhir/us/core/StructureDefinition/us-core-careplan",
+        "Device" => "http://hl7.org/fhir/us/core/StructureDefinition/us-core-implantable-device",
+        "Coverage" => "http://hl7.org/fhir/us/carin-bb/StructureDefinition/C4BB-Coverage",
+        "ExplanationOfBenefit" => {
+            "http://hl7.org/fhir/us/carin-bb/StructureDefinition/C4BB-ExplanationOfBenefit"
+        }
+        _ => return None,
+    })
+}
+
+/// Who writes the resources being added: the feed, the request and the sync job, and
+/// when (each resource is stored some minutes to hours after it).
+struct Writer {
+    rng: StdRng,
+    feed: &'static str,
+    request: String,
+    job: String,
+    at: NaiveDateTime,
+}
+
+impl Writer {
+    /// A new request of `feed` at `at` (one transaction: the same request id and job for
+    /// everything it writes).
+    fn request(&mut self, feed: &'static str, at: NaiveDateTime) {
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        self.feed = feed;
+        self.request = (0..16)
+            .map(|_| char::from(ALPHABET[self.rng.gen_range(0..ALPHABET.len())]))
+            .collect();
+        self.job = format!("job-{:08x}", self.rng.gen::<u32>());
+        self.at = at;
+    }
+}
+
+/// `meta` of a resource of type `ty` as the server wrote it.
+fn meta(w: &mut Writer, ty: &str) -> Value {
+    let r = &mut w.rng;
+    let version = if r.gen_bool(0.8) {
+        1
+    } else {
+        r.gen_range(2..=4)
+    };
+    let stored = w.at
+        + Duration::minutes(r.gen_range(1..=720))
+        + Duration::milliseconds(r.gen_range(0..60_000));
+    let (label, display) = if ty == "DocumentReference" {
+        ("R", "restricted")
+    } else {
+        ("N", "normal")
+    };
+    let mut tags =
+        vec![json!({"system": SYNC_TAGS, "code": format!("batch-{}", stored.format("%Y%m%d"))})];
+    if ty == "Observation" && r.gen_bool(0.2) {
+        tags.push(json!({"system": COMMON_TAGS, "code": "actionable"}));
+    }
+    let mut meta = json!({
+        "versionId": version.to_string(),
+        "lastUpdated": stored.format("%Y-%m-%dT%H:%M:%S%.3f+00:00").to_string(),
+        "source": format!("{}#{}", w.feed, w.request),
+        "security": [{"system": CONFIDENTIALITY, "code": label, "display": display}],
+        "tag": tags,
+        "extension": [{"url": SYNC_JOB, "valueString": w.job}],
+    });
+    if let Some(p) = profile(ty) {
+        meta["profile"] = json!([p]);
+    }
+    meta
+}
+
 struct Ctx<'a> {
     rng: &'a mut StdRng,
+    writer: Writer,
     who: &'a Identity,
     patient: String,
     org: String,
@@ -116,6 +229,7 @@ impl Ctx<'_> {
             .unwrap_or("Basic")
             .to_string();
         resource["id"] = json!(id);
+        resource["meta"] = meta(&mut self.writer, &ty);
         self.entries.push(json!({
             "fullUrl": url,
             "resource": resource,
@@ -156,10 +270,30 @@ fn text_attachment(content_type: &str, text: &str, title: &str) -> Value {
     })
 }
 
-/// The patient's transaction bundle with `n` resources besides the Patient.
-pub fn bundle(rng: &mut StdRng, who: &Identity, n: usize, today: NaiveDate) -> Value {
+/// The patient's transaction bundle with `n` resources besides the Patient; `meta` is
+/// drawn from `meta_rng`.
+pub fn bundle(
+    rng: &mut StdRng,
+    meta_rng: StdRng,
+    who: &Identity,
+    n: usize,
+    today: NaiveDate,
+) -> Value {
+    let end = who.deceased.unwrap_or(today).min(today);
+    let first = who.birth_date.max(end - Duration::days(30 * 365));
+    let mut writer = Writer {
+        rng: meta_rng,
+        feed: ADT_FEED,
+        request: String::new(),
+        job: String::new(),
+        at: first.and_hms_opt(9, 0, 0).unwrap_or_default(),
+    };
+    writer.request(ADT_FEED, writer.at);
+    let mut patient = patient(who);
+    patient["meta"] = meta(&mut writer, "Patient");
     let mut cx = Ctx {
         rng,
+        writer,
         who,
         patient: format!("urn:uuid:{}", who.patient_id),
         org: String::new(),
@@ -171,12 +305,10 @@ pub fn bundle(rng: &mut StdRng, who: &Identity, n: usize, today: NaiveDate) -> V
     };
     cx.entries.push(json!({
         "fullUrl": cx.patient,
-        "resource": patient(who),
+        "resource": patient,
         "request": {"method": "POST", "url": "Patient"},
     }));
     head(&mut cx);
-    let end = who.deceased.unwrap_or(today).min(today);
-    let first = who.birth_date.max(end - Duration::days(30 * 365));
     let span = (end - first).num_days().max(1);
     // Encounters in time order, until the record is full.
     let mut day = 0i64;
@@ -335,6 +467,8 @@ fn head(cx: &mut Ctx) {
 
 /// One visit and what it produced.
 fn encounter(cx: &mut Ctx, at: NaiveDateTime) {
+    // What the visit produced reaches the server in one transaction of the EHR.
+    cx.writer.request("", at);
     let who = cx.who;
     let practitioner = cx.practitioner();
     let (org, location, coverage) = (cx.org.clone(), cx.location.clone(), cx.coverage.clone());

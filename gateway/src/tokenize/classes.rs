@@ -22,10 +22,13 @@ pub enum IdentifierClass {
     ResourceIds,
     Narrative,
     Attachments,
+    /// A resource's `meta` (version, last update, tags): record keeping of the custodian's
+    /// server, not care; the same in every answer unless transformed, so it links them.
+    Meta,
 }
 
 impl IdentifierClass {
-    pub const ALL: [IdentifierClass; 14] = [
+    pub const ALL: [IdentifierClass; 15] = [
         IdentifierClass::Name,
         IdentifierClass::Mrn,
         IdentifierClass::Ssn,
@@ -40,6 +43,7 @@ impl IdentifierClass {
         IdentifierClass::ResourceIds,
         IdentifierClass::Narrative,
         IdentifierClass::Attachments,
+        IdentifierClass::Meta,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +62,7 @@ impl IdentifierClass {
             IdentifierClass::ResourceIds => "resource-ids",
             IdentifierClass::Narrative => "narrative",
             IdentifierClass::Attachments => "attachments",
+            IdentifierClass::Meta => "meta",
         }
     }
 
@@ -75,7 +80,14 @@ impl IdentifierClass {
                 | IdentifierClass::ResourceIds
                 | IdentifierClass::Narrative
                 | IdentifierClass::Attachments
+                | IdentifierClass::Meta
         )
+    }
+
+    /// Classes redacted when no obligation names them: the direct identifiers, and `meta`,
+    /// which is no identifier of the patient but links the answers it is left in.
+    pub fn redacted_by_default(self) -> bool {
+        self.is_direct() || self == IdentifierClass::Meta
     }
 }
 
@@ -94,7 +106,7 @@ pub enum Action {
 
 impl Obligations {
     /// The action for `class`: the first list naming it in precedence order, else redact
-    /// for a direct identifier and keep for the others.
+    /// for a direct identifier and `meta`, and keep for the others.
     pub fn action(&self, class: IdentifierClass) -> Action {
         let named = |list: &[String]| list.iter().any(|c| c == class.as_str());
         if named(&self.reveal) {
@@ -105,7 +117,7 @@ impl Obligations {
             Action::Pseudonymize
         } else if named(&self.generalize) {
             Action::Generalize
-        } else if named(&self.redact) || class.is_direct() {
+        } else if named(&self.redact) || class.redacted_by_default() {
             Action::Redact
         } else {
             Action::Keep

@@ -3,10 +3,11 @@
 //! pseudonymized (HMAC per recipient and domain), generalized (HIPAA Safe Harbor) or
 //! redacted, with the precedence reveal > tokenize > pseudonymize > generalize > redact.
 //!
-//! Fail closed: a direct-identifier class that no obligation names is redacted. Classes
-//! without a meaningful form of an operation fall to the stricter one: `generalize` of a
-//! name, number, telecom or id is a redaction, `tokenize`/`pseudonymize` of dates,
-//! narrative or attachments is a redaction, and `tokenize` of ids is a pseudonym (ids must
+//! Fail closed: a direct-identifier class that no obligation names is redacted, and so is
+//! `meta`, the server's record keeping, which links answers. Classes without a meaningful
+//! form of an operation fall to the stricter one: `generalize` of a name, number, telecom,
+//! id or `meta` is a redaction, `tokenize`/`pseudonymize` of dates, narrative or
+//! attachments is a redaction, and `tokenize` of ids or `meta` is a pseudonym (ids must
 //! stay consistent across the references of a response, and the custodian can recompute
 //! them).
 //!
@@ -20,7 +21,8 @@
 //! | `mod.rs` | the entry point [`apply`], the context, pseudonyms |
 //! | `classes.rs` | the identifier classes, actions and their precedence |
 //! | `engine.rs` | the engine's state: the patient's identifying values, value transforms |
-//! | `resources.rs` | per-resource rules: persons, identifiers, names, telecoms, addresses, birth dates |
+//! | `resources.rs` | per-resource rules: persons, identifiers (also in extensions, DICOM UIDs), names, telecoms, addresses, birth dates |
+//! | `meta.rs` | a resource's `meta`: what of the server's record keeping leaves |
 //! | `walk.rs` | the generic walk: references, dates, free text, pruning |
 //! | `attachments.rs` | attachments: decoded, scrubbed or removed |
 //! | `scrub.rs` | free-text scrubbing |
@@ -28,6 +30,7 @@
 mod attachments;
 mod classes;
 mod engine;
+mod meta;
 mod resources;
 mod scrub;
 #[cfg(test)]
@@ -138,8 +141,8 @@ pub struct Tokenized {
 }
 
 /// Applies `obligations` to the resources of one response. Provenance resources and
-/// `meta.source` are always removed; with `max_records` the output is cut to that many
-/// resources, Patient first.
+/// `meta.source` are always removed, the rest of `meta` unless the `meta` class is named
+/// (`meta.rs`); with `max_records` the output is cut to that many resources, Patient first.
 pub fn apply(
     resources: Vec<Value>,
     obligations: &Obligations,

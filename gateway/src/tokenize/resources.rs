@@ -1,5 +1,6 @@
 //! Per-resource rules: persons (identifiers, names, telecoms, addresses, birth date,
-//! contacts), devices, coverages and the business identifiers of other resources.
+//! contacts), devices, coverages, the business identifiers of other resources, identifiers
+//! given as extension values, and DICOM UIDs.
 
 use chrono::{DateTime, Datelike, Utc};
 use serde_json::{json, Map, Value};
@@ -11,6 +12,7 @@ use super::{
     TokenizeError, AGE_BAND_EXTENSION, PERSON_TYPES, PSEUDONYM_EXTENSION, SHARED_TYPES,
     TOKEN_EXTENSION,
 };
+use crate::vault::hmac_sha256;
 
 /// ZIP3 areas of 20,000 people or fewer (Safe Harbor, 2000 census): reported as "000".
 pub(super) const RESTRICTED_ZIP3: [&str; 17] = [
@@ -31,9 +33,7 @@ impl Engine<'_, '_> {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        if let Some(Value::Object(meta)) = obj.get_mut("meta") {
-            meta.remove("source");
-        }
+        self.meta(obj, &ty, contained);
         if !contained {
             let new = match obj.get("id") {
                 Some(Value::String(id)) => self.map_id(&ty, id),
@@ -58,6 +58,9 @@ impl Engine<'_, '_> {
             self.identifiers(obj, |_| IdentifierClass::OtherIdentifiers)?;
         } else if !SHARED_TYPES.contains(&ty.as_str()) {
             self.resource_identifiers(obj);
+        }
+        if ty == "ImagingStudy" {
+            self.dicom_uids(obj);
         }
         if ty == "Binary" {
             // A Binary is an attachment of its own (contentType, data).
@@ -186,6 +189,107 @@ impl Engine<'_, '_> {
                 }
                 obj.insert("identifier".into(), Value::Array(kept));
             }
+        }
+    }
+
+    /// An identifier given outside `identifier`: an extension's (or a Task input's)
+    /// `valueIdentifier`, `valueId`, `valueOid` or `valueUuid` at `obj[key]`. The walk would
+    /// only scrub it of the patient's known values, and an identifier nobody listed links
+    /// every answer it is in. Typed as a person's (SSN, MRN, passport, driver's licence) it
+    /// follows that class; otherwise it is one of the resource's business identifiers
+    /// (`resource-ids`), or on a Patient or RelatedPerson one of theirs
+    /// (`other-identifiers`). An id, OID or UUID has no pseudonym of its type and goes
+    /// unless its class is revealed.
+    pub(super) fn identifier_value(
+        &mut self,
+        obj: &mut Map<String, Value>,
+        key: &str,
+        ty: &str,
+    ) -> Result<(), TokenizeError> {
+        let person = PERSON_TYPES.contains(&ty);
+        let Some(value) = obj.get_mut(key) else {
+            return Ok(());
+        };
+        let class = match (key, &*value) {
+            ("valueIdentifier", ident) => match classify_identifier(ident) {
+                IdentifierClass::OtherIdentifiers if !person => IdentifierClass::ResourceIds,
+                class => class,
+            },
+            _ if person => IdentifierClass::OtherIdentifiers,
+            _ => IdentifierClass::ResourceIds,
+        };
+        let action = self.action(class);
+        match (key, value) {
+            (_, _) if matches!(action, Action::Reveal | Action::Keep) => {}
+            ("valueIdentifier", Value::Object(ident))
+                if matches!(action, Action::Tokenize | Action::Pseudonymize) =>
+            {
+                if class == IdentifierClass::ResourceIds {
+                    match ident.get("value") {
+                        Some(Value::String(v)) => {
+                            let p = self.pseudonym(class, v);
+                            ident.insert("value".into(), Value::String(p));
+                        }
+                        _ => {
+                            ident.remove("value");
+                        }
+                    }
+                } else {
+                    self.protect_field(ident, "value", class)?;
+                }
+            }
+            _ => {
+                obj.remove(key);
+            }
+        }
+        Ok(())
+    }
+
+    /// The DICOM UIDs of an ImagingStudy's series and instances: globally unique, the same
+    /// in every copy of the images, so they go with the resource ids. A pseudonymized one is
+    /// a UID again (`2.25.` and a number, DICOM's form for UIDs made without a registered
+    /// root), per recipient and domain.
+    pub(super) fn dicom_uids(&mut self, obj: &mut Map<String, Value>) {
+        let action = self.action(IdentifierClass::ResourceIds);
+        let Some(Value::Array(series)) = obj.get_mut("series") else {
+            return;
+        };
+        for s in series.iter_mut().filter_map(Value::as_object_mut) {
+            self.dicom_uid(s, action);
+            if let Some(Value::Array(instances)) = s.get_mut("instance") {
+                for i in instances.iter_mut().filter_map(Value::as_object_mut) {
+                    self.dicom_uid(i, action);
+                }
+            }
+        }
+    }
+
+    fn dicom_uid(&self, obj: &mut Map<String, Value>, action: Action) {
+        match action {
+            Action::Reveal | Action::Keep => {}
+            Action::Generalize | Action::Redact => {
+                obj.remove("uid");
+            }
+            Action::Tokenize | Action::Pseudonymize => match obj.get("uid") {
+                Some(Value::String(uid)) => {
+                    let mac = hmac_sha256(
+                        self.ctx.pseudonym_key,
+                        &[
+                            self.ctx.recipient_org.as_bytes(),
+                            self.ctx.domain.as_bytes(),
+                            IdentifierClass::ResourceIds.as_str().as_bytes(),
+                            format!("dicom-uid/{uid}").as_bytes(),
+                        ],
+                    );
+                    let mut n = [0u8; 16];
+                    n.copy_from_slice(&mac[..16]);
+                    let uid = format!("2.25.{}", u128::from_be_bytes(n));
+                    obj.insert("uid".into(), Value::String(uid));
+                }
+                _ => {
+                    obj.remove("uid");
+                }
+            },
         }
     }
 

@@ -683,3 +683,400 @@ mod attachments {
         assert_eq!(o["code"]["coding"][0]["code"], "8480-6");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// meta: the server's record keeping is data, redacted unless `meta` is named
+// ---------------------------------------------------------------------------------------
+
+mod meta {
+    use chrono::Utc;
+    use serde_json::{json, Value};
+
+    use super::context_parts;
+    use crate::tokenize::{apply, Obligations, TokenizeContext};
+
+    const CONFIDENTIALITY: &str = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality";
+    const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+    const US_CORE: &str = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-condition";
+
+    fn patient() -> Value {
+        json!({"resourceType": "Patient", "id": "pat1",
+            "identifier": [{"type": {"coding": [{"code": "MR"}]}, "value": "RH7781042"}],
+            "name": [{"family": "Ñandú", "given": ["Della"]}],
+            "birthDate": "1931-02-14"})
+    }
+
+    /// A Condition whose `meta` has every element, as a server exports it.
+    fn condition() -> Value {
+        json!({"resourceType": "Condition", "id": "c1",
+            "meta": {
+                "id": "m1",
+                "versionId": "3",
+                "lastUpdated": "2024-03-05T10:22:31.118+00:00",
+                "_lastUpdated": {"extension": [{"url": "x", "valueString": "import"}]},
+                "source": "https://ehr.riverside.example/feeds/adt#a1b2c3d4e5f6a7b8",
+                "profile": [
+                    US_CORE,
+                    "http://hl7.org/fhir/StructureDefinition/Condition|4.0.1",
+                    "not a url",
+                    "https://profiles.example/RH7781042/StructureDefinition/c",
+                    "https://profiles.example/StructureDefinition/c?patient=1",
+                ],
+                "security": [
+                    {"system": CONFIDENTIALITY, "code": "R", "display": "restricted",
+                     "userSelected": false},
+                    {"system": ACT_CODE, "code": "PSY", "display": "psychiatry disorder information sensitivity"},
+                    {"system": CONFIDENTIALITY, "code": "Q"},
+                    {"system": ACT_CODE, "code": "MRN 0042"},
+                    {"system": "https://riverside.example/fhir/CodeSystem/access", "code": "vip"},
+                ],
+                "tag": [{"system": "https://riverside.example/fhir/CodeSystem/ingest",
+                         "code": "batch-20240305-0042"}],
+                "extension": [{"url": "https://riverside.example/fhir/StructureDefinition/project",
+                               "valueString": "cardio-registry-7781"}],
+                "project": "cardio-registry-7781",
+            },
+            "subject": {"reference": "Patient/pat1"},
+            "recordedDate": "2024-03-05"})
+    }
+
+    /// Treatment as the shipped policy decides it, plus `extra`.
+    fn obligations(extra: impl FnOnce(&mut Obligations)) -> Obligations {
+        let mut o = Obligations {
+            reveal: vec!["name".into(), "birth-date".into()],
+            pseudonymize: vec!["patient-id".into(), "resource-ids".into()],
+            ..Obligations::default()
+        };
+        extra(&mut o);
+        o
+    }
+
+    fn run_for(
+        o: &Obligations,
+        resources: Vec<Value>,
+        recipient: &str,
+        domain: &str,
+    ) -> Vec<Value> {
+        let (_d, vault) = context_parts();
+        let key = [5u8; 32];
+        let ctx = TokenizeContext {
+            recipient_org: recipient,
+            domain,
+            pseudonym_key: &key,
+            vault: &vault,
+            now: Utc::now(),
+        };
+        apply(resources, o, &ctx).unwrap().resources
+    }
+
+    fn run(o: &Obligations, resources: Vec<Value>) -> Vec<Value> {
+        run_for(o, resources, "did:web:b", "clinical")
+    }
+
+    fn hl7_labels() -> Value {
+        json!([{"system": CONFIDENTIALITY, "code": "R"}, {"system": ACT_CODE, "code": "PSY"}])
+    }
+
+    #[test]
+    fn unnamed_meta_keeps_profiles_and_hl7_labels_only() {
+        let out = run(&obligations(|_| {}), vec![patient(), condition()]);
+        assert_eq!(
+            out[1]["meta"],
+            json!({
+                "profile": [US_CORE, "http://hl7.org/fhir/StructureDefinition/Condition|4.0.1"],
+                "security": hl7_labels(),
+            }),
+            "no versionId, lastUpdated, source, tag, extension, id or unknown key; a \
+             profile that is no canonical URL or holds the patient's MRN goes; labels of \
+             other systems or with codes those systems do not have go"
+        );
+        let text = serde_json::to_string(&out).unwrap();
+        for gone in [
+            "a1b2c3d4e5f6a7b8",
+            "batch-2024",
+            "cardio-registry",
+            "2024-03-05T10:22",
+        ] {
+            assert!(!text.contains(gone), "{gone} left: {text}");
+        }
+        // Redacting names it explicitly: the same.
+        let redacted = run(
+            &obligations(|o| o.redact.push("meta".into())),
+            vec![patient(), condition()],
+        );
+        assert_eq!(redacted[1]["meta"], out[1]["meta"]);
+        // Generalizing has no meaningful form: a redaction.
+        let generalized = run(
+            &obligations(|o| o.generalize.push("meta".into())),
+            vec![patient(), condition()],
+        );
+        assert_eq!(generalized[1]["meta"], out[1]["meta"]);
+    }
+
+    #[test]
+    fn meta_left_empty_goes_and_a_malformed_one_too() {
+        let mut c = condition();
+        c["meta"] = json!({"versionId": "1", "source": "#abc", "tag": [{"code": "x"}]});
+        let out = run(&obligations(|_| {}), vec![c.clone()]);
+        assert!(out[0].get("meta").is_none(), "{}", out[0]);
+        c["meta"] = json!("v1");
+        let out = run(
+            &obligations(|o| o.reveal.push("meta".into())),
+            vec![c.clone()],
+        );
+        assert!(out[0].get("meta").is_none(), "{}", out[0]);
+        c["meta"] = json!({"profile": "http://x.example/p", "security": {"code": "R"}});
+        let out = run(&obligations(|_| {}), vec![c]);
+        assert!(out[0].get("meta").is_none(), "{}", out[0]);
+    }
+
+    #[test]
+    fn pseudonymized_version_is_per_recipient_domain_and_version() {
+        let o = obligations(|o| o.pseudonymize.push("meta".into()));
+        let version = |recipient: &str, domain: &str, v: &str| {
+            let mut c = condition();
+            c["meta"]["versionId"] = json!(v);
+            let out = run_for(&o, vec![patient(), c], recipient, domain);
+            let meta = &out[1]["meta"];
+            assert!(meta.get("lastUpdated").is_none(), "a date has no pseudonym");
+            assert!(meta.get("tag").is_none() && meta.get("source").is_none());
+            assert_eq!(meta["security"], hl7_labels());
+            let p = meta["versionId"].as_str().unwrap().to_string();
+            assert!(p.starts_with("p-") && crate::records::is_fhir_id(&p), "{p}");
+            p
+        };
+        let a = version("did:web:b", "clinical", "3");
+        assert_eq!(a, version("did:web:b", "clinical", "3"), "stable");
+        assert_ne!(a, version("did:web:c", "clinical", "3"), "per recipient");
+        assert_ne!(a, version("did:web:b", "billing", "3"), "per domain");
+        assert_ne!(a, version("did:web:b", "clinical", "4"), "per version");
+        // Tokenize falls to a pseudonym (nothing to detokenize).
+        let t = obligations(|o| o.tokenize.push("meta".into()));
+        let out = run(&t, vec![patient(), condition()]);
+        assert_eq!(out[1]["meta"]["versionId"], json!(a));
+        // Without an id there is no version to name.
+        let mut c = condition();
+        c.as_object_mut().unwrap().remove("id");
+        let out = run(&o, vec![c]);
+        assert!(out[0]["meta"].get("versionId").is_none());
+    }
+
+    #[test]
+    fn revealed_meta_keeps_version_time_tags_and_labels_but_never_source_or_extensions() {
+        let o = obligations(|o| o.reveal.push("meta".into()));
+        let out = run(&o, vec![patient(), condition()]);
+        let meta = &out[1]["meta"];
+        let source = condition()["meta"].clone();
+        assert_eq!(meta["versionId"], "3");
+        assert_eq!(meta["lastUpdated"], "2024-03-05T10:22:31.118+00:00");
+        assert_eq!(meta["tag"], source["tag"]);
+        assert_eq!(meta["security"], source["security"]);
+        assert_eq!(meta["profile"].as_array().unwrap().len(), 2);
+        for gone in ["source", "extension", "id", "project", "_lastUpdated"] {
+            assert!(meta.get(gone).is_none(), "{gone}: {meta}");
+        }
+        // A version that is no FHIR id is not one.
+        let mut c = condition();
+        c["meta"]["versionId"] = json!("3; drop table");
+        let out = run(&o, vec![c]);
+        assert!(out[0]["meta"].get("versionId").is_none());
+    }
+
+    #[test]
+    fn revealed_last_update_follows_dates_and_the_shift() {
+        let reveal = |dates: Option<&str>| {
+            obligations(|o| {
+                o.reveal.push("meta".into());
+                if let Some(d) = dates {
+                    o.generalize.push(d.into());
+                }
+            })
+        };
+        let out = run(&reveal(Some("dates")), vec![patient(), condition()]);
+        assert_eq!(out[1]["meta"]["lastUpdated"], "2024");
+        let o = obligations(|o| {
+            o.reveal.push("meta".into());
+            o.redact.push("dates".into());
+        });
+        let out = run(&o, vec![patient(), condition()]);
+        assert!(out[1]["meta"].get("lastUpdated").is_none());
+        // On the hidden birth date it would give it away, as any date.
+        let mut c = condition();
+        c["meta"]["lastUpdated"] = json!("1931-02-14T09:00:00Z");
+        let hidden_birth = obligations(|o| {
+            o.reveal = vec!["meta".into()];
+        });
+        let out = run(&hidden_birth, vec![patient(), c]);
+        assert!(out[1]["meta"].get("lastUpdated").is_none(), "{}", out[1]);
+        // `shift_dates` moves it with every other date.
+        let mut out = run(&reveal(None), vec![patient(), condition()]);
+        crate::dates::shift(&mut out, 10);
+        assert_eq!(
+            out[1]["meta"]["lastUpdated"],
+            "2024-03-15T10:22:31.118+00:00"
+        );
+        assert_eq!(out[1]["recordedDate"], "2024-03-15");
+    }
+
+    #[test]
+    fn contained_resources_have_no_version_or_last_update() {
+        let mut c = condition();
+        let mut inner = condition();
+        inner["id"] = json!("local");
+        c["contained"] = json!([inner]);
+        let o = obligations(|o| o.reveal.push("meta".into()));
+        let out = run(&o, vec![patient(), c]);
+        let inner = &out[1]["contained"][0]["meta"];
+        assert!(inner.get("versionId").is_none() && inner.get("lastUpdated").is_none());
+        assert_eq!(inner["security"].as_array().unwrap().len(), 5);
+        assert_eq!(out[1]["meta"]["versionId"], "3");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Identifiers outside `identifier`: extension values and DICOM UIDs
+// ---------------------------------------------------------------------------------------
+
+mod other_identifiers {
+    use chrono::Utc;
+    use serde_json::{json, Value};
+
+    use super::context_parts;
+    use crate::tokenize::{apply, Obligations, TokenizeContext};
+
+    fn run_for(o: &Obligations, resources: Vec<Value>, recipient: &str) -> Vec<Value> {
+        let (_d, vault) = context_parts();
+        let key = [9u8; 32];
+        let ctx = TokenizeContext {
+            recipient_org: recipient,
+            domain: "clinical",
+            pseudonym_key: &key,
+            vault: &vault,
+            now: Utc::now(),
+        };
+        apply(resources, o, &ctx).unwrap().resources
+    }
+
+    fn pseudonymized() -> Obligations {
+        Obligations {
+            tokenize: vec!["ssn".into()],
+            pseudonymize: vec!["patient-id".into(), "resource-ids".into()],
+            ..Obligations::default()
+        }
+    }
+
+    fn observation() -> Value {
+        json!({"resourceType": "Observation", "id": "o1", "status": "final",
+        "extension": [
+            {"url": "https://riverside.example/fhir/StructureDefinition/lab-order",
+             "valueIdentifier": {"system": "urn:oid:1.2.840.99999.4", "value": "ORD-7781-22"}},
+            {"url": "https://riverside.example/fhir/StructureDefinition/specimen-uuid",
+             "valueUuid": "urn:uuid:2f1c0b8e-8d3a-4c55-9d0e-0b9f3f7c6a11"},
+            {"url": "https://riverside.example/fhir/StructureDefinition/analyzer-oid",
+             "valueOid": "urn:oid:1.2.840.99999.7.7781"},
+            {"url": "https://riverside.example/fhir/StructureDefinition/run",
+             "valueId": "run-7781"},
+            {"url": "https://riverside.example/fhir/StructureDefinition/ssn-on-order",
+             "valueIdentifier": {"type": {"coding": [{"code": "SS"}]}, "value": "999-77-0001"}},
+        ]})
+    }
+
+    #[test]
+    fn extension_identifiers_go_with_their_class() {
+        let out = run_for(&pseudonymized(), vec![observation()], "did:web:b");
+        let ext = &out[0]["extension"];
+        let order = ext[0]["valueIdentifier"]["value"].as_str().unwrap();
+        assert!(order.starts_with("p-"), "{order}");
+        assert_eq!(
+            ext[0]["valueIdentifier"]["system"],
+            "urn:oid:1.2.840.99999.4"
+        );
+        let other = run_for(&pseudonymized(), vec![observation()], "did:web:c");
+        assert_ne!(
+            other[0]["extension"][0]["valueIdentifier"]["value"],
+            json!(order)
+        );
+        for (i, key) in [(1, "valueUuid"), (2, "valueOid"), (3, "valueId")] {
+            assert!(
+                ext[i].get(key).is_none(),
+                "{key} has no pseudonym of its type"
+            );
+            assert!(ext[i]["url"].is_string());
+        }
+        let ssn = ext[4]["valueIdentifier"]["value"].as_str().unwrap();
+        assert!(
+            ssn.starts_with("tok_"),
+            "typed as an SSN it follows ssn: {ssn}"
+        );
+
+        // Resource ids unnamed: kept as the resource's own identifiers are; the SSN is
+        // redacted by default.
+        let out = run_for(&Obligations::default(), vec![observation()], "did:web:b");
+        let ext = &out[0]["extension"];
+        assert_eq!(ext[0]["valueIdentifier"]["value"], "ORD-7781-22");
+        assert_eq!(ext[3]["valueId"], "run-7781");
+        assert!(ext[4].get("valueIdentifier").is_none());
+        let text = serde_json::to_string(&out).unwrap();
+        assert!(!text.contains("0001"), "{text}");
+
+        // On a Patient an untyped one is the patient's (`other-identifiers`).
+        let patient = json!({"resourceType": "Patient", "id": "p1", "extension": [
+            {"url": "https://registry.example/fhir/StructureDefinition/registry-id",
+             "valueIdentifier": {"system": "https://registry.example", "value": "R-5512"}}]});
+        let o = Obligations {
+            pseudonymize: vec!["resource-ids".into()],
+            ..Obligations::default()
+        };
+        let out = run_for(&o, vec![patient], "did:web:b");
+        assert!(
+            out[0]["extension"][0].get("valueIdentifier").is_none(),
+            "{}",
+            out[0]
+        );
+    }
+
+    fn study() -> Value {
+        json!({"resourceType": "ImagingStudy", "id": "s1", "status": "available",
+            "series": [{"uid": "1.2.840.99999.927563", "number": 1,
+                        "instance": [{"uid": "1.2.840.99999.927563.1", "number": 1},
+                                     {"uid": "1.2.840.99999.927563.2", "number": 2}]}]})
+    }
+
+    #[test]
+    fn dicom_uids_are_pseudonymized_as_uids() {
+        let out = run_for(&pseudonymized(), vec![study()], "did:web:b");
+        let series = &out[0]["series"][0];
+        let uids: Vec<&str> = std::iter::once(&series["uid"])
+            .chain(
+                series["instance"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| &i["uid"]),
+            )
+            .map(|u| u.as_str().unwrap())
+            .collect();
+        for uid in &uids {
+            assert!(uid.starts_with("2.25.") && uid.len() <= 64, "{uid}");
+            assert!(uid[5..].bytes().all(|b| b.is_ascii_digit()), "{uid}");
+            assert!(crate::records::is_fhir_id(uid));
+        }
+        assert_eq!(
+            uids.iter().collect::<std::collections::HashSet<_>>().len(),
+            3
+        );
+        let again = run_for(&pseudonymized(), vec![study()], "did:web:b");
+        assert_eq!(again[0]["series"], out[0]["series"], "stable");
+        let other = run_for(&pseudonymized(), vec![study()], "did:web:c");
+        assert_ne!(other[0]["series"][0]["uid"], out[0]["series"][0]["uid"]);
+
+        let kept = run_for(&Obligations::default(), vec![study()], "did:web:b");
+        assert_eq!(kept[0]["series"], study()["series"]);
+        let o = Obligations {
+            redact: vec!["resource-ids".into()],
+            ..Obligations::default()
+        };
+        let redacted = run_for(&o, vec![study()], "did:web:b");
+        assert!(!serde_json::to_string(&redacted).unwrap().contains("99999"));
+    }
+}

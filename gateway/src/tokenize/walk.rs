@@ -37,6 +37,9 @@ impl Engine<'_, '_> {
                 obj.remove(&key);
                 self.withhold("", "attachments-redacted");
             } else {
+                if !shared && is_identifier_value(&key) {
+                    self.identifier_value(obj, &key, ty)?;
+                }
                 self.walk_entry(obj, &key, ty, shared, attachments, dates)?;
             }
             self.path.truncate(parent);
@@ -291,6 +294,15 @@ pub(super) fn is_free_text(key: &str, value: &Value) -> bool {
         "comment" | "description" | "conclusion" | "patientInstruction" => value.is_string(),
         _ => false,
     }
+}
+
+/// Keys whose value is an identifier of some record or thing: an extension's (or a Task
+/// input's) `value[x]` of an identifier type.
+fn is_identifier_value(key: &str) -> bool {
+    matches!(
+        key,
+        "valueIdentifier" | "valueId" | "valueOid" | "valueUuid"
+    )
 }
 
 pub(super) fn is_attachment_key(key: &str, ty: &str) -> bool {

@@ -6,7 +6,8 @@
 //! resources, or one resource. Each obligation set the policies hand out is applied to it
 //! with fixed keys and a fixed decision time, and the output is checked: it is JSON that
 //! reads back as itself, it holds no more resources than were given (nor any Provenance),
-//! and under the fail-closed default no person keeps a direct identifier.
+//! nothing of a resource's `meta` but profiles and security labels, and under the
+//! fail-closed default no person keeps a direct identifier.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -189,6 +190,13 @@ fn check_output(set: &str, obligations: &Obligations, eligible: usize, out: &[Va
             r["meta"]["source"].is_null(),
             "{set}: meta.source is removed"
         );
+        // No set names `meta`: only profiles and HL7 security labels are left of it.
+        if let Some(meta) = r.get("meta").and_then(Value::as_object) {
+            assert!(
+                meta.keys().all(|k| k == "profile" || k == "security"),
+                "{set}: meta keeps only profiles and security labels"
+            );
+        }
     }
     let text = serde_json::to_vec(out).unwrap_or_else(|e| panic!("{set}: output: {e}"));
     let back: Vec<Value> =
