@@ -154,23 +154,6 @@ impl FhirServer {
         Ok(body)
     }
 
-    /// The server's id of the Patient with identifier `system|value`.
-    pub async fn patient_id(&self, system: &str, value: &str) -> Result<String, String> {
-        let found: Value = reqwest::Client::new()
-            .get(format!("{}/Patient", self.base))
-            .query(&[("identifier", format!("{system}|{value}"))])
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-        found["entry"][0]["resource"]["id"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| format!("no Patient {system}|{value}"))
-    }
-
     /// Freezes the server (SIGSTOP): connections are accepted by the kernel, never
     /// answered.
     pub fn freeze(&self) {
