@@ -27,8 +27,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-pub use record::RESOURCE_TYPES;
-
 /// Identifier system of the medical record numbers the generator issues.
 /// The medical record number system (the one Synthea-style records use).
 pub const MRN_SYSTEM: &str = "http://hospital.smarthealthit.org";
@@ -380,6 +378,7 @@ fn b64(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::RESOURCE_TYPES;
 
     #[test]
     fn same_seed_same_patients() {

@@ -20,6 +20,7 @@ use crate::{
 };
 
 /// Every resource type a large record holds besides Patient.
+#[cfg(test)]
 pub const RESOURCE_TYPES: [&str; 23] = [
     "Organization",
     "Practitioner",
