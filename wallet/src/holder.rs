@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::Utc;
 use federation::credentials::{PresentationBinding, ProofFormat};
-use federation::keys::{KeyAlgorithm, KeyInfo, KeyPair};
+use federation::keys::{KeyAlgorithm, KeyPair};
 use federation::verify::Verifier;
 use serde_json::Value;
 
@@ -97,17 +97,9 @@ impl Wallet {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The holder's DID.
     pub fn did(&self) -> &str {
         self.key.did()
-    }
-
-    pub fn key_info(&self) -> &KeyInfo {
-        self.key.info()
     }
 
     pub(crate) fn key(&self) -> &KeyPair {
