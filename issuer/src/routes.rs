@@ -283,11 +283,6 @@ pub fn routes() -> service::openapi::Routes<Arc<IssuerState>> {
     ]
 }
 
-/// The issuer's OpenAPI document (without the state it is served with).
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    service::openapi::document(base_document(), routes()).1
-}
-
 fn base_document() -> utoipa::openapi::OpenApi {
     service::openapi::base(
         "fedgate issuer",

@@ -264,11 +264,6 @@ pub fn routes() -> service::openapi::Routes<Arc<VisibilityState>> {
 /// (`POST /v1/audit/sessions`).
 pub const AUDITOR_SESSION: &str = "auditorSession";
 
-/// The visibility service's OpenAPI document (without the state it is served with).
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    service::openapi::document(base_document(), routes()).1
-}
-
 fn base_document() -> utoipa::openapi::OpenApi {
     use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
     let mut doc = service::openapi::base(
