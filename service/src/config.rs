@@ -63,12 +63,3 @@ pub fn resolve_listen(base: &Path, listen: &mut crate::http::ListenConfig) {
         resolve(base, p);
     }
 }
-
-/// An `Invalid` error for `key` of the file at `path`.
-pub fn invalid(path: &str, key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        path: path.to_string(),
-        key,
-        message: message.into(),
-    }
-}

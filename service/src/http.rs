@@ -21,7 +21,6 @@ mod problem;
 mod serve;
 
 pub use config::*;
-pub use conn::fd_headroom;
 pub use json::*;
 pub use layers::*;
 pub use problem::*;
@@ -34,6 +33,7 @@ mod tests {
     use super::problem::GENERIC_INTERNAL_DETAIL;
     use super::serve::is_loopback;
     use super::*;
+    use federation::json::MAX_JSON_DEPTH;
 
     use std::time::{Duration, Instant};
 

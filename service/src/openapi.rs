@@ -165,6 +165,7 @@ async fn redoc_js() -> Response {
 }
 
 /// Every (method, path) the document describes, in the document's order.
+#[cfg(test)]
 pub fn operations(doc: &OpenApi) -> Vec<(Method, String)> {
     doc.paths
         .paths

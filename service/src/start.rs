@@ -40,7 +40,6 @@ pub enum StartError {
 pub struct Bound {
     listener: std::net::TcpListener,
     listen: ListenConfig,
-    addr: SocketAddr,
     public_url: reqwest::Url,
 }
 
@@ -59,14 +58,8 @@ impl Bound {
         Ok(Bound {
             listener,
             listen: listen.clone(),
-            addr,
             public_url,
         })
-    }
-
-    /// The address bound (with the real port when the configured one was 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
     }
 
     /// The service's public base URL, ending with `/`.
@@ -151,7 +144,7 @@ mod tests {
     #[tokio::test]
     async fn binding_learns_the_real_port_and_serving_stops_on_shutdown() {
         let bound = Bound::bind(&listen(false), None).unwrap();
-        let addr = bound.local_addr();
+        let addr = bound.listener.local_addr().unwrap();
         assert_ne!(addr.port(), 0);
         assert_eq!(
             bound.public_url().as_str(),

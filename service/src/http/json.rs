@@ -17,20 +17,11 @@ use crate::http::problem::{
     MAX_ECHOED_CHARS,
 };
 
-/// Maximum nesting of arrays/objects accepted by [`parse_strict_json`].
-pub use federation::json::MAX_JSON_DEPTH;
-
 /// Request body extractor replacing `axum::Json`: JSON content type, size limit, UTF-8,
 /// bounded nesting and unique object keys are enforced before `T` is deserialized.
 /// Every rejection is a [`Problem`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StrictJson<T>(pub T);
-
-impl<T> StrictJson<T> {
-    pub fn into_inner(self) -> T {
-        self.0
-    }
-}
 
 impl<T, S> FromRequest<S> for StrictJson<T>
 where

@@ -110,6 +110,7 @@ impl Problem {
     }
 
     /// Sets the `instance` member.
+    #[cfg(test)]
     pub fn with_instance(mut self, instance: impl Into<String>) -> Self {
         self.instance = Some(instance.into());
         self
@@ -121,17 +122,13 @@ impl Problem {
         self
     }
 
-    /// Headers sent along with this problem.
-    pub fn headers(&self) -> &HeaderMap {
-        &self.headers
-    }
-
     /// The HTTP status (500 if the stored number is not a valid status).
     pub fn status_code(&self) -> StatusCode {
         StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     /// The slug of a fedgate problem type, `None` for `about:blank` or foreign types.
+    #[cfg(test)]
     pub fn slug(&self) -> Option<&str> {
         self.r#type.strip_prefix(PROBLEM_TYPE_BASE)
     }

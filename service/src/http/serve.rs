@@ -46,8 +46,10 @@ pub fn bind(cfg: &ListenConfig) -> Result<std::net::TcpListener, HttpError> {
     Ok(listener)
 }
 
-/// Serves `router` on a listener from [`bind`]: HTTPS when `tls_cert` and `tls_key` are
-/// set, else plain HTTP (loopback only). See [`serve`].
+/// Serves `router` on a listener from [`bind`] until `shutdown` completes, then drains
+/// connections for at most the request timeout: HTTPS when `tls_cert` and `tls_key` are
+/// set, else plain HTTP (loopback only). The bound address is sent on `ready` once
+/// listening.
 pub async fn serve_on(
     listener: std::net::TcpListener,
     router: Router,
@@ -76,6 +78,8 @@ pub async fn serve_on(
 /// them) until `shutdown` completes, then drains connections for at most the request
 /// timeout. HTTPS when `tls_cert` and `tls_key` are set; plain HTTP only on a loopback
 /// address. The bound address (useful with port 0) is sent on `ready` once listening.
+/// Services bind first ([`crate::start::Bound`]); the tests bind and serve in one call.
+#[cfg(test)]
 pub async fn serve(
     router: Router,
     cfg: &ListenConfig,
