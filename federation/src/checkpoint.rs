@@ -112,18 +112,6 @@ impl NoteVerifier {
         Self::new(name, key.verifying_key().to_bytes())
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn key_id(&self) -> [u8; 4] {
-        self.key_id
-    }
-
-    pub fn public_key(&self) -> [u8; 32] {
-        self.public_key.to_bytes()
-    }
-
     /// The verifier key string: `<name>+<hex key ID>+<base64(0x01 || public key)>`.
     pub fn vkey(&self) -> String {
         let mut key = Vec::with_capacity(33);
@@ -476,7 +464,7 @@ mod tests {
         let blob = B64.decode(b64).unwrap();
         assert_eq!(blob.len(), 68);
 
-        // Key ID computed from the formula, independently of key_id().
+        // Key ID computed from the formula, not taken from a verifier.
         let public = k.verifying_key().to_bytes();
         let mut preimage = b"log-key\n\x01".to_vec();
         preimage.extend_from_slice(&public);
@@ -498,7 +486,7 @@ mod tests {
         let vkey = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";
         let v = NoteVerifier::from_signing_key("PeterNeumann", &k).unwrap();
         assert_eq!(v.vkey(), vkey);
-        assert_eq!(v.key_id(), [0xc7, 0x4f, 0x20, 0xa3]);
+        assert_eq!(v.key_id, [0xc7, 0x4f, 0x20, 0xa3]);
         assert_eq!(NoteVerifier::parse_vkey(vkey).unwrap(), v);
         assert_eq!(vkey.parse::<NoteVerifier>().unwrap().to_string(), vkey);
 

@@ -106,6 +106,7 @@ impl DidResolver {
         }
     }
 
+    #[cfg(test)]
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self

@@ -13,9 +13,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-/// The JSON Schema (2020-12) of an [`AccessEvent`] as serialized.
-pub const ACCESS_EVENT_SCHEMA: &str = include_str!("../../schemas/access-event.schema.json");
-
 /// Allowed or denied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -788,6 +785,9 @@ pub fn to_fhir_audit_event(e: &AccessEvent) -> Value {
 mod tests {
     use super::*;
     use std::collections::BTreeSet;
+
+    /// The JSON Schema (2020-12) of an [`AccessEvent`] as serialized.
+    const ACCESS_EVENT_SCHEMA: &str = include_str!("../../schemas/access-event.schema.json");
 
     const CUSTODIAN: &str = "did:web:hospital-b.example";
     const ORG: &str = "did:web:hospital-a.example";

@@ -662,7 +662,8 @@ mod tests {
             .unwrap();
         let contracts = registry.contracts_between(HOSPITAL_B, HOSPITAL_A);
         assert_eq!(contracts.len(), 1, "the expired contract is left out");
-        assert!(contracts[0].covers(Domain::Clinical, "TREAT"));
+        assert_eq!(contracts[0].domains, [Domain::Clinical]);
+        assert_eq!(contracts[0].purposes, ["TREAT"]);
         assert!(registry
             .contracts_between(HOSPITAL_A, HOSPITAL_B)
             .is_empty());

@@ -59,14 +59,6 @@ impl Bitstring {
         &self.0
     }
 
-    pub fn len(&self) -> usize {
-        self.0.len() * 8
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     pub fn get(&self, index: usize) -> Option<bool> {
         let byte = self.0.get(index / 8)?;
         Some(byte & (0x80 >> (index % 8)) != 0)
@@ -160,7 +152,6 @@ pub struct StatusCache {
     ttl: Duration,
     dev_mode: bool,
     lists: Mutex<HashMap<String, CachedList>>,
-    fetches: std::sync::atomic::AtomicU64,
 }
 
 impl StatusCache {
@@ -171,13 +162,7 @@ impl StatusCache {
             ttl,
             dev_mode,
             lists: Mutex::new(HashMap::new()),
-            fetches: Default::default(),
         }
-    }
-
-    /// How many lists have been fetched (for metrics and tests).
-    pub fn fetch_count(&self) -> u64 {
-        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Drops a cached list, so the next check fetches it again.
@@ -270,8 +255,6 @@ impl StatusCache {
         }
         crate::client::loopback_only_http(&parsed, self.dev_mode)
             .map_err(|e| StatusError::Invalid(e.to_string()))?;
-        self.fetches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut resp = self
             .client
             .get(parsed)
@@ -426,7 +409,7 @@ mod tests {
     #[test]
     fn bitstring_round_trip_and_order() {
         let mut bits = Bitstring::new();
-        assert_eq!(bits.len(), LIST_BITS);
+        assert_eq!(bits.as_bytes().len() * 8, LIST_BITS);
         assert!(bits.set(0, true));
         assert!(bits.set(42, true));
         assert!(!bits.set(LIST_BITS, true));

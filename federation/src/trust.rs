@@ -37,6 +37,7 @@ impl StaticTrust {
         }
     }
 
+    #[cfg(test)]
     pub fn remove(&self, kind: CredentialKind, issuer: &str) {
         if let Ok(mut map) = self.issuers.write() {
             if let Some(set) = map.get_mut(&kind) {

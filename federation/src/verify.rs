@@ -274,13 +274,6 @@ impl ProofCache {
         }
     }
 
-    /// Forgets every proof (e.g. after a change of trust configuration).
-    pub fn clear(&self) {
-        if let Ok(mut g) = self.generations.lock() {
-            *g = Generations::default();
-        }
-    }
-
     fn generation_size(&self) -> usize {
         (self.capacity / 2).max(1)
     }

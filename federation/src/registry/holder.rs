@@ -53,7 +53,6 @@ struct State {
     /// is installed, then the one that manifest names.
     governance: Governance,
     manifest: Option<Arc<Manifest>>,
-    signed: Option<Arc<SignedManifest>>,
 }
 
 /// The manifest in force at a service, swapped atomically when a newer one verifies.
@@ -77,7 +76,6 @@ impl Registry {
             state: RwLock::new(State {
                 governance,
                 manifest: None,
-                signed: None,
             }),
             install_lock: Mutex::new(()),
             dev_mode,
@@ -130,10 +128,6 @@ impl Registry {
         }
     }
 
-    pub fn dev_mode(&self) -> bool {
-        self.dev_mode
-    }
-
     /// The governance the next manifest must satisfy.
     pub fn governance(&self) -> Option<Governance> {
         self.state.read().ok().map(|s| s.governance.clone())
@@ -142,11 +136,6 @@ impl Registry {
     /// The manifest in force, if any.
     pub fn current(&self) -> Option<Arc<Manifest>> {
         self.state.read().ok().and_then(|s| s.manifest.clone())
-    }
-
-    /// The signed form of the manifest in force (to pass on to peers).
-    pub fn current_signed(&self) -> Option<Arc<SignedManifest>> {
-        self.state.read().ok().and_then(|s| s.signed.clone())
     }
 
     /// Verifies `signed` under the governance held and puts it in force if it is newer.
@@ -193,7 +182,6 @@ impl Registry {
         let mut state = self.state.write().map_err(|_| RegistryError::Poisoned)?;
         state.governance = manifest.governance.clone();
         state.manifest = Some(Arc::new(manifest));
-        state.signed = Some(Arc::new(signed.clone()));
         Ok(InstallOutcome::Installed { version })
     }
 

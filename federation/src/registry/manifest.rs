@@ -134,10 +134,6 @@ impl Contract {
             Some(t) => crate::time::parse(t).is_none_or(|t| t <= now),
         }
     }
-
-    pub fn covers(&self, domain: Domain, purpose: &str) -> bool {
-        self.domains.contains(&domain) && self.purposes.iter().any(|p| p == purpose)
-    }
 }
 
 /// The federation's shared visibility service.
