@@ -84,15 +84,15 @@ fn synth_cohort(dir: &std::path::Path) -> Result<Vec<(PathBuf, String)>, String>
 }
 
 #[derive(Serialize)]
-pub struct Outcome {
-    pub scenario: String,
-    pub expected: String,
-    pub outcome: String,
-    pub ok: bool,
-    pub decision_id: Option<String>,
+struct Outcome {
+    scenario: String,
+    expected: String,
+    outcome: String,
+    ok: bool,
+    decision_id: Option<String>,
     /// Where the decision's access event sits in the visibility log.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub receipt: Option<String>,
+    receipt: Option<String>,
 }
 
 struct Demo {
@@ -258,7 +258,7 @@ fn reason(problem: &Value) -> String {
         .collect()
 }
 
-pub async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Result<bool, String> {
+pub(crate) async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Result<bool, String> {
     let started = Instant::now();
     let exe = std::env::current_exe().map_err(|e| format!("cannot find fedgate itself: {e}"))?;
     let dir = match dir {

@@ -73,7 +73,7 @@ pub fn spawn(exe: &Path, args: &[&str]) -> Result<Process, String> {
 }
 
 /// Runs `exe ARGS` to completion, returning stdout; a failure carries stderr.
-pub fn run(exe: &Path, args: &[&str]) -> Result<String, String> {
+fn run(exe: &Path, args: &[&str]) -> Result<String, String> {
     let out = Command::new(exe)
         .args(args)
         .env("FEDGATE_LOG", "warn")
@@ -89,7 +89,7 @@ pub fn run(exe: &Path, args: &[&str]) -> Result<String, String> {
     }
 }
 
-pub fn write_secret(path: &Path, secret: &str) -> Result<(), String> {
+fn write_secret(path: &Path, secret: &str) -> Result<(), String> {
     federation::keys::write_private(path, secret.as_bytes())
         .map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -131,8 +131,8 @@ async fn post(url: &str, body: &Value, token: Option<&str>) -> Result<(u16, Valu
 /// A credentialing office (or IRB) running `fedgate issuer serve`.
 pub struct Office {
     pub process: Process,
-    pub did: String,
-    pub token: String,
+    did: String,
+    pub(crate) token: String,
     pub dir: PathBuf,
 }
 
@@ -168,7 +168,7 @@ impl Office {
         format!("{}/", self.process.url())
     }
 
-    pub async fn admin(&self, path: &str, body: &Value) -> Result<(u16, Value), String> {
+    async fn admin(&self, path: &str, body: &Value) -> Result<(u16, Value), String> {
         post(
             &format!("{}{path}", self.process.url()),
             body,
@@ -247,7 +247,7 @@ pub fn free_port() -> Result<u16, String> {
 /// The federation's visibility service running `fedgate visibility serve`.
 pub struct Visibility {
     pub process: Process,
-    pub did: String,
+    did: String,
     pub config: PathBuf,
 }
 
@@ -410,7 +410,7 @@ impl Visibility {
     }
 
     /// Opens an auditor session with `credentials` presented by `holder`.
-    pub async fn auditor_session(
+    async fn auditor_session(
         &self,
         holder: &federation::keys::KeyPair,
         credentials: &[Value],
@@ -677,7 +677,7 @@ impl Gateway {
 
 /// The repository's policies and fixtures: from the current directory (a checkout running
 /// `cargo run -- ...`) or the one this binary was built from.
-pub fn repo_root() -> Result<PathBuf, String> {
+pub(crate) fn repo_root() -> Result<PathBuf, String> {
     [
         std::env::current_dir().ok(),
         Some(PathBuf::from(env!("CARGO_MANIFEST_DIR"))),
@@ -713,7 +713,7 @@ pub fn fixture_patient() -> Result<(PathBuf, String), String> {
 pub const MRN_SYSTEM: &str = "http://hospital.smarthealthit.org";
 
 /// MRN of the first Patient in a fixture bundle.
-pub fn fixture_mrn(file: &Path) -> Result<String, String> {
+pub(crate) fn fixture_mrn(file: &Path) -> Result<String, String> {
     let bundle: Value = serde_json::from_slice(&std::fs::read(file).map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
     bundle["entry"]

@@ -23,15 +23,15 @@ pub enum RecordsCommand {
 pub struct SynthArgs {
     /// Directory to write `patient-NNNN.json` files into (created if missing).
     #[arg(long)]
-    pub out: PathBuf,
+    out: PathBuf,
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub patients: u32,
+    patients: u32,
     /// The same seed writes the same patients.
     #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    seed: u64,
     /// Records the size of an elderly patient's history (3,000 to 6,600 resources each).
     #[arg(long)]
-    pub large: bool,
+    large: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -39,10 +39,10 @@ pub struct ImportArgs {
     /// The store directory (the gateway's `data_dir/records`); created if missing. The
     /// gateway must not be running on it.
     #[arg(long)]
-    pub store: PathBuf,
+    store: PathBuf,
     /// Bundle files, or directories of `*.json` bundles.
     #[arg(required = true)]
-    pub files: Vec<PathBuf>,
+    files: Vec<PathBuf>,
 }
 
 pub fn run(command: RecordsCommand) -> Result<(), String> {
@@ -52,7 +52,7 @@ pub fn run(command: RecordsCommand) -> Result<(), String> {
     }
 }
 
-pub fn synth(args: SynthArgs) -> Result<(), String> {
+fn synth(args: SynthArgs) -> Result<(), String> {
     let options = if args.large {
         synth::Options::large(args.seed)
     } else {
@@ -79,7 +79,7 @@ pub fn synth(args: SynthArgs) -> Result<(), String> {
     Ok(())
 }
 
-pub fn import(args: ImportArgs) -> Result<(), String> {
+fn import(args: ImportArgs) -> Result<(), String> {
     let store =
         SledStore::open(&args.store).map_err(|e| format!("{}: {e}", args.store.display()))?;
     let bar = ProgressBar::new();

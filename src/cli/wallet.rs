@@ -43,7 +43,7 @@ devMode: allow plain http to loopback URLs (tests and the demo only).";
 pub struct WalletDir {
     /// The wallet folder (holder key and credential store).
     #[arg(long, value_name = "DIR")]
-    pub dir: PathBuf,
+    dir: PathBuf,
 }
 
 /// Which gateway to talk to.
@@ -51,10 +51,10 @@ pub struct WalletDir {
 pub struct GatewayArgs {
     /// Base URL of the gateway, e.g. https://gateway.hospital-b.example/
     #[arg(long, value_name = "URL")]
-    pub gateway: String,
+    gateway: String,
     /// Allow plain http to a loopback gateway (tests and the demo only).
     #[arg(long)]
-    pub dev: bool,
+    dev: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]

@@ -48,23 +48,23 @@ pub struct FhirSourceArgs {
 
 /// The exchange times with one record source.
 #[derive(Serialize)]
-pub struct SourceTimes {
-    pub source: String,
+struct SourceTimes {
+    source: String,
     /// Resources in each answer.
-    pub resources_per_answer: usize,
-    pub median_ms: f64,
-    pub min_ms: f64,
-    pub max_ms: f64,
+    resources_per_answer: usize,
+    median_ms: f64,
+    min_ms: f64,
+    max_ms: f64,
 }
 
 #[derive(Serialize)]
-pub struct FhirSourceReport {
-    pub scenario: String,
-    pub record_resources: usize,
-    pub exchanges: usize,
-    pub sources: Vec<SourceTimes>,
+struct FhirSourceReport {
+    scenario: String,
+    record_resources: usize,
+    exchanges: usize,
+    sources: Vec<SourceTimes>,
     /// Median with the FHIR server over median with the embedded store.
-    pub ratio: f64,
+    ratio: f64,
 }
 
 impl FhirSourceReport {

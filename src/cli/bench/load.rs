@@ -874,19 +874,19 @@ pub(super) fn fsync_us(dir: &Path) -> Result<f64, String> {
 // ---------------------------------------------------------------------------------------
 
 #[derive(Serialize)]
-pub struct RevocationReport {
-    pub scenario: String,
-    pub samples: usize,
+struct RevocationReport {
+    scenario: String,
+    samples: usize,
     /// From the office's revocation call to the gateway's first deny with check
     /// `status`, ms.
-    pub revocation_to_deny_ms: Latency,
+    revocation_to_deny_ms: Latency,
     /// Requests that were still allowed after the revocation was requested.
-    pub allowed_after_revocation: u64,
+    allowed_after_revocation: u64,
     /// The floor: one request round (challenge + exchange) just before each revocation,
     /// since a deny cannot be seen sooner than the next request; ms.
-    pub one_request_ms: Latency,
+    one_request_ms: Latency,
     /// Floor p50 ÷ measured p50.
-    pub ratio: f64,
+    ratio: f64,
 }
 
 impl RevocationReport {

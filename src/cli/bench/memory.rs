@@ -61,33 +61,33 @@ pub struct MemoryArgs {
 
 /// The gateway's memory at one point of the run.
 #[derive(Serialize)]
-pub struct Reading {
+struct Reading {
     /// Exchanges answered so far.
-    pub exchanges: usize,
+    exchanges: usize,
     /// `before`, `after N exchanges`, `idle`.
-    pub when: String,
+    when: String,
     /// VmRSS, MB.
-    pub rss_mb: f64,
+    rss_mb: f64,
     /// VmHWM (the peak RSS so far), MB.
-    pub peak_rss_mb: f64,
+    peak_rss_mb: f64,
 }
 
 #[derive(Serialize)]
-pub struct MemoryReport {
-    pub scenario: String,
-    pub synth_patients: usize,
+struct MemoryReport {
+    scenario: String,
+    synth_patients: usize,
     /// Resources in each synthetic patient's record.
-    pub record_sizes: Vec<usize>,
-    pub exchanges: usize,
+    record_sizes: Vec<usize>,
+    exchanges: usize,
     /// Resources in the answers (entries besides the OperationOutcome), fewest and most.
-    pub resources_per_answer: (usize, usize),
+    resources_per_answer: (usize, usize),
     /// Bytes of the answers, fewest and most.
-    pub answer_bytes: (usize, usize),
+    answer_bytes: (usize, usize),
     /// Mean time of one exchange (the POST alone), ms.
-    pub mean_exchange_ms: f64,
+    mean_exchange_ms: f64,
     /// Exchanges asked again after a decision overran the policy's time limit.
-    pub retried: usize,
-    pub readings: Vec<Reading>,
+    retried: usize,
+    readings: Vec<Reading>,
 }
 
 impl MemoryReport {

@@ -60,7 +60,7 @@ pub enum BenchCommand {
 }
 
 #[derive(Args, Clone)]
-pub struct RunArgs {
+struct RunArgs {
     /// How long to measure, in seconds (after one warm-up request per holder).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,

@@ -6,40 +6,40 @@ use std::time::Duration;
 use serde::Serialize;
 
 #[derive(Serialize)]
-pub struct Report {
-    pub scenario: String,
+pub(crate) struct Report {
+    pub(crate) scenario: String,
     /// Concurrent holders (or senders).
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Requests completed in the measured window, successful or not.
-    pub requests: u64,
-    pub ok: u64,
+    pub(crate) requests: u64,
+    pub(crate) ok: u64,
     /// Failed requests by HTTP status, or `transport` when no answer came.
-    pub errors: BTreeMap<String, u64>,
-    pub seconds: f64,
-    pub requests_per_second: f64,
+    pub(crate) errors: BTreeMap<String, u64>,
+    pub(crate) seconds: f64,
+    pub(crate) requests_per_second: f64,
     /// Latency of the measured request alone (not the challenge before it), ms.
-    pub latency_ms: Latency,
+    pub(crate) latency_ms: Latency,
     /// Latency of fetching the challenge, ms (exchange and research).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub challenge_latency_ms: Option<Latency>,
+    pub(crate) challenge_latency_ms: Option<Latency>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ingest: Option<IngestFigures>,
+    pub(crate) ingest: Option<IngestFigures>,
     /// The server process under load.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub server: Option<ServerUsage>,
+    pub(crate) server: Option<ServerUsage>,
     /// Cores this load generator kept busy in the window: on a small machine it competes
     /// with the server for them.
-    pub load_generator_cores_busy: f64,
-    pub floor: Floor,
+    pub(crate) load_generator_cores_busy: f64,
+    pub(crate) floor: Floor,
 }
 
 #[derive(Serialize, Default, Clone, Copy)]
-pub struct Latency {
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub max: f64,
-    pub mean: f64,
+pub(crate) struct Latency {
+    pub(crate) p50: f64,
+    pub(crate) p90: f64,
+    pub(crate) p99: f64,
+    pub(crate) max: f64,
+    mean: f64,
 }
 
 impl Latency {
@@ -62,48 +62,48 @@ impl Latency {
 }
 
 #[derive(Serialize)]
-pub struct IngestFigures {
-    pub events_per_batch: usize,
-    pub events_appended: u64,
-    pub events_per_second: f64,
+pub(crate) struct IngestFigures {
+    pub(crate) events_per_batch: usize,
+    pub(crate) events_appended: u64,
+    pub(crate) events_per_second: f64,
     /// New checkpoints (tree heads) seen in the answers during the window.
-    pub checkpoints: u64,
-    pub checkpoints_per_second: f64,
+    pub(crate) checkpoints: u64,
+    pub(crate) checkpoints_per_second: f64,
     /// Longest time between two successive new checkpoints, ms.
-    pub max_checkpoint_interval_ms: f64,
-    pub tree_size: u64,
+    pub(crate) max_checkpoint_interval_ms: f64,
+    pub(crate) tree_size: u64,
 }
 
 #[derive(Serialize)]
-pub struct ServerUsage {
-    pub name: String,
-    pub pid: u32,
+pub(crate) struct ServerUsage {
+    pub(crate) name: String,
+    pub(crate) pid: u32,
     /// Resident set once the service was up, before any holder was set up (fixtures
     /// loaded, nothing asked yet); absent for a service the bench did not start.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub idle_rss_mb: Option<f64>,
+    pub(crate) idle_rss_mb: Option<f64>,
     /// VmHWM: the process's peak resident set since it started.
-    pub peak_rss_mb: f64,
-    pub rss_mb: f64,
+    pub(crate) peak_rss_mb: f64,
+    pub(crate) rss_mb: f64,
     /// CPU time the process used during the measured window.
-    pub cpu_seconds: f64,
+    pub(crate) cpu_seconds: f64,
     /// `cpu_seconds` per second of the window: cores the server kept busy.
-    pub cores_busy: f64,
+    pub(crate) cores_busy: f64,
 }
 
 /// The least work the measured operation needs, measured in this process in this run.
 #[derive(Serialize)]
-pub struct Floor {
+pub(crate) struct Floor {
     /// What the floor is made of, in words.
-    pub made_of: String,
-    pub per_request_us: f64,
+    pub(crate) made_of: String,
+    pub(crate) per_request_us: f64,
     /// The floor's throughput on `cores` cores.
-    pub cores: usize,
-    pub per_second: f64,
+    pub(crate) cores: usize,
+    pub(crate) per_second: f64,
     /// Measured throughput ÷ the floor's.
-    pub ratio: f64,
+    pub(crate) ratio: f64,
     /// The parts, µs each.
-    pub parts_us: BTreeMap<String, f64>,
+    pub(crate) parts_us: BTreeMap<String, f64>,
 }
 
 impl Report {
