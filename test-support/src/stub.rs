@@ -41,10 +41,10 @@ pub struct Accepted {
 }
 
 pub struct StubState {
-    pub did: String,
-    pub mode: Mutex<Mode>,
-    pub issued: Mutex<Vec<String>>,
-    pub verifier: Verifier,
+    did: String,
+    mode: Mutex<Mode>,
+    issued: Mutex<Vec<String>>,
+    verifier: Verifier,
     pub registered: Mutex<Vec<Accepted>>,
     pub withdrawn: Mutex<Vec<Accepted>>,
 }

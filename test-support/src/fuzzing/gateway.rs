@@ -19,7 +19,7 @@ use gateway::tokenize::{apply, Obligations, TokenizeContext};
 use gateway::vault::Vault;
 
 /// The requesting organization the output is for.
-pub const RECIPIENT: &str = "did:web:hospital-b.fuzz.example";
+const RECIPIENT: &str = "did:web:hospital-b.fuzz.example";
 const PSEUDONYM_KEY: [u8; 32] = [0x70; 32];
 const VAULT_KEY: [u8; 32] = [0x76; 32];
 /// The decision time: 2026-06-01T00:00:00Z, so that ages (the 90+ rule) do not drift.

@@ -35,14 +35,14 @@ use federation::verify::{Check, Verifier, VerifyError, MAX_EMBEDDED_CREDENTIALS}
 /// The challenge every presentation seed answers.
 pub const CHALLENGE: &str = "fuzz-challenge-5c0b7e21";
 /// The DID of the verifier presentations are bound to (their `aud` / `proof.domain`).
-pub const VERIFIER_DID: &str = "did:web:gateway.fuzz.example";
+const VERIFIER_DID: &str = "did:web:gateway.fuzz.example";
 /// The visibility log's name: the checkpoint origin and the note key name.
 pub const LOG_NAME: &str = "did:web:visibility.fuzz.example";
 /// Seed of the log's Ed25519 checkpoint key.
-pub const LOG_KEY_SEED: [u8; 32] = [0x4c; 32];
+const LOG_KEY_SEED: [u8; 32] = [0x4c; 32];
 /// Seeds of the three Ed25519 governance keys; two signatures are required.
 pub const GOVERNANCE_SEEDS: [[u8; 32]; 3] = [[0x61; 32], [0x62; 32], [0x63; 32]];
-pub const GOVERNANCE_THRESHOLD: u32 = 2;
+const GOVERNANCE_THRESHOLD: u32 = 2;
 
 /// The binding a presentation seed is made for.
 pub fn binding() -> PresentationBinding {
@@ -543,7 +543,7 @@ impl Mutator {
 }
 
 /// The files of a seed corpus directory, sorted by name.
-pub fn read_corpus(dir: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+fn read_corpus(dir: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
     let mut seeds = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -581,7 +581,7 @@ impl Drop for ReportOnPanic<'_> {
 /// Runs `body` on each seed and on `per_seed` mutations of it (mutator seeded with
 /// `rng_seed`, other seeds spliced in). Returns how many inputs ran. A panic in `body`
 /// fails the caller after printing the input.
-pub fn run_mutations<T>(
+fn run_mutations<T>(
     target: &str,
     seeds: &[(String, Vec<u8>)],
     per_seed: usize,
@@ -608,7 +608,7 @@ pub fn run_mutations<T>(
 }
 
 /// Runs `body` on one input, printing it if the body panics.
-pub fn run_one<T>(target: &str, name: &str, input: &[u8], body: impl FnOnce(&[u8]) -> T) -> T {
+fn run_one<T>(target: &str, name: &str, input: &[u8], body: impl FnOnce(&[u8]) -> T) -> T {
     let _report = ReportOnPanic {
         target,
         what: name,
@@ -646,7 +646,7 @@ fn check_seed(target: &str, name: &str, outcome: &Result<(), String>) {
 }
 
 /// The smoke test of one target: every seed in `dir` gives the outcome its name states
-/// (see [`check_seed`]), then `per_seed` mutations of each run without a panic. Returns
+/// (see `check_seed`), then `per_seed` mutations of each run without a panic. Returns
 /// how many inputs ran.
 pub fn smoke(
     target: &str,
