@@ -29,11 +29,11 @@ use serde_json::Value;
 
 /// Identifier system of the medical record numbers the generator issues.
 /// The medical record number system (the one Synthea-style records use).
-pub const MRN_SYSTEM: &str = "http://hospital.smarthealthit.org";
-pub const SSN_SYSTEM: &str = "http://hl7.org/fhir/sid/us-ssn";
-pub const PASSPORT_SYSTEM: &str =
+const MRN_SYSTEM: &str = "http://hospital.smarthealthit.org";
+const SSN_SYSTEM: &str = "http://hl7.org/fhir/sid/us-ssn";
+const PASSPORT_SYSTEM: &str =
     "http://standardhealthrecord.org/fhir/StructureDefinition/passportNumber";
-pub const DRIVERS_LICENSE_SYSTEM: &str = "urn:oid:2.16.840.1.113883.4.3.25";
+const DRIVERS_LICENSE_SYSTEM: &str = "urn:oid:2.16.840.1.113883.4.3.25";
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -79,23 +79,23 @@ impl Options {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
     pub patient_id: String,
-    pub given: String,
+    given: String,
     pub middle: String,
     pub family: String,
-    pub gender: &'static str,
+    gender: &'static str,
     pub birth_date: NaiveDate,
     pub deceased: Option<NaiveDate>,
     pub mrn: String,
     /// `999-xx-xxxx` (999 is never issued).
     pub ssn: String,
-    pub passport: String,
-    pub drivers_license: String,
+    passport: String,
+    drivers_license: String,
     /// `555-xxx-xxxx` (555-01xx style numbers are fictional).
     pub phone: String,
-    pub email: String,
+    email: String,
     pub line: String,
     pub city: String,
-    pub state: &'static str,
+    state: &'static str,
     pub postal_code: String,
 }
 

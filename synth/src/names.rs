@@ -1,12 +1,12 @@
 //! Name, street and city lists. Several carry letters outside ASCII, as real registers do.
 
-pub const GIVEN_F: &[&str] = &[
+pub(crate) const GIVEN_F: &[&str] = &[
     "Ana", "Zoë", "Mary", "Linda", "Chloé", "Inés", "Patricia", "Jennifer", "Élodie", "Maria",
     "Susan", "Dorothy", "Margaret", "Lucía", "Helen", "Björk", "Ruth", "Agnès", "Frances",
     "Mildred", "Søren", "Núria", "Grace", "Amélie", "Evelyn", "Joan", "Iñes", "Beatriz",
 ];
 
-pub const GIVEN_M: &[&str] = &[
+pub(crate) const GIVEN_M: &[&str] = &[
     "José",
     "James",
     "Robert",
@@ -36,7 +36,7 @@ pub const GIVEN_M: &[&str] = &[
     "Óscar",
 ];
 
-pub const FAMILY: &[&str] = &[
+pub(crate) const FAMILY: &[&str] = &[
     "Ñandú",
     "Smith",
     "Johnson",
@@ -90,7 +90,7 @@ pub const FAMILY: &[&str] = &[
     "Núñez",
 ];
 
-pub const STREETS: &[&str] = &[
+pub(crate) const STREETS: &[&str] = &[
     "Calle Ñandú",
     "Mills Avenue Apt 483",
     "Rua São João",
@@ -108,7 +108,7 @@ pub const STREETS: &[&str] = &[
 ];
 
 /// City, state and a 3-digit ZIP prefix (a few are among those Safe Harbor restricts).
-pub const CITIES: &[(&str, &str, &str)] = &[
+pub(crate) const CITIES: &[(&str, &str, &str)] = &[
     ("Boston", "MA", "021"),
     ("Worcester", "MA", "016"),
     ("Springfield", "MA", "011"),
@@ -122,7 +122,7 @@ pub const CITIES: &[(&str, &str, &str)] = &[
     ("Québec Falls", "ME", "044"),
 ];
 
-pub const MONTHS: [&str; 12] = [
+pub(crate) const MONTHS: [&str; 12] = [
     "January",
     "February",
     "March",

@@ -21,7 +21,7 @@ use crate::{
 
 /// Every resource type a large record holds besides Patient.
 #[cfg(test)]
-pub const RESOURCE_TYPES: [&str; 23] = [
+pub(crate) const RESOURCE_TYPES: [&str; 23] = [
     "Organization",
     "Practitioner",
     "PractitionerRole",
@@ -273,7 +273,7 @@ fn text_attachment(content_type: &str, text: &str, title: &str) -> Value {
 
 /// The patient's transaction bundle with `n` resources besides the Patient; `meta` is
 /// drawn from `meta_rng`.
-pub fn bundle(
+pub(crate) fn bundle(
     rng: &mut StdRng,
     meta_rng: StdRng,
     who: &Identity,
