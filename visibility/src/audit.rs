@@ -34,7 +34,7 @@ use crate::store::{Index, StoreError};
 use crate::{leaf_bytes, LogEntry, VisibilityError, VisibilityState};
 
 /// Most events one query returns.
-pub const MAX_LIMIT: usize = 1000;
+const MAX_LIMIT: usize = 1000;
 const DEFAULT_LIMIT: usize = 100;
 /// Most leaves one query examines; past this it returns a cursor to continue from.
 const MAX_SCAN: usize = 100_000;
@@ -50,14 +50,14 @@ type AppState = State<Arc<VisibilityState>>;
 // ---------------------------------------------------------------------------------------
 
 /// Single-use challenges, shared with the gateway.
-pub use service::nonce::Nonces as Challenges;
+pub(crate) use service::nonce::Nonces as Challenges;
 
-pub use federation::verify::claimed_challenge;
+use federation::verify::claimed_challenge;
 
 impl VisibilityState {
     /// Verifies a presentation bound to one of this service's challenges, then consumes
     /// the challenge.
-    pub async fn verify_bound_presentation(
+    async fn verify_bound_presentation(
         &self,
         presentation: &Value,
     ) -> Result<VerifiedPresentation, VisibilityError> {
@@ -101,13 +101,13 @@ pub(crate) async fn challenge(State(s): AppState) -> Result<Json<Value>, Visibil
 
 /// An auditor's session.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
-    pub auditor: String,
-    pub organization: String,
-    pub expires: DateTime<Utc>,
+struct Session {
+    auditor: String,
+    organization: String,
+    expires: DateTime<Utc>,
 }
 
-pub struct Sessions {
+pub(crate) struct Sessions {
     by_digest: Mutex<HashMap<[u8; 32], Session>>,
     ttl: Duration,
 }
@@ -117,7 +117,7 @@ fn token_digest(token: &str) -> [u8; 32] {
 }
 
 impl Sessions {
-    pub fn new(ttl: Duration) -> Self {
+    pub(crate) fn new(ttl: Duration) -> Self {
         Sessions {
             by_digest: Mutex::new(HashMap::new()),
             ttl,
@@ -130,7 +130,7 @@ impl Sessions {
     }
 
     /// Opens a session and returns its bearer token and expiry.
-    pub fn open(
+    fn open(
         &self,
         auditor: &str,
         organization: &str,
@@ -160,7 +160,7 @@ impl Sessions {
     }
 
     /// The session a request's `Authorization: Bearer` token opens.
-    pub fn check(&self, headers: &HeaderMap) -> Result<Session, VisibilityError> {
+    fn check(&self, headers: &HeaderMap) -> Result<Session, VisibilityError> {
         let unauthorized =
             || VisibilityError::Unauthorized("an auditor session token is required".into());
         let token = headers
@@ -182,7 +182,7 @@ impl Sessions {
         Ok(session)
     }
 
-    pub fn purge_expired(&self) {
+    pub(crate) fn purge_expired(&self) {
         let now = Utc::now();
         self.map().retain(|_, s| s.expires > now);
     }

@@ -35,7 +35,7 @@ const RETRY_LATER: Duration = Duration::from_secs(2);
 const FETCH_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Runs until the state is dropped: (re)connects with backoff and consumes.
-pub async fn consume(state: Weak<VisibilityState>, config: NatsConfig) {
+async fn consume(state: Weak<VisibilityState>, config: NatsConfig) {
     let retry = backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
         .with_max_delay(Duration::from_secs(5))
@@ -85,10 +85,7 @@ enum Fate {
 
 /// Fetches what is waiting (without waiting for more), appends it, acknowledges it.
 /// Returns how many messages were handled.
-pub async fn consume_once(
-    state: &VisibilityState,
-    consumer: &PullConsumer,
-) -> Result<usize, BusError> {
+async fn consume_once(state: &VisibilityState, consumer: &PullConsumer) -> Result<usize, BusError> {
     let messages = tokio::time::timeout(FETCH_DEADLINE, fetch(consumer))
         .await
         .map_err(|_| BusError::JetStream("fetch got no answer; reconnecting".into()))??;
@@ -178,7 +175,7 @@ fn fate_of(e: &VisibilityError) -> Fate {
 }
 
 /// Starts the consumer task when `[nats]` is configured.
-pub fn spawn(state: &Arc<VisibilityState>) -> Option<tokio::task::JoinHandle<()>> {
+pub(crate) fn spawn(state: &Arc<VisibilityState>) -> Option<tokio::task::JoinHandle<()>> {
     let config = state.config.nats.clone()?;
     Some(tokio::spawn(consume(Arc::downgrade(state), config)))
 }

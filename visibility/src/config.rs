@@ -17,53 +17,53 @@ use service::http::{HttpLimits, ListenConfig};
 pub struct VisibilityConfig {
     /// Address, and optional TLS certificate and key.
     #[serde(flatten)]
-    pub listen: ListenConfig,
+    pub(crate) listen: ListenConfig,
     /// The service's did:web: the checkpoint origin, the note key name and the domain that
     /// presentations are bound to.
-    pub did: String,
+    pub(crate) did: String,
     /// The service's Ed25519 key (created 0600 on first start if missing).
-    pub key_file: PathBuf,
+    pub(crate) key_file: PathBuf,
     /// Embedded storage: the log, its indexes, challenges.
-    pub data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// Allows plain http to loopback peers (tests and the demo only).
     #[serde(default)]
-    pub dev_mode: bool,
+    pub(crate) dev_mode: bool,
     /// The federation's signed manifest. When set, `members`, `auditors` and `trust` must
     /// be empty.
     #[serde(default)]
-    pub registry: Option<RegistryConfig>,
+    pub(crate) registry: Option<RegistryConfig>,
     /// Static membership: member did:web → base URL of its DID document.
     #[serde(default)]
     pub members: BTreeMap<String, String>,
     /// Static membership: organizations whose staff may open auditor sessions.
     #[serde(default)]
-    pub auditors: Vec<String>,
+    pub(crate) auditors: Vec<String>,
     /// Static trust: issuers trusted per credential type.
     #[serde(default)]
-    pub trust: BTreeMap<CredentialKind, Vec<String>>,
+    pub(crate) trust: BTreeMap<CredentialKind, Vec<String>>,
     #[serde(default = "default_challenge_ttl")]
-    pub challenge_ttl_secs: u64,
+    pub(crate) challenge_ttl_secs: u64,
     #[serde(default = "default_session_ttl")]
-    pub session_ttl_secs: u64,
+    pub(crate) session_ttl_secs: u64,
     /// How often the background task looks for an unsigned tree size.
     #[serde(default = "default_checkpoint_interval")]
-    pub checkpoint_interval_ms: u64,
+    pub(crate) checkpoint_interval_ms: u64,
     #[serde(default = "default_status_ttl")]
-    pub status_cache_ttl_secs: u64,
+    pub(crate) status_cache_ttl_secs: u64,
     /// HTTP limits. Unlike the other services, `max_body_bytes` defaults to
     /// [`DEFAULT_MAX_BODY_BYTES`] (8 MiB), whether `[limits]` is absent or leaves it out:
     /// a batch JWS may be up to 4 MiB.
     #[serde(default = "default_limits", deserialize_with = "limits_with_defaults")]
-    pub limits: HttpLimits,
+    pub(crate) limits: HttpLimits,
     /// Also read access events from NATS JetStream (the stream is created if missing).
     /// `POST /v1/batches` keeps working beside it.
     #[serde(default)]
-    pub nats: Option<service::eventbus::NatsConfig>,
+    pub(crate) nats: Option<service::eventbus::NatsConfig>,
 }
 
 /// The visibility service's default request body limit: room for the largest batch
 /// ([`federation::wire::MAX_BATCH_JWS_BYTES`]) in its JSON envelope.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 fn default_limits() -> HttpLimits {
     HttpLimits {
@@ -114,7 +114,7 @@ where
     })
 }
 
-pub use federation::registry::RegistryConfig;
+use federation::registry::RegistryConfig;
 
 fn default_challenge_ttl() -> u64 {
     120
@@ -129,7 +129,7 @@ fn default_status_ttl() -> u64 {
     300
 }
 
-pub use service::config::ConfigError;
+use service::config::ConfigError;
 
 impl VisibilityConfig {
     /// Reads and validates a config file. Relative paths are taken from the file's folder.

@@ -129,21 +129,21 @@ pub enum RunError {
 }
 
 impl VisibilityError {
-    pub fn bad_request(slug: &'static str, detail: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(slug: &'static str, detail: impl Into<String>) -> Self {
         VisibilityError::BadRequest {
             slug,
             detail: detail.into(),
         }
     }
 
-    pub fn forbidden(slug: &'static str, detail: impl Into<String>) -> Self {
+    pub(crate) fn forbidden(slug: &'static str, detail: impl Into<String>) -> Self {
         VisibilityError::Forbidden {
             slug,
             detail: detail.into(),
         }
     }
 
-    pub fn unprocessable(slug: &'static str, detail: impl Into<String>) -> Self {
+    pub(crate) fn unprocessable(slug: &'static str, detail: impl Into<String>) -> Self {
         VisibilityError::Unprocessable {
             slug,
             detail: detail.into(),

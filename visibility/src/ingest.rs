@@ -44,7 +44,7 @@ fn echo(text: &str) -> String {
 
 /// Reads the payload and applies the rules that need no key: size, shape, custodians,
 /// field bounds.
-pub fn check_payload(signer_did: &str, payload: Value) -> Result<BatchPayload, VisibilityError> {
+fn check_payload(signer_did: &str, payload: Value) -> Result<BatchPayload, VisibilityError> {
     // The count is checked before the events are parsed, so an oversized batch costs little.
     let count = payload
         .get("events")
@@ -114,7 +114,7 @@ fn check_event(event: &AccessEvent) -> Result<(), &'static str> {
 }
 
 /// Verifies a batch JWS completely: format, type, membership, key, signature, payload.
-pub async fn verify_batch(
+pub(crate) async fn verify_batch(
     state: &VisibilityState,
     jws: &str,
 ) -> Result<BatchPayload, VisibilityError> {
@@ -170,7 +170,7 @@ enum Slot {
 
 /// Appends the events not yet logged and returns one receipt per event, in order, with the
 /// checkpoint covering them. Durable before it returns.
-pub async fn append_events(
+pub(crate) async fn append_events(
     state: &VisibilityState,
     custodian: &str,
     events: Vec<AccessEvent>,

@@ -7,30 +7,30 @@
 //! check that the log only ever grew. Events carry no PHI; nothing here logs their content.
 //!
 //! Map of the modules:
-//! - [`config`]: `visibility.toml`, validated at load.
-//! - [`store`]: the sled database: the Merkle log, the indexes over it (rebuilt from the
+//! - `config`: `visibility.toml`, validated at load.
+//! - `store`: the sled database: the Merkle log, the indexes over it (rebuilt from the
 //!   log when behind), the latest checkpoint, review notes.
-//! - [`ingest`]: `POST /v1/batches`: signature, membership and custodian checks, exactly
+//! - `ingest`: `POST /v1/batches`: signature, membership and custodian checks, exactly
 //!   once appends; `POST /v1/receipts`: where already-logged events sit.
 //! - [`merkle`]: the RFC 6962 Merkle tree in sled that holds the log.
-//! - [`bus`]: the same batches read from NATS JetStream, when `[nats]` is configured.
-//! - [`proofs`]: checkpoint signing (after every append and in the background), the
+//! - `bus`: the same batches read from NATS JetStream, when `[nats]` is configured.
+//! - `proofs`: checkpoint signing (after every append and in the background), the
 //!   checkpoint and proof endpoints.
-//! - [`audit`]: challenges, auditor sessions, event queries, the break-glass review queue,
+//! - `audit`: challenges, auditor sessions, event queries, the break-glass review queue,
 //!   and patients' history.
-//! - [`dashboard`]: the auditor web dashboard (`GET /dashboard`), a static page on the
+//! - `dashboard`: the auditor web dashboard (`GET /dashboard`), a static page on the
 //!   auditor API.
-//! - [`error`]: the module's error enum, mapped to problem+json once.
+//! - `error`: the module's error enum, mapped to problem+json once.
 
-pub mod audit;
-pub mod bus;
-pub mod config;
-pub mod dashboard;
-pub mod error;
-pub mod ingest;
+mod audit;
+mod bus;
+mod config;
+mod dashboard;
+mod error;
+mod ingest;
 pub mod merkle;
-pub mod proofs;
-pub mod store;
+mod proofs;
+mod store;
 
 pub use config::VisibilityConfig;
 pub use error::{OpenError, RunError, VisibilityError};
@@ -70,13 +70,13 @@ enum Membership {
 
 /// Shared state of the service.
 pub struct VisibilityState {
-    pub config: VisibilityConfig,
-    pub key: KeyPair,
+    config: VisibilityConfig,
+    key: KeyPair,
     signing_key: SigningKey,
     /// The verifier for this service's checkpoints, as peers build it from the DID document.
-    pub note_verifier: NoteVerifier,
-    pub store: Store,
-    pub verifier: Verifier,
+    note_verifier: NoteVerifier,
+    store: Store,
+    verifier: Verifier,
     membership: Membership,
     /// Serializes appends and checkpoint signing: checkpoints are monotonic and each one
     /// is published only after the leaves it covers are on disk.
@@ -89,7 +89,7 @@ pub struct VisibilityState {
 impl VisibilityState {
     /// Loads (or creates) the key, opens storage, installs the registry's manifest and
     /// makes sure a checkpoint for the current size is signed. Background tasks are
-    /// started by [`VisibilityState::spawn_tasks`].
+    /// started by `VisibilityState::spawn_tasks`.
     pub fn open(config: VisibilityConfig) -> Result<Arc<Self>, OpenError> {
         config.validate("visibility config")?;
         let key = KeyPair::load_or_create(&config.key_file, || {
@@ -186,7 +186,7 @@ impl VisibilityState {
 
     /// Starts the background checkpointer and, with a registry, the manifest watcher.
     /// Both end when the state is dropped; callers may abort them earlier.
-    pub fn spawn_tasks(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+    fn spawn_tasks(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = vec![tokio::spawn(proofs::checkpointer(
             Arc::downgrade(self),
             Duration::from_millis(self.config.checkpoint_interval_ms),
@@ -216,7 +216,7 @@ impl VisibilityState {
     }
 
     /// Whether `did` is a member organization of the federation.
-    pub fn is_member(&self, did: &str) -> bool {
+    fn is_member(&self, did: &str) -> bool {
         match &self.membership {
             Membership::Static { members, .. } => members.contains(did),
             Membership::Registry(r) => r.member(did).is_some(),
@@ -224,7 +224,7 @@ impl VisibilityState {
     }
 
     /// Whether `did` is an organization whose staff may audit.
-    pub fn is_auditor_org(&self, did: &str) -> bool {
+    fn is_auditor_org(&self, did: &str) -> bool {
         match &self.membership {
             Membership::Static { auditors, .. } => auditors.contains(did),
             Membership::Registry(r) => r.member(did).is_some_and(|m| m.has_role(Role::Auditor)),
@@ -262,7 +262,7 @@ pub fn routes() -> service::openapi::Routes<Arc<VisibilityState>> {
 
 /// The security scheme of the auditor endpoints: the bearer token of an auditor session
 /// (`POST /v1/audit/sessions`).
-pub const AUDITOR_SESSION: &str = "auditorSession";
+const AUDITOR_SESSION: &str = "auditorSession";
 
 fn base_document() -> utoipa::openapi::OpenApi {
     use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};

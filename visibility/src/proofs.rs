@@ -26,10 +26,10 @@ use crate::{AppState, VisibilityError, VisibilityState};
 
 /// The checkpoint in force: the largest size signed and durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Published {
-    pub size: u64,
-    pub root: Hash,
-    pub note: String,
+pub(crate) struct Published {
+    pub(crate) size: u64,
+    root: Hash,
+    pub(crate) note: String,
 }
 
 /// Proof that the caller holds the writer lock.
@@ -98,7 +98,7 @@ impl VisibilityState {
     }
 
     /// The checkpoint in force.
-    pub fn latest(&self) -> Arc<Published> {
+    pub(crate) fn latest(&self) -> Arc<Published> {
         match self.latest.read() {
             Ok(l) => l.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),

@@ -55,7 +55,7 @@ impl From<StoreError> for crate::VisibilityError {
 
 /// Which index a query walks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Index {
+pub(crate) enum Index {
     Custodian,
     PatientRef,
     PatientDid,
@@ -104,18 +104,18 @@ fn decode_u64(v: &[u8]) -> Result<u64, StoreError> {
 }
 
 #[derive(Clone)]
-pub struct Store {
-    pub db: sled::Db,
-    pub log: MerkleLog,
+pub(crate) struct Store {
+    pub(crate) db: sled::Db,
+    pub(crate) log: MerkleLog,
     index: sled::Tree,
     meta: sled::Tree,
     notes: sled::Tree,
-    pub nonces: sled::Tree,
+    pub(crate) nonces: sled::Tree,
 }
 
 impl Store {
     /// Opens the database and brings the indexes up to the log.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
         let db = service::db::open(path)?;
         let store = Store {
             log: MerkleLog::open(&db, LOG_NAME)?,
@@ -129,12 +129,12 @@ impl Store {
         Ok(store)
     }
 
-    pub fn size(&self) -> Result<u64, StoreError> {
+    pub(crate) fn size(&self) -> Result<u64, StoreError> {
         Ok(self.log.size()?)
     }
 
     /// How many leaves the indexes cover.
-    pub fn indexed(&self) -> Result<u64, StoreError> {
+    fn indexed(&self) -> Result<u64, StoreError> {
         match self.index.get(INDEXED_KEY)? {
             None => Ok(0),
             Some(v) => decode_u64(&v),
@@ -143,7 +143,7 @@ impl Store {
 
     /// Indexes the leaves the log holds beyond the `indexed` pointer (after a crash or a
     /// failed indexing). Cheap when there is nothing to do.
-    pub fn catch_up(&self) -> Result<(), StoreError> {
+    pub(crate) fn catch_up(&self) -> Result<(), StoreError> {
         let size = self.size()?;
         let mut at = self.indexed()?;
         if at > size {
@@ -166,7 +166,7 @@ impl Store {
     }
 
     /// The parsed entry at leaf `index`.
-    pub fn entry(&self, index: u64) -> Result<LogEntry, StoreError> {
+    pub(crate) fn entry(&self, index: u64) -> Result<LogEntry, StoreError> {
         let bytes = self.log.leaf(index)?;
         serde_json::from_slice(&bytes)
             .map_err(|e| StoreError::Corrupt(format!("leaf {index} is not a log entry: {e}")))
@@ -174,7 +174,7 @@ impl Store {
 
     /// Appends entries (already serialized as `leaves`) and indexes them. The caller holds
     /// the service's writer lock and flushes before promising anything.
-    pub fn append(
+    pub(crate) fn append(
         &self,
         entries: &[LogEntry],
         leaves: &[Vec<u8>],
@@ -230,7 +230,7 @@ impl Store {
     }
 
     /// The leaf index of the event `id` reported by `custodian`, if logged.
-    pub fn existing(&self, custodian: &str, id: &str) -> Result<Option<u64>, StoreError> {
+    pub(crate) fn existing(&self, custodian: &str, id: &str) -> Result<Option<u64>, StoreError> {
         self.index
             .get(key(TAG_ID, &[custodian.as_bytes(), id.as_bytes()]))?
             .map(|v| decode_u64(&v))
@@ -238,7 +238,7 @@ impl Store {
     }
 
     /// Leaf indexes under `value` in `index`, newest first, below `before`.
-    pub fn lookup(
+    pub(crate) fn lookup(
         &self,
         index: Index,
         value: &str,
@@ -261,12 +261,12 @@ impl Store {
     }
 
     /// Whether `event_id` awaits review.
-    pub fn is_queued(&self, event_id: &str) -> Result<bool, StoreError> {
+    pub(crate) fn is_queued(&self, event_id: &str) -> Result<bool, StoreError> {
         Ok(!self.queue_keys(event_id)?.is_empty())
     }
 
     /// Leaf indexes of the events awaiting review, oldest first, at most `limit`.
-    pub fn review_queue(&self, limit: usize) -> Result<Vec<u64>, StoreError> {
+    pub(crate) fn review_queue(&self, limit: usize) -> Result<Vec<u64>, StoreError> {
         let mut out = self
             .index
             .scan_prefix([TAG_QUEUE])
@@ -279,7 +279,7 @@ impl Store {
     }
 
     /// Keeps a review note's text, which the log holds only as a digest.
-    pub fn put_note(
+    pub(crate) fn put_note(
         &self,
         event_id: &str,
         note_digest: &str,
@@ -294,7 +294,7 @@ impl Store {
     }
 
     /// The review notes kept for `event_id`.
-    pub fn notes(&self, event_id: &str) -> Result<Vec<serde_json::Value>, StoreError> {
+    pub(crate) fn notes(&self, event_id: &str) -> Result<Vec<serde_json::Value>, StoreError> {
         self.notes
             .scan_prefix(key(TAG_QUEUE, &[event_id.as_bytes()]))
             .values()
@@ -305,7 +305,7 @@ impl Store {
             .collect()
     }
 
-    pub fn checkpoint(&self) -> Result<Option<String>, StoreError> {
+    pub(crate) fn checkpoint(&self) -> Result<Option<String>, StoreError> {
         match self.meta.get(CHECKPOINT_KEY)? {
             None => Ok(None),
             Some(v) => String::from_utf8(v.to_vec())
@@ -314,7 +314,7 @@ impl Store {
         }
     }
 
-    pub fn put_checkpoint(&self, note: &str) -> Result<(), StoreError> {
+    pub(crate) fn put_checkpoint(&self, note: &str) -> Result<(), StoreError> {
         self.meta.insert(CHECKPOINT_KEY, note.as_bytes())?;
         Ok(())
     }
