@@ -12,41 +12,41 @@ use service::http::{HttpLimits, ListenConfig};
 pub struct IssuerConfig {
     /// Address, and optional TLS certificate and key.
     #[serde(flatten)]
-    pub listen: ListenConfig,
+    pub(crate) listen: ListenConfig,
     /// The organization's did:web. Its base URL comes from `public_url`.
-    pub did: String,
+    pub(crate) did: String,
     /// Where this service is reachable; defaults to `http://<bound address>/` on loopback.
     #[serde(default)]
-    pub public_url: Option<String>,
+    pub(crate) public_url: Option<String>,
     /// The organization's signing key (created 0600 on first start if missing).
-    pub key_file: PathBuf,
+    pub(crate) key_file: PathBuf,
     /// Embedded storage.
-    pub data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// File holding the admin bearer token (0600). Without it every admin call is refused:
     /// there is no default credential.
     #[serde(default)]
-    pub admin_token_file: Option<PathBuf>,
+    pub(crate) admin_token_file: Option<PathBuf>,
     /// Allows plain http to loopback peers (tests and the demo only).
     #[serde(default)]
-    pub dev_mode: bool,
+    pub(crate) dev_mode: bool,
     /// Credential types this office issues.
     #[serde(default = "all_kinds")]
-    pub issues: Vec<CredentialKind>,
+    pub(crate) issues: Vec<CredentialKind>,
     #[serde(default)]
-    pub default_format: ProofFormat,
+    pub(crate) default_format: ProofFormat,
     #[serde(default = "default_validity_days")]
-    pub credential_validity_days: i64,
+    pub(crate) credential_validity_days: i64,
     /// How long a signed status list stays valid (verifiers cache it for at most this).
     #[serde(default = "default_status_ttl")]
-    pub status_list_ttl_secs: u64,
+    pub(crate) status_list_ttl_secs: u64,
     /// Issuers trusted per type, for the verify endpoints.
     #[serde(default)]
-    pub trust: BTreeMap<CredentialKind, Vec<String>>,
+    pub(crate) trust: BTreeMap<CredentialKind, Vec<String>>,
     /// did:web allow-map (DID → base URL) for the verify endpoints.
     #[serde(default)]
-    pub did_web: BTreeMap<String, String>,
+    pub(crate) did_web: BTreeMap<String, String>,
     #[serde(default)]
-    pub limits: HttpLimits,
+    pub(crate) limits: HttpLimits,
 }
 
 fn all_kinds() -> Vec<CredentialKind> {
@@ -59,7 +59,7 @@ fn default_status_ttl() -> u64 {
     300
 }
 
-pub use service::config::ConfigError;
+use service::config::ConfigError;
 
 impl IssuerConfig {
     /// Reads and validates a config file. Relative paths are taken from the file's folder.

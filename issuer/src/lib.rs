@@ -1,17 +1,17 @@
 //! The issuer service run by credentialing offices, IRBs and consent registries.
 //!
 //! Map of the modules:
-//! - [`config`]: `issuer.toml`, validated at load.
-//! - [`store`]: sled storage of issued credentials and the revocation bitstring. It owns
+//! - `config`: `issuer.toml`, validated at load.
+//! - `store`: sled storage of issued credentials and the revocation bitstring. It owns
 //!   its trees; transactions make a mover's "issue new, revoke old" atomic.
 //! - [`routes`]: shared state, the router, and the handlers (W3C VC API, lifecycle,
 //!   status list, revocation push, DID document, key inventory).
-//! - [`error`]: the crate's error enum, mapped to problem+json once.
+//! - `error`: the crate's error enum, mapped to problem+json once.
 
-pub mod config;
-pub mod error;
+mod config;
+mod error;
 pub mod routes;
-pub mod store;
+mod store;
 
 pub use config::IssuerConfig;
 pub use routes::{router, IssuerState};
@@ -19,7 +19,7 @@ pub use routes::{router, IssuerState};
 use std::future::Future;
 use std::net::SocketAddr;
 
-pub use error::StartError;
+use error::StartError;
 
 /// Runs the issuer until `shutdown` resolves. The public URL (and so the status list URL)
 /// names the port actually bound (see [`service::start`]).

@@ -41,11 +41,11 @@ use crate::store::{Record, Store};
 pub const STATUS_LIST_PATH: &str = "status/revocation";
 
 pub struct IssuerState {
-    pub config: IssuerConfig,
-    pub key: KeyPair,
-    pub store: Store,
-    pub verifier: Verifier,
-    pub public_url: reqwest::Url,
+    config: IssuerConfig,
+    key: KeyPair,
+    store: Store,
+    verifier: Verifier,
+    public_url: reqwest::Url,
     admin_token: Option<service::admin::AdminToken>,
     events: broadcast::Sender<String>,
     signed_list: Mutex<Option<(u64, Instant, String)>>,
@@ -114,7 +114,7 @@ impl IssuerState {
         }))
     }
 
-    pub fn status_list_url(&self) -> String {
+    fn status_list_url(&self) -> String {
         format!("{}{}", self.public_url, STATUS_LIST_PATH)
     }
 
@@ -126,7 +126,7 @@ impl IssuerState {
     }
 
     /// Completes, checks, signs and records a credential. Every issue path goes through here.
-    pub async fn issue(
+    async fn issue(
         &self,
         mut credential: Value,
         format: ProofFormat,
@@ -216,7 +216,7 @@ impl IssuerState {
         Ok(record)
     }
 
-    pub async fn revoke(&self, id: &str) -> Result<Record, IssuerError> {
+    async fn revoke(&self, id: &str) -> Result<Record, IssuerError> {
         let rec = self.store.revoke(id, None).await?;
         self.announce_revocation(id);
         Ok(rec)
@@ -235,7 +235,7 @@ impl IssuerState {
     }
 
     /// The signed status list, re-signed when a revocation happened or half its life passed.
-    pub fn signed_status_list(&self) -> Result<String, IssuerError> {
+    fn signed_status_list(&self) -> Result<String, IssuerError> {
         let ttl = Duration::from_secs(self.config.status_list_ttl_secs);
         let (bits, generation) = self.store.bits()?;
         if let Ok(guard) = self.signed_list.lock() {

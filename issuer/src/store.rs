@@ -22,24 +22,24 @@ use crate::error::IssuerError;
 /// What the office keeps about a credential it issued.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct Record {
-    pub id: String,
-    pub kind: CredentialKind,
-    pub subject: String,
-    pub format: ProofFormat,
-    pub status_index: u32,
-    pub issued_at: DateTime<Utc>,
+pub(crate) struct Record {
+    pub(crate) id: String,
+    pub(crate) kind: CredentialKind,
+    pub(crate) subject: String,
+    pub(crate) format: ProofFormat,
+    pub(crate) status_index: u32,
+    pub(crate) issued_at: DateTime<Utc>,
     #[serde(default)]
-    pub revoked_at: Option<DateTime<Utc>>,
+    pub(crate) revoked_at: Option<DateTime<Utc>>,
     #[serde(default)]
-    pub replaced_by: Option<String>,
+    pub(crate) replaced_by: Option<String>,
     #[serde(default)]
-    pub replaces: Option<String>,
-    pub credential: serde_json::Value,
+    pub(crate) replaces: Option<String>,
+    pub(crate) credential: serde_json::Value,
 }
 
 #[derive(Clone)]
-pub struct Store {
+pub(crate) struct Store {
     db: sled::Db,
     credentials: sled::Tree,
     by_subject: sled::Tree,
@@ -73,7 +73,7 @@ fn tx_err(e: TransactionError<IssuerError>) -> IssuerError {
 }
 
 impl Store {
-    pub fn open(path: &std::path::Path) -> Result<Self, IssuerError> {
+    pub(crate) fn open(path: &std::path::Path) -> Result<Self, IssuerError> {
         let db = service::db::open(path)?;
         Ok(Store {
             credentials: db.open_tree("credentials")?,
@@ -86,7 +86,7 @@ impl Store {
 
     /// Reserves a random, unused status list index. Random allocation keeps a credential's
     /// position from revealing when it was issued.
-    pub fn allocate_index(&self, credential_id: &str) -> Result<u32, IssuerError> {
+    pub(crate) fn allocate_index(&self, credential_id: &str) -> Result<u32, IssuerError> {
         let mut rng = rand::thread_rng();
         for _ in 0..64 {
             let index: u32 = rng.gen_range(0..LIST_BITS as u32);
@@ -109,7 +109,7 @@ impl Store {
 
     /// Stores a new credential's record; durable when this returns (flushed without
     /// holding an async worker).
-    pub async fn insert(&self, rec: &Record) -> Result<(), IssuerError> {
+    pub(crate) async fn insert(&self, rec: &Record) -> Result<(), IssuerError> {
         let value = encode(rec)?;
         (&self.credentials, &self.by_subject)
             .transaction(|(creds, subjects)| {
@@ -122,7 +122,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn get(&self, id: &str) -> Result<Record, IssuerError> {
+    pub(crate) fn get(&self, id: &str) -> Result<Record, IssuerError> {
         let bytes = self
             .credentials
             .get(id.as_bytes())?
@@ -131,7 +131,7 @@ impl Store {
     }
 
     /// Revokes `id` and, when `replacement` is given, stores it in the same transaction.
-    pub async fn revoke(
+    pub(crate) async fn revoke(
         &self,
         id: &str,
         replacement: Option<&Record>,
@@ -175,7 +175,7 @@ impl Store {
         Ok(out)
     }
 
-    pub fn by_subject(&self, subject: &str) -> Result<Vec<Record>, IssuerError> {
+    pub(crate) fn by_subject(&self, subject: &str) -> Result<Vec<Record>, IssuerError> {
         let mut prefix = subject.as_bytes().to_vec();
         prefix.push(0);
         let mut out = Vec::new();
@@ -189,7 +189,7 @@ impl Store {
     }
 
     /// The revocation bitstring and its generation (bumped by every revocation).
-    pub fn bits(&self) -> Result<(Bitstring, u64), IssuerError> {
+    pub(crate) fn bits(&self) -> Result<(Bitstring, u64), IssuerError> {
         let bits = match self.status.get(BITS_KEY)? {
             Some(b) => Bitstring::from_bytes(b.to_vec()),
             None => Bitstring::new(),
