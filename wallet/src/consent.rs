@@ -37,7 +37,7 @@ pub enum Provision {
 }
 
 impl Provision {
-    pub fn as_str(self) -> &'static str {
+    fn as_str(self) -> &'static str {
         match self {
             Provision::Permit => "permit",
             Provision::Deny => "deny",

@@ -118,7 +118,7 @@ pub enum WalletError {
     BadTime(String),
 }
 
-/// What is wrong with a trust file (see [`crate::trust_config`]); shown after its path.
+/// What is wrong with a trust file (see `trust_config`); shown after its path.
 #[derive(Debug, thiserror::Error)]
 pub enum TrustFileError {
     #[error("{0}")]

@@ -32,14 +32,14 @@ const MAX_DID_CHARS: usize = 2048;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Challenge {
-    pub challenge: String,
-    pub domain: String,
-    pub expires_at: DateTime<Utc>,
+    challenge: String,
+    pub(crate) domain: String,
+    expires_at: DateTime<Utc>,
 }
 
 impl Challenge {
     /// Validates a gateway's answer to `POST /v1/challenges`.
-    pub fn from_answer(answer: &Value) -> Result<Self> {
+    fn from_answer(answer: &Value) -> Result<Self> {
         let bad = |m: &str| WalletError::BadChallenge(m.to_string());
         let field = |key: &str| answer.get(key).and_then(Value::as_str);
         let challenge = field("challenge").ok_or_else(|| bad("no challenge string"))?;
@@ -72,7 +72,7 @@ impl Challenge {
     }
 
     /// What the presentation is bound to.
-    pub fn binding(&self) -> PresentationBinding {
+    pub(crate) fn binding(&self) -> PresentationBinding {
         PresentationBinding {
             challenge: self.challenge.clone(),
             domain: self.domain.clone(),
@@ -141,7 +141,7 @@ impl GatewayClient {
     }
 
     /// As [`GatewayClient::new`] with a prepared client (e.g. with extra trust roots).
-    pub fn with_client(mut base: Url, client: reqwest::Client, dev_mode: bool) -> Result<Self> {
+    fn with_client(mut base: Url, client: reqwest::Client, dev_mode: bool) -> Result<Self> {
         loopback_only_http(&base, dev_mode)?;
         if base.query().is_some() || base.fragment().is_some() {
             return Err(WalletError::InvalidRequest(
@@ -170,7 +170,7 @@ impl GatewayClient {
     }
 
     /// `POST /v1/challenges`: a fresh challenge, validated (not yet matched to a facility).
-    pub async fn challenge(&self) -> Result<Challenge> {
+    pub(crate) async fn challenge(&self) -> Result<Challenge> {
         let answer = self
             .post("v1/challenges", &json!({}), StatusCode::OK)
             .await?;
@@ -178,7 +178,7 @@ impl GatewayClient {
     }
 
     /// `POST /v1/consents` with a patient's presentation of a consent (201 expected).
-    pub async fn register_consent(&self, vp: &Value) -> Result<Value> {
+    pub(crate) async fn register_consent(&self, vp: &Value) -> Result<Value> {
         self.post(
             "v1/consents",
             &json!({ "presentation": vp }),
@@ -189,7 +189,7 @@ impl GatewayClient {
 
     /// `POST /v1/consents/withdrawals` with a patient's presentation of a consent (200
     /// expected).
-    pub async fn withdraw_consent(&self, vp: &Value) -> Result<Value> {
+    pub(crate) async fn withdraw_consent(&self, vp: &Value) -> Result<Value> {
         self.post(
             "v1/consents/withdrawals",
             &json!({ "presentation": vp }),

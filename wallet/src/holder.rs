@@ -2,7 +2,7 @@
 //!
 //! A wallet is a folder:
 //! - `holder.key.json`: the holder's did:key (mode 0600; refused when others can read it);
-//! - `store/`: the sled credential store (see [`crate::store`]).
+//! - `store/`: the sled credential store (see `store`).
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +20,7 @@ use crate::store::{Store, StoredCredential};
 /// File name of the holder key inside a wallet folder.
 pub const KEY_FILE: &str = "holder.key.json";
 /// Folder of the credential store inside a wallet folder.
-pub const STORE_DIR: &str = "store";
+const STORE_DIR: &str = "store";
 
 pub struct Wallet {
     dir: PathBuf,
@@ -168,7 +168,7 @@ impl Wallet {
     }
 
     /// Signs a presentation of `credentials` (as they travel) bound to `binding`.
-    pub async fn present_with(
+    pub(crate) async fn present_with(
         &self,
         credentials: &[Value],
         binding: &PresentationBinding,

@@ -8,22 +8,22 @@
 //! Map of the modules:
 //! - [`holder`]: the [`Wallet`] (a folder with the holder key and the store): init, open,
 //!   import, list, show, remove, present.
-//! - [`store`]: the sled credential store and [`StoredCredential`].
-//! - [`addressing`]: whether a credential is addressed to this holder.
-//! - [`request`]: [`PresentationRequest`] and picking what a presentation must carry.
+//! - `store`: the sled credential store and [`StoredCredential`].
+//! - `addressing`: whether a credential is addressed to this holder.
+//! - `request`: [`PresentationRequest`] and picking what a presentation must carry.
 //! - [`gateway`]: [`GatewayClient`]: challenges, consent registration and withdrawal.
-//! - [`consent`]: the patient's side: granting, registering, withdrawing consents.
-//! - [`trust_config`]: the trust file a wallet verifies imports with.
-//! - [`error`]: the errors, [`WalletError`], each a one-line actionable message.
+//! - `consent`: the patient's side: granting, registering, withdrawing consents.
+//! - `trust_config`: the trust file a wallet verifies imports with.
+//! - `error`: the errors, [`WalletError`], each a one-line actionable message.
 
-pub mod addressing;
-pub mod consent;
-pub mod error;
+mod addressing;
+mod consent;
+mod error;
 pub mod gateway;
 pub mod holder;
-pub mod request;
-pub mod store;
-pub mod trust_config;
+mod request;
+mod store;
+mod trust_config;
 
 pub use consent::{ConsentGrant, Provision};
 pub use error::{Result, TrustFileError, WalletError};

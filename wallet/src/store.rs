@@ -35,15 +35,15 @@ pub struct StoredCredential {
     /// patient identifiers.
     pub summary: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub valid_from: Option<DateTime<Utc>>,
+    pub(crate) valid_from: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valid_until: Option<DateTime<Utc>>,
-    pub imported_at: DateTime<Utc>,
+    pub(crate) imported_at: DateTime<Utc>,
     /// SHA-256 of the credential as it travels.
-    pub digest: String,
+    pub(crate) digest: String,
     /// The verified `credentialSubject`, kept so selection need not decode JWTs again.
     #[serde(rename = "credentialSubject")]
-    pub claims: Value,
+    pub(crate) claims: Value,
     /// The credential as it travels: a JWT string or a Data Integrity object.
     pub credential: Value,
     /// A withdrawn consent is kept for the record but never presented again.
@@ -157,7 +157,7 @@ impl StoredCredential {
     }
 
     /// Whether the credential's own validity period covers `now`.
-    pub fn is_current(&self, now: DateTime<Utc>) -> bool {
+    pub(crate) fn is_current(&self, now: DateTime<Utc>) -> bool {
         self.valid_from.is_none_or(|f| f <= now) && self.valid_until.is_none_or(|u| now <= u)
     }
 }

@@ -48,11 +48,11 @@ const STATUS_TTL: Duration = Duration::from_secs(300);
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrustConfig {
     #[serde(default)]
-    pub trusted_issuers: BTreeMap<String, Vec<String>>,
+    trusted_issuers: BTreeMap<String, Vec<String>>,
     #[serde(default)]
-    pub did_web: BTreeMap<String, String>,
+    did_web: BTreeMap<String, String>,
     #[serde(default)]
-    pub dev_mode: bool,
+    dev_mode: bool,
 }
 
 /// A validated trust configuration, ready to build verifiers from.
@@ -86,12 +86,12 @@ impl TrustConfig {
         Ok(config)
     }
 
-    pub fn from_json(bytes: &[u8]) -> Result<Self, TrustFileError> {
+    fn from_json(bytes: &[u8]) -> Result<Self, TrustFileError> {
         let value = parse_strict_json(bytes)?;
         Ok(serde_json::from_value(value)?)
     }
 
-    pub fn from_toml(bytes: &[u8]) -> Result<Self, TrustFileError> {
+    fn from_toml(bytes: &[u8]) -> Result<Self, TrustFileError> {
         let text = std::str::from_utf8(bytes).map_err(|_| TrustFileError::NotUtf8)?;
         Ok(toml::from_str(text)?)
     }
