@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap};
 use sha2::{Digest, Sha256};
 
 /// Fewer characters than this cannot be a token anyone generated.
-pub const MIN_TOKEN_CHARS: usize = 16;
+const MIN_TOKEN_CHARS: usize = 16;
 
 #[derive(Clone)]
 pub struct AdminToken {

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 /// Bytes of sled's page cache per database.
-pub const CACHE_BYTES: u64 = 32 * 1024 * 1024;
+const CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
 /// The gateway's: a gateway reading large records filled both of its databases' caches at
 /// 32 MiB and kept them; at 8 MiB the exchange's time did not change (docs/performance.md,

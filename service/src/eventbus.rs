@@ -27,28 +27,28 @@ use sha2::{Digest, Sha256};
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
     /// `tls://host:port`; plain `nats://` only to a loopback address in dev mode.
-    pub url: String,
+    url: String,
     /// The JetStream stream holding access events.
     #[serde(default = "default_stream")]
     pub stream: String,
     /// Subjects are `<prefix>.<custodian token>`; the stream takes `<prefix>.>`.
     #[serde(default = "default_prefix")]
-    pub subject_prefix: String,
+    subject_prefix: String,
     /// How long the stream remembers message ids to drop duplicates (the log drops any
     /// that arrive later).
     #[serde(default = "default_duplicate_window")]
-    pub duplicate_window_secs: u64,
+    duplicate_window_secs: u64,
     /// The durable consumer the visibility service reads with.
     #[serde(default = "default_consumer")]
     pub consumer: String,
     /// A file holding this client's NATS user nkey seed (`SU…`), mode 0600: the server
     /// knows the user by its public key (`nkey` in its `authorization` block).
     #[serde(default)]
-    pub nkey_seed_file: Option<PathBuf>,
+    nkey_seed_file: Option<PathBuf>,
     /// A NATS `.creds` file (user JWT and seed, as `nsc` writes it), mode 0600, for servers
     /// run in operator mode.
     #[serde(default)]
-    pub credentials_file: Option<PathBuf>,
+    credentials_file: Option<PathBuf>,
 }
 
 /// How a client proves who it is to the NATS server.

@@ -24,7 +24,7 @@ pub use config::*;
 pub use json::*;
 pub use layers::*;
 pub use problem::*;
-pub use serve::*;
+pub(crate) use serve::*;
 
 #[cfg(test)]
 mod tests {

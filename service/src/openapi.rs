@@ -37,7 +37,7 @@ use crate::http::PROBLEM_JSON;
 pub type Routes<S> = Vec<UtoipaMethodRouter<S>>;
 
 /// Name of the security scheme of the admin endpoints (bearer token, see `service::admin`).
-pub const ADMIN_TOKEN: &str = "adminToken";
+const ADMIN_TOKEN: &str = "adminToken";
 
 /// The Content-Security-Policy of the `/docs` page: the Redoc script from this origin, the
 /// styles it injects, the document fetched from this origin, and the search worker it
@@ -166,7 +166,7 @@ async fn redoc_js() -> Response {
 
 /// Every (method, path) the document describes, in the document's order.
 #[cfg(test)]
-pub fn operations(doc: &OpenApi) -> Vec<(Method, String)> {
+fn operations(doc: &OpenApi) -> Vec<(Method, String)> {
     doc.paths
         .paths
         .iter()

@@ -11,8 +11,8 @@ use crate::http::Problem;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("path parameter `{name}` must be {expected}")]
 pub struct ParamError {
-    pub name: &'static str,
-    pub expected: &'static str,
+    name: &'static str,
+    expected: &'static str,
 }
 
 impl ParamError {
@@ -71,7 +71,7 @@ pub fn domain<'a>(name: &'static str, value: &'a str) -> Result<&'a str, ParamEr
 }
 
 /// Longest credential id accepted in a path.
-pub const MAX_CREDENTIAL_ID_BYTES: usize = 2048;
+const MAX_CREDENTIAL_ID_BYTES: usize = 2048;
 
 /// A credential id as the credential schemas define it: a URI (`scheme:rest`, no white
 /// space), e.g. `urn:uuid:<uuid>`.

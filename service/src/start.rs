@@ -67,7 +67,7 @@ impl Bound {
         &self.public_url
     }
 
-    /// Serves `router` until `shutdown` resolves (see [`crate::http::serve_on`]): HTTPS
+    /// Serves `router` until `shutdown` resolves (see `http::serve_on`): HTTPS
     /// when TLS is configured, else plain HTTP on loopback. The bound address is sent on
     /// `ready` once the service answers.
     pub async fn serve(

@@ -13,11 +13,11 @@ use serde::{Deserialize, Serialize};
 /// Where and how a service listens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListenConfig {
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     #[serde(default)]
-    pub tls_cert: Option<PathBuf>,
+    pub(crate) tls_cert: Option<PathBuf>,
     #[serde(default)]
-    pub tls_key: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,22 +92,22 @@ impl Default for HttpLimits {
 
 /// The most `max_connections` accepted: far beyond any descriptor limit in use, and small
 /// enough to count in a `u32` (the drain at shutdown waits for every slot at once).
-pub const MAX_CONNECTIONS_LIMIT: usize = 1 << 20;
+pub(crate) const MAX_CONNECTIONS_LIMIT: usize = 1 << 20;
 
 impl HttpLimits {
-    pub fn request_timeout(&self) -> Duration {
+    pub(crate) fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
     }
 
-    pub fn header_read_timeout(&self) -> Duration {
+    pub(crate) fn header_read_timeout(&self) -> Duration {
         Duration::from_secs(self.header_read_timeout_secs)
     }
 
-    pub fn body_read_timeout(&self) -> Duration {
+    pub(crate) fn body_read_timeout(&self) -> Duration {
         Duration::from_secs(self.body_read_timeout_secs)
     }
 
-    pub fn idle_timeout(&self) -> Duration {
+    pub(crate) fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
     }
 

@@ -61,7 +61,7 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 /// fit beside [`FD_RESERVE`] other descriptors: `max_connections`, or fewer (with a
 /// warning) when the limit cannot hold that many. Running out of descriptors would fail
 /// every file the service opens, not only new connections, so the cap yields first.
-pub fn fd_headroom(max_connections: usize) -> usize {
+pub(crate) fn fd_headroom(max_connections: usize) -> usize {
     let limit = match rlimit::increase_nofile_limit(NOFILE_WANTED) {
         Ok(limit) => limit,
         Err(err) => match rlimit::Resource::NOFILE.get() {

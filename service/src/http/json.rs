@@ -89,7 +89,7 @@ pub(super) fn is_json_content_type(headers: &HeaderMap) -> bool {
 /// valid UTF-8, at most [`federation::json::MAX_JSON_DEPTH`] levels of nesting, no duplicate object keys at
 /// any depth, no lone surrogate escapes, no trailing data. Errors are 400 problems with
 /// slugs `invalid-utf8`, `too-deep`, `duplicate-key` or `malformed-json`.
-pub fn parse_strict_json(bytes: &[u8]) -> Result<Value, Problem> {
+pub(crate) fn parse_strict_json(bytes: &[u8]) -> Result<Value, Problem> {
     federation::json::parse_strict(bytes).map_err(|err| {
         let slug = match &err {
             StrictJsonError::InvalidUtf8 { .. } => "invalid-utf8",

@@ -24,13 +24,13 @@ use crate::http::config::HttpLimits;
 use crate::http::problem::{bad_request, Problem, PROBLEM_JSON};
 
 /// Header carrying the per-request correlation id.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+const REQUEST_ID_HEADER: &str = "x-request-id";
 
 const MAX_REQUEST_ID_LEN: usize = 64;
 
 /// The request id of the current request, as a request extension.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(pub String);
+struct RequestId(pub(crate) String);
 
 /// Applies the stack every fedgate service runs behind, outermost first: request id and
 /// tracing span, security headers, problem+json for bare errors, request timeout (408),
@@ -109,7 +109,7 @@ pub async fn problem_fallback() -> Problem {
 /// into a problem with the same status, keeping headers such as `Allow` and
 /// `WWW-Authenticate`. The original body is dropped: it may be plain text meant for
 /// nobody, or carry internal details.
-pub async fn problem_for_empty_errors(req: Request, next: Next) -> Response {
+async fn problem_for_empty_errors(req: Request, next: Next) -> Response {
     let response = next.run(req).await;
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) || is_problem_json(&response) {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// Base URI of fedgate problem types; a slug is appended.
-pub const PROBLEM_TYPE_BASE: &str = "https://w3id.org/fedgate/problems/";
+const PROBLEM_TYPE_BASE: &str = "https://w3id.org/fedgate/problems/";
 
 /// Media type of RFC 9457 problem documents.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -36,17 +36,17 @@ pub struct Problem(Box<ProblemDetails>);
 pub struct ProblemDetails {
     /// `about:blank` or `https://w3id.org/fedgate/problems/<slug>`.
     #[serde(rename = "type", default = "about_blank")]
-    pub r#type: String,
+    pub(crate) r#type: String,
     #[serde(default)]
-    pub title: String,
-    pub status: u16,
+    title: String,
+    status: u16,
     #[serde(default)]
-    pub detail: String,
+    pub(crate) detail: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instance: Option<String>,
+    instance: Option<String>,
     /// Extension members such as `check`, `decision_id` or `reasons`.
     #[serde(flatten)]
-    pub extensions: Map<String, Value>,
+    pub(crate) extensions: Map<String, Value>,
     /// Response headers that belong to the problem (e.g. `WWW-Authenticate`).
     #[serde(skip)]
     headers: HeaderMap,
@@ -111,31 +111,31 @@ impl Problem {
 
     /// Sets the `instance` member.
     #[cfg(test)]
-    pub fn with_instance(mut self, instance: impl Into<String>) -> Self {
+    pub(crate) fn with_instance(mut self, instance: impl Into<String>) -> Self {
         self.instance = Some(instance.into());
         self
     }
 
     /// Adds a header sent along with this problem.
-    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+    fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
         self.headers.append(name, value);
         self
     }
 
     /// The HTTP status (500 if the stored number is not a valid status).
-    pub fn status_code(&self) -> StatusCode {
+    pub(crate) fn status_code(&self) -> StatusCode {
         StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     /// The slug of a fedgate problem type, `None` for `about:blank` or foreign types.
     #[cfg(test)]
-    pub fn slug(&self) -> Option<&str> {
+    pub(crate) fn slug(&self) -> Option<&str> {
         self.r#type.strip_prefix(PROBLEM_TYPE_BASE)
     }
 
     /// The generic problem for a bare status, used when something other than a handler
     /// (router, limits, timeouts) produced the error.
-    pub fn for_status(status: StatusCode) -> Self {
+    pub(crate) fn for_status(status: StatusCode) -> Self {
         let (slug, detail) = match status {
             StatusCode::BAD_REQUEST => ("bad-request", "the request is malformed"),
             StatusCode::UNAUTHORIZED => ("unauthorized", "authentication is required"),
@@ -245,7 +245,7 @@ pub fn payload_too_large(detail: impl Into<String>) -> Problem {
 }
 
 /// Unsupported media type (415).
-pub fn unsupported_media_type(detail: impl Into<String>) -> Problem {
+pub(crate) fn unsupported_media_type(detail: impl Into<String>) -> Problem {
     let status = StatusCode::UNSUPPORTED_MEDIA_TYPE;
     Problem::new(status, "unsupported-media-type", reason(status), detail)
 }

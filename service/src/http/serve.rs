@@ -34,7 +34,7 @@ fn announce(addr: SocketAddr, tls: bool, ready: Option<tokio::sync::oneshot::Sen
 /// Binds the listen address without serving yet, so a caller can learn the real port
 /// (when configured as 0) before building its router. Refuses plain HTTP off loopback
 /// before any bind is attempted.
-pub fn bind(cfg: &ListenConfig) -> Result<std::net::TcpListener, HttpError> {
+pub(crate) fn bind(cfg: &ListenConfig) -> Result<std::net::TcpListener, HttpError> {
     check_listen(cfg, cfg.listen)?;
     let bind_err = |source| HttpError::Bind {
         addr: cfg.listen,
@@ -50,7 +50,7 @@ pub fn bind(cfg: &ListenConfig) -> Result<std::net::TcpListener, HttpError> {
 /// connections for at most the request timeout: HTTPS when `tls_cert` and `tls_key` are
 /// set, else plain HTTP (loopback only). The bound address is sent on `ready` once
 /// listening.
-pub async fn serve_on(
+pub(crate) async fn serve_on(
     listener: std::net::TcpListener,
     router: Router,
     cfg: &ListenConfig,
@@ -80,7 +80,7 @@ pub async fn serve_on(
 /// address. The bound address (useful with port 0) is sent on `ready` once listening.
 /// Services bind first ([`crate::start::Bound`]); the tests bind and serve in one call.
 #[cfg(test)]
-pub async fn serve(
+pub(crate) async fn serve(
     router: Router,
     cfg: &ListenConfig,
     limits: &HttpLimits,
