@@ -5,7 +5,7 @@
 
 use base64::Engine as _;
 
-pub use base64::DecodeError;
+use base64::DecodeError;
 
 const ENGINE: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 

@@ -26,9 +26,9 @@ use sha2::{Digest, Sha256};
 use crate::log::Hash;
 
 /// The largest note [`open`] reads.
-pub const MAX_NOTE_SIZE: usize = 16 * 1024;
+const MAX_NOTE_SIZE: usize = 16 * 1024;
 /// The most signature lines [`open`] reads, known or not.
-pub const MAX_SIGNATURES: usize = 100;
+const MAX_SIGNATURES: usize = 100;
 
 /// signed-note's algorithm byte for Ed25519.
 const ALG_ED25519: u8 = 0x01;
@@ -73,7 +73,7 @@ fn has_forbidden_control(text: &str) -> bool {
 }
 
 /// The signed-note key ID of an Ed25519 key: SHA-256(name || "\n" || 0x01 || key)[..4].
-pub fn key_id(name: &str, public_key: &[u8; 32]) -> [u8; 4] {
+fn key_id(name: &str, public_key: &[u8; 32]) -> [u8; 4] {
     let digest = Sha256::new()
         .chain_update(name.as_bytes())
         .chain_update([b'\n', ALG_ED25519])
@@ -178,7 +178,7 @@ impl FromStr for NoteVerifier {
 
 /// Signs `text` (non-empty, newline-terminated, no blank lines or control characters) and
 /// returns the note with one signature line.
-pub fn sign_note(text: &str, key_name: &str, key: &SigningKey) -> Result<String, NoteError> {
+fn sign_note(text: &str, key_name: &str, key: &SigningKey) -> Result<String, NoteError> {
     if !is_valid_key_name(key_name) {
         return Err(NoteError::InvalidKeyName(key_name.to_string()));
     }
@@ -203,7 +203,7 @@ pub fn sign_note(text: &str, key_name: &str, key: &SigningKey) -> Result<String,
 
 /// Verifies a signed note and returns its text. Lines by unknown keys are skipped; at least
 /// one line by a known key is required, and any known key's line must verify.
-pub fn open_note<'a>(note: &'a str, verifiers: &[NoteVerifier]) -> Result<&'a str, NoteError> {
+fn open_note<'a>(note: &'a str, verifiers: &[NoteVerifier]) -> Result<&'a str, NoteError> {
     if note.len() > MAX_NOTE_SIZE {
         return Err(NoteError::TooLarge {
             size: note.len(),

@@ -11,14 +11,14 @@ use std::sync::OnceLock;
 use ssi::json_ld::ContextLoader;
 
 /// The W3C VC Data Model 2.0 context.
-pub const CREDENTIALS_V2: &str = "https://www.w3.org/ns/credentials/v2";
+pub(crate) const CREDENTIALS_V2: &str = "https://www.w3.org/ns/credentials/v2";
 /// fedgate's own vocabulary: the credential types and their claims.
-pub const FEDGATE_V1: &str = "https://w3id.org/fedgate/v1";
+pub(crate) const FEDGATE_V1: &str = "https://w3id.org/fedgate/v1";
 /// The bundled text of [`FEDGATE_V1`].
-pub const FEDGATE_V1_JSON: &str = include_str!("../../schemas/context-v1.jsonld");
+const FEDGATE_V1_JSON: &str = include_str!("../../schemas/context-v1.jsonld");
 
 /// A loader that knows the W3C contexts ssi ships and fedgate's, and nothing else.
-pub fn loader() -> ContextLoader {
+pub(crate) fn loader() -> ContextLoader {
     static LOADER: OnceLock<Option<ContextLoader>> = OnceLock::new();
     LOADER
         .get_or_init(|| {

@@ -99,8 +99,8 @@ pub struct Privilege {
 #[serde(deny_unknown_fields)]
 pub struct PrivilegeSubject {
     pub id: String,
-    pub name: String,
-    pub npi: String,
+    name: String,
+    npi: String,
     pub role: String,
     pub specialty: String,
     pub organization: String,
@@ -154,10 +154,10 @@ pub struct ConsentSubject {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StudySubject {
     pub id: String,
-    pub title: String,
+    title: String,
     pub sponsor: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub irb: Option<String>,
+    irb: Option<String>,
     pub purposes: Vec<String>,
     pub data_classes: Vec<String>,
     pub aggregate_only: bool,
@@ -172,10 +172,10 @@ pub struct StudySubject {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusEntry {
-    pub id: String,
+    id: String,
     #[serde(rename = "type")]
-    pub type_: String,
-    pub status_purpose: String,
+    pub(crate) type_: String,
+    pub(crate) status_purpose: String,
     pub status_list_index: String,
     pub status_list_credential: String,
 }

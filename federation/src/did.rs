@@ -8,7 +8,7 @@
 //! - Every other method is refused.
 //!
 //! ssi's verifiers take a resolver; we never hand them a network-capable one. The pipeline
-//! resolves every DID it needs first (here), then gives ssi a [`StaticDids`] holding only
+//! resolves every DID it needs first (here), then gives ssi a `StaticDids` holding only
 //! those documents.
 
 use std::collections::HashMap;
@@ -107,7 +107,7 @@ impl DidResolver {
     }
 
     #[cfg(test)]
-    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+    fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
     }
@@ -147,7 +147,7 @@ impl DidResolver {
     }
 
     /// Resolves a DID to its document (JSON).
-    pub async fn resolve(&self, did: &str) -> Result<Arc<Value>, DidError> {
+    pub(crate) async fn resolve(&self, did: &str) -> Result<Arc<Value>, DidError> {
         let did = did_of(did);
         let mut parts = did.splitn(3, ':');
         let (scheme, method) = (parts.next(), parts.next());
@@ -184,7 +184,7 @@ impl DidResolver {
     }
 
     /// How long a fetched did:web document is used before it is fetched again.
-    pub fn ttl(&self) -> Duration {
+    pub(crate) fn ttl(&self) -> Duration {
         self.ttl
     }
 
@@ -368,7 +368,7 @@ async fn resolve_did_key(did: &str) -> Result<Value, DidError> {
 }
 
 /// The DID document of a key's own DID: decoded for did:key, built for did:web.
-pub async fn document_for_key(key: &crate::keys::KeyPair) -> Result<Value, DidError> {
+pub(crate) async fn document_for_key(key: &crate::keys::KeyPair) -> Result<Value, DidError> {
     if key.did().starts_with("did:key:") {
         resolve_did_key(key.did()).await
     } else {
@@ -401,7 +401,7 @@ fn method_id(doc: &Value, m: &Value) -> Option<String> {
 
 /// The verification method object with this id, looked up in `verificationMethod` and in
 /// embedded methods of the relationships.
-pub fn find_verification_method<'a>(doc: &'a Value, vm: &str) -> Option<&'a Value> {
+fn find_verification_method<'a>(doc: &'a Value, vm: &str) -> Option<&'a Value> {
     let lists = [
         "verificationMethod",
         "assertionMethod",
@@ -417,7 +417,7 @@ pub fn find_verification_method<'a>(doc: &'a Value, vm: &str) -> Option<&'a Valu
 }
 
 /// Whether `vm` is listed (by reference or embedded) under `relationship`.
-pub fn has_relationship(doc: &Value, vm: &str, relationship: Relationship) -> bool {
+fn has_relationship(doc: &Value, vm: &str, relationship: Relationship) -> bool {
     doc.get(relationship.property())
         .and_then(Value::as_array)
         .map(|list| {
@@ -459,10 +459,10 @@ pub fn method_public_jwk(vm: &str, method: &Value) -> Result<JWK, DidError> {
 /// An in-memory resolver over documents the pipeline has already resolved, handed to ssi
 /// so that ssi can never reach the network.
 #[derive(Clone, Default)]
-pub struct StaticDids(Arc<HashMap<String, Vec<u8>>>);
+pub(crate) struct StaticDids(Arc<HashMap<String, Vec<u8>>>);
 
 impl StaticDids {
-    pub fn new<'a>(docs: impl IntoIterator<Item = &'a Value>) -> Self {
+    pub(crate) fn new<'a>(docs: impl IntoIterator<Item = &'a Value>) -> Self {
         let map = docs
             .into_iter()
             .filter_map(|d| {

@@ -6,11 +6,11 @@
 #[error("unknown {what} {value:?} ({expected})")]
 pub struct ParseError {
     /// What was being parsed ("proof format", "domain", "role").
-    pub what: &'static str,
+    what: &'static str,
     /// The text that was refused.
-    pub value: String,
+    pub(crate) value: String,
     /// The accepted names, for the message.
-    pub expected: String,
+    expected: String,
 }
 
 impl ParseError {

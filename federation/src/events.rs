@@ -83,11 +83,11 @@ pub struct PrivacySpend {
 }
 
 /// The longest study id, in characters (the study credential's schema says the same).
-pub const MAX_STUDY_ID_CHARS: usize = 256;
+const MAX_STUDY_ID_CHARS: usize = 256;
 
 /// A study id as study credentials carry it: `urn:fedgate:study:` then `[A-Za-z0-9._-]`,
 /// at most [`MAX_STUDY_ID_CHARS`] in all.
-pub fn is_study_id(s: &str) -> bool {
+fn is_study_id(s: &str) -> bool {
     s.len() <= MAX_STUDY_ID_CHARS
         && s.strip_prefix("urn:fedgate:study:").is_some_and(|id| {
             !id.is_empty()
@@ -126,13 +126,13 @@ pub fn patient_did_digest(did: &str) -> String {
 // [`confine_free_text`]) and the visibility service before it logs.
 
 /// Most reasons one event may carry.
-pub const MAX_REASONS: usize = 32;
+const MAX_REASONS: usize = 32;
 /// Longest reason, in characters (a class list of a large request fits).
-pub const MAX_REASON_CHARS: usize = 2048;
+const MAX_REASON_CHARS: usize = 2048;
 /// Longest break-glass justification kept in an event, in characters.
-pub const MAX_JUSTIFICATION_CHARS: usize = 1000;
+const MAX_JUSTIFICATION_CHARS: usize = 1000;
 /// Most data classes one event may name.
-pub const MAX_DATA_CLASSES: usize = 64;
+const MAX_DATA_CLASSES: usize = 64;
 
 /// The HL7 v3 PurposeOfUse codes of the federation (the ones a consent may name).
 pub use crate::fhir_consent::PURPOSES;
@@ -141,7 +141,7 @@ pub use crate::fhir_consent::PURPOSES;
 pub const DOMAINS: [&str; 5] = ["clinical", "billing", "research", "consent", "detokenize"];
 
 /// The roles of a clinician privilege (the credential schema's enum).
-pub const ROLES: [&str; 9] = [
+const ROLES: [&str; 9] = [
     "physician",
     "nurse",
     "nurse-practitioner",
@@ -186,7 +186,7 @@ pub const VERIFICATION_CHECKS: [&str; 9] = [
 ];
 
 /// What a reason that is not in the vocabulary becomes before the gateway records it.
-pub const WITHHELD_REASON: &str = "reason withheld: outside the event vocabulary";
+const WITHHELD_REASON: &str = "reason withheld: outside the event vocabulary";
 
 /// The reason of a research query refused because the study's privacy budget at the
 /// custodian does not cover its ε.
@@ -205,7 +205,7 @@ pub const PRIVACY_MECHANISM_REASON: &str =
 /// comma-separated) and `{count}` (one to three digits).
 /// The shipped policies (policies/*.rego) and the gateway's own messages use exactly these;
 /// a gateway test keeps the two in step.
-pub const REASON_TEMPLATES: &[&str] = &[
+const REASON_TEMPLATES: &[&str] = &[
     // The gateway: verification, and failures of the policy engine.
     "verification failed: {check}",
     "policy evaluation aborted",
@@ -351,7 +351,7 @@ fn shape_patterns() -> &'static [(IdentifierShape, Regex)] {
 }
 
 /// The first identifier shape found in `text`, if any.
-pub fn identifier_shape(text: &str) -> Option<IdentifierShape> {
+fn identifier_shape(text: &str) -> Option<IdentifierShape> {
     shape_patterns()
         .iter()
         .find(|(_, re)| re.is_match(text))
@@ -359,7 +359,7 @@ pub fn identifier_shape(text: &str) -> Option<IdentifierShape> {
 }
 
 /// Replaces what looks like an identifier by `[removed]` and control characters by spaces.
-pub fn scrub_identifiers(text: &str) -> String {
+fn scrub_identifiers(text: &str) -> String {
     let mut out: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -423,7 +423,7 @@ fn reason_set() -> &'static RegexSet {
 }
 
 /// Whether `reason` is one of [`REASON_TEMPLATES`] with its slots filled from their sets.
-pub fn is_vocabulary_reason(reason: &str) -> bool {
+fn is_vocabulary_reason(reason: &str) -> bool {
     reason.chars().count() <= MAX_REASON_CHARS && reason_set().is_match(reason)
 }
 
@@ -451,7 +451,7 @@ fn check_text(field: String, text: &str, max: usize) -> Result<(), EventTextErro
 }
 
 /// The one check of an event's free text, run by the gateway before it records and by the
-/// visibility service before it logs: reasons are bounded and from [`REASON_TEMPLATES`];
+/// visibility service before it logs: reasons are bounded and from `REASON_TEMPLATES`;
 /// the failed check, purpose and domain from their closed sets; data classes are FHIR
 /// resource type names; the justification is bounded and holds nothing identifier-shaped.
 pub fn check_free_text(event: &AccessEvent) -> Result<(), EventTextError> {
@@ -512,7 +512,7 @@ pub fn check_free_text(event: &AccessEvent) -> Result<(), EventTextError> {
 }
 
 /// A FHIR resource type name: an ASCII capital then ASCII letters, 2 to 64 of them.
-pub fn is_resource_type_name(s: &str) -> bool {
+fn is_resource_type_name(s: &str) -> bool {
     (2..=64).contains(&s.len())
         && s.starts_with(|c: char| c.is_ascii_uppercase())
         && s.chars().all(|c| c.is_ascii_alphabetic())
@@ -521,8 +521,8 @@ pub fn is_resource_type_name(s: &str) -> bool {
 /// Brings a gateway's event inside [`check_free_text`] where it can without losing the
 /// decision: a reason outside the vocabulary keeps its head when that is in the vocabulary
 /// (`policy bundle failed to load: <why>` → `policy bundle failed to load`) and is withheld
-/// otherwise; reasons beyond [`MAX_REASONS`] are dropped; the justification is scrubbed of
-/// identifier-shaped text and cut to [`MAX_JUSTIFICATION_CHARS`]. Returns how many members
+/// otherwise; reasons beyond `MAX_REASONS` are dropped; the justification is scrubbed of
+/// identifier-shaped text and cut to `MAX_JUSTIFICATION_CHARS`. Returns how many members
 /// it changed, for the gateway's log (which names no content either).
 pub fn confine_free_text(event: &mut AccessEvent) -> usize {
     let mut changed = 0;
@@ -564,11 +564,11 @@ pub fn confine_free_text(event: &mut AccessEvent) -> usize {
 // ---------------------------------------------------------------------------------------
 
 /// Code system of the fedgate policy domains (`AuditEvent.subtype`).
-pub const FHIR_DOMAIN_SYSTEM: &str = "https://w3id.org/fedgate/fhir/CodeSystem/domain";
+const FHIR_DOMAIN_SYSTEM: &str = "https://w3id.org/fedgate/fhir/CodeSystem/domain";
 /// Identifier system of the custodians' patient pseudonyms.
-pub const FHIR_PATIENT_REF_SYSTEM: &str = "https://w3id.org/fedgate/patient-ref";
+const FHIR_PATIENT_REF_SYSTEM: &str = "https://w3id.org/fedgate/patient-ref";
 /// Base of the fedgate extension URLs on exported AuditEvents.
-pub const FHIR_EXTENSION_BASE: &str = "https://w3id.org/fedgate/fhir/StructureDefinition/";
+const FHIR_EXTENSION_BASE: &str = "https://w3id.org/fedgate/fhir/StructureDefinition/";
 const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
 const ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
 const URI_SYSTEM: &str = "urn:ietf:rfc:3986";
@@ -630,7 +630,7 @@ fn instant(t: DateTime<Utc>) -> String {
 ///
 /// - `type`: DCM 110110 "Patient Record" for every event (each is an access decision
 ///   about one patient's record, whether or not data left the custodian); `subtype`: the
-///   policy domain, in the fedgate domain code system ([`FHIR_DOMAIN_SYSTEM`]).
+///   policy domain, in the fedgate domain code system (`FHIR_DOMAIN_SYSTEM`).
 /// - `action`: `E` (execute) for `detokenize`, `U` for `consent` (registering or
 ///   withdrawing consents), `R` (read) otherwise.
 /// - `outcome`: `0` allowed, `4` denied; `outcomeDesc`: the reasons and the failed check.
@@ -644,7 +644,7 @@ fn instant(t: DateTime<Utc>) -> String {
 ///   known, and the requested data (data classes, record count, `break-glass` and
 ///   `review-required` flags as details).
 /// - `extension`: decision id, policy digest, credential ids and expiry, under
-///   [`FHIR_EXTENSION_BASE`].
+///   `FHIR_EXTENSION_BASE`.
 pub fn to_fhir_audit_event(e: &AccessEvent) -> Value {
     let (action, allowed) = (
         match e.domain.as_str() {

@@ -11,14 +11,13 @@ use chrono::DateTime;
 use serde_json::{json, Map, Value};
 
 /// Extension on `Consent` carrying one fedgate data domain as `valueCode`.
-pub const DOMAINS_EXTENSION: &str =
-    "https://w3id.org/fedgate/fhir/StructureDefinition/consent-domains";
+const DOMAINS_EXTENSION: &str = "https://w3id.org/fedgate/fhir/StructureDefinition/consent-domains";
 /// Extension on `Consent` carrying a patient identifier beyond the first, as `valueIdentifier`
 /// whose `assigner` names the custodian.
-pub const PATIENT_IDENTIFIER_EXTENSION: &str =
+const PATIENT_IDENTIFIER_EXTENSION: &str =
     "https://w3id.org/fedgate/fhir/StructureDefinition/consent-patient-identifier";
 /// `Identifier.system` for identifiers that are URIs: DIDs, study ids, credential ids.
-pub const URI_SYSTEM: &str = "urn:ietf:rfc:3986";
+const URI_SYSTEM: &str = "urn:ietf:rfc:3986";
 
 const CONSENT_SCOPE_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/consentscope";
 const LOINC_SYSTEM: &str = "http://loinc.org";
@@ -47,7 +46,7 @@ pub const PURPOSES: [&str; 12] = [
 ];
 
 /// fedgate data domains.
-pub const DOMAINS: [&str; 3] = ["clinical", "billing", "research"];
+const DOMAINS: [&str; 3] = ["clinical", "billing", "research"];
 
 const SUBJECT_FIELDS: [&str; 9] = [
     "id",

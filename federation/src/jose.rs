@@ -17,13 +17,13 @@ use crate::json::StrictJsonError;
 use crate::keys::KeyPair;
 
 /// Largest compact JWS accepted (credentials are small; status lists are ~22 KB encoded).
-pub const MAX_JWS_BYTES: usize = 256 * 1024;
+pub(crate) const MAX_JWS_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum JoseError {
     #[error("not a compact JWS (three base64url parts)")]
     NotCompact,
-    /// Larger than the limit the caller decoded with ([`MAX_JWS_BYTES`] for [`decode`]).
+    /// Larger than the limit the caller decoded with (`MAX_JWS_BYTES` for [`decode`]).
     #[error("JWS is larger than the accepted size")]
     TooLarge,
     #[error("JWS header is not valid: {0}")]
@@ -84,7 +84,7 @@ impl fmt::Display for JwsPart {
 /// A compact JWS split and decoded, not yet verified.
 #[derive(Debug, Clone)]
 pub struct DecodedJws {
-    pub alg: Algorithm,
+    pub(crate) alg: Algorithm,
     pub kid: String,
     pub typ: Option<String>,
     pub payload: Value,
@@ -94,11 +94,11 @@ pub struct DecodedJws {
 
 /// A protected header that passed [`read_protected_header`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProtectedHeader {
-    pub alg: Algorithm,
+pub(crate) struct ProtectedHeader {
+    pub(crate) alg: Algorithm,
     /// A DID URL (`did:...#...`).
-    pub kid: String,
-    pub typ: Option<String>,
+    pub(crate) kid: String,
+    typ: Option<String>,
 }
 
 fn b64(s: &str) -> Result<Vec<u8>, JoseError> {
@@ -113,7 +113,7 @@ const REQUIRED_HEADERS: [&str; 2] = ["alg", "kid"];
 /// `x5c`, `crit` or `b64`), `alg` EdDSA or ES256, `kid` a DID URL. The one header check of
 /// fedgate: credentials, presentations, status lists and batches through [`decode`], and
 /// the federation manifest's signatures (with no optional names) directly.
-pub fn read_protected_header(
+pub(crate) fn read_protected_header(
     encoded: &str,
     optional: &[&str],
 ) -> Result<ProtectedHeader, JoseError> {
@@ -149,13 +149,13 @@ pub fn read_protected_header(
 }
 
 /// Splits and decodes a compact JWS, enforcing the header rules above and the
-/// [`MAX_JWS_BYTES`] size limit.
+/// `MAX_JWS_BYTES` size limit.
 pub fn decode(jws: &str) -> Result<DecodedJws, JoseError> {
     decode_with_limit(jws, MAX_JWS_BYTES)
 }
 
 /// As [`decode`], for callers whose tokens are legitimately larger (or must be smaller)
-/// than [`MAX_JWS_BYTES`]: a token longer than `max_bytes` is refused with
+/// than `MAX_JWS_BYTES`: a token longer than `max_bytes` is refused with
 /// [`JoseError::TooLarge`] before anything is decoded.
 ///
 /// Header and payload are both read with [`crate::json::parse_strict`] before any value

@@ -25,7 +25,7 @@ pub enum KeyAlgorithm {
 
 impl KeyAlgorithm {
     /// The JOSE `alg` this key signs with.
-    pub fn jws_algorithm(self) -> Algorithm {
+    pub(crate) fn jws_algorithm(self) -> Algorithm {
         match self {
             KeyAlgorithm::Ed25519 => Algorithm::EdDSA,
             KeyAlgorithm::P256 => Algorithm::ES256,
@@ -125,7 +125,7 @@ pub struct KeyPair {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyInfo {
-    pub did: String,
+    did: String,
     pub verification_method: String,
     pub algorithm: KeyAlgorithm,
     pub created: DateTime<Utc>,
@@ -212,7 +212,7 @@ impl KeyPair {
         &self.meta.verification_method
     }
 
-    pub fn algorithm(&self) -> KeyAlgorithm {
+    pub(crate) fn algorithm(&self) -> KeyAlgorithm {
         self.meta.algorithm
     }
 
@@ -243,7 +243,7 @@ impl KeyPair {
     }
 
     /// `publicKeyMultibase` of this key (a Multikey), as used in DID documents.
-    pub fn public_key_multibase(&self) -> Result<String, KeyError> {
+    fn public_key_multibase(&self) -> Result<String, KeyError> {
         let encoded = self
             .jwk
             .to_public()

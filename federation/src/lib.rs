@@ -9,9 +9,9 @@
 //! - [`keys`]: key pairs, key files (0600, refused when readable by others), the crypto inventory.
 //! - [`did`]: DID resolution. did:key locally; did:web only through an explicit allow-map,
 //!   never an arbitrary URL. Also the in-memory resolver handed to ssi.
-//! - [`context`]: the bundled JSON-LD contexts (nothing is fetched).
+//! - `context`: the bundled JSON-LD contexts (nothing is fetched).
 //! - [`schema`]: the JSON Schemas of the credential types, checked on issue and on verify.
-//! - [`kind`]: the credential types fedgate knows, by their VC `type` names.
+//! - `kind`: the credential types fedgate knows, by their VC `type` names.
 //! - [`credentials`]: the three credential types, issuing in both proof formats, presenting.
 //! - [`json`]: the one strict JSON reader (duplicate keys, depth, UTF-8) for all input.
 //! - [`jose`]: the compact JWS handling for VC-JOSE credentials and presentations.
@@ -26,21 +26,21 @@
 //! - [`fhir_consent`]: PatientConsentCredential to and from FHIR R4 `Consent`.
 //! - [`client`]: the outbound HTTP client policy (https only, no proxy, no redirects).
 //! - [`time`]: clock helpers shared by issuing and verifying.
-//! - [`error`]: errors shared by several modules (an unknown name in a closed set).
+//! - `error`: errors shared by several modules (an unknown name in a closed set).
 
 pub mod b64;
 pub mod checkpoint;
 pub mod client;
-pub mod context;
+mod context;
 pub mod credentials;
 pub mod did;
-pub mod error;
+mod error;
 pub mod events;
 pub mod fhir_consent;
 pub mod jose;
 pub mod json;
 pub mod keys;
-pub mod kind;
+mod kind;
 pub mod log;
 pub mod registry;
 pub mod schema;

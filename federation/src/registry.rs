@@ -34,7 +34,7 @@ pub use signed::*;
 pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
 
 /// Most signatures one signed manifest may carry (each costs a verification).
-pub const MAX_SIGNATURES: usize = 64;
+const MAX_SIGNATURES: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
@@ -141,7 +141,7 @@ impl RegistryError {
     /// The check of the verification pipeline ([`crate::verify`]) a refused manifest
     /// failed, named as a refused credential's would be; `None` for what is no
     /// verification failure (I/O, rollback, journal).
-    pub fn check(&self) -> Option<Check> {
+    fn check(&self) -> Option<Check> {
         match self {
             RegistryError::Malformed(_)
             | RegistryError::MalformedJws(_)

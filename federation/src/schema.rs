@@ -22,7 +22,7 @@ pub enum SchemaError {
     /// A built-in schema did not compile (a build defect: every credential is refused).
     #[error("schemas failed to load: {0}")]
     Unavailable(#[from] LoadError),
-    /// The first violations found (at most [`MAX_VIOLATIONS`]), each with its JSON pointer.
+    /// The first violations found (at most `MAX_VIOLATIONS`), each with its JSON pointer.
     #[error("{}", Violation::list(.0))]
     Invalid(Vec<Violation>),
 }
@@ -31,16 +31,16 @@ pub enum SchemaError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{schema}: {reason}")]
 pub struct LoadError {
-    pub schema: &'static str,
-    pub reason: String,
+    schema: &'static str,
+    reason: String,
 }
 
 /// One place where a credential breaks its schema.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
     /// JSON pointer into the credential (`/` for the document itself).
-    pub pointer: String,
-    pub message: String,
+    pointer: String,
+    message: String,
 }
 
 impl Violation {
@@ -54,7 +54,7 @@ impl Violation {
 }
 
 /// Most violations one error lists: enough to fix a document, short enough to read.
-pub const MAX_VIOLATIONS: usize = 5;
+const MAX_VIOLATIONS: usize = 5;
 
 fn compile(name: &'static str, src: &str) -> Result<jsonschema::Validator, LoadError> {
     let fail = |reason: String| LoadError {

@@ -172,14 +172,14 @@ impl StatusCache {
         }
     }
 
-    pub fn invalidate_all(&self) {
+    fn invalidate_all(&self) {
         if let Ok(mut lists) = self.lists.lock() {
             lists.clear();
         }
     }
 
     /// Checks a credential's status entry; any doubt is an error (fail closed).
-    pub async fn check(&self, entry: &StatusEntry, issuer: &str) -> Result<(), StatusError> {
+    pub(crate) async fn check(&self, entry: &StatusEntry, issuer: &str) -> Result<(), StatusError> {
         if entry.type_ != "BitstringStatusListEntry" {
             return Err(StatusError::Invalid(format!(
                 "unsupported status type {:?}",

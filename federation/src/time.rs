@@ -3,7 +3,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 
 /// Clock skew tolerated between participants when checking validity periods.
-pub const DEFAULT_SKEW_SECS: i64 = 60;
+pub(crate) const DEFAULT_SKEW_SECS: i64 = 60;
 
 /// RFC 3339 with second precision and `Z`, the form used in every credential.
 pub fn rfc3339(t: DateTime<Utc>) -> String {

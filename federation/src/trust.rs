@@ -38,7 +38,7 @@ impl StaticTrust {
     }
 
     #[cfg(test)]
-    pub fn remove(&self, kind: CredentialKind, issuer: &str) {
+    pub(crate) fn remove(&self, kind: CredentialKind, issuer: &str) {
         if let Ok(mut map) = self.issuers.write() {
             if let Some(set) = map.get_mut(&kind) {
                 set.remove(issuer);

@@ -163,7 +163,7 @@ pub struct Verifier {
     pub resolver: Arc<DidResolver>,
     pub trust: Arc<dyn TrustSource>,
     pub status: Arc<StatusCache>,
-    pub skew: chrono::Duration,
+    skew: chrono::Duration,
     /// Credentials whose proof and schema already checked out.
     pub proofs: ProofCache,
     /// Ed25519 public keys already decompressed, by their bytes.
@@ -191,9 +191,9 @@ fn digest_of(v: &Value) -> String {
 
 /// Entries a [`ProofCache`] holds by default: two credentials for each of a few thousand
 /// active holders, at a few KiB each.
-pub const DEFAULT_PROOF_CACHE_ENTRIES: usize = 4096;
+const DEFAULT_PROOF_CACHE_ENTRIES: usize = 4096;
 /// How long a cached proof is trusted by default before it is checked again in full.
-pub const DEFAULT_PROOF_CACHE_TTL: Duration = Duration::from_secs(300);
+const DEFAULT_PROOF_CACHE_TTL: Duration = Duration::from_secs(300);
 
 /// What a checked proof established: the credential (without its proof) is what the
 /// issuer signed, with a key its DID document lists under `assertionMethod`, and it is
@@ -239,13 +239,13 @@ pub struct ProofCacheStats {
     pub misses: u64,
     /// Credential proofs checked in full (signature work done).
     pub proof_checks: u64,
-    pub entries: usize,
+    entries: usize,
 }
 
 impl ProofCache {
     /// A cache of at most `capacity` credentials, each trusted for at most `ttl`.
     /// A capacity of 0 disables caching (every proof is checked in full).
-    pub fn new(capacity: usize, ttl: Duration) -> Self {
+    fn new(capacity: usize, ttl: Duration) -> Self {
         ProofCache {
             generations: Mutex::new(Generations::default()),
             capacity,

@@ -12,7 +12,7 @@ use crate::events::AccessEvent;
 pub const BATCH_TYP: &str = "fedgate-batch+jwt";
 /// Most events one batch may carry.
 pub const MAX_BATCH_EVENTS: usize = 1000;
-/// Largest batch JWS accepted (larger than [`crate::jose::MAX_JWS_BYTES`], which is sized for
+/// Largest batch JWS accepted (larger than `jose::MAX_JWS_BYTES`, which is sized for
 /// credentials): a batch of [`MAX_BATCH_EVENTS`] typical events (~1 KiB each once signed)
 /// fits with room to spare, so an over-count batch is refused by the count check, which
 /// names the count. The service's body limit (`limits.max_body_bytes`) must stay above it.

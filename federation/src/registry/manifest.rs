@@ -30,7 +30,7 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 8] = [
+    const ALL: [Role; 8] = [
         Role::Custodian,
         Role::Requester,
         Role::CredentialingOffice,
@@ -128,7 +128,7 @@ pub struct Contract {
 
 impl Contract {
     /// Whether the contract has expired at `now`. An unreadable date counts as expired.
-    pub fn is_expired_at(&self, now: DateTime<Utc>) -> bool {
+    pub(crate) fn is_expired_at(&self, now: DateTime<Utc>) -> bool {
         match &self.expires {
             None => false,
             Some(t) => crate::time::parse(t).is_none_or(|t| t <= now),

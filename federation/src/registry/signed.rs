@@ -24,7 +24,7 @@ pub(super) fn unb64(s: &str) -> Option<Vec<u8>> {
 /// One signature of a [`SignedManifest`]. Unprotected headers are not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct JwsSignature {
+pub(crate) struct JwsSignature {
     pub(super) protected: String,
     pub(super) signature: String,
 }
