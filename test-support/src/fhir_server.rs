@@ -217,7 +217,11 @@ fn free_port() -> Result<u16, String> {
 }
 
 fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill").arg(sig).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// The status of a plain HTTP/1.0 GET over a std socket: no runtime, so it works

@@ -89,13 +89,19 @@ async fn exchange(fed: &Fed, doc: &Clinician, mrn: &str) -> (u16, Value) {
     )
     .await;
     let body = exchange_body("ETREAT", mrn, CLASSES, &v, Some(JUSTIFICATION));
-    tokio::time::timeout(
-        Duration::from_secs(90),
-        fed.gateway.post("/v1/exchange/clinical", &body),
-    )
-    .await
-    .expect("the gateway answered")
-    .unwrap()
+    // A client that outwaits the gateway's own deadlines (the harness's gives up at 15 s).
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/exchange/clinical",
+            fed.gateway.process.url()
+        ))
+        .json(&body)
+        .timeout(Duration::from_secs(90))
+        .send()
+        .await
+        .expect("the gateway answered");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 async fn emergency_doctor(fed: &Fed) -> Clinician {
@@ -384,7 +390,7 @@ async fn fhir_server_failures_are_bounded_and_recorded() {
     proxy.fault.store(Fault::None as u8, Ordering::SeqCst);
     let peak = peak_mb(&through_proxy.gateway);
     eprintln!("gateway peak resident memory after the faults: {peak} MB");
-    assert!(peak < 1500, "memory stays bounded: {peak} MB");
+    assert!(peak < 800, "memory stays bounded: {peak} MB");
     let (status, _) = exchange(&through_proxy, &doc, small).await;
     assert_eq!(status, 200, "a healthy server again serves");
     expected_events += 1;
