@@ -98,8 +98,8 @@ pub(super) async fn fhir_source(args: FhirSourceArgs) -> Result<Printed, String>
     if args.resources < 50 || args.exchanges == 0 {
         return Err("--resources must be at least 50 and --exchanges at least 1".into());
     }
-    let fhir_url = reqwest::Url::parse(args.fhir_url.trim_end_matches('/'))
-        .map_err(|e| format!("--fhir-url: {e}"))?;
+    reqwest::Url::parse(&args.fhir_url).map_err(|e| format!("--fhir-url: {e}"))?;
+    let fhir_url = args.fhir_url.trim_end_matches('/');
     if let Some(c) = args
         .data_classes
         .iter()
