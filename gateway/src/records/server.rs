@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -48,6 +49,8 @@ pub struct FhirServer {
     budget_bytes: usize,
     budget_resources: usize,
     deadline: Duration,
+    /// SMART Backend Services: every request carries its access token.
+    smart: Option<Arc<smart::SmartClient>>,
 }
 
 /// What one exchange's reads have used so far (shared by its concurrent searches).
@@ -77,6 +80,17 @@ impl Budget {
 
 impl FhirServer {
     pub fn new(base: &str, dev_mode: bool) -> Result<FhirServer, RecordError> {
+        FhirServer::connect(base, dev_mode, &smart::FhirAuth::default())
+    }
+
+    /// [`FhirServer::new`] authenticating as `auth` says: a client certificate (mutual
+    /// TLS), SMART Backend Services access tokens, or both. The key files are read here:
+    /// a missing or unprotected one fails now, not at the first exchange.
+    pub fn connect(
+        base: &str,
+        dev_mode: bool,
+        auth: &smart::FhirAuth,
+    ) -> Result<FhirServer, RecordError> {
         let mut base = reqwest::Url::parse(base).map_err(|e| RecordError::Url(e.to_string()))?;
         federation::client::loopback_only_http(&base, dev_mode)?;
         if base.query().is_some() || base.fragment().is_some() {
@@ -88,9 +102,16 @@ impl FhirServer {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
+        let client = auth.http_client()?;
+        let smart = auth
+            .smart
+            .as_ref()
+            .map(|s| smart::SmartClient::new(s, &base, client.clone(), dev_mode))
+            .transpose()?
+            .map(Arc::new);
         Ok(FhirServer {
             base,
-            client: federation::client::http_client(),
+            client,
             dev_mode,
             max_pages: 100,
             max_response_bytes: 32 * 1024 * 1024,
@@ -98,6 +119,7 @@ impl FhirServer {
             budget_bytes: DEFAULT_BUDGET_BYTES,
             budget_resources: DEFAULT_BUDGET_RESOURCES,
             deadline: DEFAULT_DEADLINE,
+            smart,
         })
     }
 
@@ -150,10 +172,19 @@ impl FhirServer {
             .with_min_delay(Duration::from_millis(200))
             .with_max_times(RETRIES)
             .build();
+        let mut renewed = false;
         loop {
             match self.get_once(url, what, budget).await {
                 Ok(found) => return Ok(found),
                 Err(Fetch::Fail(e)) => return Err(e),
+                // A token refused once is replaced once; a fresh one refused is final.
+                Err(Fetch::Unauthorized(token)) => match &self.smart {
+                    Some(smart) if !renewed => {
+                        smart.invalidate(&token).await;
+                        renewed = true;
+                    }
+                    _ => return Err(smart::SmartError::TokenRejected { what }.into()),
+                },
                 Err(Fetch::Retry { status, after }) => match delays.next() {
                     Some(backoff) => tokio::time::sleep(after.unwrap_or(backoff)).await,
                     None => return Err(RecordError::Status { status, what }),
@@ -178,17 +209,33 @@ impl FhirServer {
                 detail: e.without_url().to_string(),
             })
         };
-        let mut resp = self
-            .client
-            .get(url.clone())
-            .header(
-                reqwest::header::ACCEPT,
-                "application/fhir+json, application/json",
-            )
-            .send()
-            .await
-            .map_err(req_err)?;
+        let mut request = self.client.get(url.clone()).header(
+            reqwest::header::ACCEPT,
+            "application/fhir+json, application/json",
+        );
+        let token = match &self.smart {
+            Some(smart) => Some(smart.token().await.map_err(|e| Fetch::Fail(e.into()))?),
+            None => None,
+        };
+        if let Some(token) = &token {
+            request = request.bearer_auth(token.secret());
+        }
+        let mut resp = request.send().await.map_err(req_err)?;
         let status = resp.status();
+        if let Some(token) = token {
+            if status == reqwest::StatusCode::UNAUTHORIZED {
+                return Err(Fetch::Unauthorized(token));
+            }
+            if status == reqwest::StatusCode::FORBIDDEN {
+                return Err(Fetch::Fail(
+                    smart::SmartError::Forbidden {
+                        what,
+                        granted: token.scope().to_string(),
+                    }
+                    .into(),
+                ));
+            }
+        }
         if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::GONE {
             return Ok(None);
         }
@@ -489,6 +536,8 @@ enum Fetch {
         status: u16,
         after: Option<Duration>,
     },
+    /// 401 to a SMART access token: replace it and ask once more.
+    Unauthorized(smart::AccessToken),
     Fail(RecordError),
 }
 
