@@ -198,7 +198,20 @@ impl AuthServer {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Every line printed so far has been read: a marker asked for is seen.
+    fn sync(&self) {
+        let id = uuid::Uuid::new_v4().to_string();
+        let status = blocking_get(&format!("{}/test-marker?id={id}", self.issuer()));
+        assert_eq!(status, Some(200), "the authorization server's marker");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.proc.output().iter().any(|l| l.contains(&id)) {
+            assert!(Instant::now() < deadline, "the marker line never came");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn events(&self, event: &str, client: &str) -> Vec<Value> {
+        self.sync();
         self.proc
             .output()
             .iter()
@@ -255,6 +268,13 @@ impl Hfs {
         let base = format!("http://127.0.0.1:{port}/");
         let data = dir.join("hfs");
         std::fs::create_dir_all(&data).unwrap();
+        // hfs reads its search parameters from the data folder (the crate ships none, and
+        // without them it ignores `identifier` and `patient`): the ones the source uses.
+        std::fs::write(
+            data.join("search-parameters-r4.json"),
+            search_parameters().to_string(),
+        )
+        .unwrap();
         let mut command = Command::new(hfs_binary());
         command
             .current_dir(&data)
@@ -301,6 +321,42 @@ impl Hfs {
     }
 }
 
+/// The R4 SearchParameters the FHIR source's reads need: the patient by identifier, and
+/// Observation's patient compartment search (as the FHIR specification defines them).
+fn search_parameters() -> Value {
+    let param = |id: &str, code: &str, base: &str, ty: &str, expression: &str| {
+        let mut p = json!({
+            "resourceType": "SearchParameter",
+            "id": id,
+            "url": format!("http://hl7.org/fhir/SearchParameter/{id}"),
+            "name": code,
+            "status": "active",
+            "code": code,
+            "base": [base],
+            "type": ty,
+            "expression": expression,
+        });
+        if ty == "reference" {
+            p["target"] = json!(["Patient"]);
+        }
+        json!({ "resource": p })
+    };
+    json!({
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            param("Patient-identifier", "identifier", "Patient", "token", "Patient.identifier"),
+            param(
+                "clinical-patient",
+                "patient",
+                "Observation",
+                "reference",
+                "Observation.subject.where(resolve() is Patient)",
+            ),
+        ],
+    })
+}
+
 /// The status of a plain GET (for readiness), on a throwaway runtime-free client.
 fn blocking_get(url: &str) -> Option<u16> {
     use std::io::{Read as _, Write as _};
@@ -310,8 +366,9 @@ fn blocking_get(url: &str) -> Option<u16> {
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(
         stream,
-        "GET {} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-        url.path()
+        "GET {}{} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        url.path(),
+        url.query().map(|q| format!("?{q}")).unwrap_or_default()
     )
     .ok()?;
     let mut head = [0u8; 12];

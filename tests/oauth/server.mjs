@@ -18,7 +18,8 @@
 //                        runs ahead of this one (default 0)
 //
 // It prints `listening <issuer>` once ready, and one JSON line per issued token
-// (`{"event":"token",...}`) and per refused token request (`{"event":"error",...}`).
+// (`{"event":"token",...}`) and per refused token request (`{"event":"error",...}`);
+// `GET /test-marker?id=X` prints a marker line (see below).
 
 import { readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { generateKeyPairSync } from 'node:crypto';
@@ -104,9 +105,12 @@ const provider = new Provider(issuer, {
   ttl: { ClientCredentials: ttl },
 });
 
-provider.on('client_credentials.saved', (token) => {
-  console.log(JSON.stringify({ event: 'token', client: token.clientId, scope: token.scope ?? '' }));
-});
+// A JWT access token is `issued` (nothing stored), an opaque one `saved`.
+for (const name of ['client_credentials.issued', 'client_credentials.saved']) {
+  provider.on(name, (token) => {
+    console.log(JSON.stringify({ event: 'token', client: token.clientId, scope: token.scope ?? '' }));
+  });
+}
 provider.on('grant.error', (ctx, err) => {
   console.log(JSON.stringify({
     event: 'error',
@@ -115,6 +119,17 @@ provider.on('grant.error', (ctx, err) => {
     description: err.error_description,
     detail: err.error_detail ?? err.cause?.message ?? null,
   }));
+});
+
+// `GET /test-marker?id=X` prints `{"event":"marker","id":"X"}`: once a test has read that
+// line, it has read every line printed before it (token counts are then complete).
+provider.use(async (ctx, next) => {
+  if (ctx.path === '/test-marker') {
+    console.log(JSON.stringify({ event: 'marker', id: String(ctx.query.id ?? '') }));
+    ctx.body = 'ok';
+    return;
+  }
+  await next();
 });
 
 provider.listen(port, '127.0.0.1', () => {
