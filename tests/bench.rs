@@ -125,7 +125,10 @@ fn fhir_source_against_the_embedded_store() {
         "2",
     ]);
     assert_eq!(report["scenario"], "fhir-source", "{report}");
-    assert!(report["record_resources"].as_u64().unwrap() >= 300, "{report}");
+    assert!(
+        report["record_resources"].as_u64().unwrap() >= 300,
+        "{report}"
+    );
     let sources = report["sources"].as_array().unwrap();
     assert_eq!(sources.len(), 2);
     assert!(sources[0]["resources_per_answer"].as_u64().unwrap() > 50);

@@ -404,3 +404,49 @@ fn synthetic_patients_are_written_and_import_cleanly() {
         .unwrap();
     assert!(!bad.status.success());
 }
+
+#[test]
+fn smart_key_writes_a_private_key_and_prints_what_to_register() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("smart.pem");
+    let out = fedgate()
+        .args(["records", "smart-key", "--out", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let jwks: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let jwk = &jwks["keys"][0];
+    assert_eq!(jwk["kty"], "EC");
+    assert_eq!(jwk["crv"], "P-384");
+    assert_eq!(jwk["alg"], "ES384");
+    assert!(jwk.get("d").is_none(), "the private part is never printed");
+    // The gateway's assertions name the key by the kid printed.
+    let settings = gateway::records::smart::SmartSettings {
+        client_id: "gw".into(),
+        key_file: key.clone(),
+        algorithm: gateway::records::smart::SigningAlgorithm::ES384,
+        scopes: "system/*.rs".into(),
+        token_endpoint: None,
+        kid: None,
+    };
+    let base = reqwest::Url::parse("https://fhir.example/").unwrap();
+    let client =
+        gateway::records::smart::SmartClient::new(&settings, &base, reqwest::Client::new(), false)
+            .unwrap();
+    assert_eq!(jwk["kid"], client.kid());
+    // An existing key is never overwritten.
+    let before = std::fs::read(&key).unwrap();
+    let again = fedgate()
+        .args(["records", "smart-key", "--out", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+}

@@ -79,7 +79,43 @@ pub enum RecordsConfig {
     #[default]
     Embedded,
     /// The organization's own FHIR R4 server.
-    Fhir { url: String },
+    Fhir {
+        url: String,
+        /// `[records.auth]`: SMART Backend Services access tokens.
+        #[serde(default)]
+        auth: Option<crate::records::smart::SmartSettings>,
+        /// Mutual TLS: the client certificate chain (PEM)...
+        #[serde(default)]
+        client_cert: Option<PathBuf>,
+        /// ...and its private key (PEM, mode 0600).
+        #[serde(default)]
+        client_key: Option<PathBuf>,
+    },
+}
+
+impl RecordsConfig {
+    /// How the gateway authenticates to its FHIR server (nothing for the embedded store).
+    pub fn fhir_auth(&self) -> crate::records::smart::FhirAuth {
+        use crate::records::smart::{ClientTls, FhirAuth};
+        match self {
+            RecordsConfig::Embedded => FhirAuth::default(),
+            RecordsConfig::Fhir {
+                auth,
+                client_cert,
+                client_key,
+                ..
+            } => FhirAuth {
+                smart: auth.clone(),
+                tls: client_cert
+                    .clone()
+                    .zip(client_key.clone())
+                    .map(|(cert_file, key_file)| ClientTls {
+                        cert_file,
+                        key_file,
+                    }),
+            },
+        }
+    }
 }
 
 pub use federation::registry::RegistryConfig;
@@ -293,6 +329,20 @@ impl service::config::ServiceConfig for GatewayConfig {
         if let Some(t) = self.admin_token_file.as_mut() {
             resolve(base, t);
         }
+        if let RecordsConfig::Fhir {
+            auth,
+            client_cert,
+            client_key,
+            ..
+        } = &mut self.records
+        {
+            if let Some(a) = auth.as_mut() {
+                resolve(base, &mut a.key_file);
+            }
+            for f in [client_cert, client_key].into_iter().flatten() {
+                resolve(base, f);
+            }
+        }
         for f in [
             &mut self.key_file,
             &mut self.secret_file,
@@ -352,12 +402,44 @@ impl service::config::ServiceConfig for GatewayConfig {
                 ));
             }
         }
-        if let RecordsConfig::Fhir { url } = &self.records {
+        if let RecordsConfig::Fhir {
+            url,
+            auth,
+            client_cert,
+            client_key,
+        } = &self.records
+        {
             if !url_ok(url) {
                 return Err(invalid(
                     "records.url",
                     "must be an https URL (http only in dev_mode)",
                 ));
+            }
+            if let Some(a) = auth {
+                if let Some((key, message)) = a.problem() {
+                    return Err(invalid(key, &message));
+                }
+                if a.token_endpoint.as_deref().is_some_and(|u| !url_ok(u)) {
+                    return Err(invalid(
+                        "records.auth.token_endpoint",
+                        "must be an https URL (http only in dev_mode)",
+                    ));
+                }
+            }
+            match (client_cert, client_key) {
+                (Some(_), None) => {
+                    return Err(invalid(
+                        "records.client_key",
+                        "is required with client_cert (mutual TLS)",
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        "records.client_cert",
+                        "is required with client_key (mutual TLS)",
+                    ))
+                }
+                _ => {}
             }
         }
         for (did, url) in &self.did_web {
@@ -458,6 +540,48 @@ mod tests {
         );
         let config: GatewayConfig = toml::from_str(&text).map_err(|e| e.to_string())?;
         config.validate("gateway.toml").map_err(|e| e.to_string())
+    }
+
+    fn with_records(records: &str) -> Result<GatewayConfig, String> {
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\ndid = \"did:web:hospital-a.example\"\nkey_file = \"k\"\nsecret_file = \"s\"\ndata_dir = \"d\"\npolicies = \"p\"\n{records}"
+        );
+        let config: GatewayConfig = toml::from_str(&text).map_err(|e| e.to_string())?;
+        config.validate("gateway.toml").map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn records_auth_is_checked_with_the_key_named() {
+        let fhir = "[records]\nsource = \"fhir\"\nurl = \"https://fhir.example/r4\"\n";
+        let config = with_records(&format!(
+            "{fhir}[records.auth]\nclient_id = \"gw\"\nkey_file = \"smart.pem\"\n"
+        ))
+        .unwrap();
+        let auth = config.records.fhir_auth();
+        let smart = auth.smart.unwrap();
+        assert_eq!(smart.scopes, "system/*.rs");
+        assert_eq!(
+            smart.algorithm,
+            crate::records::smart::SigningAlgorithm::ES384
+        );
+        assert!(auth.tls.is_none());
+        let config = with_records(&format!(
+            "{fhir}client_cert = \"c.pem\"\nclient_key = \"k.pem\"\n[records.auth]\nclient_id = \"gw\"\nkey_file = \"smart.jwk\"\nalgorithm = \"RS384\"\nscopes = \"system/Patient.rs system/Observation.rs\"\ntoken_endpoint = \"https://as.example/token\"\n"
+        ))
+        .unwrap();
+        assert!(config.records.fhir_auth().tls.is_some());
+        for (bad, key) in [
+            ("[records.auth]\nclient_id = \"\"\nkey_file = \"k\"\n", "records.auth.client_id"),
+            ("[records.auth]\nclient_id = \"gw\"\nkey_file = \"k\"\nscopes = \"\"\n", "records.auth.scopes"),
+            ("[records.auth]\nclient_id = \"gw\"\nkey_file = \"k\"\ntoken_endpoint = \"http://as.example/t\"\n", "records.auth.token_endpoint"),
+            ("[records.auth]\nclient_id = \"gw\"\nkey_file = \"k\"\nalgorithm = \"HS256\"\n", "expected `ES384` or `RS384`"),
+            ("[records.auth]\nclient_id = \"gw\"\nkey_file = \"k\"\nsecret = \"x\"\n", "secret"),
+            ("client_cert = \"c.pem\"\n", "records.client_key"),
+        ] {
+            let err = with_records(&format!("{fhir}{bad}")).unwrap_err();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -134,7 +134,9 @@ impl GatewayState {
         let research_budget = crate::research::budget::BudgetStore::open(&db)?;
         let records = match &config.records {
             RecordsConfig::Embedded => RecordSource::embedded(&config.data_dir.join("records"))?,
-            RecordsConfig::Fhir { url } => RecordSource::fhir_server(url, config.dev_mode)?,
+            RecordsConfig::Fhir { url, .. } => {
+                RecordSource::fhir_server_with(url, config.dev_mode, &config.records.fhir_auth())?
+            }
         };
         if let RecordSource::Fhir(server) = &records {
             // Read and log what the server supports now, not at the first exchange; a

@@ -4,6 +4,10 @@
 //! stands for its `*.json` files) and prints what was imported per resource type and
 //! every entry that was skipped, with its reason. Skipped entries are not an error; a file
 //! that cannot be read or parsed at all is, after the other files were imported.
+//!
+//! `smart-key --out FILE` writes the private key the gateway signs its SMART Backend
+//! Services client assertions with (ES384, PEM, mode 0600) and prints the public JWK Set
+//! to register with the FHIR server's authorization server.
 
 use std::path::PathBuf;
 
@@ -17,6 +21,16 @@ pub enum RecordsCommand {
     /// their identifiers also in free text and attachments: for trying a gateway, tests and
     /// benchmarks.
     Synth(SynthArgs),
+    /// Write a new ES384 private key (PEM, 0600) for `[records.auth] key_file` and print
+    /// its public JWK Set, to register with the FHIR server's authorization server.
+    SmartKey(SmartKeyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SmartKeyArgs {
+    /// The private key file to write; an existing file is never overwritten.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -49,10 +63,25 @@ pub fn run(command: RecordsCommand) -> Result<(), String> {
     match command {
         RecordsCommand::Import(args) => import(args),
         RecordsCommand::Synth(args) => synth(args),
+        RecordsCommand::SmartKey(args) => smart_key(args),
     }
 }
 
-fn synth(args: SynthArgs) -> Result<(), String> {
+pub fn smart_key(args: SmartKeyArgs) -> Result<(), String> {
+    let (pem, jwks) = gateway::records::smart::generate_es384_key()?;
+    federation::keys::write_private(&args.out, &pem)
+        .map_err(|e| format!("{}: {e}", args.out.display()))?;
+    eprintln!(
+        "wrote the private key to {} (mode 0600); register this public JWK Set with the \
+         authorization server (or publish it at a JWKS URL it reads):",
+        args.out.display()
+    );
+    let text = serde_json::to_string_pretty(&jwks).map_err(|e| e.to_string())?;
+    println!("{text}");
+    Ok(())
+}
+
+pub fn synth(args: SynthArgs) -> Result<(), String> {
     let options = if args.large {
         synth::Options::large(args.seed)
     } else {

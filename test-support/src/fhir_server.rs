@@ -25,7 +25,7 @@ fn workspace() -> PathBuf {
 }
 
 /// The `hfs` binary, or why there is none.
-fn hfs_binary() -> Result<PathBuf, String> {
+pub fn hfs_binary() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("FEDGATE_HFS") {
         let p = PathBuf::from(p);
         return if p.is_file() {

@@ -18,6 +18,7 @@ mod embedded;
 mod fhir;
 mod import;
 mod server;
+pub mod smart;
 
 pub use embedded::*;
 pub use fhir::*;
@@ -89,6 +90,11 @@ pub enum RecordError {
     Timeout(u64),
     #[error("record store task failed: {0}")]
     Task(String),
+    /// The gateway could not authorize itself to the FHIR server (SMART Backend Services,
+    /// mutual TLS): the custodian's configuration or authorization server, never the
+    /// requester's doing.
+    #[error("FHIR server authorization: {0}")]
+    Auth(smart::SmartError),
 }
 
 // ---------------------------------------------------------------------------------------
@@ -111,6 +117,17 @@ impl RecordSource {
     /// The organization's FHIR server at `base` (https; http only to loopback in dev mode).
     pub fn fhir_server(base: &str, dev_mode: bool) -> Result<RecordSource, RecordError> {
         Ok(RecordSource::Fhir(FhirServer::new(base, dev_mode)?))
+    }
+
+    /// [`RecordSource::fhir_server`], authenticating as `auth` says.
+    pub fn fhir_server_with(
+        base: &str,
+        dev_mode: bool,
+        auth: &smart::FhirAuth,
+    ) -> Result<RecordSource, RecordError> {
+        Ok(RecordSource::Fhir(FhirServer::connect(
+            base, dev_mode, auth,
+        )?))
     }
 
     /// The id of the Patient holding identifier `system|value`, if any.

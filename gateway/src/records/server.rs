@@ -57,6 +57,8 @@ pub struct FhirServer {
     use_everything: bool,
     /// What the server declared, read once (again after a failed read).
     capabilities: Arc<tokio::sync::OnceCell<Capabilities>>,
+    /// SMART Backend Services: every request carries its access token.
+    smart: Option<Arc<smart::SmartClient>>,
 }
 
 /// What a FHIR server's CapabilityStatement says that the record reads can use.
@@ -155,6 +157,17 @@ impl Budget {
 
 impl FhirServer {
     pub fn new(base: &str, dev_mode: bool) -> Result<FhirServer, RecordError> {
+        FhirServer::connect(base, dev_mode, &smart::FhirAuth::default())
+    }
+
+    /// [`FhirServer::new`] authenticating as `auth` says: a client certificate (mutual
+    /// TLS), SMART Backend Services access tokens, or both. The key files are read here:
+    /// a missing or unprotected one fails now, not at the first exchange.
+    pub fn connect(
+        base: &str,
+        dev_mode: bool,
+        auth: &smart::FhirAuth,
+    ) -> Result<FhirServer, RecordError> {
         let mut base = reqwest::Url::parse(base).map_err(|e| RecordError::Url(e.to_string()))?;
         federation::client::loopback_only_http(&base, dev_mode)?;
         if base.query().is_some() || base.fragment().is_some() {
@@ -166,9 +179,16 @@ impl FhirServer {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
+        let client = auth.http_client()?;
+        let smart = auth
+            .smart
+            .as_ref()
+            .map(|s| smart::SmartClient::new(s, &base, client.clone(), dev_mode))
+            .transpose()?
+            .map(Arc::new);
         Ok(FhirServer {
             base,
-            client: federation::client::http_client(),
+            client,
             dev_mode,
             max_pages: 100,
             max_response_bytes: 32 * 1024 * 1024,
@@ -178,6 +198,7 @@ impl FhirServer {
             deadline: DEFAULT_DEADLINE,
             use_everything: true,
             capabilities: Arc::new(tokio::sync::OnceCell::new()),
+            smart,
         })
     }
 
@@ -279,10 +300,19 @@ impl FhirServer {
             .with_min_delay(Duration::from_millis(200))
             .with_max_times(RETRIES)
             .build();
+        let mut renewed = false;
         loop {
             match self.get_once(url, what, budget).await {
                 Ok(found) => return Ok(found),
                 Err(Fetch::Fail(e)) => return Err(e),
+                // A token refused once is replaced once; a fresh one refused is final.
+                Err(Fetch::Unauthorized(token)) => match &self.smart {
+                    Some(smart) if !renewed => {
+                        smart.invalidate(&token).await;
+                        renewed = true;
+                    }
+                    _ => return Err(smart::SmartError::TokenRejected { what }.into()),
+                },
                 Err(Fetch::Retry { status, after }) => match delays.next() {
                     Some(backoff) => tokio::time::sleep(after.unwrap_or(backoff)).await,
                     None => return Err(RecordError::Status { status, what }),
@@ -311,18 +341,37 @@ impl FhirServer {
                 detail: e.without_url().to_string(),
             })
         };
-        let mut resp = self
+        let mut request = self
             .client
             .get(url.clone())
             .timeout(REQUEST_TIMEOUT)
             .header(
                 reqwest::header::ACCEPT,
                 "application/fhir+json, application/json",
-            )
-            .send()
-            .await
-            .map_err(req_err)?;
+            );
+        let token = match &self.smart {
+            Some(smart) => Some(smart.token().await.map_err(|e| Fetch::Fail(e.into()))?),
+            None => None,
+        };
+        if let Some(token) = &token {
+            request = request.bearer_auth(token.secret());
+        }
+        let mut resp = request.send().await.map_err(req_err)?;
         let status = resp.status();
+        if let Some(token) = token {
+            if status == reqwest::StatusCode::UNAUTHORIZED {
+                return Err(Fetch::Unauthorized(token));
+            }
+            if status == reqwest::StatusCode::FORBIDDEN {
+                return Err(Fetch::Fail(
+                    smart::SmartError::Forbidden {
+                        what,
+                        granted: token.scope().to_string(),
+                    }
+                    .into(),
+                ));
+            }
+        }
         if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::GONE {
             return Ok(None);
         }
@@ -728,6 +777,8 @@ enum Fetch {
         status: u16,
         after: Option<Duration>,
     },
+    /// 401 to a SMART access token: replace it and ask once more.
+    Unauthorized(smart::AccessToken),
     Fail(RecordError),
 }
 
