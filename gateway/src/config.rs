@@ -72,6 +72,8 @@ pub struct GatewayConfig {
     pub policy_time_limit_ms: u64,
 }
 
+// One value per gateway, read once at start: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, tag = "source", rename_all = "lowercase")]
 pub enum RecordsConfig {
@@ -90,7 +92,18 @@ pub enum RecordsConfig {
         /// ...and its private key (PEM, mode 0600).
         #[serde(default)]
         client_key: Option<PathBuf>,
+        /// `_count` of searches (the server may page smaller).
+        #[serde(default = "default_page_size")]
+        page_size: usize,
+        /// Use Patient `$everything` where the server's CapabilityStatement declares it;
+        /// `false` reads by type searches only.
+        #[serde(default = "default_true")]
+        everything: bool,
     },
+}
+
+fn default_page_size() -> usize {
+    crate::records::DEFAULT_PAGE_SIZE
 }
 
 impl RecordsConfig {
@@ -407,8 +420,13 @@ impl service::config::ServiceConfig for GatewayConfig {
             auth,
             client_cert,
             client_key,
+            page_size,
+            ..
         } = &self.records
         {
+            if !(1..=10_000).contains(page_size) {
+                return Err(invalid("records.page_size", "must be from 1 to 10000"));
+            }
             if !url_ok(url) {
                 return Err(invalid(
                     "records.url",
@@ -581,6 +599,35 @@ mod tests {
         ] {
             let err = with_records(&format!("{fhir}{bad}")).unwrap_err();
             assert!(err.contains(key), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn fhir_page_size_and_everything() {
+        let fhir = "[records]\nsource = \"fhir\"\nurl = \"https://fhir.example/r4\"\n";
+        let config = with_records(fhir).unwrap();
+        let RecordsConfig::Fhir {
+            page_size,
+            everything,
+            ..
+        } = config.records
+        else {
+            panic!("a FHIR source");
+        };
+        assert_eq!((page_size, everything), (1000, true));
+        let config = with_records(&format!("{fhir}page_size = 200\neverything = false\n")).unwrap();
+        let RecordsConfig::Fhir {
+            page_size,
+            everything,
+            ..
+        } = config.records
+        else {
+            panic!("a FHIR source");
+        };
+        assert_eq!((page_size, everything), (200, false));
+        for bad in ["page_size = 0\n", "page_size = 20000\n"] {
+            let err = with_records(&format!("{fhir}{bad}")).unwrap_err();
+            assert!(err.contains("records.page_size"), "{bad}: {err}");
         }
     }
 

@@ -134,8 +134,22 @@ impl GatewayState {
         let research_budget = crate::research::budget::BudgetStore::open(&db)?;
         let records = match &config.records {
             RecordsConfig::Embedded => RecordSource::embedded(&config.data_dir.join("records"))?,
-            RecordsConfig::Fhir { url, .. } => {
-                RecordSource::fhir_server_with(url, config.dev_mode, &config.records.fhir_auth())?
+            RecordsConfig::Fhir {
+                url,
+                page_size,
+                everything,
+                ..
+            } => {
+                let mut server = crate::records::FhirServer::connect(
+                    url,
+                    config.dev_mode,
+                    &config.records.fhir_auth(),
+                )?
+                .with_page_size(*page_size);
+                if !everything {
+                    server = server.without_everything();
+                }
+                RecordSource::Fhir(server)
             }
         };
         if let RecordSource::Fhir(server) = &records {
