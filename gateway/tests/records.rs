@@ -588,7 +588,11 @@ async fn everything(
             }
         })
         .collect();
+    if id == "refusing" {
+        return StatusCode::FORBIDDEN.into_response();
+    }
     if id == "leaky" {
+        found.push((json!({"resourceType": "Patient", "id": "leaky"}), "match"));
         found.push((
             json!({"resourceType": "Observation", "id": "x1", "subject": {"reference": "Patient/someone-else"}}),
             "match",
@@ -762,6 +766,12 @@ async fn fhir_server_everything_matches_the_embedded_store() {
         server.patient_resources("leaky", &types).await,
         Err(RecordError::Inconsistent { .. })
     ));
+    // Refused (403) or answered without the patient: the type searches ask instead.
+    let searches = stub.type_searches.load(Ordering::SeqCst);
+    for id in ["refusing", "unknown-here"] {
+        assert!(server.patient_resources(id, &types).await.unwrap().is_empty());
+    }
+    assert!(stub.type_searches.load(Ordering::SeqCst) > searches);
 
     // Told not to, the same server is asked by type searches.
     let searches = gateway::records::FhirServer::new(&base, true)

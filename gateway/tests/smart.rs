@@ -467,6 +467,9 @@ impl World {
         self.auth = Some(auth.restart(&all, opts));
     }
 
+    /// A source reading by type searches: this server holds only the search parameters
+    /// those need (no compartment definition for `$everything`), and each request then
+    /// needs the scope of one type.
     fn source(&self, smart: SmartSettings) -> Result<FhirServer, RecordError> {
         FhirServer::connect(
             &self.hfs.base,
@@ -476,6 +479,7 @@ impl World {
                 tls: None,
             },
         )
+        .map(FhirServer::without_everything)
     }
 
     /// Patients p1 (two observations) and p2 (one), written with the seeder's token.

@@ -82,6 +82,9 @@ pub enum RecordError {
     /// resource than the one read): nothing of it is served.
     #[error("FHIR server answer to the {what} is inconsistent: {detail}")]
     Inconsistent { what: &'static str, detail: String },
+    /// The server declares Patient `$everything` but did not answer it usefully.
+    #[error("FHIR server refused Patient $everything: {0}")]
+    EverythingRefused(String),
     /// One exchange's reads together went past the byte or resource budget.
     #[error("the record exceeds the per-exchange budget of {0}")]
     Budget(String),
@@ -95,6 +98,22 @@ pub enum RecordError {
     /// requester's doing.
     #[error("FHIR server authorization: {0}")]
     Auth(smart::SmartError),
+}
+
+impl RecordError {
+    /// A server's "no" to an optional request (`$everything`): the same question asked
+    /// another way may still be answered.
+    pub(crate) fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            RecordError::EverythingRefused(_)
+                | RecordError::Auth(smart::SmartError::Forbidden { .. })
+                | RecordError::Status {
+                    status: 400 | 403 | 405 | 422 | 501,
+                    ..
+                }
+        )
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -563,8 +563,23 @@ impl FhirServer {
         let wanted: HashSet<&str> = types.iter().map(String::as_str).collect();
         let everything =
             self.use_everything && self.capabilities().await.is_ok_and(|c| c.everything);
-        let (record, shared) = if everything {
-            self.everything(patient_id, &wanted, budget).await?
+        let tried = if everything {
+            match self.everything(patient_id, &wanted, budget).await {
+                Ok(found) => Some(found),
+                // A server may declare `$everything` and still refuse it to this client
+                // (its scopes name types, not the operation) or not implement it for
+                // this patient: the type searches ask the same question.
+                Err(e) if e.is_refusal() => {
+                    tracing::warn!(error = %e, "Patient $everything refused; using type searches");
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        let (record, shared) = if let Some(found) = tried {
+            found
         } else {
             let record = self
                 .type_searches(patient_id, types, &wanted, budget)
@@ -585,7 +600,11 @@ impl FhirServer {
         budget: &Budget,
     ) -> Result<(Vec<Value>, HashMap<(String, String), Value>), RecordError> {
         let mut url = self.url(&format!("Patient/{patient_id}/$everything"))?;
+        // The Patient is always asked for: an answer without it did not work.
         let mut types: Vec<&str> = wanted.iter().copied().collect();
+        if !wanted.contains("Patient") {
+            types.push("Patient");
+        }
         types.sort_unstable();
         url.query_pairs_mut()
             .append_pair("_type", &types.join(","))
@@ -596,6 +615,14 @@ impl FhirServer {
         let mut record = Vec::new();
         let mut shared = HashMap::new();
         let mut seen = HashSet::new();
+        if !found
+            .iter()
+            .any(|r| r["resourceType"] == "Patient" && r["id"] == patient_id)
+        {
+            return Err(RecordError::EverythingRefused(
+                "the answer does not hold the patient".into(),
+            ));
+        }
         for r in found {
             let (Some(ty), Some(id)) = (r["resourceType"].as_str(), r["id"].as_str()) else {
                 continue;
