@@ -769,7 +769,11 @@ async fn fhir_server_everything_matches_the_embedded_store() {
     // Refused (403) or answered without the patient: the type searches ask instead.
     let searches = stub.type_searches.load(Ordering::SeqCst);
     for id in ["refusing", "unknown-here"] {
-        assert!(server.patient_resources(id, &types).await.unwrap().is_empty());
+        assert!(server
+            .patient_resources(id, &types)
+            .await
+            .unwrap()
+            .is_empty());
     }
     assert!(stub.type_searches.load(Ordering::SeqCst) > searches);
 
