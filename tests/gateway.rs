@@ -2136,24 +2136,7 @@ async fn record_source_failures_are_503_and_recorded() {
     let after = failing_fhir_server(mrn, false).await;
     let before = failing_fhir_server(mrn, true).await;
     for (url, allowed) in [(after, true), (before, false)] {
-        let dir = tempfile::tempdir().unwrap();
-        let office = Office::start(&exe(), &dir.path().join("office"), OFFICE).unwrap();
-        let spec = GatewaySpec {
-            port: 0,
-            did: CUSTODIAN.into(),
-            records: Vec::new(),
-            policies: repo("policies"),
-            extra_toml: format!(
-                "{}\n[records]\nsource = \"fhir\"\nurl = \"{url}\"\n",
-                extra_toml(&office, "test")
-            ),
-        };
-        let gateway = Gateway::start(&exe(), &dir.path().join("gateway"), &spec).unwrap();
-        let mut fed = Fed {
-            _dir: dir,
-            office,
-            gateway,
-        };
+        let mut fed = fhir_source::gateway_reading(&url);
         let doc = clinician(
             &fed,
             "physician",

@@ -59,7 +59,7 @@ async fn fhir_holding(patients: &[synth::Patient]) -> FhirServer {
 }
 
 /// A gateway whose record source is the FHIR server at `url`.
-fn gateway_reading(url: &str) -> Fed {
+pub(super) fn gateway_reading(url: &str) -> Fed {
     let dir = tempfile::tempdir().unwrap();
     let office = Office::start(&exe(), &dir.path().join("office"), OFFICE).unwrap();
     let spec = GatewaySpec {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::harness::contract;
 use serde::Serialize;
 
-use super::memory::{clinicians_with_consent, exchange_body};
+use super::memory::{clinicians_with_consent, exchange_body, CLINICAL_CLASSES};
 use super::*;
 
 #[derive(Args)]
@@ -35,7 +35,7 @@ pub struct FhirSourceArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "Patient,AllergyIntolerance,Condition,DiagnosticReport,DocumentReference,Encounter,Immunization,MedicationRequest,Observation,Procedure"
+        default_value = CLINICAL_CLASSES
     )]
     data_classes: Vec<String>,
     /// Print the report as JSON.

@@ -57,19 +57,9 @@ impl Http {
 
     /// POSTs and returns the status and the body as it came.
     pub(super) async fn post_raw(&self, url: &str, body: &Value) -> Result<(u16, Vec<u8>), String> {
-        let resp = self
-            .client
-            .post(url)
-            .json(body)
-            .send()
+        let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+        self.post_raw_with_type(url, bytes, "application/json")
             .await
-            .map_err(|e| e.without_url().to_string())?;
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| e.without_url().to_string())?;
-        Ok((status, bytes.to_vec()))
     }
 
     /// POSTs `body` as `content_type`; returns the status and the raw answer.

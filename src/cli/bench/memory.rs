@@ -19,6 +19,10 @@ use serde_json::json;
 
 use super::*;
 
+/// Every clinical class the synthetic records hold: what the large-record benches ask for
+/// (and consent to) by default.
+pub(super) const CLINICAL_CLASSES: &str = "Patient,AllergyIntolerance,Condition,DiagnosticReport,DocumentReference,Encounter,Immunization,MedicationRequest,Observation,Procedure";
+
 #[derive(Args)]
 pub struct MemoryArgs {
     /// Synthetic patients with large records (3,000 to 6,600 resources each).
@@ -48,7 +52,7 @@ pub struct MemoryArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "Patient,AllergyIntolerance,Condition,DiagnosticReport,DocumentReference,Encounter,Immunization,MedicationRequest,Observation,Procedure"
+        default_value = CLINICAL_CLASSES
     )]
     data_classes: Vec<String>,
     /// Print the report as JSON.
