@@ -643,7 +643,9 @@ pub(crate) mod request {
 
     fn budget_error(e: BudgetError) -> GatewayError {
         match e {
-            BudgetError::Storage(_) => GatewayError::Unavailable(e.to_string()),
+            BudgetError::Storage(_) | BudgetError::Interrupted => {
+                GatewayError::Unavailable(e.to_string())
+            }
             BudgetError::Corrupt => GatewayError::Internal(e.to_string()),
         }
     }

@@ -16,6 +16,8 @@ pub enum BudgetError {
     Storage(#[from] sled::Error),
     #[error("privacy budget storage holds an unreadable entry")]
     Corrupt,
+    #[error("privacy budget storage: the flush to disk did not finish")]
+    Interrupted,
 }
 
 /// The outcome of a check-and-debit.
@@ -65,7 +67,12 @@ impl BudgetStore {
                 Err(_) => continue,
             }
         };
-        self.tree.flush_async().await?;
+        // A blocking flush on the blocking pool: sled's `flush_async` has open deadlock
+        // reports and was seen to hang here.
+        let tree = self.tree.clone();
+        tokio::task::spawn_blocking(move || tree.flush())
+            .await
+            .map_err(|_| BudgetError::Interrupted)??;
         Ok(Debit::Spent { left })
     }
 }

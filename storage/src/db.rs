@@ -1,0 +1,335 @@
+//! Opening a database file, its schema version, and consistent read snapshots.
+
+use std::ops::{Bound, ControlFlow, RangeBounds};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+use crate::error::StoreError;
+use crate::tree::{self, Tree, TABLE_OF_SCHEMAS};
+use crate::write::Writer;
+
+/// Bytes of redb's page cache per database (redb's own default is 1 GiB). The operating
+/// system's page cache still holds the file, so a small cache costs a copy, not a read.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Which service's layout a file holds, and its version. A file whose stored version is
+/// newer than the running code's is refused: an older binary must not write a layout it
+/// does not know.
+#[derive(Debug, Clone, Copy)]
+pub struct Schema {
+    pub name: &'static str,
+    pub version: u64,
+}
+
+/// An open database. Clones share it; the file closes when the last clone is dropped.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<redb::Database>,
+    writer: Writer,
+    path: Option<PathBuf>,
+}
+
+impl Db {
+    /// Opens the database file at `path`, creating it (and its folder) if needed.
+    pub fn open(path: &Path, schema: Schema) -> Result<Db, StoreError> {
+        Db::open_with_cache(path, schema, CACHE_BYTES)
+    }
+
+    /// As [`Db::open`], with `cache_bytes` of page cache.
+    pub fn open_with_cache(
+        path: &Path,
+        schema: Schema,
+        cache_bytes: usize,
+    ) -> Result<Db, StoreError> {
+        if path.is_dir() {
+            return Err(StoreError::Folder {
+                path: path.to_path_buf(),
+            });
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        }
+        // redb's checks that "no file it wrote can fail" panic in debug builds; a damaged
+        // file must still be a one-line error.
+        let opened = catch_unwind(AssertUnwindSafe(|| {
+            redb::Builder::new()
+                .set_cache_size(cache_bytes)
+                .create(path)
+        }));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(e)) => return Err(open_error(path, e)),
+            Err(_) => {
+                return Err(StoreError::Corrupt {
+                    path: path.to_path_buf(),
+                    reason: "the file's structure is damaged".into(),
+                })
+            }
+        };
+        Db::start(db, Some(path.to_path_buf()), schema)
+    }
+
+    /// A database in memory, gone when the last clone is dropped: for tests.
+    pub fn temporary(schema: Schema) -> Result<Db, StoreError> {
+        let db = redb::Builder::new()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| StoreError::Storage(e.into()))?;
+        Db::start(db, None, schema)
+    }
+
+    fn start(db: redb::Database, path: Option<PathBuf>, schema: Schema) -> Result<Db, StoreError> {
+        let db = Arc::new(db);
+        let writer = Writer::start(db.clone(), path.as_deref())?;
+        let store = Db {
+            inner: Arc::new(Inner { db, writer, path }),
+        };
+        store.check_schema(schema)?;
+        Ok(store)
+    }
+
+    fn check_schema(&self, schema: Schema) -> Result<(), StoreError> {
+        let schemas = Tree::new(self.clone(), TABLE_OF_SCHEMAS);
+        let stored = match schemas.get(schema.name.as_bytes())? {
+            None => None,
+            Some(bytes) => Some(
+                <[u8; 8]>::try_from(bytes.as_slice())
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| StoreError::unreadable(TABLE_OF_SCHEMAS))?,
+            ),
+        };
+        match stored {
+            Some(found) if found > schema.version => Err(StoreError::Newer {
+                path: self.inner.path.clone().unwrap_or_default(),
+                what: "schema",
+                found,
+                supported: schema.version,
+            }),
+            Some(found) if found == schema.version => Ok(()),
+            // New, or older: no layout change has needed a migration yet, so the version
+            // is brought up to date.
+            _ => self.write_blocking(move |tx| {
+                tx.insert(
+                    &schemas,
+                    schema.name.as_bytes(),
+                    &schema.version.to_be_bytes(),
+                )
+                .map(|_| ())
+            }),
+        }
+    }
+
+    /// The file this database is in (none for a temporary one).
+    pub fn path(&self) -> Option<&Path> {
+        self.inner.path.as_deref()
+    }
+
+    /// The tree called `name` (created by its first write; empty until then).
+    pub fn tree(&self, name: &str) -> Tree {
+        Tree::new(self.clone(), name)
+    }
+
+    /// A consistent view of every tree as of now; later commits do not change it.
+    pub fn read(&self) -> Result<Snapshot, StoreError> {
+        Ok(Snapshot {
+            txn: self.inner.db.begin_read()?,
+        })
+    }
+
+    pub(crate) fn writer(&self) -> &Writer {
+        &self.inner.writer
+    }
+}
+
+fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
+    let path = path.to_path_buf();
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen | redb::DatabaseError::LockProtocolMismatch => {
+            StoreError::InUse { path }
+        }
+        redb::DatabaseError::UpgradeRequired(v) => StoreError::Corrupt {
+            path,
+            reason: format!("file format {v} is older than this version reads"),
+        },
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            StoreError::Corrupt {
+                path,
+                reason: io.to_string(),
+            }
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => StoreError::Open {
+            path,
+            reason: io.to_string(),
+        },
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason))
+            if reason.contains("Expected file format version") =>
+        {
+            StoreError::Newer {
+                path,
+                what: "file format",
+                found: reason
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+                supported: 3,
+            }
+        }
+        other => StoreError::Corrupt {
+            path,
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// A read-only view of the database as of one moment.
+pub struct Snapshot {
+    txn: redb::ReadTransaction,
+}
+
+impl Snapshot {
+    fn table(&self, tree: &Tree) -> Result<Option<tree::ReadTable>, StoreError> {
+        match self.txn.open_table(tree.definition()) {
+            Ok(t) => Ok(Some(t)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The value at `key`.
+    pub fn get(&self, tree: &Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.table(tree)? {
+            None => Ok(None),
+            Some(t) => Ok(t.get(key)?.map(|v| v.value().to_vec())),
+        }
+    }
+
+    /// Calls `f` with each entry in `range`, in key order, until it breaks.
+    pub fn scan<'a>(
+        &self,
+        tree: &Tree,
+        range: impl RangeBounds<&'a [u8]> + 'a,
+        f: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        match self.table(tree)? {
+            None => Ok(()),
+            Some(t) => scan_table(&t, range, false, f),
+        }
+    }
+
+    /// As [`Snapshot::scan`], from the last key down.
+    pub fn scan_rev<'a>(
+        &self,
+        tree: &Tree,
+        range: impl RangeBounds<&'a [u8]> + 'a,
+        f: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        match self.table(tree)? {
+            None => Ok(()),
+            Some(t) => scan_table(&t, range, true, f),
+        }
+    }
+
+    /// The first (lowest-keyed) entry.
+    pub fn first(&self, tree: &Tree) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        match self.table(tree)? {
+            None => Ok(None),
+            Some(t) => Ok(t
+                .first()?
+                .map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))),
+        }
+    }
+
+    /// The last (highest-keyed) entry.
+    pub fn last(&self, tree: &Tree) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        match self.table(tree)? {
+            None => Ok(None),
+            Some(t) => Ok(t
+                .last()?
+                .map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))),
+        }
+    }
+
+    /// How many entries the tree holds.
+    pub fn len(&self, tree: &Tree) -> Result<u64, StoreError> {
+        match self.table(tree)? {
+            None => Ok(0),
+            Some(t) => Ok(t.len()?),
+        }
+    }
+}
+
+/// Walks `range` of a table (read or write side), forwards or backwards.
+pub(crate) fn scan_table<'a, T>(
+    table: &T,
+    range: impl RangeBounds<&'a [u8]> + 'a,
+    reverse: bool,
+    mut f: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+) -> Result<(), StoreError>
+where
+    T: ReadableTable<&'static [u8], &'static [u8]>,
+{
+    let bounds: (Bound<&[u8]>, Bound<&[u8]>) =
+        (range.start_bound().cloned(), range.end_bound().cloned());
+    if empty_range(&bounds) {
+        return Ok(());
+    }
+    let iter = table.range::<&[u8]>(bounds)?;
+    let mut visit = |entry: Result<
+        (
+            redb::AccessGuard<'_, &'static [u8]>,
+            redb::AccessGuard<'_, &'static [u8]>,
+        ),
+        redb::StorageError,
+    >| {
+        let (k, v) = entry?;
+        Ok::<_, StoreError>(f(k.value(), v.value()))
+    };
+    if reverse {
+        for entry in iter.rev() {
+            if visit(entry)?.is_break() {
+                break;
+            }
+        }
+    } else {
+        for entry in iter {
+            if visit(entry)?.is_break() {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// redb panics on a range whose start is after its end; such a range holds nothing.
+fn empty_range(bounds: &(Bound<&[u8]>, Bound<&[u8]>)) -> bool {
+    match bounds {
+        (Bound::Included(a), Bound::Included(b)) => a > b,
+        (Bound::Included(a) | Bound::Excluded(a), Bound::Excluded(b))
+        | (Bound::Excluded(a), Bound::Included(b)) => a >= b,
+        _ => false,
+    }
+}
+
+/// The range of every key that starts with `prefix`.
+pub fn prefix_range(prefix: &[u8]) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return (Bound::Included(prefix.to_vec()), Bound::Excluded(end));
+        }
+    }
+    (Bound::Included(prefix.to_vec()), Bound::Unbounded)
+}

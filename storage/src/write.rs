@@ -1,0 +1,377 @@
+//! The one writer thread and its group commit.
+//!
+//! Every write is a closure sent to the writer thread. The thread takes the first one that
+//! arrives and every other one already waiting (up to [`MAX_BATCH`]), runs them in order in
+//! one redb write transaction, commits it with `Durability::Immediate` (one `fdatasync`), and
+//! only then hands each closure's result back. No timer: a batch is what arrived while the
+//! previous commit ran, so one writer pays one fsync and many writers share one.
+//!
+//! A closure that returns an error has its own changes undone (each insert and remove keeps
+//! the value it replaced) and the others in the batch still commit. A commit that fails
+//! fails the whole batch, and the writer then refuses writes: redb refuses them too until
+//! the file is reopened (and repaired), which is a restart.
+
+use std::ops::{ControlFlow, RangeBounds};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::{mpsc, Arc};
+use std::thread::{self, JoinHandle};
+
+use redb::{ReadableTable, ReadableTableMetadata};
+
+use crate::db::{prefix_range, scan_table, Db};
+use crate::error::StoreError;
+use crate::tree::{borrowed, Tree};
+
+/// The most closures one commit takes.
+const MAX_BATCH: usize = 1024;
+
+/// A write waiting for the writer thread.
+trait Pending: Send {
+    /// Runs the closure in `txn`. On error, its changes are already undone.
+    fn run(self: Box<Self>, txn: &redb::WriteTransaction) -> Ran;
+    /// Answers without running: the batch or the writer failed first.
+    fn refuse(self: Box<Self>, error: StoreError);
+}
+
+/// What running one closure left to do once the commit is decided.
+struct Ran {
+    /// It changed something (an all-failed or read-only batch is not committed).
+    wrote: bool,
+    /// Its changes could not be undone, or it panicked half-way: the batch must not commit.
+    poisoned: Option<String>,
+    /// Hands the result back: with `Ok` once committed, or the commit's error.
+    answer: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+}
+
+struct Job<F, R, E> {
+    f: F,
+    reply: Box<dyn FnOnce(Result<R, E>) + Send>,
+}
+
+impl<F, R, E> Pending for Job<F, R, E>
+where
+    F: FnOnce(&mut WriteTx<'_>) -> Result<R, E> + Send,
+    R: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+{
+    fn run(self: Box<Self>, txn: &redb::WriteTransaction) -> Ran {
+        let Job { f, reply } = *self;
+        let mut tx = WriteTx::new(txn);
+        let outcome = catch_unwind(AssertUnwindSafe(|| f(&mut tx)));
+        match outcome {
+            Ok(Ok(value)) => Ran {
+                wrote: !tx.undo.is_empty(),
+                poisoned: None,
+                answer: Box::new(move |committed| {
+                    reply(committed.map(|()| value).map_err(E::from))
+                }),
+            },
+            Ok(Err(error)) => {
+                let poisoned = tx.undo_all().err().map(|e| e.to_string());
+                Ran {
+                    wrote: false,
+                    poisoned,
+                    answer: Box::new(move |_| reply(Err(error))),
+                }
+            }
+            Err(_) => Ran {
+                wrote: false,
+                poisoned: Some("a write panicked".into()),
+                answer: Box::new(move |_| {
+                    reply(Err(E::from(StoreError::Commit("a write panicked".into()))))
+                }),
+            },
+        }
+    }
+
+    fn refuse(self: Box<Self>, error: StoreError) {
+        (self.reply)(Err(E::from(error)));
+    }
+}
+
+/// The handle on the writer thread; dropping it stops the thread and waits for it, so that
+/// the file is closed (and its lock released) when the last [`Db`] clone is gone.
+pub(crate) struct Writer {
+    queue: Option<mpsc::Sender<Box<dyn Pending>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    pub(crate) fn start(
+        db: Arc<redb::Database>,
+        path: Option<&Path>,
+    ) -> Result<Writer, StoreError> {
+        let (queue, jobs) = mpsc::channel::<Box<dyn Pending>>();
+        let thread = thread::Builder::new()
+            .name("db-writer".into())
+            .spawn(move || run(&db, &jobs))
+            .map_err(|e| StoreError::Open {
+                path: path.map(Path::to_path_buf).unwrap_or_default(),
+                reason: format!("starting the writer thread: {e}"),
+            })?;
+        Ok(Writer {
+            queue: Some(queue),
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, job: Box<dyn Pending>) {
+        match &self.queue {
+            Some(queue) => {
+                if let Err(mpsc::SendError(job)) = queue.send(job) {
+                    job.refuse(StoreError::Stopped);
+                }
+            }
+            None => job.refuse(StoreError::Stopped),
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.queue = None;
+        if let Some(thread) = self.thread.take() {
+            // The last handle may be dropped by a write running on the writer thread itself.
+            if thread.thread().id() != thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+fn run(db: &redb::Database, jobs: &mpsc::Receiver<Box<dyn Pending>>) {
+    let mut stopped: Option<String> = None;
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Some(reason) = &stopped {
+            tracing::debug!(reason, "a write was refused: the database refuses writes");
+            for job in batch {
+                job.refuse(StoreError::Stopped);
+            }
+            continue;
+        }
+        if let Err(reason) = commit_batch(db, batch) {
+            tracing::error!(
+                error = %reason,
+                "a database commit failed; this service refuses writes until it restarts"
+            );
+            stopped = Some(reason);
+        }
+    }
+}
+
+/// Runs one batch in one transaction and commits it. Err: the database must stop writing.
+fn commit_batch(db: &redb::Database, batch: Vec<Box<dyn Pending>>) -> Result<(), String> {
+    let txn = match db.begin_write() {
+        Ok(txn) => txn,
+        Err(e) => {
+            let reason = e.to_string();
+            for job in batch {
+                job.refuse(StoreError::Commit(reason.clone()));
+            }
+            return Err(reason);
+        }
+    };
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut wrote = false;
+    let mut poisoned = None;
+    let mut jobs = batch.into_iter();
+    for job in jobs.by_ref() {
+        let ran = job.run(&txn);
+        wrote |= ran.wrote;
+        answers.push(ran.answer);
+        if ran.poisoned.is_some() {
+            poisoned = ran.poisoned;
+            break;
+        }
+    }
+    let outcome = match poisoned {
+        Some(reason) => {
+            let _ = txn.abort();
+            for job in jobs {
+                job.refuse(StoreError::Commit(reason.clone()));
+            }
+            Err(reason)
+        }
+        None if !wrote => txn.abort().map_err(|e| e.to_string()),
+        None => txn.commit().map_err(|e| e.to_string()),
+    };
+    for answer in answers {
+        answer(match &outcome {
+            Ok(()) => Ok(()),
+            Err(reason) => Err(StoreError::Commit(reason.clone())),
+        });
+    }
+    outcome
+}
+
+impl Db {
+    /// Runs `f` in a write transaction and returns its result once the transaction is on
+    /// disk (`fdatasync` returned). If `f` fails, nothing it did is kept.
+    pub async fn write<R, E, F>(&self, f: F) -> Result<R, E>
+    where
+        F: FnOnce(&mut WriteTx<'_>) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.writer().send(Box::new(Job {
+            f,
+            reply: Box::new(move |r| {
+                let _ = reply.send(r);
+            }),
+        }));
+        answer.await.map_err(|_| E::from(StoreError::Stopped))?
+    }
+
+    /// As [`Db::write`], blocking the calling thread until the commit (for code that is
+    /// not async: command-line tools, start-up).
+    pub fn write_blocking<R, E, F>(&self, f: F) -> Result<R, E>
+    where
+        F: FnOnce(&mut WriteTx<'_>) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.writer().send(Box::new(Job {
+            f,
+            reply: Box::new(move |r| {
+                let _ = reply.send(r);
+            }),
+        }));
+        answer.recv().map_err(|_| E::from(StoreError::Stopped))?
+    }
+}
+
+type WriteTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
+
+/// One write's view of the database: it reads what earlier writes of the same batch and
+/// its own changes left, and its changes are undone if it returns an error.
+pub struct WriteTx<'t> {
+    txn: &'t redb::WriteTransaction,
+    tables: Vec<(Arc<str>, WriteTable<'t>)>,
+    /// (tree, key, the value before) for each change, oldest first.
+    undo: Vec<(Tree, Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl<'t> WriteTx<'t> {
+    fn new(txn: &'t redb::WriteTransaction) -> Self {
+        WriteTx {
+            txn,
+            tables: Vec::new(),
+            undo: Vec::new(),
+        }
+    }
+
+    fn table(&mut self, tree: &Tree) -> Result<&mut WriteTable<'t>, StoreError> {
+        let at = match self.tables.iter().position(|(n, _)| **n == *tree.name()) {
+            Some(at) => at,
+            None => {
+                let table = self.txn.open_table(tree.definition())?;
+                self.tables.push((tree.name().into(), table));
+                self.tables.len() - 1
+            }
+        };
+        Ok(&mut self.tables[at].1)
+    }
+
+    /// The value at `key`.
+    pub fn get(&mut self, tree: &Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.table(tree)?.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Sets `key` to `value`; returns the value it replaced.
+    pub fn insert(
+        &mut self,
+        tree: &Tree,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let before = self
+            .table(tree)?
+            .insert(key, value)?
+            .map(|v| v.value().to_vec());
+        self.undo.push((tree.clone(), key.to_vec(), before.clone()));
+        Ok(before)
+    }
+
+    /// Removes `key`; returns the value it held.
+    pub fn remove(&mut self, tree: &Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let before = self.table(tree)?.remove(key)?.map(|v| v.value().to_vec());
+        if before.is_some() {
+            self.undo.push((tree.clone(), key.to_vec(), before.clone()));
+        }
+        Ok(before)
+    }
+
+    /// Calls `f` with each entry in `range`, in key order, until it breaks.
+    pub fn scan<'a>(
+        &mut self,
+        tree: &Tree,
+        range: impl RangeBounds<&'a [u8]> + 'a,
+        f: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        scan_table(&*self.table(tree)?, range, false, f)
+    }
+
+    /// As [`WriteTx::scan`], from the last key down.
+    pub fn scan_rev<'a>(
+        &mut self,
+        tree: &Tree,
+        range: impl RangeBounds<&'a [u8]> + 'a,
+        f: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        scan_table(&*self.table(tree)?, range, true, f)
+    }
+
+    /// Every key that starts with `prefix`, in order.
+    pub fn keys_with_prefix(
+        &mut self,
+        tree: &Tree,
+        prefix: &[u8],
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let (start, end) = prefix_range(prefix);
+        let mut keys = Vec::new();
+        self.scan(tree, borrowed(&start, &end), |k, _| {
+            keys.push(k.to_vec());
+            ControlFlow::Continue(())
+        })?;
+        Ok(keys)
+    }
+
+    /// The last (highest-keyed) entry.
+    pub fn last(&mut self, tree: &Tree) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        Ok(self
+            .table(tree)?
+            .last()?
+            .map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
+    }
+
+    /// How many entries the tree holds.
+    pub fn len(&mut self, tree: &Tree) -> Result<u64, StoreError> {
+        Ok(self.table(tree)?.len()?)
+    }
+
+    /// Puts back what this write changed, newest change first.
+    fn undo_all(&mut self) -> Result<(), StoreError> {
+        while let Some((tree, key, before)) = self.undo.pop() {
+            let table = self.table(&tree)?;
+            match before {
+                Some(value) => {
+                    table.insert(key.as_slice(), value.as_slice())?;
+                }
+                None => {
+                    table.remove(key.as_slice())?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

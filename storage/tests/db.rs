@@ -1,0 +1,246 @@
+//! The database's promises: durable, atomic per write, group-committed, and clear errors
+//! for files it must not touch.
+
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use storage::{Db, Schema, StoreError};
+
+const SCHEMA: Schema = Schema {
+    name: "test",
+    version: 2,
+};
+
+fn key(i: u64) -> [u8; 8] {
+    i.to_be_bytes()
+}
+
+#[tokio::test]
+async fn writes_survive_a_reopen_and_reads_see_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub").join("x.redb");
+    {
+        let db = Db::open(&path, SCHEMA).unwrap();
+        let t = db.tree("t");
+        assert_eq!(t.get(b"a").unwrap(), None);
+        t.insert(b"a", b"1").await.unwrap();
+        t.insert(b"b", b"2").await.unwrap();
+        t.remove(b"a").await.unwrap();
+        assert_eq!(t.get(b"b").unwrap().as_deref(), Some(&b"2"[..]));
+    }
+    // The file is closed when the last handle is dropped: it reopens at once.
+    let db = Db::open(&path, SCHEMA).unwrap();
+    let t = db.tree("t");
+    assert_eq!(t.get(b"a").unwrap(), None);
+    assert_eq!(t.entries().unwrap(), vec![(b"b".to_vec(), b"2".to_vec())]);
+    assert_eq!(db.tree("never-written").len().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_failed_write_keeps_nothing_and_does_not_spoil_its_batch() {
+    let db = Db::temporary(SCHEMA).unwrap();
+    let t = db.tree("t");
+    t.insert(b"kept", b"old").await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..200u64 {
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            let db = t.db().clone();
+            db.write(move |tx| {
+                tx.insert(&t, &key(i), b"v")?;
+                tx.insert(&t, b"kept", b"overwritten")?;
+                tx.remove(&t, b"kept")?;
+                if i % 2 == 1 {
+                    return Err(StoreError::unreadable("t"));
+                }
+                tx.insert(&t, b"kept", b"old")?;
+                Ok(i)
+            })
+            .await
+        }));
+    }
+    let mut ok = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(i) => {
+                assert_eq!(i % 2, 0);
+                ok += 1;
+            }
+            Err(StoreError::Unreadable { .. }) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(ok, 100);
+    for i in 0..200u64 {
+        assert_eq!(t.contains_key(&key(i)).unwrap(), i % 2 == 0, "key {i}");
+    }
+    assert_eq!(t.get(b"kept").unwrap().as_deref(), Some(&b"old"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_check_and_set_never_overspends() {
+    let db = Db::temporary(SCHEMA).unwrap();
+    let t = db.tree("budget");
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            let db = t.db().clone();
+            db.write(move |tx| {
+                let spent = match tx.get(&t, b"s")? {
+                    None => 0,
+                    Some(b) => u64::from_be_bytes(
+                        b.try_into().map_err(|_| StoreError::unreadable("budget"))?,
+                    ),
+                };
+                if spent + 70 > 1000 {
+                    return Ok(false);
+                }
+                tx.insert(&t, b"s", &(spent + 70).to_be_bytes())?;
+                Ok::<_, StoreError>(true)
+            })
+            .await
+            .unwrap()
+        }));
+    }
+    let mut granted = 0;
+    for task in tasks {
+        granted += u32::from(task.await.unwrap());
+    }
+    assert_eq!(granted, 14);
+    assert_eq!(t.get(b"s").unwrap().unwrap(), 980u64.to_be_bytes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_writers_share_commits_and_none_hangs() {
+    // Bounded in time: a hang in the writer fails the test instead of stalling the run.
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("x.redb"), SCHEMA).unwrap();
+    let t = db.tree("log");
+    let run = async {
+        let mut tasks = Vec::new();
+        for w in 0..64u64 {
+            let t = t.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..50u64 {
+                    t.insert(&key(w * 1000 + i), &[7u8; 256]).await.unwrap();
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("64 writers x 50 durable writes did not finish in 120 s");
+    assert_eq!(t.len().unwrap(), 64 * 50);
+}
+
+#[tokio::test]
+async fn blocking_writes_work_inside_and_outside_a_runtime() {
+    let db = Db::temporary(SCHEMA).unwrap();
+    let t = db.tree("t");
+    let t2 = t.clone();
+    db.write_blocking(move |tx| tx.insert(&t2, b"a", b"1").map(|_| ()))
+        .unwrap();
+    let t3 = t.clone();
+    std::thread::spawn(move || {
+        let db = t3.db().clone();
+        db.write_blocking(move |tx| tx.insert(&t3, b"b", b"2").map(|_| ()))
+            .unwrap();
+    })
+    .join()
+    .unwrap();
+    assert_eq!(t.len().unwrap(), 2);
+}
+
+#[tokio::test]
+async fn prefix_scans_and_ranges_keep_to_their_keys() {
+    let db = Db::temporary(SCHEMA).unwrap();
+    let t = db.tree("t");
+    for k in ["s1/a", "s1/b", "s10/a", "s2/a", "s1\u{ff}"] {
+        t.insert(k.as_bytes(), b"").await.unwrap();
+    }
+    let keys = |v: Vec<(Vec<u8>, Vec<u8>)>| {
+        v.into_iter()
+            .map(|(k, _)| String::from_utf8(k).unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys(t.scan_prefix(b"s1/").unwrap()), ["s1/a", "s1/b"]);
+    assert_eq!(keys(t.scan_prefix(b"").unwrap()).len(), 5);
+    let all_ff = [0xffu8, 0xff];
+    t.insert(&all_ff, b"").await.unwrap();
+    assert_eq!(t.scan_prefix(&[0xff]).unwrap().len(), 1);
+    // An empty or reversed range holds nothing (redb itself would panic on the latter).
+    assert!(t.range(&b"z"[..]..&b"a"[..], 10).unwrap().is_empty());
+    assert_eq!(t.range(&b"s1/a"[..]..=&b"s2/a"[..], 2).unwrap().len(), 2);
+    let mut seen = Vec::new();
+    db.read()
+        .unwrap()
+        .scan_rev(&t, &b"s"[..]..&b"s2"[..], |k, _| {
+            seen.push(k.to_vec());
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(seen.first().map(Vec::as_slice), Some(&b"s1\xc3\xbf"[..]));
+    assert_eq!(t.last().unwrap().unwrap().0, all_ff.to_vec());
+}
+
+#[test]
+fn files_it_must_not_touch_are_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // In use.
+    let path = dir.path().join("a.redb");
+    let db = Db::open(&path, SCHEMA).unwrap();
+    let e = Db::open(&path, SCHEMA).err().unwrap();
+    assert!(matches!(e, StoreError::InUse { .. }), "{e}");
+    assert!(e.to_string().contains("a.redb"));
+    drop(db);
+
+    // A newer schema.
+    let newer = Schema {
+        name: "test",
+        version: 3,
+    };
+    drop(Db::open(&path, newer).unwrap());
+    let e = Db::open(&path, SCHEMA).err().unwrap();
+    assert!(
+        matches!(
+            e,
+            StoreError::Newer {
+                found: 3,
+                supported: 2,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("newer fedgate"), "{e}");
+
+    // Not a database.
+    let junk = dir.path().join("junk.redb");
+    std::fs::write(&junk, vec![0x42u8; 8192]).unwrap();
+    let e = Db::open(&junk, SCHEMA).err().unwrap();
+    assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+    assert!(e.to_string().contains("junk.redb"), "{e}");
+
+    // A newer file format.
+    let fmt = dir.path().join("fmt.redb");
+    drop(Db::open(&fmt, SCHEMA).unwrap());
+    let mut bytes = std::fs::read(&fmt).unwrap();
+    // The format version opens each of the two commit slots (at 64 and 192).
+    bytes[64] = 9;
+    bytes[192] = 9;
+    std::fs::write(&fmt, bytes).unwrap();
+    let e = Db::open(&fmt, SCHEMA).err().unwrap();
+    assert!(matches!(e, StoreError::Newer { found: 9, .. }), "{e}");
+
+    // A folder (an earlier fedgate's sled database).
+    let e = Db::open(dir.path(), SCHEMA).err().unwrap();
+    assert!(matches!(e, StoreError::Folder { .. }), "{e}");
+    for e in [e] {
+        assert!(!e.to_string().contains('\n'));
+    }
+}
