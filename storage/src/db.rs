@@ -8,7 +8,7 @@ use std::sync::Arc;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use crate::error::StoreError;
-use crate::tree::{self, Tree, TABLE_OF_SCHEMAS};
+use crate::tree::{self, Entry, Tree, TABLE_OF_SCHEMAS};
 use crate::write::Writer;
 
 /// Bytes of redb's page cache per database (redb's own default is 1 GiB). The operating
@@ -242,7 +242,7 @@ impl Snapshot {
     }
 
     /// The first (lowest-keyed) entry.
-    pub fn first(&self, tree: &Tree) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn first(&self, tree: &Tree) -> Result<Option<Entry>, StoreError> {
         match self.table(tree)? {
             None => Ok(None),
             Some(t) => Ok(t
@@ -252,7 +252,7 @@ impl Snapshot {
     }
 
     /// The last (highest-keyed) entry.
-    pub fn last(&self, tree: &Tree) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn last(&self, tree: &Tree) -> Result<Option<Entry>, StoreError> {
         match self.table(tree)? {
             None => Ok(None),
             Some(t) => Ok(t
@@ -286,13 +286,8 @@ where
         return Ok(());
     }
     let iter = table.range::<&[u8]>(bounds)?;
-    let mut visit = |entry: Result<
-        (
-            redb::AccessGuard<'_, &'static [u8]>,
-            redb::AccessGuard<'_, &'static [u8]>,
-        ),
-        redb::StorageError,
-    >| {
+    type Guard<'g> = redb::AccessGuard<'g, &'static [u8]>;
+    let mut visit = |entry: Result<(Guard<'_>, Guard<'_>), redb::StorageError>| {
         let (k, v) = entry?;
         Ok::<_, StoreError>(f(k.value(), v.value()))
     };

@@ -20,5 +20,5 @@ mod write;
 
 pub use db::{Db, Schema, Snapshot};
 pub use error::StoreError;
-pub use tree::Tree;
+pub use tree::{Entry, Tree};
 pub use write::WriteTx;

@@ -15,6 +15,9 @@ pub(crate) const TABLE_OF_SCHEMAS: &str = "fedgate_schema";
 pub(crate) type Definition<'a> = redb::TableDefinition<'a, &'static [u8], &'static [u8]>;
 pub(crate) type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
 
+/// A key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// A named tree of one database. Clones are cheap.
 #[derive(Clone)]
 pub struct Tree {
@@ -72,7 +75,7 @@ impl Tree {
         &self,
         range: impl RangeBounds<&'a [u8]> + 'a,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Entry>, StoreError> {
         let mut out = Vec::new();
         if limit == 0 {
             return Ok(out);
@@ -89,21 +92,21 @@ impl Tree {
     }
 
     /// Every entry whose key starts with `prefix`, in key order.
-    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
         let (start, end) = prefix_range(prefix);
         self.range(borrowed(&start, &end), usize::MAX)
     }
 
     /// Every entry, in key order.
-    pub fn entries(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn entries(&self) -> Result<Vec<Entry>, StoreError> {
         self.range(.., usize::MAX)
     }
 
-    pub fn first(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn first(&self) -> Result<Option<Entry>, StoreError> {
         self.db.read()?.first(self)
     }
 
-    pub fn last(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn last(&self) -> Result<Option<Entry>, StoreError> {
         self.db.read()?.last(self)
     }
 

@@ -21,7 +21,7 @@ use redb::{ReadableTable, ReadableTableMetadata};
 
 use crate::db::{prefix_range, scan_table, Db};
 use crate::error::StoreError;
-use crate::tree::{borrowed, Tree};
+use crate::tree::{borrowed, Entry, Tree};
 
 /// The most closures one commit takes.
 const MAX_BATCH: usize = 1024;
@@ -347,7 +347,7 @@ impl<'t> WriteTx<'t> {
     }
 
     /// The last (highest-keyed) entry.
-    pub fn last(&mut self, tree: &Tree) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn last(&mut self, tree: &Tree) -> Result<Option<Entry>, StoreError> {
         Ok(self
             .table(tree)?
             .last()?
