@@ -81,10 +81,8 @@ pub enum RegistryError {
     Poisoned,
     #[error("the manifest journal could not be written: {0}")]
     Journal(String),
-    #[error("the manifest journal could not be opened: {0}")]
-    JournalOpen(#[source] sled::Error),
     #[error("the manifest journal could not be read: {0}")]
-    JournalRead(#[source] sled::Error),
+    JournalRead(String),
 }
 
 fn invalid(field: impl Into<String>, reason: impl fmt::Display) -> RegistryError {

@@ -180,10 +180,9 @@ fn a_restart_keeps_rotated_governance_and_the_version_floor() {
     v2.version = 2;
     let v2 = SignedManifest::sign(&v2, &[&new_keys[1], &new_keys[2]]).unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    let db = sled::open(dir.path()).unwrap();
-    let journal = || db.open_tree("manifest_journal").unwrap();
-    let registry = Registry::with_journal(old_governance.clone(), true, journal());
+    let kept = MemoryJournal::default();
+    let journal = || Box::new(kept.clone()) as Box<dyn Journal>;
+    let registry = Registry::with_journal(old_governance.clone(), true, journal()).unwrap();
     registry.install(&v1).unwrap();
     registry.install(&v2).unwrap();
 
@@ -195,7 +194,7 @@ fn a_restart_keeps_rotated_governance_and_the_version_floor() {
 
     // With it, the restart replays v1 under the configured keys, adopts the new ones, and
     // replays v2: same state, and v1 offered again is a rollback.
-    let restarted = Registry::with_journal(old_governance.clone(), true, journal());
+    let restarted = Registry::with_journal(old_governance.clone(), true, journal()).unwrap();
     assert_eq!(restarted.current().map(|m| m.version), Some(2));
     assert_eq!(restarted.governance(), Some(new_governance.clone()));
     assert!(restarted.install(&v1).is_err());
@@ -207,8 +206,22 @@ fn a_restart_keeps_rotated_governance_and_the_version_floor() {
     v3.version = 3;
     let v3 = SignedManifest::sign(&v3, &[&strange_keys[0], &strange_keys[1]]).unwrap();
     journal()
-        .insert(3u64.to_be_bytes(), serde_json::to_vec(&v3).unwrap())
+        .keep(3, &serde_json::to_vec(&v3).unwrap())
         .unwrap();
-    let restarted = Registry::with_journal(old_governance, true, journal());
+    let restarted = Registry::with_journal(old_governance, true, journal()).unwrap();
     assert_eq!(restarted.current().map(|m| m.version), Some(2));
+}
+
+/// A journal in memory: what a service's database does for the registry, without one.
+#[derive(Clone, Default)]
+struct MemoryJournal(std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Vec<u8>>>>);
+
+impl Journal for MemoryJournal {
+    fn entries(&self) -> Result<Vec<Vec<u8>>, JournalError> {
+        Ok(self.0.lock().unwrap().values().cloned().collect())
+    }
+    fn keep(&self, version: u64, entry: &[u8]) -> Result<(), JournalError> {
+        self.0.lock().unwrap().insert(version, entry.to_vec());
+        Ok(())
+    }
 }

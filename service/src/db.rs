@@ -1,29 +1,92 @@
-//! Opening the embedded sled databases, with the settings every service shares.
+//! Each service's embedded database: opening it with the settings every service shares,
+//! and the federation registry's journal in it.
 //!
-//! sled keeps pages it has read in its own cache, 1 GiB by default: under load a gateway
-//! (record store, vault, outbox) or a growing visibility log kept every page it ever
-//! touched resident. The operating system's page cache still holds the files, so a
-//! bounded sled cache costs a copy, not a disk read.
+//! The database itself (redb, one writer thread with group commit: a write returns once it
+//! is on disk) is the `storage` crate; this module is where services meet it.
 
 use std::path::Path;
 
-/// Bytes of sled's page cache per database.
-const CACHE_BYTES: u64 = 32 * 1024 * 1024;
+use federation::registry::{Governance, Journal, JournalError, Registry, RegistryError};
+pub use storage::{Db, Schema, StoreError, Tree};
 
-/// The gateway's: a gateway reading large records filled both of its databases' caches at
-/// 32 MiB and kept them; at 8 MiB the exchange's time did not change (docs/performance.md,
-/// "Memory across large exchanges").
-pub const GATEWAY_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+/// Bytes of page cache per database. The operating system's page cache still holds the
+/// file, so a bounded cache costs a copy, not a disk read.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
-/// Opens (creating if needed) the sled database at `path` with a bounded cache.
-pub fn open(path: &Path) -> sled::Result<sled::Db> {
-    open_with_cache(path, CACHE_BYTES)
+/// The gateway's: a gateway reading large records filled its caches and kept them; at
+/// 8 MiB the exchange's time did not change (docs/performance.md, "Memory across large
+/// exchanges").
+pub const GATEWAY_CACHE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Opens (creating if needed) the database file at `path`, holding `schema`'s layout.
+pub fn open(path: &Path, schema: Schema) -> Result<Db, StoreError> {
+    Db::open_with_cache(path, schema, CACHE_BYTES)
 }
 
 /// As [`open`], with a cache of `cache_bytes`.
-pub fn open_with_cache(path: &Path, cache_bytes: u64) -> sled::Result<sled::Db> {
-    sled::Config::new()
-        .path(path)
-        .cache_capacity(cache_bytes)
-        .open()
+pub fn open_with_cache(path: &Path, schema: Schema, cache_bytes: usize) -> Result<Db, StoreError> {
+    Db::open_with_cache(path, schema, cache_bytes)
+}
+
+/// The tree in which a service keeps the federation manifests it installed.
+const MANIFEST_JOURNAL: &str = "manifest_journal";
+
+/// A [`Registry`] that keeps the manifests it installs in `db` and replays them at start.
+pub fn journaled_registry(
+    db: &Db,
+    governance: Governance,
+    dev_mode: bool,
+) -> Result<Registry, RegistryError> {
+    Registry::with_journal(
+        governance,
+        dev_mode,
+        Box::new(ManifestJournal(db.tree(MANIFEST_JOURNAL))),
+    )
+}
+
+/// The registry's journal: manifests keyed by their version (big-endian, so in order).
+struct ManifestJournal(Tree);
+
+impl Journal for ManifestJournal {
+    fn entries(&self) -> Result<Vec<Vec<u8>>, JournalError> {
+        let entries = self.0.entries().map_err(|e| JournalError(Box::new(e)))?;
+        Ok(entries.into_iter().map(|(_, v)| v).collect())
+    }
+
+    fn keep(&self, version: u64, entry: &[u8]) -> Result<(), JournalError> {
+        let (tree, entry) = (self.0.clone(), entry.to_vec());
+        // Installs are rare and synchronous; this waits for the commit on this thread.
+        self.0
+            .db()
+            .write_blocking(move |tx| tx.insert(&tree, &version.to_be_bytes(), &entry).map(|_| ()))
+            .map_err(|e: StoreError| JournalError(Box::new(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_manifest_journal_keeps_versions_in_order_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.redb");
+        let schema = Schema {
+            name: "test",
+            version: 1,
+        };
+        {
+            let journal = ManifestJournal(open(&path, schema).unwrap().tree(MANIFEST_JOURNAL));
+            for version in [300u64, 2, 1] {
+                journal
+                    .keep(version, version.to_string().as_bytes())
+                    .unwrap();
+            }
+        }
+        let journal = ManifestJournal(open(&path, schema).unwrap().tree(MANIFEST_JOURNAL));
+        assert_eq!(
+            journal.entries().unwrap(),
+            vec![b"1".to_vec(), b"2".to_vec(), b"300".to_vec()]
+        );
+    }
 }

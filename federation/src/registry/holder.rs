@@ -65,8 +65,21 @@ pub struct Registry {
     /// Every manifest installed (version → signed JSON), replayed at start: a restart
     /// keeps the governance adopted since the configuration was written, and the version
     /// floor that refuses rollbacks.
-    journal: Option<sled::Tree>,
+    journal: Option<Box<dyn Journal>>,
 }
+
+/// Where a service keeps the manifests it installed, across restarts (its database).
+pub trait Journal: Send + Sync {
+    /// Every entry kept, in version order.
+    fn entries(&self) -> Result<Vec<Vec<u8>>, JournalError>;
+    /// Keeps `entry` as `version`, on disk before it returns.
+    fn keep(&self, version: u64, entry: &[u8]) -> Result<(), JournalError>;
+}
+
+/// A journal's storage failed; the message names what.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct JournalError(pub Box<dyn std::error::Error + Send + Sync>);
 
 impl Registry {
     /// A registry trusting `governance` (from the service's configuration). `dev_mode`
@@ -83,31 +96,24 @@ impl Registry {
         }
     }
 
-    /// [`Registry::with_journal`] on the `manifest_journal` tree of a service's database.
-    pub fn journaled_in(
-        db: &sled::Db,
-        governance: Governance,
-        dev_mode: bool,
-    ) -> Result<Self, RegistryError> {
-        let journal = db
-            .open_tree("manifest_journal")
-            .map_err(RegistryError::JournalOpen)?;
-        Ok(Registry::with_journal(governance, dev_mode, journal))
-    }
-
     /// [`Registry::new`] that keeps every installed manifest in `journal` and first
     /// replays what it holds, in version order, each verified under the governance in
     /// force at its turn (starting from the configured one): nothing in the journal is
     /// trusted for being there. Replay stops at the first entry that does not verify.
-    pub fn with_journal(governance: Governance, dev_mode: bool, journal: sled::Tree) -> Self {
+    pub fn with_journal(
+        governance: Governance,
+        dev_mode: bool,
+        journal: Box<dyn Journal>,
+    ) -> Result<Self, RegistryError> {
         let registry = Registry::new(governance, dev_mode);
         let mut replayed = 0u32;
-        for entry in journal.iter().values() {
-            let verdict = entry
-                .map_err(RegistryError::JournalRead)
-                // Read as a fetched manifest is: strict JSON, size-limited.
-                .and_then(|bytes| SignedManifest::from_json(&bytes))
-                .and_then(|signed| registry.install(&signed));
+        let entries = journal
+            .entries()
+            .map_err(|e| RegistryError::JournalRead(e.to_string()))?;
+        for bytes in entries {
+            // Read as a fetched manifest is: strict JSON, size-limited.
+            let verdict =
+                SignedManifest::from_json(&bytes).and_then(|signed| registry.install(&signed));
             match verdict {
                 Ok(_) => replayed += 1,
                 Err(e) => {
@@ -122,10 +128,10 @@ impl Registry {
                 "federation manifests replayed from the journal"
             );
         }
-        Registry {
+        Ok(Registry {
             journal: Some(journal),
             ..registry
-        }
+        })
     }
 
     /// The governance the next manifest must satisfy.
@@ -175,8 +181,7 @@ impl Registry {
             let bytes =
                 serde_json::to_vec(signed).map_err(|e| RegistryError::Journal(e.to_string()))?;
             journal
-                .insert(version.to_be_bytes(), bytes)
-                .and_then(|_| journal.flush())
+                .keep(version, &bytes)
                 .map_err(|e| RegistryError::Journal(e.to_string()))?;
         }
         let mut state = self.state.write().map_err(|_| RegistryError::Poisoned)?;
