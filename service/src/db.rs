@@ -28,6 +28,27 @@ pub fn open_with_cache(path: &Path, schema: Schema, cache_bytes: usize) -> Resul
     Db::open_with_cache(path, schema, cache_bytes)
 }
 
+/// [`open_in`] with the shared cache size.
+pub fn open_service_db(dir: &Path, name: &str, schema: Schema) -> Result<Db, StoreError> {
+    open_in(dir, name, schema, CACHE_BYTES)
+}
+
+/// Opens (creating if needed) `<dir>/<name>.redb`, holding `schema`'s layout. An earlier
+/// fedgate's sled database (`<dir>/<name>.sled`) beside it is refused rather than silently
+/// left behind: it may hold access events not yet shipped.
+pub fn open_in(
+    dir: &Path,
+    name: &str,
+    schema: Schema,
+    cache_bytes: usize,
+) -> Result<Db, StoreError> {
+    let legacy = dir.join(format!("{name}.sled"));
+    if legacy.exists() {
+        return Err(StoreError::Folder { path: legacy });
+    }
+    Db::open_with_cache(&dir.join(format!("{name}.redb")), schema, cache_bytes)
+}
+
 /// The tree in which a service keeps the federation manifests it installed.
 const MANIFEST_JOURNAL: &str = "manifest_journal";
 
@@ -88,5 +109,21 @@ mod tests {
             journal.entries().unwrap(),
             vec![b"1".to_vec(), b"2".to_vec(), b"300".to_vec()]
         );
+    }
+
+    #[test]
+    fn an_earlier_sled_database_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Schema {
+            name: "test",
+            version: 1,
+        };
+        std::fs::create_dir(dir.path().join("gateway.sled")).unwrap();
+        let e = open_service_db(dir.path(), "gateway", schema)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("gateway.sled"), "{e}");
+        assert!(!dir.path().join("gateway.redb").exists());
+        assert!(open_service_db(dir.path(), "visibility", schema).is_ok());
     }
 }
