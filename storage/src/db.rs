@@ -87,6 +87,25 @@ impl Db {
         Db::start(db, None, schema)
     }
 
+    /// A database on `backend` rather than a file: for tests that simulate what a disk
+    /// keeps through a power loss.
+    pub fn with_backend(
+        backend: impl redb::StorageBackend,
+        schema: Schema,
+    ) -> Result<Db, StoreError> {
+        let opened = catch_unwind(AssertUnwindSafe(|| {
+            redb::Builder::new().create_with_backend(backend)
+        }));
+        match opened {
+            Ok(Ok(db)) => Db::start(db, None, schema),
+            Ok(Err(e)) => Err(open_error(Path::new("(backend)"), e)),
+            Err(_) => Err(StoreError::Corrupt {
+                path: PathBuf::from("(backend)"),
+                reason: "the file's structure is damaged".into(),
+            }),
+        }
+    }
+
     fn start(db: redb::Database, path: Option<PathBuf>, schema: Schema) -> Result<Db, StoreError> {
         let db = Arc::new(db);
         let writer = Writer::start(db.clone(), path.as_deref())?;

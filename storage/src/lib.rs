@@ -22,3 +22,6 @@ pub use db::{Db, Schema, Snapshot};
 pub use error::StoreError;
 pub use tree::{Entry, Tree};
 pub use write::WriteTx;
+
+/// What a database can be kept on besides a file (see [`Db::with_backend`]).
+pub use redb::StorageBackend;
