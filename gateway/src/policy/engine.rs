@@ -98,6 +98,8 @@ pub struct PolicyBundle {
     engine: Engine,
     digest: String,
     files: Vec<String>,
+    /// Wall-clock limit of one decision, named in the reason when it is hit.
+    time_limit: Duration,
 }
 
 impl std::fmt::Debug for PolicyBundle {
@@ -141,6 +143,7 @@ impl PolicyBundle {
                 engine,
                 digest,
                 files: files.into_iter().map(|f| f.name).collect(),
+                time_limit: options.time_limit,
             })
         })?
     }
@@ -178,15 +181,24 @@ impl PolicyBundle {
                     Decision::deny(format!("policy evaluation failed: {why}"))
                 }
             },
-            Err(e) if is_limit_error(&e) => {
-                tracing::warn!(domain, "policy evaluation timed out");
-                Decision::deny("policy evaluation failed: timeout")
-            }
-            Err(e) => {
-                // Only where it failed: regorus messages can quote values from the input.
-                tracing::warn!(domain, at = %error_location(&e), "policy evaluation error");
-                Decision::deny("policy evaluation failed: error")
-            }
+            Err(e) => match limit_hit(&e) {
+                Some(Limit::Time) => {
+                    let limit = limit_text(self.time_limit);
+                    tracing::warn!(domain, limit, "policy evaluation hit its time limit");
+                    Decision::deny(format!(
+                        "policy evaluation failed: time limit of {limit} exceeded"
+                    ))
+                }
+                Some(Limit::Memory) => {
+                    tracing::warn!(domain, "policy evaluation hit its memory limit");
+                    Decision::deny("policy evaluation failed: memory limit exceeded")
+                }
+                None => {
+                    // Only where it failed: regorus messages can quote values from the input.
+                    tracing::warn!(domain, at = %error_location(&e), "policy evaluation error");
+                    Decision::deny("policy evaluation failed: error")
+                }
+            },
         }
     }
 
@@ -247,8 +259,47 @@ fn check_decision(d: Decision, input: &PolicyInput) -> Decision {
     d
 }
 
+/// Which of regorus's limits stopped an evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limit {
+    Time,
+    Memory,
+}
+
+/// The limit an evaluation error reports, if any: by type where regorus kept the
+/// `LimitError`, else by its message, which some evaluation paths fold into a located
+/// error (seen under load as a bare "error").
+fn limit_hit(e: &anyhow::Error) -> Option<Limit> {
+    for cause in e.chain() {
+        match cause.downcast_ref::<LimitError>() {
+            Some(LimitError::TimeLimitExceeded { .. }) => return Some(Limit::Time),
+            Some(LimitError::MemoryLimitExceeded { .. }) => return Some(Limit::Memory),
+            Some(_) => {}
+            None => {
+                let text = cause.to_string();
+                if text.contains("execution exceeded time limit") {
+                    return Some(Limit::Time);
+                }
+                if text.contains("execution exceeded memory limit") {
+                    return Some(Limit::Memory);
+                }
+            }
+        }
+    }
+    None
+}
+
 fn is_limit_error(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<LimitError>().is_some())
+    limit_hit(e).is_some()
+}
+
+/// "250 ms", "2 s": a limit as an operator configured it.
+fn limit_text(limit: Duration) -> String {
+    if limit.as_millis() >= 1000 && limit.as_millis() % 1000 == 0 {
+        format!("{} s", limit.as_secs())
+    } else {
+        format!("{} ms", limit.as_millis().max(1))
+    }
 }
 
 /// The first line of a regorus error (`file:line:col: error: message`), without the quoted
@@ -713,5 +764,32 @@ fn short_json(v: &Value) -> String {
         format!("{cut}…")
     } else {
         s
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_is_recognized_by_type_or_by_message_and_named() {
+        let typed = anyhow::Error::new(LimitError::TimeLimitExceeded {
+            elapsed: Duration::from_millis(300),
+            limit: Duration::from_millis(250),
+        });
+        assert_eq!(limit_hit(&typed), Some(Limit::Time));
+        // Folded into a located message by some evaluation paths.
+        let folded = anyhow::anyhow!(
+            "policy.rego:3:5: error: execution exceeded time limit (elapsed=3ns, limit=1ns)"
+        )
+        .context("while evaluating");
+        assert_eq!(limit_hit(&folded), Some(Limit::Time));
+        let memory =
+            anyhow::anyhow!("execution exceeded memory limit (usage=9 bytes, limit=1 bytes)");
+        assert_eq!(limit_hit(&memory), Some(Limit::Memory));
+        assert_eq!(limit_hit(&anyhow::anyhow!("undefined variable x")), None);
+        assert_eq!(limit_text(Duration::from_millis(250)), "250 ms");
+        assert_eq!(limit_text(Duration::from_secs(2)), "2 s");
+        assert_eq!(limit_text(Duration::from_micros(10)), "1 ms");
     }
 }
