@@ -21,7 +21,6 @@ use federation::status::{Bitstring, LIST_BITS};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use service::db::{Db, Schema, StoreError, Tree};
-use storage::{Snapshot, WriteTx};
 
 use crate::error::IssuerError;
 
@@ -60,7 +59,9 @@ pub(crate) struct Store {
     trees: Trees,
 }
 
-/// The store's trees; cloned into each write.
+/// The store's trees, cloned into each write. (Writes are closures over them, not helpers
+/// taking a write transaction: the issuer reaches the database only through `service::db`,
+/// as the crate map allows.)
 #[derive(Clone)]
 struct Trees {
     credentials: Tree,
@@ -104,6 +105,14 @@ fn bits_of(stored: Option<Vec<u8>>) -> Bitstring {
     }
 }
 
+fn not_found(id: &str) -> IssuerError {
+    IssuerError::NotFound(format!("credential {id}"))
+}
+
+fn exists(id: &str) -> IssuerError {
+    IssuerError::Conflict(format!("credential {id} exists"))
+}
+
 fn list_full() -> IssuerError {
     IssuerError::Conflict("the status list is full; start a new list".into())
 }
@@ -116,81 +125,6 @@ impl Trees {
             status_index: db.tree("status_index"),
             status: db.tree("status"),
         }
-    }
-
-    /// Reserves a random unused index below `size` for `credential_id`.
-    fn reserve(
-        &self,
-        tx: &mut WriteTx<'_>,
-        credential_id: &str,
-        size: u32,
-    ) -> Result<u32, IssuerError> {
-        let mut rng = rand::thread_rng();
-        let free = |tx: &mut WriteTx<'_>, index: u32| -> Result<bool, IssuerError> {
-            let key = index.to_be_bytes();
-            if tx.get(&self.status_index, &key)?.is_some() {
-                return Ok(false);
-            }
-            tx.insert(&self.status_index, &key, credential_id.as_bytes())?;
-            Ok(true)
-        };
-        if size == 0 {
-            return Err(list_full());
-        }
-        for _ in 0..RANDOM_PICKS {
-            let index = rng.gen_range(0..size);
-            if free(tx, index)? {
-                return Ok(index);
-            }
-        }
-        // A nearly full list: the first free index from a random start, wrapping around.
-        if tx.len(&self.status_index)? >= u64::from(size) {
-            return Err(list_full());
-        }
-        let start = rng.gen_range(0..size);
-        for index in (start..size).chain(0..start) {
-            if free(tx, index)? {
-                return Ok(index);
-            }
-        }
-        Err(list_full())
-    }
-
-    /// Stores `rec` and its subject index entry; a credential with its id is a conflict.
-    fn put_new(&self, tx: &mut WriteTx<'_>, rec: &Record) -> Result<(), IssuerError> {
-        if tx.get(&self.credentials, rec.id.as_bytes())?.is_some() {
-            return Err(IssuerError::Conflict(format!(
-                "credential {} exists",
-                rec.id
-            )));
-        }
-        tx.insert(&self.credentials, rec.id.as_bytes(), &encode(rec)?)?;
-        tx.insert(&self.by_subject, &subject_key(&rec.subject, &rec.id), &[])?;
-        Ok(())
-    }
-
-    /// Sets `index`'s bit and bumps the generation.
-    fn set_revoked(&self, tx: &mut WriteTx<'_>, index: u32) -> Result<(), IssuerError> {
-        let mut bits = bits_of(tx.get(&self.status, BITS_KEY)?);
-        if !bits.set(index as usize, true) {
-            // A stored list shorter than the index: revoking must not silently do nothing.
-            return Err(StoreError::unreadable(self.status.name()).into());
-        }
-        tx.insert(&self.status, BITS_KEY, bits.as_bytes())?;
-        let generation = generation_of(tx.get(&self.status, GENERATION_KEY)?);
-        tx.insert(
-            &self.status,
-            GENERATION_KEY,
-            &(generation + 1).to_be_bytes(),
-        )?;
-        Ok(())
-    }
-
-    fn record_in(&self, snapshot: &Snapshot, id: &str) -> Result<Record, IssuerError> {
-        let bytes = snapshot
-            .get(&self.credentials, id.as_bytes())?
-            .ok_or_else(|| IssuerError::NotFound(format!("credential {id}")))?;
-        decode(&bytes)
     }
 }
 
@@ -227,8 +161,31 @@ impl Store {
         credential_id: &str,
         size: u32,
     ) -> Result<u32, IssuerError> {
-        let (trees, id) = (self.trees.clone(), credential_id.to_string());
-        self.db.write(move |tx| trees.reserve(tx, &id, size)).await
+        if size == 0 {
+            return Err(list_full());
+        }
+        let (tree, id) = (self.trees.status_index.clone(), credential_id.to_string());
+        self.db
+            .write(move |tx| {
+                let mut rng = rand::thread_rng();
+                // Random picks first; then (a nearly full list) the first free index from
+                // a random start, wrapping around.
+                let start = rng.gen_range(0..size);
+                let picks: Vec<u32> = (0..RANDOM_PICKS).map(|_| rng.gen_range(0..size)).collect();
+                let in_order = (start..size).chain(0..start);
+                for (n, index) in picks.into_iter().chain(in_order).enumerate() {
+                    if n == RANDOM_PICKS && tx.len(&tree)? >= u64::from(size) {
+                        break;
+                    }
+                    let key = index.to_be_bytes();
+                    if tx.get(&tree, &key)?.is_none() {
+                        tx.insert(&tree, &key, id.as_bytes())?;
+                        return Ok(index);
+                    }
+                }
+                Err(list_full())
+            })
+            .await
     }
 
     /// Gives back an index reserved for `credential_id` that was never issued (signing or
@@ -259,12 +216,27 @@ impl Store {
     /// Stores a new credential's record and its subject index entry; durable when this
     /// returns. A credential with the same id is a conflict, and nothing is written.
     pub(crate) async fn insert(&self, rec: &Record) -> Result<(), IssuerError> {
-        let (trees, rec) = (self.trees.clone(), rec.clone());
-        self.db.write(move |tx| trees.put_new(tx, &rec)).await
+        let (trees, value) = (self.trees.clone(), encode(rec)?);
+        let (id, subject) = (rec.id.clone(), subject_key(&rec.subject, &rec.id));
+        self.db
+            .write(move |tx| {
+                if tx.get(&trees.credentials, id.as_bytes())?.is_some() {
+                    return Err(exists(&id));
+                }
+                tx.insert(&trees.credentials, id.as_bytes(), &value)?;
+                tx.insert(&trees.by_subject, &subject, &[])?;
+                Ok(())
+            })
+            .await
     }
 
     pub(crate) fn get(&self, id: &str) -> Result<Record, IssuerError> {
-        self.trees.record_in(&self.db.read()?, id)
+        let bytes = self
+            .trees
+            .credentials
+            .get(id.as_bytes())?
+            .ok_or_else(|| not_found(id))?;
+        decode(&bytes)
     }
 
     /// Revokes `id` and, when `replacement` is given, stores it in the same write; durable
@@ -275,23 +247,47 @@ impl Store {
         replacement: Option<&Record>,
     ) -> Result<Record, IssuerError> {
         let trees = self.trees.clone();
-        let (id, replacement) = (id.to_string(), replacement.cloned());
+        let id = id.to_string();
+        let replacement = match replacement {
+            Some(new) => Some((
+                new.id.clone(),
+                encode(new)?,
+                subject_key(&new.subject, &new.id),
+            )),
+            None => None,
+        };
         self.db
             .write(move |tx| {
                 let bytes = tx
                     .get(&trees.credentials, id.as_bytes())?
-                    .ok_or_else(|| IssuerError::NotFound(format!("credential {id}")))?;
+                    .ok_or_else(|| not_found(&id))?;
                 let mut rec = decode(&bytes)?;
                 if rec.revoked_at.is_some() {
                     return Err(IssuerError::Conflict(format!(
                         "credential {id} is already revoked"
                     )));
                 }
-                trees.set_revoked(tx, rec.status_index)?;
+                let mut bits = bits_of(tx.get(&trees.status, BITS_KEY)?);
+                if !bits.set(rec.status_index as usize, true) {
+                    // A stored list shorter than the index: a revocation must not leave
+                    // the credential valid on the list.
+                    return Err(StoreError::unreadable(trees.status.name()).into());
+                }
+                tx.insert(&trees.status, BITS_KEY, bits.as_bytes())?;
+                let generation = generation_of(tx.get(&trees.status, GENERATION_KEY)?);
+                tx.insert(
+                    &trees.status,
+                    GENERATION_KEY,
+                    &(generation + 1).to_be_bytes(),
+                )?;
                 rec.revoked_at = Some(Utc::now());
-                if let Some(new) = &replacement {
-                    rec.replaced_by = Some(new.id.clone());
-                    trees.put_new(tx, new)?;
+                if let Some((new_id, value, subject)) = &replacement {
+                    if tx.get(&trees.credentials, new_id.as_bytes())?.is_some() {
+                        return Err(exists(new_id));
+                    }
+                    tx.insert(&trees.credentials, new_id.as_bytes(), value)?;
+                    tx.insert(&trees.by_subject, subject, &[])?;
+                    rec.replaced_by = Some(new_id.clone());
                 }
                 tx.insert(&trees.credentials, id.as_bytes(), &encode(&rec)?)?;
                 Ok(rec)
@@ -315,10 +311,13 @@ impl Store {
                 ControlFlow::Continue(())
             },
         )?;
-        let mut out = ids
-            .iter()
-            .map(|id| self.trees.record_in(&snapshot, id))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in &ids {
+            let bytes = snapshot
+                .get(&self.trees.credentials, id.as_bytes())?
+                .ok_or_else(|| not_found(id))?;
+            out.push(decode(&bytes)?);
+        }
         out.sort_by_key(|r| r.issued_at);
         Ok(out)
     }
