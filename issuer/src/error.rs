@@ -22,8 +22,18 @@ pub enum IssuerError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A stored record that does not decode, or one that does not encode.
     #[error("storage: {0}")]
     Storage(String),
+    /// The database (its Display names the file).
+    #[error(transparent)]
+    Database(#[from] service::db::StoreError),
+    /// An earlier fedgate's sled database is where this one's would be.
+    #[error(
+        "{} is an earlier fedgate's sled database of issued credentials and revocations; this version cannot read it, and starting without it would reset the status list (un-revoking its credentials): keep running the earlier version",
+        path.display()
+    )]
+    EarlierDatabase { path: std::path::PathBuf },
     #[error("signing: {0}")]
     Signing(String),
 }
@@ -50,12 +60,6 @@ pub enum StartError {
     },
     #[error("the issuer's DID document: {0}")]
     DidDocument(#[source] federation::keys::KeyError),
-}
-
-impl From<sled::Error> for IssuerError {
-    fn from(e: sled::Error) -> Self {
-        IssuerError::Storage(e.to_string())
-    }
 }
 
 impl From<federation::credentials::IssueError> for IssuerError {
@@ -92,6 +96,8 @@ impl IntoResponse for IssuerError {
                 Problem::new(StatusCode::CONFLICT, "conflict", "Conflict", m)
             }
             IssuerError::Storage(m) | IssuerError::Signing(m) => service::http::internal(m),
+            IssuerError::Database(e) => service::http::internal(e),
+            IssuerError::EarlierDatabase { .. } => service::http::internal(&self),
         };
         problem.into_response()
     }

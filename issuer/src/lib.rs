@@ -2,8 +2,9 @@
 //!
 //! Map of the modules:
 //! - `config`: `issuer.toml`, validated at load.
-//! - `store`: sled storage of issued credentials and the revocation bitstring. It owns
-//!   its trees; transactions make a mover's "issue new, revoke old" atomic.
+//! - `store`: issued credentials and the revocation bitstring in `<data_dir>/issuer.redb`.
+//!   It owns its trees; each change is one durable write, so a mover's "issue new, revoke
+//!   old" is atomic and status list indexes are never handed out twice.
 //! - [`routes`]: shared state, the router, and the handlers (W3C VC API, lifecycle,
 //!   status list, revocation push, DID document, key inventory).
 //! - `error`: the crate's error enum, mapped to problem+json once.

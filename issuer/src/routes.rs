@@ -72,7 +72,7 @@ impl IssuerState {
                 None
             }
         };
-        let store = Store::open(&config.data_dir.join("issuer.sled")).map_err(StartError::Store)?;
+        let store = Store::open(&config.data_dir).map_err(StartError::Store)?;
 
         let resolver = Arc::new(DidResolver::new(config.dev_mode));
         let mut allow = HashMap::new();
@@ -186,34 +186,44 @@ impl IssuerState {
         // Check the schema before reserving a status index for it.
         federation::schema::check(kind, &credential)
             .map_err(|e| IssuerError::Unprocessable(e.to_string()))?;
-        let index = self.store.allocate_index(&id)?;
+        let index = self.store.allocate_index(&id).await?;
         let entry = StatusEntry::revocation(&self.status_list_url(), index as usize);
         credential["credentialStatus"] = json!(entry);
         let subject = credential["credentialSubject"]["id"]
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let signed = credentials::issue(credential, &self.key, format).await?;
-        let record = Record {
-            id,
-            kind,
-            subject,
-            format,
-            status_index: index,
-            issued_at: now,
-            revoked_at: None,
-            replaced_by: None,
-            replaces: replaces.map(str::to_string),
-            credential: signed,
-        };
-        match replaces {
-            Some(old) => {
-                self.store.revoke(old, Some(&record)).await?;
-                self.announce_revocation(old);
+        let issued = async {
+            let signed = credentials::issue(credential, &self.key, format).await?;
+            let record = Record {
+                id: id.clone(),
+                kind,
+                subject,
+                format,
+                status_index: index,
+                issued_at: now,
+                revoked_at: None,
+                replaced_by: None,
+                replaces: replaces.map(str::to_string),
+                credential: signed,
+            };
+            match replaces {
+                Some(old) => {
+                    self.store.revoke(old, Some(&record)).await?;
+                    self.announce_revocation(old);
+                }
+                None => self.store.insert(&record).await?,
             }
-            None => self.store.insert(&record).await?,
+            Ok(record)
         }
-        Ok(record)
+        .await;
+        if issued.is_err() {
+            // Nothing was issued: the reserved index goes back to the list.
+            if let Err(e) = self.store.release_index(index, &id).await {
+                tracing::warn!(error = %e, "a reserved status list index was not released");
+            }
+        }
+        issued
     }
 
     async fn revoke(&self, id: &str) -> Result<Record, IssuerError> {

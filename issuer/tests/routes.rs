@@ -18,21 +18,27 @@ struct Issuer {
 
 fn issuer() -> Issuer {
     let dir = tempfile::tempdir().unwrap();
-    federation::keys::write_private(&dir.path().join("admin-token"), TOKEN.as_bytes()).unwrap();
+    let app = issuer_in(dir.path()).unwrap();
+    Issuer { app, _dir: dir }
+}
+
+/// The issuer configured in `dir` (its data in `dir/data`), or why it did not start.
+fn issuer_in(dir: &std::path::Path) -> Result<Router, String> {
+    let token = dir.join("admin-token");
+    if !token.exists() {
+        federation::keys::write_private(&token, TOKEN.as_bytes()).unwrap();
+    }
     std::fs::write(
-        dir.path().join("issuer.toml"),
+        dir.join("issuer.toml"),
         "listen = \"127.0.0.1:0\"\ndid = \"did:web:office.test\"\nkey_file = \"issuer.key.json\"\n\
          data_dir = \"data\"\nadmin_token_file = \"admin-token\"\ndev_mode = true\n\
          [limits]\nmax_body_bytes = 4096\n",
     )
     .unwrap();
-    let config = IssuerConfig::load(&dir.path().join("issuer.toml")).unwrap();
+    let config = IssuerConfig::load(&dir.join("issuer.toml")).unwrap();
     let url = reqwest::Url::parse("http://127.0.0.1:1/").unwrap();
-    let state = IssuerState::new(config, url).unwrap();
-    Issuer {
-        app: router(state),
-        _dir: dir,
-    }
+    let state = IssuerState::new(config, url).map_err(|e| e.to_string())?;
+    Ok(router(state))
 }
 
 /// Sends one request; returns the status, the content type and the body as JSON.
@@ -261,4 +267,120 @@ async fn the_docs_page_renders_the_document_under_its_own_policy() {
         response.headers()[header::CONTENT_SECURITY_POLICY],
         "default-src 'none'; frame-ancestors 'none'"
     );
+}
+
+fn get(path: &str) -> Request<Body> {
+    Request::get(path)
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .unwrap()
+}
+
+const CLINICIAN: &str = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK";
+
+fn joiner_request() -> String {
+    json!({
+        "subject": {
+            "id": CLINICIAN,
+            "name": "Dr. Ada Test",
+            "npi": "1234567893",
+            "role": "physician",
+            "specialty": "207R00000X",
+            "organization": "did:web:hospital-a.test",
+            "privileges": [{"facility": "did:web:hospital-b.test", "domains": ["clinical"], "actions": ["read"]}]
+        },
+        "format": "jwt"
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_restart_keeps_issued_credentials_revocations_and_status_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (revoked, kept) = {
+        let app = issuer_in(dir.path()).unwrap();
+        let mut issued = Vec::new();
+        for _ in 0..2 {
+            let got = send(
+                &app,
+                post("/v1/privileges", "application/json", joiner_request(), true),
+            )
+            .await;
+            assert_eq!(got.0, StatusCode::CREATED, "{}", got.2);
+            issued.push(got.2);
+        }
+        let id = issued[0]["id"].as_str().unwrap();
+        let got = send(
+            &app,
+            post(
+                &format!("/v1/credentials/{id}/revoke"),
+                "application/json",
+                "",
+                true,
+            ),
+        )
+        .await;
+        assert_eq!(got.0, StatusCode::OK, "{}", got.2);
+        (issued[0].clone(), issued[1].clone())
+    };
+    assert!(dir.path().join("data/issuer.redb").is_file());
+    // The first issuer is gone with its router: the database reopens at once.
+    let app = issuer_in(dir.path()).unwrap();
+    let got = send(
+        &app,
+        get(&format!(
+            "/v1/credentials/{}",
+            revoked["id"].as_str().unwrap()
+        )),
+    )
+    .await;
+    assert_eq!(got.0, StatusCode::OK, "{}", got.2);
+    assert!(got.2["revokedAt"].is_string(), "{}", got.2);
+    assert_eq!(got.2["statusIndex"], revoked["statusListIndex"]);
+    let got = send(
+        &app,
+        get(&format!("/v1/credentials/{}", kept["id"].as_str().unwrap())),
+    )
+    .await;
+    assert_eq!(got.0, StatusCode::OK, "{}", got.2);
+    assert!(got.2["revokedAt"].is_null(), "{}", got.2);
+    let got = send(&app, get(&format!("/v1/subjects/{CLINICIAN}/credentials"))).await;
+    assert_eq!(
+        got.2["credentials"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        got.2
+    );
+    // Revoking again is still a conflict, and a new credential takes a new index.
+    let got = send(
+        &app,
+        post(
+            &format!("/v1/credentials/{}/revoke", revoked["id"].as_str().unwrap()),
+            "application/json",
+            "",
+            true,
+        ),
+    )
+    .await;
+    assert_problem(&got, StatusCode::CONFLICT);
+    let got = send(
+        &app,
+        post("/v1/privileges", "application/json", joiner_request(), true),
+    )
+    .await;
+    assert_eq!(got.0, StatusCode::CREATED, "{}", got.2);
+    assert_ne!(got.2["statusListIndex"], revoked["statusListIndex"]);
+    assert_ne!(got.2["statusListIndex"], kept["statusListIndex"]);
+}
+
+#[test]
+fn an_earlier_sled_database_is_refused_at_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let legacy = dir.path().join("data").join("issuer.sled");
+    std::fs::create_dir_all(&legacy).unwrap();
+    let err = issuer_in(dir.path()).err().unwrap();
+    assert!(err.contains(&legacy.display().to_string()), "{err}");
+    assert!(err.contains("sled"), "{err}");
+    assert!(!err.contains('\n'), "{err}");
+    assert!(!dir.path().join("data").join("issuer.redb").exists());
 }

@@ -1,8 +1,8 @@
 //! `fedgate wallet`: a holder's wallet (clinician, research network or patient).
 //!
 //! Every command takes `--dir DIR`, the wallet folder: `holder.key.json` (the holder's
-//! did:key, mode 0600) and `store/` (the credentials). Output is for people unless `--json`
-//! is given; errors come back as one line.
+//! did:key, mode 0600) and `credentials.redb` (the credentials). Output is for people
+//! unless `--json` is given; errors come back as one line.
 //!
 //! `import` verifies a credential before storing it, with the issuers and did:web
 //! endpoints named in a trust file (`--trust FILE`, else `DIR/trust.json` or

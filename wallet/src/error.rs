@@ -19,6 +19,13 @@ pub enum WalletError {
     #[error("wallet store {path}: {reason}")]
     Storage { path: String, reason: String },
 
+    /// The store's database (its message names the file).
+    #[error("wallet store: {0}")]
+    Database(#[from] storage::StoreError),
+
+    #[error("{path} is an earlier fedgate's sled credential store, which this version does not read: keep using the earlier version for this wallet, or save its credentials with it (`fedgate wallet show`), move the folder away and import them again")]
+    EarlierStore { path: String },
+
     #[error("the store in {path} belongs to {store_holder}, not to the key's DID {key_holder}; use the key file this wallet was created with")]
     HolderMismatch {
         path: String,

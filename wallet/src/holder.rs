@@ -2,7 +2,8 @@
 //!
 //! A wallet is a folder:
 //! - `holder.key.json`: the holder's did:key (mode 0600; refused when others can read it);
-//! - `store/`: the sled credential store (see `store`).
+//! - `credentials.redb`: the credential store (see `store`). An earlier fedgate kept it
+//!   in a sled folder, `store/`; a wallet that still has one is refused, naming it.
 
 use std::path::{Path, PathBuf};
 
@@ -19,8 +20,10 @@ use crate::store::{Store, StoredCredential};
 
 /// File name of the holder key inside a wallet folder.
 pub const KEY_FILE: &str = "holder.key.json";
-/// Folder of the credential store inside a wallet folder.
-const STORE_DIR: &str = "store";
+/// File of the credential store inside a wallet folder.
+pub const STORE_FILE: &str = "credentials.redb";
+/// Folder of an earlier fedgate's (sled) credential store inside a wallet folder.
+const EARLIER_STORE_DIR: &str = "store";
 
 pub struct Wallet {
     dir: PathBuf,
@@ -60,9 +63,9 @@ impl Wallet {
     /// folder that already has a holder key.
     pub fn init(dir: &Path, alg: KeyAlgorithm) -> Result<Wallet> {
         create_private_dir(dir)?;
-        let store_path = dir.join(STORE_DIR);
+        let store_path = dir.join(STORE_FILE);
         // A store left without its key would never open with a new one.
-        if store_path.exists() {
+        if store_path.exists() || dir.join(EARLIER_STORE_DIR).exists() {
             return Err(WalletError::Folder {
                 path: dir.display().to_string(),
                 reason: "it already holds a wallet store; choose an empty folder".into(),
@@ -82,8 +85,14 @@ impl Wallet {
     /// Opens the wallet in `dir`.
     pub fn open(dir: &Path) -> Result<Wallet> {
         let key_path = dir.join(KEY_FILE);
-        let store_path = dir.join(STORE_DIR);
-        if !key_path.exists() || !store_path.is_dir() {
+        let store_path = dir.join(STORE_FILE);
+        let earlier = dir.join(EARLIER_STORE_DIR);
+        if earlier.exists() {
+            return Err(WalletError::EarlierStore {
+                path: earlier.display().to_string(),
+            });
+        }
+        if !key_path.exists() || !store_path.exists() {
             return Err(WalletError::NotInitialized {
                 path: dir.display().to_string(),
             });

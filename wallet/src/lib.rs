@@ -8,7 +8,7 @@
 //! Map of the modules:
 //! - [`holder`]: the [`Wallet`] (a folder with the holder key and the store): init, open,
 //!   import, list, show, remove, present.
-//! - `store`: the sled credential store and [`StoredCredential`].
+//! - `store`: the credential store (a database file) and [`StoredCredential`].
 //! - `addressing`: whether a credential is addressed to this holder.
 //! - `request`: [`PresentationRequest`] and picking what a presentation must carry.
 //! - [`gateway`]: [`GatewayClient`]: challenges, consent registration and withdrawal.

@@ -1,12 +1,12 @@
-//! The credential store, in sled.
+//! The credential store: one database file in the wallet folder (see `holder`).
 //!
 //! Trees (owned here, opened nowhere else):
 //! - `meta`: `holder` → the DID the store was created for, so that a store is never used
 //!   with another wallet's key;
 //! - `credentials`: record id → [`StoredCredential`] (JSON).
 //!
-//! Every write is flushed before it returns: a wallet is a short-lived CLI process, and an
-//! import that printed "stored" must survive it.
+//! Every write is on disk (fdatasync) before it returns: a wallet is a short-lived CLI
+//! process, and an import that printed "stored" must survive it.
 
 use std::path::{Path, PathBuf};
 
@@ -16,7 +16,15 @@ use federation::verify::VerifiedCredential;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use storage::{Db, Schema, StoreError, Tree};
+
 use crate::error::{Result, WalletError};
+
+/// The layout of the store's database.
+pub(crate) const SCHEMA: Schema = Schema {
+    name: "wallet",
+    version: 1,
+};
 
 const HOLDER_KEY: &[u8] = b"holder";
 
@@ -164,24 +172,32 @@ impl StoredCredential {
 
 pub(crate) struct Store {
     path: PathBuf,
-    db: sled::Db,
-    meta: sled::Tree,
-    credentials: sled::Tree,
+    db: Db,
+    meta: Tree,
+    credentials: Tree,
 }
 
 impl Store {
-    /// Opens (creating if needed) the store at `path` for `holder`.
+    /// Opens (creating if needed) the store in the database file at `path` for `holder`.
     pub(crate) fn open(path: &Path, holder: &str) -> Result<Self> {
-        let err = |e: sled::Error| WalletError::storage(path, e);
-        let db = sled::open(path).map_err(err)?;
+        let db = Db::open(path, SCHEMA)?;
         let store = Store {
             path: path.to_path_buf(),
-            meta: db.open_tree("meta").map_err(err)?,
-            credentials: db.open_tree("credentials").map_err(err)?,
+            meta: db.tree("meta"),
+            credentials: db.tree("credentials"),
             db,
         };
-        match store.meta.get(HOLDER_KEY).map_err(err)? {
-            Some(bytes) if bytes.as_ref() == holder.as_bytes() => {}
+        // The first open names the holder; every later one must be the same holder.
+        let (meta, claimant) = (store.meta.clone(), holder.as_bytes().to_vec());
+        let owner = store.db.write_blocking(move |tx| {
+            let owner = tx.get(&meta, HOLDER_KEY)?;
+            if owner.is_none() {
+                tx.insert(&meta, HOLDER_KEY, &claimant)?;
+            }
+            Ok::<_, StoreError>(owner)
+        })?;
+        match owner {
+            Some(bytes) if bytes == holder.as_bytes() => {}
             Some(bytes) => {
                 return Err(WalletError::HolderMismatch {
                     path: path.display().to_string(),
@@ -189,23 +205,13 @@ impl Store {
                     key_holder: holder.to_string(),
                 })
             }
-            None => {
-                store
-                    .meta
-                    .insert(HOLDER_KEY, holder.as_bytes())
-                    .map_err(err)?;
-                store.flush()?;
-            }
+            None => {}
         }
         Ok(store)
     }
 
     fn err(&self, e: impl std::fmt::Display) -> WalletError {
         WalletError::storage(&self.path, e)
-    }
-
-    fn flush(&self) -> Result<()> {
-        self.db.flush().map(|_| ()).map_err(|e| self.err(e))
     }
 
     fn decode(&self, key: &[u8], bytes: &[u8]) -> Result<StoredCredential> {
@@ -218,11 +224,7 @@ impl Store {
     }
 
     pub(crate) fn get(&self, id: &str) -> Result<Option<StoredCredential>> {
-        match self
-            .credentials
-            .get(id.as_bytes())
-            .map_err(|e| self.err(e))?
-        {
+        match self.credentials.get(id.as_bytes())? {
             Some(bytes) => self.decode(id.as_bytes(), &bytes).map(Some),
             None => Ok(None),
         }
@@ -233,56 +235,130 @@ impl Store {
     /// id is a conflict.
     pub(crate) fn insert_new(&self, record: StoredCredential) -> Result<StoredCredential> {
         let bytes = serde_json::to_vec(&record).map_err(|e| self.err(e))?;
-        let swapped = self
-            .credentials
-            .compare_and_swap(record.id.as_bytes(), None::<&[u8]>, Some(bytes))
-            .map_err(|e| self.err(e))?;
-        match swapped {
-            Ok(()) => {
-                self.flush()?;
-                Ok(record)
+        let (tree, key) = (self.credentials.clone(), record.id.as_bytes().to_vec());
+        // Inserts unless the id is taken, and then hands back what holds it.
+        let current = self.db.write_blocking(move |tx| {
+            let current = tx.get(&tree, &key)?;
+            if current.is_none() {
+                tx.insert(&tree, &key, &bytes)?;
             }
-            Err(cas) => {
-                let existing = match cas.current {
-                    Some(current) => self.decode(record.id.as_bytes(), &current)?,
-                    None => return Err(self.err("concurrent update; try again")),
-                };
-                if existing.digest == record.digest {
-                    Ok(existing)
-                } else {
-                    Err(WalletError::IdConflict { id: record.id })
-                }
-            }
+            Ok::<_, StoreError>(current)
+        })?;
+        let Some(current) = current else {
+            return Ok(record);
+        };
+        let existing = self.decode(record.id.as_bytes(), &current)?;
+        if existing.digest == record.digest {
+            Ok(existing)
+        } else {
+            Err(WalletError::IdConflict { id: record.id })
         }
     }
 
     /// Replaces an existing record (flags only change; the credential never does).
     pub(crate) fn update(&self, record: &StoredCredential) -> Result<()> {
         let bytes = serde_json::to_vec(record).map_err(|e| self.err(e))?;
-        self.credentials
-            .insert(record.id.as_bytes(), bytes)
-            .map_err(|e| self.err(e))?;
-        self.flush()
+        let (tree, key) = (self.credentials.clone(), record.id.as_bytes().to_vec());
+        self.db
+            .write_blocking(move |tx| tx.insert(&tree, &key, &bytes).map(|_| ()))?;
+        Ok(())
     }
 
     /// Removes a record; whether there was one.
     pub(crate) fn remove(&self, id: &str) -> Result<bool> {
-        let removed = self
-            .credentials
-            .remove(id.as_bytes())
-            .map_err(|e| self.err(e))?;
-        self.flush()?;
+        let (tree, key) = (self.credentials.clone(), id.as_bytes().to_vec());
+        let removed = self.db.write_blocking(move |tx| tx.remove(&tree, &key))?;
         Ok(removed.is_some())
     }
 
     /// Every record, in id order.
     pub(crate) fn all(&self) -> Result<Vec<StoredCredential>> {
         self.credentials
+            .entries()?
             .iter()
-            .map(|item| {
-                let (key, bytes) = item.map_err(|e| self.err(e))?;
-                self.decode(&key, &bytes)
-            })
+            .map(|(key, bytes)| self.decode(key, bytes))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, digest: &str) -> StoredCredential {
+        StoredCredential {
+            id: id.into(),
+            kind: CredentialKind::ClinicianPrivilege,
+            format: ProofFormat::Jwt,
+            issuer: "did:web:office.test".into(),
+            subject: "did:key:z1".into(),
+            summary: "s".into(),
+            valid_from: None,
+            valid_until: None,
+            imported_at: Utc::now(),
+            digest: digest.into(),
+            claims: Value::Null,
+            credential: Value::String("x.y.z".into()),
+            withdrawn: false,
+            withdrawn_at: None,
+            withdrawal_sent_to: Vec::new(),
+            registered_with: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn writes_survive_a_reopen_and_the_store_keeps_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("credentials.redb");
+        {
+            let store = Store::open(&path, "did:key:holder").unwrap();
+            store.insert_new(record("a", "1")).unwrap();
+            store.insert_new(record("b", "2")).unwrap();
+            let mut b = record("b", "2");
+            b.withdrawn = true;
+            store.update(&b).unwrap();
+            assert!(store.remove("a").unwrap());
+            assert!(!store.remove("a").unwrap());
+        }
+        let store = Store::open(&path, "did:key:holder").unwrap();
+        let all = store.all().unwrap();
+        assert_eq!(all.len(), 1);
+        assert!(all[0].withdrawn);
+        assert_eq!(store.get("a").unwrap(), None);
+        drop(store);
+        let err = Store::open(&path, "did:key:someone-else").err().unwrap();
+        assert!(matches!(err, WalletError::HolderMismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_same_credential_again_is_kept_as_stored_and_another_under_its_id_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("c.redb"), "did:key:holder").unwrap();
+        let mut first = record("a", "1");
+        first.withdrawn = true;
+        store.insert_new(first.clone()).unwrap();
+        assert_eq!(store.insert_new(record("a", "1")).unwrap(), first);
+        let err = store.insert_new(record("a", "2")).unwrap_err();
+        assert!(matches!(err, WalletError::IdConflict { .. }), "{err}");
+        assert_eq!(store.get("a").unwrap(), Some(first));
+    }
+
+    #[test]
+    fn an_unreadable_record_is_named_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("c.redb"), "did:key:holder").unwrap();
+        let tree = store.credentials.clone();
+        store
+            .db
+            .write_blocking(move |tx| tx.insert(&tree, b"bad", b"{not json").map(|_| ()))
+            .unwrap();
+        let err = store.all().unwrap_err();
+        assert!(
+            err.to_string().contains("record bad is unreadable"),
+            "{err}"
+        );
+        assert!(store.get("bad").is_err());
+        assert!(store.remove("bad").unwrap());
+        assert!(store.all().unwrap().is_empty());
     }
 }

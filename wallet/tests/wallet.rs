@@ -465,6 +465,45 @@ async fn the_store_survives_reopening_and_the_key_stays_private() {
     }
 }
 
+#[test]
+fn the_store_is_one_file_in_the_wallet_folder_and_a_second_opener_is_told_it_is_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wallet");
+    let wallet = new_wallet(&path, KeyAlgorithm::Ed25519);
+    assert!(path.join(wallet::holder::STORE_FILE).is_file());
+    let err = Wallet::open(&path).unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, WalletError::Database(_)), "{message}");
+    assert!(message.contains(wallet::holder::STORE_FILE), "{message}");
+    assert!(!message.contains('\n'), "{message}");
+    // The file is closed with the last handle: it opens again at once.
+    drop(wallet);
+    Wallet::open(&path).unwrap();
+}
+
+#[test]
+fn an_earlier_sled_store_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wallet");
+    drop(new_wallet(&path, KeyAlgorithm::Ed25519));
+    // An earlier fedgate's wallet: the key and a sled folder `store/`.
+    std::fs::remove_file(path.join(wallet::holder::STORE_FILE)).unwrap();
+    let legacy = path.join("store");
+    std::fs::create_dir(&legacy).unwrap();
+    std::fs::write(legacy.join("db"), b"sled").unwrap();
+    let err = Wallet::open(&path).unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, WalletError::EarlierStore { .. }), "{message}");
+    assert!(message.contains(&legacy.display().to_string()), "{message}");
+    assert!(!message.contains('\n'), "{message}");
+    assert!(!path.join(wallet::holder::STORE_FILE).exists());
+    // Nor is a new wallet made over it.
+    std::fs::remove_file(path.join(wallet::holder::KEY_FILE)).unwrap();
+    let err = Wallet::init(&path, KeyAlgorithm::Ed25519).unwrap_err();
+    assert!(err.to_string().contains("already"), "{err}");
+    assert!(!path.join(wallet::holder::KEY_FILE).exists());
+}
+
 #[tokio::test]
 async fn remove_and_show() {
     let fed = federation().await;
