@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use federation::registry::{Governance, Journal, JournalError, Registry, RegistryError};
-pub use storage::{Db, Schema, StoreError, Tree};
+pub use storage::{Db, Schema, Snapshot, StoreError, Tree, WriteTx};
 
 /// Bytes of page cache per database. The operating system's page cache still holds the
 /// file, so a bounded cache costs a copy, not a disk read.

@@ -27,7 +27,7 @@ pub enum StoreError {
     /// A folder is where the database file should be: a sled database of an earlier
     /// fedgate, or a mistake.
     #[error(
-        "{} is a folder, not a database file: an earlier fedgate's sled database? ship its outbox with that version, then move the folder away",
+        "{} is a folder, not a database file: an earlier fedgate's sled database? this version does not read it; keep it until what it holds is moved (docs/deploy.md, \"Upgrading from sled\")",
         path.display()
     )]
     Folder { path: PathBuf },
