@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use gateway::records::{import_paths, RecordError, RecordSource, SledStore};
+use gateway::records::{import_paths, EmbeddedStore, RecordError, RecordSource};
 use serde_json::{json, Value};
 
 fn fixtures(hospital: &str) -> PathBuf {
@@ -53,13 +53,13 @@ fn fixture_id(entry: &Value) -> String {
         })
 }
 
-fn store() -> (tempfile::TempDir, SledStore) {
+fn store() -> (tempfile::TempDir, EmbeddedStore) {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(&dir.path().join("records")).unwrap();
+    let store = EmbeddedStore::open(&dir.path().join("records")).unwrap();
     (dir, store)
 }
 
-fn import_all(store: &SledStore) -> gateway::records::ImportReport {
+fn import_all(store: &EmbeddedStore) -> gateway::records::ImportReport {
     import_paths(store, &[fixtures("hospital-a"), fixtures("hospital-b")]).unwrap()
 }
 
@@ -669,9 +669,9 @@ fn sorted(mut v: Vec<Value>) -> Vec<Value> {
 async fn fhir_server_source_matches_the_embedded_store() {
     let base = start_stub().await;
     let dir = tempfile::tempdir().unwrap();
-    let sled = SledStore::open(&dir.path().join("r")).unwrap();
-    import_paths(&sled, &[fixtures("hospital-b")]).unwrap();
-    let embedded = RecordSource::Embedded(sled);
+    let store = EmbeddedStore::open(&dir.path().join("r")).unwrap();
+    import_paths(&store, &[fixtures("hospital-b")]).unwrap();
+    let embedded = RecordSource::Embedded(store);
     let server = RecordSource::fhir_server(&base, true).unwrap();
 
     let types: Vec<String> = [
@@ -727,9 +727,9 @@ async fn fhir_server_everything_matches_the_embedded_store() {
     use std::sync::atomic::Ordering;
     let (base, stub) = start_stub_with(true).await;
     let dir = tempfile::tempdir().unwrap();
-    let sled = SledStore::open(&dir.path().join("r")).unwrap();
-    import_paths(&sled, &[fixtures("hospital-b")]).unwrap();
-    let embedded = RecordSource::Embedded(sled);
+    let store = EmbeddedStore::open(&dir.path().join("r")).unwrap();
+    import_paths(&store, &[fixtures("hospital-b")]).unwrap();
+    let embedded = RecordSource::Embedded(store);
     let server = gateway::records::FhirServer::new(&base, true).unwrap();
     let caps = server.capabilities().await.unwrap();
     assert!(caps.everything);
