@@ -84,6 +84,38 @@ fn mrn(patient: &Value) -> (String, String) {
     )
 }
 
+/// An import is on disk when it returns: the store reopens at once with every resource
+/// and its indexes. An earlier fedgate's store (a sled folder) is refused in one line
+/// naming it, and left as it was.
+#[test]
+fn an_import_survives_a_reopen_and_an_earlier_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("records");
+    let (count, patients) = {
+        let store = EmbeddedStore::open(&path).unwrap();
+        import_paths(&store, &[fixtures("hospital-b")]).unwrap();
+        (store.count().unwrap(), store.patient_ids().unwrap())
+    };
+    assert!(count > 0 && !patients.is_empty());
+    let store = EmbeddedStore::open(&path).unwrap();
+    assert_eq!(store.count().unwrap(), count);
+    assert_eq!(store.patient_ids().unwrap(), patients);
+    let (_, first) = bundles("hospital-b").into_iter().next().unwrap();
+    let identifier = &patient_of(&first)["identifier"][0];
+    let (system, value) = (
+        identifier["system"].as_str().unwrap(),
+        identifier["value"].as_str().unwrap(),
+    );
+    assert!(store.find_patient(system, value).unwrap().is_some());
+
+    let earlier = dir.path().join("earlier");
+    std::fs::create_dir(&earlier).unwrap();
+    let e = EmbeddedStore::open(&earlier).unwrap_err().to_string();
+    assert!(e.contains("earlier") && e.contains("records import"), "{e}");
+    assert!(!e.contains('\n'), "{e}");
+    assert!(earlier.is_dir());
+}
+
 #[test]
 fn imports_every_fixture_with_independently_counted_types() {
     let (_dir, store) = store();
