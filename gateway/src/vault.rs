@@ -588,14 +588,21 @@ mod tests {
     fn concurrent_puts_of_one_value_keep_one_token() {
         let (_d, v) = vault();
         let v = std::sync::Arc::new(v);
-        let threads: Vec<_> = (0..8)
+        let (sent, got) = std::sync::mpsc::channel();
+        for _ in 0..8 {
+            let (v, sent) = (v.clone(), sent.clone());
+            std::thread::spawn(move || {
+                let _ = sent.send(v.put("y", "ssn", "did:web:a", "clinical"));
+            });
+        }
+        // Bounded: a writer that hangs fails the test instead of stalling the run.
+        let tokens: std::collections::HashSet<String> = (0..8)
             .map(|_| {
-                let v = v.clone();
-                std::thread::spawn(move || v.put("y", "ssn", "did:web:a", "clinical").unwrap())
+                got.recv_timeout(std::time::Duration::from_secs(60))
+                    .expect("a put did not finish within 60 s")
+                    .unwrap()
             })
             .collect();
-        let tokens: std::collections::HashSet<String> =
-            threads.into_iter().map(|t| t.join().unwrap()).collect();
         assert_eq!(tokens.len(), 1);
         assert_eq!(v.len().unwrap(), 1);
     }
