@@ -132,8 +132,8 @@ fn bad_config_is_a_one_line_error() {
 }
 
 /// Our own crates log at debug (every request line, with its request id); other crates at
-/// info, because their debug output (sled's log offsets and sequence numbers) is full of
-/// numbers that could equal a seven-digit MRN by chance.
+/// info, because their debug output (a database's offsets and sequence numbers, say) is
+/// full of numbers that could equal a seven-digit MRN by chance.
 const DEMO_LOG: &str =
     "info,fedgate=debug,federation=debug,service=debug,gateway=debug,issuer=debug,wallet=debug,visibility=debug";
 

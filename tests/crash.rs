@@ -260,25 +260,27 @@ struct Stored {
     receipts: Vec<Receipt>,
 }
 
-/// Reads the outbox and receipts of a gateway that is not running (sled locks its files).
+/// Reads the outbox and receipts of a gateway that is not running (a running one holds
+/// its database's file).
 fn stored(gateway_dir: &Path) -> Stored {
-    let path = gateway_dir.join("data").join("gateway.sled");
-    assert!(path.is_dir(), "no gateway database at {}", path.display());
-    let db = sled::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let data = gateway_dir.join("data");
+    let path = data.join("gateway.redb");
+    assert!(path.is_file(), "no gateway database at {}", path.display());
+    let db = gateway::db::open(&data).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     // Events handed to a NATS stream wait for their receipt in `outbox_published`; they
     // are still the gateway's to deliver.
     let mut outbox = HashSet::new();
     for tree in ["outbox", "outbox_published"] {
-        for k in db.open_tree(tree).unwrap().iter().keys() {
-            outbox.insert(String::from_utf8(k.unwrap().to_vec()).unwrap());
+        for (k, _) in db.tree(tree).entries().unwrap() {
+            outbox.insert(String::from_utf8(k).unwrap());
         }
     }
     let receipts = db
-        .open_tree("receipts")
+        .tree("receipts")
+        .entries()
         .unwrap()
-        .iter()
-        .values()
-        .map(|v| serde_json::from_slice(&v.unwrap()).unwrap())
+        .into_iter()
+        .map(|(_, v)| serde_json::from_slice(&v).unwrap())
         .collect();
     Stored { outbox, receipts }
 }

@@ -8,6 +8,23 @@ mod support;
 #[path = "gateway/fhir_source.rs"]
 mod fhir_source;
 
+/// A stopped gateway's database (its process held the file; it is free once it exited).
+fn gateway_db(gw: &Gateway) -> gateway::db::Db {
+    let data = gw.dir.join("data");
+    gateway::db::open(&data).unwrap_or_else(|e| panic!("{}: {e}", data.display()))
+}
+
+/// The entries of tree `name` of a stopped gateway's database, decoded.
+fn stored<T: serde::de::DeserializeOwned>(gw: &Gateway, name: &str) -> Vec<T> {
+    gateway_db(gw)
+        .tree(name)
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|(_, v)| serde_json::from_slice(&v).unwrap())
+        .collect()
+}
+
 use std::path::{Path, PathBuf};
 
 use federation::credentials::{self, CredentialKind, PresentationBinding, ProofFormat};
@@ -1024,13 +1041,7 @@ async fn every_decision_leaves_an_event_in_the_outbox() {
 
     // Stop the gateway and read its outbox from disk.
     fed.gateway.process.stop();
-    let db = sled::open(fed.gateway.dir.join("data").join("gateway.sled")).unwrap();
-    let outbox = db.open_tree("outbox").unwrap();
-    let events: Vec<Value> = outbox
-        .iter()
-        .values()
-        .map(|v| serde_json::from_slice(&v.unwrap()).unwrap())
-        .collect();
+    let events: Vec<Value> = stored(&fed.gateway, "outbox");
     for id in &ids {
         let e = events
             .iter()
@@ -1386,29 +1397,16 @@ async fn research_answers_are_noisy_and_charged_to_the_study_budget_until_it_run
     // On disk: the study spent exactly its budget, and every query's event says what it
     // spent or that it was refused for want of budget.
     fed.gateway.process.stop();
-    let db = loop {
-        match sled::open(fed.gateway.dir.join("data").join("gateway.sled")) {
-            Ok(db) => break db,
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-        }
-    };
-    let spent = db
-        .open_tree("research_budget")
-        .unwrap()
-        .get(study_id)
+    let spent = gateway_db(&fed.gateway)
+        .tree("research_budget")
+        .get(study_id.as_bytes())
         .unwrap()
         .unwrap();
     assert_eq!(
-        u64::from_be_bytes(spent.as_ref().try_into().unwrap()),
+        u64::from_be_bytes(spent.as_slice().try_into().unwrap()),
         4_000_000
     );
-    let events: Vec<federation::events::AccessEvent> = db
-        .open_tree("outbox")
-        .unwrap()
-        .iter()
-        .values()
-        .map(|v| serde_json::from_slice(&v.unwrap()).unwrap())
-        .collect();
+    let events: Vec<federation::events::AccessEvent> = stored(&fed.gateway, "outbox");
     let mut total = 0;
     for (id, status) in &decisions {
         let e = events
@@ -1908,12 +1906,8 @@ async fn large_answers_come_in_pages_that_say_what_they_leave_out() {
 
     // Every page was recorded as an event of the decision.
     fed.gateway.process.stop();
-    let db = sled::open(fed.gateway.dir.join("data").join("gateway.sled")).unwrap();
-    let outbox = db.open_tree("outbox").unwrap();
-    let events: Vec<Value> = outbox
-        .iter()
-        .values()
-        .map(|v| serde_json::from_slice(&v.unwrap()).unwrap())
+    let events: Vec<Value> = stored(&fed.gateway, "outbox")
+        .into_iter()
         .filter(|e: &Value| e["decisionId"] == decision_id.as_str())
         .collect();
     assert_eq!(events.len(), pages as usize, "one event per page");
@@ -2182,14 +2176,7 @@ async fn record_source_failures_are_503_and_recorded() {
         assert_eq!(decisions, 1.0, "one decision recorded");
 
         fed.gateway.process.stop();
-        let db = sled::open(fed.gateway.dir.join("data").join("gateway.sled")).unwrap();
-        let events: Vec<Value> = db
-            .open_tree("outbox")
-            .unwrap()
-            .iter()
-            .values()
-            .map(|v| serde_json::from_slice(&v.unwrap()).unwrap())
-            .collect();
+        let events: Vec<Value> = stored(&fed.gateway, "outbox");
         assert_eq!(events.len(), 1, "{events:?}");
         let e = &events[0];
         assert_eq!(e["decision"], if allowed { "allow" } else { "deny" }, "{e}");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use criterion::{BatchSize, Criterion};
-use gateway::records::SledStore;
+use gateway::records::EmbeddedStore;
 use gateway::tokenize::{apply, Obligations, TokenizeContext};
 use gateway::vault::Vault;
 use serde_json::Value;
@@ -19,7 +19,7 @@ type Error = Box<dyn std::error::Error>;
 
 /// The record, from a fresh store in `dir`.
 fn record(dir: &Path) -> Result<Vec<Value>, Error> {
-    let store = SledStore::open(&dir.join("records"))?;
+    let store = EmbeddedStore::open(&dir.join("records"))?;
     let file = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples/data/fhir/hospital-a/Della_Hettinger_8386e1d9.json");
     store.import_file(&file)?;
@@ -31,8 +31,8 @@ fn record(dir: &Path) -> Result<Vec<Value>, Error> {
 fn run() -> Result<(), Error> {
     let dir = tempfile::tempdir()?;
     let record = record(dir.path())?;
-    let db = sled::open(dir.path().join("gateway"))?;
-    let vault = Vault::open(db.open_tree("vault")?, [9u8; 32]);
+    let db = gateway::db::open(dir.path())?;
+    let vault = Vault::open(db.tree("vault"), [9u8; 32]);
     let key = [7u8; 32];
     let ctx = TokenizeContext {
         recipient_org: "did:web:hospital-b.example",

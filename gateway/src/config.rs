@@ -77,7 +77,7 @@ pub struct GatewayConfig {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, tag = "source", rename_all = "lowercase")]
 pub enum RecordsConfig {
-    /// The sled FHIR store in `data_dir/records` (`fedgate records import`).
+    /// The embedded FHIR store, the file `data_dir/records` (`fedgate records import`).
     #[default]
     Embedded,
     /// The organization's own FHIR R4 server.

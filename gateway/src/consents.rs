@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use federation::verify::VerifiedCredential;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sled::Transactional;
+use storage::{StoreError, WriteTx};
+
+use crate::db::{Db, Tree};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -23,19 +25,27 @@ pub struct StoredConsent {
     pub registered_at: DateTime<Utc>,
 }
 
+/// The trees this module owns.
+const CONSENTS: &str = "consents";
+const WITHDRAWN: &str = "consent_withdrawals";
+const BY_PATIENT: &str = "consents_by_patient";
+const BY_GRANTEE: &str = "consents_by_grantee";
+const LINKS: &str = "patient_links";
+
 #[derive(Clone)]
 pub struct ConsentStore {
-    consents: sled::Tree,
-    withdrawn: sled::Tree,
+    db: Db,
+    consents: Tree,
+    withdrawn: Tree,
     /// `patient id ‖ consent id` → patient DID: every exchange looks up the DIDs of its
     /// patient, and a scan of every registered consent per request does not scale.
-    by_patient: sled::Tree,
+    by_patient: Tree,
     /// `grantee ‖ consent id` → (): a research query forms its cohort from the consents
     /// granted to its study or sponsor, not from every consent held.
-    by_grantee: sled::Tree,
+    by_grantee: Tree,
     /// `patient id ‖ DID` → when linked: the DIDs this custodian has confirmed belong to
     /// the patient. A self-issued consent speaks for the patient only through a link.
-    links: sled::Tree,
+    links: Tree,
 }
 
 /// The index key prefix of a value (a patient id, a grantee): its length first, so that
@@ -62,21 +72,9 @@ fn grantee_of(c: &StoredConsent) -> Option<&str> {
 #[derive(Debug, thiserror::Error)]
 pub enum ConsentStoreError {
     #[error("consent store: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] StoreError),
     #[error("consent store: a consent could not be encoded or decoded: {0}")]
     Encode(#[from] serde_json::Error),
-    /// A transaction gave up without a storage error (no caller aborts one today).
-    #[error("consent store: the transaction was aborted")]
-    Aborted,
-}
-
-impl From<sled::transaction::TransactionError<()>> for ConsentStoreError {
-    fn from(e: sled::transaction::TransactionError<()>) -> Self {
-        match e {
-            sled::transaction::TransactionError::Storage(e) => ConsentStoreError::Storage(e),
-            sled::transaction::TransactionError::Abort(()) => ConsentStoreError::Aborted,
-        }
-    }
 }
 
 fn strs(v: &Value, key: &str) -> Vec<String> {
@@ -100,44 +98,51 @@ pub fn period_covers(subject: &Value, now: DateTime<Utc>) -> bool {
 }
 
 impl ConsentStore {
-    pub fn open(db: &sled::Db) -> Result<Self, ConsentStoreError> {
+    /// The consent store in the gateway's database; a store written before its indexes
+    /// existed gets them (one write, waited for here: call it at start).
+    pub fn open(db: &Db) -> Result<Self, ConsentStoreError> {
         let store = ConsentStore {
-            consents: db.open_tree("consents")?,
-            withdrawn: db.open_tree("consent_withdrawals")?,
-            by_patient: db.open_tree("consents_by_patient")?,
-            by_grantee: db.open_tree("consents_by_grantee")?,
-            links: db.open_tree("patient_links")?,
+            db: db.clone(),
+            consents: db.tree(CONSENTS),
+            withdrawn: db.tree(WITHDRAWN),
+            by_patient: db.tree(BY_PATIENT),
+            by_grantee: db.tree(BY_GRANTEE),
+            links: db.tree(LINKS),
         };
-        store.reindex_if_missing()?;
+        let indexer = store.clone();
+        db.write_blocking(move |tx| indexer.reindex_if_missing(tx))?;
         Ok(store)
     }
 
     /// Builds the indexes of a store written before they existed: a consent without its
-    /// index entries gets them.
-    fn reindex_if_missing(&self) -> Result<(), ConsentStoreError> {
-        for entry in self.consents.iter().values() {
-            let stored: StoredConsent = match serde_json::from_slice(&entry?) {
-                Ok(c) => c,
-                Err(_) => continue,
-            };
-            if let Some(pid) = &stored.patient_id {
-                let key = index_key(pid, &stored.id);
-                if !self.by_patient.contains_key(&key)? {
-                    self.by_patient.insert(key, stored.patient_did.as_bytes())?;
+    /// index entries gets them. A write that changes nothing commits nothing.
+    fn reindex_if_missing(&self, tx: &mut WriteTx<'_>) -> Result<(), StoreError> {
+        let mut stored = Vec::new();
+        tx.scan(&self.consents, .., |_, v| {
+            // An entry that does not decode names no index entry to build.
+            if let Ok(c) = serde_json::from_slice::<StoredConsent>(v) {
+                stored.push(c);
+            }
+            std::ops::ControlFlow::Continue(())
+        })?;
+        for c in &stored {
+            if let Some(pid) = &c.patient_id {
+                let key = index_key(pid, &c.id);
+                if tx.get(&self.by_patient, &key)?.is_none() {
+                    tx.insert(&self.by_patient, &key, c.patient_did.as_bytes())?;
                 }
             }
-            if let Some(grantee) = grantee_of(&stored) {
-                let key = index_key(grantee, &stored.id);
-                if !self.by_grantee.contains_key(&key)? {
-                    self.by_grantee.insert(key, &[])?;
+            if let Some(grantee) = grantee_of(c) {
+                let key = index_key(grantee, &c.id);
+                if tx.get(&self.by_grantee, &key)?.is_none() {
+                    tx.insert(&self.by_grantee, &key, &[])?;
                 }
             }
         }
-        self.by_patient.flush()?;
         Ok(())
     }
 
-    /// Stores a consent; durable (flushed off the async workers) when this returns.
+    /// Stores a consent; on disk when this returns.
     pub async fn register(
         &self,
         vc: &VerifiedCredential,
@@ -153,38 +158,42 @@ impl ConsentStore {
             registered_at: Utc::now(),
         };
         let bytes = serde_json::to_vec(&stored)?;
-        // The consent and its index entries change together (one sled transaction), and
-        // a re-registration that resolved to another patient drops the old entries.
-        (&self.consents, &self.by_patient, &self.by_grantee).transaction(
-            |(consents, by_patient, by_grantee)| {
-                if let Some(old) = consents.insert(id.as_bytes(), bytes.as_slice())? {
+        // The consent and its index entries change together (one write), and a
+        // re-registration that resolved to another patient drops the old entries.
+        let (store, new) = (self.clone(), stored.clone());
+        self.db
+            .write(move |tx| {
+                if let Some(old) = tx.insert(&store.consents, id.as_bytes(), &bytes)? {
                     if let Ok(old) = serde_json::from_slice::<StoredConsent>(&old) {
                         if let Some(pid) = &old.patient_id {
-                            by_patient.remove(index_key(pid, &id))?;
+                            tx.remove(&store.by_patient, &index_key(pid, &id))?;
                         }
                         if let Some(grantee) = grantee_of(&old) {
-                            by_grantee.remove(index_key(grantee, &id))?;
+                            tx.remove(&store.by_grantee, &index_key(grantee, &id))?;
                         }
                     }
                 }
-                if let Some(pid) = &stored.patient_id {
-                    by_patient.insert(index_key(pid, &id), stored.patient_did.as_bytes())?;
+                if let Some(pid) = &new.patient_id {
+                    tx.insert(
+                        &store.by_patient,
+                        &index_key(pid, &id),
+                        new.patient_did.as_bytes(),
+                    )?;
                 }
-                if let Some(grantee) = grantee_of(&stored) {
-                    by_grantee.insert(index_key(grantee, &id), &[])?;
+                if let Some(grantee) = grantee_of(&new) {
+                    tx.insert(&store.by_grantee, &index_key(grantee, &id), &[])?;
                 }
-                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-            },
-        )?;
-        self.consents.flush_async().await?;
+                Ok::<(), StoreError>(())
+            })
+            .await?;
         Ok(stored)
     }
 
-    /// Remembers a withdrawal; durable when this returns.
+    /// Remembers a withdrawal; on disk when this returns.
     pub async fn withdraw(&self, id: &str) -> Result<(), ConsentStoreError> {
         self.withdrawn
-            .insert(id.as_bytes(), Utc::now().to_rfc3339().as_bytes())?;
-        self.withdrawn.flush_async().await?;
+            .insert(id.as_bytes(), Utc::now().to_rfc3339().as_bytes())
+            .await?;
         Ok(())
     }
 
@@ -204,11 +213,14 @@ impl ConsentStore {
     }
 
     /// The suffixes (consent ids, DIDs) of the index entries under `prefix`.
-    fn index_suffixes(tree: &sled::Tree, prefix: &[u8]) -> Result<Vec<String>, ConsentStoreError> {
+    fn index_suffixes(tree: &Tree, prefix: &[u8]) -> Result<Vec<String>, ConsentStoreError> {
         let mut out = Vec::new();
-        for key in tree.scan_prefix(prefix).keys() {
+        for (key, _) in tree.scan_prefix(prefix)? {
             // Suffixes are written from strings; one that is not UTF-8 names nothing.
-            if let Ok(suffix) = String::from_utf8(key?[prefix.len()..].to_vec()) {
+            if let Some(Ok(suffix)) = key
+                .get(prefix.len()..)
+                .map(|s| String::from_utf8(s.to_vec()))
+            {
                 out.push(suffix);
             }
         }
@@ -240,25 +252,30 @@ impl ConsentStore {
     /// Links `did` to the custodian's patient `patient_id`: from now on the patient's
     /// self-issued consents under that DID speak for them. Durable when it returns.
     pub async fn link(&self, patient_id: &str, did: &str) -> Result<(), ConsentStoreError> {
-        self.links.insert(
-            index_key(patient_id, did),
-            Utc::now().to_rfc3339().as_bytes(),
-        )?;
-        self.links.flush_async().await?;
+        self.links
+            .insert(
+                &index_key(patient_id, did),
+                Utc::now().to_rfc3339().as_bytes(),
+            )
+            .await?;
         Ok(())
     }
 
-    /// Removes a link; returns whether there was one.
+    /// Removes a link; returns whether there was one. On disk when this returns.
     pub async fn unlink(&self, patient_id: &str, did: &str) -> Result<bool, ConsentStoreError> {
-        let had = self.links.remove(index_key(patient_id, did))?.is_some();
-        self.links.flush_async().await?;
+        let (links, key) = (self.links.clone(), index_key(patient_id, did));
+        let had = self
+            .db
+            .write(move |tx| tx.remove(&links, &key))
+            .await?
+            .is_some();
         Ok(had)
     }
 
     /// Whether this custodian has linked `did` to `patient_id` (a storage error: no).
     pub fn is_linked(&self, patient_id: &str, did: &str) -> bool {
         self.links
-            .contains_key(index_key(patient_id, did))
+            .contains_key(&index_key(patient_id, did))
             .unwrap_or(false)
     }
 
@@ -367,8 +384,7 @@ mod tests {
 
     #[tokio::test]
     async fn patient_dids_come_from_the_index_and_follow_re_registration() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::db::temporary().unwrap();
         let store = ConsentStore::open(&db).unwrap();
         for (id, did, patient) in [
             ("urn:c:1", "did:key:a1", Some("p1")),
@@ -427,31 +443,62 @@ mod tests {
     #[tokio::test]
     async fn a_store_without_the_index_is_reindexed_at_open() {
         let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.redb");
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = Db::open(&path, crate::db::SCHEMA).unwrap();
             let store = ConsentStore::open(&db).unwrap();
             store
                 .register(&consent("urn:c:1", "did:key:a1"), Some("p1".into()))
                 .await
                 .unwrap();
             // As written before the index existed.
-            db.drop_tree("consents_by_patient").unwrap();
-            db.flush().unwrap();
-        }
-        // sled's background threads release the file lock a moment after the last handle
-        // is dropped: wait for it (bounded) rather than race it.
-        let started = std::time::Instant::now();
-        let db = loop {
-            match sled::open(dir.path()) {
-                Ok(db) => break db,
-                Err(_) if started.elapsed() < std::time::Duration::from_secs(10) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("the store could not be reopened: {e}"),
+            let index = db.tree(BY_PATIENT);
+            for (key, _) in index.entries().unwrap() {
+                index.remove(&key).await.unwrap();
             }
-        };
+            assert!(store.dids_for_patient("p1", false).unwrap().is_empty());
+        }
+        // The file is closed with its last handle: it reopens at once.
+        let db = Db::open(&path, crate::db::SCHEMA).unwrap();
         let store = ConsentStore::open(&db).unwrap();
         assert_eq!(store.dids_for_patient("p1", false).unwrap(), ["did:key:a1"]);
+    }
+
+    /// Consents, withdrawals and links are on disk once their calls return: a restart
+    /// finds all of them, indexes included.
+    #[tokio::test]
+    async fn a_restart_keeps_consents_withdrawals_and_links() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = crate::db::open(dir.path()).unwrap();
+            let store = ConsentStore::open(&db).unwrap();
+            store
+                .register(&consent("urn:c:1", "did:key:a1"), Some("p1".into()))
+                .await
+                .unwrap();
+            store
+                .register(
+                    &research("urn:r:1", "p2", "urn:study:s", "research", "permit"),
+                    Some("p2".into()),
+                )
+                .await
+                .unwrap();
+            store.withdraw("urn:c:1").await.unwrap();
+            store.link("p2", "did:key:p2").await.unwrap();
+        }
+        let db = crate::db::open(dir.path()).unwrap();
+        let store = ConsentStore::open(&db).unwrap();
+        assert!(store.get("urn:c:1").unwrap().is_some());
+        assert!(store.is_withdrawn("urn:c:1") && !store.is_withdrawn("urn:r:1"));
+        assert!(store.is_linked("p2", "did:key:p2"));
+        assert_eq!(store.dids_for_patient("p1", false).unwrap(), ["did:key:a1"]);
+        let now = "2026-06-01T00:00:00Z".parse().unwrap();
+        assert_eq!(
+            store
+                .research_cohort("urn:study:s", "did:web:sponsor", "HRESCH", now, true)
+                .unwrap(),
+            ["p2"]
+        );
     }
 
     fn research(
@@ -475,8 +522,7 @@ mod tests {
 
     #[tokio::test]
     async fn research_cohorts_come_from_the_grantee_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::db::temporary().unwrap();
         let store = ConsentStore::open(&db).unwrap();
         let now = "2026-06-01T00:00:00Z".parse().unwrap();
         let cases = [

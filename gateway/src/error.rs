@@ -140,9 +140,7 @@ impl IntoResponse for GatewayError {
                 d,
             ),
             GatewayError::Consents(e) => match e {
-                ConsentStoreError::Storage(_) | ConsentStoreError::Aborted => {
-                    service::http::service_unavailable(e.to_string())
-                }
+                ConsentStoreError::Storage(_) => service::http::service_unavailable(e.to_string()),
                 ConsentStoreError::Encode(_) => service::http::internal(e),
             },
             GatewayError::Vault(e) => match e {
@@ -174,10 +172,10 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
+    /// The gateway's database (`data_dir/gateway.redb`) could not be opened; the message
+    /// names the file, or an earlier fedgate's `gateway.sled` in its way.
     #[error("gateway database: {0}")]
-    Storage(#[from] sled::Error),
-    #[error(transparent)]
-    Outbox(#[from] crate::outbox::OutboxError),
+    Storage(#[from] storage::StoreError),
     #[error(transparent)]
     Consents(#[from] ConsentStoreError),
     #[error("records: {0}")]
@@ -213,21 +211,39 @@ mod tests {
         e.into().into_response().status()
     }
 
-    fn db() -> sled::Db {
-        sled::Config::new().temporary(true).open().unwrap()
+    /// The gateway's database in `dir` with trees `names` that cannot be read: each is
+    /// replaced by a table of other key and value types, so every read and write of it
+    /// fails in storage, the way a failing disk would answer.
+    fn spoiled(dir: &std::path::Path, names: &[&str]) -> crate::db::Db {
+        let path = dir.join("gateway.redb");
+        drop(crate::db::open(dir).unwrap());
+        {
+            let db = redb::Database::open(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            for name in names {
+                let tree = redb::TableDefinition::<&[u8], &[u8]>::new(name);
+                tx.delete_table(tree).unwrap();
+                let table = redb::TableDefinition::<u64, u64>::new(name);
+                tx.open_table(table).unwrap().insert(1, 1).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        crate::db::open(dir).unwrap()
     }
 
-    /// The vault's tree is dropped under it: every read is a storage error, the way a
-    /// failing disk or a closed database would answer.
     #[test]
     fn a_vault_that_cannot_read_is_503_not_an_unknown_token() {
-        let db = db();
-        let vault = Vault::open(db.open_tree("vault").unwrap(), [7; 32]);
-        let token = vault.put("MRN-1", "mrn", "did:web:b", "clinical").unwrap();
-        assert_eq!(vault.find("tok_never-issued").unwrap(), None);
-        assert!(vault.find(&token).unwrap().is_some());
-
-        db.drop_tree("vault").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let token = {
+            let db = crate::db::open(dir.path()).unwrap();
+            let vault = Vault::open(db.tree("vault"), [7; 32]);
+            let token = vault.put("MRN-1", "mrn", "did:web:b", "clinical").unwrap();
+            assert_eq!(vault.find("tok_never-issued").unwrap(), None);
+            assert!(vault.find(&token).unwrap().is_some());
+            token
+        };
+        let db = spoiled(dir.path(), &["vault"]);
+        let vault = Vault::open(db.tree("vault"), [7; 32]);
         let err = vault.find(&token).unwrap_err();
         assert!(matches!(err, VaultError::Storage(_)), "{err:?}");
         assert_eq!(status(err), StatusCode::SERVICE_UNAVAILABLE);
@@ -250,21 +266,21 @@ mod tests {
 
     #[test]
     fn a_consent_store_that_cannot_read_fails_the_cohort_with_503() {
-        let db = db();
-        let store = ConsentStore::open(&db).unwrap();
         let now = chrono::Utc::now();
+        let store = ConsentStore::open(&crate::db::temporary().unwrap()).unwrap();
         assert_eq!(
             store
                 .research_cohort("urn:study:s", "did:web:sponsor", "HRESCH", now, false)
                 .unwrap(),
             Vec::<String>::new()
         );
-        db.drop_tree("consents_by_grantee").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let db = spoiled(dir.path(), &["consents_by_grantee", "patient_links"]);
+        let store = ConsentStore::open(&db).unwrap();
         let err = store
             .research_cohort("urn:study:s", "did:web:sponsor", "HRESCH", now, false)
             .unwrap_err();
         assert_eq!(status(err), StatusCode::SERVICE_UNAVAILABLE);
-        db.drop_tree("patient_links").unwrap();
         let err = store.dids_for_patient("p1", false).unwrap_err();
         assert_eq!(status(err), StatusCode::SERVICE_UNAVAILABLE);
     }

@@ -86,6 +86,9 @@ pub fn gateway_peers(members: &[federation::registry::Member], own: &str) -> Vec
     peers
 }
 
+/// The tree of split-view evidence (owned here).
+const EVIDENCE: &str = "log_evidence";
+
 pub struct Gossip {
     shipper: Arc<Shipper>,
     peers: Vec<reqwest::Url>,
@@ -93,7 +96,7 @@ pub struct Gossip {
     dev_mode: bool,
     client: reqwest::Client,
     /// The first pair of notes of each incident, for whoever investigates.
-    evidence: sled::Tree,
+    evidence: crate::db::Tree,
     /// Peers whose last comparison found a split view: an incident lasts until a
     /// comparison with that peer succeeds again, however many rounds see it meanwhile.
     split: std::sync::Mutex<HashSet<String>>,
@@ -104,7 +107,7 @@ impl Gossip {
     /// `peers` are other gateways' base URLs, checked when the config was loaded;
     /// `more_peers` are read each round and checked then.
     pub fn new(
-        db: &sled::Db,
+        db: &crate::db::Db,
         shipper: Arc<Shipper>,
         peers: &[String],
         more_peers: Option<PeerSource>,
@@ -121,9 +124,7 @@ impl Gossip {
             more_peers,
             dev_mode,
             client: federation::client::http_client(),
-            evidence: db
-                .open_tree("log_evidence")
-                .map_err(|e| ShipError::Storage(e.to_string()))?,
+            evidence: db.tree(EVIDENCE),
             split: std::sync::Mutex::new(HashSet::new()),
             interval,
         })
@@ -302,10 +303,7 @@ impl Gossip {
         })
         .map_err(|e| ShipError::Storage(e.to_string()))?;
         self.evidence
-            .insert(&key.finalize()[..], evidence)
-            .map_err(|e| ShipError::Storage(e.to_string()))?;
-        self.evidence
-            .flush_async()
+            .insert(&key.finalize()[..], &evidence)
             .await
             .map_err(|e| ShipError::Storage(e.to_string()))?;
         Ok(())

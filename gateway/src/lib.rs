@@ -5,7 +5,7 @@
 //! - [`config`]: `gateway.toml`, validated at load.
 //! - `nonce`: single-use challenges (`service::nonce`), the replay defence of presentations.
 //! - [`policy`]: Rego policies per domain (regorus), hot reload, `policy test` runner.
-//! - [`records`]: the local FHIR store (sled) or the organization's FHIR server.
+//! - [`records`]: the local FHIR store (a redb file) or the organization's FHIR server.
 //! - [`tokenize`]: obligations applied to FHIR JSON (reveal, tokenize, pseudonymize,
 //!   generalize, redact), the patient's identifiers scrubbed from every string and text
 //!   attachment, unscannable attachments withheld; [`vault`]: the encrypted token vault.
@@ -28,11 +28,14 @@
 //!   tokenize, record); [`routes`]: the router and its small handlers; [`exchange`]: the
 //!   clinical and billing request, top to bottom.
 //! - [`error`]: the crate's error enum, mapped to problem+json once.
+//! - [`db`]: the gateway's database (`data_dir/gateway.redb`), whose trees the modules
+//!   above own; a write is on disk when it returns.
 
 pub mod bundle;
 pub mod config;
 pub mod consents;
 pub mod dates;
+pub mod db;
 mod detokenize;
 pub mod error;
 pub mod exchange;
@@ -108,7 +111,9 @@ pub async fn run(
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(60)).await;
-            nonces.purge_expired();
+            if let Err(e) = nonces.purge_expired().await {
+                tracing::warn!(error = %e, "expired challenges not purged; will retry");
+            }
         }
     });
     if let Some(vis) = config.visibility.clone() {

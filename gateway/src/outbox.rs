@@ -1,17 +1,26 @@
 //! The durable access-event outbox.
 //!
-//! Every decision's event is written here, and fsynced, before the response leaves: an
-//! access that cannot be recorded is not served. Writes are group-committed by one task:
-//! concurrent requests share a single fsync, and none is acknowledged before it.
-//! When the outbox holds its configured maximum, new exchanges are refused (503) rather
-//! than served unrecorded; it drains as the shipper delivers events.
+//! Every decision's event is written here, and on disk (the commit's `fdatasync`
+//! returned), before the response leaves: an access that cannot be recorded is not
+//! served. Concurrent appends share one commit (the database's group commit), and none is
+//! acknowledged before it. When the outbox holds its configured maximum, new exchanges are
+//! refused (503) rather than served unrecorded; it drains as the shipper delivers events.
+//! The bound is checked in the same write that appends, so it holds under any concurrency.
 //!
 //! On the NATS path an event goes through a second stage: once the stream has stored it,
 //! it moves to the `published` tree (it is recorded, so it no longer counts against the
 //! bound) and stays there until the log's receipt for it is kept.
 
+use std::ops::ControlFlow;
+
 use federation::events::AccessEvent;
-use tokio::sync::{mpsc, oneshot};
+use storage::{StoreError, WriteTx};
+
+use crate::db::{Db, Tree};
+
+/// The trees this module owns.
+const PENDING_TREE: &str = "outbox";
+const PUBLISHED_TREE: &str = "outbox_published";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OutboxError {
@@ -25,57 +34,70 @@ pub enum OutboxError {
     Invalid(federation::events::EventTextError),
 }
 
-type Pending = (AccessEvent, oneshot::Sender<Result<(), OutboxError>>);
+impl From<StoreError> for OutboxError {
+    fn from(e: StoreError) -> Self {
+        OutboxError::Storage(e.to_string())
+    }
+}
+
+/// Which stage an event waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// Not yet handed to the log (or to the stream).
+    Pending,
+    /// Handed to NATS JetStream, waiting for the log's receipt.
+    Published,
+}
 
 #[derive(Clone)]
 pub struct Outbox {
-    tree: sled::Tree,
+    db: Db,
+    tree: Tree,
     /// Handed to NATS JetStream, waiting for the log's receipt.
-    published: sled::Tree,
+    published: Tree,
     max_events: usize,
-    tx: mpsc::Sender<Pending>,
 }
 
 impl Outbox {
-    /// Opens the outbox and starts its committer task (needs a tokio runtime).
-    pub fn start(db: &sled::Db, max_events: usize) -> Result<Self, OutboxError> {
-        let tree = db
-            .open_tree("outbox")
-            .map_err(|e| OutboxError::Storage(e.to_string()))?;
-        let published = db
-            .open_tree("outbox_published")
-            .map_err(|e| OutboxError::Storage(e.to_string()))?;
-        let (tx, rx) = mpsc::channel::<Pending>(4096);
-        tokio::spawn(committer(db.clone(), tree.clone(), rx));
-        Ok(Outbox {
-            tree,
-            published,
+    /// The outbox in the gateway's database, holding at most `max_events` unsent events.
+    pub fn open(db: &Db, max_events: usize) -> Self {
+        Outbox {
+            db: db.clone(),
+            tree: db.tree(PENDING_TREE),
+            published: db.tree(PUBLISHED_TREE),
             max_events,
-            tx,
-        })
+        }
     }
 
+    /// Events not yet handed on. A storage failure counts as full (see [`Outbox::has_room`]).
     pub fn len(&self) -> usize {
-        self.tree.len()
+        count(&self.tree)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
+        self.len() == 0
     }
 
     /// Events handed to NATS that have no receipt yet.
     pub fn awaiting_len(&self) -> usize {
-        self.published.len()
+        count(&self.published)
     }
 
     /// Events without a receipt, wherever they wait.
     pub fn unconfirmed_len(&self) -> usize {
-        self.len() + self.awaiting_len()
+        self.len().saturating_add(self.awaiting_len())
     }
 
-    /// Whether a new exchange may start (there is room for its event).
+    /// Whether a new exchange may start (there is room for its event). An outbox that
+    /// cannot be read has no room: the exchange fails closed.
     pub fn has_room(&self) -> bool {
-        self.tree.len() < self.max_events
+        match self.tree.len() {
+            Ok(n) => n < self.max_events as u64,
+            Err(e) => {
+                tracing::warn!(error = %e, "the outbox could not be read; refusing new exchanges");
+                false
+            }
+        }
     }
 
     /// Appends an event; returns once it is on disk.
@@ -98,13 +120,23 @@ impl Outbox {
             );
         }
         federation::events::check_free_text(&event).map_err(OutboxError::Invalid)?;
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send((event, done))
-            .await
-            .map_err(|_| OutboxError::Storage("committer stopped".into()))?;
-        wait.await
-            .map_err(|_| OutboxError::Storage("committer stopped".into()))?
+        let bytes = serde_json::to_vec(&event).map_err(|e| OutboxError::Storage(e.to_string()))?;
+        let (tree, max) = (self.tree.clone(), self.max_events as u64);
+        let result = self
+            .db
+            .write(move |tx| {
+                // Checked again where it cannot race: the writer runs one write at a time.
+                if tx.len(&tree)? >= max {
+                    return Err(OutboxError::Full);
+                }
+                tx.insert(&tree, event.id.as_bytes(), &bytes)?;
+                Ok(())
+            })
+            .await;
+        if let Err(e @ OutboxError::Storage(_)) = &result {
+            tracing::error!(error = %e, "outbox write failed");
+        }
+        result
     }
 
     /// The oldest `limit` events, in id (time) order.
@@ -117,26 +149,30 @@ impl Outbox {
         oldest(&self.published, limit)
     }
 
-    /// Moves events the stream has stored to the published stage. The copy is on disk
-    /// before the original goes, so a crash in between leaves the event in both stages:
-    /// it is published again, and the stream and the log both drop the duplicate.
+    /// Moves events the stream has stored to the published stage, in one write: each is
+    /// in exactly one stage at any moment, crash or not.
     pub async fn mark_published(&self, events: &[AccessEvent]) -> Result<(), OutboxError> {
-        let storage = |e: sled::Error| OutboxError::Storage(e.to_string());
-        let mut copy = sled::Batch::default();
+        let mut moved = Vec::with_capacity(events.len());
         for event in events {
             let bytes =
                 serde_json::to_vec(event).map_err(|e| OutboxError::Storage(e.to_string()))?;
-            copy.insert(event.id.as_bytes(), bytes);
+            moved.push((event.id.clone(), bytes));
         }
-        self.published.apply_batch(copy).map_err(storage)?;
-        self.published.flush_async().await.map_err(storage)?;
-        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-        self.acknowledge(&ids).await
+        let (tree, published) = (self.tree.clone(), self.published.clone());
+        self.db
+            .write(move |tx| {
+                for (id, bytes) in &moved {
+                    tx.insert(&published, id.as_bytes(), bytes)?;
+                    tx.remove(&tree, id.as_bytes())?;
+                }
+                Ok(())
+            })
+            .await
     }
 
     /// Removes published events whose receipts are kept.
     pub async fn confirm(&self, ids: &[String]) -> Result<(), OutboxError> {
-        remove(&self.published, ids).await
+        self.remove_from(Stage::Published, ids).await
     }
 
     pub fn get(&self, id: &str) -> Option<AccessEvent> {
@@ -146,80 +182,158 @@ impl Outbox {
 
     /// Removes delivered events.
     pub async fn acknowledge(&self, ids: &[String]) -> Result<(), OutboxError> {
-        remove(&self.tree, ids).await
+        self.remove_from(Stage::Pending, ids).await
     }
-}
 
-fn oldest(tree: &sled::Tree, limit: usize) -> Vec<AccessEvent> {
-    tree.iter()
-        .values()
-        .flatten()
-        .filter_map(|v| serde_json::from_slice::<AccessEvent>(&v).ok())
-        // An event queued before the event vocabulary existed would be refused by the log
-        // every time it is sent, and the outbox would fill: it is brought inside the
-        // vocabulary as it leaves, the same way every time, so its leaf stays one.
-        .map(|mut event| {
-            federation::events::confine_free_text(&mut event);
-            event
-        })
-        .take(limit)
-        .collect()
-}
-
-async fn remove(tree: &sled::Tree, ids: &[String]) -> Result<(), OutboxError> {
-    let mut batch = sled::Batch::default();
-    for id in ids {
-        batch.remove(id.as_bytes());
+    async fn remove_from(&self, stage: Stage, ids: &[String]) -> Result<(), OutboxError> {
+        let (outbox, ids) = (self.clone(), ids.to_vec());
+        self.db
+            .write(move |tx| outbox.settle(tx, stage, &ids).map_err(OutboxError::from))
+            .await
     }
-    tree.apply_batch(batch)
-        .map_err(|e| OutboxError::Storage(e.to_string()))?;
-    tree.flush_async()
-        .await
-        .map_err(|e| OutboxError::Storage(e.to_string()))?;
-    Ok(())
-}
 
-async fn committer(db: sled::Db, tree: sled::Tree, mut rx: mpsc::Receiver<Pending>) {
-    let mut batch_waiters = Vec::new();
-    while let Some(first) = rx.recv().await {
-        batch_waiters.clear();
-        let mut batch = sled::Batch::default();
-        let push =
-            |(event, done): Pending, batch: &mut sled::Batch| match serde_json::to_vec(&event) {
-                Ok(bytes) => {
-                    batch.insert(event.id.as_bytes(), bytes);
-                    Some(done)
-                }
-                Err(e) => {
-                    let _ = done.send(Err(OutboxError::Storage(e.to_string())));
-                    None
-                }
-            };
-        batch_waiters.extend(push(first, &mut batch));
-        // Take whatever else is already waiting: one fsync for all of it.
-        while batch_waiters.len() < 1024 {
-            match rx.try_recv() {
-                Ok(p) => batch_waiters.extend(push(p, &mut batch)),
-                Err(_) => break,
-            }
-        }
-        let result = tree
-            .apply_batch(batch)
-            .map_err(|e| OutboxError::Storage(e.to_string()));
-        let result = match result {
-            Ok(()) => db
-                .flush_async()
-                .await
-                .map(|_| ())
-                .map_err(|e| OutboxError::Storage(e.to_string())),
-            Err(e) => Err(e),
+    /// Removes `ids` from `stage` inside the caller's write: the shipper removes delivered
+    /// events in the same write that keeps their receipts.
+    pub(crate) fn settle(
+        &self,
+        tx: &mut WriteTx<'_>,
+        stage: Stage,
+        ids: &[String],
+    ) -> Result<(), StoreError> {
+        let tree = match stage {
+            Stage::Pending => &self.tree,
+            Stage::Published => &self.published,
         };
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "outbox write failed");
+        for id in ids {
+            tx.remove(tree, id.as_bytes())?;
         }
-        for done in batch_waiters.drain(..) {
-            let _ = done.send(result.clone());
+        Ok(())
+    }
+}
+
+/// Entries in `tree`; a storage failure is logged and counts as `usize::MAX` (full).
+fn count(tree: &Tree) -> usize {
+    match tree.len() {
+        Ok(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        Err(e) => {
+            tracing::warn!(error = %e, tree = tree.name(), "the outbox could not be read");
+            usize::MAX
         }
+    }
+}
+
+fn oldest(tree: &Tree, limit: usize) -> Vec<AccessEvent> {
+    let mut out = Vec::new();
+    if limit == 0 {
+        return out;
+    }
+    let read = tree.scan(.., |_, v| {
+        if let Ok(mut event) = serde_json::from_slice::<AccessEvent>(v) {
+            // An event queued before the event vocabulary existed would be refused by the
+            // log every time it is sent, and the outbox would fill: it is brought inside
+            // the vocabulary as it leaves, the same way every time, so its leaf stays one.
+            federation::events::confine_free_text(&mut event);
+            out.push(event);
+        }
+        if out.len() >= limit {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    if let Err(e) = read {
+        // Nothing is shipped this round; the shipper asks again.
+        tracing::warn!(error = %e, tree = tree.name(), "the outbox could not be read");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn event(n: u32) -> AccessEvent {
+        serde_json::from_value(serde_json::json!({
+            "id": format!("0190c3a0-0000-7000-8000-{n:012}"),
+            "time": "2026-11-01T10:00:00Z",
+            "custodian": "did:web:hospital-a.example",
+            "domain": "clinical",
+            "purpose": "TREAT",
+            "decision": "allow",
+            "decisionId": format!("0190c3a0-0000-7000-8000-{n:012}"),
+        }))
+        .unwrap()
+    }
+
+    fn ids(events: &[AccessEvent]) -> Vec<String> {
+        events.iter().map(|e| e.id.clone()).collect()
+    }
+
+    /// An append returns once the event is on disk: a restart finds every event in its
+    /// stage, in order.
+    #[tokio::test]
+    async fn a_restart_keeps_the_outbox_and_its_stages() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let outbox = Outbox::open(&crate::db::open(dir.path()).unwrap(), 10);
+            for n in 0..4 {
+                outbox.append(event(n)).await.unwrap();
+            }
+            outbox.mark_published(&[event(0), event(1)]).await.unwrap();
+            outbox.acknowledge(&[event(2).id]).await.unwrap();
+        }
+        let outbox = Outbox::open(&crate::db::open(dir.path()).unwrap(), 10);
+        assert_eq!(ids(&outbox.pending(10)), [event(3).id]);
+        assert_eq!(ids(&outbox.awaiting(10)), [event(0).id, event(1).id]);
+        assert_eq!(
+            (
+                outbox.len(),
+                outbox.awaiting_len(),
+                outbox.unconfirmed_len()
+            ),
+            (1, 2, 3)
+        );
+        outbox.confirm(&[event(0).id]).await.unwrap();
+        assert_eq!(ids(&outbox.awaiting(10)), [event(1).id]);
+        assert!(outbox.get(&event(3).id).is_some() && outbox.get(&event(0).id).is_none());
+    }
+
+    /// However many requests append at once, the outbox never holds more than its bound;
+    /// the others are refused (the exchange fails closed), and published events no longer
+    /// count against it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_full_outbox_refuses_appends_even_when_they_race() {
+        let outbox = Outbox::open(&crate::db::temporary().unwrap(), 5);
+        let run = async {
+            let mut tasks = Vec::new();
+            for n in 0..40 {
+                let outbox = outbox.clone();
+                tasks.push(tokio::spawn(async move { outbox.append(event(n)).await }));
+            }
+            let mut results = Vec::new();
+            for t in tasks {
+                results.push(t.await.unwrap());
+            }
+            results
+        };
+        let results = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("40 appends did not finish within 60 s");
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 5);
+        assert!(results
+            .iter()
+            .all(|r| matches!(r, Ok(()) | Err(OutboxError::Full))));
+        assert_eq!(outbox.len(), 5);
+        assert!(!outbox.has_room());
+        let moved = outbox.pending(2);
+        outbox.mark_published(&moved).await.unwrap();
+        assert!(outbox.has_room());
+        outbox.append(event(100)).await.unwrap();
+        outbox.append(event(101)).await.unwrap();
+        assert_eq!(outbox.append(event(102)).await, Err(OutboxError::Full));
+        assert_eq!(outbox.unconfirmed_len(), 7);
     }
 }
 
@@ -231,8 +345,8 @@ mod vocabulary_tests {
     /// identifier) leaves the outbox inside the vocabulary, and the same at every read.
     #[tokio::test]
     async fn events_queued_before_the_vocabulary_leave_inside_it() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let outbox = super::Outbox::start(&db, 10).unwrap();
+        let db = crate::db::temporary().unwrap();
+        let outbox = super::Outbox::open(&db, 10);
         let mut event: super::AccessEvent = serde_json::from_value(serde_json::json!({
             "id": "0190c3a0-0000-7000-8000-000000000001",
             "time": "2026-11-01T10:00:00Z",
@@ -248,7 +362,8 @@ mod vocabulary_tests {
         assert!(events::check_free_text(&event).is_err());
         outbox
             .tree
-            .insert(event.id.as_bytes(), serde_json::to_vec(&event).unwrap())
+            .insert(event.id.as_bytes(), &serde_json::to_vec(&event).unwrap())
+            .await
             .unwrap();
         let first = outbox.pending(10);
         assert_eq!(first.len(), 1);

@@ -643,9 +643,7 @@ pub(crate) mod request {
 
     fn budget_error(e: BudgetError) -> GatewayError {
         match e {
-            BudgetError::Storage(_) | BudgetError::Interrupted => {
-                GatewayError::Unavailable(e.to_string())
-            }
+            BudgetError::Storage(_) => GatewayError::Unavailable(e.to_string()),
             BudgetError::Corrupt => GatewayError::Internal(e.to_string()),
         }
     }
@@ -1121,8 +1119,8 @@ mod tests {
 
         // The budget runs out: a study with 3 ε at 1 ε per query gets three answers, then
         // every query is refused and nothing more is spent.
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let store = BudgetStore::open(&db).unwrap();
+        let db = crate::db::temporary().unwrap();
+        let store = BudgetStore::open(&db);
         let study = "urn:fedgate:study:differencing";
         let total = 3_000_000;
         let mut answered = 0;
@@ -1139,7 +1137,7 @@ mod tests {
         assert!(store.spent(study).unwrap() <= total);
     }
 
-    use crate::records::{import_paths, SledStore};
+    use crate::records::{import_paths, EmbeddedStore};
     use std::path::{Path, PathBuf};
 
     /// One fixture patient as read from its bundle.
@@ -1278,7 +1276,7 @@ mod tests {
 
     async fn source() -> (tempfile::TempDir, RecordSource) {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(&dir.path().join("r")).unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("r")).unwrap();
         import_paths(&store, &fixture_dirs()).unwrap();
         (dir, RecordSource::Embedded(store))
     }
@@ -1366,7 +1364,7 @@ mod tests {
             let bytes = serde_json::to_vec(&p.bundle).unwrap();
             std::fs::write(bundles.join(format!("p{i}.json")), bytes).unwrap();
         }
-        let store = SledStore::open(&dir.path().join("r")).unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("r")).unwrap();
         import_paths(&store, &[bundles]).unwrap();
         let src = RecordSource::Embedded(store);
         let now = today.and_hms_opt(12, 0, 0).unwrap().and_utc();

@@ -104,10 +104,7 @@ async fn did_document(State(s): AppState) -> Result<Json<Value>, GatewayError> {
     responses((status = 200, description = "A C2SP signed note by the log's key", body = String,
         content_type = "text/plain"), NotFound, Unavailable))]
 async fn adopted_checkpoint(State(s): AppState) -> Result<Response, GatewayError> {
-    let state =
-        s.db.open_tree(crate::shipper::LOG_STATE)
-            .map_err(|e| GatewayError::Unavailable(e.to_string()))?;
-    let adopted = crate::shipper::Adopted::load(&state)
+    let adopted = crate::shipper::Adopted::load(&s.db.tree(crate::shipper::LOG_STATE))
         .map_err(|e| GatewayError::Unavailable(e.to_string()))?;
     match adopted.and_then(|a| a.note) {
         Some(note) => Ok((
@@ -147,6 +144,7 @@ async fn challenge(State(s): AppState) -> Result<Response, GatewayError> {
     let (challenge, expires) = s
         .nonces
         .issue()
+        .await
         .map_err(|e| GatewayError::Unavailable(e.to_string()))?;
     Ok((
         StatusCode::OK,

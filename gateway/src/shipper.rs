@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use service::eventbus::{self, NatsConfig};
 
-use crate::outbox::Outbox;
+use crate::db::{Db, Tree};
+use crate::outbox::{Outbox, Stage as OutboxStage};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,8 +107,9 @@ pub struct Shipper {
     config: VisibilityConfig,
     resolver: Arc<DidResolver>,
     client: reqwest::Client,
-    receipts: sled::Tree,
-    state: sled::Tree,
+    db: Db,
+    receipts: Tree,
+    state: Tree,
     dev_mode: bool,
     bus: Option<Bus>,
     /// Whether the log disagrees with us since the last adopted checkpoint: one incident
@@ -166,8 +168,10 @@ async fn read_strict_json<T: serde::de::DeserializeOwned>(
     serde_json::from_value(value).map_err(|e| ShipError::BadAnswer(e.to_string()))
 }
 
-/// The sled tree of the shipper's log state, and its key for the adopted checkpoint.
+/// The tree of the shipper's log state, and its key for the adopted checkpoint.
 pub const LOG_STATE: &str = "log_state";
+/// The tree of the receipts kept, by event id.
+pub const RECEIPTS: &str = "receipts";
 const LAST_CHECKPOINT: &[u8] = b"last_checkpoint";
 
 /// The checkpoint later ones must extend: the last one whose whole answer passed every
@@ -183,7 +187,7 @@ pub struct Adopted {
 
 impl Adopted {
     /// Reads it from the gateway's `log_state` tree.
-    pub fn load(state: &sled::Tree) -> Result<Option<Adopted>, ShipError> {
+    pub fn load(state: &Tree) -> Result<Option<Adopted>, ShipError> {
         let bytes = state
             .get(LAST_CHECKPOINT)
             .map_err(|e| ShipError::Storage(e.to_string()))?;
@@ -200,14 +204,13 @@ impl Adopted {
 
 impl Shipper {
     pub fn new(
-        db: &sled::Db,
+        db: &Db,
         outbox: Outbox,
         key: KeyPair,
         config: VisibilityConfig,
         resolver: Arc<DidResolver>,
         dev_mode: bool,
     ) -> Result<Self, ShipError> {
-        let storage = |e: sled::Error| ShipError::Storage(e.to_string());
         let bus = match (config.transport, &config.nats) {
             (Transport::Nats, Some(n)) => Some(Bus {
                 subject: n.subject_for(key.did()),
@@ -223,8 +226,9 @@ impl Shipper {
             (Transport::Https, _) => None,
         };
         Ok(Shipper {
-            receipts: db.open_tree("receipts").map_err(storage)?,
-            state: db.open_tree(LOG_STATE).map_err(storage)?,
+            db: db.clone(),
+            receipts: db.tree(RECEIPTS),
+            state: db.tree(LOG_STATE),
             outbox,
             key,
             config,
@@ -241,8 +245,11 @@ impl Shipper {
         serde_json::from_slice(&v).ok()
     }
 
+    /// Receipts kept (a storage failure counts none).
     pub fn receipt_count(&self) -> usize {
-        self.receipts.len()
+        self.receipts
+            .len()
+            .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     /// Runs forever: ships, backs off on failure, recovers by itself.
@@ -399,20 +406,23 @@ impl Shipper {
         let answer: BatchResponse = self
             .post_json("v1/batches", &json!({"batch": batch}))
             .await?;
-        let stored = self
-            .keep_receipts(&events, &answer.checkpoint, &answer.receipts)
-            .await?;
-        if stored.len() != events.len() {
+        // Receipts short of the batch: none is kept and no event leaves the outbox; the
+        // whole batch is sent again (the log keeps one leaf per event).
+        if answer.receipts.len() != events.len() {
             return Err(ShipError::BadAnswer(format!(
                 "{} receipts for {} events",
-                stored.len(),
+                answer.receipts.len(),
                 events.len()
             )));
         }
-        self.outbox
-            .acknowledge(&stored)
-            .await
-            .map_err(|e| ShipError::Storage(e.to_string()))?;
+        let stored = self
+            .keep_receipts(
+                &events,
+                &answer.checkpoint,
+                &answer.receipts,
+                OutboxStage::Pending,
+            )
+            .await?;
         metrics::counter!("fedgate_events_shipped_total").increment(stored.len() as u64);
         Ok(stored.len())
     }
@@ -499,12 +509,13 @@ impl Shipper {
             )));
         }
         let stored = self
-            .keep_receipts(&events, &answer.checkpoint, &answer.receipts)
+            .keep_receipts(
+                &events,
+                &answer.checkpoint,
+                &answer.receipts,
+                OutboxStage::Published,
+            )
             .await?;
-        self.outbox
-            .confirm(&stored)
-            .await
-            .map_err(|e| ShipError::Storage(e.to_string()))?;
         metrics::counter!("fedgate_events_shipped_total").increment(stored.len() as u64);
         self.republish_stale(&events, &stored).await;
         Ok(stored.len())
@@ -545,12 +556,15 @@ impl Shipper {
     /// Checks an answer from the log and keeps its receipts: the checkpoint's signature,
     /// its consistency with the last accepted one, each receipt naming an event that was
     /// sent and lying inside the checkpoint, and the inclusion of the first and last
-    /// receipt. Returns the ids whose receipts are now on disk.
+    /// receipt. The receipts, the adopted checkpoint and the removal of their events from
+    /// `stage` of the outbox are one write: an event leaves the outbox exactly when its
+    /// receipt is kept. Returns the ids whose receipts are now on disk.
     async fn keep_receipts(
         &self,
         sent: &[AccessEvent],
         note: &str,
         receipts: &[wire::Receipt],
+        stage: OutboxStage,
     ) -> Result<Vec<String>, ShipError> {
         let verifier = self.note_verifier().await?;
         let cp = checkpoint::open(note, std::slice::from_ref(&verifier))
@@ -559,6 +573,7 @@ impl Shipper {
 
         let by_id: HashMap<&str, &AccessEvent> = sent.iter().map(|e| (e.id.as_str(), e)).collect();
         let mut stored = Vec::with_capacity(receipts.len());
+        let mut kept = Vec::with_capacity(receipts.len());
         for (i, r) in receipts.iter().enumerate() {
             let Some(event) = by_id.get(r.event_id.as_str()) else {
                 return Err(ShipError::BadAnswer("receipt for an event not sent".into()));
@@ -596,16 +611,32 @@ impl Shipper {
             };
             let bytes =
                 serde_json::to_vec(&receipt).map_err(|e| ShipError::Storage(e.to_string()))?;
-            self.receipts
-                .insert(r.event_id.as_bytes(), bytes)
-                .map_err(|e| ShipError::Storage(e.to_string()))?;
+            kept.push(bytes);
             stored.push(r.event_id.clone());
         }
-        self.adopt(cp.size, &cp.root, note)?;
-        self.receipts
-            .flush_async()
+        let adopted = serde_json::to_vec(&Adopted {
+            size: cp.size,
+            root: hex::encode(cp.root),
+            note: Some(note.to_string()),
+        })
+        .map_err(|e| ShipError::Storage(e.to_string()))?;
+        let (receipts_tree, state, outbox) = (
+            self.receipts.clone(),
+            self.state.clone(),
+            self.outbox.clone(),
+        );
+        let ids = stored.clone();
+        self.db
+            .write(move |tx| {
+                for (id, bytes) in ids.iter().zip(&kept) {
+                    tx.insert(&receipts_tree, id.as_bytes(), bytes)?;
+                }
+                tx.insert(&state, LAST_CHECKPOINT, &adopted)?;
+                outbox.settle(tx, stage, &ids)
+            })
             .await
             .map_err(|e| ShipError::Storage(e.to_string()))?;
+        self.adopted_now();
         Ok(stored)
     }
 
@@ -662,21 +693,12 @@ impl Shipper {
         Adopted::load(&self.state)
     }
 
-    /// Makes a checked checkpoint the one later ones must extend; called only once the
-    /// whole answer carrying it has passed its checks.
-    fn adopt(&self, size: u64, root: &log::Hash, note: &str) -> Result<(), ShipError> {
+    /// A checked checkpoint was adopted (kept on disk, in the write that kept its
+    /// receipts, only once the whole answer carrying it passed its checks): any incident
+    /// is over.
+    fn adopted_now(&self) {
         metrics::gauge!("fedgate_log_inconsistent").set(0.0);
         self.in_incident.store(false, Ordering::SeqCst);
-        let adopted = serde_json::to_vec(&Adopted {
-            size,
-            root: hex::encode(root),
-            note: Some(note.to_string()),
-        })
-        .map_err(|e| ShipError::Storage(e.to_string()))?;
-        self.state
-            .insert(LAST_CHECKPOINT, adopted)
-            .map_err(|e| ShipError::Storage(e.to_string()))?;
-        Ok(())
     }
 }
 

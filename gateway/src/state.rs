@@ -45,7 +45,8 @@ pub struct GatewayState {
     /// What each study has spent of its privacy budget here (research).
     pub research_budget: crate::research::budget::BudgetStore,
     pub secret: [u8; 32],
-    pub db: sled::Db,
+    /// The gateway's database (`data_dir/gateway.redb`).
+    pub db: crate::db::Db,
     /// The admin endpoints' token; without one they refuse every call.
     pub(crate) admin: Option<service::admin::AdminToken>,
     trust_mode: TrustMode,
@@ -120,18 +121,15 @@ impl GatewayState {
             path: config.data_dir.display().to_string(),
             source,
         })?;
-        let db = service::db::open_with_cache(
-            &config.data_dir.join("gateway.sled"),
-            service::db::GATEWAY_CACHE_BYTES,
-        )?;
+        let db = crate::db::open(&config.data_dir)?;
         let nonces = Nonces::new(
-            db.open_tree("nonces")?,
+            db.tree("nonces"),
             Duration::from_secs(config.challenge_ttl_secs),
         );
-        let outbox = Outbox::start(&db, config.outbox_max_events)?;
+        let outbox = Outbox::open(&db, config.outbox_max_events);
         let consents = ConsentStore::open(&db)?;
-        let vault = Arc::new(Vault::open(db.open_tree("vault")?, secret));
-        let research_budget = crate::research::budget::BudgetStore::open(&db)?;
+        let vault = Arc::new(Vault::open(db.tree("vault"), secret));
+        let research_budget = crate::research::budget::BudgetStore::open(&db);
         let records = match &config.records {
             RecordsConfig::Embedded => RecordSource::embedded(&config.data_dir.join("records"))?,
             RecordsConfig::Fhir {
@@ -183,7 +181,7 @@ impl GatewayState {
         resolver.pin(key.did_document().map_err(StartError::DidDocument)?);
         let (trust, trust_mode): (Arc<dyn TrustSource>, TrustMode) = match &config.registry {
             Some(rc) => {
-                let registry = Arc::new(Registry::journaled_in(
+                let registry = Arc::new(service::db::journaled_registry(
                     &db,
                     rc.governance.clone(),
                     config.dev_mode,
@@ -389,7 +387,7 @@ impl GatewayState {
         ledger.note_presentation(&vp);
         // Consumed only after the proof verified: a forged presentation cannot burn
         // somebody else's challenge, and of two replays exactly one gets through.
-        if let Err(e) = self.nonces.consume(&challenge) {
+        if let Err(e) = self.nonces.consume(&challenge).await {
             return Err(self.refuse(ledger, "challenge", e.to_string()).await);
         }
         Ok(vp)
@@ -409,7 +407,8 @@ impl GatewayState {
     }
 
     /// Tokenizes what leaves, on the blocking pool: it hashes, encrypts and writes new
-    /// tokens to the vault with one flush, none of which may stall the async workers.
+    /// tokens to the vault in one write (on disk before it returns), none of which may
+    /// stall the async workers.
     pub async fn tokenize(
         &self,
         resources: Vec<Value>,
@@ -436,7 +435,7 @@ impl GatewayState {
         .map_err(|e| GatewayError::Internal(format!("tokenization failed: {e}")))
     }
 
-    /// Records the decision's event (fsynced) — before any response is sent.
+    /// Records the decision's event (on disk) — before any response is sent.
     pub async fn record(
         &self,
         ledger: &Ledger,

@@ -2,15 +2,22 @@
 //! AES-256-GCM-encrypted so that a later, separately authorized detokenize request can
 //! reveal them to the organization they were issued to, and to nobody else.
 //!
-//! Layout of the sled tree (owned by this module):
+//! Layout of its tree of the gateway's database (owned by this module):
 //! - `t:<token>` → [`Sealed`] (metadata in clear for the policy, value encrypted);
 //! - `i:<HMAC(index key, recipient, domain, class, value)>` → token, so the same value sent
 //!   to the same recipient again reuses its token instead of growing the vault.
 //!
 //! Both keys are derived from the gateway secret with HMAC-SHA256 and distinct labels; the
 //! secret itself is not kept, and the derived keys are zeroized on drop.
+//!
+//! New tokens are written together: a tokenization collects the tokens it minted
+//! ([`NewTokens`]) and commits them in one write before its answer leaves
+//! ([`Vault::commit`]), so a token that left is on disk. Until then a minted token is kept
+//! in memory, so that two tokenizations of one value at once agree on its token.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 
 use aes_gcm::aead::{Aead, KeyInit as _, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -19,7 +26,10 @@ use hmac::{Hmac, Mac};
 use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
+use storage::StoreError;
 use zeroize::{Zeroize, Zeroizing};
+
+use crate::db::Tree;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -44,7 +54,7 @@ pub enum VaultError {
     #[error("vault encryption failed")]
     Crypto,
     #[error("vault storage: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] StoreError),
     #[error("secret file {path}: {reason}")]
     KeyFile { path: String, reason: String },
 }
@@ -70,9 +80,41 @@ struct Sealed {
 }
 
 pub struct Vault {
-    tree: sled::Tree,
+    tree: Tree,
     enc_key: Zeroizing<[u8; 32]>,
     index_key: Zeroizing<[u8; 32]>,
+    /// Tokens minted and not yet known to be on disk, by index key.
+    minting: Mutex<HashMap<Vec<u8>, Minted>>,
+}
+
+/// A minted token and its two entries.
+#[derive(Clone)]
+struct Minted {
+    index_key: Vec<u8>,
+    token: String,
+    sealed: Vec<u8>,
+}
+
+/// The tokens one tokenization handed out that may not be on disk yet; [`Vault::commit`]
+/// writes them.
+#[derive(Default)]
+pub struct NewTokens(Vec<(Minted, Origin)>);
+
+/// Whether a tokenization minted a token itself, or took one another was minting.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Minted,
+    Shared,
+}
+
+impl NewTokens {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 impl std::fmt::Debug for Vault {
@@ -117,19 +159,21 @@ fn check_field(value: &str, what: &'static str) -> Result<(), VaultError> {
 
 impl Vault {
     /// Opens the vault in `tree` with keys derived from the gateway secret `key`.
-    pub fn open(tree: sled::Tree, key: [u8; 32]) -> Vault {
+    pub fn open(tree: Tree, key: [u8; 32]) -> Vault {
         let mut key = key;
         let vault = Vault {
             tree,
             enc_key: Zeroizing::new(hmac_sha256(&key, &[ENC_LABEL])),
             index_key: Zeroizing::new(hmac_sha256(&key, &[INDEX_LABEL])),
+            minting: Mutex::new(HashMap::new()),
         };
         key.zeroize();
         vault
     }
 
-    /// Stores `value` for `recipient_org` in `domain` and returns its token. The same value
-    /// for the same recipient, domain and class gets the same token back.
+    /// Stores `value` for `recipient_org` in `domain` and returns its token, on disk. The
+    /// same value for the same recipient, domain and class gets the same token back.
+    /// Blocks on the write: not for the async workers.
     pub fn put(
         &self,
         value: &str,
@@ -137,19 +181,22 @@ impl Vault {
         recipient_org: &str,
         domain: &str,
     ) -> Result<String, VaultError> {
-        self.put_tracked(value, class, recipient_org, domain)
-            .map(|(token, _)| token)
+        let mut new = NewTokens::default();
+        let token = self.put_staged(value, class, recipient_org, domain, &mut new)?;
+        self.commit(new)?;
+        Ok(token)
     }
 
-    /// [`Vault::put`], also telling whether a new entry was written (so callers can flush
-    /// once per batch).
-    pub(crate) fn put_tracked(
+    /// The token of `value`: the one on disk, else one minted now and added to `new`
+    /// (written by [`Vault::commit`], which must return before the token leaves).
+    pub fn put_staged(
         &self,
         value: &str,
         class: &str,
         recipient_org: &str,
         domain: &str,
-    ) -> Result<(String, bool), VaultError> {
+        new: &mut NewTokens,
+    ) -> Result<String, VaultError> {
         check_field(class, "class")?;
         check_field(recipient_org, "recipient organization")?;
         check_field(domain, "domain")?;
@@ -163,24 +210,61 @@ impl Vault {
             ],
         );
         let index_key = [INDEX_KEY, &digest[..]].concat();
-        let previous = self.tree.get(&index_key)?;
-        if let Some(existing) = &previous {
-            if let Ok(token) = std::str::from_utf8(existing) {
-                // A storage failure is not an index entry to repair: minting a second
-                // token for the same value would only hide it.
-                let same = match self.sealed(token) {
-                    Ok(s) => {
-                        s.recipient_org == recipient_org && s.domain == domain && s.class == class
-                    }
-                    Err(VaultError::Storage(e)) => return Err(VaultError::Storage(e)),
-                    Err(_) => false,
-                };
-                if same {
-                    return Ok((token.to_string(), false));
-                }
-            }
+        // Tokens on disk are never removed: one found here is the value's.
+        if let Some(token) = self.stored_token(&index_key, recipient_org, domain, class)? {
+            return Ok(token);
         }
+        let mut minting = self.minting.lock().unwrap_or_else(PoisonError::into_inner);
+        // Minted by a tokenization running now: the same token, written by both.
+        if let Some(minted) = minting.get(&index_key) {
+            new.0.push((minted.clone(), Origin::Shared));
+            return Ok(minted.token.clone());
+        }
+        // Committed since the first look (its minter forgot it only after the commit).
+        if let Some(token) = self.stored_token(&index_key, recipient_org, domain, class)? {
+            return Ok(token);
+        }
+        let minted = self.mint(index_key, value, class, recipient_org, domain)?;
+        minting.insert(minted.index_key.clone(), minted.clone());
+        let token = minted.token.clone();
+        new.0.push((minted, Origin::Minted));
+        Ok(token)
+    }
 
+    /// The token the index holds for `index_key`, if it is one of the same recipient,
+    /// domain and class. An entry that does not hold together is replaced by a new token;
+    /// a storage failure is an error (minting a second token would only hide it).
+    fn stored_token(
+        &self,
+        index_key: &[u8],
+        recipient_org: &str,
+        domain: &str,
+        class: &str,
+    ) -> Result<Option<String>, VaultError> {
+        let Some(existing) = self.tree.get(index_key)? else {
+            return Ok(None);
+        };
+        let Ok(token) = std::str::from_utf8(&existing) else {
+            return Ok(None);
+        };
+        match self.sealed(token) {
+            Ok(s) if s.recipient_org == recipient_org && s.domain == domain && s.class == class => {
+                Ok(Some(token.to_string()))
+            }
+            Err(VaultError::Storage(e)) => Err(VaultError::Storage(e)),
+            _ => Ok(None),
+        }
+    }
+
+    /// A new token for `value`, encrypted, with its entries.
+    fn mint(
+        &self,
+        index_key: Vec<u8>,
+        value: &str,
+        class: &str,
+        recipient_org: &str,
+        domain: &str,
+    ) -> Result<Minted, VaultError> {
         let mut raw = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut raw);
         let token = format!("{TOKEN_PREFIX}{}", b64(&raw));
@@ -205,25 +289,50 @@ impl Vault {
             ciphertext: b64(&ciphertext),
             created: chrono::Utc::now().timestamp(),
         };
-        let body = serde_json::to_vec(&sealed).map_err(|_| VaultError::Crypto)?;
-        let token_key = [TOKEN_KEY, token.as_bytes()].concat();
-        self.tree.insert(&token_key, body)?;
-        // Two concurrent puts of one value: the first index entry wins and the loser's
-        // entry is removed, so the value keeps a single token.
-        match self
-            .tree
-            .compare_and_swap(&index_key, previous, Some(token.as_bytes()))?
-        {
-            Ok(()) => Ok((token, true)),
-            Err(conflict) => {
-                self.tree.remove(&token_key)?;
-                match conflict
-                    .current
-                    .and_then(|c| String::from_utf8(c.to_vec()).ok())
-                {
-                    Some(winner) => Ok((winner, false)),
-                    None => Err(VaultError::Corrupt),
-                }
+        let sealed = serde_json::to_vec(&sealed).map_err(|_| VaultError::Crypto)?;
+        Ok(Minted {
+            index_key,
+            token,
+            sealed,
+        })
+    }
+
+    /// Writes the tokens of `new` (each with its index entry) in one write; they are on
+    /// disk when this returns. Blocks on the write: call it off the async workers.
+    pub fn commit(&self, new: NewTokens) -> Result<(), VaultError> {
+        if new.is_empty() {
+            return Ok(());
+        }
+        let tree = self.tree.clone();
+        let written: Vec<Minted> = new.0.iter().map(|(m, _)| m.clone()).collect();
+        self.tree.db().write_blocking(move |tx| {
+            for m in &written {
+                tx.insert(&tree, &[TOKEN_KEY, m.token.as_bytes()].concat(), &m.sealed)?;
+                tx.insert(&tree, &m.index_key, m.token.as_bytes())?;
+            }
+            Ok::<(), StoreError>(())
+        })?;
+        // On disk: readers find them there from now on. (After a failed write they stay
+        // here, and whoever hands one out again writes it again.)
+        self.forget_where(&new, |_| true);
+        Ok(())
+    }
+
+    /// Drops the tokens a tokenization minted and then failed before its commit: they
+    /// never left (those it took from another tokenization stay that one's to write).
+    pub fn forget(&self, new: NewTokens) {
+        self.forget_where(&new, |origin| origin == Origin::Minted);
+    }
+
+    fn forget_where(&self, new: &NewTokens, which: impl Fn(Origin) -> bool) {
+        let mut minting = self.minting.lock().unwrap_or_else(PoisonError::into_inner);
+        for (m, origin) in &new.0 {
+            if which(*origin)
+                && minting
+                    .get(&m.index_key)
+                    .is_some_and(|k| k.token == m.token)
+            {
+                minting.remove(&m.index_key);
             }
         }
     }
@@ -233,7 +342,7 @@ impl Vault {
             return Err(VaultError::UnknownToken);
         }
         let key = [TOKEN_KEY, token.as_bytes()].concat();
-        let body = self.tree.get(key)?.ok_or(VaultError::UnknownToken)?;
+        let body = self.tree.get(&key)?.ok_or(VaultError::UnknownToken)?;
         serde_json::from_slice(&body).map_err(|_| VaultError::Corrupt)
     }
 
@@ -281,19 +390,19 @@ impl Vault {
         String::from_utf8(plain).map_err(|_| VaultError::Corrupt)
     }
 
-    /// Number of tokens held.
-    pub fn len(&self) -> usize {
-        self.tree.scan_prefix(TOKEN_KEY).count()
+    /// Number of tokens on disk.
+    pub fn len(&self) -> Result<usize, VaultError> {
+        let (start, end) = (TOKEN_KEY, [TOKEN_KEY[0], TOKEN_KEY[1] + 1]);
+        let mut n = 0usize;
+        self.tree.scan(start..&end[..], |_, _| {
+            n += 1;
+            std::ops::ControlFlow::Continue(())
+        })?;
+        Ok(n)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Makes issued tokens durable: a token that left in a response must stay revealable.
-    pub fn flush(&self) -> Result<(), VaultError> {
-        self.tree.flush()?;
-        Ok(())
+    pub fn is_empty(&self) -> Result<bool, VaultError> {
+        Ok(self.len()? == 0)
     }
 
     /// Loads the 32-byte gateway secret from `path` (64 hex digits, or 32 raw bytes),
@@ -340,9 +449,18 @@ mod tests {
 
     fn vault() -> (tempfile::TempDir, Vault) {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path().join("db")).unwrap();
-        let v = Vault::open(db.open_tree("vault").unwrap(), [7u8; 32]);
+        let db = crate::db::open(dir.path()).unwrap();
+        let v = Vault::open(db.tree("vault"), [7u8; 32]);
         (dir, v)
+    }
+
+    /// Sets `key` of the vault's tree behind its back.
+    fn set(v: &Vault, key: &[u8], value: &[u8]) {
+        let (tree, key, value) = (v.tree.clone(), key.to_vec(), value.to_vec());
+        v.tree
+            .db()
+            .write_blocking(move |tx| tx.insert(&tree, &key, &value).map(|_| ()))
+            .unwrap();
     }
 
     #[test]
@@ -370,9 +488,8 @@ mod tests {
         let (_d, v) = vault();
         v.put("VERY-SECRET-VALUE", "ssn", "did:web:a", "clinical")
             .unwrap();
-        for entry in v.tree.iter() {
-            let (k, val) = entry.unwrap();
-            let hay = [k.to_vec(), val.to_vec()].concat();
+        for (k, val) in v.tree.entries().unwrap() {
+            let hay = [k, val].concat();
             assert!(!hay.windows(17).any(|w| w == b"VERY-SECRET-VALUE"));
         }
     }
@@ -389,7 +506,7 @@ mod tests {
         assert_ne!(a1, b);
         assert_ne!(a1, c);
         assert_ne!(a1, d);
-        assert_eq!(v.len(), 4);
+        assert_eq!(v.len().unwrap(), 4);
     }
 
     #[test]
@@ -399,29 +516,95 @@ mod tests {
         let key = [TOKEN_KEY, t.as_bytes()].concat();
         let mut s: Sealed = serde_json::from_slice(&v.tree.get(&key).unwrap().unwrap()).unwrap();
         s.domain = "billing".into();
-        v.tree
-            .insert(&key, serde_json::to_vec(&s).unwrap())
-            .unwrap();
+        set(&v, &key, &serde_json::to_vec(&s).unwrap());
         assert!(matches!(
             v.reveal(&t, "did:web:a"),
             Err(VaultError::Corrupt)
         ));
-        v.tree.insert(&key, b"garbage".to_vec()).unwrap();
+        set(&v, &key, b"garbage");
         assert!(matches!(v.get(&t), Err(VaultError::Corrupt)));
     }
 
     #[test]
     fn another_key_cannot_reveal() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path().join("db")).unwrap();
-        let t = Vault::open(db.open_tree("v").unwrap(), [1u8; 32])
+        let db = crate::db::temporary().unwrap();
+        let t = Vault::open(db.tree("v"), [1u8; 32])
             .put("secret", "ssn", "did:web:a", "clinical")
             .unwrap();
-        let other = Vault::open(db.open_tree("v").unwrap(), [2u8; 32]);
+        let other = Vault::open(db.tree("v"), [2u8; 32]);
         assert!(matches!(
             other.reveal(&t, "did:web:a"),
             Err(VaultError::Corrupt)
         ));
+    }
+
+    /// A token that left is on disk: after a restart it is revealed, and the same value
+    /// gets the same token again.
+    #[test]
+    fn a_restart_keeps_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = {
+            let db = crate::db::open(dir.path()).unwrap();
+            Vault::open(db.tree("vault"), [7u8; 32])
+                .put("MRN-1", "mrn", "did:web:a", "clinical")
+                .unwrap()
+        };
+        let db = crate::db::open(dir.path()).unwrap();
+        let v = Vault::open(db.tree("vault"), [7u8; 32]);
+        assert_eq!(v.reveal(&t, "did:web:a").unwrap(), "MRN-1");
+        assert_eq!(v.put("MRN-1", "mrn", "did:web:a", "clinical").unwrap(), t);
+        assert_eq!(v.len().unwrap(), 1);
+    }
+
+    /// A minted token is written by the commit, not before; two tokenizations of one value
+    /// at once get the same token, and either commit writes it.
+    #[test]
+    fn tokens_minted_at_once_agree_and_are_on_disk_after_the_commit() {
+        let (_d, v) = vault();
+        let (mut first, mut second) = (NewTokens::default(), NewTokens::default());
+        let a = v
+            .put_staged("x", "ssn", "did:web:a", "clinical", &mut first)
+            .unwrap();
+        let b = v
+            .put_staged("x", "ssn", "did:web:a", "clinical", &mut second)
+            .unwrap();
+        assert_eq!(a, b);
+        assert_eq!((first.len(), second.len()), (1, 1));
+        assert!(matches!(v.get(&a), Err(VaultError::UnknownToken)));
+        v.commit(second).unwrap();
+        assert_eq!(v.reveal(&a, "did:web:a").unwrap(), "x");
+        v.commit(first).unwrap();
+        assert_eq!(v.len().unwrap(), 1);
+        // Once on disk, a later tokenization has nothing to write.
+        let mut third = NewTokens::default();
+        let c = v
+            .put_staged("x", "ssn", "did:web:a", "clinical", &mut third)
+            .unwrap();
+        assert_eq!(c, a);
+        assert!(third.is_empty());
+    }
+
+    #[test]
+    fn concurrent_puts_of_one_value_keep_one_token() {
+        let (_d, v) = vault();
+        let v = std::sync::Arc::new(v);
+        let (sent, got) = std::sync::mpsc::channel();
+        for _ in 0..8 {
+            let (v, sent) = (v.clone(), sent.clone());
+            std::thread::spawn(move || {
+                let _ = sent.send(v.put("y", "ssn", "did:web:a", "clinical"));
+            });
+        }
+        // Bounded: a writer that hangs fails the test instead of stalling the run.
+        let tokens: std::collections::HashSet<String> = (0..8)
+            .map(|_| {
+                got.recv_timeout(std::time::Duration::from_secs(60))
+                    .expect("a put did not finish within 60 s")
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(tokens.len(), 1);
+        assert_eq!(v.len().unwrap(), 1);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use gateway::records::{import_paths, RecordError, RecordSource, SledStore};
+use gateway::records::{import_paths, EmbeddedStore, RecordError, RecordSource};
 use serde_json::{json, Value};
 
 fn fixtures(hospital: &str) -> PathBuf {
@@ -53,13 +53,13 @@ fn fixture_id(entry: &Value) -> String {
         })
 }
 
-fn store() -> (tempfile::TempDir, SledStore) {
+fn store() -> (tempfile::TempDir, EmbeddedStore) {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(&dir.path().join("records")).unwrap();
+    let store = EmbeddedStore::open(&dir.path().join("records")).unwrap();
     (dir, store)
 }
 
-fn import_all(store: &SledStore) -> gateway::records::ImportReport {
+fn import_all(store: &EmbeddedStore) -> gateway::records::ImportReport {
     import_paths(store, &[fixtures("hospital-a"), fixtures("hospital-b")]).unwrap()
 }
 
@@ -82,6 +82,38 @@ fn mrn(patient: &Value) -> (String, String) {
         i["system"].as_str().unwrap().into(),
         i["value"].as_str().unwrap().into(),
     )
+}
+
+/// An import is on disk when it returns: the store reopens at once with every resource
+/// and its indexes. An earlier fedgate's store (a sled folder) is refused in one line
+/// naming it, and left as it was.
+#[test]
+fn an_import_survives_a_reopen_and_an_earlier_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("records");
+    let (count, patients) = {
+        let store = EmbeddedStore::open(&path).unwrap();
+        import_paths(&store, &[fixtures("hospital-b")]).unwrap();
+        (store.count().unwrap(), store.patient_ids().unwrap())
+    };
+    assert!(count > 0 && !patients.is_empty());
+    let store = EmbeddedStore::open(&path).unwrap();
+    assert_eq!(store.count().unwrap(), count);
+    assert_eq!(store.patient_ids().unwrap(), patients);
+    let (_, first) = bundles("hospital-b").into_iter().next().unwrap();
+    let identifier = &patient_of(&first)["identifier"][0];
+    let (system, value) = (
+        identifier["system"].as_str().unwrap(),
+        identifier["value"].as_str().unwrap(),
+    );
+    assert!(store.find_patient(system, value).unwrap().is_some());
+
+    let earlier = dir.path().join("earlier");
+    std::fs::create_dir(&earlier).unwrap();
+    let e = EmbeddedStore::open(&earlier).unwrap_err().to_string();
+    assert!(e.contains("earlier") && e.contains("records import"), "{e}");
+    assert!(!e.contains('\n'), "{e}");
+    assert!(earlier.is_dir());
 }
 
 #[test]
@@ -669,9 +701,9 @@ fn sorted(mut v: Vec<Value>) -> Vec<Value> {
 async fn fhir_server_source_matches_the_embedded_store() {
     let base = start_stub().await;
     let dir = tempfile::tempdir().unwrap();
-    let sled = SledStore::open(&dir.path().join("r")).unwrap();
-    import_paths(&sled, &[fixtures("hospital-b")]).unwrap();
-    let embedded = RecordSource::Embedded(sled);
+    let store = EmbeddedStore::open(&dir.path().join("r")).unwrap();
+    import_paths(&store, &[fixtures("hospital-b")]).unwrap();
+    let embedded = RecordSource::Embedded(store);
     let server = RecordSource::fhir_server(&base, true).unwrap();
 
     let types: Vec<String> = [
@@ -727,9 +759,9 @@ async fn fhir_server_everything_matches_the_embedded_store() {
     use std::sync::atomic::Ordering;
     let (base, stub) = start_stub_with(true).await;
     let dir = tempfile::tempdir().unwrap();
-    let sled = SledStore::open(&dir.path().join("r")).unwrap();
-    import_paths(&sled, &[fixtures("hospital-b")]).unwrap();
-    let embedded = RecordSource::Embedded(sled);
+    let store = EmbeddedStore::open(&dir.path().join("r")).unwrap();
+    import_paths(&store, &[fixtures("hospital-b")]).unwrap();
+    let embedded = RecordSource::Embedded(store);
     let server = gateway::records::FhirServer::new(&base, true).unwrap();
     let caps = server.capabilities().await.unwrap();
     assert!(caps.everything);

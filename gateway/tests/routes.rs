@@ -21,20 +21,7 @@ struct Gateway {
 
 async fn gateway() -> Gateway {
     let dir = tempfile::tempdir().unwrap();
-    federation::keys::write_private(&dir.path().join("admin-token"), TOKEN.as_bytes()).unwrap();
-    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-    std::fs::write(
-        dir.path().join("gateway.toml"),
-        format!(
-            "listen = \"127.0.0.1:0\"\ndid = \"did:web:hospital.test\"\n\
-             key_file = \"gateway.key.json\"\nsecret_file = \"gateway.secret\"\n\
-             data_dir = \"data\"\npolicies = {policies:?}\nadmin_token_file = \"admin-token\"\n\
-             dev_mode = true\n[limits]\nmax_body_bytes = {MAX_BODY}\n",
-            policies = policies.display().to_string(),
-        ),
-    )
-    .unwrap();
-    let config = GatewayConfig::load(&dir.path().join("gateway.toml")).unwrap();
+    let config = config(dir.path());
     let url = reqwest::Url::parse("http://127.0.0.1:1/").unwrap();
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .build_recorder()
@@ -44,6 +31,45 @@ async fn gateway() -> Gateway {
         app: router(state),
         _dir: dir,
     }
+}
+
+/// A gateway's configuration in `dir`.
+fn config(dir: &std::path::Path) -> GatewayConfig {
+    federation::keys::write_private(&dir.join("admin-token"), TOKEN.as_bytes()).unwrap();
+    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    std::fs::write(
+        dir.join("gateway.toml"),
+        format!(
+            "listen = \"127.0.0.1:0\"\ndid = \"did:web:hospital.test\"\n\
+             key_file = \"gateway.key.json\"\nsecret_file = \"gateway.secret\"\n\
+             data_dir = \"data\"\npolicies = {policies:?}\nadmin_token_file = \"admin-token\"\n\
+             dev_mode = true\n[limits]\nmax_body_bytes = {MAX_BODY}\n",
+            policies = policies.display().to_string(),
+        ),
+    )
+    .unwrap();
+    GatewayConfig::load(&dir.join("gateway.toml")).unwrap()
+}
+
+/// An earlier fedgate's sled database in the data directory may hold access events not yet
+/// shipped: the gateway refuses to start, in one line naming it, and creates nothing.
+#[tokio::test]
+async fn a_data_dir_holding_an_earlier_sled_database_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let data = config.data_dir.clone();
+    std::fs::create_dir_all(data.join("gateway.sled")).unwrap();
+    let url = reqwest::Url::parse("http://127.0.0.1:1/").unwrap();
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .build_recorder()
+        .handle();
+    let Err(e) = GatewayState::new(config, url, metrics).await else {
+        panic!("the gateway started beside an earlier sled database");
+    };
+    let e = e.to_string();
+    assert!(e.contains("gateway.sled"), "{e}");
+    assert!(!e.contains('\n'), "{e}");
+    assert!(!data.join("gateway.redb").exists());
 }
 
 /// Sends one request; returns the status, the content type and the body as JSON.

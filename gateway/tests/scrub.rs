@@ -317,15 +317,14 @@ fn find(hay_folded: &str, form: &str) -> Option<String> {
 
 struct Run {
     vault: Vault,
-    /// Last: fields drop in order, and a sled database whose directory is removed
-    /// before it is closed can hang in its final flush.
+    /// Holds the database's file.
     _dir: tempfile::TempDir,
 }
 
 fn run_env() -> Run {
     let dir = tempfile::tempdir().unwrap();
-    let db = sled::open(dir.path()).unwrap();
-    let vault = Vault::open(db.open_tree("vault").unwrap(), KEY);
+    let db = gateway::db::open(dir.path()).unwrap();
+    let vault = Vault::open(db.tree("vault"), KEY);
     Run { _dir: dir, vault }
 }
 

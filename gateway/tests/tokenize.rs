@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use gateway::policy::{sample_input, PolicyHolder, PolicyOptions};
-use gateway::records::SledStore;
+use gateway::records::EmbeddedStore;
 use gateway::tokenize::{
     apply, Action, IdentifierClass, Obligations, TokenizeContext, TokenizeError, AGE_BAND_EXTENSION,
 };
@@ -36,22 +36,21 @@ fn fixture_files() -> Vec<PathBuf> {
 }
 
 struct Env {
-    store: SledStore,
+    store: EmbeddedStore,
     vault: Vault,
     types: Vec<String>,
-    /// Last: fields drop in order, and a sled database whose directory is removed
-    /// before it is closed can hang in its final flush.
+    /// Holds the databases' files.
     _dir: tempfile::TempDir,
 }
 
 fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(&dir.path().join("records")).unwrap();
+    let store = EmbeddedStore::open(&dir.path().join("records")).unwrap();
     for f in fixture_files() {
         store.import_file(&f).unwrap();
     }
-    let db = sled::open(dir.path().join("gateway")).unwrap();
-    let vault = Vault::open(db.open_tree("vault").unwrap(), KEY);
+    let db = gateway::db::open(dir.path()).unwrap();
+    let vault = Vault::open(db.tree("vault"), KEY);
     let types = store.count_by_type().unwrap().into_keys().collect();
     Env {
         _dir: dir,

@@ -1,6 +1,6 @@
 //! `fedgate records`: the gateway's embedded FHIR store.
 //!
-//! `import --store DIR FILES...` loads transaction or collection Bundles (a directory
+//! `import --store STORE FILES...` loads transaction or collection Bundles (a directory
 //! stands for its `*.json` files) and prints what was imported per resource type and
 //! every entry that was skipped, with its reason. Skipped entries are not an error; a file
 //! that cannot be read or parsed at all is, after the other files were imported.
@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 
-use gateway::records::{import_paths_with, ImportProgress, ImportReport, SledStore};
+use gateway::records::{import_paths_with, EmbeddedStore, ImportProgress, ImportReport};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum RecordsCommand {
@@ -50,8 +50,9 @@ pub struct SynthArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ImportArgs {
-    /// The store directory (the gateway's `data_dir/records`); created if missing. The
-    /// gateway must not be running on it.
+    /// The store file (the gateway's `data_dir/records`); created if missing. The gateway
+    /// must not be running on it. Each bundle is stored in one write, on disk when the
+    /// import moves on.
     #[arg(long)]
     store: PathBuf,
     /// Bundle files, or directories of `*.json` bundles.
@@ -110,7 +111,7 @@ pub fn synth(args: SynthArgs) -> Result<(), String> {
 
 fn import(args: ImportArgs) -> Result<(), String> {
     let store =
-        SledStore::open(&args.store).map_err(|e| format!("{}: {e}", args.store.display()))?;
+        EmbeddedStore::open(&args.store).map_err(|e| format!("{}: {e}", args.store.display()))?;
     let bar = ProgressBar::new();
     let report =
         import_paths_with(&store, &args.files, |p| bar.show(p)).map_err(|e| e.to_string())?;

@@ -145,13 +145,7 @@ fn shape(bundle: &Value) -> Vec<String> {
 
 /// The events in a stopped gateway's outbox.
 fn outbox(gateway: &Gateway) -> Vec<Value> {
-    let db = sled::open(gateway.dir.join("data").join("gateway.sled")).unwrap();
-    db.open_tree("outbox")
-        .unwrap()
-        .iter()
-        .values()
-        .map(|v| serde_json::from_slice(&v.unwrap()).unwrap())
-        .collect()
+    crate::stored(gateway, "outbox")
 }
 
 /// The gateway process's peak resident memory, in MB.

@@ -1,27 +1,36 @@
-//! The embedded store: FHIR resources in sled, filled by `fedgate records import`.
+//! The embedded store: FHIR resources in a redb file of their own, filled by
+//! `fedgate records import` (the gateway's `data_dir/records`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
+use storage::{Db, Schema, Snapshot, Tree, WriteTx};
 
 use super::*;
+
+/// The layout of the store's file.
+pub const SCHEMA: Schema = Schema {
+    name: "records",
+    version: 1,
+};
 
 /// The embedded FHIR store. Trees (all owned here): `records.resources` (`Type/id` →
 /// JSON), `records.identifiers` (`system 0 value` → Patient ids), `records.members`
 /// (`patient 0 Type 0 id`).
 #[derive(Clone)]
-pub struct SledStore {
-    db: sled::Db,
-    resources: sled::Tree,
-    identifiers: sled::Tree,
-    members: sled::Tree,
+pub struct EmbeddedStore {
+    db: Db,
+    resources: Tree,
+    identifiers: Tree,
+    members: Tree,
 }
 
-impl std::fmt::Debug for SledStore {
+impl std::fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledStore").finish_non_exhaustive()
+        f.debug_struct("EmbeddedStore").finish_non_exhaustive()
     }
 }
 
@@ -33,26 +42,67 @@ struct Candidate {
     resource: Value,
 }
 
-impl SledStore {
-    /// Opens (or creates) the store in directory `dir`.
-    pub fn open(dir: &Path) -> Result<SledStore, RecordError> {
-        SledStore::with_db(service::db::open_with_cache(
-            dir,
+/// The end of the range of keys that start with `prefix` (our prefixes never end in 0xff).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            break;
+        }
+    }
+    end
+}
+
+/// Calls `f` with the key suffix after `prefix` of each entry of `tree` under it.
+fn scan_suffixes(
+    snap: &Snapshot,
+    tree: &Tree,
+    prefix: &[u8],
+    mut f: impl FnMut(&[u8]),
+) -> Result<(), RecordError> {
+    let end = prefix_end(prefix);
+    let range = if end.is_empty() {
+        snap.scan(tree, prefix.., |k, _| {
+            f(k.get(prefix.len()..).unwrap_or_default());
+            ControlFlow::Continue(())
+        })
+    } else {
+        snap.scan(tree, prefix..end.as_slice(), |k, _| {
+            f(k.get(prefix.len()..).unwrap_or_default());
+            ControlFlow::Continue(())
+        })
+    };
+    Ok(range?)
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store's file at `path`. An earlier fedgate's store there (a
+    /// sled folder) is refused, naming it.
+    pub fn open(path: &Path) -> Result<EmbeddedStore, RecordError> {
+        if path.is_dir() {
+            return Err(RecordError::EarlierStore {
+                path: path.display().to_string(),
+            });
+        }
+        Ok(EmbeddedStore::with_db(service::db::open_with_cache(
+            path,
+            SCHEMA,
             service::db::GATEWAY_CACHE_BYTES,
-        )?)
+        )?))
     }
 
     /// The store's trees inside an existing database.
-    pub fn with_db(db: sled::Db) -> Result<SledStore, RecordError> {
-        Ok(SledStore {
-            resources: db.open_tree(RESOURCES_TREE)?,
-            identifiers: db.open_tree(IDENTIFIERS_TREE)?,
-            members: db.open_tree(MEMBERS_TREE)?,
+    pub fn with_db(db: Db) -> EmbeddedStore {
+        EmbeddedStore {
+            resources: db.tree(RESOURCES_TREE),
+            identifiers: db.tree(IDENTIFIERS_TREE),
+            members: db.tree(MEMBERS_TREE),
             db,
-        })
+        }
     }
 
-    /// Imports a transaction, batch or collection Bundle; see [`SledStore::import_bundle_from`].
+    /// Imports a transaction, batch or collection Bundle; see [`EmbeddedStore::import_bundle_from`].
     pub fn import_bundle(&self, bundle: &Value) -> Result<ImportReport, RecordError> {
         self.import_bundle_from("", bundle)
     }
@@ -61,7 +111,8 @@ impl SledStore {
     /// have none (their `urn:uuid:` fullUrl, else a digest of their content, so that a
     /// re-import is idempotent), `urn:uuid:` references become `Type/id`, and malformed
     /// entries are skipped with the reason. Errors are for the bundle as a whole and for
-    /// storage failures.
+    /// storage failures. The bundle's resources are stored in one write: all of them, on
+    /// disk, or none.
     pub fn import_bundle_from(
         &self,
         file: &str,
@@ -154,7 +205,7 @@ impl SledStore {
         }
         report.skipped.sort_by_key(|s| s.entry);
 
-        // 3. Rewrite and store.
+        // 3. Rewrite and store, in one write.
         let targets: HashMap<&str, String> = full_urls
             .iter()
             .map(|(u, &ci)| {
@@ -164,17 +215,26 @@ impl SledStore {
                 )
             })
             .collect();
-        for (ci, c) in candidates.iter().enumerate() {
+        let mut stored = Vec::new();
+        for (ci, c) in candidates.into_iter().enumerate() {
             if !valid[ci] {
                 continue;
             }
-            let mut resource = c.resource.clone();
+            let mut resource = c.resource;
             rewrite_references(&mut resource, &targets);
             resource["id"] = Value::String(c.id.clone());
-            self.put(&c.ty, &c.id, &resource)?;
+            let body = serde_json::to_vec(&resource)
+                .map_err(|_| RecordError::Corrupt(format!("{}/{}", c.ty, c.id)))?;
             *report.imported.entry(c.ty.clone()).or_default() += 1;
+            stored.push((c.ty, c.id, resource, body));
         }
-        self.db.flush()?;
+        let store = self.clone();
+        self.db.write_blocking(move |tx| {
+            for (ty, id, resource, body) in &stored {
+                store.put(tx, ty, id, resource, body)?;
+            }
+            Ok::<(), RecordError>(())
+        })?;
         Ok(report)
     }
 
@@ -186,74 +246,89 @@ impl SledStore {
     }
 
     /// Stores one resource and its index entries, replacing those of a previous version.
-    fn put(&self, ty: &str, id: &str, resource: &Value) -> Result<(), RecordError> {
+    fn put(
+        &self,
+        tx: &mut WriteTx<'_>,
+        ty: &str,
+        id: &str,
+        resource: &Value,
+        body: &[u8],
+    ) -> Result<(), RecordError> {
         let key = format!("{ty}/{id}");
-        let body = serde_json::to_vec(resource).map_err(|_| RecordError::Corrupt(key.clone()))?;
-        if let Some(old) = self.resources.insert(key.as_bytes(), body)? {
+        if let Some(old) = tx.insert(&self.resources, key.as_bytes(), body)? {
             if let Ok(old) = serde_json::from_slice::<Value>(&old) {
-                self.unindex(ty, id, &old)?;
+                self.unindex(tx, ty, id, &old)?;
             }
         }
-        self.index(ty, id, resource)
+        self.index(tx, ty, id, resource)
     }
 
-    fn index(&self, ty: &str, id: &str, resource: &Value) -> Result<(), RecordError> {
+    fn index(
+        &self,
+        tx: &mut WriteTx<'_>,
+        ty: &str,
+        id: &str,
+        resource: &Value,
+    ) -> Result<(), RecordError> {
         if ty == "Patient" {
             for (system, value) in patient_identifiers(resource) {
                 let key = identifier_key(system, value);
-                let mut ids = self.identifier_ids(&key)?;
+                let mut ids = decode_ids(tx.get(&self.identifiers, &key)?)?;
                 if !ids.iter().any(|i| i == id) {
                     ids.push(id.to_string());
                     let body = serde_json::to_vec(&ids)
                         .map_err(|_| RecordError::Corrupt("identifier index".into()))?;
-                    self.identifiers.insert(key, body)?;
+                    tx.insert(&self.identifiers, &key, &body)?;
                 }
             }
         } else {
             for patient in compartment_patients(resource) {
-                self.members.insert(member_key(&patient, ty, id), &[])?;
+                tx.insert(&self.members, &member_key(&patient, ty, id), &[])?;
             }
         }
         Ok(())
     }
 
-    fn unindex(&self, ty: &str, id: &str, old: &Value) -> Result<(), RecordError> {
+    fn unindex(
+        &self,
+        tx: &mut WriteTx<'_>,
+        ty: &str,
+        id: &str,
+        old: &Value,
+    ) -> Result<(), RecordError> {
         if ty == "Patient" {
             for (system, value) in patient_identifiers(old) {
                 let key = identifier_key(system, value);
-                let mut ids = self.identifier_ids(&key)?;
+                let mut ids = decode_ids(tx.get(&self.identifiers, &key)?)?;
                 ids.retain(|i| i != id);
                 if ids.is_empty() {
-                    self.identifiers.remove(key)?;
+                    tx.remove(&self.identifiers, &key)?;
                 } else {
                     let body = serde_json::to_vec(&ids)
                         .map_err(|_| RecordError::Corrupt("identifier index".into()))?;
-                    self.identifiers.insert(key, body)?;
+                    tx.insert(&self.identifiers, &key, &body)?;
                 }
             }
         } else {
             for patient in compartment_patients(old) {
-                self.members.remove(member_key(&patient, ty, id))?;
+                tx.remove(&self.members, &member_key(&patient, ty, id))?;
             }
         }
         Ok(())
     }
 
-    fn identifier_ids(&self, key: &[u8]) -> Result<Vec<String>, RecordError> {
-        match self.identifiers.get(key)? {
-            None => Ok(Vec::new()),
-            Some(v) => serde_json::from_slice(&v)
-                .map_err(|_| RecordError::Corrupt("identifier index".into())),
-        }
-    }
-
     /// One stored resource.
     pub fn get(&self, ty: &str, id: &str) -> Result<Option<Value>, RecordError> {
+        self.get_in(&self.db.read()?, ty, id)
+    }
+
+    /// One resource as of `snap`.
+    fn get_in(&self, snap: &Snapshot, ty: &str, id: &str) -> Result<Option<Value>, RecordError> {
         if !is_type_name(ty) || !is_fhir_id(id) {
             return Ok(None);
         }
         let key = format!("{ty}/{id}");
-        match self.resources.get(key.as_bytes())? {
+        match snap.get(&self.resources, key.as_bytes())? {
             None => Ok(None),
             Some(body) => serde_json::from_slice(&body)
                 .map(Some)
@@ -262,7 +337,7 @@ impl SledStore {
     }
 
     pub fn find_patient(&self, system: &str, value: &str) -> Result<Option<String>, RecordError> {
-        let ids = self.identifier_ids(&identifier_key(system, value))?;
+        let ids = decode_ids(self.identifiers.get(&identifier_key(system, value))?)?;
         match ids.as_slice() {
             [] => Ok(None),
             [one] => Ok(Some(one.clone())),
@@ -270,6 +345,7 @@ impl SledStore {
         }
     }
 
+    /// The patient's record, read from one snapshot of the store.
     pub fn patient_resources(
         &self,
         patient_id: &str,
@@ -277,54 +353,68 @@ impl SledStore {
     ) -> Result<Vec<Value>, RecordError> {
         check_patient_id(patient_id)?;
         check_types(types)?;
+        let snap = self.db.read()?;
         let wanted: HashSet<&str> = types.iter().map(String::as_str).collect();
         let mut record = Vec::new();
         if wanted.contains("Patient") {
-            record.extend(self.get("Patient", patient_id)?);
+            record.extend(self.get_in(&snap, "Patient", patient_id)?);
         }
         // One range scan per type asked for (`patient \0 type \0`), in type order: a
         // request for two classes must not walk a record of hundreds of resources.
         let ordered: BTreeSet<&str> = wanted.iter().copied().collect();
         for ty in ordered {
             let prefix = member_key(patient_id, ty, "");
-            for item in self.members.scan_prefix(&prefix) {
-                let (key, _) = item?;
-                let Ok(id) = std::str::from_utf8(&key[prefix.len()..]) else {
-                    continue;
-                };
-                record.extend(self.get(ty, id)?);
+            let mut ids = Vec::new();
+            scan_suffixes(&snap, &self.members, &prefix, |suffix| {
+                if let Ok(id) = std::str::from_utf8(suffix) {
+                    ids.push(id.to_string());
+                }
+            })?;
+            for id in ids {
+                record.extend(self.get_in(&snap, ty, &id)?);
             }
         }
-        add_referenced(patient_id, &wanted, &mut record, |t, i| self.get(t, i))?;
+        add_referenced(patient_id, &wanted, &mut record, |t, i| {
+            self.get_in(&snap, t, i)
+        })?;
         Ok(record)
     }
 
     pub fn patient_ids(&self) -> Result<Vec<String>, RecordError> {
         let mut ids = Vec::new();
-        for item in self.resources.scan_prefix(b"Patient/") {
-            let (key, _) = item?;
-            if let Ok(k) = std::str::from_utf8(&key[b"Patient/".len()..]) {
+        scan_suffixes(&self.db.read()?, &self.resources, b"Patient/", |suffix| {
+            if let Ok(k) = std::str::from_utf8(suffix) {
                 ids.push(k.to_string());
             }
-        }
+        })?;
         Ok(ids)
     }
 
     pub fn count(&self) -> Result<usize, RecordError> {
-        Ok(self.resources.len())
+        Ok(usize::try_from(self.resources.len()?).unwrap_or(usize::MAX))
     }
 
     /// Resources held, per type.
     pub fn count_by_type(&self) -> Result<BTreeMap<String, usize>, RecordError> {
         let mut out = BTreeMap::new();
-        for item in self.resources.iter() {
-            let (key, _) = item?;
-            let key = String::from_utf8_lossy(&key);
+        self.resources.scan(.., |key, _| {
+            let key = String::from_utf8_lossy(key);
             if let Some((ty, _)) = key.split_once('/') {
                 *out.entry(ty.to_string()).or_default() += 1;
             }
-        }
+            ControlFlow::Continue(())
+        })?;
         Ok(out)
+    }
+}
+
+/// The Patient ids of an identifier index entry.
+fn decode_ids(value: Option<Vec<u8>>) -> Result<Vec<String>, RecordError> {
+    match value {
+        None => Ok(Vec::new()),
+        Some(v) => {
+            serde_json::from_slice(&v).map_err(|_| RecordError::Corrupt("identifier index".into()))
+        }
     }
 }
 
@@ -577,13 +667,13 @@ pub enum ImportProgress<'a> {
 /// `fedgate records import`: every bundle of `paths` into `store`. A file that cannot be
 /// read or parsed is listed in `failed` and the others go on; only a storage failure stops
 /// the import.
-pub fn import_paths(store: &SledStore, paths: &[PathBuf]) -> Result<ImportReport, RecordError> {
+pub fn import_paths(store: &EmbeddedStore, paths: &[PathBuf]) -> Result<ImportReport, RecordError> {
     import_paths_with(store, paths, |_| {})
 }
 
 /// [`import_paths`], telling `progress` how it goes.
 pub fn import_paths_with(
-    store: &SledStore,
+    store: &EmbeddedStore,
     paths: &[PathBuf],
     mut progress: impl FnMut(ImportProgress<'_>),
 ) -> Result<ImportReport, RecordError> {

@@ -1,5 +1,5 @@
-//! Where the gateway reads the organization's FHIR R4 records: the embedded sled store
-//! ([`SledStore`], filled by `fedgate records import`) or the organization's own FHIR
+//! Where the gateway reads the organization's FHIR R4 records: the embedded store
+//! ([`EmbeddedStore`], a redb file filled by `fedgate records import`) or the organization's own FHIR
 //! server ([`FhirServer`]). Both answer the same questions through [`RecordSource`].
 //!
 //! A patient's record is the Patient, the resources whose `subject`, `patient` or
@@ -53,7 +53,11 @@ const MAX_REFERENCED: usize = 2000;
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     #[error("record store: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] storage::StoreError),
+    /// The store's path holds an earlier fedgate's store (a sled folder), which this one
+    /// does not read.
+    #[error("{path} is an earlier fedgate's record store (a folder); move it away and import the bundles again with `fedgate records import`")]
+    EarlierStore { path: String },
     #[error("stored resource {0} is corrupt")]
     Corrupt(String),
     #[error("invalid {what}: {detail}")]
@@ -123,14 +127,14 @@ impl RecordError {
 /// The gateway's record source.
 #[derive(Debug, Clone)]
 pub enum RecordSource {
-    Embedded(SledStore),
+    Embedded(EmbeddedStore),
     Fhir(FhirServer),
 }
 
 impl RecordSource {
-    /// The embedded store in `dir` (created if missing).
-    pub fn embedded(dir: &Path) -> Result<RecordSource, RecordError> {
-        Ok(RecordSource::Embedded(SledStore::open(dir)?))
+    /// The embedded store in the file at `path` (created if missing).
+    pub fn embedded(path: &Path) -> Result<RecordSource, RecordError> {
+        Ok(RecordSource::Embedded(EmbeddedStore::open(path)?))
     }
 
     /// The organization's FHIR server at `base` (https; http only to loopback in dev mode).

@@ -1,11 +1,16 @@
 //! The privacy budget each study has spent at this custodian, in micro-ε.
 //!
-//! One small type in front of the storage engine (sled today), so that the engine can be
-//! swapped: a check-and-debit is atomic (compare-and-swap on the study's counter) and
-//! flushed to disk before it returns, so an answer never leaves on budget that a crash
+//! A check-and-debit is one write of the gateway's database: the study's counter is read,
+//! checked against the total and raised inside the write, and the database runs one write
+//! at a time, so two queries of one study can never both spend the last of its budget.
+//! The write returns once it is on disk, so an answer never leaves on budget that a crash
 //! could give back. What a study may spend in total is not stored: it is worked out per
 //! query from the configuration and the study credential, so that lowering it takes effect
 //! at once.
+
+use storage::StoreError;
+
+use crate::db::{Db, Tree};
 
 /// The tree this module owns.
 const TREE: &str = "research_budget";
@@ -13,11 +18,9 @@ const TREE: &str = "research_budget";
 #[derive(Debug, thiserror::Error)]
 pub enum BudgetError {
     #[error("privacy budget storage: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] StoreError),
     #[error("privacy budget storage holds an unreadable entry")]
     Corrupt,
-    #[error("privacy budget storage: the flush to disk did not finish")]
-    Interrupted,
 }
 
 /// The outcome of a check-and-debit.
@@ -31,14 +34,16 @@ pub enum Debit {
 
 #[derive(Clone)]
 pub struct BudgetStore {
-    tree: sled::Tree,
+    db: Db,
+    tree: Tree,
 }
 
 impl BudgetStore {
-    pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
-        Ok(BudgetStore {
-            tree: db.open_tree(TREE)?,
-        })
+    pub fn open(db: &Db) -> Self {
+        BudgetStore {
+            db: db.clone(),
+            tree: db.tree(TREE),
+        }
     }
 
     /// Micro-ε the study has spent at this custodian.
@@ -46,34 +51,24 @@ impl BudgetStore {
         decode(self.tree.get(study.as_bytes())?.as_deref())
     }
 
-    /// Debits `charge` micro-ε from the study's budget of `total` if it fits, atomically,
-    /// and flushes before returning.
+    /// Debits `charge` micro-ε from the study's budget of `total` if it fits, atomically;
+    /// on disk when it returns.
     pub async fn debit(&self, study: &str, charge: u64, total: u64) -> Result<Debit, BudgetError> {
-        let key = study.as_bytes();
-        let left = loop {
-            let current = self.tree.get(key)?;
-            let spent = decode(current.as_deref())?;
-            let left = total.saturating_sub(spent);
-            if charge > left {
-                return Ok(Debit::Refused { left });
-            }
-            let next = spent.checked_add(charge).ok_or(BudgetError::Corrupt)?;
-            match self
-                .tree
-                .compare_and_swap(key, current, Some(&next.to_be_bytes()[..]))?
-            {
-                Ok(()) => break left - charge,
-                // Another query of the same study debited in between: read again.
-                Err(_) => continue,
-            }
-        };
-        // A blocking flush on the blocking pool: sled's `flush_async` has open deadlock
-        // reports and was seen to hang here.
-        let tree = self.tree.clone();
-        tokio::task::spawn_blocking(move || tree.flush())
+        let (tree, key) = (self.tree.clone(), study.as_bytes().to_vec());
+        self.db
+            .write(move |tx| {
+                let spent = decode(tx.get(&tree, &key)?.as_deref())?;
+                let left = total.saturating_sub(spent);
+                if charge > left {
+                    return Ok(Debit::Refused { left });
+                }
+                let next = spent.checked_add(charge).ok_or(BudgetError::Corrupt)?;
+                tx.insert(&tree, &key, &next.to_be_bytes())?;
+                Ok(Debit::Spent {
+                    left: left - charge,
+                })
+            })
             .await
-            .map_err(|_| BudgetError::Interrupted)??;
-        Ok(Debit::Spent { left })
     }
 }
 
@@ -93,10 +88,9 @@ mod tests {
     #[tokio::test]
     async fn debits_stop_at_the_total_and_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
         {
-            let db = sled::open(&path).unwrap();
-            let store = BudgetStore::open(&db).unwrap();
+            let db = crate::db::open(dir.path()).unwrap();
+            let store = BudgetStore::open(&db);
             assert_eq!(store.spent("urn:fedgate:study:a").unwrap(), 0);
             let r = store.debit("urn:fedgate:study:a", 400, 1000).await.unwrap();
             assert_eq!(r, Debit::Spent { left: 600 });
@@ -111,47 +105,53 @@ mod tests {
             let r = store.debit("urn:fedgate:study:b", 1, 0).await.unwrap();
             assert_eq!(r, Debit::Refused { left: 0 });
         }
-        // sled releases its lock asynchronously.
-        let db = loop {
-            match sled::open(&path) {
-                Ok(db) => break db,
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-            }
-        };
-        let store = BudgetStore::open(&db).unwrap();
+        // The file is closed with its last handle: it reopens at once.
+        let db = crate::db::open(dir.path()).unwrap();
+        let store = BudgetStore::open(&db);
         assert_eq!(store.spent("urn:fedgate:study:a").unwrap(), 1000);
         assert_eq!(store.spent("urn:fedgate:study:b").unwrap(), 1);
     }
 
-    #[tokio::test]
+    /// Debits from many threads at once, on a file (each one committed): exactly as many
+    /// are granted as the total holds, and the total is never passed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_debits_never_overspend() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let store = BudgetStore::open(&db).unwrap();
-        let mut tasks = Vec::new();
-        for _ in 0..40 {
-            let s = store.clone();
-            tasks.push(tokio::spawn(async move {
-                s.debit("urn:fedgate:study:c", 70, 1000).await.unwrap()
-            }));
-        }
-        let mut granted = 0;
-        for t in tasks {
-            if matches!(t.await.unwrap(), Debit::Spent { .. }) {
-                granted += 1;
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::open(dir.path()).unwrap();
+        let store = BudgetStore::open(&db);
+        let run = async {
+            let mut tasks = Vec::new();
+            for _ in 0..40 {
+                let s = store.clone();
+                tasks.push(tokio::spawn(async move {
+                    s.debit("urn:fedgate:study:c", 70, 1000).await.unwrap()
+                }));
             }
-        }
+            let mut granted = 0;
+            for t in tasks {
+                if matches!(t.await.unwrap(), Debit::Spent { .. }) {
+                    granted += 1;
+                }
+            }
+            granted
+        };
+        let granted = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+            .await
+            .expect("40 debits did not finish within 60 s");
         assert_eq!(granted, 14);
         assert_eq!(store.spent("urn:fedgate:study:c").unwrap(), 980);
     }
 
-    #[test]
-    fn an_unreadable_entry_fails_closed() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        db.open_tree(TREE)
-            .unwrap()
-            .insert("s", &[1u8, 2][..])
-            .unwrap();
-        let store = BudgetStore::open(&db).unwrap();
+    #[tokio::test]
+    async fn an_unreadable_entry_fails_closed() {
+        let db = crate::db::temporary().unwrap();
+        db.tree(TREE).insert(b"s", &[1u8, 2]).await.unwrap();
+        let store = BudgetStore::open(&db);
         assert!(matches!(store.spent("s"), Err(BudgetError::Corrupt)));
+        assert!(matches!(
+            store.debit("s", 1, 10).await,
+            Err(BudgetError::Corrupt)
+        ));
+        assert_eq!(db.tree(TREE).get(b"s").unwrap(), Some(vec![1u8, 2]));
     }
 }

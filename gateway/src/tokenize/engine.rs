@@ -17,7 +17,8 @@ pub(super) struct Engine<'a, 'c> {
     /// The values of the patient's direct identifiers that are not revealed, and the
     /// generic shapes of the classes that are not: removed from every string that leaves.
     pub(super) scrubber: Scrubber,
-    pub(super) created_tokens: bool,
+    /// Tokens minted for this output, written to the vault before it leaves.
+    pub(super) new_tokens: crate::vault::NewTokens,
     /// The decision shifts every date after tokenization (`shift_dates`): a date that
     /// falls on the birth date then gives nothing away and stays.
     pub(super) dates_shifted: bool,
@@ -44,7 +45,7 @@ impl<'a, 'c> Engine<'a, 'c> {
             actions,
             id_types: HashMap::new(),
             scrubber: Scrubber::new(Secrets::default(), Generic::default()),
-            created_tokens: false,
+            new_tokens: crate::vault::NewTokens::default(),
             dates_shifted: obligations.shift_dates,
             withheld: Vec::new(),
             current: (String::new(), None),
@@ -184,14 +185,13 @@ impl<'a, 'c> Engine<'a, 'c> {
         class: IdentifierClass,
         value: &str,
     ) -> Result<String, TokenizeError> {
-        let (token, created) = self.ctx.vault.put_tracked(
+        Ok(self.ctx.vault.put_staged(
             value,
             class.as_str(),
             self.ctx.recipient_org,
             self.ctx.domain,
-        )?;
-        self.created_tokens |= created;
-        Ok(token)
+            &mut self.new_tokens,
+        )?)
     }
 
     pub(super) fn pseudonym(&self, class: IdentifierClass, value: &str) -> String {

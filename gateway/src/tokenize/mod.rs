@@ -167,7 +167,22 @@ pub fn apply(
     }
 
     let mut engine = Engine::new(obligations, ctx, &resources);
-    for resource in &mut resources {
+    let walked = walk_all(&mut engine, &mut resources);
+    let new_tokens = std::mem::take(&mut engine.new_tokens);
+    if let Err(e) = walked {
+        ctx.vault.forget(new_tokens);
+        return Err(e);
+    }
+    // Every token in the output is on disk before the output can leave.
+    ctx.vault.commit(new_tokens)?;
+    Ok(Tokenized {
+        resources,
+        withheld: engine.withheld,
+    })
+}
+
+fn walk_all(engine: &mut Engine<'_, '_>, resources: &mut [Value]) -> Result<(), TokenizeError> {
+    for resource in resources {
         if let Value::Object(obj) = resource {
             let ty = obj
                 .get("resourceType")
@@ -180,11 +195,5 @@ pub fn apply(
             prune(obj);
         }
     }
-    if engine.created_tokens {
-        ctx.vault.flush()?;
-    }
-    Ok(Tokenized {
-        resources,
-        withheld: engine.withheld,
-    })
+    Ok(())
 }

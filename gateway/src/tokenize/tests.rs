@@ -93,8 +93,8 @@ fn ages_and_zip3() {
 
 fn context_parts() -> (tempfile::TempDir, Vault) {
     let dir = tempfile::tempdir().unwrap();
-    let db = sled::open(dir.path()).unwrap();
-    let vault = Vault::open(db.open_tree("v").unwrap(), [1u8; 32]);
+    let db = crate::db::open(dir.path()).unwrap();
+    let vault = Vault::open(db.tree("v"), [1u8; 32]);
     (dir, vault)
 }
 
@@ -138,9 +138,8 @@ fn contained_resources_keep_local_ids_and_lose_names() {
 #[test]
 fn reference_forms() {
     let engine_ctx_key = [0u8; 32];
-    let dir = tempfile::tempdir().unwrap();
-    let db = sled::open(dir.path()).unwrap();
-    let vault = Vault::open(db.open_tree("v").unwrap(), [1u8; 32]);
+    let db = crate::db::temporary().unwrap();
+    let vault = Vault::open(db.tree("v"), [1u8; 32]);
     let ctx = TokenizeContext {
         recipient_org: "did:web:b",
         domain: "clinical",

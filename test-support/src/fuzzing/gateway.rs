@@ -9,7 +9,6 @@
 //! nothing of a resource's `meta` but profiles and security labels, and under the
 //! fail-closed default no person keeps a direct identifier.
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
@@ -87,33 +86,20 @@ fn obligation_sets() -> Result<Vec<(&'static str, &'static str, Obligations)>, S
     ])
 }
 
-/// The tokenizer with its vault (a temporary sled database, removed on drop) and the
-/// obligation sets.
+/// The tokenizer with its vault (a database in memory, gone on drop) and the obligation
+/// sets.
 pub struct Tokenizer {
     vault: Vault,
-    /// Kept for the vault's tree; dropping it removes the temporary database.
-    _db: sled::Db,
     now: DateTime<Utc>,
     sets: Vec<(&'static str, &'static str, Obligations)>,
 }
 
 impl Tokenizer {
-    /// A tokenizer whose vault lives under the system's temporary directory (`TMPDIR`).
+    /// A tokenizer whose vault is a database in memory.
     pub fn new() -> Result<Self, String> {
-        let path: PathBuf = std::env::temp_dir().join(format!(
-            "fedgate-fuzz-vault-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4()
-        ));
-        let db = sled::Config::new()
-            .path(path)
-            .temporary(true)
-            .open()
-            .map_err(|e| e.to_string())?;
-        let tree = db.open_tree("vault").map_err(|e| e.to_string())?;
+        let db = gateway::db::temporary().map_err(|e| e.to_string())?;
         Ok(Tokenizer {
-            vault: Vault::open(tree, VAULT_KEY),
-            _db: db,
+            vault: Vault::open(db.tree("vault"), VAULT_KEY),
             now: DateTime::from_timestamp(NOW, 0).unwrap_or_else(Utc::now),
             sets: obligation_sets()?,
         })
