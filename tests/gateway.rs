@@ -499,12 +499,22 @@ async fn pseudonyms_differ_across_recipients_and_jwe_reaches_only_the_requester(
     )
     .await;
     let (vp_c, _) = vp(&fed.gateway, &c.key, &[c.credential.clone(), consent_c]).await;
-    let (status, problem) = fed
+    let (status, headers, bytes) = fed
         .gateway
-        .post("/v1/exchange/clinical", &body_of(&vp_c, &p.mrn))
+        .post_raw("/v1/exchange/clinical", &body_of(&vp_c, &p.mrn), None)
         .await
         .unwrap();
+    let problem: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(status, 403, "{problem}");
+    // A refusal carries its decision in the same headers as an answer.
+    assert_eq!(
+        headers["fedgate-decision-id"].to_str().unwrap(),
+        problem["decision_id"].as_str().unwrap()
+    );
+    assert_eq!(
+        headers["fedgate-policy-digest"].to_str().unwrap(),
+        problem["policy_digest"].as_str().unwrap()
+    );
     let reasons = problem["reasons"].to_string();
     assert!(reasons.contains("contract"), "{reasons}");
     assert!(!reasons.contains(&p.mrn));

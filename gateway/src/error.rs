@@ -1,6 +1,6 @@
 //! Errors of the gateway, and their one mapping to RFC 9457 problem+json.
 
-use axum::http::StatusCode;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use service::http::Problem;
 
@@ -101,12 +101,20 @@ impl IntoResponse for GatewayError {
                     "Access denied",
                     detail,
                 )
-                .with("decision_id", decision_id)
                 .with("reasons", serde_json::json!(reasons));
+                // The same headers as an answer: a client finds the decision of a refusal
+                // where it finds the decision of a 200.
+                if let Ok(v) = HeaderValue::from_str(&decision_id) {
+                    p = p.with_header(HeaderName::from_static("fedgate-decision-id"), v);
+                }
+                p = p.with("decision_id", decision_id);
                 if let Some(check) = check {
                     p = p.with("check", check);
                 }
                 if let Some(policy) = policy.filter(|d| !d.is_empty()) {
+                    if let Ok(v) = HeaderValue::from_str(&policy) {
+                        p = p.with_header(HeaderName::from_static("fedgate-policy-digest"), v);
+                    }
                     p = p.with("policy_digest", policy);
                 }
                 p
@@ -196,7 +204,7 @@ impl utoipa::IntoResponses for Denied {
     ) -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
         service::openapi::problems(&[(
             403,
-            "Access denied (recorded): decision_id, reasons, the failed check",
+            "Access denied (recorded): decision_id, reasons, the failed check; the fedgate-decision-id and fedgate-policy-digest headers as on an answer",
         )])
     }
 }
@@ -209,6 +217,27 @@ mod tests {
 
     fn status(e: impl Into<GatewayError>) -> StatusCode {
         e.into().into_response().status()
+    }
+
+    #[test]
+    fn a_refusal_carries_its_decision_in_headers() {
+        let denied = |policy: Option<&str>| {
+            GatewayError::Denied {
+                decision_id: "urn:uuid:0b0c".into(),
+                reasons: vec!["no consent".into()],
+                check: None,
+                policy: policy.map(str::to_string),
+            }
+            .into_response()
+        };
+        let r = denied(Some("ab12"));
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(r.headers()["fedgate-decision-id"], "urn:uuid:0b0c");
+        assert_eq!(r.headers()["fedgate-policy-digest"], "ab12");
+        // Refused before any policy decided: no digest to name.
+        let r = denied(None);
+        assert_eq!(r.headers()["fedgate-decision-id"], "urn:uuid:0b0c");
+        assert!(r.headers().get("fedgate-policy-digest").is_none());
     }
 
     /// The gateway's database in `dir` with trees `names` that cannot be read: each is

@@ -117,7 +117,7 @@ impl Problem {
     }
 
     /// Adds a header sent along with this problem.
-    fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
         self.headers.append(name, value);
         self
     }
