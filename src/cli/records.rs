@@ -69,7 +69,8 @@ pub fn run(command: RecordsCommand) -> Result<(), String> {
 }
 
 pub fn smart_key(args: SmartKeyArgs) -> Result<(), String> {
-    let (pem, jwks) = gateway::records::smart::generate_es384_key()?;
+    let (pem, jwks) =
+        gateway::records::smart::generate_es384_key().map_err(|e| format!("smart-key: {e}"))?;
     federation::keys::write_private(&args.out, &pem)
         .map_err(|e| format!("{}: {e}", args.out.display()))?;
     eprintln!(

@@ -106,7 +106,7 @@ impl SmartSettings {
             ));
         }
         if let Err(e) = parse_scopes(&self.scopes) {
-            return Some(("records.auth.scopes", e));
+            return Some(("records.auth.scopes", e.to_string()));
         }
         if self.kid.as_deref().is_some_and(|k| k.trim().is_empty()) {
             return Some(("records.auth.kid", "must not be empty when set".into()));
@@ -297,18 +297,18 @@ impl SmartClient {
         if let Some((setting, reason)) = settings.problem() {
             return Err(SmartError::Setting { setting, reason });
         }
-        let scopes = parse_scopes(&settings.scopes).map_err(|reason| SmartError::Setting {
+        let scopes = parse_scopes(&settings.scopes).map_err(|e| SmartError::Setting {
             setting: "records.auth.scopes",
-            reason,
+            reason: e.to_string(),
         })?;
         let configured_endpoint = settings
             .token_endpoint
             .as_deref()
             .map(|u| endpoint_url(u, dev_mode))
             .transpose()
-            .map_err(|reason| SmartError::Setting {
+            .map_err(|e| SmartError::Setting {
                 setting: "records.auth.token_endpoint",
-                reason,
+                reason: e.to_string(),
             })?;
         let key = load_key(&settings.key_file, settings.algorithm)?;
         Ok(SmartClient {
@@ -591,31 +591,51 @@ fn printable(s: &str, max: usize) -> String {
         .collect()
 }
 
-fn endpoint_url(u: &str, dev_mode: bool) -> Result<reqwest::Url, String> {
-    let url = reqwest::Url::parse(u).map_err(|e| format!("is not a URL: {e}"))?;
-    federation::client::loopback_only_http(&url, dev_mode).map_err(|e| e.to_string())?;
+/// Why a configured or discovered endpoint is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("is not a URL: {0}")]
+    NotUrl(#[from] url::ParseError),
+    #[error(transparent)]
+    Scheme(#[from] federation::client::ClientError),
+    #[error("must not have a fragment")]
+    Fragment,
+}
+
+fn endpoint_url(u: &str, dev_mode: bool) -> Result<reqwest::Url, EndpointError> {
+    let url = reqwest::Url::parse(u)?;
+    federation::client::loopback_only_http(&url, dev_mode)?;
     if url.fragment().is_some() {
-        return Err("must not have a fragment".into());
+        return Err(EndpointError::Fragment);
     }
     Ok(url)
 }
 
+/// Why a scope list is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum ScopeError {
+    #[error("must name at least one scope, e.g. \"system/*.rs\"")]
+    Empty,
+    #[error("{0:?} is not a scope (RFC 6749 §3.3)")]
+    NotAScope(String),
+}
+
 /// The scopes of a space-separated list (RFC 6749 §3.3 characters), at least one.
-pub fn parse_scopes(s: &str) -> Result<Vec<String>, String> {
+pub fn parse_scopes(s: &str) -> Result<Vec<String>, ScopeError> {
     let scopes: Vec<String> = s
         .split(' ')
         .filter(|t| !t.is_empty())
         .map(str::to_string)
         .collect();
     if scopes.is_empty() {
-        return Err("must name at least one scope, e.g. \"system/*.rs\"".into());
+        return Err(ScopeError::Empty);
     }
     for scope in &scopes {
         if !scope
             .bytes()
             .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
         {
-            return Err(format!("{scope:?} is not a scope (RFC 6749 §3.3)"));
+            return Err(ScopeError::NotAScope(scope.clone()));
         }
     }
     Ok(scopes)
@@ -768,24 +788,33 @@ fn thumbprint(jwk: &josekit::jwk::Jwk) -> Option<String> {
 pub fn public_jwks(
     private_jwk: &josekit::jwk::Jwk,
     algorithm: SigningAlgorithm,
-) -> Result<Value, String> {
-    let mut public = private_jwk.to_public_key().map_err(|e| e.to_string())?;
+) -> Result<Value, KeyGenError> {
+    let mut public = private_jwk.to_public_key()?;
     let kid = match private_jwk.key_id() {
         Some(kid) => kid.to_string(),
-        None => thumbprint(private_jwk).ok_or("the key has no public parameters")?,
+        None => thumbprint(private_jwk).ok_or(KeyGenError::NoPublicParameters)?,
     };
     public.set_key_id(kid);
     public.set_algorithm(algorithm.name());
     public.set_key_use("sig");
-    let public: Value = serde_json::to_value(public.as_ref()).map_err(|e| e.to_string())?;
+    let public: Value = serde_json::to_value(public.as_ref())?;
     Ok(serde_json::json!({ "keys": [public] }))
 }
 
+/// Why a client key or its JWK Set could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyGenError {
+    #[error("the key has no public parameters")]
+    NoPublicParameters,
+    #[error(transparent)]
+    Jose(#[from] josekit::JoseError),
+    #[error("the JWK Set does not serialize: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
 /// A new ES384 (P-384) private key as PKCS#8 PEM, and its public JWK Set.
-pub fn generate_es384_key() -> Result<(zeroize::Zeroizing<Vec<u8>>, Value), String> {
-    let pair = josekit::jws::ES384
-        .generate_key_pair()
-        .map_err(|e| e.to_string())?;
+pub fn generate_es384_key() -> Result<(zeroize::Zeroizing<Vec<u8>>, Value), KeyGenError> {
+    let pair = josekit::jws::ES384.generate_key_pair()?;
     let pem = zeroize::Zeroizing::new(pair.to_pem_private_key());
     let jwks = public_jwks(&pair.to_jwk_key_pair(), SigningAlgorithm::ES384)?;
     Ok((pem, jwks))
