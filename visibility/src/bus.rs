@@ -135,7 +135,7 @@ async fn consume_once(state: &VisibilityState, consumer: &PullConsumer) -> Resul
             }
         }
     }
-    // Everything acknowledged here is on disk: append_events flushes before returning.
+    // Everything acknowledged here is on disk: append_events returns after its commit.
     let count = messages.len();
     for (m, fate) in messages.iter().zip(fates) {
         let kind = match fate {
