@@ -195,6 +195,18 @@ impl Store {
     /// Indexes the leaves left unindexed (none, unless the database was changed behind
     /// the service's back), a chunk per write.
     pub(crate) async fn catch_up(&self) -> Result<(), StoreError> {
+        // A read first: the background task calls this on every tick, and there is
+        // normally nothing to do.
+        let snapshot = self.db.read()?;
+        let size = self.log.view(&snapshot)?.size();
+        let indexed = match snapshot.get(&self.index, INDEXED_KEY)? {
+            None => 0,
+            Some(v) => decode_u64(&v)?,
+        };
+        drop(snapshot);
+        if indexed == size {
+            return Ok(());
+        }
         loop {
             let s = self.clone();
             if !self
@@ -643,6 +655,24 @@ mod tests {
         );
         assert_eq!(store.review_queue(10).unwrap(), vec![7]);
         assert_eq!(lookup(&store, Index::PatientRef, "ref-1", 5), vec![4, 1]);
+    }
+
+    #[tokio::test]
+    async fn the_background_catch_up_indexes_what_was_left() {
+        let store = Store::open(Db::temporary(SCHEMA).unwrap()).unwrap();
+        store.catch_up().await.unwrap();
+        assert_eq!(indexed(&store), 0);
+        let a = event("did:web:a.test", "ref-1", false);
+        let entry = LogEntry::Access { event: a.clone() };
+        store
+            .log
+            .append_batch(vec![crate::leaf_bytes(&entry)])
+            .await
+            .unwrap();
+        assert_eq!(store.existing("did:web:a.test", &a.id).unwrap(), None);
+        store.catch_up().await.unwrap();
+        assert_eq!(indexed(&store), 1);
+        assert_eq!(store.existing("did:web:a.test", &a.id).unwrap(), Some(0));
     }
 
     #[tokio::test]
