@@ -781,27 +781,40 @@ async fn gateways_comparing_checkpoints_catch_a_log_that_shows_them_different_hi
 /// every stored subtree hash is recomputed from the leaves, and the stored checkpoint is
 /// deleted so that the service signs the rewritten tree afresh.
 fn rewrite_history(visibility_dir: &Path) {
-    let db = sled::open(visibility_dir.join("data").join("visibility.sled")).unwrap();
-    let leaves = db.open_tree("fedgate.log/visibility/leaves").unwrap();
-    let nodes = db.open_tree("fedgate.log/visibility/nodes").unwrap();
-    let meta = db.open_tree("visibility/meta").unwrap();
+    let db = service::db::open_service_db(
+        &visibility_dir.join("data"),
+        "visibility",
+        visibility::SCHEMA,
+    )
+    .unwrap();
+    let leaves = db.tree("fedgate.log/visibility/leaves");
+    let nodes = db.tree("fedgate.log/visibility/nodes");
+    let meta = db.tree("visibility/meta");
 
     let first = 0u64.to_be_bytes();
-    let mut entry: LogEntry = serde_json::from_slice(&leaves.get(first).unwrap().unwrap()).unwrap();
+    let mut entry: LogEntry =
+        serde_json::from_slice(&leaves.get(&first).unwrap().unwrap()).unwrap();
     match &mut entry {
         LogEntry::Access { event } => event.purpose = "RESEARCH".into(),
         other => panic!("leaf 0 is not an access event: {other:?}"),
     }
-    leaves.insert(first, leaf_bytes(&entry)).unwrap();
+    let rewritten = leaf_bytes(&entry);
 
     // Every complete subtree, level by level, in tiles of 256 hashes (see federation::log).
     let mut level_hashes: Vec<log::Hash> = leaves
-        .iter()
-        .values()
-        .map(|v| log::leaf_hash(&v.unwrap()))
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| {
+            if k == first {
+                log::leaf_hash(&rewritten)
+            } else {
+                log::leaf_hash(&v)
+            }
+        })
         .collect();
     assert!(!level_hashes.is_empty());
-    nodes.clear().unwrap();
+    let mut tiles: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let mut level = 0u8;
     while !level_hashes.is_empty() {
         for (tile, chunk) in
@@ -809,7 +822,7 @@ fn rewrite_history(visibility_dir: &Path) {
         {
             let mut key = vec![level];
             key.extend_from_slice(&tile.to_be_bytes());
-            nodes.insert(key, chunk.concat()).unwrap();
+            tiles.push((key, chunk.concat()));
         }
         level_hashes = level_hashes
             .chunks_exact(2)
@@ -817,8 +830,21 @@ fn rewrite_history(visibility_dir: &Path) {
             .collect();
         level += 1;
     }
-    assert!(meta.remove(b"checkpoint").unwrap().is_some());
-    db.flush().unwrap();
+    let had_checkpoint = db
+        .write_blocking(move |tx| {
+            tx.insert(&leaves, &first, &rewritten)?;
+            for key in tx.keys_with_prefix(&nodes, &[])? {
+                tx.remove(&nodes, &key)?;
+            }
+            for (key, tile) in &tiles {
+                tx.insert(&nodes, key, tile)?;
+            }
+            let removed = tx.remove(&meta, b"checkpoint")?;
+            Ok::<_, service::db::StoreError>(removed.is_some())
+        })
+        .unwrap();
+    assert!(had_checkpoint);
+    // Dropping the last handle closes the file: the service can open it again.
 }
 
 async fn inconsistency_alarms(s: &Setup) -> f64 {

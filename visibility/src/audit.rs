@@ -12,6 +12,7 @@
 //! - Patients: a presentation by the patient's DID returns the events naming it.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,7 +31,8 @@ use federation::events::{AccessEvent, Outcome};
 use federation::verify::VerifiedPresentation;
 use service::http::StrictJson;
 
-use crate::store::{Index, StoreError};
+use crate::merkle::Leaves;
+use crate::store::{Index, Store};
 use crate::{leaf_bytes, LogEntry, VisibilityError, VisibilityState};
 
 /// Most events one query returns.
@@ -77,7 +79,7 @@ impl VisibilityState {
             .verifier
             .verify_presentation(presentation, &binding)
             .await?;
-        self.challenges.consume(&challenge)?;
+        self.challenges.consume(&challenge).await?;
         Ok(verified)
     }
 }
@@ -87,7 +89,7 @@ impl VisibilityState {
     responses((status = 200, description = "`{challenge, domain, expiresAt}`", body = Object),
         service::openapi::Unavailable))]
 pub(crate) async fn challenge(State(s): AppState) -> Result<Json<Value>, VisibilityError> {
-    let (challenge, expires) = s.challenges.issue()?;
+    let (challenge, expires) = s.challenges.issue().await?;
     Ok(Json(json!({
         "challenge": challenge,
         "domain": s.config.did,
@@ -330,40 +332,64 @@ impl Filter {
 }
 
 /// Events matching `filter`, newest first, and the cursor to continue from when the
-/// answer was cut by `limit` or by the scan bound.
+/// answer was cut by `limit` or by the scan bound. Read from one snapshot: the index and
+/// the leaves it points at agree.
 fn find_events(
     s: &VisibilityState,
     filter: &Filter,
     limit: usize,
     before: u64,
 ) -> Result<(Vec<Value>, Option<u64>), VisibilityError> {
-    let candidates: Box<dyn Iterator<Item = Result<u64, StoreError>>> =
-        if let Some(d) = &filter.patient_did_digest {
-            Box::new(s.store.lookup(Index::PatientDid, d, before))
-        } else if let Some(r) = &filter.patient_ref {
-            Box::new(s.store.lookup(Index::PatientRef, r, before))
-        } else if let Some(c) = &filter.custodian {
-            Box::new(s.store.lookup(Index::Custodian, c, before))
-        } else {
-            let size = s.store.size()?;
-            Box::new((0..size.min(before)).rev().map(Ok))
-        };
+    let snapshot = s.store.db.read()?;
+    let view = s.store.log.view(&snapshot)?;
     let mut found = Vec::new();
-    for (scanned, index) in candidates.enumerate() {
-        let index = index?;
+    let mut next = None;
+    let mut scanned = 0usize;
+    let mut failed: Option<VisibilityError> = None;
+    let mut visit = |index: u64| -> ControlFlow<()> {
         if scanned >= MAX_SCAN {
-            return Ok((found, Some(index + 1)));
+            next = Some(index + 1);
+            return ControlFlow::Break(());
         }
-        if let LogEntry::Access { event } = s.store.entry(index)? {
-            if filter.matches(&event) {
+        scanned += 1;
+        match Store::entry_in(&view, index) {
+            Ok(LogEntry::Access { event }) if filter.matches(&event) => {
                 found.push(json!({"leafIndex": index, "event": event}));
                 if found.len() == limit {
-                    return Ok((found, Some(index)));
+                    next = Some(index);
+                    return ControlFlow::Break(());
                 }
             }
+            Ok(_) => {}
+            Err(e) => {
+                failed = Some(e.into());
+                return ControlFlow::Break(());
+            }
         }
+        ControlFlow::Continue(())
+    };
+    let walked = if let Some(d) = &filter.patient_did_digest {
+        s.store
+            .lookup(&snapshot, Index::PatientDid, d, before, &mut visit)
+    } else if let Some(r) = &filter.patient_ref {
+        s.store
+            .lookup(&snapshot, Index::PatientRef, r, before, &mut visit)
+    } else if let Some(c) = &filter.custodian {
+        s.store
+            .lookup(&snapshot, Index::Custodian, c, before, &mut visit)
+    } else {
+        for index in (0..view.size().min(before)).rev() {
+            if visit(index).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    };
+    walked?;
+    if let Some(e) = failed {
+        return Err(e);
     }
-    Ok((found, None))
+    Ok((found, next))
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, VisibilityError> {
@@ -517,35 +543,46 @@ pub(crate) async fn resolve(
     }
     let note_digest = hex::encode(Sha256::digest(note.as_bytes()));
     let time = Utc::now();
-    let guard = s.lock_writer().await;
-    if !s.store.is_queued(&event_id)? {
-        return Err(VisibilityError::NotFound(
-            "no break-glass event awaiting review has this id".into(),
-        ));
-    }
-    // The note is stored first: a review leaf never lacks its note.
-    s.store.put_note(
-        &event_id,
-        &note_digest,
-        &json!({
-            "eventId": event_id,
-            "note": note,
-            "noteDigest": note_digest,
-            "resolvedBy": session.auditor,
-            // Serialized as in the leaf, so the review leaf can be recomputed from it.
-            "time": time,
-        }),
-    )?;
+    let record = json!({
+        "eventId": event_id,
+        "note": note,
+        "noteDigest": note_digest,
+        "resolvedBy": session.auditor,
+        // Serialized as in the leaf, so the review leaf can be recomputed from it.
+        "time": time,
+    });
     let entry = LogEntry::Review {
         event_id: event_id.clone(),
         resolved_by: session.auditor.clone(),
         note_digest: note_digest.clone(),
         time,
     };
-    let leaf = leaf_bytes(&entry);
-    let range = s.store.append(&[entry], &[leaf])?;
-    let published = s.publish(&guard).await?;
-    drop(guard);
+    let leaves = Leaves::new(vec![leaf_bytes(&entry)]);
+    let (store, signer, id, digest) = (
+        s.store.clone(),
+        s.signer.clone(),
+        event_id.clone(),
+        note_digest.clone(),
+    );
+    // One write: of two resolutions of one review exactly one finds it queued, and the
+    // note, the review leaf, its index entries and the checkpoint over it are on disk
+    // together.
+    let (range, published) = s
+        .store
+        .db
+        .write(move |tx| -> Result<_, VisibilityError> {
+            if !store.is_queued_in(tx, &id)? {
+                return Err(VisibilityError::NotFound(
+                    "no break-glass event awaiting review has this id".into(),
+                ));
+            }
+            store.put_note_in(tx, &id, &digest, &record)?;
+            let range = store.append_in(tx, &[entry], &leaves)?;
+            let published = signer.checkpoint_in(&store, tx)?;
+            Ok((range, published))
+        })
+        .await?;
+    let published = s.install(published);
     tracing::info!(organization = %session.organization, "break-glass review resolved");
     Ok(Json(json!({
         "eventId": event_id,

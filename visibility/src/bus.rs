@@ -1,9 +1,9 @@
 //! Reading access events from NATS JetStream (see [`service::eventbus`]).
 //!
 //! Each message is a signed batch, verified exactly as `POST /v1/batches` verifies one.
-//! A fetched group of messages is appended per custodian in one log transaction each, and
-//! only then acknowledged: a crash before the acknowledgement means a redelivery, which the
-//! log answers with the existing leaf (exactly once). Messages that can never be accepted
+//! A fetched group of messages is appended per custodian in one database write each, and
+//! acknowledged only once that write is on disk: a crash before the acknowledgement means a
+//! redelivery, which the log answers with the existing leaf (exactly once). Messages that can never be accepted
 //! (bad signature, not a member, another custodian's events, malformed) are terminated and
 //! logged without their content; ones that failed for a passing reason (a member's DID
 //! document unreachable, storage) are redelivered later.
@@ -135,7 +135,7 @@ async fn consume_once(state: &VisibilityState, consumer: &PullConsumer) -> Resul
             }
         }
     }
-    // Everything acknowledged here is on disk: append_events flushes before returning.
+    // Everything acknowledged here is on disk: append_events returns after its commit.
     let count = messages.len();
     for (m, fate) in messages.iter().zip(fates) {
         let kind = match fate {

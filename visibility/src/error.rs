@@ -73,6 +73,10 @@ pub enum OpenError {
         #[source]
         source: std::io::Error,
     },
+    /// The database could not be opened (the message names the file: in use, damaged,
+    /// written by a newer fedgate, or an earlier fedgate's sled database in its place).
+    #[error(transparent)]
+    Database(#[from] service::db::StoreError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -111,21 +115,20 @@ impl From<LogError> for CheckpointError {
     }
 }
 
-impl From<sled::Error> for CheckpointError {
-    fn from(e: sled::Error) -> Self {
+impl From<service::db::StoreError> for CheckpointError {
+    fn from(e: service::db::StoreError) -> Self {
         CheckpointError::Store(e.into())
     }
 }
 
-/// Why [`crate::run`] failed: at start, while serving, or flushing at the end.
+/// Why [`crate::run`] failed: at start or while serving. (Nothing is left to do at the
+/// end: every write is on disk when it returns.)
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
     Start(#[from] service::start::StartError),
     #[error(transparent)]
     Open(#[from] OpenError),
-    #[error("flushing the database at shutdown: {0}")]
-    Flush(#[source] sled::Error),
 }
 
 impl VisibilityError {
@@ -160,8 +163,8 @@ impl From<service::nonce::NonceError> for VisibilityError {
     }
 }
 
-impl From<sled::Error> for VisibilityError {
-    fn from(e: sled::Error) -> Self {
+impl From<service::db::StoreError> for VisibilityError {
+    fn from(e: service::db::StoreError) -> Self {
         VisibilityError::Storage(e.to_string())
     }
 }
@@ -173,7 +176,6 @@ impl From<LogError> for VisibilityError {
             | LogError::SizeTooLarge { .. }
             | LogError::OldAfterNew { .. }
             | LogError::EmptyOldTree => VisibilityError::bad_request("out-of-range", e.to_string()),
-            LogError::Conflict => VisibilityError::Unavailable(e.to_string()),
             LogError::EmptyName | LogError::Full | LogError::Storage(_) | LogError::Corrupt(_) => {
                 VisibilityError::Storage(e.to_string())
             }

@@ -28,6 +28,10 @@ use federation::wire::{
     ReceiptsResponse, BATCH_TYP, MAX_BATCH_EVENTS, MAX_BATCH_JWS_BYTES,
 };
 
+use federation::log::{leaf_hash, Hash};
+
+use crate::merkle::Leaves;
+use crate::proofs::Published;
 use crate::{VisibilityError, VisibilityState};
 
 const MAX_PATIENT_REF_BYTES: usize = 256;
@@ -168,67 +172,126 @@ enum Slot {
     New(usize),
 }
 
+/// What the write of [`append_events`] did.
+struct Appended {
+    /// Per event, in order: its id, where its leaf is, whether it was logged before.
+    slots: Vec<(String, Slot, bool)>,
+    /// The indexes of the leaves appended (empty when every event was logged before).
+    range: std::ops::Range<u64>,
+    /// The checkpoint signed for the log this write left, when it appended.
+    published: Option<Published>,
+}
+
 /// Appends the events not yet logged and returns one receipt per event, in order, with the
 /// checkpoint covering them. Durable before it returns.
+///
+/// Which events are new is decided inside the database write that appends them, with
+/// their index entries and the checkpoint over them: writes run one after another, so of
+/// two requests carrying one event exactly one appends it, and the other gets its leaf.
 pub(crate) async fn append_events(
     state: &VisibilityState,
     custodian: &str,
     events: Vec<AccessEvent>,
 ) -> Result<BatchResponse, VisibilityError> {
-    let guard = state.lock_writer().await;
-    let mut slots: Vec<(String, Slot, bool)> = Vec::with_capacity(events.len());
-    let mut entries = Vec::new();
-    let mut leaves: Vec<Vec<u8>> = Vec::new();
-    let mut in_batch: HashMap<String, usize> = HashMap::new();
-    for event in events {
-        let id = event.id.clone();
-        let entry = LogEntry::Access { event };
-        let leaf = leaf_bytes(&entry);
-        let same_content = |held: &[u8]| {
-            if held == leaf.as_slice() {
-                Ok(())
-            } else {
-                Err(VisibilityError::Conflict(format!(
-                    "event {} is already logged with other content",
-                    echo(&id)
-                )))
+    // Serializing and hashing happen here, not on the database's writer thread.
+    let prepared: Vec<(String, LogEntry, Vec<u8>, Hash)> = events
+        .into_iter()
+        .map(|event| {
+            let id = event.id.clone();
+            let entry = LogEntry::Access { event };
+            let leaf = leaf_bytes(&entry);
+            let hash = leaf_hash(&leaf);
+            (id, entry, leaf, hash)
+        })
+        .collect();
+    let (store, signer) = (state.store.clone(), state.signer.clone());
+    let owner = custodian.to_string();
+    let appended = state
+        .store
+        .db
+        .write(move |tx| -> Result<Appended, VisibilityError> {
+            let mut slots: Vec<(String, Slot, bool)> = Vec::with_capacity(prepared.len());
+            let mut entries = Vec::new();
+            let mut leaves: Vec<Vec<u8>> = Vec::new();
+            let mut hashes: Vec<Hash> = Vec::new();
+            let mut in_batch: HashMap<String, usize> = HashMap::new();
+            for (id, entry, leaf, hash) in prepared {
+                let same_content = |held: &[u8]| {
+                    if held == leaf.as_slice() {
+                        Ok(())
+                    } else {
+                        Err(VisibilityError::Conflict(format!(
+                            "event {} is already logged with other content",
+                            echo(&id)
+                        )))
+                    }
+                };
+                if let Some(index) = store.existing_in(tx, &owner, &id)? {
+                    same_content(&store.log.leaf_in(tx, index)?)?;
+                    slots.push((id, Slot::Logged(index), true));
+                } else if let Some(&pos) = in_batch.get(&id) {
+                    same_content(&leaves[pos])?;
+                    slots.push((id, Slot::New(pos), true));
+                } else {
+                    in_batch.insert(id.clone(), leaves.len());
+                    slots.push((id, Slot::New(leaves.len()), false));
+                    entries.push(entry);
+                    leaves.push(leaf);
+                    hashes.push(hash);
+                }
             }
-        };
-        if let Some(index) = state.store.existing(custodian, &id)? {
-            same_content(&state.store.log.leaf(index)?)?;
-            slots.push((id, Slot::Logged(index), true));
-        } else if let Some(&pos) = in_batch.get(&id) {
-            same_content(&leaves[pos])?;
-            slots.push((id, Slot::New(pos), true));
-        } else {
-            in_batch.insert(id.clone(), leaves.len());
-            slots.push((id, Slot::New(leaves.len()), false));
-            entries.push(entry);
-            leaves.push(leaf);
+            if leaves.is_empty() {
+                return Ok(Appended {
+                    slots,
+                    range: 0..0,
+                    published: None,
+                });
+            }
+            let leaves = Leaves::hashed(leaves, hashes);
+            let range = store.append_in(tx, &entries, &leaves)?;
+            let published = signer.checkpoint_in(&store, tx)?;
+            Ok(Appended {
+                slots,
+                range,
+                published: Some(published),
+            })
+        })
+        .await?;
+    let Appended {
+        slots,
+        range,
+        published,
+    } = appended;
+    let published = match published {
+        Some(p) => {
+            tracing::info!(
+                custodian,
+                appended = range.end - range.start,
+                tree_size = p.size,
+                "batch appended"
+            );
+            state.install(p)
         }
-    }
-    let start = if leaves.is_empty() {
-        0
-    } else {
-        state.store.append(&entries, &leaves)?.start
+        // Every event was logged before: a checkpoint covering their leaves.
+        None => {
+            let needed = slots
+                .iter()
+                .filter_map(|(_, slot, _)| match slot {
+                    Slot::Logged(index) => Some(index + 1),
+                    Slot::New(_) => None,
+                })
+                .max()
+                .unwrap_or(0);
+            state.covering(needed).await?
+        }
     };
-    let published = state.publish(&guard).await?;
-    drop(guard);
-    if !leaves.is_empty() {
-        tracing::info!(
-            custodian,
-            appended = leaves.len(),
-            tree_size = published.size,
-            "batch appended"
-        );
-    }
     let receipts = slots
         .into_iter()
         .map(|(event_id, slot, duplicate)| Receipt {
             event_id,
             leaf_index: match slot {
                 Slot::Logged(index) => index,
-                Slot::New(pos) => start + pos as u64,
+                Slot::New(pos) => range.start + pos as u64,
             },
             duplicate,
         })
@@ -259,6 +322,9 @@ pub(crate) async fn post_receipts(
     }
     let mut found = Vec::new();
     let mut conflicts = Vec::new();
+    // One snapshot: the index entry and the leaf it points at agree.
+    let snapshot = s.store.db.read()?;
+    let view = s.store.log.view(&snapshot)?;
     for q in &req.events {
         let hash: federation::log::Hash = hex::decode(&q.leaf_hash)
             .ok()
@@ -266,15 +332,17 @@ pub(crate) async fn post_receipts(
             .ok_or_else(|| {
                 VisibilityError::unprocessable("invalid-hash", "leafHash must be 64 hex digits")
             })?;
-        let Some(index) = s.store.existing(&req.custodian, &q.id)? else {
+        let Some(index) = s.store.existing_at(&snapshot, &req.custodian, &q.id)? else {
             continue;
         };
-        if federation::log::leaf_hash(&s.store.log.leaf(index)?) == hash {
+        if leaf_hash(&view.leaf(index)?) == hash {
             found.push((q.id.clone(), index));
         } else {
             conflicts.push(q.id.clone());
         }
     }
+    drop(view);
+    drop(snapshot);
     // Taken after the lookups: checkpoints only grow, so this one is the newest and covers
     // every leaf published before it; a leaf appended but not yet covered is left out and
     // asked for again.

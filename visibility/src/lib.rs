@@ -8,14 +8,15 @@
 //!
 //! Map of the modules:
 //! - `config`: `visibility.toml`, validated at load.
-//! - `store`: the sled database: the Merkle log, the indexes over it (rebuilt from the
+//! - `store`: the database (`<data_dir>/visibility.redb`, the `storage` crate: each write
+//!   is on disk when it returns): the Merkle log, the indexes over it (rebuilt from the
 //!   log when behind), the latest checkpoint, review notes.
 //! - `ingest`: `POST /v1/batches`: signature, membership and custodian checks, exactly
 //!   once appends; `POST /v1/receipts`: where already-logged events sit.
-//! - [`merkle`]: the RFC 6962 Merkle tree in sled that holds the log.
+//! - [`merkle`]: the RFC 6962 Merkle tree in the database that holds the log.
 //! - `bus`: the same batches read from NATS JetStream, when `[nats]` is configured.
-//! - `proofs`: checkpoint signing (after every append and in the background), the
-//!   checkpoint and proof endpoints.
+//! - `proofs`: checkpoint signing (in the write of every append, and in the background),
+//!   the checkpoint and proof endpoints.
 //! - `audit`: challenges, auditor sessions, event queries, the break-glass review queue,
 //!   and patients' history.
 //! - `dashboard`: the auditor web dashboard (`GET /dashboard`), a static page on the
@@ -34,6 +35,7 @@ mod store;
 
 pub use config::VisibilityConfig;
 pub use error::{OpenError, RunError, VisibilityError};
+pub use store::SCHEMA;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -43,7 +45,6 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::{Json, Router};
-use ed25519_dalek::SigningKey;
 use serde_json::{json, Value};
 use utoipa_axum::routes;
 
@@ -56,7 +57,7 @@ use federation::trust::{StaticTrust, TrustSource};
 use federation::verify::Verifier;
 
 use federation::wire::{leaf_bytes, LogEntry};
-use proofs::Published;
+use proofs::{Published, Signer};
 use store::Store;
 
 /// Who belongs to the federation.
@@ -72,15 +73,14 @@ enum Membership {
 pub struct VisibilityState {
     config: VisibilityConfig,
     key: KeyPair,
-    signing_key: SigningKey,
+    /// Signs checkpoints, inside the writes that append.
+    signer: Signer,
     /// The verifier for this service's checkpoints, as peers build it from the DID document.
     note_verifier: NoteVerifier,
     store: Store,
     verifier: Verifier,
     membership: Membership,
-    /// Serializes appends and checkpoint signing: checkpoints are monotonic and each one
-    /// is published only after the leaves it covers are on disk.
-    writer: tokio::sync::Mutex<()>,
+    /// The checkpoint in force: replaced only by a larger one, once that is on disk.
     latest: RwLock<Arc<Published>>,
     challenges: audit::Challenges,
     sessions: audit::Sessions,
@@ -109,15 +109,22 @@ impl VisibilityState {
             path: config.data_dir.clone(),
             source,
         })?;
-        let store = Store::open(&config.data_dir.join("visibility.sled"))?;
-        let latest = proofs::initial_checkpoint(&store, &config.did, &signing_key, &note_verifier)?;
+        // An earlier fedgate's `visibility.sled` beside it is refused, naming it.
+        let db = service::db::open_service_db(&config.data_dir, store::DB_NAME, SCHEMA)?;
+        let store = Store::open(db)?;
+        let signer = Signer::new(&config.did, signing_key);
+        let latest = proofs::initial_checkpoint(&store, &signer, &note_verifier)?;
 
         let resolver = Arc::new(DidResolver::new(config.dev_mode));
         let (trust, membership): (Arc<dyn TrustSource>, Membership) = match &config.registry {
             Some(rc) => {
                 let registry = Arc::new(
-                    Registry::journaled_in(&store.db, rc.governance.clone(), config.dev_mode)
-                        .map_err(|e| OpenError::Registry(e.to_string()))?,
+                    service::db::journaled_registry(
+                        &store.db,
+                        rc.governance.clone(),
+                        config.dev_mode,
+                    )
+                    .map_err(|e| OpenError::Registry(e.to_string()))?,
                 );
                 if !rc.is_url() {
                     // A bad manifest on disk is logged: the service then admits nobody
@@ -172,12 +179,11 @@ impl VisibilityState {
         Ok(Arc::new(VisibilityState {
             config,
             key,
-            signing_key,
+            signer,
             note_verifier,
             store,
             verifier,
             membership,
-            writer: tokio::sync::Mutex::new(()),
             latest: RwLock::new(Arc::new(latest)),
             challenges,
             sessions,
@@ -320,8 +326,9 @@ async fn inventory(State(s): AppState) -> Json<Value> {
 
 /// Runs the service until `shutdown` resolves. Binding happens first (see
 /// [`service::start`]); the bound address is sent on `ready` once the service answers.
-/// Background tasks are stopped and the database flushed before returning, whether
-/// serving ended well or not.
+/// Background tasks are stopped before returning, whether serving ended well or not;
+/// the database closes when the last handle on it is dropped (every write was on disk
+/// when it returned).
 pub async fn run(
     config: VisibilityConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -339,10 +346,178 @@ pub async fn run(
         // An aborted task reports a cancellation; nothing else can come back.
         let _ = task.await;
     }
-    // Whatever is still in memory reaches the disk before the database is closed.
-    let flushed = state.store.db.flush_async().await;
     drop(state);
     served?;
-    flushed.map_err(RunError::Flush)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use federation::events::{AccessEvent, Outcome};
+    use std::path::Path;
+
+    const DID: &str = "did:web:visibility.test";
+    const CUSTODIAN: &str = "did:web:hospital-a.test";
+    /// Bounds every test that waits on the database: a hang fails instead of stalling.
+    const BOUND: Duration = Duration::from_secs(60);
+
+    fn config(dir: &Path) -> VisibilityConfig {
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\ndid = \"{DID}\"\nkey_file = \"visibility.key.json\"\n\
+             data_dir = \"data\"\ndev_mode = true\n"
+        );
+        let mut cfg = VisibilityConfig::from_toml(&text).unwrap();
+        cfg.resolve_paths(dir);
+        cfg.validate("visibility.toml").unwrap();
+        cfg
+    }
+
+    fn event(i: usize) -> AccessEvent {
+        AccessEvent {
+            id: format!("01900000-0000-7000-8000-{i:012x}"),
+            time: chrono::Utc::now(),
+            custodian: CUSTODIAN.into(),
+            requester_org: None,
+            requester: Some("did:key:z6Mkrequester".into()),
+            patient_ref: Some(format!("ref-{}", i % 4)),
+            patient_did_digests: vec![],
+            domain: "clinical".into(),
+            purpose: "TREAT".into(),
+            data_classes: vec![],
+            record_count: 1,
+            decision: Outcome::Allow,
+            decision_id: "d".into(),
+            reasons: vec![],
+            policy_digest: String::new(),
+            credential_ids: vec![],
+            failed_check: None,
+            break_glass: false,
+            justification: None,
+            review_required: false,
+            expires_at: None,
+            privacy: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restart_keeps_the_log_its_size_root_and_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let events: Vec<AccessEvent> = (0..25).map(event).collect();
+        let (size, root, note) = tokio::time::timeout(BOUND, async {
+            let state = VisibilityState::open(cfg.clone()).unwrap();
+            ingest::append_events(&state, CUSTODIAN, events[..10].to_vec())
+                .await
+                .unwrap();
+            let last = ingest::append_events(&state, CUSTODIAN, events[10..].to_vec())
+                .await
+                .unwrap();
+            assert_eq!(last.tree_size, 25);
+            let size = state.store.size().unwrap();
+            (size, state.store.log.root(size).unwrap(), last.checkpoint)
+        })
+        .await
+        .expect("appending hung");
+        assert!(dir.path().join("data").join("visibility.redb").is_file());
+        // The state (and with it the last database handle) is gone: the file reopens.
+        let state = VisibilityState::open(cfg).unwrap();
+        assert_eq!(state.store.size().unwrap(), size);
+        assert_eq!(state.store.log.root(size).unwrap(), root);
+        assert_eq!(state.latest().note, note, "the same checkpoint is served");
+        // Every event is still known, once.
+        let again = tokio::time::timeout(
+            BOUND,
+            ingest::append_events(&state, CUSTODIAN, events.clone()),
+        )
+        .await
+        .expect("appending hung")
+        .unwrap();
+        assert!(again.receipts.iter().all(|r| r.duplicate));
+        assert_eq!(again.tree_size, 25);
+        assert_eq!(state.store.size().unwrap(), 25);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_overlapping_batches_store_each_event_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = VisibilityState::open(config(dir.path())).unwrap();
+        let pool: Vec<AccessEvent> = (0..60).map(event).collect();
+        // 16 batches of 15 events, each overlapping its neighbours, some in reverse.
+        let run = async {
+            let tasks: Vec<_> = (0..16usize)
+                .map(|t| {
+                    let state = state.clone();
+                    let mut batch: Vec<AccessEvent> = pool[t * 3..t * 3 + 15].to_vec();
+                    if t % 2 == 1 {
+                        batch.reverse();
+                        // The same event twice in one batch is one leaf too.
+                        batch.push(batch[0].clone());
+                    }
+                    tokio::spawn(async move {
+                        ingest::append_events(&state, CUSTODIAN, batch)
+                            .await
+                            .unwrap()
+                    })
+                })
+                .collect();
+            let mut answers = Vec::new();
+            for t in tasks {
+                answers.push(t.await.unwrap());
+            }
+            answers
+        };
+        let answers = tokio::time::timeout(BOUND, run)
+            .await
+            .expect("concurrent ingestion hung");
+        let used = 15 * 3 + 15;
+        assert_eq!(state.store.size().unwrap(), used as u64);
+        let mut leaf_of: HashMap<String, u64> = HashMap::new();
+        for answer in &answers {
+            for r in &answer.receipts {
+                assert!(
+                    r.leaf_index < answer.tree_size,
+                    "the checkpoint handed out covers the receipt"
+                );
+                let first = *leaf_of.entry(r.event_id.clone()).or_insert(r.leaf_index);
+                assert_eq!(first, r.leaf_index, "one event, one leaf");
+            }
+        }
+        assert_eq!(leaf_of.len(), used);
+        let mut leaves: Vec<u64> = leaf_of.values().copied().collect();
+        leaves.sort_unstable();
+        assert_eq!(leaves, (0..used as u64).collect::<Vec<_>>());
+        for (id, index) in &leaf_of {
+            match state.store.entry(*index).unwrap() {
+                LogEntry::Access { event } => assert_eq!(&event.id, id),
+                other => panic!("leaf {index} is {other:?}"),
+            }
+        }
+        assert_eq!(state.latest().size, used as u64);
+    }
+
+    #[tokio::test]
+    async fn an_earlier_sled_database_stops_the_start_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let sled_dir = dir.path().join("data").join("visibility.sled");
+        std::fs::create_dir_all(&sled_dir).unwrap();
+        std::fs::write(sled_dir.join("db"), b"not looked at").unwrap();
+        let ran = tokio::time::timeout(BOUND, run(cfg, std::future::pending(), None))
+            .await
+            .expect("the refused start hung");
+        let e = ran.expect_err("the service started beside a sled database");
+        assert!(matches!(e, RunError::Open(OpenError::Database(_))), "{e:?}");
+        let message = e.to_string();
+        assert!(
+            message.contains(&sled_dir.display().to_string()),
+            "{message}"
+        );
+        assert!(!message.contains('\n'), "{message}");
+        assert!(!dir.path().join("data").join("visibility.redb").exists());
+        assert!(
+            sled_dir.join("db").is_file(),
+            "the old database is left alone"
+        );
+    }
 }

@@ -1,7 +1,8 @@
-//! The visibility log's storage: an RFC 6962 Merkle tree stored in sled. The hashing and
-//! the proof verifiers are `federation::log`'s, shared with gateways and auditors.
+//! The visibility log's storage: an RFC 6962 Merkle tree stored in the service's database
+//! (the `storage` crate). The hashing and the proof verifiers are `federation::log`'s,
+//! shared with gateways and auditors.
 //!
-//! Storage layout, per log name `N` (three sled trees, written together in one transaction):
+//! Storage layout, per log name `N` (three trees, written together by one write):
 //! - `fedgate.log/N/leaves`: leaf index (u64 big-endian) → leaf data.
 //! - `fedgate.log/N/nodes`: the hash of every complete subtree. Node (level, index) covers
 //!   leaves `[index << level, (index + 1) << level)`; level 0 holds the leaf hashes. Nodes
@@ -13,17 +14,21 @@
 //!
 //! Appending computes the new leaf hashes and the parents they complete from the tree's
 //! right edge (O(log n) stored nodes), then rewrites only the last tile of each level.
-//! Tiles rather than one record per node, because sled's cost is mostly per record: three
-//! records per leaf appended at about a third of the rate of one. Any root or proof at any size ≤ the
-//! current size is assembled from O(log² n) stored nodes; nothing is rehashed from the
-//! leaves.
+//! Tiles rather than one record per node, because the database's cost is mostly per
+//! record: three records per leaf appended at about a third of the rate of one. Any root
+//! or proof at any size ≤ the current size is assembled from O(log² n) stored nodes;
+//! nothing is rehashed from the leaves.
+//!
+//! Appends run inside a database write ([`MerkleLog::append_in`]), so that a caller can
+//! append and record what goes with the new leaves in one atomic, durable commit; the one
+//! writer thread runs writes one after another, so two appends can never both build on
+//! the same size. Reads take one snapshot ([`MerkleLog::view`]): a root, a proof and the
+//! size they are for always agree.
 
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
 
 use federation::log::{empty_root, leaf_hash, node_hash, split_point, Hash, MAX_LEVEL};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
+use storage::{Db, Snapshot, StoreError, Tree, WriteTx};
 
 const SIZE_KEY: &[u8] = b"size";
 
@@ -47,24 +52,51 @@ pub enum LogError {
     EmptyOldTree,
     #[error("the log cannot hold more leaves")]
     Full,
-    #[error("another writer appended to this log at the same time; retry")]
-    Conflict,
     #[error("log storage: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] StoreError),
     #[error("log storage is corrupt: {0}")]
     Corrupt(String),
 }
 
-/// An append-only RFC 6962 Merkle tree stored in sled. Clones share the same log.
+/// Leaves to append, hashed before the database's writer sees them.
+#[derive(Debug, Clone, Default)]
+pub struct Leaves {
+    data: Vec<Vec<u8>>,
+    hashes: Vec<Hash>,
+}
+
+impl Leaves {
+    pub fn new(data: Vec<Vec<u8>>) -> Self {
+        let hashes = data.iter().map(|d| leaf_hash(d)).collect();
+        Leaves { data, hashes }
+    }
+
+    /// Leaves whose hashes the caller computed with [`leaf_hash`] (crate-private: a wrong
+    /// hash would corrupt the log).
+    pub(crate) fn hashed(data: Vec<Vec<u8>>, hashes: Vec<Hash>) -> Self {
+        Leaves { data, hashes }
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// The data of the leaf at `pos` in this batch.
+    pub fn get(&self, pos: usize) -> Option<&[u8]> {
+        self.data.get(pos).map(Vec::as_slice)
+    }
+}
+
+/// An append-only RFC 6962 Merkle tree stored in a [`Db`]. Clones share the same log.
 #[derive(Debug, Clone)]
 pub struct MerkleLog {
-    leaves: sled::Tree,
-    nodes: sled::Tree,
-    meta: sled::Tree,
-    /// Serializes appends through this handle and its clones; the transaction re-checks
-    /// the size, so a handle opened separately on the same log gets `Conflict` instead of
-    /// forking the tree.
-    writer: Arc<Mutex<()>>,
+    leaves: Tree,
+    nodes: Tree,
+    meta: Tree,
 }
 
 fn tile_key(level: u32, tile: u64) -> [u8; 9] {
@@ -75,34 +107,122 @@ fn tile_key(level: u32, tile: u64) -> [u8; 9] {
     key
 }
 
-fn decode_size(value: Option<sled::IVec>) -> Result<u64, LogError> {
+fn decode_size(value: Option<Vec<u8>>) -> Result<u64, LogError> {
     match value {
         None => Ok(0),
-        Some(v) => <[u8; 8]>::try_from(v.as_ref())
+        Some(v) => <[u8; 8]>::try_from(v.as_slice())
             .map(u64::from_be_bytes)
             .map_err(|_| LogError::Corrupt(format!("size record has {} bytes", v.len()))),
     }
 }
 
+/// Where the log is read from: a snapshot, or the write appending to it (which sees its
+/// own changes and those of the writes committed before it).
+trait Source {
+    fn get(&mut self, tree: &Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+}
+
+impl Source for &Snapshot {
+    fn get(&mut self, tree: &Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Snapshot::get(self, tree, key)
+    }
+}
+
+impl Source for &mut WriteTx<'_> {
+    fn get(&mut self, tree: &Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        WriteTx::get(self, tree, key)
+    }
+}
+
+/// Reads nodes from `source`, keeping the last tile read of each level: the nodes a root
+/// or a proof needs cluster in a few tiles per level.
+struct Nodes<'l, S> {
+    log: &'l MerkleLog,
+    source: S,
+    tiles: Vec<Option<(u64, Vec<u8>)>>,
+}
+
+impl<'l, S: Source> Nodes<'l, S> {
+    fn new(log: &'l MerkleLog, source: S) -> Self {
+        Nodes {
+            log,
+            source,
+            tiles: vec![None; MAX_LEVEL as usize + 1],
+        }
+    }
+
+    fn size(&mut self) -> Result<u64, LogError> {
+        decode_size(self.source.get(&self.log.meta, SIZE_KEY)?)
+    }
+
+    /// The stored tile (`level`, `tile`), empty if there is none.
+    fn tile(&mut self, level: u32, tile: u64) -> Result<&[u8], LogError> {
+        let slot = self
+            .tiles
+            .get_mut(level as usize)
+            .ok_or_else(|| LogError::Corrupt(format!("level {level} out of range")))?;
+        if slot.as_ref().is_none_or(|(t, _)| *t != tile) {
+            let bytes = self
+                .source
+                .get(&self.log.nodes, &tile_key(level, tile))?
+                .unwrap_or_default();
+            *slot = Some((tile, bytes));
+        }
+        Ok(slot.as_ref().map(|(_, b)| b.as_slice()).unwrap_or_default())
+    }
+
+    fn node(&mut self, level: u32, index: u64) -> Result<Hash, LogError> {
+        let missing = || LogError::Corrupt(format!("node ({level}, {index}) is missing"));
+        let at = (index % TILE_WIDTH) as usize * 32;
+        let tile = self.tile(level, index / TILE_WIDTH)?;
+        tile.get(at..at + 32)
+            .and_then(|h| Hash::try_from(h).ok())
+            .ok_or_else(missing)
+    }
+
+    /// MTH(D[lo:hi]) for a non-empty range within the stored size.
+    fn subtree_hash(&mut self, lo: u64, hi: u64) -> Result<Hash, LogError> {
+        let n = hi
+            .checked_sub(lo)
+            .filter(|&n| n > 0)
+            .ok_or_else(|| LogError::Corrupt(format!("empty subtree [{lo}, {hi})")))?;
+        if n.is_power_of_two() && lo.is_multiple_of(n) {
+            let level = n.trailing_zeros();
+            return self.node(level, lo >> level);
+        }
+        let k = split_point(n);
+        let left = self.subtree_hash(lo, lo + k)?;
+        let right = self.subtree_hash(lo + k, hi)?;
+        Ok(node_hash(&left, &right))
+    }
+
+    fn root(&mut self, size: u64) -> Result<Hash, LogError> {
+        if size == 0 {
+            return Ok(empty_root());
+        }
+        self.subtree_hash(0, size)
+    }
+}
+
 impl MerkleLog {
     /// Opens (or creates) the log `name` in `db`.
-    pub fn open(db: &sled::Db, name: &str) -> Result<Self, LogError> {
+    pub fn open(db: &Db, name: &str) -> Result<Self, LogError> {
         if name.is_empty() {
             return Err(LogError::EmptyName);
         }
         let log = MerkleLog {
-            leaves: db.open_tree(format!("fedgate.log/{name}/leaves"))?,
-            nodes: db.open_tree(format!("fedgate.log/{name}/nodes"))?,
-            meta: db.open_tree(format!("fedgate.log/{name}/meta"))?,
-            writer: Arc::new(Mutex::new(())),
+            leaves: db.tree(&format!("fedgate.log/{name}/leaves")),
+            nodes: db.tree(&format!("fedgate.log/{name}/nodes")),
+            meta: db.tree(&format!("fedgate.log/{name}/meta")),
         };
         // Appends are atomic, so the last leaf must sit right below the recorded size; if
         // not, the trees were changed behind the log's back and no proof could be trusted.
-        let size = log.size()?;
-        let last = match log.leaves.last()? {
+        let snapshot = db.read()?;
+        let size = decode_size(snapshot.get(&log.meta, SIZE_KEY)?)?;
+        let last = match snapshot.last(&log.leaves)? {
             None => None,
             Some((k, _)) => Some(
-                <[u8; 8]>::try_from(k.as_ref())
+                <[u8; 8]>::try_from(k.as_slice())
                     .map(u64::from_be_bytes)
                     .map_err(|_| LogError::Corrupt("leaf key is not 8 bytes".into()))?,
             ),
@@ -116,19 +236,63 @@ impl MerkleLog {
         Ok(log)
     }
 
-    /// The number of leaves.
-    pub fn size(&self) -> Result<u64, LogError> {
-        decode_size(self.meta.get(SIZE_KEY)?)
+    /// The database the log is in.
+    pub fn db(&self) -> &Db {
+        self.leaves.db()
     }
 
-    /// Appends `leaves` atomically and returns their indexes. Either the whole batch and
-    /// every hash it completes is stored, or nothing is. Durability is the caller's:
-    /// `db.flush()` before promising anything about the new entries.
-    pub fn append_batch(&self, leaves: &[Vec<u8>]) -> Result<Range<u64>, LogError> {
-        // The guard protects no data, so a panic elsewhere while holding it leaves nothing
-        // inconsistent behind: a poisoned lock is still usable.
-        let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let start = self.size()?;
+    /// The log as of `snapshot`: every answer of the view is for that one state.
+    pub fn view<'a>(&'a self, snapshot: &'a Snapshot) -> Result<LogView<'a>, LogError> {
+        let mut nodes = Nodes::new(self, snapshot);
+        let size = nodes.size()?;
+        Ok(LogView {
+            nodes,
+            snapshot,
+            size,
+        })
+    }
+
+    /// The number of leaves.
+    pub fn size(&self) -> Result<u64, LogError> {
+        let snapshot = self.db().read()?;
+        Ok(self.view(&snapshot)?.size())
+    }
+
+    /// The number of leaves, as the write `tx` sees it.
+    pub fn size_in(&self, tx: &mut WriteTx<'_>) -> Result<u64, LogError> {
+        Nodes::new(self, tx).size()
+    }
+
+    /// The data of leaf `index`, as the write `tx` sees it.
+    pub fn leaf_in(&self, tx: &mut WriteTx<'_>, index: u64) -> Result<Vec<u8>, LogError> {
+        let size = self.size_in(tx)?;
+        if index >= size {
+            return Err(LogError::IndexOutOfRange { index, size });
+        }
+        tx.get(&self.leaves, &index.to_be_bytes())?
+            .ok_or_else(|| LogError::Corrupt(format!("leaf {index} is missing")))
+    }
+
+    /// The tree head of the whole log, as the write `tx` sees it.
+    pub fn root_in(&self, tx: &mut WriteTx<'_>) -> Result<(u64, Hash), LogError> {
+        let mut nodes = Nodes::new(self, tx);
+        let size = nodes.size()?;
+        Ok((size, nodes.root(size)?))
+    }
+
+    /// Appends `leaves` in the write `tx` and returns their indexes. Either the whole
+    /// batch and every hash it completes is stored, or (when `tx`'s write fails) nothing
+    /// is. Durable once the write's `.await` returns.
+    pub fn append_in(&self, tx: &mut WriteTx<'_>, leaves: &Leaves) -> Result<Range<u64>, LogError> {
+        if leaves.hashes.len() != leaves.data.len() {
+            return Err(LogError::Corrupt(format!(
+                "{} leaves but {} leaf hashes",
+                leaves.data.len(),
+                leaves.hashes.len()
+            )));
+        }
+        let mut nodes = Nodes::new(self, &mut *tx);
+        let start = nodes.size()?;
         let count = u64::try_from(leaves.len()).map_err(|_| LogError::Full)?;
         let end = start.checked_add(count).ok_or(LogError::Full)?;
         if end > 1u64 << MAX_LEVEL {
@@ -143,7 +307,7 @@ impl MerkleLog {
         let mut edge: Vec<(u32, Hash)> = Vec::with_capacity(64);
         for level in (0..=MAX_LEVEL).rev() {
             if (start >> level) & 1 == 1 {
-                edge.push((level, self.node(level, (start >> level) - 1)?));
+                edge.push((level, nodes.node(level, (start >> level) - 1)?));
             }
         }
 
@@ -156,10 +320,8 @@ impl MerkleLog {
                 .map(|nodes| nodes.push(hash))
                 .ok_or_else(|| LogError::Corrupt(format!("level {level} out of range")))
         };
-        let mut leaf_batch = sled::Batch::default();
-        for (index, data) in (start..end).zip(leaves) {
-            leaf_batch.insert(&index.to_be_bytes(), data.as_slice());
-            let mut hash = leaf_hash(data);
+        for (index, &leaf) in (start..end).zip(&leaves.hashes) {
+            let mut hash = leaf;
             push(0, hash)?;
             let (mut level, mut at) = (0u32, index);
             // A right child completes its parent; keep climbing while that happens.
@@ -178,9 +340,9 @@ impl MerkleLog {
             edge.push((level, hash));
         }
 
-        let mut node_batch = sled::Batch::default();
-        for (level, nodes) in (0u32..).zip(&new_nodes) {
-            if nodes.is_empty() {
+        let mut tiles: Vec<([u8; 9], Vec<u8>)> = Vec::new();
+        for (level, hashes) in (0u32..).zip(&new_nodes) {
+            if hashes.is_empty() {
                 continue;
             }
             let first = start >> level;
@@ -188,9 +350,7 @@ impl MerkleLog {
             let kept = (first % TILE_WIDTH) as usize * 32;
             let mut buf = Vec::with_capacity(TILE_BYTES);
             if kept > 0 {
-                // A longer tile means another handle appended since `start` was read; the
-                // size check in the transaction turns that into `Conflict`.
-                let old = self.nodes.get(tile_key(level, tile))?.unwrap_or_default();
+                let old = nodes.tile(level, tile)?;
                 let prefix = old.get(..kept).ok_or_else(|| {
                     LogError::Corrupt(format!(
                         "tile ({level}, {tile}) has {} bytes, expected {kept}",
@@ -199,59 +359,95 @@ impl MerkleLog {
                 })?;
                 buf.extend_from_slice(prefix);
             }
-            for hash in nodes {
+            for hash in hashes {
                 buf.extend_from_slice(hash);
                 if buf.len() == TILE_BYTES {
-                    node_batch.insert(&tile_key(level, tile), std::mem::take(&mut buf));
+                    tiles.push((tile_key(level, tile), std::mem::take(&mut buf)));
                     tile += 1;
                 }
             }
             if !buf.is_empty() {
-                node_batch.insert(&tile_key(level, tile), buf);
+                tiles.push((tile_key(level, tile), buf));
             }
         }
+        drop(nodes);
 
-        let result = (&self.leaves, &self.nodes, &self.meta).transaction(|(l, n, m)| {
-            let current =
-                decode_size(m.get(SIZE_KEY)?).map_err(ConflictableTransactionError::Abort)?;
-            if current != start {
-                return Err(ConflictableTransactionError::Abort(LogError::Conflict));
-            }
-            l.apply_batch(&leaf_batch)?;
-            n.apply_batch(&node_batch)?;
-            m.insert(SIZE_KEY, &end.to_be_bytes())?;
-            Ok(())
-        });
-        match result {
-            Ok(()) => Ok(start..end),
-            Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(LogError::Storage(e)),
+        for (index, data) in (start..end).zip(&leaves.data) {
+            tx.insert(&self.leaves, &index.to_be_bytes(), data)?;
         }
+        for (key, tile) in &tiles {
+            tx.insert(&self.nodes, key, tile)?;
+        }
+        tx.insert(&self.meta, SIZE_KEY, &end.to_be_bytes())?;
+        Ok(start..end)
+    }
+
+    /// Appends `leaves` in a write of their own; durable when this returns.
+    pub async fn append_batch(&self, leaves: Vec<Vec<u8>>) -> Result<Range<u64>, LogError> {
+        let leaves = Leaves::new(leaves);
+        let log = self.clone();
+        self.db().write(move |tx| log.append_in(tx, &leaves)).await
     }
 
     /// The data of leaf `index`.
     pub fn leaf(&self, index: u64) -> Result<Vec<u8>, LogError> {
-        let size = self.size()?;
-        if index >= size {
-            return Err(LogError::IndexOutOfRange { index, size });
-        }
-        self.leaves
-            .get(index.to_be_bytes())?
-            .map(|v| v.to_vec())
-            .ok_or_else(|| LogError::Corrupt(format!("leaf {index} is missing")))
+        let snapshot = self.db().read()?;
+        self.view(&snapshot)?.leaf(index)
     }
 
     /// The tree head (MTH) of the first `size` leaves, for any size up to the current one.
     pub fn root(&self, size: u64) -> Result<Hash, LogError> {
-        self.check_size(size)?;
-        if size == 0 {
-            return Ok(empty_root());
-        }
-        self.subtree_hash(0, size)
+        let snapshot = self.db().read()?;
+        self.view(&snapshot)?.root(size)
     }
 
     /// RFC 6962 §2.1.1 PATH(index, D[size]): the audit path, leaf side first.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, LogError> {
+        let snapshot = self.db().read()?;
+        self.view(&snapshot)?.inclusion_proof(index, size)
+    }
+
+    /// RFC 6962 §2.1.2 PROOF(old, D[new]): the consistency proof, deepest node first.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, LogError> {
+        let snapshot = self.db().read()?;
+        self.view(&snapshot)?.consistency_proof(old, new)
+    }
+}
+
+/// The log as of one snapshot ([`MerkleLog::view`]).
+pub struct LogView<'a> {
+    nodes: Nodes<'a, &'a Snapshot>,
+    snapshot: &'a Snapshot,
+    size: u64,
+}
+
+impl LogView<'_> {
+    /// The number of leaves.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The data of leaf `index`.
+    pub fn leaf(&self, index: u64) -> Result<Vec<u8>, LogError> {
+        if index >= self.size {
+            return Err(LogError::IndexOutOfRange {
+                index,
+                size: self.size,
+            });
+        }
+        self.snapshot
+            .get(&self.nodes.log.leaves, &index.to_be_bytes())?
+            .ok_or_else(|| LogError::Corrupt(format!("leaf {index} is missing")))
+    }
+
+    /// The tree head (MTH) of the first `size` leaves, for any size up to the view's.
+    pub fn root(&mut self, size: u64) -> Result<Hash, LogError> {
+        self.check_size(size)?;
+        self.nodes.root(size)
+    }
+
+    /// RFC 6962 §2.1.1 PATH(index, D[size]): the audit path, leaf side first.
+    pub fn inclusion_proof(&mut self, index: u64, size: u64) -> Result<Vec<Hash>, LogError> {
         self.check_size(size)?;
         if index >= size {
             return Err(LogError::IndexOutOfRange { index, size });
@@ -261,10 +457,10 @@ impl MerkleLog {
         while hi - lo > 1 {
             let k = split_point(hi - lo);
             if index < lo + k {
-                proof.push(self.subtree_hash(lo + k, hi)?);
+                proof.push(self.nodes.subtree_hash(lo + k, hi)?);
                 hi = lo + k;
             } else {
-                proof.push(self.subtree_hash(lo, lo + k)?);
+                proof.push(self.nodes.subtree_hash(lo, lo + k)?);
                 lo += k;
             }
         }
@@ -273,7 +469,7 @@ impl MerkleLog {
     }
 
     /// RFC 6962 §2.1.2 PROOF(old, D[new]): the consistency proof, deepest node first.
-    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, LogError> {
+    pub fn consistency_proof(&mut self, old: u64, new: u64) -> Result<Vec<Hash>, LogError> {
         self.check_size(new)?;
         if old > new {
             return Err(LogError::OldAfterNew { old, new });
@@ -288,16 +484,16 @@ impl MerkleLog {
             let n = hi - lo;
             if m == n {
                 if !whole {
-                    proof.push(self.subtree_hash(lo, hi)?);
+                    proof.push(self.nodes.subtree_hash(lo, hi)?);
                 }
                 break;
             }
             let k = split_point(n);
             if m <= k {
-                proof.push(self.subtree_hash(lo + k, hi)?);
+                proof.push(self.nodes.subtree_hash(lo + k, hi)?);
                 hi = lo + k;
             } else {
-                proof.push(self.subtree_hash(lo, lo + k)?);
+                proof.push(self.nodes.subtree_hash(lo, lo + k)?);
                 m -= k;
                 lo += k;
                 whole = false;
@@ -308,39 +504,13 @@ impl MerkleLog {
     }
 
     fn check_size(&self, requested: u64) -> Result<(), LogError> {
-        let size = self.size()?;
-        if requested > size {
-            return Err(LogError::SizeTooLarge { requested, size });
+        if requested > self.size {
+            return Err(LogError::SizeTooLarge {
+                requested,
+                size: self.size,
+            });
         }
         Ok(())
-    }
-
-    fn node(&self, level: u32, index: u64) -> Result<Hash, LogError> {
-        let missing = || LogError::Corrupt(format!("node ({level}, {index}) is missing"));
-        let tile = self
-            .nodes
-            .get(tile_key(level, index / TILE_WIDTH))?
-            .ok_or_else(missing)?;
-        let at = (index % TILE_WIDTH) as usize * 32;
-        tile.get(at..at + 32)
-            .and_then(|h| Hash::try_from(h).ok())
-            .ok_or_else(missing)
-    }
-
-    /// MTH(D[lo:hi]) for a non-empty range within the stored size.
-    fn subtree_hash(&self, lo: u64, hi: u64) -> Result<Hash, LogError> {
-        let n = hi
-            .checked_sub(lo)
-            .filter(|&n| n > 0)
-            .ok_or_else(|| LogError::Corrupt(format!("empty subtree [{lo}, {hi})")))?;
-        if n.is_power_of_two() && lo.is_multiple_of(n) {
-            let level = n.trailing_zeros();
-            return self.node(level, lo >> level);
-        }
-        let k = split_point(n);
-        let left = self.subtree_hash(lo, lo + k)?;
-        let right = self.subtree_hash(lo + k, hi)?;
-        Ok(node_hash(&left, &right))
     }
 }
 
@@ -348,14 +518,15 @@ impl MerkleLog {
 mod tests {
     use super::*;
     use federation::log::{verify_consistency, verify_inclusion};
+    use storage::Schema;
 
-    fn temp_db() -> (tempfile::TempDir, sled::Db) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new()
-            .path(dir.path().join("db"))
-            .open()
-            .unwrap();
-        (dir, db)
+    const SCHEMA: Schema = Schema {
+        name: "merkle-test",
+        version: 1,
+    };
+
+    fn temp_db() -> Db {
+        Db::temporary(SCHEMA).unwrap()
     }
 
     fn data(i: u64) -> Vec<u8> {
@@ -380,16 +551,8 @@ mod tests {
 
     /// A log with `n` leaves, appended in uneven batches so batch boundaries vary, and the
     /// root recorded after every single size.
-    fn build(
-        n: u64,
-    ) -> (
-        tempfile::TempDir,
-        sled::Db,
-        MerkleLog,
-        Vec<Vec<u8>>,
-        Vec<Hash>,
-    ) {
-        let (dir, db) = temp_db();
+    async fn build(n: u64) -> (Db, MerkleLog, Vec<Vec<u8>>, Vec<Hash>) {
+        let db = temp_db();
         let log = MerkleLog::open(&db, "test").unwrap();
         let all: Vec<Vec<u8>> = (0..n).map(data).collect();
         let mut roots = vec![log.root(0).unwrap()];
@@ -397,7 +560,7 @@ mod tests {
         let mut step = 1usize;
         while i < all.len() {
             let end = (i + step).min(all.len());
-            let range = log.append_batch(&all[i..end]).unwrap();
+            let range = log.append_batch(all[i..end].to_vec()).await.unwrap();
             assert_eq!(range, i as u64..end as u64);
             for s in (i + 1)..=end {
                 roots.push(naive_root(&all[..s]));
@@ -406,11 +569,11 @@ mod tests {
             i = end;
             step = step % 5 + 1;
         }
-        (dir, db, log, all, roots)
+        (db, log, all, roots)
     }
 
-    #[test]
-    fn rfc6962_reference_vectors() {
+    #[tokio::test]
+    async fn rfc6962_reference_vectors() {
         let leaves: Vec<Vec<u8>> = [
             "",
             "00",
@@ -435,9 +598,9 @@ mod tests {
             "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
             "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
         ];
-        let (_dir, db) = temp_db();
+        let db = temp_db();
         let log = MerkleLog::open(&db, "rfc").unwrap();
-        log.append_batch(&leaves).unwrap();
+        log.append_batch(leaves.clone()).await.unwrap();
         for (size, want) in roots.iter().enumerate() {
             assert_eq!(log.root(size as u64).unwrap(), h(want), "size {size}");
         }
@@ -497,9 +660,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn roots_match_naive_mth_for_every_size() {
-        let (_dir, _db, log, all, roots) = build(70);
+    #[tokio::test]
+    async fn roots_match_naive_mth_for_every_size() {
+        let (_db, log, all, roots) = build(70).await;
         for size in 0..=70u64 {
             assert_eq!(roots[size as usize], naive_root(&all[..size as usize]));
             assert_eq!(log.root(size).unwrap(), roots[size as usize], "size {size}");
@@ -510,9 +673,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_inclusion_proof_verifies_and_tampering_fails() {
-        let (_dir, _db, log, all, roots) = build(70);
+    #[tokio::test]
+    async fn every_inclusion_proof_verifies_and_tampering_fails() {
+        let (_db, log, all, roots) = build(70).await;
         for size in 1..=70u64 {
             let root = roots[size as usize];
             for index in 0..size {
@@ -556,9 +719,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_consistency_proof_verifies_and_tampering_fails() {
-        let (_dir, _db, log, _all, roots) = build(40);
+    #[tokio::test]
+    async fn every_consistency_proof_verifies_and_tampering_fails() {
+        let (_db, log, _all, roots) = build(40).await;
         for new in 1..=40u64 {
             for old in 1..=new {
                 let (or, nr) = (roots[old as usize], roots[new as usize]);
@@ -601,18 +764,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn tile_boundaries_on_several_levels() {
-        let (_dir, db) = temp_db();
+    #[tokio::test]
+    async fn tile_boundaries_on_several_levels() {
+        let db = temp_db();
         let log = MerkleLog::open(&db, "tiles").unwrap();
         let all: Vec<Vec<u8>> = (0..1100).map(data).collect();
         let mut at = 0usize;
         // Batches that end before, on and after tile edges of levels 0, 1 and 2.
         for len in [1usize, 254, 1, 1, 255, 2, 253, 3, 200, 17, 1, 1, 11, 1] {
-            log.append_batch(&all[at..at + len]).unwrap();
+            log.append_batch(all[at..at + len].to_vec()).await.unwrap();
             at += len;
         }
-        log.append_batch(&all[at..]).unwrap();
+        log.append_batch(all[at..].to_vec()).await.unwrap();
         let mut sizes = vec![
             1u64, 2, 255, 256, 257, 511, 512, 513, 1023, 1024, 1025, 1100,
         ];
@@ -639,14 +802,14 @@ mod tests {
         }
     }
 
-    #[test]
-    fn older_roots_stay_what_they_were() {
-        let (_dir, db) = temp_db();
+    #[tokio::test]
+    async fn older_roots_stay_what_they_were() {
+        let db = temp_db();
         let log = MerkleLog::open(&db, "history").unwrap();
         let mut seen = vec![(0u64, log.root(0).unwrap())];
         for batch in 0..20u64 {
             let leaves: Vec<Vec<u8>> = (0..batch % 7 + 1).map(|i| data(batch * 100 + i)).collect();
-            let range = log.append_batch(&leaves).unwrap();
+            let range = log.append_batch(leaves).await.unwrap();
             seen.push((range.end, log.root(range.end).unwrap()));
         }
         for (size, root) in &seen {
@@ -654,34 +817,34 @@ mod tests {
         }
     }
 
-    #[test]
-    fn reopening_gives_the_same_roots_and_appends_continue() {
+    #[tokio::test]
+    async fn reopening_gives_the_same_roots_and_appends_continue() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
+        let path = dir.path().join("log.redb");
         let all: Vec<Vec<u8>> = (0..37).map(data).collect();
         let roots: Vec<Hash> = {
-            let db = sled::open(&path).unwrap();
+            let db = Db::open(&path, SCHEMA).unwrap();
             let log = MerkleLog::open(&db, "persist").unwrap();
-            log.append_batch(&all[..20]).unwrap();
-            db.flush().unwrap();
+            log.append_batch(all[..20].to_vec()).await.unwrap();
             (0..=20).map(|s| log.root(s).unwrap()).collect()
         };
-        let db = sled::open(&path).unwrap();
+        // The file is closed when the last handle is dropped: it reopens at once.
+        let db = Db::open(&path, SCHEMA).unwrap();
         let log = MerkleLog::open(&db, "persist").unwrap();
         assert_eq!(log.size().unwrap(), 20);
         for (s, r) in roots.iter().enumerate() {
             assert_eq!(log.root(s as u64).unwrap(), *r);
         }
-        log.append_batch(&all[20..]).unwrap();
+        log.append_batch(all[20..].to_vec()).await.unwrap();
         assert_eq!(log.root(37).unwrap(), naive_root(&all));
         // Logs of other names in the same db are independent.
         let other = MerkleLog::open(&db, "other").unwrap();
         assert_eq!(other.size().unwrap(), 0);
     }
 
-    #[test]
-    fn out_of_range_requests_are_typed_errors() {
-        let (_dir, db, log, _all, _roots) = build(10);
+    #[tokio::test]
+    async fn out_of_range_requests_are_typed_errors() {
+        let (db, log, _all, _roots) = build(10).await;
         assert!(matches!(
             log.inclusion_proof(10, 10),
             Err(LogError::IndexOutOfRange {
@@ -722,37 +885,88 @@ mod tests {
         assert!(log.inclusion_proof(u64::MAX, u64::MAX).is_err());
         assert!(matches!(MerkleLog::open(&db, ""), Err(LogError::EmptyName)));
         // An empty batch appends nothing.
-        assert_eq!(log.append_batch(&[]).unwrap(), 10..10);
+        assert_eq!(log.append_batch(Vec::new()).await.unwrap(), 10..10);
         assert_eq!(log.size().unwrap(), 10);
     }
 
-    #[test]
-    fn concurrent_handles_cannot_fork_the_tree() {
-        let (_dir, db) = temp_db();
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_handles_cannot_fork_the_tree() {
+        let db = temp_db();
         let a = MerkleLog::open(&db, "shared").unwrap();
         let b = MerkleLog::open(&db, "shared").unwrap();
-        let threads: Vec<_> = [a.clone(), b.clone(), a, b]
-            .into_iter()
-            .enumerate()
-            .map(|(t, log)| {
-                std::thread::spawn(move || {
-                    let mut done = 0;
-                    while done < 25 {
-                        match log.append_batch(&[data(t as u64 * 1000 + done)]) {
-                            Ok(_) => done += 1,
-                            Err(LogError::Conflict) => continue,
-                            Err(e) => panic!("{e}"),
+        let run = async {
+            let tasks: Vec<_> = [a.clone(), b.clone(), a, b]
+                .into_iter()
+                .enumerate()
+                .map(|(t, log)| {
+                    tokio::spawn(async move {
+                        for done in 0..25u64 {
+                            log.append_batch(vec![data(t as u64 * 1000 + done)])
+                                .await
+                                .unwrap();
                         }
-                    }
+                    })
                 })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(60), run)
+            .await
+            .expect("concurrent appends hung");
         let log = MerkleLog::open(&db, "shared").unwrap();
         assert_eq!(log.size().unwrap(), 100);
         let all: Vec<Vec<u8>> = (0..100).map(|i| log.leaf(i).unwrap()).collect();
         assert_eq!(log.root(100).unwrap(), naive_root(&all));
+        let mut seen: Vec<&Vec<u8>> = all.iter().collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 100, "every append is stored exactly once");
+    }
+
+    #[tokio::test]
+    async fn a_view_answers_for_its_own_size() {
+        let db = temp_db();
+        let log = MerkleLog::open(&db, "view").unwrap();
+        log.append_batch((0..5).map(data).collect()).await.unwrap();
+        let snapshot = db.read().unwrap();
+        let mut view = log.view(&snapshot).unwrap();
+        let root = view.root(5).unwrap();
+        log.append_batch((5..9).map(data).collect()).await.unwrap();
+        assert_eq!(view.size(), 5);
+        assert_eq!(view.root(5).unwrap(), root);
+        assert!(matches!(
+            view.inclusion_proof(0, 9),
+            Err(LogError::SizeTooLarge {
+                requested: 9,
+                size: 5
+            })
+        ));
+        assert_eq!(log.size().unwrap(), 9);
+        let all: Vec<Vec<u8>> = (0..9).map(data).collect();
+        assert_eq!(log.root(9).unwrap(), naive_root(&all));
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_keeps_none_of_its_append() {
+        let db = temp_db();
+        let log = MerkleLog::open(&db, "undo").unwrap();
+        log.append_batch((0..3).map(data).collect()).await.unwrap();
+        let before = log.root(3).unwrap();
+        let (l, leaves) = (log.clone(), Leaves::new((3..300).map(data).collect()));
+        let failed = db
+            .write(move |tx| {
+                l.append_in(tx, &leaves)?;
+                Err::<(), _>(LogError::Corrupt("refused after appending".into()))
+            })
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(log.size().unwrap(), 3);
+        assert_eq!(log.root(3).unwrap(), before);
+        // The next append starts where the log really ends.
+        assert_eq!(log.append_batch(vec![data(3)]).await.unwrap(), 3..4);
+        let all: Vec<Vec<u8>> = (0..4).map(data).collect();
+        assert_eq!(log.root(4).unwrap(), naive_root(&all));
     }
 }

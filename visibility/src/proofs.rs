@@ -1,9 +1,11 @@
 //! Checkpoints and proofs.
 //!
-//! A checkpoint is signed for a tree size only while holding the writer lock, stored, and
-//! made public only after the database is flushed: a note handed out always names leaves
-//! that survive a crash, so the service can never be made to sign two different roots for
-//! one size.
+//! A checkpoint is signed inside the database write that appends the leaves it covers
+//! ([`Signer::checkpoint_in`]), from the tree as that write sees it, and stored by the
+//! same write; it is made public only once the write's commit is on disk. So a note
+//! handed out always names leaves that survive a crash, and, since the one writer thread
+//! runs writes one after another, the checkpoints stored only ever grow and the service
+//! can never be made to sign two different roots for one size.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -16,6 +18,7 @@ use axum::Json;
 use ed25519_dalek::SigningKey;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use storage::WriteTx;
 
 use federation::checkpoint::{self, Checkpoint, NoteError, NoteVerifier};
 use federation::log::Hash;
@@ -32,25 +35,51 @@ pub(crate) struct Published {
     pub(crate) note: String,
 }
 
-/// Proof that the caller holds the writer lock.
-pub(crate) struct WriterGuard<'a> {
-    _held: tokio::sync::MutexGuard<'a, ()>,
+/// What signs checkpoints: the service's DID and its Ed25519 key. Cheap to clone into a
+/// database write.
+#[derive(Clone)]
+pub(crate) struct Signer {
+    did: String,
+    key: SigningKey,
+}
+
+impl Signer {
+    pub(crate) fn new(did: &str, key: SigningKey) -> Self {
+        Signer {
+            did: did.to_string(),
+            key,
+        }
+    }
+
+    /// Signs a checkpoint for the log as the write `tx` sees it, and stores it in `tx`.
+    pub(crate) fn checkpoint_in(
+        &self,
+        store: &Store,
+        tx: &mut WriteTx<'_>,
+    ) -> Result<Published, VisibilityError> {
+        let (size, root) = store.log.root_in(tx)?;
+        let note = Checkpoint::new(&self.did, size, root).sign(&self.did, &self.key)?;
+        store.put_checkpoint_in(tx, &note)?;
+        Ok(Published { size, root, note })
+    }
 }
 
 /// Reads the stored checkpoint and checks it against the log; signs one for the current
 /// size when there is none or the log has grown past it. Refuses a log that is behind or
-/// disagrees with its own last checkpoint: serving it would fork the log.
+/// disagrees with its own last checkpoint: serving it would fork the log. Runs at start,
+/// before the service answers: it waits for its write on this thread.
 pub(crate) fn initial_checkpoint(
     store: &Store,
-    did: &str,
-    key: &SigningKey,
+    signer: &Signer,
     verifier: &NoteVerifier,
 ) -> Result<Published, CheckpointError> {
-    let size = store.size()?;
+    let snapshot = store.db.read()?;
+    let mut view = store.log.view(&snapshot)?;
+    let size = view.size();
     if let Some(note) = store.checkpoint()? {
         match checkpoint::open(&note, std::slice::from_ref(verifier)) {
             Ok(cp) => {
-                if cp.origin != did {
+                if cp.origin != signer.did {
                     tracing::warn!("stored checkpoint has another origin; signing anew");
                 } else if cp.size > size {
                     return Err(CheckpointError::LostEntries {
@@ -58,7 +87,7 @@ pub(crate) fn initial_checkpoint(
                         checkpoint: cp.size,
                     });
                 } else {
-                    let root = store.log.root(cp.size)?;
+                    let root = view.root(cp.size)?;
                     if root != cp.root {
                         return Err(CheckpointError::Rewritten { size: cp.size });
                     }
@@ -73,30 +102,16 @@ pub(crate) fn initial_checkpoint(
             Err(e) => return Err(CheckpointError::Unreadable(e)),
         }
     }
-    let published = sign(store, did, key, size).map_err(CheckpointError::Sign)?;
-    store.put_checkpoint(&published.note)?;
-    store.db.flush()?;
-    Ok(published)
-}
-
-fn sign(
-    store: &Store,
-    did: &str,
-    key: &SigningKey,
-    size: u64,
-) -> Result<Published, VisibilityError> {
-    let root = store.log.root(size)?;
-    let note = Checkpoint::new(did, size, root).sign(did, key)?;
-    Ok(Published { size, root, note })
+    drop(view);
+    drop(snapshot);
+    let (store2, signer) = (store.clone(), signer.clone());
+    store
+        .db
+        .write_blocking(move |tx| signer.checkpoint_in(&store2, tx))
+        .map_err(CheckpointError::Sign)
 }
 
 impl VisibilityState {
-    pub(crate) async fn lock_writer(&self) -> WriterGuard<'_> {
-        WriterGuard {
-            _held: self.writer.lock().await,
-        }
-    }
-
     /// The checkpoint in force.
     pub(crate) fn latest(&self) -> Arc<Published> {
         match self.latest.read() {
@@ -105,18 +120,36 @@ impl VisibilityState {
         }
     }
 
-    /// Signs, stores and flushes a checkpoint for the log's current size, then publishes
-    /// it. Nothing is signed when the size has not changed.
-    pub(crate) async fn publish(
-        &self,
-        _guard: &WriterGuard<'_>,
-    ) -> Result<Arc<Published>, VisibilityError> {
+    /// Makes `published` (durable by now) the checkpoint in force, unless a larger one
+    /// already is: the checkpoint served never goes back. Returns it.
+    pub(crate) fn install(&self, published: Published) -> Arc<Published> {
+        let published = Arc::new(published);
+        let mut latest = match self.latest.write() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if published.size > latest.size {
+            *latest = published.clone();
+        }
+        published
+    }
+
+    /// A checkpoint covering every leaf below `size` (at least): the one in force if it
+    /// does, else one signed, stored and made durable for the log's current size.
+    pub(crate) async fn covering(&self, size: u64) -> Result<Arc<Published>, VisibilityError> {
+        let current = self.latest();
+        if current.size >= size {
+            return Ok(current);
+        }
+        self.publish().await
+    }
+
+    /// Signs and stores a checkpoint for the log's current size and publishes it once it
+    /// is on disk. Nothing is signed when the size has not changed.
+    pub(crate) async fn publish(&self) -> Result<Arc<Published>, VisibilityError> {
         let current = self.latest();
         let size = self.store.size()?;
         if size == current.size {
-            // Entries appended by a request that failed before flushing may still be in
-            // memory only: flush, so that whatever a caller learns from them is durable.
-            self.store.db.flush_async().await?;
             return Ok(current);
         }
         if size < current.size {
@@ -125,15 +158,13 @@ impl VisibilityState {
                 current.size
             )));
         }
-        let published = sign(&self.store, &self.config.did, &self.signing_key, size)?;
-        self.store.put_checkpoint(&published.note)?;
-        self.store.db.flush_async().await?;
-        let published = Arc::new(published);
-        match self.latest.write() {
-            Ok(mut l) => *l = published.clone(),
-            Err(poisoned) => *poisoned.into_inner() = published.clone(),
-        }
-        Ok(published)
+        let (store, signer) = (self.store.clone(), self.signer.clone());
+        let published = self
+            .store
+            .db
+            .write(move |tx| signer.checkpoint_in(&store, tx))
+            .await?;
+        Ok(self.install(published))
     }
 }
 
@@ -152,16 +183,16 @@ pub(crate) async fn checkpointer(state: Weak<VisibilityState>, interval: Duratio
             return;
         };
         ticks = ticks.wrapping_add(1);
-        let guard = state.lock_writer().await;
-        if let Err(e) = state.store.catch_up() {
+        if let Err(e) = state.store.catch_up().await {
             tracing::error!(error = %e, "indexing failed");
         }
-        if let Err(e) = state.publish(&guard).await {
+        if let Err(e) = state.publish().await {
             tracing::error!(error = %e, "checkpoint signing failed");
         }
-        drop(guard);
         if ticks.is_multiple_of(purge_every) {
-            state.challenges.purge_expired();
+            if let Err(e) = state.challenges.purge_expired().await {
+                tracing::error!(error = %e, "purging expired challenges failed");
+            }
             state.sessions.purge_expired();
         }
     }
@@ -218,7 +249,12 @@ pub(crate) async fn inclusion(
     q: Result<Query<InclusionQuery>, QueryRejection>,
 ) -> Result<Json<Value>, VisibilityError> {
     let q = query(q)?;
-    let proof = s.store.log.inclusion_proof(q.index, q.size)?;
+    let snapshot = s.store.db.read()?;
+    let proof = s
+        .store
+        .log
+        .view(&snapshot)?
+        .inclusion_proof(q.index, q.size)?;
     Ok(Json(json!({
         "index": q.index,
         "size": q.size,
@@ -236,7 +272,12 @@ pub(crate) async fn consistency(
     q: Result<Query<ConsistencyQuery>, QueryRejection>,
 ) -> Result<Json<Value>, VisibilityError> {
     let q = query(q)?;
-    let proof = s.store.log.consistency_proof(q.old, q.new)?;
+    let snapshot = s.store.db.read()?;
+    let proof = s
+        .store
+        .log
+        .view(&snapshot)?
+        .consistency_proof(q.old, q.new)?;
     Ok(Json(json!({
         "old": q.old,
         "new": q.new,
@@ -247,43 +288,53 @@ pub(crate) async fn consistency(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::SCHEMA;
 
-    fn store_with(dir: &std::path::Path, leaves: &[&[u8]]) -> Store {
-        let store = Store::open(&dir.join("db")).unwrap();
+    async fn store_with(dir: &std::path::Path, leaves: &[&[u8]]) -> Store {
+        let db = service::db::open_service_db(dir, "visibility", SCHEMA).unwrap();
+        let store = Store::open(db).unwrap();
         let leaves: Vec<Vec<u8>> = leaves.iter().map(|l| l.to_vec()).collect();
-        store.log.append_batch(&leaves).unwrap();
+        store.log.append_batch(leaves).await.unwrap();
+        // Raw leaves are not entries; keep the indexes from reading them.
+        let n = store.size().unwrap();
+        store
+            .db
+            .tree("visibility/index")
+            .insert(b"n", &n.to_be_bytes())
+            .await
+            .unwrap();
         store
     }
 
-    #[test]
-    fn a_log_behind_or_unlike_its_checkpoint_is_refused() {
+    async fn put_checkpoint(store: &Store, note: &str) {
+        let (s, note) = (store.clone(), note.to_string());
+        store
+            .db
+            .write(move |tx| s.put_checkpoint_in(tx, &note))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_log_behind_or_unlike_its_checkpoint_is_refused() {
         let did = "did:web:visibility.test";
         let key = SigningKey::from_bytes(&[7; 32]);
+        let signer = Signer::new(did, key.clone());
         let verifier = NoteVerifier::from_signing_key(did, &key).unwrap();
-        // Raw leaves are not entries; keep the indexes from reading them.
-        let mark_indexed = |s: &Store| {
-            let n = s.size().unwrap();
-            s.db.open_tree("visibility/index")
-                .unwrap()
-                .insert(b"n", &n.to_be_bytes())
-                .unwrap();
-        };
         let dir = tempfile::tempdir().unwrap();
-        let original = store_with(dir.path(), &[b"a", b"b", b"c"]);
-        mark_indexed(&original);
-        let first = initial_checkpoint(&original, did, &key, &verifier).unwrap();
+        let original = store_with(dir.path(), &[b"a", b"b", b"c"]).await;
+        let first = initial_checkpoint(&original, &signer, &verifier).unwrap();
         assert_eq!(first.size, 3);
         // Same size: the stored note is served as it is.
         assert_eq!(
-            initial_checkpoint(&original, did, &key, &verifier).unwrap(),
+            initial_checkpoint(&original, &signer, &verifier).unwrap(),
             first
         );
 
         let dir = tempfile::tempdir().unwrap();
-        let shorter = store_with(dir.path(), &[b"a", b"b"]);
-        mark_indexed(&shorter);
-        shorter.put_checkpoint(&first.note).unwrap();
-        let err = initial_checkpoint(&shorter, did, &key, &verifier).unwrap_err();
+        let shorter = store_with(dir.path(), &[b"a", b"b"]).await;
+        put_checkpoint(&shorter, &first.note).await;
+        let err = initial_checkpoint(&shorter, &signer, &verifier).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -297,10 +348,9 @@ mod tests {
         assert!(err.to_string().contains("lost entries"), "{err}");
 
         let dir = tempfile::tempdir().unwrap();
-        let rewritten = store_with(dir.path(), &[b"a", b"x", b"c", b"d"]);
-        mark_indexed(&rewritten);
-        rewritten.put_checkpoint(&first.note).unwrap();
-        let err = initial_checkpoint(&rewritten, did, &key, &verifier).unwrap_err();
+        let rewritten = store_with(dir.path(), &[b"a", b"x", b"c", b"d"]).await;
+        put_checkpoint(&rewritten, &first.note).await;
+        let err = initial_checkpoint(&rewritten, &signer, &verifier).unwrap_err();
         assert!(
             matches!(err, CheckpointError::Rewritten { size: 3 }),
             "{err}"
@@ -309,10 +359,9 @@ mod tests {
 
         // A log that grew past its checkpoint gets a new one.
         let dir = tempfile::tempdir().unwrap();
-        let grown = store_with(dir.path(), &[b"a", b"b", b"c", b"d"]);
-        mark_indexed(&grown);
-        grown.put_checkpoint(&first.note).unwrap();
-        let next = initial_checkpoint(&grown, did, &key, &verifier).unwrap();
+        let grown = store_with(dir.path(), &[b"a", b"b", b"c", b"d"]).await;
+        put_checkpoint(&grown, &first.note).await;
+        let next = initial_checkpoint(&grown, &signer, &verifier).unwrap();
         assert_eq!(next.size, 4);
         assert_eq!(
             grown.checkpoint().unwrap().as_deref(),

@@ -1,11 +1,12 @@
-//! The service's sled database: the Merkle log, the indexes over it, the latest signed
-//! checkpoint, review notes and challenges.
+//! The service's database (`<data_dir>/visibility.redb`): the Merkle log, the indexes over
+//! it, the latest signed checkpoint, review notes and challenges.
 //!
 //! The log is the truth; everything in the `index` tree can be rebuilt from it. All index
-//! entries live in that one tree under a one-byte tag so that the entries of a range of
-//! leaves, and the `indexed` pointer saying how far indexing got, are written by one atomic
-//! batch. Indexing is idempotent, so after a crash between an append and its indexing the
-//! leaves past the pointer are simply indexed again at start.
+//! entries live in that one tree under a one-byte tag. Appends and the index entries of
+//! the appended leaves, with the `indexed` pointer saying how far indexing got, are
+//! written by one database write ([`Store::append_in`]), so they are on disk together or
+//! not at all. Indexing is idempotent, and the pointer is checked at start and before
+//! every append: should it ever lag the log, the leaves past it are indexed again.
 //!
 //! Index keys (strings are length-prefixed, so no value can run into the next part):
 //! - `i` custodian id → leaf index: the exactly-once table (ids are unique per custodian,
@@ -14,12 +15,22 @@
 //! - `q` event id + leaf index → (): break-glass events awaiting review.
 
 use std::collections::HashSet;
-use std::ops::Range;
-use std::path::Path;
+use std::ops::{Bound, ControlFlow, Range};
 
-use crate::merkle::{LogError, MerkleLog};
+use service::db::{Db, Schema, StoreError as DbError, Tree};
+use storage::{Snapshot, WriteTx};
+
+use crate::merkle::{Leaves, LogError, LogView, MerkleLog};
 
 use crate::LogEntry;
+
+/// The layout of the visibility service's database.
+pub const SCHEMA: Schema = Schema {
+    name: "visibility",
+    version: 1,
+};
+/// The database's name: `<data_dir>/visibility.redb`.
+pub(crate) const DB_NAME: &str = "visibility";
 
 const LOG_NAME: &str = "visibility";
 const INDEXED_KEY: &[u8] = b"n";
@@ -39,7 +50,7 @@ pub enum StoreError {
     #[error(transparent)]
     Log(#[from] LogError),
     #[error("storage: {0}")]
-    Sled(#[from] sled::Error),
+    Db(#[from] DbError),
     #[error("storage is corrupt: {0}")]
     Corrupt(String),
 }
@@ -103,29 +114,47 @@ fn decode_u64(v: &[u8]) -> Result<u64, StoreError> {
         .map_err(|_| StoreError::Corrupt(format!("{}-byte counter", v.len())))
 }
 
+fn parse_entry(index: u64, bytes: &[u8]) -> Result<LogEntry, StoreError> {
+    // serde's message may quote the leaf's content: the category only.
+    serde_json::from_slice(bytes).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "leaf {index} is not a log entry ({:?})",
+            e.classify()
+        ))
+    })
+}
+
 #[derive(Clone)]
 pub(crate) struct Store {
-    pub(crate) db: sled::Db,
+    pub(crate) db: Db,
     pub(crate) log: MerkleLog,
-    index: sled::Tree,
-    meta: sled::Tree,
-    notes: sled::Tree,
-    pub(crate) nonces: sled::Tree,
+    index: Tree,
+    meta: Tree,
+    notes: Tree,
+    pub(crate) nonces: Tree,
 }
 
 impl Store {
-    /// Opens the database and brings the indexes up to the log.
-    pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = service::db::open(path)?;
+    /// Opens the store in `db` and brings the indexes up to the log (blocking on the
+    /// writes this takes: it runs once, at start).
+    pub(crate) fn open(db: Db) -> Result<Self, StoreError> {
         let store = Store {
             log: MerkleLog::open(&db, LOG_NAME)?,
-            index: db.open_tree("visibility/index")?,
-            meta: db.open_tree("visibility/meta")?,
-            notes: db.open_tree("visibility/review-notes")?,
-            nonces: db.open_tree("visibility/challenges")?,
+            index: db.tree("visibility/index"),
+            meta: db.tree("visibility/meta"),
+            notes: db.tree("visibility/review-notes"),
+            nonces: db.tree("visibility/challenges"),
             db,
         };
-        store.catch_up()?;
+        loop {
+            let s = store.clone();
+            if !store
+                .db
+                .write_blocking(move |tx| s.catch_up_in(tx, REINDEX_CHUNK))?
+            {
+                break;
+            }
+        }
         Ok(store)
     }
 
@@ -133,162 +162,276 @@ impl Store {
         Ok(self.log.size()?)
     }
 
-    /// How many leaves the indexes cover.
-    fn indexed(&self) -> Result<u64, StoreError> {
-        match self.index.get(INDEXED_KEY)? {
+    /// How many leaves the indexes cover, as `tx` sees it.
+    fn indexed_in(&self, tx: &mut WriteTx<'_>) -> Result<u64, StoreError> {
+        match tx.get(&self.index, INDEXED_KEY)? {
             None => Ok(0),
             Some(v) => decode_u64(&v),
         }
     }
 
-    /// Indexes the leaves the log holds beyond the `indexed` pointer (after a crash or a
-    /// failed indexing). Cheap when there is nothing to do.
-    pub(crate) fn catch_up(&self) -> Result<(), StoreError> {
-        let size = self.size()?;
-        let mut at = self.indexed()?;
+    /// Indexes at most `limit` of the leaves the log holds beyond the `indexed` pointer;
+    /// returns whether some are left. Cheap when there is nothing to do.
+    fn catch_up_in(&self, tx: &mut WriteTx<'_>, limit: u64) -> Result<bool, StoreError> {
+        let size = self.log.size_in(tx)?;
+        let at = self.indexed_in(tx)?;
         if at > size {
             return Err(StoreError::Corrupt(format!(
                 "indexes cover {at} leaves but the log has {size}"
             )));
         }
-        if at < size {
-            tracing::warn!(from = at, to = size, "indexing leaves left unindexed");
+        if at == size {
+            return Ok(false);
         }
-        while at < size {
-            let end = size.min(at.saturating_add(REINDEX_CHUNK));
-            let entries = (at..end)
-                .map(|i| self.entry(i))
-                .collect::<Result<Vec<_>, _>>()?;
-            self.index_entries(at, &entries)?;
-            at = end;
+        tracing::warn!(from = at, to = size, "indexing leaves left unindexed");
+        let end = size.min(at.saturating_add(limit.max(1)));
+        let entries = (at..end)
+            .map(|i| parse_entry(i, &self.log.leaf_in(tx, i)?))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.index_in(tx, at, &entries)?;
+        Ok(end < size)
+    }
+
+    /// Indexes the leaves left unindexed (none, unless the database was changed behind
+    /// the service's back), a chunk per write.
+    pub(crate) async fn catch_up(&self) -> Result<(), StoreError> {
+        // A read first: the background task calls this on every tick, and there is
+        // normally nothing to do.
+        let snapshot = self.db.read()?;
+        let size = self.log.view(&snapshot)?.size();
+        let indexed = match snapshot.get(&self.index, INDEXED_KEY)? {
+            None => 0,
+            Some(v) => decode_u64(&v)?,
+        };
+        drop(snapshot);
+        if indexed == size {
+            return Ok(());
         }
-        Ok(())
+        loop {
+            let s = self.clone();
+            if !self
+                .db
+                .write(move |tx| s.catch_up_in(tx, REINDEX_CHUNK))
+                .await?
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The parsed entry at leaf `index`, from `view`.
+    pub(crate) fn entry_in(view: &LogView<'_>, index: u64) -> Result<LogEntry, StoreError> {
+        parse_entry(index, &view.leaf(index)?)
     }
 
     /// The parsed entry at leaf `index`.
     pub(crate) fn entry(&self, index: u64) -> Result<LogEntry, StoreError> {
-        let bytes = self.log.leaf(index)?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| StoreError::Corrupt(format!("leaf {index} is not a log entry: {e}")))
+        parse_entry(index, &self.log.leaf(index)?)
     }
 
-    /// Appends entries (already serialized as `leaves`) and indexes them. The caller holds
-    /// the service's writer lock and flushes before promising anything.
-    pub(crate) fn append(
+    /// Appends entries (already serialized and hashed as `leaves`) and indexes them, in
+    /// the write `tx`: durable, with their index entries, when the write's `.await`
+    /// returns; undone with the rest of the write if it fails.
+    pub(crate) fn append_in(
         &self,
+        tx: &mut WriteTx<'_>,
         entries: &[LogEntry],
-        leaves: &[Vec<u8>],
+        leaves: &Leaves,
     ) -> Result<Range<u64>, StoreError> {
-        self.catch_up()?;
-        let range = self.log.append_batch(leaves)?;
-        self.index_entries(range.start, entries)?;
+        if entries.len() != leaves.len() {
+            return Err(StoreError::Corrupt(format!(
+                "{} entries but {} leaves",
+                entries.len(),
+                leaves.len()
+            )));
+        }
+        while self.catch_up_in(tx, u64::MAX)? {}
+        let range = self.log.append_in(tx, leaves)?;
+        self.index_in(tx, range.start, entries)?;
         Ok(range)
     }
 
     /// Writes the index entries of `entries`, the first at leaf `start`, and moves the
-    /// `indexed` pointer past them, in one atomic batch.
-    fn index_entries(&self, start: u64, entries: &[LogEntry]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        // Queue keys inserted by this batch, which a later review in the same batch removes.
-        let mut queued: Vec<(String, Vec<u8>)> = Vec::new();
+    /// `indexed` pointer past them.
+    fn index_in(
+        &self,
+        tx: &mut WriteTx<'_>,
+        start: u64,
+        entries: &[LogEntry],
+    ) -> Result<(), StoreError> {
         for (index, entry) in (start..).zip(entries) {
             match entry {
                 LogEntry::Access { event } => {
                     let custodian = event.custodian.as_bytes();
-                    batch.insert(
-                        key(TAG_ID, &[custodian, event.id.as_bytes()]),
-                        &index.to_be_bytes(),
-                    );
-                    batch.insert(key_at(TAG_CUSTODIAN, &[custodian], index), &[]);
+                    let at = index.to_be_bytes();
+                    tx.insert(
+                        &self.index,
+                        &key(TAG_ID, &[custodian, event.id.as_bytes()]),
+                        &at,
+                    )?;
+                    tx.insert(
+                        &self.index,
+                        &key_at(TAG_CUSTODIAN, &[custodian], index),
+                        &[],
+                    )?;
                     if let Some(r) = &event.patient_ref {
-                        batch.insert(key_at(TAG_PATIENT_REF, &[r.as_bytes()], index), &[]);
+                        tx.insert(
+                            &self.index,
+                            &key_at(TAG_PATIENT_REF, &[r.as_bytes()], index),
+                            &[],
+                        )?;
                     }
                     let digests: HashSet<&String> = event.patient_did_digests.iter().collect();
                     for d in digests {
-                        batch.insert(key_at(TAG_PATIENT_DID, &[d.as_bytes()], index), &[]);
+                        tx.insert(
+                            &self.index,
+                            &key_at(TAG_PATIENT_DID, &[d.as_bytes()], index),
+                            &[],
+                        )?;
                     }
                     if event.break_glass && event.review_required {
                         let k = key_at(TAG_QUEUE, &[event.id.as_bytes()], index);
-                        batch.insert(k.clone(), &[]);
-                        queued.push((event.id.clone(), k));
+                        tx.insert(&self.index, &k, &[])?;
                     }
                 }
                 LogEntry::Review { event_id, .. } => {
-                    for k in self.queue_keys(event_id)? {
-                        batch.remove(k);
-                    }
-                    for (_, k) in queued.iter().filter(|(id, _)| id == event_id) {
-                        batch.remove(k.clone());
+                    // The write sees its own changes: a queue entry made earlier in this
+                    // batch is found and removed too.
+                    for k in self.queue_keys_in(tx, event_id)? {
+                        tx.remove(&self.index, &k)?;
                     }
                 }
             }
         }
         let end = start.saturating_add(entries.len() as u64);
-        batch.insert(INDEXED_KEY, &end.to_be_bytes());
-        self.index.apply_batch(batch)?;
+        tx.insert(&self.index, INDEXED_KEY, &end.to_be_bytes())?;
         Ok(())
     }
 
     /// The leaf index of the event `id` reported by `custodian`, if logged.
+    #[cfg(test)]
     pub(crate) fn existing(&self, custodian: &str, id: &str) -> Result<Option<u64>, StoreError> {
         self.index
-            .get(key(TAG_ID, &[custodian.as_bytes(), id.as_bytes()]))?
+            .get(&key(TAG_ID, &[custodian.as_bytes(), id.as_bytes()]))?
             .map(|v| decode_u64(&v))
             .transpose()
     }
 
-    /// Leaf indexes under `value` in `index`, newest first, below `before`.
+    /// As [`Store::existing`], in `snapshot`.
+    pub(crate) fn existing_at(
+        &self,
+        snapshot: &Snapshot,
+        custodian: &str,
+        id: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        snapshot
+            .get(
+                &self.index,
+                &key(TAG_ID, &[custodian.as_bytes(), id.as_bytes()]),
+            )?
+            .map(|v| decode_u64(&v))
+            .transpose()
+    }
+
+    /// As [`Store::existing`], as the write `tx` sees it.
+    pub(crate) fn existing_in(
+        &self,
+        tx: &mut WriteTx<'_>,
+        custodian: &str,
+        id: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        tx.get(
+            &self.index,
+            &key(TAG_ID, &[custodian.as_bytes(), id.as_bytes()]),
+        )?
+        .map(|v| decode_u64(&v))
+        .transpose()
+    }
+
+    /// Calls `f` with the leaf indexes under `value` in `index`, newest first, below
+    /// `before`, until it breaks.
     pub(crate) fn lookup(
         &self,
+        snapshot: &Snapshot,
         index: Index,
         value: &str,
         before: u64,
-    ) -> impl Iterator<Item = Result<u64, StoreError>> {
+        mut f: impl FnMut(u64) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
         let start = key(index.tag(), &[value.as_bytes()]);
         let end = key_at(index.tag(), &[value.as_bytes()], before);
-        self.index
-            .range(start..end)
-            .rev()
-            .map(|r| trailing_index(&r?.0))
+        let mut failed = None;
+        snapshot.scan_rev(
+            &self.index,
+            (
+                Bound::Included(start.as_slice()),
+                Bound::Excluded(end.as_slice()),
+            ),
+            |k, _| match trailing_index(k) {
+                Ok(at) => f(at),
+                Err(e) => {
+                    failed = Some(e);
+                    ControlFlow::Break(())
+                }
+            },
+        )?;
+        failed.map_or(Ok(()), Err)
     }
 
-    fn queue_keys(&self, event_id: &str) -> Result<Vec<sled::IVec>, StoreError> {
-        self.index
-            .scan_prefix(key(TAG_QUEUE, &[event_id.as_bytes()]))
-            .keys()
-            .map(|k| k.map_err(StoreError::from))
-            .collect()
+    fn queue_keys_in(
+        &self,
+        tx: &mut WriteTx<'_>,
+        event_id: &str,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(tx.keys_with_prefix(&self.index, &key(TAG_QUEUE, &[event_id.as_bytes()]))?)
     }
 
     /// Whether `event_id` awaits review.
     pub(crate) fn is_queued(&self, event_id: &str) -> Result<bool, StoreError> {
-        Ok(!self.queue_keys(event_id)?.is_empty())
+        let prefix = key(TAG_QUEUE, &[event_id.as_bytes()]);
+        let mut found = false;
+        self.index.scan(prefix.as_slice().., |k, _| {
+            found = k.starts_with(&prefix);
+            ControlFlow::Break(())
+        })?;
+        Ok(found)
+    }
+
+    /// Whether `event_id` awaits review, as the write `tx` sees it.
+    pub(crate) fn is_queued_in(
+        &self,
+        tx: &mut WriteTx<'_>,
+        event_id: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(!self.queue_keys_in(tx, event_id)?.is_empty())
     }
 
     /// Leaf indexes of the events awaiting review, oldest first, at most `limit`.
     pub(crate) fn review_queue(&self, limit: usize) -> Result<Vec<u64>, StoreError> {
         let mut out = self
             .index
-            .scan_prefix([TAG_QUEUE])
-            .keys()
-            .map(|k| trailing_index(&k?))
+            .scan_prefix(&[TAG_QUEUE])?
+            .iter()
+            .map(|(k, _)| trailing_index(k))
             .collect::<Result<Vec<_>, _>>()?;
         out.sort_unstable();
         out.truncate(limit);
         Ok(out)
     }
 
-    /// Keeps a review note's text, which the log holds only as a digest.
-    pub(crate) fn put_note(
+    /// Keeps a review note's text, which the log holds only as a digest, in the write `tx`.
+    pub(crate) fn put_note_in(
         &self,
+        tx: &mut WriteTx<'_>,
         event_id: &str,
         note_digest: &str,
         record: &serde_json::Value,
     ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.notes.insert(
-            key(TAG_QUEUE, &[event_id.as_bytes(), note_digest.as_bytes()]),
-            bytes,
+        tx.insert(
+            &self.notes,
+            &key(TAG_QUEUE, &[event_id.as_bytes(), note_digest.as_bytes()]),
+            &bytes,
         )?;
         Ok(())
     }
@@ -296,11 +439,15 @@ impl Store {
     /// The review notes kept for `event_id`.
     pub(crate) fn notes(&self, event_id: &str) -> Result<Vec<serde_json::Value>, StoreError> {
         self.notes
-            .scan_prefix(key(TAG_QUEUE, &[event_id.as_bytes()]))
-            .values()
-            .map(|v| {
-                let v = v?;
-                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string()))
+            .scan_prefix(&key(TAG_QUEUE, &[event_id.as_bytes()]))?
+            .into_iter()
+            .map(|(_, v)| {
+                serde_json::from_slice(&v).map_err(|e| {
+                    StoreError::Corrupt(format!(
+                        "a review note does not read back ({:?})",
+                        e.classify()
+                    ))
+                })
             })
             .collect()
     }
@@ -308,14 +455,19 @@ impl Store {
     pub(crate) fn checkpoint(&self) -> Result<Option<String>, StoreError> {
         match self.meta.get(CHECKPOINT_KEY)? {
             None => Ok(None),
-            Some(v) => String::from_utf8(v.to_vec())
+            Some(v) => String::from_utf8(v)
                 .map(Some)
                 .map_err(|_| StoreError::Corrupt("stored checkpoint is not UTF-8".into())),
         }
     }
 
-    pub(crate) fn put_checkpoint(&self, note: &str) -> Result<(), StoreError> {
-        self.meta.insert(CHECKPOINT_KEY, note.as_bytes())?;
+    /// Stores `note` as the latest checkpoint, in the write `tx`.
+    pub(crate) fn put_checkpoint_in(
+        &self,
+        tx: &mut WriteTx<'_>,
+        note: &str,
+    ) -> Result<(), StoreError> {
+        tx.insert(&self.meta, CHECKPOINT_KEY, note.as_bytes())?;
         Ok(())
     }
 }
@@ -324,6 +476,7 @@ impl Store {
 mod tests {
     use super::*;
     use federation::events::{AccessEvent, Outcome};
+    use std::ops::ControlFlow;
 
     fn event(custodian: &str, patient: &str, break_glass: bool) -> AccessEvent {
         AccessEvent {
@@ -352,70 +505,86 @@ mod tests {
         }
     }
 
-    fn append(store: &Store, entries: Vec<LogEntry>) -> Range<u64> {
-        let leaves: Vec<Vec<u8>> = entries.iter().map(crate::leaf_bytes).collect();
-        store.append(&entries, &leaves).unwrap()
+    fn open(path: &std::path::Path) -> Store {
+        Store::open(Db::open(path, SCHEMA).unwrap()).unwrap()
     }
 
-    #[test]
-    fn indexes_follow_the_log_and_survive_a_lost_indexing() {
+    async fn append(store: &Store, entries: Vec<LogEntry>) -> Range<u64> {
+        let leaves = Leaves::new(entries.iter().map(crate::leaf_bytes).collect());
+        let s = store.clone();
+        store
+            .db
+            .write(move |tx| s.append_in(tx, &entries, &leaves))
+            .await
+            .unwrap()
+    }
+
+    fn lookup(store: &Store, index: Index, value: &str, before: u64) -> Vec<u64> {
+        let snapshot = store.db.read().unwrap();
+        let mut out = Vec::new();
+        store
+            .lookup(&snapshot, index, value, before, |at| {
+                out.push(at);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        out
+    }
+
+    fn indexed(store: &Store) -> u64 {
+        store
+            .index
+            .get(INDEXED_KEY)
+            .unwrap()
+            .map_or(0, |v| decode_u64(&v).unwrap())
+    }
+
+    #[tokio::test]
+    async fn indexes_follow_the_log_and_survive_a_lost_indexing() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
+        let path = dir.path().join("visibility.redb");
         let a = event("did:web:a.test", "ref-1", false);
         let b = event("did:web:b.test", "ref-1", true);
         let c = event("did:web:a.test", "ref-2", false);
         {
-            let store = Store::open(&path).unwrap();
+            let store = open(&path);
             append(
                 &store,
                 vec![
                     LogEntry::Access { event: a.clone() },
                     LogEntry::Access { event: b.clone() },
                 ],
-            );
+            )
+            .await;
             assert_eq!(store.existing("did:web:a.test", &a.id).unwrap(), Some(0));
             // Ids are per custodian.
             assert_eq!(store.existing("did:web:b.test", &a.id).unwrap(), None);
             assert!(store.is_queued(&b.id).unwrap());
-            // Simulate a crash between the append and its indexing.
+            // Simulate leaves appended without their indexing (which append_in makes one
+            // write, so only a change behind the service's back can do this).
             let entry = LogEntry::Access { event: c.clone() };
             store
                 .log
-                .append_batch(&[crate::leaf_bytes(&entry)])
+                .append_batch(vec![crate::leaf_bytes(&entry)])
+                .await
                 .unwrap();
-            store.db.flush().unwrap();
+            assert_eq!(indexed(&store), 2);
         }
-        // sled releases its file lock from a background thread after the Db is dropped:
-        // wait for it (bounded) rather than race it.
-        let started = std::time::Instant::now();
-        let store = loop {
-            match Store::open(&path) {
-                Ok(store) => break store,
-                Err(_) if started.elapsed() < std::time::Duration::from_secs(10) => {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(e) => panic!("the store could not be reopened: {e}"),
-            }
-        };
-        assert_eq!(store.indexed().unwrap(), 3);
+        // The file is closed when the last handle is dropped: it reopens at once.
+        let store = open(&path);
+        assert_eq!(indexed(&store), 3);
         assert_eq!(store.existing("did:web:a.test", &c.id).unwrap(), Some(2));
-        let by_ref: Vec<u64> = store
-            .lookup(Index::PatientRef, "ref-1", u64::MAX)
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(by_ref, vec![1, 0]);
-        let by_a: Vec<u64> = store
-            .lookup(Index::Custodian, "did:web:a.test", 2)
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(by_a, vec![0], "`before` is exclusive");
-        // A custodian whose name is a prefix of another's does not see its events.
         assert_eq!(
-            store
-                .lookup(Index::Custodian, "did:web:a.tes", u64::MAX)
-                .count(),
-            0
+            lookup(&store, Index::PatientRef, "ref-1", u64::MAX),
+            vec![1, 0]
         );
+        assert_eq!(
+            lookup(&store, Index::Custodian, "did:web:a.test", 2),
+            vec![0],
+            "`before` is exclusive"
+        );
+        // A custodian whose name is a prefix of another's does not see its events.
+        assert!(lookup(&store, Index::Custodian, "did:web:a.tes", u64::MAX).is_empty());
         assert_eq!(store.review_queue(10).unwrap(), vec![1]);
         append(
             &store,
@@ -425,14 +594,15 @@ mod tests {
                 note_digest: "00".into(),
                 time: chrono::Utc::now(),
             }],
-        );
+        )
+        .await;
         assert!(store.review_queue(10).unwrap().is_empty());
+        assert!(!store.is_queued(&b.id).unwrap());
     }
 
-    #[test]
-    fn a_review_in_the_same_batch_clears_the_queue() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).unwrap();
+    #[tokio::test]
+    async fn a_review_in_the_same_batch_clears_the_queue() {
+        let store = Store::open(Db::temporary(SCHEMA).unwrap()).unwrap();
         let b = event("did:web:b.test", "ref", true);
         append(
             &store,
@@ -445,7 +615,90 @@ mod tests {
                     time: chrono::Utc::now(),
                 },
             ],
-        );
+        )
+        .await;
         assert!(!store.is_queued(&b.id).unwrap());
+        assert!(store.review_queue(10).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_restart_keeps_the_log_its_size_root_and_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("visibility.redb");
+        let events: Vec<AccessEvent> = (0..40)
+            .map(|i| event("did:web:a.test", &format!("ref-{}", i % 3), i == 7))
+            .collect();
+        let (size, root, leaves) = {
+            let store = open(&path);
+            for chunk in events.chunks(9) {
+                let entries = chunk
+                    .iter()
+                    .map(|e| LogEntry::Access { event: e.clone() })
+                    .collect();
+                append(&store, entries).await;
+            }
+            let size = store.size().unwrap();
+            let leaves: Vec<Vec<u8>> = (0..size).map(|i| store.log.leaf(i).unwrap()).collect();
+            (size, store.log.root(size).unwrap(), leaves)
+        };
+        assert_eq!(size, 40);
+        let store = open(&path);
+        assert_eq!(store.size().unwrap(), size);
+        assert_eq!(store.log.root(size).unwrap(), root);
+        for (i, leaf) in (0..).zip(&leaves) {
+            assert_eq!(&store.log.leaf(i).unwrap(), leaf);
+        }
+        assert_eq!(indexed(&store), 40);
+        assert_eq!(
+            store.existing("did:web:a.test", &events[39].id).unwrap(),
+            Some(39)
+        );
+        assert_eq!(store.review_queue(10).unwrap(), vec![7]);
+        assert_eq!(lookup(&store, Index::PatientRef, "ref-1", 5), vec![4, 1]);
+    }
+
+    #[tokio::test]
+    async fn the_background_catch_up_indexes_what_was_left() {
+        let store = Store::open(Db::temporary(SCHEMA).unwrap()).unwrap();
+        store.catch_up().await.unwrap();
+        assert_eq!(indexed(&store), 0);
+        let a = event("did:web:a.test", "ref-1", false);
+        let entry = LogEntry::Access { event: a.clone() };
+        store
+            .log
+            .append_batch(vec![crate::leaf_bytes(&entry)])
+            .await
+            .unwrap();
+        assert_eq!(store.existing("did:web:a.test", &a.id).unwrap(), None);
+        store.catch_up().await.unwrap();
+        assert_eq!(indexed(&store), 1);
+        assert_eq!(store.existing("did:web:a.test", &a.id).unwrap(), Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_keeps_neither_leaves_nor_index_entries() {
+        let store = Store::open(Db::temporary(SCHEMA).unwrap()).unwrap();
+        let a = event("did:web:a.test", "ref-1", false);
+        append(&store, vec![LogEntry::Access { event: a.clone() }]).await;
+        let b = event("did:web:a.test", "ref-1", true);
+        let entries = vec![LogEntry::Access { event: b.clone() }];
+        let leaves = Leaves::new(entries.iter().map(crate::leaf_bytes).collect());
+        let s = store.clone();
+        let failed = store
+            .db
+            .write(move |tx| {
+                s.append_in(tx, &entries, &leaves)?;
+                Err::<(), _>(StoreError::Corrupt("refused after appending".into()))
+            })
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(store.size().unwrap(), 1);
+        assert_eq!(indexed(&store), 1);
+        assert_eq!(store.existing("did:web:a.test", &b.id).unwrap(), None);
+        assert!(!store.is_queued(&b.id).unwrap());
+        assert_eq!(
+            lookup(&store, Index::PatientRef, "ref-1", u64::MAX),
+            vec![0]
+        );
     }
 }
