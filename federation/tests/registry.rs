@@ -9,7 +9,8 @@ use axum::Router;
 use federation::credentials::{CredentialKind, ProofFormat};
 use federation::keys::{KeyAlgorithm, KeyPair};
 use federation::registry::{
-    Governance, Manifest, ManifestSource, Member, Registry, Role, SignedManifest,
+    Governance, Journal, JournalError, Manifest, ManifestSource, Member, Registry, Role,
+    SignedManifest,
 };
 use federation::trust::TrustSource;
 use federation::verify::Verifier;

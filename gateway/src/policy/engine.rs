@@ -295,7 +295,7 @@ fn is_limit_error(e: &anyhow::Error) -> bool {
 
 /// "250 ms", "2 s": a limit as an operator configured it.
 fn limit_text(limit: Duration) -> String {
-    if limit.as_millis() >= 1000 && limit.as_millis() % 1000 == 0 {
+    if limit.as_millis() >= 1000 && limit.as_millis().is_multiple_of(1000) {
         format!("{} s", limit.as_secs())
     } else {
         format!("{} ms", limit.as_millis().max(1))
