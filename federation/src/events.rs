@@ -202,7 +202,8 @@ pub const PRIVACY_MECHANISM_REASON: &str =
 /// closed sets only. Slots: `{purpose}` ([`PURPOSES`]), `{domain}` ([`DOMAINS`]), `{role}`
 /// ([`ROLES`]), `{identifier-class}` ([`IDENTIFIER_CLASSES`]), `{check}`
 /// ([`VERIFICATION_CHECKS`]), `{classes}` (FHIR resource type names, letters only,
-/// comma-separated) and `{count}` (one to three digits).
+/// comma-separated), `{count}` (one to three digits) and `{duration}` (a number of `ms` or
+/// `s`).
 /// The shipped policies (policies/*.rego) and the gateway's own messages use exactly these;
 /// a gateway test keeps the two in step.
 const REASON_TEMPLATES: &[&str] = &[
@@ -213,6 +214,8 @@ const REASON_TEMPLATES: &[&str] = &[
     "policy evaluation failed: undefined decision",
     "policy evaluation failed: malformed decision",
     "policy evaluation failed: timeout",
+    "policy evaluation failed: time limit of {duration} exceeded",
+    "policy evaluation failed: memory limit exceeded",
     "policy evaluation failed: error",
     "policy evaluation failed: unknown identifier class in obligations",
     "policy evaluation failed: decision widens the requested data classes",
@@ -390,6 +393,7 @@ fn slot_pattern(slot: &str) -> Option<String> {
         "check" => alternatives(&VERIFICATION_CHECKS),
         "classes" => format!("{CLASS}(?:, {CLASS})*"),
         "count" => "[0-9]{1,3}".to_string(),
+        "duration" => "[0-9]{1,6} (?:ms|s)".to_string(),
         _ => return None,
     })
 }
@@ -784,6 +788,24 @@ pub fn to_fhir_audit_event(e: &AccessEvent) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_policy_limit_names_its_duration_and_nothing_else() {
+        for ok in [
+            "policy evaluation failed: time limit of 50 ms exceeded",
+            "policy evaluation failed: time limit of 2 s exceeded",
+            "policy evaluation failed: memory limit exceeded",
+        ] {
+            assert!(is_vocabulary_reason(ok), "{ok}");
+        }
+        for bad in [
+            "policy evaluation failed: time limit of 50 years exceeded",
+            "policy evaluation failed: time limit of 1234567 ms exceeded",
+            "policy evaluation failed: time limit of MRN123 ms exceeded",
+        ] {
+            assert!(!is_vocabulary_reason(bad), "{bad}");
+        }
+    }
     use std::collections::BTreeSet;
 
     /// The JSON Schema (2020-12) of an [`AccessEvent`] as serialized.

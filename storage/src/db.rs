@@ -1,6 +1,6 @@
 //! Opening a database file, its schema version, and consistent read snapshots.
 
-use std::ops::{Bound, ControlFlow, RangeBounds};
+use std::ops::{ControlFlow, RangeBounds};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,8 +8,8 @@ use std::sync::Arc;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use crate::error::StoreError;
-use crate::tree::{self, Entry, Tree, TABLE_OF_SCHEMAS};
-use crate::write::Writer;
+use crate::table::{definition, scan_table, Entry, Named, ReadTable, TABLE_OF_SCHEMAS};
+use crate::write::{job, WriteTx, Writer};
 
 /// Bytes of redb's page cache per database (redb's own default is 1 GiB). The operating
 /// system's page cache still holds the file, so a small cache costs a copy, not a read.
@@ -117,8 +117,7 @@ impl Db {
     }
 
     fn check_schema(&self, schema: Schema) -> Result<(), StoreError> {
-        let schemas = Tree::new(self.clone(), TABLE_OF_SCHEMAS);
-        let stored = match schemas.get(schema.name.as_bytes())? {
+        let stored = match self.read()?.get(TABLE_OF_SCHEMAS, schema.name.as_bytes())? {
             None => None,
             Some(bytes) => Some(
                 <[u8; 8]>::try_from(bytes.as_slice())
@@ -138,7 +137,7 @@ impl Db {
             // is brought up to date.
             _ => self.write_blocking(move |tx| {
                 tx.insert(
-                    &schemas,
+                    TABLE_OF_SCHEMAS,
                     schema.name.as_bytes(),
                     &schema.version.to_be_bytes(),
                 )
@@ -152,11 +151,6 @@ impl Db {
         self.inner.path.as_deref()
     }
 
-    /// The tree called `name` (created by its first write; empty until then).
-    pub fn tree(&self, name: &str) -> Tree {
-        Tree::new(self.clone(), name)
-    }
-
     /// A consistent view of every tree as of now; later commits do not change it.
     pub fn read(&self) -> Result<Snapshot, StoreError> {
         Ok(Snapshot {
@@ -164,8 +158,34 @@ impl Db {
         })
     }
 
-    pub(crate) fn writer(&self) -> &Writer {
-        &self.inner.writer
+    /// Runs `f` in a write transaction and returns its result once the transaction is on
+    /// disk (`fdatasync` returned). If `f` fails, nothing it did is kept.
+    pub async fn write<R, E, F>(&self, f: F) -> Result<R, E>
+    where
+        F: FnOnce(&mut WriteTx<'_>) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.inner.writer.send(job(f, move |r| {
+            let _ = reply.send(r);
+        }));
+        answer.await.map_err(|_| E::from(StoreError::Stopped))?
+    }
+
+    /// As [`Db::write`], blocking the calling thread until the commit (for code that is
+    /// not async: command-line tools, start-up).
+    pub fn write_blocking<R, E, F>(&self, f: F) -> Result<R, E>
+    where
+        F: FnOnce(&mut WriteTx<'_>) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        self.inner.writer.send(job(f, move |r| {
+            let _ = reply.send(r);
+        }));
+        answer.recv().map_err(|_| E::from(StoreError::Stopped))?
     }
 }
 
@@ -218,8 +238,8 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    fn table(&self, tree: &Tree) -> Result<Option<tree::ReadTable>, StoreError> {
-        match self.txn.open_table(tree.definition()) {
+    fn table(&self, tree: &(impl Named + ?Sized)) -> Result<Option<ReadTable>, StoreError> {
+        match self.txn.open_table(definition(tree.name())) {
             Ok(t) => Ok(Some(t)),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
             Err(e) => Err(e.into()),
@@ -227,7 +247,11 @@ impl Snapshot {
     }
 
     /// The value at `key`.
-    pub fn get(&self, tree: &Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn get(
+        &self,
+        tree: &(impl Named + ?Sized),
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         match self.table(tree)? {
             None => Ok(None),
             Some(t) => Ok(t.get(key)?.map(|v| v.value().to_vec())),
@@ -237,7 +261,7 @@ impl Snapshot {
     /// Calls `f` with each entry in `range`, in key order, until it breaks.
     pub fn scan<'a>(
         &self,
-        tree: &Tree,
+        tree: &(impl Named + ?Sized),
         range: impl RangeBounds<&'a [u8]> + 'a,
         f: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
@@ -250,7 +274,7 @@ impl Snapshot {
     /// As [`Snapshot::scan`], from the last key down.
     pub fn scan_rev<'a>(
         &self,
-        tree: &Tree,
+        tree: &(impl Named + ?Sized),
         range: impl RangeBounds<&'a [u8]> + 'a,
         f: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
@@ -261,7 +285,7 @@ impl Snapshot {
     }
 
     /// The first (lowest-keyed) entry.
-    pub fn first(&self, tree: &Tree) -> Result<Option<Entry>, StoreError> {
+    pub fn first(&self, tree: &(impl Named + ?Sized)) -> Result<Option<Entry>, StoreError> {
         match self.table(tree)? {
             None => Ok(None),
             Some(t) => Ok(t
@@ -271,7 +295,7 @@ impl Snapshot {
     }
 
     /// The last (highest-keyed) entry.
-    pub fn last(&self, tree: &Tree) -> Result<Option<Entry>, StoreError> {
+    pub fn last(&self, tree: &(impl Named + ?Sized)) -> Result<Option<Entry>, StoreError> {
         match self.table(tree)? {
             None => Ok(None),
             Some(t) => Ok(t
@@ -281,69 +305,10 @@ impl Snapshot {
     }
 
     /// How many entries the tree holds.
-    pub fn len(&self, tree: &Tree) -> Result<u64, StoreError> {
+    pub fn len(&self, tree: &(impl Named + ?Sized)) -> Result<u64, StoreError> {
         match self.table(tree)? {
             None => Ok(0),
             Some(t) => Ok(t.len()?),
         }
     }
-}
-
-/// Walks `range` of a table (read or write side), forwards or backwards.
-pub(crate) fn scan_table<'a, T>(
-    table: &T,
-    range: impl RangeBounds<&'a [u8]> + 'a,
-    reverse: bool,
-    mut f: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
-) -> Result<(), StoreError>
-where
-    T: ReadableTable<&'static [u8], &'static [u8]>,
-{
-    let bounds: (Bound<&[u8]>, Bound<&[u8]>) =
-        (range.start_bound().cloned(), range.end_bound().cloned());
-    if empty_range(&bounds) {
-        return Ok(());
-    }
-    let iter = table.range::<&[u8]>(bounds)?;
-    type Guard<'g> = redb::AccessGuard<'g, &'static [u8]>;
-    let mut visit = |entry: Result<(Guard<'_>, Guard<'_>), redb::StorageError>| {
-        let (k, v) = entry?;
-        Ok::<_, StoreError>(f(k.value(), v.value()))
-    };
-    if reverse {
-        for entry in iter.rev() {
-            if visit(entry)?.is_break() {
-                break;
-            }
-        }
-    } else {
-        for entry in iter {
-            if visit(entry)?.is_break() {
-                break;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// redb panics on a range whose start is after its end; such a range holds nothing.
-fn empty_range(bounds: &(Bound<&[u8]>, Bound<&[u8]>)) -> bool {
-    match bounds {
-        (Bound::Included(a), Bound::Included(b)) => a > b,
-        (Bound::Included(a) | Bound::Excluded(a), Bound::Excluded(b))
-        | (Bound::Excluded(a), Bound::Included(b)) => a >= b,
-        _ => false,
-    }
-}
-
-/// The range of every key that starts with `prefix`.
-pub fn prefix_range(prefix: &[u8]) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return (Bound::Included(prefix.to_vec()), Bound::Excluded(end));
-        }
-    }
-    (Bound::Included(prefix.to_vec()), Bound::Unbounded)
 }

@@ -7,7 +7,8 @@
 //! - [`write`]: the one writer thread and its group commit: every write of every task that
 //!   arrives while a commit runs shares the next commit and its one `fdatasync`, and each
 //!   write's result is handed back only after that `fdatasync` returned.
-//! - [`tree`]: a named tree, and what a write may do in it.
+//! - [`tree`]: a named tree and its reads; `table`: what reads and writes share (a tree's
+//!   name, its redb table, walking a range of keys).
 //!
 //! Why redb: it commits with `fdatasync` (`Durability::Immediate`), so "durable before the
 //! response" is true; sled 0.34, which it replaces, neither fsynced on the request path nor
@@ -15,12 +16,14 @@
 
 mod db;
 mod error;
+mod table;
 mod tree;
 mod write;
 
 pub use db::{Db, Schema, Snapshot};
 pub use error::StoreError;
-pub use tree::{Entry, Tree};
+pub use table::{Entry, Named};
+pub use tree::Tree;
 pub use write::WriteTx;
 
 /// What a database can be kept on besides a file (see [`Db::with_backend`]).

@@ -3,20 +3,12 @@
 //! Reads on a `Tree` each see the database as of that call. Several reads that must agree
 //! take one [`crate::Snapshot`]; writes go through [`crate::Db::write`].
 
-use std::ops::{Bound, ControlFlow, RangeBounds};
+use std::ops::{ControlFlow, RangeBounds};
 use std::sync::Arc;
 
-use crate::db::{prefix_range, Db};
+use crate::db::Db;
 use crate::error::StoreError;
-
-/// The tree in which each service's schema version is kept.
-pub(crate) const TABLE_OF_SCHEMAS: &str = "fedgate_schema";
-
-pub(crate) type Definition<'a> = redb::TableDefinition<'a, &'static [u8], &'static [u8]>;
-pub(crate) type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
-
-/// A key and its value.
-pub type Entry = (Vec<u8>, Vec<u8>);
+use crate::table::{borrowed, prefix_range, Entry, Named};
 
 /// A named tree of one database. Clones are cheap.
 #[derive(Clone)]
@@ -46,10 +38,6 @@ impl Tree {
     /// The database this tree is in.
     pub fn db(&self) -> &Db {
         &self.db
-    }
-
-    pub(crate) fn definition(&self) -> Definition<'_> {
-        redb::TableDefinition::new(&self.name)
     }
 
     /// The value at `key`.
@@ -135,13 +123,15 @@ impl Tree {
     }
 }
 
-/// `(start, end)` bounds over owned keys, as bounds over borrowed ones.
-pub(crate) fn borrowed<'a>(
-    start: &'a Bound<Vec<u8>>,
-    end: &'a Bound<Vec<u8>>,
-) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
-    (
-        start.as_ref().map(Vec::as_slice),
-        end.as_ref().map(Vec::as_slice),
-    )
+impl Named for Tree {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Db {
+    /// The tree called `name` (created by its first write; empty until then).
+    pub fn tree(&self, name: &str) -> Tree {
+        Tree::new(self.clone(), name)
+    }
 }

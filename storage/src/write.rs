@@ -19,15 +19,14 @@ use std::thread::{self, JoinHandle};
 
 use redb::{ReadableTable, ReadableTableMetadata};
 
-use crate::db::{prefix_range, scan_table, Db};
 use crate::error::StoreError;
-use crate::tree::{borrowed, Entry, Tree};
+use crate::table::{borrowed, definition, prefix_range, scan_table, Entry, Named};
 
 /// The most closures one commit takes.
 const MAX_BATCH: usize = 1024;
 
 /// A write waiting for the writer thread.
-trait Pending: Send {
+pub(crate) trait Pending: Send {
     /// Runs the closure in `txn`. On error, its changes are already undone.
     fn run(self: Box<Self>, txn: &redb::WriteTransaction) -> Ran;
     /// Answers without running: the batch or the writer failed first.
@@ -35,7 +34,7 @@ trait Pending: Send {
 }
 
 /// What running one closure left to do once the commit is decided.
-struct Ran {
+pub(crate) struct Ran {
     /// It changed something (an all-failed or read-only batch is not committed).
     wrote: bool,
     /// Its changes could not be undone, or it panicked half-way: the batch must not commit.
@@ -116,7 +115,7 @@ impl Writer {
         })
     }
 
-    fn send(&self, job: Box<dyn Pending>) {
+    pub(crate) fn send(&self, job: Box<dyn Pending>) {
         match &self.queue {
             Some(queue) => {
                 if let Err(mpsc::SendError(job)) = queue.send(job) {
@@ -212,43 +211,24 @@ fn commit_batch(db: &redb::Database, batch: Vec<Box<dyn Pending>>) -> Result<(),
     outcome
 }
 
-impl Db {
-    /// Runs `f` in a write transaction and returns its result once the transaction is on
-    /// disk (`fdatasync` returned). If `f` fails, nothing it did is kept.
-    pub async fn write<R, E, F>(&self, f: F) -> Result<R, E>
-    where
-        F: FnOnce(&mut WriteTx<'_>) -> Result<R, E> + Send + 'static,
-        R: Send + 'static,
-        E: From<StoreError> + Send + 'static,
-    {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.writer().send(Box::new(Job {
-            f,
-            reply: Box::new(move |r| {
-                let _ = reply.send(r);
-            }),
-        }));
-        answer.await.map_err(|_| E::from(StoreError::Stopped))?
-    }
-
-    /// As [`Db::write`], blocking the calling thread until the commit (for code that is
-    /// not async: command-line tools, start-up).
-    pub fn write_blocking<R, E, F>(&self, f: F) -> Result<R, E>
-    where
-        F: FnOnce(&mut WriteTx<'_>) -> Result<R, E> + Send + 'static,
-        R: Send + 'static,
-        E: From<StoreError> + Send + 'static,
-    {
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.writer().send(Box::new(Job {
-            f,
-            reply: Box::new(move |r| {
-                let _ = reply.send(r);
-            }),
-        }));
-        answer.recv().map_err(|_| E::from(StoreError::Stopped))?
-    }
+/// `f` as a write for the writer thread; `reply` gets its result once it is decided.
+pub(crate) fn job<F, R, E>(
+    f: F,
+    reply: impl FnOnce(Result<R, E>) + Send + 'static,
+) -> Box<dyn Pending>
+where
+    F: FnOnce(&mut WriteTx<'_>) -> Result<R, E> + Send + 'static,
+    R: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+{
+    Box::new(Job {
+        f,
+        reply: Box::new(reply),
+    })
 }
+
+/// (tree, key, the value before): what undoing one change needs.
+type Change = (Arc<str>, Vec<u8>, Option<Vec<u8>>);
 
 type WriteTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
 
@@ -257,8 +237,8 @@ type WriteTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
 pub struct WriteTx<'t> {
     txn: &'t redb::WriteTransaction,
     tables: Vec<(Arc<str>, WriteTable<'t>)>,
-    /// (tree, key, the value before) for each change, oldest first.
-    undo: Vec<(Tree, Vec<u8>, Option<Vec<u8>>)>,
+    /// Each change, oldest first, with the value it replaced.
+    undo: Vec<Change>,
 }
 
 impl<'t> WriteTx<'t> {
@@ -270,11 +250,11 @@ impl<'t> WriteTx<'t> {
         }
     }
 
-    fn table(&mut self, tree: &Tree) -> Result<&mut WriteTable<'t>, StoreError> {
+    fn table(&mut self, tree: &(impl Named + ?Sized)) -> Result<&mut WriteTable<'t>, StoreError> {
         let at = match self.tables.iter().position(|(n, _)| **n == *tree.name()) {
             Some(at) => at,
             None => {
-                let table = self.txn.open_table(tree.definition())?;
+                let table = self.txn.open_table(definition(tree.name()))?;
                 self.tables.push((tree.name().into(), table));
                 self.tables.len() - 1
             }
@@ -283,14 +263,18 @@ impl<'t> WriteTx<'t> {
     }
 
     /// The value at `key`.
-    pub fn get(&mut self, tree: &Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn get(
+        &mut self,
+        tree: &(impl Named + ?Sized),
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.table(tree)?.get(key)?.map(|v| v.value().to_vec()))
     }
 
     /// Sets `key` to `value`; returns the value it replaced.
     pub fn insert(
         &mut self,
-        tree: &Tree,
+        tree: &(impl Named + ?Sized),
         key: &[u8],
         value: &[u8],
     ) -> Result<Option<Vec<u8>>, StoreError> {
@@ -298,15 +282,21 @@ impl<'t> WriteTx<'t> {
             .table(tree)?
             .insert(key, value)?
             .map(|v| v.value().to_vec());
-        self.undo.push((tree.clone(), key.to_vec(), before.clone()));
+        self.undo
+            .push((tree.name().into(), key.to_vec(), before.clone()));
         Ok(before)
     }
 
     /// Removes `key`; returns the value it held.
-    pub fn remove(&mut self, tree: &Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn remove(
+        &mut self,
+        tree: &(impl Named + ?Sized),
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let before = self.table(tree)?.remove(key)?.map(|v| v.value().to_vec());
         if before.is_some() {
-            self.undo.push((tree.clone(), key.to_vec(), before.clone()));
+            self.undo
+                .push((tree.name().into(), key.to_vec(), before.clone()));
         }
         Ok(before)
     }
@@ -314,7 +304,7 @@ impl<'t> WriteTx<'t> {
     /// Calls `f` with each entry in `range`, in key order, until it breaks.
     pub fn scan<'a>(
         &mut self,
-        tree: &Tree,
+        tree: &(impl Named + ?Sized),
         range: impl RangeBounds<&'a [u8]> + 'a,
         f: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
@@ -324,7 +314,7 @@ impl<'t> WriteTx<'t> {
     /// As [`WriteTx::scan`], from the last key down.
     pub fn scan_rev<'a>(
         &mut self,
-        tree: &Tree,
+        tree: &(impl Named + ?Sized),
         range: impl RangeBounds<&'a [u8]> + 'a,
         f: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
@@ -334,7 +324,7 @@ impl<'t> WriteTx<'t> {
     /// Every key that starts with `prefix`, in order.
     pub fn keys_with_prefix(
         &mut self,
-        tree: &Tree,
+        tree: &(impl Named + ?Sized),
         prefix: &[u8],
     ) -> Result<Vec<Vec<u8>>, StoreError> {
         let (start, end) = prefix_range(prefix);
@@ -347,7 +337,7 @@ impl<'t> WriteTx<'t> {
     }
 
     /// The last (highest-keyed) entry.
-    pub fn last(&mut self, tree: &Tree) -> Result<Option<Entry>, StoreError> {
+    pub fn last(&mut self, tree: &(impl Named + ?Sized)) -> Result<Option<Entry>, StoreError> {
         Ok(self
             .table(tree)?
             .last()?
@@ -355,14 +345,14 @@ impl<'t> WriteTx<'t> {
     }
 
     /// How many entries the tree holds.
-    pub fn len(&mut self, tree: &Tree) -> Result<u64, StoreError> {
+    pub fn len(&mut self, tree: &(impl Named + ?Sized)) -> Result<u64, StoreError> {
         Ok(self.table(tree)?.len()?)
     }
 
     /// Puts back what this write changed, newest change first.
     fn undo_all(&mut self) -> Result<(), StoreError> {
         while let Some((tree, key, before)) = self.undo.pop() {
-            let table = self.table(&tree)?;
+            let table = self.table(&*tree)?;
             match before {
                 Some(value) => {
                     table.insert(key.as_slice(), value.as_slice())?;
