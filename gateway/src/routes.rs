@@ -281,14 +281,16 @@ fn verification_problem(e: federation::VerifyError) -> GatewayError {
     GatewayError::Unprocessable(e.to_string())
 }
 
-/// Readiness: policies loaded, and the outbox has room.
+/// Readiness: policies loaded, the database writable, and the outbox has room.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "`{policy, outbox}`", body = Object), Unavailable))]
+    responses((status = 200, description = "`{policy, database, outbox}`", body = Object), Unavailable))]
 async fn readyz(State(s): AppState) -> Response {
     let policy = s.policy.current_digest();
     let outbox_ok = s.outbox.has_room();
+    let (database_ok, database) = service::db::readiness(&s.db);
     let body = json!({
         "policy": policy,
+        "database": database,
         // `pending`: events without a receipt; `unpublished` counts against `max`.
         "outbox": {
             "pending": s.outbox.unconfirmed_len(),
@@ -297,11 +299,13 @@ async fn readyz(State(s): AppState) -> Response {
             "max": s.config.outbox_max_events,
         },
     });
-    if policy.is_some() && outbox_ok {
+    if policy.is_some() && outbox_ok && database_ok {
         (StatusCode::OK, Json(body)).into_response()
     } else {
         service::http::service_unavailable(if policy.is_none() {
             "policies failed to load; every request is denied"
+        } else if !database_ok {
+            "the gateway's database refuses writes; restart the gateway"
         } else {
             "the access-event outbox is full"
         })

@@ -415,6 +415,7 @@ async fn the_docs_page_and_its_script_are_served_under_their_policies() {
     );
     let got = send(&g.app, Request::get("/readyz").body(Body::empty()).unwrap()).await;
     assert_eq!(got.0, StatusCode::OK, "{}", got.2);
+    assert_eq!(got.2["database"]["ready"], true, "{}", got.2);
     let response = g
         .app
         .clone()

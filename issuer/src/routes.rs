@@ -290,6 +290,7 @@ pub fn routes() -> service::openapi::Routes<Arc<IssuerState>> {
         routes!(status_events),
         routes!(inventory),
         routes!(healthz),
+        routes!(readyz),
     ]
 }
 
@@ -318,6 +319,15 @@ pub fn router(state: Arc<IssuerState>) -> Router {
     responses((status = 200, description = "The process is up", body = String, content_type = "text/plain")))]
 async fn healthz() -> &'static str {
     "ok"
+}
+
+/// Readiness: the database can be read and written (no failed commit stopped it).
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "`{database}`", body = Object),
+        (status = 503, description = "The database refuses writes", body = Object,
+            content_type = "application/problem+json")))]
+async fn readyz(State(s): AppState) -> axum::response::Response {
+    service::db::readyz_response(s.store.db())
 }
 
 /// This issuer's DID document (did:web).

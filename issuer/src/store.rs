@@ -142,6 +142,11 @@ impl Store {
         }
     }
 
+    /// The database, for readiness checks.
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+
     pub(crate) fn with_db(db: Db) -> Self {
         Store {
             trees: Trees::of(&db),

@@ -384,3 +384,11 @@ fn an_earlier_sled_database_is_refused_at_start_naming_it() {
     assert!(!err.contains('\n'), "{err}");
     assert!(!dir.path().join("data").join("issuer.redb").exists());
 }
+
+#[tokio::test]
+async fn readiness_reports_the_database() {
+    let s = issuer();
+    let got = send(&s.app, Request::get("/readyz").body(Body::empty()).unwrap()).await;
+    assert_eq!(got.0, StatusCode::OK, "{}", got.2);
+    assert_eq!(got.2["database"], json!({ "ready": true }));
+}

@@ -49,6 +49,34 @@ pub fn open_in(
     Db::open_with_cache(&dir.join(format!("{name}.redb")), schema, cache_bytes)
 }
 
+/// The database's part of a service's `/readyz`: whether it can be read and written now
+/// (no failed commit has stopped its writer), and `{"ready": .., "error": ..}` to show.
+/// The file's path is not shown: the endpoint is unauthenticated.
+pub fn readiness(db: &Db) -> (bool, serde_json::Value) {
+    match db.health() {
+        Ok(()) => (true, serde_json::json!({ "ready": true })),
+        Err(e) => (
+            false,
+            serde_json::json!({ "ready": false, "error": e.to_string() }),
+        ),
+    }
+}
+
+/// A `/readyz` answer for a service whose readiness is its database's: 200 with
+/// `{"database": ..}`, or 503 problem+json carrying the same as `state`.
+pub fn readyz_response(db: &Db) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (ready, database) = readiness(db);
+    let body = serde_json::json!({ "database": database });
+    if ready {
+        (axum::http::StatusCode::OK, axum::Json(body)).into_response()
+    } else {
+        crate::http::service_unavailable("the database refuses writes; restart the service")
+            .with("state", body)
+            .into_response()
+    }
+}
+
 /// The tree in which a service keeps the federation manifests it installed.
 const MANIFEST_JOURNAL: &str = "manifest_journal";
 

@@ -108,7 +108,7 @@ impl Db {
 
     fn start(db: redb::Database, path: Option<PathBuf>, schema: Schema) -> Result<Db, StoreError> {
         let db = Arc::new(db);
-        let writer = Writer::start(db.clone(), path.as_deref())?;
+        let writer = Writer::start(db.clone(), path.as_deref(), schema.name)?;
         let store = Db {
             inner: Arc::new(Inner { db, writer, path }),
         };
@@ -144,6 +144,16 @@ impl Db {
                 .map(|_| ())
             }),
         }
+    }
+
+    /// Whether the database can be read and written now: a read transaction opens, and no
+    /// failed commit has stopped the writer. For readiness checks.
+    pub fn health(&self) -> Result<(), StoreError> {
+        if self.inner.writer.is_stopped() {
+            return Err(StoreError::Stopped);
+        }
+        self.inner.db.begin_read()?;
+        Ok(())
     }
 
     /// The file this database is in (none for a temporary one).

@@ -14,8 +14,10 @@
 use std::ops::{ControlFlow, RangeBounds};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
+use std::time::Instant;
 
 use redb::{ReadableTable, ReadableTableMetadata};
 
@@ -94,17 +96,23 @@ where
 pub(crate) struct Writer {
     queue: Option<mpsc::Sender<Box<dyn Pending>>>,
     thread: Option<JoinHandle<()>>,
+    /// Set once a commit failed: the database refuses writes from then on.
+    stopped: Arc<AtomicBool>,
 }
 
 impl Writer {
+    /// Starts the writer of `db`; `name` labels its metrics.
     pub(crate) fn start(
         db: Arc<redb::Database>,
         path: Option<&Path>,
+        name: &'static str,
     ) -> Result<Writer, StoreError> {
         let (queue, jobs) = mpsc::channel::<Box<dyn Pending>>();
+        let stopped = Arc::new(AtomicBool::new(false));
+        let flag = stopped.clone();
         let thread = thread::Builder::new()
             .name("db-writer".into())
-            .spawn(move || run(&db, &jobs))
+            .spawn(move || run(&db, &jobs, name, &flag))
             .map_err(|e| StoreError::Open {
                 path: path.map(Path::to_path_buf).unwrap_or_default(),
                 reason: format!("starting the writer thread: {e}"),
@@ -112,7 +120,13 @@ impl Writer {
         Ok(Writer {
             queue: Some(queue),
             thread: Some(thread),
+            stopped,
         })
+    }
+
+    /// Whether a failed commit stopped the writer.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
     }
 
     pub(crate) fn send(&self, job: Box<dyn Pending>) {
@@ -139,7 +153,12 @@ impl Drop for Writer {
     }
 }
 
-fn run(db: &redb::Database, jobs: &mpsc::Receiver<Box<dyn Pending>>) {
+fn run(
+    db: &redb::Database,
+    jobs: &mpsc::Receiver<Box<dyn Pending>>,
+    name: &'static str,
+    flag: &AtomicBool,
+) {
     let mut stopped: Option<String> = None;
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
@@ -156,11 +175,20 @@ fn run(db: &redb::Database, jobs: &mpsc::Receiver<Box<dyn Pending>>) {
             }
             continue;
         }
-        if let Err(reason) = commit_batch(db, batch) {
+        let writes = batch.len();
+        let started = Instant::now();
+        let committed = commit_batch(db, batch);
+        metrics::histogram!("fedgate_db_commit_seconds", "db" => name)
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("fedgate_db_commit_writes", "db" => name).record(writes as f64);
+        if let Err(reason) = committed {
+            metrics::counter!("fedgate_db_commit_failures_total", "db" => name).increment(1);
             tracing::error!(
+                db = name,
                 error = %reason,
                 "a database commit failed; this service refuses writes until it restarts"
             );
+            flag.store(true, Ordering::Release);
             stopped = Some(reason);
         }
     }

@@ -325,3 +325,22 @@ async fn concurrent_writes_share_one_sync() {
     // One sync per write would be 1,280; the writers waiting during a commit share the next.
     assert!(syncs * 4 < 64 * 20, "{syncs} syncs for 1,280 writes");
 }
+
+#[tokio::test]
+async fn a_failed_commit_stops_writes_and_health_says_so() {
+    let disk = Disk::new(true, Vec::new(), 0, None);
+    let db = Db::with_backend(Handle(disk.clone()), SCHEMA).unwrap();
+    let tree = db.tree("events");
+    tree.insert(b"before", b"1").await.unwrap();
+    assert!(db.health().is_ok());
+    {
+        // The next write or sync of the disk fails.
+        let mut state = disk.state.lock().unwrap();
+        state.cut_at = state.ops + 1;
+    }
+    let first = tree.insert(b"during", b"2").await;
+    assert!(matches!(first, Err(StoreError::Commit(_))), "{first:?}");
+    assert!(matches!(db.health(), Err(StoreError::Stopped)));
+    let later = tree.insert(b"after", b"3").await;
+    assert!(matches!(later, Err(StoreError::Stopped)), "{later:?}");
+}

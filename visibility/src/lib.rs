@@ -247,6 +247,7 @@ pub fn routes() -> service::openapi::Routes<Arc<VisibilityState>> {
         routes!(did_document),
         routes!(inventory),
         routes!(healthz),
+        routes!(readyz),
         routes!(ingest::post_batch),
         routes!(ingest::post_receipts),
         routes!(proofs::get_checkpoint),
@@ -302,6 +303,15 @@ pub fn router(state: Arc<VisibilityState>) -> Router {
     responses((status = 200, description = "The process is up", body = String, content_type = "text/plain")))]
 async fn healthz() -> &'static str {
     "ok"
+}
+
+/// Readiness: the database can be read and written (no failed commit stopped it).
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "`{database}`", body = Object),
+        (status = 503, description = "The database refuses writes", body = Object,
+            content_type = "application/problem+json")))]
+async fn readyz(State(s): AppState) -> axum::response::Response {
+    service::db::readyz_response(&s.store.db)
 }
 
 /// This service's DID document (did:web).

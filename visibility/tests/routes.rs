@@ -297,3 +297,11 @@ async fn the_docs_page_has_its_own_policy_and_the_dashboard_keeps_its_own() {
         .unwrap();
     assert!(!csp.contains("unsafe-inline"), "{csp}");
 }
+
+#[tokio::test]
+async fn readiness_reports_the_database() {
+    let v = visibility();
+    let got = send(&v.app, get("/readyz", None)).await;
+    assert_eq!(got.0, StatusCode::OK, "{}", got.2);
+    assert_eq!(got.2["database"], json!({ "ready": true }));
+}
