@@ -177,7 +177,7 @@ fn run(
         }
         let writes = batch.len();
         let started = Instant::now();
-        let committed = commit_batch(db, batch);
+        let committed = commit_batch(db, batch, flag);
         metrics::histogram!("fedgate_db_commit_seconds", "db" => name)
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!("fedgate_db_commit_writes", "db" => name).record(writes as f64);
@@ -188,22 +188,33 @@ fn run(
                 error = %reason,
                 "a database commit failed; this service refuses writes until it restarts"
             );
-            flag.store(true, Ordering::Release);
-            stopped = Some(reason);
+            stopped = Some(reason.0);
         }
     }
 }
 
+/// Why a batch was not committed: redb's message, handed to every write of the batch.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct CommitFailure(String);
+
 /// Runs one batch in one transaction and commits it. Err: the database must stop writing.
-fn commit_batch(db: &redb::Database, batch: Vec<Box<dyn Pending>>) -> Result<(), String> {
+/// `stopped` is set before any write of a failed batch hears of it, so that whoever hears
+/// of the failure also finds the database not ready.
+fn commit_batch(
+    db: &redb::Database,
+    batch: Vec<Box<dyn Pending>>,
+    stopped: &AtomicBool,
+) -> Result<(), CommitFailure> {
     let txn = match db.begin_write() {
         Ok(txn) => txn,
         Err(e) => {
+            stopped.store(true, Ordering::Release);
             let reason = e.to_string();
             for job in batch {
                 job.refuse(StoreError::Commit(reason.clone()));
             }
-            return Err(reason);
+            return Err(CommitFailure(reason));
         }
     };
     let mut answers = Vec::with_capacity(batch.len());
@@ -221,19 +232,23 @@ fn commit_batch(db: &redb::Database, batch: Vec<Box<dyn Pending>>) -> Result<(),
     }
     let outcome = match poisoned {
         Some(reason) => {
+            stopped.store(true, Ordering::Release);
             let _ = txn.abort();
             for job in jobs {
                 job.refuse(StoreError::Commit(reason.clone()));
             }
-            Err(reason)
+            Err(CommitFailure(reason))
         }
-        None if !wrote => txn.abort().map_err(|e| e.to_string()),
-        None => txn.commit().map_err(|e| e.to_string()),
+        None if !wrote => txn.abort().map_err(|e| CommitFailure(e.to_string())),
+        None => txn.commit().map_err(|e| CommitFailure(e.to_string())),
     };
+    if outcome.is_err() {
+        stopped.store(true, Ordering::Release);
+    }
     for answer in answers {
         answer(match &outcome {
             Ok(()) => Ok(()),
-            Err(reason) => Err(StoreError::Commit(reason.clone())),
+            Err(failure) => Err(StoreError::Commit(failure.0.clone())),
         });
     }
     outcome

@@ -402,7 +402,9 @@ impl SmartClient {
                 status.as_u16()
             )));
         }
-        let body = read_limited(resp).await.map_err(SmartError::Discovery)?;
+        let body = read_limited(resp)
+            .await
+            .map_err(|e| SmartError::Discovery(e.to_string()))?;
         let doc: Value = serde_json::from_slice(&body)
             .map_err(|e| SmartError::Discovery(format!("not JSON: {e}")))?;
         let endpoint = doc["token_endpoint"]
@@ -489,7 +491,9 @@ impl SmartClient {
             .await
             .map_err(|e| SmartError::TokenRequest(e.without_url().to_string()))?;
         let status = resp.status();
-        let body = read_limited(resp).await.map_err(SmartError::TokenRequest)?;
+        let body = read_limited(resp)
+            .await
+            .map_err(|e| SmartError::TokenRequest(e.to_string()))?;
         let json: Option<Value> = serde_json::from_slice(&body).ok();
         if !status.is_success() {
             let error = json
@@ -561,16 +565,25 @@ impl SmartClient {
     }
 }
 
+/// Why an authorization server's answer could not be read.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("{0}")]
+    Read(reqwest::Error),
+    #[error("the response exceeds {MAX_RESPONSE_BYTES} bytes")]
+    TooLarge,
+}
+
 /// The body of `resp`, at most [`MAX_RESPONSE_BYTES`].
-async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
+async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, BodyError> {
     let mut body = Vec::new();
     while let Some(chunk) = resp
         .chunk()
         .await
-        .map_err(|e| e.without_url().to_string())?
+        .map_err(|e| BodyError::Read(e.without_url()))?
     {
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(format!("the response exceeds {MAX_RESPONSE_BYTES} bytes"));
+            return Err(BodyError::TooLarge);
         }
         body.extend_from_slice(&chunk);
     }
