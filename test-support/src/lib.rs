@@ -208,3 +208,34 @@ pub async fn self_issued_consent(patient: &KeyPair, grantee: &str, format: Proof
     );
     credentials::issue(vc, patient, format).await.unwrap()
 }
+
+/// An allowed clinical access (purpose TREAT) by a requester at `custodian`, with a fresh
+/// id and the current time, and nothing else set: tests change what they look at with
+/// struct update syntax.
+pub fn allowed_event(custodian: &str) -> federation::events::AccessEvent {
+    use federation::events::{AccessEvent, Outcome};
+    AccessEvent {
+        id: AccessEvent::new_id(),
+        time: chrono::Utc::now(),
+        custodian: custodian.into(),
+        requester_org: None,
+        requester: Some("did:key:z6Mkrequester".into()),
+        patient_ref: Some("ref-1".into()),
+        patient_did_digests: vec![],
+        domain: "clinical".into(),
+        purpose: "TREAT".into(),
+        data_classes: vec![],
+        record_count: 1,
+        decision: Outcome::Allow,
+        decision_id: "d".into(),
+        reasons: vec![],
+        policy_digest: String::new(),
+        credential_ids: vec![],
+        failed_check: None,
+        break_glass: false,
+        justification: None,
+        review_required: false,
+        expires_at: None,
+        privacy: None,
+    }
+}

@@ -364,7 +364,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use federation::events::{AccessEvent, Outcome};
+    use federation::events::AccessEvent;
     use std::path::Path;
 
     const DID: &str = "did:web:visibility.test";
@@ -386,27 +386,8 @@ mod tests {
     fn event(i: usize) -> AccessEvent {
         AccessEvent {
             id: format!("01900000-0000-7000-8000-{i:012x}"),
-            time: chrono::Utc::now(),
-            custodian: CUSTODIAN.into(),
-            requester_org: None,
-            requester: Some("did:key:z6Mkrequester".into()),
             patient_ref: Some(format!("ref-{}", i % 4)),
-            patient_did_digests: vec![],
-            domain: "clinical".into(),
-            purpose: "TREAT".into(),
-            data_classes: vec![],
-            record_count: 1,
-            decision: Outcome::Allow,
-            decision_id: "d".into(),
-            reasons: vec![],
-            policy_digest: String::new(),
-            credential_ids: vec![],
-            failed_check: None,
-            break_glass: false,
-            justification: None,
-            review_required: false,
-            expires_at: None,
-            privacy: None,
+            ..test_support::allowed_event(CUSTODIAN)
         }
     }
 

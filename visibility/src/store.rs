@@ -475,33 +475,16 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use federation::events::{AccessEvent, Outcome};
+    use federation::events::AccessEvent;
     use std::ops::ControlFlow;
 
     fn event(custodian: &str, patient: &str, break_glass: bool) -> AccessEvent {
         AccessEvent {
-            id: AccessEvent::new_id(),
-            time: chrono::Utc::now(),
-            custodian: custodian.into(),
-            requester_org: None,
-            requester: Some("did:key:z6Mkrequester".into()),
             patient_ref: Some(patient.into()),
             patient_did_digests: vec![federation::events::patient_did_digest("did:key:zpatient")],
-            domain: "clinical".into(),
-            purpose: "TREAT".into(),
-            data_classes: vec![],
-            record_count: 1,
-            decision: Outcome::Allow,
-            decision_id: "d".into(),
-            reasons: vec![],
-            policy_digest: String::new(),
-            credential_ids: vec![],
-            failed_check: None,
             break_glass,
-            justification: None,
             review_required: break_glass,
-            expires_at: None,
-            privacy: None,
+            ..test_support::allowed_event(custodian)
         }
     }
 

@@ -102,28 +102,14 @@ fn client() -> reqwest::Client {
 
 fn event(custodian: &str) -> AccessEvent {
     AccessEvent {
-        id: AccessEvent::new_id(),
-        time: Utc::now(),
-        custodian: custodian.to_string(),
         requester_org: Some(HOSPITAL_A.to_string()),
         requester: Some("did:key:z6MkrequesterRequesterRequester".to_string()),
-        patient_ref: Some("ref-1".to_string()),
-        patient_did_digests: vec![],
-        domain: "clinical".into(),
-        purpose: "TREAT".into(),
         data_classes: vec!["Observation".into()],
         record_count: 3,
-        decision: Outcome::Allow,
         decision_id: uuid::Uuid::new_v4().to_string(),
         reasons: vec!["consent permits TREAT for Observation".into()],
         policy_digest: "0".repeat(64),
-        credential_ids: vec![],
-        failed_check: None,
-        break_glass: false,
-        justification: None,
-        review_required: false,
-        expires_at: None,
-        privacy: None,
+        ..test_support::allowed_event(custodian)
     }
 }
 
