@@ -170,6 +170,10 @@ impl Db {
 
     /// Runs `f` in a write transaction and returns its result once the transaction is on
     /// disk (`fdatasync` returned). If `f` fails, nothing it did is kept.
+    ///
+    /// `f` runs on the writer thread: it must not wait for another write of the same
+    /// database (that write would wait for `f`). Everything it must change goes through
+    /// its `WriteTx`.
     pub async fn write<R, E, F>(&self, f: F) -> Result<R, E>
     where
         F: FnOnce(&mut WriteTx<'_>) -> Result<R, E> + Send + 'static,
