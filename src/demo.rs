@@ -8,6 +8,7 @@
 //! `hospital-b` fixtures (where the requesting clinicians work), a research network, and
 //! patients with wallets.
 
+use anyhow::anyhow;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -36,9 +37,9 @@ const RESEARCH_TERMS: &str = "[research]\nepsilon_budget = 5.0\nepsilon_per_quer
 
 /// Registers each patient's research consent for `study_id` from their own wallet, once
 /// the registration desk has linked it.
-async fn enrol(gw: &Gateway, patients: &[(PathBuf, String)], study_id: &str) -> Result<(), String> {
+async fn enrol(gw: &Gateway, patients: &[(PathBuf, String)], study_id: &str) -> anyhow::Result<()> {
     for (_, mrn) in patients {
-        let p = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+        let p = KeyPair::generate_did_key(KeyAlgorithm::Ed25519)?;
         gw.link_patient(mrn, p.did()).await?;
         let c = consent(
             &p,
@@ -53,7 +54,7 @@ async fn enrol(gw: &Gateway, patients: &[(PathBuf, String)], study_id: &str) -> 
             .post("/v1/consents", &json!({"presentation": vp}))
             .await?;
         if status != 201 {
-            return Err(format!("registering a research consent failed: {body}"));
+            return Err(anyhow!("registering a research consent failed: {body}"));
         }
     }
     Ok(())
@@ -64,8 +65,8 @@ const COHORT: usize = 300;
 
 /// Writes `COHORT` synthetic patients (small records) as bundles into `dir`: their files
 /// and MRNs.
-fn synth_cohort(dir: &std::path::Path) -> Result<Vec<(PathBuf, String)>, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+fn synth_cohort(dir: &std::path::Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
     let mut generator = synth::Generator::new(synth::Options {
         seed: 2026,
         min_resources: 10,
@@ -76,8 +77,8 @@ fn synth_cohort(dir: &std::path::Path) -> Result<Vec<(PathBuf, String)>, String>
     for i in 0..COHORT {
         let patient = generator.patient();
         let path = dir.join(format!("patient-{i:04}.json"));
-        let bytes = serde_json::to_vec(&patient.bundle).map_err(|e| e.to_string())?;
-        std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        let bytes = serde_json::to_vec(&patient.bundle)?;
+        std::fs::write(&path, bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         out.push((path, patient.identity.mrn));
     }
     Ok(out)
@@ -137,7 +138,7 @@ async fn consent(
     grantee: &Value,
     domains: &[&str],
     purposes: &[&str],
-) -> Result<Value, String> {
+) -> anyhow::Result<Value> {
     consent_at(
         HOSPITAL_A, MRN_SYSTEM, patient, mrn, grantee, domains, purposes,
     )
@@ -152,7 +153,7 @@ async fn consent_at(
     grantee: &Value,
     domains: &[&str],
     purposes: &[&str],
-) -> Result<Value, String> {
+) -> anyhow::Result<Value> {
     let spec = ConsentSpec {
         custodian,
         system,
@@ -173,11 +174,11 @@ async fn consent_at(
     patient_consent(patient, &spec).await
 }
 
-async fn present(gw: &Gateway, holder: &KeyPair, creds: &[Value]) -> Result<Value, String> {
+async fn present(gw: &Gateway, holder: &KeyPair, creds: &[Value]) -> anyhow::Result<Value> {
     let binding = gw.challenge().await?;
     credentials::present(creds, holder, &binding, ProofFormat::Jwt)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(anyhow::Error::from)
 }
 
 /// POSTs an exchange; returns (status, decision id, body as JSON or problem).
@@ -189,7 +190,7 @@ async fn exchange(
     classes: &[&str],
     vp: &Value,
     justification: Option<&str>,
-) -> Result<(u16, Option<String>, Value, reqwest::header::HeaderMap), String> {
+) -> anyhow::Result<(u16, Option<String>, Value, reqwest::header::HeaderMap)> {
     exchange_as(
         gw,
         MRN_SYSTEM,
@@ -213,7 +214,7 @@ async fn exchange_as(
     classes: &[&str],
     vp: &Value,
     justification: Option<&str>,
-) -> Result<(u16, Option<String>, Value, reqwest::header::HeaderMap), String> {
+) -> anyhow::Result<(u16, Option<String>, Value, reqwest::header::HeaderMap)> {
     let mut body = json!({
         "purpose": purpose,
         "patient": {"system": system, "value": mrn},
@@ -258,14 +259,14 @@ fn reason(problem: &Value) -> String {
         .collect()
 }
 
-pub(crate) async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Result<bool, String> {
+pub(crate) async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> anyhow::Result<bool> {
     let started = Instant::now();
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find fedgate itself: {e}"))?;
+    let exe = std::env::current_exe().map_err(|e| anyhow!("cannot find fedgate itself: {e}"))?;
     let dir = match dir {
         Some(d) => d,
         None => std::env::temp_dir().join(format!("fedgate-demo-{}", uuid::Uuid::new_v4())),
     };
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
     let say = |s: String| {
         if !json_out {
             eprintln!("{s}");
@@ -273,7 +274,7 @@ pub(crate) async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Re
     };
 
     let irb = Office::start(&exe, &dir.join("irb"), IRB)?;
-    let network = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+    let network = KeyPair::generate_did_key(KeyAlgorithm::Ed25519)?;
     let fixtures_a = fixtures("hospital-a")?;
     // Hospital A also holds a few hundred synthetic patients (no real person): a cohort
     // large enough for differentially private answers to say something.
@@ -326,14 +327,14 @@ pub(crate) async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Re
         results: Vec::new(),
     };
     let (_, mrn) = fixture_patient()?;
-    let clinician = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+    let clinician = KeyPair::generate_did_key(KeyAlgorithm::Ed25519)?;
     let (priv_id, priv_vc) = office
         .joiner(
             &privilege(clinician.did(), "physician", HOSPITAL_A, "clinical"),
             "jwt",
         )
         .await?;
-    let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+    let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519)?;
     // Hospital A's registration desk links the patient's wallet DID to her record: only
     // then do consents she signs herself speak for her there.
     gw_a.link_patient(&mrn, patient.did()).await?;
@@ -352,7 +353,7 @@ pub(crate) async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Re
         .post("/v1/consents", &json!({"presentation": vp}))
         .await?;
     if status != 201 || body["registered"][0]["patientKnown"] != true {
-        return Err(format!("registering the patient's consent failed: {body}"));
+        return Err(anyhow!("registering the patient's consent failed: {body}"));
     }
 
     // 1. Consented clinical exchange.
@@ -444,7 +445,7 @@ pub(crate) async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Re
     );
 
     // 9. Forged privilege: the office's name, another key.
-    let forger = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+    let forger = KeyPair::generate_did_key(KeyAlgorithm::Ed25519)?;
     let mut forged = credentials::unsigned_credential(
         CredentialKind::ClinicianPrivilege,
         OFFICE,
@@ -457,7 +458,7 @@ pub(crate) async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Re
         )),
     );
     forged["issuer"] = json!(OFFICE);
-    let forged = federation::jose::sign(&forged, &forger, "vc+jwt").map_err(|e| e.to_string())?;
+    let forged = federation::jose::sign(&forged, &forger, "vc+jwt")?;
     let vp = present(gw_a, &clinician, &[json!(forged), treat.clone()]).await?;
     let (status, id, problem, _) =
         exchange(gw_a, "clinical", "TREAT", &mrn, &["Patient"], &vp, None).await?;
@@ -475,7 +476,7 @@ pub(crate) async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Re
     // 12. A consent signed by a stranger, naming the patient: anyone can make a DID and
     // sign a consent for any MRN, so hospital A honours a self-issued consent only under
     // a DID it has linked to the patient.
-    let stranger = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+    let stranger = KeyPair::generate_did_key(KeyAlgorithm::Ed25519)?;
     let fake = consent(
         &stranger,
         &mrn,
@@ -498,7 +499,7 @@ pub(crate) async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Re
     let stranger_consent = fake;
 
     // 6. Billing.
-    let biller = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+    let biller = KeyPair::generate_did_key(KeyAlgorithm::Ed25519)?;
     let (_, bill_vc) = office
         .joiner(
             &privilege(biller.did(), "billing-specialist", HOSPITAL_A, "billing"),
@@ -648,7 +649,7 @@ pub(crate) async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Re
     let (a_status, _, _, _) =
         exchange(gw_a, "clinical", "TREAT", &mrn, &["Patient"], &vp, None).await?;
     // At B: one of B's own patients (hospital-b fixtures), with her consent.
-    let b_patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+    let b_patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519)?;
     gw_b.link_patient_by(HOSPITAL_B_ID_SYSTEM, HOSPITAL_B_PATIENT, b_patient.did())
         .await?;
     let b_consent = consent_at(
@@ -694,13 +695,12 @@ pub(crate) async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Re
         let (status, _, _, _) =
             exchange(gw_a, "clinical", "TREAT", &mrn, &["Patient"], &vp, None).await?;
         if status != 200 {
-            return Err(format!(
+            return Err(anyhow!(
                 "the leaver's privilege did not work before revocation ({status})"
             ));
         }
         federation::jose::decode(leaver_vc.as_str().unwrap_or_default())
-            .map(|d| d.payload["id"].as_str().unwrap_or_default().to_string())
-            .map_err(|e| e.to_string())?
+            .map(|d| d.payload["id"].as_str().unwrap_or_default().to_string())?
     };
     let t0 = Instant::now();
     office.revoke(&leaver_id).await?;
@@ -730,7 +730,9 @@ pub(crate) async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Re
     // Every access reaches the visibility log; each decision gets its receipt.
     for gw in [gw_a, gw_b] {
         if !gw.drained(Duration::from_secs(30)).await {
-            return Err("access events did not reach the visibility log within 30 s".into());
+            return Err(anyhow!(
+                "access events did not reach the visibility log within 30 s"
+            ));
         }
     }
     let token = visibility.auditor_login(office, AUDITORS).await?;
@@ -841,10 +843,7 @@ pub(crate) async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> Re
     });
     let all_ok = demo.results.iter().all(|r| r.ok);
     if json_out {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&demo.results).map_err(|e| e.to_string())?
-        );
+        println!("{}", serde_json::to_string_pretty(&demo.results)?);
     } else {
         for r in &demo.results {
             println!(

@@ -5,6 +5,7 @@ mod builder;
 
 pub use builder::{contract, Custodian, Federation, FederationBuilder};
 
+use anyhow::anyhow;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -42,7 +43,7 @@ impl Drop for Process {
 }
 
 /// Starts `exe ARGS` and waits for its "listening on ADDR" line.
-pub fn spawn(exe: &Path, args: &[&str]) -> Result<Process, String> {
+pub fn spawn(exe: &Path, args: &[&str]) -> anyhow::Result<Process> {
     let mut child = Command::new(exe)
         .args(args)
         .env(
@@ -52,8 +53,11 @@ pub fn spawn(exe: &Path, args: &[&str]) -> Result<Process, String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .map_err(|e| format!("cannot start {args:?}: {e}"))?;
-    let stdout = child.stdout.take().ok_or("no stdout from child")?;
+        .map_err(|e| anyhow!("cannot start {args:?}: {e}"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("no stdout from child"))?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -67,39 +71,39 @@ pub fn spawn(exe: &Path, args: &[&str]) -> Result<Process, String> {
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
-            Err(format!("{args:?} did not start within 60 s"))
+            Err(anyhow!("{args:?} did not start within 60 s"))
         }
     }
 }
 
 /// Runs `exe ARGS` to completion, returning stdout; a failure carries stderr.
-fn run(exe: &Path, args: &[&str]) -> Result<String, String> {
+fn run(exe: &Path, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(exe)
         .args(args)
         .env("FEDGATE_LOG", "warn")
         .output()
-        .map_err(|e| format!("cannot run {args:?}: {e}"))?;
+        .map_err(|e| anyhow!("cannot run {args:?}: {e}"))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).to_string())
     } else {
-        Err(format!(
+        Err(anyhow!(
             "{args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
 }
 
-fn write_secret(path: &Path, secret: &str) -> Result<(), String> {
+fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
     federation::keys::write_private(path, secret.as_bytes())
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
-fn write(path: &Path, text: &str) -> Result<(), String> {
-    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
-fn mkdir(path: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(path).map_err(|e| format!("{}: {e}", path.display()))
+fn mkdir(path: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(path).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
 fn client() -> reqwest::Client {
@@ -107,23 +111,22 @@ fn client() -> reqwest::Client {
 }
 
 /// The body of a GET as text.
-pub async fn get_text(url: &str) -> Result<String, String> {
+pub async fn get_text(url: &str) -> anyhow::Result<String> {
     client()
         .get(url)
         .send()
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .text()
         .await
-        .map_err(|e| e.to_string())
+        .map_err(anyhow::Error::from)
 }
 
-async fn post(url: &str, body: &Value, token: Option<&str>) -> Result<(u16, Value), String> {
+async fn post(url: &str, body: &Value, token: Option<&str>) -> anyhow::Result<(u16, Value)> {
     let mut req = client().post(url).json(body);
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
-    let resp = req.send().await.map_err(|e| format!("{url}: {e}"))?;
+    let resp = req.send().await.map_err(|e| anyhow!("{url}: {e}"))?;
     let status = resp.status().as_u16();
     Ok((status, resp.json().await.unwrap_or(Value::Null)))
 }
@@ -137,16 +140,13 @@ pub struct Office {
 }
 
 impl Office {
-    pub fn start(exe: &Path, dir: &Path, did: &str) -> Result<Office, String> {
+    pub fn start(exe: &Path, dir: &Path, did: &str) -> anyhow::Result<Office> {
         mkdir(dir)?;
         let token_path = dir.join("admin-token");
         if !token_path.exists() {
             write_secret(&token_path, &federation::client::random_token())?;
         }
-        let token = std::fs::read_to_string(&token_path)
-            .map_err(|e| e.to_string())?
-            .trim()
-            .to_string();
+        let token = std::fs::read_to_string(&token_path)?.trim().to_string();
         let config = format!(
             "listen = \"127.0.0.1:0\"\ndid = \"{did}\"\nkey_file = \"issuer.key.json\"\ndata_dir = \"data\"\nadmin_token_file = \"admin-token\"\ndev_mode = true\nstatus_list_ttl_secs = 300\n"
         );
@@ -168,7 +168,7 @@ impl Office {
         format!("{}/", self.process.url())
     }
 
-    async fn admin(&self, path: &str, body: &Value) -> Result<(u16, Value), String> {
+    async fn admin(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
         post(
             &format!("{}{path}", self.process.url()),
             body,
@@ -178,7 +178,7 @@ impl Office {
     }
 
     /// Issues any credential (W3C VC API), returning it as it travels.
-    pub async fn issue(&self, credential: Value, format: &str) -> Result<Value, String> {
+    pub async fn issue(&self, credential: Value, format: &str) -> anyhow::Result<Value> {
         let (status, body) = self
             .admin(
                 "/credentials/issue",
@@ -186,13 +186,13 @@ impl Office {
             )
             .await?;
         if status != 201 {
-            return Err(format!("issue failed ({status}): {body}"));
+            return Err(anyhow!("issue failed ({status}): {body}"));
         }
         Ok(body["verifiableCredential"].clone())
     }
 
     /// Joiner: a privilege credential; returns (record id, credential).
-    pub async fn joiner(&self, subject: &Value, format: &str) -> Result<(String, Value), String> {
+    pub async fn joiner(&self, subject: &Value, format: &str) -> anyhow::Result<(String, Value)> {
         let (status, body) = self
             .admin(
                 "/v1/privileges",
@@ -200,7 +200,7 @@ impl Office {
             )
             .await?;
         if status != 201 {
-            return Err(format!("joiner failed ({status}): {body}"));
+            return Err(anyhow!("joiner failed ({status}): {body}"));
         }
         Ok((
             body["id"].as_str().unwrap_or_default().to_string(),
@@ -208,7 +208,7 @@ impl Office {
         ))
     }
 
-    pub async fn mover(&self, id: &str, privileges: &Value) -> Result<(String, Value), String> {
+    pub async fn mover(&self, id: &str, privileges: &Value) -> anyhow::Result<(String, Value)> {
         let (status, body) = self
             .admin(
                 &format!("/v1/privileges/{id}/move"),
@@ -216,7 +216,7 @@ impl Office {
             )
             .await?;
         if status != 201 {
-            return Err(format!("mover failed ({status}): {body}"));
+            return Err(anyhow!("mover failed ({status}): {body}"));
         }
         Ok((
             body["id"].as_str().unwrap_or_default().to_string(),
@@ -224,12 +224,12 @@ impl Office {
         ))
     }
 
-    pub async fn revoke(&self, id: &str) -> Result<(), String> {
+    pub async fn revoke(&self, id: &str) -> anyhow::Result<()> {
         let (status, body) = self
             .admin(&format!("/v1/credentials/{id}/revoke"), &json!({}))
             .await?;
         if status != 200 {
-            return Err(format!("revoke failed ({status}): {body}"));
+            return Err(anyhow!("revoke failed ({status}): {body}"));
         }
         Ok(())
     }
@@ -237,11 +237,11 @@ impl Office {
 
 /// A free loopback port, for services whose address must be known before they start
 /// (another service's configuration names it).
-pub fn free_port() -> Result<u16, String> {
+pub fn free_port() -> anyhow::Result<u16> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))
+        .map_err(|e| anyhow!("no free port: {e}"))
 }
 
 /// The federation's visibility service running `fedgate visibility serve`.
@@ -259,7 +259,7 @@ impl Visibility {
         did: &str,
         port: u16,
         extra_toml: &str,
-    ) -> Result<Visibility, String> {
+    ) -> anyhow::Result<Visibility> {
         mkdir(dir)?;
         let config = format!(
             "listen = \"127.0.0.1:{port}\"\ndid = \"{did}\"\nkey_file = \"visibility.key.json\"\ndata_dir = \"data\"\ndev_mode = true\n{extra_toml}\n"
@@ -269,7 +269,7 @@ impl Visibility {
         Visibility::restart(exe, did, &path)
     }
 
-    pub fn restart(exe: &Path, did: &str, config: &Path) -> Result<Visibility, String> {
+    pub fn restart(exe: &Path, did: &str, config: &Path) -> anyhow::Result<Visibility> {
         let process = spawn(
             exe,
             &["visibility", "serve", "--config", &config.to_string_lossy()],
@@ -307,7 +307,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn start(exe: &Path, dir: &Path, spec: &GatewaySpec) -> Result<Gateway, String> {
+    pub fn start(exe: &Path, dir: &Path, spec: &GatewaySpec) -> anyhow::Result<Gateway> {
         mkdir(dir)?;
         let store = dir.join("data").join("records");
         if !spec.records.is_empty() && !store.exists() {
@@ -338,7 +338,7 @@ impl Gateway {
     }
 
     /// Starts (again) from an existing config.
-    pub fn restart(exe: &Path, dir: &Path, did: &str, config: &Path) -> Result<Gateway, String> {
+    pub fn restart(exe: &Path, dir: &Path, did: &str, config: &Path) -> anyhow::Result<Gateway> {
         let process = spawn(
             exe,
             &["gateway", "serve", "--config", &config.to_string_lossy()],
@@ -355,7 +355,7 @@ impl Gateway {
         format!("{}/", self.process.url())
     }
 
-    pub async fn challenge(&self) -> Result<federation::credentials::PresentationBinding, String> {
+    pub async fn challenge(&self) -> anyhow::Result<federation::credentials::PresentationBinding> {
         let (status, body) = post(
             &format!("{}/v1/challenges", self.process.url()),
             &json!({}),
@@ -367,7 +367,7 @@ impl Gateway {
                 challenge: c.to_string(),
                 domain: d.to_string(),
             }),
-            _ => Err(format!("challenge failed ({status}): {body}")),
+            _ => Err(anyhow!("challenge failed ({status}): {body}")),
         }
     }
 
@@ -377,27 +377,27 @@ impl Gateway {
         path: &str,
         body: &Value,
         accept: Option<&str>,
-    ) -> Result<(u16, reqwest::header::HeaderMap, Vec<u8>), String> {
+    ) -> anyhow::Result<(u16, reqwest::header::HeaderMap, Vec<u8>)> {
         let mut req = client()
             .post(format!("{}{path}", self.process.url()))
             .json(body);
         if let Some(a) = accept {
             req = req.header("accept", a);
         }
-        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let resp = req.send().await?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let bytes = resp.bytes().await.map_err(|e| e.to_string())?.to_vec();
+        let bytes = resp.bytes().await?.to_vec();
         Ok((status, headers, bytes))
     }
 
-    pub async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), String> {
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
         post(&format!("{}{path}", self.process.url()), body, None).await
     }
 }
 
 impl Visibility {
-    async fn challenge(&self) -> Result<federation::credentials::PresentationBinding, String> {
+    async fn challenge(&self) -> anyhow::Result<federation::credentials::PresentationBinding> {
         let (status, body) =
             post(&format!("{}v1/challenges", self.url()), &json!({}), None).await?;
         match (status, body["challenge"].as_str(), body["domain"].as_str()) {
@@ -405,7 +405,7 @@ impl Visibility {
                 challenge: c.to_string(),
                 domain: d.to_string(),
             }),
-            _ => Err(format!("visibility challenge failed ({status}): {body}")),
+            _ => Err(anyhow!("visibility challenge failed ({status}): {body}")),
         }
     }
 
@@ -414,7 +414,7 @@ impl Visibility {
         &self,
         holder: &federation::keys::KeyPair,
         credentials: &[Value],
-    ) -> Result<String, String> {
+    ) -> anyhow::Result<String> {
         let binding = self.challenge().await?;
         let vp = federation::credentials::present(
             credentials,
@@ -422,8 +422,7 @@ impl Visibility {
             &binding,
             federation::credentials::ProofFormat::Jwt,
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         let (status, body) = post(
             &format!("{}v1/audit/sessions", self.url()),
             &json!({"presentation": vp}),
@@ -433,7 +432,7 @@ impl Visibility {
         body["token"]
             .as_str()
             .map(str::to_string)
-            .ok_or_else(|| format!("auditor session refused ({status}): {body}"))
+            .ok_or_else(|| anyhow!("auditor session refused ({status}): {body}"))
     }
 
     /// A patient's own history: the holder proves control of the patient DID.
@@ -441,7 +440,7 @@ impl Visibility {
         &self,
         patient: &federation::keys::KeyPair,
         credentials: &[Value],
-    ) -> Result<Vec<federation::events::AccessEvent>, String> {
+    ) -> anyhow::Result<Vec<federation::events::AccessEvent>> {
         let binding = self.challenge().await?;
         let vp = federation::credentials::present(
             credentials,
@@ -449,8 +448,7 @@ impl Visibility {
             &binding,
             federation::credentials::ProofFormat::Jwt,
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         let (status, body) = post(
             &format!("{}v1/patients/history", self.url()),
             &json!({"presentation": vp}),
@@ -458,11 +456,11 @@ impl Visibility {
         )
         .await?;
         if status != 200 {
-            return Err(format!("history refused ({status}): {body}"));
+            return Err(anyhow!("history refused ({status}): {body}"));
         }
         let events = body["events"]
             .as_array()
-            .ok_or_else(|| format!("history answer without events: {body}"))?;
+            .ok_or_else(|| anyhow!("history answer without events: {body}"))?;
         Ok(events
             .iter()
             .filter_map(|e| {
@@ -476,7 +474,7 @@ impl Visibility {
         &self,
         token: &str,
         custodian: &str,
-    ) -> Result<Vec<(u64, federation::events::AccessEvent)>, String> {
+    ) -> anyhow::Result<Vec<(u64, federation::events::AccessEvent)>> {
         let mut out = Vec::new();
         let mut before: Option<u64> = None;
         loop {
@@ -491,11 +489,9 @@ impl Visibility {
                 .get(url)
                 .bearer_auth(token)
                 .send()
-                .await
-                .map_err(|e| e.to_string())?
+                .await?
                 .json()
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             for e in page["events"].as_array().into_iter().flatten() {
                 if let (Some(i), Ok(ev)) = (
                     e["leafIndex"].as_u64(),
@@ -513,30 +509,27 @@ impl Visibility {
     }
 
     /// The latest checkpoint, verified with the key of the service's DID document.
-    pub async fn checkpoint(&self) -> Result<federation::checkpoint::Checkpoint, String> {
+    pub async fn checkpoint(&self) -> anyhow::Result<federation::checkpoint::Checkpoint> {
         let doc: Value = client()
             .get(format!("{}.well-known/did.json", self.url()))
             .send()
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .json()
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let vm = doc["verificationMethod"][0].clone();
         let vm_id = vm["id"].as_str().unwrap_or_default().to_string();
-        let jwk = federation::did::method_public_jwk(&vm_id, &vm).map_err(|e| e.to_string())?;
-        let x = serde_json::to_value(&jwk).map_err(|e| e.to_string())?["x"]
+        let jwk = federation::did::method_public_jwk(&vm_id, &vm)?;
+        let x = serde_json::to_value(&jwk)?["x"]
             .as_str()
             .unwrap_or_default()
             .to_string();
         let raw: [u8; 32] = federation::b64::decode(&x)
             .ok()
             .and_then(|b| b.try_into().ok())
-            .ok_or("the log's key is not Ed25519")?;
-        let verifier =
-            federation::checkpoint::NoteVerifier::new(&self.did, raw).map_err(|e| e.to_string())?;
+            .ok_or_else(|| anyhow!("the log's key is not Ed25519"))?;
+        let verifier = federation::checkpoint::NoteVerifier::new(&self.did, raw)?;
         let note = get_text(&format!("{}v1/checkpoint", self.url())).await?;
-        federation::checkpoint::open(&note, &[verifier]).map_err(|e| e.to_string())
+        federation::checkpoint::open(&note, &[verifier]).map_err(anyhow::Error::from)
     }
 
     /// Verifies that `event` sits at `index` under the checkpoint `cp`.
@@ -545,7 +538,7 @@ impl Visibility {
         cp: &federation::checkpoint::Checkpoint,
         index: u64,
         event: &federation::events::AccessEvent,
-    ) -> Result<(), String> {
+    ) -> anyhow::Result<()> {
         let proof: Value = client()
             .get(format!(
                 "{}v1/proofs/inclusion?index={index}&size={}",
@@ -553,20 +546,18 @@ impl Visibility {
                 cp.size
             ))
             .send()
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .json()
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let hashes: Vec<federation::log::Hash> = proof["proof"]
             .as_array()
-            .ok_or("no proof")?
+            .ok_or_else(|| anyhow!("no proof"))?
             .iter()
             .map(|h| {
                 hex::decode(h.as_str().unwrap_or_default())
                     .ok()
                     .and_then(|b| b.try_into().ok())
-                    .ok_or_else(|| "bad proof hash".to_string())
+                    .ok_or_else(|| anyhow!("bad proof hash"))
             })
             .collect::<Result<_, _>>()?;
         let leaf = federation::log::leaf_hash(&federation::wire::leaf_bytes(
@@ -575,14 +566,14 @@ impl Visibility {
             },
         ));
         federation::log::verify_inclusion(&leaf, index, cp.size, &hashes, &cp.root)
-            .map_err(|e| e.to_string())
+            .map_err(anyhow::Error::from)
     }
 }
 
 impl Gateway {
     /// The sum of a counter or gauge from `/metrics` (0 when not yet emitted).
     /// The custodian confirms that `did` belongs to its patient `mrn` (admin token).
-    pub async fn link_patient(&self, mrn: &str, did: &str) -> Result<(), String> {
+    pub async fn link_patient(&self, mrn: &str, did: &str) -> anyhow::Result<()> {
         self.link_patient_by(MRN_SYSTEM, mrn, did).await
     }
 
@@ -592,9 +583,9 @@ impl Gateway {
         system: &str,
         value: &str,
         did: &str,
-    ) -> Result<(), String> {
+    ) -> anyhow::Result<()> {
         let token = std::fs::read_to_string(self.dir.join("admin-token"))
-            .map_err(|e| format!("admin token: {e}"))?;
+            .map_err(|e| anyhow!("admin token: {e}"))?;
         let (status, body) = post(
             &format!("{}v1/patient-links", self.url()),
             &serde_json::json!({"patient": {"system": system, "value": value}, "did": did}),
@@ -604,7 +595,7 @@ impl Gateway {
         if status == 200 {
             Ok(())
         } else {
-            Err(format!("linking a patient DID: {status} {body}"))
+            Err(anyhow!("linking a patient DID: {status} {body}"))
         }
     }
 
@@ -615,7 +606,7 @@ impl Gateway {
         office: &Office,
         organization: &str,
         mrn: &str,
-    ) -> Result<Requester, String> {
+    ) -> anyhow::Result<Requester> {
         let requester = office
             .consented_physician(organization, &self.did, mrn)
             .await?;
@@ -626,7 +617,7 @@ impl Gateway {
     }
 
     /// A metric summed over its labels; `name{label="value"}` picks one series.
-    pub async fn metric(&self, name: &str) -> Result<f64, String> {
+    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
         let text = get_text(&format!("{}metrics", self.url())).await?;
         let series = |l: &str| {
             if name.contains('{') {
@@ -677,7 +668,7 @@ impl Gateway {
 
 /// The repository's policies and fixtures: from the current directory (a checkout running
 /// `cargo run -- ...`) or the one this binary was built from.
-pub(crate) fn repo_root() -> Result<PathBuf, String> {
+pub(crate) fn repo_root() -> anyhow::Result<PathBuf> {
     [
         std::env::current_dir().ok(),
         Some(PathBuf::from(env!("CARGO_MANIFEST_DIR"))),
@@ -686,15 +677,15 @@ pub(crate) fn repo_root() -> Result<PathBuf, String> {
     .flatten()
     .find(|p| p.join("policies").is_dir() && p.join("examples/data/fhir/hospital-a").is_dir())
     .ok_or_else(|| {
-        "run from the fedgate repository (policies/ and examples/data/ are needed)".into()
+        anyhow!("run from the fedgate repository (policies/ and examples/data/ are needed)")
     })
 }
 
 /// The FHIR Bundles of a synthetic site (`hospital-a`, `hospital-b`), in name order.
-pub fn fixtures(site: &str) -> Result<Vec<PathBuf>, String> {
+pub fn fixtures(site: &str) -> anyhow::Result<Vec<PathBuf>> {
     let dir = repo_root()?.join("examples/data/fhir").join(site);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .map_err(|e| anyhow!("{}: {e}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
@@ -703,7 +694,7 @@ pub fn fixtures(site: &str) -> Result<Vec<PathBuf>, String> {
 }
 
 /// The patient the scenarios ask hospital A about: her Bundle and her MRN.
-pub fn fixture_patient() -> Result<(PathBuf, String), String> {
+pub fn fixture_patient() -> anyhow::Result<(PathBuf, String)> {
     let file = repo_root()?.join("examples/data/fhir/hospital-a/Della_Hettinger_8386e1d9.json");
     let mrn = fixture_mrn(&file)?;
     Ok((file, mrn))
@@ -713,9 +704,8 @@ pub fn fixture_patient() -> Result<(PathBuf, String), String> {
 pub const MRN_SYSTEM: &str = "http://hospital.smarthealthit.org";
 
 /// MRN of the first Patient in a fixture bundle.
-pub(crate) fn fixture_mrn(file: &Path) -> Result<String, String> {
-    let bundle: Value = serde_json::from_slice(&std::fs::read(file).map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
+pub(crate) fn fixture_mrn(file: &Path) -> anyhow::Result<String> {
+    let bundle: Value = serde_json::from_slice(&std::fs::read(file)?)?;
     bundle["entry"]
         .as_array()
         .into_iter()
@@ -726,7 +716,7 @@ pub(crate) fn fixture_mrn(file: &Path) -> Result<String, String> {
         .find(|i| i["system"] == MRN_SYSTEM)
         .and_then(|i| i["value"].as_str())
         .map(str::to_string)
-        .ok_or_else(|| format!("{} has no MRN", file.display()))
+        .ok_or_else(|| anyhow!("{} has no MRN", file.display()))
 }
 
 /// Who a privilege credential is for, and what it allows.
@@ -775,7 +765,7 @@ pub struct ConsentSpec<'a> {
 pub async fn patient_consent(
     patient: &federation::keys::KeyPair,
     spec: &ConsentSpec<'_>,
-) -> Result<Value, String> {
+) -> anyhow::Result<Value> {
     let subject = json!({
         "id": patient.did(),
         "patientIdentifiers": [{"custodian": spec.custodian, "system": spec.system, "value": spec.value}],
@@ -797,7 +787,7 @@ pub async fn patient_consent(
     );
     federation::credentials::issue(vc, patient, federation::credentials::ProofFormat::Jwt)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(anyhow::Error::from)
 }
 
 impl Office {
@@ -809,10 +799,9 @@ impl Office {
         facility: &str,
         domains: &[&str],
         actions: &[&str],
-    ) -> Result<(federation::keys::KeyPair, Value), String> {
+    ) -> anyhow::Result<(federation::keys::KeyPair, Value)> {
         let key =
-            federation::keys::KeyPair::generate_did_key(federation::keys::KeyAlgorithm::Ed25519)
-                .map_err(|e| e.to_string())?;
+            federation::keys::KeyPair::generate_did_key(federation::keys::KeyAlgorithm::Ed25519)?;
         let staff = Staff {
             holder: key.did(),
             role,
@@ -843,7 +832,7 @@ impl Office {
         organization: &str,
         custodian: &str,
         mrn: &str,
-    ) -> Result<Requester, String> {
+    ) -> anyhow::Result<Requester> {
         let (key, privilege) = self
             .staff(
                 "physician",
@@ -854,8 +843,7 @@ impl Office {
             )
             .await?;
         let patient =
-            federation::keys::KeyPair::generate_did_key(federation::keys::KeyAlgorithm::Ed25519)
-                .map_err(|e| e.to_string())?;
+            federation::keys::KeyPair::generate_did_key(federation::keys::KeyAlgorithm::Ed25519)?;
         let consent = patient_consent(
             &patient,
             &ConsentSpec {
@@ -883,7 +871,7 @@ impl Visibility {
         &self,
         office: &Office,
         organization: &str,
-    ) -> Result<String, String> {
+    ) -> anyhow::Result<String> {
         let (key, vc) = office
             .staff(
                 "auditor",

@@ -3,6 +3,7 @@
 //! This file only parses arguments, loads configuration and calls the crates. Errors are
 //! printed as one line on stderr with a non-zero exit status.
 
+use anyhow::anyhow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -172,7 +173,9 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e),
+        // `{}`, not `{:#}`: the crates' errors already name their cause in their own
+        // message, so printing the source chain as well would repeat it.
+        Err(e) => fail(&e.to_string()),
     }
 }
 
@@ -193,7 +196,7 @@ fn init_tracing() {
         .try_init();
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Keys { command } => keys(command),
         Command::Issuer { command } => issuer_cmd(command).await,
@@ -204,7 +207,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Gateway {
             command: GatewayCommand::Serve { config },
         } => {
-            let cfg = gateway::GatewayConfig::load(&config).map_err(|e| e.to_string())?;
+            let cfg = gateway::GatewayConfig::load(&config)?;
             let (tx, rx) = tokio::sync::oneshot::channel();
             tokio::spawn(async move {
                 if let Ok(addr) = rx.await {
@@ -213,18 +216,18 @@ async fn run(cli: Cli) -> Result<(), String> {
             });
             gateway::run(cfg, shutdown_signal(), Some(tx))
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(anyhow::Error::from)
         }
         Command::Wallet { json, command } => cli::wallet::run(command, json).await,
         Command::Bench { command } => cli::bench::run(command).await,
         Command::Demo { dir, json, serve } => match demo::run(dir, json, serve).await? {
             true => Ok(()),
-            false => Err("some scenarios did not go as expected".into()),
+            false => Err(anyhow!("some scenarios did not go as expected")),
         },
     }
 }
 
-fn keys(command: KeysCommand) -> Result<(), String> {
+fn keys(command: KeysCommand) -> anyhow::Result<()> {
     match command {
         KeysCommand::Generate {
             out,
@@ -232,14 +235,13 @@ fn keys(command: KeysCommand) -> Result<(), String> {
             did_web,
             purpose,
         } => {
-            let alg: KeyAlgorithm = alg.parse().map_err(|e| format!("{e}"))?;
+            let alg: KeyAlgorithm = alg.parse().map_err(|e| anyhow!("{e}"))?;
             let key = match did_web {
                 Some(did) => KeyPair::generate_did_web(&did, alg),
                 None => KeyPair::generate_did_key(alg),
-            }
-            .map_err(|e| e.to_string())?
+            }?
             .with_purpose(&purpose);
-            key.save(&out).map_err(|e| e.to_string())?;
+            key.save(&out)?;
             println!("{}", key.did());
             Ok(())
         }
@@ -250,10 +252,7 @@ fn keys(command: KeysCommand) -> Result<(), String> {
             }
             if json {
                 let out = serde_json::json!({ "keys": infos });
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
-                );
+                println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 println!(
                     "{:<10} {:<25} {:<12} {:<20} VERIFICATION METHOD",
@@ -281,10 +280,10 @@ fn keys(command: KeysCommand) -> Result<(), String> {
     }
 }
 
-fn collect_keys(path: &Path, out: &mut Vec<federation::keys::KeyInfo>) -> Result<(), String> {
+fn collect_keys(path: &Path, out: &mut Vec<federation::keys::KeyInfo>) -> anyhow::Result<()> {
     if path.is_dir() {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .collect();
         entries.sort();
@@ -296,16 +295,16 @@ fn collect_keys(path: &Path, out: &mut Vec<federation::keys::KeyInfo>) -> Result
         }
         Ok(())
     } else {
-        let key = KeyPair::load(path).map_err(|e| e.to_string())?;
+        let key = KeyPair::load(path)?;
         out.push(key.info().clone());
         Ok(())
     }
 }
 
-async fn issuer_cmd(command: IssuerCommand) -> Result<(), String> {
+async fn issuer_cmd(command: IssuerCommand) -> anyhow::Result<()> {
     match command {
         IssuerCommand::Serve { config } => {
-            let cfg = issuer::IssuerConfig::load(&config).map_err(|e| e.to_string())?;
+            let cfg = issuer::IssuerConfig::load(&config)?;
             let (tx, rx) = tokio::sync::oneshot::channel();
             tokio::spawn(async move {
                 if let Ok(addr) = rx.await {
@@ -315,16 +314,14 @@ async fn issuer_cmd(command: IssuerCommand) -> Result<(), String> {
             });
             issuer::run(cfg, shutdown_signal(), Some(tx))
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(anyhow::Error::from)
         }
         IssuerCommand::Init { dir, did, listen } => {
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::create_dir_all(&dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
             let key_path = dir.join("issuer.key.json");
-            KeyPair::generate_did_web(&did, KeyAlgorithm::Ed25519)
-                .map_err(|e| e.to_string())?
+            KeyPair::generate_did_web(&did, KeyAlgorithm::Ed25519)?
                 .with_purpose("issuer assertion")
-                .save(&key_path)
-                .map_err(|e| e.to_string())?;
+                .save(&key_path)?;
             let token = federation::client::random_token();
             write_secret(&dir.join("admin-token"), &token)?;
             let config = format!(
@@ -332,9 +329,9 @@ async fn issuer_cmd(command: IssuerCommand) -> Result<(), String> {
             );
             let cfg_path = dir.join("issuer.toml");
             if cfg_path.exists() {
-                return Err(format!("{} exists; not overwriting", cfg_path.display()));
+                return Err(anyhow!("{} exists; not overwriting", cfg_path.display()));
             }
-            std::fs::write(&cfg_path, config).map_err(|e| e.to_string())?;
+            std::fs::write(&cfg_path, config)?;
             println!(
                 "wrote {} (admin token in {})",
                 cfg_path.display(),
@@ -345,9 +342,9 @@ async fn issuer_cmd(command: IssuerCommand) -> Result<(), String> {
     }
 }
 
-fn write_secret(path: &Path, secret: &str) -> Result<(), String> {
+fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
     federation::keys::write_private(path, secret.as_bytes())
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
 async fn shutdown_signal() {

@@ -24,7 +24,9 @@ struct Top {
 async fn run(args: &[&str]) -> Result<(), String> {
     let top = Top::try_parse_from(std::iter::once("wallet").chain(args.iter().copied()))
         .map_err(|e| e.to_string())?;
-    cli::run(top.command, top.json).await
+    cli::run(top.command, top.json)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn s(p: &Path) -> &str {

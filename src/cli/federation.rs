@@ -9,6 +9,7 @@
 //!   Serialization) that services load. `sign` never changes the draft: it adds one
 //!   signature, to a new signed file or to an existing one that carries the same manifest.
 
+use anyhow::anyhow;
 use std::fmt::Display;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -144,27 +145,23 @@ pub enum FederationCommand {
 }
 
 /// Runs a `fedgate federation` command, printing to stdout. Errors are one line.
-pub fn run(cmd: FederationCommand) -> Result<(), String> {
+pub fn run(cmd: FederationCommand) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
-    execute(cmd, &mut stdout.lock()).map_err(|e| e.replace('\n', " "))
+    execute(cmd, &mut stdout.lock()).map_err(|e| anyhow!("{}", e.to_string().replace('\n', " ")))
 }
 
-fn err(e: impl Display) -> String {
-    e.to_string()
-}
-
-fn at(path: &Path) -> impl Fn(registry::RegistryError) -> String + '_ {
+fn at(path: &Path) -> impl Fn(registry::RegistryError) -> anyhow::Error + '_ {
     move |e| match e {
-        registry::RegistryError::Io { .. } => e.to_string(),
-        other => format!("{}: {other}", path.display()),
+        registry::RegistryError::Io { .. } => e.into(),
+        other => anyhow!("{}: {other}", path.display()),
     }
 }
 
-fn say(out: &mut dyn Write, line: impl Display) -> Result<(), String> {
-    writeln!(out, "{line}").map_err(err)
+fn say(out: &mut dyn Write, line: impl Display) -> anyhow::Result<()> {
+    Ok(writeln!(out, "{line}")?)
 }
 
-fn execute(cmd: FederationCommand, out: &mut dyn Write) -> Result<(), String> {
+fn execute(cmd: FederationCommand, out: &mut dyn Write) -> anyhow::Result<()> {
     match cmd {
         FederationCommand::Init {
             out: path,
@@ -173,7 +170,7 @@ fn execute(cmd: FederationCommand, out: &mut dyn Write) -> Result<(), String> {
             governance_keys,
         } => {
             if path.exists() {
-                return Err(format!(
+                return Err(anyhow!(
                     "{} already exists; refusing to overwrite a manifest",
                     path.display()
                 ));
@@ -183,7 +180,7 @@ fn execute(cmd: FederationCommand, out: &mut dyn Write) -> Result<(), String> {
                 .map(|k| governance_key(k))
                 .collect::<Result<Vec<_>, _>>()?;
             let manifest = Manifest::new(&name, Governance { threshold, keys });
-            manifest.validate(false).map_err(err)?;
+            manifest.validate(false)?;
             save_draft(&path, &manifest)?;
             say(
                 out,
@@ -202,7 +199,7 @@ fn execute(cmd: FederationCommand, out: &mut dyn Write) -> Result<(), String> {
             dev,
         } => edit(&manifest, dev, out, |m| {
             if m.members.iter().any(|x| x.did == did) {
-                return Err(format!("{did} is already a member"));
+                return Err(anyhow!("{did} is already a member"));
             }
             m.members.push(Member {
                 did,
@@ -247,7 +244,7 @@ fn execute(cmd: FederationCommand, out: &mut dyn Write) -> Result<(), String> {
         } => {
             let kind = CredentialKind::from_type_name(&kind).ok_or_else(|| {
                 let names: Vec<&str> = CredentialKind::ALL.iter().map(|k| k.type_name()).collect();
-                format!(
+                anyhow!(
                     "unknown credential type {kind:?} (one of {})",
                     names.join(", ")
                 )
@@ -269,7 +266,7 @@ fn execute(cmd: FederationCommand, out: &mut dyn Write) -> Result<(), String> {
         } => {
             let manifest = load_draft(&draft_path)?;
             manifest.validate(dev).map_err(at(&draft_path))?;
-            let key = KeyPair::load(&key).map_err(err)?;
+            let key = KeyPair::load(&key)?;
             let mut signed = if signed_path.exists() {
                 let signed = SignedManifest::load(&signed_path).map_err(at(&signed_path))?;
                 if !signed.carries(&manifest).map_err(at(&signed_path))? {
@@ -277,7 +274,7 @@ fn execute(cmd: FederationCommand, out: &mut dyn Write) -> Result<(), String> {
                         .unverified_manifest()
                         .map(|m| m.version)
                         .unwrap_or_default();
-                    return Err(format!(
+                    return Err(anyhow!(
                         "{}: {}; write the signatures of version {} to another file",
                         signed_path.display(),
                         registry::RegistryError::PayloadMismatch {
@@ -291,8 +288,8 @@ fn execute(cmd: FederationCommand, out: &mut dyn Write) -> Result<(), String> {
             } else {
                 SignedManifest::sign(&manifest, &[]).map_err(at(&draft_path))?
             };
-            signed.add_signature(&key).map_err(err)?;
-            signed.save(&signed_path).map_err(err)?;
+            signed.add_signature(&key)?;
+            signed.save(&signed_path)?;
             let vm = key.verification_method();
             if !manifest.governance.keys.iter().any(|k| k == vm) {
                 say(
@@ -318,7 +315,7 @@ fn execute(cmd: FederationCommand, out: &mut dyn Write) -> Result<(), String> {
         } => {
             let keys = governance_keys
                 .iter()
-                .map(|k| registry::governance_key_id(k).map_err(err))
+                .map(|k| registry::governance_key_id(k))
                 .collect::<Result<Vec<_>, _>>()?;
             let governance = Governance { threshold, keys };
             let verified = SignedManifest::load(&signed)
@@ -345,10 +342,10 @@ fn execute(cmd: FederationCommand, out: &mut dyn Write) -> Result<(), String> {
                     (m, Some((s.signature_count(), s.signers())))
                 }
                 (None, Some(path)) => (load_draft(&path)?, None),
-                (None, None) => return Err("give --signed or --manifest".into()),
+                (None, None) => return Err(anyhow!("give --signed or --manifest")),
             };
             if json {
-                let text = serde_json::to_string_pretty(&m).map_err(err)?;
+                let text = serde_json::to_string_pretty(&m)?;
                 return say(out, text);
             }
             summary(&m, signers, out)
@@ -357,13 +354,13 @@ fn execute(cmd: FederationCommand, out: &mut dyn Write) -> Result<(), String> {
 }
 
 /// A governance key given as a key file or as a did:key id.
-fn governance_key(arg: &str) -> Result<String, String> {
+fn governance_key(arg: &str) -> anyhow::Result<String> {
     if arg.starts_with("did:") {
-        return registry::governance_key_id(arg).map_err(err);
+        return Ok(registry::governance_key_id(arg)?);
     }
-    let key = KeyPair::load(Path::new(arg)).map_err(err)?;
+    let key = KeyPair::load(Path::new(arg))?;
     registry::governance_key_id(key.verification_method())
-        .map_err(|_| format!("{arg}: {} is not a did:key governance key", key.did()))
+        .map_err(|_| anyhow!("{arg}: {} is not a did:key governance key", key.did()))
 }
 
 fn dedup<T: PartialEq>(items: Vec<T>) -> Vec<T> {
@@ -376,15 +373,15 @@ fn dedup<T: PartialEq>(items: Vec<T>) -> Vec<T> {
     out
 }
 
-fn load_draft(path: &Path) -> Result<Manifest, String> {
-    let bytes = registry::read_limited(path).map_err(err)?;
+fn load_draft(path: &Path) -> anyhow::Result<Manifest> {
+    let bytes = registry::read_limited(path)?;
     Manifest::from_json(&bytes).map_err(at(path))
 }
 
-fn save_draft(path: &Path, manifest: &Manifest) -> Result<(), String> {
-    let mut bytes = serde_json::to_vec_pretty(manifest).map_err(err)?;
+fn save_draft(path: &Path, manifest: &Manifest) -> anyhow::Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(manifest)?;
     bytes.push(b'\n');
-    registry::write_atomically(path, &bytes).map_err(err)
+    Ok(registry::write_atomically(path, &bytes)?)
 }
 
 /// Loads the draft, applies `change`, and when it changed something raises the version,
@@ -393,8 +390,8 @@ fn edit(
     path: &Path,
     dev: bool,
     out: &mut dyn Write,
-    change: impl FnOnce(&mut Manifest) -> Result<bool, String>,
-) -> Result<(), String> {
+    change: impl FnOnce(&mut Manifest) -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
     let mut manifest = load_draft(path)?;
     if !change(&mut manifest)? {
         return say(
@@ -406,7 +403,7 @@ fn edit(
             ),
         );
     }
-    manifest.bump_version().map_err(err)?;
+    manifest.bump_version()?;
     manifest.validate(dev).map_err(at(path))?;
     save_draft(path, &manifest)?;
     say(
@@ -419,7 +416,7 @@ fn summary(
     m: &Manifest,
     signers: Option<(usize, Vec<String>)>,
     out: &mut dyn Write,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let mut lines = vec![
         format!("federation: {}", m.federation),
         format!("version: {} (issued {})", m.version, m.issued_at),
@@ -498,9 +495,9 @@ mod tests {
     }
 
     /// Runs one command line (words separated by whitespace) and returns what it printed.
-    fn fed(line: &str) -> Result<String, String> {
+    fn fed(line: &str) -> anyhow::Result<String> {
         let argv = std::iter::once("federation").chain(line.split_whitespace());
-        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let cli = Cli::try_parse_from(argv)?;
         let mut out = Vec::new();
         execute(cli.cmd, &mut out)?;
         Ok(String::from_utf8(out).unwrap())
@@ -571,7 +568,8 @@ mod tests {
             "init --out {draft} --name X --threshold 1 --governance-key {}",
             k(0)
         ))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("already exists"), "{e}");
 
         for (host, roles) in [
@@ -618,13 +616,16 @@ mod tests {
         let all = [s.vm(0), s.vm(1), s.vm(2)];
         // 1 of 3 is below the threshold.
         sign(0, &signed).unwrap();
-        let e = verify(&all).unwrap_err();
+        let e = verify(&all).unwrap_err().to_string();
         assert!(
             e.contains("1 valid governance signature(s), 2 required"),
             "{e}"
         );
         // The same key twice is refused; a second key co-signs.
-        assert!(sign(0, &signed).unwrap_err().contains("already signed"));
+        assert!(sign(0, &signed)
+            .unwrap_err()
+            .to_string()
+            .contains("already signed"));
         sign(1, &signed).unwrap();
         assert_eq!(
             verify(&all).unwrap().trim(),
@@ -633,7 +634,7 @@ mod tests {
         // DIDs are accepted for the governance keys too.
         verify(&[s.keys[0].did(), s.keys[1].did(), s.keys[2].did()]).unwrap();
         // A verifier whose governance does not list the second signer refuses the manifest.
-        let e = verify(&[s.vm(0), s.vm(2)]).unwrap_err();
+        let e = verify(&[s.vm(0), s.vm(2)]).unwrap_err().to_string();
         assert!(e.contains("not a governance key"), "{e}");
 
         // A service loads the same file.
@@ -656,7 +657,7 @@ mod tests {
              --issuer did:web:hospital-a.test"
         ))
         .unwrap();
-        let e = sign(2, &signed).unwrap_err();
+        let e = sign(2, &signed).unwrap_err().to_string();
         assert!(
             e.contains("another manifest (version 6)") && e.contains("version 7"),
             "{e}"
@@ -689,7 +690,8 @@ mod tests {
             "add-contract --manifest {draft} --custodian did:web:a.test \
              --requester did:web:b.test --domain clinical --purpose TREAT"
         ))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("contracts[0].custodian") && e.contains("not a member"),
             "{e}"
@@ -700,12 +702,13 @@ mod tests {
                  --role custodian --base-url {base} {extra}"
             ))
         };
-        let e = add_a("http://a.test/", "").unwrap_err();
+        let e = add_a("http://a.test/", "").unwrap_err().to_string();
         assert!(e.contains("members[0].baseUrl"), "{e}");
         let e = fed(&format!(
             "trust-issuer --manifest {draft} --type NurseCredential --issuer did:web:a.test"
         ))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("unknown credential type"), "{e}");
         // Unknown roles are refused by the argument parser.
         assert!(fed(&format!(
@@ -718,7 +721,7 @@ mod tests {
         // Plain http to loopback is accepted with --dev.
         add_a("http://127.0.0.1:8443/", "--dev").unwrap();
         assert_eq!(version_of(&draft), 2);
-        let e = add_a("https://a.test/", "").unwrap_err();
+        let e = add_a("https://a.test/", "").unwrap_err().to_string();
         assert!(e.contains("already a member"), "{e}");
 
         // A threshold above the number of keys is refused at init; nothing is written.
@@ -726,7 +729,8 @@ mod tests {
         let e = fed(&format!(
             "init --out {other} --name F --threshold 2 --governance-key {k0}"
         ))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("governance.threshold"), "{e}");
         assert!(!Path::new(&other).exists());
     }
@@ -741,7 +745,8 @@ mod tests {
             "init --out {} --name F --threshold 1 --governance-key {web_path}",
             s.path("m.json")
         ))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("not a did:key governance key"), "{e}");
     }
 }

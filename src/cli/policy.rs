@@ -1,5 +1,6 @@
 //! `fedgate policy`: run the Rego policy tests (like `opa test`) and evaluate a decision.
 
+use anyhow::anyhow;
 use std::path::PathBuf;
 
 use gateway::policy::{self, PolicyBundle, PolicyInput, TestOutcome};
@@ -28,15 +29,15 @@ pub enum PolicyCommand {
     },
 }
 
-pub fn run(cmd: PolicyCommand) -> Result<(), String> {
+pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
     match cmd {
         PolicyCommand::Test { dir, verbose } => test(&dir, verbose),
         PolicyCommand::Eval { dir, domain, input } => eval(&dir, &domain, &input),
     }
 }
 
-fn test(dir: &std::path::Path, verbose: bool) -> Result<(), String> {
-    let report = policy::run_tests(dir).map_err(|e| e.to_string())?;
+fn test(dir: &std::path::Path, verbose: bool) -> anyhow::Result<()> {
+    let report = policy::run_tests(dir)?;
     for r in &report.results {
         let line = match &r.outcome {
             TestOutcome::Pass => format!("PASS {}", r.name),
@@ -54,23 +55,23 @@ fn test(dir: &std::path::Path, verbose: bool) -> Result<(), String> {
     }
     println!("{}", report.summary());
     if report.results.is_empty() {
-        return Err(format!("no test_* rules found in {}", dir.display()));
+        return Err(anyhow!("no test_* rules found in {}", dir.display()));
     }
     if !report.is_success() {
-        return Err(format!("{} policy test(s) failed", report.failed()));
+        return Err(anyhow!("{} policy test(s) failed", report.failed()));
     }
     Ok(())
 }
 
-fn eval(dir: &std::path::Path, domain: &str, input: &std::path::Path) -> Result<(), String> {
-    let text = std::fs::read_to_string(input).map_err(|e| format!("{}: {e}", input.display()))?;
+fn eval(dir: &std::path::Path, domain: &str, input: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(input).map_err(|e| anyhow!("{}: {e}", input.display()))?;
     // Read as the gateway's own input type: a document the gateway could not have sent
     // (a missing part, a field it never sets) is an error here, not a decision.
     let value: PolicyInput = serde_json::from_str(&text)
-        .map_err(|e| format!("{}: not a policy input: {e}", input.display()))?;
-    let bundle = PolicyBundle::load(dir).map_err(|e| e.to_string())?;
+        .map_err(|e| anyhow!("{}: not a policy input: {e}", input.display()))?;
+    let bundle = PolicyBundle::load(dir)?;
     let decision = bundle.evaluate(domain, &value);
-    let out = serde_json::to_string_pretty(&decision).map_err(|e| e.to_string())?;
+    let out = serde_json::to_string_pretty(&decision)?;
     println!("{out}");
     Ok(())
 }

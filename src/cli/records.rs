@@ -9,6 +9,7 @@
 //! Services client assertions with (ES384, PEM, mode 0600) and prints the public JWK Set
 //! to register with the FHIR server's authorization server.
 
+use anyhow::anyhow;
 use std::path::PathBuf;
 
 use gateway::records::{import_paths_with, EmbeddedStore, ImportProgress, ImportReport};
@@ -60,7 +61,7 @@ pub struct ImportArgs {
     files: Vec<PathBuf>,
 }
 
-pub fn run(command: RecordsCommand) -> Result<(), String> {
+pub fn run(command: RecordsCommand) -> anyhow::Result<()> {
     match command {
         RecordsCommand::Import(args) => import(args),
         RecordsCommand::Synth(args) => synth(args),
@@ -68,22 +69,22 @@ pub fn run(command: RecordsCommand) -> Result<(), String> {
     }
 }
 
-pub fn smart_key(args: SmartKeyArgs) -> Result<(), String> {
+pub fn smart_key(args: SmartKeyArgs) -> anyhow::Result<()> {
     let (pem, jwks) =
-        gateway::records::smart::generate_es384_key().map_err(|e| format!("smart-key: {e}"))?;
+        gateway::records::smart::generate_es384_key().map_err(|e| anyhow!("smart-key: {e}"))?;
     federation::keys::write_private(&args.out, &pem)
-        .map_err(|e| format!("{}: {e}", args.out.display()))?;
+        .map_err(|e| anyhow!("{}: {e}", args.out.display()))?;
     eprintln!(
         "wrote the private key to {} (mode 0600); register this public JWK Set with the \
          authorization server (or publish it at a JWKS URL it reads):",
         args.out.display()
     );
-    let text = serde_json::to_string_pretty(&jwks).map_err(|e| e.to_string())?;
+    let text = serde_json::to_string_pretty(&jwks)?;
     println!("{text}");
     Ok(())
 }
 
-pub fn synth(args: SynthArgs) -> Result<(), String> {
+pub fn synth(args: SynthArgs) -> anyhow::Result<()> {
     let options = if args.large {
         synth::Options::large(args.seed)
     } else {
@@ -92,15 +93,15 @@ pub fn synth(args: SynthArgs) -> Result<(), String> {
             ..synth::Options::default()
         }
     };
-    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out).map_err(|e| anyhow!("{}: {e}", args.out.display()))?;
     let mut generator = synth::Generator::new(options);
     let mut resources = 0;
     for i in 0..args.patients {
         let patient = generator.patient();
         resources += patient.len();
         let path = args.out.join(format!("patient-{i:04}.json"));
-        let bytes = serde_json::to_vec(&patient.bundle).map_err(|e| e.to_string())?;
-        std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        let bytes = serde_json::to_vec(&patient.bundle)?;
+        std::fs::write(&path, bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     }
     println!(
         "wrote {} synthetic patients ({resources} resources) to {}",
@@ -110,18 +111,17 @@ pub fn synth(args: SynthArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn import(args: ImportArgs) -> Result<(), String> {
+fn import(args: ImportArgs) -> anyhow::Result<()> {
     let store =
-        EmbeddedStore::open(&args.store).map_err(|e| format!("{}: {e}", args.store.display()))?;
+        EmbeddedStore::open(&args.store).map_err(|e| anyhow!("{}: {e}", args.store.display()))?;
     let bar = ProgressBar::new();
-    let report =
-        import_paths_with(&store, &args.files, |p| bar.show(p)).map_err(|e| e.to_string())?;
+    let report = import_paths_with(&store, &args.files, |p| bar.show(p))?;
     bar.0.finish_and_clear();
     print!("{}", render(&report, &args.store.display().to_string()));
     if report.failed.is_empty() {
         Ok(())
     } else {
-        Err(format!(
+        Err(anyhow!(
             "{} file(s) could not be imported: {}",
             report.failed.len(),
             report

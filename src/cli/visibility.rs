@@ -13,10 +13,10 @@ pub enum VisibilityCommand {
     },
 }
 
-pub async fn run(cmd: VisibilityCommand) -> Result<(), String> {
+pub async fn run(cmd: VisibilityCommand) -> anyhow::Result<()> {
     match cmd {
         VisibilityCommand::Serve { config } => {
-            let cfg = VisibilityConfig::load(&config).map_err(|e| e.to_string())?;
+            let cfg = VisibilityConfig::load(&config)?;
             let (tx, rx) = tokio::sync::oneshot::channel();
             tokio::spawn(async move {
                 if let Ok(addr) = rx.await {
@@ -26,7 +26,7 @@ pub async fn run(cmd: VisibilityCommand) -> Result<(), String> {
             });
             visibility::run(cfg, shutdown_signal(), Some(tx))
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(anyhow::Error::from)
         }
     }
 }

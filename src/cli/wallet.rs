@@ -8,6 +8,7 @@
 //! endpoints named in a trust file (`--trust FILE`, else `DIR/trust.json` or
 //! `DIR/trust.toml`); its format is in `TRUST_HELP` (printed by `--help`).
 
+use anyhow::anyhow;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -198,10 +199,10 @@ pub enum ConsentCommand {
     },
 }
 
-pub async fn run(cmd: WalletCommand, json: bool) -> Result<(), String> {
+pub async fn run(cmd: WalletCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
         WalletCommand::Init { wallet, alg } => {
-            let w = Wallet::init(&wallet.dir, alg).map_err(err)?;
+            let w = Wallet::init(&wallet.dir, alg)?;
             let key_file = wallet.dir.join(wallet::holder::KEY_FILE);
             if json {
                 print_json(&json!({
@@ -224,12 +225,10 @@ pub async fn run(cmd: WalletCommand, json: bool) -> Result<(), String> {
             file,
             trust,
         } => {
-            let w = Wallet::open(&wallet.dir).map_err(err)?;
-            let verifier = trust_config(&wallet.dir, trust.as_deref())?
-                .verifier()
-                .map_err(err)?;
+            let w = Wallet::open(&wallet.dir)?;
+            let verifier = trust_config(&wallet.dir, trust.as_deref())?.verifier()?;
             let credential = read_credential(&file)?;
-            let stored = w.import(credential, &verifier).await.map_err(err)?;
+            let stored = w.import(credential, &verifier).await?;
             if json {
                 print_json(&brief(&stored))
             } else {
@@ -240,20 +239,20 @@ pub async fn run(cmd: WalletCommand, json: bool) -> Result<(), String> {
             }
         }
         WalletCommand::List { wallet } => {
-            let w = Wallet::open(&wallet.dir).map_err(err)?;
-            print_list(&w.list().map_err(err)?, json)
+            let w = Wallet::open(&wallet.dir)?;
+            print_list(&w.list()?, json)
         }
         WalletCommand::Show { wallet, id, fhir } => {
-            let w = Wallet::open(&wallet.dir).map_err(err)?;
+            let w = Wallet::open(&wallet.dir)?;
             if fhir {
-                return print_json(&w.consent_fhir(&id).map_err(err)?);
+                return print_json(&w.consent_fhir(&id)?);
             }
-            let stored = w.show(&id).map_err(err)?;
-            print_json(&serde_json::to_value(&stored).map_err(err)?)
+            let stored = w.show(&id)?;
+            print_json(&serde_json::to_value(&stored)?)
         }
         WalletCommand::Remove { wallet, id } => {
-            let w = Wallet::open(&wallet.dir).map_err(err)?;
-            w.remove(&id).map_err(err)?;
+            let w = Wallet::open(&wallet.dir)?;
+            w.remove(&id)?;
             if json {
                 print_json(&json!({ "removed": id }))
             } else {
@@ -270,7 +269,7 @@ pub async fn run(cmd: WalletCommand, json: bool) -> Result<(), String> {
             format,
             out,
         } => {
-            let w = Wallet::open(&wallet.dir).map_err(err)?;
+            let w = Wallet::open(&wallet.dir)?;
             let client = gateway_client(&gateway)?;
             let request = PresentationRequest {
                 facility,
@@ -279,12 +278,12 @@ pub async fn run(cmd: WalletCommand, json: bool) -> Result<(), String> {
                 patient,
                 format,
             };
-            let vp = w.present(&request, &client).await.map_err(err)?;
+            let vp = w.present(&request, &client).await?;
             match out {
                 Some(path) => {
                     let text = match &vp {
                         Value::String(jwt) => jwt.clone(),
-                        other => serde_json::to_string_pretty(other).map_err(err)?,
+                        other => serde_json::to_string_pretty(other)?,
                     };
                     write_private(&path, &text)?;
                     if json {
@@ -304,7 +303,7 @@ pub async fn run(cmd: WalletCommand, json: bool) -> Result<(), String> {
     }
 }
 
-async fn consent(cmd: ConsentCommand, json: bool) -> Result<(), String> {
+async fn consent(cmd: ConsentCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
         ConsentCommand::Grant {
             wallet,
@@ -320,7 +319,7 @@ async fn consent(cmd: ConsentCommand, json: bool) -> Result<(), String> {
             end,
             format,
         } => {
-            let w = Wallet::open(&wallet.dir).map_err(err)?;
+            let w = Wallet::open(&wallet.dir)?;
             let patient_identifiers = identifiers
                 .iter()
                 .map(|s| parse_identifier(s))
@@ -336,21 +335,20 @@ async fn consent(cmd: ConsentCommand, json: bool) -> Result<(), String> {
                 domains,
                 purposes,
                 data_classes,
-                period_start: wallet::parse_time(&start).map_err(|e| format!("--start: {e}"))?,
+                period_start: wallet::parse_time(&start).map_err(|e| anyhow!("--start: {e}"))?,
                 period_end: end
                     .as_deref()
                     .map(wallet::parse_time)
                     .transpose()
-                    .map_err(|e| format!("--end: {e}"))?,
+                    .map_err(|e| anyhow!("--end: {e}"))?,
                 format,
             };
-            let credential = w.consent_grant(grant).await.map_err(err)?;
+            let credential = w.consent_grant(grant).await?;
             let stored = w
-                .consent_list()
-                .map_err(err)?
+                .consent_list()?
                 .into_iter()
                 .find(|c| c.credential == credential)
-                .ok_or("the consent was signed but is not in the store")?;
+                .ok_or_else(|| anyhow!("the consent was signed but is not in the store"))?;
             if json {
                 print_json(&json!({ "id": stored.id, "credential": credential }))
             } else {
@@ -358,17 +356,17 @@ async fn consent(cmd: ConsentCommand, json: bool) -> Result<(), String> {
             }
         }
         ConsentCommand::List { wallet } => {
-            let w = Wallet::open(&wallet.dir).map_err(err)?;
-            print_list(&w.consent_list().map_err(err)?, json)
+            let w = Wallet::open(&wallet.dir)?;
+            print_list(&w.consent_list()?, json)
         }
         ConsentCommand::Withdraw {
             wallet,
             id,
             gateway,
         } => {
-            let w = Wallet::open(&wallet.dir).map_err(err)?;
+            let w = Wallet::open(&wallet.dir)?;
             let client = gateway_client(&gateway)?;
-            let answer = w.consent_withdraw(&id, &client).await.map_err(err)?;
+            let answer = w.consent_withdraw(&id, &client).await?;
             if json {
                 print_json(&json!({ "id": id, "withdrawn": true, "gateway": answer }))
             } else {
@@ -383,9 +381,9 @@ async fn consent(cmd: ConsentCommand, json: bool) -> Result<(), String> {
             id,
             gateway,
         } => {
-            let w = Wallet::open(&wallet.dir).map_err(err)?;
+            let w = Wallet::open(&wallet.dir)?;
             let client = gateway_client(&gateway)?;
-            let answer = w.consent_register(&id, &client).await.map_err(err)?;
+            let answer = w.consent_register(&id, &client).await?;
             if json {
                 print_json(&json!({ "id": id, "registered": true, "gateway": answer }))
             } else {
@@ -417,17 +415,13 @@ fn registration_notes(answer: &Value) -> Vec<&'static str> {
     notes
 }
 
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
-}
-
-fn print_line(text: &str) -> Result<(), String> {
+fn print_line(text: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{text}").map_err(|e| format!("cannot write output: {e}"))
+    writeln!(stdout, "{text}").map_err(|e| anyhow!("cannot write output: {e}"))
 }
 
-fn print_json(value: &Value) -> Result<(), String> {
-    print_line(&serde_json::to_string_pretty(value).map_err(err)?)
+fn print_json(value: &Value) -> anyhow::Result<()> {
+    print_line(&serde_json::to_string_pretty(value)?)
 }
 
 /// What `list` shows of a record: everything but the credential itself.
@@ -444,7 +438,7 @@ fn brief(c: &StoredCredential) -> Value {
     })
 }
 
-fn print_list(list: &[StoredCredential], json: bool) -> Result<(), String> {
+fn print_list(list: &[StoredCredential], json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(&Value::Array(list.iter().map(brief).collect()));
     }
@@ -477,7 +471,7 @@ fn print_list(list: &[StoredCredential], json: bool) -> Result<(), String> {
     print_line(&lines.join("\n"))
 }
 
-fn trust_config(dir: &Path, explicit: Option<&Path>) -> Result<TrustConfig, String> {
+fn trust_config(dir: &Path, explicit: Option<&Path>) -> anyhow::Result<TrustConfig> {
     let path = match explicit {
         Some(p) => p.to_path_buf(),
         None => ["trust.json", "trust.toml"]
@@ -485,27 +479,27 @@ fn trust_config(dir: &Path, explicit: Option<&Path>) -> Result<TrustConfig, Stri
             .map(|name| dir.join(name))
             .find(|p| p.is_file())
             .ok_or_else(|| {
-                format!(
+                anyhow!(
                     "no trust file: pass --trust FILE or put trust.json in {} (see `fedgate wallet --help`)",
                     dir.display()
                 )
             })?,
     };
-    TrustConfig::load(&path).map_err(err)
+    Ok(TrustConfig::load(&path)?)
 }
 
-fn gateway_client(args: &GatewayArgs) -> Result<GatewayClient, String> {
+fn gateway_client(args: &GatewayArgs) -> anyhow::Result<GatewayClient> {
     let url = reqwest_url(&args.gateway)?;
-    GatewayClient::new(url, args.dev).map_err(err)
+    Ok(GatewayClient::new(url, args.dev)?)
 }
 
-fn reqwest_url(text: &str) -> Result<wallet::gateway::Url, String> {
-    wallet::gateway::Url::parse(text).map_err(|e| format!("--gateway {text:?}: {e}"))
+fn reqwest_url(text: &str) -> anyhow::Result<wallet::gateway::Url> {
+    wallet::gateway::Url::parse(text).map_err(|e| anyhow!("--gateway {text:?}: {e}"))
 }
 
 /// Reads a credential: a JWT (compact JWS) or a JSON document (an object, or a JSON
 /// string holding a JWT).
-fn read_credential(file: &Path) -> Result<Value, String> {
+fn read_credential(file: &Path) -> anyhow::Result<Value> {
     let mut bytes = Vec::new();
     let limit = MAX_CREDENTIAL_BYTES + 1;
     let read = if file == Path::new("-") {
@@ -513,15 +507,15 @@ fn read_credential(file: &Path) -> Result<Value, String> {
     } else {
         std::fs::File::open(file).and_then(|f| f.take(limit).read_to_end(&mut bytes))
     };
-    read.map_err(|e| format!("{}: {e}", file.display()))?;
+    read.map_err(|e| anyhow!("{}: {e}", file.display()))?;
     if bytes.len() as u64 > MAX_CREDENTIAL_BYTES {
-        return Err(format!("{}: larger than 1 MiB", file.display()));
+        return Err(anyhow!("{}: larger than 1 MiB", file.display()));
     }
     federation::verify::read_secured(&bytes)
-        .map_err(|e| format!("{}: not a credential: {e}", file.display()))
+        .map_err(|e| anyhow!("{}: not a credential: {e}", file.display()))
 }
 
-fn parse_identifier(text: &str) -> Result<PatientIdentifier, String> {
+fn parse_identifier(text: &str) -> anyhow::Result<PatientIdentifier> {
     let mut parts = text.splitn(3, ',');
     match (parts.next(), parts.next(), parts.next()) {
         (Some(custodian), Some(system), Some(value))
@@ -533,7 +527,7 @@ fn parse_identifier(text: &str) -> Result<PatientIdentifier, String> {
                 value: value.trim().to_string(),
             })
         }
-        _ => Err(format!(
+        _ => Err(anyhow!(
             "--identifier {text:?} is not CUSTODIAN_DID,SYSTEM,VALUE"
         )),
     }
@@ -541,9 +535,9 @@ fn parse_identifier(text: &str) -> Result<PatientIdentifier, String> {
 
 /// Writes a presentation readable by its owner only: until its challenge is used, whoever
 /// holds it can hand it to that gateway.
-fn write_private(path: &Path, text: &str) -> Result<(), String> {
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     federation::keys::write_private(path, text.as_bytes())
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! A whole federation in one call: the credentialing office, the visibility service and
 //! the gateways, each configured to know the others.
 
+use anyhow::anyhow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -36,11 +37,11 @@ impl Federation {
         }
     }
 
-    pub fn gateway(&self, did: &str) -> Result<&Gateway, String> {
+    pub fn gateway(&self, did: &str) -> anyhow::Result<&Gateway> {
         self.gateways
             .iter()
             .find(|g| g.did == did)
-            .ok_or_else(|| format!("no gateway {did} in this federation"))
+            .ok_or_else(|| anyhow!("no gateway {did} in this federation"))
     }
 }
 
@@ -180,7 +181,7 @@ impl FederationBuilder {
         self
     }
 
-    pub fn start(self) -> Result<Federation, String> {
+    pub fn start(self) -> anyhow::Result<Federation> {
         let policies = repo_root()?.join("policies");
         let office = Office::start(&self.exe, &self.dir.join("office"), &self.office)?;
         // The visibility service names the gateways as members before they run.
@@ -205,9 +206,9 @@ impl FederationBuilder {
                 .split(['.', ':', '%'])
                 .next()
                 .filter(|f| !f.is_empty())
-                .ok_or_else(|| format!("{}: not a did:web", custodian.did))?;
+                .ok_or_else(|| anyhow!("{}: not a did:web", custodian.did))?;
             if gateways.iter().any(|g: &Gateway| g.dir.ends_with(folder)) {
-                return Err(format!("two gateways would share the folder {folder}"));
+                return Err(anyhow!("two gateways would share the folder {folder}"));
             }
             gateways.push(Gateway::start(
                 &self.exe,

@@ -7,6 +7,7 @@
 //! the gateway reading the embedded store, and with it reading the FHIR server. The ratio
 //! of the medians is the figure to compare across machines. A load tool, not a test.
 
+use anyhow::anyhow;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -94,18 +95,20 @@ impl FhirSourceReport {
     }
 }
 
-pub(super) async fn fhir_source(args: FhirSourceArgs) -> Result<Printed, String> {
+pub(super) async fn fhir_source(args: FhirSourceArgs) -> anyhow::Result<Printed> {
     if args.resources < 50 || args.exchanges == 0 {
-        return Err("--resources must be at least 50 and --exchanges at least 1".into());
+        return Err(anyhow!(
+            "--resources must be at least 50 and --exchanges at least 1"
+        ));
     }
-    reqwest::Url::parse(&args.fhir_url).map_err(|e| format!("--fhir-url: {e}"))?;
+    reqwest::Url::parse(&args.fhir_url).map_err(|e| anyhow!("--fhir-url: {e}"))?;
     let fhir_url = args.fhir_url.trim_end_matches('/');
     if let Some(c) = args
         .data_classes
         .iter()
         .find(|c| !gateway::exchange::is_resource_type(c))
     {
-        return Err(format!("--data-classes: {c:?} is not a FHIR resource type"));
+        return Err(anyhow!("--data-classes: {c:?} is not a FHIR resource type"));
     }
     let say = say_fn(args.json);
     let scratch = Scratch::new(args.dir.clone())?;
@@ -119,14 +122,14 @@ pub(super) async fn fhir_source(args: FhirSourceArgs) -> Result<Printed, String>
     })
     .patient();
     let file = scratch.path.join("patient.json");
-    let bytes = serde_json::to_vec(&patient.bundle).map_err(|e| e.to_string())?;
-    std::fs::write(&file, &bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+    let bytes = serde_json::to_vec(&patient.bundle)?;
+    std::fs::write(&file, &bytes).map_err(|e| anyhow!("{}: {e}", file.display()))?;
     let started = Instant::now();
     let (status, answer) = http
         .post_raw_with_type(&format!("{fhir_url}/"), bytes, "application/fhir+json")
         .await?;
     if !(200..300).contains(&status) {
-        return Err(format!(
+        return Err(anyhow!(
             "the FHIR server refused the patient's transaction (HTTP {status}): {}",
             String::from_utf8_lossy(&answer)
                 .chars()
@@ -152,15 +155,16 @@ pub(super) async fn fhir_source(args: FhirSourceArgs) -> Result<Printed, String>
         let fed = start_federation_with(&dir, &contracts, records, &config, &say)?;
         let base = fed.gateway(HOSPITAL_A)?.url();
         let holders = clinicians_with_consent(&http, &fed, &patients, &args.data_classes).await?;
-        let holder = holders.first().ok_or("no clinician")?;
+        let holder = holders.first().ok_or_else(|| anyhow!("no clinician"))?;
         let (warm, _) = exchange_body(&http, &base, holder).await?;
         let mut times = Vec::with_capacity(args.exchanges);
         for _ in 0..args.exchanges {
             let (answer, took) = exchange_body(&http, &base, holder).await?;
             if answer.resources != warm.resources {
-                return Err(format!(
+                return Err(anyhow!(
                     "{name}: answers of {} and {} resources",
-                    warm.resources, answer.resources
+                    warm.resources,
+                    answer.resources
                 ));
             }
             times.push(took.as_secs_f64() * 1e3);
@@ -181,9 +185,10 @@ pub(super) async fn fhir_source(args: FhirSourceArgs) -> Result<Printed, String>
         drop(fed);
     }
     if sources[0].resources_per_answer != sources[1].resources_per_answer {
-        return Err(format!(
+        return Err(anyhow!(
             "the embedded store answered {} resources and the FHIR server {}",
-            sources[0].resources_per_answer, sources[1].resources_per_answer
+            sources[0].resources_per_answer,
+            sources[1].resources_per_answer
         ));
     }
     let report = FhirSourceReport {
@@ -195,7 +200,7 @@ pub(super) async fn fhir_source(args: FhirSourceArgs) -> Result<Printed, String>
     };
     drop(scratch);
     Ok(Printed {
-        value: serde_json::to_value(&report).map_err(|e| e.to_string())?,
+        value: serde_json::to_value(&report)?,
         text: report.text(),
         json: args.json,
     })

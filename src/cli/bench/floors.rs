@@ -1,5 +1,6 @@
 //! The floor of each scenario (the cryptography it cannot avoid), measured in the same run.
 
+use anyhow::anyhow;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -16,15 +17,15 @@ pub(super) fn cores() -> usize {
 }
 
 /// Mean time of `f` over about `budget`, after one warm-up call, µs.
-pub(super) fn mean_us(budget: Duration, mut f: impl FnMut() -> bool) -> Result<f64, String> {
+pub(super) fn mean_us(budget: Duration, mut f: impl FnMut() -> bool) -> anyhow::Result<f64> {
     if !f() {
-        return Err("a floor measurement failed".into());
+        return Err(anyhow!("a floor measurement failed"));
     }
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < budget {
         if !f() {
-            return Err("a floor measurement failed".into());
+            return Err(anyhow!("a floor measurement failed"));
         }
         n += 1;
     }
@@ -33,18 +34,20 @@ pub(super) fn mean_us(budget: Duration, mut f: impl FnMut() -> bool) -> Result<f
 
 /// One Ed25519 verification (ed25519-dalek, key already parsed) over `message_len`
 /// bytes, µs.
-pub(super) fn ed25519_verify_us(message_len: usize) -> Result<f64, String> {
-    let key = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+pub(super) fn ed25519_verify_us(message_len: usize) -> anyhow::Result<f64> {
+    let key = KeyPair::generate_did_key(KeyAlgorithm::Ed25519)?;
     let signing = key
         .ed25519_signing_key()
-        .ok_or("no Ed25519 signing key for the floor")?;
+        .ok_or_else(|| anyhow!("no Ed25519 signing key for the floor"))?;
     let payload = json!({ "pad": "x".repeat(message_len.saturating_sub(40)) });
-    let jws = federation::jose::sign(&payload, &key, "floor").map_err(|e| e.to_string())?;
-    let (input, sig) = jws.rsplit_once('.').ok_or("malformed JWS for the floor")?;
-    let sig_bytes = federation::b64::decode(sig).map_err(|e| e.to_string())?;
+    let jws = federation::jose::sign(&payload, &key, "floor")?;
+    let (input, sig) = jws
+        .rsplit_once('.')
+        .ok_or_else(|| anyhow!("malformed JWS for the floor"))?;
+    let sig_bytes = federation::b64::decode(sig)?;
     let signature = TryFrom::try_from(sig_bytes.as_slice())
         .ok()
-        .ok_or("malformed signature for the floor")?;
+        .ok_or_else(|| anyhow!("malformed signature for the floor"))?;
     let verifying = signing.verifying_key();
     let message = input.as_bytes();
     mean_us(Duration::from_millis(500), || {
@@ -54,17 +57,16 @@ pub(super) fn ed25519_verify_us(message_len: usize) -> Result<f64, String> {
 
 /// One policy decision of `domain` on the gateway's sample input with the repository's
 /// policies, µs.
-pub(super) async fn decision_us(policies: &Path, domain: &'static str) -> Result<f64, String> {
+pub(super) async fn decision_us(policies: &Path, domain: &'static str) -> anyhow::Result<f64> {
     let bundle =
-        gateway::policy::PolicyBundle::load(policies).map_err(|e| format!("policies: {e}"))?;
+        gateway::policy::PolicyBundle::load(policies).map_err(|e| anyhow!("policies: {e}"))?;
     tokio::task::spawn_blocking(move || {
         let input = gateway::policy::sample_input(domain);
         mean_us(Duration::from_millis(500), || {
             bundle.evaluate(domain, &input).allow
         })
     })
-    .await
-    .map_err(|e| e.to_string())?
+    .await?
 }
 
 /// The floor of a request that needs `signatures` signature checks and one decision.
@@ -73,7 +75,7 @@ pub(super) async fn request_floor(
     domain: &'static str,
     signatures: usize,
     measured_per_second: f64,
-) -> Result<Floor, String> {
+) -> anyhow::Result<Floor> {
     let sig = ed25519_verify_us(1024)?;
     let decision = decision_us(policies, domain).await?;
     let per_request = signatures as f64 * sig + decision;

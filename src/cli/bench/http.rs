@@ -1,5 +1,6 @@
 //! HTTP with one shared client (connections are reused, as a real requester would).
 
+use anyhow::anyhow;
 use federation::credentials::PresentationBinding;
 use serde_json::{json, Value};
 
@@ -15,23 +16,23 @@ pub(super) enum Answer {
 }
 
 impl Http {
-    pub(super) fn new(connections: usize) -> Result<Http, String> {
+    pub(super) fn new(connections: usize) -> anyhow::Result<Http> {
         Http::with_builder(federation::client::http_client_builder(), connections)
     }
 
     /// A client that waits up to `timeout` for an answer (large answers, slow builds).
-    pub(super) fn patient(timeout: std::time::Duration) -> Result<Http, String> {
+    pub(super) fn patient(timeout: std::time::Duration) -> anyhow::Result<Http> {
         Http::with_builder(
             federation::client::http_client_builder().timeout(timeout),
             1,
         )
     }
 
-    fn with_builder(builder: reqwest::ClientBuilder, connections: usize) -> Result<Http, String> {
+    fn with_builder(builder: reqwest::ClientBuilder, connections: usize) -> anyhow::Result<Http> {
         let client = builder
             .pool_max_idle_per_host(connections.max(1))
             .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+            .map_err(|e| anyhow!("HTTP client: {e}"))?;
         Ok(Http { client })
     }
 
@@ -56,8 +57,8 @@ impl Http {
     }
 
     /// POSTs and returns the status and the body as it came.
-    pub(super) async fn post_raw(&self, url: &str, body: &Value) -> Result<(u16, Vec<u8>), String> {
-        let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+    pub(super) async fn post_raw(&self, url: &str, body: &Value) -> anyhow::Result<(u16, Vec<u8>)> {
+        let bytes = serde_json::to_vec(body)?;
         self.post_raw_with_type(url, bytes, "application/json")
             .await
     }
@@ -68,7 +69,7 @@ impl Http {
         url: &str,
         body: Vec<u8>,
         content_type: &str,
-    ) -> Result<(u16, Vec<u8>), String> {
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
         let resp = self
             .client
             .post(url)
@@ -76,12 +77,9 @@ impl Http {
             .body(body)
             .send()
             .await
-            .map_err(|e| e.without_url().to_string())?;
+            .map_err(|e| e.without_url())?;
         let status = resp.status().as_u16();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| e.without_url().to_string())?;
+        let bytes = resp.bytes().await.map_err(|e| e.without_url())?;
         Ok((status, bytes.to_vec()))
     }
 
@@ -93,14 +91,14 @@ impl Http {
         body: &Value,
         token: Option<&str>,
         expected: u16,
-    ) -> Result<Value, String> {
+    ) -> anyhow::Result<Value> {
         match self.post(url, body, token).await {
             Answer::Status(s, v) if s == expected => Ok(v),
-            Answer::Status(s, v) => Err(format!(
+            Answer::Status(s, v) => Err(anyhow!(
                 "{what}: HTTP {s}: {}",
                 v.to_string().chars().take(300).collect::<String>()
             )),
-            Answer::Transport(e) => Err(format!("{what}: {e}")),
+            Answer::Transport(e) => Err(anyhow!("{what}: {e}")),
         }
     }
 

@@ -1,5 +1,6 @@
 //! Holders and the load loop.
 
+use anyhow::anyhow;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,7 +63,7 @@ pub(super) async fn one_request(
     holder: &Holder,
     format: ProofFormat,
     tally: Option<&mut Tally>,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let binding = match http.challenge(base).await {
         Ok(b) => b,
@@ -75,13 +76,13 @@ pub(super) async fn one_request(
                 t.error(key.clone());
                 return Ok(());
             }
-            return Err(key);
+            return Err(anyhow!(key));
         }
     };
     let challenge_time = t0.elapsed();
     let vp = credentials::present(&holder.credentials, &holder.key, &binding, format)
         .await
-        .map_err(|e| format!("presenting: {e}"))?;
+        .map_err(|e| anyhow!("presenting: {e}"))?;
     let mut body = holder.body.clone();
     body["presentation"] = vp;
     let t1 = Instant::now();
@@ -100,11 +101,11 @@ pub(super) async fn one_request(
         }
         None => match answer {
             Answer::Status(200, _) => Ok(()),
-            Answer::Status(s, v) => Err(format!(
+            Answer::Status(s, v) => Err(anyhow!(
                 "HTTP {s}: {}",
                 v.to_string().chars().take(300).collect::<String>()
             )),
-            Answer::Transport(e) => Err(e),
+            Answer::Transport(e) => Err(anyhow!(e)),
         },
     }
 }
@@ -128,12 +129,12 @@ pub(super) async fn drive(
     target: &Target,
     holders: Vec<Holder>,
     run: &RunArgs,
-) -> Result<(Tally, f64, Option<ServerUsage>, f64), String> {
+) -> anyhow::Result<(Tally, f64, Option<ServerUsage>, f64)> {
     let (base, path, format) = (target.base.as_str(), target.path, target.format);
     for (i, h) in holders.iter().enumerate() {
         one_request(http, base, path, h, format, None)
             .await
-            .map_err(|e| format!("holder {i}: the warm-up request failed: {e}"))?;
+            .map_err(|e| anyhow!("holder {i}: the warm-up request failed: {e}"))?;
     }
     let watched = Watched::start("gateway", target.pid, target.idle_rss_mb);
     let me = Watched::start("load generator", Some(std::process::id()), None);
@@ -151,12 +152,12 @@ pub(super) async fn drive(
             while stop.next() {
                 one_request(&http, &base, path, &holder, format, Some(&mut tally)).await?;
             }
-            Ok::<Tally, String>(tally)
+            Ok::<Tally, anyhow::Error>(tally)
         }));
     }
     let mut total = Tally::default();
     for task in tasks {
-        let t = task.await.map_err(|e| e.to_string())??;
+        let t = task.await??;
         total.latencies.extend(t.latencies);
         total.challenges.extend(t.challenges);
         total.ok += t.ok;
@@ -195,15 +196,15 @@ pub(super) fn report_of(
     }
 }
 
-pub(super) fn check_run(run: &RunArgs, concurrency: usize, what: &str) -> Result<(), String> {
+pub(super) fn check_run(run: &RunArgs, concurrency: usize, what: &str) -> anyhow::Result<()> {
     if concurrency == 0 {
-        return Err(format!("--{what} must be at least 1"));
+        return Err(anyhow!("--{what} must be at least 1"));
     }
     if !(run.duration.is_finite() && run.duration > 0.0) {
-        return Err("--duration must be a positive number of seconds".into());
+        return Err(anyhow!("--duration must be a positive number of seconds"));
     }
     if run.requests == Some(0) {
-        return Err("--requests must be at least 1".into());
+        return Err(anyhow!("--requests must be at least 1"));
     }
     Ok(())
 }
@@ -242,7 +243,7 @@ pub(super) async fn self_issued_consent(
     domain: &str,
     purpose: &str,
     format: ProofFormat,
-) -> Result<Value, String> {
+) -> anyhow::Result<Value> {
     let scope = Scope {
         domain,
         purpose,
@@ -266,7 +267,7 @@ pub(super) async fn consent_for(
     grantee: Value,
     scope: &Scope<'_>,
     format: ProofFormat,
-) -> Result<Value, String> {
+) -> anyhow::Result<Value> {
     let Scope {
         domain,
         purpose,
@@ -293,12 +294,12 @@ pub(super) async fn consent_for(
     );
     credentials::issue(vc, patient, format)
         .await
-        .map_err(|e| format!("issuing a consent: {e}"))
+        .map_err(|e| anyhow!("issuing a consent: {e}"))
 }
 
-pub(super) fn read_token(path: &Path) -> Result<String, String> {
+pub(super) fn read_token(path: &Path) -> anyhow::Result<String> {
     Ok(std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?
         .trim()
         .to_string())
 }
@@ -316,7 +317,7 @@ pub(super) async fn register_consent(
     consent: &Value,
     format: ProofFormat,
     link: Link<'_>,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     if let Some((token, mrn)) = link {
         http.expect(
             "linking a patient DID",
@@ -330,10 +331,8 @@ pub(super) async fn register_consent(
     let binding = http
         .challenge(base)
         .await
-        .map_err(|_| "registering a consent: no challenge".to_string())?;
-    let vp = credentials::present(std::slice::from_ref(consent), patient, &binding, format)
-        .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| anyhow!("registering a consent: no challenge"))?;
+    let vp = credentials::present(std::slice::from_ref(consent), patient, &binding, format).await?;
     http.expect(
         "registering a consent",
         &format!("{base}v1/consents"),
@@ -357,15 +356,15 @@ pub(super) fn say_fn(json_out: bool) -> impl Fn(String) {
 // exchange
 // ---------------------------------------------------------------------------------------
 
-pub(super) async fn exchange(args: ExchangeArgs) -> Result<Printed, String> {
+pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
     check_run(&args.run, args.holders, "holders")?;
-    let format: ProofFormat = args.format.parse().map_err(|e| format!("{e}"))?;
+    let format: ProofFormat = args.format.parse().map_err(|e| anyhow!("{e}"))?;
     if let Some(c) = args
         .data_classes
         .iter()
         .find(|c| !gateway::exchange::is_resource_type(c))
     {
-        return Err(format!("--data-classes: {c:?} is not a FHIR resource type"));
+        return Err(anyhow!("--data-classes: {c:?} is not a FHIR resource type"));
     }
     let say = say_fn(args.run.json);
     let root = repo_root()?;
@@ -401,7 +400,7 @@ pub(super) async fn exchange(args: ExchangeArgs) -> Result<Printed, String> {
         }
         Some(gw) => {
             let (Some(office), Some(token_file)) = (&args.office, &args.office_token_file) else {
-                return Err("--gateway needs --office and --office-token-file".into());
+                return Err(anyhow!("--gateway needs --office and --office-token-file"));
             };
             let token = read_token(token_file)?;
             let gateway_token = args
@@ -423,15 +422,14 @@ pub(super) async fn exchange(args: ExchangeArgs) -> Result<Printed, String> {
     let custodian = http
         .challenge(&base)
         .await
-        .map_err(|_| format!("{base}: no challenge from the gateway"))?
+        .map_err(|_| anyhow!("{base}: no challenge from the gateway"))?
         .domain;
     let mrns = fixture_mrns()?;
 
     let started = Instant::now();
     let mut holders = Vec::with_capacity(args.holders);
     for i in 0..args.holders {
-        let clinician =
-            KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+        let clinician = KeyPair::generate_did_key(KeyAlgorithm::Ed25519)?;
         let answer = http
             .expect(
                 "issuing a privilege",
@@ -445,8 +443,7 @@ pub(super) async fn exchange(args: ExchangeArgs) -> Result<Printed, String> {
             )
             .await?;
         let privilege = answer["verifiableCredential"].clone();
-        let patient =
-            KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+        let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519)?;
         let mrn = &mrns[i % mrns.len()];
         let consent = self_issued_consent(
             &patient,
@@ -503,7 +500,7 @@ pub(super) async fn exchange(args: ExchangeArgs) -> Result<Printed, String> {
 // research
 // ---------------------------------------------------------------------------------------
 
-pub(super) async fn research(args: ResearchArgs) -> Result<Printed, String> {
+pub(super) async fn research(args: ResearchArgs) -> anyhow::Result<Printed> {
     check_run(&args.run, args.holders, "holders")?;
     let say = say_fn(args.run.json);
     let root = repo_root()?;
@@ -513,8 +510,7 @@ pub(super) async fn research(args: ResearchArgs) -> Result<Printed, String> {
     // before the gateway's configuration is written.
     let networks: Vec<KeyPair> = (0..args.holders)
         .map(|_| KeyPair::generate_did_key(KeyAlgorithm::Ed25519))
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
+        .collect::<Result<_, _>>()?;
     let contracts: String = networks
         .iter()
         .map(|n| contract(HOSPITAL_A, n.did(), &["research"], &["HRESCH"]))
@@ -527,8 +523,7 @@ pub(super) async fn research(args: ResearchArgs) -> Result<Printed, String> {
     let started = Instant::now();
     // Every fixture patient consents to the study.
     for mrn in fixture_mrns()? {
-        let patient =
-            KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+        let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519)?;
         let consent = self_issued_consent(
             &patient,
             HOSPITAL_A,
@@ -600,7 +595,7 @@ pub(super) async fn research(args: ResearchArgs) -> Result<Printed, String> {
 // ---------------------------------------------------------------------------------------
 
 /// A batch of `n` fresh events of `custodian`, signed as the service expects.
-pub(super) fn signed_batch(key: &KeyPair, template: &Value, n: usize) -> Result<String, String> {
+pub(super) fn signed_batch(key: &KeyPair, template: &Value, n: usize) -> anyhow::Result<String> {
     let events: Vec<Value> = (0..n)
         .map(|_| {
             let mut e = template.clone();
@@ -611,11 +606,11 @@ pub(super) fn signed_batch(key: &KeyPair, template: &Value, n: usize) -> Result<
         })
         .collect();
     let payload = json!({"custodian": key.did(), "events": events});
-    federation::jose::sign(&payload, key, federation::wire::BATCH_TYP).map_err(|e| e.to_string())
+    federation::jose::sign(&payload, key, federation::wire::BATCH_TYP).map_err(anyhow::Error::from)
 }
 
 /// A typical allowed clinical access event of `custodian` (no PHI, as always).
-pub(super) fn event_template(custodian: &str) -> Result<Value, String> {
+pub(super) fn event_template(custodian: &str) -> anyhow::Result<Value> {
     let event = federation::events::AccessEvent {
         id: String::new(),
         time: chrono::Utc::now(),
@@ -645,7 +640,7 @@ pub(super) fn event_template(custodian: &str) -> Result<Value, String> {
         expires_at: None,
         privacy: None,
     };
-    serde_json::to_value(event).map_err(|e| e.to_string())
+    serde_json::to_value(event).map_err(anyhow::Error::from)
 }
 
 /// What the senders saw: time and tree size of every answer.
@@ -658,11 +653,11 @@ pub(super) struct IngestTally {
     errors: BTreeMap<String, u64>,
 }
 
-pub(super) async fn ingest(args: IngestArgs) -> Result<Printed, String> {
+pub(super) async fn ingest(args: IngestArgs) -> anyhow::Result<Printed> {
     check_run(&args.run, args.senders, "senders")?;
     let max = federation::wire::MAX_BATCH_EVENTS;
     if args.batch == 0 || args.batch > max {
-        return Err(format!("--batch must be 1 to {max} events"));
+        return Err(anyhow!("--batch must be 1 to {max} events"));
     }
     let say = say_fn(args.run.json);
     let scratch = Scratch::new(args.run.dir.clone())?;
@@ -674,10 +669,9 @@ pub(super) async fn ingest(args: IngestArgs) -> Result<Printed, String> {
     let (processes, base, key, pid) = match &args.visibility {
         None => {
             let exe =
-                std::env::current_exe().map_err(|e| format!("cannot find fedgate itself: {e}"))?;
+                std::env::current_exe().map_err(|e| anyhow!("cannot find fedgate itself: {e}"))?;
             let fed = Federation::builder(&exe, &scratch.path, OFFICE, VISIBILITY).start()?;
-            let key = KeyPair::load(&fed.office.dir.join("issuer.key.json"))
-                .map_err(|e| e.to_string())?;
+            let key = KeyPair::load(&fed.office.dir.join("issuer.key.json"))?;
             let base = fed.visibility.url();
             let pid = fed.visibility.process.pid();
             idle_rss = proc_status_mb(pid, "VmRSS:");
@@ -692,8 +686,8 @@ pub(super) async fn ingest(args: IngestArgs) -> Result<Printed, String> {
             let file = args
                 .key
                 .as_ref()
-                .ok_or("--visibility needs --key (a member's key file)")?;
-            let key = KeyPair::load(file).map_err(|e| format!("{}: {e}", file.display()))?;
+                .ok_or_else(|| anyhow!("--visibility needs --key (a member's key file)"))?;
+            let key = KeyPair::load(file).map_err(|e| anyhow!("{}: {e}", file.display()))?;
             (None, with_slash(url), key, args.pid)
         }
     };
@@ -729,9 +723,7 @@ pub(super) async fn ingest(args: IngestArgs) -> Result<Printed, String> {
             while stop.next() {
                 // Signing is the sender's work, kept off the runtime like any CPU work.
                 let (k, t) = (key.clone(), template.clone());
-                let jws = tokio::task::spawn_blocking(move || signed_batch(&k, &t, n))
-                    .await
-                    .map_err(|e| e.to_string())??;
+                let jws = tokio::task::spawn_blocking(move || signed_batch(&k, &t, n)).await??;
                 let t0 = Instant::now();
                 let answer = http.post(&url, &json!({"batch": jws}), None).await;
                 tally.latencies.push(t0.elapsed());
@@ -754,12 +746,12 @@ pub(super) async fn ingest(args: IngestArgs) -> Result<Printed, String> {
                     }
                 }
             }
-            Ok::<IngestTally, String>(tally)
+            Ok::<IngestTally, anyhow::Error>(tally)
         }));
     }
     let mut total = IngestTally::default();
     for task in tasks {
-        let t = task.await.map_err(|e| e.to_string())??;
+        let t = task.await??;
         total.latencies.extend(t.latencies);
         total.heads.extend(t.heads);
         total.appended += t.appended;
@@ -799,8 +791,7 @@ pub(super) async fn ingest(args: IngestArgs) -> Result<Printed, String> {
     // one fsync (an append is durable before it is answered).
     let sample = signed_batch(&key, &template, args.batch)?;
     let verify = ed25519_verify_us(sample.len())?;
-    let event: federation::events::AccessEvent =
-        serde_json::from_value((*template).clone()).map_err(|e| e.to_string())?;
+    let event: federation::events::AccessEvent = serde_json::from_value((*template).clone())?;
     let leaf = federation::wire::leaf_bytes(&federation::wire::LogEntry::Access { event });
     let leaf_hash = mean_us(Duration::from_millis(300), || {
         std::hint::black_box(federation::log::leaf_hash(std::hint::black_box(&leaf)));
@@ -857,10 +848,10 @@ pub(super) async fn ingest(args: IngestArgs) -> Result<Printed, String> {
 }
 
 /// One small write and fsync in `dir`, µs: the durability every append pays.
-pub(super) fn fsync_us(dir: &Path) -> Result<f64, String> {
+pub(super) fn fsync_us(dir: &Path) -> anyhow::Result<f64> {
     use std::io::Write;
     let path = dir.join("fsync-floor");
-    let mut file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut file = std::fs::File::create(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let block = [0u8; 4096];
     let us = mean_us(Duration::from_millis(300), || {
         file.write_all(&block).is_ok() && file.sync_data().is_ok()
@@ -912,14 +903,14 @@ pub(super) async fn exchange_once(
     http: &Http,
     base: &str,
     holder: &Holder,
-) -> Result<(u16, Option<String>), String> {
+) -> anyhow::Result<(u16, Option<String>)> {
     let binding = http
         .challenge(base)
         .await
-        .map_err(|_| "no challenge from the gateway".to_string())?;
+        .map_err(|_| anyhow!("no challenge from the gateway"))?;
     let vp = credentials::present(&holder.credentials, &holder.key, &binding, ProofFormat::Jwt)
         .await
-        .map_err(|e| format!("presenting: {e}"))?;
+        .map_err(|e| anyhow!("presenting: {e}"))?;
     let mut body = holder.body.clone();
     body["presentation"] = vp;
     match http
@@ -927,13 +918,13 @@ pub(super) async fn exchange_once(
         .await
     {
         Answer::Status(s, v) => Ok((s, v["check"].as_str().map(str::to_string))),
-        Answer::Transport(e) => Err(e),
+        Answer::Transport(e) => Err(anyhow!(e)),
     }
 }
 
-pub(super) async fn revocation(args: RevocationArgs) -> Result<Printed, String> {
+pub(super) async fn revocation(args: RevocationArgs) -> anyhow::Result<Printed> {
     if args.samples == 0 {
-        return Err("--samples must be at least 1".into());
+        return Err(anyhow!("--samples must be at least 1"));
     }
     let say = say_fn(args.json);
     let scratch = Scratch::new(args.dir.clone())?;
@@ -952,8 +943,7 @@ pub(super) async fn revocation(args: RevocationArgs) -> Result<Printed, String> 
     let mut rounds = Vec::with_capacity(args.samples);
     let mut allowed_after = 0u64;
     for i in 0..args.samples {
-        let clinician =
-            KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+        let clinician = KeyPair::generate_did_key(KeyAlgorithm::Ed25519)?;
         let answer = http
             .expect(
                 "issuing a privilege",
@@ -967,9 +957,8 @@ pub(super) async fn revocation(args: RevocationArgs) -> Result<Printed, String> 
         let credential_id = federation::jose::decode(privilege.as_str().unwrap_or_default())
             .ok()
             .and_then(|d| d.payload["id"].as_str().map(str::to_string))
-            .ok_or("the office issued a privilege without an id")?;
-        let patient =
-            KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+            .ok_or_else(|| anyhow!("the office issued a privilege without an id"))?;
+        let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519)?;
         let mrn = &mrns[i % mrns.len()];
         let consent = self_issued_consent(
             &patient,
@@ -997,7 +986,7 @@ pub(super) async fn revocation(args: RevocationArgs) -> Result<Printed, String> 
         match exchange_once(&http, &base, &holder).await? {
             (200, _) => rounds.push(t.elapsed()),
             (s, check) => {
-                return Err(format!(
+                return Err(anyhow!(
                 "sample {i}: allowed request refused before revocation (HTTP {s}, check {check:?})"
             ))
             }
@@ -1019,13 +1008,15 @@ pub(super) async fn revocation(args: RevocationArgs) -> Result<Printed, String> 
                 (403, Some(check)) if check == "status" => break Some(t0.elapsed()),
                 (200, _) => allowed_after += 1,
                 (s, check) => {
-                    return Err(format!(
+                    return Err(anyhow!(
                         "sample {i}: unexpected answer after revocation (HTTP {s}, check {check:?})"
                     ))
                 }
             }
         };
-        to_deny.push(denied.ok_or(format!("sample {i}: still allowed 10 s after revocation"))?);
+        to_deny.push(
+            denied.ok_or_else(|| anyhow!("sample {i}: still allowed 10 s after revocation"))?,
+        );
     }
     let one = Latency::of(rounds);
     let measured = Latency::of(to_deny);
@@ -1040,7 +1031,7 @@ pub(super) async fn revocation(args: RevocationArgs) -> Result<Printed, String> 
     drop(fed);
     drop(scratch);
     Ok(Printed {
-        value: serde_json::to_value(&report).map_err(|e| e.to_string())?,
+        value: serde_json::to_value(&report)?,
         text: report.text(),
         json: args.json,
     })

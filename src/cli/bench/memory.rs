@@ -8,6 +8,7 @@
 //! gateway's RSS (VmRSS) and peak (VmHWM) read before, after every `--every` exchanges,
 //! and once more after `--idle` seconds without requests. A load tool, not a test.
 
+use anyhow::anyhow;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -127,19 +128,21 @@ impl MemoryReport {
     }
 }
 
-pub(super) async fn memory(args: MemoryArgs) -> Result<Printed, String> {
+pub(super) async fn memory(args: MemoryArgs) -> anyhow::Result<Printed> {
     if args.synth_patients == 0 || args.exchanges == 0 || args.every == 0 {
-        return Err("--synth-patients, --exchanges and --every must be at least 1".into());
+        return Err(anyhow!(
+            "--synth-patients, --exchanges and --every must be at least 1"
+        ));
     }
     if !(args.idle.is_finite() && args.idle >= 0.0) {
-        return Err("--idle must be a number of seconds".into());
+        return Err(anyhow!("--idle must be a number of seconds"));
     }
     if let Some(c) = args
         .data_classes
         .iter()
         .find(|c| !gateway::exchange::is_resource_type(c))
     {
-        return Err(format!("--data-classes: {c:?} is not a FHIR resource type"));
+        return Err(anyhow!("--data-classes: {c:?} is not a FHIR resource type"));
     }
     let say = say_fn(args.json);
     let scratch = Scratch::new(args.dir.clone())?;
@@ -148,9 +151,11 @@ pub(super) async fn memory(args: MemoryArgs) -> Result<Printed, String> {
     // The synthetic records, one transaction Bundle per patient.
     let started = Instant::now();
     let records = scratch.path.join("synth");
-    std::fs::create_dir_all(&records).map_err(|e| format!("{}: {e}", records.display()))?;
+    std::fs::create_dir_all(&records).map_err(|e| anyhow!("{}: {e}", records.display()))?;
     if args.min_resources == 0 || args.min_resources > args.max_resources {
-        return Err("--min-resources must be at least 1 and at most --max-resources".into());
+        return Err(anyhow!(
+            "--min-resources must be at least 1 and at most --max-resources"
+        ));
     }
     let mut generator = synth::Generator::new(synth::Options {
         min_resources: args.min_resources,
@@ -162,8 +167,8 @@ pub(super) async fn memory(args: MemoryArgs) -> Result<Printed, String> {
     for i in 0..args.synth_patients {
         let patient = generator.patient();
         let path = records.join(format!("patient-{i:04}.json"));
-        let bytes = serde_json::to_vec(&patient.bundle).map_err(|e| e.to_string())?;
-        std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        let bytes = serde_json::to_vec(&patient.bundle)?;
+        std::fs::write(&path, bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         files.push(path);
         patients.push((patient.identity.mrn.clone(), patient.len()));
     }
@@ -210,7 +215,7 @@ pub(super) async fn memory(args: MemoryArgs) -> Result<Printed, String> {
         let (answer, took) = loop {
             match exchange_body(&http, &base, holder).await {
                 Ok(done) => break done,
-                Err(e) if tries < 3 && e.contains("policy evaluation failed") => {
+                Err(e) if tries < 3 && e.to_string().contains("policy evaluation failed") => {
                     tries += 1;
                     retried += 1;
                 }
@@ -245,7 +250,7 @@ pub(super) async fn memory(args: MemoryArgs) -> Result<Printed, String> {
     drop(fed);
     drop(scratch);
     Ok(Printed {
-        value: serde_json::to_value(&report).map_err(|e| e.to_string())?,
+        value: serde_json::to_value(&report)?,
         text: report.text(),
         json: args.json,
     })
@@ -264,11 +269,11 @@ pub(super) async fn exchange_body(
     http: &Http,
     base: &str,
     holder: &Holder,
-) -> Result<(Answered, Duration), String> {
+) -> anyhow::Result<(Answered, Duration)> {
     let binding = http
         .challenge(base)
         .await
-        .map_err(|_| "no challenge from the gateway".to_string())?;
+        .map_err(|_| anyhow!("no challenge from the gateway"))?;
     let vp = federation::credentials::present(
         &holder.credentials,
         &holder.key,
@@ -276,7 +281,7 @@ pub(super) async fn exchange_body(
         ProofFormat::Jwt,
     )
     .await
-    .map_err(|e| format!("presenting: {e}"))?;
+    .map_err(|e| anyhow!("presenting: {e}"))?;
     let mut body = holder.body.clone();
     body["presentation"] = vp;
     let t0 = Instant::now();
@@ -286,7 +291,7 @@ pub(super) async fn exchange_body(
     let took = t0.elapsed();
     let bundle: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
     if status != 200 || bundle["resourceType"] != "Bundle" {
-        return Err(format!(
+        return Err(anyhow!(
             "exchange: HTTP {status}: {}",
             String::from_utf8_lossy(&bytes)
                 .chars()
@@ -316,7 +321,7 @@ pub(super) async fn clinicians_with_consent(
     fed: &crate::harness::Federation,
     patients: &[(String, usize)],
     data_classes: &[String],
-) -> Result<Vec<Holder>, String> {
+) -> anyhow::Result<Vec<Holder>> {
     let gateway = fed.gateway(HOSPITAL_A)?;
     let base = gateway.url();
     let gateway_token = read_token(&gateway.dir.join("admin-token"))?;
@@ -329,8 +334,7 @@ pub(super) async fn clinicians_with_consent(
     };
     let mut holders = Vec::with_capacity(patients.len());
     for (mrn, _) in patients {
-        let clinician =
-            KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+        let clinician = KeyPair::generate_did_key(KeyAlgorithm::Ed25519)?;
         let answer = http
             .expect(
                 "issuing a privilege",
@@ -343,8 +347,7 @@ pub(super) async fn clinicians_with_consent(
                 201,
             )
             .await?;
-        let patient =
-            KeyPair::generate_did_key(KeyAlgorithm::Ed25519).map_err(|e| e.to_string())?;
+        let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519)?;
         let grantee = json!({"id": clinician.did(), "kind": "clinician"});
         let consent =
             consent_for(&patient, HOSPITAL_A, mrn, grantee, &scope, ProofFormat::Jwt).await?;

@@ -157,7 +157,7 @@ pub struct RevocationArgs {
     dir: Option<PathBuf>,
 }
 
-pub async fn run(command: BenchCommand) -> Result<(), String> {
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     let printed = match command {
         BenchCommand::Exchange(args) => exchange(args).await?,
         BenchCommand::Research(args) => research(args).await?,
@@ -167,10 +167,7 @@ pub async fn run(command: BenchCommand) -> Result<(), String> {
         BenchCommand::FhirSource(args) => fhir_source::fhir_source(args).await?,
     };
     if printed.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&printed.value).map_err(|e| e.to_string())?
-        );
+        println!("{}", serde_json::to_string_pretty(&printed.value)?);
     } else {
         print!("{}", printed.text);
     }
@@ -185,9 +182,9 @@ struct Printed {
 }
 
 impl Printed {
-    fn of(report: &Report, json: bool) -> Result<Printed, String> {
+    fn of(report: &Report, json: bool) -> anyhow::Result<Printed> {
         Ok(Printed {
-            value: serde_json::to_value(report).map_err(|e| e.to_string())?,
+            value: serde_json::to_value(report)?,
             text: report.text(),
             json,
         })

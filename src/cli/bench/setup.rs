@@ -1,5 +1,6 @@
 //! The federation under test: started here on loopback, or reached at a given URL.
 
+use anyhow::anyhow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -14,7 +15,7 @@ pub(super) struct Scratch {
 }
 
 impl Scratch {
-    pub(super) fn new(dir: Option<PathBuf>) -> Result<Scratch, String> {
+    pub(super) fn new(dir: Option<PathBuf>) -> anyhow::Result<Scratch> {
         let (path, keep) = match dir {
             Some(d) => (d, true),
             None => (
@@ -22,7 +23,7 @@ impl Scratch {
                 false,
             ),
         };
-        std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::create_dir_all(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         Ok(Scratch { path, keep })
     }
 }
@@ -36,13 +37,13 @@ impl Drop for Scratch {
 }
 
 /// The MRN of the Patient in each of hospital A's fixture bundles.
-pub(super) fn fixture_mrns() -> Result<Vec<String>, String> {
+pub(super) fn fixture_mrns() -> anyhow::Result<Vec<String>> {
     let mrns: Vec<String> = fixtures("hospital-a")?
         .iter()
         .filter_map(|file| fixture_mrn(file).ok())
         .collect();
     if mrns.is_empty() {
-        return Err("no fixture patient with an MRN".into());
+        return Err(anyhow!("no fixture patient with an MRN"));
     }
     Ok(mrns)
 }
@@ -54,7 +55,7 @@ pub(super) fn start_federation(
     contracts: &str,
     more_records: Vec<PathBuf>,
     say: &dyn Fn(String),
-) -> Result<Federation, String> {
+) -> anyhow::Result<Federation> {
     start_federation_with(dir, contracts, more_records, "", say)
 }
 
@@ -65,8 +66,8 @@ pub(super) fn start_federation_with(
     more_records: Vec<PathBuf>,
     more_config: &str,
     say: &dyn Fn(String),
-) -> Result<Federation, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find fedgate itself: {e}"))?;
+) -> anyhow::Result<Federation> {
+    let exe = std::env::current_exe().map_err(|e| anyhow!("cannot find fedgate itself: {e}"))?;
     let started = Instant::now();
     // Events ship at the gateway's default pace, as in the figures of docs/performance.md.
     let fed = Federation::builder(&exe, dir, OFFICE, VISIBILITY)
