@@ -33,7 +33,7 @@ fn corpus_dir(target: &str) -> PathBuf {
         .join(target)
 }
 
-fn smoke(target: &str, per_seed: usize, body: fn(&[u8]) -> Result<(), String>) {
+fn smoke(target: &str, per_seed: usize, body: fn(&[u8]) -> fuzzing::Outcome) {
     let ran = fuzzing::smoke(target, &corpus_dir(target), per_seed, body);
     eprintln!("{target}: {ran} inputs");
 }

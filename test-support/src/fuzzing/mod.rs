@@ -144,25 +144,28 @@ fn json_or_compact(data: &[u8]) -> Option<Value> {
     }
 }
 
-fn err(e: impl ToString) -> String {
-    e.to_string()
+/// What a fuzz body says of one input: accepted, or rejected with the reason.
+pub type Outcome = anyhow::Result<()>;
+
+fn err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
 }
 
 /// The pipeline runs Data Integrity verification on the blocking pool, which turns a panic
 /// there into an error; it is still a panic on input, and a bug.
-fn no_panic_in_task(e: VerifyError) -> String {
+fn no_panic_in_task(e: VerifyError) -> anyhow::Error {
     assert!(
         !e.detail.starts_with("verification aborted"),
         "a verification task panicked: {e}"
     );
-    e.to_string()
+    err(e)
 }
 
 /// A presentation through the whole pipeline, as a gateway verifies `POST /v1/exchange/*`:
 /// the claimed challenge is read first, then the presentation and every embedded
 /// credential are verified.
-pub fn presentation(data: &[u8]) -> Result<(), String> {
-    let input = json_or_compact(data).ok_or("neither JSON nor UTF-8")?;
+pub fn presentation(data: &[u8]) -> anyhow::Result<()> {
+    let input = json_or_compact(data).ok_or_else(|| err("neither JSON nor UTF-8"))?;
     let claimed = federation::verify::claimed_challenge(&input);
     let h = harness();
     let verified = block_on(h.verifier.verify_presentation(&input, &binding()));
@@ -197,8 +200,8 @@ pub fn presentation(data: &[u8]) -> Result<(), String> {
 
 /// One credential as it travels (a `vc+jwt`, an enveloped JWT or a Data Integrity
 /// document), through the credential pipeline.
-pub fn credential(data: &[u8]) -> Result<(), String> {
-    let input = json_or_compact(data).ok_or("neither JSON nor UTF-8")?;
+pub fn credential(data: &[u8]) -> anyhow::Result<()> {
+    let input = json_or_compact(data).ok_or_else(|| err("neither JSON nor UTF-8"))?;
     let claimed_kind = CredentialKind::of_credential(&input);
     let enveloped = credentials::unwrap_enveloped(&input).is_some();
     let h = harness();
@@ -218,7 +221,7 @@ pub fn credential(data: &[u8]) -> Result<(), String> {
 /// A compact JWS: split and decoded with the header rules, and its signature checked
 /// against the did:key its `kid` names. A status list's `encodedList` is inflated, as a
 /// verifier does with every list it fetches.
-pub fn jwt(data: &[u8]) -> Result<(), String> {
+pub fn jwt(data: &[u8]) -> anyhow::Result<()> {
     let text = std::str::from_utf8(data).map_err(err)?;
     let decoded = jose::decode(text).map_err(err)?;
     // The size limit is inclusive and checked before anything is parsed.
@@ -245,7 +248,7 @@ pub fn jwt(data: &[u8]) -> Result<(), String> {
 /// A signed federation manifest installed into a registry pinned to [`governance`], as a
 /// service loads one; and the manifest parser on its own, which a fuzzer could not reach
 /// through the signatures.
-pub fn manifest(data: &[u8]) -> Result<(), String> {
+pub fn manifest(data: &[u8]) -> anyhow::Result<()> {
     if let Ok(m) = Manifest::from_json(data) {
         manifest_invariants(&m);
     }
@@ -258,7 +261,7 @@ pub fn manifest(data: &[u8]) -> Result<(), String> {
     registry.install(&signed).map_err(err)?;
     let installed = registry
         .current()
-        .ok_or("an installed manifest is the one in force")?;
+        .ok_or_else(|| err("an installed manifest is the one in force"))?;
     assert_eq!(
         signed.carries(&installed),
         Ok(true),
@@ -291,7 +294,7 @@ fn manifest_invariants(m: &Manifest) {
 /// A checkpoint note opened with the log's key, as a gateway reads the log's signed tree
 /// heads; and the note's text through the checkpoint body parser on its own, which a
 /// fuzzer could not reach through the signature.
-pub fn checkpoint(data: &[u8]) -> Result<(), String> {
+pub fn checkpoint(data: &[u8]) -> anyhow::Result<()> {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = NoteVerifier::parse_vkey(text);
         let body = match text.split_once("\n\n") {
@@ -620,7 +623,7 @@ fn run_one<T>(target: &str, name: &str, input: &[u8], body: impl FnOnce(&[u8]) -
 /// What a seed's file name says about it: `ok-…` must be accepted, `rejected-WORD-…` must
 /// be rejected with a reason that mentions WORD, and `crash-…` (an input that once made a
 /// body panic) must only run to completion.
-fn check_seed(target: &str, name: &str, outcome: &Result<(), String>) {
+fn check_seed(target: &str, name: &str, outcome: &anyhow::Result<()>) {
     if name.starts_with("crash-") {
         return;
     }
@@ -639,7 +642,7 @@ fn check_seed(target: &str, name: &str, outcome: &Result<(), String>) {
     match outcome {
         Ok(()) => panic!("{target} seed {name} is accepted; it should be rejected"),
         Err(e) => assert!(
-            e.contains(word),
+            e.to_string().contains(word),
             "{target} seed {name} is rejected for another reason: {e}"
         ),
     }
@@ -652,7 +655,7 @@ pub fn smoke(
     target: &str,
     dir: &Path,
     per_seed: usize,
-    body: impl Fn(&[u8]) -> Result<(), String>,
+    body: impl Fn(&[u8]) -> anyhow::Result<()>,
 ) -> usize {
     let seeds = read_corpus(dir).unwrap_or_else(|e| panic!("seed corpus {}: {e}", dir.display()));
     assert!(
