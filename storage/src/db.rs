@@ -31,9 +31,17 @@ pub struct Db {
 }
 
 struct Inner {
-    db: Arc<redb::Database>,
+    engine: Engine,
     writer: Writer,
     path: Option<PathBuf>,
+    /// Labels metrics.
+    name: &'static str,
+}
+
+/// Where the trees are kept.
+enum Engine {
+    Redb(Arc<redb::Database>),
+    Postgres(crate::pg::Pg),
 }
 
 impl Db {
@@ -110,10 +118,64 @@ impl Db {
         let db = Arc::new(db);
         let writer = Writer::start(db.clone(), path.as_deref(), schema.name)?;
         let store = Db {
-            inner: Arc::new(Inner { db, writer, path }),
+            inner: Arc::new(Inner {
+                engine: Engine::Redb(db),
+                writer,
+                path,
+                name: schema.name,
+            }),
         };
         store.check_schema(schema)?;
         Ok(store)
+    }
+
+    /// Opens the service's state in a PostgreSQL schema, which other processes of the same
+    /// service may share: connects, applies pending migrations (refusing a schema that a
+    /// newer fedgate migrated), and checks the service's layout version as [`Db::open`]
+    /// does. See the `pg` module for how writes of several processes are ordered.
+    pub fn open_postgres(options: &crate::PgOptions, schema: Schema) -> Result<Db, StoreError> {
+        let (pg, connector) = crate::pg::Pg::open(options, schema.name)?;
+        let stats = pg.stats();
+        let name = schema.name;
+        let shown = pg.shown().to_string();
+        let writer = Writer::spawn(
+            move |jobs, _flag| crate::pg::run_writer(&connector, &jobs, name, &stats),
+            |e| StoreError::Config {
+                at: shown,
+                reason: format!("starting the writer thread: {e}"),
+            },
+        )?;
+        let store = Db {
+            inner: Arc::new(Inner {
+                engine: Engine::Postgres(pg),
+                writer,
+                path: None,
+                name: schema.name,
+            }),
+        };
+        store.check_schema(schema)?;
+        Ok(store)
+    }
+
+    /// Where this database is, for messages: its file, or its PostgreSQL URL and schema.
+    pub fn location(&self) -> String {
+        match (&self.inner.engine, &self.inner.path) {
+            (Engine::Postgres(pg), _) => pg.shown().to_string(),
+            (Engine::Redb(_), Some(path)) => path.display().to_string(),
+            (Engine::Redb(_), None) => "(in memory)".into(),
+        }
+    }
+
+    /// Whether this database is shared through PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.inner.engine, Engine::Postgres(_))
+    }
+
+    /// Sets the connection-pool gauges (PostgreSQL only): called when metrics are rendered.
+    pub fn record_metrics(&self) {
+        if let Engine::Postgres(pg) = &self.inner.engine {
+            pg.record_metrics(self.inner.name);
+        }
     }
 
     fn check_schema(&self, schema: Schema) -> Result<(), StoreError> {
@@ -127,7 +189,7 @@ impl Db {
         };
         match stored {
             Some(found) if found > schema.version => Err(StoreError::Newer {
-                path: self.inner.path.clone().unwrap_or_default(),
+                at: self.location(),
                 what: "schema",
                 found,
                 supported: schema.version,
@@ -152,8 +214,13 @@ impl Db {
         if self.inner.writer.is_stopped() {
             return Err(StoreError::Stopped);
         }
-        self.inner.db.begin_read()?;
-        Ok(())
+        match &self.inner.engine {
+            Engine::Redb(db) => {
+                db.begin_read()?;
+                Ok(())
+            }
+            Engine::Postgres(pg) => pg.health(),
+        }
     }
 
     /// The file this database is in (none for a temporary one).
@@ -162,10 +229,21 @@ impl Db {
     }
 
     /// A consistent view of every tree as of now; later commits do not change it.
+    ///
+    /// On PostgreSQL, each read of a snapshot sees the latest committed state instead (the
+    /// `pg` module says why that is enough for fedgate's stores).
     pub fn read(&self) -> Result<Snapshot, StoreError> {
-        Ok(Snapshot {
-            txn: self.inner.db.begin_read()?,
+        Ok(match &self.inner.engine {
+            Engine::Redb(db) => Snapshot::Redb(db.begin_read()?),
+            Engine::Postgres(_) => Snapshot::Pg(self.clone()),
         })
+    }
+
+    fn pg(&self) -> Option<&crate::pg::Pg> {
+        match &self.inner.engine {
+            Engine::Postgres(pg) => Some(pg),
+            Engine::Redb(_) => None,
+        }
     }
 
     /// Runs `f` in a write transaction and returns its result once the transaction is on
@@ -229,7 +307,7 @@ fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
             if reason.contains("Expected file format version") =>
         {
             StoreError::Newer {
-                path,
+                at: path.display().to_string(),
                 what: "file format",
                 found: reason
                     .rsplit(' ')
@@ -247,16 +325,30 @@ fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
 }
 
 /// A read-only view of the database as of one moment.
-pub struct Snapshot {
-    txn: redb::ReadTransaction,
+pub enum Snapshot {
+    #[doc(hidden)]
+    Redb(redb::ReadTransaction),
+    #[doc(hidden)]
+    Pg(Db),
 }
 
 impl Snapshot {
     fn table(&self, tree: &(impl Named + ?Sized)) -> Result<Option<ReadTable>, StoreError> {
-        match self.txn.open_table(definition(tree.name())) {
+        let Snapshot::Redb(txn) = self else {
+            return Ok(None);
+        };
+        match txn.open_table(definition(tree.name())) {
             Ok(t) => Ok(Some(t)),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The PostgreSQL backend, when this is a snapshot of one.
+    fn pg(&self) -> Option<&crate::pg::Pg> {
+        match self {
+            Snapshot::Pg(db) => db.pg(),
+            Snapshot::Redb(_) => None,
         }
     }
 
@@ -266,6 +358,10 @@ impl Snapshot {
         tree: &(impl Named + ?Sized),
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(pg) = self.pg() {
+            let (tree, key) = (tree.name().to_string(), key.to_vec());
+            return pg.read(move |c| c.get(&tree, &key));
+        }
         match self.table(tree)? {
             None => Ok(None),
             Some(t) => Ok(t.get(key)?.map(|v| v.value().to_vec())),
@@ -277,8 +373,11 @@ impl Snapshot {
         &self,
         tree: &(impl Named + ?Sized),
         range: impl RangeBounds<&'a [u8]> + 'a,
-        f: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+        mut f: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
+        if let Some(pg) = self.pg() {
+            return crate::pg::snapshot_scan(pg, tree.name(), range, false, &mut f);
+        }
         match self.table(tree)? {
             None => Ok(()),
             Some(t) => scan_table(&t, range, false, f),
@@ -290,8 +389,11 @@ impl Snapshot {
         &self,
         tree: &(impl Named + ?Sized),
         range: impl RangeBounds<&'a [u8]> + 'a,
-        f: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+        mut f: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
+        if let Some(pg) = self.pg() {
+            return crate::pg::snapshot_scan(pg, tree.name(), range, true, &mut f);
+        }
         match self.table(tree)? {
             None => Ok(()),
             Some(t) => scan_table(&t, range, true, f),
@@ -300,6 +402,10 @@ impl Snapshot {
 
     /// The first (lowest-keyed) entry.
     pub fn first(&self, tree: &(impl Named + ?Sized)) -> Result<Option<Entry>, StoreError> {
+        if let Some(pg) = self.pg() {
+            let tree = tree.name().to_string();
+            return pg.read(move |c| c.end(&tree, false));
+        }
         match self.table(tree)? {
             None => Ok(None),
             Some(t) => Ok(t
@@ -310,6 +416,10 @@ impl Snapshot {
 
     /// The last (highest-keyed) entry.
     pub fn last(&self, tree: &(impl Named + ?Sized)) -> Result<Option<Entry>, StoreError> {
+        if let Some(pg) = self.pg() {
+            let tree = tree.name().to_string();
+            return pg.read(move |c| c.end(&tree, true));
+        }
         match self.table(tree)? {
             None => Ok(None),
             Some(t) => Ok(t
@@ -320,6 +430,10 @@ impl Snapshot {
 
     /// How many entries the tree holds.
     pub fn len(&self, tree: &(impl Named + ?Sized)) -> Result<u64, StoreError> {
+        if let Some(pg) = self.pg() {
+            let tree = tree.name().to_string();
+            return pg.read(move |c| c.len(&tree));
+        }
         match self.table(tree)? {
             None => Ok(0),
             Some(t) => Ok(t.len()?),

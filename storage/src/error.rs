@@ -15,11 +15,10 @@ pub enum StoreError {
     Corrupt { path: PathBuf, reason: String },
     /// A newer fedgate (or a newer redb) wrote the file; this one must not change it.
     #[error(
-        "database {} was written by a newer fedgate ({what} {found}, this version reads up to {supported}); run the newer version",
-        path.display()
+        "database {at} was written by a newer fedgate ({what} {found}, this version reads up to {supported}); run the newer version"
     )]
     Newer {
-        path: PathBuf,
+        at: String,
         what: &'static str,
         found: u64,
         supported: u64,
@@ -31,6 +30,17 @@ pub enum StoreError {
         path.display()
     )]
     Folder { path: PathBuf },
+    /// The PostgreSQL settings cannot work (a URL that does not parse or holds a password,
+    /// a bad schema name, an unusable CA file).
+    #[error("database {at}: {reason}")]
+    Config { at: String, reason: String },
+    /// The PostgreSQL server could not be reached, or refused the connection (a wrong
+    /// password, an unknown database): the server's own reason.
+    #[error("database {at}: cannot connect: {reason}")]
+    Unreachable { at: String, reason: String },
+    /// A PostgreSQL statement failed.
+    #[error("database: {0}")]
+    Postgres(String),
     /// A read or a commit failed.
     #[error("database: {0}")]
     Storage(#[from] redb::Error),

@@ -16,12 +16,14 @@
 
 mod db;
 mod error;
+mod pg;
 mod table;
 mod tree;
 mod write;
 
 pub use db::{Db, Schema, Snapshot};
 pub use error::StoreError;
+pub use pg::{migrate, migration_status, valid_schema_name, MigrationStatus, PgOptions};
 pub use table::{Entry, Named};
 pub use tree::Tree;
 pub use write::WriteTx;

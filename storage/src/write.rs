@@ -31,6 +31,8 @@ const MAX_BATCH: usize = 1024;
 pub(crate) trait Pending: Send {
     /// Runs the closure in `txn`. On error, its changes are already undone.
     fn run(self: Box<Self>, txn: &redb::WriteTransaction) -> Ran;
+    /// Runs the closure in the PostgreSQL transaction open on `conn`.
+    fn run_pg(self: Box<Self>, conn: &mut crate::pg::Conn) -> Ran;
     /// Answers without running: the batch or the writer failed first.
     fn refuse(self: Box<Self>, error: StoreError);
 }
@@ -38,11 +40,11 @@ pub(crate) trait Pending: Send {
 /// What running one closure left to do once the commit is decided.
 pub(crate) struct Ran {
     /// It changed something (an all-failed or read-only batch is not committed).
-    wrote: bool,
+    pub(crate) wrote: bool,
     /// Its changes could not be undone, or it panicked half-way: the batch must not commit.
-    poisoned: Option<String>,
+    pub(crate) poisoned: Option<String>,
     /// Hands the result back: with `Ok` once committed, or the commit's error.
-    answer: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+    pub(crate) answer: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
 }
 
 struct Job<F, R, E> {
@@ -57,12 +59,30 @@ where
     E: From<StoreError> + Send + 'static,
 {
     fn run(self: Box<Self>, txn: &redb::WriteTransaction) -> Ran {
+        self.run_in(WriteTx::new(txn))
+    }
+
+    fn run_pg(self: Box<Self>, conn: &mut crate::pg::Conn) -> Ran {
+        self.run_in(WriteTx::with_pg(conn))
+    }
+
+    fn refuse(self: Box<Self>, error: StoreError) {
+        (self.reply)(Err(E::from(error)));
+    }
+}
+
+impl<F, R, E> Job<F, R, E>
+where
+    F: FnOnce(&mut WriteTx<'_>) -> Result<R, E> + Send,
+    R: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+{
+    fn run_in(self: Box<Self>, mut tx: WriteTx<'_>) -> Ran {
         let Job { f, reply } = *self;
-        let mut tx = WriteTx::new(txn);
         let outcome = catch_unwind(AssertUnwindSafe(|| f(&mut tx)));
         match outcome {
             Ok(Ok(value)) => Ran {
-                wrote: !tx.undo.is_empty(),
+                wrote: tx.wrote(),
                 poisoned: None,
                 answer: Box::new(move |committed| {
                     reply(committed.map(|()| value).map_err(E::from))
@@ -85,10 +105,6 @@ where
             },
         }
     }
-
-    fn refuse(self: Box<Self>, error: StoreError) {
-        (self.reply)(Err(E::from(error)));
-    }
 }
 
 /// The handle on the writer thread; dropping it stops the thread and waits for it, so that
@@ -107,16 +123,27 @@ impl Writer {
         path: Option<&Path>,
         name: &'static str,
     ) -> Result<Writer, StoreError> {
+        Writer::spawn(
+            move |jobs, flag| run(&db, &jobs, name, &flag),
+            |e| StoreError::Open {
+                path: path.map(Path::to_path_buf).unwrap_or_default(),
+                reason: format!("starting the writer thread: {e}"),
+            },
+        )
+    }
+
+    /// Starts a writer thread running `body` on the queue of writes.
+    pub(crate) fn spawn(
+        body: impl FnOnce(mpsc::Receiver<Box<dyn Pending>>, Arc<AtomicBool>) + Send + 'static,
+        failed: impl FnOnce(std::io::Error) -> StoreError,
+    ) -> Result<Writer, StoreError> {
         let (queue, jobs) = mpsc::channel::<Box<dyn Pending>>();
         let stopped = Arc::new(AtomicBool::new(false));
         let flag = stopped.clone();
         let thread = thread::Builder::new()
             .name("db-writer".into())
-            .spawn(move || run(&db, &jobs, name, &flag))
-            .map_err(|e| StoreError::Open {
-                path: path.map(Path::to_path_buf).unwrap_or_default(),
-                reason: format!("starting the writer thread: {e}"),
-            })?;
+            .spawn(move || body(jobs, flag))
+            .map_err(failed)?;
         Ok(Writer {
             queue: Some(queue),
             thread: Some(thread),
@@ -278,31 +305,36 @@ type WriteTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
 /// One write's view of the database: it reads what earlier writes of the same batch and
 /// its own changes left, and its changes are undone if it returns an error.
 pub struct WriteTx<'t> {
-    txn: &'t redb::WriteTransaction,
-    tables: Vec<(Arc<str>, WriteTable<'t>)>,
+    ops: Ops<'t>,
     /// Each change, oldest first, with the value it replaced.
     undo: Vec<Change>,
+}
+
+/// The transaction a write runs in, on either backend.
+enum Ops<'t> {
+    Redb {
+        txn: &'t redb::WriteTransaction,
+        tables: Vec<(Arc<str>, WriteTable<'t>)>,
+    },
+    Pg(&'t mut crate::pg::Conn),
 }
 
 impl<'t> WriteTx<'t> {
     fn new(txn: &'t redb::WriteTransaction) -> Self {
         WriteTx {
-            txn,
-            tables: Vec::new(),
+            ops: Ops::Redb {
+                txn,
+                tables: Vec::new(),
+            },
             undo: Vec::new(),
         }
     }
 
-    fn table(&mut self, tree: &(impl Named + ?Sized)) -> Result<&mut WriteTable<'t>, StoreError> {
-        let at = match self.tables.iter().position(|(n, _)| **n == *tree.name()) {
-            Some(at) => at,
-            None => {
-                let table = self.txn.open_table(definition(tree.name()))?;
-                self.tables.push((tree.name().into(), table));
-                self.tables.len() - 1
-            }
-        };
-        Ok(&mut self.tables[at].1)
+    pub(crate) fn with_pg(conn: &'t mut crate::pg::Conn) -> Self {
+        WriteTx {
+            ops: Ops::Pg(conn),
+            undo: Vec::new(),
+        }
     }
 
     /// The value at `key`.
@@ -311,7 +343,12 @@ impl<'t> WriteTx<'t> {
         tree: &(impl Named + ?Sized),
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.table(tree)?.get(key)?.map(|v| v.value().to_vec()))
+        match &mut self.ops {
+            Ops::Redb { txn, tables } => {
+                Ok(table(txn, tables, tree.name())?.get(key)?.map(|v| v.value().to_vec()))
+            }
+            Ops::Pg(conn) => conn.get(tree.name(), key),
+        }
     }
 
     /// Sets `key` to `value`; returns the value it replaced.
@@ -321,10 +358,7 @@ impl<'t> WriteTx<'t> {
         key: &[u8],
         value: &[u8],
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        let before = self
-            .table(tree)?
-            .insert(key, value)?
-            .map(|v| v.value().to_vec());
+        let before = self.put(tree.name(), key, value)?;
         self.undo
             .push((tree.name().into(), key.to_vec(), before.clone()));
         Ok(before)
@@ -336,12 +370,30 @@ impl<'t> WriteTx<'t> {
         tree: &(impl Named + ?Sized),
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        let before = self.table(tree)?.remove(key)?.map(|v| v.value().to_vec());
+        let before = self.delete(tree.name(), key)?;
         if before.is_some() {
             self.undo
                 .push((tree.name().into(), key.to_vec(), before.clone()));
         }
         Ok(before)
+    }
+
+    fn put(&mut self, tree: &str, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match &mut self.ops {
+            Ops::Redb { txn, tables } => Ok(table(txn, tables, tree)?
+                .insert(key, value)?
+                .map(|v| v.value().to_vec())),
+            Ops::Pg(conn) => conn.insert(tree, key, value),
+        }
+    }
+
+    fn delete(&mut self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match &mut self.ops {
+            Ops::Redb { txn, tables } => {
+                Ok(table(txn, tables, tree)?.remove(key)?.map(|v| v.value().to_vec()))
+            }
+            Ops::Pg(conn) => conn.remove(tree, key),
+        }
     }
 
     /// Calls `f` with each entry in `range`, in key order, until it breaks.
@@ -351,7 +403,7 @@ impl<'t> WriteTx<'t> {
         range: impl RangeBounds<&'a [u8]> + 'a,
         f: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        scan_table(&*self.table(tree)?, range, false, f)
+        self.walk(tree.name(), range, false, f)
     }
 
     /// As [`WriteTx::scan`], from the last key down.
@@ -361,7 +413,20 @@ impl<'t> WriteTx<'t> {
         range: impl RangeBounds<&'a [u8]> + 'a,
         f: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        scan_table(&*self.table(tree)?, range, true, f)
+        self.walk(tree.name(), range, true, f)
+    }
+
+    fn walk<'a>(
+        &mut self,
+        tree: &str,
+        range: impl RangeBounds<&'a [u8]> + 'a,
+        reverse: bool,
+        f: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        match &mut self.ops {
+            Ops::Redb { txn, tables } => scan_table(&*table(txn, tables, tree)?, range, reverse, f),
+            Ops::Pg(conn) => conn.scan(tree, range, reverse, f),
+        }
     }
 
     /// Every key that starts with `prefix`, in order.
@@ -381,30 +446,56 @@ impl<'t> WriteTx<'t> {
 
     /// The last (highest-keyed) entry.
     pub fn last(&mut self, tree: &(impl Named + ?Sized)) -> Result<Option<Entry>, StoreError> {
-        Ok(self
-            .table(tree)?
-            .last()?
-            .map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
+        match &mut self.ops {
+            Ops::Redb { txn, tables } => Ok(table(txn, tables, tree.name())?
+                .last()?
+                .map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))),
+            Ops::Pg(conn) => conn.end(tree.name(), true),
+        }
     }
 
     /// How many entries the tree holds.
     pub fn len(&mut self, tree: &(impl Named + ?Sized)) -> Result<u64, StoreError> {
-        Ok(self.table(tree)?.len()?)
+        match &mut self.ops {
+            Ops::Redb { txn, tables } => Ok(table(txn, tables, tree.name())?.len()?),
+            Ops::Pg(conn) => conn.len(tree.name()),
+        }
     }
 
     /// Puts back what this write changed, newest change first.
     fn undo_all(&mut self) -> Result<(), StoreError> {
         while let Some((tree, key, before)) = self.undo.pop() {
-            let table = self.table(&*tree)?;
             match before {
                 Some(value) => {
-                    table.insert(key.as_slice(), value.as_slice())?;
+                    self.put(&tree, &key, &value)?;
                 }
                 None => {
-                    table.remove(key.as_slice())?;
+                    self.delete(&tree, &key)?;
                 }
             }
         }
         Ok(())
     }
+
+    /// Whether this write changed anything.
+    fn wrote(&self) -> bool {
+        !self.undo.is_empty()
+    }
+}
+
+/// The redb table of `tree` in `txn`, opened once per write.
+fn table<'t, 'x>(
+    txn: &'t redb::WriteTransaction,
+    tables: &'x mut Vec<(Arc<str>, WriteTable<'t>)>,
+    tree: &str,
+) -> Result<&'x mut WriteTable<'t>, StoreError> {
+    let at = match tables.iter().position(|(n, _)| **n == *tree) {
+        Some(at) => at,
+        None => {
+            let t = txn.open_table(definition(tree))?;
+            tables.push((tree.into(), t));
+            tables.len() - 1
+        }
+    };
+    Ok(&mut tables[at].1)
 }

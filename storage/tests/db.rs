@@ -6,6 +6,19 @@ use std::time::Duration;
 
 use storage::{Db, Schema, StoreError};
 
+mod place;
+use place::Place;
+
+on_both!(
+    writes_survive_a_reopen_and_reads_see_them,
+    a_failed_write_keeps_nothing_and_does_not_spoil_its_batch,
+    concurrent_check_and_set_never_overspends,
+    many_writers_share_commits_and_none_hangs,
+    blocking_writes_work_inside_and_outside_a_runtime,
+    prefix_scans_and_ranges_keep_to_their_keys,
+    long_scans_cross_pages_both_ways,
+);
+
 const SCHEMA: Schema = Schema {
     name: "test",
     version: 2,
@@ -15,12 +28,9 @@ fn key(i: u64) -> [u8; 8] {
     i.to_be_bytes()
 }
 
-#[tokio::test]
-async fn writes_survive_a_reopen_and_reads_see_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sub").join("x.redb");
+async fn writes_survive_a_reopen_and_reads_see_them(place: Place) {
     {
-        let db = Db::open(&path, SCHEMA).unwrap();
+        let db = place.open(SCHEMA).unwrap();
         let t = db.tree("t");
         assert_eq!(t.get(b"a").unwrap(), None);
         t.insert(b"a", b"1").await.unwrap();
@@ -29,16 +39,15 @@ async fn writes_survive_a_reopen_and_reads_see_them() {
         assert_eq!(t.get(b"b").unwrap().as_deref(), Some(&b"2"[..]));
     }
     // The file is closed when the last handle is dropped: it reopens at once.
-    let db = Db::open(&path, SCHEMA).unwrap();
+    let db = place.open(SCHEMA).unwrap();
     let t = db.tree("t");
     assert_eq!(t.get(b"a").unwrap(), None);
     assert_eq!(t.entries().unwrap(), vec![(b"b".to_vec(), b"2".to_vec())]);
     assert_eq!(db.tree("never-written").len().unwrap(), 0);
 }
 
-#[tokio::test]
-async fn a_failed_write_keeps_nothing_and_does_not_spoil_its_batch() {
-    let db = Db::temporary(SCHEMA).unwrap();
+async fn a_failed_write_keeps_nothing_and_does_not_spoil_its_batch(place: Place) {
+    let db = place.open(SCHEMA).unwrap();
     let t = db.tree("t");
     t.insert(b"kept", b"old").await.unwrap();
     let mut tasks = Vec::new();
@@ -77,9 +86,8 @@ async fn a_failed_write_keeps_nothing_and_does_not_spoil_its_batch() {
     assert_eq!(t.get(b"kept").unwrap().as_deref(), Some(&b"old"[..]));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_check_and_set_never_overspends() {
-    let db = Db::temporary(SCHEMA).unwrap();
+async fn concurrent_check_and_set_never_overspends(place: Place) {
+    let db = place.open(SCHEMA).unwrap();
     let t = db.tree("budget");
     let mut tasks = Vec::new();
     for _ in 0..50 {
@@ -111,11 +119,9 @@ async fn concurrent_check_and_set_never_overspends() {
     assert_eq!(t.get(b"s").unwrap().unwrap(), 980u64.to_be_bytes());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn many_writers_share_commits_and_none_hangs() {
+async fn many_writers_share_commits_and_none_hangs(place: Place) {
     // Bounded in time: a hang in the writer fails the test instead of stalling the run.
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(&dir.path().join("x.redb"), SCHEMA).unwrap();
+    let db = place.open(SCHEMA).unwrap();
     let t = db.tree("log");
     let run = async {
         let mut tasks = Vec::new();
@@ -137,9 +143,8 @@ async fn many_writers_share_commits_and_none_hangs() {
     assert_eq!(t.len().unwrap(), 64 * 50);
 }
 
-#[tokio::test]
-async fn blocking_writes_work_inside_and_outside_a_runtime() {
-    let db = Db::temporary(SCHEMA).unwrap();
+async fn blocking_writes_work_inside_and_outside_a_runtime(place: Place) {
+    let db = place.open(SCHEMA).unwrap();
     let t = db.tree("t");
     let t2 = t.clone();
     db.write_blocking(move |tx| tx.insert(&t2, b"a", b"1").map(|_| ()))
@@ -155,9 +160,8 @@ async fn blocking_writes_work_inside_and_outside_a_runtime() {
     assert_eq!(t.len().unwrap(), 2);
 }
 
-#[tokio::test]
-async fn prefix_scans_and_ranges_keep_to_their_keys() {
-    let db = Db::temporary(SCHEMA).unwrap();
+async fn prefix_scans_and_ranges_keep_to_their_keys(place: Place) {
+    let db = place.open(SCHEMA).unwrap();
     let t = db.tree("t");
     for k in ["s1/a", "s1/b", "s10/a", "s2/a", "s1\u{ff}"] {
         t.insert(k.as_bytes(), b"").await.unwrap();
@@ -185,6 +189,64 @@ async fn prefix_scans_and_ranges_keep_to_their_keys() {
         .unwrap();
     assert_eq!(seen.first().map(Vec::as_slice), Some(&b"s1\xc3\xbf"[..]));
     assert_eq!(t.last().unwrap().unwrap().0, all_ff.to_vec());
+}
+
+async fn long_scans_cross_pages_both_ways(place: Place) {
+    // More entries than one round trip fetches on PostgreSQL, in one write.
+    let db = place.open(SCHEMA).unwrap();
+    let t = db.tree("long");
+    let t2 = t.clone();
+    db.write(move |tx| {
+        for i in 0..1300u64 {
+            tx.insert(&t2, &key(i), &i.to_le_bytes())?;
+        }
+        Ok::<_, StoreError>(())
+    })
+    .await
+    .unwrap();
+    let all = t.entries().unwrap();
+    assert_eq!(all.len(), 1300);
+    assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "in key order");
+    let (lo, hi) = (key(100), key(1200));
+    let mut down = Vec::new();
+    db.read()
+        .unwrap()
+        .scan_rev(&t, &lo[..]..&hi[..], |k, _| {
+            down.push(u64::from_be_bytes(k.try_into().unwrap()));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(down, (100..1200).rev().collect::<Vec<_>>());
+    // A scan that stops early stops: it sees exactly what it asked for.
+    let mut first = Vec::new();
+    t.scan(&lo[..].., |k, _| {
+        first.push(k.to_vec());
+        if first.len() == 700 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .unwrap();
+    assert_eq!(first.len(), 700);
+    assert_eq!(first[699], key(799).to_vec());
+    // Inside a write, the same walk sees the write's own changes.
+    let t3 = t.clone();
+    let (count, last) = db
+        .write(move |tx| {
+            tx.remove(&t3, &key(5))?;
+            let mut n = 0u64;
+            tx.scan(&t3, .., |_, _| {
+                n += 1;
+                ControlFlow::Continue(())
+            })?;
+            Ok::<_, StoreError>((n, tx.last(&t3)?.map(|e| e.0)))
+        })
+        .await
+        .unwrap();
+    assert_eq!(count, 1299);
+    assert_eq!(last, Some(key(1299).to_vec()));
+    assert_eq!(t.len().unwrap(), 1299);
 }
 
 #[test]

@@ -1,0 +1,96 @@
+//! Where a test's database is: an embedded file, or a fresh schema on the test PostgreSQL
+//! server. Tests that state the database's promises run on both (see `on_both!`).
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use storage::{Db, PgOptions, Schema, StoreError};
+
+pub enum Place {
+    Embedded(tempfile::TempDir, PathBuf),
+    Postgres(PgOptions),
+}
+
+impl Place {
+    pub fn embedded() -> Place {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("x.redb");
+        Place::Embedded(dir, path)
+    }
+
+    /// A schema of its own on the test server, so that tests do not see each other.
+    pub fn postgres() -> Place {
+        Place::Postgres(pg_options(&format!("t_{}", uuid())))
+    }
+
+    pub fn open(&self, schema: Schema) -> Result<Db, StoreError> {
+        match self {
+            Place::Embedded(_, path) => Db::open(path, schema),
+            Place::Postgres(options) => Db::open_postgres(options, schema),
+        }
+    }
+
+    pub fn options(&self) -> &PgOptions {
+        match self {
+            Place::Postgres(o) => o,
+            Place::Embedded(..) => panic!("not a PostgreSQL place"),
+        }
+    }
+}
+
+fn uuid() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Options for `schema` on the test server.
+pub fn pg_options(schema: &str) -> PgOptions {
+    let server = server();
+    PgOptions {
+        url: server.0.clone(),
+        password: Some(server.1.clone()),
+        schema: schema.into(),
+        ca_pem: None,
+        readers: 4,
+        application: "storage-tests".into(),
+    }
+}
+
+/// The test server's URL and password.
+pub fn server() -> &'static (String, String) {
+    static SERVER: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    SERVER.get_or_init(|| {
+        (
+            std::env::var("FEDGATE_TEST_PG_URL").expect("FEDGATE_TEST_PG_URL"),
+            std::env::var("FEDGATE_TEST_PG_PASSWORD").expect("FEDGATE_TEST_PG_PASSWORD"),
+        )
+    })
+}
+
+/// Runs the async test `$name(place)` once on an embedded file and once on PostgreSQL.
+#[macro_export]
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn embedded() {
+                super::$name(super::place::Place::embedded()).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::$name(super::place::Place::postgres()).await
+            }
+        }
+    )*};
+}
