@@ -88,6 +88,11 @@ enum Command {
         #[command(subcommand)]
         command: IssuerCommand,
     },
+    /// A service's PostgreSQL schema: its migrations.
+    Db {
+        #[command(subcommand)]
+        command: cli::db::DbCommand,
+    },
     /// Load tools: clinical exchange, research queries, visibility ingest.
     Bench {
         #[command(subcommand)]
@@ -203,6 +208,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Federation { command } => cli::federation::run(command),
         Command::Policy { command } => cli::policy::run(command),
         Command::Records { command } => cli::records::run(command),
+        Command::Db { command } => cli::db::run(command),
         Command::Visibility { command } => cli::visibility::run(command).await,
         Command::Gateway {
             command: GatewayCommand::Serve { config },

@@ -23,6 +23,10 @@ pub struct GatewayConfig {
     pub secret_file: PathBuf,
     /// Embedded storage (nonces, outbox, consents, vault, and the embedded record store).
     pub data_dir: PathBuf,
+    /// Where that state is kept: the embedded file in `data_dir` (the default), or a
+    /// PostgreSQL schema that every replica of this gateway shares.
+    #[serde(default)]
+    pub storage: service::db::StorageConfig,
     /// Folder of Rego policies.
     pub policies: PathBuf,
     /// Bearer token (0600, at least 16 characters) for the admin endpoints (patient
@@ -365,6 +369,7 @@ impl service::config::ServiceConfig for GatewayConfig {
             resolve(base, f);
         }
         service::config::resolve_listen(base, &mut self.listen);
+        self.storage.resolve_paths(base);
     }
 
     fn validate(&self, path: &str) -> Result<(), ConfigError> {
@@ -373,6 +378,7 @@ impl service::config::ServiceConfig for GatewayConfig {
             key,
             message: message.to_string(),
         };
+        self.storage.validate(path)?;
         if !self.did.starts_with("did:web:") {
             return Err(invalid("did", "must be a did:web"));
         }

@@ -1,4 +1,5 @@
-//! The gateway's database: one redb file, `<data_dir>/gateway.redb`, holding the outbox,
+//! The gateway's database: one redb file, `<data_dir>/gateway.redb` (or a PostgreSQL
+//! schema shared by the gateway's replicas: `[storage]`), holding the outbox,
 //! receipts and log state, consents, the token vault, the research budgets, challenges and
 //! the federation manifest journal (each module owns its trees).
 //!
@@ -23,6 +24,18 @@ pub const NAME: &str = "gateway";
 /// not yet shipped.
 pub fn open(data_dir: &Path) -> Result<Db, StoreError> {
     service::db::open_in(data_dir, NAME, SCHEMA, service::db::GATEWAY_CACHE_BYTES)
+}
+
+/// Opens the gateway's database as `config`'s `[storage]` says: the file in `data_dir`,
+/// or the PostgreSQL schema its replicas share (default schema: `gateway`).
+pub fn open_configured(config: &crate::config::GatewayConfig) -> Result<Db, StoreError> {
+    service::db::open_configured(
+        &config.storage,
+        &config.data_dir,
+        NAME,
+        SCHEMA,
+        service::db::GATEWAY_CACHE_BYTES,
+    )
 }
 
 /// A database in memory, for tests.

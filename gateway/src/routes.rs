@@ -320,6 +320,7 @@ async fn readyz(State(s): AppState) -> Response {
         content_type = "text/plain")))]
 async fn metrics_handler(State(s): AppState) -> Response {
     metrics::gauge!("fedgate_outbox_pending").set(s.outbox.len() as f64);
+    s.db.record_metrics();
     metrics::gauge!("fedgate_outbox_awaiting_receipt").set(s.outbox.awaiting_len() as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -121,7 +121,7 @@ impl GatewayState {
             path: config.data_dir.display().to_string(),
             source,
         })?;
-        let db = crate::db::open(&config.data_dir)?;
+        let db = crate::db::open_configured(&config)?;
         let nonces = Nonces::new(
             db.tree("nonces"),
             Duration::from_secs(config.challenge_ttl_secs),
@@ -131,7 +131,7 @@ impl GatewayState {
         let vault = Arc::new(Vault::open(db.tree("vault"), secret));
         let research_budget = crate::research::budget::BudgetStore::open(&db);
         let records = match &config.records {
-            RecordsConfig::Embedded => RecordSource::embedded(&config.data_dir.join("records"))?,
+            RecordsConfig::Embedded => RecordSource::embedded_configured(&config)?,
             RecordsConfig::Fhir {
                 url,
                 page_size,

@@ -22,6 +22,10 @@ pub struct IssuerConfig {
     pub(crate) key_file: PathBuf,
     /// Embedded storage.
     pub(crate) data_dir: PathBuf,
+    /// Where that state is kept: the embedded file in `data_dir` (the default), or a
+    /// PostgreSQL schema.
+    #[serde(default)]
+    pub(crate) storage: service::db::StorageConfig,
     /// File holding the admin bearer token (0600). Without it every admin call is refused:
     /// there is no default credential.
     #[serde(default)]
@@ -63,6 +67,11 @@ use service::config::ConfigError;
 
 impl IssuerConfig {
     /// Reads and validates a config file. Relative paths are taken from the file's folder.
+    /// The `[storage]` section.
+    pub fn storage(&self) -> &service::db::StorageConfig {
+        &self.storage
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         service::config::load(path)
     }
@@ -77,6 +86,7 @@ impl service::config::ServiceConfig for IssuerConfig {
             resolve(base, t);
         }
         service::config::resolve_listen(base, &mut self.listen);
+        self.storage.resolve_paths(base);
     }
 
     fn validate(&self, path: &str) -> Result<(), ConfigError> {
@@ -85,6 +95,7 @@ impl service::config::ServiceConfig for IssuerConfig {
             key,
             message: message.to_string(),
         };
+        self.storage.validate(path)?;
         if !self.did.starts_with("did:web:") {
             return Err(invalid("did", "must be a did:web"));
         }

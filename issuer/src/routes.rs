@@ -72,7 +72,7 @@ impl IssuerState {
                 None
             }
         };
-        let store = Store::open(&config.data_dir).map_err(StartError::Store)?;
+        let store = Store::open(&config.data_dir, &config.storage).map_err(StartError::Store)?;
 
         let resolver = Arc::new(DidResolver::new(config.dev_mode));
         let mut allow = HashMap::new();

@@ -130,8 +130,18 @@ impl Trees {
 
 impl Store {
     /// Opens (creating if needed) `<data_dir>/issuer.redb`.
-    pub(crate) fn open(data_dir: &Path) -> Result<Self, IssuerError> {
-        match service::db::open_service_db(data_dir, DB_NAME, SCHEMA) {
+    pub(crate) fn open(
+        data_dir: &Path,
+        storage: &service::db::StorageConfig,
+    ) -> Result<Self, IssuerError> {
+        let opened = service::db::open_configured(
+            storage,
+            data_dir,
+            DB_NAME,
+            SCHEMA,
+            service::db::CACHE_BYTES,
+        );
+        match opened {
             Ok(db) => Ok(Store::with_db(db)),
             // The earlier sled database holds issued credentials and revocations: moving
             // it away would un-revoke them, so the generic advice does not fit.
@@ -447,7 +457,7 @@ mod tests {
     async fn a_restart_keeps_credentials_revocations_and_reserved_indexes() {
         let dir = tempfile::tempdir().unwrap();
         let (ia, ib) = bounded(async {
-            let store = Store::open(dir.path()).unwrap();
+            let store = Store::open(dir.path(), &Default::default()).unwrap();
             let ia = store.allocate_index_below("a", 8).await.unwrap();
             store.insert(&rec("a", "did:key:z1", ia)).await.unwrap();
             let ib = store.allocate_index_below("b", 8).await.unwrap();
@@ -461,7 +471,7 @@ mod tests {
         .await;
         assert!(dir.path().join("issuer.redb").is_file());
         // Every handle is dropped: the file reopens at once.
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), &Default::default()).unwrap();
         assert!(store.get("a").unwrap().revoked_at.is_some());
         assert_eq!(store.get("b").unwrap().status_index, ib);
         assert_eq!(store.by_subject("did:key:z1").unwrap().len(), 2);
@@ -525,7 +535,7 @@ mod tests {
         let legacy = dir.path().join("issuer.sled");
         std::fs::create_dir(&legacy).unwrap();
         std::fs::write(legacy.join("db"), b"sled").unwrap();
-        let err = Store::open(dir.path()).err().unwrap();
+        let err = Store::open(dir.path(), &Default::default()).err().unwrap();
         let message = err.to_string();
         assert!(
             matches!(err, IssuerError::EarlierDatabase { .. }),
@@ -539,8 +549,8 @@ mod tests {
     #[test]
     fn a_database_in_use_is_a_one_line_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let _open = Store::open(dir.path()).unwrap();
-        let err = Store::open(dir.path()).err().unwrap();
+        let _open = Store::open(dir.path(), &Default::default()).unwrap();
+        let err = Store::open(dir.path(), &Default::default()).err().unwrap();
         let message = err.to_string();
         assert!(matches!(err, IssuerError::Database(_)), "{message}");
         assert!(message.contains("issuer.redb"), "{message}");

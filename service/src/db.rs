@@ -4,14 +4,192 @@
 //! The database itself (redb, one writer thread with group commit: a write returns once it
 //! is on disk) is the `storage` crate; this module is where services meet it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use federation::registry::{Governance, Journal, JournalError, Registry, RegistryError};
-pub use storage::{Db, Schema, Snapshot, StoreError, Tree, WriteTx};
+use serde::Deserialize;
+pub use storage::{Db, PgOptions, Schema, Snapshot, StoreError, Tree, WriteTx};
+
+use crate::config::ConfigError;
+
+/// A service's `[storage]` section: where its state is kept.
+///
+/// ```toml
+/// [storage]
+/// backend = "postgres"          # or "embedded", the default: a file in data_dir
+/// url = "postgres://fedgate@db.example.org:5432/fedgate?sslmode=require"
+/// password_file = "db-password" # mode 0600; the URL itself must not hold a password
+/// schema = "gateway"            # default: the service's name
+/// ca_file = "db-ca.pem"         # roots for TLS to the database (default: the web roots)
+/// pool = 8                      # reader connections
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    #[serde(default)]
+    pub backend: Backend,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub schema: Option<String>,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_pool")]
+    pub pool: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// One redb file per service in its `data_dir`: nothing else to run.
+    #[default]
+    Embedded,
+    /// A PostgreSQL schema, which several processes of the service may share.
+    Postgres,
+}
+
+fn default_pool() -> usize {
+    8
+}
+
+impl StorageConfig {
+    /// Makes the section's files relative to `base` (the config file's folder).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        for f in [self.password_file.as_mut(), self.ca_file.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            crate::config::resolve(base, f);
+        }
+    }
+
+    /// Checks the section: a postgres backend needs a URL without a password, a plain
+    /// schema name, a password file only its owner can read, a readable CA file.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| ConfigError::Invalid {
+            path: path.to_string(),
+            key,
+            message,
+        };
+        if self.backend == Backend::Embedded {
+            if self.url.is_some() || self.password_file.is_some() || self.ca_file.is_some() {
+                return Err(invalid(
+                    "storage.backend",
+                    "is \"embedded\" (the default), but the section sets PostgreSQL keys; set backend = \"postgres\"".into(),
+                ));
+            }
+            return Ok(());
+        }
+        let Some(url) = &self.url else {
+            return Err(invalid(
+                "storage.url",
+                "is required with backend = \"postgres\" (postgres://user@host:port/database)"
+                    .into(),
+            ));
+        };
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(invalid("storage.url", "must be a postgres:// URL".into()));
+        }
+        let authority = url
+            .split_once("://")
+            .map(|(_, r)| r.split('/').next().unwrap_or_default())
+            .unwrap_or_default();
+        if authority
+            .rsplit_once('@')
+            .is_some_and(|(user, _)| user.contains(':'))
+            || url.contains("password=")
+        {
+            return Err(invalid(
+                "storage.url",
+                "holds a password; put it in storage.password_file (mode 0600) instead".into(),
+            ));
+        }
+        if let Some(schema) = &self.schema {
+            if !storage::valid_schema_name(schema) {
+                return Err(invalid(
+                    "storage.schema",
+                    "must be a lower-case name of letters, digits and _ (not starting with pg_)"
+                        .into(),
+                ));
+            }
+        }
+        if !(1..=64).contains(&self.pool) {
+            return Err(invalid("storage.pool", "must be between 1 and 64".into()));
+        }
+        if let Some(file) = &self.password_file {
+            federation::keys::read_private(file)
+                .map_err(|e| invalid("storage.password_file", e.to_string()))?;
+        }
+        if let Some(file) = &self.ca_file {
+            std::fs::metadata(file)
+                .map_err(|e| invalid("storage.ca_file", format!("{}: {e}", file.display())))?;
+        }
+        Ok(())
+    }
+
+    /// The PostgreSQL options, for the schema `default_schema` unless the section names
+    /// one; `None` for the embedded backend. Reads the password and CA files.
+    pub fn postgres(
+        &self,
+        default_schema: &str,
+        application: &str,
+    ) -> Result<Option<PgOptions>, StoreError> {
+        if self.backend == Backend::Embedded {
+            return Ok(None);
+        }
+        let url = self.url.clone().unwrap_or_default();
+        let unusable = |file: &Path, reason: String| StoreError::Config {
+            at: file.display().to_string(),
+            reason,
+        };
+        let password = match &self.password_file {
+            None => None,
+            Some(file) => {
+                let bytes = federation::keys::read_private(file)
+                    .map_err(|e| unusable(file, e.to_string()))?;
+                let text = String::from_utf8(bytes.to_vec())
+                    .map_err(|_| unusable(file, "the password is not UTF-8".into()))?;
+                Some(text.trim_end_matches(['\n', '\r']).to_string())
+            }
+        };
+        let ca_pem = match &self.ca_file {
+            None => None,
+            Some(file) => Some(std::fs::read(file).map_err(|e| unusable(file, e.to_string()))?),
+        };
+        Ok(Some(PgOptions {
+            url,
+            password,
+            schema: self
+                .schema
+                .clone()
+                .unwrap_or_else(|| default_schema.to_string()),
+            ca_pem,
+            readers: self.pool,
+            application: application.to_string(),
+        }))
+    }
+}
+
+/// Opens a service's database as its `[storage]` section says: `<dir>/<name>.redb` (see
+/// [`open_in`]), or the PostgreSQL schema (default: `name`).
+pub fn open_configured(
+    storage: &StorageConfig,
+    dir: &Path,
+    name: &str,
+    schema: Schema,
+    cache_bytes: usize,
+) -> Result<Db, StoreError> {
+    match storage.postgres(name, &format!("fedgate {name}"))? {
+        Some(options) => Db::open_postgres(&options, schema),
+        None => open_in(dir, name, schema, cache_bytes),
+    }
+}
 
 /// Bytes of page cache per database. The operating system's page cache still holds the
 /// file, so a bounded cache costs a copy, not a disk read.
-const CACHE_BYTES: usize = 32 * 1024 * 1024;
+pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// The gateway's: a gateway reading large records filled its caches and kept them; at
 /// 8 MiB the exchange's time did not change (docs/performance.md, "Memory across large
@@ -54,11 +232,22 @@ pub fn open_in(
 /// The file's path is not shown: the endpoint is unauthenticated.
 pub fn readiness(db: &Db) -> (bool, serde_json::Value) {
     match db.health() {
-        Ok(()) => (true, serde_json::json!({ "ready": true })),
+        Ok(()) => (
+            true,
+            serde_json::json!({ "ready": true, "backend": backend(db) }),
+        ),
         Err(e) => (
             false,
-            serde_json::json!({ "ready": false, "error": e.to_string() }),
+            serde_json::json!({ "ready": false, "backend": backend(db), "error": e.to_string() }),
         ),
+    }
+}
+
+fn backend(db: &Db) -> &'static str {
+    if db.is_postgres() {
+        "postgres"
+    } else {
+        "embedded"
     }
 }
 
@@ -71,7 +260,7 @@ pub fn readyz_response(db: &Db) -> axum::response::Response {
     if ready {
         (axum::http::StatusCode::OK, axum::Json(body)).into_response()
     } else {
-        crate::http::service_unavailable("the database refuses writes; restart the service")
+        crate::http::service_unavailable("the database cannot be written now")
             .with("state", body)
             .into_response()
     }

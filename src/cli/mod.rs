@@ -2,6 +2,7 @@
 //! the crates.
 
 pub mod bench;
+pub mod db;
 pub mod federation;
 pub mod policy;
 pub mod records;

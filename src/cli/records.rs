@@ -54,8 +54,13 @@ pub struct ImportArgs {
     /// The store file (the gateway's `data_dir/records`); created if missing. The gateway
     /// must not be running on it. Each bundle is stored in one write, on disk when the
     /// import moves on.
+    #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+    store: Option<PathBuf>,
+    /// Or the gateway's config file: the store is wherever it keeps it (its `data_dir`, or
+    /// with `[storage] backend = "postgres"` the schema its replicas share; they may be
+    /// running).
     #[arg(long)]
-    store: PathBuf,
+    config: Option<PathBuf>,
     /// Bundle files, or directories of `*.json` bundles.
     #[arg(required = true)]
     files: Vec<PathBuf>,
@@ -112,12 +117,29 @@ pub fn synth(args: SynthArgs) -> anyhow::Result<()> {
 }
 
 fn import(args: ImportArgs) -> anyhow::Result<()> {
-    let store =
-        EmbeddedStore::open(&args.store).map_err(|e| anyhow!("{}: {e}", args.store.display()))?;
+    let (store, shown) = match (&args.store, &args.config) {
+        (Some(path), _) => (
+            EmbeddedStore::open(path).map_err(|e| anyhow!("{}: {e}", path.display()))?,
+            path.display().to_string(),
+        ),
+        (None, Some(config)) => {
+            let config = gateway::config::GatewayConfig::load(config)?;
+            (
+                EmbeddedStore::open_configured(&config)?,
+                match config.storage.backend {
+                    service::db::Backend::Postgres => "the gateway's PostgreSQL schema".into(),
+                    service::db::Backend::Embedded => {
+                        config.data_dir.join("records").display().to_string()
+                    }
+                },
+            )
+        }
+        (None, None) => return Err(anyhow!("give --store FILE or --config GATEWAY.toml")),
+    };
     let bar = ProgressBar::new();
     let report = import_paths_with(&store, &args.files, |p| bar.show(p))?;
     bar.0.finish_and_clear();
-    print!("{}", render(&report, &args.store.display().to_string()));
+    print!("{}", render(&report, &shown));
     if report.failed.is_empty() {
         Ok(())
     } else {

@@ -225,7 +225,9 @@ fn redact(url: &str) -> String {
 
 /// The TLS settings for connections to the database: rustls verifies the server's
 /// certificate and name (libpq's `verify-full`), against `ca_pem` or the web roots.
-fn tls_connector(ca_pem: Option<&[u8]>) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
+fn tls_connector(
+    ca_pem: Option<&[u8]>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_pem {
         Some(pem) => {
@@ -478,7 +480,10 @@ pub(crate) struct PoolStats {
 impl Pg {
     /// Connects, applies pending migrations (refusing a schema newer than this code), and
     /// starts the reader threads. The writer is started by the caller with [`writer`].
-    pub(crate) fn open(options: &PgOptions, name: &'static str) -> Result<(Pg, Connector), StoreError> {
+    pub(crate) fn open(
+        options: &PgOptions,
+        name: &'static str,
+    ) -> Result<(Pg, Connector), StoreError> {
         let connector = Connector::new(options)?;
         let conn = off_runtime(|| {
             let mut conn = connector.connect()?;
@@ -552,7 +557,10 @@ impl Pg {
             }
             let Some(conn) = slot.as_mut() else { return };
             let result = f(conn);
-            if result.is_err() && (conn.client.is_closed() || conn.client.is_valid(Duration::from_secs(2)).is_err()) {
+            if result.is_err()
+                && (conn.client.is_closed()
+                    || conn.client.is_valid(Duration::from_secs(2)).is_err())
+            {
                 // A broken connection is dropped; the next read connects again.
                 *slot = None;
             }

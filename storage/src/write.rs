@@ -344,9 +344,9 @@ impl<'t> WriteTx<'t> {
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, StoreError> {
         match &mut self.ops {
-            Ops::Redb { txn, tables } => {
-                Ok(table(txn, tables, tree.name())?.get(key)?.map(|v| v.value().to_vec()))
-            }
+            Ops::Redb { txn, tables } => Ok(table(txn, tables, tree.name())?
+                .get(key)?
+                .map(|v| v.value().to_vec())),
             Ops::Pg(conn) => conn.get(tree.name(), key),
         }
     }
@@ -389,9 +389,9 @@ impl<'t> WriteTx<'t> {
 
     fn delete(&mut self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match &mut self.ops {
-            Ops::Redb { txn, tables } => {
-                Ok(table(txn, tables, tree)?.remove(key)?.map(|v| v.value().to_vec()))
-            }
+            Ops::Redb { txn, tables } => Ok(table(txn, tables, tree)?
+                .remove(key)?
+                .map(|v| v.value().to_vec())),
             Ops::Pg(conn) => conn.remove(tree, key),
         }
     }

@@ -89,7 +89,10 @@ fn migrations_are_versioned_applied_once_and_a_newer_schema_is_refused() {
     assert!(status.applied.is_empty());
     assert_eq!(status.pending.first().map(|p| p.0), Some(1));
     assert_eq!(storage::migrate(&options).unwrap(), vec![1]);
-    assert!(storage::migrate(&options).unwrap().is_empty(), "applied once");
+    assert!(
+        storage::migrate(&options).unwrap().is_empty(),
+        "applied once"
+    );
     let status = storage::migration_status(&options).unwrap();
     assert_eq!(status.applied.len(), 1);
     assert!(status.pending.is_empty());
@@ -113,7 +116,10 @@ fn migrations_are_versioned_applied_once_and_a_newer_schema_is_refused() {
         "{e}"
     );
     let text = e.to_string();
-    assert!(text.contains("t_migrations") && text.contains("newer fedgate"), "{text}");
+    assert!(
+        text.contains("t_migrations") && text.contains("newer fedgate"),
+        "{text}"
+    );
     assert!(!text.contains('\n'));
     assert!(storage::migrate(&options).is_err());
 }
@@ -128,7 +134,14 @@ fn a_layout_written_by_a_newer_service_is_refused() {
     drop(place.open(newer).unwrap());
     let e = place.open(SCHEMA).err().unwrap();
     assert!(
-        matches!(e, StoreError::Newer { found: 3, supported: 2, .. }),
+        matches!(
+            e,
+            StoreError::Newer {
+                found: 3,
+                supported: 2,
+                ..
+            }
+        ),
         "{e}"
     );
 }
@@ -144,7 +157,10 @@ fn bad_settings_are_one_line_errors_that_name_the_database() {
 
     let e = with(&|o| o.password = Some("not-the-password".into()));
     assert!(matches!(e, StoreError::Unreachable { .. }), "{e}");
-    assert!(e.to_string().contains("password authentication failed"), "{e}");
+    assert!(
+        e.to_string().contains("password authentication failed"),
+        "{e}"
+    );
     assert!(!e.to_string().contains("not-the-password"), "{e}");
 
     let e = with(&|o| o.url = "http://localhost/x".into());

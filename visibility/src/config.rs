@@ -25,6 +25,10 @@ pub struct VisibilityConfig {
     pub(crate) key_file: PathBuf,
     /// Embedded storage: the log, its indexes, challenges.
     pub(crate) data_dir: PathBuf,
+    /// Where that state is kept: the embedded file in `data_dir` (the default), or a
+    /// PostgreSQL schema that several visibility processes share (one log).
+    #[serde(default)]
+    pub(crate) storage: service::db::StorageConfig,
     /// Allows plain http to loopback peers (tests and the demo only).
     #[serde(default)]
     pub(crate) dev_mode: bool,
@@ -137,6 +141,11 @@ impl VisibilityConfig {
         service::config::load(path)
     }
 
+    /// The `[storage]` section.
+    pub fn storage(&self) -> &service::db::StorageConfig {
+        &self.storage
+    }
+
     /// Parses without validating or resolving paths.
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)
@@ -163,6 +172,7 @@ impl service::config::ServiceConfig for VisibilityConfig {
         if let Some(nats) = self.nats.as_mut() {
             nats.resolve_paths(base);
         }
+        self.storage.resolve_paths(base);
     }
 
     fn validate(&self, path: &str) -> Result<(), ConfigError> {
@@ -171,6 +181,7 @@ impl service::config::ServiceConfig for VisibilityConfig {
             key,
             message,
         };
+        self.storage.validate(path)?;
         if !self.did.starts_with("did:web:") || self.did.len() <= "did:web:".len() {
             return Err(invalid("did", "must be a did:web".into()));
         }

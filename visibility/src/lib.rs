@@ -110,7 +110,13 @@ impl VisibilityState {
             source,
         })?;
         // An earlier fedgate's `visibility.sled` beside it is refused, naming it.
-        let db = service::db::open_service_db(&config.data_dir, store::DB_NAME, SCHEMA)?;
+        let db = service::db::open_configured(
+            &config.storage,
+            &config.data_dir,
+            store::DB_NAME,
+            SCHEMA,
+            service::db::CACHE_BYTES,
+        )?;
         let store = Store::open(db)?;
         let signer = Signer::new(&config.did, signing_key);
         let latest = proofs::initial_checkpoint(&store, &signer, &note_verifier)?;

@@ -73,10 +73,13 @@ pub(crate) fn initial_checkpoint(
     signer: &Signer,
     verifier: &NoteVerifier,
 ) -> Result<Published, CheckpointError> {
+    // The checkpoint first, then the log: other processes sharing the database may append
+    // meanwhile, and a log read first could look shorter than a checkpoint read after.
+    let stored = store.checkpoint()?;
     let snapshot = store.db.read()?;
     let mut view = store.log.view(&snapshot)?;
     let size = view.size();
-    if let Some(note) = store.checkpoint()? {
+    if let Some(note) = stored {
         match checkpoint::open(&note, std::slice::from_ref(verifier)) {
             Ok(cp) => {
                 if cp.origin != signer.did {
@@ -134,10 +137,35 @@ impl VisibilityState {
         published
     }
 
+    /// The checkpoint in force, after taking a larger one that another visibility process
+    /// sharing the database has signed (PostgreSQL storage; with the embedded file this
+    /// process is the only signer). A stored note that does not verify is left alone.
+    pub(crate) fn refreshed(&self) -> Arc<Published> {
+        if !self.store.db.is_postgres() {
+            return self.latest();
+        }
+        match self.store.checkpoint() {
+            Ok(Some(note)) => {
+                if let Ok(cp) = checkpoint::open(&note, std::slice::from_ref(&self.note_verifier)) {
+                    if cp.origin == self.signer.did && cp.size > self.latest().size {
+                        self.install(Published {
+                            size: cp.size,
+                            root: cp.root,
+                            note,
+                        });
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "reading the stored checkpoint failed"),
+        }
+        self.latest()
+    }
+
     /// A checkpoint covering every leaf below `size` (at least): the one in force if it
     /// does, else one signed, stored and made durable for the log's current size.
     pub(crate) async fn covering(&self, size: u64) -> Result<Arc<Published>, VisibilityError> {
-        let current = self.latest();
+        let current = self.refreshed();
         if current.size >= size {
             return Ok(current);
         }
@@ -147,7 +175,7 @@ impl VisibilityState {
     /// Signs and stores a checkpoint for the log's current size and publishes it once it
     /// is on disk. Nothing is signed when the size has not changed.
     pub(crate) async fn publish(&self) -> Result<Arc<Published>, VisibilityError> {
-        let current = self.latest();
+        let current = self.refreshed();
         let size = self.store.size()?;
         if size == current.size {
             return Ok(current);
@@ -202,7 +230,7 @@ pub(crate) async fn checkpointer(state: Weak<VisibilityState>, interval: Duratio
 #[utoipa::path(get, path = "/v1/checkpoint", tag = "log",
     responses((status = 200, description = "A C2SP signed note", body = String, content_type = "text/plain")))]
 pub(crate) async fn get_checkpoint(State(s): AppState) -> Response {
-    let latest = s.latest();
+    let latest = s.refreshed();
     (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         latest.note.clone(),

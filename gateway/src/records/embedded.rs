@@ -92,6 +92,19 @@ impl EmbeddedStore {
         )?))
     }
 
+    /// Opens the store where `config` keeps it (see [`super::RecordSource::embedded_configured`]).
+    pub fn open_configured(
+        config: &crate::config::GatewayConfig,
+    ) -> Result<EmbeddedStore, RecordError> {
+        match config
+            .storage
+            .postgres(crate::db::NAME, "fedgate gateway records")?
+        {
+            Some(options) => Ok(EmbeddedStore::with_db(Db::open_postgres(&options, SCHEMA)?)),
+            None => EmbeddedStore::open(&config.data_dir.join("records")),
+        }
+    }
+
     /// The store's trees inside an existing database.
     pub fn with_db(db: Db) -> EmbeddedStore {
         EmbeddedStore {

@@ -137,6 +137,16 @@ impl RecordSource {
         Ok(RecordSource::Embedded(EmbeddedStore::open(path)?))
     }
 
+    /// The embedded store where `config` keeps it: `data_dir/records`, or, with PostgreSQL
+    /// storage, the gateway's schema (so that every replica reads the same records).
+    pub fn embedded_configured(
+        config: &crate::config::GatewayConfig,
+    ) -> Result<RecordSource, RecordError> {
+        Ok(RecordSource::Embedded(EmbeddedStore::open_configured(
+            config,
+        )?))
+    }
+
     /// The organization's FHIR server at `base` (https; http only to loopback in dev mode).
     pub fn fhir_server(base: &str, dev_mode: bool) -> Result<RecordSource, RecordError> {
         Ok(RecordSource::Fhir(FhirServer::new(base, dev_mode)?))
