@@ -2,8 +2,10 @@
 //! `fedgate bench` and the end-to-end tests, so that all of them exercise the same setup.
 
 mod builder;
+mod postgres;
 
-pub use builder::{contract, Custodian, Federation, FederationBuilder};
+pub use builder::{contract, Custodian, Federation, FederationBuilder, POSTGRES_DATABASE};
+pub use postgres::{Postgres, Storage};
 
 use anyhow::anyhow;
 use std::io::{BufRead, BufReader};
@@ -93,6 +95,19 @@ fn run(exe: &Path, args: &[&str]) -> anyhow::Result<String> {
     }
 }
 
+/// `fedgate records import` of FHIR Bundles into the embedded store at `store`.
+fn import_records(exe: &Path, store: &Path, records: &[PathBuf]) -> anyhow::Result<()> {
+    let mut args = vec![
+        "records".to_string(),
+        "import".to_string(),
+        "--store".to_string(),
+        store.to_string_lossy().to_string(),
+    ];
+    args.extend(records.iter().map(|p| p.to_string_lossy().to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run(exe, &args).map(|_| ())
+}
+
 fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
     federation::keys::write_private(path, secret.as_bytes())
         .map_err(|e| anyhow!("{}: {e}", path.display()))
@@ -141,6 +156,17 @@ pub struct Office {
 
 impl Office {
     pub fn start(exe: &Path, dir: &Path, did: &str) -> anyhow::Result<Office> {
+        Office::start_with(exe, dir, did, "")
+    }
+
+    /// [`Office::start`] with TOML tables of its own appended to the config (its
+    /// `[storage]`: see [`Storage::toml`]).
+    pub fn start_with(
+        exe: &Path,
+        dir: &Path,
+        did: &str,
+        extra_toml: &str,
+    ) -> anyhow::Result<Office> {
         mkdir(dir)?;
         let token_path = dir.join("admin-token");
         if !token_path.exists() {
@@ -148,7 +174,7 @@ impl Office {
         }
         let token = std::fs::read_to_string(&token_path)?.trim().to_string();
         let config = format!(
-            "listen = \"127.0.0.1:0\"\ndid = \"{did}\"\nkey_file = \"issuer.key.json\"\ndata_dir = \"data\"\nadmin_token_file = \"admin-token\"\ndev_mode = true\nstatus_list_ttl_secs = 300\n"
+            "listen = \"127.0.0.1:0\"\ndid = \"{did}\"\nkey_file = \"issuer.key.json\"\ndata_dir = \"data\"\nadmin_token_file = \"admin-token\"\ndev_mode = true\nstatus_list_ttl_secs = 300\n{extra_toml}"
         );
         let path = dir.join("issuer.toml");
         write(&path, &config)?;
@@ -252,7 +278,8 @@ pub struct Visibility {
 }
 
 impl Visibility {
-    /// `extra_toml` holds `[members]`, `auditors`, `[trust]` (or `[registry]`).
+    /// `extra_toml` holds `[members]`, `auditors`, `[trust]` (or `[registry]`), and
+    /// `[storage]` ([`Storage::toml`]).
     pub fn start(
         exe: &Path,
         dir: &Path,
@@ -294,7 +321,8 @@ pub struct GatewaySpec {
     /// FHIR transaction Bundles imported into the embedded store before start.
     pub records: Vec<PathBuf>,
     pub policies: PathBuf,
-    /// Extra TOML appended to the generated config (trust, did_web, contracts, custodian...).
+    /// Extra TOML appended to the generated config (trust, did_web, contracts, custodian,
+    /// storage ([`Storage::toml`])...).
     pub extra_toml: String,
 }
 
@@ -311,15 +339,7 @@ impl Gateway {
         mkdir(dir)?;
         let store = dir.join("data").join("records");
         if !spec.records.is_empty() && !store.exists() {
-            let mut args = vec![
-                "records".to_string(),
-                "import".to_string(),
-                "--store".to_string(),
-                store.to_string_lossy().to_string(),
-            ];
-            args.extend(spec.records.iter().map(|p| p.to_string_lossy().to_string()));
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            run(exe, &args)?;
+            import_records(exe, &store, &spec.records)?;
         }
         let token_path = dir.join("admin-token");
         if !token_path.exists() {

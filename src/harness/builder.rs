@@ -1,11 +1,16 @@
 //! A whole federation in one call: the credentialing office, the visibility service and
-//! the gateways, each configured to know the others.
+//! the gateways, each configured to know the others, keeping their state in their data
+//! folders or, with [`FederationBuilder::postgres`], in one PostgreSQL database.
 
 use anyhow::anyhow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::postgres::{Admin, Postgres, Storage};
 use super::{free_port, repo_root, Gateway, GatewaySpec, Office, Visibility};
+
+/// The database every service of a federation on PostgreSQL keeps its schema in.
+pub const POSTGRES_DATABASE: &str = "fedgate";
 
 /// A running federation. Fields drop in order: the gateways stop before the services they
 /// talk to.
@@ -34,6 +39,7 @@ impl Federation {
             gossip_every: None,
             extra_peers: Vec::new(),
             gateways: Vec::new(),
+            postgres: None,
         }
     }
 
@@ -118,9 +124,18 @@ pub struct FederationBuilder {
     gossip_every: Option<Duration>,
     extra_peers: Vec<String>,
     gateways: Vec<Custodian>,
+    postgres: Option<(Storage, Admin)>,
 }
 
 impl FederationBuilder {
+    /// Every service keeps its state in `pg`, in the database `fedgate` (created when the
+    /// federation starts, unless it exists), each in a schema of its own: `office`,
+    /// `visibility`, and `gateway_<folder>` per custodian (`gateway_hospital_a`). `pg` must outlive the federation.
+    pub fn postgres(mut self, pg: &Postgres) -> Self {
+        self.postgres = Some((pg.storage(POSTGRES_DATABASE, ""), pg.admin()));
+        self
+    }
+
     /// The organization whose staff, credentialed by the office, may open auditor sessions.
     pub fn auditors(mut self, organization: &str) -> Self {
         self.auditors = Some(organization.to_string());
@@ -183,7 +198,17 @@ impl FederationBuilder {
 
     pub fn start(self) -> anyhow::Result<Federation> {
         let policies = repo_root()?.join("policies");
-        let office = Office::start(&self.exe, &self.dir.join("office"), &self.office)?;
+        if let Some((_, admin)) = &self.postgres {
+            if !admin.database_exists(POSTGRES_DATABASE)? {
+                admin.create_database(POSTGRES_DATABASE)?;
+            }
+        }
+        let office = Office::start_with(
+            &self.exe,
+            &self.dir.join("office"),
+            &self.office,
+            &self.storage_toml("office"),
+        )?;
         // The visibility service names the gateways as members before they run.
         let mut ports = Vec::new();
         for custodian in &self.gateways {
@@ -218,7 +243,11 @@ impl FederationBuilder {
                     port,
                     records: custodian.records.clone(),
                     policies: policies.clone(),
-                    extra_toml: self.gateway_toml(&office, &visibility, custodian, &peers),
+                    extra_toml: format!(
+                        "{}{}",
+                        self.gateway_toml(&office, &visibility, custodian, &peers),
+                        self.storage_toml(&format!("gateway_{folder}"))
+                    ),
                 },
             )?);
         }
@@ -227,6 +256,18 @@ impl FederationBuilder {
             visibility,
             office,
         })
+    }
+
+    /// The `[storage]` table of the service whose tables live in `schema` (nothing
+    /// without [`FederationBuilder::postgres`]: the service's data folder then).
+    fn storage_toml(&self, schema: &str) -> String {
+        match &self.postgres {
+            // On a line of its own, whether what came before ended one or not.
+            Some((storage, _)) => {
+                format!("\n{}", storage.with_schema(&schema_name(schema)).toml())
+            }
+            None => String::new(),
+        }
     }
 
     fn visibility_toml(&self, office: &Office, gateways: &[(&Custodian, u16)]) -> String {
@@ -253,6 +294,7 @@ impl FederationBuilder {
                 toml.push_str(&format!("nkey_seed_file = {}\n", toml_path(seed)));
             }
         }
+        toml.push_str(&self.storage_toml("visibility"));
         toml
     }
 
@@ -323,6 +365,17 @@ impl FederationBuilder {
         ));
         toml
     }
+}
+
+/// A PostgreSQL schema name from a folder name: lower case, `_` for anything but ASCII
+/// letters, digits and `_` (a folder like `hospital-a` would need quoting in SQL).
+fn schema_name(name: &str) -> String {
+    name.chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '_') => c,
+            _ => '_',
+        })
+        .collect()
 }
 
 /// A path as a TOML basic string (JSON's escapes are TOML's).
