@@ -108,6 +108,34 @@ fn import_records(exe: &Path, store: &Path, records: &[PathBuf]) -> anyhow::Resu
     run(exe, &args).map(|_| ())
 }
 
+/// `toml` (a config this harness wrote) with the top-level `key` set to `value`: its line
+/// replaced, or one added before the first table. Only lines before the first table are
+/// top-level.
+fn set_top_level(toml: &str, key: &str, value: &str) -> String {
+    let setting = format!("{key} = {value}");
+    let mut lines: Vec<String> = toml.lines().map(str::to_string).collect();
+    let tables = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with('['))
+        .unwrap_or(lines.len());
+    match lines[..tables].iter().position(|l| is_setting(l, key)) {
+        Some(at) => lines[at] = setting,
+        None => lines.insert(tables, setting),
+    }
+    lines.join("\n") + "\n"
+}
+
+/// Whether `toml` (a config this harness wrote) sets the top-level `key`.
+fn has_top_level(toml: &str, key: &str) -> bool {
+    toml.lines()
+        .take_while(|l| !l.trim_start().starts_with('['))
+        .any(|l| is_setting(l, key))
+}
+
+fn is_setting(line: &str, key: &str) -> bool {
+    line.split_once('=').is_some_and(|(k, _)| k.trim() == key)
+}
+
 fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
     federation::keys::write_private(path, secret.as_bytes())
         .map_err(|e| anyhow!("{}: {e}", path.display()))
@@ -355,6 +383,40 @@ impl Gateway {
         let path = dir.join("gateway.toml");
         write(&path, &config)?;
         Gateway::restart(exe, dir, &spec.did, &path)
+    }
+
+    /// Another process of this gateway, replica `index` (1 and up), from a copy of its
+    /// config (`gateway-replica-<index>.toml` beside it): the same DID, keys, secret,
+    /// admin token and `[storage]`, so the replicas share their state in PostgreSQL, and
+    /// the same `public_url` (this one's address, unless the config sets one). Two
+    /// settings differ: `listen` (its own `port`) and `data_dir` (`data-replica-<index>`),
+    /// since what stays in files there (the embedded record store, redb) is locked by the
+    /// process that opens it; `records` are imported into its own store first.
+    pub fn start_replica(
+        &self,
+        exe: &Path,
+        index: usize,
+        port: u16,
+        records: &[PathBuf],
+    ) -> anyhow::Result<Gateway> {
+        let data = format!("data-replica-{index}");
+        let store = self.dir.join(&data).join("records");
+        if !records.is_empty() && !store.exists() {
+            mkdir(&self.dir.join(&data))?;
+            import_records(exe, &store, records)?;
+        }
+        let config = std::fs::read_to_string(&self.config)
+            .map_err(|e| anyhow!("{}: {e}", self.config.display()))?;
+        let mut config = set_top_level(&config, "listen", &format!("\"127.0.0.1:{port}\""));
+        config = set_top_level(&config, "data_dir", &format!("\"{data}\""));
+        // One organization: its DID document and page links name one address, the
+        // first's, whichever replica answers.
+        if !has_top_level(&config, "public_url") {
+            config = set_top_level(&config, "public_url", &format!("\"{}\"", self.url()));
+        }
+        let path = self.dir.join(format!("gateway-replica-{index}.toml"));
+        write(&path, &config)?;
+        Gateway::restart(exe, &self.dir, &self.did, &path)
     }
 
     /// Starts (again) from an existing config.

@@ -3,12 +3,16 @@
 //! password over TCP and refuses a wrong one, keeps committed data across a stop and a
 //! start, keeps its password file private, and with TLS proves its name with the CA it
 //! hands out. It needs the Debian package `postgresql`; without it these tests fail.
+//!
+//! Also the gateway replicas the server is for: another process of the same gateway, from
+//! a copy of its config, is the same organization on a port of its own.
 
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::process::{Command, Output};
 
-use fedgate::harness::Postgres;
+use fedgate::harness::{fixture_patient, Gateway, GatewaySpec, Postgres};
+use serde_json::Value;
 
 /// `psql` over TCP with `password`, connecting with the libpq `conninfo` given.
 fn psql(pg: &Postgres, conninfo: &str, password: &str, sql: &str) -> Output {
@@ -243,4 +247,75 @@ fn tls_proves_the_servers_name_with_its_ca() {
         table["storage"]["ca_file"].as_str(),
         Some(ca.to_str().unwrap())
     );
+}
+
+#[tokio::test]
+async fn a_gateway_replica_is_the_same_organization_on_its_own_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_fedgate"));
+    let did = "did:web:hospital-a.test";
+    let (records, _) = fixture_patient().unwrap();
+    let first = Gateway::start(
+        exe,
+        &dir.path().join("hospital-a"),
+        &GatewaySpec {
+            did: did.into(),
+            port: 0,
+            records: vec![records.clone()],
+            policies: Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
+            extra_toml: "[custodian]\nbreak_glass_minutes = 30\n".into(),
+        },
+    )
+    .unwrap();
+    let port = fedgate::harness::free_port().unwrap();
+    let replica = first.start_replica(exe, 1, port, &[records]).unwrap();
+
+    assert_eq!(replica.process.addr, format!("127.0.0.1:{port}"));
+    assert_ne!(replica.process.addr, first.process.addr);
+    assert_eq!((replica.did.as_str(), &replica.dir), (did, &first.dir));
+
+    // The same DID document (the same key, the same address), and challenges bound to
+    // the same DID.
+    let document = |gw: &Gateway| {
+        let url = format!("{}.well-known/did.json", gw.url());
+        async move {
+            let text = fedgate::harness::get_text(&url).await.unwrap();
+            serde_json::from_str::<Value>(&text).unwrap()
+        }
+    };
+    let (a, b) = (document(&first).await, document(&replica).await);
+    assert_eq!(a["id"], did);
+    assert!(
+        a["verificationMethod"][0]["publicKeyMultibase"].is_string(),
+        "{a}"
+    );
+    assert_eq!(a["service"][0]["serviceEndpoint"], first.url());
+    assert_eq!(a, b);
+    for gw in [&first, &replica] {
+        assert_eq!(gw.challenge().await.unwrap().domain, did);
+    }
+
+    // The configs differ in the listening address, the data folder and the public URL
+    // (which the first's leaves to its address) only.
+    let original = std::fs::read_to_string(&first.config).unwrap();
+    let copy = std::fs::read_to_string(&replica.config).unwrap();
+    let only_in = |a: &str, b: &str| -> Vec<String> {
+        a.lines()
+            .filter(|l| !b.lines().any(|m| m == *l))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        only_in(&original, &copy),
+        [original.lines().next().unwrap(), "data_dir = \"data\""]
+    );
+    assert_eq!(
+        only_in(&copy, &original),
+        [
+            format!("listen = \"127.0.0.1:{port}\""),
+            "data_dir = \"data-replica-1\"".to_string(),
+            format!("public_url = \"{}\"", first.url()),
+        ]
+    );
+    assert!(first.dir.join("data-replica-1/records").is_file());
 }

@@ -15,6 +15,8 @@ pub const POSTGRES_DATABASE: &str = "fedgate";
 /// A running federation. Fields drop in order: the gateways stop before the services they
 /// talk to.
 pub struct Federation {
+    /// Every gateway process: each custodian's first, followed by its other replicas
+    /// ([`Custodian::replicas`]), in the order the custodians were added.
     pub gateways: Vec<Gateway>,
     pub visibility: Visibility,
     pub office: Office,
@@ -43,17 +45,24 @@ impl Federation {
         }
     }
 
+    /// The custodian's gateway (its first replica, the one the others know it by).
     pub fn gateway(&self, did: &str) -> anyhow::Result<&Gateway> {
         self.gateways
             .iter()
             .find(|g| g.did == did)
             .ok_or_else(|| anyhow!("no gateway {did} in this federation"))
     }
+
+    /// Every replica of the custodian's gateway, the first first.
+    pub fn replicas(&self, did: &str) -> Vec<&Gateway> {
+        self.gateways.iter().filter(|g| g.did == did).collect()
+    }
 }
 
 /// A gateway to start in a [`Federation`], with what is particular to its custodian.
 pub struct Custodian {
     did: String,
+    replicas: usize,
     records: Vec<PathBuf>,
     outbox_max_events: Option<usize>,
     nats_seed_file: Option<PathBuf>,
@@ -64,6 +73,7 @@ impl Custodian {
     pub fn new(did: &str) -> Custodian {
         Custodian {
             did: did.to_string(),
+            replicas: 1,
             records: Vec::new(),
             outbox_max_events: None,
             nats_seed_file: None,
@@ -74,6 +84,16 @@ impl Custodian {
     /// The NATS user seed it publishes with (see [`FederationBuilder::nats`]).
     pub fn nats_seed_file(mut self, path: &Path) -> Custodian {
         self.nats_seed_file = Some(path.to_path_buf());
+        self
+    }
+
+    /// Runs `n` gateway processes (at least one) from the same config: the same DID,
+    /// keys and state, each listening on its own port (see [`Gateway::start_replica`]).
+    /// They share their state only in PostgreSQL: the federation must have
+    /// [`FederationBuilder::postgres`]. The visibility service and the other gateways know
+    /// the custodian by its first replica's address.
+    pub fn replicas(mut self, n: usize) -> Custodian {
+        self.replicas = n.max(1);
         self
     }
 
@@ -130,7 +150,8 @@ pub struct FederationBuilder {
 impl FederationBuilder {
     /// Every service keeps its state in `pg`, in the database `fedgate` (created when the
     /// federation starts, unless it exists), each in a schema of its own: `office`,
-    /// `visibility`, and `gateway_<folder>` per custodian (`gateway_hospital_a`). `pg` must outlive the federation.
+    /// `visibility`, and `gateway_<folder>` per custodian (`gateway_hospital_a`), which the
+    /// custodian's replicas share. `pg` must outlive the federation.
     pub fn postgres(mut self, pg: &Postgres) -> Self {
         self.postgres = Some((pg.storage(POSTGRES_DATABASE, ""), pg.admin()));
         self
@@ -202,6 +223,12 @@ impl FederationBuilder {
             if !admin.database_exists(POSTGRES_DATABASE)? {
                 admin.create_database(POSTGRES_DATABASE)?;
             }
+        } else if let Some(c) = self.gateways.iter().find(|c| c.replicas > 1) {
+            return Err(anyhow!(
+                "the replicas of {} would share their state only in PostgreSQL: \
+                 the federation needs .postgres(..)",
+                c.did
+            ));
         }
         let office = Office::start_with(
             &self.exe,
@@ -235,7 +262,7 @@ impl FederationBuilder {
             if gateways.iter().any(|g: &Gateway| g.dir.ends_with(folder)) {
                 return Err(anyhow!("two gateways would share the folder {folder}"));
             }
-            gateways.push(Gateway::start(
+            let first = Gateway::start(
                 &self.exe,
                 &self.dir.join(folder),
                 &GatewaySpec {
@@ -249,7 +276,19 @@ impl FederationBuilder {
                         self.storage_toml(&format!("gateway_{folder}"))
                     ),
                 },
-            )?);
+            )?;
+            // Each replica starts once the first has created the keys and secret files.
+            let mut replicas = Vec::new();
+            for index in 1..custodian.replicas {
+                replicas.push(first.start_replica(
+                    &self.exe,
+                    index,
+                    free_port()?,
+                    &custodian.records,
+                )?);
+            }
+            gateways.push(first);
+            gateways.extend(replicas);
         }
         Ok(Federation {
             gateways,
