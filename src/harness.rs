@@ -2,8 +2,10 @@
 //! `fedgate bench` and the end-to-end tests, so that all of them exercise the same setup.
 
 mod builder;
+mod postgres;
 
-pub use builder::{contract, Custodian, Federation, FederationBuilder};
+pub use builder::{contract, Custodian, Federation, FederationBuilder, POSTGRES_DATABASE};
+pub use postgres::{Postgres, Storage};
 
 use anyhow::anyhow;
 use std::io::{BufRead, BufReader};
@@ -93,6 +95,47 @@ fn run(exe: &Path, args: &[&str]) -> anyhow::Result<String> {
     }
 }
 
+/// `fedgate records import` of FHIR Bundles into the embedded store at `store`.
+fn import_records(exe: &Path, store: &Path, records: &[PathBuf]) -> anyhow::Result<()> {
+    let mut args = vec![
+        "records".to_string(),
+        "import".to_string(),
+        "--store".to_string(),
+        store.to_string_lossy().to_string(),
+    ];
+    args.extend(records.iter().map(|p| p.to_string_lossy().to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run(exe, &args).map(|_| ())
+}
+
+/// `toml` (a config this harness wrote) with the top-level `key` set to `value`: its line
+/// replaced, or one added before the first table. Only lines before the first table are
+/// top-level.
+fn set_top_level(toml: &str, key: &str, value: &str) -> String {
+    let setting = format!("{key} = {value}");
+    let mut lines: Vec<String> = toml.lines().map(str::to_string).collect();
+    let tables = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with('['))
+        .unwrap_or(lines.len());
+    match lines[..tables].iter().position(|l| is_setting(l, key)) {
+        Some(at) => lines[at] = setting,
+        None => lines.insert(tables, setting),
+    }
+    lines.join("\n") + "\n"
+}
+
+/// Whether `toml` (a config this harness wrote) sets the top-level `key`.
+fn has_top_level(toml: &str, key: &str) -> bool {
+    toml.lines()
+        .take_while(|l| !l.trim_start().starts_with('['))
+        .any(|l| is_setting(l, key))
+}
+
+fn is_setting(line: &str, key: &str) -> bool {
+    line.split_once('=').is_some_and(|(k, _)| k.trim() == key)
+}
+
 fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
     federation::keys::write_private(path, secret.as_bytes())
         .map_err(|e| anyhow!("{}: {e}", path.display()))
@@ -141,6 +184,17 @@ pub struct Office {
 
 impl Office {
     pub fn start(exe: &Path, dir: &Path, did: &str) -> anyhow::Result<Office> {
+        Office::start_with(exe, dir, did, "")
+    }
+
+    /// [`Office::start`] with TOML tables of its own appended to the config (its
+    /// `[storage]`: see [`Storage::toml`]).
+    pub fn start_with(
+        exe: &Path,
+        dir: &Path,
+        did: &str,
+        extra_toml: &str,
+    ) -> anyhow::Result<Office> {
         mkdir(dir)?;
         let token_path = dir.join("admin-token");
         if !token_path.exists() {
@@ -148,7 +202,7 @@ impl Office {
         }
         let token = std::fs::read_to_string(&token_path)?.trim().to_string();
         let config = format!(
-            "listen = \"127.0.0.1:0\"\ndid = \"{did}\"\nkey_file = \"issuer.key.json\"\ndata_dir = \"data\"\nadmin_token_file = \"admin-token\"\ndev_mode = true\nstatus_list_ttl_secs = 300\n"
+            "listen = \"127.0.0.1:0\"\ndid = \"{did}\"\nkey_file = \"issuer.key.json\"\ndata_dir = \"data\"\nadmin_token_file = \"admin-token\"\ndev_mode = true\nstatus_list_ttl_secs = 300\n{extra_toml}"
         );
         let path = dir.join("issuer.toml");
         write(&path, &config)?;
@@ -252,7 +306,8 @@ pub struct Visibility {
 }
 
 impl Visibility {
-    /// `extra_toml` holds `[members]`, `auditors`, `[trust]` (or `[registry]`).
+    /// `extra_toml` holds `[members]`, `auditors`, `[trust]` (or `[registry]`), and
+    /// `[storage]` ([`Storage::toml`]).
     pub fn start(
         exe: &Path,
         dir: &Path,
@@ -294,7 +349,8 @@ pub struct GatewaySpec {
     /// FHIR transaction Bundles imported into the embedded store before start.
     pub records: Vec<PathBuf>,
     pub policies: PathBuf,
-    /// Extra TOML appended to the generated config (trust, did_web, contracts, custodian...).
+    /// Extra TOML appended to the generated config (trust, did_web, contracts, custodian,
+    /// storage ([`Storage::toml`])...).
     pub extra_toml: String,
 }
 
@@ -311,15 +367,7 @@ impl Gateway {
         mkdir(dir)?;
         let store = dir.join("data").join("records");
         if !spec.records.is_empty() && !store.exists() {
-            let mut args = vec![
-                "records".to_string(),
-                "import".to_string(),
-                "--store".to_string(),
-                store.to_string_lossy().to_string(),
-            ];
-            args.extend(spec.records.iter().map(|p| p.to_string_lossy().to_string()));
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            run(exe, &args)?;
+            import_records(exe, &store, &spec.records)?;
         }
         let token_path = dir.join("admin-token");
         if !token_path.exists() {
@@ -335,6 +383,40 @@ impl Gateway {
         let path = dir.join("gateway.toml");
         write(&path, &config)?;
         Gateway::restart(exe, dir, &spec.did, &path)
+    }
+
+    /// Another process of this gateway, replica `index` (1 and up), from a copy of its
+    /// config (`gateway-replica-<index>.toml` beside it): the same DID, keys, secret,
+    /// admin token and `[storage]`, so the replicas share their state in PostgreSQL, and
+    /// the same `public_url` (this one's address, unless the config sets one). Two
+    /// settings differ: `listen` (its own `port`) and `data_dir` (`data-replica-<index>`),
+    /// since what stays in files there (the embedded record store, redb) is locked by the
+    /// process that opens it; `records` are imported into its own store first.
+    pub fn start_replica(
+        &self,
+        exe: &Path,
+        index: usize,
+        port: u16,
+        records: &[PathBuf],
+    ) -> anyhow::Result<Gateway> {
+        let data = format!("data-replica-{index}");
+        let store = self.dir.join(&data).join("records");
+        if !records.is_empty() && !store.exists() {
+            mkdir(&self.dir.join(&data))?;
+            import_records(exe, &store, records)?;
+        }
+        let config = std::fs::read_to_string(&self.config)
+            .map_err(|e| anyhow!("{}: {e}", self.config.display()))?;
+        let mut config = set_top_level(&config, "listen", &format!("\"127.0.0.1:{port}\""));
+        config = set_top_level(&config, "data_dir", &format!("\"{data}\""));
+        // One organization: its DID document and page links name one address, the
+        // first's, whichever replica answers.
+        if !has_top_level(&config, "public_url") {
+            config = set_top_level(&config, "public_url", &format!("\"{}\"", self.url()));
+        }
+        let path = self.dir.join(format!("gateway-replica-{index}.toml"));
+        write(&path, &config)?;
+        Gateway::restart(exe, &self.dir, &self.did, &path)
     }
 
     /// Starts (again) from an existing config.

@@ -1,15 +1,22 @@
 //! A whole federation in one call: the credentialing office, the visibility service and
-//! the gateways, each configured to know the others.
+//! the gateways, each configured to know the others, keeping their state in their data
+//! folders or, with [`FederationBuilder::postgres`], in one PostgreSQL database.
 
 use anyhow::anyhow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::postgres::{Admin, Postgres, Storage};
 use super::{free_port, repo_root, Gateway, GatewaySpec, Office, Visibility};
+
+/// The database every service of a federation on PostgreSQL keeps its schema in.
+pub const POSTGRES_DATABASE: &str = "fedgate";
 
 /// A running federation. Fields drop in order: the gateways stop before the services they
 /// talk to.
 pub struct Federation {
+    /// Every gateway process: each custodian's first, followed by its other replicas
+    /// ([`Custodian::replicas`]), in the order the custodians were added.
     pub gateways: Vec<Gateway>,
     pub visibility: Visibility,
     pub office: Office,
@@ -34,20 +41,28 @@ impl Federation {
             gossip_every: None,
             extra_peers: Vec::new(),
             gateways: Vec::new(),
+            postgres: None,
         }
     }
 
+    /// The custodian's gateway (its first replica, the one the others know it by).
     pub fn gateway(&self, did: &str) -> anyhow::Result<&Gateway> {
         self.gateways
             .iter()
             .find(|g| g.did == did)
             .ok_or_else(|| anyhow!("no gateway {did} in this federation"))
     }
+
+    /// Every replica of the custodian's gateway, the first first.
+    pub fn replicas(&self, did: &str) -> Vec<&Gateway> {
+        self.gateways.iter().filter(|g| g.did == did).collect()
+    }
 }
 
 /// A gateway to start in a [`Federation`], with what is particular to its custodian.
 pub struct Custodian {
     did: String,
+    replicas: usize,
     records: Vec<PathBuf>,
     outbox_max_events: Option<usize>,
     nats_seed_file: Option<PathBuf>,
@@ -58,6 +73,7 @@ impl Custodian {
     pub fn new(did: &str) -> Custodian {
         Custodian {
             did: did.to_string(),
+            replicas: 1,
             records: Vec::new(),
             outbox_max_events: None,
             nats_seed_file: None,
@@ -68,6 +84,16 @@ impl Custodian {
     /// The NATS user seed it publishes with (see [`FederationBuilder::nats`]).
     pub fn nats_seed_file(mut self, path: &Path) -> Custodian {
         self.nats_seed_file = Some(path.to_path_buf());
+        self
+    }
+
+    /// Runs `n` gateway processes (at least one) from the same config: the same DID,
+    /// keys and state, each listening on its own port (see [`Gateway::start_replica`]).
+    /// They share their state only in PostgreSQL: the federation must have
+    /// [`FederationBuilder::postgres`]. The visibility service and the other gateways know
+    /// the custodian by its first replica's address.
+    pub fn replicas(mut self, n: usize) -> Custodian {
+        self.replicas = n.max(1);
         self
     }
 
@@ -118,9 +144,19 @@ pub struct FederationBuilder {
     gossip_every: Option<Duration>,
     extra_peers: Vec<String>,
     gateways: Vec<Custodian>,
+    postgres: Option<(Storage, Admin)>,
 }
 
 impl FederationBuilder {
+    /// Every service keeps its state in `pg`, in the database `fedgate` (created when the
+    /// federation starts, unless it exists), each in a schema of its own: `office`,
+    /// `visibility`, and `gateway_<folder>` per custodian (`gateway_hospital_a`), which the
+    /// custodian's replicas share. `pg` must outlive the federation.
+    pub fn postgres(mut self, pg: &Postgres) -> Self {
+        self.postgres = Some((pg.storage(POSTGRES_DATABASE, ""), pg.admin()));
+        self
+    }
+
     /// The organization whose staff, credentialed by the office, may open auditor sessions.
     pub fn auditors(mut self, organization: &str) -> Self {
         self.auditors = Some(organization.to_string());
@@ -183,7 +219,23 @@ impl FederationBuilder {
 
     pub fn start(self) -> anyhow::Result<Federation> {
         let policies = repo_root()?.join("policies");
-        let office = Office::start(&self.exe, &self.dir.join("office"), &self.office)?;
+        if let Some((_, admin)) = &self.postgres {
+            if !admin.database_exists(POSTGRES_DATABASE)? {
+                admin.create_database(POSTGRES_DATABASE)?;
+            }
+        } else if let Some(c) = self.gateways.iter().find(|c| c.replicas > 1) {
+            return Err(anyhow!(
+                "the replicas of {} would share their state only in PostgreSQL: \
+                 the federation needs .postgres(..)",
+                c.did
+            ));
+        }
+        let office = Office::start_with(
+            &self.exe,
+            &self.dir.join("office"),
+            &self.office,
+            &self.storage_toml("office"),
+        )?;
         // The visibility service names the gateways as members before they run.
         let mut ports = Vec::new();
         for custodian in &self.gateways {
@@ -210,7 +262,7 @@ impl FederationBuilder {
             if gateways.iter().any(|g: &Gateway| g.dir.ends_with(folder)) {
                 return Err(anyhow!("two gateways would share the folder {folder}"));
             }
-            gateways.push(Gateway::start(
+            let first = Gateway::start(
                 &self.exe,
                 &self.dir.join(folder),
                 &GatewaySpec {
@@ -218,15 +270,43 @@ impl FederationBuilder {
                     port,
                     records: custodian.records.clone(),
                     policies: policies.clone(),
-                    extra_toml: self.gateway_toml(&office, &visibility, custodian, &peers),
+                    extra_toml: format!(
+                        "{}{}",
+                        self.gateway_toml(&office, &visibility, custodian, &peers),
+                        self.storage_toml(&format!("gateway_{folder}"))
+                    ),
                 },
-            )?);
+            )?;
+            // Each replica starts once the first has created the keys and secret files.
+            let mut replicas = Vec::new();
+            for index in 1..custodian.replicas {
+                replicas.push(first.start_replica(
+                    &self.exe,
+                    index,
+                    free_port()?,
+                    &custodian.records,
+                )?);
+            }
+            gateways.push(first);
+            gateways.extend(replicas);
         }
         Ok(Federation {
             gateways,
             visibility,
             office,
         })
+    }
+
+    /// The `[storage]` table of the service whose tables live in `schema` (nothing
+    /// without [`FederationBuilder::postgres`]: the service's data folder then).
+    fn storage_toml(&self, schema: &str) -> String {
+        match &self.postgres {
+            // On a line of its own, whether what came before ended one or not.
+            Some((storage, _)) => {
+                format!("\n{}", storage.with_schema(&schema_name(schema)).toml())
+            }
+            None => String::new(),
+        }
     }
 
     fn visibility_toml(&self, office: &Office, gateways: &[(&Custodian, u16)]) -> String {
@@ -253,6 +333,7 @@ impl FederationBuilder {
                 toml.push_str(&format!("nkey_seed_file = {}\n", toml_path(seed)));
             }
         }
+        toml.push_str(&self.storage_toml("visibility"));
         toml
     }
 
@@ -323,6 +404,17 @@ impl FederationBuilder {
         ));
         toml
     }
+}
+
+/// A PostgreSQL schema name from a folder name: lower case, `_` for anything but ASCII
+/// letters, digits and `_` (a folder like `hospital-a` would need quoting in SQL).
+fn schema_name(name: &str) -> String {
+    name.chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '_') => c,
+            _ => '_',
+        })
+        .collect()
 }
 
 /// A path as a TOML basic string (JSON's escapes are TOML's).
