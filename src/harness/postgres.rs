@@ -456,6 +456,7 @@ impl Postgres {
         match checked(out, "pg_ctl start", self.runner.is_some()) {
             Ok(_) => {
                 self.running = true;
+                self.guard();
                 Ok(())
             }
             Err(e) => {
@@ -469,6 +470,44 @@ impl Postgres {
                 ))
             }
         }
+    }
+
+    /// Starts a watcher that stops the server once this process is gone, however it ends:
+    /// a server kept in a `static` is never dropped, and a test killed by a signal or a
+    /// timeout drops nothing.
+    fn guard(&self) {
+        self.when_gone("");
+    }
+
+    /// Once this process is gone, stops the server and removes `dir` (the folder given to
+    /// [`Postgres::start`]) with everything in it: for a server that lives as long as a
+    /// test binary.
+    pub fn discard_at_exit(&self) {
+        self.when_gone(&format!("; rm -rf '{}'", self.dir.display()));
+    }
+
+    fn when_gone(&self, then: &str) {
+        let mut stop = format!(
+            "'{}' stop -m immediate -D '{}'",
+            self.program("pg_ctl").display(),
+            self.data.display()
+        );
+        if let Some(account) = self.runner {
+            stop = format!(
+                "setpriv --reuid={} --regid={} --clear-groups -- {stop}",
+                account.uid, account.gid
+            );
+        }
+        let script = format!(
+            "while kill -0 {} 2>/dev/null; do sleep 1; done; cd / && {stop}{then}",
+            std::process::id()
+        );
+        let _ = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
     }
 
     fn pg_ctl_stop(&self, mode: &str) -> anyhow::Result<()> {

@@ -67,14 +67,23 @@ pub fn pg_options(schema: &str) -> PgOptions {
     }
 }
 
-/// The test server's URL and password.
+/// The test server's URL and password: one real PostgreSQL server per test binary,
+/// started on first use and stopped (its folder removed) when the binary exits.
 pub fn server() -> &'static (String, String) {
     static SERVER: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
     SERVER.get_or_init(|| {
-        (
-            std::env::var("FEDGATE_TEST_PG_URL").expect("FEDGATE_TEST_PG_URL"),
-            std::env::var("FEDGATE_TEST_PG_PASSWORD").expect("FEDGATE_TEST_PG_PASSWORD"),
-        )
+        let dir = tempfile::Builder::new()
+            .prefix("fedgate-storage-pg")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let pg = fedgate::harness::Postgres::start(&dir)
+            .unwrap_or_else(|e| panic!("the PostgreSQL tests need a server: {e:#}"));
+        pg.discard_at_exit();
+        let server = (pg.url("postgres"), pg.password().to_string());
+        // Stopped by the watcher when this process exits, not by a drop.
+        std::mem::forget(pg);
+        server
     })
 }
 
