@@ -97,11 +97,26 @@ fn run(exe: &Path, args: &[&str]) -> anyhow::Result<String> {
 
 /// `fedgate records import` of FHIR Bundles into the embedded store at `store`.
 fn import_records(exe: &Path, store: &Path, records: &[PathBuf]) -> anyhow::Result<()> {
+    import_records_with(exe, "--store", store, records)
+}
+
+/// Imports `records` wherever the gateway `config` keeps its record store (with PostgreSQL
+/// storage: the schema its replicas share).
+fn import_records_configured(exe: &Path, config: &Path, records: &[PathBuf]) -> anyhow::Result<()> {
+    import_records_with(exe, "--config", config, records)
+}
+
+fn import_records_with(
+    exe: &Path,
+    flag: &str,
+    target: &Path,
+    records: &[PathBuf],
+) -> anyhow::Result<()> {
     let mut args = vec![
         "records".to_string(),
         "import".to_string(),
-        "--store".to_string(),
-        store.to_string_lossy().to_string(),
+        flag.to_string(),
+        target.to_string_lossy().to_string(),
     ];
     args.extend(records.iter().map(|p| p.to_string_lossy().to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -365,8 +380,9 @@ pub struct Gateway {
 impl Gateway {
     pub fn start(exe: &Path, dir: &Path, spec: &GatewaySpec) -> anyhow::Result<Gateway> {
         mkdir(dir)?;
+        let shared = spec.extra_toml.contains("backend = \"postgres\"");
         let store = dir.join("data").join("records");
-        if !spec.records.is_empty() && !store.exists() {
+        if !shared && !spec.records.is_empty() && !store.exists() {
             import_records(exe, &store, &spec.records)?;
         }
         let token_path = dir.join("admin-token");
@@ -382,6 +398,10 @@ impl Gateway {
         );
         let path = dir.join("gateway.toml");
         write(&path, &config)?;
+        if shared && !spec.records.is_empty() {
+            // Idempotent: a restart imports nothing twice.
+            import_records_configured(exe, &path, &spec.records)?;
+        }
         Gateway::restart(exe, dir, &spec.did, &path)
     }
 
@@ -401,7 +421,10 @@ impl Gateway {
     ) -> anyhow::Result<Gateway> {
         let data = format!("data-replica-{index}");
         let store = self.dir.join(&data).join("records");
-        if !records.is_empty() && !store.exists() {
+        let config_text = std::fs::read_to_string(&self.config).unwrap_or_default();
+        // With PostgreSQL storage the records are in the schema every replica shares.
+        let shared = config_text.contains("backend = \"postgres\"");
+        if !shared && !records.is_empty() && !store.exists() {
             mkdir(&self.dir.join(&data))?;
             import_records(exe, &store, records)?;
         }

@@ -2201,3 +2201,146 @@ async fn record_source_failures_are_503_and_recorded() {
         federation::events::check_free_text(&parsed).unwrap();
     }
 }
+
+/// Three processes of one gateway on one PostgreSQL schema, as behind a load balancer: a
+/// challenge from one is accepted at another and single use across all three; a consent
+/// withdrawn at one is in force at the others at once; a token from one detokenizes at
+/// another; and every decision of every replica is in the one shared outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_on_postgres_share_challenges_consents_tokens_and_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = fedgate::harness::Postgres::start(&dir.path().join("db")).unwrap();
+    pg.create_database("fedgate").unwrap();
+    let office = Office::start(&exe(), &dir.path().join("office"), OFFICE).unwrap();
+    let spec = GatewaySpec {
+        port: 0,
+        did: CUSTODIAN.into(),
+        records: fixtures(),
+        policies: repo("policies"),
+        extra_toml: format!(
+            "{}\n{}",
+            extra_toml(&office, "replicas"),
+            pg.storage("fedgate", "gateway_a").toml()
+        ),
+    };
+    let a = Gateway::start(&exe(), &dir.path().join("gateway"), &spec).unwrap();
+    let b = a.start_replica(&exe(), 1, 0, &[]).unwrap();
+    let c = a.start_replica(&exe(), 2, 0, &[]).unwrap();
+    let fed = Fed {
+        office,
+        gateway: a,
+        _dir: dir,
+    };
+    let a = &fed.gateway;
+    let ready: Value = reqwest::get(format!("{}readyz", b.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["database"]["backend"], "postgres", "{ready}");
+
+    let p = fixture_patient(&fixtures()[0]);
+    let doc = clinician(
+        &fed,
+        "physician",
+        CUSTODIAN,
+        &["clinical"],
+        &["read", "detokenize"],
+        REQUESTER_ORG,
+    )
+    .await;
+    let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+    // Linked at replica A (admin), used at B: the records imported once serve all three.
+    let consent_vc = linked_consent(
+        a,
+        &patient,
+        &p.mrn,
+        doc.key.did(),
+        "permit",
+        &["TREAT"],
+        &["clinical"],
+    )
+    .await;
+
+    // Challenge at A, exchange at B.
+    let (vp1, _) = vp(a, &doc.key, &[doc.credential.clone(), consent_vc.clone()]).await;
+    let (status, _, bytes) = b
+        .post_raw(
+            "/v1/exchange/clinical",
+            &exchange_body("TREAT", &p.mrn, &["Patient", "Observation"], &vp1, None),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+    let bundle: Value = serde_json::from_slice(&bytes).unwrap();
+    let ssn = entries(&bundle)
+        .into_iter()
+        .find(|r| r["resourceType"] == "Patient")
+        .and_then(|r| {
+            r["identifier"]
+                .as_array()?
+                .iter()
+                .find(|i| i["system"] == "http://hl7.org/fhir/sid/us-ssn")
+                .and_then(|i| i["value"].as_str())
+                .map(str::to_string)
+        })
+        .unwrap();
+    assert!(ssn.starts_with("tok_"), "{ssn}");
+
+    // The same presentation again, at C: the challenge was spent at B.
+    let (status, problem) = c
+        .post("/v1/exchange/clinical", &body_of(&vp1, &p.mrn))
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "{problem}");
+    assert_eq!(problem["check"], "challenge");
+    // And at A, where it was issued.
+    let (status, _) = a
+        .post("/v1/exchange/clinical", &body_of(&vp1, &p.mrn))
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+
+    // The token minted at B detokenizes at C, with a challenge from A.
+    let (vp2, _) = vp(a, &doc.key, std::slice::from_ref(&doc.credential)).await;
+    let (status, body) = c
+        .post(
+            "/v1/detokenize",
+            &json!({"token": ssn, "purpose": "TREAT", "presentation": vp2}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(p
+        .secrets
+        .contains(&body["value"].as_str().unwrap().to_string()));
+
+    // The patient withdraws the consent at C; at A, at once, the same request is denied.
+    let (vw, _) = vp(&c, &patient, std::slice::from_ref(&consent_vc)).await;
+    let (status, body) = c
+        .post("/v1/consents/withdrawals", &json!({"presentation": vw}))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (vp3, _) = vp(&b, &doc.key, &[doc.credential.clone(), consent_vc.clone()]).await;
+    let (status, _, bytes) = a
+        .post_raw(
+            "/v1/exchange/clinical",
+            &exchange_body("TREAT", &p.mrn, &["Patient"], &vp3, None),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&bytes));
+
+    // Every decision of every replica (allow, replay denials, detokenize, withdrawal's
+    // denial) waits in the one outbox the replicas share.
+    let mut seen = Vec::new();
+    for g in [a, &b, &c] {
+        seen.push(g.outbox_pending().await.unwrap());
+    }
+    assert!(seen[0] >= 5, "{seen:?} events in the shared outbox");
+    assert!(seen.iter().all(|n| *n == seen[0]), "one outbox: {seen:?}");
+}
