@@ -354,6 +354,20 @@ impl Visibility {
     pub fn url(&self) -> String {
         format!("{}/", self.process.url())
     }
+
+    /// Another process of this visibility service on its own `port`, from a copy of its
+    /// config (`visibility-replica-<index>.toml` beside it) that differs only in `listen`
+    /// and `data_dir`: with PostgreSQL storage the processes share one log.
+    pub fn start_replica(&self, exe: &Path, index: usize, port: u16) -> anyhow::Result<Visibility> {
+        let config = std::fs::read_to_string(&self.config)
+            .map_err(|e| anyhow!("{}: {e}", self.config.display()))?;
+        let mut config = set_top_level(&config, "listen", &format!("\"127.0.0.1:{port}\""));
+        config = set_top_level(&config, "data_dir", &format!("\"data-replica-{index}\""));
+        let dir = self.config.parent().unwrap_or(Path::new("."));
+        let path = dir.join(format!("visibility-replica-{index}.toml"));
+        write(&path, &config)?;
+        Visibility::restart(exe, &self.did, &path)
+    }
 }
 
 /// What a gateway is configured with.

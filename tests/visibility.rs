@@ -1004,3 +1004,202 @@ async fn nats_messages_are_verified_like_batches_and_logged_once() {
         .iter()
         .any(|(_, e)| Some(&e.decision_id) == id.as_ref()));
 }
+
+/// A batch of `n` fresh events of `custodian`, signed with its key, as a gateway sends it.
+fn signed_batch(key: &KeyPair, n: usize) -> (String, Vec<(String, String)>) {
+    let events: Vec<federation::events::AccessEvent> = (0..n)
+        .map(|_| test_support::allowed_event(key.did()))
+        .collect();
+    let ids = events
+        .iter()
+        .map(|e| {
+            let leaf = log::leaf_hash(&leaf_bytes(&LogEntry::Access { event: e.clone() }));
+            (e.id.clone(), hex::encode(leaf))
+        })
+        .collect();
+    let payload = json!({"custodian": key.did(), "events": events});
+    let jws = federation::jose::sign(&payload, key, federation::wire::BATCH_TYP).unwrap();
+    (jws, ids)
+}
+
+/// Three visibility processes share one log in PostgreSQL. Four senders keep sending
+/// batches to them in turn (a batch that fails goes to the next process, as a gateway
+/// behind a load balancer would retry). One process is killed with SIGKILL under that
+/// load. Every event is then in the log exactly once, every checkpoint any process handed
+/// out is consistent with the final one, and acknowledgements never stop for long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_visibility_process_killed_under_load_loses_and_duplicates_nothing() {
+    const TAKEOVER: Duration = Duration::from_secs(5);
+    let dir = tempfile::tempdir().unwrap();
+    let pg = fedgate::harness::Postgres::start(&dir.path().join("db")).unwrap();
+    let fed = Federation::builder(&exe(), dir.path(), support::OFFICE, VISIBILITY)
+        .postgres(&pg)
+        .start()
+        .unwrap();
+    let key = std::sync::Arc::new(KeyPair::load(&fed.office.dir.join("issuer.key.json")).unwrap());
+    let mut processes = vec![
+        fed.visibility.start_replica(&exe(), 1, 0).unwrap(),
+        fed.visibility.start_replica(&exe(), 2, 0).unwrap(),
+    ];
+    let urls: Vec<String> = std::iter::once(fed.visibility.url())
+        .chain(processes.iter().map(Visibility::url))
+        .collect();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+
+    let started = Instant::now();
+    let stop_at = started + Duration::from_secs(12);
+    let mut senders = Vec::new();
+    for s in 0..4usize {
+        let (http, urls, key) = (http.clone(), urls.clone(), key.clone());
+        senders.push(tokio::spawn(async move {
+            let mut sent = Vec::new();
+            let mut acks = Vec::new();
+            let mut notes = Vec::new();
+            let mut turn = s;
+            while Instant::now() < stop_at {
+                let (jws, ids) = signed_batch(&key, 20);
+                // Until some process acknowledges it: a gateway keeps an event until then.
+                loop {
+                    let url = &urls[turn % urls.len()];
+                    turn += 1;
+                    let answer = http
+                        .post(format!("{url}v1/batches"))
+                        .json(&json!({"batch": jws}))
+                        .send()
+                        .await;
+                    if let Ok(r) = answer {
+                        if r.status() == 200 {
+                            let body: Value = r.json().await.unwrap();
+                            acks.push(Instant::now());
+                            notes.push(body["checkpoint"].as_str().unwrap().to_string());
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    assert!(
+                        Instant::now() < stop_at + Duration::from_secs(60),
+                        "a batch found no process to take it for a minute"
+                    );
+                }
+                sent.extend(ids);
+            }
+            (sent, acks, notes)
+        }));
+    }
+    // Under load, the first process (which started first and has appended the most) dies.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut first = fed.visibility;
+    let killed_at = Instant::now();
+    first.process.stop();
+
+    let mut sent = Vec::new();
+    let mut acks = Vec::new();
+    let mut notes = Vec::new();
+    for task in senders {
+        let (s, a, n) = task.await.unwrap();
+        sent.extend(s);
+        acks.extend(a);
+        notes.extend(n);
+    }
+    acks.sort();
+    assert!(acks.len() > 20, "{} batches acknowledged", acks.len());
+    // Acknowledgements went on after the kill, within TAKEOVER.
+    let after: Vec<&Instant> = acks.iter().filter(|t| **t > killed_at).collect();
+    assert!(!after.is_empty(), "nothing was acknowledged after the kill");
+    let first_after = after[0].duration_since(killed_at);
+    assert!(first_after < TAKEOVER, "first acknowledgement {first_after:?} after the kill");
+    let longest = acks
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]))
+        .max()
+        .unwrap();
+    assert!(longest < TAKEOVER, "acknowledgements stopped for {longest:?}");
+
+    // Every event sent is in the log, once: its receipt names one leaf, no two alike, and
+    // the log holds exactly as many leaves as events were sent.
+    let survivor = processes.remove(0);
+    let mut leaves = std::collections::BTreeSet::new();
+    for chunk in sent.chunks(500) {
+        let events: Vec<Value> = chunk
+            .iter()
+            .map(|(id, hash)| json!({"id": id, "leafHash": hash}))
+            .collect();
+        let r: Value = http
+            .post(format!("{}v1/receipts", survivor.url()))
+            .json(&json!({"custodian": key.did(), "events": events}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let receipts = r["receipts"].as_array().unwrap();
+        assert_eq!(receipts.len(), chunk.len(), "{r}");
+        assert!(r["conflicts"].as_array().unwrap().is_empty(), "{r}");
+        for receipt in receipts {
+            assert!(leaves.insert(receipt["leafIndex"].as_u64().unwrap()), "{receipt}");
+        }
+    }
+    let verifier_key = {
+        let doc: Value = http
+            .get(format!("{}.well-known/did.json", survivor.url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let vm = doc["verificationMethod"][0].clone();
+        let jwk = federation::did::method_public_jwk(vm["id"].as_str().unwrap(), &vm).unwrap();
+        let x = serde_json::to_value(&jwk).unwrap()["x"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let raw: [u8; 32] = federation::b64::decode(&x).unwrap().try_into().unwrap();
+        checkpoint::NoteVerifier::new(VISIBILITY, raw).unwrap()
+    };
+    let open = |note: &str| checkpoint::open(note, std::slice::from_ref(&verifier_key)).unwrap();
+    let last = open(&get_text(&format!("{}v1/checkpoint", survivor.url())).await.unwrap());
+    assert_eq!(last.size, sent.len() as u64, "one leaf per event sent");
+    assert_eq!(leaves.len(), sent.len());
+    // The other survivor serves the same checkpoint (it reads the stored one).
+    let other = open(&get_text(&format!("{}v1/checkpoint", processes[0].url())).await.unwrap());
+    assert_eq!((other.size, other.root), (last.size, last.root));
+
+    // Every checkpoint handed out, by any process, is a prefix of the final log: one root
+    // per size, and a consistency proof to the final tree.
+    let mut by_size = std::collections::BTreeMap::new();
+    for note in &notes {
+        let cp = open(note);
+        if let Some(root) = by_size.insert(cp.size, cp.root) {
+            assert_eq!(root, cp.root, "two checkpoints for size {}", cp.size);
+        }
+    }
+    let sizes: Vec<u64> = by_size.keys().copied().collect();
+    for size in sizes.iter().step_by((sizes.len() / 25).max(1)) {
+        let proof: Value = http
+            .get(format!(
+                "{}v1/proofs/consistency?old={size}&new={}",
+                survivor.url(),
+                last.size
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let hashes: Vec<log::Hash> = proof["proof"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| hex::decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
+            .collect();
+        log::verify_consistency(*size, last.size, &by_size[size], &last.root, &hashes)
+            .unwrap_or_else(|e| panic!("checkpoint at {size} is not a prefix: {e}"));
+    }
+    drop(first);
+}
