@@ -26,6 +26,7 @@ fn stored<T: serde::de::DeserializeOwned>(gw: &Gateway, name: &str) -> Vec<T> {
 }
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use federation::credentials::{self, CredentialKind, PresentationBinding, ProofFormat};
 use federation::keys::{KeyAlgorithm, KeyPair};
@@ -2343,4 +2344,142 @@ async fn replicas_on_postgres_share_challenges_consents_tokens_and_the_outbox() 
     }
     assert!(seen[0] >= 5, "{seen:?} events in the shared outbox");
     assert!(seen.iter().all(|n| *n == seen[0]), "one outbox: {seen:?}");
+}
+
+/// The database stops for 30 s while requests keep coming: the gateway answers 503 and
+/// serves nothing it could not record, says so on /readyz, and recovers by itself when the
+/// database is back, with every decision it answered in the outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_outage_fails_closed_and_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pg = fedgate::harness::Postgres::start(&dir.path().join("db")).unwrap();
+    pg.create_database("fedgate").unwrap();
+    let office = Office::start(&exe(), &dir.path().join("office"), OFFICE).unwrap();
+    let spec = GatewaySpec {
+        port: 0,
+        did: CUSTODIAN.into(),
+        records: fixtures(),
+        policies: repo("policies"),
+        extra_toml: format!(
+            "{}\n{}",
+            extra_toml(&office, "outage"),
+            pg.storage("fedgate", "gateway_a").toml()
+        ),
+    };
+    let gateway = Gateway::start(&exe(), &dir.path().join("gateway"), &spec).unwrap();
+    let fed = Fed {
+        office,
+        gateway,
+        _dir: dir,
+    };
+    let gw = &fed.gateway;
+    let p = fixture_patient(&fixtures()[0]);
+    let doc = clinician(
+        &fed,
+        "physician",
+        CUSTODIAN,
+        &["clinical"],
+        &["read"],
+        REQUESTER_ORG,
+    )
+    .await;
+    let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+    let c = linked_consent(
+        gw,
+        &patient,
+        &p.mrn,
+        doc.key.did(),
+        "permit",
+        &["TREAT"],
+        &["clinical"],
+    )
+    .await;
+    let creds = [doc.credential.clone(), c.clone()];
+    let mut answered = 0u64;
+    let (v, _) = vp(gw, &doc.key, &creds).await;
+    let (status, _, _) = gw
+        .post_raw("/v1/exchange/clinical", &body_of(&v, &p.mrn), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    answered += 1;
+    // Challenges taken before the outage, presented during and after it.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(vp(gw, &doc.key, &creds).await.0);
+    }
+
+    pg.stop().unwrap();
+    let outage = Instant::now();
+    let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+    let mut ready_said = None;
+    while outage.elapsed() < Duration::from_secs(30) {
+        let (status, _, bytes) = gw
+            .post_raw("/v1/exchange/clinical", &body_of(&held[0], &p.mrn), None)
+            .await
+            .unwrap();
+        *statuses.entry(status).or_default() += 1;
+        if status == 503 {
+            let problem: Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(problem["status"], 503, "{problem}");
+        }
+        let challenge = reqwest::Client::new()
+            .post(format!("{}v1/challenges", gw.url()))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        *statuses.entry(challenge.status().as_u16()).or_default() += 1;
+        let ready = reqwest::get(format!("{}readyz", gw.url())).await.unwrap();
+        assert_eq!(ready.status(), 503);
+        ready_said.get_or_insert(ready.json::<Value>().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Nothing was served while the database was away: no 200, no decision.
+    assert_eq!(
+        statuses.keys().copied().collect::<Vec<_>>(),
+        vec![503],
+        "{statuses:?}"
+    );
+    let ready_said = ready_said.unwrap();
+    assert_eq!(
+        ready_said["state"]["database"]["ready"], false,
+        "{ready_said}"
+    );
+    assert!(ready_said["state"]["database"]["error"].is_string());
+
+    pg.start_again().unwrap();
+    // Back without a restart: the held presentation (its challenge never consumed) works.
+    let back = Instant::now();
+    loop {
+        let (status, _, bytes) = gw
+            .post_raw("/v1/exchange/clinical", &body_of(&held[1], &p.mrn), None)
+            .await
+            .unwrap();
+        if status == 200 {
+            answered += 1;
+            break;
+        }
+        assert_eq!(status, 503, "{}", String::from_utf8_lossy(&bytes));
+        assert!(
+            back.elapsed() < Duration::from_secs(20),
+            "no recovery in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (status, _, bytes) = gw
+        .post_raw("/v1/exchange/clinical", &body_of(&held[0], &p.mrn), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        status,
+        200,
+        "the challenge refused during the outage is still unspent: {}",
+        String::from_utf8_lossy(&bytes)
+    );
+    answered += 1;
+    let ready = reqwest::get(format!("{}readyz", gw.url())).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    // Every decision answered is in the outbox; nothing was recorded for the 503s.
+    assert_eq!(gw.outbox_pending().await.unwrap(), answered);
 }

@@ -1110,13 +1110,19 @@ async fn a_visibility_process_killed_under_load_loses_and_duplicates_nothing() {
     let after: Vec<&Instant> = acks.iter().filter(|t| **t > killed_at).collect();
     assert!(!after.is_empty(), "nothing was acknowledged after the kill");
     let first_after = after[0].duration_since(killed_at);
-    assert!(first_after < TAKEOVER, "first acknowledgement {first_after:?} after the kill");
+    assert!(
+        first_after < TAKEOVER,
+        "first acknowledgement {first_after:?} after the kill"
+    );
     let longest = acks
         .windows(2)
         .map(|w| w[1].duration_since(w[0]))
         .max()
         .unwrap();
-    assert!(longest < TAKEOVER, "acknowledgements stopped for {longest:?}");
+    assert!(
+        longest < TAKEOVER,
+        "acknowledgements stopped for {longest:?}"
+    );
 
     // Every event sent is in the log, once: its receipt names one leaf, no two alike, and
     // the log holds exactly as many leaves as events were sent.
@@ -1140,7 +1146,10 @@ async fn a_visibility_process_killed_under_load_loses_and_duplicates_nothing() {
         assert_eq!(receipts.len(), chunk.len(), "{r}");
         assert!(r["conflicts"].as_array().unwrap().is_empty(), "{r}");
         for receipt in receipts {
-            assert!(leaves.insert(receipt["leafIndex"].as_u64().unwrap()), "{receipt}");
+            assert!(
+                leaves.insert(receipt["leafIndex"].as_u64().unwrap()),
+                "{receipt}"
+            );
         }
     }
     let verifier_key = {
@@ -1162,11 +1171,19 @@ async fn a_visibility_process_killed_under_load_loses_and_duplicates_nothing() {
         checkpoint::NoteVerifier::new(VISIBILITY, raw).unwrap()
     };
     let open = |note: &str| checkpoint::open(note, std::slice::from_ref(&verifier_key)).unwrap();
-    let last = open(&get_text(&format!("{}v1/checkpoint", survivor.url())).await.unwrap());
+    let last = open(
+        &get_text(&format!("{}v1/checkpoint", survivor.url()))
+            .await
+            .unwrap(),
+    );
     assert_eq!(last.size, sent.len() as u64, "one leaf per event sent");
     assert_eq!(leaves.len(), sent.len());
     // The other survivor serves the same checkpoint (it reads the stored one).
-    let other = open(&get_text(&format!("{}v1/checkpoint", processes[0].url())).await.unwrap());
+    let other = open(
+        &get_text(&format!("{}v1/checkpoint", processes[0].url()))
+            .await
+            .unwrap(),
+    );
     assert_eq!((other.size, other.root), (last.size, last.root));
 
     // Every checkpoint handed out, by any process, is a prefix of the final log: one root
@@ -1196,7 +1213,12 @@ async fn a_visibility_process_killed_under_load_loses_and_duplicates_nothing() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|h| hex::decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
+            .map(|h| {
+                hex::decode(h.as_str().unwrap())
+                    .unwrap()
+                    .try_into()
+                    .unwrap()
+            })
             .collect();
         log::verify_consistency(*size, last.size, &by_size[size], &last.root, &hashes)
             .unwrap_or_else(|e| panic!("checkpoint at {size} is not a prefix: {e}"));

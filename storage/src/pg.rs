@@ -539,31 +539,39 @@ impl Pg {
         ))
     }
 
-    /// Runs `f` on a reader connection (connecting first if it has none) and waits.
+    /// Runs `f` on a reader connection (connecting first if it has none) and waits. A
+    /// connection found broken (the server restarted, a network cut) is replaced and `f`
+    /// runs once more on the new one: a read changes nothing, so trying again is safe,
+    /// and the first request after the database is back does not fail on a stale
+    /// connection.
     pub(crate) fn read<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Conn) -> Result<R, StoreError> + Send + 'static,
+        f: impl Fn(&mut Conn) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
         let (reply, answer) = mpsc::sync_channel(1);
         let job: ReadJob = Box::new(move |slot, connector| {
-            if slot.is_none() {
-                match connector.connect() {
-                    Ok(conn) => *slot = Some(conn),
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                        return;
+            let mut tries = 0;
+            let result = loop {
+                tries += 1;
+                if slot.is_none() {
+                    match connector.connect() {
+                        Ok(conn) => *slot = Some(conn),
+                        Err(e) => break Err(e),
                     }
                 }
-            }
-            let Some(conn) = slot.as_mut() else { return };
-            let result = f(conn);
-            if result.is_err()
-                && (conn.client.is_closed()
-                    || conn.client.is_valid(Duration::from_secs(2)).is_err())
-            {
+                let Some(conn) = slot.as_mut() else {
+                    break Err(StoreError::Stopped);
+                };
+                let result = f(conn);
+                if result.is_ok() || !broken(conn) {
+                    break result;
+                }
                 // A broken connection is dropped; the next read connects again.
                 *slot = None;
-            }
+                if tries >= 2 {
+                    break result;
+                }
+            };
             let _ = reply.send(result);
         });
         let sent = match self.reads.lock() {
@@ -606,6 +614,11 @@ impl Pg {
         metrics::gauge!("fedgate_db_pool_open", "db" => name)
             .set(self.stats.open.load(Ordering::Relaxed) as f64);
     }
+}
+
+/// Whether `conn` can no longer be used (checked after a failure).
+fn broken(conn: &mut Conn) -> bool {
+    conn.client.is_closed() || conn.client.is_valid(Duration::from_secs(2)).is_err()
 }
 
 fn connector_shown(options: &PgOptions) -> String {
@@ -780,10 +793,30 @@ pub(crate) fn run_writer(
                 }
             }
         }
-        let Some(c) = conn.as_mut() else { continue };
         let writes = batch.len();
         let started = Instant::now();
-        match commit_batch(c, batch, connector) {
+        // The transaction and its lock; on a connection found broken (the server
+        // restarted while this one was idle), once more on a new one: nothing ran yet.
+        let mut began = conn.as_mut().map(begin);
+        if matches!(began, Some(Err(_))) && conn.as_mut().is_some_and(broken) {
+            conn = connector.connect().ok();
+            began = conn.as_mut().map(begin);
+        }
+        let (Some(c), Some(Ok(waited))) = (conn.as_mut(), began) else {
+            stats.writer_down.store(true, Ordering::Release);
+            metrics::counter!("fedgate_db_commit_failures_total", "db" => name).increment(1);
+            for job in batch {
+                job.refuse(StoreError::Unreachable {
+                    at: connector.shown.clone(),
+                    reason: "the database did not start a transaction".into(),
+                });
+            }
+            if conn.as_mut().is_some_and(broken) {
+                conn = None;
+            }
+            continue;
+        };
+        match commit_batch(c, batch, connector, waited) {
             Ok(waited) => {
                 stats.writer_down.store(false, Ordering::Release);
                 metrics::histogram!("fedgate_db_lock_wait_seconds", "db" => name)
@@ -792,7 +825,7 @@ pub(crate) fn run_writer(
             Err(reason) => {
                 metrics::counter!("fedgate_db_commit_failures_total", "db" => name).increment(1);
                 tracing::warn!(db = name, error = %reason, "a database commit failed; its writes were refused");
-                if c.client.is_closed() || c.client.is_valid(Duration::from_secs(2)).is_err() {
+                if broken(c) {
                     stats.writer_down.store(true, Ordering::Release);
                     conn = None;
                 }
@@ -804,29 +837,31 @@ pub(crate) fn run_writer(
     }
 }
 
-/// Runs one batch in one transaction. Ok: committed, with the time spent waiting for the
-/// write lock. Err: nothing of the batch was kept, and every write was told.
+/// Begins a batch's transaction and takes the schema's write lock; returns the time spent
+/// waiting for the lock.
+fn begin(conn: &mut Conn) -> Result<Duration, postgres::Error> {
+    let schema = conn.schema.clone();
+    let asked = Instant::now();
+    match conn.execute(&format!(
+        "BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, hashtext('{schema}'))"
+    )) {
+        Ok(()) => Ok(asked.elapsed()),
+        Err(e) => {
+            let _ = conn.execute("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// Runs one batch in the transaction [`begin`] opened, and commits it. Ok: committed,
+/// with the time spent waiting for the write lock. Err: nothing of the batch was kept,
+/// and every write was told.
 fn commit_batch(
     conn: &mut Conn,
     batch: Vec<Box<dyn Pending>>,
     connector: &Connector,
+    waited: Duration,
 ) -> Result<Duration, String> {
-    let fail = |batch: Vec<Box<dyn Pending>>, e: StoreError| {
-        let reason = e.to_string();
-        for job in batch {
-            job.refuse(StoreError::Commit(reason.clone()));
-        }
-        Err(reason)
-    };
-    let schema = conn.schema.clone();
-    let asked = Instant::now();
-    if let Err(e) = conn.execute(&format!(
-        "BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, hashtext('{schema}'))"
-    )) {
-        let _ = conn.execute("ROLLBACK");
-        return fail(batch, connector.failed(&e));
-    }
-    let waited = asked.elapsed();
     let mut answers = Vec::with_capacity(batch.len());
     let mut poisoned = None;
     let mut jobs = batch.into_iter();
