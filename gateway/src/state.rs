@@ -53,7 +53,7 @@ pub struct GatewayState {
     pub(crate) metrics: PrometheusHandle,
     /// Where requesters reach this gateway (for the links of paged answers).
     pub public_url: reqwest::Url,
-    /// Cursors of paged answers.
+    /// Cursors of paged answers (in the database: any replica honours them).
     pub pages: crate::paging::Pages,
 }
 
@@ -237,6 +237,7 @@ impl GatewayState {
             }
         }
         let verifier = Verifier::new(resolver, trust, status);
+        let pages = crate::paging::Pages::open(&db);
         Ok(Arc::new(GatewayState {
             trust_mode,
             config,
@@ -254,7 +255,7 @@ impl GatewayState {
             admin,
             metrics,
             public_url,
-            pages: crate::paging::Pages::default(),
+            pages,
         }))
     }
 
