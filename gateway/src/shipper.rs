@@ -27,6 +27,7 @@ use federation::wire::{self, leaf_bytes, BatchResponse, LogEntry, ReceiptsRespon
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use service::eventbus::{self, NatsConfig};
+use storage::StoreError;
 
 use crate::db::{Db, Tree};
 use crate::outbox::{Outbox, Stage as OutboxStage};
@@ -99,6 +100,11 @@ pub enum ShipError {
     Inconsistent(String),
     #[error("storage: {0}")]
     Storage(String),
+    /// Other shippers over the same database (replicas) kept adopting checkpoints while
+    /// this one checked its answer against the last; nothing was kept, the batch goes
+    /// again.
+    #[error("the adopted checkpoint kept moving while an answer was checked; will retry")]
+    Contended,
 }
 
 pub struct Shipper {
@@ -132,6 +138,10 @@ struct Bus {
 /// A published event still without a receipt after this long is published again: the
 /// stream drops it if it still remembers the id, and the log keeps one leaf either way.
 const REPUBLISH_AFTER: Duration = Duration::from_secs(30);
+
+/// Times an answer is checked again against a checkpoint another replica adopted while it
+/// was being checked, before the round gives up (and the batch goes again).
+const ADOPT_ATTEMPTS: usize = 5;
 
 /// The loops the shipper runs: one on the HTTPS path, two on the NATS path (handing events
 /// to the stream does not wait on the log's receipts).
@@ -569,7 +579,6 @@ impl Shipper {
         let verifier = self.note_verifier().await?;
         let cp = checkpoint::open(note, std::slice::from_ref(&verifier))
             .map_err(|e| ShipError::BadAnswer(format!("checkpoint: {e}")))?;
-        self.check_consistency(cp.size, &cp.root).await?;
 
         let by_id: HashMap<&str, &AccessEvent> = sent.iter().map(|e| (e.id.as_str(), e)).collect();
         let mut stored = Vec::with_capacity(receipts.len());
@@ -620,34 +629,89 @@ impl Shipper {
             note: Some(note.to_string()),
         })
         .map_err(|e| ShipError::Storage(e.to_string()))?;
-        let (receipts_tree, state, outbox) = (
-            self.receipts.clone(),
-            self.state.clone(),
-            self.outbox.clone(),
-        );
-        let ids = stored.clone();
-        self.db
-            .write(move |tx| {
-                for (id, bytes) in ids.iter().zip(&kept) {
-                    tx.insert(&receipts_tree, id.as_bytes(), bytes)?;
-                }
-                tx.insert(&state, LAST_CHECKPOINT, &adopted)?;
-                outbox.settle(tx, stage, &ids)
-            })
-            .await
-            .map_err(|e| ShipError::Storage(e.to_string()))?;
-        self.adopted_now();
-        Ok(stored)
+        let kept: Arc<Vec<(String, Vec<u8>)>> =
+            Arc::new(stored.iter().cloned().zip(kept).collect());
+        let adopted = Arc::new(adopted);
+        // Replicas adopt checkpoints into one shared `log_state`, each from its own
+        // answers, which may cross: the checkpoint checked against is read again inside
+        // the write, and when another shipper adopted one meanwhile, this answer is checked
+        // again against that one. So every adopted checkpoint was proved to extend the one
+        // before it, whichever replica adopted either.
+        for _ in 0..ADOPT_ATTEMPTS {
+            let last = Adopted::load(&self.state)?;
+            self.check_consistency(last.as_ref(), cp.size, &cp.root)
+                .await?;
+            let checked = last.map(|l| (l.size, l.root));
+            let (receipts_tree, state, outbox) = (
+                self.receipts.clone(),
+                self.state.clone(),
+                self.outbox.clone(),
+            );
+            let (kept, adopted, size) = (kept.clone(), adopted.clone(), cp.size);
+            let done = self
+                .db
+                .write(move |tx| {
+                    let current = tx
+                        .get(&state, LAST_CHECKPOINT)?
+                        .and_then(|v| serde_json::from_slice::<Adopted>(&v).ok())
+                        .map(|a| (a.size, a.root));
+                    let adopt = if current == checked {
+                        checked.as_ref().is_none_or(|(last, _)| size >= *last)
+                    } else if checked.as_ref().is_some_and(|(last, _)| size <= *last) {
+                        // This checkpoint is a prefix of the one checked against, which
+                        // the one adopted since extends: consistent, and not adopted.
+                        false
+                    } else {
+                        return Ok(false);
+                    };
+                    let ids: Vec<String> = kept.iter().map(|(id, _)| id.clone()).collect();
+                    for (id, bytes) in kept.iter() {
+                        tx.insert(&receipts_tree, id.as_bytes(), bytes)?;
+                    }
+                    if adopt {
+                        tx.insert(&state, LAST_CHECKPOINT, &adopted)?;
+                    }
+                    outbox.settle(tx, stage, &ids)?;
+                    Ok::<bool, StoreError>(true)
+                })
+                .await
+                .map_err(|e| ShipError::Storage(e.to_string()))?;
+            if done {
+                self.adopted_now();
+                return Ok(stored);
+            }
+        }
+        Err(ShipError::Contended)
     }
 
-    /// Checks that a checkpoint extends the last adopted one (it is adopted separately).
-    async fn check_consistency(&self, size: u64, root: &log::Hash) -> Result<(), ShipError> {
-        match Adopted::load(&self.state)? {
-            Some(last) => {
-                self.prove_extends(last.size, &last.root_hash()?, size, root)
-                    .await
+    /// Checks that a checkpoint is consistent with `last`, the last adopted one: it
+    /// extends it, or, when another replica adopted a later one first (their answers
+    /// crossed), it is a prefix of it. A log that cannot prove the adopted checkpoint
+    /// extends a smaller one it just signed has shrunk: inconsistent.
+    async fn check_consistency(
+        &self,
+        last: Option<&Adopted>,
+        size: u64,
+        root: &log::Hash,
+    ) -> Result<(), ShipError> {
+        let Some(last) = last else {
+            return Ok(());
+        };
+        let last_root = last.root_hash()?;
+        if size >= last.size {
+            return self.prove_extends(last.size, &last_root, size, root).await;
+        }
+        match self.prove_extends(size, root, last.size, &last_root).await {
+            Err(ShipError::Refused { status, detail })
+                if (400..500).contains(&status) && status != 408 && status != 429 =>
+            {
+                Err(ShipError::Inconsistent(format!(
+                    "the log shrank from {} to {size}: it refused to prove the one extends the \
+                     other ({status}, {detail})",
+                    last.size
+                )))
             }
-            None => Ok(()),
+            other => other,
         }
     }
 
