@@ -504,7 +504,8 @@ mod tests {
 
         // A break-glass grant ending in a moment: dead at both replicas once it has, and
         // purged by either.
-        let soon = federation::time::rfc3339(Utc::now() + chrono::Duration::milliseconds(300));
+        // (Expiry times are whole seconds: this one is one to two seconds away.)
+        let soon = federation::time::rfc3339(Utc::now() + chrono::Duration::seconds(2));
         let short = b
             .issue(&ledger, &decision(Some(soon)), "p1", holder.did(), 2)
             .await
@@ -514,7 +515,7 @@ mod tests {
             .redeem(&resolver, gateway, &short, 2, Some(&proof))
             .await
             .is_ok());
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(Duration::from_millis(2_100)).await;
         for pages in [&a, &b] {
             assert_eq!(
                 pages
