@@ -1131,7 +1131,8 @@ mod replica_tests {
         let outbox = Outbox::open(&db, 1_000);
         let key = gateway_key();
         let mut stopped = log.shipper(&db, &outbox, &key);
-        stopped.lease = Duration::from_millis(500);
+        // Long enough for the other's rounds below on a loaded machine, short for a test.
+        stopped.lease = Duration::from_secs(2);
         let live = log.shipper(&db, &outbox, &key);
         assert_eq!(live.lease, CLAIM_LEASE);
         for n in 0..25 {
@@ -1145,7 +1146,7 @@ mod replica_tests {
         assert!(held.iter().all(|e| outbox.get(&e.id).is_some()));
         assert_eq!(log.received().len(), 15);
 
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        tokio::time::sleep(Duration::from_millis(2_100)).await;
         assert_eq!(live.ship_once().await.unwrap(), 10);
         assert!(outbox.is_empty());
         let all: Vec<String> = (0..25).map(|n| event(n).id).collect();
