@@ -20,7 +20,8 @@
 //!   any replica honours them), and their page proofs;
 //!   [`outcome`]: the OperationOutcome that says what an answer left out and why.
 //! - [`bundle`]: the answer's searchset Bundle, written one entry at a time.
-//! - [`outbox`]: the durable access-event outbox, written before any response.
+//! - [`outbox`]: the durable access-event outbox, written before any response (one per
+//!   database: replicas share it, and their shippers claim the batches they ship).
 //! - [`jwe`]: response encryption to the requester's key-agreement key.
 //! - [`shipper`]: delivers the outbox to the visibility log and checks the log's consistency;
 //!   [`gossip`]: compares the adopted checkpoint with peer gateways' (split views).
