@@ -129,6 +129,15 @@ impl GatewayState {
         let outbox = Outbox::open(&db, config.outbox_max_events);
         let consents = ConsentStore::open(&db)?;
         let vault = Arc::new(Vault::open(db.tree("vault"), secret));
+        vault.check_secret().await.map_err(|e| match e {
+            crate::vault::VaultError::OtherSecret => {
+                StartError::Secret(crate::vault::VaultError::KeyFile {
+                    path: config.secret_file.display().to_string(),
+                    reason: e.to_string(),
+                })
+            }
+            e => StartError::Secret(e),
+        })?;
         let research_budget = crate::research::budget::BudgetStore::open(&db);
         let records = match &config.records {
             RecordsConfig::Embedded => RecordSource::embedded(&config.data_dir.join("records"))?,

@@ -8,7 +8,11 @@
 //!   to the same recipient again reuses its token instead of growing the vault.
 //!
 //! Both keys are derived from the gateway secret with HMAC-SHA256 and distinct labels; the
-//! secret itself is not kept, and the derived keys are zeroized on drop.
+//! secret itself is not kept, and the derived keys are zeroized on drop. A third entry,
+//! `s:check` → HMAC(encryption key, label), records which secret the vault is written with:
+//! a process with another secret (a replica whose `secret_file` was not copied, and so was
+//! created afresh) is refused at start rather than mint tokens the others cannot reveal
+//! ([`Vault::check_secret`]).
 //!
 //! New tokens are written together: a tokenization collects the tokens it minted
 //! ([`NewTokens`]) and commits them in one write before its answer leaves
@@ -45,6 +49,8 @@ const TOKEN_KEY: &[u8] = b"t:";
 const INDEX_KEY: &[u8] = b"i:";
 const ENC_LABEL: &[u8] = b"fedgate/vault/encryption/v1";
 const INDEX_LABEL: &[u8] = b"fedgate/vault/index/v1";
+const CHECK_KEY: &[u8] = b"s:check";
+const CHECK_LABEL: &[u8] = b"fedgate/vault/secret-check/v1";
 /// Longest token accepted on lookup: ours are 26 characters.
 const MAX_TOKEN_LEN: usize = 64;
 
@@ -64,6 +70,11 @@ pub enum VaultError {
     Storage(#[from] StoreError),
     #[error("secret file {path}: {reason}")]
     KeyFile { path: String, reason: String },
+    #[error(
+        "not the secret this gateway's vault was first written with (every replica of a \
+         gateway needs the same secret file)"
+    )]
+    OtherSecret,
 }
 
 /// The token another writer stored for `minted`'s value, recipient, domain and class since
@@ -224,6 +235,24 @@ impl Vault {
         };
         key.zeroize();
         vault
+    }
+
+    /// Checks that this vault's secret is the one its tree was first written with,
+    /// recording it (as an HMAC, which tells nothing of the secret) the first time.
+    pub async fn check_secret(&self) -> Result<(), VaultError> {
+        let check = hmac_sha256(&self.enc_key, &[CHECK_LABEL]);
+        let tree = self.tree.clone();
+        self.tree
+            .db()
+            .write(move |tx| match tx.get(&tree, CHECK_KEY)? {
+                Some(stored) if stored == check => Ok(()),
+                Some(_) => Err(VaultError::OtherSecret),
+                None => {
+                    tx.insert(&tree, CHECK_KEY, &check)?;
+                    Ok(())
+                }
+            })
+            .await
     }
 
     /// Stores `value` for `recipient_org` in `domain` and returns its token, on disk. The
@@ -695,6 +724,29 @@ mod tests {
         // Another recipient's value is another token, untouched by the race.
         assert_ne!(a.put("y", "ssn", "did:web:b", "clinical").unwrap(), tb);
         assert_eq!(a.len().unwrap(), 3);
+    }
+
+    /// Replicas must share the secret: one whose secret file was created afresh is refused
+    /// by the vault it would otherwise fill with tokens the others cannot reveal.
+    #[tokio::test]
+    async fn a_vault_written_with_one_secret_refuses_another() {
+        let db = crate::db::temporary().unwrap();
+        let first = Vault::open(db.tree("vault"), [7u8; 32]);
+        first.check_secret().await.unwrap();
+        let token = first.put("x", "ssn", "did:web:a", "clinical").unwrap();
+        let same = Vault::open(db.tree("vault"), [7u8; 32]);
+        same.check_secret().await.unwrap();
+        let other = Vault::open(db.tree("vault"), [8u8; 32]);
+        assert!(matches!(
+            other.check_secret().await,
+            Err(VaultError::OtherSecret)
+        ));
+        assert!(matches!(
+            other.reveal(&token, "did:web:a"),
+            Err(VaultError::Corrupt)
+        ));
+        assert_eq!(same.reveal(&token, "did:web:a").unwrap(), "x");
+        assert_eq!(same.len().unwrap(), 1);
     }
 
     #[test]
