@@ -131,6 +131,11 @@ impl IntoResponse for GatewayError {
                     PageError::UnknownCursor | PageError::NoSuchPage(_) => {
                         (StatusCode::NOT_FOUND, "page-cursor", "Unknown or expired cursor")
                     }
+                    PageError::Storage(_) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "service-unavailable",
+                        "Service Unavailable",
+                    ),
                 };
                 Problem::new(status, slug, title, e.to_string())
             }

@@ -335,11 +335,24 @@ async fn answer(
     drop(rest);
     let cursor = match cursor {
         Some(c) => Some(c.to_string()),
-        None if pages > 1 => Some(
-            state
-                .pages
-                .issue(ledger, decision, patient_id, holder, pages),
-        ),
+        None if pages > 1 => match state
+            .pages
+            .issue(ledger, decision, patient_id, holder, pages)
+            .await
+        {
+            Ok(cursor) => Some(cursor),
+            // Page 1 is not served without the cursor to the rest: it would look complete.
+            Err(e) => {
+                return Err(state
+                    .record_not_served(
+                        ledger,
+                        decision,
+                        NotServed::Preparation,
+                        GatewayError::Page(e),
+                    )
+                    .await)
+            }
+        },
         None => None,
     };
     notes.extend(outcome::mark_withheld_references(

@@ -19,6 +19,12 @@
 //! A peer cannot frame the log: a checkpoint that is not signed by the log's key is the
 //! peer's fault, logged and ignored. Nor does a peer learn anything private: a checkpoint
 //! is a tree size and a root hash.
+//!
+//! Replicas of one gateway share its database, so they adopt, serve and compare the same
+//! checkpoint; each gossips on its own (one small request and proof per peer and round).
+//! Evidence is keyed by the two notes, so replicas that find one split view keep one
+//! copy of it; which peers disagree now is each process's, like its metrics, so an alert
+//! on the incident counter should not add up the replicas' counts.
 
 use std::collections::HashSet;
 use std::sync::Arc;

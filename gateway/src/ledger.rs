@@ -7,16 +7,21 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use federation::events::{AccessEvent, Outcome, PrivacySpend};
 use federation::verify::VerifiedPresentation;
+use serde::{Deserialize, Serialize};
 
 use crate::policy::requester_org;
 
-/// What the event of a decision is made of, filled in as the request goes.
-#[derive(Clone)]
+/// What the event of a decision is made of, filled in as the request goes. It is kept
+/// with a paged answer's cursor ([`crate::paging`]), for the events of its later pages.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Ledger {
     pub decision_id: String,
     /// The event's own id when it is not the decision's first (a later page of a paged
     /// answer is recorded as another event of the same decision).
     pub event_id: Option<String>,
+    /// When this process started on the request (for its latency), so not kept: a ledger
+    /// read back is one of a later request, which starts it again.
+    #[serde(skip, default = "Instant::now")]
     pub started: Instant,
     pub time: DateTime<Utc>,
     pub domain: String,

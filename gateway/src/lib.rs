@@ -16,10 +16,12 @@
 //! - `registration`: consents registered and withdrawn, DIDs linked to patients.
 //! - [`consents`]: consents registered by patients, and their withdrawals.
 //! - [`dates`]: the `shift_dates` obligation, one offset per patient and recipient.
-//! - [`paging`]: cursors of answers larger than `max_records`, and their page proofs;
+//! - [`paging`]: cursors of answers larger than `max_records` (kept in the database, so
+//!   any replica honours them), and their page proofs;
 //!   [`outcome`]: the OperationOutcome that says what an answer left out and why.
 //! - [`bundle`]: the answer's searchset Bundle, written one entry at a time.
-//! - [`outbox`]: the durable access-event outbox, written before any response.
+//! - [`outbox`]: the durable access-event outbox, written before any response (one per
+//!   database: replicas share it, and their shippers claim the batches they ship).
 //! - [`jwe`]: response encryption to the requester's key-agreement key.
 //! - [`shipper`]: delivers the outbox to the visibility log and checks the log's consistency;
 //!   [`gossip`]: compares the adopted checkpoint with peer gateways' (split views).
@@ -107,12 +109,15 @@ pub async fn run(
     if let Err(e) = state.policy.spawn_watch(Duration::from_secs(2)) {
         tracing::warn!(error = %e, "policy reload watcher not started");
     }
-    let nonces = state.nonces.clone();
+    let (nonces, pages) = (state.nonces.clone(), state.pages.clone());
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(60)).await;
             if let Err(e) = nonces.purge_expired().await {
                 tracing::warn!(error = %e, "expired challenges not purged; will retry");
+            }
+            if let Err(e) = pages.purge_expired().await {
+                tracing::warn!(error = %e, "expired page cursors not purged; will retry");
             }
         }
     });

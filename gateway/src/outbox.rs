@@ -10,17 +10,33 @@
 //! On the NATS path an event goes through a second stage: once the stream has stored it,
 //! it moves to the `published` tree (it is recorded, so it no longer counts against the
 //! bound) and stays there until the log's receipt for it is kept.
+//!
+//! Replicas of one gateway (processes with one configuration sharing one database) share
+//! this one outbox: each appends to it, the bound holds across them (writes run one at a
+//! time across replicas), and readiness reports the shared outbox at every replica. Each
+//! replica's shipper ships it, so a shipper first claims the batch it is about to hand
+//! on ([`Outbox::claim`]): events another live shipper claimed are skipped, a claim ends
+//! in the write that removes its event, and the claims of a replica that stopped lapse
+//! with their lease, after which another replica ships those events.
 
+use std::collections::HashSet;
 use std::ops::ControlFlow;
+use std::time::Duration;
 
 use federation::events::AccessEvent;
-use storage::{StoreError, WriteTx};
+use rand::RngCore as _;
+use storage::{Snapshot, StoreError, WriteTx};
 
 use crate::db::{Db, Tree};
 
 /// The trees this module owns.
 const PENDING_TREE: &str = "outbox";
 const PUBLISHED_TREE: &str = "outbox_published";
+/// Claims: event id → the claiming shipper's [`ClaimId`] (16 bytes) and the end of its
+/// lease (milliseconds since the Unix epoch, 8 bytes big-endian). A tree of its own rather
+/// than a field of each entry: a claim, and each renewal of it, writes 24 bytes per event
+/// instead of rewriting the event, and the outbox's bound keeps counting events only.
+const CLAIMS_TREE: &str = "outbox_claims";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OutboxError {
@@ -49,12 +65,80 @@ pub(crate) enum Stage {
     Published,
 }
 
+/// Who holds a claim: one random id per shipper, so per process, never reused (a
+/// restarted process does not inherit the claims of the one before; they expire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimId([u8; 16]);
+
+impl ClaimId {
+    pub fn random() -> ClaimId {
+        let mut id = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        ClaimId(id)
+    }
+}
+
+/// A claim as the claims tree holds it.
+struct Claim {
+    by: ClaimId,
+    until_ms: u64,
+}
+
+impl Claim {
+    fn to_bytes(&self) -> [u8; 24] {
+        let mut bytes = [0u8; 24];
+        bytes[..16].copy_from_slice(&self.by.0);
+        bytes[16..].copy_from_slice(&self.until_ms.to_be_bytes());
+        bytes
+    }
+
+    /// `None` for a value that is not a claim: no claim, so the event is shipped.
+    fn from_bytes(bytes: &[u8]) -> Option<Claim> {
+        let by: [u8; 16] = bytes.get(..16)?.try_into().ok()?;
+        let until: [u8; 8] = bytes.get(16..)?.try_into().ok()?;
+        Some(Claim {
+            by: ClaimId(by),
+            until_ms: u64::from_be_bytes(until),
+        })
+    }
+}
+
+/// Reads the same way from a snapshot and inside a write: claims are looked for in a
+/// snapshot first, and taken inside a write.
+enum Reader<'r, 't> {
+    Snapshot(&'r Snapshot),
+    Write(&'r mut WriteTx<'t>),
+}
+
+impl Reader<'_, '_> {
+    fn scan(
+        &mut self,
+        tree: &Tree,
+        f: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Reader::Snapshot(snapshot) => snapshot.scan(tree, .., f),
+            Reader::Write(tx) => tx.scan(tree, .., f),
+        }
+    }
+}
+
+/// What a look for claimable events found.
+struct Claimable {
+    /// The oldest events nobody else holds, with their keys, up to the limit asked.
+    events: Vec<(Vec<u8>, AccessEvent)>,
+    /// Keys of claims whose lease is over (their events may be gone).
+    expired: Vec<Vec<u8>>,
+}
+
 #[derive(Clone)]
 pub struct Outbox {
     db: Db,
     tree: Tree,
     /// Handed to NATS JetStream, waiting for the log's receipt.
     published: Tree,
+    /// Which shipper is handing which event on, until when (see [`Outbox::claim`]).
+    claims: Tree,
     max_events: usize,
 }
 
@@ -65,6 +149,7 @@ impl Outbox {
             db: db.clone(),
             tree: db.tree(PENDING_TREE),
             published: db.tree(PUBLISHED_TREE),
+            claims: db.tree(CLAIMS_TREE),
             max_events,
         }
     }
@@ -139,6 +224,124 @@ impl Outbox {
         result
     }
 
+    /// Claims for `by` up to `limit` of the oldest events of `stage` that no other shipper
+    /// holds (never claimed, claimed by a shipper whose lease is over, or already `by`'s,
+    /// whose lease is renewed), until `lease` from now; returns them in id (time) order.
+    ///
+    /// Every replica of the gateway ships the one outbox of their shared database: a
+    /// claim, taken in one write (writes run one at a time across replicas), is what keeps
+    /// two live shippers from sending the same events. A claim ends with its event (in
+    /// the write that removes it, [`Outbox::settle`]) or with its lease: the events of a
+    /// shipper that stopped are shipped by another once the lease is over. (A re-send is
+    /// safe, the log keeps one leaf per event id; it only must not be routine.) Leases
+    /// are wall-clock time, so replicas' clocks must agree to well within a lease (NTP).
+    pub(crate) async fn claim(
+        &self,
+        stage: Stage,
+        by: ClaimId,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<AccessEvent>, OutboxError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Looked for in a snapshot first: a round with nothing to claim (an empty outbox,
+        // or all of it held by other live shippers) costs no write, which every replica
+        // would otherwise take a turn at several times a second.
+        let snapshot = self.db.read()?;
+        let found = self.claimable(&mut Reader::Snapshot(&snapshot), stage, by, now_ms(), 1)?;
+        drop(snapshot);
+        if found.events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        let outbox = self.clone();
+        let claimed = self
+            .db
+            .write(move |tx| {
+                let now = now_ms();
+                let found = outbox.claimable(&mut Reader::Write(tx), stage, by, now, limit)?;
+                let claim = Claim {
+                    by,
+                    until_ms: now.saturating_add(lease_ms),
+                }
+                .to_bytes();
+                for (key, _) in &found.events {
+                    tx.insert(&outbox.claims, key, &claim)?;
+                }
+                // A claim left behind by an event removed without it (by an earlier
+                // fedgate, which did not claim) would stay forever.
+                for key in &found.expired {
+                    if tx.get(&outbox.tree, key)?.is_none()
+                        && tx.get(&outbox.published, key)?.is_none()
+                    {
+                        tx.remove(&outbox.claims, key)?;
+                    }
+                }
+                Ok::<_, OutboxError>(found.events)
+            })
+            .await?;
+        Ok(claimed
+            .into_iter()
+            .map(|(_, mut event)| {
+                // As in `oldest`: an event queued before the vocabulary leaves inside it.
+                federation::events::confine_free_text(&mut event);
+                event
+            })
+            .collect())
+    }
+
+    /// The oldest events of `stage` that `by` may claim at `now`, up to `limit`.
+    fn claimable(
+        &self,
+        reader: &mut Reader<'_, '_>,
+        stage: Stage,
+        by: ClaimId,
+        now: u64,
+        limit: usize,
+    ) -> Result<Claimable, StoreError> {
+        let mut held = HashSet::new();
+        let mut expired = Vec::new();
+        reader.scan(&self.claims, |key, value| {
+            match Claim::from_bytes(value) {
+                Some(c) if c.until_ms <= now => expired.push(key.to_vec()),
+                Some(c) if c.by != by => {
+                    held.insert(key.to_vec());
+                }
+                _ => {}
+            }
+            ControlFlow::Continue(())
+        })?;
+        let mut events = Vec::new();
+        reader.scan(self.stage_tree(stage), |key, value| {
+            if !held.contains(key) {
+                // An entry that does not read as an event is left where it is, as by
+                // `oldest`.
+                if let Ok(event) = serde_json::from_slice::<AccessEvent>(value) {
+                    events.push((key.to_vec(), event));
+                }
+            }
+            if events.len() >= limit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })?;
+        Ok(Claimable { events, expired })
+    }
+
+    /// Claims held, live or expired (each for an event still in the outbox).
+    pub fn claims_len(&self) -> usize {
+        count(&self.claims)
+    }
+
+    fn stage_tree(&self, stage: Stage) -> &Tree {
+        match stage {
+            Stage::Pending => &self.tree,
+            Stage::Published => &self.published,
+        }
+    }
+
     /// The oldest `limit` events, in id (time) order.
     pub fn pending(&self, limit: usize) -> Vec<AccessEvent> {
         oldest(&self.tree, limit)
@@ -150,7 +353,9 @@ impl Outbox {
     }
 
     /// Moves events the stream has stored to the published stage, in one write: each is
-    /// in exactly one stage at any moment, crash or not.
+    /// in exactly one stage at any moment, crash or not. Their claims stay: the shipper
+    /// that published them asks for their receipts (and publishes again what the stream
+    /// lost), unless its lease ends first.
     pub async fn mark_published(&self, events: &[AccessEvent]) -> Result<(), OutboxError> {
         let mut moved = Vec::with_capacity(events.len());
         for event in events {
@@ -192,23 +397,26 @@ impl Outbox {
             .await
     }
 
-    /// Removes `ids` from `stage` inside the caller's write: the shipper removes delivered
-    /// events in the same write that keeps their receipts.
+    /// Removes `ids` from `stage`, and their claims, inside the caller's write: the
+    /// shipper removes delivered events in the same write that keeps their receipts.
     pub(crate) fn settle(
         &self,
         tx: &mut WriteTx<'_>,
         stage: Stage,
         ids: &[String],
     ) -> Result<(), StoreError> {
-        let tree = match stage {
-            Stage::Pending => &self.tree,
-            Stage::Published => &self.published,
-        };
+        let tree = self.stage_tree(stage);
         for id in ids {
             tx.remove(tree, id.as_bytes())?;
+            tx.remove(&self.claims, id.as_bytes())?;
         }
         Ok(())
     }
+}
+
+/// Wall-clock milliseconds, as every replica reads a lease.
+fn now_ms() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
 }
 
 /// Entries in `tree`; a storage failure is logged and counts as `usize::MAX` (full).
@@ -298,6 +506,62 @@ mod tests {
         outbox.confirm(&[event(0).id]).await.unwrap();
         assert_eq!(ids(&outbox.awaiting(10)), [event(1).id]);
         assert!(outbox.get(&event(3).id).is_some() && outbox.get(&event(0).id).is_none());
+    }
+
+    /// Shippers of replicas sharing one database claim disjoint batches, oldest first; a
+    /// claim renews for its holder, goes with its event, follows it to the published
+    /// stage, and lapses with its lease, when another shipper takes the event over. Claims
+    /// free no room: the bound counts events.
+    #[tokio::test]
+    async fn claims_split_the_outbox_between_shippers_and_lapse_with_their_lease() {
+        let db = crate::db::temporary().unwrap();
+        let outbox = Outbox::open(&db, 6);
+        for n in 0..6 {
+            outbox.append(event(n)).await.unwrap();
+        }
+        let (a, b, c) = (ClaimId::random(), ClaimId::random(), ClaimId::random());
+        let long = Duration::from_secs(60);
+        let claim = |by, lease, limit| outbox.claim(Stage::Pending, by, lease, limit);
+        let e = |n: u32| event(n).id;
+
+        assert_eq!(ids(&claim(a, long, 2).await.unwrap()), [e(0), e(1)]);
+        assert_eq!(ids(&claim(b, long, 2).await.unwrap()), [e(2), e(3)]);
+        // The holder's own claims come back to it (renewed), with the next free event.
+        assert_eq!(ids(&claim(a, long, 3).await.unwrap()), [e(0), e(1), e(4)]);
+        assert_eq!(outbox.claims_len(), 5);
+        assert!(!outbox.has_room());
+        assert_eq!(outbox.append(event(6)).await, Err(OutboxError::Full));
+
+        // An acknowledged event takes its claim along; the others stay held.
+        outbox.acknowledge(&[e(2)]).await.unwrap();
+        assert_eq!(outbox.claims_len(), 4);
+        assert!(outbox.has_room());
+        assert_eq!(ids(&claim(c, long, 10).await.unwrap()), [e(5)]);
+
+        // b stops holding e3 (a lease that ends at once stands for one that ran out): c,
+        // asking again, takes it over beside its own.
+        assert_eq!(ids(&claim(b, Duration::ZERO, 10).await.unwrap()), [e(3)]);
+        assert_eq!(ids(&claim(c, long, 10).await.unwrap()), [e(3), e(5)]);
+        assert!(claim(b, long, 10).await.unwrap().is_empty());
+
+        // Published, an event stays its publisher's until its receipt is kept.
+        outbox.mark_published(&[event(0)]).await.unwrap();
+        let published = |by| outbox.claim(Stage::Published, by, long, 10);
+        assert!(published(c).await.unwrap().is_empty());
+        assert_eq!(ids(&published(a).await.unwrap()), [e(0)]);
+        outbox.confirm(&[e(0)]).await.unwrap();
+        assert_eq!(outbox.claims_len(), 4);
+
+        // A claim whose event went without it (removed by a fedgate that did not claim)
+        // is dropped once its lease is over, by the next claim.
+        assert_eq!(
+            ids(&claim(a, Duration::ZERO, 10).await.unwrap()),
+            [e(1), e(4)]
+        );
+        outbox.tree.remove(e(1).as_bytes()).await.unwrap();
+        assert_eq!(ids(&claim(c, long, 10).await.unwrap()), [e(3), e(4), e(5)]);
+        assert_eq!(outbox.claims_len(), 3);
+        assert_eq!(outbox.claims.get(e(1).as_bytes()).unwrap(), None);
     }
 
     /// However many requests append at once, the outbox never holds more than its bound;

@@ -11,6 +11,19 @@
 //! [`service::eventbus`]), moves it to the outbox's published stage once the stream has
 //! it, and a second loop then collects its receipt from `POST /v1/receipts`. Both end the
 //! same way: a receipt checked against a consistent checkpoint, kept on disk.
+//!
+//! Replicas of one gateway share its database, so its outbox, receipts and adopted
+//! checkpoint, and each runs a shipper. Each round a shipper claims the batch it hands on
+//! (on the NATS path also the published events whose receipts it asks for) in one write:
+//! events another live shipper claimed are skipped, so replicas ship different batches
+//! side by side rather than the same one twice. A claim is taken under a random id of
+//! this process and lasts a lease (a minute, or three intervals if longer), renewed each
+//! round by its holder and ended by the write that keeps the receipts; the claims of a
+//! replica that stopped lapse, and another ships those events (the log keeps one leaf per
+//! event id, so that re-send is harmless). Answers of replicas may come back in either
+//! order: a checkpoint is adopted only in a write that finds the one it was checked
+//! against, so every adopted checkpoint extends the one before it, whoever adopted each.
+//! The incident state behind the metrics is per process, like the metrics themselves.
 
 use backon::BackoffBuilder as _;
 use std::collections::{HashMap, HashSet};
@@ -27,9 +40,10 @@ use federation::wire::{self, leaf_bytes, BatchResponse, LogEntry, ReceiptsRespon
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use service::eventbus::{self, NatsConfig};
+use storage::StoreError;
 
 use crate::db::{Db, Tree};
-use crate::outbox::{Outbox, Stage as OutboxStage};
+use crate::outbox::{ClaimId, Outbox, Stage as OutboxStage};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -99,6 +113,11 @@ pub enum ShipError {
     Inconsistent(String),
     #[error("storage: {0}")]
     Storage(String),
+    /// Other shippers over the same database (replicas) kept adopting checkpoints while
+    /// this one checked its answer against the last; nothing was kept, the batch goes
+    /// again.
+    #[error("the adopted checkpoint kept moving while an answer was checked; will retry")]
+    Contended,
 }
 
 pub struct Shipper {
@@ -112,6 +131,11 @@ pub struct Shipper {
     state: Tree,
     dev_mode: bool,
     bus: Option<Bus>,
+    /// This shipper's claims on outbox events: random per process, so that replicas
+    /// sharing the database never take each other's claims for their own.
+    claim_id: ClaimId,
+    /// How long a claim holds (see [`claim_lease`]).
+    lease: Duration,
     /// Whether the log disagrees with us since the last adopted checkpoint: one incident
     /// lasts until a checkpoint passes every check again, however many retries, and
     /// whatever each retry finds wrong (a forged root first, a bad proof after the next
@@ -120,8 +144,10 @@ pub struct Shipper {
 }
 
 /// The NATS side of the shipper: a lazily (re)connected JetStream context, and when each
-/// waiting event was last published (kept in memory: after a restart, the clock starts
-/// again, so a lost publication is repeated at most one period later).
+/// waiting event was last published. That is kept in memory: only the shipper holding an
+/// event's claim asks for its receipt, which is the one that published it unless it
+/// stopped; after a restart or a takeover the clock starts again, so a lost publication is
+/// repeated at most one period later.
 struct Bus {
     config: NatsConfig,
     subject: String,
@@ -132,6 +158,22 @@ struct Bus {
 /// A published event still without a receipt after this long is published again: the
 /// stream drops it if it still remembers the id, and the log keeps one leaf either way.
 const REPUBLISH_AFTER: Duration = Duration::from_secs(30);
+
+/// How long a shipper's claim on outbox events holds, at least: longer than one round can
+/// take (a batch post and three proof requests, each within the HTTP client's 15 s), so
+/// that a live shipper's events are not routinely taken over and sent twice; and short
+/// enough that the events of a replica that stopped reach the log a minute later.
+const CLAIM_LEASE: Duration = Duration::from_secs(60);
+
+/// The lease of claims: [`CLAIM_LEASE`], or three idle intervals when that is longer, so
+/// that a shipper waiting for receipts renews its claims before they lapse.
+fn claim_lease(interval_ms: u64) -> Duration {
+    CLAIM_LEASE.max(Duration::from_millis(interval_ms).saturating_mul(3))
+}
+
+/// Times an answer is checked again against a checkpoint another replica adopted while it
+/// was being checked, before the round gives up (and the batch goes again).
+const ADOPT_ATTEMPTS: usize = 5;
 
 /// The loops the shipper runs: one on the HTTPS path, two on the NATS path (handing events
 /// to the stream does not wait on the log's receipts).
@@ -226,6 +268,7 @@ impl Shipper {
             (Transport::Https, _) => None,
         };
         Ok(Shipper {
+            lease: claim_lease(config.interval_ms),
             db: db.clone(),
             receipts: db.tree(RECEIPTS),
             state: db.tree(LOG_STATE),
@@ -236,6 +279,7 @@ impl Shipper {
             client: federation::client::http_client(),
             dev_mode,
             bus,
+            claim_id: ClaimId::random(),
             in_incident: AtomicBool::new(false),
         })
     }
@@ -396,9 +440,18 @@ impl Shipper {
             .map_err(|e| ShipError::Storage(e.to_string()))
     }
 
+    /// Claims up to a batch of the oldest events of `stage` that no other live shipper
+    /// holds (see [`Outbox::claim`]).
+    async fn claim(&self, stage: OutboxStage) -> Result<Vec<AccessEvent>, ShipError> {
+        self.outbox
+            .claim(stage, self.claim_id, self.lease, self.config.batch_size)
+            .await
+            .map_err(|e| ShipError::Storage(e.to_string()))
+    }
+
     /// HTTPS path: ships one batch; returns how many events left the outbox.
     pub async fn ship_once(&self) -> Result<usize, ShipError> {
-        let events: Vec<AccessEvent> = self.outbox.pending(self.config.batch_size);
+        let events = self.claim(OutboxStage::Pending).await?;
         if events.is_empty() {
             return Ok(0);
         }
@@ -430,7 +483,7 @@ impl Shipper {
     /// NATS path, first stage: hands outbox events to the stream, each a signed batch of
     /// one with its id as the message id. Returns how many the stream stored.
     pub async fn publish_once(&self) -> Result<usize, ShipError> {
-        let events = self.outbox.pending(self.config.batch_size);
+        let events = self.claim(OutboxStage::Pending).await?;
         if events.is_empty() {
             return Ok(0);
         }
@@ -485,7 +538,7 @@ impl Shipper {
     /// answer like a batch answer, keeps the receipts. Events still missing after
     /// [`REPUBLISH_AFTER`] are published again. Returns how many were confirmed.
     pub async fn confirm_once(&self) -> Result<usize, ShipError> {
-        let events = self.outbox.awaiting(self.config.batch_size);
+        let events = self.claim(OutboxStage::Published).await?;
         if events.is_empty() {
             return Ok(0);
         }
@@ -532,6 +585,9 @@ impl Shipper {
                 at.remove(*id);
             }
             let now = Instant::now();
+            // Events whose receipts another replica collected (it took them over while
+            // this one was stalled) are never confirmed here: forgotten after a while.
+            at.retain(|_, published| now.duration_since(*published) < REPUBLISH_AFTER * 20);
             events
                 .iter()
                 .filter(|e| !confirmed.contains(&e.id))
@@ -569,7 +625,6 @@ impl Shipper {
         let verifier = self.note_verifier().await?;
         let cp = checkpoint::open(note, std::slice::from_ref(&verifier))
             .map_err(|e| ShipError::BadAnswer(format!("checkpoint: {e}")))?;
-        self.check_consistency(cp.size, &cp.root).await?;
 
         let by_id: HashMap<&str, &AccessEvent> = sent.iter().map(|e| (e.id.as_str(), e)).collect();
         let mut stored = Vec::with_capacity(receipts.len());
@@ -620,34 +675,89 @@ impl Shipper {
             note: Some(note.to_string()),
         })
         .map_err(|e| ShipError::Storage(e.to_string()))?;
-        let (receipts_tree, state, outbox) = (
-            self.receipts.clone(),
-            self.state.clone(),
-            self.outbox.clone(),
-        );
-        let ids = stored.clone();
-        self.db
-            .write(move |tx| {
-                for (id, bytes) in ids.iter().zip(&kept) {
-                    tx.insert(&receipts_tree, id.as_bytes(), bytes)?;
-                }
-                tx.insert(&state, LAST_CHECKPOINT, &adopted)?;
-                outbox.settle(tx, stage, &ids)
-            })
-            .await
-            .map_err(|e| ShipError::Storage(e.to_string()))?;
-        self.adopted_now();
-        Ok(stored)
+        let kept: Arc<Vec<(String, Vec<u8>)>> =
+            Arc::new(stored.iter().cloned().zip(kept).collect());
+        let adopted = Arc::new(adopted);
+        // Replicas adopt checkpoints into one shared `log_state`, each from its own
+        // answers, which may cross: the checkpoint checked against is read again inside
+        // the write, and when another shipper adopted one meanwhile, this answer is checked
+        // again against that one. So every adopted checkpoint was proved to extend the one
+        // before it, whichever replica adopted either.
+        for _ in 0..ADOPT_ATTEMPTS {
+            let last = Adopted::load(&self.state)?;
+            self.check_consistency(last.as_ref(), cp.size, &cp.root)
+                .await?;
+            let checked = last.map(|l| (l.size, l.root));
+            let (receipts_tree, state, outbox) = (
+                self.receipts.clone(),
+                self.state.clone(),
+                self.outbox.clone(),
+            );
+            let (kept, adopted, size) = (kept.clone(), adopted.clone(), cp.size);
+            let done = self
+                .db
+                .write(move |tx| {
+                    let current = tx
+                        .get(&state, LAST_CHECKPOINT)?
+                        .and_then(|v| serde_json::from_slice::<Adopted>(&v).ok())
+                        .map(|a| (a.size, a.root));
+                    let adopt = if current == checked {
+                        checked.as_ref().is_none_or(|(last, _)| size >= *last)
+                    } else if checked.as_ref().is_some_and(|(last, _)| size <= *last) {
+                        // This checkpoint is a prefix of the one checked against, which
+                        // the one adopted since extends: consistent, and not adopted.
+                        false
+                    } else {
+                        return Ok(false);
+                    };
+                    let ids: Vec<String> = kept.iter().map(|(id, _)| id.clone()).collect();
+                    for (id, bytes) in kept.iter() {
+                        tx.insert(&receipts_tree, id.as_bytes(), bytes)?;
+                    }
+                    if adopt {
+                        tx.insert(&state, LAST_CHECKPOINT, &adopted)?;
+                    }
+                    outbox.settle(tx, stage, &ids)?;
+                    Ok::<bool, StoreError>(true)
+                })
+                .await
+                .map_err(|e| ShipError::Storage(e.to_string()))?;
+            if done {
+                self.adopted_now();
+                return Ok(stored);
+            }
+        }
+        Err(ShipError::Contended)
     }
 
-    /// Checks that a checkpoint extends the last adopted one (it is adopted separately).
-    async fn check_consistency(&self, size: u64, root: &log::Hash) -> Result<(), ShipError> {
-        match Adopted::load(&self.state)? {
-            Some(last) => {
-                self.prove_extends(last.size, &last.root_hash()?, size, root)
-                    .await
+    /// Checks that a checkpoint is consistent with `last`, the last adopted one: it
+    /// extends it, or, when another replica adopted a later one first (their answers
+    /// crossed), it is a prefix of it. A log that cannot prove the adopted checkpoint
+    /// extends a smaller one it just signed has shrunk: inconsistent.
+    async fn check_consistency(
+        &self,
+        last: Option<&Adopted>,
+        size: u64,
+        root: &log::Hash,
+    ) -> Result<(), ShipError> {
+        let Some(last) = last else {
+            return Ok(());
+        };
+        let last_root = last.root_hash()?;
+        if size >= last.size {
+            return self.prove_extends(last.size, &last_root, size, root).await;
+        }
+        match self.prove_extends(size, root, last.size, &last_root).await {
+            Err(ShipError::Refused { status, detail })
+                if (400..500).contains(&status) && status != 408 && status != 429 =>
+            {
+                Err(ShipError::Inconsistent(format!(
+                    "the log shrank from {} to {size}: it refused to prove the one extends the \
+                     other ({status}, {detail})",
+                    last.size
+                )))
             }
-            None => Ok(()),
+            other => other,
         }
     }
 
@@ -708,5 +818,392 @@ fn okp_bytes(params: &ssi::jwk::Params) -> Option<[u8; 32]> {
             p.public_key.0.as_slice().try_into().ok()
         }
         _ => None,
+    }
+}
+
+/// Replicas: shippers of one gateway over one shared database, against a log that keeps
+/// every batch it receives, re-sends included.
+#[cfg(test)]
+mod replica_tests {
+    use std::sync::Mutex;
+
+    use axum::extract::{Query, State};
+    use axum::http::StatusCode;
+    use axum::routing::{get, post};
+    use axum::{Json, Router};
+    use federation::checkpoint::Checkpoint;
+    use federation::keys::KeyAlgorithm;
+    use federation::wire::{BatchPayload, BatchRequest};
+
+    use super::*;
+
+    const LOG_DID: &str = "did:web:log.test";
+    const GATEWAY_DID: &str = "did:web:hospital-a.test";
+
+    #[derive(Default)]
+    struct Leaves {
+        hashes: Vec<log::Hash>,
+        index: HashMap<String, u64>,
+        /// Every event id of every batch received, in order, re-sends included.
+        received: Vec<String>,
+    }
+
+    #[derive(Clone)]
+    struct FakeLog {
+        key: Arc<KeyPair>,
+        leaves: Arc<Mutex<Leaves>>,
+        base: reqwest::Url,
+    }
+
+    impl FakeLog {
+        async fn start() -> FakeLog {
+            let key = KeyPair::generate_did_web(LOG_DID, KeyAlgorithm::Ed25519).unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = reqwest::Url::parse(&format!("http://{}/", listener.local_addr().unwrap()))
+                .unwrap();
+            let log = FakeLog {
+                key: Arc::new(key),
+                leaves: Arc::default(),
+                base,
+            };
+            let app =
+                Router::new()
+                    .route(
+                        "/.well-known/did.json",
+                        get(|State(l): State<FakeLog>| async move {
+                            Json(l.key.did_document().unwrap())
+                        }),
+                    )
+                    .route("/v1/batches", post(batches))
+                    .route("/v1/proofs/inclusion", get(inclusion))
+                    .route("/v1/proofs/consistency", get(consistency))
+                    .with_state(log.clone());
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            log
+        }
+
+        fn received(&self) -> Vec<String> {
+            self.leaves.lock().unwrap().received.clone()
+        }
+
+        fn size(&self) -> u64 {
+            self.leaves.lock().unwrap().hashes.len() as u64
+        }
+
+        /// Loses every leaf from `size` on, as a log restored from an old backup would.
+        fn truncate(&self, size: usize) {
+            let mut leaves = self.leaves.lock().unwrap();
+            leaves.hashes.truncate(size);
+            leaves.index.retain(|_, i| *i < size as u64);
+        }
+
+        /// A shipper of hospital A's gateway (every replica has the same key and
+        /// configuration) over `outbox`.
+        fn shipper(&self, db: &Db, outbox: &Outbox, key: &KeyPair) -> Shipper {
+            let resolver = Arc::new(DidResolver::new(true));
+            resolver.allow_web(LOG_DID, self.base.clone());
+            let config = VisibilityConfig {
+                endpoint: self.base.to_string(),
+                did: LOG_DID.into(),
+                batch_size: 10,
+                interval_ms: 10,
+                transport: Transport::Https,
+                nats: None,
+                peers: Vec::new(),
+                gossip_interval_ms: default_gossip_interval(),
+            };
+            Shipper::new(db, outbox.clone(), key.clone(), config, resolver, true).unwrap()
+        }
+    }
+
+    /// RFC 6962 MTH.
+    fn root(leaves: &[log::Hash]) -> log::Hash {
+        match leaves.len() {
+            0 => log::empty_root(),
+            1 => leaves[0],
+            n => {
+                let k = log::split_point(n as u64) as usize;
+                log::node_hash(&root(&leaves[..k]), &root(&leaves[k..]))
+            }
+        }
+    }
+
+    /// RFC 6962 PATH(m, D[n]).
+    fn path(m: usize, leaves: &[log::Hash]) -> Vec<log::Hash> {
+        if leaves.len() <= 1 {
+            return Vec::new();
+        }
+        let k = log::split_point(leaves.len() as u64) as usize;
+        if m < k {
+            let mut p = path(m, &leaves[..k]);
+            p.push(root(&leaves[k..]));
+            p
+        } else {
+            let mut p = path(m - k, &leaves[k..]);
+            p.push(root(&leaves[..k]));
+            p
+        }
+    }
+
+    /// RFC 6962 SUBPROOF(m, D[n], b).
+    fn subproof(m: usize, leaves: &[log::Hash], whole: bool) -> Vec<log::Hash> {
+        let n = leaves.len();
+        if m == n {
+            return if whole {
+                Vec::new()
+            } else {
+                vec![root(leaves)]
+            };
+        }
+        let k = log::split_point(n as u64) as usize;
+        if m <= k {
+            let mut p = subproof(m, &leaves[..k], whole);
+            p.push(root(&leaves[k..]));
+            p
+        } else {
+            let mut p = subproof(m - k, &leaves[k..], false);
+            p.push(root(&leaves[..k]));
+            p
+        }
+    }
+
+    fn hex_proof(proof: Vec<log::Hash>) -> Json<Value> {
+        Json(json!({"proof": proof.iter().map(hex::encode).collect::<Vec<_>>()}))
+    }
+
+    async fn batches(State(log): State<FakeLog>, Json(request): Json<BatchRequest>) -> Json<Value> {
+        let payload = request.batch.split('.').nth(1).unwrap();
+        let payload: BatchPayload =
+            serde_json::from_slice(&federation::b64::decode(payload).unwrap()).unwrap();
+        let mut leaves = log.leaves.lock().unwrap();
+        let mut receipts = Vec::new();
+        for event in payload.events {
+            leaves.received.push(event.id.clone());
+            let duplicate = leaves.index.contains_key(&event.id);
+            let leaf_index = match leaves.index.get(&event.id) {
+                Some(i) => *i,
+                None => {
+                    let leaf = log::leaf_hash(&leaf_bytes(&LogEntry::Access {
+                        event: event.clone(),
+                    }));
+                    leaves.hashes.push(leaf);
+                    let i = leaves.hashes.len() as u64 - 1;
+                    leaves.index.insert(event.id.clone(), i);
+                    i
+                }
+            };
+            receipts.push(wire::Receipt {
+                event_id: event.id,
+                leaf_index,
+                duplicate,
+            });
+        }
+        let size = leaves.hashes.len() as u64;
+        let signing = log.key.ed25519_signing_key().unwrap();
+        let checkpoint = Checkpoint::new(LOG_DID, size, root(&leaves.hashes))
+            .sign(LOG_DID, &signing)
+            .unwrap();
+        Json(json!(BatchResponse {
+            receipts,
+            tree_size: size,
+            checkpoint,
+        }))
+    }
+
+    async fn inclusion(
+        State(log): State<FakeLog>,
+        Query(q): Query<HashMap<String, usize>>,
+    ) -> Result<Json<Value>, StatusCode> {
+        let leaves = log.leaves.lock().unwrap();
+        let (index, size) = (q["index"], q["size"]);
+        if index >= size || size > leaves.hashes.len() {
+            return Err(StatusCode::BAD_REQUEST);
+        }
+        Ok(hex_proof(path(index, &leaves.hashes[..size])))
+    }
+
+    async fn consistency(
+        State(log): State<FakeLog>,
+        Query(q): Query<HashMap<String, usize>>,
+    ) -> Result<Json<Value>, StatusCode> {
+        let leaves = log.leaves.lock().unwrap();
+        let (old, new) = (q["old"], q["new"]);
+        if old == 0 || old > new || new > leaves.hashes.len() {
+            return Err(StatusCode::BAD_REQUEST);
+        }
+        Ok(hex_proof(subproof(old, &leaves.hashes[..new], true)))
+    }
+
+    fn event(n: u32) -> AccessEvent {
+        serde_json::from_value(json!({
+            "id": format!("0190c3a0-0000-7000-8000-{n:012}"),
+            "time": "2026-11-01T10:00:00Z",
+            "custodian": GATEWAY_DID,
+            "domain": "clinical",
+            "purpose": "TREAT",
+            "decision": "allow",
+            "decisionId": format!("0190c3a0-0000-7000-8000-{n:012}"),
+        }))
+        .unwrap()
+    }
+
+    /// Sorted, with re-sends: a list without duplicates says each went once.
+    fn sorted(mut ids: Vec<String>) -> Vec<String> {
+        ids.sort();
+        ids
+    }
+
+    fn gateway_key() -> KeyPair {
+        KeyPair::generate_did_web(GATEWAY_DID, KeyAlgorithm::Ed25519).unwrap()
+    }
+
+    /// Two replicas' shippers, rounds side by side over one outbox: each claims a batch
+    /// the other does not hold, so between them every event is sent exactly once, every
+    /// receipt is kept, and the claims are gone with the events.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_shippers_over_one_database_ship_every_event_once() {
+        let log = FakeLog::start().await;
+        let db = crate::db::temporary().unwrap();
+        let outbox = Outbox::open(&db, 1_000);
+        let key = gateway_key();
+        let (a, b) = (
+            log.shipper(&db, &outbox, &key),
+            log.shipper(&db, &outbox, &key),
+        );
+        for n in 0..95 {
+            outbox.append(event(n)).await.unwrap();
+        }
+        let (mut by_a, mut by_b) = (0, 0);
+        while !outbox.is_empty() {
+            let (x, y) = tokio::join!(a.ship_once(), b.ship_once());
+            by_a += x.unwrap();
+            by_b += y.unwrap();
+        }
+        assert_eq!(by_a + by_b, 95);
+        assert!(by_a > 0 && by_b > 0, "{by_a} and {by_b}: both shipped");
+        let all: Vec<String> = (0..95).map(|n| event(n).id).collect();
+        assert_eq!(sorted(log.received()), all);
+        assert!(all.iter().all(|id| a.receipt(id).is_some()));
+        assert_eq!(a.receipt_count(), 95);
+        assert_eq!(outbox.claims_len(), 0);
+        assert_eq!(a.adopted().unwrap().unwrap().size, 95);
+    }
+
+    /// The same with the shippers' own loops running while requests append: nothing is
+    /// sent twice, nothing is left behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_running_shippers_share_the_outbox_while_it_fills() {
+        let log = FakeLog::start().await;
+        let db = crate::db::temporary().unwrap();
+        let outbox = Outbox::open(&db, 1_000);
+        let key = gateway_key();
+        let a = Arc::new(log.shipper(&db, &outbox, &key));
+        let b = Arc::new(log.shipper(&db, &outbox, &key));
+        let loops: Vec<_> = a.clone().spawn().into_iter().chain(b.spawn()).collect();
+        for n in 0..150 {
+            outbox.append(event(n)).await.unwrap();
+            if n % 7 == 0 {
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        }
+        let drained = async {
+            while !outbox.is_empty() || a.receipt_count() < 150 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), drained)
+            .await
+            .expect("150 events shipped within 60 s");
+        for l in loops {
+            l.abort();
+        }
+        let all: Vec<String> = (0..150).map(|n| event(n).id).collect();
+        assert_eq!(sorted(log.received()), all);
+        assert_eq!(outbox.claims_len(), 0);
+    }
+
+    /// A replica that claimed a batch and stopped: the other ships everything else at
+    /// once, and that batch once the claim's lease is over, each event once.
+    #[tokio::test]
+    async fn a_stopped_shippers_claim_is_taken_over_after_its_lease() {
+        let log = FakeLog::start().await;
+        let db = crate::db::temporary().unwrap();
+        let outbox = Outbox::open(&db, 1_000);
+        let key = gateway_key();
+        let mut stopped = log.shipper(&db, &outbox, &key);
+        // Long enough for the other's rounds below on a loaded machine, short for a test.
+        stopped.lease = Duration::from_secs(2);
+        let live = log.shipper(&db, &outbox, &key);
+        assert_eq!(live.lease, CLAIM_LEASE);
+        for n in 0..25 {
+            outbox.append(event(n)).await.unwrap();
+        }
+        let held = stopped.claim(OutboxStage::Pending).await.unwrap();
+        assert_eq!(held.len(), 10);
+
+        while live.ship_once().await.unwrap() > 0 {}
+        assert_eq!(outbox.len(), 10);
+        assert!(held.iter().all(|e| outbox.get(&e.id).is_some()));
+        assert_eq!(log.received().len(), 15);
+
+        tokio::time::sleep(Duration::from_millis(2_100)).await;
+        assert_eq!(live.ship_once().await.unwrap(), 10);
+        assert!(outbox.is_empty());
+        let all: Vec<String> = (0..25).map(|n| event(n).id).collect();
+        assert_eq!(sorted(log.received()), all);
+    }
+
+    /// Answers that cross: one replica's answer (a smaller checkpoint) is kept after the
+    /// other adopted a later one. It is proved a prefix of that one, its receipts are kept,
+    /// and the later checkpoint stays adopted: no alarm. A log that really shrank still is
+    /// one.
+    #[tokio::test]
+    async fn a_crossed_answer_is_no_alarm_but_a_shrunk_log_is() {
+        let log = FakeLog::start().await;
+        let db = crate::db::temporary().unwrap();
+        let outbox = Outbox::open(&db, 1_000);
+        let key = gateway_key();
+        let (a, b) = (
+            log.shipper(&db, &outbox, &key),
+            log.shipper(&db, &outbox, &key),
+        );
+        for n in 0..20 {
+            outbox.append(event(n)).await.unwrap();
+        }
+        let first = b.claim(OutboxStage::Pending).await.unwrap();
+        let batch = b.sign_batch(&first).unwrap();
+        let answer: BatchResponse = b
+            .post_json("v1/batches", &json!({"batch": batch}))
+            .await
+            .unwrap();
+        assert_eq!(answer.tree_size, 10);
+        assert_eq!(a.ship_once().await.unwrap(), 10);
+        assert_eq!(a.adopted().unwrap().unwrap().size, 20);
+
+        let kept = b
+            .keep_receipts(
+                &first,
+                &answer.checkpoint,
+                &answer.receipts,
+                OutboxStage::Pending,
+            )
+            .await
+            .unwrap();
+        assert_eq!(kept.len(), 10);
+        assert!(outbox.is_empty());
+        assert_eq!(b.adopted().unwrap().unwrap().size, 20);
+        assert_eq!(b.receipt(&first[0].id).unwrap().tree_size, 10);
+
+        // Leaves lost past 15, and a new event logged at 15: a checkpoint of 16 that the
+        // log cannot prove the adopted 20 extends.
+        log.truncate(15);
+        outbox.append(event(20)).await.unwrap();
+        assert!(matches!(
+            a.ship_once().await,
+            Err(ShipError::Inconsistent(_))
+        ));
+        assert_eq!(log.size(), 16);
+        assert_eq!(a.adopted().unwrap().unwrap().size, 20);
+        assert_eq!(outbox.len(), 1);
     }
 }

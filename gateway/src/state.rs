@@ -53,7 +53,7 @@ pub struct GatewayState {
     pub(crate) metrics: PrometheusHandle,
     /// Where requesters reach this gateway (for the links of paged answers).
     pub public_url: reqwest::Url,
-    /// Cursors of paged answers.
+    /// Cursors of paged answers (in the database: any replica honours them).
     pub pages: crate::paging::Pages,
 }
 
@@ -129,6 +129,15 @@ impl GatewayState {
         let outbox = Outbox::open(&db, config.outbox_max_events);
         let consents = ConsentStore::open(&db)?;
         let vault = Arc::new(Vault::open(db.tree("vault"), secret));
+        vault.check_secret().await.map_err(|e| match e {
+            crate::vault::VaultError::OtherSecret => {
+                StartError::Secret(crate::vault::VaultError::KeyFile {
+                    path: config.secret_file.display().to_string(),
+                    reason: e.to_string(),
+                })
+            }
+            e => StartError::Secret(e),
+        })?;
         let research_budget = crate::research::budget::BudgetStore::open(&db);
         let records = match &config.records {
             RecordsConfig::Embedded => RecordSource::embedded_configured(&config)?,
@@ -237,6 +246,7 @@ impl GatewayState {
             }
         }
         let verifier = Verifier::new(resolver, trust, status);
+        let pages = crate::paging::Pages::open(&db);
         Ok(Arc::new(GatewayState {
             trust_mode,
             config,
@@ -254,7 +264,7 @@ impl GatewayState {
             admin,
             metrics,
             public_url,
-            pages: crate::paging::Pages::default(),
+            pages,
         }))
     }
 

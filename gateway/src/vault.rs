@@ -8,12 +8,23 @@
 //!   to the same recipient again reuses its token instead of growing the vault.
 //!
 //! Both keys are derived from the gateway secret with HMAC-SHA256 and distinct labels; the
-//! secret itself is not kept, and the derived keys are zeroized on drop.
+//! secret itself is not kept, and the derived keys are zeroized on drop. A third entry,
+//! `s:check` → HMAC(encryption key, label), records which secret the vault is written with:
+//! a process with another secret (a replica whose `secret_file` was not copied, and so was
+//! created afresh) is refused at start rather than mint tokens the others cannot reveal
+//! ([`Vault::check_secret`]).
 //!
 //! New tokens are written together: a tokenization collects the tokens it minted
 //! ([`NewTokens`]) and commits them in one write before its answer leaves
 //! ([`Vault::commit`]), so a token that left is on disk. Until then a minted token is kept
 //! in memory, so that two tokenizations of one value at once agree on its token.
+//!
+//! Replicas of the gateway share the vault's tree but not that memory: two of them may
+//! mint a token for one value at once. The commit decides: the first to write the value's
+//! index entry keeps it, and a later commit that finds another token there writes none of
+//! its own and answers which token replaces which ([`Replaced`]); the tokenizer puts the
+//! stored token in its output before it leaves. So one value has one token for one
+//! recipient, whichever replica answers.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -38,6 +49,8 @@ const TOKEN_KEY: &[u8] = b"t:";
 const INDEX_KEY: &[u8] = b"i:";
 const ENC_LABEL: &[u8] = b"fedgate/vault/encryption/v1";
 const INDEX_LABEL: &[u8] = b"fedgate/vault/index/v1";
+const CHECK_KEY: &[u8] = b"s:check";
+const CHECK_LABEL: &[u8] = b"fedgate/vault/secret-check/v1";
 /// Longest token accepted on lookup: ours are 26 characters.
 const MAX_TOKEN_LEN: usize = 64;
 
@@ -57,6 +70,42 @@ pub enum VaultError {
     Storage(#[from] StoreError),
     #[error("secret file {path}: {reason}")]
     KeyFile { path: String, reason: String },
+    #[error(
+        "not the secret this gateway's vault was first written with (every replica of a \
+         gateway needs the same secret file)"
+    )]
+    OtherSecret,
+}
+
+/// The token another writer stored for `minted`'s value, recipient, domain and class since
+/// it was looked up, if any: one of the same recipient, domain and class. An entry that
+/// does not hold together is replaced, as at lookup.
+fn stored_instead(
+    tx: &mut storage::WriteTx<'_>,
+    tree: &Tree,
+    minted: &Minted,
+) -> Result<Option<String>, StoreError> {
+    let Some(existing) = tx.get(tree, &minted.index_key)? else {
+        return Ok(None);
+    };
+    let Ok(token) = String::from_utf8(existing) else {
+        return Ok(None);
+    };
+    if token == minted.token {
+        return Ok(None);
+    }
+    let Some(stored) = tx.get(tree, &[TOKEN_KEY, token.as_bytes()].concat())? else {
+        return Ok(None);
+    };
+    let kind = |bytes: &[u8]| {
+        serde_json::from_slice::<Sealed>(bytes)
+            .ok()
+            .map(|s| (s.recipient_org, s.domain, s.class))
+    };
+    match (kind(&stored), kind(&minted.sealed)) {
+        (Some(theirs), Some(ours)) if theirs == ours => Ok(Some(token)),
+        _ => Ok(None),
+    }
 }
 
 /// What the policy may know about a token before deciding: never the value.
@@ -105,6 +154,23 @@ pub struct NewTokens(Vec<(Minted, Origin)>);
 enum Origin {
     Minted,
     Shared,
+}
+
+/// What a commit found another writer (another replica) had already stored for the
+/// same value, recipient, domain and class: each token minted here that must not leave,
+/// and the stored token to send instead.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Replaced(HashMap<String, String>);
+
+impl Replaced {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The token to send instead of `token`, if it was replaced.
+    pub fn get(&self, token: &str) -> Option<&str> {
+        self.0.get(token).map(String::as_str)
+    }
 }
 
 impl NewTokens {
@@ -171,6 +237,24 @@ impl Vault {
         vault
     }
 
+    /// Checks that this vault's secret is the one its tree was first written with,
+    /// recording it (as an HMAC, which tells nothing of the secret) the first time.
+    pub async fn check_secret(&self) -> Result<(), VaultError> {
+        let check = hmac_sha256(&self.enc_key, &[CHECK_LABEL]);
+        let tree = self.tree.clone();
+        self.tree
+            .db()
+            .write(move |tx| match tx.get(&tree, CHECK_KEY)? {
+                Some(stored) if stored == check => Ok(()),
+                Some(_) => Err(VaultError::OtherSecret),
+                None => {
+                    tx.insert(&tree, CHECK_KEY, &check)?;
+                    Ok(())
+                }
+            })
+            .await
+    }
+
     /// Stores `value` for `recipient_org` in `domain` and returns its token, on disk. The
     /// same value for the same recipient, domain and class gets the same token back.
     /// Blocks on the write: not for the async workers.
@@ -183,8 +267,8 @@ impl Vault {
     ) -> Result<String, VaultError> {
         let mut new = NewTokens::default();
         let token = self.put_staged(value, class, recipient_org, domain, &mut new)?;
-        self.commit(new)?;
-        Ok(token)
+        let replaced = self.commit(new)?;
+        Ok(replaced.get(&token).map_or(token, str::to_string))
     }
 
     /// The token of `value`: the one on disk, else one minted now and added to `new`
@@ -298,24 +382,39 @@ impl Vault {
     }
 
     /// Writes the tokens of `new` (each with its index entry) in one write; they are on
-    /// disk when this returns. Blocks on the write: call it off the async workers.
-    pub fn commit(&self, new: NewTokens) -> Result<(), VaultError> {
+    /// disk when this returns. A value whose index entry another writer filled since it
+    /// was looked up (another replica's tokenization) keeps that token: this one is not
+    /// written, and is in the answer with the token to send instead. Blocks on the write:
+    /// call it off the async workers.
+    pub fn commit(&self, new: NewTokens) -> Result<Replaced, VaultError> {
         if new.is_empty() {
-            return Ok(());
+            return Ok(Replaced::default());
         }
         let tree = self.tree.clone();
         let written: Vec<Minted> = new.0.iter().map(|(m, _)| m.clone()).collect();
-        self.tree.db().write_blocking(move |tx| {
+        let replaced = self.tree.db().write_blocking(move |tx| {
+            let mut replaced = HashMap::new();
             for m in &written {
+                if let Some(stored) = stored_instead(tx, &tree, m)? {
+                    replaced.insert(m.token.clone(), stored);
+                    continue;
+                }
                 tx.insert(&tree, &[TOKEN_KEY, m.token.as_bytes()].concat(), &m.sealed)?;
                 tx.insert(&tree, &m.index_key, m.token.as_bytes())?;
             }
-            Ok::<(), StoreError>(())
+            Ok::<_, StoreError>(replaced)
         })?;
-        // On disk: readers find them there from now on. (After a failed write they stay
-        // here, and whoever hands one out again writes it again.)
+        if !replaced.is_empty() {
+            // Counts only: which values raced is nobody's business.
+            tracing::debug!(
+                tokens = replaced.len(),
+                "tokens minted at once by another replica kept instead of this one's"
+            );
+        }
+        // On disk (or replaced by what is): readers find them there from now on. (After a
+        // failed write they stay here, and whoever hands one out again writes it again.)
         self.forget_where(&new, |_| true);
-        Ok(())
+        Ok(Replaced(replaced))
     }
 
     /// Drops the tokens a tokenization minted and then failed before its commit: they
@@ -582,6 +681,72 @@ mod tests {
             .unwrap();
         assert_eq!(c, a);
         assert!(third.is_empty());
+    }
+
+    /// Two replicas over one database mint a token for one value at once, neither
+    /// knowing the other's: the first commit keeps its token, the second writes none of
+    /// its own and says which token its output must carry instead. Both then hand out
+    /// the one token.
+    #[test]
+    fn replicas_minting_one_value_at_once_end_with_one_token() {
+        let db = crate::db::temporary().unwrap();
+        let a = Vault::open(db.tree("vault"), [7u8; 32]);
+        let b = Vault::open(db.tree("vault"), [7u8; 32]);
+        let (mut at_a, mut at_b) = (NewTokens::default(), NewTokens::default());
+        let ta = a
+            .put_staged("x", "ssn", "did:web:a", "clinical", &mut at_a)
+            .unwrap();
+        let tb = b
+            .put_staged("x", "ssn", "did:web:a", "clinical", &mut at_b)
+            .unwrap();
+        assert_ne!(ta, tb);
+        assert!(a.commit(at_a).unwrap().is_empty());
+        let replaced = b.commit(at_b).unwrap();
+        assert_eq!(replaced.get(&tb), Some(ta.as_str()));
+        assert!(matches!(b.get(&tb), Err(VaultError::UnknownToken)));
+        assert_eq!(b.reveal(&ta, "did:web:a").unwrap(), "x");
+        assert_eq!(b.put("x", "ssn", "did:web:a", "clinical").unwrap(), ta);
+        assert_eq!(a.len().unwrap(), 1);
+
+        // Minted at once again, and this time `put` (which commits) loses the race: it
+        // answers the stored token, not its own.
+        let mut at_a = NewTokens::default();
+        let ta = a
+            .put_staged("y", "ssn", "did:web:a", "clinical", &mut at_a)
+            .unwrap();
+        let mut at_b = NewTokens::default();
+        let tb = b
+            .put_staged("y", "ssn", "did:web:a", "clinical", &mut at_b)
+            .unwrap();
+        assert!(b.commit(at_b).unwrap().is_empty());
+        assert_eq!(a.commit(at_a).unwrap().get(&ta), Some(tb.as_str()));
+        assert_eq!(a.put("y", "ssn", "did:web:a", "clinical").unwrap(), tb);
+        // Another recipient's value is another token, untouched by the race.
+        assert_ne!(a.put("y", "ssn", "did:web:b", "clinical").unwrap(), tb);
+        assert_eq!(a.len().unwrap(), 3);
+    }
+
+    /// Replicas must share the secret: one whose secret file was created afresh is refused
+    /// by the vault it would otherwise fill with tokens the others cannot reveal.
+    #[tokio::test]
+    async fn a_vault_written_with_one_secret_refuses_another() {
+        let db = crate::db::temporary().unwrap();
+        let first = Vault::open(db.tree("vault"), [7u8; 32]);
+        first.check_secret().await.unwrap();
+        let token = first.put("x", "ssn", "did:web:a", "clinical").unwrap();
+        let same = Vault::open(db.tree("vault"), [7u8; 32]);
+        same.check_secret().await.unwrap();
+        let other = Vault::open(db.tree("vault"), [8u8; 32]);
+        assert!(matches!(
+            other.check_secret().await,
+            Err(VaultError::OtherSecret)
+        ));
+        assert!(matches!(
+            other.reveal(&token, "did:web:a"),
+            Err(VaultError::Corrupt)
+        ));
+        assert_eq!(same.reveal(&token, "did:web:a").unwrap(), "x");
+        assert_eq!(same.len().unwrap(), 1);
     }
 
     #[test]

@@ -173,12 +173,36 @@ pub fn apply(
         ctx.vault.forget(new_tokens);
         return Err(e);
     }
-    // Every token in the output is on disk before the output can leave.
-    ctx.vault.commit(new_tokens)?;
+    // Every token in the output is on disk before the output can leave; one that another
+    // replica stored first for the same value is sent instead of the one minted here.
+    let replaced = ctx.vault.commit(new_tokens)?;
+    if !replaced.is_empty() {
+        for resource in &mut resources {
+            replace_tokens(resource, &replaced);
+        }
+    }
     Ok(Tokenized {
         resources,
         withheld: engine.withheld,
     })
+}
+
+/// Puts the stored token in place of each replaced one. Tokens stand whole as string
+/// values (an identifier's value, an extension's), and are 128 random bits: no other
+/// string equals one.
+fn replace_tokens(value: &mut Value, replaced: &crate::vault::Replaced) {
+    match value {
+        Value::String(s) => {
+            if let Some(stored) = replaced.get(s) {
+                *s = stored.to_string();
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| replace_tokens(v, replaced)),
+        Value::Object(fields) => fields
+            .values_mut()
+            .for_each(|v| replace_tokens(v, replaced)),
+        _ => {}
+    }
 }
 
 fn walk_all(engine: &mut Engine<'_, '_>, resources: &mut [Value]) -> Result<(), TokenizeError> {

@@ -1079,3 +1079,35 @@ mod other_identifiers {
         assert!(!serde_json::to_string(&redacted).unwrap().contains("99999"));
     }
 }
+
+/// A token another replica stored first for the same value replaces, everywhere in the
+/// output, the one this tokenization minted; nothing else changes.
+#[test]
+fn a_token_replaced_at_commit_is_replaced_in_the_output() {
+    let db = crate::db::temporary().unwrap();
+    let here = Vault::open(db.tree("v"), [1u8; 32]);
+    let there = Vault::open(db.tree("v"), [1u8; 32]);
+    let mut minted = crate::vault::NewTokens::default();
+    let ours = here
+        .put_staged("999-77-0001", "ssn", "did:web:b", "clinical", &mut minted)
+        .unwrap();
+    let stored = there
+        .put("999-77-0001", "ssn", "did:web:b", "clinical")
+        .unwrap();
+    let replaced = here.commit(minted).unwrap();
+    assert_eq!(replaced.get(&ours), Some(stored.as_str()));
+
+    let mut resource = json!({
+        "resourceType": "Patient",
+        "identifier": [{"system": "http://hl7.org/fhir/sid/us-ssn", "value": ours}],
+        "_birthDate": {"extension": [{"url": "x", "valueString": ours}]},
+        "gender": "female",
+    });
+    super::replace_tokens(&mut resource, &replaced);
+    assert_eq!(resource["identifier"][0]["value"], stored.as_str());
+    assert_eq!(
+        resource["_birthDate"]["extension"][0]["valueString"],
+        stored.as_str()
+    );
+    assert_eq!(resource["gender"], "female");
+}
