@@ -259,7 +259,12 @@ fn reason(problem: &Value) -> String {
         .collect()
 }
 
-pub(crate) async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> anyhow::Result<bool> {
+pub(crate) async fn run(
+    dir: Option<PathBuf>,
+    json_out: bool,
+    serve: bool,
+    replicas: usize,
+) -> anyhow::Result<bool> {
     let started = Instant::now();
     let exe = std::env::current_exe().map_err(|e| anyhow!("cannot find fedgate itself: {e}"))?;
     let dir = match dir {
@@ -281,7 +286,24 @@ pub(crate) async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> an
     let cohort = synth_cohort(&dir.join("synth-a"))?;
     let mut records_a = fixtures_a.clone();
     records_a.extend(cohort.iter().map(|(path, _)| path.clone()));
-    let fed = Federation::builder(&exe, &dir, OFFICE, VISIBILITY)
+    // Replicas share their state through PostgreSQL: a real server in the demo's folder.
+    let pg = if replicas > 1 {
+        let pg = fedgate::harness::Postgres::start(&dir.join("db"))
+            .map_err(|e| anyhow!("--replicas needs PostgreSQL: {e:#}"))?;
+        say(format!(
+            "PostgreSQL on 127.0.0.1:{} (data in {})",
+            pg.port(),
+            dir.join("db").display()
+        ));
+        Some(pg)
+    } else {
+        None
+    };
+    let mut builder = Federation::builder(&exe, &dir, OFFICE, VISIBILITY);
+    if let Some(pg) = &pg {
+        builder = builder.postgres(pg);
+    }
+    let fed = builder
         .auditors(AUDITORS)
         .irb(&irb)
         .status_push()
@@ -289,6 +311,7 @@ pub(crate) async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> an
         .gossip_every(Duration::from_millis(500))
         .gateway(
             Custodian::new(HOSPITAL_A)
+                .replicas(replicas)
                 .records(records_a)
                 .config("[custodian]\nbreak_glass_minutes = 30\nmin_cell_size = 3\n")
                 .config(RESEARCH_TERMS)
@@ -313,6 +336,25 @@ pub(crate) async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> an
         .start()?;
     let (office, visibility) = (&fed.office, &fed.visibility);
     let (gw_a, gw_b) = (fed.gateway(HOSPITAL_A)?, fed.gateway(HOSPITAL_B)?);
+    // The visibility service's second process, on the same log.
+    let visibility_pair = match &pg {
+        Some(_) => Some(visibility.start_replica(&exe, 1, 0)?),
+        None => None,
+    };
+    if let Some(second) = &visibility_pair {
+        let a: Vec<String> = fed
+            .replicas(HOSPITAL_A)
+            .iter()
+            .map(|g| g.process.addr.clone())
+            .collect();
+        say(format!(
+            "hospital A's gateway runs as {} replicas ({}) on one PostgreSQL schema; the visibility service as a pair ({} and {}) on one log",
+            a.len(),
+            a.join(", "),
+            visibility.process.addr,
+            second.process.addr
+        ));
+    }
     say(format!(
         "federation up in {} ms: credentialing office {}, IRB {}, hospital A gateway {}, hospital B gateway {}, visibility {}\n",
         started.elapsed().as_millis(),
@@ -820,8 +862,12 @@ pub(crate) async fn run(dir: Option<PathBuf>, json_out: bool, serve: bool) -> an
     for gw in [gw_a, gw_b] {
         alarms += gw.metric("fedgate_log_inconsistency_total").await? as u64;
         splits += gw.metric("fedgate_log_split_view_total").await? as u64;
-        shipped += gw.metric("fedgate_events_shipped_total").await? as u64;
         compared += gw.metric(consistent).await?.min(1.0) as u64;
+    }
+    // Replicas share one outbox and each ships part of it: count what every process shipped.
+    for gw in fed.replicas(HOSPITAL_A).into_iter().chain([gw_b]) {
+        shipped += gw.metric("fedgate_events_shipped_total").await? as u64;
+        alarms += gw.metric("fedgate_log_inconsistency_total").await? as u64;
     }
     demo.record(
         "11. the visibility log stays consistent across the whole run",

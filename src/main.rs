@@ -49,6 +49,10 @@ enum Command {
         /// Keep the federation running after the scenarios (Ctrl-C stops it).
         #[arg(long)]
         serve: bool,
+        /// Run hospital A's gateway as this many replicas and the visibility service as a
+        /// pair, on a PostgreSQL server the demo starts (needs PostgreSQL installed).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+        replicas: u8,
     },
     /// The federation's signed manifest: members, trusted issuers, contracts.
     Federation {
@@ -226,7 +230,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Wallet { json, command } => cli::wallet::run(command, json).await,
         Command::Bench { command } => cli::bench::run(command).await,
-        Command::Demo { dir, json, serve } => match demo::run(dir, json, serve).await? {
+        Command::Demo {
+            dir,
+            json,
+            serve,
+            replicas,
+        } => match demo::run(dir, json, serve, usize::from(replicas)).await? {
             true => Ok(()),
             false => Err(anyhow!("some scenarios did not go as expected")),
         },

@@ -41,7 +41,7 @@ struct Inner {
 /// Where the trees are kept.
 enum Engine {
     Redb(Arc<redb::Database>),
-    Postgres(crate::pg::Pg),
+    Postgres(Box<crate::pg::Pg>),
 }
 
 impl Db {
@@ -147,7 +147,7 @@ impl Db {
         )?;
         let store = Db {
             inner: Arc::new(Inner {
-                engine: Engine::Postgres(pg),
+                engine: Engine::Postgres(Box::new(pg)),
                 writer,
                 path: None,
                 name: schema.name,

@@ -428,7 +428,7 @@ fn walk(
     bounds: (Bound<&[u8]>, Bound<&[u8]>),
     reverse: bool,
     mut page: impl FnMut(Bound<&[u8]>, Bound<&[u8]>) -> Result<Vec<Entry>, StoreError>,
-    f: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    f: &mut Visit<'_>,
 ) -> Result<(), StoreError> {
     let (start, end) = bounds;
     let mut after: Option<Vec<u8>> = None;
@@ -457,6 +457,9 @@ impl From<postgres::Error> for StoreError {
         StoreError::Postgres(describe(&e))
     }
 }
+
+/// What a scan calls with each entry.
+type Visit<'f> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'f;
 
 type ReadJob = Box<dyn FnOnce(&mut Option<Conn>, &Connector) + Send>;
 
@@ -903,7 +906,7 @@ pub(crate) fn snapshot_scan<'a>(
     tree: &str,
     range: impl RangeBounds<&'a [u8]>,
     reverse: bool,
-    f: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    f: &mut Visit<'_>,
 ) -> Result<(), StoreError> {
     let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
     walk(

@@ -59,11 +59,11 @@ where
     E: From<StoreError> + Send + 'static,
 {
     fn run(self: Box<Self>, txn: &redb::WriteTransaction) -> Ran {
-        self.run_in(WriteTx::new(txn))
+        (*self).run_in(WriteTx::new(txn))
     }
 
     fn run_pg(self: Box<Self>, conn: &mut crate::pg::Conn) -> Ran {
-        self.run_in(WriteTx::with_pg(conn))
+        (*self).run_in(WriteTx::with_pg(conn))
     }
 
     fn refuse(self: Box<Self>, error: StoreError) {
@@ -77,8 +77,8 @@ where
     R: Send + 'static,
     E: From<StoreError> + Send + 'static,
 {
-    fn run_in(self: Box<Self>, mut tx: WriteTx<'_>) -> Ran {
-        let Job { f, reply } = *self;
+    fn run_in(self, mut tx: WriteTx<'_>) -> Ran {
+        let Job { f, reply } = self;
         let outcome = catch_unwind(AssertUnwindSafe(|| f(&mut tx)));
         match outcome {
             Ok(Ok(value)) => Ran {

@@ -70,8 +70,9 @@ pub fn pg_options(schema: &str) -> PgOptions {
 /// The test server's URL and password: one real PostgreSQL server per test binary,
 /// started on first use and stopped (its folder removed) when the binary exits.
 pub fn server() -> &'static (String, String) {
-    static SERVER: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
-    SERVER.get_or_init(|| {
+    static SERVER: std::sync::OnceLock<(String, String, fedgate::harness::Postgres)> =
+        std::sync::OnceLock::new();
+    let (url, password, _) = SERVER.get_or_init(|| {
         let dir = tempfile::Builder::new()
             .prefix("fedgate-storage-pg")
             .tempdir()
@@ -79,12 +80,12 @@ pub fn server() -> &'static (String, String) {
             .keep();
         let pg = fedgate::harness::Postgres::start(&dir)
             .unwrap_or_else(|e| panic!("the PostgreSQL tests need a server: {e:#}"));
+        // A static is never dropped: the watcher stops the server when this process exits.
         pg.discard_at_exit();
-        let server = (pg.url("postgres"), pg.password().to_string());
-        // Stopped by the watcher when this process exits, not by a drop.
-        std::mem::forget(pg);
-        server
-    })
+        (pg.url("postgres"), pg.password().to_string(), pg)
+    });
+    static SHOWN: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    SHOWN.get_or_init(|| (url.clone(), password.clone()))
 }
 
 /// Runs the async test `$name(place)` once on an embedded file and once on PostgreSQL.
