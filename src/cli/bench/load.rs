@@ -664,13 +664,26 @@ pub(super) async fn ingest(args: IngestArgs) -> anyhow::Result<Printed> {
     let http = Http::new(args.senders * 2)?;
 
     let mut idle_rss = None;
+    let mut _pg_server = None;
     // The member whose batches we send: the office of our own federation (its DID
     // document is served by the office itself), or the key given with --visibility.
     let (processes, base, key, pid) = match &args.visibility {
         None => {
             let exe =
                 std::env::current_exe().map_err(|e| anyhow!("cannot find fedgate itself: {e}"))?;
-            let fed = Federation::builder(&exe, &scratch.path, OFFICE, VISIBILITY).start()?;
+            let pg = if args.postgres {
+                Some(crate::harness::Postgres::start(&scratch.path.join("db"))?)
+            } else {
+                None
+            };
+            let mut builder = Federation::builder(&exe, &scratch.path, OFFICE, VISIBILITY);
+            if let Some(pg) = &pg {
+                builder = builder.postgres(pg);
+                say(format!("the log in PostgreSQL on 127.0.0.1:{}", pg.port()));
+            }
+            let fed = builder.start()?;
+            // Kept until the bench ends, like the federation.
+            _pg_server = pg;
             let key = KeyPair::load(&fed.office.dir.join("issuer.key.json"))?;
             let base = fed.visibility.url();
             let pid = fed.visibility.process.pid();

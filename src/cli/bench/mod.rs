@@ -142,6 +142,10 @@ pub struct IngestArgs {
     /// Process id of the visibility service, for its memory and CPU figures.
     #[arg(long)]
     pid: Option<u32>,
+    /// Keep the started service's log in PostgreSQL (a server the bench starts) instead of
+    /// the embedded file.
+    #[arg(long, conflicts_with = "visibility")]
+    postgres: bool,
 }
 
 #[derive(Args)]
