@@ -26,12 +26,15 @@ pub fn open(data_dir: &Path) -> Result<Db, StoreError> {
     service::db::open_in(data_dir, NAME, SCHEMA, service::db::GATEWAY_CACHE_BYTES)
 }
 
-/// Opens the gateway's database as `config`'s `[storage]` says: the file in `data_dir`,
+/// Opens the gateway's database as its `[storage]` section says: the file in `data_dir`,
 /// or the PostgreSQL schema its replicas share (default schema: `gateway`).
-pub fn open_configured(config: &crate::config::GatewayConfig) -> Result<Db, StoreError> {
+pub fn open_configured(
+    storage: &service::db::StorageConfig,
+    data_dir: &Path,
+) -> Result<Db, StoreError> {
     service::db::open_configured(
-        &config.storage,
-        &config.data_dir,
+        storage,
+        data_dir,
         NAME,
         SCHEMA,
         service::db::GATEWAY_CACHE_BYTES,

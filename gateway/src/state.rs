@@ -121,7 +121,7 @@ impl GatewayState {
             path: config.data_dir.display().to_string(),
             source,
         })?;
-        let db = crate::db::open_configured(&config)?;
+        let db = crate::db::open_configured(&config.storage, &config.data_dir)?;
         let nonces = Nonces::new(
             db.tree("nonces"),
             Duration::from_secs(config.challenge_ttl_secs),
@@ -140,7 +140,9 @@ impl GatewayState {
         })?;
         let research_budget = crate::research::budget::BudgetStore::open(&db);
         let records = match &config.records {
-            RecordsConfig::Embedded => RecordSource::embedded_configured(&config)?,
+            RecordsConfig::Embedded => {
+                RecordSource::embedded_configured(&config.storage, &config.data_dir)?
+            }
             RecordsConfig::Fhir {
                 url,
                 page_size,

@@ -390,5 +390,8 @@ async fn readiness_reports_the_database() {
     let s = issuer();
     let got = send(&s.app, Request::get("/readyz").body(Body::empty()).unwrap()).await;
     assert_eq!(got.0, StatusCode::OK, "{}", got.2);
-    assert_eq!(got.2["database"], json!({ "ready": true }));
+    assert_eq!(
+        got.2["database"],
+        json!({ "ready": true, "backend": "embedded" })
+    );
 }

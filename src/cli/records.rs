@@ -125,7 +125,7 @@ fn import(args: ImportArgs) -> anyhow::Result<()> {
         (None, Some(config)) => {
             let config = gateway::config::GatewayConfig::load(config)?;
             (
-                EmbeddedStore::open_configured(&config)?,
+                EmbeddedStore::open_configured(&config.storage, &config.data_dir)?,
                 match config.storage.backend {
                     service::db::Backend::Postgres => "the gateway's PostgreSQL schema".into(),
                     service::db::Backend::Embedded => {

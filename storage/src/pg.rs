@@ -43,7 +43,7 @@ use postgres::{Client, NoTls, Statement};
 
 use crate::error::StoreError;
 use crate::table::Entry;
-use crate::write::{Pending, Ran};
+use crate::write::{Pending, Ran, TxOps, Visit};
 
 /// The most closures one commit takes (as the embedded writer).
 const MAX_BATCH: usize = 1024;
@@ -414,6 +414,38 @@ impl Conn {
     }
 }
 
+impl TxOps for Conn {
+    fn get(&mut self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Conn::get(self, tree, key)
+    }
+    fn insert(
+        &mut self,
+        tree: &str,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        Conn::insert(self, tree, key, value)
+    }
+    fn remove(&mut self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Conn::remove(self, tree, key)
+    }
+    fn len(&mut self, tree: &str) -> Result<u64, StoreError> {
+        Conn::len(self, tree)
+    }
+    fn end(&mut self, tree: &str, last: bool) -> Result<Option<Entry>, StoreError> {
+        Conn::end(self, tree, last)
+    }
+    fn scan_range(
+        &mut self,
+        tree: &str,
+        bounds: (Bound<&[u8]>, Bound<&[u8]>),
+        reverse: bool,
+        f: &mut Visit<'_>,
+    ) -> Result<(), StoreError> {
+        Conn::scan(self, tree, bounds, reverse, f)
+    }
+}
+
 fn edge(bound: Bound<&[u8]>) -> (Edge, Vec<u8>) {
     match bound {
         Bound::Unbounded => (Edge::None, Vec::new()),
@@ -457,9 +489,6 @@ impl From<postgres::Error> for StoreError {
         StoreError::Postgres(describe(&e))
     }
 }
-
-/// What a scan calls with each entry.
-type Visit<'f> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'f;
 
 type ReadJob = Box<dyn FnOnce(&mut Option<Conn>, &Connector) + Send>;
 
@@ -869,7 +898,7 @@ fn commit_batch(
     let mut poisoned = None;
     let mut jobs = batch.into_iter();
     for job in jobs.by_ref() {
-        let ran: Ran = job.run_pg(conn);
+        let ran: Ran = job.run_on(conn);
         answers.push(ran.answer);
         if ran.poisoned.is_some() {
             poisoned = ran.poisoned;

@@ -11,7 +11,7 @@
 //! fails the whole batch, and the writer then refuses writes: redb refuses them too until
 //! the file is reopened (and repaired), which is a restart.
 
-use std::ops::{ControlFlow, RangeBounds};
+use std::ops::{Bound, ControlFlow, RangeBounds};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,8 +31,8 @@ const MAX_BATCH: usize = 1024;
 pub(crate) trait Pending: Send {
     /// Runs the closure in `txn`. On error, its changes are already undone.
     fn run(self: Box<Self>, txn: &redb::WriteTransaction) -> Ran;
-    /// Runs the closure in the PostgreSQL transaction open on `conn`.
-    fn run_pg(self: Box<Self>, conn: &mut crate::pg::Conn) -> Ran;
+    /// Runs the closure in a transaction of another backend (PostgreSQL), open on `ops`.
+    fn run_on(self: Box<Self>, ops: &mut dyn TxOps) -> Ran;
     /// Answers without running: the batch or the writer failed first.
     fn refuse(self: Box<Self>, error: StoreError);
 }
@@ -62,8 +62,8 @@ where
         (*self).run_in(WriteTx::new(txn))
     }
 
-    fn run_pg(self: Box<Self>, conn: &mut crate::pg::Conn) -> Ran {
-        (*self).run_in(WriteTx::with_pg(conn))
+    fn run_on(self: Box<Self>, ops: &mut dyn TxOps) -> Ran {
+        (*self).run_in(WriteTx::with_ops(ops))
     }
 
     fn refuse(self: Box<Self>, error: StoreError) {
@@ -316,8 +316,34 @@ enum Ops<'t> {
         txn: &'t redb::WriteTransaction,
         tables: Vec<(Arc<str>, WriteTable<'t>)>,
     },
-    Pg(&'t mut crate::pg::Conn),
+    Other(&'t mut dyn TxOps),
 }
+
+/// What a write needs of a backend other than redb (PostgreSQL's connection in its open
+/// transaction). Kept here so that this module needs nothing of that backend's.
+pub(crate) trait TxOps {
+    fn get(&mut self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    fn insert(
+        &mut self,
+        tree: &str,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+    fn remove(&mut self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    fn len(&mut self, tree: &str) -> Result<u64, StoreError>;
+    /// The first or (`last`) the last entry.
+    fn end(&mut self, tree: &str, last: bool) -> Result<Option<Entry>, StoreError>;
+    fn scan_range(
+        &mut self,
+        tree: &str,
+        bounds: (Bound<&[u8]>, Bound<&[u8]>),
+        reverse: bool,
+        f: &mut Visit<'_>,
+    ) -> Result<(), StoreError>;
+}
+
+/// What a scan calls with each entry.
+pub(crate) type Visit<'f> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'f;
 
 impl<'t> WriteTx<'t> {
     fn new(txn: &'t redb::WriteTransaction) -> Self {
@@ -330,9 +356,9 @@ impl<'t> WriteTx<'t> {
         }
     }
 
-    pub(crate) fn with_pg(conn: &'t mut crate::pg::Conn) -> Self {
+    pub(crate) fn with_ops(ops: &'t mut dyn TxOps) -> Self {
         WriteTx {
-            ops: Ops::Pg(conn),
+            ops: Ops::Other(ops),
             undo: Vec::new(),
         }
     }
@@ -347,7 +373,7 @@ impl<'t> WriteTx<'t> {
             Ops::Redb { txn, tables } => Ok(table(txn, tables, tree.name())?
                 .get(key)?
                 .map(|v| v.value().to_vec())),
-            Ops::Pg(conn) => conn.get(tree.name(), key),
+            Ops::Other(conn) => conn.get(tree.name(), key),
         }
     }
 
@@ -383,7 +409,7 @@ impl<'t> WriteTx<'t> {
             Ops::Redb { txn, tables } => Ok(table(txn, tables, tree)?
                 .insert(key, value)?
                 .map(|v| v.value().to_vec())),
-            Ops::Pg(conn) => conn.insert(tree, key, value),
+            Ops::Other(conn) => conn.insert(tree, key, value),
         }
     }
 
@@ -392,7 +418,7 @@ impl<'t> WriteTx<'t> {
             Ops::Redb { txn, tables } => Ok(table(txn, tables, tree)?
                 .remove(key)?
                 .map(|v| v.value().to_vec())),
-            Ops::Pg(conn) => conn.remove(tree, key),
+            Ops::Other(conn) => conn.remove(tree, key),
         }
     }
 
@@ -425,7 +451,15 @@ impl<'t> WriteTx<'t> {
     ) -> Result<(), StoreError> {
         match &mut self.ops {
             Ops::Redb { txn, tables } => scan_table(&*table(txn, tables, tree)?, range, reverse, f),
-            Ops::Pg(conn) => conn.scan(tree, range, reverse, f),
+            Ops::Other(conn) => {
+                let mut f = f;
+                conn.scan_range(
+                    tree,
+                    (range.start_bound().cloned(), range.end_bound().cloned()),
+                    reverse,
+                    &mut f,
+                )
+            }
         }
     }
 
@@ -450,7 +484,7 @@ impl<'t> WriteTx<'t> {
             Ops::Redb { txn, tables } => Ok(table(txn, tables, tree.name())?
                 .last()?
                 .map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))),
-            Ops::Pg(conn) => conn.end(tree.name(), true),
+            Ops::Other(conn) => conn.end(tree.name(), true),
         }
     }
 
@@ -458,7 +492,7 @@ impl<'t> WriteTx<'t> {
     pub fn len(&mut self, tree: &(impl Named + ?Sized)) -> Result<u64, StoreError> {
         match &mut self.ops {
             Ops::Redb { txn, tables } => Ok(table(txn, tables, tree.name())?.len()?),
-            Ops::Pg(conn) => conn.len(tree.name()),
+            Ops::Other(conn) => conn.len(tree.name()),
         }
     }
 

@@ -303,5 +303,8 @@ async fn readiness_reports_the_database() {
     let v = visibility();
     let got = send(&v.app, get("/readyz", None)).await;
     assert_eq!(got.0, StatusCode::OK, "{}", got.2);
-    assert_eq!(got.2["database"], json!({ "ready": true }));
+    assert_eq!(
+        got.2["database"],
+        json!({ "ready": true, "backend": "embedded" })
+    );
 }

@@ -94,14 +94,12 @@ impl EmbeddedStore {
 
     /// Opens the store where `config` keeps it (see [`super::RecordSource::embedded_configured`]).
     pub fn open_configured(
-        config: &crate::config::GatewayConfig,
+        storage: &service::db::StorageConfig,
+        data_dir: &Path,
     ) -> Result<EmbeddedStore, RecordError> {
-        match config
-            .storage
-            .postgres(crate::db::NAME, "fedgate gateway records")?
-        {
+        match storage.postgres(crate::db::NAME, "fedgate gateway records")? {
             Some(options) => Ok(EmbeddedStore::with_db(Db::open_postgres(&options, SCHEMA)?)),
-            None => EmbeddedStore::open(&config.data_dir.join("records")),
+            None => EmbeddedStore::open(&data_dir.join("records")),
         }
     }
 

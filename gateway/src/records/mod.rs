@@ -137,13 +137,15 @@ impl RecordSource {
         Ok(RecordSource::Embedded(EmbeddedStore::open(path)?))
     }
 
-    /// The embedded store where `config` keeps it: `data_dir/records`, or, with PostgreSQL
-    /// storage, the gateway's schema (so that every replica reads the same records).
+    /// The embedded store where the gateway's `[storage]` keeps it: `data_dir/records`, or,
+    /// with PostgreSQL storage, the gateway's schema (so that every replica reads the same
+    /// records).
     pub fn embedded_configured(
-        config: &crate::config::GatewayConfig,
+        storage: &service::db::StorageConfig,
+        data_dir: &Path,
     ) -> Result<RecordSource, RecordError> {
         Ok(RecordSource::Embedded(EmbeddedStore::open_configured(
-            config,
+            storage, data_dir,
         )?))
     }
 
