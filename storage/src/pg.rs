@@ -43,10 +43,8 @@ use postgres::{Client, NoTls, Statement};
 
 use crate::error::StoreError;
 use crate::table::Entry;
-use crate::write::{Pending, Ran, TxOps, Visit};
+use crate::write::{next_batch, CommitFailure, Pending, Ran, TxOps, Visit};
 
-/// The most closures one commit takes (as the embedded writer).
-const MAX_BATCH: usize = 1024;
 /// Rows fetched per round trip while scanning.
 const PAGE: i64 = 512;
 /// The advisory-lock class of fedgate's write lock (the first of the two lock keys; the
@@ -158,7 +156,7 @@ impl Connector {
             .keepalives_idle(Duration::from_secs(10));
         let tls = match config.get_ssl_mode() {
             postgres::config::SslMode::Disable => None,
-            _ => Some(tls_connector(options.ca_pem.as_deref()).map_err(bad)?),
+            _ => Some(tls_connector(options.ca_pem.as_deref()).map_err(|e| bad(e.to_string()))?),
         };
         Ok(Connector {
             config,
@@ -223,25 +221,35 @@ fn redact(url: &str) -> String {
     format!("{scheme}://{authority}{path}")
 }
 
+/// Why the TLS settings for the database cannot be built.
+#[derive(Debug, thiserror::Error)]
+enum TlsSetupError {
+    #[error("the CA file is not PEM: {0}")]
+    NotPem(std::io::Error),
+    #[error("the CA file holds an unusable certificate: {0}")]
+    Unusable(rustls::Error),
+    #[error("the CA file holds no certificate")]
+    NoCertificate,
+    #[error("TLS: {0}")]
+    Tls(rustls::Error),
+}
+
 /// The TLS settings for connections to the database: rustls verifies the server's
 /// certificate and name (libpq's `verify-full`), against `ca_pem` or the web roots.
 fn tls_connector(
     ca_pem: Option<&[u8]>,
-) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, TlsSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_pem {
         Some(pem) => {
             let mut reader = pem;
-            let mut found = 0;
             for cert in rustls_pemfile::certs(&mut reader) {
-                let cert = cert.map_err(|e| format!("the CA file is not PEM: {e}"))?;
                 roots
-                    .add(cert)
-                    .map_err(|e| format!("the CA file holds an unusable certificate: {e}"))?;
-                found += 1;
+                    .add(cert.map_err(TlsSetupError::NotPem)?)
+                    .map_err(TlsSetupError::Unusable)?;
             }
-            if found == 0 {
-                return Err("the CA file holds no certificate".into());
+            if roots.is_empty() {
+                return Err(TlsSetupError::NoCertificate);
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -249,7 +257,7 @@ fn tls_connector(
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
+        .map_err(TlsSetupError::Tls)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
@@ -798,14 +806,7 @@ pub(crate) fn run_writer(
     stats: &PoolStats,
 ) {
     let mut conn: Option<Conn> = None;
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = next_batch(jobs) {
         if conn.is_none() {
             match connector.connect() {
                 Ok(c) => conn = Some(c),
@@ -893,7 +894,7 @@ fn commit_batch(
     batch: Vec<Box<dyn Pending>>,
     connector: &Connector,
     waited: Duration,
-) -> Result<Duration, String> {
+) -> Result<Duration, CommitFailure> {
     let mut answers = Vec::with_capacity(batch.len());
     let mut poisoned = None;
     let mut jobs = batch.into_iter();
@@ -913,16 +914,16 @@ fn commit_batch(
             for job in jobs {
                 job.refuse(StoreError::Commit(reason.clone()));
             }
-            Err(reason)
+            Err(CommitFailure(reason))
         }
         None => conn
             .execute("COMMIT")
-            .map_err(|e| connector.failed(&e).to_string()),
+            .map_err(|e| CommitFailure(connector.failed(&e).to_string())),
     };
     for answer in answers {
         answer(match &outcome {
             Ok(()) => Ok(()),
-            Err(reason) => Err(StoreError::Commit(reason.clone())),
+            Err(failure) => Err(StoreError::Commit(failure.0.clone())),
         });
     }
     outcome.map(|()| waited)

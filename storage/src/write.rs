@@ -187,14 +187,7 @@ fn run(
     flag: &AtomicBool,
 ) {
     let mut stopped: Option<String> = None;
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = next_batch(jobs) {
         if let Some(reason) = &stopped {
             tracing::debug!(reason, "a write was refused: the database refuses writes");
             for job in batch {
@@ -220,10 +213,23 @@ fn run(
     }
 }
 
+/// The next batch: the first write to arrive (waiting for it) and every other one already
+/// waiting, up to [`MAX_BATCH`]. `None` once every handle on the queue is gone.
+pub(crate) fn next_batch(jobs: &mpsc::Receiver<Box<dyn Pending>>) -> Option<Vec<Box<dyn Pending>>> {
+    let mut batch = vec![jobs.recv().ok()?];
+    while batch.len() < MAX_BATCH {
+        match jobs.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 /// Why a batch was not committed: redb's message, handed to every write of the batch.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct CommitFailure(String);
+pub(crate) struct CommitFailure(pub(crate) String);
 
 /// Runs one batch in one transaction and commits it. Err: the database must stop writing.
 /// `stopped` is set before any write of a failed batch hears of it, so that whoever hears
