@@ -2203,12 +2203,9 @@ async fn record_source_failures_are_503_and_recorded() {
     }
 }
 
-/// Three processes of one gateway on one PostgreSQL schema, as behind a load balancer: a
-/// challenge from one is accepted at another and single use across all three; a consent
-/// withdrawn at one is in force at the others at once; a token from one detokenizes at
-/// another; and every decision of every replica is in the one shared outbox.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn replicas_on_postgres_share_challenges_consents_tokens_and_the_outbox() {
+/// The office and a gateway whose state is in a PostgreSQL server of its own (started in
+/// the federation's folder; drop the server before the federation).
+fn federation_on_postgres(note: &str) -> (Fed, fedgate::harness::Postgres) {
     let dir = tempfile::tempdir().unwrap();
     let pg = fedgate::harness::Postgres::start(&dir.path().join("db")).unwrap();
     pg.create_database("fedgate").unwrap();
@@ -2220,19 +2217,31 @@ async fn replicas_on_postgres_share_challenges_consents_tokens_and_the_outbox() 
         policies: repo("policies"),
         extra_toml: format!(
             "{}\n{}",
-            extra_toml(&office, "replicas"),
+            extra_toml(&office, note),
             pg.storage("fedgate", "gateway_a").toml()
         ),
     };
-    let a = Gateway::start(&exe(), &dir.path().join("gateway"), &spec).unwrap();
+    let gateway = Gateway::start(&exe(), &dir.path().join("gateway"), &spec).unwrap();
+    (
+        Fed {
+            office,
+            gateway,
+            _dir: dir,
+        },
+        pg,
+    )
+}
+
+/// Three processes of one gateway on one PostgreSQL schema, as behind a load balancer: a
+/// challenge from one is accepted at another and single use across all three; a consent
+/// withdrawn at one is in force at the others at once; a token from one detokenizes at
+/// another; and every decision of every replica is in the one shared outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_on_postgres_share_challenges_consents_tokens_and_the_outbox() {
+    let (fed, _pg) = federation_on_postgres("replicas");
+    let a = &fed.gateway;
     let b = a.start_replica(&exe(), 1, 0, &[]).unwrap();
     let c = a.start_replica(&exe(), 2, 0, &[]).unwrap();
-    let fed = Fed {
-        office,
-        gateway: a,
-        _dir: dir,
-    };
-    let a = &fed.gateway;
     let ready: Value = reqwest::get(format!("{}readyz", b.url()))
         .await
         .unwrap()
@@ -2351,27 +2360,7 @@ async fn replicas_on_postgres_share_challenges_consents_tokens_and_the_outbox() 
 /// database is back, with every decision it answered in the outbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_database_outage_fails_closed_and_recovers_by_itself() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut pg = fedgate::harness::Postgres::start(&dir.path().join("db")).unwrap();
-    pg.create_database("fedgate").unwrap();
-    let office = Office::start(&exe(), &dir.path().join("office"), OFFICE).unwrap();
-    let spec = GatewaySpec {
-        port: 0,
-        did: CUSTODIAN.into(),
-        records: fixtures(),
-        policies: repo("policies"),
-        extra_toml: format!(
-            "{}\n{}",
-            extra_toml(&office, "outage"),
-            pg.storage("fedgate", "gateway_a").toml()
-        ),
-    };
-    let gateway = Gateway::start(&exe(), &dir.path().join("gateway"), &spec).unwrap();
-    let fed = Fed {
-        office,
-        gateway,
-        _dir: dir,
-    };
+    let (fed, mut pg) = federation_on_postgres("outage");
     let gw = &fed.gateway;
     let p = fixture_patient(&fixtures()[0]);
     let doc = clinician(

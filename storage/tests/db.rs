@@ -91,25 +91,7 @@ async fn concurrent_check_and_set_never_overspends(place: Place) {
     let t = db.tree("budget");
     let mut tasks = Vec::new();
     for _ in 0..50 {
-        let t = t.clone();
-        tasks.push(tokio::spawn(async move {
-            let db = t.db().clone();
-            db.write(move |tx| {
-                let spent = match tx.get(&t, b"s")? {
-                    None => 0,
-                    Some(b) => u64::from_be_bytes(
-                        b.try_into().map_err(|_| StoreError::unreadable("budget"))?,
-                    ),
-                };
-                if spent + 70 > 1000 {
-                    return Ok(false);
-                }
-                tx.insert(&t, b"s", &(spent + 70).to_be_bytes())?;
-                Ok::<_, StoreError>(true)
-            })
-            .await
-            .unwrap()
-        }));
+        tasks.push(tokio::spawn(place::spend_70_of_1000(db.clone())));
     }
     let mut granted = 0;
     for task in tasks {

@@ -40,24 +40,7 @@ async fn two_replicas_spend_a_budget_once_between_them() {
     let mut tasks = Vec::new();
     for i in 0..60 {
         let db = if i % 2 == 0 { a.clone() } else { b.clone() };
-        tasks.push(tokio::spawn(async move {
-            let t = db.tree("budget");
-            db.write(move |tx| {
-                let spent = match tx.get(&t, b"s")? {
-                    None => 0,
-                    Some(b) => u64::from_be_bytes(
-                        b.try_into().map_err(|_| StoreError::unreadable("budget"))?,
-                    ),
-                };
-                if spent + 70 > 1000 {
-                    return Ok(false);
-                }
-                tx.insert(&t, b"s", &(spent + 70).to_be_bytes())?;
-                Ok::<_, StoreError>(true)
-            })
-            .await
-            .unwrap()
-        }));
+        tasks.push(tokio::spawn(place::spend_70_of_1000(db)));
     }
     let mut granted = 0;
     for task in tasks {

@@ -88,6 +88,27 @@ pub fn server() -> &'static (String, String) {
     SHOWN.get_or_init(|| (url.clone(), password.clone()))
 }
 
+/// Spends 70 of a budget of 1000 kept in the tree "budget", if that much is left: a
+/// check-and-set in one write. Whether it was spent.
+pub async fn spend_70_of_1000(db: Db) -> bool {
+    let t = db.tree("budget");
+    db.write(move |tx| {
+        let spent = match tx.get(&t, b"s")? {
+            None => 0,
+            Some(b) => {
+                u64::from_be_bytes(b.try_into().map_err(|_| StoreError::unreadable("budget"))?)
+            }
+        };
+        if spent + 70 > 1000 {
+            return Ok(false);
+        }
+        tx.insert(&t, b"s", &(spent + 70).to_be_bytes())?;
+        Ok::<_, StoreError>(true)
+    })
+    .await
+    .unwrap()
+}
+
 /// Runs the async test `$name(place)` once on an embedded file and once on PostgreSQL.
 #[macro_export]
 macro_rules! on_both {
