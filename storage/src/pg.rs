@@ -2,7 +2,8 @@
 //! embedded redb file, kept in a PostgreSQL schema that several processes share.
 //!
 //! Layout: one table, `<schema>.fedgate_kv (tree, key, value)` with the primary key
-//! `(tree, key)`, so that every read is an index lookup or an index range scan, and
+//! `(tree, key)`, so that every read is an index lookup or an index range scan;
+//! `<schema>.fedgate_counts`, each tree's entry count, kept by the same statements; and
 //! `<schema>.fedgate_migrations` saying which versioned migrations were applied. Migrations
 //! run at open, one process at a time, and a schema migrated by a newer fedgate is refused.
 //!
@@ -55,16 +56,31 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The versioned migrations of the layout, in order. Never edit one that has shipped: add
 /// the next.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "trees of byte keys and values",
-    "CREATE TABLE {schema}.fedgate_kv (
-         tree text NOT NULL,
-         key bytea NOT NULL,
-         value bytea NOT NULL,
-         PRIMARY KEY (tree, key)
-     )",
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "trees of byte keys and values",
+        "CREATE TABLE {schema}.fedgate_kv (
+             tree text NOT NULL,
+             key bytea NOT NULL,
+             value bytea NOT NULL,
+             PRIMARY KEY (tree, key)
+         )",
+    ),
+    // `count(*)` walks a tree's whole index range, and the gateway asks for its outbox's
+    // length on every append: an outbox that grew during a visibility outage made every
+    // append slower, under the write lock every replica shares.
+    (
+        2,
+        "entries per tree, kept by every write",
+        "CREATE TABLE {schema}.fedgate_counts (
+             tree text PRIMARY KEY,
+             n bigint NOT NULL
+         );
+         INSERT INTO {schema}.fedgate_counts (tree, n)
+             SELECT tree, count(*) FROM {schema}.fedgate_kv GROUP BY tree",
+    ),
+];
 
 /// Where a service's PostgreSQL state is, and how to reach it.
 #[derive(Clone)]
@@ -300,7 +316,9 @@ impl Conn {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let text = sql.replace("{t}", &format!("\"{}\".fedgate_kv", self.schema));
+        let text = sql
+            .replace("{t}", &format!("\"{}\".fedgate_kv", self.schema))
+            .replace("{c}", &format!("\"{}\".fedgate_counts", self.schema));
         let statement = self.client.prepare(&text)?;
         self.statements.insert(sql.to_string(), statement.clone());
         Ok(statement)
@@ -329,12 +347,19 @@ impl Conn {
         key: &[u8],
         value: &[u8],
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        // The old value, read in the statement's snapshot before it writes.
+        // One round trip: the old value (read in the statement's snapshot, before it
+        // writes), the upsert, and the tree's count when the key is new.
         let rows = self.query(
-            "WITH old AS (SELECT value FROM {t} WHERE tree = $1 AND key = $2)
-             INSERT INTO {t} (tree, key, value) VALUES ($1, $2, $3)
-             ON CONFLICT (tree, key) DO UPDATE SET value = EXCLUDED.value
-             RETURNING (SELECT value FROM old)",
+            "WITH old AS (SELECT value FROM {t} WHERE tree = $1 AND key = $2),
+             put AS (
+                 INSERT INTO {t} (tree, key, value) VALUES ($1, $2, $3)
+                 ON CONFLICT (tree, key) DO UPDATE SET value = EXCLUDED.value
+             ),
+             counted AS (
+                 INSERT INTO {c} (tree, n) SELECT $1, 1 WHERE NOT EXISTS (SELECT 1 FROM old)
+                 ON CONFLICT (tree) DO UPDATE SET n = {c}.n + 1
+             )
+             SELECT (SELECT value FROM old)",
             &[&tree, &key, &value],
         )?;
         Ok(rows.first().and_then(|r| r.get(0)))
@@ -342,14 +367,20 @@ impl Conn {
 
     pub(crate) fn remove(&mut self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let rows = self.query(
-            "DELETE FROM {t} WHERE tree = $1 AND key = $2 RETURNING value",
+            "WITH gone AS (DELETE FROM {t} WHERE tree = $1 AND key = $2 RETURNING value),
+             counted AS (
+                 UPDATE {c} SET n = n - (SELECT count(*) FROM gone)
+                 WHERE tree = $1 AND EXISTS (SELECT 1 FROM gone)
+             )
+             SELECT value FROM gone",
             &[&tree, &key],
         )?;
         Ok(rows.first().map(|r| r.get(0)))
     }
 
+    /// The tree's entry count, kept by every insert and remove (migration 2).
     pub(crate) fn len(&mut self, tree: &str) -> Result<u64, StoreError> {
-        let rows = self.query("SELECT count(*) FROM {t} WHERE tree = $1", &[&tree])?;
+        let rows = self.query("SELECT n FROM {c} WHERE tree = $1", &[&tree])?;
         let n: i64 = rows.first().map(|r| r.get(0)).unwrap_or(0);
         Ok(u64::try_from(n).unwrap_or(0))
     }

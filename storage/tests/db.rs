@@ -17,6 +17,7 @@ on_both!(
     blocking_writes_work_inside_and_outside_a_runtime,
     prefix_scans_and_ranges_keep_to_their_keys,
     long_scans_cross_pages_both_ways,
+    lengths_follow_inserts_overwrites_removes_and_undone_writes,
 );
 
 const SCHEMA: Schema = Schema {
@@ -229,6 +230,35 @@ async fn long_scans_cross_pages_both_ways(place: Place) {
     assert_eq!(count, 1299);
     assert_eq!(last, Some(key(1299).to_vec()));
     assert_eq!(t.len().unwrap(), 1299);
+}
+
+async fn lengths_follow_inserts_overwrites_removes_and_undone_writes(place: Place) {
+    let db = place.open(SCHEMA).unwrap();
+    let (t, u) = (db.tree("t"), db.tree("u"));
+    for i in 0..10u64 {
+        t.insert(&key(i), b"a").await.unwrap();
+    }
+    t.insert(&key(3), b"overwritten").await.unwrap();
+    t.remove(&key(4)).await.unwrap();
+    t.remove(&key(99)).await.unwrap();
+    u.insert(b"x", b"").await.unwrap();
+    assert_eq!((t.len().unwrap(), u.len().unwrap()), (9, 1));
+    // A write that fails leaves every count as it was, and its own reads saw its changes.
+    let (t2, u2) = (t.clone(), u.clone());
+    let seen = db
+        .write(move |tx| {
+            tx.insert(&t2, &key(50), b"")?;
+            tx.remove(&t2, &key(0))?;
+            tx.remove(&u2, b"x")?;
+            let seen = (tx.len(&t2)?, tx.len(&u2)?);
+            Err::<(), _>(StoreError::Commit(format!("{seen:?}")))
+        })
+        .await
+        .unwrap_err();
+    assert!(seen.to_string().contains("(9, 0)"), "{seen}");
+    assert_eq!((t.len().unwrap(), u.len().unwrap()), (9, 1));
+    assert_eq!(t.entries().unwrap().len(), 9);
+    assert_eq!(db.tree("never").len().unwrap(), 0);
 }
 
 #[test]

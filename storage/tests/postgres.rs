@@ -71,13 +71,13 @@ fn migrations_are_versioned_applied_once_and_a_newer_schema_is_refused() {
     let status = storage::migration_status(&options).unwrap();
     assert!(status.applied.is_empty());
     assert_eq!(status.pending.first().map(|p| p.0), Some(1));
-    assert_eq!(storage::migrate(&options).unwrap(), vec![1]);
+    assert_eq!(storage::migrate(&options).unwrap(), vec![1, 2]);
     assert!(
         storage::migrate(&options).unwrap().is_empty(),
         "applied once"
     );
     let status = storage::migration_status(&options).unwrap();
-    assert_eq!(status.applied.len(), 1);
+    assert_eq!(status.applied.len(), 2);
     assert!(status.pending.is_empty());
     drop(Db::open_postgres(&options, SCHEMA).unwrap());
 
@@ -92,7 +92,7 @@ fn migrations_are_versioned_applied_once_and_a_newer_schema_is_refused() {
             e,
             StoreError::Newer {
                 found: 99,
-                supported: 1,
+                supported: 2,
                 ..
             }
         ),
