@@ -1178,6 +1178,27 @@ async fn a_visibility_process_killed_under_load_loses_and_duplicates_nothing() {
     );
     assert_eq!(last.size, sent.len() as u64, "one leaf per event sent");
     assert_eq!(leaves.len(), sent.len());
+    // Each survivor's /metrics shows what it appended, its pool and its waits for the
+    // shared write lock.
+    for process in [&survivor, &processes[0]] {
+        let text = get_text(&format!("{}metrics", process.url()))
+            .await
+            .unwrap();
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        assert!(value("fedgate_log_appended_total") > 0.0, "{text}");
+        assert!(value("fedgate_db_lock_wait_seconds_count") > 0.0, "{text}");
+        assert!(value("fedgate_db_pool_size") >= 1.0, "{text}");
+        assert_eq!(
+            value("fedgate_log_checkpoint_size"),
+            last.size as f64,
+            "{text}"
+        );
+    }
     // The other survivor serves the same checkpoint (it reads the stored one).
     let other = open(
         &get_text(&format!("{}v1/checkpoint", processes[0].url()))

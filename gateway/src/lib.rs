@@ -91,14 +91,7 @@ pub async fn run(
     config
         .public_url
         .get_or_insert_with(|| bound.public_url().to_string());
-    // One recorder per process; a second gateway in the same process (tests) gets a handle
-    // of its own.
-    let metrics = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
-        Ok(handle) => handle,
-        Err(_) => metrics_exporter_prometheus::PrometheusBuilder::new()
-            .build_recorder()
-            .handle(),
-    };
+    let metrics = service::metrics::recorder();
     let state = GatewayState::new(config.clone(), bound.public_url().clone(), metrics)
         .await
         .map_err(RunError::State)?;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use federation::credentials::PresentationBinding;
@@ -322,9 +322,5 @@ async fn metrics_handler(State(s): AppState) -> Response {
     metrics::gauge!("fedgate_outbox_pending").set(s.outbox.len() as f64);
     s.db.record_metrics();
     metrics::gauge!("fedgate_outbox_awaiting_receipt").set(s.outbox.awaiting_len() as f64);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
-    )
-        .into_response()
+    service::metrics::response(&s.metrics)
 }

@@ -21,6 +21,7 @@ pub mod config;
 pub mod db;
 pub mod eventbus;
 pub mod http;
+pub mod metrics;
 pub mod nonce;
 pub mod openapi;
 pub mod params;

@@ -134,7 +134,7 @@ impl Db {
     /// newer fedgate migrated), and checks the service's layout version as [`Db::open`]
     /// does. See the `pg` module for how writes of several processes are ordered.
     pub fn open_postgres(options: &crate::PgOptions, schema: Schema) -> Result<Db, StoreError> {
-        let (pg, connector) = crate::pg::Pg::open(options, schema.name)?;
+        let (pg, connector) = crate::pg::Pg::open(options)?;
         let stats = pg.stats();
         let name = schema.name;
         let shown = pg.shown().to_string();

@@ -535,6 +535,8 @@ type ReadJob = Box<dyn FnOnce(&mut Option<Conn>, &Connector) + Send>;
 pub(crate) struct Pg {
     reads: Mutex<Option<mpsc::Sender<ReadJob>>>,
     readers: Vec<thread::JoinHandle<()>>,
+    /// Reader threads (and connections at most).
+    size: usize,
     connector: Connector,
     /// Reader connections busy now, and open (for /metrics).
     stats: Arc<PoolStats>,
@@ -550,11 +552,8 @@ pub(crate) struct PoolStats {
 
 impl Pg {
     /// Connects, applies pending migrations (refusing a schema newer than this code), and
-    /// starts the reader threads. The writer is started by the caller with [`writer`].
-    pub(crate) fn open(
-        options: &PgOptions,
-        name: &'static str,
-    ) -> Result<(Pg, Connector), StoreError> {
+    /// starts the reader threads. The writer is started by the caller with [`run_writer`].
+    pub(crate) fn open(options: &PgOptions) -> Result<(Pg, Connector), StoreError> {
         let connector = Connector::new(options)?;
         let conn = off_runtime(|| {
             let mut conn = connector.connect()?;
@@ -598,11 +597,11 @@ impl Pg {
                 })?;
             readers.push(handle);
         }
-        metrics::gauge!("fedgate_db_pool_size", "db" => name).set(options.readers.max(1) as f64);
         Ok((
             Pg {
                 reads: Mutex::new(Some(reads)),
                 readers,
+                size: options.readers.max(1),
                 connector: connector.clone(),
                 stats,
             },
@@ -680,6 +679,7 @@ impl Pg {
     }
 
     pub(crate) fn record_metrics(&self, name: &'static str) {
+        metrics::gauge!("fedgate_db_pool_size", "db" => name).set(self.size as f64);
         metrics::gauge!("fedgate_db_pool_busy", "db" => name)
             .set(self.stats.busy.load(Ordering::Relaxed) as f64);
         metrics::gauge!("fedgate_db_pool_open", "db" => name)

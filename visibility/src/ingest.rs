@@ -264,6 +264,7 @@ pub(crate) async fn append_events(
     } = appended;
     let published = match published {
         Some(p) => {
+            metrics::counter!("fedgate_log_appended_total").increment(range.end - range.start);
             tracing::info!(
                 custodian,
                 appended = range.end - range.start,

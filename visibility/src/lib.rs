@@ -84,6 +84,8 @@ pub struct VisibilityState {
     latest: RwLock<Arc<Published>>,
     challenges: audit::Challenges,
     sessions: audit::Sessions,
+    /// This process's metrics (`/metrics`).
+    metrics: service::metrics::PrometheusHandle,
 }
 
 impl VisibilityState {
@@ -193,6 +195,7 @@ impl VisibilityState {
             latest: RwLock::new(Arc::new(latest)),
             challenges,
             sessions,
+            metrics: service::metrics::recorder(),
         }))
     }
 
@@ -254,6 +257,7 @@ pub fn routes() -> service::openapi::Routes<Arc<VisibilityState>> {
         routes!(inventory),
         routes!(healthz),
         routes!(readyz),
+        routes!(metrics_handler),
         routes!(ingest::post_batch),
         routes!(ingest::post_receipts),
         routes!(proofs::get_checkpoint),
@@ -318,6 +322,18 @@ async fn healthz() -> &'static str {
             content_type = "application/problem+json")))]
 async fn readyz(State(s): AppState) -> axum::response::Response {
     service::db::readyz_response(&s.store.db)
+}
+
+/// Prometheus metrics: this process's appends (`fedgate_log_appended_total`), the size of
+/// the checkpoint it serves, and its database's commits, pool and write-lock waits (with
+/// PostgreSQL storage, how long this process waited for the others' appends).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Metrics (text exposition format 0.0.4)", body = String,
+        content_type = "text/plain")))]
+async fn metrics_handler(State(s): AppState) -> axum::response::Response {
+    metrics::gauge!("fedgate_log_checkpoint_size").set(s.latest().size as f64);
+    s.store.db.record_metrics();
+    service::metrics::response(&s.metrics)
 }
 
 /// This service's DID document (did:web).
