@@ -265,6 +265,9 @@ pub(crate) async fn run(
     serve: bool,
     replicas: usize,
 ) -> anyhow::Result<bool> {
+    if !(1..=8).contains(&replicas) {
+        return Err(anyhow!("--replicas must be 1 to 8"));
+    }
     let started = Instant::now();
     let exe = std::env::current_exe().map_err(|e| anyhow!("cannot find fedgate itself: {e}"))?;
     let dir = match dir {

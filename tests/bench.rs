@@ -69,6 +69,38 @@ fn exchange_with_two_holders() {
 }
 
 #[test]
+fn exchange_across_two_replicas_on_postgres() {
+    // Every request takes its challenge from one replica and is answered by the other.
+    let report = bench(&[
+        "exchange",
+        "--holders",
+        "2",
+        "--requests",
+        "20",
+        "--postgres",
+        "--replicas",
+        "2",
+    ]);
+    assert_common_shape(&report, "exchange", 20);
+}
+
+#[test]
+fn ingest_into_a_log_on_postgres() {
+    let report = bench(&[
+        "ingest",
+        "--senders",
+        "2",
+        "--requests",
+        "4",
+        "--batch",
+        "50",
+        "--postgres",
+    ]);
+    assert_common_shape(&report, "ingest", 4);
+    assert_eq!(report["ingest"]["tree_size"], 250);
+}
+
+#[test]
 fn research_with_two_networks() {
     let report = bench(&["research", "--holders", "2", "--requests", "6"]);
     assert_common_shape(&report, "research", 6);
@@ -146,6 +178,8 @@ fn bad_arguments_are_one_line_errors() {
         vec!["exchange", "--format", "paper"],
         vec!["exchange", "--data-classes", "patient"],
         vec!["exchange", "--gateway", "http://127.0.0.1:9/"],
+        vec!["exchange", "--replicas", "2"],
+        vec!["exchange", "--postgres", "--replicas", "9"],
         vec!["ingest", "--batch", "1001"],
         vec!["ingest", "--visibility", "http://127.0.0.1:9/"],
         vec!["revocation", "--samples", "0"],

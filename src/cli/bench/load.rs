@@ -56,9 +56,12 @@ impl Stop {
 }
 
 /// One request of one holder: challenge, presentation, the measured POST.
+/// One measured request: a challenge from `base`, then the request, with a presentation
+/// answering it, to `exchange_base` (another replica, when there are several).
 pub(super) async fn one_request(
     http: &Http,
     base: &str,
+    exchange_base: &str,
     path: &str,
     holder: &Holder,
     format: ProofFormat,
@@ -86,7 +89,9 @@ pub(super) async fn one_request(
     let mut body = holder.body.clone();
     body["presentation"] = vp;
     let t1 = Instant::now();
-    let answer = http.post(&format!("{base}{path}"), &body, None).await;
+    let answer = http
+        .post(&format!("{exchange_base}{path}"), &body, None)
+        .await;
     let elapsed = t1.elapsed();
     match tally {
         Some(t) => {
@@ -112,8 +117,9 @@ pub(super) async fn one_request(
 
 /// Where the load goes.
 pub(super) struct Target {
-    /// The gateway's base URL, with a trailing slash.
-    base: String,
+    /// The gateway's base URLs, with a trailing slash: one per replica. Each request takes
+    /// its challenge from one and is answered by the next.
+    bases: Vec<String>,
     /// The measured request's path under it.
     path: &'static str,
     format: ProofFormat,
@@ -130,11 +136,23 @@ pub(super) async fn drive(
     holders: Vec<Holder>,
     run: &RunArgs,
 ) -> anyhow::Result<(Tally, f64, Option<ServerUsage>, f64)> {
-    let (base, path, format) = (target.base.as_str(), target.path, target.format);
+    let (bases, path, format) = (Arc::new(target.bases.clone()), target.path, target.format);
+    if bases.is_empty() {
+        return Err(anyhow!("no gateway to load"));
+    }
+    let at = |bases: &[String], k: usize| bases[k % bases.len()].clone();
     for (i, h) in holders.iter().enumerate() {
-        one_request(http, base, path, h, format, None)
-            .await
-            .map_err(|e| anyhow!("holder {i}: the warm-up request failed: {e}"))?;
+        one_request(
+            http,
+            &at(&bases, i),
+            &at(&bases, i + 1),
+            path,
+            h,
+            format,
+            None,
+        )
+        .await
+        .map_err(|e| anyhow!("holder {i}: the warm-up request failed: {e}"))?;
     }
     let watched = Watched::start("gateway", target.pid, target.idle_rss_mb);
     let me = Watched::start("load generator", Some(std::process::id()), None);
@@ -145,12 +163,15 @@ pub(super) async fn drive(
     });
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for holder in holders {
-        let (http, base, stop) = (http.clone(), base.to_string(), stop.clone());
+    for (i, holder) in holders.into_iter().enumerate() {
+        let (http, bases, stop) = (http.clone(), bases.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();
+            let mut k = i;
             while stop.next() {
-                one_request(&http, &base, path, &holder, format, Some(&mut tally)).await?;
+                let (from, to) = (at(&bases, k), at(&bases, k + 1));
+                k += 1;
+                one_request(&http, &from, &to, path, &holder, format, Some(&mut tally)).await?;
             }
             Ok::<Tally, anyhow::Error>(tally)
         }));
@@ -373,15 +394,33 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
 
     // Where the load goes: our own federation, or the one named on the command line.
     let mut idle_rss = None;
+    let mut bases = Vec::new();
+    if !(1..=8).contains(&args.replicas) {
+        return Err(anyhow!("--replicas must be 1 to 8"));
+    }
+    if args.replicas > 1 && !args.postgres {
+        return Err(anyhow!(
+            "--replicas needs --postgres: replicas share their state through PostgreSQL"
+        ));
+    }
+    let pg = if args.postgres {
+        let pg = crate::harness::Postgres::start(&scratch.path.join("db"))?;
+        say(format!("state in PostgreSQL on 127.0.0.1:{}", pg.port()));
+        Some(pg)
+    } else {
+        None
+    };
     let (fed, base, office_url, token, org, pid, gateway_token) = match &args.gateway {
         None => {
-            let fed = start_federation(
-                &scratch.path,
-                &contract(HOSPITAL_A, REQUESTER_ORG, &["clinical"], &["TREAT"]),
-                Vec::new(),
-                &say,
-            )?;
+            let terms = contract(HOSPITAL_A, REQUESTER_ORG, &["clinical"], &["TREAT"]);
+            let fed = match &pg {
+                Some(pg) => {
+                    start_replicated_federation(&scratch.path, &terms, pg, args.replicas, &say)?
+                }
+                None => start_federation(&scratch.path, &terms, Vec::new(), &say)?,
+            };
             let gateway = fed.gateway(HOSPITAL_A)?;
+            bases = fed.replicas(HOSPITAL_A).iter().map(|g| g.url()).collect();
             let base = gateway.url();
             let office = fed.office.url();
             let token = fed.office.token.clone();
@@ -477,8 +516,11 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
         }
     ));
 
+    if bases.is_empty() {
+        bases.push(base);
+    }
     let target = Target {
-        base,
+        bases,
         path: "v1/exchange/clinical",
         format,
         pid,
@@ -574,7 +616,7 @@ pub(super) async fn research(args: ResearchArgs) -> anyhow::Result<Printed> {
         started.elapsed().as_secs_f64()
     ));
     let target = Target {
-        base,
+        bases: vec![base],
         path: "v1/research/queries",
         format: ProofFormat::Jwt,
         pid: Some(gateway.process.pid()),

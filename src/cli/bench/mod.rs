@@ -111,6 +111,13 @@ pub struct ExchangeArgs {
     /// Process id of the gateway, for its memory and CPU figures (with --gateway).
     #[arg(long)]
     pid: Option<u32>,
+    /// Keep every started service's state in PostgreSQL (a server the bench starts).
+    #[arg(long, conflicts_with = "gateway")]
+    postgres: bool,
+    /// Run the started gateway as this many replicas sharing their state (needs
+    /// --postgres); each request takes its challenge from one and is answered by the next.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
 }
 
 #[derive(Args)]

@@ -59,6 +59,18 @@ pub(super) fn start_federation(
     start_federation_with(dir, contracts, more_records, "", say)
 }
 
+/// [`start_federation`] with every service's state on `pg`, and hospital A's gateway as
+/// `replicas` processes sharing it.
+pub(super) fn start_replicated_federation(
+    dir: &Path,
+    contracts: &str,
+    pg: &crate::harness::Postgres,
+    replicas: usize,
+    say: &dyn Fn(String),
+) -> anyhow::Result<Federation> {
+    start_federation_on(dir, contracts, Vec::new(), "", Some((pg, replicas)), say)
+}
+
 /// [`start_federation`], with more gateway configuration (TOML).
 pub(super) fn start_federation_with(
     dir: &Path,
@@ -67,13 +79,31 @@ pub(super) fn start_federation_with(
     more_config: &str,
     say: &dyn Fn(String),
 ) -> anyhow::Result<Federation> {
+    start_federation_on(dir, contracts, more_records, more_config, None, say)
+}
+
+fn start_federation_on(
+    dir: &Path,
+    contracts: &str,
+    more_records: Vec<PathBuf>,
+    more_config: &str,
+    replicated: Option<(&crate::harness::Postgres, usize)>,
+    say: &dyn Fn(String),
+) -> anyhow::Result<Federation> {
     let exe = std::env::current_exe().map_err(|e| anyhow!("cannot find fedgate itself: {e}"))?;
     let started = Instant::now();
+    let mut builder = Federation::builder(&exe, dir, OFFICE, VISIBILITY);
+    let mut replicas = 1;
+    if let Some((pg, n)) = replicated {
+        builder = builder.postgres(pg);
+        replicas = n;
+    }
     // Events ship at the gateway's default pace, as in the figures of docs/performance.md.
-    let fed = Federation::builder(&exe, dir, OFFICE, VISIBILITY)
+    let fed = builder
         .status_push()
         .gateway(
             Custodian::new(HOSPITAL_A)
+                .replicas(replicas)
                 .records(
                     fixtures("hospital-a")?
                         .into_iter()
