@@ -2438,8 +2438,21 @@ async fn a_database_outage_fails_closed_and_recovers_by_itself() {
     assert!(ready_said["state"]["database"]["error"].is_string());
 
     pg.start_again().unwrap();
-    // Back without a restart: the held presentation (its challenge never consumed) works.
+    // Back without a restart, and ready again with no request but the probe's: a load
+    // balancer sends nothing to a replica that is not ready.
     let back = Instant::now();
+    loop {
+        let ready = reqwest::get(format!("{}readyz", gw.url())).await.unwrap();
+        if ready.status() == 200 {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(20),
+            "not ready in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The held presentation (its challenge never consumed) works.
     loop {
         let (status, _, bytes) = gw
             .post_raw("/v1/exchange/clinical", &body_of(&held[1], &p.mrn), None)

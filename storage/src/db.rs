@@ -219,7 +219,15 @@ impl Db {
                 db.begin_read()?;
                 Ok(())
             }
-            Engine::Postgres(pg) => pg.health(),
+            Engine::Postgres(pg) => {
+                pg.health()?;
+                if pg.writer_down() {
+                    // An empty write: the writer connects again, takes the write lock and
+                    // commits, or says why it cannot.
+                    self.write_blocking(|_| Ok::<(), StoreError>(()))?;
+                }
+                Ok(())
+            }
         }
     }
 

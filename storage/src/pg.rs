@@ -651,27 +651,28 @@ impl Pg {
         if !sent {
             return Err(StoreError::Stopped);
         }
-        answer.recv().map_err(|_| StoreError::Stopped)?
+        wait(|| answer.recv()).map_err(|_| StoreError::Stopped)?
     }
 
     pub(crate) fn shown(&self) -> &str {
         &self.connector.shown
     }
 
-    /// Whether the database answers now (a round trip on a reader), and the writer's last
-    /// attempt reached it.
+    /// Whether the database answers now (a round trip on a reader).
+    ///
+    /// Only the readers' side is checked here; [`crate::Db::health`] sends an empty write
+    /// through the writer while its last attempt failed, since an idle service that is
+    /// not ready gets no writes that would show it is back.
     pub(crate) fn health(&self) -> Result<(), StoreError> {
         self.read(|conn| {
             conn.client.is_valid(Duration::from_secs(2))?;
             Ok(())
-        })?;
-        if self.stats.writer_down.load(Ordering::Acquire) {
-            return Err(StoreError::Unreachable {
-                at: self.connector.shown.clone(),
-                reason: "the last write could not reach the database".into(),
-            });
-        }
-        Ok(())
+        })
+    }
+
+    /// Whether the writer's last attempt failed to reach the database.
+    pub(crate) fn writer_down(&self) -> bool {
+        self.stats.writer_down.load(Ordering::Acquire)
     }
 
     pub(crate) fn stats(&self) -> Arc<PoolStats> {
@@ -684,6 +685,19 @@ impl Pg {
             .set(self.stats.busy.load(Ordering::Relaxed) as f64);
         metrics::gauge!("fedgate_db_pool_open", "db" => name)
             .set(self.stats.open.load(Ordering::Relaxed) as f64);
+    }
+}
+
+/// Runs `f`, which blocks until a database thread answers. On a worker thread of a
+/// multi-threaded tokio runtime, the runtime is told first, so that the worker's other
+/// tasks move to another thread meanwhile instead of waiting behind a round trip: the
+/// stores' reads are synchronous calls from async handlers.
+fn wait<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
