@@ -56,6 +56,10 @@ pub struct GatewayConfig {
     /// did:web allow-map (DID → base URL) when no signed registry is configured.
     #[serde(default)]
     pub did_web: BTreeMap<String, String>,
+    /// Contexts, schemas and related resources bundled for the VC API verify endpoints
+    /// (credentials of types beyond the three).
+    #[serde(default)]
+    pub bundle: service::config::BundleConfig,
     /// Data-sharing contracts when no signed registry is configured.
     #[serde(default)]
     pub contracts: Vec<serde_json::Value>,
@@ -337,6 +341,7 @@ impl GatewayConfig {
 impl service::config::ServiceConfig for GatewayConfig {
     fn resolve_paths(&mut self, base: &Path) {
         use service::config::resolve;
+        self.bundle.resolve_paths(base);
         if let Some(r) = self.registry.as_mut() {
             r.resolve_path(base);
         }
@@ -378,6 +383,7 @@ impl service::config::ServiceConfig for GatewayConfig {
             key,
             message: message.to_string(),
         };
+        self.bundle.load(path)?;
         self.storage.validate(path)?;
         if !self.did.starts_with("did:web:") {
             return Err(invalid("did", "must be a did:web"));

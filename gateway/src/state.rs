@@ -247,7 +247,8 @@ impl GatewayState {
                 status.spawn_push_listener(url);
             }
         }
-        let verifier = Verifier::new(resolver, trust, status);
+        let bundle = config.bundle.load("gateway config")?;
+        let verifier = Verifier::new(resolver, trust, status).with_bundle(bundle);
         let pages = crate::paging::Pages::open(&db);
         Ok(Arc::new(GatewayState {
             trust_mode,
