@@ -524,17 +524,19 @@ pub async fn present(
 
 /// Signs a presentation document as it is (with or without a `holder`: VC Data Model 2.0
 /// makes it optional) with a Data Integrity proof by `key`, bound to the verifier's
-/// challenge and DID. [`present`] builds the presentations fedgate's wallets make.
+/// challenge and DID, expanding it with the contexts of `bundle` (those of the credentials
+/// it carries). [`present`] builds the presentations fedgate's wallets make.
 pub async fn add_presentation_proof(
     presentation: Value,
     key: &KeyPair,
     binding: &PresentationBinding,
+    bundle: &crate::bundle::Bundle,
 ) -> Result<Value, IssueError> {
     sign_data_integrity(
         presentation,
         key,
         Some((&binding.challenge, &binding.domain)),
-        crate::context::loader(),
+        bundle.loader(),
     )
     .await
 }
