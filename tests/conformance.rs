@@ -53,7 +53,7 @@ struct Services {
     office: Office,
     token: String,
     http: reqwest::Client,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 fn start(sandbox: bool) -> Services {
@@ -74,7 +74,7 @@ fn start(sandbox: bool) -> Services {
         office,
         token,
         http: reqwest::Client::builder().no_proxy().build().unwrap(),
-        _dir: dir,
+        dir,
     }
 }
 
@@ -538,7 +538,7 @@ fn start_gateway(s: &Services) -> Gateway {
     );
     Gateway::start(
         &exe(),
-        &s._dir.path().join("gateway"),
+        &s.dir.path().join("gateway"),
         &GatewaySpec {
             did: HOSPITAL.into(),
             port: 0,

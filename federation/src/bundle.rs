@@ -21,7 +21,7 @@ pub struct Bundle {
     loader: ContextLoader,
     context_urls: Vec<String>,
     schemas: HashMap<String, Arc<jsonschema::Validator>>,
-    resources: HashMap<String, Arc<Vec<u8>>>,
+    resources: HashMap<String, Arc<[u8]>>,
 }
 
 /// Why a bundled context, schema or resource was refused (at start-up, naming it).
@@ -135,7 +135,7 @@ impl Bundle {
             if !is_absolute_url(&url) {
                 return Err(BundleError::NotUrl(url));
             }
-            self.resources.insert(url, Arc::new(bytes));
+            self.resources.insert(url, Arc::from(bytes));
         }
         Ok(self)
     }
@@ -149,7 +149,7 @@ impl Bundle {
     }
 
     pub(crate) fn resource(&self, url: &str) -> Option<&[u8]> {
-        self.resources.get(url).map(|b| b.as_slice())
+        self.resources.get(url).map(|b| &b[..])
     }
 }
 

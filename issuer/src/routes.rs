@@ -16,8 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use chrono::Utc;
 use federation::credentials::{
-    self, CredentialKind, Privilege, PrivilegeSubject, ProofFormat,
-    StatusEntry,
+    self, CredentialKind, Privilege, PrivilegeSubject, ProofFormat, StatusEntry,
 };
 use federation::did::DidResolver;
 use federation::keys::KeyPair;
@@ -203,10 +202,7 @@ impl IssuerState {
         }
         for key in ["validFrom", "validUntil"] {
             if let Some(v) = obj.get(key) {
-                if !v
-                    .as_str()
-                    .is_some_and(|t| federation::time::parse(t).is_some())
-                {
+                if v.as_str().and_then(federation::time::parse).is_none() {
                     return Err(unprocessable(format!(
                         "{key} must be an RFC 3339 date-time with a time zone"
                     )));
@@ -581,9 +577,11 @@ impl IssueOptions {
         let by_suite = match self.cryptosuite.as_deref() {
             None => None,
             Some(s) if s == suite => Some(ProofFormat::DataIntegrity),
-            Some(other) => return refuse(format!(
+            Some(other) => {
+                return refuse(format!(
                 "options.cryptosuite {other:?} is not supported: this office's key signs {suite}"
-            )),
+            ))
+            }
         };
         let asked: Vec<ProofFormat> = [self.format, by_type, by_suite]
             .into_iter()
