@@ -778,7 +778,19 @@ async fn proof_sets_and_chains_through_the_verify_endpoints() {
     let strangers = add_proof(one.clone(), &stranger, None, &bundle)
         .await
         .unwrap();
+    // A term no context defines (there is no @vocab): an error for Data Integrity, even
+    // where the signature would not cover it.
+    let mut undefined = one.clone();
+    undefined["credentialSubject"]["favouriteColour"] = json!("blue");
+    // A term defined by a context the verifier does not bundle (never fetched).
+    let mut unknown_context = one.clone();
+    unknown_context["@context"] = json!([
+        "https://www.w3.org/ns/credentials/v2",
+        "https://contexts.example/never-fetched/v1"
+    ]);
     for (what, vc, check) in [
+        ("an undefined term", &undefined, "proof"),
+        ("a context that is not bundled", &unknown_context, "proof"),
         ("forged second proof", &forged, "proof"),
         ("dangling previousProof", &dangling, "proof"),
         ("chain over another proof", &cut, "proof"),
