@@ -525,7 +525,9 @@ async fn verify_everywhere(
 /// A gateway that knows the office's did:web and bundles the same context and schema.
 fn start_gateway(s: &Services) -> Gateway {
     let extra_toml = format!(
-        r#"[did_web]
+        r#"[trust_types]
+BoardCertificationCredential = ["did:web:certification-board.test"]
+[did_web]
 "{OFFICE}" = "{}"
 [bundle.contexts]
 "{TRAINING_CONTEXT}" = "{}"
@@ -582,6 +584,20 @@ async fn jose_registered_claims_algorithms_and_headers_on_every_service() {
             assert_eq!(body["credential"]["subject"]["id"], nurse.did().to_string());
         }
     }
+
+    // Trust for a type beyond the three where it is configured: the gateway trusts only
+    // one board for board certifications, the office has no trust for them.
+    let mut certification = ok.clone();
+    certification["type"] = json!(["VerifiableCredential", "BoardCertificationCredential"]);
+    let jwt = json!(sign_raw(&header("EdDSA"), &certification, &board));
+    let at = verify_everywhere(&s.http, &services, &jwt).await;
+    assert_eq!(at[0].0, 200, "{}", at[0].1);
+    assert_eq!(
+        (at[1].0, at[1].1["check"].as_str()),
+        (422, Some("issuer-trust")),
+        "{}",
+        at[1].1
+    );
 
     // Refused, each naming its check, alike on every service.
     let now = chrono::Utc::now().timestamp();

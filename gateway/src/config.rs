@@ -53,6 +53,12 @@ pub struct GatewayConfig {
     /// Issuers trusted per type, when no signed registry is configured.
     #[serde(default)]
     pub trust: BTreeMap<CredentialKind, Vec<String>>,
+    /// Issuers trusted per other credential type name, for the VC API verify endpoints
+    /// only (access decisions take the three types alone), when no signed registry is
+    /// configured. Without an entry, such a credential is verified without an
+    /// issuer-trust check.
+    #[serde(default)]
+    pub trust_types: BTreeMap<String, Vec<String>>,
     /// did:web allow-map (DID → base URL) when no signed registry is configured.
     #[serde(default)]
     pub did_web: BTreeMap<String, String>,

@@ -229,6 +229,11 @@ impl GatewayState {
                         trust.add(*kind, issuer);
                     }
                 }
+                for (type_name, issuers) in &config.trust_types {
+                    for issuer in issuers {
+                        trust.add_type(type_name, issuer);
+                    }
+                }
                 (
                     Arc::new(trust),
                     TrustMode::Static {
