@@ -1350,7 +1350,7 @@ impl Verifier {
         check_vp_type(vp)?;
         Self::presentation_signer(vp, &decoded.kid, profile)?;
         if let Some(iss) = vp.get("iss") {
-            if Some(iss) != vp.get("holder") {
+            if iss.as_str().is_none() || iss.as_str() != holder_id(vp)? {
                 return Err(VerifyError::new(
                     Check::Format,
                     "iss is not the presentation's holder",
