@@ -1003,3 +1003,48 @@ async fn credential_schema_checks_use_bundled_schemas_only() {
         assert_eq!(body["check"], "format", "{what}: {body}");
     }
 }
+
+/// A credential of another type verifies at the gateway's `/credentials/verify`, and is
+/// refused all the same when it is presented for access: access decisions take only the
+/// three healthcare types.
+#[tokio::test]
+async fn access_decisions_still_take_only_the_three_types() {
+    use federation::credentials::{present, ProofFormat};
+    let s = start(false);
+    let gateway = start_gateway(&s);
+    let board = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+    let nurse = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+    let header = json!({"alg": "EdDSA", "kid": board.verification_method(), "typ": "vc+jwt"});
+    let licence = json!(sign_raw(
+        &header,
+        &peer_payload(&board, nurse.did()),
+        &board
+    ));
+    let base = gateway.url().trim_end_matches('/').to_string();
+    let (status, body) = verify_everywhere(&s.http, std::slice::from_ref(&base), &licence)
+        .await
+        .remove(0);
+    assert_eq!(status, 200, "{body}");
+
+    let binding = gateway.challenge().await.unwrap();
+    let vp = present(&[licence], &nurse, &binding, ProofFormat::Jwt)
+        .await
+        .unwrap();
+    let request = json!({
+        "purpose": "TREAT",
+        "patient": {"system": "urn:oid:2.16.840.1.113883.19.5", "value": "MRN-1"},
+        "data_classes": ["Patient"],
+        "presentation": vp,
+    });
+    let (status, _, bytes) = gateway
+        .post_raw("/v1/exchange/clinical", &request, None)
+        .await
+        .unwrap();
+    let problem: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    assert_eq!(status, 403, "{problem}");
+    assert_eq!(problem["check"], "format", "{problem}");
+    assert!(
+        problem.to_string().contains("unknown credential type"),
+        "{problem}"
+    );
+}
