@@ -524,8 +524,14 @@ async fn verify_everywhere(
 
 /// A gateway that knows the office's did:web and bundles the same context and schema.
 fn start_gateway(s: &Services) -> Gateway {
+    start_gateway_with(s, "")
+}
+
+/// [`start_gateway`] with more TOML tables of its own.
+fn start_gateway_with(s: &Services, more: &str) -> Gateway {
     let extra_toml = format!(
-        r#"[trust_types]
+        r#"{more}
+[trust_types]
 BoardCertificationCredential = ["did:web:certification-board.test"]
 [did_web]
 "{OFFICE}" = "{}"
@@ -1047,4 +1053,95 @@ async fn access_decisions_still_take_only_the_three_types() {
         problem.to_string().contains("unknown credential type"),
         "{problem}"
     );
+}
+
+/// An office whose DID is the did:key of its own key (`did = "did:key"`): it fills that
+/// DID in as the issuer, keeps it across a restart, and what it issues verifies at the
+/// office and at a gateway that knows nothing of it beyond the bundled context and schema.
+#[tokio::test]
+async fn a_did_key_office_issues_credentials_that_verify_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let office_dir = dir.path().join("office");
+    let toml = office_toml(&office_dir, false);
+    let office = Office::start_with(&exe(), &office_dir, "did:key", &toml).unwrap();
+    let token = std::fs::read_to_string(office_dir.join("admin-token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut s = Services {
+        office,
+        token,
+        http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        dir,
+    };
+    let nurse = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+    let (status, body) = s.issue(training(nurse.did()), json!({})).await;
+    assert_eq!(status, 201, "{body}");
+    let issuer_did = claims(&body["verifiableCredential"])["issuer"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(issuer_did.starts_with("did:key:z6Mk"), "{issuer_did}");
+
+    // A gateway that has not registered where this did:key serves its status lists
+    // refuses its credentials at the status check: a credential must not choose the
+    // address a verifier fetches.
+    let unregistered = start_gateway(&s);
+    let (status, body) = post(
+        &s.http,
+        format!("{}credentials/verify", unregistered.url()),
+        &json!({"verifiableCredential": body["verifiableCredential"]}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["check"], "status", "{body}");
+    drop(unregistered);
+
+    let gateway = start_gateway_with(
+        &s,
+        &format!(
+            "[status_origins]\n\"{issuer_did}\" = \"{}\"",
+            s.office.url()
+        ),
+    );
+    for format in FORMATS {
+        let (status, body) = s
+            .issue(training(nurse.did()), json!({"format": format}))
+            .await;
+        assert_eq!(status, 201, "{format}: {body}");
+        let issued = body["verifiableCredential"].clone();
+        assert_eq!(claims(&issued)["issuer"], issuer_did.as_str(), "{format}");
+        let services = [
+            s.office.url().trim_end_matches('/').to_string(),
+            gateway.url().trim_end_matches('/').to_string(),
+        ];
+        for (status, body) in verify_everywhere(&s.http, &services, &issued).await {
+            assert_eq!(status, 200, "{format}: {body}");
+            assert_eq!(body["credential"]["issuer"], issuer_did.as_str());
+        }
+    }
+    // Another DID as the issuer is refused, naming this office's.
+    let mut vc = training(nurse.did());
+    vc["issuer"] = json!(OFFICE);
+    let (status, body) = s.issue(vc, json!({})).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains(&issuer_did),
+        "{body}"
+    );
+
+    // The key file is the DID: after a restart the office is the same did:key.
+    s.office.process.stop();
+    let office = Office::start_with(&exe(), &office_dir, "did:key", &toml).unwrap();
+    let keys: Value = s
+        .http
+        .get(format!("{}v1/keys", office.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(keys.to_string().contains(&issuer_did), "{keys}");
 }

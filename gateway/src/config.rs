@@ -62,6 +62,10 @@ pub struct GatewayConfig {
     /// did:web allow-map (DID → base URL) when no signed registry is configured.
     #[serde(default)]
     pub did_web: BTreeMap<String, String>,
+    /// did:key issuers' registered origins (DID → base URL): their documents are decoded
+    /// locally, and a credential's status list is fetched only from this origin.
+    #[serde(default)]
+    pub status_origins: BTreeMap<String, String>,
     /// Contexts, schemas and related resources bundled for the VC API verify endpoints
     /// (credentials of types beyond the three).
     #[serde(default)]
@@ -483,6 +487,14 @@ impl service::config::ServiceConfig for GatewayConfig {
                 return Err(invalid(
                     "did_web",
                     &format!("{did}: a did:web and an https URL"),
+                ));
+            }
+        }
+        for (did, url) in &self.status_origins {
+            if !did.starts_with("did:key:") || !url_ok(url) {
+                return Err(invalid(
+                    "status_origins",
+                    &format!("{did}: a did:key and an https URL"),
                 ));
             }
         }

@@ -180,9 +180,11 @@ impl GatewayState {
 
         let resolver = Arc::new(DidResolver::new(config.dev_mode));
         let mut allow = HashMap::new();
-        for (did, url) in &config.did_web {
+        let web = config.did_web.iter().map(|e| ("did_web", e));
+        let keys = config.status_origins.iter().map(|e| ("status_origins", e));
+        for (setting, (did, url)) in web.chain(keys) {
             let url = reqwest::Url::parse(url).map_err(|e| StartError::Url {
-                setting: format!("did_web {did}"),
+                setting: format!("{setting} {did}"),
                 reason: e.to_string(),
             })?;
             allow.insert(did.clone(), url);

@@ -13,7 +13,8 @@ pub struct IssuerConfig {
     /// Address, and optional TLS certificate and key.
     #[serde(flatten)]
     pub(crate) listen: ListenConfig,
-    /// The organization's did:web. Its base URL comes from `public_url`.
+    /// The organization's DID: a did:web, whose base URL comes from `public_url`, or
+    /// `did:key` for the did:key of `key_file` (or that did:key written out in full).
     pub(crate) did: String,
     /// Where this service is reachable; defaults to `http://<bound address>/` on loopback.
     #[serde(default)]
@@ -64,6 +65,10 @@ pub struct IssuerConfig {
     /// did:web allow-map (DID → base URL) for the verify endpoints.
     #[serde(default)]
     pub(crate) did_web: BTreeMap<String, String>,
+    /// did:key issuers' registered origins (DID → base URL) for the verify endpoints: a
+    /// credential's status list is fetched only from there.
+    #[serde(default)]
+    pub(crate) status_origins: BTreeMap<String, String>,
     #[serde(default)]
     pub(crate) limits: HttpLimits,
 }
@@ -128,8 +133,14 @@ impl service::config::ServiceConfig for IssuerConfig {
             message: message.to_string(),
         };
         self.storage.validate(path)?;
-        if !self.did.starts_with("did:web:") {
-            return Err(invalid("did", "must be a did:web"));
+        if !(self.did.starts_with("did:web:")
+            || self.did == "did:key"
+            || self.did.starts_with("did:key:"))
+        {
+            return Err(invalid(
+                "did",
+                "must be a did:web, or did:key (the did:key of key_file, made on first start)",
+            ));
         }
         if let Some(u) = &self.public_url {
             let url = reqwest::Url::parse(u).map_err(|e| invalid("public_url", &e.to_string()))?;
@@ -151,6 +162,16 @@ impl service::config::ServiceConfig for IssuerConfig {
                 return Err(invalid("did_web", &format!("{did} is not a did:web")));
             }
             reqwest::Url::parse(url).map_err(|e| invalid("did_web", &format!("{did}: {e}")))?;
+        }
+        for (did, url) in &self.status_origins {
+            if !did.starts_with("did:key:") {
+                return Err(invalid(
+                    "status_origins",
+                    &format!("{did} is not a did:key"),
+                ));
+            }
+            reqwest::Url::parse(url)
+                .map_err(|e| invalid("status_origins", &format!("{did}: {e}")))?;
         }
         self.bundle.load(path)?;
         for other in &self.other_types {

@@ -55,12 +55,22 @@ pub struct IssuerState {
 impl IssuerState {
     /// Builds the state: loads (or creates) the key, opens storage, reads the admin token.
     pub fn new(config: IssuerConfig, public_url: reqwest::Url) -> Result<Arc<Self>, StartError> {
+        // `did = "did:key"`: the office's DID is the did:key of its key, made on first start.
         let key = KeyPair::load_or_create(&config.key_file, || {
-            KeyPair::generate_did_web(&config.did, Default::default())
-                .map(|k| k.with_purpose("issuer assertion"))
+            if config.did.starts_with("did:key") {
+                KeyPair::generate_did_key(Default::default())
+            } else {
+                KeyPair::generate_did_web(&config.did, Default::default())
+            }
+            .map(|k| k.with_purpose("issuer assertion"))
         })
         .map_err(StartError::Key)?;
-        if key.did() != config.did {
+        let matches = if config.did == "did:key" {
+            key.did().starts_with("did:key:")
+        } else {
+            key.did() == config.did
+        };
+        if !matches {
             return Err(StartError::KeyMismatch {
                 found: key.did().to_string(),
                 configured: config.did.clone(),
@@ -77,14 +87,15 @@ impl IssuerState {
 
         let resolver = Arc::new(DidResolver::new(config.dev_mode));
         let mut allow = HashMap::new();
-        for (did, url) in &config.did_web {
+        for (did, url) in config.did_web.iter().chain(&config.status_origins) {
             let url = reqwest::Url::parse(url).map_err(|source| StartError::DidWeb {
                 did: did.clone(),
                 source,
             })?;
             allow.insert(did.clone(), url);
         }
-        allow.insert(config.did.clone(), public_url.clone());
+        // Its own DID's registered origin (for a did:key, that of its status lists only).
+        allow.insert(key.did().to_string(), public_url.clone());
         resolver.set_web_allow_map(allow);
         resolver.pin(key.did_document().map_err(StartError::DidDocument)?);
         let trust = StaticTrust::new();
@@ -94,7 +105,7 @@ impl IssuerState {
             }
         }
         for kind in &config.issues {
-            trust.add(*kind, &config.did);
+            trust.add(*kind, key.did());
         }
         for (type_name, issuers) in &config.trust_types {
             for issuer in issuers {
@@ -102,7 +113,7 @@ impl IssuerState {
             }
         }
         for other in &config.other_types {
-            trust.add_type(&other.type_name, &config.did);
+            trust.add_type(&other.type_name, key.did());
         }
         let bundle = config.bundle.load("issuer config")?;
         let status = Arc::new(StatusCache::new(
@@ -160,16 +171,16 @@ impl IssuerState {
             .ok_or_else(|| IssuerError::BadRequest("credential must be a JSON object".into()))?;
         match obj.get("issuer") {
             None => {
-                obj.insert("issuer".into(), json!(self.config.did));
+                obj.insert("issuer".into(), json!(self.key.did()));
             }
-            Some(Value::String(s)) if s == &self.config.did => {}
+            Some(Value::String(s)) if s == self.key.did() => {}
             // VC Data Model 2.0 §4.7: an object with the issuer's id (and a name, ...).
             Some(Value::Object(o))
-                if o.get("id").and_then(Value::as_str) == Some(self.config.did.as_str()) => {}
+                if o.get("id").and_then(Value::as_str) == Some(self.key.did()) => {}
             Some(_) => {
                 return Err(unprocessable(format!(
                     "issuer must be {} (this office), as a string or an object's id",
-                    self.config.did
+                    self.key.did()
                 )))
             }
         }
@@ -421,7 +432,7 @@ impl IssuerState {
             }
         }
         let list = federation::status::list_credential(
-            &self.config.did,
+            self.key.did(),
             &self.status_list_url(),
             &bits,
             chrono::Duration::seconds(self.config.status_list_ttl_secs as i64),
@@ -687,7 +698,7 @@ fn privilege_credential(
         serde_json::to_value(subject).map_err(|e| IssuerError::BadRequest(e.to_string()))?;
     let mut vc = credentials::unsigned_credential(
         CredentialKind::ClinicianPrivilege,
-        &s.config.did,
+        s.key.did(),
         subject,
         Utc::now(),
         until,
