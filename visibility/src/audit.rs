@@ -285,7 +285,7 @@ pub(crate) async fn leaf(
     // A leaf appended since the checkpoint in force gets one that covers it.
     let published = s.covering(index.saturating_add(1)).await?;
     let snapshot = s.store.db.read()?;
-    let view = s.store.log.view(&snapshot)?;
+    let mut view = s.store.log.view(&snapshot)?;
     let bytes = view.leaf(index)?;
     let proof = view.inclusion_proof(index, published.size)?;
     let entry = Store::entry_in(&view, index)?;

@@ -202,7 +202,7 @@ pub(crate) async fn evidence(
         .max();
     let published = s.covering(highest.map_or(0, |h| h + 1)).await?;
     let snapshot = s.store.db.read()?;
-    let view = s.store.log.view(&snapshot)?;
+    let mut view = s.store.log.view(&snapshot)?;
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut entries = Vec::with_capacity(page.events.len());
     for found in &page.events {
