@@ -15,7 +15,7 @@ pub(crate) const CREDENTIALS_V2: &str = "https://www.w3.org/ns/credentials/v2";
 /// fedgate's own vocabulary: the credential types and their claims.
 pub(crate) const FEDGATE_V1: &str = "https://w3id.org/fedgate/v1";
 /// The bundled text of [`FEDGATE_V1`].
-const FEDGATE_V1_JSON: &str = include_str!("../../schemas/context-v1.jsonld");
+pub(crate) const FEDGATE_V1_JSON: &str = include_str!("../../schemas/context-v1.jsonld");
 
 /// A loader that knows the W3C contexts ssi ships and fedgate's, and nothing else.
 pub(crate) fn loader() -> ContextLoader {

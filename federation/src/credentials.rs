@@ -202,6 +202,13 @@ pub enum IssueError {
     IssuerMismatch { issuer: String, key: String },
     #[error("signing failed: {0}")]
     Sign(String),
+    /// A credential of another type than fedgate's that Data Integrity cannot sign as it
+    /// is: a term no bundled context defines (there is no `@vocab`), an unknown context.
+    #[error("the credential cannot be secured with Data Integrity: {0} (every term must be defined by a bundled context)")]
+    Document(String),
+    /// A proof to chain to that the document does not carry.
+    #[error("the document has no proof with id {0:?} to chain to")]
+    NoSuchProof(String),
 }
 
 /// Builds an unsigned credential of `kind` (contexts, types, id, validity).
@@ -264,8 +271,133 @@ pub(crate) async fn sign_document(
         ProofFormat::Jwt => crate::jose::sign(&document, key, typ.unwrap_or("vc+jwt"))
             .map(Value::String)
             .map_err(|e| IssueError::Sign(e.to_string())),
-        ProofFormat::DataIntegrity => sign_data_integrity(document, key, None).await,
+        ProofFormat::DataIntegrity => {
+            sign_data_integrity(document, key, None, crate::context::loader()).await
+        }
     }
+}
+
+/// The issuer of a credential: a string, or an object's `id` (VC Data Model 2.0 §4.7).
+fn issuer_of(credential: &Value) -> &str {
+    match credential.get("issuer") {
+        Some(Value::String(s)) => s,
+        Some(Value::Object(o)) => o.get("id").and_then(Value::as_str).unwrap_or_default(),
+        _ => "",
+    }
+}
+
+/// Signs a credential of any type in `format` (the VC API's generic profile), with the
+/// contexts of `bundle`. The caller has checked its type, its shape and its schema; this
+/// checks that the key belongs to its issuer (a string or an object's `id`).
+pub async fn issue_any(
+    credential: Value,
+    key: &KeyPair,
+    format: ProofFormat,
+    bundle: &crate::bundle::Bundle,
+) -> Result<Value, IssueError> {
+    let issuer = issuer_of(&credential);
+    if issuer != key.did() {
+        return Err(IssueError::IssuerMismatch {
+            issuer: issuer.to_string(),
+            key: key.did().to_string(),
+        });
+    }
+    match format {
+        ProofFormat::Jwt => crate::jose::sign(&credential, key, "vc+jwt")
+            .map(Value::String)
+            .map_err(|e| IssueError::Sign(e.to_string())),
+        ProofFormat::DataIntegrity => sign_data_integrity(credential, key, None, bundle.loader())
+            .await
+            .map_err(|e| match e {
+                IssueError::Sign(m) => IssueError::Document(m),
+                other => other,
+            }),
+    }
+}
+
+/// Adds a Data Integrity proof by `key` to a credential secured with Data Integrity: to its
+/// proof set, or, with `chain_to` (the id of one of its proofs), chained to that proof
+/// (DI 1.0 §2.1.2: the new proof signs the document with that proof in it). The new proof
+/// gets an id (`urn:uuid:`), so that later proofs can chain to it.
+pub async fn add_proof(
+    secured: Value,
+    key: &KeyPair,
+    chain_to: Option<&str>,
+    bundle: &crate::bundle::Bundle,
+) -> Result<Value, IssueError> {
+    use ssi::claims::data_integrity::DataIntegrity;
+    let mut unsecured = secured;
+    let existing: Vec<Value> = match unsecured.as_object_mut().and_then(|o| o.remove("proof")) {
+        Some(Value::Array(a)) => a,
+        Some(p) => vec![p],
+        None => Vec::new(),
+    };
+    let proof_id = format!("urn:uuid:{}", uuid::Uuid::new_v4());
+    let mut extra = serde_json::Map::new();
+    extra.insert("id".into(), json!(proof_id));
+    let mut claims = unsecured.clone();
+    if let Some(previous) = chain_to {
+        let matching: Vec<Value> = existing
+            .iter()
+            .filter(|p| p.get("id").and_then(Value::as_str) == Some(previous))
+            .cloned()
+            .collect();
+        if matching.is_empty() {
+            return Err(IssueError::NoSuchProof(previous.to_string()));
+        }
+        extra.insert("previousProof".into(), json!(previous));
+        claims["proof"] = Value::Array(matching);
+    }
+    let own_doc = crate::did::document_for_key(key)
+        .await
+        .map_err(|e| IssueError::Sign(e.to_string()))?;
+    let vm = iref::IriBuf::new(key.verification_method().to_string())
+        .map_err(|e| IssueError::Sign(format!("bad verification method: {e}")))?;
+    let suite = suite_for(key.algorithm());
+    let jwk = key.jwk().clone();
+    let loader = bundle.loader();
+    let task = move || -> Result<Value, IssueError> {
+        let sign_err = |e: &dyn std::fmt::Display| IssueError::Sign(e.to_string());
+        let resolver =
+            ssi::dids::VerificationMethodDIDResolver::<_, AnyMethod>::new(StaticDids::new([
+                &own_doc,
+            ]));
+        let mut options = ProofOptions::from_method(ReferenceOrOwned::Reference(vm));
+        options.proof_purpose = ProofPurpose::Assertion;
+        for (k, v) in extra {
+            options
+                .extra_properties
+                .insert(k, serde_json::from_value(v).map_err(|e| sign_err(&e))?);
+        }
+        let env = SignatureEnvironment {
+            json_ld_loader: loader,
+            eip712_loader: (),
+        };
+        let signer = SingleSecretSigner::new(jwk).into_local();
+        let doc: ssi::claims::vc::v2::JsonCredential =
+            serde_json::from_value(claims).map_err(|e| sign_err(&e))?;
+        let signed: DataIntegrity<_, AnySuite> = futures::executor::block_on(suite.sign_with(
+            env,
+            doc,
+            resolver,
+            signer,
+            options,
+            Default::default(),
+        ))
+        .map_err(|e| sign_err(&e))?;
+        let proof = signed
+            .proofs
+            .first()
+            .ok_or_else(|| IssueError::Sign("no proof was made".into()))?;
+        serde_json::to_value(proof).map_err(|e| sign_err(&e))
+    };
+    let proof = tokio::task::spawn_blocking(task)
+        .await
+        .map_err(|e| IssueError::Sign(e.to_string()))??;
+    let mut proofs = existing;
+    proofs.push(proof);
+    unsecured["proof"] = Value::Array(proofs);
+    Ok(unsecured)
 }
 
 fn suite_for(alg: KeyAlgorithm) -> AnySuite {
@@ -282,6 +414,7 @@ async fn sign_data_integrity(
     doc: Value,
     key: &KeyPair,
     binding: Option<(&str, &str)>,
+    loader: ssi::json_ld::ContextLoader,
 ) -> Result<Value, IssueError> {
     let own_doc = crate::did::document_for_key(key)
         .await
@@ -299,7 +432,7 @@ async fn sign_data_integrity(
             ]));
         let mut options = ProofOptions::from_method(ReferenceOrOwned::Reference(vm));
         let env = SignatureEnvironment {
-            json_ld_loader: crate::context::loader(),
+            json_ld_loader: loader,
             eip712_loader: (),
         };
         let signer = SingleSecretSigner::new(jwk).into_local();
@@ -378,9 +511,34 @@ pub async fn present(
                 .map_err(|e| IssueError::Sign(e.to_string()))
         }
         ProofFormat::DataIntegrity => {
-            sign_data_integrity(vp, holder, Some((&binding.challenge, &binding.domain))).await
+            sign_data_integrity(
+                vp,
+                holder,
+                Some((&binding.challenge, &binding.domain)),
+                crate::context::loader(),
+            )
+            .await
         }
     }
+}
+
+/// Signs a presentation document as it is (with or without a `holder`: VC Data Model 2.0
+/// makes it optional) with a Data Integrity proof by `key`, bound to the verifier's
+/// challenge and DID, expanding it with the contexts of `bundle` (those of the credentials
+/// it carries). [`present`] builds the presentations fedgate's wallets make.
+pub async fn add_presentation_proof(
+    presentation: Value,
+    key: &KeyPair,
+    binding: &PresentationBinding,
+    bundle: &crate::bundle::Bundle,
+) -> Result<Value, IssueError> {
+    sign_data_integrity(
+        presentation,
+        key,
+        Some((&binding.challenge, &binding.domain)),
+        bundle.loader(),
+    )
+    .await
 }
 
 /// A JWT credential travels inside a presentation as an `EnvelopedVerifiableCredential`.

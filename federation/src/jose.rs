@@ -1,9 +1,17 @@
 //! Compact JWS for VC-JOSE credentials (`vc+jwt`), presentations (`vp+jwt`) and status lists.
 //!
-//! The header is read before anything is trusted, and only a closed set of headers is
-//! accepted: `alg` must be EdDSA or ES256 (never `none`, never an HMAC), the key is named by
-//! `kid` only (a DID URL), and headers that would let the token carry or point at its own key
-//! (`jwk`, `jku`, `x5u`, `x5c`) or change how it is processed (`crit`, `b64`) are refused.
+//! The header is read before anything is trusted, as RFC 7515 and VC-JOSE-COSE say:
+//! - `alg` must be `EdDSA` or `Ed25519` (RFC 9864's fully specified name for the same
+//!   signature) over an Ed25519 key, or `ES256` over a P-256 key; never `none`, never an
+//!   HMAC, and not `ES384` (fedgate neither makes nor resolves P-384 keys);
+//! - the key is named by `kid` only (a DID URL): headers that would let the token carry or
+//!   point at its own key (`jwk`, `jku`, `x5u`, `x5c`) are refused;
+//! - `crit` is refused, since this verifier processes no extension parameter it could name,
+//!   and so is `b64` other than `true` (an unencoded payload, RFC 7797);
+//! - any other parameter is ignored (RFC 7515 §4: parameters not understood and not
+//!   listed in `crit` must be ignored), except where a caller asks for a closed list (the
+//!   federation manifest's own signatures).
+//!
 //! Header and payload are read with the strict JSON reader ([`crate::json`]): a signed
 //! document with a key twice, a lone surrogate or invalid UTF-8 means different things to
 //! different readers, and is refused before anything in it is read.
@@ -35,10 +43,13 @@ pub enum JoseError {
         part: JwsPart,
         source: StrictJsonError,
     },
-    #[error("JWS alg {0:?} is not accepted (EdDSA or ES256 only)")]
+    #[error("JWS alg {0:?} is not accepted (EdDSA, Ed25519 or ES256 only)")]
     AlgorithmNotAccepted(String),
     #[error("JWS header {0:?} is not accepted")]
     ForbiddenHeader(String),
+    /// `crit` names extension parameters this verifier must understand and does not.
+    #[error("JWS header crit names parameters this verifier does not process: {0:?}")]
+    UnknownCritical(Vec<String>),
     #[error("JWS has no kid naming a DID verification method")]
     MissingKid,
     #[error("JWS payload is not a JSON object: {0}")]
@@ -108,14 +119,26 @@ fn b64(s: &str) -> Result<Vec<u8>, JoseError> {
 /// Header names every caller accepts; `alg` and `kid` are also required.
 const REQUIRED_HEADERS: [&str; 2] = ["alg", "kid"];
 
+/// Header parameters that would let a token carry or point at its own key: always refused.
+const KEY_HEADERS: [&str; 4] = ["jwk", "jku", "x5u", "x5c"];
+
+/// Which header parameters besides `alg` and `kid` a caller lets through.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum OtherHeaders<'a> {
+    /// Only these (a format fedgate alone writes, such as the federation manifest).
+    Only(&'a [&'a str]),
+    /// Any parameter that is not refused outright, ignored unless read (RFC 7515 §4).
+    Ignored,
+}
+
 /// Reads a base64url protected header with the rules of this module: strict JSON, an
-/// object, only `alg`, `kid` and the names in `optional` (so never `jwk`, `jku`, `x5u`,
-/// `x5c`, `crit` or `b64`), `alg` EdDSA or ES256, `kid` a DID URL. The one header check of
-/// fedgate: credentials, presentations, status lists and batches through [`decode`], and
-/// the federation manifest's signatures (with no optional names) directly.
+/// object, never `jwk`, `jku`, `x5u`, `x5c` or `crit`, `b64` only as `true`, `alg` EdDSA,
+/// Ed25519 or ES256, `kid` a DID URL, and other parameters as `others` says. The one
+/// header check of fedgate: credentials, presentations, status lists and batches through
+/// [`decode`], and the federation manifest's signatures (a closed list) directly.
 pub(crate) fn read_protected_header(
     encoded: &str,
-    optional: &[&str],
+    others: OtherHeaders<'_>,
 ) -> Result<ProtectedHeader, JoseError> {
     let header = crate::json::parse_strict(&b64(encoded)?).map_err(|source| JoseError::Json {
         part: JwsPart::Header,
@@ -124,16 +147,43 @@ pub(crate) fn read_protected_header(
     let header = header
         .as_object()
         .ok_or_else(|| JoseError::BadHeader("not an object".into()))?;
-    if let Some(other) = header.keys().find(|name| {
-        !REQUIRED_HEADERS.contains(&name.as_str()) && !optional.contains(&name.as_str())
-    }) {
-        return Err(JoseError::ForbiddenHeader(other.to_string()));
+    if let Some(name) = KEY_HEADERS.iter().find(|n| header.contains_key(**n)) {
+        return Err(JoseError::ForbiddenHeader((*name).to_string()));
     }
-    let alg_name = header.get("alg").and_then(Value::as_str).unwrap_or("");
-    let alg = match alg_name {
-        "EdDSA" => Algorithm::EdDSA,
-        "ES256" => Algorithm::ES256,
-        other => return Err(JoseError::AlgorithmNotAccepted(other.to_string())),
+    match header.get("crit") {
+        None => {}
+        // RFC 7515 §4.1.11: a non-empty array of names; every one is an extension this
+        // verifier would have to process, and it processes none.
+        Some(Value::Array(names)) if !names.is_empty() && names.iter().all(Value::is_string) => {
+            return Err(JoseError::UnknownCritical(
+                names
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect(),
+            ))
+        }
+        Some(_) => return Err(JoseError::ForbiddenHeader("crit".into())),
+    }
+    if header.get("b64").is_some_and(|b| b != &Value::Bool(true)) {
+        return Err(JoseError::ForbiddenHeader("b64".into()));
+    }
+    if let OtherHeaders::Only(optional) = others {
+        if let Some(other) = header.keys().find(|name| {
+            !REQUIRED_HEADERS.contains(&name.as_str()) && !optional.contains(&name.as_str())
+        }) {
+            return Err(JoseError::ForbiddenHeader(other.to_string()));
+        }
+    }
+    let alg = match header.get("alg") {
+        // RFC 9864 deprecates the polymorphic `EdDSA` for the fully specified `Ed25519`;
+        // both name the same signature here, checked against an Ed25519 key only.
+        Some(Value::String(a)) if a == "EdDSA" || a == "Ed25519" => Algorithm::EdDSA,
+        Some(Value::String(a)) if a == "ES256" => Algorithm::ES256,
+        Some(Value::String(other)) => {
+            return Err(JoseError::AlgorithmNotAccepted(other.to_string()))
+        }
+        _ => return Err(JoseError::AlgorithmNotAccepted(String::new())),
     };
     let kid = header
         .get("kid")
@@ -170,7 +220,7 @@ pub fn decode_with_limit(jws: &str, max_bytes: usize) -> Result<DecodedJws, Jose
     else {
         return Err(JoseError::NotCompact);
     };
-    let ProtectedHeader { alg, kid, typ } = read_protected_header(h, &["typ", "cty"])?;
+    let ProtectedHeader { alg, kid, typ } = read_protected_header(h, OtherHeaders::Ignored)?;
     let payload = crate::json::parse_strict(&b64(p)?).map_err(|source| JoseError::Json {
         part: JwsPart::Payload,
         source,
@@ -298,6 +348,62 @@ mod tests {
         );
         assert_eq!(decode("a.b").unwrap_err(), JoseError::NotCompact);
         assert_eq!(decode("a.b.c.d").unwrap_err(), JoseError::NotCompact);
+    }
+
+    #[test]
+    fn registered_and_unknown_headers_follow_rfc_7515() {
+        let key = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+        let kid = key.verification_method().to_string();
+        let payload = br#"{"a":1}"#;
+        let with = |header: Value| signed_raw(&serde_json::to_vec(&header).unwrap(), payload, &key);
+        // RFC 9864's fully specified name verifies like EdDSA, against an Ed25519 key only.
+        let ed = decode(&with(serde_json::json!({"alg": "Ed25519", "kid": kid}))).unwrap();
+        ed.verify(&key.public_jwk()).unwrap();
+        let p256 = KeyPair::generate_did_key(KeyAlgorithm::P256).unwrap();
+        assert!(ed.verify(&p256.public_jwk()).is_err());
+        // Unknown parameters not named in crit are ignored, and so is b64: true.
+        let extra = serde_json::json!({"alg": "EdDSA", "kid": kid, "typ": "vc+jwt",
+            "cty": "vc", "x-vendor": {"a": 1}, "x5t#S256": "abc", "b64": true});
+        decode(&with(extra))
+            .unwrap()
+            .verify(&key.public_jwk())
+            .unwrap();
+        // crit names an extension this verifier does not process: refused, as a forgery.
+        let err = decode(&with(serde_json::json!({"alg": "EdDSA", "kid": kid,
+            "crit": ["exp"], "exp": 1})))
+        .unwrap_err();
+        assert_eq!(err, JoseError::UnknownCritical(vec!["exp".into()]));
+        assert!(!err.is_malformed());
+        for crit in [serde_json::json!([]), serde_json::json!([1])] {
+            let err = decode(&with(
+                serde_json::json!({"alg": "EdDSA", "kid": kid, "crit": crit}),
+            ));
+            assert_eq!(err.unwrap_err(), JoseError::ForbiddenHeader("crit".into()));
+        }
+        // An unencoded payload, and the algorithms fedgate does not take.
+        let err = decode(&with(
+            serde_json::json!({"alg": "EdDSA", "kid": kid, "b64": false}),
+        ));
+        assert_eq!(err.unwrap_err(), JoseError::ForbiddenHeader("b64".into()));
+        for alg in ["ES384", "HS512", "RS256", "EdDSA ", "ed25519"] {
+            let err = decode(&with(serde_json::json!({"alg": alg, "kid": kid})));
+            assert_eq!(
+                err.unwrap_err(),
+                JoseError::AlgorithmNotAccepted(alg.into())
+            );
+        }
+        let err = decode(&with(serde_json::json!({"alg": ["EdDSA"], "kid": kid})));
+        assert_eq!(
+            err.unwrap_err(),
+            JoseError::AlgorithmNotAccepted(String::new())
+        );
+        // A closed list (the manifest's) still refuses what it does not name.
+        let h = enc(&serde_json::json!({"alg": "EdDSA", "kid": kid, "typ": "x"}));
+        assert_eq!(
+            read_protected_header(&h, OtherHeaders::Only(&[])).unwrap_err(),
+            JoseError::ForbiddenHeader("typ".into())
+        );
+        assert!(read_protected_header(&h, OtherHeaders::Only(&["typ"])).is_ok());
     }
 
     /// A token whose key signed exactly these header and payload bytes.

@@ -212,7 +212,7 @@ impl KeyPair {
         &self.meta.verification_method
     }
 
-    pub(crate) fn algorithm(&self) -> KeyAlgorithm {
+    pub fn algorithm(&self) -> KeyAlgorithm {
         self.meta.algorithm
     }
 

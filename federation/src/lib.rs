@@ -10,8 +10,9 @@
 //! - [`did`]: DID resolution. did:key locally; did:web only through an explicit allow-map,
 //!   never an arbitrary URL. Also the in-memory resolver handed to ssi.
 //! - `context`: the bundled JSON-LD contexts (nothing is fetched).
+//! - [`bundle`]: contexts, schemas and related resources a service bundles by configuration.
 //! - [`schema`]: the JSON Schemas of the credential types, checked on issue and on verify.
-//! - `kind`: the credential types fedgate knows, by their VC `type` names.
+//! - [`kind`]: the credential types fedgate knows, by their VC `type` names.
 //! - [`credentials`]: the three credential types, issuing in both proof formats, presenting.
 //! - [`json`]: the one strict JSON reader (duplicate keys, depth, UTF-8) for all input.
 //! - [`jose`]: the compact JWS handling for VC-JOSE credentials and presentations.
@@ -29,6 +30,7 @@
 //! - `error`: errors shared by several modules (an unknown name in a closed set).
 
 pub mod b64;
+pub mod bundle;
 pub mod checkpoint;
 pub mod client;
 mod context;
@@ -40,7 +42,7 @@ pub mod fhir_consent;
 pub mod jose;
 pub mod json;
 pub mod keys;
-mod kind;
+pub mod kind;
 pub mod log;
 pub mod registry;
 pub mod schema;

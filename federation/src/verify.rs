@@ -5,9 +5,9 @@
 //!
 //! | check            | credential                                              | presentation                      |
 //! |------------------|---------------------------------------------------------|-----------------------------------|
-//! | `format`         | a JWT, an enveloped JWT or a Data Integrity document; strict JSON (also its status list, its signer's did:web document) | same |
-//! | `proof`          | accepted alg/suite; key is the issuer's, listed under `assertionMethod`; signature | key is the holder's, under `authentication`; signature |
-//! | `validity`       | validFrom / validUntil with clock skew                   | JWT `exp`/`iat`, proof `expires`  |
+//! | `format`         | a JWT, an enveloped JWT or a Data Integrity document; strict JSON (also its status list, its signer's did:web document); VC Data Model 2.0 shape (context, ids as URLs, issuer string or object, names, related resources) | same |
+//! | `proof`          | accepted alg/suite; key is the issuer's, listed under `assertionMethod`; signature; every proof of a set, each chained proof over the proofs it names | key is the holder's, under `authentication`; signature |
+//! | `validity`       | validFrom / validUntil (and JWT `nbf`/`exp`/`iat`) with clock skew | JWT `exp`/`iat`/`nbf`, proof `expires`  |
 //! | `challenge`      |                                                          | nonce / proof.challenge           |
 //! | `domain`         |                                                          | aud / proof.domain = verifier DID |
 //! | `schema`         | the type's JSON Schema                                   |                                   |
@@ -17,6 +17,15 @@
 //!
 //! Every embedded credential goes through the full credential pipeline; an error then also
 //! names the credential's position in the presentation.
+//!
+//! Two profiles share the table. An access decision ([`Verifier::verify_credential`],
+//! [`Verifier::verify_presentation`]) takes only fedgate's three types, each with its
+//! schema and its trust rule, and a presentation must name its holder and be bound to it.
+//! The VC API's verify endpoints ([`Verifier::verify_any_credential`],
+//! [`Verifier::verify_any_presentation`]) take any VC Data Model 2.0 credential: format,
+//! proof, validity and status run for every type; `schema` runs for the three types and for
+//! a `credentialSchema` this service bundles; `issuer-trust` for the three types and for
+//! other types trust is configured for; a presentation's holder is optional there.
 //!
 //! A [`ProofCache`] remembers credentials whose proof and schema already checked out, keyed
 //! by the SHA-256 of the credential exactly as received: a clinician presents the same
@@ -40,6 +49,7 @@ use crate::credentials::{
     unwrap_enveloped, CredentialKind, PresentationBinding, ProofFormat, StatusEntry,
 };
 use crate::did::{did_of, DidResolver, Relationship, StaticDids};
+use crate::kind::KindError;
 use crate::status::{StatusCache, StatusError};
 use crate::trust::TrustSource;
 
@@ -139,6 +149,65 @@ pub struct VerifiedCredential {
     pub checks: Vec<Check>,
 }
 
+/// A credential of any type that passed every check that applies to it (the VC API's
+/// verify endpoints). Nothing of it reaches policy: access decisions take only a
+/// [`VerifiedCredential`].
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifiedAnyCredential {
+    pub id: Option<String>,
+    /// Its `type` values.
+    pub types: Vec<String>,
+    /// Its fedgate type, when it has one of the three.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<CredentialKind>,
+    pub format: ProofFormat,
+    /// The issuer's id (`issuer`, or `issuer.id`).
+    pub issuer: String,
+    pub subject: Value,
+    pub valid_from: Option<DateTime<Utc>>,
+    pub valid_until: Option<DateTime<Utc>>,
+    pub status: Option<StatusEntry>,
+    pub digest: String,
+    pub checks: Vec<Check>,
+    /// What the credential carries that was not checked (a related resource this service
+    /// does not bundle).
+    pub warnings: Vec<String>,
+}
+
+/// A presentation of any credentials that passed every check that applies to it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifiedAnyPresentation {
+    pub id: Option<String>,
+    /// The holder, when the presentation names one.
+    pub holder: Option<String>,
+    pub format: ProofFormat,
+    pub credentials: Vec<VerifiedAnyCredential>,
+    pub checks: Vec<Check>,
+    pub digest: String,
+}
+
+/// How much of the pipeline a caller asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Profile {
+    /// An access decision: one of fedgate's three types.
+    Access,
+    /// The VC API: any VC Data Model 2.0 credential.
+    Any,
+}
+
+/// The JWT registered claims (RFC 7519) of a `vc+jwt`, read beside the credential.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct JwtTimes {
+    iat: Option<i64>,
+    nbf: Option<i64>,
+    exp: Option<i64>,
+}
+
+/// Most proofs one document may carry (a proof set or chain).
+const MAX_PROOFS: usize = 8;
+
 /// A presentation that passed every check, with its verified credentials.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -166,6 +235,8 @@ pub struct Verifier {
     skew: chrono::Duration,
     /// Credentials whose proof and schema already checked out.
     pub proofs: ProofCache,
+    /// Contexts, schemas and related resources bundled by configuration.
+    bundle: crate::bundle::Bundle,
     /// Ed25519 public keys already decompressed, by their bytes.
     ed25519_keys: Mutex<HashMap<[u8; 32], ed25519_dalek::VerifyingKey>>,
 }
@@ -201,6 +272,8 @@ const DEFAULT_PROOF_CACHE_TTL: Duration = Duration::from_secs(300);
 struct Proven {
     format: ProofFormat,
     credential: Value,
+    /// A JWT's registered time claims, checked on every verification like validUntil.
+    times: JwtTimes,
     /// The verification method that signed, and the DID document it was found in.
     signer: String,
     signer_doc: Arc<Value>,
@@ -379,8 +452,10 @@ pub fn claimed_challenge(presentation: &Value) -> Result<String, VerifyError> {
         }
         Value::Object(_) => {
             check_vp_type(presentation)?;
-            let proof = di_proof(presentation, "authentication")?;
-            str_field(proof, "challenge")
+            let proofs = di_proofs(presentation, "authentication")?;
+            proofs
+                .first()
+                .and_then(|proof| str_field(proof, "challenge"))
                 .map(str::to_string)
                 .ok_or_else(none)
         }
@@ -433,41 +508,89 @@ fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }
 
-/// Reads a Data Integrity proof's fields we rely on, refusing anything unexpected.
-fn di_proof<'a>(doc: &'a Value, purpose: &str) -> Result<&'a Value, VerifyError> {
-    let proof = match doc.get("proof") {
-        Some(p @ Value::Object(_)) => p,
-        Some(Value::Array(_)) => {
-            return Err(VerifyError::new(
-                Check::Proof,
-                "more than one proof is not accepted",
-            ))
+/// The ids a proof's `previousProof` names (a string or a list of strings).
+fn previous_proofs(proof: &Value) -> Result<Vec<&str>, VerifyError> {
+    match proof.get("previousProof") {
+        None => Ok(Vec::new()),
+        Some(Value::String(id)) => Ok(vec![id.as_str()]),
+        Some(Value::Array(ids)) if !ids.is_empty() && ids.iter().all(Value::is_string) => {
+            Ok(ids.iter().filter_map(Value::as_str).collect())
         }
+        Some(_) => Err(VerifyError::new(
+            Check::Proof,
+            "previousProof must be a proof id or a list of them",
+        )),
+    }
+}
+
+/// Reads the Data Integrity proofs of a document (one, or a set), refusing anything
+/// unexpected: each must be a `DataIntegrityProof` of an accepted cryptosuite for
+/// `purpose`; in a chain, each `previousProof` must name another proof of the set by its
+/// `id` (DI 1.0 §2.1.2).
+fn di_proofs<'a>(doc: &'a Value, purpose: &str) -> Result<Vec<&'a Value>, VerifyError> {
+    let proofs: Vec<&Value> = match doc.get("proof") {
+        Some(p @ Value::Object(_)) => vec![p],
+        Some(Value::Array(a)) if !a.is_empty() => a.iter().collect(),
+        Some(Value::Array(_)) => return Err(VerifyError::new(Check::Proof, "an empty proof set")),
         _ => return Err(VerifyError::new(Check::Format, "no proof")),
     };
-    if str_field(proof, "type") != Some("DataIntegrityProof") {
+    if proofs.len() > MAX_PROOFS {
         return Err(VerifyError::new(
             Check::Proof,
-            format!(
-                "proof type {:?} is not accepted (DataIntegrityProof)",
-                str_field(proof, "type").unwrap_or("")
-            ),
+            format!("more than {MAX_PROOFS} proofs"),
         ));
     }
-    let suite = str_field(proof, "cryptosuite").unwrap_or("");
-    if !DI_SUITES.contains(&suite) {
-        return Err(VerifyError::new(
-            Check::Proof,
-            format!("cryptosuite {suite:?} is not accepted (eddsa-rdfc-2022, ecdsa-rdfc-2019)"),
-        ));
+    for proof in &proofs {
+        if !proof.is_object() {
+            return Err(VerifyError::new(Check::Proof, "a proof is not an object"));
+        }
+        if str_field(proof, "type") != Some("DataIntegrityProof") {
+            return Err(VerifyError::new(
+                Check::Proof,
+                format!(
+                    "proof type {:?} is not accepted (DataIntegrityProof)",
+                    str_field(proof, "type").unwrap_or("")
+                ),
+            ));
+        }
+        let suite = str_field(proof, "cryptosuite").unwrap_or("");
+        if !DI_SUITES.contains(&suite) {
+            return Err(VerifyError::new(
+                Check::Proof,
+                format!("cryptosuite {suite:?} is not accepted (eddsa-rdfc-2022, ecdsa-rdfc-2019)"),
+            ));
+        }
+        if str_field(proof, "proofPurpose") != Some(purpose) {
+            return Err(VerifyError::new(
+                Check::Proof,
+                format!("proof purpose must be {purpose}"),
+            ));
+        }
     }
-    if str_field(proof, "proofPurpose") != Some(purpose) {
-        return Err(VerifyError::new(
-            Check::Proof,
-            format!("proof purpose must be {purpose}"),
-        ));
+    let ids: Vec<Option<&str>> = proofs.iter().map(|p| str_field(p, "id")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        if id.is_some() && ids[..i].contains(id) {
+            return Err(VerifyError::new(
+                Check::Proof,
+                "two proofs have the same id",
+            ));
+        }
     }
-    Ok(proof)
+    for (i, proof) in proofs.iter().enumerate() {
+        for previous in previous_proofs(proof)? {
+            let found = ids
+                .iter()
+                .enumerate()
+                .any(|(j, id)| j != i && *id == Some(previous));
+            if !found {
+                return Err(VerifyError::new(
+                    Check::Proof,
+                    "previousProof names no other proof of the set",
+                ));
+            }
+        }
+    }
+    Ok(proofs)
 }
 
 /// Whether the bytes `s` stands for, once its `%XX` escapes are decoded, are UTF-8.
@@ -524,13 +647,19 @@ fn check_json_for_ssi(v: &Value) -> Result<(), VerifyError> {
 /// xsd-types panics on some forms its grammar admits (a year of fewer than four digits),
 /// and the pipeline accepts RFC 3339 only in any case.
 fn check_dates(document: &Value) -> Result<(), VerifyError> {
-    let proof = document.get("proof");
-    let fields = [
+    let proofs: Vec<&Value> = match document.get("proof") {
+        Some(Value::Array(a)) => a.iter().collect(),
+        Some(p) => vec![p],
+        None => Vec::new(),
+    };
+    let mut fields = vec![
         (Some(document), "validFrom"),
         (Some(document), "validUntil"),
-        (proof, "created"),
-        (proof, "expires"),
     ];
+    for proof in proofs {
+        fields.push((Some(proof), "created"));
+        fields.push((Some(proof), "expires"));
+    }
     for (holder, key) in fields {
         match holder.and_then(|h| h.get(key)) {
             None => {}
@@ -548,18 +677,48 @@ fn check_dates(document: &Value) -> Result<(), VerifyError> {
 
 /// Verifies a Data Integrity document with ssi, off the async runtime (RDF canonicalization
 /// costs milliseconds of CPU) and with a resolver that knows only `did_doc`.
+///
+/// Every proof of a set is verified (DI 1.0 §2.1.1). A proof that names a `previousProof`
+/// is verified, as §4.5 says, over the document with `proof` set to the proofs it names:
+/// they are part of what it signed, so it cannot be moved onto another chain.
 async fn verify_di(
     document: &Value,
     did_doc: Arc<Value>,
     presentation: bool,
+    loader: ssi::json_ld::ContextLoader,
 ) -> Result<(), VerifyError> {
     use ssi::claims::data_integrity::{AnySuite, DataIntegrity};
     // ssi panics on these inputs (caught by the blocking pool, but a panic on input all
     // the same): they are refused first.
     check_json_for_ssi(document)?;
     check_dates(document)?;
-    let json =
-        serde_json::to_vec(document).map_err(|e| VerifyError::new(Check::Format, e.to_string()))?;
+    let format_err = |e: &dyn fmt::Display| VerifyError::new(Check::Format, e.to_string());
+    let mut unsecured = document.clone();
+    let proofs = match unsecured.as_object_mut().and_then(|o| o.remove("proof")) {
+        Some(Value::Array(a)) => a,
+        Some(p) => vec![p],
+        None => return Err(VerifyError::new(Check::Format, "no proof")),
+    };
+    // One document per proof (the one proof ssi then verifies), with the claims it signed
+    // when it is chained.
+    let mut units = Vec::with_capacity(proofs.len());
+    for proof in &proofs {
+        let previous = previous_proofs(proof)?;
+        let chained: Vec<Value> = proofs
+            .iter()
+            .filter(|p| str_field(p, "id").is_some_and(|id| previous.contains(&id)))
+            .cloned()
+            .collect();
+        let mut single = unsecured.clone();
+        single["proof"] = proof.clone();
+        let json = serde_json::to_vec(&single).map_err(|e| format_err(&e))?;
+        let claims = (!chained.is_empty()).then(|| {
+            let mut claims = unsecured.clone();
+            claims["proof"] = Value::Array(chained);
+            claims
+        });
+        units.push((json, claims));
+    }
     let task = move || -> Result<(), VerifyError> {
         let format_err = |e: &dyn fmt::Display| VerifyError::new(Check::Format, e.to_string());
         let resolver = ssi::dids::VerificationMethodDIDResolver::<
@@ -567,24 +726,37 @@ async fn verify_di(
             ssi::verification_methods::AnyMethod,
         >::new(StaticDids::new([did_doc.as_ref()]));
         let params = ssi::claims::VerificationParameters::from_resolver(resolver)
-            .with_json_ld_loader(crate::context::loader());
-        let outcome = if presentation {
-            let vp: DataIntegrity<ssi::claims::vc::v2::syntax::JsonPresentation<Value>, AnySuite> =
-                ssi::claims::data_integrity::from_json_slice(&json).map_err(|e| format_err(&e))?;
-            futures::executor::block_on(vp.verify(params))
-        } else {
-            let vc: DataIntegrity<ssi::claims::vc::v2::JsonCredential, AnySuite> =
-                ssi::claims::data_integrity::from_json_slice(&json).map_err(|e| format_err(&e))?;
-            futures::executor::block_on(vc.verify(params))
-        };
-        match outcome {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(ssi::claims::Invalid::Claims(e))) => {
-                Err(VerifyError::new(Check::Validity, e.to_string()))
+            .with_json_ld_loader(loader);
+        for (json, claims) in units {
+            let outcome = if presentation {
+                let mut vp: DataIntegrity<
+                    ssi::claims::vc::v2::syntax::JsonPresentation<Value>,
+                    AnySuite,
+                > = ssi::claims::data_integrity::from_json_slice(&json)
+                    .map_err(|e| format_err(&e))?;
+                if let Some(claims) = claims {
+                    vp.claims = serde_json::from_value(claims).map_err(|e| format_err(&e))?;
+                }
+                futures::executor::block_on(vp.verify(&params))
+            } else {
+                let mut vc: DataIntegrity<ssi::claims::vc::v2::JsonCredential, AnySuite> =
+                    ssi::claims::data_integrity::from_json_slice(&json)
+                        .map_err(|e| format_err(&e))?;
+                if let Some(claims) = claims {
+                    vc.claims = serde_json::from_value(claims).map_err(|e| format_err(&e))?;
+                }
+                futures::executor::block_on(vc.verify(&params))
+            };
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(ssi::claims::Invalid::Claims(e))) => {
+                    return Err(VerifyError::new(Check::Validity, e.to_string()))
+                }
+                Ok(Err(e)) => return Err(VerifyError::new(Check::Proof, e.to_string())),
+                Err(e) => return Err(VerifyError::new(Check::Proof, e.to_string())),
             }
-            Ok(Err(e)) => Err(VerifyError::new(Check::Proof, e.to_string())),
-            Err(e) => Err(VerifyError::new(Check::Proof, e.to_string())),
         }
+        Ok(())
     };
     tokio::task::spawn_blocking(task)
         .await
@@ -606,6 +778,7 @@ impl Verifier {
             status,
             skew: chrono::Duration::seconds(crate::time::DEFAULT_SKEW_SECS),
             proofs: ProofCache::new(DEFAULT_PROOF_CACHE_ENTRIES, ttl),
+            bundle: crate::bundle::Bundle::empty(),
             ed25519_keys: Mutex::new(HashMap::new()),
         }
     }
@@ -686,6 +859,12 @@ impl Verifier {
             .map_err(|_| proof_err("JWS signature does not verify"))
     }
 
+    /// Contexts, schemas and related resources this verifier knows beyond fedgate's own.
+    pub fn with_bundle(mut self, bundle: crate::bundle::Bundle) -> Self {
+        self.bundle = bundle;
+        self
+    }
+
     /// Replaces the proof cache (size, TTL, or [`ProofCache::disabled`]).
     pub fn with_proof_cache(mut self, cache: ProofCache) -> Self {
         self.proofs = cache;
@@ -696,14 +875,17 @@ impl Verifier {
     /// object): format, algorithm or suite, the key's place in the issuer's DID document,
     /// signature.
     async fn prove(&self, input: &Value) -> Result<Proven, VerifyError> {
-        let (format, (credential, signer, signer_doc)) = match input {
+        let (format, (credential, times, signer, signer_doc)) = match input {
             Value::String(jwt) => (ProofFormat::Jwt, self.check_jwt_credential(jwt).await?),
             Value::Object(_) => match unwrap_enveloped(input) {
                 Some(jwt) => (ProofFormat::Jwt, self.check_jwt_credential(jwt).await?),
-                None => (
-                    ProofFormat::DataIntegrity,
-                    self.check_di_credential(input).await?,
-                ),
+                None => {
+                    let (credential, signer, doc) = self.check_di_credential(input).await?;
+                    (
+                        ProofFormat::DataIntegrity,
+                        (credential, JwtTimes::default(), signer, doc),
+                    )
+                }
             },
             _ => {
                 return Err(VerifyError::new(
@@ -715,6 +897,7 @@ impl Verifier {
         Ok(Proven {
             format,
             credential,
+            times,
             signer,
             signer_doc,
             at: Instant::now(),
@@ -731,11 +914,45 @@ impl Verifier {
         (Arc::ptr_eq(&doc, &proven.signer_doc) || doc == proven.signer_doc).then_some(proven)
     }
 
-    /// Verifies one credential as it travels (JWT string, enveloped JWT, or DI object).
+    /// Verifies one credential as it travels (JWT string, enveloped JWT, or DI object) for
+    /// an access decision: it must be of one of fedgate's three types.
     pub async fn verify_credential(
         &self,
         input: &Value,
     ) -> Result<VerifiedCredential, VerifyError> {
+        let v = self.verify_as(input, Profile::Access).await?;
+        let kind = v.kind.ok_or_else(|| {
+            VerifyError::new(Check::Format, "not one of fedgate's credential types")
+        })?;
+        Ok(VerifiedCredential {
+            id: v.id,
+            kind,
+            format: v.format,
+            issuer: v.issuer,
+            subject: v.subject,
+            valid_from: v.valid_from,
+            valid_until: v.valid_until,
+            status: v.status,
+            digest: v.digest,
+            checks: v.checks,
+        })
+    }
+
+    /// Verifies a VC Data Model 2.0 credential of any type (the VC API's verify endpoint):
+    /// format, proof, validity and status for every type; schema and issuer trust where
+    /// they apply (see the module documentation).
+    pub async fn verify_any_credential(
+        &self,
+        input: &Value,
+    ) -> Result<VerifiedAnyCredential, VerifyError> {
+        self.verify_as(input, Profile::Any).await
+    }
+
+    async fn verify_as(
+        &self,
+        input: &Value,
+        profile: Profile,
+    ) -> Result<VerifiedAnyCredential, VerifyError> {
         let key = sha256_of(input);
         let digest = hex::encode(key);
         let cached = self.still_proven(&key).await;
@@ -753,42 +970,78 @@ impl Verifier {
         let format = proven.format;
         let credential = &proven.credential;
         let mut checks = vec![Check::Format, Check::Proof];
-        let kind = CredentialKind::of_credential(credential)
-            .map_err(|e| VerifyError::new(Check::Format, e.to_string()))?;
-        let issuer = str_field(credential, "issuer")
-            .unwrap_or_default()
-            .to_string();
+        let warnings = check_data_model(credential, &self.bundle)?;
+        let types = type_names(credential);
+        let kind = match CredentialKind::of_credential(credential) {
+            Ok(kind) => Some(kind),
+            Err(KindError::Unknown(_)) if profile == Profile::Any => None,
+            Err(e) => return Err(VerifyError::new(Check::Format, e.to_string())),
+        };
+        let issuer = issuer_id(credential)?.to_string();
 
-        let (valid_from, valid_until) = self.check_validity(credential)?;
+        let (valid_from, valid_until) = self.check_validity(credential, &proven.times)?;
         checks.push(Check::Validity);
 
-        // The schema result depends only on the credential's bytes and the schemas built
-        // into this binary, so a cached proof also stands for it.
-        if !hit {
-            crate::schema::check(kind, credential)
-                .map_err(|e| VerifyError::new(Check::Schema, e.to_string()))?;
+        // The schema result depends only on the credential's bytes and the schemas this
+        // verifier holds, so a cached proof also stands for it.
+        let mut schema_checked = false;
+        if let Some(kind) = kind {
+            if !hit {
+                crate::schema::check(kind, credential)
+                    .map_err(|e| VerifyError::new(Check::Schema, e.to_string()))?;
+            }
+            schema_checked = true;
         }
-        checks.push(Check::Schema);
+        if credential.get("credentialSchema").is_some() {
+            if !hit {
+                check_credential_schemas(credential, &self.bundle)?;
+            }
+            schema_checked = true;
+        }
+        if schema_checked {
+            checks.push(Check::Schema);
+        }
 
         let subject = credential
             .get("credentialSubject")
             .cloned()
             .unwrap_or(Value::Null);
-        let self_issued_consent =
-            kind == CredentialKind::PatientConsent && str_field(&subject, "id") == Some(&issuer);
-        if !self_issued_consent && !self.trust.is_trusted(kind, &issuer) {
-            return Err(VerifyError::new(
-                Check::IssuerTrust,
-                format!("{issuer} is not trusted to issue {kind}"),
-            ));
+        match kind {
+            Some(kind) => {
+                let self_issued_consent = kind == CredentialKind::PatientConsent
+                    && str_field(&subject, "id") == Some(&issuer);
+                if !self_issued_consent && !self.trust.is_trusted(kind, &issuer) {
+                    return Err(VerifyError::new(
+                        Check::IssuerTrust,
+                        format!("{issuer} is not trusted to issue {kind}"),
+                    ));
+                }
+                checks.push(Check::IssuerTrust);
+            }
+            None => match self.trust.is_trusted_for_types(&types, &issuer) {
+                None => {}
+                Some(true) => checks.push(Check::IssuerTrust),
+                Some(false) => {
+                    return Err(VerifyError::new(
+                        Check::IssuerTrust,
+                        format!("{issuer} is not trusted to issue this credential type"),
+                    ))
+                }
+            },
         }
-        checks.push(Check::IssuerTrust);
 
         let status = match credential.get("credentialStatus") {
-            Some(s) => Some(
-                serde_json::from_value::<StatusEntry>(s.clone())
-                    .map_err(|e| VerifyError::new(Check::Status, e.to_string()))?,
-            ),
+            Some(Value::Array(entries)) if entries.len() > 1 => {
+                return Err(VerifyError::new(
+                    Check::Status,
+                    "more than one credentialStatus entry is not supported",
+                ))
+            }
+            Some(Value::Array(entries)) => match entries.first() {
+                Some(entry) => Some(status_entry(entry)?),
+                None => None,
+            },
+            Some(entry) => Some(status_entry(entry)?),
             None => None,
         };
         match &status {
@@ -799,7 +1052,7 @@ impl Verifier {
                     .map_err(status_error)?;
                 checks.push(Check::Status);
             }
-            None if kind == CredentialKind::ClinicianPrivilege => {
+            None if kind == Some(CredentialKind::ClinicianPrivilege) => {
                 return Err(VerifyError::new(
                     Check::Status,
                     "a privilege credential must carry a revocation status",
@@ -813,8 +1066,9 @@ impl Verifier {
         if !hit {
             self.proofs.insert(key, proven.clone());
         }
-        Ok(VerifiedCredential {
+        Ok(VerifiedAnyCredential {
             id: str_field(credential, "id").map(str::to_string),
+            types,
             kind,
             format,
             issuer,
@@ -824,14 +1078,16 @@ impl Verifier {
             status,
             digest,
             checks,
+            warnings,
         })
     }
 
-    /// Returns the payload, the signing method and the DID document it was found in.
+    /// Returns the credential (the payload without its JWT registered claims), those
+    /// claims' times, the signing method and the DID document it was found in.
     async fn check_jwt_credential(
         &self,
         jwt: &str,
-    ) -> Result<(Value, String, Arc<Value>), VerifyError> {
+    ) -> Result<(Value, JwtTimes, String, Arc<Value>), VerifyError> {
         let decoded = crate::jose::decode(jwt).map_err(jose_error)?;
         if let Some(typ) = decoded.typ.as_deref() {
             if !matches!(typ, "vc+jwt" | "vc-ld+jwt") {
@@ -841,8 +1097,13 @@ impl Verifier {
                 ));
             }
         }
-        let issuer = str_field(&decoded.payload, "issuer")
-            .ok_or_else(|| VerifyError::new(Check::Format, "issuer must be a DID string"))?;
+        if decoded.payload.get("vc").is_some() {
+            return Err(VerifyError::new(
+                Check::Format,
+                "VC Data Model 1.1 JWT (`vc` claim) is not supported",
+            ));
+        }
+        let issuer = issuer_id(&decoded.payload)?;
         if did_of(&decoded.kid) != issuer {
             return Err(VerifyError::new(
                 Check::Proof,
@@ -856,39 +1117,53 @@ impl Verifier {
             .map_err(did_error)?;
         self.proofs.proof_checks.fetch_add(1, Ordering::Relaxed);
         self.verify_jws(jwt, &decoded, &key)?;
-        Ok((decoded.payload, decoded.kid, did_doc))
+        let mut credential = decoded.payload;
+        let times = take_registered_claims(&mut credential)?;
+        Ok((credential, times, decoded.kid, did_doc))
     }
 
-    /// Returns the credential without its proof, the signing method and its DID document.
+    /// Returns the credential without its proofs, the signing method and its DID document.
+    /// Every proof of a set must verify, each by a key of the issuer's listed under
+    /// `assertionMethod`.
     async fn check_di_credential(
         &self,
         doc: &Value,
     ) -> Result<(Value, String, Arc<Value>), VerifyError> {
-        let proof = di_proof(doc, "assertionMethod")?;
-        let issuer = str_field(doc, "issuer")
-            .ok_or_else(|| VerifyError::new(Check::Format, "issuer must be a DID string"))?;
-        let vm = str_field(proof, "verificationMethod").unwrap_or_default();
-        if did_of(vm) != issuer {
-            return Err(VerifyError::new(
-                Check::Proof,
-                "signed with a key that does not belong to the issuer",
-            ));
+        let proofs = di_proofs(doc, "assertionMethod")?;
+        let issuer = issuer_id(doc)?;
+        let mut signer: Option<(String, Arc<Value>)> = None;
+        for proof in &proofs {
+            let vm = str_field(proof, "verificationMethod").unwrap_or_default();
+            if did_of(vm) != issuer {
+                return Err(VerifyError::new(
+                    Check::Proof,
+                    "signed with a key that does not belong to the issuer",
+                ));
+            }
+            let (_, did_doc) = self
+                .resolver
+                .public_key(vm, Relationship::AssertionMethod)
+                .await
+                .map_err(did_error)?;
+            if signer.is_none() {
+                signer = Some((vm.to_string(), did_doc));
+            }
         }
-        let (_, did_doc) = self
-            .resolver
-            .public_key(vm, Relationship::AssertionMethod)
-            .await
-            .map_err(did_error)?;
+        let (vm, did_doc) = signer.ok_or_else(|| VerifyError::new(Check::Format, "no proof"))?;
         self.proofs.proof_checks.fetch_add(1, Ordering::Relaxed);
-        verify_di(doc, did_doc.clone(), false).await?;
+        verify_di(doc, did_doc.clone(), false, self.bundle.loader()).await?;
         let mut credential = doc.clone();
         if let Some(obj) = credential.as_object_mut() {
             obj.remove("proof");
         }
-        Ok((credential, vm.to_string(), did_doc))
+        Ok((credential, vm, did_doc))
     }
 
-    fn check_validity(&self, credential: &Value) -> Result<ValidityPeriod, VerifyError> {
+    fn check_validity(
+        &self,
+        credential: &Value,
+        times: &JwtTimes,
+    ) -> Result<ValidityPeriod, VerifyError> {
         let now = Utc::now();
         let parse = |key: &str| -> Result<Option<DateTime<Utc>>, VerifyError> {
             match credential.get(key) {
@@ -896,7 +1171,7 @@ impl Verifier {
                 Some(Value::String(s)) => crate::time::parse(s).map(Some).ok_or_else(|| {
                     VerifyError::new(
                         Check::Validity,
-                        format!("{key} is not an RFC 3339 date-time"),
+                        format!("{key} is not an RFC 3339 date-time with a time zone"),
                     )
                 }),
                 Some(_) => Err(VerifyError::new(
@@ -907,57 +1182,49 @@ impl Verifier {
         };
         let from = parse("validFrom")?;
         let until = parse("validUntil")?;
+        if let (Some(f), Some(u)) = (from, until) {
+            if u < f {
+                return Err(VerifyError::new(
+                    Check::Validity,
+                    "validUntil is before validFrom",
+                ));
+            }
+        }
         if from.is_some_and(|f| f > now + self.skew) {
             return Err(VerifyError::new(Check::Validity, "not yet valid"));
         }
         if until.is_some_and(|u| u + self.skew < now) {
             return Err(VerifyError::new(Check::Validity, "expired"));
         }
+        let (now, skew) = (now.timestamp(), self.skew.num_seconds());
+        if times.nbf.is_some_and(|t| t > now + skew) {
+            return Err(VerifyError::new(Check::Validity, "not yet valid (nbf)"));
+        }
+        if times.exp.is_some_and(|t| t.saturating_add(skew) < now) {
+            return Err(VerifyError::new(Check::Validity, "expired (exp)"));
+        }
+        if times.iat.is_some_and(|t| t > now + skew) {
+            return Err(VerifyError::new(
+                Check::Validity,
+                "issued in the future (iat)",
+            ));
+        }
         Ok((from, until))
     }
 
     /// Verifies a presentation bound to `binding`, every credential in it, and that each
-    /// credential belongs to the holder.
+    /// credential belongs to the holder: what an access decision takes.
     pub async fn verify_presentation(
         &self,
         input: &Value,
         binding: &PresentationBinding,
     ) -> Result<VerifiedPresentation, VerifyError> {
         let digest = digest_of(input);
-        let (format, vp) = match input {
-            Value::String(jwt) => (
-                ProofFormat::Jwt,
-                self.check_jwt_presentation(jwt, binding).await?,
-            ),
-            Value::Object(_) => (
-                ProofFormat::DataIntegrity,
-                self.check_di_presentation(input, binding).await?,
-            ),
-            _ => {
-                return Err(VerifyError::new(
-                    Check::Format,
-                    "a presentation is a JWT string or a JSON object",
-                ))
-            }
-        };
-        let holder = str_field(&vp, "holder").unwrap_or_default().to_string();
-        let embedded: Vec<&Value> = match vp.get("verifiableCredential") {
-            Some(Value::Array(a)) => a.iter().collect(),
-            Some(v @ (Value::Object(_) | Value::String(_))) => vec![v],
-            _ => Vec::new(),
-        };
-        if embedded.is_empty() {
-            return Err(VerifyError::new(
-                Check::Format,
-                "the presentation carries no credential",
-            ));
-        }
-        if embedded.len() > MAX_EMBEDDED_CREDENTIALS {
-            return Err(VerifyError::new(
-                Check::Format,
-                format!("more than {MAX_EMBEDDED_CREDENTIALS} credentials"),
-            ));
-        }
+        let (format, vp, holder) = self
+            .check_presentation(input, Some(binding), Profile::Access)
+            .await?;
+        let holder = holder.unwrap_or_default();
+        let embedded = embedded_credentials(&vp)?;
         let mut credentials = Vec::with_capacity(embedded.len());
         for (i, vc) in embedded.into_iter().enumerate() {
             let verified = self.verify_credential(vc).await.map_err(|mut e| {
@@ -984,22 +1251,111 @@ impl Verifier {
         })
     }
 
+    /// Verifies a presentation of credentials of any type (the VC API's verify endpoint):
+    /// its proof (by the holder's key when it names a holder), its validity, the challenge
+    /// and domain when the caller gives them, and every credential as
+    /// [`Verifier::verify_any_credential`] does. Holder binding is an access rule, not
+    /// checked here.
+    pub async fn verify_any_presentation(
+        &self,
+        input: &Value,
+        binding: Option<&PresentationBinding>,
+    ) -> Result<VerifiedAnyPresentation, VerifyError> {
+        let digest = digest_of(input);
+        let (format, vp, holder) = self
+            .check_presentation(input, binding, Profile::Any)
+            .await?;
+        let embedded = embedded_credentials(&vp)?;
+        let mut credentials = Vec::with_capacity(embedded.len());
+        for (i, vc) in embedded.into_iter().enumerate() {
+            let verified = self.verify_any_credential(vc).await.map_err(|mut e| {
+                e.credential = Some(i);
+                e
+            })?;
+            credentials.push(verified);
+        }
+        let mut checks = vec![Check::Format, Check::Proof, Check::Validity];
+        if binding.is_some() {
+            checks.extend([Check::Challenge, Check::Domain]);
+        }
+        Ok(VerifiedAnyPresentation {
+            id: str_field(&vp, "id").map(str::to_string),
+            holder,
+            format,
+            credentials,
+            checks,
+            digest,
+        })
+    }
+
+    /// The presentation's own checks; returns it (a JWT's payload) and its holder.
+    async fn check_presentation(
+        &self,
+        input: &Value,
+        binding: Option<&PresentationBinding>,
+        profile: Profile,
+    ) -> Result<(ProofFormat, Value, Option<String>), VerifyError> {
+        let (format, vp) = match input {
+            Value::String(jwt) => (
+                ProofFormat::Jwt,
+                self.check_jwt_presentation(jwt, binding, profile).await?,
+            ),
+            Value::Object(_) => (
+                ProofFormat::DataIntegrity,
+                self.check_di_presentation(input, binding, profile).await?,
+            ),
+            _ => {
+                return Err(VerifyError::new(
+                    Check::Format,
+                    "a presentation is a JWT string or a JSON object",
+                ))
+            }
+        };
+        let holder = holder_id(&vp)?.map(str::to_string);
+        Ok((format, vp, holder))
+    }
+
+    /// The key that signed a presentation: the holder's when it names one (always, for an
+    /// access decision), under `authentication`.
+    fn presentation_signer(vp: &Value, vm: &str, profile: Profile) -> Result<(), VerifyError> {
+        match holder_id(vp)? {
+            Some(holder) if did_of(vm) != holder => Err(VerifyError::new(
+                Check::Proof,
+                "signed with a key that does not belong to the holder",
+            )),
+            Some(_) => Ok(()),
+            None if profile == Profile::Access => Err(VerifyError::new(
+                Check::Format,
+                "holder must be a DID string",
+            )),
+            None => Ok(()),
+        }
+    }
+
     async fn check_jwt_presentation(
         &self,
         jwt: &str,
-        binding: &PresentationBinding,
+        binding: Option<&PresentationBinding>,
+        profile: Profile,
     ) -> Result<Value, VerifyError> {
         let decoded = crate::jose::decode(jwt).map_err(jose_error)?;
         check_vp_typ(decoded.typ.as_deref())?;
         let vp = &decoded.payload;
-        check_vp_type(vp)?;
-        let holder = str_field(vp, "holder")
-            .ok_or_else(|| VerifyError::new(Check::Format, "holder must be a DID string"))?;
-        if did_of(&decoded.kid) != holder {
+        if vp.get("vp").is_some() {
             return Err(VerifyError::new(
-                Check::Proof,
-                "signed with a key that does not belong to the holder",
+                Check::Format,
+                "VC Data Model 1.1 JWT (`vp` claim) is not supported",
             ));
+        }
+        check_vp_type(vp)?;
+        Self::presentation_signer(vp, &decoded.kid, profile)?;
+        if let Some(iss) = vp.get("iss") {
+            if iss.as_str().is_none() || iss.as_str() != holder_id(vp)? {
+                return Err(VerifyError::new(
+                    Check::Format,
+                    "iss is not the presentation's holder",
+                ));
+            }
         }
         let (key, _) = self
             .resolver
@@ -1009,37 +1365,47 @@ impl Verifier {
         self.verify_jws(jwt, &decoded, &key)?;
         let now = Utc::now().timestamp();
         let skew = self.skew.num_seconds();
-        match vp.get("exp").and_then(Value::as_i64) {
-            Some(exp) if exp + skew >= now => {}
+        let time = |claim: &str| -> Result<Option<i64>, VerifyError> {
+            vp.get(claim).map(|v| numeric_date(claim, v)).transpose()
+        };
+        match time("exp")? {
+            Some(exp) if exp.saturating_add(skew) >= now => {}
             Some(_) => return Err(VerifyError::new(Check::Validity, "presentation expired")),
-            None => return Err(VerifyError::new(Check::Validity, "presentation has no exp")),
+            None if profile == Profile::Access => {
+                return Err(VerifyError::new(Check::Validity, "presentation has no exp"))
+            }
+            None => {}
         }
-        if vp
-            .get("iat")
-            .and_then(Value::as_i64)
-            .is_some_and(|iat| iat > now + skew)
-        {
+        if time("iat")?.is_some_and(|iat| iat > now + skew) {
             return Err(VerifyError::new(
                 Check::Validity,
                 "presentation issued in the future",
             ));
         }
-        if str_field(vp, "nonce") != Some(binding.challenge.as_str()) {
+        if time("nbf")?.is_some_and(|nbf| nbf > now + skew) {
             return Err(VerifyError::new(
-                Check::Challenge,
-                "nonce is not this verifier's challenge",
+                Check::Validity,
+                "presentation not yet valid (nbf)",
             ));
         }
-        let aud_ok = match vp.get("aud") {
-            Some(Value::String(a)) => a == &binding.domain,
-            Some(Value::Array(a)) => a.len() == 1 && a[0] == binding.domain.as_str(),
-            _ => false,
-        };
-        if !aud_ok {
-            return Err(VerifyError::new(
-                Check::Domain,
-                "aud is not this verifier's DID",
-            ));
+        if let Some(binding) = binding {
+            if str_field(vp, "nonce") != Some(binding.challenge.as_str()) {
+                return Err(VerifyError::new(
+                    Check::Challenge,
+                    "nonce is not this verifier's challenge",
+                ));
+            }
+            let aud_ok = match vp.get("aud") {
+                Some(Value::String(a)) => a == &binding.domain,
+                Some(Value::Array(a)) => a.len() == 1 && a[0] == binding.domain.as_str(),
+                _ => false,
+            };
+            if !aud_ok {
+                return Err(VerifyError::new(
+                    Check::Domain,
+                    "aud is not this verifier's DID",
+                ));
+            }
         }
         Ok(decoded.payload)
     }
@@ -1047,55 +1413,455 @@ impl Verifier {
     async fn check_di_presentation(
         &self,
         vp: &Value,
-        binding: &PresentationBinding,
+        binding: Option<&PresentationBinding>,
+        profile: Profile,
     ) -> Result<Value, VerifyError> {
         check_vp_type(vp)?;
-        let proof = di_proof(vp, "authentication")?;
-        let holder = str_field(vp, "holder")
-            .ok_or_else(|| VerifyError::new(Check::Format, "holder must be a DID string"))?;
-        let vm = str_field(proof, "verificationMethod").unwrap_or_default();
-        if did_of(vm) != holder {
-            return Err(VerifyError::new(
-                Check::Proof,
-                "signed with a key that does not belong to the holder",
-            ));
+        let proofs = di_proofs(vp, "authentication")?;
+        let mut did_doc = None;
+        for proof in &proofs {
+            let vm = str_field(proof, "verificationMethod").unwrap_or_default();
+            Self::presentation_signer(vp, vm, profile)?;
+            // Without a holder, every proof of a set is by one DID's keys.
+            if let Some(first) = proofs
+                .first()
+                .and_then(|p| str_field(p, "verificationMethod"))
+            {
+                if did_of(first) != did_of(vm) {
+                    return Err(VerifyError::new(
+                        Check::Proof,
+                        "the proofs of a presentation are by more than one DID",
+                    ));
+                }
+            }
+            let (_, doc) = self
+                .resolver
+                .public_key(vm, Relationship::Authentication)
+                .await
+                .map_err(did_error)?;
+            did_doc.get_or_insert(doc);
         }
-        let (_, did_doc) = self
-            .resolver
-            .public_key(vm, Relationship::Authentication)
-            .await
-            .map_err(did_error)?;
-        verify_di(vp, did_doc, true).await?;
-        if let Some(expires) = str_field(proof, "expires") {
-            let t = crate::time::parse(expires).ok_or_else(|| {
-                VerifyError::new(Check::Validity, "proof expires is not a date-time")
-            })?;
-            if t + self.skew < Utc::now() {
-                return Err(VerifyError::new(
-                    Check::Validity,
-                    "presentation proof expired",
-                ));
+        let did_doc = did_doc.ok_or_else(|| VerifyError::new(Check::Format, "no proof"))?;
+        verify_di(vp, did_doc, true, self.bundle.loader()).await?;
+        for proof in &proofs {
+            if let Some(expires) = str_field(proof, "expires") {
+                let t = crate::time::parse(expires).ok_or_else(|| {
+                    VerifyError::new(Check::Validity, "proof expires is not a date-time")
+                })?;
+                if t + self.skew < Utc::now() {
+                    return Err(VerifyError::new(
+                        Check::Validity,
+                        "presentation proof expired",
+                    ));
+                }
             }
         }
-        if str_field(proof, "challenge") != Some(binding.challenge.as_str()) {
-            return Err(VerifyError::new(
-                Check::Challenge,
-                "proof challenge is not this verifier's",
-            ));
-        }
-        let domain_ok = match proof.get("domain") {
-            Some(Value::String(d)) => d == &binding.domain,
-            Some(Value::Array(a)) => a.len() == 1 && a[0] == binding.domain.as_str(),
-            _ => false,
-        };
-        if !domain_ok {
-            return Err(VerifyError::new(
-                Check::Domain,
-                "proof domain is not this verifier's DID",
-            ));
+        if let Some(binding) = binding {
+            for proof in &proofs {
+                if str_field(proof, "challenge") != Some(binding.challenge.as_str()) {
+                    return Err(VerifyError::new(
+                        Check::Challenge,
+                        "proof challenge is not this verifier's",
+                    ));
+                }
+                let domain_ok = match proof.get("domain") {
+                    Some(Value::String(d)) => d == &binding.domain,
+                    Some(Value::Array(a)) => a.len() == 1 && a[0] == binding.domain.as_str(),
+                    _ => false,
+                };
+                if !domain_ok {
+                    return Err(VerifyError::new(
+                        Check::Domain,
+                        "proof domain is not this verifier's DID",
+                    ));
+                }
+            }
         }
         Ok(vp.clone())
     }
+}
+
+/// The credentials a presentation carries (at least one, at most
+/// [`MAX_EMBEDDED_CREDENTIALS`]).
+fn embedded_credentials(vp: &Value) -> Result<Vec<&Value>, VerifyError> {
+    let embedded: Vec<&Value> = match vp.get("verifiableCredential") {
+        Some(Value::Array(a)) => a.iter().collect(),
+        Some(v @ (Value::Object(_) | Value::String(_))) => vec![v],
+        _ => Vec::new(),
+    };
+    if embedded.is_empty() {
+        return Err(VerifyError::new(
+            Check::Format,
+            "the presentation carries no credential",
+        ));
+    }
+    if embedded.len() > MAX_EMBEDDED_CREDENTIALS {
+        return Err(VerifyError::new(
+            Check::Format,
+            format!("more than {MAX_EMBEDDED_CREDENTIALS} credentials"),
+        ));
+    }
+    Ok(embedded)
+}
+
+/// A presentation's holder: a DID, as a string or an object with `id`; `None` without one.
+fn holder_id(vp: &Value) -> Result<Option<&str>, VerifyError> {
+    let bad = || VerifyError::new(Check::Format, "holder must be a DID string");
+    let id = match vp.get("holder") {
+        None => return Ok(None),
+        Some(Value::String(s)) => s.as_str(),
+        Some(Value::Object(o)) => o.get("id").and_then(Value::as_str).ok_or_else(bad)?,
+        Some(_) => return Err(bad()),
+    };
+    if id.starts_with("did:") {
+        Ok(Some(id))
+    } else {
+        Err(bad())
+    }
+}
+
+/// A credential's issuer: a DID, as a string or as an object with `id` (VC Data Model 2.0
+/// §4.7).
+fn issuer_id(credential: &Value) -> Result<&str, VerifyError> {
+    let bad = |detail: &str| VerifyError::new(Check::Format, detail.to_string());
+    let id = match credential.get("issuer") {
+        Some(Value::String(s)) => s.as_str(),
+        Some(Value::Object(o)) => o
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("an issuer object must have an id"))?,
+        _ => {
+            return Err(bad(
+                "issuer must be a DID, as a string or an object with an id",
+            ))
+        }
+    };
+    if id.starts_with("did:") {
+        Ok(id)
+    } else {
+        Err(bad("the issuer's id must be a DID"))
+    }
+}
+
+/// A credential's `type` values.
+pub fn type_names(credential: &Value) -> Vec<String> {
+    match credential.get("type") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn status_entry(entry: &Value) -> Result<StatusEntry, VerifyError> {
+    serde_json::from_value::<StatusEntry>(entry.clone())
+        .map_err(|e| VerifyError::new(Check::Status, e.to_string()))
+}
+
+/// A JWT NumericDate (RFC 7519 §2): seconds, possibly with a fraction.
+fn numeric_date(claim: &str, v: &Value) -> Result<i64, VerifyError> {
+    let bad = || VerifyError::new(Check::Validity, format!("{claim} is not a NumericDate"));
+    if let Some(i) = v.as_i64() {
+        return Ok(i);
+    }
+    match v.as_f64() {
+        Some(f) if f.is_finite() && f.abs() < 1e15 => Ok(f.floor() as i64),
+        _ => Err(bad()),
+    }
+}
+
+/// The JWT registered claims VC-JOSE-COSE lets a `vc+jwt` carry beside the credential.
+const REGISTERED_CLAIMS: [&str; 6] = ["iss", "sub", "jti", "iat", "nbf", "exp"];
+
+/// Checks and removes the registered claims of a `vc+jwt` payload, leaving the credential:
+/// `iss` must be the issuer's id, `sub` a subject's id, `jti` the credential's id
+/// (RFC 7519 §4.1, VC-JOSE-COSE §3.1.2); the times are returned, to be checked with the
+/// clock skew every time the credential is verified.
+fn take_registered_claims(payload: &mut Value) -> Result<JwtTimes, VerifyError> {
+    let mismatch = |detail: &str| VerifyError::new(Check::Format, detail.to_string());
+    if let Some(iss) = payload.get("iss") {
+        if iss.as_str() != Some(issuer_id(payload)?) {
+            return Err(mismatch("iss is not the credential's issuer"));
+        }
+    }
+    if let Some(sub) = payload.get("sub") {
+        let subjects: Vec<&Value> = match payload.get("credentialSubject") {
+            Some(Value::Array(a)) => a.iter().collect(),
+            Some(one) => vec![one],
+            None => Vec::new(),
+        };
+        let named = sub.as_str().is_some_and(|sub| {
+            subjects
+                .iter()
+                .any(|s| s.get("id").and_then(Value::as_str) == Some(sub))
+        });
+        if !named {
+            return Err(mismatch("sub is not the id of the credential's subject"));
+        }
+    }
+    if let Some(jti) = payload.get("jti") {
+        if jti.as_str().is_none() || payload.get("id") != Some(jti) {
+            return Err(mismatch("jti is not the credential's id"));
+        }
+    }
+    let time = |claim: &str| {
+        payload
+            .get(claim)
+            .map(|v| numeric_date(claim, v))
+            .transpose()
+    };
+    let times = JwtTimes {
+        iat: time("iat")?,
+        nbf: time("nbf")?,
+        exp: time("exp")?,
+    };
+    if let Some(obj) = payload.as_object_mut() {
+        for claim in REGISTERED_CLAIMS {
+            obj.remove(claim);
+        }
+    }
+    Ok(times)
+}
+
+/// Whether `s` is an absolute URL (a DID, a `urn:`, an `https:` URL...), as VC Data Model
+/// 2.0 requires of every `id`.
+fn is_url(s: &str) -> bool {
+    reqwest::Url::parse(s).is_ok()
+}
+
+/// A `name` or `description`: a string, a language value object
+/// (`{"@value", "@language"?, "@direction"?}`), or a list of those (VC Data Model 2.0 §4.6,
+/// §11.1).
+fn is_international_string(v: &Value) -> bool {
+    match v {
+        Value::String(_) => true,
+        Value::Object(o) => {
+            o.get("@value").is_some_and(Value::is_string)
+                && o.keys()
+                    .all(|k| matches!(k.as_str(), "@value" | "@language" | "@direction"))
+                && o.get("@language").is_none_or(Value::is_string)
+                && o.get("@direction").is_none_or(Value::is_string)
+        }
+        Value::Array(a) => {
+            !a.is_empty()
+                && a.iter()
+                    .all(|x| !x.is_array() && is_international_string(x))
+        }
+        _ => false,
+    }
+}
+
+/// A property that is one object or a list of objects.
+fn objects<'a>(v: Option<&'a Value>, name: &str) -> Result<Vec<&'a Value>, VerifyError> {
+    let bad = || {
+        VerifyError::new(
+            Check::Format,
+            format!("{name} must be an object or a list of objects"),
+        )
+    };
+    match v {
+        None => Ok(Vec::new()),
+        Some(o @ Value::Object(_)) => Ok(vec![o]),
+        Some(Value::Array(a)) if a.iter().all(Value::is_object) => Ok(a.iter().collect()),
+        Some(_) => Err(bad()),
+    }
+}
+
+/// The shape VC Data Model 2.0 gives a credential, beyond what its proof established:
+/// the base context first, `id`s as URLs, `name` and `description` as (language) strings,
+/// a subject, and the digests of related resources this service bundles. Returns what was
+/// carried without being checked.
+fn check_data_model(
+    credential: &Value,
+    bundle: &crate::bundle::Bundle,
+) -> Result<Vec<String>, VerifyError> {
+    let format = |detail: String| VerifyError::new(Check::Format, detail);
+    let first_context = match credential.get("@context") {
+        Some(Value::Array(a)) => a.first().and_then(Value::as_str),
+        Some(Value::String(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    match first_context {
+        Some(crate::context::CREDENTIALS_V2) => {}
+        Some("https://www.w3.org/2018/credentials/v1") => {
+            return Err(format(
+                "VC Data Model 1.1 credentials are not supported".into(),
+            ))
+        }
+        _ => {
+            return Err(format(format!(
+                "the first @context must be {}",
+                crate::context::CREDENTIALS_V2
+            )))
+        }
+    }
+    if let Some(id) = credential.get("id") {
+        if !id.as_str().is_some_and(is_url) {
+            return Err(format("id must be a URL".into()));
+        }
+    }
+    if let Some(Value::Object(issuer)) = credential.get("issuer") {
+        for key in ["name", "description"] {
+            if issuer.get(key).is_some_and(|v| !is_international_string(v)) {
+                return Err(format(format!(
+                    "issuer {key} must be a string or language value"
+                )));
+            }
+        }
+    }
+    for key in ["name", "description"] {
+        if credential
+            .get(key)
+            .is_some_and(|v| !is_international_string(v))
+        {
+            return Err(format(format!(
+                "{key} must be a string, a language value or a list of them"
+            )));
+        }
+    }
+    let subjects = objects(credential.get("credentialSubject"), "credentialSubject")?;
+    if subjects.is_empty() {
+        return Err(format("a credential must have a credentialSubject".into()));
+    }
+    for subject in &subjects {
+        if let Some(id) = subject.get("id") {
+            if !id.as_str().is_some_and(is_url) {
+                return Err(format("credentialSubject id must be a URL".into()));
+            }
+        }
+    }
+    for name in [
+        "credentialStatus",
+        "credentialSchema",
+        "refreshService",
+        "termsOfUse",
+        "evidence",
+    ] {
+        for entry in objects(credential.get(name), name)? {
+            if let Some(id) = entry.get("id") {
+                if !id.as_str().is_some_and(is_url) {
+                    return Err(format(format!("{name} id must be a URL")));
+                }
+            }
+            if name != "evidence" && entry.get("type").is_none() {
+                return Err(format(format!("{name} must have a type")));
+            }
+        }
+    }
+    let mut warnings = Vec::new();
+    for resource in objects(credential.get("relatedResource"), "relatedResource")? {
+        let id = resource
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|id| is_url(id))
+            .ok_or_else(|| format("a relatedResource id must be a URL".into()))?;
+        let Some(bytes) = bundle.resource(id) else {
+            warnings.push(format!(
+                "relatedResource {id} is not bundled: its digest was not checked"
+            ));
+            continue;
+        };
+        let digests = [
+            (
+                "digestSRI",
+                crate::bundle::sri_matches as fn(&str, &[u8]) -> Option<bool>,
+            ),
+            ("digestMultibase", crate::bundle::multibase_matches),
+        ];
+        let mut checked = false;
+        for (key, matches) in digests {
+            if let Some(digest) = resource.get(key) {
+                match digest.as_str().and_then(|d| matches(d, bytes)) {
+                    Some(true) => checked = true,
+                    Some(false) => {
+                        return Err(format(format!(
+                            "relatedResource {id}: {key} does not match the bundled resource"
+                        )))
+                    }
+                    None => {
+                        return Err(format(format!(
+                            "relatedResource {id}: {key} is not a digest this verifier reads"
+                        )))
+                    }
+                }
+            }
+        }
+        if !checked {
+            return Err(format(format!(
+                "relatedResource {id} has no digestSRI or digestMultibase"
+            )));
+        }
+    }
+    Ok(warnings)
+}
+
+/// What an issuer checks of a credential of another type than fedgate's before signing it:
+/// the VC Data Model 2.0 shape ([`Check::Format`]) and its `credentialSchema`s
+/// ([`Check::Schema`]). Returns what is carried without being checked.
+pub fn check_shape(
+    credential: &Value,
+    bundle: &crate::bundle::Bundle,
+) -> Result<Vec<String>, VerifyError> {
+    let warnings = check_data_model(credential, bundle)?;
+    issuer_id(credential)?;
+    if !type_names(credential)
+        .iter()
+        .any(|t| t == "VerifiableCredential")
+    {
+        return Err(VerifyError::new(
+            Check::Format,
+            "type does not include VerifiableCredential",
+        ));
+    }
+    if credential.get("credentialSchema").is_some() {
+        check_credential_schemas(credential, bundle)?;
+    }
+    Ok(warnings)
+}
+
+/// Checks a credential against each `credentialSchema` of type `JsonSchema` it names, with
+/// the schemas this service bundles: a schema that is not bundled is never fetched, and the
+/// credential is refused, since the check its issuer asked for cannot be made.
+fn check_credential_schemas(
+    credential: &Value,
+    bundle: &crate::bundle::Bundle,
+) -> Result<(), VerifyError> {
+    let fail = |detail: String| VerifyError::new(Check::Schema, detail);
+    for entry in objects(credential.get("credentialSchema"), "credentialSchema")? {
+        let id = str_field(entry, "id").unwrap_or_default();
+        match str_field(entry, "type") {
+            Some("JsonSchema") => {}
+            Some(other) => {
+                return Err(fail(format!(
+                    "credentialSchema type {other:?} is not supported (JsonSchema)"
+                )))
+            }
+            None => return Err(fail("credentialSchema has no type".into())),
+        }
+        let validator = bundle.schema(id).ok_or_else(|| {
+            fail(format!(
+                "credentialSchema {id} is not bundled with this service (schemas are never fetched)"
+            ))
+        })?;
+        if !validator.is_valid(credential) {
+            let violations: Vec<String> = validator
+                .iter_errors(credential)
+                .take(5)
+                .map(|e| {
+                    let pointer = e.instance_path().to_string();
+                    format!("{}: {e}", if pointer.is_empty() { "/" } else { &pointer })
+                })
+                .collect();
+            return Err(fail(format!(
+                "credentialSchema {id}: {}",
+                violations.join("; ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn has_type(v: &Value, ty: &str) -> bool {
@@ -1368,6 +2134,90 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn jwt_time_claims_are_checked_even_when_cached() {
+        let mut f = fixture().await;
+        let (vc, _) = f.privilege(35, in_a_month(), ProofFormat::Jwt).await;
+        let jwt = vc.as_str().unwrap();
+        let mut payload = crate::jose::decode(jwt).unwrap().payload;
+        let id = payload["id"].clone();
+        let subject = payload["credentialSubject"]["id"].clone();
+        payload["iss"] = json!(OFFICE);
+        payload["sub"] = subject;
+        payload["jti"] = id;
+        payload["exp"] = json!((Utc::now() - chrono::Duration::minutes(10)).timestamp());
+        let vc = json!(crate::jose::sign(&payload, &f.office, "vc+jwt").unwrap());
+        // The registered claims do not fail the type's schema (no additional properties).
+        f.verifier.skew = chrono::Duration::hours(1);
+        let verified = f.verifier.verify_credential(&vc).await.unwrap();
+        assert_eq!(verified.kind, CredentialKind::ClinicianPrivilege);
+        let before = f.checks();
+        f.verifier.skew = chrono::Duration::seconds(60);
+        let err = f.verifier.verify_credential(&vc).await.unwrap_err();
+        assert_eq!(
+            (err.check, err.detail.as_str()),
+            (Check::Validity, "expired (exp)")
+        );
+        assert_eq!(f.checks(), before, "the refusal came from the cached proof");
+    }
+
+    #[tokio::test]
+    async fn access_decisions_take_only_the_three_types() {
+        let f = fixture().await;
+        let board = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+        let licence = json!({
+            "@context": [crate::context::CREDENTIALS_V2],
+            "id": "urn:uuid:6a1f0c3e-2b7d-4e51-8d0a-5f7e9c1b3a24",
+            "type": ["VerifiableCredential", "LicenceCredential"],
+            "issuer": {"id": board.did(), "name": "A board"},
+            "credentialSubject": {"id": "did:web:staff.test:nurse", "licence": "RN-7"},
+        });
+        for format in [ProofFormat::Jwt, ProofFormat::DataIntegrity] {
+            let mut doc = licence.clone();
+            if format == ProofFormat::DataIntegrity {
+                // No context defines `licence` or the type: only the base terms.
+                doc["type"] = json!(["VerifiableCredential"]);
+                doc["credentialSubject"] = json!({"id": "did:web:staff.test:nurse"});
+            }
+            let vc =
+                crate::credentials::issue_any(doc, &board, format, &crate::bundle::Bundle::empty())
+                    .await
+                    .unwrap();
+            let any = f.verifier.verify_any_credential(&vc).await.unwrap();
+            assert_eq!(any.kind, None);
+            assert_eq!(any.issuer, board.did());
+            assert_eq!(
+                any.checks,
+                [Check::Format, Check::Proof, Check::Validity],
+                "{format:?}"
+            );
+            let err = f.verifier.verify_credential(&vc).await.unwrap_err();
+            assert_eq!(err.check, Check::Format, "{format:?}");
+            assert!(err.detail.contains("unknown credential type"), "{err}");
+            // Nor in a presentation, even one bound as an access decision wants.
+            let binding = PresentationBinding {
+                challenge: "c".into(),
+                domain: "did:web:hospital-b.test".into(),
+            };
+            let holder = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+            let vp = credentials::present(&[vc], &holder, &binding, ProofFormat::Jwt)
+                .await
+                .unwrap();
+            let err = f
+                .verifier
+                .verify_presentation(&vp, &binding)
+                .await
+                .unwrap_err();
+            assert_eq!((err.check, err.credential), (Check::Format, Some(0)));
+            let any = f
+                .verifier
+                .verify_any_presentation(&vp, Some(&binding))
+                .await
+                .unwrap();
+            assert_eq!(any.holder.as_deref(), Some(holder.did()));
+        }
+    }
+
+    #[tokio::test]
     async fn a_revoked_credential_is_refused_even_when_cached() {
         let f = fixture().await;
         let (vc, status) = f.privilege(40, in_a_month(), ProofFormat::Jwt).await;
@@ -1500,6 +2350,7 @@ mod tests {
             Arc::new(Proven {
                 format: ProofFormat::Jwt,
                 credential: Value::Null,
+                times: JwtTimes::default(),
                 signer: "did:key:z#z".into(),
                 signer_doc: Arc::new(Value::Null),
                 at: Instant::now(),

@@ -53,9 +53,19 @@ pub struct GatewayConfig {
     /// Issuers trusted per type, when no signed registry is configured.
     #[serde(default)]
     pub trust: BTreeMap<CredentialKind, Vec<String>>,
+    /// Issuers trusted per other credential type name, for the VC API verify endpoints
+    /// only (access decisions take the three types alone), when no signed registry is
+    /// configured. Without an entry, such a credential is verified without an
+    /// issuer-trust check.
+    #[serde(default)]
+    pub trust_types: BTreeMap<String, Vec<String>>,
     /// did:web allow-map (DID → base URL) when no signed registry is configured.
     #[serde(default)]
     pub did_web: BTreeMap<String, String>,
+    /// Contexts, schemas and related resources bundled for the VC API verify endpoints
+    /// (credentials of types beyond the three).
+    #[serde(default)]
+    pub bundle: service::config::BundleConfig,
     /// Data-sharing contracts when no signed registry is configured.
     #[serde(default)]
     pub contracts: Vec<serde_json::Value>,
@@ -337,6 +347,7 @@ impl GatewayConfig {
 impl service::config::ServiceConfig for GatewayConfig {
     fn resolve_paths(&mut self, base: &Path) {
         use service::config::resolve;
+        self.bundle.resolve_paths(base);
         if let Some(r) = self.registry.as_mut() {
             r.resolve_path(base);
         }
@@ -378,6 +389,7 @@ impl service::config::ServiceConfig for GatewayConfig {
             key,
             message: message.to_string(),
         };
+        self.bundle.load(path)?;
         self.storage.validate(path)?;
         if !self.did.starts_with("did:web:") {
             return Err(invalid("did", "must be a did:web"));

@@ -198,6 +198,9 @@ pub enum StartError {
     Url { setting: String, reason: String },
     #[error(transparent)]
     Registry(#[from] federation::registry::RegistryError),
+    /// A bundled context, schema or resource (`[bundle]`) that does not load.
+    #[error(transparent)]
+    Bundle(#[from] service::config::ConfigError),
 }
 
 /// The OpenAPI responses of [`GatewayError::Denied`]: access refused (403), always recorded;

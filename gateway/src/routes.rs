@@ -8,8 +8,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use federation::credentials::PresentationBinding;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
 use service::http::StrictJson;
 use service::openapi::{JsonBodyErrors, NotFound, Unavailable};
@@ -220,65 +219,34 @@ async fn page_handler(
     exchange::next_page(&s, &domain, &cursor, page, &headers).await
 }
 
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-struct VerifyCredentialRequest {
-    verifiable_credential: Value,
-}
-
-/// W3C VC API: verify a credential.
+/// W3C VC API: verify a credential of any type (format, proof, validity, status; schema
+/// and issuer trust where they apply). Access decisions take only fedgate's three types.
 #[utoipa::path(post, path = "/credentials/verify", tag = "credentials",
-    request_body = VerifyCredentialRequest,
+    request_body = service::vcapi::VerifyCredentialRequest,
     responses((status = 200, description = "`{checks, warnings, errors, credential}`", body = Object),
+        (status = 422, description = "Verification failed: `check` names the check", body = service::openapi::ProblemDoc,
+            content_type = "application/problem+json"),
         JsonBodyErrors))]
 async fn verify_credential(
     State(s): AppState,
-    StrictJson(req): StrictJson<VerifyCredentialRequest>,
-) -> Result<Json<Value>, GatewayError> {
-    match s
-        .verifier
-        .verify_credential(&req.verifiable_credential)
-        .await
-    {
-        Ok(v) => Ok(Json(
-            json!({"checks": v.checks, "warnings": [], "errors": [], "credential": v}),
-        )),
-        Err(e) => Err(verification_problem(e)),
-    }
+    StrictJson(req): StrictJson<service::vcapi::VerifyCredentialRequest>,
+) -> Result<Json<Value>, service::http::Problem> {
+    service::vcapi::verify_credential(&s.verifier, req).await
 }
 
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-struct VerifyPresentationRequest {
-    verifiable_presentation: Value,
-    /// `{challenge, domain}` the presentation must be bound to.
-    #[schema(value_type = Object)]
-    options: PresentationBinding,
-}
-
-/// W3C VC API: verify a presentation.
+/// W3C VC API: verify a presentation (bound to `options.challenge` and `options.domain`
+/// when given) and its credentials, of any type.
 #[utoipa::path(post, path = "/presentations/verify", tag = "credentials",
-    request_body = VerifyPresentationRequest,
+    request_body = service::vcapi::VerifyPresentationRequest,
     responses((status = 200, description = "`{checks, warnings, errors, presentation}`", body = Object),
+        (status = 422, description = "Verification failed: `check` names the check, `credential` the position", body = service::openapi::ProblemDoc,
+            content_type = "application/problem+json"),
         JsonBodyErrors))]
 async fn verify_presentation(
     State(s): AppState,
-    StrictJson(req): StrictJson<VerifyPresentationRequest>,
-) -> Result<Json<Value>, GatewayError> {
-    match s
-        .verifier
-        .verify_presentation(&req.verifiable_presentation, &req.options)
-        .await
-    {
-        Ok(v) => Ok(Json(
-            json!({"checks": v.checks, "warnings": [], "errors": [], "presentation": v}),
-        )),
-        Err(e) => Err(verification_problem(e)),
-    }
-}
-
-fn verification_problem(e: federation::VerifyError) -> GatewayError {
-    GatewayError::Unprocessable(e.to_string())
+    StrictJson(req): StrictJson<service::vcapi::VerifyPresentationRequest>,
+) -> Result<Json<Value>, service::http::Problem> {
+    service::vcapi::verify_presentation(&s.verifier, req).await
 }
 
 /// Readiness: policies loaded, the database writable, and the outbox has room.

@@ -229,6 +229,11 @@ impl GatewayState {
                         trust.add(*kind, issuer);
                     }
                 }
+                for (type_name, issuers) in &config.trust_types {
+                    for issuer in issuers {
+                        trust.add_type(type_name, issuer);
+                    }
+                }
                 (
                     Arc::new(trust),
                     TrustMode::Static {
@@ -247,7 +252,8 @@ impl GatewayState {
                 status.spawn_push_listener(url);
             }
         }
-        let verifier = Verifier::new(resolver, trust, status);
+        let bundle = config.bundle.load("gateway config")?;
+        let verifier = Verifier::new(resolver, trust, status).with_bundle(bundle);
         let pages = crate::paging::Pages::open(&db);
         Ok(Arc::new(GatewayState {
             trust_mode,

@@ -36,6 +36,21 @@ pub struct IssuerConfig {
     /// Credential types this office issues.
     #[serde(default = "all_kinds")]
     pub(crate) issues: Vec<CredentialKind>,
+    /// Credential types beyond the three this office issues (the VC API's generic
+    /// profile: licences, training, board certifications...).
+    #[serde(default)]
+    pub(crate) other_types: Vec<OtherType>,
+    /// A test or sandbox office: a credential of any type is issued (the three types still
+    /// only as `issues` lists them, against their schemas).
+    #[serde(default)]
+    pub(crate) issue_any_type: bool,
+    /// Issuers trusted per other type name, for the verify endpoints (without an entry, a
+    /// credential of such a type is verified without an issuer-trust check).
+    #[serde(default)]
+    pub(crate) trust_types: BTreeMap<String, Vec<String>>,
+    /// Contexts, schemas and related resources bundled for issuing and verifying.
+    #[serde(default)]
+    pub(crate) bundle: service::config::BundleConfig,
     #[serde(default)]
     pub(crate) default_format: ProofFormat,
     #[serde(default = "default_validity_days")]
@@ -51,6 +66,22 @@ pub struct IssuerConfig {
     pub(crate) did_web: BTreeMap<String, String>,
     #[serde(default)]
     pub(crate) limits: HttpLimits,
+}
+
+/// A credential type this office issues beyond the three.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OtherType {
+    /// The `type` value, e.g. `TrainingCertificateCredential`.
+    #[serde(rename = "type")]
+    pub(crate) type_name: String,
+    /// A schema URL of `[bundle.schemas]`: credentials of this type carry it as their
+    /// `credentialSchema` and are checked against it on issue and on verify.
+    #[serde(default)]
+    pub(crate) schema: Option<String>,
+    /// A context URL of `[bundle.contexts]`, added to `@context` when a request lacks it.
+    #[serde(default)]
+    pub(crate) context: Option<String>,
 }
 
 fn all_kinds() -> Vec<CredentialKind> {
@@ -82,6 +113,7 @@ impl service::config::ServiceConfig for IssuerConfig {
         use service::config::resolve;
         resolve(base, &mut self.key_file);
         resolve(base, &mut self.data_dir);
+        self.bundle.resolve_paths(base);
         if let Some(t) = self.admin_token_file.as_mut() {
             resolve(base, t);
         }
@@ -119,6 +151,35 @@ impl service::config::ServiceConfig for IssuerConfig {
                 return Err(invalid("did_web", &format!("{did} is not a did:web")));
             }
             reqwest::Url::parse(url).map_err(|e| invalid("did_web", &format!("{did}: {e}")))?;
+        }
+        self.bundle.load(path)?;
+        for other in &self.other_types {
+            let name = other.type_name.as_str();
+            if name.is_empty()
+                || name == "VerifiableCredential"
+                || CredentialKind::from_type_name(name).is_some()
+            {
+                return Err(invalid(
+                    "other_types",
+                    &format!("{name:?} is not a type beyond the three"),
+                ));
+            }
+            if let Some(url) = &other.schema {
+                if !self.bundle.schemas.contains_key(url) {
+                    return Err(invalid(
+                        "other_types",
+                        &format!("{name}: schema {url} is not in [bundle.schemas]"),
+                    ));
+                }
+            }
+            if let Some(url) = &other.context {
+                if !self.bundle.contexts.contains_key(url) {
+                    return Err(invalid(
+                        "other_types",
+                        &format!("{name}: context {url} is not in [bundle.contexts]"),
+                    ));
+                }
+            }
         }
         // As the other services do: a bad limit is a config error at load, not at serve.
         self.limits

@@ -43,6 +43,9 @@ pub enum IssuerError {
 pub enum StartError {
     #[error(transparent)]
     Serve(#[from] service::start::StartError),
+    /// A bundled context, schema or resource (`[bundle]`) that does not load.
+    #[error(transparent)]
+    Bundle(#[from] service::config::ConfigError),
     /// The key file (named in the message) is missing, open or malformed.
     #[error(transparent)]
     Key(federation::keys::KeyError),
@@ -66,7 +69,7 @@ impl From<federation::credentials::IssueError> for IssuerError {
     fn from(e: federation::credentials::IssueError) -> Self {
         use federation::credentials::IssueError::*;
         match e {
-            Schema(_) | Type(_) | IssuerMismatch { .. } => {
+            Schema(_) | Type(_) | IssuerMismatch { .. } | Document(_) | NoSuchProof(_) => {
                 IssuerError::Unprocessable(e.to_string())
             }
             Sign(m) => IssuerError::Signing(m),
@@ -83,14 +86,7 @@ impl IntoResponse for IssuerError {
             IssuerError::BadRequest(m) => service::http::bad_request("bad-request", m),
             IssuerError::Param(e) => e.problem(),
             IssuerError::Unprocessable(m) => service::http::unprocessable("invalid-credential", m),
-            IssuerError::Verification(v) => Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "verification-failed",
-                "Verification failed",
-                v.to_string(),
-            )
-            .with("check", serde_json::json!(v.check))
-            .with("credential", serde_json::json!(v.credential)),
+            IssuerError::Verification(v) => service::vcapi::verification_problem(v),
             IssuerError::NotFound(m) => service::http::not_found(format!("{m} not found")),
             IssuerError::Conflict(m) => {
                 Problem::new(StatusCode::CONFLICT, "conflict", "Conflict", m)

@@ -16,8 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use chrono::Utc;
 use federation::credentials::{
-    self, CredentialKind, PresentationBinding, Privilege, PrivilegeSubject, ProofFormat,
-    StatusEntry,
+    self, CredentialKind, Privilege, PrivilegeSubject, ProofFormat, StatusEntry,
 };
 use federation::did::DidResolver;
 use federation::keys::KeyPair;
@@ -45,6 +44,8 @@ pub struct IssuerState {
     key: KeyPair,
     store: Store,
     verifier: Verifier,
+    /// Contexts, schemas and related resources bundled by configuration.
+    bundle: federation::bundle::Bundle,
     public_url: reqwest::Url,
     admin_token: Option<service::admin::AdminToken>,
     events: broadcast::Sender<String>,
@@ -95,18 +96,28 @@ impl IssuerState {
         for kind in &config.issues {
             trust.add(*kind, &config.did);
         }
+        for (type_name, issuers) in &config.trust_types {
+            for issuer in issuers {
+                trust.add_type(type_name, issuer);
+            }
+        }
+        for other in &config.other_types {
+            trust.add_type(&other.type_name, &config.did);
+        }
+        let bundle = config.bundle.load("issuer config")?;
         let status = Arc::new(StatusCache::new(
             resolver.clone(),
             Duration::from_secs(config.status_list_ttl_secs.min(60)),
             config.dev_mode,
         ));
-        let verifier = Verifier::new(resolver, Arc::new(trust), status);
+        let verifier = Verifier::new(resolver, Arc::new(trust), status).with_bundle(bundle.clone());
         let (events, _) = broadcast::channel(256);
         Ok(Arc::new(IssuerState {
             config,
             key,
             store,
             verifier,
+            bundle,
             public_url,
             admin_token,
             events,
@@ -128,10 +139,22 @@ impl IssuerState {
     /// Completes, checks, signs and records a credential. Every issue path goes through here.
     async fn issue(
         &self,
-        mut credential: Value,
+        credential: Value,
         format: ProofFormat,
         replaces: Option<&str>,
     ) -> Result<Record, IssuerError> {
+        self.issue_with(credential, format, replaces, None).await
+    }
+
+    /// [`Self::issue`], with the VC API's `options.credentialId`.
+    async fn issue_with(
+        &self,
+        mut credential: Value,
+        format: ProofFormat,
+        replaces: Option<&str>,
+        credential_id: Option<&str>,
+    ) -> Result<Record, IssuerError> {
+        let unprocessable = |m: String| IssuerError::Unprocessable(m);
         let obj = credential
             .as_object_mut()
             .ok_or_else(|| IssuerError::BadRequest("credential must be a JSON object".into()))?;
@@ -140,27 +163,52 @@ impl IssuerState {
                 obj.insert("issuer".into(), json!(self.config.did));
             }
             Some(Value::String(s)) if s == &self.config.did => {}
+            // VC Data Model 2.0 §4.7: an object with the issuer's id (and a name, ...).
+            Some(Value::Object(o))
+                if o.get("id").and_then(Value::as_str) == Some(self.config.did.as_str()) => {}
             Some(_) => {
-                return Err(IssuerError::Unprocessable(format!(
-                    "issuer must be {} (this office)",
+                return Err(unprocessable(format!(
+                    "issuer must be {} (this office), as a string or an object's id",
                     self.config.did
                 )))
             }
         }
-        if obj.contains_key("credentialStatus") {
-            return Err(IssuerError::Unprocessable(
-                "credentialStatus is assigned by the issuer".into(),
-            ));
+        let supplied_status = obj.remove("credentialStatus");
+        if let Some(status) = &supplied_status {
+            self.check_supplied_status(status)?;
         }
-        let id = match obj.get("id") {
-            Some(Value::String(s)) => s.clone(),
-            Some(_) => return Err(IssuerError::Unprocessable("id must be a string".into())),
-            None => {
+        let id = match (obj.get("id"), credential_id) {
+            (Some(Value::String(s)), Some(option)) if s != option => {
+                return Err(unprocessable(
+                    "options.credentialId differs from the credential's id".into(),
+                ))
+            }
+            (Some(Value::String(s)), _) => s.clone(),
+            (Some(_), _) => return Err(unprocessable("id must be a string".into())),
+            (None, Some(option)) => {
+                obj.insert("id".into(), json!(option));
+                option.to_string()
+            }
+            (None, None) => {
                 let id = format!("urn:uuid:{}", uuid::Uuid::new_v4());
                 obj.insert("id".into(), json!(id));
                 id
             }
         };
+        if reqwest::Url::parse(&id).is_err() {
+            return Err(unprocessable(
+                "id must be a URL (urn:uuid:..., https://...)".into(),
+            ));
+        }
+        for key in ["validFrom", "validUntil"] {
+            if let Some(v) = obj.get(key) {
+                if v.as_str().and_then(federation::time::parse).is_none() {
+                    return Err(unprocessable(format!(
+                        "{key} must be an RFC 3339 date-time with a time zone"
+                    )));
+                }
+            }
+        }
         let now = Utc::now();
         obj.entry("validFrom")
             .or_insert_with(|| json!(federation::time::rfc3339(now)));
@@ -169,13 +217,15 @@ impl IssuerState {
                 now + chrono::Duration::days(self.config.credential_validity_days)
             ))
         });
-        let kind = CredentialKind::of_credential(&credential)
-            .map_err(|e| IssuerError::Unprocessable(e.to_string()))?;
-        if !self.config.issues.contains(&kind) {
-            return Err(IssuerError::Unprocessable(format!(
-                "this office does not issue {kind}"
-            )));
-        }
+        let kind = match CredentialKind::of_credential(&credential) {
+            Ok(kind) if self.config.issues.contains(&kind) => Some(kind),
+            Ok(kind) => return Err(unprocessable(format!("this office does not issue {kind}"))),
+            Err(federation::kind::KindError::Unknown(types)) => {
+                self.complete_other_type(&mut credential, &types)?;
+                None
+            }
+            Err(e) => return Err(unprocessable(e.to_string())),
+        };
         match self.store.get(&id) {
             Ok(_) => return Err(IssuerError::Conflict(format!("credential {id} exists"))),
             Err(IssuerError::NotFound(_)) => {}
@@ -183,21 +233,47 @@ impl IssuerState {
             // could overwrite a record that only failed to read.
             Err(e) => return Err(e),
         }
-        // Check the schema before reserving a status index for it.
-        federation::schema::check(kind, &credential)
-            .map_err(|e| IssuerError::Unprocessable(e.to_string()))?;
+        // Check the schema and the data model before reserving a status index for it.
+        match kind {
+            Some(kind) => federation::schema::check(kind, &credential)
+                .map_err(|e| unprocessable(e.to_string()))?,
+            None => {
+                federation::verify::check_shape(&credential, &self.bundle)
+                    .map_err(|e| unprocessable(e.detail))?;
+            }
+        }
         let index = self.store.allocate_index(&id).await?;
-        let entry = StatusEntry::revocation(&self.status_list_url(), index as usize);
-        credential["credentialStatus"] = json!(entry);
+        let mut entry = json!(StatusEntry::revocation(
+            &self.status_list_url(),
+            index as usize
+        ));
+        // What the caller supplied (checked above) is kept, completed with this office's
+        // list and index.
+        if let (Some(Value::Object(supplied)), Some(ours)) =
+            (supplied_status, entry.as_object_mut())
+        {
+            for (k, v) in supplied {
+                ours.entry(k).or_insert(v);
+            }
+        }
+        credential["credentialStatus"] = entry;
+        let types = match kind {
+            Some(_) => Vec::new(),
+            None => federation::verify::type_names(&credential),
+        };
         let subject = credential["credentialSubject"]["id"]
             .as_str()
             .unwrap_or_default()
             .to_string();
         let issued = async {
-            let signed = credentials::issue(credential, &self.key, format).await?;
+            let signed = match kind {
+                Some(_) => credentials::issue(credential, &self.key, format).await?,
+                None => credentials::issue_any(credential, &self.key, format, &self.bundle).await?,
+            };
             let record = Record {
                 id: id.clone(),
                 kind,
+                types,
                 subject,
                 format,
                 status_index: index,
@@ -224,6 +300,95 @@ impl IssuerState {
             }
         }
         issued
+    }
+
+    /// A `credentialStatus` in an issue request is accepted only as an entry of this
+    /// office's own revocation list, whose index the office assigns: a status that another
+    /// party controls, or an index the caller picks (which could be another credential's),
+    /// would let someone else revoke or un-revoke what this office issued.
+    fn check_supplied_status(&self, status: &Value) -> Result<(), IssuerError> {
+        let refuse = |why: &str| {
+            Err(IssuerError::Unprocessable(format!(
+                "credentialStatus is refused: {why}"
+            )))
+        };
+        let Value::Object(entry) = status else {
+            return refuse("it must be one entry (an object) of this office's status list");
+        };
+        if entry.get("type").and_then(Value::as_str) != Some("BitstringStatusListEntry") {
+            return refuse("this office publishes a BitstringStatusListEntry list only");
+        }
+        if entry
+            .get("statusPurpose")
+            .is_some_and(|p| p.as_str() != Some("revocation"))
+        {
+            return refuse("this office's list has the statusPurpose revocation only");
+        }
+        if entry
+            .get("statusListCredential")
+            .is_some_and(|l| l.as_str() != Some(self.status_list_url().as_str()))
+        {
+            return refuse("statusListCredential is not this office's status list");
+        }
+        if entry.contains_key("statusListIndex") || entry.contains_key("id") {
+            return refuse("the office assigns the entry's id and statusListIndex itself");
+        }
+        if let Some(other) = entry.keys().find(|k| {
+            !matches!(
+                k.as_str(),
+                "type" | "statusPurpose" | "statusListCredential"
+            )
+        }) {
+            return refuse(&format!("{other} is not a member of this office's entries"));
+        }
+        Ok(())
+    }
+
+    /// A credential of another type than the three: allowed if the configuration lists
+    /// its type (or allows any type); the type's context is added when missing, and its
+    /// schema named as `credentialSchema`.
+    fn complete_other_type(
+        &self,
+        credential: &mut Value,
+        types: &[String],
+    ) -> Result<(), IssuerError> {
+        let configured = self
+            .config
+            .other_types
+            .iter()
+            .find(|o| types.contains(&o.type_name));
+        let Some(other) = configured else {
+            if self.config.issue_any_type {
+                return Ok(());
+            }
+            let shown: Vec<&str> = types
+                .iter()
+                .map(String::as_str)
+                .filter(|t| *t != "VerifiableCredential")
+                .collect();
+            return Err(IssuerError::Unprocessable(format!(
+                "unknown credential type {shown:?}: this office issues its healthcare types and the types its configuration lists (other_types)"
+            )));
+        };
+        if let Some(context) = &other.context {
+            let widened = match credential.get("@context") {
+                Some(Value::String(only)) if only != context => Some(json!([only, context])),
+                _ => None,
+            };
+            if let Some(widened) = widened {
+                credential["@context"] = widened;
+            } else if let Some(Value::Array(list)) = credential.get_mut("@context") {
+                if !list.iter().any(|c| c == context.as_str()) {
+                    list.push(json!(context));
+                }
+            }
+        }
+        if let Some(schema) = &other.schema {
+            if credential.get("credentialSchema").is_none() {
+                credential["credentialSchema"] = json!({"id": schema, "type": "JsonSchema"});
+            }
+        }
+        Ok(())
     }
 
     async fn revoke(&self, id: &str) -> Result<Record, IssuerError> {
@@ -358,16 +523,83 @@ struct IssueRequest {
     options: IssueOptions,
 }
 
+/// VC API issue options.
 #[derive(Deserialize, Default, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct IssueOptions {
-    /// The proof format (default: the configured one).
+    /// The proof format (default: the configured one): `data-integrity` or `jwt`.
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     format: Option<ProofFormat>,
+    /// The credential's id, when the credential has none (a URL).
+    #[serde(default)]
+    credential_id: Option<String>,
+    /// `DataIntegrityProof` (Data Integrity) or `vc+jwt` / `EnvelopedVerifiableCredential`
+    /// (VC-JOSE).
+    #[serde(default)]
+    proof_type: Option<String>,
+    /// The Data Integrity cryptosuite: the one of this office's key (`eddsa-rdfc-2022` for
+    /// Ed25519, `ecdsa-rdfc-2019` for P-256).
+    #[serde(default)]
+    cryptosuite: Option<String>,
+    /// Selective disclosure: refused (this office's cryptosuites disclose everything).
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
+    mandatory_pointers: Option<Value>,
 }
 
-/// W3C VC API: issue a credential of a type this office issues.
+impl IssueOptions {
+    /// The proof format these options ask for, refusing what this office cannot do.
+    fn format(&self, key: &KeyPair, default: ProofFormat) -> Result<ProofFormat, IssuerError> {
+        let refuse = |m: String| Err(IssuerError::Unprocessable(m));
+        if self.mandatory_pointers.is_some() {
+            return refuse(
+                "options.mandatoryPointers is not supported: this office signs with eddsa-rdfc-2022 or ecdsa-rdfc-2019, which disclose the whole credential (no selective disclosure)"
+                    .into(),
+            );
+        }
+        let suite = match key.algorithm() {
+            federation::keys::KeyAlgorithm::Ed25519 => "eddsa-rdfc-2022",
+            federation::keys::KeyAlgorithm::P256 => "ecdsa-rdfc-2019",
+        };
+        let by_type = match self.proof_type.as_deref() {
+            None => None,
+            Some("DataIntegrityProof") => Some(ProofFormat::DataIntegrity),
+            Some("vc+jwt" | "EnvelopedVerifiableCredential" | "JsonWebSignature") => {
+                Some(ProofFormat::Jwt)
+            }
+            Some(other) => {
+                return refuse(format!(
+                    "options.proofType {other:?} is not supported (DataIntegrityProof or vc+jwt)"
+                ))
+            }
+        };
+        let by_suite = match self.cryptosuite.as_deref() {
+            None => None,
+            Some(s) if s == suite => Some(ProofFormat::DataIntegrity),
+            Some(other) => {
+                return refuse(format!(
+                "options.cryptosuite {other:?} is not supported: this office's key signs {suite}"
+            ))
+            }
+        };
+        let asked: Vec<ProofFormat> = [self.format, by_type, by_suite]
+            .into_iter()
+            .flatten()
+            .collect();
+        match asked.as_slice() {
+            [] => Ok(default),
+            [first, rest @ ..] if rest.iter().all(|f| f == first) => Ok(*first),
+            _ => {
+                refuse("options.format, proofType and cryptosuite ask for different proofs".into())
+            }
+        }
+    }
+}
+
+/// W3C VC API: issue a credential of a type this office issues: one of the three
+/// healthcare types (against its schema), a type its configuration lists beyond them, or
+/// any type for a sandbox office (`issue_any_type`).
 #[utoipa::path(post, path = "/credentials/issue", tag = "credentials",
     request_body = IssueRequest, security(("adminToken" = [])),
     responses((status = 201, description = "`{verifiableCredential}`", body = Object),
@@ -380,8 +612,15 @@ async fn issue(
     StrictJson(req): StrictJson<IssueRequest>,
 ) -> Result<Response, IssuerError> {
     s.require_admin(&headers)?;
-    let format = req.options.format.unwrap_or(s.config.default_format);
-    let rec = s.issue(req.credential, format, None).await?;
+    let format = req.options.format(&s.key, s.config.default_format)?;
+    let rec = s
+        .issue_with(
+            req.credential,
+            format,
+            None,
+            req.options.credential_id.as_deref(),
+        )
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "verifiableCredential": rec.credential })),
@@ -389,74 +628,34 @@ async fn issue(
         .into_response())
 }
 
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-struct VerifyCredentialRequest {
-    verifiable_credential: Value,
-    #[serde(default)]
-    #[allow(dead_code)]
-    options: Option<Value>,
-}
-
-/// W3C VC API: verify a credential (proof, validity, schema, trusted issuer, status).
+/// W3C VC API: verify a credential of any type (format, proof, validity, status; schema
+/// and issuer trust where they apply). Access decisions take only fedgate's three types.
 #[utoipa::path(post, path = "/credentials/verify", tag = "credentials",
-    request_body = VerifyCredentialRequest,
+    request_body = service::vcapi::VerifyCredentialRequest,
     responses((status = 200, description = "`{checks, warnings, errors, credential}`", body = Object),
+        (status = 422, description = "Verification failed: `check` names the check", body = service::openapi::ProblemDoc,
+            content_type = "application/problem+json"),
         JsonBodyErrors))]
 async fn verify_credential(
     State(s): AppState,
-    StrictJson(req): StrictJson<VerifyCredentialRequest>,
-) -> Result<Json<Value>, IssuerError> {
-    let v = s
-        .verifier
-        .verify_credential(&req.verifiable_credential)
-        .await?;
-    Ok(Json(json!({
-        "checks": v.checks,
-        "warnings": [],
-        "errors": [],
-        "credential": v,
-    })))
+    StrictJson(req): StrictJson<service::vcapi::VerifyCredentialRequest>,
+) -> Result<Json<Value>, service::http::Problem> {
+    service::vcapi::verify_credential(&s.verifier, req).await
 }
 
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-struct VerifyPresentationRequest {
-    verifiable_presentation: Value,
-    options: PresentationOptions,
-}
-
-/// What the presentation must be bound to.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct PresentationOptions {
-    challenge: String,
-    domain: String,
-}
-
-/// W3C VC API: verify a presentation bound to a challenge and domain, and its credentials.
+/// W3C VC API: verify a presentation (bound to `options.challenge` and `options.domain`
+/// when given) and its credentials, of any type.
 #[utoipa::path(post, path = "/presentations/verify", tag = "credentials",
-    request_body = VerifyPresentationRequest,
+    request_body = service::vcapi::VerifyPresentationRequest,
     responses((status = 200, description = "`{checks, warnings, errors, presentation}`", body = Object),
+        (status = 422, description = "Verification failed: `check` names the check, `credential` the position", body = service::openapi::ProblemDoc,
+            content_type = "application/problem+json"),
         JsonBodyErrors))]
 async fn verify_presentation(
     State(s): AppState,
-    StrictJson(req): StrictJson<VerifyPresentationRequest>,
-) -> Result<Json<Value>, IssuerError> {
-    let binding = PresentationBinding {
-        challenge: req.options.challenge,
-        domain: req.options.domain,
-    };
-    let v = s
-        .verifier
-        .verify_presentation(&req.verifiable_presentation, &binding)
-        .await?;
-    Ok(Json(json!({
-        "checks": v.checks,
-        "warnings": [],
-        "errors": [],
-        "presentation": v,
-    })))
+    StrictJson(req): StrictJson<service::vcapi::VerifyPresentationRequest>,
+) -> Result<Json<Value>, service::http::Problem> {
+    service::vcapi::verify_presentation(&s.verifier, req).await
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -567,7 +766,7 @@ async fn mover(
     s.require_admin(&headers)?;
     params::credential_id("id", &id)?;
     let old = s.store.get(&id)?;
-    if old.kind != CredentialKind::ClinicianPrivilege {
+    if old.kind != Some(CredentialKind::ClinicianPrivilege) {
         return Err(IssuerError::Unprocessable(format!(
             "{id} is not a privilege credential"
         )));

@@ -39,7 +39,11 @@ const DB_NAME: &str = "issuer";
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Record {
     pub(crate) id: String,
-    pub(crate) kind: CredentialKind,
+    /// The fedgate type; none for a credential of another type (its `types` say which).
+    pub(crate) kind: Option<CredentialKind>,
+    /// The credential's `type` values, for a credential of another type than the three.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) types: Vec<String>,
     pub(crate) subject: String,
     pub(crate) format: ProofFormat,
     pub(crate) status_index: u32,
@@ -357,7 +361,8 @@ mod tests {
     fn rec(id: &str, subject: &str, index: u32) -> Record {
         Record {
             id: id.into(),
-            kind: CredentialKind::ClinicianPrivilege,
+            kind: Some(CredentialKind::ClinicianPrivilege),
+            types: Vec::new(),
             subject: subject.into(),
             format: ProofFormat::Jwt,
             status_index: index,

@@ -63,3 +63,76 @@ pub fn resolve_listen(base: &Path, listen: &mut crate::http::ListenConfig) {
         resolve(base, p);
     }
 }
+
+/// `[bundle]`: the JSON-LD contexts, JSON Schemas and related resources a service knows
+/// beyond fedgate's own, each URL mapped to a file read at start-up. Nothing a credential
+/// names is ever fetched.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleConfig {
+    /// Context URL → JSON-LD context file.
+    #[serde(default)]
+    pub contexts: std::collections::BTreeMap<String, PathBuf>,
+    /// Schema URL (a `credentialSchema` id) → JSON Schema file.
+    #[serde(default)]
+    pub schemas: std::collections::BTreeMap<String, PathBuf>,
+    /// Resource URL (a `relatedResource` id) → the resource's file.
+    #[serde(default)]
+    pub resources: std::collections::BTreeMap<String, PathBuf>,
+}
+
+impl BundleConfig {
+    pub fn resolve_paths(&mut self, base: &Path) {
+        for p in self
+            .contexts
+            .values_mut()
+            .chain(self.schemas.values_mut())
+            .chain(self.resources.values_mut())
+        {
+            resolve(base, p);
+        }
+    }
+
+    /// Reads the files and builds the bundle; `path` (the config file) and the key are
+    /// named in errors.
+    pub fn load(&self, path: &str) -> Result<federation::bundle::Bundle, ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: path.to_string(),
+            key,
+            message,
+        };
+        let read = |key: &'static str, url: &str, file: &Path| {
+            std::fs::read(file)
+                .map_err(|e| invalid(key, format!("{url}: cannot read {}: {e}", file.display())))
+        };
+        let mut contexts = std::collections::HashMap::new();
+        for (url, file) in &self.contexts {
+            let bytes = read("bundle.contexts", url, file)?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| invalid("bundle.contexts", format!("{url}: not UTF-8")))?;
+            contexts.insert(url.clone(), text);
+        }
+        let mut schemas = std::collections::HashMap::new();
+        for (url, file) in &self.schemas {
+            let bytes = read("bundle.schemas", url, file)?;
+            let schema = federation::json::parse_strict(&bytes).map_err(|e| {
+                invalid(
+                    "bundle.schemas",
+                    format!("{url}: not strict JSON: {}", e.summary()),
+                )
+            })?;
+            schemas.insert(url.clone(), schema);
+        }
+        let mut resources = std::collections::HashMap::new();
+        for (url, file) in &self.resources {
+            resources.insert(url.clone(), read("bundle.resources", url, file)?);
+        }
+        federation::bundle::Bundle::empty()
+            .with_contexts(contexts)
+            .map_err(|e| invalid("bundle.contexts", e.to_string()))?
+            .with_schemas(schemas)
+            .map_err(|e| invalid("bundle.schemas", e.to_string()))?
+            .with_resources(resources)
+            .map_err(|e| invalid("bundle.resources", e.to_string()))
+    }
+}

@@ -13,6 +13,7 @@
 //! - [`params`]: path parameters checked against their formats (400 naming the parameter).
 //! - [`nonce`]: single-use challenges, the replay defence of presentations and logins.
 //! - [`start`]: start-up: bind, derive the public URL from the bound address, serve.
+//! - [`vcapi`]: the VC API verify endpoints, answered alike by every service.
 //!
 //! The wallet never links this crate: it has no server parts.
 
@@ -26,3 +27,4 @@ pub mod nonce;
 pub mod openapi;
 pub mod params;
 pub mod start;
+pub mod vcapi;

@@ -17,6 +17,7 @@
 mod db;
 mod error;
 mod pg;
+mod pg_tx;
 mod table;
 mod tree;
 mod write;

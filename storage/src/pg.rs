@@ -43,8 +43,9 @@ use postgres::types::ToSql;
 use postgres::{Client, NoTls, Statement};
 
 use crate::error::StoreError;
+use crate::pg_tx::BatchTx;
 use crate::table::Entry;
-use crate::write::{next_batch, CommitFailure, Pending, Ran, TxOps, Visit};
+use crate::write::{next_batch, CommitFailure, Pending, Ran, Visit};
 
 /// Rows fetched per round trip while scanning.
 const PAGE: i64 = 512;
@@ -341,41 +342,28 @@ impl Conn {
         Ok(rows.first().map(|r| r.get(0)))
     }
 
-    pub(crate) fn insert(
+    /// The values at `keys` that are present, by key.
+    pub(crate) fn get_many(
         &mut self,
         tree: &str,
-        key: &[u8],
-        value: &[u8],
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        // One round trip: the old value (read in the statement's snapshot, before it
-        // writes), the upsert, and the tree's count when the key is new.
+        keys: &[&[u8]],
+    ) -> Result<HashMap<Vec<u8>, Vec<u8>>, StoreError> {
         let rows = self.query(
-            "WITH old AS (SELECT value FROM {t} WHERE tree = $1 AND key = $2),
-             put AS (
-                 INSERT INTO {t} (tree, key, value) VALUES ($1, $2, $3)
-                 ON CONFLICT (tree, key) DO UPDATE SET value = EXCLUDED.value
-             ),
-             counted AS (
-                 INSERT INTO {c} (tree, n) SELECT $1, 1 WHERE NOT EXISTS (SELECT 1 FROM old)
-                 ON CONFLICT (tree) DO UPDATE SET n = {c}.n + 1
-             )
-             SELECT (SELECT value FROM old)",
-            &[&tree, &key, &value],
+            "SELECT key, value FROM {t} WHERE tree = $1 AND key = ANY($2)",
+            &[&tree, &keys],
         )?;
-        Ok(rows.first().and_then(|r| r.get(0)))
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    pub(crate) fn remove(&mut self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let rows = self.query(
-            "WITH gone AS (DELETE FROM {t} WHERE tree = $1 AND key = $2 RETURNING value),
-             counted AS (
-                 UPDATE {c} SET n = n - (SELECT count(*) FROM gone)
-                 WHERE tree = $1 AND EXISTS (SELECT 1 FROM gone)
-             )
-             SELECT value FROM gone",
-            &[&tree, &key],
-        )?;
-        Ok(rows.first().map(|r| r.get(0)))
+    /// Runs a statement for its effect.
+    pub(crate) fn run(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<(), StoreError> {
+        let statement = self.statement(sql)?;
+        self.client.execute(&statement, params)?;
+        Ok(())
     }
 
     /// The tree's entry count, kept by every insert and remove (migration 2).
@@ -450,38 +438,6 @@ impl Conn {
 
     pub(crate) fn execute(&mut self, sql: &str) -> Result<(), postgres::Error> {
         self.client.batch_execute(sql)
-    }
-}
-
-impl TxOps for Conn {
-    fn get(&mut self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Conn::get(self, tree, key)
-    }
-    fn insert(
-        &mut self,
-        tree: &str,
-        key: &[u8],
-        value: &[u8],
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        Conn::insert(self, tree, key, value)
-    }
-    fn remove(&mut self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Conn::remove(self, tree, key)
-    }
-    fn len(&mut self, tree: &str) -> Result<u64, StoreError> {
-        Conn::len(self, tree)
-    }
-    fn end(&mut self, tree: &str, last: bool) -> Result<Option<Entry>, StoreError> {
-        Conn::end(self, tree, last)
-    }
-    fn scan_range(
-        &mut self,
-        tree: &str,
-        bounds: (Bound<&[u8]>, Bound<&[u8]>),
-        reverse: bool,
-        f: &mut Visit<'_>,
-    ) -> Result<(), StoreError> {
-        Conn::scan(self, tree, bounds, reverse, f)
     }
 }
 
@@ -943,13 +899,18 @@ fn commit_batch(
     let mut answers = Vec::with_capacity(batch.len());
     let mut poisoned = None;
     let mut jobs = batch.into_iter();
+    let mut tx = BatchTx::new(conn);
     for job in jobs.by_ref() {
-        let ran: Ran = job.run_on(conn);
+        let ran: Ran = job.run_on(&mut tx);
         answers.push(ran.answer);
         if ran.poisoned.is_some() {
             poisoned = ran.poisoned;
             break;
         }
+    }
+    // What the batch's writes left waiting goes to the server before the commit.
+    if poisoned.is_none() {
+        poisoned = tx.flush().err().map(|e| e.to_string());
     }
     let outcome = match poisoned {
         // PostgreSQL undoes the whole transaction: nothing is kept, and the service goes

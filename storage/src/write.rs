@@ -81,12 +81,22 @@ where
         let Job { f, reply } = self;
         let outcome = catch_unwind(AssertUnwindSafe(|| f(&mut tx)));
         match outcome {
-            Ok(Ok(value)) => Ran {
-                wrote: tx.wrote(),
-                poisoned: None,
-                answer: Box::new(move |committed| {
-                    reply(committed.map(|()| value).map_err(E::from))
-                }),
+            Ok(Ok(value)) => match tx.keep() {
+                Ok(()) => Ran {
+                    wrote: tx.wrote(),
+                    poisoned: None,
+                    answer: Box::new(move |committed| {
+                        reply(committed.map(|()| value).map_err(E::from))
+                    }),
+                },
+                Err(e) => {
+                    let reason = e.to_string();
+                    Ran {
+                        wrote: false,
+                        poisoned: Some(reason.clone()),
+                        answer: Box::new(move |_| reply(Err(E::from(StoreError::Commit(reason))))),
+                    }
+                }
             },
             Ok(Err(error)) => {
                 let poisoned = tx.undo_all().err().map(|e| e.to_string());
@@ -312,8 +322,10 @@ type WriteTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
 /// its own changes left, and its changes are undone if it returns an error.
 pub struct WriteTx<'t> {
     ops: Ops<'t>,
-    /// Each change, oldest first, with the value it replaced.
+    /// Each change, oldest first, with the value it replaced (redb only).
     undo: Vec<Change>,
+    /// It changed something.
+    changed: bool,
 }
 
 /// The transaction a write runs in, on either backend.
@@ -325,17 +337,16 @@ enum Ops<'t> {
     Other(&'t mut dyn TxOps),
 }
 
-/// What a write needs of a backend other than redb (PostgreSQL's connection in its open
-/// transaction). Kept here so that this module needs nothing of that backend's.
+/// What a write needs of a backend other than redb (PostgreSQL's batch transaction). Kept
+/// here so that this module needs nothing of that backend's. Such a backend undoes a
+/// failed closure itself ([`TxOps::job_end`]), so no undo log is kept for it.
 pub(crate) trait TxOps {
     fn get(&mut self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
-    fn insert(
-        &mut self,
-        tree: &str,
-        key: &[u8],
-        value: &[u8],
-    ) -> Result<Option<Vec<u8>>, StoreError>;
-    fn remove(&mut self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The values at `keys`, in their order.
+    fn get_many(&mut self, tree: &str, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
+    /// Sets (`Some`) or removes (`None`) `key`. `seen`: whether the key held a value, when
+    /// the write read it just before.
+    fn set(&mut self, tree: &str, key: &[u8], value: Option<&[u8]>, seen: Option<bool>);
     fn len(&mut self, tree: &str) -> Result<u64, StoreError>;
     /// The first or (`last`) the last entry.
     fn end(&mut self, tree: &str, last: bool) -> Result<Option<Entry>, StoreError>;
@@ -346,6 +357,8 @@ pub(crate) trait TxOps {
         reverse: bool,
         f: &mut Visit<'_>,
     ) -> Result<(), StoreError>;
+    /// The running closure ended: keep its changes, or take them all back.
+    fn job_end(&mut self, keep: bool) -> Result<(), StoreError>;
 }
 
 /// What a scan calls with each entry.
@@ -359,6 +372,7 @@ impl<'t> WriteTx<'t> {
                 tables: Vec::new(),
             },
             undo: Vec::new(),
+            changed: false,
         }
     }
 
@@ -366,6 +380,7 @@ impl<'t> WriteTx<'t> {
         WriteTx {
             ops: Ops::Other(ops),
             undo: Vec::new(),
+            changed: false,
         }
     }
 
@@ -383,6 +398,24 @@ impl<'t> WriteTx<'t> {
         }
     }
 
+    /// The values at `keys`, in their order: one round trip on PostgreSQL, where a loop
+    /// of [`WriteTx::get`] is one per key.
+    pub fn get_many(
+        &mut self,
+        tree: &(impl Named + ?Sized),
+        keys: &[&[u8]],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        match &mut self.ops {
+            Ops::Redb { txn, tables } => {
+                let table = table(txn, tables, tree.name())?;
+                keys.iter()
+                    .map(|k| Ok(table.get(*k)?.map(|v| v.value().to_vec())))
+                    .collect()
+            }
+            Ops::Other(conn) => conn.get_many(tree.name(), keys),
+        }
+    }
+
     /// Sets `key` to `value`; returns the value it replaced.
     pub fn insert(
         &mut self,
@@ -390,10 +423,41 @@ impl<'t> WriteTx<'t> {
         key: &[u8],
         value: &[u8],
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        let before = self.put(tree.name(), key, value)?;
-        self.undo
-            .push((tree.name().into(), key.to_vec(), before.clone()));
-        Ok(before)
+        self.changed = true;
+        match &mut self.ops {
+            Ops::Redb { txn, tables } => {
+                let before = table(txn, tables, tree.name())?
+                    .insert(key, value)?
+                    .map(|v| v.value().to_vec());
+                self.undo
+                    .push((tree.name().into(), key.to_vec(), before.clone()));
+                Ok(before)
+            }
+            Ops::Other(conn) => {
+                let before = conn.get(tree.name(), key)?;
+                conn.set(tree.name(), key, Some(value), Some(before.is_some()));
+                Ok(before)
+            }
+        }
+    }
+
+    /// Sets `key` to `value` without reading what it replaces: on PostgreSQL, no round
+    /// trip until the batch commits (or a read needs it). For keys a write makes anew
+    /// (a log's next leaf, an index entry).
+    pub fn put(
+        &mut self,
+        tree: &(impl Named + ?Sized),
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        match &mut self.ops {
+            Ops::Redb { .. } => self.insert(tree, key, value).map(drop),
+            Ops::Other(conn) => {
+                self.changed = true;
+                conn.set(tree.name(), key, Some(value), None);
+                Ok(())
+            }
+        }
     }
 
     /// Removes `key`; returns the value it held.
@@ -402,30 +466,27 @@ impl<'t> WriteTx<'t> {
         tree: &(impl Named + ?Sized),
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        let before = self.delete(tree.name(), key)?;
-        if before.is_some() {
-            self.undo
-                .push((tree.name().into(), key.to_vec(), before.clone()));
-        }
+        let before = match &mut self.ops {
+            Ops::Redb { txn, tables } => {
+                let before = table(txn, tables, tree.name())?
+                    .remove(key)?
+                    .map(|v| v.value().to_vec());
+                if let Some(old) = &before {
+                    self.undo
+                        .push((tree.name().into(), key.to_vec(), Some(old.clone())));
+                }
+                before
+            }
+            Ops::Other(conn) => {
+                let before = conn.get(tree.name(), key)?;
+                if before.is_some() {
+                    conn.set(tree.name(), key, None, Some(true));
+                }
+                before
+            }
+        };
+        self.changed |= before.is_some();
         Ok(before)
-    }
-
-    fn put(&mut self, tree: &str, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        match &mut self.ops {
-            Ops::Redb { txn, tables } => Ok(table(txn, tables, tree)?
-                .insert(key, value)?
-                .map(|v| v.value().to_vec())),
-            Ops::Other(conn) => conn.insert(tree, key, value),
-        }
-    }
-
-    fn delete(&mut self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        match &mut self.ops {
-            Ops::Redb { txn, tables } => Ok(table(txn, tables, tree)?
-                .remove(key)?
-                .map(|v| v.value().to_vec())),
-            Ops::Other(conn) => conn.remove(tree, key),
-        }
     }
 
     /// Calls `f` with each entry in `range`, in key order, until it breaks.
@@ -504,22 +565,36 @@ impl<'t> WriteTx<'t> {
 
     /// Puts back what this write changed, newest change first.
     fn undo_all(&mut self) -> Result<(), StoreError> {
-        while let Some((tree, key, before)) = self.undo.pop() {
-            match before {
-                Some(value) => {
-                    self.put(&tree, &key, &value)?;
+        match &mut self.ops {
+            Ops::Redb { txn, tables } => {
+                while let Some((tree, key, before)) = self.undo.pop() {
+                    let table = table(txn, tables, &tree)?;
+                    match before {
+                        Some(value) => {
+                            table.insert(key.as_slice(), value.as_slice())?;
+                        }
+                        None => {
+                            table.remove(key.as_slice())?;
+                        }
+                    }
                 }
-                None => {
-                    self.delete(&tree, &key)?;
-                }
+                Ok(())
             }
+            Ops::Other(conn) => conn.job_end(false),
         }
-        Ok(())
+    }
+
+    /// The write succeeded: its changes stay in the batch.
+    fn keep(&mut self) -> Result<(), StoreError> {
+        match &mut self.ops {
+            Ops::Redb { .. } => Ok(()),
+            Ops::Other(conn) => conn.job_end(true),
+        }
     }
 
     /// Whether this write changed anything.
     fn wrote(&self) -> bool {
-        !self.undo.is_empty()
+        self.changed
     }
 }
 

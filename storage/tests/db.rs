@@ -18,6 +18,7 @@ on_both!(
     prefix_scans_and_ranges_keep_to_their_keys,
     long_scans_cross_pages_both_ways,
     lengths_follow_inserts_overwrites_removes_and_undone_writes,
+    blind_writes_and_many_key_reads_see_their_batch_and_a_failure_after_a_scan_keeps_nothing,
 );
 
 const SCHEMA: Schema = Schema {
@@ -259,6 +260,100 @@ async fn lengths_follow_inserts_overwrites_removes_and_undone_writes(place: Plac
     assert_eq!((t.len().unwrap(), u.len().unwrap()), (9, 1));
     assert_eq!(t.entries().unwrap().len(), 9);
     assert_eq!(db.tree("never").len().unwrap(), 0);
+}
+
+async fn blind_writes_and_many_key_reads_see_their_batch_and_a_failure_after_a_scan_keeps_nothing(
+    place: Place,
+) {
+    let db = place.open(SCHEMA).unwrap();
+    let t = db.tree("t");
+    for i in 0..5u64 {
+        t.insert(&key(i), b"old").await.unwrap();
+    }
+    // Concurrent writes share batches. Each overwrites an existing key and makes a new one
+    // without reading either, then reads both back with a missing key in one call. Every
+    // third one scans (on PostgreSQL that sends what waited to the server), writes again,
+    // and fails: it must leave nothing, not even what the scan sent.
+    let mut tasks = Vec::new();
+    for j in 0..120u64 {
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            let db = t.db().clone();
+            db.write(move |tx| {
+                tx.put(&t, &key(j % 5), format!("w{j}").as_bytes())?;
+                tx.put(&t, &key(1000 + j), b"new")?;
+                let seen = tx.get_many(&t, &[&key(j % 5), &key(1000 + j), &key(999_999)])?;
+                if j % 3 == 0 {
+                    let mut n = 0u64;
+                    tx.scan(&t, .., |_, _| {
+                        n += 1;
+                        ControlFlow::Continue(())
+                    })?;
+                    tx.put(&t, &key(2000 + j), b"after the scan")?;
+                    return Err(StoreError::Commit(format!("failed after a scan of {n}")));
+                }
+                Ok(seen)
+            })
+            .await
+        }));
+    }
+    let mut kept = 0u64;
+    for (j, task) in (0u64..).zip(tasks) {
+        match task.await.unwrap() {
+            Ok(seen) => {
+                assert_ne!(j % 3, 0);
+                assert_eq!(
+                    seen,
+                    vec![
+                        Some(format!("w{j}").into_bytes()),
+                        Some(b"new".to_vec()),
+                        None
+                    ]
+                );
+                kept += 1;
+            }
+            Err(StoreError::Commit(reason)) => {
+                assert_eq!(j % 3, 0, "{reason}");
+                assert!(reason.contains("failed after a scan"), "{reason}");
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    for j in 0..120u64 {
+        assert_eq!(t.get(&key(1000 + j)).unwrap().is_some(), j % 3 != 0, "{j}");
+        assert_eq!(t.get(&key(2000 + j)).unwrap(), None, "{j}");
+    }
+    // Each overwritten key holds "old" or what a write that succeeded put there.
+    for k in 0..5u64 {
+        let v = String::from_utf8(t.get(&key(k)).unwrap().unwrap()).unwrap();
+        let ok = v == "old"
+            || v.strip_prefix('w')
+                .and_then(|j| j.parse::<u64>().ok())
+                .is_some_and(|j| j % 5 == k && j % 3 != 0);
+        assert!(ok, "key {k} holds {v}");
+    }
+    assert_eq!(t.len().unwrap(), 5 + kept);
+    assert_eq!(t.entries().unwrap().len() as u64, 5 + kept);
+
+    // A count inside a write that mixed blind and read-first changes.
+    let before = t.len().unwrap();
+    let t2 = t.clone();
+    let inside = db
+        .write(move |tx| {
+            tx.put(&t2, &key(0), b"blind overwrite")?;
+            tx.put(&t2, &key(3000), b"blind new")?;
+            tx.insert(&t2, &key(3001), b"new")?;
+            tx.remove(&t2, &key(1))?;
+            tx.len(&t2)
+        })
+        .await
+        .unwrap();
+    assert_eq!(inside, before + 1);
+    assert_eq!(t.len().unwrap(), before + 1);
+    assert_eq!(
+        t.get(&key(0)).unwrap().as_deref(),
+        Some(&b"blind overwrite"[..])
+    );
 }
 
 #[test]

@@ -215,7 +215,10 @@ pub(crate) async fn append_events(
             let mut leaves: Vec<Vec<u8>> = Vec::new();
             let mut hashes: Vec<Hash> = Vec::new();
             let mut in_batch: HashMap<String, usize> = HashMap::new();
-            for (id, entry, leaf, hash) in prepared {
+            // Which events are logged already, in one read rather than one per event.
+            let ids: Vec<&str> = prepared.iter().map(|(id, ..)| id.as_str()).collect();
+            let logged = store.existing_many_in(tx, &owner, &ids)?;
+            for ((id, entry, leaf, hash), logged) in prepared.into_iter().zip(logged) {
                 let same_content = |held: &[u8]| {
                     if held == leaf.as_slice() {
                         Ok(())
@@ -226,7 +229,7 @@ pub(crate) async fn append_events(
                         )))
                     }
                 };
-                if let Some(index) = store.existing_in(tx, &owner, &id)? {
+                if let Some(index) = logged {
                     same_content(&store.log.leaf_in(tx, index)?)?;
                     slots.push((id, Slot::Logged(index), true));
                 } else if let Some(&pos) = in_batch.get(&id) {

@@ -259,23 +259,25 @@ impl Store {
         start: u64,
         entries: &[LogEntry],
     ) -> Result<(), StoreError> {
+        // Blind writes (`put`): index keys are made anew, and on PostgreSQL they travel to
+        // the server together when the batch commits.
         for (index, entry) in (start..).zip(entries) {
             match entry {
                 LogEntry::Access { event } => {
                     let custodian = event.custodian.as_bytes();
                     let at = index.to_be_bytes();
-                    tx.insert(
+                    tx.put(
                         &self.index,
                         &key(TAG_ID, &[custodian, event.id.as_bytes()]),
                         &at,
                     )?;
-                    tx.insert(
+                    tx.put(
                         &self.index,
                         &key_at(TAG_CUSTODIAN, &[custodian], index),
                         &[],
                     )?;
                     if let Some(r) = &event.patient_ref {
-                        tx.insert(
+                        tx.put(
                             &self.index,
                             &key_at(TAG_PATIENT_REF, &[r.as_bytes()], index),
                             &[],
@@ -283,7 +285,7 @@ impl Store {
                     }
                     let digests: HashSet<&String> = event.patient_did_digests.iter().collect();
                     for d in digests {
-                        tx.insert(
+                        tx.put(
                             &self.index,
                             &key_at(TAG_PATIENT_DID, &[d.as_bytes()], index),
                             &[],
@@ -291,7 +293,7 @@ impl Store {
                     }
                     if event.break_glass && event.review_required {
                         let k = key_at(TAG_QUEUE, &[event.id.as_bytes()], index);
-                        tx.insert(&self.index, &k, &[])?;
+                        tx.put(&self.index, &k, &[])?;
                     }
                 }
                 LogEntry::Review { event_id, .. } => {
@@ -304,7 +306,7 @@ impl Store {
             }
         }
         let end = start.saturating_add(entries.len() as u64);
-        tx.insert(&self.index, INDEXED_KEY, &end.to_be_bytes())?;
+        tx.put(&self.index, INDEXED_KEY, &end.to_be_bytes())?;
         Ok(())
     }
 
@@ -333,19 +335,23 @@ impl Store {
             .transpose()
     }
 
-    /// As [`Store::existing`], as the write `tx` sees it.
-    pub(crate) fn existing_in(
+    /// As [`Store::existing`] for many events of one custodian, as the write `tx` sees it,
+    /// in one read (one round trip on PostgreSQL, where a loop is one per event).
+    pub(crate) fn existing_many_in(
         &self,
         tx: &mut WriteTx<'_>,
         custodian: &str,
-        id: &str,
-    ) -> Result<Option<u64>, StoreError> {
-        tx.get(
-            &self.index,
-            &key(TAG_ID, &[custodian.as_bytes(), id.as_bytes()]),
-        )?
-        .map(|v| decode_u64(&v))
-        .transpose()
+        ids: &[&str],
+    ) -> Result<Vec<Option<u64>>, StoreError> {
+        let keys: Vec<Vec<u8>> = ids
+            .iter()
+            .map(|id| key(TAG_ID, &[custodian.as_bytes(), id.as_bytes()]))
+            .collect();
+        let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        tx.get_many(&self.index, &keys)?
+            .into_iter()
+            .map(|v| v.map(|v| decode_u64(&v)).transpose())
+            .collect()
     }
 
     /// Calls `f` with the leaf indexes under `value` in `index`, newest first, below

@@ -52,14 +52,16 @@ pub struct VerifiedManifest {
 /// governance key is moreover a did:key.
 fn read_protected(index: usize, protected: &str) -> Result<(Algorithm, String), RegistryError> {
     let bad = |reason: String| RegistryError::BadHeader { index, reason };
-    let header = jose::read_protected_header(protected, &[]).map_err(|e| match e {
-        JoseError::Json { source, .. } => RegistryError::NotStrictJson {
-            part: ManifestPart::Header(index),
-            source,
+    let header = jose::read_protected_header(protected, jose::OtherHeaders::Only(&[])).map_err(
+        |e| match e {
+            JoseError::Json { source, .. } => RegistryError::NotStrictJson {
+                part: ManifestPart::Header(index),
+                source,
+            },
+            JoseError::NotCompact => bad("not base64url".into()),
+            other => bad(other.to_string()),
         },
-        JoseError::NotCompact => bad("not base64url".into()),
-        other => bad(other.to_string()),
-    })?;
+    )?;
     if !header.kid.starts_with("did:key:") {
         return Err(bad("no kid naming a did:key verification method".into()));
     }
