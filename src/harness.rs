@@ -2,6 +2,7 @@
 //! `fedgate bench` and the end-to-end tests, so that all of them exercise the same setup.
 
 mod builder;
+pub mod events;
 mod postgres;
 
 pub use builder::{contract, Custodian, Federation, FederationBuilder, POSTGRES_DATABASE};

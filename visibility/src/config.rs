@@ -54,6 +54,10 @@ pub struct VisibilityConfig {
     pub(crate) checkpoint_interval_ms: u64,
     #[serde(default = "default_status_ttl")]
     pub(crate) status_cache_ttl_secs: u64,
+    /// How long after a break-glass access its review is due; past it, a review still
+    /// awaiting is overdue (highlighted on the dashboard, `review=overdue` in queries).
+    #[serde(default = "default_review_deadline")]
+    pub(crate) review_deadline_hours: u64,
     /// HTTP limits. Unlike the other services, `max_body_bytes` defaults to
     /// [`DEFAULT_MAX_BODY_BYTES`] (8 MiB), whether `[limits]` is absent or leaves it out:
     /// a batch JWS may be up to 4 MiB.
@@ -132,6 +136,9 @@ fn default_checkpoint_interval() -> u64 {
 fn default_status_ttl() -> u64 {
     300
 }
+fn default_review_deadline() -> u64 {
+    72
+}
 
 use service::config::ConfigError;
 
@@ -182,6 +189,12 @@ impl service::config::ServiceConfig for VisibilityConfig {
             message,
         };
         self.storage.validate(path)?;
+        if !(1..=24 * 366).contains(&self.review_deadline_hours) {
+            return Err(invalid(
+                "review_deadline_hours",
+                "must be between 1 and 8784 (a year)".into(),
+            ));
+        }
         if !self.did.starts_with("did:web:") || self.did.len() <= "did:web:".len() {
             return Err(invalid("did", "must be a did:web".into()));
         }

@@ -17,10 +17,14 @@
 //! - `bus`: the same batches read from NATS JetStream, when `[nats]` is configured.
 //! - `proofs`: checkpoint signing (in the write of every append, and in the background),
 //!   the checkpoint and proof endpoints.
-//! - `audit`: challenges, auditor sessions, event queries, the break-glass review queue,
-//!   and patients' history.
-//! - `dashboard`: the auditor web dashboard (`GET /dashboard`), a static page on the
-//!   auditor API.
+//! - `audit`: challenges, auditor sessions, event queries and one leaf with its proof, the
+//!   break-glass review queue and its decisions, and patients' history.
+//! - `query`: the events' filters (checked once), cursors, and the walk over the log.
+//! - `export`: the events as CSV, and signed evidence packages.
+//! - [`evidence`]: the evidence package's format and its offline verification.
+//! - `stats`: the figures behind the dashboard's charts.
+//! - `dashboard`: the auditor web dashboard (`GET /dashboard`) and the patient's page
+//!   (`/dashboard/patient`), static pages on the auditor and patient APIs.
 //! - `error`: the module's error enum, mapped to problem+json once.
 
 mod audit;
@@ -28,9 +32,13 @@ mod bus;
 mod config;
 mod dashboard;
 mod error;
+pub mod evidence;
+mod export;
 mod ingest;
 pub mod merkle;
 mod proofs;
+mod query;
+mod stats;
 mod store;
 
 pub use config::VisibilityConfig;
@@ -86,6 +94,10 @@ pub struct VisibilityState {
     sessions: audit::Sessions,
     /// This process's metrics (`/metrics`).
     metrics: service::metrics::PrometheusHandle,
+    /// The MAC key of page cursors (`query`).
+    cursor_key: [u8; 32],
+    /// When this process last took a new checkpoint in force (Unix seconds).
+    checkpoint_time: std::sync::atomic::AtomicI64,
 }
 
 impl VisibilityState {
@@ -121,6 +133,7 @@ impl VisibilityState {
         )?;
         let store = Store::open(db)?;
         let signer = Signer::new(&config.did, signing_key);
+        let cursor_key = signer.cursor_key();
         let latest = proofs::initial_checkpoint(&store, &signer, &note_verifier)?;
 
         let resolver = Arc::new(DidResolver::new(config.dev_mode));
@@ -196,6 +209,8 @@ impl VisibilityState {
             challenges,
             sessions,
             metrics: service::metrics::recorder(),
+            cursor_key,
+            checkpoint_time: std::sync::atomic::AtomicI64::new(chrono::Utc::now().timestamp()),
         }))
     }
 
@@ -266,14 +281,18 @@ pub fn routes() -> service::openapi::Routes<Arc<VisibilityState>> {
         routes!(audit::challenge),
         routes!(audit::open_session),
         routes!(audit::events),
+        routes!(audit::leaf),
         routes!(audit::export),
+        routes!(export::csv),
+        routes!(export::evidence),
+        routes!(stats::stats),
         routes!(audit::reviews),
+        routes!(audit::review_decisions),
         routes!(audit::resolve),
         routes!(audit::notes),
         routes!(audit::patient_history),
         routes!(dashboard::page),
-        routes!(dashboard::script),
-        routes!(dashboard::style),
+        routes!(dashboard::file),
     ]
 }
 
@@ -325,13 +344,17 @@ async fn readyz(State(s): AppState) -> axum::response::Response {
 }
 
 /// Prometheus metrics: this process's appends (`fedgate_log_appended_total`), the size of
-/// the checkpoint it serves, and its database's commits, pool and write-lock waits (with
-/// PostgreSQL storage, how long this process waited for the others' appends).
+/// the checkpoint it serves and when it took it in force
+/// (`fedgate_log_checkpoint_timestamp_seconds`), and its database's commits, pool and
+/// write-lock waits (with PostgreSQL storage, how long this process waited for the
+/// others' appends).
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Metrics (text exposition format 0.0.4)", body = String,
         content_type = "text/plain")))]
 async fn metrics_handler(State(s): AppState) -> axum::response::Response {
-    metrics::gauge!("fedgate_log_checkpoint_size").set(s.latest().size as f64);
+    metrics::gauge!("fedgate_log_checkpoint_size").set(s.refreshed().size as f64);
+    metrics::gauge!("fedgate_log_checkpoint_timestamp_seconds")
+        .set(s.checkpoint_time.load(std::sync::atomic::Ordering::Relaxed) as f64);
     s.store.db.record_metrics();
     service::metrics::response(&s.metrics)
 }

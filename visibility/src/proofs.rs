@@ -51,6 +51,17 @@ impl Signer {
         }
     }
 
+    /// An Ed25519 signature by the checkpoint key over `bytes` (evidence packages).
+    pub(crate) fn sign_bytes(&self, bytes: &[u8]) -> [u8; 64] {
+        use ed25519_dalek::Signer as _;
+        self.key.sign(bytes).to_bytes()
+    }
+
+    /// The cursor key, derived from the signing key.
+    pub(crate) fn cursor_key(&self) -> [u8; 32] {
+        crate::query::cursor_key(&self.key.to_bytes())
+    }
+
     /// Signs a checkpoint for the log as the write `tx` sees it, and stores it in `tx`.
     pub(crate) fn checkpoint_in(
         &self,
@@ -133,6 +144,10 @@ impl VisibilityState {
         };
         if published.size > latest.size {
             *latest = published.clone();
+            self.checkpoint_time.store(
+                chrono::Utc::now().timestamp(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
         published
     }

@@ -403,6 +403,33 @@ impl Store {
         Ok(found)
     }
 
+    /// Whether `event_id` awaits review, in `snapshot`.
+    pub(crate) fn is_queued_at(
+        &self,
+        snapshot: &Snapshot,
+        event_id: &str,
+    ) -> Result<bool, StoreError> {
+        let prefix = key(TAG_QUEUE, &[event_id.as_bytes()]);
+        let mut found = false;
+        snapshot.scan(&self.index, prefix.as_slice().., |k, _| {
+            found = k.starts_with(&prefix);
+            ControlFlow::Break(())
+        })?;
+        Ok(found)
+    }
+
+    /// The leaf of the break-glass event `event_id` awaiting review, as `tx` sees it.
+    pub(crate) fn queued_leaf_in(
+        &self,
+        tx: &mut WriteTx<'_>,
+        event_id: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        self.queue_keys_in(tx, event_id)?
+            .first()
+            .map(|k| trailing_index(k))
+            .transpose()
+    }
+
     /// Whether `event_id` awaits review, as the write `tx` sees it.
     pub(crate) fn is_queued_in(
         &self,
@@ -456,6 +483,32 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Every review note kept, in key order (by event id), at most `limit`.
+    pub(crate) fn all_notes(&self, limit: usize) -> Result<Vec<serde_json::Value>, StoreError> {
+        let mut out = Vec::new();
+        let mut failed = None;
+        let prefix = [TAG_QUEUE];
+        self.notes.scan(prefix.as_slice().., |k, v| {
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                return ControlFlow::Break(());
+            }
+            match serde_json::from_slice(v) {
+                Ok(note) => {
+                    out.push(note);
+                    ControlFlow::Continue(())
+                }
+                Err(e) => {
+                    failed = Some(StoreError::Corrupt(format!(
+                        "a review note does not read back ({:?})",
+                        e.classify()
+                    )));
+                    ControlFlow::Break(())
+                }
+            }
+        })?;
+        failed.map_or(Ok(out), Err)
     }
 
     pub(crate) fn checkpoint(&self) -> Result<Option<String>, StoreError> {
