@@ -60,9 +60,14 @@ async fn filters_and_paging(log: &AuditLog) {
     }
     // By patient: reference, and DID digest.
     let patient = busiest_patient(log);
-    let (ids, _) = all_pages(log, &format!("patient_ref={patient}"), 10).await;
     let want = expected(log, |e| e.patient_ref.as_deref() == Some(patient.as_str()));
-    assert!(want.len() > 10, "more than one page for the patient");
+    assert!(
+        want.len() >= 4,
+        "the busiest patient has {} events",
+        want.len()
+    );
+    // Pages of a third of them: more than one page for the patient.
+    let (ids, _) = all_pages(log, &format!("patient_ref={patient}"), want.len() / 3).await;
     assert_eq!(ids, want);
     let digest = patient_digest(3);
     let (ids, _) = all_pages(log, &format!("patient_did_digest={digest}"), 100).await;
@@ -228,7 +233,11 @@ async fn one_leaf_with_its_proof(log: &AuditLog) {
         let leaf = base64::engine::general_purpose::STANDARD
             .decode(d["leaf"].as_str().unwrap())
             .unwrap();
-        let cp = checkpoint::open(d["checkpoint"].as_str().unwrap(), &[verifier.clone()]).unwrap();
+        let cp = checkpoint::open(
+            d["checkpoint"].as_str().unwrap(),
+            std::slice::from_ref(&verifier),
+        )
+        .unwrap();
         assert_eq!(cp.size, d["treeSize"].as_u64().unwrap());
         verify_inclusion(
             &leaf_hash(&leaf),

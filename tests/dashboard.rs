@@ -256,6 +256,29 @@ impl Browser {
         .to_string()
     }
 
+    /// Waits until the row of the event with `decision_id` is in the events table;
+    /// returns the table's text.
+    async fn wait_row(&self, decision_id: &str, within: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            let found = self
+                .js(
+                    "return document.querySelector(`#event-rows tr[data-decision-id='${arguments[0]}']`) !== null;",
+                    json!([decision_id]),
+                )
+                .await;
+            if found == json!(true) {
+                return self.text("#event-rows").await;
+            }
+            if t0.elapsed() > within {
+                let status = self.text("#status").await;
+                let rows = self.text("#event-rows").await;
+                panic!("no row for {decision_id}; the table says {rows:?} (status: {status:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until the text of `css` satisfies `ok`; returns it.
     async fn wait_text(&self, css: &str, within: Duration, ok: impl Fn(&str) -> bool) -> String {
         let t0 = Instant::now();
@@ -320,9 +343,7 @@ async fn the_dashboard_shows_events_and_resolves_break_glass_reviews() {
 
     // The first page of events shows the break-glass event, flagged, without patient data.
     let stream = browser
-        .wait_text("#event-rows", Duration::from_secs(15), |t| {
-            t.contains(&decision_id)
-        })
+        .wait_row(&decision_id, Duration::from_secs(15))
         .await;
     assert!(stream.contains("ETREAT"), "{stream}");
     assert!(!stream.contains(&s.mrn), "no patient data in the stream");
@@ -430,16 +451,14 @@ async fn the_dashboard_shows_events_and_resolves_break_glass_reviews() {
         })
         .await;
     assert!(history.contains("no older events"), "{history}");
-    let rows = browser.text("#event-rows").await;
-    assert!(rows.contains(&decision_id), "{rows}");
+    let rows = browser.wait_row(&decision_id, Duration::from_secs(1)).await;
+    assert!(!rows.contains(&s.mrn), "{rows}");
 
     // A token handed over in the fragment connects and leaves the address bar.
     browser.goto("about:blank").await;
     browser.goto(&format!("{dashboard}#token={token}")).await;
     browser
-        .wait_text("#event-rows", Duration::from_secs(10), |t| {
-            t.contains(&decision_id)
-        })
+        .wait_row(&decision_id, Duration::from_secs(10))
         .await;
     let href = browser.js("return location.href;", json!([])).await;
     assert!(!href.as_str().unwrap().contains(&token), "{href}");

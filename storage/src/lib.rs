@@ -17,6 +17,7 @@
 mod db;
 mod error;
 mod pg;
+mod pg_conn;
 mod pg_tx;
 mod table;
 mod tree;

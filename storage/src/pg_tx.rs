@@ -23,7 +23,7 @@ use std::ops::Bound;
 use postgres::types::ToSql;
 
 use crate::error::StoreError;
-use crate::pg::Conn;
+use crate::pg_conn::Conn;
 use crate::table::Entry;
 use crate::write::{TxOps, Visit};
 
@@ -210,21 +210,56 @@ impl TxOps for BatchTx<'_> {
 }
 
 /// Writes `layer` in as few statements as its size allows: upserts and deletes, and each
-/// tree's count moved by the keys that appeared or went (read in the statement's snapshot,
-/// before it writes).
+/// tree's count moved by the keys that appeared or went. Changes that know whether their
+/// key existed move the counts by what they know; the others are compared with the table
+/// in the statement's snapshot, before it writes, which costs an index probe each.
 fn send(conn: &mut Conn, layer: &Layer) -> Result<(), StoreError> {
-    let rows: Vec<Row<'_>> = layer
-        .iter()
-        .flat_map(|(tree, changes)| {
-            changes
-                .iter()
-                .map(move |(k, c)| (tree.as_str(), k.as_slice(), c.value.as_deref()))
-        })
-        .collect();
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let trees: Vec<&str> = chunk.iter().map(|r| r.0).collect();
-        let keys: Vec<&[u8]> = chunk.iter().map(|r| r.1).collect();
-        let values: Vec<Option<&[u8]>> = chunk.iter().map(|r| r.2).collect();
+    let mut known: Vec<Row<'_>> = Vec::new();
+    let mut unknown: Vec<Row<'_>> = Vec::new();
+    let mut deltas: BTreeMap<&str, i64> = BTreeMap::new();
+    for (tree, changes) in layer {
+        for (key, change) in changes {
+            let row = (tree.as_str(), key.as_slice(), change.value.as_deref());
+            match change.existed {
+                Some(existed) => {
+                    let d = i64::from(change.value.is_some()) - i64::from(existed);
+                    *deltas.entry(tree.as_str()).or_default() += d;
+                    known.push(row);
+                }
+                None => unknown.push(row),
+            }
+        }
+    }
+    for chunk in known.chunks(ROWS_PER_STATEMENT) {
+        let (trees, keys, values) = columns(chunk);
+        let params: [&(dyn ToSql + Sync); 3] = [&trees, &keys, &values];
+        conn.run(
+            "WITH rows AS (
+                 SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[]) AS r(tree, key, value)
+             ),
+             put AS (
+                 INSERT INTO {t} (tree, key, value)
+                 SELECT tree, key, value FROM rows WHERE value IS NOT NULL
+                 ON CONFLICT (tree, key) DO UPDATE SET value = EXCLUDED.value
+             )
+             DELETE FROM {t} t USING rows r
+             WHERE r.value IS NULL AND t.tree = r.tree AND t.key = r.key",
+            &params,
+        )?;
+    }
+    deltas.retain(|_, d| *d != 0);
+    if !deltas.is_empty() {
+        let trees: Vec<&str> = deltas.keys().copied().collect();
+        let moved: Vec<i64> = deltas.values().copied().collect();
+        let params: [&(dyn ToSql + Sync); 2] = [&trees, &moved];
+        conn.run(
+            "INSERT INTO {c} (tree, n) SELECT * FROM unnest($1::text[], $2::bigint[])
+             ON CONFLICT (tree) DO UPDATE SET n = {c}.n + EXCLUDED.n",
+            &params,
+        )?;
+    }
+    for chunk in unknown.chunks(ROWS_PER_STATEMENT) {
+        let (trees, keys, values) = columns(chunk);
         let params: [&(dyn ToSql + Sync); 3] = [&trees, &keys, &values];
         conn.run(
             "WITH rows AS (
@@ -260,4 +295,15 @@ fn send(conn: &mut Conn, layer: &Layer) -> Result<(), StoreError> {
         )?;
     }
     Ok(())
+}
+
+/// A statement's three array parameters.
+type Columns<'a> = (Vec<&'a str>, Vec<&'a [u8]>, Vec<Option<&'a [u8]>>);
+
+fn columns<'a>(rows: &[Row<'a>]) -> Columns<'a> {
+    (
+        rows.iter().map(|r| r.0).collect(),
+        rows.iter().map(|r| r.1).collect(),
+        rows.iter().map(|r| r.2).collect(),
+    )
 }

@@ -460,6 +460,26 @@ impl<'t> WriteTx<'t> {
         }
     }
 
+    /// Sets `key`, which the caller knows no write has made before (a log's next leaf, an
+    /// index entry naming it), without reading it: on PostgreSQL, not even the count's
+    /// check at commit. A key that did exist is overwritten, and the tree's count is then
+    /// one too high: use [`WriteTx::put`] where that can happen.
+    pub fn put_new(
+        &mut self,
+        tree: &(impl Named + ?Sized),
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        match &mut self.ops {
+            Ops::Redb { .. } => self.insert(tree, key, value).map(drop),
+            Ops::Other(conn) => {
+                self.changed = true;
+                conn.set(tree.name(), key, Some(value), Some(false));
+                Ok(())
+            }
+        }
+    }
+
     /// Removes `key`; returns the value it held.
     pub fn remove(
         &mut self,

@@ -271,7 +271,7 @@ async fn blind_writes_and_many_key_reads_see_their_batch_and_a_failure_after_a_s
         t.insert(&key(i), b"old").await.unwrap();
     }
     // Concurrent writes share batches. Each overwrites an existing key and makes a new one
-    // without reading either, then reads both back with a missing key in one call. Every
+    // without reading either (`put`, or `put_new` for a key known to be new), then reads both back with a missing key in one call. Every
     // third one scans (on PostgreSQL that sends what waited to the server), writes again,
     // and fails: it must leave nothing, not even what the scan sent.
     let mut tasks = Vec::new();
@@ -281,7 +281,12 @@ async fn blind_writes_and_many_key_reads_see_their_batch_and_a_failure_after_a_s
             let db = t.db().clone();
             db.write(move |tx| {
                 tx.put(&t, &key(j % 5), format!("w{j}").as_bytes())?;
-                tx.put(&t, &key(1000 + j), b"new")?;
+                // Half of the new keys say that they are new (no count check at commit).
+                if j % 2 == 0 {
+                    tx.put_new(&t, &key(1000 + j), b"new")?;
+                } else {
+                    tx.put(&t, &key(1000 + j), b"new")?;
+                }
                 let seen = tx.get_many(&t, &[&key(j % 5), &key(1000 + j), &key(999_999)])?;
                 if j % 3 == 0 {
                     let mut n = 0u64;
@@ -289,7 +294,7 @@ async fn blind_writes_and_many_key_reads_see_their_batch_and_a_failure_after_a_s
                         n += 1;
                         ControlFlow::Continue(())
                     })?;
-                    tx.put(&t, &key(2000 + j), b"after the scan")?;
+                    tx.put_new(&t, &key(2000 + j), b"after the scan")?;
                     return Err(StoreError::Commit(format!("failed after a scan of {n}")));
                 }
                 Ok(seen)

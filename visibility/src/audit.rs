@@ -32,8 +32,7 @@ use service::http::StrictJson;
 
 use crate::merkle::Leaves;
 use crate::query::{
-    find_events, found_json, query, read_back, EventsQuery, Filter, Parsed, ReviewState,
-    MAX_LIMIT,
+    find_events, found_json, query, read_back, EventsQuery, Filter, Parsed, ReviewState, MAX_LIMIT,
 };
 use crate::store::Store;
 use crate::{leaf_bytes, LogEntry, VisibilityError, VisibilityState};

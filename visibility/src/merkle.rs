@@ -373,9 +373,10 @@ impl MerkleLog {
         drop(nodes);
 
         // Blind writes: nothing here needs the value it replaces, and on PostgreSQL they
-        // travel to the server together when the batch commits.
+        // travel to the server together when the batch commits. Leaves past the size are
+        // new by construction.
         for (index, data) in (start..end).zip(&leaves.data) {
-            tx.put(&self.leaves, &index.to_be_bytes(), data)?;
+            tx.put_new(&self.leaves, &index.to_be_bytes(), data)?;
         }
         for (key, tile) in &tiles {
             tx.put(&self.nodes, key, tile)?;

@@ -61,9 +61,12 @@ fn bucket_name(d: Duration) -> &'static str {
 }
 
 /// Counts per bucket, for one series.
-fn series(map: &mut BTreeMap<String, Vec<u64>>, name: &str, n: usize) -> &mut Vec<u64> {
+fn series<'a>(map: &'a mut BTreeMap<String, Vec<u64>>, name: &str, n: usize) -> &'a mut Vec<u64> {
     map.entry(name.to_string()).or_insert_with(|| vec![0; n])
 }
+
+/// A study's budget at one custodian: spent, queries, left, and when last seen.
+type Budget = (u64, u64, u64, DateTime<Utc>);
 
 /// `GET /v1/audit/stats`: accesses per bucket by custodian and by decision, denials by
 /// failing check (in total and per bucket), break-glass accesses per week with how many
@@ -141,7 +144,7 @@ pub(crate) async fn stats(
     let mut glass = vec![0u64; weeks];
     let mut glass_overdue = vec![0u64; weeks];
     let mut orgs: HashMap<String, (u64, u64)> = HashMap::new();
-    let mut privacy: BTreeMap<(String, String), (u64, u64, u64, DateTime<Utc>)> = BTreeMap::new();
+    let mut privacy: BTreeMap<(String, String), Budget> = BTreeMap::new();
     let mut counted = 0u64;
     let next = walk(&s, &filter, u64::MAX, |_, e, review| {
         counted += 1;

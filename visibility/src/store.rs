@@ -259,8 +259,10 @@ impl Store {
         start: u64,
         entries: &[LogEntry],
     ) -> Result<(), StoreError> {
-        // Blind writes (`put`): index keys are made anew, and on PostgreSQL they travel to
-        // the server together when the batch commits.
+        // Blind writes: index keys are made anew, and on PostgreSQL they travel to the
+        // server together when the batch commits. Those that name the entry's index are new
+        // by construction (`put_new`); the id key is new because duplicates were left out
+        // before, but is written as if it might not be.
         for (index, entry) in (start..).zip(entries) {
             match entry {
                 LogEntry::Access { event } => {
@@ -271,13 +273,13 @@ impl Store {
                         &key(TAG_ID, &[custodian, event.id.as_bytes()]),
                         &at,
                     )?;
-                    tx.put(
+                    tx.put_new(
                         &self.index,
                         &key_at(TAG_CUSTODIAN, &[custodian], index),
                         &[],
                     )?;
                     if let Some(r) = &event.patient_ref {
-                        tx.put(
+                        tx.put_new(
                             &self.index,
                             &key_at(TAG_PATIENT_REF, &[r.as_bytes()], index),
                             &[],
@@ -285,7 +287,7 @@ impl Store {
                     }
                     let digests: HashSet<&String> = event.patient_did_digests.iter().collect();
                     for d in digests {
-                        tx.put(
+                        tx.put_new(
                             &self.index,
                             &key_at(TAG_PATIENT_DID, &[d.as_bytes()], index),
                             &[],
@@ -293,7 +295,7 @@ impl Store {
                     }
                     if event.break_glass && event.review_required {
                         let k = key_at(TAG_QUEUE, &[event.id.as_bytes()], index);
-                        tx.put(&self.index, &k, &[])?;
+                        tx.put_new(&self.index, &k, &[])?;
                     }
                 }
                 LogEntry::Review { event_id, .. } => {
@@ -428,15 +430,6 @@ impl Store {
             .first()
             .map(|k| trailing_index(k))
             .transpose()
-    }
-
-    /// Whether `event_id` awaits review, as the write `tx` sees it.
-    pub(crate) fn is_queued_in(
-        &self,
-        tx: &mut WriteTx<'_>,
-        event_id: &str,
-    ) -> Result<bool, StoreError> {
-        Ok(!self.queue_keys_in(tx, event_id)?.is_empty())
     }
 
     /// Leaf indexes of the events awaiting review, oldest first, at most `limit`.

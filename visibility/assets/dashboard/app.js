@@ -163,7 +163,9 @@
     if (state.sort.key === key) {
       state.sort.dir = state.sort.dir === "ascending" ? "descending" : "ascending";
     } else {
-      state.sort = { key, dir: key === "time" || key === "leafIndex" ? "descending" : "ascending" };
+      // The rows arrive newest first: a first press on any column sorts it ascending, so
+      // that the press always changes what is shown.
+      state.sort = { key, dir: "ascending" };
     }
     renderRows();
   }
