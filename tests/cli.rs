@@ -117,6 +117,32 @@ fn bad_config_is_a_one_line_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`did`") && err.contains("did:web"), "{err}");
+    assert!(
+        !dir.path().join("k").exists(),
+        "no key made for a refused config"
+    );
+    // A did:key that decodes but whose key file does not exist: no new key in its place.
+    let some = federation::keys::KeyPair::generate_did_key(Default::default()).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndid = \"{}\"\nkey_file = \"k\"\ndata_dir = \"d\"\n",
+            some.did()
+        ),
+    )
+    .unwrap();
+    let out = fedgate()
+        .args(["issuer", "serve", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`did`") && err.contains("key_file does not exist"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!dir.path().join("k").exists(), "no key made in its place");
     // Plain HTTP off loopback is refused.
     std::fs::write(
         &cfg,

@@ -142,6 +142,21 @@ impl service::config::ServiceConfig for IssuerConfig {
                 "must be a did:web, or did:key (the did:key of key_file, made on first start)",
             ));
         }
+        if self.did.starts_with("did:key:") {
+            if federation::did::parse_did(&self.did).is_err() {
+                return Err(invalid(
+                    "did",
+                    "is not a did:key that decodes (a did:web, or did = \"did:key\" for the did:key of key_file)",
+                ));
+            }
+            // A did:key written out is a key that exists: never make another in its place.
+            if !self.key_file.exists() {
+                return Err(invalid(
+                    "did",
+                    "names a did:key but key_file does not exist (did = \"did:key\" makes a new key)",
+                ));
+            }
+        }
         if let Some(u) = &self.public_url {
             let url = reqwest::Url::parse(u).map_err(|e| invalid("public_url", &e.to_string()))?;
             if url.scheme() != "https" && !(self.dev_mode && url.scheme() == "http") {
