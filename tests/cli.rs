@@ -101,21 +101,26 @@ fn world_readable_key_is_a_one_line_error() {
     );
 }
 
-#[test]
-fn bad_config_is_a_one_line_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("issuer.toml");
-    std::fs::write(
-        &cfg,
-        "listen = \"127.0.0.1:0\"\ndid = \"did:key:z6Mk\"\nkey_file = \"k\"\ndata_dir = \"d\"\n",
-    )
-    .unwrap();
+/// Writes `config` as an issuer's config in `dir` and starts `issuer serve` on it, which
+/// must fail; returns what it printed on stderr.
+fn issuer_refuses(dir: &Path, config: &str) -> String {
+    let cfg = dir.join("issuer.toml");
+    std::fs::write(&cfg, config).unwrap();
     let out = fedgate()
         .args(["issuer", "serve", "--config", cfg.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{config}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_config_is_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = issuer_refuses(
+        dir.path(),
+        "listen = \"127.0.0.1:0\"\ndid = \"did:key:z6Mk\"\nkey_file = \"k\"\ndata_dir = \"d\"\n",
+    );
     assert!(err.contains("`did`") && err.contains("did:web"), "{err}");
     assert!(
         !dir.path().join("k").exists(),
@@ -123,20 +128,13 @@ fn bad_config_is_a_one_line_error() {
     );
     // A did:key that decodes but whose key file does not exist: no new key in its place.
     let some = federation::keys::KeyPair::generate_did_key(Default::default()).unwrap();
-    std::fs::write(
-        &cfg,
-        format!(
+    let err = issuer_refuses(
+        dir.path(),
+        &format!(
             "listen = \"127.0.0.1:0\"\ndid = \"{}\"\nkey_file = \"k\"\ndata_dir = \"d\"\n",
             some.did()
         ),
-    )
-    .unwrap();
-    let out = fedgate()
-        .args(["issuer", "serve", "--config", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    );
     assert!(
         err.contains("`did`") && err.contains("key_file does not exist"),
         "{err}"
@@ -144,17 +142,11 @@ fn bad_config_is_a_one_line_error() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(!dir.path().join("k").exists(), "no key made in its place");
     // Plain HTTP off loopback is refused.
-    std::fs::write(
-        &cfg,
+    let err = issuer_refuses(
+        dir.path(),
         "listen = \"0.0.0.0:0\"\ndid = \"did:web:x.test\"\nkey_file = \"k\"\ndata_dir = \"d\"\n",
-    )
-    .unwrap();
-    let out = fedgate()
-        .args(["issuer", "serve", "--config", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+    );
+    assert!(err.contains("loopback"), "{err}");
 }
 
 /// Our own crates log at debug (every request line, with its request id); other crates at

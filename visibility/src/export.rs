@@ -87,7 +87,6 @@ fn with_next(mut response: Response, cursor: Option<String>) -> Response {
 /// `GET /v1/audit/export/csv`: the events `/v1/audit/events` would return (same filters;
 /// 1000 a page unless `limit` says otherwise), newest first, as CSV. The next page's
 /// cursor, when the answer was cut, is in the `Fedgate-Next-Cursor` header.
-/// The same events as CSV (auditor session).
 #[utoipa::path(get, path = "/v1/audit/export/csv", tag = "audit", params(EventsQuery),
     security(("auditorSession" = [])),
     responses((status = 200, description = "CSV, one event a row", body = String,
