@@ -44,6 +44,10 @@ pub enum StoreError {
     /// A read or a commit failed.
     #[error("database: {0}")]
     Storage(#[from] redb::Error),
+    /// A key written as new ([`crate::WriteTx::put_new`]) exists: the code that wrote it
+    /// assumed what the database does not hold.
+    #[error("database tree {tree}: a key written as new exists already")]
+    Exists { tree: String },
     /// A stored value is not what the code that reads it expects.
     #[error("database tree {tree} holds an unreadable entry")]
     Unreadable { tree: String },

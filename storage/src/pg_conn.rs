@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::ops::{Bound, ControlFlow, RangeBounds};
 
-use postgres::types::ToSql;
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::{ToSql, Type};
 use postgres::{Client, Statement};
 
 use crate::error::StoreError;
@@ -151,6 +152,22 @@ impl Conn {
             |start, end| self.page(tree, start, end, reverse),
             &mut f,
         )
+    }
+
+    /// Inserts rows whose keys the table does not hold, by binary COPY (see `pg_tx::send`).
+    /// A key that exists fails the COPY on the primary key: nothing is overwritten.
+    pub(crate) fn copy_new(&mut self, rows: &[(&str, &[u8], &[u8])]) -> Result<(), StoreError> {
+        let sql = format!(
+            "COPY \"{}\".fedgate_kv (tree, key, value) FROM STDIN (FORMAT binary)",
+            self.schema
+        );
+        let sink = self.client.copy_in(&sql)?;
+        let mut writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::BYTEA, Type::BYTEA]);
+        for (tree, key, value) in rows {
+            writer.write(&[tree, key, value])?;
+        }
+        writer.finish()?;
+        Ok(())
     }
 
     pub(crate) fn execute(&mut self, sql: &str) -> Result<(), postgres::Error> {

@@ -209,26 +209,44 @@ impl TxOps for BatchTx<'_> {
     }
 }
 
-/// Writes `layer` in as few statements as its size allows: upserts and deletes, and each
-/// tree's count moved by the keys that appeared or went. Changes that know whether their
-/// key existed move the counts by what they know; the others are compared with the table
-/// in the statement's snapshot, before it writes, which costs an index probe each.
+/// Writes `layer` in as few statements as its size allows: keys known to be new by COPY,
+/// other upserts and deletes, and each tree's count moved by the keys that appeared or went.
+/// Changes that know whether their key existed move the counts by what they know; the
+/// others are compared with the table in the statement's snapshot, before it writes, which
+/// costs an index probe each.
+///
+/// Why COPY for new keys: they are most of a visibility batch (a leaf and its index
+/// entries per event), and a plain insert needs neither the conflict check of an upsert
+/// nor the statement executor's per-row work; the server's bulk insert path takes them
+/// (measured in docs/performance.md). A key sent as new that exists fails the statement on
+/// its primary key, and with it the batch: the caller's promise was wrong, and nothing is
+/// overwritten.
 fn send(conn: &mut Conn, layer: &Layer) -> Result<(), StoreError> {
+    let mut new: Vec<(&str, &[u8], &[u8])> = Vec::new();
     let mut known: Vec<Row<'_>> = Vec::new();
     let mut unknown: Vec<Row<'_>> = Vec::new();
     let mut deltas: BTreeMap<&str, i64> = BTreeMap::new();
     for (tree, changes) in layer {
         for (key, change) in changes {
             let row = (tree.as_str(), key.as_slice(), change.value.as_deref());
-            match change.existed {
-                Some(existed) => {
+            match (change.existed, change.value.as_deref()) {
+                // Made and removed again before it was sent: nothing to tell the server.
+                (Some(false), None) => {}
+                (Some(false), Some(value)) => {
+                    *deltas.entry(tree.as_str()).or_default() += 1;
+                    new.push((tree.as_str(), key.as_slice(), value));
+                }
+                (Some(existed), _) => {
                     let d = i64::from(change.value.is_some()) - i64::from(existed);
                     *deltas.entry(tree.as_str()).or_default() += d;
                     known.push(row);
                 }
-                None => unknown.push(row),
+                (None, _) => unknown.push(row),
             }
         }
+    }
+    if !new.is_empty() {
+        conn.copy_new(&new)?;
     }
     for chunk in known.chunks(ROWS_PER_STATEMENT) {
         let (trees, keys, values) = columns(chunk);

@@ -462,8 +462,9 @@ impl<'t> WriteTx<'t> {
 
     /// Sets `key`, which the caller knows no write has made before (a log's next leaf, an
     /// index entry naming it), without reading it: on PostgreSQL, not even the count's
-    /// check at commit. A key that did exist is overwritten, and the tree's count is then
-    /// one too high: use [`WriteTx::put`] where that can happen.
+    /// check at commit (such keys are copied in together). A key that did exist fails the
+    /// write ([`StoreError::Exists`]; on PostgreSQL at commit, failing the batch's writes)
+    /// and nothing is overwritten: use [`WriteTx::put`] where the key may exist.
     pub fn put_new(
         &mut self,
         tree: &(impl Named + ?Sized),
@@ -471,7 +472,13 @@ impl<'t> WriteTx<'t> {
         value: &[u8],
     ) -> Result<(), StoreError> {
         match &mut self.ops {
-            Ops::Redb { .. } => self.insert(tree, key, value).map(drop),
+            Ops::Redb { .. } => match self.insert(tree, key, value)? {
+                None => Ok(()),
+                // The job fails, and its undo log puts the old value back.
+                Some(_) => Err(StoreError::Exists {
+                    tree: tree.name().to_string(),
+                }),
+            },
             Ops::Other(conn) => {
                 self.changed = true;
                 conn.set(tree.name(), key, Some(value), Some(false));

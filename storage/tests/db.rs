@@ -19,6 +19,7 @@ on_both!(
     long_scans_cross_pages_both_ways,
     lengths_follow_inserts_overwrites_removes_and_undone_writes,
     blind_writes_and_many_key_reads_see_their_batch_and_a_failure_after_a_scan_keeps_nothing,
+    a_key_written_as_new_that_exists_fails_the_write_and_nothing_is_overwritten,
 );
 
 const SCHEMA: Schema = Schema {
@@ -415,4 +416,33 @@ fn files_it_must_not_touch_are_refused_in_one_line() {
     let e = Db::open(dir.path(), SCHEMA).err().unwrap();
     assert!(matches!(e, StoreError::Folder { .. }), "{e}");
     assert!(!e.to_string().contains('\n'));
+}
+
+async fn a_key_written_as_new_that_exists_fails_the_write_and_nothing_is_overwritten(place: Place) {
+    let db = place.open(SCHEMA).unwrap();
+    let t = db.tree("t");
+    t.insert(&key(1), b"old").await.unwrap();
+    let t2 = t.clone();
+    let failed = db
+        .write(move |tx| {
+            tx.put_new(&t2, &key(2), b"new")?;
+            tx.put_new(&t2, &key(1), b"overwritten?")
+        })
+        .await;
+    // redb refuses at once; PostgreSQL when the batch is sent, on the primary key.
+    let e = failed.expect_err("a key written as new exists");
+    let shown = e.to_string();
+    assert!(
+        matches!(e, StoreError::Exists { .. }) || shown.contains("duplicate key"),
+        "{shown}"
+    );
+    assert_eq!(t.get(&key(1)).unwrap().as_deref(), Some(&b"old"[..]));
+    assert_eq!(t.get(&key(2)).unwrap(), None);
+    assert_eq!(t.len().unwrap(), 1);
+    // The database goes on: the next write is kept.
+    let t2 = t.clone();
+    db.write(move |tx| tx.put_new(&t2, &key(3), b"next"))
+        .await
+        .unwrap();
+    assert_eq!(t.len().unwrap(), 2);
 }

@@ -188,7 +188,8 @@ impl Store {
         let entries = (at..end)
             .map(|i| parse_entry(i, &self.log.leaf_in(tx, i)?))
             .collect::<Result<Vec<_>, _>>()?;
-        self.index_in(tx, at, &entries)?;
+        // Idempotent: whatever changed the database may have left some of these entries.
+        self.index_in(tx, at, &entries, false)?;
         Ok(end < size)
     }
 
@@ -247,55 +248,47 @@ impl Store {
         }
         while self.catch_up_in(tx, u64::MAX)? {}
         let range = self.log.append_in(tx, leaves)?;
-        self.index_in(tx, range.start, entries)?;
+        self.index_in(tx, range.start, entries, true)?;
         Ok(range)
     }
 
     /// Writes the index entries of `entries`, the first at leaf `start`, and moves the
     /// `indexed` pointer past them.
+    ///
+    /// `fresh`: the leaves were appended by this write, so no entry naming them exists
+    /// (`put_new`; on PostgreSQL they are copied in without a check). The id key is new
+    /// then too: duplicates were left out, under the same write. Re-indexing passes false
+    /// and overwrites whatever is there.
     fn index_in(
         &self,
         tx: &mut WriteTx<'_>,
         start: u64,
         entries: &[LogEntry],
+        fresh: bool,
     ) -> Result<(), StoreError> {
-        // Blind writes: index keys are made anew, and on PostgreSQL they travel to the
-        // server together when the batch commits. Those that name the entry's index are new
-        // by construction (`put_new`); the id key is new because duplicates were left out
-        // before, but is written as if it might not be.
+        let put = |tx: &mut WriteTx<'_>, key: &[u8], value: &[u8]| {
+            if fresh {
+                tx.put_new(&self.index, key, value)
+            } else {
+                tx.put(&self.index, key, value)
+            }
+        };
         for (index, entry) in (start..).zip(entries) {
             match entry {
                 LogEntry::Access { event } => {
                     let custodian = event.custodian.as_bytes();
                     let at = index.to_be_bytes();
-                    tx.put(
-                        &self.index,
-                        &key(TAG_ID, &[custodian, event.id.as_bytes()]),
-                        &at,
-                    )?;
-                    tx.put_new(
-                        &self.index,
-                        &key_at(TAG_CUSTODIAN, &[custodian], index),
-                        &[],
-                    )?;
+                    put(tx, &key(TAG_ID, &[custodian, event.id.as_bytes()]), &at)?;
+                    put(tx, &key_at(TAG_CUSTODIAN, &[custodian], index), &[])?;
                     if let Some(r) = &event.patient_ref {
-                        tx.put_new(
-                            &self.index,
-                            &key_at(TAG_PATIENT_REF, &[r.as_bytes()], index),
-                            &[],
-                        )?;
+                        put(tx, &key_at(TAG_PATIENT_REF, &[r.as_bytes()], index), &[])?;
                     }
                     let digests: HashSet<&String> = event.patient_did_digests.iter().collect();
                     for d in digests {
-                        tx.put_new(
-                            &self.index,
-                            &key_at(TAG_PATIENT_DID, &[d.as_bytes()], index),
-                            &[],
-                        )?;
+                        put(tx, &key_at(TAG_PATIENT_DID, &[d.as_bytes()], index), &[])?;
                     }
                     if event.break_glass && event.review_required {
-                        let k = key_at(TAG_QUEUE, &[event.id.as_bytes()], index);
-                        tx.put_new(&self.index, &k, &[])?;
+                        put(tx, &key_at(TAG_QUEUE, &[event.id.as_bytes()], index), &[])?;
                     }
                 }
                 LogEntry::Review { event_id, .. } => {
