@@ -848,3 +848,13 @@ fn vct_names_a_type_under_a_base() {
         .iter()
         .any(|c| c["path"] == json!(["privileges", null]) && c["sd"] == "always"));
 }
+
+#[test]
+fn the_disclosure_check_is_in_the_access_event_vocabulary() {
+    // A refused SD-JWT presentation is recorded with the check that failed.
+    assert!(crate::events::VERIFICATION_CHECKS.contains(&Check::Disclosure.as_str()));
+    assert_eq!(
+        serde_json::to_value(Check::Disclosure).unwrap(),
+        json!("disclosure")
+    );
+}
