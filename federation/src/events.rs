@@ -173,7 +173,7 @@ pub const IDENTIFIER_CLASSES: [&str; 15] = [
 ];
 
 /// The checks of the verification pipeline (`federation::verify::Check`).
-pub const VERIFICATION_CHECKS: [&str; 9] = [
+pub const VERIFICATION_CHECKS: [&str; 10] = [
     "format",
     "proof",
     "validity",
@@ -183,6 +183,7 @@ pub const VERIFICATION_CHECKS: [&str; 9] = [
     "issuer-trust",
     "status",
     "holder-binding",
+    "disclosure",
 ];
 
 /// What a reason that is not in the vocabulary becomes before the gateway records it.

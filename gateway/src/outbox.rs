@@ -661,7 +661,7 @@ mod vocabulary_tests {
             use federation::Check::*;
             match c {
                 Format | Proof | Validity | Challenge | Domain | Schema | IssuerTrust | Status
-                | HolderBinding => (),
+                | HolderBinding | Disclosure => (),
             }
         };
         for check in [
@@ -674,6 +674,7 @@ mod vocabulary_tests {
             federation::Check::IssuerTrust,
             federation::Check::Status,
             federation::Check::HolderBinding,
+            federation::Check::Disclosure,
         ] {
             assert!(
                 events::VERIFICATION_CHECKS.contains(&check.as_str()),
