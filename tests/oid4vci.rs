@@ -334,6 +334,9 @@ async fn metadata_names_the_issuer_and_every_configuration() {
         let algs = &configs[&format!("{type_name}_jwt")]["proof_types_supported"]["jwt"]
             ["proof_signing_alg_values_supported"];
         assert!(algs.as_array().unwrap().contains(&json!("ES256")), "{algs}");
+        let sd = &configs[&format!("{type_name}_sd_jwt")];
+        assert_eq!(sd["format"], "dc+sd-jwt");
+        assert_eq!(sd["vct"], format!("{id}/vct/{type_name}"));
     }
     let oauth: Value = office
         .http
@@ -384,7 +387,12 @@ async fn the_wallet_receives_each_format_by_value_and_by_reference() {
         json!({"subject": subject(&did, HOSPITAL_B)}).to_string(),
     )
     .unwrap();
-    for (format, by_reference) in [("ldp_vc", false), ("jwt_vc_json", false), ("ldp_vc", true)] {
+    for (format, by_reference) in [
+        ("ldp_vc", false),
+        ("jwt_vc_json", false),
+        ("dc+sd-jwt", false),
+        ("ldp_vc", true),
+    ] {
         // The office's CLI makes the offer through the admin API, and writes its QR codes.
         let png = office.dir.path().join("offer.png");
         let svg = office.dir.path().join("offer.svg");
@@ -452,7 +460,7 @@ async fn the_wallet_receives_each_format_by_value_and_by_reference() {
             assert!(err.contains("invalid_grant"), "{err}");
         }
     }
-    assert_eq!(office.issued_to(&did).await, 3);
+    assert_eq!(office.issued_to(&did).await, 4);
 }
 
 #[tokio::test]
@@ -746,25 +754,51 @@ async fn a_jwk_proof_makes_the_subject_the_did_jwk_of_that_key() {
     let office = start_office();
     let aud = issuer_id(&office);
     let key = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
-    let offer = office.offer(None, json!({"formats": ["ldp_vc"]})).await;
-    let token = office.token_for(&offer).await;
-    let n = office.nonce().await;
     let jwk = serde_json::to_value(key.public_jwk()).unwrap();
-    let proof = proof_with(
-        json!({"alg": "EdDSA", "typ": "openid4vci-proof+jwt", "jwk": jwk}),
-        claims(&aud, &n),
-        &key,
-    );
-    let (s, answer) = office
-        .credential(
-            Some(&token),
-            &request("ClinicianPrivilegeCredential_ldp", &proof),
-        )
-        .await;
-    assert_eq!(s, 200, "{answer}");
-    let vc = &answer["credentials"][0]["credential"];
-    let subject = vc["credentialSubject"]["id"].as_str().unwrap();
+    let mut subject = String::new();
+    for (format, config) in [
+        ("ldp_vc", "ClinicianPrivilegeCredential_ldp"),
+        ("dc+sd-jwt", "ClinicianPrivilegeCredential_sd_jwt"),
+    ] {
+        let offer = office.offer(None, json!({"formats": [format]})).await;
+        let token = office.token_for(&offer).await;
+        let n = office.nonce().await;
+        let proof = proof_with(
+            json!({"alg": "EdDSA", "typ": "openid4vci-proof+jwt", "jwk": jwk}),
+            claims(&aud, &n),
+            &key,
+        );
+        let (s, answer) = office
+            .credential(Some(&token), &request(config, &proof))
+            .await;
+        assert_eq!(s, 200, "{answer}");
+        let credential = &answer["credentials"][0]["credential"];
+        // The office's own verifier accepts what it issued.
+        let (s, v) = office
+            .admin(
+                "/credentials/verify",
+                &json!({"verifiableCredential": credential}),
+            )
+            .await;
+        assert_eq!(s, 200, "{format}: {v}");
+        match credential {
+            Value::Object(vc) => {
+                subject = vc["credentialSubject"]["id"].as_str().unwrap().to_string();
+                assert!(vc["proof"].is_object());
+            }
+            Value::String(sd_jwt) => {
+                assert!(sd_jwt.ends_with('~'), "{sd_jwt}");
+                let jws = sd_jwt.split('~').next().unwrap();
+                let payload = jws.split('.').nth(1).unwrap();
+                let payload: Value =
+                    serde_json::from_slice(&federation::b64::decode(payload).unwrap()).unwrap();
+                // The holder key in cnf is the proof's key, and sub its did:jwk.
+                assert_eq!(payload["cnf"]["jwk"]["x"], jwk["x"], "{payload}");
+                assert_eq!(payload["sub"], subject.as_str());
+            }
+            other => panic!("{other}"),
+        }
+    }
     assert!(subject.starts_with("did:jwk:"), "{subject}");
-    assert!(vc["proof"].is_object(), "{vc}");
-    assert_eq!(office.issued_to(subject).await, 1);
+    assert_eq!(office.issued_to(&subject).await, 2);
 }

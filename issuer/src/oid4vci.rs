@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use federation::credentials::ProofFormat;
+use federation::credentials::{CredentialKind, ProofFormat};
 use federation::did::{DidResolver, Relationship};
 use federation::keys::KeyAlgorithm;
 use serde_json::{json, Value};
@@ -53,6 +53,7 @@ pub(crate) fn format_name(format: ProofFormat) -> &'static str {
     match format {
         ProofFormat::DataIntegrity => "ldp_vc",
         ProofFormat::Jwt => "jwt_vc_json",
+        ProofFormat::SdJwt => federation::sdjwt::MEDIA_TYPE,
     }
 }
 
@@ -60,20 +61,33 @@ fn suffix(format: ProofFormat) -> &'static str {
     match format {
         ProofFormat::DataIntegrity => "ldp",
         ProofFormat::Jwt => "jwt",
+        ProofFormat::SdJwt => "sd_jwt",
     }
 }
 
 /// The formats of an OpenID4VCI format name (`ldp_vc`, `jwt_vc_json`, `dc+sd-jwt`).
 pub(crate) fn format_of_name(name: &str) -> Option<ProofFormat> {
-    [ProofFormat::DataIntegrity, ProofFormat::Jwt]
-        .into_iter()
-        .find(|f| format_name(*f) == name)
+    [
+        ProofFormat::DataIntegrity,
+        ProofFormat::Jwt,
+        ProofFormat::SdJwt,
+    ]
+    .into_iter()
+    .find(|f| format_name(*f) == name)
 }
 
 /// The formats offered for a type: the three types in every format, other types in the
 /// W3C formats.
-pub(crate) fn formats_for(_type_name: &str) -> Vec<ProofFormat> {
-    vec![ProofFormat::DataIntegrity, ProofFormat::Jwt]
+pub(crate) fn formats_for(type_name: &str) -> Vec<ProofFormat> {
+    if CredentialKind::from_type_name(type_name).is_some() {
+        vec![
+            ProofFormat::DataIntegrity,
+            ProofFormat::Jwt,
+            ProofFormat::SdJwt,
+        ]
+    } else {
+        vec![ProofFormat::DataIntegrity, ProofFormat::Jwt]
+    }
 }
 
 pub(crate) fn configuration_id(type_name: &str, format: ProofFormat) -> String {
@@ -161,6 +175,19 @@ pub(crate) fn issuer_metadata(
                 "credential_definition": {"type": types},
                 "credential_metadata": {"display": display},
             }),
+            ProofFormat::SdJwt => {
+                let vct = CredentialKind::from_type_name(&c.type_name)
+                    .map(|kind| federation::sdjwt::vct(issuer, kind));
+                json!({
+                    "format": federation::sdjwt::MEDIA_TYPE,
+                    "scope": c.type_name,
+                    "vct": vct,
+                    "cryptographic_binding_methods_supported": ["jwk"],
+                    "credential_signing_alg_values_supported": [jose_alg(key_alg)],
+                    "proof_types_supported": proofs,
+                    "credential_metadata": {"display": display},
+                })
+            }
         };
         supported.insert(c.id.clone(), entry);
     }
@@ -359,11 +386,12 @@ impl Oid4vci {
             }
             ProofKey::Kid(kid) => {
                 let did = federation::did::did_of(kid).to_string();
-                if let Some(encoded) = did.strip_prefix("did:jwk:") {
+                if did.starts_with("did:jwk:") {
                     if !kid.ends_with("#0") {
                         return Err(invalid_proof("a did:jwk kid names its key #0"));
                     }
-                    let jwk = jwk_of_did_jwk(encoded)?;
+                    let jwk = federation::did::local_public_key(&did)
+                        .map_err(|e| invalid_proof(&format!("kid: {e}")))?;
                     return Ok((jwk, did));
                 }
                 if !did.starts_with("did:key:") {
@@ -601,47 +629,9 @@ fn check_claims(payload: &Value, audience: &str, now: DateTime<Utc>) -> Result<(
     Ok(())
 }
 
-/// The public members of a JWK, in the order of RFC 7638 (lexicographic).
-fn public_members(jwk: &JWK) -> Result<String, ProtocolError> {
-    let b64 = |bytes: &[u8]| federation::b64::encode(bytes);
-    match &jwk.params {
-        Params::OKP(p) if p.curve == "Ed25519" => Ok(format!(
-            r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
-            b64(&p.public_key.0)
-        )),
-        Params::EC(p) if p.curve.as_deref() == Some("P-256") => {
-            let (Some(x), Some(y)) = (&p.x_coordinate, &p.y_coordinate) else {
-                return Err(invalid_proof("the P-256 jwk lacks x or y"));
-            };
-            Ok(format!(
-                r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
-                b64(&x.0),
-                b64(&y.0)
-            ))
-        }
-        _ => Err(invalid_proof(
-            "the jwk is not an Ed25519 or P-256 public key",
-        )),
-    }
-}
-
-/// The did:jwk of a public key: `did:jwk:` + base64url of its public members.
+/// The did:jwk of a public key (the same DID the federation's resolver decodes).
 pub(crate) fn did_jwk(jwk: &JWK) -> Result<String, ProtocolError> {
-    Ok(format!(
-        "did:jwk:{}",
-        federation::b64::encode(public_members(jwk)?.as_bytes())
-    ))
-}
-
-fn jwk_of_did_jwk(encoded: &str) -> Result<JWK, ProtocolError> {
-    let bytes = federation::b64::decode(encoded)
-        .map_err(|_| invalid_proof("the did:jwk does not decode"))?;
-    let value = federation::json::parse_strict(&bytes)
-        .map_err(|_| invalid_proof("the did:jwk does not hold JSON"))?;
-    if value.get("d").is_some() {
-        return Err(invalid_proof("the did:jwk holds a private key"));
-    }
-    serde_json::from_value(value).map_err(|_| invalid_proof("the did:jwk holds no JWK"))
+    federation::did::did_jwk_of(jwk).map_err(|e| invalid_proof(&format!("jwk: {e}")))
 }
 
 #[cfg(test)]
@@ -709,7 +699,7 @@ mod tests {
         };
         verify_signature(&proof, jwk).unwrap();
         let did = did_jwk(jwk).unwrap();
-        let back = jwk_of_did_jwk(did.strip_prefix("did:jwk:").unwrap()).unwrap();
+        let back = federation::did::local_public_key(&did).unwrap();
         assert_eq!(did_jwk(&back).unwrap(), did);
         let other = JWK::generate_p256();
         assert!(verify_signature(&proof, &other.to_public()).is_err());
