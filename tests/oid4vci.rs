@@ -802,3 +802,79 @@ async fn a_jwk_proof_makes_the_subject_the_did_jwk_of_that_key() {
     assert!(subject.starts_with("did:jwk:"), "{subject}");
     assert_eq!(office.issued_to(&subject).await, 2);
 }
+
+/// Runs the independent wallet (tests/peers/oid4vci-wallet.mjs: `@openid4vc/openid4vci`
+/// 0.4.6) against an offer; its JSON answer.
+fn independent_wallet(offer: &str, tx_code: &str, format: &str) -> (bool, Value) {
+    let dir = support::repo("tests/peers");
+    assert!(
+        dir.join("node_modules/@openid4vc/openid4vci").is_dir(),
+        "the interop peers are not installed: run scripts/peers (npm ci in tests/peers)"
+    );
+    let out = std::process::Command::new("node")
+        .arg(dir.join("oid4vci-wallet.mjs"))
+        .args([offer, tx_code, format])
+        .current_dir(&dir)
+        .output()
+        .unwrap_or_else(|e| panic!("node is needed for the interop test and did not start: {e}"));
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "oid4vci-wallet.mjs gave no answer: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), answer)
+}
+
+#[tokio::test]
+async fn an_independent_wallet_receives_every_format_from_fedgates_issuer() {
+    let office = start_office();
+    for (format, by_reference) in [
+        ("ldp_vc", false),
+        ("jwt_vc_json", true),
+        ("dc+sd-jwt", false),
+    ] {
+        let offer = office.offer(None, json!({"formats": [format]})).await;
+        let url = if by_reference {
+            offer["credentialOfferUriUrl"].as_str().unwrap()
+        } else {
+            offer["credentialOfferUrl"].as_str().unwrap()
+        };
+        let (ok, answer) = independent_wallet(url, offer["txCode"].as_str().unwrap(), format);
+        assert!(ok, "{format}: {answer}");
+        let credentials = answer["credentials"].as_array().unwrap();
+        assert_eq!(credentials.len(), 1, "{answer}");
+        let credential = &credentials[0]["credential"];
+        // fedgate verifies what the independent wallet got: proof, validity, status, schema.
+        let (s, v) = office
+            .admin(
+                "/credentials/verify",
+                &json!({"verifiableCredential": credential}),
+            )
+            .await;
+        assert_eq!(s, 200, "{format}: {v}");
+        // Its key (a jwk header) named the subject: a did:jwk holding that P-256 key.
+        let subject = match credential {
+            Value::Object(vc) => vc["credentialSubject"]["id"].clone(),
+            Value::String(token) => {
+                let jws = token.split('~').next().unwrap();
+                let payload: Value = serde_json::from_slice(
+                    &federation::b64::decode(jws.split('.').nth(1).unwrap()).unwrap(),
+                )
+                .unwrap();
+                match payload.get("sub") {
+                    Some(sub) => sub.clone(),
+                    None => payload["credentialSubject"]["id"].clone(),
+                }
+            }
+            other => panic!("{other}"),
+        };
+        let did = subject.as_str().unwrap();
+        let held: Value = serde_json::from_slice(
+            &federation::b64::decode(did.strip_prefix("did:jwk:").unwrap()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(held["x"], answer["holderJwk"]["x"], "{format}: {did}");
+        assert_eq!(held["crv"], "P-256");
+    }
+}
