@@ -37,8 +37,19 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let bound = service::start::Bound::bind(&config.listen, config.public_url.as_deref())?;
     let state = IssuerState::new(config.clone(), bound.public_url().clone())?;
-    bound
+    // The nonce endpoint is unauthenticated: c_nonces nobody used are dropped once expired.
+    let purging = state.clone();
+    let purge = tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            purging.purge_expired().await;
+        }
+    });
+    let served = bound
         .serve(router(state), &config.limits, shutdown, ready)
-        .await?;
+        .await;
+    purge.abort();
+    served?;
     Ok(())
 }

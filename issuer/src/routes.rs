@@ -417,6 +417,13 @@ impl IssuerState {
         Ok(())
     }
 
+    /// Drops the expired `c_nonce`s (run every minute).
+    pub(crate) async fn purge_expired(&self) {
+        if let Err(e) = self.oid4vci.nonces.purge_expired().await {
+            tracing::warn!(error = %e, "expired c_nonces were not purged");
+        }
+    }
+
     /// The credential issuer identifier of OpenID4VCI: the public URL without its final
     /// slash, exactly as the metadata, offers and key proofs name it.
     pub(crate) fn issuer_id(&self) -> String {
