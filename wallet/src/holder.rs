@@ -153,17 +153,15 @@ impl Wallet {
         if stored.withdrawn {
             return Err(WalletError::Withdrawn { id: id.to_string() });
         }
-        let compact = match (&stored.format, &stored.credential) {
-            (ProofFormat::SdJwt, Value::String(s)) => s,
-            _ => {
-                return Err(WalletError::NotSdJwt {
-                    id: id.to_string(),
-                    format: serde_json::to_value(stored.format)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
-                })
-            }
+        let (ProofFormat::SdJwt, Value::String(compact)) = (&stored.format, &stored.credential)
+        else {
+            return Err(WalletError::NotSdJwt {
+                id: id.to_string(),
+                format: serde_json::to_value(stored.format)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+            });
         };
         Ok(federation::sdjwt::present(
             compact, paths, aud, nonce, &self.key,
