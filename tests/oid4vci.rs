@@ -878,3 +878,70 @@ async fn an_independent_wallet_receives_every_format_from_fedgates_issuer() {
         assert_eq!(held["crv"], "P-256");
     }
 }
+
+#[tokio::test]
+async fn codes_nonces_and_tokens_stay_spent_across_a_restart() {
+    let mut office = start_office();
+    let key = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+    let did = key.did().to_string();
+    let offer = office
+        .offer(Some(&did), json!({"formats": ["ldp_vc"]}))
+        .await;
+    let token = office.token_for(&offer).await;
+    let nonce = office.nonce().await;
+    let proof = proof_with(header(&key), claims(&issuer_id(&office), &nonce), &key);
+    let config = "ClinicianPrivilegeCredential_ldp";
+    let (s, answer) = office
+        .credential(Some(&token), &request(config, &proof))
+        .await;
+    assert_eq!(s, 200, "{answer}");
+    // An unredeemed offer made before the restart is still good after it.
+    let pending = office
+        .offer(Some(&did), json!({"formats": ["ldp_vc"]}))
+        .await;
+
+    // The same process again, on the same data folder.
+    let config_path = office.dir.path().join("issuer.toml");
+    office.svc.child.kill().unwrap();
+    office.svc.child.wait().unwrap();
+    office.svc = start(&["issuer", "serve", "--config", config_path.to_str().unwrap()]);
+    let (s, e) = office
+        .token(&[
+            ("grant_type", PRE_AUTH),
+            ("pre-authorized_code", code(&offer)),
+            ("tx_code", offer["txCode"].as_str().unwrap()),
+        ])
+        .await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{e}"
+    );
+    let token2 = office.token_for(&pending).await;
+    // The old proof (its nonce spent before the restart), against the new issuer address.
+    let aud = issuer_id(&office);
+    let replay = proof_with(header(&key), claims(&aud, &nonce), &key);
+    let (s, e) = office
+        .credential(Some(&token2), &request(config, &replay))
+        .await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (400, Some("invalid_nonce")),
+        "{e}"
+    );
+    let (s, e) = office
+        .credential(Some(&token), &request(config, &replay))
+        .await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (401, Some("invalid_token")),
+        "{e}"
+    );
+    let fresh = office.nonce().await;
+    let proof = proof_with(header(&key), claims(&aud, &fresh), &key);
+    let (s, answer) = office
+        .credential(Some(&token2), &request(config, &proof))
+        .await;
+    assert_eq!(s, 200, "{answer}");
+    assert_eq!(office.issued_to(&did).await, 2);
+}
