@@ -158,6 +158,9 @@ enum IssuerCommand {
         #[arg(long, default_value = "127.0.0.1:8400")]
         listen: String,
     },
+    /// Make an OpenID4VCI offer at a running issuer (admin token): prints the offer URL and
+    /// the transaction code, writes the QR codes.
+    Offer(cli::issuer::OfferArgs),
 }
 
 /// Upper bound of the runtime's blocking pool.
@@ -318,6 +321,7 @@ fn collect_keys(path: &Path, out: &mut Vec<federation::keys::KeyInfo>) -> anyhow
 
 async fn issuer_cmd(command: IssuerCommand) -> anyhow::Result<()> {
     match command {
+        IssuerCommand::Offer(args) => cli::issuer::offer(args).await,
         IssuerCommand::Serve { config } => {
             let cfg = issuer::IssuerConfig::load(&config)?;
             let (tx, rx) = tokio::sync::oneshot::channel();

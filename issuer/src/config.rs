@@ -71,6 +71,49 @@ pub struct IssuerConfig {
     pub(crate) status_origins: BTreeMap<String, String>,
     #[serde(default)]
     pub(crate) limits: HttpLimits,
+    /// OpenID4VCI: offers, codes, tokens and nonces.
+    #[serde(default)]
+    pub(crate) oid4vci: Oid4vciConfig,
+}
+
+/// `[oid4vci]`: lifetimes and limits of the pre-authorized code flow.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Oid4vciConfig {
+    /// How long an offer (its pre-authorized code) can be redeemed, unless the offer
+    /// asks for less or more.
+    #[serde(default = "default_offer_ttl")]
+    pub(crate) offer_ttl_secs: u64,
+    /// Wrong transaction codes allowed before the offer is void.
+    #[serde(default = "default_tx_code_tries")]
+    pub(crate) tx_code_tries: u32,
+    /// Lifetime of an access token from the token endpoint.
+    #[serde(default = "default_token_ttl")]
+    pub(crate) token_ttl_secs: u64,
+    /// Lifetime of a `c_nonce` from the nonce endpoint.
+    #[serde(default = "default_token_ttl")]
+    pub(crate) nonce_ttl_secs: u64,
+}
+
+impl Default for Oid4vciConfig {
+    fn default() -> Self {
+        Oid4vciConfig {
+            offer_ttl_secs: default_offer_ttl(),
+            tx_code_tries: default_tx_code_tries(),
+            token_ttl_secs: default_token_ttl(),
+            nonce_ttl_secs: default_token_ttl(),
+        }
+    }
+}
+
+fn default_offer_ttl() -> u64 {
+    600
+}
+fn default_tx_code_tries() -> u32 {
+    3
+}
+fn default_token_ttl() -> u64 {
+    300
 }
 
 /// A credential type this office issues beyond the three.
@@ -216,6 +259,19 @@ impl service::config::ServiceConfig for IssuerConfig {
                     ));
                 }
             }
+        }
+        let o = &self.oid4vci;
+        if !(1..=7 * 86_400).contains(&o.offer_ttl_secs) {
+            return Err(invalid("oid4vci.offer_ttl_secs", "must be 1 to 604800"));
+        }
+        if !(1..=10).contains(&o.tx_code_tries) {
+            return Err(invalid("oid4vci.tx_code_tries", "must be 1 to 10"));
+        }
+        if !(1..=3600).contains(&o.token_ttl_secs) {
+            return Err(invalid("oid4vci.token_ttl_secs", "must be 1 to 3600"));
+        }
+        if !(1..=3600).contains(&o.nonce_ttl_secs) {
+            return Err(invalid("oid4vci.nonce_ttl_secs", "must be 1 to 3600"));
         }
         // As the other services do: a bad limit is a config error at load, not at serve.
         self.limits

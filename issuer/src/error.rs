@@ -36,6 +36,64 @@ pub enum IssuerError {
     EarlierDatabase { path: std::path::PathBuf },
     #[error("signing: {0}")]
     Signing(String),
+    /// An OpenID4VCI / OAuth 2.0 endpoint's refusal, answered in that protocol's format.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+/// An error of the OpenID4VCI endpoints (token, nonce, credential): `{"error",
+/// "error_description"}` with the status the specifications give (RFC 6749 §5.2,
+/// RFC 6750 §3.1, OpenID4VCI 1.0 §8.3.1).
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {description}")]
+pub struct ProtocolError {
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    pub(crate) description: String,
+}
+
+impl ProtocolError {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        description: impl Into<String>,
+    ) -> Self {
+        ProtocolError {
+            status,
+            code,
+            description: description.into(),
+        }
+    }
+    /// 400 with `code`.
+    pub(crate) fn bad(code: &'static str, description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, description)
+    }
+}
+
+impl IntoResponse for ProtocolError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "error": self.code,
+            "error_description": self.description,
+        });
+        let mut response = (self.status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            axum::http::header::CACHE_CONTROL,
+            axum::http::HeaderValue::from_static("no-store"),
+        );
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 6750 §3: the scheme, and why the token was refused.
+            let challenge = format!("Bearer error=\"{}\"", self.code);
+            if let Ok(value) = axum::http::HeaderValue::from_str(&challenge) {
+                headers.insert(axum::http::header::WWW_AUTHENTICATE, value);
+            }
+        }
+        response
+            .extensions_mut()
+            .insert(service::http::ProtocolErrorBody);
+        response
+    }
 }
 
 /// Why the issuer could not start, or stopped serving. One line, naming the key or file.
@@ -85,7 +143,11 @@ impl From<federation::credentials::IssueError> for IssuerError {
 
 impl IntoResponse for IssuerError {
     fn into_response(self) -> Response {
-        let problem = match &self {
+        let this = match self {
+            IssuerError::Protocol(e) => return e.into_response(),
+            other => other,
+        };
+        let problem = match &this {
             IssuerError::Unauthorized => {
                 service::http::unauthorized("this endpoint needs the issuer's admin bearer token")
             }
@@ -99,7 +161,9 @@ impl IntoResponse for IssuerError {
             }
             IssuerError::Storage(m) | IssuerError::Signing(m) => service::http::internal(m),
             IssuerError::Database(e) => service::http::internal(e),
-            IssuerError::EarlierDatabase { .. } => service::http::internal(&self),
+            IssuerError::EarlierDatabase { .. } => service::http::internal(&this),
+            // Answered above, in the protocol's own format.
+            IssuerError::Protocol(e) => service::http::internal(e),
         };
         problem.into_response()
     }

@@ -34,7 +34,8 @@ use utoipa::ToSchema;
 use utoipa_axum::routes;
 
 use crate::config::IssuerConfig;
-use crate::error::{IssuerError, StartError};
+use crate::error::{IssuerError, ProtocolError, StartError};
+use crate::oid4vci::{self as vci, OfferSpec, Oid4vci};
 use crate::store::{Record, Store};
 
 /// Path of the one revocation list this issuer publishes.
@@ -53,6 +54,8 @@ pub struct IssuerState {
     signed_list: Mutex<Option<(u64, Instant, String)>>,
     /// The same bits as a Token Status List, for SD-JWT VCs.
     signed_token_list: Mutex<Option<(u64, Instant, String)>>,
+    /// OpenID4VCI offers, codes, tokens and nonces.
+    oid4vci: Oid4vci,
 }
 
 impl IssuerState {
@@ -124,9 +127,12 @@ impl IssuerState {
             Duration::from_secs(config.status_list_ttl_secs.min(60)),
             config.dev_mode,
         ));
-        let verifier = Verifier::new(resolver, Arc::new(trust), status).with_bundle(bundle.clone());
+        let verifier =
+            Verifier::new(resolver.clone(), Arc::new(trust), status).with_bundle(bundle.clone());
         let (events, _) = broadcast::channel(256);
+        let oid4vci = Oid4vci::new(store.db(), resolver.clone(), config.oid4vci.nonce_ttl_secs);
         Ok(Arc::new(IssuerState {
+            oid4vci,
             config,
             key,
             store,
@@ -411,6 +417,140 @@ impl IssuerState {
         Ok(())
     }
 
+    /// Drops the expired `c_nonce`s (run every minute).
+    pub(crate) async fn purge_expired(&self) {
+        if let Err(e) = self.oid4vci.nonces.purge_expired().await {
+            tracing::warn!(error = %e, "expired c_nonces were not purged");
+        }
+    }
+
+    /// The credential issuer identifier of OpenID4VCI: the public URL without its final
+    /// slash, exactly as the metadata, offers and key proofs name it.
+    pub(crate) fn issuer_id(&self) -> String {
+        self.public_url.as_str().trim_end_matches('/').to_string()
+    }
+
+    /// The type names this office issues by name (the three it is configured for, then
+    /// the other types of its configuration).
+    fn type_names(&self) -> Vec<String> {
+        self.config
+            .issues
+            .iter()
+            .map(|k| k.type_name().to_string())
+            .chain(self.config.other_types.iter().map(|o| o.type_name.clone()))
+            .collect()
+    }
+
+    fn contexts_of(&self, type_name: &str) -> Vec<String> {
+        let mut contexts = vec!["https://www.w3.org/ns/credentials/v2".to_string()];
+        if CredentialKind::from_type_name(type_name).is_some() {
+            contexts.push("https://w3id.org/fedgate/v1".to_string());
+        } else if let Some(c) = self
+            .config
+            .other_types
+            .iter()
+            .find(|o| o.type_name == type_name)
+            .and_then(|o| o.context.clone())
+        {
+            contexts.push(c);
+        }
+        contexts
+    }
+
+    /// Makes an OpenID4VCI offer of `credential` (unsigned; checked again when issued) in
+    /// `formats` (OpenID4VCI format names; all this office has for the type when empty).
+    async fn offer(
+        &self,
+        credential: Value,
+        options: &OfferOptions,
+        replaces: Option<String>,
+    ) -> Result<Value, IssuerError> {
+        if !credential.is_object() {
+            return Err(IssuerError::BadRequest(
+                "credential must be a JSON object".into(),
+            ));
+        }
+        let type_name = match CredentialKind::of_credential(&credential) {
+            Ok(kind) if self.config.issues.contains(&kind) => kind.type_name().to_string(),
+            Ok(kind) => {
+                return Err(IssuerError::Unprocessable(format!(
+                    "this office does not issue {kind}"
+                )))
+            }
+            Err(federation::kind::KindError::Unknown(types)) => self
+                .config
+                .other_types
+                .iter()
+                .find(|o| types.contains(&o.type_name))
+                .map(|o| o.type_name.clone())
+                .ok_or_else(|| {
+                    IssuerError::Unprocessable(
+                        "offers are made for the types this office lists (issues, other_types)"
+                            .into(),
+                    )
+                })?,
+            Err(e) => return Err(IssuerError::Unprocessable(e.to_string())),
+        };
+        let available = vci::formats_for(&type_name);
+        let formats = match &options.formats {
+            None => available.clone(),
+            Some(names) if names.is_empty() => available.clone(),
+            Some(names) => {
+                let mut out = Vec::new();
+                for name in names {
+                    let format = vci::format_of_name(name)
+                        .filter(|f| available.contains(f))
+                        .ok_or_else(|| {
+                            IssuerError::Unprocessable(format!(
+                                "format {name:?} is not offered for {type_name} (ldp_vc, jwt_vc_json, dc+sd-jwt)"
+                            ))
+                        })?;
+                    if !out.contains(&format) {
+                        out.push(format);
+                    }
+                }
+                out
+            }
+        };
+        let subject = credential
+            .pointer("/credentialSubject/id")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if let Some(did) = &subject {
+            if !(did.starts_with("did:key:") || did.starts_with("did:jwk:")) {
+                return Err(IssuerError::Unprocessable(
+                    "an offered credential's subject is a did:key or did:jwk (its holder proves the key), or none (the holder's key names it)"
+                        .into(),
+                ));
+            }
+        }
+        let ttl = options
+            .expires_in_secs
+            .unwrap_or(self.config.oid4vci.offer_ttl_secs);
+        if !(1..=7 * 86_400).contains(&ttl) {
+            return Err(IssuerError::BadRequest(
+                "expiresInSecs must be 1 to 604800".into(),
+            ));
+        }
+        let spec = OfferSpec {
+            configuration_ids: formats
+                .iter()
+                .map(|f| vci::configuration_id(&type_name, *f))
+                .collect(),
+            credential,
+            subject,
+            replaces,
+            tx_code: options.tx_code.unwrap_or(true),
+            tries: self.config.oid4vci.tx_code_tries,
+            ttl: chrono::Duration::seconds(ttl as i64),
+        };
+        Ok(self
+            .oid4vci
+            .make_offer(&self.issuer_id(), spec)
+            .await?
+            .answer)
+    }
+
     async fn revoke(&self, id: &str) -> Result<Record, IssuerError> {
         let rec = self.store.revoke(id, None).await?;
         self.announce_revocation(id);
@@ -513,6 +653,13 @@ pub fn routes() -> service::openapi::Routes<Arc<IssuerState>> {
         routes!(inventory),
         routes!(healthz),
         routes!(readyz),
+        routes!(make_offer),
+        routes!(credential_issuer_metadata),
+        routes!(authorization_server_metadata),
+        routes!(offer_by_reference),
+        routes!(token),
+        routes!(nonce),
+        routes!(credential),
     ]
 }
 
@@ -728,6 +875,41 @@ struct JoinerRequest {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     format: Option<ProofFormat>,
+    /// Answer with an OpenID4VCI offer of the credential instead of the credential.
+    #[serde(default)]
+    offer: Option<OfferOptions>,
+}
+
+/// An OpenID4VCI offer's options.
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct OfferOptions {
+    /// OpenID4VCI formats offered (`ldp_vc`, `jwt_vc_json`, `dc+sd-jwt`); default: every
+    /// format this office has for the type (the holder's wallet picks one).
+    #[serde(default)]
+    formats: Option<Vec<String>>,
+    /// Require a transaction code (default true): six digits, answered once, to be
+    /// given to the holder apart from the offer.
+    #[serde(default)]
+    tx_code: Option<bool>,
+    /// Seconds the offer can be redeemed (default `[oid4vci] offer_ttl_secs`, 600).
+    #[serde(default)]
+    expires_in_secs: Option<u64>,
+}
+
+impl OfferOptions {
+    /// The options, with `format` (the lifecycle body's) as the one format offered when
+    /// the options name none.
+    fn with_format(mut self, format: Option<ProofFormat>) -> Self {
+        if self.formats.is_none() {
+            self.formats = format.map(|f| vec![vci::format_name(f).to_string()]);
+        }
+        self
+    }
+}
+
+fn offered(answer: Value) -> Response {
+    (StatusCode::CREATED, Json(answer)).into_response()
 }
 
 fn privilege_credential(
@@ -772,10 +954,10 @@ fn issued(rec: &Record) -> Response {
         .into_response()
 }
 
-/// Joiner: a new privilege credential.
+/// Joiner: a new privilege credential, or (with `offer`) an OpenID4VCI offer of it.
 #[utoipa::path(post, path = "/v1/privileges", tag = "lifecycle",
     request_body = JoinerRequest, security(("adminToken" = [])),
-    responses((status = 201, description = "`{id, replaces, statusListIndex, verifiableCredential}`", body = Object),
+    responses((status = 201, description = "`{id, replaces, statusListIndex, verifiableCredential}`, or with `offer` the offer as `POST /v1/oid4vci/offers` answers it", body = Object),
         JsonBodyErrors, AdminErrors))]
 async fn joiner(
     State(s): AppState,
@@ -784,6 +966,10 @@ async fn joiner(
 ) -> Result<Response, IssuerError> {
     s.require_admin(&headers)?;
     let vc = privilege_credential(&s, &req.subject, req.valid_until.as_deref())?;
+    if let Some(options) = req.offer {
+        let options = options.with_format(req.format);
+        return Ok(offered(s.offer(vc, &options, None).await?));
+    }
     let rec = s
         .issue(vc, req.format.unwrap_or(s.config.default_format), None)
         .await?;
@@ -805,13 +991,19 @@ struct MoverRequest {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     format: Option<ProofFormat>,
+    /// Answer with an OpenID4VCI offer of the new credential; the old one stays valid
+    /// until the holder's wallet receives the new one, and is revoked in the same write.
+    #[serde(default)]
+    offer: Option<OfferOptions>,
 }
 
 /// Mover: re-issue with changed privileges; the old credential is revoked atomically.
+/// With `offer`, the new credential is offered by OpenID4VCI, and the old one is revoked
+/// when the holder's wallet receives the new one (in the same write).
 #[utoipa::path(post, path = "/v1/privileges/{id}/move", tag = "lifecycle",
     params(("id" = String, Path, description = "The privilege credential's id")),
     request_body = MoverRequest, security(("adminToken" = [])),
-    responses((status = 201, description = "`{id, replaces, statusListIndex, verifiableCredential}`", body = Object),
+    responses((status = 201, description = "`{id, replaces, statusListIndex, verifiableCredential}`, or with `offer` the offer (and `replaces`)", body = Object),
         (status = 409, description = "Already revoked", body = service::openapi::ProblemDoc,
             content_type = "application/problem+json"),
         JsonBodyErrors, AdminErrors, NotFound))]
@@ -858,6 +1050,12 @@ async fn mover(
         subject.role = role;
     }
     let vc = privilege_credential(&s, &subject, req.valid_until.as_deref())?;
+    if let Some(options) = req.offer {
+        let options = options.with_format(req.format);
+        let mut answer = s.offer(vc, &options, Some(id.clone())).await?;
+        answer["replaces"] = json!(id);
+        return Ok(offered(answer));
+    }
     let rec = s
         .issue(vc, req.format.unwrap_or(old.format), Some(&id))
         .await?;
@@ -982,4 +1180,334 @@ async fn status_events(
         Some(Ok(Event::default().event("revocation").data(data)))
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// An OpenID4VCI offer of a credential body (any type this office issues).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct OfferRequest {
+    /// The unsigned credential, as for `/credentials/issue`. Without
+    /// `credentialSubject.id`, the holder's key proof names the subject (its did:key or
+    /// did:jwk); with one (a did:key or did:jwk), only that DID's key can receive it.
+    credential: Value,
+    #[serde(flatten)]
+    options: OfferOptions,
+}
+
+/// OpenID4VCI: offer a credential by pre-authorized code. The answer holds the offer by
+/// value (`credentialOfferUrl`, also as the QR codes `qrPng`, base64, and `qrSvg`) and by
+/// reference (`credentialOfferUriUrl`), and the transaction code (`txCode`), shown only
+/// here. The offer can be redeemed once, before `expiresAt`.
+#[utoipa::path(post, path = "/v1/oid4vci/offers", tag = "openid4vci",
+    request_body = OfferRequest, security(("adminToken" = [])),
+    responses((status = 201, description = "`{offerId, credentialOffer, credentialOfferUrl, credentialOfferUri, credentialOfferUriUrl, txCode, expiresAt, qrPng, qrSvg}`", body = Object),
+        JsonBodyErrors, AdminErrors))]
+async fn make_offer(
+    State(s): AppState,
+    headers: HeaderMap,
+    StrictJson(req): StrictJson<OfferRequest>,
+) -> Result<Response, IssuerError> {
+    s.require_admin(&headers)?;
+    Ok(offered(s.offer(req.credential, &req.options, None).await?))
+}
+
+/// OpenID4VCI 1.0 §12.2: the credential issuer's metadata.
+#[utoipa::path(get, path = "/.well-known/openid-credential-issuer", tag = "openid4vci",
+    responses((status = 200, description = "Credential issuer metadata", body = Object)))]
+async fn credential_issuer_metadata(State(s): AppState) -> Json<Value> {
+    let configurations = vci::configurations(&s.type_names());
+    Json(vci::issuer_metadata(
+        &s.issuer_id(),
+        s.key.did(),
+        s.key.algorithm(),
+        &configurations,
+        |t| s.contexts_of(t),
+    ))
+}
+
+/// RFC 8414: the authorization server metadata (this issuer is its own authorization
+/// server, for the pre-authorized code grant only).
+#[utoipa::path(get, path = "/.well-known/oauth-authorization-server", tag = "openid4vci",
+    responses((status = 200, description = "Authorization server metadata", body = Object)))]
+async fn authorization_server_metadata(State(s): AppState) -> Json<Value> {
+    Json(vci::authorization_server_metadata(&s.issuer_id()))
+}
+
+/// OpenID4VCI 1.0 §4.1.3: a credential offer by reference (`credential_offer_uri`),
+/// served until its code is redeemed or it expires.
+#[utoipa::path(get, path = "/oid4vci/offers/{id}", tag = "openid4vci",
+    params(("id" = String, Path, description = "The offer's reference id")),
+    responses((status = 200, description = "The credential offer object", body = Object), NotFound))]
+async fn offer_by_reference(
+    State(s): AppState,
+    Path(id): Path<String>,
+) -> Result<Response, IssuerError> {
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(IssuerError::NotFound("offer".into()));
+    }
+    let offer = s
+        .oid4vci
+        .offers
+        .by_reference(&id)?
+        .ok_or_else(|| IssuerError::NotFound("offer".into()))?;
+    Ok(no_store(Json(offer).into_response()))
+}
+
+fn no_store(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+/// The media type of a request, without parameters, in lower case.
+fn media_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// OAuth 2.0 token endpoint (RFC 6749 §3.2; OpenID4VCI 1.0 §6): the pre-authorized code
+/// (and transaction code) for an access token. Form body; errors as `{error,
+/// error_description}`: `invalid_request` (a parameter missing, repeated, or a `tx_code`
+/// missing or unexpected), `invalid_grant` (an unknown, used, expired or void code, or a
+/// wrong `tx_code`: after `[oid4vci] tx_code_tries` wrong ones the offer is void),
+/// `unsupported_grant_type`.
+#[utoipa::path(post, path = "/oid4vci/token", tag = "openid4vci",
+    request_body(content = String, content_type = "application/x-www-form-urlencoded",
+        description = "`grant_type=urn:ietf:params:oauth:grant-type:pre-authorized_code&pre-authorized_code=...&tx_code=...`"),
+    responses((status = 200, description = "`{access_token, token_type, expires_in}`", body = Object),
+        (status = 400, description = "`{error, error_description}`", body = Object)))]
+async fn token(
+    State(s): AppState,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, IssuerError> {
+    let invalid = |m: String| ProtocolError::bad("invalid_request", m);
+    if media_type(&headers) != "application/x-www-form-urlencoded" {
+        return Err(invalid("the body must be application/x-www-form-urlencoded".into()).into());
+    }
+    let mut form: HashMap<String, String> = HashMap::new();
+    for (k, v) in url::form_urlencoded::parse(&body) {
+        if form.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(invalid(format!("{k} is repeated")).into());
+        }
+    }
+    let grant = form
+        .get("grant_type")
+        .ok_or_else(|| invalid("grant_type is missing".into()))?;
+    if grant != vci::PRE_AUTHORIZED_GRANT {
+        return Err(ProtocolError::bad(
+            "unsupported_grant_type",
+            "this issuer grants the pre-authorized code only",
+        )
+        .into());
+    }
+    let code = form
+        .get("pre-authorized_code")
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| invalid("pre-authorized_code is missing".into()))?;
+    let tx_code = form.get("tx_code").map(String::as_str);
+    let ttl = chrono::Duration::seconds(s.config.oid4vci.token_ttl_secs as i64);
+    let answer = s.oid4vci.token(code, tx_code, ttl).await?;
+    Ok(no_store(Json(answer).into_response()))
+}
+
+/// OpenID4VCI 1.0 §7: a fresh `c_nonce` for a key proof; single use, short-lived.
+#[utoipa::path(post, path = "/oid4vci/nonce", tag = "openid4vci",
+    responses((status = 200, description = "`{c_nonce}` (Cache-Control: no-store)", body = Object)))]
+async fn nonce(State(s): AppState) -> Result<Response, IssuerError> {
+    let (c_nonce, _) = s.oid4vci.nonces.issue().await.map_err(|e| {
+        ProtocolError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            e.to_string(),
+        )
+    })?;
+    Ok(no_store(
+        Json(json!({ "c_nonce": c_nonce })).into_response(),
+    ))
+}
+
+/// The parts of a credential request (OpenID4VCI 1.0 §8.2) this issuer reads.
+struct CredentialRequest {
+    configuration_id: String,
+    proof: String,
+}
+
+impl CredentialRequest {
+    fn read(headers: &HeaderMap, body: &[u8]) -> Result<Self, ProtocolError> {
+        let invalid = |m: &str| ProtocolError::bad("invalid_credential_request", m);
+        if media_type(headers) != "application/json" {
+            return Err(invalid("the body must be application/json"));
+        }
+        let body = federation::json::parse_strict(body)
+            .map_err(|e| invalid(&format!("the body is not strict JSON: {}", e.summary())))?;
+        let body = body
+            .as_object()
+            .ok_or_else(|| invalid("the body is not a JSON object"))?;
+        if body.contains_key("credential_identifier") {
+            return Err(ProtocolError::bad(
+                "unknown_credential_identifier",
+                "this issuer hands out no credential identifiers: name a credential_configuration_id",
+            ));
+        }
+        if body.contains_key("proof") {
+            return Err(invalid("proof is a draft parameter: send proofs"));
+        }
+        if body.contains_key("credential_response_encryption") {
+            return Err(invalid("credential response encryption is not supported"));
+        }
+        let configuration_id = body
+            .get("credential_configuration_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("credential_configuration_id is missing"))?
+            .to_string();
+        let proofs = body
+            .get("proofs")
+            .ok_or_else(|| vci::invalid_proof("proofs is missing"))?
+            .as_object()
+            .ok_or_else(|| vci::invalid_proof("proofs is not an object"))?;
+        if let Some(other) = proofs.keys().find(|k| k.as_str() != "jwt") {
+            return Err(vci::invalid_proof(&format!(
+                "proof type {other:?} is not supported (jwt)"
+            )));
+        }
+        let proof = match proofs
+            .get("jwt")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+        {
+            Some([Value::String(jwt)]) => jwt.clone(),
+            Some([_, _, ..]) => {
+                return Err(vci::invalid_proof(
+                    "batch issuance is not supported: send one key proof",
+                ))
+            }
+            _ => return Err(vci::invalid_proof("proofs.jwt must be an array of one JWT")),
+        };
+        Ok(CredentialRequest {
+            configuration_id,
+            proof,
+        })
+    }
+}
+
+/// The bearer access token of a request.
+fn bearer(headers: &HeaderMap) -> Result<String, ProtocolError> {
+    let unauthorized = |m: &str| ProtocolError::new(StatusCode::UNAUTHORIZED, "invalid_token", m);
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| unauthorized("an access token from the token endpoint is required"))?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or_else(|| unauthorized("Authorization: Bearer <access token>"))?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(unauthorized("Authorization: Bearer <access token>"));
+    }
+    Ok(token.trim().to_string())
+}
+
+/// OpenID4VCI 1.0 §8: the credential, for an access token and a key proof. The access
+/// token is spent by the credential it is issued for (one credential per offer). Errors as
+/// `{error, error_description}`: 401 `invalid_token`; 400 `invalid_credential_request`,
+/// `unknown_credential_configuration`, `unknown_credential_identifier`, `invalid_proof`
+/// (typ, alg, key, signature, aud, iat, a missing nonce), `invalid_nonce` (unknown, used
+/// or expired), `credential_request_denied`.
+#[utoipa::path(post, path = "/oid4vci/credential", tag = "openid4vci",
+    request_body(content = Object, description = "`{credential_configuration_id, proofs: {jwt: [key proof]}}`; header `Authorization: Bearer <access token>`"),
+    responses((status = 200, description = "`{credentials: [{credential}]}`", body = Object),
+        (status = 400, description = "`{error, error_description}`", body = Object),
+        (status = 401, description = "`{error: invalid_token}`", body = Object)))]
+async fn credential(
+    State(s): AppState,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, IssuerError> {
+    let token = bearer(&headers)?;
+    let Some(granted) = s.oid4vci.offers.token(&token)? else {
+        return Err(ProtocolError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "the access token is unknown, spent or expired",
+        )
+        .into());
+    };
+    let req = CredentialRequest::read(&headers, &body)?;
+    let configuration = vci::configurations(&s.type_names())
+        .into_iter()
+        .find(|c| c.id == req.configuration_id)
+        .ok_or_else(|| {
+            ProtocolError::bad(
+                "unknown_credential_configuration",
+                "no such credential configuration (see /.well-known/openid-credential-issuer)",
+            )
+        })?;
+    if !granted.offer.configuration_ids.contains(&configuration.id) {
+        return Err(ProtocolError::bad(
+            "credential_request_denied",
+            "this access token's offer is not for that credential configuration",
+        )
+        .into());
+    }
+    let holder = s.oid4vci.check_proof(&req.proof, &s.issuer_id()).await?;
+    if let Some(subject) = &granted.offer.subject {
+        if subject != &holder {
+            return Err(vci::invalid_proof(
+                "the key proof is not by the key of the subject this credential was offered to",
+            )
+            .into());
+        }
+    }
+    // Spent before issuing: of two requests with one token, one alone gets a credential.
+    let Some(spent) = s.oid4vci.offers.spend(&token).await? else {
+        return Err(ProtocolError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "the access token is unknown, spent or expired",
+        )
+        .into());
+    };
+    let mut vc = spent.offer.credential.clone();
+    if vc.pointer("/credentialSubject/id").is_none() {
+        if let Some(subject) = vc
+            .get_mut("credentialSubject")
+            .and_then(Value::as_object_mut)
+        {
+            subject.insert("id".into(), json!(holder));
+        }
+    }
+    let issued = s
+        .issue(vc, configuration.format, spent.offer.replaces.as_deref())
+        .await;
+    match issued {
+        Ok(rec) => {
+            tracing::info!(offer = %spent.offer.id, credential = %rec.id, "credential issued by OpenID4VCI");
+            Ok(no_store(
+                Json(json!({"credentials": [{"credential": rec.credential}]})).into_response(),
+            ))
+        }
+        Err(e) => {
+            // Nothing was issued: the holder may try again while the token lasts.
+            if let Err(restore) = s.oid4vci.offers.restore(&token, &spent).await {
+                tracing::warn!(error = %restore, "a spent access token was not restored");
+            }
+            Err(match e {
+                IssuerError::Conflict(m)
+                | IssuerError::Unprocessable(m)
+                | IssuerError::BadRequest(m) => ProtocolError::bad("credential_request_denied", m),
+                other => ProtocolError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    other.to_string(),
+                ),
+            }
+            .into())
+        }
+    }
 }

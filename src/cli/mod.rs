@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod db;
 pub mod federation;
+pub mod issuer;
 pub mod policy;
 pub mod records;
 pub mod visibility;

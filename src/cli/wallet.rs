@@ -79,6 +79,28 @@ pub enum WalletCommand {
         #[arg(long, value_name = "FILE")]
         trust: Option<PathBuf>,
     },
+    /// Receive a credential offered by OpenID4VCI (pre-authorized code): verify it and
+    /// keep it if it is addressed to this wallet's holder.
+    Receive {
+        #[command(flatten)]
+        wallet: WalletDir,
+        /// The offer: `openid-credential-offer://?credential_offer=...` or
+        /// `...?credential_offer_uri=...`, or the offer's https URI.
+        offer: String,
+        /// The transaction code the office gave you apart from the offer.
+        #[arg(long, value_name = "CODE")]
+        tx_code: Option<String>,
+        /// The format to ask for: ldp_vc, jwt_vc_json or dc+sd-jwt (default: the first
+        /// the offer has of these).
+        #[arg(long)]
+        format: Option<String>,
+        /// The trust file (see below); default DIR/trust.json or DIR/trust.toml.
+        #[arg(long, value_name = "FILE")]
+        trust: Option<PathBuf>,
+        /// Allow plain http to a loopback issuer (tests and the demo only).
+        #[arg(long)]
+        dev: bool,
+    },
     /// List the stored credentials.
     List {
         #[command(flatten)]
@@ -235,6 +257,43 @@ pub async fn run(cmd: WalletCommand, json: bool) -> anyhow::Result<()> {
                 print_line(&format!(
                     "stored {}: {} from {}\n  {}",
                     stored.id, stored.kind, stored.issuer, stored.summary
+                ))
+            }
+        }
+        WalletCommand::Receive {
+            wallet,
+            offer,
+            tx_code,
+            format,
+            trust,
+            dev,
+        } => {
+            let w = Wallet::open(&wallet.dir)?;
+            let verifier = trust_config(&wallet.dir, trust.as_deref())?.verifier()?;
+            let received = w
+                .receive(
+                    &offer,
+                    tx_code.as_deref(),
+                    format.as_deref(),
+                    &verifier,
+                    dev,
+                )
+                .await?;
+            let stored = &received.stored;
+            if json {
+                let mut out = brief(stored);
+                out["configuration"] = json!(received.configuration_id);
+                out["oid4vciFormat"] = json!(received.format);
+                print_json(&out)
+            } else {
+                print_line(&format!(
+                    "received {} ({}) and stored {}: {} from {}\n  {}",
+                    received.configuration_id,
+                    received.format,
+                    stored.id,
+                    stored.kind,
+                    stored.issuer,
+                    stored.summary
                 ))
             }
         }

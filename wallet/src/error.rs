@@ -130,6 +130,28 @@ pub enum WalletError {
 
     #[error("{0:?} is not `now`, a date (YYYY-MM-DD) or an RFC 3339 date-time")]
     BadTime(String),
+
+    #[error("unusable credential offer: {0}")]
+    BadOffer(String),
+
+    #[error("this offer needs the transaction code the credentialing office gave you (--tx-code); nothing was asked of the issuer")]
+    TxCodeNeeded,
+
+    #[error("issuer {url} is unreachable: {reason}")]
+    IssuerUnreachable { url: String, reason: String },
+
+    #[error(
+        "issuer {url} answered with something other than OpenID4VCI: {reason}; nothing was stored"
+    )]
+    IssuerProtocol { url: String, reason: String },
+
+    #[error("issuer refused at {url} ({status} {error}): {description}")]
+    IssuerRefused {
+        url: String,
+        status: u16,
+        error: String,
+        description: String,
+    },
 }
 
 /// What is wrong with a trust file (see `trust_config`); shown after its path.

@@ -12,6 +12,7 @@
 //! - `addressing`: whether a credential is addressed to this holder.
 //! - `request`: [`PresentationRequest`] and picking what a presentation must carry.
 //! - [`gateway`]: [`GatewayClient`]: challenges, consent registration and withdrawal.
+//! - [`oid4vci`]: the OpenID4VCI client: [`Wallet::receive`] an offer (pre-authorized code).
 //! - `consent`: the patient's side: granting, registering, withdrawing consents.
 //! - `trust_config`: the trust file a wallet verifies imports with.
 //! - `error`: the errors, [`WalletError`], each a one-line actionable message.
@@ -21,6 +22,7 @@ mod consent;
 mod error;
 pub mod gateway;
 pub mod holder;
+pub mod oid4vci;
 mod request;
 mod store;
 mod trust_config;
