@@ -12,6 +12,8 @@
 //! - `addressing`: whether a credential is addressed to this holder.
 //! - `request`: [`PresentationRequest`] and picking what a presentation must carry.
 //! - [`gateway`]: [`GatewayClient`]: challenges, consent registration and withdrawal.
+//! - [`oid4vp`]: answering an OpenID4VP 1.0 authorization request (request object
+//!   checked, DCQL matched, presentations posted to the verifier).
 //! - `consent`: the patient's side: granting, registering, withdrawing consents.
 //! - `trust_config`: the trust file a wallet verifies imports with.
 //! - `error`: the errors, [`WalletError`], each a one-line actionable message.
@@ -21,6 +23,7 @@ mod consent;
 mod error;
 pub mod gateway;
 pub mod holder;
+pub mod oid4vp;
 mod request;
 mod store;
 mod trust_config;
