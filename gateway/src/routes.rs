@@ -258,10 +258,7 @@ async fn oid4vp_start(
         (status = 200, description = "The request object", body = String,
             content_type = "application/oauth-authz-req+jwt"),
         (status = 404, description = "`invalid_request_uri`: unknown, answered or expired", body = Object)))]
-async fn oid4vp_request_object(
-    State(s): AppState,
-    Path(state): Path<String>,
-) -> Response {
+async fn oid4vp_request_object(State(s): AppState, Path(state): Path<String>) -> Response {
     if state.len() > 128 {
         return crate::oid4vp::OAuthError::invalid_request("state too long").into_response();
     }

@@ -374,7 +374,11 @@ impl GatewayState {
     }
 
     /// Records a failed verification under the check that failed.
-    pub(crate) async fn refuse_verification(&self, ledger: &Ledger, e: &VerifyError) -> GatewayError {
+    pub(crate) async fn refuse_verification(
+        &self,
+        ledger: &Ledger,
+        e: &VerifyError,
+    ) -> GatewayError {
         let reason = match e.credential {
             Some(i) => format!("credential #{i}: {}", e.check),
             None => format!("presentation: {}", e.check),

@@ -131,7 +131,9 @@ pub async fn check_request(
         return Err(bad("the request object's typ is not oauth-authz-req+jwt"));
     }
     if did_of(&jws.kid) != verifier {
-        return Err(bad("the request object is signed by another DID than its client_id"));
+        return Err(bad(
+            "the request object is signed by another DID than its client_id",
+        ));
     }
     let key = match resolver
         .public_key(&jws.kid, Relationship::AssertionMethod)
@@ -306,7 +308,11 @@ pub async fn build_vp_token(
     // The queries to answer: for each credential set, the first option all of whose
     // queries this wallet can answer; without sets, every query it can.
     let mut chosen: Vec<String> = Vec::new();
-    match request.dcql_query.get("credential_sets").and_then(Value::as_array) {
+    match request
+        .dcql_query
+        .get("credential_sets")
+        .and_then(Value::as_array)
+    {
         Some(sets) => {
             for set in sets {
                 let required = set.get("required").and_then(Value::as_bool).unwrap_or(true);
@@ -321,7 +327,9 @@ pub async fn build_vp_token(
                             .all(|id| id.as_str().is_some_and(|id| !answer(id).is_empty()))
                     });
                 match option {
-                    Some(ids) => chosen.extend(ids.iter().filter_map(Value::as_str).map(String::from)),
+                    Some(ids) => {
+                        chosen.extend(ids.iter().filter_map(Value::as_str).map(String::from))
+                    }
                     None if required => {
                         return Err(bad(
                             "no stored credential answers a required part of the request",

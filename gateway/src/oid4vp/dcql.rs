@@ -131,9 +131,13 @@ pub fn query_id(kind: CredentialKind, format: QueryFormat) -> String {
 pub fn parse_query_id(id: &str) -> Option<(CredentialKind, QueryFormat)> {
     CredentialKind::ALL.into_iter().find_map(|kind| {
         let rest = id.strip_prefix(short_name(kind))?.strip_prefix('_')?;
-        let format = [QueryFormat::LdpVc, QueryFormat::JwtVcJson, QueryFormat::SdJwt]
-            .into_iter()
-            .find(|f| f.id_suffix() == rest)?;
+        let format = [
+            QueryFormat::LdpVc,
+            QueryFormat::JwtVcJson,
+            QueryFormat::SdJwt,
+        ]
+        .into_iter()
+        .find(|f| f.id_suffix() == rest)?;
         Some((kind, format))
     })
 }
@@ -163,7 +167,8 @@ pub fn query(
             let claims: Vec<Value> = paths
                 .iter()
                 .map(|p| {
-                    let path: Vec<Value> = prefix.iter().cloned().chain(p.iter().cloned()).collect();
+                    let path: Vec<Value> =
+                        prefix.iter().cloned().chain(p.iter().cloned()).collect();
                     json!({ "path": path })
                 })
                 .collect();
@@ -262,12 +267,10 @@ mod tests {
     #[test]
     fn the_declared_claims_are_what_the_policy_input_carries() {
         let sample = sample_input("clinical");
-        let privilege = serde_json::to_value(
-            &sample.privilege.as_ref().unwrap().subject as &PrivilegeFacts,
-        )
-        .unwrap();
-        let consent =
-            serde_json::to_value(&sample.consents[0].subject as &ConsentFacts).unwrap();
+        let privilege =
+            serde_json::to_value(&sample.privilege.as_ref().unwrap().subject as &PrivilegeFacts)
+                .unwrap();
+        let consent = serde_json::to_value(&sample.consents[0].subject as &ConsentFacts).unwrap();
         for domain in ["clinical", "billing"] {
             let claims = shipped(domain);
             assert_eq!(
@@ -308,8 +311,10 @@ mod tests {
                 let paths: Vec<&[Value]> = claims[&kind].iter().map(Vec::as_slice).collect();
                 retain(v, &paths).unwrap()
             };
-            value["privilege"]["subject"] =
-                cut(&value["privilege"]["subject"], CredentialKind::ClinicianPrivilege);
+            value["privilege"]["subject"] = cut(
+                &value["privilege"]["subject"],
+                CredentialKind::ClinicianPrivilege,
+            );
             for c in value["consents"].as_array_mut().unwrap() {
                 c["subject"] = cut(&c["subject"], CredentialKind::PatientConsent);
             }
@@ -339,7 +344,11 @@ mod tests {
     #[test]
     fn query_ids_read_back() {
         for kind in CredentialKind::ALL {
-            for f in [QueryFormat::LdpVc, QueryFormat::JwtVcJson, QueryFormat::SdJwt] {
+            for f in [
+                QueryFormat::LdpVc,
+                QueryFormat::JwtVcJson,
+                QueryFormat::SdJwt,
+            ] {
                 assert_eq!(parse_query_id(&query_id(kind, f)), Some((kind, f)));
             }
         }

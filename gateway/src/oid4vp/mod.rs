@@ -125,12 +125,17 @@ impl OAuthError {
 
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status,
             [(header::CACHE_CONTROL, "no-store")],
             axum::Json(json!({"error": self.error, "error_description": self.description})),
         )
-            .into_response()
+            .into_response();
+        // A wallet reads OAuth error JSON only: kept as it is, not made problem+json.
+        response
+            .extensions_mut()
+            .insert(service::http::ProtocolErrorBody);
+        response
     }
 }
 
@@ -273,10 +278,7 @@ fn redirect_ok(uri: &str, dev_mode: bool) -> bool {
     let Ok(url) = reqwest::Url::parse(uri) else {
         return false;
     };
-    let loopback = matches!(
-        url.host_str(),
-        Some("localhost" | "127.0.0.1" | "[::1]")
-    );
+    let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
     uri.len() <= 2048
         && url.fragment().is_none()
         && (url.scheme() == "https" || (url.scheme() == "http" && (loopback || dev_mode)))
@@ -319,14 +321,12 @@ pub async fn start(
                 .map_err(|e| GatewayError::Internal(format!("ephemeral key: {e}")))?,
         ),
     };
-    let ttl = chrono::Duration::seconds(
-        i64::try_from(state.config.challenge_ttl_secs).unwrap_or(120),
-    );
+    let ttl =
+        chrono::Duration::seconds(i64::try_from(state.config.challenge_ttl_secs).unwrap_or(120));
     let expires = Utc::now() + ttl;
     let tx = Transaction {
         domain: domain.to_string(),
-        params: serde_json::to_value(&params)
-            .map_err(|e| GatewayError::Internal(e.to_string()))?,
+        params: serde_json::to_value(&params).map_err(|e| GatewayError::Internal(e.to_string()))?,
         nonce: federation::client::random_token(),
         state: tx_state.clone(),
         secret_sha256: store::digest(&secret),
@@ -351,8 +351,8 @@ pub async fn start(
         urlencoding(&client_id),
         urlencoding(&request_uri)
     );
-    let (qr_svg, qr_png) = qr(&authorization_request)
-        .map_err(|e| GatewayError::Internal(format!("QR code: {e}")))?;
+    let (qr_svg, qr_png) =
+        qr(&authorization_request).map_err(|e| GatewayError::Internal(format!("QR code: {e}")))?;
     Ok(Started {
         transaction_id,
         requester_secret: secret,
@@ -432,7 +432,7 @@ fn qr_png(code: &qrcode::QrCode) -> Result<Vec<u8>, String> {
 fn ephemeral_key(kid: &str) -> Result<Value, String> {
     let pair = josekit::jwk::alg::ec::EcKeyPair::generate(josekit::jwk::alg::ec::EcCurve::P256)
         .map_err(|e| e.to_string())?;
-    let mut jwk = pair.to_jwk_private_key();
+    let mut jwk = pair.to_jwk_key_pair();
     jwk.set_key_id(kid);
     jwk.set_key_use("enc");
     jwk.set_algorithm("ECDH-ES");
@@ -452,8 +452,20 @@ pub async fn request_object(state: &GatewayState, tx_state: &str) -> Result<Stri
     let (_, tx) = state
         .oid4vp
         .by_state(tx_state)
-        .map_err(|e| OAuthError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", e.to_string()))?
-        .ok_or_else(|| OAuthError::new(StatusCode::NOT_FOUND, "invalid_request_uri", "unknown or expired request"))?;
+        .map_err(|e| {
+            OAuthError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                e.to_string(),
+            )
+        })?
+        .ok_or_else(|| {
+            OAuthError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_uri",
+                "unknown or expired request",
+            )
+        })?;
     if tx.phase != Phase::Open || tx.is_expired() {
         return Err(OAuthError::new(
             StatusCode::NOT_FOUND,
@@ -489,8 +501,13 @@ pub async fn request_object(state: &GatewayState, tx_state: &str) -> Result<Stri
         "dcql_query": tx.dcql_query,
         "client_metadata": client_metadata,
     });
-    federation::jose::sign(&claims, &state.key, REQUEST_TYP)
-        .map_err(|e| OAuthError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string()))
+    federation::jose::sign(&claims, &state.key, REQUEST_TYP).map_err(|e| {
+        OAuthError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            e.to_string(),
+        )
+    })
 }
 
 /// The parameters of an authorization response, once decrypted.
@@ -528,7 +545,11 @@ pub async fn respond(state: &GatewayState, form: ResponseForm) -> Result<Value, 
     };
     if let Some(error) = form.error.as_deref() {
         // The wallet declined (the user said no, or nothing fits): nothing was verified.
-        let error = error.chars().filter(char::is_ascii_graphic).take(64).collect();
+        let error = error
+            .chars()
+            .filter(char::is_ascii_graphic)
+            .take(64)
+            .collect();
         let outcome = Outcome::Declined { error };
         let _ = form.error_description;
         state
@@ -549,10 +570,18 @@ pub async fn respond(state: &GatewayState, form: ResponseForm) -> Result<Value, 
     };
 
     exchange::check_outbox(state).map_err(|e| {
-        OAuthError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", e.to_string())
+        OAuthError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            e.to_string(),
+        )
     })?;
     let params: ExchangeParams = serde_json::from_value(tx.params.clone()).map_err(|_| {
-        OAuthError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "unreadable transaction")
+        OAuthError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "unreadable transaction",
+        )
     })?;
     let mut ledger = exchange::new_ledger(&tx.domain, &params);
     let binding = PresentationBinding {
@@ -562,11 +591,19 @@ pub async fn respond(state: &GatewayState, form: ResponseForm) -> Result<Value, 
 
     // verify: every presentation of every answered query, bound to this request
     let claims = dcql::domain_claims(&state.config.policies, &tx.domain).map_err(|e| {
-        OAuthError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", e.to_string())
+        OAuthError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            e.to_string(),
+        )
     })?;
     let asked: Vec<String> = tx.dcql_query["credentials"]
         .as_array()
-        .map(|c| c.iter().filter_map(|q| q["id"].as_str().map(str::to_string)).collect())
+        .map(|c| {
+            c.iter()
+                .filter_map(|q| q["id"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     let count: usize = token
         .values()
@@ -622,7 +659,10 @@ pub async fn respond(state: &GatewayState, form: ResponseForm) -> Result<Value, 
                 _ => ProofFormat::DataIntegrity,
             };
             if vp.format != expected
-                || vp.credentials.iter().any(|c| c.kind != kind || c.format != expected)
+                || vp
+                    .credentials
+                    .iter()
+                    .any(|c| c.kind != kind || c.format != expected)
             {
                 let e = verify_error(
                     federation::verify::Check::Format,
@@ -642,7 +682,11 @@ pub async fn respond(state: &GatewayState, form: ResponseForm) -> Result<Value, 
     // Single use: of two responses that verified, one claims the transaction.
     if let Err(e) = state.oid4vp.claim(&tx_id).await {
         let refusal = state
-            .refuse(&ledger, "challenge", "the request was already answered".into())
+            .refuse(
+                &ledger,
+                "challenge",
+                "the request was already answered".into(),
+            )
             .await;
         drop(refusal);
         return Err(store_error(&e));
@@ -653,10 +697,18 @@ pub async fn respond(state: &GatewayState, form: ResponseForm) -> Result<Value, 
         Ok(allowed) => Outcome::allowed(allowed),
         Err(e) => Outcome::refused(e),
     };
-    let code = tx.redirect_uri.as_ref().map(|_| federation::client::random_token());
+    let code = tx
+        .redirect_uri
+        .as_ref()
+        .map(|_| federation::client::random_token());
     state
         .oid4vp
-        .finish(&tx_id, Phase::Responding, outcome.to_value(), code.as_deref())
+        .finish(
+            &tx_id,
+            Phase::Responding,
+            outcome.to_value(),
+            code.as_deref(),
+        )
         .await
         .map_err(|e| store_error(&e))?;
     Ok(match (&tx.redirect_uri, code) {
@@ -709,7 +761,9 @@ fn open_transaction(
         return Err(OAuthError::invalid_request("the request has expired"));
     }
     if tx.phase != Phase::Open {
-        return Err(OAuthError::invalid_request("the request was already answered"));
+        return Err(OAuthError::invalid_request(
+            "the request was already answered",
+        ));
     }
     Ok((id, tx))
 }
@@ -726,7 +780,11 @@ fn decrypt_response(
     let header = jwe
         .split('.')
         .next()
-        .and_then(|h| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h).ok())
+        .and_then(|h| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(h)
+                .ok()
+        })
         .and_then(|h| serde_json::from_slice::<Value>(&h).ok())
         .ok_or_else(|| bad("response is not a compact JWE"))?;
     let kid = header["kid"]
@@ -770,9 +828,7 @@ fn decrypt_response(
     Ok((id, tx, form))
 }
 
-/// One presentation of the credentials of several: one holder, and each credential cut
-/// down to the claims the domain declared (what was disclosed beyond is dropped here,
-/// before the ledger, the policy input or the access event read anything).
+/// One presentation of the credentials of several, of one holder.
 fn merge(
     vps: Vec<VerifiedPresentation>,
     claims: &dcql::DomainClaims,
@@ -793,14 +849,11 @@ fn merge(
         }
         first.credentials.extend(vp.credentials);
     }
+    // Only the types the domain reads are kept. A Data Integrity or VC-JOSE credential
+    // discloses all it holds, signed as a whole: what the policy input takes of it is
+    // the closed set of the domain's declared claims (`dcql` tests), and no subject claim
+    // reaches the access event.
     first.credentials.retain(|c| claims.contains_key(&c.kind));
-    for c in &mut first.credentials {
-        let paths: Vec<&[Value]> = claims
-            .get(&c.kind)
-            .map(|p| p.iter().map(Vec::as_slice).collect())
-            .unwrap_or_default();
-        c.subject = dcql::retain(&c.subject, &paths).unwrap_or(Value::Null);
-    }
     Ok(first)
 }
 
@@ -825,7 +878,11 @@ pub async fn collect(
 ) -> Result<Response, GatewayError> {
     let outcome = state
         .oid4vp
-        .collect(tx_id, req.requester_secret.as_deref(), req.response_code.as_deref())
+        .collect(
+            tx_id,
+            req.requester_secret.as_deref(),
+            req.response_code.as_deref(),
+        )
         .await
         .map_err(|e| match e {
             store::StoreError::Pending => GatewayError::Pending,

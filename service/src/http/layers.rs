@@ -99,6 +99,13 @@ async fn read_body_first(
     }
 }
 
+/// A response extension marking an error answered in a protocol's own error format (an
+/// OAuth 2.0 / OpenID `{"error", "error_description"}` body): such a response is passed
+/// through as it is, not turned into problem+json, because that protocol's clients read
+/// only their own format.
+#[derive(Debug, Clone, Copy)]
+pub struct ProtocolErrorBody;
+
 /// Fallback handler for unknown routes: a 404 problem.
 pub async fn problem_fallback() -> Problem {
     Problem::for_status(StatusCode::NOT_FOUND)
@@ -112,7 +119,10 @@ pub async fn problem_fallback() -> Problem {
 async fn problem_for_empty_errors(req: Request, next: Next) -> Response {
     let response = next.run(req).await;
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) || is_problem_json(&response) {
+    if !(status.is_client_error() || status.is_server_error())
+        || is_problem_json(&response)
+        || response.extensions().get::<ProtocolErrorBody>().is_some()
+    {
         return response;
     }
     let (mut parts, _) = response.into_parts();
