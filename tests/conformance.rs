@@ -871,6 +871,7 @@ async fn presentations_of_any_credentials_without_a_holder_and_the_same_problems
                 .await
                 .unwrap()
             }
+            ProofFormat::SdJwt => unreachable!("only data-integrity and jwt are presented here"),
         };
         for base in &services {
             let url = format!("{base}/presentations/verify");

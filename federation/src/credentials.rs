@@ -1,8 +1,10 @@
 //! The three credential types of a fedgate federation, and issuing and presenting them.
 //!
-//! Credentials are VC Data Model 2.0 documents. They are secured in one of two formats:
+//! Credentials are VC Data Model 2.0 documents. They are secured in one of three formats:
 //! - Data Integrity, `eddsa-rdfc-2022` (or `ecdsa-rdfc-2019` for P-256 keys), embedded proof;
-//! - VC-JOSE: a compact JWS whose payload is the credential (`typ: vc+jwt`).
+//! - VC-JOSE: a compact JWS whose payload is the credential (`typ: vc+jwt`);
+//! - SD-JWT VC (`dc+sd-jwt`): the credential's claims as selective disclosures, bound to
+//!   the holder's key (see [`crate::sdjwt`]).
 //!
 //! Presentations are signed by the holder and bound to the verifier's challenge (nonce) and
 //! domain (the verifier's DID), so a presentation captured by one gateway is useless at
@@ -33,6 +35,9 @@ pub enum ProofFormat {
     DataIntegrity,
     /// VC-JOSE: a compact JWS over the credential.
     Jwt,
+    /// SD-JWT VC (`dc+sd-jwt`): selectively disclosable, with key binding on presentation.
+    #[serde(alias = "dc+sd-jwt")]
+    SdJwt,
 }
 
 impl std::str::FromStr for ProofFormat {
@@ -41,10 +46,11 @@ impl std::str::FromStr for ProofFormat {
         match s {
             "data-integrity" | "di" | "ldp" => Ok(ProofFormat::DataIntegrity),
             "jwt" | "vc+jwt" | "jose" => Ok(ProofFormat::Jwt),
+            "sd-jwt" | "dc+sd-jwt" => Ok(ProofFormat::SdJwt),
             other => Err(ParseError::new(
                 "proof format",
                 other,
-                "data-integrity or jwt",
+                "data-integrity, jwt or sd-jwt",
             )),
         }
     }
@@ -209,6 +215,11 @@ pub enum IssueError {
     /// A proof to chain to that the document does not carry.
     #[error("the document has no proof with id {0:?} to chain to")]
     NoSuchProof(String),
+    #[error(transparent)]
+    SdJwt(#[from] crate::sdjwt::SdJwtError),
+    /// A format that secures fedgate's own types only, asked for another document.
+    #[error("{0:?} secures fedgate's credential types only")]
+    FormatNotForDocument(ProofFormat),
 }
 
 /// Builds an unsigned credential of `kind` (contexts, types, id, validity).
@@ -257,7 +268,31 @@ pub async fn issue(
             key: key.did().to_string(),
         });
     }
+    if format == ProofFormat::SdJwt {
+        let base = vct_base_for(&credential).ok_or_else(|| {
+            crate::sdjwt::SdJwtError::Issue(
+                "no vct base: the credential needs a status entry on the office's origin, or a did:web issuer".into(),
+            )
+        })?;
+        return Ok(Value::String(crate::sdjwt::issue(&credential, key, &base)?));
+    }
     sign_document(credential, key, format, None).await
+}
+
+/// Where the office that issues `credential` serves its vct type metadata: the URL its
+/// status list sits under (`{base}/status/...`), or else the https origin of a did:web
+/// issuer. The office serves both, so the two never disagree for an office's credential.
+fn vct_base_for(credential: &Value) -> Option<String> {
+    let status_url = credential
+        .get("credentialStatus")
+        .and_then(|s| s.get("statusListCredential"))
+        .and_then(Value::as_str);
+    if let Some((base, _)) = status_url.and_then(|u| u.rsplit_once("/status/")) {
+        return Some(base.to_string());
+    }
+    let did = issuer_of(credential).strip_prefix("did:web:")?;
+    let host = did.split(':').next()?.replace("%3A", ":");
+    Some(format!("https://{host}"))
 }
 
 /// Signs any credential-shaped document (also status lists) without type checks.
@@ -274,6 +309,7 @@ pub(crate) async fn sign_document(
         ProofFormat::DataIntegrity => {
             sign_data_integrity(document, key, None, crate::context::loader()).await
         }
+        ProofFormat::SdJwt => Err(IssueError::FormatNotForDocument(format)),
     }
 }
 
@@ -312,6 +348,7 @@ pub async fn issue_any(
                 IssueError::Sign(m) => IssueError::Document(m),
                 other => other,
             }),
+        ProofFormat::SdJwt => Err(IssueError::FormatNotForDocument(format)),
     }
 }
 
@@ -519,6 +556,8 @@ pub async fn present(
             )
             .await
         }
+        // An SD-JWT VC is presented alone, with its key binding JWT (`sdjwt::present`).
+        ProofFormat::SdJwt => Err(IssueError::FormatNotForDocument(format)),
     }
 }
 

@@ -1,6 +1,7 @@
 //! DID resolution that never fetches an arbitrary URL.
 //!
-//! - did:key is decoded locally.
+//! - did:key and did:jwk are decoded locally (a did:jwk is the DID of a bare JWK, which an
+//!   OpenID4VCI wallet may prove possession of instead of naming a DID).
 //! - did:web is resolved only through an allow-map (DID → base URL), filled from
 //!   configuration and, once there is one, from the federation's signed registry. A DID that
 //!   is not in the map is refused before any network I/O: a credential must not be able to
@@ -30,10 +31,12 @@ const MAX_CACHED_DID_KEYS: usize = 4096;
 pub enum DidError {
     #[error("{0:?} is not a DID")]
     NotADid(String),
-    #[error("DID method of {0:?} is not accepted (did:key and did:web only)")]
+    #[error("DID method of {0:?} is not accepted (did:key, did:jwk and did:web only)")]
     UnsupportedMethod(String),
     #[error("invalid did:key {did:?}: {reason}")]
     InvalidDidKey { did: String, reason: String },
+    #[error("invalid did:jwk {did:?}: {reason}")]
+    InvalidDidJwk { did: String, reason: String },
     #[error("did:web {0:?} is not in the federation's allow-map; it is never fetched")]
     NotAllowed(String),
     #[error("could not fetch the DID document of {did:?}: {reason}")]
@@ -159,6 +162,7 @@ impl DidResolver {
         }
         match method {
             Some("key") => self.resolve_key(did).await,
+            Some("jwk") => resolve_did_jwk(did).map(Arc::new),
             Some("web") => self.resolve_web(did).await,
             _ => Err(DidError::UnsupportedMethod(did.to_string())),
         }
@@ -255,6 +259,28 @@ impl DidResolver {
         (at.elapsed() < self.ttl).then(|| doc.clone())
     }
 
+    /// Whether `key` is the public key of one of `did`'s verification methods listed for
+    /// `relationship` (an SD-JWT's `cnf.jwk` names a key, not a method).
+    pub async fn key_is_listed(
+        &self,
+        did: &str,
+        key: &JWK,
+        relationship: Relationship,
+    ) -> Result<bool, DidError> {
+        let doc = self.resolve(did).await?;
+        let want = key.to_public().params;
+        let listed: Vec<String> = doc
+            .get(relationship.property())
+            .and_then(Value::as_array)
+            .map(|l| l.iter().filter_map(|m| method_id(&doc, m)).collect())
+            .unwrap_or_default();
+        Ok(listed.iter().any(|vm| {
+            find_verification_method(&doc, vm)
+                .and_then(|method| method_public_jwk(vm, method).ok())
+                .is_some_and(|jwk| jwk.params == want)
+        }))
+    }
+
     /// Resolves the DID of `vm` and returns the method's public key, after checking the
     /// method is listed for `relationship`. ssi does not check relationships; we must.
     pub async fn public_key(
@@ -286,6 +312,8 @@ pub fn parse_did(did: &str) -> Result<(), DidError> {
     }
     if did.starts_with("did:key:") {
         decode_did_key(did).map(|_| ())
+    } else if did.starts_with("did:jwk:") {
+        did_jwk_key(did).map(|_| ())
     } else if let Some(msid) = did.strip_prefix("did:web:") {
         if is_did_web_id(msid) {
             Ok(())
@@ -351,6 +379,144 @@ fn decode_did_key(did: &str) -> Result<Vec<u8>, DidError> {
     }
     JWK::from_multicodec(encoded).map_err(|e| invalid(e.to_string()))?;
     Ok(bytes)
+}
+
+/// The public key a did:jwk holds: base64url of a strict JSON JWK, Ed25519 or P-256, public
+/// only (a private member means the key has leaked into an identifier, and is refused).
+fn did_jwk_key(did: &str) -> Result<JWK, DidError> {
+    let invalid = |reason: &str| DidError::InvalidDidJwk {
+        did: did.to_string(),
+        reason: reason.to_string(),
+    };
+    let msid = did.strip_prefix("did:jwk:").unwrap_or_default();
+    let bytes = crate::b64::decode(msid).map_err(|_| invalid("not base64url"))?;
+    let json = crate::json::parse_strict(&bytes).map_err(|e| invalid(e.summary()))?;
+    let obj = json
+        .as_object()
+        .ok_or_else(|| invalid("not a JSON object"))?;
+    if ["d", "p", "q", "dp", "dq", "qi", "k"]
+        .iter()
+        .any(|m| obj.contains_key(*m))
+    {
+        return Err(invalid("it holds private key material"));
+    }
+    let jwk: JWK = serde_json::from_value(json.clone()).map_err(|_| invalid("not a JWK"))?;
+    match &jwk.params {
+        ssi::jwk::Params::OKP(p) if p.curve == "Ed25519" && p.public_key.0.len() == 32 => {
+            ed25519_dalek::VerifyingKey::from_bytes(
+                p.public_key
+                    .0
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| invalid("bad Ed25519 key"))?,
+            )
+            .map_err(|_| invalid("the Ed25519 key is not a curve point"))?;
+        }
+        ssi::jwk::Params::EC(p) if p.curve.as_deref() == Some("P-256") => {
+            // Checks that the point is on the curve.
+            ssi::jwk::p256_parse(&jwk_p256_sec1(p).ok_or_else(|| invalid("incomplete P-256 key"))?)
+                .map_err(|_| invalid("the P-256 key is not a curve point"))?;
+        }
+        _ => return Err(invalid("only Ed25519 and P-256 keys are accepted")),
+    }
+    Ok(jwk)
+}
+
+/// The uncompressed SEC1 encoding of a P-256 JWK's point.
+fn jwk_p256_sec1(p: &ssi::jwk::ECParams) -> Option<Vec<u8>> {
+    let (x, y) = (p.x_coordinate.as_ref()?, p.y_coordinate.as_ref()?);
+    if x.0.len() != 32 || y.0.len() != 32 {
+        return None;
+    }
+    let mut out = vec![4u8];
+    out.extend_from_slice(&x.0);
+    out.extend_from_slice(&y.0);
+    Some(out)
+}
+
+/// The DID document of a did:jwk (did:jwk method specification): one `#0` method, a
+/// `JsonWebKey2020` holding the key, under every signing relationship.
+fn resolve_did_jwk(did: &str) -> Result<Value, DidError> {
+    if DID::new(did.as_bytes()).is_err() {
+        return Err(DidError::NotADid(did.to_string()));
+    }
+    let jwk = did_jwk_key(did)?;
+    let vm = format!("{did}#0");
+    Ok(serde_json::json!({
+        "@context": [
+            "https://www.w3.org/ns/did/v1",
+            "https://w3id.org/security/suites/jws-2020/v1"
+        ],
+        "id": did,
+        "verificationMethod": [{
+            "id": vm,
+            "type": "JsonWebKey2020",
+            "controller": did,
+            "publicKeyJwk": jwk.to_public(),
+        }],
+        "assertionMethod": [vm],
+        "authentication": [vm],
+        "capabilityInvocation": [vm],
+        "capabilityDelegation": [vm],
+    }))
+}
+
+/// The did:jwk of a public key (`did:jwk:` + base64url of its JSON, members in the order
+/// RFC 7638 lists them, no private members).
+pub fn did_jwk_of(jwk: &JWK) -> Result<String, DidError> {
+    let public = jwk.to_public();
+    let value = match &public.params {
+        ssi::jwk::Params::OKP(p) if p.curve == "Ed25519" => serde_json::json!({
+            "crv": "Ed25519", "kty": "OKP", "x": crate::b64::encode(&p.public_key.0)
+        }),
+        ssi::jwk::Params::EC(p) if p.curve.as_deref() == Some("P-256") => {
+            let (x, y) = p
+                .x_coordinate
+                .as_ref()
+                .zip(p.y_coordinate.as_ref())
+                .ok_or_else(|| DidError::InvalidDidJwk {
+                    did: String::new(),
+                    reason: "incomplete P-256 key".into(),
+                })?;
+            serde_json::json!({
+                "crv": "P-256", "kty": "EC",
+                "x": crate::b64::encode(&x.0), "y": crate::b64::encode(&y.0)
+            })
+        }
+        _ => {
+            return Err(DidError::InvalidDidJwk {
+                did: String::new(),
+                reason: "only Ed25519 and P-256 keys are accepted".into(),
+            })
+        }
+    };
+    let json = serde_json::to_vec(&value).map_err(|e| DidError::InvalidDidJwk {
+        did: String::new(),
+        reason: e.to_string(),
+    })?;
+    Ok(format!("did:jwk:{}", crate::b64::encode(&json)))
+}
+
+/// The public key of a DID that holds its key in its name (did:key, did:jwk), decoded
+/// locally; any other DID is refused (its keys live in a document).
+pub fn local_public_key(did: &str) -> Result<JWK, DidError> {
+    let did = did_of(did);
+    if did.starts_with("did:key:") {
+        let bytes = decode_did_key(did)?;
+        let encoded =
+            ssi::multicodec::MultiEncoded::new(&bytes).map_err(|e| DidError::InvalidDidKey {
+                did: did.to_string(),
+                reason: e.to_string(),
+            })?;
+        JWK::from_multicodec(encoded).map_err(|e| DidError::InvalidDidKey {
+            did: did.to_string(),
+            reason: e.to_string(),
+        })
+    } else if did.starts_with("did:jwk:") {
+        did_jwk_key(did)
+    } else {
+        Err(DidError::UnsupportedMethod(did.to_string()))
+    }
 }
 
 async fn resolve_did_key(did: &str) -> Result<Value, DidError> {

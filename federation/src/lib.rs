@@ -7,7 +7,7 @@
 //! Map of the modules:
 //! - [`b64`]: base64url without padding, the one encoding of JOSE, for every module.
 //! - [`keys`]: key pairs, key files (0600, refused when readable by others), the crypto inventory.
-//! - [`did`]: DID resolution. did:key locally; did:web only through an explicit allow-map,
+//! - [`did`]: DID resolution. did:key and did:jwk locally; did:web only through an explicit allow-map,
 //!   never an arbitrary URL. Also the in-memory resolver handed to ssi.
 //! - `context`: the bundled JSON-LD contexts (nothing is fetched).
 //! - [`bundle`]: contexts, schemas and related resources a service bundles by configuration.
@@ -16,7 +16,8 @@
 //! - [`credentials`]: the three credential types, issuing in both proof formats, presenting.
 //! - [`json`]: the one strict JSON reader (duplicate keys, depth, UTF-8) for all input.
 //! - [`jose`]: the compact JWS handling for VC-JOSE credentials and presentations.
-//! - [`status`]: Bitstring Status Lists, on the issuer side and as a verifier's cache.
+//! - [`sdjwt`]: SD-JWT VC (`dc+sd-jwt`): issuing, revealing, presenting with key binding.
+//! - [`status`]: Bitstring and Token Status Lists, on the issuer side and as a verifier's cache.
 //! - [`trust`]: which issuers are trusted for which credential type.
 //! - [`registry`]: the governance-signed federation manifest: members, trusted issuers, contracts.
 //! - [`verify`]: the one verification pipeline, naming the check that failed.
@@ -46,6 +47,7 @@ pub mod kind;
 pub mod log;
 pub mod registry;
 pub mod schema;
+pub mod sdjwt;
 pub mod status;
 pub mod time;
 pub mod trust;

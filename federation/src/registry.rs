@@ -192,7 +192,7 @@ mod tests {
                 .parse::<crate::credentials::ProofFormat>()
                 .unwrap_err()
                 .to_string(),
-            "unknown proof format \"cbor\" (data-integrity or jwt)"
+            "unknown proof format \"cbor\" (data-integrity, jwt or sd-jwt)"
         );
     }
 

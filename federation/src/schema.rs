@@ -14,6 +14,10 @@ struct Compiled {
     privilege: jsonschema::Validator,
     consent: jsonschema::Validator,
     study: jsonschema::Validator,
+    /// The same schemas for what an SD-JWT VC disclosed ([`check_disclosed`]).
+    disclosed_privilege: jsonschema::Validator,
+    disclosed_consent: jsonschema::Validator,
+    disclosed_study: jsonschema::Validator,
 }
 
 /// Why a credential does not pass the schema of its type.
@@ -57,11 +61,40 @@ impl Violation {
 const MAX_VIOLATIONS: usize = 5;
 
 fn compile(name: &'static str, src: &str) -> Result<jsonschema::Validator, LoadError> {
+    compile_with(name, src, false)
+}
+
+/// Compiles a type's schema; `disclosed` relaxes it for a partly disclosed credential:
+/// `required` is not enforced at the top level and on `credentialSubject` (a claim left
+/// undisclosed is not missing), nor `minItems` on the subject's array claims (elements
+/// may be left undisclosed). Everything else (types, formats, patterns, enumerations,
+/// closed objects, each disclosed array element whole) is.
+fn compile_with(
+    name: &'static str,
+    src: &str,
+    disclosed: bool,
+) -> Result<jsonschema::Validator, LoadError> {
     let fail = |reason: String| LoadError {
         schema: name,
         reason,
     };
-    let schema: Value = serde_json::from_str(src).map_err(|e| fail(e.to_string()))?;
+    let mut schema: Value = serde_json::from_str(src).map_err(|e| fail(e.to_string()))?;
+    if disclosed {
+        if let Some(root) = schema.as_object_mut() {
+            root.remove("required");
+        }
+        if let Some(subject) = schema
+            .pointer_mut("/properties/credentialSubject")
+            .and_then(Value::as_object_mut)
+        {
+            subject.remove("required");
+            if let Some(Value::Object(claims)) = subject.get_mut("properties") {
+                for claim in claims.values_mut().filter_map(Value::as_object_mut) {
+                    claim.remove("minItems");
+                }
+            }
+        }
+    }
     jsonschema::validator_for(&schema).map_err(|e| fail(e.to_string()))
 }
 
@@ -73,6 +106,9 @@ fn compiled() -> Result<&'static Compiled, LoadError> {
                 privilege: compile("clinician-privilege", PRIVILEGE)?,
                 consent: compile("patient-consent", CONSENT)?,
                 study: compile("research-study", STUDY)?,
+                disclosed_privilege: compile_with("clinician-privilege", PRIVILEGE, true)?,
+                disclosed_consent: compile_with("patient-consent", CONSENT, true)?,
+                disclosed_study: compile_with("research-study", STUDY, true)?,
             })
         })
         .as_ref()
@@ -88,6 +124,24 @@ pub fn check(kind: CredentialKind, credential: &Value) -> Result<(), SchemaError
         CredentialKind::PatientConsent => &compiled.consent,
         CredentialKind::ResearchStudy => &compiled.study,
     };
+    validate(validator, credential)
+}
+
+/// Checks what an SD-JWT VC disclosed (in the shape of its type's credential) against the
+/// type's schema, with `required` and the subject's `minItems` not enforced (see
+/// `compile_with`): a holder may leave any claim undisclosed, but what it discloses must
+/// be what the type allows.
+pub fn check_disclosed(kind: CredentialKind, credential: &Value) -> Result<(), SchemaError> {
+    let compiled = compiled()?;
+    let validator = match kind {
+        CredentialKind::ClinicianPrivilege => &compiled.disclosed_privilege,
+        CredentialKind::PatientConsent => &compiled.disclosed_consent,
+        CredentialKind::ResearchStudy => &compiled.disclosed_study,
+    };
+    validate(validator, credential)
+}
+
+fn validate(validator: &jsonschema::Validator, credential: &Value) -> Result<(), SchemaError> {
     // The common case is a valid document: `is_valid` stops at nothing to collect and is
     // several times cheaper than walking the errors of a document that has none.
     if validator.is_valid(credential) {

@@ -1,4 +1,12 @@
-//! W3C Bitstring Status Lists: the issuer's list and the verifier's cache of lists.
+//! W3C Bitstring Status Lists and IETF Token Status Lists: the issuer's lists and the
+//! verifier's cache of lists.
+//!
+//! An office keeps one set of revocation bits and publishes it in two forms at one URL:
+//! a Bitstring Status List credential (`vc+jwt`, for Data Integrity and VC-JOSE
+//! credentials) and, to a client that asks for `application/statuslist+jwt`, a Token Status
+//! List (draft-ietf-oauth-status-list, for SD-JWT VCs). The same index names the same
+//! credential in both. The two differ in bit order: the Bitstring list counts from the
+//! most significant bit of each byte, the Token Status List from the least significant.
 //!
 //! The issuer publishes a signed list credential (a `vc+jwt`) at a stable URL. Verifiers
 //! fetch it, check who signed it, and cache it for a TTL. A revocation is also pushed to
@@ -137,6 +145,63 @@ pub fn sign_list(list: &Value, key: &crate::keys::KeyPair) -> Result<String, Sta
     crate::jose::sign(list, key, "vc+jwt").map_err(|e| StatusError::Invalid(e.to_string()))
 }
 
+/// The JWS `typ` of a Token Status List.
+pub const TOKEN_LIST_TYP: &str = "statuslist+jwt";
+/// The media type a Token Status List is served and asked for with.
+pub const TOKEN_LIST_MEDIA_TYPE: &str = "application/statuslist+jwt";
+
+impl Bitstring {
+    /// The Token Status List `lst` of these bits (one bit per entry): the bits of entry `i`
+    /// are bit `i % 8` of byte `i / 8` counted from the least significant bit, the reverse
+    /// of this list's order; then DEFLATE in the ZLIB format, then base64url.
+    pub fn encode_token_list(&self) -> Result<String, StatusError> {
+        use std::io::Write;
+        let lsb_first: Vec<u8> = self.0.iter().map(|b| b.reverse_bits()).collect();
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        z.write_all(&lsb_first)
+            .and_then(|_| z.finish())
+            .map(|bytes| crate::b64::encode(&bytes))
+            .map_err(|e| StatusError::Invalid(e.to_string()))
+    }
+
+    /// Decodes a Token Status List `lst` of 1-bit entries into a bitstring (in this type's
+    /// order), refusing anything that inflates beyond 16 MiB.
+    pub fn decode_token_list(lst: &str) -> Result<Self, StatusError> {
+        let z = crate::b64::decode(lst)
+            .map_err(|_| StatusError::Invalid("lst is not base64url".into()))?;
+        let mut out = Vec::new();
+        flate2::read::ZlibDecoder::new(z.as_slice())
+            .take(MAX_DECODED_BYTES + 1)
+            .read_to_end(&mut out)
+            .map_err(|_| StatusError::Invalid("lst is not zlib".into()))?;
+        if out.len() as u64 > MAX_DECODED_BYTES {
+            return Err(StatusError::Invalid("list too large".into()));
+        }
+        Ok(Bitstring(out.into_iter().map(u8::reverse_bits).collect()))
+    }
+}
+
+/// The signed Token Status List (`statuslist+jwt`) of `bits`, published at `uri`, valid
+/// (`exp`) and to be cached (`ttl`) for `valid_for`.
+pub fn sign_token_list(
+    key: &crate::keys::KeyPair,
+    uri: &str,
+    bits: &Bitstring,
+    valid_for: chrono::Duration,
+) -> Result<String, StatusError> {
+    let now = Utc::now();
+    let payload = json!({
+        "iss": key.did(),
+        "sub": uri,
+        "iat": now.timestamp(),
+        "exp": (now + valid_for).timestamp(),
+        "ttl": valid_for.num_seconds(),
+        "status_list": { "bits": 1, "lst": bits.encode_token_list()? },
+    });
+    crate::jose::sign(&payload, key, TOKEN_LIST_TYP)
+        .map_err(|e| StatusError::Invalid(e.to_string()))
+}
+
 struct CachedList {
     fetched: Instant,
     bits: Arc<Bitstring>,
@@ -152,6 +217,8 @@ pub struct StatusCache {
     ttl: Duration,
     dev_mode: bool,
     lists: Mutex<HashMap<String, CachedList>>,
+    /// Token Status Lists, by URI (which may be a Bitstring list's URL too).
+    token_lists: Mutex<HashMap<String, CachedList>>,
 }
 
 impl StatusCache {
@@ -162,6 +229,7 @@ impl StatusCache {
             ttl,
             dev_mode,
             lists: Mutex::new(HashMap::new()),
+            token_lists: Mutex::new(HashMap::new()),
         }
     }
 
@@ -170,10 +238,16 @@ impl StatusCache {
         if let Ok(mut lists) = self.lists.lock() {
             lists.remove(url);
         }
+        if let Ok(mut lists) = self.token_lists.lock() {
+            lists.remove(url);
+        }
     }
 
     fn invalidate_all(&self) {
         if let Ok(mut lists) = self.lists.lock() {
+            lists.clear();
+        }
+        if let Ok(mut lists) = self.token_lists.lock() {
             lists.clear();
         }
     }
@@ -241,6 +315,18 @@ impl StatusCache {
     }
 
     async fn fetch(&self, url: &str, issuer: &str) -> Result<CachedList, StatusError> {
+        let text = self.fetch_text(url, issuer, "application/vc+jwt").await?;
+        self.verify_list(text.trim(), url).await
+    }
+
+    /// Fetches a status list's body: only from the issuer's registered origin, plain HTTP
+    /// only to loopback in dev mode, at most `MAX_JWS_BYTES`.
+    async fn fetch_text(
+        &self,
+        url: &str,
+        issuer: &str,
+        accept: &str,
+    ) -> Result<String, StatusError> {
         let unavailable = |e: String| StatusError::Unavailable(e);
         let parsed = reqwest::Url::parse(url).map_err(|e| StatusError::Invalid(e.to_string()))?;
         // A status URL is only fetched from the issuer's own, registered origin: a
@@ -258,6 +344,7 @@ impl StatusCache {
         let mut resp = self
             .client
             .get(parsed)
+            .header(reqwest::header::ACCEPT, accept)
             .send()
             .await
             .map_err(|e| unavailable(e.without_url().to_string()))?;
@@ -275,9 +362,113 @@ impl StatusCache {
             }
             body.extend_from_slice(&chunk);
         }
-        let text = String::from_utf8(body)
-            .map_err(|_| StatusError::Invalid("status list is not UTF-8".into()))?;
-        self.verify_list(text.trim(), url).await
+        String::from_utf8(body).map_err(|_| StatusError::Invalid("status list is not UTF-8".into()))
+    }
+
+    /// Checks the Token Status List entry `idx` of `uri` for a credential of `issuer` (an
+    /// SD-JWT VC's `status.status_list`); any doubt is an error (fail closed). The list is
+    /// fetched with the rule the Bitstring lists follow (the issuer's registered origin),
+    /// must be signed by the issuer, name `uri` as its `sub` and hold 1-bit entries.
+    pub(crate) async fn check_token(
+        &self,
+        uri: &str,
+        idx: u64,
+        issuer: &str,
+    ) -> Result<(), StatusError> {
+        let cached = self.token_lists.lock().ok().and_then(|lists| {
+            lists
+                .get(uri)
+                .filter(|l| l.fetched.elapsed() < self.ttl)
+                .map(|l| (l.bits.clone(), l.issuer.clone(), l.valid_until))
+        });
+        let (bits, list_issuer, valid_until) = match cached {
+            Some(c) => c,
+            None => {
+                let text = self.fetch_text(uri, issuer, TOKEN_LIST_MEDIA_TYPE).await?;
+                let fetched = self.verify_token_list(text.trim(), uri).await?;
+                let out = (
+                    fetched.bits.clone(),
+                    fetched.issuer.clone(),
+                    fetched.valid_until,
+                );
+                if let Ok(mut lists) = self.token_lists.lock() {
+                    lists.insert(uri.to_string(), fetched);
+                }
+                out
+            }
+        };
+        if list_issuer != issuer {
+            return Err(StatusError::Invalid(
+                "the list is signed by another issuer than the credential".into(),
+            ));
+        }
+        if valid_until.is_some_and(|t| t < Utc::now()) {
+            return Err(StatusError::Unavailable(
+                "the status list has expired".into(),
+            ));
+        }
+        let index = usize::try_from(idx)
+            .map_err(|_| StatusError::Invalid("index beyond the list".into()))?;
+        match bits.get(index) {
+            Some(false) => Ok(()),
+            Some(true) => Err(StatusError::Revoked),
+            None => Err(StatusError::Invalid("index beyond the list".into())),
+        }
+    }
+
+    async fn verify_token_list(&self, jws: &str, uri: &str) -> Result<CachedList, StatusError> {
+        let invalid = |e: String| StatusError::Invalid(e);
+        let decoded = crate::jose::decode(jws).map_err(|e| match e {
+            crate::jose::JoseError::Json { source, .. } => StatusError::NotStrictJson(source),
+            other => invalid(other.to_string()),
+        })?;
+        if decoded.typ.as_deref() != Some(TOKEN_LIST_TYP) {
+            return Err(invalid("typ is not statuslist+jwt".into()));
+        }
+        let list = &decoded.payload;
+        let issuer = did_of(&decoded.kid).to_string();
+        if list
+            .get("iss")
+            .is_some_and(|i| i.as_str() != Some(issuer.as_str()))
+        {
+            return Err(invalid(
+                "list signed by a key of another DID than its iss".into(),
+            ));
+        }
+        let (key, _) = self
+            .resolver
+            .public_key(&decoded.kid, Relationship::AssertionMethod)
+            .await
+            .map_err(|e| invalid(e.to_string()))?;
+        decoded.verify(&key).map_err(|e| invalid(e.to_string()))?;
+        if list.get("sub").and_then(Value::as_str) != Some(uri) {
+            return Err(invalid("not the status list at this URI (sub)".into()));
+        }
+        let status_list = list
+            .get("status_list")
+            .ok_or_else(|| invalid("no status_list".into()))?;
+        if status_list.get("bits").and_then(Value::as_u64) != Some(1) {
+            return Err(invalid("only 1-bit status lists are read".into()));
+        }
+        let lst = status_list
+            .get("lst")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("status_list has no lst".into()))?;
+        let valid_until = match list.get("exp") {
+            None => None,
+            Some(v) => Some(
+                v.as_i64()
+                    .and_then(|s| DateTime::from_timestamp(s, 0))
+                    .ok_or_else(|| invalid("exp is not a NumericDate".into()))?,
+            ),
+        };
+        Ok(CachedList {
+            fetched: Instant::now(),
+            bits: Arc::new(Bitstring::decode_token_list(lst)?),
+            issuer,
+            purpose: "revocation".into(),
+            valid_until,
+        })
     }
 
     async fn verify_list(&self, jws: &str, url: &str) -> Result<CachedList, StatusError> {
@@ -418,6 +609,46 @@ mod tests {
         assert_eq!(back.get(42), Some(true));
         assert_eq!(back.get(7), Some(false));
         assert_eq!(back.get(LIST_BITS), None);
+    }
+
+    #[test]
+    fn token_status_list_counts_bits_from_the_least_significant() {
+        let mut bits = Bitstring::new();
+        assert!(bits.set(0, true));
+        assert!(bits.set(9, true));
+        assert!(bits.set(42, true));
+        let lst = bits.encode_token_list().unwrap();
+        // Inflate by hand: the spec's byte layout, not this type's.
+        let z = crate::b64::decode(&lst).unwrap();
+        let mut raw = Vec::new();
+        flate2::read::ZlibDecoder::new(z.as_slice())
+            .read_to_end(&mut raw)
+            .unwrap();
+        assert_eq!(raw.len(), LIST_BITS / 8);
+        // Index 0 is bit 0 (0x01) of byte 0; index 9 is bit 1 (0x02) of byte 1; index 42
+        // is bit 2 (0x04) of byte 5. The Bitstring list has 0x80, 0x40 and 0x20 there.
+        assert_eq!(raw[0], 0x01);
+        assert_eq!(raw[1], 0x02);
+        assert_eq!(raw[5], 0x04);
+        assert_eq!(bits.as_bytes()[0], 0x80);
+        assert_eq!(bits.as_bytes()[1], 0x40);
+        assert_eq!(bits.as_bytes()[5], 0x20);
+        // The spec's own example (draft-ietf-oauth-status-list §4.1): statuses
+        // 1 0 0 1 1 1 0 1 | 1 1 0 0 0 1 0 1 are bytes 0xB9 0xA3.
+        let spec = {
+            let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+            std::io::Write::write_all(&mut z, &[0xB9, 0xA3]).unwrap();
+            crate::b64::encode(&z.finish().unwrap())
+        };
+        let back = Bitstring::decode_token_list(&spec).unwrap();
+        let statuses: Vec<bool> = (0..16).map(|i| back.get(i).unwrap()).collect();
+        let expected = [1, 0, 0, 1, 1, 1, 0, 1, 1, 1, 0, 0, 0, 1, 0, 1].map(|b| b == 1);
+        assert_eq!(statuses, expected);
+        // And a round trip.
+        let again = Bitstring::decode_token_list(&lst).unwrap();
+        assert_eq!(again, bits);
+        assert!(Bitstring::decode_token_list("!!").is_err());
+        assert!(Bitstring::decode_token_list("AAAA").is_err());
     }
 
     #[test]

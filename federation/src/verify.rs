@@ -14,6 +14,19 @@
 //! | `issuer-trust`   | issuer trusted for the type (consent: or self-issued)    |                                   |
 //! | `status`         | Bitstring Status List (privileges must have one)         |                                   |
 //! | `holder-binding` |                                                          | each credential bound to the holder |
+//! | `disclosure`     | SD-JWT VC: each disclosure's digest is in the SD-JWT, once; `_sd_alg` sha-256; no disclosure named `_sd` or `...` | |
+//!
+//! An SD-JWT VC ([`Verifier::verify_sd_jwt_presentation`]; also a single one wherever one
+//! credential is verified) runs the same checks, named the same way: `format` (framing,
+//! `typ dc+sd-jwt`, a vct the pipeline knows), `proof` (the issuer's key under
+//! `assertionMethod`, the signature), `disclosure`, `validity` (`nbf`/`exp`/`iat`),
+//! `schema` (the disclosed claims against the type's schema, `required` and `minItems` not
+//! enforced: a claim left undisclosed is not missing), `issuer-trust` (the issuer trusted
+//! for the type; the vct on the issuer's registered origin), `status` (Token Status List),
+//! `holder-binding` (`cnf.jwk` is an `authentication` key of the holder DID, `sub` or a
+//! study's `sponsor`; the key binding JWT present, of `typ kb+jwt`, signed by that key,
+//! over this presentation's `sd_hash`, at most five minutes old), `domain` (its `aud`) and
+//! `challenge` (its `nonce`).
 //!
 //! Every embedded credential goes through the full credential pipeline; an error then also
 //! names the credential's position in the presentation.
@@ -72,6 +85,7 @@ pub enum Check {
     IssuerTrust,
     Status,
     HolderBinding,
+    Disclosure,
 }
 
 impl Check {
@@ -86,6 +100,7 @@ impl Check {
             Check::IssuerTrust => "issuer-trust",
             Check::Status => "status",
             Check::HolderBinding => "holder-binding",
+            Check::Disclosure => "disclosure",
         }
     }
 }
@@ -147,6 +162,15 @@ pub struct VerifiedCredential {
     /// SHA-256 of the secured credential as presented.
     pub digest: String,
     pub checks: Vec<Check>,
+    /// The DID the credential is bound to, when the format binds it to a key (SD-JWT VC:
+    /// `sub`, or a study's `sponsor`); None for Data Integrity and VC-JOSE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    /// What was disclosed: None when the format discloses everything (Data Integrity,
+    /// VC-JOSE); the claim paths of the disclosures received for an SD-JWT VC. `subject`
+    /// then holds only what was disclosed (and the claims that are always visible).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disclosed: Option<Vec<crate::sdjwt::ClaimPath>>,
 }
 
 /// A credential of any type that passed every check that applies to it (the VC API's
@@ -222,6 +246,61 @@ pub struct VerifiedPresentation {
 }
 
 impl VerifiedPresentation {
+    /// The presentation several SD-JWT VCs make together (an OpenID4VP `vp_token`), each
+    /// verified on its own with [`Verifier::verify_sd_jwt_presentation`]: every one must be
+    /// bound to `holder` (its key binding JWT is the holder's proof), and together they
+    /// must pass the holder binding rule of a presentation (a consent granted to the
+    /// holder, the holder's organization or study). `digest` is of the credentials'
+    /// digests, in order.
+    pub fn from_credentials(
+        holder: &str,
+        credentials: Vec<VerifiedCredential>,
+    ) -> Result<Self, VerifyError> {
+        use sha2::{Digest, Sha256};
+        if credentials.is_empty() {
+            return Err(VerifyError::new(Check::Format, "no credential"));
+        }
+        if credentials.len() > MAX_EMBEDDED_CREDENTIALS {
+            return Err(VerifyError::new(
+                Check::Format,
+                format!("more than {MAX_EMBEDDED_CREDENTIALS} credentials"),
+            ));
+        }
+        for (i, c) in credentials.iter().enumerate() {
+            if c.holder.as_deref() != Some(holder) {
+                return Err(VerifyError {
+                    check: Check::HolderBinding,
+                    detail: "the credential is bound to another holder".into(),
+                    credential: Some(i),
+                });
+            }
+        }
+        check_holder_binding(holder, &credentials)?;
+        let mut h = Sha256::new();
+        for c in &credentials {
+            h.update(c.digest.as_bytes());
+        }
+        let format = credentials
+            .first()
+            .map(|c| c.format)
+            .unwrap_or(ProofFormat::SdJwt);
+        Ok(VerifiedPresentation {
+            id: None,
+            holder: holder.to_string(),
+            format,
+            credentials,
+            checks: vec![
+                Check::Format,
+                Check::Proof,
+                Check::Validity,
+                Check::Challenge,
+                Check::Domain,
+                Check::HolderBinding,
+            ],
+            digest: hex::encode(h.finalize()),
+        })
+    }
+
     pub fn of_kind(&self, kind: CredentialKind) -> impl Iterator<Item = &VerifiedCredential> {
         self.credentials.iter().filter(move |c| c.kind == kind)
     }
@@ -920,6 +999,9 @@ impl Verifier {
         &self,
         input: &Value,
     ) -> Result<VerifiedCredential, VerifyError> {
+        if let Some(sd_jwt) = as_sd_jwt(input) {
+            return self.verify_sd_jwt(sd_jwt, None).await;
+        }
         let v = self.verify_as(input, Profile::Access).await?;
         let kind = v.kind.ok_or_else(|| {
             VerifyError::new(Check::Format, "not one of fedgate's credential types")
@@ -935,6 +1017,8 @@ impl Verifier {
             status: v.status,
             digest: v.digest,
             checks: v.checks,
+            holder: None,
+            disclosed: None,
         })
     }
 
@@ -945,7 +1029,239 @@ impl Verifier {
         &self,
         input: &Value,
     ) -> Result<VerifiedAnyCredential, VerifyError> {
+        if let Some(sd_jwt) = as_sd_jwt(input) {
+            // An SD-JWT VC is one of fedgate's types by its vct, or it is refused.
+            let v = self.verify_sd_jwt(sd_jwt, None).await?;
+            return Ok(VerifiedAnyCredential {
+                id: v.id,
+                types: vec!["VerifiableCredential".into(), v.kind.type_name().into()],
+                kind: Some(v.kind),
+                format: v.format,
+                issuer: v.issuer,
+                subject: v.subject,
+                valid_from: v.valid_from,
+                valid_until: v.valid_until,
+                status: v.status,
+                digest: v.digest,
+                checks: v.checks,
+                warnings: Vec::new(),
+            });
+        }
         self.verify_as(input, Profile::Any).await
+    }
+
+    /// One SD-JWT VC presentation (issuer-signed JWT ~ disclosures ~ KB-JWT): every check of
+    /// the table plus `disclosure`; the KB-JWT is mandatory, its `aud` must be `audience`
+    /// and its `nonce` `nonce`. The verified subject carries only what was disclosed.
+    pub async fn verify_sd_jwt_presentation(
+        &self,
+        presentation: &str,
+        audience: &str,
+        nonce: &str,
+    ) -> Result<VerifiedCredential, VerifyError> {
+        self.verify_sd_jwt(presentation.trim(), Some((audience, nonce)))
+            .await
+    }
+
+    /// An SD-JWT VC, as a presentation (`binding`: the KB-JWT is required and bound to this
+    /// audience and nonce) or as a credential (no binding: a KB-JWT, if any, is checked
+    /// except for its audience and nonce).
+    async fn verify_sd_jwt(
+        &self,
+        input: &str,
+        binding: Option<(&str, &str)>,
+    ) -> Result<VerifiedCredential, VerifyError> {
+        use crate::sdjwt::{self, KbError, SdJwtError};
+        let sd_error = |e: SdJwtError| match e {
+            SdJwtError::Disclosure(_) => VerifyError::new(Check::Disclosure, e.to_string()),
+            other => VerifyError::new(Check::Format, other.to_string()),
+        };
+        let parts = sdjwt::split(input).map_err(sd_error)?;
+        let digest = hex::encode(sha256_of(&Value::String(input.to_string())));
+        let decoded = crate::jose::decode(parts.jwt).map_err(jose_error)?;
+        if decoded.typ.as_deref() != Some(sdjwt::MEDIA_TYPE) {
+            return Err(VerifyError::new(Check::Format, "typ must be dc+sd-jwt"));
+        }
+        let payload = &decoded.payload;
+        let issuer = match payload.get("iss") {
+            Some(Value::String(iss)) if iss.starts_with("did:") => iss.clone(),
+            _ => return Err(VerifyError::new(Check::Format, "iss must be a DID")),
+        };
+        let vct =
+            str_field(payload, "vct").ok_or_else(|| VerifyError::new(Check::Format, "no vct"))?;
+        let kind = sdjwt::kind_of_vct(vct).ok_or_else(|| {
+            VerifyError::new(Check::Format, "the vct names none of fedgate's types")
+        })?;
+        if did_of(&decoded.kid) != issuer {
+            return Err(VerifyError::new(
+                Check::Proof,
+                "signed with a key that does not belong to the issuer",
+            ));
+        }
+        let (key, _) = self
+            .resolver
+            .public_key(&decoded.kid, Relationship::AssertionMethod)
+            .await
+            .map_err(did_error)?;
+        self.proofs.proof_checks.fetch_add(1, Ordering::Relaxed);
+        self.verify_jws(parts.jwt, &decoded, &key)?;
+        let mut checks = vec![Check::Format, Check::Proof];
+
+        let revealed = sdjwt::reveal(payload, &parts.disclosures).map_err(sd_error)?;
+        checks.push(Check::Disclosure);
+        let claims = &revealed.claims;
+
+        let time = |claim: &str| {
+            claims
+                .get(claim)
+                .map(|v| {
+                    v.as_i64().ok_or_else(|| {
+                        VerifyError::new(Check::Validity, format!("{claim} is not an integer"))
+                    })
+                })
+                .transpose()
+        };
+        let times = JwtTimes {
+            iat: time("iat")?,
+            nbf: time("nbf")?,
+            exp: time("exp")?,
+        };
+        let credential = sdjwt::credential_of_claims(kind, claims);
+        let (valid_from, valid_until) = self.check_validity(&credential, &times)?;
+        checks.push(Check::Validity);
+
+        crate::schema::check_disclosed(kind, &credential)
+            .map_err(|e| VerifyError::new(Check::Schema, e.to_string()))?;
+        checks.push(Check::Schema);
+
+        let subject = credential
+            .get("credentialSubject")
+            .cloned()
+            .unwrap_or(Value::Null);
+        let self_issued_consent =
+            kind == CredentialKind::PatientConsent && str_field(&subject, "id") == Some(&issuer);
+        if !self_issued_consent && !self.trust.is_trusted(kind, &issuer) {
+            return Err(VerifyError::new(
+                Check::IssuerTrust,
+                format!("{issuer} is not trusted to issue {kind}"),
+            ));
+        }
+        // The vct is the issuer's word for the type: it must be served from the issuer's
+        // registered origin, the rule status lists follow (a self-issued consent, which
+        // has no office, is exempt).
+        if !self_issued_consent {
+            let registered = self.resolver.web_base(&issuer);
+            let vct_origin = reqwest::Url::parse(vct).ok().map(|u| u.origin());
+            if registered
+                .map(|b| b.origin())
+                .is_none_or(|o| Some(o) != vct_origin)
+            {
+                return Err(VerifyError::new(
+                    Check::IssuerTrust,
+                    "the vct is not on the issuer's registered origin",
+                ));
+            }
+        }
+        checks.push(Check::IssuerTrust);
+
+        // Holder binding: the key the KB-JWT must be signed with is `cnf.jwk`, and it
+        // must be an authentication key of the holder's DID.
+        let holder = match kind {
+            CredentialKind::ResearchStudy => str_field(&subject, "sponsor"),
+            _ => str_field(claims, "sub"),
+        }
+        .filter(|h| h.starts_with("did:"))
+        .ok_or_else(|| {
+            VerifyError::new(Check::HolderBinding, "the credential names no holder DID")
+        })?
+        .to_string();
+        let cnf = cnf_key(claims)?;
+        let listed = self
+            .resolver
+            .key_is_listed(&holder, &cnf, Relationship::Authentication)
+            .await
+            .map_err(|e| VerifyError::new(Check::HolderBinding, e.to_string()))?;
+        if !listed {
+            return Err(VerifyError::new(
+                Check::HolderBinding,
+                "cnf.jwk is not an authentication key of the holder's DID",
+            ));
+        }
+        match (parts.kb, binding) {
+            (None, Some(_)) => {
+                return Err(VerifyError::new(
+                    Check::HolderBinding,
+                    "the presentation has no key binding JWT",
+                ))
+            }
+            (None, None) => {}
+            (Some(kb), binding) => {
+                let now = Utc::now().timestamp();
+                sdjwt::check_key_binding(
+                    kb,
+                    parts.presented,
+                    &cnf,
+                    binding,
+                    now,
+                    self.skew.num_seconds(),
+                )
+                .map_err(|e| {
+                    let check = match e {
+                        KbError::Malformed(_) => Check::Format,
+                        KbError::Signature | KbError::SdHash => Check::HolderBinding,
+                        KbError::Audience => Check::Domain,
+                        KbError::Nonce => Check::Challenge,
+                        KbError::Time => Check::Validity,
+                    };
+                    VerifyError::new(check, e.to_string())
+                })?;
+            }
+        }
+        checks.push(Check::HolderBinding);
+        if binding.is_some() {
+            checks.extend([Check::Challenge, Check::Domain]);
+        }
+
+        match claims.get("status") {
+            Some(status) => {
+                let list = status.get("status_list");
+                let idx = list.and_then(|l| l.get("idx")).and_then(Value::as_u64);
+                let uri = list.and_then(|l| l.get("uri")).and_then(Value::as_str);
+                let (Some(idx), Some(uri)) = (idx, uri) else {
+                    return Err(VerifyError::new(
+                        Check::Status,
+                        "status is not a Token Status List reference {idx, uri}",
+                    ));
+                };
+                self.status
+                    .check_token(uri, idx, &issuer)
+                    .await
+                    .map_err(status_error)?;
+                checks.push(Check::Status);
+            }
+            None if kind == CredentialKind::ClinicianPrivilege => {
+                return Err(VerifyError::new(
+                    Check::Status,
+                    "a privilege credential must carry a revocation status",
+                ))
+            }
+            None => {}
+        }
+
+        Ok(VerifiedCredential {
+            id: str_field(&credential, "id").map(str::to_string),
+            kind,
+            format: ProofFormat::SdJwt,
+            issuer,
+            subject,
+            valid_from,
+            valid_until,
+            status: None,
+            digest,
+            checks,
+            holder: Some(holder),
+            disclosed: Some(revealed.paths),
+        })
     }
 
     async fn verify_as(
@@ -1478,6 +1794,35 @@ impl Verifier {
             }
         }
         Ok(vp.clone())
+    }
+}
+
+/// The SD-JWT a credential travels as, if it is one: a string with a `~` (a compact JWS
+/// has none).
+fn as_sd_jwt(input: &Value) -> Option<&str> {
+    input.as_str().map(str::trim).filter(|s| s.contains('~'))
+}
+
+/// An SD-JWT's `cnf.jwk` (RFC 7800): a public Ed25519 or P-256 key.
+fn cnf_key(claims: &Value) -> Result<ssi::jwk::JWK, VerifyError> {
+    let bad = |d: &str| VerifyError::new(Check::HolderBinding, d.to_string());
+    let jwk = claims
+        .get("cnf")
+        .and_then(|c| c.get("jwk"))
+        .and_then(Value::as_object)
+        .ok_or_else(|| bad("the credential has no cnf.jwk"))?;
+    if ["d", "p", "q", "dp", "dq", "qi", "k"]
+        .iter()
+        .any(|m| jwk.contains_key(*m))
+    {
+        return Err(bad("cnf.jwk holds private key material"));
+    }
+    let jwk: ssi::jwk::JWK = serde_json::from_value(Value::Object(jwk.clone()))
+        .map_err(|_| bad("cnf.jwk is not a JWK"))?;
+    match &jwk.params {
+        ssi::jwk::Params::OKP(p) if p.curve == "Ed25519" => Ok(jwk),
+        ssi::jwk::Params::EC(p) if p.curve.as_deref() == Some("P-256") => Ok(jwk),
+        _ => Err(bad("cnf.jwk is not an Ed25519 or P-256 key")),
     }
 }
 

@@ -379,6 +379,8 @@ mod tests {
             status: None,
             digest: format!("digest-{id}"),
             checks: vec![],
+            holder: None,
+            disclosed: None,
         }
     }
 

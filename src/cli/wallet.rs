@@ -494,6 +494,7 @@ fn print_list(list: &[StoredCredential], json: bool) -> anyhow::Result<()> {
         let format = match c.format {
             ProofFormat::Jwt => "jwt",
             ProofFormat::DataIntegrity => "data-integrity",
+            ProofFormat::SdJwt => "sd-jwt",
         };
         let until = c
             .valid_until

@@ -593,6 +593,8 @@ fn verified(
         status: None,
         digest: "00".repeat(32),
         checks: Vec::new(),
+        holder: None,
+        disclosed: None,
     }
 }
 

@@ -475,7 +475,7 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
                 &format!("{office_url}v1/privileges"),
                 &json!({
                     "subject": privilege_subject(clinician.did(), &custodian, &org),
-                    "format": match format { ProofFormat::Jwt => "jwt", ProofFormat::DataIntegrity => "data-integrity" },
+                    "format": match format { ProofFormat::Jwt => "jwt", ProofFormat::DataIntegrity => "data-integrity", ProofFormat::SdJwt => "sd-jwt" },
                 }),
                 Some(&token),
                 201,
