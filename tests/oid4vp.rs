@@ -81,24 +81,23 @@ async fn clinician(fed: &Fed, name: &str, format: ProofFormat) -> Clinician {
     std::fs::write(&trust_file, trust.to_string()).unwrap();
     let trust = wallet::TrustConfig::load(&trust_file).unwrap();
     let verifier = trust.verifier().unwrap();
+    let privilege_subject = json!({
+        "id": w.did(),
+        "name": "Dr. Requesting Clinician",
+        "npi": "1234567893",
+        "role": "physician",
+        "specialty": "207R00000X",
+        "organization": REQUESTER_ORG,
+        "privileges": [{"facility": CUSTODIAN, "domains": ["clinical"], "actions": ["read"]}]
+    });
     let office_format = match format {
         ProofFormat::Jwt => "jwt",
+        ProofFormat::SdJwt => "sd-jwt",
         _ => "data-integrity",
     };
     let (_, privilege) = fed
         .office
-        .joiner(
-            &json!({
-                "id": w.did(),
-                "name": "Dr. Requesting Clinician",
-                "npi": "1234567893",
-                "role": "physician",
-                "specialty": "207R00000X",
-                "organization": REQUESTER_ORG,
-                "privileges": [{"facility": CUSTODIAN, "domains": ["clinical"], "actions": ["read"]}]
-            }),
-            office_format,
-        )
+        .joiner(&privilege_subject, office_format)
         .await
         .unwrap();
     w.import(privilege, &verifier).await.unwrap();
@@ -122,7 +121,15 @@ async fn clinician(fed: &Fed, name: &str, format: ProofFormat) -> Clinician {
         None,
         None,
     );
-    let consent = credentials::issue(vc, &patient, format).await.unwrap();
+    // A patient's self-issued consent has no SD-JWT VC form here: it travels as a JWT
+    // beside an SD-JWT VC privilege.
+    let consent_format = match format {
+        ProofFormat::SdJwt => ProofFormat::Jwt,
+        f => f,
+    };
+    let consent = credentials::issue(vc, &patient, consent_format)
+        .await
+        .unwrap();
     w.import(consent, &verifier).await.unwrap();
     fed.gateway
         .link_patient(&fed.mrn, patient.did())
@@ -579,4 +586,56 @@ async fn bad_responses_get_oauth_errors_and_release_nothing() {
     )
     .await;
     assert_eq!(status, 404);
+}
+
+/// SD-JWT VC by OpenID4VP: the DCQL query asks for less than the privilege holds (not its
+/// name or NPI), the wallet discloses only that, with a key-binding JWT over the full
+/// client_id and the nonce; same device, direct_post.jwt.
+#[tokio::test]
+#[ignore = "needs the office to issue SD-JWT VCs with a Token Status List entry"]
+async fn sd_jwt_vc_selective_disclosure_by_openid4vp() {
+    let fed = federation().await;
+    let c = clinician(&fed, "wallet-sd-jwt", ProofFormat::SdJwt).await;
+    let resolver = c.trust.verifier().unwrap().resolver.clone();
+    let started = start(&fed, "direct_post.jwt", Some("https://ehr.example/back")).await;
+    let url = started["authorization_request"].as_str().unwrap();
+    let request = wallet::oid4vp::fetch_request(url, &resolver, true)
+        .await
+        .unwrap();
+    let q = &request.dcql_query["credentials"][0];
+    assert_eq!(q["format"], "dc+sd-jwt");
+    assert_eq!(
+        q["meta"]["vct_values"][0],
+        format!(
+            "{}/vct/ClinicianPrivilegeCredential",
+            fed.office.url().trim_end_matches('/')
+        )
+    );
+    let paths: Vec<&Value> = q["claims"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["path"])
+        .collect();
+    assert!(!paths.contains(&&json!(["name"])) && !paths.contains(&&json!(["npi"])));
+    let token = wallet::oid4vp::build_vp_token(&c.wallet, &request, Some(c.patient.did()))
+        .await
+        .unwrap();
+    let sd = token["privilege_sd_jwt"][0].as_str().unwrap();
+    let disclosed = federation::sdjwt::claim_paths(sd).unwrap();
+    assert!(
+        !disclosed.iter().any(|p| p[0] == "name" || p[0] == "npi"),
+        "{disclosed:?}"
+    );
+    let answer = wallet::oid4vp::post_response(&request, Some(&token), None, true)
+        .await
+        .unwrap();
+    let (status, bundle) = collect(
+        &fed,
+        &started,
+        json!({"response_code": response_code(&answer)}),
+    )
+    .await;
+    assert_eq!(status, 200, "{bundle}");
+    assert_eq!(resource_types(&bundle), ["Observation", "Patient"]);
 }

@@ -69,10 +69,16 @@ impl From<federation::credentials::IssueError> for IssuerError {
     fn from(e: federation::credentials::IssueError) -> Self {
         use federation::credentials::IssueError::*;
         match e {
-            Schema(_) | Type(_) | IssuerMismatch { .. } | Document(_) | NoSuchProof(_) => {
-                IssuerError::Unprocessable(e.to_string())
-            }
-            Sign(m) => IssuerError::Signing(m),
+            Schema(_)
+            | Type(_)
+            | IssuerMismatch { .. }
+            | Document(_)
+            | NoSuchProof(_)
+            | FormatNotForDocument(_) => IssuerError::Unprocessable(e.to_string()),
+            SdJwt(federation::sdjwt::SdJwtError::Sign(m)) | Sign(m) => IssuerError::Signing(m),
+            // What an SD-JWT VC needs that the credential does not give (a holder DID with
+            // a local key, above all).
+            SdJwt(other) => IssuerError::Unprocessable(other.to_string()),
         }
     }
 }

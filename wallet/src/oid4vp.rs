@@ -235,6 +235,7 @@ fn query_format(q: &Value) -> Option<ProofFormat> {
     match q.get("format").and_then(Value::as_str)? {
         "jwt_vc_json" => Some(ProofFormat::Jwt),
         "ldp_vc" => Some(ProofFormat::DataIntegrity),
+        "dc+sd-jwt" => Some(ProofFormat::SdJwt),
         _ => None,
     }
 }
@@ -298,10 +299,14 @@ pub async fn build_vp_token(
         .as_array()
         .map(|a| a.iter().collect())
         .unwrap_or_default();
-    let answer = |id: &str| -> Vec<&StoredCredential> {
+    let query = |id: &str| -> Option<&Value> {
         queries
             .iter()
             .find(|q| q.get("id").and_then(Value::as_str) == Some(id))
+            .copied()
+    };
+    let answer = |id: &str| -> Vec<&StoredCredential> {
+        query(id)
             .map(|q| matching(q, &held, wallet.did(), &request.verifier, patient))
             .unwrap_or_default()
     };
@@ -361,11 +366,35 @@ pub async fn build_vp_token(
         let mut presentations = Vec::new();
         for c in answer(&id) {
             let format = c.format;
-            presentations.push(
-                wallet
-                    .present_with(std::slice::from_ref(&c.credential), &binding, format)
-                    .await?,
-            );
+            let presentation = match (format, c.credential.as_str()) {
+                // Selective disclosure: only the claims the query names, and a key-binding
+                // JWT over the full client_id and the nonce.
+                (ProofFormat::SdJwt, Some(sd_jwt)) => {
+                    let paths: Vec<federation::sdjwt::ClaimPath> = query(&id)
+                        .and_then(|q| q.get("claims"))
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|c| c.get("path").and_then(Value::as_array).cloned())
+                        .collect();
+                    Value::String(
+                        federation::sdjwt::present(
+                            sd_jwt,
+                            &paths,
+                            &request.client_id,
+                            &request.nonce,
+                            wallet.key(),
+                        )
+                        .map_err(|e| bad(format!("presenting an SD-JWT VC: {e}")))?,
+                    )
+                }
+                _ => {
+                    wallet
+                        .present_with(std::slice::from_ref(&c.credential), &binding, format)
+                        .await?
+                }
+            };
+            presentations.push(presentation);
         }
         token.insert(id, Value::Array(presentations));
     }

@@ -23,7 +23,7 @@ use serde_json::{json, Map, Value};
 
 /// A DCQL claims path: strings name object members, integers array elements, null every
 /// element of an array.
-pub type ClaimPath = Vec<Value>;
+pub use federation::sdjwt::ClaimPath;
 
 /// The file beside the domain policies that declares what each domain reads.
 pub const DISCLOSURE_FILE: &str = "disclosure.json";
@@ -164,8 +164,11 @@ pub fn query(
                     Some(Value::from("credentialSubject")),
                 ),
             };
+            // In an SD-JWT VC the subject's id is `sub`, which is never selectively
+            // disclosable: it is always there and is not asked for.
             let claims: Vec<Value> = paths
                 .iter()
+                .filter(|p| prefix.is_some() || p[0] != "id")
                 .map(|p| {
                     let path: Vec<Value> =
                         prefix.iter().cloned().chain(p.iter().cloned()).collect();

@@ -54,7 +54,11 @@ pub const SELF_ISSUED_AUD: &str = "https://self-issued.me/v2";
 /// The URL scheme of an authorization request to any wallet.
 pub const SCHEME: &str = "openid4vp://";
 /// The formats asked for (and verified), in order of preference.
-pub const FORMATS: &[QueryFormat] = &[QueryFormat::JwtVcJson, QueryFormat::LdpVc];
+pub const FORMATS: &[QueryFormat] = &[
+    QueryFormat::SdJwt,
+    QueryFormat::JwtVcJson,
+    QueryFormat::LdpVc,
+];
 /// Largest form body at the response endpoint, in bytes.
 pub const MAX_RESPONSE_BYTES: usize = 512 * 1024;
 /// Presentations in one `vp_token`, at most.
@@ -475,6 +479,10 @@ pub async fn request_object(state: &GatewayState, tx_state: &str) -> Result<Stri
     }
     let mut client_metadata = json!({
         "vp_formats_supported": {
+            "dc+sd-jwt": {
+                "sd-jwt_alg_values": ["EdDSA", "ES256"],
+                "kb-jwt_alg_values": ["EdDSA", "ES256"],
+            },
             "jwt_vc_json": {"alg_values": ["EdDSA", "ES256"]},
             "ldp_vc": {
                 "proof_type_values": ["DataIntegrityProof"],
@@ -615,6 +623,7 @@ pub async fn respond(state: &GatewayState, form: ResponseForm) -> Result<Value, 
         )));
     }
     let mut verified: Vec<VerifiedPresentation> = Vec::new();
+    let mut sd_jwts: Vec<federation::verify::VerifiedCredential> = Vec::new();
     for (id, presentations) in &token {
         if !asked.contains(id) {
             return Err(OAuthError::invalid_request(format!(
@@ -641,7 +650,7 @@ pub async fn respond(state: &GatewayState, form: ResponseForm) -> Result<Value, 
             let shape_ok = match format {
                 QueryFormat::JwtVcJson => p.is_string(),
                 QueryFormat::LdpVc => p.is_object(),
-                QueryFormat::SdJwt => false,
+                QueryFormat::SdJwt => p.is_string(),
             };
             if !shape_ok {
                 return Err(OAuthError::new(
@@ -649,6 +658,26 @@ pub async fn respond(state: &GatewayState, form: ResponseForm) -> Result<Value, 
                     "vp_formats_not_supported",
                     format!("{id}: not a {} presentation", format.as_str()),
                 ));
+            }
+            if let (QueryFormat::SdJwt, Some(sd_jwt)) = (format, p.as_str()) {
+                // The key-binding JWT's aud is the full client_id, its nonce the request's.
+                let credential = match state
+                    .verifier
+                    .verify_sd_jwt_presentation(sd_jwt, &binding.domain, &binding.challenge)
+                    .await
+                {
+                    Ok(c) => c,
+                    Err(e) => return Err(refused(state, &mut ledger, &e).await),
+                };
+                if credential.kind != kind {
+                    let e = verify_error(
+                        federation::verify::Check::Format,
+                        format!("{id}: an SD-JWT VC of another type than asked"),
+                    );
+                    return Err(refused(state, &mut ledger, &e).await);
+                }
+                sd_jwts.push(credential);
+                continue;
             }
             let vp = match state.verifier.verify_presentation(p, &binding).await {
                 Ok(vp) => vp,
@@ -672,6 +701,18 @@ pub async fn respond(state: &GatewayState, form: ResponseForm) -> Result<Value, 
             }
             verified.push(vp);
         }
+    }
+    if let Some(holder) = sd_jwts.first().and_then(|c| c.holder.clone()) {
+        match VerifiedPresentation::from_credentials(&holder, sd_jwts) {
+            Ok(vp) => verified.push(vp),
+            Err(e) => return Err(refused(state, &mut ledger, &e).await),
+        }
+    } else if !sd_jwts.is_empty() {
+        let e = verify_error(
+            federation::verify::Check::HolderBinding,
+            "an SD-JWT VC without a holder",
+        );
+        return Err(refused(state, &mut ledger, &e).await);
     }
     let vp = match merge(verified, &claims) {
         Ok(vp) => vp,
@@ -854,6 +895,29 @@ fn merge(
     // the closed set of the domain's declared claims (`dcql` tests), and no subject claim
     // reaches the access event.
     first.credentials.retain(|c| claims.contains_key(&c.kind));
+    // A selectively disclosed credential may disclose more than was asked: what is beyond
+    // the domain's declared claims is dropped here, before the ledger, the policy input
+    // or the access event read anything, and `disclosed` says what remains.
+    for c in &mut first.credentials {
+        let Some(disclosed) = &c.disclosed else {
+            continue;
+        };
+        let declared: Vec<&[Value]> = claims
+            .get(&c.kind)
+            .map(|p| p.iter().map(Vec::as_slice).collect())
+            .unwrap_or_default();
+        c.subject = dcql::retain(&c.subject, &declared).unwrap_or(Value::Null);
+        let kept: Vec<dcql::ClaimPath> = disclosed
+            .iter()
+            .filter(|d| {
+                declared
+                    .iter()
+                    .any(|p| d.starts_with(p) || p.starts_with(d))
+            })
+            .cloned()
+            .collect();
+        c.disclosed = Some(kept);
+    }
     Ok(first)
 }
 
@@ -915,5 +979,112 @@ pub async fn collect(
         Outcome::Declined { error } => Err(GatewayError::Unprocessable(format!(
             "the wallet declined the request: {error}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use federation::verify::VerifiedCredential;
+
+    fn credential(
+        kind: CredentialKind,
+        subject: Value,
+        disclosed: Option<Vec<Value>>,
+    ) -> VerifiedCredential {
+        VerifiedCredential {
+            id: None,
+            kind,
+            format: ProofFormat::SdJwt,
+            issuer: "did:web:office.example".into(),
+            subject,
+            valid_from: None,
+            valid_until: None,
+            status: None,
+            digest: "00".repeat(32),
+            checks: Vec::new(),
+            holder: Some("did:key:z6MkHolder".into()),
+            disclosed: disclosed.map(|d| {
+                d.into_iter()
+                    .map(|p| p.as_array().cloned().unwrap_or_default())
+                    .collect()
+            }),
+        }
+    }
+
+    fn presentation(credentials: Vec<VerifiedCredential>) -> VerifiedPresentation {
+        VerifiedPresentation {
+            id: None,
+            holder: "did:key:z6MkHolder".into(),
+            format: ProofFormat::SdJwt,
+            credentials,
+            checks: Vec::new(),
+            digest: String::new(),
+        }
+    }
+
+    /// A presentation that discloses more than the domain declared (the clinician's name
+    /// and NPI): accepted, but what is beyond is gone before anything reads it, and
+    /// `disclosed` no longer names it.
+    #[test]
+    fn claims_disclosed_beyond_the_query_are_dropped() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let claims = dcql::domain_claims(&dir, "clinical").unwrap();
+        let subject = json!({
+            "id": "did:key:z6MkHolder", "name": "Dr. Who", "npi": "1234567893",
+            "role": "physician", "specialty": "207R00000X", "organization": "did:web:a.example",
+            "privileges": [{"facility": "did:web:b.example", "domains": ["clinical"], "actions": ["read"]}],
+        });
+        let disclosed = vec![
+            json!(["name"]),
+            json!(["npi"]),
+            json!(["role"]),
+            json!(["specialty"]),
+            json!(["organization"]),
+            json!(["privileges"]),
+            json!(["privileges", 0]),
+        ];
+        let c = credential(CredentialKind::ClinicianPrivilege, subject, Some(disclosed));
+        let study = credential(CredentialKind::ResearchStudy, json!({"id": "urn:x"}), None);
+        let vp = merge(vec![presentation(vec![c, study])], &claims).unwrap();
+        assert_eq!(
+            vp.credentials.len(),
+            1,
+            "a type the domain does not read is dropped"
+        );
+        let c = &vp.credentials[0];
+        assert!(c.subject.get("name").is_none() && c.subject.get("npi").is_none());
+        assert_eq!(c.subject["role"], "physician");
+        let kept = c.disclosed.clone().unwrap();
+        assert!(
+            !kept.iter().any(|p| p[0] == "name" || p[0] == "npi"),
+            "{kept:?}"
+        );
+        assert!(kept.contains(&vec![json!("privileges"), json!(0)]));
+        // And the policy input says what was disclosed.
+        let privilege = crate::policy::holder_privilege(&vp).unwrap().unwrap();
+        let input = crate::policy::CredentialInput::new(
+            privilege.credential,
+            crate::policy::PrivilegeFacts::from(&privilege.claims),
+        );
+        assert_eq!(input.disclosed, Some(kept));
+    }
+
+    #[test]
+    fn presentations_of_two_holders_do_not_merge() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let claims = dcql::domain_claims(&dir, "clinical").unwrap();
+        let mut other = presentation(Vec::new());
+        other.holder = "did:key:z6MkOther".into();
+        let e = merge(vec![presentation(Vec::new()), other], &claims).unwrap_err();
+        assert_eq!(e.check, federation::verify::Check::HolderBinding);
+    }
+
+    #[test]
+    fn the_qr_code_renders_as_svg_and_png() {
+        let (svg, png) =
+            qr("openid4vp://?client_id=x&request_uri=https%3A%2F%2Fg.example%2Fr").unwrap();
+        assert!(svg.contains("<svg"));
+        assert!(png.starts_with("data:image/png;base64,iVBORw0KGgo"));
     }
 }

@@ -79,7 +79,7 @@ impl<S> CredentialInput<S> {
         CredentialInput {
             issuer: credential.issuer.clone(),
             id: credential.id.clone(),
-            disclosed: None,
+            disclosed: credential.disclosed.clone(),
             subject,
         }
     }
@@ -109,7 +109,7 @@ impl ConsentInput {
             id: credential.id.clone(),
             self_issued: is_self_issued(credential, claims),
             patient_linked: linked,
-            disclosed: None,
+            disclosed: credential.disclosed.clone(),
             subject: ConsentFacts::from(claims),
         }
     }
