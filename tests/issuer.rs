@@ -574,3 +574,189 @@ async fn key_inventory_lists_the_office_key() {
     assert!(key["created"].is_string());
     assert!(key.get("jwk").is_none() && key.get("privateJwk").is_none());
 }
+
+/// The SD-JWT VC of a joiner verifies (at the office's own verify endpoint and through a
+/// verifier's pipeline over HTTP), its type metadata is served at its vct, and a leaver
+/// shows on both lists the office publishes at one URL: the Bitstring Status List and the
+/// Token Status List, at the same index.
+#[tokio::test]
+async fn sd_jwt_joiner_verifies_and_a_leaver_shows_on_both_status_lists() {
+    use federation::keys::{KeyAlgorithm, KeyPair};
+    use federation::sdjwt;
+    use federation::status::Bitstring;
+    let office = start_office();
+    let clinician = KeyPair::generate_did_key(KeyAlgorithm::P256).unwrap();
+    let (status, joined) = office
+        .post(
+            "/v1/privileges",
+            &json!({"subject": privilege_subject(clinician.did(), HOSPITAL_B), "format": "sd-jwt"}),
+            true,
+        )
+        .await;
+    assert_eq!(status, 201, "{joined}");
+    let sd_jwt = joined["verifiableCredential"].as_str().unwrap().to_string();
+    let index = joined["statusListIndex"].as_u64().unwrap() as usize;
+    assert!(sd_jwt.ends_with('~'), "{sd_jwt}");
+
+    // The office's own verify endpoint takes it as one credential.
+    let (status, verified) = office.verify(&json!(sd_jwt)).await;
+    assert_eq!(status, 200, "{verified}");
+    assert!(
+        verified["checks"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("disclosure")),
+        "{verified}"
+    );
+
+    // The vct is served, with the type's metadata.
+    let claims = sdjwt::revealed_claims(&sd_jwt).unwrap();
+    let vct = claims["vct"].as_str().unwrap();
+    assert_eq!(
+        vct,
+        office.svc.url("/vct/ClinicianPrivilegeCredential").as_str()
+    );
+    let meta: Value = office
+        .http
+        .get(vct)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["vct"], vct);
+    let missing = office
+        .http
+        .get(office.svc.url("/vct/Nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+
+    // A verifier that knows the office presents nothing but the facility it needs.
+    let resolver = std::sync::Arc::new(federation::did::DidResolver::new(true));
+    resolver.allow_web(OFFICE, reqwest::Url::parse(&office.svc.url("/")).unwrap());
+    let trust = federation::trust::StaticTrust::new();
+    trust.add(federation::CredentialKind::ClinicianPrivilege, OFFICE);
+    let status_cache = std::sync::Arc::new(federation::status::StatusCache::new(
+        resolver.clone(),
+        Duration::from_secs(60),
+        true,
+    ));
+    let verifier = federation::verify::Verifier::new(
+        resolver,
+        std::sync::Arc::new(trust),
+        status_cache.clone(),
+    );
+    let aud = "decentralized_identifier:did:web:hospital-b.test";
+    let presented = sdjwt::present(
+        &sd_jwt,
+        &[vec![json!("privileges"), json!(0)]],
+        aud,
+        "nonce-1",
+        &clinician,
+    )
+    .unwrap();
+    let v = verifier
+        .verify_sd_jwt_presentation(&presented, aud, "nonce-1")
+        .await
+        .unwrap();
+    assert_eq!(v.subject["privileges"][0]["facility"], HOSPITAL_B);
+    assert!(v.subject.get("name").is_none());
+
+    // Leaver.
+    let id = joined["id"].as_str().unwrap();
+    let (status, revoked) = office
+        .post(&format!("/v1/credentials/{id}/revoke"), &json!({}), true)
+        .await;
+    assert_eq!(status, 200, "{revoked}");
+    assert_eq!(revoked["statusListIndex"], index);
+
+    // Both lists, read from the wire.
+    let list_url = office.svc.url("/status/revocation");
+    let bitstring_jwt = office.http.get(&list_url).send().await.unwrap();
+    assert_eq!(
+        bitstring_jwt.headers()["content-type"],
+        "application/vc+jwt"
+    );
+    let bitstring_jwt = bitstring_jwt.text().await.unwrap();
+    let list = federation::jose::decode(&bitstring_jwt).unwrap().payload;
+    let encoded = list["credentialSubject"]["encodedList"].as_str().unwrap();
+    assert_eq!(Bitstring::decode(encoded).unwrap().get(index), Some(true));
+    let token = office
+        .http
+        .get(&list_url)
+        .header("accept", "application/statuslist+jwt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        token.headers()["content-type"],
+        "application/statuslist+jwt"
+    );
+    let token = federation::jose::decode(&token.text().await.unwrap()).unwrap();
+    assert_eq!(token.typ.as_deref(), Some("statuslist+jwt"));
+    assert_eq!(token.payload["sub"], list_url);
+    let lst = token.payload["status_list"]["lst"].as_str().unwrap();
+    let bits = Bitstring::decode_token_list(lst).unwrap();
+    assert_eq!(bits.get(index), Some(true));
+    let revoked_bits = (0..bits.as_bytes().len() * 8)
+        .filter(|i| bits.get(*i) == Some(true))
+        .count();
+    assert_eq!(revoked_bits, 1);
+
+    // And verification fails on status, at the office and at the verifier.
+    let (status, problem) = office.verify(&json!(sd_jwt)).await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["check"], "status");
+    status_cache.invalidate(&list_url);
+    let e = verifier
+        .verify_sd_jwt_presentation(&presented, aud, "nonce-1")
+        .await
+        .unwrap_err();
+    assert_eq!(e.check, federation::Check::Status, "{e}");
+}
+
+/// A mover of an SD-JWT VC privilege gets an SD-JWT VC (its old format) and the old one is
+/// revoked; other types than the healthcare three are refused in sd-jwt.
+#[tokio::test]
+async fn sd_jwt_mover_keeps_the_format_and_revokes_the_old_one() {
+    use federation::keys::{KeyAlgorithm, KeyPair};
+    let office = start_office();
+    let clinician = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+    let (status, joined) = office
+        .post(
+            "/v1/privileges",
+            &json!({"subject": privilege_subject(clinician.did(), HOSPITAL_B), "format": "dc+sd-jwt"}),
+            true,
+        )
+        .await;
+    assert_eq!(status, 201, "{joined}");
+    let old_id = joined["id"].as_str().unwrap();
+    let (status, moved) = office
+        .post(
+            &format!("/v1/privileges/{old_id}/move"),
+            &json!({"privileges": [{"facility": HOSPITAL_C, "domains": ["clinical"], "actions": ["read"]}]}),
+            true,
+        )
+        .await;
+    assert_eq!(status, 201, "{moved}");
+    let new = moved["verifiableCredential"].as_str().unwrap();
+    let claims = federation::sdjwt::revealed_claims(new).unwrap();
+    assert_eq!(claims["privileges"][0]["facility"], HOSPITAL_C);
+    assert_eq!(claims["name"], "Dr. Ada Test");
+    let (status, problem) = office.verify(&joined["verifiableCredential"]).await;
+    assert_eq!(status, 422);
+    assert_eq!(problem["check"], "status");
+    assert_eq!(office.verify(&moved["verifiableCredential"]).await.0, 200);
+    // A holder whose key is not in its DID cannot be given an SD-JWT VC.
+    let (status, problem) = office
+        .post(
+            "/v1/privileges",
+            &json!({"subject": privilege_subject(HOSPITAL_A, HOSPITAL_B), "format": "sd-jwt"}),
+            true,
+        )
+        .await;
+    assert_eq!(status, 422, "{problem}");
+}

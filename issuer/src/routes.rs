@@ -1,7 +1,8 @@
 //! The issuer's HTTP service: state, router and handlers.
 //!
-//! Public: the DID document, the W3C VC API verify endpoints, the status list, revocation
-//! events, the key inventory and health. Admin (bearer token): issue, and the privilege
+//! Public: the DID document, the W3C VC API verify endpoints, the status list (a Bitstring
+//! Status List, or a Token Status List to a client that asks for one), the SD-JWT VC type
+//! metadata at each vct URL, revocation events, the key inventory and health. Admin (bearer token): issue, and the privilege
 //! lifecycle (joiner, mover, leaver, list by subject).
 
 use std::collections::HashMap;
@@ -50,6 +51,8 @@ pub struct IssuerState {
     admin_token: Option<service::admin::AdminToken>,
     events: broadcast::Sender<String>,
     signed_list: Mutex<Option<(u64, Instant, String)>>,
+    /// The same bits as a Token Status List, for SD-JWT VCs.
+    signed_token_list: Mutex<Option<(u64, Instant, String)>>,
 }
 
 impl IssuerState {
@@ -133,6 +136,7 @@ impl IssuerState {
             admin_token,
             events,
             signed_list: Mutex::new(None),
+            signed_token_list: Mutex::new(None),
         }))
     }
 
@@ -231,6 +235,11 @@ impl IssuerState {
         let kind = match CredentialKind::of_credential(&credential) {
             Ok(kind) if self.config.issues.contains(&kind) => Some(kind),
             Ok(kind) => return Err(unprocessable(format!("this office does not issue {kind}"))),
+            Err(federation::kind::KindError::Unknown(_)) if format == ProofFormat::SdJwt => {
+                return Err(unprocessable(
+                    "format sd-jwt is for this office's healthcare types only (it has a vct for each of them)".into(),
+                ))
+            }
             Err(federation::kind::KindError::Unknown(types)) => {
                 self.complete_other_type(&mut credential, &types)?;
                 None
@@ -413,6 +422,9 @@ impl IssuerState {
         if let Ok(mut list) = self.signed_list.lock() {
             *list = None;
         }
+        if let Ok(mut list) = self.signed_token_list.lock() {
+            *list = None;
+        }
         // The verify endpoints of this office must see its own revocations at once.
         self.verifier.status.invalidate(&self.status_list_url());
         let event = json!({"statusListCredential": self.status_list_url()}).to_string();
@@ -447,6 +459,39 @@ impl IssuerState {
     }
 }
 
+impl IssuerState {
+    /// The same revocation bits as [`Self::signed_status_list`], as a Token Status List
+    /// (`statuslist+jwt`) whose `sub` is the same URL; re-signed on the same terms.
+    fn signed_token_list(&self) -> Result<String, IssuerError> {
+        let ttl = Duration::from_secs(self.config.status_list_ttl_secs);
+        let (bits, generation) = self.store.bits()?;
+        if let Ok(guard) = self.signed_token_list.lock() {
+            if let Some((g, at, jwt)) = guard.as_ref() {
+                if *g == generation && at.elapsed() < ttl / 2 {
+                    return Ok(jwt.clone());
+                }
+            }
+        }
+        let jwt = federation::status::sign_token_list(
+            &self.key,
+            &self.status_list_url(),
+            &bits,
+            chrono::Duration::seconds(self.config.status_list_ttl_secs as i64),
+        )
+        .map_err(|e| IssuerError::Signing(e.to_string()))?;
+        if let Ok(mut guard) = self.signed_token_list.lock() {
+            *guard = Some((generation, Instant::now(), jwt.clone()));
+        }
+        Ok(jwt)
+    }
+
+    /// The base of this office's vct URLs: its public URL without the trailing `/` (the
+    /// one `credentials::issue` derives from the status list URL).
+    fn vct_base(&self) -> String {
+        self.public_url.as_str().trim_end_matches('/').to_string()
+    }
+}
+
 type AppState = State<Arc<IssuerState>>;
 
 /// Every route of the issuer, each with its OpenAPI operation: the router and the document
@@ -463,6 +508,7 @@ pub fn routes() -> service::openapi::Routes<Arc<IssuerState>> {
         routes!(get_credential),
         routes!(by_subject),
         routes!(status_list),
+        routes!(vct_metadata),
         routes!(status_events),
         routes!(inventory),
         routes!(healthz),
@@ -538,7 +584,8 @@ struct IssueRequest {
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct IssueOptions {
-    /// The proof format (default: the configured one): `data-integrity` or `jwt`.
+    /// The proof format (default: the configured one): `data-integrity`, `jwt` or `sd-jwt`
+    /// (SD-JWT VC, `dc+sd-jwt`: the healthcare types only).
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     format: Option<ProofFormat>,
@@ -786,6 +833,16 @@ async fn mover(
         return Err(IssuerError::Conflict(format!("{id} is already revoked")));
     }
     let old_vc = match &old.credential {
+        Value::String(sd_jwt) if old.format == ProofFormat::SdJwt => {
+            federation::sdjwt::revealed_claims(sd_jwt)
+                .map(|claims| {
+                    federation::sdjwt::credential_of_claims(
+                        CredentialKind::ClinicianPrivilege,
+                        &claims,
+                    )
+                })
+                .map_err(|e| IssuerError::Storage(e.to_string()))?
+        }
         Value::String(jwt) => federation::jose::decode(jwt)
             .map(|d| d.payload)
             .map_err(|e| IssuerError::Storage(e.to_string()))?,
@@ -866,14 +923,48 @@ async fn by_subject(
     Ok(Json(json!({ "credentials": credentials })))
 }
 
-/// The signed revocation status list (Bitstring Status List, `vc+jwt`); served at
-/// `/` + [`STATUS_LIST_PATH`].
+/// The signed revocation status list; served at `/` + [`STATUS_LIST_PATH`]. A Bitstring
+/// Status List credential (`vc+jwt`, the list Data Integrity and VC-JOSE credentials name),
+/// or, to a client whose `Accept` names `application/statuslist+jwt`, the same bits as a
+/// Token Status List (draft-ietf-oauth-status-list; the `status.status_list.uri` of this
+/// office's SD-JWT VCs, with the same index).
 #[utoipa::path(get, path = "/status/revocation", tag = "status",
-    responses((status = 200, description = "The status list credential", body = String,
-        content_type = "application/vc+jwt")))]
-async fn status_list(State(s): AppState) -> Result<Response, IssuerError> {
+    responses((status = 200, description = "The Bitstring Status List credential (`vc+jwt`), or the Token Status List (`statuslist+jwt`) to `Accept: application/statuslist+jwt`",
+        content((String = "application/vc+jwt"), (String = "application/statuslist+jwt")))))]
+async fn status_list(State(s): AppState, headers: HeaderMap) -> Result<Response, IssuerError> {
+    let wants_token_list = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains(federation::status::TOKEN_LIST_MEDIA_TYPE));
+    if wants_token_list {
+        let jwt = s.signed_token_list()?;
+        return Ok((
+            [(
+                header::CONTENT_TYPE,
+                federation::status::TOKEN_LIST_MEDIA_TYPE,
+            )],
+            jwt,
+        )
+            .into_response());
+    }
     let jwt = s.signed_status_list()?;
     Ok(([(header::CONTENT_TYPE, "application/vc+jwt")], jwt).into_response())
+}
+
+/// SD-JWT VC type metadata of a credential type this office issues: its `vct` is this URL.
+#[utoipa::path(get, path = "/vct/{type_name}", tag = "credentials",
+    params(("type_name" = String, Path, description = "The credential type, e.g. ClinicianPrivilegeCredential")),
+    responses((status = 200, description = "`{vct, name, description, display, claims}` (SD-JWT VC type metadata)", body = Object),
+        NotFound))]
+async fn vct_metadata(
+    State(s): AppState,
+    Path(type_name): Path<String>,
+) -> Result<Json<Value>, IssuerError> {
+    let kind = CredentialKind::from_type_name(&type_name)
+        .filter(|k| s.config.issues.contains(k))
+        .ok_or_else(|| IssuerError::NotFound("credential type".into()))?;
+    Ok(Json(federation::sdjwt::type_metadata(&s.vct_base(), kind)))
 }
 
 /// Server-sent revocation events: `{"statusListCredential": url}` per revocation.

@@ -73,17 +73,34 @@ pub async fn start_office(host: &str) -> Office {
         )
         .route(
             "/status/revocation",
-            get(|State(s): State<Served>| async move {
-                let bits = s.bits.lock().unwrap().clone();
-                let list = federation::status::list_credential(
-                    s.key.did(),
-                    &s.url,
-                    &bits,
-                    chrono::Duration::minutes(5),
-                )
-                .unwrap();
-                federation::status::sign_list(&list, &s.key).unwrap()
-            }),
+            get(
+                |State(s): State<Served>, headers: axum::http::HeaderMap| async move {
+                    let bits = s.bits.lock().unwrap().clone();
+                    // The same bits as a Token Status List to a client that asks for one,
+                    // as `fedgate issuer` serves them (for SD-JWT VCs).
+                    let wants_token_list = headers
+                        .get("accept")
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|a| a.contains(federation::status::TOKEN_LIST_MEDIA_TYPE));
+                    if wants_token_list {
+                        return federation::status::sign_token_list(
+                            &s.key,
+                            &s.url,
+                            &bits,
+                            chrono::Duration::minutes(5),
+                        )
+                        .unwrap();
+                    }
+                    let list = federation::status::list_credential(
+                        s.key.did(),
+                        &s.url,
+                        &bits,
+                        chrono::Duration::minutes(5),
+                    )
+                    .unwrap();
+                    federation::status::sign_list(&list, &s.key).unwrap()
+                },
+            ),
         )
         .with_state(served);
     tokio::spawn(async move {

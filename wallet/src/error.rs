@@ -97,6 +97,13 @@ pub enum WalletError {
 
     #[error("cannot sign: {0}")]
     Sign(#[from] IssueError),
+    /// An SD-JWT VC could not be presented (a claim path it does not hold, a malformed
+    /// stored credential).
+    #[error("cannot present the SD-JWT VC: {0}")]
+    SdJwt(#[from] federation::sdjwt::SdJwtError),
+    /// A credential asked to be presented as an SD-JWT VC is in another format.
+    #[error("credential {id} is not an SD-JWT VC (format {format}); present it in a presentation instead")]
+    NotSdJwt { id: String, format: String },
 
     #[error("invalid consent: {0}")]
     InvalidConsent(String),

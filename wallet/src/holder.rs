@@ -136,6 +136,40 @@ impl Wallet {
     }
 
     /// Every stored credential, in id order.
+    /// Presents the stored SD-JWT VC `id` to a verifier: only the disclosures of `paths`
+    /// (DCQL claim paths over the credential as held, e.g. `[["privileges", 0]]`; see
+    /// [`federation::sdjwt::claim_paths`] for what it holds), with a key binding JWT signed
+    /// by the holder key over `aud` and `nonce` (for OpenID4VP: the full `client_id`, and
+    /// the request's nonce). Returns the presentation (`jwt~disclosures~kb-jwt`). A
+    /// withdrawn consent is never presented.
+    pub fn present_sd_jwt(
+        &self,
+        id: &str,
+        paths: &[federation::sdjwt::ClaimPath],
+        aud: &str,
+        nonce: &str,
+    ) -> Result<String> {
+        let stored = self.show(id)?;
+        if stored.withdrawn {
+            return Err(WalletError::Withdrawn { id: id.to_string() });
+        }
+        let compact = match (&stored.format, &stored.credential) {
+            (ProofFormat::SdJwt, Value::String(s)) => s,
+            _ => {
+                return Err(WalletError::NotSdJwt {
+                    id: id.to_string(),
+                    format: serde_json::to_value(stored.format)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                })
+            }
+        };
+        Ok(federation::sdjwt::present(
+            compact, paths, aud, nonce, &self.key,
+        )?)
+    }
+
     pub fn list(&self) -> Result<Vec<StoredCredential>> {
         self.store.all()
     }

@@ -142,6 +142,14 @@ pub(crate) fn select(
     now: DateTime<Utc>,
 ) -> Result<Vec<Value>> {
     req.validate()?;
+    // An SD-JWT VC is never put in a signed presentation: it is presented alone, with its
+    // own key binding (`Wallet::present_sd_jwt`).
+    let held: Vec<StoredCredential> = held
+        .iter()
+        .filter(|c| c.format != federation::credentials::ProofFormat::SdJwt)
+        .cloned()
+        .collect();
+    let held = held.as_slice();
     let mut privileges: Vec<&StoredCredential> = held
         .iter()
         .filter(|c| privilege_fits(c, holder, req, now))

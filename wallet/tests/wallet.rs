@@ -653,3 +653,84 @@ async fn a_consent_reads_as_a_fhir_consent_in_both_formats() {
     let err = patient.consent_fhir("urn:uuid:not-here").unwrap_err();
     assert!(err.to_string().contains("no credential"), "{err}");
 }
+
+/// An SD-JWT VC is imported after verification, kept in its compact form, and presented
+/// alone with chosen claims and a key binding JWT; it never goes into a signed
+/// presentation, and other formats are not presented as SD-JWT VCs.
+#[tokio::test]
+async fn an_sd_jwt_vc_is_stored_compact_and_presented_with_chosen_claims() {
+    let fed = federation().await;
+    let stub = start_stub(&fed).await;
+    let gateway = stub.client();
+    let dir = tempfile::tempdir().unwrap();
+    let wallet = new_wallet(dir.path(), KeyAlgorithm::P256);
+    let (vc, status) = privilege(&fed.office, wallet.did(), ProofFormat::SdJwt).await;
+    let compact = vc.as_str().unwrap().to_string();
+    let stored = wallet.import(vc, &fed.verifier).await.unwrap();
+    assert_eq!(stored.format, ProofFormat::SdJwt);
+    assert_eq!(stored.credential, json!(compact));
+    assert_eq!(stored.subject, wallet.did());
+    assert!(stored.summary.contains(HOSPITAL_B), "{}", stored.summary);
+    // Reopened, it is the same compact SD-JWT.
+    drop(wallet);
+    let wallet = Wallet::open(dir.path()).unwrap();
+    assert_eq!(wallet.show(&stored.id).unwrap().credential, json!(compact));
+
+    let aud = "decentralized_identifier:did:web:hospital-b.test";
+    let paths = vec![
+        vec![json!("organization")],
+        vec![json!("privileges"), json!(null)],
+    ];
+    let presented = wallet
+        .present_sd_jwt(&stored.id, &paths, aud, "nonce-42")
+        .unwrap();
+    let verified = fed
+        .verifier
+        .verify_sd_jwt_presentation(&presented, aud, "nonce-42")
+        .await
+        .unwrap();
+    assert_eq!(verified.holder.as_deref(), Some(wallet.did()));
+    assert_eq!(verified.subject["organization"], HOSPITAL_A);
+    assert!(verified.subject.get("npi").is_none());
+    assert!(verified.subject.get("name").is_none());
+    // Another nonce at the verifier: refused.
+    let e = fed
+        .verifier
+        .verify_sd_jwt_presentation(&presented, aud, "nonce-43")
+        .await
+        .unwrap_err();
+    assert_eq!(e.check, Check::Challenge);
+    // A claim the credential does not hold.
+    let err = wallet
+        .present_sd_jwt(&stored.id, &[vec![json!("nope")]], aud, "n")
+        .unwrap_err();
+    assert!(matches!(err, WalletError::SdJwt(_)), "{err}");
+    // Never in a signed presentation: nothing else fits, so nothing is asked of the gateway.
+    let err = wallet
+        .present(&request(ProofFormat::Jwt), &gateway)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, WalletError::NoMatchingPrivilege { .. }),
+        "{err}"
+    );
+    // A JWT credential is not presented as an SD-JWT VC.
+    let (jwt, _) = privilege(&fed.office, wallet.did(), ProofFormat::Jwt).await;
+    let jwt = wallet.import(jwt, &fed.verifier).await.unwrap();
+    let err = wallet
+        .present_sd_jwt(&jwt.id, &paths, aud, "n")
+        .unwrap_err();
+    assert!(matches!(err, WalletError::NotSdJwt { .. }), "{err}");
+    // Revoked at the office: the import of it is refused from then on.
+    fed.office.revoke(&status);
+    fed.verifier
+        .status
+        .invalidate(&format!("{}status/revocation", fed.office.base));
+    let other = tempfile::tempdir().unwrap();
+    let other_wallet = new_wallet(other.path(), KeyAlgorithm::Ed25519);
+    let e = other_wallet
+        .import(json!(compact), &fed.verifier)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, WalletError::Rejected(_)), "{e}");
+}
