@@ -592,7 +592,6 @@ async fn bad_responses_get_oauth_errors_and_release_nothing() {
 /// name or NPI), the wallet discloses only that, with a key-binding JWT over the full
 /// client_id and the nonce; same device, direct_post.jwt.
 #[tokio::test]
-#[ignore = "needs the office to issue SD-JWT VCs with a Token Status List entry"]
 async fn sd_jwt_vc_selective_disclosure_by_openid4vp() {
     let fed = federation().await;
     let c = clinician(&fed, "wallet-sd-jwt", ProofFormat::SdJwt).await;
