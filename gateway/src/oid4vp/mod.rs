@@ -149,7 +149,7 @@ impl IntoResponse for OAuthError {
 pub enum Outcome {
     /// Allowed: served (fetched, tokenized, recorded) when collected.
     Allowed {
-        ledger: Ledger,
+        ledger: Box<Ledger>,
         /// The decision without its policy digest (`Decision` reads none back).
         decision: Value,
         policy_digest: String,
@@ -176,7 +176,7 @@ impl Outcome {
             fields.remove("policy_digest");
         }
         Outcome::Allowed {
-            ledger: a.ledger,
+            ledger: Box::new(a.ledger),
             decision,
             policy_digest: a.decision.policy_digest,
             patient_id: a.patient_id,
@@ -217,7 +217,7 @@ impl Outcome {
         let mut decision: crate::policy::Decision = serde_json::from_value(decision).ok()?;
         decision.policy_digest = policy_digest;
         Some(Allowed {
-            ledger,
+            ledger: *ledger,
             decision,
             patient_id,
             holder,
