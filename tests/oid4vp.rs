@@ -426,6 +426,22 @@ async fn bad_responses_get_oauth_errors_and_release_nothing() {
     .await
     .unwrap();
 
+    // The OpenAPI document lists the endpoints.
+    let openapi: Value = reqwest::get(format!("{}openapi.json", fed.gateway.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/v1/oid4vp/{domain}/requests",
+        "/v1/oid4vp/requests/{state}",
+        "/v1/oid4vp/responses",
+        "/v1/oid4vp/transactions/{id}/result",
+    ] {
+        assert!(openapi["paths"].get(path).is_some(), "{path}");
+    }
+
     // A vp_token made for A's nonce, posted under B's state: refused and recorded.
     let before = refusals().await;
     let ta = token(&c, &ra.nonce, &client_id).await.to_string();
