@@ -654,3 +654,108 @@ async fn sd_jwt_vc_selective_disclosure_by_openid4vp() {
     assert_eq!(status, 200, "{bundle}");
     assert_eq!(resource_types(&bundle), ["Observation", "Patient"]);
 }
+
+/// Runs tests/peers/oid4vp-interop.mjs (@openid4vc/openid4vp, pinned in
+/// tests/peers/package-lock.json) with `input`; its JSON answer. Without node or the
+/// package (`scripts/peers` installs it) this fails, saying so: it never skips.
+fn openid4vp_peer(input: &Value) -> Value {
+    use std::io::Write;
+    let dir = repo("tests/peers");
+    assert!(
+        dir.join("node_modules/@openid4vc/openid4vp").is_dir(),
+        "the interop peers are not installed: run scripts/peers (npm ci in tests/peers)"
+    );
+    let mut child = std::process::Command::new("node")
+        .arg(dir.join("oid4vp-interop.mjs"))
+        .current_dir(&dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("node is needed for the interop test and did not start: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&serde_json::to_vec(input).unwrap())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "oid4vp-interop.mjs gave no answer: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// An independent OpenID4VP implementation's wallet side (@openid4vc/openid4vp 0.4.6,
+/// `Openid4vpClient`) against fedgate's gateway: it parses the `openid4vp://` URL, fetches
+/// and validates the signed request object (decentralized_identifier client, JAR by
+/// reference, version 1.0), and, given a vp_token fedgate's wallet made for its nonce,
+/// builds and submits the authorization response itself (for direct_post.jwt, encrypting
+/// it to the gateway's ephemeral key); the gateway verifies, decides and releases the
+/// records to the requester.
+#[tokio::test]
+async fn an_independent_openid4vp_wallet_library_answers_the_gateway() {
+    let fed = federation().await;
+    for (format, mode) in [
+        (ProofFormat::SdJwt, "direct_post.jwt"),
+        (ProofFormat::Jwt, "direct_post"),
+    ] {
+        let c = clinician(&fed, &format!("peer-{format:?}"), format).await;
+        let resolver = c.trust.verifier().unwrap().resolver.clone();
+        let started = start(&fed, mode, None).await;
+        let url = started["authorization_request"].as_str().unwrap();
+        let request = wallet::oid4vp::fetch_request(url, &resolver, true)
+            .await
+            .unwrap();
+        let kid = federation::jose::decode(
+            &reqwest::get(started["request_uri"].as_str().unwrap())
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        )
+        .unwrap()
+        .kid;
+        let (jwk, _) = resolver
+            .public_key(&kid, federation::did::Relationship::AssertionMethod)
+            .await
+            .unwrap();
+        let vp_token = wallet::oid4vp::build_vp_token(&c.wallet, &request, Some(c.patient.did()))
+            .await
+            .unwrap();
+        let answer = openid4vp_peer(&json!({
+            "url": url,
+            "verifierDid": CUSTODIAN,
+            "verifierJwk": serde_json::to_value(&jwk).unwrap(),
+            "vpToken": vp_token,
+        }));
+        assert_eq!(answer["ok"], true, "{answer}");
+        assert_eq!(answer["version"], 100, "read as OpenID4VP 1.0: {answer}");
+        assert_eq!(
+            answer["client"]["prefix"], "decentralized_identifier",
+            "{answer}"
+        );
+        assert_eq!(answer["jar"]["sendBy"], "reference", "{answer}");
+        assert_eq!(answer["jar"]["typ"], "oauth-authz-req+jwt", "{answer}");
+        assert_eq!(answer["responseMode"], mode);
+        assert_eq!(answer["nonce"], request.nonce.as_str());
+        assert_eq!(answer["dcql"], request.dcql_query, "{answer}");
+        assert_eq!(answer["encrypted"], mode == "direct_post.jwt", "{answer}");
+        assert_eq!(
+            (answer["status"].as_u64(), &answer["body"]),
+            (Some(200), &json!({})),
+            "{answer}"
+        );
+        let (status, bundle) = collect(
+            &fed,
+            &started,
+            json!({"requester_secret": started["requester_secret"]}),
+        )
+        .await;
+        assert_eq!(status, 200, "{bundle}");
+        assert_eq!(resource_types(&bundle), ["Observation", "Patient"]);
+    }
+}

@@ -156,9 +156,18 @@ pub fn query(
     for (kind, paths) in claims {
         let mut options = Vec::new();
         for format in formats {
+            let vcts = match format {
+                QueryFormat::SdJwt => vct_values(*kind),
+                _ => Vec::new(),
+            };
+            // No issuer of this type publishes vct values (a self-issued consent has no
+            // office): it is not asked for as an SD-JWT VC.
+            if *format == QueryFormat::SdJwt && vcts.is_empty() {
+                continue;
+            }
             let id = query_id(*kind, *format);
             let (meta, prefix) = match format {
-                QueryFormat::SdJwt => (json!({ "vct_values": vct_values(*kind) }), None),
+                QueryFormat::SdJwt => (json!({ "vct_values": vcts }), None),
                 _ => (
                     json!({ "type_values": [[VC_TYPE_IRI, format!("{FEDGATE_TYPE_BASE}{}", kind.type_name())]] }),
                     Some(Value::from("credentialSubject")),

@@ -495,8 +495,9 @@ pub async fn request_object(state: &GatewayState, tx_state: &str) -> Result<Stri
         client_metadata["encrypted_response_enc_values_supported"] = json!(["A128GCM", "A256GCM"]);
     }
     let now = Utc::now().timestamp();
+    // No `iss`: OpenID4VP does not ask for it, and wallets read it differently (the
+    // DID, or the prefixed client_id); the signer is named by `kid` alone.
     let claims = json!({
-        "iss": client_id(state),
         "aud": SELF_ISSUED_AUD,
         "client_id": client_id(state),
         "response_type": "vp_token",
