@@ -642,9 +642,47 @@ async fn sd_jwt_vc_selective_disclosure_by_openid4vp() {
         !disclosed.iter().any(|p| p[0] == "name" || p[0] == "npi"),
         "{disclosed:?}"
     );
+    // A key-binding JWT for another audience (the bare DID) or another nonce: refused,
+    // in OAuth error JSON, and the transaction stays open for the right answer.
+    let held = c.wallet.list().unwrap();
+    let stored = held
+        .iter()
+        .find(|s| s.kind == CredentialKind::ClinicianPrivilege)
+        .unwrap();
+    let paths: Vec<Vec<Value>> = q["claims"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["path"].as_array().unwrap().clone())
+        .collect();
+    let key = key_of(&c);
+    for (aud, nonce) in [
+        (CUSTODIAN, request.nonce.as_str()),
+        (request.client_id.as_str(), "another-nonce-of-sixteen-chars"),
+    ] {
+        let sd = federation::sdjwt::present(
+            stored.credential.as_str().unwrap(),
+            &paths,
+            aud,
+            nonce,
+            &key,
+        )
+        .unwrap();
+        let mut bad = token.clone();
+        bad["privilege_sd_jwt"] = json!([sd]);
+        let err = wallet::oid4vp::post_response(&request, Some(&bad), None, true)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("invalid_request"), "{err}");
+    }
     let answer = wallet::oid4vp::post_response(&request, Some(&token), None, true)
         .await
         .unwrap();
+    // The same vp_token again: a replay.
+    let err = wallet::oid4vp::post_response(&request, Some(&token), None, true)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already answered"), "{err}");
     let (status, bundle) = collect(
         &fed,
         &started,
