@@ -499,3 +499,44 @@ pub async fn respond(
     let token = build_vp_token(wallet, &request, patient).await?;
     post_response(&request, Some(&token), None, dev_mode).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_requests_by_reference_are_read() {
+        let (client_id, uri) = parse_url(
+            "openid4vp://?client_id=decentralized_identifier%3Adid%3Aweb%3Ag.example&request_uri=https%3A%2F%2Fg.example%2Fr%2F1",
+        )
+        .unwrap();
+        assert_eq!(client_id, "decentralized_identifier:did:web:g.example");
+        assert_eq!(uri.as_str(), "https://g.example/r/1");
+        assert!(
+            parse_url("https://g.example/?client_id=x&request_uri=https://g.example/r").is_err()
+        );
+        assert!(parse_url("openid4vp://?client_id=x&request=eyJ...").is_err());
+        assert!(parse_url("openid4vp://?client_id=x").is_err());
+    }
+
+    #[test]
+    fn queries_name_their_kind_and_format() {
+        let q = serde_json::json!({
+            "format": "jwt_vc_json",
+            "meta": {"type_values": [["https://www.w3.org/2018/credentials#VerifiableCredential",
+                "https://w3id.org/fedgate#PatientConsentCredential"]]},
+        });
+        assert_eq!(query_kind(&q), Some(CredentialKind::PatientConsent));
+        assert_eq!(query_format(&q), Some(ProofFormat::Jwt));
+        let q = serde_json::json!({
+            "format": "dc+sd-jwt",
+            "meta": {"vct_values": ["https://office.example/vct/ClinicianPrivilegeCredential"]},
+        });
+        assert_eq!(query_kind(&q), Some(CredentialKind::ClinicianPrivilege));
+        assert_eq!(query_format(&q), Some(ProofFormat::SdJwt));
+        assert_eq!(
+            query_kind(&serde_json::json!({"meta": {"vct_values": ["urn:x"]}})),
+            None
+        );
+    }
+}

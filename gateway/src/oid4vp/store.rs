@@ -289,3 +289,121 @@ impl Transactions {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn transaction(same_device: bool, ttl_ms: i64) -> Transaction {
+        Transaction {
+            domain: "clinical".into(),
+            params: json!({}),
+            nonce: "n".repeat(43),
+            state: federation::client::random_token(),
+            secret_sha256: digest("secret"),
+            redirect_uri: same_device.then(|| "https://ehr.example/back".to_string()),
+            response_mode: ResponseMode::DirectPost,
+            encryption_key: None,
+            dcql_query: json!({}),
+            expires_ms: Utc::now().timestamp_millis() + ttl_ms,
+            phase: Phase::Open,
+            response_code_sha256: None,
+            outcome: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn answered_once_collected_once() {
+        let db = crate::db::temporary().unwrap();
+        let t = Transactions::open(&db);
+        let tx = transaction(false, 60_000);
+        t.insert("tx1", &tx).await.unwrap();
+        assert_eq!(t.by_state(&tx.state).unwrap().unwrap().0, "tx1");
+        // Before the answer: the secret learns it is pending, anything else nothing.
+        assert_eq!(
+            t.collect("tx1", Some("secret"), None).await.unwrap_err(),
+            StoreError::Pending
+        );
+        assert_eq!(
+            t.collect("tx1", Some("wrong"), None).await.unwrap_err(),
+            StoreError::Unauthorized
+        );
+        t.claim("tx1").await.unwrap();
+        assert_eq!(t.claim("tx1").await, Err(StoreError::AlreadyAnswered));
+        t.finish(
+            "tx1",
+            Phase::Responding,
+            json!({"kind": "declined", "error": "x"}),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            t.finish("tx1", Phase::Responding, json!({}), None).await,
+            Err(StoreError::AlreadyAnswered)
+        );
+        assert_eq!(
+            t.collect("tx1", Some("wrong"), None).await.unwrap_err(),
+            StoreError::Unauthorized
+        );
+        assert_eq!(
+            t.collect("tx1", Some("secret"), None).await.unwrap()["kind"],
+            "declined"
+        );
+        assert_eq!(
+            t.collect("tx1", Some("secret"), None).await.unwrap_err(),
+            StoreError::Unknown
+        );
+        assert!(t.by_state(&tx.state).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn same_device_needs_the_response_code() {
+        let db = crate::db::temporary().unwrap();
+        let t = Transactions::open(&db);
+        t.insert("tx", &transaction(true, 60_000)).await.unwrap();
+        t.claim("tx").await.unwrap();
+        t.finish("tx", Phase::Responding, json!({"kind": "x"}), Some("code"))
+            .await
+            .unwrap();
+        assert_eq!(
+            t.collect("tx", Some("secret"), None).await.unwrap_err(),
+            StoreError::Unauthorized
+        );
+        assert_eq!(
+            t.collect("tx", None, Some("other")).await.unwrap_err(),
+            StoreError::Unauthorized
+        );
+        assert!(t.collect("tx", None, Some("code")).await.is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn of_concurrent_claims_exactly_one_succeeds() {
+        let db = crate::db::temporary().unwrap();
+        let t = Transactions::open(&db);
+        t.insert("tx", &transaction(false, 60_000)).await.unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let t = t.clone();
+            tasks.push(tokio::spawn(async move { t.claim("tx").await }));
+        }
+        let mut ok = 0;
+        for task in tasks {
+            ok += usize::from(task.await.unwrap().is_ok());
+        }
+        assert_eq!(ok, 1);
+    }
+
+    #[tokio::test]
+    async fn expired_transactions_are_refused_and_purged() {
+        let db = crate::db::temporary().unwrap();
+        let t = Transactions::open(&db);
+        t.insert("old", &transaction(false, -1)).await.unwrap();
+        t.insert("new", &transaction(false, 60_000)).await.unwrap();
+        assert_eq!(t.claim("old").await, Err(StoreError::Expired));
+        assert_eq!(t.purge_expired().await, Ok(1));
+        assert_eq!(t.claim("old").await, Err(StoreError::Unknown));
+        assert!(t.claim("new").await.is_ok());
+    }
+}
