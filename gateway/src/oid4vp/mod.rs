@@ -559,8 +559,8 @@ pub async fn respond(state: &GatewayState, form: ResponseForm) -> Result<Value, 
             .filter(char::is_ascii_graphic)
             .take(64)
             .collect();
+        // `error_description` is the wallet's text: not kept, not echoed.
         let outcome = Outcome::Declined { error };
-        let _ = form.error_description;
         state
             .oid4vp
             .finish(&tx_id, Phase::Open, outcome.to_value(), None)
