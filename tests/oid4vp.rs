@@ -797,3 +797,88 @@ async fn an_independent_openid4vp_wallet_library_answers_the_gateway() {
         assert_eq!(resource_types(&bundle), ["Observation", "Patient"]);
     }
 }
+
+/// fedgate's wallet against an independent verifier: @openid4vc/openid4vp 0.4.6's
+/// `Openid4vpVerifier` (tests/peers/oid4vp-verifier.mjs) makes a did:key, signs a request
+/// object by reference for a fedgate privilege (jwt_vc_json, direct_post) and serves it;
+/// `wallet::oid4vp::respond` checks it, answers, and the library parses and validates the
+/// response. The presentation it received verifies with fedgate's pipeline against the
+/// library's nonce and client_id.
+#[tokio::test]
+async fn fedgate_wallet_answers_an_independent_openid4vp_verifier() {
+    use std::io::{BufRead, Write};
+    let fed = federation().await;
+    let dir = repo("tests/peers");
+    assert!(
+        dir.join("node_modules/@openid4vc/openid4vp").is_dir(),
+        "the interop peers are not installed: run scripts/peers (npm ci in tests/peers)"
+    );
+    let nonce = federation::client::random_token();
+    let mut child = std::process::Command::new("node")
+        .arg(dir.join("oid4vp-verifier.mjs"))
+        .current_dir(&dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("node is needed for the interop test and did not start: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(json!({"nonce": nonce}).to_string().as_bytes())
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let verifier_did = first["did"].as_str().unwrap().to_string();
+    let url = first["url"].as_str().unwrap().to_string();
+
+    // A wallet whose privilege is at the peer's facility.
+    let wdir = fed.dir.path().join("wallet-peer-verifier");
+    let w = wallet::Wallet::init(&wdir, KeyAlgorithm::Ed25519).unwrap();
+    let trust = json!({
+        "trustedIssuers": {"ClinicianPrivilegeCredential": [OFFICE]},
+        "didWeb": {OFFICE: fed.office.url()},
+        "devMode": true
+    });
+    std::fs::write(wdir.join("trust.json"), trust.to_string()).unwrap();
+    let verifier = wallet::TrustConfig::load(&wdir.join("trust.json"))
+        .unwrap()
+        .verifier()
+        .unwrap();
+    let (_, privilege) = fed
+        .office
+        .joiner(
+            &json!({
+                "id": w.did(), "name": "Dr. Requesting Clinician", "npi": "1234567893",
+                "role": "physician", "specialty": "207R00000X", "organization": REQUESTER_ORG,
+                "privileges": [{"facility": verifier_did, "domains": ["clinical"], "actions": ["read"]}]
+            }),
+            "jwt",
+        )
+        .await
+        .unwrap();
+    w.import(privilege, &verifier).await.unwrap();
+
+    let answer = wallet::oid4vp::respond(&w, &url, &verifier.resolver, None, true)
+        .await
+        .unwrap();
+    assert_eq!(answer, json!({}));
+    let second: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let _ = child.wait();
+    assert_eq!(second["ok"], true, "{second}");
+    assert_eq!(second["expectedNonce"], nonce.as_str());
+    assert_eq!(second["state"], "state-of-the-peer-verifier");
+    // The library hands the form's vp_token over as it came: JSON text.
+    let token: Value = match &second["vpToken"] {
+        Value::String(text) => serde_json::from_str(text).unwrap(),
+        other => other.clone(),
+    };
+    let vp = &token["privilege"][0];
+    assert!(vp.is_string(), "{second}");
+    let binding = PresentationBinding {
+        challenge: nonce.clone(),
+        domain: format!("decentralized_identifier:{verifier_did}"),
+    };
+    let verified = verifier.verify_presentation(vp, &binding).await.unwrap();
+    assert_eq!(verified.holder, w.did());
+}
