@@ -105,7 +105,10 @@ pub struct Privilege {
 #[serde(deny_unknown_fields)]
 pub struct PrivilegeSubject {
     pub id: String,
+    // Never read by a decision: an SD-JWT VC presentation may leave them undisclosed.
+    #[serde(default)]
     name: String,
+    #[serde(default)]
     npi: String,
     pub role: String,
     pub specialty: String,

@@ -50,6 +50,12 @@ pub enum GatewayError {
     /// that cannot answer says nothing about the token asked for.
     #[error(transparent)]
     Vault(#[from] VaultError),
+    /// OpenID4VP: the wallet has not answered yet (202).
+    #[error("the wallet has not answered yet")]
+    Pending,
+    /// OpenID4VP: a collection without the right secret or response code (401).
+    #[error("wrong requester secret or response code")]
+    Oid4vpUnauthorized,
     #[error("{0}")]
     Internal(String),
 }
@@ -160,6 +166,20 @@ impl IntoResponse for GatewayError {
                 VaultError::Storage(_) => service::http::service_unavailable(e.to_string()),
                 _ => service::http::internal(e),
             },
+            GatewayError::Pending => {
+                return (
+                    StatusCode::ACCEPTED,
+                    [(axum::http::header::CACHE_CONTROL, "no-store")],
+                    axum::Json(serde_json::json!({"status": "pending"})),
+                )
+                    .into_response()
+            }
+            GatewayError::Oid4vpUnauthorized => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "oid4vp-unauthorized",
+                "Wrong requester secret or response code",
+                "collect with the response code (same device) or the requester secret (cross device)",
+            ),
             GatewayError::Internal(d) => service::http::internal(d),
         };
         problem.into_response()

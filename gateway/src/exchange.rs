@@ -11,7 +11,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use federation::credentials::{ConsentSubject, CredentialKind};
-use serde::Deserialize;
+use federation::verify::VerifiedPresentation;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::error::GatewayError;
@@ -27,7 +28,7 @@ use crate::state::{GatewayState, NotServed};
 pub use federation::events::PURPOSES;
 
 /// The patient, named by the identifier the custodian knows them by.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatientRef {
     pub system: String,
@@ -45,6 +46,41 @@ pub struct ExchangeRequest {
     pub presentation: Value,
 }
 
+/// What a requester asks for, without the presentation: the body of
+/// `POST /v1/exchange/{domain}` less `presentation`, which is also how an OpenID4VP
+/// exchange starts ([`crate::oid4vp`]).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeParams {
+    pub purpose: String,
+    pub patient: PatientRef,
+    pub data_classes: Vec<String>,
+    #[serde(default)]
+    pub justification: Option<String>,
+}
+
+impl ExchangeRequest {
+    /// The request without its presentation.
+    pub fn params(&self) -> ExchangeParams {
+        ExchangeParams {
+            purpose: self.purpose.clone(),
+            patient: self.patient.clone(),
+            data_classes: self.data_classes.clone(),
+            justification: self.justification.clone(),
+        }
+    }
+}
+
+/// An allowed decision, ready to be served: what the answer is fetched, tokenized and
+/// recorded from.
+pub struct Allowed {
+    pub ledger: Ledger,
+    pub decision: Decision,
+    pub patient_id: String,
+    /// DID of the presentation's holder (the requester).
+    pub holder: String,
+}
+
 pub use crate::policy::requester_org;
 
 pub use federation::verify::claimed_challenge;
@@ -56,13 +92,8 @@ fn consent_is_about(c: &ConsentSubject, custodian: &str, patient: &PatientRef) -
         .any(|i| i.custodian == custodian && i.system == patient.system && i.value == patient.value)
 }
 
-/// `POST /v1/exchange/{domain}`.
-pub async fn exchange(
-    state: &GatewayState,
-    domain: &str,
-    req: ExchangeRequest,
-    headers: &HeaderMap,
-) -> Result<Response, GatewayError> {
+/// Checks what a requester asks for, before anything is verified or recorded.
+pub fn check_params(domain: &str, req: &ExchangeParams) -> Result<(), GatewayError> {
     if !matches!(domain, "clinical" | "billing") {
         return Err(GatewayError::UnknownDomain(domain.to_string()));
     }
@@ -96,16 +127,38 @@ pub async fn exchange(
             "justification over 1000 characters",
         ));
     }
-    let wants_jwe = accepts_jose(headers);
-    // Fail closed before doing any work if the access could not be recorded.
+    Ok(())
+}
+
+/// Fails closed before doing any work if the access could not be recorded.
+pub fn check_outbox(state: &GatewayState) -> Result<(), GatewayError> {
     if !state.outbox.has_room() {
         return Err(GatewayError::Unavailable(
             "the access-event outbox is full; refusing to serve unrecorded access".into(),
         ));
     }
+    Ok(())
+}
 
+/// The ledger of a new request.
+pub fn new_ledger(domain: &str, req: &ExchangeParams) -> Ledger {
     let mut ledger = Ledger::new(domain, &req.purpose, &req.data_classes);
     ledger.justification = req.justification.clone().filter(|j| !j.trim().is_empty());
+    ledger
+}
+
+/// `POST /v1/exchange/{domain}`.
+pub async fn exchange(
+    state: &GatewayState,
+    domain: &str,
+    req: ExchangeRequest,
+    headers: &HeaderMap,
+) -> Result<Response, GatewayError> {
+    let params = req.params();
+    check_params(domain, &params)?;
+    let wants_jwe = accepts_jose(headers);
+    check_outbox(state)?;
+    let mut ledger = new_ledger(domain, &params);
 
     // verify
     let vp = state
@@ -113,6 +166,22 @@ pub async fn exchange(
         .await?;
 
     // decide
+    let allowed = decide(state, domain, &params, ledger, &vp).await?;
+
+    // fetch → tokenize → record → respond, one page at a time
+    serve(state, &allowed, wants_jwe).await
+}
+
+/// Decides on a verified presentation (its ledger noted it already). A deny, or an allow
+/// that cannot be served, is recorded here and returned as the error to send; an allow is
+/// recorded when it is served ([`serve`]).
+pub async fn decide(
+    state: &GatewayState,
+    domain: &str,
+    req: &ExchangeParams,
+    mut ledger: Ledger,
+    vp: &VerifiedPresentation,
+) -> Result<Allowed, GatewayError> {
     let patient_id = state
         .records
         .find_patient(&req.patient.system, &req.patient.value)
@@ -141,8 +210,8 @@ pub async fn exchange(
         .map(|pid| state.consents.dids_for_patient(pid, require_links))
         .transpose()?
         .unwrap_or_default();
-    let claims = claims_of::<ConsentSubject>(&vp, CredentialKind::PatientConsent)
-        .and_then(|consents| Ok((consents, holder_privilege(&vp)?)));
+    let claims = claims_of::<ConsentSubject>(vp, CredentialKind::PatientConsent)
+        .and_then(|consents| Ok((consents, holder_privilege(vp)?)));
     let (consents, privilege) = match claims {
         Ok(claims) => claims,
         Err(e) => {
@@ -199,12 +268,25 @@ pub async fn exchange(
         });
     };
 
-    // fetch → tokenize → record → respond, one page at a time
+    Ok(Allowed {
+        ledger,
+        decision,
+        patient_id,
+        holder: vp.holder.clone(),
+    })
+}
+
+/// Serves the first page of an allowed decision: fetch → tokenize → record → respond.
+pub async fn serve(
+    state: &GatewayState,
+    allowed: &Allowed,
+    wants_jwe: bool,
+) -> Result<Response, GatewayError> {
     let page = Page {
-        ledger: &ledger,
-        decision: &decision,
-        patient_id: &patient_id,
-        holder: &vp.holder,
+        ledger: &allowed.ledger,
+        decision: &allowed.decision,
+        patient_id: &allowed.patient_id,
+        holder: &allowed.holder,
         number: 1,
         cursor: None,
     };
@@ -458,7 +540,7 @@ fn sort_key(r: &Value) -> (&str, &str) {
 }
 
 /// Whether the requester asked for an encrypted answer.
-fn accepts_jose(headers: &HeaderMap) -> bool {
+pub fn accepts_jose(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

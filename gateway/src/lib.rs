@@ -29,6 +29,8 @@
 //! - [`state`]: the shared state and the steps every request takes (verify, decide,
 //!   tokenize, record); [`routes`]: the router and its small handlers; [`exchange`]: the
 //!   clinical and billing request, top to bottom.
+//! - [`oid4vp`]: OpenID4VP 1.0: an exchange started by an authorization request, the
+//!   wallet's response verified and decided like an exchange, the records collected once.
 //! - [`error`]: the crate's error enum, mapped to problem+json once.
 //! - [`db`]: the gateway's database (`data_dir/gateway.redb`), whose trees the modules
 //!   above own; a write is on disk when it returns.
@@ -44,6 +46,7 @@ pub mod exchange;
 pub mod gossip;
 pub mod jwe;
 pub mod ledger;
+pub mod oid4vp;
 pub mod outbox;
 pub mod outcome;
 pub mod paging;
@@ -102,7 +105,11 @@ pub async fn run(
     if let Err(e) = state.policy.spawn_watch(Duration::from_secs(2)) {
         tracing::warn!(error = %e, "policy reload watcher not started");
     }
-    let (nonces, pages) = (state.nonces.clone(), state.pages.clone());
+    let (nonces, pages, oid4vp) = (
+        state.nonces.clone(),
+        state.pages.clone(),
+        state.oid4vp.clone(),
+    );
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(60)).await;
@@ -111,6 +118,9 @@ pub async fn run(
             }
             if let Err(e) = pages.purge_expired().await {
                 tracing::warn!(error = %e, "expired page cursors not purged; will retry");
+            }
+            if let Err(e) = oid4vp.purge_expired().await {
+                tracing::warn!(error = %e, "expired OpenID4VP transactions not purged; will retry");
             }
         }
     });

@@ -32,6 +32,10 @@ pub fn routes() -> service::openapi::Routes<Arc<GatewayState>> {
         routes!(challenge),
         routes!(exchange_handler),
         routes!(page_handler),
+        routes!(oid4vp_start),
+        routes!(oid4vp_request_object),
+        routes!(oid4vp_response),
+        routes!(oid4vp_collect),
         routes!(crate::research::request::research_handler),
         routes!(registration::register_consents),
         routes!(registration::withdraw_consents),
@@ -217,6 +221,145 @@ async fn page_handler(
             GatewayError::bad_request("invalid-page", "the query must be page=N, N a number")
         })?;
     exchange::next_page(&s, &domain, &cursor, page, &headers).await
+}
+
+/// OpenID4VP 1.0: start an exchange with an authorization request instead of a
+/// presentation (docs/openid4vp.md). The body is that of `POST /v1/exchange/{domain}`
+/// without `presentation`, with the response mode and, for the same-device flow, the URL
+/// the wallet sends the user back to.
+#[utoipa::path(post, path = "/v1/oid4vp/{domain}/requests", tag = "openid4vp",
+    params(("domain" = String, Path, description = "`clinical` or `billing`")),
+    request_body = crate::oid4vp::StartRequest,
+    responses(
+        (status = 201, description = "The authorization request (URL and QR code), the transaction id and the requester's secret",
+            body = crate::oid4vp::Started),
+        JsonBodyErrors, NotFound, Unavailable))]
+async fn oid4vp_start(
+    State(s): AppState,
+    Path(domain): Path<String>,
+    StrictJson(req): StrictJson<crate::oid4vp::StartRequest>,
+) -> Result<Response, GatewayError> {
+    service::params::domain("domain", &domain)?;
+    let started = crate::oid4vp::start(&s, &domain, req).await?;
+    Ok((
+        StatusCode::CREATED,
+        [(axum::http::header::CACHE_CONTROL, "no-store")],
+        Json(started),
+    )
+        .into_response())
+}
+
+/// OpenID4VP 1.0: the signed request object a wallet fetches at `request_uri`
+/// (`typ` `oauth-authz-req+jwt`, signed with the gateway's DID key). Errors are OAuth
+/// error JSON.
+#[utoipa::path(get, path = "/v1/oid4vp/requests/{state}", tag = "openid4vp",
+    params(("state" = String, Path, description = "The request's state")),
+    responses(
+        (status = 200, description = "The request object", body = String,
+            content_type = "application/oauth-authz-req+jwt"),
+        (status = 404, description = "`invalid_request_uri`: unknown, answered or expired", body = Object)))]
+async fn oid4vp_request_object(State(s): AppState, Path(state): Path<String>) -> Response {
+    if state.len() > 128 {
+        return crate::oid4vp::OAuthError::invalid_request("state too long").into_response();
+    }
+    match crate::oid4vp::request_object(&s, &state).await {
+        Ok(jwt) => (
+            StatusCode::OK,
+            [
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    "application/oauth-authz-req+jwt",
+                ),
+                (axum::http::header::CACHE_CONTROL, "no-store"),
+            ],
+            jwt,
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// OpenID4VP 1.0: the response endpoint (`response_uri`). A form with `vp_token` and
+/// `state` (`direct_post`), or `response`, a JWE holding them (`direct_post.jwt`), or
+/// `error` and `state`. Answers `{"redirect_uri": "…#response_code=…"}` (same device) or
+/// `{}` (cross device); errors are OAuth error JSON (`invalid_request`,
+/// `vp_formats_not_supported`, `server_error`).
+#[utoipa::path(post, path = "/v1/oid4vp/responses", tag = "openid4vp",
+    request_body(content = String, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "`{redirect_uri}` or `{}`", body = Object),
+        (status = 400, description = "OAuth error JSON", body = Object),
+        (status = 503, description = "`server_error`", body = Object)))]
+async fn oid4vp_response(
+    State(s): AppState,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let form_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+    if !form_type {
+        return crate::oid4vp::OAuthError::invalid_request(
+            "the response must be application/x-www-form-urlencoded",
+        )
+        .into_response();
+    }
+    if body.len() > crate::oid4vp::MAX_RESPONSE_BYTES {
+        return crate::oid4vp::OAuthError::invalid_request("response too large").into_response();
+    }
+    let mut form = crate::oid4vp::ResponseForm::default();
+    for (key, value) in url::form_urlencoded::parse(&body) {
+        let slot = match key.as_ref() {
+            "vp_token" => &mut form.vp_token,
+            "state" => &mut form.state,
+            "response" => &mut form.response,
+            "error" => &mut form.error,
+            "error_description" => &mut form.error_description,
+            _ => continue,
+        };
+        if slot.is_some() {
+            return crate::oid4vp::OAuthError::invalid_request(format!("{key} given twice"))
+                .into_response();
+        }
+        *slot = Some(value.into_owned());
+    }
+    match crate::oid4vp::respond(&s, form).await {
+        Ok(answer) => (
+            StatusCode::OK,
+            [(axum::http::header::CACHE_CONTROL, "no-store")],
+            Json(answer),
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// OpenID4VP: the requester collects the result of its exchange, once: with the response
+/// code the wallet's redirect carried (same device) or its secret (cross device). 202
+/// while the wallet has not answered; then the records, as `POST /v1/exchange/{domain}`
+/// answers them, or its problem.
+#[utoipa::path(post, path = "/v1/oid4vp/transactions/{id}/result", tag = "openid4vp",
+    params(("id" = String, Path, description = "The transaction id"),
+        ("Accept" = Option<String>, Header,
+            description = "`application/jose` for the Bundle as a JWE to the presentation's holder")),
+    request_body = crate::oid4vp::CollectRequest,
+    responses(
+        (status = 200, description = "A FHIR R4 searchset Bundle, or a compact JWE",
+            content((Object = "application/fhir+json"), (String = "application/jose"))),
+        (status = 202, description = "`{\"status\": \"pending\"}`: the wallet has not answered", body = Object),
+        (status = 401, description = "Wrong secret or response code"),
+        Denied, JsonBodyErrors, NotFound, Unavailable))]
+async fn oid4vp_collect(
+    State(s): AppState,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    StrictJson(req): StrictJson<crate::oid4vp::CollectRequest>,
+) -> Result<Response, GatewayError> {
+    if id.len() > 128 {
+        return Err(GatewayError::NotFound("an OpenID4VP transaction".into()));
+    }
+    crate::oid4vp::collect(&s, &id, req, &headers).await
 }
 
 /// W3C VC API: verify a credential of any type (format, proof, validity, status; schema

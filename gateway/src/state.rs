@@ -55,6 +55,8 @@ pub struct GatewayState {
     pub public_url: reqwest::Url,
     /// Cursors of paged answers (in the database: any replica honours them).
     pub pages: crate::paging::Pages,
+    /// OpenID4VP transactions (in the database: any replica honours them).
+    pub oid4vp: crate::oid4vp::store::Transactions,
 }
 
 /// Why an allowed decision's data did not leave.
@@ -257,6 +259,7 @@ impl GatewayState {
         let bundle = config.bundle.load("gateway config")?;
         let verifier = Verifier::new(resolver, trust, status).with_bundle(bundle);
         let pages = crate::paging::Pages::open(&db);
+        let oid4vp = crate::oid4vp::store::Transactions::open(&db);
         Ok(Arc::new(GatewayState {
             trust_mode,
             config,
@@ -275,6 +278,7 @@ impl GatewayState {
             metrics,
             public_url,
             pages,
+            oid4vp,
         }))
     }
 
@@ -370,7 +374,11 @@ impl GatewayState {
     }
 
     /// Records a failed verification under the check that failed.
-    async fn refuse_verification(&self, ledger: &Ledger, e: &VerifyError) -> GatewayError {
+    pub(crate) async fn refuse_verification(
+        &self,
+        ledger: &Ledger,
+        e: &VerifyError,
+    ) -> GatewayError {
         let reason = match e.credential {
             Some(i) => format!("credential #{i}: {}", e.check),
             None => format!("presentation: {}", e.check),

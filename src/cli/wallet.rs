@@ -146,6 +146,26 @@ pub enum WalletCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// Answer an OpenID4VP authorization request (`openid4vp://?client_id=…&request_uri=…`):
+    /// check the signed request object against the verifier's DID (the trust file's didWeb
+    /// entry names where its DID document is), present what its DCQL query asks of the
+    /// stored credentials, post it, and print the verifier's answer (`redirect_uri` on the
+    /// same device).
+    Respond {
+        #[command(flatten)]
+        wallet: WalletDir,
+        /// The authorization request URL.
+        url: String,
+        /// The trust file (see below); default DIR/trust.json or DIR/trust.toml.
+        #[arg(long, value_name = "FILE")]
+        trust: Option<PathBuf>,
+        /// The patient's DID, to include their consents.
+        #[arg(long, value_name = "DID")]
+        patient: Option<String>,
+        /// Allow plain http to a loopback verifier (tests and the demo only).
+        #[arg(long)]
+        dev: bool,
+    },
     /// A patient's consents: grant, list, register, withdraw.
     Consent {
         #[command(subcommand)]
@@ -356,6 +376,27 @@ pub async fn run(cmd: WalletCommand, json: bool) -> anyhow::Result<()> {
                     Value::String(jwt) => print_line(jwt),
                     other => print_json(other),
                 },
+            }
+        }
+        WalletCommand::Respond {
+            wallet,
+            url,
+            trust,
+            patient,
+            dev,
+        } => {
+            let w = Wallet::open(&wallet.dir)?;
+            let verifier = trust_config(&wallet.dir, trust.as_deref())?.verifier()?;
+            let answer =
+                wallet::oid4vp::respond(&w, &url, &verifier.resolver, patient.as_deref(), dev)
+                    .await?;
+            if json {
+                print_json(&answer)
+            } else {
+                match answer.get("redirect_uri").and_then(Value::as_str) {
+                    Some(uri) => print_line(&format!("answered; continue at {uri}")),
+                    None => print_line("answered; the requester collects the result"),
+                }
             }
         }
         WalletCommand::Consent { command } => consent(command, json).await,

@@ -68,6 +68,11 @@ pub enum WalletError {
     #[error("invalid presentation request: {0}")]
     InvalidRequest(String),
 
+    /// An OpenID4VP authorization request that cannot be answered, or a verifier that
+    /// refused the answer.
+    #[error("OpenID4VP: {0}")]
+    Oid4vp(String),
+
     #[error("refusing to contact the gateway: {0}")]
     Outbound(#[from] ClientError),
 

@@ -13,6 +13,8 @@
 //! - `request`: [`PresentationRequest`] and picking what a presentation must carry.
 //! - [`gateway`]: [`GatewayClient`]: challenges, consent registration and withdrawal.
 //! - [`oid4vci`]: the OpenID4VCI client: [`Wallet::receive`] an offer (pre-authorized code).
+//! - [`oid4vp`]: answering an OpenID4VP 1.0 authorization request (request object
+//!   checked, DCQL matched, presentations posted to the verifier).
 //! - `consent`: the patient's side: granting, registering, withdrawing consents.
 //! - `trust_config`: the trust file a wallet verifies imports with.
 //! - `error`: the errors, [`WalletError`], each a one-line actionable message.
@@ -23,6 +25,7 @@ mod error;
 pub mod gateway;
 pub mod holder;
 pub mod oid4vci;
+pub mod oid4vp;
 mod request;
 mod store;
 mod trust_config;

@@ -66,6 +66,11 @@ pub struct RequestInput {
 pub struct CredentialInput<S> {
     pub issuer: String,
     pub id: Option<String>,
+    /// The claim paths of the subject this credential disclosed and the gateway passed on
+    /// (selective disclosure, OpenID4VP: only those the domain's DCQL query asked for);
+    /// null when the credential discloses everything it holds (Data Integrity, VC-JOSE).
+    #[serde(default)]
+    pub disclosed: Option<Vec<Vec<serde_json::Value>>>,
     pub subject: S,
 }
 
@@ -74,6 +79,7 @@ impl<S> CredentialInput<S> {
         CredentialInput {
             issuer: credential.issuer.clone(),
             id: credential.id.clone(),
+            disclosed: credential.disclosed.clone(),
             subject,
         }
     }
@@ -88,6 +94,11 @@ pub struct ConsentInput {
     pub id: Option<String>,
     pub self_issued: bool,
     pub patient_linked: bool,
+    /// The claim paths of the subject this credential disclosed and the gateway passed on
+    /// (selective disclosure, OpenID4VP: only those the domain's DCQL query asked for);
+    /// null when the credential discloses everything it holds (Data Integrity, VC-JOSE).
+    #[serde(default)]
+    pub disclosed: Option<Vec<Vec<serde_json::Value>>>,
     pub subject: ConsentFacts,
 }
 
@@ -98,6 +109,7 @@ impl ConsentInput {
             id: credential.id.clone(),
             self_issued: is_self_issued(credential, claims),
             patient_linked: linked,
+            disclosed: credential.disclosed.clone(),
             subject: ConsentFacts::from(claims),
         }
     }
@@ -365,6 +377,7 @@ pub fn sample_input(domain: &str) -> PolicyInput {
         privilege: (!research).then(|| CredentialInput {
             issuer: "did:web:credentialing.example".into(),
             id: Some("urn:uuid:sample-privilege".into()),
+            disclosed: None,
             subject: PrivilegeFacts {
                 id: clinician.into(),
                 role: if domain == "billing" {
@@ -387,6 +400,7 @@ pub fn sample_input(domain: &str) -> PolicyInput {
             id: Some("urn:uuid:sample-consent".into()),
             self_issued: true,
             patient_linked: true,
+            disclosed: None,
             subject: ConsentFacts {
                 id: patient.into(),
                 custodians: strings(&[custodian]),
@@ -407,6 +421,7 @@ pub fn sample_input(domain: &str) -> PolicyInput {
         study: research.then(|| CredentialInput {
             issuer: "did:web:irb.example".into(),
             id: Some("urn:uuid:sample-study".into()),
+            disclosed: None,
             subject: StudyFacts {
                 id: "urn:fedgate:study:sample".into(),
                 sponsor: org.into(),

@@ -1,0 +1,542 @@
+//! The wallet as an OpenID4VP 1.0 client: answering a verifier's authorization request.
+//!
+//! 1. Read `openid4vp://?client_id=…&request_uri=…` and fetch the request object.
+//! 2. Check it before anything is signed: `typ` `oauth-authz-req+jwt`, a signature by a key
+//!    of the DID the `client_id` names (`decentralized_identifier:<DID>`, the only client
+//!    identifier prefix this wallet answers), the same `client_id` inside, `response_type`
+//!    `vp_token`, a `direct_post` or `direct_post.jwt` response mode, a nonce, a state and an
+//!    https `response_uri` (http on loopback in development mode).
+//! 3. Match the DCQL query's credential queries to stored credentials: the holder's
+//!    privilege at the verifier's organization, and the consents of the patient the user
+//!    names; `credential_sets` say which queries must be answered.
+//! 4. Present each in a presentation bound to the nonce and the full client identifier,
+//!    and post them (encrypted to the verifier's key for `direct_post.jwt`).
+
+use base64::Engine as _;
+use chrono::Utc;
+use federation::client::{loopback_only_http, try_http_client};
+use federation::credentials::{CredentialKind, PresentationBinding, ProofFormat};
+use federation::did::{did_of, DidResolver, Relationship};
+use serde_json::{json, Value};
+
+use crate::error::{Result, WalletError};
+use crate::holder::Wallet;
+use crate::store::StoredCredential;
+
+pub use reqwest::Url;
+
+/// The only client identifier prefix answered.
+pub const CLIENT_ID_PREFIX: &str = "decentralized_identifier:";
+const REQUEST_TYP: &str = "oauth-authz-req+jwt";
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+const FEDGATE_TYPE_BASE: &str = "https://w3id.org/fedgate#";
+
+fn bad(m: impl Into<String>) -> WalletError {
+    WalletError::Oid4vp(m.into())
+}
+
+/// A checked request object.
+#[derive(Debug, Clone)]
+pub struct AuthorizationRequest {
+    pub client_id: String,
+    /// The verifier's DID.
+    pub verifier: String,
+    pub nonce: String,
+    pub state: String,
+    pub response_uri: Url,
+    pub response_mode: String,
+    pub dcql_query: Value,
+    /// The key a `direct_post.jwt` response is encrypted to.
+    pub encryption_key: Option<Value>,
+    /// The request object's claims, as signed.
+    pub claims: Value,
+}
+
+/// Reads `openid4vp://?client_id=…&request_uri=…`.
+pub fn parse_url(url: &str) -> Result<(String, Url)> {
+    let url = Url::parse(url.trim()).map_err(|e| bad(format!("not a URL: {e}")))?;
+    if url.scheme() != "openid4vp" {
+        return Err(bad("not an openid4vp:// authorization request"));
+    }
+    let mut client_id = None;
+    let mut request_uri = None;
+    for (k, v) in url.query_pairs() {
+        match k.as_ref() {
+            "client_id" => client_id = Some(v.into_owned()),
+            "request_uri" => request_uri = Some(v.into_owned()),
+            "request" => return Err(bad("requests by value are not answered: only request_uri")),
+            _ => {}
+        }
+    }
+    let client_id = client_id.ok_or_else(|| bad("no client_id"))?;
+    let request_uri = request_uri.ok_or_else(|| bad("no request_uri"))?;
+    let request_uri = Url::parse(&request_uri).map_err(|e| bad(format!("request_uri: {e}")))?;
+    Ok((client_id, request_uri))
+}
+
+async fn read_limited(resp: reqwest::Response, max: usize) -> Result<Vec<u8>> {
+    let mut resp = resp;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| bad(format!("reading the answer: {}", e.without_url())))?
+    {
+        if bytes.len() + chunk.len() > max {
+            return Err(bad("the answer is too large"));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+/// Fetches and checks the request object of an `openid4vp://` URL.
+pub async fn fetch_request(
+    url: &str,
+    resolver: &DidResolver,
+    dev_mode: bool,
+) -> Result<AuthorizationRequest> {
+    let (client_id, request_uri) = parse_url(url)?;
+    loopback_only_http(&request_uri, dev_mode)?;
+    let client = try_http_client()?;
+    let resp = client
+        .get(request_uri.clone())
+        .header("accept", "application/oauth-authz-req+jwt")
+        .send()
+        .await
+        .map_err(|e| bad(format!("request_uri unreachable: {}", e.without_url())))?;
+    if !resp.status().is_success() {
+        return Err(bad(format!("request_uri answered {}", resp.status())));
+    }
+    let bytes = read_limited(resp, MAX_REQUEST_BYTES).await?;
+    let jwt = String::from_utf8(bytes).map_err(|_| bad("the request object is not text"))?;
+    check_request(jwt.trim(), &client_id, resolver, dev_mode).await
+}
+
+/// Checks a request object against the `client_id` it was fetched for.
+pub async fn check_request(
+    jwt: &str,
+    client_id: &str,
+    resolver: &DidResolver,
+    dev_mode: bool,
+) -> Result<AuthorizationRequest> {
+    let verifier = client_id
+        .strip_prefix(CLIENT_ID_PREFIX)
+        .filter(|d| crate::gateway::is_did(d))
+        .ok_or_else(|| bad("client_id must be decentralized_identifier:<DID>"))?;
+    let jws = federation::jose::decode_with_limit(jwt, MAX_REQUEST_BYTES)
+        .map_err(|e| bad(format!("request object: {e}")))?;
+    if jws.typ.as_deref() != Some(REQUEST_TYP) {
+        return Err(bad("the request object's typ is not oauth-authz-req+jwt"));
+    }
+    if did_of(&jws.kid) != verifier {
+        return Err(bad(
+            "the request object is signed by another DID than its client_id",
+        ));
+    }
+    let key = match resolver
+        .public_key(&jws.kid, Relationship::AssertionMethod)
+        .await
+    {
+        Ok((key, _)) => key,
+        Err(_) => {
+            resolver
+                .public_key(&jws.kid, Relationship::Authentication)
+                .await
+                .map_err(|e| bad(format!("the verifier's key: {e}")))?
+                .0
+        }
+    };
+    jws.verify(&key)
+        .map_err(|_| bad("the request object's signature does not verify"))?;
+    let c = jws.payload;
+    let text = |k: &str| c.get(k).and_then(Value::as_str);
+    if text("client_id") != Some(client_id) {
+        return Err(bad("the request object names another client_id"));
+    }
+    if text("response_type") != Some("vp_token") {
+        return Err(bad("response_type must be vp_token"));
+    }
+    let mode = text("response_mode").unwrap_or_default();
+    if !matches!(mode, "direct_post" | "direct_post.jwt") {
+        return Err(bad("response_mode must be direct_post or direct_post.jwt"));
+    }
+    if let Some(exp) = c.get("exp").and_then(Value::as_i64) {
+        if exp < Utc::now().timestamp() {
+            return Err(bad("the request has expired"));
+        }
+    }
+    let nonce = text("nonce").filter(|n| n.len() >= 16 && n.len() <= 256);
+    let nonce = nonce.ok_or_else(|| bad("no usable nonce"))?;
+    let state = text("state").ok_or_else(|| bad("no state"))?;
+    let response_uri = text("response_uri")
+        .and_then(|u| Url::parse(u).ok())
+        .ok_or_else(|| bad("no response_uri"))?;
+    loopback_only_http(&response_uri, dev_mode)?;
+    let dcql = c
+        .get("dcql_query")
+        .filter(|q| q.get("credentials").is_some_and(Value::is_array))
+        .ok_or_else(|| bad("no dcql_query"))?
+        .clone();
+    let encryption_key = if mode == "direct_post.jwt" {
+        let key = c
+            .pointer("/client_metadata/jwks/keys")
+            .and_then(Value::as_array)
+            .and_then(|keys| {
+                keys.iter()
+                    .find(|k| k.get("kty").and_then(Value::as_str) == Some("EC"))
+            })
+            .ok_or_else(|| bad("direct_post.jwt without an EC key in client_metadata.jwks"))?;
+        Some(key.clone())
+    } else {
+        None
+    };
+    Ok(AuthorizationRequest {
+        client_id: client_id.to_string(),
+        verifier: verifier.to_string(),
+        nonce: nonce.to_string(),
+        state: state.to_string(),
+        response_uri,
+        response_mode: mode.to_string(),
+        dcql_query: dcql,
+        encryption_key,
+        claims: c,
+    })
+}
+
+/// The kind a credential query asks for, from its `type_values` or `vct_values`.
+fn query_kind(q: &Value) -> Option<CredentialKind> {
+    let meta = q.get("meta")?;
+    let names: Vec<&str> = meta
+        .get("type_values")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_array)
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter_map(|t| t.strip_prefix(FEDGATE_TYPE_BASE))
+        .chain(
+            meta.get("vct_values")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .filter_map(|v| v.rsplit_once("/vct/").map(|(_, t)| t)),
+        )
+        .collect();
+    CredentialKind::ALL
+        .into_iter()
+        .find(|k| names.contains(&k.type_name()))
+}
+
+fn query_format(q: &Value) -> Option<ProofFormat> {
+    match q.get("format").and_then(Value::as_str)? {
+        "jwt_vc_json" => Some(ProofFormat::Jwt),
+        "ldp_vc" => Some(ProofFormat::DataIntegrity),
+        "dc+sd-jwt" => Some(ProofFormat::SdJwt),
+        _ => None,
+    }
+}
+
+fn lists(v: &Value, key: &str, item: &str) -> bool {
+    v.get(key)
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(item)))
+}
+
+/// The stored credentials that answer one credential query.
+fn matching<'a>(
+    q: &Value,
+    held: &'a [StoredCredential],
+    holder: &str,
+    verifier: &str,
+    patient: Option<&str>,
+) -> Vec<&'a StoredCredential> {
+    let (Some(kind), Some(format)) = (query_kind(q), query_format(q)) else {
+        return Vec::new();
+    };
+    let now = Utc::now();
+    let mut out: Vec<&StoredCredential> = held
+        .iter()
+        .filter(|c| c.kind == kind && c.format == format && !c.withdrawn && c.is_current(now))
+        .filter(|c| match kind {
+            CredentialKind::ClinicianPrivilege => {
+                c.claims.get("id").and_then(Value::as_str) == Some(holder)
+                    && c.claims
+                        .get("privileges")
+                        .and_then(Value::as_array)
+                        .is_some_and(|ps| {
+                            ps.iter().any(|p| {
+                                p.get("facility").and_then(Value::as_str) == Some(verifier)
+                            })
+                        })
+            }
+            CredentialKind::PatientConsent => {
+                patient.is_some()
+                    && c.claims.get("id").and_then(Value::as_str) == patient
+                    && lists(&c.claims, "custodians", verifier)
+            }
+            CredentialKind::ResearchStudy => false,
+        })
+        .collect();
+    let multiple = q.get("multiple").and_then(Value::as_bool).unwrap_or(false);
+    if !multiple {
+        out.truncate(1);
+    }
+    out
+}
+
+/// What a wallet sends: the `vp_token`, query id → presentations.
+pub async fn build_vp_token(
+    wallet: &Wallet,
+    request: &AuthorizationRequest,
+    patient: Option<&str>,
+) -> Result<Value> {
+    let held = wallet.list()?;
+    let queries: Vec<&Value> = request.dcql_query["credentials"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let query = |id: &str| -> Option<&Value> {
+        queries
+            .iter()
+            .find(|q| q.get("id").and_then(Value::as_str) == Some(id))
+            .copied()
+    };
+    let answer = |id: &str| -> Vec<&StoredCredential> {
+        query(id)
+            .map(|q| matching(q, &held, wallet.did(), &request.verifier, patient))
+            .unwrap_or_default()
+    };
+    // The queries to answer: for each credential set, the first option all of whose
+    // queries this wallet can answer; without sets, every query it can.
+    let mut chosen: Vec<String> = Vec::new();
+    match request
+        .dcql_query
+        .get("credential_sets")
+        .and_then(Value::as_array)
+    {
+        Some(sets) => {
+            for set in sets {
+                let required = set.get("required").and_then(Value::as_bool).unwrap_or(true);
+                let option = set
+                    .get("options")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_array)
+                    .find(|ids| {
+                        ids.iter()
+                            .all(|id| id.as_str().is_some_and(|id| !answer(id).is_empty()))
+                    });
+                match option {
+                    Some(ids) => {
+                        chosen.extend(ids.iter().filter_map(Value::as_str).map(String::from))
+                    }
+                    None if required => {
+                        return Err(bad(
+                            "no stored credential answers a required part of the request",
+                        ))
+                    }
+                    None => {}
+                }
+            }
+        }
+        None => {
+            for q in &queries {
+                if let Some(id) = q.get("id").and_then(Value::as_str) {
+                    if !answer(id).is_empty() {
+                        chosen.push(id.to_string());
+                    }
+                }
+            }
+        }
+    }
+    if chosen.is_empty() {
+        return Err(bad("no stored credential answers the request"));
+    }
+    let binding = PresentationBinding {
+        challenge: request.nonce.clone(),
+        domain: request.client_id.clone(),
+    };
+    let mut token = serde_json::Map::new();
+    for id in chosen {
+        let mut presentations = Vec::new();
+        for c in answer(&id) {
+            let format = c.format;
+            let presentation = match (format, c.credential.as_str()) {
+                // Selective disclosure: only the claims the query names, and a key-binding
+                // JWT over the full client_id and the nonce.
+                (ProofFormat::SdJwt, Some(sd_jwt)) => {
+                    let paths: Vec<federation::sdjwt::ClaimPath> = query(&id)
+                        .and_then(|q| q.get("claims"))
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|c| c.get("path").and_then(Value::as_array).cloned())
+                        .collect();
+                    Value::String(
+                        federation::sdjwt::present(
+                            sd_jwt,
+                            &paths,
+                            &request.client_id,
+                            &request.nonce,
+                            wallet.key(),
+                        )
+                        .map_err(|e| bad(format!("presenting an SD-JWT VC: {e}")))?,
+                    )
+                }
+                _ => {
+                    wallet
+                        .present_with(std::slice::from_ref(&c.credential), &binding, format)
+                        .await?
+                }
+            };
+            presentations.push(presentation);
+        }
+        token.insert(id, Value::Array(presentations));
+    }
+    Ok(Value::Object(token))
+}
+
+/// Encrypts the response parameters to the verifier's key (ECDH-ES, A128GCM).
+fn encrypt(params: &Value, key: &Value) -> Result<String> {
+    use josekit::jwe::{self, JweHeader};
+    let Value::Object(map) = key.clone() else {
+        return Err(bad("the verifier's key is not a JWK"));
+    };
+    let jwk = josekit::jwk::Jwk::from_map(map).map_err(|e| bad(format!("verifier key: {e}")))?;
+    let encrypter = jwe::ECDH_ES
+        .encrypter_from_jwk(&jwk)
+        .map_err(|e| bad(format!("verifier key: {e}")))?;
+    let mut header = JweHeader::new();
+    header.set_content_encryption("A128GCM");
+    if let Some(kid) = jwk.key_id() {
+        header.set_key_id(kid);
+    }
+    let payload = serde_json::to_vec(params).map_err(|e| bad(e.to_string()))?;
+    jwe::serialize_compact(&payload, &header, &encrypter).map_err(|e| bad(e.to_string()))
+}
+
+/// Posts the response (or an `error`) to the request's `response_uri`; returns the
+/// verifier's JSON answer (`{"redirect_uri"}` or `{}`).
+pub async fn post_response(
+    request: &AuthorizationRequest,
+    vp_token: Option<&Value>,
+    error: Option<&str>,
+    dev_mode: bool,
+) -> Result<Value> {
+    let mut params = json!({ "state": request.state });
+    if let Some(t) = vp_token {
+        params["vp_token"] = t.clone();
+    }
+    if let Some(e) = error {
+        params["error"] = json!(e);
+    }
+    let form: Vec<(String, String)> = match &request.encryption_key {
+        Some(key) => vec![("response".into(), encrypt(&params, key)?)],
+        None => {
+            let mut f = vec![("state".to_string(), request.state.clone())];
+            if let Some(t) = vp_token {
+                f.push(("vp_token".into(), t.to_string()));
+            }
+            if let Some(e) = error {
+                f.push(("error".into(), e.to_string()));
+            }
+            f
+        }
+    };
+    loopback_only_http(&request.response_uri, dev_mode)?;
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .finish();
+    let resp = try_http_client()?
+        .post(request.response_uri.clone())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| bad(format!("response_uri unreachable: {}", e.without_url())))?;
+    let status = resp.status();
+    let bytes = read_limited(resp, MAX_ANSWER_BYTES).await?;
+    let answer: Value = federation::json::parse_strict(&bytes).unwrap_or(Value::Null);
+    if !status.is_success() {
+        let error = answer["error"].as_str().unwrap_or("error");
+        let description: String = answer["error_description"]
+            .as_str()
+            .unwrap_or_default()
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(300)
+            .collect();
+        return Err(bad(format!(
+            "the verifier refused the response ({status}): {error}: {description}"
+        )));
+    }
+    Ok(answer)
+}
+
+/// Decodes the base64url part of a compact token (for tests and diagnostics).
+pub fn decode_part(part: &str) -> Option<Value> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Answers the authorization request at `url`: fetch and check it, present what its
+/// DCQL query asks of the stored credentials (consents of `patient` only), post.
+pub async fn respond(
+    wallet: &Wallet,
+    url: &str,
+    resolver: &DidResolver,
+    patient: Option<&str>,
+    dev_mode: bool,
+) -> Result<Value> {
+    let request = fetch_request(url, resolver, dev_mode).await?;
+    let token = build_vp_token(wallet, &request, patient).await?;
+    post_response(&request, Some(&token), None, dev_mode).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_requests_by_reference_are_read() {
+        let (client_id, uri) = parse_url(
+            "openid4vp://?client_id=decentralized_identifier%3Adid%3Aweb%3Ag.example&request_uri=https%3A%2F%2Fg.example%2Fr%2F1",
+        )
+        .unwrap();
+        assert_eq!(client_id, "decentralized_identifier:did:web:g.example");
+        assert_eq!(uri.as_str(), "https://g.example/r/1");
+        assert!(
+            parse_url("https://g.example/?client_id=x&request_uri=https://g.example/r").is_err()
+        );
+        assert!(parse_url("openid4vp://?client_id=x&request=eyJ...").is_err());
+        assert!(parse_url("openid4vp://?client_id=x").is_err());
+    }
+
+    #[test]
+    fn queries_name_their_kind_and_format() {
+        let q = serde_json::json!({
+            "format": "jwt_vc_json",
+            "meta": {"type_values": [["https://www.w3.org/2018/credentials#VerifiableCredential",
+                "https://w3id.org/fedgate#PatientConsentCredential"]]},
+        });
+        assert_eq!(query_kind(&q), Some(CredentialKind::PatientConsent));
+        assert_eq!(query_format(&q), Some(ProofFormat::Jwt));
+        let q = serde_json::json!({
+            "format": "dc+sd-jwt",
+            "meta": {"vct_values": ["https://office.example/vct/ClinicianPrivilegeCredential"]},
+        });
+        assert_eq!(query_kind(&q), Some(CredentialKind::ClinicianPrivilege));
+        assert_eq!(query_format(&q), Some(ProofFormat::SdJwt));
+        assert_eq!(
+            query_kind(&serde_json::json!({"meta": {"vct_values": ["urn:x"]}})),
+            None
+        );
+    }
+}
