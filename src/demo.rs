@@ -727,6 +727,21 @@ pub(crate) async fn run(
         id,
     );
 
+    // 13. Standard wallet protocols: the office offers a privilege by OpenID4VCI, the
+    // clinician's wallet receives it as an SD-JWT VC, and the clinician's EHR asks
+    // hospital A by OpenID4VP; the wallet discloses only what A's DCQL query asks for.
+    let phone = phone_wallet_exchange(&dir, office, gw_a, &patient, &mrn).await?;
+    demo.record(
+        "13. a phone wallet receives a privilege by OpenID4VCI (SD-JWT VC) and presents it by OpenID4VP",
+        "allowed; the gateway's DCQL asks less than the credential holds and only that is disclosed",
+        format!(
+            "{}; credential holds {} claims, query asked {}, disclosed {} (name, NPI withheld: {})",
+            phone.outcome, phone.held, phone.asked, phone.disclosed, phone.withheld
+        ),
+        phone.ok,
+        phone.decision_id,
+    );
+
     // 4. Leaver: revoke and measure revocation to first deny.
     let (_, leaver_vc) = office
         .joiner(
@@ -968,4 +983,129 @@ async fn seed_history(visibility: &str, gw_a: &Gateway, gw_b: &Gateway) -> anyho
         report(visibility, &key, &mine).await?;
     }
     Ok(events.len())
+}
+
+/// What scenario 13 saw.
+struct PhoneExchange {
+    outcome: String,
+    ok: bool,
+    decision_id: Option<String>,
+    held: usize,
+    asked: usize,
+    disclosed: usize,
+    withheld: bool,
+}
+
+/// Scenario 13: OpenID4VCI to a wallet, then OpenID4VP from it, as real HTTP exchanges.
+async fn phone_wallet_exchange(
+    dir: &std::path::Path,
+    office: &Office,
+    gw: &Gateway,
+    patient: &KeyPair,
+    mrn: &str,
+) -> anyhow::Result<PhoneExchange> {
+    let wdir = dir.join("phone-wallet");
+    let phone = wallet::Wallet::init(&wdir, KeyAlgorithm::Ed25519)?;
+    let trust = json!({
+        "trustedIssuers": {"ClinicianPrivilegeCredential": [OFFICE]},
+        "didWeb": {OFFICE: office.url(), HOSPITAL_A: gw.url()},
+        "devMode": true
+    });
+    let trust_file = wdir.join("trust.json");
+    std::fs::write(&trust_file, trust.to_string())
+        .map_err(|e| anyhow!("{}: {e}", trust_file.display()))?;
+    let trust = wallet::TrustConfig::load(&trust_file)?;
+    let verifier = trust.verifier()?;
+
+    // The office makes the offer; the clinician types the transaction code it gave apart.
+    let subject = privilege(phone.did(), "physician", HOSPITAL_A, "clinical");
+    let (offer, tx_code) = office.offer_privilege(&subject, &["dc+sd-jwt"]).await?;
+    let received = phone
+        .receive(&offer, Some(&tx_code), Some("dc+sd-jwt"), &verifier, true)
+        .await?;
+    let sd_jwt = received
+        .stored
+        .credential
+        .as_str()
+        .ok_or_else(|| anyhow!("the received credential is not an SD-JWT"))?
+        .to_string();
+    let held = federation::sdjwt::claim_paths(&sd_jwt)?.len();
+    // The patient's consent for this clinician, kept in the same wallet.
+    let treat = consent(
+        patient,
+        mrn,
+        &json!({"id": phone.did(), "kind": "clinician"}),
+        &["clinical"],
+        &["TREAT"],
+    )
+    .await?;
+    phone.import(treat, &verifier).await?;
+
+    // The EHR starts the request (cross-device: the wallet scans the QR code).
+    let (status, started) = gw
+        .post(
+            "/v1/oid4vp/clinical/requests",
+            &json!({
+                "purpose": "TREAT",
+                "patient": {"system": MRN_SYSTEM, "value": mrn},
+                "data_classes": ["Patient", "Observation"],
+                "response_mode": "direct_post.jwt",
+            }),
+        )
+        .await?;
+    if status != 201 {
+        return Err(anyhow!(
+            "starting an OpenID4VP request failed ({status}): {started}"
+        ));
+    }
+    let url = started["authorization_request"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no authorization request: {started}"))?;
+    let resolver = verifier.resolver.clone();
+    let request = wallet::oid4vp::fetch_request(url, &resolver, true).await?;
+    let asked = request.dcql_query["credentials"]
+        .as_array()
+        .and_then(|qs| {
+            qs.iter()
+                .find(|q| q["format"] == "dc+sd-jwt")
+                .and_then(|q| q["claims"].as_array())
+        })
+        .map_or(0, Vec::len);
+    let token = wallet::oid4vp::build_vp_token(&phone, &request, Some(patient.did())).await?;
+    let presented: Vec<federation::sdjwt::ClaimPath> = token
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.values())
+        .filter_map(Value::as_array)
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter(|p| p.contains('~') && !p.starts_with('{'))
+        .filter_map(|p| federation::sdjwt::claim_paths(p).ok())
+        .flatten()
+        .collect();
+    let disclosed = presented.len();
+    let withheld = !presented
+        .iter()
+        .any(|p| p.first().is_some_and(|k| k == "name" || k == "npi"));
+    wallet::oid4vp::post_response(&request, Some(&token), None, true).await?;
+    let (status, bundle) = gw
+        .post(
+            &format!(
+                "/v1/oid4vp/transactions/{}/result",
+                started["transaction_id"].as_str().unwrap_or_default()
+            ),
+            &json!({"requester_secret": started["requester_secret"]}),
+        )
+        .await?;
+    let decision_id = bundle["identifier"]["value"].as_str().map(str::to_string);
+    let types = types(&bundle);
+    Ok(PhoneExchange {
+        outcome: format!("HTTP {status}, {} resources", types.len()),
+        ok: status == 200 && !types.is_empty() && disclosed > 0 && disclosed < held && withheld,
+        decision_id,
+        held,
+        asked,
+        disclosed,
+        withheld,
+    })
 }

@@ -278,6 +278,27 @@ impl Office {
         ))
     }
 
+    /// Joiner by OpenID4VCI: an offer of a privilege credential in `formats` (`ldp_vc`,
+    /// `jwt_vc_json`, `dc+sd-jwt`); returns (offer URL, transaction code).
+    pub async fn offer_privilege(
+        &self,
+        subject: &Value,
+        formats: &[&str],
+    ) -> anyhow::Result<(String, String)> {
+        let (status, body) = self
+            .admin(
+                "/v1/privileges",
+                &json!({"subject": subject, "offer": {"formats": formats}}),
+            )
+            .await?;
+        let url = body["credentialOfferUrl"].as_str();
+        let tx = body["txCode"].as_str();
+        match (status, url, tx) {
+            (201, Some(url), Some(tx)) => Ok((url.to_string(), tx.to_string())),
+            _ => Err(anyhow!("offer failed ({status}): {body}")),
+        }
+    }
+
     pub async fn mover(&self, id: &str, privileges: &Value) -> anyhow::Result<(String, Value)> {
         let (status, body) = self
             .admin(
