@@ -1100,7 +1100,7 @@ async fn phone_wallet_exchange(
     let decision_id = bundle["identifier"]["value"].as_str().map(str::to_string);
     let types = types(&bundle);
     Ok(PhoneExchange {
-        outcome: format!("HTTP {status}, {} resources", types.len()),
+        outcome: format!("HTTP {status}, {}", types.join(" and ")),
         ok: status == 200 && !types.is_empty() && disclosed > 0 && disclosed < held && withheld,
         decision_id,
         held,
