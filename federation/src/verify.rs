@@ -993,6 +993,25 @@ impl Verifier {
         (Arc::ptr_eq(&doc, &proven.signer_doc) || doc == proven.signer_doc).then_some(proven)
     }
 
+    /// The key `vm` names, which must be the `issuer`'s own and listed under its
+    /// `assertionMethod`; with the DID document it was found in.
+    async fn issuer_key(
+        &self,
+        vm: &str,
+        issuer: &str,
+    ) -> Result<(ssi::jwk::JWK, Arc<Value>), VerifyError> {
+        if did_of(vm) != issuer {
+            return Err(VerifyError::new(
+                Check::Proof,
+                "signed with a key that does not belong to the issuer",
+            ));
+        }
+        self.resolver
+            .public_key(vm, Relationship::AssertionMethod)
+            .await
+            .map_err(did_error)
+    }
+
     /// Verifies one credential as it travels (JWT string, enveloped JWT, or DI object) for
     /// an access decision: it must be of one of fedgate's three types.
     pub async fn verify_credential(
@@ -1092,17 +1111,7 @@ impl Verifier {
         let kind = sdjwt::kind_of_vct(vct).ok_or_else(|| {
             VerifyError::new(Check::Format, "the vct names none of fedgate's types")
         })?;
-        if did_of(&decoded.kid) != issuer {
-            return Err(VerifyError::new(
-                Check::Proof,
-                "signed with a key that does not belong to the issuer",
-            ));
-        }
-        let (key, _) = self
-            .resolver
-            .public_key(&decoded.kid, Relationship::AssertionMethod)
-            .await
-            .map_err(did_error)?;
+        let (key, _) = self.issuer_key(&decoded.kid, &issuer).await?;
         self.proofs.proof_checks.fetch_add(1, Ordering::Relaxed);
         self.verify_jws(parts.jwt, &decoded, &key)?;
         let mut checks = vec![Check::Format, Check::Proof];
@@ -1420,17 +1429,7 @@ impl Verifier {
             ));
         }
         let issuer = issuer_id(&decoded.payload)?;
-        if did_of(&decoded.kid) != issuer {
-            return Err(VerifyError::new(
-                Check::Proof,
-                "signed with a key that does not belong to the issuer",
-            ));
-        }
-        let (key, did_doc) = self
-            .resolver
-            .public_key(&decoded.kid, Relationship::AssertionMethod)
-            .await
-            .map_err(did_error)?;
+        let (key, did_doc) = self.issuer_key(&decoded.kid, issuer).await?;
         self.proofs.proof_checks.fetch_add(1, Ordering::Relaxed);
         self.verify_jws(jwt, &decoded, &key)?;
         let mut credential = decoded.payload;
@@ -1450,17 +1449,7 @@ impl Verifier {
         let mut signer: Option<(String, Arc<Value>)> = None;
         for proof in &proofs {
             let vm = str_field(proof, "verificationMethod").unwrap_or_default();
-            if did_of(vm) != issuer {
-                return Err(VerifyError::new(
-                    Check::Proof,
-                    "signed with a key that does not belong to the issuer",
-                ));
-            }
-            let (_, did_doc) = self
-                .resolver
-                .public_key(vm, Relationship::AssertionMethod)
-                .await
-                .map_err(did_error)?;
+            let (_, did_doc) = self.issuer_key(vm, issuer).await?;
             if signer.is_none() {
                 signer = Some((vm.to_string(), did_doc));
             }

@@ -434,45 +434,15 @@ fn random_digits() -> String {
         .collect()
 }
 
-/// The offer URL as a QR code: PNG (8 pixels a module, a quiet zone of 4) and SVG.
+/// The offer URL as a QR code: PNG and SVG.
 pub(crate) fn qr(data: &str) -> Result<(Vec<u8>, String), IssuerError> {
-    let code =
-        qrcode::QrCode::with_error_correction_level(data, qrcode::EcLevel::M).map_err(|e| {
-            IssuerError::Unprocessable(format!("the offer does not fit a QR code: {e}"))
-        })?;
-    let svg = code
-        .render::<qrcode::render::svg::Color<'_>>()
-        .min_dimensions(256, 256)
-        .build();
-    const SCALE: usize = 8;
-    const QUIET: usize = 4;
-    let modules = code.width();
-    let side = (modules + 2 * QUIET) * SCALE;
-    let colors = code.to_colors();
-    let mut pixels = vec![255u8; side * side];
-    for (i, color) in colors.iter().enumerate() {
-        if *color != qrcode::Color::Dark {
-            continue;
-        }
-        let (mx, my) = (i % modules + QUIET, i / modules + QUIET);
-        for y in my * SCALE..(my + 1) * SCALE {
-            let row = y * side;
-            pixels[row + mx * SCALE..row + (mx + 1) * SCALE].fill(0);
-        }
+    match service::qr::encode(data) {
+        Ok(qr) => Ok((qr.png, qr.svg)),
+        Err(e @ service::qr::QrError::TooLong(_)) => Err(IssuerError::Unprocessable(format!(
+            "the offer does not fit a QR code: {e}"
+        ))),
+        Err(e) => Err(IssuerError::Storage(e.to_string())),
     }
-    let mut png = Vec::new();
-    {
-        let side = u32::try_from(side)
-            .map_err(|_| IssuerError::Unprocessable("the QR code is too large".into()))?;
-        let mut encoder = png::Encoder::new(&mut png, side, side);
-        encoder.set_color(png::ColorType::Grayscale);
-        encoder.set_depth(png::BitDepth::Eight);
-        let encoded = encoder
-            .write_header()
-            .and_then(|mut w| w.write_image_data(&pixels));
-        encoded.map_err(|e| IssuerError::Storage(format!("QR PNG: {e}")))?;
-    }
-    Ok((png, svg))
 }
 
 /// How a key proof names its key.

@@ -12,6 +12,7 @@
 //!   `/docs` page.
 //! - [`params`]: path parameters checked against their formats (400 naming the parameter).
 //! - [`nonce`]: single-use challenges, the replay defence of presentations and logins.
+//! - [`qr`]: QR codes (SVG and PNG) of the URLs a wallet scans.
 //! - [`start`]: start-up: bind, derive the public URL from the bound address, serve.
 //! - [`vcapi`]: the VC API verify endpoints, answered alike by every service.
 //!
@@ -26,5 +27,6 @@ pub mod metrics;
 pub mod nonce;
 pub mod openapi;
 pub mod params;
+pub mod qr;
 pub mod start;
 pub mod vcapi;

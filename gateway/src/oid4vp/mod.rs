@@ -383,59 +383,20 @@ pub fn urlencoding(s: &str) -> String {
 }
 
 /// The authorization request as a QR code: SVG text and a PNG data URL.
-pub fn qr(text: &str) -> Result<(String, String), String> {
-    let code = qrcode::QrCode::new(text.as_bytes()).map_err(|e| e.to_string())?;
-    let svg = code
-        .render::<qrcode::render::svg::Color>()
-        .min_dimensions(256, 256)
-        .build();
-    let png = qr_png(&code)?;
+pub fn qr(text: &str) -> Result<(String, String), service::qr::QrError> {
+    let qr = service::qr::encode(text)?;
     Ok((
-        svg,
+        qr.svg,
         format!(
             "data:image/png;base64,{}",
-            base64::engine::general_purpose::STANDARD.encode(png)
+            base64::engine::general_purpose::STANDARD.encode(qr.png)
         ),
     ))
 }
 
-/// A grayscale PNG of the code: 4 pixels a module, a quiet zone of 4 modules.
-fn qr_png(code: &qrcode::QrCode) -> Result<Vec<u8>, String> {
-    const SCALE: usize = 4;
-    const QUIET: usize = 4;
-    let width = code.width();
-    let colors = code.to_colors();
-    let side = (width + 2 * QUIET) * SCALE;
-    let mut pixels = vec![255u8; side * side];
-    for y in 0..width {
-        for x in 0..width {
-            if colors[y * width + x] == qrcode::Color::Dark {
-                for dy in 0..SCALE {
-                    let row = (y + QUIET) * SCALE + dy;
-                    let start = row * side + (x + QUIET) * SCALE;
-                    pixels[start..start + SCALE].fill(0);
-                }
-            }
-        }
-    }
-    let mut out = Vec::new();
-    {
-        let side = u32::try_from(side).map_err(|e| e.to_string())?;
-        let mut encoder = png::Encoder::new(&mut out, side, side);
-        encoder.set_color(png::ColorType::Grayscale);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
-        writer
-            .write_image_data(&pixels)
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(out)
-}
-
 /// A fresh P-256 key for ECDH-ES, as a private JWK named `kid`.
-fn ephemeral_key(kid: &str) -> Result<Value, String> {
-    let pair = josekit::jwk::alg::ec::EcKeyPair::generate(josekit::jwk::alg::ec::EcCurve::P256)
-        .map_err(|e| e.to_string())?;
+fn ephemeral_key(kid: &str) -> Result<Value, josekit::JoseError> {
+    let pair = josekit::jwk::alg::ec::EcKeyPair::generate(josekit::jwk::alg::ec::EcCurve::P256)?;
     let mut jwk = pair.to_jwk_key_pair();
     jwk.set_key_id(kid);
     jwk.set_key_use("enc");
