@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{start, write_secret, Service};
+use support::Service;
 
 const OFFICE: &str = "did:web:credentialing.test";
 const TOKEN: &str = "test-admin-token-0123456789abcdef";
@@ -21,33 +21,14 @@ struct Office {
 }
 
 fn start_office() -> Office {
-    let dir = tempfile::tempdir().unwrap();
-    write_secret(&dir.path().join("admin-token"), TOKEN);
-    let config = format!(
-        r#"
-listen = "127.0.0.1:0"
-did = "{OFFICE}"
-key_file = "office.key.json"
-data_dir = "data"
-admin_token_file = "admin-token"
-dev_mode = true
-status_list_ttl_secs = 30
-[limits]
-max_body_bytes = 65536
-"#
+    let (svc, dir) = support::start_office(
+        OFFICE,
+        TOKEN,
+        "status_list_ttl_secs = 30\n[limits]\nmax_body_bytes = 65536\n",
     );
-    let path = dir.path().join("issuer.toml");
-    std::fs::write(&path, config).unwrap();
-    let svc = start(&["issuer", "serve", "--config", path.to_str().unwrap()]);
     Office {
         svc,
-        // No connection reuse: a server that refuses an oversized body closes that
-        // connection, and a pooled client would otherwise send the next request into it.
-        http: reqwest::Client::builder()
-            .no_proxy()
-            .pool_max_idle_per_host(0)
-            .build()
-            .unwrap(),
+        http: support::unpooled_client(),
         _dir: dir,
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use ed25519_dalek::Signer as _;
 use federation::keys::{KeyAlgorithm, KeyPair};
 use serde_json::{json, Value};
-use support::{fedgate, start, write_secret, Service};
+use support::{fedgate, start, Service};
 
 const OFFICE: &str = "did:web:credentialing.test";
 const TOKEN: &str = "test-admin-token-0123456789abcdef";
@@ -27,30 +27,10 @@ struct Office {
 }
 
 fn start_office() -> Office {
-    let dir = tempfile::tempdir().unwrap();
-    write_secret(&dir.path().join("admin-token"), TOKEN);
-    let config = format!(
-        r#"
-listen = "127.0.0.1:0"
-did = "{OFFICE}"
-key_file = "office.key.json"
-data_dir = "data"
-admin_token_file = "admin-token"
-dev_mode = true
-[oid4vci]
-tx_code_tries = 3
-"#
-    );
-    let path = dir.path().join("issuer.toml");
-    std::fs::write(&path, config).unwrap();
-    let svc = start(&["issuer", "serve", "--config", path.to_str().unwrap()]);
+    let (svc, dir) = support::start_office(OFFICE, TOKEN, "[oid4vci]\ntx_code_tries = 3\n");
     Office {
         svc,
-        http: reqwest::Client::builder()
-            .no_proxy()
-            .pool_max_idle_per_host(0)
-            .build()
-            .unwrap(),
+        http: support::unpooled_client(),
         dir,
     }
 }

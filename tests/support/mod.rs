@@ -97,3 +97,36 @@ pub fn write_secret(path: &Path, secret: &str) {
         .expect("secret file");
     f.write_all(secret.as_bytes()).expect("write secret");
 }
+
+/// A credentialing office (`fedgate issuer serve`) as `did`, with the admin token `token`
+/// and `extra` appended to its configuration (a `[section]` may follow the top-level keys
+/// only there); with the folder it runs in, kept until the caller drops it.
+pub fn start_office(did: &str, token: &str, extra: &str) -> (Service, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    write_secret(&dir.path().join("admin-token"), token);
+    let config = format!(
+        r#"
+listen = "127.0.0.1:0"
+did = "{did}"
+key_file = "office.key.json"
+data_dir = "data"
+admin_token_file = "admin-token"
+dev_mode = true
+{extra}"#
+    );
+    let path = dir.path().join("issuer.toml");
+    std::fs::write(&path, config).expect("issuer.toml");
+    let svc = start(&["issuer", "serve", "--config", path.to_str().expect("path")]);
+    (svc, dir)
+}
+
+/// An HTTP client that reuses no connection: a server that refuses an oversized body
+/// closes that connection, and a pooled client would otherwise send the next request into
+/// it.
+pub fn unpooled_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("HTTP client")
+}
