@@ -41,6 +41,8 @@ pub struct CredentialOffer {
     pre_authorized_code: String,
     /// The transaction code's description, when the offer needs one.
     pub tx_code: Option<TxCode>,
+    /// The authorization server the grant names (`authorization_server`), if any.
+    pub authorization_server: Option<String>,
 }
 
 /// What the offer says of its transaction code.
@@ -150,11 +152,17 @@ impl CredentialOffer {
             length: t.get("length").and_then(Value::as_u64),
             description: t.get("description").and_then(Value::as_str).map(sanitize),
         });
+        let authorization_server = match grant.get("authorization_server") {
+            None => None,
+            Some(Value::String(server)) => Some(server.clone()),
+            Some(_) => return Err(bad_offer("authorization_server is not a string")),
+        };
         Ok(CredentialOffer {
             credential_issuer: issuer.to_string(),
             configuration_ids: ids,
             pre_authorized_code: code.to_string(),
             tx_code,
+            authorization_server,
         })
     }
 }
@@ -309,21 +317,23 @@ impl Wallet {
         };
         let credential_endpoint = endpoint("credential_endpoint")?;
         let nonce_endpoint = endpoint("nonce_endpoint")?;
-        let authorization_server = match metadata
-            .get("authorization_servers")
-            .and_then(Value::as_array)
-            .and_then(|a| a.first())
-            .and_then(Value::as_str)
-        {
-            Some(server) => client.url(server)?,
-            None => issuer.clone(),
-        };
+        let server_id =
+            authorization_server(&offer, &metadata).map_err(|r| protocol(&issuer, &r))?;
+        let authorization_server = client.url(&server_id)?;
         let as_metadata = client
             .get(&well_known(
                 &authorization_server,
                 "oauth-authorization-server",
             )?)
             .await?;
+        // RFC 8414 §3.3: metadata that names another issuer than the one asked for must not
+        // be used.
+        if as_metadata.get("issuer").and_then(Value::as_str) != Some(server_id.as_str()) {
+            return Err(protocol(
+                &authorization_server,
+                "its metadata names another issuer than the authorization server asked for",
+            ));
+        }
         let token_endpoint = as_metadata
             .get("token_endpoint")
             .and_then(Value::as_str)
@@ -414,6 +424,29 @@ impl Wallet {
             format,
             stored,
         })
+    }
+}
+
+/// The identifier of the authorization server to redeem the code at (OpenID4VCI 1.0 §4.1.1,
+/// §12.2.4): the one the grant names, which must be one of the metadata's
+/// `authorization_servers`; else the first of those; else the credential issuer itself.
+fn authorization_server(
+    offer: &CredentialOffer,
+    metadata: &Value,
+) -> std::result::Result<String, String> {
+    let listed: Vec<&str> = metadata
+        .get("authorization_servers")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    match (&offer.authorization_server, listed.first()) {
+        (Some(named), _) if listed.contains(&named.as_str()) => Ok(named.clone()),
+        (Some(named), _) => Err(format!(
+            "the offer names the authorization server {}, which its metadata does not list",
+            sanitize(named)
+        )),
+        (None, Some(first)) => Ok((*first).to_string()),
+        (None, None) => Ok(offer.credential_issuer.clone()),
     }
 }
 
@@ -524,6 +557,41 @@ mod tests {
         );
         assert!(pick(&offer, &metadata, Some("dc+sd-jwt")).is_err());
         assert!(pick(&offer, &metadata, Some("mso_mdoc")).is_err());
+    }
+
+    #[test]
+    fn the_authorization_server_is_the_one_the_grant_names_among_those_listed() {
+        let mut offer = CredentialOffer::from_value(&offer_json()).unwrap();
+        assert_eq!(offer.authorization_server, None);
+        // None listed: the credential issuer is its own authorization server.
+        assert_eq!(
+            authorization_server(&offer, &json!({})).unwrap(),
+            "https://office.example"
+        );
+        let two =
+            json!({"authorization_servers": ["https://as-1.example", "https://as-2.example/t"]});
+        assert_eq!(
+            authorization_server(&offer, &two).unwrap(),
+            "https://as-1.example"
+        );
+        let mut named = offer_json();
+        named["grants"][PRE_AUTHORIZED_GRANT]["authorization_server"] =
+            json!("https://as-2.example/t");
+        offer = CredentialOffer::from_value(&named).unwrap();
+        assert_eq!(
+            authorization_server(&offer, &two).unwrap(),
+            "https://as-2.example/t"
+        );
+        // A server the metadata does not list is never asked.
+        let err = authorization_server(
+            &offer,
+            &json!({"authorization_servers": ["https://as-1.example"]}),
+        )
+        .unwrap_err();
+        assert!(err.contains("does not list"), "{err}");
+        assert!(authorization_server(&offer, &json!({})).is_err());
+        named["grants"][PRE_AUTHORIZED_GRANT]["authorization_server"] = json!(1);
+        assert!(CredentialOffer::from_value(&named).is_err());
     }
 
     #[test]
