@@ -238,6 +238,18 @@ fn request(configuration: &str, proof: &str) -> Value {
 }
 
 fn wallet(dir: &Path, office: &Office) -> String {
+    wallet_trusting(
+        dir,
+        &json!({
+            "trustedIssuers": {"ClinicianPrivilegeCredential": [OFFICE]},
+            "didWeb": {OFFICE: office.svc.url("/")},
+            "devMode": true
+        }),
+    )
+}
+
+/// A new wallet in `dir` with `trust` as its trust file; its holder DID.
+fn wallet_trusting(dir: &Path, trust: &Value) -> String {
     let out = fedgate()
         .args(["wallet", "--json", "init", "--dir", dir.to_str().unwrap()])
         .output()
@@ -248,11 +260,6 @@ fn wallet(dir: &Path, office: &Office) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     let init: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let trust = json!({
-        "trustedIssuers": {"ClinicianPrivilegeCredential": [OFFICE]},
-        "didWeb": {OFFICE: office.svc.url("/")},
-        "devMode": true
-    });
     std::fs::write(dir.join("trust.json"), trust.to_string()).unwrap();
     init["did"].as_str().unwrap().to_string()
 }
@@ -924,4 +931,271 @@ async fn codes_nonces_and_tokens_stay_spent_across_a_restart() {
         .await;
     assert_eq!(s, 200, "{answer}");
     assert_eq!(office.issued_to(&did).await, 2);
+}
+
+/// The did:web the independent issuer is known by (mapped to its loopback address in the
+/// wallet's trust file, as any did:web issuer must be).
+const PEER_ISSUER: &str = "did:web:vci-peer.test";
+
+/// The independent issuer (tests/peers/oid4vci-issuer.mjs: `@openid4vc/openid4vci` and
+/// `@openid4vc/oauth2` 0.4.6, `@sd-jwt/sd-jwt-vc` 0.19.0) as a running process: its first
+/// line (`hello`: offer, transaction code, identity), later lines on demand.
+struct PeerIssuer {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    hello: Value,
+}
+
+impl PeerIssuer {
+    /// Starts it; `options` are added to its input. Without node or the packages this fails,
+    /// saying so: it never skips.
+    fn start(options: Value) -> PeerIssuer {
+        use std::io::{BufRead, Write};
+        let dir = support::repo("tests/peers");
+        for package in [
+            "@openid4vc/openid4vci",
+            "@openid4vc/oauth2",
+            "@sd-jwt/sd-jwt-vc",
+        ] {
+            assert!(
+                dir.join("node_modules").join(package).is_dir(),
+                "the interop peers are not installed: run scripts/peers (npm ci in tests/peers)"
+            );
+        }
+        let mut child = std::process::Command::new("node")
+            .arg(dir.join("oid4vci-issuer.mjs"))
+            .current_dir(&dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("node is needed for the interop test and did not start: {e}")
+            });
+        let mut input = json!({
+            "did": PEER_ISSUER,
+            "subject": {
+                "name": "Dr. Ada Test",
+                "npi": "1234567893",
+                "role": "physician",
+                "specialty": "207R00000X",
+                "organization": HOSPITAL_A,
+                "privileges": [{"facility": HOSPITAL_B, "domains": ["clinical"], "actions": ["read"]}]
+            }
+        });
+        input
+            .as_object_mut()
+            .unwrap()
+            .extend(options.as_object().unwrap().clone());
+        let stdin = child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{input}").unwrap();
+        stdin.flush().unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let hello = lines
+            .next()
+            .and_then(Result::ok)
+            .and_then(|l| serde_json::from_str(&l).ok())
+            .unwrap_or_else(|| panic!("oid4vci-issuer.mjs did not start (see its stderr)"));
+        PeerIssuer {
+            child,
+            lines,
+            hello,
+        }
+    }
+
+    fn next_line(&mut self) -> Value {
+        let line = self.lines.next().unwrap().unwrap();
+        serde_json::from_str(&line).unwrap()
+    }
+
+    /// Closes its stdin (it stops); every request it served, in order.
+    fn finish(mut self) -> Vec<String> {
+        drop(self.child.stdin.take());
+        let mut served = None;
+        while let Some(Ok(line)) = self.lines.next() {
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if let Some(list) = v.get("served") {
+                served = Some(serde_json::from_value(list.clone()).unwrap());
+            }
+        }
+        let _ = self.child.wait();
+        served.expect("the peer issuer stopped without its summary")
+    }
+
+    /// A trust file that trusts this issuer for privileges (`trusted`) or only knows where
+    /// its did:web lives.
+    fn trust(&self, trusted: bool) -> Value {
+        let base = format!("{}/", self.hello["credentialIssuer"].as_str().unwrap());
+        let issuers: Vec<&str> = if trusted { vec![PEER_ISSUER] } else { vec![] };
+        json!({
+            "trustedIssuers": {"ClinicianPrivilegeCredential": issuers},
+            "didWeb": {PEER_ISSUER: base},
+            "devMode": true
+        })
+    }
+}
+
+fn list(dir: &Path) -> Vec<Value> {
+    let out = fedgate()
+        .args(["wallet", "--json", "list", "--dir", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn jwt_part(jwt: &str, i: usize) -> Value {
+    let part = jwt.split('~').next().unwrap().split('.').nth(i).unwrap();
+    serde_json::from_slice(&federation::b64::decode(part).unwrap()).unwrap()
+}
+
+/// fedgate's wallet against an independent OpenID4VCI 1.0 issuer: `@openid4vc/openid4vci`'s
+/// `Openid4vciIssuer` with `@openid4vc/oauth2`'s authorization server (its own identifier,
+/// `…/as`, with JWT access tokens) and resource server, issuing an SD-JWT VC
+/// (`@sd-jwt/sd-jwt-vc`) of a fedgate privilege under a did:web, with a Token Status List.
+/// `fedgate wallet receive` takes the offer: a wrong transaction code is refused at the
+/// token endpoint and nothing is stored; the right one gets the credential the peer issued,
+/// bound to the wallet's key, verified against the wallet's trust file and stored. A wallet
+/// that does not trust the peer refuses to store what it gets; an authorization server
+/// whose metadata names another issuer is never asked for a token.
+#[test]
+fn fedgate_wallet_receives_from_an_independent_openid4vci_issuer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut peer = PeerIssuer::start(json!({}));
+    let wdir = tmp.path().join("wallet");
+    let did = wallet_trusting(&wdir, &peer.trust(true));
+    let offer = peer.hello["offer"].as_str().unwrap().to_string();
+    let tx = peer.hello["txCode"].as_str().unwrap().to_string();
+    assert!(
+        offer.starts_with("openid-credential-offer://?credential_offer="),
+        "{offer}"
+    );
+
+    // A wrong transaction code: the library's token endpoint refuses, in one line.
+    let wrong = if tx == "000000" { "111111" } else { "000000" };
+    let (ok, _, err) = receive(&wdir, &offer, Some(wrong));
+    assert!(!ok, "a wrong transaction code was accepted");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("invalid_grant") && err.contains("/as/token"),
+        "{err}"
+    );
+    assert_eq!(peer.next_line()["refused"], "POST /as/token");
+    assert!(list(&wdir).is_empty(), "something was stored");
+
+    // The right one: the credential the peer issued, stored.
+    let (ok, received, err) = receive(&wdir, &offer, Some(&tx));
+    assert!(ok, "{err}");
+    let issued = peer.next_line();
+    let credential = issued["issued"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the peer issued nothing: {issued}"));
+    assert_eq!(issued["holder"], did.as_str());
+    assert_eq!(
+        received["configuration"],
+        "ClinicianPrivilegeCredential_sd_jwt"
+    );
+    assert_eq!(received["oid4vciFormat"], "dc+sd-jwt");
+    assert_eq!(received["kind"], "ClinicianPrivilegeCredential");
+    assert_eq!(received["issuer"], PEER_ISSUER);
+    assert_eq!(received["subject"], did.as_str());
+    let held = list(&wdir);
+    assert_eq!(held.len(), 1, "{held:?}");
+    let id = held[0]["id"].as_str().unwrap();
+    let out = fedgate()
+        .args([
+            "wallet",
+            "--json",
+            "show",
+            "--dir",
+            wdir.to_str().unwrap(),
+            id,
+        ])
+        .output()
+        .unwrap();
+    let stored: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        stored["credential"], credential,
+        "not the credential the peer issued"
+    );
+    assert_eq!(
+        stored["credentialSubject"]["privileges"][0]["facility"],
+        HOSPITAL_B
+    );
+    // What the peer signed: its vct, its status list, the holder's did:key as sub, and the
+    // wallet's own key (the one its key proof was signed with) in cnf.
+    let header = jwt_part(credential, 0);
+    let payload = jwt_part(credential, 1);
+    assert_eq!(header["typ"], "dc+sd-jwt");
+    assert_eq!(header["kid"], format!("{PEER_ISSUER}#key-1"));
+    assert_eq!(payload["vct"], peer.hello["vct"]);
+    assert_eq!(payload["sub"], did.as_str());
+    let (_, key) = multibase::decode(did.strip_prefix("did:key:").unwrap()).unwrap();
+    assert_eq!(key[..2], [0xed, 0x01], "an Ed25519 did:key");
+    assert_eq!(payload["cnf"]["jwk"]["x"], b64(&key[2..]));
+    assert!(payload["status"]["status_list"]["uri"]
+        .as_str()
+        .unwrap()
+        .starts_with(peer.hello["credentialIssuer"].as_str().unwrap()));
+    // The offer is spent.
+    let (ok, _, err) = receive(&wdir, &offer, Some(&tx));
+    assert!(!ok && err.contains("invalid_grant"), "{err}");
+    assert_eq!(list(&wdir).len(), 1);
+    let served = peer.finish();
+    for route in [
+        "GET /.well-known/openid-credential-issuer",
+        "GET /.well-known/oauth-authorization-server/as",
+        "POST /nonce",
+        "POST /credential",
+        "GET /.well-known/did.json",
+        "GET /status/1",
+    ] {
+        assert!(
+            served.iter().any(|r| r == route),
+            "{route} not in {served:?}"
+        );
+    }
+
+    // A wallet that knows where the peer's did:web lives but does not trust it for
+    // privileges: the credential comes, and is refused, not stored.
+    let peer = PeerIssuer::start(json!({}));
+    let untrusting = tmp.path().join("untrusting");
+    wallet_trusting(&untrusting, &peer.trust(false));
+    let (ok, _, err) = receive(
+        &untrusting,
+        peer.hello["offer"].as_str().unwrap(),
+        peer.hello["txCode"].as_str(),
+    );
+    assert!(!ok, "an untrusted issuer's credential was stored");
+    assert!(err.contains("not trusted"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(list(&untrusting).is_empty());
+    peer.finish();
+
+    // Authorization server metadata that names another issuer (a mix-up): refused before
+    // the code is sent anywhere.
+    let peer = PeerIssuer::start(json!({"asMetadataIssuer": "https://elsewhere.example"}));
+    let mixed = tmp.path().join("mixed");
+    wallet_trusting(&mixed, &peer.trust(true));
+    let (ok, _, err) = receive(
+        &mixed,
+        peer.hello["offerByReference"].as_str().unwrap(),
+        peer.hello["txCode"].as_str(),
+    );
+    assert!(!ok, "a mixed-up authorization server was used");
+    assert!(err.contains("another issuer"), "{err}");
+    assert!(list(&mixed).is_empty());
+    let served = peer.finish();
+    assert!(served.iter().any(|r| r == "GET /offer"), "{served:?}");
+    assert!(
+        !served.iter().any(|r| r.starts_with("POST")),
+        "the wallet sent the code to a mixed-up server: {served:?}"
+    );
 }
