@@ -28,7 +28,7 @@ use std::process::{Command, Stdio};
 use federation::keys::{KeyAlgorithm, KeyPair};
 use fedgate::harness::{Gateway, GatewaySpec, Office};
 use serde_json::{json, Value};
-use support::{exe, repo};
+use support::{exe, office_jwk, repo};
 
 const OFFICE: &str = "did:web:credentialing.test";
 const HOSPITAL: &str = "did:web:hospital-a.test";
@@ -286,27 +286,6 @@ async fn independent_libraries_verify_fedgate_and_fedgate_verifies_them() {
     assert_eq!(results.len(), 3, "{verified}");
     assert_eq!(results[1]["proofs"], 2, "{verified}");
     assert!(results.iter().all(|r| r["verified"] == true), "{verified}");
-}
-
-/// The office's assertion key as a public JWK, from its DID document over HTTP.
-async fn office_jwk(http: &reqwest::Client, office: &Office) -> Value {
-    let doc: Value = http
-        .get(format!("{}.well-known/did.json", office.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let vm = doc["assertionMethod"][0].as_str().unwrap().to_string();
-    let method = doc["verificationMethod"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"] == vm.as_str())
-        .unwrap();
-    let jwk = federation::did::method_public_jwk(&vm, method).unwrap();
-    serde_json::to_value(jwk).unwrap()
 }
 
 fn sd_jwt_privilege_subject(clinician: &str) -> Value {

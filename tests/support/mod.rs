@@ -11,7 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use fedgate::harness::{Federation, FederationBuilder};
+use fedgate::harness::{Federation, FederationBuilder, Office};
+use serde_json::Value;
 
 pub const OFFICE: &str = "did:web:credentialing.test";
 pub const CUSTODIAN: &str = "did:web:hospital-a.test";
@@ -129,4 +130,28 @@ pub fn unpooled_client() -> reqwest::Client {
         .pool_max_idle_per_host(0)
         .build()
         .expect("HTTP client")
+}
+
+/// The office's assertion key as a public JWK, from its DID document over HTTP.
+pub async fn office_jwk(http: &reqwest::Client, office: &Office) -> Value {
+    let doc: Value = http
+        .get(format!("{}.well-known/did.json", office.url()))
+        .send()
+        .await
+        .expect("the office's DID document")
+        .json()
+        .await
+        .expect("the office's DID document as JSON");
+    let vm = doc["assertionMethod"][0]
+        .as_str()
+        .expect("an assertion method")
+        .to_string();
+    let method = doc["verificationMethod"]
+        .as_array()
+        .expect("verification methods")
+        .iter()
+        .find(|m| m["id"] == vm.as_str())
+        .expect("the assertion method's verification method");
+    let jwk = federation::did::method_public_jwk(&vm, method).expect("its public JWK");
+    serde_json::to_value(jwk).expect("JWK as JSON")
 }
