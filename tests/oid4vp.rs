@@ -798,22 +798,25 @@ async fn an_independent_openid4vp_wallet_library_answers_the_gateway() {
     }
 }
 
-/// fedgate's wallet against an independent verifier: @openid4vc/openid4vp 0.4.6's
-/// `Openid4vpVerifier` (tests/peers/oid4vp-verifier.mjs) makes a did:key, signs a request
-/// object by reference for a fedgate privilege (jwt_vc_json, direct_post) and serves it;
-/// `wallet::oid4vp::respond` checks it, answers, and the library parses and validates the
-/// response. The presentation it received verifies with fedgate's pipeline against the
-/// library's nonce and client_id.
-#[tokio::test]
-async fn fedgate_wallet_answers_an_independent_openid4vp_verifier() {
+/// tests/peers/oid4vp-verifier.mjs (@openid4vc/openid4vp's `Openid4vpVerifier`, pinned in
+/// tests/peers/package-lock.json) started with `input`: the process, its output lines after
+/// the first, and the first's verifier DID and `openid4vp://` URL. Without node or the
+/// package this fails, saying so: it never skips.
+struct PeerVerifier {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    did: String,
+    url: String,
+}
+
+fn peer_verifier(input: &Value) -> PeerVerifier {
     use std::io::{BufRead, Write};
-    let fed = federation().await;
     let dir = repo("tests/peers");
     assert!(
-        dir.join("node_modules/@openid4vc/openid4vp").is_dir(),
+        dir.join("node_modules/@openid4vc/openid4vp").is_dir()
+            && dir.join("node_modules/@sd-jwt/sd-jwt-vc").is_dir(),
         "the interop peers are not installed: run scripts/peers (npm ci in tests/peers)"
     );
-    let nonce = federation::client::random_token();
     let mut child = std::process::Command::new("node")
         .arg(dir.join("oid4vp-verifier.mjs"))
         .current_dir(&dir)
@@ -825,15 +828,36 @@ async fn fedgate_wallet_answers_an_independent_openid4vp_verifier() {
         .stdin
         .take()
         .unwrap()
-        .write_all(json!({"nonce": nonce}).to_string().as_bytes())
+        .write_all(input.to_string().as_bytes())
         .unwrap();
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    let verifier_did = first["did"].as_str().unwrap().to_string();
-    let url = first["url"].as_str().unwrap().to_string();
+    PeerVerifier {
+        child,
+        lines,
+        did: first["did"].as_str().unwrap().to_string(),
+        url: first["url"].as_str().unwrap().to_string(),
+    }
+}
 
-    // A wallet whose privilege is at the peer's facility.
-    let wdir = fed.dir.path().join("wallet-peer-verifier");
+impl PeerVerifier {
+    /// What the verifier made of the wallet's response (its second line).
+    fn outcome(mut self) -> Value {
+        let line = self.lines.next().unwrap().unwrap();
+        let _ = self.child.wait();
+        serde_json::from_str(&line).unwrap()
+    }
+}
+
+/// A wallet in `name` whose privilege (issued by the office in `format`: `jwt`, `sd-jwt`)
+/// is at `facility`; with its trust configuration (the office's did:web on loopback).
+async fn wallet_with_privilege(
+    fed: &Fed,
+    name: &str,
+    facility: &str,
+    format: &str,
+) -> (PathBuf, wallet::Wallet, federation::verify::Verifier) {
+    let wdir = fed.dir.path().join(name);
     let w = wallet::Wallet::init(&wdir, KeyAlgorithm::Ed25519).unwrap();
     let trust = json!({
         "trustedIssuers": {"ClinicianPrivilegeCredential": [OFFICE]},
@@ -851,20 +875,37 @@ async fn fedgate_wallet_answers_an_independent_openid4vp_verifier() {
             &json!({
                 "id": w.did(), "name": "Dr. Requesting Clinician", "npi": "1234567893",
                 "role": "physician", "specialty": "207R00000X", "organization": REQUESTER_ORG,
-                "privileges": [{"facility": verifier_did, "domains": ["clinical"], "actions": ["read"]}]
+                "privileges": [{"facility": facility, "domains": ["clinical"], "actions": ["read"]}]
             }),
-            "jwt",
+            format,
         )
         .await
         .unwrap();
     w.import(privilege, &verifier).await.unwrap();
+    (wdir, w, verifier)
+}
 
-    let answer = wallet::oid4vp::respond(&w, &url, &verifier.resolver, None, true)
+/// fedgate's wallet against an independent verifier: @openid4vc/openid4vp 0.4.6's
+/// `Openid4vpVerifier` (tests/peers/oid4vp-verifier.mjs) makes a did:key, signs a request
+/// object by reference for a fedgate privilege (jwt_vc_json, direct_post) and serves it;
+/// `wallet::oid4vp::respond` checks it, answers, and the library parses and validates the
+/// response. The presentation it received verifies with fedgate's pipeline against the
+/// library's nonce and client_id.
+#[tokio::test]
+async fn fedgate_wallet_answers_an_independent_openid4vp_verifier() {
+    let fed = federation().await;
+    let nonce = federation::client::random_token();
+    let peer = peer_verifier(&json!({"nonce": nonce}));
+    let verifier_did = peer.did.clone();
+    // A wallet whose privilege is at the peer's facility.
+    let (_, w, verifier) =
+        wallet_with_privilege(&fed, "wallet-peer-verifier", &verifier_did, "jwt").await;
+
+    let answer = wallet::oid4vp::respond(&w, &peer.url, &verifier.resolver, None, true)
         .await
         .unwrap();
     assert_eq!(answer, json!({}));
-    let second: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    let _ = child.wait();
+    let second = peer.outcome();
     assert_eq!(second["ok"], true, "{second}");
     assert_eq!(second["expectedNonce"], nonce.as_str());
     assert_eq!(second["state"], "state-of-the-peer-verifier");
@@ -881,4 +922,88 @@ async fn fedgate_wallet_answers_an_independent_openid4vp_verifier() {
     };
     let verified = verifier.verify_presentation(vp, &binding).await.unwrap();
     assert_eq!(verified.holder, w.did());
+}
+
+/// fedgate's wallet (`fedgate wallet respond`) presents an SD-JWT VC privilege to the
+/// independent verifier, which asks by DCQL for `dc+sd-jwt` of fedgate's vct with only the
+/// role and the organization (`response_mode`: `direct_post`, then `direct_post.jwt` with
+/// the response encrypted to the verifier's ephemeral key and decrypted by the library
+/// with jose). The library parses the response; the OpenWallet Foundation's
+/// @sd-jwt/sd-jwt-vc 0.19.0 verifies the presentation: the office's signature, its Token
+/// Status List, the key binding JWT (the wallet's cnf key, the nonce sent, `sd_hash`), whose
+/// `aud` is the verifier's full client_id. Only the claims asked for are disclosed.
+#[tokio::test]
+async fn fedgate_wallet_presents_an_sd_jwt_vc_to_an_independent_openid4vp_verifier() {
+    let fed = federation().await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let issuer_jwk = support::office_jwk(&http, &fed.office).await;
+    let vct = format!(
+        "{}/vct/ClinicianPrivilegeCredential",
+        fed.office.url().trim_end_matches('/')
+    );
+    for (i, mode) in ["direct_post", "direct_post.jwt"].into_iter().enumerate() {
+        let nonce = federation::client::random_token();
+        let peer = peer_verifier(&json!({
+            "nonce": nonce, "format": "dc+sd-jwt", "vct": vct,
+            "issuerJwk": issuer_jwk, "responseMode": mode,
+        }));
+        let client_id = format!("decentralized_identifier:{}", peer.did);
+        let (wdir, w, _) = wallet_with_privilege(
+            &fed,
+            &format!("wallet-peer-sd-jwt-{i}"),
+            &peer.did,
+            "sd-jwt",
+        )
+        .await;
+        let holder = w.did().to_string();
+        // `fedgate wallet respond` opens the store itself: one process's at a time.
+        drop(w);
+        let out = std::process::Command::new(exe())
+            .args(["wallet", "respond", "--dir", wdir.to_str().unwrap()])
+            .args(["--dev", "--json", &peer.url])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let outcome = peer.outcome();
+        assert_eq!(outcome["ok"], true, "{outcome}");
+        assert_eq!(outcome["type"], "dcql", "{outcome}");
+        assert_eq!(outcome["expectedNonce"], nonce.as_str());
+        assert_eq!(outcome["state"], "state-of-the-peer-verifier");
+        if mode == "direct_post.jwt" {
+            assert_eq!(outcome["form"], json!(["response"]), "{outcome}");
+            assert_eq!(outcome["jarm"]["type"], "Encrypted", "{outcome}");
+            assert_eq!(outcome["jarm"]["header"]["alg"], "ECDH-ES", "{outcome}");
+            assert_eq!(outcome["jarm"]["header"]["enc"], "A128GCM", "{outcome}");
+        } else {
+            assert_eq!(outcome["form"], json!(["state", "vp_token"]), "{outcome}");
+        }
+        let sd = &outcome["sdJwt"];
+        assert_eq!(sd["verified"], true, "{outcome}");
+        assert_eq!(sd["header"]["typ"], "dc+sd-jwt", "{outcome}");
+        assert_eq!(sd["kb"]["header"]["typ"], "kb+jwt", "{outcome}");
+        assert_eq!(sd["kb"]["payload"]["aud"], client_id.as_str());
+        assert_eq!(sd["kb"]["payload"]["nonce"], nonce.as_str());
+        let claims = &sd["claims"];
+        assert_eq!(claims["iss"], OFFICE);
+        assert_eq!(claims["vct"], vct.as_str());
+        assert_eq!(claims["sub"], holder.as_str());
+        assert_eq!(claims["role"], "physician");
+        assert_eq!(claims["organization"], REQUESTER_ORG);
+        // Only what was asked: no name, no NPI, nothing else of the subject.
+        let mut disclosed: Vec<&str> = sd["disclosed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_str().unwrap())
+            .collect();
+        disclosed.sort_unstable();
+        assert_eq!(disclosed, ["organization", "role"], "{outcome}");
+        for absent in ["name", "npi", "specialty", "privileges"] {
+            assert!(claims.get(absent).is_none(), "{absent}: {claims}");
+        }
+    }
 }
