@@ -941,11 +941,18 @@ async fn fedgate_wallet_presents_an_sd_jwt_vc_to_an_independent_openid4vp_verifi
         "{}/vct/ClinicianPrivilegeCredential",
         fed.office.url().trim_end_matches('/')
     );
-    for (i, mode) in ["direct_post", "direct_post.jwt"].into_iter().enumerate() {
+    // direct_post; direct_post.jwt with the default A128GCM; and with A256GCM, the one
+    // content encryption the verifier lists.
+    let modes = [
+        ("direct_post", None),
+        ("direct_post.jwt", None),
+        ("direct_post.jwt", Some("A256GCM")),
+    ];
+    for (i, (mode, enc)) in modes.into_iter().enumerate() {
         let nonce = federation::client::random_token();
         let peer = peer_verifier(&json!({
             "nonce": nonce, "format": "dc+sd-jwt", "vct": vct,
-            "issuerJwk": issuer_jwk, "responseMode": mode,
+            "issuerJwk": issuer_jwk, "responseMode": mode, "enc": enc,
         }));
         let client_id = format!("decentralized_identifier:{}", peer.did);
         let (wdir, w, _) = wallet_with_privilege(
@@ -977,7 +984,15 @@ async fn fedgate_wallet_presents_an_sd_jwt_vc_to_an_independent_openid4vp_verifi
             assert_eq!(outcome["form"], json!(["response"]), "{outcome}");
             assert_eq!(outcome["jarm"]["type"], "Encrypted", "{outcome}");
             assert_eq!(outcome["jarm"]["header"]["alg"], "ECDH-ES", "{outcome}");
-            assert_eq!(outcome["jarm"]["header"]["enc"], "A128GCM", "{outcome}");
+            assert_eq!(
+                outcome["jarm"]["header"]["enc"],
+                enc.unwrap_or("A128GCM"),
+                "{outcome}"
+            );
+            assert_eq!(
+                outcome["jarm"]["header"]["kid"], "response-encryption",
+                "{outcome}"
+            );
         } else {
             assert_eq!(outcome["form"], json!(["state", "vp_token"]), "{outcome}");
         }

@@ -16,7 +16,9 @@
 //     over the presentation) and its aud (the client_id sent); prints {sdJwt: {verified,
 //     claims, disclosed, kb, ...}} or {sdJwt: {verified: false, error}};
 //   responseMode "direct_post" (the default) or "direct_post.jwt": the response encrypted
-//     to an ephemeral P-256 key (ECDH-ES, A128GCM) in client_metadata.jwks.
+//     to an ephemeral P-256 key (ECDH-ES) in client_metadata.jwks, with the content
+//     encryption `enc` (A128GCM, the default, is not listed; another is listed alone in
+//     encrypted_response_enc_values_supported, and only it is accepted).
 import { Openid4vpVerifier } from '@openid4vc/openid4vp';
 import { SDJwtVcInstance } from '@sd-jwt/sd-jwt-vc';
 import { ES256, digest } from '@sd-jwt/crypto-nodejs';
@@ -34,6 +36,7 @@ const input = JSON.parse(await new Promise((resolve) => {
 }));
 const format = input.format ?? 'jwt_vc_json';
 const responseMode = input.responseMode ?? 'direct_post';
+const enc = input.enc ?? 'A128GCM';
 
 const { publicKey, privateKey } = await jose.generateKeyPair('EdDSA', { crv: 'Ed25519', extractable: true });
 const publicJwk = await jose.exportJWK(publicKey);
@@ -54,7 +57,7 @@ const callbacks = {
     if (!encryption || jwk?.kid !== encryption.publicJwk.kid) return { decrypted: false };
     const { plaintext, protectedHeader } = await jose.compactDecrypt(jwe, encryption.privateKey, {
       keyManagementAlgorithms: ['ECDH-ES'],
-      contentEncryptionAlgorithms: ['A128GCM'],
+      contentEncryptionAlgorithms: [enc],
     });
     jweHeader = protectedHeader;
     return { decrypted: true, decryptionJwk: jwk, payload: new TextDecoder().decode(plaintext) };
@@ -150,7 +153,7 @@ const request = await verifier.createOpenId4vpAuthorizationRequest({
     ...(encryption && {
       client_metadata: {
         jwks: { keys: [encryption.publicJwk] },
-        encrypted_response_enc_values_supported: ['A128GCM'],
+        ...(enc !== 'A128GCM' && { encrypted_response_enc_values_supported: [enc] }),
       },
     }),
   },

@@ -47,10 +47,60 @@ pub struct AuthorizationRequest {
     pub response_uri: Url,
     pub response_mode: String,
     pub dcql_query: Value,
-    /// The key a `direct_post.jwt` response is encrypted to.
-    pub encryption_key: Option<Value>,
+    /// How a `direct_post.jwt` response is encrypted.
+    pub encryption: Option<ResponseEncryption>,
     /// The request object's claims, as signed.
     pub claims: Value,
+}
+
+/// How a `direct_post.jwt` response is encrypted (OpenID4VP 1.0 §8.3): ECDH-ES to `key`,
+/// one of the verifier's `client_metadata.jwks`, with the content encryption `enc`.
+#[derive(Debug, Clone)]
+pub struct ResponseEncryption {
+    pub key: Value,
+    pub enc: String,
+}
+
+/// The content encryptions a response can be sent with, in order of preference.
+const RESPONSE_ENCS: [&str; 3] = ["A128GCM", "A256GCM", "A192GCM"];
+
+/// The response encryption a request's `client_metadata` asks for: an EC key of its `jwks`
+/// meant for encryption with ECDH-ES (its `use` and `alg`, where given, say so), and the
+/// first content encryption of `encrypted_response_enc_values_supported` this wallet has
+/// (A128GCM when the verifier lists none, the default).
+pub fn response_encryption(client_metadata: Option<&Value>) -> Result<ResponseEncryption> {
+    let key = client_metadata
+        .and_then(|m| m.pointer("/jwks/keys"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|k| {
+            let field = |f: &str| k.get(f).and_then(Value::as_str);
+            field("kty") == Some("EC")
+                && field("use").is_none_or(|u| u == "enc")
+                && field("alg").is_none_or(|a| a == "ECDH-ES")
+        })
+        .ok_or_else(|| {
+            bad("direct_post.jwt without an EC key for ECDH-ES in client_metadata.jwks")
+        })?;
+    let enc = match client_metadata.and_then(|m| m.get("encrypted_response_enc_values_supported")) {
+        None => "A128GCM",
+        Some(listed) => {
+            let listed = listed
+                .as_array()
+                .ok_or_else(|| bad("encrypted_response_enc_values_supported is not an array"))?;
+            RESPONSE_ENCS
+                .into_iter()
+                .find(|e| listed.iter().any(|l| l.as_str() == Some(e)))
+                .ok_or_else(|| {
+                    bad("none of the verifier's response content encryptions is supported")
+                })?
+        }
+    };
+    Ok(ResponseEncryption {
+        key: key.clone(),
+        enc: enc.to_string(),
+    })
 }
 
 /// Reads `openid4vp://?client_id=…&request_uri=…`.
@@ -179,16 +229,8 @@ pub async fn check_request(
         .filter(|q| q.get("credentials").is_some_and(Value::is_array))
         .ok_or_else(|| bad("no dcql_query"))?
         .clone();
-    let encryption_key = if mode == "direct_post.jwt" {
-        let key = c
-            .pointer("/client_metadata/jwks/keys")
-            .and_then(Value::as_array)
-            .and_then(|keys| {
-                keys.iter()
-                    .find(|k| k.get("kty").and_then(Value::as_str) == Some("EC"))
-            })
-            .ok_or_else(|| bad("direct_post.jwt without an EC key in client_metadata.jwks"))?;
-        Some(key.clone())
+    let encryption = if mode == "direct_post.jwt" {
+        Some(response_encryption(c.get("client_metadata"))?)
     } else {
         None
     };
@@ -200,7 +242,7 @@ pub async fn check_request(
         response_uri,
         response_mode: mode.to_string(),
         dcql_query: dcql,
-        encryption_key,
+        encryption,
         claims: c,
     })
 }
@@ -401,10 +443,10 @@ pub async fn build_vp_token(
     Ok(Value::Object(token))
 }
 
-/// Encrypts the response parameters to the verifier's key (ECDH-ES, A128GCM).
-fn encrypt(params: &Value, key: &Value) -> Result<String> {
+/// Encrypts the response parameters to the verifier's key (ECDH-ES, the chosen `enc`).
+fn encrypt(params: &Value, encryption: &ResponseEncryption) -> Result<String> {
     use josekit::jwe::{self, JweHeader};
-    let Value::Object(map) = key.clone() else {
+    let Value::Object(map) = encryption.key.clone() else {
         return Err(bad("the verifier's key is not a JWK"));
     };
     let jwk = josekit::jwk::Jwk::from_map(map).map_err(|e| bad(format!("verifier key: {e}")))?;
@@ -412,7 +454,7 @@ fn encrypt(params: &Value, key: &Value) -> Result<String> {
         .encrypter_from_jwk(&jwk)
         .map_err(|e| bad(format!("verifier key: {e}")))?;
     let mut header = JweHeader::new();
-    header.set_content_encryption("A128GCM");
+    header.set_content_encryption(&encryption.enc);
     if let Some(kid) = jwk.key_id() {
         header.set_key_id(kid);
     }
@@ -435,8 +477,8 @@ pub async fn post_response(
     if let Some(e) = error {
         params["error"] = json!(e);
     }
-    let form: Vec<(String, String)> = match &request.encryption_key {
-        Some(key) => vec![("response".into(), encrypt(&params, key)?)],
+    let form: Vec<(String, String)> = match &request.encryption {
+        Some(encryption) => vec![("response".into(), encrypt(&params, encryption)?)],
         None => {
             let mut f = vec![("state".to_string(), request.state.clone())];
             if let Some(t) = vp_token {
@@ -517,6 +559,38 @@ mod tests {
         );
         assert!(parse_url("openid4vp://?client_id=x&request=eyJ...").is_err());
         assert!(parse_url("openid4vp://?client_id=x").is_err());
+    }
+
+    #[test]
+    fn responses_are_encrypted_as_the_verifier_asks() {
+        let key = |extra: Value| {
+            let mut k = json!({"kty": "EC", "crv": "P-256", "x": "x", "y": "y"});
+            k.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            k
+        };
+        // No list: the default, A128GCM.
+        let meta = json!({"jwks": {"keys": [key(json!({}))]}});
+        let e = response_encryption(Some(&meta)).unwrap();
+        assert_eq!(e.enc, "A128GCM");
+        // The verifier's list, whatever its order: the first this wallet has.
+        let meta = json!({"jwks": {"keys": [key(json!({}))]},
+            "encrypted_response_enc_values_supported": ["A256CBC-HS512", "A256GCM"]});
+        assert_eq!(response_encryption(Some(&meta)).unwrap().enc, "A256GCM");
+        let meta = json!({"jwks": {"keys": [key(json!({}))]},
+            "encrypted_response_enc_values_supported": ["A256CBC-HS512"]});
+        assert!(response_encryption(Some(&meta)).is_err());
+        // A signing key, or one for another algorithm, is passed over.
+        let meta = json!({"jwks": {"keys": [
+            key(json!({"use": "sig", "kid": "s"})),
+            key(json!({"alg": "ECDH-ES+A128KW", "kid": "w"})),
+            key(json!({"use": "enc", "alg": "ECDH-ES", "kid": "e"})),
+        ]}});
+        assert_eq!(response_encryption(Some(&meta)).unwrap().key["kid"], "e");
+        let meta = json!({"jwks": {"keys": [key(json!({"use": "sig"}))]}});
+        assert!(response_encryption(Some(&meta)).is_err());
+        assert!(response_encryption(None).is_err());
     }
 
     #[test]
