@@ -841,6 +841,12 @@ fn peer_verifier(input: &Value) -> PeerVerifier {
 }
 
 impl PeerVerifier {
+    /// Ends a verifier that is not to be answered.
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// What the verifier made of the wallet's response (its second line).
     fn outcome(mut self) -> Value {
         let line = self.lines.next().unwrap().unwrap();
@@ -850,11 +856,12 @@ impl PeerVerifier {
 }
 
 /// A wallet in `name` whose privilege (issued by the office in `format`: `jwt`, `sd-jwt`)
-/// is at `facility`; with its trust configuration (the office's did:web on loopback).
+/// is at each of `facilities`; with its trust configuration (the office's did:web on
+/// loopback).
 async fn wallet_with_privilege(
     fed: &Fed,
     name: &str,
-    facility: &str,
+    facilities: &[&str],
     format: &str,
 ) -> (PathBuf, wallet::Wallet, federation::verify::Verifier) {
     let wdir = fed.dir.path().join(name);
@@ -875,7 +882,9 @@ async fn wallet_with_privilege(
             &json!({
                 "id": w.did(), "name": "Dr. Requesting Clinician", "npi": "1234567893",
                 "role": "physician", "specialty": "207R00000X", "organization": REQUESTER_ORG,
-                "privileges": [{"facility": facility, "domains": ["clinical"], "actions": ["read"]}]
+                "privileges": facilities.iter().map(|f| json!(
+                    {"facility": f, "domains": ["clinical"], "actions": ["read"]}
+                )).collect::<Vec<_>>()
             }),
             format,
         )
@@ -899,7 +908,7 @@ async fn fedgate_wallet_answers_an_independent_openid4vp_verifier() {
     let verifier_did = peer.did.clone();
     // A wallet whose privilege is at the peer's facility.
     let (_, w, verifier) =
-        wallet_with_privilege(&fed, "wallet-peer-verifier", &verifier_did, "jwt").await;
+        wallet_with_privilege(&fed, "wallet-peer-verifier", &[&verifier_did], "jwt").await;
 
     let answer = wallet::oid4vp::respond(&w, &peer.url, &verifier.resolver, None, true)
         .await
@@ -955,14 +964,33 @@ async fn fedgate_wallet_presents_an_sd_jwt_vc_to_an_independent_openid4vp_verifi
             "issuerJwk": issuer_jwk, "responseMode": mode, "enc": enc,
         }));
         let client_id = format!("decentralized_identifier:{}", peer.did);
-        let (wdir, w, _) = wallet_with_privilege(
+        // First, a verifier asking for the same type under another office's vct: the
+        // wallet's privilege (at that verifier too) is not of a type the query allows, and
+        // nothing is sent.
+        let other = (i == 0).then(|| {
+            peer_verifier(&json!({
+                "nonce": nonce, "format": "dc+sd-jwt",
+                "vct": "https://other-office.example/vct/ClinicianPrivilegeCredential",
+                "issuerJwk": issuer_jwk,
+            }))
+        });
+        let mut facilities = vec![peer.did.as_str()];
+        facilities.extend(other.as_ref().map(|o| o.did.as_str()));
+        let (wdir, w, verifier) = wallet_with_privilege(
             &fed,
             &format!("wallet-peer-sd-jwt-{i}"),
-            &peer.did,
+            &facilities,
             "sd-jwt",
         )
         .await;
         let holder = w.did().to_string();
+        if let Some(other) = other {
+            let err = wallet::oid4vp::respond(&w, &other.url, &verifier.resolver, None, true)
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("no stored credential"), "{err}");
+            other.stop();
+        }
         // `fedgate wallet respond` opens the store itself: one process's at a time.
         drop(w);
         let out = std::process::Command::new(exe())

@@ -288,6 +288,21 @@ fn lists(v: &Value, key: &str, item: &str) -> bool {
         .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(item)))
 }
 
+/// Whether an SD-JWT VC of type `vct` answers a query: DCQL's `vct_values` lists the
+/// types it allows, and a fedgate type of another office's vct is not one of them.
+fn vct_asked(q: &Value, vct: Option<&str>) -> bool {
+    match (q.get("meta"), vct) {
+        (Some(meta), Some(vct)) => lists(meta, "vct_values", vct),
+        _ => false,
+    }
+}
+
+/// The `vct` of a stored SD-JWT VC (from its issuer-signed payload).
+fn vct_of(c: &StoredCredential) -> Option<String> {
+    let claims = federation::sdjwt::revealed_claims(c.credential.as_str()?).ok()?;
+    claims.get("vct").and_then(Value::as_str).map(String::from)
+}
+
 /// The stored credentials that answer one credential query.
 fn matching<'a>(
     q: &Value,
@@ -303,6 +318,7 @@ fn matching<'a>(
     let mut out: Vec<&StoredCredential> = held
         .iter()
         .filter(|c| c.kind == kind && c.format == format && !c.withdrawn && c.is_current(now))
+        .filter(|c| format != ProofFormat::SdJwt || vct_asked(q, vct_of(c).as_deref()))
         .filter(|c| match kind {
             CredentialKind::ClinicianPrivilege => {
                 c.claims.get("id").and_then(Value::as_str) == Some(holder)
@@ -612,5 +628,15 @@ mod tests {
             query_kind(&serde_json::json!({"meta": {"vct_values": ["urn:x"]}})),
             None
         );
+        // The type of the query, but of another office: not what was asked.
+        assert!(vct_asked(
+            &q,
+            Some("https://office.example/vct/ClinicianPrivilegeCredential")
+        ));
+        assert!(!vct_asked(
+            &q,
+            Some("https://other.example/vct/ClinicianPrivilegeCredential")
+        ));
+        assert!(!vct_asked(&q, None));
     }
 }
