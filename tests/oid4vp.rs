@@ -936,11 +936,13 @@ async fn fedgate_wallet_answers_an_independent_openid4vp_verifier() {
 /// fedgate's wallet (`fedgate wallet respond`) presents an SD-JWT VC privilege to the
 /// independent verifier, which asks by DCQL for `dc+sd-jwt` of fedgate's vct with only the
 /// role and the organization (`response_mode`: `direct_post`, then `direct_post.jwt` with
-/// the response encrypted to the verifier's ephemeral key and decrypted by the library
-/// with jose). The library parses the response; the OpenWallet Foundation's
-/// @sd-jwt/sd-jwt-vc 0.19.0 verifies the presentation: the office's signature, its Token
-/// Status List, the key binding JWT (the wallet's cnf key, the nonce sent, `sd_hash`), whose
-/// `aud` is the verifier's full client_id. Only the claims asked for are disclosed.
+/// the response encrypted to the verifier's ephemeral key, A128GCM and then A256GCM, the one
+/// the verifier lists, and decrypted by the library with jose). The library parses the
+/// response; the OpenWallet Foundation's @sd-jwt/sd-jwt-vc 0.19.0 verifies the
+/// presentation: the office's signature, its Token Status List, the key binding JWT (the
+/// wallet's cnf key, the nonce sent, `sd_hash`), whose `aud` is the verifier's full
+/// client_id. Only the claims asked for are disclosed. A verifier asking for another
+/// office's vct of the same type is not answered.
 #[tokio::test]
 async fn fedgate_wallet_presents_an_sd_jwt_vc_to_an_independent_openid4vp_verifier() {
     let fed = federation().await;
