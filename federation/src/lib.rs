@@ -11,6 +11,7 @@
 //!   never an arbitrary URL. Also the in-memory resolver handed to ssi.
 //! - `context`: the bundled JSON-LD contexts (nothing is fetched).
 //! - [`bundle`]: contexts, schemas and related resources a service bundles by configuration.
+//! - [`cache`]: a bounded map of digests in two generations (proofs, decisions).
 //! - [`schema`]: the JSON Schemas of the credential types, checked on issue and on verify.
 //! - [`kind`]: the credential types fedgate knows, by their VC `type` names.
 //! - [`credentials`]: the three credential types, issuing in both proof formats, presenting.
@@ -32,6 +33,7 @@
 
 pub mod b64;
 pub mod bundle;
+pub mod cache;
 pub mod checkpoint;
 pub mod client;
 mod context;

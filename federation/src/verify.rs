@@ -58,6 +58,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::cache::Generations;
 use crate::credentials::{
     unwrap_enveloped, CredentialKind, PresentationBinding, ProofFormat, StatusEntry,
 };
@@ -364,23 +365,13 @@ struct Proven {
 ///
 /// Only a credential that passed every credential check is ever inserted, so no failure
 /// can be remembered as a success; a credential that differs in a single byte has another
-/// key and is checked in full. Eviction keeps two generations: lookups promote entries
-/// into the current one, and when it is full the older generation is dropped whole. That
-/// bounds the size at `capacity` with O(1) work per operation and keeps whatever is in
-/// use.
+/// key and is checked in full. Eviction: [`Generations`].
 pub struct ProofCache {
-    generations: Mutex<Generations>,
-    capacity: usize,
+    entries: Generations<Arc<Proven>>,
     ttl: Duration,
     hits: AtomicU64,
     misses: AtomicU64,
     proof_checks: AtomicU64,
-}
-
-#[derive(Default)]
-struct Generations {
-    current: HashMap<[u8; 32], Arc<Proven>>,
-    previous: HashMap<[u8; 32], Arc<Proven>>,
 }
 
 /// Counters of a [`ProofCache`], for metrics, benches and tests.
@@ -399,8 +390,7 @@ impl ProofCache {
     /// A capacity of 0 disables caching (every proof is checked in full).
     fn new(capacity: usize, ttl: Duration) -> Self {
         ProofCache {
-            generations: Mutex::new(Generations::default()),
-            capacity,
+            entries: Generations::new(capacity),
             ttl,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -418,54 +408,16 @@ impl ProofCache {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             proof_checks: self.proof_checks.load(Ordering::Relaxed),
-            entries: self
-                .generations
-                .lock()
-                .map(|g| g.current.len() + g.previous.len())
-                .unwrap_or(0),
+            entries: self.entries.len(),
         }
-    }
-
-    fn generation_size(&self) -> usize {
-        (self.capacity / 2).max(1)
     }
 
     fn get(&self, key: &[u8; 32]) -> Option<Arc<Proven>> {
-        if self.capacity == 0 {
-            return None;
-        }
-        // A poisoned lock means a panic mid-update: behave as a miss (full check).
-        let mut g = self.generations.lock().ok()?;
-        let fresh = |p: &Arc<Proven>| p.at.elapsed() < self.ttl;
-        if let Some(p) = g.current.get(key) {
-            if fresh(p) {
-                return Some(p.clone());
-            }
-            g.current.remove(key);
-            return None;
-        }
-        let p = g.previous.remove(key)?;
-        if !fresh(&p) {
-            return None;
-        }
-        self.insert_locked(&mut g, *key, p.clone());
-        Some(p)
+        self.entries.get(key, |p| p.at.elapsed() < self.ttl)
     }
 
     fn insert(&self, key: [u8; 32], proven: Arc<Proven>) {
-        if self.capacity == 0 {
-            return;
-        }
-        if let Ok(mut g) = self.generations.lock() {
-            self.insert_locked(&mut g, key, proven);
-        }
-    }
-
-    fn insert_locked(&self, g: &mut Generations, key: [u8; 32], proven: Arc<Proven>) {
-        if g.current.len() >= self.generation_size() && !g.current.contains_key(&key) {
-            g.previous = std::mem::take(&mut g.current);
-        }
-        g.current.insert(key, proven);
+        self.entries.insert(key, proven);
     }
 }
 
