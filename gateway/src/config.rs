@@ -88,6 +88,11 @@ pub struct GatewayConfig {
     /// starved one may need more.
     #[serde(default = "default_policy_time_limit")]
     pub policy_time_limit_ms: u64,
+    /// Policy decisions remembered by input (0 to 1,000,000; 0 turns the cache off). A
+    /// decision is reused only for the same domain and byte-identical input, decision time
+    /// included (whole seconds), and never after a policy reload.
+    #[serde(default = "default_policy_decision_cache")]
+    pub policy_decision_cache_entries: usize,
 }
 
 // One value per gateway, read once at start: the size of its variants does not matter.
@@ -317,6 +322,9 @@ pub struct Shift {
     pub to_minute: u32,
 }
 
+fn default_policy_decision_cache() -> usize {
+    crate::policy::DEFAULT_DECISION_CACHE_ENTRIES
+}
 fn default_policy_time_limit() -> u64 {
     u64::try_from(crate::policy::DEFAULT_TIME_LIMIT.as_millis()).unwrap_or(50)
 }
@@ -405,6 +413,12 @@ impl service::config::ServiceConfig for GatewayConfig {
             return Err(invalid(
                 "policy_time_limit_ms",
                 "must be between 1 and 10000",
+            ));
+        }
+        if self.policy_decision_cache_entries > 1_000_000 {
+            return Err(invalid(
+                "policy_decision_cache_entries",
+                "must be between 0 and 1000000",
             ));
         }
         if self.outbox_max_events == 0 {

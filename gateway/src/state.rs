@@ -177,6 +177,7 @@ impl GatewayState {
             &config.policies,
             crate::policy::PolicyOptions {
                 time_limit: Duration::from_millis(config.policy_time_limit_ms),
+                cache_entries: config.policy_decision_cache_entries,
             },
         ));
 

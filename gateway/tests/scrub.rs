@@ -46,6 +46,7 @@ fn decisions() -> Vec<(&'static str, &'static str, Obligations)> {
         &dir,
         PolicyOptions {
             time_limit: Duration::from_secs(5),
+            ..PolicyOptions::default()
         },
     );
     let treat = holder.evaluate("clinical", &sample_input("clinical"));

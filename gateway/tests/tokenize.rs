@@ -606,6 +606,7 @@ fn shipped_decisions() -> (Obligations, Obligations) {
         &dir,
         PolicyOptions {
             time_limit: std::time::Duration::from_secs(5),
+            ..PolicyOptions::default()
         },
     );
     let treat = holder.evaluate("clinical", &sample_input("clinical"));

@@ -21,6 +21,30 @@ pub fn rule_paths(modules: &[regorus::unstable::Ref<Module>]) -> BTreeSet<String
     out
 }
 
+/// Builtins whose result is not a function of their arguments: the clock, randomness and
+/// the host. A decision must depend on its input alone (the decision time is in it).
+pub const IMPURE_BUILTINS: &[&str] = &["time.now_ns", "rand.intn", "uuid.rfc4122", "opa.runtime"];
+
+/// The first call of an impure builtin, as `data.pkg.rule calls time.now_ns`.
+pub fn impure_call(modules: &[regorus::unstable::Ref<Module>]) -> Option<String> {
+    for m in modules {
+        let Some(pkg) = package_path(m) else { continue };
+        for r in &m.policy {
+            let mut refs = Vec::new();
+            rule_refs(r, &mut refs);
+            if let Some(name) = refs
+                .iter()
+                .map(|p| p.join("."))
+                .find(|p| IMPURE_BUILTINS.contains(&p.as_str()))
+            {
+                let rule = rule_name(r).unwrap_or_else(|| "?".into());
+                return Some(format!("{pkg}.{rule} calls {name}"));
+            }
+        }
+    }
+    None
+}
+
 /// The first cycle among rules and functions, as `a -> b -> a`, if any.
 pub fn find_cycle(modules: &[regorus::unstable::Ref<Module>]) -> Option<String> {
     let graph = reference_graph(modules);

@@ -23,6 +23,7 @@
 use std::collections::BTreeSet;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,8 @@ pub enum PolicyError {
     Syntax { file: String, message: String },
     #[error("recursion is not allowed in policies: {0}")]
     Recursion(String),
+    #[error("a policy may decide from its input alone (decisions are cached by input): {0}")]
+    Impure(String),
     #[error("the {domain} decision fails on a sample input: {message}")]
     Check { domain: String, message: String },
     #[error("policy engine: {0}")]
@@ -74,15 +77,21 @@ pub enum PolicyError {
 pub struct PolicyOptions {
     /// Wall-clock limit of one decision.
     pub time_limit: Duration,
+    /// Decisions remembered per bundle (0: none), see [`PolicyBundle::evaluate`].
+    pub cache_entries: usize,
 }
 
 impl Default for PolicyOptions {
     fn default() -> Self {
         PolicyOptions {
             time_limit: DEFAULT_TIME_LIMIT,
+            cache_entries: DEFAULT_DECISION_CACHE_ENTRIES,
         }
     }
 }
+
+/// Decisions a bundle remembers by default.
+pub const DEFAULT_DECISION_CACHE_ENTRIES: usize = 4096;
 
 /// One policy file as read from disk.
 struct PolicyFile {
@@ -100,6 +109,65 @@ pub struct PolicyBundle {
     files: Vec<String>,
     /// Wall-clock limit of one decision, named in the reason when it is hit.
     time_limit: Duration,
+    /// Decisions this bundle made, by input; shared by clones, dropped with the bundle.
+    cache: Arc<DecisionCache>,
+}
+
+/// Decisions already made, keyed by the SHA-256 of the domain and the input as serialized.
+///
+/// Why this is exact: a decision is a function of the bundle, the domain and the input and
+/// of nothing else. The bundle owns the cache, so a reload starts an empty one; builtins
+/// that read the clock, randomness or the host are refused at load
+/// ([`PolicyError::Impure`]); and everything a policy may read of the world is in the
+/// input, including the decision time (whole seconds, `request.time`, with the weekday and
+/// minute derived from it). An entry is therefore reused only within the second it was made
+/// in and never across any time boundary a policy can test. Only decisions from an
+/// evaluation that completed are kept: a timeout or an engine error is a deny now and is
+/// evaluated again next time.
+struct DecisionCache {
+    entries: federation::cache::Generations<Decision>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// Counters of a bundle's decision cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecisionCacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub entries: usize,
+}
+
+impl DecisionCache {
+    fn new(capacity: usize) -> Self {
+        DecisionCache {
+            entries: federation::cache::Generations::new(capacity),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    fn key(domain: &str, input: &[u8]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(domain.as_bytes());
+        h.update([0u8]);
+        h.update(input);
+        h.finalize().into()
+    }
+
+    fn get(&self, key: &[u8; 32]) -> Option<Decision> {
+        if self.entries.capacity() == 0 {
+            return None;
+        }
+        let found = self.entries.get(key, |_| true);
+        let (counter, result) = match found {
+            Some(_) => (&self.hits, "hit"),
+            None => (&self.misses, "miss"),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("fedgate_policy_decision_cache_total", "result" => result).increment(1);
+        found
+    }
 }
 
 impl std::fmt::Debug for PolicyBundle {
@@ -138,12 +206,16 @@ impl PolicyBundle {
             for domain in DOMAINS {
                 check_domain(&mut engine, domain)?;
             }
+            if let Some(call) = ast::impure_call(engine.get_modules()) {
+                return Err(PolicyError::Impure(call));
+            }
             set_time_limit(&mut engine, options.time_limit);
             Ok(PolicyBundle {
                 engine,
                 digest,
                 files: files.into_iter().map(|f| f.name).collect(),
                 time_limit: options.time_limit,
+                cache: Arc::new(DecisionCache::new(options.cache_entries)),
             })
         })?
     }
@@ -159,15 +231,37 @@ impl PolicyBundle {
     }
 
     /// The decision of `domain` for `input`; never fails, every failure is a deny.
+    ///
+    /// A decision this bundle already made for the same domain and the same input (byte for
+    /// byte, as serialized) is answered from its cache (see `DecisionCache`).
     pub fn evaluate(&self, domain: &str, input: &PolicyInput) -> Decision {
         self.decide(domain, input).with_digest(&self.digest)
+    }
+
+    /// Hits, misses and entries of this bundle's decision cache.
+    pub fn cache_stats(&self) -> DecisionCacheStats {
+        DecisionCacheStats {
+            hits: self.cache.hits.load(Ordering::Relaxed),
+            misses: self.cache.misses.load(Ordering::Relaxed),
+            entries: self.cache.entries.len(),
+        }
     }
 
     fn decide(&self, domain: &str, input: &PolicyInput) -> Decision {
         if !DOMAINS.contains(&domain) {
             return Decision::deny("no policy for this domain");
         }
-        let Some(converted) = engine_input(input) else {
+        let Ok(serialized) = serde_json::to_vec(input) else {
+            return Decision::deny("policy evaluation failed: unusable input");
+        };
+        let key = DecisionCache::key(domain, &serialized);
+        if let Some(d) = self.cache.get(&key) {
+            return d;
+        }
+        let Some(converted) = std::str::from_utf8(&serialized)
+            .ok()
+            .and_then(|s| Value::from_json_str(s).ok())
+        else {
             return Decision::deny("policy evaluation failed: unusable input");
         };
         let mut engine = self.engine.clone();
@@ -175,7 +269,11 @@ impl PolicyBundle {
         let result = engine.eval_rule(decision_rule(domain));
         match result {
             Ok(value) => match decision_from_value(&value) {
-                Ok(d) => check_decision(d, input),
+                Ok(d) => {
+                    let d = check_decision(d, input);
+                    self.cache.entries.insert(key, d.clone());
+                    d
+                }
                 Err(why) => {
                     tracing::warn!(domain, why, "policy produced an unusable decision");
                     Decision::deny(format!("policy evaluation failed: {why}"))

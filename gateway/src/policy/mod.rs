@@ -14,8 +14,9 @@ mod input;
 
 pub use decision::{Decision, Obligations, UnknownClass, IDENTIFIER_CLASSES};
 pub use engine::{
-    decision_rule, run_tests, PolicyBundle, PolicyError, PolicyHolder, PolicyOptions, TestOutcome,
-    TestReport, TestResult, DEFAULT_TIME_LIMIT, DOMAINS, EVAL_STACK_BYTES,
+    decision_rule, run_tests, DecisionCacheStats, PolicyBundle, PolicyError, PolicyHolder,
+    PolicyOptions, TestOutcome, TestReport, TestResult, DEFAULT_DECISION_CACHE_ENTRIES,
+    DEFAULT_TIME_LIMIT, DOMAINS, EVAL_STACK_BYTES,
 };
 pub use input::{
     claims_of, holder_privilege, holder_study, is_self_issued, requester_org, sample_input,

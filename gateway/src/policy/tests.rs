@@ -27,6 +27,7 @@ fn policy_copy() -> tempfile::TempDir {
 fn slow_ok() -> PolicyOptions {
     PolicyOptions {
         time_limit: Duration::from_secs(2),
+        ..PolicyOptions::default()
     }
 }
 
@@ -354,6 +355,7 @@ fn policy_time_limit_comes_from_the_options() {
     let tmp = looping_bundle();
     let options = PolicyOptions {
         time_limit: Duration::from_millis(5),
+        ..PolicyOptions::default()
     };
     let holder = PolicyHolder::with_options(tmp.path(), options);
     let mut input = sample_input("clinical");
@@ -839,4 +841,143 @@ fn policy_unreadable_files_keep_the_last_good_bundle_in_child() {
         .unwrap();
     assert_ne!(reloaded, good);
     assert!(holder.evaluate("research", &sample_input("research")).allow);
+}
+
+// ---------------------------------------------------------------------------------------
+// The decision cache
+// ---------------------------------------------------------------------------------------
+
+/// The same input is decided once; a second later is another input, and a consent that
+/// ended in between denies: the cache never carries a decision across a time boundary.
+#[test]
+fn policy_decisions_are_reused_only_for_the_same_input_and_second() {
+    let bundle = PolicyBundle::load_with(&policies_dir(), slow_ok()).unwrap();
+    let mut input = sample_input("clinical");
+    input.request.time = "2026-11-27T10:00:00Z".into();
+    input.consents[0].subject.period.end = Some("2026-11-27T10:00:01Z".into());
+
+    let first = bundle.evaluate("clinical", &input);
+    assert!(first.allow, "{}", reasons(&first));
+    let again = bundle.evaluate("clinical", &input);
+    assert_eq!(again, first);
+    let stats = bundle.cache_stats();
+    assert_eq!((stats.hits, stats.misses, stats.entries), (1, 1, 1));
+
+    input.request.time = "2026-11-27T10:00:01Z".into();
+    let later = bundle.evaluate("clinical", &input);
+    assert!(!later.allow, "the consent ended: {}", reasons(&later));
+    assert_eq!(bundle.cache_stats().misses, 2);
+
+    // Another domain with the same input is another decision.
+    let billing = bundle.evaluate("billing", &input);
+    assert_eq!(bundle.cache_stats().misses, 3);
+    assert_eq!(billing.allow, bundle.evaluate("billing", &input).allow);
+    assert_eq!(bundle.cache_stats().hits, 2);
+}
+
+/// Any change to what the policy reads is a miss: a withdrawn consent, a revoked patient
+/// link, a different requester.
+#[test]
+fn policy_every_part_of_the_input_is_in_the_cache_key() {
+    let bundle = PolicyBundle::load_with(&policies_dir(), slow_ok()).unwrap();
+    let base = sample_input("clinical");
+    assert!(bundle.evaluate("clinical", &base).allow);
+    let mut no_consent = base.clone();
+    no_consent.consents.clear();
+    assert!(!bundle.evaluate("clinical", &no_consent).allow);
+    let mut other = base.clone();
+    other.request.requester_org = Some("did:web:other.example".into());
+    assert!(!bundle.evaluate("clinical", &other).allow);
+    let mut unlinked = base.clone();
+    unlinked.consents[0].self_issued = true;
+    unlinked.consents[0].patient_linked = false;
+    let d = bundle.evaluate("clinical", &unlinked);
+    assert!(!d.allow, "{}", reasons(&d));
+    assert_eq!(bundle.cache_stats().hits, 0);
+    assert!(bundle.evaluate("clinical", &base).allow);
+    assert_eq!(bundle.cache_stats().hits, 1);
+}
+
+/// A timeout is a deny now and an evaluation again next time: failures are not kept.
+#[test]
+fn policy_a_failed_evaluation_is_not_remembered() {
+    let tmp = looping_bundle();
+    let options = PolicyOptions {
+        time_limit: Duration::from_millis(5),
+        ..PolicyOptions::default()
+    };
+    let bundle = PolicyBundle::load_with(tmp.path(), options).unwrap();
+    let mut input = sample_input("clinical");
+    input.request.justification = "loop".into();
+    for _ in 0..2 {
+        let d = bundle.evaluate("clinical", &input);
+        assert!(!d.allow);
+        assert!(reasons(&d).contains("time limit"), "{}", reasons(&d));
+    }
+    let stats = bundle.cache_stats();
+    assert_eq!((stats.hits, stats.misses, stats.entries), (0, 2, 0));
+}
+
+/// A reload is a new bundle with an empty cache: the new policy decides at once.
+#[test]
+fn policy_a_reload_starts_with_an_empty_cache() {
+    let tmp = policy_copy();
+    let holder = PolicyHolder::with_options(tmp.path(), slow_ok());
+    let input = sample_input("clinical");
+    assert!(holder.evaluate("clinical", &input).allow);
+    assert!(holder.evaluate("clinical", &input).allow);
+    let path = tmp.path().join("clinical.rego");
+    let src = std::fs::read_to_string(&path).unwrap();
+    replace_file(
+        &path,
+        &format!("{src}\ndenials contains \"closed for maintenance\" if true\n"),
+    );
+    holder.reload().unwrap();
+    let d = holder.evaluate("clinical", &input);
+    assert!(!d.allow);
+    assert!(reasons(&d).contains("closed for maintenance"), "{}", reasons(&d));
+}
+
+/// With no cache every decision is evaluated.
+#[test]
+fn policy_a_cache_of_zero_entries_keeps_nothing() {
+    let options = PolicyOptions {
+        cache_entries: 0,
+        ..slow_ok()
+    };
+    let bundle = PolicyBundle::load_with(&policies_dir(), options).unwrap();
+    let input = sample_input("clinical");
+    assert_eq!(
+        bundle.evaluate("clinical", &input),
+        bundle.evaluate("clinical", &input)
+    );
+    assert_eq!(bundle.cache_stats().hits, 0);
+    assert_eq!(bundle.cache_stats().entries, 0);
+}
+
+/// The clock, randomness and the host are refused at load, wherever they are called: a
+/// decision must be a function of its input for the cache to be exact.
+#[test]
+fn policy_impure_builtins_are_refused_at_load() {
+    for (call, name) in [
+        ("time.now_ns()", "time.now_ns"),
+        ("rand.intn(\"x\", 10)", "rand.intn"),
+        ("uuid.rfc4122(\"x\")", "uuid.rfc4122"),
+        ("opa.runtime()", "opa.runtime"),
+    ] {
+        let tmp = policy_copy();
+        std::fs::write(
+            tmp.path().join("zz_impure.rego"),
+            format!("package fedgate.zz\n\nhelper := x if {{\n\tx := {call}\n}}\n"),
+        )
+        .unwrap();
+        let err = PolicyBundle::load(tmp.path()).unwrap_err();
+        match &err {
+            PolicyError::Impure(what) => {
+                assert!(what.contains(name), "{what}");
+                assert!(what.contains("data.fedgate.zz.helper"), "{what}");
+            }
+            other => panic!("{call}: expected Impure, got {other}"),
+        }
+    }
 }
