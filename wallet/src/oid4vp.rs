@@ -8,7 +8,9 @@
 //!    https `response_uri` (http on loopback in development mode).
 //! 3. Match the DCQL query's credential queries to stored credentials: the holder's
 //!    privilege at the verifier's organization, and the consents of the patient the user
-//!    names; `credential_sets` say which queries must be answered.
+//!    names; `credential_sets` say which queries must be answered. A W3C credential answers
+//!    a query when one of its `type_values` alternatives is wholly among its expanded types;
+//!    an SD-JWT VC, when its `vct` is among the `vct_values`.
 //! 4. Present each in a presentation bound to the nonce and the full client identifier,
 //!    and post them (encrypted to the verifier's key for `direct_post.jwt`).
 
@@ -31,6 +33,11 @@ const REQUEST_TYP: &str = "oauth-authz-req+jwt";
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 const FEDGATE_TYPE_BASE: &str = "https://w3id.org/fedgate#";
+/// The contexts that define the types of fedgate's W3C credentials, and what they
+/// expand `VerifiableCredential` to.
+const CREDENTIALS_V2: &str = "https://www.w3.org/ns/credentials/v2";
+const FEDGATE_CONTEXT: &str = "https://w3id.org/fedgate/v1";
+const VC_TYPE_IRI: &str = "https://www.w3.org/2018/credentials#VerifiableCredential";
 
 fn bad(m: impl Into<String>) -> WalletError {
     WalletError::Oid4vp(m.into())
@@ -229,6 +236,14 @@ pub async fn check_request(
         .filter(|q| q.get("credentials").is_some_and(Value::is_array))
         .ok_or_else(|| bad("no dcql_query"))?
         .clone();
+    for q in dcql["credentials"].as_array().into_iter().flatten() {
+        if matches!(
+            query_format(q),
+            Some(ProofFormat::Jwt | ProofFormat::DataIntegrity)
+        ) {
+            type_values(q)?;
+        }
+    }
     let encryption = if mode == "direct_post.jwt" {
         Some(response_encryption(c.get("client_metadata"))?)
     } else {
@@ -247,30 +262,104 @@ pub async fn check_request(
     })
 }
 
-/// The kind a credential query asks for, from its `type_values` or `vct_values`.
+/// The kind an SD-JWT VC query asks for, from its `vct_values`.
 fn query_kind(q: &Value) -> Option<CredentialKind> {
-    let meta = q.get("meta")?;
-    let names: Vec<&str> = meta
-        .get("type_values")
+    let names: Vec<&str> = q
+        .pointer("/meta/vct_values")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter_map(Value::as_array)
-        .flatten()
         .filter_map(Value::as_str)
-        .filter_map(|t| t.strip_prefix(FEDGATE_TYPE_BASE))
-        .chain(
-            meta.get("vct_values")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .filter_map(|v| v.rsplit_once("/vct/").map(|(_, t)| t)),
-        )
+        .filter_map(|v| v.rsplit_once("/vct/").map(|(_, t)| t))
         .collect();
     CredentialKind::ALL
         .into_iter()
         .find(|k| names.contains(&k.type_name()))
+}
+
+/// The `meta.type_values` of a `jwt_vc_json` or `ldp_vc` credential query (OpenID4VP 1.0
+/// Appendix B.1.1): alternatives, each a set of fully expanded type IRIs.
+///
+/// The member is REQUIRED and is "a non-empty array of string arrays", each inner array
+/// non-empty. Anything else (missing, empty, an empty alternative, a non-string type) makes
+/// the query malformed: [`check_request`] refuses the request, and such a query matches no
+/// credential. An empty alternative in particular is never read as "any type will do".
+fn type_values(q: &Value) -> Result<Vec<Vec<&str>>> {
+    let malformed = || {
+        bad("a jwt_vc_json or ldp_vc credential query's meta.type_values must be a non-empty array of non-empty arrays of type IRIs")
+    };
+    q.pointer("/meta/type_values")
+        .and_then(Value::as_array)
+        .filter(|alternatives| !alternatives.is_empty())
+        .ok_or_else(malformed)?
+        .iter()
+        .map(|alternative| {
+            alternative
+                .as_array()
+                .filter(|types| !types.is_empty())
+                .ok_or_else(malformed)?
+                .iter()
+                .map(|t| t.as_str().ok_or_else(malformed))
+                .collect()
+        })
+        .collect()
+}
+
+/// Whether a W3C credential whose fully expanded types are `types` answers a query: at
+/// least one alternative of its `type_values` must be wholly among them, whatever their
+/// order and whatever other types the credential has. A malformed `type_values` answers
+/// nothing.
+fn types_asked(q: &Value, types: &[String]) -> bool {
+    type_values(q).is_ok_and(|alternatives| {
+        alternatives
+            .iter()
+            .any(|wanted| wanted.iter().all(|t| types.iter().any(|have| have == t)))
+    })
+}
+
+/// The fully expanded `type` values of a W3C credential document, as JSON-LD processing
+/// with its `@context` gives them (what `type_values` is matched against):
+/// `VerifiableCredential` is defined by the VC Data Model 2.0 context and fedgate's
+/// credential types by fedgate's (both protected, so no later context redefines them);
+/// a type already written as an IRI, or a term neither context defines, is kept as
+/// written (as Appendix B.1.1 has it for a type no `@context` defines; the VC Data Model
+/// 2.0 context's `@vocab` is not applied to it).
+fn expanded_types(doc: &Value) -> Vec<String> {
+    let contexts: Vec<&str> = match doc.get("@context") {
+        Some(Value::String(c)) => vec![c.as_str()],
+        Some(Value::Array(cs)) => cs.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    federation::verify::type_names(doc)
+        .into_iter()
+        .map(|t| {
+            if t == "VerifiableCredential" && contexts.contains(&CREDENTIALS_V2) {
+                VC_TYPE_IRI.to_string()
+            } else if CredentialKind::from_type_name(&t).is_some()
+                && contexts.contains(&FEDGATE_CONTEXT)
+            {
+                format!("{FEDGATE_TYPE_BASE}{t}")
+            } else {
+                t
+            }
+        })
+        .collect()
+}
+
+/// The fully expanded types of a stored `jwt_vc_json` or `ldp_vc` credential: read from a
+/// VC-JOSE JWT's payload (bare or enveloped) or from the Data Integrity document. The
+/// credential was verified when it was imported; only its `@context` and `type` are read.
+fn stored_types(c: &StoredCredential) -> Vec<String> {
+    let jwt = match &c.credential {
+        Value::String(jwt) => jwt.as_str(),
+        doc => match federation::credentials::unwrap_enveloped(doc) {
+            Some(jwt) => jwt,
+            None => return expanded_types(doc),
+        },
+    };
+    federation::jose::decode(jwt)
+        .map(|d| expanded_types(&d.payload))
+        .unwrap_or_default()
 }
 
 fn query_format(q: &Value) -> Option<ProofFormat> {
@@ -311,15 +400,20 @@ fn matching<'a>(
     verifier: &str,
     patient: Option<&str>,
 ) -> Vec<&'a StoredCredential> {
-    let (Some(kind), Some(format)) = (query_kind(q), query_format(q)) else {
+    let Some(format) = query_format(q) else {
         return Vec::new();
     };
     let now = Utc::now();
     let mut out: Vec<&StoredCredential> = held
         .iter()
-        .filter(|c| c.kind == kind && c.format == format && !c.withdrawn && c.is_current(now))
-        .filter(|c| format != ProofFormat::SdJwt || vct_asked(q, vct_of(c).as_deref()))
-        .filter(|c| match kind {
+        .filter(|c| c.format == format && !c.withdrawn && c.is_current(now))
+        .filter(|c| match format {
+            ProofFormat::SdJwt => {
+                query_kind(q) == Some(c.kind) && vct_asked(q, vct_of(c).as_deref())
+            }
+            ProofFormat::Jwt | ProofFormat::DataIntegrity => types_asked(q, &stored_types(c)),
+        })
+        .filter(|c| match c.kind {
             CredentialKind::ClinicianPrivilege => {
                 c.claims.get("id").and_then(Value::as_str) == Some(holder)
                     && c.claims
@@ -616,7 +710,11 @@ mod tests {
             "meta": {"type_values": [["https://www.w3.org/2018/credentials#VerifiableCredential",
                 "https://w3id.org/fedgate#PatientConsentCredential"]]},
         });
-        assert_eq!(query_kind(&q), Some(CredentialKind::PatientConsent));
+        let consent = json!({
+            "@context": [CREDENTIALS_V2, FEDGATE_CONTEXT],
+            "type": ["VerifiableCredential", "PatientConsentCredential"],
+        });
+        assert!(types_asked(&q, &expanded_types(&consent)));
         assert_eq!(query_format(&q), Some(ProofFormat::Jwt));
         let q = serde_json::json!({
             "format": "dc+sd-jwt",
@@ -638,5 +736,177 @@ mod tests {
             Some("https://other.example/vct/ClinicianPrivilegeCredential")
         ));
         assert!(!vct_asked(&q, None));
+    }
+
+    const VC: &str = "https://www.w3.org/2018/credentials#VerifiableCredential";
+    const PRIVILEGE: &str = "https://w3id.org/fedgate#ClinicianPrivilegeCredential";
+    const CONSENT: &str = "https://w3id.org/fedgate#PatientConsentCredential";
+    const OTHER: &str = "https://example.org#OtherCredential";
+
+    fn w3c_query(type_values: Value) -> Value {
+        json!({"id": "privilege", "format": "ldp_vc", "meta": {"type_values": type_values}})
+    }
+
+    /// A privilege as fedgate issues it: the VC Data Model 2.0 context and fedgate's.
+    fn privilege_doc() -> Value {
+        json!({
+            "@context": [CREDENTIALS_V2, FEDGATE_CONTEXT],
+            "type": ["VerifiableCredential", "ClinicianPrivilegeCredential"],
+            "issuer": "did:web:office.example",
+            "credentialSubject": {"id": "did:web:holder.example"},
+        })
+    }
+
+    fn stored(credential: Value, format: ProofFormat) -> StoredCredential {
+        StoredCredential {
+            id: "urn:uuid:1".into(),
+            kind: CredentialKind::ClinicianPrivilege,
+            format,
+            issuer: "did:web:office.example".into(),
+            subject: "did:web:holder.example".into(),
+            summary: String::new(),
+            valid_from: None,
+            valid_until: None,
+            imported_at: Utc::now(),
+            digest: String::new(),
+            claims: json!({"id": "did:web:holder.example",
+                "privileges": [{"facility": "did:web:gateway.example"}]}),
+            credential,
+            withdrawn: false,
+            withdrawn_at: None,
+            withdrawal_sent_to: Vec::new(),
+            registered_with: Vec::new(),
+        }
+    }
+
+    fn presented(q: &Value, held: &[StoredCredential]) -> usize {
+        matching(
+            q,
+            held,
+            "did:web:holder.example",
+            "did:web:gateway.example",
+            None,
+        )
+        .len()
+    }
+
+    #[test]
+    fn types_are_expanded_with_the_credentials_contexts() {
+        assert_eq!(expanded_types(&privilege_doc()), [VC, PRIVILEGE]);
+        // Without fedgate's context its type names are not fedgate's IRIs; an IRI or an
+        // undefined term is kept as written.
+        let doc = json!({
+            "@context": CREDENTIALS_V2,
+            "type": ["VerifiableCredential", "ClinicianPrivilegeCredential", OTHER],
+        });
+        assert_eq!(
+            expanded_types(&doc),
+            [VC, "ClinicianPrivilegeCredential", OTHER]
+        );
+    }
+
+    #[test]
+    fn a_credential_answers_an_alternative_wholly_among_its_types() {
+        let types = expanded_types(&privilege_doc());
+        // Every type of the one alternative, in any order.
+        assert!(types_asked(&w3c_query(json!([[VC, PRIVILEGE]])), &types));
+        assert!(types_asked(&w3c_query(json!([[PRIVILEGE, VC]])), &types));
+        assert!(types_asked(&w3c_query(json!([[PRIVILEGE]])), &types));
+        // One fedgate type is not enough when the alternative names another the
+        // credential does not have.
+        assert!(!types_asked(
+            &w3c_query(json!([[VC, PRIVILEGE, OTHER]])),
+            &types
+        ));
+        assert!(!types_asked(&w3c_query(json!([[VC, CONSENT]])), &types));
+        // Short names are not expanded IRIs.
+        assert!(!types_asked(
+            &w3c_query(json!([[
+                "VerifiableCredential",
+                "ClinicianPrivilegeCredential"
+            ]])),
+            &types
+        ));
+        // A later alternative answers when the first does not.
+        assert!(types_asked(
+            &w3c_query(json!([[VC, PRIVILEGE, OTHER], [VC, PRIVILEGE]])),
+            &types
+        ));
+        assert!(!types_asked(
+            &w3c_query(json!([[VC, PRIVILEGE, OTHER], [VC, CONSENT]])),
+            &types
+        ));
+    }
+
+    #[test]
+    fn a_malformed_type_values_is_refused_and_matches_nothing() {
+        let types = expanded_types(&privilege_doc());
+        for malformed in [
+            Value::Null,
+            json!([]),
+            json!([[]]),
+            json!([[VC, PRIVILEGE], []]),
+            json!([VC, PRIVILEGE]),
+            json!([[VC, 7]]),
+            json!({"0": [VC]}),
+        ] {
+            let q = w3c_query(malformed.clone());
+            assert!(type_values(&q).is_err(), "{malformed}");
+            assert!(!types_asked(&q, &types), "{malformed}");
+        }
+        let no_meta = json!({"id": "privilege", "format": "jwt_vc_json"});
+        assert!(type_values(&no_meta).is_err());
+        assert!(!types_asked(&no_meta, &types));
+    }
+
+    #[test]
+    fn stored_credentials_are_matched_by_their_own_types() {
+        let jwt = |doc: &Value| {
+            let part =
+                |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+            let header =
+                json!({"alg": "ES256", "kid": "did:web:office.example#k", "typ": "vc+jwt"});
+            format!("{}.{}.c2ln", part(&header), part(doc))
+        };
+        let ldp = stored(privilege_doc(), ProofFormat::DataIntegrity);
+        let bare = stored(Value::String(jwt(&privilege_doc())), ProofFormat::Jwt);
+        let enveloped = stored(
+            federation::credentials::embed_credential(&Value::String(jwt(&privilege_doc()))),
+            ProofFormat::Jwt,
+        );
+        for c in [&ldp, &bare, &enveloped] {
+            assert_eq!(stored_types(c), [VC, PRIVILEGE]);
+        }
+        let held = [ldp, bare];
+        let ask = |format: &str, type_values: Value| json!({"id": "privilege", "format": format, "meta": {"type_values": type_values}});
+        assert_eq!(
+            presented(&ask("ldp_vc", json!([[VC, PRIVILEGE]])), &held),
+            1
+        );
+        assert_eq!(
+            presented(&ask("jwt_vc_json", json!([[VC, PRIVILEGE]])), &held),
+            1
+        );
+        assert_eq!(
+            presented(&ask("ldp_vc", json!([[VC, PRIVILEGE, OTHER]])), &held),
+            0
+        );
+        assert_eq!(
+            presented(
+                &ask(
+                    "jwt_vc_json",
+                    json!([[VC, PRIVILEGE, OTHER], [PRIVILEGE, VC]])
+                ),
+                &held
+            ),
+            1
+        );
+        assert_eq!(presented(&ask("ldp_vc", json!([[]])), &held), 0);
+        // A stored credential whose types cannot be read answers nothing.
+        let unreadable = [stored(Value::String("not-a-jwt".into()), ProofFormat::Jwt)];
+        assert_eq!(
+            presented(&ask("jwt_vc_json", json!([[VC, PRIVILEGE]])), &unreadable),
+            0
+        );
     }
 }
