@@ -104,7 +104,11 @@ mod tests {
             cache.insert([i; 32], u32::from(i));
             assert!(cache.len() <= 8);
             // The hot entry is used between inserts, so it is never evicted.
-            assert_eq!(cache.get(&hot, |_| true), Some(0), "hot entry evicted at {i}");
+            assert_eq!(
+                cache.get(&hot, |_| true),
+                Some(0),
+                "hot entry evicted at {i}"
+            );
         }
         assert_eq!(cache.get(&[0u8; 32], |_| true), None, "old entry kept");
         assert_eq!(cache.get(&[99u8; 32], |_| true), Some(99));

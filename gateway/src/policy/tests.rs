@@ -935,7 +935,11 @@ fn policy_a_reload_starts_with_an_empty_cache() {
     holder.reload().unwrap();
     let d = holder.evaluate("clinical", &input);
     assert!(!d.allow);
-    assert!(reasons(&d).contains("closed for maintenance"), "{}", reasons(&d));
+    assert!(
+        reasons(&d).contains("closed for maintenance"),
+        "{}",
+        reasons(&d)
+    );
 }
 
 /// With no cache every decision is evaluated.
