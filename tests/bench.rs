@@ -66,6 +66,28 @@ fn exchange_with_two_holders() {
             .unwrap()
             > 0.0
     );
+    // Every request (and each holder's warm-up) took one decision, evaluated or remembered.
+    let d = &report["decisions"];
+    let all = d["evaluated"].as_u64().unwrap() + d["from_cache"].as_u64().unwrap();
+    assert!(all >= 22, "{d}");
+    assert!(d["evaluated"].as_u64().unwrap() >= 1, "{d}");
+}
+
+#[test]
+fn exchange_without_the_decision_cache_evaluates_every_decision() {
+    let report = bench(&[
+        "exchange",
+        "--holders",
+        "2",
+        "--requests",
+        "20",
+        "--decision-cache",
+        "0",
+    ]);
+    assert_common_shape(&report, "exchange", 20);
+    let d = &report["decisions"];
+    assert_eq!(d["from_cache"], 0, "{d}");
+    assert!(d["evaluated"].as_u64().unwrap() >= 22, "{d}");
 }
 
 #[test]

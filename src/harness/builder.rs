@@ -66,6 +66,7 @@ pub struct Custodian {
     records: Vec<PathBuf>,
     outbox_max_events: Option<usize>,
     nats_seed_file: Option<PathBuf>,
+    settings: String,
     config: String,
 }
 
@@ -77,6 +78,7 @@ impl Custodian {
             records: Vec::new(),
             outbox_max_events: None,
             nats_seed_file: None,
+            settings: String::new(),
             config: String::new(),
         }
     }
@@ -105,6 +107,12 @@ impl Custodian {
 
     pub fn outbox_max_events(mut self, n: usize) -> Custodian {
         self.outbox_max_events = Some(n);
+        self
+    }
+
+    /// Top-level keys of its config (`key = value` lines), before every table.
+    pub fn settings(mut self, toml: &str) -> Custodian {
+        self.settings.push_str(toml);
         self
     }
 
@@ -344,7 +352,7 @@ impl FederationBuilder {
         custodian: &Custodian,
         peers: &[u16],
     ) -> String {
-        let mut toml = String::new();
+        let mut toml = custodian.settings.clone();
         if self.status_push {
             toml.push_str(&format!(
                 "status_push = [\"{}v1/status/events\"]\n",

@@ -58,8 +58,13 @@ pub(super) fn ed25519_verify_us(message_len: usize) -> anyhow::Result<f64> {
 /// One policy decision of `domain` on the gateway's sample input with the repository's
 /// policies, µs.
 pub(super) async fn decision_us(policies: &Path, domain: &'static str) -> anyhow::Result<f64> {
-    let bundle =
-        gateway::policy::PolicyBundle::load(policies).map_err(|e| anyhow!("policies: {e}"))?;
+    // Every decision evaluated: the floor is the policy's work, not a cache lookup.
+    let options = gateway::policy::PolicyOptions {
+        cache_entries: 0,
+        ..gateway::policy::PolicyOptions::default()
+    };
+    let bundle = gateway::policy::PolicyBundle::load_with(policies, options)
+        .map_err(|e| anyhow!("policies: {e}"))?;
     tokio::task::spawn_blocking(move || {
         let input = gateway::policy::sample_input(domain);
         mean_us(Duration::from_millis(500), || {

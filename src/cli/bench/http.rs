@@ -56,6 +56,25 @@ impl Http {
         }
     }
 
+    /// The value of the counter `name` with `labels` (e.g. `result="hit"`) on a service's
+    /// `/metrics` page, if it is there.
+    pub(super) async fn counter(&self, base: &str, name: &str, labels: &str) -> Option<u64> {
+        let page = self
+            .client
+            .get(format!("{base}metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let series = format!("{name}{{{labels}}} ");
+        page.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+    }
+
     /// POSTs and returns the status and the body as it came.
     pub(super) async fn post_raw(&self, url: &str, body: &Value) -> anyhow::Result<(u16, Vec<u8>)> {
         let bytes = serde_json::to_vec(body)?;

@@ -211,6 +211,7 @@ pub(super) fn report_of(
         latency_ms: Latency::of(tally.latencies),
         challenge_latency_ms: Some(Latency::of(tally.challenges)),
         ingest: None,
+        decisions: None,
         server,
         load_generator_cores_busy: 0.0,
         floor,
@@ -413,12 +414,13 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
     let (fed, base, office_url, token, org, pid, gateway_token) = match &args.gateway {
         None => {
             let terms = contract(HOSPITAL_A, REQUESTER_ORG, &["clinical"], &["TREAT"]);
-            let fed = match &pg {
-                Some(pg) => {
-                    start_replicated_federation(&scratch.path, &terms, pg, args.replicas, &say)?
-                }
-                None => start_federation(&scratch.path, &terms, Vec::new(), &say)?,
-            };
+            let settings = args
+                .decision_cache
+                .map(|n| format!("policy_decision_cache_entries = {n}\n"))
+                .unwrap_or_default();
+            let replicated = pg.as_ref().map(|pg| (pg, args.replicas));
+            let fed =
+                start_exchange_federation(&scratch.path, &terms, &settings, replicated, &say)?;
             let gateway = fed.gateway(HOSPITAL_A)?;
             bases = fed.replicas(HOSPITAL_A).iter().map(|g| g.url()).collect();
             let base = gateway.url();
@@ -519,6 +521,7 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
     if bases.is_empty() {
         bases.push(base);
     }
+    let target_bases = bases.clone();
     let target = Target {
         bases,
         path: "v1/exchange/clinical",
@@ -533,6 +536,21 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
     let floor = request_floor(&root.join("policies"), "clinical", 1, rps).await?;
     let mut report = report_of("exchange", args.holders, tally, seconds, server, floor);
     report.load_generator_cores_busy = load;
+    let series = "fedgate_policy_decision_cache_total";
+    let mut decisions = (0, 0);
+    for b in &target_bases {
+        decisions.0 += http
+            .counter(b, series, "result=\"miss\"")
+            .await
+            .unwrap_or(0);
+        decisions.1 += http.counter(b, series, "result=\"hit\"").await.unwrap_or(0);
+    }
+    if decisions != (0, 0) {
+        report.decisions = Some(DecisionFigures {
+            evaluated: decisions.0,
+            from_cache: decisions.1,
+        });
+    }
     drop(fed);
     drop(scratch);
     Printed::of(&report, args.run.json)
@@ -893,6 +911,7 @@ pub(super) async fn ingest(args: IngestArgs) -> anyhow::Result<Printed> {
             max_checkpoint_interval_ms: max_gap.as_secs_f64() * 1e3,
             tree_size: last_size,
         }),
+        decisions: None,
         server,
         load_generator_cores_busy: load,
         floor,

@@ -83,6 +83,10 @@ pub struct ExchangeArgs {
     /// Concurrent holders (clinicians), each with its own DID, privilege and consent.
     #[arg(long, default_value_t = 50)]
     holders: usize,
+    /// Policy decisions the started gateway remembers (`policy_decision_cache_entries`;
+    /// 0 evaluates every decision). Default: the gateway's default.
+    #[arg(long)]
+    decision_cache: Option<usize>,
     /// FHIR resource types asked for in every request.
     #[arg(long, value_delimiter = ',', default_value = "Patient,Condition")]
     data_classes: Vec<String>,

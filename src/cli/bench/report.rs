@@ -24,6 +24,10 @@ pub(crate) struct Report {
     pub(crate) challenge_latency_ms: Option<Latency>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) ingest: Option<IngestFigures>,
+    /// Policy decisions of the gateway over the whole run (warm-up included), as its
+    /// metrics count them: evaluated, and answered from its decision cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) decisions: Option<DecisionFigures>,
     /// The server process under load.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) server: Option<ServerUsage>,
@@ -31,6 +35,12 @@ pub(crate) struct Report {
     /// with the server for them.
     pub(crate) load_generator_cores_busy: f64,
     pub(crate) floor: Floor,
+}
+
+#[derive(Serialize, Clone, Copy)]
+pub(crate) struct DecisionFigures {
+    pub(crate) evaluated: u64,
+    pub(crate) from_cache: u64,
 }
 
 #[derive(Serialize, Default, Clone, Copy)]
@@ -138,6 +148,15 @@ impl Report {
                 i.checkpoints, i.checkpoints_per_second, i.max_checkpoint_interval_ms
             ));
         }
+        if let Some(d) = &self.decisions {
+            let all = (d.evaluated + d.from_cache).max(1);
+            out.push_str(&format!(
+                "  decisions    {} evaluated, {} from the decision cache ({:.0} %)\n",
+                d.evaluated,
+                d.from_cache,
+                100.0 * d.from_cache as f64 / all as f64
+            ));
+        }
         let errors = if self.errors.is_empty() {
             "none".to_string()
         } else {
@@ -165,6 +184,17 @@ impl Report {
             "  floor        {:.1} µs per request ({}) = {:.0}/s on {} cores; measured is {:.3} of it\n",
             f.per_request_us, f.made_of, f.per_second, f.cores, f.ratio
         ));
+        if let Some(s) = &self.server {
+            if self.requests_per_second > 0.0 {
+                let cpu_us = s.cores_busy * 1e6 / self.requests_per_second;
+                out.push_str(&format!(
+                    "  server CPU   {:.0} µs per request = {:.2}× the floor's {:.0} µs\n",
+                    cpu_us,
+                    cpu_us / f.per_request_us.max(f64::MIN_POSITIVE),
+                    f.per_request_us
+                ));
+            }
+        }
         out
     }
 }

@@ -59,16 +59,16 @@ pub(super) fn start_federation(
     start_federation_with(dir, contracts, more_records, "", say)
 }
 
-/// [`start_federation`] with every service's state on `pg`, and hospital A's gateway as
-/// `replicas` processes sharing it.
-pub(super) fn start_replicated_federation(
+/// The federation of `bench exchange`: [`start_federation`] with top-level gateway
+/// `settings`, on `pg` with hospital A's gateway as `replicas` processes when given.
+pub(super) fn start_exchange_federation(
     dir: &Path,
     contracts: &str,
-    pg: &crate::harness::Postgres,
-    replicas: usize,
+    settings: &str,
+    replicated: Option<(&crate::harness::Postgres, usize)>,
     say: &dyn Fn(String),
 ) -> anyhow::Result<Federation> {
-    start_federation_on(dir, contracts, Vec::new(), "", Some((pg, replicas)), say)
+    start_federation_on(dir, contracts, Vec::new(), settings, "", replicated, say)
 }
 
 /// [`start_federation`], with more gateway configuration (TOML).
@@ -79,13 +79,14 @@ pub(super) fn start_federation_with(
     more_config: &str,
     say: &dyn Fn(String),
 ) -> anyhow::Result<Federation> {
-    start_federation_on(dir, contracts, more_records, more_config, None, say)
+    start_federation_on(dir, contracts, more_records, "", more_config, None, say)
 }
 
 fn start_federation_on(
     dir: &Path,
     contracts: &str,
     more_records: Vec<PathBuf>,
+    settings: &str,
     more_config: &str,
     replicated: Option<(&crate::harness::Postgres, usize)>,
     say: &dyn Fn(String),
@@ -104,6 +105,7 @@ fn start_federation_on(
         .gateway(
             Custodian::new(HOSPITAL_A)
                 .replicas(replicas)
+                .settings(settings)
                 .records(
                     fixtures("hospital-a")?
                         .into_iter()
