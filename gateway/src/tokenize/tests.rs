@@ -221,6 +221,24 @@ mod scrubbing {
         assert_eq!(out(&s, "<p>Arag&oacute;n</p>"), "<p>[redacted]</p>");
     }
 
+    /// Automata are kept by their patterns: a second patient whose values include the
+    /// first's and one more gets its own, and the first patient's is still right.
+    #[test]
+    fn kept_automata_answer_only_their_own_patterns() {
+        let della = |x: &mut Secrets| x.name(v("Della"));
+        let both = |x: &mut Secrets| {
+            x.name(v("Della"));
+            x.name(v("Hettinger"));
+        };
+        let first = scrubber(della, Generic::default());
+        let wider = scrubber(both, Generic::default());
+        let again = scrubber(della, Generic::default());
+        let text = "Della Hettinger seen today";
+        assert_eq!(out(&first, text), "[redacted] Hettinger seen today");
+        assert_eq!(out(&wider, text), "[redacted] [redacted] seen today");
+        assert_eq!(out(&again, text), "[redacted] Hettinger seen today");
+    }
+
     #[test]
     fn names_are_matched_by_part() {
         let s = scrubber(
