@@ -23,12 +23,12 @@ mod support;
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use federation::keys::{KeyAlgorithm, KeyPair};
 use fedgate::harness::{Gateway, GatewaySpec, Office};
 use serde_json::{json, Value};
-use support::{exe, office_jwk, repo};
+use support::{exe, node_peer, office_jwk, repo, spawn_node};
 
 const OFFICE: &str = "did:web:credentialing.test";
 const HOSPITAL: &str = "did:web:hospital-a.test";
@@ -46,21 +46,13 @@ fn training_context() -> Value {
 /// Runs the peer script with `input` on stdin; its JSON answer, or a panic that says what
 /// is missing.
 fn peer(mode: &str, input: &Value) -> (bool, Value) {
-    let dir = repo("tests/peers");
-    assert!(
-        dir.join("node_modules/@digitalbazaar/vc").is_dir()
-            && dir.join("node_modules/jose").is_dir(),
-        "the interop peers are not installed: run scripts/peers (npm ci in tests/peers)"
+    let mut child = spawn_node(
+        node_peer("vc-interop.mjs", &["@digitalbazaar/vc", "jose"])
+            .arg(mode)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
     );
-    let mut child = Command::new("node")
-        .arg(dir.join("vc-interop.mjs"))
-        .arg(mode)
-        .current_dir(&dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("node is needed for the interop test and did not start: {e}"));
     child
         .stdin
         .take()
@@ -76,22 +68,18 @@ fn peer(mode: &str, input: &Value) -> (bool, Value) {
 
 /// Runs tests/peers/sd-jwt-interop.mjs with `input` on stdin.
 fn sd_jwt_peer(mode: &str, input: &Value) -> (bool, Value) {
-    let dir = repo("tests/peers");
-    assert!(
-        dir.join("node_modules/@sd-jwt/sd-jwt-vc").is_dir()
-            && dir.join("node_modules/@sd-jwt/crypto-nodejs").is_dir()
-            && dir.join("node_modules/@sd-jwt/jwt-status-list").is_dir(),
-        "the SD-JWT interop peers are not installed: run scripts/peers (npm ci in tests/peers)"
+    let packages = [
+        "@sd-jwt/sd-jwt-vc",
+        "@sd-jwt/crypto-nodejs",
+        "@sd-jwt/jwt-status-list",
+    ];
+    let mut child = spawn_node(
+        node_peer("sd-jwt-interop.mjs", &packages)
+            .arg(mode)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
     );
-    let mut child = Command::new("node")
-        .arg(dir.join("sd-jwt-interop.mjs"))
-        .arg(mode)
-        .current_dir(&dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("node is needed for the interop test and did not start: {e}"));
     child
         .stdin
         .take()

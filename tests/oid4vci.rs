@@ -793,17 +793,14 @@ async fn a_jwk_proof_makes_the_subject_the_did_jwk_of_that_key() {
 /// Runs the independent wallet (tests/peers/oid4vci-wallet.mjs: `@openid4vc/openid4vci`
 /// 0.4.6) against an offer; its JSON answer.
 fn independent_wallet(offer: &str, tx_code: &str, format: &str) -> (bool, Value) {
-    let dir = support::repo("tests/peers");
-    assert!(
-        dir.join("node_modules/@openid4vc/openid4vci").is_dir(),
-        "the interop peers are not installed: run scripts/peers (npm ci in tests/peers)"
-    );
-    let out = std::process::Command::new("node")
-        .arg(dir.join("oid4vci-wallet.mjs"))
-        .args([offer, tx_code, format])
-        .current_dir(&dir)
-        .output()
-        .unwrap_or_else(|e| panic!("node is needed for the interop test and did not start: {e}"));
+    let out = support::spawn_node(
+        support::node_peer("oid4vci-wallet.mjs", &["@openid4vc/openid4vci"])
+            .args([offer, tx_code, format])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    )
+    .wait_with_output()
+    .unwrap();
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
         panic!(
             "oid4vci-wallet.mjs gave no answer: {}",
@@ -951,26 +948,16 @@ impl PeerIssuer {
     /// saying so: it never skips.
     fn start(options: Value) -> PeerIssuer {
         use std::io::{BufRead, Write};
-        let dir = support::repo("tests/peers");
-        for package in [
+        let packages = [
             "@openid4vc/openid4vci",
             "@openid4vc/oauth2",
             "@sd-jwt/sd-jwt-vc",
-        ] {
-            assert!(
-                dir.join("node_modules").join(package).is_dir(),
-                "the interop peers are not installed: run scripts/peers (npm ci in tests/peers)"
-            );
-        }
-        let mut child = std::process::Command::new("node")
-            .arg(dir.join("oid4vci-issuer.mjs"))
-            .current_dir(&dir)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("node is needed for the interop test and did not start: {e}")
-            });
+        ];
+        let mut child = support::spawn_node(
+            support::node_peer("oid4vci-issuer.mjs", &packages)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped()),
+        );
         let mut input = json!({
             "did": PEER_ISSUER,
             "subject": {

@@ -12,7 +12,7 @@ use federation::credentials::{self, CredentialKind, PresentationBinding, ProofFo
 use federation::keys::{KeyAlgorithm, KeyPair};
 use fedgate::harness::{contract, fixture_patient, Gateway, GatewaySpec, Office, MRN_SYSTEM};
 use serde_json::{json, Value};
-use support::{exe, repo, CUSTODIAN, OFFICE, REQUESTER_ORG};
+use support::{exe, node_peer, repo, spawn_node, CUSTODIAN, OFFICE, REQUESTER_ORG};
 
 struct Fed {
     office: Office,
@@ -698,19 +698,12 @@ async fn sd_jwt_vc_selective_disclosure_by_openid4vp() {
 /// package (`scripts/peers` installs it) this fails, saying so: it never skips.
 fn openid4vp_peer(input: &Value) -> Value {
     use std::io::Write;
-    let dir = repo("tests/peers");
-    assert!(
-        dir.join("node_modules/@openid4vc/openid4vp").is_dir(),
-        "the interop peers are not installed: run scripts/peers (npm ci in tests/peers)"
+    let mut child = spawn_node(
+        node_peer("oid4vp-interop.mjs", &["@openid4vc/openid4vp"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
     );
-    let mut child = std::process::Command::new("node")
-        .arg(dir.join("oid4vp-interop.mjs"))
-        .current_dir(&dir)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("node is needed for the interop test and did not start: {e}"));
     child
         .stdin
         .take()
@@ -811,19 +804,14 @@ struct PeerVerifier {
 
 fn peer_verifier(input: &Value) -> PeerVerifier {
     use std::io::{BufRead, Write};
-    let dir = repo("tests/peers");
-    assert!(
-        dir.join("node_modules/@openid4vc/openid4vp").is_dir()
-            && dir.join("node_modules/@sd-jwt/sd-jwt-vc").is_dir(),
-        "the interop peers are not installed: run scripts/peers (npm ci in tests/peers)"
-    );
-    let mut child = std::process::Command::new("node")
-        .arg(dir.join("oid4vp-verifier.mjs"))
-        .current_dir(&dir)
+    let mut child = spawn_node(
+        node_peer(
+            "oid4vp-verifier.mjs",
+            &["@openid4vc/openid4vp", "@sd-jwt/sd-jwt-vc"],
+        )
         .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("node is needed for the interop test and did not start: {e}"));
+        .stdout(std::process::Stdio::piped()),
+    );
     child
         .stdin
         .take()

@@ -28,6 +28,27 @@ pub fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
+/// `node tests/peers/<script>` in tests/peers, once each of `packages` is installed there:
+/// without them the test fails, saying how to install them; it never skips.
+pub fn node_peer(script: &str, packages: &[&str]) -> Command {
+    let dir = repo("tests/peers");
+    for package in packages {
+        assert!(
+            dir.join("node_modules").join(package).is_dir(),
+            "the interop peers are not installed: run scripts/peers (npm ci in tests/peers)"
+        );
+    }
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join(script)).current_dir(&dir);
+    cmd
+}
+
+/// Starts a [`node_peer`] command, failing the test if node itself is missing.
+pub fn spawn_node(cmd: &mut Command) -> Child {
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("node is needed for the interop test and did not start: {e}"))
+}
+
 /// The tests' federation in `dir`: auditors may log in, and receipts come quickly.
 pub fn federation(dir: &Path) -> FederationBuilder {
     Federation::builder(&exe(), dir, OFFICE, VISIBILITY)
