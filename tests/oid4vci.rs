@@ -254,11 +254,7 @@ fn wallet_trusting(dir: &Path, trust: &Value) -> String {
         .args(["wallet", "--json", "init", "--dir", dir.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_ok(&out);
     let init: Value = serde_json::from_slice(&out.stdout).unwrap();
     std::fs::write(dir.join("trust.json"), trust.to_string()).unwrap();
     init["did"].as_str().unwrap().to_string()
@@ -404,11 +400,7 @@ async fn the_wallet_receives_each_format_by_value_and_by_reference() {
             ])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        support::assert_ok(&out);
         let offer: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
         assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
@@ -1026,11 +1018,7 @@ fn list(dir: &Path) -> Vec<Value> {
         .args(["wallet", "--json", "list", "--dir", dir.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_ok(&out);
     serde_json::from_slice::<Value>(&out.stdout)
         .unwrap()
         .as_array()

@@ -305,11 +305,7 @@ async fn authorization_request_to_records_same_device_and_cross_device_in_each_f
             ])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        support::assert_ok(&out);
         let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(printed, json!({}));
         let (status, _) = collect(
@@ -988,11 +984,7 @@ async fn fedgate_wallet_presents_an_sd_jwt_vc_to_an_independent_openid4vp_verifi
             .args(["--dev", "--json", &peer.url])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        support::assert_ok(&out);
         let outcome = peer.outcome();
         assert_eq!(outcome["ok"], true, "{outcome}");
         assert_eq!(outcome["type"], "dcql", "{outcome}");

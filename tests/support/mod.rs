@@ -43,6 +43,15 @@ pub fn node_peer(script: &str, packages: &[&str]) -> Command {
     cmd
 }
 
+/// Fails the test, with the command's stderr, unless it exited with success.
+pub fn assert_ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Starts a [`node_peer`] command, failing the test if node itself is missing.
 pub fn spawn_node(cmd: &mut Command) -> Child {
     cmd.spawn()
