@@ -1,31 +1,40 @@
-//! Decision latency per domain, beside raw regorus on the same prepared engine.
+//! Decision latency per domain, beside raw regorus on the same policies.
 //!
 //! First a fixed run per domain (20,000 evaluations, interleaved) prints p50/p99 of
-//! - `decision`: `PolicyBundle::evaluate` with its decision cache off (serializing and
-//!   hashing the input, clone, input conversion, eval, decoding, checks): every decision
-//!   that is not a repeat within the same second,
+//! - `decision`: `PolicyBundle::evaluate` as the gateway runs it (compiled VM) with its
+//!   decision cache off (serializing and hashing the input, input conversion, the run,
+//!   decoding, checks): every decision that is not a repeat within the same second,
+//! - `interp`: the same with `policy_engine = "interpreter"`,
 //! - `cached`: `PolicyBundle::evaluate` of an input it decided before (a cache hit:
 //!   serializing and hashing the input, a lookup, a clone of the decision),
-//! - `raw`: a fresh clone of the same prepared engine, `set_input` of an already converted
-//!   input, `eval_rule` of the same rule,
-//! - `rvm`: the same rule compiled for regorus' VM (strict builtins, instruction limit,
-//!   timer), with the number of inputs on which it disagrees with the interpreter,
+//! - `raw`: a fresh clone of the prepared interpreter, `set_input` of an already converted
+//!   input, `eval_rule` of the same rule (the "raw regorus"),
+//! - `rvm`: the same rule compiled for regorus's VM, run on an already converted input,
+//!   with the number of sample inputs on which it agrees with the interpreter,
 //!
-//! then criterion measures `decision` and `raw` again. `FEDGATE_BENCH_N` changes the count.
+//! then criterion measures `decision`, `decision-cached` and `raw` again.
+//! `FEDGATE_BENCH_N` changes the count; `FEDGATE_BENCH_POLICIES` measures another bundle.
 
 use std::hint::black_box;
+
+use sha2::Digest;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use gateway::policy::{
-    decision_rule, sample_input, PolicyBundle, PolicyInput, PolicyOptions, DOMAINS,
+    decision_rule, sample_input, sample_inputs, EngineKind, PolicyBundle, PolicyInput,
+    PolicyOptions, DOMAINS,
 };
 use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::RegoVM;
 use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{Rc, Value};
+
+// As in the fedgate binary: allocation is a good part of a decision.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -61,36 +70,19 @@ fn vm_for(bundle: &PolicyBundle, domain: &str) -> Result<RegoVM, String> {
     Ok(vm)
 }
 
-/// Inputs that take the allow path and some deny paths of each domain.
-fn inputs(domain: &str) -> Vec<PolicyInput> {
-    let base = sample_input(domain);
-    let mut out = vec![base.clone()];
-    let mut no_consent = base.clone();
-    no_consent.consents.clear();
-    out.push(no_consent);
-    let mut other_org = base.clone();
-    other_org.request.requester_org = Some("did:web:other.example".into());
-    out.push(other_org);
-    let mut emergency = base.clone();
-    emergency.consents.clear();
-    emergency.request.purpose = "ETREAT".into();
-    emergency.request.justification = "unconscious patient, no consent on file".into();
-    out.push(emergency);
-    out
-}
-
 /// The input as raw regorus takes it, converted once outside the measurement.
 fn engine_value(input: &PolicyInput) -> Value {
     Value::from(serde_json::to_value(input).unwrap_or_default())
 }
 
-fn fixed_run(bundle: &PolicyBundle, cached: &PolicyBundle, n: usize) {
+fn fixed_run(bundle: &PolicyBundle, interp: &PolicyBundle, cached: &PolicyBundle, n: usize) {
     println!("decision latency, {n} evaluations per domain (sample allow input), µs");
     println!(
-        "{:<11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>9} {:>10}",
+        "{:<11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>9} {:>10}",
         "domain",
         "dec p50",
         "dec p99",
+        "interp",
         "hit p50",
         "hit p99",
         "raw p50",
@@ -108,6 +100,7 @@ fn fixed_run(bundle: &PolicyBundle, cached: &PolicyBundle, n: usize) {
         let mut vm = vm_for(bundle, domain);
 
         let mut dec = Vec::with_capacity(n);
+        let mut int = Vec::with_capacity(n);
         let mut hit = Vec::with_capacity(n);
         let mut raw = Vec::with_capacity(n);
         black_box(cached.evaluate(domain, &input));
@@ -116,6 +109,10 @@ fn fixed_run(bundle: &PolicyBundle, cached: &PolicyBundle, n: usize) {
             let t = Instant::now();
             black_box(bundle.evaluate(domain, black_box(&input)));
             dec.push(t.elapsed());
+
+            let t = Instant::now();
+            black_box(interp.evaluate(domain, black_box(&input)));
+            int.push(t.elapsed());
 
             let t = Instant::now();
             black_box(cached.evaluate(domain, black_box(&input)));
@@ -135,6 +132,7 @@ fn fixed_run(bundle: &PolicyBundle, cached: &PolicyBundle, n: usize) {
             }
         }
         dec.sort();
+        int.sort();
         hit.sort();
         raw.sort();
         rvm.sort();
@@ -142,7 +140,7 @@ fn fixed_run(bundle: &PolicyBundle, cached: &PolicyBundle, n: usize) {
         // Where the VM and the interpreter disagree, the VM is not a drop-in replacement.
         let agrees = match vm.as_mut() {
             Ok(vm) => {
-                let cases = inputs(domain);
+                let cases = sample_inputs(domain);
                 let same = cases
                     .iter()
                     .filter(|c| {
@@ -166,10 +164,11 @@ fn fixed_run(bundle: &PolicyBundle, cached: &PolicyBundle, n: usize) {
             percentile(&raw, 0.99),
         );
         println!(
-            "{:<11} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6.2}x {:>9.1} {:>9.1} {:>10}",
+            "{:<11} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6.2}x {:>9.1} {:>9.1} {:>10}",
             domain,
             us(d50),
             us(d99),
+            us(percentile(&int, 0.5)),
             us(percentile(&hit, 0.5)),
             us(percentile(&hit, 0.99)),
             us(r50),
@@ -181,6 +180,40 @@ fn fixed_run(bundle: &PolicyBundle, cached: &PolicyBundle, n: usize) {
         );
     }
     println!("targets: decision p50 <= 50 µs; hit p50 is a repeat of an input within its second");
+    stages(n);
+}
+
+/// p50 of the steps around the engine's run on the clinical sample: what a decision costs
+/// besides the policy.
+fn stages(n: usize) {
+    let input = sample_input("clinical");
+    let mut times: [Vec<Duration>; 4] = Default::default();
+    for _ in 0..n {
+        let t = Instant::now();
+        let bytes = serde_json::to_vec(black_box(&input)).unwrap_or_default();
+        times[0].push(t.elapsed());
+        let t = Instant::now();
+        black_box(sha2::Sha256::digest(&bytes));
+        times[1].push(t.elapsed());
+        let t = Instant::now();
+        let text = std::str::from_utf8(&bytes).unwrap_or_default();
+        black_box(Value::from_json_str(text).ok());
+        times[2].push(t.elapsed());
+        let t = Instant::now();
+        black_box(engine_value(&input));
+        times[3].push(t.elapsed());
+    }
+    for t in &mut times {
+        t.sort();
+    }
+    println!(
+        "clinical input ({} bytes), p50 µs: serialize {:.1}, SHA-256 {:.1}, parse into regorus {:.1} (via serde_json::Value {:.1})",
+        serde_json::to_vec(&input).map(|b| b.len()).unwrap_or_default(),
+        us(percentile(&times[0], 0.5)),
+        us(percentile(&times[1], 0.5)),
+        us(percentile(&times[2], 0.5)),
+        us(percentile(&times[3], 0.5)),
+    );
 }
 
 /// p50 of raw evaluations of single rules on the clinical sample: where the time goes.
@@ -202,10 +235,14 @@ fn rule_costs(bundle: &PolicyBundle, rules: &str, n: usize) {
 }
 
 fn main() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-    let load = |cache_entries| {
+    // FEDGATE_BENCH_POLICIES measures another bundle (a rewrite) against the same inputs.
+    let dir = std::env::var_os("FEDGATE_BENCH_POLICIES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"));
+    let load = |cache_entries, engine| {
         let options = PolicyOptions {
             cache_entries,
+            engine,
             ..PolicyOptions::default()
         };
         PolicyBundle::load_with(&dir, options).unwrap_or_else(|e| {
@@ -214,8 +251,12 @@ fn main() {
         })
     };
     // Misses are measured without the cache, hits with it.
-    let bundle = load(0);
-    let cached = load(gateway::policy::DEFAULT_DECISION_CACHE_ENTRIES);
+    let bundle = load(0, EngineKind::Vm);
+    let interp = load(0, EngineKind::Interpreter);
+    let cached = load(
+        gateway::policy::DEFAULT_DECISION_CACHE_ENTRIES,
+        EngineKind::Vm,
+    );
     let n = std::env::var("FEDGATE_BENCH_N")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -224,7 +265,7 @@ fn main() {
         rule_costs(&bundle, &rules, n);
         return;
     }
-    fixed_run(&bundle, &cached, n);
+    fixed_run(&bundle, &interp, &cached, n);
 
     let mut c = Criterion::default()
         .sample_size(30)
@@ -237,6 +278,9 @@ fn main() {
         let prepared = bundle.prepared_engine();
         c.bench_function(&format!("decision/{domain}"), |b| {
             b.iter(|| bundle.evaluate(domain, black_box(&input)))
+        });
+        c.bench_function(&format!("decision-interpreter/{domain}"), |b| {
+            b.iter(|| interp.evaluate(domain, black_box(&input)))
         });
         c.bench_function(&format!("decision-cached/{domain}"), |b| {
             b.iter(|| cached.evaluate(domain, black_box(&input)))
