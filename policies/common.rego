@@ -250,12 +250,6 @@ role_allowed(domain) := base | extra if {
 	)
 } else := set()
 
-# Some shift window at this custodian names the requester's role.
-shift_applies if {
-	some s in input.custodian.shifts
-	role in s.roles
-}
-
 in_shift if {
 	some s in input.custodian.shifts
 	role in s.roles
@@ -280,7 +274,14 @@ in_window(from, to, m) if {
 	m < to
 }
 
-shift_ok if not shift_applies
+# No shift window at this custodian names the requester's role, or one that does covers now.
+# Stated with `every` over the input rather than `not` of a rule: see "Fail closed under
+# the compiled VM" below.
+shift_ok if {
+	every s in input.custodian.shifts {
+		not input.privilege.subject.role in s.roles
+	}
+}
 
 shift_ok if in_shift
 
@@ -361,4 +362,66 @@ explicit_deny(domain) if {
 	consent_applies(c.subject, domain)
 	some k in c.subject.dataClasses
 	k in requested
+}
+
+# ---------------------------------------------------------------------------------------
+# Fail closed under the compiled VM
+# ---------------------------------------------------------------------------------------
+#
+# The gateway runs these policies compiled for regorus's VM, which leaves a rule whose body
+# fails (a date that cannot be read, a builtin error) undefined instead of failing the whole
+# decision, and `not` of an undefined rule is true. So in every domain an allow needs
+# `permitted`: a conjunction of facts each established positively, and nothing an allow
+# needs is the absence of a rule. A rule that fails can then only take an allow away. Under
+# `not` on the way to an allow stand only comparisons and memberships of the input itself.
+# The denials stay, for the reasons they give. The gateway's tests inject an error into
+# every rule body in turn and check that no deny becomes an allow.
+
+# Every consent presented is positively not an applicable deny for this request: a permit,
+# a deny about none of the requested types, or a deny shown not to apply. A deny whose
+# dates cannot be read is not cleared, so it blocks the request.
+no_deny_consent(domain) if {
+	every c in input.consents {
+		deny_cleared(c, domain)
+	}
+}
+
+deny_cleared(c, _) if c.subject.provision != "deny"
+
+deny_cleared(c, _) if {
+	c.subject.provision == "deny"
+	every k in c.subject.dataClasses {
+		not k in input.request.data_classes
+	}
+}
+
+deny_cleared(c, domain) if {
+	c.subject.provision == "deny"
+	consent_excluded(c.subject, domain)
+}
+
+# The consent positively speaks about another requester, custodian, domain, purpose or time.
+consent_excluded(s, _) if {
+	s.grantee.id != input.request.requester
+	s.grantee.id != input.request.requester_org
+}
+
+consent_excluded(s, _) if not input.custodian.did in s.custodians
+
+consent_excluded(s, domain) if not domain in s.domains
+
+consent_excluded(s, _) if not input.request.purpose in s.purposes
+
+consent_excluded(s, _) if time.parse_rfc3339_ns(s.period.start) > now_ns
+
+consent_excluded(s, _) if {
+	is_string(s.period.end)
+	time.parse_rfc3339_ns(s.period.end) <= now_ns
+}
+
+# A deny consent that neither is cleared nor could be shown to apply: its dates could not be
+# read. Only the compiled VM gets here (the interpreter fails the decision instead).
+unreadable_deny(domain) if {
+	not no_deny_consent(domain)
+	not explicit_deny(domain)
 }

@@ -93,6 +93,11 @@ pub struct GatewayConfig {
     /// included (whole seconds), and never after a policy reload.
     #[serde(default = "default_policy_decision_cache")]
     pub policy_decision_cache_entries: usize,
+    /// What makes policy decisions: `"vm"` (default; each domain's decision rule compiled
+    /// for regorus's VM, several times faster) or `"interpreter"` (regorus's interpreter,
+    /// for a bundle written for it; see policies/README.md, "Fail closed under the VM").
+    #[serde(default)]
+    pub policy_engine: crate::policy::EngineKind,
 }
 
 // One value per gateway, read once at start: the size of its variants does not matter.

@@ -178,6 +178,7 @@ impl GatewayState {
             crate::policy::PolicyOptions {
                 time_limit: Duration::from_millis(config.policy_time_limit_ms),
                 cache_entries: config.policy_decision_cache_entries,
+                engine: config.policy_engine,
             },
         ));
 

@@ -7,11 +7,12 @@
 //! undefined or malformed decision, an unknown domain, a bundle that failed to load — is a
 //! deny with a reason that never carries the input.
 //!
-//! Engine: the regorus interpreter, not its compiled VM. The VM is about twice as fast on
-//! these policies (`benches/decision.rs`) but reports some failures (rule conflicts, type
-//! errors outside builtins) as Undefined instead of an error, and under `not` an Undefined
-//! becomes true: a policy bug could then silently skip a deny consent or a shift check. With
-//! the interpreter and strict builtins every error fails the decision, which denies.
+//! Engines ([`EngineKind`]): decisions are made by each domain's rule compiled for
+//! regorus's VM (the default, [`super::vm`], which explains why that stays fail closed) or
+//! by the regorus interpreter. The interpreter always loads the bundle first: it checks
+//! every domain on a sample input, runs `policy test`, and is what the VM must agree with
+//! on the sample inputs before a bundle goes into service. With the interpreter and strict
+//! builtins every error fails the decision, which denies.
 //!
 //! Stack: the interpreter recurses over the policy's syntax tree. Recursive Rego functions
 //! are rejected at load (regorus accepts them, and a deep one overflows the stack and aborts
@@ -33,7 +34,8 @@ use sha2::{Digest, Sha256};
 
 use super::ast;
 use super::decision::Decision;
-use super::input::{sample_input, PolicyInput};
+use super::input::{sample_input, sample_inputs, PolicyInput};
+use super::vm::{Programs, VmFailure};
 
 /// Domains with a decision rule; a bundle must define all of them.
 pub const DOMAINS: [&str; 4] = ["clinical", "billing", "research", "detokenize"];
@@ -68,6 +70,10 @@ pub enum PolicyError {
     Impure(String),
     #[error("the {domain} decision fails on a sample input: {message}")]
     Check { domain: String, message: String },
+    #[error(
+        "the compiled VM cannot run this bundle: {0} (policy_engine = \"interpreter\" runs it)"
+    )]
+    Vm(String),
     #[error("policy engine: {0}")]
     Engine(String),
 }
@@ -79,6 +85,8 @@ pub struct PolicyOptions {
     pub time_limit: Duration,
     /// Decisions remembered per bundle (0: none), see [`PolicyBundle::evaluate`].
     pub cache_entries: usize,
+    /// What makes decisions.
+    pub engine: EngineKind,
 }
 
 impl Default for PolicyOptions {
@@ -86,8 +94,20 @@ impl Default for PolicyOptions {
         PolicyOptions {
             time_limit: DEFAULT_TIME_LIMIT,
             cache_entries: DEFAULT_DECISION_CACHE_ENTRIES,
+            engine: EngineKind::default(),
         }
     }
+}
+
+/// What makes decisions (`policy_engine` in the gateway's configuration).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// Each domain's decision rule compiled for regorus's VM; see [`super::vm`].
+    #[default]
+    Vm,
+    /// The regorus interpreter: slower, and an error anywhere fails the whole decision.
+    Interpreter,
 }
 
 /// Decisions a bundle remembers by default.
@@ -111,6 +131,8 @@ pub struct PolicyBundle {
     time_limit: Duration,
     /// Decisions this bundle made, by input; shared by clones, dropped with the bundle.
     cache: Arc<DecisionCache>,
+    /// The compiled decision rules, when the VM decides.
+    vm: Option<Arc<Programs>>,
 }
 
 /// Decisions already made, keyed by the SHA-256 of the domain and the input as serialized.
@@ -208,6 +230,17 @@ impl PolicyBundle {
             if let Some(call) = ast::impure_call(engine.get_modules()) {
                 return Err(PolicyError::Impure(call));
             }
+            let vm = match options.engine {
+                EngineKind::Interpreter => None,
+                EngineKind::Vm => {
+                    // Checked with the load's room, then armed with the decision's limit.
+                    let programs =
+                        Programs::compile(&engine, LOAD_TIME_LIMIT.max(options.time_limit))
+                            .map_err(PolicyError::Vm)?;
+                    check_vm_agrees(&engine, &programs)?;
+                    Some(Arc::new(programs.with_time_limit(options.time_limit)))
+                }
+            };
             set_time_limit(&mut engine, options.time_limit);
             Ok(PolicyBundle {
                 engine,
@@ -215,6 +248,7 @@ impl PolicyBundle {
                 files: files.into_iter().map(|f| f.name).collect(),
                 time_limit: options.time_limit,
                 cache: Arc::new(DecisionCache::new(options.cache_entries)),
+                vm,
             })
         })?
     }
@@ -263,9 +297,16 @@ impl PolicyBundle {
         else {
             return Decision::deny("policy evaluation failed: unusable input");
         };
-        let mut engine = self.engine.clone();
-        engine.set_input(converted);
-        let result = engine.eval_rule(decision_rule(domain));
+        let result = match &self.vm {
+            Some(programs) => programs.run(domain, converted).map_err(Failed::Vm),
+            None => {
+                let mut engine = self.engine.clone();
+                engine.set_input(converted);
+                engine
+                    .eval_rule(decision_rule(domain))
+                    .map_err(Failed::Interpreter)
+            }
+        };
         match result {
             Ok(value) => match decision_from_value(&value) {
                 Ok(d) => {
@@ -278,7 +319,7 @@ impl PolicyBundle {
                     Decision::deny(format!("policy evaluation failed: {why}"))
                 }
             },
-            Err(e) => match limit_hit(&e) {
+            Err(e) => match e.limit() {
                 Some(Limit::Time) => {
                     let limit = limit_text(self.time_limit);
                     tracing::warn!(domain, limit, "policy evaluation hit its time limit");
@@ -290,9 +331,13 @@ impl PolicyBundle {
                     tracing::warn!(domain, "policy evaluation hit its memory limit");
                     Decision::deny("policy evaluation failed: memory limit exceeded")
                 }
+                Some(Limit::Instructions) => {
+                    tracing::warn!(domain, "policy evaluation hit its instruction limit");
+                    Decision::deny("policy evaluation failed: instruction limit exceeded")
+                }
                 None => {
                     // Only where it failed: regorus messages can quote values from the input.
-                    tracing::warn!(domain, at = %error_location(&e), "policy evaluation error");
+                    tracing::warn!(domain, at = %e.location(), "policy evaluation error");
                     Decision::deny("policy evaluation failed: error")
                 }
             },
@@ -304,6 +349,80 @@ impl PolicyBundle {
     pub fn prepared_engine(&self) -> Engine {
         self.engine.clone()
     }
+}
+
+/// A bundle decided by the VM without the load's checks (sample inputs, agreement with the
+/// interpreter, purity): for testing what the VM makes of a bundle with injected errors,
+/// which the interpreter would refuse.
+#[cfg(test)]
+pub(super) fn vm_bundle_unchecked(
+    dir: &Path,
+    time_limit: Duration,
+) -> Result<PolicyBundle, PolicyError> {
+    let files = read_policy_files(dir, false)?;
+    let digest = digest_of(&files);
+    on_big_stack(move || {
+        let engine = engine_with(&files, time_limit)?;
+        let programs = Programs::compile(&engine, time_limit).map_err(PolicyError::Vm)?;
+        Ok(PolicyBundle {
+            engine,
+            digest,
+            files: files.into_iter().map(|f| f.name).collect(),
+            time_limit,
+            cache: Arc::new(DecisionCache::new(0)),
+            vm: Some(Arc::new(programs)),
+        })
+    })?
+}
+
+/// Why an evaluation gave no value.
+enum Failed {
+    Interpreter(anyhow::Error),
+    Vm(VmFailure),
+}
+
+impl Failed {
+    fn limit(&self) -> Option<Limit> {
+        match self {
+            Failed::Interpreter(e) => limit_hit(e),
+            Failed::Vm(VmFailure::Time) => Some(Limit::Time),
+            Failed::Vm(VmFailure::Memory) => Some(Limit::Memory),
+            Failed::Vm(VmFailure::Instructions) => Some(Limit::Instructions),
+            Failed::Vm(VmFailure::Error) => None,
+        }
+    }
+
+    /// Where it failed, never what with: messages can quote values from the input.
+    fn location(&self) -> String {
+        match self {
+            Failed::Interpreter(e) => error_location(e),
+            Failed::Vm(_) => "compiled decision".into(),
+        }
+    }
+}
+
+/// The VM must decide every sample input exactly as the interpreter does.
+fn check_vm_agrees(engine: &Engine, programs: &Programs) -> Result<(), PolicyError> {
+    for domain in DOMAINS {
+        for (i, input) in sample_inputs(domain).iter().enumerate() {
+            let Some(value) = engine_input(input) else {
+                return Err(PolicyError::Vm(format!(
+                    "{domain}: sample input does not serialize"
+                )));
+            };
+            let mut interpreter = engine.clone();
+            interpreter.set_input(value.clone());
+            let expected = interpreter.eval_rule(decision_rule(domain)).ok();
+            let compiled = programs.run(domain, value).ok();
+            if expected.is_none() || expected != compiled {
+                return Err(PolicyError::Vm(format!(
+                    "{domain}: it decides sample input {} differently from the interpreter",
+                    i + 1
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The input as the engine holds it: serialized once, here and nowhere else.
@@ -361,6 +480,7 @@ fn check_decision(d: Decision, input: &PolicyInput) -> Decision {
 enum Limit {
     Time,
     Memory,
+    Instructions,
 }
 
 /// The limit an evaluation error reports, if any: by type where regorus kept the
@@ -564,7 +684,7 @@ fn set_time_limit(engine: &mut Engine, limit: Duration) {
 }
 
 /// Work units between two clock reads of the execution timer.
-const TIMER_CHECK_INTERVAL: NonZeroU32 = match NonZeroU32::new(16) {
+pub(crate) const TIMER_CHECK_INTERVAL: NonZeroU32 = match NonZeroU32::new(16) {
     Some(n) => n,
     None => NonZeroU32::MIN,
 };

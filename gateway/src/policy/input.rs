@@ -459,3 +459,43 @@ pub fn sample_input(domain: &str) -> PolicyInput {
         }),
     }
 }
+
+/// The sample input of a domain and variations of it that take other paths through the
+/// policies (no consent, another organization, an emergency without consent, a deny
+/// consent, a nurse outside their shift): what the loader decides with both engines to
+/// check that they agree.
+pub fn sample_inputs(domain: &str) -> Vec<PolicyInput> {
+    let base = sample_input(domain);
+    let mut out = vec![base.clone()];
+
+    let mut no_consent = base.clone();
+    no_consent.consents.clear();
+    out.push(no_consent);
+
+    let mut other_org = base.clone();
+    other_org.request.requester_org = Some("did:web:other.example".into());
+    out.push(other_org);
+
+    let mut emergency = base.clone();
+    emergency.consents.clear();
+    emergency.request.purpose = "ETREAT".into();
+    emergency.request.justification = "unconscious patient, no consent on file".into();
+    out.push(emergency);
+
+    let mut refused = base.clone();
+    if let Some(first) = base.consents.first() {
+        let mut deny = first.clone();
+        deny.subject.provision = "deny".into();
+        deny.subject.data_classes = vec!["Condition".into(), "Claim".into()];
+        refused.consents.push(deny);
+    }
+    out.push(refused);
+
+    let mut night = base;
+    if let Some(p) = night.privilege.as_mut() {
+        p.subject.role = "nurse".into();
+    }
+    night.request.minute_of_day = 1300;
+    out.push(night);
+    out
+}

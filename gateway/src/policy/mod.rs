@@ -11,18 +11,22 @@ mod ast;
 mod decision;
 mod engine;
 mod input;
+mod vm;
 
 pub use decision::{Decision, Obligations, UnknownClass, IDENTIFIER_CLASSES};
 pub use engine::{
-    decision_rule, run_tests, DecisionCacheStats, PolicyBundle, PolicyError, PolicyHolder,
-    PolicyOptions, TestOutcome, TestReport, TestResult, DEFAULT_DECISION_CACHE_ENTRIES,
-    DEFAULT_TIME_LIMIT, DOMAINS, EVAL_STACK_BYTES,
+    decision_rule, run_tests, DecisionCacheStats, EngineKind, PolicyBundle, PolicyError,
+    PolicyHolder, PolicyOptions, TestOutcome, TestReport, TestResult,
+    DEFAULT_DECISION_CACHE_ENTRIES, DEFAULT_TIME_LIMIT, DOMAINS, EVAL_STACK_BYTES,
 };
 pub use input::{
     claims_of, holder_privilege, holder_study, is_self_issued, requester_org, sample_input,
-    Claimed, ConsentFacts, ConsentInput, ContractInput, CredentialInput, CustodianInput,
-    PolicyInput, PrivilegeFacts, RequestInput, StudyFacts, TokenInput, UnreadableClaims,
+    sample_inputs, Claimed, ConsentFacts, ConsentInput, ContractInput, CredentialInput,
+    CustodianInput, PolicyInput, PrivilegeFacts, RequestInput, StudyFacts, TokenInput,
+    UnreadableClaims,
 };
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod vm_tests;

@@ -159,12 +159,27 @@ fn policy_unknown_domain_is_denied() {
 
 #[test]
 fn policy_evaluation_error_is_a_deny_without_the_input() {
-    let holder = holder(&policies_dir());
     let mut input = sample_input("clinical");
     input.request.time = "MRN-4711 at noon".into();
-    let d = holder.evaluate("clinical", &input);
+    // The interpreter fails the whole decision.
+    let options = PolicyOptions {
+        engine: EngineKind::Interpreter,
+        ..slow_ok()
+    };
+    let interpreter = PolicyHolder::with_options(&policies_dir(), options);
+    let d = interpreter.evaluate("clinical", &input);
     assert!(!d.allow);
     assert_eq!(d.reasons, ["policy evaluation failed: error"]);
+    // The VM leaves every rule that needs the time undefined: still a deny, and no reason
+    // quotes the input.
+    let d = holder(&policies_dir()).evaluate("clinical", &input);
+    assert!(!d.allow, "{:?}", d.reasons);
+    assert!(!d.reasons.is_empty());
+    assert!(
+        d.reasons.iter().all(|r| !r.contains("MRN")),
+        "{:?}",
+        d.reasons
+    );
 }
 
 #[test]
