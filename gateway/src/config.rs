@@ -652,6 +652,16 @@ mod tests {
     }
 
     #[test]
+    fn policy_engine_is_the_vm_unless_the_interpreter_is_named() {
+        use crate::policy::EngineKind;
+        assert_eq!(with_records("").unwrap().policy_engine, EngineKind::Vm);
+        let config = with_records("policy_engine = \"interpreter\"\n").unwrap();
+        assert_eq!(config.policy_engine, EngineKind::Interpreter);
+        let err = with_records("policy_engine = \"wasm\"\n").unwrap_err();
+        assert!(err.contains("unknown variant `wasm`"), "{err}");
+    }
+
+    #[test]
     fn fhir_page_size_and_everything() {
         let fhir = "[records]\nsource = \"fhir\"\nurl = \"https://fhir.example/r4\"\n";
         let config = with_records(fhir).unwrap();

@@ -15,8 +15,8 @@ mod vm;
 
 pub use decision::{Decision, Obligations, UnknownClass, IDENTIFIER_CLASSES};
 pub use engine::{
-    decision_rule, run_tests, DecisionCacheStats, EngineKind, PolicyBundle, PolicyError,
-    PolicyHolder, PolicyOptions, TestOutcome, TestReport, TestResult,
+    decision_rule, engine_input, run_tests, DecisionCacheStats, EngineKind, PolicyBundle,
+    PolicyError, PolicyHolder, PolicyOptions, TestOutcome, TestReport, TestResult,
     DEFAULT_DECISION_CACHE_ENTRIES, DEFAULT_TIME_LIMIT, DOMAINS, EVAL_STACK_BYTES,
 };
 pub use input::{

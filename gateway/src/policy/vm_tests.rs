@@ -408,3 +408,81 @@ fn the_injection_finds_and_breaks_every_kind_of_body() {
     let block = inject(text, 2);
     assert!(block.contains(&format!("x if {{\n\t{INJECTED}\n\ta")));
 }
+
+#[test]
+fn a_bundle_the_vm_decides_differently_is_refused_at_load_and_runs_under_the_interpreter() {
+    // An error only on the "no consent" path: the interpreter fails that decision (a deny),
+    // the VM drops the failing rule and decides otherwise. The load says so and names the
+    // way out; the interpreter takes the same bundle.
+    let mut files = bundle_files(&policies_dir());
+    let clinical = files
+        .iter_mut()
+        .find(|(name, _)| name == "clinical.rego")
+        .unwrap();
+    clinical.1.push_str(
+        "\ndenials contains \"no consent at all\" if {\n\tcount(input.consents) == 0\n\tto_number(\"x\") == 0\n}\n",
+    );
+    let tmp = write_bundle(&files);
+    let err = PolicyBundle::load(tmp.path()).unwrap_err().to_string();
+    assert!(err.contains("decides sample input"), "{err}");
+    assert!(err.contains("policy_engine = \"interpreter\""), "{err}");
+    let options = PolicyOptions {
+        engine: EngineKind::Interpreter,
+        time_limit: std::time::Duration::from_secs(5),
+        ..PolicyOptions::default()
+    };
+    let bundle = PolicyBundle::load_with(tmp.path(), options).unwrap();
+    assert!(bundle.evaluate("clinical", &sample_input("clinical")).allow);
+}
+
+#[test]
+fn machines_are_shared_by_threads_deciding_at_once() {
+    let bundle = std::sync::Arc::new(vm(&policies_dir()));
+    let expected: Vec<(String, Decision)> = DOMAINS
+        .iter()
+        .flat_map(|d| {
+            variants(d)
+                .into_iter()
+                .map(move |(_, i)| (d.to_string(), i))
+        })
+        .map(|(d, i)| {
+            let decision = bundle.evaluate(&d, &i);
+            (d, decision)
+        })
+        .collect();
+    let inputs: Vec<(String, PolicyInput)> = DOMAINS
+        .iter()
+        .flat_map(|d| {
+            variants(d)
+                .into_iter()
+                .map(move |(_, i)| (d.to_string(), i))
+        })
+        .collect();
+    let inputs = std::sync::Arc::new(inputs);
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let bundle = bundle.clone();
+            let inputs = inputs.clone();
+            std::thread::Builder::new()
+                .stack_size(EVAL_STACK_BYTES)
+                .spawn(move || {
+                    // Each thread starts elsewhere, so different inputs run side by side.
+                    (0..inputs.len())
+                        .map(|k| (t * 7 + k) % inputs.len())
+                        .map(|k| (k, bundle.evaluate(&inputs[k].0, &inputs[k].1)))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap()
+        })
+        .collect();
+    for t in threads {
+        for (k, got) in t.join().unwrap() {
+            let want = &expected[k].1;
+            assert_eq!(
+                (got.allow, &got.reasons, &got.data_classes),
+                (want.allow, &want.reasons, &want.data_classes),
+                "input {k}"
+            );
+        }
+    }
+}
