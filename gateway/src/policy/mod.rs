@@ -11,6 +11,7 @@ mod ast;
 mod decision;
 mod engine;
 mod input;
+mod rego_value;
 mod vm;
 
 pub use decision::{Decision, Obligations, UnknownClass, IDENTIFIER_CLASSES};
