@@ -373,7 +373,8 @@ explicit_deny(domain) if {
 # decision, and `not` of an undefined rule is true. So in every domain an allow needs
 # `permitted`: a conjunction of facts each established positively, and nothing an allow
 # needs is the absence of a rule. A rule that fails can then only take an allow away. Under
-# `not` on the way to an allow stand only comparisons and memberships of the input itself.
+# `not` on the way to an allow stand only comparisons and memberships of the input itself,
+# or a choice between two allows that each need their own facts (clinical's not break_glass).
 # The denials stay, for the reasons they give. The gateway's tests inject an error into
 # every rule body in turn and check that no deny becomes an allow.
 

@@ -468,3 +468,47 @@ fn smart_key_writes_a_private_key_and_prints_what_to_register() {
     assert!(!again.status.success());
     assert_eq!(std::fs::read(&key).unwrap(), before);
 }
+
+#[test]
+fn policy_check_names_a_rule_whose_error_would_let_a_request_through() {
+    // The shipped bundle with billing's allow written the usual way (no denials, without
+    // `permitted`): under the compiled VM a failing denial rule lets requests through.
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&policies).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".rego") && !name.ends_with("_test.rego") {
+            let mut text = std::fs::read_to_string(entry.path()).unwrap();
+            if name == "billing.rego" {
+                let before = text.clone();
+                text = text.replace(
+                    "\tcount(denials) == 0\n\tpermitted\n",
+                    "\tcount(denials) == 0\n",
+                );
+                assert_ne!(text, before);
+            }
+            std::fs::write(dir.path().join(&name), text).unwrap();
+        }
+    }
+    let out = fedgate()
+        .args(["policy", "check", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("FAIL billing.rego:")
+                && l.contains("allows what the bundle denies")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("rule bodies injected"), "{stdout}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("does not fail closed under the compiled VM"),
+        "{stderr}"
+    );
+}

@@ -1,4 +1,5 @@
-//! `fedgate policy`: run the Rego policy tests (like `opa test`) and evaluate a decision.
+//! `fedgate policy`: run the Rego policy tests (like `opa test`), check that a bundle fails
+//! closed under the compiled VM, and evaluate a decision.
 
 use anyhow::anyhow;
 use std::path::PathBuf;
@@ -16,6 +17,13 @@ pub enum PolicyCommand {
         #[arg(long)]
         verbose: bool,
     },
+    /// Check that the bundle fails closed under the compiled VM: inject an error into every
+    /// rule body in turn and decide each domain's sample variants; fails if an error turns
+    /// a deny into an allow or widens an allow (policies/README.md, "Fail closed under the VM").
+    Check {
+        /// Folder of policies (its `*_test.rego` files are ignored).
+        dir: PathBuf,
+    },
     /// Evaluate one domain's decision for an input document (docs/gateway-contract.md §1).
     Eval {
         /// Folder of policies.
@@ -32,8 +40,29 @@ pub enum PolicyCommand {
 pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
     match cmd {
         PolicyCommand::Test { dir, verbose } => test(&dir, verbose),
+        PolicyCommand::Check { dir } => check(&dir),
         PolicyCommand::Eval { dir, domain, input } => eval(&dir, &domain, &input),
     }
+}
+
+fn check(dir: &std::path::Path) -> anyhow::Result<()> {
+    let report = policy::check_fail_closed(dir)?;
+    for finding in &report.findings {
+        println!("FAIL {finding}");
+    }
+    println!(
+        "{} rule bodies injected, {} inputs each: {} decisions changed, {} widened",
+        report.bodies,
+        report.inputs,
+        report.changed,
+        report.findings.len()
+    );
+    if !report.findings.is_empty() {
+        return Err(anyhow!(
+            "the bundle does not fail closed under the compiled VM: run it with policy_engine = \"interpreter\" or rewrite the rules named above"
+        ));
+    }
+    Ok(())
 }
 
 fn test(dir: &std::path::Path, verbose: bool) -> anyhow::Result<()> {

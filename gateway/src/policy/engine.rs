@@ -114,9 +114,9 @@ pub enum EngineKind {
 pub const DEFAULT_DECISION_CACHE_ENTRIES: usize = 4096;
 
 /// One policy file as read from disk.
-struct PolicyFile {
-    name: String,
-    content: String,
+pub(super) struct PolicyFile {
+    pub(super) name: String,
+    pub(super) content: String,
 }
 
 /// A loaded, checked and prepared set of policies.
@@ -351,14 +351,12 @@ impl PolicyBundle {
 }
 
 /// A bundle decided by the VM without the load's checks (sample inputs, agreement with the
-/// interpreter, purity): for testing what the VM makes of a bundle with injected errors,
-/// which the interpreter would refuse.
-#[cfg(test)]
-pub(super) fn vm_bundle_unchecked(
-    dir: &Path,
+/// interpreter, purity): for `policy check`, which injects errors the interpreter would
+/// refuse, to see what the VM makes of them.
+pub(super) fn vm_bundle_from(
+    files: Vec<PolicyFile>,
     time_limit: Duration,
 ) -> Result<PolicyBundle, PolicyError> {
-    let files = read_policy_files(dir, false)?;
     let digest = digest_of(&files);
     on_big_stack(move || {
         let engine = engine_with(&files, time_limit)?;
@@ -554,7 +552,10 @@ fn on_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T, PolicyError>
     })
 }
 
-fn read_policy_files(dir: &Path, with_tests: bool) -> Result<Vec<PolicyFile>, PolicyError> {
+pub(super) fn read_policy_files(
+    dir: &Path,
+    with_tests: bool,
+) -> Result<Vec<PolicyFile>, PolicyError> {
     let io = |source| PolicyError::Io {
         path: dir.to_path_buf(),
         source,
