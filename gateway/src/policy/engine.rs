@@ -235,8 +235,7 @@ impl PolicyBundle {
                 EngineKind::Vm => {
                     // Checked with the load's room, then armed with the decision's limit.
                     let programs =
-                        Programs::compile(&engine, LOAD_TIME_LIMIT.max(options.time_limit))
-                            .map_err(PolicyError::Vm)?;
+                        Programs::compile(&engine, LOAD_TIME_LIMIT.max(options.time_limit))?;
                     check_vm_agrees(&engine, &programs)?;
                     Some(Arc::new(programs.with_time_limit(options.time_limit)))
                 }
@@ -360,7 +359,7 @@ pub(super) fn vm_bundle_from(
     let digest = digest_of(&files);
     on_big_stack(move || {
         let engine = engine_with(&files, time_limit)?;
-        let programs = Programs::compile(&engine, time_limit).map_err(PolicyError::Vm)?;
+        let programs = Programs::compile(&engine, time_limit)?;
         Ok(PolicyBundle {
             engine,
             digest,

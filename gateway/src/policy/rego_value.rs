@@ -54,6 +54,15 @@ fn wrap(variant: &'static str, value: Value) -> Value {
     Value::from(outer)
 }
 
+/// `serialize_<int>` methods: each integer as the 64-bit integer of its sign.
+macro_rules! integers {
+    ($($method:ident: $t:ty => $wide:ty),* $(,)?) => {
+        $(fn $method(self, v: $t) -> Result<Value, Error> {
+            Ok(Value::from(<$wide>::from(v)))
+        })*
+    };
+}
+
 impl ser::Serializer for Serializer {
     type Ok = Value;
     type Error = Error;
@@ -68,29 +77,15 @@ impl ser::Serializer for Serializer {
     fn serialize_bool(self, v: bool) -> Result<Value, Error> {
         Ok(Value::from(v))
     }
-    fn serialize_i8(self, v: i8) -> Result<Value, Error> {
-        Ok(Value::from(i64::from(v)))
-    }
-    fn serialize_i16(self, v: i16) -> Result<Value, Error> {
-        Ok(Value::from(i64::from(v)))
-    }
-    fn serialize_i32(self, v: i32) -> Result<Value, Error> {
-        Ok(Value::from(i64::from(v)))
-    }
-    fn serialize_i64(self, v: i64) -> Result<Value, Error> {
-        Ok(Value::from(v))
-    }
-    fn serialize_u8(self, v: u8) -> Result<Value, Error> {
-        Ok(Value::from(u64::from(v)))
-    }
-    fn serialize_u16(self, v: u16) -> Result<Value, Error> {
-        Ok(Value::from(u64::from(v)))
-    }
-    fn serialize_u32(self, v: u32) -> Result<Value, Error> {
-        Ok(Value::from(u64::from(v)))
-    }
-    fn serialize_u64(self, v: u64) -> Result<Value, Error> {
-        Ok(Value::from(v))
+    integers! {
+        serialize_i8: i8 => i64,
+        serialize_i16: i16 => i64,
+        serialize_i32: i32 => i64,
+        serialize_i64: i64 => i64,
+        serialize_u8: u8 => u64,
+        serialize_u16: u16 => u64,
+        serialize_u32: u32 => u64,
+        serialize_u64: u64 => u64,
     }
     fn serialize_f32(self, v: f32) -> Result<Value, Error> {
         self.serialize_f64(f64::from(v))

@@ -31,7 +31,7 @@ use regorus::rvm::RegoVM;
 use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{Engine, Rc, Value};
 
-use super::engine::{decision_rule, DOMAINS, TIMER_CHECK_INTERVAL};
+use super::engine::{decision_rule, PolicyError, DOMAINS, TIMER_CHECK_INTERVAL};
 
 /// Instructions one decision may execute; the time limit is the real bound, this one
 /// stops a loop that never reads the clock.
@@ -65,16 +65,17 @@ struct Compiled {
 
 impl Programs {
     /// Compiles every domain's decision rule of a prepared engine.
-    pub(crate) fn compile(engine: &Engine, time_limit: Duration) -> Result<Programs, String> {
+    pub(crate) fn compile(engine: &Engine, time_limit: Duration) -> Result<Programs, PolicyError> {
         let mut domains = Vec::with_capacity(DOMAINS.len());
         for domain in DOMAINS {
             let rule = decision_rule(domain);
             let mut engine = engine.clone();
+            let failed = |text: String| PolicyError::Vm(format!("{domain}: {}", first_line(&text)));
             let policy = engine
                 .compile_with_entrypoint(&Rc::from(rule.as_str()))
-                .map_err(|e| format!("{domain}: {}", first_line(&e.to_string())))?;
+                .map_err(|e| failed(e.to_string()))?;
             let program = Compiler::compile_from_policy(&policy, &[rule.as_str()])
-                .map_err(|e| format!("{domain}: {}", first_line(&e.to_string())))?;
+                .map_err(|e| failed(e.to_string()))?;
             domains.push(Compiled {
                 domain,
                 program,
