@@ -284,7 +284,7 @@ impl PolicyBundle {
             return Decision::deny("no policy for this domain");
         }
         let unusable = || Decision::deny("policy evaluation failed: unusable input");
-        // The text for the key (a hit costs only this), the tree for the engine.
+        // The text for the key (a hit costs only this); regorus values for a miss.
         let Ok(serialized) = serde_json::to_vec(input) else {
             return unusable();
         };
