@@ -317,8 +317,7 @@ impl Wallet {
         };
         let credential_endpoint = endpoint("credential_endpoint")?;
         let nonce_endpoint = endpoint("nonce_endpoint")?;
-        let server_id =
-            authorization_server(&offer, &metadata).map_err(|r| protocol(&issuer, &r))?;
+        let server_id = authorization_server(&offer, &metadata)?;
         let authorization_server = client.url(&server_id)?;
         let as_metadata = client
             .get(&well_known(
@@ -430,10 +429,7 @@ impl Wallet {
 /// The identifier of the authorization server to redeem the code at (OpenID4VCI 1.0 §4.1.1,
 /// §12.2.4): the one the grant names, which must be one of the metadata's
 /// `authorization_servers`; else the first of those; else the credential issuer itself.
-fn authorization_server(
-    offer: &CredentialOffer,
-    metadata: &Value,
-) -> std::result::Result<String, String> {
+fn authorization_server(offer: &CredentialOffer, metadata: &Value) -> Result<String> {
     let listed: Vec<&str> = metadata
         .get("authorization_servers")
         .and_then(Value::as_array)
@@ -441,10 +437,13 @@ fn authorization_server(
         .unwrap_or_default();
     match (&offer.authorization_server, listed.first()) {
         (Some(named), _) if listed.contains(&named.as_str()) => Ok(named.clone()),
-        (Some(named), _) => Err(format!(
-            "the offer names the authorization server {}, which its metadata does not list",
-            sanitize(named)
-        )),
+        (Some(named), _) => Err(WalletError::IssuerProtocol {
+            url: offer.credential_issuer.clone(),
+            reason: format!(
+                "the offer names the authorization server {}, which its metadata does not list",
+                sanitize(named)
+            ),
+        }),
         (None, Some(first)) => Ok((*first).to_string()),
         (None, None) => Ok(offer.credential_issuer.clone()),
     }
@@ -587,7 +586,8 @@ mod tests {
             &offer,
             &json!({"authorization_servers": ["https://as-1.example"]}),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("does not list"), "{err}");
         assert!(authorization_server(&offer, &json!({})).is_err());
         named["grants"][PRE_AUTHORIZED_GRANT]["authorization_server"] = json!(1);
