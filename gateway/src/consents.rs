@@ -212,6 +212,18 @@ impl ConsentStore {
         }
     }
 
+    /// The issuer of a stored consent, read without the rest of it.
+    fn issuer_of(&self, id: &[u8]) -> Result<Option<String>, ConsentStoreError> {
+        #[derive(serde::Deserialize)]
+        struct Issuer {
+            issuer: String,
+        }
+        match self.consents.get(id)? {
+            Some(v) => Ok(Some(serde_json::from_slice::<Issuer>(&v)?.issuer)),
+            None => Ok(None),
+        }
+    }
+
     /// The suffixes (consent ids, DIDs) of the index entries under `prefix`.
     fn index_suffixes(tree: &Tree, prefix: &[u8]) -> Result<Vec<String>, ConsentStoreError> {
         let mut out = Vec::new();
@@ -304,15 +316,27 @@ impl ConsentStore {
     ) -> Result<Vec<String>, ConsentStoreError> {
         let prefix = index_prefix(patient_id);
         let mut dids = Self::index_suffixes(&self.links, &prefix)?;
-        for consent_id in Self::index_suffixes(&self.by_patient, &prefix)? {
-            let Some(c) = self.get(&consent_id)? else {
+        // The index holds each consent's patient DID; only its issuer is read from the
+        // consent, and only when a self-issued one must be linked to count.
+        for (key, did) in self.by_patient.scan_prefix(&prefix)? {
+            let Ok(did) = String::from_utf8(did) else {
                 continue;
             };
-            if !c.patient_did.is_empty()
-                && self.speaks_for(patient_id, &c.patient_did, &c.issuer, require_links)
-            {
-                dids.push(c.patient_did);
+            if did.is_empty() {
+                continue;
             }
+            if require_links {
+                let Some(consent_id) = key.get(prefix.len()..) else {
+                    continue;
+                };
+                let Some(issuer) = self.issuer_of(consent_id)? else {
+                    continue;
+                };
+                if !self.speaks_for(patient_id, &did, &issuer, require_links) {
+                    continue;
+                }
+            }
+            dids.push(did);
         }
         dids.sort();
         dids.dedup();
