@@ -192,11 +192,7 @@ impl std::fmt::Debug for Vault {
 /// HMAC-SHA256 over `parts` joined by 0x00, so that no two part lists give the same input
 /// as long as no part but the last contains a NUL byte.
 pub(crate) fn hmac_sha256(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
-    // A 32-byte HMAC key is zero-padded to the block size by the algorithm; doing it here
-    // makes the constructor infallible.
-    let mut block = Zeroizing::new([0u8; 64]);
-    block[..32].copy_from_slice(key);
-    let mut mac = <HmacSha256 as Mac>::new(&(*block).into());
+    let mut mac = keyed(key);
     for (i, part) in parts.iter().enumerate() {
         if i > 0 {
             mac.update(&[0]);
@@ -204,6 +200,39 @@ pub(crate) fn hmac_sha256(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
         mac.update(part);
     }
     mac.finalize().into_bytes().into()
+}
+
+fn keyed(key: &[u8; 32]) -> HmacSha256 {
+    // A 32-byte HMAC key is zero-padded to the block size by the algorithm; doing it here
+    // makes the constructor infallible.
+    let mut block = Zeroizing::new([0u8; 64]);
+    block[..32].copy_from_slice(key);
+    <HmacSha256 as Mac>::new(&(*block).into())
+}
+
+/// [`hmac_sha256`] of many part lists that share their first parts: the key and those
+/// parts are absorbed once, and each MAC then costs only its last part.
+#[derive(Clone)]
+pub(crate) struct HmacPrefix {
+    mac: HmacSha256,
+}
+
+impl HmacPrefix {
+    pub(crate) fn new(key: &[u8; 32], prefix: &[&[u8]]) -> HmacPrefix {
+        let mut mac = keyed(key);
+        for part in prefix {
+            mac.update(part);
+            mac.update(&[0]);
+        }
+        HmacPrefix { mac }
+    }
+
+    /// `hmac_sha256(key, [prefix..., last])`.
+    pub(crate) fn mac(&self, last: &[u8]) -> [u8; 32] {
+        let mut mac = self.mac.clone();
+        mac.update(last);
+        mac.finalize().into_bytes().into()
+    }
 }
 
 fn unb64(s: &str) -> Result<Vec<u8>, VaultError> {
@@ -539,6 +568,36 @@ impl Vault {
         hex::decode_to_slice(text, &mut secret)
             .map_err(|_| err("not 64 hex digits nor 32 raw bytes".into()))?;
         Ok(secret)
+    }
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::*;
+
+    #[test]
+    fn a_prefixed_mac_is_the_mac_of_all_its_parts() {
+        let key = [42u8; 32];
+        let prefix = HmacPrefix::new(&key, &[b"did:web:b.example", b"clinical", b"resource-ids"]);
+        for value in ["", "Patient/1", "Observation/\u{e9}-0001", &"x".repeat(200)] {
+            assert_eq!(
+                prefix.mac(value.as_bytes()),
+                hmac_sha256(
+                    &key,
+                    &[
+                        b"did:web:b.example",
+                        b"clinical",
+                        b"resource-ids",
+                        value.as_bytes()
+                    ]
+                ),
+                "{value}"
+            );
+        }
+        assert_eq!(
+            HmacPrefix::new(&key, &[]).mac(b"v"),
+            hmac_sha256(&key, &[b"v"])
+        );
     }
 }
 

@@ -1,17 +1,23 @@
 //! The engine's state for one response: the actions, the resource ids, the identifying
 //! values of the patient to scrub from free text, and the transforms of one value.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
 use super::classes::{classify_identifier, Action, IdentifierClass};
 use super::scrub::{Generic, Scrubber, Secrets};
-use super::{pseudonym, Obligations, TokenizeContext, TokenizeError, Withheld, PERSON_TYPES};
+use super::{pseudonym_text, Obligations, TokenizeContext, TokenizeError, Withheld, PERSON_TYPES};
+use crate::vault::HmacPrefix;
 
 pub(super) struct Engine<'a, 'c> {
     pub(super) ctx: &'a TokenizeContext<'c>,
-    pub(super) actions: HashMap<IdentifierClass, Action>,
+    /// The action of each class, by its place in [`IdentifierClass::ALL`]: looked up for
+    /// every element walked.
+    actions: [Action; IdentifierClass::ALL.len()],
+    /// The pseudonyms of this response, each computed once.
+    pseudonyms: RefCell<Pseudonyms>,
     /// Resource id → type, to resolve `urn:uuid:` references.
     pub(super) id_types: HashMap<String, String>,
     /// The values of the patient's direct identifiers that are not revealed, and the
@@ -36,13 +42,14 @@ impl<'a, 'c> Engine<'a, 'c> {
         ctx: &'a TokenizeContext<'c>,
         resources: &[Value],
     ) -> Self {
-        let actions = IdentifierClass::ALL
-            .into_iter()
-            .map(|c| (c, obligations.action(c)))
-            .collect();
+        let mut actions = [Action::Redact; IdentifierClass::ALL.len()];
+        for (slot, class) in actions.iter_mut().zip(IdentifierClass::ALL) {
+            *slot = obligations.action(class);
+        }
         let mut engine = Engine {
             ctx,
             actions,
+            pseudonyms: RefCell::new(Pseudonyms::default()),
             id_types: HashMap::new(),
             scrubber: Scrubber::new(Secrets::default(), Generic::default()),
             new_tokens: crate::vault::NewTokens::default(),
@@ -80,7 +87,12 @@ impl<'a, 'c> Engine<'a, 'c> {
     }
 
     pub(super) fn action(&self, class: IdentifierClass) -> Action {
-        self.actions.get(&class).copied().unwrap_or(Action::Redact)
+        IdentifierClass::ALL
+            .iter()
+            .position(|c| *c == class)
+            .and_then(|i| self.actions.get(i))
+            .copied()
+            .unwrap_or(Action::Redact)
     }
 
     /// Gathers the identifying values of every person (top level or contained) whose class
@@ -194,14 +206,9 @@ impl<'a, 'c> Engine<'a, 'c> {
         )?)
     }
 
+    /// [`pseudonym`](super::pseudonym) of `value` for this response's recipient and domain.
     pub(super) fn pseudonym(&self, class: IdentifierClass, value: &str) -> String {
-        pseudonym(
-            self.ctx.pseudonym_key,
-            self.ctx.recipient_org,
-            self.ctx.domain,
-            class.as_str(),
-            value,
-        )
+        self.pseudonyms.borrow_mut().get(self.ctx, class, value)
     }
 
     /// A string of a direct identifier under its class's action: `None` removes it.
@@ -268,6 +275,37 @@ impl<'a, 'c> Engine<'a, 'c> {
             }
             Action::Generalize | Action::Redact => None,
         }
+    }
+}
+
+/// The pseudonyms of one response. A record names the same resources again and again (every
+/// resource's subject, encounter, performer), and each pseudonym is an HMAC: each is
+/// computed once, with the key, recipient, domain and class absorbed once per class.
+#[derive(Default)]
+struct Pseudonyms {
+    /// Per class: the MAC with its prefix absorbed, and the pseudonyms made so far.
+    classes: HashMap<IdentifierClass, (HmacPrefix, HashMap<String, String>)>,
+}
+
+impl Pseudonyms {
+    fn get(&mut self, ctx: &TokenizeContext<'_>, class: IdentifierClass, value: &str) -> String {
+        let (prefix, known) = self.classes.entry(class).or_insert_with(|| {
+            let prefix = HmacPrefix::new(
+                ctx.pseudonym_key,
+                &[
+                    ctx.recipient_org.as_bytes(),
+                    ctx.domain.as_bytes(),
+                    class.as_str().as_bytes(),
+                ],
+            );
+            (prefix, HashMap::new())
+        });
+        if let Some(p) = known.get(value) {
+            return p.clone();
+        }
+        let p = pseudonym_text(&prefix.mac(value.as_bytes()));
+        known.insert(value.to_string(), p.clone());
+        p
     }
 }
 

@@ -108,14 +108,18 @@ pub fn pseudonym(
             value.as_bytes(),
         ],
     );
-    format!("{PSEUDONYM_PREFIX}{}", federation::b64::encode(&mac))
+    pseudonym_text(&mac)
+}
+
+/// A pseudonym as it is written: `p-` and the MAC in base64url.
+fn pseudonym_text(mac: &[u8; 32]) -> String {
+    format!("{PSEUDONYM_PREFIX}{}", federation::b64::encode(mac))
 }
 
 /// A pseudonym only the key holder can recompute, for the custodian's own records (e.g.
 /// the patient reference in access events): HMAC(key, purpose ‖ 0 ‖ value), prefixed `p-`.
 pub fn keyed_pseudonym(key: &[u8; 32], purpose: &str, value: &str) -> String {
-    let mac = hmac_sha256(key, &[purpose.as_bytes(), value.as_bytes()]);
-    format!("{PSEUDONYM_PREFIX}{}", federation::b64::encode(&mac))
+    pseudonym_text(&hmac_sha256(key, &[purpose.as_bytes(), value.as_bytes()]))
 }
 
 /// An element withheld from a response, for the OperationOutcome that says so. It names

@@ -1,10 +1,10 @@
 use chrono::{DateTime, Utc};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::classes::{classify_identifier, Action, IdentifierClass};
 use super::engine::Engine;
 use super::resources::{age_over_89, generalize_address};
-use super::{apply, Obligations, TokenizeContext};
+use super::{apply, pseudonym, Obligations, TokenizeContext};
 use crate::vault::Vault;
 
 #[test]
@@ -1128,4 +1128,65 @@ fn a_token_replaced_at_commit_is_replaced_in_the_output() {
         stored.as_str()
     );
     assert_eq!(resource["gender"], "female");
+}
+
+/// Pseudonyms computed once per response (and per class with the prefix absorbed once) are
+/// exactly [`pseudonym`]'s, which the custodian recomputes: the same value gives the same
+/// pseudonym in ids and references, other values, classes or recipients other ones.
+#[test]
+fn pseudonyms_of_a_response_are_those_the_custodian_recomputes() {
+    let (_d, vault) = context_parts();
+    let key = [5u8; 32];
+    let ctx_for = |recipient: &'static str| TokenizeContext {
+        recipient_org: recipient,
+        domain: "clinical",
+        pseudonym_key: &key,
+        vault: &vault,
+        now: Utc::now(),
+    };
+    let o = Obligations {
+        pseudonymize: vec!["patient-id".into(), "resource-ids".into()],
+        ..Obligations::default()
+    };
+    let resources: Vec<Value> = std::iter::once(json!({"resourceType": "Patient", "id": "p1"}))
+        .chain((0..40).map(|i| {
+            json!({"resourceType": "Observation", "id": format!("o{i}"),
+                   "subject": {"reference": "Patient/p1"},
+                   "encounter": {"reference": format!("Encounter/e{}", i % 3)},
+                   "hasMember": [{"reference": format!("Observation/o{}", (i + 1) % 40)}]})
+        }))
+        .collect();
+    let expected = |recipient: &str, class: &str, value: &str| {
+        pseudonym(&key, recipient, "clinical", class, value).replace('_', ".")
+    };
+    let out = apply(resources.clone(), &o, &ctx_for("did:web:b")).unwrap();
+    let patient = expected("did:web:b", "patient-id", "p1");
+    assert_eq!(out.resources[0]["id"], patient.as_str());
+    for (i, r) in out.resources[1..].iter().enumerate() {
+        let id = format!("Observation/o{i}");
+        assert_eq!(r["id"], expected("did:web:b", "resource-ids", &id).as_str());
+        assert_eq!(
+            r["subject"]["reference"],
+            format!("Patient/{patient}").as_str()
+        );
+        let encounter = format!("Encounter/e{}", i % 3);
+        let encounter = format!(
+            "Encounter/{}",
+            expected("did:web:b", "resource-ids", &encounter)
+        );
+        assert_eq!(r["encounter"]["reference"], encounter.as_str());
+        let member = format!("Observation/o{}", (i + 1) % 40);
+        let member = format!(
+            "Observation/{}",
+            expected("did:web:b", "resource-ids", &member)
+        );
+        assert_eq!(r["hasMember"][0]["reference"], member.as_str());
+    }
+    // Another recipient: every pseudonym differs.
+    let other = apply(resources, &o, &ctx_for("did:web:c")).unwrap();
+    assert_eq!(
+        other.resources[0]["id"],
+        expected("did:web:c", "patient-id", "p1").as_str()
+    );
+    assert_ne!(other.resources[0]["id"], out.resources[0]["id"]);
 }
