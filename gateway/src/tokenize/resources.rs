@@ -193,23 +193,20 @@ impl Engine<'_, '_> {
     }
 
     /// An identifier given outside `identifier`: an extension's (or a Task input's)
-    /// `valueIdentifier`, `valueId`, `valueOid` or `valueUuid` at `obj[key]`. The walk would
+    /// `valueIdentifier`, `valueId`, `valueOid` or `valueUuid` (`key: value`). The walk would
     /// only scrub it of the patient's known values, and an identifier nobody listed links
     /// every answer it is in. Typed as a person's (SSN, MRN, passport, driver's licence) it
     /// follows that class; otherwise it is one of the resource's business identifiers
     /// (`resource-ids`), or on a Patient or RelatedPerson one of theirs
     /// (`other-identifiers`). An id, OID or UUID has no pseudonym of its type and goes
-    /// unless its class is revealed.
+    /// unless its class is revealed. Whether it stays.
     pub(super) fn identifier_value(
         &mut self,
-        obj: &mut Map<String, Value>,
         key: &str,
+        value: &mut Value,
         ty: &str,
-    ) -> Result<(), TokenizeError> {
+    ) -> Result<bool, TokenizeError> {
         let person = PERSON_TYPES.contains(&ty);
-        let Some(value) = obj.get_mut(key) else {
-            return Ok(());
-        };
         let class = match (key, &*value) {
             ("valueIdentifier", ident) => match classify_identifier(ident) {
                 IdentifierClass::OtherIdentifiers if !person => IdentifierClass::ResourceIds,
@@ -238,11 +235,9 @@ impl Engine<'_, '_> {
                     self.protect_field(ident, "value", class)?;
                 }
             }
-            _ => {
-                obj.remove(key);
-            }
+            _ => return Ok(false),
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The DICOM UIDs of an ImagingStudy's series and instances: globally unique, the same

@@ -1,6 +1,8 @@
 //! The generic walk over every element that leaves: references, dates, narrative,
 //! attachments and free text; and the pruning of what removals left empty.
 
+use std::fmt::Write as _;
+
 use serde_json::{Map, Value};
 
 use super::classes::{classify_identifier, Action, IdentifierClass};
@@ -21,97 +23,100 @@ impl Engine<'_, '_> {
         let narrative = self.action(IdentifierClass::Narrative);
         let attachments = self.action(IdentifierClass::Attachments);
         let dates = self.action(IdentifierClass::Dates);
-        let keys: Vec<String> = obj.keys().cloned().collect();
-        for key in keys {
-            let Some(value) = obj.get_mut(&key) else {
-                continue;
-            };
+        // The entries are moved out and the kept ones put back in their order: no key is
+        // copied or looked up again. On an error the whole output is dropped (`apply`).
+        let entries = std::mem::replace(obj, Map::with_capacity(obj.len()));
+        for (key, mut value) in entries {
             let parent = self.path.len();
             self.path.push('.');
             self.path.push_str(&key);
-            if is_free_text(&key, value) && !matches!(narrative, Action::Reveal | Action::Keep) {
-                obj.remove(&key);
+            let keep = if is_free_text(&key, &value)
+                && !matches!(narrative, Action::Reveal | Action::Keep)
+            {
+                false
             } else if key == "presentedForm"
                 && !matches!(attachments, Action::Reveal | Action::Keep)
             {
-                obj.remove(&key);
                 self.withhold("", "attachments-redacted");
+                false
             } else {
-                if !shared && is_identifier_value(&key) {
-                    self.identifier_value(obj, &key, ty)?;
-                }
-                self.walk_entry(obj, &key, ty, shared, attachments, dates)?;
-            }
+                let kept = shared
+                    || !is_identifier_value(&key)
+                    || self.identifier_value(&key, &mut value, ty)?;
+                kept && self.walk_entry(&key, &mut value, ty, shared, attachments, dates)?
+            };
             self.path.truncate(parent);
+            if keep {
+                obj.insert(key, value);
+            }
         }
         Ok(())
     }
 
-    /// The element `obj[key]`, its path already in `self.path`.
+    /// The element `key: value` of an object, its path already in `self.path`; whether it
+    /// stays.
     fn walk_entry(
         &mut self,
-        obj: &mut Map<String, Value>,
         key: &str,
+        value: &mut Value,
         ty: &str,
         shared: bool,
         attachments: Action,
         dates: Action,
-    ) -> Result<(), TokenizeError> {
-        let Some(value) = obj.get_mut(key) else {
-            return Ok(());
-        };
+    ) -> Result<bool, TokenizeError> {
         match value {
             Value::Object(child) => {
                 if child.get("resourceType").and_then(Value::as_str).is_some() {
                     // A contained (or nested) resource gets the full treatment.
-                    return self.resource(child, true);
+                    self.resource(child, true)?;
+                    return Ok(true);
                 }
                 if is_attachment_key(key, ty) || looks_like_attachment(child) {
                     self.attachment(child, attachments);
                 }
-                self.walk_object(child, ty, shared)
+                self.walk_object(child, ty, shared)?;
+                Ok(true)
             }
             Value::Array(items) => {
                 let attachment = is_attachment_key(key, ty) || key == "presentedForm";
                 for (i, item) in items.iter_mut().enumerate() {
                     let parent = self.path.len();
-                    self.path.push_str(&format!("[{i}]"));
+                    // Writing into a String cannot fail.
+                    let _ = write!(self.path, "[{i}]");
                     let walked =
                         self.walk_item(item, key, ty, shared, attachment, attachments, dates);
                     self.path.truncate(parent);
                     walked?;
                 }
-                Ok(())
+                Ok(true)
             }
             Value::String(s) => {
                 if key == "birthDate" {
-                    return Ok(());
+                    return Ok(true);
                 }
                 if is_date_key(key) && looks_like_date(s) {
-                    match date_action(dates) {
+                    return Ok(match date_action(dates) {
                         // A date that is the hidden birth date (a condition recorded at
                         // birth) would give it away.
                         DateOp::Keep if !self.dates_shifted && self.scrubber.is_birth_date(s) => {
-                            obj.remove(key);
                             self.withhold("", "date-is-birth-date");
+                            false
                         }
-                        DateOp::Keep => {}
+                        DateOp::Keep => true,
                         DateOp::Year => {
                             let year = s[..4].to_string();
                             *s = year;
+                            true
                         }
-                        DateOp::Remove => {
-                            obj.remove(key);
-                        }
-                    }
-                    return Ok(());
+                        DateOp::Remove => false,
+                    });
                 }
                 if !shared {
                     self.scrub_string(key, s);
                 }
-                Ok(())
+                Ok(true)
             }
-            _ => Ok(()),
+            _ => Ok(true),
         }
     }
 
