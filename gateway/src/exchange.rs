@@ -443,47 +443,7 @@ async fn answer(
         patient_id,
     ));
 
-    // tokenize (the page is already cut to size)
-    let mut obligations = decision.obligations.clone();
-    obligations.max_records = None;
-    let recipient = ledger.requester_org.clone().unwrap_or_default();
-    let tokenized = state
-        .tokenize(
-            resources,
-            obligations,
-            recipient.clone(),
-            &ledger.domain,
-            ledger.time,
-        )
-        .await;
-    let tokenized = match tokenized {
-        Ok(tokenized) => tokenized,
-        Err(error) => {
-            return Err(state
-                .record_not_served(ledger, decision, NotServed::Preparation, error)
-                .await)
-        }
-    };
-    notes.extend(outcome::withheld(&tokenized.withheld));
-    let mut resources = tokenized.resources;
-    if decision.obligations.shift_dates {
-        let days = crate::dates::offset_days(&state.secret, patient_id, &recipient);
-        crate::dates::shift(&mut resources, days);
-        notes.push(outcome::Note {
-            code: "informational",
-            diagnostics: "every date is shifted by one offset for this patient and recipient: \
-                          intervals are exact, calendar dates are not"
-                .into(),
-            expression: None,
-        });
-    }
-
-    // record
-    state
-        .record(ledger, decision, resources.len() as u64)
-        .await?;
-
-    // respond
+    // The Bundle around the entries, so that they can be written where they are tokenized.
     let mut links = Vec::new();
     let page_url = |n: u32| -> String {
         let mut url = state.public_url.clone();
@@ -512,19 +472,79 @@ async fn answer(
     if !links.is_empty() {
         bundle["link"] = json!(links);
     }
-    // The entries are written one at a time, each resource dropped once written: the
-    // page and its JSON text are never held whole together.
     let bundle_error = |e: crate::bundle::BundleError| GatewayError::Internal(e.to_string());
-    let mut body = crate::bundle::BundleWriter::new(&bundle, 0).map_err(bundle_error)?;
-    for (i, r) in resources.into_iter().enumerate() {
-        // The patient heads every page; on later pages it is there for context.
-        let mode = if i < patients && number > 1 {
-            "include"
-        } else {
-            "match"
-        };
-        body.resource(&r, mode).map_err(bundle_error)?;
+    let body = match crate::bundle::BundleWriter::new(&bundle, 0) {
+        Ok(body) => body,
+        Err(e) => {
+            return Err(state
+                .record_not_served(ledger, decision, NotServed::Preparation, bundle_error(e))
+                .await)
+        }
+    };
+
+    // tokenize (the page is already cut to size), then write the entries on the same
+    // thread while the resources are in its cache: the event is recorded holding only bytes.
+    let mut obligations = decision.obligations.clone();
+    obligations.max_records = None;
+    let recipient = ledger.requester_org.clone().unwrap_or_default();
+    let shift = decision
+        .obligations
+        .shift_dates
+        .then(|| crate::dates::offset_days(&state.secret, patient_id, &recipient));
+    let write = move |tokenized: crate::tokenize::Tokenized| {
+        let mut body = body;
+        let mut resources = tokenized.resources;
+        if let Some(days) = shift {
+            crate::dates::shift(&mut resources, days);
+        }
+        let count = resources.len() as u64;
+        // Each resource is dropped once written: the page and its JSON text are never
+        // held whole together.
+        for (i, r) in resources.into_iter().enumerate() {
+            // The patient heads every page; on later pages it is there for context.
+            let mode = if i < patients && number > 1 {
+                "include"
+            } else {
+                "match"
+            };
+            body.resource(&r, mode)?;
+        }
+        Ok::<_, crate::bundle::BundleError>((body, tokenized.withheld, count))
+    };
+    let written = state
+        .tokenize(
+            resources,
+            obligations,
+            recipient,
+            &ledger.domain,
+            ledger.time,
+            write,
+        )
+        .await
+        .and_then(|w| w.map_err(bundle_error));
+    let (mut body, withheld, count) = match written {
+        Ok(written) => written,
+        Err(error) => {
+            return Err(state
+                .record_not_served(ledger, decision, NotServed::Preparation, error)
+                .await)
+        }
+    };
+    notes.extend(outcome::withheld(&withheld));
+    if shift.is_some() {
+        notes.push(outcome::Note {
+            code: "informational",
+            diagnostics: "every date is shifted by one offset for this patient and recipient: \
+                          intervals are exact, calendar dates are not"
+                .into(),
+            expression: None,
+        });
     }
+
+    // record
+    state.record(ledger, decision, count).await?;
+
+    // respond
     if let Some(entry) = outcome::entry(&notes) {
         body.entry(&entry).map_err(bundle_error)?;
     }

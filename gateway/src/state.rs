@@ -124,9 +124,11 @@ impl GatewayState {
             source,
         })?;
         let db = crate::db::open_configured(&config.storage, &config.data_dir)?;
+        // Replicas share the secret, so a challenge issued by one is answered at another.
         let nonces = Nonces::new(
             db.tree("nonces"),
             Duration::from_secs(config.challenge_ttl_secs),
+            crate::vault::hmac_sha256(&secret, &[b"fedgate/challenges"]),
         );
         let outbox = Outbox::open(&db, config.outbox_max_events);
         let consents = ConsentStore::open(&db)?;
@@ -438,15 +440,18 @@ impl GatewayState {
 
     /// Tokenizes what leaves, on the blocking pool: it hashes, encrypts and writes new
     /// tokens to the vault in one write (on disk before it returns), none of which may
-    /// stall the async workers.
-    pub async fn tokenize(
+    /// stall the async workers. Then runs `then` on the output on the same thread, while
+    /// the resources are still in that core's cache (the exchange writes them into the
+    /// response there, and holds only the bytes while the event is recorded).
+    pub async fn tokenize<T: Send + 'static>(
         &self,
         resources: Vec<Value>,
         obligations: Obligations,
         recipient_org: String,
         domain: &str,
         now: DateTime<Utc>,
-    ) -> Result<crate::tokenize::Tokenized, GatewayError> {
+        then: impl FnOnce(crate::tokenize::Tokenized) -> T + Send + 'static,
+    ) -> Result<T, GatewayError> {
         let vault = self.vault.clone();
         let key = self.secret;
         let domain = domain.to_string();
@@ -458,7 +463,7 @@ impl GatewayState {
                 vault: &vault,
                 now,
             };
-            crate::tokenize::apply(resources, &obligations, &ctx)
+            crate::tokenize::apply(resources, &obligations, &ctx).map(then)
         })
         .await
         .map_err(|e| GatewayError::Internal(format!("tokenization aborted: {e}")))?
