@@ -143,13 +143,9 @@ struct Challenge {
 /// A single-use challenge for a presentation.
 #[utoipa::path(post, path = "/v1/challenges", tag = "exchange",
     responses((status = 200, description = "Challenge", body = Challenge), Unavailable))]
-async fn challenge(State(s): AppState) -> Result<Response, GatewayError> {
-    let (challenge, expires) = s
-        .nonces
-        .issue()
-        .await
-        .map_err(|e| GatewayError::Unavailable(e.to_string()))?;
-    Ok((
+async fn challenge(State(s): AppState) -> Response {
+    let (challenge, expires) = s.nonces.issue();
+    (
         StatusCode::OK,
         Json(Challenge {
             challenge,
@@ -157,7 +153,7 @@ async fn challenge(State(s): AppState) -> Result<Response, GatewayError> {
             expires_at: federation::time::rfc3339(expires),
         }),
     )
-        .into_response())
+        .into_response()
 }
 
 /// Clinical or billing records of one patient, tokenized per policy.

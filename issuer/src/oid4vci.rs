@@ -245,6 +245,9 @@ impl Oid4vci {
             nonces: Nonces::new(
                 db.tree("oid4vci_nonces"),
                 std::time::Duration::from_secs(nonce_ttl),
+                // c_nonces are answered only by this issuer: a restart makes the
+                // outstanding ones unknown, and a wallet asks for a new one (`invalid_nonce`).
+                Nonces::random_key(),
             ),
             resolver,
         }

@@ -1321,13 +1321,7 @@ async fn token(
 #[utoipa::path(post, path = "/oid4vci/nonce", tag = "openid4vci",
     responses((status = 200, description = "`{c_nonce}` (Cache-Control: no-store)", body = Object)))]
 async fn nonce(State(s): AppState) -> Result<Response, IssuerError> {
-    let (c_nonce, _) = s.oid4vci.nonces.issue().await.map_err(|e| {
-        ProtocolError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            e.to_string(),
-        )
-    })?;
+    let (c_nonce, _) = s.oid4vci.nonces.issue();
     Ok(no_store(
         Json(json!({ "c_nonce": c_nonce })).into_response(),
     ))

@@ -1,6 +1,6 @@
 //! Who may read the log's contents, and how.
 //!
-//! - Challenges: single-use, short-lived, consumed by an atomic remove after the
+//! - Challenges: single-use, short-lived (`service::nonce`), recorded as used once the
 //!   presentation answering one verified (a forged presentation cannot burn somebody
 //!   else's challenge; of two replays exactly one gets through).
 //! - Auditor sessions: a presentation by a holder with a verified privilege credential of
@@ -85,13 +85,13 @@ impl VisibilityState {
 #[utoipa::path(post, path = "/v1/challenges", tag = "audit",
     responses((status = 200, description = "`{challenge, domain, expiresAt}`", body = Object),
         service::openapi::Unavailable))]
-pub(crate) async fn challenge(State(s): AppState) -> Result<Json<Value>, VisibilityError> {
-    let (challenge, expires) = s.challenges.issue().await?;
-    Ok(Json(json!({
+pub(crate) async fn challenge(State(s): AppState) -> Json<Value> {
+    let (challenge, expires) = s.challenges.issue();
+    Json(json!({
         "challenge": challenge,
         "domain": s.config.did,
         "expiresAt": federation::time::rfc3339(expires),
-    })))
+    }))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -195,6 +195,9 @@ impl VisibilityState {
         let challenges = audit::Challenges::new(
             store.nonces.clone(),
             Duration::from_secs(config.challenge_ttl_secs),
+            // Answered only here (sessions live in this process too): a restart makes the
+            // outstanding challenges unknown, and the auditor's wallet asks again.
+            audit::Challenges::random_key(),
         );
         let sessions = audit::Sessions::new(Duration::from_secs(config.session_ttl_secs));
         Ok(Arc::new(VisibilityState {
