@@ -56,23 +56,44 @@ impl Http {
         }
     }
 
-    /// The value of the counter `name` with `labels` (e.g. `result="hit"`) on a service's
-    /// `/metrics` page, if it is there.
-    pub(super) async fn counter(&self, base: &str, name: &str, labels: &str) -> Option<u64> {
-        let page = self
-            .client
+    async fn metrics_page(&self, base: &str) -> Option<String> {
+        self.client
             .get(format!("{base}metrics"))
             .send()
             .await
             .ok()?
             .text()
             .await
-            .ok()?;
+            .ok()
+    }
+
+    /// The value of the counter `name` with `labels` (e.g. `result="hit"`) on a service's
+    /// `/metrics` page, if it is there.
+    pub(super) async fn counter(&self, base: &str, name: &str, labels: &str) -> Option<u64> {
+        let page = self.metrics_page(base).await?;
         let series = format!("{name}{{{labels}}} ");
         page.lines()
             .find_map(|l| l.strip_prefix(series.as_str()))
             .and_then(|v| v.trim().parse::<f64>().ok())
             .map(|v| v as u64)
+    }
+
+    /// The sum over every series of `name`, whatever its labels, on a service's
+    /// `/metrics` page; `None` when it has none.
+    pub(super) async fn series_sum(&self, base: &str, name: &str) -> Option<f64> {
+        let page = self.metrics_page(base).await?;
+        let values: Vec<f64> = page
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(name)?;
+                let value = match rest.strip_prefix('{') {
+                    Some(labelled) => labelled.split_once("} ")?.1,
+                    None => rest.strip_prefix(' ')?,
+                };
+                value.trim().parse::<f64>().ok()
+            })
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
     }
 
     /// POSTs and returns the status and the body as it came.

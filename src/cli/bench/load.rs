@@ -212,6 +212,7 @@ pub(super) fn report_of(
         challenge_latency_ms: Some(Latency::of(tally.challenges)),
         ingest: None,
         decisions: None,
+        storage: None,
         server,
         load_generator_cores_busy: 0.0,
         floor,
@@ -551,9 +552,28 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
             from_cache: decisions.1,
         });
     }
+    report.storage = storage_figures(&http, &target_bases, report.requests).await;
     drop(fed);
     drop(scratch);
     Printed::of(&report, args.run.json)
+}
+
+/// The gateways' durable commits and the writes they carried, summed over `bases`.
+async fn storage_figures(http: &Http, bases: &[String], requests: u64) -> Option<StorageFigures> {
+    let (mut commits, mut writes) = (0.0, 0.0);
+    for b in bases {
+        commits += http
+            .series_sum(b, "fedgate_db_commit_seconds_count")
+            .await?;
+        writes += http.series_sum(b, "fedgate_db_commit_writes_sum").await?;
+    }
+    let per = |n: f64| n / requests.max(1) as f64;
+    Some(StorageFigures {
+        commits: commits as u64,
+        writes: writes as u64,
+        writes_per_request: per(writes),
+        commits_per_request: per(commits),
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -912,6 +932,7 @@ pub(super) async fn ingest(args: IngestArgs) -> anyhow::Result<Printed> {
             tree_size: last_size,
         }),
         decisions: None,
+        storage: None,
         server,
         load_generator_cores_busy: load,
         floor,

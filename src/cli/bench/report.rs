@@ -28,6 +28,10 @@ pub(crate) struct Report {
     /// metrics count them: evaluated, and answered from its decision cache.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) decisions: Option<DecisionFigures>,
+    /// Durable commits of the gateway's database over the whole run (set-up included), as
+    /// its metrics count them, and the writes they carried (group commit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) storage: Option<StorageFigures>,
     /// The server process under load.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) server: Option<ServerUsage>,
@@ -41,6 +45,14 @@ pub(crate) struct Report {
 pub(crate) struct DecisionFigures {
     pub(crate) evaluated: u64,
     pub(crate) from_cache: u64,
+}
+
+#[derive(Serialize, Clone, Copy)]
+pub(crate) struct StorageFigures {
+    pub(crate) commits: u64,
+    pub(crate) writes: u64,
+    pub(crate) writes_per_request: f64,
+    pub(crate) commits_per_request: f64,
 }
 
 #[derive(Serialize, Default, Clone, Copy)]
@@ -155,6 +167,12 @@ impl Report {
                 d.evaluated,
                 d.from_cache,
                 100.0 * d.from_cache as f64 / all as f64
+            ));
+        }
+        if let Some(st) = &self.storage {
+            out.push_str(&format!(
+                "  storage      {} commits carrying {} writes: {:.2} writes and {:.2} commits per request\n",
+                st.commits, st.writes, st.writes_per_request, st.commits_per_request
             ));
         }
         let errors = if self.errors.is_empty() {
