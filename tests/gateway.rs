@@ -2356,7 +2356,7 @@ async fn replicas_on_postgres_share_challenges_consents_tokens_and_the_outbox() 
 }
 
 /// The database stops for 30 s while requests keep coming: the gateway answers 503 and
-/// serves nothing it could not record, says so on /readyz, and recovers by itself when the
+/// serves nothing it could not record (it still issues challenges, which need no database), says so on /readyz, and recovers by itself when the
 /// database is back, with every decision it answered in the outbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_database_outage_fails_closed_and_recovers_by_itself() {
@@ -2401,6 +2401,7 @@ async fn a_database_outage_fails_closed_and_recovers_by_itself() {
     pg.stop().unwrap();
     let outage = Instant::now();
     let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+    let mut challenges = std::collections::BTreeMap::<u16, u64>::new();
     let mut ready_said = None;
     while outage.elapsed() < Duration::from_secs(30) {
         let (status, _, bytes) = gw
@@ -2418,7 +2419,7 @@ async fn a_database_outage_fails_closed_and_recovers_by_itself() {
             .send()
             .await
             .unwrap();
-        *statuses.entry(challenge.status().as_u16()).or_default() += 1;
+        *challenges.entry(challenge.status().as_u16()).or_default() += 1;
         let ready = reqwest::get(format!("{}readyz", gw.url())).await.unwrap();
         assert_eq!(ready.status(), 503);
         ready_said.get_or_insert(ready.json::<Value>().await.unwrap());
@@ -2430,6 +2431,14 @@ async fn a_database_outage_fails_closed_and_recovers_by_itself() {
         vec![503],
         "{statuses:?}"
     );
+    // Issuing a challenge needs no database (it carries its expiry under the gateway's
+    // MAC); only using one does, and that failed closed above.
+    assert_eq!(
+        challenges.keys().copied().collect::<Vec<_>>(),
+        vec![200],
+        "{challenges:?}"
+    );
+    let (during, _) = vp(gw, &doc.key, &creds).await;
     let ready_said = ready_said.unwrap();
     assert_eq!(
         ready_said["state"]["database"]["ready"], false,
@@ -2480,6 +2489,19 @@ async fn a_database_outage_fails_closed_and_recovers_by_itself() {
         String::from_utf8_lossy(&bytes)
     );
     answered += 1;
+    // A challenge issued while the database was away is good once it is back, and once.
+    let (status, _, bytes) = gw
+        .post_raw("/v1/exchange/clinical", &body_of(&during, &p.mrn), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+    answered += 1;
+    let (status, _, _) = gw
+        .post_raw("/v1/exchange/clinical", &body_of(&during, &p.mrn), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "a replay is refused");
+    answered += 1; // a refusal is a decision, recorded like any other
     let ready = reqwest::get(format!("{}readyz", gw.url())).await.unwrap();
     assert_eq!(ready.status(), 200);
     // Every decision answered is in the outbox; nothing was recorded for the 503s.
