@@ -26,7 +26,8 @@ use crate::error::{GatewayError, StartError};
 use crate::ledger::Ledger;
 use crate::outbox::Outbox;
 use crate::policy::{
-    ContractInput, CustodianInput, Decision, Obligations, PolicyHolder, PolicyInput, RequestInput,
+    ContractInput, CustodianInput, Decision, Lookup, Obligations, PolicyHolder, PolicyInput,
+    RequestInput,
 };
 use crate::records::RecordSource;
 use crate::vault::Vault;
@@ -425,14 +426,19 @@ impl GatewayState {
         Ok(vp)
     }
 
-    /// Evaluates policy on the blocking pool (big stacks; the engine has its own timer).
+    /// Decides: from the decision cache on this thread (a hit costs a few microseconds,
+    /// less than the hand-off to another thread), otherwise evaluated on the blocking pool
+    /// (big stacks; the engine has its own timer).
     pub async fn decide(&self, domain: &str, input: PolicyInput) -> Decision {
-        let policy = self.policy.clone();
-        let domain_owned = domain.to_string();
         let started = Instant::now();
-        let decision = tokio::task::spawn_blocking(move || policy.evaluate(&domain_owned, &input))
-            .await
-            .unwrap_or_else(|_| Decision::deny("policy evaluation aborted"));
+        let decision = match self.policy.look_up(domain, &input) {
+            Lookup::Decided(decision) => decision,
+            Lookup::Evaluate(pending) => {
+                tokio::task::spawn_blocking(move || pending.evaluate(&input))
+                    .await
+                    .unwrap_or_else(|_| Decision::deny("policy evaluation aborted"))
+            }
+        };
         metrics::histogram!("fedgate_decision_seconds", "domain" => domain.to_string())
             .record(started.elapsed().as_secs_f64());
         decision

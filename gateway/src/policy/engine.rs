@@ -160,6 +160,17 @@ pub struct DecisionCacheStats {
     pub entries: usize,
 }
 
+/// What [`PolicyBundle::look_up`] found.
+enum Looked {
+    Decided(Decision),
+    /// Not in the cache: evaluate, and keep the decision under this key.
+    Evaluate([u8; 32]),
+}
+
+fn unusable_input() -> Decision {
+    Decision::deny("policy evaluation failed: unusable input")
+}
+
 impl DecisionCache {
     fn new(capacity: usize) -> Self {
         DecisionCache {
@@ -280,18 +291,33 @@ impl PolicyBundle {
     }
 
     fn decide(&self, domain: &str, input: &PolicyInput) -> Decision {
-        if !DOMAINS.contains(&domain) {
-            return Decision::deny("no policy for this domain");
+        match self.look_up(domain, input) {
+            Looked::Decided(d) => d,
+            Looked::Evaluate(key) => self.evaluate_uncached(domain, input, key),
         }
-        let unusable = || Decision::deny("policy evaluation failed: unusable input");
+    }
+
+    /// The decision when it needs no evaluation (from the cache, or a deny of an unknown
+    /// domain or an input that cannot be serialized); otherwise the cache key to evaluate
+    /// under. Cheap and without deep recursion: it runs on any thread.
+    fn look_up(&self, domain: &str, input: &PolicyInput) -> Looked {
+        if !DOMAINS.contains(&domain) {
+            return Looked::Decided(Decision::deny("no policy for this domain"));
+        }
         // The text for the key (a hit costs only this); regorus values for a miss.
         let Ok(serialized) = serde_json::to_vec(input) else {
-            return unusable();
+            return Looked::Decided(unusable_input());
         };
         let key = DecisionCache::key(domain, &serialized);
-        if let Some(d) = self.cache.get(&key) {
-            return d;
+        match self.cache.get(&key) {
+            Some(d) => Looked::Decided(d),
+            None => Looked::Evaluate(key),
         }
+    }
+
+    /// Evaluates a decision the cache did not hold, and keeps it under `key`.
+    fn evaluate_uncached(&self, domain: &str, input: &PolicyInput, key: [u8; 32]) -> Decision {
+        let unusable = unusable_input;
         let Some(converted) = engine_input(input) else {
             return unusable();
         };
@@ -884,8 +910,54 @@ impl PolicyHolder {
 
     /// The decision of the bundle in service; a deny while Broken.
     pub fn evaluate(&self, domain: &str, input: &PolicyInput) -> Decision {
-        match self.state().as_ref() {
-            State::Loaded(b) => b.evaluate(domain, input),
+        match self.look_up(domain, input) {
+            Lookup::Decided(d) => d,
+            Lookup::Evaluate(pending) => pending.evaluate(input),
+        }
+    }
+
+    /// The decision at once when it needs no evaluation (most often: the bundle in service
+    /// made it already, within the same second), or what evaluating it takes, to be run
+    /// where evaluation may run (deep stacks, off the async workers). The evaluation uses
+    /// the bundle looked up here even if another is loaded meanwhile.
+    pub fn look_up(&self, domain: &str, input: &PolicyInput) -> Lookup {
+        let state = self.state();
+        match state.as_ref() {
+            State::Loaded(b) => match b.look_up(domain, input) {
+                Looked::Decided(d) => Lookup::Decided(d.with_digest(&b.digest)),
+                Looked::Evaluate(key) => Lookup::Evaluate(Pending {
+                    state: state.clone(),
+                    domain: domain.to_string(),
+                    key,
+                }),
+            },
+            State::Broken(why) => Lookup::Decided(Decision::deny(format!(
+                "policy bundle failed to load: {why}"
+            ))),
+        }
+    }
+}
+
+/// What [`PolicyHolder::look_up`] found.
+pub enum Lookup {
+    Decided(Decision),
+    Evaluate(Pending),
+}
+
+/// A decision to evaluate: the bundle, the domain and the cache key it was looked up with.
+pub struct Pending {
+    state: Arc<State>,
+    domain: String,
+    key: [u8; 32],
+}
+
+impl Pending {
+    /// Evaluates the decision for the same `input` it was looked up with.
+    pub fn evaluate(self, input: &PolicyInput) -> Decision {
+        match self.state.as_ref() {
+            State::Loaded(b) => b
+                .evaluate_uncached(&self.domain, input, self.key)
+                .with_digest(&b.digest),
             State::Broken(why) => Decision::deny(format!("policy bundle failed to load: {why}")),
         }
     }

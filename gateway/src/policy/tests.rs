@@ -957,6 +957,62 @@ fn policy_a_reload_starts_with_an_empty_cache() {
     );
 }
 
+/// A look-up answers a decision already made at once, as `evaluate` would, digest
+/// included; a miss is evaluated by the bundle it was looked up in, even if another was
+/// loaded meanwhile (its decision names that bundle); a broken holder denies at once.
+#[test]
+fn policy_a_look_up_answers_from_the_cache_or_hands_over_the_evaluation() {
+    let tmp = policy_copy();
+    let holder = PolicyHolder::with_options(tmp.path(), slow_ok());
+    let input = sample_input("clinical");
+    let first_digest = holder.current_digest().unwrap();
+    let Lookup::Evaluate(pending) = holder.look_up("clinical", &input) else {
+        panic!("an empty cache cannot answer");
+    };
+    // Another bundle is loaded before the evaluation runs.
+    let path = tmp.path().join("clinical.rego");
+    let src = std::fs::read_to_string(&path).unwrap();
+    replace_file(
+        &path,
+        &format!("{src}\ndenials contains \"closed for maintenance\" if true\n"),
+    );
+    holder.reload().unwrap();
+    assert_ne!(holder.current_digest().unwrap(), first_digest);
+    let old = pending.evaluate(&input);
+    assert!(old.allow, "{}", reasons(&old));
+    assert_eq!(old.policy_digest, first_digest);
+
+    // The new bundle: a miss, then the same decision from its cache.
+    let Lookup::Evaluate(pending) = holder.look_up("clinical", &input) else {
+        panic!("a new bundle starts with an empty cache");
+    };
+    let new = pending.evaluate(&input);
+    assert!(!new.allow);
+    assert!(
+        reasons(&new).contains("closed for maintenance"),
+        "{}",
+        reasons(&new)
+    );
+    let Lookup::Decided(cached) = holder.look_up("clinical", &input) else {
+        panic!("the decision just made is in the cache");
+    };
+    assert_eq!(cached, new);
+    assert_eq!(cached, holder.evaluate("clinical", &input));
+
+    // An unknown domain is a deny without evaluation.
+    let Lookup::Decided(unknown) = holder.look_up("dental", &input) else {
+        panic!("no evaluation for an unknown domain");
+    };
+    assert!(!unknown.allow);
+
+    let broken = PolicyHolder::new(Path::new("/nonexistent/fedgate/policies"));
+    let Lookup::Decided(d) = broken.look_up("clinical", &input) else {
+        panic!("a broken holder evaluates nothing");
+    };
+    assert!(!d.allow);
+    assert!(reasons(&d).contains("failed to load"), "{}", reasons(&d));
+}
+
 /// With no cache every decision is evaluated.
 #[test]
 fn policy_a_cache_of_zero_entries_keeps_nothing() {
