@@ -161,6 +161,9 @@ pub struct DecisionCacheStats {
 }
 
 /// What [`PolicyBundle::look_up`] found.
+// Returned and matched at once, never stored: boxing the decision would only add an
+// allocation to every hit.
+#[allow(clippy::large_enum_variant)]
 enum Looked {
     Decided(Decision),
     /// Not in the cache: evaluate, and keep the decision under this key.
@@ -939,6 +942,8 @@ impl PolicyHolder {
 }
 
 /// What [`PolicyHolder::look_up`] found.
+// As `Looked`: returned and matched at once.
+#[allow(clippy::large_enum_variant)]
 pub enum Lookup {
     Decided(Decision),
     Evaluate(Pending),
