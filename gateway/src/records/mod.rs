@@ -172,10 +172,9 @@ impl RecordSource {
         value: &str,
     ) -> Result<Option<String>, RecordError> {
         match self {
-            RecordSource::Embedded(s) => {
-                let (s, system, value) = (s.clone(), system.to_string(), value.to_string());
-                blocking(move || s.find_patient(&system, &value)).await
-            }
+            // One point read of the identifier index, on this thread like the consent
+            // store's reads: cheaper than a hand-off to the blocking pool and back.
+            RecordSource::Embedded(s) => s.find_patient(system, value),
             RecordSource::Fhir(f) => f.find_patient(system, value).await,
         }
     }
