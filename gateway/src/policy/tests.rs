@@ -933,6 +933,17 @@ fn policy_a_failed_evaluation_is_not_remembered() {
     assert_eq!((stats.hits, stats.misses, stats.entries), (0, 2, 0));
 }
 
+/// Adds a clinical denial that always applies to the bundle in `dir`, and reloads it.
+fn close_for_maintenance(dir: &Path, holder: &PolicyHolder) {
+    let path = dir.join("clinical.rego");
+    let src = std::fs::read_to_string(&path).unwrap();
+    replace_file(
+        &path,
+        &format!("{src}\ndenials contains \"closed for maintenance\" if true\n"),
+    );
+    holder.reload().unwrap();
+}
+
 /// A reload is a new bundle with an empty cache: the new policy decides at once.
 #[test]
 fn policy_a_reload_starts_with_an_empty_cache() {
@@ -941,13 +952,7 @@ fn policy_a_reload_starts_with_an_empty_cache() {
     let input = sample_input("clinical");
     assert!(holder.evaluate("clinical", &input).allow);
     assert!(holder.evaluate("clinical", &input).allow);
-    let path = tmp.path().join("clinical.rego");
-    let src = std::fs::read_to_string(&path).unwrap();
-    replace_file(
-        &path,
-        &format!("{src}\ndenials contains \"closed for maintenance\" if true\n"),
-    );
-    holder.reload().unwrap();
+    close_for_maintenance(tmp.path(), &holder);
     let d = holder.evaluate("clinical", &input);
     assert!(!d.allow);
     assert!(
@@ -970,13 +975,7 @@ fn policy_a_look_up_answers_from_the_cache_or_hands_over_the_evaluation() {
         panic!("an empty cache cannot answer");
     };
     // Another bundle is loaded before the evaluation runs.
-    let path = tmp.path().join("clinical.rego");
-    let src = std::fs::read_to_string(&path).unwrap();
-    replace_file(
-        &path,
-        &format!("{src}\ndenials contains \"closed for maintenance\" if true\n"),
-    );
-    holder.reload().unwrap();
+    close_for_maintenance(tmp.path(), &holder);
     assert_ne!(holder.current_digest().unwrap(), first_digest);
     let old = pending.evaluate(&input);
     assert!(old.allow, "{}", reasons(&old));
