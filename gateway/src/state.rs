@@ -126,10 +126,11 @@ impl GatewayState {
         })?;
         let db = crate::db::open_configured(&config.storage, &config.data_dir)?;
         // Replicas share the secret, so a challenge issued by one is answered at another.
+        // One part without a NUL: no pseudonym (several parts joined by NULs) can equal it.
         let nonces = Nonces::new(
             db.tree("nonces"),
             Duration::from_secs(config.challenge_ttl_secs),
-            crate::vault::hmac_sha256(&secret, &[b"fedgate/challenges"]),
+            crate::vault::hmac_sha256(&secret, &[b"fedgate/challenges/v1"]),
         );
         let outbox = Outbox::open(&db, config.outbox_max_events);
         let consents = ConsentStore::open(&db)?;
