@@ -71,16 +71,17 @@ fn exchange_with_two_holders() {
     let all = d["evaluated"].as_u64().unwrap() + d["from_cache"].as_u64().unwrap();
     assert!(all >= 22, "{d}");
     assert!(d["evaluated"].as_u64().unwrap() >= 1, "{d}");
-    // Each exchange records its challenge's use and its access event, durably; commits
-    // carry one or more writes each.
+    // Counted over the measured requests: each records its access event and, in the same
+    // write, its challenge's use (the shipper's claims and settlements add writes of their
+    // own, as time passes); commits carry one or more writes each.
     let st = &report["storage"];
     let (commits, writes) = (
         st["commits"].as_u64().unwrap(),
         st["writes"].as_u64().unwrap(),
     );
-    assert!(writes >= 2 * 22, "{st}");
+    assert!(writes >= 20, "{st}");
     assert!(commits >= 1 && commits <= writes, "{st}");
-    assert!(st["writes_per_request"].as_f64().unwrap() >= 2.0, "{st}");
+    assert!(st["writes_per_request"].as_f64().unwrap() >= 1.0, "{st}");
 }
 
 #[test]

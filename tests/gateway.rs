@@ -978,7 +978,7 @@ async fn every_decision_leaves_an_event_in_the_outbox() {
     .await;
     let mut ids = Vec::new();
     // allow
-    let (v, _) = vp(&fed.gateway, &doc.key, &[doc.credential.clone(), c]).await;
+    let (v, _) = vp(&fed.gateway, &doc.key, &[doc.credential.clone(), c.clone()]).await;
     let (status, headers, _) = fed
         .gateway
         .post_raw("/v1/exchange/clinical", &body_of(&v, &p.mrn), None)
@@ -1008,6 +1008,50 @@ async fn every_decision_leaves_an_event_in_the_outbox() {
         .unwrap();
     assert_eq!(status, 403);
     ids.push(problem["decision_id"].as_str().unwrap().to_string());
+    // One allowed presentation sent eight times at once: its challenge is spent by the
+    // write of the one event served; every other copy is refused as a replay.
+    let (v, _) = vp(&fed.gateway, &doc.key, &[doc.credential.clone(), c]).await;
+    let (url, body) = (
+        format!("{}v1/exchange/clinical", fed.gateway.url()),
+        body_of(&v, &p.mrn),
+    );
+    let mut racing = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (url, body) = (url.clone(), body.clone());
+        racing.spawn(async move {
+            let r = reqwest::Client::new()
+                .post(&url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let id = r.headers()["fedgate-decision-id"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            let body: Value = r.json().await.unwrap();
+            (status, id, body)
+        });
+    }
+    let (mut served, mut replays) = (Vec::new(), Vec::new());
+    while let Some(answer) = racing.join_next().await {
+        let (status, id, body) = answer.unwrap();
+        match status {
+            200 => served.push(id),
+            403 => {
+                assert_eq!(body["check"], "challenge", "{body}");
+                assert_eq!(body["decision_id"].as_str(), Some(id.as_str()));
+                replays.push(id);
+            }
+            other => panic!("HTTP {other}: {body}"),
+        }
+    }
+    assert_eq!(
+        (served.len(), replays.len()),
+        (1, 7),
+        "{served:?} {replays:?}"
+    );
     // verification refusal whose detail quotes the credential: a self-signed privilege
     // whose NPI is an SSN fails the schema check, and the schema error quotes the value.
     let ssn = "123-45-6789";
@@ -1067,6 +1111,20 @@ async fn every_decision_leaves_an_event_in_the_outbox() {
         .unwrap();
     assert_eq!(allow["decision"], "allow");
     assert!(allow["recordCount"].as_u64().unwrap() > 0);
+    // Of the racing copies, one allow that was served, and seven refusals, none an allow.
+    let of =
+        |id: &str| -> Vec<&Value> { events.iter().filter(|e| e["decisionId"] == id).collect() };
+    let winner = of(&served[0]);
+    assert_eq!(winner.len(), 1, "{winner:?}");
+    assert_eq!(winner[0]["decision"], "allow");
+    assert!(winner[0]["recordCount"].as_u64().unwrap() > 0);
+    for id in &replays {
+        let refused = of(id);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0]["decision"], "deny");
+        assert_eq!(refused[0]["failedCheck"], "challenge");
+        assert_eq!(refused[0]["recordCount"], 0);
+    }
     assert_eq!(
         events
             .iter()

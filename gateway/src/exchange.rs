@@ -160,16 +160,24 @@ pub async fn exchange(
     check_outbox(state)?;
     let mut ledger = new_ledger(domain, &params);
 
-    // verify
+    // verify (the challenge is spent with the event, in the request's one durable write)
     let vp = state
-        .verify_presentation(&mut ledger, &req.presentation)
+        .verify_presentation_spent_with_event(&mut ledger, &req.presentation)
         .await?;
+    let challenge = ledger.challenge.clone();
 
-    // decide
-    let allowed = decide(state, domain, &params, ledger, &vp).await?;
-
-    // fetch → tokenize → record → respond, one page at a time
-    serve(state, &allowed, wants_jwe).await
+    // decide, then fetch → tokenize → record → respond, one page at a time
+    let answer = match decide(state, domain, &params, ledger, &vp).await {
+        Ok(allowed) => serve(state, &allowed, wants_jwe).await,
+        Err(e) => Err(e),
+    };
+    if let (Err(_), Some(challenge)) = (&answer, &challenge) {
+        // Every way out after verification records an event, which spends the challenge;
+        // this is for one that did not (a storage error), so the presentation is not good
+        // for another try.
+        state.spend_leftover(challenge).await;
+    }
+    answer
 }
 
 /// Decides on a verified presentation (its ledger noted it already). A deny, or an allow

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use federation::events::{AccessEvent, Outcome, PrivacySpend};
 use federation::verify::VerifiedPresentation;
 use serde::{Deserialize, Serialize};
+use service::nonce::Unspent;
 
 use crate::policy::requester_org;
 
@@ -35,6 +36,11 @@ pub struct Ledger {
     pub justification: Option<String>,
     /// What a research query spent of its study's privacy budget.
     pub privacy: Option<PrivacySpend>,
+    /// The presentation's challenge, checked but not yet recorded as used: the write of
+    /// this request's event records its use ([`crate::outbox::Outbox::append_spending`]).
+    /// Never kept with a cursor: a later page presents no challenge.
+    #[serde(skip)]
+    pub challenge: Option<Unspent>,
 }
 
 impl Ledger {
@@ -54,6 +60,7 @@ impl Ledger {
             credential_ids: Vec::new(),
             justification: None,
             privacy: None,
+            challenge: None,
         }
     }
 
@@ -63,6 +70,7 @@ impl Ledger {
             event_id: Some(AccessEvent::new_id()),
             started: Instant::now(),
             time: Utc::now(),
+            challenge: None,
             ..self.clone()
         }
     }

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use federation::events::AccessEvent;
 use rand::RngCore as _;
+use service::nonce::Unspent;
 use storage::{Snapshot, StoreError, WriteTx};
 
 use crate::db::{Db, Tree};
@@ -44,6 +45,10 @@ pub enum OutboxError {
     Full,
     #[error("the access-event outbox is unavailable: {0}")]
     Storage(String),
+    /// The challenge the event's write was to spend was used first by another request:
+    /// nothing of the write is kept.
+    #[error("unknown or already used challenge")]
+    Replayed,
     /// The event's free text is outside what events may carry; it is not recorded, so
     /// the access is not served.
     #[error("the access event cannot be recorded: {0}")]
@@ -191,7 +196,19 @@ impl Outbox {
     /// event vocabulary (reasons outside it withheld, the justification scrubbed of
     /// identifier-shaped text) and checked exactly as the visibility service will check
     /// it: an event the log would refuse is never recorded, and never blocks a batch.
-    pub async fn append(&self, mut event: AccessEvent) -> Result<(), OutboxError> {
+    pub async fn append(&self, event: AccessEvent) -> Result<(), OutboxError> {
+        self.append_spending(event, None).await
+    }
+
+    /// [`Outbox::append`], recording in the same write that `challenge` was used: the
+    /// event is kept only if the challenge was not used before, and then it is used.
+    /// A request that would record its event anyway spends its challenge for free, and
+    /// neither is ever on disk without the other.
+    pub async fn append_spending(
+        &self,
+        mut event: AccessEvent,
+        challenge: Option<&Unspent>,
+    ) -> Result<(), OutboxError> {
         if !self.has_room() {
             return Err(OutboxError::Full);
         }
@@ -207,12 +224,18 @@ impl Outbox {
         federation::events::check_free_text(&event).map_err(OutboxError::Invalid)?;
         let bytes = serde_json::to_vec(&event).map_err(|e| OutboxError::Storage(e.to_string()))?;
         let (tree, max) = (self.tree.clone(), self.max_events as u64);
+        let challenge = challenge.cloned();
         let result = self
             .db
             .write(move |tx| {
                 // Checked again where it cannot race: the writer runs one write at a time.
                 if tx.len(&tree)? >= max {
                     return Err(OutboxError::Full);
+                }
+                if let Some(challenge) = challenge {
+                    if !challenge.spend(tx)? {
+                        return Err(OutboxError::Replayed);
+                    }
                 }
                 tx.insert(&tree, event.id.as_bytes(), &bytes)?;
                 Ok(())

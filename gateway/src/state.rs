@@ -18,13 +18,13 @@ use federation::verify::{VerifiedPresentation, Verifier, VerifyError};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::Value;
-use service::nonce::Nonces;
+use service::nonce::{NonceError, Nonces, Unspent};
 
 use crate::config::{GatewayConfig, RecordsConfig};
 use crate::consents::ConsentStore;
 use crate::error::{GatewayError, StartError};
 use crate::ledger::Ledger;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, OutboxError};
 use crate::policy::{
     ContractInput, CustodianInput, Decision, Lookup, Obligations, PolicyHolder, PolicyInput,
     RequestInput,
@@ -368,8 +368,14 @@ impl GatewayState {
             .increment(1);
         metrics::counter!("fedgate_decisions_total", "domain" => ledger.domain.clone(), "outcome" => "deny")
             .increment(1);
-        if let Err(e) = self.outbox.append(event).await {
-            return GatewayError::Unavailable(e.to_string());
+        match self
+            .outbox
+            .append_spending(event, ledger.challenge.as_ref())
+            .await
+        {
+            Ok(()) => {}
+            Err(OutboxError::Replayed) => return Box::pin(self.refuse_replay(ledger)).await,
+            Err(e) => return GatewayError::Unavailable(e.to_string()),
         }
         GatewayError::Denied {
             decision_id: ledger.decision_id.clone(),
@@ -377,6 +383,17 @@ impl GatewayState {
             check: Some(check.to_string()),
             policy: None,
         }
+    }
+
+    /// Records the refusal of a request whose challenge another request used first
+    /// (found when its event's write tried to spend it), and returns the 403 to send.
+    async fn refuse_replay(&self, ledger: &Ledger) -> GatewayError {
+        let ledger = Ledger {
+            challenge: None,
+            ..ledger.clone()
+        };
+        self.refuse(&ledger, "challenge", NonceError::Unknown.to_string())
+            .await
     }
 
     /// Records a failed verification under the check that failed.
@@ -393,8 +410,41 @@ impl GatewayState {
         self.refuse(ledger, e.check.as_str(), reason).await
     }
 
-    /// Verifies a presentation bound to one of our challenges and consumes the challenge.
+    /// Verifies a presentation bound to one of our challenges and consumes the challenge
+    /// (one durable write, before this returns).
     pub async fn verify_presentation(
+        &self,
+        ledger: &mut Ledger,
+        presentation: &Value,
+    ) -> Result<VerifiedPresentation, GatewayError> {
+        let vp = self.verify_checking_challenge(ledger, presentation).await?;
+        if let Some(challenge) = ledger.challenge.take() {
+            if let Err(e) = challenge.spend_alone().await {
+                return Err(self.refuse(ledger, "challenge", e.to_string()).await);
+            }
+        }
+        Ok(vp)
+    }
+
+    /// Verifies a presentation bound to one of our challenges, and leaves the challenge in
+    /// `ledger`, checked but unused: the write of the request's event spends it
+    /// ([`GatewayState::record`]), one durable write per request instead of two. The
+    /// caller must end the request by recording an event, or spend the challenge itself
+    /// ([`GatewayState::spend_leftover`]) when it ends otherwise.
+    ///
+    /// Of two requests racing with one presentation, both may get past this check (it is
+    /// a read); only one event's write can spend the challenge, and the other request is
+    /// refused then, before anything is sent. Nothing is served before the spend is on
+    /// disk, so a crash before it leaves the challenge unused and nothing disclosed.
+    pub async fn verify_presentation_spent_with_event(
+        &self,
+        ledger: &mut Ledger,
+        presentation: &Value,
+    ) -> Result<VerifiedPresentation, GatewayError> {
+        self.verify_checking_challenge(ledger, presentation).await
+    }
+
+    async fn verify_checking_challenge(
         &self,
         ledger: &mut Ledger,
         presentation: &Value,
@@ -419,12 +469,28 @@ impl GatewayState {
             Err(e) => return Err(self.refuse_verification(ledger, &e).await),
         };
         ledger.note_presentation(&vp);
-        // Consumed only after the proof verified: a forged presentation cannot burn
-        // somebody else's challenge, and of two replays exactly one gets through.
-        if let Err(e) = self.nonces.consume(&challenge).await {
-            return Err(self.refuse(ledger, "challenge", e.to_string()).await);
+        // Checked only after the proof verified: a forged presentation cannot burn
+        // somebody else's challenge.
+        match self.nonces.check(&challenge) {
+            Ok(unspent) => ledger.challenge = Some(unspent),
+            Err(e) => return Err(self.refuse(ledger, "challenge", e.to_string()).await),
         }
         Ok(vp)
+    }
+
+    /// Spends a challenge left unspent by a request that ended without recording an event
+    /// (an error no event records): the presentation must not be good for another try.
+    pub async fn spend_leftover(&self, challenge: &Unspent) {
+        let spent = match challenge.is_spent() {
+            Ok(true) => Ok(()),
+            Ok(false) => challenge.spend_alone().await,
+            Err(e) => Err(e),
+        };
+        match spent {
+            // Already used: by this request's event, or by the request that won a race.
+            Ok(()) | Err(NonceError::Unknown) => {}
+            Err(e) => tracing::warn!(error = %e, "a challenge could not be recorded as used"),
+        }
     }
 
     /// Decides: from the decision cache on this thread (a hit costs a few microseconds,
@@ -502,16 +568,24 @@ impl GatewayState {
         if decision.allow {
             event.data_classes = decision.data_classes.clone();
         }
-        metrics::counter!(
-            "fedgate_decisions_total",
-            "domain" => ledger.domain.clone(),
-            "outcome" => if decision.allow { "allow" } else { "deny" }
-        )
-        .increment(1);
-        self.outbox
-            .append(event)
+        match self
+            .outbox
+            .append_spending(event, ledger.challenge.as_ref())
             .await
-            .map_err(|e| GatewayError::Unavailable(e.to_string()))
+        {
+            Ok(()) => {
+                metrics::counter!(
+                    "fedgate_decisions_total",
+                    "domain" => ledger.domain.clone(),
+                    "outcome" => if decision.allow { "allow" } else { "deny" }
+                )
+                .increment(1);
+                Ok(())
+            }
+            // Nothing of this request is recorded or sent; its refusal is.
+            Err(OutboxError::Replayed) => Err(self.refuse_replay(ledger).await),
+            Err(e) => Err(GatewayError::Unavailable(e.to_string())),
+        }
     }
 
     /// Records an allowed decision whose data could not be served (the record source

@@ -139,6 +139,27 @@ impl Nonces {
             .map_err(|e| NonceError::Storage(e.to_string()))
     }
 
+    /// Checks a challenge without using it up: issued here, not expired, not used yet (a
+    /// read, no write). What it returns records the use in a write of the caller's own
+    /// ([`Unspent::spend`]): a request that ends in one durable write anyway (the
+    /// gateway's exchange, whose access event is written before it answers) records the
+    /// use in that same transaction instead of paying for a second one.
+    pub fn check(&self, challenge: &str) -> Result<Unspent, NonceError> {
+        let (id, expires) = self.open(challenge)?;
+        if expires < Utc::now().timestamp_millis() {
+            return Err(NonceError::Expired);
+        }
+        let unspent = Unspent {
+            tree: self.tree.clone(),
+            id,
+            expires,
+        };
+        if unspent.is_spent()? {
+            return Err(NonceError::Unknown);
+        }
+        Ok(unspent)
+    }
+
     /// Consumes a challenge: succeeds once, and only before it expires. That it was used
     /// is on disk before this returns, so a restart cannot make it acceptable again.
     pub async fn consume(&self, challenge: &str) -> Result<(), NonceError> {
@@ -146,24 +167,13 @@ impl Nonces {
         if expires < Utc::now().timestamp_millis() {
             return Err(NonceError::Expired);
         }
-        let tree = self.tree.clone();
-        let fresh = self
-            .tree
-            .db()
-            .write(move |tx| {
-                if tx.get(&tree, &id)?.is_some() {
-                    return Ok(false);
-                }
-                tx.insert(&tree, &id, &expires.to_be_bytes())?;
-                Ok(true)
-            })
-            .await
-            .map_err(|e: storage::StoreError| NonceError::Storage(e.to_string()))?;
-        if fresh {
-            Ok(())
-        } else {
-            Err(NonceError::Unknown)
+        Unspent {
+            tree: self.tree.clone(),
+            id,
+            expires,
         }
+        .spend_alone()
+        .await
     }
 
     /// Forgets used challenges expired for longer than the grace period (run
@@ -192,6 +202,63 @@ impl Nonces {
             })
             .await
             .map_err(|e: storage::StoreError| NonceError::Storage(e.to_string()))
+    }
+}
+
+/// A challenge found good and unused by [`Nonces::check`], not yet recorded as used.
+///
+/// Whoever holds one must spend it in the write that ends the request, or on its own
+/// ([`Unspent::spend_alone`]) when the request ends without one. Of two requests holding
+/// the same challenge, exactly one spend succeeds: a spend is a write that first checks
+/// the challenge is not there, and writes run one at a time (across replicas too).
+#[derive(Clone)]
+pub struct Unspent {
+    tree: storage::Tree,
+    id: [u8; ID_LEN],
+    expires: i64,
+}
+
+impl std::fmt::Debug for Unspent {
+    /// Without the random bytes: with the MAC they would be the challenge itself.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unspent")
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Unspent {
+    /// Records the use in `tx`; false (and nothing written) when it was already used, in
+    /// which case the caller's whole transaction should fail: the request was a replay.
+    pub fn spend(&self, tx: &mut storage::WriteTx<'_>) -> Result<bool, storage::StoreError> {
+        if tx.get(&self.tree, &self.id)?.is_some() {
+            return Ok(false);
+        }
+        tx.insert(&self.tree, &self.id, &self.expires.to_be_bytes())?;
+        Ok(true)
+    }
+
+    /// Spends it in a write of its own (on disk before this returns).
+    pub async fn spend_alone(&self) -> Result<(), NonceError> {
+        let this = self.clone();
+        let fresh = self
+            .tree
+            .db()
+            .write(move |tx| this.spend(tx))
+            .await
+            .map_err(|e: storage::StoreError| NonceError::Storage(e.to_string()))?;
+        if fresh {
+            Ok(())
+        } else {
+            Err(NonceError::Unknown)
+        }
+    }
+
+    /// Whether its use is recorded (a read).
+    pub fn is_spent(&self) -> Result<bool, NonceError> {
+        self.tree
+            .contains_key(&self.id)
+            .map_err(|e| NonceError::Storage(e.to_string()))
     }
 }
 
@@ -331,5 +398,104 @@ mod tests {
             ok += usize::from(t.await.unwrap().is_ok());
         }
         assert_eq!(ok, 1);
+    }
+
+    #[derive(Debug)]
+    enum TxError {
+        Replay,
+        Store,
+    }
+
+    impl From<storage::StoreError> for TxError {
+        fn from(_: storage::StoreError) -> Self {
+            TxError::Store
+        }
+    }
+
+    /// A write of the caller's that spends the challenge beside an entry of its own, and
+    /// fails whole on a replay.
+    async fn write_spending(db: &storage::Db, u: &Unspent, key: &[u8]) -> Result<(), TxError> {
+        let (u, other, key) = (u.clone(), db.tree("other"), key.to_vec());
+        db.write(move |tx| {
+            tx.insert(&other, &key, b"event")?;
+            if !u.spend(tx)? {
+                return Err(TxError::Replay);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_checked_challenge_is_spent_in_the_callers_write_once() {
+        let db = storage::Db::temporary(SCHEMA).unwrap();
+        let n = nonces(&db, "n", Duration::from_secs(60));
+        let (c, _) = n.issue();
+        // Checking writes nothing and can be repeated: two requests racing with one
+        // presentation both get this far.
+        let first = n.check(&c).unwrap();
+        let second = n.check(&c).unwrap();
+        assert_eq!(db.tree("n").len().unwrap(), 0);
+        assert_eq!(first.is_spent(), Ok(false));
+        assert!(!format!("{first:?}").contains(&c));
+
+        write_spending(&db, &first, b"a").await.unwrap();
+        assert_eq!(first.is_spent(), Ok(true));
+        assert_eq!(
+            db.tree("other").get(b"a").unwrap().as_deref(),
+            Some(&b"event"[..])
+        );
+        // The other request loses, and nothing of its write is kept.
+        assert!(matches!(
+            write_spending(&db, &second, b"b").await,
+            Err(TxError::Replay)
+        ));
+        assert_eq!(db.tree("other").get(b"b").unwrap(), None);
+        assert_eq!(second.spend_alone().await, Err(NonceError::Unknown));
+        // Once spent it is used for everyone else too.
+        assert_eq!(n.check(&c).err(), Some(NonceError::Unknown));
+        assert_eq!(n.consume(&c).await, Err(NonceError::Unknown));
+        assert_eq!(n.is_outstanding(&c), Ok(false));
+
+        // Checked like a consume: altered, unknown and expired challenges never get this far.
+        let mut altered = federation::b64::decode(&c).unwrap();
+        altered[0] ^= 1;
+        assert_eq!(
+            n.check(&federation::b64::encode(&altered)).err(),
+            Some(NonceError::Unknown)
+        );
+        assert_eq!(n.check("never-issued").err(), Some(NonceError::Unknown));
+        let short = nonces(&db, "s", Duration::from_millis(0));
+        let (c, _) = short.issue();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(short.check(&c).err(), Some(NonceError::Expired));
+
+        // A challenge spent on its own, after a request that ended without a write.
+        let (c, _) = n.issue();
+        let u = n.check(&c).unwrap();
+        assert_eq!(u.spend_alone().await, Ok(()));
+        assert_eq!(n.consume(&c).await, Err(NonceError::Unknown));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn of_many_concurrent_spends_exactly_one_succeeds() {
+        let db = storage::Db::temporary(SCHEMA).unwrap();
+        let n = nonces(&db, "n", Duration::from_secs(60));
+        let (c, _) = n.issue();
+        let checked: Vec<Unspent> = (0..32).map(|_| n.check(&c).unwrap()).collect();
+        let mut tasks = Vec::new();
+        for (i, u) in checked.into_iter().enumerate() {
+            let db = db.clone();
+            let key: &'static [u8] = Box::leak(i.to_string().into_bytes().into_boxed_slice());
+            tasks.push(tokio::spawn(
+                async move { write_spending(&db, &u, key).await },
+            ));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            ok += usize::from(t.await.unwrap().is_ok());
+        }
+        assert_eq!(ok, 1);
+        assert_eq!(db.tree("other").len().unwrap(), 1);
     }
 }

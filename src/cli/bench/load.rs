@@ -128,8 +128,36 @@ pub(super) struct Target {
     idle_rss_mb: Option<f64>,
 }
 
-/// Warms every holder up with one request (which must succeed), then runs all of them
-/// concurrently until `stop`, and returns the merged tally and the window's length.
+/// Warms every holder up with one request (which must succeed): the gateway has fetched
+/// their DID documents and status lists, and minted the tokens of their patients.
+pub(super) async fn warm_up(
+    http: &Http,
+    target: &Target,
+    holders: &[Holder],
+) -> anyhow::Result<()> {
+    let bases = &target.bases;
+    if bases.is_empty() {
+        return Err(anyhow!("no gateway to load"));
+    }
+    let at = |k: usize| bases[k % bases.len()].clone();
+    for (i, h) in holders.iter().enumerate() {
+        one_request(
+            http,
+            &at(i),
+            &at(i + 1),
+            target.path,
+            h,
+            target.format,
+            None,
+        )
+        .await
+        .map_err(|e| anyhow!("holder {i}: the warm-up request failed: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Runs every holder (warmed up by [`warm_up`]) concurrently until `stop`, and returns the
+/// merged tally and the window's length.
 pub(super) async fn drive(
     http: &Http,
     target: &Target,
@@ -141,19 +169,6 @@ pub(super) async fn drive(
         return Err(anyhow!("no gateway to load"));
     }
     let at = |bases: &[String], k: usize| bases[k % bases.len()].clone();
-    for (i, h) in holders.iter().enumerate() {
-        one_request(
-            http,
-            &at(&bases, i),
-            &at(&bases, i + 1),
-            path,
-            h,
-            format,
-            None,
-        )
-        .await
-        .map_err(|e| anyhow!("holder {i}: the warm-up request failed: {e}"))?;
-    }
     let watched = Watched::start("gateway", target.pid, target.idle_rss_mb);
     let me = Watched::start("load generator", Some(std::process::id()), None);
     let stop = Arc::new(Stop {
@@ -530,6 +545,9 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
         pid,
         idle_rss_mb: idle_rss,
     };
+    warm_up(&http, &target, &holders).await?;
+    // Counted from here: set-up and warm-up writes are not the requests'.
+    let storage_before = storage_counts(&http, &target_bases).await;
     let (tally, seconds, server, load) = drive(&http, &target, holders, &args.run).await?;
     let rps = tally.latencies.len() as f64 / seconds.max(f64::MIN_POSITIVE);
     // With the proof cache warm, the gateway checks one signature per request: the
@@ -552,14 +570,17 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
             from_cache: decisions.1,
         });
     }
-    report.storage = storage_figures(&http, &target_bases, report.requests).await;
+    report.storage = match (storage_before, storage_counts(&http, &target_bases).await) {
+        (Some(before), Some(after)) => Some(storage_figures(before, after, report.requests)),
+        _ => None,
+    };
     drop(fed);
     drop(scratch);
     Printed::of(&report, args.run.json)
 }
 
 /// The gateways' durable commits and the writes they carried, summed over `bases`.
-async fn storage_figures(http: &Http, bases: &[String], requests: u64) -> Option<StorageFigures> {
+async fn storage_counts(http: &Http, bases: &[String]) -> Option<(f64, f64)> {
     let (mut commits, mut writes) = (0.0, 0.0);
     for b in bases {
         commits += http
@@ -567,13 +588,19 @@ async fn storage_figures(http: &Http, bases: &[String], requests: u64) -> Option
             .await?;
         writes += http.series_sum(b, "fedgate_db_commit_writes_sum").await?;
     }
+    Some((commits, writes))
+}
+
+/// The commits and writes of the measured requests, from the counts before and after.
+fn storage_figures(before: (f64, f64), after: (f64, f64), requests: u64) -> StorageFigures {
+    let (commits, writes) = ((after.0 - before.0).max(0.0), (after.1 - before.1).max(0.0));
     let per = |n: f64| n / requests.max(1) as f64;
-    Some(StorageFigures {
+    StorageFigures {
         commits: commits as u64,
         writes: writes as u64,
         writes_per_request: per(writes),
         commits_per_request: per(commits),
-    })
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -660,6 +687,7 @@ pub(super) async fn research(args: ResearchArgs) -> anyhow::Result<Printed> {
         pid: Some(gateway.process.pid()),
         idle_rss_mb: idle_rss,
     };
+    warm_up(&http, &target, &holders).await?;
     let (tally, seconds, server, load) = drive(&http, &target, holders, &args.run).await?;
     let rps = tally.latencies.len() as f64 / seconds.max(f64::MIN_POSITIVE);
     let floor = request_floor(&root.join("policies"), "research", 1, rps).await?;
