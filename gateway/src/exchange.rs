@@ -21,6 +21,7 @@ use crate::outcome;
 use crate::policy::{
     claims_of, holder_privilege, ConsentInput, CredentialInput, Decision, PrivilegeFacts,
 };
+use crate::records::{field, resource_type};
 use crate::state::{GatewayState, NotServed};
 
 /// HL7 v3 PurposeOfUse codes this gateway understands (the federation's); anything else is
@@ -395,7 +396,7 @@ async fn answer(
     notes.extend(outcome::redacted_classes(&decision.obligations.redact));
     let provenance = fetched
         .iter()
-        .filter(|r| r["resourceType"] == "Provenance")
+        .filter(|r| resource_type(r) == Some("Provenance"))
         .count();
     if provenance > 0 {
         notes.push(outcome::Note::suppressed(format!(
@@ -404,8 +405,8 @@ async fn answer(
     }
     let (patient, mut rest): (Vec<Value>, Vec<Value>) = fetched
         .into_iter()
-        .filter(|r| r["resourceType"] != "Provenance")
-        .partition(|r| r["resourceType"] == "Patient");
+        .filter(|r| resource_type(r) != Some("Provenance"))
+        .partition(|r| resource_type(r) == Some("Patient"));
     rest.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
     let present = outcome::present(&patient)
         .into_iter()
@@ -562,8 +563,11 @@ async fn answer(
 /// Order of the resources across pages: by type, then id (stable between fetches).
 fn sort_key(r: &Value) -> (&str, &str) {
     (
-        r["resourceType"].as_str().unwrap_or_default(),
-        r["id"].as_str().unwrap_or_default(),
+        resource_type(r).unwrap_or_default(),
+        r.as_object()
+            .and_then(|o| field(o, "id"))
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
     )
 }
 

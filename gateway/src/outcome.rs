@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde_json::{json, Map, Value};
 
-use crate::records::reference_target;
+use crate::records::{field, reference_target, resource_type};
 use crate::tokenize::Withheld;
 
 /// The FHIR extension that marks an element whose value is withheld.
@@ -166,7 +166,7 @@ fn withheld_target(
     present: &HashSet<(String, String)>,
     patient_id: &str,
 ) -> Option<String> {
-    let (ty, id) = reference_target(o.get("reference")?.as_str()?)?;
+    let (ty, id) = reference_target(field(o, "reference")?.as_str()?)?;
     if ty == "Patient" && id == patient_id {
         return None;
     }
@@ -188,10 +188,8 @@ pub fn present(resources: &[Value]) -> HashSet<(String, String)> {
     resources
         .iter()
         .filter_map(|r| {
-            Some((
-                r["resourceType"].as_str()?.to_string(),
-                r["id"].as_str()?.to_string(),
-            ))
+            let id = field(r.as_object()?, "id")?.as_str()?;
+            Some((resource_type(r)?.to_string(), id.to_string()))
         })
         .collect()
 }

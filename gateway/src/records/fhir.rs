@@ -2,9 +2,32 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::*;
+
+/// Objects up to this many keys are searched by [`field`] key by key.
+const SCAN_KEYS: usize = 12;
+
+/// `obj[key]`, found by comparing keys rather than by hashing `key`.
+///
+/// serde_json keeps objects in their order here (its `preserve_order` feature, which
+/// josekit and ssi turn on for the whole build), in an `IndexMap` that hashes every key
+/// looked up with SipHash. FHIR objects hold a handful of keys: comparing them (most
+/// differ in length at once) costs less than that one hash, and the tokenizer and the
+/// answer look a few keys up in every object of every resource that leaves. Larger
+/// objects are looked up by hash.
+pub fn field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    if obj.len() > SCAN_KEYS {
+        return obj.get(key);
+    }
+    obj.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v)
+}
+
+/// The `resourceType` of a resource (see [`field`]).
+pub fn resource_type(resource: &Value) -> Option<&str> {
+    field(resource.as_object()?, "resourceType")?.as_str()
+}
 
 /// FHIR resource type names: an ASCII capital, then letters.
 pub fn is_type_name(s: &str) -> bool {
@@ -28,14 +51,15 @@ pub fn reference_target(r: &str) -> Option<(&str, &str)> {
     if r.starts_with('#') || r.starts_with("urn:") || r.contains('?') {
         return None;
     }
-    let path: Vec<&str> = r.split('/').filter(|s| !s.is_empty()).collect();
-    let n = path.len();
-    let (ty, id) = if n >= 4 && path[n - 2] == "_history" {
-        (path[n - 4], path[n - 3])
-    } else if n >= 2 {
-        (path[n - 2], path[n - 1])
+    // From the end, without collecting the segments: `.../Type/id` or
+    // `.../Type/id/_history/version`.
+    let mut segments = r.split('/').filter(|s| !s.is_empty()).rev();
+    let (last, before) = (segments.next()?, segments.next()?);
+    let (ty, id) = if before == "_history" {
+        let id = segments.next()?;
+        (segments.next()?, id)
     } else {
-        return None;
+        (before, last)
     };
     (is_type_name(ty) && is_fhir_id(id)).then_some((ty, id))
 }

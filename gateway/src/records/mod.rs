@@ -243,6 +243,32 @@ mod tests {
         assert_eq!(reference_target("Patient?identifier=x"), None);
         assert_eq!(reference_target("patient/abc"), None);
         assert_eq!(reference_target("Patient/a_b"), None);
+        assert_eq!(reference_target("Patient/abc/_history"), None);
+        assert_eq!(reference_target("_history/2"), None);
+        assert_eq!(reference_target("Patient/_history/2"), None);
+        assert_eq!(
+            reference_target("//Patient//abc//_history/2/"),
+            Some(("Patient", "abc"))
+        );
+        assert_eq!(reference_target("abc"), None);
+        assert_eq!(reference_target(""), None);
+    }
+
+    #[test]
+    fn a_field_is_found_by_scan_or_hash_alike() {
+        for n in [0usize, 1, 5, 12, 13, 40] {
+            let obj: serde_json::Map<String, Value> =
+                (0..n).map(|i| (format!("k{i}"), json!(i))).collect();
+            for i in 0..n + 2 {
+                let key = format!("k{i}");
+                assert_eq!(field(&obj, &key), obj.get(&key), "{n} keys, {key}");
+            }
+            assert_eq!(field(&obj, ""), None);
+        }
+        let r = json!({"id": "x", "resourceType": "Condition"});
+        assert_eq!(resource_type(&r), Some("Condition"));
+        assert_eq!(resource_type(&json!({"resourceType": 7})), None);
+        assert_eq!(resource_type(&json!(["Condition"])), None);
     }
 
     #[test]

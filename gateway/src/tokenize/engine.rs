@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use super::classes::{classify_identifier, Action, IdentifierClass};
 use super::scrub::{Generic, Scrubber, Secrets};
 use super::{pseudonym_text, Obligations, TokenizeContext, TokenizeError, Withheld, PERSON_TYPES};
+use crate::records::field;
 use crate::vault::HmacPrefix;
 
 pub(super) struct Engine<'a, 'c> {
@@ -100,7 +101,7 @@ impl<'a, 'c> Engine<'a, 'c> {
     pub(super) fn collect_secrets(&self, value: &Value, out: &mut Secrets) {
         match value {
             Value::Object(obj) => {
-                let ty = obj.get("resourceType").and_then(Value::as_str);
+                let ty = field(obj, "resourceType").and_then(Value::as_str);
                 if let Some(ty) = ty.filter(|t| PERSON_TYPES.contains(t)) {
                     self.person_secrets(ty, obj, out);
                 }

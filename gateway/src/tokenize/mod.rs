@@ -157,15 +157,9 @@ pub fn apply(
         .map_err(|e| TokenizeError::UnknownClass(e.0))?;
     let mut resources: Vec<Value> = resources
         .into_iter()
-        .filter(|r| {
-            r.as_object().is_some_and(|o| {
-                o.get("resourceType")
-                    .and_then(Value::as_str)
-                    .is_some_and(|t| t != "Provenance")
-            })
-        })
+        .filter(|r| crate::records::resource_type(r).is_some_and(|t| t != "Provenance"))
         .collect();
-    resources.sort_by_key(|r| r["resourceType"] != "Patient");
+    resources.sort_by_key(|r| crate::records::resource_type(r) != Some("Patient"));
     if let Some(max) = obligations.max_records {
         resources.truncate(usize::try_from(max).unwrap_or(usize::MAX));
     }
@@ -212,8 +206,7 @@ fn replace_tokens(value: &mut Value, replaced: &crate::vault::Replaced) {
 fn walk_all(engine: &mut Engine<'_, '_>, resources: &mut [Value]) -> Result<(), TokenizeError> {
     for resource in resources {
         if let Value::Object(obj) = resource {
-            let ty = obj
-                .get("resourceType")
+            let ty = crate::records::field(obj, "resourceType")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
             engine.path.clear();

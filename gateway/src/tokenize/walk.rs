@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use super::classes::{classify_identifier, Action, IdentifierClass};
 use super::engine::Engine;
 use super::{TokenizeError, PERSON_TYPES, SHARED_TYPES};
-use crate::records::{is_fhir_id, is_type_name};
+use crate::records::{field, is_fhir_id, is_type_name};
 
 impl Engine<'_, '_> {
     pub(super) fn walk_object(
@@ -23,14 +23,16 @@ impl Engine<'_, '_> {
         let narrative = self.action(IdentifierClass::Narrative);
         let attachments = self.action(IdentifierClass::Attachments);
         let dates = self.action(IdentifierClass::Dates);
-        // The entries are moved out and the kept ones put back in their order: no key is
-        // copied or looked up again. On an error the whole output is dropped (`apply`).
-        let entries = std::mem::replace(obj, Map::with_capacity(obj.len()));
-        for (key, mut value) in entries {
+        // Each entry is walked in place; those not kept are dropped after, all at once,
+        // only if there are any: no key is copied, moved or hashed again. On an error the
+        // whole output is dropped (`apply`).
+        // Indices of the entries not kept, ascending (no allocation unless there is one).
+        let mut dropped: Vec<usize> = Vec::new();
+        for (i, (key, value)) in obj.iter_mut().enumerate() {
             let parent = self.path.len();
             self.path.push('.');
-            self.path.push_str(&key);
-            let keep = if is_free_text(&key, &value)
+            self.path.push_str(key);
+            let keep = if is_free_text(key, value)
                 && !matches!(narrative, Action::Reveal | Action::Keep)
             {
                 false
@@ -40,15 +42,23 @@ impl Engine<'_, '_> {
                 self.withhold("", "attachments-redacted");
                 false
             } else {
-                let kept = shared
-                    || !is_identifier_value(&key)
-                    || self.identifier_value(&key, &mut value, ty)?;
-                kept && self.walk_entry(&key, &mut value, ty, shared, attachments, dates)?
+                let kept =
+                    shared || !is_identifier_value(key) || self.identifier_value(key, value, ty)?;
+                kept && self.walk_entry(key, value, ty, shared, attachments, dates)?
             };
             self.path.truncate(parent);
-            if keep {
-                obj.insert(key, value);
+            if !keep {
+                dropped.push(i);
             }
+        }
+        if !dropped.is_empty() {
+            // `retain` visits the entries in order.
+            let (mut i, mut next) = (0, dropped.iter().peekable());
+            obj.retain(|_, _| {
+                let drop = next.next_if_eq(&&i).is_some();
+                i += 1;
+                !drop
+            });
         }
         Ok(())
     }
@@ -66,7 +76,10 @@ impl Engine<'_, '_> {
     ) -> Result<bool, TokenizeError> {
         match value {
             Value::Object(child) => {
-                if child.get("resourceType").and_then(Value::as_str).is_some() {
+                if field(child, "resourceType")
+                    .and_then(Value::as_str)
+                    .is_some()
+                {
                     // A contained (or nested) resource gets the full treatment.
                     self.resource(child, true)?;
                     return Ok(true);
@@ -144,7 +157,10 @@ impl Engine<'_, '_> {
     ) -> Result<(), TokenizeError> {
         match item {
             Value::Object(child) => {
-                if child.get("resourceType").and_then(Value::as_str).is_some() {
+                if field(child, "resourceType")
+                    .and_then(Value::as_str)
+                    .is_some()
+                {
                     return self.resource(child, true);
                 }
                 if attachment || looks_like_attachment(child) {
@@ -276,7 +292,7 @@ pub(super) fn date_action(action: Action) -> DateOp {
 }
 
 pub(super) fn is_reference(obj: &Map<String, Value>) -> bool {
-    if obj.get("reference").is_some_and(Value::is_string) {
+    if field(obj, "reference").is_some_and(Value::is_string) {
         return true;
     }
     // A logical reference (identifier) or a display-only one.
@@ -287,9 +303,9 @@ pub(super) fn is_reference(obj: &Map<String, Value>) -> bool {
         )
     });
     keys_ok
-        && obj.get("type").is_none_or(Value::is_string)
-        && (obj.get("identifier").is_some_and(Value::is_object)
-            || obj.get("display").is_some_and(Value::is_string))
+        && field(obj, "type").is_none_or(Value::is_string)
+        && (field(obj, "identifier").is_some_and(Value::is_object)
+            || field(obj, "display").is_some_and(Value::is_string))
 }
 
 pub(super) fn is_free_text(key: &str, value: &Value) -> bool {
@@ -383,9 +399,9 @@ fn is_vocabulary(key: &str) -> bool {
 /// content type, or a Signature's data (which may be the image of a signature).
 /// `SampledData.data` (waveforms, no content type) is not one.
 fn looks_like_attachment(obj: &Map<String, Value>) -> bool {
-    let content = obj.get("data").is_some_and(Value::is_string)
-        || obj.get("url").is_some_and(Value::is_string);
-    content && (obj.contains_key("contentType") || obj.contains_key("sigFormat"))
+    let content = field(obj, "data").is_some_and(Value::is_string)
+        || field(obj, "url").is_some_and(Value::is_string);
+    content && (field(obj, "contentType").is_some() || field(obj, "sigFormat").is_some())
 }
 
 /// Removes nulls and the objects and arrays left empty by removals (FHIR forbids empty
