@@ -11,6 +11,10 @@ use gateway::records::EmbeddedStore;
 
 type Error = Box<dyn std::error::Error>;
 
+// Allocates as the fedgate binary does: a copy is mostly allocation.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn run() -> Result<(), Error> {
     let dir = tempfile::tempdir()?;
     let store = EmbeddedStore::open(&dir.path().join("records"))?;
