@@ -408,10 +408,8 @@ async fn answer(
         .filter(|r| resource_type(r) != Some("Provenance"))
         .partition(|r| resource_type(r) == Some("Patient"));
     rest.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
-    let present = outcome::present(&patient)
-        .into_iter()
-        .chain(outcome::present(&rest))
-        .collect();
+    let mut present = outcome::Present::of(&patient);
+    present.add(&rest);
     let total = patient.len() + rest.len();
 
     // page

@@ -6,7 +6,7 @@
 //!
 //! Notes name resource types, element paths and counts only: never a value from a record.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::{json, Map, Value};
 
@@ -119,7 +119,7 @@ pub fn redacted_classes(redact: &[String]) -> Vec<Note> {
 /// returns one note per target type with the number of such references.
 pub fn mark_withheld_references(
     resources: &mut [Value],
-    present: &HashSet<(String, String)>,
+    present: &Present,
     patient_id: &str,
 ) -> Vec<Note> {
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
@@ -136,22 +136,24 @@ pub fn mark_withheld_references(
         .collect()
 }
 
-fn mark(
-    v: &mut Value,
-    present: &HashSet<(String, String)>,
-    patient_id: &str,
-    counts: &mut BTreeMap<String, usize>,
-) {
+fn mark(v: &mut Value, present: &Present, patient_id: &str, counts: &mut BTreeMap<String, usize>) {
     match v {
         Value::Object(o) => {
-            if let Some(ty) = withheld_target(o, present, patient_id) {
+            // One pass over the entries: the reference is found on the way (no lookup),
+            // and the extension added after (never walked: it is where the mark goes).
+            let mut withheld = None;
+            for (k, child) in o.iter_mut() {
+                match (k.as_str(), child) {
+                    ("extension", _) => {}
+                    ("reference", Value::String(r)) => {
+                        withheld = withheld_target(r, present, patient_id).map(str::to_string);
+                    }
+                    (_, child) => mark(child, present, patient_id, counts),
+                }
+            }
+            if let Some(ty) = withheld {
                 *counts.entry(ty).or_default() += 1;
                 add_absent_reason(o);
-            }
-            for (k, child) in o.iter_mut() {
-                if k != "extension" {
-                    mark(child, present, patient_id, counts);
-                }
             }
         }
         Value::Array(items) => items
@@ -161,16 +163,12 @@ fn mark(
     }
 }
 
-fn withheld_target(
-    o: &Map<String, Value>,
-    present: &HashSet<(String, String)>,
-    patient_id: &str,
-) -> Option<String> {
-    let (ty, id) = reference_target(field(o, "reference")?.as_str()?)?;
+fn withheld_target<'r>(reference: &'r str, present: &Present, patient_id: &str) -> Option<&'r str> {
+    let (ty, id) = reference_target(reference)?;
     if ty == "Patient" && id == patient_id {
         return None;
     }
-    (!present.contains(&(ty.to_string(), id.to_string()))).then(|| ty.to_string())
+    (!present.contains(ty, id)).then_some(ty)
 }
 
 fn add_absent_reason(o: &mut Map<String, Value>) {
@@ -183,15 +181,36 @@ fn add_absent_reason(o: &mut Map<String, Value>) {
     }
 }
 
-/// `(type, id)` of every resource in `resources`.
-pub fn present(resources: &[Value]) -> HashSet<(String, String)> {
-    resources
-        .iter()
-        .filter_map(|r| {
-            let id = field(r.as_object()?, "id")?.as_str()?;
-            Some((resource_type(r)?.to_string(), id.to_string()))
-        })
-        .collect()
+/// `(type, id)` of every resource of an answer: ids by type, so that a reference is
+/// looked up without making strings of its parts.
+#[derive(Debug, Default)]
+pub struct Present(HashMap<String, HashSet<String>>);
+
+impl Present {
+    pub fn of(resources: &[Value]) -> Present {
+        let mut present = Present::default();
+        present.add(resources);
+        present
+    }
+
+    pub fn add(&mut self, resources: &[Value]) {
+        for r in resources {
+            let id = r
+                .as_object()
+                .and_then(|o| field(o, "id"))
+                .and_then(Value::as_str);
+            if let (Some(ty), Some(id)) = (resource_type(r), id) {
+                self.0
+                    .entry(ty.to_string())
+                    .or_default()
+                    .insert(id.to_string());
+            }
+        }
+    }
+
+    pub fn contains(&self, ty: &str, id: &str) -> bool {
+        self.0.get(ty).is_some_and(|ids| ids.contains(id))
+    }
 }
 
 #[cfg(test)]
@@ -269,7 +288,7 @@ mod tests {
                    "performer": [{"reference": "Practitioner/x", "extension": [{"url": "u"}]}]}),
             json!({"resourceType": "Observation", "id": "o1", "subject": {"reference": "Patient/p1"}}),
         ];
-        let present = present(&resources);
+        let present = Present::of(&resources);
         let notes = mark_withheld_references(&mut resources, &present, "p1");
         let text: Vec<&str> = notes.iter().map(|n| n.diagnostics.as_str()).collect();
         assert_eq!(
