@@ -93,6 +93,13 @@ pub struct GatewayConfig {
     /// included (whole seconds), and never after a policy reload.
     #[serde(default = "default_policy_decision_cache")]
     pub policy_decision_cache_entries: usize,
+    /// Megabytes (of stored JSON, 0 to 4,096; 0 turns it off) of the embedded store's
+    /// records kept parsed for the next request about the same patient and data classes.
+    /// An import makes every kept record stale at once; records larger than half of it
+    /// are never kept. The parsed form takes a few times the stored size (8 MB by
+    /// default).
+    #[serde(default = "default_records_cache_mb")]
+    pub records_cache_mb: usize,
     /// What makes policy decisions: `"vm"` (default; each domain's decision rule compiled
     /// for regorus's VM, several times faster) or `"interpreter"` (regorus's interpreter,
     /// for a bundle written for it; see policies/README.md, "Fail closed under the VM").
@@ -330,6 +337,9 @@ pub struct Shift {
 fn default_policy_decision_cache() -> usize {
     crate::policy::DEFAULT_DECISION_CACHE_ENTRIES
 }
+fn default_records_cache_mb() -> usize {
+    8
+}
 fn default_policy_time_limit() -> u64 {
     u64::try_from(crate::policy::DEFAULT_TIME_LIMIT.as_millis()).unwrap_or(50)
 }
@@ -355,6 +365,11 @@ fn default_max_records() -> u32 {
 pub use service::config::ConfigError;
 
 impl GatewayConfig {
+    /// `records_cache_mb` in bytes.
+    pub fn records_cache_bytes(&self) -> usize {
+        self.records_cache_mb.saturating_mul(1024 * 1024)
+    }
+
     /// Reads and validates a config file. Relative paths are taken from the file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         service::config::load(path)
@@ -425,6 +440,9 @@ impl service::config::ServiceConfig for GatewayConfig {
                 "policy_decision_cache_entries",
                 "must be between 0 and 1000000",
             ));
+        }
+        if self.records_cache_mb > 4096 {
+            return Err(invalid("records_cache_mb", "must be between 0 and 4096"));
         }
         if self.outbox_max_events == 0 {
             return Err(invalid("outbox_max_events", "must be at least 1"));

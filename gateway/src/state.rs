@@ -148,6 +148,7 @@ impl GatewayState {
         let records = match &config.records {
             RecordsConfig::Embedded => {
                 RecordSource::embedded_configured(&config.storage, &config.data_dir)?
+                    .with_record_cache(config.records_cache_bytes())
             }
             RecordsConfig::Fhir {
                 url,

@@ -974,3 +974,57 @@ async fn fhir_server_answers_are_checked_retried_and_bounded() {
         Err(RecordError::Budget(_))
     ));
 }
+
+/// Records kept parsed are the records the store holds: the same answer from memory as
+/// from the store, whatever the order of the types asked for, untouched by what a caller
+/// does to its copy, and never the old one after an import, also through a second handle
+/// on the store (as a replica sharing it) whose copy the import made stale.
+#[test]
+fn records_kept_parsed_are_never_stale() {
+    let (_dir, plain) = store();
+    import_all(&plain);
+    let cached = plain.clone().with_record_cache(8 << 20);
+    let replica = plain.clone().with_record_cache(8 << 20);
+    let (file, bundle) = bundles("hospital-a").swap_remove(0);
+    let (system, value) = mrn(patient_of(&bundle));
+    let pid = plain.find_patient(&system, &value).unwrap().unwrap();
+    let types = vec!["Patient".to_string(), "Condition".to_string()];
+    let reversed: Vec<String> = types.iter().rev().cloned().collect();
+
+    let fresh = plain.patient_resources(&pid, &types).unwrap();
+    assert!(fresh.len() > 1, "{} resources", fresh.len());
+    let mut first = cached.patient_resources(&pid, &types).unwrap();
+    assert_eq!(first, fresh);
+    assert_eq!(cached.patient_resources(&pid, &reversed).unwrap(), fresh);
+    assert_eq!(replica.patient_resources(&pid, &types).unwrap(), fresh);
+    // What a caller does to its copy stays with it.
+    first[0]["id"] = Value::String("changed".into());
+    assert_eq!(cached.patient_resources(&pid, &types).unwrap(), fresh);
+
+    // A Condition amended and the bundle imported again.
+    let mut amended = bundle.clone();
+    let condition = amended["entry"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|e| e["resource"]["resourceType"] == "Condition")
+        .unwrap();
+    condition["resource"]["note"] = serde_json::json!([{"text": "amended after review"}]);
+    plain
+        .import_bundle_from(&file.display().to_string(), &amended)
+        .unwrap();
+    let now = plain.patient_resources(&pid, &types).unwrap();
+    assert_ne!(now, fresh);
+    assert!(now
+        .iter()
+        .any(|r| r["note"][0]["text"] == "amended after review"));
+    assert_eq!(cached.patient_resources(&pid, &types).unwrap(), now);
+    assert_eq!(replica.patient_resources(&pid, &reversed).unwrap(), now);
+
+    // Off, or smaller than the record: read from the store every time, alike.
+    let off = plain.clone().with_record_cache(0);
+    let tiny = plain.clone().with_record_cache(64);
+    assert_eq!(off.patient_resources(&pid, &types).unwrap(), now);
+    assert_eq!(tiny.patient_resources(&pid, &types).unwrap(), now);
+    assert_eq!(tiny.patient_resources(&pid, &types).unwrap(), now);
+}

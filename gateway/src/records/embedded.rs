@@ -4,11 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use storage::{Db, Schema, Snapshot, Tree, WriteTx};
 
+use super::cache::RecordCache;
 use super::*;
 
 /// The layout of the store's file.
@@ -19,14 +21,20 @@ pub const SCHEMA: Schema = Schema {
 
 /// The embedded FHIR store. Trees (all owned here): `records.resources` (`Type/id` →
 /// JSON), `records.identifiers` (`system 0 value` → Patient ids), `records.members`
-/// (`patient 0 Type 0 id`).
+/// (`patient 0 Type 0 id`), `records.meta` (the store's generation, bumped by every
+/// import, which tells a parsed record kept in memory from a stale one).
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Db,
     resources: Tree,
     identifiers: Tree,
     members: Tree,
+    meta: Tree,
+    cache: Arc<RecordCache>,
 }
+
+/// The key of the store's generation in `records.meta`.
+const GENERATION: &[u8] = b"generation";
 
 impl std::fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -109,7 +117,27 @@ impl EmbeddedStore {
             resources: db.tree(RESOURCES_TREE),
             identifiers: db.tree(IDENTIFIERS_TREE),
             members: db.tree(MEMBERS_TREE),
+            meta: db.tree(META_TREE),
             db,
+            cache: Arc::new(RecordCache::new(0)),
+        }
+    }
+
+    /// The same store, keeping up to `max_bytes` (of stored JSON) of the records it reads
+    /// parsed for the next request about the same patient and types (see
+    /// [`super::cache`]); 0 keeps none.
+    pub fn with_record_cache(mut self, max_bytes: usize) -> EmbeddedStore {
+        self.cache = Arc::new(RecordCache::new(max_bytes));
+        self
+    }
+
+    /// The store's generation as of `snap`: 0 before the first import.
+    fn generation_in(&self, snap: &Snapshot) -> Result<u64, RecordError> {
+        match snap.get(&self.meta, GENERATION)? {
+            None => Ok(0),
+            Some(v) => <[u8; 8]>::try_from(v.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| RecordError::Corrupt("store generation".into())),
         }
     }
 
@@ -244,6 +272,19 @@ impl EmbeddedStore {
             for (ty, id, resource, body) in &stored {
                 store.put(tx, ty, id, resource, body)?;
             }
+            // In the same write: no reader can see these resources with the generation
+            // before them, so no record read before this import is used after it.
+            let generation = match tx.get(&store.meta, GENERATION)? {
+                None => 0,
+                Some(v) => <[u8; 8]>::try_from(v.as_slice())
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| RecordError::Corrupt("store generation".into()))?,
+            };
+            tx.insert(
+                &store.meta,
+                GENERATION,
+                &generation.wrapping_add(1).to_be_bytes(),
+            )?;
             Ok::<(), RecordError>(())
         })?;
         Ok(report)
@@ -335,15 +376,29 @@ impl EmbeddedStore {
 
     /// One resource as of `snap`.
     fn get_in(&self, snap: &Snapshot, ty: &str, id: &str) -> Result<Option<Value>, RecordError> {
+        self.get_in_counting(snap, ty, id, &std::cell::Cell::new(0))
+    }
+
+    /// [`EmbeddedStore::get_in`], adding the stored JSON's length to `bytes`.
+    fn get_in_counting(
+        &self,
+        snap: &Snapshot,
+        ty: &str,
+        id: &str,
+        bytes: &std::cell::Cell<usize>,
+    ) -> Result<Option<Value>, RecordError> {
         if !is_type_name(ty) || !is_fhir_id(id) {
             return Ok(None);
         }
         let key = format!("{ty}/{id}");
         match snap.get(&self.resources, key.as_bytes())? {
             None => Ok(None),
-            Some(body) => serde_json::from_slice(&body)
-                .map(Some)
-                .map_err(|_| RecordError::Corrupt(key)),
+            Some(body) => {
+                bytes.set(bytes.get().saturating_add(body.len()));
+                serde_json::from_slice(&body)
+                    .map(Some)
+                    .map_err(|_| RecordError::Corrupt(key))
+            }
         }
     }
 
@@ -366,13 +421,27 @@ impl EmbeddedStore {
         check_types(types)?;
         let snap = self.db.read()?;
         let wanted: HashSet<&str> = types.iter().map(String::as_str).collect();
+        let ordered: BTreeSet<&str> = wanted.iter().copied().collect();
+        let cached = if self.cache.is_enabled() {
+            let key = RecordCache::key(patient_id, ordered.iter().copied());
+            let generation = self.generation_in(&snap)?;
+            if let Some(record) = self.cache.get(&key, generation) {
+                metrics::counter!("fedgate_records_cache_total", "result" => "hit").increment(1);
+                return Ok(record.to_vec());
+            }
+            metrics::counter!("fedgate_records_cache_total", "result" => "miss").increment(1);
+            Some((key, generation))
+        } else {
+            None
+        };
+        let bytes = std::cell::Cell::new(0usize);
+        let read = |ty: &str, id: &str| self.get_in_counting(&snap, ty, id, &bytes);
         let mut record = Vec::new();
         if wanted.contains("Patient") {
-            record.extend(self.get_in(&snap, "Patient", patient_id)?);
+            record.extend(read("Patient", patient_id)?);
         }
         // One range scan per type asked for (`patient \0 type \0`), in type order: a
         // request for two classes must not walk a record of hundreds of resources.
-        let ordered: BTreeSet<&str> = wanted.iter().copied().collect();
         for ty in ordered {
             let prefix = member_key(patient_id, ty, "");
             let mut ids = Vec::new();
@@ -382,12 +451,15 @@ impl EmbeddedStore {
                 }
             })?;
             for id in ids {
-                record.extend(self.get_in(&snap, ty, &id)?);
+                record.extend(read(ty, &id)?);
             }
         }
-        add_referenced(patient_id, &wanted, &mut record, |t, i| {
-            self.get_in(&snap, t, i)
-        })?;
+        add_referenced(patient_id, &wanted, &mut record, read)?;
+        if let Some((key, generation)) = cached {
+            // The copy kept is never changed: the caller changes its own.
+            self.cache
+                .insert(key, generation, bytes.get(), Arc::from(record.clone()));
+        }
         Ok(record)
     }
 

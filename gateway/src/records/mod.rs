@@ -14,6 +14,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+mod cache;
 mod embedded;
 mod fhir;
 mod import;
@@ -33,6 +34,7 @@ pub const MAX_FILE_BYTES: u64 = 512 * 1024 * 1024;
 const RESOURCES_TREE: &str = "records.resources";
 const IDENTIFIERS_TREE: &str = "records.identifiers";
 const MEMBERS_TREE: &str = "records.members";
+const META_TREE: &str = "records.meta";
 
 /// Types that no patient compartment holds: searched by id, never by `?patient=`.
 pub(crate) const SHARED_TYPES: [&str; 9] = [
@@ -147,6 +149,16 @@ impl RecordSource {
         Ok(RecordSource::Embedded(EmbeddedStore::open_configured(
             storage, data_dir,
         )?))
+    }
+
+    /// The same source, keeping up to `max_bytes` of parsed records for the next request
+    /// about the same patient (the embedded store only: a FHIR server's records are its
+    /// own, read fresh every time).
+    pub fn with_record_cache(self, max_bytes: usize) -> RecordSource {
+        match self {
+            RecordSource::Embedded(s) => RecordSource::Embedded(s.with_record_cache(max_bytes)),
+            fhir => fhir,
+        }
     }
 
     /// The organization's FHIR server at `base` (https; http only to loopback in dev mode).
