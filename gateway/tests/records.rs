@@ -993,8 +993,17 @@ fn records_kept_parsed_are_never_stale() {
 
     let fresh = plain.patient_resources(&pid, &types).unwrap();
     assert!(fresh.len() > 1, "{} resources", fresh.len());
+    // Nothing kept before the first read, nor ever without a cache.
+    assert_eq!(cached.kept_record(&pid, &types, usize::MAX).unwrap(), None);
+    assert_eq!(plain.kept_record(&pid, &types, usize::MAX).unwrap(), None);
     let mut first = cached.patient_resources(&pid, &types).unwrap();
     assert_eq!(first, fresh);
+    // Kept, and handed out only up to the size asked for.
+    assert_eq!(
+        cached.kept_record(&pid, &reversed, usize::MAX).unwrap(),
+        Some(fresh.clone())
+    );
+    assert_eq!(cached.kept_record(&pid, &types, 10).unwrap(), None);
     assert_eq!(cached.patient_resources(&pid, &reversed).unwrap(), fresh);
     assert_eq!(replica.patient_resources(&pid, &types).unwrap(), fresh);
     // What a caller does to its copy stays with it.
@@ -1018,7 +1027,12 @@ fn records_kept_parsed_are_never_stale() {
     assert!(now
         .iter()
         .any(|r| r["note"][0]["text"] == "amended after review"));
+    assert_eq!(cached.kept_record(&pid, &types, usize::MAX).unwrap(), None);
     assert_eq!(cached.patient_resources(&pid, &types).unwrap(), now);
+    assert_eq!(
+        cached.kept_record(&pid, &types, usize::MAX).unwrap(),
+        Some(now.clone())
+    );
     assert_eq!(replica.patient_resources(&pid, &reversed).unwrap(), now);
 
     // Off, or smaller than the record: read from the store every time, alike.

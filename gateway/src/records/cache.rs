@@ -61,8 +61,8 @@ impl RecordCache {
         h.finalize().into()
     }
 
-    /// The record under `key` if it was read at `generation` of the store.
-    pub(crate) fn get(&self, key: &[u8; 32], generation: u64) -> Option<Arc<[Value]>> {
+    /// The record under `key` if it was read at `generation` of the store, and its size.
+    pub(crate) fn get(&self, key: &[u8; 32], generation: u64) -> Option<(Arc<[Value]>, usize)> {
         if !self.is_enabled() {
             return None;
         }
@@ -70,7 +70,7 @@ impl RecordCache {
         let mut m = self.maps.lock().ok()?;
         if let Some(c) = m.current.get(key) {
             if c.generation == generation {
-                return Some(c.record.clone());
+                return Some((c.record.clone(), c.bytes));
             }
             if let Some(stale) = m.current.remove(key) {
                 m.current_bytes = m.current_bytes.saturating_sub(stale.bytes);
@@ -81,9 +81,9 @@ impl RecordCache {
         if c.generation != generation {
             return None;
         }
-        let record = c.record.clone();
+        let found = (c.record.clone(), c.bytes);
         self.insert_locked(&mut m, *key, c);
-        Some(record)
+        Some(found)
     }
 
     /// Keeps `record` (`bytes` of stored JSON, read at `generation`) under `key`.
@@ -153,7 +153,10 @@ mod tests {
         );
         assert!(cache.get(&k, 1).is_none());
         cache.insert(k, 1, 100, record(3));
-        assert_eq!(cache.get(&k, 1).map(|r| r.len()), Some(3));
+        assert_eq!(
+            cache.get(&k, 1).map(|(r, bytes)| (r.len(), bytes)),
+            Some((3, 100))
+        );
         // Read before an import: never used after it, and dropped.
         assert!(cache.get(&k, 2).is_none());
         assert!(cache.get(&k, 1).is_none());

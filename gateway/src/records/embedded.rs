@@ -425,7 +425,7 @@ impl EmbeddedStore {
         let cached = if self.cache.is_enabled() {
             let key = RecordCache::key(patient_id, ordered.iter().copied());
             let generation = self.generation_in(&snap)?;
-            if let Some(record) = self.cache.get(&key, generation) {
+            if let Some((record, _)) = self.cache.get(&key, generation) {
                 metrics::counter!("fedgate_records_cache_total", "result" => "hit").increment(1);
                 return Ok(record.to_vec());
             }
@@ -461,6 +461,33 @@ impl EmbeddedStore {
                 .insert(key, generation, bytes.get(), Arc::from(record.clone()));
         }
         Ok(record)
+    }
+
+    /// The patient's record if it is kept parsed, current, and at most `max_bytes` (of
+    /// stored JSON), copied; `None` otherwise (read it with
+    /// [`EmbeddedStore::patient_resources`]). A copy this small is cheaper than a hand-off
+    /// to another thread and back, so the exchange makes it where it runs.
+    pub fn kept_record(
+        &self,
+        patient_id: &str,
+        types: &[String],
+        max_bytes: usize,
+    ) -> Result<Option<Vec<Value>>, RecordError> {
+        if !self.cache.is_enabled() {
+            return Ok(None);
+        }
+        check_patient_id(patient_id)?;
+        check_types(types)?;
+        let ordered: BTreeSet<&str> = types.iter().map(String::as_str).collect();
+        let key = RecordCache::key(patient_id, ordered.iter().copied());
+        let generation = self.generation_in(&self.db.read()?)?;
+        match self.cache.get(&key, generation) {
+            Some((record, bytes)) if bytes <= max_bytes => {
+                metrics::counter!("fedgate_records_cache_total", "result" => "hit").increment(1);
+                Ok(Some(record.to_vec()))
+            }
+            _ => Ok(None),
+        }
     }
 
     pub fn patient_ids(&self) -> Result<Vec<String>, RecordError> {

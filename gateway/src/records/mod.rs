@@ -49,6 +49,11 @@ pub(crate) const SHARED_TYPES: [&str; 9] = [
     "InsurancePlan",
 ];
 
+/// Largest record (of stored JSON) copied from the record cache on the request's own
+/// thread: some 20 µs of copying (`benches/records.rs`), well within what an async worker
+/// may spend between two waits; a larger one is copied on the blocking pool.
+const INLINE_COPY_BYTES: usize = 32 * 1024;
+
 /// Upper bound of shared resources pulled into one record by reference.
 const MAX_REFERENCED: usize = 2000;
 
@@ -199,6 +204,11 @@ impl RecordSource {
     ) -> Result<Vec<Value>, RecordError> {
         match self {
             RecordSource::Embedded(s) => {
+                // A small record kept parsed is copied on this thread, like the patient's
+                // lookup; reading one (parsing it) goes to the blocking pool.
+                if let Some(record) = s.kept_record(patient_id, types, INLINE_COPY_BYTES)? {
+                    return Ok(record);
+                }
                 let (s, id, types) = (s.clone(), patient_id.to_string(), types.to_vec());
                 blocking(move || s.patient_resources(&id, &types)).await
             }
