@@ -5,7 +5,8 @@
 //! - [`config`]: `gateway.toml`, validated at load.
 //! - `nonce`: single-use challenges (`service::nonce`), the replay defence of presentations.
 //! - [`policy`]: Rego policies per domain (regorus), hot reload, `policy test` runner.
-//! - [`records`]: the local FHIR store (a redb file) or the organization's FHIR server.
+//! - [`records`]: the local FHIR store (a redb file; records read recently kept parsed)
+//!   or the organization's FHIR server.
 //! - [`tokenize`]: obligations applied to FHIR JSON (reveal, tokenize, pseudonymize,
 //!   generalize, redact), the patient's identifiers scrubbed from every string and text
 //!   attachment, unscannable attachments withheld; [`vault`]: the encrypted token vault.
