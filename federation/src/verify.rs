@@ -358,6 +358,10 @@ struct Proven {
     signer: String,
     signer_doc: Arc<Value>,
     at: Instant,
+    /// The data model check's warnings, kept once every check passed: like the schema's,
+    /// its result depends only on the credential's bytes and this verifier's bundle, so a
+    /// cached proof stands for it too.
+    data_model: std::sync::OnceLock<Vec<String>>,
 }
 
 /// A bounded cache of proven credentials, keyed by the SHA-256 of the credential as
@@ -932,6 +936,7 @@ impl Verifier {
             signer,
             signer_doc,
             at: Instant::now(),
+            data_model: std::sync::OnceLock::new(),
         })
     }
 
@@ -1247,7 +1252,10 @@ impl Verifier {
         let format = proven.format;
         let credential = &proven.credential;
         let mut checks = vec![Check::Format, Check::Proof];
-        let warnings = check_data_model(credential, &self.bundle)?;
+        let warnings = match proven.data_model.get() {
+            Some(warnings) if hit => warnings.clone(),
+            _ => check_data_model(credential, &self.bundle)?,
+        };
         let types = type_names(credential);
         let kind = match CredentialKind::of_credential(credential) {
             Ok(kind) => Some(kind),
@@ -1341,6 +1349,8 @@ impl Verifier {
         // Remembered only now that every check passed: a failure is never cached, and
         // credentials nobody trusts cannot crowd out the ones in use.
         if !hit {
+            // A fresh `Proven`, never shared before this: the cell is empty.
+            let _ = proven.data_model.set(warnings.clone());
             self.proofs.insert(key, proven.clone());
         }
         Ok(VerifiedAnyCredential {
@@ -2362,6 +2372,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_hit_answers_the_data_model_warnings_of_the_first_check() {
+        let f = fixture().await;
+        // A credential of a type beyond the three, pointing at a resource this verifier
+        // has not bundled: a warning, not a failure.
+        let vc = json!({
+            "@context": ["https://www.w3.org/ns/credentials/v2"],
+            "type": ["VerifiableCredential"],
+            "issuer": OFFICE,
+            "validFrom": crate::time::rfc3339(Utc::now() - chrono::Duration::hours(1)),
+            "credentialSubject": {"id": "did:example:nurse"},
+            "relatedResource": [{
+                "id": "https://office.example/terms.json",
+                "digestSRI": "sha384-ZGVmYXVsdA"
+            }]
+        });
+        let vc = credentials::sign_document(vc, &f.office, ProofFormat::Jwt, None)
+            .await
+            .unwrap();
+        let first = f.verifier.verify_any_credential(&vc).await.unwrap();
+        assert_eq!(first.warnings.len(), 1, "{:?}", first.warnings);
+        assert!(
+            first.warnings[0].contains("not bundled"),
+            "{:?}",
+            first.warnings
+        );
+        let before = f.checks();
+        let second = f.verifier.verify_any_credential(&vc).await.unwrap();
+        assert_eq!(f.checks(), before, "a hit");
+        assert_eq!(second.warnings, first.warnings);
+        assert_eq!(second.checks, first.checks);
+    }
+
+    #[tokio::test]
     async fn a_tampered_credential_misses_and_its_failure_is_not_cached() {
         let f = fixture().await;
         let (vc, _) = f.privilege(20, in_a_month(), ProofFormat::Jwt).await;
@@ -2640,6 +2683,7 @@ mod tests {
                 signer: "did:key:z#z".into(),
                 signer_doc: Arc::new(Value::Null),
                 at: Instant::now(),
+                data_model: std::sync::OnceLock::new(),
             })
         };
         let hot = [0xffu8; 32];
