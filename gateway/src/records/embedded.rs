@@ -133,12 +133,7 @@ impl EmbeddedStore {
 
     /// The store's generation as of `snap`: 0 before the first import.
     fn generation_in(&self, snap: &Snapshot) -> Result<u64, RecordError> {
-        match snap.get(&self.meta, GENERATION)? {
-            None => Ok(0),
-            Some(v) => <[u8; 8]>::try_from(v.as_slice())
-                .map(u64::from_be_bytes)
-                .map_err(|_| RecordError::Corrupt("store generation".into())),
-        }
+        decode_generation(snap.get(&self.meta, GENERATION)?)
     }
 
     /// Imports a transaction, batch or collection Bundle; see [`EmbeddedStore::import_bundle_from`].
@@ -274,12 +269,7 @@ impl EmbeddedStore {
             }
             // In the same write: no reader can see these resources with the generation
             // before them, so no record read before this import is used after it.
-            let generation = match tx.get(&store.meta, GENERATION)? {
-                None => 0,
-                Some(v) => <[u8; 8]>::try_from(v.as_slice())
-                    .map(u64::from_be_bytes)
-                    .map_err(|_| RecordError::Corrupt("store generation".into()))?,
-            };
+            let generation = decode_generation(tx.get(&store.meta, GENERATION)?)?;
             tx.insert(
                 &store.meta,
                 GENERATION,
@@ -422,6 +412,8 @@ impl EmbeddedStore {
         let snap = self.db.read()?;
         let wanted: HashSet<&str> = types.iter().map(String::as_str).collect();
         let ordered: BTreeSet<&str> = wanted.iter().copied().collect();
+        // The generation is read in the snapshot the record is read from (even right after
+        // `kept_record` read it): a record is kept under the generation it was read at.
         let cached = if self.cache.is_enabled() {
             let key = RecordCache::key(patient_id, ordered.iter().copied());
             let generation = self.generation_in(&snap)?;
@@ -515,6 +507,16 @@ impl EmbeddedStore {
             ControlFlow::Continue(())
         })?;
         Ok(out)
+    }
+}
+
+/// The store's generation as stored (0 when none was: before the first import).
+fn decode_generation(value: Option<Vec<u8>>) -> Result<u64, RecordError> {
+    match value {
+        None => Ok(0),
+        Some(v) => <[u8; 8]>::try_from(v.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| RecordError::Corrupt("store generation".into())),
     }
 }
 
