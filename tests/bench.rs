@@ -80,7 +80,9 @@ fn exchange_with_two_holders() {
         st["writes"].as_u64().unwrap(),
     );
     assert!(writes >= 20, "{st}");
-    assert!(commits >= 1 && commits <= writes, "{st}");
+    // Both figures come from one metrics page, but a commit's two histograms are recorded
+    // one after the other, so a page may hold the one and not yet the other.
+    assert!(commits >= 1 && commits <= writes + 1, "{st}");
     assert!(st["writes_per_request"].as_f64().unwrap() >= 1.0, "{st}");
 }
 

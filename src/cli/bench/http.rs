@@ -78,22 +78,20 @@ impl Http {
             .map(|v| v as u64)
     }
 
-    /// The sum over every series of `name`, whatever its labels, on a service's
-    /// `/metrics` page; `None` when it has none.
-    pub(super) async fn series_sum(&self, base: &str, name: &str) -> Option<f64> {
+    /// The sums over every series of each of `names`, whatever their labels, read from
+    /// one fetch of a service's `/metrics` page, so that related series (a histogram's
+    /// count and sum) are read at one instant; `None` when a name has no series.
+    pub(super) async fn series_sums<const N: usize>(
+        &self,
+        base: &str,
+        names: [&str; N],
+    ) -> Option<[f64; N]> {
         let page = self.metrics_page(base).await?;
-        let values: Vec<f64> = page
-            .lines()
-            .filter_map(|l| {
-                let rest = l.strip_prefix(name)?;
-                let value = match rest.strip_prefix('{') {
-                    Some(labelled) => labelled.split_once("} ")?.1,
-                    None => rest.strip_prefix(' ')?,
-                };
-                value.trim().parse::<f64>().ok()
-            })
-            .collect();
-        (!values.is_empty()).then(|| values.iter().sum())
+        let mut sums = [0.0; N];
+        for (sum, name) in sums.iter_mut().zip(names) {
+            *sum = series_sum_on(&page, name)?;
+        }
+        Some(sums)
     }
 
     /// POSTs and returns the status and the body as it came.
@@ -167,4 +165,20 @@ pub(super) fn with_slash(url: &str) -> String {
     } else {
         format!("{url}/")
     }
+}
+
+/// The sum over every series of `name` on a metrics page; `None` when it has none.
+fn series_sum_on(page: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = page
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let value = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once("} ")?.1,
+                None => rest.strip_prefix(' ')?,
+            };
+            value.trim().parse::<f64>().ok()
+        })
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }

@@ -583,10 +583,19 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
 async fn storage_counts(http: &Http, bases: &[String]) -> Option<(f64, f64)> {
     let (mut commits, mut writes) = (0.0, 0.0);
     for b in bases {
-        commits += http
-            .series_sum(b, "fedgate_db_commit_seconds_count")
+        // One page per gateway: a commit between two fetches would count in one figure
+        // and not the other.
+        let [c, w] = http
+            .series_sums(
+                b,
+                [
+                    "fedgate_db_commit_seconds_count",
+                    "fedgate_db_commit_writes_sum",
+                ],
+            )
             .await?;
-        writes += http.series_sum(b, "fedgate_db_commit_writes_sum").await?;
+        commits += c;
+        writes += w;
     }
     Some((commits, writes))
 }
