@@ -71,6 +71,11 @@ fn exchange_with_two_holders() {
     let all = d["evaluated"].as_u64().unwrap() + d["from_cache"].as_u64().unwrap();
     assert!(all >= 22, "{d}");
     assert!(d["evaluated"].as_u64().unwrap() >= 1, "{d}");
+    // The warm-up read each holder's record from the store; the measured requests copied
+    // it from those kept parsed.
+    let r = &report["records"];
+    assert!(r["read"].as_u64().unwrap() >= 1, "{r}");
+    assert!(r["kept"].as_u64().unwrap() >= 20, "{r}");
     // Counted over the measured requests: each records its access event and, in the same
     // write, its challenge's use (the shipper's claims and settlements add writes of their
     // own, as time passes); commits carry one or more writes each.
@@ -87,7 +92,7 @@ fn exchange_with_two_holders() {
 }
 
 #[test]
-fn exchange_without_the_decision_cache_evaluates_every_decision() {
+fn exchange_without_caches_evaluates_every_decision_and_reads_every_record() {
     let report = bench(&[
         "exchange",
         "--holders",
@@ -96,11 +101,15 @@ fn exchange_without_the_decision_cache_evaluates_every_decision() {
         "20",
         "--decision-cache",
         "0",
+        "--records-cache-mb",
+        "0",
     ]);
     assert_common_shape(&report, "exchange", 20);
     let d = &report["decisions"];
     assert_eq!(d["from_cache"], 0, "{d}");
     assert!(d["evaluated"].as_u64().unwrap() >= 22, "{d}");
+    // A gateway that keeps no records counts none kept or read from its store.
+    assert!(report.get("records").is_none(), "{report}");
 }
 
 #[test]

@@ -227,6 +227,7 @@ pub(super) fn report_of(
         challenge_latency_ms: Some(Latency::of(tally.challenges)),
         ingest: None,
         decisions: None,
+        records: None,
         storage: None,
         server,
         load_generator_cores_busy: 0.0,
@@ -430,10 +431,13 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
     let (fed, base, office_url, token, org, pid, gateway_token) = match &args.gateway {
         None => {
             let terms = contract(HOSPITAL_A, REQUESTER_ORG, &["clinical"], &["TREAT"]);
-            let settings = args
+            let mut settings = args
                 .decision_cache
                 .map(|n| format!("policy_decision_cache_entries = {n}\n"))
                 .unwrap_or_default();
+            if let Some(mb) = args.records_cache_mb {
+                settings.push_str(&format!("records_cache_mb = {mb}\n"));
+            }
             let replicated = pg.as_ref().map(|pg| (pg, args.replicas));
             let fed =
                 start_exchange_federation(&scratch.path, &terms, &settings, replicated, &say)?;
@@ -568,6 +572,21 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
         report.decisions = Some(DecisionFigures {
             evaluated: decisions.0,
             from_cache: decisions.1,
+        });
+    }
+    let series = "fedgate_records_cache_total";
+    let mut records = (0, 0);
+    for b in &target_bases {
+        records.0 += http
+            .counter(b, series, "result=\"miss\"")
+            .await
+            .unwrap_or(0);
+        records.1 += http.counter(b, series, "result=\"hit\"").await.unwrap_or(0);
+    }
+    if records != (0, 0) {
+        report.records = Some(RecordFigures {
+            read: records.0,
+            kept: records.1,
         });
     }
     report.storage = match (storage_before, storage_counts(&http, &target_bases).await) {
@@ -969,6 +988,7 @@ pub(super) async fn ingest(args: IngestArgs) -> anyhow::Result<Printed> {
             tree_size: last_size,
         }),
         decisions: None,
+        records: None,
         storage: None,
         server,
         load_generator_cores_busy: load,

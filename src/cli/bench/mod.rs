@@ -87,6 +87,10 @@ pub struct ExchangeArgs {
     /// 0 evaluates every decision). Default: the gateway's default.
     #[arg(long)]
     decision_cache: Option<usize>,
+    /// Megabytes of records the started gateway keeps parsed (`records_cache_mb`; 0 reads
+    /// and parses the record in every request). Default: the gateway's default.
+    #[arg(long, conflicts_with = "gateway")]
+    records_cache_mb: Option<usize>,
     /// FHIR resource types asked for in every request.
     #[arg(long, value_delimiter = ',', default_value = "Patient,Condition")]
     data_classes: Vec<String>,

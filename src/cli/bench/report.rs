@@ -28,6 +28,11 @@ pub(crate) struct Report {
     /// metrics count them: evaluated, and answered from its decision cache.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) decisions: Option<DecisionFigures>,
+    /// Records of the gateway over the whole run (warm-up included), as its metrics count
+    /// them: read from the store, and copied from those it keeps parsed. Absent when it
+    /// keeps none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) records: Option<RecordFigures>,
     /// Durable commits of the gateway's database over the whole run (set-up included), as
     /// its metrics count them, and the writes they carried (group commit).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -45,6 +50,12 @@ pub(crate) struct Report {
 pub(crate) struct DecisionFigures {
     pub(crate) evaluated: u64,
     pub(crate) from_cache: u64,
+}
+
+#[derive(Serialize, Clone, Copy)]
+pub(crate) struct RecordFigures {
+    pub(crate) read: u64,
+    pub(crate) kept: u64,
 }
 
 #[derive(Serialize, Clone, Copy)]
@@ -167,6 +178,15 @@ impl Report {
                 d.evaluated,
                 d.from_cache,
                 100.0 * d.from_cache as f64 / all as f64
+            ));
+        }
+        if let Some(r) = &self.records {
+            let all = (r.read + r.kept).max(1);
+            out.push_str(&format!(
+                "  records      {} read from the store, {} copied from those kept parsed ({:.0} %)\n",
+                r.read,
+                r.kept,
+                100.0 * r.kept as f64 / all as f64
             ));
         }
         if let Some(st) = &self.storage {
