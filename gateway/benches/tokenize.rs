@@ -1,7 +1,8 @@
 //! Tokenization of one hospital-a patient's full record (Della Hettinger: 252 resources,
 //! its Provenance dropped on the way) under the clinical TREAT obligations, the fail-closed
-//! default, and the research (Safe Harbor) obligations; and of a generated 5,000-resource
-//! record under the fail-closed default (free-text scrubbing at scale). Tokens are reused from the vault
+//! default, and the research (Safe Harbor) obligations; of the Patient and Conditions alone
+//! under TREAT (the exchange bench's page); and of a generated 5,000-resource record under
+//! the fail-closed default (free-text scrubbing at scale). Tokens are reused from the vault
 //! after the first iteration, as for a recipient that fetches the same record again.
 
 use std::hint::black_box;
@@ -62,6 +63,7 @@ fn run() -> Result<(), Error> {
         .sample_size(30)
         .measurement_time(Duration::from_secs(5))
         .configure_from_args();
+    let treat_small = treat.clone();
     for (name, obligations) in [
         ("treat", treat),
         ("fail-closed-default", Obligations::default()),
@@ -79,6 +81,29 @@ fn run() -> Result<(), Error> {
             },
         );
     }
+
+    // The page of the exchange bench: the Patient and their Conditions, small enough to be
+    // tokenized on a request's own thread (`INLINE_TOKENIZE_BYTES` in state.rs).
+    let small: Vec<Value> = record
+        .iter()
+        .filter(|r| matches!(r["resourceType"].as_str(), Some("Patient" | "Condition")))
+        .cloned()
+        .collect();
+    let small_bytes = serde_json::to_vec(&small)?.len();
+    c.bench_function(
+        &format!(
+            "tokenize/{}-resources-{}-kb/treat",
+            small.len(),
+            small_bytes / 1024
+        ),
+        |b| {
+            b.iter_batched(
+                || small.clone(),
+                |r| apply(black_box(r), &treat_small, &ctx).map(|t| t.resources),
+                BatchSize::SmallInput,
+            )
+        },
+    );
 
     // A generated elderly patient's record of 5,000 resources, every form of their
     // identifiers in notes and text attachments, under the fail-closed default (every

@@ -32,6 +32,10 @@ use crate::policy::{
 use crate::records::RecordSource;
 use crate::vault::Vault;
 
+/// Largest page (of JSON, roughly) tokenized on the request's own thread. A patient with
+/// a few conditions is a few kilobytes; `benches/tokenize.rs` times the small cases.
+const INLINE_TOKENIZE_BYTES: usize = 32 * 1024;
+
 pub struct GatewayState {
     pub config: GatewayConfig,
     pub key: KeyPair,
@@ -512,11 +516,14 @@ impl GatewayState {
         decision
     }
 
-    /// Tokenizes what leaves, on the blocking pool: it hashes, encrypts and writes new
-    /// tokens to the vault in one write (on disk before it returns), none of which may
-    /// stall the async workers. Then runs `then` on the output on the same thread, while
-    /// the resources are still in that core's cache (the exchange writes them into the
-    /// response there, and holds only the bytes while the event is recorded).
+    /// Tokenizes what leaves, then runs `then` on the output on the same thread, while the
+    /// resources are still in that core's cache (the exchange writes them into the response
+    /// there, and holds only the bytes while the event is recorded). A small page whose
+    /// tokens are read from a local file is tokenized on this thread, like the copy of a
+    /// small kept record: less work than the two hand-offs to the blocking pool and back;
+    /// if it minted tokens, their write (on disk before anything leaves) and `then` go to
+    /// the blocking pool. Anything larger goes there whole: it hashes, encrypts and scans
+    /// text for longer than an async worker may run between two waits.
     pub async fn tokenize<T: Send + 'static>(
         &self,
         resources: Vec<Value>,
@@ -526,8 +533,34 @@ impl GatewayState {
         now: DateTime<Utc>,
         then: impl FnOnce(crate::tokenize::Tokenized) -> T + Send + 'static,
     ) -> Result<T, GatewayError> {
-        let vault = self.vault.clone();
+        let failed = |e: crate::tokenize::TokenizeError| {
+            GatewayError::Internal(format!("tokenization failed: {e}"))
+        };
+        let aborted = |e: tokio::task::JoinError| {
+            GatewayError::Internal(format!("tokenization aborted: {e}"))
+        };
         let key = self.secret;
+        if self.vault.reads_locally()
+            && crate::tokenize::at_most_bytes(&resources, INLINE_TOKENIZE_BYTES)
+        {
+            let ctx = crate::tokenize::TokenizeContext {
+                recipient_org: &recipient_org,
+                domain,
+                pseudonym_key: &key,
+                vault: &self.vault,
+                now,
+            };
+            let walked = crate::tokenize::walk(resources, &obligations, &ctx).map_err(failed)?;
+            if !walked.writes() {
+                return walked.commit(&self.vault).map(then).map_err(failed);
+            }
+            let vault = self.vault.clone();
+            return tokio::task::spawn_blocking(move || walked.commit(&vault).map(then))
+                .await
+                .map_err(aborted)?
+                .map_err(failed);
+        }
+        let vault = self.vault.clone();
         let domain = domain.to_string();
         tokio::task::spawn_blocking(move || {
             let ctx = crate::tokenize::TokenizeContext {
@@ -540,8 +573,8 @@ impl GatewayState {
             crate::tokenize::apply(resources, &obligations, &ctx).map(then)
         })
         .await
-        .map_err(|e| GatewayError::Internal(format!("tokenization aborted: {e}")))?
-        .map_err(|e| GatewayError::Internal(format!("tokenization failed: {e}")))
+        .map_err(aborted)?
+        .map_err(failed)
     }
 
     /// Records the decision's event (on disk) — before any response is sent.

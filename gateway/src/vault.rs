@@ -266,6 +266,12 @@ impl Vault {
         vault
     }
 
+    /// Whether a token's lookup is a read of a local file (the embedded store) rather than
+    /// a round trip to a database server.
+    pub fn reads_locally(&self) -> bool {
+        !self.tree.db().is_postgres()
+    }
+
     /// Checks that this vault's secret is the one its tree was first written with,
     /// recording it (as an HMAC, which tells nothing of the secret) the first time.
     pub async fn check_secret(&self) -> Result<(), VaultError> {

@@ -18,7 +18,7 @@
 //!
 //! | file | holds |
 //! |---|---|
-//! | `mod.rs` | the entry point [`apply`], the context, pseudonyms |
+//! | `mod.rs` | the entry point [`apply`] (or its halves [`walk`] and [`Walked::commit`]), the context, pseudonyms |
 //! | `classes.rs` | the identifier classes, actions and their precedence |
 //! | `engine.rs` | the engine's state: the patient's identifying values, value transforms |
 //! | `resources.rs` | per-resource rules: persons, identifiers (also in extensions, DICOM UIDs), names, telecoms, addresses, birth dates |
@@ -40,7 +40,7 @@ mod walk;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::vault::{hmac_sha256, Vault, VaultError};
+use crate::vault::{hmac_sha256, NewTokens, Vault, VaultError};
 
 pub use classes::{classify_identifier, Action, IdentifierClass};
 use engine::Engine;
@@ -147,11 +147,55 @@ pub struct Tokenized {
 /// Applies `obligations` to the resources of one response. Provenance resources and
 /// `meta.source` are always removed, the rest of `meta` unless the `meta` class is named
 /// (`meta.rs`); with `max_records` the output is cut to that many resources, Patient first.
+/// Blocks on the vault's write when it mints tokens: [`walk`] and [`Walked::commit`] are
+/// its two halves, for a caller that runs the first where the second may not run.
 pub fn apply(
     resources: Vec<Value>,
     obligations: &Obligations,
     ctx: &TokenizeContext<'_>,
 ) -> Result<Tokenized, TokenizeError> {
+    walk(resources, obligations, ctx)?.commit(ctx.vault)
+}
+
+/// The output of [`walk`]: ready to leave once the tokens it minted are on disk.
+#[must_use = "the tokens minted must be committed before the output leaves"]
+pub struct Walked {
+    tokenized: Tokenized,
+    new_tokens: NewTokens,
+}
+
+impl Walked {
+    /// Whether [`Walked::commit`] writes (it blocks then); without new tokens it only hands
+    /// the output over.
+    pub fn writes(&self) -> bool {
+        !self.new_tokens.is_empty()
+    }
+
+    /// Writes the tokens the walk minted, in one write (on disk when it returns), and
+    /// returns the output, with any token another replica stored first for the same value
+    /// in place of the one minted here.
+    pub fn commit(self, vault: &Vault) -> Result<Tokenized, TokenizeError> {
+        let Walked {
+            mut tokenized,
+            new_tokens,
+        } = self;
+        let replaced = vault.commit(new_tokens)?;
+        if !replaced.is_empty() {
+            for resource in &mut tokenized.resources {
+                replace_tokens(resource, &replaced);
+            }
+        }
+        Ok(tokenized)
+    }
+}
+
+/// The first half of [`apply`]: every transformation, with tokens looked up in the vault
+/// (reads only) and new ones minted in memory, none written yet.
+pub fn walk(
+    resources: Vec<Value>,
+    obligations: &Obligations,
+    ctx: &TokenizeContext<'_>,
+) -> Result<Walked, TokenizeError> {
     obligations
         .validate()
         .map_err(|e| TokenizeError::UnknownClass(e.0))?;
@@ -171,18 +215,42 @@ pub fn apply(
         ctx.vault.forget(new_tokens);
         return Err(e);
     }
-    // Every token in the output is on disk before the output can leave; one that another
-    // replica stored first for the same value is sent instead of the one minted here.
-    let replaced = ctx.vault.commit(new_tokens)?;
-    if !replaced.is_empty() {
-        for resource in &mut resources {
-            replace_tokens(resource, &replaced);
+    // Every token in the output is on disk before the output can leave (the commit).
+    Ok(Walked {
+        tokenized: Tokenized {
+            resources,
+            withheld: engine.withheld,
+        },
+        new_tokens,
+    })
+}
+
+/// Whether `resources` hold at most `max` bytes of JSON, roughly (strings and keys by
+/// length, other values by a few bytes each); stops counting once past it.
+pub fn at_most_bytes(resources: &[Value], max: usize) -> bool {
+    fn size(v: &Value, left: &mut usize) -> bool {
+        let own = match v {
+            Value::String(s) => s.len() + 2,
+            Value::Array(_) | Value::Object(_) => 2,
+            _ => 8,
+        };
+        let Some(rest) = left.checked_sub(own) else {
+            return false;
+        };
+        *left = rest;
+        match v {
+            Value::Array(items) => items.iter().all(|i| size(i, left)),
+            Value::Object(fields) => fields.iter().all(|(k, v)| {
+                left.checked_sub(k.len() + 3)
+                    .map(|rest| *left = rest)
+                    .is_some()
+                    && size(v, left)
+            }),
+            _ => true,
         }
     }
-    Ok(Tokenized {
-        resources,
-        withheld: engine.withheld,
-    })
+    let mut left = max;
+    resources.iter().all(|r| size(r, &mut left))
 }
 
 /// Puts the stored token in place of each replaced one. Tokens stand whole as string

@@ -1190,3 +1190,70 @@ fn pseudonyms_of_a_response_are_those_the_custodian_recomputes() {
     );
     assert_ne!(other.resources[0]["id"], out.resources[0]["id"]);
 }
+
+/// The two halves of a tokenization: the walk mints tokens in memory only, and they are
+/// in the vault once the commit returns; a second walk of the same record finds them there
+/// and has nothing to write (the case tokenized on a request's own thread).
+#[test]
+fn a_walk_writes_nothing_and_its_commit_stores_what_it_minted() {
+    let (_d, vault) = context_parts();
+    let key = [5u8; 32];
+    let ctx = TokenizeContext {
+        recipient_org: "did:web:b",
+        domain: "clinical",
+        pseudonym_key: &key,
+        vault: &vault,
+        now: Utc::now(),
+    };
+    let o = Obligations {
+        tokenize: vec!["ssn".into()],
+        ..Obligations::default()
+    };
+    let record = || {
+        vec![json!({
+            "resourceType": "Patient",
+            "id": "p1",
+            "identifier": [{"system": "http://hl7.org/fhir/sid/us-ssn", "value": "999-77-0002"}],
+        })]
+    };
+    let first = super::walk(record(), &o, &ctx).unwrap();
+    assert!(first.writes());
+    assert_eq!(vault.len().unwrap(), 0, "the walk wrote to the vault");
+    let first = first.commit(&vault).unwrap();
+    let token = first.resources[0]["identifier"][0]["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(token.starts_with("tok_"), "{token}");
+    assert_eq!(vault.reveal(&token, "did:web:b").unwrap(), "999-77-0002");
+
+    let second = super::walk(record(), &o, &ctx).unwrap();
+    assert!(!second.writes());
+    let second = second.commit(&vault).unwrap();
+    assert_eq!(
+        second.resources[0]["identifier"][0]["value"],
+        token.as_str()
+    );
+    // And `apply` is the two halves.
+    let whole = apply(record(), &o, &ctx).unwrap();
+    assert_eq!(whole.resources, second.resources);
+}
+
+/// The size bound counts strings and keys by length, stops once past the bound, and
+/// treats an empty page as small.
+#[test]
+fn at_most_bytes_counts_strings_keys_and_stops_past_the_bound() {
+    use super::at_most_bytes;
+    assert!(at_most_bytes(&[], 0));
+    let note = |n: usize| json!({"resourceType": "Observation", "note": [{"text": "x".repeat(n)}]});
+    assert!(at_most_bytes(&[note(10)], 1024));
+    assert!(!at_most_bytes(&[note(2000)], 1024));
+    // Many small resources add up.
+    let many: Vec<Value> = (0..100).map(|_| note(20)).collect();
+    assert!(!at_most_bytes(&many, 1024));
+    assert!(at_most_bytes(&many, 64 * 1024));
+    // Never more than the JSON text by much, never less than the strings alone.
+    let text = serde_json::to_string(&many).unwrap().len();
+    assert!(at_most_bytes(&many, text + text / 2));
+    assert!(!at_most_bytes(&many, 100 * 20));
+}
