@@ -103,14 +103,26 @@ fn fold_ascii(s: &str) -> (View, View) {
         text: s.to_ascii_lowercase(),
         spans: None,
     };
-    let mut compact = View::with_capacity(s.len());
-    for (at, c) in text.text.char_indices() {
-        if c.is_ascii_alphanumeric() {
-            compact.push(c, (at, at + 1));
-        } else if !is_separator(c) {
-            compact.push('|', (at, at + 1));
-        }
+    // Byte by byte: every byte is a character here, so the compact view is built without
+    // encoding characters (the per-character `View::push` cost more than the matching).
+    let mut compact = Vec::with_capacity(s.len());
+    let mut spans = Vec::with_capacity(s.len());
+    for (at, &b) in text.text.as_bytes().iter().enumerate() {
+        let kept = if b.is_ascii_alphanumeric() {
+            b
+        } else if !is_separator(char::from(b)) {
+            b'|'
+        } else {
+            continue;
+        };
+        compact.push(kept);
+        spans.push((at, at + 1));
     }
+    let compact = View {
+        // ASCII bytes of ASCII text: always UTF-8.
+        text: String::from_utf8(compact).unwrap_or_default(),
+        spans: Some(spans),
+    };
     (text, compact)
 }
 
