@@ -539,6 +539,7 @@ impl GatewayState {
         let aborted = |e: tokio::task::JoinError| {
             GatewayError::Internal(format!("tokenization aborted: {e}"))
         };
+        let panicked = || GatewayError::Internal("tokenization aborted: it panicked".into());
         let key = self.secret;
         if self.vault.reads_locally()
             && crate::tokenize::at_most_bytes(&resources, INLINE_TOKENIZE_BYTES)
@@ -550,9 +551,20 @@ impl GatewayState {
                 vault: &self.vault,
                 now,
             };
-            let walked = crate::tokenize::walk(resources, &obligations, &ctx).map_err(failed)?;
+            // A panic here ends like one on the blocking pool: an error the exchange records
+            // as not served, not a dropped connection without an event.
+            let inline = std::panic::AssertUnwindSafe(|| {
+                crate::tokenize::walk(resources, &obligations, &ctx)
+            });
+            let walked = std::panic::catch_unwind(inline)
+                .map_err(|_| panicked())?
+                .map_err(failed)?;
             if !walked.writes() {
-                return walked.commit(&self.vault).map(then).map_err(failed);
+                let vault = &self.vault;
+                let finish = std::panic::AssertUnwindSafe(|| walked.commit(vault).map(then));
+                return std::panic::catch_unwind(finish)
+                    .map_err(|_| panicked())?
+                    .map_err(failed);
             }
             let vault = self.vault.clone();
             return tokio::task::spawn_blocking(move || walked.commit(&vault).map(then))
