@@ -11,7 +11,9 @@
 //! readers replace it, some keep it, serde_json refuses it), nesting within
 //! [`MAX_JSON_DEPTH`], and nothing after the value.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
@@ -115,9 +117,15 @@ fn scan(bytes: &[u8]) -> Result<(), StrictJsonError> {
     let mut in_string = false;
     let mut i = 0;
     while i < bytes.len() {
-        let byte = bytes[i];
         if in_string {
-            match byte {
+            // Only a quote or a backslash matters inside a string: jump to the next one
+            // (strings are most of what is read: JWTs inside JSON, base64 attachments).
+            match memchr::memchr2(b'"', b'\\', &bytes[i..]) {
+                Some(at) => i += at,
+                // Unterminated: the parser refuses it.
+                None => break,
+            }
+            match bytes[i] {
                 b'"' => in_string = false,
                 b'\\' if bytes.get(i + 1) == Some(&b'u') => {
                     match hex4(bytes, i + 2) {
@@ -151,7 +159,7 @@ fn scan(bytes: &[u8]) -> Result<(), StrictJsonError> {
             i += 1;
             continue;
         }
-        match byte {
+        match bytes[i] {
             b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
@@ -224,16 +232,63 @@ impl<'de> Visitor<'de> for UniqueKeys<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut keys = std::collections::HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if keys.contains(&key) {
-                *self.duplicate.borrow_mut() = Some(key);
+        // Keys borrowed from the input where they have no escapes; compared one by one
+        // while an object is small (most are), through a set once it is not.
+        let mut few: Vec<Cow<'de, str>> = Vec::new();
+        let mut many: HashSet<Cow<'de, str>> = HashSet::new();
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            let seen = if many.is_empty() {
+                few.contains(&key)
+            } else {
+                many.contains(&key)
+            };
+            if seen {
+                *self.duplicate.borrow_mut() = Some(key.into_owned());
                 return Err(de::Error::custom("duplicate key"));
             }
             map.next_value_seed(self)?;
-            keys.insert(key);
+            if !many.is_empty() {
+                many.insert(key);
+            } else if few.len() < LINEAR_KEYS {
+                few.push(key);
+            } else {
+                many.extend(few.drain(..));
+                many.insert(key);
+            }
         }
         Ok(())
+    }
+}
+
+/// Keys of an object compared one by one below this many; above, through a set.
+const LINEAR_KEYS: usize = 16;
+
+/// An object key, borrowed from the input when it has no escape to undo.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+
+            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(key)))
+            }
+
+            fn visit_str<E>(self, key: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(key.to_string())))
+            }
+
+            fn visit_string<E>(self, key: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(key)))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
     }
 }
 
@@ -350,5 +405,42 @@ mod tests {
             .unwrap(),
             json!({"n":-1,"f":1.5,"u":18446744073709551615u64,"s":"é","z":null,"t":true})
         );
+    }
+
+    /// Objects of every size around the switch from comparing keys one by one to a set:
+    /// a key repeated anywhere (first and last, next to each other, across the switch,
+    /// written with an escape) is found, and distinct keys are kept whole.
+    #[test]
+    fn duplicates_found_in_objects_of_every_size() {
+        let object = |keys: &[String]| {
+            let fields: Vec<String> = keys.iter().map(|k| format!(r#""{k}":1"#)).collect();
+            format!("{{{}}}", fields.join(","))
+        };
+        for n in 1..=3 * LINEAR_KEYS {
+            let keys: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+            let doc = parse_strict(object(&keys).as_bytes()).unwrap();
+            assert_eq!(doc.as_object().unwrap().len(), n);
+            for (at, again) in [(0, n), (n - 1, n), (0, n / 2), (n / 2, n / 2 + 1)] {
+                let mut with = keys.clone();
+                with.insert(again.min(with.len()), keys[at].clone());
+                assert_eq!(
+                    err(object(&with).as_bytes()),
+                    StrictJsonError::DuplicateKey {
+                        key: keys[at].clone()
+                    },
+                    "{n} keys, k{at} again at {again}"
+                );
+                // The repeat written with an escape is the same key.
+                let mut escaped = keys.clone();
+                escaped.insert(
+                    again.min(escaped.len()),
+                    format!("\\u006b{}", &keys[at][1..]),
+                );
+                assert!(matches!(
+                    err(object(&escaped).as_bytes()),
+                    StrictJsonError::DuplicateKey { .. }
+                ));
+            }
+        }
     }
 }
