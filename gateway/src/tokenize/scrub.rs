@@ -18,7 +18,8 @@
 //! The automata are built once per set of patient values (so once per patient, not per
 //! string) and kept, bounded, for the next response about the same patient.
 
-use std::collections::HashSet;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
@@ -570,7 +571,19 @@ pub(super) struct Scrubber {
     compact: Option<AhoCorasick>,
     births: Vec<NaiveDate>,
     generic: Generic,
+    /// Short strings already scrubbed in this tokenization, with or without the generic
+    /// shapes, and what became of them. FHIR repeats its short strings (a category's
+    /// display, a code and its display, a status in every resource of a type), and
+    /// [`Scrubber::scrub`] is a function of its input: an answer is the same every time.
+    /// One scrubber serves one tokenization, so nothing here outlives the answer.
+    seen: RefCell<[HashMap<String, Option<String>>; 2]>,
 }
+
+/// Strings longer than this are scrubbed anew each time (they seldom repeat, and a note
+/// kept twice would only take memory).
+const SEEN_MAX_BYTES: usize = 128;
+/// Distinct strings remembered per scrubber.
+const SEEN_MAX_ENTRIES: usize = 4096;
 
 /// Automata already built, by the digest of their sorted patterns. The same patient's values
 /// give the same automaton, and building it was most of what scrubbing a small answer cost
@@ -614,6 +627,7 @@ impl Scrubber {
             compact: automaton(secrets.compact),
             births: secrets.births,
             generic,
+            seen: RefCell::default(),
         }
     }
 
@@ -636,6 +650,22 @@ impl Scrubber {
         if text.is_empty() || is_generated(text) || !(generic || self.has_patient_values()) {
             return None;
         }
+        if text.len() > SEEN_MAX_BYTES {
+            return self.scrub_anew(text, generic);
+        }
+        if let Some(known) = self.seen.borrow()[usize::from(generic)].get(text) {
+            return known.clone();
+        }
+        let scrubbed = self.scrub_anew(text, generic);
+        let mut seen = self.seen.borrow_mut();
+        let seen = &mut seen[usize::from(generic)];
+        if seen.len() < SEEN_MAX_ENTRIES {
+            seen.insert(text.to_string(), scrubbed.clone());
+        }
+        scrubbed
+    }
+
+    fn scrub_anew(&self, text: &str, generic: bool) -> Option<String> {
         let (view, compact) = fold(text);
         let mut found: Vec<(usize, usize)> = Vec::new();
         self.patient_values(&view, &compact, &mut found);

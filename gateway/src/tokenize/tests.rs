@@ -396,6 +396,43 @@ mod scrubbing {
         assert_eq!(s.scrub("123-45-6789", false), None);
     }
 
+    /// A string scrubbed again in the same tokenization gets the first answer: with and
+    /// without the generic shapes kept apart, long strings (not remembered) alike.
+    #[test]
+    fn a_repeated_string_is_answered_as_the_first_time() {
+        let s = scrubber(|x| x.name(v("Della")), ALL);
+        let fresh = || scrubber(|x| x.name(v("Della")), ALL);
+        let long_note = format!(
+            "{} Della 123-45-6789",
+            "history of present illness ".repeat(8)
+        );
+        let texts = [
+            "Encounter Diagnosis",
+            "Della called",
+            "SSN 123-45-6789",
+            "123-45-6789",
+            long_note.as_str(),
+        ];
+        for round in 0..3 {
+            for text in texts {
+                for generic in [false, true] {
+                    assert_eq!(
+                        s.scrub(text, generic),
+                        fresh().scrub(text, generic),
+                        "round {round}: {text:?}, generic {generic}"
+                    );
+                }
+            }
+        }
+        // Generic shapes go only where asked, whichever was asked first.
+        assert_eq!(s.scrub("123-45-6789", false), None);
+        assert_eq!(s.scrub("123-45-6789", true).as_deref(), Some(REDACTED));
+        assert_eq!(
+            s.scrub("Della called", false).as_deref(),
+            Some("[redacted] called")
+        );
+    }
+
     #[test]
     fn revealed_classes_keep_their_generic_shapes() {
         let s = scrubber(
