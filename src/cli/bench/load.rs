@@ -559,30 +559,15 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
     let floor = request_floor(&root.join("policies"), "clinical", 1, rps).await?;
     let mut report = report_of("exchange", args.holders, tally, seconds, server, floor);
     report.load_generator_cores_busy = load;
-    let series = "fedgate_policy_decision_cache_total";
-    let mut decisions = (0, 0);
-    for b in &target_bases {
-        decisions.0 += http
-            .counter(b, series, "result=\"miss\"")
-            .await
-            .unwrap_or(0);
-        decisions.1 += http.counter(b, series, "result=\"hit\"").await.unwrap_or(0);
-    }
+    let decisions =
+        misses_and_hits(&http, &target_bases, "fedgate_policy_decision_cache_total").await;
     if decisions != (0, 0) {
         report.decisions = Some(DecisionFigures {
             evaluated: decisions.0,
             from_cache: decisions.1,
         });
     }
-    let series = "fedgate_records_cache_total";
-    let mut records = (0, 0);
-    for b in &target_bases {
-        records.0 += http
-            .counter(b, series, "result=\"miss\"")
-            .await
-            .unwrap_or(0);
-        records.1 += http.counter(b, series, "result=\"hit\"").await.unwrap_or(0);
-    }
+    let records = misses_and_hits(&http, &target_bases, "fedgate_records_cache_total").await;
     if records != (0, 0) {
         report.records = Some(RecordFigures {
             read: records.0,
@@ -596,6 +581,19 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
     drop(fed);
     drop(scratch);
     Printed::of(&report, args.run.json)
+}
+
+/// A cache counter's misses and hits (`result="miss"`, `result="hit"`), summed over `bases`.
+async fn misses_and_hits(http: &Http, bases: &[String], series: &str) -> (u64, u64) {
+    let mut counts = (0, 0);
+    for b in bases {
+        counts.0 += http
+            .counter(b, series, "result=\"miss\"")
+            .await
+            .unwrap_or(0);
+        counts.1 += http.counter(b, series, "result=\"hit\"").await.unwrap_or(0);
+    }
+    counts
 }
 
 /// The gateways' durable commits and the writes they carried, summed over `bases`.
