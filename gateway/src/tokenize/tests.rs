@@ -98,17 +98,22 @@ fn context_parts() -> (tempfile::TempDir, Vault) {
     (dir, vault)
 }
 
+/// A clinical context for recipient `did:web:b`, decided now.
+fn clinical_for_b<'a>(vault: &'a Vault, key: &'a [u8; 32]) -> TokenizeContext<'a> {
+    TokenizeContext {
+        recipient_org: "did:web:b",
+        domain: "clinical",
+        pseudonym_key: key,
+        vault,
+        now: Utc::now(),
+    }
+}
+
 #[test]
 fn contained_resources_keep_local_ids_and_lose_names() {
     let (_d, vault) = context_parts();
     let key = [0u8; 32];
-    let ctx = TokenizeContext {
-        recipient_org: "did:web:b",
-        domain: "clinical",
-        pseudonym_key: &key,
-        vault: &vault,
-        now: Utc::now(),
-    };
+    let ctx = clinical_for_b(&vault, &key);
     let obs = json!({"resourceType": "Observation", "id": "o1",
         "contained": [{"resourceType": "RelatedPerson", "id": "rp",
                        "name": [{"family": "Kowalczyk", "given": ["Irena"]}],
@@ -140,13 +145,7 @@ fn reference_forms() {
     let engine_ctx_key = [0u8; 32];
     let db = crate::db::temporary().unwrap();
     let vault = Vault::open(db.tree("v"), [1u8; 32]);
-    let ctx = TokenizeContext {
-        recipient_org: "did:web:b",
-        domain: "clinical",
-        pseudonym_key: &engine_ctx_key,
-        vault: &vault,
-        now: Utc::now(),
-    };
+    let ctx = clinical_for_b(&vault, &engine_ctx_key);
     let o = Obligations::default();
     let resources = vec![json!({"resourceType": "Patient", "id": "p1"})];
     let e = Engine::new(&o, &ctx, &resources);
@@ -1235,13 +1234,7 @@ fn pseudonyms_of_a_response_are_those_the_custodian_recomputes() {
 fn a_walk_writes_nothing_and_its_commit_stores_what_it_minted() {
     let (_d, vault) = context_parts();
     let key = [5u8; 32];
-    let ctx = TokenizeContext {
-        recipient_org: "did:web:b",
-        domain: "clinical",
-        pseudonym_key: &key,
-        vault: &vault,
-        now: Utc::now(),
-    };
+    let ctx = clinical_for_b(&vault, &key);
     let o = Obligations {
         tokenize: vec!["ssn".into()],
         ..Obligations::default()
