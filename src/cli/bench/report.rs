@@ -172,21 +172,19 @@ impl Report {
             ));
         }
         if let Some(d) = &self.decisions {
-            let all = (d.evaluated + d.from_cache).max(1);
             out.push_str(&format!(
                 "  decisions    {} evaluated, {} from the decision cache ({:.0} %)\n",
                 d.evaluated,
                 d.from_cache,
-                100.0 * d.from_cache as f64 / all as f64
+                hit_percent(d.evaluated, d.from_cache)
             ));
         }
         if let Some(r) = &self.records {
-            let all = (r.read + r.kept).max(1);
             out.push_str(&format!(
                 "  records      {} read from the store, {} copied from those kept parsed ({:.0} %)\n",
                 r.read,
                 r.kept,
-                100.0 * r.kept as f64 / all as f64
+                hit_percent(r.read, r.kept)
             ));
         }
         if let Some(st) = &self.storage {
@@ -235,4 +233,9 @@ impl Report {
         }
         out
     }
+}
+
+/// Hits as a percentage of all lookups (0 when there were none).
+fn hit_percent(misses: u64, hits: u64) -> f64 {
+    100.0 * hits as f64 / (misses + hits).max(1) as f64
 }
