@@ -5,11 +5,14 @@
 //! consents patients registered here. A withdrawal is remembered by credential id and wins
 //! over any presentation of the same consent.
 
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+
 use chrono::{DateTime, Utc};
 use federation::verify::VerifiedCredential;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use storage::{StoreError, WriteTx};
+use storage::{Snapshot, StoreError, WriteTx};
 
 use crate::db::{Db, Tree};
 
@@ -213,12 +216,12 @@ impl ConsentStore {
     }
 
     /// The issuer of a stored consent, read without the rest of it.
-    fn issuer_of(&self, id: &[u8]) -> Result<Option<String>, ConsentStoreError> {
+    fn issuer_in(&self, snap: &Snapshot, id: &str) -> Result<Option<String>, ConsentStoreError> {
         #[derive(serde::Deserialize)]
         struct Issuer {
             issuer: String,
         }
-        match self.consents.get(id)? {
+        match snap.get(&self.consents, id.as_bytes())? {
             Some(v) => Ok(Some(serde_json::from_slice::<Issuer>(&v)?.issuer)),
             None => Ok(None),
         }
@@ -314,33 +317,45 @@ impl ConsentStore {
         patient_id: &str,
         require_links: bool,
     ) -> Result<Vec<String>, ConsentStoreError> {
+        // Every exchange asks this: one read transaction for all of it, not one per entry.
+        let snap = self.db.read()?;
         let prefix = index_prefix(patient_id);
-        let mut dids = Self::index_suffixes(&self.links, &prefix)?;
-        // The index holds each consent's patient DID; only its issuer is read from the
-        // consent, and only when a self-issued one must be linked to count.
-        for (key, did) in self.by_patient.scan_prefix(&prefix)? {
-            let Ok(did) = String::from_utf8(did) else {
-                continue;
-            };
-            if did.is_empty() {
-                continue;
+        let suffix = |key: &[u8]| {
+            key.get(prefix.len()..)
+                .and_then(|s| std::str::from_utf8(s).ok())
+                .map(str::to_string)
+        };
+        let mut dids = BTreeSet::new();
+        snap.scan_prefix(&self.links, &prefix, |key, _| {
+            // Suffixes are written from strings; one that is not UTF-8 names nothing.
+            dids.extend(suffix(key));
+            ControlFlow::Continue(())
+        })?;
+        // The index holds each consent's patient DID (consent id → DID).
+        let mut registered = Vec::new();
+        snap.scan_prefix(&self.by_patient, &prefix, |key, did| {
+            if let (Some(consent_id), Ok(did)) = (suffix(key), std::str::from_utf8(did)) {
+                if !did.is_empty() {
+                    registered.push((consent_id, did.to_string()));
+                }
             }
-            if require_links {
-                let Some(consent_id) = key.get(prefix.len()..) else {
+            ControlFlow::Continue(())
+        })?;
+        for (consent_id, did) in registered {
+            // A linked DID is the patient's whoever issued the consent; for another, the
+            // issuer is read from the consent, and only when a self-issued one must be
+            // linked to count.
+            if require_links && !dids.contains(&did) {
+                let Some(issuer) = self.issuer_in(&snap, &consent_id)? else {
                     continue;
                 };
-                let Some(issuer) = self.issuer_of(consent_id)? else {
-                    continue;
-                };
-                if !self.speaks_for(patient_id, &did, &issuer, require_links) {
+                if issuer == did {
                     continue;
                 }
             }
-            dids.push(did);
+            dids.insert(did);
         }
-        dids.sort();
-        dids.dedup();
-        Ok(dids)
+        Ok(dids.into_iter().collect())
     }
 
     /// Patients (custodian ids) whose registered consent permits `purpose` in the research

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use crate::error::StoreError;
-use crate::table::{definition, scan_table, Entry, Named, ReadTable, TABLE_OF_SCHEMAS};
+use crate::table::{
+    borrowed, definition, prefix_range, scan_table, Entry, Named, ReadTable, TABLE_OF_SCHEMAS,
+};
 use crate::write::{job, WriteTx, Writer};
 
 /// Bytes of redb's page cache per database (redb's own default is 1 GiB). The operating
@@ -390,6 +392,18 @@ impl Snapshot {
             None => Ok(()),
             Some(t) => scan_table(&t, range, false, f),
         }
+    }
+
+    /// Calls `f` with each entry whose key starts with `prefix`, in key order, until it
+    /// breaks.
+    pub fn scan_prefix(
+        &self,
+        tree: &(impl Named + ?Sized),
+        prefix: &[u8],
+        f: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let (start, end) = prefix_range(prefix);
+        self.scan(tree, borrowed(&start, &end), f)
     }
 
     /// As [`Snapshot::scan`], from the last key down.

@@ -50,18 +50,6 @@ struct Candidate {
     resource: Value,
 }
 
-/// The end of the range of keys that start with `prefix` (our prefixes never end in 0xff).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            break;
-        }
-    }
-    end
-}
-
 /// Calls `f` with the key suffix after `prefix` of each entry of `tree` under it.
 fn scan_suffixes(
     snap: &Snapshot,
@@ -69,19 +57,11 @@ fn scan_suffixes(
     prefix: &[u8],
     mut f: impl FnMut(&[u8]),
 ) -> Result<(), RecordError> {
-    let end = prefix_end(prefix);
-    let range = if end.is_empty() {
-        snap.scan(tree, prefix.., |k, _| {
-            f(k.get(prefix.len()..).unwrap_or_default());
-            ControlFlow::Continue(())
-        })
-    } else {
-        snap.scan(tree, prefix..end.as_slice(), |k, _| {
-            f(k.get(prefix.len()..).unwrap_or_default());
-            ControlFlow::Continue(())
-        })
-    };
-    Ok(range?)
+    snap.scan_prefix(tree, prefix, |k, _| {
+        f(k.get(prefix.len()..).unwrap_or_default());
+        ControlFlow::Continue(())
+    })?;
+    Ok(())
 }
 
 impl EmbeddedStore {
