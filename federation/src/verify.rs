@@ -476,7 +476,7 @@ fn status_error(e: StatusError) -> VerifyError {
 /// `format`, exactly as verification would name them; only a presentation that passes
 /// these and names no challenge fails `challenge`.
 pub fn claimed_challenge(presentation: &Value) -> Result<String, VerifyError> {
-    let none = || VerifyError::new(Check::Challenge, "the presentation answers no challenge");
+    let none = no_challenge;
     match presentation {
         Value::String(jwt) => {
             let decoded = crate::jose::decode(jwt).map_err(jose_error)?;
@@ -498,6 +498,50 @@ pub fn claimed_challenge(presentation: &Value) -> Result<String, VerifyError> {
             Check::Format,
             "a presentation is a JWT string or a JSON object",
         )),
+    }
+}
+
+fn no_challenge() -> VerifyError {
+    VerifyError::new(Check::Challenge, "the presentation answers no challenge")
+}
+
+/// What a presentation's challenge and domain must be.
+#[derive(Clone, Copy)]
+enum Bound<'a> {
+    /// This challenge and this domain.
+    To(&'a PresentationBinding),
+    /// This domain, and a challenge: whichever the presentation answers (every proof the
+    /// same one), which the caller checks against those it issued.
+    Answering { domain: &'a str },
+}
+
+impl Bound<'_> {
+    fn domain(&self) -> &str {
+        match self {
+            Bound::To(binding) => &binding.domain,
+            Bound::Answering { domain } => domain,
+        }
+    }
+
+    /// `answered`: the challenge of a JWT's payload or of one proof; `first`: that of the
+    /// presentation's first proof (a JWT's own).
+    fn check_challenge(
+        &self,
+        answered: Option<&str>,
+        first: Option<&str>,
+        wrong: &str,
+    ) -> Result<(), VerifyError> {
+        match self {
+            Bound::To(binding) if answered != Some(binding.challenge.as_str()) => {
+                Err(VerifyError::new(Check::Challenge, wrong))
+            }
+            Bound::Answering { .. } if answered.is_none() => Err(no_challenge()),
+            Bound::Answering { .. } if answered != first => Err(VerifyError::new(
+                Check::Challenge,
+                "the proofs of a presentation answer different challenges",
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -1486,9 +1530,43 @@ impl Verifier {
         input: &Value,
         binding: &PresentationBinding,
     ) -> Result<VerifiedPresentation, VerifyError> {
+        let (verified, _) = self.verify_bound(input, Bound::To(binding)).await?;
+        Ok(verified)
+    }
+
+    /// As [`Verifier::verify_presentation`], bound to `domain` and to whichever challenge
+    /// the presentation answers, which is returned with it: for a verifier that issued
+    /// many challenges and checks the answered one against them after this (so that a
+    /// forged presentation cannot spend somebody else's). The presentation is read once,
+    /// where [`claimed_challenge`] and then [`Verifier::verify_presentation`] read it twice.
+    pub async fn verify_presentation_answering(
+        &self,
+        input: &Value,
+        domain: &str,
+    ) -> Result<(VerifiedPresentation, String), VerifyError> {
+        let (verified, vp) = self
+            .verify_bound(input, Bound::Answering { domain })
+            .await?;
+        let answered = match verified.format {
+            ProofFormat::DataIntegrity => di_proofs(&vp, "authentication")?
+                .first()
+                .and_then(|proof| str_field(proof, "challenge")),
+            _ => str_field(&vp, "nonce"),
+        };
+        let challenge = answered.ok_or_else(no_challenge)?.to_string();
+        Ok((verified, challenge))
+    }
+
+    /// A presentation bound as `bound`, its credentials and their holder binding; with the
+    /// presentation as read (a JWT's payload).
+    async fn verify_bound(
+        &self,
+        input: &Value,
+        bound: Bound<'_>,
+    ) -> Result<(VerifiedPresentation, Value), VerifyError> {
         let digest = digest_of(input);
         let (format, vp, holder) = self
-            .check_presentation(input, Some(binding), Profile::Access)
+            .check_presentation(input, Some(bound), Profile::Access)
             .await?;
         let holder = holder.unwrap_or_default();
         let embedded = embedded_credentials(&vp)?;
@@ -1501,7 +1579,7 @@ impl Verifier {
             credentials.push(verified);
         }
         check_holder_binding(&holder, &credentials)?;
-        Ok(VerifiedPresentation {
+        let verified = VerifiedPresentation {
             id: str_field(&vp, "id").map(str::to_string),
             holder,
             format,
@@ -1515,7 +1593,8 @@ impl Verifier {
                 Check::HolderBinding,
             ],
             digest,
-        })
+        };
+        Ok((verified, vp))
     }
 
     /// Verifies a presentation of credentials of any type (the VC API's verify endpoint):
@@ -1530,7 +1609,7 @@ impl Verifier {
     ) -> Result<VerifiedAnyPresentation, VerifyError> {
         let digest = digest_of(input);
         let (format, vp, holder) = self
-            .check_presentation(input, binding, Profile::Any)
+            .check_presentation(input, binding.map(Bound::To), Profile::Any)
             .await?;
         let embedded = embedded_credentials(&vp)?;
         let mut credentials = Vec::with_capacity(embedded.len());
@@ -1559,7 +1638,7 @@ impl Verifier {
     async fn check_presentation(
         &self,
         input: &Value,
-        binding: Option<&PresentationBinding>,
+        binding: Option<Bound<'_>>,
         profile: Profile,
     ) -> Result<(ProofFormat, Value, Option<String>), VerifyError> {
         let (format, vp) = match input {
@@ -1602,7 +1681,7 @@ impl Verifier {
     async fn check_jwt_presentation(
         &self,
         jwt: &str,
-        binding: Option<&PresentationBinding>,
+        binding: Option<Bound<'_>>,
         profile: Profile,
     ) -> Result<Value, VerifyError> {
         let decoded = crate::jose::decode(jwt).map_err(jose_error)?;
@@ -1656,15 +1735,12 @@ impl Verifier {
             ));
         }
         if let Some(binding) = binding {
-            if str_field(vp, "nonce") != Some(binding.challenge.as_str()) {
-                return Err(VerifyError::new(
-                    Check::Challenge,
-                    "nonce is not this verifier's challenge",
-                ));
-            }
+            let nonce = str_field(vp, "nonce");
+            binding.check_challenge(nonce, nonce, "nonce is not this verifier's challenge")?;
+            let domain = binding.domain();
             let aud_ok = match vp.get("aud") {
-                Some(Value::String(a)) => a == &binding.domain,
-                Some(Value::Array(a)) => a.len() == 1 && a[0] == binding.domain.as_str(),
+                Some(Value::String(a)) => a == domain,
+                Some(Value::Array(a)) => a.len() == 1 && a[0] == domain,
                 _ => false,
             };
             if !aud_ok {
@@ -1680,7 +1756,7 @@ impl Verifier {
     async fn check_di_presentation(
         &self,
         vp: &Value,
-        binding: Option<&PresentationBinding>,
+        binding: Option<Bound<'_>>,
         profile: Profile,
     ) -> Result<Value, VerifyError> {
         check_vp_type(vp)?;
@@ -1724,16 +1800,17 @@ impl Verifier {
             }
         }
         if let Some(binding) = binding {
+            let first = proofs.first().and_then(|p| str_field(p, "challenge"));
+            let domain = binding.domain();
             for proof in &proofs {
-                if str_field(proof, "challenge") != Some(binding.challenge.as_str()) {
-                    return Err(VerifyError::new(
-                        Check::Challenge,
-                        "proof challenge is not this verifier's",
-                    ));
-                }
+                binding.check_challenge(
+                    str_field(proof, "challenge"),
+                    first,
+                    "proof challenge is not this verifier's",
+                )?;
                 let domain_ok = match proof.get("domain") {
-                    Some(Value::String(d)) => d == &binding.domain,
-                    Some(Value::Array(a)) => a.len() == 1 && a[0] == binding.domain.as_str(),
+                    Some(Value::String(d)) => d == domain,
+                    Some(Value::Array(a)) => a.len() == 1 && a[0] == domain,
                     _ => false,
                 };
                 if !domain_ok {
@@ -2238,6 +2315,40 @@ impl From<StatusError> for VerifyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answered_challenge_must_be_one_and_the_same_across_proofs() {
+        let answering = Bound::Answering {
+            domain: "did:web:b",
+        };
+        assert!(answering
+            .check_challenge(Some("c1"), Some("c1"), "wrong")
+            .is_ok());
+        let none = answering.check_challenge(None, None, "wrong").unwrap_err();
+        assert_eq!(none.check, Check::Challenge);
+        let split = answering
+            .check_challenge(Some("c2"), Some("c1"), "wrong")
+            .unwrap_err();
+        assert_eq!(split.check, Check::Challenge);
+        assert!(
+            split.to_string().contains("different challenges"),
+            "{split}"
+        );
+        let binding = PresentationBinding {
+            challenge: "c1".into(),
+            domain: "did:web:b".into(),
+        };
+        let to = Bound::To(&binding);
+        assert!(to.check_challenge(Some("c1"), Some("c1"), "wrong").is_ok());
+        let other = to
+            .check_challenge(Some("c2"), Some("c2"), "wrong")
+            .unwrap_err();
+        assert_eq!(
+            (other.check, other.detail.as_str()),
+            (Check::Challenge, "wrong")
+        );
+        assert_eq!(to.domain(), answering.domain());
+    }
     use crate::credentials::{self, StatusEntry};
     use crate::keys::{KeyAlgorithm, KeyPair};
     use crate::status::Bitstring;

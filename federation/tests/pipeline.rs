@@ -365,6 +365,77 @@ async fn garbage_is_a_format_error() {
     assert_eq!(err.check, Check::Format);
 }
 
+/// Verifying with whichever challenge a presentation answers returns that challenge and
+/// what verifying with it given returns, in both formats; every other check is the same.
+#[tokio::test]
+async fn verifying_with_the_answered_challenge_returns_it() {
+    let fed = federation().await;
+    let clinician = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+    for format in FORMATS {
+        let (privilege, _) = privilege(&fed.office, clinician.did(), format).await;
+        let vp = credentials::present(&[privilege], &clinician, &binding(), format)
+            .await
+            .unwrap();
+        let given = fed
+            .verifier
+            .verify_presentation(&vp, &binding())
+            .await
+            .unwrap();
+        let (answered, challenge) = fed
+            .verifier
+            .verify_presentation_answering(&vp, HOSPITAL_B)
+            .await
+            .unwrap();
+        assert_eq!(challenge, binding().challenge, "{format:?}");
+        assert_eq!(answered.holder, given.holder);
+        assert_eq!(answered.format, format);
+        assert_eq!(answered.digest, given.digest);
+        assert_eq!(answered.checks, given.checks);
+        assert_eq!(answered.credentials.len(), 1);
+        // Another verifier's presentation fails `domain`, whatever its challenge.
+        let err = fed
+            .verifier
+            .verify_presentation_answering(&vp, "did:web:elsewhere.test")
+            .await
+            .unwrap_err();
+        assert_eq!(err.check, Check::Domain, "{format:?}: {err}");
+    }
+    // A signed presentation that answers no challenge fails `challenge`; a forged header
+    // fails `proof`, as it does when the challenge is given.
+    let (privilege, _) = privilege(&fed.office, clinician.did(), ProofFormat::Jwt).await;
+    let vp = credentials::present(&[privilege], &clinician, &binding(), ProofFormat::Jwt)
+        .await
+        .unwrap();
+    let (_, payload) = jws_parts(vp.as_str().unwrap());
+    let kid = clinician.verification_method();
+    let mut no_nonce: Value = serde_json::from_slice(&payload).unwrap();
+    no_nonce.as_object_mut().unwrap().remove("nonce");
+    let header = format!(r#"{{"alg":"EdDSA","kid":"{kid}","typ":"vp+jwt"}}"#);
+    let jws = json!(sign_raw_jws(
+        header.as_bytes(),
+        &serde_json::to_vec(&no_nonce).unwrap(),
+        &clinician
+    ));
+    let err = fed
+        .verifier
+        .verify_presentation_answering(&jws, HOSPITAL_B)
+        .await
+        .unwrap_err();
+    assert_eq!(err.check, Check::Challenge, "{err}");
+    assert!(err.to_string().contains("answers no challenge"), "{err}");
+    let forged = json!(sign_raw_jws(
+        &serde_json::to_vec(&json!({"alg": "none", "kid": kid, "typ": "vp+jwt"})).unwrap(),
+        &payload,
+        &clinician
+    ));
+    let err = fed
+        .verifier
+        .verify_presentation_answering(&forged, HOSPITAL_B)
+        .await
+        .unwrap_err();
+    assert_eq!(err.check, Check::Proof, "{err}");
+}
+
 /// The challenge is read with the checks verification makes first: a presentation with a
 /// hostile header is refused as `proof`, as verification refuses it, never as `challenge`
 /// (which would log a forgery attempt as a replay).

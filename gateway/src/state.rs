@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Datelike, Utc};
-use federation::credentials::PresentationBinding;
 use federation::did::DidResolver;
 use federation::events::Outcome;
 use federation::keys::KeyPair;
@@ -454,23 +453,16 @@ impl GatewayState {
         ledger: &mut Ledger,
         presentation: &Value,
     ) -> Result<VerifiedPresentation, GatewayError> {
-        // The challenge is read only once the presentation passed the checks verification
-        // makes first (its JWS header is held to a credential's rules), so a forged header
-        // is refused as `proof`, never reported as a replay.
-        let challenge = match federation::verify::claimed_challenge(presentation) {
-            Ok(challenge) => challenge,
-            Err(e) => return Err(self.refuse_verification(ledger, &e).await),
-        };
-        let binding = PresentationBinding {
-            challenge: challenge.clone(),
-            domain: self.config.did.clone(),
-        };
-        let vp = match self
+        // Verified bound to this gateway and to the challenge the presentation answers,
+        // read in the same pass; whether this gateway issued that challenge, and it is
+        // unspent, is checked after the proof (a forged presentation is refused as
+        // `proof`, never reported as a replay).
+        let (vp, challenge) = match self
             .verifier
-            .verify_presentation(presentation, &binding)
+            .verify_presentation_answering(presentation, &self.config.did)
             .await
         {
-            Ok(vp) => vp,
+            Ok(verified) => verified,
             Err(e) => return Err(self.refuse_verification(ledger, &e).await),
         };
         ledger.note_presentation(&vp);
