@@ -712,7 +712,6 @@ impl Visibility {
 }
 
 impl Gateway {
-    /// The sum of a counter or gauge from `/metrics` (0 when not yet emitted).
     /// The custodian confirms that `did` belongs to its patient `mrn` (admin token).
     pub async fn link_patient(&self, mrn: &str, did: &str) -> anyhow::Result<()> {
         self.link_patient_by(MRN_SYSTEM, mrn, did).await

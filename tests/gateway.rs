@@ -526,6 +526,87 @@ async fn pseudonyms_differ_across_recipients_and_jwe_reaches_only_the_requester(
     assert_ne!(pid, p.id);
 }
 
+/// A page made once is served again to the next request that would make the same one
+/// (same patient, classes, obligations, recipient, domain and day), byte for byte; every
+/// request is still decided and recorded on its own; another question makes its own page.
+#[tokio::test]
+async fn a_page_made_once_is_served_again_to_the_same_question() {
+    let mut fed = federation().await;
+    let p = fixture_patient(&fixtures()[2]);
+    let a = clinician(
+        &fed,
+        "physician",
+        CUSTODIAN,
+        &["clinical"],
+        &["read"],
+        REQUESTER_ORG,
+    )
+    .await;
+    let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+    let consent = linked_consent(
+        &fed.gateway,
+        &patient,
+        &p.mrn,
+        a.key.did(),
+        "permit",
+        &["TREAT"],
+        &["clinical"],
+    )
+    .await;
+    let creds = [a.credential.clone(), consent];
+    let counts = || async {
+        let gw = &fed.gateway;
+        let hits = gw.metric(r#"fedgate_answers_cache_total{result="hit"}"#);
+        let misses = gw.metric(r#"fedgate_answers_cache_total{result="miss"}"#);
+        (hits.await.unwrap(), misses.await.unwrap())
+    };
+    let ask = |classes: &'static [&'static str]| {
+        let (gw, key, creds, mrn) = (&fed.gateway, &a.key, &creds, p.mrn.clone());
+        async move {
+            let (vp, _) = vp(gw, key, creds).await;
+            let (status, bundle) = gw
+                .post(
+                    "/v1/exchange/clinical",
+                    &exchange_body("TREAT", &mrn, classes, &vp, None),
+                )
+                .await
+                .unwrap();
+            assert_eq!(status, 200, "{bundle}");
+            bundle
+        }
+    };
+    let both: &[&str] = &["Patient", "Condition"];
+    let first = ask(both).await;
+    assert_eq!(counts().await, (0.0, 1.0));
+    let second = ask(both).await;
+    assert_eq!(counts().await, (1.0, 1.0));
+    // The same entries, total and notes; each answer its own decision.
+    assert_eq!(first["entry"], second["entry"]);
+    assert_eq!(first["total"], second["total"]);
+    assert!(entries(&first).len() > 1, "{first}");
+    // Tokenized as any answer: the Patient's id is a pseudonym.
+    assert_ne!(entries(&first)[0]["id"], p.id.as_str());
+    let ids = [&first, &second].map(|b| b["identifier"]["value"].as_str().unwrap().to_string());
+    assert_ne!(ids[0], ids[1]);
+    // Another set of classes is another question.
+    let patient_only = ask(&["Patient"]).await;
+    assert_eq!(counts().await, (1.0, 2.0));
+    assert_eq!(types(&patient_only), ["Patient".to_string()].into());
+    assert_eq!(entries(&patient_only)[0], entries(&first)[0]);
+
+    // Every answer left its own event, with its count.
+    fed.gateway.process.stop();
+    let events: Vec<Value> = stored(&fed.gateway, "outbox");
+    for (id, bundle) in ids.iter().zip([&first, &second]) {
+        let e = events
+            .iter()
+            .find(|e| e["decisionId"] == id.as_str())
+            .unwrap_or_else(|| panic!("no event for {id}"));
+        assert_eq!(e["decision"], "allow", "{e}");
+        assert_eq!(e["recordCount"], entries(bundle).len(), "{e}");
+    }
+}
+
 #[tokio::test]
 async fn policy_denials_over_http() {
     let fed = federation().await;

@@ -74,10 +74,53 @@ impl BundleWriter {
     }
 
     /// The Bundle's bytes.
+    /// Where the next entry will start: [`BundleWriter::written_since`] takes what follows.
+    pub fn mark(&self) -> Mark {
+        Mark {
+            at: self.out.len(),
+            entries: self.entries,
+        }
+    }
+
+    /// The entries written since `mark`, as [`BundleWriter::append`] takes them (without
+    /// the separator before the first), and how many they are.
+    pub fn written_since(&self, mark: Mark) -> (Vec<u8>, usize) {
+        let mut bytes = self.out.get(mark.at..).unwrap_or_default();
+        if mark.entries > 0 {
+            bytes = bytes.strip_prefix(b",").unwrap_or(bytes);
+        }
+        (bytes.to_vec(), self.entries.saturating_sub(mark.entries))
+    }
+
+    /// Bytes written since `mark`.
+    pub fn bytes_since(&self, mark: Mark) -> usize {
+        self.out.len().saturating_sub(mark.at)
+    }
+
+    /// Appends `count` entries written by another writer (see
+    /// [`BundleWriter::written_since`]).
+    pub fn append(&mut self, entries: &[u8], count: usize) {
+        if count == 0 {
+            return;
+        }
+        if self.entries > 0 {
+            self.out.push(b',');
+        }
+        self.out.extend_from_slice(entries);
+        self.entries += count;
+    }
+
     pub fn finish(mut self) -> Vec<u8> {
         self.out.extend_from_slice(&self.tail);
         self.out
     }
+}
+
+/// A place in a Bundle being written ([`BundleWriter::mark`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Mark {
+    at: usize,
+    entries: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +205,41 @@ mod tests {
                 assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
             }
         }
+    }
+
+    #[test]
+    fn entries_taken_from_one_writer_and_appended_to_another_are_the_same_bundle() {
+        for links in [false, true] {
+            for o in [None, Some(outcome())] {
+                let mut first = BundleWriter::new(&skeleton(links), 0).unwrap();
+                let mark = first.mark();
+                for (i, r) in resources().into_iter().enumerate() {
+                    first
+                        .resource(&r, if i == 0 { "include" } else { "match" })
+                        .unwrap();
+                }
+                let (entries, count) = first.written_since(mark);
+                assert_eq!(count, 3);
+                let mut second = BundleWriter::new(&skeleton(links), 0).unwrap();
+                second.append(&entries, count);
+                second.append(b"", 0);
+                if let Some(o) = &o {
+                    second.entry(o).unwrap();
+                }
+                assert_eq!(second.finish(), as_value(links, o));
+            }
+        }
+        // From a mark after an entry: the separator stays with the writer.
+        let mut w = BundleWriter::new(&skeleton(false), 0).unwrap();
+        w.entry(&outcome()).unwrap();
+        let mark = w.mark();
+        w.resource(&resources()[1], "match").unwrap();
+        let (entries, count) = w.written_since(mark);
+        assert_eq!((entries[0], count), (b'{', 1));
+        let mut other = BundleWriter::new(&skeleton(false), 0).unwrap();
+        other.entry(&outcome()).unwrap();
+        other.append(&entries, count);
+        assert_eq!(other.finish(), w.finish());
     }
 
     #[test]

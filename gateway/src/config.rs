@@ -100,6 +100,14 @@ pub struct GatewayConfig {
     /// default).
     #[serde(default = "default_records_cache_mb")]
     pub records_cache_mb: usize,
+    /// Megabytes (0 to 4,096; 0 turns it off) of tokenized pages kept for the next
+    /// request that would make the same page: the same patient, data classes, page and
+    /// obligations, recipient organization and domain, on the same day, from the embedded
+    /// store's record as it is (an import makes every kept page stale). Each request is
+    /// still verified, decided and recorded; a kept page spares the record's fetch and its
+    /// tokenization (8 MB by default).
+    #[serde(default = "default_answers_cache_mb")]
+    pub answers_cache_mb: usize,
     /// What makes policy decisions: `"vm"` (default; each domain's decision rule compiled
     /// for regorus's VM, several times faster) or `"interpreter"` (regorus's interpreter,
     /// for a bundle written for it; see policies/README.md, "Fail closed under the VM").
@@ -340,6 +348,9 @@ fn default_policy_decision_cache() -> usize {
 fn default_records_cache_mb() -> usize {
     8
 }
+fn default_answers_cache_mb() -> usize {
+    8
+}
 fn default_policy_time_limit() -> u64 {
     u64::try_from(crate::policy::DEFAULT_TIME_LIMIT.as_millis()).unwrap_or(50)
 }
@@ -368,6 +379,11 @@ impl GatewayConfig {
     /// `records_cache_mb` in bytes.
     pub fn records_cache_bytes(&self) -> usize {
         self.records_cache_mb.saturating_mul(1024 * 1024)
+    }
+
+    /// `answers_cache_mb` in bytes.
+    pub fn answers_cache_bytes(&self) -> usize {
+        self.answers_cache_mb.saturating_mul(1024 * 1024)
     }
 
     /// Reads and validates a config file. Relative paths are taken from the file's folder.
@@ -443,6 +459,9 @@ impl service::config::ServiceConfig for GatewayConfig {
         }
         if self.records_cache_mb > 4096 {
             return Err(invalid("records_cache_mb", "must be between 0 and 4096"));
+        }
+        if self.answers_cache_mb > 4096 {
+            return Err(invalid("answers_cache_mb", "must be between 0 and 4096"));
         }
         if self.outbox_max_events == 0 {
             return Err(invalid("outbox_max_events", "must be at least 1"));

@@ -377,51 +377,44 @@ async fn answer(
         number,
         cursor,
     } = page;
+    let recipient = ledger.requester_org.clone().unwrap_or_default();
+    let question = crate::answers::Question {
+        patient_id,
+        data_classes: &decision.data_classes,
+        obligations: &decision.obligations,
+        recipient_org: &recipient,
+        domain: &ledger.domain,
+        page: number,
+        time: ledger.time,
+    };
+    // The record's generation, read before the record (a page made from a newer record
+    // is kept under an older generation, never the reverse), when its pages can be kept.
+    let generation = match state.answers.is_enabled() {
+        true => match state.records.generation() {
+            Ok(generation) => generation,
+            Err(e) => {
+                let error = GatewayError::record_source(e);
+                return Err(state
+                    .record_not_served(ledger, decision, NotServed::RecordSource, error)
+                    .await);
+            }
+        },
+        false => None,
+    };
 
-    // fetch
-    let fetched = match state
-        .records
-        .patient_resources(patient_id, &decision.data_classes)
-        .await
-    {
-        Ok(fetched) => fetched,
-        Err(e) => {
-            let error = GatewayError::record_source(e);
-            return Err(state
-                .record_not_served(ledger, decision, NotServed::RecordSource, error)
-                .await);
-        }
+    // fetch, or the page kept from an earlier request that made the same one
+    let page = match generation.and_then(|g| state.answers.get(&question, g)) {
+        Some(kept) => Made::Kept(kept),
+        None => Made::Fresh(fetch_page(state, ledger, decision, patient_id, number).await?),
+    };
+    let (total, pages) = match &page {
+        Made::Kept(kept) => (kept.total, kept.pages),
+        Made::Fresh(fresh) => (fresh.total, fresh.pages),
     };
     let mut notes = outcome::dropped_classes(&ledger.data_classes, &decision.data_classes);
     notes.extend(outcome::redacted_classes(&decision.obligations.redact));
-    let provenance = fetched
-        .iter()
-        .filter(|r| resource_type(r) == Some("Provenance"))
-        .count();
-    if provenance > 0 {
-        notes.push(outcome::Note::suppressed(format!(
-            "{provenance} Provenance resource(s) withheld: provenance never leaves this gateway"
-        )));
-    }
-    let (patient, mut rest): (Vec<Value>, Vec<Value>) = fetched
-        .into_iter()
-        .filter(|r| resource_type(r) != Some("Provenance"))
-        .partition(|r| resource_type(r) == Some("Patient"));
-    rest.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
-    let mut present = outcome::Present::of(&patient);
-    present.add(&rest);
-    let total = patient.len() + rest.len();
 
     // page
-    let size = per_page(decision.obligations.max_records, !patient.is_empty());
-    let pages = u32::try_from(rest.len().div_ceil(size).max(1)).unwrap_or(u32::MAX);
-    let start = usize::try_from(number - 1)
-        .unwrap_or(usize::MAX)
-        .saturating_mul(size);
-    let mut resources = patient;
-    let patients = resources.len();
-    resources.extend(rest.drain(start.min(rest.len())..).take(size));
-    drop(rest);
     let cursor = match cursor {
         Some(c) => Some(c.to_string()),
         None if pages > 1 => match state
@@ -444,11 +437,6 @@ async fn answer(
         },
         None => None,
     };
-    notes.extend(outcome::mark_withheld_references(
-        &mut resources,
-        &present,
-        patient_id,
-    ));
 
     // The Bundle around the entries, so that they can be written where they are tokenized.
     let mut links = Vec::new();
@@ -480,7 +468,7 @@ async fn answer(
         bundle["link"] = json!(links);
     }
     let bundle_error = |e: crate::bundle::BundleError| GatewayError::Internal(e.to_string());
-    let body = match crate::bundle::BundleWriter::new(&bundle, 0) {
+    let mut body = match crate::bundle::BundleWriter::new(&bundle, 0) {
         Ok(body) => body,
         Err(e) => {
             return Err(state
@@ -489,56 +477,34 @@ async fn answer(
         }
     };
 
-    // tokenize (the page is already cut to size), then write the entries on the same
-    // thread while the resources are in its cache: the event is recorded holding only bytes.
-    let mut obligations = decision.obligations.clone();
-    obligations.max_records = None;
-    let recipient = ledger.requester_org.clone().unwrap_or_default();
-    let shift = decision
-        .obligations
-        .shift_dates
-        .then(|| crate::dates::offset_days(&state.secret, patient_id, &recipient));
-    let write = move |tokenized: crate::tokenize::Tokenized| {
-        let mut body = body;
-        let mut resources = tokenized.resources;
-        if let Some(days) = shift {
-            crate::dates::shift(&mut resources, days);
+    let count = match page {
+        Made::Kept(kept) => {
+            body.append(&kept.entries, kept.entry_count);
+            notes.extend(kept.notes.iter().cloned());
+            kept.count
         }
-        let count = resources.len() as u64;
-        // Each resource is dropped once written: the page and its JSON text are never
-        // held whole together.
-        for (i, r) in resources.into_iter().enumerate() {
-            // The patient heads every page; on later pages it is there for context.
-            let mode = if i < patients && number > 1 {
-                "include"
-            } else {
-                "match"
+        Made::Fresh(fresh) => {
+            // Kept only when the page can be, and not larger than the cache takes.
+            let keep_up_to = generation.map_or(0, |_| state.answers.largest());
+            let made = tokenize_page(state, ledger, decision, patient_id, body, fresh, keep_up_to);
+            let (written, page_notes, answer) = match made.await {
+                Ok(made) => made,
+                Err(error) => {
+                    return Err(state
+                        .record_not_served(ledger, decision, NotServed::Preparation, error)
+                        .await)
+                }
             };
-            body.resource(&r, mode)?;
-        }
-        Ok::<_, crate::bundle::BundleError>((body, tokenized.withheld, count))
-    };
-    let written = state
-        .tokenize(
-            resources,
-            obligations,
-            recipient,
-            &ledger.domain,
-            ledger.time,
-            write,
-        )
-        .await
-        .and_then(|w| w.map_err(bundle_error));
-    let (mut body, withheld, count) = match written {
-        Ok(written) => written,
-        Err(error) => {
-            return Err(state
-                .record_not_served(ledger, decision, NotServed::Preparation, error)
-                .await)
+            body = written;
+            notes.extend(page_notes);
+            let count = answer.count;
+            if let (Some(generation), true) = (generation, answer.entry_count > 0) {
+                state.answers.insert(&question, generation, answer);
+            }
+            count
         }
     };
-    notes.extend(outcome::withheld(&withheld));
-    if shift.is_some() {
+    if decision.obligations.shift_dates {
         notes.push(outcome::Note {
             code: "informational",
             diagnostics: "every date is shifted by one offset for this patient and recipient: \
@@ -556,6 +522,177 @@ async fn answer(
         body.entry(&entry).map_err(bundle_error)?;
     }
     respond_bytes(ledger, decision, body.finish(), wants_jwe.then_some(holder))
+}
+
+/// A page to serve: kept from an earlier request that made the same one, or cut from the
+/// record now.
+enum Made {
+    Kept(std::sync::Arc<crate::answers::Answer>),
+    Fresh(FreshPage),
+}
+
+/// One page of the patient's record, cut and its references marked, before tokenization.
+struct FreshPage {
+    /// From 1.
+    number: u32,
+    resources: Vec<Value>,
+    /// Patient resources heading the page.
+    patients: usize,
+    /// Resources of the whole answer.
+    total: usize,
+    pages: u32,
+    /// Provenance withheld, references to resources not served.
+    notes: Vec<outcome::Note>,
+}
+
+/// Fetches the record and cuts page `number` from it. A failure is recorded as not served.
+async fn fetch_page(
+    state: &GatewayState,
+    ledger: &Ledger,
+    decision: &Decision,
+    patient_id: &str,
+    number: u32,
+) -> Result<FreshPage, GatewayError> {
+    let fetched = match state
+        .records
+        .patient_resources(patient_id, &decision.data_classes)
+        .await
+    {
+        Ok(fetched) => fetched,
+        Err(e) => {
+            let error = GatewayError::record_source(e);
+            return Err(state
+                .record_not_served(ledger, decision, NotServed::RecordSource, error)
+                .await);
+        }
+    };
+    let mut notes = Vec::new();
+    let provenance = fetched
+        .iter()
+        .filter(|r| resource_type(r) == Some("Provenance"))
+        .count();
+    if provenance > 0 {
+        notes.push(outcome::Note::suppressed(format!(
+            "{provenance} Provenance resource(s) withheld: provenance never leaves this gateway"
+        )));
+    }
+    let (patient, mut rest): (Vec<Value>, Vec<Value>) = fetched
+        .into_iter()
+        .filter(|r| resource_type(r) != Some("Provenance"))
+        .partition(|r| resource_type(r) == Some("Patient"));
+    rest.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
+    let mut present = outcome::Present::of(&patient);
+    present.add(&rest);
+    let total = patient.len() + rest.len();
+
+    let size = per_page(decision.obligations.max_records, !patient.is_empty());
+    let pages = u32::try_from(rest.len().div_ceil(size).max(1)).unwrap_or(u32::MAX);
+    let start = usize::try_from(number - 1)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(size);
+    let mut resources = patient;
+    let patients = resources.len();
+    resources.extend(rest.drain(start.min(rest.len())..).take(size));
+    drop(rest);
+    notes.extend(outcome::mark_withheld_references(
+        &mut resources,
+        &present,
+        patient_id,
+    ));
+    Ok(FreshPage {
+        number,
+        resources,
+        patients,
+        total,
+        pages,
+        notes,
+    })
+}
+
+/// Tokenizes `page` and writes its entries into `body` on the same thread, while the
+/// resources are in that core's cache (the event is recorded holding only bytes). Returns
+/// the body, the page's notes, and the page as [`crate::answers`] keeps it (its entries
+/// copied only if they are at most `keep_up_to` bytes; else none).
+async fn tokenize_page(
+    state: &GatewayState,
+    ledger: &Ledger,
+    decision: &Decision,
+    patient_id: &str,
+    body: crate::bundle::BundleWriter,
+    page: FreshPage,
+    keep_up_to: usize,
+) -> Result<
+    (
+        crate::bundle::BundleWriter,
+        Vec<outcome::Note>,
+        crate::answers::Answer,
+    ),
+    GatewayError,
+> {
+    let FreshPage {
+        number,
+        resources,
+        patients,
+        total,
+        pages,
+        mut notes,
+    } = page;
+    // The page is already cut to size.
+    let mut obligations = decision.obligations.clone();
+    obligations.max_records = None;
+    let recipient = ledger.requester_org.clone().unwrap_or_default();
+    let shift = decision
+        .obligations
+        .shift_dates
+        .then(|| crate::dates::offset_days(&state.secret, patient_id, &recipient));
+    let write = move |tokenized: crate::tokenize::Tokenized| {
+        let mut body = body;
+        let mark = body.mark();
+        let mut resources = tokenized.resources;
+        if let Some(days) = shift {
+            crate::dates::shift(&mut resources, days);
+        }
+        let count = resources.len() as u64;
+        // Each resource is dropped once written: the page and its JSON text are never
+        // held whole together.
+        for (i, r) in resources.into_iter().enumerate() {
+            // The patient heads every page; on later pages it is there for context.
+            let mode = if i < patients && number > 1 {
+                "include"
+            } else {
+                "match"
+            };
+            body.resource(&r, mode)?;
+        }
+        let (entries, entry_count) = if body.bytes_since(mark) <= keep_up_to {
+            body.written_since(mark)
+        } else {
+            (Vec::new(), 0)
+        };
+        let answer = crate::answers::Answer {
+            entries,
+            entry_count,
+            count,
+            total,
+            pages,
+            notes: Vec::new(),
+        };
+        Ok::<_, crate::bundle::BundleError>((body, tokenized.withheld, answer))
+    };
+    let (body, withheld, mut answer) = state
+        .tokenize(
+            resources,
+            obligations,
+            recipient,
+            &ledger.domain,
+            ledger.time,
+            write,
+        )
+        .await?
+        .map_err(|e| GatewayError::Internal(e.to_string()))?;
+    notes.extend(outcome::withheld(&withheld));
+    answer.notes.clone_from(&notes);
+    Ok((body, notes, answer))
 }
 
 /// Order of the resources across pages: by type, then id (stable between fetches).

@@ -20,7 +20,8 @@
 //! - [`paging`]: cursors of answers larger than `max_records` (kept in the database, so
 //!   any replica honours them), and their page proofs;
 //!   [`outcome`]: the OperationOutcome that says what an answer left out and why.
-//! - [`bundle`]: the answer's searchset Bundle, written one entry at a time.
+//! - [`bundle`]: the answer's searchset Bundle, written one entry at a time;
+//!   [`answers`]: tokenized pages kept for the next request that would make the same one.
 //! - [`outbox`]: the durable access-event outbox, written before any response (one per
 //!   database: replicas share it, and their shippers claim the batches they ship).
 //! - [`jwe`]: response encryption to the requester's key-agreement key.
@@ -36,6 +37,7 @@
 //! - [`db`]: the gateway's database (`data_dir/gateway.redb`), whose trees the modules
 //!   above own; a write is on disk when it returns.
 
+pub mod answers;
 pub mod bundle;
 pub mod config;
 pub mod consents;

@@ -61,6 +61,8 @@ pub struct GatewayState {
     pub pages: crate::paging::Pages,
     /// OpenID4VP transactions (in the database: any replica honours them).
     pub oid4vp: crate::oid4vp::store::Transactions,
+    /// Tokenized pages kept for the next request that would make the same one.
+    pub answers: crate::answers::AnswerCache,
 }
 
 /// Why an allowed decision's data did not leave.
@@ -270,6 +272,7 @@ impl GatewayState {
         let verifier = Verifier::new(resolver, trust, status).with_bundle(bundle);
         let pages = crate::paging::Pages::open(&db);
         let oid4vp = crate::oid4vp::store::Transactions::open(&db);
+        let answers = crate::answers::AnswerCache::new(config.answers_cache_bytes());
         Ok(Arc::new(GatewayState {
             trust_mode,
             config,
@@ -289,6 +292,7 @@ impl GatewayState {
             public_url,
             pages,
             oid4vp,
+            answers,
         }))
     }
 

@@ -10,6 +10,9 @@
 //! kept. Every entry carries the store's generation when it was read; any import bumps it
 //! (in the import's own write), so an entry read before an import is never used after it,
 //! on this process or on a replica sharing the store.
+//!
+//! The same bounded, generation-checked map keeps tokenized answers (`crate::answers`):
+//! [`Kept`] holds any value that is cheap to clone (an `Arc`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,38 +21,39 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 #[derive(Clone)]
-struct Cached {
+struct Cached<V> {
     generation: u64,
     bytes: usize,
-    record: Arc<[Value]>,
+    value: V,
 }
 
-#[derive(Default)]
-struct Generations {
-    current: HashMap<[u8; 32], Cached>,
+struct Generations<V> {
+    current: HashMap<[u8; 32], Cached<V>>,
     current_bytes: usize,
-    previous: HashMap<[u8; 32], Cached>,
+    previous: HashMap<[u8; 32], Cached<V>>,
 }
 
-pub(crate) struct RecordCache {
-    /// Bytes of one generation (half the whole); 0: nothing is kept.
-    generation_bytes: usize,
-    maps: Mutex<Generations>,
-}
-
-impl RecordCache {
-    /// At most `max_bytes` of stored JSON; 0 keeps nothing.
-    pub(crate) fn new(max_bytes: usize) -> Self {
-        RecordCache {
-            generation_bytes: max_bytes / 2,
-            maps: Mutex::new(Generations::default()),
+impl<V> Default for Generations<V> {
+    fn default() -> Self {
+        Generations {
+            current: HashMap::new(),
+            current_bytes: 0,
+            previous: HashMap::new(),
         }
     }
+}
 
-    pub(crate) fn is_enabled(&self) -> bool {
-        self.generation_bytes > 0
-    }
+/// Values kept by key, each with the store generation it was made at; bounded in bytes.
+pub(crate) struct Kept<V> {
+    /// Bytes of one generation (half the whole); 0: nothing is kept.
+    generation_bytes: usize,
+    maps: Mutex<Generations<V>>,
+}
 
+/// Parsed records, by patient and types asked for.
+pub(crate) type RecordCache = Kept<Arc<[Value]>>;
+
+impl RecordCache {
     /// The key of one question: the patient and the types asked for, in order.
     pub(crate) fn key<'a>(patient_id: &str, types: impl IntoIterator<Item = &'a str>) -> [u8; 32] {
         let mut h = Sha256::new();
@@ -60,9 +64,28 @@ impl RecordCache {
         }
         h.finalize().into()
     }
+}
 
-    /// The record under `key` if it was read at `generation` of the store, and its size.
-    pub(crate) fn get(&self, key: &[u8; 32], generation: u64) -> Option<(Arc<[Value]>, usize)> {
+impl<V: Clone> Kept<V> {
+    /// At most `max_bytes` (as the caller counts them); 0 keeps nothing.
+    pub(crate) fn new(max_bytes: usize) -> Self {
+        Kept {
+            generation_bytes: max_bytes / 2,
+            maps: Mutex::new(Generations::default()),
+        }
+    }
+
+    pub(crate) fn is_enabled(&self) -> bool {
+        self.generation_bytes > 0
+    }
+
+    /// The largest value it keeps, in bytes (0 when off).
+    pub(crate) fn largest(&self) -> usize {
+        self.generation_bytes
+    }
+
+    /// The value under `key` if it was made at `generation` of the store, and its size.
+    pub(crate) fn get(&self, key: &[u8; 32], generation: u64) -> Option<(V, usize)> {
         if !self.is_enabled() {
             return None;
         }
@@ -70,7 +93,7 @@ impl RecordCache {
         let mut m = self.maps.lock().ok()?;
         if let Some(c) = m.current.get(key) {
             if c.generation == generation {
-                return Some((c.record.clone(), c.bytes));
+                return Some((c.value.clone(), c.bytes));
             }
             if let Some(stale) = m.current.remove(key) {
                 m.current_bytes = m.current_bytes.saturating_sub(stale.bytes);
@@ -81,19 +104,13 @@ impl RecordCache {
         if c.generation != generation {
             return None;
         }
-        let found = (c.record.clone(), c.bytes);
+        let found = (c.value.clone(), c.bytes);
         self.insert_locked(&mut m, *key, c);
         Some(found)
     }
 
-    /// Keeps `record` (`bytes` of stored JSON, read at `generation`) under `key`.
-    pub(crate) fn insert(
-        &self,
-        key: [u8; 32],
-        generation: u64,
-        bytes: usize,
-        record: Arc<[Value]>,
-    ) {
+    /// Keeps `value` (`bytes` of it, made at `generation`) under `key`.
+    pub(crate) fn insert(&self, key: [u8; 32], generation: u64, bytes: usize, value: V) {
         if bytes > self.generation_bytes {
             return;
         }
@@ -101,13 +118,13 @@ impl RecordCache {
             let c = Cached {
                 generation,
                 bytes,
-                record,
+                value,
             };
             self.insert_locked(&mut m, key, c);
         }
     }
 
-    fn insert_locked(&self, m: &mut Generations, key: [u8; 32], c: Cached) {
+    fn insert_locked(&self, m: &mut Generations<V>, key: [u8; 32], c: Cached<V>) {
         if let Some(old) = m.current.remove(&key) {
             m.current_bytes = m.current_bytes.saturating_sub(old.bytes);
         }

@@ -111,6 +111,11 @@ impl EmbeddedStore {
         self
     }
 
+    /// The store's generation now: every import changes it (in the import's own write).
+    pub fn generation(&self) -> Result<u64, RecordError> {
+        self.generation_in(&self.db.read()?)
+    }
+
     /// The store's generation as of `snap`: 0 before the first import.
     fn generation_in(&self, snap: &Snapshot) -> Result<u64, RecordError> {
         decode_generation(snap.get(&self.meta, GENERATION)?)

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-mod cache;
+pub(crate) mod cache;
 mod embedded;
 mod fhir;
 mod import;
@@ -193,6 +193,16 @@ impl RecordSource {
             // store's reads: cheaper than a hand-off to the blocking pool and back.
             RecordSource::Embedded(s) => s.find_patient(system, value),
             RecordSource::Fhir(f) => f.find_patient(system, value).await,
+        }
+    }
+
+    /// The embedded store's generation (what an answer made from it is kept under); `None`
+    /// for a FHIR server, whose records this gateway cannot tell apart in time.
+    pub fn generation(&self) -> Result<Option<u64>, RecordError> {
+        match self {
+            // One point read, on this thread like the patient's lookup.
+            RecordSource::Embedded(s) => s.generation().map(Some),
+            RecordSource::Fhir(_) => Ok(None),
         }
     }
 
