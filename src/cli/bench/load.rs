@@ -228,6 +228,7 @@ pub(super) fn report_of(
         ingest: None,
         decisions: None,
         records: None,
+        answers: None,
         storage: None,
         server,
         load_generator_cores_busy: 0.0,
@@ -438,6 +439,9 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
             if let Some(mb) = args.records_cache_mb {
                 settings.push_str(&format!("records_cache_mb = {mb}\n"));
             }
+            if let Some(mb) = args.answers_cache_mb {
+                settings.push_str(&format!("answers_cache_mb = {mb}\n"));
+            }
             let replicated = pg.as_ref().map(|pg| (pg, args.replicas));
             let fed =
                 start_exchange_federation(&scratch.path, &terms, &settings, replicated, &say)?;
@@ -572,6 +576,13 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
         report.records = Some(RecordFigures {
             read: records.0,
             kept: records.1,
+        });
+    }
+    let answers = misses_and_hits(&http, &target_bases, "fedgate_answers_cache_total").await;
+    if answers != (0, 0) {
+        report.answers = Some(AnswerFigures {
+            made: answers.0,
+            kept: answers.1,
         });
     }
     report.storage = match (storage_before, storage_counts(&http, &target_bases).await) {
@@ -987,6 +998,7 @@ pub(super) async fn ingest(args: IngestArgs) -> anyhow::Result<Printed> {
         }),
         decisions: None,
         records: None,
+        answers: None,
         storage: None,
         server,
         load_generator_cores_busy: load,

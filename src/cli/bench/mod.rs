@@ -91,6 +91,11 @@ pub struct ExchangeArgs {
     /// and parses the record in every request). Default: the gateway's default.
     #[arg(long, conflicts_with = "gateway")]
     records_cache_mb: Option<usize>,
+    /// Megabytes of tokenized pages the started gateway keeps for the next request that
+    /// would make the same page (`answers_cache_mb`; 0 fetches and tokenizes every
+    /// answer). Default: the gateway's default.
+    #[arg(long, conflicts_with = "gateway")]
+    answers_cache_mb: Option<usize>,
     /// FHIR resource types asked for in every request.
     #[arg(long, value_delimiter = ',', default_value = "Patient,Condition")]
     data_classes: Vec<String>,

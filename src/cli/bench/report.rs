@@ -33,6 +33,11 @@ pub(crate) struct Report {
     /// keeps none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) records: Option<RecordFigures>,
+    /// Pages of the gateway's answers over the whole run (warm-up included), as its
+    /// metrics count them: made (fetched and tokenized), and served from those it kept.
+    /// Absent when it keeps none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) answers: Option<AnswerFigures>,
     /// Durable commits of the gateway's database over the whole run (set-up included), as
     /// its metrics count them, and the writes they carried (group commit).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -55,6 +60,12 @@ pub(crate) struct DecisionFigures {
 #[derive(Serialize, Clone, Copy)]
 pub(crate) struct RecordFigures {
     pub(crate) read: u64,
+    pub(crate) kept: u64,
+}
+
+#[derive(Serialize, Clone, Copy)]
+pub(crate) struct AnswerFigures {
+    pub(crate) made: u64,
     pub(crate) kept: u64,
 }
 
@@ -185,6 +196,14 @@ impl Report {
                 r.read,
                 r.kept,
                 hit_percent(r.read, r.kept)
+            ));
+        }
+        if let Some(a) = &self.answers {
+            out.push_str(&format!(
+                "  answers      {} pages made, {} served from those kept ({:.0} %)\n",
+                a.made,
+                a.kept,
+                hit_percent(a.made, a.kept)
             ));
         }
         if let Some(st) = &self.storage {
