@@ -52,7 +52,13 @@ fn exchange_with_two_holders() {
     let report = bench(&["exchange", "--holders", "2", "--requests", "20"]);
     assert_common_shape(&report, "exchange", 20);
     assert_eq!(report["concurrency"], 2);
-    assert!(report["challenge_latency_ms"]["p50"].as_f64().unwrap() > 0.0);
+    // Each holder asked for its first challenge; every later request answered the one the
+    // answer before it offered.
+    let c = &report["challenges"];
+    let (asked, carried) = (c["asked"].as_u64().unwrap(), c["carried"].as_u64().unwrap());
+    assert!((1..=2).contains(&asked), "{c}");
+    assert_eq!(asked + carried, 20, "{c}");
+    assert!(c["latency_ms"]["p50"].as_f64().unwrap() > 0.0, "{c}");
     assert_eq!(report["server"]["name"], "gateway");
     assert!(
         report["floor"]["parts_us"]["ed25519_verify"]
@@ -95,7 +101,8 @@ fn exchange_with_two_holders() {
 }
 
 #[test]
-fn exchange_without_caches_evaluates_every_decision_and_reads_every_record() {
+fn exchange_without_caches_evaluates_every_decision_and_reads_every_record_and_asks_every_challenge(
+) {
     let report = bench(&[
         "exchange",
         "--holders",
@@ -108,8 +115,12 @@ fn exchange_without_caches_evaluates_every_decision_and_reads_every_record() {
         "0",
         "--answers-cache-mb",
         "0",
+        "--challenge-per-request",
     ]);
     assert_common_shape(&report, "exchange", 20);
+    let c = &report["challenges"];
+    assert_eq!(c["asked"], 20, "{c}");
+    assert_eq!(c["carried"], 0, "{c}");
     let d = &report["decisions"];
     assert_eq!(d["from_cache"], 0, "{d}");
     assert!(d["evaluated"].as_u64().unwrap() >= 22, "{d}");

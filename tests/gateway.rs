@@ -607,6 +607,117 @@ async fn a_page_made_once_is_served_again_to_the_same_question() {
     }
 }
 
+/// The challenge an answer offers for the holder's next presentation.
+fn offered(headers: &reqwest::header::HeaderMap) -> String {
+    headers
+        .get("fedgate-next-challenge")
+        .unwrap_or_else(|| panic!("no next challenge offered: {headers:?}"))
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn every_answer_to_a_presentation_offers_the_next_challenge() {
+    let fed = federation().await;
+    let gw = &fed.gateway;
+    let p = fixture_patient(&fixtures()[2]);
+    let a = clinician(
+        &fed,
+        "physician",
+        CUSTODIAN,
+        &["clinical"],
+        &["read"],
+        REQUESTER_ORG,
+    )
+    .await;
+    let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+    let consent = linked_consent(
+        gw,
+        &patient,
+        &p.mrn,
+        a.key.did(),
+        "permit",
+        &["TREAT"],
+        &["clinical"],
+    )
+    .await;
+    let creds = [a.credential.clone(), consent];
+    let answering = |challenge: &str| {
+        let binding = PresentationBinding {
+            challenge: challenge.to_string(),
+            domain: CUSTODIAN.to_string(),
+        };
+        let (creds, key, mrn) = (&creds, &a.key, &p.mrn);
+        async move {
+            let vp = credentials::present(creds, key, &binding, ProofFormat::Jwt)
+                .await
+                .unwrap();
+            body_of(&vp, mrn)
+        }
+    };
+    let exchange = |body: Value| async move {
+        let (status, headers, bytes) = gw
+            .post_raw("/v1/exchange/clinical", &body, None)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        (status, offered(&headers), body)
+    };
+
+    // The first challenge is asked for; the answer offers the next.
+    let (first, _) = vp(gw, &a.key, &creds).await;
+    let (status, next, bundle) = exchange(body_of(&first, &p.mrn)).await;
+    assert_eq!(status, 200, "{bundle}");
+    // Answered without asking: the offered challenge is as good as an asked one.
+    let second = answering(&next).await;
+    let (status, after_second, bundle) = exchange(second.clone()).await;
+    assert_eq!(status, 200, "{bundle}");
+    assert_ne!(after_second, next);
+    // And as single-use: the same presentation again is a replay, refused as any. The
+    // refusal offers a fresh challenge, which the holder answers at once.
+    let (status, after_replay, problem) = exchange(second).await;
+    assert_eq!(status, 403, "{problem}");
+    assert_eq!(problem["check"], "challenge", "{problem}");
+    assert_ne!(after_replay, after_second);
+    let (status, _, bundle) = exchange(answering(&after_replay).await).await;
+    assert_eq!(status, 200, "{bundle}");
+    // An offered challenge altered by one character was never issued.
+    let mut forged = after_second.clone().into_bytes();
+    forged[0] = if forged[0] == b'A' { b'B' } else { b'A' };
+    let (status, _, problem) = exchange(answering(&String::from_utf8(forged).unwrap()).await).await;
+    assert_eq!(status, 403, "{problem}");
+    assert_eq!(problem["check"], "challenge", "{problem}");
+
+    // Every route that takes a presentation offers one, on a client's mistake too.
+    for (path, body) in [
+        ("/v1/exchange/no-such-domain", body_of(&first, &p.mrn)),
+        (
+            "/v1/consents",
+            json!({"presentation": {"type": ["VerifiablePresentation"]}}),
+        ),
+        (
+            "/v1/consents/withdrawals",
+            json!({"presentation": "not.a.jwt"}),
+        ),
+        (
+            "/v1/detokenize",
+            json!({"purpose": "TREAT", "token": "tok", "presentation": "not.a.jwt"}),
+        ),
+    ] {
+        let (status, headers, _) = gw.post_raw(path, &body, None).await.unwrap();
+        assert!((400..500).contains(&status), "{path}: {status}");
+        assert!(!offered(&headers).is_empty(), "{path}");
+    }
+    // A challenge is asked for with a POST, and offered nowhere else.
+    let (status, headers, _) = gw
+        .post_raw("/v1/challenges", &json!({}), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(headers.get("fedgate-next-challenge").is_none());
+}
+
 #[tokio::test]
 async fn policy_denials_over_http() {
     let fed = federation().await;

@@ -37,6 +37,14 @@ pub(crate) struct DetokenizeRequest {
 pub(crate) async fn detokenize_handler(
     State(s): AppState,
     StrictJson(req): StrictJson<DetokenizeRequest>,
+) -> Response {
+    let answer = detokenize(s.clone(), req).await;
+    crate::routes::offering_next_challenge(&s, answer)
+}
+
+async fn detokenize(
+    s: Arc<GatewayState>,
+    req: DetokenizeRequest,
 ) -> Result<Response, GatewayError> {
     if !exchange::PURPOSES.contains(&req.purpose.as_str()) {
         return Err(GatewayError::bad_request(

@@ -111,7 +111,12 @@ pub(crate) async fn unlink_patient(
 pub(crate) async fn register_consents(
     State(s): AppState,
     StrictJson(req): StrictJson<PresentationBody>,
-) -> Result<Response, GatewayError> {
+) -> Response {
+    let answer = register(s.clone(), req).await;
+    crate::routes::offering_next_challenge(&s, answer)
+}
+
+async fn register(s: Arc<GatewayState>, req: PresentationBody) -> Result<Response, GatewayError> {
     let mut ledger = Ledger::new("consent", "PATRQT", &[]);
     let vp = s
         .verify_presentation(&mut ledger, &req.presentation)
@@ -172,6 +177,14 @@ pub(crate) async fn register_consents(
 pub(crate) async fn withdraw_consents(
     State(s): AppState,
     StrictJson(req): StrictJson<PresentationBody>,
+) -> Response {
+    let answer = withdraw(s.clone(), req).await;
+    crate::routes::offering_next_challenge(&s, answer)
+}
+
+async fn withdraw(
+    s: Arc<GatewayState>,
+    req: PresentationBody,
 ) -> Result<Json<Value>, GatewayError> {
     let mut ledger = Ledger::new("consent", "PATRQT", &[]);
     let vp = s

@@ -661,6 +661,14 @@ pub(crate) mod request {
     pub(crate) async fn research_handler(
         State(s): AppState,
         StrictJson(req): StrictJson<ResearchRequest>,
+    ) -> Response {
+        let answer = research(s.clone(), req).await;
+        crate::routes::offering_next_challenge(&s, answer)
+    }
+
+    async fn research(
+        s: Arc<GatewayState>,
+        req: ResearchRequest,
     ) -> Result<Response, GatewayError> {
         if req.purpose != "HRESCH" {
             return Err(GatewayError::bad_request(

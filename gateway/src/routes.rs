@@ -140,7 +140,29 @@ struct Challenge {
     expires_at: String,
 }
 
-/// A single-use challenge for a presentation.
+/// The header of every answer to a request that carries a presentation: a fresh challenge
+/// for the holder's next one, with the same domain and lifetime as one from
+/// `POST /v1/challenges` (in the way DPoP servers offer their next nonce, RFC 9449 §8).
+/// A holder making several requests then asks for a challenge once: every round trip for
+/// one after the first is spared, to it and to this gateway. Issuing one writes nothing.
+pub(crate) const NEXT_CHALLENGE: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("fedgate-next-challenge");
+
+/// `answer`, with a fresh challenge for the holder's next presentation
+/// ([`NEXT_CHALLENGE`]): on refusals too, so that a holder whose challenge had expired or
+/// was used tries again without another round trip.
+pub(crate) fn offering_next_challenge(s: &GatewayState, answer: impl IntoResponse) -> Response {
+    let mut response = answer.into_response();
+    let (challenge, _) = s.nonces.issue();
+    // A challenge is base64url, always a valid header value.
+    if let Ok(value) = axum::http::HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert(NEXT_CHALLENGE, value);
+    }
+    response
+}
+
+/// A single-use challenge for a presentation. Answers to requests that carry a
+/// presentation offer the next one in `Fedgate-Next-Challenge`.
 #[utoipa::path(post, path = "/v1/challenges", tag = "exchange",
     responses((status = 200, description = "Challenge", body = Challenge), Unavailable))]
 async fn challenge(State(s): AppState) -> Response {
@@ -166,7 +188,8 @@ async fn challenge(State(s): AppState) -> Response {
         (status = 200, description = "A FHIR R4 searchset Bundle, or a compact JWE (ECDH-ES, A256GCM)",
             headers(("Fedgate-Decision-Id" = String, description = "The decision, as recorded"),
                 ("Fedgate-Break-Glass" = String, description = "Present when access was by break-glass"),
-                ("Fedgate-Access-Expires" = String, description = "RFC 3339: when the grant ends")),
+                ("Fedgate-Access-Expires" = String, description = "RFC 3339: when the grant ends"),
+                ("Fedgate-Next-Challenge" = String, description = "A fresh challenge for the holder's next presentation (on refusals too)")),
             content((Object = "application/fhir+json"), (String = "application/jose"))),
         Denied, JsonBodyErrors, NotFound, Unavailable))]
 async fn exchange_handler(
@@ -174,11 +197,14 @@ async fn exchange_handler(
     Path(domain): Path<String>,
     headers: HeaderMap,
     StrictJson(req): StrictJson<ExchangeRequest>,
-) -> Result<Response, GatewayError> {
+) -> Response {
     // A domain is a lowercase name; anything else is malformed (400), a name that is no
     // exchange domain is unknown (404, in `exchange`).
-    service::params::domain("domain", &domain)?;
-    exchange::exchange(&s, &domain, req, &headers).await
+    let answer = match service::params::domain("domain", &domain) {
+        Ok(_) => exchange::exchange(&s, &domain, req, &headers).await,
+        Err(e) => Err(e.into()),
+    };
+    offering_next_challenge(&s, answer)
 }
 
 /// A later page of a paged answer, without a new presentation (docs/gateway-contract.md §4).

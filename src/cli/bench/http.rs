@@ -37,6 +37,17 @@ impl Http {
     }
 
     pub(super) async fn post(&self, url: &str, body: &Value, token: Option<&str>) -> Answer {
+        self.post_offered(url, body, token).await.0
+    }
+
+    /// POSTs, and returns with the answer the challenge it offers for the next
+    /// presentation (`Fedgate-Next-Challenge`), if it offers one.
+    pub(super) async fn post_offered(
+        &self,
+        url: &str,
+        body: &Value,
+        token: Option<&str>,
+    ) -> (Answer, Option<String>) {
         let mut req = self.client.post(url).json(body);
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -44,15 +55,23 @@ impl Http {
         match req.send().await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
+                let next = resp
+                    .headers()
+                    .get("fedgate-next-challenge")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
                 match resp.bytes().await {
-                    Ok(bytes) => Answer::Status(
-                        status,
-                        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                    Ok(bytes) => (
+                        Answer::Status(
+                            status,
+                            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                        ),
+                        next,
                     ),
-                    Err(e) => Answer::Transport(e.without_url().to_string()),
+                    Err(e) => (Answer::Transport(e.without_url().to_string()), None),
                 }
             }
-            Err(e) => Answer::Transport(e.without_url().to_string()),
+            Err(e) => (Answer::Transport(e.without_url().to_string()), None),
         }
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::harness::{contract, repo_root, Federation, MRN_SYSTEM};
-use federation::credentials::{self, CredentialKind, ProofFormat};
+use federation::credentials::{self, CredentialKind, PresentationBinding, ProofFormat};
 use federation::keys::{KeyAlgorithm, KeyPair};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -27,7 +27,10 @@ pub(super) struct Holder {
 #[derive(Default)]
 pub(super) struct Tally {
     latencies: Vec<Duration>,
+    /// Latencies of the challenges asked for (`POST /v1/challenges`).
     challenges: Vec<Duration>,
+    /// Requests that answered the challenge the answer before them offered.
+    carried: u64,
     ok: u64,
     errors: BTreeMap<String, u64>,
 }
@@ -55,47 +58,79 @@ impl Stop {
     }
 }
 
-/// One request of one holder: challenge, presentation, the measured POST.
-/// One measured request: a challenge from `base`, then the request, with a presentation
-/// answering it, to `exchange_base` (another replica, when there are several).
+/// What every request of a run asks.
+#[derive(Clone, Copy)]
+pub(super) struct Ask {
+    /// The measured request's path under a gateway's base URL.
+    pub(super) path: &'static str,
+    pub(super) format: ProofFormat,
+    /// Whether a holder answers the challenge its previous answer offered
+    /// (`Fedgate-Next-Challenge`) instead of asking `POST /v1/challenges` every time.
+    pub(super) carry: bool,
+}
+
+/// One request of one holder: a challenge (the one `next` holds, offered by the answer
+/// before, else asked from `base`), the presentation answering it, and the measured POST
+/// to `exchange_base` (another replica, when there are several). `next` is left holding
+/// the challenge this answer offers, when the run carries them.
 pub(super) async fn one_request(
     http: &Http,
     base: &str,
     exchange_base: &str,
-    path: &str,
+    ask: Ask,
     holder: &Holder,
-    format: ProofFormat,
-    tally: Option<&mut Tally>,
+    next: &mut Option<PresentationBinding>,
+    mut tally: Option<&mut Tally>,
 ) -> anyhow::Result<()> {
-    let t0 = Instant::now();
-    let binding = match http.challenge(base).await {
-        Ok(b) => b,
-        Err(answer) => {
-            let key = match answer {
-                Answer::Status(s, _) => format!("challenge {s}"),
-                Answer::Transport(_) => "challenge transport".to_string(),
-            };
-            if let Some(t) = tally {
-                t.error(key.clone());
-                return Ok(());
+    let binding = match next.take() {
+        Some(carried) => {
+            if let Some(t) = tally.as_deref_mut() {
+                t.carried += 1;
             }
-            return Err(anyhow!(key));
+            carried
+        }
+        None => {
+            let t0 = Instant::now();
+            match http.challenge(base).await {
+                Ok(b) => {
+                    if let Some(t) = tally.as_deref_mut() {
+                        t.challenges.push(t0.elapsed());
+                    }
+                    b
+                }
+                Err(answer) => {
+                    let key = match answer {
+                        Answer::Status(s, _) => format!("challenge {s}"),
+                        Answer::Transport(_) => "challenge transport".to_string(),
+                    };
+                    if let Some(t) = tally {
+                        t.error(key.clone());
+                        return Ok(());
+                    }
+                    return Err(anyhow!(key));
+                }
+            }
         }
     };
-    let challenge_time = t0.elapsed();
-    let vp = credentials::present(&holder.credentials, &holder.key, &binding, format)
+    let vp = credentials::present(&holder.credentials, &holder.key, &binding, ask.format)
         .await
         .map_err(|e| anyhow!("presenting: {e}"))?;
     let mut body = holder.body.clone();
     body["presentation"] = vp;
     let t1 = Instant::now();
-    let answer = http
-        .post(&format!("{exchange_base}{path}"), &body, None)
+    let (answer, offered) = http
+        .post_offered(&format!("{exchange_base}{}", ask.path), &body, None)
         .await;
     let elapsed = t1.elapsed();
+    if ask.carry {
+        // Replicas of one gateway share its DID: the domain stays the same.
+        *next = offered.map(|challenge| PresentationBinding {
+            challenge,
+            domain: binding.domain,
+        });
+    }
     match tally {
         Some(t) => {
-            t.challenges.push(challenge_time);
             t.latencies.push(elapsed);
             match answer {
                 Answer::Status(200, _) => t.ok += 1,
@@ -120,9 +155,7 @@ pub(super) struct Target {
     /// The gateway's base URLs, with a trailing slash: one per replica. Each request takes
     /// its challenge from one and is answered by the next.
     bases: Vec<String>,
-    /// The measured request's path under it.
-    path: &'static str,
-    format: ProofFormat,
+    ask: Ask,
     /// The gateway's process, for memory and CPU.
     pid: Option<u32>,
     idle_rss_mb: Option<f64>,
@@ -141,17 +174,9 @@ pub(super) async fn warm_up(
     }
     let at = |k: usize| bases[k % bases.len()].clone();
     for (i, h) in holders.iter().enumerate() {
-        one_request(
-            http,
-            &at(i),
-            &at(i + 1),
-            target.path,
-            h,
-            target.format,
-            None,
-        )
-        .await
-        .map_err(|e| anyhow!("holder {i}: the warm-up request failed: {e}"))?;
+        one_request(http, &at(i), &at(i + 1), target.ask, h, &mut None, None)
+            .await
+            .map_err(|e| anyhow!("holder {i}: the warm-up request failed: {e}"))?;
     }
     Ok(())
 }
@@ -164,7 +189,7 @@ pub(super) async fn drive(
     holders: Vec<Holder>,
     run: &RunArgs,
 ) -> anyhow::Result<(Tally, f64, Option<ServerUsage>, f64)> {
-    let (bases, path, format) = (Arc::new(target.bases.clone()), target.path, target.format);
+    let (bases, ask) = (Arc::new(target.bases.clone()), target.ask);
     if bases.is_empty() {
         return Err(anyhow!("no gateway to load"));
     }
@@ -182,11 +207,13 @@ pub(super) async fn drive(
         let (http, bases, stop) = (http.clone(), bases.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();
+            let mut next = None;
             let mut k = i;
             while stop.next() {
                 let (from, to) = (at(&bases, k), at(&bases, k + 1));
                 k += 1;
-                one_request(&http, &from, &to, path, &holder, format, Some(&mut tally)).await?;
+                let tally = Some(&mut tally);
+                one_request(&http, &from, &to, ask, &holder, &mut next, tally).await?;
             }
             Ok::<Tally, anyhow::Error>(tally)
         }));
@@ -196,6 +223,7 @@ pub(super) async fn drive(
         let t = task.await??;
         total.latencies.extend(t.latencies);
         total.challenges.extend(t.challenges);
+        total.carried += t.carried;
         total.ok += t.ok;
         for (k, v) in t.errors {
             *total.errors.entry(k).or_default() += v;
@@ -224,7 +252,11 @@ pub(super) fn report_of(
         seconds,
         requests_per_second: requests as f64 / seconds.max(f64::MIN_POSITIVE),
         latency_ms: Latency::of(tally.latencies),
-        challenge_latency_ms: Some(Latency::of(tally.challenges)),
+        challenges: Some(ChallengeFigures {
+            asked: tally.challenges.len() as u64,
+            carried: tally.carried,
+            latency_ms: Latency::of(tally.challenges),
+        }),
         ingest: None,
         decisions: None,
         records: None,
@@ -548,8 +580,11 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
     let target_bases = bases.clone();
     let target = Target {
         bases,
-        path: "v1/exchange/clinical",
-        format,
+        ask: Ask {
+            path: "v1/exchange/clinical",
+            format,
+            carry: !args.run.challenge_per_request,
+        },
         pid,
         idle_rss_mb: idle_rss,
     };
@@ -719,8 +754,11 @@ pub(super) async fn research(args: ResearchArgs) -> anyhow::Result<Printed> {
     ));
     let target = Target {
         bases: vec![base],
-        path: "v1/research/queries",
-        format: ProofFormat::Jwt,
+        ask: Ask {
+            path: "v1/research/queries",
+            format: ProofFormat::Jwt,
+            carry: !args.run.challenge_per_request,
+        },
         pid: Some(gateway.process.pid()),
         idle_rss_mb: idle_rss,
     };
@@ -986,7 +1024,7 @@ pub(super) async fn ingest(args: IngestArgs) -> anyhow::Result<Printed> {
         seconds,
         requests_per_second: requests as f64 / seconds.max(f64::MIN_POSITIVE),
         latency_ms: Latency::of(total.latencies),
-        challenge_latency_ms: None,
+        challenges: None,
         ingest: Some(IngestFigures {
             events_per_batch: args.batch,
             events_appended: total.appended,

@@ -5,7 +5,9 @@
 //! With no target URL the command starts its own federation of real processes on loopback
 //! (the same harness as `fedgate demo`): a credentialing office, the visibility service
 //! and hospital A's gateway over `examples/data/fhir/hospital-a`. Every holder has its own
-//! did:key and its own credentials, and every request answers a fresh challenge.
+//! did:key and its own credentials, and every request answers a fresh challenge: the one the
+//! answer to its previous request offered, as a wallet making several requests would
+//! (`--challenge-per-request` asks for each).
 
 use std::path::PathBuf;
 
@@ -67,6 +69,11 @@ struct RunArgs {
     /// Stop after this many requests (all holders together) instead of after --duration.
     #[arg(long)]
     requests: Option<u64>,
+    /// Ask `POST /v1/challenges` before every request, instead of answering the challenge
+    /// the gateway's previous answer offered (`Fedgate-Next-Challenge`), as a wallet
+    /// making several requests does.
+    #[arg(long)]
+    challenge_per_request: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -173,6 +180,11 @@ pub struct RevocationArgs {
     /// Revocations to time, one clinician each.
     #[arg(long, default_value_t = 20)]
     samples: usize,
+    /// Ask `POST /v1/challenges` before every request, instead of answering the challenge
+    /// the gateway's previous answer offered (`Fedgate-Next-Challenge`), as a wallet
+    /// making several requests does.
+    #[arg(long)]
+    challenge_per_request: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,

@@ -19,9 +19,10 @@ pub(crate) struct Report {
     pub(crate) requests_per_second: f64,
     /// Latency of the measured request alone (not the challenge before it), ms.
     pub(crate) latency_ms: Latency,
-    /// Latency of fetching the challenge, ms (exchange and research).
+    /// The challenges the requests answered (exchange and research): asked for, or
+    /// offered by the answer before.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) challenge_latency_ms: Option<Latency>,
+    pub(crate) challenges: Option<ChallengeFigures>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) ingest: Option<IngestFigures>,
     /// Policy decisions of the gateway over the whole run (warm-up included), as its
@@ -49,6 +50,17 @@ pub(crate) struct Report {
     /// with the server for them.
     pub(crate) load_generator_cores_busy: f64,
     pub(crate) floor: Floor,
+}
+
+#[derive(Serialize)]
+pub(crate) struct ChallengeFigures {
+    /// Asked for with `POST /v1/challenges` (each holder's first, or every one with
+    /// `--challenge-per-request`).
+    pub(crate) asked: u64,
+    /// Offered by the answer to the holder's previous request (`Fedgate-Next-Challenge`).
+    pub(crate) carried: u64,
+    /// Latency of asking for one, ms.
+    pub(crate) latency_ms: Latency,
 }
 
 #[derive(Serialize, Clone, Copy)]
@@ -166,10 +178,14 @@ impl Report {
             "  latency ms   p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}  mean {:.2}\n",
             l.p50, l.p90, l.p99, l.max, l.mean
         ));
-        if let Some(c) = &self.challenge_latency_ms {
+        if let Some(c) = &self.challenges {
             out.push_str(&format!(
-                "  challenge ms p50 {:.2}  p99 {:.2}\n",
-                c.p50, c.p99
+                "  challenges   {} asked (ms p50 {:.2}  p99 {:.2}), {} offered by the answer before ({:.0} %)\n",
+                c.asked,
+                c.latency_ms.p50,
+                c.latency_ms.p99,
+                c.carried,
+                hit_percent(c.asked, c.carried)
             ));
         }
         if let Some(i) = &self.ingest {
