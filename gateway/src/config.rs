@@ -575,6 +575,9 @@ impl service::config::ServiceConfig for GatewayConfig {
                     "must be between 1 and 1000",
                 ));
             }
+            if v.linger_ms > 1000 {
+                return Err(invalid("visibility.linger_ms", "must be at most 1000"));
+            }
             for peer in &v.peers {
                 let url = reqwest::Url::parse(peer)
                     .map_err(|e| invalid("visibility.peers", &format!("{peer}: {e}")))?;
@@ -747,5 +750,13 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn a_linger_is_at_most_a_second() {
+        with_visibility(false, "linger_ms = 0").unwrap();
+        with_visibility(false, "linger_ms = 1000").unwrap();
+        let err = with_visibility(false, "linger_ms = 1001").unwrap_err();
+        assert!(err.contains("visibility.linger_ms"), "{err}");
     }
 }

@@ -55,8 +55,16 @@ pub struct VisibilityConfig {
     pub did: String,
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// How long the shipper sleeps when the outbox is empty.
     #[serde(default = "default_interval")]
     pub interval_ms: u64,
+    /// How long the shipper waits after a batch short of `batch_size`, so that the events
+    /// of a busy gateway leave in batches of many rather than of one or two: each batch
+    /// costs a signature, a request and a durable write of its receipts on both sides.
+    /// It delays an event by no more than this (and never more than an idle outbox
+    /// does, `interval_ms`); 0 ships again at once.
+    #[serde(default = "default_linger")]
+    pub linger_ms: u64,
     /// How events travel: `https` (the default, straight to the service) or `nats`.
     #[serde(default)]
     pub transport: Transport,
@@ -86,6 +94,9 @@ fn default_batch() -> usize {
 }
 fn default_interval() -> u64 {
     200
+}
+fn default_linger() -> u64 {
+    20
 }
 fn default_gossip_interval() -> u64 {
     60_000
@@ -182,6 +193,17 @@ enum Stage {
     Ship,
     Publish,
     Confirm,
+}
+
+impl Stage {
+    /// The metrics' label.
+    fn name(self) -> &'static str {
+        match self {
+            Stage::Ship => "ship",
+            Stage::Publish => "publish",
+            Stage::Confirm => "confirm",
+        }
+    }
 }
 
 /// Largest answer read from the visibility service: receipts for a full batch and their
@@ -311,6 +333,7 @@ impl Shipper {
 
     async fn run(self: Arc<Self>, stage: Stage) {
         let idle = Duration::from_millis(self.config.interval_ms);
+        let linger = Duration::from_millis(self.config.linger_ms).min(idle);
         // After a failure, wait longer each time (with jitter, so that gateways that lost
         // the log together do not come back together), up to 10 s; any success resets it.
         let retry = backon::ExponentialBuilder::default()
@@ -330,7 +353,14 @@ impl Shipper {
                     backoff = retry.build();
                     tokio::time::sleep(idle).await;
                 }
-                Ok(_) => backoff = retry.build(),
+                Ok(n) => {
+                    backoff = retry.build();
+                    metrics::histogram!("fedgate_shipper_batch_events", "stage" => stage.name())
+                        .record(n as f64);
+                    if n < self.config.batch_size && !linger.is_zero() {
+                        tokio::time::sleep(linger).await;
+                    }
+                }
                 Err(e) => {
                     metrics::counter!("fedgate_shipper_failures_total").increment(1);
                     if let ShipError::Inconsistent(_) = &e {
@@ -846,6 +876,8 @@ mod replica_tests {
         index: HashMap<String, u64>,
         /// Every event id of every batch received, in order, re-sends included.
         received: Vec<String>,
+        /// Batches received.
+        batches: usize,
     }
 
     #[derive(Clone)]
@@ -907,6 +939,7 @@ mod replica_tests {
                 did: LOG_DID.into(),
                 batch_size: 10,
                 interval_ms: 10,
+                linger_ms: 0,
                 transport: Transport::Https,
                 nats: None,
                 peers: Vec::new(),
@@ -976,6 +1009,7 @@ mod replica_tests {
         let payload: BatchPayload =
             serde_json::from_slice(&federation::b64::decode(payload).unwrap()).unwrap();
         let mut leaves = log.leaves.lock().unwrap();
+        leaves.batches += 1;
         let mut receipts = Vec::new();
         for event in payload.events {
             leaves.received.push(event.id.clone());
@@ -1120,6 +1154,50 @@ mod replica_tests {
         let all: Vec<String> = (0..150).map(|n| event(n).id).collect();
         assert_eq!(sorted(log.received()), all);
         assert_eq!(outbox.claims_len(), 0);
+    }
+
+    /// A busy gateway's events leave in batches of many: after a batch short of its size,
+    /// the shipper waits its linger, and what came meanwhile leaves in one batch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_a_short_batch_the_shipper_lingers_for_more() {
+        let log = FakeLog::start().await;
+        let db = crate::db::temporary().unwrap();
+        let outbox = Outbox::open(&db, 1_000);
+        let key = gateway_key();
+        let mut shipper = log.shipper(&db, &outbox, &key);
+        // Long enough for nine appends on a loaded machine; the idle sleep is longer still,
+        // so that only the linger can end the wait.
+        shipper.config.linger_ms = 2_000;
+        shipper.config.interval_ms = 30_000;
+        outbox.append(event(0)).await.unwrap();
+        let shipper = Arc::new(shipper);
+        let loops = shipper.clone().spawn();
+        let first = async {
+            while shipper.receipt_count() < 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), first)
+            .await
+            .expect("the first event shipped");
+        let appends = (1..10).map(|n| {
+            let outbox = outbox.clone();
+            async move { outbox.append(event(n)).await.unwrap() }
+        });
+        futures::future::join_all(appends).await;
+        let drained = async {
+            while shipper.receipt_count() < 10 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), drained)
+            .await
+            .expect("ten events shipped");
+        for l in loops {
+            l.abort();
+        }
+        assert_eq!(log.received().len(), 10);
+        assert_eq!(log.leaves.lock().unwrap().batches, 2);
     }
 
     /// A replica that claimed a batch and stopped: the other ships everything else at

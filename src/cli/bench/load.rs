@@ -262,6 +262,7 @@ pub(super) fn report_of(
         records: None,
         answers: None,
         storage: None,
+        shipping: None,
         server,
         load_generator_cores_busy: 0.0,
         floor,
@@ -591,6 +592,7 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
     warm_up(&http, &target, &holders).await?;
     // Counted from here: set-up and warm-up writes are not the requests'.
     let storage_before = storage_counts(&http, &target_bases).await;
+    let shipping_before = shipping_counts(&http, &target_bases).await;
     let (tally, seconds, server, load) = drive(&http, &target, holders, &args.run).await?;
     let rps = tally.latencies.len() as f64 / seconds.max(f64::MIN_POSITIVE);
     // With the proof cache warm, the gateway checks one signature per request: the
@@ -624,6 +626,15 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
         (Some(before), Some(after)) => Some(storage_figures(before, after, report.requests)),
         _ => None,
     };
+    let shipped = shipping_counts(&http, &target_bases).await;
+    let (batches, events) = (shipped.0 - shipping_before.0, shipped.1 - shipping_before.1);
+    if batches > 0.0 {
+        report.shipping = Some(ShippingFigures {
+            batches: batches as u64,
+            events: events as u64,
+            events_per_batch: events / batches,
+        });
+    }
     drop(fed);
     drop(scratch);
     Printed::of(&report, args.run.json)
@@ -638,6 +649,23 @@ async fn misses_and_hits(http: &Http, bases: &[String], series: &str) -> (u64, u
             .await
             .unwrap_or(0);
         counts.1 += http.counter(b, series, "result=\"hit\"").await.unwrap_or(0);
+    }
+    counts
+}
+
+/// The batches the gateways' shippers sent to the log and the events they carried, summed
+/// over `bases` (none before the first batch).
+async fn shipping_counts(http: &Http, bases: &[String]) -> (f64, f64) {
+    let mut counts = (0.0, 0.0);
+    for b in bases {
+        let names = [
+            "fedgate_shipper_batch_events_count",
+            "fedgate_shipper_batch_events_sum",
+        ];
+        if let Some([batches, events]) = http.series_sums(b, names).await {
+            counts.0 += batches;
+            counts.1 += events;
+        }
     }
     counts
 }
@@ -1038,6 +1066,7 @@ pub(super) async fn ingest(args: IngestArgs) -> anyhow::Result<Printed> {
         records: None,
         answers: None,
         storage: None,
+        shipping: None,
         server,
         load_generator_cores_busy: load,
         floor,

@@ -43,6 +43,10 @@ pub(crate) struct Report {
     /// its metrics count them, and the writes they carried (group commit).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) storage: Option<StorageFigures>,
+    /// Batches of access events the gateway sent to the log in the measured window, and
+    /// the events they carried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) shipping: Option<ShippingFigures>,
     /// The server process under load.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) server: Option<ServerUsage>,
@@ -87,6 +91,13 @@ pub(crate) struct StorageFigures {
     pub(crate) writes: u64,
     pub(crate) writes_per_request: f64,
     pub(crate) commits_per_request: f64,
+}
+
+#[derive(Serialize, Clone, Copy)]
+pub(crate) struct ShippingFigures {
+    pub(crate) batches: u64,
+    pub(crate) events: u64,
+    pub(crate) events_per_batch: f64,
 }
 
 #[derive(Serialize, Default, Clone, Copy)]
@@ -226,6 +237,12 @@ impl Report {
             out.push_str(&format!(
                 "  storage      {} commits carrying {} writes: {:.2} writes and {:.2} commits per request\n",
                 st.commits, st.writes, st.writes_per_request, st.commits_per_request
+            ));
+        }
+        if let Some(sh) = &self.shipping {
+            out.push_str(&format!(
+                "  shipping     {} batches to the log carrying {} events: {:.1} events per batch\n",
+                sh.batches, sh.events, sh.events_per_batch
             ));
         }
         let errors = if self.errors.is_empty() {
