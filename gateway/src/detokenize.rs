@@ -39,7 +39,7 @@ pub(crate) async fn detokenize_handler(
     StrictJson(req): StrictJson<DetokenizeRequest>,
 ) -> Response {
     let answer = detokenize(s.clone(), req).await;
-    crate::routes::offering_next_challenge(&s, answer)
+    s.offering_next_challenge(answer)
 }
 
 async fn detokenize(

@@ -113,7 +113,7 @@ pub(crate) async fn register_consents(
     StrictJson(req): StrictJson<PresentationBody>,
 ) -> Response {
     let answer = register(s.clone(), req).await;
-    crate::routes::offering_next_challenge(&s, answer)
+    s.offering_next_challenge(answer)
 }
 
 async fn register(s: Arc<GatewayState>, req: PresentationBody) -> Result<Response, GatewayError> {
@@ -179,7 +179,7 @@ pub(crate) async fn withdraw_consents(
     StrictJson(req): StrictJson<PresentationBody>,
 ) -> Response {
     let answer = withdraw(s.clone(), req).await;
-    crate::routes::offering_next_challenge(&s, answer)
+    s.offering_next_challenge(answer)
 }
 
 async fn withdraw(

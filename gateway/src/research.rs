@@ -663,7 +663,7 @@ pub(crate) mod request {
         StrictJson(req): StrictJson<ResearchRequest>,
     ) -> Response {
         let answer = research(s.clone(), req).await;
-        crate::routes::offering_next_challenge(&s, answer)
+        s.offering_next_challenge(answer)
     }
 
     async fn research(

@@ -140,27 +140,6 @@ struct Challenge {
     expires_at: String,
 }
 
-/// The header of every answer to a request that carries a presentation: a fresh challenge
-/// for the holder's next one, with the same domain and lifetime as one from
-/// `POST /v1/challenges` (in the way DPoP servers offer their next nonce, RFC 9449 §8).
-/// A holder making several requests then asks for a challenge once: every round trip for
-/// one after the first is spared, to it and to this gateway. Issuing one writes nothing.
-pub(crate) const NEXT_CHALLENGE: axum::http::HeaderName =
-    axum::http::HeaderName::from_static("fedgate-next-challenge");
-
-/// `answer`, with a fresh challenge for the holder's next presentation
-/// ([`NEXT_CHALLENGE`]): on refusals too, so that a holder whose challenge had expired or
-/// was used tries again without another round trip.
-pub(crate) fn offering_next_challenge(s: &GatewayState, answer: impl IntoResponse) -> Response {
-    let mut response = answer.into_response();
-    let (challenge, _) = s.nonces.issue();
-    // A challenge is base64url, always a valid header value.
-    if let Ok(value) = axum::http::HeaderValue::from_str(&challenge) {
-        response.headers_mut().insert(NEXT_CHALLENGE, value);
-    }
-    response
-}
-
 /// A single-use challenge for a presentation. Answers to requests that carry a
 /// presentation offer the next one in `Fedgate-Next-Challenge`.
 #[utoipa::path(post, path = "/v1/challenges", tag = "exchange",
@@ -204,7 +183,7 @@ async fn exchange_handler(
         Ok(_) => exchange::exchange(&s, &domain, req, &headers).await,
         Err(e) => Err(e.into()),
     };
-    offering_next_challenge(&s, answer)
+    s.offering_next_challenge(answer)
 }
 
 /// A later page of a paged answer, without a new presentation (docs/gateway-contract.md §4).

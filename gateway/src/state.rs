@@ -31,6 +31,14 @@ use crate::policy::{
 use crate::records::RecordSource;
 use crate::vault::Vault;
 
+/// The header of every answer to a request that carries a presentation: a fresh challenge
+/// for the holder's next one, with the same domain and lifetime as one from
+/// `POST /v1/challenges` (in the way DPoP servers offer their next nonce, RFC 9449 §8).
+/// A holder making several requests then asks for a challenge once: every round trip for
+/// one after the first is spared, to it and to this gateway. Issuing one writes nothing.
+pub const NEXT_CHALLENGE: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("fedgate-next-challenge");
+
 /// Largest page (of JSON, roughly) tokenized on the request's own thread. A patient with
 /// a few conditions is a few kilobytes; `benches/tokenize.rs` times the small cases.
 const INLINE_TOKENIZE_BYTES: usize = 32 * 1024;
@@ -477,6 +485,22 @@ impl GatewayState {
             Err(e) => return Err(self.refuse(ledger, "challenge", e.to_string()).await),
         }
         Ok(vp)
+    }
+
+    /// `answer`, with a fresh challenge for the holder's next presentation
+    /// ([`NEXT_CHALLENGE`]): on refusals too, so that a holder whose challenge had expired or
+    /// was used tries again without another round trip.
+    pub fn offering_next_challenge(
+        &self,
+        answer: impl axum::response::IntoResponse,
+    ) -> axum::response::Response {
+        let mut response = answer.into_response();
+        let (challenge, _) = self.nonces.issue();
+        // A challenge is base64url, always a valid header value.
+        if let Ok(value) = axum::http::HeaderValue::from_str(&challenge) {
+            response.headers_mut().insert(NEXT_CHALLENGE, value);
+        }
+        response
     }
 
     /// Spends a challenge left unspent by a request that ended without recording an event
