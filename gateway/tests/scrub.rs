@@ -389,7 +389,7 @@ fn no_hidden_identifier_leaves_in_any_form() {
 /// resources): minutes in a debug build, so run on demand
 /// (`cargo test -p gateway --release --test scrub -- --ignored`).
 #[test]
-#[ignore]
+#[ignore = "minutes in a debug build: run on demand in release with --ignored"]
 fn no_hidden_identifier_leaves_hundreds_of_large_records() {
     let checked = check_patients(Options::large(90), 200);
     assert!(checked > 200 * 3 * 20, "{checked}");
