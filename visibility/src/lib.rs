@@ -129,7 +129,7 @@ impl VisibilityState {
             &config.data_dir,
             store::DB_NAME,
             SCHEMA,
-            service::db::CACHE_BYTES,
+            service::db::VISIBILITY_CACHE_BYTES,
         )?;
         let store = Store::open(db)?;
         let signer = Signer::new(&config.did, signing_key);
