@@ -90,6 +90,9 @@ pub struct DidResolver {
     cache: Mutex<HashMap<String, (Instant, Arc<Value>)>>,
     /// did:key documents already decoded (no TTL: they cannot change).
     key_docs: Mutex<HashMap<String, Arc<Value>>>,
+    /// Public keys of did:key verification methods already decoded, by method id: like
+    /// the documents they come from, a pure function of the DID.
+    key_jwks: Mutex<HashMap<String, JWK>>,
     ttl: Duration,
     dev_mode: bool,
     client: reqwest::Client,
@@ -103,6 +106,7 @@ impl DidResolver {
             pinned: RwLock::new(HashMap::new()),
             cache: Mutex::new(HashMap::new()),
             key_docs: Mutex::new(HashMap::new()),
+            key_jwks: Mutex::new(HashMap::new()),
             ttl: Duration::from_secs(300),
             dev_mode,
             client: crate::client::http_client(),
@@ -297,7 +301,23 @@ impl DidResolver {
                 relationship: relationship.property().to_string(),
             });
         }
+        // A did:key method's key is decoded once (multibase, multicodec, JWK): holders and
+        // self-issuing patients sign request after request with the same key.
+        let immutable = did_of(vm).starts_with("did:key:");
+        if immutable {
+            if let Some(jwk) = self.key_jwks.lock().ok().and_then(|m| m.get(vm).cloned()) {
+                return Ok((jwk, doc));
+            }
+        }
         let jwk = method_public_jwk(vm, method)?;
+        if immutable {
+            if let Ok(mut jwks) = self.key_jwks.lock() {
+                if jwks.len() >= MAX_CACHED_DID_KEYS {
+                    jwks.clear();
+                }
+                jwks.insert(vm.to_string(), jwk.clone());
+            }
+        }
         Ok((jwk, doc))
     }
 }
@@ -769,6 +789,46 @@ mod tests {
         let a = r.resolve(key.did()).await.unwrap();
         let b = r.resolve(key.verification_method()).await.unwrap();
         assert!(Arc::ptr_eq(&a, &b));
+    }
+
+    #[tokio::test]
+    async fn did_key_public_keys_are_decoded_once_and_relationships_still_checked() {
+        for alg in [KeyAlgorithm::Ed25519, KeyAlgorithm::P256] {
+            let key = KeyPair::generate_did_key(alg).unwrap();
+            let r = DidResolver::new(false);
+            let vm = key.verification_method();
+            let want = key.public_jwk().to_public_with_kid_none();
+            for _ in 0..2 {
+                let (jwk, _) = r
+                    .public_key(vm, Relationship::Authentication)
+                    .await
+                    .unwrap();
+                assert_eq!(jwk, want, "{alg:?}");
+            }
+            assert_eq!(r.key_jwks.lock().unwrap().len(), 1);
+            // Another method id of the same DID is not the cached one.
+            let other = format!("{}#z6MkNotThisOne", key.did());
+            assert!(matches!(
+                r.public_key(&other, Relationship::Authentication).await,
+                Err(DidError::UnknownVerificationMethod(_))
+            ));
+        }
+        // The relationship is checked on every lookup, after the key is cached too: a
+        // document that lists the method for assertions only never yields it to sign a
+        // presentation.
+        let key = KeyPair::generate_did_key(KeyAlgorithm::Ed25519).unwrap();
+        let r = DidResolver::new(false);
+        let mut doc = (*r.resolve(key.did()).await.unwrap()).clone();
+        doc.as_object_mut().unwrap().remove("authentication");
+        r.pin(doc);
+        let vm = key.verification_method();
+        r.public_key(vm, Relationship::AssertionMethod)
+            .await
+            .unwrap();
+        assert!(matches!(
+            r.public_key(vm, Relationship::Authentication).await,
+            Err(DidError::NotAuthorized { .. })
+        ));
     }
 
     #[tokio::test]

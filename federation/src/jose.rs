@@ -237,7 +237,8 @@ pub fn decode_with_limit(jws: &str, max_bytes: usize) -> Result<DecodedJws, Jose
         kid,
         typ,
         payload,
-        signing_input: format!("{h}.{p}").into_bytes(),
+        // `h.p` is where the token starts: copied as it is, not formatted anew.
+        signing_input: jws.as_bytes()[..h.len() + 1 + p.len()].to_vec(),
         signature,
     })
 }
