@@ -52,6 +52,8 @@ fn exchange_with_two_holders() {
     let report = bench(&["exchange", "--holders", "2", "--requests", "20"]);
     assert_common_shape(&report, "exchange", 20);
     assert_eq!(report["concurrency"], 2);
+    // Without --patients, hospital A's fixture patients.
+    assert!(report["patients"].as_u64().unwrap() >= 1, "{report}");
     // Each holder asked for its first challenge; every later request answered the one the
     // answer before it offered.
     let c = &report["challenges"];
@@ -147,6 +149,28 @@ fn exchange_without_kept_pages_copies_the_records_kept_parsed() {
     let r = &report["records"];
     assert!(r["read"].as_u64().unwrap() >= 1, "{r}");
     assert!(r["kept"].as_u64().unwrap() >= 20, "{r}");
+}
+
+#[test]
+fn exchange_over_many_synthetic_patients_asks_for_each_in_turn() {
+    let report = bench(&[
+        "exchange",
+        "--holders",
+        "2",
+        "--requests",
+        "20",
+        "--patients",
+        "8",
+    ]);
+    assert_common_shape(&report, "exchange", 20);
+    assert_eq!(report["patients"], 8, "{report}");
+    // Each holder asks for its four patients in turn (ten requests each after its
+    // warm-up), so every patient's page was made, each record read from the store once.
+    let a = &report["answers"];
+    let (made, kept) = (a["made"].as_u64().unwrap(), a["kept"].as_u64().unwrap());
+    assert!(made >= 8, "{a}");
+    assert!(made + kept >= 22, "{a}");
+    assert!(report["records"]["read"].as_u64().unwrap() >= 8, "{report}");
 }
 
 #[test]

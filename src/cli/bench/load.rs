@@ -21,6 +21,23 @@ pub(super) struct Holder {
     pub(super) credentials: Vec<Value>,
     /// The request without its presentation.
     pub(super) body: Value,
+    /// More requests the holder makes in turn after the first, each with the credentials
+    /// it presents (`bench exchange --patients`: the same privilege with another patient's
+    /// consent).
+    pub(super) more: Vec<(Vec<Value>, Value)>,
+}
+
+impl Holder {
+    /// The credentials and request of the holder's `turn`th request: its requests in turn.
+    fn turn(&self, turn: usize) -> (&[Value], &Value) {
+        match turn % (self.more.len() + 1) {
+            0 => (&self.credentials, &self.body),
+            k => {
+                let (credentials, body) = &self.more[k - 1];
+                (credentials, body)
+            }
+        }
+    }
 }
 
 /// What one holder measured.
@@ -78,7 +95,7 @@ pub(super) async fn one_request(
     base: &str,
     exchange_base: &str,
     ask: Ask,
-    holder: &Holder,
+    (holder, turn): (&Holder, usize),
     next: &mut Option<PresentationBinding>,
     mut tally: Option<&mut Tally>,
 ) -> anyhow::Result<()> {
@@ -112,10 +129,11 @@ pub(super) async fn one_request(
             }
         }
     };
-    let vp = credentials::present(&holder.credentials, &holder.key, &binding, ask.format)
+    let (presented, body) = holder.turn(turn);
+    let vp = credentials::present(presented, &holder.key, &binding, ask.format)
         .await
         .map_err(|e| anyhow!("presenting: {e}"))?;
-    let mut body = holder.body.clone();
+    let mut body = body.clone();
     body["presentation"] = vp;
     let t1 = Instant::now();
     let (answer, offered) = http
@@ -162,7 +180,9 @@ pub(super) struct Target {
 }
 
 /// Warms every holder up with one request (which must succeed): the gateway has fetched
-/// their DID documents and status lists, and minted the tokens of their patients.
+/// their DID documents and status lists, and minted the tokens of their first patient.
+/// A holder's other patients (`--patients`) are first asked for in the measured window,
+/// as a gateway meets new patients.
 pub(super) async fn warm_up(
     http: &Http,
     target: &Target,
@@ -174,9 +194,17 @@ pub(super) async fn warm_up(
     }
     let at = |k: usize| bases[k % bases.len()].clone();
     for (i, h) in holders.iter().enumerate() {
-        one_request(http, &at(i), &at(i + 1), target.ask, h, &mut None, None)
-            .await
-            .map_err(|e| anyhow!("holder {i}: the warm-up request failed: {e}"))?;
+        one_request(
+            http,
+            &at(i),
+            &at(i + 1),
+            target.ask,
+            (h, 0),
+            &mut None,
+            None,
+        )
+        .await
+        .map_err(|e| anyhow!("holder {i}: the warm-up request failed: {e}"))?;
     }
     Ok(())
 }
@@ -209,11 +237,15 @@ pub(super) async fn drive(
             let mut tally = Tally::default();
             let mut next = None;
             let mut k = i;
+            // The first request (turn 0) was the warm-up's.
+            let mut turn = 1;
             while stop.next() {
                 let (from, to) = (at(&bases, k), at(&bases, k + 1));
                 k += 1;
                 let tally = Some(&mut tally);
-                one_request(&http, &from, &to, ask, &holder, &mut next, tally).await?;
+                let asked = (&holder, turn);
+                turn += 1;
+                one_request(&http, &from, &to, ask, asked, &mut next, tally).await?;
             }
             Ok::<Tally, anyhow::Error>(tally)
         }));
@@ -258,6 +290,7 @@ pub(super) fn report_of(
             latency_ms: Latency::of(tally.challenges),
         }),
         ingest: None,
+        patients: None,
         decisions: None,
         records: None,
         answers: None,
@@ -462,6 +495,20 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
     } else {
         None
     };
+    // The patients asked for: generated ones (imported by the gateway started here), or
+    // hospital A's fixtures.
+    let synthetic = if args.patients > 0 {
+        let t = Instant::now();
+        let made = synthetic_patients(&scratch.path.join("synth"), args.patients)?;
+        say(format!(
+            "{} synthetic patients written in {:.1} s",
+            args.patients,
+            t.elapsed().as_secs_f64()
+        ));
+        made
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let (fed, base, office_url, token, org, pid, gateway_token) = match &args.gateway {
         None => {
             let terms = contract(HOSPITAL_A, REQUESTER_ORG, &["clinical"], &["TREAT"]);
@@ -476,8 +523,14 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
                 settings.push_str(&format!("answers_cache_mb = {mb}\n"));
             }
             let replicated = pg.as_ref().map(|pg| (pg, args.replicas));
-            let fed =
-                start_exchange_federation(&scratch.path, &terms, &settings, replicated, &say)?;
+            let fed = start_exchange_federation(
+                &scratch.path,
+                &terms,
+                synthetic.0.clone(),
+                &settings,
+                replicated,
+                &say,
+            )?;
             let gateway = fed.gateway(HOSPITAL_A)?;
             bases = fed.replicas(HOSPITAL_A).iter().map(|g| g.url()).collect();
             let base = gateway.url();
@@ -522,11 +575,26 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
         .await
         .map_err(|_| anyhow!("{base}: no challenge from the gateway"))?
         .domain;
-    let mrns = fixture_mrns()?;
+    // Synthetic patients are shared out among the holders; with the fixtures each holder
+    // asks for one patient's record, as it always has (so that figures compare).
+    let (mrns, assigned) = if synthetic.1.is_empty() {
+        let mrns = fixture_mrns()?;
+        let one_each = (0..args.holders).map(|i| vec![i % mrns.len()]).collect();
+        (mrns, one_each)
+    } else {
+        let shared = shares(args.holders, synthetic.1.len());
+        (synthetic.1.clone(), shared)
+    };
+
+    let asked_for = assigned
+        .iter()
+        .flatten()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
 
     let started = Instant::now();
     let mut holders = Vec::with_capacity(args.holders);
-    for i in 0..args.holders {
+    for share in assigned {
         let clinician = KeyPair::generate_did_key(KeyAlgorithm::Ed25519)?;
         let answer = http
             .expect(
@@ -541,33 +609,46 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
             )
             .await?;
         let privilege = answer["verifiableCredential"].clone();
-        let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519)?;
-        let mrn = &mrns[i % mrns.len()];
-        let consent = self_issued_consent(
-            &patient,
-            &custodian,
-            mrn,
-            json!({"id": clinician.did(), "kind": "clinician"}),
-            "clinical",
-            "TREAT",
-            format,
-        )
-        .await?;
-        let link = gateway_token.as_deref().map(|t| (t, mrn.as_str()));
-        register_consent(&http, &base, &patient, &consent, format, link).await?;
+        // One consent per patient of the holder's share, each from that patient.
+        let mut asks = Vec::with_capacity(share.len());
+        for mrn in share.iter().filter_map(|&k| mrns.get(k)) {
+            let patient = KeyPair::generate_did_key(KeyAlgorithm::Ed25519)?;
+            let consent = self_issued_consent(
+                &patient,
+                &custodian,
+                mrn,
+                json!({"id": clinician.did(), "kind": "clinician"}),
+                "clinical",
+                "TREAT",
+                format,
+            )
+            .await?;
+            let link = gateway_token.as_deref().map(|t| (t, mrn.as_str()));
+            register_consent(&http, &base, &patient, &consent, format, link).await?;
+            asks.push((
+                vec![privilege.clone(), consent],
+                json!({
+                    "purpose": "TREAT",
+                    "patient": {"system": MRN_SYSTEM, "value": mrn},
+                    "data_classes": args.data_classes,
+                }),
+            ));
+        }
+        let mut asks = asks.into_iter();
+        let Some((credentials, body)) = asks.next() else {
+            return Err(anyhow!("a holder with no patient to ask for"));
+        };
         holders.push(Holder {
             key: clinician,
-            credentials: vec![privilege, consent],
-            body: json!({
-                "purpose": "TREAT",
-                "patient": {"system": MRN_SYSTEM, "value": mrn},
-                "data_classes": args.data_classes,
-            }),
+            credentials,
+            body,
+            more: asks.collect(),
         });
     }
     say(format!(
-        "{} holders with a privilege and a registered consent in {:.1} s; measuring {}",
+        "{} holders with a privilege and a registered consent for each of {} patients in {:.1} s; measuring {}",
         args.holders,
+        asked_for,
         started.elapsed().as_secs_f64(),
         match args.run.requests {
             Some(n) => format!("{n} requests"),
@@ -600,6 +681,7 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
     let floor = request_floor(&root.join("policies"), "clinical", 1, rps).await?;
     let mut report = report_of("exchange", args.holders, tally, seconds, server, floor);
     report.load_generator_cores_busy = load;
+    report.patients = Some(asked_for);
     let decisions =
         misses_and_hits(&http, &target_bases, "fedgate_policy_decision_cache_total").await;
     if decisions != (0, 0) {
@@ -767,6 +849,7 @@ pub(super) async fn research(args: ResearchArgs) -> anyhow::Result<Printed> {
         holders.push(Holder {
             key: network,
             credentials: vec![answer["verifiableCredential"].clone()],
+            more: Vec::new(),
             body: json!({
                 "purpose": "HRESCH",
                 // The study's privacy budget is shared by every holder: one micro-epsilon
@@ -1053,6 +1136,7 @@ pub(super) async fn ingest(args: IngestArgs) -> anyhow::Result<Printed> {
         requests_per_second: requests as f64 / seconds.max(f64::MIN_POSITIVE),
         latency_ms: Latency::of(total.latencies),
         challenges: None,
+        patients: None,
         ingest: Some(IngestFigures {
             events_per_batch: args.batch,
             events_appended: total.appended,
@@ -1204,6 +1288,7 @@ pub(super) async fn revocation(args: RevocationArgs) -> anyhow::Result<Printed> 
         let holder = Holder {
             key: clinician,
             credentials: vec![privilege, consent],
+            more: Vec::new(),
             body: json!({
                 "purpose": "TREAT",
                 "patient": {"system": MRN_SYSTEM, "value": mrn},

@@ -356,6 +356,7 @@ pub(super) async fn clinicians_with_consent(
         holders.push(Holder {
             key: clinician,
             credentials: vec![answer["verifiableCredential"].clone(), consent],
+            more: Vec::new(),
             body: json!({
                 "purpose": "TREAT",
                 "patient": {"system": MRN_SYSTEM, "value": mrn},

@@ -106,6 +106,11 @@ pub struct ExchangeArgs {
     /// FHIR resource types asked for in every request.
     #[arg(long, value_delimiter = ',', default_value = "Patient,Condition")]
     data_classes: Vec<String>,
+    /// Ask for this many synthetic patients (40 to 160 resources each, identifiers in
+    /// free text, some over 89) instead of hospital A's six fixture patients: each holder
+    /// asks for its share of them in turn, with a consent from each. 0: the fixtures.
+    #[arg(long, default_value_t = 0, conflicts_with = "gateway")]
+    patients: usize,
     /// Proof format of credentials and presentations: jwt or di (Data Integrity).
     #[arg(long, default_value = "jwt")]
     format: String,

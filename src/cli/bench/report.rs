@@ -25,6 +25,9 @@ pub(crate) struct Report {
     pub(crate) challenges: Option<ChallengeFigures>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) ingest: Option<IngestFigures>,
+    /// Distinct patients the requests asked for (exchange).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) patients: Option<usize>,
     /// Policy decisions of the gateway over the whole run (warm-up included), as its
     /// metrics count them: evaluated, and answered from its decision cache.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -189,6 +192,9 @@ impl Report {
             "  latency ms   p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}  mean {:.2}\n",
             l.p50, l.p90, l.p99, l.max, l.mean
         ));
+        if let Some(n) = self.patients {
+            out.push_str(&format!("  patients     {n} asked for in turn\n"));
+        }
         if let Some(c) = &self.challenges {
             out.push_str(&format!(
                 "  challenges   {} asked (ms p50 {:.2}  p99 {:.2}), {} offered by the answer before ({:.0} %)\n",

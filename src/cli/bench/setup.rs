@@ -48,6 +48,41 @@ pub(super) fn fixture_mrns() -> anyhow::Result<Vec<String>> {
     Ok(mrns)
 }
 
+/// `count` synthetic patients (the default record sizes, seed 1) written to `dir` as one
+/// transaction Bundle each: the files and the patients' MRNs.
+pub(super) fn synthetic_patients(
+    dir: &Path,
+    count: usize,
+) -> anyhow::Result<(Vec<PathBuf>, Vec<String>)> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
+    let mut generator = synth::Generator::new(synth::Options::default());
+    let (mut files, mut mrns) = (Vec::with_capacity(count), Vec::with_capacity(count));
+    for i in 0..count {
+        let patient = generator.patient();
+        let path = dir.join(format!("patient-{i:04}.json"));
+        std::fs::write(&path, serde_json::to_vec(&patient.bundle)?)
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        files.push(path);
+        mrns.push(patient.identity.mrn.clone());
+    }
+    Ok((files, mrns))
+}
+
+/// Which of `patients` each of `holders` asks for: every patient is someone's when there
+/// are at least as many patients as holders (holder `i` takes `i`, `i + holders`, ...);
+/// otherwise holder `i` asks for patient `i % patients` alone.
+pub(super) fn shares(holders: usize, patients: usize) -> Vec<Vec<usize>> {
+    (0..holders)
+        .map(|i| {
+            if patients >= holders {
+                (i..patients).step_by(holders).collect()
+            } else {
+                vec![i % patients.max(1)]
+            }
+        })
+        .collect()
+}
+
 /// An office, the visibility service and hospital A's gateway with `contracts`, holding
 /// the fixtures and the bundles in `more_records`.
 pub(super) fn start_federation(
@@ -64,11 +99,12 @@ pub(super) fn start_federation(
 pub(super) fn start_exchange_federation(
     dir: &Path,
     contracts: &str,
+    more_records: Vec<PathBuf>,
     settings: &str,
     replicated: Option<(&crate::harness::Postgres, usize)>,
     say: &dyn Fn(String),
 ) -> anyhow::Result<Federation> {
-    start_federation_on(dir, contracts, Vec::new(), settings, "", replicated, say)
+    start_federation_on(dir, contracts, more_records, settings, "", replicated, say)
 }
 
 /// [`start_federation`], with more gateway configuration (TOML).
@@ -127,4 +163,20 @@ fn start_federation_on(
         gateway.process.pid()
     ));
     Ok(fed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shares;
+
+    #[test]
+    fn every_patient_is_asked_for_when_there_are_enough() {
+        let s = shares(3, 8);
+        assert_eq!(s, vec![vec![0, 3, 6], vec![1, 4, 7], vec![2, 5]]);
+        let mut all: Vec<usize> = shares(50, 500).concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..500).collect::<Vec<_>>());
+        // Fewer patients than holders: holders share them, one patient each.
+        assert_eq!(shares(4, 3), vec![vec![0], vec![1], vec![2], vec![0]]);
+    }
 }
