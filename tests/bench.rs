@@ -79,6 +79,9 @@ fn exchange_with_two_holders() {
     let all = d["evaluated"].as_u64().unwrap() + d["from_cache"].as_u64().unwrap();
     assert!(all >= 22, "{d}");
     assert!(d["evaluated"].as_u64().unwrap() >= 1, "{d}");
+    // A decision's time as the gateway made it, from its metrics' summary.
+    let (p50, p99) = (d["p50_us"].as_f64().unwrap(), d["p99_us"].as_f64().unwrap());
+    assert!(0.0 < p50 && p50 <= p99, "{d}");
     // The warm-up made each holder's page (reading the record from the store); the
     // measured requests were served the page kept (a page is made again, once per holder,
     // if the day changes during the run).

@@ -89,12 +89,17 @@ impl Http {
     /// The value of the counter `name` with `labels` (e.g. `result="hit"`) on a service's
     /// `/metrics` page, if it is there.
     pub(super) async fn counter(&self, base: &str, name: &str, labels: &str) -> Option<u64> {
+        self.series(base, name, labels).await.map(|v| v as u64)
+    }
+
+    /// The value of the one series of `name` with exactly `labels` (as the page writes
+    /// them, e.g. `domain="clinical",quantile="0.5"`).
+    pub(super) async fn series(&self, base: &str, name: &str, labels: &str) -> Option<f64> {
         let page = self.metrics_page(base).await?;
         let series = format!("{name}{{{labels}}} ");
         page.lines()
             .find_map(|l| l.strip_prefix(series.as_str()))
             .and_then(|v| v.trim().parse::<f64>().ok())
-            .map(|v| v as u64)
     }
 
     /// The sums over every series of each of `names`, whatever their labels, read from

@@ -685,9 +685,21 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
     let decisions =
         misses_and_hits(&http, &target_bases, "fedgate_policy_decision_cache_total").await;
     if decisions != (0, 0) {
+        let quantile = |q: &'static str| {
+            let labels = format!("domain=\"clinical\",quantile=\"{q}\"");
+            let first = target_bases.first().cloned().unwrap_or_default();
+            let http = &http;
+            async move {
+                http.series(&first, "fedgate_decision_seconds", &labels)
+                    .await
+                    .map(|s| s * 1e6)
+            }
+        };
         report.decisions = Some(DecisionFigures {
             evaluated: decisions.0,
             from_cache: decisions.1,
+            p50_us: quantile("0.5").await,
+            p99_us: quantile("0.99").await,
         });
     }
     let records = misses_and_hits(&http, &target_bases, "fedgate_records_cache_total").await;

@@ -74,6 +74,13 @@ pub(crate) struct ChallengeFigures {
 pub(crate) struct DecisionFigures {
     pub(crate) evaluated: u64,
     pub(crate) from_cache: u64,
+    /// A decision's time as the (first) gateway made it, from the cache or evaluated, in
+    /// µs: the quantiles of its `fedgate_decision_seconds` summary, which rolls over the
+    /// last minute (the run and its warm-up).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) p50_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) p99_us: Option<f64>,
 }
 
 #[derive(Serialize, Clone, Copy)]
@@ -222,6 +229,11 @@ impl Report {
                 d.from_cache,
                 hit_percent(d.evaluated, d.from_cache)
             ));
+            if let (Some(p50), Some(p99)) = (d.p50_us, d.p99_us) {
+                out.push_str(&format!(
+                    "               as made (cache or evaluated): p50 {p50:.1} µs  p99 {p99:.1} µs\n"
+                ));
+            }
         }
         if let Some(r) = &self.records {
             out.push_str(&format!(
