@@ -197,6 +197,7 @@ impl GatewayState {
                 time_limit: Duration::from_millis(config.policy_time_limit_ms),
                 cache_entries: config.policy_decision_cache_entries,
                 engine: config.policy_engine,
+                ..crate::policy::PolicyOptions::default()
             },
         ));
 
@@ -518,17 +519,34 @@ impl GatewayState {
         }
     }
 
-    /// Decides: from the decision cache on this thread (a hit costs a few microseconds,
-    /// less than the hand-off to another thread), otherwise evaluated on the blocking pool
-    /// (big stacks; the engine has its own timer).
+    /// Decides: from the decision cache on this thread (a hit costs a few microseconds),
+    /// otherwise evaluated here too when the VM decides (tens of microseconds, less than
+    /// the hand-off to another thread and back), stopped after a short limit and then
+    /// evaluated on the blocking pool (see `policy::vm`): as is anything the interpreter
+    /// decides.
     pub async fn decide(&self, domain: &str, input: PolicyInput) -> Decision {
         let started = Instant::now();
+        let aborted = || Decision::deny("policy evaluation aborted");
         let decision = match self.policy.look_up(domain, &input) {
             Lookup::Decided(decision) => decision,
             Lookup::Evaluate(pending) => {
-                tokio::task::spawn_blocking(move || pending.evaluate(&input))
-                    .await
-                    .unwrap_or_else(|_| Decision::deny("policy evaluation aborted"))
+                // A panic ends as on the pool: a deny, not a dropped connection.
+                let here = std::panic::AssertUnwindSafe(|| pending.evaluate_here(&input));
+                match std::panic::catch_unwind(here) {
+                    Ok(Some(decision)) => {
+                        metrics::counter!("fedgate_decision_evaluations_total", "thread" => "request")
+                            .increment(1);
+                        decision
+                    }
+                    Ok(None) => {
+                        metrics::counter!("fedgate_decision_evaluations_total", "thread" => "pool")
+                            .increment(1);
+                        tokio::task::spawn_blocking(move || pending.evaluate(&input))
+                            .await
+                            .unwrap_or_else(|_| aborted())
+                    }
+                    Err(_) => aborted(),
+                }
             }
         };
         metrics::histogram!("fedgate_decision_seconds", "domain" => domain.to_string())

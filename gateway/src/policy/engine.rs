@@ -17,9 +17,11 @@
 //! Stack: the interpreter recurses over the policy's syntax tree. Recursive Rego functions
 //! are rejected at load (regorus accepts them, and a deep one overflows the stack and aborts
 //! the process); the remaining depth is small but callers should still evaluate on threads
-//! with big stacks: the gateway calls [`PolicyHolder::evaluate`] inside
-//! `tokio::task::spawn_blocking` on a runtime configured with 16 MiB thread stacks, and the
-//! loader and test runner here use their own 16 MiB threads.
+//! with big stacks: the gateway runs a [`Pending`] evaluation inside
+//! `tokio::task::spawn_blocking` on a runtime configured with 16 MiB thread stacks (workers
+//! and blocking pool alike), and the loader and test runner here use their own 16 MiB
+//! threads. A compiled decision is first tried on the request's own thread, under a short
+//! time limit ([`Pending::evaluate_here`], [`super::vm`] says why that is safe).
 
 use std::collections::BTreeSet;
 use std::num::NonZeroU32;
@@ -35,7 +37,7 @@ use sha2::{Digest, Sha256};
 use super::ast;
 use super::decision::Decision;
 use super::input::{sample_input, sample_inputs, PolicyInput};
-use super::vm::{Programs, VmFailure};
+use super::vm::{Inline, Programs, VmFailure};
 
 /// Domains with a decision rule; a bundle must define all of them.
 pub const DOMAINS: [&str; 4] = ["clinical", "billing", "research", "detokenize"];
@@ -87,6 +89,9 @@ pub struct PolicyOptions {
     pub cache_entries: usize,
     /// What makes decisions.
     pub engine: EngineKind,
+    /// Longest a compiled decision may run on the request's own thread before it is
+    /// stopped there and evaluated on the blocking pool ([`Pending::evaluate_here`]).
+    pub inline_time_limit: Duration,
 }
 
 impl Default for PolicyOptions {
@@ -95,9 +100,15 @@ impl Default for PolicyOptions {
             time_limit: DEFAULT_TIME_LIMIT,
             cache_entries: DEFAULT_DECISION_CACHE_ENTRIES,
             engine: EngineKind::default(),
+            inline_time_limit: DEFAULT_INLINE_TIME_LIMIT,
         }
     }
 }
+
+/// Default limit of a compiled decision on the request's own thread: tens of times what
+/// the shipped bundle's decisions take, short enough that an async worker is never held
+/// for long.
+pub const DEFAULT_INLINE_TIME_LIMIT: Duration = Duration::from_millis(1);
 
 /// What makes decisions (`policy_engine` in the gateway's configuration).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
@@ -251,7 +262,9 @@ impl PolicyBundle {
                     let programs =
                         Programs::compile(&engine, LOAD_TIME_LIMIT.max(options.time_limit))?;
                     check_vm_agrees(&engine, &programs)?;
-                    Some(Arc::new(programs.with_time_limit(options.time_limit)))
+                    Some(Arc::new(
+                        programs.with_limits(options.time_limit, options.inline_time_limit),
+                    ))
                 }
             };
             set_time_limit(&mut engine, options.time_limit);
@@ -320,9 +333,8 @@ impl PolicyBundle {
 
     /// Evaluates a decision the cache did not hold, and keeps it under `key`.
     fn evaluate_uncached(&self, domain: &str, input: &PolicyInput, key: [u8; 32]) -> Decision {
-        let unusable = unusable_input;
         let Some(converted) = engine_input(input) else {
-            return unusable();
+            return unusable_input();
         };
         let result = match &self.vm {
             Some(programs) => programs.run(domain, converted).map_err(Failed::Vm),
@@ -334,6 +346,38 @@ impl PolicyBundle {
                     .map_err(Failed::Interpreter)
             }
         };
+        self.conclude(domain, input, key, result)
+    }
+
+    /// As [`PolicyBundle::evaluate_uncached`], on the calling thread under the inline
+    /// limit, when the VM decides and the domain is not sent to the pool; `None` when the
+    /// decision has to be evaluated there instead.
+    fn evaluate_inline(
+        &self,
+        domain: &str,
+        input: &PolicyInput,
+        key: [u8; 32],
+    ) -> Option<Decision> {
+        let programs = self.vm.as_ref().filter(|p| p.runs_inline(domain))?;
+        let Some(converted) = engine_input(input) else {
+            return Some(unusable_input());
+        };
+        let result = match programs.run_inline(domain, converted) {
+            Ok(value) => Ok(value),
+            Err(Inline::Outran) => return None,
+            Err(Inline::Failed(e)) => Err(Failed::Vm(e)),
+        };
+        Some(self.conclude(domain, input, key, result))
+    }
+
+    /// The decision from an evaluation's result, kept under `key` when it is one.
+    fn conclude(
+        &self,
+        domain: &str,
+        input: &PolicyInput,
+        key: [u8; 32],
+        result: Result<Value, Failed>,
+    ) -> Decision {
         match result {
             Ok(value) => match decision_from_value(&value) {
                 Ok(d) => {
@@ -957,6 +1001,20 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// Evaluates the decision for the same `input` it was looked up with, on this thread,
+    /// when that is cheap: a compiled decision, stopped if it outruns the inline time limit
+    /// ([`PolicyOptions::inline_time_limit`]). `None`: run [`Pending::evaluate`] where
+    /// evaluation may take long (the blocking pool). Never a different decision from the
+    /// one `evaluate` makes.
+    pub fn evaluate_here(&self, input: &PolicyInput) -> Option<Decision> {
+        match self.state.as_ref() {
+            State::Loaded(b) => b
+                .evaluate_inline(&self.domain, input, self.key)
+                .map(|d| d.with_digest(&b.digest)),
+            State::Broken(_) => None,
+        }
+    }
+
     /// Evaluates the decision for the same `input` it was looked up with.
     pub fn evaluate(self, input: &PolicyInput) -> Decision {
         match self.state.as_ref() {

@@ -66,6 +66,7 @@ pub fn check_fail_closed(dir: &Path) -> Result<FailClosedReport, PolicyError> {
         time_limit: CHECK_TIME_LIMIT,
         cache_entries: 0,
         engine: EngineKind::Vm,
+        ..PolicyOptions::default()
     };
     let intact = PolicyBundle::load_with(dir, options)?;
     let cases: Vec<(&'static str, &'static str, PolicyInput, Decision)> = DOMAINS

@@ -21,7 +21,8 @@ pub use decision::{Decision, Obligations, UnknownClass, IDENTIFIER_CLASSES};
 pub use engine::{
     decision_rule, engine_input, run_tests, DecisionCacheStats, EngineKind, Lookup, Pending,
     PolicyBundle, PolicyError, PolicyHolder, PolicyOptions, TestOutcome, TestReport, TestResult,
-    DEFAULT_DECISION_CACHE_ENTRIES, DEFAULT_TIME_LIMIT, DOMAINS, EVAL_STACK_BYTES,
+    DEFAULT_DECISION_CACHE_ENTRIES, DEFAULT_INLINE_TIME_LIMIT, DEFAULT_TIME_LIMIT, DOMAINS,
+    EVAL_STACK_BYTES,
 };
 pub use failclosed::{check_fail_closed, variants, FailClosedReport, Finding};
 pub use input::{

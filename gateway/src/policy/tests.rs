@@ -384,6 +384,113 @@ fn policy_time_limit_comes_from_the_options() {
     assert!(started.elapsed() < Duration::from_millis(500));
 }
 
+/// Looks `input` up in `holder`, which must not have decided it already.
+fn pending(holder: &PolicyHolder, domain: &str, input: &PolicyInput) -> Pending {
+    match holder.look_up(domain, input) {
+        Lookup::Evaluate(pending) => pending,
+        Lookup::Decided(d) => panic!("{domain}: decided without an evaluation: {d:?}"),
+    }
+}
+
+#[test]
+fn a_compiled_decision_made_on_the_calling_thread_is_the_one_the_pool_makes() {
+    // Limits far above any decision's time: where it runs must not depend on speed here.
+    let options = PolicyOptions {
+        time_limit: Duration::from_secs(30),
+        inline_time_limit: Duration::from_secs(30),
+        cache_entries: 0,
+        engine: EngineKind::Vm,
+    };
+    let holder = PolicyHolder::with_options(&policies_dir(), options);
+    let mut allowed = 0;
+    for domain in DOMAINS {
+        for (name, input) in variants(domain) {
+            let here = pending(&holder, domain, &input).evaluate_here(&input);
+            let pooled = pending(&holder, domain, &input).evaluate(&input);
+            assert_eq!(here.as_ref(), Some(&pooled), "{domain}: {name}");
+            allowed += usize::from(pooled.allow);
+        }
+    }
+    // Allows and denies both compared.
+    assert!(allowed >= DOMAINS.len(), "{allowed}");
+}
+
+#[test]
+fn the_interpreter_never_decides_on_the_calling_thread() {
+    let options = PolicyOptions {
+        engine: EngineKind::Interpreter,
+        inline_time_limit: Duration::from_secs(30),
+        cache_entries: 0,
+        ..slow_ok()
+    };
+    let holder = PolicyHolder::with_options(&policies_dir(), options);
+    for domain in DOMAINS {
+        let input = sample_input(domain);
+        let pending = pending(&holder, domain, &input);
+        assert_eq!(pending.evaluate_here(&input), None, "{domain}");
+        assert!(pending.evaluate(&input).allow, "{domain}");
+    }
+}
+
+#[test]
+fn a_decision_that_outruns_the_inline_limit_is_made_on_the_pool_with_its_domain() {
+    let tmp = looping_bundle();
+    // The loop runs for minutes; an ordinary decision takes far less than 100 ms even in a
+    // debug build on a busy machine.
+    let options = PolicyOptions {
+        time_limit: Duration::from_millis(300),
+        inline_time_limit: Duration::from_millis(100),
+        cache_entries: 0,
+        engine: EngineKind::Vm,
+    };
+    let holder = PolicyHolder::with_options(tmp.path(), options);
+    let mut looping = sample_input("clinical");
+    looping.request.justification = "loop".into();
+    let ordinary = sample_input("clinical");
+    // Stopped at the inline limit (at the decision's own, it would be a deny): `None`.
+    let pending_loop = pending(&holder, "clinical", &looping);
+    assert_eq!(pending_loop.evaluate_here(&looping), None);
+    // The pool decides it under the full limit: a deny naming that limit, as ever.
+    let d = pending_loop.evaluate(&looping);
+    assert!(!d.allow);
+    assert_eq!(
+        d.reasons,
+        ["policy evaluation failed: time limit of 300 ms exceeded"]
+    );
+    // One outrun does not move the domain (a preempted thread outruns too)...
+    let here = pending(&holder, "clinical", &ordinary).evaluate_here(&ordinary);
+    // (This bundle's clinical decision allows only the loop.)
+    assert_eq!(here.map(|d| d.reasons), Some(vec!["default".to_string()]));
+    // ...several in a row do.
+    for _ in 0..3 {
+        assert_eq!(
+            pending(&holder, "clinical", &looping).evaluate_here(&looping),
+            None
+        );
+    }
+    // The domain goes to the pool for a while, ordinary inputs too; the others stay here.
+    let clinical = pending(&holder, "clinical", &ordinary);
+    assert_eq!(clinical.evaluate_here(&ordinary), None);
+    // (This bundle's clinical decision allows only the loop.)
+    assert_eq!(clinical.evaluate(&ordinary).reasons, ["default"]);
+    let billing_input = sample_input("billing");
+    let billing = pending(&holder, "billing", &billing_input)
+        .evaluate_here(&billing_input)
+        .expect("billing still decided on the calling thread");
+    assert!(billing.allow, "{}", reasons(&billing));
+    // A reload (a new bundle) starts with every domain on the calling thread again.
+    std::fs::write(
+        tmp.path().join("zz_extra.rego"),
+        "package fedgate.zz\n\nx := 1\n",
+    )
+    .unwrap();
+    holder.reload().unwrap();
+    let again = pending(&holder, "clinical", &ordinary)
+        .evaluate_here(&ordinary)
+        .expect("clinical decided on the calling thread after a reload");
+    assert_eq!(again.reasons, ["default"]);
+}
+
 #[test]
 fn policy_decision_may_not_widen_the_request() {
     let tmp = policy_copy();

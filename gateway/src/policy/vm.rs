@@ -16,13 +16,27 @@
 //! VM does not swallow (limits, anything at the top of the decision) and an undefined
 //! decision are denies, as with the interpreter.
 //!
+//! Where it runs: a compiled decision costs tens of microseconds, less than handing it to
+//! another thread and back, so the gateway first runs it on the request's own thread with a
+//! short time limit ([`super::PolicyOptions::inline_time_limit`], 1 ms by default). One that
+//! outruns it is stopped there (the VM's timer) and evaluated again on the blocking pool
+//! under the decision's full limit; after [`OUTRUNS_BEFORE_POOL`] such runs in a row its
+//! domain goes to the pool for the next [`POOL_AFTER_OUTRUN`]. An operator's heavy policy,
+//! or an input that takes a long path, holds an async worker for at most that short limit,
+//! and a decision is the same wherever it ran. (The limit is wall time: on a busy machine
+//! the kernel can preempt a worker in the middle of a cheap decision, which is why one
+//! outrun alone does not move the domain.) Stack: the VM recurses only on rule and function calls, whose depth is bounded
+//! by the bundle (recursion is refused at load), and the runtime's workers have the same
+//! 16 MiB stacks as its blocking pool.
+//!
 //! A bundle is compiled at load, after the interpreter's checks, and refused when the VM
 //! and the interpreter decide any of the sample inputs differently: an operator's policy
 //! that uses something the compiler treats otherwise runs under `policy_engine =
 //! "interpreter"` instead of deciding differently in production.
 
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::program::Program;
@@ -41,6 +55,14 @@ const MAX_INSTRUCTIONS: usize = 5_000_000;
 /// are made when needed and dropped after use.
 const POOL_SIZE: usize = 64;
 
+/// Runs in a row that outran the inline limit before their domain goes to the pool.
+pub(crate) const OUTRUNS_BEFORE_POOL: u32 = 3;
+
+/// How long a domain whose decisions outran the inline limit is evaluated on the blocking
+/// pool only: long enough that a heavy policy does not pay for a stopped run on most of its
+/// decisions, short enough that one slow input (or a preempted thread) costs little.
+pub(crate) const POOL_AFTER_OUTRUN: Duration = Duration::from_secs(10);
+
 /// Which limit stopped a run, or that the run failed otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum VmFailure {
@@ -55,12 +77,21 @@ pub(crate) enum VmFailure {
 pub(crate) struct Programs {
     domains: Vec<Compiled>,
     time_limit: Duration,
+    /// Limit of a run on the request's own thread (see the module docs).
+    inline_limit: Duration,
+    /// What [`Compiled::pool_until`] counts from.
+    born: Instant,
 }
 
 struct Compiled {
     domain: &'static str,
     program: Arc<Program>,
     idle: Mutex<Vec<RegoVM>>,
+    /// Nanoseconds after `born` before which this domain runs on the blocking pool only (0:
+    /// it was never sent there).
+    pool_until: AtomicU64,
+    /// Runs on a request's thread that outran the inline limit since the last that did not.
+    outruns: AtomicU32,
 }
 
 impl Programs {
@@ -80,34 +111,102 @@ impl Programs {
                 domain,
                 program,
                 idle: Mutex::new(Vec::new()),
+                pool_until: AtomicU64::new(0),
+                outruns: AtomicU32::new(0),
             });
         }
         Ok(Programs {
             domains,
             time_limit,
+            inline_limit: time_limit,
+            born: Instant::now(),
         })
     }
 
-    /// The same programs with another time limit and no machine made under the old one.
-    pub(crate) fn with_time_limit(self, time_limit: Duration) -> Programs {
+    /// The same programs with other limits, no machine made under the old ones, and no
+    /// domain sent to the pool.
+    pub(crate) fn with_limits(self, time_limit: Duration, inline_limit: Duration) -> Programs {
         Programs {
             domains: self
                 .domains
                 .into_iter()
                 .map(|c| Compiled {
                     idle: Mutex::new(Vec::new()),
+                    pool_until: AtomicU64::new(0),
+                    outruns: AtomicU32::new(0),
                     ..c
                 })
                 .collect(),
             time_limit,
+            inline_limit: inline_limit.min(time_limit),
+            born: Instant::now(),
         }
     }
 
-    /// The decision document of `domain` for an input already converted.
+    /// The decision document of `domain` for an input already converted, under the
+    /// decision's full time limit.
     pub(crate) fn run(&self, domain: &str, input: Value) -> Result<Value, VmFailure> {
-        let Some(compiled) = self.domains.iter().find(|c| c.domain == domain) else {
-            return Err(VmFailure::Error);
-        };
+        let compiled = self.compiled(domain)?;
+        self.run_with(compiled, input, self.time_limit)
+    }
+
+    /// Whether `domain` may run on the request's thread now: no run of it outran the
+    /// inline limit within the last [`POOL_AFTER_OUTRUN`].
+    pub(crate) fn runs_inline(&self, domain: &str) -> bool {
+        self.compiled(domain)
+            .is_ok_and(|c| self.since_born() >= c.pool_until.load(Ordering::Relaxed))
+    }
+
+    /// As [`Programs::run`], stopped at the inline limit. `Outran`: the caller evaluates
+    /// again on the blocking pool; the [`OUTRUNS_BEFORE_POOL`]th in a row also sends the
+    /// domain there for [`POOL_AFTER_OUTRUN`].
+    pub(crate) fn run_inline(&self, domain: &str, input: Value) -> Result<Value, Inline> {
+        let compiled = self.compiled(domain).map_err(Inline::Failed)?;
+        let result = self.run_with(compiled, input, self.inline_limit);
+        if !matches!(result, Err(VmFailure::Time)) {
+            // Relaxed and racy on purpose: a count, not a guard.
+            if compiled.outruns.load(Ordering::Relaxed) != 0 {
+                compiled.outruns.store(0, Ordering::Relaxed);
+            }
+        }
+        match result {
+            Ok(value) => Ok(value),
+            Err(VmFailure::Time) if self.inline_limit < self.time_limit => {
+                let outruns = compiled.outruns.fetch_add(1, Ordering::Relaxed) + 1;
+                if outruns >= OUTRUNS_BEFORE_POOL {
+                    compiled.outruns.store(0, Ordering::Relaxed);
+                    let until = self.since_born().saturating_add(nanos(POOL_AFTER_OUTRUN));
+                    compiled.pool_until.fetch_max(until, Ordering::Relaxed);
+                    tracing::info!(
+                        domain,
+                        inline_limit_us = self.inline_limit.as_micros() as u64,
+                        pool_for_s = POOL_AFTER_OUTRUN.as_secs(),
+                        "decisions outran the request thread's limit: evaluated on the blocking pool"
+                    );
+                }
+                Err(Inline::Outran)
+            }
+            Err(e) => Err(Inline::Failed(e)),
+        }
+    }
+
+    fn compiled(&self, domain: &str) -> Result<&Compiled, VmFailure> {
+        self.domains
+            .iter()
+            .find(|c| c.domain == domain)
+            .ok_or(VmFailure::Error)
+    }
+
+    fn since_born(&self) -> u64 {
+        nanos(self.born.elapsed())
+    }
+
+    fn run_with(
+        &self,
+        compiled: &Compiled,
+        input: Value,
+        limit: Duration,
+    ) -> Result<Value, VmFailure> {
         let pooled = compiled
             .idle
             .lock()
@@ -118,6 +217,8 @@ impl Programs {
             None => self.machine(&compiled.program)?,
         };
         vm.set_input(input);
+        // Set on every run: the same machines serve both limits.
+        vm.set_execution_timer_config(Some(timer(limit)));
         let result = vm.execute();
         match result {
             Ok(value) => {
@@ -141,12 +242,29 @@ impl Programs {
         // As with the interpreter: a failing builtin is an error, not an undefined value.
         vm.set_strict_builtin_errors(true);
         vm.set_max_instructions(MAX_INSTRUCTIONS);
-        vm.set_execution_timer_config(Some(ExecutionTimerConfig {
-            limit: self.time_limit,
-            check_interval: TIMER_CHECK_INTERVAL,
-        }));
+        vm.set_execution_timer_config(Some(timer(self.time_limit)));
         Ok(vm)
     }
+}
+
+/// Why a run on the request's thread gave no value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Inline {
+    /// Stopped at the inline limit: evaluate again on the blocking pool.
+    Outran,
+    /// Failed as it would have anywhere.
+    Failed(VmFailure),
+}
+
+fn timer(limit: Duration) -> ExecutionTimerConfig {
+    ExecutionTimerConfig {
+        limit,
+        check_interval: TIMER_CHECK_INTERVAL,
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn failure(e: &VmError) -> VmFailure {

@@ -50,6 +50,7 @@ fn interpreter() -> PolicyBundle {
         engine: EngineKind::Interpreter,
         cache_entries: 0,
         time_limit: std::time::Duration::from_secs(5),
+        ..PolicyOptions::default()
     };
     PolicyBundle::load_with(&policies_dir(), options).unwrap()
 }

@@ -695,11 +695,23 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
                     .map(|s| s * 1e6)
             }
         };
+        let mut threads = (0, 0);
+        for b in &target_bases {
+            let evaluations = "fedgate_decision_evaluations_total";
+            let on = |thread: &str| format!("thread=\"{thread}\"");
+            threads.0 += http
+                .counter(b, evaluations, &on("request"))
+                .await
+                .unwrap_or(0);
+            threads.1 += http.counter(b, evaluations, &on("pool")).await.unwrap_or(0);
+        }
         report.decisions = Some(DecisionFigures {
             evaluated: decisions.0,
             from_cache: decisions.1,
             p50_us: quantile("0.5").await,
             p99_us: quantile("0.99").await,
+            on_request_thread: threads.0,
+            on_pool: threads.1,
         });
     }
     let records = misses_and_hits(&http, &target_bases, "fedgate_records_cache_total").await;

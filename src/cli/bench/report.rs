@@ -81,6 +81,10 @@ pub(crate) struct DecisionFigures {
     pub(crate) p50_us: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) p99_us: Option<f64>,
+    /// Evaluations made on the request's own thread, and on the blocking pool (the
+    /// interpreter's, and compiled ones that outran the inline limit).
+    pub(crate) on_request_thread: u64,
+    pub(crate) on_pool: u64,
 }
 
 #[derive(Serialize, Clone, Copy)]
@@ -234,6 +238,10 @@ impl Report {
                     "               as made (cache or evaluated): p50 {p50:.1} µs  p99 {p99:.1} µs\n"
                 ));
             }
+            out.push_str(&format!(
+                "               evaluated on the request's thread {}, on the blocking pool {}\n",
+                d.on_request_thread, d.on_pool
+            ));
         }
         if let Some(r) = &self.records {
             out.push_str(&format!(
