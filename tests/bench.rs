@@ -81,6 +81,10 @@ fn exchange_with_two_holders() {
     assert!(d["evaluated"].as_u64().unwrap() >= 1, "{d}");
     let threads = d["on_request_thread"].as_u64().unwrap() + d["on_pool"].as_u64().unwrap();
     assert_eq!(threads, d["evaluated"].as_u64().unwrap(), "{d}");
+    // The exchanges as the gateway timed them, from its metrics' summary of the route.
+    let sl = &report["server_latency_ms"];
+    let (s50, s99) = (sl["p50"].as_f64().unwrap(), sl["p99"].as_f64().unwrap());
+    assert!(0.0 < s50 && s50 <= s99, "{sl}");
     // A decision's time as the gateway made it, from its metrics' summary.
     let (p50, p99) = (d["p50_us"].as_f64().unwrap(), d["p99_us"].as_f64().unwrap());
     assert!(0.0 < p50 && p50 <= p99, "{d}");

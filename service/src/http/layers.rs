@@ -168,6 +168,32 @@ const SECURITY_HEADERS: [(HeaderName, &str); 5] = [
     (REFERRER_POLICY, "no-referrer"),
 ];
 
+/// A method as a metric label: the usual ones by name, anything else as "other" (a client
+/// picks the method, and must not make new series).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
 async fn request_context(mut req: Request, next: Next) -> Response {
     let request_id_header = HeaderName::from_static(REQUEST_ID_HEADER);
     let id = req
@@ -193,11 +219,23 @@ async fn request_context(mut req: Request, next: Next) -> Response {
         route = %route,
     );
     let started = Instant::now();
+    let method = method_label(req.method());
     let mut response = next.run(req).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    // By route template, method and status class: a bounded set of series (an unmatched
+    // path is "-"), and the server's own share of a request's time, which a client's
+    // latency adds its network and its own scheduling to.
+    metrics::histogram!(
+        "fedgate_http_request_seconds",
+        "route" => route,
+        "method" => method,
+        "status" => status_class(response.status()),
+    )
+    .record(elapsed.as_secs_f64());
     span.in_scope(|| {
         tracing::debug!(
             status = response.status().as_u16(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_ms = elapsed.as_millis() as u64,
             "request finished"
         );
     });

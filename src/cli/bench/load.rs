@@ -284,6 +284,7 @@ pub(super) fn report_of(
         seconds,
         requests_per_second: requests as f64 / seconds.max(f64::MIN_POSITIVE),
         latency_ms: Latency::of(tally.latencies),
+        server_latency_ms: None,
         challenges: Some(ChallengeFigures {
             asked: tally.challenges.len() as u64,
             carried: tally.carried,
@@ -714,6 +715,7 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
             on_pool: threads.1,
         });
     }
+    report.server_latency_ms = server_latency(&http, &target_bases, "POST", EXCHANGE_ROUTE).await;
     let records = misses_and_hits(&http, &target_bases, "fedgate_records_cache_total").await;
     if records != (0, 0) {
         report.records = Some(RecordFigures {
@@ -747,6 +749,31 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
 }
 
 /// A cache counter's misses and hits (`result="miss"`, `result="hit"`), summed over `bases`.
+/// The gateway's route of an exchange, as its metrics name it.
+const EXCHANGE_ROUTE: &str = "/v1/exchange/{domain}";
+
+/// The p50 and p99 of the (first) server's own timing of `route`'s successful answers,
+/// ms.
+async fn server_latency(
+    http: &Http,
+    bases: &[String],
+    method: &str,
+    route: &str,
+) -> Option<ServerLatency> {
+    let first = bases.first()?;
+    let quantile = |q: &str| {
+        // In the order the server's recorder was given them.
+        format!("route=\"{route}\",method=\"{method}\",status=\"2xx\",quantile=\"{q}\"")
+    };
+    let series = "fedgate_http_request_seconds";
+    let p50 = http.series(first, series, &quantile("0.5")).await?;
+    let p99 = http.series(first, series, &quantile("0.99")).await?;
+    Some(ServerLatency {
+        p50: p50 * 1e3,
+        p99: p99 * 1e3,
+    })
+}
+
 async fn misses_and_hits(http: &Http, bases: &[String], series: &str) -> (u64, u64) {
     let mut counts = (0, 0);
     for b in bases {
@@ -1159,6 +1186,7 @@ pub(super) async fn ingest(args: IngestArgs) -> anyhow::Result<Printed> {
         seconds,
         requests_per_second: requests as f64 / seconds.max(f64::MIN_POSITIVE),
         latency_ms: Latency::of(total.latencies),
+        server_latency_ms: None,
         challenges: None,
         patients: None,
         ingest: Some(IngestFigures {

@@ -19,6 +19,13 @@ pub(crate) struct Report {
     pub(crate) requests_per_second: f64,
     /// Latency of the measured request alone (not the challenge before it), ms.
     pub(crate) latency_ms: Latency,
+    /// The same requests as the (first) server timed them, from reading the request to
+    /// its answer, ms: the quantiles of its `fedgate_http_request_seconds` summary for the
+    /// route (successful answers), which rolls over the last minute (the run and its
+    /// warm-up). What the client's latency adds is its network and its own scheduling,
+    /// on the same cores when the bench runs beside the server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server_latency_ms: Option<ServerLatency>,
     /// The challenges the requests answered (exchange and research): asked for, or
     /// offered by the answer before.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -57,6 +64,12 @@ pub(crate) struct Report {
     /// with the server for them.
     pub(crate) load_generator_cores_busy: f64,
     pub(crate) floor: Floor,
+}
+
+#[derive(Serialize, Clone, Copy)]
+pub(crate) struct ServerLatency {
+    pub(crate) p50: f64,
+    pub(crate) p99: f64,
 }
 
 #[derive(Serialize)]
@@ -203,6 +216,12 @@ impl Report {
             "  latency ms   p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}  mean {:.2}\n",
             l.p50, l.p90, l.p99, l.max, l.mean
         ));
+        if let Some(s) = &self.server_latency_ms {
+            out.push_str(&format!(
+                "               as the server timed them: p50 {:.2}  p99 {:.2}\n",
+                s.p50, s.p99
+            ));
+        }
         if let Some(n) = self.patients {
             out.push_str(&format!("  patients     {n} asked for in turn\n"));
         }
