@@ -57,3 +57,20 @@ test_nurse_classes_exclude_document_reference if {
 	not "DocumentReference" in allowed
 	"Observation" in allowed
 }
+
+# role_classes is written out in literals (common.rego says why): its rows must still be the
+# domain lists they stand for.
+test_role_table_rows_agree_with_the_domain_lists if {
+	every r in ["physician", "nurse-practitioner", "physician-assistant"] {
+		common.role_classes[r].clinical == common.clinical_classes
+	}
+	common.role_classes.nurse.clinical == common.clinical_classes - {"DocumentReference"}
+	count(common.role_classes.pharmacist.clinical - common.clinical_classes) == 0
+	count(common.role_classes["care-coordinator"].clinical - common.clinical_classes) == 0
+	common.role_classes["billing-specialist"].billing == common.billing_classes
+	every _, domains in common.role_classes {
+		every d, _ in domains {
+			d in {"clinical", "billing"}
+		}
+	}
+}

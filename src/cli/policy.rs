@@ -50,16 +50,26 @@ fn check(dir: &std::path::Path) -> anyhow::Result<()> {
     for finding in &report.findings {
         println!("FAIL {finding}");
     }
+    for disagreement in &report.disagreements {
+        println!("FAIL {disagreement}");
+    }
     println!(
-        "{} rule bodies injected, {} inputs each: {} decisions changed, {} widened",
+        "{} rule bodies injected, {} inputs each: {} decisions changed, {} widened; {} allows compared with their refusals, {} disagree",
         report.bodies,
         report.inputs,
         report.changed,
-        report.findings.len()
+        report.findings.len(),
+        report.allows_compared,
+        report.disagreements.len()
     );
     if !report.findings.is_empty() {
         return Err(anyhow!(
             "the bundle does not fail closed under the compiled VM: run it with policy_engine = \"interpreter\" or rewrite the rules named above"
+        ));
+    }
+    if !report.disagreements.is_empty() {
+        return Err(anyhow!(
+            "the bundle allows inputs its own refusals refuse: add what they name to `permitted`"
         ));
     }
     Ok(())

@@ -9,11 +9,20 @@
 //! path of the shipped policies. A finding is a deny that became an allow, or an allow
 //! that returns more classes or other obligations. Rules without a body (tables, constant
 //! documents) are not injected: they call no rule that can fail.
+//!
+//! It also holds a domain's allow and its own reasons to agreement. The shipped policies
+//! evaluate a domain's `refusals` (the reasons of its denials) only when the request is not
+//! permitted, because evaluating them on an allow was a quarter of its time; so every
+//! condition a refusal names must also be one `permitted` establishes. Every allowed input is
+//! decided again for `data.fedgate.<domain>.refusals` (by the interpreter, where an error
+//! fails instead of vanishing): an allow to which a refusal applies is a finding. A domain
+//! without a `refusals` rule is not compared. (`denials` an operator adds are evaluated on
+//! every decision and need no such check.)
 
 use std::path::Path;
 use std::time::Duration;
 
-use super::engine::{read_policy_files, vm_bundle_from, PolicyFile};
+use super::engine::{engine_input, read_policy_files, vm_bundle_from, PolicyFile};
 use super::{
     sample_input, Decision, EngineKind, PolicyBundle, PolicyError, PolicyInput, PolicyOptions,
     DOMAINS,
@@ -35,6 +44,38 @@ pub struct FailClosedReport {
     /// (body, input) pairs whose decision changed at all: the injection reached them.
     pub changed: usize,
     pub findings: Vec<Finding>,
+    /// Allowed inputs whose refusals were evaluated (see the module docs).
+    pub allows_compared: usize,
+    pub disagreements: Vec<Disagreement>,
+}
+
+impl FailClosedReport {
+    /// Nothing found: no widening, no allow on which a denial applies.
+    pub fn is_clean(&self) -> bool {
+        self.findings.is_empty() && self.disagreements.is_empty()
+    }
+}
+
+/// An input the intact bundle allows although one of the domain's refusals applies to it:
+/// `permitted` misses a condition that refusal names.
+#[derive(Debug, Clone)]
+pub struct Disagreement {
+    pub domain: &'static str,
+    pub input: &'static str,
+    /// The refusals that apply (the policy's reasons, which name no input value).
+    pub refusals: Vec<String>,
+}
+
+impl std::fmt::Display for Disagreement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} allows input \"{}\" although its refusals apply ({}): `permitted` misses what they name",
+            self.domain,
+            self.input,
+            self.refusals.join("; ")
+        )
+    }
 }
 
 /// A deny that became an allow, or an allow that got wider.
@@ -83,7 +124,24 @@ pub fn check_fail_closed(dir: &Path) -> Result<FailClosedReport, PolicyError> {
         inputs: cases.len(),
         changed: 0,
         findings: Vec::new(),
+        allows_compared: 0,
+        disagreements: Vec::new(),
     };
+    for (domain, name, input, decision) in &cases {
+        if !decision.allow {
+            continue;
+        }
+        if let Some(refusals) = refusals_of(&intact, domain, input) {
+            report.allows_compared += 1;
+            if !refusals.is_empty() {
+                report.disagreements.push(Disagreement {
+                    domain,
+                    input: name,
+                    refusals,
+                });
+            }
+        }
+    }
     for (i, file) in files.iter().enumerate() {
         for at in bodies(&file.content) {
             let mutated: Vec<PolicyFile> = files
@@ -118,6 +176,31 @@ pub fn check_fail_closed(dir: &Path) -> Result<FailClosedReport, PolicyError> {
         }
     }
     Ok(report)
+}
+
+/// The domain's refusals for `input`, by the interpreter; `None` when the domain has no
+/// `refusals` rule (a query of it is undefined). One that cannot be evaluated is reported
+/// as such: the interpreter would not have allowed.
+fn refusals_of(bundle: &PolicyBundle, domain: &str, input: &PolicyInput) -> Option<Vec<String>> {
+    let mut engine = bundle.prepared_engine();
+    engine.set_input(engine_input(input)?);
+    // An error's text can quote input values: only that it failed.
+    let Ok(results) = engine.eval_query(format!("data.fedgate.{domain}.refusals"), false) else {
+        return Some(vec!["(the refusals could not be evaluated)".into()]);
+    };
+    let value = &results.result.first()?.expressions.first()?.value;
+    let Ok(set) = value.as_set() else {
+        return Some(vec!["(the refusals are not a set)".into()]);
+    };
+    Some(
+        set.iter()
+            .map(|v| {
+                v.as_string()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|_| v.to_string())
+            })
+            .collect(),
+    )
 }
 
 /// Inputs of a domain that take every path of the shipped policies: allows, break-glass,

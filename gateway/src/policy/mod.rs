@@ -19,12 +19,12 @@ mod vm;
 
 pub use decision::{Decision, Obligations, UnknownClass, IDENTIFIER_CLASSES};
 pub use engine::{
-    decision_rule, engine_input, run_tests, DecisionCacheStats, EngineKind, Lookup, Pending,
-    PolicyBundle, PolicyError, PolicyHolder, PolicyOptions, TestOutcome, TestReport, TestResult,
-    DEFAULT_DECISION_CACHE_ENTRIES, DEFAULT_INLINE_TIME_LIMIT, DEFAULT_TIME_LIMIT, DOMAINS,
-    EVAL_STACK_BYTES,
+    decision_rule, engine_input, run_tests, DecisionCacheStats, EngineKind,
+    Lookup, Pending, PolicyBundle, PolicyError, PolicyHolder, PolicyOptions, TestOutcome,
+    TestReport, TestResult, DEFAULT_DECISION_CACHE_ENTRIES, DEFAULT_INLINE_TIME_LIMIT,
+    DEFAULT_TIME_LIMIT, DOMAINS, EVAL_STACK_BYTES,
 };
-pub use failclosed::{check_fail_closed, variants, FailClosedReport, Finding};
+pub use failclosed::{check_fail_closed, variants, Disagreement, FailClosedReport, Finding};
 pub use input::{
     claims_of, holder_privilege, holder_study, is_self_issued, requester_org, sample_input,
     sample_inputs, Claimed, ConsentFacts, ConsentInput, ContractInput, CredentialInput,

@@ -131,6 +131,72 @@ fn an_error_in_any_rule_body_never_allows_what_the_bundle_denies() {
     );
     let found: Vec<String> = report.findings.iter().map(|f| f.to_string()).collect();
     assert!(found.is_empty(), "{}", found.join("\n"));
+    // Every allow of every domain was compared with its refusals, and none applies.
+    let allows: usize = DOMAINS
+        .iter()
+        .map(|d| {
+            variants(d)
+                .iter()
+                .filter(|(_, i)| intact.evaluate(d, i).allow)
+                .count()
+        })
+        .sum();
+    assert!(allows >= DOMAINS.len() * 2, "only {allows} allows");
+    assert_eq!(report.allows_compared, allows);
+    let disagree: Vec<String> = report.disagreements.iter().map(|d| d.to_string()).collect();
+    assert!(disagree.is_empty(), "{}", disagree.join("\n"));
+    assert!(report.is_clean());
+}
+
+#[test]
+fn the_check_finds_an_allow_to_which_a_refusal_applies() {
+    // A domain's refusals are not evaluated on an allow: a `permitted` that forgets the
+    // contract allows what the contract refusal refuses, with no error anywhere to inject.
+    let tmp = shipped_with("clinical.rego", |text| {
+        let before = text.clone();
+        *text = text.replace(
+            "\tdata.fedgate.common.has_contract(domain, data.fedgate.common.purpose)\n",
+            "",
+        );
+        assert_ne!(*text, before);
+    });
+    let report = check_fail_closed(tmp.path()).unwrap();
+    assert!(!report.is_clean());
+    let text: Vec<String> = report.disagreements.iter().map(|d| d.to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|t| t.starts_with("clinical allows input \"no contract\"")
+                && t.contains("no registry contract between this custodian")),
+        "{}",
+        text.join("\n")
+    );
+    assert!(report.disagreements.iter().all(|d| d.domain == "clinical"));
+}
+
+#[test]
+fn a_domain_without_refusals_is_not_compared() {
+    // Billing's refusals folded back into its denials: its allows are not compared
+    // (nothing to compare with), the other domains' are.
+    let tmp = shipped_with("billing.rego", |text| {
+        let gate = "denials contains msg if {\n\tnot permitted\n\tsome msg in refusals\n}\n";
+        assert!(text.contains(gate));
+        *text = text
+            .replace(gate, "")
+            .replace("refusals contains", "denials contains");
+    });
+    let report = check_fail_closed(tmp.path()).unwrap();
+    let shipped = check_fail_closed(&policies_dir()).unwrap();
+    let intact = vm(&policies_dir());
+    let billing_allows = variants("billing")
+        .iter()
+        .filter(|(_, i)| intact.evaluate("billing", i).allow)
+        .count();
+    assert!(billing_allows > 0);
+    assert_eq!(
+        report.allows_compared + billing_allows,
+        shipped.allows_compared
+    );
+    assert!(report.is_clean());
 }
 
 #[test]
@@ -142,6 +208,10 @@ fn the_check_finds_an_allow_that_only_asks_for_no_denials() {
         *text = text.replace(
             "\tcount(denials) == 0\n\tpermitted\n",
             "\tcount(denials) == 0\n",
+        );
+        *text = text.replace(
+            "\tnot permitted\n\tsome msg in refusals\n",
+            "\tsome msg in refusals\n",
         );
         assert_ne!(*text, before);
     });
@@ -229,6 +299,46 @@ fn machines_are_shared_by_threads_deciding_at_once() {
                 (want.allow, &want.reasons, &want.data_classes),
                 "input {k}"
             );
+        }
+    }
+}
+
+#[test]
+fn a_denial_an_operator_adds_denies_an_allow_in_every_domain() {
+    // The domains' own refusals are skipped on an allow; a denial added to `denials` is
+    // not: it refuses exactly the requests it names, under both engines.
+    let tmp = shipped_with("common.rego", |text| text.push('\n'));
+    for domain in DOMAINS {
+        let path = tmp.path().join(format!("{domain}.rego"));
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(
+            "\ndenials contains \"requester suspended\" if input.request.requester_org == \"did:web:hospital-a.example\"\n",
+        );
+        std::fs::write(&path, text).unwrap();
+    }
+    let interpreter = PolicyBundle::load_with(
+        tmp.path(),
+        PolicyOptions {
+            engine: EngineKind::Interpreter,
+            time_limit: std::time::Duration::from_secs(5),
+            ..PolicyOptions::default()
+        },
+    )
+    .unwrap();
+    for bundle in [vm(tmp.path()), interpreter] {
+        let shipped = vm(&policies_dir());
+        for domain in DOMAINS {
+            let sample = sample_input(domain);
+            assert!(shipped.evaluate(domain, &sample).allow, "{domain}");
+            let d = bundle.evaluate(domain, &sample);
+            assert!(!d.allow, "{domain}");
+            assert_eq!(d.reasons, ["requester suspended"], "{domain}");
+            // Another organization is not suspended: it gets the domain's own answer.
+            let mut other = sample.clone();
+            other.request.requester_org = Some("did:web:other.example".into());
+            let d = bundle.evaluate(domain, &other);
+            assert!(!d.allow);
+            assert!(!d.reasons.iter().any(|r| r == "requester suspended"));
         }
     }
 }
