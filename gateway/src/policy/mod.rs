@@ -19,7 +19,7 @@ mod vm;
 
 pub use decision::{Decision, Obligations, UnknownClass, IDENTIFIER_CLASSES};
 pub use engine::{
-    decision_rule, engine_input, run_tests, DecisionCacheStats, EngineKind,
+    decision_rule, decode_decision, engine_input, run_tests, DecisionCacheStats, EngineKind,
     Lookup, Pending, PolicyBundle, PolicyError, PolicyHolder, PolicyOptions, TestOutcome,
     TestReport, TestResult, DEFAULT_DECISION_CACHE_ENTRIES, DEFAULT_INLINE_TIME_LIMIT,
     DEFAULT_TIME_LIMIT, DOMAINS, EVAL_STACK_BYTES,

@@ -6,10 +6,15 @@
 //! skips both; no crate provides one. Only what JSON can express is produced, as
 //! serde_json would write it: `None` and unit are null, unit variants are their name,
 //! other variants are one-key objects, map keys must serialize to strings.
+//!
+//! And back: [`from_rego`] reads a type from a regorus value (the decision document) as
+//! serde_json would read the same document's text, without writing the text first (which
+//! cost as much as reading it).
 
 use std::collections::BTreeMap;
 
 use regorus::Value;
+use serde::de::{self, Deserialize, IntoDeserializer};
 use serde::ser::{self, Serialize};
 
 /// `value` as serde_json would write it, as a regorus value.
@@ -22,6 +27,12 @@ pub fn to_rego<T: Serialize + ?Sized>(value: &T) -> Result<Value, Error> {
 pub struct Error(String);
 
 impl ser::Error for Error {
+    fn custom<T: std::fmt::Display>(msg: T) -> Self {
+        Error(msg.to_string())
+    }
+}
+
+impl de::Error for Error {
     fn custom<T: std::fmt::Display>(msg: T) -> Self {
         Error(msg.to_string())
     }
@@ -320,6 +331,155 @@ impl ser::SerializeStructVariant for Map {
     }
 }
 
+/// `T` read from `value` as serde_json reads the same document from its text: sets are
+/// arrays, null is `None` (or unit), numbers are the first of u64, i64 and f64 that holds
+/// them. An undefined value is an error.
+pub fn from_rego<'a, T: Deserialize<'a>>(value: &'a Value) -> Result<T, Error> {
+    T::deserialize(Reader(value))
+}
+
+/// A deserializer over a borrowed regorus value.
+struct Reader<'a>(&'a Value);
+
+impl<'de> de::Deserializer<'de> for Reader<'de> {
+    type Error = Error;
+
+    fn deserialize_any<V: de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self.0 {
+            Value::Null => visitor.visit_unit(),
+            Value::Bool(b) => visitor.visit_bool(*b),
+            Value::Number(n) => {
+                if let Some(u) = n.as_u64() {
+                    visitor.visit_u64(u)
+                } else if let Some(i) = n.as_i64() {
+                    visitor.visit_i64(i)
+                } else if let Some(f) = n.as_f64() {
+                    visitor.visit_f64(f)
+                } else {
+                    Err(de::Error::custom("a number out of range"))
+                }
+            }
+            Value::String(text) => visitor.visit_borrowed_str(text),
+            Value::Array(items) => visit_seq(visitor, items.iter()),
+            Value::Set(items) => visit_seq(visitor, items.iter()),
+            Value::Object(fields) => {
+                let mut map = de::value::MapDeserializer::new(
+                    fields.iter().map(|(k, v)| (Reader(k), Reader(v))),
+                );
+                let value = visitor.visit_map(&mut map)?;
+                map.end()?;
+                Ok(value)
+            }
+            Value::Undefined => Err(de::Error::custom("an undefined value")),
+        }
+    }
+
+    fn deserialize_option<V: de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self.0 {
+            Value::Null => visitor.visit_none(),
+            _ => visitor.visit_some(self),
+        }
+    }
+
+    /// A unit variant is its name; any other variant a one-key object, as serde_json has them.
+    fn deserialize_enum<V: de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        match self.0 {
+            Value::String(_) => visitor.visit_enum(Variant(Reader(self.0), None)),
+            Value::Object(fields) if fields.len() == 1 => match fields.iter().next() {
+                Some((name, content)) => visitor.visit_enum(Variant(Reader(name), Some(content))),
+                None => Err(de::Error::custom(
+                    "an empty object where a variant was expected",
+                )),
+            },
+            _ => Err(de::Error::custom(
+                "a variant must be a string or an object of one key",
+            )),
+        }
+    }
+
+    fn deserialize_newtype_struct<V: de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        unit unit_struct seq tuple tuple_struct map struct identifier ignored_any
+    }
+}
+
+impl<'de> IntoDeserializer<'de, Error> for Reader<'de> {
+    type Deserializer = Self;
+    fn into_deserializer(self) -> Self {
+        self
+    }
+}
+
+/// An enum's variant: its name, and its content unless it is a unit variant.
+struct Variant<'a>(Reader<'a>, Option<&'a Value>);
+
+impl<'de> de::EnumAccess<'de> for Variant<'de> {
+    type Error = Error;
+    type Variant = Self;
+    fn variant_seed<S: de::DeserializeSeed<'de>>(self, seed: S) -> Result<(S::Value, Self), Error> {
+        let name = seed.deserialize(Reader(self.0 .0))?;
+        Ok((name, self))
+    }
+}
+
+impl<'de> de::VariantAccess<'de> for Variant<'de> {
+    type Error = Error;
+    fn unit_variant(self) -> Result<(), Error> {
+        match self.1 {
+            None | Some(Value::Null) => Ok(()),
+            Some(_) => Err(de::Error::custom("a unit variant with content")),
+        }
+    }
+    fn newtype_variant_seed<S: de::DeserializeSeed<'de>>(self, seed: S) -> Result<S::Value, Error> {
+        seed.deserialize(Reader(self.content()?))
+    }
+    fn tuple_variant<V: de::Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        de::Deserializer::deserialize_any(Reader(self.content()?), visitor)
+    }
+    fn struct_variant<V: de::Visitor<'de>>(
+        self,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        de::Deserializer::deserialize_any(Reader(self.content()?), visitor)
+    }
+}
+
+impl<'a> Variant<'a> {
+    fn content(&self) -> Result<&'a Value, Error> {
+        self.1.ok_or_else(|| {
+            de::Error::custom("a variant without content where content was expected")
+        })
+    }
+}
+
+fn visit_seq<'de, V: de::Visitor<'de>>(
+    visitor: V,
+    items: impl Iterator<Item = &'de Value>,
+) -> Result<V::Value, Error> {
+    let mut seq = de::value::SeqDeserializer::new(items.map(Reader));
+    let value = visitor.visit_seq(&mut seq)?;
+    seq.end()?;
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,5 +541,147 @@ mod tests {
             to_rego(&E::Named { a: 1 }).unwrap(),
             Value::from_json_str(r#"{"Named":{"a":1}}"#).unwrap()
         );
+    }
+}
+
+#[cfg(test)]
+mod reading {
+    use super::*;
+    use crate::policy::{sample_inputs, Decision, PolicyInput, DOMAINS};
+
+    /// What serde_json makes of the value's own text.
+    fn through_text<T: serde::de::DeserializeOwned>(value: &Value) -> Option<T> {
+        let text = value.to_json_str().ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    #[test]
+    fn every_sample_input_reads_back_as_itself() {
+        let mut read = 0;
+        for domain in DOMAINS {
+            for input in sample_inputs(domain) {
+                let value = to_rego(&input).unwrap();
+                let back: PolicyInput = from_rego(&value).unwrap();
+                assert_eq!(back, input);
+                read += 1;
+            }
+        }
+        assert!(read >= 20);
+    }
+
+    #[test]
+    fn variants_read_back_as_they_were_written() {
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        enum E {
+            Unit,
+            One(u8),
+            Pair(u8, i8),
+            Named { a: Option<String> },
+        }
+        for e in [
+            E::Unit,
+            E::One(7),
+            E::Pair(1, -2),
+            E::Named { a: None },
+            E::Named {
+                a: Some("x".into()),
+            },
+        ] {
+            let value = to_rego(&e).unwrap();
+            assert_eq!(from_rego::<E>(&value).unwrap(), e);
+        }
+        for bad in [
+            r#""Other""#,
+            r#"{"Unit": 1}"#,
+            r#"{"One": 1, "Pair": [1, 2]}"#,
+            "[1]",
+            r#"{"One": "x"}"#,
+        ] {
+            let value = Value::from_json_str(bad).unwrap();
+            assert!(from_rego::<E>(&value).is_err(), "{bad}");
+            assert!(serde_json::from_str::<E>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn decisions_read_as_their_text_reads() {
+        let allow = r#"{"allow": true, "reasons": ["consent permits TREAT for Condition"],
+            "data_classes": ["Condition"], "obligations": {"reveal": ["name"], "tokenize": [],
+            "pseudonymize": ["patient-id"], "generalize": [], "redact": [],
+            "aggregate_only": false, "min_cell_size": null, "max_records": 5000},
+            "break_glass": false, "review_required": false, "expires_at": null}"#;
+        let good = Value::from_json_str(allow).unwrap();
+        let d: Decision = from_rego(&good).unwrap();
+        assert_eq!(Some(&d), through_text::<Decision>(&good).as_ref());
+        assert!(d.allow);
+        assert_eq!(d.obligations.max_records, Some(5000));
+        assert_eq!(d.obligations.min_cell_size, None);
+        assert!(!d.obligations.shift_dates);
+
+        // Each change: read exactly as serde_json reads the text, accepted or refused.
+        let changes: &[(&str, &str)] = &[
+            // A set where an array is expected (what the policies build).
+            (
+                "\"data_classes\": [\"Condition\"]",
+                "\"data_classes\": [\"Condition\"]",
+            ),
+            ("\"max_records\": 5000", "\"max_records\": 5000.5"),
+            ("\"max_records\": 5000", "\"max_records\": -1"),
+            ("\"max_records\": 5000", "\"max_records\": 12345678901"),
+            ("\"max_records\": 5000", "\"max_records\": \"5000\""),
+            ("\"allow\": true", "\"allow\": \"true\""),
+            ("\"allow\": true", "\"allow\": null"),
+            ("\"allow\": true, ", ""),
+            (
+                "\"expires_at\": null",
+                "\"expires_at\": \"2026-12-04T10:00:00Z\"",
+            ),
+            ("\"expires_at\": null", "\"expires_at\": 7"),
+            ("\"expires_at\": null", "\"expires_at\": null, \"extra\": 1"),
+            (
+                "\"aggregate_only\": false",
+                "\"aggregate_only\": false, \"shift_dates\": true",
+            ),
+            (
+                "\"reasons\": [\"consent permits TREAT for Condition\"]",
+                "\"reasons\": [1]",
+            ),
+            (
+                "\"reasons\": [\"consent permits TREAT for Condition\"]",
+                "\"reasons\": {}",
+            ),
+        ];
+        let mut accepted = 0;
+        let mut refused = 0;
+        for (from, to) in changes {
+            assert!(allow.contains(from), "{from}");
+            let text = allow.replacen(from, to, 1);
+            let value = Value::from_json_str(&text).unwrap();
+            let direct = from_rego::<Decision>(&value).ok();
+            assert_eq!(direct, serde_json::from_str::<Decision>(&text).ok(), "{to}");
+            if direct.is_some() {
+                accepted += 1;
+            } else {
+                refused += 1;
+            }
+        }
+        assert!(accepted >= 3 && refused >= 8, "{accepted} {refused}");
+
+        // A set of classes, as the policies' rules hold them, reads as a sorted list.
+        let mut fields: BTreeMap<Value, Value> = good
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let set: std::collections::BTreeSet<Value> = ["Observation", "Condition"]
+            .into_iter()
+            .map(Value::from)
+            .collect();
+        fields.insert(Value::from("data_classes"), Value::from(set));
+        let d: Decision = from_rego(&Value::from(fields)).unwrap();
+        assert_eq!(d.data_classes, ["Condition", "Observation"]);
+        assert!(from_rego::<Decision>(&Value::Undefined).is_err());
+        assert!(from_rego::<Decision>(&Value::Null).is_err());
     }
 }
