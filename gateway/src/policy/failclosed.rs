@@ -50,7 +50,7 @@ pub struct FailClosedReport {
 }
 
 impl FailClosedReport {
-    /// Nothing found: no widening, no allow on which a denial applies.
+    /// Nothing found: no widening, no allow to which one of its refusals applies.
     pub fn is_clean(&self) -> bool {
         self.findings.is_empty() && self.disagreements.is_empty()
     }
