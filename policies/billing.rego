@@ -48,10 +48,10 @@ permitted if {
 	data.fedgate.common.purpose_in_domain(domain)
 	data.fedgate.common.has_privilege_credential
 	data.fedgate.common.privilege_org_matches
-	data.fedgate.common.has_privilege(domain, "read")
+	read_privilege
 	count(role_granted) > 0
-	data.fedgate.common.has_contract(domain, data.fedgate.common.purpose)
-	data.fedgate.common.no_deny_consent(domain)
+	contract
+	deny_consents_cleared
 	count(granted) > 0
 	data.fedgate.common.shift_ok
 }
@@ -97,7 +97,7 @@ refusals contains "the privilege credential names another organization than the 
 
 refusals contains msg if {
 	data.fedgate.common.has_privilege_credential
-	not data.fedgate.common.has_privilege(domain, "read")
+	not read_privilege
 	msg := "no billing read privilege at this custodian"
 }
 
@@ -114,7 +114,7 @@ refusals contains msg if {
 }
 
 refusals contains msg if {
-	not data.fedgate.common.has_contract(domain, data.fedgate.common.purpose)
+	not contract
 	msg := sprintf(
 		"no registry contract between this custodian and the requester's organization covers billing/%v",
 		[data.fedgate.common.purpose],
@@ -122,7 +122,7 @@ refusals contains msg if {
 }
 
 refusals contains msg if {
-	data.fedgate.common.explicit_deny(domain)
+	explicit_deny
 	msg := sprintf("an explicit deny consent for billing/%v applies and wins over any permit", [data.fedgate.common.purpose])
 }
 
@@ -143,5 +143,27 @@ refusals contains "outside the requester's shift at this custodian" if {
 }
 
 refusals contains "a deny consent was presented whose scope or period could not be read" if {
-	data.fedgate.common.unreadable_deny(domain)
+	unreadable_deny
+}
+
+# ---------------------------------------------------------------------------------------
+# Facts of this request here, used both by `permitted` and by the refusals
+# ---------------------------------------------------------------------------------------
+
+# Rules, not calls of the shared functions: the compiled program keeps a rule's value for the
+# rest of the decision, and runs a function again at every call (a deny evaluates `permitted`
+# and then the refusals).
+read_privilege if data.fedgate.common.has_privilege(domain, "read")
+
+contract if data.fedgate.common.has_contract(domain, data.fedgate.common.purpose)
+
+deny_consents_cleared if data.fedgate.common.no_deny_consent(domain)
+
+explicit_deny if data.fedgate.common.explicit_deny(domain)
+
+# A deny consent that neither is cleared nor could be shown to apply: its dates could not be
+# read (only the compiled VM gets here; the interpreter fails the decision instead).
+unreadable_deny if {
+	not deny_consents_cleared
+	not explicit_deny
 }

@@ -442,10 +442,3 @@ consent_excluded(s, _) if {
 	is_string(s.period.end)
 	time.parse_rfc3339_ns(s.period.end) <= now_ns
 }
-
-# A deny consent that neither is cleared nor could be shown to apply: its dates could not be
-# read. Only the compiled VM gets here (the interpreter fails the decision instead).
-unreadable_deny(domain) if {
-	not no_deny_consent(domain)
-	not explicit_deny(domain)
-}

@@ -54,9 +54,9 @@ permitted if {
 	token.class in data.fedgate.common.identifier_classes
 	data.fedgate.common.has_privilege_credential
 	data.fedgate.common.privilege_org_matches
-	data.fedgate.common.has_privilege(token.domain, "detokenize")
+	detokenize_privilege
 	data.fedgate.common.role in data.fedgate.common.detokenize_roles
-	data.fedgate.common.has_contract(token.domain, data.fedgate.common.purpose)
+	contract
 	data.fedgate.common.shift_ok
 }
 
@@ -99,7 +99,7 @@ refusals contains "the privilege credential names another organization than the 
 refusals contains msg if {
 	has_token
 	data.fedgate.common.has_privilege_credential
-	not data.fedgate.common.has_privilege(token.domain, "detokenize")
+	not detokenize_privilege
 	msg := sprintf("no detokenize privilege for %v at this custodian", [token.domain])
 }
 
@@ -111,7 +111,7 @@ refusals contains msg if {
 
 refusals contains msg if {
 	has_token
-	not data.fedgate.common.has_contract(token.domain, data.fedgate.common.purpose)
+	not contract
 	msg := sprintf(
 		"no registry contract between this custodian and the requester's organization covers %v/%v",
 		[token.domain, data.fedgate.common.purpose],
@@ -121,3 +121,14 @@ refusals contains msg if {
 refusals contains "outside the requester's shift at this custodian" if {
 	not data.fedgate.common.shift_ok
 }
+
+# ---------------------------------------------------------------------------------------
+# Facts of this request here, used both by `permitted` and by the refusals
+# ---------------------------------------------------------------------------------------
+
+# Rules, not calls of the shared functions: the compiled program keeps a rule's value for the
+# rest of the decision, and runs a function again at every call (a deny evaluates `permitted`
+# and then the refusals).
+detokenize_privilege if data.fedgate.common.has_privilege(token.domain, "detokenize")
+
+contract if data.fedgate.common.has_contract(token.domain, data.fedgate.common.purpose)

@@ -55,7 +55,7 @@ permitted if {
 	"HRESCH" in study.purposes
 	count(data.fedgate.common.requested) > 0
 	count(data.fedgate.common.requested - study_classes) == 0
-	data.fedgate.common.has_contract(domain, "HRESCH")
+	contract
 }
 
 study := input.study.subject
@@ -96,6 +96,15 @@ refusals contains msg if {
 }
 
 refusals contains msg if {
-	not data.fedgate.common.has_contract(domain, "HRESCH")
+	not contract
 	msg := "no registry contract between this custodian and the requester's organization covers research/HRESCH"
 }
+
+# ---------------------------------------------------------------------------------------
+# Facts of this request here, used both by `permitted` and by the refusals
+# ---------------------------------------------------------------------------------------
+
+# Rules, not calls of the shared functions: the compiled program keeps a rule's value for the
+# rest of the decision, and runs a function again at every call (a deny evaluates `permitted`
+# and then the refusals).
+contract if data.fedgate.common.has_contract(domain, "HRESCH")

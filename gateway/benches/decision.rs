@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use gateway::policy::{
-    decision_rule, decode_decision, engine_input, sample_input, sample_inputs, EngineKind,
-    PolicyBundle, PolicyInput, PolicyOptions, DOMAINS,
+    decision_rule, decode_decision, engine_input, sample_input, sample_inputs, variants,
+    EngineKind, PolicyBundle, PolicyInput, PolicyOptions, DOMAINS,
 };
 use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::RegoVM;
@@ -181,6 +181,43 @@ fn fixed_run(bundle: &PolicyBundle, interp: &PolicyBundle, cached: &PolicyBundle
     }
     println!("targets: decision p50 <= 50 µs; hit p50 is a repeat of an input within its second");
     stages(bundle, n);
+    variant_costs(bundle, n / 5);
+}
+
+/// p50 of each variant input of `fedgate policy check` (every deny path, allows,
+/// break-glass, unreadable dates), summed up per domain and answer: what a deny costs, not
+/// only the sample allow.
+fn variant_costs(bundle: &PolicyBundle, n: usize) {
+    for domain in DOMAINS {
+        let mut by_answer: [Vec<(f64, &'static str)>; 2] = Default::default();
+        for (name, input) in variants(domain) {
+            let allow = bundle.evaluate(domain, &input).allow;
+            let mut times: Vec<Duration> = (0..n.max(1))
+                .map(|_| {
+                    let t = Instant::now();
+                    black_box(bundle.evaluate(domain, black_box(&input)));
+                    t.elapsed()
+                })
+                .collect();
+            times.sort();
+            by_answer[usize::from(allow)].push((us(percentile(&times, 0.5)), name));
+        }
+        let line: Vec<String> = ["denies", "allows"]
+            .iter()
+            .zip(&mut by_answer)
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(what, v)| {
+                v.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let median = v[v.len() / 2].0;
+                let (slowest, name) = v[v.len() - 1];
+                format!(
+                    "{} {what}: median {median:.1}, slowest {slowest:.1} ({name})",
+                    v.len()
+                )
+            })
+            .collect();
+        println!("{domain:<11} variants, p50 µs: {}", line.join("; "));
+    }
 }
 
 /// p50 of the steps around the engine's run on the clinical sample: what a decision costs
