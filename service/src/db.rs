@@ -22,8 +22,17 @@ use crate::config::ConfigError;
 /// schema = "gateway"            # default: the service's name
 /// ca_file = "db-ca.pem"         # roots for TLS to the database (default: the web roots)
 /// pool = 8                      # reader connections
+/// commit_delay_us = 500         # under load, wait this long for more writes per commit
 /// ```
-#[derive(Debug, Clone, Default, Deserialize)]
+///
+/// `commit_delay_us` (either backend; default [`DEFAULT_COMMIT_DELAY_US`], 0 turns it off,
+/// at most 10,000): when writes arrive together, the writer waits up to this long for
+/// more before it commits, so that one commit (one `fdatasync`, or one PostgreSQL round of
+/// commit) carries more of them. A write arriving alone is committed at once. Every write
+/// is still answered only once it is durable; under load each waits up to this much
+/// longer, and the gateway spends less CPU per exchange (docs/performance.md, "Commits
+/// that wait for company").
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     #[serde(default)]
@@ -38,6 +47,29 @@ pub struct StorageConfig {
     pub ca_file: Option<PathBuf>,
     #[serde(default = "default_pool")]
     pub pool: usize,
+    #[serde(default = "default_commit_delay_us")]
+    pub commit_delay_us: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            backend: Backend::default(),
+            url: None,
+            password_file: None,
+            schema: None,
+            ca_file: None,
+            pool: default_pool(),
+            commit_delay_us: default_commit_delay_us(),
+        }
+    }
+}
+
+/// The commit delay a service's database gets unless `[storage]` says otherwise, µs.
+pub const DEFAULT_COMMIT_DELAY_US: u64 = 500;
+
+fn default_commit_delay_us() -> u64 {
+    DEFAULT_COMMIT_DELAY_US
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -73,6 +105,13 @@ impl StorageConfig {
             key,
             message,
         };
+        let most = storage::MAX_COMMIT_DELAY.as_micros();
+        if u128::from(self.commit_delay_us) > most {
+            return Err(invalid(
+                "storage.commit_delay_us",
+                format!("must be at most {most} (µs)"),
+            ));
+        }
         if self.backend == Backend::Embedded {
             if self.url.is_some() || self.password_file.is_some() || self.ca_file.is_some() {
                 return Err(invalid(
@@ -129,6 +168,11 @@ impl StorageConfig {
         Ok(())
     }
 
+    /// `commit_delay_us` as a duration.
+    pub fn commit_delay(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.commit_delay_us)
+    }
+
     /// The PostgreSQL options, for the schema `default_schema` unless the section names
     /// one; `None` for the embedded backend. Reads the password and CA files.
     pub fn postgres(
@@ -181,10 +225,12 @@ pub fn open_configured(
     schema: Schema,
     cache_bytes: usize,
 ) -> Result<Db, StoreError> {
-    match storage.postgres(name, &format!("fedgate {name}"))? {
-        Some(options) => Db::open_postgres(&options, schema),
-        None => open_in(dir, name, schema, cache_bytes),
-    }
+    let db = match storage.postgres(name, &format!("fedgate {name}"))? {
+        Some(options) => Db::open_postgres(&options, schema)?,
+        None => open_in(dir, name, schema, cache_bytes)?,
+    };
+    db.set_commit_delay(storage.commit_delay());
+    Ok(db)
 }
 
 /// Bytes of page cache per database. The operating system's page cache still holds the
@@ -348,5 +394,55 @@ mod tests {
         assert!(e.to_string().contains("gateway.sled"), "{e}");
         assert!(!dir.path().join("gateway.redb").exists());
         assert!(open_service_db(dir.path(), "visibility", schema).is_ok());
+    }
+
+    #[test]
+    fn the_commit_delay_has_a_default_and_a_bound_and_every_write_is_answered() {
+        let default: StorageConfig = toml::from_str("").unwrap();
+        assert_eq!(default.commit_delay_us, DEFAULT_COMMIT_DELAY_US);
+        assert_eq!(
+            StorageConfig::default().commit_delay_us,
+            DEFAULT_COMMIT_DELAY_US
+        );
+        assert!(default.validate("gateway.toml").is_ok());
+        let off: StorageConfig = toml::from_str("commit_delay_us = 0").unwrap();
+        assert!(off.validate("gateway.toml").is_ok());
+        let long: StorageConfig = toml::from_str("commit_delay_us = 10001").unwrap();
+        let e = long.validate("gateway.toml").err().unwrap().to_string();
+        assert!(e.contains("storage.commit_delay_us"), "{e}");
+        assert!(e.contains("10000"), "{e}");
+
+        // A database opened as configured answers every write of a burst, each durable.
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Schema {
+            name: "test",
+            version: 1,
+        };
+        let long_wait: StorageConfig = toml::from_str("commit_delay_us = 10000").unwrap();
+        let db = open_configured(&long_wait, dir.path(), "test", schema, CACHE_BYTES).unwrap();
+        let tree = db.tree("t");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let writes = (0u32..64).map(|i| {
+                let tree = tree.clone();
+                tokio::spawn(async move {
+                    let key = i.to_be_bytes();
+                    let db = tree.db().clone();
+                    db.write(move |tx| tx.insert(&tree, &key, b"v").map(|_| ()))
+                        .await
+                })
+            });
+            for write in writes.collect::<Vec<_>>() {
+                write.await.unwrap().unwrap();
+            }
+        });
+        drop(tree);
+        drop(db);
+        let db = open_configured(&off, dir.path(), "test", schema, CACHE_BYTES).unwrap();
+        assert_eq!(db.tree("t").len().unwrap(), 64);
     }
 }

@@ -141,7 +141,9 @@ impl Db {
         let name = schema.name;
         let shown = pg.shown().to_string();
         let writer = Writer::spawn(
-            move |jobs, _flag| crate::pg::run_writer(&connector, &jobs, name, &stats),
+            move |jobs, _flag, batches| {
+                crate::pg::run_writer(&connector, &jobs, name, &stats, batches)
+            },
             |e| StoreError::Config {
                 at: shown,
                 reason: format!("starting the writer thread: {e}"),
@@ -208,6 +210,14 @@ impl Db {
                 .map(|_| ())
             }),
         }
+    }
+
+    /// Lets the writer wait up to `delay` (at most [`MAX_COMMIT_DELAY`](crate::MAX_COMMIT_DELAY))
+    /// for more writes before it commits, when writes are arriving together: fewer commits
+    /// under load, each write still answered only once it is durable. Zero (the default)
+    /// commits what has arrived at once. See the `write` module.
+    pub fn set_commit_delay(&self, delay: std::time::Duration) {
+        self.inner.writer.set_commit_delay(delay);
     }
 
     /// Whether the database can be read and written now: a read transaction opens, and no

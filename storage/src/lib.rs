@@ -28,7 +28,7 @@ pub use error::StoreError;
 pub use pg::{migrate, migration_status, valid_schema_name, MigrationStatus, PgOptions};
 pub use table::{Entry, Named};
 pub use tree::Tree;
-pub use write::WriteTx;
+pub use write::{WriteTx, MAX_COMMIT_DELAY};
 
 /// What a database can be kept on besides a file (see [`Db::with_backend`]).
 pub use redb::StorageBackend;

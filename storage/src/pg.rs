@@ -44,7 +44,7 @@ use postgres::NoTls;
 use crate::error::StoreError;
 use crate::pg_conn::{walk, Conn};
 use crate::pg_tx::BatchTx;
-use crate::write::{next_batch, CommitFailure, Pending, Ran, Visit};
+use crate::write::{Batches, CommitFailure, Pending, Ran, Visit};
 
 /// The advisory-lock class of fedgate's write lock (the first of the two lock keys; the
 /// second is the schema's hash).
@@ -620,9 +620,10 @@ pub(crate) fn run_writer(
     jobs: &mpsc::Receiver<Box<dyn Pending>>,
     name: &'static str,
     stats: &PoolStats,
+    mut batches: Batches,
 ) {
     let mut conn: Option<Conn> = None;
-    while let Some(batch) = next_batch(jobs) {
+    while let Some(batch) = batches.next(jobs) {
         if conn.is_none() {
             match connector.connect() {
                 Ok(c) => conn = Some(c),

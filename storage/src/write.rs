@@ -3,8 +3,16 @@
 //! Every write is a closure sent to the writer thread. The thread takes the first one that
 //! arrives and every other one already waiting (up to [`MAX_BATCH`]), runs them in order in
 //! one redb write transaction, commits it with `Durability::Immediate` (one `fdatasync`), and
-//! only then hands each closure's result back. No timer: a batch is what arrived while the
-//! previous commit ran, so one writer pays one fsync and many writers share one.
+//! only then hands each closure's result back. A batch is what arrived while the previous
+//! commit ran, so one writer pays one fsync and many writers share one.
+//!
+//! Under load, the thread may also wait a little for more writes before it commits (the
+//! commit delay, [`Db::set_commit_delay`](crate::Db::set_commit_delay), as PostgreSQL's
+//! `commit_delay`): a commit's own cost (redb's page bookkeeping, the pages written and the
+//! `fdatasync`) hardly depends on how many writes it carries, and at a few thousand a second
+//! it was most of the writer's time. It waits only when writes are arriving together (the
+//! batch at hand, or the one before it, carried more than one), so a write that arrives
+//! alone is committed at once and an idle service's writes are never delayed.
 //!
 //! A closure that returns an error has its own changes undone (each insert and remove keeps
 //! the value it replaced) and the others in the batch still commit. A commit that fails
@@ -14,10 +22,10 @@
 use std::ops::{Bound, ControlFlow, RangeBounds};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use redb::{ReadableTable, ReadableTableMetadata};
 
@@ -26,6 +34,10 @@ use crate::table::{borrowed, definition, prefix_range, scan_table, Entry, Named}
 
 /// The most closures one commit takes.
 const MAX_BATCH: usize = 1024;
+
+/// The longest commit delay a database accepts: beyond it, what a write waits for is a
+/// commit that others could have joined long before.
+pub const MAX_COMMIT_DELAY: Duration = Duration::from_millis(10);
 
 /// A write waiting for the writer thread.
 pub(crate) trait Pending: Send {
@@ -124,6 +136,8 @@ pub(crate) struct Writer {
     thread: Option<JoinHandle<()>>,
     /// Set once a commit failed: the database refuses writes from then on.
     stopped: Arc<AtomicBool>,
+    /// How long, in µs, the thread may wait for more writes before committing under load.
+    delay_us: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -134,7 +148,7 @@ impl Writer {
         name: &'static str,
     ) -> Result<Writer, StoreError> {
         Writer::spawn(
-            move |jobs, flag| run(&db, &jobs, name, &flag),
+            move |jobs, flag, batches| run(&db, &jobs, name, &flag, batches),
             |e| StoreError::Open {
                 path: path.map(Path::to_path_buf).unwrap_or_default(),
                 reason: format!("starting the writer thread: {e}"),
@@ -144,21 +158,31 @@ impl Writer {
 
     /// Starts a writer thread running `body` on the queue of writes.
     pub(crate) fn spawn(
-        body: impl FnOnce(mpsc::Receiver<Box<dyn Pending>>, Arc<AtomicBool>) + Send + 'static,
+        body: impl FnOnce(mpsc::Receiver<Box<dyn Pending>>, Arc<AtomicBool>, Batches) + Send + 'static,
         failed: impl FnOnce(std::io::Error) -> StoreError,
     ) -> Result<Writer, StoreError> {
         let (queue, jobs) = mpsc::channel::<Box<dyn Pending>>();
         let stopped = Arc::new(AtomicBool::new(false));
         let flag = stopped.clone();
+        let delay_us = Arc::new(AtomicU64::new(0));
+        let batches = Batches::new(delay_us.clone());
         let thread = thread::Builder::new()
             .name("db-writer".into())
-            .spawn(move || body(jobs, flag))
+            .spawn(move || body(jobs, flag, batches))
             .map_err(failed)?;
         Ok(Writer {
             queue: Some(queue),
             thread: Some(thread),
             stopped,
+            delay_us,
         })
+    }
+
+    /// Sets the commit delay (at most [`MAX_COMMIT_DELAY`]); it applies from the next batch.
+    pub(crate) fn set_commit_delay(&self, delay: Duration) {
+        let micros = delay.min(MAX_COMMIT_DELAY).as_micros();
+        self.delay_us
+            .store(u64::try_from(micros).unwrap_or(0), Ordering::Relaxed);
     }
 
     /// Whether a failed commit stopped the writer.
@@ -195,9 +219,10 @@ fn run(
     jobs: &mpsc::Receiver<Box<dyn Pending>>,
     name: &'static str,
     flag: &AtomicBool,
+    mut batches: Batches,
 ) {
     let mut stopped: Option<String> = None;
-    while let Some(batch) = next_batch(jobs) {
+    while let Some(batch) = batches.next(jobs) {
         if let Some(reason) = &stopped {
             tracing::debug!(reason, "a write was refused: the database refuses writes");
             for job in batch {
@@ -223,17 +248,55 @@ fn run(
     }
 }
 
-/// The next batch: the first write to arrive (waiting for it) and every other one already
-/// waiting, up to [`MAX_BATCH`]. `None` once every handle on the queue is gone.
-pub(crate) fn next_batch(jobs: &mpsc::Receiver<Box<dyn Pending>>) -> Option<Vec<Box<dyn Pending>>> {
-    let mut batch = vec![jobs.recv().ok()?];
+/// Takes the writes of each commit from the queue (see the module's comment).
+pub(crate) struct Batches {
+    /// The commit delay in µs (0: none), set through [`Writer::set_commit_delay`].
+    delay_us: Arc<AtomicU64>,
+    /// How many writes the previous batch carried.
+    previous: usize,
+}
+
+impl Batches {
+    pub(crate) fn new(delay_us: Arc<AtomicU64>) -> Batches {
+        Batches {
+            delay_us,
+            previous: 0,
+        }
+    }
+
+    /// The next batch: the first write to arrive (waiting for it) and every other one
+    /// already waiting, up to [`MAX_BATCH`]; under load (this batch or the previous one
+    /// carries more than one write), also those arriving within the commit delay of the
+    /// first. `None` once every handle on the queue is gone.
+    pub(crate) fn next<T>(&mut self, jobs: &mpsc::Receiver<T>) -> Option<Vec<T>> {
+        let first = jobs.recv().ok()?;
+        let until = Instant::now() + Duration::from_micros(self.delay_us.load(Ordering::Relaxed));
+        let mut batch = vec![first];
+        drain(jobs, &mut batch);
+        let under_load = batch.len() > 1 || self.previous > 1;
+        if under_load && batch.len() < MAX_BATCH {
+            // Slept through rather than waited on the queue: a write sent meanwhile then
+            // costs its sender no wake-up of this thread (at thousands of writes a second,
+            // waking it for each cost more than the delay saved).
+            let left = until.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                thread::sleep(left);
+                drain(jobs, &mut batch);
+            }
+        }
+        self.previous = batch.len();
+        Some(batch)
+    }
+}
+
+/// Moves what is waiting in `jobs` into `batch`, up to [`MAX_BATCH`].
+fn drain<T>(jobs: &mpsc::Receiver<T>, batch: &mut Vec<T>) {
     while batch.len() < MAX_BATCH {
         match jobs.try_recv() {
             Ok(job) => batch.push(job),
             Err(_) => break,
         }
     }
-    Some(batch)
 }
 
 /// Why a batch was not committed: redb's message, handed to every write of the batch.
@@ -640,4 +703,94 @@ fn table<'t, 'x>(
         }
     };
     Ok(&mut tables[at].1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batches(delay: Duration) -> Batches {
+        let micros = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        Batches::new(Arc::new(AtomicU64::new(micros)))
+    }
+
+    /// Sends `n` more writes from another thread, one every `gap`.
+    fn trickle(queue: mpsc::Sender<u32>, n: u32, gap: Duration) -> JoinHandle<()> {
+        thread::spawn(move || {
+            for i in 0..n {
+                thread::sleep(gap);
+                if queue.send(100 + i).is_err() {
+                    return;
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn without_a_delay_a_batch_is_what_is_already_waiting() {
+        let (queue, jobs) = mpsc::channel();
+        for i in 0..3 {
+            queue.send(i).unwrap();
+        }
+        let later = trickle(queue.clone(), 1, Duration::from_millis(50));
+        let mut batches = batches(Duration::ZERO);
+        assert_eq!(batches.next(&jobs), Some(vec![0, 1, 2]));
+        assert_eq!(batches.next(&jobs), Some(vec![100]));
+        later.join().unwrap();
+        drop(queue);
+        assert_eq!(batches.next(&jobs), None);
+    }
+
+    #[test]
+    fn writes_arriving_together_wait_for_those_within_the_delay() {
+        let (queue, jobs) = mpsc::channel();
+        queue.send(0).unwrap();
+        queue.send(1).unwrap();
+        // Two more, well inside the delay: the batch takes them instead of committing the
+        // first two alone.
+        let later = trickle(queue.clone(), 2, Duration::from_millis(20));
+        let mut batches = batches(Duration::from_millis(500));
+        assert_eq!(batches.next(&jobs), Some(vec![0, 1, 100, 101]));
+        later.join().unwrap();
+    }
+
+    #[test]
+    fn a_write_arriving_alone_is_not_delayed() {
+        let (queue, jobs) = mpsc::channel();
+        queue.send(0).unwrap();
+        // Arrives long after the first: had the first waited for the delay, it would share
+        // its batch.
+        let later = trickle(queue.clone(), 1, Duration::from_millis(200));
+        let mut batches = batches(Duration::from_secs(5));
+        assert_eq!(batches.next(&jobs), Some(vec![0]));
+        assert_eq!(batches.next(&jobs), Some(vec![100]));
+        later.join().unwrap();
+    }
+
+    #[test]
+    fn after_a_batch_of_several_the_next_write_waits_for_company() {
+        let (queue, jobs) = mpsc::channel();
+        queue.send(0).unwrap();
+        queue.send(1).unwrap();
+        let mut batches = batches(Duration::from_millis(300));
+        // Nothing else comes: the batch waits out its delay and commits the two.
+        assert_eq!(batches.next(&jobs), Some(vec![0, 1]));
+        // Under load (the last batch carried two), a lone write waits for the next one.
+        queue.send(2).unwrap();
+        let later = trickle(queue.clone(), 1, Duration::from_millis(20));
+        assert_eq!(batches.next(&jobs), Some(vec![2, 100]));
+        later.join().unwrap();
+    }
+
+    #[test]
+    fn the_delay_is_capped() {
+        let writer = Writer::spawn(|_, _, _| {}, |_| StoreError::Stopped).unwrap();
+        writer.set_commit_delay(Duration::from_secs(3600));
+        assert_eq!(
+            writer.delay_us.load(Ordering::Relaxed),
+            u64::try_from(MAX_COMMIT_DELAY.as_micros()).unwrap()
+        );
+        writer.set_commit_delay(Duration::from_micros(500));
+        assert_eq!(writer.delay_us.load(Ordering::Relaxed), 500);
+    }
 }
