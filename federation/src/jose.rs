@@ -273,7 +273,11 @@ impl DecodedJws {
 }
 
 /// Signs `payload` as a compact JWS with `typ`, naming the key by its verification method.
-pub fn sign(payload: &Value, key: &KeyPair, typ: &str) -> Result<String, JoseError> {
+pub fn sign<T: serde::Serialize + ?Sized>(
+    payload: &T,
+    key: &KeyPair,
+    typ: &str,
+) -> Result<String, JoseError> {
     let header = serde_json::json!({
         "alg": match key.algorithm() {
             crate::keys::KeyAlgorithm::Ed25519 => "EdDSA",
@@ -282,11 +286,15 @@ pub fn sign(payload: &Value, key: &KeyPair, typ: &str) -> Result<String, JoseErr
         "kid": key.verification_method(),
         "typ": typ,
     });
-    let enc = |v: &Value| -> Result<String, JoseError> {
-        let bytes = serde_json::to_vec(v).map_err(|e| JoseError::Sign(e.to_string()))?;
-        Ok(crate::b64::encode(&bytes))
-    };
-    let signing_input = format!("{}.{}", enc(&header)?, enc(payload)?);
+    // The payload is written straight from its type: a batch of events is never built as
+    // a JSON value first.
+    let header = serde_json::to_vec(&header).map_err(|e| JoseError::Sign(e.to_string()))?;
+    let payload = serde_json::to_vec(payload).map_err(|e| JoseError::Sign(e.to_string()))?;
+    let signing_input = format!(
+        "{}.{}",
+        crate::b64::encode(&header),
+        crate::b64::encode(&payload)
+    );
     let sig = ssi::claims::jws::sign_bytes(
         key.algorithm().jws_algorithm(),
         signing_input.as_bytes(),

@@ -58,6 +58,20 @@ pub struct BatchPayload {
     pub events: Vec<AccessEvent>,
 }
 
+/// [`BatchPayload`] as a reporter writes it, borrowing its events: a batch of hundreds of
+/// events is signed without copying them or building them as JSON values first.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BatchPayloadRef<'a> {
+    pub custodian: &'a str,
+    pub events: &'a [AccessEvent],
+}
+
+/// [`BatchRequest`] as a reporter writes it, borrowing the signed batch.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BatchRequestRef<'a> {
+    pub batch: &'a str,
+}
+
 /// What a reporter gets back for one event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -154,5 +168,37 @@ mod tests {
         // What a gateway recomputes from the parsed leaf is the same bytes.
         let back: LogEntry = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(leaf_bytes(&back), bytes);
+    }
+
+    #[test]
+    fn a_batch_written_borrowed_reads_back_as_the_owned_wire_types() {
+        let LogEntry::Access { event } = sample_access() else {
+            unreachable!()
+        };
+        let mut second = event.clone();
+        second.id = "0191".into();
+        second.reasons = vec!["a \"quoted\" reason\n".into()];
+        let events = vec![event, second];
+        let written = serde_json::to_vec(&BatchPayloadRef {
+            custodian: "did:web:b.test",
+            events: &events,
+        })
+        .unwrap();
+        let read: BatchPayload = serde_json::from_slice(&written).unwrap();
+        assert_eq!(read.custodian, "did:web:b.test");
+        assert_eq!(read.events, events);
+        assert_eq!(
+            serde_json::to_vec(&read).unwrap(),
+            written,
+            "the same bytes as the owned type"
+        );
+        let body = serde_json::to_vec(&BatchRequestRef { batch: "a.b.c" }).unwrap();
+        let read: BatchRequest = serde_json::from_slice(&body).unwrap();
+        assert_eq!(read.batch, "a.b.c");
+    }
+
+    fn sample_access() -> LogEntry {
+        let bytes = br#"{"kind":"access","event":{"id":"0190","time":"2026-03-01T10:00:00Z","custodian":"did:web:b.test","domain":"clinical","purpose":"TREAT","decision":"deny","decisionId":"d"}}"#;
+        serde_json::from_slice(bytes).unwrap()
     }
 }

@@ -424,7 +424,7 @@ impl Shipper {
     async fn post_json<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
-        body: &Value,
+        body: &(impl serde::Serialize + ?Sized),
     ) -> Result<T, ShipError> {
         let resp = self
             .client
@@ -465,7 +465,10 @@ impl Shipper {
 
     /// A batch signed with the organization's key, as the service takes it.
     fn sign_batch(&self, events: &[AccessEvent]) -> Result<String, ShipError> {
-        let payload = json!({"custodian": self.key.did(), "events": events});
+        let payload = wire::BatchPayloadRef {
+            custodian: self.key.did(),
+            events,
+        };
         federation::jose::sign(&payload, &self.key, BATCH_TYP)
             .map_err(|e| ShipError::Storage(e.to_string()))
     }
@@ -487,7 +490,7 @@ impl Shipper {
         }
         let batch = self.sign_batch(&events)?;
         let answer: BatchResponse = self
-            .post_json("v1/batches", &json!({"batch": batch}))
+            .post_json("v1/batches", &wire::BatchRequestRef { batch: &batch })
             .await?;
         // Receipts short of the batch: none is kept and no event leaves the outbox; the
         // whole batch is sent again (the log keeps one leaf per event).
@@ -1251,7 +1254,7 @@ mod replica_tests {
         let first = b.claim(OutboxStage::Pending).await.unwrap();
         let batch = b.sign_batch(&first).unwrap();
         let answer: BatchResponse = b
-            .post_json("v1/batches", &json!({"batch": batch}))
+            .post_json("v1/batches", &wire::BatchRequestRef { batch: &batch })
             .await
             .unwrap();
         assert_eq!(answer.tree_size, 10);
