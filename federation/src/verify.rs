@@ -155,8 +155,9 @@ pub struct VerifiedCredential {
     pub kind: CredentialKind,
     pub format: ProofFormat,
     pub issuer: String,
-    /// The verified `credentialSubject`.
-    pub subject: Value,
+    /// The verified `credentialSubject` (shared with the proof cache: a cached credential's
+    /// subject is not copied for every request that presents it).
+    pub subject: Arc<Value>,
     pub valid_from: Option<DateTime<Utc>>,
     pub valid_until: Option<DateTime<Utc>>,
     pub status: Option<StatusEntry>,
@@ -189,7 +190,7 @@ pub struct VerifiedAnyCredential {
     pub format: ProofFormat,
     /// The issuer's id (`issuer`, or `issuer.id`).
     pub issuer: String,
-    pub subject: Value,
+    pub subject: Arc<Value>,
     pub valid_from: Option<DateTime<Utc>>,
     pub valid_until: Option<DateTime<Utc>>,
     pub status: Option<StatusEntry>,
@@ -242,8 +243,6 @@ pub struct VerifiedPresentation {
     pub format: ProofFormat,
     pub credentials: Vec<VerifiedCredential>,
     pub checks: Vec<Check>,
-    /// SHA-256 of the presentation as received (replay bookkeeping).
-    pub digest: String,
 }
 
 impl VerifiedPresentation {
@@ -251,13 +250,11 @@ impl VerifiedPresentation {
     /// verified on its own with [`Verifier::verify_sd_jwt_presentation`]: every one must be
     /// bound to `holder` (its key binding JWT is the holder's proof), and together they
     /// must pass the holder binding rule of a presentation (a consent granted to the
-    /// holder, the holder's organization or study). `digest` is of the credentials'
-    /// digests, in order.
+    /// holder, the holder's organization or study).
     pub fn from_credentials(
         holder: &str,
         credentials: Vec<VerifiedCredential>,
     ) -> Result<Self, VerifyError> {
-        use sha2::{Digest, Sha256};
         if credentials.is_empty() {
             return Err(VerifyError::new(Check::Format, "no credential"));
         }
@@ -277,10 +274,6 @@ impl VerifiedPresentation {
             }
         }
         check_holder_binding(holder, &credentials)?;
-        let mut h = Sha256::new();
-        for c in &credentials {
-            h.update(c.digest.as_bytes());
-        }
         let format = credentials
             .first()
             .map(|c| c.format)
@@ -298,7 +291,6 @@ impl VerifiedPresentation {
                 Check::Domain,
                 Check::HolderBinding,
             ],
-            digest: hex::encode(h.finalize()),
         })
     }
 
@@ -352,6 +344,8 @@ const DEFAULT_PROOF_CACHE_TTL: Duration = Duration::from_secs(300);
 struct Proven {
     format: ProofFormat,
     credential: Value,
+    /// The credential's `credentialSubject` (Null without one), handed out shared.
+    subject: Arc<Value>,
     /// A JWT's registered time claims, checked on every verification like validUntil.
     times: JwtTimes,
     /// The verification method that signed, and the DID document it was found in.
@@ -973,9 +967,16 @@ impl Verifier {
                 ))
             }
         };
+        let subject = Arc::new(
+            credential
+                .get("credentialSubject")
+                .cloned()
+                .unwrap_or(Value::Null),
+        );
         Ok(Proven {
             format,
             credential,
+            subject,
             times,
             signer,
             signer_doc,
@@ -1144,10 +1145,12 @@ impl Verifier {
             .map_err(|e| VerifyError::new(Check::Schema, e.to_string()))?;
         checks.push(Check::Schema);
 
-        let subject = credential
-            .get("credentialSubject")
-            .cloned()
-            .unwrap_or(Value::Null);
+        let subject = Arc::new(
+            credential
+                .get("credentialSubject")
+                .cloned()
+                .unwrap_or(Value::Null),
+        );
         let self_issued_consent =
             kind == CredentialKind::PatientConsent && str_field(&subject, "id") == Some(&issuer);
         if !self_issued_consent && !self.trust.is_trusted(kind, &issuer) {
@@ -1331,10 +1334,7 @@ impl Verifier {
             checks.push(Check::Schema);
         }
 
-        let subject = credential
-            .get("credentialSubject")
-            .cloned()
-            .unwrap_or(Value::Null);
+        let subject = proven.subject.clone();
         match kind {
             Some(kind) => {
                 let self_issued_consent = kind == CredentialKind::PatientConsent
@@ -1564,7 +1564,6 @@ impl Verifier {
         input: &Value,
         bound: Bound<'_>,
     ) -> Result<(VerifiedPresentation, Value), VerifyError> {
-        let digest = digest_of(input);
         let (format, vp, holder) = self
             .check_presentation(input, Some(bound), Profile::Access)
             .await?;
@@ -1592,7 +1591,6 @@ impl Verifier {
                 Check::Domain,
                 Check::HolderBinding,
             ],
-            digest,
         };
         Ok((verified, vp))
     }
@@ -2790,6 +2788,7 @@ mod tests {
             Arc::new(Proven {
                 format: ProofFormat::Jwt,
                 credential: Value::Null,
+                subject: Arc::new(Value::Null),
                 times: JwtTimes::default(),
                 signer: "did:key:z#z".into(),
                 signer_doc: Arc::new(Value::Null),

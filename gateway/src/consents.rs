@@ -157,7 +157,7 @@ impl ConsentStore {
             patient_did: vc.subject["id"].as_str().unwrap_or_default().to_string(),
             patient_id,
             issuer: vc.issuer.clone(),
-            subject: vc.subject.clone(),
+            subject: Value::clone(&vc.subject),
             registered_at: Utc::now(),
         };
         let bytes = serde_json::to_vec(&stored)?;
@@ -412,7 +412,7 @@ mod tests {
             kind: CredentialKind::PatientConsent,
             format: ProofFormat::Jwt,
             issuer: patient_did.to_string(),
-            subject: json!({"id": patient_did, "provision": "permit"}),
+            subject: json!({"id": patient_did, "provision": "permit"}).into(),
             valid_from: None,
             valid_until: None,
             status: None,
@@ -550,14 +550,14 @@ mod tests {
         provision: &str,
     ) -> VerifiedCredential {
         let mut c = consent(id, &format!("did:key:{patient}"));
-        c.subject = json!({
+        c.subject = std::sync::Arc::new(json!({
             "id": format!("did:key:{patient}"),
             "provision": provision,
             "grantee": {"id": grantee},
             "domains": [domain],
             "purposes": ["HRESCH"],
             "period": {"start": "2026-01-01T00:00:00Z"},
-        });
+        }));
         c
     }
 

@@ -136,7 +136,7 @@ pub(crate) fn summarize(kind: CredentialKind, claims: &Value) -> String {
 impl StoredCredential {
     /// The record for a credential that passed the verification pipeline.
     pub(crate) fn from_verified(verified: &VerifiedCredential, credential: Value) -> Self {
-        let claims = verified.subject.clone();
+        let claims = Value::clone(&verified.subject);
         StoredCredential {
             id: verified
                 .id

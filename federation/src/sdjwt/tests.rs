@@ -238,14 +238,14 @@ async fn every_type_round_trips_fully_disclosed_for_both_key_types() {
                 .await
                 .unwrap();
             assert_eq!(held.format, ProofFormat::SdJwt);
-            assert_eq!(held.subject, subject_for(kind, h.did()), "{kind}");
+            assert_eq!(*held.subject, subject_for(kind, h.did()), "{kind}");
             // Presented with everything disclosed: the subject is the credential's.
             let everything = all_paths(&sd_jwt);
             let presented = present(&sd_jwt, &everything, AUD, "n-0S6_WzA2Mj", &h).unwrap();
             let v = office.verify(&presented).await.unwrap();
             assert_eq!(v.kind, kind);
             assert_eq!(v.issuer, OFFICE);
-            assert_eq!(v.subject, subject_for(kind, h.did()), "{kind}");
+            assert_eq!(*v.subject, subject_for(kind, h.did()), "{kind}");
             assert_eq!(v.holder.as_deref(), Some(h.did()));
             assert!(v
                 .id
@@ -347,7 +347,7 @@ async fn a_partial_presentation_discloses_only_what_was_chosen() {
     let presented = present(&sd_jwt, &chosen, AUD, "n-0S6_WzA2Mj", &h).unwrap();
     let v = office.verify(&presented).await.unwrap();
     assert_eq!(
-        v.subject,
+        *v.subject,
         json!({
             "id": h.did(),
             "organization": "did:web:hospital-a.example",
@@ -378,7 +378,7 @@ async fn a_partial_presentation_discloses_only_what_was_chosen() {
     assert!(v.subject.get("name").is_none());
     let none = present(&sd_jwt, &[], AUD, "n-0S6_WzA2Mj", &h).unwrap();
     let v = office.verify(&none).await.unwrap();
-    assert_eq!(v.subject, json!({"id": h.did()}));
+    assert_eq!(*v.subject, json!({"id": h.did()}));
     assert_eq!(v.disclosed, Some(vec![]));
     // A consent: two of three patient identifiers.
     let consent = office.issue(CredentialKind::PatientConsent, &h, 5).await;

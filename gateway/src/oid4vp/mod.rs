@@ -868,7 +868,7 @@ fn merge(
             .get(&c.kind)
             .map(|p| p.iter().map(Vec::as_slice).collect())
             .unwrap_or_default();
-        c.subject = dcql::retain(&c.subject, &declared).unwrap_or(Value::Null);
+        c.subject = Arc::new(dcql::retain(&c.subject, &declared).unwrap_or(Value::Null));
         let kept: Vec<dcql::ClaimPath> = disclosed
             .iter()
             .filter(|d| {
@@ -959,7 +959,7 @@ mod tests {
             kind,
             format: ProofFormat::SdJwt,
             issuer: "did:web:office.example".into(),
-            subject,
+            subject: subject.into(),
             valid_from: None,
             valid_until: None,
             status: None,
@@ -981,7 +981,6 @@ mod tests {
             format: ProofFormat::SdJwt,
             credentials,
             checks: Vec::new(),
-            digest: String::new(),
         }
     }
 

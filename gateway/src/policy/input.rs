@@ -293,7 +293,7 @@ pub fn claims_of<'a, T: DeserializeOwned>(
 ) -> Result<Vec<Claimed<'a, T>>, UnreadableClaims> {
     vp.of_kind(kind)
         .map(|credential| {
-            T::deserialize(&credential.subject)
+            T::deserialize(&*credential.subject)
                 .map(|claims| Claimed { credential, claims })
                 .map_err(|_| UnreadableClaims(kind))
         })

@@ -711,7 +711,7 @@ fn verified(
         kind,
         format: Default::default(),
         issuer: issuer.into(),
-        subject,
+        subject: subject.into(),
         valid_from: None,
         valid_until: None,
         status: None,
@@ -763,9 +763,11 @@ fn policy_input_from_verified_claims_matches_the_schema_and_leaves_the_rest_out(
         }),
     );
     let privilege_claims: PrivilegeSubject =
-        serde_json::from_value(privilege.subject.clone()).unwrap();
-    let consent_claims: ConsentSubject = serde_json::from_value(consent.subject.clone()).unwrap();
-    let study_claims: StudySubject = serde_json::from_value(study.subject.clone()).unwrap();
+        serde_json::from_value(serde_json::Value::clone(&privilege.subject)).unwrap();
+    let consent_claims: ConsentSubject =
+        serde_json::from_value(serde_json::Value::clone(&consent.subject)).unwrap();
+    let study_claims: StudySubject =
+        serde_json::from_value(serde_json::Value::clone(&study.subject)).unwrap();
 
     let mut input = sample_input("clinical");
     input.privilege = Some(CredentialInput::new(
@@ -844,7 +846,6 @@ fn policy_claims_of_a_presentation_are_typed_and_fail_whole() {
         format: Default::default(),
         credentials: vec![privilege],
         checks: Vec::new(),
-        digest: String::new(),
     };
     assert_eq!(requester_org(&vp).as_deref(), Some(org));
     let own = holder_privilege(&vp).unwrap().unwrap();
