@@ -74,21 +74,24 @@ pub(super) async fn decision_us(policies: &Path, domain: &'static str) -> anyhow
     .await?
 }
 
-/// The floor of a request that needs `signatures` signature checks and one decision.
+/// The floor of a request that needs `signatures` signature checks, each over
+/// `signed_bytes` (what the holder signed: the presentation as sent, whose every byte the
+/// check hashes), and one decision.
 pub(super) async fn request_floor(
     policies: &Path,
     domain: &'static str,
     signatures: usize,
+    signed_bytes: usize,
     measured_per_second: f64,
 ) -> anyhow::Result<Floor> {
-    let sig = ed25519_verify_us(1024)?;
+    let sig = ed25519_verify_us(signed_bytes)?;
     let decision = decision_us(policies, domain).await?;
     let per_request = signatures as f64 * sig + decision;
     let cores = cores();
     let per_second = cores as f64 * 1e6 / per_request;
     Ok(Floor {
         made_of: format!(
-            "{signatures} Ed25519 verification{} + one {domain} decision",
+            "{signatures} Ed25519 verification{} of {signed_bytes} bytes + one {domain} decision",
             if signatures == 1 { "" } else { "s" }
         ),
         per_request_us: per_request,

@@ -86,6 +86,32 @@ pub(super) struct Ask {
     pub(super) carry: bool,
 }
 
+/// Bytes the holder signs in the first holder's first request: what the gateway's check of
+/// its signature hashes (the presentation's JWS signing input), for the floor.
+async fn signed_len(http: &Http, target: &Target, holders: &[Holder]) -> anyhow::Result<usize> {
+    let (Some(holder), Some(base)) = (holders.first(), target.bases.first()) else {
+        return Err(anyhow!("no holder to measure a presentation of"));
+    };
+    let binding = http
+        .challenge(base)
+        .await
+        .map_err(|_| anyhow!("asking a challenge to measure a presentation"))?;
+    let vp = credentials::present(
+        &holder.credentials,
+        &holder.key,
+        &binding,
+        target.ask.format,
+    )
+    .await
+    .map_err(|e| anyhow!("presenting: {e}"))?;
+    Ok(match &vp {
+        // A JWS: everything before its signature.
+        Value::String(jws) => jws.rfind('.').unwrap_or(jws.len()),
+        // A Data Integrity presentation signs its canonical form; its JSON is as long.
+        other => serde_json::to_vec(other)?.len(),
+    })
+}
+
 /// One request of one holder: a challenge (the one `next` holds, offered by the answer
 /// before, else asked from `base`), the presentation answering it, and the measured POST
 /// to `exchange_base` (another replica, when there are several). `next` is left holding
@@ -672,6 +698,7 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
         idle_rss_mb: idle_rss,
     };
     warm_up(&http, &target, &holders).await?;
+    let signed_len = signed_len(&http, &target, &holders).await?;
     // Counted from here: set-up and warm-up writes are not the requests'.
     let storage_before = storage_counts(&http, &target_bases).await;
     let shipping_before = shipping_counts(&http, &target_bases).await;
@@ -679,7 +706,7 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
     let rps = tally.latencies.len() as f64 / seconds.max(f64::MIN_POSITIVE);
     // With the proof cache warm, the gateway checks one signature per request: the
     // holder's, over the presentation that answers the fresh challenge.
-    let floor = request_floor(&root.join("policies"), "clinical", 1, rps).await?;
+    let floor = request_floor(&root.join("policies"), "clinical", 1, signed_len, rps).await?;
     let mut report = report_of("exchange", args.holders, tally, seconds, server, floor);
     report.load_generator_cores_busy = load;
     report.patients = Some(asked_for);
@@ -925,9 +952,10 @@ pub(super) async fn research(args: ResearchArgs) -> anyhow::Result<Printed> {
         idle_rss_mb: idle_rss,
     };
     warm_up(&http, &target, &holders).await?;
+    let signed_len = signed_len(&http, &target, &holders).await?;
     let (tally, seconds, server, load) = drive(&http, &target, holders, &args.run).await?;
     let rps = tally.latencies.len() as f64 / seconds.max(f64::MIN_POSITIVE);
-    let floor = request_floor(&root.join("policies"), "research", 1, rps).await?;
+    let floor = request_floor(&root.join("policies"), "research", 1, signed_len, rps).await?;
     let mut report = report_of("research", args.holders, tally, seconds, server, floor);
     report.load_generator_cores_busy = load;
     drop(fed);
