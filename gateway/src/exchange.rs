@@ -24,6 +24,10 @@ use crate::policy::{
 use crate::records::{field, resource_type};
 use crate::state::{GatewayState, NotServed};
 
+/// Bytes an answer holds besides its entries: the Bundle's head and tail and the
+/// OperationOutcome entry of its notes (a few hundred bytes each, in practice).
+const ROOM_AFTER_ENTRIES: usize = 4096;
+
 /// HL7 v3 PurposeOfUse codes this gateway understands (the federation's); anything else is
 /// a client error.
 pub use federation::events::PURPOSES;
@@ -468,7 +472,13 @@ async fn answer(
         bundle["link"] = json!(links);
     }
     let bundle_error = |e: crate::bundle::BundleError| GatewayError::Internal(e.to_string());
-    let mut body = match crate::bundle::BundleWriter::new(&bundle, 0) {
+    // A kept page's size is known: room for it and what follows it (the outcome entry,
+    // the Bundle's tail), so that the answer is written without growing it again.
+    let capacity = match &page {
+        Made::Kept(kept) => kept.entries.len().saturating_add(ROOM_AFTER_ENTRIES),
+        Made::Fresh(_) => 0,
+    };
+    let mut body = match crate::bundle::BundleWriter::new(&bundle, capacity) {
         Ok(body) => body,
         Err(e) => {
             return Err(state
