@@ -56,7 +56,8 @@ pub fn common_layers(router: Router, cfg: &HttpLimits) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             cfg.request_timeout().max(Duration::from_millis(1)),
         ))
-        .layer(middleware::from_fn(problem_for_empty_errors))
+        // Also turns bare errors into problems (`problem_for_bare_error`): one middleware
+        // rather than two, each of which would clone the routes' service per request.
         .layer(middleware::from_fn(request_context))
 }
 
@@ -111,13 +112,12 @@ pub async fn problem_fallback() -> Problem {
     Problem::for_status(StatusCode::NOT_FOUND)
 }
 
-/// Middleware turning any 4xx/5xx response that is not `application/problem+json` (axum's
+/// Turns any 4xx/5xx response that is not `application/problem+json` (axum's
 /// text/plain rejections, empty 404/405, 408 from the timeout, 413 from the body limit)
 /// into a problem with the same status, keeping headers such as `Allow` and
 /// `WWW-Authenticate`. The original body is dropped: it may be plain text meant for
 /// nobody, or carry internal details.
-async fn problem_for_empty_errors(req: Request, next: Next) -> Response {
-    let response = next.run(req).await;
+fn problem_for_bare_error(response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error())
         || is_problem_json(&response)
@@ -220,7 +220,7 @@ async fn request_context(mut req: Request, next: Next) -> Response {
     );
     let started = Instant::now();
     let method = method_label(req.method());
-    let mut response = next.run(req).instrument(span.clone()).await;
+    let mut response = problem_for_bare_error(next.run(req).instrument(span.clone()).await);
     let elapsed = started.elapsed();
     // By route template, method and status class: a bounded set of series (an unmatched
     // path is "-"), and the server's own share of a request's time, which a client's
