@@ -42,6 +42,7 @@ impl Federation {
             extra_peers: Vec::new(),
             gateways: Vec::new(),
             postgres: None,
+            commit_delay_us: None,
         }
     }
 
@@ -153,6 +154,7 @@ pub struct FederationBuilder {
     extra_peers: Vec<String>,
     gateways: Vec<Custodian>,
     postgres: Option<(Storage, Admin)>,
+    commit_delay_us: Option<u64>,
 }
 
 impl FederationBuilder {
@@ -162,6 +164,12 @@ impl FederationBuilder {
     /// custodian's replicas share. `pg` must outlive the federation.
     pub fn postgres(mut self, pg: &Postgres) -> Self {
         self.postgres = Some((pg.storage(POSTGRES_DATABASE, ""), pg.admin()));
+        self
+    }
+
+    /// Every service's `[storage] commit_delay_us` (the service's default otherwise).
+    pub fn commit_delay_us(mut self, micros: u64) -> Self {
+        self.commit_delay_us = Some(micros);
         self
     }
 
@@ -308,13 +316,18 @@ impl FederationBuilder {
     /// The `[storage]` table of the service whose tables live in `schema` (nothing
     /// without [`FederationBuilder::postgres`]: the service's data folder then).
     fn storage_toml(&self, schema: &str) -> String {
-        match &self.postgres {
-            // On a line of its own, whether what came before ended one or not.
+        // On a line of its own, whether what came before ended one or not.
+        let mut toml = match &self.postgres {
             Some((storage, _)) => {
                 format!("\n{}", storage.with_schema(&schema_name(schema)).toml())
             }
+            None if self.commit_delay_us.is_some() => "\n[storage]\n".to_string(),
             None => String::new(),
+        };
+        if let Some(micros) = self.commit_delay_us {
+            toml.push_str(&format!("commit_delay_us = {micros}\n"));
         }
+        toml
     }
 
     fn visibility_toml(&self, office: &Office, gateways: &[(&Custodian, u16)]) -> String {
@@ -428,4 +441,37 @@ fn schema_name(name: &str) -> String {
 /// A path as a TOML basic string (JSON's escapes are TOML's).
 fn toml_path(path: &Path) -> String {
     serde_json::Value::String(path.display().to_string()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `[storage]` table a service of `builder` gets, read as the service reads it.
+    fn storage_of(builder: &FederationBuilder) -> Option<service::db::StorageConfig> {
+        #[derive(serde::Deserialize)]
+        struct Config {
+            storage: Option<service::db::StorageConfig>,
+        }
+        let toml = format!("listen = \"x\"\n{}", builder.storage_toml("office"));
+        let config: Config = toml::from_str(&toml).unwrap();
+        config.storage
+    }
+
+    #[test]
+    fn a_commit_delay_reaches_every_service_s_storage_table() {
+        let builder = Federation::builder(Path::new("fedgate"), Path::new("/tmp/x"), "o", "v");
+        // Nothing asked: the services keep their defaults, and no table is written.
+        assert!(storage_of(&builder).is_none());
+        let builder = builder.commit_delay_us(2000);
+        let storage = storage_of(&builder).unwrap();
+        assert_eq!(storage.commit_delay_us, 2000);
+        assert!(storage.validate("office.toml").is_ok());
+        // Beyond the bound, the service refuses its configuration by name.
+        let too_long = Federation::builder(Path::new("fedgate"), Path::new("/tmp/x"), "o", "v")
+            .commit_delay_us(20_000);
+        let refused = storage_of(&too_long).unwrap().validate("office.toml");
+        let message = refused.err().unwrap().to_string();
+        assert!(message.contains("storage.commit_delay_us"), "{message}");
+    }
 }

@@ -555,6 +555,7 @@ pub(super) async fn exchange(args: ExchangeArgs) -> anyhow::Result<Printed> {
                 &terms,
                 synthetic.0.clone(),
                 &settings,
+                args.commit_delay_us,
                 replicated,
                 &say,
             )?;

@@ -103,6 +103,11 @@ pub struct ExchangeArgs {
     /// answer). Default: the gateway's default.
     #[arg(long, conflicts_with = "gateway")]
     answers_cache_mb: Option<usize>,
+    /// Microseconds each started service's writer waits under load for more writes per
+    /// commit (`[storage] commit_delay_us`; 0 commits what has arrived at once). Default:
+    /// the services' default.
+    #[arg(long, conflicts_with = "gateway")]
+    commit_delay_us: Option<u64>,
     /// FHIR resource types asked for in every request.
     #[arg(long, value_delimiter = ',', default_value = "Patient,Condition")]
     data_classes: Vec<String>,

@@ -95,16 +95,30 @@ pub(super) fn start_federation(
 }
 
 /// The federation of `bench exchange`: [`start_federation`] with top-level gateway
-/// `settings`, on `pg` with hospital A's gateway as `replicas` processes when given.
+/// `settings` and every service's `commit_delay_us` when given, on `pg` with hospital A's
+/// gateway as `replicas` processes when given.
 pub(super) fn start_exchange_federation(
     dir: &Path,
     contracts: &str,
     more_records: Vec<PathBuf>,
     settings: &str,
+    commit_delay_us: Option<u64>,
     replicated: Option<(&crate::harness::Postgres, usize)>,
     say: &dyn Fn(String),
 ) -> anyhow::Result<Federation> {
-    start_federation_on(dir, contracts, more_records, settings, "", replicated, say)
+    let storage = Storage {
+        replicated,
+        commit_delay_us,
+    };
+    start_federation_on(dir, contracts, more_records, settings, "", storage, say)
+}
+
+/// Where and how the started services keep their state.
+#[derive(Default)]
+struct Storage<'a> {
+    /// PostgreSQL, with hospital A's gateway as this many replicas.
+    replicated: Option<(&'a crate::harness::Postgres, usize)>,
+    commit_delay_us: Option<u64>,
 }
 
 /// [`start_federation`], with more gateway configuration (TOML).
@@ -115,7 +129,8 @@ pub(super) fn start_federation_with(
     more_config: &str,
     say: &dyn Fn(String),
 ) -> anyhow::Result<Federation> {
-    start_federation_on(dir, contracts, more_records, "", more_config, None, say)
+    let storage = Storage::default();
+    start_federation_on(dir, contracts, more_records, "", more_config, storage, say)
 }
 
 fn start_federation_on(
@@ -124,16 +139,19 @@ fn start_federation_on(
     more_records: Vec<PathBuf>,
     settings: &str,
     more_config: &str,
-    replicated: Option<(&crate::harness::Postgres, usize)>,
+    storage: Storage<'_>,
     say: &dyn Fn(String),
 ) -> anyhow::Result<Federation> {
     let exe = std::env::current_exe().map_err(|e| anyhow!("cannot find fedgate itself: {e}"))?;
     let started = Instant::now();
     let mut builder = Federation::builder(&exe, dir, OFFICE, VISIBILITY);
     let mut replicas = 1;
-    if let Some((pg, n)) = replicated {
+    if let Some((pg, n)) = storage.replicated {
         builder = builder.postgres(pg);
         replicas = n;
+    }
+    if let Some(micros) = storage.commit_delay_us {
+        builder = builder.commit_delay_us(micros);
     }
     // Events ship at the gateway's default pace, as in the figures of docs/performance.md.
     let fed = builder
